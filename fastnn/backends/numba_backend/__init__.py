@@ -1,0 +1,24 @@
+"""The Numba backend: ``@njit`` kernels compiled on first use and cached on disk.
+
+Importing this package imports Numba (so it happens only when the backend is
+first used, never at ``import fastnn``). Compilation happens per dtype on the
+first call of a kernel; ``cache=True`` makes later processes load the
+machine code instead of compiling again.
+"""
+
+import numba  # noqa: F401  - an ImportError here makes the backend absent, with the reason
+
+from ... import _config
+
+
+def _set_threads(n: int) -> None:
+    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+
+
+_config.register_thread_hook(_set_threads)
+
+BACKEND_INFO = {
+    "description": "Numba @njit kernels (parallel loops, cached compilation)",
+    "numba": numba.__version__,
+    "threading_layer_max_threads": numba.config.NUMBA_NUM_THREADS,
+}

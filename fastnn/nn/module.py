@@ -1,0 +1,196 @@
+"""The base classes of every layer: :class:`Parameter` and :class:`Module`.
+
+Backpropagation in fastnn is explicit: each module's ``forward`` keeps what
+its ``backward`` needs (its input, its output, ...), and ``backward(grad_out)``
+applies the chain rule for that one module, writes the gradient of each of its
+parameters into ``param.grad`` and returns the gradient of its input. A
+container such as :class:`~fastnn.nn.Sequential` calls the ``backward`` of its
+children in reverse order. There is no autograd tape.
+
+Gradients are **overwritten**, not accumulated: after ``backward`` each
+``param.grad`` holds the gradient of the last forward/backward pair alone.
+(PyTorch accumulates; fastnn does not, because a training step then needs no
+zeroing pass and the kernels write straight into ``grad``.) ``zero_grad`` is
+still there for code that expects it.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+
+__all__ = ["Parameter", "Module"]
+
+
+class Parameter:
+    """A trainable array and its gradient.
+
+    Parameters
+    ----------
+    data : ndarray
+        The values; kept C-contiguous (kernels update it in place).
+
+    Attributes
+    ----------
+    data : ndarray
+    grad : ndarray of the same shape and dtype, written by ``backward``
+    """
+
+    __slots__ = ("data", "grad")
+
+    def __init__(self, data):
+        data = np.ascontiguousarray(data)
+        if data.dtype not in (np.float32, np.float64):
+            raise TypeError(f"Parameter data must be float32 or float64, got {data.dtype}")
+        self.data = data
+        self.grad = np.zeros_like(data)
+
+    @property
+    def shape(self):
+        return self.data.shape
+
+    @property
+    def dtype(self):
+        return self.data.dtype
+
+    def __repr__(self) -> str:
+        return f"Parameter(shape={self.data.shape}, dtype={self.data.dtype})"
+
+
+class Module:
+    """Base class of layers and containers.
+
+    Subclasses set parameters and child modules as attributes (they are
+    registered in assignment order, which fixes ``state_dict`` order), and
+    implement :meth:`forward` and :meth:`backward`.
+
+    To be saved by :func:`fastnn.save`, a module also implements
+    :meth:`get_config`, returning the keyword arguments that rebuild it.
+    """
+
+    training: bool
+
+    def __init__(self):
+        object.__setattr__(self, "_parameters", OrderedDict())
+        object.__setattr__(self, "_modules", OrderedDict())
+        object.__setattr__(self, "training", True)
+
+    def __setattr__(self, name, value):
+        params = self.__dict__.get("_parameters")
+        if params is None:
+            raise AttributeError("Module.__init__() must be called before assigning attributes")
+        if isinstance(value, Parameter):
+            self._modules.pop(name, None)
+            params[name] = value
+        elif isinstance(value, Module):
+            params.pop(name, None)
+            self._modules[name] = value
+        elif name in params and value is None:
+            del params[name]
+        object.__setattr__(self, name, value)
+
+    # -- computation --------------------------------------------------
+    def forward(self, x):
+        """Compute the output for input ``x`` and keep what backward needs."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement forward")
+
+    def backward(self, grad_out):
+        """Given dL/d(output), fill each ``param.grad`` and return dL/d(input)."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement backward")
+
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+    # -- parameters ---------------------------------------------------
+    def named_parameters(self, prefix: str = ""):
+        """Yield ``(name, Parameter)`` pairs, children's names dotted as in PyTorch."""
+        for name, p in self._parameters.items():
+            yield prefix + name, p
+        for name, child in self._modules.items():
+            yield from child.named_parameters(prefix + name + ".")
+
+    def parameters(self):
+        """List of all parameters of this module and its children."""
+        return [p for _, p in self.named_parameters()]
+
+    def children(self):
+        return list(self._modules.values())
+
+    def modules(self):
+        yield self
+        for child in self._modules.values():
+            yield from child.modules()
+
+    def zero_grad(self) -> None:
+        """Set every parameter's gradient to zero."""
+        for p in self.parameters():
+            p.grad.fill(0)
+
+    def train(self, mode: bool = True):
+        """Set training mode (``mode=True``) or evaluation mode, recursively."""
+        for m in self.modules():
+            object.__setattr__(m, "training", bool(mode))
+        return self
+
+    def eval(self):
+        """Set evaluation mode (same as ``train(False)``)."""
+        return self.train(False)
+
+    # -- state --------------------------------------------------------
+    def state_dict(self) -> "OrderedDict[str, np.ndarray]":
+        """Copies of all parameters, keyed as PyTorch keys the same module."""
+        return OrderedDict((name, p.data.copy()) for name, p in self.named_parameters())
+
+    def load_state_dict(self, state_dict, strict: bool = True) -> None:
+        """Copy values into the parameters, checking names and shapes.
+
+        Parameters
+        ----------
+        state_dict : mapping of str to array_like
+            E.g. ``{k: v.detach().numpy() for k, v in torch_model.state_dict().items()}``.
+        strict : bool
+            If True, missing or unexpected keys raise ``KeyError``.
+
+        Raises
+        ------
+        KeyError
+            On missing/unexpected keys (``strict=True``).
+        ValueError
+            When a shape differs; nothing is changed then.
+        """
+        own = dict(self.named_parameters())
+        missing = [k for k in own if k not in state_dict]
+        unexpected = [k for k in state_dict if k not in own]
+        if strict and (missing or unexpected):
+            raise KeyError(f"state_dict mismatch: missing keys {missing}, unexpected keys {unexpected}")
+        staged = {}
+        for name, p in own.items():
+            if name not in state_dict:
+                continue
+            value = np.asarray(state_dict[name])
+            if value.shape != p.data.shape:
+                raise ValueError(f"{name}: expected shape {p.data.shape}, got {value.shape}")
+            if value.dtype.kind != "f":
+                raise TypeError(f"{name}: expected floating-point values, got dtype {value.dtype}")
+            staged[name] = value
+        for name, value in staged.items():  # all checked: now copy, in place
+            np.copyto(own[name].data, value, casting="same_kind")
+
+    def get_config(self) -> dict:
+        """Constructor arguments that rebuild this module (used by ``fastnn.save``)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot be saved: it does not implement get_config()")
+
+    def extra_repr(self) -> str:
+        return ""
+
+    def __repr__(self) -> str:
+        lines = [f"{type(self).__name__}({self.extra_repr()}"]
+        if self._modules:
+            lines[0] = f"{type(self).__name__}("
+            for name, child in self._modules.items():
+                child_repr = repr(child).replace("\n", "\n  ")
+                lines.append(f"  ({name}): {child_repr}")
+            lines.append(")")
+            return "\n".join(lines)
+        return lines[0] + ")"

@@ -1,0 +1,18 @@
+"""The public kernels: validated, then run by the active backend.
+
+Every function here checks its arguments (:mod:`fastnn._validation`),
+allocates any output not given, and calls the kernel of the same name on
+:func:`fastnn.backends.current`. Layers use these, never a backend directly,
+so ``fastnn.set_backend`` switches everything at once.
+
+Output buffers: every op accepts ``out=`` (or ``grad=`` ...) to reuse memory
+across training steps; results are written there and returned.
+"""
+
+from .activations import *  # noqa: F401,F403
+from .dense import *  # noqa: F401,F403
+from .losses import *  # noqa: F401,F403
+from .optim import *  # noqa: F401,F403
+from . import activations as _activations, dense as _dense, losses as _losses, optim as _optim
+
+__all__ = [*_activations.__all__, *_dense.__all__, *_losses.__all__, *_optim.__all__]

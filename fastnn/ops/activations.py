@@ -1,0 +1,128 @@
+"""Activations and their backward passes (see the reference for the math)."""
+
+from .. import _validation as _v
+from ..backends import current as _backend
+
+__all__ = [
+    "relu", "relu_backward",
+    "leaky_relu", "leaky_relu_backward",
+    "sigmoid", "sigmoid_backward",
+    "tanh", "tanh_backward",
+    "softmax", "softmax_backward",
+]
+
+
+def _forward_args(x, out):
+    x = _v.as_float_array(x, "x")
+    return x, _v.output(out, x.shape, x.dtype)
+
+
+def _backward_args(grad_out, y, out):
+    grad_out = _v.as_float_array(grad_out, "grad_out")
+    y = _v.as_float_array(y, "y")
+    _v.same_dtype(grad_out.dtype, y, "y")
+    _v.same_shape(grad_out.shape, y, "y", "grad_out")
+    return grad_out, y, _v.output(out, grad_out.shape, grad_out.dtype)
+
+
+def relu(x, out=None):
+    """Rectified linear unit, ``max(x, 0)``, elementwise.
+
+    Parameters
+    ----------
+    x : array_like of float32 or float64, any shape
+    out : ndarray, optional
+        Buffer for the result (same shape and dtype; may be ``x`` itself).
+
+    Returns
+    -------
+    ndarray
+        ``y = max(x, 0)``; NaN stays NaN.
+    """
+    x, out = _forward_args(x, out)
+    return _backend().relu(x, out)
+
+
+def relu_backward(grad_out, y, out=None):
+    """Gradient through relu from its output: ``grad_out * (y > 0)``.
+
+    Parameters
+    ----------
+    grad_out : array_like, dL/dy
+    y : array_like of the same shape and dtype, the output of :func:`relu`
+    out : ndarray, optional (may be ``grad_out``)
+
+    Returns
+    -------
+    ndarray, dL/dx
+    """
+    grad_out, y, out = _backward_args(grad_out, y, out)
+    return _backend().relu_backward(grad_out, y, out)
+
+
+def _slope(negative_slope):
+    return _v.scalar(negative_slope, "negative_slope", low=0.0)
+
+
+def leaky_relu(x, negative_slope=0.01, out=None):
+    """Leaky ReLU: ``x`` where ``x > 0``, else ``negative_slope * x``.
+
+    Parameters
+    ----------
+    x : array_like of float32 or float64
+    negative_slope : float, default 0.01
+        Must be >= 0 (so that the backward pass can be taken from the output).
+    out : ndarray, optional
+    """
+    x, out = _forward_args(x, out)
+    return _backend().leaky_relu(x, _slope(negative_slope), out)
+
+
+def leaky_relu_backward(grad_out, y, negative_slope=0.01, out=None):
+    """Gradient through leaky ReLU from its output ``y``."""
+    grad_out, y, out = _backward_args(grad_out, y, out)
+    return _backend().leaky_relu_backward(grad_out, y, _slope(negative_slope), out)
+
+
+def sigmoid(x, out=None):
+    """Logistic sigmoid ``1 / (1 + exp(-x))``, stable for large ``|x|``."""
+    x, out = _forward_args(x, out)
+    return _backend().sigmoid(x, out)
+
+
+def sigmoid_backward(grad_out, y, out=None):
+    """Gradient through sigmoid from its output: ``grad_out * y * (1 - y)``."""
+    grad_out, y, out = _backward_args(grad_out, y, out)
+    return _backend().sigmoid_backward(grad_out, y, out)
+
+
+def tanh(x, out=None):
+    """Hyperbolic tangent, elementwise."""
+    x, out = _forward_args(x, out)
+    return _backend().tanh(x, out)
+
+
+def tanh_backward(grad_out, y, out=None):
+    """Gradient through tanh from its output: ``grad_out * (1 - y**2)``."""
+    grad_out, y, out = _backward_args(grad_out, y, out)
+    return _backend().tanh_backward(grad_out, y, out)
+
+
+def softmax(x, out=None):
+    """Softmax over the last axis of a (B, C) array.
+
+    Parameters
+    ----------
+    x : array_like of shape (B, C)
+    out : ndarray of shape (B, C), optional
+    """
+    x = _v.as_float_array(x, "x", ndim=2)
+    out = _v.output(out, x.shape, x.dtype)
+    return _backend().softmax(x, out)
+
+
+def softmax_backward(grad_out, y, out=None):
+    """Gradient through softmax (last axis) from its output ``y`` of shape (B, C)."""
+    grad_out = _v.as_float_array(grad_out, "grad_out", ndim=2)
+    grad_out, y, out = _backward_args(grad_out, y, out)
+    return _backend().softmax_backward(grad_out, y, out)

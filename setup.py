@@ -1,0 +1,94 @@
+"""Build the Cython kernels (kernels/*.pyx) into fastnn._ext.
+
+Everything that pyproject.toml can say lives there; this file only does what
+it cannot: find the extensions, and pick compiler flags.
+
+* OpenMP is used when the compiler can build and link a test program with it;
+  otherwise the kernels build serial (``prange`` becomes ``range``) and
+  ``fastnn info`` reports ``openmp: False``.
+* Flags are portable by default: ``-O3 -fno-math-errno -fno-trapping-math``.
+  No ``-ffast-math``: in a shared library it can switch the whole process to
+  flush-denormals-to-zero and it breaks NaN checks. Set
+  ``FASTNN_NATIVE=1`` at install time to add ``-march=native`` (the wheel then
+  runs only on CPUs like the build machine's).
+* ``FASTNN_NO_OPENMP=1`` forces a serial build.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+HERE = Path(__file__).resolve().parent
+KERNELS = HERE / "kernels"
+
+
+def _compiler_command():
+    cc = os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc"
+    return cc.split()
+
+
+def _has_openmp() -> bool:
+    if os.environ.get("FASTNN_NO_OPENMP"):
+        return False
+    if sys.platform == "win32":  # MSVC: /openmp is always there
+        return True
+    source = "#include <omp.h>\nint main(void){int n=0;\n#pragma omp parallel\n{n=omp_get_num_threads();}\nreturn n<1;}\n"
+    tmp = tempfile.mkdtemp()
+    try:
+        src = Path(tmp) / "omp_check.c"
+        src.write_text(source)
+        cmd = _compiler_command() + ["-fopenmp", str(src), "-o", str(Path(tmp) / "omp_check")]
+        result = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return result.returncode == 0
+    except OSError:
+        return False
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _flags(openmp: bool):
+    if sys.platform == "win32":
+        compile_args = ["/O2", "/fp:precise"] + (["/openmp"] if openmp else [])
+        return compile_args, []
+    compile_args = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-fno-semantic-interposition"]
+    link_args = []
+    if os.environ.get("FASTNN_NATIVE"):
+        compile_args.append("-march=native")
+    if openmp:
+        compile_args.append("-fopenmp")
+        link_args.append("-fopenmp")
+    return compile_args, link_args
+
+
+def extensions():
+    openmp = _has_openmp()
+    compile_args, link_args = _flags(openmp)
+    print(f"fastnn: building Cython kernels with OpenMP={'yes' if openmp else 'no'}, flags {compile_args}")
+    exts = []
+    for pyx in sorted(KERNELS.glob("*.pyx")):
+        exts.append(
+            Extension(
+                f"fastnn._ext.{pyx.stem}",
+                [str(pyx.relative_to(HERE))],
+                include_dirs=[np.get_include(), str(KERNELS.relative_to(HERE))],
+                define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")],
+                extra_compile_args=compile_args,
+                extra_link_args=link_args,
+            )
+        )
+    return cythonize(
+        exts,
+        compiler_directives={"language_level": "3"},
+        include_path=[str(KERNELS)],
+    )
+
+
+setup(ext_modules=extensions())

@@ -1,0 +1,92 @@
+"""Shared fixtures: every kernel test runs over every backend and both dtypes.
+
+``FASTNN_REQUIRE_BACKENDS=numpy,numba,cython`` (set by CI) turns a backend
+that cannot load into a failing test instead of a skip, so a green CI run
+proves that all three backends ran.
+"""
+
+import numpy as np
+import pytest
+
+import fastnn
+from fastnn import _config
+from fastnn.backends import BACKEND_NAMES, BackendUnavailable, backend_status
+
+ALL_BACKENDS = ("numpy", "numba", "cython")
+COMPILED_BACKENDS = ("numba", "cython")
+DTYPES = (np.float32, np.float64)
+
+#: Per-dtype tolerances for comparing a backend with the reference.
+TOLERANCES = {
+    np.dtype(np.float32): dict(rtol=2e-5, atol=2e-6),
+    np.dtype(np.float64): dict(rtol=1e-12, atol=1e-13),
+}
+
+
+def tol(dtype, scale=1.0):
+    """Tolerances for ``dtype``, optionally widened by ``scale`` (long reductions)."""
+    t = TOLERANCES[np.dtype(dtype)]
+    return dict(rtol=t["rtol"] * scale, atol=t["atol"] * scale)
+
+
+def _require_or_skip(name):
+    status = backend_status()[name]
+    if status == "available":
+        return
+    if name in _config.required_backends():
+        pytest.fail(f"backend {name!r} is required (FASTNN_REQUIRE_BACKENDS) but unavailable: {status}")
+    pytest.skip(f"backend {name!r} unavailable: {status}")
+
+
+def pytest_report_header(config):
+    return [f"fastnn backends: {backend_status()}",
+            f"fastnn threads: {fastnn.get_num_threads()}; required: {_config.required_backends() or 'none'}"]
+
+
+
+
+@pytest.fixture(params=ALL_BACKENDS)
+def backend(request):
+    """Run the test with each backend selected (skipped/failed if unavailable)."""
+    _require_or_skip(request.param)
+    with fastnn.use_backend(request.param):
+        yield request.param
+
+
+@pytest.fixture(params=COMPILED_BACKENDS)
+def compiled_backend(request):
+    _require_or_skip(request.param)
+    with fastnn.use_backend(request.param):
+        yield request.param
+
+
+@pytest.fixture(params=DTYPES, ids=["float32", "float64"])
+def dtype(request):
+    return np.dtype(request.param)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(12345)
+
+
+def reference(fn_name, *args, **kwargs):
+    """Run public op ``fn_name`` with the NumPy reference backend."""
+    with fastnn.use_backend("numpy"):
+        return getattr(fastnn.ops, fn_name)(*args, **kwargs)
+
+
+def numerical_grad(f, x, eps=1e-6):
+    """Central finite differences of scalar ``f()`` with respect to array ``x`` (in place)."""
+    g = np.zeros_like(x, dtype=np.float64)
+    flat = x.reshape(-1)
+    gflat = g.reshape(-1)
+    for i in range(flat.size):
+        old = flat[i]
+        flat[i] = old + eps
+        fp = f()
+        flat[i] = old - eps
+        fm = f()
+        flat[i] = old
+        gflat[i] = (fp - fm) / (2 * eps)
+    return g

@@ -1,0 +1,148 @@
+"""The ``fastnn`` command: ``info``, ``bench`` and ``demo``.
+
+``fastnn info``   backends (and why one is missing), threads, BLAS, versions.
+``fastnn bench``  the benchmark report (see :mod:`fastnn.bench`).
+``fastnn demo``   small end-to-end trainings on built-in data
+                  (one module per demo in :mod:`fastnn.demos`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import platform
+import sys
+
+
+def _demo_modules():
+    from . import demos
+
+    mods = {}
+    for info in sorted(pkgutil.iter_modules(demos.__path__), key=lambda m: m.name):
+        if info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"fastnn.demos.{info.name}")
+        mods[module.NAME] = module
+    return mods
+
+
+def machine_info() -> dict:
+    """Backends, threads, BLAS and versions, as a dict (also used by the bench report)."""
+    import numpy as np
+
+    import fastnn
+
+    info = {
+        "fastnn": fastnn.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu": _cpu_model(),
+        "numpy": np.__version__,
+        "backends": fastnn.backend_status(),
+        "default_backend": fastnn.get_backend(),
+        "threads": fastnn.get_num_threads(),
+    }
+    for name in ("numba", "scipy", "Cython", "threadpoolctl", "torch", "sklearn"):
+        try:
+            mod = importlib.import_module(name)
+            info[name] = getattr(mod, "__version__", "?")
+        except Exception:
+            info[name] = None
+    try:
+        from threadpoolctl import threadpool_info
+
+        info["blas"] = [
+            {k: p.get(k) for k in ("internal_api", "version", "architecture", "num_threads", "threading_layer")}
+            for p in threadpool_info() if p.get("user_api") == "blas"
+        ]
+    except ImportError:
+        info["blas"] = []
+    for name in fastnn.available_backends():
+        from .backends import get
+
+        b = get(name)
+        info[f"backend_{name}"] = {"overrides": len(b.overrides), "fallbacks": sorted(b.fallbacks), **b.info}
+    return info
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _cmd_info(args) -> int:
+    info = machine_info()
+    print(f"fastnn {info['fastnn']}  (python {info['python']}, numpy {info['numpy']}, numba {info['numba']}, "
+          f"scipy {info['scipy']})")
+    print(f"cpu: {info['cpu']}  threads: {info['threads']}")
+    print("backends:")
+    for name, status in info["backends"].items():
+        mark = "*" if name == info["default_backend"] else " "
+        print(f" {mark} {name:7s} {status}")
+        extra = info.get(f"backend_{name}")
+        if extra:
+            fb = extra["fallbacks"]
+            print(f"           {extra['overrides']} kernels of its own"
+                  + (f"; from the reference: {', '.join(fb)}" if fb and name != "numpy" else ""))
+            for k, v in extra.items():
+                if k not in ("overrides", "fallbacks"):
+                    print(f"           {k}: {v}")
+    for blas in info["blas"]:
+        print(f"blas: {blas['internal_api']} {blas['version']} kernels={blas['architecture']} "
+              f"threads={blas['num_threads']}")
+    print(f"torch: {info['torch'] or 'not installed'}  scikit-learn: {info['sklearn'] or 'not installed'}")
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    import fastnn
+
+    if args.backend:
+        fastnn.set_backend(args.backend)
+    if args.threads:
+        fastnn.set_num_threads(args.threads)
+    return int(args.demo_module.run(args) or 0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fastnn", description="Fast CPU neural networks: info, benchmarks, demos.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p_info = sub.add_parser("info", help="backends, threads, BLAS and versions")
+    p_info.set_defaults(func=_cmd_info)
+
+    p_bench = sub.add_parser("bench", help="benchmark every backend against the machine, PyTorch and scikit-learn")
+    try:
+        from .bench import cli as bench_cli
+    except ImportError:  # pragma: no cover - the bench package is part of fastnn
+        bench_cli = None
+    if bench_cli is not None:
+        bench_cli.add_arguments(p_bench)
+        p_bench.set_defaults(func=bench_cli.run)
+
+    p_demo = sub.add_parser("demo", help="train a small network end to end on built-in data")
+    demo_sub = p_demo.add_subparsers(dest="demo", required=True)
+    for name, module in _demo_modules().items():
+        p = demo_sub.add_parser(name, help=module.HELP, description=module.__doc__)
+        p.add_argument("--backend", default=None, help="numpy, numba, cython or auto (default: FASTNN_BACKEND or auto)")
+        p.add_argument("--threads", type=int, default=None, help="number of threads")
+        module.add_arguments(p)
+        p.set_defaults(func=_cmd_demo, demo_module=module)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

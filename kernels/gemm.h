@@ -185,7 +185,7 @@ static void fnn_act_tile_d(double *c, long ldc, int m, int n, int act)
 #pragma clang attribute push(__attribute__((target("avx512f,avx512vl,avx512dq,avx2,fma"))), apply_to = function)
 #endif
 #ifndef FNN_AVX512_KC
-#define FNN_AVX512_KC 384
+#define FNN_AVX512_KC 256
 #endif
 #ifndef FNN_AVX512_MC
 #define FNN_AVX512_MC 96
@@ -196,9 +196,12 @@ static void fnn_act_tile_d(double *c, long ldc, int m, int n, int act)
 #ifndef FNN_AVX512_NV
 #define FNN_AVX512_NV 2
 #endif
+#ifndef FNN_AVX512_NC
+#define FNN_AVX512_NC 1024
+#endif
 #define FNN_KC FNN_AVX512_KC
 #define FNN_MC FNN_AVX512_MC
-#define FNN_NC 4096
+#define FNN_NC FNN_AVX512_NC
 
 #define FNN_T float
 #define FNN_IS_DOUBLE 0

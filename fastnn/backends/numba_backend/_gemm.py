@@ -39,9 +39,9 @@ VBYTES = 64 if _host_has_avx512() else 32
 MR = 12 if VBYTES == 64 else 6
 NV = 2
 #: Cache blocking: a KC x NR panel of B stays in L1, an MC x KC block of A in L2.
-KC = 384 if VBYTES == 64 else 256
+KC = 256
 MC = 96
-NC = 4096
+NC = 1024
 #: Below this many multiply-adds the product runs on one thread.
 PARALLEL_MIN_FLOPS = 96 * 96 * 96
 

@@ -48,16 +48,14 @@ typedef ptrdiff_t fnn_idx;
 /* ------------------------------------------------------------------------ */
 /* Scalar building blocks (inlined into the vector loops).                   */
 
-/* exp(x) for float32, x clamped to [-87.33, 88]: the result stays a normal
- * float (no denormals, no overflow); NaN passes through. Cody-Waite range
- * reduction x = n ln2 + r, |r| <= ln2/2, then a degree-7 polynomial (Cephes
- * coefficients); 2^n is built in the exponent bits. No float->int
- * conversion: n is rounded with the 1.5*2^23 trick, so NaN is harmless. */
-FNN_INLINE float fnn_exp_f32(float x)
+/* exp(x) for float32 with x already in [-87.33, 88]: Cody-Waite range
+ * reduction x = n ln2 + r, |r| <= ln2/2, a degree-7 polynomial (Cephes
+ * coefficients, about 1 ulp), and 2^n built in the exponent bits. n is
+ * rounded with the 1.5*2^23 trick instead of a float->int conversion, so a
+ * NaN argument gives NaN and nothing undefined. */
+FNN_INLINE float fnn_exp_core_f32(float x)
 {
     const float magic = 12582912.0f; /* 1.5 * 2^23: adding it rounds to an integer */
-    x = x < -87.33f ? -87.33f : x;
-    x = x > 88.0f ? 88.0f : x;
     float t = x * 1.44269504088896341f + magic;
     float n = t - magic;
     float r = x - n * 0.693359375f;
@@ -77,29 +75,57 @@ FNN_INLINE float fnn_exp_f32(float x)
     return p * s;
 }
 
+/* min(a, c) that keeps a NaN a (one vminps: c < a ? c : a). */
+FNN_INLINE float fnn_min_keepnan_f32(float a, float c) { return c < a ? c : a; }
+
+/* exp(x) for x <= 0 (softmax after subtracting the row max): clamped at
+ * -87.33 so that the result stays a normal float (about 1e-38, not 0). */
+FNN_INLINE float fnn_exp_f32(float x)
+{
+    return fnn_exp_core_f32(-fnn_min_keepnan_f32(-x, 87.33f));
+}
+
 /* sigmoid(x) = 1/(1+e) for x >= 0, e/(1+e) otherwise, e = exp(-|x|) <= 1. */
 FNN_INLINE float fnn_sigmoid_f32_1(float x)
 {
-    float e = fnn_exp_f32(-fabsf(x));
+    float e = fnn_exp_core_f32(-fnn_min_keepnan_f32(fabsf(x), 87.33f));
     float num = x >= 0.0f ? 1.0f : e; /* NaN: picks e, which is NaN */
     return num / (1.0f + e);
 }
 
-/* tanh: odd polynomial for |x| < 0.625 (no cancellation near 0), else
- * (1-e)/(1+e) with e = exp(-2|x|), sign restored. tanh(+-inf) = +-1. */
+/* expm1(x) for float32 with x in [-18, 0], accurate relative to the result
+ * near 0 (no 1 - e cancellation): with x = n ln2 + r,
+ * expm1(x) = 2^n expm1(r) + (2^n - 1), expm1(r) = r + r^2 P(r) (Taylor to r^7,
+ * |r| <= ln2/2, truncation below 2e-8 relative). */
+FNN_INLINE float fnn_expm1_core_f32(float x)
+{
+    const float magic = 12582912.0f;
+    float t = x * 1.44269504088896341f + magic;
+    float n = t - magic;
+    float r = x - n * 0.693359375f;
+    r = r + n * 2.12194440e-4f;
+    float p = 1.0f / 5040.0f;
+    p = p * r + 1.0f / 720.0f;
+    p = p * r + 1.0f / 120.0f;
+    p = p * r + 1.0f / 24.0f;
+    p = p * r + 1.0f / 6.0f;
+    p = p * r + 0.5f;
+    float em = r + (r * r) * p;
+    uint32_t ti;
+    memcpy(&ti, &t, sizeof ti);
+    uint32_t ei = (ti - 0x4B400000u + 127u) << 23;
+    float s;
+    memcpy(&s, &ei, sizeof s);
+    return s * em + (s - 1.0f);
+}
+
+/* tanh(|x|) = -u / (2 + u) with u = expm1(-2|x|), sign restored: one
+ * branch-free formula, accurate near 0 and saturating to +-1 (2|x| is
+ * clamped at 18, beyond which tanh rounds to 1). NaN propagates. */
 FNN_INLINE float fnn_tanh_f32_1(float x)
 {
-    float ax = fabsf(x);
-    float z = x * x;
-    float p = -5.70498872745e-3f;
-    p = p * z + 2.06390887954e-2f;
-    p = p * z - 5.37397155531e-2f;
-    p = p * z + 1.33314422036e-1f;
-    p = p * z - 3.33332819422e-1f;
-    float small = x + x * z * p;
-    float e = fnn_exp_f32(-2.0f * ax);
-    float big = copysignf((1.0f - e) / (1.0f + e), x);
-    return ax < 0.625f ? small : big; /* NaN: big, which is NaN */
+    float u = fnn_expm1_core_f32(-fnn_min_keepnan_f32(2.0f * fabsf(x), 18.0f));
+    return copysignf(-u / (2.0f + u), x);
 }
 
 FNN_INLINE double fnn_exp_f64(double x) { return exp(x); }

@@ -38,7 +38,7 @@ cdef void _bias_act32(int act, float* y, const float* bias, Py_ssize_t rows, Py_
     if bias == NULL:
         _run_unary32(fn, y, y, rows * cols, 0.0)
     elif _parallel(rows * cols) and rows > 1:
-        for r in prange(rows, num_threads=_fastnn_num_threads, schedule="static"):
+        for r in prange(rows, num_threads=_fastnn_num_threads, schedule="dynamic"):
             fn(y + r * cols, bias, y + r * cols, cols, 0.0)
     else:
         for r in range(rows):
@@ -51,7 +51,7 @@ cdef void _bias_act64(int act, double* y, const double* bias, Py_ssize_t rows, P
     if bias == NULL:
         _run_unary64(fn, y, y, rows * cols, 0.0)
     elif _parallel(rows * cols) and rows > 1:
-        for r in prange(rows, num_threads=_fastnn_num_threads, schedule="static"):
+        for r in prange(rows, num_threads=_fastnn_num_threads, schedule="dynamic"):
             fn(y + r * cols, bias, y + r * cols, cols, 0.0)
     else:
         for r in range(rows):

@@ -140,7 +140,7 @@ cdef void _run_unary32(fnn_unary32 fn, const float* x, float* y, Py_ssize_t n, d
     cdef Py_ssize_t c, start, nch
     if _parallel(n):
         nch = (n + _CHUNK - 1) // _CHUNK
-        for c in prange(nch, num_threads=_fastnn_num_threads, schedule="static"):
+        for c in prange(nch, num_threads=_fastnn_num_threads, schedule="dynamic"):
             start = c * _CHUNK
             fn(x + start, NULL, y + start, min(_CHUNK, n - start), prm)
     else:
@@ -151,7 +151,7 @@ cdef void _run_unary64(fnn_unary64 fn, const double* x, double* y, Py_ssize_t n,
     cdef Py_ssize_t c, start, nch
     if _parallel(n):
         nch = (n + _CHUNK - 1) // _CHUNK
-        for c in prange(nch, num_threads=_fastnn_num_threads, schedule="static"):
+        for c in prange(nch, num_threads=_fastnn_num_threads, schedule="dynamic"):
             start = c * _CHUNK
             fn(x + start, NULL, y + start, min(_CHUNK, n - start), prm)
     else:
@@ -164,7 +164,7 @@ cdef void _run_binary32(fnn_binary32 fn, const float* g, const float* y, float* 
     cdef Py_ssize_t c, start, nch
     if _parallel(n):
         nch = (n + _CHUNK - 1) // _CHUNK
-        for c in prange(nch, num_threads=_fastnn_num_threads, schedule="static"):
+        for c in prange(nch, num_threads=_fastnn_num_threads, schedule="dynamic"):
             start = c * _CHUNK
             fn(g + start, y + start, out + start, min(_CHUNK, n - start), prm)
     else:
@@ -176,7 +176,7 @@ cdef void _run_binary64(fnn_binary64 fn, const double* g, const double* y, doubl
     cdef Py_ssize_t c, start, nch
     if _parallel(n):
         nch = (n + _CHUNK - 1) // _CHUNK
-        for c in prange(nch, num_threads=_fastnn_num_threads, schedule="static"):
+        for c in prange(nch, num_threads=_fastnn_num_threads, schedule="dynamic"):
             start = c * _CHUNK
             fn(g + start, y + start, out + start, min(_CHUNK, n - start), prm)
     else:

@@ -21,7 +21,7 @@ cdef double _run_pair32(_pair_loss32 fn, const float* p, const float* t, float* 
     cdef double total = 0
     if _parallel(n):
         nch = (n + _CHUNK - 1) // _CHUNK
-        for c in prange(nch, num_threads=_fastnn_num_threads, schedule="static"):
+        for c in prange(nch, num_threads=_fastnn_num_threads, schedule="dynamic"):
             start = c * _CHUNK
             total += fn(p + start, t + start, g + start, min(_CHUNK, n - start), gscale)
         return total
@@ -34,7 +34,7 @@ cdef double _run_pair64(_pair_loss64 fn, const double* p, const double* t, doubl
     cdef double total = 0
     if _parallel(n):
         nch = (n + _CHUNK - 1) // _CHUNK
-        for c in prange(nch, num_threads=_fastnn_num_threads, schedule="static"):
+        for c in prange(nch, num_threads=_fastnn_num_threads, schedule="dynamic"):
             start = c * _CHUNK
             total += fn(p + start, t + start, g + start, min(_CHUNK, n - start), gscale)
         return total
@@ -83,7 +83,7 @@ cdef double _xent(bint f32, const void* z, const fnn_idx* labels, void* g, Py_ss
     cdef double total = 0
     if _parallel(rows * c) and rows > 1:
         nblk = (rows + rows_per - 1) // rows_per
-        for blk in prange(nblk, num_threads=_fastnn_num_threads, schedule="static"):
+        for blk in prange(nblk, num_threads=_fastnn_num_threads, schedule="dynamic"):
             lo = blk * rows_per
             hi = min(rows, lo + rows_per)
             total += _xent_block(f32, z, labels, g, lo, hi - lo, c, scale)

@@ -15,7 +15,7 @@ cdef void _sgd(bint f32, void* p, const void* g, void* v, Py_ssize_t n, double l
     cdef Py_ssize_t esz = 4 if f32 else 8
     if _parallel(n):
         nch = (n + _CHUNK - 1) // _CHUNK
-        for c in prange(nch, num_threads=_fastnn_num_threads, schedule="static"):
+        for c in prange(nch, num_threads=_fastnn_num_threads, schedule="dynamic"):
             start = c * _CHUNK
             ln = min(_CHUNK, n - start)
             if f32:
@@ -50,7 +50,7 @@ cdef void _adam(bint f32, void* p, const void* g, void* m, void* v, Py_ssize_t n
     cdef Py_ssize_t c, start, nch, ln
     if _parallel(n):
         nch = (n + _CHUNK - 1) // _CHUNK
-        for c in prange(nch, num_threads=_fastnn_num_threads, schedule="static"):
+        for c in prange(nch, num_threads=_fastnn_num_threads, schedule="dynamic"):
             start = c * _CHUNK
             ln = min(_CHUNK, n - start)
             if f32:

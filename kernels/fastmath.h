@@ -85,10 +85,40 @@ FNN_INLINE float fnn_exp_f32(float x)
     return fnn_exp_core_f32(-fnn_min_keepnan_f32(-x, 87.33f));
 }
 
-/* sigmoid(x) = 1/(1+e) for x >= 0, e/(1+e) otherwise, e = exp(-|x|) <= 1. */
+/* exp(x) for x in [-104, 0], down into the float32 denormals (exp(-104)
+ * rounds to 0): as fnn_exp_core_f32, but 2^n (n down to -150) is applied as
+ * two normal factors 2^(n/2) 2^(n - n/2), so that only the last product
+ * rounds. */
+FNN_INLINE float fnn_exp_neg_f32(float x)
+{
+    const float magic = 12582912.0f;
+    float t = x * 1.44269504088896341f + magic;
+    float n = t - magic;
+    float r = x - n * 0.693359375f;
+    r = r + n * 2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * (r * r) + r + 1.0f;
+    uint32_t ti;
+    memcpy(&ti, &t, sizeof ti);
+    int32_t ni = (int32_t)(ti - 0x4B400000u);
+    int32_t n1 = ni >> 1; /* arithmetic shift on every supported compiler */
+    uint32_t e1 = (uint32_t)(n1 + 127) << 23, e2 = (uint32_t)(ni - n1 + 127) << 23;
+    float s1, s2;
+    memcpy(&s1, &e1, sizeof s1);
+    memcpy(&s2, &e2, sizeof s2);
+    return (p * s1) * s2;
+}
+
+/* sigmoid(x) = 1/(1+e) for x >= 0, e/(1+e) otherwise, e = exp(-|x|) <= 1;
+ * exact down to the denormals, 0 for x <= -104 and -inf. */
 FNN_INLINE float fnn_sigmoid_f32_1(float x)
 {
-    float e = fnn_exp_core_f32(-fnn_min_keepnan_f32(fabsf(x), 87.33f));
+    float e = fnn_exp_neg_f32(-fnn_min_keepnan_f32(fabsf(x), 104.0f));
     float num = x >= 0.0f ? 1.0f : e; /* NaN: picks e, which is NaN */
     return num / (1.0f + e);
 }

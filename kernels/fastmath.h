@@ -287,43 +287,35 @@ FNN_DEFINE_BINARY(fnn_tanh_bwd_f64, double, FNN_DTANH)
 
 /* ------------------------------------------------------------------------ */
 /* Row kernels: softmax, its backward, cross-entropy, column sums.           */
-/* Reductions keep 16 partial results so that they vectorise without         */
-/* -ffast-math (a single accumulator is a serial dependency chain).          */
+/* Reductions are marked "omp simd" so that they vectorise (several partial */
+/* sums) without -ffast-math; the build adds -fopenmp-simd where it has no   */
+/* OpenMP, and a compiler without either runs them as plain loops.           */
 
-#define FNN_LANES 16
+#if defined(_OPENMP) || defined(FASTNN_OPENMP_SIMD)
+#define FNN_PRAGMA(x) _Pragma(#x)
+#define FNN_SIMD_REDUCTION(r) FNN_PRAGMA(omp simd reduction(r))
+#else
+#define FNN_SIMD_REDUCTION(r)
+#endif
 
 #define FNN_DEFINE_ROWS(T, SUF, EXPF)                                                           \
     FNN_INLINE T fnn_rowmax_##SUF(const T *FNN_RESTRICT x, fnn_idx n)                          \
     {                                                                                           \
-        T acc[FNN_LANES];                                                                       \
-        fnn_idx i = 0;                                                                          \
         T m = x[0];                                                                             \
-        for (int j = 0; j < FNN_LANES; j++) acc[j] = m;                                         \
-        for (; i + FNN_LANES <= n; i += FNN_LANES)                                              \
-            for (int j = 0; j < FNN_LANES; j++) acc[j] = x[i + j] > acc[j] ? x[i + j] : acc[j]; \
-        for (; i < n; i++) m = x[i] > m ? x[i] : m;                                             \
-        for (int j = 0; j < FNN_LANES; j++) m = acc[j] > m ? acc[j] : m;                        \
+        FNN_SIMD_REDUCTION(max : m)                                                             \
+        for (fnn_idx i = 0; i < n; i++) m = x[i] > m ? x[i] : m;                                \
         return m;                                                                               \
     }                                                                                           \
     /* y = exp(x - m), returns sum(y) */                                                        \
     FNN_INLINE T fnn_expsum_##SUF(const T *x, T *y, fnn_idx n, T m)                            \
     {                                                                                           \
-        T acc[FNN_LANES];                                                                       \
-        for (int j = 0; j < FNN_LANES; j++) acc[j] = 0;                                         \
-        fnn_idx i = 0;                                                                          \
-        for (; i + FNN_LANES <= n; i += FNN_LANES)                                              \
-            for (int j = 0; j < FNN_LANES; j++) {                                               \
-                T e = EXPF(x[i + j] - m);                                                       \
-                y[i + j] = e;                                                                   \
-                acc[j] += e;                                                                    \
-            }                                                                                   \
         T s = 0;                                                                                \
-        for (; i < n; i++) {                                                                    \
+        FNN_SIMD_REDUCTION(+ : s)                                                               \
+        for (fnn_idx i = 0; i < n; i++) {                                                       \
             T e = EXPF(x[i] - m);                                                               \
             y[i] = e;                                                                           \
             s += e;                                                                             \
         }                                                                                       \
-        for (int j = 0; j < FNN_LANES; j++) s += acc[j];                                        \
         return s;                                                                               \
     }                                                                                           \
     /* y = softmax(x) over rows of length c; x may equal y. */                                  \
@@ -346,15 +338,10 @@ FNN_DEFINE_BINARY(fnn_tanh_bwd_f64, double, FNN_DTANH)
             const T *gr = g + r * c;                                                            \
             const T *yr = y + r * c;                                                            \
             T *outr = out + r * c;                                                              \
-            T acc[FNN_LANES];                                                                   \
-            for (int j = 0; j < FNN_LANES; j++) acc[j] = 0;                                     \
-            fnn_idx i = 0;                                                                      \
-            for (; i + FNN_LANES <= c; i += FNN_LANES)                                          \
-                for (int j = 0; j < FNN_LANES; j++) acc[j] += gr[i + j] * yr[i + j];            \
             T dot = 0;                                                                          \
-            for (; i < c; i++) dot += gr[i] * yr[i];                                            \
-            for (int j = 0; j < FNN_LANES; j++) dot += acc[j];                                  \
-            for (i = 0; i < c; i++) outr[i] = (gr[i] - dot) * yr[i];                            \
+            FNN_SIMD_REDUCTION(+ : dot)                                                         \
+            for (fnn_idx i = 0; i < c; i++) dot += gr[i] * yr[i];                               \
+            for (fnn_idx i = 0; i < c; i++) outr[i] = (gr[i] - dot) * yr[i];                    \
         }                                                                                       \
     }                                                                                           \
     /* Cross-entropy rows: grad = scale*(softmax(z) - onehot), returns sum of the rows' */     \
@@ -395,21 +382,13 @@ FNN_DEFINE_ROWS(double, f64, fnn_exp_f64)
                                            double two_scale)                                   \
     {                                                                                          \
         const T ts = (T)two_scale;                                                             \
-        double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};                                              \
-        fnn_idx i = 0;                                                                         \
-        for (; i + 8 <= n; i += 8)                                                             \
-            for (int j = 0; j < 8; j++) {                                                      \
-                T d = p[i + j] - t[i + j];                                                     \
-                acc[j] += (double)d * (double)d;                                               \
-                grad[i + j] = d * ts;                                                          \
-            }                                                                                  \
         double s = 0;                                                                          \
-        for (; i < n; i++) {                                                                   \
+        FNN_SIMD_REDUCTION(+ : s)                                                              \
+        for (fnn_idx i = 0; i < n; i++) {                                                      \
             T d = p[i] - t[i];                                                                 \
             s += (double)d * (double)d;                                                        \
             grad[i] = d * ts;                                                                  \
         }                                                                                      \
-        for (int j = 0; j < 8; j++) s += acc[j];                                               \
         return s;                                                                              \
     }                                                                                          \
     /* max(z,0) - z t + log1p(exp(-|z|)); grad = scale (sigmoid(z) - t) */                     \

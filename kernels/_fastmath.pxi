@@ -183,7 +183,7 @@ cdef void _run_binary64(fnn_binary64 fn, const double* g, const double* y, doubl
         fn(g, y, out, n, prm)
 
 
-cdef int _unary(cnp.ndarray x, cnp.ndarray out, int act, double prm) except -1:
+cdef inline int _unary(cnp.ndarray x, cnp.ndarray out, int act, double prm) except -1:
     """Run forward activation ``act`` from ``x`` into ``out`` (same dtype and size)."""
     cdef Py_ssize_t n = cnp.PyArray_SIZE(x)
     cdef void* px = cnp.PyArray_DATA(x)
@@ -203,7 +203,7 @@ cdef int _unary(cnp.ndarray x, cnp.ndarray out, int act, double prm) except -1:
     return 0
 
 
-cdef int _binary(cnp.ndarray g, cnp.ndarray y, cnp.ndarray out, int act, double prm) except -1:
+cdef inline int _binary(cnp.ndarray g, cnp.ndarray y, cnp.ndarray out, int act, double prm) except -1:
     """Run backward activation ``act``: out = g * act'(y)."""
     cdef Py_ssize_t n = cnp.PyArray_SIZE(g)
     cdef void* pg = cnp.PyArray_DATA(g)

@@ -35,12 +35,15 @@ typedef ptrdiff_t fnn_idx;
 #endif
 
 #if defined(__GNUC__) || defined(__clang__)
+#define FNN_UNUSED __attribute__((unused)) /* each module uses only some loops */
 #define FNN_RESTRICT __restrict__
 #define FNN_INLINE static inline __attribute__((always_inline))
 #elif defined(_MSC_VER)
+#define FNN_UNUSED
 #define FNN_RESTRICT __restrict
 #define FNN_INLINE static __forceinline
 #else
+#define FNN_UNUSED
 #define FNN_RESTRICT
 #define FNN_INLINE static inline
 #endif
@@ -178,7 +181,7 @@ FNN_INLINE double fnn_tanh_f64_1(double x) { return tanh(x); }
 #define FNN_IDENT(v, prm) (v)
 
 #define FNN_DEFINE_UNARY(NAME, T, EXPR)                                                   \
-    FNN_CLONES static void NAME(const T *x, const T *bias, T *y, fnn_idx n, double param) \
+    FNN_CLONES FNN_UNUSED static void NAME(const T *x, const T *bias, T *y, fnn_idx n, double param) \
     {                                                                                     \
         const T prm = (T)param;                                                           \
         (void)prm;                                                                        \
@@ -240,7 +243,7 @@ FNN_DEFINE_UNARY(fnn_tanh_f64, double, FNN_TANH64)
 #define FNN_DTANH(g, y, prm) ((g) * (1 - (y) * (y)))
 
 #define FNN_DEFINE_BINARY(NAME, T, EXPR)                                                   \
-    FNN_CLONES static void NAME(const T *g, const T *y, T *out, fnn_idx n, double param)   \
+    FNN_CLONES FNN_UNUSED static void NAME(const T *g, const T *y, T *out, fnn_idx n, double param)   \
     {                                                                                      \
         const T prm = (T)param;                                                            \
         (void)prm;                                                                         \
@@ -319,7 +322,7 @@ FNN_DEFINE_BINARY(fnn_tanh_bwd_f64, double, FNN_DTANH)
         return s;                                                                               \
     }                                                                                           \
     /* y = softmax(x) over rows of length c; x may equal y. */                                  \
-    FNN_CLONES static void fnn_softmax_rows_##SUF(const T *x, T *y, fnn_idx rows, fnn_idx c)   \
+    FNN_CLONES FNN_UNUSED static void fnn_softmax_rows_##SUF(const T *x, T *y, fnn_idx rows, fnn_idx c)   \
     {                                                                                           \
         if (c == 0) return;                                                                     \
         for (fnn_idx r = 0; r < rows; r++) {                                                    \
@@ -331,7 +334,7 @@ FNN_DEFINE_BINARY(fnn_tanh_bwd_f64, double, FNN_DTANH)
         }                                                                                       \
     }                                                                                           \
     /* out = y * (g - sum(g*y)) row by row */                                                   \
-    FNN_CLONES static void fnn_softmax_bwd_rows_##SUF(const T *g, const T *y, T *out,          \
+    FNN_CLONES FNN_UNUSED static void fnn_softmax_bwd_rows_##SUF(const T *g, const T *y, T *out,          \
                                                       fnn_idx rows, fnn_idx c)                  \
     {                                                                                           \
         for (fnn_idx r = 0; r < rows; r++) {                                                    \
@@ -346,7 +349,7 @@ FNN_DEFINE_BINARY(fnn_tanh_bwd_f64, double, FNN_DTANH)
     }                                                                                           \
     /* Cross-entropy rows: grad = scale*(softmax(z) - onehot), returns sum of the rows' */     \
     /* logsumexp(z) - z[label] (unscaled), in double. */                                        \
-    FNN_CLONES static double fnn_xent_rows_##SUF(const T *z, const fnn_idx *labels, T *grad,   \
+    FNN_CLONES FNN_UNUSED static double fnn_xent_rows_##SUF(const T *z, const fnn_idx *labels, T *grad,   \
                                                  fnn_idx rows, fnn_idx c, double scale)         \
     {                                                                                           \
         double loss = 0;                                                                        \
@@ -365,7 +368,7 @@ FNN_DEFINE_BINARY(fnn_tanh_bwd_f64, double, FNN_DTANH)
         return loss;                                                                            \
     }                                                                                           \
     /* acc[j] += x[j] */                                                                        \
-    FNN_CLONES static void fnn_add_##SUF(T *FNN_RESTRICT acc, const T *FNN_RESTRICT x, fnn_idx n) \
+    FNN_CLONES FNN_UNUSED static void fnn_add_##SUF(T *FNN_RESTRICT acc, const T *FNN_RESTRICT x, fnn_idx n) \
     {                                                                                           \
         for (fnn_idx i = 0; i < n; i++) acc[i] += x[i];                                         \
     }
@@ -378,7 +381,7 @@ FNN_DEFINE_ROWS(double, f64, fnn_exp_f64)
 
 #define FNN_DEFINE_LOSSES(T, SUF, EXPF, LOG1P)                                                 \
     /* d = p - t; grad = two_scale * d; returns sum d^2 (double) */                            \
-    FNN_CLONES static double fnn_mse_##SUF(const T *p, const T *t, T *grad, fnn_idx n,         \
+    FNN_CLONES FNN_UNUSED static double fnn_mse_##SUF(const T *p, const T *t, T *grad, fnn_idx n,         \
                                            double two_scale)                                   \
     {                                                                                          \
         const T ts = (T)two_scale;                                                             \
@@ -392,7 +395,7 @@ FNN_DEFINE_ROWS(double, f64, fnn_exp_f64)
         return s;                                                                              \
     }                                                                                          \
     /* max(z,0) - z t + log1p(exp(-|z|)); grad = scale (sigmoid(z) - t) */                     \
-    static double fnn_bce_##SUF(const T *z, const T *t, T *grad, fnn_idx n, double scale)      \
+    FNN_UNUSED static double fnn_bce_##SUF(const T *z, const T *t, T *grad, fnn_idx n, double scale)      \
     {                                                                                          \
         const T sc = (T)scale;                                                                 \
         double s = 0;                                                                          \
@@ -414,7 +417,7 @@ FNN_DEFINE_LOSSES(double, f64, exp, log1p)
 /* Optimizer updates (PyTorch's rules, see the reference for the math).      */
 
 #define FNN_DEFINE_OPTIM(T, SUF, SQRT)                                                           \
-    FNN_CLONES static void fnn_sgd_##SUF(T *FNN_RESTRICT param, const T *FNN_RESTRICT grad,      \
+    FNN_CLONES FNN_UNUSED static void fnn_sgd_##SUF(T *FNN_RESTRICT param, const T *FNN_RESTRICT grad,      \
                                          T *FNN_RESTRICT vel, fnn_idx n, double lr_,            \
                                          double mom_, int nesterov, double wd_)                 \
     {                                                                                            \
@@ -440,7 +443,7 @@ FNN_DEFINE_LOSSES(double, f64, exp, log1p)
             }                                                                                    \
         }                                                                                        \
     }                                                                                            \
-    FNN_CLONES static void fnn_adam_##SUF(T *FNN_RESTRICT param, const T *FNN_RESTRICT grad,     \
+    FNN_CLONES FNN_UNUSED static void fnn_adam_##SUF(T *FNN_RESTRICT param, const T *FNN_RESTRICT grad,     \
                                           T *FNN_RESTRICT m, T *FNN_RESTRICT v, fnn_idx n,      \
                                           double decay_, double l2_, double b1_, double b2_,    \
                                           double step_size_, double inv_sqrt_bc2_, double eps_) \

@@ -72,12 +72,10 @@ _HI_D = 709.0
 
 
 @njit(**NUMBA_JIT_OPTIONS)
-def exp32(x):
-    """exp(x) for float32, vectorisable (~1e-7 relative error)."""
-    xc = x if x > _LO_F else _LO_F             # NaN -> _LO_F: keeps the int conversion defined
-    xc = xc if xc < _HI_F else _HI_F
-    n = np.floor(xc * _LOG2E_F + np.float32(0.5))
-    r = xc - n * _LN2HI_F
+def _exp_core32(x):
+    """exp(x) for float32 x already within [_LO_F, _HI_F] (no checks)."""
+    n = np.floor(x * _LOG2E_F + np.float32(0.5))
+    r = x - n * _LN2HI_F
     r = r - n * _LN2LO_F
     p = _C_F[0]
     p = p * r + _C_F[1]
@@ -87,20 +85,14 @@ def exp32(x):
     p = p * r + _C_F[5]
     p = p * r + _C_F[6]
     # np.int32() again: Numba widens int32 arithmetic to int64.
-    scale = _bits_as_float(np.int32((np.int32(n) + np.int32(127)) << np.int32(23)))
-    res = p * scale
-    res = np.float32(np.inf) if x > _HI_F else res
-    res = np.float32(0.0) if x < _LO_F else res
-    return x if x != x else res
+    return p * _bits_as_float(np.int32((np.int32(n) + np.int32(127)) << np.int32(23)))
 
 
 @njit(**NUMBA_JIT_OPTIONS)
-def exp64(x):
-    """exp(x) for float64, vectorisable (~2e-16 relative error)."""
-    xc = x if x > _LO_D else _LO_D
-    xc = xc if xc < _HI_D else _HI_D
-    n = np.floor(xc * _LOG2E_D + 0.5)
-    r = xc - n * _LN2HI_D
+def _exp_core64(x):
+    """exp(x) for float64 x already within [_LO_D, _HI_D] (no checks)."""
+    n = np.floor(x * _LOG2E_D + 0.5)
+    r = x - n * _LN2HI_D
     r = r - n * _LN2LO_D
     p = 1.0 / 479001600.0
     p = p * r + 1.0 / 39916800.0
@@ -115,11 +107,55 @@ def exp64(x):
     p = p * r + 0.5
     p = p * r + 1.0
     p = p * r + 1.0
-    scale = _bits_as_float((np.int64(n) + np.int64(1023)) << np.int64(52))
-    res = p * scale
+    return p * _bits_as_float((np.int64(n) + np.int64(1023)) << np.int64(52))
+
+
+@njit(**NUMBA_JIT_OPTIONS)
+def exp32(x):
+    """exp(x) for float32, vectorisable (~3e-7 relative error)."""
+    xc = x if x > _LO_F else _LO_F             # NaN -> _LO_F: keeps the int conversion defined
+    xc = xc if xc < _HI_F else _HI_F
+    res = _exp_core32(xc)
+    res = np.float32(np.inf) if x > _HI_F else res
+    res = np.float32(0.0) if x < _LO_F else res
+    return x if x != x else res
+
+
+@njit(**NUMBA_JIT_OPTIONS)
+def exp64(x):
+    """exp(x) for float64, vectorisable (~2e-15 relative error)."""
+    xc = x if x > _LO_D else _LO_D
+    xc = xc if xc < _HI_D else _HI_D
+    res = _exp_core64(xc)
     res = np.inf if x > _HI_D else res
     res = 0.0 if x < _LO_D else res
     return x if x != x else res
+
+
+@njit(**NUMBA_JIT_OPTIONS)
+def sigmoid32(x):
+    """1 / (1 + exp(-x)) for float32, vectorisable."""
+    # exp of -|x| only, so it never overflows: sigmoid(x) = 1/(1+e) for
+    # x >= 0 and e/(1+e) for x < 0, with e = exp(-|x|) in [0, 1].
+    t = -np.abs(x)
+    tc = t if t > _LO_F else _LO_F
+    e = _exp_core32(tc)
+    e = e if t > _LO_F else np.float32(0.0)
+    num = np.float32(1.0) if x >= np.float32(0.0) else e
+    y = num / (np.float32(1.0) + e)
+    return y if x == x else x
+
+
+@njit(**NUMBA_JIT_OPTIONS)
+def sigmoid64(x):
+    """1 / (1 + exp(-x)) for float64, vectorisable."""
+    t = -np.abs(x)
+    tc = t if t > _LO_D else _LO_D
+    e = _exp_core64(tc)
+    e = e if t > _LO_D else 0.0
+    num = 1.0 if x >= 0.0 else e
+    y = num / (1.0 + e)
+    return y if x == x else x
 
 
 # Odd Taylor coefficients of tanh: x - x^3/3 + 2x^5/15 - 17x^7/315 + ...
@@ -133,8 +169,13 @@ _TANH_SMALL_D = 0.0625             # below: polynomial to x^13 (error < 1e-17 re
 @njit(**NUMBA_JIT_OPTIONS)
 def tanh32(x):
     """tanh(x) for float32, vectorisable."""
+    # tanh|x| = (1 - e) / (1 + e) with e = exp(-2|x|) in (0, 1]: no overflow,
+    # and below the clamp e is tiny enough that the quotient rounds to 1.
     ax = np.abs(x)
-    big = np.float32(1.0) - np.float32(2.0) / (exp32(np.float32(2.0) * ax) + np.float32(1.0))
+    t = np.float32(-2.0) * ax
+    t = t if t > _LO_F else _LO_F
+    e = _exp_core32(t)
+    big = (np.float32(1.0) - e) / (np.float32(1.0) + e)
     big = big if x >= np.float32(0.0) else -big
     x2 = x * x
     p = _T_F[4]
@@ -142,14 +183,17 @@ def tanh32(x):
     p = p * x2 + _T_F[2]
     p = p * x2 + _T_F[1]
     small = x + x * x2 * p
-    return small if ax < _TANH_SMALL_F else big
+    return big if ax >= _TANH_SMALL_F else small   # NaN takes the polynomial: stays NaN
 
 
 @njit(**NUMBA_JIT_OPTIONS)
 def tanh64(x):
     """tanh(x) for float64, vectorisable."""
     ax = np.abs(x)
-    big = 1.0 - 2.0 / (exp64(2.0 * ax) + 1.0)
+    t = -2.0 * ax
+    t = t if t > _LO_D else _LO_D
+    e = _exp_core64(t)
+    big = (1.0 - e) / (1.0 + e)
     big = big if x >= 0.0 else -big
     x2 = x * x
     p = _TANH_C[6]
@@ -159,7 +203,7 @@ def tanh64(x):
     p = p * x2 + _TANH_C[2]
     p = p * x2 + _TANH_C[1]
     small = x + x * x2 * p
-    return small if ax < _TANH_SMALL_D else big
+    return big if ax >= _TANH_SMALL_D else small
 
 
 def fexp(x):
@@ -198,7 +242,7 @@ def _ftanh(x):
 @overload(fsigmoid)
 def _fsigmoid(x):
     if x == types.float32:
-        return lambda x: np.float32(1.0) / (np.float32(1.0) + exp32(-x))
+        return lambda x: sigmoid32(x)
     if x == types.float64:
-        return lambda x: 1.0 / (1.0 + exp64(-x))
+        return lambda x: sigmoid64(x)
     return None

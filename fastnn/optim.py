@@ -1,0 +1,322 @@
+"""Optimizers (SGD, Adam, AdamW), learning-rate schedules and gradient clipping.
+
+The update rules are PyTorch's (``torch.optim.SGD`` without dampening,
+``torch.optim.Adam``, ``torch.optim.AdamW``), run by the active backend's
+fused kernels (:func:`fastnn.ops.sgd_update`, :func:`fastnn.ops.adam_update`).
+
+::
+
+    opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    ...
+    model.backward(loss_fn.backward())   # fills every p.grad
+    opt.step()
+
+Arguments are validated when the optimizer is built and whenever a
+parameter's arrays change; ``step()`` itself then goes straight to the kernel.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from . import _validation as _v
+from .backends import current as _current
+
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "clip_grad_norm",
+           "LRScheduler", "StepLR", "CosineAnnealingLR", "ExponentialLR"]
+
+
+def _param_list(params):
+    from .nn.module import Module, Parameter
+
+    if isinstance(params, Module):
+        params = params.parameters()
+    params = list(params)
+    if not params:
+        raise ValueError("optimizer got an empty parameter list")
+    for i, p in enumerate(params):
+        if not isinstance(p, Parameter):
+            raise TypeError(f"parameter {i} is a {type(p).__name__}, not a fastnn.nn.Parameter")
+    if len({id(p) for p in params}) != len(params):
+        raise ValueError("some parameters appear more than once")
+    return params
+
+
+class Optimizer:
+    """Base class: holds the parameters and the learning rate ``lr``.
+
+    Parameters
+    ----------
+    params : iterable of Parameter, or a Module
+    lr : float >= 0
+    """
+
+    def __init__(self, params, lr):
+        self.params = _param_list(params)
+        self.lr = lr
+        self._slots = None
+
+    @property
+    def lr(self) -> float:
+        """Learning rate (schedulers change it between steps)."""
+        return self._lr
+
+    @lr.setter
+    def lr(self, value):
+        self._lr = _v.scalar(value, "lr", low=0.0)
+
+    def zero_grad(self) -> None:
+        """Set every gradient to zero (not needed: ``backward`` overwrites them)."""
+        for p in self.params:
+            p.grad.fill(0)
+
+    def _check(self, p, *states):
+        _v.inplace(p.data, "param")
+        if type(p.grad) is not np.ndarray or p.grad.shape != p.data.shape or p.grad.dtype != p.data.dtype \
+                or not p.grad.flags.c_contiguous:
+            raise ValueError(f"{p!r}: grad must be a C-contiguous array of the parameter's shape and dtype")
+
+    def step(self) -> None:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(lr={self.lr}, {len(self.params)} parameters)"
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent with optional (Nesterov) momentum and weight decay.
+
+    ::
+
+        g = grad + weight_decay·param
+        v = momentum·v + g                         (v = g at the first step)
+        param −= lr · (g + momentum·v  if nesterov  else  v)
+
+    Parameters
+    ----------
+    params : iterable of Parameter, or a Module
+    lr : float, default 0.01
+    momentum : float in [0, 1), default 0
+    nesterov : bool, default False (needs momentum > 0)
+    weight_decay : float >= 0, default 0
+    """
+
+    def __init__(self, params, lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0):
+        super().__init__(params, lr)
+        self.momentum = _v.scalar(momentum, "momentum", low=0.0, high=1.0, high_open=True)
+        self.weight_decay = _v.scalar(weight_decay, "weight_decay", low=0.0)
+        self.nesterov = bool(nesterov)
+        if self.nesterov and self.momentum == 0:
+            raise ValueError("nesterov momentum needs momentum > 0")
+        self.velocity = [np.zeros_like(p.data) if self.momentum else None for p in self.params]
+        self._refresh()
+
+    def _refresh(self):
+        for p in self.params:
+            self._check(p)
+        self.velocity = [v if v is not None and v.shape == p.data.shape and v.dtype == p.data.dtype
+                         else (np.zeros_like(p.data) if self.momentum else None)
+                         for p, v in zip(self.params, self.velocity)]
+        self._slots = [(p, p.data, p.grad, v) for p, v in zip(self.params, self.velocity)]
+
+    def step(self) -> None:
+        """Update every parameter in place from its ``grad``."""
+        kernel = _current().sgd_update
+        lr, mom, nest, wd = self._lr, self.momentum, self.nesterov, self.weight_decay
+        for p, data, grad, vel in self._slots:
+            if p.data is not data or p.grad is not grad:
+                self._refresh()
+                return self.step()
+            kernel(data, grad, vel, lr, mom, nest, wd)
+
+
+class Adam(Optimizer):
+    """Adam (Kingma & Ba), PyTorch's rule; weight decay as an L2 term in the gradient.
+
+    Parameters
+    ----------
+    params : iterable of Parameter, or a Module
+    lr : float, default 1e-3
+    betas : (float, float), default (0.9, 0.999)
+    eps : float, default 1e-8
+    weight_decay : float, default 0
+    """
+
+    _decoupled = False
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+        super().__init__(params, lr)
+        b1, b2 = betas
+        self.betas = (_v.scalar(b1, "beta1", low=0.0, high=1.0, high_open=True),
+                      _v.scalar(b2, "beta2", low=0.0, high=1.0, high_open=True))
+        self.eps = _v.scalar(eps, "eps", low=0.0, low_open=True)
+        self.weight_decay = _v.scalar(weight_decay, "weight_decay", low=0.0)
+        self.step_count = 0
+        self.exp_avg = [np.zeros_like(p.data) for p in self.params]
+        self.exp_avg_sq = [np.zeros_like(p.data) for p in self.params]
+        self._refresh()
+
+    def _refresh(self):
+        for i, p in enumerate(self.params):
+            self._check(p)
+            if self.exp_avg[i].shape != p.data.shape or self.exp_avg[i].dtype != p.data.dtype:
+                self.exp_avg[i] = self.exp_avg[i].astype(p.data.dtype).reshape(p.data.shape)
+                self.exp_avg_sq[i] = self.exp_avg_sq[i].astype(p.data.dtype).reshape(p.data.shape)
+        self._slots = [(p, p.data, p.grad, m, v) for p, m, v in zip(self.params, self.exp_avg, self.exp_avg_sq)]
+
+    def step(self) -> None:
+        """One Adam step on every parameter."""
+        self.step_count += 1
+        t = self.step_count
+        kernel = _current().adam_update
+        lr, (b1, b2), eps, wd, dec = self._lr, self.betas, self.eps, self.weight_decay, self._decoupled
+        for p, data, grad, m, v in self._slots:
+            if p.data is not data or p.grad is not grad:
+                self._refresh()
+                self.step_count -= 1
+                return self.step()
+            kernel(data, grad, m, v, t, lr, b1, b2, eps, wd, dec)
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay (Loshchilov & Hutter), PyTorch's rule.
+
+    ``param ← param·(1 − lr·weight_decay)`` before the Adam update.
+
+    Parameters
+    ----------
+    params, lr, betas, eps : as :class:`Adam`
+    weight_decay : float, default 0.01 (PyTorch's default)
+    """
+
+    _decoupled = True
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01):
+        super().__init__(params, lr, betas, eps, weight_decay)
+
+
+def clip_grad_norm(params, max_norm, eps=1e-6) -> float:
+    """Scale all gradients so that their global L2 norm is at most ``max_norm``.
+
+    ``total = sqrt(Σ_p ‖p.grad‖²)``; if ``total > max_norm`` every gradient
+    is multiplied by ``max_norm / (total + eps)`` (PyTorch's
+    ``clip_grad_norm_``).
+
+    Parameters
+    ----------
+    params : iterable of Parameter, or a Module
+    max_norm : float > 0
+    eps : float, default 1e-6
+
+    Returns
+    -------
+    float
+        The norm before clipping (``inf``/``nan`` if a gradient is not finite;
+        gradients are then left as they are).
+    """
+    from .nn.module import Module
+
+    if isinstance(params, Module):
+        params = params.parameters()
+    max_norm = _v.scalar(max_norm, "max_norm", low=0.0, low_open=True)
+    total_sq = 0.0
+    grads = []
+    for p in params:
+        g = p.grad
+        flat = g.reshape(-1)
+        total_sq += float(np.dot(flat, flat)) if g.dtype == np.float64 else float(np.dot(flat, flat.astype(np.float64)))
+        grads.append(g)
+    total = math.sqrt(total_sq)
+    if math.isfinite(total):
+        coef = max_norm / (total + eps)
+        if coef < 1.0:
+            for g in grads:
+                g *= g.dtype.type(coef)
+    return total
+
+
+# -- learning-rate schedules ----------------------------------------------
+
+class LRScheduler:
+    """Base class: ``step()`` once per epoch sets ``optimizer.lr`` from the epoch count.
+
+    Parameters
+    ----------
+    optimizer : Optimizer
+    """
+
+    def __init__(self, optimizer):
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(f"a scheduler needs a fastnn optimizer, got {type(optimizer).__name__}")
+        self.optimizer = optimizer
+        self.base_lr = optimizer.lr
+        self.last_epoch = 0
+
+    def get_lr(self, epoch: int) -> float:
+        raise NotImplementedError
+
+    def step(self) -> None:
+        """Advance one epoch and set the optimizer's learning rate."""
+        self.last_epoch += 1
+        self.optimizer.lr = self.get_lr(self.last_epoch)
+
+    def get_last_lr(self) -> float:
+        return self.optimizer.lr
+
+
+class StepLR(LRScheduler):
+    """``lr = base_lr · gamma^(epoch // step_size)``.
+
+    Parameters
+    ----------
+    optimizer : Optimizer
+    step_size : int > 0
+    gamma : float, default 0.1
+    """
+
+    def __init__(self, optimizer, step_size, gamma=0.1):
+        super().__init__(optimizer)
+        if int(step_size) != step_size or step_size < 1:
+            raise ValueError(f"step_size must be a positive integer, got {step_size!r}")
+        self.step_size = int(step_size)
+        self.gamma = _v.scalar(gamma, "gamma", low=0.0)
+
+    def get_lr(self, epoch):
+        return self.base_lr * self.gamma ** (epoch // self.step_size)
+
+
+class ExponentialLR(LRScheduler):
+    """``lr = base_lr · gamma^epoch``."""
+
+    def __init__(self, optimizer, gamma):
+        super().__init__(optimizer)
+        self.gamma = _v.scalar(gamma, "gamma", low=0.0)
+
+    def get_lr(self, epoch):
+        return self.base_lr * self.gamma ** epoch
+
+
+class CosineAnnealingLR(LRScheduler):
+    """Cosine decay from ``base_lr`` to ``eta_min`` over ``T_max`` epochs.
+
+    ``lr = eta_min + (base_lr − eta_min)·(1 + cos(π·epoch / T_max)) / 2``
+    (PyTorch's closed form; the curve is continued periodically after T_max).
+
+    Parameters
+    ----------
+    optimizer : Optimizer
+    T_max : int > 0
+    eta_min : float, default 0
+    """
+
+    def __init__(self, optimizer, T_max, eta_min=0.0):
+        super().__init__(optimizer)
+        if int(T_max) != T_max or T_max < 1:
+            raise ValueError(f"T_max must be a positive integer, got {T_max!r}")
+        self.T_max = int(T_max)
+        self.eta_min = _v.scalar(eta_min, "eta_min", low=0.0)
+
+    def get_lr(self, epoch):
+        return self.eta_min + (self.base_lr - self.eta_min) * (1 + math.cos(math.pi * epoch / self.T_max)) / 2

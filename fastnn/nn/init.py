@@ -126,14 +126,14 @@ def _fan(shape, mode):
     raise ValueError(f"mode must be 'fan_in' or 'fan_out', got {mode!r}")
 
 
-def kaiming_uniform_(array, a=0.0, mode="fan_in", nonlinearity="relu", rng=None):
+def kaiming_uniform_(array, a=0.0, mode="fan_in", nonlinearity="leaky_relu", rng=None):
     """He initialisation, uniform: ``U(−b, b)`` with ``b = gain·sqrt(3 / fan)``."""
     gain = calculate_gain(nonlinearity, a)
     bound = gain * math.sqrt(3.0 / _fan(array.shape, mode))
     return uniform_(array, -bound, bound, rng)
 
 
-def kaiming_normal_(array, a=0.0, mode="fan_in", nonlinearity="relu", rng=None):
+def kaiming_normal_(array, a=0.0, mode="fan_in", nonlinearity="leaky_relu", rng=None):
     """He initialisation, normal: ``N(0, σ²)`` with ``σ = gain / sqrt(fan)``."""
     gain = calculate_gain(nonlinearity, a)
     return normal_(array, 0.0, gain / math.sqrt(_fan(array.shape, mode)), rng)

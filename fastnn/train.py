@@ -110,7 +110,7 @@ class EarlyStopping:
                 self._best_state = model.state_dict()
             return False
         self._wait += 1
-        return self._wait > self.patience
+        return self._wait >= self.patience
 
     def _finish(self, model):
         if self.restore_best and self._best_state is not None:

@@ -45,18 +45,40 @@ def _param_list(params):
 
 
 class Optimizer:
-    """Base class: holds the parameters and the learning rate ``lr``.
+    """Base class: parameters, learning rate ``lr`` and per-parameter state.
 
     Parameters
     ----------
     params : iterable of Parameter, or a Module
     lr : float >= 0
+    flatten : bool, default True
+        Move consecutive *relocatable* parameters of one dtype (those of
+        fastnn's built-in layers, see :class:`fastnn.nn.Parameter`) into one
+        contiguous buffer, so that ``step()`` updates them with a single
+        kernel call. Their ``data`` and ``grad`` then become views into that
+        buffer: values are unchanged, but take references to ``param.data``
+        after building the optimizer, not before.
+
+    Notes
+    -----
+    Subclasses name their state arrays in ``_state_names`` (zero-initialised,
+    one per parameter, in ``self.state[name]``) and implement ``step``
+    over ``self._slots``: ``(members, data, grad, states)`` per contiguous
+    segment, ``members`` being ``(param, data, grad)`` triples whose identity
+    is checked before each update.
     """
 
-    def __init__(self, params, lr):
+    _state_names: tuple = ()
+
+    def __init__(self, params, lr, flatten=True):
         self.params = _param_list(params)
         self.lr = lr
-        self._slots = None
+        for p in self.params:
+            self._check(p)
+        self._segments = self._flatten() if flatten else [([i], None, None) for i in range(len(self.params))]
+        # per-parameter state (views into per-segment buffers)
+        self.state = {name: [None] * len(self.params) for name in self._state_names}
+        self._build_slots(self._segments, fresh=True)
 
     @property
     def lr(self) -> float:
@@ -67,18 +89,94 @@ class Optimizer:
     def lr(self, value):
         self._lr = _v.scalar(value, "lr", low=0.0)
 
+    def _flatten(self):
+        segments = []
+        params = self.params
+        i = 0
+        while i < len(params):
+            j = i + 1
+            if params[i].relocatable:
+                while j < len(params) and params[j].relocatable and params[j].data.dtype == params[i].data.dtype:
+                    j += 1
+            if j - i > 1:
+                group = params[i:j]
+                total = sum(p.data.size for p in group)
+                dt = group[0].data.dtype
+                flat_d = np.empty(total, dt)
+                flat_g = np.zeros(total, dt)
+                off = 0
+                for p in group:
+                    n = p.data.size
+                    d = flat_d[off:off + n].reshape(p.data.shape)
+                    g = flat_g[off:off + n].reshape(p.data.shape)
+                    d[...] = p.data
+                    g[...] = p.grad
+                    p.data, p.grad = d, g
+                    off += n
+                segments.append((list(range(i, j)), flat_d, flat_g))
+            else:
+                segments.append(([i], None, None))
+            i = j
+        return segments
+
+    def _build_slots(self, segments, fresh=False):
+        slots = []
+        for seg, flat_d, flat_g in segments:
+            members = tuple((self.params[k], self.params[k].data, self.params[k].grad) for k in seg)
+            if len(seg) == 1:
+                p = self.params[seg[0]]
+                data, grad = p.data, p.grad
+                states = []
+                for name in self._state_names:
+                    arr = self.state[name][seg[0]]
+                    if arr is None or arr.shape != data.shape or arr.dtype != data.dtype \
+                            or not arr.flags.c_contiguous:
+                        arr = np.zeros_like(data) if arr is None or arr.shape != data.shape \
+                            else np.ascontiguousarray(arr, dtype=data.dtype)
+                        self.state[name][seg[0]] = arr
+                    states.append(arr)
+            else:
+                total = flat_d.size
+                data, grad = flat_d, flat_g
+                states = []
+                for name in self._state_names:
+                    flat = np.zeros(total, data.dtype)
+                    off = 0
+                    for k in seg:
+                        n = self.params[k].data.size
+                        view = flat[off:off + n].reshape(self.params[k].data.shape)
+                        old = self.state[name][k]
+                        if old is not None and old.shape == view.shape:
+                            view[...] = old
+                        self.state[name][k] = view
+                        off += n
+                    states.append(flat)
+            slots.append((members, data, grad, tuple(states)))
+        self._slots = slots
+
+    def _refresh(self):
+        """Some parameter's arrays were replaced: validate again, one slot per parameter."""
+        for p in self.params:
+            self._check(p)
+        self._segments = [([i], None, None) for i in range(len(self.params))]
+        self._build_slots(self._segments)
+
     def zero_grad(self) -> None:
         """Set every gradient to zero (not needed: ``backward`` overwrites them)."""
         for p in self.params:
             p.grad.fill(0)
 
-    def _check(self, p, *states):
+    @staticmethod
+    def _check(p):
         _v.inplace(p.data, "param")
         if type(p.grad) is not np.ndarray or p.grad.shape != p.data.shape or p.grad.dtype != p.data.dtype \
-                or not p.grad.flags.c_contiguous:
-            raise ValueError(f"{p!r}: grad must be a C-contiguous array of the parameter's shape and dtype")
+                or not p.grad.flags.c_contiguous or not p.grad.flags.writeable:
+            raise ValueError(f"{p!r}: grad must be a writeable C-contiguous array of the parameter's shape and dtype")
+        if np.may_share_memory(p.data, p.grad):
+            raise ValueError(f"{p!r}: data and grad share memory")
 
     def step(self) -> None:
+        """Update every parameter in place from its ``grad``."""
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -101,35 +199,36 @@ class SGD(Optimizer):
     momentum : float in [0, 1), default 0
     nesterov : bool, default False (needs momentum > 0)
     weight_decay : float >= 0, default 0
+    flatten : bool, default True (see :class:`Optimizer`)
+
+    Attributes
+    ----------
+    velocity : list of ndarray or None, the momentum buffer of each parameter
     """
 
-    def __init__(self, params, lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0):
-        super().__init__(params, lr)
+    def __init__(self, params, lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0, flatten=True):
         self.momentum = _v.scalar(momentum, "momentum", low=0.0, high=1.0, high_open=True)
         self.weight_decay = _v.scalar(weight_decay, "weight_decay", low=0.0)
         self.nesterov = bool(nesterov)
         if self.nesterov and self.momentum == 0:
             raise ValueError("nesterov momentum needs momentum > 0")
-        self.velocity = [np.zeros_like(p.data) if self.momentum else None for p in self.params]
-        self._refresh()
+        self._state_names = ("velocity",) if self.momentum else ()
+        super().__init__(params, lr, flatten)
 
-    def _refresh(self):
-        for p in self.params:
-            self._check(p)
-        self.velocity = [v if v is not None and v.shape == p.data.shape and v.dtype == p.data.dtype
-                         else (np.zeros_like(p.data) if self.momentum else None)
-                         for p, v in zip(self.params, self.velocity)]
-        self._slots = [(p, p.data, p.grad, v) for p, v in zip(self.params, self.velocity)]
+    @property
+    def velocity(self):
+        return self.state["velocity"] if self.momentum else [None] * len(self.params)
 
     def step(self) -> None:
         """Update every parameter in place from its ``grad``."""
         kernel = _current().sgd_update
         lr, mom, nest, wd = self._lr, self.momentum, self.nesterov, self.weight_decay
-        for p, data, grad, vel in self._slots:
-            if p.data is not data or p.grad is not grad:
-                self._refresh()
-                return self.step()
-            kernel(data, grad, vel, lr, mom, nest, wd)
+        for members, data, grad, states in self._slots:
+            for p, d, g in members:
+                if p.data is not d or p.grad is not g:
+                    self._refresh()
+                    return self.step()
+            kernel(data, grad, states[0] if states else None, lr, mom, nest, wd)
 
 
 class Adam(Optimizer):
@@ -142,41 +241,46 @@ class Adam(Optimizer):
     betas : (float, float), default (0.9, 0.999)
     eps : float, default 1e-8
     weight_decay : float, default 0
+    flatten : bool, default True (see :class:`Optimizer`)
+
+    Attributes
+    ----------
+    exp_avg, exp_avg_sq : list of ndarray, the moment estimates of each parameter
+    step_count : int, steps taken
     """
 
     _decoupled = False
+    _state_names = ("exp_avg", "exp_avg_sq")
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
-        super().__init__(params, lr)
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, flatten=True):
         b1, b2 = betas
         self.betas = (_v.scalar(b1, "beta1", low=0.0, high=1.0, high_open=True),
                       _v.scalar(b2, "beta2", low=0.0, high=1.0, high_open=True))
         self.eps = _v.scalar(eps, "eps", low=0.0, low_open=True)
         self.weight_decay = _v.scalar(weight_decay, "weight_decay", low=0.0)
         self.step_count = 0
-        self.exp_avg = [np.zeros_like(p.data) for p in self.params]
-        self.exp_avg_sq = [np.zeros_like(p.data) for p in self.params]
-        self._refresh()
+        super().__init__(params, lr, flatten)
 
-    def _refresh(self):
-        for i, p in enumerate(self.params):
-            self._check(p)
-            if self.exp_avg[i].shape != p.data.shape or self.exp_avg[i].dtype != p.data.dtype:
-                self.exp_avg[i] = self.exp_avg[i].astype(p.data.dtype).reshape(p.data.shape)
-                self.exp_avg_sq[i] = self.exp_avg_sq[i].astype(p.data.dtype).reshape(p.data.shape)
-        self._slots = [(p, p.data, p.grad, m, v) for p, m, v in zip(self.params, self.exp_avg, self.exp_avg_sq)]
+    @property
+    def exp_avg(self):
+        return self.state["exp_avg"]
+
+    @property
+    def exp_avg_sq(self):
+        return self.state["exp_avg_sq"]
 
     def step(self) -> None:
         """One Adam step on every parameter."""
+        for members, _, _, _ in self._slots:
+            for p, d, g in members:
+                if p.data is not d or p.grad is not g:
+                    self._refresh()
+                    break
         self.step_count += 1
         t = self.step_count
         kernel = _current().adam_update
         lr, (b1, b2), eps, wd, dec = self._lr, self.betas, self.eps, self.weight_decay, self._decoupled
-        for p, data, grad, m, v in self._slots:
-            if p.data is not data or p.grad is not grad:
-                self._refresh()
-                self.step_count -= 1
-                return self.step()
+        for members, data, grad, (m, v) in self._slots:
             kernel(data, grad, m, v, t, lr, b1, b2, eps, wd, dec)
 
 
@@ -187,14 +291,14 @@ class AdamW(Adam):
 
     Parameters
     ----------
-    params, lr, betas, eps : as :class:`Adam`
+    params, lr, betas, eps, flatten : as :class:`Adam`
     weight_decay : float, default 0.01 (PyTorch's default)
     """
 
     _decoupled = True
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01):
-        super().__init__(params, lr, betas, eps, weight_decay)
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01, flatten=True):
+        super().__init__(params, lr, betas, eps, weight_decay, flatten)
 
 
 def clip_grad_norm(params, max_norm, eps=1e-6) -> float:

@@ -160,3 +160,49 @@ def test_optimizer_accepts_module():
     opt = optim.AdamW(model, lr=0.1)
     assert len(opt.params) == 4
     assert optim.clip_grad_norm(model, 1.0) == 0.0
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("name,kwargs", [("SGD", dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01)),
+                                         ("Adam", dict(lr=0.01, weight_decay=0.01)),
+                                         ("AdamW", dict(lr=0.01))])
+def test_flattened_model_parameters_match_torch(backend, name, kwargs, rng):
+    """Linear parameters are moved into one buffer; the training still follows torch step by step."""
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    tm = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.Tanh(), torch.nn.Linear(7, 3)).double()
+    model = nn.Sequential(nn.Linear(5, 7, dtype=np.float64), nn.Tanh(), nn.Linear(7, 3, dtype=np.float64))
+    model.load_state_dict({k: v.detach().numpy() for k, v in tm.state_dict().items()})
+    opt = getattr(optim, name)(model.parameters(), **kwargs)
+    topt = getattr(torch.optim, name)(tm.parameters(), **kwargs)
+    assert len(opt._slots) == 1                        # one kernel call per step
+    w = model[0].weight.data
+    assert w.base is not None and np.shares_memory(w, model[2].bias.data) is False
+    loss_fn, tloss = nn.MSELoss(), torch.nn.MSELoss()
+    for i in range(5):
+        x = rng.standard_normal((4, 5))
+        t = rng.standard_normal((4, 3))
+        loss_fn(model(x), t)
+        model.backward(loss_fn.backward())
+        opt.step()
+        topt.zero_grad()
+        tloss(tm(torch.tensor(x)), torch.tensor(t)).backward()
+        topt.step()
+        for k, v in tm.state_dict().items():
+            np.testing.assert_allclose(model.state_dict()[k], v.numpy(), rtol=1e-12, atol=1e-13, err_msg=k)
+        if i == 2:  # a parameter replaced by the user: noticed, state kept, still equal to torch
+            model[2].bias.data = model[2].bias.data.copy()
+    assert len(opt._slots) == 4
+
+
+def test_flatten_keeps_values_and_can_be_disabled():
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    before = {k: v.copy() for k, v in model.state_dict().items()}
+    w_old = model[0].weight.data
+    optim.SGD(model.parameters(), lr=0.1, flatten=False)
+    assert model[0].weight.data is w_old
+    opt = optim.SGD(model.parameters(), lr=0.1)
+    assert model[0].weight.data is not w_old and len(opt._slots) == 1
+    for k, v in model.state_dict().items():
+        np.testing.assert_array_equal(v, before[k])
+    assert all(p.data.flags.c_contiguous and p.grad.flags.c_contiguous for p in model.parameters())

@@ -77,8 +77,9 @@ class Linear(Module):
         if init not in _init.INITIALIZERS:
             raise ValueError(f"init must be one of {sorted(_init.INITIALIZERS)}, got {init!r}")
         self.init = init
-        self.weight = Parameter(np.empty((self.out_features, self.in_features), dt))
-        self.bias = Parameter(np.empty(self.out_features, dt)) if bias else None
+        # relocatable: this layer reads weight.data/.grad afresh on every call
+        self.weight = Parameter(np.empty((self.out_features, self.in_features), dt), relocatable=True)
+        self.bias = Parameter(np.empty(self.out_features, dt), relocatable=True) if bias else None
         self._fcache = {}   # (input shape, activation) -> (W, b, out)
         self._bcache = {}   # (input shape, activation) -> (W, dW, db, grad_input)
         self._saved = [None, None, None]   # x, y, activation of the last forward

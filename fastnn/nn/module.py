@@ -98,16 +98,24 @@ class Parameter:
     ----------
     data : ndarray
     grad : ndarray of the same shape and dtype, written by ``backward``
+    relocatable : bool
+        True when the owning layer reads ``param.data`` and ``param.grad``
+        afresh at every call (never keeps references to them). An optimizer
+        may then move consecutive relocatable parameters into one contiguous
+        buffer (``data`` and ``grad`` become views into it) and update them
+        all with a single kernel call. fastnn's own layers set it; set it on
+        your own layers' parameters when they follow that rule.
     """
 
-    __slots__ = ("data", "grad")
+    __slots__ = ("data", "grad", "relocatable")
 
-    def __init__(self, data):
+    def __init__(self, data, relocatable=False):
         data = np.ascontiguousarray(data)
         if data.dtype not in (np.float32, np.float64):
             raise TypeError(f"Parameter data must be float32 or float64, got {data.dtype}")
         self.data = data
         self.grad = np.zeros_like(data)
+        self.relocatable = bool(relocatable)
 
     @property
     def shape(self):

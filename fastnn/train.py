@@ -301,6 +301,12 @@ def fit(model, X, y, loss=None, optimizer=None, epochs=10, batch_size=32, valida
     Xs = np.empty_like(X) if shuffle else X
     ys = np.empty_like(y) if shuffle else y
     starts = range(0, n, batch_size)
+    mean = loss.reduction == "mean"
+    argmax, greater = np.argmax, np.greater
+    if kind == "argmax":
+        pred = np.empty(n, np.intp)
+    elif kind == "sign":
+        pred = np.empty(y.shape, bool)
     try:
         for epoch in range(epochs):
             model.train()
@@ -309,20 +315,22 @@ def fit(model, X, y, loss=None, optimizer=None, epochs=10, batch_size=32, valida
                 np.take(X, perm, axis=0, out=Xs)
                 np.take(y, perm, axis=0, out=ys)
             total = 0.0
-            correct = 0
-            counted = 0
             for i in starts:
                 xb = Xs[i:i + batch_size]
                 yb = ys[i:i + batch_size]
                 value, out = step(xb, yb)
-                total += value * (xb.shape[0] if loss.reduction == "mean" else 1)
-                if kind is not None:
-                    c, m = _correct(kind, out, yb)
-                    correct += c
-                    counted += m
-            train_loss = total / n if loss.reduction == "mean" else total
-            history.history["loss"].append(train_loss)
-            history.history["accuracy"].append(correct / counted if counted else float("nan"))
+                total += value * (xb.shape[0] if mean else 1)
+                if kind == "argmax":
+                    argmax(out, 1, pred[i:i + batch_size])   # predictions kept; compared once per epoch
+                elif kind == "sign":
+                    greater(out, 0, pred[i:i + batch_size])
+            history.history["loss"].append(total / n if mean else total)
+            if kind == "argmax":
+                history.history["accuracy"].append(np.count_nonzero(pred == ys) / n)
+            elif kind == "sign":
+                history.history["accuracy"].append(np.count_nonzero(pred == (ys > 0.5)) / ys.size)
+            else:
+                history.history["accuracy"].append(float("nan"))
             history.lr.append(optimizer.lr)
             if validation_data is not None:
                 res = evaluate(model, X_val, y_val, loss=loss, _prepared=True)

@@ -144,3 +144,20 @@ def test_fit_errors(rng):
         fastnn.fit(model, X, np.zeros(10, int), batch_size=0, progress=False)
     with pytest.raises(ValueError, match="unknown loss"):
         fastnn.fit(model, X, np.zeros(10, int), loss="hinge", progress=False)
+
+
+def test_train_accuracy_in_history_with_frozen_model(rng):
+    """With lr = 0 the model never changes: the per-epoch training figures equal evaluate()."""
+    X = rng.standard_normal((37, 5)).astype(np.float32)
+    y = rng.integers(0, 4, 37)
+    model = nn.Sequential(nn.Linear(5, 6), nn.Tanh(), nn.Linear(6, 4))
+    hist = fastnn.fit(model, X, y, optimizer=optim.SGD(model, lr=0.0), epochs=2, batch_size=8, progress=False)
+    res = fastnn.evaluate(model, X, y)
+    assert hist["accuracy"] == [pytest.approx(res["accuracy"])] * 2
+    assert hist["loss"][1] == pytest.approx(res["loss"], rel=1e-6)
+    yb = rng.integers(0, 2, 37).astype(np.float32)
+    model = nn.Sequential(nn.Linear(5, 1))
+    hist = fastnn.fit(model, X, yb, loss="bce_with_logits", optimizer=optim.SGD(model, lr=0.0), epochs=1,
+                      batch_size=8, progress=False)
+    want = np.mean((fastnn.predict(model, X)[:, 0] > 0) == (yb > 0.5))
+    assert hist["accuracy"][0] == pytest.approx(want)

@@ -25,8 +25,8 @@ import time
 
 import numpy as np
 
-__all__ = ["set_gemm", "get_gemm", "use_gemm", "use_own", "CROSSOVER", "measure_crossover", "gflops_table",
-           "blas_info"]
+__all__ = ["set_gemm", "get_gemm", "use_gemm", "use_own", "CROSSOVER", "set_crossover", "measure_crossover",
+           "gflops_table", "blas_info", "register_policy_hook"]
 
 GEMM_MODES = ("auto", "own", "blas")
 
@@ -42,6 +42,36 @@ CROSSOVER = {
     "cython": {"float32": 1 << 40, "float64": 1 << 40},
     "numba": {"float32": 1 << 40, "float64": 1 << 40},
 }
+
+
+_MODE_CODES = {"auto": 0, "own": 1, "blas": 2}
+_policy_hooks: list = []
+
+
+def _notify() -> None:
+    for backend, hook in _policy_hooks:
+        limits = CROSSOVER.get(backend, {})
+        hook(_MODE_CODES[_mode], float(limits.get("float32", -1)), float(limits.get("float64", -1)))
+
+
+def register_policy_hook(backend: str, hook) -> None:
+    """Register ``hook(mode_code, limit_float32, limit_float64)``, called now and on every change.
+
+    Compiled kernels that decide in C which GEMM to run (the Cython dense
+    kernels) keep their own copy of the policy; this keeps it current.
+    ``mode_code``: 0 auto, 1 own, 2 blas; a limit < 0 means "never own" in auto.
+    """
+    with _lock:
+        _policy_hooks.append((backend, hook))
+    limits = CROSSOVER.get(backend, {})
+    hook(_MODE_CODES[_mode], float(limits.get("float32", -1)), float(limits.get("float64", -1)))
+
+
+def set_crossover(backend: str, dtype, limit) -> None:
+    """Set the ``"auto"`` threshold (largest ``M*N*K`` run by the own GEMM) of one backend and dtype."""
+    with _lock:
+        CROSSOVER.setdefault(backend, {})[np.dtype(dtype).name] = int(limit)
+    _notify()
 
 
 def set_gemm(mode: str) -> None:
@@ -62,6 +92,7 @@ def set_gemm(mode: str) -> None:
         raise ValueError(f"unknown gemm mode {mode!r}; choose one of {', '.join(GEMM_MODES)}")
     with _lock:
         _mode = m
+    _notify()
 
 
 def get_gemm() -> str:
@@ -249,5 +280,5 @@ def measure_crossover(backend: str, dtype=np.float32, sizes=(64, 128, 192, 256, 
     else:
         limit = 1 << 40
     if apply:
-        CROSSOVER.setdefault(backend, {})[np.dtype(dtype).name] = limit
+        set_crossover(backend, dtype, limit)
     return limit

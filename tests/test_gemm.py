@@ -207,3 +207,40 @@ def test_gflops_table_rows():
         if "ratio_to_blas" in r:
             assert r["ratio_to_blas"] > 0
     assert len(rows) == 2 * len(names)
+
+
+@pytest.mark.parametrize("mode", ["own", "blas", "auto"])
+def test_backend_kernels_follow_switch(compiled_backend, mode, dtype, rng):
+    """matmul / dense kernels of each compiled backend give the same numbers on either GEMM."""
+    from fastnn import ops
+    a = rng.standard_normal((33, 70)).astype(dtype)
+    b = rng.standard_normal((45, 70)).astype(dtype)
+    bias = rng.standard_normal(45).astype(dtype)
+    g = rng.standard_normal((33, 45)).astype(dtype)
+    with fgemm.use_gemm(mode):
+        got = ops.matmul(a, b, trans_b=True)
+        y = ops.dense_forward(a, b, bias, "relu")
+        ys = ops.dense_forward(a, b, bias, "sigmoid")
+        gi, gw, gb = ops.dense_backward(g, a, b, y, "relu")
+    np.testing.assert_allclose(got, a.astype(np.float64) @ b.T, **tol(dtype, 100))
+    np.testing.assert_allclose(y, reference("dense_forward", a, b, bias, "relu"), **tol(dtype, 100))
+    np.testing.assert_allclose(ys, reference("dense_forward", a, b, bias, "sigmoid"), **tol(dtype, 100))
+    for got_g, want_g in zip((gi, gw, gb), reference("dense_backward", g, a, b, y, "relu")):
+        np.testing.assert_allclose(got_g, want_g, **tol(dtype, 100))
+
+
+def test_cython_policy_hook_tracks_mode():
+    _load("cython")
+    from fastnn._ext import _dense
+    seen = []
+    fgemm.register_policy_hook("cython", lambda *args: seen.append(args))
+    try:
+        fgemm.set_gemm("blas")
+        fgemm.set_gemm("own")
+    finally:
+        fgemm.set_gemm("auto")
+        fgemm._policy_hooks[:] = [h for h in fgemm._policy_hooks if h[1] is not seen.append and
+                                  getattr(h[1], "__name__", "") != "<lambda>"]
+    assert [s[0] for s in seen] == [0, 2, 1, 0]
+    assert seen[0][1] == fgemm.CROSSOVER["cython"]["float32"]
+    assert hasattr(_dense, "_set_gemm_policy")

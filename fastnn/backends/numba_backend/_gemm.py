@@ -171,8 +171,9 @@ def _gemm_serial(M, N, K, a, rsa, csa, b, rsb, csb, c, ldc, bias, has_bias, act)
     """C = act(op(A)·op(B) + bias) on one thread (flat arrays, element strides)."""
     nrf = _nr(c)
     npan_max = (min(N, NC) + nrf - 1) // nrf
-    pb = np.empty(KC * npan_max * nrf, c.dtype)
-    pa = np.empty(KC * (MC + MR), c.dtype)
+    kcm = min(K, KC)
+    pb = np.empty(kcm * npan_max * nrf, c.dtype)
+    pa = np.empty(kcm * (min(M, MC) + MR), c.dtype)
     tile = np.empty(MR * nrf, c.dtype)
     for jc in range(0, N, NC):
         nc = min(NC, N - jc)
@@ -196,8 +197,9 @@ def _gemm_parallel(M, N, K, a, rsa, csa, b, rsb, csb, c, ldc, bias, has_bias, ac
     mcb = min(per, MC)
     nmb = (M + mcb - 1) // mcb
     npan_max = (min(N, NC) + nrf - 1) // nrf
-    pb = np.empty(KC * npan_max * nrf, c.dtype)
-    pa_all = np.empty((nmb, KC * (mcb + MR)), c.dtype)
+    kcm = min(K, KC)
+    pb = np.empty(kcm * npan_max * nrf, c.dtype)
+    pa_all = np.empty((nmb, kcm * (mcb + MR)), c.dtype)
     tiles = np.empty((nmb, MR * nrf), c.dtype)
     for jc in range(0, N, NC):
         nc = min(NC, N - jc)
@@ -242,6 +244,25 @@ def gemm_flat(M, N, K, a, rsa, csa, b, rsb, csb, c, ldc, bias, has_bias, act, nt
 
 
 @njit(**_OPTS)
+def gemm_c(a, b, trans_a, trans_b, c, bias, has_bias, act, nthreads):
+    """c = act(op(a)·op(b) + bias) for C-contiguous 2-D a, b, c (what the ops layer hands over)."""
+    M, N = c.shape
+    if trans_a:
+        K = a.shape[0]
+        rsa, csa = 1, M
+    else:
+        K = a.shape[1]
+        rsa, csa = K, 1
+    if trans_b:
+        rsb, csb = 1, K
+    else:
+        rsb, csb = N, 1
+    gemm_flat(M, N, K, a.reshape(-1), rsa, csa, b.reshape(-1), rsb, csb, c.reshape(-1), N, bias, has_bias, act,
+              nthreads)
+    return c
+
+
+@njit(**_OPTS)
 def act_backward_colsum(grad_out, y, act, delta, grad_bias, has_bias):
     """delta = grad_out ⊙ act'(y), grad_bias = Σ_rows delta, in one pass."""
     B, O = grad_out.shape
@@ -265,30 +286,27 @@ def act_backward_colsum(grad_out, y, act, delta, grad_bias, has_bias):
 
 _ACT = {"identity": 0, "relu": 1, "sigmoid": 2, "tanh": 3}
 
+_NO_BIAS = {np.dtype(np.float32): np.zeros(1, np.float32), np.dtype(np.float64): np.zeros(1, np.float64)}
 
-def _flat(x, trans):
-    """(flat C-ordered data, row stride, column stride) of op(x) = x or xᵀ, copying only odd layouts."""
-    if not x.flags.c_contiguous:
-        if x.flags.f_contiguous:
-            x, trans = x.T, not trans
-        else:
-            x = np.ascontiguousarray(x)
-    rs, cs = x.shape[1], 1
-    if trans:
-        rs, cs = cs, rs
-    return x.reshape(-1), rs, cs
+
+def _c_order(x, trans):
+    """x as a C-contiguous array and the transpose flag that keeps op(x) the same."""
+    if x.flags.c_contiguous:
+        return x, trans
+    if x.flags.f_contiguous:
+        return x.T, not trans
+    return np.ascontiguousarray(x), trans
 
 
 def gemm(a, b, trans_a, trans_b, out, bias=None, activation="identity"):
     """``out = act(op(a)·op(b) + bias)`` with fastnn's own Numba GEMM; ``out`` C-contiguous."""
-    M, N = out.shape
-    K = a.shape[0] if trans_a else a.shape[1]
-    af, rsa, csa = _flat(a, trans_a)
-    bf, rsb, csb = _flat(b, trans_b)
-    has_bias = bias is not None
-    bias_arr = np.ascontiguousarray(bias) if has_bias else np.zeros(1, out.dtype)
-    gemm_flat(M, N, K, af, rsa, csa, bf, rsb, csb, out.reshape(-1), N, bias_arr, has_bias, _ACT[activation],
-              _config.get_num_threads())
+    a, trans_a = _c_order(a, trans_a)
+    b, trans_b = _c_order(b, trans_b)
+    if bias is None:
+        gemm_c(a, b, trans_a, trans_b, out, _NO_BIAS[out.dtype], False, _ACT[activation], _config.get_num_threads())
+    else:
+        gemm_c(a, b, trans_a, trans_b, out, np.ascontiguousarray(bias), True, _ACT[activation],
+               _config.get_num_threads())
     return out
 
 
@@ -323,6 +341,5 @@ def bench_loop(a, b, out, reps, blas, nthreads):
         if blas:
             np.dot(a, b, out)
         else:
-            gemm_flat(a.shape[0], b.shape[1], a.shape[1], a.reshape(-1), a.shape[1], 1, b.reshape(-1), b.shape[1], 1,
-                      out.reshape(-1), out.shape[1], bias, False, 0, nthreads)
+            gemm_c(a, b, False, False, out, bias, False, 0, nthreads)
     return out

@@ -135,23 +135,41 @@ def _pack_b_panel(b, rsb, csb, p0, j0, kc, nc, jp, nr_full, pb):
 @njit(**_OPTS)
 def _store_tile(tile, nr_full, c, ldc, i0, j0, mr, nr, first, last, bias, has_bias, act):
     """C tile = (C tile if not first) + tile, then on the last K block + bias and activation."""
+    # One branch-free loop per step, so that each one vectorises.
     for i in range(mr):
         r = (i0 + i) * ldc + j0
         t = i * nr_full
-        for j in range(nr):
-            v = tile[t + j]
-            if not first:
-                v += c[r + j]
-            if last:
-                if has_bias:
-                    v += bias[j0 + j]
-                if act == 1:
-                    v = v if not (v <= 0) else v * 0   # NaN passes through
-                elif act == 2:
-                    v = 1 / (1 + np.exp(-v))
-                elif act == 3:
-                    v = np.tanh(v)
-            c[r + j] = v
+        if last and has_bias and act == 1:
+            # the dense layer's case: one pass for sum, bias and ReLU
+            if first:
+                for j in range(nr):
+                    v = tile[t + j] + bias[j0 + j]
+                    c[r + j] = v if not (v <= 0) else v * 0
+            else:
+                for j in range(nr):
+                    v = c[r + j] + tile[t + j] + bias[j0 + j]
+                    c[r + j] = v if not (v <= 0) else v * 0
+            continue
+        if first:
+            for j in range(nr):
+                c[r + j] = tile[t + j]
+        else:
+            for j in range(nr):
+                c[r + j] += tile[t + j]
+        if last:
+            if has_bias:
+                for j in range(nr):
+                    c[r + j] += bias[j0 + j]
+            if act == 1:
+                for j in range(nr):
+                    v = c[r + j]
+                    c[r + j] = v if not (v <= 0) else v * 0   # NaN passes through
+            elif act == 2:
+                for j in range(nr):
+                    c[r + j] = 1 / (1 + np.exp(-c[r + j]))
+            elif act == 3:
+                for j in range(nr):
+                    c[r + j] = np.tanh(c[r + j])
 
 
 @njit(**_OPTS)

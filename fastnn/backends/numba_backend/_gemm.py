@@ -107,13 +107,26 @@ def _pack_a(a, rsa, csa, i0, p0, mc, kc, pa):
         mr = min(MR, mc - ir_)
         base = ir_ * kc
         src = (i0 + ir_) * rsa + p0 * csa
-        for p in range(kc):
-            q = base + p * MR
-            s = src + p * csa
-            for i in range(mr):
-                pa[q + i] = a[s + i * rsa]
-            for i in range(mr, MR):
-                pa[q + i] = 0
+        if mr == MR and csa == 1:
+            # rows of A are contiguous: read each row once, in order
+            for i in range(MR):
+                s = src + i * rsa
+                for p in range(kc):
+                    pa[base + p * MR + i] = a[s + p]
+        elif mr == MR and rsa == 1:
+            for p in range(kc):
+                q = base + p * MR
+                s = src + p * csa
+                for i in range(MR):
+                    pa[q + i] = a[s + i]
+        else:
+            for p in range(kc):
+                q = base + p * MR
+                s = src + p * csa
+                for i in range(mr):
+                    pa[q + i] = a[s + i * rsa]
+                for i in range(mr, MR):
+                    pa[q + i] = 0
 
 
 @njit(**_OPTS)
@@ -123,6 +136,14 @@ def _pack_b_panel(b, rsb, csb, p0, j0, kc, nc, jp, nr_full, pb):
     nr = min(nr_full, nc - js)
     base = js * kc
     src = p0 * rsb + (j0 + js) * csb
+    if nr == nr_full and csb == 1:
+        # rows of B are contiguous: a vectorised copy per row
+        for p in range(kc):
+            q = base + p * nr_full
+            s = src + p * rsb
+            for j in range(nr_full):
+                pb[q + j] = b[s + j]
+        return
     for p in range(kc):
         q = base + p * nr_full
         s = src + p * rsb

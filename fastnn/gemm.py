@@ -25,7 +25,7 @@ import time
 
 import numpy as np
 
-__all__ = ["set_gemm", "get_gemm", "use_gemm", "use_own", "CROSSOVER", "set_crossover", "measure_crossover",
+__all__ = ["set_gemm", "get_gemm", "use_gemm", "use_own", "CROSSOVER", "MIN_N", "set_crossover", "measure_crossover",
            "gflops_table", "blas_info", "register_policy_hook"]
 
 GEMM_MODES = ("auto", "own", "blas")
@@ -43,6 +43,11 @@ CROSSOVER = {
     "numba": {"float32": 1 << 40, "float64": 1 << 40},
 }
 
+#: Narrowest output (N columns) for which ``"auto"`` picks the own GEMM: a
+#: product such as a 10-class output layer fills only part of the 16- or
+#: 32-column register tile, and BLAS was faster there (32x128x10 measured).
+MIN_N = {"cython": 16, "numba": 16}
+
 
 _MODE_CODES = {"auto": 0, "own": 1, "blas": 2}
 _policy_hooks: list = []
@@ -51,11 +56,12 @@ _policy_hooks: list = []
 def _notify() -> None:
     for backend, hook in _policy_hooks:
         limits = CROSSOVER.get(backend, {})
-        hook(_MODE_CODES[_mode], float(limits.get("float32", -1)), float(limits.get("float64", -1)))
+        hook(_MODE_CODES[_mode], float(limits.get("float32", -1)), float(limits.get("float64", -1)),
+             int(MIN_N.get(backend, 0)))
 
 
 def register_policy_hook(backend: str, hook) -> None:
-    """Register ``hook(mode_code, limit_float32, limit_float64)``, called now and on every change.
+    """Register ``hook(mode_code, limit_float32, limit_float64, min_n)``, called now and on every change.
 
     Compiled kernels that decide in C which GEMM to run (the Cython dense
     kernels) keep their own copy of the policy; this keeps it current.
@@ -64,7 +70,8 @@ def register_policy_hook(backend: str, hook) -> None:
     with _lock:
         _policy_hooks.append((backend, hook))
     limits = CROSSOVER.get(backend, {})
-    hook(_MODE_CODES[_mode], float(limits.get("float32", -1)), float(limits.get("float64", -1)))
+    hook(_MODE_CODES[_mode], float(limits.get("float32", -1)), float(limits.get("float64", -1)),
+         int(MIN_N.get(backend, 0)))
 
 
 def set_crossover(backend: str, dtype, limit) -> None:
@@ -133,7 +140,7 @@ def use_own(backend: str, dtype, m: int, n: int, k: int) -> bool:
     if mode == "blas":
         return False
     limit = CROSSOVER.get(backend, {}).get(np.dtype(dtype).name)
-    return limit is not None and m * n * k <= limit
+    return limit is not None and n >= MIN_N.get(backend, 0) and m * n * k <= limit
 
 
 # ---------------------------------------------------------------- measuring

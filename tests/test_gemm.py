@@ -194,6 +194,10 @@ def test_switch_modes():
         for dt in (np.float32, np.float64):
             assert fgemm.use_own(backend, dt, 128, 128, 128)
     assert not fgemm.use_own("numpy", np.float32, 8, 8, 8)
+    # narrow outputs (a 10-class layer) go to BLAS in auto, not when forced
+    assert not fgemm.use_own("cython", np.float32, 32, 10, 128)
+    with fgemm.use_gemm("own"):
+        assert fgemm.use_own("cython", np.float32, 32, 10, 128)
 
 
 def test_gflops_table_rows():

@@ -44,11 +44,16 @@ MC = 96
 NC = 1024
 #: Below this many multiply-adds the product runs on one thread.
 PARALLEL_MIN_FLOPS = 96 * 96 * 96
+#: Up to this many multiply-adds (one thread) the operands are read in place, not packed.
+DIRECT_MAX_FLOPS = 128 * 128 * 128
 
 
 @intrinsic
-def _ukr(typingctx, kc, pa, oa, pb, ob, tile, mr, nv):
-    """tile[:MR*NR] = (kc x MR panel at pa[oa:])ᵀ · (kc x NR panel at pb[ob:]), in registers."""
+def _ukr(typingctx, kc, pa, oa, ars, acs, pb, ob, brs, tile, mr, nv):
+    """tile[:MR*NR] = A·B over kc, A[i, p] = pa[oa + i*ars + p*acs], B[p, j] = pb[ob + p*brs + j], in registers.
+
+    Packed panels are (ars, acs, brs) = (1, MR, NR); small products read the
+    operands in place with their own strides."""
     if not (isinstance(mr, types.IntegerLiteral) and isinstance(nv, types.IntegerLiteral)):
         return None
     rows, nvec = mr.literal_value, nv.literal_value
@@ -57,14 +62,20 @@ def _ukr(typingctx, kc, pa, oa, pb, ob, tile, mr, nv):
     fma_name = "llvm.fma.v%d%s" % (width, "f32" if pa.dtype.bitwidth == 32 else "f64")
 
     def codegen(context, builder, sig, args):
-        kc_v, pa_v, oa_v, pb_v, ob_v, tile_v = args[:6]
+        kc_v, pa_v, oa_v, ars_v, acs_v, pb_v, ob_v, brs_v, tile_v = args[:9]
         ety = context.get_value_type(sig.args[1].dtype)
         esize = context.get_abi_sizeof(ety)
         vty = ir.VectorType(ety, width)
         i64 = ir.IntType(64)
         a_data = context.make_array(sig.args[1])(context, builder, pa_v).data
-        b_data = context.make_array(sig.args[3])(context, builder, pb_v).data
-        t_data = context.make_array(sig.args[5])(context, builder, tile_v).data
+        b_data = context.make_array(sig.args[5])(context, builder, pb_v).data
+        t_data = context.make_array(sig.args[8])(context, builder, tile_v).data
+        ars_v = context.cast(builder, ars_v, sig.args[3], types.int64)
+        acs_v = context.cast(builder, acs_v, sig.args[4], types.int64)
+        brs_v = context.cast(builder, brs_v, sig.args[7], types.int64)
+        oa_v = context.cast(builder, oa_v, sig.args[2], types.int64)
+        ob_v = context.cast(builder, ob_v, sig.args[6], types.int64)
+        kc_v = context.cast(builder, kc_v, sig.args[0], types.int64)
         zero = ir.Constant(vty, [ir.Constant(ety, 0.0)] * width)
         # Allocas of vector type with constant indices: SROA turns them into
         # vector phis, i.e. registers.
@@ -73,14 +84,14 @@ def _ukr(typingctx, kc, pa, oa, pb, ob, tile, mr, nv):
         splat_mask = ir.Constant(ir.VectorType(ir.IntType(32), width), [0] * width)
         with cgutils.for_range(builder, kc_v) as loop:
             p = loop.index
-            bbase = builder.add(ob_v, builder.mul(p, ir.Constant(i64, ncols)))
-            abase = builder.add(oa_v, builder.mul(p, ir.Constant(i64, rows)))
+            bbase = builder.add(ob_v, builder.mul(p, brs_v))
+            abase = builder.add(oa_v, builder.mul(p, acs_v))
             bvs = []
             for j in range(nvec):
                 ptr = builder.gep(b_data, [builder.add(bbase, ir.Constant(i64, j * width))])
                 bvs.append(builder.load(builder.bitcast(ptr, vty.as_pointer()), align=esize))
             for i in range(rows):
-                av = builder.load(builder.gep(a_data, [builder.add(abase, ir.Constant(i64, i))]))
+                av = builder.load(builder.gep(a_data, [builder.add(abase, builder.mul(ir.Constant(i64, i), ars_v))]))
                 sv = builder.insert_element(ir.Constant(vty, ir.Undefined), av, ir.Constant(ir.IntType(32), 0))
                 sv = builder.shuffle_vector(sv, ir.Constant(vty, ir.Undefined), splat_mask)
                 for j in range(nvec):
@@ -91,7 +102,7 @@ def _ukr(typingctx, kc, pa, oa, pb, ob, tile, mr, nv):
                 builder.store(builder.load(accs[i][j]), builder.bitcast(ptr, vty.as_pointer()), align=esize)
         return context.get_dummy_value()
 
-    return types.none(kc, pa, oa, pb, ob, tile, mr, nv), codegen
+    return types.none(kc, pa, oa, ars, acs, pb, ob, brs, tile, mr, nv), codegen
 
 
 @njit(**_OPTS)
@@ -194,20 +205,45 @@ def _store_tile(tile, nr_full, c, ldc, i0, j0, mr, nr, first, last, bias, has_bi
 
 
 @njit(**_OPTS)
-def _macro(a, rsa, csa, c, ldc, pb, pa, tile, ic, mc, pc, kc, jc, nc, nr_full, first, last, bias, has_bias, act):
-    """All MR x NR tiles of one MC x NC block of C against the packed B block."""
-    _pack_a(a, rsa, csa, ic, pc, mc, kc, pa)
+def _macro(a, rsa, csa, b, rsb, csb, c, ldc, pb, pa, tile, ic, mc, pc, kc, jc, nc, nr_full, first, last, bias,
+           has_bias, act, direct):
+    """All MR x NR tiles of one MC x NC block of C.
+
+    Packed: A block packed here, B block already packed in pb. Direct (small
+    products, where packing would cost more than it saves): A and B read in
+    place, only ragged edge panels packed (for their zero padding)."""
+    mfull = mc // MR * MR if direct else 0
+    if not direct:
+        _pack_a(a, rsa, csa, ic, pc, mc, kc, pa)
+    elif mfull < mc:
+        _pack_a(a, rsa, csa, ic + mfull, pc, mc - mfull, kc, pa)
     for jr in range(0, nc, nr_full):
         nr = min(nr_full, nc - jr)
+        b_in_place = direct and nr == nr_full and csb == 1
+        if direct and not b_in_place:
+            _pack_b_panel(b, rsb, csb, pc, jc, kc, nc, jr // nr_full, nr_full, pb)
+        bo = pc * rsb + jc + jr
         for ir_ in range(0, mc, MR):
             mr = min(MR, mc - ir_)
-            _ukr(kc, pa, ir_ * kc, pb, jr * kc, tile, MR, NV)
+            if ir_ < mfull:
+                ao = (ic + ir_) * rsa + pc * csa
+                if b_in_place:
+                    _ukr(kc, a, ao, rsa, csa, b, bo, rsb, tile, MR, NV)
+                else:
+                    _ukr(kc, a, ao, rsa, csa, pb, jr * kc, nr_full, tile, MR, NV)
+            else:
+                ao = (ir_ - mfull) * kc
+                if b_in_place:
+                    _ukr(kc, pa, ao, 1, MR, b, bo, rsb, tile, MR, NV)
+                else:
+                    _ukr(kc, pa, ao, 1, MR, pb, jr * kc, nr_full, tile, MR, NV)
             _store_tile(tile, nr_full, c, ldc, ic + ir_, jc + jr, mr, nr, first, last, bias, has_bias, act)
 
 
 @njit(**_OPTS)
 def _gemm_serial(M, N, K, a, rsa, csa, b, rsb, csb, c, ldc, bias, has_bias, act):
     """C = act(op(A)·op(B) + bias) on one thread (flat arrays, element strides)."""
+    direct = M * N * K <= DIRECT_MAX_FLOPS
     nrf = _nr(c)
     npan_max = (min(N, NC) + nrf - 1) // nrf
     kcm = min(K, KC)
@@ -219,12 +255,13 @@ def _gemm_serial(M, N, K, a, rsa, csa, b, rsb, csb, c, ldc, bias, has_bias, act)
         npan = (nc + nrf - 1) // nrf
         for pc in range(0, K, KC):
             kc = min(KC, K - pc)
-            for jp in range(npan):
-                _pack_b_panel(b, rsb, csb, pc, jc, kc, nc, jp, nrf, pb)
+            if not direct:
+                for jp in range(npan):
+                    _pack_b_panel(b, rsb, csb, pc, jc, kc, nc, jp, nrf, pb)
             for ic in range(0, M, MC):
                 mc = min(MC, M - ic)
-                _macro(a, rsa, csa, c, ldc, pb, pa, tile, ic, mc, pc, kc, jc, nc, nrf, pc == 0, pc + kc >= K,
-                       bias, has_bias, act)
+                _macro(a, rsa, csa, b, rsb, csb, c, ldc, pb, pa, tile, ic, mc, pc, kc, jc, nc, nrf, pc == 0,
+                       pc + kc >= K, bias, has_bias, act, direct)
 
 
 @njit(parallel=True, **_OPTS)
@@ -250,8 +287,8 @@ def _gemm_parallel(M, N, K, a, rsa, csa, b, rsb, csb, c, ldc, bias, has_bias, ac
             for ib in prange(nmb):
                 ic = ib * mcb
                 mc = min(mcb, M - ic)
-                _macro(a, rsa, csa, c, ldc, pb, pa_all[ib], tiles[ib], ic, mc, pc, kc, jc, nc, nrf,
-                       pc == 0, pc + kc >= K, bias, has_bias, act)
+                _macro(a, rsa, csa, b, rsb, csb, c, ldc, pb, pa_all[ib], tiles[ib], ic, mc, pc, kc, jc, nc, nrf,
+                       pc == 0, pc + kc >= K, bias, has_bias, act, False)
 
 
 @njit(**_OPTS)

@@ -54,6 +54,29 @@ def _bits_as_float(typingctx, bits):
     return sig, codegen
 
 
+@intrinsic
+def _float_as_bits(typingctx, x):
+    """Reinterpret a float32 (float64) as the int32 (int64) with the same bits."""
+    if x == types.float32:
+        sig, llty = types.int32(types.float32), ir.IntType(32)
+    elif x == types.float64:
+        sig, llty = types.int64(types.float64), ir.IntType(64)
+    else:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], llty)
+
+    return sig, codegen
+
+
+# The dtype dispatchers below are inlined into their callers at the Numba IR
+# level, so the loops they contain are compiled with the caller's options.
+# Left as separate functions, the row-maximum loop lost its vectorisation
+# (80 µs against 10 µs over 256 x 1000 float32).
+_OVERLOAD_OPTIONS = {k: v for k, v in NUMBA_JIT_OPTIONS.items() if k != "cache"}
+
+
 # float32: exp is computed for x in [LO, HI], the range where 2**n stays a
 # normal number (n in [-126, 127]); outside it the result is 0 or inf.
 _LOG2E_F = np.float32(1.4426950408889634)
@@ -206,6 +229,54 @@ def tanh64(x):
     return big if ax >= _TANH_SMALL_D else small
 
 
+# Maximum of a row. A float ``m = v if v > m else m`` reduction does not
+# vectorise (LLVM may not reorder it without assuming there are no NaNs), so
+# the floats are mapped to integers with the same order (flip the magnitude
+# bits of negative numbers) and the maximum is taken over those: an integer
+# max-reduction is plain SIMD code, ten times faster. A positive NaN becomes
+# the maximum, a negative one is skipped; either way the NaN reaches the
+# exponentials that follow and makes the row NaN, as in the reference.
+
+@njit(inline="always", **NUMBA_JIT_OPTIONS)
+def _row_max32(x, start, stop):
+    """max(x[start:stop]) for float32, stop > start."""
+    # Keys in int64: Numba widens int32 arithmetic anyway, and this form
+    # vectorised well where an int32 one did not (78 µs against 10 µs for 256 x 1000).
+    rm_bits = np.int64(_float_as_bits(x[start]))
+    rm_kmax = rm_bits ^ ((rm_bits >> 31) & 0x7FFFFFFF)
+    for rm_j in range(stop - start):           # not range(start, stop): that form did not vectorise
+        rm_bits = np.int64(_float_as_bits(x[start + rm_j]))
+        rm_key = rm_bits ^ ((rm_bits >> 31) & 0x7FFFFFFF)
+        rm_kmax = rm_key if rm_key > rm_kmax else rm_kmax
+    return _bits_as_float(np.int32(rm_kmax ^ ((rm_kmax >> 31) & 0x7FFFFFFF)))
+
+
+@njit(inline="always", **NUMBA_JIT_OPTIONS)
+def _row_max64(x, start, stop):
+    """max(x[start:stop]) for float64, stop > start."""
+    rm_bits = _float_as_bits(x[start])
+    rm_kmax = rm_bits ^ ((rm_bits >> np.int64(63)) & np.int64(0x7FFFFFFFFFFFFFFF))
+    for rm_j in range(stop - start):
+        rm_bits = _float_as_bits(x[start + rm_j])
+        rm_key = rm_bits ^ ((rm_bits >> np.int64(63)) & np.int64(0x7FFFFFFFFFFFFFFF))
+        rm_kmax = rm_key if rm_key > rm_kmax else rm_kmax
+    return _bits_as_float(np.int64(rm_kmax ^ ((rm_kmax >> np.int64(63)) & np.int64(0x7FFFFFFFFFFFFFFF))))
+
+
+def row_max(x, start, stop):
+    """max(x[start:stop]) of a 1-D float array, vectorisable (stop > start)."""
+    raise NotImplementedError("only callable from Numba-compiled code")
+
+
+@overload(row_max, jit_options=_OVERLOAD_OPTIONS, inline="always")
+def _row_max(x, start, stop):
+    if x.dtype == types.float32:
+        return lambda x, start, stop: _row_max32(x, start, stop)
+    if x.dtype == types.float64:
+        return lambda x, start, stop: _row_max64(x, start, stop)
+    return None
+
+
 def fexp(x):
     """exp(x), vectorisable; float32 or float64 chosen by the argument type."""
     raise NotImplementedError("only callable from Numba-compiled code")
@@ -221,7 +292,7 @@ def fsigmoid(x):
     raise NotImplementedError("only callable from Numba-compiled code")
 
 
-@overload(fexp)
+@overload(fexp, jit_options=_OVERLOAD_OPTIONS, inline="always")
 def _fexp(x):
     if x == types.float32:
         return lambda x: exp32(x)
@@ -230,7 +301,7 @@ def _fexp(x):
     return None
 
 
-@overload(ftanh)
+@overload(ftanh, jit_options=_OVERLOAD_OPTIONS, inline="always")
 def _ftanh(x):
     if x == types.float32:
         return lambda x: tanh32(x)
@@ -239,7 +310,7 @@ def _ftanh(x):
     return None
 
 
-@overload(fsigmoid)
+@overload(fsigmoid, jit_options=_OVERLOAD_OPTIONS, inline="always")
 def _fsigmoid(x):
     if x == types.float32:
         return lambda x: sigmoid32(x)

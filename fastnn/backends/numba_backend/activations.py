@@ -17,7 +17,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..._config import NUMBA_JIT_OPTIONS, PARALLEL_MIN_ELEMENTS
-from ._math import fsigmoid, ftanh, fexp
+from ._math import fexp, fsigmoid, ftanh, row_max
 
 __all__ = [
     "relu", "relu_backward",
@@ -30,6 +30,9 @@ __all__ = [
 _PAR = PARALLEL_MIN_ELEMENTS
 _jit = njit(**NUMBA_JIT_OPTIONS)
 _pjit = njit(parallel=True, **NUMBA_JIT_OPTIONS)
+# Row helpers are inlined by Numba itself: left as calls, they kept LLVM
+# from optimising the row loops together (measured 2x slower).
+_jit_inline = njit(inline="always", **NUMBA_JIT_OPTIONS)
 
 
 # ---------------------------------------------------------------- relu
@@ -284,13 +287,10 @@ def tanh_backward(grad_out, y, out):
 
 # ---------------------------------------------------------------- softmax
 
-@_jit
+@_jit_inline
 def _softmax_row(x, out, r, c):
     base = r * c
-    m = x[base]
-    for j in range(1, c):
-        v = x[base + j]
-        m = v if v > m else m
+    m = row_max(x, base, base + c)
     s = x.dtype.type(0)
     for j in range(c):
         e = fexp(x[base + j] - m)
@@ -326,7 +326,7 @@ def _softmax(x, out):
         _softmax_ser(xf, of, b, c)
 
 
-@_jit
+@_jit_inline
 def _softmax_bwd_row(g, y, out, r, c):
     base = r * c
     dot = g.dtype.type(0)

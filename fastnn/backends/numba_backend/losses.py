@@ -17,13 +17,16 @@ import numpy as np
 from numba import njit, prange
 
 from ..._config import NUMBA_JIT_OPTIONS, PARALLEL_MIN_ELEMENTS
-from ._math import fexp
+from ._math import fexp, row_max
 
 __all__ = ["mse_loss", "softmax_cross_entropy", "bce_with_logits"]
 
 _PAR = PARALLEL_MIN_ELEMENTS
 _jit = njit(**NUMBA_JIT_OPTIONS)
 _pjit = njit(parallel=True, **NUMBA_JIT_OPTIONS)
+# Row helpers are inlined by Numba itself: left as calls, they kept LLVM
+# from optimising the row loops together (measured 2x slower).
+_jit_inline = njit(inline="always", **NUMBA_JIT_OPTIONS)
 
 
 def _scale(n, reduction):
@@ -72,23 +75,20 @@ def mse_loss(pred, target, reduction, grad):
 
 # ---------------------------------------------------------------- softmax cross-entropy
 
-@_jit
+@_jit_inline
 def _ce_row(z, labels, g, r, c, s):
     """Row r: write s·(softmax − onehot) into g, return −log p[label] (float64)."""
     base = r * c
-    m = z[base]
-    for j in range(1, c):
-        v = z[base + j]
-        m = v if v > m else m
+    m = row_max(z, base, base + c)
     acc = z.dtype.type(0)
     for j in range(c):
         e = fexp(z[base + j] - m)
         g[base + j] = e
         acc += e
     sumexp = np.float64(acc)
-    k = s / acc
+    inv = s / acc
     for j in range(c):
-        g[base + j] *= k
+        g[base + j] *= inv
     lab = labels[r]
     g[base + lab] -= s
     return math.log(sumexp) - (np.float64(z[base + lab]) - np.float64(m))
@@ -104,10 +104,12 @@ def _ce_ser(z, labels, g, b, c, s):
 
 @_pjit
 def _ce_par(z, labels, g, b, c, s):
-    loss = 0.0
+    # Per-row losses in an array rather than a prange reduction: Numba's
+    # reduction analysis fails on the inlined row body.
+    row_loss = np.empty(b)
     for r in prange(b):
-        loss += _ce_row(z, labels, g, r, c, s)
-    return loss
+        row_loss[r] = _ce_row(z, labels, g, r, c, s)
+    return row_loss.sum()
 
 
 @_jit
@@ -131,7 +133,7 @@ def softmax_cross_entropy(logits, labels, reduction, grad):
 
 # ---------------------------------------------------------------- BCE with logits
 
-@_jit
+@_jit_inline
 def _bce_elem(z, t, s, one, zero):
     e = fexp(-np.abs(z))
     loss = (np.float64(z if z > zero else zero) - np.float64(z) * np.float64(t)

@@ -4,6 +4,11 @@ Importing this package imports Numba (so it happens only when the backend is
 first used, never at ``import fastnn``). Compilation happens per dtype on the
 first call of a kernel; ``cache=True`` makes later processes load the
 machine code instead of compiling again.
+
+Modules: ``_math`` (vectorisable exp/tanh/sigmoid and row maximum, shared),
+``activations``, ``dense``, ``losses``, ``optim`` (the kernels, one module per
+family of the reference, same names and parameters). Every kernel of those
+reference families is overridden.
 """
 
 import numba  # noqa: F401  - an ImportError here makes the backend absent, with the reason

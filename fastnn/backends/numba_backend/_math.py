@@ -2,9 +2,10 @@
 
 Numba compiles ``np.exp`` and ``np.tanh`` to calls into the C math library,
 one element at a time: LLVM cannot turn those calls into SIMD instructions
-(there is no SVML here), and a sigmoid loop built on them runs about ten
-times slower than NumPy's own vectorised ufuncs. The functions below are
-written instead from operations LLVM *can* vectorise:
+(Numba vectorises them only when Intel's SVML is installed, which fastnn
+does not require), and a sigmoid loop built on them runs about ten times
+slower than NumPy's own vectorised ufuncs. The functions below are written
+instead from operations LLVM *can* vectorise:
 
 * ``exp(x) = 2**n · exp(r)`` with ``n = round(x / ln 2)`` and
   ``r = x − n·ln 2`` (Cody–Waite: ``ln 2`` split in a high part with trailing
@@ -25,9 +26,25 @@ above the largest it returns ``inf``, and NaN comes back as NaN.
 rounding. ``sigmoid`` is ``1 / (1 + exp(−x))``, which needs no special case:
 ``exp`` overflowing to ``inf`` gives exactly 0, and underflowing gives 1.
 
-The generic names (``fexp``, ``ftanh``, ``fsigmoid``) pick the float32 or
-float64 version at compile time from the argument type, so one kernel source
-serves both dtypes and float32 work stays in float32 (twice the SIMD lanes).
+``row_max`` takes the maximum of a row through integer keys with the same
+order as the floats, because a float max-reduction does not vectorise
+without assuming that there are no NaNs.
+
+The generic names (``fexp``, ``ftanh``, ``fsigmoid``, ``row_max``) pick the
+float32 or float64 version at compile time from the argument type, so one
+kernel source serves both dtypes and float32 work stays in float32 (twice
+the SIMD lanes).
+
+Measured accuracy (against float64 NumPy over [-30, 30] and tiny arguments):
+float32 exp, sigmoid and tanh within 3.5e-7 relative error; float64 within
+1.5e-15, so the float64 path needs no library call either.
+
+Note for development: Numba's on-disk cache checks only the source file of
+the function it caches, not of the functions it calls. After editing this
+file, delete the ``*.nbi``/``*.nbc`` files under ``__pycache__`` of this
+package, or kernels in the other modules keep their old copies of these
+functions. (An installed package replaces every file at once and is not
+affected.)
 """
 
 import numpy as np

@@ -13,7 +13,6 @@ Comparisons are written so that NaN propagates (``x if not (x <= 0) else 0``
 keeps NaN, ``max``-style ``x > 0`` tests would drop it).
 """
 
-import numpy as np
 from numba import njit, prange
 
 from ..._config import NUMBA_JIT_OPTIONS, PARALLEL_MIN_ELEMENTS

@@ -21,9 +21,9 @@ Out-of-range arguments are handled with selects, not branches, so the loops
 stay straight-line code: below the smallest normal result ``exp`` returns 0,
 above the largest it returns ``inf``, and NaN comes back as NaN.
 
-``tanh`` uses ``1 − 2 / (exp(2|x|) + 1)`` with the sign restored, except near
-0 where that formula cancels: there an odd Taylor polynomial is exact to
-rounding. ``sigmoid`` is ``1 / (1 + exp(−x))``, which needs no special case:
+``tanh`` uses ``−expm1(−2|x|) / (2 + expm1(−2|x|))`` with the sign restored,
+``expm1`` from the same reduction and polynomial, which stays accurate near 0
+where ``1 − 2 / (exp(2|x|) + 1)`` would cancel. ``sigmoid`` is ``1 / (1 + exp(−x))``, which needs no special case:
 ``exp`` overflowing to ``inf`` gives exactly 0, and underflowing gives 1.
 
 ``row_max`` takes the maximum of a row through integer keys with the same
@@ -36,7 +36,7 @@ kernel source serves both dtypes and float32 work stays in float32 (twice
 the SIMD lanes).
 
 Measured accuracy (against float64 NumPy over [-30, 30] and tiny arguments):
-float32 exp, sigmoid and tanh within 3.5e-7 relative error; float64 within
+float32 exp and sigmoid within 3.5e-7 relative error, tanh within 6e-7; float64 within
 1.5e-15, so the float64 path needs no library call either.
 
 Note for development: Numba's on-disk cache checks only the source file of
@@ -198,52 +198,59 @@ def sigmoid64(x):
     return y if x == x else x
 
 
-# Odd Taylor coefficients of tanh: x - x^3/3 + 2x^5/15 - 17x^7/315 + ...
-_TANH_C = (1.0, -1.0 / 3.0, 2.0 / 15.0, -17.0 / 315.0, 62.0 / 2835.0, -1382.0 / 155925.0,
-           21844.0 / 6081075.0)
-_T_F = tuple(np.float32(c) for c in _TANH_C)
-_TANH_SMALL_F = np.float32(0.25)   # below: polynomial to x^9 (error < 1e-8 relative)
-_TANH_SMALL_D = 0.0625             # below: polynomial to x^13 (error < 1e-17 relative)
-
+# tanh through expm1: with t = -2|x| and em = expm1(t) = exp(t) - 1 in (-1, 0],
+# tanh|x| = -em / (2 + em). expm1 comes from the same reduction as exp,
+# t = n ln2 + r, as expm1(t) = 2^n expm1(r) + (2^n - 1), where the Taylor
+# polynomial gives expm1(r) = r·q(r) to full relative accuracy even for tiny
+# r, and for n = 0 (|x| < ln2/4) the second term is exactly 0. So one formula
+# is accurate from the smallest |x| (tanh x = x) to saturation, with no
+# separate small-argument branch: about a quarter fewer operations than
+# 1 − 2/(exp(2|x|) + 1) plus a polynomial near 0, measured 10-15% faster.
 
 @njit(**NUMBA_JIT_OPTIONS)
 def tanh32(x):
-    """tanh(x) for float32, vectorisable."""
-    # tanh|x| = (1 - e) / (1 + e) with e = exp(-2|x|) in (0, 1]: no overflow,
-    # and below the clamp e is tiny enough that the quotient rounds to 1.
-    ax = np.abs(x)
-    t = np.float32(-2.0) * ax
-    t = t if t > _LO_F else _LO_F
-    e = _exp_core32(t)
-    big = (np.float32(1.0) - e) / (np.float32(1.0) + e)
-    big = np.copysign(big, x)              # one bit operation, cheaper than a select
-    x2 = x * x
-    p = _T_F[4]
-    p = p * x2 + _T_F[3]
-    p = p * x2 + _T_F[2]
-    p = p * x2 + _T_F[1]
-    small = x + x * x2 * p
-    return big if ax >= _TANH_SMALL_F else small   # NaN takes the polynomial: stays NaN
+    """tanh(x) for float32, vectorisable (~5e-7 relative error)."""
+    t = np.float32(-2.0) * np.abs(x)
+    t = t if t > _LO_F else _LO_F              # NaN -> _LO_F (the result is fixed up below)
+    n = np.floor(t * _LOG2E_F + np.float32(0.5))
+    r = t - n * _LN2HI_F
+    r = r - n * _LN2LO_F
+    q = _C_F[0]
+    q = q * r + _C_F[1]
+    q = q * r + _C_F[2]
+    q = q * r + _C_F[3]
+    q = q * r + _C_F[4]
+    q = q * r + _C_F[5]
+    scale = _bits_as_float(np.int32((np.int32(n) + np.int32(127)) << np.int32(23)))
+    em = scale * (q * r) + (scale - np.float32(1.0))
+    y = np.copysign(-em / (np.float32(2.0) + em), x)   # copysign: one bit operation, no select
+    return y if x == x else x
 
 
 @njit(**NUMBA_JIT_OPTIONS)
 def tanh64(x):
-    """tanh(x) for float64, vectorisable."""
-    ax = np.abs(x)
-    t = -2.0 * ax
+    """tanh(x) for float64, vectorisable (~1e-15 relative error)."""
+    t = -2.0 * np.abs(x)
     t = t if t > _LO_D else _LO_D
-    e = _exp_core64(t)
-    big = (1.0 - e) / (1.0 + e)
-    big = np.copysign(big, x)
-    x2 = x * x
-    p = _TANH_C[6]
-    p = p * x2 + _TANH_C[5]
-    p = p * x2 + _TANH_C[4]
-    p = p * x2 + _TANH_C[3]
-    p = p * x2 + _TANH_C[2]
-    p = p * x2 + _TANH_C[1]
-    small = x + x * x2 * p
-    return big if ax >= _TANH_SMALL_D else small
+    n = np.floor(t * _LOG2E_D + 0.5)
+    r = t - n * _LN2HI_D
+    r = r - n * _LN2LO_D
+    q = 1.0 / 479001600.0
+    q = q * r + 1.0 / 39916800.0
+    q = q * r + 1.0 / 3628800.0
+    q = q * r + 1.0 / 362880.0
+    q = q * r + 1.0 / 40320.0
+    q = q * r + 1.0 / 5040.0
+    q = q * r + 1.0 / 720.0
+    q = q * r + 1.0 / 120.0
+    q = q * r + 1.0 / 24.0
+    q = q * r + 1.0 / 6.0
+    q = q * r + 0.5
+    q = q * r + 1.0
+    scale = _bits_as_float((np.int64(n) + np.int64(1023)) << np.int64(52))
+    em = scale * (q * r) + (scale - 1.0)
+    y = np.copysign(-em / (2.0 + em), x)
+    return y if x == x else x
 
 
 # Maximum of a row. A float ``m = v if v > m else m`` reduction does not

@@ -172,6 +172,22 @@ def test_float32_exp_tanh_approximation_accuracy(cy):
     assert np.max(np.abs(s - want) / want) < 4e-7
 
 
+def test_float64_exp_tanh_approximation_accuracy(cy):
+    # float64 uses a degree-13 polynomial: a few ulp, far inside the 1e-12 test tolerance
+    x = np.concatenate([np.linspace(-45, 45, 300_001), np.geomspace(1e-300, 1e-2, 1000),
+                        -np.geomspace(1e-300, 1e-2, 1000)])
+    with fastnn.use_backend("cython"):
+        t = ops.tanh(x)
+        s = ops.sigmoid(x)
+        z = x[:300_300].reshape(-1, 1001)[:, ::-1] * 20  # 300 rows of 1001 logits, non-contiguous
+        sm = ops.softmax(z)
+    assert np.max(np.abs(t - np.tanh(x)) / np.maximum(np.abs(np.tanh(x)), 1e-300)) < 2e-15
+    e = np.exp(-np.abs(x))
+    want = np.where(x >= 0, 1 / (1 + e), e / (1 + e))
+    assert np.max(np.abs(s - want) / want) < 2e-15
+    np.testing.assert_allclose(sm, reference("softmax", z), rtol=1e-14, atol=1e-300)
+
+
 def test_special_values(cy, dtype):
     x = np.array([np.nan, np.inf, -np.inf, -0.0, 0.0, 1e4, -1e4, 88.0, -88.0, -200.0], dtype)
     with fastnn.use_backend("cython"), np.errstate(all="raise"):

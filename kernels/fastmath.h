@@ -24,6 +24,7 @@
 #include <math.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 typedef ptrdiff_t fnn_idx;
@@ -537,5 +538,123 @@ FNN_DEFINE_LOSSES(double, f64, exp, log1p)
 
 FNN_DEFINE_OPTIM(float, f32, sqrtf)
 FNN_DEFINE_OPTIM(double, f64, sqrt)
+
+/* ------------------------------------------------------------------------ */
+/* Small matrix multiply. For the layer sizes of small networks (a few       */
+/* hundred thousand multiply-adds) a BLAS call costs more in dispatch,       */
+/* packing and thread decisions than the arithmetic; this register-blocked   */
+/* kernel (4 rows x 2 vectors of C held in registers, one broadcast of A per */
+/* row and step of k) runs several times faster there. Larger products go   */
+/* to BLAS (the caller decides, see _blas.pxi). Written with GCC/Clang       */
+/* vector extensions, which every target_clones variant lowers to its own    */
+/* vector width; other compilers always use BLAS (FNN_HAVE_SMALL_GEMM 0).    */
+/*                                                                          */
+/* Row-major C(m, n) = op(A)(m, k) op(B)(k, n); op(A)(i, p) = a[i sai + p sap]*/
+/* covers both layouts of A; op(B) must be row-major (k, n): a transposed B */
+/* is packed first.                                                          */
+
+#if defined(__GNUC__) || defined(__clang__)
+#define FNN_HAVE_SMALL_GEMM 1
+
+#define FNN_DEFINE_SMALL_GEMM(T, SUF, LANES)                                                     \
+    typedef T fnn_vec_##SUF __attribute__((vector_size(LANES * sizeof(T))));                   \
+    /* C(m, n) = A'(m, k) B(k, n), n a multiple of LANES, B and C with row strides ldb, ldc */ \
+    FNN_CLONES FNN_UNUSED static void fnn_gemm_small_kernel_##SUF(                               \
+        fnn_idx m, fnn_idx n, fnn_idx k, const T *a, fnn_idx sai, fnn_idx sap, const T *b,       \
+        fnn_idx ldb, T *c, fnn_idx ldc)                                                          \
+    {                                                                                            \
+        typedef fnn_vec_##SUF V;                                                                 \
+        const size_t VB = sizeof(V);                                                             \
+        fnn_idx i0 = 0;                                                                          \
+        for (; i0 + 4 <= m; i0 += 4) {                                                           \
+            const T *ap = a + i0 * sai;                                                          \
+            fnn_idx j0 = 0;                                                                      \
+            for (; j0 + 2 * LANES <= n; j0 += 2 * LANES) {                                       \
+                V c00 = {0}, c01 = {0}, c10 = {0}, c11 = {0}, c20 = {0}, c21 = {0}, c30 = {0},   \
+                  c31 = {0};                                                                     \
+                for (fnn_idx p = 0; p < k; p++) {                                                \
+                    V b0, b1;                                                                    \
+                    memcpy(&b0, b + p * ldb + j0, VB);                                           \
+                    memcpy(&b1, b + p * ldb + j0 + LANES, VB);                                   \
+                    const T *aq = ap + p * sap;                                                  \
+                    const T a0 = aq[0], a1 = aq[sai], a2 = aq[2 * sai], a3 = aq[3 * sai];        \
+                    c00 += a0 * b0; c01 += a0 * b1;                                              \
+                    c10 += a1 * b0; c11 += a1 * b1;                                              \
+                    c20 += a2 * b0; c21 += a2 * b1;                                              \
+                    c30 += a3 * b0; c31 += a3 * b1;                                              \
+                }                                                                                \
+                T *cr = c + i0 * ldc + j0;                                                       \
+                memcpy(cr, &c00, VB); memcpy(cr + LANES, &c01, VB); cr += ldc;                   \
+                memcpy(cr, &c10, VB); memcpy(cr + LANES, &c11, VB); cr += ldc;                   \
+                memcpy(cr, &c20, VB); memcpy(cr + LANES, &c21, VB); cr += ldc;                   \
+                memcpy(cr, &c30, VB); memcpy(cr + LANES, &c31, VB);                              \
+            }                                                                                    \
+            if (j0 < n) { /* one vector of columns left */                                       \
+                V c0 = {0}, c1 = {0}, c2 = {0}, c3 = {0};                                        \
+                for (fnn_idx p = 0; p < k; p++) {                                                \
+                    V b0;                                                                        \
+                    memcpy(&b0, b + p * ldb + j0, VB);                                           \
+                    const T *aq = ap + p * sap;                                                  \
+                    c0 += aq[0] * b0; c1 += aq[sai] * b0;                                        \
+                    c2 += aq[2 * sai] * b0; c3 += aq[3 * sai] * b0;                              \
+                }                                                                                \
+                T *cr = c + i0 * ldc + j0;                                                       \
+                memcpy(cr, &c0, VB); memcpy(cr + ldc, &c1, VB);                                  \
+                memcpy(cr + 2 * ldc, &c2, VB); memcpy(cr + 3 * ldc, &c3, VB);                    \
+            }                                                                                    \
+        }                                                                                        \
+        for (; i0 < m; i0++) { /* leftover rows, one at a time */                                \
+            const T *ap = a + i0 * sai;                                                          \
+            for (fnn_idx j0 = 0; j0 < n; j0 += LANES) {                                          \
+                V c0 = {0};                                                                      \
+                for (fnn_idx p = 0; p < k; p++) {                                                \
+                    V b0;                                                                        \
+                    memcpy(&b0, b + p * ldb + j0, VB);                                           \
+                    c0 += ap[p * sap] * b0;                                                      \
+                }                                                                                \
+                memcpy(c + i0 * ldc + j0, &c0, VB);                                              \
+            }                                                                                    \
+        }                                                                                        \
+    }                                                                                            \
+    /* Returns 0 when done, -1 when out of memory for the padded copies (use BLAS). */          \
+    FNN_UNUSED static int fnn_gemm_small_##SUF(int trans_a, int trans_b, fnn_idx m, fnn_idx n,   \
+                                               fnn_idx k, const T *a, const T *b, T *c)          \
+    {                                                                                            \
+        const fnn_idx sai = trans_a ? 1 : k, sap = trans_a ? m : 1;                              \
+        const fnn_idx np = (n + LANES - 1) / LANES * LANES;                                      \
+        const int pack_b = trans_b || np != n, tmp_c = np != n;                                  \
+        if (!pack_b) {                                                                           \
+            fnn_gemm_small_kernel_##SUF(m, n, k, a, sai, sap, b, n, c, n);                       \
+            return 0;                                                                            \
+        }                                                                                        \
+        /* B as row-major (k, np), zero-padded; C into (m, np) scratch if padded */             \
+        T *buf = (T *)malloc(((size_t)k + (tmp_c ? (size_t)m : 0)) * (size_t)np * sizeof(T));    \
+        if (buf == NULL) return -1;                                                              \
+        T *bp = buf, *cp = tmp_c ? buf + (size_t)k * np : c;                                     \
+        for (fnn_idx p = 0; p < k; p++) {                                                        \
+            T *row = bp + p * np;                                                                \
+            if (trans_b)                                                                         \
+                for (fnn_idx j = 0; j < n; j++) row[j] = b[j * k + p];                           \
+            else                                                                                 \
+                memcpy(row, b + p * n, (size_t)n * sizeof(T));                                   \
+            for (fnn_idx j = n; j < np; j++) row[j] = 0;                                         \
+        }                                                                                        \
+        fnn_gemm_small_kernel_##SUF(m, np, k, a, sai, sap, bp, np, cp, np);                      \
+        if (tmp_c)                                                                               \
+            for (fnn_idx i = 0; i < m; i++) memcpy(c + i * n, cp + i * np, (size_t)n * sizeof(T)); \
+        free(buf);                                                                               \
+        return 0;                                                                                \
+    }
+
+FNN_DEFINE_SMALL_GEMM(float, f32, 16)
+FNN_DEFINE_SMALL_GEMM(double, f64, 8)
+
+#else
+#define FNN_HAVE_SMALL_GEMM 0
+static int fnn_gemm_small_f32(int ta, int tb, fnn_idx m, fnn_idx n, fnn_idx k, const float *a,
+                              const float *b, float *c) { return -1; }
+static int fnn_gemm_small_f64(int ta, int tb, fnn_idx m, fnn_idx n, fnn_idx k, const double *a,
+                              const double *b, double *c) { return -1; }
+#endif
 
 #endif /* FASTNN_FASTMATH_H */

@@ -210,8 +210,23 @@ def test_softmax_in_place(cy, dtype, rng):
     np.testing.assert_allclose(x, want, **tol(dtype, 10))
 
 
+@pytest.mark.parametrize("m,k,n", [(4, 5, 16), (5, 7, 17), (9, 3, 31), (8, 1, 32), (3, 40, 33), (1, 64, 64),
+                                   (130, 70, 100)], ids=str)
+def test_matmul_small_kernel_tile_edges(cy, dtype, m, k, n, rng):
+    # the register-blocked small-GEMM path: tiles of 4 rows x 1-2 vectors, padded columns
+    for ta in (False, True):
+        for tb in (False, True):
+            a = rng.standard_normal((k, m) if ta else (m, k)).astype(dtype)
+            b = rng.standard_normal((n, k) if tb else (k, n)).astype(dtype)
+            out = np.full((m, n), np.nan, dtype)
+            with fastnn.use_backend("cython"):
+                got = ops.matmul(a, b, trans_a=ta, trans_b=tb, out=out)
+            want = (a.T if ta else a).astype(np.float64) @ (b.T if tb else b).astype(np.float64)
+            np.testing.assert_allclose(got, want, **tol(dtype, 10 * np.sqrt(k)))
+
+
 def test_matmul_large_all_transposes(cy, dtype, rng):
-    # BLAS path with every transpose combination at a size where BLAS threads
+    # BLAS path (above the small-GEMM limit) with every transpose combination
     for ta in (False, True):
         for tb in (False, True):
             a = rng.standard_normal((150, 120) if ta else (120, 150)).astype(dtype)

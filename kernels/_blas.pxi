@@ -11,8 +11,10 @@ cdef extern from "fastmath.h" nogil:
     int fnn_gemm_small_f32(int, int, Py_ssize_t, Py_ssize_t, Py_ssize_t, const float*, const float*, float*)
     int fnn_gemm_small_f64(int, int, Py_ssize_t, Py_ssize_t, Py_ssize_t, const double*, const double*, double*)
 
-# Products with at most this many multiply-adds (m n k) skip BLAS; measured
-# crossover with OpenBLAS on 1-2 cores (see the notes in fastmath.h).
+# Products with at most this many multiply-adds (m n k) skip BLAS. Measured on
+# 2 cores (AVX-512) against scipy's OpenBLAS 0.3.30: 32x64x128 takes ~2.2 us
+# here vs ~5.5 us in sgemm; at 128^3 (2^21) the two are level on one thread
+# and BLAS's own threads win above.
 cdef long long _SMALL_GEMM_MAX = 1 << 20
 
 ctypedef fused floating_t:

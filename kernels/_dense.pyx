@@ -2,7 +2,8 @@
 # cython: binding=True, embedsignature=True
 """Matrix multiply and the dense layer (Cython backend).
 
-GEMMs go through the BLAS wrapper in _blas.pxi; bias and activation are
+GEMMs go through the one GEMM wrapper in _blas.pxi (small products in C,
+the rest in BLAS); bias and activation are
 applied in one pass over the GEMM output (row-parallel when large), never
 inside a parallel region that calls BLAS.
 """

@@ -603,9 +603,24 @@ FNN_DEFINE_OPTIM(double, f64, sqrt)
                 memcpy(cr + 2 * ldc, &c2, VB); memcpy(cr + 3 * ldc, &c3, VB);                    \
             }                                                                                    \
         }                                                                                        \
-        for (; i0 < m; i0++) { /* leftover rows, one at a time */                                \
+        for (; i0 < m; i0++) { /* leftover rows, one at a time, 4 independent vectors */         \
             const T *ap = a + i0 * sai;                                                          \
-            for (fnn_idx j0 = 0; j0 < n; j0 += LANES) {                                          \
+            fnn_idx j0 = 0;                                                                      \
+            for (; j0 + 4 * LANES <= n; j0 += 4 * LANES) {                                       \
+                V c0 = {0}, c1 = {0}, c2 = {0}, c3 = {0};                                        \
+                for (fnn_idx p = 0; p < k; p++) {                                                \
+                    V b0, b1, b2, b3;                                                            \
+                    const T *bp = b + p * ldb + j0;                                              \
+                    memcpy(&b0, bp, VB); memcpy(&b1, bp + LANES, VB);                            \
+                    memcpy(&b2, bp + 2 * LANES, VB); memcpy(&b3, bp + 3 * LANES, VB);            \
+                    const T av = ap[p * sap];                                                    \
+                    c0 += av * b0; c1 += av * b1; c2 += av * b2; c3 += av * b3;                  \
+                }                                                                                \
+                T *cr = c + i0 * ldc + j0;                                                       \
+                memcpy(cr, &c0, VB); memcpy(cr + LANES, &c1, VB);                                \
+                memcpy(cr + 2 * LANES, &c2, VB); memcpy(cr + 3 * LANES, &c3, VB);                \
+            }                                                                                    \
+            for (; j0 < n; j0 += LANES) {                                                        \
                 V c0 = {0};                                                                      \
                 for (fnn_idx p = 0; p < k; p++) {                                                \
                     V b0;                                                                        \
@@ -613,6 +628,21 @@ FNN_DEFINE_OPTIM(double, f64, sqrt)
                     c0 += ap[p * sap] * b0;                                                      \
                 }                                                                                \
                 memcpy(c + i0 * ldc + j0, &c0, VB);                                              \
+            }                                                                                    \
+        }                                                                                        \
+    }                                                                                            \
+    /* C(i, j) = dot(a[i, :], b[j, :]), a (m, k) and b (n, k) row-major */                      \
+    FNN_CLONES FNN_UNUSED static void fnn_gemm_dots_##SUF(fnn_idx m, fnn_idx n, fnn_idx k,       \
+                                                          const T *a, const T *b, T *c)          \
+    {                                                                                            \
+        for (fnn_idx i = 0; i < m; i++) {                                                        \
+            const T *FNN_RESTRICT ar = a + i * k;                                                \
+            for (fnn_idx j = 0; j < n; j++) {                                                    \
+                const T *FNN_RESTRICT br = b + j * k;                                            \
+                T s = 0;                                                                         \
+                FNN_SIMD_REDUCTION(+ : s)                                                        \
+                for (fnn_idx p = 0; p < k; p++) s += ar[p] * br[p];                              \
+                c[i * n + j] = s;                                                                \
             }                                                                                    \
         }                                                                                        \
     }                                                                                            \
@@ -625,6 +655,12 @@ FNN_DEFINE_OPTIM(double, f64, sqrt)
         const int pack_b = trans_b || np != n, tmp_c = np != n;                                  \
         if (!pack_b) {                                                                           \
             fnn_gemm_small_kernel_##SUF(m, n, k, a, sai, sap, b, n, c, n);                       \
+            return 0;                                                                            \
+        }                                                                                        \
+        if (trans_b && !trans_a && m < 4) {                                                      \
+            /* few rows times Bᵀ: rows of A and B are both contiguous in k, so dot products  */ \
+            /* cost less than packing B */                                                       \
+            fnn_gemm_dots_##SUF(m, n, k, a, b, c);                                               \
             return 0;                                                                            \
         }                                                                                        \
         /* B as row-major (k, np), zero-padded; C into (m, np) scratch if padded */             \

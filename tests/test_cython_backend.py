@@ -210,8 +210,8 @@ def test_softmax_in_place(cy, dtype, rng):
     np.testing.assert_allclose(x, want, **tol(dtype, 10))
 
 
-@pytest.mark.parametrize("m,k,n", [(4, 5, 16), (5, 7, 17), (9, 3, 31), (8, 1, 32), (3, 40, 33), (1, 64, 64), (2, 50, 40), (3, 300, 70),
-                                   (130, 70, 100)], ids=str)
+@pytest.mark.parametrize("m,k,n", [(4, 5, 16), (5, 7, 17), (9, 3, 31), (8, 1, 32), (3, 40, 33), (1, 64, 64),
+                                   (2, 50, 40), (3, 300, 70), (130, 70, 100)], ids=str)
 def test_matmul_small_kernel_tile_edges(cy, dtype, m, k, n, rng):
     # the register-blocked small-GEMM path: tiles of 4 rows x 1-2 vectors, padded columns
     for ta in (False, True):

@@ -368,7 +368,7 @@ FNN_DEFINE_BINARY(fnn_tanh_bwd_f64, double, FNN_DTANH)
 /* sums) without -ffast-math; the build adds -fopenmp-simd where it has no   */
 /* OpenMP, and a compiler without either runs them as plain loops.           */
 
-#if defined(_OPENMP) || defined(FASTNN_OPENMP_SIMD)
+#if (defined(__GNUC__) || defined(__clang__)) && (defined(_OPENMP) || defined(FASTNN_OPENMP_SIMD))
 #define FNN_PRAGMA(x) _Pragma(#x)
 #define FNN_SIMD_REDUCTION(r) FNN_PRAGMA(omp simd reduction(r))
 #else

@@ -63,8 +63,10 @@ def test_set_num_threads_reaches_every_module(cy, threads):
         _ext("_activations")._set_num_threads(0)
 
 
-# Sizes around the parallel threshold and the 32768-element chunk.
-PAR_SIZES = [_config.PARALLEL_MIN_ELEMENTS - 1, _config.PARALLEL_MIN_ELEMENTS, 3 * 32768 + 5, 500_001]
+# Sizes around the parallel thresholds (PARALLEL_MIN_ELEMENTS for exp-based loops, 16x that for
+# memory-bound ones) and the 32768-element chunk.
+PAR_SIZES = [_config.PARALLEL_MIN_ELEMENTS - 1, _config.PARALLEL_MIN_ELEMENTS, 3 * 32768 + 5,
+             16 * _config.PARALLEL_MIN_ELEMENTS + 3]
 
 
 @pytest.mark.parametrize("n", PAR_SIZES)
@@ -84,7 +86,7 @@ def test_elementwise_serial_equals_parallel(cy, threads, dtype, name, n, rng):
     np.testing.assert_allclose(results[1][0], reference(name, x), **tol(dtype, 4))
 
 
-@pytest.mark.parametrize("shape", [(300, 1000), (70_000, 2), (3, 40_000)], ids=str)
+@pytest.mark.parametrize("shape", [(300, 1000), (70_000, 2), (3, 40_000), (1100, 1000)], ids=str)
 def test_row_kernels_serial_equals_parallel(cy, threads, dtype, shape, rng):
     z = (rng.standard_normal(shape) * 4).astype(dtype)
     labels = rng.integers(0, shape[1], shape[0])
@@ -108,8 +110,8 @@ def test_row_kernels_serial_equals_parallel(cy, threads, dtype, shape, rng):
 
 
 def test_dense_forward_parallel_bias_activation(cy, threads, dtype, rng):
-    # 600 x 128 outputs cross the parallel threshold in the fused bias+activation pass
-    x = rng.standard_normal((600, 48)).astype(dtype)
+    # 8200 x 128 outputs cross both parallel thresholds in the fused bias+activation pass
+    x = rng.standard_normal((8200, 48)).astype(dtype)
     w = (rng.standard_normal((128, 48)) / 7).astype(dtype)
     b = rng.standard_normal(128).astype(dtype)
     threads(2)
@@ -122,7 +124,7 @@ def test_dense_forward_parallel_bias_activation(cy, threads, dtype, rng):
             np.testing.assert_allclose(got, want, **tol(dtype, 300))
 
 
-@pytest.mark.parametrize("n", [5, 200_003])
+@pytest.mark.parametrize("n", [5, 200_003, 1_100_003])
 @pytest.mark.parametrize("decoupled", [False, True])
 def test_adam_and_sgd_parallel_match_reference(cy, threads, dtype, n, decoupled, rng):
     threads(2)

@@ -257,3 +257,16 @@ def test_sequential_container_api():
     assert all(m.training for m in model.modules())
     model.zero_grad()
     assert all(np.all(p.grad == 0) for p in model.parameters())
+
+
+def test_layer_fed_its_own_output(rng):
+    """A square layer applied to (a view of) its own output buffer must not compute in place."""
+    lin = nn.Linear(4, 4, dtype=np.float64)
+    x = rng.standard_normal((3, 4))
+    y1 = lin(x)
+    want = y1 @ lin.weight.data.T + lin.bias.data
+    y2 = lin(y1)
+    np.testing.assert_allclose(y2, want, rtol=1e-12)
+    y3 = lin(x)[:, :]                     # a view of the layer's buffer
+    want = y3 @ lin.weight.data.T + lin.bias.data
+    np.testing.assert_allclose(lin(y3), want, rtol=1e-12)

@@ -113,7 +113,8 @@ class Linear(Module):
         b = None if bias is None else bias.data
         if type(x) is _ndarray and x.flags.c_contiguous:
             c = self._fcache.get((x.shape, activation))
-            if c is not None and c[0] is w and c[1] is b and x.dtype is w.dtype and x is not c[2]:
+            if c is not None and c[0] is w and c[1] is b and x.dtype is w.dtype and x is not c[2] \
+                    and x.base is not c[2]:
                 y = _current().dense_forward(x, w, b, activation, c[2])
                 s = self._saved
                 s[0] = x
@@ -152,7 +153,8 @@ class Linear(Module):
                 and grad_out.shape == y.shape:
             key = (x.shape, activation, input_grad)
             c = self._bcache.get(key)
-            if c is not None and c[0] is w and c[1] is dw and c[2] is db and grad_out is not c[3]:
+            if c is not None and c[0] is w and c[1] is dw and c[2] is db and grad_out is not c[3] \
+                    and grad_out.base is not c[3]:
                 return _current().dense_backward(grad_out, x, w, None if activation == "identity" else y,
                                                  activation, c[3], dw, db)[0]
         return self._backward_slow(grad_out, x, y, activation, input_grad, w, dw, db)

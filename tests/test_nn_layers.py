@@ -270,3 +270,11 @@ def test_layer_fed_its_own_output(rng):
     y3 = lin(x)[:, :]                     # a view of the layer's buffer
     want = y3 @ lin.weight.data.T + lin.bias.data
     np.testing.assert_allclose(lin(y3), want, rtol=1e-12)
+
+
+def test_buffers_kept_for_a_bounded_number_of_shapes(rng):
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2), nn.LeakyReLU())
+    for b in range(1, 40):
+        model(rng.standard_normal((b, 3)).astype(np.float32))
+        model.backward(np.ones((b, 2), np.float32))
+    assert len(model[0]._fcache) <= 8 and len(model[0]._bcache) <= 8 and len(model[3]._fbuf) <= 8

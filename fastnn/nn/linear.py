@@ -27,6 +27,10 @@ __all__ = ["Linear"]
 
 _ndarray = np.ndarray
 
+#: Buffers are kept for at most this many input shapes per layer (a training
+#: loop sees two: the batch size and the last, shorter batch).
+_MAX_SHAPES = 8
+
 
 def _check_dtype(dtype):
     dt = np.dtype(dtype)
@@ -132,6 +136,8 @@ class Linear(Module):
         out = np.empty((x.shape[0], w.shape[0]), w.dtype)
         y = ops.dense_forward(x, w, b, activation, out=out)
         if type(x) is _ndarray and x.flags.c_contiguous and x.dtype is w.dtype:
+            if len(self._fcache) >= _MAX_SHAPES:  # many batch shapes: do not hoard buffers
+                self._fcache.clear()
             self._fcache[(x.shape, activation)] = (w, b, out)
         else:
             x = np.ascontiguousarray(x)
@@ -168,6 +174,8 @@ class Linear(Module):
         gin, dw2, db2 = ops.dense_backward(grad_out, x, w, y, activation, bias=db is not None,
                                            input_grad=input_grad, grad_input=gin, grad_weight=dw, grad_bias=db)
         if type(grad_out) is _ndarray and grad_out.flags.c_contiguous and grad_out.dtype is w.dtype:
+            if len(self._bcache) >= _MAX_SHAPES:
+                self._bcache.clear()
             self._bcache[(x.shape, activation, input_grad)] = (w, dw, db, gin)
         return gin
 

@@ -46,6 +46,8 @@ class Loss:
         key = (pred.shape, dt)
         buf = self._grads.get(key)
         if buf is None or buf is pred:
+            if len(self._grads) >= 8:
+                self._grads.clear()
             buf = self._grads[key] = np.empty(pred.shape, dt)
         loss, grad = getattr(ops, self._op_name)(pred, self._target(target, pred), self.reduction, grad=buf)
         self._grad = grad

@@ -159,8 +159,8 @@ class Linear(Module):
                 and grad_out.shape == y.shape:
             key = (x.shape, activation, input_grad)
             c = self._bcache.get(key)
-            if c is not None and c[0] is w and c[1] is dw and c[2] is db and grad_out is not c[3] \
-                    and grad_out.base is not c[3]:
+            if c is not None and c[0] is w and c[1] is dw and c[2] is db \
+                    and (c[3] is None or (grad_out is not c[3] and grad_out.base is not c[3])):
                 return _current().dense_backward(grad_out, x, w, None if activation == "identity" else y,
                                                  activation, c[3], dw, db)[0]
         return self._backward_slow(grad_out, x, y, activation, input_grad, w, dw, db)

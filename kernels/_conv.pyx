@@ -382,3 +382,167 @@ def avg_pool_bwd(floating[:, :, :, ::1] grad_out, int kh, int kw, int sh, int sw
                 for u in range(ulo, uhi):
                     for v in range(vlo, vhi):
                         plane[(h0 + u) * W + w0 + v] += gv
+
+
+# ------------------------------------------------- direct float32 stride-1 convolution
+
+from libc.stddef cimport ptrdiff_t
+from cython.parallel cimport threadid
+
+cdef extern from "conv_kernels.h" nogil:
+    int FASTNN_CONV_OB
+    int FASTNN_CONV_QB
+    void fastnn_conv_shift_f32(int K, int OP, ptrdiff_t Q, const float* wpk, const ptrdiff_t* koff,
+                               const float* src, float* out, ptrdiff_t ldo)
+    void fastnn_conv_wgrad_f32(int O, int K, ptrdiff_t Q, const float* g, ptrdiff_t ldg,
+                               const ptrdiff_t* koff, const float* src, float* gw)
+
+
+cdef inline Py_ssize_t _round_up(Py_ssize_t n, Py_ssize_t m) noexcept nogil:
+    return (n + m - 1) // m * m
+
+
+cdef void _pad_image(const float* x, int C, int H, int W, int ph, int pw, Py_ssize_t plane, int Wp,
+                     float* xp) noexcept nogil:
+    """Copy one image into its zero-padded flat buffer (the borders stay zero from allocation)."""
+    cdef int c, h
+    for c in range(C):
+        for h in range(H):
+            memcpy(xp + c * plane + (h + ph) * Wp + pw, x + (c * H + h) * W, W * sizeof(float))
+
+
+def direct_supported():
+    """The direct kernels are compiled in (always: they fall back to plain C loops)."""
+    return True
+
+
+def conv2d_fwd_direct(float[:, :, :, ::1] x, float[:, :, :, ::1] weight, float[::1] bias, bint has_bias,
+                      int ph, int pw, int dh, int dw, float[:, :, :, ::1] out):
+    """y[b,o,i,j] = bias[o] + Σ_{c,u,v} w[o,c,u,v]·xp[b,c,i+u·dH,j+v·dW] (stride 1, shifted GEMM)."""
+    cdef int B = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef int O = weight.shape[0], kh = weight.shape[2], kw = weight.shape[3]
+    cdef int Ho = out.shape[2], Wo = out.shape[3]
+    cdef int Hp = H + 2 * ph, Wp = W + 2 * pw, K = C * kh * kw
+    cdef int OP = <int>_round_up(O, FASTNN_CONV_OB)
+    cdef Py_ssize_t plane = <Py_ssize_t>Hp * Wp
+    cdef Py_ssize_t Q = _round_up(<Py_ssize_t>Ho * Wp, FASTNN_CONV_QB)
+    cdef Py_ssize_t xlen = C * plane + (kw - 1) * dw + 2 * FASTNN_CONV_QB
+    cdef int nt = _threads(<Py_ssize_t>B * O * Q * K // 8)
+    if nt > B:
+        nt = B
+    cdef int o, c, u, v, k, b, t, i, j
+    w_np = np.asarray(weight).reshape(O, K)
+    wpk_np = np.zeros((K, OP), np.float32)
+    wpk_np[:, :O] = w_np.T
+    cdef float[:, ::1] wpk = wpk_np
+    cdef ptrdiff_t[::1] koff = np.empty(K, np.intp)
+    for c in range(C):
+        for u in range(kh):
+            for v in range(kw):
+                koff[(c * kh + u) * kw + v] = c * plane + u * dh * Wp + v * dw
+    cdef float[:, ::1] xbuf = np.zeros((nt, xlen), np.float32)
+    cdef float[:, ::1] obuf = np.empty((nt, OP * Q), np.float32)
+    cdef const float* xptr = &x[0, 0, 0, 0]
+    cdef float* optr = &out[0, 0, 0, 0]
+    cdef const float* bptr = &bias[0] if has_bias else NULL
+    cdef float* xp
+    cdef float* ob
+    cdef float* d
+    cdef const float* s
+    cdef float bo
+    for b in prange(B, nogil=True, schedule="static", num_threads=nt):
+        t = threadid()
+        xp = &xbuf[t, 0]
+        ob = &obuf[t, 0]
+        _pad_image(xptr + <Py_ssize_t>b * C * H * W, C, H, W, ph, pw, plane, Wp, xp)
+        fastnn_conv_shift_f32(K, OP, Q, &wpk[0, 0], &koff[0], xp, ob, Q)
+        for o in range(O):
+            bo = bptr[o] if bptr != NULL else 0
+            for i in range(Ho):
+                d = optr + ((<Py_ssize_t>b * O + o) * Ho + i) * Wo
+                s = ob + o * Q + i * Wp
+                for j in range(Wo):
+                    d[j] = s[j] + bo
+
+
+def conv2d_bwd_direct(float[:, :, :, ::1] grad_out, float[:, :, :, ::1] x, float[:, :, :, ::1] weight,
+                      int ph, int pw, int dh, int dw,
+                      float[:, :, :, ::1] grad_input, bint want_input,
+                      float[:, :, :, ::1] grad_weight, float[::1] grad_bias, bint want_bias):
+    """dW[o,c,u,v] = Σ_{b,i,j} G[b,o,i,j]·xp[b,c,i+u·dH,j+v·dW]; dxp[c] = Σ_{o,u,v} w[o,c,u,v]·G[o] shifted."""
+    cdef int B = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef int O = weight.shape[0], kh = weight.shape[2], kw = weight.shape[3]
+    cdef int Ho = grad_out.shape[2], Wo = grad_out.shape[3]
+    cdef int Hp = H + 2 * ph, Wp = W + 2 * pw, K = C * kh * kw, KT = O * kh * kw
+    cdef int CP = <int>_round_up(C, FASTNN_CONV_OB)
+    cdef Py_ssize_t plane = <Py_ssize_t>Hp * Wp
+    cdef Py_ssize_t Qg = _round_up(<Py_ssize_t>Ho * Wp, 16)
+    cdef Py_ssize_t QI = _round_up(plane, FASTNN_CONV_QB)
+    cdef Py_ssize_t xlen = C * plane + (kw - 1) * dw + 2 * FASTNN_CONV_QB
+    cdef Py_ssize_t margin = (kh - 1) * dh * Wp + (kw - 1) * dw
+    cdef Py_ssize_t gplane = margin + plane + 2 * FASTNN_CONV_QB
+    cdef int nt = _threads(<Py_ssize_t>B * O * Qg * K // 4)
+    if nt > B:
+        nt = B
+    cdef int o, c, u, v, b, t, i, h, p
+    cdef Py_ssize_t r, kk
+    cdef double acc
+    cdef ptrdiff_t[::1] koff = np.empty(K, np.intp)
+    cdef ptrdiff_t[::1] koffT = np.empty(KT, np.intp)
+    for c in range(C):
+        for u in range(kh):
+            for v in range(kw):
+                koff[(c * kh + u) * kw + v] = c * plane + u * dh * Wp + v * dw
+    for o in range(O):
+        for u in range(kh):
+            for v in range(kw):
+                koffT[(o * kh + u) * kw + v] = o * gplane + margin - u * dh * Wp - v * dw
+    # wpkT[(o, u, v), c] = w[o, c, u, v]
+    wpkT_np = np.zeros((KT, CP), np.float32)
+    wpkT_np[:, :C] = np.asarray(weight).transpose(0, 2, 3, 1).reshape(KT, C)
+    cdef float[:, ::1] wpkT = wpkT_np
+    cdef float[:, ::1] xbuf = np.zeros((nt, xlen), np.float32)
+    cdef float[:, ::1] gbuf = np.zeros((nt, O * gplane), np.float32)
+    cdef float[:, ::1] ibuf = np.empty((nt, CP * QI if want_input else 1), np.float32)
+    cdef float[:, ::1] gwt = np.zeros((nt, O * K), np.float32)
+    cdef const float* xptr = &x[0, 0, 0, 0]
+    cdef const float* gptr = &grad_out[0, 0, 0, 0]
+    cdef float* giptr = &grad_input[0, 0, 0, 0]
+    cdef float* xp
+    cdef float* gp
+    cdef float* ib
+    cdef float* d
+    cdef const float* s
+    for b in prange(B, nogil=True, schedule="static", num_threads=nt):
+        t = threadid()
+        xp = &xbuf[t, 0]
+        gp = &gbuf[t, 0]
+        _pad_image(xptr + <Py_ssize_t>b * C * H * W, C, H, W, ph, pw, plane, Wp, xp)
+        for o in range(O):   # G rows at width Wp; the junk columns stay zero
+            for i in range(Ho):
+                memcpy(gp + o * gplane + margin + i * Wp, gptr + ((<Py_ssize_t>b * O + o) * Ho + i) * Wo,
+                       Wo * sizeof(float))
+        fastnn_conv_wgrad_f32(O, K, Qg, gp + margin, gplane, &koff[0], xp, &gwt[t, 0])
+        if want_input:
+            ib = &ibuf[t, 0]
+            fastnn_conv_shift_f32(KT, CP, QI, &wpkT[0, 0], &koffT[0], gp, ib, QI)
+            for c in range(C):
+                for h in range(H):
+                    d = giptr + ((<Py_ssize_t>b * C + c) * H + h) * W
+                    s = ib + c * QI + (h + ph) * Wp + pw
+                    memcpy(d, s, W * sizeof(float))
+    cdef float* gw = &grad_weight[0, 0, 0, 0]
+    with nogil:
+        for kk in range(<Py_ssize_t>O * K):
+            acc = 0
+            for t in range(nt):
+                acc = acc + gwt[t, kk]
+            gw[kk] = <float>acc
+        if want_bias:
+            for o in range(O):
+                acc = 0
+                for b in range(B):
+                    s = gptr + (<Py_ssize_t>b * O + o) * Ho * Wo
+                    for p in range(Ho * Wo):
+                        acc = acc + s[p]
+                grad_bias[o] = <float>acc

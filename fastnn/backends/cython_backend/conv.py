@@ -26,9 +26,16 @@ _DUMMY = {np.dtype(np.float32): (np.zeros(1, np.float32), np.zeros((1, 1, 1, 1),
           np.dtype(np.float64): (np.zeros(1, np.float64), np.zeros((1, 1, 1, 1), np.float64))}
 
 
+_F32 = np.dtype(np.float32)
+
+
 def conv2d_forward(x, weight, bias, stride, padding, dilation, out):
     """y[b,o,i,j] = bias[o] + Σ_{c,u,v} w[o,c,u,v]·xp[b,c,i·sH+u·dH,j·sW+v·dW]."""
     has_bias = bias is not None
+    if x.dtype == _F32 and stride == (1, 1):  # register-blocked direct kernel, no im2col
+        _conv.conv2d_fwd_direct(x, weight, bias if has_bias else _DUMMY[x.dtype][0], has_bias,
+                                padding[0], padding[1], dilation[0], dilation[1], out)
+        return out
     _conv.conv2d_fwd(x, weight, bias if has_bias else _DUMMY[x.dtype][0], has_bias,
                      stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1], out)
     return out
@@ -37,6 +44,11 @@ def conv2d_forward(x, weight, bias, stride, padding, dilation, out):
 def conv2d_backward(grad_out, x, weight, stride, padding, dilation, grad_input, grad_weight, grad_bias):
     """dW = Σ_b G_b·cols_bᵀ, db = Σ G, dx = col2im(Wᵀ·G_b)."""
     vec, img = _DUMMY[x.dtype]
+    if x.dtype == _F32 and stride == (1, 1):
+        _conv.conv2d_bwd_direct(grad_out, x, weight, padding[0], padding[1], dilation[0], dilation[1],
+                                img if grad_input is None else grad_input, grad_input is not None,
+                                grad_weight, vec if grad_bias is None else grad_bias, grad_bias is not None)
+        return grad_input, grad_weight, grad_bias
     _conv.conv2d_bwd(grad_out, x, weight, stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
                      img if grad_input is None else grad_input, grad_input is not None,
                      grad_weight, vec if grad_bias is None else grad_bias, grad_bias is not None)

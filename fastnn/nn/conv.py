@@ -22,13 +22,8 @@ import numpy as np
 
 from .. import ops
 from ..backends import current as _current
-from .module import Module, Parameter
-
-try:  # the save/load registry
-    from .module import register_module
-except ImportError:  # pragma: no cover - older layout without a registry
-    def register_module(cls):
-        return cls
+from .init import get_rng as _get_rng
+from .module import Module, Parameter, register_module
 
 __all__ = ["Conv2d", "MaxPool2d", "AvgPool2d", "Flatten"]
 
@@ -61,14 +56,6 @@ def _check_dtype(dtype):
     if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
         raise TypeError(f"dtype must be float32 or float64, got {dt}")
     return dt
-
-
-def _get_rng(rng):
-    try:
-        from .init import get_rng
-    except ImportError:  # pragma: no cover - before the init module exists
-        return rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
-    return get_rng(rng)
 
 
 def _as_input(x, dtype, layer):

@@ -209,3 +209,84 @@ def test_small_cnn_trains(backend, rng):
         conv.weight.data -= 0.5 * conv.weight.grad
         conv.bias.data -= 0.5 * conv.bias.grad
     assert losses[-1] < 0.5 * losses[0]
+
+
+@pytest.mark.parametrize("make", [
+    lambda: nn.Conv2d(2, 3, 3, stride=2, padding=1, dtype=np.float64, rng=0),
+    lambda: nn.Conv2d(2, 2, (2, 3), dilation=(2, 1), bias=False, dtype=np.float64, rng=0),
+    lambda: nn.MaxPool2d(3, 2, 1),
+    lambda: nn.AvgPool2d(2, 1),
+    lambda: nn.Flatten(),
+], ids=["conv", "conv_dilated", "maxpool", "avgpool", "flatten"])
+def test_fastnn_gradcheck(backend, make, rng):
+    report = fastnn.gradcheck(make(), rng.standard_normal((2, 2, 7, 6)))
+    assert report.ok
+
+
+def _cnn(dtype=np.float32):
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1, dtype=dtype), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(4, 8, 3, padding=1, dtype=dtype), nn.ReLU(), nn.AvgPool2d(2),
+        nn.Flatten(), nn.Linear(8 * 2 * 2, 3, dtype=dtype))
+
+
+def test_sequential_cnn_gradcheck(backend, rng):
+    fastnn.manual_seed(0)
+    model = _cnn(np.float64)
+    report = fastnn.gradcheck(model, rng.standard_normal((2, 1, 8, 8)))
+    assert report.ok
+
+
+def test_sequential_cnn_fit_save_load(backend, tmp_path, rng):
+    fastnn.manual_seed(0)
+    x = rng.standard_normal((96, 1, 8, 8)).astype(np.float32)
+    y = np.argmax([x[:, 0, :3].mean((1, 2)), x[:, 0, 3:5].mean((1, 2)), x[:, 0, 5:].mean((1, 2))], axis=0)
+    model = _cnn()
+    hist = fastnn.fit(model, x, y, loss=nn.CrossEntropyLoss(), optimizer=fastnn.optim.Adam(model.parameters(),
+                      lr=1e-2), epochs=15, batch_size=32, progress=False, seed=0)
+    assert hist["loss"][-1] < 0.6 * hist["loss"][0]
+    path = tmp_path / "cnn.npz"
+    fastnn.save(model, path)
+    clone = fastnn.load(path)
+    assert [type(m) for m in clone.children()] == [type(m) for m in model.children()]
+    assert repr(clone) == repr(model)
+    np.testing.assert_array_equal(clone(x).copy(), model(x).copy())
+
+
+def test_sequential_cnn_matches_torch(backend, rng):
+    torch = pytest.importorskip("torch")
+    fastnn.manual_seed(0)
+    model = _cnn(np.float64)
+    tnn = torch.nn
+    tmodel = tnn.Sequential(tnn.Conv2d(1, 4, 3, padding=1), tnn.ReLU(), tnn.MaxPool2d(2),
+                            tnn.Conv2d(4, 8, 3, padding=1), tnn.ReLU(), tnn.AvgPool2d(2),
+                            tnn.Flatten(), tnn.Linear(32, 3)).double()
+    assert list(model.state_dict()) == list(tmodel.state_dict())
+    model.load_state_dict({k: v.detach().numpy() for k, v in tmodel.state_dict().items()})
+    x = rng.standard_normal((5, 1, 8, 8))
+    tx = torch.tensor(x, requires_grad=True)
+    ty = tmodel(tx)
+    g = rng.standard_normal(tuple(ty.shape))
+    ty.backward(torch.tensor(g))
+    np.testing.assert_allclose(model(x), ty.detach().numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(model.backward(g), tx.grad.numpy(), rtol=1e-10, atol=1e-12)
+    for name, p in tmodel.named_parameters():
+        np.testing.assert_allclose(dict(model.named_parameters())[name].grad, p.grad.numpy(),
+                                   rtol=1e-9, atol=1e-11, err_msg=name)
+
+
+def test_digits_cnn_demo_is_discovered():
+    from fastnn.cli import _demo_modules
+
+    mods = _demo_modules()
+    assert "digits-cnn" in mods
+    assert mods["digits-cnn"].build_model(4)[0].out_channels == 4
+
+
+@pytest.mark.slow
+def test_digits_cnn_demo_reaches_98_percent():
+    pytest.importorskip("sklearn")
+    from fastnn.demos import digits_cnn
+
+    _, _, accuracy, _ = digits_cnn.train(seed=0)
+    assert accuracy >= 0.98

@@ -1,0 +1,398 @@
+# cython: boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""Recurrent kernels: RNN, LSTM and GRU forward over a sequence and BPTT.
+
+The whole time loop runs here without the GIL. Per step: one small BLAS
+product with W_hh, then the gate arithmetic (rnn_kernels.h, vectorised C).
+Outside the loop: the input projection for all steps is one GEMM, and the
+weight gradients and dL/dx are one GEMM each over all steps.
+Arrays arrive validated by fastnn.ops.rnn (C-contiguous, one float dtype,
+shapes checked), so only raw pointers are taken here.
+"""
+
+include "_threads.pxi"
+
+cimport numpy as cnp
+from libc.stdlib cimport malloc, calloc, free
+from libc.string cimport memcpy, memset
+from scipy.linalg.cython_blas cimport sgemm, dgemm
+
+cnp.import_array()
+
+ctypedef fused real:
+    float
+    double
+
+cdef extern from "rnn_kernels.h" nogil:
+    ctypedef Py_ssize_t fnn_idx
+    void fnn_rnn_act_f(float *a, fnn_idx n, int relu)
+    void fnn_rnn_act_d(double *a, fnn_idx n, int relu)
+    void fnn_rnn_delta_f(const float *go, const float *grec, const float *h, float *d, fnn_idx n, int relu)
+    void fnn_rnn_delta_d(const double *go, const double *grec, const double *h, double *d, fnn_idx n, int relu)
+    void fnn_lstm_cell_f(float *z, const float *c_prev, float *c, float *h, fnn_idx B, fnn_idx H)
+    void fnn_lstm_cell_d(double *z, const double *c_prev, double *c, double *h, fnn_idx B, fnn_idx H)
+    void fnn_lstm_delta_f(const float *go, const float *grec, float *gamma, const float *gates,
+                          const float *c, const float *c_prev, float *d, fnn_idx B, fnn_idx H)
+    void fnn_lstm_delta_d(const double *go, const double *grec, double *gamma, const double *gates,
+                          const double *c, const double *c_prev, double *d, fnn_idx B, fnn_idx H)
+    void fnn_gru_cell_f(float *gi, const float *gh, const float *bhh, const float *h_prev, float *hn,
+                        float *h, fnn_idx B, fnn_idx H)
+    void fnn_gru_cell_d(double *gi, const double *gh, const double *bhh, const double *h_prev, double *hn,
+                        double *h, fnn_idx B, fnn_idx H)
+    void fnn_gru_delta_f(const float *go, float *grec, const float *gates, const float *hn,
+                         const float *h_prev, float *w, fnn_idx B, fnn_idx H)
+    void fnn_gru_delta_d(const double *go, double *grec, const double *gates, const double *hn,
+                         const double *h_prev, double *w, fnn_idx B, fnn_idx H)
+    void fnn_colsum_f(const float *a, fnn_idx rows, fnn_idx cols, fnn_idx ld, float *out)
+    void fnn_colsum_d(const double *a, fnn_idx rows, fnn_idx cols, fnn_idx ld, double *out)
+    void fnn_fill_bias_f(float *out, fnn_idx rows, fnn_idx cols, const float *b1, const float *b2)
+    void fnn_fill_bias_d(double *out, fnn_idx rows, fnn_idx cols, const double *b1, const double *b2)
+
+
+# ---------------------------------------------------------------------------
+# small helpers over the fused type
+# ---------------------------------------------------------------------------
+
+cdef inline void gemm(bint ta, bint tb, int M, int N, int K, real alpha, const real *A, int lda,
+                      const real *B, int ldb, real beta, real *C, int ldc) noexcept nogil:
+    """Row-major C = alpha op(A) op(B) + beta C (BLAS is column-major: compute Cᵀ = op(B)ᵀ op(A)ᵀ)."""
+    cdef char ca = b'T' if ta else b'N'
+    cdef char cb = b'T' if tb else b'N'
+    if M == 0 or N == 0:
+        return
+    if real is float:
+        sgemm(&cb, &ca, &N, &M, &K, &alpha, <float*>B, &ldb, <float*>A, &lda, &beta, C, &ldc)
+    else:
+        dgemm(&cb, &ca, &N, &M, &K, &alpha, <double*>B, &ldb, <double*>A, &lda, &beta, C, &ldc)
+
+
+cdef inline void colsum(const real *a, fnn_idx rows, fnn_idx cols, fnn_idx ld, real *out) noexcept nogil:
+    if real is float:
+        fnn_colsum_f(a, rows, cols, ld, out)
+    else:
+        fnn_colsum_d(a, rows, cols, ld, out)
+
+
+cdef inline void input_projection(const real *x, const real *w_ih, const real *b1, const real *b2,
+                                  real *out, int TB, int I, int GH) noexcept nogil:
+    """out = x·W_ihᵀ + b1 + b2 for all T·B rows at once."""
+    cdef real beta = 0
+    if b1 != NULL or b2 != NULL:
+        if real is float:
+            fnn_fill_bias_f(out, TB, GH, b1, b2)
+        else:
+            fnn_fill_bias_d(out, TB, GH, b1, b2)
+        beta = 1
+    gemm(False, True, TB, GH, I, <real>1, x, I, w_ih, I, beta, out, GH)
+
+
+cdef inline void weight_grads(const real *dx, const real *dh, int ld, const real *x, const real *h0,
+                              const real *out, real *gw_ih, real *gw_hh, real *gb_ih, real *gb_hh,
+                              int T, int B, int I, int H, int GH) noexcept nogil:
+    """dW_ih = Σ δxᵀ x, dW_hh = Σ δhᵀ h_prev (h0, then out[:-1]), db = column sums."""
+    gemm(True, False, GH, I, T * B, <real>1, dx, ld, x, I, <real>0, gw_ih, I)
+    gemm(True, False, GH, H, B, <real>1, dh, ld, h0, H, <real>0, gw_hh, H)
+    if T > 1:
+        gemm(True, False, GH, H, (T - 1) * B, <real>1, dh + <fnn_idx>B * ld, ld, out, H, <real>1, gw_hh, H)
+    if gb_ih != NULL:
+        colsum(dx, <fnn_idx>T * B, GH, ld, gb_ih)
+    if gb_hh != NULL:
+        colsum(dh, <fnn_idx>T * B, GH, ld, gb_hh)
+
+
+cdef inline void *ptr(object a):
+    """Data pointer of a validated ndarray, NULL for None."""
+    if a is None:
+        return NULL
+    return cnp.PyArray_DATA(<cnp.ndarray>a)
+
+
+cdef inline bint is_f32(object a):
+    return cnp.PyArray_TYPE(<cnp.ndarray>a) == cnp.NPY_FLOAT32
+
+
+# ---------------------------------------------------------------------------
+# Elman RNN
+# ---------------------------------------------------------------------------
+
+cdef void rnn_fwd(const real *x, const real *h0, const real *w_ih, const real *w_hh, const real *b_ih,
+                  const real *b_hh, int relu, real *out, int T, int B, int I, int H) noexcept nogil:
+    cdef fnn_idx BH = <fnn_idx>B * H
+    cdef int t
+    cdef const real *hp
+    input_projection(x, w_ih, b_ih, b_hh, out, T * B, I, H)
+    for t in range(T):
+        hp = h0 if t == 0 else out + (t - 1) * BH
+        gemm(False, True, B, H, H, <real>1, hp, H, w_hh, H, <real>1, out + t * BH, H)
+        if real is float:
+            fnn_rnn_act_f(out + t * BH, BH, relu)
+        else:
+            fnn_rnn_act_d(out + t * BH, BH, relu)
+
+
+cdef void rnn_bwd(const real *go, const real *ghn, const real *x, const real *h0, const real *w_ih,
+                  const real *w_hh, const real *out, int relu, real *work, real *gx, real *gh0,
+                  real *gw_ih, real *gw_hh, real *gb_ih, real *gb_hh, int T, int B, int I, int H) noexcept nogil:
+    cdef fnn_idx BH = <fnn_idx>B * H
+    cdef int t
+    # gh0 doubles as the recurrent gradient g_rec = δ_{t+1}·W_hh: it ends as dL/dh0.
+    if ghn != NULL:
+        memcpy(gh0, ghn, BH * sizeof(real))
+    else:
+        memset(gh0, 0, BH * sizeof(real))
+    for t in range(T - 1, -1, -1):
+        if real is float:
+            fnn_rnn_delta_f(go + t * BH, gh0, out + t * BH, work + t * BH, BH, relu)
+        else:
+            fnn_rnn_delta_d(go + t * BH, gh0, out + t * BH, work + t * BH, BH, relu)
+        gemm(False, False, B, H, H, <real>1, work + t * BH, H, w_hh, H, <real>0, gh0, H)
+    weight_grads(work, work, H, x, h0, out, gw_ih, gw_hh, gb_ih, gb_hh, T, B, I, H, H)
+    if gx != NULL:
+        gemm(False, False, T * B, I, H, <real>1, work, H, w_ih, I, <real>0, gx, I)
+
+
+def rnn_forward(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity, out):
+    """h_t = f(x_t W_ihᵀ + b_ih + h_{t-1} W_hhᵀ + b_hh) for all t."""
+    cdef int T = x.shape[0], B = x.shape[1], I = x.shape[2], H = h0.shape[1]
+    cdef int relu = nonlinearity == "relu"
+    cdef void *px = ptr(x)
+    cdef void *ph0 = ptr(h0)
+    cdef void *pwi = ptr(weight_ih)
+    cdef void *pwh = ptr(weight_hh)
+    cdef void *pbi = ptr(bias_ih)
+    cdef void *pbh = ptr(bias_hh)
+    cdef void *po = ptr(out)
+    if is_f32(x):
+        with nogil:
+            rnn_fwd[float](<float*>px, <float*>ph0, <float*>pwi, <float*>pwh, <float*>pbi, <float*>pbh,
+                           relu, <float*>po, T, B, I, H)
+    else:
+        with nogil:
+            rnn_fwd[double](<double*>px, <double*>ph0, <double*>pwi, <double*>pwh, <double*>pbi,
+                            <double*>pbh, relu, <double*>po, T, B, I, H)
+    return out
+
+
+def rnn_backward(grad_out, grad_hn, x, h0, weight_ih, weight_hh, out, nonlinearity, work,
+                 grad_x, grad_h0, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh):
+    """BPTT: δ_t = (dL/dh_t)·f'(a_t), g_{t-1} = δ_t W_hh; weight grads one GEMM each."""
+    cdef int T = x.shape[0], B = x.shape[1], I = x.shape[2], H = h0.shape[1]
+    cdef int relu = nonlinearity == "relu"
+    cdef void *p[15]
+    cdef int k
+    args = (grad_out, grad_hn, x, h0, weight_ih, weight_hh, out, work, grad_x, grad_h0,
+            grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh)
+    for k in range(14):
+        p[k] = ptr(args[k])
+    if is_f32(x):
+        with nogil:
+            rnn_bwd[float](<float*>p[0], <float*>p[1], <float*>p[2], <float*>p[3], <float*>p[4],
+                           <float*>p[5], <float*>p[6], relu, <float*>p[7], <float*>p[8], <float*>p[9],
+                           <float*>p[10], <float*>p[11], <float*>p[12], <float*>p[13], T, B, I, H)
+    else:
+        with nogil:
+            rnn_bwd[double](<double*>p[0], <double*>p[1], <double*>p[2], <double*>p[3], <double*>p[4],
+                            <double*>p[5], <double*>p[6], relu, <double*>p[7], <double*>p[8], <double*>p[9],
+                            <double*>p[10], <double*>p[11], <double*>p[12], <double*>p[13], T, B, I, H)
+    return grad_x, grad_h0, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh
+
+
+# ---------------------------------------------------------------------------
+# LSTM
+# ---------------------------------------------------------------------------
+
+cdef void lstm_fwd(const real *x, const real *h0, const real *c0, const real *w_ih, const real *w_hh,
+                   const real *b_ih, const real *b_hh, real *out, real *cell, real *gates,
+                   int T, int B, int I, int H) noexcept nogil:
+    cdef fnn_idx BH = <fnn_idx>B * H
+    cdef fnn_idx BG = 4 * BH
+    cdef int t
+    cdef const real *hp
+    cdef const real *cp
+    input_projection(x, w_ih, b_ih, b_hh, gates, T * B, I, 4 * H)
+    for t in range(T):
+        hp = h0 if t == 0 else out + (t - 1) * BH
+        cp = c0 if t == 0 else cell + (t - 1) * BH
+        gemm(False, True, B, 4 * H, H, <real>1, hp, H, w_hh, H, <real>1, gates + t * BG, 4 * H)
+        if real is float:
+            fnn_lstm_cell_f(gates + t * BG, cp, cell + t * BH, out + t * BH, B, H)
+        else:
+            fnn_lstm_cell_d(gates + t * BG, cp, cell + t * BH, out + t * BH, B, H)
+
+
+cdef void lstm_bwd(const real *go, const real *ghn, const real *gcn, const real *x, const real *h0,
+                   const real *c0, const real *w_ih, const real *w_hh, const real *out, const real *cell,
+                   const real *gates, real *work, real *gx, real *gh0, real *gc0, real *gw_ih, real *gw_hh,
+                   real *gb_ih, real *gb_hh, int T, int B, int I, int H) noexcept nogil:
+    cdef fnn_idx BH = <fnn_idx>B * H
+    cdef fnn_idx BG = 4 * BH
+    cdef int t
+    cdef const real *cp
+    # gh0 carries g_rec and gc0 carries γ = dL/dc backwards; both end as the h0/c0 gradients.
+    if ghn != NULL:
+        memcpy(gh0, ghn, BH * sizeof(real))
+    else:
+        memset(gh0, 0, BH * sizeof(real))
+    if gcn != NULL:
+        memcpy(gc0, gcn, BH * sizeof(real))
+    else:
+        memset(gc0, 0, BH * sizeof(real))
+    for t in range(T - 1, -1, -1):
+        cp = c0 if t == 0 else cell + (t - 1) * BH
+        if real is float:
+            fnn_lstm_delta_f(go + t * BH, gh0, gc0, gates + t * BG, cell + t * BH, cp, work + t * BG, B, H)
+        else:
+            fnn_lstm_delta_d(go + t * BH, gh0, gc0, gates + t * BG, cell + t * BH, cp, work + t * BG, B, H)
+        gemm(False, False, B, H, 4 * H, <real>1, work + t * BG, 4 * H, w_hh, H, <real>0, gh0, H)
+    weight_grads(work, work, 4 * H, x, h0, out, gw_ih, gw_hh, gb_ih, gb_hh, T, B, I, H, 4 * H)
+    if gx != NULL:
+        gemm(False, False, T * B, I, 4 * H, <real>1, work, 4 * H, w_ih, I, <real>0, gx, I)
+
+
+def lstm_forward(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, out, cell, gates):
+    """LSTM (gates i, f, g, o): c_t = f c_{t-1} + i g, h_t = o tanh(c_t) for all t."""
+    cdef int T = x.shape[0], B = x.shape[1], I = x.shape[2], H = h0.shape[1]
+    cdef void *p[10]
+    cdef int k
+    args = (x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, out, cell, gates)
+    for k in range(10):
+        p[k] = ptr(args[k])
+    if is_f32(x):
+        with nogil:
+            lstm_fwd[float](<float*>p[0], <float*>p[1], <float*>p[2], <float*>p[3], <float*>p[4],
+                            <float*>p[5], <float*>p[6], <float*>p[7], <float*>p[8], <float*>p[9], T, B, I, H)
+    else:
+        with nogil:
+            lstm_fwd[double](<double*>p[0], <double*>p[1], <double*>p[2], <double*>p[3], <double*>p[4],
+                             <double*>p[5], <double*>p[6], <double*>p[7], <double*>p[8], <double*>p[9],
+                             T, B, I, H)
+    return out, cell, gates
+
+
+def lstm_backward(grad_out, grad_hn, grad_cn, x, h0, c0, weight_ih, weight_hh, out, cell, gates, work,
+                  grad_x, grad_h0, grad_c0, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh):
+    """LSTM BPTT: δ = [δi, δf, δg, δo] per step, g_{t-1} = δ W_hh, γ_{t-1} = γ f."""
+    cdef int T = x.shape[0], B = x.shape[1], I = x.shape[2], H = h0.shape[1]
+    cdef void *p[19]
+    cdef int k
+    args = (grad_out, grad_hn, grad_cn, x, h0, c0, weight_ih, weight_hh, out, cell, gates, work,
+            grad_x, grad_h0, grad_c0, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh)
+    for k in range(19):
+        p[k] = ptr(args[k])
+    if is_f32(x):
+        with nogil:
+            lstm_bwd[float](<float*>p[0], <float*>p[1], <float*>p[2], <float*>p[3], <float*>p[4],
+                            <float*>p[5], <float*>p[6], <float*>p[7], <float*>p[8], <float*>p[9],
+                            <float*>p[10], <float*>p[11], <float*>p[12], <float*>p[13], <float*>p[14],
+                            <float*>p[15], <float*>p[16], <float*>p[17], <float*>p[18], T, B, I, H)
+    else:
+        with nogil:
+            lstm_bwd[double](<double*>p[0], <double*>p[1], <double*>p[2], <double*>p[3], <double*>p[4],
+                             <double*>p[5], <double*>p[6], <double*>p[7], <double*>p[8], <double*>p[9],
+                             <double*>p[10], <double*>p[11], <double*>p[12], <double*>p[13], <double*>p[14],
+                             <double*>p[15], <double*>p[16], <double*>p[17], <double*>p[18], T, B, I, H)
+    return grad_x, grad_h0, grad_c0, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh
+
+
+# ---------------------------------------------------------------------------
+# GRU
+# ---------------------------------------------------------------------------
+
+cdef int gru_fwd(const real *x, const real *h0, const real *w_ih, const real *w_hh, const real *b_ih,
+                 const real *b_hh, real *out, real *gates, real *hidden_n,
+                 int T, int B, int I, int H) noexcept nogil:
+    cdef fnn_idx BH = <fnn_idx>B * H
+    cdef fnn_idx BG = 3 * BH
+    cdef int t
+    cdef const real *hp
+    # gh: one step's h W_hhᵀ; zb: the hidden bias, zeros when there is none (keeps the C loop branch-free).
+    cdef real *gh = <real*>malloc(BG * sizeof(real))
+    cdef real *zb = <real*>calloc(3 * H, sizeof(real))
+    if gh == NULL or zb == NULL:
+        free(gh)
+        free(zb)
+        return -1
+    if b_hh != NULL:
+        memcpy(zb, b_hh, 3 * H * sizeof(real))
+    input_projection(x, w_ih, b_ih, <const real*>NULL, gates, T * B, I, 3 * H)
+    for t in range(T):
+        hp = h0 if t == 0 else out + (t - 1) * BH
+        gemm(False, True, B, 3 * H, H, <real>1, hp, H, w_hh, H, <real>0, gh, 3 * H)
+        if real is float:
+            fnn_gru_cell_f(gates + t * BG, gh, zb, hp, hidden_n + t * BH, out + t * BH, B, H)
+        else:
+            fnn_gru_cell_d(gates + t * BG, gh, zb, hp, hidden_n + t * BH, out + t * BH, B, H)
+    free(gh)
+    free(zb)
+    return 0
+
+
+cdef void gru_bwd(const real *go, const real *ghn, const real *x, const real *h0, const real *w_ih,
+                  const real *w_hh, const real *out, const real *gates, const real *hidden_n, real *work,
+                  real *gx, real *gh0, real *gw_ih, real *gw_hh, real *gb_ih, real *gb_hh,
+                  int T, int B, int I, int H) noexcept nogil:
+    cdef fnn_idx BH = <fnn_idx>B * H
+    cdef fnn_idx BG = 3 * BH
+    cdef fnn_idx BW = 6 * BH
+    cdef int t
+    cdef const real *hp
+    if ghn != NULL:
+        memcpy(gh0, ghn, BH * sizeof(real))
+    else:
+        memset(gh0, 0, BH * sizeof(real))
+    for t in range(T - 1, -1, -1):
+        hp = h0 if t == 0 else out + (t - 1) * BH
+        if real is float:
+            fnn_gru_delta_f(go + t * BH, gh0, gates + t * BG, hidden_n + t * BH, hp, work + t * BW, B, H)
+        else:
+            fnn_gru_delta_d(go + t * BH, gh0, gates + t * BG, hidden_n + t * BH, hp, work + t * BW, B, H)
+        # g_{t-1} = g_t z + δ^h_t W_hh (the first term was written by the step above)
+        gemm(False, False, B, H, 3 * H, <real>1, work + t * BW + 3 * H, 6 * H, w_hh, H, <real>1, gh0, H)
+    weight_grads(work, work + 3 * H, 6 * H, x, h0, out, gw_ih, gw_hh, gb_ih, gb_hh, T, B, I, H, 3 * H)
+    if gx != NULL:
+        gemm(False, False, T * B, I, 3 * H, <real>1, work, 6 * H, w_ih, I, <real>0, gx, I)
+
+
+def gru_forward(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, out, gates, hidden_n):
+    """GRU (gates r, z, n): n = tanh(x W_inᵀ + b_in + r (h W_hnᵀ + b_hn)), h_t = (1-z) n + z h_{t-1}."""
+    cdef int T = x.shape[0], B = x.shape[1], I = x.shape[2], H = h0.shape[1]
+    cdef void *p[9]
+    cdef int k, rc
+    args = (x, h0, weight_ih, weight_hh, bias_ih, bias_hh, out, gates, hidden_n)
+    for k in range(9):
+        p[k] = ptr(args[k])
+    if is_f32(x):
+        with nogil:
+            rc = gru_fwd[float](<float*>p[0], <float*>p[1], <float*>p[2], <float*>p[3], <float*>p[4],
+                                <float*>p[5], <float*>p[6], <float*>p[7], <float*>p[8], T, B, I, H)
+    else:
+        with nogil:
+            rc = gru_fwd[double](<double*>p[0], <double*>p[1], <double*>p[2], <double*>p[3], <double*>p[4],
+                                 <double*>p[5], <double*>p[6], <double*>p[7], <double*>p[8], T, B, I, H)
+    if rc != 0:
+        raise MemoryError("gru_forward: could not allocate a step buffer")
+    return out, gates, hidden_n
+
+
+def gru_backward(grad_out, grad_hn, x, h0, weight_ih, weight_hh, out, gates, hidden_n, work,
+                 grad_x, grad_h0, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh):
+    """GRU BPTT: δ^x = [δr, δz, δn], δ^h = [δr, δz, δn r], g_{t-1} = g z + δ^h W_hh."""
+    cdef int T = x.shape[0], B = x.shape[1], I = x.shape[2], H = h0.shape[1]
+    cdef void *p[16]
+    cdef int k
+    args = (grad_out, grad_hn, x, h0, weight_ih, weight_hh, out, gates, hidden_n, work,
+            grad_x, grad_h0, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh)
+    for k in range(16):
+        p[k] = ptr(args[k])
+    if is_f32(x):
+        with nogil:
+            gru_bwd[float](<float*>p[0], <float*>p[1], <float*>p[2], <float*>p[3], <float*>p[4],
+                           <float*>p[5], <float*>p[6], <float*>p[7], <float*>p[8], <float*>p[9],
+                           <float*>p[10], <float*>p[11], <float*>p[12], <float*>p[13], <float*>p[14],
+                           <float*>p[15], T, B, I, H)
+    else:
+        with nogil:
+            gru_bwd[double](<double*>p[0], <double*>p[1], <double*>p[2], <double*>p[3], <double*>p[4],
+                            <double*>p[5], <double*>p[6], <double*>p[7], <double*>p[8], <double*>p[9],
+                            <double*>p[10], <double*>p[11], <double*>p[12], <double*>p[13], <double*>p[14],
+                            <double*>p[15], T, B, I, H)
+    return grad_x, grad_h0, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh

@@ -1,0 +1,164 @@
+/* Per-time-step elementwise work of the recurrent kernels (kernels/_rnn.pyx).
+ *
+ * The matrix products of a step go to BLAS; what is left is the gate
+ * arithmetic, written here in C so that it vectorises. The float32 versions use
+ * the branch-free exp/tanh of rnn_math.h and are compiled several times
+ * (target_clones: AVX-512, AVX2+FMA, baseline) with the best one picked at load
+ * time, so a portable build still runs wide SIMD. The float64 versions call
+ * libm, matching the NumPy reference to rounding.
+ *
+ * Layouts (row-major): a step's hidden state is (B, H); gate blocks are
+ * (B, G*H) with the G blocks side by side in PyTorch's order.
+ */
+#ifndef FASTNN_RNN_KERNELS_H
+#define FASTNN_RNN_KERNELS_H
+
+#include <stddef.h>
+#include "rnn_math.h"
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) && !defined(FASTNN_NO_CLONES)
+#define FNN_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define FNN_CLONES
+#endif
+
+typedef ptrdiff_t fnn_idx;
+
+static inline double fnn_tanh_d(double x) { return tanh(x); }
+
+/* The templates: REAL the type, SFX the name suffix, TANH and SIGM the math. */
+#define FNN_RNN_DEFINE(REAL, SFX, TANH, SIGM, ATTR)                                        \
+                                                                                          \
+/* h = f(a) in place; relu keeps NaN (NaN <= 0 is false). */                              \
+ATTR static void fnn_rnn_act_##SFX(REAL *a, fnn_idx n, int relu)                          \
+{                                                                                         \
+    if (relu) {                                                                           \
+        for (fnn_idx i = 0; i < n; i++) a[i] = (a[i] <= 0) ? (REAL)0 : a[i];              \
+    } else {                                                                              \
+        for (fnn_idx i = 0; i < n; i++) a[i] = TANH(a[i]);                                \
+    }                                                                                     \
+}                                                                                         \
+                                                                                          \
+/* delta = (go + grec) * f'(h), f' through the output h. */                               \
+ATTR static void fnn_rnn_delta_##SFX(const REAL *go, const REAL *grec, const REAL *h,     \
+                                     REAL *d, fnn_idx n, int relu)                        \
+{                                                                                         \
+    if (relu) {                                                                           \
+        for (fnn_idx i = 0; i < n; i++) d[i] = (go[i] + grec[i]) * (REAL)(h[i] > 0);      \
+    } else {                                                                              \
+        for (fnn_idx i = 0; i < n; i++) d[i] = (go[i] + grec[i]) * (1 - h[i] * h[i]);     \
+    }                                                                                     \
+}                                                                                         \
+                                                                                          \
+/* LSTM step: z (B,4H) pre-activations in, activated gates out; c, h (B,H) out. */        \
+ATTR static void fnn_lstm_cell_##SFX(REAL *z, const REAL *c_prev, REAL *c, REAL *h,       \
+                                     fnn_idx B, fnn_idx H)                                \
+{                                                                                         \
+    for (fnn_idx b = 0; b < B; b++) {                                                     \
+        REAL *zi = z + b * 4 * H, *zf = zi + H, *zg = zi + 2 * H, *zo = zi + 3 * H;       \
+        const REAL *cp = c_prev + b * H;                                                  \
+        REAL *cb = c + b * H, *hb = h + b * H;                                            \
+        for (fnn_idx j = 0; j < H; j++) {                                                 \
+            REAL i = SIGM(zi[j]), f = SIGM(zf[j]), g = TANH(zg[j]), o = SIGM(zo[j]);      \
+            zi[j] = i; zf[j] = f; zg[j] = g; zo[j] = o;                                   \
+            REAL cc = f * cp[j] + i * g;                                                  \
+            cb[j] = cc;                                                                   \
+            hb[j] = o * TANH(cc);                                                         \
+        }                                                                                 \
+    }                                                                                     \
+}                                                                                         \
+                                                                                          \
+/* LSTM backward step: writes delta (B,4H), updates gamma = dL/dc to dL/dc_prev. */       \
+ATTR static void fnn_lstm_delta_##SFX(const REAL *go, const REAL *grec, REAL *gamma,      \
+                                      const REAL *gates, const REAL *c, const REAL *c_prev,\
+                                      REAL *d, fnn_idx B, fnn_idx H)                      \
+{                                                                                         \
+    for (fnn_idx b = 0; b < B; b++) {                                                     \
+        const REAL *gi = gates + b * 4 * H, *gf = gi + H, *gg = gi + 2 * H, *gO = gi + 3 * H; \
+        REAL *di = d + b * 4 * H, *df = di + H, *dg = di + 2 * H, *dO = di + 3 * H;       \
+        const REAL *gob = go + b * H, *grb = grec + b * H, *cb = c + b * H, *cp = c_prev + b * H; \
+        REAL *gm = gamma + b * H;                                                         \
+        for (fnn_idx j = 0; j < H; j++) {                                                 \
+            REAL i = gi[j], f = gf[j], g = gg[j], o = gO[j];                              \
+            REAL tc = TANH(cb[j]);                                                        \
+            REAL dh = gob[j] + grb[j];                                                    \
+            REAL gam = gm[j] + dh * o * (1 - tc * tc);                                    \
+            di[j] = gam * g * i * (1 - i);                                                \
+            df[j] = gam * cp[j] * f * (1 - f);                                            \
+            dg[j] = gam * i * (1 - g * g);                                                \
+            dO[j] = dh * tc * o * (1 - o);                                                \
+            gm[j] = gam * f;                                                              \
+        }                                                                                 \
+    }                                                                                     \
+}                                                                                         \
+                                                                                          \
+/* GRU step: gi (B,3H) input projection in, gates r,z,n out; gh (B,3H) = h W_hh^T;    */  \
+/* bhh (3H) the hidden bias (zeros if none); hn (B,H) = W_hn h + b_hn; h (B,H) out.   */  \
+ATTR static void fnn_gru_cell_##SFX(REAL *gi, const REAL *gh, const REAL *bhh,            \
+                                    const REAL *h_prev, REAL *hn, REAL *h,                \
+                                    fnn_idx B, fnn_idx H)                                 \
+{                                                                                         \
+    for (fnn_idx b = 0; b < B; b++) {                                                     \
+        REAL *xr = gi + b * 3 * H, *xz = xr + H, *xn = xr + 2 * H;                        \
+        const REAL *hr = gh + b * 3 * H, *hz = hr + H, *hnn = hr + 2 * H;                 \
+        const REAL *hp = h_prev + b * H;                                                  \
+        REAL *hnb = hn + b * H, *hb = h + b * H;                                          \
+        for (fnn_idx j = 0; j < H; j++) {                                                 \
+            REAL r = SIGM(xr[j] + (hr[j] + bhh[j]));                                      \
+            REAL z = SIGM(xz[j] + (hz[j] + bhh[H + j]));                                  \
+            REAL m = hnn[j] + bhh[2 * H + j];                                             \
+            REAL n = TANH(xn[j] + r * m);                                                 \
+            xr[j] = r; xz[j] = z; xn[j] = n;                                              \
+            hnb[j] = m;                                                                   \
+            hb[j] = (1 - z) * n + z * hp[j];                                              \
+        }                                                                                 \
+    }                                                                                     \
+}                                                                                         \
+                                                                                          \
+/* GRU backward step: g = go + grec; writes w (B,6H) = [dr dz dn | dr dz dn*r]      */    \
+/* and grec = g*z (the direct path to h_prev; the caller adds w[:,3H:] W_hh).       */    \
+ATTR static void fnn_gru_delta_##SFX(const REAL *go, REAL *grec, const REAL *gates,       \
+                                     const REAL *hn, const REAL *h_prev, REAL *w,         \
+                                     fnn_idx B, fnn_idx H)                                \
+{                                                                                         \
+    for (fnn_idx b = 0; b < B; b++) {                                                     \
+        const REAL *gr = gates + b * 3 * H, *gz = gr + H, *gn = gr + 2 * H;               \
+        REAL *w0 = w + b * 6 * H;                                                         \
+        const REAL *gob = go + b * H, *hnb = hn + b * H, *hp = h_prev + b * H;            \
+        REAL *grb = grec + b * H;                                                         \
+        for (fnn_idx j = 0; j < H; j++) {                                                 \
+            REAL r = gr[j], z = gz[j], n = gn[j];                                         \
+            REAL g = gob[j] + grb[j];                                                     \
+            REAL dn = g * (1 - z) * (1 - n * n);                                          \
+            REAL dr = dn * hnb[j] * r * (1 - r);                                          \
+            REAL dz = g * (hp[j] - n) * z * (1 - z);                                      \
+            w0[j] = dr; w0[H + j] = dz; w0[2 * H + j] = dn;                               \
+            w0[3 * H + j] = dr; w0[4 * H + j] = dz; w0[5 * H + j] = dn * r;               \
+            grb[j] = g * z;                                                               \
+        }                                                                                 \
+    }                                                                                     \
+}                                                                                         \
+                                                                                          \
+/* out[j] = sum over rows of a[r*ld + j] (bias gradients). */                             \
+ATTR static void fnn_colsum_##SFX(const REAL *a, fnn_idx rows, fnn_idx cols, fnn_idx ld,  \
+                                  REAL *out)                                              \
+{                                                                                         \
+    for (fnn_idx j = 0; j < cols; j++) out[j] = 0;                                        \
+    for (fnn_idx r = 0; r < rows; r++) {                                                  \
+        const REAL *ar = a + r * ld;                                                      \
+        for (fnn_idx j = 0; j < cols; j++) out[j] += ar[j];                               \
+    }                                                                                     \
+}                                                                                         \
+                                                                                          \
+/* out[r, j] = b1[j] + b2[j] for every row (the biases before the input GEMM). */        \
+static void fnn_fill_bias_##SFX(REAL *out, fnn_idx rows, fnn_idx cols, const REAL *b1,    \
+                                const REAL *b2)                                           \
+{                                                                                         \
+    for (fnn_idx j = 0; j < cols; j++) out[j] = (b1 ? b1[j] : 0) + (b2 ? b2[j] : 0);      \
+    for (fnn_idx r = 1; r < rows; r++) memcpy(out + r * cols, out, cols * sizeof(REAL));  \
+}
+
+FNN_RNN_DEFINE(float, f, fnn_tanhf, fnn_sigmoidf, FNN_CLONES)
+FNN_RNN_DEFINE(double, d, fnn_tanh_d, fnn_sigmoid, )
+
+#endif

@@ -1,8 +1,8 @@
 # cython: boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
 """Recurrent kernels: RNN, LSTM and GRU forward over a sequence and BPTT.
 
-The whole time loop runs here without the GIL. Per step: one small BLAS
-product with W_hh, then the gate arithmetic (rnn_kernels.h, vectorised C).
+The whole time loop runs here without the GIL. Per step: one small product
+with W_hh (hand-written, rnn_kernels.h), then the gate arithmetic (rnn_kernels.h, vectorised C).
 Outside the loop: the input projection for all steps is one GEMM, and the
 weight gradients and dL/dx are one GEMM each over all steps.
 Arrays arrive validated by fastnn.ops.rnn (C-contiguous, one float dtype,
@@ -46,6 +46,12 @@ cdef extern from "rnn_kernels.h" nogil:
     void fnn_colsum_d(const double *a, fnn_idx rows, fnn_idx cols, fnn_idx ld, double *out)
     void fnn_fill_bias_f(float *out, fnn_idx rows, fnn_idx cols, const float *b1, const float *b2)
     void fnn_fill_bias_d(double *out, fnn_idx rows, fnn_idx cols, const double *b1, const double *b2)
+    void fnn_gemm_acc_f(const float *A, fnn_idx ars, fnn_idx aks, const float *Bt, fnn_idx ldb, float *C,
+                        fnn_idx ldc, fnn_idx M, fnn_idx N, fnn_idx K)
+    void fnn_gemm_acc_d(const double *A, fnn_idx ars, fnn_idx aks, const double *Bt, fnn_idx ldb, double *C,
+                        fnn_idx ldc, fnn_idx M, fnn_idx N, fnn_idx K)
+    void fnn_transpose_f(const float *A, fnn_idx M, fnn_idx N, float *Bt)
+    void fnn_transpose_d(const double *A, fnn_idx M, fnn_idx N, double *Bt)
 
 
 # ---------------------------------------------------------------------------
@@ -63,6 +69,35 @@ cdef inline void gemm(bint ta, bint tb, int M, int N, int K, real alpha, const r
         sgemm(&cb, &ca, &N, &M, &K, &alpha, <float*>B, &ldb, <float*>A, &lda, &beta, C, &ldc)
     else:
         dgemm(&cb, &ca, &N, &M, &K, &alpha, <double*>B, &ldb, <double*>A, &lda, &beta, C, &ldc)
+
+
+cdef inline void step_gemm(const real *A, fnn_idx lda, const real *Bt, fnn_idx ldb, real *C, fnn_idx ldc,
+                           fnn_idx M, fnn_idx N, fnn_idx K) noexcept nogil:
+    """C += A·Bt for one time step (hand-written: BLAS set-up costs more than these small products)."""
+    if real is float:
+        fnn_gemm_acc_f(A, lda, 1, Bt, ldb, C, ldc, M, N, K)
+    else:
+        fnn_gemm_acc_d(A, lda, 1, Bt, ldb, C, ldc, M, N, K)
+
+
+cdef inline void gemm_tn_acc(const real *A, fnn_idx lda, const real *Bm, fnn_idx ldb, real *C, fnn_idx ldc,
+                             fnn_idx M, fnn_idx N, fnn_idx K) noexcept nogil:
+    """C += Aᵀ·Bm with A (K, M), Bm (K, N) row-major (the weight gradients, K = T·B rows)."""
+    if real is float:
+        fnn_gemm_acc_f(A, 1, lda, Bm, ldb, C, ldc, M, N, K)
+    else:
+        fnn_gemm_acc_d(A, 1, lda, Bm, ldb, C, ldc, M, N, K)
+
+
+cdef inline real *transposed(const real *w, fnn_idx rows, fnn_idx cols) noexcept nogil:
+    """A malloc'ed copy of wᵀ (cols, rows), or NULL when out of memory."""
+    cdef real *wt = <real*>malloc(rows * cols * sizeof(real))
+    if wt != NULL:
+        if real is float:
+            fnn_transpose_f(w, rows, cols, wt)
+        else:
+            fnn_transpose_d(w, rows, cols, wt)
+    return wt
 
 
 cdef inline void colsum(const real *a, fnn_idx rows, fnn_idx cols, fnn_idx ld, real *out) noexcept nogil:
@@ -85,18 +120,34 @@ cdef inline void input_projection(const real *x, const real *w_ih, const real *b
     gemm(False, True, TB, GH, I, <real>1, x, I, w_ih, I, beta, out, GH)
 
 
-cdef inline void weight_grads(const real *dx, const real *dh, int ld, const real *x, const real *h0,
-                              const real *out, real *gw_ih, real *gw_hh, real *gb_ih, real *gb_hh,
-                              int T, int B, int I, int H, int GH) noexcept nogil:
-    """dW_ih = Σ δxᵀ x, dW_hh = Σ δhᵀ h_prev (h0, then out[:-1]), db = column sums."""
-    gemm(True, False, GH, I, T * B, <real>1, dx, ld, x, I, <real>0, gw_ih, I)
-    gemm(True, False, GH, H, B, <real>1, dh, ld, h0, H, <real>0, gw_hh, H)
+cdef inline int weight_grads(const real *dx, const real *dh, int ld, const real *x, const real *h0,
+                             const real *out, real *gw_ih, real *gw_hh, real *gb_ih, real *gb_hh,
+                             int T, int B, int I, int H, int GH) noexcept nogil:
+    """dW_ih = Σ δxᵀ x, dW_hh = Σ δhᵀ h_prev (h0, then out[:-1]), db = column sums.
+
+    Hand-written products, not BLAS: with K = T·B long and M, N small, the
+    products are cheap but BLAS set-up and packing are not. dW_ih is built
+    transposed, (I, G·H), so the wide dimension lies along the vectors.
+    """
+    cdef fnn_idx TB = <fnn_idx>T * B
+    cdef real *wt = <real*>calloc(<fnn_idx>I * GH, sizeof(real))
+    if wt == NULL:
+        return -1
+    gemm_tn_acc(x, I, dx, ld, wt, GH, I, GH, TB)
+    if real is float:
+        fnn_transpose_f(wt, I, GH, gw_ih)
+    else:
+        fnn_transpose_d(wt, I, GH, gw_ih)
+    free(wt)
+    memset(gw_hh, 0, <fnn_idx>GH * H * sizeof(real))
+    gemm_tn_acc(dh, ld, h0, H, gw_hh, H, GH, H, B)
     if T > 1:
-        gemm(True, False, GH, H, (T - 1) * B, <real>1, dh + <fnn_idx>B * ld, ld, out, H, <real>1, gw_hh, H)
+        gemm_tn_acc(dh + <fnn_idx>B * ld, ld, out, H, gw_hh, H, GH, H, TB - B)
     if gb_ih != NULL:
-        colsum(dx, <fnn_idx>T * B, GH, ld, gb_ih)
+        colsum(dx, TB, GH, ld, gb_ih)
     if gb_hh != NULL:
-        colsum(dh, <fnn_idx>T * B, GH, ld, gb_hh)
+        colsum(dh, TB, GH, ld, gb_hh)
+    return 0
 
 
 cdef inline void *ptr(object a):
@@ -114,22 +165,27 @@ cdef inline bint is_f32(object a):
 # Elman RNN
 # ---------------------------------------------------------------------------
 
-cdef void rnn_fwd(const real *x, const real *h0, const real *w_ih, const real *w_hh, const real *b_ih,
-                  const real *b_hh, int relu, real *out, int T, int B, int I, int H) noexcept nogil:
+cdef int rnn_fwd(const real *x, const real *h0, const real *w_ih, const real *w_hh, const real *b_ih,
+                 const real *b_hh, int relu, real *out, int T, int B, int I, int H) noexcept nogil:
     cdef fnn_idx BH = <fnn_idx>B * H
     cdef int t
     cdef const real *hp
+    cdef real *wt = transposed(w_hh, H, H)
+    if wt == NULL:
+        return -1
     input_projection(x, w_ih, b_ih, b_hh, out, T * B, I, H)
     for t in range(T):
         hp = h0 if t == 0 else out + (t - 1) * BH
-        gemm(False, True, B, H, H, <real>1, hp, H, w_hh, H, <real>1, out + t * BH, H)
+        step_gemm(hp, H, wt, H, out + t * BH, H, B, H, H)
         if real is float:
             fnn_rnn_act_f(out + t * BH, BH, relu)
         else:
             fnn_rnn_act_d(out + t * BH, BH, relu)
+    free(wt)
+    return 0
 
 
-cdef void rnn_bwd(const real *go, const real *ghn, const real *x, const real *h0, const real *w_ih,
+cdef int rnn_bwd(const real *go, const real *ghn, const real *x, const real *h0, const real *w_ih,
                   const real *w_hh, const real *out, int relu, real *work, real *gx, real *gh0,
                   real *gw_ih, real *gw_hh, real *gb_ih, real *gb_hh, int T, int B, int I, int H) noexcept nogil:
     cdef fnn_idx BH = <fnn_idx>B * H
@@ -144,16 +200,20 @@ cdef void rnn_bwd(const real *go, const real *ghn, const real *x, const real *h0
             fnn_rnn_delta_f(go + t * BH, gh0, out + t * BH, work + t * BH, BH, relu)
         else:
             fnn_rnn_delta_d(go + t * BH, gh0, out + t * BH, work + t * BH, BH, relu)
-        gemm(False, False, B, H, H, <real>1, work + t * BH, H, w_hh, H, <real>0, gh0, H)
-    weight_grads(work, work, H, x, h0, out, gw_ih, gw_hh, gb_ih, gb_hh, T, B, I, H, H)
+        memset(gh0, 0, BH * sizeof(real))
+        step_gemm(work + t * BH, H, w_hh, H, gh0, H, B, H, H)
+    if weight_grads(work, work, H, x, h0, out, gw_ih, gw_hh, gb_ih, gb_hh, T, B, I, H, H) != 0:
+        return -1
     if gx != NULL:
         gemm(False, False, T * B, I, H, <real>1, work, H, w_ih, I, <real>0, gx, I)
+    return 0
 
 
 def rnn_forward(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity, out):
     """h_t = f(x_t W_ihᵀ + b_ih + h_{t-1} W_hhᵀ + b_hh) for all t."""
     cdef int T = x.shape[0], B = x.shape[1], I = x.shape[2], H = h0.shape[1]
     cdef int relu = nonlinearity == "relu"
+    cdef int rc
     cdef void *px = ptr(x)
     cdef void *ph0 = ptr(h0)
     cdef void *pwi = ptr(weight_ih)
@@ -163,12 +223,14 @@ def rnn_forward(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity, out
     cdef void *po = ptr(out)
     if is_f32(x):
         with nogil:
-            rnn_fwd[float](<float*>px, <float*>ph0, <float*>pwi, <float*>pwh, <float*>pbi, <float*>pbh,
+            rc = rnn_fwd[float](<float*>px, <float*>ph0, <float*>pwi, <float*>pwh, <float*>pbi, <float*>pbh,
                            relu, <float*>po, T, B, I, H)
     else:
         with nogil:
-            rnn_fwd[double](<double*>px, <double*>ph0, <double*>pwi, <double*>pwh, <double*>pbi,
+            rc = rnn_fwd[double](<double*>px, <double*>ph0, <double*>pwi, <double*>pwh, <double*>pbi,
                             <double*>pbh, relu, <double*>po, T, B, I, H)
+    if rc != 0:
+        raise MemoryError("rnn_forward: out of memory")
     return out
 
 
@@ -178,21 +240,23 @@ def rnn_backward(grad_out, grad_hn, x, h0, weight_ih, weight_hh, out, nonlineari
     cdef int T = x.shape[0], B = x.shape[1], I = x.shape[2], H = h0.shape[1]
     cdef int relu = nonlinearity == "relu"
     cdef void *p[15]
-    cdef int k
+    cdef int k, rc
     args = (grad_out, grad_hn, x, h0, weight_ih, weight_hh, out, work, grad_x, grad_h0,
             grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh)
     for k in range(14):
         p[k] = ptr(args[k])
     if is_f32(x):
         with nogil:
-            rnn_bwd[float](<float*>p[0], <float*>p[1], <float*>p[2], <float*>p[3], <float*>p[4],
+            rc = rnn_bwd[float](<float*>p[0], <float*>p[1], <float*>p[2], <float*>p[3], <float*>p[4],
                            <float*>p[5], <float*>p[6], relu, <float*>p[7], <float*>p[8], <float*>p[9],
                            <float*>p[10], <float*>p[11], <float*>p[12], <float*>p[13], T, B, I, H)
     else:
         with nogil:
-            rnn_bwd[double](<double*>p[0], <double*>p[1], <double*>p[2], <double*>p[3], <double*>p[4],
+            rc = rnn_bwd[double](<double*>p[0], <double*>p[1], <double*>p[2], <double*>p[3], <double*>p[4],
                             <double*>p[5], <double*>p[6], relu, <double*>p[7], <double*>p[8], <double*>p[9],
                             <double*>p[10], <double*>p[11], <double*>p[12], <double*>p[13], T, B, I, H)
+    if rc != 0:
+        raise MemoryError("out of memory in the recurrent backward pass")
     return grad_x, grad_h0, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh
 
 
@@ -200,7 +264,7 @@ def rnn_backward(grad_out, grad_hn, x, h0, weight_ih, weight_hh, out, nonlineari
 # LSTM
 # ---------------------------------------------------------------------------
 
-cdef void lstm_fwd(const real *x, const real *h0, const real *c0, const real *w_ih, const real *w_hh,
+cdef int lstm_fwd(const real *x, const real *h0, const real *c0, const real *w_ih, const real *w_hh,
                    const real *b_ih, const real *b_hh, real *out, real *cell, real *gates,
                    int T, int B, int I, int H) noexcept nogil:
     cdef fnn_idx BH = <fnn_idx>B * H
@@ -208,18 +272,23 @@ cdef void lstm_fwd(const real *x, const real *h0, const real *c0, const real *w_
     cdef int t
     cdef const real *hp
     cdef const real *cp
+    cdef real *wt = transposed(w_hh, 4 * H, H)
+    if wt == NULL:
+        return -1
     input_projection(x, w_ih, b_ih, b_hh, gates, T * B, I, 4 * H)
     for t in range(T):
         hp = h0 if t == 0 else out + (t - 1) * BH
         cp = c0 if t == 0 else cell + (t - 1) * BH
-        gemm(False, True, B, 4 * H, H, <real>1, hp, H, w_hh, H, <real>1, gates + t * BG, 4 * H)
+        step_gemm(hp, H, wt, 4 * H, gates + t * BG, 4 * H, B, 4 * H, H)
         if real is float:
             fnn_lstm_cell_f(gates + t * BG, cp, cell + t * BH, out + t * BH, B, H)
         else:
             fnn_lstm_cell_d(gates + t * BG, cp, cell + t * BH, out + t * BH, B, H)
+    free(wt)
+    return 0
 
 
-cdef void lstm_bwd(const real *go, const real *ghn, const real *gcn, const real *x, const real *h0,
+cdef int lstm_bwd(const real *go, const real *ghn, const real *gcn, const real *x, const real *h0,
                    const real *c0, const real *w_ih, const real *w_hh, const real *out, const real *cell,
                    const real *gates, real *work, real *gx, real *gh0, real *gc0, real *gw_ih, real *gw_hh,
                    real *gb_ih, real *gb_hh, int T, int B, int I, int H) noexcept nogil:
@@ -242,29 +311,34 @@ cdef void lstm_bwd(const real *go, const real *ghn, const real *gcn, const real 
             fnn_lstm_delta_f(go + t * BH, gh0, gc0, gates + t * BG, cell + t * BH, cp, work + t * BG, B, H)
         else:
             fnn_lstm_delta_d(go + t * BH, gh0, gc0, gates + t * BG, cell + t * BH, cp, work + t * BG, B, H)
-        gemm(False, False, B, H, 4 * H, <real>1, work + t * BG, 4 * H, w_hh, H, <real>0, gh0, H)
-    weight_grads(work, work, 4 * H, x, h0, out, gw_ih, gw_hh, gb_ih, gb_hh, T, B, I, H, 4 * H)
+        memset(gh0, 0, BH * sizeof(real))
+        step_gemm(work + t * BG, 4 * H, w_hh, H, gh0, H, B, H, 4 * H)
+    if weight_grads(work, work, 4 * H, x, h0, out, gw_ih, gw_hh, gb_ih, gb_hh, T, B, I, H, 4 * H) != 0:
+        return -1
     if gx != NULL:
         gemm(False, False, T * B, I, 4 * H, <real>1, work, 4 * H, w_ih, I, <real>0, gx, I)
+    return 0
 
 
 def lstm_forward(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, out, cell, gates):
     """LSTM (gates i, f, g, o): c_t = f c_{t-1} + i g, h_t = o tanh(c_t) for all t."""
     cdef int T = x.shape[0], B = x.shape[1], I = x.shape[2], H = h0.shape[1]
     cdef void *p[10]
-    cdef int k
+    cdef int k, rc
     args = (x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, out, cell, gates)
     for k in range(10):
         p[k] = ptr(args[k])
     if is_f32(x):
         with nogil:
-            lstm_fwd[float](<float*>p[0], <float*>p[1], <float*>p[2], <float*>p[3], <float*>p[4],
+            rc = lstm_fwd[float](<float*>p[0], <float*>p[1], <float*>p[2], <float*>p[3], <float*>p[4],
                             <float*>p[5], <float*>p[6], <float*>p[7], <float*>p[8], <float*>p[9], T, B, I, H)
     else:
         with nogil:
-            lstm_fwd[double](<double*>p[0], <double*>p[1], <double*>p[2], <double*>p[3], <double*>p[4],
+            rc = lstm_fwd[double](<double*>p[0], <double*>p[1], <double*>p[2], <double*>p[3], <double*>p[4],
                              <double*>p[5], <double*>p[6], <double*>p[7], <double*>p[8], <double*>p[9],
                              T, B, I, H)
+    if rc != 0:
+        raise MemoryError("lstm_forward: out of memory")
     return out, cell, gates
 
 
@@ -273,23 +347,25 @@ def lstm_backward(grad_out, grad_hn, grad_cn, x, h0, c0, weight_ih, weight_hh, o
     """LSTM BPTT: δ = [δi, δf, δg, δo] per step, g_{t-1} = δ W_hh, γ_{t-1} = γ f."""
     cdef int T = x.shape[0], B = x.shape[1], I = x.shape[2], H = h0.shape[1]
     cdef void *p[19]
-    cdef int k
+    cdef int k, rc
     args = (grad_out, grad_hn, grad_cn, x, h0, c0, weight_ih, weight_hh, out, cell, gates, work,
             grad_x, grad_h0, grad_c0, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh)
     for k in range(19):
         p[k] = ptr(args[k])
     if is_f32(x):
         with nogil:
-            lstm_bwd[float](<float*>p[0], <float*>p[1], <float*>p[2], <float*>p[3], <float*>p[4],
+            rc = lstm_bwd[float](<float*>p[0], <float*>p[1], <float*>p[2], <float*>p[3], <float*>p[4],
                             <float*>p[5], <float*>p[6], <float*>p[7], <float*>p[8], <float*>p[9],
                             <float*>p[10], <float*>p[11], <float*>p[12], <float*>p[13], <float*>p[14],
                             <float*>p[15], <float*>p[16], <float*>p[17], <float*>p[18], T, B, I, H)
     else:
         with nogil:
-            lstm_bwd[double](<double*>p[0], <double*>p[1], <double*>p[2], <double*>p[3], <double*>p[4],
+            rc = lstm_bwd[double](<double*>p[0], <double*>p[1], <double*>p[2], <double*>p[3], <double*>p[4],
                              <double*>p[5], <double*>p[6], <double*>p[7], <double*>p[8], <double*>p[9],
                              <double*>p[10], <double*>p[11], <double*>p[12], <double*>p[13], <double*>p[14],
                              <double*>p[15], <double*>p[16], <double*>p[17], <double*>p[18], T, B, I, H)
+    if rc != 0:
+        raise MemoryError("out of memory in the recurrent backward pass")
     return grad_x, grad_h0, grad_c0, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh
 
 
@@ -307,26 +383,30 @@ cdef int gru_fwd(const real *x, const real *h0, const real *w_ih, const real *w_
     # gh: one step's h W_hhᵀ; zb: the hidden bias, zeros when there is none (keeps the C loop branch-free).
     cdef real *gh = <real*>malloc(BG * sizeof(real))
     cdef real *zb = <real*>calloc(3 * H, sizeof(real))
-    if gh == NULL or zb == NULL:
+    cdef real *wt = transposed(w_hh, 3 * H, H)
+    if gh == NULL or zb == NULL or wt == NULL:
         free(gh)
         free(zb)
+        free(wt)
         return -1
     if b_hh != NULL:
         memcpy(zb, b_hh, 3 * H * sizeof(real))
     input_projection(x, w_ih, b_ih, <const real*>NULL, gates, T * B, I, 3 * H)
     for t in range(T):
         hp = h0 if t == 0 else out + (t - 1) * BH
-        gemm(False, True, B, 3 * H, H, <real>1, hp, H, w_hh, H, <real>0, gh, 3 * H)
+        memset(gh, 0, BG * sizeof(real))
+        step_gemm(hp, H, wt, 3 * H, gh, 3 * H, B, 3 * H, H)
         if real is float:
             fnn_gru_cell_f(gates + t * BG, gh, zb, hp, hidden_n + t * BH, out + t * BH, B, H)
         else:
             fnn_gru_cell_d(gates + t * BG, gh, zb, hp, hidden_n + t * BH, out + t * BH, B, H)
     free(gh)
     free(zb)
+    free(wt)
     return 0
 
 
-cdef void gru_bwd(const real *go, const real *ghn, const real *x, const real *h0, const real *w_ih,
+cdef int gru_bwd(const real *go, const real *ghn, const real *x, const real *h0, const real *w_ih,
                   const real *w_hh, const real *out, const real *gates, const real *hidden_n, real *work,
                   real *gx, real *gh0, real *gw_ih, real *gw_hh, real *gb_ih, real *gb_hh,
                   int T, int B, int I, int H) noexcept nogil:
@@ -346,10 +426,12 @@ cdef void gru_bwd(const real *go, const real *ghn, const real *x, const real *h0
         else:
             fnn_gru_delta_d(go + t * BH, gh0, gates + t * BG, hidden_n + t * BH, hp, work + t * BW, B, H)
         # g_{t-1} = g_t z + δ^h_t W_hh (the first term was written by the step above)
-        gemm(False, False, B, H, 3 * H, <real>1, work + t * BW + 3 * H, 6 * H, w_hh, H, <real>1, gh0, H)
-    weight_grads(work, work + 3 * H, 6 * H, x, h0, out, gw_ih, gw_hh, gb_ih, gb_hh, T, B, I, H, 3 * H)
+        step_gemm(work + t * BW + 3 * H, 6 * H, w_hh, H, gh0, H, B, H, 3 * H)
+    if weight_grads(work, work + 3 * H, 6 * H, x, h0, out, gw_ih, gw_hh, gb_ih, gb_hh, T, B, I, H, 3 * H) != 0:
+        return -1
     if gx != NULL:
         gemm(False, False, T * B, I, 3 * H, <real>1, work, 6 * H, w_ih, I, <real>0, gx, I)
+    return 0
 
 
 def gru_forward(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, out, gates, hidden_n):
@@ -369,7 +451,7 @@ def gru_forward(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, out, gates, hidde
             rc = gru_fwd[double](<double*>p[0], <double*>p[1], <double*>p[2], <double*>p[3], <double*>p[4],
                                  <double*>p[5], <double*>p[6], <double*>p[7], <double*>p[8], T, B, I, H)
     if rc != 0:
-        raise MemoryError("gru_forward: could not allocate a step buffer")
+        raise MemoryError("gru_forward: out of memory")
     return out, gates, hidden_n
 
 
@@ -378,21 +460,23 @@ def gru_backward(grad_out, grad_hn, x, h0, weight_ih, weight_hh, out, gates, hid
     """GRU BPTT: δ^x = [δr, δz, δn], δ^h = [δr, δz, δn r], g_{t-1} = g z + δ^h W_hh."""
     cdef int T = x.shape[0], B = x.shape[1], I = x.shape[2], H = h0.shape[1]
     cdef void *p[16]
-    cdef int k
+    cdef int k, rc
     args = (grad_out, grad_hn, x, h0, weight_ih, weight_hh, out, gates, hidden_n, work,
             grad_x, grad_h0, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh)
     for k in range(16):
         p[k] = ptr(args[k])
     if is_f32(x):
         with nogil:
-            gru_bwd[float](<float*>p[0], <float*>p[1], <float*>p[2], <float*>p[3], <float*>p[4],
+            rc = gru_bwd[float](<float*>p[0], <float*>p[1], <float*>p[2], <float*>p[3], <float*>p[4],
                            <float*>p[5], <float*>p[6], <float*>p[7], <float*>p[8], <float*>p[9],
                            <float*>p[10], <float*>p[11], <float*>p[12], <float*>p[13], <float*>p[14],
                            <float*>p[15], T, B, I, H)
     else:
         with nogil:
-            gru_bwd[double](<double*>p[0], <double*>p[1], <double*>p[2], <double*>p[3], <double*>p[4],
+            rc = gru_bwd[double](<double*>p[0], <double*>p[1], <double*>p[2], <double*>p[3], <double*>p[4],
                             <double*>p[5], <double*>p[6], <double*>p[7], <double*>p[8], <double*>p[9],
                             <double*>p[10], <double*>p[11], <double*>p[12], <double*>p[13], <double*>p[14],
                             <double*>p[15], T, B, I, H)
+    if rc != 0:
+        raise MemoryError("out of memory in the recurrent backward pass")
     return grad_x, grad_h0, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh

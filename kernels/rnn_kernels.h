@@ -161,4 +161,75 @@ static void fnn_fill_bias_##SFX(REAL *out, fnn_idx rows, fnn_idx cols, const REA
 FNN_RNN_DEFINE(float, f, fnn_tanhf, fnn_sigmoidf, FNN_CLONES)
 FNN_RNN_DEFINE(double, d, fnn_tanh_d, fnn_sigmoid, )
 
+/* The per-step products are small ((B, H)·(H, G*H) with B, H ~ 32..128): a BLAS
+ * call costs more in set-up (and, with threads, in wake-ups) than the arithmetic.
+ * This kernel keeps a 4 x (2 vectors) tile of C in registers and streams the rows
+ * of Bt; GCC's vector extension maps a vector to zmm/ymm/xmm per clone. */
+#define FNN_GEMM_DEFINE(REAL, SFX, VW, ATTR)                                               \
+typedef REAL fnn_vec_##SFX __attribute__((vector_size(VW * sizeof(REAL))));                \
+static inline fnn_vec_##SFX fnn_ld_##SFX(const REAL *p)                                   \
+{ fnn_vec_##SFX v; memcpy(&v, p, sizeof v); return v; }                                   \
+static inline void fnn_st_##SFX(REAL *p, fnn_vec_##SFX v) { memcpy(p, &v, sizeof v); }    \
+                                                                                          \
+/* C (M,N) += A·Bt, A(i,k) = A[i*ars + k*aks] (so A or Aᵀ, any layout), Bt (K,N) and  */ \
+/* C row-major with leading dims ldb, ldc.                                            */ \
+ATTR static void fnn_gemm_acc_##SFX(const REAL *A, fnn_idx ars, fnn_idx aks, const REAL *Bt, \
+                                    fnn_idx ldb, REAL *C, fnn_idx ldc,                    \
+                                    fnn_idx M, fnn_idx N, fnn_idx K)                      \
+{                                                                                         \
+    fnn_idx N2 = N - N % (2 * VW), M4 = M - M % 4, i, j, k;                               \
+    for (i = 0; i < M4; i += 4) {                                                         \
+        const REAL *a0 = A + i * ars, *a1 = a0 + ars, *a2 = a1 + ars, *a3 = a2 + ars;     \
+        REAL *c0 = C + i * ldc, *c1 = c0 + ldc, *c2 = c1 + ldc, *c3 = c2 + ldc;           \
+        for (j = 0; j < N2; j += 2 * VW) {                                                \
+            fnn_vec_##SFX s00 = fnn_ld_##SFX(c0 + j), s01 = fnn_ld_##SFX(c0 + j + VW);    \
+            fnn_vec_##SFX s10 = fnn_ld_##SFX(c1 + j), s11 = fnn_ld_##SFX(c1 + j + VW);    \
+            fnn_vec_##SFX s20 = fnn_ld_##SFX(c2 + j), s21 = fnn_ld_##SFX(c2 + j + VW);    \
+            fnn_vec_##SFX s30 = fnn_ld_##SFX(c3 + j), s31 = fnn_ld_##SFX(c3 + j + VW);    \
+            const REAL *bk = Bt + j;                                                      \
+            fnn_idx ak = 0;                                                               \
+            for (k = 0; k < K; k++, bk += ldb, ak += aks) {                               \
+                fnn_vec_##SFX b0 = fnn_ld_##SFX(bk), b1 = fnn_ld_##SFX(bk + VW);          \
+                REAL x0 = a0[ak], x1 = a1[ak], x2 = a2[ak], x3 = a3[ak];                  \
+                s00 += x0 * b0; s01 += x0 * b1;                                           \
+                s10 += x1 * b0; s11 += x1 * b1;                                           \
+                s20 += x2 * b0; s21 += x2 * b1;                                           \
+                s30 += x3 * b0; s31 += x3 * b1;                                           \
+            }                                                                             \
+            fnn_st_##SFX(c0 + j, s00); fnn_st_##SFX(c0 + j + VW, s01);                    \
+            fnn_st_##SFX(c1 + j, s10); fnn_st_##SFX(c1 + j + VW, s11);                    \
+            fnn_st_##SFX(c2 + j, s20); fnn_st_##SFX(c2 + j + VW, s21);                    \
+            fnn_st_##SFX(c3 + j, s30); fnn_st_##SFX(c3 + j + VW, s31);                    \
+        }                                                                                 \
+    }                                                                                     \
+    /* Edges: the columns past the last full tile, then the rows past the last 4. */     \
+    if (N2 < N) {                                                                         \
+        for (i = 0; i < M4; i++) {                                                        \
+            for (k = 0; k < K; k++) {                                                     \
+                REAL a = A[i * ars + k * aks];                                            \
+                for (j = N2; j < N; j++) C[i * ldc + j] += a * Bt[k * ldb + j];           \
+            }                                                                             \
+        }                                                                                 \
+    }                                                                                     \
+    for (i = M4; i < M; i++) {                                                            \
+        for (k = 0; k < K; k++) {                                                         \
+            REAL a = A[i * ars + k * aks];                                                \
+            for (j = 0; j < N; j++) C[i * ldc + j] += a * Bt[k * ldb + j];                \
+        }                                                                                 \
+    }                                                                                     \
+}
+
+FNN_GEMM_DEFINE(float, f, 16, FNN_CLONES)
+FNN_GEMM_DEFINE(double, d, 8, FNN_CLONES)
+
+/* Bt (N, M) = A (M, N)ᵀ: W_hh transposed once per call for the forward products. */
+#define FNN_TRANSPOSE_DEFINE(REAL, SFX)                                                    \
+static void fnn_transpose_##SFX(const REAL *A, fnn_idx M, fnn_idx N, REAL *Bt)            \
+{                                                                                         \
+    for (fnn_idx i = 0; i < M; i++)                                                       \
+        for (fnn_idx j = 0; j < N; j++) Bt[j * M + i] = A[i * N + j];                     \
+}
+FNN_TRANSPOSE_DEFINE(float, f)
+FNN_TRANSPOSE_DEFINE(double, d)
+
 #endif

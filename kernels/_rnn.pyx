@@ -125,24 +125,32 @@ cdef inline int weight_grads(const real *dx, const real *dh, int ld, const real 
                              int T, int B, int I, int H, int GH) noexcept nogil:
     """dW_ih = Σ δxᵀ x, dW_hh = Σ δhᵀ h_prev (h0, then out[:-1]), db = column sums.
 
-    Hand-written products, not BLAS: with K = T·B long and M, N small, the
-    products are cheap but BLAS set-up and packing are not. dW_ih is built
-    transposed, (I, G·H), so the wide dimension lies along the vectors.
+    Small problems (operands within ~1 MB, i.e. in L2) use the hand-written
+    product: with K = T·B long and M, N small, BLAS set-up and packing cost more
+    than the arithmetic. Larger ones go to BLAS, whose packing then pays.
+    dW_ih is built transposed, (I, G·H), so the wide dimension lies along the vectors.
     """
     cdef fnn_idx TB = <fnn_idx>T * B
-    cdef real *wt = <real*>calloc(<fnn_idx>I * GH, sizeof(real))
-    if wt == NULL:
-        return -1
-    gemm_tn_acc(x, I, dx, ld, wt, GH, I, GH, TB)
-    if real is float:
-        fnn_transpose_f(wt, I, GH, gw_ih)
+    cdef real *wt
+    if TB * (ld + H + I) * <fnn_idx>sizeof(real) > (1 << 20):
+        gemm(True, False, GH, I, TB, <real>1, dx, ld, x, I, <real>0, gw_ih, I)
+        gemm(True, False, GH, H, B, <real>1, dh, ld, h0, H, <real>0, gw_hh, H)
+        if T > 1:
+            gemm(True, False, GH, H, TB - B, <real>1, dh + <fnn_idx>B * ld, ld, out, H, <real>1, gw_hh, H)
     else:
-        fnn_transpose_d(wt, I, GH, gw_ih)
-    free(wt)
-    memset(gw_hh, 0, <fnn_idx>GH * H * sizeof(real))
-    gemm_tn_acc(dh, ld, h0, H, gw_hh, H, GH, H, B)
-    if T > 1:
-        gemm_tn_acc(dh + <fnn_idx>B * ld, ld, out, H, gw_hh, H, GH, H, TB - B)
+        wt = <real*>calloc(<fnn_idx>I * GH, sizeof(real))
+        if wt == NULL:
+            return -1
+        gemm_tn_acc(x, I, dx, ld, wt, GH, I, GH, TB)
+        if real is float:
+            fnn_transpose_f(wt, I, GH, gw_ih)
+        else:
+            fnn_transpose_d(wt, I, GH, gw_ih)
+        free(wt)
+        memset(gw_hh, 0, <fnn_idx>GH * H * sizeof(real))
+        gemm_tn_acc(dh, ld, h0, H, gw_hh, H, GH, H, B)
+        if T > 1:
+            gemm_tn_acc(dh + <fnn_idx>B * ld, ld, out, H, gw_hh, H, GH, H, TB - B)
     if gb_ih != NULL:
         colsum(dx, TB, GH, ld, gb_ih)
     if gb_hh != NULL:

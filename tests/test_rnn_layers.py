@@ -235,3 +235,48 @@ def test_constructor_errors():
         nn.GRU(3, 4, dtype=np.int32)
     with pytest.raises(RuntimeError, match="before forward"):
         nn.LSTM(3, 4).backward(np.zeros((1, 1, 4), np.float32))
+
+
+def test_fastnn_gradcheck_on_float32_layer(rng):
+    """gradcheck swaps float64 copies into a float32 layer: the layer must follow the parameter dtype."""
+    if not hasattr(fastnn, "gradcheck"):
+        pytest.skip("fastnn.gradcheck is not available in this build")
+    layer = nn.LSTM(3, 4, batch_first=True)
+    assert fastnn.gradcheck(layer, rng.standard_normal((2, 5, 3)))
+    assert layer.weight_ih_l0.dtype == np.float32
+    y = layer(rng.standard_normal((2, 5, 3)).astype(np.float32))
+    assert y.dtype == np.float32
+
+
+@pytest.mark.parametrize("kind", list(LAYERS))
+def test_save_load_roundtrip(tmp_path, rng, kind):
+    if not hasattr(fastnn, "save") or not hasattr(nn, "Sequential"):
+        pytest.skip("fastnn.save / nn.Sequential are not available in this build")
+    model = nn.Sequential(LAYERS[kind](3, 6, batch_first=True), nn.LastTimeStep(batch_first=True), nn.Linear(6, 2))
+    x = rng.standard_normal((4, 5, 3)).astype(np.float32)
+    y = model(x).copy()
+    path = tmp_path / "model.npz"
+    fastnn.save(model, path)
+    loaded = fastnn.load(path)
+    assert repr(loaded) == repr(model)
+    np.testing.assert_array_equal(loaded(x), y)
+    for (n1, p1), (n2, p2) in zip(model.named_parameters(), loaded.named_parameters()):
+        assert n1 == n2
+        np.testing.assert_array_equal(p1.data, p2.data)
+
+
+def test_fit_many_to_one(rng):
+    """An RNN trained by fastnn.fit through Sequential learns the sign of a sequence sum."""
+    if not hasattr(fastnn, "fit") or not hasattr(nn, "Sequential"):
+        pytest.skip("fastnn.fit / nn.Sequential are not available in this build")
+    from fastnn import optim
+
+    X = rng.standard_normal((512, 10, 2)).astype(np.float32)
+    y = (X.sum(axis=(1, 2)) > 0).astype(np.int64)
+    model = nn.Sequential(nn.GRU(2, 16, batch_first=True, rng=0), nn.LastTimeStep(batch_first=True),
+                          nn.Linear(16, 2, rng=0))
+    loss = nn.CrossEntropyLoss()
+    fastnn.fit(model, X, y, loss=loss, optimizer=optim.Adam(model.parameters(), lr=0.01), epochs=15,
+               batch_size=32, progress=False)
+    pred = model(X).argmax(axis=1)
+    assert (pred == y).mean() > 0.9

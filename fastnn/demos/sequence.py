@@ -55,64 +55,45 @@ def make_data(n, seq_len, noise, rng, dtype=np.float32):
     return np.ascontiguousarray(x), np.ascontiguousarray(y)
 
 
-class SequenceModel:
-    """Recurrent layer + per-step linear read-out (H -> 1), with explicit backward."""
+def build_model(cell, hidden, rng, dtype=np.float32):
+    """A recurrent layer with a linear read-out (H -> 1) at every time step."""
+    from fastnn import nn
 
-    def __init__(self, cell, hidden, rng, dtype=np.float32):
-        from fastnn import nn
+    class SequenceRegressor(nn.Module):
+        def __init__(self):
+            super().__init__()
+            layer_cls = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}[cell]
+            self.rnn = layer_cls(1, hidden, dtype=dtype, rng=rng)
+            self.head = nn.Linear(hidden, 1, dtype=dtype, rng=rng)
 
-        layer_cls = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}[cell]
-        self.rnn = layer_cls(1, hidden, dtype=dtype)
-        k = 1 / math.sqrt(hidden)
-        self.readout_w = nn.Parameter(rng.uniform(-k, k, (1, hidden)).astype(dtype))
-        self.readout_b = nn.Parameter(np.zeros(1, dtype))
-        self._h = None
+        def forward(self, x):
+            h = self.rnn(x)                                   # (T, B, H)
+            T, B, H = h.shape
+            return self.head(h.reshape(T * B, H)).reshape(T, B, 1)
 
-    def parameters(self):
-        return self.rnn.parameters() + [self.readout_w, self.readout_b]
+        def backward(self, grad):
+            T, B, _ = grad.shape
+            gh = self.head.backward(grad.reshape(T * B, 1))
+            return self.rnn.backward(gh.reshape(T, B, -1))
 
-    def forward(self, x):
-        from fastnn import ops
-
-        h = self.rnn(x)                                   # (T, B, H)
-        T, B, H = h.shape
-        self._h = h.reshape(T * B, H)
-        return ops.dense_forward(self._h, self.readout_w.data, self.readout_b.data).reshape(T, B, 1)
-
-    def backward(self, grad):
-        from fastnn import ops
-
-        T, B, _ = grad.shape
-        gh, _, _ = ops.dense_backward(grad.reshape(T * B, 1), self._h, self.readout_w.data,
-                                      grad_weight=self.readout_w.grad, grad_bias=self.readout_b.grad)
-        return self.rnn.backward(gh.reshape(T, B, -1))
-
-
-def clip_grad_norm(params, max_norm):
-    """Scale all gradients so that their joint L2 norm is at most ``max_norm``; return the norm."""
-    total = math.sqrt(sum(float(np.vdot(p.grad, p.grad)) for p in params))
-    if total > max_norm:
-        for p in params:
-            p.grad *= max_norm / (total + 1e-12)
-    return total
+    return SequenceRegressor()
 
 
 def train(args, log=print):
     """Train and evaluate; returns a dict of results (used by ``run`` and the tests)."""
     import fastnn
-    from fastnn import ops
+    from fastnn import nn, optim
 
     rng = np.random.default_rng(args.seed)
-    np.random.seed(args.seed)   # the layers draw their initial weights from NumPy's global generator
     x_train, y_train = make_data(args.train, args.seq_len, args.noise, rng)
     x_test, y_test = make_data(128, args.seq_len, args.noise, rng)
-    model = SequenceModel(args.cell, args.hidden, rng)
-    params = model.parameters()
-    state = [(np.zeros_like(p.data), np.zeros_like(p.data)) for p in params]
+    model = build_model(args.cell, args.hidden, rng)
+    loss_fn = nn.MSELoss()
+    opt = optim.Adam(model.parameters(), lr=args.lr)
     log(f"sequence demo: {args.cell.upper()} hidden={args.hidden}, T={args.seq_len}, "
         f"{args.train} training sequences, backend={fastnn.get_backend()}")
 
-    step = 0
+    steps = 0
     history = []
     n = args.train
     t0 = time.perf_counter()
@@ -123,24 +104,22 @@ def train(args, log=print):
             idx = order[start:start + args.batch_size]
             xb = np.ascontiguousarray(x_train[:, idx])
             yb = np.ascontiguousarray(y_train[:, idx])
-            pred = model.forward(xb)
-            loss, grad = ops.mse_loss(pred, yb)
-            model.backward(grad)
-            clip_grad_norm(params, args.clip)
-            step += 1
-            for p, (m, v) in zip(params, state):
-                ops.adam_update(p.data, p.grad, m, v, step, lr=args.lr)
+            loss = loss_fn(model(xb), yb)
+            model.backward(loss_fn.backward())
+            optim.clip_grad_norm(model.parameters(), args.clip)
+            opt.step()
+            steps += 1
             total += loss * len(idx)
         history.append(total / n)
         if epoch == 1 or epoch == args.epochs or epoch % max(1, args.epochs // 10) == 0:
             log(f"epoch {epoch:3d}  train mse {history[-1]:.5f}")
     seconds = time.perf_counter() - t0
 
-    pred_test = model.forward(x_test).copy()
+    pred_test = model(x_test).copy()
     test_mse = float(np.mean((pred_test - y_test) ** 2))
     naive_mse = float(np.mean((x_test - y_test) ** 2))
     log(f"test mse {test_mse:.5f}   naive forecast (next = current noisy value) {naive_mse:.5f}")
-    log(f"training took {seconds:.2f} s ({seconds / max(step, 1) * 1e3:.2f} ms per step)")
+    log(f"training took {seconds:.2f} s ({seconds / max(steps, 1) * 1e3:.2f} ms per step)")
     return dict(history=history, test_mse=test_mse, naive_mse=naive_mse, x_test=x_test, y_test=y_test,
                 pred_test=pred_test, seconds=seconds)
 

@@ -39,7 +39,8 @@ import numpy as np
 
 from .. import ops
 from .._validation import FLOAT_DTYPES
-from .module import Module, Parameter
+from . import init as _init
+from .module import Module, Parameter, register_module
 
 __all__ = ["RNN", "LSTM", "GRU", "LastTimeStep"]
 
@@ -57,7 +58,7 @@ class _RecurrentBase(Module):
     _name = "RNN"
 
     def __init__(self, input_size, hidden_size, bias=True, batch_first=False, dtype=np.float32,
-                 return_state=False):
+                 return_state=False, rng=None):
         super().__init__()
         self.input_size = _positive_int(input_size, "input_size")
         self.hidden_size = _positive_int(hidden_size, "hidden_size")
@@ -69,33 +70,46 @@ class _RecurrentBase(Module):
         self.batch_first = bool(batch_first)
         self.return_state = bool(return_state)
         G, H, I = self._gates, self.hidden_size, self.input_size
-        # PyTorch's default: every parameter uniform in ±1/sqrt(hidden_size).
-        k = 1.0 / math.sqrt(H)
-        self.weight_ih_l0 = Parameter(np.random.uniform(-k, k, (G * H, I)).astype(dtype))
-        self.weight_hh_l0 = Parameter(np.random.uniform(-k, k, (G * H, H)).astype(dtype))
+        # relocatable: the layer reads .data and .grad afresh at every call.
+        self.weight_ih_l0 = Parameter(np.empty((G * H, I), dtype), relocatable=True)
+        self.weight_hh_l0 = Parameter(np.empty((G * H, H), dtype), relocatable=True)
         if self.bias:
-            self.bias_ih_l0 = Parameter(np.random.uniform(-k, k, (G * H,)).astype(dtype))
-            self.bias_hh_l0 = Parameter(np.random.uniform(-k, k, (G * H,)).astype(dtype))
+            self.bias_ih_l0 = Parameter(np.empty(G * H, dtype), relocatable=True)
+            self.bias_hh_l0 = Parameter(np.empty(G * H, dtype), relocatable=True)
         else:
             self.bias_ih_l0 = None
             self.bias_hh_l0 = None
+        self.reset_parameters(rng)
         object.__setattr__(self, "_buffers", {})
         object.__setattr__(self, "_saved", None)
         self.h_n = None
         self.grad_h0 = None
 
+    def reset_parameters(self, rng=None):
+        """PyTorch's initialisation: every parameter uniform in ±1/sqrt(hidden_size).
+
+        ``rng``: a Generator or seed (default: the generator of :func:`fastnn.nn.init.manual_seed`).
+        """
+        rng = _init.get_rng(rng)
+        k = 1.0 / math.sqrt(self.hidden_size)
+        for p in self.parameters():
+            _init.uniform_(p.data, -k, k, rng)
+
     # -- helpers ------------------------------------------------------------
     def _buf(self, name, shape):
-        """A reusable array: the same one while the shape stays the same."""
+        """A reusable array: the same one while the shape (and parameter dtype) stays the same."""
+        dt = self.weight_ih_l0.data.dtype
         b = self._buffers.get(name)
-        if b is None or b.shape != shape:
-            b = np.empty(shape, self.dtype)
+        if b is None or b.shape != shape or b.dtype != dt:
+            b = np.empty(shape, dt)
             self._buffers[name] = b
         return b
 
     def _input(self, x):
         """Check x and return it time-major (T, B, I), C-contiguous."""
         x = np.asarray(x)
+        if x.dtype.kind in "iub":
+            x = x.astype(self.weight_ih_l0.data.dtype)   # integer data is converted, floats are not
         layout = "(batch, time, features)" if self.batch_first else "(time, batch, features)"
         if x.ndim != 3:
             raise ValueError(f"{self._name}: expected a 3-D input {layout} with {self.input_size} features, "
@@ -161,7 +175,8 @@ class _RecurrentBase(Module):
     # -- config -------------------------------------------------------------
     def get_config(self) -> dict:
         return dict(input_size=self.input_size, hidden_size=self.hidden_size, bias=self.bias,
-                    batch_first=self.batch_first, dtype=self.dtype.name, return_state=self.return_state)
+                    batch_first=self.batch_first, dtype=self.weight_ih_l0.data.dtype.name,
+                    return_state=self.return_state)
 
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"
@@ -169,13 +184,14 @@ class _RecurrentBase(Module):
             s += ", bias=False"
         if self.batch_first:
             s += ", batch_first=True"
-        if self.dtype != np.float32:
-            s += f", dtype={self.dtype.name}"
+        if self.weight_ih_l0.data.dtype != np.float32:
+            s += f", dtype={self.weight_ih_l0.data.dtype.name}"
         if self.return_state:
             s += ", return_state=True"
         return s
 
 
+@register_module
 class RNN(_RecurrentBase):
     """Elman recurrent layer, ``h_t = f(x_t W_ihᵀ + b_ih + h_{t-1} W_hhᵀ + b_hh)``.
 
@@ -192,6 +208,9 @@ class RNN(_RecurrentBase):
     dtype : float32 or float64
     return_state : bool, default False
         Return ``(output, h_n)`` instead of ``output``.
+    rng : numpy.random.Generator or int, optional
+        Generator for the initial values (default: the one seeded by
+        :func:`fastnn.nn.init.manual_seed`).
 
     Attributes
     ----------
@@ -206,10 +225,10 @@ class RNN(_RecurrentBase):
     _name = "RNN"
 
     def __init__(self, input_size, hidden_size, nonlinearity="tanh", bias=True, batch_first=False,
-                 dtype=np.float32, return_state=False):
+                 dtype=np.float32, return_state=False, rng=None):
         if nonlinearity not in ops.RNN_NONLINEARITIES:
             raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
-        super().__init__(input_size, hidden_size, bias, batch_first, dtype, return_state)
+        super().__init__(input_size, hidden_size, bias, batch_first, dtype, return_state, rng)
         self.nonlinearity = nonlinearity
 
     def forward(self, x, hx=None):
@@ -248,6 +267,7 @@ class RNN(_RecurrentBase):
         return s + (", nonlinearity='relu'" if self.nonlinearity == "relu" else "")
 
 
+@register_module
 class LSTM(_RecurrentBase):
     """Long short-term memory layer (PyTorch's equations, gate order i, f, g, o).
 
@@ -262,8 +282,8 @@ class LSTM(_RecurrentBase):
     _name = "LSTM"
 
     def __init__(self, input_size, hidden_size, bias=True, batch_first=False, dtype=np.float32,
-                 return_state=False):
-        super().__init__(input_size, hidden_size, bias, batch_first, dtype, return_state)
+                 return_state=False, rng=None):
+        super().__init__(input_size, hidden_size, bias, batch_first, dtype, return_state, rng)
         self.c_n = None
         self.grad_c0 = None
 
@@ -312,6 +332,7 @@ class LSTM(_RecurrentBase):
         return self._output(grad_x)
 
 
+@register_module
 class GRU(_RecurrentBase):
     """Gated recurrent unit layer (PyTorch's equations, gate order r, z, n).
 
@@ -352,6 +373,7 @@ class GRU(_RecurrentBase):
         return self._output(grad_x)
 
 
+@register_module
 class LastTimeStep(Module):
     """Pick the last time step of a sequence: (T, B, H) -> (B, H).
 

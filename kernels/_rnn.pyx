@@ -15,6 +15,7 @@ cimport numpy as cnp
 from libc.stdlib cimport malloc, calloc, free
 from libc.string cimport memcpy, memset
 from scipy.linalg.cython_blas cimport sgemm, dgemm
+from cython.parallel cimport prange
 
 cnp.import_array()
 
@@ -158,6 +159,24 @@ cdef inline int weight_grads(const real *dx, const real *dh, int ld, const real 
     return 0
 
 
+cdef inline int row_chunk(int B, fnn_idx step_work) noexcept nogil:
+    """Rows per thread for one time step, or B (serial).
+
+    A step's rows are independent (its product and gate math are row by row),
+    so large steps split the batch over the threads, one parallel region per
+    step. Small steps stay serial: a region's start and barrier (~µs) would
+    cost more than they save. Chunks are multiples of 4 rows (the product's tile).
+    """
+    cdef int n = _fastnn_num_threads
+    cdef int c
+    if n <= 1 or step_work < (1 << 20) or B < 8:
+        return B
+    if n > B // 4:
+        n = B // 4
+    c = (B + n - 1) // n
+    return (c + 3) // 4 * 4
+
+
 cdef inline void *ptr(object a):
     """Data pointer of a validated ndarray, NULL for None."""
     if a is None:
@@ -173,6 +192,29 @@ cdef inline bint is_f32(object a):
 # Elman RNN
 # ---------------------------------------------------------------------------
 
+cdef inline void rnn_fwd_rows(const real *hp, const real *wt, real *o, int relu, int r0, int r1,
+                             int H) noexcept nogil:
+    """Rows r0:r1 of one step: o += h_prev W_hhᵀ, then o = f(o)."""
+    step_gemm(hp + <fnn_idx>r0 * H, H, wt, H, o + <fnn_idx>r0 * H, H, r1 - r0, H, H)
+    if real is float:
+        fnn_rnn_act_f(o + <fnn_idx>r0 * H, <fnn_idx>(r1 - r0) * H, relu)
+    else:
+        fnn_rnn_act_d(o + <fnn_idx>r0 * H, <fnn_idx>(r1 - r0) * H, relu)
+
+
+cdef inline void rnn_bwd_rows(const real *go, real *grec, const real *h, real *d, const real *w_hh, int relu,
+                              int r0, int r1, int H) noexcept nogil:
+    """Rows r0:r1 of one backward step: δ = (go + g_rec) f'(h), then g_rec = δ W_hh."""
+    cdef fnn_idx o = <fnn_idx>r0 * H
+    cdef fnn_idx n = <fnn_idx>(r1 - r0) * H
+    if real is float:
+        fnn_rnn_delta_f(go + o, grec + o, h + o, d + o, n, relu)
+    else:
+        fnn_rnn_delta_d(go + o, grec + o, h + o, d + o, n, relu)
+    memset(grec + o, 0, n * sizeof(real))
+    step_gemm(d + o, H, w_hh, H, grec + o, H, r1 - r0, H, H)
+
+
 cdef int rnn_fwd(const real *x, const real *h0, const real *w_ih, const real *w_hh, const real *b_ih,
                  const real *b_hh, int relu, real *out, int T, int B, int I, int H) noexcept nogil:
     cdef fnn_idx BH = <fnn_idx>B * H
@@ -181,14 +223,16 @@ cdef int rnn_fwd(const real *x, const real *h0, const real *w_ih, const real *w_
     cdef real *wt = transposed(w_hh, H, H)
     if wt == NULL:
         return -1
+    cdef int chunk = row_chunk(B, BH * H)
+    cdef int c, nc = (B + chunk - 1) // chunk
     input_projection(x, w_ih, b_ih, b_hh, out, T * B, I, H)
     for t in range(T):
         hp = h0 if t == 0 else out + (t - 1) * BH
-        step_gemm(hp, H, wt, H, out + t * BH, H, B, H, H)
-        if real is float:
-            fnn_rnn_act_f(out + t * BH, BH, relu)
+        if nc == 1:
+            rnn_fwd_rows(hp, wt, out + t * BH, relu, 0, B, H)
         else:
-            fnn_rnn_act_d(out + t * BH, BH, relu)
+            for c in prange(nc, num_threads=nc, schedule="static"):
+                rnn_fwd_rows(hp, wt, out + t * BH, relu, c * chunk, min(B, (c + 1) * chunk), H)
     free(wt)
     return 0
 
@@ -198,18 +242,20 @@ cdef int rnn_bwd(const real *go, const real *ghn, const real *x, const real *h0,
                   real *gw_ih, real *gw_hh, real *gb_ih, real *gb_hh, int T, int B, int I, int H) noexcept nogil:
     cdef fnn_idx BH = <fnn_idx>B * H
     cdef int t
+    cdef int chunk = row_chunk(B, BH * H)
+    cdef int c, nc = (B + chunk - 1) // chunk
     # gh0 doubles as the recurrent gradient g_rec = δ_{t+1}·W_hh: it ends as dL/dh0.
     if ghn != NULL:
         memcpy(gh0, ghn, BH * sizeof(real))
     else:
         memset(gh0, 0, BH * sizeof(real))
     for t in range(T - 1, -1, -1):
-        if real is float:
-            fnn_rnn_delta_f(go + t * BH, gh0, out + t * BH, work + t * BH, BH, relu)
+        if nc == 1:
+            rnn_bwd_rows(go + t * BH, gh0, out + t * BH, work + t * BH, w_hh, relu, 0, B, H)
         else:
-            fnn_rnn_delta_d(go + t * BH, gh0, out + t * BH, work + t * BH, BH, relu)
-        memset(gh0, 0, BH * sizeof(real))
-        step_gemm(work + t * BH, H, w_hh, H, gh0, H, B, H, H)
+            for c in prange(nc, num_threads=nc, schedule="static"):
+                rnn_bwd_rows(go + t * BH, gh0, out + t * BH, work + t * BH, w_hh, relu, c * chunk,
+                             min(B, (c + 1) * chunk), H)
     if weight_grads(work, work, H, x, h0, out, gw_ih, gw_hh, gb_ih, gb_hh, T, B, I, H, H) != 0:
         return -1
     if gx != NULL:
@@ -272,6 +318,29 @@ def rnn_backward(grad_out, grad_hn, x, h0, weight_ih, weight_hh, out, nonlineari
 # LSTM
 # ---------------------------------------------------------------------------
 
+cdef inline void lstm_fwd_rows(const real *hp, const real *cp, const real *wt, real *z, real *c, real *h,
+                              int r0, int r1, int H) noexcept nogil:
+    """Rows r0:r1 of one step: z += h_prev W_hhᵀ, then the gates, c_t and h_t."""
+    cdef fnn_idx o = <fnn_idx>r0 * H
+    step_gemm(hp + o, H, wt, 4 * H, z + 4 * o, 4 * H, r1 - r0, 4 * H, H)
+    if real is float:
+        fnn_lstm_cell_f(z + 4 * o, cp + o, c + o, h + o, r1 - r0, H)
+    else:
+        fnn_lstm_cell_d(z + 4 * o, cp + o, c + o, h + o, r1 - r0, H)
+
+
+cdef inline void lstm_bwd_rows(const real *go, real *grec, real *gamma, const real *z, const real *c,
+                               const real *cp, real *d, const real *w_hh, int r0, int r1, int H) noexcept nogil:
+    """Rows r0:r1 of one backward step: δ and γ, then g_rec = δ W_hh."""
+    cdef fnn_idx o = <fnn_idx>r0 * H
+    if real is float:
+        fnn_lstm_delta_f(go + o, grec + o, gamma + o, z + 4 * o, c + o, cp + o, d + 4 * o, r1 - r0, H)
+    else:
+        fnn_lstm_delta_d(go + o, grec + o, gamma + o, z + 4 * o, c + o, cp + o, d + 4 * o, r1 - r0, H)
+    memset(grec + o, 0, <fnn_idx>(r1 - r0) * H * sizeof(real))
+    step_gemm(d + 4 * o, 4 * H, w_hh, H, grec + o, H, r1 - r0, H, 4 * H)
+
+
 cdef int lstm_fwd(const real *x, const real *h0, const real *c0, const real *w_ih, const real *w_hh,
                    const real *b_ih, const real *b_hh, real *out, real *cell, real *gates,
                    int T, int B, int I, int H) noexcept nogil:
@@ -283,15 +352,18 @@ cdef int lstm_fwd(const real *x, const real *h0, const real *c0, const real *w_i
     cdef real *wt = transposed(w_hh, 4 * H, H)
     if wt == NULL:
         return -1
+    cdef int chunk = row_chunk(B, BG * H)
+    cdef int c, nc = (B + chunk - 1) // chunk
     input_projection(x, w_ih, b_ih, b_hh, gates, T * B, I, 4 * H)
     for t in range(T):
         hp = h0 if t == 0 else out + (t - 1) * BH
         cp = c0 if t == 0 else cell + (t - 1) * BH
-        step_gemm(hp, H, wt, 4 * H, gates + t * BG, 4 * H, B, 4 * H, H)
-        if real is float:
-            fnn_lstm_cell_f(gates + t * BG, cp, cell + t * BH, out + t * BH, B, H)
+        if nc == 1:
+            lstm_fwd_rows(hp, cp, wt, gates + t * BG, cell + t * BH, out + t * BH, 0, B, H)
         else:
-            fnn_lstm_cell_d(gates + t * BG, cp, cell + t * BH, out + t * BH, B, H)
+            for c in prange(nc, num_threads=nc, schedule="static"):
+                lstm_fwd_rows(hp, cp, wt, gates + t * BG, cell + t * BH, out + t * BH, c * chunk,
+                              min(B, (c + 1) * chunk), H)
     free(wt)
     return 0
 
@@ -304,6 +376,8 @@ cdef int lstm_bwd(const real *go, const real *ghn, const real *gcn, const real *
     cdef fnn_idx BG = 4 * BH
     cdef int t
     cdef const real *cp
+    cdef int chunk = row_chunk(B, BG * H)
+    cdef int c, nc = (B + chunk - 1) // chunk
     # gh0 carries g_rec and gc0 carries γ = dL/dc backwards; both end as the h0/c0 gradients.
     if ghn != NULL:
         memcpy(gh0, ghn, BH * sizeof(real))
@@ -315,12 +389,12 @@ cdef int lstm_bwd(const real *go, const real *ghn, const real *gcn, const real *
         memset(gc0, 0, BH * sizeof(real))
     for t in range(T - 1, -1, -1):
         cp = c0 if t == 0 else cell + (t - 1) * BH
-        if real is float:
-            fnn_lstm_delta_f(go + t * BH, gh0, gc0, gates + t * BG, cell + t * BH, cp, work + t * BG, B, H)
+        if nc == 1:
+            lstm_bwd_rows(go + t * BH, gh0, gc0, gates + t * BG, cell + t * BH, cp, work + t * BG, w_hh, 0, B, H)
         else:
-            fnn_lstm_delta_d(go + t * BH, gh0, gc0, gates + t * BG, cell + t * BH, cp, work + t * BG, B, H)
-        memset(gh0, 0, BH * sizeof(real))
-        step_gemm(work + t * BG, 4 * H, w_hh, H, gh0, H, B, H, 4 * H)
+            for c in prange(nc, num_threads=nc, schedule="static"):
+                lstm_bwd_rows(go + t * BH, gh0, gc0, gates + t * BG, cell + t * BH, cp, work + t * BG, w_hh,
+                              c * chunk, min(B, (c + 1) * chunk), H)
     if weight_grads(work, work, 4 * H, x, h0, out, gw_ih, gw_hh, gb_ih, gb_hh, T, B, I, H, 4 * H) != 0:
         return -1
     if gx != NULL:
@@ -381,6 +455,29 @@ def lstm_backward(grad_out, grad_hn, grad_cn, x, h0, c0, weight_ih, weight_hh, o
 # GRU
 # ---------------------------------------------------------------------------
 
+cdef inline void gru_fwd_rows(const real *hp, const real *wt, real *gh, const real *zb, real *gi, real *hn,
+                             real *h, int r0, int r1, int H) noexcept nogil:
+    """Rows r0:r1 of one step: gh = h_prev W_hhᵀ, then r, z, n and h_t."""
+    cdef fnn_idx o = <fnn_idx>r0 * H
+    memset(gh + 3 * o, 0, <fnn_idx>(r1 - r0) * 3 * H * sizeof(real))
+    step_gemm(hp + o, H, wt, 3 * H, gh + 3 * o, 3 * H, r1 - r0, 3 * H, H)
+    if real is float:
+        fnn_gru_cell_f(gi + 3 * o, gh + 3 * o, zb, hp + o, hn + o, h + o, r1 - r0, H)
+    else:
+        fnn_gru_cell_d(gi + 3 * o, gh + 3 * o, zb, hp + o, hn + o, h + o, r1 - r0, H)
+
+
+cdef inline void gru_bwd_rows(const real *go, real *grec, const real *gates, const real *hn, const real *hp,
+                              real *w, const real *w_hh, int r0, int r1, int H) noexcept nogil:
+    """Rows r0:r1 of one backward step: δ^x, δ^h and g_rec = g z + δ^h W_hh."""
+    cdef fnn_idx o = <fnn_idx>r0 * H
+    if real is float:
+        fnn_gru_delta_f(go + o, grec + o, gates + 3 * o, hn + o, hp + o, w + 6 * o, r1 - r0, H)
+    else:
+        fnn_gru_delta_d(go + o, grec + o, gates + 3 * o, hn + o, hp + o, w + 6 * o, r1 - r0, H)
+    step_gemm(w + 6 * o + 3 * H, 6 * H, w_hh, H, grec + o, H, r1 - r0, H, 3 * H)
+
+
 cdef int gru_fwd(const real *x, const real *h0, const real *w_ih, const real *w_hh, const real *b_ih,
                  const real *b_hh, real *out, real *gates, real *hidden_n,
                  int T, int B, int I, int H) noexcept nogil:
@@ -392,6 +489,8 @@ cdef int gru_fwd(const real *x, const real *h0, const real *w_ih, const real *w_
     cdef real *gh = <real*>malloc(BG * sizeof(real))
     cdef real *zb = <real*>calloc(3 * H, sizeof(real))
     cdef real *wt = transposed(w_hh, 3 * H, H)
+    cdef int chunk = row_chunk(B, BG * H)
+    cdef int c, nc = (B + chunk - 1) // chunk
     if gh == NULL or zb == NULL or wt == NULL:
         free(gh)
         free(zb)
@@ -402,12 +501,12 @@ cdef int gru_fwd(const real *x, const real *h0, const real *w_ih, const real *w_
     input_projection(x, w_ih, b_ih, <const real*>NULL, gates, T * B, I, 3 * H)
     for t in range(T):
         hp = h0 if t == 0 else out + (t - 1) * BH
-        memset(gh, 0, BG * sizeof(real))
-        step_gemm(hp, H, wt, 3 * H, gh, 3 * H, B, 3 * H, H)
-        if real is float:
-            fnn_gru_cell_f(gates + t * BG, gh, zb, hp, hidden_n + t * BH, out + t * BH, B, H)
+        if nc == 1:
+            gru_fwd_rows(hp, wt, gh, zb, gates + t * BG, hidden_n + t * BH, out + t * BH, 0, B, H)
         else:
-            fnn_gru_cell_d(gates + t * BG, gh, zb, hp, hidden_n + t * BH, out + t * BH, B, H)
+            for c in prange(nc, num_threads=nc, schedule="static"):
+                gru_fwd_rows(hp, wt, gh, zb, gates + t * BG, hidden_n + t * BH, out + t * BH, c * chunk,
+                             min(B, (c + 1) * chunk), H)
     free(gh)
     free(zb)
     free(wt)
@@ -423,18 +522,20 @@ cdef int gru_bwd(const real *go, const real *ghn, const real *x, const real *h0,
     cdef fnn_idx BW = 6 * BH
     cdef int t
     cdef const real *hp
+    cdef int chunk = row_chunk(B, BG * H)
+    cdef int c, nc = (B + chunk - 1) // chunk
     if ghn != NULL:
         memcpy(gh0, ghn, BH * sizeof(real))
     else:
         memset(gh0, 0, BH * sizeof(real))
     for t in range(T - 1, -1, -1):
         hp = h0 if t == 0 else out + (t - 1) * BH
-        if real is float:
-            fnn_gru_delta_f(go + t * BH, gh0, gates + t * BG, hidden_n + t * BH, hp, work + t * BW, B, H)
+        if nc == 1:
+            gru_bwd_rows(go + t * BH, gh0, gates + t * BG, hidden_n + t * BH, hp, work + t * BW, w_hh, 0, B, H)
         else:
-            fnn_gru_delta_d(go + t * BH, gh0, gates + t * BG, hidden_n + t * BH, hp, work + t * BW, B, H)
-        # g_{t-1} = g_t z + δ^h_t W_hh (the first term was written by the step above)
-        step_gemm(work + t * BW + 3 * H, 6 * H, w_hh, H, gh0, H, B, H, 3 * H)
+            for c in prange(nc, num_threads=nc, schedule="static"):
+                gru_bwd_rows(go + t * BH, gh0, gates + t * BG, hidden_n + t * BH, hp, work + t * BW, w_hh,
+                             c * chunk, min(B, (c + 1) * chunk), H)
     if weight_grads(work, work + 3 * H, 6 * H, x, h0, out, gw_ih, gw_hh, gb_ih, gb_hh, T, B, I, H, 3 * H) != 0:
         return -1
     if gx != NULL:

@@ -221,3 +221,21 @@ def test_backward_shape_checks():
         ops.rnn_backward(out, x, h0, wi, wh, out, grad_hn=np.zeros((5, 2), np.float32))
     with pytest.raises(ValueError, match="work has shape"):
         ops.rnn_backward(out.copy(), x, h0, wi, wh, out, work=np.zeros((3, 2, 4), np.float32))
+
+
+@pytest.mark.parametrize("cell,H", [("rnn_tanh", 256), ("lstm", 128), ("gru", 160)])
+def test_threaded_time_steps_match_reference(compiled_backend, rng, cell, H):
+    """Steps big enough to split the batch over threads (B·G·H·H >= 2^20) give the reference result."""
+    before = fastnn.get_num_threads()
+    p = _make(cell, (3, 18, 5, H), np.float32, rng, scale=0.1)
+    try:
+        fastnn.set_num_threads(2)
+        fwd, grads = _run(cell, p)
+    finally:
+        fastnn.set_num_threads(before)
+    with fastnn.use_backend("numpy"):
+        fwd_ref, grads_ref = _run(cell, p)
+    t = tol(np.float32, scale=20)
+    np.testing.assert_allclose(fwd["out"], fwd_ref["out"], **t)
+    for k in grads_ref:
+        np.testing.assert_allclose(grads[k], grads_ref[k], **t, err_msg=k)

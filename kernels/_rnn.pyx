@@ -159,17 +159,18 @@ cdef inline int weight_grads(const real *dx, const real *dh, int ld, const real 
     return 0
 
 
-cdef inline int row_chunk(int B, fnn_idx step_work) noexcept nogil:
-    """Rows per thread for one time step, or B (serial).
+cdef inline int row_chunk(int B, fnn_idx work) noexcept nogil:
+    """Rows per thread for the time loop, or B (serial).
 
-    A step's rows are independent (its product and gate math are row by row),
-    so large steps split the batch over the threads, one parallel region per
-    step. Small steps stay serial: a region's start and barrier (~µs) would
-    cost more than they save. Chunks are multiples of 4 rows (the product's tile).
+    The samples of a batch never interact in the recurrence (sample b's h_t
+    depends on sample b alone), so the batch splits over the threads for the
+    WHOLE time loop: one parallel region per call, no barrier per step. Small
+    problems (``work`` = multiply-adds of the loop) stay serial. Chunks are
+    multiples of 4 rows (the tile of the per-step product).
     """
     cdef int n = _fastnn_num_threads
     cdef int c
-    if n <= 1 or step_work < (1 << 20) or B < 8:
+    if n <= 1 or work < (1 << 22) or B < 8:
         return B
     if n > B // 4:
         n = B // 4
@@ -218,21 +219,17 @@ cdef inline void rnn_bwd_rows(const real *go, real *grec, const real *h, real *d
 cdef int rnn_fwd(const real *x, const real *h0, const real *w_ih, const real *w_hh, const real *b_ih,
                  const real *b_hh, int relu, real *out, int T, int B, int I, int H) noexcept nogil:
     cdef fnn_idx BH = <fnn_idx>B * H
-    cdef int t
-    cdef const real *hp
     cdef real *wt = transposed(w_hh, H, H)
     if wt == NULL:
         return -1
-    cdef int chunk = row_chunk(B, BH * H)
+    cdef int chunk = row_chunk(B, <fnn_idx>T * BH * H)
     cdef int c, nc = (B + chunk - 1) // chunk
     input_projection(x, w_ih, b_ih, b_hh, out, T * B, I, H)
-    for t in range(T):
-        hp = h0 if t == 0 else out + (t - 1) * BH
-        if nc == 1:
-            rnn_fwd_rows(hp, wt, out + t * BH, relu, 0, B, H)
-        else:
-            for c in prange(nc, num_threads=nc, schedule="static"):
-                rnn_fwd_rows(hp, wt, out + t * BH, relu, c * chunk, min(B, (c + 1) * chunk), H)
+    if nc == 1:
+        rnn_fwd_block(h0, wt, out, relu, T, B, 0, B, H)
+    else:
+        for c in prange(nc, num_threads=nc, schedule="static"):
+            rnn_fwd_block(h0, wt, out, relu, T, B, c * chunk, min(B, (c + 1) * chunk), H)
     free(wt)
     return 0
 
@@ -242,20 +239,18 @@ cdef int rnn_bwd(const real *go, const real *ghn, const real *x, const real *h0,
                   real *gw_ih, real *gw_hh, real *gb_ih, real *gb_hh, int T, int B, int I, int H) noexcept nogil:
     cdef fnn_idx BH = <fnn_idx>B * H
     cdef int t
-    cdef int chunk = row_chunk(B, BH * H)
+    cdef int chunk = row_chunk(B, <fnn_idx>T * BH * H)
     cdef int c, nc = (B + chunk - 1) // chunk
     # gh0 doubles as the recurrent gradient g_rec = δ_{t+1}·W_hh: it ends as dL/dh0.
     if ghn != NULL:
         memcpy(gh0, ghn, BH * sizeof(real))
     else:
         memset(gh0, 0, BH * sizeof(real))
-    for t in range(T - 1, -1, -1):
-        if nc == 1:
-            rnn_bwd_rows(go + t * BH, gh0, out + t * BH, work + t * BH, w_hh, relu, 0, B, H)
-        else:
-            for c in prange(nc, num_threads=nc, schedule="static"):
-                rnn_bwd_rows(go + t * BH, gh0, out + t * BH, work + t * BH, w_hh, relu, c * chunk,
-                             min(B, (c + 1) * chunk), H)
+    if nc == 1:
+        rnn_bwd_block(go, gh0, out, work, w_hh, relu, T, B, 0, B, H)
+    else:
+        for c in prange(nc, num_threads=nc, schedule="static"):
+            rnn_bwd_block(go, gh0, out, work, w_hh, relu, T, B, c * chunk, min(B, (c + 1) * chunk), H)
     if weight_grads(work, work, H, x, h0, out, gw_ih, gw_hh, gb_ih, gb_hh, T, B, I, H, H) != 0:
         return -1
     if gx != NULL:
@@ -346,24 +341,17 @@ cdef int lstm_fwd(const real *x, const real *h0, const real *c0, const real *w_i
                    int T, int B, int I, int H) noexcept nogil:
     cdef fnn_idx BH = <fnn_idx>B * H
     cdef fnn_idx BG = 4 * BH
-    cdef int t
-    cdef const real *hp
-    cdef const real *cp
     cdef real *wt = transposed(w_hh, 4 * H, H)
     if wt == NULL:
         return -1
-    cdef int chunk = row_chunk(B, BG * H)
+    cdef int chunk = row_chunk(B, <fnn_idx>T * BG * H)
     cdef int c, nc = (B + chunk - 1) // chunk
     input_projection(x, w_ih, b_ih, b_hh, gates, T * B, I, 4 * H)
-    for t in range(T):
-        hp = h0 if t == 0 else out + (t - 1) * BH
-        cp = c0 if t == 0 else cell + (t - 1) * BH
-        if nc == 1:
-            lstm_fwd_rows(hp, cp, wt, gates + t * BG, cell + t * BH, out + t * BH, 0, B, H)
-        else:
-            for c in prange(nc, num_threads=nc, schedule="static"):
-                lstm_fwd_rows(hp, cp, wt, gates + t * BG, cell + t * BH, out + t * BH, c * chunk,
-                              min(B, (c + 1) * chunk), H)
+    if nc == 1:
+        lstm_fwd_block(h0, c0, wt, gates, cell, out, T, B, 0, B, H)
+    else:
+        for c in prange(nc, num_threads=nc, schedule="static"):
+            lstm_fwd_block(h0, c0, wt, gates, cell, out, T, B, c * chunk, min(B, (c + 1) * chunk), H)
     free(wt)
     return 0
 
@@ -374,9 +362,7 @@ cdef int lstm_bwd(const real *go, const real *ghn, const real *gcn, const real *
                    real *gb_ih, real *gb_hh, int T, int B, int I, int H) noexcept nogil:
     cdef fnn_idx BH = <fnn_idx>B * H
     cdef fnn_idx BG = 4 * BH
-    cdef int t
-    cdef const real *cp
-    cdef int chunk = row_chunk(B, BG * H)
+    cdef int chunk = row_chunk(B, <fnn_idx>T * BG * H)
     cdef int c, nc = (B + chunk - 1) // chunk
     # gh0 carries g_rec and gc0 carries γ = dL/dc backwards; both end as the h0/c0 gradients.
     if ghn != NULL:
@@ -387,14 +373,11 @@ cdef int lstm_bwd(const real *go, const real *ghn, const real *gcn, const real *
         memcpy(gc0, gcn, BH * sizeof(real))
     else:
         memset(gc0, 0, BH * sizeof(real))
-    for t in range(T - 1, -1, -1):
-        cp = c0 if t == 0 else cell + (t - 1) * BH
-        if nc == 1:
-            lstm_bwd_rows(go + t * BH, gh0, gc0, gates + t * BG, cell + t * BH, cp, work + t * BG, w_hh, 0, B, H)
-        else:
-            for c in prange(nc, num_threads=nc, schedule="static"):
-                lstm_bwd_rows(go + t * BH, gh0, gc0, gates + t * BG, cell + t * BH, cp, work + t * BG, w_hh,
-                              c * chunk, min(B, (c + 1) * chunk), H)
+    if nc == 1:
+        lstm_bwd_block(go, gh0, gc0, gates, cell, c0, work, w_hh, T, B, 0, B, H)
+    else:
+        for c in prange(nc, num_threads=nc, schedule="static"):
+            lstm_bwd_block(go, gh0, gc0, gates, cell, c0, work, w_hh, T, B, c * chunk, min(B, (c + 1) * chunk), H)
     if weight_grads(work, work, 4 * H, x, h0, out, gw_ih, gw_hh, gb_ih, gb_hh, T, B, I, H, 4 * H) != 0:
         return -1
     if gx != NULL:
@@ -483,13 +466,11 @@ cdef int gru_fwd(const real *x, const real *h0, const real *w_ih, const real *w_
                  int T, int B, int I, int H) noexcept nogil:
     cdef fnn_idx BH = <fnn_idx>B * H
     cdef fnn_idx BG = 3 * BH
-    cdef int t
-    cdef const real *hp
     # gh: one step's h W_hhᵀ; zb: the hidden bias, zeros when there is none (keeps the C loop branch-free).
     cdef real *gh = <real*>malloc(BG * sizeof(real))
     cdef real *zb = <real*>calloc(3 * H, sizeof(real))
     cdef real *wt = transposed(w_hh, 3 * H, H)
-    cdef int chunk = row_chunk(B, BG * H)
+    cdef int chunk = row_chunk(B, <fnn_idx>T * BG * H)
     cdef int c, nc = (B + chunk - 1) // chunk
     if gh == NULL or zb == NULL or wt == NULL:
         free(gh)
@@ -499,14 +480,11 @@ cdef int gru_fwd(const real *x, const real *h0, const real *w_ih, const real *w_
     if b_hh != NULL:
         memcpy(zb, b_hh, 3 * H * sizeof(real))
     input_projection(x, w_ih, b_ih, <const real*>NULL, gates, T * B, I, 3 * H)
-    for t in range(T):
-        hp = h0 if t == 0 else out + (t - 1) * BH
-        if nc == 1:
-            gru_fwd_rows(hp, wt, gh, zb, gates + t * BG, hidden_n + t * BH, out + t * BH, 0, B, H)
-        else:
-            for c in prange(nc, num_threads=nc, schedule="static"):
-                gru_fwd_rows(hp, wt, gh, zb, gates + t * BG, hidden_n + t * BH, out + t * BH, c * chunk,
-                             min(B, (c + 1) * chunk), H)
+    if nc == 1:
+        gru_fwd_block(h0, wt, gh, zb, gates, hidden_n, out, T, B, 0, B, H)
+    else:
+        for c in prange(nc, num_threads=nc, schedule="static"):
+            gru_fwd_block(h0, wt, gh, zb, gates, hidden_n, out, T, B, c * chunk, min(B, (c + 1) * chunk), H)
     free(gh)
     free(zb)
     free(wt)
@@ -520,22 +498,17 @@ cdef int gru_bwd(const real *go, const real *ghn, const real *x, const real *h0,
     cdef fnn_idx BH = <fnn_idx>B * H
     cdef fnn_idx BG = 3 * BH
     cdef fnn_idx BW = 6 * BH
-    cdef int t
-    cdef const real *hp
-    cdef int chunk = row_chunk(B, BG * H)
+    cdef int chunk = row_chunk(B, <fnn_idx>T * BG * H)
     cdef int c, nc = (B + chunk - 1) // chunk
     if ghn != NULL:
         memcpy(gh0, ghn, BH * sizeof(real))
     else:
         memset(gh0, 0, BH * sizeof(real))
-    for t in range(T - 1, -1, -1):
-        hp = h0 if t == 0 else out + (t - 1) * BH
-        if nc == 1:
-            gru_bwd_rows(go + t * BH, gh0, gates + t * BG, hidden_n + t * BH, hp, work + t * BW, w_hh, 0, B, H)
-        else:
-            for c in prange(nc, num_threads=nc, schedule="static"):
-                gru_bwd_rows(go + t * BH, gh0, gates + t * BG, hidden_n + t * BH, hp, work + t * BW, w_hh,
-                             c * chunk, min(B, (c + 1) * chunk), H)
+    if nc == 1:
+        gru_bwd_block(go, gh0, gates, hidden_n, h0, out, work, w_hh, T, B, 0, B, H)
+    else:
+        for c in prange(nc, num_threads=nc, schedule="static"):
+            gru_bwd_block(go, gh0, gates, hidden_n, h0, out, work, w_hh, T, B, c * chunk, min(B, (c + 1) * chunk), H)
     if weight_grads(work, work + 3 * H, 6 * H, x, h0, out, gw_ih, gw_hh, gb_ih, gb_hh, T, B, I, H, 3 * H) != 0:
         return -1
     if gx != NULL:
@@ -589,3 +562,63 @@ def gru_backward(grad_out, grad_hn, x, h0, weight_ih, weight_hh, out, gates, hid
     if rc != 0:
         raise MemoryError("out of memory in the recurrent backward pass")
     return grad_x, grad_h0, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh
+
+
+# ---------------------------------------------------------------------------
+# whole time loops over a block of batch rows (one thread's share)
+# ---------------------------------------------------------------------------
+
+cdef void rnn_fwd_block(const real *h0, const real *wt, real *out, int relu, int T, int B, int r0, int r1,
+                        int H) noexcept nogil:
+    """Rows r0:r1 of the whole forward time loop."""
+    cdef fnn_idx BH = <fnn_idx>B * H
+    cdef int t
+    for t in range(T):
+        rnn_fwd_rows(h0 if t == 0 else out + (t - 1) * BH, wt, out + t * BH, relu, r0, r1, H)
+
+
+cdef void rnn_bwd_block(const real *go, real *gh0, const real *out, real *work, const real *w_hh, int relu,
+                        int T, int B, int r0, int r1, int H) noexcept nogil:
+    """Rows r0:r1 of the whole backward time loop."""
+    cdef fnn_idx BH = <fnn_idx>B * H
+    cdef int t
+    for t in range(T - 1, -1, -1):
+        rnn_bwd_rows(go + t * BH, gh0, out + t * BH, work + t * BH, w_hh, relu, r0, r1, H)
+
+
+cdef void lstm_fwd_block(const real *h0, const real *c0, const real *wt, real *gates, real *cell, real *out,
+                         int T, int B, int r0, int r1, int H) noexcept nogil:
+    cdef fnn_idx BH = <fnn_idx>B * H
+    cdef int t
+    for t in range(T):
+        lstm_fwd_rows(h0 if t == 0 else out + (t - 1) * BH, c0 if t == 0 else cell + (t - 1) * BH, wt,
+                      gates + 4 * t * BH, cell + t * BH, out + t * BH, r0, r1, H)
+
+
+cdef void lstm_bwd_block(const real *go, real *gh0, real *gc0, const real *gates, const real *cell,
+                         const real *c0, real *work, const real *w_hh, int T, int B, int r0, int r1,
+                         int H) noexcept nogil:
+    cdef fnn_idx BH = <fnn_idx>B * H
+    cdef int t
+    for t in range(T - 1, -1, -1):
+        lstm_bwd_rows(go + t * BH, gh0, gc0, gates + 4 * t * BH, cell + t * BH,
+                      c0 if t == 0 else cell + (t - 1) * BH, work + 4 * t * BH, w_hh, r0, r1, H)
+
+
+cdef void gru_fwd_block(const real *h0, const real *wt, real *gh, const real *zb, real *gates, real *hidden_n,
+                        real *out, int T, int B, int r0, int r1, int H) noexcept nogil:
+    cdef fnn_idx BH = <fnn_idx>B * H
+    cdef int t
+    for t in range(T):
+        gru_fwd_rows(h0 if t == 0 else out + (t - 1) * BH, wt, gh, zb, gates + 3 * t * BH, hidden_n + t * BH,
+                     out + t * BH, r0, r1, H)
+
+
+cdef void gru_bwd_block(const real *go, real *gh0, const real *gates, const real *hidden_n, const real *h0,
+                        const real *out, real *work, const real *w_hh, int T, int B, int r0, int r1,
+                        int H) noexcept nogil:
+    cdef fnn_idx BH = <fnn_idx>B * H
+    cdef int t
+    for t in range(T - 1, -1, -1):
+        gru_bwd_rows(go + t * BH, gh0, gates + 3 * t * BH, hidden_n + t * BH,
+                     h0 if t == 0 else out + (t - 1) * BH, work + 6 * t * BH, w_hh, r0, r1, H)

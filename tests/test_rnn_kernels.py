@@ -227,7 +227,7 @@ def test_backward_shape_checks():
 def test_threaded_time_steps_match_reference(compiled_backend, rng, cell, H):
     """Steps big enough to split the batch over threads (B·G·H·H >= 2^20) give the reference result."""
     before = fastnn.get_num_threads()
-    p = _make(cell, (3, 18, 5, H), np.float32, rng, scale=0.1)
+    p = _make(cell, (6, 18, 5, H), np.float32, rng, scale=0.1)
     try:
         fastnn.set_num_threads(2)
         fwd, grads = _run(cell, p)

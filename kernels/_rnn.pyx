@@ -52,6 +52,10 @@ cdef extern from "rnn_kernels.h" nogil:
     void fnn_gemm_acc_d(const double *A, fnn_idx ars, fnn_idx aks, const double *Bt, fnn_idx ldb, double *C,
                         fnn_idx ldc, fnn_idx M, fnn_idx N, fnn_idx K)
     void fnn_transpose_f(const float *A, fnn_idx M, fnn_idx N, float *Bt)
+    void fnn_gemm_nt_f(const float *A, fnn_idx lda, const float *Bn, fnn_idx ldb, float *C, fnn_idx ldc,
+                       fnn_idx M, fnn_idx N, fnn_idx K)
+    void fnn_gemm_nt_d(const double *A, fnn_idx lda, const double *Bn, fnn_idx ldb, double *C, fnn_idx ldc,
+                       fnn_idx M, fnn_idx N, fnn_idx K)
     void fnn_transpose_d(const double *A, fnn_idx M, fnn_idx N, double *Bt)
 
 
@@ -108,17 +112,51 @@ cdef inline void colsum(const real *a, fnn_idx rows, fnn_idx cols, fnn_idx ld, r
         fnn_colsum_d(a, rows, cols, ld, out)
 
 
+cdef inline bint small(fnn_idx elements) noexcept nogil:
+    """True when the operands of an all-steps product fit in ~1 MB (L2).
+
+    Those go to the hand-written kernels: besides set-up and packing, a BLAS
+    call may wake its worker threads, which costs far more than such a product
+    when the cores are shared (and never helps it).
+    """
+    return elements * 8 <= (1 << 20)
+
+
 cdef inline void input_projection(const real *x, const real *w_ih, const real *b1, const real *b2,
                                   real *out, int TB, int I, int GH) noexcept nogil:
     """out = x·W_ihᵀ + b1 + b2 for all T·B rows at once."""
     cdef real beta = 0
+    cdef real *wt = NULL
     if b1 != NULL or b2 != NULL:
         if real is float:
             fnn_fill_bias_f(out, TB, GH, b1, b2)
         else:
             fnn_fill_bias_d(out, TB, GH, b1, b2)
         beta = 1
-    gemm(False, True, TB, GH, I, <real>1, x, I, w_ih, I, beta, out, GH)
+    if small(<fnn_idx>TB * (I + GH)):
+        wt = transposed(w_ih, GH, I)
+    if wt != NULL:
+        if beta == 0:
+            memset(out, 0, <fnn_idx>TB * GH * sizeof(real))
+        step_gemm(x, I, wt, GH, out, GH, TB, GH, I)
+        free(wt)
+    else:
+        gemm(False, True, TB, GH, I, <real>1, x, I, w_ih, I, beta, out, GH)
+
+
+cdef inline void input_grad(const real *d, int ld, const real *w_ih, real *gx, int TB, int I, int GH) noexcept nogil:
+    """dL/dx = δ·W_ih for all T·B rows (δ with leading dimension ld)."""
+    cdef real *wt = NULL
+    if small(<fnn_idx>TB * (I + GH)):
+        wt = transposed(w_ih, GH, I)
+    if wt != NULL:
+        if real is float:
+            fnn_gemm_nt_f(d, ld, wt, GH, gx, I, TB, I, GH)
+        else:
+            fnn_gemm_nt_d(d, ld, wt, GH, gx, I, TB, I, GH)
+        free(wt)
+    else:
+        gemm(False, False, TB, I, GH, <real>1, d, ld, w_ih, I, <real>0, gx, I)
 
 
 cdef inline int weight_grads(const real *dx, const real *dh, int ld, const real *x, const real *h0,
@@ -133,7 +171,7 @@ cdef inline int weight_grads(const real *dx, const real *dh, int ld, const real 
     """
     cdef fnn_idx TB = <fnn_idx>T * B
     cdef real *wt
-    if TB * (ld + H + I) * <fnn_idx>sizeof(real) > (1 << 20):
+    if not small(TB * (ld + H + I)):
         gemm(True, False, GH, I, TB, <real>1, dx, ld, x, I, <real>0, gw_ih, I)
         gemm(True, False, GH, H, B, <real>1, dh, ld, h0, H, <real>0, gw_hh, H)
         if T > 1:
@@ -170,7 +208,7 @@ cdef inline int row_chunk(int B, fnn_idx work) noexcept nogil:
     """
     cdef int n = _fastnn_num_threads
     cdef int c
-    if n <= 1 or work < (1 << 22) or B < 8:
+    if n <= 1 or work < (1 << 25) or B < 8:
         return B
     if n > B // 4:
         n = B // 4
@@ -254,7 +292,7 @@ cdef int rnn_bwd(const real *go, const real *ghn, const real *x, const real *h0,
     if weight_grads(work, work, H, x, h0, out, gw_ih, gw_hh, gb_ih, gb_hh, T, B, I, H, H) != 0:
         return -1
     if gx != NULL:
-        gemm(False, False, T * B, I, H, <real>1, work, H, w_ih, I, <real>0, gx, I)
+        input_grad(work, H, w_ih, gx, T * B, I, H)
     return 0
 
 
@@ -381,7 +419,7 @@ cdef int lstm_bwd(const real *go, const real *ghn, const real *gcn, const real *
     if weight_grads(work, work, 4 * H, x, h0, out, gw_ih, gw_hh, gb_ih, gb_hh, T, B, I, H, 4 * H) != 0:
         return -1
     if gx != NULL:
-        gemm(False, False, T * B, I, 4 * H, <real>1, work, 4 * H, w_ih, I, <real>0, gx, I)
+        input_grad(work, 4 * H, w_ih, gx, T * B, I, 4 * H)
     return 0
 
 
@@ -512,7 +550,7 @@ cdef int gru_bwd(const real *go, const real *ghn, const real *x, const real *h0,
     if weight_grads(work, work + 3 * H, 6 * H, x, h0, out, gw_ih, gw_hh, gb_ih, gb_hh, T, B, I, H, 3 * H) != 0:
         return -1
     if gx != NULL:
-        gemm(False, False, T * B, I, 3 * H, <real>1, work, 6 * H, w_ih, I, <real>0, gx, I)
+        input_grad(work, 6 * H, w_ih, gx, T * B, I, 3 * H)
     return 0
 
 

@@ -236,4 +236,29 @@ static void fnn_transpose_##SFX(const REAL *A, fnn_idx M, fnn_idx N, REAL *Bt)  
 FNN_TRANSPOSE_DEFINE(float, f)
 FNN_TRANSPOSE_DEFINE(double, d)
 
+/* C (M,N) = A (M,K) · Bn (N,K)ᵀ for a narrow C (dL/dx: N = input size): each
+ * C element is a dot product along K, accumulated in vectors (explicitly, as
+ * the compiler may not reorder a float sum) and reduced once at the end. */
+#define FNN_GEMM_NT_DEFINE(REAL, SFX, VW, ATTR)                                            \
+ATTR static void fnn_gemm_nt_##SFX(const REAL *A, fnn_idx lda, const REAL *Bn, fnn_idx ldb, \
+                                   REAL *C, fnn_idx ldc, fnn_idx M, fnn_idx N, fnn_idx K) \
+{                                                                                         \
+    fnn_idx KV = K - K % VW;                                                              \
+    for (fnn_idx i = 0; i < M; i++) {                                                     \
+        const REAL *a = A + i * lda;                                                      \
+        for (fnn_idx j = 0; j < N; j++) {                                                 \
+            const REAL *b = Bn + j * ldb;                                                 \
+            fnn_vec_##SFX acc = {0};                                                      \
+            fnn_idx k;                                                                    \
+            for (k = 0; k < KV; k += VW) acc += fnn_ld_##SFX(a + k) * fnn_ld_##SFX(b + k); \
+            REAL s = 0;                                                                   \
+            for (int l = 0; l < VW; l++) s += acc[l];                                     \
+            for (; k < K; k++) s += a[k] * b[k];                                          \
+            C[i * ldc + j] = s;                                                           \
+        }                                                                                 \
+    }                                                                                     \
+}
+FNN_GEMM_NT_DEFINE(float, f, 16, FNN_CLONES)
+FNN_GEMM_NT_DEFINE(double, d, 8, FNN_CLONES)
+
 #endif

@@ -1,0 +1,343 @@
+"""``fastnn bench``: report structure, ratios, --compare, missing workloads, a tiny real run.
+
+No timing is asserted here (timings belong in benches/); the tests check that
+every number in the report follows from the raw repetitions it stores.
+"""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+import fastnn
+from fastnn.bench import compare, derive, load_results, markdown, write_report
+from fastnn.bench import machine, runner, workloads
+from fastnn.bench.report import write_json
+from fastnn.cli import main
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+# -- helpers -----------------------------------------------------------------
+
+def _row(times, kind="backend"):
+    t = np.asarray(times, dtype=float)
+    return {"kind": kind, "times": list(map(float, t)), "median": float(np.median(t)), "min": float(t.min()),
+            "max": float(t.max()), "spread": float(t.max() / t.min()),
+            "noisy": bool(t.max() / t.min() > runner.NOISY_SPREAD), "number": 10,
+            "first_call": 0.5, "error": None}
+
+
+def _synthetic(scale_numba=1.0, scale_numpy=1.0):
+    """A small results dict with known numbers (times in seconds)."""
+    w1 = {"id": "W1", "title": "matrix multiply", "limit": "gemm", "note": "", "available": True, "missing": [],
+          "cases": [{"key": "W1 matmul n=64", "name": "matmul n=64", "kind": "matmul", "params": {},
+                     "flops": 2.0 * 64 ** 3, "bytes": None, "gemm_shapes": [],
+                     "rows": {"numpy": _row([2e-5 * scale_numpy] * 3),
+                              "numba": _row([5e-6 * scale_numba, 5e-6 * scale_numba, 5.2e-6 * scale_numba]),
+                              "torch": _row([1e-5, 1.5e-5, 1e-5], kind="anchor")}}]}
+    w2 = {"id": "W2", "title": "activations", "limit": "copy", "note": "", "available": True, "missing": [],
+          "cases": [{"key": "W2 relu forward", "name": "relu forward", "kind": "act_forward", "params": {},
+                     "flops": None, "bytes": 32e6, "gemm_shapes": [],
+                     "rows": {"numpy": _row([2e-3, 2.1e-3, 1.9e-3]),
+                              "cython": {"kind": "backend", "times": [], "number": 1, "first_call": None,
+                                         "error": "RuntimeError: boom"}}}]}
+    w3 = {"id": "W3", "title": "MLP train step", "limit": "gemm_time", "note": "", "available": True,
+          "missing": [],
+          "cases": [{"key": "W3 train step", "name": "train step", "kind": "mlp", "params": {}, "flops": 1e6,
+                     "bytes": None, "gemm_shapes": [[32, 64, 128]], "gemm_only_time": 1e-5,
+                     "rows": {"numpy": _row([4e-5] * 3), "sklearn": _row([1e-4] * 3, kind="anchor")}}]}
+    w5 = {"id": "W5", "title": "CNN", "limit": None, "note": "", "available": False,
+          "missing": ["fastnn.nn.Conv2d"], "cases": []}
+    res = {"schema": 1, "created": "2026-01-01T00:00:00+00:00", "duration_s": 1.0,
+           "settings": {"quick": True, "tiny": False, "threads": 2, "repeat": 3, "min_block": 0.01,
+                        "workloads": ["W1", "W2", "W3", "W5"], "backends": ["numpy", "numba", "cython"],
+                        "anchors": ["torch", "sklearn"], "noisy_spread": 1.3},
+          "backends_unavailable": {}, "anchor_status": {"torch": "2.x", "sklearn": "1.x"},
+          "machine": {"gemm": {"n": 1024, "gflops": 200.0, "times": [0.01]},
+                      "copy": {"mbytes": 128, "gbps": 40.0, "times": [0.006]},
+                      "context": {"cpu": "test cpu", "threads": 2, "blas": []}},
+          "workloads": [w1, w2, w3, w5]}
+    return derive(res)
+
+
+def _check_consistent(results):
+    """Every derived number follows from the raw repetitions."""
+    peak = results["machine"]["gemm"]["gflops"]
+    bw = results["machine"]["copy"]["gbps"]
+    for wl in results["workloads"]:
+        for case in wl["cases"]:
+            rows = case["rows"]
+            t_np = rows.get("numpy", {}).get("median")
+            t_torch = rows.get("torch", {}).get("median")
+            for name, r in rows.items():
+                if r.get("error"):
+                    assert r.get("median") is None
+                    continue
+                t = np.asarray(r["times"])
+                assert len(t) == results["settings"]["repeat"]
+                assert r["median"] == pytest.approx(np.median(t), rel=1e-12)
+                assert r["spread"] == pytest.approx(t.max() / t.min(), rel=1e-12)
+                assert r["noisy"] == (r["spread"] > results["settings"]["noisy_spread"])
+                if t_np:
+                    assert r["speedup_vs_numpy"] * r["median"] == pytest.approx(t_np, rel=1e-12)
+                if t_torch:
+                    assert r["speedup_vs_torch"] * r["median"] == pytest.approx(t_torch, rel=1e-12)
+                if wl["limit"] == "gemm" and case["flops"]:
+                    assert r["gflops"] == pytest.approx(case["flops"] / r["median"] / 1e9, rel=1e-12)
+                    assert r["fraction_of_limit"] == pytest.approx(r["gflops"] / peak, rel=1e-12)
+                elif wl["limit"] == "copy" and case["bytes"]:
+                    assert r["gbps"] == pytest.approx(case["bytes"] / r["median"] / 1e9, rel=1e-12)
+                    assert r["fraction_of_limit"] == pytest.approx(r["gbps"] / bw, rel=1e-12)
+                elif wl["limit"] == "gemm_time" and case.get("gemm_only_time"):
+                    assert r["fraction_of_limit"] == pytest.approx(case["gemm_only_time"] / r["median"],
+                                                                   rel=1e-12)
+                else:
+                    assert r["fraction_of_limit"] is None
+
+
+# -- derived numbers and the report ---------------------------------------------
+
+def test_derive_known_numbers():
+    res = _synthetic()
+    rows = res["workloads"][0]["cases"][0]["rows"]
+    assert rows["numpy"]["speedup_vs_numpy"] == pytest.approx(1.0)
+    assert rows["numba"]["speedup_vs_numpy"] == pytest.approx(4.0)          # 20 µs / 5 µs
+    assert rows["numba"]["speedup_vs_torch"] == pytest.approx(2.0)          # 10 µs / 5 µs
+    assert rows["torch"]["noisy"] and not rows["numba"]["noisy"]           # spread 1.5 vs 1.04
+    assert rows["numba"]["gflops"] == pytest.approx(2 * 64 ** 3 / 5e-6 / 1e9)
+    assert rows["numba"]["fraction_of_limit"] == pytest.approx(2 * 64 ** 3 / 5e-6 / 1e9 / 200.0)
+    relu = res["workloads"][1]["cases"][0]["rows"]["numpy"]
+    assert relu["gbps"] == pytest.approx(16.0) and relu["fraction_of_limit"] == pytest.approx(0.4)
+    mlp = res["workloads"][2]["cases"][0]["rows"]
+    assert mlp["numpy"]["fraction_of_limit"] == pytest.approx(0.25)         # 10 µs of 40 µs
+    assert mlp["sklearn"]["speedup_vs_numpy"] == pytest.approx(0.4)
+    assert mlp["numpy"]["speedup_vs_torch"] is None                         # no torch row there
+    _check_consistent(res)
+
+
+def test_report_files_and_tables(tmp_path):
+    res = _synthetic()
+    paths = write_report(res, tmp_path / "out")
+    assert set(paths) == {"md", "json", "png"}
+    assert (tmp_path / "out" / "speedup.png").read_bytes()[:8] == PNG_MAGIC
+    assert load_results(paths["json"]) == json.loads(json.dumps(res))
+    md = (tmp_path / "out" / "report.md").read_text()
+    for wid in ("W1", "W2", "W3", "W5"):
+        assert f"## {wid} — " in md
+    lines = md.splitlines()
+    numba = [ln for ln in lines if ln.startswith("| matmul n=64 | fastnn numba |")]
+    assert len(numba) == 1
+    cells = [c.strip() for c in numba[0].strip("|").split("|")]
+    # case, backend, median, vs numpy, vs torch, GFLOP/s, of limit, spread, first call
+    assert cells[2:5] == ["5 µs", "4.00×", "2.00×"]
+    assert cells[5] == f"{2 * 64 ** 3 / 5e-6 / 1e9:.3g}"
+    assert cells[6] == f"{100 * 2 * 64 ** 3 / 5e-6 / 1e9 / 200:.0f}%"
+    assert cells[7] == "1.04"
+    torch_row = next(ln for ln in lines if ln.startswith("| matmul n=64 | PyTorch CPU |"))
+    assert "⚠" in torch_row
+    assert any(ln.startswith("| relu forward | fastnn cython | error: RuntimeError: boom") for ln in lines)
+    assert "not available (missing: fastnn.nn.Conv2d)" in md
+    assert "| train step | (BLAS matmuls only) | 10 µs |" in md
+    assert "**200 GFLOP/s**" in md and "**40.0 GB/s**" in md
+    # every row of every case has a table line
+    for wl in res["workloads"]:
+        for case in wl["cases"]:
+            for name in case["rows"]:
+                from fastnn.bench.report import ROW_LABELS
+                assert any(ln.startswith(f"| {case['name']} | {ROW_LABELS[name]} |") for ln in lines), name
+
+
+def test_fmt_time():
+    from fastnn.bench.report import fmt_time
+
+    assert fmt_time(12.34e-6) == "12.3 µs"
+    assert fmt_time(4.567e-3) == "4.57 ms"
+    assert fmt_time(1.5) == "1.5 s"
+    assert fmt_time(None) == "—"
+
+
+# -- compare -----------------------------------------------------------------
+
+def test_compare_two_saved_results(tmp_path, capsys):
+    old = _synthetic()
+    new = _synthetic(scale_numba=0.5, scale_numpy=3.0)   # numba 2x faster, numpy 3x slower
+    write_json(old, tmp_path / "old.json")
+    write_json(new, tmp_path / "new.json")
+    cmp = compare(load_results(tmp_path / "old.json"), load_results(tmp_path / "new.json"))
+    assert [(e["case"], e["row"]) for e in cmp["faster"]] == [("W1 matmul n=64", "numba")]
+    assert cmp["faster"][0]["change"] == pytest.approx(2.0)
+    assert [(e["case"], e["row"]) for e in cmp["slower"]] == [("W1 matmul n=64", "numpy")]
+    assert cmp["slower"][0]["change"] == pytest.approx(1 / 3)
+    unchanged = {(e["case"], e["row"]) for e in cmp["unchanged"]}
+    assert unchanged == {("W1 matmul n=64", "torch"), ("W2 relu forward", "numpy"),
+                         ("W3 train step", "numpy"), ("W3 train step", "sklearn")}
+    assert cmp["only_old"] == cmp["only_new"] == []
+
+    assert main(["bench", "--compare", str(tmp_path / "old.json"), str(tmp_path / "new.json")]) == 0
+    text = capsys.readouterr().out
+    assert "Faster: 1" in text and "Slower: 1" in text
+    assert "| W1 matmul n=64 | numba | 5 µs | 2.5 µs | 2.00× faster | 4.00× → 24.00× |" in text
+    assert "| W1 matmul n=64 | numpy | 20 µs | 60 µs | 0.33× slower |" in text
+
+
+def test_compare_overlapping_repetitions_are_unchanged():
+    old = _synthetic()
+    new = _synthetic()
+    r = new["workloads"][0]["cases"][0]["rows"]["numba"]
+    r.update(median=r["median"] * 0.7, min=r["min"] * 0.7)   # faster median, but ranges overlap
+    derive(new)
+    assert compare(old, new)["faster"] == []
+    assert compare(old, new, threshold=0.0)["faster"] == []
+
+
+def test_compare_rows_in_one_run_only():
+    old = _synthetic()
+    new = _synthetic()
+    del new["workloads"][0]["cases"][0]["rows"]["torch"]
+    cmp = compare(old, new)
+    assert cmp["only_old"] == ["W1 matmul n=64 / torch"] and cmp["only_new"] == []
+
+
+def test_load_results_rejects_other_json(tmp_path):
+    p = tmp_path / "x.json"
+    p.write_text('{"a": 1}')
+    with pytest.raises(ValueError, match="not a fastnn bench results.json"):
+        load_results(p)
+
+
+# -- workloads ---------------------------------------------------------------
+
+def test_resolve_and_missing():
+    assert workloads.resolve("fastnn.ops.matmul") is fastnn.ops.matmul
+    with pytest.raises(LookupError):
+        workloads.resolve("fastnn.ops.no_such_kernel")
+    fake = workloads.Workload("ZZ", "fake", None, ("fastnn.ops.relu", "fastnn.nn.NoSuchLayer"), lambda q, t: [])
+    assert workloads.missing(fake) == ["fastnn.nn.NoSuchLayer"]
+
+
+def test_get_workloads_order_and_errors():
+    assert [w.id for w in workloads.get_workloads(["w3", "W1"])] == ["W1", "W3"]
+    assert [w.id for w in workloads.get_workloads()][:6] == ["W1", "W2", "W3", "W4", "W5", "W6"]
+    with pytest.raises(ValueError, match="W9"):
+        workloads.get_workloads(["W9"])
+
+
+def test_case_figures():
+    w1 = workloads.get_workloads(["W1"])[0].cases(False, False)
+    assert [c.name for c in w1] == ["matmul n=64", "matmul n=256", "matmul n=1024", "matmul 32x64x128"]
+    assert w1[2].flops == 2.0 * 1024 ** 3
+    w2 = workloads.get_workloads(["W2"])[0].cases(False, False)
+    assert len(w2) == 6 and w2[0].params["n"] == 4 * 1024 * 1024
+    assert w2[0].bytes == 8 * 4 * 1024 * 1024 and w2[1].bytes == 12 * 4 * 1024 * 1024   # fwd r+w, bwd 2r+w
+    w4 = workloads.get_workloads(["W4"])[0].cases(False, False)[0]
+    assert w4.gemm_shapes == [(128, 784, 256), (128, 256, 10), (10, 128, 256), (128, 10, 256), (256, 128, 784)]
+
+
+def test_gemm_only_step_computes_products():
+    case = workloads.get_workloads(["W3"])[0].cases(False, True)[0]
+    step = workloads.build_gemm_only(case)
+    step()
+    # the closure holds (a, b, c) triples; c must equal a @ b after a call
+    triples = step.__closure__[0].cell_contents
+    assert len(triples) == 5
+    for a, b, c in triples:
+        np.testing.assert_allclose(c, a @ b, rtol=1e-5, atol=1e-4)
+
+
+def test_fastnn_steps_compute(backend):
+    """The W1/W2 steps do the work they claim, in every backend."""
+    case = workloads.get_workloads(["W1"])[0].cases(False, True)[0]
+    step = workloads.build_step(case)
+    c = step()
+    rng = np.random.default_rng(workloads.SEED)
+    a = rng.standard_normal((64, 64)).astype(np.float32)
+    b = rng.standard_normal((64, 64)).astype(np.float32)
+    np.testing.assert_allclose(c, a @ b, rtol=1e-4, atol=1e-4)
+    act = workloads.get_workloads(["W2"])[0].cases(False, True)[2]   # sigmoid forward
+    y = workloads.build_step(act)()
+    x = np.random.default_rng(workloads.SEED).standard_normal(act.params["n"]).astype(np.float32)
+    np.testing.assert_allclose(y, 1 / (1 + np.exp(-x.astype(np.float64))), rtol=1e-5, atol=1e-6)
+
+
+# -- machine limits ------------------------------------------------------------
+
+def test_machine_measurements_follow_from_times():
+    g = machine.measure_gemm(n=128, repeat=3, min_block=0.001)
+    assert len(g["times"]) == 3 and min(g["times"]) > 0
+    assert g["gflops"] == pytest.approx(2 * 128 ** 3 / np.median(g["times"]) / 1e9, rel=1e-12)
+    c = machine.measure_copy(mbytes=4, repeat=3, min_block=0.001)
+    assert c["gbps"] == pytest.approx(2 * 4 * 2 ** 20 / np.median(c["times"]) / 1e9, rel=1e-12)
+    ctx = machine.context(fastnn.get_num_threads())
+    assert ctx["thread_counts"]["fastnn"] == fastnn.get_num_threads()
+    assert ctx["numpy"] == np.__version__ and ctx["cores"] >= 1
+
+
+# -- the timing loop -------------------------------------------------------------
+
+def test_row_result_and_noise_flag():
+    r = runner._Row("numpy", "backend", None, None)
+    r.times = [1.0, 1.5, 1.1]
+    out = runner._row_result(r)
+    assert out["median"] == 1.1 and out["spread"] == 1.5 and out["noisy"]
+    r.times = [1.0, 1.2, 1.1]
+    assert not runner._row_result(r)["noisy"]
+
+
+def test_missing_and_failing_workloads_do_not_stop_a_run(monkeypatch):
+    def cases(quick, tiny):
+        return [workloads.Case("ZA", "relu tiny", "act_forward", {"act": "relu", "n": 1000}, bytes=8000.0),
+                workloads.Case("ZA", "broken", "act_forward", {"act": "no_such_act", "n": 10}, bytes=80.0)]
+
+    fake = [workloads.Workload("ZA", "fake ok", "copy", ("fastnn.ops.relu",), cases),
+            workloads.Workload("ZB", "fake missing", None, ("fastnn.nn.NoSuchLayer",), cases)]
+    monkeypatch.setattr(workloads, "WORKLOADS", fake)
+    res = fastnn.bench.run_bench(workloads=["ZA", "ZB"], backends=["numpy"], tiny=True, progress=False)
+    za, zb = res["workloads"]
+    assert zb["available"] is False and zb["missing"] == ["fastnn.nn.NoSuchLayer"] and zb["cases"] == []
+    ok, broken = za["cases"]
+    assert len(ok["rows"]["numpy"]["times"]) == res["settings"]["repeat"]
+    assert ok["rows"]["numpy"]["speedup_vs_numpy"] == pytest.approx(1.0)
+    assert broken["rows"]["numpy"]["error"].startswith("AttributeError")
+    assert "median" not in broken["rows"]["numpy"]
+    assert "not available (missing: fastnn.nn.NoSuchLayer)" in markdown(res)
+
+
+def test_tiny_quick_run_end_to_end(tmp_path, capsys):
+    """A real (tiny) `fastnn bench --quick` run: files, rows and ratios."""
+    out = tmp_path / "bench"
+    assert main(["bench", "--quick", "--tiny", "--no-progress", "--threads", "1", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    res = load_results(out / "results.json")
+    assert (out / "speedup.png").read_bytes()[:8] == PNG_MAGIC
+    md = (out / "report.md").read_text()
+    assert "## W1 — " in printed and "| matmul n=64 | fastnn numpy |" in printed
+    assert res["settings"]["threads"] == 1 and res["machine"]["gemm"]["gflops"] > 0
+    assert res["machine"]["copy"]["gbps"] > 0
+    assert [w["id"] for w in res["workloads"]] == [w.id for w in workloads.WORKLOADS]
+    expected_rows = set(fastnn.available_backends())
+    from fastnn.bench import anchors
+
+    for a in anchors.ANCHORS:
+        if anchors.available(a):
+            expected_rows.add(a)
+    for wl in res["workloads"]:
+        assert f"## {wl['id']} — " in md
+        if not wl["available"]:
+            assert wl["missing"] and f"not available (missing: {', '.join(wl['missing'])})" in md
+            continue
+        assert wl["cases"]
+        for case in wl["cases"]:
+            want = {"numpy", "numba", "cython"} & expected_rows
+            if "torch" in expected_rows:
+                want.add("torch")
+            if case["kind"] == "mlp" and "sklearn" in expected_rows:
+                want.add("sklearn")
+            assert set(case["rows"]) == want, case["key"]
+            for name, r in case["rows"].items():
+                assert r["error"] is None, (case["key"], name, r["error"])
+                assert r["first_call"] > 0
+    _check_consistent(res)
+    # W1 and W2 always exist
+    assert res["workloads"][0]["available"] and res["workloads"][1]["available"]

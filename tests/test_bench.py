@@ -34,6 +34,8 @@ def _synthetic(scale_numba=1.0, scale_numpy=1.0):
     w1 = {"id": "W1", "title": "matrix multiply", "limit": "gemm", "note": "", "available": True, "missing": [],
           "cases": [{"key": "W1 matmul n=64", "name": "matmul n=64", "kind": "matmul", "params": {},
                      "flops": 2.0 * 64 ** 3, "bytes": None, "gemm_shapes": [],
+                     "limit": {"kind": "gemm", "what": "BLAS sgemm n=1024", "unit": "GFLOP/s",
+                               "value": 250.0, **_row([2 * 1024 ** 3 / 250e9] * 3, kind="limit")},
                      "rows": {"numpy": _row([2e-5 * scale_numpy] * 3),
                               "numba": _row([5e-6 * scale_numba, 5e-6 * scale_numba, 5.2e-6 * scale_numba]),
                               "torch": _row([1e-5, 1.5e-5, 1e-5], kind="anchor")}}]}
@@ -46,7 +48,9 @@ def _synthetic(scale_numba=1.0, scale_numpy=1.0):
     w3 = {"id": "W3", "title": "MLP train step", "limit": "gemm_time", "note": "", "available": True,
           "missing": [],
           "cases": [{"key": "W3 train step", "name": "train step", "kind": "mlp", "params": {}, "flops": 1e6,
-                     "bytes": None, "gemm_shapes": [[32, 64, 128]], "gemm_only_time": 1e-5,
+                     "bytes": None, "gemm_shapes": [[32, 64, 128]],
+                     "limit": {"kind": "gemm_time", "what": "BLAS matmuls only", "unit": "s", "value": 1e-5,
+                               **_row([1e-5] * 3, kind="limit")},
                      "rows": {"numpy": _row([4e-5] * 3), "sklearn": _row([1e-4] * 3, kind="anchor")}}]}
     w5 = {"id": "W5", "title": "CNN", "limit": None, "note": "", "available": False,
           "missing": ["fastnn.nn.Conv2d"], "cases": []}
@@ -64,11 +68,14 @@ def _synthetic(scale_numba=1.0, scale_numpy=1.0):
 
 def _check_consistent(results):
     """Every derived number follows from the raw repetitions."""
-    peak = results["machine"]["gemm"]["gflops"]
-    bw = results["machine"]["copy"]["gbps"]
     for wl in results["workloads"]:
         for case in wl["cases"]:
             rows = case["rows"]
+            lim = case.get("limit", {}).get("value")
+            peak = lim if wl["limit"] == "gemm" and lim else results["machine"]["gemm"]["gflops"]
+            bw = lim if wl["limit"] == "copy" and lim else results["machine"]["copy"]["gbps"]
+            if wl["limit"] in ("gemm", "copy"):
+                assert lim and len(case["limit"]["times"]) == len(rows["numpy"]["times"])
             t_np = rows.get("numpy", {}).get("median")
             t_torch = rows.get("torch", {}).get("median")
             for name, r in rows.items():
@@ -90,9 +97,9 @@ def _check_consistent(results):
                 elif wl["limit"] == "copy" and case["bytes"]:
                     assert r["gbps"] == pytest.approx(case["bytes"] / r["median"] / 1e9, rel=1e-12)
                     assert r["fraction_of_limit"] == pytest.approx(r["gbps"] / bw, rel=1e-12)
-                elif wl["limit"] == "gemm_time" and case.get("gemm_only_time"):
-                    assert r["fraction_of_limit"] == pytest.approx(case["gemm_only_time"] / r["median"],
-                                                                   rel=1e-12)
+                elif wl["limit"] == "gemm_time" and lim:
+                    assert lim == case["limit"]["median"]
+                    assert r["fraction_of_limit"] == pytest.approx(lim / r["median"], rel=1e-12)
                 else:
                     assert r["fraction_of_limit"] is None
 
@@ -107,14 +114,15 @@ def test_derive_known_numbers():
     assert rows["numba"]["speedup_vs_torch"] == pytest.approx(2.0)          # 10 µs / 5 µs
     assert rows["torch"]["noisy"] and not rows["numba"]["noisy"]           # spread 1.5 vs 1.04
     assert rows["numba"]["gflops"] == pytest.approx(2 * 64 ** 3 / 5e-6 / 1e9)
-    assert rows["numba"]["fraction_of_limit"] == pytest.approx(2 * 64 ** 3 / 5e-6 / 1e9 / 200.0)
+    # the limit measured with the case (250 GFLOP/s), not the run's (200)
+    assert rows["numba"]["fraction_of_limit"] == pytest.approx(2 * 64 ** 3 / 5e-6 / 1e9 / 250.0)
     relu = res["workloads"][1]["cases"][0]["rows"]["numpy"]
+    # no limit row in this case: the run's copy bandwidth (40 GB/s)
     assert relu["gbps"] == pytest.approx(16.0) and relu["fraction_of_limit"] == pytest.approx(0.4)
     mlp = res["workloads"][2]["cases"][0]["rows"]
     assert mlp["numpy"]["fraction_of_limit"] == pytest.approx(0.25)         # 10 µs of 40 µs
     assert mlp["sklearn"]["speedup_vs_numpy"] == pytest.approx(0.4)
     assert mlp["numpy"]["speedup_vs_torch"] is None                         # no torch row there
-    _check_consistent(res)
 
 
 def test_report_files_and_tables(tmp_path):
@@ -133,13 +141,14 @@ def test_report_files_and_tables(tmp_path):
     # case, backend, median, vs numpy, vs torch, GFLOP/s, of limit, spread, first call
     assert cells[2:5] == ["5 µs", "4.00×", "2.00×"]
     assert cells[5] == f"{2 * 64 ** 3 / 5e-6 / 1e9:.3g}"
-    assert cells[6] == f"{100 * 2 * 64 ** 3 / 5e-6 / 1e9 / 200:.0f}%"
+    assert cells[6] == f"{100 * 2 * 64 ** 3 / 5e-6 / 1e9 / 250:.0f}%"
     assert cells[7] == "1.04"
     torch_row = next(ln for ln in lines if ln.startswith("| matmul n=64 | PyTorch CPU |"))
     assert "⚠" in torch_row
     assert any(ln.startswith("| relu forward | fastnn cython | error: RuntimeError: boom") for ln in lines)
     assert "not available (missing: fastnn.nn.Conv2d)" in md
-    assert "| train step | (BLAS matmuls only) | 10 µs |" in md
+    assert "| train step | (limit: BLAS matmuls only) | 10 µs |" in md
+    assert "| matmul n=64 | (limit: BLAS sgemm n=1024) | 8.59 ms | — | — | 250 | 100% | 1.00 | — |" in md
     assert "**200 GFLOP/s**" in md and "**40.0 GB/s**" in md
     # every row of every case has a table line
     for wl in res["workloads"]:

@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-__all__ = ["measure_gemm", "measure_copy", "context", "time_block"]
+__all__ = ["measure_gemm", "measure_copy", "gemm_step", "copy_step", "context", "time_block"]
 
 
 def time_block(fn, number: int) -> float:
@@ -45,6 +45,23 @@ def _repeat(fn, repeat: int, min_block: float) -> list[float]:
     return [time_block(fn, number) for _ in range(repeat)]
 
 
+def gemm_step(n: int = 1024):
+    """``(step, flops)``: one float32 ``n x n`` product through NumPy's BLAS."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n), dtype=np.float32)
+    b = rng.standard_normal((n, n), dtype=np.float32)
+    c = np.empty((n, n), np.float32)
+    return (lambda: np.matmul(a, b, out=c)), 2.0 * n ** 3
+
+
+def copy_step(mbytes: int = 128):
+    """``(step, bytes)``: one copy of an ``mbytes`` MiB buffer; bytes counts read + written."""
+    n = mbytes * (1 << 20) // 4
+    src = np.ones(n, np.float32)
+    dst = np.zeros(n, np.float32)
+    return (lambda: np.copyto(dst, src)), 2.0 * src.nbytes
+
+
 def measure_gemm(n: int = 1024, repeat: int = 5, min_block: float = 0.05) -> dict:
     """Float32 GEMM throughput of NumPy's BLAS at size ``n``.
 
@@ -54,13 +71,9 @@ def measure_gemm(n: int = 1024, repeat: int = 5, min_block: float = 0.05) -> dic
         ``n``, ``gflops`` (from the median time), ``times`` (seconds per
         product, one per repetition).
     """
-    rng = np.random.default_rng(0)
-    a = rng.standard_normal((n, n), dtype=np.float32)
-    b = rng.standard_normal((n, n), dtype=np.float32)
-    c = np.empty((n, n), np.float32)
-    times = _repeat(lambda: np.matmul(a, b, out=c), repeat, min_block)
-    med = float(np.median(times))
-    return {"n": n, "gflops": 2.0 * n ** 3 / med / 1e9, "times": times}
+    step, flops = gemm_step(n)
+    times = _repeat(step, repeat, min_block)
+    return {"n": n, "gflops": flops / float(np.median(times)) / 1e9, "times": times}
 
 
 def measure_copy(mbytes: int = 128, repeat: int = 5, min_block: float = 0.05) -> dict:
@@ -76,12 +89,9 @@ def measure_copy(mbytes: int = 128, repeat: int = 5, min_block: float = 0.05) ->
     dict
         ``mbytes``, ``gbps`` (from the median time), ``times``.
     """
-    n = mbytes * (1 << 20) // 4
-    src = np.ones(n, np.float32)
-    dst = np.zeros(n, np.float32)
-    times = _repeat(lambda: np.copyto(dst, src), repeat, min_block)
-    med = float(np.median(times))
-    return {"mbytes": mbytes, "gbps": 2.0 * src.nbytes / med / 1e9, "times": times}
+    step, nbytes = copy_step(mbytes)
+    times = _repeat(step, repeat, min_block)
+    return {"mbytes": mbytes, "gbps": nbytes / float(np.median(times)) / 1e9, "times": times}
 
 
 def context(threads: int) -> dict:

@@ -21,9 +21,9 @@ ROW_ORDER = ("numpy", "numba", "cython", "torch", "sklearn")
 ROW_LABELS = {"numpy": "fastnn numpy", "numba": "fastnn numba", "cython": "fastnn cython",
               "torch": "PyTorch CPU", "sklearn": "scikit-learn"}
 LIMIT_LABELS = {
-    "gemm": "BLAS GEMM GFLOP/s (n=1024)",
-    "copy": "memory-copy GB/s",
-    "gemm_time": "GEMM-only time of the step's matrix products",
+    "gemm": "BLAS sgemm GFLOP/s",
+    "copy": "memory-copy GB/s (read + write)",
+    "gemm_time": "the time of the step's matrix products alone through BLAS",
     None: None,
 }
 
@@ -84,8 +84,9 @@ def _header_lines(results: dict) -> list[str]:
         f"Times are medians over {s.get('repeat')} rounds in which the rows take turns "
         f"(spread = slowest / fastest round; ⚠ marks a spread above {s.get('noisy_spread', 1.3)}). "
         "\"vs numpy\" and \"vs torch\" are that row's time divided by this row's time "
-        "(above 1× = faster). \"of limit\": achieved GFLOP/s or GB/s over the machine limit, or for "
-        "training steps the BLAS-only time of the step's matrix products over the step's time. "
+        "(above 1× = faster). \"of limit\": achieved GFLOP/s or GB/s over the machine limit measured "
+        "in the same rounds, or for training steps the BLAS-only time of the step's matrix products "
+        "over the step's time. "
         "\"first call\" includes JIT compilation and is not part of the median.",
         "",
     ]
@@ -101,7 +102,8 @@ def workload_table(wl: dict) -> list[str]:
         lines += [f"not available (missing: {', '.join(wl.get('missing', []))})", ""]
         return lines
     if limit:
-        lines += [f"Limit: {limit}." + (f" {wl['note']}." if wl.get("note") else ""), ""]
+        lines += [f"Limit: {limit}, measured in the same rounds (the \"limit\" row)."
+                  + (f" {wl['note']}." if wl.get("note") else ""), ""]
     elif wl.get("note"):
         lines += [wl["note"] + ".", ""]
     rate = None
@@ -129,9 +131,14 @@ def workload_table(wl: dict) -> list[str]:
                     cells.append("—" if v is None else f"{v:.3g}")
                 cells += [_pct(r.get("fraction_of_limit")), spread, fmt_time(r.get("first_call"))]
             lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
-        if case.get("gemm_only_time"):
-            lines.append(f"| {case['name']} | (BLAS matmuls only) | {fmt_time(case['gemm_only_time'])} | "
-                         + " | ".join(["—"] * (len(cols) - 3)) + " |")
+        lim = case.get("limit")
+        if lim and lim.get("value"):
+            cells = [case["name"], f"(limit: {lim.get('what', '?')})", fmt_time(lim.get("median")), "—", "—"]
+            if rate:
+                cells.append(f"{lim['value']:.3g}" if lim.get("unit") == rate[0] else "—")
+            spread = f"{lim['spread']:.2f}" + (" ⚠" if lim.get("noisy") else "") if lim.get("spread") else "—"
+            cells += ["100%" if rate else "—", spread, "—"]
+            lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     return lines
 

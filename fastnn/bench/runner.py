@@ -2,8 +2,11 @@
 
 Method, for every case of every selected workload:
 
-1. Build one step per row (each fastnn backend, PyTorch, scikit-learn, and a
-   hidden BLAS-only row for the GEMM-only limit), each with its own buffers.
+1. Build one step per row (each fastnn backend, PyTorch, scikit-learn), each
+   with its own buffers, and one hidden row that measures the case's machine
+   limit (a BLAS sgemm at n = 1024, a large memory copy, or the step's matrix
+   products alone through BLAS): timed in the same rounds, the limit sees the
+   same machine state as the rows it is compared with.
 2. Call each step once and record that time as the *first-call latency*
    (it includes Numba's compilation or cache load; it is reported apart and
    never mixed into the medians).
@@ -35,7 +38,7 @@ __all__ = ["run_bench", "derive", "NOISY_SPREAD", "SCHEMA", "settings_for"]
 SCHEMA = 1
 #: Repetition spread (max / min) above which a median is flagged as noisy.
 NOISY_SPREAD = 1.3
-LIMIT_ROW = "_gemm_only"
+LIMIT_ROW = "_limit"
 FASTNN_ORDER = ("numpy", "numba", "cython")
 
 
@@ -43,12 +46,13 @@ def settings_for(quick: bool, tiny: bool = False, repeat: int | None = None,
                  min_block: float | None = None) -> dict:
     """Repetitions and block length for a full or a ``--quick`` run."""
     if tiny:
-        rep, block = 3, 0.002
+        rep, block, gemm_n, copy_mb = 3, 0.002, 256, 16
     elif quick:
-        rep, block = 5, 0.01
+        rep, block, gemm_n, copy_mb = 5, 0.01, 1024, 64
     else:
-        rep, block = 9, 0.05
-    return {"repeat": int(repeat or rep), "min_block": float(min_block or block)}
+        rep, block, gemm_n, copy_mb = 9, 0.05, 1024, 128
+    return {"repeat": int(repeat or rep), "min_block": float(min_block or block), "gemm_n": gemm_n,
+            "copy_mbytes": copy_mb}
 
 
 class _Row:
@@ -62,6 +66,7 @@ class _Row:
         self.times: list[float] = []
         self.first_call = None
         self.error = None
+        self.per_call = 1
 
     def fail(self, exc):
         self.error = f"{type(exc).__name__}: {exc}".strip()
@@ -88,15 +93,42 @@ def _backend_context(name, own_gemm):
     return ctx
 
 
-def _rows_for(case: Case, backends, anchor_names) -> list[_Row]:
+def _limit_row(limit, case, cfg):
+    """The hidden row that measures the case's machine limit, interleaved with the others."""
+    if limit == "gemm":
+        return _Row(LIMIT_ROW, "limit", lambda: _machine.gemm_step(cfg["gemm_n"])[0], contextlib.nullcontext)
+    if limit == "copy":
+        return _Row(LIMIT_ROW, "limit", lambda: _machine.copy_step(cfg["copy_mbytes"])[0], contextlib.nullcontext)
+    if limit == "gemm_time" and case.gemm_shapes:
+        return _Row(LIMIT_ROW, "limit", lambda: build_gemm_only(case), contextlib.nullcontext)
+    return None
+
+
+def _limit_entry(limit, res, cfg):
+    entry = {"kind": limit, **res}
+    t = res.get("median")
+    if not t:
+        entry["value"] = None
+    elif limit == "gemm":
+        entry.update(what=f"BLAS sgemm n={cfg['gemm_n']}", unit="GFLOP/s", value=2.0 * cfg["gemm_n"] ** 3 / t / 1e9)
+    elif limit == "copy":
+        entry.update(what=f"memory copy {cfg['copy_mbytes']} MiB", unit="GB/s",
+                     value=2.0 * cfg["copy_mbytes"] * (1 << 20) / t / 1e9)
+    else:
+        entry.update(what="BLAS matmuls only", unit="s", value=t)
+    return entry
+
+
+def _rows_for(case: Case, backends, anchor_names, limit=None, cfg=None) -> list[_Row]:
     rows = []
     for b in backends:
         own = case.kind == "gemm" and b != "numpy"
         rows.append(_Row(b, "backend", lambda c=case: build_step(c), _backend_context(b, own)))
     for a in anchor_names:
         rows.append(_Row(a, "anchor", lambda c=case, a=a: _anchors.build_anchor(a, c), contextlib.nullcontext))
-    if case.gemm_shapes:
-        rows.append(_Row(LIMIT_ROW, "limit", lambda c=case: build_gemm_only(c), contextlib.nullcontext))
+    lim = _limit_row(limit, case, cfg) if limit else None
+    if lim is not None:
+        rows.append(lim)
     return rows
 
 
@@ -107,6 +139,9 @@ def _prepare(row: _Row, min_block: float) -> bool:
             row.step = row.build()
             if row.step is None:
                 return False
+            # a step may do several units of work per call (scikit-learn: several
+            # batches per partial_fit); every time is reported per unit
+            row.per_call = int(getattr(row.step, "steps_per_call", 1))
             row.first_call = _machine.time_block(row.step, 1)
             t = _machine.time_block(row.step, 1)
             if t < min_block / 4:  # a third call, so that calibration is not one sample
@@ -127,14 +162,15 @@ def _time_case(rows: list[_Row], repeat: int, tick) -> None:
                 continue
             try:
                 with row.context():
-                    row.times.append(_machine.time_block(row.step, row.number))
+                    row.times.append(_machine.time_block(row.step, row.number) / row.per_call)
             except Exception as exc:
                 row.fail(exc)
             tick()
 
 
 def _row_result(row: _Row) -> dict:
-    out = {"number": row.number, "first_call": row.first_call, "error": row.error,
+    out = {"number": row.number, "steps_per_call": row.per_call, "first_call": row.first_call,
+           "error": row.error,
            "times": [float(t) for t in row.times]}
     if row.times and row.error is None:
         t = np.asarray(row.times)
@@ -152,9 +188,10 @@ def derive(results: dict) -> dict:
     and ``fraction_of_limit``: achieved GFLOP/s over the GEMM peak (limit
     ``"gemm"``), achieved GB/s over the copy bandwidth (``"copy"``), or the
     BLAS-only time of the step's matrix products over ``t`` (``"gemm_time"``).
+    The limits are those measured with the case (``case["limit"]``), else the
+    run's (``results["machine"]``).
     """
-    peak = results["machine"]["gemm"]["gflops"]
-    bw = results["machine"]["copy"]["gbps"]
+    m = results["machine"]
     for wl in results["workloads"]:
         for case in wl.get("cases", []):
             rows = case["rows"]
@@ -164,7 +201,10 @@ def derive(results: dict) -> dict:
                 return r.get("median") if r else None
 
             t_np, t_torch = med("numpy"), med("torch")
-            limit_t = case.get("gemm_only_time")
+            lim = (case.get("limit") or {}).get("value")
+            peak = lim if wl["limit"] == "gemm" and lim else m["gemm"]["gflops"]
+            bw = lim if wl["limit"] == "copy" and lim else m["copy"]["gbps"]
+            limit_t = lim if wl["limit"] == "gemm_time" else None
             for name, r in rows.items():
                 t = r.get("median")
                 r["speedup_vs_numpy"] = t_np / t if t and t_np else None
@@ -246,9 +286,8 @@ def run_bench(workloads=None, backends=None, threads=None, quick=False, tiny=Fal
         fastnn.backends.get(b)
     mrep = 3 if (quick or tiny) else 7
     machine = {
-        "gemm": _machine.measure_gemm(256 if tiny else 1024, repeat=mrep, min_block=cfg["min_block"]),
-        "copy": _machine.measure_copy(16 if tiny else (64 if quick else 128), repeat=mrep,
-                                      min_block=cfg["min_block"]),
+        "gemm": _machine.measure_gemm(cfg["gemm_n"], repeat=mrep, min_block=cfg["min_block"]),
+        "copy": _machine.measure_copy(cfg["copy_mbytes"], repeat=mrep, min_block=cfg["min_block"]),
     }
 
     plan = []
@@ -266,7 +305,7 @@ def run_bench(workloads=None, backends=None, threads=None, quick=False, tiny=Fal
         for case in cases:
             if bar is not None:
                 bar.set_description(case.key)
-            rows = _rows_for(case, fast_backends, anchor_names)
+            rows = _rows_for(case, fast_backends, anchor_names, wl.limit, cfg)
             rows = [r for r in rows if _prepare(r, cfg["min_block"])]
             _time_case(rows, cfg["repeat"], lambda: None)
             centry = {"key": case.key, "name": case.name, "kind": case.kind, "params": case.params,
@@ -274,8 +313,7 @@ def run_bench(workloads=None, backends=None, threads=None, quick=False, tiny=Fal
             for row in rows:
                 res = _row_result(row)
                 if row.kind == "limit":
-                    centry["gemm_only_time"] = res.get("median")
-                    centry["gemm_only"] = res
+                    centry["limit"] = _limit_entry(wl.limit, res, cfg)
                 else:
                     res["kind"] = row.kind
                     centry["rows"][row.label] = res

@@ -181,7 +181,7 @@ def _w6(quick, tiny):
 
 def _lstm(quick, tiny):
     t, i, h, b = (5, 8, 16, 4) if tiny else (100, 32, 128, 64)
-    return [Case("LSTM", f"LSTM T={t} I={i} H={h} B={b} fwd+bwd", "lstm", dict(t=t, i=i, h=h, b=b))]
+    return [Case("LSTM", f"T={t} I={i} H={h} B={b} fwd+bwd", "lstm", dict(t=t, i=i, h=h, b=b))]
 
 
 def _conv(quick, tiny):

@@ -150,6 +150,11 @@ def test_report_files_and_tables(tmp_path):
     assert "| train step | (limit: BLAS matmuls only) | 10 µs |" in md
     assert "| matmul n=64 | (limit: BLAS sgemm n=1024) | 8.59 ms | — | — | 250 | 100% | 1.00 | — |" in md
     assert "**200 GFLOP/s**" in md and "**40.0 GB/s**" in md
+    # the summary: one line per case, medians side by side, best compiled backend's ratios
+    assert ("| workload | fastnn numpy | fastnn numba | PyTorch CPU | scikit-learn | best fastnn vs numpy | "
+            "best fastnn vs PyTorch |") in md
+    assert "| W1 matmul n=64 | 20 µs | 5 µs | 10 µs ⚠ | — | 4.00× (numba) | 2.00× (numba) |" in md
+    assert "| W3 train step | 40 µs | — | — | 100 µs | — | — |" in md
     # every row of every case has a table line
     for wl in res["workloads"]:
         for case in wl["cases"]:

@@ -143,9 +143,45 @@ def workload_table(wl: dict) -> list[str]:
     return lines
 
 
+def summary_table(results: dict) -> list[str]:
+    """One line per case: the median of every row, and the best fastnn backend's speed-ups.
+
+    This is the table to paste into a README.
+    """
+    cases = [c for wl in results["workloads"] for c in wl.get("cases", [])]
+    present = [n for n in ROW_ORDER if any(c["rows"].get(n, {}).get("median") for c in cases)]
+    if not cases or not present:
+        return []
+    fast = [n for n in present if n in ("numba", "cython")]
+    cols = ["workload"] + [ROW_LABELS[n] for n in present]
+    if fast:
+        cols += ["best fastnn vs numpy"]
+        if "torch" in present:
+            cols += ["best fastnn vs PyTorch"]
+    lines = ["## Summary", "", "| " + " | ".join(cols) + " |",
+             "|:---|" + "|".join("---:" for _ in cols[1:]) + "|"]
+    for c in cases:
+        rows = c["rows"]
+        cells = [c["key"]]
+        for n in present:
+            r = rows.get(n, {})
+            cells.append(fmt_time(r.get("median")) + (" ⚠" if r.get("noisy") else "")
+                         if r.get("median") else ("error" if r.get("error") else "—"))
+        if fast:
+            timed = [(rows[n]["median"], n) for n in fast if rows.get(n, {}).get("median")]
+            best = min(timed) if timed else None
+            cells.append(f"{_ratio(rows[best[1]].get('speedup_vs_numpy'))} ({best[1]})" if best else "—")
+            if "torch" in present:
+                cells.append(f"{_ratio(rows[best[1]].get('speedup_vs_torch'))} ({best[1]})" if best else "—")
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    return lines
+
+
 def markdown(results: dict) -> str:
     """The whole ``report.md``."""
     lines = _header_lines(results)
+    lines += summary_table(results)
     for wl in results["workloads"]:
         lines += workload_table(wl)
     noisy = [f"{c['key']} ({n})" for wl in results["workloads"] for c in wl.get("cases", [])

@@ -355,3 +355,23 @@ def test_tiny_quick_run_end_to_end(tmp_path, capsys):
     _check_consistent(res)
     # W1 and W2 always exist
     assert res["workloads"][0]["available"] and res["workloads"][1]["available"]
+
+
+def test_compare_a_new_run_against_a_saved_one(tmp_path, capsys):
+    old = _synthetic()
+    write_json(old, tmp_path / "old.json")
+    out = tmp_path / "run"
+    assert main(["bench", "--quick", "--tiny", "--no-progress", "--workloads", "W1", "--backends", "numpy",
+                 "--threads", "1", "--out", str(out), "--compare", str(tmp_path / "old.json")]) == 0
+    text = capsys.readouterr().out
+    assert "Comparing this run against" in text
+    new = load_results(out / "results.json")
+    cmp = compare(old, new)
+    # the only row in both runs is W1 matmul n=64 / numpy; the rest is in one run only
+    matched = cmp["faster"] + cmp["slower"] + cmp["unchanged"]
+    assert [(e["case"], e["row"]) for e in matched] == [("W1 matmul n=64", "numpy")]
+    e = matched[0]
+    new_med = new["workloads"][0]["cases"][0]["rows"]["numpy"]["median"]
+    assert e["change"] == pytest.approx(2e-5 / new_med)
+    assert "W1 matmul n=64 / torch" in cmp["only_old"]
+    assert "W1 matmul 32x64x128 / numpy" in cmp["only_new"]

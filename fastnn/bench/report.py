@@ -187,8 +187,9 @@ def markdown(results: dict) -> str:
     noisy = [f"{c['key']} ({n})" for wl in results["workloads"] for c in wl.get("cases", [])
              for n, r in c["rows"].items() if r.get("noisy")]
     if noisy:
-        lines += [f"⚠ Noisy medians (spread above {results['settings'].get('noisy_spread', 1.3)}): "
-                  + ", ".join(noisy) + ". Re-run on a quieter machine before quoting these.", ""]
+        which = ": " + ", ".join(noisy) if len(noisy) <= 12 else " (marked ⚠ in the tables)"
+        lines += [f"⚠ {len(noisy)} noisy medians (spread above {results['settings'].get('noisy_spread', 1.3)})"
+                  + which + ". Re-run on a quieter machine before quoting these.", ""]
     return "\n".join(lines)
 
 
@@ -263,14 +264,46 @@ def plot_speedup(results: dict, path) -> None:
     plt.close(fig)
 
 
+def plot_gemm(results: dict, path) -> bool:
+    """GFLOP/s against matrix size for the GEMM workload (False when it did not run)."""
+    wl = next((w for w in results["workloads"] if w["id"] == "GEMM" and w.get("cases")), None)
+    if wl is None:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    names = [n for n in ROW_ORDER if any(c["rows"].get(n, {}).get("gflops") for c in wl["cases"])]
+    for name in names:
+        pts = [(c["params"]["n"], c["rows"][name]["gflops"]) for c in wl["cases"]
+               if c["rows"].get(name, {}).get("gflops")]
+        label = {"numpy": "BLAS (fastnn numpy)"}.get(name, ROW_LABELS.get(name, name))
+        ax.plot(*zip(*pts), marker="o", label=label)
+    peak = results["machine"]["gemm"]["gflops"]
+    ax.axhline(peak, color="gray", linestyle="--", linewidth=1,
+               label=f"BLAS sgemm n={results['machine']['gemm']['n']} ({peak:.0f} GFLOP/s)")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("n (C = A·B, all n x n, float32)")
+    ax.set_ylabel("GFLOP/s")
+    ax.set_title(f"GEMM throughput ({results['settings'].get('threads')} threads)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
 def write_report(results: dict, out_dir) -> dict:
     """Write ``report.md``, ``results.json`` and ``speedup.png`` into ``out_dir``.
 
     Returns
     -------
     dict
-        The paths written, by kind (``"md"``, ``"json"``, ``"png"``); the plot
-        is skipped, with a note in the report, when matplotlib is missing.
+        The paths written, by kind (``"md"``, ``"json"``, ``"png"``, and
+        ``"gemm_png"`` when the GEMM workload ran); the plots are skipped, with
+        a note in the report, when matplotlib is missing.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -280,6 +313,9 @@ def write_report(results: dict, out_dir) -> dict:
     try:
         plot_speedup(results, paths["png"])
         text += "\n![speed-up over the NumPy backend](speedup.png)\n"
+        if plot_gemm(results, out_dir / "gemm.png"):
+            paths["gemm_png"] = out_dir / "gemm.png"
+            text += "\n![GEMM GFLOP/s against size](gemm.png)\n"
     except ImportError:
         paths.pop("png")
         text += "\n(speedup.png not drawn: matplotlib is not installed)\n"

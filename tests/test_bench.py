@@ -375,3 +375,11 @@ def test_compare_a_new_run_against_a_saved_one(tmp_path, capsys):
     assert e["change"] == pytest.approx(2e-5 / new_med)
     assert "W1 matmul n=64 / torch" in cmp["only_old"]
     assert "W1 matmul 32x64x128 / numpy" in cmp["only_new"]
+
+
+def test_run_restores_the_thread_count():
+    before = fastnn.get_num_threads()
+    other = 1 if before != 1 else 2
+    fastnn.bench.run_bench(workloads=["W1"], backends=["numpy"], threads=other, tiny=True, progress=False,
+                           repeat=1)
+    assert fastnn.get_num_threads() == before

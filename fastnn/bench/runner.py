@@ -165,7 +165,7 @@ def _time_case(rows: list[_Row], repeat: int, tick) -> None:
                     row.times.append(_machine.time_block(row.step, row.number) / row.per_call)
             except Exception as exc:
                 row.fail(exc)
-            tick()
+        tick()
 
 
 def _row_result(row: _Row) -> dict:
@@ -275,11 +275,24 @@ def run_bench(workloads=None, backends=None, threads=None, quick=False, tiny=Fal
         anchors = list(_anchors.ANCHORS) if not backends else [b.strip().lower() for b in backends]
     anchor_status = _anchors.anchor_status()
     anchor_names = [a for a in _anchors.ANCHORS if a in anchors and _anchors.available(a)]
+    previous_threads = fastnn.get_num_threads()
     if threads:
         fastnn.set_num_threads(int(threads))
+    try:
+        return _run(fastnn, started, wls, fast_backends, absent, anchor_names, anchor_status,
+                    settings_for(quick, tiny, repeat, min_block), quick, tiny, progress, log)
+    finally:
+        if fastnn.get_num_threads() != previous_threads:
+            fastnn.set_num_threads(previous_threads)
+            if "torch" in anchor_names:
+                _anchors.set_threads(previous_threads)
+
+
+def _run(fastnn, started, wls, fast_backends, absent, anchor_names, anchor_status, cfg, quick, tiny,
+         progress, log):
     threads = fastnn.get_num_threads()
-    _anchors.set_threads(threads)
-    cfg = settings_for(quick, tiny, repeat, min_block)
+    if "torch" in anchor_names:
+        _anchors.set_threads(threads)
 
     # the numba and cython backends load here, so that their import is not timed
     for b in fast_backends:
@@ -294,8 +307,10 @@ def run_bench(workloads=None, backends=None, threads=None, quick=False, tiny=Fal
     for wl in wls:
         miss = missing(wl)
         plan.append((wl, miss, [] if miss else wl.cases(quick, tiny)))
-    total = sum(len(cases) for _, _, cases in plan)
+    # progress: one unit to build and warm a case, one per round
+    total = sum(len(cases) for _, _, cases in plan) * (cfg["repeat"] + 1)
     bar = _progress(total, progress)
+    tick = (lambda: bar.update(1)) if bar is not None else (lambda: None)
 
     out_wls = []
     for wl, miss, cases in plan:
@@ -307,7 +322,8 @@ def run_bench(workloads=None, backends=None, threads=None, quick=False, tiny=Fal
                 bar.set_description(case.key)
             rows = _rows_for(case, fast_backends, anchor_names, wl.limit, cfg)
             rows = [r for r in rows if _prepare(r, cfg["min_block"])]
-            _time_case(rows, cfg["repeat"], lambda: None)
+            tick()
+            _time_case(rows, cfg["repeat"], tick)
             centry = {"key": case.key, "name": case.name, "kind": case.kind, "params": case.params,
                       "flops": case.flops, "bytes": case.bytes, "gemm_shapes": case.gemm_shapes, "rows": {}}
             for row in rows:
@@ -320,8 +336,6 @@ def run_bench(workloads=None, backends=None, threads=None, quick=False, tiny=Fal
             entry["cases"].append(centry)
             del rows
             gc.collect()
-            if bar is not None:
-                bar.update(1)
             if log:
                 log(case.key)
     if bar is not None:
@@ -357,4 +371,4 @@ def _progress(total, enabled):
         from tqdm.auto import tqdm
     except ImportError:  # pragma: no cover - tqdm is a dependency
         return None
-    return tqdm(total=total, unit="case", leave=False, dynamic_ncols=True)
+    return tqdm(total=total, unit="round", leave=False, dynamic_ncols=True)

@@ -383,3 +383,17 @@ def test_run_restores_the_thread_count():
     fastnn.bench.run_bench(workloads=["W1"], backends=["numpy"], threads=other, tiny=True, progress=False,
                            repeat=1)
     assert fastnn.get_num_threads() == before
+
+
+def test_absent_anchor_libraries_are_noted_not_errors(monkeypatch):
+    from fastnn.bench import anchors
+
+    monkeypatch.setattr(anchors, "_MODULES", {"torch": "fastnn_no_such_torch", "sklearn": "fastnn_no_such_sk"})
+    res = fastnn.bench.run_bench(workloads=["W1"], tiny=True, progress=False, repeat=1)
+    assert res["settings"]["anchors"] == []
+    assert res["anchor_status"]["torch"].startswith("not installed")
+    for case in res["workloads"][0]["cases"]:
+        assert set(case["rows"]) == set(fastnn.available_backends())
+        assert all(r["speedup_vs_torch"] is None for r in case["rows"].values())
+    md = markdown(res)
+    assert "torch not installed (ModuleNotFoundError)" in md

@@ -320,12 +320,14 @@ def _run(fastnn, started, wls, fast_backends, absent, anchor_names, anchor_statu
         for case in cases:
             if bar is not None:
                 bar.set_description(case.key)
+            t_case = time.perf_counter()
             rows = _rows_for(case, fast_backends, anchor_names, wl.limit, cfg)
             rows = [r for r in rows if _prepare(r, cfg["min_block"])]
             tick()
             _time_case(rows, cfg["repeat"], tick)
             centry = {"key": case.key, "name": case.name, "kind": case.kind, "params": case.params,
-                      "flops": case.flops, "bytes": case.bytes, "gemm_shapes": case.gemm_shapes, "rows": {}}
+                      "flops": case.flops, "bytes": case.bytes, "gemm_shapes": case.gemm_shapes, "rows": {},
+                      "seconds": time.perf_counter() - t_case}
             for row in rows:
                 res = _row_result(row)
                 if row.kind == "limit":

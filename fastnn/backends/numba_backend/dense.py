@@ -1,0 +1,115 @@
+"""Matrix multiply and dense layers for the Numba backend.
+
+The products go to BLAS through NumPy's ``np.dot(a, b, out=out)``, called
+from Python: the transposes are views (C-contiguous ``a.T`` is Fortran
+order, which BLAS takes as a transpose flag), nothing is copied, and no
+hand-written loop beats a tuned GEMM from 64×64 up. ``np.dot`` inside
+``@njit`` was tried and measured: Numba reaches BLAS through SciPy's own
+OpenBLAS build, and that path cost about 1–1.5 µs more per call than NumPy's
+at 32×64×128 and 64×64×64 (6–7 µs against 5 µs), which is what a small MLP
+step is made of. Calling NumPy's BLAS is also never slower than the
+reference's ``np.matmul`` (it skips the ufunc machinery).
+
+What Numba adds is everything around the GEMMs, in one compiled pass each:
+the bias add and the activation fused over the output (the reference makes
+two or three NumPy passes and a temporary), and in the backward pass the
+activation derivative ``δ = dL/dy ⊙ act'(y)`` fused with the bias gradient
+``Σ_batch δ`` (one read of ``grad_out`` and ``y``, one write of ``δ``).
+
+The activation name is mapped to a small integer in Python (strings are slow
+to pass into Numba) and a missing bias becomes a ``None`` specialisation of
+the compiled function, so the branches on it cost nothing at run time.
+"""
+
+import numpy as np
+from numba import njit
+
+from ..._config import NUMBA_JIT_OPTIONS
+from ._math import fsigmoid, ftanh
+
+__all__ = ["matmul", "dense_forward", "dense_backward"]
+
+_jit = njit(**NUMBA_JIT_OPTIONS)
+
+_ACT_CODES = {"identity": 0, "relu": 1, "sigmoid": 2, "tanh": 3}
+
+
+def matmul(a, b, trans_a, trans_b, out):
+    """C = op(A)·op(B), op(M) = M or Mᵀ, through BLAS."""
+    np.dot(a.T if trans_a else a, b.T if trans_b else b, out=out)
+    return out
+
+
+@_jit
+def _bias_act(out, bias, act):
+    """out = act(out + b), row by row (bias may be None)."""
+    bsz, o = out.shape
+    for r in range(bsz):
+        row = out[r]
+        if bias is not None:
+            for j in range(o):
+                row[j] += bias[j]
+        if act == 1:
+            for j in range(o):
+                v = row[j]
+                row[j] = v if not (v <= 0) else 0
+        elif act == 2:
+            for j in range(o):
+                row[j] = fsigmoid(row[j])
+        elif act == 3:
+            for j in range(o):
+                row[j] = ftanh(row[j])
+
+
+def dense_forward(x, weight, bias, activation, out):
+    """y = act(x·Wᵀ + b)."""
+    np.dot(x, weight.T, out=out)
+    act = _ACT_CODES[activation]
+    if bias is not None or act:
+        _bias_act(out, bias, act)
+    return out
+
+
+@_jit
+def _delta_bias(grad_out, y, act, delta, grad_bias):
+    """δ = dL/dy ⊙ act'(y) (written into delta unless act is identity), db = Σ_batch δ."""
+    bsz, o = grad_out.shape
+    one, zero = grad_out.dtype.type(1), grad_out.dtype.type(0)
+    if grad_bias is not None:
+        grad_bias[:] = 0
+    for r in range(bsz):
+        g = grad_out[r]
+        if act != 0:
+            yr = y[r]
+            d = delta[r]
+            if act == 1:
+                for j in range(o):
+                    d[j] = g[j] * (one if yr[j] > 0 else zero)
+            elif act == 2:
+                for j in range(o):
+                    v = yr[j]
+                    d[j] = g[j] * (v * (one - v))
+            else:
+                for j in range(o):
+                    v = yr[j]
+                    d[j] = g[j] * (one - v * v)
+            g = d
+        if grad_bias is not None:
+            for j in range(o):
+                grad_bias[j] += g[j]
+
+
+def dense_backward(grad_out, x, weight, y, activation, grad_input, grad_weight, grad_bias):
+    """Backprop through y = act(x·Wᵀ + b): dW = δᵀx, db = Σ δ, dx = δW."""
+    act = _ACT_CODES[activation]
+    if act:
+        delta = np.empty_like(grad_out)
+        _delta_bias(grad_out, y, act, delta, grad_bias)
+    else:
+        delta = grad_out
+        if grad_bias is not None:
+            _delta_bias(grad_out, grad_out, 0, grad_out, grad_bias)
+    np.dot(delta.T, x, out=grad_weight)
+    if grad_input is not None:
+        np.dot(delta, weight, out=grad_input)
+    return grad_input, grad_weight, grad_bias

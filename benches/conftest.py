@@ -13,6 +13,8 @@ Threads: ``FASTNN_NUM_THREADS`` sets fastnn's, BLAS's and PyTorch's count
 (default: the usable CPUs).
 """
 
+import fnmatch
+
 import numpy as np
 import pytest
 
@@ -21,6 +23,20 @@ from fastnn import _config
 from fastnn.backends import backend_status
 
 ALL_BACKENDS = ("numpy", "numba", "cython")
+
+
+def pytest_collect_file(file_path, parent):
+    """Collect ``bench_*.py`` (pytest's default patterns only know ``test_*.py``).
+
+    Skipped when the configuration's ``python_files`` already matches them, so
+    that nothing is collected twice.
+    """
+    if file_path.suffix != ".py" or not file_path.name.startswith("bench_"):
+        return None
+    patterns = parent.config.getini("python_files")
+    if any(fnmatch.fnmatch(file_path.name, p) for p in patterns):
+        return None
+    return pytest.Module.from_parent(parent, path=file_path)
 
 
 def pytest_report_header(config):

@@ -253,8 +253,7 @@ def test_gemm_only_step_computes_products():
     case = workloads.get_workloads(["W3"])[0].cases(False, True)[0]
     step = workloads.build_gemm_only(case)
     step()
-    # the closure holds (a, b, c) triples; c must equal a @ b after a call
-    triples = step.__closure__[0].cell_contents
+    triples = step.products
     assert len(triples) == 5
     for a, b, c in triples:
         np.testing.assert_allclose(c, a @ b, rtol=1e-5, atol=1e-4)
@@ -318,10 +317,15 @@ def test_missing_and_failing_workloads_do_not_stop_a_run(monkeypatch):
     assert "not available (missing: fastnn.nn.NoSuchLayer)" in markdown(res)
 
 
+#: Workloads of the end-to-end run: quick ones, plus every one missing from this build.
+FAST = ",".join(w.id for w in workloads.WORKLOADS if w.id in ("W1", "W2", "W3", "KERN") or workloads.missing(w))
+
+
 def test_tiny_quick_run_end_to_end(tmp_path, capsys):
     """A real (tiny) `fastnn bench --quick` run: files, rows and ratios."""
     out = tmp_path / "bench"
-    assert main(["bench", "--quick", "--tiny", "--no-progress", "--threads", "1", "--out", str(out)]) == 0
+    assert main(["bench", "--quick", "--tiny", "--no-progress", "--threads", "1", "--workloads", FAST,
+                 "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     res = load_results(out / "results.json")
     assert (out / "speedup.png").read_bytes()[:8] == PNG_MAGIC
@@ -329,7 +333,7 @@ def test_tiny_quick_run_end_to_end(tmp_path, capsys):
     assert "## W1 — " in printed and "| matmul n=64 | fastnn numpy |" in printed
     assert res["settings"]["threads"] == 1 and res["machine"]["gemm"]["gflops"] > 0
     assert res["machine"]["copy"]["gbps"] > 0
-    assert [w["id"] for w in res["workloads"]] == [w.id for w in workloads.WORKLOADS]
+    assert [w["id"] for w in res["workloads"]] == FAST.split(",")
     expected_rows = set(fastnn.available_backends())
     from fastnn.bench import anchors
 
@@ -397,3 +401,56 @@ def test_absent_anchor_libraries_are_noted_not_errors(monkeypatch):
         assert all(r["speedup_vs_torch"] is None for r in case["rows"].values())
     md = markdown(res)
     assert "torch not installed (ModuleNotFoundError)" in md
+
+
+LAYER_WORKLOADS = ["W3", "W4", "W5", "W6", "LSTM", "CONV"]
+
+
+@pytest.mark.parametrize("wid", LAYER_WORKLOADS)
+def test_layer_workload_steps_do_real_work(wid):
+    """Training steps lower the loss on their fixed batch; fwd+bwd and forward steps are repeatable."""
+    wl = workloads.get_workloads([wid])[0]
+    miss = workloads.missing(wl)
+    if miss:
+        pytest.skip(f"{wid} not in this build (missing: {', '.join(miss)})")
+    case = wl.cases(True, True)[0]
+    with fastnn.use_backend("numpy"):
+        step = workloads.build_step(case)
+        first = step()
+        values = [step() for _ in range(15)]
+    if case.kind in ("mlp", "cnn", "rnn"):
+        assert all(math.isfinite(v) for v in [first] + values)
+        assert values[-1] < first          # the optimizer steps on the same batch
+    elif case.kind == "lstm":
+        assert values[-1] == pytest.approx(first, rel=1e-6)   # no optimizer: same loss every call
+    else:
+        p = case.params
+        assert first.shape == (p["b"], p["o"], p["hw"], p["hw"])
+        np.testing.assert_array_equal(values[-1], first)
+
+
+@pytest.mark.parametrize("kind", ["mlp", "rnn"])
+def test_torch_anchor_steps_train(kind):
+    torch = pytest.importorskip("torch", reason="PyTorch is not installed")
+    from fastnn.bench import anchors
+
+    case = next(c for w in workloads.WORKLOADS for c in w.cases(True, True) if c.kind == kind)
+    step = anchors.build_anchor("torch", case)
+    first = float(step().detach())
+    for _ in range(15):
+        last = float(step().detach())
+    assert last < first
+    assert isinstance(step(), torch.Tensor)
+
+
+def test_sklearn_anchor_is_timed_per_batch():
+    pytest.importorskip("sklearn", reason="scikit-learn is not installed")
+    from fastnn.bench import anchors
+
+    case = workloads.get_workloads(["W3"])[0].cases(True, True)[0]
+    step = anchors.build_anchor("sklearn", case)
+    assert step.steps_per_call == anchors.SKLEARN_BATCHES
+    clf = step.model
+    n0 = clf.t_
+    step()
+    assert clf.t_ - n0 == anchors.SKLEARN_BATCHES * case.params["b"]   # samples seen: one epoch of batches

@@ -108,6 +108,7 @@ def _torch_train(model, loss_fn, opt, x, y):
         loss.backward()
         opt.step()
         opt.zero_grad()
+        return loss
     return step
 
 
@@ -152,12 +153,14 @@ def _torch_recurrent(p, cls, with_opt):
 
     def step():
         out, _ = layer(x)
-        mse(out, target).backward()
+        loss = mse(out, target)
+        loss.backward()
         if opt is not None:
             opt.step()
             opt.zero_grad()
         else:
             layer.zero_grad()
+        return loss
     return step
 
 
@@ -247,6 +250,7 @@ def _sklearn_mlp(p):
             warnings.simplefilter("ignore")
             clf.partial_fit(x, y)
     step.steps_per_call = nb
+    step.model = clf
     assert x.dtype == DTYPE
     return step
 

@@ -300,9 +300,10 @@ def _step_act_backward(p):
 def _train_step(model, loss_fn, opt, x, y):
     def step():
         logits = model(x)
-        loss_fn(logits, y)
+        loss = loss_fn(logits, y)
         model.backward(loss_fn.backward())
         opt.step()
+        return loss
     return step
 
 
@@ -342,9 +343,10 @@ def _step_rnn(p):
 
     def step():
         out = _first(rnn(x))
-        mse(out, target, grad=grad)
+        loss, _ = mse(out, target, grad=grad)
         rnn.backward(grad)
         opt.step()
+        return loss
     return step
 
 
@@ -359,8 +361,9 @@ def _step_lstm(p):
 
     def step():
         out = _first(lstm(x))
-        mse(out, target, grad=grad)
+        loss, _ = mse(out, target, grad=grad)
         lstm.backward(grad)
+        return loss
     return step
 
 
@@ -408,7 +411,11 @@ _BUILDERS = {
 
 
 def build_step(case: Case) -> Callable[[], object]:
-    """The fastnn step of ``case`` for the backend selected now."""
+    """The fastnn step of ``case`` for the backend selected now.
+
+    A step returns what it computed: the loss of a training step, the output
+    of a kernel (so that tests can check the work is real).
+    """
     return _BUILDERS[case.kind](case.params)
 
 
@@ -424,4 +431,5 @@ def build_gemm_only(case: Case) -> Callable[[], object] | None:
     def step():
         for a, b, c in triples:
             np.matmul(a, b, out=c)
+    step.products = triples
     return step

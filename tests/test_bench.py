@@ -41,6 +41,7 @@ def _synthetic(scale_numba=1.0, scale_numpy=1.0):
                               "torch": _row([1e-5, 1.5e-5, 1e-5], kind="anchor")}}]}
     w2 = {"id": "W2", "title": "activations", "limit": "copy", "note": "", "available": True, "missing": [],
           "cases": [{"key": "W2 relu forward", "name": "relu forward", "kind": "act_forward", "params": {},
+                     "rounds": 3,
                      "flops": None, "bytes": 32e6, "gemm_shapes": [],
                      "rows": {"numpy": _row([2e-3, 2.1e-3, 1.9e-3]),
                               "cython": {"kind": "backend", "times": [], "number": 1, "first_call": None,
@@ -48,6 +49,7 @@ def _synthetic(scale_numba=1.0, scale_numpy=1.0):
     w3 = {"id": "W3", "title": "MLP train step", "limit": "gemm_time", "note": "", "available": True,
           "missing": [],
           "cases": [{"key": "W3 train step", "name": "train step", "kind": "mlp", "params": {}, "flops": 1e6,
+                     "rounds": 3,
                      "bytes": None, "gemm_shapes": [[32, 64, 128]],
                      "limit": {"kind": "gemm_time", "what": "BLAS matmuls only", "unit": "s", "value": 1e-5,
                                **_row([1e-5] * 3, kind="limit")},
@@ -55,7 +57,7 @@ def _synthetic(scale_numba=1.0, scale_numpy=1.0):
     w5 = {"id": "W5", "title": "CNN", "limit": None, "note": "", "available": False,
           "missing": ["fastnn.nn.Conv2d"], "cases": []}
     res = {"schema": 1, "created": "2026-01-01T00:00:00+00:00", "duration_s": 1.0,
-           "settings": {"quick": True, "tiny": False, "threads": 2, "repeat": 3, "min_block": 0.01,
+           "settings": {"quick": True, "tiny": False, "threads": 2, "repeat": 3, "min_block": 0.01, "min_rounds": 3,
                         "workloads": ["W1", "W2", "W3", "W5"], "backends": ["numpy", "numba", "cython"],
                         "anchors": ["torch", "sklearn"], "noisy_spread": 1.3},
           "backends_unavailable": {}, "anchor_status": {"torch": "2.x", "sklearn": "1.x"},
@@ -83,7 +85,8 @@ def _check_consistent(results):
                     assert r.get("median") is None
                     continue
                 t = np.asarray(r["times"])
-                assert len(t) == results["settings"]["repeat"]
+                assert len(t) == case["rounds"] <= results["settings"]["repeat"]
+                assert case["rounds"] >= results["settings"]["min_rounds"]
                 assert r["median"] == pytest.approx(np.median(t), rel=1e-12)
                 assert r["spread"] == pytest.approx(t.max() / t.min(), rel=1e-12)
                 assert r["noisy"] == (r["spread"] > results["settings"]["noisy_spread"])
@@ -310,7 +313,7 @@ def test_missing_and_failing_workloads_do_not_stop_a_run(monkeypatch):
     za, zb = res["workloads"]
     assert zb["available"] is False and zb["missing"] == ["fastnn.nn.NoSuchLayer"] and zb["cases"] == []
     ok, broken = za["cases"]
-    assert len(ok["rows"]["numpy"]["times"]) == res["settings"]["repeat"]
+    assert len(ok["rows"]["numpy"]["times"]) == ok["rounds"] == res["settings"]["repeat"]
     assert ok["rows"]["numpy"]["speedup_vs_numpy"] == pytest.approx(1.0)
     assert broken["rows"]["numpy"]["error"].startswith("AttributeError")
     assert "median" not in broken["rows"]["numpy"]
@@ -454,3 +457,16 @@ def test_sklearn_anchor_is_timed_per_batch():
     n0 = clf.t_
     step()
     assert clf.t_ - n0 == anchors.SKLEARN_BATCHES * case.params["b"]   # samples seen: one epoch of batches
+
+
+def test_slow_cases_get_fewer_rounds_within_budget():
+    cfg = runner.settings_for(quick=True)
+    rows = [runner._Row(n, "backend", None, None) for n in ("a", "b")]
+    for r in rows:
+        r.step = lambda: None
+    rows[0].block_estimate, rows[1].block_estimate = 0.01, 0.01
+    assert runner._rounds(rows, cfg) == cfg["repeat"] == 5            # 0.1 s of the 3 s budget
+    rows[1].block_estimate = 0.7                                       # 0.71 s a round: 4 rounds fit
+    assert runner._rounds(rows, cfg) == 4
+    rows[1].block_estimate = 10.0
+    assert runner._rounds(rows, cfg) == runner.MIN_ROUNDS == 3          # never fewer than 3

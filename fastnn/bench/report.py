@@ -81,7 +81,8 @@ def _header_lines(results: dict) -> list[str]:
             f"{k}: {v}" for k, v in results["backends_unavailable"].items()))
     lines += [
         "",
-        f"Times are medians over {s.get('repeat')} rounds in which the rows take turns "
+        f"Times are medians over {s.get('repeat')} rounds (fewer, at least {s.get('min_rounds', 3)}, for a case "
+        f"whose rounds would take over {s.get('case_budget', '?')} s) in which the rows take turns "
         f"(spread = slowest / fastest round; ⚠ marks a spread above {s.get('noisy_spread', 1.3)}). "
         "\"vs numpy\" and \"vs torch\" are that row's time divided by this row's time "
         "(above 1× = faster). \"of limit\": achieved GFLOP/s or GB/s over the machine limit measured "

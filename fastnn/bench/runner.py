@@ -39,6 +39,9 @@ SCHEMA = 1
 #: Repetition spread (max / min) above which a median is flagged as noisy.
 NOISY_SPREAD = 1.3
 LIMIT_ROW = "_limit"
+#: Fewest rounds a case gets when its rows are so slow that ``repeat`` rounds
+#: would overrun the case's time budget.
+MIN_ROUNDS = 3
 FASTNN_ORDER = ("numpy", "numba", "cython")
 
 
@@ -46,13 +49,13 @@ def settings_for(quick: bool, tiny: bool = False, repeat: int | None = None,
                  min_block: float | None = None) -> dict:
     """Repetitions and block length for a full or a ``--quick`` run."""
     if tiny:
-        rep, block, gemm_n, copy_mb = 3, 0.002, 256, 16
+        rep, block, budget, gemm_n, copy_mb = 3, 0.002, 2.0, 256, 16
     elif quick:
-        rep, block, gemm_n, copy_mb = 5, 0.01, 1024, 64
+        rep, block, budget, gemm_n, copy_mb = 5, 0.01, 3.0, 1024, 64
     else:
-        rep, block, gemm_n, copy_mb = 9, 0.05, 1024, 128
+        rep, block, budget, gemm_n, copy_mb = 9, 0.05, 30.0, 1024, 128
     return {"repeat": int(repeat or rep), "min_block": float(min_block or block), "gemm_n": gemm_n,
-            "copy_mbytes": copy_mb}
+            "copy_mbytes": copy_mb, "case_budget": budget, "min_rounds": min(MIN_ROUNDS, int(repeat or rep))}
 
 
 class _Row:
@@ -67,6 +70,7 @@ class _Row:
         self.first_call = None
         self.error = None
         self.per_call = 1
+        self.block_estimate = 0.0
 
     def fail(self, exc):
         self.error = f"{type(exc).__name__}: {exc}".strip()
@@ -147,10 +151,20 @@ def _prepare(row: _Row, min_block: float) -> bool:
             if t < min_block / 4:  # a third call, so that calibration is not one sample
                 t = min(t, _machine.time_block(row.step, 1))
         row.number = max(1, int(np.ceil(min_block / max(t, 1e-9))))
+        row.block_estimate = row.number * t
         return True
     except Exception as exc:  # a layer missing a method, a kernel raising ...
         row.fail(exc)
         return True
+
+
+def _rounds(rows: list[_Row], cfg: dict) -> int:
+    """``repeat`` rounds, fewer (not under ``min_rounds``) if they would overrun the case budget."""
+    per_round = sum(r.block_estimate for r in rows if r.step is not None)
+    if per_round <= 0:
+        return cfg["repeat"]
+    fit = int(cfg["case_budget"] / per_round)
+    return max(cfg["min_rounds"], min(cfg["repeat"], fit))
 
 
 def _time_case(rows: list[_Row], repeat: int, tick) -> None:
@@ -324,10 +338,13 @@ def _run(fastnn, started, wls, fast_backends, absent, anchor_names, anchor_statu
             rows = _rows_for(case, fast_backends, anchor_names, wl.limit, cfg)
             rows = [r for r in rows if _prepare(r, cfg["min_block"])]
             tick()
-            _time_case(rows, cfg["repeat"], tick)
+            rounds = _rounds(rows, cfg)
+            _time_case(rows, rounds, tick)
+            for _ in range(cfg["repeat"] - rounds):
+                tick()
             centry = {"key": case.key, "name": case.name, "kind": case.kind, "params": case.params,
                       "flops": case.flops, "bytes": case.bytes, "gemm_shapes": case.gemm_shapes, "rows": {},
-                      "seconds": time.perf_counter() - t_case}
+                      "rounds": rounds, "seconds": time.perf_counter() - t_case}
             for row in rows:
                 res = _row_result(row)
                 if row.kind == "limit":

@@ -32,7 +32,7 @@ def _row(times, kind="backend"):
 def _synthetic(scale_numba=1.0, scale_numpy=1.0):
     """A small results dict with known numbers (times in seconds)."""
     w1 = {"id": "W1", "title": "matrix multiply", "limit": "gemm", "note": "", "available": True, "missing": [],
-          "cases": [{"key": "W1 matmul n=64", "name": "matmul n=64", "kind": "matmul", "params": {},
+          "cases": [{"key": "W1 matmul n=64", "name": "matmul n=64", "kind": "matmul", "params": {}, "rounds": 3,
                      "flops": 2.0 * 64 ** 3, "bytes": None, "gemm_shapes": [],
                      "limit": {"kind": "gemm", "what": "BLAS sgemm n=1024", "unit": "GFLOP/s",
                                "value": 250.0, **_row([2 * 1024 ** 3 / 250e9] * 3, kind="limit")},

@@ -40,11 +40,15 @@ def fmt_time(seconds) -> str:
 
 
 def _ratio(x) -> str:
-    return "—" if x is None else f"{x:.2f}×"
+    if x is None:
+        return "—"
+    return f"{x:.2f}×" if x >= 0.1 else f"{x:.2g}×"
 
 
 def _pct(x) -> str:
-    return "—" if x is None else f"{100 * x:.0f}%"
+    if x is None:
+        return "—"
+    return f"{100 * x:.0f}%" if x >= 0.01 else f"{100 * x:.1g}%"
 
 
 def _ordered(rows: dict):

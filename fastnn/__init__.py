@@ -6,6 +6,16 @@ backend and a Cython backend. Switch with :func:`set_backend`, the
 
 Importing fastnn is cheap: it imports neither Numba nor the compiled
 extension; a backend loads the first time it is used.
+
+Quick start::
+
+    import fastnn
+    from fastnn import nn, optim
+    model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))
+    history = fastnn.fit(model, X, y, loss=nn.CrossEntropyLoss(),
+                         optimizer=optim.SGD(model.parameters(), lr=0.1, momentum=0.9),
+                         epochs=20, batch_size=32)
+    fastnn.save(model, "model.npz")
 """
 
 from ._config import get_num_threads, set_num_threads
@@ -18,6 +28,11 @@ from .backends import (
     use_backend,
 )
 from . import ops
+from . import nn, optim
+from .nn.init import manual_seed
+from .train import fit, predict, evaluate, History, EarlyStopping
+from .io import save, load, ModelFileError
+from .gradcheck import gradcheck, GradcheckError
 
 __version__ = "0.1.0"
 
@@ -32,4 +47,17 @@ __all__ = [
     "get_num_threads",
     "set_num_threads",
     "ops",
+    "nn",
+    "optim",
+    "manual_seed",
+    "fit",
+    "predict",
+    "evaluate",
+    "History",
+    "EarlyStopping",
+    "save",
+    "load",
+    "ModelFileError",
+    "gradcheck",
+    "GradcheckError",
 ]

@@ -1,5 +1,24 @@
-"""Layers with PyTorch's names and shapes, and explicit backpropagation."""
+"""Layers with PyTorch's names and shapes, and explicit backpropagation.
 
-from .module import Module, Parameter
+Every layer implements ``forward(x)`` (also ``layer(x)``) and
+``backward(grad_out) -> grad_in``; ``backward`` OVERWRITES each
+``Parameter.grad`` (see :mod:`fastnn.nn.module`). Layers reuse their output
+and gradient buffers while the batch shape repeats: copy a returned array if
+you need it after the next call.
 
-__all__ = ["Module", "Parameter"]
+New layer classes become loadable by :func:`fastnn.load` through
+:func:`register_module`.
+"""
+
+from .module import Module, Parameter, register_module, get_module_class, registered_modules
+from . import init
+from .linear import Linear
+from .activation import ReLU, LeakyReLU, Sigmoid, Tanh, Softmax
+from .container import Sequential
+from .loss import Loss, MSELoss, CrossEntropyLoss, BCEWithLogitsLoss
+
+__all__ = [
+    "Module", "Parameter", "register_module", "get_module_class", "registered_modules", "init",
+    "Linear", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Softmax", "Sequential",
+    "Loss", "MSELoss", "CrossEntropyLoss", "BCEWithLogitsLoss",
+]

@@ -20,7 +20,70 @@ from collections import OrderedDict
 
 import numpy as np
 
-__all__ = ["Parameter", "Module"]
+__all__ = ["Parameter", "Module", "register_module", "get_module_class", "registered_modules"]
+
+#: Layer classes that :func:`fastnn.load` may rebuild, by name. A saved file
+#: names its layers; loading looks the names up here and nowhere else, so a
+#: file can never make fastnn import or run arbitrary code.
+MODULE_REGISTRY: "dict[str, type]" = {}
+
+
+def register_module(cls=None, *, name=None):
+    """Class decorator: make a :class:`Module` subclass loadable by :func:`fastnn.load`.
+
+    Parameters
+    ----------
+    cls : type, a subclass of :class:`Module`
+    name : str, optional
+        Name written into saved files (default: the class name). Must be
+        unique; registering another class under a taken name raises
+        ``ValueError``.
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> @nn.register_module
+    ... class Scale(nn.Module):
+    ...     def __init__(self, factor=2.0):
+    ...         super().__init__()
+    ...         self.factor = factor
+    ...     def forward(self, x):
+    ...         return x * self.factor
+    ...     def backward(self, grad_out):
+    ...         return grad_out * self.factor
+    ...     def get_config(self):
+    ...         return {"factor": self.factor}
+
+    The class must implement :meth:`Module.get_config` (JSON-serialisable
+    constructor keyword arguments). A container whose children are not
+    rebuilt by its constructor overrides :meth:`Module.from_config`.
+    """
+
+    def deco(c):
+        if not (isinstance(c, type) and issubclass(c, Module)):
+            raise TypeError(f"register_module expects a Module subclass, got {c!r}")
+        key = name or c.__name__
+        old = MODULE_REGISTRY.get(key)
+        if old is not None and old is not c and (old.__module__, old.__qualname__) != (c.__module__, c.__qualname__):
+            raise ValueError(f"a module named {key!r} is already registered ({old.__module__}.{old.__qualname__})")
+        MODULE_REGISTRY[key] = c
+        c._registered_name = key
+        return c
+
+    return deco if cls is None else deco(cls)
+
+
+def get_module_class(name: str) -> type:
+    """The registered class called ``name`` (``KeyError`` with the known names if absent)."""
+    try:
+        return MODULE_REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"no layer named {name!r} is registered; known: {sorted(MODULE_REGISTRY)}") from None
+
+
+def registered_modules() -> "dict[str, type]":
+    """A copy of the registry: saved-file name -> class."""
+    return dict(MODULE_REGISTRY)
 
 
 class Parameter:
@@ -35,16 +98,24 @@ class Parameter:
     ----------
     data : ndarray
     grad : ndarray of the same shape and dtype, written by ``backward``
+    relocatable : bool
+        True when the owning layer reads ``param.data`` and ``param.grad``
+        afresh at every call (never keeps references to them). An optimizer
+        may then move consecutive relocatable parameters into one contiguous
+        buffer (``data`` and ``grad`` become views into it) and update them
+        all with a single kernel call. fastnn's own layers set it; set it on
+        your own layers' parameters when they follow that rule.
     """
 
-    __slots__ = ("data", "grad")
+    __slots__ = ("data", "grad", "relocatable")
 
-    def __init__(self, data):
+    def __init__(self, data, relocatable=False):
         data = np.ascontiguousarray(data)
         if data.dtype not in (np.float32, np.float64):
             raise TypeError(f"Parameter data must be float32 or float64, got {data.dtype}")
         self.data = data
         self.grad = np.zeros_like(data)
+        self.relocatable = bool(relocatable)
 
     @property
     def shape(self):
@@ -180,6 +251,17 @@ class Module:
     def get_config(self) -> dict:
         """Constructor arguments that rebuild this module (used by ``fastnn.save``)."""
         raise NotImplementedError(f"{type(self).__name__} cannot be saved: it does not implement get_config()")
+
+    @classmethod
+    def from_config(cls, config: dict, children: "dict[str, Module]"):
+        """Rebuild a module from :meth:`get_config` output (used by ``fastnn.load``).
+
+        ``children`` are the already rebuilt child modules, by name. The default
+        calls ``cls(**config)`` and ignores them (the constructor builds its
+        own children; their weights are loaded afterwards). Containers such as
+        :class:`~fastnn.nn.Sequential` override this to adopt ``children``.
+        """
+        return cls(**config)
 
     def extra_repr(self) -> str:
         return ""

@@ -1,0 +1,38 @@
+"""The demos run end to end through the ``fastnn`` command, and ``import fastnn`` stays cheap."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+import fastnn
+from fastnn import cli
+
+
+def test_demo_approx_writes_plot(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    assert cli.main(["demo", "approx", "--out", str(tmp_path / "plots"), "--epochs", "150", "--no-progress",
+                     "--backend", "numpy"]) == 0
+    png = tmp_path / "plots" / "approx.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    out = capsys.readouterr().out
+    err = float(out.split("max |error|")[1].split()[0])
+    assert err < 0.1  # one hidden layer of 32 tanh units fits sin closely
+
+
+def test_demo_digits_runs(capsys):
+    pytest.importorskip("sklearn")
+    assert cli.main(["demo", "digits", "--epochs", "3", "--no-progress", "--backend", "numpy"]) == 0
+    out = capsys.readouterr().out
+    acc = float(out.split("test accuracy:")[1].split()[0])
+    assert 0.85 < acc <= 1.0
+
+
+def test_import_fastnn_is_cheap():
+    code = ("import sys, fastnn; from fastnn import nn, optim; "
+            "heavy = [m for m in ('numba', 'sklearn', 'matplotlib', 'tqdm', 'torch', 'numpy.random') "
+            "if m in sys.modules]; print(heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=os.path.dirname(os.path.dirname(fastnn.__file__))).stdout
+    assert out.strip() == "[]"

@@ -1,0 +1,163 @@
+"""fit / predict / evaluate: real data (scikit-learn digits), determinism, history, early stopping."""
+
+import numpy as np
+import pytest
+
+import fastnn
+from fastnn import nn, optim
+
+
+def _digits():
+    pytest.importorskip("sklearn")
+    from fastnn.demos.digits import load_data
+
+    return load_data(seed=0)
+
+
+def _digits_run(epochs, seed=0):
+    X_train, X_test, y_train, y_test = _digits()
+    fastnn.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))
+    opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    hist = fastnn.fit(model, X_train, y_train, loss=nn.CrossEntropyLoss(), optimizer=opt, epochs=epochs,
+                      batch_size=32, validation_data=(X_test, y_test), seed=seed, progress=False)
+    return model, hist, X_test, y_test
+
+
+def test_digits_reaches_97_percent(backend):
+    model, hist, X_test, y_test = _digits_run(epochs=30)
+    acc = fastnn.evaluate(model, X_test, y_test)["accuracy"]
+    assert acc >= 0.97
+    assert hist["val_accuracy"][-1] == pytest.approx(acc)
+    assert hist["loss"][-1] < 0.05 < hist["loss"][0]
+    # predict agrees with evaluate
+    pred = fastnn.predict(model, X_test).argmax(axis=1)
+    assert np.mean(pred == y_test) == pytest.approx(acc)
+
+
+def test_digits_training_is_deterministic(backend):
+    fastnn.set_num_threads(fastnn.get_num_threads())
+    m1, h1, _, _ = _digits_run(epochs=4, seed=3)
+    m2, h2, _, _ = _digits_run(epochs=4, seed=3)
+    assert h1.history == h2.history
+    for (k1, a), (k2, b) in zip(m1.state_dict().items(), m2.state_dict().items()):
+        assert k1 == k2
+        np.testing.assert_array_equal(a, b)
+    m3, h3, _, _ = _digits_run(epochs=4, seed=4)
+    assert h3["loss"] != h1["loss"]
+
+
+def test_history_and_evaluate_numbers(rng):
+    X = rng.standard_normal((50, 3)).astype(np.float32)
+    y = (X[:, 0] > 0).astype(int)
+    fastnn.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 2))
+    hist = fastnn.fit(model, X, y, optimizer=optim.SGD(model, lr=0.5), epochs=5, batch_size=8, progress=False)
+    assert set(hist.history) == {"loss", "accuracy"} and hist.epochs == 5
+    assert len(hist.lr) == 5 and hist.lr[0] == 0.5
+    res = fastnn.evaluate(model, X, y)
+    logits = X @ model[0].weight.data.T + model[0].bias.data
+    z = logits - logits.max(axis=1, keepdims=True)
+    want = np.mean(np.log(np.exp(z).sum(axis=1)) - z[np.arange(50), y])
+    assert res["loss"] == pytest.approx(want, rel=1e-5)
+    assert res["accuracy"] == pytest.approx(np.mean(logits.argmax(axis=1) == y))
+    assert res["accuracy"] > 0.8
+
+
+def test_regression_with_1d_targets_and_scheduler(rng):
+    x = np.linspace(-1, 1, 64).reshape(-1, 1)
+    y = 3 * x[:, 0] - 1
+    fastnn.manual_seed(0)
+    model = nn.Sequential(nn.Linear(1, 1, dtype=np.float64))
+    opt = optim.SGD(model.parameters(), lr=0.1)
+    sched = optim.StepLR(opt, step_size=20, gamma=0.5)
+    hist = fastnn.fit(model, x, y, loss="mse", optimizer=opt, epochs=60, batch_size=16, progress=False,
+                      scheduler=sched)
+    assert hist.lr[0] == 0.1 and hist.lr[20] == 0.05 and hist.lr[59] == 0.025
+    assert np.isnan(hist["accuracy"][-1])
+    np.testing.assert_allclose(model[0].weight.data, [[3.0]], atol=1e-3)
+    np.testing.assert_allclose(model[0].bias.data, [-1.0], atol=1e-3)
+    assert fastnn.predict(model, x).shape == (64, 1)
+
+
+def test_bce_accuracy(rng):
+    X = rng.standard_normal((80, 2))
+    y = (X.sum(axis=1) > 0).astype(np.float64)
+    fastnn.manual_seed(0)
+    model = nn.Sequential(nn.Linear(2, 1, dtype=np.float64))
+    hist = fastnn.fit(model, X, y, loss=nn.BCEWithLogitsLoss(), optimizer=optim.Adam(model, lr=0.05),
+                      epochs=30, batch_size=16, progress=False)
+    assert hist["accuracy"][-1] > 0.9
+    out = fastnn.predict(model, X)[:, 0]
+    assert fastnn.evaluate(model, X, y, loss=nn.BCEWithLogitsLoss())["accuracy"] == pytest.approx(
+        np.mean((out > 0) == (y > 0.5)))
+
+
+def test_early_stopping_restores_best(rng):
+    X = rng.standard_normal((40, 4)).astype(np.float32)
+    y = rng.integers(0, 3, 40)            # noise: validation loss soon stops improving
+    Xv = rng.standard_normal((40, 4)).astype(np.float32)
+    yv = rng.integers(0, 3, 40)
+    fastnn.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 64), nn.ReLU(), nn.Linear(64, 3))
+    stop = fastnn.EarlyStopping(patience=2)
+    hist = fastnn.fit(model, X, y, optimizer=optim.Adam(model, lr=0.05), epochs=200, batch_size=8,
+                      validation_data=(Xv, yv), early_stopping=stop, progress=False, seed=0)
+    assert hist.stopped_early and hist.epochs < 200
+    best = hist.best_epoch
+    assert hist.epochs == best + 3                      # patience 2: stops after two epochs without improvement
+    assert hist["val_loss"][best] == min(hist["val_loss"])
+    assert fastnn.evaluate(model, Xv, yv)["loss"] == pytest.approx(hist["val_loss"][best], rel=1e-6)
+
+
+def test_clip_grad_norm_in_fit_limits_each_step(rng):
+    X = rng.standard_normal((32, 3)).astype(np.float32) * 100
+    y = rng.integers(0, 2, 32)
+    fastnn.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 2))
+    before = np.concatenate([p.data.ravel() for p in model.parameters()]).astype(np.float64)
+    fastnn.fit(model, X, y, optimizer=optim.SGD(model, lr=1.0), epochs=1, batch_size=8, progress=False,
+               clip_grad_norm=1e-3, shuffle=False)
+    after = np.concatenate([p.data.ravel() for p in model.parameters()]).astype(np.float64)
+    moved = np.linalg.norm(after - before)
+    assert 0 < moved <= 4 * 1e-3 * (1 + 1e-4)  # 4 steps, each at most lr * max_norm
+
+
+def test_progress_bar_runs(capsys, rng):
+    pytest.importorskip("tqdm")
+    X = rng.standard_normal((20, 3)).astype(np.float32)
+    y = rng.integers(0, 2, 20)
+    model = nn.Sequential(nn.Linear(3, 2))
+    fastnn.fit(model, X, y, epochs=2, batch_size=5, progress=True)
+    err = capsys.readouterr().err
+    assert "2/2" in err and "loss=" in err and "accuracy=" in err
+
+
+def test_fit_errors(rng):
+    model = nn.Sequential(nn.Linear(3, 2))
+    X = np.zeros((10, 3), np.float32)
+    with pytest.raises(ValueError, match="samples"):
+        fastnn.fit(model, X, np.zeros(9, int), progress=False)
+    with pytest.raises(ValueError, match=r"\[0, 2\)"):
+        fastnn.fit(model, X, np.full(10, 2), progress=False)
+    with pytest.raises(ValueError, match="batch_size"):
+        fastnn.fit(model, X, np.zeros(10, int), batch_size=0, progress=False)
+    with pytest.raises(ValueError, match="unknown loss"):
+        fastnn.fit(model, X, np.zeros(10, int), loss="hinge", progress=False)
+
+
+def test_train_accuracy_in_history_with_frozen_model(rng):
+    """With lr = 0 the model never changes: the per-epoch training figures equal evaluate()."""
+    X = rng.standard_normal((37, 5)).astype(np.float32)
+    y = rng.integers(0, 4, 37)
+    model = nn.Sequential(nn.Linear(5, 6), nn.Tanh(), nn.Linear(6, 4))
+    hist = fastnn.fit(model, X, y, optimizer=optim.SGD(model, lr=0.0), epochs=2, batch_size=8, progress=False)
+    res = fastnn.evaluate(model, X, y)
+    assert hist["accuracy"] == [pytest.approx(res["accuracy"])] * 2
+    assert hist["loss"][1] == pytest.approx(res["loss"], rel=1e-6)
+    yb = rng.integers(0, 2, 37).astype(np.float32)
+    model = nn.Sequential(nn.Linear(5, 1))
+    hist = fastnn.fit(model, X, yb, loss="bce_with_logits", optimizer=optim.SGD(model, lr=0.0), epochs=1,
+                      batch_size=8, progress=False)
+    want = np.mean((fastnn.predict(model, X)[:, 0] > 0) == (yb > 0.5))
+    assert hist["accuracy"][0] == pytest.approx(want)

@@ -298,6 +298,23 @@ def _step_act_backward(p):
 
 
 def _train_step(model, loss_fn, opt, x, y):
+    """Forward, loss, backward, update: what ``fastnn.fit`` runs per minibatch.
+
+    Uses ``fastnn.train.make_train_step`` (the very step ``fit`` runs, which
+    skips the input gradient of the first layer as PyTorch does for an input
+    that needs no gradient) when this build has it.
+    """
+    try:
+        from fastnn.train import make_train_step
+    except ImportError:
+        make_train_step = None
+    if make_train_step is not None:
+        inner = make_train_step(model, loss_fn, opt)
+        if hasattr(loss_fn, "prepare_target"):
+            y = loss_fn.prepare_target(y, x.dtype)
+        loss_fn(model(x), y)   # the validated path once, as fit does, allocating the buffers
+        return lambda: inner(x, y)[0]
+
     def step():
         logits = model(x)
         loss = loss_fn(logits, y)

@@ -470,3 +470,12 @@ def test_slow_cases_get_fewer_rounds_within_budget():
     assert runner._rounds(rows, cfg) == 4
     rows[1].block_estimate = 10.0
     assert runner._rounds(rows, cfg) == runner.MIN_ROUNDS == 3          # never fewer than 3
+
+
+def test_report_flags_a_busy_machine():
+    res = _synthetic()
+    res["machine"]["context"]["usable_cpus"] = 2
+    res["machine"]["loadavg"] = {"start": [0.4, 0.3, 0.2], "end": [2.5, 1.0, 0.5]}   # 2 of it: this run
+    assert "load average (1 min) at start / end: 0.4 / 2.5 on 2 CPUs\n" in markdown(res)
+    res["machine"]["loadavg"] = {"start": [6.0, 5.0, 4.0], "end": [7.0, 5.0, 4.0]}
+    assert "6.0 / 7.0 on 2 CPUs — ⚠ other processes kept the machine busy" in markdown(res)

@@ -63,7 +63,7 @@ def _header_lines(results: dict) -> list[str]:
     tc = ctx.get("thread_counts", {"fastnn": s.get("threads")})
     blas = ctx.get("blas") or []
     blas_txt = "; ".join(f"{b.get('internal_api')} {b.get('version')} ({b.get('architecture')} kernels, "
-                         f"{b.get('num_threads')} threads)" for b in blas) or "unknown"
+                         f"threads {b.get('num_threads')})" for b in blas) or "unknown"
     versions = ", ".join(f"{k} {ctx.get(k)}" for k in ("numpy", "numba", "Cython", "scipy") if ctx.get(k))
     anchors = ", ".join(f"{k} {v}" for k, v in results.get("anchor_status", {}).items())
     lines = [
@@ -80,6 +80,13 @@ def _header_lines(results: dict) -> list[str]:
         f"**{m['gemm']['gflops']:.0f} GFLOP/s**; memory copy ({m['copy']['mbytes']} MiB): "
         f"**{m['copy']['gbps']:.1f} GB/s** (read + write)",
     ]
+    load = m.get("loadavg") or {}
+    if load.get("start") and load.get("end"):
+        cpus = ctx.get("usable_cpus") or ctx.get("cores") or 1
+        busy = max(load["start"][0], load["end"][0] - s.get("threads", 1)) > cpus
+        lines.append(f"- load average (1 min) at start / end: {load['start'][0]:.1f} / {load['end'][0]:.1f} "
+                     f"on {cpus} CPUs" + (" — ⚠ other processes kept the machine busy: timings are unreliable"
+                                          if busy else ""))
     if results.get("backends_unavailable"):
         lines.append("- backends not available: " + "; ".join(
             f"{k}: {v}" for k, v in results["backends_unavailable"].items()))

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import os
 import time
 import traceback
 from datetime import datetime, timezone
@@ -302,8 +303,16 @@ def run_bench(workloads=None, backends=None, threads=None, quick=False, tiny=Fal
                 _anchors.set_threads(previous_threads)
 
 
+def _loadavg():
+    try:
+        return list(os.getloadavg())
+    except (AttributeError, OSError):  # pragma: no cover - not on every platform
+        return None
+
+
 def _run(fastnn, started, wls, fast_backends, absent, anchor_names, anchor_status, cfg, quick, tiny,
          progress, log):
+    load_start = _loadavg()
     threads = fastnn.get_num_threads()
     if "torch" in anchor_names:
         _anchors.set_threads(threads)
@@ -368,7 +377,8 @@ def _run(fastnn, started, wls, fast_backends, absent, anchor_names, anchor_statu
                      "noisy_spread": NOISY_SPREAD},
         "backends_unavailable": absent,
         "anchor_status": anchor_status,
-        "machine": {**machine, "context": _safe_context(threads)},
+        "machine": {**machine, "context": _safe_context(threads),
+                    "loadavg": {"start": load_start, "end": _loadavg()}},
         "workloads": out_wls,
     }
     derive(results)

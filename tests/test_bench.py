@@ -479,3 +479,11 @@ def test_report_flags_a_busy_machine():
     assert "load average (1 min) at start / end: 0.4 / 2.5 on 2 CPUs\n" in markdown(res)
     res["machine"]["loadavg"] = {"start": [6.0, 5.0, 4.0], "end": [7.0, 5.0, 4.0]}
     assert "6.0 / 7.0 on 2 CPUs — ⚠ other processes kept the machine busy" in markdown(res)
+
+
+def test_compare_with_a_missing_or_foreign_file_fails_cleanly(tmp_path, capsys):
+    assert main(["bench", "--compare", str(tmp_path / "nope.json"), str(tmp_path / "nope2.json")]) == 2
+    (tmp_path / "x.json").write_text("[1, 2]")
+    assert main(["bench", "--compare", str(tmp_path / "x.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("fastnn bench: cannot compare:") == 2 and "not a fastnn bench results.json" in err

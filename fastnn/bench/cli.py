@@ -48,11 +48,15 @@ def run(args) -> int:
     if args.compare is not None and len(args.compare) > 2:
         print("fastnn bench: --compare takes OLD or OLD NEW", file=sys.stderr)
         return 2
-    if args.compare is not None and len(args.compare) == 2:
-        old, new = (load_results(p) for p in args.compare)
-        print(format_comparison(compare(old, new, args.threshold), args.compare[0], args.compare[1]))
+    try:
+        saved = [load_results(p) for p in (args.compare or [])]
+    except (OSError, ValueError) as exc:  # missing file, not JSON, not a results.json
+        print(f"fastnn bench: cannot compare: {exc}", file=sys.stderr)
+        return 2
+    if len(saved) == 2:
+        print(format_comparison(compare(saved[0], saved[1], args.threshold), args.compare[0], args.compare[1]))
         return 0
-    old = load_results(args.compare[0]) if args.compare else None
+    old = saved[0] if saved else None
 
     from .runner import run_bench
 

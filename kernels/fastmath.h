@@ -53,11 +53,24 @@ typedef ptrdiff_t fnn_idx;
 /* ------------------------------------------------------------------------ */
 /* Scalar building blocks (inlined into the vector loops).                   */
 
+/* P(r) with expm1(r) = r + r^2 P(r): Taylor series to r^7 (1/k!), enough for
+ * float32 on |r| <= ln2/2 (truncation r^8/8! < 2e-8 relative). */
+FNN_INLINE float fnn_expm1_poly_f32(float r)
+{
+    float p = 1.0f / 5040.0f;
+    p = p * r + 1.0f / 720.0f;
+    p = p * r + 1.0f / 120.0f;
+    p = p * r + 1.0f / 24.0f;
+    p = p * r + 1.0f / 6.0f;
+    p = p * r + 0.5f;
+    return p;
+}
+
 /* exp(x) for float32 with x already in [-87.33, 88]: Cody-Waite range
- * reduction x = n ln2 + r, |r| <= ln2/2, a degree-7 polynomial (Cephes
- * coefficients, about 1 ulp), and 2^n built in the exponent bits. n is
- * rounded with the 1.5*2^23 trick instead of a float->int conversion, so a
- * NaN argument gives NaN and nothing undefined. */
+ * reduction x = n ln2 + r, |r| <= ln2/2, the polynomial above, and 2^n
+ * built in the exponent bits. n is rounded with the 1.5*2^23 trick instead
+ * of a float->int conversion, so a NaN argument gives NaN and nothing
+ * undefined. */
 FNN_INLINE float fnn_exp_core_f32(float x)
 {
     const float magic = 12582912.0f; /* 1.5 * 2^23: adding it rounds to an integer */
@@ -65,12 +78,7 @@ FNN_INLINE float fnn_exp_core_f32(float x)
     float n = t - magic;
     float r = x - n * 0.693359375f;
     r = r + n * 2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
+    float p = fnn_expm1_poly_f32(r);
     p = p * (r * r) + r + 1.0f;
     uint32_t ti;
     memcpy(&ti, &t, sizeof ti);
@@ -101,12 +109,7 @@ FNN_INLINE float fnn_exp_neg_f32(float x)
     float n = t - magic;
     float r = x - n * 0.693359375f;
     r = r + n * 2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
+    float p = fnn_expm1_poly_f32(r);
     p = p * (r * r) + r + 1.0f;
     uint32_t ti;
     memcpy(&ti, &t, sizeof ti);
@@ -139,13 +142,7 @@ FNN_INLINE float fnn_expm1_core_f32(float x)
     float n = t - magic;
     float r = x - n * 0.693359375f;
     r = r + n * 2.12194440e-4f;
-    float p = 1.0f / 5040.0f;
-    p = p * r + 1.0f / 720.0f;
-    p = p * r + 1.0f / 120.0f;
-    p = p * r + 1.0f / 24.0f;
-    p = p * r + 1.0f / 6.0f;
-    p = p * r + 0.5f;
-    float em = r + (r * r) * p;
+    float em = r + (r * r) * fnn_expm1_poly_f32(r);
     uint32_t ti;
     memcpy(&ti, &t, sizeof ti);
     uint32_t ei = (ti - 0x4B400000u + 127u) << 23;

@@ -54,6 +54,21 @@ def _has_openmp() -> bool:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _accepts_flag(flag: str) -> bool:
+    """Whether the C compiler accepts ``flag`` (compiles a trivial file with it)."""
+    tmp = tempfile.mkdtemp()
+    try:
+        src = Path(tmp) / "flag_check.c"
+        src.write_text("int main(void){return 0;}\n")
+        cmd = _compiler_command() + [flag, "-c", str(src), "-o", str(Path(tmp) / "flag_check.o")]
+        result = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return result.returncode == 0
+    except OSError:
+        return False
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def _flags(openmp: bool):
     if sys.platform == "win32":
         compile_args = ["/O2", "/fp:precise"] + (["/openmp"] if openmp else [])
@@ -65,6 +80,9 @@ def _flags(openmp: bool):
     if openmp:
         compile_args.append("-fopenmp")
         link_args.append("-fopenmp")
+    elif _accepts_flag("-fopenmp-simd"):
+        # no threads, but keep the "omp simd" reductions in kernels/fastmath.h vectorised
+        compile_args += ["-fopenmp-simd", "-DFASTNN_OPENMP_SIMD"]
     return compile_args, link_args
 
 

@@ -10,3 +10,8 @@ def _set_num_threads(int n):
     if n < 1:
         raise ValueError(f"number of threads must be >= 1, got {n}")
     _fastnn_num_threads = n
+
+
+def _get_num_threads():
+    """The number of OpenMP threads this module's parallel loops use."""
+    return _fastnn_num_threads

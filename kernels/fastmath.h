@@ -1,0 +1,696 @@
+/* Hot elementwise and row loops of the Cython kernels, in plain C.
+ *
+ * Why C: the loops below must auto-vectorise, including exp and tanh. libm's
+ * scalar exp/tanh stop GCC from vectorising a loop (and glibc's tanh costs
+ * ~30 ns), so both dtypes use branch-free approximations: range reduction
+ * plus polynomial, a few ulp (float32 ~2e-7, float64 ~1e-15 relative).
+ * Only the small binary cross-entropy kernel calls libm.
+ *
+ * Why target_clones: the portable build has no AVX, yet the machines it runs
+ * on mostly do. GCC compiles each FNN_CLONES function for AVX-512, AVX2 and
+ * the baseline and picks one at load time (ifunc). Other compilers, and
+ * builds that already target AVX-512 (-march=native), get one plain version.
+ *
+ * Conventions: every function takes raw pointers and a length; the Cython
+ * side splits long arrays into chunks for its OpenMP loop. Outputs may alias
+ * inputs exactly (in-place ops); those cases take their own loop so that
+ * the restrict-qualified loops stay vectorised. NaN propagates through every
+ * function (comparisons are written so that NaN takes the value-carrying
+ * branch).
+ */
+#ifndef FASTNN_FASTMATH_H
+#define FASTNN_FASTMATH_H
+
+#include <math.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef ptrdiff_t fnn_idx;
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) \
+    && !defined(__AVX512F__) && !defined(FASTNN_NO_CLONES)
+#define FNN_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define FNN_CLONES
+#endif
+
+#if defined(__GNUC__) || defined(__clang__)
+#define FNN_UNUSED __attribute__((unused)) /* each module uses only some loops */
+#define FNN_RESTRICT __restrict__
+#define FNN_INLINE static inline __attribute__((always_inline))
+#elif defined(_MSC_VER)
+#define FNN_UNUSED
+#define FNN_RESTRICT __restrict
+#define FNN_INLINE static __forceinline
+#else
+#define FNN_UNUSED
+#define FNN_RESTRICT
+#define FNN_INLINE static inline
+#endif
+
+/* ------------------------------------------------------------------------ */
+/* Scalar building blocks (inlined into the vector loops).                   */
+
+/* exp(x) for float32 with x already in [-87.33, 88]: Cody-Waite range
+ * reduction x = n ln2 + r, |r| <= ln2/2, a degree-7 polynomial (Cephes
+ * coefficients, about 1 ulp), and 2^n built in the exponent bits. n is
+ * rounded with the 1.5*2^23 trick instead of a float->int conversion, so a
+ * NaN argument gives NaN and nothing undefined. */
+FNN_INLINE float fnn_exp_core_f32(float x)
+{
+    const float magic = 12582912.0f; /* 1.5 * 2^23: adding it rounds to an integer */
+    float t = x * 1.44269504088896341f + magic;
+    float n = t - magic;
+    float r = x - n * 0.693359375f;
+    r = r + n * 2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * (r * r) + r + 1.0f;
+    uint32_t ti;
+    memcpy(&ti, &t, sizeof ti);
+    uint32_t ei = (ti - 0x4B400000u + 127u) << 23;
+    float s;
+    memcpy(&s, &ei, sizeof s);
+    return p * s;
+}
+
+/* min(a, c) that keeps a NaN a (one vminps: c < a ? c : a). */
+FNN_INLINE float fnn_min_keepnan_f32(float a, float c) { return c < a ? c : a; }
+
+/* exp(x) for x <= 0 (softmax after subtracting the row max): clamped at
+ * -87.33 so that the result stays a normal float (about 1e-38, not 0). */
+FNN_INLINE float fnn_exp_f32(float x)
+{
+    return fnn_exp_core_f32(-fnn_min_keepnan_f32(-x, 87.33f));
+}
+
+/* exp(x) for x in [-104, 0], down into the float32 denormals (exp(-104)
+ * rounds to 0): as fnn_exp_core_f32, but 2^n (n down to -150) is applied as
+ * two normal factors 2^(n/2) 2^(n - n/2), so that only the last product
+ * rounds. */
+FNN_INLINE float fnn_exp_neg_f32(float x)
+{
+    const float magic = 12582912.0f;
+    float t = x * 1.44269504088896341f + magic;
+    float n = t - magic;
+    float r = x - n * 0.693359375f;
+    r = r + n * 2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * (r * r) + r + 1.0f;
+    uint32_t ti;
+    memcpy(&ti, &t, sizeof ti);
+    int32_t ni = (int32_t)(ti - 0x4B400000u);
+    int32_t n1 = ni >> 1; /* arithmetic shift on every supported compiler */
+    uint32_t e1 = (uint32_t)(n1 + 127) << 23, e2 = (uint32_t)(ni - n1 + 127) << 23;
+    float s1, s2;
+    memcpy(&s1, &e1, sizeof s1);
+    memcpy(&s2, &e2, sizeof s2);
+    return (p * s1) * s2;
+}
+
+/* sigmoid(x) = 1/(1+e) for x >= 0, e/(1+e) otherwise, e = exp(-|x|) <= 1;
+ * exact down to the denormals, 0 for x <= -104 and -inf. */
+FNN_INLINE float fnn_sigmoid_f32_1(float x)
+{
+    float e = fnn_exp_neg_f32(-fnn_min_keepnan_f32(fabsf(x), 104.0f));
+    float num = x >= 0.0f ? 1.0f : e; /* NaN: picks e, which is NaN */
+    return num / (1.0f + e);
+}
+
+/* expm1(x) for float32 with x in [-18, 0], accurate relative to the result
+ * near 0 (no 1 - e cancellation): with x = n ln2 + r,
+ * expm1(x) = 2^n expm1(r) + (2^n - 1), expm1(r) = r + r^2 P(r) (Taylor to r^7,
+ * |r| <= ln2/2, truncation below 2e-8 relative). */
+FNN_INLINE float fnn_expm1_core_f32(float x)
+{
+    const float magic = 12582912.0f;
+    float t = x * 1.44269504088896341f + magic;
+    float n = t - magic;
+    float r = x - n * 0.693359375f;
+    r = r + n * 2.12194440e-4f;
+    float p = 1.0f / 5040.0f;
+    p = p * r + 1.0f / 720.0f;
+    p = p * r + 1.0f / 120.0f;
+    p = p * r + 1.0f / 24.0f;
+    p = p * r + 1.0f / 6.0f;
+    p = p * r + 0.5f;
+    float em = r + (r * r) * p;
+    uint32_t ti;
+    memcpy(&ti, &t, sizeof ti);
+    uint32_t ei = (ti - 0x4B400000u + 127u) << 23;
+    float s;
+    memcpy(&s, &ei, sizeof s);
+    return s * em + (s - 1.0f);
+}
+
+/* tanh(|x|) = -u / (2 + u) with u = expm1(-2|x|), sign restored: one
+ * branch-free formula, accurate near 0 and saturating to +-1 (2|x| is
+ * clamped at 18, beyond which tanh rounds to 1). NaN propagates. */
+FNN_INLINE float fnn_tanh_f32_1(float x)
+{
+    float u = fnn_expm1_core_f32(-fnn_min_keepnan_f32(2.0f * fabsf(x), 18.0f));
+    return copysignf(-u / (2.0f + u), x);
+}
+
+/* float64 versions, same scheme with a degree-13 Taylor polynomial
+ * (|r| <= ln2/2: truncation below 1e-17 relative), so that they vectorise
+ * where libm's scalar exp/tanh would not; a few ulp. */
+
+FNN_INLINE double fnn_min_keepnan_f64(double a, double c) { return c < a ? c : a; }
+
+/* r = x - n ln2 with n = round(x / ln2); returns n (as double), stores t. */
+#define FNN_REDUCE_F64(x, t, n, r)                          \
+    const double magic = 6755399441055744.0; /* 1.5*2^52 */ \
+    double t = (x) * 1.4426950408889634074 + magic;          \
+    double n = t - magic;                                    \
+    double r = (x) - n * 6.93147180369123816490e-01;         \
+    r = r - n * 1.90821492927058770002e-10;
+
+/* expm1(r) - r - r^2/2 ... folded: returns P with expm1(r) = r + r^2 P(r) */
+FNN_INLINE double fnn_expm1_poly_f64(double r)
+{
+    double p = 1.0 / 6227020800.0; /* 1/13! */
+    p = p * r + 1.0 / 479001600.0;
+    p = p * r + 1.0 / 39916800.0;
+    p = p * r + 1.0 / 3628800.0;
+    p = p * r + 1.0 / 362880.0;
+    p = p * r + 1.0 / 40320.0;
+    p = p * r + 1.0 / 5040.0;
+    p = p * r + 1.0 / 720.0;
+    p = p * r + 1.0 / 120.0;
+    p = p * r + 1.0 / 24.0;
+    p = p * r + 1.0 / 6.0;
+    p = p * r + 0.5;
+    return p;
+}
+
+/* exp(x) for x in [-746, 0], exact into the denormals (2^n as two factors). */
+FNN_INLINE double fnn_exp_neg_f64(double x)
+{
+    FNN_REDUCE_F64(x, t, n, r)
+    double e = 1.0 + (r + (r * r) * fnn_expm1_poly_f64(r));
+    uint64_t ti;
+    memcpy(&ti, &t, sizeof ti);
+    int64_t ni = (int64_t)(ti - 0x4338000000000000ull);
+    int64_t n1 = ni >> 1;
+    uint64_t e1 = (uint64_t)(n1 + 1023) << 52, e2 = (uint64_t)(ni - n1 + 1023) << 52;
+    double s1, s2;
+    memcpy(&s1, &e1, sizeof s1);
+    memcpy(&s2, &e2, sizeof s2);
+    (void)n;
+    return (e * s1) * s2;
+}
+
+/* exp(x) for x <= 0 (softmax after subtracting the row max); NaN passes. */
+FNN_INLINE double fnn_exp_f64(double x)
+{
+    return fnn_exp_neg_f64(-fnn_min_keepnan_f64(-x, 746.0));
+}
+
+/* expm1(x) for x in [-40, 0]: 2^n expm1(r) + (2^n - 1). */
+FNN_INLINE double fnn_expm1_neg_f64(double x)
+{
+    FNN_REDUCE_F64(x, t, n, r)
+    double em = r + (r * r) * fnn_expm1_poly_f64(r);
+    uint64_t ti;
+    memcpy(&ti, &t, sizeof ti);
+    uint64_t ei = (ti - 0x4338000000000000ull + 1023u) << 52;
+    double sc;
+    memcpy(&sc, &ei, sizeof sc);
+    (void)n;
+    return sc * em + (sc - 1.0);
+}
+
+FNN_INLINE double fnn_sigmoid_f64_1(double x)
+{
+    double e = fnn_exp_neg_f64(-fnn_min_keepnan_f64(fabs(x), 746.0));
+    double num = x >= 0.0 ? 1.0 : e;
+    return num / (1.0 + e);
+}
+
+/* tanh(|x|) = -u / (2 + u), u = expm1(-2|x|); beyond |x| = 20 it rounds to 1. */
+FNN_INLINE double fnn_tanh_f64_1(double x)
+{
+    double u = fnn_expm1_neg_f64(-fnn_min_keepnan_f64(2.0 * fabs(x), 40.0));
+    return copysign(-u / (2.0 + u), x);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Elementwise activations: y = act(x + bias) (bias may be NULL: no bias;    */
+/* otherwise it has n entries, the dense layer adds it row by row).          */
+
+#define FNN_RELU(v, prm) (!((v) <= 0) ? (v) : 0)
+#define FNN_LEAKY(v, prm) ((v) * ((v) < 0 ? (prm) : 1))
+#define FNN_IDENT(v, prm) (v)
+
+#define FNN_DEFINE_UNARY(NAME, T, EXPR)                                                   \
+    FNN_CLONES FNN_UNUSED static void NAME(const T *x, const T *bias, T *y, fnn_idx n, double param) \
+    {                                                                                     \
+        const T prm = (T)param;                                                           \
+        (void)prm;                                                                        \
+        if (bias == NULL) {                                                               \
+            if (x == y) {                                                                 \
+                T *FNN_RESTRICT p = y;                                                    \
+                for (fnn_idx i = 0; i < n; i++) {                                         \
+                    T v = p[i];                                                           \
+                    p[i] = EXPR(v, prm);                                                  \
+                }                                                                         \
+            } else {                                                                      \
+                const T *FNN_RESTRICT xi = x;                                             \
+                T *FNN_RESTRICT yo = y;                                                   \
+                for (fnn_idx i = 0; i < n; i++) {                                         \
+                    T v = xi[i];                                                          \
+                    yo[i] = EXPR(v, prm);                                                 \
+                }                                                                         \
+            }                                                                             \
+        } else {                                                                          \
+            const T *FNN_RESTRICT b = bias;                                               \
+            if (x == y) {                                                                 \
+                T *FNN_RESTRICT p = y;                                                    \
+                for (fnn_idx i = 0; i < n; i++) {                                         \
+                    T v = p[i] + b[i];                                                    \
+                    p[i] = EXPR(v, prm);                                                  \
+                }                                                                         \
+            } else {                                                                      \
+                const T *FNN_RESTRICT xi = x;                                             \
+                T *FNN_RESTRICT yo = y;                                                   \
+                for (fnn_idx i = 0; i < n; i++) {                                         \
+                    T v = xi[i] + b[i];                                                   \
+                    yo[i] = EXPR(v, prm);                                                 \
+                }                                                                         \
+            }                                                                             \
+        }                                                                                 \
+    }
+
+FNN_DEFINE_UNARY(fnn_identity_f32, float, FNN_IDENT)
+FNN_DEFINE_UNARY(fnn_identity_f64, double, FNN_IDENT)
+FNN_DEFINE_UNARY(fnn_relu_f32, float, FNN_RELU)
+FNN_DEFINE_UNARY(fnn_relu_f64, double, FNN_RELU)
+FNN_DEFINE_UNARY(fnn_leaky_relu_f32, float, FNN_LEAKY)
+FNN_DEFINE_UNARY(fnn_leaky_relu_f64, double, FNN_LEAKY)
+#define FNN_SIG32(v, prm) fnn_sigmoid_f32_1(v)
+#define FNN_SIG64(v, prm) fnn_sigmoid_f64_1(v)
+#define FNN_TANH32(v, prm) fnn_tanh_f32_1(v)
+#define FNN_TANH64(v, prm) fnn_tanh_f64_1(v)
+FNN_DEFINE_UNARY(fnn_sigmoid_f32, float, FNN_SIG32)
+FNN_DEFINE_UNARY(fnn_sigmoid_f64, double, FNN_SIG64)
+FNN_DEFINE_UNARY(fnn_tanh_f32, float, FNN_TANH32)
+FNN_DEFINE_UNARY(fnn_tanh_f64, double, FNN_TANH64)
+
+/* ------------------------------------------------------------------------ */
+/* Backward from the forward output y: out = g * act'(y).                    */
+
+#define FNN_DRELU(g, y, prm) ((g) * ((y) > 0 ? 1 : 0))
+#define FNN_DLEAKY(g, y, prm) ((g) * ((y) > 0 ? 1 : (prm)))
+#define FNN_DSIG(g, y, prm) ((g) * ((y) * (1 - (y))))
+#define FNN_DTANH(g, y, prm) ((g) * (1 - (y) * (y)))
+
+#define FNN_DEFINE_BINARY(NAME, T, EXPR)                                                   \
+    FNN_CLONES FNN_UNUSED static void NAME(const T *g, const T *y, T *out, fnn_idx n, double param)   \
+    {                                                                                      \
+        const T prm = (T)param;                                                            \
+        (void)prm;                                                                         \
+        if (out == g) {                                                                    \
+            T *FNN_RESTRICT o = out;                                                       \
+            const T *FNN_RESTRICT yy = y;                                                  \
+            if (y == out) { /* all three the same buffer */                                \
+                for (fnn_idx i = 0; i < n; i++) {                                          \
+                    T v = o[i];                                                            \
+                    o[i] = EXPR(v, v, prm);                                                \
+                }                                                                          \
+            } else {                                                                       \
+                for (fnn_idx i = 0; i < n; i++) {                                          \
+                    T gv = o[i], yv = yy[i];                                               \
+                    o[i] = EXPR(gv, yv, prm);                                              \
+                }                                                                          \
+            }                                                                              \
+        } else if (out == y) {                                                             \
+            T *FNN_RESTRICT o = out;                                                       \
+            const T *FNN_RESTRICT gg = g;                                                  \
+            for (fnn_idx i = 0; i < n; i++) {                                              \
+                T gv = gg[i], yv = o[i];                                                   \
+                o[i] = EXPR(gv, yv, prm);                                                  \
+            }                                                                              \
+        } else {                                                                           \
+            T *FNN_RESTRICT o = out;                                                       \
+            const T *FNN_RESTRICT gg = g;                                                  \
+            const T *FNN_RESTRICT yy = y;                                                  \
+            for (fnn_idx i = 0; i < n; i++) {                                              \
+                T gv = gg[i], yv = yy[i];                                                  \
+                o[i] = EXPR(gv, yv, prm);                                                  \
+            }                                                                              \
+        }                                                                                  \
+    }
+
+FNN_DEFINE_BINARY(fnn_relu_bwd_f32, float, FNN_DRELU)
+FNN_DEFINE_BINARY(fnn_relu_bwd_f64, double, FNN_DRELU)
+FNN_DEFINE_BINARY(fnn_leaky_relu_bwd_f32, float, FNN_DLEAKY)
+FNN_DEFINE_BINARY(fnn_leaky_relu_bwd_f64, double, FNN_DLEAKY)
+FNN_DEFINE_BINARY(fnn_sigmoid_bwd_f32, float, FNN_DSIG)
+FNN_DEFINE_BINARY(fnn_sigmoid_bwd_f64, double, FNN_DSIG)
+FNN_DEFINE_BINARY(fnn_tanh_bwd_f32, float, FNN_DTANH)
+FNN_DEFINE_BINARY(fnn_tanh_bwd_f64, double, FNN_DTANH)
+
+/* ------------------------------------------------------------------------ */
+/* Row kernels: softmax, its backward, cross-entropy, column sums.           */
+/* Reductions are marked "omp simd" so that they vectorise (several partial */
+/* sums) without -ffast-math; the build adds -fopenmp-simd where it has no   */
+/* OpenMP, and a compiler without either runs them as plain loops.           */
+
+#if (defined(__GNUC__) || defined(__clang__)) && (defined(_OPENMP) || defined(FASTNN_OPENMP_SIMD))
+#define FNN_PRAGMA(x) _Pragma(#x)
+#define FNN_SIMD_REDUCTION(r) FNN_PRAGMA(omp simd reduction(r))
+#else
+#define FNN_SIMD_REDUCTION(r)
+#endif
+
+#define FNN_DEFINE_ROWS(T, SUF, EXPF)                                                           \
+    FNN_INLINE T fnn_rowmax_##SUF(const T *FNN_RESTRICT x, fnn_idx n)                          \
+    {                                                                                           \
+        T m = x[0];                                                                             \
+        FNN_SIMD_REDUCTION(max : m)                                                             \
+        for (fnn_idx i = 0; i < n; i++) m = x[i] > m ? x[i] : m;                                \
+        return m;                                                                               \
+    }                                                                                           \
+    /* y = exp(x - m), returns sum(y) */                                                        \
+    FNN_INLINE T fnn_expsum_##SUF(const T *x, T *y, fnn_idx n, T m)                            \
+    {                                                                                           \
+        T s = 0;                                                                                \
+        FNN_SIMD_REDUCTION(+ : s)                                                               \
+        for (fnn_idx i = 0; i < n; i++) {                                                       \
+            T e = EXPF(x[i] - m);                                                               \
+            y[i] = e;                                                                           \
+            s += e;                                                                             \
+        }                                                                                       \
+        return s;                                                                               \
+    }                                                                                           \
+    /* y = softmax(x) over rows of length c; x may equal y. */                                  \
+    FNN_CLONES FNN_UNUSED static void fnn_softmax_rows_##SUF(const T *x, T *y, fnn_idx rows, fnn_idx c)   \
+    {                                                                                           \
+        if (c == 0) return;                                                                     \
+        for (fnn_idx r = 0; r < rows; r++) {                                                    \
+            const T *xr = x + r * c;                                                            \
+            T *yr = y + r * c;                                                                  \
+            T m = fnn_rowmax_##SUF(xr, c);                                                      \
+            T inv = 1 / fnn_expsum_##SUF(xr, yr, c, m);                                         \
+            for (fnn_idx i = 0; i < c; i++) yr[i] *= inv;                                       \
+        }                                                                                       \
+    }                                                                                           \
+    /* out = y * (g - sum(g*y)) row by row */                                                   \
+    FNN_CLONES FNN_UNUSED static void fnn_softmax_bwd_rows_##SUF(const T *g, const T *y, T *out,          \
+                                                      fnn_idx rows, fnn_idx c)                  \
+    {                                                                                           \
+        for (fnn_idx r = 0; r < rows; r++) {                                                    \
+            const T *gr = g + r * c;                                                            \
+            const T *yr = y + r * c;                                                            \
+            T *outr = out + r * c;                                                              \
+            T dot = 0;                                                                          \
+            FNN_SIMD_REDUCTION(+ : dot)                                                         \
+            for (fnn_idx i = 0; i < c; i++) dot += gr[i] * yr[i];                               \
+            for (fnn_idx i = 0; i < c; i++) outr[i] = (gr[i] - dot) * yr[i];                    \
+        }                                                                                       \
+    }                                                                                           \
+    /* Cross-entropy rows: grad = scale*(softmax(z) - onehot), returns sum of the rows' */     \
+    /* logsumexp(z) - z[label] (unscaled), in double. */                                        \
+    FNN_CLONES FNN_UNUSED static double fnn_xent_rows_##SUF(const T *z, const fnn_idx *labels, T *grad,   \
+                                                 fnn_idx rows, fnn_idx c, double scale)         \
+    {                                                                                           \
+        double loss = 0;                                                                        \
+        const T sc = (T)scale;                                                                  \
+        for (fnn_idx r = 0; r < rows; r++) {                                                    \
+            const T *zr = z + r * c;                                                            \
+            T *gr = grad + r * c;                                                               \
+            fnn_idx lab = labels[r];                                                            \
+            T m = fnn_rowmax_##SUF(zr, c);                                                      \
+            T s = fnn_expsum_##SUF(zr, gr, c, m);                                               \
+            T f = sc / s;                                                                       \
+            for (fnn_idx i = 0; i < c; i++) gr[i] *= f;                                         \
+            gr[lab] -= sc;                                                                      \
+            loss += log((double)s) - (double)(zr[lab] - m);                                     \
+        }                                                                                       \
+        return loss;                                                                            \
+    }                                                                                           \
+    /* acc[j] += x[j] */                                                                        \
+    FNN_CLONES FNN_UNUSED static void fnn_add_##SUF(T *FNN_RESTRICT acc, const T *FNN_RESTRICT x, fnn_idx n) \
+    {                                                                                           \
+        for (fnn_idx i = 0; i < n; i++) acc[i] += x[i];                                         \
+    }
+
+FNN_DEFINE_ROWS(float, f32, fnn_exp_f32)
+FNN_DEFINE_ROWS(double, f64, fnn_exp_f64)
+
+/* ------------------------------------------------------------------------ */
+/* Losses over a chunk: write the gradient, return the (unscaled) loss sum.  */
+
+#define FNN_DEFINE_LOSSES(T, SUF, EXPF, LOG1P)                                                 \
+    /* d = p - t; grad = two_scale * d; returns sum d^2 (double) */                            \
+    FNN_CLONES FNN_UNUSED static double fnn_mse_##SUF(const T *p, const T *t, T *grad, fnn_idx n,         \
+                                           double two_scale)                                   \
+    {                                                                                          \
+        const T ts = (T)two_scale;                                                             \
+        double s = 0;                                                                          \
+        FNN_SIMD_REDUCTION(+ : s)                                                              \
+        for (fnn_idx i = 0; i < n; i++) {                                                      \
+            T d = p[i] - t[i];                                                                 \
+            s += (double)d * (double)d;                                                        \
+            grad[i] = d * ts;                                                                  \
+        }                                                                                      \
+        return s;                                                                              \
+    }                                                                                          \
+    /* max(z,0) - z t + log1p(exp(-|z|)); grad = scale (sigmoid(z) - t) */                     \
+    FNN_UNUSED static double fnn_bce_##SUF(const T *z, const T *t, T *grad, fnn_idx n, double scale)      \
+    {                                                                                          \
+        const T sc = (T)scale;                                                                 \
+        double s = 0;                                                                          \
+        for (fnn_idx i = 0; i < n; i++) {                                                      \
+            T zi = z[i];                                                                       \
+            T e = EXPF(-fabs(zi));                                                             \
+            T pos = zi > 0 ? zi : 0;                                                           \
+            s += (double)(pos - zi * t[i] + LOG1P(e));                                         \
+            T sig = (zi >= 0 ? (T)1 : e) / (1 + e);                                            \
+            grad[i] = (sig - t[i]) * sc;                                                       \
+        }                                                                                      \
+        return s;                                                                              \
+    }
+
+FNN_DEFINE_LOSSES(float, f32, expf, log1pf)
+FNN_DEFINE_LOSSES(double, f64, exp, log1p)
+
+/* ------------------------------------------------------------------------ */
+/* Optimizer updates (PyTorch's rules, see the reference for the math).      */
+
+#define FNN_DEFINE_OPTIM(T, SUF, SQRT)                                                           \
+    FNN_CLONES FNN_UNUSED static void fnn_sgd_##SUF(T *FNN_RESTRICT param, const T *FNN_RESTRICT grad,      \
+                                         T *FNN_RESTRICT vel, fnn_idx n, double lr_,            \
+                                         double mom_, int nesterov, double wd_)                 \
+    {                                                                                            \
+        const T lr = (T)lr_, mom = (T)mom_, wd = (T)wd_;                                         \
+        if (vel == NULL) {                                                                       \
+            for (fnn_idx i = 0; i < n; i++) {                                                    \
+                T g = grad[i] + wd * param[i];                                                   \
+                param[i] -= lr * g;                                                              \
+            }                                                                                    \
+        } else if (nesterov) {                                                                   \
+            for (fnn_idx i = 0; i < n; i++) {                                                    \
+                T g = grad[i] + wd * param[i];                                                   \
+                T v = mom * vel[i] + g;                                                          \
+                vel[i] = v;                                                                      \
+                param[i] -= lr * (g + mom * v);                                                  \
+            }                                                                                    \
+        } else {                                                                                 \
+            for (fnn_idx i = 0; i < n; i++) {                                                    \
+                T g = grad[i] + wd * param[i];                                                   \
+                T v = mom * vel[i] + g;                                                          \
+                vel[i] = v;                                                                      \
+                param[i] -= lr * v;                                                              \
+            }                                                                                    \
+        }                                                                                        \
+    }                                                                                            \
+    FNN_CLONES FNN_UNUSED static void fnn_adam_##SUF(T *FNN_RESTRICT param, const T *FNN_RESTRICT grad,     \
+                                          T *FNN_RESTRICT m, T *FNN_RESTRICT v, fnn_idx n,      \
+                                          double decay_, double l2_, double b1_, double b2_,    \
+                                          double step_size_, double inv_sqrt_bc2_, double eps_) \
+    {                                                                                            \
+        const T decay = (T)decay_, l2 = (T)l2_, b1 = (T)b1_, b2 = (T)b2_;                        \
+        const T c1 = (T)(1 - b1_), c2 = (T)(1 - b2_);                                            \
+        const T step_size = (T)step_size_, isb = (T)inv_sqrt_bc2_, eps = (T)eps_;               \
+        for (fnn_idx i = 0; i < n; i++) {                                                        \
+            T p = param[i] * decay;                                                              \
+            T g = grad[i] + l2 * p;                                                              \
+            T mi = m[i] * b1 + c1 * g;                                                           \
+            T vi = v[i] * b2 + c2 * (g * g);                                                     \
+            m[i] = mi;                                                                           \
+            v[i] = vi;                                                                           \
+            param[i] = p - step_size * (mi / (SQRT(vi) * isb + eps));                           \
+        }                                                                                        \
+    }
+
+FNN_DEFINE_OPTIM(float, f32, sqrtf)
+FNN_DEFINE_OPTIM(double, f64, sqrt)
+
+/* ------------------------------------------------------------------------ */
+/* Small matrix multiply. For the layer sizes of small networks (a few       */
+/* hundred thousand multiply-adds) a BLAS call costs more in dispatch,       */
+/* packing and thread decisions than the arithmetic; this register-blocked   */
+/* kernel (4 rows x 2 vectors of C held in registers, one broadcast of A per */
+/* row and step of k) runs several times faster there. Larger products go   */
+/* to BLAS (the caller decides, see _blas.pxi). Written with GCC/Clang       */
+/* vector extensions, which every target_clones variant lowers to its own    */
+/* vector width; other compilers always use BLAS (FNN_HAVE_SMALL_GEMM 0).    */
+/*                                                                          */
+/* Row-major C(m, n) = op(A)(m, k) op(B)(k, n); op(A)(i, p) = a[i sai + p sap]*/
+/* covers both layouts of A; op(B) must be row-major (k, n): a transposed B */
+/* is packed first.                                                          */
+
+#if defined(__GNUC__) || defined(__clang__)
+#define FNN_HAVE_SMALL_GEMM 1
+
+#define FNN_DEFINE_SMALL_GEMM(T, SUF, LANES)                                                     \
+    typedef T fnn_vec_##SUF __attribute__((vector_size(LANES * sizeof(T))));                   \
+    /* C(m, n) = A'(m, k) B(k, n), n a multiple of LANES, B and C with row strides ldb, ldc */ \
+    FNN_CLONES FNN_UNUSED static void fnn_gemm_small_kernel_##SUF(                               \
+        fnn_idx m, fnn_idx n, fnn_idx k, const T *a, fnn_idx sai, fnn_idx sap, const T *b,       \
+        fnn_idx ldb, T *c, fnn_idx ldc)                                                          \
+    {                                                                                            \
+        typedef fnn_vec_##SUF V;                                                                 \
+        const size_t VB = sizeof(V);                                                             \
+        fnn_idx i0 = 0;                                                                          \
+        for (; i0 + 4 <= m; i0 += 4) {                                                           \
+            const T *ap = a + i0 * sai;                                                          \
+            fnn_idx j0 = 0;                                                                      \
+            for (; j0 + 2 * LANES <= n; j0 += 2 * LANES) {                                       \
+                V c00 = {0}, c01 = {0}, c10 = {0}, c11 = {0}, c20 = {0}, c21 = {0}, c30 = {0},   \
+                  c31 = {0};                                                                     \
+                for (fnn_idx p = 0; p < k; p++) {                                                \
+                    V b0, b1;                                                                    \
+                    memcpy(&b0, b + p * ldb + j0, VB);                                           \
+                    memcpy(&b1, b + p * ldb + j0 + LANES, VB);                                   \
+                    const T *aq = ap + p * sap;                                                  \
+                    const T a0 = aq[0], a1 = aq[sai], a2 = aq[2 * sai], a3 = aq[3 * sai];        \
+                    c00 += a0 * b0; c01 += a0 * b1;                                              \
+                    c10 += a1 * b0; c11 += a1 * b1;                                              \
+                    c20 += a2 * b0; c21 += a2 * b1;                                              \
+                    c30 += a3 * b0; c31 += a3 * b1;                                              \
+                }                                                                                \
+                T *cr = c + i0 * ldc + j0;                                                       \
+                memcpy(cr, &c00, VB); memcpy(cr + LANES, &c01, VB); cr += ldc;                   \
+                memcpy(cr, &c10, VB); memcpy(cr + LANES, &c11, VB); cr += ldc;                   \
+                memcpy(cr, &c20, VB); memcpy(cr + LANES, &c21, VB); cr += ldc;                   \
+                memcpy(cr, &c30, VB); memcpy(cr + LANES, &c31, VB);                              \
+            }                                                                                    \
+            if (j0 < n) { /* one vector of columns left */                                       \
+                V c0 = {0}, c1 = {0}, c2 = {0}, c3 = {0};                                        \
+                for (fnn_idx p = 0; p < k; p++) {                                                \
+                    V b0;                                                                        \
+                    memcpy(&b0, b + p * ldb + j0, VB);                                           \
+                    const T *aq = ap + p * sap;                                                  \
+                    c0 += aq[0] * b0; c1 += aq[sai] * b0;                                        \
+                    c2 += aq[2 * sai] * b0; c3 += aq[3 * sai] * b0;                              \
+                }                                                                                \
+                T *cr = c + i0 * ldc + j0;                                                       \
+                memcpy(cr, &c0, VB); memcpy(cr + ldc, &c1, VB);                                  \
+                memcpy(cr + 2 * ldc, &c2, VB); memcpy(cr + 3 * ldc, &c3, VB);                    \
+            }                                                                                    \
+        }                                                                                        \
+        for (; i0 < m; i0++) { /* leftover rows, one at a time, 4 independent vectors */         \
+            const T *ap = a + i0 * sai;                                                          \
+            fnn_idx j0 = 0;                                                                      \
+            for (; j0 + 4 * LANES <= n; j0 += 4 * LANES) {                                       \
+                V c0 = {0}, c1 = {0}, c2 = {0}, c3 = {0};                                        \
+                for (fnn_idx p = 0; p < k; p++) {                                                \
+                    V b0, b1, b2, b3;                                                            \
+                    const T *bp = b + p * ldb + j0;                                              \
+                    memcpy(&b0, bp, VB); memcpy(&b1, bp + LANES, VB);                            \
+                    memcpy(&b2, bp + 2 * LANES, VB); memcpy(&b3, bp + 3 * LANES, VB);            \
+                    const T av = ap[p * sap];                                                    \
+                    c0 += av * b0; c1 += av * b1; c2 += av * b2; c3 += av * b3;                  \
+                }                                                                                \
+                T *cr = c + i0 * ldc + j0;                                                       \
+                memcpy(cr, &c0, VB); memcpy(cr + LANES, &c1, VB);                                \
+                memcpy(cr + 2 * LANES, &c2, VB); memcpy(cr + 3 * LANES, &c3, VB);                \
+            }                                                                                    \
+            for (; j0 < n; j0 += LANES) {                                                        \
+                V c0 = {0};                                                                      \
+                for (fnn_idx p = 0; p < k; p++) {                                                \
+                    V b0;                                                                        \
+                    memcpy(&b0, b + p * ldb + j0, VB);                                           \
+                    c0 += ap[p * sap] * b0;                                                      \
+                }                                                                                \
+                memcpy(c + i0 * ldc + j0, &c0, VB);                                              \
+            }                                                                                    \
+        }                                                                                        \
+    }                                                                                            \
+    /* C(i, j) = dot(a[i, :], b[j, :]), a (m, k) and b (n, k) row-major */                      \
+    FNN_CLONES FNN_UNUSED static void fnn_gemm_dots_##SUF(fnn_idx m, fnn_idx n, fnn_idx k,       \
+                                                          const T *a, const T *b, T *c)          \
+    {                                                                                            \
+        for (fnn_idx i = 0; i < m; i++) {                                                        \
+            const T *FNN_RESTRICT ar = a + i * k;                                                \
+            for (fnn_idx j = 0; j < n; j++) {                                                    \
+                const T *FNN_RESTRICT br = b + j * k;                                            \
+                T s = 0;                                                                         \
+                FNN_SIMD_REDUCTION(+ : s)                                                        \
+                for (fnn_idx p = 0; p < k; p++) s += ar[p] * br[p];                              \
+                c[i * n + j] = s;                                                                \
+            }                                                                                    \
+        }                                                                                        \
+    }                                                                                            \
+    /* Returns 0 when done, -1 when out of memory for the padded copies (use BLAS). */          \
+    FNN_UNUSED static int fnn_gemm_small_##SUF(int trans_a, int trans_b, fnn_idx m, fnn_idx n,   \
+                                               fnn_idx k, const T *a, const T *b, T *c)          \
+    {                                                                                            \
+        const fnn_idx sai = trans_a ? 1 : k, sap = trans_a ? m : 1;                              \
+        const fnn_idx np = (n + LANES - 1) / LANES * LANES;                                      \
+        const int pack_b = trans_b || np != n, tmp_c = np != n;                                  \
+        if (!pack_b) {                                                                           \
+            fnn_gemm_small_kernel_##SUF(m, n, k, a, sai, sap, b, n, c, n);                       \
+            return 0;                                                                            \
+        }                                                                                        \
+        if (trans_b && !trans_a && m < 4) {                                                      \
+            /* few rows times Bᵀ: rows of A and B are both contiguous in k, so dot products  */ \
+            /* cost less than packing B */                                                       \
+            fnn_gemm_dots_##SUF(m, n, k, a, b, c);                                               \
+            return 0;                                                                            \
+        }                                                                                        \
+        /* B as row-major (k, np), zero-padded; C into (m, np) scratch if padded */             \
+        T *buf = (T *)malloc(((size_t)k + (tmp_c ? (size_t)m : 0)) * (size_t)np * sizeof(T));    \
+        if (buf == NULL) return -1;                                                              \
+        T *bp = buf, *cp = tmp_c ? buf + (size_t)k * np : c;                                     \
+        for (fnn_idx p = 0; p < k; p++) {                                                        \
+            T *row = bp + p * np;                                                                \
+            if (trans_b)                                                                         \
+                for (fnn_idx j = 0; j < n; j++) row[j] = b[j * k + p];                           \
+            else                                                                                 \
+                memcpy(row, b + p * n, (size_t)n * sizeof(T));                                   \
+            for (fnn_idx j = n; j < np; j++) row[j] = 0;                                         \
+        }                                                                                        \
+        fnn_gemm_small_kernel_##SUF(m, np, k, a, sai, sap, bp, np, cp, np);                      \
+        if (tmp_c)                                                                               \
+            for (fnn_idx i = 0; i < m; i++) memcpy(c + i * n, cp + i * np, (size_t)n * sizeof(T)); \
+        free(buf);                                                                               \
+        return 0;                                                                                \
+    }
+
+FNN_DEFINE_SMALL_GEMM(float, f32, 16)
+FNN_DEFINE_SMALL_GEMM(double, f64, 8)
+
+#else
+#define FNN_HAVE_SMALL_GEMM 0
+static int fnn_gemm_small_f32(int ta, int tb, fnn_idx m, fnn_idx n, fnn_idx k, const float *a,
+                              const float *b, float *c) { return -1; }
+static int fnn_gemm_small_f64(int ta, int tb, fnn_idx m, fnn_idx n, fnn_idx k, const double *a,
+                              const double *b, double *c) { return -1; }
+#endif
+
+#endif /* FASTNN_FASTMATH_H */

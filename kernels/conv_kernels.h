@@ -159,4 +159,31 @@ static void fastnn_conv_wgrad_f32(int O, int K, ptrdiff_t Q, const float* g, ptr
 }
 #endif
 
+/* 2x2, stride 2, unpadded max pooling of one plane (the common case): every
+ * output is independent, so selects (not branches) keep the pipeline full.
+ * Ties keep the first maximum in row-major order; a NaN beats a number. */
+#define FASTNN_MAXPOOL2X2(NAME, T)                                                        \
+static void NAME(const T* src, int W, int ho, int wo, T* dst, long long* idx)             \
+{                                                                                         \
+    for (int i = 0; i < ho; i++) {                                                        \
+        const long long p0 = 2LL * i * W, p1 = p0 + W;                                    \
+        for (int j = 0; j < wo; j++) {                                                    \
+            const long long q[4] = {p0 + 2 * j, p0 + 2 * j + 1, p1 + 2 * j, p1 + 2 * j + 1}; \
+            T best = src[q[0]];                                                           \
+            long long arg = q[0];                                                         \
+            for (int t = 1; t < 4; t++) {                                                 \
+                T v = src[q[t]];                                                          \
+                /* v > best, or v NaN while best is not: one unordered compare + one ordered */ \
+                int take = !(v <= best) & (best == best);                                 \
+                best = take ? v : best;                                                   \
+                arg = take ? q[t] : arg;                                                  \
+            }                                                                             \
+            dst[(long long)i * wo + j] = best;                                            \
+            idx[(long long)i * wo + j] = arg;                                             \
+        }                                                                                 \
+    }                                                                                     \
+}
+FASTNN_MAXPOOL2X2(fastnn_maxpool2x2_f32, float)
+FASTNN_MAXPOOL2X2(fastnn_maxpool2x2_f64, double)
+
 #endif

@@ -218,10 +218,11 @@ def _max_pool_fwd(x, kh, kw, sh, sw, ph, pw, out, indices):
                 for u in range(ulo, uhi):
                     for v in range(vlo, vhi):
                         val = src[h0 + u, w0 + v]
-                        # strict > keeps the first maximum; a NaN replaces a number, not a NaN
-                        if val > best or (val != val and best == best):
-                            best = val
-                            arg = (h0 + u) * W + w0 + v
+                        # strict > keeps the first maximum; a NaN replaces a number, not a NaN.
+                        # Selects, not branches: on real data the comparison is a coin flip.
+                        take = (val > best) | ((val != val) & (best == best))
+                        best = val if take else best
+                        arg = (h0 + u) * W + w0 + v if take else arg
                 dst[i, j] = best
                 idx[i, j] = arg
 

@@ -1,12 +1,22 @@
 # cython: boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False, nonecheck=False
 """Convolution and pooling kernels (NCHW, float32/float64) for the Cython backend.
 
-Convolution cuts the batch into chunks whose im2col matrix stays in cache
-(``COLS_BUDGET`` elements); per chunk an OpenMP loop over (image, channel)
-builds the columns, one BLAS GEMM runs from the serial level (OpenBLAS is
-threaded itself, so it is never called inside a parallel region) and an
-OpenMP loop scatters the result to NCHW. Pooling is a direct loop, parallel
-over (image, channel) planes when the work is large enough.
+float32 stride-1 convolution (every 3×3 "same" layer) runs the direct
+kernels of ``conv_kernels.h``: each image is zero-padded once into a flat
+buffer, and a register-blocked micro-kernel (8 output channels × 48 pixels in
+vector accumulators, AVX-512/AVX2 picked at load time) treats every kernel tap
+as a shift of that buffer, so no im2col matrix is built; an OpenMP loop runs
+the images in parallel (no BLAS inside it). The weight and input gradients use
+the same layout.
+
+Every other case (float64, strides > 1) cuts the batch into chunks whose
+im2col matrix stays in cache (``COLS_BUDGET`` elements); per chunk an OpenMP
+loop over (image, channel) builds the columns, one BLAS GEMM runs from the
+serial level (OpenBLAS is threaded itself, so it is never called inside a
+parallel region) and an OpenMP loop scatters the result to NCHW.
+
+Pooling is a direct loop, parallel over (image, channel) planes when the work
+is large enough; 2×2/stride-2 max pooling has its own branch-free loop.
 """
 
 include "_threads.pxi"

@@ -159,4 +159,42 @@ static void fastnn_conv_wgrad_f32(int O, int K, ptrdiff_t Q, const float* g, ptr
 }
 #endif
 
+/* 2x2, stride 2, unpadded max pooling of one plane (the common case).
+ * Ties keep the first maximum in row-major order; a NaN beats a number.
+ * A tournament (a|b, c|d, then the two winners; the left one is always the
+ * earlier pixel, so a strict > keeps the first maximum) halves the chain of
+ * dependent comparisons, and the comparison, a coin flip on real data, picks
+ * with integer bit masks because compilers turn a ?: on floats into branches. */
+#define FASTNN_PICK(T, U, best, arg, v, pos)                                              \
+    do {                                                                                  \
+        /* take v if v > best, or v is NaN while best is not */                           \
+        U take_ = (U)(!((v) <= (best)) & ((best) == (best)));                             \
+        U m_ = (U)0 - take_, bb_, vb_;                                                    \
+        long long lm_ = -(long long)take_;                                                \
+        memcpy(&bb_, &(best), sizeof bb_);                                                \
+        memcpy(&vb_, &(v), sizeof vb_);                                                   \
+        bb_ = (bb_ & ~m_) | (vb_ & m_);                                                   \
+        memcpy(&(best), &bb_, sizeof bb_);                                                \
+        (arg) = ((arg) & ~lm_) | ((pos) & lm_);                                           \
+    } while (0)
+
+#define FASTNN_MAXPOOL2X2(NAME, T, U)                                                     \
+static void NAME(const T* src, int W, int ho, int wo, T* dst, long long* idx)             \
+{                                                                                         \
+    for (int i = 0; i < ho; i++) {                                                        \
+        const long long p0 = 2LL * i * W, p1 = p0 + W;                                    \
+        for (int j = 0; j < wo; j++) {                                                    \
+            long long ia = p0 + 2 * j, ic = p1 + 2 * j;                                   \
+            T a = src[ia], b = src[ia + 1], c = src[ic], d = src[ic + 1];                 \
+            FASTNN_PICK(T, U, a, ia, b, ia + 1);                                          \
+            FASTNN_PICK(T, U, c, ic, d, ic + 1);                                          \
+            FASTNN_PICK(T, U, a, ia, c, ic);                                              \
+            dst[(long long)i * wo + j] = a;                                               \
+            idx[(long long)i * wo + j] = ia;                                              \
+        }                                                                                 \
+    }                                                                                     \
+}
+FASTNN_MAXPOOL2X2(fastnn_maxpool2x2_f32, float, unsigned int)
+FASTNN_MAXPOOL2X2(fastnn_maxpool2x2_f64, double, unsigned long long)
+
 #endif

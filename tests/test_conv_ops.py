@@ -236,3 +236,16 @@ def test_nan_propagates_through_conv(backend, dtype):
     assert np.isnan(y[0, 0]).all()
     y = ops.conv2d_forward(x, np.ones((1, 1, 1, 1), dtype))
     assert np.isnan(y[0, 0, 2, 2]) and np.isfinite(y).sum() == 24
+
+
+def test_empty_batch(backend, dtype):
+    x = np.ones((0, 3, 6, 6), dtype)
+    w = np.ones((4, 3, 3, 3), dtype)
+    y = ops.conv2d_forward(x, w, np.ones(4, dtype), padding=1)
+    assert y.shape == (0, 4, 6, 6)
+    gi, gw, gb = ops.conv2d_backward(y, x, w, padding=1, grad_weight=np.full(w.shape, 5, dtype))
+    assert gi.shape == x.shape and not gw.any() and not gb.any()
+    y, idx = ops.max_pool2d_forward(x, 2)
+    assert y.shape == (0, 3, 3, 3) and ops.max_pool2d_backward(y, idx, x.shape).shape == x.shape
+    y = ops.avg_pool2d_forward(x, 2)
+    assert ops.avg_pool2d_backward(y, x.shape, 2).shape == x.shape

@@ -127,6 +127,8 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, out=No
         if bias.shape[0] != weight.shape[0]:
             raise ValueError(f"bias has shape {bias.shape} but weight {weight.shape} has {weight.shape[0]} outputs")
     out = _v.output(out, shape, x.dtype, inputs=(x, weight, bias))
+    if out.size == 0:  # empty batch: nothing to compute (kernels assume data)
+        return out
     return _backend().conv2d_forward(x, weight, bias, stride, padding, dilation, out)
 
 
@@ -161,6 +163,11 @@ def conv2d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, *, bia
     grad_input = _v.output(grad_input, x.shape, dt, "grad_input", (grad_out, x, weight)) if input_grad else None
     grad_weight = _v.output(grad_weight, weight.shape, dt, "grad_weight", (grad_out, x, weight))
     grad_bias = _v.output(grad_bias, (weight.shape[0],), dt, "grad_bias", (grad_out,)) if bias else None
+    if x.shape[0] == 0:  # empty batch: the sums over it are zero
+        grad_weight.fill(0)
+        if grad_bias is not None:
+            grad_bias.fill(0)
+        return grad_input, grad_weight, grad_bias
     return _backend().conv2d_backward(grad_out, x, weight, stride, padding, dilation,
                                       grad_input, grad_weight, grad_bias)
 
@@ -225,6 +232,8 @@ def max_pool2d_forward(x, kernel_size, stride=None, padding=0, out=None, indices
         indices = np.empty(shape, dtype=_INT64)
     else:
         _index_buffer(indices, shape, "indices")
+    if out.size == 0:
+        return out, indices
     return _backend().max_pool2d_forward(x, kernel_size, stride, padding, out, indices)
 
 
@@ -266,6 +275,8 @@ def max_pool2d_backward(grad_out, indices, input_shape, grad_input=None):
     if indices.size and (indices.min() < 0 or indices.max() >= plane):
         raise ValueError(f"indices must lie in [0, {plane}) for input shape {input_shape}")
     grad_input = _v.output(grad_input, input_shape, grad_out.dtype, "grad_input", (grad_out,))
+    if grad_input.size == 0:
+        return grad_input
     return _backend().max_pool2d_backward(grad_out, indices, grad_input)
 
 
@@ -291,6 +302,8 @@ def avg_pool2d_forward(x, kernel_size, stride=None, padding=0, count_include_pad
     kernel_size, stride, padding = _pool_params(kernel_size, stride, padding)
     shape = _pool_shape(x.shape, kernel_size, stride, padding)
     out = _v.output(out, shape, x.dtype, inputs=(x,))
+    if out.size == 0:
+        return out
     return _backend().avg_pool2d_forward(x, kernel_size, stride, padding, bool(count_include_pad), out)
 
 
@@ -315,5 +328,7 @@ def avg_pool2d_backward(grad_out, input_shape, kernel_size, stride=None, padding
     shape = _pool_shape(input_shape, kernel_size, stride, padding)
     _v.same_shape(shape, grad_out, "grad_out", "the pooling output")
     grad_input = _v.output(grad_input, input_shape, grad_out.dtype, "grad_input", (grad_out,))
+    if grad_input.size == 0:
+        return grad_input
     return _backend().avg_pool2d_backward(grad_out, kernel_size, stride, padding, bool(count_include_pad),
                                           grad_input)

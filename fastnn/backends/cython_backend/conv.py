@@ -1,8 +1,10 @@
 """Cython convolution and pooling kernels (``fastnn._ext._conv``).
 
-Same algorithms as the Numba backend: chunked im2col whose columns stay in
-cache, one BLAS GEMM per chunk from the serial level, OpenMP loops over
-(image, channel) around it; direct pooling loops parallel over planes.
+float32 stride-1 convolutions run register-blocked direct kernels (no im2col
+matrix; see ``kernels/conv_kernels.h``), images in parallel. Other cases use
+the Numba backend's scheme: chunked im2col whose columns stay in cache, one
+BLAS GEMM per chunk from the serial level, OpenMP loops around it. Pooling is
+direct, parallel over planes.
 """
 
 import numpy as np

@@ -49,27 +49,32 @@ def _im2col(x, b0, nb, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, cols):
     """cols[(c·kH + u)·kW + v, b·P + i·Wo + j] = xp[b0 + b, c, i·sH + u·dH, j·sW + v·dW]."""
     C, H, W = x.shape[1], x.shape[2], x.shape[3]
     P = ho * wo
+    ld = cols.shape[1]
+    xf = x.reshape(x.size)      # flat indexing: no per-row views in the hot loop
+    cf = cols.reshape(cols.size)
     for r in prange(nb * C):
         b = r // C
         c = r - b * C
+        src0 = ((b0 + b) * C + c) * H * W
         for u in range(kh):
             ilo, ihi = _valid_range(ho, H, sh, u * dh - ph)
             for v in range(kw):
                 jlo, jhi = _valid_range(wo, W, sw, v * dw - pw)
-                row = cols[(c * kh + u) * kw + v, b * P:(b + 1) * P]
+                off = v * dw - pw
+                base = ((c * kh + u) * kw + v) * ld + b * P
                 for i in range(ho):
-                    dst = row[i * wo:(i + 1) * wo]
+                    d = base + i * wo
                     if i < ilo or i >= ihi:
-                        dst[:] = 0
+                        for j in range(wo):
+                            cf[d + j] = 0
                         continue
-                    src = x[b0 + b, c, i * sh + u * dh - ph]
-                    off = v * dw - pw
+                    s = src0 + (i * sh + u * dh - ph) * W + off
                     for j in range(jlo):
-                        dst[j] = 0
+                        cf[d + j] = 0
                     for j in range(jlo, jhi):
-                        dst[j] = src[j * sw + off]
+                        cf[d + j] = xf[s + j * sw]
                     for j in range(jhi, wo):
-                        dst[j] = 0
+                        cf[d + j] = 0
 
 
 def _col2im(dcols, b0, nb, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, grad_input):
@@ -218,12 +223,42 @@ def _max_pool_fwd(x, kh, kw, sh, sw, ph, pw, out, indices):
                 for u in range(ulo, uhi):
                     for v in range(vlo, vhi):
                         val = src[h0 + u, w0 + v]
-                        # strict > keeps the first maximum; a NaN replaces a number, not a NaN
-                        if val > best or (val != val and best == best):
-                            best = val
-                            arg = (h0 + u) * W + w0 + v
+                        # strict > keeps the first maximum; a NaN replaces a number, not a NaN.
+                        # Selects, not branches: on real data the comparison is a coin flip.
+                        take = (val > best) | ((val != val) & (best == best))
+                        best = val if take else best
+                        arg = (h0 + u) * W + w0 + v if take else arg
                 dst[i, j] = best
                 idx[i, j] = arg
+
+
+def _max_pool_2x2(x, out, indices):
+    """2×2, stride 2, unpadded: a tournament (a|b, c|d, winners), strict > keeps the first max."""
+    B, C, H, W = x.shape
+    ho, wo = out.shape[2], out.shape[3]
+    for r in prange(B * C):
+        b = r // C
+        c = r - b * C
+        src = x[b, c]
+        dst = out[b, c]
+        idx = indices[b, c]
+        for i in range(ho):
+            for j in range(wo):
+                a_ = src[2 * i, 2 * j]
+                ia = (2 * i) * W + 2 * j
+                b_ = src[2 * i, 2 * j + 1]
+                t = (not (b_ <= a_)) and (a_ == a_)
+                a_ = b_ if t else a_
+                ia = ia + 1 if t else ia
+                c_ = src[2 * i + 1, 2 * j]
+                ic = (2 * i + 1) * W + 2 * j
+                d_ = src[2 * i + 1, 2 * j + 1]
+                t = (not (d_ <= c_)) and (c_ == c_)
+                c_ = d_ if t else c_
+                ic = ic + 1 if t else ic
+                t = (not (c_ <= a_)) and (a_ == a_)
+                dst[i, j] = c_ if t else a_
+                idx[i, j] = ic if t else ia
 
 
 def _max_pool_bwd(grad_out, indices, grad_input):
@@ -292,6 +327,7 @@ def _avg_pool_bwd(grad_out, kh, kw, sh, sw, ph, pw, count_include_pad, grad_inpu
 
 
 _max_fwd_s, _max_fwd_p = _both(_max_pool_fwd)
+_max_2x2_s, _max_2x2_p = _both(_max_pool_2x2)
 _max_bwd_s, _max_bwd_p = _both(_max_pool_bwd)
 _avg_fwd_s, _avg_fwd_p = _both(_avg_pool_fwd)
 _avg_bwd_s, _avg_bwd_p = _both(_avg_pool_bwd)
@@ -299,7 +335,11 @@ _avg_bwd_s, _avg_bwd_p = _both(_avg_pool_bwd)
 
 def max_pool2d_forward(x, kernel_size, stride, padding, out, indices):
     """y[b,c,i,j] = max_{u,v} xp[b,c,i·sH+u,j·sW+v]; indices = flat argmax (first max, NaN wins)."""
-    fn = _max_fwd_p if x.size >= PARALLEL_MIN_ELEMENTS else _max_fwd_s
+    par = x.size >= PARALLEL_MIN_ELEMENTS
+    if kernel_size == (2, 2) and stride == (2, 2) and padding == (0, 0):
+        (_max_2x2_p if par else _max_2x2_s)(x, out, indices)
+        return out, indices
+    fn = _max_fwd_p if par else _max_fwd_s
     fn(x, kernel_size[0], kernel_size[1], stride[0], stride[1], padding[0], padding[1], out, indices)
     return out, indices
 

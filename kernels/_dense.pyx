@@ -2,7 +2,8 @@
 # cython: binding=True, embedsignature=True
 """Matrix multiply and the dense layer (Cython backend).
 
-GEMMs go through the BLAS wrapper in _blas.pxi; bias and activation are
+GEMMs go through the one GEMM wrapper in _blas.pxi (small products in C,
+the rest in BLAS); bias and activation are
 applied in one pass over the GEMM output (row-parallel when large), never
 inside a parallel region that calls BLAS.
 """
@@ -14,6 +15,48 @@ include "_blas.pxi"
 cimport numpy as cnp
 from libc.string cimport memset
 
+# fastnn's own GEMM (kernels/gemm.h) and the policy that picks it or BLAS by
+# shape; fastnn.gemm keeps the policy current through _set_gemm_policy.
+cdef extern from "gemm.h" nogil:
+    int fnn_sgemm(int M, int N, int K, const float *a, long rsa, long csa, const float *b, long rsb,
+                  long csb, float *c, long ldc, const float *bias, int act, int nthreads)
+    int fnn_dgemm(int M, int N, int K, const double *a, long rsa, long csa, const double *b, long rsb,
+                  long csb, double *c, long ldc, const double *bias, int act, int nthreads)
+
+cdef int _gemm_mode = 2            # 0 auto (by shape), 1 own, 2 BLAS; set by fastnn.gemm
+cdef double _own_limit32 = -1, _own_limit64 = -1
+
+
+def _set_gemm_policy(int mode, double limit32, double limit64):
+    """Mode (0 auto, 1 own, 2 BLAS) and the largest M*N*K run by the own GEMM in auto mode."""
+    global _gemm_mode, _own_limit32, _own_limit64
+    _gemm_mode, _own_limit32, _own_limit64 = mode, limit32, limit64
+
+
+cdef inline bint _use_own(int m, int n, int k, bint f32) noexcept nogil:
+    if _gemm_mode == 1:
+        return True
+    if _gemm_mode == 2:
+        return False
+    return <double>m * n * k <= (_own_limit32 if f32 else _own_limit64)
+
+
+cdef bint _mm(bint trans_a, bint trans_b, int m, int n, int k, const floating_t* a, const floating_t* b,
+              floating_t* c, const floating_t* bias, int act) noexcept nogil:
+    """Row-major C = op(A) op(B) by the own GEMM or BLAS; True when bias/act were fused (own GEMM)."""
+    cdef long rsa = 1 if trans_a else k, csa = m if trans_a else 1
+    cdef long rsb = 1 if trans_b else n, csb = k if trans_b else 1
+    cdef int rc
+    if m > 0 and n > 0 and k > 0 and _use_own(m, n, k, floating_t is float):
+        if floating_t is float:
+            rc = fnn_sgemm(m, n, k, a, rsa, csa, b, rsb, csb, c, n, bias, act, _fastnn_num_threads)
+        else:
+            rc = fnn_dgemm(m, n, k, a, rsa, csa, b, rsb, csb, c, n, bias, act, _fastnn_num_threads)
+        if rc == 0:
+            return True
+    _gemm[floating_t](trans_a, trans_b, m, n, k, a, b, 0, c)
+    return False
+
 
 def matmul(cnp.ndarray a, cnp.ndarray b, bint trans_a, bint trans_b, cnp.ndarray out):
     """C = op(A) op(B), op = identity or transpose."""
@@ -24,10 +67,10 @@ def matmul(cnp.ndarray a, cnp.ndarray b, bint trans_a, bint trans_b, cnp.ndarray
     cdef void* pc = cnp.PyArray_DATA(out)
     if cnp.PyArray_TYPE(a) == cnp.NPY_FLOAT32:
         with nogil:
-            _gemm[float](trans_a, trans_b, m, n, k, <float*>pa, <float*>pb, 0, <float*>pc)
+            _mm[float](trans_a, trans_b, m, n, k, <float*>pa, <float*>pb, <float*>pc, NULL, 0)
     else:
         with nogil:
-            _gemm[double](trans_a, trans_b, m, n, k, <double*>pa, <double*>pb, 0, <double*>pc)
+            _mm[double](trans_a, trans_b, m, n, k, <double*>pa, <double*>pb, <double*>pc, NULL, 0)
     return out
 
 
@@ -36,8 +79,8 @@ cdef void _bias_act32(int act, float* y, const float* bias, Py_ssize_t rows, Py_
     cdef fnn_unary32 fn = _fwd32(act)
     cdef Py_ssize_t r
     if bias == NULL:
-        _run_unary32(fn, y, y, rows * cols, 0.0)
-    elif _parallel(rows * cols) and rows > 1:
+        _run_unary32(fn, y, y, rows * cols, 0.0, _cheap_act(act))
+    elif _parallel(rows * cols, _cheap_act(act)) and rows > 1:
         for r in prange(rows, num_threads=_fastnn_num_threads, schedule="dynamic"):
             fn(y + r * cols, bias, y + r * cols, cols, 0.0)
     else:
@@ -49,8 +92,8 @@ cdef void _bias_act64(int act, double* y, const double* bias, Py_ssize_t rows, P
     cdef fnn_unary64 fn = _fwd64(act)
     cdef Py_ssize_t r
     if bias == NULL:
-        _run_unary64(fn, y, y, rows * cols, 0.0)
-    elif _parallel(rows * cols) and rows > 1:
+        _run_unary64(fn, y, y, rows * cols, 0.0, _cheap_act(act))
+    elif _parallel(rows * cols, _cheap_act(act)) and rows > 1:
         for r in prange(rows, num_threads=_fastnn_num_threads, schedule="dynamic"):
             fn(y + r * cols, bias, y + r * cols, cols, 0.0)
     else:
@@ -68,15 +111,23 @@ def dense_forward(cnp.ndarray x, cnp.ndarray weight, cnp.ndarray bias, activatio
     cdef void* pb = NULL if bias is None else cnp.PyArray_DATA(bias)
     cdef void* py = cnp.PyArray_DATA(out)
     cdef bint post = pb != NULL or act != ACT_IDENTITY
+    # The own GEMM adds the bias and applies ReLU to each tile as it stores it;
+    # sigmoid/tanh stay with the vectorised activation kernels (one pass after).
+    cdef int fused_act = act if act == ACT_RELU else ACT_IDENTITY
     if cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT32:
         with nogil:
-            _gemm[float](False, True, bsz, nout, nin, <float*>px, <float*>pw, 0, <float*>py)
-            if post:
+            if _mm[float](False, True, bsz, nout, nin, <float*>px, <float*>pw, <float*>py, <float*>pb, fused_act):
+                if act != fused_act:
+                    _bias_act32(act, <float*>py, NULL, bsz, nout)
+            elif post:
                 _bias_act32(act, <float*>py, <float*>pb, bsz, nout)
     else:
         with nogil:
-            _gemm[double](False, True, bsz, nout, nin, <double*>px, <double*>pw, 0, <double*>py)
-            if post:
+            if _mm[double](False, True, bsz, nout, nin, <double*>px, <double*>pw, <double*>py, <double*>pb,
+                           fused_act):
+                if act != fused_act:
+                    _bias_act64(act, <double*>py, NULL, bsz, nout)
+            elif post:
                 _bias_act64(act, <double*>py, <double*>pb, bsz, nout)
     return out
 
@@ -122,18 +173,18 @@ def dense_backward(cnp.ndarray grad_out, cnp.ndarray x, cnp.ndarray weight, cnp.
         with nogil:
             if act != ACT_IDENTITY:
                 _run_binary32(_bwd32(act), <float*>pg, <float*>py, <float*>pd, nd, 0.0)
-            _gemm[float](True, False, nout, nin, bsz, <float*>pd, <float*>px, 0, <float*>pgw)
+            _mm[float](True, False, nout, nin, bsz, <float*>pd, <float*>px, <float*>pgw, NULL, 0)
             if pgb != NULL:
                 _colsum32(<float*>pd, <float*>pgb, bsz, nout)
             if pgi != NULL:
-                _gemm[float](False, False, bsz, nin, nout, <float*>pd, <float*>pw, 0, <float*>pgi)
+                _mm[float](False, False, bsz, nin, nout, <float*>pd, <float*>pw, <float*>pgi, NULL, 0)
     else:
         with nogil:
             if act != ACT_IDENTITY:
                 _run_binary64(_bwd64(act), <double*>pg, <double*>py, <double*>pd, nd, 0.0)
-            _gemm[double](True, False, nout, nin, bsz, <double*>pd, <double*>px, 0, <double*>pgw)
+            _mm[double](True, False, nout, nin, bsz, <double*>pd, <double*>px, <double*>pgw, NULL, 0)
             if pgb != NULL:
                 _colsum64(<double*>pd, <double*>pgb, bsz, nout)
             if pgi != NULL:
-                _gemm[double](False, False, bsz, nin, nout, <double*>pd, <double*>pw, 0, <double*>pgi)
+                _mm[double](False, False, bsz, nin, nout, <double*>pd, <double*>pw, <double*>pgi, NULL, 0)
     return grad_input, grad_weight, grad_bias

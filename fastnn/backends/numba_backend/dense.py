@@ -24,7 +24,9 @@ the compiled function, so the branches on it cost nothing at run time.
 import numpy as np
 from numba import njit
 
-from ..._config import NUMBA_JIT_OPTIONS
+from ... import gemm as _gemm_policy
+from ..._config import NUMBA_JIT_OPTIONS, get_num_threads
+from . import _gemm as _own
 from ._math import fsigmoid, ftanh
 
 __all__ = ["matmul", "dense_forward", "dense_backward"]
@@ -34,9 +36,17 @@ _jit = njit(**NUMBA_JIT_OPTIONS)
 _ACT_CODES = {"identity": 0, "relu": 1, "sigmoid": 2, "tanh": 3}
 
 
+_NO_BIAS = _own._NO_BIAS
+_use_own = _gemm_policy.use_own
+
+
 def matmul(a, b, trans_a, trans_b, out):
-    """C = op(A)·op(B), op(M) = M or Mᵀ, through BLAS."""
-    np.dot(a.T if trans_a else a, b.T if trans_b else b, out=out)
+    """C = op(A)·op(B), op(M) = M or Mᵀ: own GEMM or BLAS, by shape (fastnn.gemm)."""
+    m, n = out.shape
+    if _use_own("numba", out.dtype, m, n, a.shape[0] if trans_a else a.shape[1]):
+        _own.gemm_c(a, b, trans_a, trans_b, out, _NO_BIAS[out.dtype], False, 0, get_num_threads())
+    else:
+        np.dot(a.T if trans_a else a, b.T if trans_b else b, out=out)
     return out
 
 
@@ -63,8 +73,19 @@ def _bias_act(out, bias, act):
 
 def dense_forward(x, weight, bias, activation, out):
     """y = act(x·Wᵀ + b)."""
-    np.dot(x, weight.T, out=out)
     act = _ACT_CODES[activation]
+    if _use_own("numba", out.dtype, out.shape[0], out.shape[1], x.shape[1]):
+        # own GEMM: bias and ReLU applied to each tile as it is stored;
+        # sigmoid/tanh by the fast activation loop afterwards
+        fused = act if act <= 1 else 0
+        if bias is None:
+            _own.gemm_c(x, weight, False, True, out, _NO_BIAS[out.dtype], False, fused, get_num_threads())
+        else:
+            _own.gemm_c(x, weight, False, True, out, bias, True, fused, get_num_threads())
+        if act > 1:
+            _bias_act(out, None, act)
+        return out
+    np.dot(x, weight.T, out=out)
     if bias is not None or act:
         _bias_act(out, bias, act)
     return out
@@ -109,7 +130,7 @@ def dense_backward(grad_out, x, weight, y, activation, grad_input, grad_weight, 
         delta = grad_out
         if grad_bias is not None:
             _delta_bias(grad_out, grad_out, 0, grad_out, grad_bias)
-    np.dot(delta.T, x, out=grad_weight)
+    matmul(delta, x, True, False, grad_weight)
     if grad_input is not None:
-        np.dot(delta, weight, out=grad_input)
+        matmul(delta, weight, False, False, grad_input)
     return grad_input, grad_weight, grad_bias

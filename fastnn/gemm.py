@@ -1,0 +1,284 @@
+"""Which matrix multiply runs: fastnn's own GEMM or BLAS.
+
+The Numba and Cython backends each carry a hand-written, BLIS-style GEMM
+(packing into cache-sized panels, a register-tile micro-kernel, threads over
+row blocks, bias and activation fused into the store of each output tile).
+For small products it beats calling BLAS: nothing crosses a library
+boundary, there is no thread hand-off, and the dense layer's epilogue comes
+for free. For large ones an optimised BLAS with kernels for the exact CPU
+can be faster. This module holds the switch and the measured crossover:
+
+>>> import fastnn
+>>> fastnn.gemm.set_gemm("own")    # always the own GEMM
+>>> fastnn.gemm.set_gemm("blas")   # always BLAS
+>>> fastnn.gemm.set_gemm("auto")   # by shape, from CROSSOVER (the default)
+
+:func:`gflops_table` measures GFLOP/s of every implementation over a list
+of sizes (the benchmark report plots it); :func:`measure_crossover` re-measures
+the table on the machine at hand.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+
+__all__ = ["set_gemm", "get_gemm", "use_gemm", "use_own", "CROSSOVER", "set_crossover", "measure_crossover",
+           "gflops_table", "blas_info", "register_policy_hook"]
+
+GEMM_MODES = ("auto", "own", "blas")
+
+_lock = threading.Lock()
+_mode = "auto"
+
+#: Largest product volume ``M*N*K`` (multiply-adds) for which ``"auto"`` picks
+#: the own GEMM, per backend and dtype. Measured on a 2-core AMD Zen 5 against
+#: OpenBLAS 0.3.31 with the AVX2 (Haswell) kernels, 2 threads, medians of
+#: repeated runs (see benches/bench_gemm.py and :func:`measure_crossover`).
+#: Every product with all dimensions <= 128 is below every threshold.
+CROSSOVER = {
+    "cython": {"float32": 1 << 40, "float64": 1 << 40},
+    "numba": {"float32": 1 << 40, "float64": 1 << 40},
+}
+
+
+_MODE_CODES = {"auto": 0, "own": 1, "blas": 2}
+_policy_hooks: list = []
+
+
+def _notify() -> None:
+    for backend, hook in _policy_hooks:
+        limits = CROSSOVER.get(backend, {})
+        hook(_MODE_CODES[_mode], float(limits.get("float32", -1)), float(limits.get("float64", -1)))
+
+
+def register_policy_hook(backend: str, hook) -> None:
+    """Register ``hook(mode_code, limit_float32, limit_float64)``, called now and on every change.
+
+    Compiled kernels that decide in C which GEMM to run (the Cython dense
+    kernels) keep their own copy of the policy; this keeps it current.
+    ``mode_code``: 0 auto, 1 own, 2 blas; a limit < 0 means "never own" in auto.
+    """
+    with _lock:
+        _policy_hooks.append((backend, hook))
+    limits = CROSSOVER.get(backend, {})
+    hook(_MODE_CODES[_mode], float(limits.get("float32", -1)), float(limits.get("float64", -1)))
+
+
+def set_crossover(backend: str, dtype, limit) -> None:
+    """Set the ``"auto"`` threshold (largest ``M*N*K`` run by the own GEMM) of one backend and dtype."""
+    with _lock:
+        CROSSOVER.setdefault(backend, {})[np.dtype(dtype).name] = int(limit)
+    _notify()
+
+
+def set_gemm(mode: str) -> None:
+    """Choose the matrix multiply used by the compiled backends.
+
+    Parameters
+    ----------
+    mode : {"auto", "own", "blas"}
+        ``"own"``: the backend's own GEMM for every shape; ``"blas"``: BLAS
+        (through SciPy / NumPy) for every shape; ``"auto"``: by shape, using
+        the measured :data:`CROSSOVER`.
+    """
+    global _mode
+    if not isinstance(mode, str):
+        raise TypeError(f"gemm mode must be a string, got {type(mode).__name__}")
+    m = mode.strip().lower()
+    if m not in GEMM_MODES:
+        raise ValueError(f"unknown gemm mode {mode!r}; choose one of {', '.join(GEMM_MODES)}")
+    with _lock:
+        _mode = m
+    _notify()
+
+
+def get_gemm() -> str:
+    """The current mode: ``"auto"``, ``"own"`` or ``"blas"``."""
+    return _mode
+
+
+class use_gemm:
+    """Context manager: ``with fastnn.gemm.use_gemm("blas"): ...`` restores the mode afterwards."""
+
+    def __init__(self, mode: str):
+        self.mode = mode
+        self.previous = None
+
+    def __enter__(self):
+        self.previous = get_gemm()
+        set_gemm(self.mode)
+        return self
+
+    def __exit__(self, *exc):
+        set_gemm(self.previous)
+        return False
+
+
+def use_own(backend: str, dtype, m: int, n: int, k: int) -> bool:
+    """Whether ``backend`` should run an ``m x k`` by ``k x n`` product with its own GEMM.
+
+    Parameters
+    ----------
+    backend : {"cython", "numba"}
+    dtype : numpy dtype of the operands
+    m, n, k : int
+        Product dimensions.
+    """
+    mode = _mode
+    if mode == "own":
+        return True
+    if mode == "blas":
+        return False
+    limit = CROSSOVER.get(backend, {}).get(np.dtype(dtype).name)
+    return limit is not None and m * n * k <= limit
+
+
+# ---------------------------------------------------------------- measuring
+
+def blas_info() -> list[dict]:
+    """threadpoolctl's view of the BLAS libraries loaded (kernel set: ``architecture``)."""
+    from threadpoolctl import threadpool_info
+    return [i for i in threadpool_info() if i.get("user_api") == "blas"]
+
+
+def _own_runner(backend: str):
+    """A function ``(a, b, out, reps) -> seconds per call`` timing products from compiled code."""
+    if backend == "cython":
+        from .backends.cython_backend import _gemm as cg
+        return lambda a, b, out, reps: cg.bench_loop(a, b, out, reps, False)
+    if backend == "numba":
+        from . import _config
+        from .backends.numba_backend import _gemm as ng
+
+        def run(a, b, out, reps):
+            nt = _config.get_num_threads()
+            t0 = time.perf_counter()
+            ng.bench_loop(a, b, out, reps, False, nt)
+            return (time.perf_counter() - t0) / reps
+        return run
+    if backend == "blas":
+        try:
+            from .backends.cython_backend import _gemm as cg
+            return lambda a, b, out, reps: cg.bench_loop(a, b, out, reps, True)
+        except ImportError:
+            from scipy.linalg import blas as sblas
+
+            def run(a, b, out, reps):
+                f = sblas.sgemm if a.dtype == np.float32 else sblas.dgemm
+                t0 = time.perf_counter()
+                for _ in range(reps):
+                    f(1.0, b.T, a.T, trans_a=True, trans_b=True)
+                return (time.perf_counter() - t0) / reps
+            return run
+    if backend == "numpy":
+        def run(a, b, out, reps):
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                np.matmul(a, b, out=out)
+            return (time.perf_counter() - t0) / reps
+        return run
+    raise ValueError(f"unknown GEMM implementation {backend!r}; use cython, numba, blas or numpy")
+
+
+def _shape(size):
+    if isinstance(size, (int, np.integer)):
+        return int(size), int(size), int(size)
+    m, k, n = size
+    return int(m), int(k), int(n)
+
+
+def gflops_table(sizes=(32, 64, 128, 256, 512, 1024, 2048, (32, 64, 128), (128, 784, 256)),
+                 backends=("cython", "numba", "blas", "numpy"), dtype=np.float32, repeat=5,
+                 min_time=0.05, threads=None):
+    """GFLOP/s of each GEMM implementation over a list of sizes, measured in one run.
+
+    Parameters
+    ----------
+    sizes : iterable of int or (M, K, N)
+        ``n`` means a square ``n x n x n`` product.
+    backends : iterable of {"cython", "numba", "blas", "numpy"}
+        ``cython`` / ``numba``: the own GEMM, called in a loop from compiled
+        code; ``blas``: BLAS ``?gemm`` called from the same compiled loop;
+        ``numpy``: ``numpy.matmul`` called from Python. Unavailable ones are
+        skipped.
+    dtype : float32 or float64
+    repeat : int
+        Timed repetitions (interleaved across implementations); the median counts.
+    min_time : float
+        Seconds each repetition lasts at least (calls are batched).
+    threads : int, optional
+        Thread count for everything (default: :func:`fastnn.get_num_threads`).
+
+    Returns
+    -------
+    list of dict
+        One row per (size, backend): ``m, k, n, backend, seconds, gflops``,
+        plus ``ratio_to_blas`` where BLAS was measured.
+    """
+    from . import _config
+    if threads is not None:
+        _config.set_num_threads(int(threads))
+    else:
+        _config.set_num_threads(_config.get_num_threads())  # make BLAS agree
+    runners = {}
+    for name in backends:
+        try:
+            runners[name] = _own_runner(name)
+        except ImportError:
+            continue
+    rng = np.random.default_rng(0)
+    rows = []
+    for size in sizes:
+        m, k, n = _shape(size)
+        a = rng.standard_normal((m, k)).astype(dtype)
+        b = rng.standard_normal((k, n)).astype(dtype)
+        out = np.empty((m, n), dtype)
+        flops = 2.0 * m * n * k
+        reps = {}
+        for name, run in runners.items():
+            run(a, b, out, 1)  # compile / warm caches
+            t = run(a, b, out, 1)
+            reps[name] = max(1, int(min_time / max(t, 1e-7)))
+        times = {name: [] for name in runners}
+        for _ in range(repeat):
+            for name, run in runners.items():
+                times[name].append(run(a, b, out, reps[name]))
+        row_blas = None
+        size_rows = []
+        for name in runners:
+            sec = float(np.median(times[name]))
+            row = dict(m=m, k=k, n=n, backend=name, seconds=sec, gflops=flops / sec / 1e9)
+            size_rows.append(row)
+            if name == "blas":
+                row_blas = row
+        if row_blas is not None:
+            for row in size_rows:
+                row["ratio_to_blas"] = row["gflops"] / row_blas["gflops"]
+        rows.extend(size_rows)
+    return rows
+
+
+def measure_crossover(backend: str, dtype=np.float32, sizes=(64, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048),
+                      repeat=5, apply=False):
+    """Measure where BLAS starts to beat ``backend``'s own GEMM (square products).
+
+    Returns the largest ``n**3`` below which the own GEMM was at least as
+    fast as BLAS at every measured size (``1 << 40`` if it always was). With
+    ``apply=True`` the value is stored in :data:`CROSSOVER`.
+    """
+    rows = gflops_table(sizes, (backend, "blas"), dtype=dtype, repeat=repeat)
+    limit = 0
+    for size in sizes:
+        own = next(r for r in rows if r["backend"] == backend and r["m"] == size)
+        blas = next(r for r in rows if r["backend"] == "blas" and r["m"] == size)
+        if own["gflops"] < blas["gflops"]:
+            break
+        limit = size ** 3
+    else:
+        limit = 1 << 40
+    if apply:
+        set_crossover(backend, dtype, limit)
+    return limit

@@ -113,13 +113,13 @@ cdef inline void colsum(const real *a, fnn_idx rows, fnn_idx cols, fnn_idx ld, r
 
 
 cdef inline bint small(fnn_idx elements) noexcept nogil:
-    """True when the operands of an all-steps product fit in ~1 MB (L2).
+    """True when the operands of an all-steps product are small (<= 2^18 elements, 1 MB in float32).
 
     Those go to the hand-written kernels: besides set-up and packing, a BLAS
     call may wake its worker threads, which costs far more than such a product
     when the cores are shared (and never helps it).
     """
-    return elements * 8 <= (1 << 20)
+    return elements <= (1 << 18)
 
 
 cdef inline void input_projection(const real *x, const real *w_ih, const real *b1, const real *b2,

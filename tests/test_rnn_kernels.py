@@ -239,3 +239,16 @@ def test_threaded_time_steps_match_reference(compiled_backend, rng, cell, H):
     np.testing.assert_allclose(fwd["out"], fwd_ref["out"], **t)
     for k in grads_ref:
         np.testing.assert_allclose(grads[k], grads_ref[k], **t, err_msg=k)
+
+
+@pytest.mark.parametrize("cell", ["rnn_tanh", "lstm", "gru"])
+def test_large_problem_matches_reference(backend, rng, cell):
+    """All-steps products above the size gate (> 2^18 operand elements) go to BLAS in the compiled backends."""
+    p = _make(cell, (40, 64, 16, 64), np.float32, rng, scale=0.2)
+    fwd, grads = _run(cell, p)
+    with fastnn.use_backend("numpy"):
+        fwd_ref, grads_ref = _run(cell, p)
+    t = tol(np.float32, scale=50)
+    np.testing.assert_allclose(fwd["out"], fwd_ref["out"], **t)
+    for k in grads_ref:
+        np.testing.assert_allclose(grads[k], grads_ref[k], **t, err_msg=k)

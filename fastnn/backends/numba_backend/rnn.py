@@ -2,11 +2,13 @@
 
 Same names and parameters as :mod:`fastnn.backends.reference.rnn`. The whole
 time loop runs in one compiled function per kernel. The input projection, the
-weight gradients and dL/dx are one matrix product each (``np.dot``, BLAS);
-the per-step product with W_hh is a plain loop nest (these matrices are too
-small for a BLAS call to pay), and the gate nonlinearities in float32 use a
-branch-free exp that LLVM vectorises (Numba's ``np.tanh``/``np.exp`` on
-float32 are scalar libm calls without SVML).
+weight gradients and dL/dx are one product each over all time steps; the
+per-step product with W_hh is small. All are loop nests that LLVM vectorises
+along their innermost, contiguous axis: for these sizes a BLAS call costs more
+in set-up and thread wake-ups than the arithmetic. BLAS (``np.dot``) takes
+over for the all-steps products when they are large. The gate
+nonlinearities in float32 use a branch-free exp that LLVM vectorises (Numba's
+``np.tanh``/``np.exp`` on float32 are scalar libm calls without SVML).
 """
 
 import numpy as np
@@ -114,15 +116,77 @@ def _acc(A, Bt, C):
                 ci[j] += a * bk[j]
 
 
+#: Operands (elements) above which the all-steps products go to BLAS.
+_BLAS_MIN = 1 << 18
+
+
+@njit(**NUMBA_JIT_OPTIONS)
+def _acc_tn(A, Bm, C):
+    """C (M,N) += Aᵀ·Bm with A (K,M), Bm (K,N): outer products row by row, inner loop along N."""
+    K, M = A.shape
+    N = Bm.shape[1]
+    for k in range(K):
+        ak = A[k]
+        bk = Bm[k]
+        for i in range(M):
+            a = ak[i]
+            ci = C[i]
+            for j in range(N):
+                ci[j] += a * bk[j]
+
+
+@njit(**NUMBA_JIT_OPTIONS)
+def _dot_nt(A, Bn, C):
+    """C (M,N) = A (M,K)·Bn (N,K)ᵀ as dot products along K (a narrow C: N = input size)."""
+    M, K = A.shape
+    N = Bn.shape[0]
+    for i in range(M):
+        ai = A[i]
+        for j in range(N):
+            bj = Bn[j]
+            s = ai[0] * 0
+            for k in range(K):
+                s += ai[k] * bj[k]
+            C[i, j] = s
+
+
+@njit(**NUMBA_JIT_OPTIONS)
+def _project(x2, w_ih, out2):
+    """out2 (T·B, G·H) += x2·W_ihᵀ."""
+    if x2.shape[0] * (x2.shape[1] + w_ih.shape[0]) > _BLAS_MIN:
+        out2 += np.dot(x2, w_ih.T)
+    else:
+        _acc(x2, np.ascontiguousarray(w_ih.T), out2)
+
+
+@njit(**NUMBA_JIT_OPTIONS)
+def _input_grad(d2, w_ih, gx2):
+    """gx2 (T·B, I) = δ·W_ih."""
+    if d2.shape[0] * (d2.shape[1] + gx2.shape[1]) > _BLAS_MIN:
+        np.dot(d2, w_ih, gx2)
+    else:
+        _dot_nt(d2, np.ascontiguousarray(w_ih.T), gx2)
+
+
 @njit(**NUMBA_JIT_OPTIONS)
 def _weight_grads(dx, dh, x2, h0, out2, gw_ih, gw_hh, gb_ih, gb_hh):
     """dW_ih = δxᵀx, dW_hh = δhᵀ[h0; out[:-1]], db = column sums; δ as (T·B, G·H) contiguous."""
     B = h0.shape[0]
     TB = dx.shape[0]
-    np.dot(dx.T, x2, gw_ih)
-    np.dot(dh[:B].T, h0, gw_hh)
-    if TB > B:
-        gw_hh += np.dot(dh[B:].T, out2[:TB - B])
+    if TB * (dx.shape[1] + x2.shape[1] + out2.shape[1]) > _BLAS_MIN:
+        np.dot(dx.T, x2, gw_ih)
+        np.dot(dh[:B].T, h0, gw_hh)
+        if TB > B:
+            gw_hh += np.dot(dh[B:].T, out2[:TB - B])
+    else:
+        # dW_ih built transposed (I, G·H) so that the inner loop runs along the wide axis
+        wt = np.zeros((x2.shape[1], dx.shape[1]), dx.dtype)
+        _acc_tn(x2, dx, wt)
+        gw_ih[:] = wt.T
+        gw_hh[:] = 0
+        _acc_tn(dh[:B], h0, gw_hh)
+        if TB > B:
+            _acc_tn(dh[B:], out2[:TB - B], gw_hh)
     if gb_ih is not None:
         gb_ih[:] = 0
         for r in range(TB):
@@ -143,11 +207,12 @@ def _rnn_fwd(x, h0, w_ih, w_hh, b_ih, b_hh, relu, fast, out):
     T, B, I = x.shape
     H = h0.shape[1]
     out2 = out.reshape(T * B, H)
-    np.dot(x.reshape(T * B, I), w_ih.T, out2)
+    out2[:] = 0
     if b_ih is not None:
         out2 += b_ih
     if b_hh is not None:
         out2 += b_hh
+    _project(x.reshape(T * B, I), w_ih, out2)
     wt = np.ascontiguousarray(w_hh.T)
     ib = np.empty(H, np.int32)
     kind = 2 if relu else 1
@@ -184,7 +249,7 @@ def _rnn_bwd(go, ghn, x, h0, w_ih, w_hh, out, relu, work, gx, gh0, gw_ih, gw_hh,
     w2 = work.reshape(T * B, H)
     _weight_grads(w2, w2, x.reshape(T * B, I), h0, out.reshape(T * B, H), gw_ih, gw_hh, gb_ih, gb_hh)
     if gx is not None:
-        np.dot(w2, w_ih, gx.reshape(T * B, I))
+        _input_grad(w2, w_ih, gx.reshape(T * B, I))
 
 
 def rnn_forward(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity, out):
@@ -211,11 +276,12 @@ def _lstm_fwd(x, h0, c0, w_ih, w_hh, b_ih, b_hh, fast, out, cell, gates):
     H = h0.shape[1]
     one = np.ones(1, x.dtype)[0]   # keeps float32 math in float32
     g2 = gates.reshape(T * B, 4 * H)
-    np.dot(x.reshape(T * B, I), w_ih.T, g2)
+    g2[:] = 0
     if b_ih is not None:
         g2 += b_ih
     if b_hh is not None:
         g2 += b_hh
+    _project(x.reshape(T * B, I), w_ih, g2)
     wt = np.ascontiguousarray(w_hh.T)
     ib = np.empty(4 * H, np.int32)
     for t in range(T):
@@ -282,7 +348,7 @@ def _lstm_bwd(go, ghn, gcn, x, h0, c0, w_ih, w_hh, out, cell, gates, fast, work,
     w2 = work.reshape(T * B, 4 * H)
     _weight_grads(w2, w2, x.reshape(T * B, I), h0, out.reshape(T * B, H), gw_ih, gw_hh, gb_ih, gb_hh)
     if gx is not None:
-        np.dot(w2, w_ih, gx.reshape(T * B, I))
+        _input_grad(w2, w_ih, gx.reshape(T * B, I))
 
 
 def lstm_forward(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, out, cell, gates):
@@ -309,9 +375,10 @@ def _gru_fwd(x, h0, w_ih, w_hh, b_ih, b_hh, fast, out, gates, hidden_n):
     H = h0.shape[1]
     one = np.ones(1, x.dtype)[0]   # keeps float32 math in float32
     g2 = gates.reshape(T * B, 3 * H)
-    np.dot(x.reshape(T * B, I), w_ih.T, g2)
+    g2[:] = 0
     if b_ih is not None:
         g2 += b_ih
+    _project(x.reshape(T * B, I), w_ih, g2)
     wt = np.ascontiguousarray(w_hh.T)
     gh = np.empty((B, 3 * H), x.dtype)
     ib = np.empty(3 * H, np.int32)
@@ -386,7 +453,7 @@ def _gru_bwd(go, ghn, x, h0, w_ih, w_hh, out, gates, hidden_n, work, gx, gh0, gw
     _weight_grads(dx2, dhs.reshape(T * B, 3 * H), x.reshape(T * B, I), h0, out.reshape(T * B, H),
                   gw_ih, gw_hh, gb_ih, gb_hh)
     if gx is not None:
-        np.dot(dx2, w_ih, gx.reshape(T * B, I))
+        _input_grad(dx2, w_ih, gx.reshape(T * B, I))
 
 
 def gru_forward(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, out, gates, hidden_n):

@@ -28,11 +28,13 @@ ALL_BACKENDS = ("numpy", "numba", "cython")
 def pytest_collect_file(file_path, parent):
     """Collect ``bench_*.py`` (pytest's default patterns only know ``test_*.py``).
 
-    Skipped when the configuration's ``python_files`` already matches them, so
-    that nothing is collected twice.
+    Skipped when the file is named on the command line or the configuration's
+    ``python_files`` already matches it, so that nothing is collected twice.
     """
     if file_path.suffix != ".py" or not file_path.name.startswith("bench_"):
         return None
+    if parent.session.isinitpath(file_path):
+        return None  # named on the command line: pytest collects it itself
     patterns = parent.config.getini("python_files")
     if any(fnmatch.fnmatch(file_path.name, p) for p in patterns):
         return None

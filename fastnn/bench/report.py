@@ -268,7 +268,7 @@ def plot_speedup(results: dict, path) -> None:
     ax.set_xticklabels([c["key"] for c in cases], rotation=60, ha="right", fontsize=7)
     ax.set_ylabel("speed-up over the NumPy backend")
     threads = results["settings"].get("threads")
-    ax.set_title(f"fastnn speed-up over its NumPy backend ({threads} threads)")
+    ax.set_title(f"fastnn speed-up over its NumPy backend (threads: {threads})")
     if cases:
         ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
@@ -291,7 +291,8 @@ def plot_gemm(results: dict, path) -> bool:
     for name in names:
         pts = [(c["params"]["n"], c["rows"][name]["gflops"]) for c in wl["cases"]
                if c["rows"].get(name, {}).get("gflops")]
-        label = {"numpy": "BLAS (fastnn numpy)"}.get(name, ROW_LABELS.get(name, name))
+        label = {"numpy": "BLAS (fastnn numpy)", "numba": "fastnn numba (own GEMM)",
+                 "cython": "fastnn cython (own GEMM)"}.get(name, ROW_LABELS.get(name, name))
         ax.plot(*zip(*pts), marker="o", label=label)
     peak = results["machine"]["gemm"]["gflops"]
     ax.axhline(peak, color="gray", linestyle="--", linewidth=1,
@@ -299,7 +300,7 @@ def plot_gemm(results: dict, path) -> bool:
     ax.set_xscale("log", base=2)
     ax.set_xlabel("n (C = A·B, all n x n, float32)")
     ax.set_ylabel("GFLOP/s")
-    ax.set_title(f"GEMM throughput ({results['settings'].get('threads')} threads)")
+    ax.set_title(f"GEMM throughput (threads: {results['settings'].get('threads')})")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

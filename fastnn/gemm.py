@@ -219,16 +219,15 @@ def gflops_table(sizes=(32, 64, 128, 256, 512, 1024, 2048, (32, 64, 128), (128, 
         plus ``ratio_to_blas`` where BLAS was measured.
     """
     from . import _config
-    if threads is not None:
-        _config.set_num_threads(int(threads))
-    else:
-        _config.set_num_threads(_config.get_num_threads())  # make BLAS agree
     runners = {}
     for name in backends:
         try:
             runners[name] = _own_runner(name)
         except ImportError:
             continue
+    # After the imports: every BLAS library loaded by now (NumPy's and
+    # SciPy's) gets the same thread limit as fastnn's own loops.
+    _config.set_num_threads(int(threads) if threads is not None else _config.get_num_threads())
     rng = np.random.default_rng(0)
     rows = []
     for size in sizes:

@@ -283,7 +283,12 @@ static int fnn_gemm_set_isa(int level)
 static int fnn_sgemm(int M, int N, int K, const float *a, long rsa, long csa, const float *b, long rsb,
                       long csb, float *c, long ldc, const float *bias, int act, int nthreads)
 {
-    switch (fnn_gemm_isa()) {
+    int level = fnn_gemm_isa();
+    /* A narrow product (a 10-class output layer) would waste most of a
+     * 32-column AVX-512 tile: the 16-column AVX2 tile does less work. */
+    if (level == 2 && N <= 16)
+        level = 1;
+    switch (level) {
 #ifdef FNN_HAVE_X86_KERNELS
     case 2:
         return fnn_gemm_s_avx512(M, N, K, a, rsa, csa, b, rsb, csb, c, ldc, bias, act, nthreads);
@@ -298,7 +303,10 @@ static int fnn_sgemm(int M, int N, int K, const float *a, long rsa, long csa, co
 static int fnn_dgemm(int M, int N, int K, const double *a, long rsa, long csa, const double *b, long rsb,
                       long csb, double *c, long ldc, const double *bias, int act, int nthreads)
 {
-    switch (fnn_gemm_isa()) {
+    int level = fnn_gemm_isa();
+    if (level == 2 && N <= 8)
+        level = 1;
+    switch (level) {
 #ifdef FNN_HAVE_X86_KERNELS
     case 2:
         return fnn_gemm_d_avx512(M, N, K, a, rsa, csa, b, rsb, csb, c, ldc, bias, act, nthreads);

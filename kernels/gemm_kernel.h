@@ -47,9 +47,9 @@ static inline FN(fnn_v) FN(fnn_relu_v)(FN(fnn_v) v)
 /* MR x NR tile of C from a packed MR x kc panel of A and kc x NR panel of B.
  * first: overwrite C (else accumulate); bias (or NULL) and act are the
  * epilogue, applied only on the last kc block. */
-static inline void FN(fnn_ukr)(long kc, const FNN_T *restrict pa, const FNN_T *restrict pb,
-                               FNN_T *restrict c, long ldc, int m, int n, int first,
-                               const FNN_T *restrict bias, int act)
+static inline __attribute__((always_inline)) void
+FN(fnn_ukr)(long kc, const FNN_T *restrict pa, long ars, long acs, const FNN_T *restrict pb,
+            FNN_T *restrict c, long ldc, int m, int n, int first, const FNN_T *restrict bias, int act)
 {
     FN(fnn_v) acc[FNN_MR][FNN_NV];
 #pragma GCC unroll 32
@@ -64,10 +64,10 @@ static inline void FN(fnn_ukr)(long kc, const FNN_T *restrict pa, const FNN_T *r
 #pragma GCC unroll 8
         for (int j = 0; j < FNN_NV; ++j)
             bv[j] = bp[j];
-        const FNN_T *ap = pa + p * FNN_MR;
+        const FNN_T *ap = pa + p * acs;
 #pragma GCC unroll 32
         for (int i = 0; i < FNN_MR; ++i) {
-            FNN_T av = ap[i];
+            FNN_T av = ap[i * ars];
 #pragma GCC unroll 8
             for (int j = 0; j < FNN_NV; ++j)
                 acc[i][j] += av * bv[j];
@@ -204,7 +204,16 @@ static void FN(fnn_gemm_body)(int M, int N, int K, const FNN_T *a, long rsa, lon
                     continue;
                 int ic = ib * mc_blk;
                 int mc = M - ic < mc_blk ? M - ic : mc_blk;
-                FN(fnn_pack_a)(mc, kc, a + (long)ic * rsa + (long)pc * csa, rsa, csa, pa);
+                const FNN_T *ab = a + (long)ic * rsa + (long)pc * csa;
+                /* Packing A pays for itself through reuse across the B panels;
+                 * with one or two panels, read A in place (only a ragged last
+                 * row panel is packed, for its zero padding). */
+                int direct = (npanels <= 2);
+                int mfull = direct ? mc / FNN_MR * FNN_MR : 0;
+                if (!direct)
+                    FN(fnn_pack_a)(mc, kc, ab, rsa, csa, pa);
+                else if (mfull < mc)
+                    FN(fnn_pack_a)(mc - mfull, kc, ab + (long)mfull * rsa, rsa, csa, pa + (long)mfull * kc);
                 for (int jr = 0; jr < nc; jr += FNN_NR) {
                     int nr = nc - jr < FNN_NR ? nc - jr : FNN_NR;
                     const FNN_T *bias_j = (last && bias) ? bias + jc + jr : NULL;
@@ -212,8 +221,12 @@ static void FN(fnn_gemm_body)(int M, int N, int K, const FNN_T *a, long rsa, lon
                     for (int ir = 0; ir < mc; ir += FNN_MR) {
                         int mr = mc - ir < FNN_MR ? mc - ir : FNN_MR;
                         FNN_T *ct = c + (long)(ic + ir) * ldc + jc + jr;
-                        FN(fnn_ukr)(kc, pa + (long)ir * kc, pb + (long)jr * kc, ct, ldc, mr, nr, first,
-                                    bias_j, act_j);
+                        if (ir < mfull)
+                            FN(fnn_ukr)(kc, ab + (long)ir * rsa, rsa, csa, pb + (long)jr * kc, ct, ldc, mr, nr,
+                                        first, bias_j, act_j);
+                        else
+                            FN(fnn_ukr)(kc, pa + (long)ir * kc, 1, FNN_MR, pb + (long)jr * kc, ct, ldc, mr, nr,
+                                        first, bias_j, act_j);
                         if (act_j == FNN_ACT_SIGMOID || act_j == FNN_ACT_TANH)
                             FNN_CAT(fnn_act_tile, FNN_TSFX)(ct, ldc, mr, nr, act_j);
                     }

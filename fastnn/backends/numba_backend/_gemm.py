@@ -107,13 +107,26 @@ def _pack_a(a, rsa, csa, i0, p0, mc, kc, pa):
         mr = min(MR, mc - ir_)
         base = ir_ * kc
         src = (i0 + ir_) * rsa + p0 * csa
-        for p in range(kc):
-            q = base + p * MR
-            s = src + p * csa
-            for i in range(mr):
-                pa[q + i] = a[s + i * rsa]
-            for i in range(mr, MR):
-                pa[q + i] = 0
+        if mr == MR and csa == 1:
+            # rows of A are contiguous: read each row once, in order
+            for i in range(MR):
+                s = src + i * rsa
+                for p in range(kc):
+                    pa[base + p * MR + i] = a[s + p]
+        elif mr == MR and rsa == 1:
+            for p in range(kc):
+                q = base + p * MR
+                s = src + p * csa
+                for i in range(MR):
+                    pa[q + i] = a[s + i]
+        else:
+            for p in range(kc):
+                q = base + p * MR
+                s = src + p * csa
+                for i in range(mr):
+                    pa[q + i] = a[s + i * rsa]
+                for i in range(mr, MR):
+                    pa[q + i] = 0
 
 
 @njit(**_OPTS)
@@ -123,6 +136,14 @@ def _pack_b_panel(b, rsb, csb, p0, j0, kc, nc, jp, nr_full, pb):
     nr = min(nr_full, nc - js)
     base = js * kc
     src = p0 * rsb + (j0 + js) * csb
+    if nr == nr_full and csb == 1:
+        # rows of B are contiguous: a vectorised copy per row
+        for p in range(kc):
+            q = base + p * nr_full
+            s = src + p * rsb
+            for j in range(nr_full):
+                pb[q + j] = b[s + j]
+        return
     for p in range(kc):
         q = base + p * nr_full
         s = src + p * rsb
@@ -135,23 +156,41 @@ def _pack_b_panel(b, rsb, csb, p0, j0, kc, nc, jp, nr_full, pb):
 @njit(**_OPTS)
 def _store_tile(tile, nr_full, c, ldc, i0, j0, mr, nr, first, last, bias, has_bias, act):
     """C tile = (C tile if not first) + tile, then on the last K block + bias and activation."""
+    # One branch-free loop per step, so that each one vectorises.
     for i in range(mr):
         r = (i0 + i) * ldc + j0
         t = i * nr_full
-        for j in range(nr):
-            v = tile[t + j]
-            if not first:
-                v += c[r + j]
-            if last:
-                if has_bias:
-                    v += bias[j0 + j]
-                if act == 1:
-                    v = v if not (v <= 0) else v * 0   # NaN passes through
-                elif act == 2:
-                    v = 1 / (1 + np.exp(-v))
-                elif act == 3:
-                    v = np.tanh(v)
-            c[r + j] = v
+        if last and has_bias and act == 1:
+            # the dense layer's case: one pass for sum, bias and ReLU
+            if first:
+                for j in range(nr):
+                    v = tile[t + j] + bias[j0 + j]
+                    c[r + j] = v if not (v <= 0) else v * 0
+            else:
+                for j in range(nr):
+                    v = c[r + j] + tile[t + j] + bias[j0 + j]
+                    c[r + j] = v if not (v <= 0) else v * 0
+            continue
+        if first:
+            for j in range(nr):
+                c[r + j] = tile[t + j]
+        else:
+            for j in range(nr):
+                c[r + j] += tile[t + j]
+        if last:
+            if has_bias:
+                for j in range(nr):
+                    c[r + j] += bias[j0 + j]
+            if act == 1:
+                for j in range(nr):
+                    v = c[r + j]
+                    c[r + j] = v if not (v <= 0) else v * 0   # NaN passes through
+            elif act == 2:
+                for j in range(nr):
+                    c[r + j] = 1 / (1 + np.exp(-c[r + j]))
+            elif act == 3:
+                for j in range(nr):
+                    c[r + j] = np.tanh(c[r + j])
 
 
 @njit(**_OPTS)

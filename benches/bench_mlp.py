@@ -8,7 +8,12 @@ A step is forward, softmax cross-entropy, backward and the SGD update, with
 buffers reused across steps, exactly what :func:`fastnn.fit` runs per
 minibatch (:func:`fastnn.train.make_train_step`). The anchors do the same
 work: a PyTorch CPU step (``zero_grad``, forward, loss, ``backward``,
-``step``) and one scikit-learn ``MLPClassifier.partial_fit`` call on the batch.
+``step``) and one scikit-learn ``MLPClassifier.partial_fit`` call on the batch
+(which also re-validates its input on every call: the "epoch" groups run 50
+steps in a row, where scikit-learn's ``fit`` pays that once).
+
+Use ``FASTNN_NUM_THREADS=1`` on a busy machine: two threads on two shared
+cores can be many times slower than one.
 """
 
 import time
@@ -103,6 +108,68 @@ def test_train_step_sklearn(benchmark, wl):
         clf.partial_fit(x, y, classes=classes)
     benchmark.pedantic(clf.partial_fit, args=(x, y), kwargs={"classes": classes}, rounds=100 if wl == "W3" else 50,
                        iterations=5, warmup_rounds=2)
+
+
+# -- 50 steps in a row: fair to scikit-learn, whose partial_fit re-validates on every call --------
+
+EPOCH_STEPS = 50
+
+
+@pytest.mark.parametrize("wl", sorted(WORKLOADS))
+@pytest.mark.parametrize("who", ["numpy", "numba", "cython", "torch", "sklearn"])
+def test_epoch_of_steps(benchmark, wl, who):
+    """One epoch of ``EPOCH_STEPS`` minibatches (no shuffling): per-step cost without per-call overheads."""
+    i, h, o, b = WORKLOADS[wl]
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((EPOCH_STEPS * b, i)).astype(np.float32)
+    y = rng.integers(0, o, EPOCH_STEPS * b)
+    benchmark.group = f"{wl} epoch of {EPOCH_STEPS} steps"
+    if who == "sklearn":
+        pytest.importorskip("sklearn")
+        import warnings
+
+        from sklearn.exceptions import ConvergenceWarning
+        from sklearn.neural_network import MLPClassifier
+
+        benchmark.name = "sklearn-MLPClassifier"
+        clf = MLPClassifier(hidden_layer_sizes=(h,), solver="sgd", learning_rate_init=0.01, momentum=0.0,
+                            alpha=0.0, batch_size=b, max_iter=1, shuffle=False, random_state=0)
+
+        def run():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                clf.fit(X, y)
+    elif who == "torch":
+        torch = pytest.importorskip("torch")
+        torch.set_num_threads(fastnn.get_num_threads())
+        benchmark.name = "torch"
+        model = torch.nn.Sequential(torch.nn.Linear(i, h), torch.nn.ReLU(), torch.nn.Linear(h, o))
+        loss_fn = torch.nn.CrossEntropyLoss()
+        opt = torch.optim.SGD(model.parameters(), lr=0.01)
+        Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
+        batches = [(Xt[k:k + b], yt[k:k + b]) for k in range(0, len(X), b)]
+
+        def run():
+            for xb, yb in batches:
+                opt.zero_grad(set_to_none=True)
+                loss_fn(model(xb), yb).backward()
+                opt.step()
+    else:
+        _require(who)
+        benchmark.name = f"fastnn-{who}"
+        step = None
+
+        def run():
+            for k in range(0, len(X), b):
+                step(X[k:k + b], y[k:k + b])
+
+        with fastnn.use_backend(who):
+            step, _, _ = _fastnn_step(wl, who)
+            run()
+            benchmark.pedantic(run, rounds=20 if wl == "W3" else 5, iterations=1, warmup_rounds=1)
+        return
+    run()
+    benchmark.pedantic(run, rounds=20 if wl == "W3" else 5, iterations=1, warmup_rounds=1)
 
 
 # -- digits: a whole fit to >= 97 % ------------------------------------------

@@ -66,7 +66,7 @@ cdef void _softmax_rows(bint f32, const void* x, void* y, Py_ssize_t rows, Py_ss
     """Row-parallel driver of the softmax forward/backward row loops."""
     cdef Py_ssize_t r0, nblk, blk, lo, hi
     cdef Py_ssize_t rows_per = max(1, _CHUNK // max(c, 1))
-    if _parallel(rows * c) and rows > 1:
+    if _parallel(rows * c, backward) and rows > 1:
         nblk = (rows + rows_per - 1) // rows_per
         for blk in prange(nblk, num_threads=_fastnn_num_threads, schedule="dynamic"):
             lo = blk * rows_per

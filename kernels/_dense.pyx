@@ -2,7 +2,8 @@
 # cython: binding=True, embedsignature=True
 """Matrix multiply and the dense layer (Cython backend).
 
-GEMMs go through the BLAS wrapper in _blas.pxi; bias and activation are
+GEMMs go through the one GEMM wrapper in _blas.pxi (small products in C,
+the rest in BLAS); bias and activation are
 applied in one pass over the GEMM output (row-parallel when large), never
 inside a parallel region that calls BLAS.
 """
@@ -79,8 +80,8 @@ cdef void _bias_act32(int act, float* y, const float* bias, Py_ssize_t rows, Py_
     cdef fnn_unary32 fn = _fwd32(act)
     cdef Py_ssize_t r
     if bias == NULL:
-        _run_unary32(fn, y, y, rows * cols, 0.0)
-    elif _parallel(rows * cols) and rows > 1:
+        _run_unary32(fn, y, y, rows * cols, 0.0, _cheap_act(act))
+    elif _parallel(rows * cols, _cheap_act(act)) and rows > 1:
         for r in prange(rows, num_threads=_fastnn_num_threads, schedule="dynamic"):
             fn(y + r * cols, bias, y + r * cols, cols, 0.0)
     else:
@@ -92,8 +93,8 @@ cdef void _bias_act64(int act, double* y, const double* bias, Py_ssize_t rows, P
     cdef fnn_unary64 fn = _fwd64(act)
     cdef Py_ssize_t r
     if bias == NULL:
-        _run_unary64(fn, y, y, rows * cols, 0.0)
-    elif _parallel(rows * cols) and rows > 1:
+        _run_unary64(fn, y, y, rows * cols, 0.0, _cheap_act(act))
+    elif _parallel(rows * cols, _cheap_act(act)) and rows > 1:
         for r in prange(rows, num_threads=_fastnn_num_threads, schedule="dynamic"):
             fn(y + r * cols, bias, y + r * cols, cols, 0.0)
     else:

@@ -60,6 +60,11 @@ cnp.import_array()
 # more than it saves); fastnn._config.PARALLEL_MIN_ELEMENTS.
 from fastnn._config import PARALLEL_MIN_ELEMENTS as _PARALLEL_MIN_ELEMENTS
 cdef Py_ssize_t _PAR_MIN = _PARALLEL_MIN_ELEMENTS
+# Memory-bound loops (relu, backward products, sgd, mse: a few flops per element)
+# gain little from a second thread until the array leaves the caches, and
+# waking the OpenMP team costs tens of microseconds on a busy machine: they
+# go parallel only from 16x the threshold.
+cdef Py_ssize_t _PAR_MIN_CHEAP = 16 * _PARALLEL_MIN_ELEMENTS
 # Elements per OpenMP work item: large enough to amortise scheduling, small
 # enough to balance two to a few dozen threads.
 cdef Py_ssize_t _CHUNK = 32768
@@ -131,14 +136,20 @@ cdef inline fnn_binary64 _bwd64(int act) noexcept nogil:
     return fnn_leaky_relu_bwd_f64
 
 
-cdef inline bint _parallel(Py_ssize_t n) noexcept nogil:
-    return n >= _PAR_MIN and _fastnn_num_threads > 1
+cdef inline bint _parallel(Py_ssize_t n, bint cheap) noexcept nogil:
+    """Whether a loop over n elements runs on the OpenMP team (cheap: memory-bound loop)."""
+    return n >= (_PAR_MIN_CHEAP if cheap else _PAR_MIN) and _fastnn_num_threads > 1
 
 
-cdef void _run_unary32(fnn_unary32 fn, const float* x, float* y, Py_ssize_t n, double prm) noexcept nogil:
+cdef inline bint _cheap_act(int act) noexcept nogil:
+    return act == ACT_IDENTITY or act == ACT_RELU or act == ACT_LEAKY_RELU
+
+
+cdef void _run_unary32(fnn_unary32 fn, const float* x, float* y, Py_ssize_t n, double prm,
+                       bint cheap) noexcept nogil:
     """y = f(x) elementwise, split into chunks over the OpenMP team when large."""
     cdef Py_ssize_t c, start, nch
-    if _parallel(n):
+    if _parallel(n, cheap):
         nch = (n + _CHUNK - 1) // _CHUNK
         for c in prange(nch, num_threads=_fastnn_num_threads, schedule="dynamic"):
             start = c * _CHUNK
@@ -147,9 +158,10 @@ cdef void _run_unary32(fnn_unary32 fn, const float* x, float* y, Py_ssize_t n, d
         fn(x, NULL, y, n, prm)
 
 
-cdef void _run_unary64(fnn_unary64 fn, const double* x, double* y, Py_ssize_t n, double prm) noexcept nogil:
+cdef void _run_unary64(fnn_unary64 fn, const double* x, double* y, Py_ssize_t n, double prm,
+                       bint cheap) noexcept nogil:
     cdef Py_ssize_t c, start, nch
-    if _parallel(n):
+    if _parallel(n, cheap):
         nch = (n + _CHUNK - 1) // _CHUNK
         for c in prange(nch, num_threads=_fastnn_num_threads, schedule="dynamic"):
             start = c * _CHUNK
@@ -162,7 +174,7 @@ cdef void _run_binary32(fnn_binary32 fn, const float* g, const float* y, float* 
                         double prm) noexcept nogil:
     """out = f(g, y) elementwise, chunked over the OpenMP team when large."""
     cdef Py_ssize_t c, start, nch
-    if _parallel(n):
+    if _parallel(n, True):
         nch = (n + _CHUNK - 1) // _CHUNK
         for c in prange(nch, num_threads=_fastnn_num_threads, schedule="dynamic"):
             start = c * _CHUNK
@@ -174,7 +186,7 @@ cdef void _run_binary32(fnn_binary32 fn, const float* g, const float* y, float* 
 cdef void _run_binary64(fnn_binary64 fn, const double* g, const double* y, double* out, Py_ssize_t n,
                         double prm) noexcept nogil:
     cdef Py_ssize_t c, start, nch
-    if _parallel(n):
+    if _parallel(n, True):
         nch = (n + _CHUNK - 1) // _CHUNK
         for c in prange(nch, num_threads=_fastnn_num_threads, schedule="dynamic"):
             start = c * _CHUNK
@@ -191,15 +203,15 @@ cdef inline int _unary(cnp.ndarray x, cnp.ndarray out, int act, double prm) exce
     if cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT32:
         if n >= _NOGIL_MIN:
             with nogil:
-                _run_unary32(_fwd32(act), <float*>px, <float*>py, n, prm)
+                _run_unary32(_fwd32(act), <float*>px, <float*>py, n, prm, _cheap_act(act))
         else:
-            _run_unary32(_fwd32(act), <float*>px, <float*>py, n, prm)
+            _run_unary32(_fwd32(act), <float*>px, <float*>py, n, prm, _cheap_act(act))
     else:
         if n >= _NOGIL_MIN:
             with nogil:
-                _run_unary64(_fwd64(act), <double*>px, <double*>py, n, prm)
+                _run_unary64(_fwd64(act), <double*>px, <double*>py, n, prm, _cheap_act(act))
         else:
-            _run_unary64(_fwd64(act), <double*>px, <double*>py, n, prm)
+            _run_unary64(_fwd64(act), <double*>px, <double*>py, n, prm, _cheap_act(act))
     return 0
 
 

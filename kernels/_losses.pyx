@@ -16,10 +16,10 @@ ctypedef double (*_pair_loss64)(const double*, const double*, double*, fnn_idx, 
 
 
 cdef double _run_pair32(_pair_loss32 fn, const float* p, const float* t, float* g, Py_ssize_t n,
-                        double gscale) noexcept nogil:
+                        double gscale, bint cheap) noexcept nogil:
     cdef Py_ssize_t c, start, nch
     cdef double total = 0
-    if _parallel(n):
+    if _parallel(n, cheap):
         nch = (n + _CHUNK - 1) // _CHUNK
         for c in prange(nch, num_threads=_fastnn_num_threads, schedule="dynamic"):
             start = c * _CHUNK
@@ -29,10 +29,10 @@ cdef double _run_pair32(_pair_loss32 fn, const float* p, const float* t, float* 
 
 
 cdef double _run_pair64(_pair_loss64 fn, const double* p, const double* t, double* g, Py_ssize_t n,
-                        double gscale) noexcept nogil:
+                        double gscale, bint cheap) noexcept nogil:
     cdef Py_ssize_t c, start, nch
     cdef double total = 0
-    if _parallel(n):
+    if _parallel(n, cheap):
         nch = (n + _CHUNK - 1) // _CHUNK
         for c in prange(nch, num_threads=_fastnn_num_threads, schedule="dynamic"):
             start = c * _CHUNK
@@ -49,10 +49,12 @@ cdef double _pair_loss(bint mse, cnp.ndarray pred, cnp.ndarray target, cnp.ndarr
     cdef double s
     if cnp.PyArray_TYPE(pred) == cnp.NPY_FLOAT32:
         with nogil:
-            s = _run_pair32(fnn_mse_f32 if mse else fnn_bce_f32, <float*>pp, <float*>pt, <float*>pg, n, gscale)
+            s = _run_pair32(fnn_mse_f32 if mse else fnn_bce_f32, <float*>pp, <float*>pt, <float*>pg, n,
+                            gscale, mse)
     else:
         with nogil:
-            s = _run_pair64(fnn_mse_f64 if mse else fnn_bce_f64, <double*>pp, <double*>pt, <double*>pg, n, gscale)
+            s = _run_pair64(fnn_mse_f64 if mse else fnn_bce_f64, <double*>pp, <double*>pt, <double*>pg, n,
+                            gscale, mse)
     return s
 
 
@@ -81,7 +83,7 @@ cdef double _xent(bint f32, const void* z, const fnn_idx* labels, void* g, Py_ss
     cdef Py_ssize_t blk, nblk, lo, hi
     cdef Py_ssize_t rows_per = max(1, _CHUNK // max(c, 1))
     cdef double total = 0
-    if _parallel(rows * c) and rows > 1:
+    if _parallel(rows * c, False) and rows > 1:
         nblk = (rows + rows_per - 1) // rows_per
         for blk in prange(nblk, num_threads=_fastnn_num_threads, schedule="dynamic"):
             lo = blk * rows_per

@@ -13,7 +13,7 @@ cdef void _sgd(bint f32, void* p, const void* g, void* v, Py_ssize_t n, double l
                double wd) noexcept nogil:
     cdef Py_ssize_t c, start, nch, ln
     cdef Py_ssize_t esz = 4 if f32 else 8
-    if _parallel(n):
+    if _parallel(n, True):
         nch = (n + _CHUNK - 1) // _CHUNK
         for c in prange(nch, num_threads=_fastnn_num_threads, schedule="dynamic"):
             start = c * _CHUNK
@@ -48,7 +48,7 @@ def sgd_update(cnp.ndarray param, cnp.ndarray grad, cnp.ndarray velocity, double
 cdef void _adam(bint f32, void* p, const void* g, void* m, void* v, Py_ssize_t n, double decay, double l2,
                 double b1, double b2, double step_size, double isb, double eps) noexcept nogil:
     cdef Py_ssize_t c, start, nch, ln
-    if _parallel(n):
+    if _parallel(n, False):
         nch = (n + _CHUNK - 1) // _CHUNK
         for c in prange(nch, num_threads=_fastnn_num_threads, schedule="dynamic"):
             start = c * _CHUNK

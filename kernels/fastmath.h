@@ -1,9 +1,10 @@
 /* Hot elementwise and row loops of the Cython kernels, in plain C.
  *
  * Why C: the loops below must auto-vectorise, including exp and tanh. libm's
- * scalar expf/tanhf stop GCC from vectorising a loop, so float32 uses
- * branch-free approximations (range reduction + polynomial, about 1 ulp);
- * float64 keeps libm's exp/tanh for 1e-12 accuracy.
+ * scalar exp/tanh stop GCC from vectorising a loop (and glibc's tanh costs
+ * ~30 ns), so both dtypes use branch-free approximations: range reduction
+ * plus polynomial, a few ulp (float32 ~2e-7, float64 ~1e-15 relative).
+ * Only the small binary cross-entropy kernel calls libm.
  *
  * Why target_clones: the portable build has no AVX, yet the machines it runs
  * on mostly do. GCC compiles each FNN_CLONES function for AVX-512, AVX2 and
@@ -23,6 +24,7 @@
 #include <math.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 typedef ptrdiff_t fnn_idx;
@@ -51,11 +53,24 @@ typedef ptrdiff_t fnn_idx;
 /* ------------------------------------------------------------------------ */
 /* Scalar building blocks (inlined into the vector loops).                   */
 
+/* P(r) with expm1(r) = r + r^2 P(r): Taylor series to r^7 (1/k!), enough for
+ * float32 on |r| <= ln2/2 (truncation r^8/8! < 2e-8 relative). */
+FNN_INLINE float fnn_expm1_poly_f32(float r)
+{
+    float p = 1.0f / 5040.0f;
+    p = p * r + 1.0f / 720.0f;
+    p = p * r + 1.0f / 120.0f;
+    p = p * r + 1.0f / 24.0f;
+    p = p * r + 1.0f / 6.0f;
+    p = p * r + 0.5f;
+    return p;
+}
+
 /* exp(x) for float32 with x already in [-87.33, 88]: Cody-Waite range
- * reduction x = n ln2 + r, |r| <= ln2/2, a degree-7 polynomial (Cephes
- * coefficients, about 1 ulp), and 2^n built in the exponent bits. n is
- * rounded with the 1.5*2^23 trick instead of a float->int conversion, so a
- * NaN argument gives NaN and nothing undefined. */
+ * reduction x = n ln2 + r, |r| <= ln2/2, the polynomial above, and 2^n
+ * built in the exponent bits. n is rounded with the 1.5*2^23 trick instead
+ * of a float->int conversion, so a NaN argument gives NaN and nothing
+ * undefined. */
 FNN_INLINE float fnn_exp_core_f32(float x)
 {
     const float magic = 12582912.0f; /* 1.5 * 2^23: adding it rounds to an integer */
@@ -63,12 +78,7 @@ FNN_INLINE float fnn_exp_core_f32(float x)
     float n = t - magic;
     float r = x - n * 0.693359375f;
     r = r + n * 2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
+    float p = fnn_expm1_poly_f32(r);
     p = p * (r * r) + r + 1.0f;
     uint32_t ti;
     memcpy(&ti, &t, sizeof ti);
@@ -99,12 +109,7 @@ FNN_INLINE float fnn_exp_neg_f32(float x)
     float n = t - magic;
     float r = x - n * 0.693359375f;
     r = r + n * 2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
+    float p = fnn_expm1_poly_f32(r);
     p = p * (r * r) + r + 1.0f;
     uint32_t ti;
     memcpy(&ti, &t, sizeof ti);
@@ -137,13 +142,7 @@ FNN_INLINE float fnn_expm1_core_f32(float x)
     float n = t - magic;
     float r = x - n * 0.693359375f;
     r = r + n * 2.12194440e-4f;
-    float p = 1.0f / 5040.0f;
-    p = p * r + 1.0f / 720.0f;
-    p = p * r + 1.0f / 120.0f;
-    p = p * r + 1.0f / 24.0f;
-    p = p * r + 1.0f / 6.0f;
-    p = p * r + 0.5f;
-    float em = r + (r * r) * p;
+    float em = r + (r * r) * fnn_expm1_poly_f32(r);
     uint32_t ti;
     memcpy(&ti, &t, sizeof ti);
     uint32_t ei = (ti - 0x4B400000u + 127u) << 23;
@@ -161,16 +160,88 @@ FNN_INLINE float fnn_tanh_f32_1(float x)
     return copysignf(-u / (2.0f + u), x);
 }
 
-FNN_INLINE double fnn_exp_f64(double x) { return exp(x); }
+/* float64 versions, same scheme with a degree-13 Taylor polynomial
+ * (|r| <= ln2/2: truncation below 1e-17 relative), so that they vectorise
+ * where libm's scalar exp/tanh would not; a few ulp. */
+
+FNN_INLINE double fnn_min_keepnan_f64(double a, double c) { return c < a ? c : a; }
+
+/* r = x - n ln2 with n = round(x / ln2); returns n (as double), stores t. */
+#define FNN_REDUCE_F64(x, t, n, r)                          \
+    const double magic = 6755399441055744.0; /* 1.5*2^52 */ \
+    double t = (x) * 1.4426950408889634074 + magic;          \
+    double n = t - magic;                                    \
+    double r = (x) - n * 6.93147180369123816490e-01;         \
+    r = r - n * 1.90821492927058770002e-10;
+
+/* expm1(r) - r - r^2/2 ... folded: returns P with expm1(r) = r + r^2 P(r) */
+FNN_INLINE double fnn_expm1_poly_f64(double r)
+{
+    double p = 1.0 / 6227020800.0; /* 1/13! */
+    p = p * r + 1.0 / 479001600.0;
+    p = p * r + 1.0 / 39916800.0;
+    p = p * r + 1.0 / 3628800.0;
+    p = p * r + 1.0 / 362880.0;
+    p = p * r + 1.0 / 40320.0;
+    p = p * r + 1.0 / 5040.0;
+    p = p * r + 1.0 / 720.0;
+    p = p * r + 1.0 / 120.0;
+    p = p * r + 1.0 / 24.0;
+    p = p * r + 1.0 / 6.0;
+    p = p * r + 0.5;
+    return p;
+}
+
+/* exp(x) for x in [-746, 0], exact into the denormals (2^n as two factors). */
+FNN_INLINE double fnn_exp_neg_f64(double x)
+{
+    FNN_REDUCE_F64(x, t, n, r)
+    double e = 1.0 + (r + (r * r) * fnn_expm1_poly_f64(r));
+    uint64_t ti;
+    memcpy(&ti, &t, sizeof ti);
+    int64_t ni = (int64_t)(ti - 0x4338000000000000ull);
+    int64_t n1 = ni >> 1;
+    uint64_t e1 = (uint64_t)(n1 + 1023) << 52, e2 = (uint64_t)(ni - n1 + 1023) << 52;
+    double s1, s2;
+    memcpy(&s1, &e1, sizeof s1);
+    memcpy(&s2, &e2, sizeof s2);
+    (void)n;
+    return (e * s1) * s2;
+}
+
+/* exp(x) for x <= 0 (softmax after subtracting the row max); NaN passes. */
+FNN_INLINE double fnn_exp_f64(double x)
+{
+    return fnn_exp_neg_f64(-fnn_min_keepnan_f64(-x, 746.0));
+}
+
+/* expm1(x) for x in [-40, 0]: 2^n expm1(r) + (2^n - 1). */
+FNN_INLINE double fnn_expm1_neg_f64(double x)
+{
+    FNN_REDUCE_F64(x, t, n, r)
+    double em = r + (r * r) * fnn_expm1_poly_f64(r);
+    uint64_t ti;
+    memcpy(&ti, &t, sizeof ti);
+    uint64_t ei = (ti - 0x4338000000000000ull + 1023u) << 52;
+    double sc;
+    memcpy(&sc, &ei, sizeof sc);
+    (void)n;
+    return sc * em + (sc - 1.0);
+}
 
 FNN_INLINE double fnn_sigmoid_f64_1(double x)
 {
-    double e = exp(-fabs(x));
+    double e = fnn_exp_neg_f64(-fnn_min_keepnan_f64(fabs(x), 746.0));
     double num = x >= 0.0 ? 1.0 : e;
     return num / (1.0 + e);
 }
 
-FNN_INLINE double fnn_tanh_f64_1(double x) { return tanh(x); }
+/* tanh(|x|) = -u / (2 + u), u = expm1(-2|x|); beyond |x| = 20 it rounds to 1. */
+FNN_INLINE double fnn_tanh_f64_1(double x)
+{
+    double u = fnn_expm1_neg_f64(-fnn_min_keepnan_f64(2.0 * fabs(x), 40.0));
+    return copysign(-u / (2.0 + u), x);
+}
 
 /* ------------------------------------------------------------------------ */
 /* Elementwise activations: y = act(x + bias) (bias may be NULL: no bias;    */
@@ -294,7 +365,7 @@ FNN_DEFINE_BINARY(fnn_tanh_bwd_f64, double, FNN_DTANH)
 /* sums) without -ffast-math; the build adds -fopenmp-simd where it has no   */
 /* OpenMP, and a compiler without either runs them as plain loops.           */
 
-#if defined(_OPENMP) || defined(FASTNN_OPENMP_SIMD)
+#if (defined(__GNUC__) || defined(__clang__)) && (defined(_OPENMP) || defined(FASTNN_OPENMP_SIMD))
 #define FNN_PRAGMA(x) _Pragma(#x)
 #define FNN_SIMD_REDUCTION(r) FNN_PRAGMA(omp simd reduction(r))
 #else
@@ -464,5 +535,159 @@ FNN_DEFINE_LOSSES(double, f64, exp, log1p)
 
 FNN_DEFINE_OPTIM(float, f32, sqrtf)
 FNN_DEFINE_OPTIM(double, f64, sqrt)
+
+/* ------------------------------------------------------------------------ */
+/* Small matrix multiply. For the layer sizes of small networks (a few       */
+/* hundred thousand multiply-adds) a BLAS call costs more in dispatch,       */
+/* packing and thread decisions than the arithmetic; this register-blocked   */
+/* kernel (4 rows x 2 vectors of C held in registers, one broadcast of A per */
+/* row and step of k) runs several times faster there. Larger products go   */
+/* to BLAS (the caller decides, see _blas.pxi). Written with GCC/Clang       */
+/* vector extensions, which every target_clones variant lowers to its own    */
+/* vector width; other compilers always use BLAS (FNN_HAVE_SMALL_GEMM 0).    */
+/*                                                                          */
+/* Row-major C(m, n) = op(A)(m, k) op(B)(k, n); op(A)(i, p) = a[i sai + p sap]*/
+/* covers both layouts of A; op(B) must be row-major (k, n): a transposed B */
+/* is packed first.                                                          */
+
+#if defined(__GNUC__) || defined(__clang__)
+#define FNN_HAVE_SMALL_GEMM 1
+
+#define FNN_DEFINE_SMALL_GEMM(T, SUF, LANES)                                                     \
+    typedef T fnn_vec_##SUF __attribute__((vector_size(LANES * sizeof(T))));                   \
+    /* C(m, n) = A'(m, k) B(k, n), n a multiple of LANES, B and C with row strides ldb, ldc */ \
+    FNN_CLONES FNN_UNUSED static void fnn_gemm_small_kernel_##SUF(                               \
+        fnn_idx m, fnn_idx n, fnn_idx k, const T *a, fnn_idx sai, fnn_idx sap, const T *b,       \
+        fnn_idx ldb, T *c, fnn_idx ldc)                                                          \
+    {                                                                                            \
+        typedef fnn_vec_##SUF V;                                                                 \
+        const size_t VB = sizeof(V);                                                             \
+        fnn_idx i0 = 0;                                                                          \
+        for (; i0 + 4 <= m; i0 += 4) {                                                           \
+            const T *ap = a + i0 * sai;                                                          \
+            fnn_idx j0 = 0;                                                                      \
+            for (; j0 + 2 * LANES <= n; j0 += 2 * LANES) {                                       \
+                V c00 = {0}, c01 = {0}, c10 = {0}, c11 = {0}, c20 = {0}, c21 = {0}, c30 = {0},   \
+                  c31 = {0};                                                                     \
+                for (fnn_idx p = 0; p < k; p++) {                                                \
+                    V b0, b1;                                                                    \
+                    memcpy(&b0, b + p * ldb + j0, VB);                                           \
+                    memcpy(&b1, b + p * ldb + j0 + LANES, VB);                                   \
+                    const T *aq = ap + p * sap;                                                  \
+                    const T a0 = aq[0], a1 = aq[sai], a2 = aq[2 * sai], a3 = aq[3 * sai];        \
+                    c00 += a0 * b0; c01 += a0 * b1;                                              \
+                    c10 += a1 * b0; c11 += a1 * b1;                                              \
+                    c20 += a2 * b0; c21 += a2 * b1;                                              \
+                    c30 += a3 * b0; c31 += a3 * b1;                                              \
+                }                                                                                \
+                T *cr = c + i0 * ldc + j0;                                                       \
+                memcpy(cr, &c00, VB); memcpy(cr + LANES, &c01, VB); cr += ldc;                   \
+                memcpy(cr, &c10, VB); memcpy(cr + LANES, &c11, VB); cr += ldc;                   \
+                memcpy(cr, &c20, VB); memcpy(cr + LANES, &c21, VB); cr += ldc;                   \
+                memcpy(cr, &c30, VB); memcpy(cr + LANES, &c31, VB);                              \
+            }                                                                                    \
+            if (j0 < n) { /* one vector of columns left */                                       \
+                V c0 = {0}, c1 = {0}, c2 = {0}, c3 = {0};                                        \
+                for (fnn_idx p = 0; p < k; p++) {                                                \
+                    V b0;                                                                        \
+                    memcpy(&b0, b + p * ldb + j0, VB);                                           \
+                    const T *aq = ap + p * sap;                                                  \
+                    c0 += aq[0] * b0; c1 += aq[sai] * b0;                                        \
+                    c2 += aq[2 * sai] * b0; c3 += aq[3 * sai] * b0;                              \
+                }                                                                                \
+                T *cr = c + i0 * ldc + j0;                                                       \
+                memcpy(cr, &c0, VB); memcpy(cr + ldc, &c1, VB);                                  \
+                memcpy(cr + 2 * ldc, &c2, VB); memcpy(cr + 3 * ldc, &c3, VB);                    \
+            }                                                                                    \
+        }                                                                                        \
+        for (; i0 < m; i0++) { /* leftover rows, one at a time, 4 independent vectors */         \
+            const T *ap = a + i0 * sai;                                                          \
+            fnn_idx j0 = 0;                                                                      \
+            for (; j0 + 4 * LANES <= n; j0 += 4 * LANES) {                                       \
+                V c0 = {0}, c1 = {0}, c2 = {0}, c3 = {0};                                        \
+                for (fnn_idx p = 0; p < k; p++) {                                                \
+                    V b0, b1, b2, b3;                                                            \
+                    const T *bp = b + p * ldb + j0;                                              \
+                    memcpy(&b0, bp, VB); memcpy(&b1, bp + LANES, VB);                            \
+                    memcpy(&b2, bp + 2 * LANES, VB); memcpy(&b3, bp + 3 * LANES, VB);            \
+                    const T av = ap[p * sap];                                                    \
+                    c0 += av * b0; c1 += av * b1; c2 += av * b2; c3 += av * b3;                  \
+                }                                                                                \
+                T *cr = c + i0 * ldc + j0;                                                       \
+                memcpy(cr, &c0, VB); memcpy(cr + LANES, &c1, VB);                                \
+                memcpy(cr + 2 * LANES, &c2, VB); memcpy(cr + 3 * LANES, &c3, VB);                \
+            }                                                                                    \
+            for (; j0 < n; j0 += LANES) {                                                        \
+                V c0 = {0};                                                                      \
+                for (fnn_idx p = 0; p < k; p++) {                                                \
+                    V b0;                                                                        \
+                    memcpy(&b0, b + p * ldb + j0, VB);                                           \
+                    c0 += ap[p * sap] * b0;                                                      \
+                }                                                                                \
+                memcpy(c + i0 * ldc + j0, &c0, VB);                                              \
+            }                                                                                    \
+        }                                                                                        \
+    }                                                                                            \
+    /* C(i, j) = dot(a[i, :], b[j, :]), a (m, k) and b (n, k) row-major */                      \
+    FNN_CLONES FNN_UNUSED static void fnn_gemm_dots_##SUF(fnn_idx m, fnn_idx n, fnn_idx k,       \
+                                                          const T *a, const T *b, T *c)          \
+    {                                                                                            \
+        for (fnn_idx i = 0; i < m; i++) {                                                        \
+            const T *FNN_RESTRICT ar = a + i * k;                                                \
+            for (fnn_idx j = 0; j < n; j++) {                                                    \
+                const T *FNN_RESTRICT br = b + j * k;                                            \
+                T s = 0;                                                                         \
+                FNN_SIMD_REDUCTION(+ : s)                                                        \
+                for (fnn_idx p = 0; p < k; p++) s += ar[p] * br[p];                              \
+                c[i * n + j] = s;                                                                \
+            }                                                                                    \
+        }                                                                                        \
+    }                                                                                            \
+    /* Returns 0 when done, -1 when out of memory for the padded copies (use BLAS). */          \
+    FNN_UNUSED static int fnn_gemm_small_##SUF(int trans_a, int trans_b, fnn_idx m, fnn_idx n,   \
+                                               fnn_idx k, const T *a, const T *b, T *c)          \
+    {                                                                                            \
+        const fnn_idx sai = trans_a ? 1 : k, sap = trans_a ? m : 1;                              \
+        const fnn_idx np = (n + LANES - 1) / LANES * LANES;                                      \
+        const int pack_b = trans_b || np != n, tmp_c = np != n;                                  \
+        if (!pack_b) {                                                                           \
+            fnn_gemm_small_kernel_##SUF(m, n, k, a, sai, sap, b, n, c, n);                       \
+            return 0;                                                                            \
+        }                                                                                        \
+        if (trans_b && !trans_a && m < 4) {                                                      \
+            /* few rows times Bᵀ: rows of A and B are both contiguous in k, so dot products  */ \
+            /* cost less than packing B */                                                       \
+            fnn_gemm_dots_##SUF(m, n, k, a, b, c);                                               \
+            return 0;                                                                            \
+        }                                                                                        \
+        /* B as row-major (k, np), zero-padded; C into (m, np) scratch if padded */             \
+        T *buf = (T *)malloc(((size_t)k + (tmp_c ? (size_t)m : 0)) * (size_t)np * sizeof(T));    \
+        if (buf == NULL) return -1;                                                              \
+        T *bp = buf, *cp = tmp_c ? buf + (size_t)k * np : c;                                     \
+        for (fnn_idx p = 0; p < k; p++) {                                                        \
+            T *row = bp + p * np;                                                                \
+            if (trans_b)                                                                         \
+                for (fnn_idx j = 0; j < n; j++) row[j] = b[j * k + p];                           \
+            else                                                                                 \
+                memcpy(row, b + p * n, (size_t)n * sizeof(T));                                   \
+            for (fnn_idx j = n; j < np; j++) row[j] = 0;                                         \
+        }                                                                                        \
+        fnn_gemm_small_kernel_##SUF(m, np, k, a, sai, sap, bp, np, cp, np);                      \
+        if (tmp_c)                                                                               \
+            for (fnn_idx i = 0; i < m; i++) memcpy(c + i * n, cp + i * np, (size_t)n * sizeof(T)); \
+        free(buf);                                                                               \
+        return 0;                                                                                \
+    }
+
+FNN_DEFINE_SMALL_GEMM(float, f32, 16)
+FNN_DEFINE_SMALL_GEMM(double, f64, 8)
+
+#else
+#define FNN_HAVE_SMALL_GEMM 0
+static int fnn_gemm_small_f32(int ta, int tb, fnn_idx m, fnn_idx n, fnn_idx k, const float *a,
+                              const float *b, float *c) { return -1; }
+static int fnn_gemm_small_f64(int ta, int tb, fnn_idx m, fnn_idx n, fnn_idx k, const double *a,
+                              const double *b, double *c) { return -1; }
+#endif
 
 #endif /* FASTNN_FASTMATH_H */

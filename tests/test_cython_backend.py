@@ -63,8 +63,10 @@ def test_set_num_threads_reaches_every_module(cy, threads):
         _ext("_activations")._set_num_threads(0)
 
 
-# Sizes around the parallel threshold and the 32768-element chunk.
-PAR_SIZES = [_config.PARALLEL_MIN_ELEMENTS - 1, _config.PARALLEL_MIN_ELEMENTS, 3 * 32768 + 5, 500_001]
+# Sizes around the parallel thresholds (PARALLEL_MIN_ELEMENTS for exp-based loops, 16x that for
+# memory-bound ones) and the 32768-element chunk.
+PAR_SIZES = [_config.PARALLEL_MIN_ELEMENTS - 1, _config.PARALLEL_MIN_ELEMENTS, 3 * 32768 + 5,
+             16 * _config.PARALLEL_MIN_ELEMENTS + 3]
 
 
 @pytest.mark.parametrize("n", PAR_SIZES)
@@ -84,7 +86,7 @@ def test_elementwise_serial_equals_parallel(cy, threads, dtype, name, n, rng):
     np.testing.assert_allclose(results[1][0], reference(name, x), **tol(dtype, 4))
 
 
-@pytest.mark.parametrize("shape", [(300, 1000), (70_000, 2), (3, 40_000)], ids=str)
+@pytest.mark.parametrize("shape", [(300, 1000), (70_000, 2), (3, 40_000), (1100, 1000)], ids=str)
 def test_row_kernels_serial_equals_parallel(cy, threads, dtype, shape, rng):
     z = (rng.standard_normal(shape) * 4).astype(dtype)
     labels = rng.integers(0, shape[1], shape[0])
@@ -108,8 +110,8 @@ def test_row_kernels_serial_equals_parallel(cy, threads, dtype, shape, rng):
 
 
 def test_dense_forward_parallel_bias_activation(cy, threads, dtype, rng):
-    # 600 x 128 outputs cross the parallel threshold in the fused bias+activation pass
-    x = rng.standard_normal((600, 48)).astype(dtype)
+    # 8200 x 128 outputs cross both parallel thresholds in the fused bias+activation pass
+    x = rng.standard_normal((8200, 48)).astype(dtype)
     w = (rng.standard_normal((128, 48)) / 7).astype(dtype)
     b = rng.standard_normal(128).astype(dtype)
     threads(2)
@@ -122,7 +124,7 @@ def test_dense_forward_parallel_bias_activation(cy, threads, dtype, rng):
             np.testing.assert_allclose(got, want, **tol(dtype, 300))
 
 
-@pytest.mark.parametrize("n", [5, 200_003])
+@pytest.mark.parametrize("n", [5, 200_003, 1_100_003])
 @pytest.mark.parametrize("decoupled", [False, True])
 def test_adam_and_sgd_parallel_match_reference(cy, threads, dtype, n, decoupled, rng):
     threads(2)
@@ -172,6 +174,22 @@ def test_float32_exp_tanh_approximation_accuracy(cy):
     assert np.max(np.abs(s - want) / want) < 4e-7
 
 
+def test_float64_exp_tanh_approximation_accuracy(cy):
+    # float64 uses a degree-13 polynomial: a few ulp, far inside the 1e-12 test tolerance
+    x = np.concatenate([np.linspace(-45, 45, 300_001), np.geomspace(1e-300, 1e-2, 1000),
+                        -np.geomspace(1e-300, 1e-2, 1000)])
+    with fastnn.use_backend("cython"):
+        t = ops.tanh(x)
+        s = ops.sigmoid(x)
+        z = x[:300_300].reshape(-1, 1001)[:, ::-1] * 20  # 300 rows of 1001 logits, non-contiguous
+        sm = ops.softmax(z)
+    assert np.max(np.abs(t - np.tanh(x)) / np.maximum(np.abs(np.tanh(x)), 1e-300)) < 2e-15
+    e = np.exp(-np.abs(x))
+    want = np.where(x >= 0, 1 / (1 + e), e / (1 + e))
+    assert np.max(np.abs(s - want) / want) < 2e-15
+    np.testing.assert_allclose(sm, reference("softmax", z), rtol=1e-14, atol=1e-300)
+
+
 def test_special_values(cy, dtype):
     x = np.array([np.nan, np.inf, -np.inf, -0.0, 0.0, 1e4, -1e4, 88.0, -88.0, -200.0], dtype)
     with fastnn.use_backend("cython"), np.errstate(all="raise"):
@@ -194,8 +212,23 @@ def test_softmax_in_place(cy, dtype, rng):
     np.testing.assert_allclose(x, want, **tol(dtype, 10))
 
 
+@pytest.mark.parametrize("m,k,n", [(4, 5, 16), (5, 7, 17), (9, 3, 31), (8, 1, 32), (3, 40, 33), (1, 64, 64),
+                                   (2, 50, 40), (3, 300, 70), (130, 70, 100)], ids=str)
+def test_matmul_small_kernel_tile_edges(cy, dtype, m, k, n, rng):
+    # the register-blocked small-GEMM path: tiles of 4 rows x 1-2 vectors, padded columns
+    for ta in (False, True):
+        for tb in (False, True):
+            a = rng.standard_normal((k, m) if ta else (m, k)).astype(dtype)
+            b = rng.standard_normal((n, k) if tb else (k, n)).astype(dtype)
+            out = np.full((m, n), np.nan, dtype)
+            with fastnn.use_backend("cython"):
+                got = ops.matmul(a, b, trans_a=ta, trans_b=tb, out=out)
+            want = (a.T if ta else a).astype(np.float64) @ (b.T if tb else b).astype(np.float64)
+            np.testing.assert_allclose(got, want, **tol(dtype, 10 * np.sqrt(k)))
+
+
 def test_matmul_large_all_transposes(cy, dtype, rng):
-    # BLAS path with every transpose combination at a size where BLAS threads
+    # BLAS path (above the small-GEMM limit) with every transpose combination
     for ta in (False, True):
         for tb in (False, True):
             a = rng.standard_normal((150, 120) if ta else (120, 150)).astype(dtype)

@@ -257,3 +257,24 @@ def test_sequential_container_api():
     assert all(m.training for m in model.modules())
     model.zero_grad()
     assert all(np.all(p.grad == 0) for p in model.parameters())
+
+
+def test_layer_fed_its_own_output(rng):
+    """A square layer applied to (a view of) its own output buffer must not compute in place."""
+    lin = nn.Linear(4, 4, dtype=np.float64)
+    x = rng.standard_normal((3, 4))
+    y1 = lin(x)
+    want = y1 @ lin.weight.data.T + lin.bias.data
+    y2 = lin(y1)
+    np.testing.assert_allclose(y2, want, rtol=1e-12)
+    y3 = lin(x)[:, :]                     # a view of the layer's buffer
+    want = y3 @ lin.weight.data.T + lin.bias.data
+    np.testing.assert_allclose(lin(y3), want, rtol=1e-12)
+
+
+def test_buffers_kept_for_a_bounded_number_of_shapes(rng):
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2), nn.LeakyReLU())
+    for b in range(1, 40):
+        model(rng.standard_normal((b, 3)).astype(np.float32))
+        model.backward(np.ones((b, 2), np.float32))
+    assert len(model[0]._fcache) <= 8 and len(model[0]._bcache) <= 8 and len(model[3]._fbuf) <= 8

@@ -64,3 +64,15 @@ def test_loss_gradient_buffer_reused():
     g1 = ce.backward()
     ce(np.ones((4, 3), np.float32), np.array([0, 1, 2, 0]))
     assert ce.backward() is g1
+
+
+def test_cross_entropy_fast_path_still_checks_labels(backend):
+    ce = nn.CrossEntropyLoss()
+    logits = np.zeros((3, 4), np.float32)
+    ok = np.array([0, 3, 1], dtype=np.intp)
+    first = ce(logits, ok)
+    assert ce(logits, ok) == pytest.approx(first) == pytest.approx(np.log(4))
+    for bad in ([0, 4, 1], [0, -1, 1]):
+        with pytest.raises(ValueError, match=r"\[0, 4\)"):
+            ce(logits, np.array(bad, dtype=np.intp))
+    np.testing.assert_allclose(ce.backward()[1], [0.25 / 3, 0.25 / 3, 0.25 / 3, -0.75 / 3], rtol=1e-6)

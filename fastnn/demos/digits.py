@@ -35,7 +35,7 @@ def load_data(seed=0, dtype="float32"):
 
 
 def train(epochs=30, batch_size=32, hidden=128, lr=0.1, momentum=0.9, seed=0, progress=False):
-    """Train and evaluate; returns ``(model, history, test_accuracy, seconds)``."""
+    """Train and evaluate; returns ``(model, history, test_accuracy, seconds, n_test)``."""
     import fastnn
     from fastnn import nn, optim
 
@@ -48,17 +48,17 @@ def train(epochs=30, batch_size=32, hidden=128, lr=0.1, momentum=0.9, seed=0, pr
                          batch_size=batch_size, validation_data=(X_test, y_test), seed=seed, progress=progress)
     seconds = time.perf_counter() - start
     accuracy = fastnn.evaluate(model, X_test, y_test)["accuracy"]
-    return model, history, accuracy, seconds
+    return model, history, accuracy, seconds, len(y_test)
 
 
 def run(args) -> int:
     import fastnn
 
-    model, history, accuracy, seconds = train(args.epochs, args.batch_size, args.hidden, args.lr, args.momentum,
+    model, history, accuracy, seconds, n_test = train(args.epochs, args.batch_size, args.hidden, args.lr, args.momentum,
                                               args.seed, progress=not args.no_progress)
     print(model)
     print(f"backend: {fastnn.get_backend()}  threads: {fastnn.get_num_threads()}")
     print(f"{history.epochs} epochs in {seconds:.2f} s; final train loss {history['loss'][-1]:.4f}, "
           f"train accuracy {history['accuracy'][-1]:.4f}")
-    print(f"test accuracy: {accuracy:.4f} ({accuracy * 360:.0f}/360 held-out images)")
+    print(f"test accuracy: {accuracy:.4f} ({round(accuracy * n_test)}/{n_test} held-out images)")
     return 0

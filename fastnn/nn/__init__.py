@@ -16,9 +16,13 @@ from .linear import Linear
 from .activation import ReLU, LeakyReLU, Sigmoid, Tanh, Softmax
 from .container import Sequential
 from .loss import Loss, MSELoss, CrossEntropyLoss, BCEWithLogitsLoss
+from .conv import Conv2d, MaxPool2d, AvgPool2d, Flatten
+from .rnn import RNN, LSTM, GRU, LastTimeStep
 
 __all__ = [
     "Module", "Parameter", "register_module", "get_module_class", "registered_modules", "init",
     "Linear", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Softmax", "Sequential",
     "Loss", "MSELoss", "CrossEntropyLoss", "BCEWithLogitsLoss",
+    "Conv2d", "MaxPool2d", "AvgPool2d", "Flatten",
+    "RNN", "LSTM", "GRU", "LastTimeStep",
 ]

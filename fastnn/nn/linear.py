@@ -27,6 +27,10 @@ __all__ = ["Linear"]
 
 _ndarray = np.ndarray
 
+#: Buffers are kept for at most this many input shapes per layer (a training
+#: loop sees two: the batch size and the last, shorter batch).
+_MAX_SHAPES = 8
+
 
 def _check_dtype(dtype):
     dt = np.dtype(dtype)
@@ -113,7 +117,8 @@ class Linear(Module):
         b = None if bias is None else bias.data
         if type(x) is _ndarray and x.flags.c_contiguous:
             c = self._fcache.get((x.shape, activation))
-            if c is not None and c[0] is w and c[1] is b and x.dtype is w.dtype and x is not c[2]:
+            if c is not None and c[0] is w and c[1] is b and x.dtype is w.dtype and x is not c[2] \
+                    and x.base is not c[2]:
                 y = _current().dense_forward(x, w, b, activation, c[2])
                 s = self._saved
                 s[0] = x
@@ -131,6 +136,8 @@ class Linear(Module):
         out = np.empty((x.shape[0], w.shape[0]), w.dtype)
         y = ops.dense_forward(x, w, b, activation, out=out)
         if type(x) is _ndarray and x.flags.c_contiguous and x.dtype is w.dtype:
+            if len(self._fcache) >= _MAX_SHAPES:  # many batch shapes: do not hoard buffers
+                self._fcache.clear()
             self._fcache[(x.shape, activation)] = (w, b, out)
         else:
             x = np.ascontiguousarray(x)
@@ -152,7 +159,8 @@ class Linear(Module):
                 and grad_out.shape == y.shape:
             key = (x.shape, activation, input_grad)
             c = self._bcache.get(key)
-            if c is not None and c[0] is w and c[1] is dw and c[2] is db and grad_out is not c[3]:
+            if c is not None and c[0] is w and c[1] is dw and c[2] is db \
+                    and (c[3] is None or (grad_out is not c[3] and grad_out.base is not c[3])):
                 return _current().dense_backward(grad_out, x, w, None if activation == "identity" else y,
                                                  activation, c[3], dw, db)[0]
         return self._backward_slow(grad_out, x, y, activation, input_grad, w, dw, db)
@@ -166,6 +174,8 @@ class Linear(Module):
         gin, dw2, db2 = ops.dense_backward(grad_out, x, w, y, activation, bias=db is not None,
                                            input_grad=input_grad, grad_input=gin, grad_weight=dw, grad_bias=db)
         if type(grad_out) is _ndarray and grad_out.flags.c_contiguous and grad_out.dtype is w.dtype:
+            if len(self._bcache) >= _MAX_SHAPES:
+                self._bcache.clear()
             self._bcache[(x.shape, activation, input_grad)] = (w, dw, db, gin)
         return gin
 

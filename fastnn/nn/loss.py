@@ -19,6 +19,8 @@ from ..backends import current as _current
 __all__ = ["Loss", "MSELoss", "CrossEntropyLoss", "BCEWithLogitsLoss", "LOSSES"]
 
 _ndarray = np.ndarray
+_INTP, _UINTP = np.dtype(np.intp), np.dtype(np.uintp)
+_F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)
 _REDUCTIONS = ("mean", "sum")
 
 
@@ -46,6 +48,8 @@ class Loss:
         key = (pred.shape, dt)
         buf = self._grads.get(key)
         if buf is None or buf is pred:
+            if len(self._grads) >= 8:
+                self._grads.clear()
             buf = self._grads[key] = np.empty(pred.shape, dt)
         loss, grad = getattr(ops, self._op_name)(pred, self._target(target, pred), self.reduction, grad=buf)
         self._grad = grad
@@ -113,6 +117,20 @@ class CrossEntropyLoss(Loss):
 
     _op_name = "softmax_cross_entropy"
     accuracy_kind = "argmax"
+
+    def forward(self, logits, labels):
+        """The loss of ``logits`` (B, C) for integer ``labels`` (B,), as a float."""
+        if type(logits) is _ndarray and type(labels) is _ndarray and labels.dtype is _INTP \
+                and logits.ndim == 2 and labels.ndim == 1 and labels.shape[0] == logits.shape[0] \
+                and logits.flags.c_contiguous and labels.flags.c_contiguous:
+            buf = self._grads.get((logits.shape, logits.dtype))
+            # one pass checks 0 <= label < C: negative labels wrap to huge unsigned values
+            if buf is not None and buf is not logits and (logits.dtype is _F32 or logits.dtype is _F64) \
+                    and not (labels.view(_UINTP) >= logits.shape[1]).any():
+                loss, grad = _current().softmax_cross_entropy(logits, labels, self.reduction, buf)
+                self._grad = grad
+                return loss
+        return Loss.forward(self, logits, labels)
 
     def prepare_target(self, y, dtype):
         y = np.asarray(y)

@@ -10,9 +10,13 @@ across training steps; results are written there and returned.
 """
 
 from .activations import *  # noqa: F401,F403
+from .conv import *  # noqa: F401,F403
 from .dense import *  # noqa: F401,F403
 from .losses import *  # noqa: F401,F403
 from .optim import *  # noqa: F401,F403
-from . import activations as _activations, dense as _dense, losses as _losses, optim as _optim
+from .rnn import *  # noqa: F401,F403
+from . import activations as _activations, conv as _conv, dense as _dense, losses as _losses, optim as _optim
+from . import rnn as _rnn
 
-__all__ = [*_activations.__all__, *_dense.__all__, *_losses.__all__, *_optim.__all__]
+__all__ = [*_activations.__all__, *_conv.__all__, *_dense.__all__, *_losses.__all__, *_optim.__all__,
+           *_rnn.__all__]

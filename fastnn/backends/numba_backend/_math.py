@@ -2,9 +2,10 @@
 
 Numba compiles ``np.exp`` and ``np.tanh`` to calls into the C math library,
 one element at a time: LLVM cannot turn those calls into SIMD instructions
-(there is no SVML here), and a sigmoid loop built on them runs about ten
-times slower than NumPy's own vectorised ufuncs. The functions below are
-written instead from operations LLVM *can* vectorise:
+(Numba vectorises them only when Intel's SVML is installed, which fastnn
+does not require), and a sigmoid loop built on them runs about ten times
+slower than NumPy's own vectorised ufuncs. The functions below are written
+instead from operations LLVM *can* vectorise:
 
 * ``exp(x) = 2**n · exp(r)`` with ``n = round(x / ln 2)`` and
   ``r = x − n·ln 2`` (Cody–Waite: ``ln 2`` split in a high part with trailing
@@ -20,14 +21,30 @@ Out-of-range arguments are handled with selects, not branches, so the loops
 stay straight-line code: below the smallest normal result ``exp`` returns 0,
 above the largest it returns ``inf``, and NaN comes back as NaN.
 
-``tanh`` uses ``1 − 2 / (exp(2|x|) + 1)`` with the sign restored, except near
-0 where that formula cancels: there an odd Taylor polynomial is exact to
-rounding. ``sigmoid`` is ``1 / (1 + exp(−x))``, which needs no special case:
+``tanh`` uses ``−expm1(−2|x|) / (2 + expm1(−2|x|))`` with the sign restored,
+``expm1`` from the same reduction and polynomial, which stays accurate near 0
+where ``1 − 2 / (exp(2|x|) + 1)`` would cancel. ``sigmoid`` is ``1 / (1 + exp(−x))``, which needs no special case:
 ``exp`` overflowing to ``inf`` gives exactly 0, and underflowing gives 1.
 
-The generic names (``fexp``, ``ftanh``, ``fsigmoid``) pick the float32 or
-float64 version at compile time from the argument type, so one kernel source
-serves both dtypes and float32 work stays in float32 (twice the SIMD lanes).
+``row_max`` takes the maximum of a row through integer keys with the same
+order as the floats, because a float max-reduction does not vectorise
+without assuming that there are no NaNs.
+
+The generic names (``fexp``, ``ftanh``, ``fsigmoid``, ``row_max``) pick the
+float32 or float64 version at compile time from the argument type, so one
+kernel source serves both dtypes and float32 work stays in float32 (twice
+the SIMD lanes).
+
+Measured accuracy (against float64 NumPy over [-30, 30] and tiny arguments):
+float32 exp and sigmoid within 3.5e-7 relative error, tanh within 6e-7; float64 within
+1.5e-15, so the float64 path needs no library call either.
+
+Note for development: Numba's on-disk cache checks only the source file of
+the function it caches, not of the functions it calls. After editing this
+file, delete the ``*.nbi``/``*.nbc`` files under ``__pycache__`` of this
+package, or kernels in the other modules keep their old copies of these
+functions. (An installed package replaces every file at once and is not
+affected.)
 """
 
 import numpy as np
@@ -52,6 +69,29 @@ def _bits_as_float(typingctx, bits):
         return builder.bitcast(args[0], llty)
 
     return sig, codegen
+
+
+@intrinsic
+def _float_as_bits(typingctx, x):
+    """Reinterpret a float32 (float64) as the int32 (int64) with the same bits."""
+    if x == types.float32:
+        sig, llty = types.int32(types.float32), ir.IntType(32)
+    elif x == types.float64:
+        sig, llty = types.int64(types.float64), ir.IntType(64)
+    else:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], llty)
+
+    return sig, codegen
+
+
+# The dtype dispatchers below are inlined into their callers at the Numba IR
+# level, so the loops they contain are compiled with the caller's options.
+# Left as separate functions, the row-maximum loop lost its vectorisation
+# (80 µs against 10 µs over 256 x 1000 float32).
+_OVERLOAD_OPTIONS = {k: v for k, v in NUMBA_JIT_OPTIONS.items() if k != "cache"}
 
 
 # float32: exp is computed for x in [LO, HI], the range where 2**n stays a
@@ -158,52 +198,107 @@ def sigmoid64(x):
     return y if x == x else x
 
 
-# Odd Taylor coefficients of tanh: x - x^3/3 + 2x^5/15 - 17x^7/315 + ...
-_TANH_C = (1.0, -1.0 / 3.0, 2.0 / 15.0, -17.0 / 315.0, 62.0 / 2835.0, -1382.0 / 155925.0,
-           21844.0 / 6081075.0)
-_T_F = tuple(np.float32(c) for c in _TANH_C)
-_TANH_SMALL_F = np.float32(0.25)   # below: polynomial to x^9 (error < 1e-8 relative)
-_TANH_SMALL_D = 0.0625             # below: polynomial to x^13 (error < 1e-17 relative)
-
+# tanh through expm1: with t = -2|x| and em = expm1(t) = exp(t) - 1 in (-1, 0],
+# tanh|x| = -em / (2 + em). expm1 comes from the same reduction as exp,
+# t = n ln2 + r, as expm1(t) = 2^n expm1(r) + (2^n - 1), where the Taylor
+# polynomial gives expm1(r) = r·q(r) to full relative accuracy even for tiny
+# r, and for n = 0 (|x| < ln2/4) the second term is exactly 0. So one formula
+# is accurate from the smallest |x| (tanh x = x) to saturation, with no
+# separate small-argument branch: about a quarter fewer operations than
+# 1 − 2/(exp(2|x|) + 1) plus a polynomial near 0, measured 10-15% faster.
 
 @njit(**NUMBA_JIT_OPTIONS)
 def tanh32(x):
-    """tanh(x) for float32, vectorisable."""
-    # tanh|x| = (1 - e) / (1 + e) with e = exp(-2|x|) in (0, 1]: no overflow,
-    # and below the clamp e is tiny enough that the quotient rounds to 1.
-    ax = np.abs(x)
-    t = np.float32(-2.0) * ax
-    t = t if t > _LO_F else _LO_F
-    e = _exp_core32(t)
-    big = (np.float32(1.0) - e) / (np.float32(1.0) + e)
-    big = big if x >= np.float32(0.0) else -big
-    x2 = x * x
-    p = _T_F[4]
-    p = p * x2 + _T_F[3]
-    p = p * x2 + _T_F[2]
-    p = p * x2 + _T_F[1]
-    small = x + x * x2 * p
-    return big if ax >= _TANH_SMALL_F else small   # NaN takes the polynomial: stays NaN
+    """tanh(x) for float32, vectorisable (~5e-7 relative error)."""
+    t = np.float32(-2.0) * np.abs(x)
+    t = t if t > _LO_F else _LO_F              # NaN -> _LO_F (the result is fixed up below)
+    n = np.floor(t * _LOG2E_F + np.float32(0.5))
+    r = t - n * _LN2HI_F
+    r = r - n * _LN2LO_F
+    q = _C_F[0]
+    q = q * r + _C_F[1]
+    q = q * r + _C_F[2]
+    q = q * r + _C_F[3]
+    q = q * r + _C_F[4]
+    q = q * r + _C_F[5]
+    scale = _bits_as_float(np.int32((np.int32(n) + np.int32(127)) << np.int32(23)))
+    em = scale * (q * r) + (scale - np.float32(1.0))
+    y = np.copysign(-em / (np.float32(2.0) + em), x)   # copysign: one bit operation, no select
+    return y if x == x else x
 
 
 @njit(**NUMBA_JIT_OPTIONS)
 def tanh64(x):
-    """tanh(x) for float64, vectorisable."""
-    ax = np.abs(x)
-    t = -2.0 * ax
+    """tanh(x) for float64, vectorisable (~1e-15 relative error)."""
+    t = -2.0 * np.abs(x)
     t = t if t > _LO_D else _LO_D
-    e = _exp_core64(t)
-    big = (1.0 - e) / (1.0 + e)
-    big = big if x >= 0.0 else -big
-    x2 = x * x
-    p = _TANH_C[6]
-    p = p * x2 + _TANH_C[5]
-    p = p * x2 + _TANH_C[4]
-    p = p * x2 + _TANH_C[3]
-    p = p * x2 + _TANH_C[2]
-    p = p * x2 + _TANH_C[1]
-    small = x + x * x2 * p
-    return big if ax >= _TANH_SMALL_D else small
+    n = np.floor(t * _LOG2E_D + 0.5)
+    r = t - n * _LN2HI_D
+    r = r - n * _LN2LO_D
+    q = 1.0 / 479001600.0
+    q = q * r + 1.0 / 39916800.0
+    q = q * r + 1.0 / 3628800.0
+    q = q * r + 1.0 / 362880.0
+    q = q * r + 1.0 / 40320.0
+    q = q * r + 1.0 / 5040.0
+    q = q * r + 1.0 / 720.0
+    q = q * r + 1.0 / 120.0
+    q = q * r + 1.0 / 24.0
+    q = q * r + 1.0 / 6.0
+    q = q * r + 0.5
+    q = q * r + 1.0
+    scale = _bits_as_float((np.int64(n) + np.int64(1023)) << np.int64(52))
+    em = scale * (q * r) + (scale - 1.0)
+    y = np.copysign(-em / (2.0 + em), x)
+    return y if x == x else x
+
+
+# Maximum of a row. A float ``m = v if v > m else m`` reduction does not
+# vectorise (LLVM may not reorder it without assuming there are no NaNs), so
+# the floats are mapped to integers with the same order (flip the magnitude
+# bits of negative numbers) and the maximum is taken over those: an integer
+# max-reduction is plain SIMD code, ten times faster. A positive NaN becomes
+# the maximum, a negative one is skipped; either way the NaN reaches the
+# exponentials that follow and makes the row NaN, as in the reference.
+
+@njit(inline="always", **NUMBA_JIT_OPTIONS)
+def _row_max32(x):
+    """max(x) of a non-empty 1-D float32 array."""
+    # Keys in int64: Numba widens int32 arithmetic anyway, and this form
+    # vectorised well where an int32 one did not (78 µs against 10 µs for 256 x 1000).
+    rm_bits = np.int64(_float_as_bits(x[0]))
+    rm_kmax = rm_bits ^ ((rm_bits >> 31) & 0x7FFFFFFF)
+    for rm_j in range(x.size):
+        rm_bits = np.int64(_float_as_bits(x[rm_j]))
+        rm_key = rm_bits ^ ((rm_bits >> 31) & 0x7FFFFFFF)
+        rm_kmax = rm_key if rm_key > rm_kmax else rm_kmax
+    return _bits_as_float(np.int32(rm_kmax ^ ((rm_kmax >> 31) & 0x7FFFFFFF)))
+
+
+@njit(inline="always", **NUMBA_JIT_OPTIONS)
+def _row_max64(x):
+    """max(x) of a non-empty 1-D float64 array."""
+    rm_bits = _float_as_bits(x[0])
+    rm_kmax = rm_bits ^ ((rm_bits >> np.int64(63)) & np.int64(0x7FFFFFFFFFFFFFFF))
+    for rm_j in range(x.size):
+        rm_bits = _float_as_bits(x[rm_j])
+        rm_key = rm_bits ^ ((rm_bits >> np.int64(63)) & np.int64(0x7FFFFFFFFFFFFFFF))
+        rm_kmax = rm_key if rm_key > rm_kmax else rm_kmax
+    return _bits_as_float(np.int64(rm_kmax ^ ((rm_kmax >> np.int64(63)) & np.int64(0x7FFFFFFFFFFFFFFF))))
+
+
+def row_max(x):
+    """max(x) of a non-empty 1-D float array, vectorisable."""
+    raise NotImplementedError("only callable from Numba-compiled code")
+
+
+@overload(row_max, jit_options=_OVERLOAD_OPTIONS, inline="always")
+def _row_max(x):
+    if x.dtype == types.float32:
+        return lambda x: _row_max32(x)
+    if x.dtype == types.float64:
+        return lambda x: _row_max64(x)
+    return None
 
 
 def fexp(x):
@@ -221,7 +316,7 @@ def fsigmoid(x):
     raise NotImplementedError("only callable from Numba-compiled code")
 
 
-@overload(fexp)
+@overload(fexp, jit_options=_OVERLOAD_OPTIONS, inline="always")
 def _fexp(x):
     if x == types.float32:
         return lambda x: exp32(x)
@@ -230,7 +325,7 @@ def _fexp(x):
     return None
 
 
-@overload(ftanh)
+@overload(ftanh, jit_options=_OVERLOAD_OPTIONS, inline="always")
 def _ftanh(x):
     if x == types.float32:
         return lambda x: tanh32(x)
@@ -239,7 +334,7 @@ def _ftanh(x):
     return None
 
 
-@overload(fsigmoid)
+@overload(fsigmoid, jit_options=_OVERLOAD_OPTIONS, inline="always")
 def _fsigmoid(x):
     if x == types.float32:
         return lambda x: sigmoid32(x)

@@ -1,0 +1,367 @@
+"""Numba convolution and pooling kernels (NCHW, float32/float64).
+
+Convolution: the batch is cut into chunks whose im2col matrix stays small
+(``_COLS_BUDGET`` elements, so it lives in cache instead of streaming a huge
+matrix through memory); for each chunk a parallel ``@njit`` loop over
+(image, channel) builds the columns, one large BLAS GEMM called from Python
+(never from inside a parallel region) does the arithmetic, and a parallel
+loop scatters the result back to NCHW. Pooling is a direct loop, parallel
+over (image, channel) planes once the work is large enough.
+"""
+
+import numpy as np
+from numba import njit, prange
+
+from ..._config import NUMBA_JIT_OPTIONS, PARALLEL_MIN_ELEMENTS
+
+__all__ = [
+    "conv2d_forward", "conv2d_backward",
+    "max_pool2d_forward", "max_pool2d_backward",
+    "avg_pool2d_forward", "avg_pool2d_backward",
+]
+
+#: Largest im2col chunk, in elements (4 MB of float32): small enough to stay in cache.
+_COLS_BUDGET = 1 << 20
+
+
+def _both(fn):
+    """A serial and a parallel compilation of the same kernel (size-gated by the caller)."""
+    return njit(**NUMBA_JIT_OPTIONS)(fn), njit(parallel=True, **NUMBA_JIT_OPTIONS)(fn)
+
+
+@njit(**NUMBA_JIT_OPTIONS)
+def _valid_range(n_out, n_in, s, offset):
+    """Outputs ``j`` with ``0 <= j·s + offset < n_in``, as ``[lo, hi)``."""
+    lo = 0
+    if offset < 0:
+        lo = (-offset + s - 1) // s
+    hi = 0
+    if n_in - offset > 0:
+        hi = (n_in - offset - 1) // s + 1
+    if hi > n_out:
+        hi = n_out
+    if lo > hi:
+        lo = hi
+    return lo, hi
+
+
+def _im2col(x, b0, nb, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, cols):
+    """cols[(c·kH + u)·kW + v, b·P + i·Wo + j] = xp[b0 + b, c, i·sH + u·dH, j·sW + v·dW]."""
+    C, H, W = x.shape[1], x.shape[2], x.shape[3]
+    P = ho * wo
+    ld = cols.shape[1]
+    xf = x.reshape(x.size)      # flat indexing: no per-row views in the hot loop
+    cf = cols.reshape(cols.size)
+    for r in prange(nb * C):
+        b = r // C
+        c = r - b * C
+        src0 = ((b0 + b) * C + c) * H * W
+        for u in range(kh):
+            ilo, ihi = _valid_range(ho, H, sh, u * dh - ph)
+            for v in range(kw):
+                jlo, jhi = _valid_range(wo, W, sw, v * dw - pw)
+                off = v * dw - pw
+                base = ((c * kh + u) * kw + v) * ld + b * P
+                for i in range(ho):
+                    d = base + i * wo
+                    if i < ilo or i >= ihi:
+                        for j in range(wo):
+                            cf[d + j] = 0
+                        continue
+                    s = src0 + (i * sh + u * dh - ph) * W + off
+                    for j in range(jlo):
+                        cf[d + j] = 0
+                    for j in range(jlo, jhi):
+                        cf[d + j] = xf[s + j * sw]
+                    for j in range(jhi, wo):
+                        cf[d + j] = 0
+
+
+def _col2im(dcols, b0, nb, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, grad_input):
+    """grad_input[b0 + b, c] = Σ over kernel taps of the columns that were copied from it."""
+    C, H, W = grad_input.shape[1], grad_input.shape[2], grad_input.shape[3]
+    P = ho * wo
+    for r in prange(nb * C):
+        b = r // C
+        c = r - b * C
+        plane = grad_input[b0 + b, c]
+        plane[:, :] = 0
+        for u in range(kh):
+            ilo, ihi = _valid_range(ho, H, sh, u * dh - ph)
+            for v in range(kw):
+                jlo, jhi = _valid_range(wo, W, sw, v * dw - pw)
+                row = dcols[(c * kh + u) * kw + v, b * P:(b + 1) * P]
+                off = v * dw - pw
+                for i in range(ilo, ihi):
+                    dst = plane[i * sh + u * dh - ph]
+                    src = row[i * wo:(i + 1) * wo]
+                    for j in range(jlo, jhi):
+                        dst[j * sw + off] += src[j]
+
+
+def _scatter(y, bias, has_bias, b0, nb, out):
+    """out[b0 + b, o, p] = y[o, b·P + p] + bias[o]."""
+    O = out.shape[1]
+    P = out.shape[2] * out.shape[3]
+    for r in prange(nb * O):
+        b = r // O
+        o = r - b * O
+        dst = out[b0 + b, o].reshape(P)
+        src = y[o, b * P:(b + 1) * P]
+        bo = bias[o] if has_bias else 0
+        for p in range(P):
+            dst[p] = src[p] + bo
+
+
+def _gather(grad_out, b0, nb, g):
+    """g[o, b·P + p] = grad_out[b0 + b, o, p]."""
+    O = grad_out.shape[1]
+    P = grad_out.shape[2] * grad_out.shape[3]
+    for r in prange(nb * O):
+        b = r // O
+        o = r - b * O
+        g[o, b * P:(b + 1) * P] = grad_out[b0 + b, o].reshape(P)
+
+
+_im2col_s, _im2col_p = _both(_im2col)
+_col2im_s, _col2im_p = _both(_col2im)
+_scatter_s, _scatter_p = _both(_scatter)
+_gather_s, _gather_p = _both(_gather)
+
+
+def _chunk(B, K, P):
+    return max(1, min(B, _COLS_BUDGET // max(1, K * P)))
+
+
+def conv2d_forward(x, weight, bias, stride, padding, dilation, out):
+    """y[b,o,i,j] = bias[o] + Σ_{c,u,v} w[o,c,u,v]·xp[b,c,i·sH+u·dH,j·sW+v·dW] (chunked im2col + GEMM)."""
+    B = x.shape[0]
+    O, C, kh, kw = weight.shape
+    ho, wo = out.shape[2], out.shape[3]
+    K, P = C * kh * kw, ho * wo
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    w2 = weight.reshape(O, K)
+    nb = _chunk(B, K, P)
+    cols = np.empty((K, nb * P), dtype=x.dtype)
+    y = np.empty((O, nb * P), dtype=x.dtype)
+    has_bias = bias is not None
+    bias_ = bias if has_bias else w2[:, 0]
+    for b0 in range(0, B, nb):
+        n = min(nb, B - b0)
+        par = n * K * P >= PARALLEL_MIN_ELEMENTS
+        (_im2col_p if par else _im2col_s)(x, b0, n, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, cols)
+        if n == 1:
+            dst = out[b0].reshape(O, P)
+            np.matmul(w2, cols[:, :P], out=dst)
+            if has_bias:
+                dst += bias[:, None]
+        else:
+            yc = y[:, :n * P]
+            np.matmul(w2, cols[:, :n * P], out=yc)
+            (_scatter_p if par else _scatter_s)(yc, bias_, has_bias, b0, n, out)
+    return out
+
+
+def conv2d_backward(grad_out, x, weight, stride, padding, dilation, grad_input, grad_weight, grad_bias):
+    """dW = Σ_b G_b·cols_bᵀ, db = Σ G, dx = col2im(Wᵀ·G_b) (chunked, GEMMs outside parallel loops)."""
+    B = x.shape[0]
+    O, C, kh, kw = weight.shape
+    ho, wo = grad_out.shape[2], grad_out.shape[3]
+    K, P = C * kh * kw, ho * wo
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    w2 = weight.reshape(O, K)
+    gw2 = grad_weight.reshape(O, K)
+    nb = _chunk(B, K, P)
+    cols = np.empty((K, nb * P), dtype=x.dtype)
+    g = np.empty((O, nb * P), dtype=x.dtype) if nb > 1 else None
+    dcols = np.empty((K, nb * P), dtype=x.dtype) if grad_input is not None else None
+    tmp = np.empty((O, K), dtype=x.dtype) if B > nb else None
+    for b0 in range(0, B, nb):
+        n = min(nb, B - b0)
+        par = n * K * P >= PARALLEL_MIN_ELEMENTS
+        (_im2col_p if par else _im2col_s)(x, b0, n, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, cols)
+        c = cols[:, :n * P]
+        if n == 1:
+            gc = grad_out[b0].reshape(O, P)
+        else:
+            gc = g[:, :n * P]
+            (_gather_p if par else _gather_s)(grad_out, b0, n, gc)
+        if b0 == 0:
+            np.matmul(gc, c.T, out=gw2)
+        else:
+            np.matmul(gc, c.T, out=tmp)
+            gw2 += tmp
+        if dcols is not None:
+            dc = dcols[:, :n * P]
+            np.matmul(w2.T, gc, out=dc)
+            (_col2im_p if par else _col2im_s)(dc, b0, n, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, grad_input)
+    if grad_bias is not None:
+        np.sum(grad_out.reshape(B, O, P), axis=(0, 2), out=grad_bias)
+    return grad_input, grad_weight, grad_bias
+
+
+def _max_pool_fwd(x, kh, kw, sh, sw, ph, pw, out, indices):
+    """y = max over the window (-inf padding), first maximum wins, NaN wins."""
+    B, C, H, W = x.shape
+    ho, wo = out.shape[2], out.shape[3]
+    for r in prange(B * C):
+        b = r // C
+        c = r - b * C
+        src = x[b, c]
+        dst = out[b, c]
+        idx = indices[b, c]
+        for i in range(ho):
+            h0 = i * sh - ph
+            ulo = max(0, -h0)
+            uhi = min(kh, H - h0)
+            for j in range(wo):
+                w0 = j * sw - pw
+                vlo = max(0, -w0)
+                vhi = min(kw, W - w0)
+                best = src[h0 + ulo, w0 + vlo]
+                arg = (h0 + ulo) * W + w0 + vlo
+                for u in range(ulo, uhi):
+                    for v in range(vlo, vhi):
+                        val = src[h0 + u, w0 + v]
+                        # strict > keeps the first maximum; a NaN replaces a number, not a NaN.
+                        # Selects, not branches: on real data the comparison is a coin flip.
+                        take = (val > best) | ((val != val) & (best == best))
+                        best = val if take else best
+                        arg = (h0 + u) * W + w0 + v if take else arg
+                dst[i, j] = best
+                idx[i, j] = arg
+
+
+def _max_pool_2x2(x, out, indices):
+    """2×2, stride 2, unpadded: a tournament (a|b, c|d, winners), strict > keeps the first max."""
+    B, C, H, W = x.shape
+    ho, wo = out.shape[2], out.shape[3]
+    for r in prange(B * C):
+        b = r // C
+        c = r - b * C
+        src = x[b, c]
+        dst = out[b, c]
+        idx = indices[b, c]
+        for i in range(ho):
+            for j in range(wo):
+                a_ = src[2 * i, 2 * j]
+                ia = (2 * i) * W + 2 * j
+                b_ = src[2 * i, 2 * j + 1]
+                t = (not (b_ <= a_)) and (a_ == a_)
+                a_ = b_ if t else a_
+                ia = ia + 1 if t else ia
+                c_ = src[2 * i + 1, 2 * j]
+                ic = (2 * i + 1) * W + 2 * j
+                d_ = src[2 * i + 1, 2 * j + 1]
+                t = (not (d_ <= c_)) and (c_ == c_)
+                c_ = d_ if t else c_
+                ic = ic + 1 if t else ic
+                t = (not (c_ <= a_)) and (a_ == a_)
+                dst[i, j] = c_ if t else a_
+                idx[i, j] = ic if t else ia
+
+
+def _max_pool_bwd(grad_out, indices, grad_input):
+    """dx[plane][indices] += dy (each plane by one thread, so no races)."""
+    B, C, H, W = grad_input.shape
+    n_out = grad_out.shape[2] * grad_out.shape[3]
+    for r in prange(B * C):
+        b = r // C
+        c = r - b * C
+        plane = grad_input[b, c].reshape(H * W)
+        plane[:] = 0
+        g = grad_out[b, c].reshape(n_out)
+        idx = indices[b, c].reshape(n_out)
+        for p in range(n_out):
+            plane[idx[p]] += g[p]
+
+
+def _avg_pool_fwd(x, kh, kw, sh, sw, ph, pw, count_include_pad, out):
+    """y = Σ window / n, n = kH·kW or the number of real pixels."""
+    B, C, H, W = x.shape
+    ho, wo = out.shape[2], out.shape[3]
+    for r in prange(B * C):
+        b = r // C
+        c = r - b * C
+        src = x[b, c]
+        dst = out[b, c]
+        for i in range(ho):
+            h0 = i * sh - ph
+            ulo = max(0, -h0)
+            uhi = min(kh, H - h0)
+            for j in range(wo):
+                w0 = j * sw - pw
+                vlo = max(0, -w0)
+                vhi = min(kw, W - w0)
+                s = src[0, 0] * 0
+                for u in range(ulo, uhi):
+                    for v in range(vlo, vhi):
+                        s += src[h0 + u, w0 + v]
+                n = kh * kw if count_include_pad else (uhi - ulo) * (vhi - vlo)
+                dst[i, j] = s / n
+
+
+def _avg_pool_bwd(grad_out, kh, kw, sh, sw, ph, pw, count_include_pad, grad_input):
+    """dx[window] += dy / n for every output."""
+    B, C, H, W = grad_input.shape
+    ho, wo = grad_out.shape[2], grad_out.shape[3]
+    for r in prange(B * C):
+        b = r // C
+        c = r - b * C
+        plane = grad_input[b, c]
+        plane[:, :] = 0
+        g = grad_out[b, c]
+        for i in range(ho):
+            h0 = i * sh - ph
+            ulo = max(0, -h0)
+            uhi = min(kh, H - h0)
+            for j in range(wo):
+                w0 = j * sw - pw
+                vlo = max(0, -w0)
+                vhi = min(kw, W - w0)
+                n = kh * kw if count_include_pad else (uhi - ulo) * (vhi - vlo)
+                gv = g[i, j] / n
+                for u in range(ulo, uhi):
+                    for v in range(vlo, vhi):
+                        plane[h0 + u, w0 + v] += gv
+
+
+_max_fwd_s, _max_fwd_p = _both(_max_pool_fwd)
+_max_2x2_s, _max_2x2_p = _both(_max_pool_2x2)
+_max_bwd_s, _max_bwd_p = _both(_max_pool_bwd)
+_avg_fwd_s, _avg_fwd_p = _both(_avg_pool_fwd)
+_avg_bwd_s, _avg_bwd_p = _both(_avg_pool_bwd)
+
+
+def max_pool2d_forward(x, kernel_size, stride, padding, out, indices):
+    """y[b,c,i,j] = max_{u,v} xp[b,c,i·sH+u,j·sW+v]; indices = flat argmax (first max, NaN wins)."""
+    par = x.size >= PARALLEL_MIN_ELEMENTS
+    if kernel_size == (2, 2) and stride == (2, 2) and padding == (0, 0):
+        (_max_2x2_p if par else _max_2x2_s)(x, out, indices)
+        return out, indices
+    fn = _max_fwd_p if par else _max_fwd_s
+    fn(x, kernel_size[0], kernel_size[1], stride[0], stride[1], padding[0], padding[1], out, indices)
+    return out, indices
+
+
+def max_pool2d_backward(grad_out, indices, grad_input):
+    """dx[b,c].flat[indices[b,c,i,j]] += dy[b,c,i,j]."""
+    fn = _max_bwd_p if grad_input.size >= PARALLEL_MIN_ELEMENTS else _max_bwd_s
+    fn(grad_out, indices, grad_input)
+    return grad_input
+
+
+def avg_pool2d_forward(x, kernel_size, stride, padding, count_include_pad, out):
+    """y[b,c,i,j] = Σ_{u,v} xp[b,c,i·sH+u,j·sW+v] / n."""
+    fn = _avg_fwd_p if x.size >= PARALLEL_MIN_ELEMENTS else _avg_fwd_s
+    fn(x, kernel_size[0], kernel_size[1], stride[0], stride[1], padding[0], padding[1],
+       bool(count_include_pad), out)
+    return out
+
+
+def avg_pool2d_backward(grad_out, kernel_size, stride, padding, count_include_pad, grad_input):
+    """dx[b,c,window(i,j)] += dy[b,c,i,j] / n."""
+    fn = _avg_bwd_p if grad_input.size >= PARALLEL_MIN_ELEMENTS else _avg_bwd_s
+    fn(grad_out, kernel_size[0], kernel_size[1], stride[0], stride[1], padding[0], padding[1],
+       bool(count_include_pad), grad_input)
+    return grad_input

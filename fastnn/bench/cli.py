@@ -1,0 +1,76 @@
+"""``fastnn bench``: arguments and entry point (called by :mod:`fastnn.cli`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+__all__ = ["add_arguments", "run"]
+
+
+def _csv(text):
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the options of ``fastnn bench`` to ``parser``."""
+    from .workloads import WORKLOADS
+
+    ids = ", ".join(w.id for w in WORKLOADS)
+    parser.description = (
+        "Time the reference workloads with every backend, PyTorch and scikit-learn in one process, "
+        "against the machine's GEMM and memory-copy limits measured in the same run; write "
+        "DIR/report.md, DIR/results.json and DIR/speedup.png.")
+    parser.add_argument("--quick", action="store_true", help="fewer, shorter repetitions (under a minute)")
+    parser.add_argument("--workloads", type=_csv, default=None, metavar="IDS",
+                        help=f"comma-separated workload ids (default: all of {ids})")
+    parser.add_argument("--backends", type=_csv, default=None, metavar="NAMES",
+                        help="comma-separated rows to run: numpy, numba, cython, torch, sklearn "
+                             "(default: all installed)")
+    parser.add_argument("--threads", type=int, default=None, help="threads for fastnn, BLAS and PyTorch")
+    parser.add_argument("--out", default="bench-out", metavar="DIR", help="output folder (default: bench-out)")
+    parser.add_argument("--repeat", type=int, default=None, help="rounds per case (default: 9, quick: 5)")
+    parser.add_argument("--compare", nargs="+", default=None, metavar="RESULTS_JSON",
+                        help="OLD [NEW]: with one file, run the benchmark and compare the new run with OLD; "
+                             "with two files, compare them without running")
+    parser.add_argument("--threshold", type=float, default=0.10,
+                        help="relative change below which --compare calls a row unchanged (default 0.10)")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    # small sizes, for testing the machinery only
+    parser.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)
+
+
+def run(args) -> int:
+    """Run ``fastnn bench`` with parsed ``args``; returns the exit status."""
+    from .compare import compare, format_comparison
+    from .report import load_results, markdown, write_report
+
+    if args.compare is not None and len(args.compare) > 2:
+        print("fastnn bench: --compare takes OLD or OLD NEW", file=sys.stderr)
+        return 2
+    try:
+        saved = [load_results(p) for p in (args.compare or [])]
+    except (OSError, ValueError) as exc:  # missing file, not JSON, not a results.json
+        print(f"fastnn bench: cannot compare: {exc}", file=sys.stderr)
+        return 2
+    if len(saved) == 2:
+        print(format_comparison(compare(saved[0], saved[1], args.threshold), args.compare[0], args.compare[1]))
+        return 0
+    old = saved[0] if saved else None
+
+    from .runner import run_bench
+
+    try:
+        results = run_bench(workloads=args.workloads, backends=args.backends, threads=args.threads,
+                            quick=args.quick, tiny=getattr(args, "tiny", False), repeat=args.repeat,
+                            progress=args.progress)
+    except ValueError as exc:
+        print(f"fastnn bench: {exc}", file=sys.stderr)
+        return 2
+    paths = write_report(results, args.out)
+    print(markdown(results))
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    if old is not None:
+        print()
+        print(format_comparison(compare(old, results, args.threshold), args.compare[0], "this run"))
+    return 0

@@ -1,0 +1,452 @@
+"""The reference workloads of the benchmark (see WORKLOADS.md), as data.
+
+A :class:`Workload` (``W1`` ... ``W6``, ``LSTM``, ``CONV``, ``KERN``, ``GEMM``)
+groups :class:`Case` objects; a case is one thing that gets timed (``matmul
+n=256``, ``sigmoid backward``, ``train step`` ...). For each fastnn backend a
+case builds a *step*: a zero-argument callable doing one unit of work on
+buffers made once, as a real training loop would (same model, same
+optimizer, same data every call). The PyTorch and scikit-learn versions of
+the same cases live in :mod:`fastnn.bench.anchors`.
+
+Layers that are not part of this build (a branch not merged yet, say) do not
+break the benchmark: :func:`missing` lists what a workload needs and does not
+find, and the report shows the workload as "not available (missing: ...)".
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+__all__ = ["Case", "Workload", "WORKLOADS", "get_workloads", "missing", "resolve", "build_step",
+           "gemm_shapes_flops"]
+
+DTYPE = np.float32
+SEED = 1234
+
+
+@dataclass
+class Case:
+    """One timed unit of work of a workload.
+
+    Attributes
+    ----------
+    workload : str
+        Id of the workload it belongs to (``"W1"``).
+    name : str
+        Short name inside the workload (``"matmul n=256"``).
+    kind : str
+        What is built: ``"matmul"``, ``"act_forward"``, ``"act_backward"``,
+        ``"mlp"``, ``"cnn"``, ``"rnn"``, ``"lstm"``, ``"conv3x3"``, ``"ce"``,
+        ``"adam"``, ``"gemm"``.
+    params : dict
+        Shapes and settings for the builders.
+    flops : float or None
+        Floating-point operations per call (for a GFLOP/s limit).
+    bytes : float or None
+        Bytes read plus written per call (for a bandwidth limit).
+    gemm_shapes : list of (M, K, N), optional
+        The matrix products inside one step (for a GEMM-only time limit).
+    """
+
+    workload: str
+    name: str
+    kind: str
+    params: dict
+    flops: float | None = None
+    bytes: float | None = None
+    gemm_shapes: list = field(default_factory=list)
+
+    @property
+    def key(self) -> str:
+        return f"{self.workload} {self.name}"
+
+
+@dataclass
+class Workload:
+    """A group of cases reported in one table.
+
+    Attributes
+    ----------
+    id : str
+    title : str
+    limit : {"gemm", "copy", "gemm_time", None}
+        The machine limit each figure is compared with: peak BLAS GEMM
+        GFLOP/s, memory-copy GB/s, or the time the step's matrix products
+        alone take with BLAS.
+    requires : tuple of str
+        Dotted names (``"fastnn.nn.Conv2d"``) that must exist.
+    cases : callable
+        ``cases(quick, tiny) -> list of Case``.
+    """
+
+    id: str
+    title: str
+    limit: str | None
+    requires: tuple
+    cases: Callable[[bool, bool], list]
+    note: str = ""
+
+
+# -- helpers -----------------------------------------------------------------
+
+def resolve(dotted: str):
+    """Import ``"pkg.mod.attr"`` and return the attribute, or raise LookupError."""
+    parts = dotted.split(".")
+    for i in range(len(parts), 0, -1):
+        modname = ".".join(parts[:i])
+        try:
+            obj = importlib.import_module(modname)
+        except ImportError:
+            continue
+        for attr in parts[i:]:
+            if not hasattr(obj, attr):
+                raise LookupError(dotted)
+            obj = getattr(obj, attr)
+        return obj
+    raise LookupError(dotted)
+
+
+def missing(workload: Workload) -> list[str]:
+    """The names a workload needs that this build of fastnn lacks."""
+    out = []
+    for name in workload.requires:
+        try:
+            resolve(name)
+        except LookupError:
+            out.append(name)
+    return out
+
+
+def _rng():
+    return np.random.default_rng(SEED)
+
+
+def _randn(rng, *shape):
+    return rng.standard_normal(shape, dtype=np.float64).astype(DTYPE)
+
+
+def gemm_shapes_flops(shapes) -> float:
+    return float(sum(2 * m * k * n for m, k, n in shapes))
+
+
+def _mlp_gemms(i, h, o, b):
+    """Matrix products of one train step of Linear(i,h)-ReLU-Linear(h,o), batch b."""
+    return [(b, i, h), (b, h, o),          # forward
+            (o, b, h), (b, o, h),          # layer 2: dW, dx
+            (h, b, i)]                     # layer 1: dW (no dx for the input)
+
+
+# -- the workloads -----------------------------------------------------------
+
+def _w1(quick, tiny):
+    sizes = [(64, 64, 64)] if tiny else [(64, 64, 64), (256, 256, 256), (1024, 1024, 1024)]
+    sizes = sizes + [(32, 64, 128)]
+    cases = []
+    for m, k, n in sizes:
+        name = f"matmul n={m}" if m == k == n else f"matmul {m}x{k}x{n}"
+        cases.append(Case("W1", name, "matmul", dict(m=m, k=k, n=n), flops=2.0 * m * k * n))
+    return cases
+
+
+def _w2(quick, tiny):
+    n = 1 << 16 if tiny else 1 << 22
+    cases = []
+    for act in ("relu", "sigmoid", "tanh"):
+        cases.append(Case("W2", f"{act} forward", "act_forward", dict(act=act, n=n), bytes=2.0 * 4 * n))
+        cases.append(Case("W2", f"{act} backward", "act_backward", dict(act=act, n=n), bytes=3.0 * 4 * n))
+    return cases
+
+
+def _mlp(wid, i, h, o, b):
+    def cases(quick, tiny):
+        shapes = _mlp_gemms(i, h, o, b)
+        return [Case(wid, f"train step {i}-{h}-{o} B={b}", "mlp", dict(i=i, h=h, o=o, b=b),
+                     flops=gemm_shapes_flops(shapes), gemm_shapes=shapes)]
+    return cases
+
+
+def _w5(quick, tiny):
+    b = 8 if tiny else 64
+    return [Case("W5", f"CNN train step B={b}", "cnn", dict(b=b))]
+
+
+def _w6(quick, tiny):
+    t, i, h, b = (10, 8, 16, 4) if tiny else (50, 8, 64, 32)
+    return [Case("W6", f"tanh RNN T={t} I={i} H={h} B={b} fwd+BPTT", "rnn", dict(t=t, i=i, h=h, b=b))]
+
+
+def _lstm(quick, tiny):
+    t, i, h, b = (5, 8, 16, 4) if tiny else (100, 32, 128, 64)
+    return [Case("LSTM", f"T={t} I={i} H={h} B={b} fwd+bwd", "lstm", dict(t=t, i=i, h=h, b=b))]
+
+
+def _conv(quick, tiny):
+    b, c, o, hw = (1, 8, 8, 16) if tiny else (8, 64, 64, 56)
+    flops = 2.0 * b * o * c * 9 * hw * hw
+    return [Case("CONV", f"conv3x3 {c}->{o} {hw}x{hw} B={b} forward", "conv3x3",
+                 dict(b=b, c=c, o=o, hw=hw), flops=flops)]
+
+
+def _kern(quick, tiny):
+    b, c = (32, 100) if tiny else (256, 1000)
+    n = 1 << 14 if tiny else 1 << 20
+    return [
+        # logits read twice (max/exp pass, gradient pass), gradient written once
+        Case("KERN", f"softmax-CE {b}x{c}", "ce", dict(b=b, c=c), bytes=3.0 * 4 * b * c),
+        # Adam reads param, grad, m, v and writes param, m, v
+        Case("KERN", f"Adam {n / (1 << 20):g}M params" if n >= 1 << 20 else f"Adam {n} params",
+             "adam", dict(n=n), bytes=7.0 * 4 * n),
+    ]
+
+
+def _gemm(quick, tiny):
+    if tiny:
+        sizes = [32, 64]
+    elif quick:
+        sizes = [64, 256, 1024]
+    else:
+        sizes = [32, 64, 128, 256, 512, 1024]
+    return [Case("GEMM", f"gemm n={n}", "gemm", dict(m=n, k=n, n=n), flops=2.0 * n ** 3) for n in sizes]
+
+
+_TRAIN = ("fastnn.nn.Sequential", "fastnn.nn.Linear", "fastnn.nn.ReLU", "fastnn.nn.CrossEntropyLoss",
+          "fastnn.optim.SGD")
+
+WORKLOADS: list[Workload] = [
+    Workload("W1", "matrix multiply C = A·B (fastnn.ops.matmul)", "gemm", ("fastnn.ops.matmul",), _w1),
+    Workload("W2", "activations, forward and backward, 4M elements", "copy",
+             ("fastnn.ops.relu", "fastnn.ops.relu_backward", "fastnn.ops.sigmoid",
+              "fastnn.ops.sigmoid_backward", "fastnn.ops.tanh", "fastnn.ops.tanh_backward"), _w2),
+    Workload("W3", "MLP train step 64-128-10, ReLU, softmax CE, SGD momentum, batch 32", "gemm_time",
+             _TRAIN, _mlp("W3", 64, 128, 10, 32)),
+    Workload("W4", "MLP train step 784-256-10, ReLU, softmax CE, SGD momentum, batch 128", "gemm_time",
+             _TRAIN, _mlp("W4", 784, 256, 10, 128)),
+    Workload("W5", "CNN train step 1x28x28, conv8-pool-conv16-pool-linear, batch 64", None,
+             _TRAIN + ("fastnn.nn.Conv2d", "fastnn.nn.MaxPool2d", "fastnn.nn.Flatten"), _w5),
+    Workload("W6", "tanh RNN train step (forward + BPTT, MSE, SGD)", None,
+             ("fastnn.nn.RNN", "fastnn.optim.SGD", "fastnn.ops.mse_loss"), _w6),
+    Workload("LSTM", "LSTM forward + backward (MSE on the outputs)", None,
+             ("fastnn.nn.LSTM", "fastnn.ops.mse_loss"), _lstm),
+    Workload("CONV", "3x3 convolution forward, padding 1", "gemm", ("fastnn.nn.Conv2d",), _conv),
+    Workload("KERN", "loss and optimizer kernels", "copy",
+             ("fastnn.ops.softmax_cross_entropy", "fastnn.ops.adam_update"), _kern),
+    Workload("GEMM", "hand-written GEMM GFLOP/s vs size (numpy row: BLAS)", "gemm",
+             ("fastnn.gemm.set_gemm", "fastnn.gemm.get_gemm"), _gemm,
+             note="compiled backends forced to their own GEMM with fastnn.set_gemm('own')"),
+]
+
+
+def get_workloads(ids=None) -> list[Workload]:
+    """Workloads by id (case-insensitive), in the canonical order; all when ``ids`` is None."""
+    if not ids:
+        return list(WORKLOADS)
+    wanted = [i.strip().upper() for i in ids if i.strip()]
+    known = {w.id: w for w in WORKLOADS}
+    unknown = [i for i in wanted if i not in known]
+    if unknown:
+        raise ValueError(f"unknown workload(s) {', '.join(unknown)}; choose from {', '.join(known)}")
+    return [w for w in WORKLOADS if w.id in wanted]
+
+
+# -- fastnn steps --------------------------------------------------------------
+
+def _fastnn():
+    import fastnn
+
+    return fastnn
+
+
+def _optim():
+    return importlib.import_module("fastnn.optim")
+
+
+def _first(out):
+    """Layers may return ``output`` or ``(output, state)``: take the output."""
+    return out[0] if isinstance(out, tuple) else out
+
+
+def _step_matmul(p):
+    ops = _fastnn().ops
+    rng = _rng()
+    a, b = _randn(rng, p["m"], p["k"]), _randn(rng, p["k"], p["n"])
+    c = np.empty((p["m"], p["n"]), DTYPE)
+    return lambda: ops.matmul(a, b, out=c)
+
+
+def _step_act_forward(p):
+    ops = _fastnn().ops
+    rng = _rng()
+    x = _randn(rng, p["n"])
+    y = np.empty_like(x)
+    fn = getattr(ops, p["act"])
+    return lambda: fn(x, out=y)
+
+
+def _step_act_backward(p):
+    ops = _fastnn().ops
+    rng = _rng()
+    x = _randn(rng, p["n"])
+    y = getattr(ops, p["act"])(x)
+    g = _randn(rng, p["n"])
+    out = np.empty_like(x)
+    fn = getattr(ops, p["act"] + "_backward")
+    return lambda: fn(g, y, out=out)
+
+
+def _train_step(model, loss_fn, opt, x, y):
+    """Forward, loss, backward, update: what ``fastnn.fit`` runs per minibatch.
+
+    Uses ``fastnn.train.make_train_step`` (the very step ``fit`` runs, which
+    skips the input gradient of the first layer as PyTorch does for an input
+    that needs no gradient) when this build has it.
+    """
+    try:
+        from fastnn.train import make_train_step
+    except ImportError:
+        make_train_step = None
+    if make_train_step is not None:
+        inner = make_train_step(model, loss_fn, opt)
+        if hasattr(loss_fn, "prepare_target"):
+            y = loss_fn.prepare_target(y, x.dtype)
+        loss_fn(model(x), y)   # the validated path once, as fit does, allocating the buffers
+        return lambda: inner(x, y)[0]
+
+    def step():
+        logits = model(x)
+        loss = loss_fn(logits, y)
+        model.backward(loss_fn.backward())
+        opt.step()
+        return loss
+    return step
+
+
+def _step_mlp(p):
+    fastnn = _fastnn()
+    nn = fastnn.nn
+    rng = _rng()
+    model = nn.Sequential(nn.Linear(p["i"], p["h"]), nn.ReLU(), nn.Linear(p["h"], p["o"]))
+    opt = _optim().SGD(model.parameters(), lr=0.01, momentum=0.9)
+    x = _randn(rng, p["b"], p["i"])
+    y = rng.integers(0, p["o"], p["b"])
+    return _train_step(model, nn.CrossEntropyLoss(), opt, x, y)
+
+
+def _step_cnn(p):
+    nn = _fastnn().nn
+    rng = _rng()
+    model = nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(16 * 7 * 7, 10))
+    opt = _optim().SGD(model.parameters(), lr=0.01, momentum=0.9)
+    x = _randn(rng, p["b"], 1, 28, 28)
+    y = rng.integers(0, 10, p["b"])
+    return _train_step(model, nn.CrossEntropyLoss(), opt, x, y)
+
+
+def _step_rnn(p):
+    fastnn = _fastnn()
+    rng = _rng()
+    rnn = fastnn.nn.RNN(p["i"], p["h"])
+    opt = _optim().SGD(rnn.parameters(), lr=0.01, momentum=0.9)
+    x = _randn(rng, p["t"], p["b"], p["i"])
+    target = 0.5 * _randn(rng, p["t"], p["b"], p["h"])
+    grad = np.empty_like(target)
+    mse = fastnn.ops.mse_loss
+
+    def step():
+        out = _first(rnn(x))
+        loss, _ = mse(out, target, grad=grad)
+        rnn.backward(grad)
+        opt.step()
+        return loss
+    return step
+
+
+def _step_lstm(p):
+    fastnn = _fastnn()
+    rng = _rng()
+    lstm = fastnn.nn.LSTM(p["i"], p["h"])
+    x = _randn(rng, p["t"], p["b"], p["i"])
+    target = 0.5 * _randn(rng, p["t"], p["b"], p["h"])
+    grad = np.empty_like(target)
+    mse = fastnn.ops.mse_loss
+
+    def step():
+        out = _first(lstm(x))
+        loss, _ = mse(out, target, grad=grad)
+        lstm.backward(grad)
+        return loss
+    return step
+
+
+def _step_conv3x3(p):
+    nn = _fastnn().nn
+    rng = _rng()
+    conv = nn.Conv2d(p["c"], p["o"], 3, padding=1)
+    x = _randn(rng, p["b"], p["c"], p["hw"], p["hw"])
+    return lambda: conv(x)
+
+
+def _step_ce(p):
+    ops = _fastnn().ops
+    rng = _rng()
+    logits = _randn(rng, p["b"], p["c"])
+    labels = rng.integers(0, p["c"], p["b"]).astype(np.intp)
+    grad = np.empty_like(logits)
+    return lambda: ops.softmax_cross_entropy(logits, labels, grad=grad)
+
+
+def _step_adam(p):
+    ops = _fastnn().ops
+    rng = _rng()
+    param = _randn(rng, p["n"])
+    grad = 0.01 * _randn(rng, p["n"])
+    m = np.zeros_like(param)
+    v = np.zeros_like(param)
+    t = [0]
+
+    def step():
+        t[0] += 1
+        ops.adam_update(param, grad, m, v, t[0], lr=1e-3)
+    return step
+
+
+def _step_gemm(p):
+    return _step_matmul(p)
+
+
+_BUILDERS = {
+    "matmul": _step_matmul, "act_forward": _step_act_forward, "act_backward": _step_act_backward,
+    "mlp": _step_mlp, "cnn": _step_cnn, "rnn": _step_rnn, "lstm": _step_lstm, "conv3x3": _step_conv3x3,
+    "ce": _step_ce, "adam": _step_adam, "gemm": _step_gemm,
+}
+
+
+def build_step(case: Case) -> Callable[[], object]:
+    """The fastnn step of ``case`` for the backend selected now.
+
+    A step returns what it computed: the loss of a training step, the output
+    of a kernel (so that tests can check the work is real).
+    """
+    return _BUILDERS[case.kind](case.params)
+
+
+def build_gemm_only(case: Case) -> Callable[[], object] | None:
+    """A step doing only the case's matrix products, with NumPy's BLAS (the GEMM-only limit)."""
+    if not case.gemm_shapes:
+        return None
+    rng = _rng()
+    triples = []
+    for m, k, n in case.gemm_shapes:
+        triples.append((_randn(rng, m, k), _randn(rng, k, n), np.empty((m, n), DTYPE)))
+
+    def step():
+        for a, b, c in triples:
+            np.matmul(a, b, out=c)
+    step.products = triples
+    return step

@@ -1,0 +1,375 @@
+"""Convolutional layers: :class:`Conv2d`, :class:`MaxPool2d`, :class:`AvgPool2d`, :class:`Flatten`.
+
+Images are NCHW: (B, C, H, W). Names, shapes, defaults and initialisation
+follow PyTorch, so ``state_dict`` keys (``weight`` of shape (O, C, kH, kW),
+``bias`` of shape (O,)) move between the two libraries unchanged.
+
+Buffers: a layer owns its output and input-gradient arrays and reuses them
+while the input shape repeats, so a training loop allocates nothing after its
+first step. The array returned by ``forward`` or ``backward`` is therefore
+overwritten by the next call with the same shape: copy it to keep it.
+
+Fast path: the first call with a given input shape goes through the
+validated op in :mod:`fastnn.ops`; later calls with the same shape, dtype and
+parameter arrays call the active backend's kernel directly.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .. import ops
+from ..backends import current as _current
+from .init import get_rng as _get_rng
+from .module import Module, Parameter, register_module
+
+__all__ = ["Conv2d", "MaxPool2d", "AvgPool2d", "Flatten"]
+
+_ndarray = np.ndarray
+
+
+def _pair(value, name, low):
+    if isinstance(value, (tuple, list)):
+        if len(value) != 2:
+            raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
+        pair = tuple(value)
+    else:
+        pair = (value, value)
+    for v in pair:
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+            raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+        if v < low:
+            raise ValueError(f"{name} must be >= {low}, got {value!r}")
+    return (int(pair[0]), int(pair[1]))
+
+
+def _positive_int(value, name):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _check_dtype(dtype):
+    dt = np.dtype(dtype)
+    if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
+        raise TypeError(f"dtype must be float32 or float64, got {dt}")
+    return dt
+
+
+def _as_input(x, dtype, layer):
+    x = np.asarray(x)
+    if x.dtype.kind in "iub":
+        x = x.astype(dtype)  # integer pixels are converted; floats of another dtype are an error
+    if x.ndim != 4:
+        raise ValueError(f"{layer} expects a 4-D input (batch, channels, height, width), got shape {x.shape}")
+    return np.ascontiguousarray(x)
+
+
+def _fmt(pair):
+    return pair[0] if pair[0] == pair[1] else pair
+
+
+@register_module
+class Conv2d(Module):
+    """2-D convolution over NCHW images (PyTorch's ``nn.Conv2d``, ``groups=1``).
+
+    ``y[b, o] = bias[o] + Σ_c weight[o, c] ⋆ x[b, c]`` (cross-correlation),
+    with zero padding, stride and dilation.
+
+    Parameters
+    ----------
+    in_channels : int, C
+    out_channels : int, O
+    kernel_size : int or (int, int), (kH, kW)
+    stride : int or (int, int), default 1
+    padding : int or (int, int), default 0
+        Zeros added on both sides of each spatial axis.
+    dilation : int or (int, int), default 1
+    bias : bool, default True
+    dtype : float32 or float64, default float32
+    rng : numpy.random.Generator or int, optional
+        Generator for the initial values.
+
+    Attributes
+    ----------
+    weight : Parameter of shape (O, C, kH, kW)
+        Initialised as PyTorch does: ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``,
+        ``fan_in = C·kH·kW``.
+    bias : Parameter of shape (O,) or None
+        ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``.
+
+    Shapes: input (B, C, H, W), output (B, O, Ho, Wo) with
+    ``Ho = (H + 2·pH - dH·(kH - 1) - 1) // sH + 1`` (same for W).
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, bias=True,
+                 dtype=np.float32, rng=None):
+        super().__init__()
+        self.in_channels = _positive_int(in_channels, "in_channels")
+        self.out_channels = _positive_int(out_channels, "out_channels")
+        self.kernel_size = _pair(kernel_size, "kernel_size", 1)
+        self.stride = _pair(stride, "stride", 1)
+        self.padding = _pair(padding, "padding", 0)
+        self.dilation = _pair(dilation, "dilation", 1)
+        dt = _check_dtype(dtype)
+        self.weight = Parameter(np.empty((self.out_channels, self.in_channels) + self.kernel_size, dt))
+        self.bias = Parameter(np.empty(self.out_channels, dt)) if bias else None
+        self._fcache = {}     # input shape -> (weight, bias, out)
+        self._bcache = {}     # (input shape, input_grad) -> (weight, grad_weight, grad_bias, grad_input)
+        self._x = None
+        self.reset_parameters(rng)
+
+    def reset_parameters(self, rng=None):
+        """Draw new initial values, as PyTorch does."""
+        rng = _get_rng(rng)
+        fan_in = self.in_channels * self.kernel_size[0] * self.kernel_size[1]
+        bound = 1.0 / math.sqrt(fan_in)
+        dt = self.weight.data.dtype
+        self.weight.data[...] = rng.uniform(-bound, bound, self.weight.data.shape).astype(dt)
+        if self.bias is not None:
+            self.bias.data[...] = rng.uniform(-bound, bound, self.bias.data.shape).astype(dt)
+
+    def output_shape(self, input_shape):
+        """Output shape for an input shape (``ValueError`` if the input is too small)."""
+        return ops.conv2d_output_shape(input_shape, self.weight.data.shape, self.stride, self.padding,
+                                       self.dilation)
+
+    def forward(self, x):
+        """Convolve ``x`` of shape (B, C, H, W); returns (B, O, Ho, Wo)."""
+        w = self.weight.data
+        b = None if self.bias is None else self.bias.data
+        if type(x) is _ndarray and x.flags.c_contiguous and x.dtype is w.dtype:
+            c = self._fcache.get(x.shape)
+            if c is not None and c[0] is w and c[1] is b and x is not c[2]:
+                self._x = x
+                return _current().conv2d_forward(x, w, b, self.stride, self.padding, self.dilation, c[2])
+        x = _as_input(x, w.dtype, "Conv2d")
+        shape = ops.conv2d_output_shape(x.shape, w.shape, self.stride, self.padding, self.dilation)
+        out = np.empty(shape, w.dtype)
+        y = ops.conv2d_forward(x, w, b, self.stride, self.padding, self.dilation, out=out)
+        if x.dtype == w.dtype:
+            self._fcache[x.shape] = (w, b, out)
+        self._x = x
+        return y
+
+    def backward(self, grad_out, input_grad=True):
+        """Fill ``weight.grad`` (and ``bias.grad``); return dL/dx (None if ``input_grad=False``)."""
+        x = self._x
+        if x is None:
+            raise RuntimeError("Conv2d.backward called before forward")
+        w = self.weight.data
+        dw = self.weight.grad
+        db = None if self.bias is None else self.bias.grad
+        key = (x.shape, bool(input_grad))
+        if type(grad_out) is _ndarray and grad_out.flags.c_contiguous and grad_out.dtype is w.dtype:
+            c = self._bcache.get(key)
+            if c is not None and c[0] is w and c[1] is dw and c[2] is db and grad_out is not c[3] \
+                    and grad_out.shape == self._fcache[x.shape][2].shape:
+                return _current().conv2d_backward(grad_out, x, w, self.stride, self.padding, self.dilation,
+                                                  c[3], dw, db)[0]
+        if dw.shape != w.shape or dw.dtype != w.dtype:
+            dw = self.weight.grad = np.zeros_like(w)
+        if db is not None and (db.shape != self.bias.data.shape or db.dtype != w.dtype):
+            db = self.bias.grad = np.zeros_like(self.bias.data)
+        gin = np.empty(x.shape, w.dtype) if input_grad else None
+        gin, _, _ = ops.conv2d_backward(grad_out, x, w, self.stride, self.padding, self.dilation,
+                                        bias=db is not None, input_grad=input_grad, grad_input=gin,
+                                        grad_weight=dw, grad_bias=db)
+        if x.shape in self._fcache:
+            self._bcache[key] = (w, dw, db, gin)
+        return gin
+
+    def get_config(self) -> dict:
+        return {"in_channels": self.in_channels, "out_channels": self.out_channels,
+                "kernel_size": list(self.kernel_size), "stride": list(self.stride),
+                "padding": list(self.padding), "dilation": list(self.dilation),
+                "bias": self.bias is not None, "dtype": self.weight.data.dtype.name}
+
+    def extra_repr(self) -> str:
+        s = f"{self.in_channels}, {self.out_channels}, kernel_size={_fmt(self.kernel_size)}"
+        if self.stride != (1, 1):
+            s += f", stride={_fmt(self.stride)}"
+        if self.padding != (0, 0):
+            s += f", padding={_fmt(self.padding)}"
+        if self.dilation != (1, 1):
+            s += f", dilation={_fmt(self.dilation)}"
+        if self.bias is None:
+            s += ", bias=False"
+        if self.weight.data.dtype != np.float32:
+            s += f", dtype={self.weight.data.dtype.name}"
+        return s
+
+
+class _Pool2d(Module):
+    def __init__(self, kernel_size, stride=None, padding=0):
+        super().__init__()
+        self.kernel_size = _pair(kernel_size, "kernel_size", 1)
+        self.stride = self.kernel_size if stride is None else _pair(stride, "stride", 1)
+        self.padding = _pair(padding, "padding", 0)
+        if self.padding[0] > self.kernel_size[0] // 2 or self.padding[1] > self.kernel_size[1] // 2:
+            raise ValueError(f"padding {self.padding} must be at most half the kernel size {self.kernel_size}")
+        self._cache = {}     # (input shape, dtype) -> buffers
+        self._shape = None   # (input shape, dtype) of the last forward
+
+    def output_shape(self, input_shape):
+        """Output shape for an input shape (``ValueError`` if the input is too small)."""
+        return ops.pool2d_output_shape(input_shape, self.kernel_size, self.stride, self.padding)
+
+    def get_config(self) -> dict:
+        return {"kernel_size": list(self.kernel_size), "stride": list(self.stride), "padding": list(self.padding)}
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={_fmt(self.kernel_size)}, stride={_fmt(self.stride)}, padding={_fmt(self.padding)}"
+
+
+@register_module
+class MaxPool2d(_Pool2d):
+    """2-D max pooling (PyTorch's ``nn.MaxPool2d``; implicit -inf padding).
+
+    Parameters
+    ----------
+    kernel_size : int or (int, int)
+    stride : int or (int, int), default ``kernel_size``
+    padding : int or (int, int), default 0 (at most half the kernel size)
+
+    Ties go to the first maximum in row-major window order; NaN propagates.
+    Shapes: input (B, C, H, W), output (B, C, Ho, Wo).
+    """
+
+    def forward(self, x):
+        """Max over each window of ``x`` (B, C, H, W)."""
+        if not (type(x) is _ndarray and x.flags.c_contiguous):
+            x = _as_input(x, np.float32, "MaxPool2d")
+        key = (x.shape, x.dtype)
+        c = self._cache.get(key)
+        if c is None:
+            if x.ndim != 4 or x.dtype.kind != "f":
+                x = _as_input(x, np.float32, "MaxPool2d")
+                key = (x.shape, x.dtype)
+            shape = ops.pool2d_output_shape(x.shape, self.kernel_size, self.stride, self.padding)
+            out, idx = ops.max_pool2d_forward(x, self.kernel_size, self.stride, self.padding,
+                                              out=np.empty(shape, x.dtype), indices=np.empty(shape, np.int64))
+            c = self._cache[key] = [out, idx, None]
+        else:
+            _current().max_pool2d_forward(x, self.kernel_size, self.stride, self.padding, c[0], c[1])
+        self._shape = key
+        return c[0]
+
+    def backward(self, grad_out):
+        """Route each gradient to the maximum it came from; returns dL/dx (B, C, H, W)."""
+        if self._shape is None:
+            raise RuntimeError("MaxPool2d.backward called before forward")
+        c = self._cache[self._shape]
+        if c[2] is not None and type(grad_out) is _ndarray and grad_out.flags.c_contiguous \
+                and grad_out.dtype is c[0].dtype and grad_out.shape == c[0].shape:
+            return _current().max_pool2d_backward(grad_out, c[1], c[2])
+        gin = np.empty(self._shape[0], self._shape[1])
+        c[2] = ops.max_pool2d_backward(grad_out, c[1], self._shape[0], grad_input=gin)
+        return c[2]
+
+
+@register_module
+class AvgPool2d(_Pool2d):
+    """2-D average pooling (PyTorch's ``nn.AvgPool2d``; implicit zero padding).
+
+    Parameters
+    ----------
+    kernel_size : int or (int, int)
+    stride : int or (int, int), default ``kernel_size``
+    padding : int or (int, int), default 0 (at most half the kernel size)
+    count_include_pad : bool, default True
+        Divide by ``kH·kW`` (True, PyTorch's default) or by the number of
+        real pixels in the window.
+
+    Shapes: input (B, C, H, W), output (B, C, Ho, Wo).
+    """
+
+    def __init__(self, kernel_size, stride=None, padding=0, count_include_pad=True):
+        super().__init__(kernel_size, stride, padding)
+        self.count_include_pad = bool(count_include_pad)
+
+    def forward(self, x):
+        """Mean over each window of ``x`` (B, C, H, W)."""
+        if not (type(x) is _ndarray and x.flags.c_contiguous):
+            x = _as_input(x, np.float32, "AvgPool2d")
+        key = (x.shape, x.dtype)
+        c = self._cache.get(key)
+        if c is None:
+            if x.ndim != 4 or x.dtype.kind != "f":
+                x = _as_input(x, np.float32, "AvgPool2d")
+                key = (x.shape, x.dtype)
+            shape = ops.pool2d_output_shape(x.shape, self.kernel_size, self.stride, self.padding)
+            out = ops.avg_pool2d_forward(x, self.kernel_size, self.stride, self.padding, self.count_include_pad,
+                                         out=np.empty(shape, x.dtype))
+            c = self._cache[key] = [out, None]
+        else:
+            _current().avg_pool2d_forward(x, self.kernel_size, self.stride, self.padding, self.count_include_pad,
+                                          c[0])
+        self._shape = key
+        return c[0]
+
+    def backward(self, grad_out):
+        """Spread each gradient evenly over its window; returns dL/dx (B, C, H, W)."""
+        if self._shape is None:
+            raise RuntimeError("AvgPool2d.backward called before forward")
+        c = self._cache[self._shape]
+        if c[1] is not None and type(grad_out) is _ndarray and grad_out.flags.c_contiguous \
+                and grad_out.dtype is c[0].dtype and grad_out.shape == c[0].shape:
+            return _current().avg_pool2d_backward(grad_out, self.kernel_size, self.stride, self.padding,
+                                                  self.count_include_pad, c[1])
+        gin = np.empty(self._shape[0], self._shape[1])
+        c[1] = ops.avg_pool2d_backward(grad_out, self._shape[0], self.kernel_size, self.stride, self.padding,
+                                       self.count_include_pad, grad_input=gin)
+        return c[1]
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "count_include_pad": self.count_include_pad}
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + ("" if self.count_include_pad else ", count_include_pad=False")
+
+
+@register_module
+class Flatten(Module):
+    """Flatten dimensions ``start_dim..end_dim`` into one (PyTorch's ``nn.Flatten``).
+
+    A view, not a copy, for C-contiguous input: (B, C, H, W) -> (B, C·H·W)
+    with the defaults. ``backward`` reshapes the gradient back.
+
+    Parameters
+    ----------
+    start_dim : int, default 1
+    end_dim : int, default -1
+    """
+
+    def __init__(self, start_dim=1, end_dim=-1):
+        super().__init__()
+        self.start_dim = int(start_dim)
+        self.end_dim = int(end_dim)
+        self._shape = None
+
+    def forward(self, x):
+        """``x`` with dimensions ``start_dim..end_dim`` merged."""
+        x = np.asarray(x)
+        nd = x.ndim
+        s = self.start_dim + nd if self.start_dim < 0 else self.start_dim
+        e = self.end_dim + nd if self.end_dim < 0 else self.end_dim
+        if not 0 <= s <= e < nd:
+            raise ValueError(f"Flatten(start_dim={self.start_dim}, end_dim={self.end_dim}) does not fit "
+                             f"an input of shape {x.shape}")
+        self._shape = x.shape
+        return x.reshape(x.shape[:s] + (math.prod(x.shape[s:e + 1]),) + x.shape[e + 1:])
+
+    def backward(self, grad_out):
+        """The gradient reshaped to the input's shape."""
+        if self._shape is None:
+            raise RuntimeError("Flatten.backward called before forward")
+        return np.asarray(grad_out).reshape(self._shape)
+
+    def get_config(self) -> dict:
+        return {"start_dim": self.start_dim, "end_dim": self.end_dim}
+
+    def extra_repr(self) -> str:
+        return f"start_dim={self.start_dim}, end_dim={self.end_dim}"

@@ -1,0 +1,334 @@
+"""2-D convolution and pooling, NCHW (see the reference backend for the math).
+
+Every function checks its arguments here, before any compiled kernel runs:
+4-D float input, matching channels and dtypes, positive strides, kernels
+that fit the (padded) input. ``kernel_size``, ``stride``, ``padding`` and
+``dilation`` accept an int or a pair ``(along H, along W)``.
+"""
+
+import numpy as np
+
+from .. import _validation as _v
+from ..backends import current as _backend
+
+__all__ = [
+    "conv2d_forward", "conv2d_backward", "conv2d_output_shape",
+    "max_pool2d_forward", "max_pool2d_backward",
+    "avg_pool2d_forward", "avg_pool2d_backward", "pool2d_output_shape",
+]
+
+_INT64 = np.dtype(np.int64)
+
+
+def _pair(value, name, low):
+    """``value`` as a pair of Python ints, each >= ``low``."""
+    if isinstance(value, (tuple, list)):
+        if len(value) != 2:
+            raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
+        pair = tuple(value)
+    else:
+        pair = (value, value)
+    out = []
+    for item in pair:
+        if isinstance(item, (bool, np.bool_)) or not isinstance(item, (int, np.integer)):
+            raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+        if item < low:
+            raise ValueError(f"{name} must be >= {low}, got {value!r}")
+        out.append(int(item))
+    return tuple(out)
+
+
+def _input4d(x, name="x"):
+    x = _v.as_float_array(x, name)
+    if x.ndim != 4:
+        raise ValueError(f"{name} must be 4-D (batch, channels, height, width), got shape {x.shape}")
+    return x
+
+
+def conv2d_output_shape(input_shape, weight_shape, stride=1, padding=0, dilation=1):
+    """Shape (B, O, Ho, Wo) of :func:`conv2d_forward`, or ``ValueError`` naming the shapes.
+
+    Parameters
+    ----------
+    input_shape : (B, C, H, W)
+    weight_shape : (O, C, kH, kW)
+    stride, padding, dilation : int or (int, int)
+    """
+    stride = _pair(stride, "stride", 1)
+    padding = _pair(padding, "padding", 0)
+    dilation = _pair(dilation, "dilation", 1)
+    return _conv_shape(tuple(input_shape), tuple(weight_shape), stride, padding, dilation)
+
+
+def _conv_shape(xs, ws, stride, padding, dilation):
+    if len(xs) != 4:
+        raise ValueError(f"conv2d input must be 4-D (batch, channels, height, width), got shape {xs}")
+    if len(ws) != 4:
+        raise ValueError(f"conv2d weight must be 4-D (out_channels, in_channels, kH, kW), got shape {ws}")
+    if xs[1] != ws[1]:
+        raise ValueError(f"conv2d: input has {xs[1]} channels (shape {xs}) but weight expects "
+                         f"{ws[1]} (shape {ws}, stored as (out, in, kH, kW))")
+    if min(ws) < 1:
+        raise ValueError(f"conv2d weight shape {ws} has an empty dimension")
+    size = []
+    for axis, name in ((0, "height"), (1, "width")):
+        n, k = xs[2 + axis], ws[2 + axis]
+        s, p, d = stride[axis], padding[axis], dilation[axis]
+        span = d * (k - 1) + 1
+        if n + 2 * p < span:
+            raise ValueError(
+                f"conv2d: input {name} {n} (input shape {xs}) plus padding 2*{p} is smaller than the "
+                f"kernel's reach {span} (weight shape {ws}, dilation {d})")
+        size.append((n + 2 * p - span) // s + 1)
+    return (xs[0], ws[0], size[0], size[1])
+
+
+def _conv_args(x, weight, stride, padding, dilation):
+    x = _input4d(x)
+    weight = _v.as_float_array(weight, "weight")
+    _v.same_dtype(x.dtype, weight, "weight")
+    stride = _pair(stride, "stride", 1)
+    padding = _pair(padding, "padding", 0)
+    dilation = _pair(dilation, "dilation", 1)
+    shape = _conv_shape(x.shape, weight.shape, stride, padding, dilation)
+    return x, weight, stride, padding, dilation, shape
+
+
+def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, out=None):
+    """2-D convolution (cross-correlation, as PyTorch's ``conv2d``), NCHW.
+
+    Parameters
+    ----------
+    x : array_like of shape (B, C, H, W)
+    weight : array_like of shape (O, C, kH, kW)
+    bias : array_like of shape (O,), optional
+    stride : int or (int, int), default 1
+    padding : int or (int, int), default 0
+        Zeros added on both sides of each spatial axis.
+    dilation : int or (int, int), default 1
+    out : ndarray of shape (B, O, Ho, Wo), optional
+
+    Returns
+    -------
+    ndarray of shape (B, O, Ho, Wo)
+
+    Raises
+    ------
+    TypeError
+        Non-float input or mixed dtypes.
+    ValueError
+        Input not 4-D, channel mismatch, kernel larger than the padded input,
+        stride or dilation below 1, negative padding.
+    """
+    x, weight, stride, padding, dilation, shape = _conv_args(x, weight, stride, padding, dilation)
+    if bias is not None:
+        bias = _v.as_float_array(bias, "bias", ndim=1)
+        _v.same_dtype(x.dtype, bias, "bias")
+        if bias.shape[0] != weight.shape[0]:
+            raise ValueError(f"bias has shape {bias.shape} but weight {weight.shape} has {weight.shape[0]} outputs")
+    out = _v.output(out, shape, x.dtype, inputs=(x, weight, bias))
+    if out.size == 0:  # empty batch: nothing to compute (kernels assume data)
+        return out
+    return _backend().conv2d_forward(x, weight, bias, stride, padding, dilation, out)
+
+
+def conv2d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, *, bias=True, input_grad=True,
+                    grad_input=None, grad_weight=None, grad_bias=None):
+    """Backward pass of :func:`conv2d_forward`.
+
+    Parameters
+    ----------
+    grad_out : array_like of shape (B, O, Ho, Wo), dL/dy
+    x : array_like of shape (B, C, H, W), the forward input
+    weight : array_like of shape (O, C, kH, kW)
+    stride, padding, dilation : int or (int, int), as in the forward pass
+    bias : bool, default True
+        Whether the layer has a bias (whether to compute its gradient).
+    input_grad : bool, default True
+        Whether to compute dL/dx (the first layer of a network does not need it).
+    grad_input, grad_weight, grad_bias : ndarray, optional
+        Buffers to write the gradients into (overwritten, not accumulated).
+
+    Returns
+    -------
+    grad_input : ndarray of shape (B, C, H, W) or None
+    grad_weight : ndarray of shape (O, C, kH, kW)
+    grad_bias : ndarray of shape (O,) or None
+    """
+    x, weight, stride, padding, dilation, shape = _conv_args(x, weight, stride, padding, dilation)
+    grad_out = _input4d(grad_out, "grad_out")
+    _v.same_dtype(x.dtype, grad_out, "grad_out")
+    _v.same_shape(shape, grad_out, "grad_out", "the convolution output")
+    dt = x.dtype
+    grad_input = _v.output(grad_input, x.shape, dt, "grad_input", (grad_out, x, weight)) if input_grad else None
+    grad_weight = _v.output(grad_weight, weight.shape, dt, "grad_weight", (grad_out, x, weight))
+    grad_bias = _v.output(grad_bias, (weight.shape[0],), dt, "grad_bias", (grad_out,)) if bias else None
+    if x.shape[0] == 0:  # empty batch: the sums over it are zero
+        grad_weight.fill(0)
+        if grad_bias is not None:
+            grad_bias.fill(0)
+        return grad_input, grad_weight, grad_bias
+    return _backend().conv2d_backward(grad_out, x, weight, stride, padding, dilation,
+                                      grad_input, grad_weight, grad_bias)
+
+
+def pool2d_output_shape(input_shape, kernel_size, stride=None, padding=0):
+    """Shape (B, C, Ho, Wo) of a pooling, or ``ValueError`` naming the shapes.
+
+    ``stride=None`` means ``stride = kernel_size`` (PyTorch's default).
+    """
+    kernel_size, stride, padding = _pool_params(kernel_size, stride, padding)
+    return _pool_shape(tuple(input_shape), kernel_size, stride, padding)
+
+
+def _pool_params(kernel_size, stride, padding):
+    kernel_size = _pair(kernel_size, "kernel_size", 1)
+    stride = kernel_size if stride is None else _pair(stride, "stride", 1)
+    padding = _pair(padding, "padding", 0)
+    for k, p in zip(kernel_size, padding):
+        if p > k // 2:
+            raise ValueError(f"pooling padding {padding} must be at most half the kernel size {kernel_size}")
+    return kernel_size, stride, padding
+
+
+def _pool_shape(xs, kernel_size, stride, padding):
+    if len(xs) != 4:
+        raise ValueError(f"pooling input must be 4-D (batch, channels, height, width), got shape {xs}")
+    size = []
+    for axis, name in ((0, "height"), (1, "width")):
+        n, k, s, p = xs[2 + axis], kernel_size[axis], stride[axis], padding[axis]
+        if n + 2 * p < k:
+            raise ValueError(f"pooling: input {name} {n} (input shape {xs}) plus padding 2*{p} is smaller "
+                             f"than the kernel size {kernel_size}")
+        size.append((n + 2 * p - k) // s + 1)
+    return (xs[0], xs[1], size[0], size[1])
+
+
+def max_pool2d_forward(x, kernel_size, stride=None, padding=0, out=None, indices=None):
+    """2-D max pooling (PyTorch's ``max_pool2d``), with the winners' indices.
+
+    Parameters
+    ----------
+    x : array_like of shape (B, C, H, W)
+    kernel_size : int or (int, int)
+    stride : int or (int, int), default ``kernel_size``
+    padding : int or (int, int), default 0
+        Implicit -inf on both sides; at most half the kernel size.
+    out : ndarray of shape (B, C, Ho, Wo), optional
+    indices : ndarray of int64, shape (B, C, Ho, Wo), optional
+
+    Returns
+    -------
+    out : ndarray of shape (B, C, Ho, Wo)
+    indices : ndarray of int64, shape (B, C, Ho, Wo)
+        Flat index ``h·W + w`` of each maximum within its input plane (ties:
+        the first in row-major window order; NaN wins and propagates).
+    """
+    x = _input4d(x)
+    kernel_size, stride, padding = _pool_params(kernel_size, stride, padding)
+    shape = _pool_shape(x.shape, kernel_size, stride, padding)
+    out = _v.output(out, shape, x.dtype, inputs=(x,))
+    if indices is None:
+        indices = np.empty(shape, dtype=_INT64)
+    else:
+        _index_buffer(indices, shape, "indices")
+    if out.size == 0:
+        return out, indices
+    return _backend().max_pool2d_forward(x, kernel_size, stride, padding, out, indices)
+
+
+def _index_buffer(indices, shape, name):
+    if type(indices) is not np.ndarray or indices.dtype != _INT64:
+        raise TypeError(f"{name} must be an int64 numpy.ndarray")
+    if indices.shape != shape:
+        raise ValueError(f"{name} has shape {indices.shape}, expected {shape}")
+    if not indices.flags.c_contiguous or not indices.flags.writeable:
+        raise ValueError(f"{name} must be C-contiguous and writeable")
+
+
+def max_pool2d_backward(grad_out, indices, input_shape, grad_input=None):
+    """Backward of :func:`max_pool2d_forward`: route each gradient to its maximum.
+
+    Parameters
+    ----------
+    grad_out : array_like of shape (B, C, Ho, Wo)
+    indices : ndarray of int64, shape (B, C, Ho, Wo), from the forward pass
+    input_shape : (B, C, H, W), the shape of the forward input
+    grad_input : ndarray of shape ``input_shape``, optional (overwritten)
+
+    Returns
+    -------
+    ndarray of shape (B, C, H, W)
+    """
+    grad_out = _input4d(grad_out, "grad_out")
+    input_shape = tuple(int(n) for n in input_shape)
+    if len(input_shape) != 4:
+        raise ValueError(f"input_shape must have 4 entries, got {input_shape}")
+    if grad_out.shape[:2] != input_shape[:2]:
+        raise ValueError(f"grad_out shape {grad_out.shape} does not match input shape {input_shape}")
+    indices = np.asarray(indices)
+    if indices.dtype != _INT64:
+        raise TypeError(f"indices must be int64 (as returned by max_pool2d_forward), got {indices.dtype}")
+    _v.same_shape(grad_out.shape, indices, "indices", "grad_out")
+    indices = np.ascontiguousarray(indices)
+    plane = input_shape[2] * input_shape[3]
+    if indices.size and (indices.min() < 0 or indices.max() >= plane):
+        raise ValueError(f"indices must lie in [0, {plane}) for input shape {input_shape}")
+    grad_input = _v.output(grad_input, input_shape, grad_out.dtype, "grad_input", (grad_out,))
+    if grad_input.size == 0:
+        return grad_input
+    return _backend().max_pool2d_backward(grad_out, indices, grad_input)
+
+
+def avg_pool2d_forward(x, kernel_size, stride=None, padding=0, count_include_pad=True, out=None):
+    """2-D average pooling (PyTorch's ``avg_pool2d``).
+
+    Parameters
+    ----------
+    x : array_like of shape (B, C, H, W)
+    kernel_size : int or (int, int)
+    stride : int or (int, int), default ``kernel_size``
+    padding : int or (int, int), default 0
+        Implicit zeros on both sides; at most half the kernel size.
+    count_include_pad : bool, default True
+        Divide by ``kH·kW`` (True) or by the number of real pixels (False).
+    out : ndarray of shape (B, C, Ho, Wo), optional
+
+    Returns
+    -------
+    ndarray of shape (B, C, Ho, Wo)
+    """
+    x = _input4d(x)
+    kernel_size, stride, padding = _pool_params(kernel_size, stride, padding)
+    shape = _pool_shape(x.shape, kernel_size, stride, padding)
+    out = _v.output(out, shape, x.dtype, inputs=(x,))
+    if out.size == 0:
+        return out
+    return _backend().avg_pool2d_forward(x, kernel_size, stride, padding, bool(count_include_pad), out)
+
+
+def avg_pool2d_backward(grad_out, input_shape, kernel_size, stride=None, padding=0, count_include_pad=True,
+                        grad_input=None):
+    """Backward of :func:`avg_pool2d_forward`.
+
+    Parameters
+    ----------
+    grad_out : array_like of shape (B, C, Ho, Wo)
+    input_shape : (B, C, H, W), the shape of the forward input
+    kernel_size, stride, padding, count_include_pad : as in the forward pass
+    grad_input : ndarray of shape ``input_shape``, optional (overwritten)
+
+    Returns
+    -------
+    ndarray of shape (B, C, H, W)
+    """
+    grad_out = _input4d(grad_out, "grad_out")
+    kernel_size, stride, padding = _pool_params(kernel_size, stride, padding)
+    input_shape = tuple(int(n) for n in input_shape)
+    shape = _pool_shape(input_shape, kernel_size, stride, padding)
+    _v.same_shape(shape, grad_out, "grad_out", "the pooling output")
+    grad_input = _v.output(grad_input, input_shape, grad_out.dtype, "grad_input", (grad_out,))
+    if grad_input.size == 0:
+        return grad_input
+    return _backend().avg_pool2d_backward(grad_out, kernel_size, stride, padding, bool(count_include_pad),
+                                          grad_input)

@@ -1,0 +1,264 @@
+/* Per-time-step elementwise work of the recurrent kernels (kernels/_rnn.pyx).
+ *
+ * The matrix products of a step go to BLAS; what is left is the gate
+ * arithmetic, written here in C so that it vectorises. The float32 versions use
+ * the branch-free exp/tanh of rnn_math.h and are compiled several times
+ * (target_clones: AVX-512, AVX2+FMA, baseline) with the best one picked at load
+ * time, so a portable build still runs wide SIMD. The float64 versions call
+ * libm, matching the NumPy reference to rounding.
+ *
+ * Layouts (row-major): a step's hidden state is (B, H); gate blocks are
+ * (B, G*H) with the G blocks side by side in PyTorch's order.
+ */
+#ifndef FASTNN_RNN_KERNELS_H
+#define FASTNN_RNN_KERNELS_H
+
+#include <stddef.h>
+#include "rnn_math.h"
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) && !defined(FASTNN_NO_CLONES)
+#define FNN_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define FNN_CLONES
+#endif
+
+typedef ptrdiff_t fnn_idx;
+
+/* The arrays of one elementwise call never overlap (the ops layer checks the
+ * buffers); saying so lets the compiler vectorise without run-time alias checks. */
+#define FNN_RESTRICT __restrict
+
+static inline double fnn_tanh_d(double x) { return tanh(x); }
+
+/* The templates: REAL the type, SFX the name suffix, TANH and SIGM the math. */
+#define FNN_RNN_DEFINE(REAL, SFX, TANH, SIGM, ATTR)                                        \
+                                                                                          \
+/* h = f(a) in place; relu keeps NaN (NaN <= 0 is false). */                              \
+ATTR static void fnn_rnn_act_##SFX(REAL *FNN_RESTRICT a, fnn_idx n, int relu)                          \
+{                                                                                         \
+    if (relu) {                                                                           \
+        for (fnn_idx i = 0; i < n; i++) a[i] = (a[i] <= 0) ? (REAL)0 : a[i];              \
+    } else {                                                                              \
+        for (fnn_idx i = 0; i < n; i++) a[i] = TANH(a[i]);                                \
+    }                                                                                     \
+}                                                                                         \
+                                                                                          \
+/* delta = (go + grec) * f'(h), f' through the output h. */                               \
+ATTR static void fnn_rnn_delta_##SFX(const REAL *FNN_RESTRICT go, const REAL *FNN_RESTRICT grec, const REAL *FNN_RESTRICT h,     \
+                                     REAL *FNN_RESTRICT d, fnn_idx n, int relu)                        \
+{                                                                                         \
+    if (relu) {                                                                           \
+        for (fnn_idx i = 0; i < n; i++) d[i] = (go[i] + grec[i]) * (REAL)(h[i] > 0);      \
+    } else {                                                                              \
+        for (fnn_idx i = 0; i < n; i++) d[i] = (go[i] + grec[i]) * (1 - h[i] * h[i]);     \
+    }                                                                                     \
+}                                                                                         \
+                                                                                          \
+/* LSTM step: z (B,4H) pre-activations in, activated gates out; c, h (B,H) out. */        \
+ATTR static void fnn_lstm_cell_##SFX(REAL *FNN_RESTRICT z, const REAL *FNN_RESTRICT c_prev, REAL *FNN_RESTRICT c, REAL *FNN_RESTRICT h,       \
+                                     fnn_idx B, fnn_idx H)                                \
+{                                                                                         \
+    for (fnn_idx b = 0; b < B; b++) {                                                     \
+        REAL *zi = z + b * 4 * H, *zf = zi + H, *zg = zi + 2 * H, *zo = zi + 3 * H;       \
+        const REAL *cp = c_prev + b * H;                                                  \
+        REAL *cb = c + b * H, *hb = h + b * H;                                            \
+        for (fnn_idx j = 0; j < H; j++) {                                                 \
+            REAL i = SIGM(zi[j]), f = SIGM(zf[j]), g = TANH(zg[j]), o = SIGM(zo[j]);      \
+            zi[j] = i; zf[j] = f; zg[j] = g; zo[j] = o;                                   \
+            REAL cc = f * cp[j] + i * g;                                                  \
+            cb[j] = cc;                                                                   \
+            hb[j] = o * TANH(cc);                                                         \
+        }                                                                                 \
+    }                                                                                     \
+}                                                                                         \
+                                                                                          \
+/* LSTM backward step: writes delta (B,4H), updates gamma = dL/dc to dL/dc_prev. */       \
+ATTR static void fnn_lstm_delta_##SFX(const REAL *FNN_RESTRICT go, const REAL *FNN_RESTRICT grec, REAL *FNN_RESTRICT gamma,      \
+                                      const REAL *FNN_RESTRICT gates, const REAL *FNN_RESTRICT c, const REAL *FNN_RESTRICT c_prev,\
+                                      REAL *FNN_RESTRICT d, fnn_idx B, fnn_idx H)                      \
+{                                                                                         \
+    for (fnn_idx b = 0; b < B; b++) {                                                     \
+        const REAL *gi = gates + b * 4 * H, *gf = gi + H, *gg = gi + 2 * H, *gO = gi + 3 * H; \
+        REAL *di = d + b * 4 * H, *df = di + H, *dg = di + 2 * H, *dO = di + 3 * H;       \
+        const REAL *gob = go + b * H, *grb = grec + b * H, *cb = c + b * H, *cp = c_prev + b * H; \
+        REAL *gm = gamma + b * H;                                                         \
+        for (fnn_idx j = 0; j < H; j++) {                                                 \
+            REAL i = gi[j], f = gf[j], g = gg[j], o = gO[j];                              \
+            REAL tc = TANH(cb[j]);                                                        \
+            REAL dh = gob[j] + grb[j];                                                    \
+            REAL gam = gm[j] + dh * o * (1 - tc * tc);                                    \
+            di[j] = gam * g * i * (1 - i);                                                \
+            df[j] = gam * cp[j] * f * (1 - f);                                            \
+            dg[j] = gam * i * (1 - g * g);                                                \
+            dO[j] = dh * tc * o * (1 - o);                                                \
+            gm[j] = gam * f;                                                              \
+        }                                                                                 \
+    }                                                                                     \
+}                                                                                         \
+                                                                                          \
+/* GRU step: gi (B,3H) input projection in, gates r,z,n out; gh (B,3H) = h W_hh^T;    */  \
+/* bhh (3H) the hidden bias (zeros if none); hn (B,H) = W_hn h + b_hn; h (B,H) out.   */  \
+ATTR static void fnn_gru_cell_##SFX(REAL *FNN_RESTRICT gi, const REAL *FNN_RESTRICT gh, const REAL *FNN_RESTRICT bhh,            \
+                                    const REAL *FNN_RESTRICT h_prev, REAL *FNN_RESTRICT hn, REAL *FNN_RESTRICT h,                \
+                                    fnn_idx B, fnn_idx H)                                 \
+{                                                                                         \
+    for (fnn_idx b = 0; b < B; b++) {                                                     \
+        REAL *xr = gi + b * 3 * H, *xz = xr + H, *xn = xr + 2 * H;                        \
+        const REAL *hr = gh + b * 3 * H, *hz = hr + H, *hnn = hr + 2 * H;                 \
+        const REAL *hp = h_prev + b * H;                                                  \
+        REAL *hnb = hn + b * H, *hb = h + b * H;                                          \
+        for (fnn_idx j = 0; j < H; j++) {                                                 \
+            REAL r = SIGM(xr[j] + (hr[j] + bhh[j]));                                      \
+            REAL z = SIGM(xz[j] + (hz[j] + bhh[H + j]));                                  \
+            REAL m = hnn[j] + bhh[2 * H + j];                                             \
+            REAL n = TANH(xn[j] + r * m);                                                 \
+            xr[j] = r; xz[j] = z; xn[j] = n;                                              \
+            hnb[j] = m;                                                                   \
+            hb[j] = (1 - z) * n + z * hp[j];                                              \
+        }                                                                                 \
+    }                                                                                     \
+}                                                                                         \
+                                                                                          \
+/* GRU backward step: g = go + grec; writes w (B,6H) = [dr dz dn | dr dz dn*r]      */    \
+/* and grec = g*z (the direct path to h_prev; the caller adds w[:,3H:] W_hh).       */    \
+ATTR static void fnn_gru_delta_##SFX(const REAL *FNN_RESTRICT go, REAL *FNN_RESTRICT grec, const REAL *FNN_RESTRICT gates,       \
+                                     const REAL *FNN_RESTRICT hn, const REAL *FNN_RESTRICT h_prev, REAL *FNN_RESTRICT w,         \
+                                     fnn_idx B, fnn_idx H)                                \
+{                                                                                         \
+    for (fnn_idx b = 0; b < B; b++) {                                                     \
+        const REAL *gr = gates + b * 3 * H, *gz = gr + H, *gn = gr + 2 * H;               \
+        REAL *w0 = w + b * 6 * H;                                                         \
+        const REAL *gob = go + b * H, *hnb = hn + b * H, *hp = h_prev + b * H;            \
+        REAL *grb = grec + b * H;                                                         \
+        for (fnn_idx j = 0; j < H; j++) {                                                 \
+            REAL r = gr[j], z = gz[j], n = gn[j];                                         \
+            REAL g = gob[j] + grb[j];                                                     \
+            REAL dn = g * (1 - z) * (1 - n * n);                                          \
+            REAL dr = dn * hnb[j] * r * (1 - r);                                          \
+            REAL dz = g * (hp[j] - n) * z * (1 - z);                                      \
+            w0[j] = dr; w0[H + j] = dz; w0[2 * H + j] = dn;                               \
+            w0[3 * H + j] = dr; w0[4 * H + j] = dz; w0[5 * H + j] = dn * r;               \
+            grb[j] = g * z;                                                               \
+        }                                                                                 \
+    }                                                                                     \
+}                                                                                         \
+                                                                                          \
+/* out[j] = sum over rows of a[r*ld + j] (bias gradients). */                             \
+ATTR static void fnn_colsum_##SFX(const REAL *FNN_RESTRICT a, fnn_idx rows, fnn_idx cols, fnn_idx ld,  \
+                                  REAL *FNN_RESTRICT out)                                              \
+{                                                                                         \
+    for (fnn_idx j = 0; j < cols; j++) out[j] = 0;                                        \
+    for (fnn_idx r = 0; r < rows; r++) {                                                  \
+        const REAL *ar = a + r * ld;                                                      \
+        for (fnn_idx j = 0; j < cols; j++) out[j] += ar[j];                               \
+    }                                                                                     \
+}                                                                                         \
+                                                                                          \
+/* out[r, j] = b1[j] + b2[j] for every row (the biases before the input GEMM). */        \
+static void fnn_fill_bias_##SFX(REAL *FNN_RESTRICT out, fnn_idx rows, fnn_idx cols, const REAL *FNN_RESTRICT b1,    \
+                                const REAL *FNN_RESTRICT b2)                                           \
+{                                                                                         \
+    for (fnn_idx j = 0; j < cols; j++) out[j] = (b1 ? b1[j] : 0) + (b2 ? b2[j] : 0);      \
+    for (fnn_idx r = 1; r < rows; r++) memcpy(out + r * cols, out, cols * sizeof(REAL));  \
+}
+
+FNN_RNN_DEFINE(float, f, fnn_tanhf, fnn_sigmoidf, FNN_CLONES)
+FNN_RNN_DEFINE(double, d, fnn_tanh_d, fnn_sigmoid, )
+
+/* The per-step products are small ((B, H)·(H, G*H) with B, H ~ 32..128): a BLAS
+ * call costs more in set-up (and, with threads, in wake-ups) than the arithmetic.
+ * This kernel keeps a 4 x (2 vectors) tile of C in registers and streams the rows
+ * of Bt; GCC's vector extension maps a vector to zmm/ymm/xmm per clone. */
+#define FNN_GEMM_DEFINE(REAL, SFX, VW, ATTR)                                               \
+typedef REAL fnn_vec_##SFX __attribute__((vector_size(VW * sizeof(REAL))));                \
+static inline fnn_vec_##SFX fnn_ld_##SFX(const REAL *p)                                   \
+{ fnn_vec_##SFX v; memcpy(&v, p, sizeof v); return v; }                                   \
+static inline void fnn_st_##SFX(REAL *p, fnn_vec_##SFX v) { memcpy(p, &v, sizeof v); }    \
+                                                                                          \
+/* C (M,N) += A·Bt, A(i,k) = A[i*ars + k*aks] (so A or Aᵀ, any layout), Bt (K,N) and  */ \
+/* C row-major with leading dims ldb, ldc.                                            */ \
+ATTR static void fnn_gemm_acc_##SFX(const REAL *A, fnn_idx ars, fnn_idx aks, const REAL *Bt, \
+                                    fnn_idx ldb, REAL *C, fnn_idx ldc,                    \
+                                    fnn_idx M, fnn_idx N, fnn_idx K)                      \
+{                                                                                         \
+    fnn_idx N2 = N - N % (2 * VW), M4 = M - M % 4, i, j, k;                               \
+    for (i = 0; i < M4; i += 4) {                                                         \
+        const REAL *a0 = A + i * ars, *a1 = a0 + ars, *a2 = a1 + ars, *a3 = a2 + ars;     \
+        REAL *c0 = C + i * ldc, *c1 = c0 + ldc, *c2 = c1 + ldc, *c3 = c2 + ldc;           \
+        for (j = 0; j < N2; j += 2 * VW) {                                                \
+            fnn_vec_##SFX s00 = fnn_ld_##SFX(c0 + j), s01 = fnn_ld_##SFX(c0 + j + VW);    \
+            fnn_vec_##SFX s10 = fnn_ld_##SFX(c1 + j), s11 = fnn_ld_##SFX(c1 + j + VW);    \
+            fnn_vec_##SFX s20 = fnn_ld_##SFX(c2 + j), s21 = fnn_ld_##SFX(c2 + j + VW);    \
+            fnn_vec_##SFX s30 = fnn_ld_##SFX(c3 + j), s31 = fnn_ld_##SFX(c3 + j + VW);    \
+            const REAL *bk = Bt + j;                                                      \
+            fnn_idx ak = 0;                                                               \
+            for (k = 0; k < K; k++, bk += ldb, ak += aks) {                               \
+                fnn_vec_##SFX b0 = fnn_ld_##SFX(bk), b1 = fnn_ld_##SFX(bk + VW);          \
+                REAL x0 = a0[ak], x1 = a1[ak], x2 = a2[ak], x3 = a3[ak];                  \
+                s00 += x0 * b0; s01 += x0 * b1;                                           \
+                s10 += x1 * b0; s11 += x1 * b1;                                           \
+                s20 += x2 * b0; s21 += x2 * b1;                                           \
+                s30 += x3 * b0; s31 += x3 * b1;                                           \
+            }                                                                             \
+            fnn_st_##SFX(c0 + j, s00); fnn_st_##SFX(c0 + j + VW, s01);                    \
+            fnn_st_##SFX(c1 + j, s10); fnn_st_##SFX(c1 + j + VW, s11);                    \
+            fnn_st_##SFX(c2 + j, s20); fnn_st_##SFX(c2 + j + VW, s21);                    \
+            fnn_st_##SFX(c3 + j, s30); fnn_st_##SFX(c3 + j + VW, s31);                    \
+        }                                                                                 \
+    }                                                                                     \
+    /* Edges: the columns past the last full tile, then the rows past the last 4. */     \
+    if (N2 < N) {                                                                         \
+        for (i = 0; i < M4; i++) {                                                        \
+            for (k = 0; k < K; k++) {                                                     \
+                REAL a = A[i * ars + k * aks];                                            \
+                for (j = N2; j < N; j++) C[i * ldc + j] += a * Bt[k * ldb + j];           \
+            }                                                                             \
+        }                                                                                 \
+    }                                                                                     \
+    for (i = M4; i < M; i++) {                                                            \
+        for (k = 0; k < K; k++) {                                                         \
+            REAL a = A[i * ars + k * aks];                                                \
+            for (j = 0; j < N; j++) C[i * ldc + j] += a * Bt[k * ldb + j];                \
+        }                                                                                 \
+    }                                                                                     \
+}
+
+FNN_GEMM_DEFINE(float, f, 16, FNN_CLONES)
+FNN_GEMM_DEFINE(double, d, 8, FNN_CLONES)
+
+/* Bt (N, M) = A (M, N)ᵀ: W_hh transposed once per call for the forward products. */
+#define FNN_TRANSPOSE_DEFINE(REAL, SFX)                                                    \
+static void fnn_transpose_##SFX(const REAL *A, fnn_idx M, fnn_idx N, REAL *Bt)            \
+{                                                                                         \
+    for (fnn_idx i = 0; i < M; i++)                                                       \
+        for (fnn_idx j = 0; j < N; j++) Bt[j * M + i] = A[i * N + j];                     \
+}
+FNN_TRANSPOSE_DEFINE(float, f)
+FNN_TRANSPOSE_DEFINE(double, d)
+
+/* C (M,N) = A (M,K) · Bn (N,K)ᵀ for a narrow C (dL/dx: N = input size): each
+ * C element is a dot product along K, accumulated in vectors (explicitly, as
+ * the compiler may not reorder a float sum) and reduced once at the end. */
+#define FNN_GEMM_NT_DEFINE(REAL, SFX, VW, ATTR)                                            \
+ATTR static void fnn_gemm_nt_##SFX(const REAL *A, fnn_idx lda, const REAL *Bn, fnn_idx ldb, \
+                                   REAL *C, fnn_idx ldc, fnn_idx M, fnn_idx N, fnn_idx K) \
+{                                                                                         \
+    fnn_idx KV = K - K % VW;                                                              \
+    for (fnn_idx i = 0; i < M; i++) {                                                     \
+        const REAL *a = A + i * lda;                                                      \
+        for (fnn_idx j = 0; j < N; j++) {                                                 \
+            const REAL *b = Bn + j * ldb;                                                 \
+            fnn_vec_##SFX acc = {0};                                                      \
+            fnn_idx k;                                                                    \
+            for (k = 0; k < KV; k += VW) acc += fnn_ld_##SFX(a + k) * fnn_ld_##SFX(b + k); \
+            REAL s = 0;                                                                   \
+            for (int l = 0; l < VW; l++) s += acc[l];                                     \
+            for (; k < K; k++) s += a[k] * b[k];                                          \
+            C[i * ldc + j] = s;                                                           \
+        }                                                                                 \
+    }                                                                                     \
+}
+FNN_GEMM_NT_DEFINE(float, f, 16, FNN_CLONES)
+FNN_GEMM_NT_DEFINE(double, d, 8, FNN_CLONES)
+
+#endif

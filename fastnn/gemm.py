@@ -25,8 +25,8 @@ import time
 
 import numpy as np
 
-__all__ = ["set_gemm", "get_gemm", "use_gemm", "use_own", "CROSSOVER", "MIN_N", "set_crossover", "measure_crossover",
-           "gflops_table", "blas_info", "register_policy_hook"]
+__all__ = ["set_gemm", "get_gemm", "use_gemm", "use_own", "CROSSOVER", "MIN_FLOPS", "MIN_N", "set_crossover",
+           "measure_crossover", "gflops_table", "blas_info", "register_policy_hook"]
 
 GEMM_MODES = ("auto", "own", "blas")
 
@@ -35,13 +35,22 @@ _mode = "auto"
 
 #: Largest product volume ``M*N*K`` (multiply-adds) for which ``"auto"`` picks
 #: the own GEMM, per backend and dtype. Measured on a 2-core AMD Zen 5 against
-#: OpenBLAS 0.3.31 with the AVX2 (Haswell) kernels, 2 threads, medians of
-#: repeated runs (see benches/bench_gemm.py and :func:`measure_crossover`).
-#: Every product with all dimensions <= 128 is below every threshold.
+#: OpenBLAS 0.3.31 as the environment configures it (OPENBLAS_CORETYPE=Haswell,
+#: AVX2 kernels), same thread count, interleaved repetitions: the own GEMMs
+#: were at least as fast at n = 64 ... 2048 (see benches/bench_gemm.py; re-measure
+#: with :func:`measure_crossover`). Against OpenBLAS's AVX-512 kernels BLAS wins
+#: large single-threaded products; set a limit here (or ``set_gemm("blas")``)
+#: where that build is in use.
 CROSSOVER = {
     "cython": {"float32": 1 << 40, "float64": 1 << 40},
     "numba": {"float32": 1 << 40, "float64": 1 << 40},
 }
+
+#: Smallest volume ``M*N*K`` for which ``"auto"`` picks the own GEMM. The
+#: Numba GEMM pays a few microseconds of dispatch and un-vectorised edge
+#: handling that BLAS does not, and lost below 64^3 (32x32x32, 32x64x128);
+#: the Cython GEMM won there (the C policy in the dense kernels has no lower bound).
+MIN_FLOPS = {"cython": 0, "numba": 64 * 64 * 64}
 
 #: Narrowest output (N columns) for which ``"auto"`` picks the own GEMM: a
 #: product such as a 10-class output layer fills only part of the 16- or
@@ -140,7 +149,7 @@ def use_own(backend: str, dtype, m: int, n: int, k: int) -> bool:
     if mode == "blas":
         return False
     limit = CROSSOVER.get(backend, {}).get(np.dtype(dtype).name)
-    return limit is not None and n >= MIN_N.get(backend, 0) and m * n * k <= limit
+    return limit is not None and n >= MIN_N.get(backend, 0) and MIN_FLOPS.get(backend, 0) <= m * n * k <= limit
 
 
 # ---------------------------------------------------------------- measuring

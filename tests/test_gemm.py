@@ -193,6 +193,8 @@ def test_switch_modes():
     for backend in ("cython", "numba"):
         for dt in (np.float32, np.float64):
             assert fgemm.use_own(backend, dt, 128, 128, 128)
+    assert fgemm.use_own("cython", np.float32, 32, 32, 32)
+    assert not fgemm.use_own("numba", np.float32, 32, 32, 32)
     assert not fgemm.use_own("numpy", np.float32, 8, 8, 8)
     # narrow outputs (a 10-class layer) go to BLAS in auto, not when forced
     assert not fgemm.use_own("cython", np.float32, 32, 10, 128)

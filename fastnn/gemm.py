@@ -208,7 +208,7 @@ def _shape(size):
 
 def gflops_table(sizes=(32, 64, 128, 256, 512, 1024, 2048, (32, 64, 128), (128, 784, 256)),
                  backends=("cython", "numba", "blas", "numpy"), dtype=np.float32, repeat=5,
-                 min_time=0.05, threads=None):
+                 min_time=0.05, threads=None, settle=0.2):
     """GFLOP/s of each GEMM implementation over a list of sizes, measured in one run.
 
     Parameters
@@ -222,11 +222,14 @@ def gflops_table(sizes=(32, 64, 128, 256, 512, 1024, 2048, (32, 64, 128), (128, 
         skipped.
     dtype : float32 or float64
     repeat : int
-        Timed repetitions (interleaved across implementations); the median counts.
+        Timed repetitions of each implementation; the median counts.
     min_time : float
         Seconds each repetition lasts at least (calls are batched).
     threads : int, optional
         Thread count for everything (default: :func:`fastnn.get_num_threads`).
+    settle : float
+        Seconds of pause before timing each implementation (lets the
+        previous one's worker threads go idle).
 
     Returns
     -------
@@ -252,15 +255,17 @@ def gflops_table(sizes=(32, 64, 128, 256, 512, 1024, 2048, (32, 64, 128), (128, 
         b = rng.standard_normal((k, n)).astype(dtype)
         out = np.empty((m, n), dtype)
         flops = 2.0 * m * n * k
-        reps = {}
+        times = {}
         for name, run in runners.items():
+            # Each implementation is timed in its own block, after a pause:
+            # BLAS worker threads keep spinning for a while after a call, and
+            # on a small machine they would steal the cores of whatever runs
+            # next (interleaving calls measured that, not the GEMM).
+            time.sleep(settle)
             run(a, b, out, 1)  # compile / warm caches
             t = run(a, b, out, 1)
-            reps[name] = max(1, int(min_time / max(t, 1e-7)))
-        times = {name: [] for name in runners}
-        for _ in range(repeat):
-            for name, run in runners.items():
-                times[name].append(run(a, b, out, reps[name]))
+            reps = max(1, int(min_time / max(t, 1e-7)))
+            times[name] = [run(a, b, out, reps) for _ in range(repeat)]
         row_blas = None
         size_rows = []
         for name in runners:

@@ -32,7 +32,12 @@ enum { FNN_ACT_IDENTITY = 0, FNN_ACT_RELU = 1, FNN_ACT_SIGMOID = 2, FNN_ACT_TANH
 /* Below this many multiply-adds one thread does the whole product: starting
  * the team costs more than it saves. */
 #ifndef FNN_PARALLEL_MIN_FLOPS
-#define FNN_PARALLEL_MIN_FLOPS (96.0 * 96.0 * 96.0)
+#define FNN_PARALLEL_MIN_FLOPS (192.0 * 192.0 * 192.0)
+#endif
+/* From this many multiply-adds on, threads share one packed B block (a few
+ * barriers per KC step); below it each thread works alone on a slab of C. */
+#ifndef FNN_SHARED_MIN_FLOPS
+#define FNN_SHARED_MIN_FLOPS (768.0 * 768.0 * 768.0)
 #endif
 
 /* Per-thread packing buffers, grown on demand and kept for the thread's

@@ -174,10 +174,44 @@ static void FN(fnn_pack_b_panel)(int nc, long kc, int jp, const FNN_T *restrict 
     }
 }
 
-/* Everything one thread does; called inside the parallel region (or alone). */
+/* One MC x NC block of C: pack A (unless read in place), run the tiles. */
+static inline void FN(fnn_block)(int mc, long kc, int nc, int npanels, const FNN_T *ab, long rsa, long csa,
+                                 const FNN_T *pb, FNN_T *pa, FNN_T *cb, long ldc, int first, int last,
+                                 const FNN_T *bias, int act)
+{
+    /* Packing A pays for itself through reuse across the B panels; with one
+     * or two panels, read A in place (only a ragged last row panel is
+     * packed, for its zero padding). */
+    int direct = (npanels <= 2);
+    int mfull = direct ? mc / FNN_MR * FNN_MR : 0;
+    if (!direct)
+        FN(fnn_pack_a)(mc, kc, ab, rsa, csa, pa);
+    else if (mfull < mc)
+        FN(fnn_pack_a)(mc - mfull, kc, ab + (long)mfull * rsa, rsa, csa, pa + (long)mfull * kc);
+    for (int jr = 0; jr < nc; jr += FNN_NR) {
+        int nr = nc - jr < FNN_NR ? nc - jr : FNN_NR;
+        const FNN_T *bias_j = (last && bias) ? bias + jr : NULL;
+        int act_j = last ? act : FNN_ACT_IDENTITY;
+        for (int ir = 0; ir < mc; ir += FNN_MR) {
+            int mr = mc - ir < FNN_MR ? mc - ir : FNN_MR;
+            FNN_T *ct = cb + (long)ir * ldc + jr;
+            if (ir < mfull)
+                FN(fnn_ukr)(kc, ab + (long)ir * rsa, rsa, csa, pb + (long)jr * kc, ct, ldc, mr, nr, first,
+                            bias_j, act_j);
+            else
+                FN(fnn_ukr)(kc, pa + (long)ir * kc, 1, FNN_MR, pb + (long)jr * kc, ct, ldc, mr, nr, first,
+                            bias_j, act_j);
+            if (act_j == FNN_ACT_SIGMOID || act_j == FNN_ACT_TANH)
+                FNN_CAT(fnn_act_tile, FNN_TSFX)(ct, ldc, mr, nr, act_j);
+        }
+    }
+}
+
+/* The whole product by one thread (team = 0), or by every thread of the
+ * enclosing OpenMP team sharing one packed B block (team = 1). */
 static void FN(fnn_gemm_body)(int M, int N, int K, const FNN_T *a, long rsa, long csa,
                               const FNN_T *b, long rsb, long csb, FNN_T *c, long ldc,
-                              const FNN_T *bias, int act, FNN_T *pb, int mc_blk, int *err)
+                              const FNN_T *bias, int act, FNN_T *pb, int mc_blk, int team, int *err)
 {
     FNN_T *pa = (FNN_T *)fnn_tls_buffer(1, (size_t)FNN_KC * (mc_blk + FNN_MR) * sizeof(FNN_T));
     if (!pa)
@@ -190,56 +224,41 @@ static void FN(fnn_gemm_body)(int M, int N, int K, const FNN_T *a, long rsa, lon
             long kc = K - pc < FNN_KC ? K - pc : FNN_KC;
             int first = (pc == 0), last = (pc + kc >= K);
             const FNN_T *bb = b + (long)pc * rsb + (long)jc * csb;
+            const FNN_T *bias_c = bias ? bias + jc : NULL;
+            if (team) {
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif
-            for (int jp = 0; jp < npanels; ++jp)
-                FN(fnn_pack_b_panel)(nc, kc, jp, bb, rsb, csb, pb);
-            /* implicit barrier: the packed B block is complete */
+                for (int jp = 0; jp < npanels; ++jp)
+                    FN(fnn_pack_b_panel)(nc, kc, jp, bb, rsb, csb, pb);
+                /* implicit barrier: the packed B block is complete */
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif
-            for (int ib = 0; ib < nmb; ++ib) {
-                if (!pa)
-                    continue;
-                int ic = ib * mc_blk;
-                int mc = M - ic < mc_blk ? M - ic : mc_blk;
-                const FNN_T *ab = a + (long)ic * rsa + (long)pc * csa;
-                /* Packing A pays for itself through reuse across the B panels;
-                 * with one or two panels, read A in place (only a ragged last
-                 * row panel is packed, for its zero padding). */
-                int direct = (npanels <= 2);
-                int mfull = direct ? mc / FNN_MR * FNN_MR : 0;
-                if (!direct)
-                    FN(fnn_pack_a)(mc, kc, ab, rsa, csa, pa);
-                else if (mfull < mc)
-                    FN(fnn_pack_a)(mc - mfull, kc, ab + (long)mfull * rsa, rsa, csa, pa + (long)mfull * kc);
-                for (int jr = 0; jr < nc; jr += FNN_NR) {
-                    int nr = nc - jr < FNN_NR ? nc - jr : FNN_NR;
-                    const FNN_T *bias_j = (last && bias) ? bias + jc + jr : NULL;
-                    int act_j = last ? act : FNN_ACT_IDENTITY;
-                    for (int ir = 0; ir < mc; ir += FNN_MR) {
-                        int mr = mc - ir < FNN_MR ? mc - ir : FNN_MR;
-                        FNN_T *ct = c + (long)(ic + ir) * ldc + jc + jr;
-                        if (ir < mfull)
-                            FN(fnn_ukr)(kc, ab + (long)ir * rsa, rsa, csa, pb + (long)jr * kc, ct, ldc, mr, nr,
-                                        first, bias_j, act_j);
-                        else
-                            FN(fnn_ukr)(kc, pa + (long)ir * kc, 1, FNN_MR, pb + (long)jr * kc, ct, ldc, mr, nr,
-                                        first, bias_j, act_j);
-                        if (act_j == FNN_ACT_SIGMOID || act_j == FNN_ACT_TANH)
-                            FNN_CAT(fnn_act_tile, FNN_TSFX)(ct, ldc, mr, nr, act_j);
-                    }
+                for (int ib = 0; ib < nmb; ++ib) {
+                    int ic = ib * mc_blk;
+                    int mc = M - ic < mc_blk ? M - ic : mc_blk;
+                    if (pa)
+                        FN(fnn_block)(mc, kc, nc, npanels, a + (long)ic * rsa + (long)pc * csa, rsa, csa, pb, pa,
+                                      c + (long)ic * ldc + jc, ldc, first, last, bias_c, act);
+                }
+                /* implicit barrier: nobody still reads pb when it is repacked */
+            } else {
+                for (int jp = 0; jp < npanels; ++jp)
+                    FN(fnn_pack_b_panel)(nc, kc, jp, bb, rsb, csb, pb);
+                for (int ib = 0; ib < nmb && pa; ++ib) {
+                    int ic = ib * mc_blk;
+                    int mc = M - ic < mc_blk ? M - ic : mc_blk;
+                    FN(fnn_block)(mc, kc, nc, npanels, a + (long)ic * rsa + (long)pc * csa, rsa, csa, pb, pa,
+                                  c + (long)ic * ldc + jc, ldc, first, last, bias_c, act);
                 }
             }
-            /* implicit barrier: nobody still reads pb when it is repacked */
         }
     }
 }
 
-static int FN(fnn_gemm)(int M, int N, int K, const FNN_T *a, long rsa, long csa,
-                         const FNN_T *b, long rsb, long csb, FNN_T *c, long ldc,
-                         const FNN_T *bias, int act, int nthreads)
+static int FN(fnn_gemm_serial)(int M, int N, int K, const FNN_T *a, long rsa, long csa, const FNN_T *b,
+                               long rsb, long csb, FNN_T *c, long ldc, const FNN_T *bias, int act)
 {
     int ncb = N < FNN_NC ? N : FNN_NC;
     int npanels = (ncb + FNN_NR - 1) / FNN_NR;
@@ -247,31 +266,79 @@ static int FN(fnn_gemm)(int M, int N, int K, const FNN_T *a, long rsa, long csa,
     int err = 0;
     if (!pb)
         return -1;
-    if (nthreads > 1 && (double)M * N * K < FNN_PARALLEL_MIN_FLOPS)
+    FN(fnn_gemm_body)(M, N, K, a, rsa, csa, b, rsb, csb, c, ldc, bias, act, pb, FNN_MC, 0, &err);
+    return err ? -1 : 0;
+}
+
+static int FN(fnn_gemm)(int M, int N, int K, const FNN_T *a, long rsa, long csa,
+                        const FNN_T *b, long rsb, long csb, FNN_T *c, long ldc,
+                        const FNN_T *bias, int act, int nthreads)
+{
+    double work = (double)M * N * K;
+    if (nthreads > 1 && work < FNN_PARALLEL_MIN_FLOPS)
         nthreads = 1;
-    if (nthreads > 1 && M < 2 * FNN_MR)
-        nthreads = 1;
-    if (nthreads <= 1) {
-        FN(fnn_gemm_body)(M, N, K, a, rsa, csa, b, rsb, csb, c, ldc, bias, act, pb, FNN_MC, &err);
-        return err ? -1 : 0;
+    if (nthreads <= 1)
+        return FN(fnn_gemm_serial)(M, N, K, a, rsa, csa, b, rsb, csb, c, ldc, bias, act);
+#ifdef _OPENMP
+    if (work < FNN_SHARED_MIN_FLOPS) {
+        /* Mid-sized products: cut C into one slab per thread along its longer
+         * side (whole tiles) and let each thread run the serial algorithm on
+         * its slab with its own buffers. The operand the slabs share is packed
+         * twice, but there is no barrier at all: with passive OpenMP waits a
+         * barrier costs a sleep and a wake-up, tens of microseconds. */
+        int split_n = N >= M;
+        int unit = split_n ? FNN_NR : FNN_MR;
+        int len = split_n ? N : M;
+        int tiles = (len + unit - 1) / unit;
+        int errs = 0;
+        if (tiles < nthreads)
+            nthreads = tiles;
+        if (nthreads <= 1)
+            return FN(fnn_gemm_serial)(M, N, K, a, rsa, csa, b, rsb, csb, c, ldc, bias, act);
+#pragma omp parallel num_threads(nthreads) reduction(| : errs)
+        {
+            int t = omp_get_thread_num(), nth = omp_get_num_threads();
+            int s0 = (int)((long)tiles * t / nth) * unit;
+            int s1 = (int)((long)tiles * (t + 1) / nth) * unit;
+            if (s1 > len)
+                s1 = len;
+            if (s1 > s0) {
+                if (split_n)
+                    errs |= FN(fnn_gemm_serial)(M, s1 - s0, K, a, rsa, csa, b + (long)s0 * csb, rsb, csb, c + s0,
+                                                ldc, bias ? bias + s0 : NULL, act);
+                else
+                    errs |= FN(fnn_gemm_serial)(s1 - s0, N, K, a + (long)s0 * rsa, rsa, csa, b, rsb, csb,
+                                                c + (long)s0 * ldc, ldc, bias, act);
+            }
+        }
+        return errs ? -1 : 0;
     }
-    /* Split M evenly over the threads (in whole MR tiles) when it is small,
-     * so that a 128-row batch still keeps every core busy. */
-    int per = (M + nthreads - 1) / nthreads;
-    per = (per + FNN_MR - 1) / FNN_MR * FNN_MR;
-    int mc_blk = per < FNN_MC ? per : FNN_MC;
-    if (mc_blk == FNN_MC) {
-        /* Round the block count up to a multiple of the thread count. */
-        int nmb = (M + FNN_MC - 1) / FNN_MC;
-        nmb = (nmb + nthreads - 1) / nthreads * nthreads;
-        mc_blk = (M + nmb - 1) / nmb;
-        mc_blk = (mc_blk + FNN_MR - 1) / FNN_MR * FNN_MR;
-    }
+#endif
+    {
+        /* Large products: one packed B block shared by the team, row blocks of
+         * C split over the threads (a few barriers per KC step). */
+        int ncb = N < FNN_NC ? N : FNN_NC;
+        int npanels = (ncb + FNN_NR - 1) / FNN_NR;
+        FNN_T *pb = (FNN_T *)fnn_tls_buffer(0, (size_t)FNN_KC * npanels * FNN_NR * sizeof(FNN_T));
+        int err = 0;
+        if (!pb)
+            return -1;
+        int per = (M + nthreads - 1) / nthreads;
+        per = (per + FNN_MR - 1) / FNN_MR * FNN_MR;
+        int mc_blk = per < FNN_MC ? per : FNN_MC;
+        if (mc_blk == FNN_MC) {
+            /* Round the block count up to a multiple of the thread count. */
+            int nmb = (M + FNN_MC - 1) / FNN_MC;
+            nmb = (nmb + nthreads - 1) / nthreads * nthreads;
+            mc_blk = (M + nmb - 1) / nmb;
+            mc_blk = (mc_blk + FNN_MR - 1) / FNN_MR * FNN_MR;
+        }
 #ifdef _OPENMP
 #pragma omp parallel num_threads(nthreads)
 #endif
-    FN(fnn_gemm_body)(M, N, K, a, rsa, csa, b, rsb, csb, c, ldc, bias, act, pb, mc_blk, &err);
-    return err ? -1 : 0;
+        FN(fnn_gemm_body)(M, N, K, a, rsa, csa, b, rsb, csb, c, ldc, bias, act, pb, mc_blk, 1, &err);
+        return err ? -1 : 0;
+    }
 }
 
 #undef FNN_VL

@@ -68,7 +68,9 @@ def test_own_gemm_matches_numpy(own, dtype, m, k, n, ta, tb, rng):
     np.testing.assert_allclose(out, _want(a, b, ta, tb), **tol(dtype, 10 * np.sqrt(k)))
 
 
-@pytest.mark.parametrize("m,k,n", [(7, 33, 31), (129, 127, 1000), (200, 800, 300)], ids=str)
+# serial; one slab of C per thread (tall and wide); threads sharing packed B (>= 768^3)
+@pytest.mark.parametrize("m,k,n", [(7, 33, 31), (129, 127, 1000), (1000, 127, 129), (200, 800, 300),
+                                   (770, 771, 773)], ids=str)
 def test_own_gemm_threads(own, threads, dtype, m, k, n, rng):
     a, b = _operands(rng, m, k, n, False, True, dtype)
     out = np.empty((m, n), dtype)

@@ -43,7 +43,7 @@ KC = 256
 MC = 96
 NC = 1024
 #: Below this many multiply-adds the product runs on one thread.
-PARALLEL_MIN_FLOPS = 96 * 96 * 96
+PARALLEL_MIN_FLOPS = 192 * 192 * 192
 #: Up to this many multiply-adds (one thread) the operands are read in place, not packed.
 DIRECT_MAX_FLOPS = 128 * 128 * 128
 

@@ -44,6 +44,8 @@ MC = 96
 NC = 1024
 #: Below this many multiply-adds the product runs on one thread.
 PARALLEL_MIN_FLOPS = 192 * 192 * 192
+#: From this many on, the threads share one packed B block (else one slab of C each).
+SHARED_MIN_FLOPS = 768 * 768 * 768
 #: Up to this many multiply-adds (one thread) the operands are read in place, not packed.
 DIRECT_MAX_FLOPS = 128 * 128 * 128
 
@@ -291,6 +293,29 @@ def _gemm_parallel(M, N, K, a, rsa, csa, b, rsb, csb, c, ldc, bias, has_bias, ac
                        pc == 0, pc + kc >= K, bias, has_bias, act, False)
 
 
+@njit(parallel=True, **_OPTS)
+def _gemm_slabs(M, N, K, a, rsa, csa, b, rsb, csb, c, ldc, bias, has_bias, act, nthreads):
+    """Same product, one slab of C per thread along its longer side, each run serially.
+
+    The shared operand is packed once per thread, but there is a single
+    parallel loop and no barrier inside it: cheaper for mid-sized products."""
+    split_n = N >= M
+    unit = _nr(c) if split_n else MR
+    length = N if split_n else M
+    tiles = (length + unit - 1) // unit
+    nt = min(nthreads, tiles)
+    for t in prange(nt):
+        s0 = tiles * t // nt * unit
+        s1 = min(tiles * (t + 1) // nt * unit, length)
+        if s1 > s0:
+            if split_n:
+                _gemm_serial(M, s1 - s0, K, a, rsa, csa, b[s0 * csb:], rsb, csb, c[s0:], ldc,
+                             bias[s0:] if has_bias else bias, has_bias, act)
+            else:
+                _gemm_serial(s1 - s0, N, K, a[s0 * rsa:], rsa, csa, b, rsb, csb, c[s0 * ldc:], ldc,
+                             bias, has_bias, act)
+
+
 @njit(**_OPTS)
 def _zero_k(M, N, c, ldc, bias, has_bias, act):
     """K = 0: the product is zero, the epilogue still applies."""
@@ -313,8 +338,10 @@ def gemm_flat(M, N, K, a, rsa, csa, b, rsb, csb, c, ldc, bias, has_bias, act, nt
         return
     if K == 0:
         _zero_k(M, N, c, ldc, bias, has_bias, act)
-    elif nthreads > 1 and M >= 2 * MR and M * N * K >= PARALLEL_MIN_FLOPS:
+    elif nthreads > 1 and M * N * K >= SHARED_MIN_FLOPS:
         _gemm_parallel(M, N, K, a, rsa, csa, b, rsb, csb, c, ldc, bias, has_bias, act, nthreads)
+    elif nthreads > 1 and M * N * K >= PARALLEL_MIN_FLOPS:
+        _gemm_slabs(M, N, K, a, rsa, csa, b, rsb, csb, c, ldc, bias, has_bias, act, nthreads)
     else:
         _gemm_serial(M, N, K, a, rsa, csa, b, rsb, csb, c, ldc, bias, has_bias, act)
 

@@ -45,7 +45,9 @@ NC = 1024
 #: Below this many multiply-adds the product runs on one thread.
 PARALLEL_MIN_FLOPS = 192 * 192 * 192
 #: From this many on, the threads share one packed B block (else one slab of C each).
-SHARED_MIN_FLOPS = 768 * 768 * 768
+#: Numba's parallel loops pay a barrier per prange, and with two threads the
+#: slabs measured as fast or faster at n = 512 ... 2048, so sharing is off.
+SHARED_MIN_FLOPS = 1 << 62
 #: Up to this many multiply-adds (one thread) the operands are read in place, not packed.
 DIRECT_MAX_FLOPS = 128 * 128 * 128
 

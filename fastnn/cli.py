@@ -43,11 +43,15 @@ def machine_info() -> dict:
         "default_backend": fastnn.get_backend(),
         "threads": fastnn.get_num_threads(),
     }
-    for name in ("numba", "scipy", "Cython", "threadpoolctl", "torch", "sklearn"):
+    # Read versions from the installed metadata: importing torch or
+    # scikit-learn just to ask would take seconds.
+    from importlib import metadata
+
+    for name, dist in (("numba", "numba"), ("scipy", "scipy"), ("Cython", "Cython"),
+                       ("threadpoolctl", "threadpoolctl"), ("torch", "torch"), ("sklearn", "scikit-learn")):
         try:
-            mod = importlib.import_module(name)
-            info[name] = getattr(mod, "__version__", "?")
-        except Exception:
+            info[name] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
             info[name] = None
     try:
         from threadpoolctl import threadpool_info

@@ -536,7 +536,7 @@ def conv2d_bwd_direct(float[:, :, :, ::1] grad_out, float[:, :, :, ::1] x, float
     cdef float[:, ::1] xbuf = np.zeros((nt, xlen), np.float32)
     cdef float[:, ::1] gbuf = np.zeros((nt, O * gplane), np.float32)
     cdef float[:, ::1] ibuf = np.empty((nt, CP * QI if want_input else 1), np.float32)
-    cdef float[:, ::1] gwt = np.zeros((nt, O * K), np.float32)
+    cdef float[:, ::1] gwt = np.zeros((nt, O * K * 16), np.float32)   # per thread, 16 lanes
     cdef const float* xptr = &x[0, 0, 0, 0]
     cdef const float* gptr = &grad_out[0, 0, 0, 0]
     cdef float* giptr = &grad_input[0, 0, 0, 0]
@@ -568,7 +568,8 @@ def conv2d_bwd_direct(float[:, :, :, ::1] grad_out, float[:, :, :, ::1] x, float
         for kk in range(<Py_ssize_t>O * K):
             acc = 0
             for t in range(nt):
-                acc = acc + gwt[t, kk]
+                for p in range(16):
+                    acc = acc + gwt[t, kk * 16 + p]
             gw[kk] = <float>acc
         if want_bias:
             for o in range(O):

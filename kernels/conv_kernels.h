@@ -79,8 +79,9 @@ static void fastnn_conv_shift_f32(int K, int OP, ptrdiff_t Q, const float* wpk, 
     }
 }
 
-/* gw[o*K + k] += sum_{q < Q} g[o*ldg + q] * src[koff[k] + q] for o < O, k < K
- * (Q a multiple of 16; g is zero at junk positions). */
+/* gw[(o*K + k)*16 + l] += sum_{q < Q, q % 16 == l} g[o*ldg + q] * src[koff[k] + q] for o < O,
+ * k < K: lane-wise partial sums of the weight gradient, whose 16 lanes the caller
+ * adds up once (Q a multiple of 16; g is zero at junk positions). */
 FASTNN_CLONES
 static void fastnn_conv_wgrad_f32(int O, int K, ptrdiff_t Q, const float* g, ptrdiff_t ldg,
                                   const ptrdiff_t* koff, const float* src, float* gw)
@@ -114,12 +115,14 @@ static void fastnn_conv_wgrad_f32(int O, int K, ptrdiff_t Q, const float* g, ptr
                             a[i][j] += gv * x[j];
                     }
                 }
+                /* lane-wise partial sums: the 16 lanes are added once, by the caller */
                 for (int i = 0; i < ob; i++)
                     for (int j = 0; j < kb; j++) {
-                        float s = 0;
-                        for (int l = 0; l < 16; l++)
-                            s += a[i][j][l];
-                        gw[(ptrdiff_t)(o0 + i) * K + k0 + j] += s;
+                        float* p = gw + ((ptrdiff_t)(o0 + i) * K + k0 + j) * 16;
+                        fastnn_v16 t;
+                        FASTNN_LOAD16(t, p);
+                        t += a[i][j];
+                        FASTNN_STORE16(p, t);
                     }
             }
         }
@@ -151,10 +154,9 @@ static void fastnn_conv_wgrad_f32(int O, int K, ptrdiff_t Q, const float* g, ptr
         for (int k = 0; k < K; k++) {
             const float* gr = g + (ptrdiff_t)o * ldg;
             const float* s = src + koff[k];
-            float acc = 0;
+            float* p = gw + ((ptrdiff_t)o * K + k) * 16;
             for (ptrdiff_t q = 0; q < Q; q++)
-                acc += gr[q] * s[q];
-            gw[(ptrdiff_t)o * K + k] += acc;
+                p[q % 16] += gr[q] * s[q];
         }
 }
 #endif

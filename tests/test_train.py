@@ -211,3 +211,38 @@ def test_train_step_allocates_no_arrays_after_warm_up(monkeypatch, rng):
             tracemalloc.stop()
     assert now - start < 1024
     assert peak - start < 2048   # the smallest buffer of this network is 32 x 10 x 4 = 1280 bytes
+
+
+_DETERMINISM_SCRIPT = """
+import hashlib, sys
+import numpy as np
+import fastnn
+from fastnn import nn, optim
+from fastnn.demos.digits import load_data
+fastnn.set_backend(sys.argv[1])
+fastnn.set_num_threads(int(sys.argv[2]))
+X_train, X_test, y_train, y_test = load_data(seed=0)
+fastnn.manual_seed(3)
+model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))
+opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+hist = fastnn.fit(model, X_train, y_train, loss=nn.CrossEntropyLoss(), optimizer=opt, epochs=3,
+                  batch_size=32, validation_data=(X_test, y_test), seed=3, progress=False)
+h = hashlib.sha256()
+for v in model.state_dict().values():
+    h.update(np.ascontiguousarray(v).tobytes())
+print(h.hexdigest(), repr(hist["val_loss"]))
+"""
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_training_is_deterministic_across_processes(backend, threads):
+    """Same seed and thread count in two fresh processes: bit-identical weights and history."""
+    pytest.importorskip("sklearn")
+    import subprocess
+    import sys
+
+    runs = [subprocess.run([sys.executable, "-c", _DETERMINISM_SCRIPT, backend, str(threads)],
+                           capture_output=True, text=True, timeout=600) for _ in range(2)]
+    for r in runs:
+        assert r.returncode == 0, r.stderr
+    assert runs[0].stdout == runs[1].stdout

@@ -114,6 +114,10 @@ def _load(name: str) -> Backend:
             kernels = dict(reference.kernels)
             kernels.update(overrides)
             backend = Backend(name, kernels, frozenset(overrides), info)
+        # Loading a backend can load another BLAS (the Cython kernels and Numba
+        # link SciPy's OpenBLAS, NumPy has its own): give every BLAS now in
+        # the process the one thread count, or a late one runs with its own.
+        _config._apply_blas_threads(_config.get_num_threads())
         _loaded[name] = backend
         return backend
 

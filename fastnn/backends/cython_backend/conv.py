@@ -14,9 +14,6 @@ from ..._ext import _conv  # loads scipy's BLAS (cython_blas), possibly for the 
 from . import register_ext_module
 
 register_ext_module(_conv)
-# A BLAS library loaded after fastnn.set_num_threads() ran has not seen its
-# thread limit: apply it now, and again at every change.
-_config.register_thread_hook(_config._apply_blas_threads)
 
 __all__ = [
     "conv2d_forward", "conv2d_backward",

@@ -27,6 +27,11 @@ import numba  # noqa: E402  - an ImportError here makes the backend absent, with
 
 from ... import _config
 
+# Numba's np.dot links SciPy's OpenBLAS, which would otherwise load only at the
+# first compilation, after the backend applied fastnn's thread count to every
+# BLAS in the process (an unlimited, oversubscribed BLAS then). Load it now.
+import scipy.linalg.cython_blas  # noqa: E402,F401
+
 
 def _set_threads(n: int) -> None:
     numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))

@@ -28,6 +28,8 @@ from .backends import (
     use_backend,
 )
 from . import ops
+from . import gemm
+from .gemm import get_gemm, set_gemm, use_gemm
 from . import nn, optim
 from .nn.init import manual_seed
 from .train import fit, predict, evaluate, History, EarlyStopping
@@ -47,6 +49,10 @@ __all__ = [
     "get_num_threads",
     "set_num_threads",
     "ops",
+    "gemm",
+    "get_gemm",
+    "set_gemm",
+    "use_gemm",
     "nn",
     "optim",
     "manual_seed",

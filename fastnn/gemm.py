@@ -46,11 +46,14 @@ CROSSOVER = {
     "numba": {"float32": 1 << 40, "float64": 1 << 40},
 }
 
-#: Smallest volume ``M*N*K`` for which ``"auto"`` picks the own GEMM. The
-#: Numba GEMM pays a few microseconds of dispatch and un-vectorised edge
-#: handling that BLAS does not, and lost below 64^3 (32x32x32, 32x64x128);
-#: the Cython GEMM won there (the C policy in the dense kernels has no lower bound).
-MIN_FLOPS = {"cython": 0, "numba": 64 * 64 * 64}
+#: Smallest volume ``M*N*K`` for which ``"auto"`` picks the own GEMM, measured
+#: per call from Python (as the layers call it), 1 thread, against the BLAS path
+#: (which for the Cython backend includes its small-product C kernel):
+#:   Cython own/BLAS time: 32x64x128 1.14, 64^3 1.15, 128^3 0.64, 256^3 0.59;
+#:   Numba  own/BLAS time: 64^3 1.65, 128^3 1.29, 128x784x256 1.05, 256^3 0.93.
+#: Below these volumes the own GEMM's packing and dispatch cost more than it
+#: saves (the W3 MLP step lives entirely there).
+MIN_FLOPS = {"cython": 100 ** 3, "numba": 200 ** 3}
 
 #: Narrowest output (N columns) for which ``"auto"`` picks the own GEMM: a
 #: product such as a 10-class output layer fills only part of the 16- or
@@ -66,11 +69,11 @@ def _notify() -> None:
     for backend, hook in _policy_hooks:
         limits = CROSSOVER.get(backend, {})
         hook(_MODE_CODES[_mode], float(limits.get("float32", -1)), float(limits.get("float64", -1)),
-             int(MIN_N.get(backend, 0)))
+             int(MIN_N.get(backend, 0)), float(MIN_FLOPS.get(backend, 0)))
 
 
 def register_policy_hook(backend: str, hook) -> None:
-    """Register ``hook(mode_code, limit_float32, limit_float64, min_n)``, called now and on every change.
+    """Register ``hook(mode_code, limit_float32, limit_float64, min_n, min_flops)``, called now and on every change.
 
     Compiled kernels that decide in C which GEMM to run (the Cython dense
     kernels) keep their own copy of the policy; this keeps it current.
@@ -80,7 +83,7 @@ def register_policy_hook(backend: str, hook) -> None:
         _policy_hooks.append((backend, hook))
     limits = CROSSOVER.get(backend, {})
     hook(_MODE_CODES[_mode], float(limits.get("float32", -1)), float(limits.get("float64", -1)),
-         int(MIN_N.get(backend, 0)))
+         int(MIN_N.get(backend, 0)), float(MIN_FLOPS.get(backend, 0)))
 
 
 def set_crossover(backend: str, dtype, limit) -> None:

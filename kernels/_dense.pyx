@@ -26,12 +26,13 @@ cdef extern from "gemm.h" nogil:
 cdef int _gemm_mode = 2            # 0 auto (by shape), 1 own, 2 BLAS; set by fastnn.gemm
 cdef double _own_limit32 = -1, _own_limit64 = -1
 cdef int _own_min_n = 0
+cdef double _own_min_flops = 0
 
 
-def _set_gemm_policy(int mode, double limit32, double limit64, int min_n=0):
-    """Mode (0 auto, 1 own, 2 BLAS); in auto the own GEMM runs N >= min_n, M*N*K <= limit."""
-    global _gemm_mode, _own_limit32, _own_limit64, _own_min_n
-    _gemm_mode, _own_limit32, _own_limit64, _own_min_n = mode, limit32, limit64, min_n
+def _set_gemm_policy(int mode, double limit32, double limit64, int min_n=0, double min_flops=0):
+    """Mode (0 auto, 1 own, 2 BLAS); in auto the own GEMM runs N >= min_n, min_flops <= M*N*K <= limit."""
+    global _gemm_mode, _own_limit32, _own_limit64, _own_min_n, _own_min_flops
+    _gemm_mode, _own_limit32, _own_limit64, _own_min_n, _own_min_flops = mode, limit32, limit64, min_n, min_flops
 
 
 cdef inline bint _use_own(int m, int n, int k, bint f32) noexcept nogil:
@@ -39,7 +40,8 @@ cdef inline bint _use_own(int m, int n, int k, bint f32) noexcept nogil:
         return True
     if _gemm_mode == 2:
         return False
-    return n >= _own_min_n and <double>m * n * k <= (_own_limit32 if f32 else _own_limit64)
+    cdef double volume = <double>m * n * k
+    return n >= _own_min_n and _own_min_flops <= volume <= (_own_limit32 if f32 else _own_limit64)
 
 
 cdef bint _mm(bint trans_a, bint trans_b, int m, int n, int k, const floating_t* a, const floating_t* b,

@@ -3,13 +3,16 @@
 """Losses with their gradients, one fused pass each (Cython backend).
 
 Loss sums accumulate in double; large inputs are split over the OpenMP team
-(each chunk returns its partial sum, combined by an OpenMP reduction).
+in fixed chunks. Each chunk's partial sum goes to its own slot and the slots
+are added in chunk order afterwards, so the loss is bit-identical whatever the
+thread count or the (dynamic) schedule: training stays reproducible.
 """
 
 include "_threads.pxi"
 include "_fastmath.pxi"
 
 cimport numpy as cnp
+from libc.stdlib cimport malloc, free
 
 ctypedef double (*_pair_loss32)(const float*, const float*, float*, fnn_idx, double) noexcept nogil
 ctypedef double (*_pair_loss64)(const double*, const double*, double*, fnn_idx, double) noexcept nogil
@@ -19,12 +22,18 @@ cdef double _run_pair32(_pair_loss32 fn, const float* p, const float* t, float* 
                         double gscale, bint cheap) noexcept nogil:
     cdef Py_ssize_t c, start, nch
     cdef double total = 0
+    cdef double* partial
     if _parallel(n, cheap):
         nch = (n + _CHUNK - 1) // _CHUNK
-        for c in prange(nch, num_threads=_fastnn_num_threads, schedule="dynamic"):
-            start = c * _CHUNK
-            total += fn(p + start, t + start, g + start, min(_CHUNK, n - start), gscale)
-        return total
+        partial = <double*>malloc(nch * sizeof(double))
+        if partial != NULL:
+            for c in prange(nch, num_threads=_fastnn_num_threads, schedule="dynamic"):
+                start = c * _CHUNK
+                partial[c] = fn(p + start, t + start, g + start, min(_CHUNK, n - start), gscale)
+            for c in range(nch):
+                total += partial[c]
+            free(partial)
+            return total
     return fn(p, t, g, n, gscale)
 
 
@@ -32,12 +41,18 @@ cdef double _run_pair64(_pair_loss64 fn, const double* p, const double* t, doubl
                         double gscale, bint cheap) noexcept nogil:
     cdef Py_ssize_t c, start, nch
     cdef double total = 0
+    cdef double* partial
     if _parallel(n, cheap):
         nch = (n + _CHUNK - 1) // _CHUNK
-        for c in prange(nch, num_threads=_fastnn_num_threads, schedule="dynamic"):
-            start = c * _CHUNK
-            total += fn(p + start, t + start, g + start, min(_CHUNK, n - start), gscale)
-        return total
+        partial = <double*>malloc(nch * sizeof(double))
+        if partial != NULL:
+            for c in prange(nch, num_threads=_fastnn_num_threads, schedule="dynamic"):
+                start = c * _CHUNK
+                partial[c] = fn(p + start, t + start, g + start, min(_CHUNK, n - start), gscale)
+            for c in range(nch):
+                total += partial[c]
+            free(partial)
+            return total
     return fn(p, t, g, n, gscale)
 
 
@@ -83,13 +98,19 @@ cdef double _xent(bint f32, const void* z, const fnn_idx* labels, void* g, Py_ss
     cdef Py_ssize_t blk, nblk, lo, hi
     cdef Py_ssize_t rows_per = max(1, _CHUNK // max(c, 1))
     cdef double total = 0
+    cdef double* partial
     if _parallel(rows * c, False) and rows > 1:
         nblk = (rows + rows_per - 1) // rows_per
-        for blk in prange(nblk, num_threads=_fastnn_num_threads, schedule="dynamic"):
-            lo = blk * rows_per
-            hi = min(rows, lo + rows_per)
-            total += _xent_block(f32, z, labels, g, lo, hi - lo, c, scale)
-        return total
+        partial = <double*>malloc(nblk * sizeof(double))
+        if partial != NULL:
+            for blk in prange(nblk, num_threads=_fastnn_num_threads, schedule="dynamic"):
+                lo = blk * rows_per
+                hi = min(rows, lo + rows_per)
+                partial[blk] = _xent_block(f32, z, labels, g, lo, hi - lo, c, scale)
+            for blk in range(nblk):
+                total += partial[blk]
+            free(partial)
+            return total
     return _xent_block(f32, z, labels, g, 0, rows, c, scale)
 
 

@@ -191,12 +191,14 @@ def test_switch_modes():
         fgemm.set_gemm("mkl")
     with pytest.raises(TypeError):
         fgemm.set_gemm(3)
-    # auto: small shapes always go to the own GEMM, unknown backends never
+    # auto: mid and large shapes go to the own GEMM; the smallest (below the
+    # measured MIN_FLOPS) to BLAS, whose per-call cost is lower there
     for backend in ("cython", "numba"):
         for dt in (np.float32, np.float64):
-            assert fgemm.use_own(backend, dt, 128, 128, 128)
-    assert fgemm.use_own("cython", np.float32, 32, 32, 32)
-    assert not fgemm.use_own("numba", np.float32, 32, 32, 32)
+            assert fgemm.use_own(backend, dt, 256, 256, 256)
+            assert not fgemm.use_own(backend, dt, 32, 32, 32)
+    assert fgemm.use_own("cython", np.float32, 128, 128, 128)
+    assert not fgemm.use_own("numba", np.float32, 128, 128, 128)
     assert not fgemm.use_own("numpy", np.float32, 8, 8, 8)
     # narrow outputs (a 10-class layer) go to BLAS in auto, not when forced
     assert not fgemm.use_own("cython", np.float32, 32, 10, 128)

@@ -37,13 +37,33 @@ _ACT_CODES = {"identity": 0, "relu": 1, "sigmoid": 2, "tanh": 3}
 
 
 _NO_BIAS = _own._NO_BIAS
-_use_own = _gemm_policy.use_own
+_F32 = np.dtype(np.float32)
+
+# A local copy of the fastnn.gemm policy, kept current by its hook: asking
+# fastnn.gemm.use_own on every call cost about a microsecond, a noticeable
+# share of a small training step.
+_policy = [2, -1.0, -1.0, 0, 0.0]  # mode (0 auto, 1 own, 2 BLAS), limit f32, limit f64, min N, min M*N*K
+
+
+def _set_policy(mode, limit32, limit64, min_n=0, min_flops=0.0):
+    _policy[:] = [mode, limit32, limit64, min_n, min_flops]
+
+
+_gemm_policy.register_policy_hook("numba", _set_policy)
+
+
+def _use_own(dtype, m, n, k):
+    mode = _policy[0]
+    if mode != 0:
+        return mode == 1
+    volume = m * n * k
+    return n >= _policy[3] and _policy[4] <= volume <= (_policy[1] if dtype == _F32 else _policy[2])
 
 
 def matmul(a, b, trans_a, trans_b, out):
     """C = op(A)·op(B), op(M) = M or Mᵀ: own GEMM or BLAS, by shape (fastnn.gemm)."""
     m, n = out.shape
-    if _use_own("numba", out.dtype, m, n, a.shape[0] if trans_a else a.shape[1]):
+    if _use_own(out.dtype, m, n, a.shape[0] if trans_a else a.shape[1]):
         _own.gemm_c(a, b, trans_a, trans_b, out, _NO_BIAS[out.dtype], False, 0, get_num_threads())
     else:
         np.dot(a.T if trans_a else a, b.T if trans_b else b, out=out)
@@ -74,7 +94,7 @@ def _bias_act(out, bias, act):
 def dense_forward(x, weight, bias, activation, out):
     """y = act(x·Wᵀ + b)."""
     act = _ACT_CODES[activation]
-    if _use_own("numba", out.dtype, out.shape[0], out.shape[1], x.shape[1]):
+    if _use_own(out.dtype, out.shape[0], out.shape[1], x.shape[1]):
         # own GEMM: bias and ReLU applied to each tile as it is stored;
         # sigmoid/tanh by the fast activation loop afterwards
         fused = act if act <= 1 else 0

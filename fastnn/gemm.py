@@ -65,10 +65,30 @@ _MODE_CODES = {"auto": 0, "own": 1, "blas": 2}
 _policy_hooks: list = []
 
 
-def _notify() -> None:
+#: Largest volume ``M*N*K`` run by the own GEMM in ``"auto"`` when more than
+#: one thread is set. OpenBLAS's threaded GEMM scales better across cores than
+#: the own GEMM does; measured with 2 threads (``fastnn bench``, same run),
+#: own time / BLAS time: Cython 128^3 0.53, 256^3 1.24, 512^3 0.92, 1024^3 0.99;
+#: Numba 256^3 2.2, 1024^3 1.8. With one thread the own GEMM wins up to the
+#: largest sizes measured (CROSSOVER applies).
+THREADED_LIMIT = {"cython": 200 ** 3, "numba": 0}
+
+
+def _limit(backend: str, dtype_name: str) -> float:
+    """The ``"auto"`` upper volume bound for the current thread count (-1: never own)."""
+    from ._config import get_num_threads
+
+    limit = CROSSOVER.get(backend, {}).get(dtype_name)
+    if limit is None:
+        return -1.0
+    if get_num_threads() > 1 and backend in THREADED_LIMIT:
+        limit = min(limit, THREADED_LIMIT[backend])
+    return float(limit)
+
+
+def _notify(*_ignored) -> None:
     for backend, hook in _policy_hooks:
-        limits = CROSSOVER.get(backend, {})
-        hook(_MODE_CODES[_mode], float(limits.get("float32", -1)), float(limits.get("float64", -1)),
+        hook(_MODE_CODES[_mode], _limit(backend, "float32"), _limit(backend, "float64"),
              int(MIN_N.get(backend, 0)), float(MIN_FLOPS.get(backend, 0)))
 
 
@@ -81,8 +101,7 @@ def register_policy_hook(backend: str, hook) -> None:
     """
     with _lock:
         _policy_hooks.append((backend, hook))
-    limits = CROSSOVER.get(backend, {})
-    hook(_MODE_CODES[_mode], float(limits.get("float32", -1)), float(limits.get("float64", -1)),
+    hook(_MODE_CODES[_mode], _limit(backend, "float32"), _limit(backend, "float64"),
          int(MIN_N.get(backend, 0)), float(MIN_FLOPS.get(backend, 0)))
 
 
@@ -151,8 +170,8 @@ def use_own(backend: str, dtype, m: int, n: int, k: int) -> bool:
         return True
     if mode == "blas":
         return False
-    limit = CROSSOVER.get(backend, {}).get(np.dtype(dtype).name)
-    return limit is not None and n >= MIN_N.get(backend, 0) and MIN_FLOPS.get(backend, 0) <= m * n * k <= limit
+    limit = _limit(backend, np.dtype(dtype).name)
+    return limit >= 0 and n >= MIN_N.get(backend, 0) and MIN_FLOPS.get(backend, 0) <= m * n * k <= limit
 
 
 # ---------------------------------------------------------------- measuring
@@ -305,3 +324,13 @@ def measure_crossover(backend: str, dtype=np.float32, sizes=(64, 128, 192, 256, 
     if apply:
         set_crossover(backend, dtype, limit)
     return limit
+
+
+def _register_thread_hook() -> None:
+    # The auto policy depends on the thread count: re-send it on every change.
+    from ._config import register_thread_hook
+
+    register_thread_hook(_notify)
+
+
+_register_thread_hook()

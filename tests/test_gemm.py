@@ -193,12 +193,23 @@ def test_switch_modes():
         fgemm.set_gemm(3)
     # auto: mid and large shapes go to the own GEMM; the smallest (below the
     # measured MIN_FLOPS) to BLAS, whose per-call cost is lower there
-    for backend in ("cython", "numba"):
-        for dt in (np.float32, np.float64):
-            assert fgemm.use_own(backend, dt, 256, 256, 256)
-            assert not fgemm.use_own(backend, dt, 32, 32, 32)
-    assert fgemm.use_own("cython", np.float32, 128, 128, 128)
-    assert not fgemm.use_own("numba", np.float32, 128, 128, 128)
+    threads = fastnn.get_num_threads()
+    try:
+        fastnn.set_num_threads(1)
+        for backend in ("cython", "numba"):
+            for dt in (np.float32, np.float64):
+                assert fgemm.use_own(backend, dt, 256, 256, 256)
+                assert fgemm.use_own(backend, dt, 1024, 1024, 1024)
+                assert not fgemm.use_own(backend, dt, 32, 32, 32)
+        assert fgemm.use_own("cython", np.float32, 128, 128, 128)
+        assert not fgemm.use_own("numba", np.float32, 128, 128, 128)
+        # with several threads, threaded BLAS takes the large products
+        fastnn.set_num_threads(2)
+        assert fgemm.use_own("cython", np.float32, 128, 128, 128)
+        assert not fgemm.use_own("cython", np.float32, 1024, 1024, 1024)
+        assert not fgemm.use_own("numba", np.float32, 1024, 1024, 1024)
+    finally:
+        fastnn.set_num_threads(threads)
     assert not fgemm.use_own("numpy", np.float32, 8, 8, 8)
     # narrow outputs (a 10-class layer) go to BLAS in auto, not when forced
     assert not fgemm.use_own("cython", np.float32, 32, 10, 128)
@@ -252,5 +263,9 @@ def test_cython_policy_hook_tracks_mode():
         fgemm._policy_hooks[:] = [h for h in fgemm._policy_hooks if h[1] is not seen.append and
                                   getattr(h[1], "__name__", "") != "<lambda>"]
     assert [s[0] for s in seen] == [0, 2, 1, 0]
-    assert seen[0][1] == fgemm.CROSSOVER["cython"]["float32"]
+    expected = fgemm.CROSSOVER["cython"]["float32"]
+    if fastnn.get_num_threads() > 1:
+        expected = min(expected, fgemm.THREADED_LIMIT["cython"])
+    assert seen[0][1] == expected
+    assert seen[0][4] == fgemm.MIN_FLOPS["cython"]
     assert hasattr(_dense, "_set_gemm_policy")

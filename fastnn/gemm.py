@@ -66,12 +66,14 @@ _policy_hooks: list = []
 
 
 #: Largest volume ``M*N*K`` run by the own GEMM in ``"auto"`` when more than
-#: one thread is set. OpenBLAS's threaded GEMM scales better across cores than
-#: the own GEMM does; measured with 2 threads (``fastnn bench``, same run),
-#: own time / BLAS time: Cython 128^3 0.53, 256^3 1.24, 512^3 0.92, 1024^3 0.99;
-#: Numba 256^3 2.2, 1024^3 1.8. With one thread the own GEMM wins up to the
-#: largest sizes measured (CROSSOVER applies).
-THREADED_LIMIT = {"cython": 200 ** 3, "numba": 0}
+#: one thread is set. Measured with 2 threads (``fastnn bench``, one run),
+#: own time / NumPy's BLAS time: Numba 256^3 2.2, 1024^3 1.8, so its products
+#: go to BLAS (through NumPy) when threaded. The Cython GEMM stays at about
+#: parity (256^3 1.2, 512^3 0.7-0.9, 1024^3 0.8-1.0) and keeps its products:
+#: its BLAS alternative is SciPy's OpenBLAS, a second OpenBLAS in the process
+#: whose threads fight NumPy's spinning ones for the cores (3-4x slower then).
+#: With one thread the own GEMMs win up to the largest sizes measured.
+THREADED_LIMIT = {"numba": 0}
 
 
 def _limit(backend: str, dtype_name: str) -> float:

@@ -11,7 +11,27 @@ from . import register_ext_module
 register_ext_module(_ext)
 _gemm_policy.register_policy_hook("cython", _ext._set_gemm_policy)
 
-matmul = _ext.matmul
+import numpy as np
+
+from ..._config import get_num_threads
+
+#: With several threads, products above this volume run on NumPy's BLAS:
+#: there the own GEMM scales less well across cores than OpenBLAS (2 threads,
+#: one run: own/BLAS time 1.26 at 256^3, 1.12 at 1024^3), and NumPy's
+#: OpenBLAS is the one the rest of the process already uses, so its thread
+#: pool is not contended by a second one (SciPy's, behind cython_blas).
+_THREADED_NUMPY_MIN = 200 ** 3
+
+
+def matmul(a, b, trans_a, trans_b, out):
+    """C = op(A)·op(B): own GEMM or BLAS by shape (threaded large products: NumPy's BLAS)."""
+    if _gemm_policy._mode == "auto" and get_num_threads() > 1:
+        m, n = out.shape
+        if m * n * (a.shape[0] if trans_a else a.shape[1]) > _THREADED_NUMPY_MIN:
+            return np.matmul(a.T if trans_a else a, b.T if trans_b else b, out=out)
+    return _ext.matmul(a, b, trans_a, trans_b, out)
+
+
 dense_forward = _ext.dense_forward
 dense_backward = _ext.dense_backward
 

@@ -423,8 +423,14 @@ FNN_DEFINE_BINARY(fnn_tanh_bwd_f64, double, FNN_DTANH)
     FNN_CLONES FNN_UNUSED static double fnn_xent_rows_##SUF(const T *z, const fnn_idx *labels, T *grad,   \
                                                  fnn_idx rows, fnn_idx c, double scale)         \
     {                                                                                           \
-        double loss = 0;                                                                        \
+        /* Σ_r log(s_r) is taken as log(Π s_r) over groups of rows: each s_r lies  \
+           in [1, c], so a group of g rows with c^g < 1e290 cannot overflow, and   \
+           one log per group instead of per row matters for small batches. */      \
+        double loss = 0, prod = 1;                                                              \
         const T sc = (T)scale;                                                                  \
+        fnn_idx group = (fnn_idx)(290.0 / log10((double)(c > 1 ? c : 2)));                      \
+        if (group < 1) group = 1;                                                               \
+        fnn_idx in_group = 0;                                                                   \
         for (fnn_idx r = 0; r < rows; r++) {                                                    \
             const T *zr = z + r * c;                                                            \
             T *gr = grad + r * c;                                                               \
@@ -434,9 +440,11 @@ FNN_DEFINE_BINARY(fnn_tanh_bwd_f64, double, FNN_DTANH)
             T f = sc / s;                                                                       \
             for (fnn_idx i = 0; i < c; i++) gr[i] *= f;                                         \
             gr[lab] -= sc;                                                                      \
-            loss += log((double)s) - (double)(zr[lab] - m);                                     \
+            loss -= (double)(zr[lab] - m);                                                      \
+            prod *= (double)s;                                                                  \
+            if (++in_group == group) { loss += log(prod); prod = 1; in_group = 0; }             \
         }                                                                                       \
-        return loss;                                                                            \
+        return loss + log(prod);                                                                \
     }                                                                                           \
     /* acc[j] += x[j] */                                                                        \
     FNN_CLONES FNN_UNUSED static void fnn_add_##SUF(T *FNN_RESTRICT acc, const T *FNN_RESTRICT x, fnn_idx n) \

@@ -35,20 +35,25 @@ def test_digits_reaches_97_percent(backend):
     assert np.mean(pred == y_test) == pytest.approx(acc)
 
 
-def test_digits_training_is_deterministic(backend, request):
-    if backend == "numba":
-        # Seen when main's numba kernels were merged: two identical runs in one pytest process
-        # sometimes differ by ~1e-8 in the weights (intermittent; never with numpy/cython, and not
-        # reproduced with each numba kernel alone). Reported to the numba backend's owner.
-        request.applymarker(pytest.mark.xfail(reason="numba backend: intermittent run-to-run differences "
-                                                     "of ~1e-8", strict=False))
+def test_digits_training_is_deterministic(backend):
     fastnn.set_num_threads(fastnn.get_num_threads())
     m1, h1, _, _ = _digits_run(epochs=4, seed=3)
     m2, h2, _, _ = _digits_run(epochs=4, seed=3)
-    assert h1.history == h2.history
-    for (k1, a), (k2, b) in zip(m1.state_dict().items(), m2.state_dict().items()):
-        assert k1 == k2
-        np.testing.assert_array_equal(a, b)
+    if backend == "numba":
+        # Two runs in ONE process with the numba backend have twice (both times
+        # right after its kernels changed, with a cold compilation cache) differed
+        # by ~1e-8, cause not found; bit-identity across fresh processes is
+        # tested strictly below. Here: equal to float32 round-off.
+        for key in h1.history:
+            np.testing.assert_allclose(h1[key], h2[key], rtol=1e-6)
+        for (k1, a), (k2, b) in zip(m1.state_dict().items(), m2.state_dict().items()):
+            assert k1 == k2
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    else:
+        assert h1.history == h2.history
+        for (k1, a), (k2, b) in zip(m1.state_dict().items(), m2.state_dict().items()):
+            assert k1 == k2
+            np.testing.assert_array_equal(a, b)
     m3, h3, _, _ = _digits_run(epochs=4, seed=4)
     assert h3["loss"] != h1["loss"]
 

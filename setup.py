@@ -90,8 +90,11 @@ def extensions():
     openmp = _has_openmp()
     compile_args, link_args = _flags(openmp)
     print(f"fastnn: building Cython kernels with OpenMP={'yes' if openmp else 'no'}, flags {compile_args}")
+    sources = sorted(KERNELS.glob("*.pyx"))
+    if not sources:
+        raise RuntimeError(f"no Cython kernel sources (*.pyx) in {KERNELS}: incomplete source tree")
     exts = []
-    for pyx in sorted(KERNELS.glob("*.pyx")):
+    for pyx in sources:
         exts.append(
             Extension(
                 f"fastnn._ext.{pyx.stem}",

@@ -108,6 +108,21 @@ def scalar(value, name: str, *, low: float | None = None, high: float | None = N
     return v
 
 
+def float_dtype(dtype) -> np.dtype:
+    """``dtype`` as a NumPy dtype, which must be float32 or float64 (layer constructors)."""
+    dt = np.dtype(dtype)
+    if dt != _F32 and dt != _F64:
+        raise TypeError(f"dtype must be float32 or float64, got {dt}")
+    return dt
+
+
+def positive_int(value, name: str) -> int:
+    """An integer >= 1 (sizes of layers); bools and floats are refused."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
 def choice(value, name: str, options: tuple) -> str:
     if value not in options:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, options))}, got {value!r}")

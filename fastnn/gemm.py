@@ -68,11 +68,14 @@ _policy_hooks: list = []
 #: Largest volume ``M*N*K`` run by the own GEMM in ``"auto"`` when more than
 #: one thread is set. Measured with 2 threads (``fastnn bench``, one run),
 #: own time / NumPy's BLAS time: Numba 256^3 2.2, 1024^3 1.8, so its products
-#: go to BLAS (through NumPy) when threaded. The Cython GEMM stays at about
-#: parity (256^3 1.2, 512^3 0.7-0.9, 1024^3 0.8-1.0) and keeps its products:
-#: its BLAS alternative is SciPy's OpenBLAS, a second OpenBLAS in the process
-#: whose threads fight NumPy's spinning ones for the cores (3-4x slower then).
-#: With one thread the own GEMMs win up to the largest sizes measured.
+#: go to BLAS (through NumPy) when threaded. The Cython dense kernels keep the
+#: own GEMM at every size (256^3 1.2, 512^3 0.7-0.9, 1024^3 0.8-1.0): their
+#: BLAS alternative, called from C, is SciPy's OpenBLAS, a second OpenBLAS in
+#: the process whose threads fight NumPy's spinning ones for the cores (3-4x
+#: slower then). The Cython backend's plain ``matmul``, called from Python,
+#: sends threaded products above 200^3 to NumPy's BLAS instead
+#: (``cython_backend/dense.py``). With one thread the own GEMMs win up to the
+#: largest sizes measured.
 THREADED_LIMIT = {"numba": 0}
 
 

@@ -21,9 +21,9 @@ Saving is atomic: the file is written to a temporary file in the same
 directory, flushed and fsynced, then renamed over the target with
 ``os.replace``; a crash during ``save`` leaves any previous file intact.
 
-Layers from other modules (convolution, recurrent, ...) become saveable by
-decorating the class with ``@fastnn.nn.register_module`` and implementing
-``get_config()``.
+A layer class of your own becomes saveable by decorating it with
+``@fastnn.nn.register_module`` and implementing ``get_config()`` (fastnn's own
+layers are registered that way).
 """
 
 from __future__ import annotations

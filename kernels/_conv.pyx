@@ -33,7 +33,11 @@ ctypedef fused floating:
 
 cdef enum:
     COLS_BUDGET = 1 << 20   # largest im2col chunk, in elements (4 MB of float32): stays in cache
-    PARALLEL_MIN = 1 << 16  # below this many elements of work, loops run on one thread
+
+
+# Below this many elements of work, loops run on one thread (fastnn._config).
+from fastnn._config import PARALLEL_MIN_ELEMENTS as _PARALLEL_MIN_ELEMENTS
+cdef Py_ssize_t PARALLEL_MIN = _PARALLEL_MIN_ELEMENTS
 
 
 cdef inline int _threads(Py_ssize_t work) noexcept nogil:
@@ -441,11 +445,6 @@ cdef void _pad_image(const float* x, int C, int H, int W, int ph, int pw, Py_ssi
     for c in range(C):
         for h in range(H):
             memcpy(xp + c * plane + (h + ph) * Wp + pw, x + (c * H + h) * W, W * sizeof(float))
-
-
-def direct_supported():
-    """The direct kernels are compiled in (always: they fall back to plain C loops)."""
-    return True
 
 
 def conv2d_fwd_direct(float[:, :, :, ::1] x, float[:, :, :, ::1] weight, float[::1] bias, bint has_bias,

@@ -3,9 +3,10 @@
 """Losses with their gradients, one fused pass each (Cython backend).
 
 Loss sums accumulate in double; large inputs are split over the OpenMP team
-in fixed chunks. Each chunk's partial sum goes to its own slot and the slots
-are added in chunk order afterwards, so the loss is bit-identical whatever the
-thread count or the (dynamic) schedule: training stays reproducible.
+in fixed chunks. Any input longer than one chunk is summed chunk by chunk, on
+one thread or on the team: each chunk's partial sum goes to its own slot and
+the slots are added in chunk order afterwards, so the loss is bit-identical
+whatever the thread count or the (dynamic) schedule.
 """
 
 include "_threads.pxi"
@@ -23,11 +24,12 @@ cdef double _run_pair32(_pair_loss32 fn, const float* p, const float* t, float* 
     cdef Py_ssize_t c, start, nch
     cdef double total = 0
     cdef double* partial
-    if _parallel(n, cheap):
+    cdef int nt = _fastnn_num_threads if _parallel(n, cheap) else 1
+    if n > _CHUNK:
         nch = (n + _CHUNK - 1) // _CHUNK
         partial = <double*>malloc(nch * sizeof(double))
         if partial != NULL:
-            for c in prange(nch, num_threads=_fastnn_num_threads, schedule="dynamic"):
+            for c in prange(nch, num_threads=nt, schedule="dynamic"):
                 start = c * _CHUNK
                 partial[c] = fn(p + start, t + start, g + start, min(_CHUNK, n - start), gscale)
             for c in range(nch):
@@ -42,11 +44,12 @@ cdef double _run_pair64(_pair_loss64 fn, const double* p, const double* t, doubl
     cdef Py_ssize_t c, start, nch
     cdef double total = 0
     cdef double* partial
-    if _parallel(n, cheap):
+    cdef int nt = _fastnn_num_threads if _parallel(n, cheap) else 1
+    if n > _CHUNK:
         nch = (n + _CHUNK - 1) // _CHUNK
         partial = <double*>malloc(nch * sizeof(double))
         if partial != NULL:
-            for c in prange(nch, num_threads=_fastnn_num_threads, schedule="dynamic"):
+            for c in prange(nch, num_threads=nt, schedule="dynamic"):
                 start = c * _CHUNK
                 partial[c] = fn(p + start, t + start, g + start, min(_CHUNK, n - start), gscale)
             for c in range(nch):
@@ -99,11 +102,12 @@ cdef double _xent(bint f32, const void* z, const fnn_idx* labels, void* g, Py_ss
     cdef Py_ssize_t rows_per = max(1, _CHUNK // max(c, 1))
     cdef double total = 0
     cdef double* partial
-    if _parallel(rows * c, False) and rows > 1:
+    cdef int nt = _fastnn_num_threads if _parallel(rows * c, False) else 1
+    if rows > rows_per:
         nblk = (rows + rows_per - 1) // rows_per
         partial = <double*>malloc(nblk * sizeof(double))
         if partial != NULL:
-            for blk in prange(nblk, num_threads=_fastnn_num_threads, schedule="dynamic"):
+            for blk in prange(nblk, num_threads=nt, schedule="dynamic"):
                 lo = blk * rows_per
                 hi = min(rows, lo + rows_per)
                 partial[blk] = _xent_block(f32, z, labels, g, lo, hi - lo, c, scale)

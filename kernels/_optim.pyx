@@ -12,7 +12,6 @@ from libc.math cimport sqrt
 cdef void _sgd(bint f32, void* p, const void* g, void* v, Py_ssize_t n, double lr, double mom, int nesterov,
                double wd) noexcept nogil:
     cdef Py_ssize_t c, start, nch, ln
-    cdef Py_ssize_t esz = 4 if f32 else 8
     if _parallel(n, True):
         nch = (n + _CHUNK - 1) // _CHUNK
         for c in prange(nch, num_threads=_fastnn_num_threads, schedule="dynamic"):

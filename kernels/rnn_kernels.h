@@ -1,6 +1,7 @@
 /* Per-time-step elementwise work of the recurrent kernels (kernels/_rnn.pyx).
  *
- * The matrix products of a step go to BLAS; what is left is the gate
+ * The matrix products of a step go to the small register-tiled products below
+ * (BLAS only for the large all-time-step products); the rest is the gate
  * arithmetic, written here in C so that it vectorises. The float32 versions use
  * the branch-free exp/tanh of rnn_math.h and are compiled several times
  * (target_clones: AVX-512, AVX2+FMA, baseline) with the best one picked at load

@@ -13,12 +13,11 @@ import numpy as np
 
 from .. import ops
 from ..backends import current as _current
-from .module import Module, register_module
+from .module import Module, register_module, remember
 
 __all__ = ["ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Softmax"]
 
 _ndarray = np.ndarray
-_MAX_SHAPES = 8   # buffers kept per layer (see fastnn.nn.linear)
 
 
 class _Activation(Module):
@@ -51,9 +50,7 @@ class _Activation(Module):
         out = np.empty(x.shape, x.dtype if x.dtype.kind == "f" else np.float64)
         y = getattr(ops, self._fwd_name)(x, *self._extra(), out=out)
         if x.flags.c_contiguous and x.dtype == out.dtype:
-            if len(self._fbuf) >= _MAX_SHAPES:
-                self._fbuf.clear()
-            self._fbuf[(x.shape, x.dtype)] = out
+            remember(self._fbuf, (x.shape, x.dtype), out)
         self._y[0] = y
         return y
 
@@ -68,9 +65,7 @@ class _Activation(Module):
                 return getattr(_current(), self._bwd_name)(grad_out, y, *self._extra(), out)
         out = np.empty(y.shape, y.dtype)
         g = getattr(ops, self._bwd_name)(grad_out, y, *self._extra(), out=out)
-        if len(self._bbuf) >= _MAX_SHAPES:
-            self._bbuf.clear()
-        self._bbuf[(y.shape, y.dtype)] = out
+        remember(self._bbuf, (y.shape, y.dtype), out)
         return g
 
     def get_config(self) -> dict:

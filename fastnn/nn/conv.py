@@ -20,10 +20,10 @@ import math
 
 import numpy as np
 
-from .. import ops
+from .. import _validation as _v, ops
 from ..backends import current as _current
 from .init import get_rng as _get_rng
-from .module import Module, Parameter, register_module
+from .module import Module, Parameter, register_module, remember
 
 __all__ = ["Conv2d", "MaxPool2d", "AvgPool2d", "Flatten"]
 
@@ -45,17 +45,6 @@ def _pair(value, name, low):
     return (int(pair[0]), int(pair[1]))
 
 
-def _positive_int(value, name):
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
-def _check_dtype(dtype):
-    dt = np.dtype(dtype)
-    if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
-        raise TypeError(f"dtype must be float32 or float64, got {dt}")
-    return dt
 
 
 def _as_input(x, dtype, layer):
@@ -107,17 +96,20 @@ class Conv2d(Module):
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, bias=True,
                  dtype=np.float32, rng=None):
         super().__init__()
-        self.in_channels = _positive_int(in_channels, "in_channels")
-        self.out_channels = _positive_int(out_channels, "out_channels")
+        self.in_channels = _v.positive_int(in_channels, "in_channels")
+        self.out_channels = _v.positive_int(out_channels, "out_channels")
         self.kernel_size = _pair(kernel_size, "kernel_size", 1)
         self.stride = _pair(stride, "stride", 1)
         self.padding = _pair(padding, "padding", 0)
         self.dilation = _pair(dilation, "dilation", 1)
-        dt = _check_dtype(dtype)
-        self.weight = Parameter(np.empty((self.out_channels, self.in_channels) + self.kernel_size, dt))
-        self.bias = Parameter(np.empty(self.out_channels, dt)) if bias else None
+        dt = _v.float_dtype(dtype)
+        # relocatable: the optimizer may pack these into its one flat buffer (this
+        # layer reads weight.data/.grad afresh on every call)
+        self.weight = Parameter(np.empty((self.out_channels, self.in_channels) + self.kernel_size, dt),
+                                relocatable=True)
+        self.bias = Parameter(np.empty(self.out_channels, dt), relocatable=True) if bias else None
         self._fcache = {}     # input shape -> (weight, bias, out)
-        self._bcache = {}     # (input shape, input_grad) -> (weight, grad_weight, grad_bias, grad_input)
+        self._bcache = {}     # (input shape, input_grad) -> (weight, grad_weight, grad_bias, grad_input, output shape)
         self._x = None
         self.reset_parameters(rng)
 
@@ -150,7 +142,7 @@ class Conv2d(Module):
         out = np.empty(shape, w.dtype)
         y = ops.conv2d_forward(x, w, b, self.stride, self.padding, self.dilation, out=out)
         if x.dtype == w.dtype:
-            self._fcache[x.shape] = (w, b, out)
+            remember(self._fcache, x.shape, (w, b, out))
         self._x = x
         return y
 
@@ -166,7 +158,7 @@ class Conv2d(Module):
         if type(grad_out) is _ndarray and grad_out.flags.c_contiguous and grad_out.dtype is w.dtype:
             c = self._bcache.get(key)
             if c is not None and c[0] is w and c[1] is dw and c[2] is db and grad_out is not c[3] \
-                    and grad_out.shape == self._fcache[x.shape][2].shape:
+                    and grad_out.shape == c[4]:
                 return _current().conv2d_backward(grad_out, x, w, self.stride, self.padding, self.dilation,
                                                   c[3], dw, db)[0]
         if dw.shape != w.shape or dw.dtype != w.dtype:
@@ -177,8 +169,9 @@ class Conv2d(Module):
         gin, _, _ = ops.conv2d_backward(grad_out, x, w, self.stride, self.padding, self.dilation,
                                         bias=db is not None, input_grad=input_grad, grad_input=gin,
                                         grad_weight=dw, grad_bias=db)
-        if x.shape in self._fcache:
-            self._bcache[key] = (w, dw, db, gin)
+        f = self._fcache.get(x.shape)
+        if f is not None:
+            remember(self._bcache, key, (w, dw, db, gin, f[2].shape))
         return gin
 
     def get_config(self) -> dict:
@@ -251,7 +244,7 @@ class MaxPool2d(_Pool2d):
             shape = ops.pool2d_output_shape(x.shape, self.kernel_size, self.stride, self.padding)
             out, idx = ops.max_pool2d_forward(x, self.kernel_size, self.stride, self.padding,
                                               out=np.empty(shape, x.dtype), indices=np.empty(shape, np.int64))
-            c = self._cache[key] = [out, idx, None]
+            c = remember(self._cache, key, [out, idx, None])
         else:
             _current().max_pool2d_forward(x, self.kernel_size, self.stride, self.padding, c[0], c[1])
         self._shape = key
@@ -303,7 +296,7 @@ class AvgPool2d(_Pool2d):
             shape = ops.pool2d_output_shape(x.shape, self.kernel_size, self.stride, self.padding)
             out = ops.avg_pool2d_forward(x, self.kernel_size, self.stride, self.padding, self.count_include_pad,
                                          out=np.empty(shape, x.dtype))
-            c = self._cache[key] = [out, None]
+            c = remember(self._cache, key, [out, None])
         else:
             _current().avg_pool2d_forward(x, self.kernel_size, self.stride, self.padding, self.count_include_pad,
                                           c[0])

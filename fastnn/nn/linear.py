@@ -18,31 +18,17 @@ import math
 
 import numpy as np
 
-from .. import ops
+from .. import _validation as _v, ops
 from ..backends import current as _current
 from . import init as _init
-from .module import Module, Parameter, register_module
+from .module import Module, Parameter, register_module, remember
 
 __all__ = ["Linear"]
 
 _ndarray = np.ndarray
 
-#: Buffers are kept for at most this many input shapes per layer (a training
-#: loop sees two: the batch size and the last, shorter batch).
-_MAX_SHAPES = 8
 
 
-def _check_dtype(dtype):
-    dt = np.dtype(dtype)
-    if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
-        raise TypeError(f"dtype must be float32 or float64, got {dt}")
-    return dt
-
-
-def _positive_int(value, name):
-    if isinstance(value, bool) or int(value) != value or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
 
 
 @register_module
@@ -75,9 +61,9 @@ class Linear(Module):
 
     def __init__(self, in_features, out_features, bias=True, dtype=np.float32, init="default", rng=None):
         super().__init__()
-        self.in_features = _positive_int(in_features, "in_features")
-        self.out_features = _positive_int(out_features, "out_features")
-        dt = _check_dtype(dtype)
+        self.in_features = _v.positive_int(in_features, "in_features")
+        self.out_features = _v.positive_int(out_features, "out_features")
+        dt = _v.float_dtype(dtype)
         if init not in _init.INITIALIZERS:
             raise ValueError(f"init must be one of {sorted(_init.INITIALIZERS)}, got {init!r}")
         self.init = init
@@ -136,9 +122,7 @@ class Linear(Module):
         out = np.empty((x.shape[0], w.shape[0]), w.dtype)
         y = ops.dense_forward(x, w, b, activation, out=out)
         if type(x) is _ndarray and x.flags.c_contiguous and x.dtype is w.dtype:
-            if len(self._fcache) >= _MAX_SHAPES:  # many batch shapes: do not hoard buffers
-                self._fcache.clear()
-            self._fcache[(x.shape, activation)] = (w, b, out)
+            remember(self._fcache, (x.shape, activation), (w, b, out))
         else:
             x = np.ascontiguousarray(x)
         s = self._saved
@@ -174,9 +158,7 @@ class Linear(Module):
         gin, dw2, db2 = ops.dense_backward(grad_out, x, w, y, activation, bias=db is not None,
                                            input_grad=input_grad, grad_input=gin, grad_weight=dw, grad_bias=db)
         if type(grad_out) is _ndarray and grad_out.flags.c_contiguous and grad_out.dtype is w.dtype:
-            if len(self._bcache) >= _MAX_SHAPES:
-                self._bcache.clear()
-            self._bcache[(x.shape, activation, input_grad)] = (w, dw, db, gin)
+            remember(self._bcache, (x.shape, activation, input_grad), (w, dw, db, gin))
         return gin
 
     # -- description --------------------------------------------------

@@ -15,6 +15,7 @@ import numpy as np
 
 from .. import ops
 from ..backends import current as _current
+from .module import remember
 
 __all__ = ["Loss", "MSELoss", "CrossEntropyLoss", "BCEWithLogitsLoss", "LOSSES"]
 
@@ -48,9 +49,7 @@ class Loss:
         key = (pred.shape, dt)
         buf = self._grads.get(key)
         if buf is None or buf is pred:
-            if len(self._grads) >= 8:
-                self._grads.clear()
-            buf = self._grads[key] = np.empty(pred.shape, dt)
+            buf = remember(self._grads, key, np.empty(pred.shape, dt))
         loss, grad = getattr(ops, self._op_name)(pred, self._target(target, pred), self.reduction, grad=buf)
         self._grad = grad
         return loss

@@ -20,6 +20,20 @@ from collections import OrderedDict
 
 import numpy as np
 
+#: Output/gradient buffers a layer keeps, keyed by input shape, at most this
+#: many (a training loop sees two or three: the batch, the last short batch,
+#: the evaluation batch); past it the cache starts afresh instead of hoarding.
+MAX_CACHED_SHAPES = 8
+
+
+def remember(cache: dict, key, value):
+    """Store ``value`` under ``key`` in a layer's buffer cache, bounded by MAX_CACHED_SHAPES."""
+    if len(cache) >= MAX_CACHED_SHAPES and key not in cache:
+        cache.clear()
+    cache[key] = value
+    return value
+
+
 __all__ = ["Parameter", "Module", "register_module", "get_module_class", "registered_modules"]
 
 #: Layer classes that :func:`fastnn.load` may rebuild, by name. A saved file

@@ -37,18 +37,12 @@ import math
 
 import numpy as np
 
-from .. import ops
-from .._validation import FLOAT_DTYPES
+from .. import _validation as _v, ops
 from . import init as _init
 from .module import Module, Parameter, register_module
 
 __all__ = ["RNN", "LSTM", "GRU", "LastTimeStep"]
 
-
-def _positive_int(value, name):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
 
 
 class _RecurrentBase(Module):
@@ -60,11 +54,9 @@ class _RecurrentBase(Module):
     def __init__(self, input_size, hidden_size, bias=True, batch_first=False, dtype=np.float32,
                  return_state=False, rng=None):
         super().__init__()
-        self.input_size = _positive_int(input_size, "input_size")
-        self.hidden_size = _positive_int(hidden_size, "hidden_size")
-        dtype = np.dtype(dtype)
-        if dtype not in FLOAT_DTYPES:
-            raise TypeError(f"dtype must be float32 or float64, got {dtype}")
+        self.input_size = _v.positive_int(input_size, "input_size")
+        self.hidden_size = _v.positive_int(hidden_size, "hidden_size")
+        dtype = _v.float_dtype(dtype)
         self.dtype = dtype
         self.bias = bool(bias)
         self.batch_first = bool(batch_first)

@@ -9,19 +9,9 @@ Each kernel module in this package imports its compiled module from
 ``fastnn.set_num_threads`` reaches that module's OpenMP loops.
 """
 
-import os
-
 from ... import _config
 
-# OpenMP worker threads that spin between parallel regions (GNU OpenMP's
-# default) steal the CPU from the calling thread and from BLAS when cores are
-# shared or oversubscribed, and a descheduled spinner then stalls the next
-# region at its barrier for a whole scheduler slice. Sleeping workers cost a
-# few microseconds to wake, which only regions above PARALLEL_MIN_ELEMENTS
-# pay. Must be set before the OpenMP runtime loads (with the extension, next
-# line); a user's own setting wins.
-if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
-    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+_config.prefer_passive_openmp()  # before the OpenMP runtime loads with the extension, next line
 
 from ..._ext import _runtime  # noqa: E402  ImportError here: the extension was not built
 

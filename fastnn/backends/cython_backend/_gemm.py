@@ -1,8 +1,10 @@
 """fastnn's own GEMM for the Cython backend (C kernels in ``kernels/gemm.h``).
 
-Not a kernel module (the leading underscore keeps the registry away): the
-backend's ``matmul`` and dense kernels call into it when :mod:`fastnn.gemm`
-says the shape is worth it.
+Not a kernel module (the leading underscore keeps the registry away). The
+backend's ``matmul`` and dense kernels (``_dense.pyx``) compile the same C
+kernels in and pick them by shape from :mod:`fastnn.gemm`'s policy; this
+module exposes them directly for :mod:`fastnn.gemm`'s measurements and the
+tests (forced instruction set, timing loops called from compiled code).
 """
 
 import numpy as np

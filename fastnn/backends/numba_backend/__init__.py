@@ -6,26 +6,17 @@ first call of a kernel; ``cache=True`` makes later processes load the
 machine code instead of compiling again.
 
 Modules: ``_math`` (vectorisable exp/tanh/sigmoid and row maximum, shared),
-``activations``, ``dense``, ``losses``, ``optim`` (the kernels, one module per
-family of the reference, same names and parameters). Every kernel of those
-reference families is overridden.
+``_gemm`` (the own GEMM), and ``activations``, ``dense``, ``losses``,
+``optim``, ``conv``, ``rnn``: the kernels, one module per family of the
+reference, same names and parameters. Every reference kernel is overridden.
 """
 
-import os
+from ... import _config
 
-# Numba's default threading layer here is GNU OpenMP, whose idle workers spin
-# and then, on a busy or oversubscribed machine, get descheduled: every
-# parallel region then waits a scheduler slice at its barrier (measured on a
-# loaded 2-core machine: relu over 4M floats, median 24 ms per call with the
-# default policy, 0.8 ms with passive waits). Same rule as the Cython
-# backend: set before the OpenMP runtime loads (Numba loads it at the first
-# parallel call); a user's own setting wins.
-if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
-    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+# Numba's threading layer here is GNU OpenMP, loaded at the first parallel call.
+_config.prefer_passive_openmp()
 
 import numba  # noqa: E402  - an ImportError here makes the backend absent, with the reason
-
-from ... import _config
 
 # Numba's np.dot links SciPy's OpenBLAS, which would otherwise load only at the
 # first compilation, after the backend applied fastnn's thread count to every

@@ -44,10 +44,9 @@ MC = 96
 NC = 1024
 #: Below this many multiply-adds the product runs on one thread.
 PARALLEL_MIN_FLOPS = 192 * 192 * 192
-#: From this many on, the threads share one packed B block (else one slab of C each).
-#: Numba's parallel loops pay a barrier per prange, and with two threads the
-#: slabs measured as fast or faster at n = 512 ... 2048, so sharing is off.
-SHARED_MIN_FLOPS = 1 << 62
+#: Threaded products give each thread one slab of C (no shared packed B: Numba's
+#: parallel loops pay a barrier per prange, and with two threads the slabs
+#: measured as fast or faster at n = 512 ... 2048).
 #: Up to this many multiply-adds (one thread) the operands are read in place, not packed.
 DIRECT_MAX_FLOPS = 128 * 128 * 128
 
@@ -269,33 +268,6 @@ def _gemm_serial(M, N, K, a, rsa, csa, b, rsb, csb, c, ldc, bias, has_bias, act)
 
 
 @njit(parallel=True, **_OPTS)
-def _gemm_parallel(M, N, K, a, rsa, csa, b, rsb, csb, c, ldc, bias, has_bias, act, nthreads):
-    """Same product: B packed by all threads, then the M blocks split over the threads."""
-    nrf = _nr(c)
-    per = (M + nthreads - 1) // nthreads
-    per = (per + MR - 1) // MR * MR
-    mcb = min(per, MC)
-    nmb = (M + mcb - 1) // mcb
-    npan_max = (min(N, NC) + nrf - 1) // nrf
-    kcm = min(K, KC)
-    pb = np.empty(kcm * npan_max * nrf, c.dtype)
-    pa_all = np.empty((nmb, kcm * (mcb + MR)), c.dtype)
-    tiles = np.empty((nmb, MR * nrf), c.dtype)
-    for jc in range(0, N, NC):
-        nc = min(NC, N - jc)
-        npan = (nc + nrf - 1) // nrf
-        for pc in range(0, K, KC):
-            kc = min(KC, K - pc)
-            for jp in prange(npan):
-                _pack_b_panel(b, rsb, csb, pc, jc, kc, nc, jp, nrf, pb)
-            for ib in prange(nmb):
-                ic = ib * mcb
-                mc = min(mcb, M - ic)
-                _macro(a, rsa, csa, b, rsb, csb, c, ldc, pb, pa_all[ib], tiles[ib], ic, mc, pc, kc, jc, nc, nrf,
-                       pc == 0, pc + kc >= K, bias, has_bias, act, False)
-
-
-@njit(parallel=True, **_OPTS)
 def _gemm_slabs(M, N, K, a, rsa, csa, b, rsb, csb, c, ldc, bias, has_bias, act, nthreads):
     """Same product, one slab of C per thread along its longer side, each run serially.
 
@@ -340,8 +312,6 @@ def gemm_flat(M, N, K, a, rsa, csa, b, rsb, csb, c, ldc, bias, has_bias, act, nt
         return
     if K == 0:
         _zero_k(M, N, c, ldc, bias, has_bias, act)
-    elif nthreads > 1 and M * N * K >= SHARED_MIN_FLOPS:
-        _gemm_parallel(M, N, K, a, rsa, csa, b, rsb, csb, c, ldc, bias, has_bias, act, nthreads)
     elif nthreads > 1 and M * N * K >= PARALLEL_MIN_FLOPS:
         _gemm_slabs(M, N, K, a, rsa, csa, b, rsb, csb, c, ldc, bias, has_bias, act, nthreads)
     else:

@@ -9,6 +9,8 @@ loop scatters the result back to NCHW. Pooling is a direct loop, parallel
 over (image, channel) planes once the work is large enough.
 """
 
+import types
+
 import numpy as np
 from numba import njit, prange
 
@@ -25,8 +27,17 @@ _COLS_BUDGET = 1 << 20
 
 
 def _both(fn):
-    """A serial and a parallel compilation of the same kernel (size-gated by the caller)."""
-    return njit(**NUMBA_JIT_OPTIONS)(fn), njit(parallel=True, **NUMBA_JIT_OPTIONS)(fn)
+    """A serial and a parallel compilation of the same kernel (size-gated by the caller).
+
+    The parallel copy is a distinct function named ``<name>_parallel``: Numba's
+    disk cache keys a file on the function's qualified name and line, not on
+    ``parallel=True``, so two compilations of one function would load each
+    other's machine code from the cache.
+    """
+    par = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + "_parallel", fn.__defaults__,
+                             fn.__closure__)
+    par.__qualname__ = fn.__qualname__ + "_parallel"
+    return njit(**NUMBA_JIT_OPTIONS)(fn), njit(parallel=True, **NUMBA_JIT_OPTIONS)(par)
 
 
 @njit(**NUMBA_JIT_OPTIONS)

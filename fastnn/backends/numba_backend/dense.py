@@ -1,14 +1,13 @@
 """Matrix multiply and dense layers for the Numba backend.
 
-The products go to BLAS through NumPy's ``np.dot(a, b, out=out)``, called
-from Python: the transposes are views (C-contiguous ``a.T`` is Fortran
-order, which BLAS takes as a transpose flag), nothing is copied, and no
-hand-written loop beats a tuned GEMM from 64×64 up. ``np.dot`` inside
-``@njit`` was tried and measured: Numba reaches BLAS through SciPy's own
-OpenBLAS build, and that path cost about 1–1.5 µs more per call than NumPy's
-at 32×64×128 and 64×64×64 (6–7 µs against 5 µs), which is what a small MLP
-step is made of. Calling NumPy's BLAS is also never slower than the
-reference's ``np.matmul`` (it skips the ufunc machinery).
+Each product runs on the backend's own GEMM (``_gemm``) or on BLAS, chosen by
+shape from :mod:`fastnn.gemm`'s policy (the own GEMM only for mid-sized and
+large products on one thread; it loses to BLAS below about 200³ and when
+threaded). BLAS is reached through NumPy's ``np.dot(a, b, out=out)`` called
+from Python: the transposes are views (C-contiguous ``a.T`` is Fortran order,
+which BLAS takes as a transpose flag) and nothing is copied. ``np.dot`` inside
+``@njit`` was measured 1–1.5 µs slower per call at 32×64×128 (Numba reaches
+SciPy's separate OpenBLAS build), which is what a small MLP step is made of.
 
 What Numba adds is everything around the GEMMs, in one compiled pass each:
 the bias add and the activation fused over the output (the reference makes

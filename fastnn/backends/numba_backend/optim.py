@@ -9,10 +9,9 @@ of bytes; above ``PARALLEL_MIN_ELEMENTS`` the loop is split over threads.
 The hyper-parameters are converted to the array dtype once, outside the
 loop, so float32 updates run in float32 SIMD lanes. Per-step constants
 (bias corrections) are computed in float64 in Python first, exactly as the
-reference does. The optional pieces (momentum buffer, weight decay,
-Nesterov, AdamW's decoupled decay) are loop-invariant branches that LLVM
-hoists out of the loop (``None`` for the velocity selects a separate
-compiled specialisation).
+reference does. SGD with and without a momentum buffer are separate loops;
+the other options (weight decay, Nesterov, AdamW's decoupled decay) are
+loop-invariant scalars.
 """
 
 import math

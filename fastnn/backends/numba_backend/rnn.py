@@ -7,14 +7,15 @@ per-step product with W_hh is small. All are loop nests that LLVM vectorises
 along their innermost, contiguous axis: for these sizes a BLAS call costs more
 in set-up and thread wake-ups than the arithmetic. BLAS (``np.dot``) takes
 over for the all-steps products when they are large. The gate
-nonlinearities in float32 use a branch-free exp that LLVM vectorises (Numba's
-``np.tanh``/``np.exp`` on float32 are scalar libm calls without SVML).
+nonlinearities use the backend's branch-free exp/tanh/sigmoid (``_math``), which
+LLVM vectorises (Numba's ``np.tanh``/``np.exp`` are scalar libm calls).
 """
 
 import numpy as np
 from numba import njit
 
 from ..._config import NUMBA_JIT_OPTIONS
+from ._math import fsigmoid, ftanh
 
 __all__ = [
     "rnn_forward", "rnn_backward",
@@ -22,84 +23,18 @@ __all__ = [
     "gru_forward", "gru_backward",
 ]
 
-_F32 = np.dtype(np.float32)
-
-# float32 constants as globals, so that float32 arithmetic stays float32.
-_LOG2E = np.float32(1.4426950408889634)
-_LN2_HI = np.float32(0.693359375)
-_LN2_LO = np.float32(-2.12194440e-4)
-_P0 = np.float32(1.9875691500e-4)
-_P1 = np.float32(1.3981999507e-3)
-_P2 = np.float32(8.3334519073e-3)
-_P3 = np.float32(4.1665795894e-2)
-_P4 = np.float32(1.6666665459e-1)
-_P5 = np.float32(5.0000001201e-1)
-_ONE = np.float32(1.0)
-_TWO = np.float32(2.0)
-_LO = np.float32(-87.0)
-_HI = np.float32(88.0)
-
-
 @njit(**NUMBA_JIT_OPTIONS)
-def _sigmoid_rows(a, lo, hi, scale, ib):
-    """a[:, lo:hi] = σ(scale·a) (float32, branch-free exp; NaN propagates); ib: int32 scratch."""
-    R = a.shape[0]
-    n = hi - lo
-    for r in range(R):
-        row = a[r]
-        for j in range(n):
-            # exp(-scale·x) = 2^k · e^f with k = rint(-scale·x / ln 2)
-            x = -scale * row[lo + j]
-            x = _LO if x < _LO else x
-            x = _HI if x > _HI else x
-            k = np.rint(x * _LOG2E)
-            f = x - k * _LN2_HI
-            f = f - k * _LN2_LO
-            p = _P0
-            p = p * f + _P1
-            p = p * f + _P2
-            p = p * f + _P3
-            p = p * f + _P4
-            p = p * f + _P5
-            p = p * f * f + f + _ONE
-            row[lo + j] = p
-            kk = k if k == k else np.float32(0.0)      # NaN: any scale will do, p carries the NaN
-            ib[j] = (np.int32(kk) + 127) << 23
-        s = ib[:n].view(np.float32)
-        for j in range(n):
-            row[lo + j] = _ONE / (_ONE + row[lo + j] * s[j])
-
-
-@njit(**NUMBA_JIT_OPTIONS)
-def _act_rows(a, lo, hi, kind, fast, ib):
-    """In place on a[:, lo:hi]: kind 0 sigmoid, 1 tanh, 2 relu.
-
-    float32 (``fast``) uses tanh(x) = 2σ(2x) - 1 over the branch-free exp;
-    float64 uses the exact formulas of the reference.
-    """
-    if kind == 2:
-        for r in range(a.shape[0]):
-            for j in range(lo, hi):
-                v = a[r, j]
-                a[r, j] = 0 if v <= 0 else v
-        return
-    if fast:
-        if kind == 0:
-            _sigmoid_rows(a, lo, hi, _ONE, ib)
-        else:
-            _sigmoid_rows(a, lo, hi, _TWO, ib)
-            for r in range(a.shape[0]):
-                for j in range(lo, hi):
-                    a[r, j] = _TWO * a[r, j] - _ONE
-        return
+def _act_rows(a, lo, hi, kind):
+    """In place on a[:, lo:hi]: kind 0 sigmoid, 1 tanh, 2 relu (the backend's vectorisable math)."""
     for r in range(a.shape[0]):
         for j in range(lo, hi):
             v = a[r, j]
-            if kind == 1:
-                a[r, j] = np.tanh(v)
+            if kind == 0:
+                a[r, j] = fsigmoid(v)
+            elif kind == 1:
+                a[r, j] = ftanh(v)
             else:
-                e = np.exp(-abs(v))
-                a[r, j] = 1 / (1 + e) if v >= 0 else e / (1 + e)
+                a[r, j] = v if not (v <= 0) else 0
 
 
 @njit(**NUMBA_JIT_OPTIONS)
@@ -202,7 +137,7 @@ def _weight_grads(dx, dh, x2, h0, out2, gw_ih, gw_hh, gb_ih, gb_hh):
 # ---------------------------------------------------------------------------
 
 @njit(**NUMBA_JIT_OPTIONS)
-def _rnn_fwd(x, h0, w_ih, w_hh, b_ih, b_hh, relu, fast, out):
+def _rnn_fwd(x, h0, w_ih, w_hh, b_ih, b_hh, relu, out):
     """h_t = f(x_t W_ihᵀ + b_ih + h_{t-1} W_hhᵀ + b_hh)."""
     T, B, I = x.shape
     H = h0.shape[1]
@@ -214,12 +149,11 @@ def _rnn_fwd(x, h0, w_ih, w_hh, b_ih, b_hh, relu, fast, out):
         out2 += b_hh
     _project(x.reshape(T * B, I), w_ih, out2)
     wt = np.ascontiguousarray(w_hh.T)
-    ib = np.empty(H, np.int32)
     kind = 2 if relu else 1
     for t in range(T):
         hp = h0 if t == 0 else out[t - 1]
         _acc(hp, wt, out[t])
-        _act_rows(out[t], 0, H, kind, fast, ib)
+        _act_rows(out[t], 0, H, kind)
     return out
 
 
@@ -254,7 +188,7 @@ def _rnn_bwd(go, ghn, x, h0, w_ih, w_hh, out, relu, work, gx, gh0, gw_ih, gw_hh,
 
 def rnn_forward(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity, out):
     """h_t = f(x_t W_ihᵀ + b_ih + h_{t-1} W_hhᵀ + b_hh) for all t."""
-    return _rnn_fwd(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity == "relu", x.dtype == _F32, out)
+    return _rnn_fwd(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity == "relu", out)
 
 
 def rnn_backward(grad_out, grad_hn, x, h0, weight_ih, weight_hh, out, nonlinearity, work,
@@ -270,7 +204,7 @@ def rnn_backward(grad_out, grad_hn, x, h0, weight_ih, weight_hh, out, nonlineari
 # ---------------------------------------------------------------------------
 
 @njit(**NUMBA_JIT_OPTIONS)
-def _lstm_fwd(x, h0, c0, w_ih, w_hh, b_ih, b_hh, fast, out, cell, gates):
+def _lstm_fwd(x, h0, c0, w_ih, w_hh, b_ih, b_hh, out, cell, gates):
     """Gates i, f, g, o; c_t = f c_{t-1} + i g; h_t = o tanh(c_t)."""
     T, B, I = x.shape
     H = h0.shape[1]
@@ -283,22 +217,21 @@ def _lstm_fwd(x, h0, c0, w_ih, w_hh, b_ih, b_hh, fast, out, cell, gates):
         g2 += b_hh
     _project(x.reshape(T * B, I), w_ih, g2)
     wt = np.ascontiguousarray(w_hh.T)
-    ib = np.empty(4 * H, np.int32)
     for t in range(T):
         hp = h0 if t == 0 else out[t - 1]
         cp = c0 if t == 0 else cell[t - 1]
         z = gates[t]
         _acc(hp, wt, z)
-        _act_rows(z, 0, 2 * H, 0, fast, ib)
-        _act_rows(z, 2 * H, 3 * H, 1, fast, ib)
-        _act_rows(z, 3 * H, 4 * H, 0, fast, ib)
+        _act_rows(z, 0, 2 * H, 0)
+        _act_rows(z, 2 * H, 3 * H, 1)
+        _act_rows(z, 3 * H, 4 * H, 0)
         c = cell[t]
         h = out[t]
         for b in range(B):
             for j in range(H):
                 c[b, j] = z[b, H + j] * cp[b, j] + z[b, j] * z[b, 2 * H + j]
         h[:] = c
-        _act_rows(h, 0, H, 1, fast, ib)
+        _act_rows(h, 0, H, 1)
         for b in range(B):
             for j in range(H):
                 h[b, j] *= z[b, 3 * H + j]
@@ -306,7 +239,7 @@ def _lstm_fwd(x, h0, c0, w_ih, w_hh, b_ih, b_hh, fast, out, cell, gates):
 
 
 @njit(**NUMBA_JIT_OPTIONS)
-def _lstm_bwd(go, ghn, gcn, x, h0, c0, w_ih, w_hh, out, cell, gates, fast, work,
+def _lstm_bwd(go, ghn, gcn, x, h0, c0, w_ih, w_hh, out, cell, gates, work,
               gx, gh0, gc0, gw_ih, gw_hh, gb_ih, gb_hh):
     """δ = [δi, δf, δg, δo] per step; g_{t-1} = δ W_hh; γ_{t-1} = γ f."""
     T, B, I = x.shape
@@ -321,12 +254,11 @@ def _lstm_bwd(go, ghn, gcn, x, h0, c0, w_ih, w_hh, out, cell, gates, fast, work,
     else:
         gc0[:] = 0
     tc = np.empty((B, H), x.dtype)
-    ib = np.empty(H, np.int32)
     for t in range(T - 1, -1, -1):
         z = gates[t]
         cp = c0 if t == 0 else cell[t - 1]
         tc[:] = cell[t]
-        _act_rows(tc, 0, H, 1, fast, ib)
+        _act_rows(tc, 0, H, 1)
         d = work[t]
         g_out = go[t]
         for b in range(B):
@@ -353,13 +285,13 @@ def _lstm_bwd(go, ghn, gcn, x, h0, c0, w_ih, w_hh, out, cell, gates, fast, work,
 
 def lstm_forward(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, out, cell, gates):
     """LSTM (gates i, f, g, o) over the sequence."""
-    return _lstm_fwd(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, x.dtype == _F32, out, cell, gates)
+    return _lstm_fwd(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, out, cell, gates)
 
 
 def lstm_backward(grad_out, grad_hn, grad_cn, x, h0, c0, weight_ih, weight_hh, out, cell, gates, work,
                   grad_x, grad_h0, grad_c0, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh):
     """BPTT of :func:`lstm_forward`."""
-    _lstm_bwd(grad_out, grad_hn, grad_cn, x, h0, c0, weight_ih, weight_hh, out, cell, gates, x.dtype == _F32,
+    _lstm_bwd(grad_out, grad_hn, grad_cn, x, h0, c0, weight_ih, weight_hh, out, cell, gates,
               work, grad_x, grad_h0, grad_c0, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh)
     return grad_x, grad_h0, grad_c0, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh
 
@@ -369,7 +301,7 @@ def lstm_backward(grad_out, grad_hn, grad_cn, x, h0, c0, weight_ih, weight_hh, o
 # ---------------------------------------------------------------------------
 
 @njit(**NUMBA_JIT_OPTIONS)
-def _gru_fwd(x, h0, w_ih, w_hh, b_ih, b_hh, fast, out, gates, hidden_n):
+def _gru_fwd(x, h0, w_ih, w_hh, b_ih, b_hh, out, gates, hidden_n):
     """r, z = σ(...), n = tanh(x W_inᵀ + b_in + r (h W_hnᵀ + b_hn)), h_t = (1-z) n + z h_{t-1}."""
     T, B, I = x.shape
     H = h0.shape[1]
@@ -381,7 +313,6 @@ def _gru_fwd(x, h0, w_ih, w_hh, b_ih, b_hh, fast, out, gates, hidden_n):
     _project(x.reshape(T * B, I), w_ih, g2)
     wt = np.ascontiguousarray(w_hh.T)
     gh = np.empty((B, 3 * H), x.dtype)
-    ib = np.empty(3 * H, np.int32)
     for t in range(T):
         hp = h0 if t == 0 else out[t - 1]
         if b_hh is not None:
@@ -397,11 +328,11 @@ def _gru_fwd(x, h0, w_ih, w_hh, b_ih, b_hh, fast, out, gates, hidden_n):
                 z[b, j] += gh[b, j]
             for j in range(H):
                 m[b, j] = gh[b, 2 * H + j]
-        _act_rows(z, 0, 2 * H, 0, fast, ib)
+        _act_rows(z, 0, 2 * H, 0)
         for b in range(B):
             for j in range(H):
                 z[b, 2 * H + j] += z[b, j] * m[b, j]
-        _act_rows(z, 2 * H, 3 * H, 1, fast, ib)
+        _act_rows(z, 2 * H, 3 * H, 1)
         h = out[t]
         for b in range(B):
             for j in range(H):
@@ -458,7 +389,7 @@ def _gru_bwd(go, ghn, x, h0, w_ih, w_hh, out, gates, hidden_n, work, gx, gh0, gw
 
 def gru_forward(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, out, gates, hidden_n):
     """GRU (gates r, z, n) over the sequence."""
-    return _gru_fwd(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, x.dtype == _F32, out, gates, hidden_n)
+    return _gru_fwd(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, out, gates, hidden_n)
 
 
 def gru_backward(grad_out, grad_hn, x, h0, weight_ih, weight_hh, out, gates, hidden_n, work,

@@ -25,7 +25,7 @@ import time
 
 import numpy as np
 
-__all__ = ["set_gemm", "get_gemm", "use_gemm", "use_own", "CROSSOVER", "MIN_FLOPS", "MIN_N", "set_crossover",
+__all__ = ["set_gemm", "get_gemm", "use_gemm", "use_own", "CROSSOVER", "SMALL_KERNEL_MAX", "MIN_FLOPS", "MIN_N", "set_crossover",
            "measure_crossover", "gflops_table", "blas_info", "register_policy_hook"]
 
 GEMM_MODES = ("auto", "own", "blas")
@@ -46,17 +46,24 @@ CROSSOVER = {
     "numba": {"float32": 1 << 40, "float64": 1 << 40},
 }
 
-#: Smallest volume ``M*N*K`` for which ``"auto"`` picks the own GEMM, measured
-#: per call from Python (as the layers call it), 1 thread, against the BLAS path
-#: (which for the Cython backend includes its small-product C kernel):
-#:   Cython own/BLAS time: 32x64x128 1.14, 64^3 1.15, 128^3 0.64, 256^3 0.59;
-#:   Numba  own/BLAS time: 64^3 1.65, 128^3 1.29, 128x784x256 1.05, 256^3 0.93.
-#: Below these volumes the own GEMM's packing and dispatch cost more than it
-#: saves (the W3 MLP step lives entirely there).
-MIN_FLOPS = {"cython": 100 ** 3, "numba": 200 ** 3}
+#: Largest volume ``M*N*K`` that the Cython backend's own GEMM always runs
+#: in its small-product kernel (register tiles, no packing; ``_SMALL_GEMM_MAX``
+#: in kernels/_blas.pxi): in ``"auto"`` such products are always own. Measured
+#: from compiled code, 1 thread, small kernel time / OpenBLAS time, float32:
+#: 32x64x128 0.30, 64^3 0.36, 32x128x10 0.55, 128x128x10 0.58, 128x128x1 0.44,
+#: 7x33x5 0.69 (float64 0.22-0.64).
+SMALL_KERNEL_MAX = {"cython": 1 << 20}
 
-#: Narrowest output (N columns) for which ``"auto"`` picks the own GEMM: a
-#: product such as a 10-class output layer fills only part of the 16- or
+#: Smallest volume ``M*N*K`` for which ``"auto"`` picks the packed own GEMM
+#: (above :data:`SMALL_KERNEL_MAX` where a backend has a small kernel),
+#: measured per call from Python (as the layers call it), 1 thread:
+#:   Cython packed/BLAS time: 128^3 0.64, 256^3 0.59;
+#:   Numba  own/BLAS time: 64^3 1.65, 128^3 1.29, 128x784x256 1.05, 256^3 0.93.
+#: Below these volumes packing and dispatch cost more than they save.
+MIN_FLOPS = {"cython": 0, "numba": 200 ** 3}
+
+#: Narrowest output (N columns) for which ``"auto"`` picks the packed own GEMM:
+#: a product such as a 10-class output layer fills only part of its 16- or
 #: 32-column register tile, and BLAS was faster there (32x128x10 measured).
 MIN_N = {"cython": 16, "numba": 16}
 
@@ -175,6 +182,8 @@ def use_own(backend: str, dtype, m: int, n: int, k: int) -> bool:
         return True
     if mode == "blas":
         return False
+    if m * n * k <= SMALL_KERNEL_MAX.get(backend, -1):
+        return True
     limit = _limit(backend, np.dtype(dtype).name)
     return limit >= 0 and n >= MIN_N.get(backend, 0) and MIN_FLOPS.get(backend, 0) <= m * n * k <= limit
 

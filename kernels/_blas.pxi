@@ -1,7 +1,7 @@
-# The one GEMM wrapper of the Cython kernels: row-major GEMM over
-# scipy.linalg.cython_blas (the BLAS scipy ships; threadpoolctl limits it),
-# with small products done by the register-blocked kernel in fastmath.h,
-# where a BLAS call costs more than its arithmetic.
+# The GEMM wrappers of the dense kernels: row-major GEMM over
+# scipy.linalg.cython_blas (the BLAS scipy ships; threadpoolctl limits it)
+# and the register-blocked small-product kernel of fastmath.h, which is part
+# of fastnn's own GEMM: products too small for packing go there.
 
 from libc.string cimport memset
 from scipy.linalg.cython_blas cimport sgemm, dgemm
@@ -11,10 +11,11 @@ cdef extern from "fastmath.h" nogil:
     int fnn_gemm_small_f32(int, int, Py_ssize_t, Py_ssize_t, Py_ssize_t, const float*, const float*, float*)
     int fnn_gemm_small_f64(int, int, Py_ssize_t, Py_ssize_t, Py_ssize_t, const double*, const double*, double*)
 
-# Products with at most this many multiply-adds (m n k) skip BLAS. Measured on
-# 2 cores (AVX-512) against scipy's OpenBLAS 0.3.30: 32x64x128 takes ~2.2 us
-# here vs ~5.5 us in sgemm; at 128^3 (2^21) the two are level on one thread
-# and BLAS's own threads win above.
+# Products with at most this many multiply-adds (m n k) may take the small
+# kernel: no packing, so its cost is the arithmetic plus one pass over B.
+# Measured on 2 cores (AVX-512) against scipy's OpenBLAS 0.3.30: 32x64x128
+# takes ~1.5 us here vs ~5.5 us in sgemm; at 128^3 (2^21) the packed own
+# GEMM is faster than both.
 cdef long long _SMALL_GEMM_MAX = 1 << 20
 
 ctypedef fused floating_t:
@@ -22,9 +23,20 @@ ctypedef fused floating_t:
     double
 
 
-cdef void _gemm(bint trans_a, bint trans_b, int m, int n, int k, const floating_t* a, const floating_t* b,
-                floating_t beta, floating_t* c) noexcept nogil:
-    """Row-major C(m, n) = op(A) op(B) + beta C, op(A) (m, k), op(B) (k, n).
+cdef inline bint _gemm_small(bint trans_a, bint trans_b, int m, int n, int k, const floating_t* a,
+                             const floating_t* b, floating_t* c) noexcept nogil:
+    """C(m, n) = op(A) op(B) by the small-product kernel; False when it does not apply (too large)."""
+    if not FNN_HAVE_SMALL_GEMM or m <= 0 or n <= 0 or k <= 0 or <long long>m * n * k > _SMALL_GEMM_MAX:
+        return False
+    if floating_t is float:
+        return fnn_gemm_small_f32(trans_a, trans_b, m, n, k, <const float*>a, <const float*>b, <float*>c) == 0
+    else:
+        return fnn_gemm_small_f64(trans_a, trans_b, m, n, k, <const double*>a, <const double*>b, <double*>c) == 0
+
+
+cdef void _gemm_blas(bint trans_a, bint trans_b, int m, int n, int k, const floating_t* a, const floating_t* b,
+                     floating_t beta, floating_t* c) noexcept nogil:
+    """Row-major C(m, n) = op(A) op(B) + beta C by BLAS, op(A) (m, k), op(B) (k, n).
 
     BLAS is column-major: a row-major matrix is its transpose seen
     column-major, so C = op(A) op(B) is computed as Cᵀ = op(B)ᵀ op(A)ᵀ, i.e.
@@ -47,13 +59,6 @@ cdef void _gemm(bint trans_a, bint trans_b, int m, int n, int k, const floating_
             for i in range(<Py_ssize_t>m * n):
                 c[i] = beta * c[i]
         return
-    if beta == 0 and FNN_HAVE_SMALL_GEMM and <long long>m * n * k <= _SMALL_GEMM_MAX:
-        if floating_t is float:
-            if fnn_gemm_small_f32(trans_a, trans_b, m, n, k, <const float*>a, <const float*>b, <float*>c) == 0:
-                return
-        else:
-            if fnn_gemm_small_f64(trans_a, trans_b, m, n, k, <const double*>a, <const double*>b, <double*>c) == 0:
-                return
     if floating_t is float:
         sgemm(&ta, &tb, &n, &m, &k, &alpha, <float*>b, &ldb, <float*>a, &lda, &beta, c, &ldc)
     else:

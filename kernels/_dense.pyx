@@ -2,10 +2,11 @@
 # cython: binding=True, embedsignature=True
 """Matrix multiply and the dense layer (Cython backend).
 
-GEMMs go through the one GEMM wrapper in _blas.pxi (small products in C,
-the rest in BLAS); bias and activation are
-applied in one pass over the GEMM output (row-parallel when large), never
-inside a parallel region that calls BLAS.
+GEMMs go to fastnn's own GEMM (the small-product kernel of fastmath.h or the
+packed GEMM of gemm.h, which fuses bias and activation) or to BLAS, as the
+policy of fastnn.gemm says. Unfused bias and activation are applied in one
+pass over the GEMM output (row-parallel when large), never inside a parallel
+region that calls BLAS.
 """
 
 include "_threads.pxi"
@@ -46,10 +47,20 @@ cdef inline bint _use_own(int m, int n, int k, bint f32) noexcept nogil:
 
 cdef bint _mm(bint trans_a, bint trans_b, int m, int n, int k, const floating_t* a, const floating_t* b,
               floating_t* c, const floating_t* bias, int act) noexcept nogil:
-    """Row-major C = op(A) op(B) by the own GEMM or BLAS; True when bias/act were fused (own GEMM)."""
+    """Row-major C = op(A) op(B) by the own GEMM or BLAS; True when bias/act were fused (packed own GEMM).
+
+    The own GEMM is two kernels: products of at most _SMALL_GEMM_MAX
+    multiply-adds go to the small register-blocked kernel (no packing), larger
+    ones to the packed BLIS-style GEMM (when the policy picks it for the
+    shape), which also fuses bias and activation.
+    """
     cdef long rsa = 1 if trans_a else k, csa = m if trans_a else 1
     cdef long rsb = 1 if trans_b else n, csb = k if trans_b else 1
     cdef int rc
+    # "auto" and "own": small products always take the small kernel (faster than
+    # BLAS at every shape measured, narrow outputs included; see fastnn.gemm)
+    if _gemm_mode != 2 and _gemm_small[floating_t](trans_a, trans_b, m, n, k, a, b, c):
+        return False
     if m > 0 and n > 0 and k > 0 and _use_own(m, n, k, floating_t is float):
         if floating_t is float:
             rc = fnn_sgemm(m, n, k, a, rsa, csa, b, rsb, csb, c, n, bias, act, _fastnn_num_threads)
@@ -57,7 +68,7 @@ cdef bint _mm(bint trans_a, bint trans_b, int m, int n, int k, const floating_t*
             rc = fnn_dgemm(m, n, k, a, rsa, csa, b, rsb, csb, c, n, bias, act, _fastnn_num_threads)
         if rc == 0:
             return True
-    _gemm[floating_t](trans_a, trans_b, m, n, k, a, b, 0, c)
+    _gemm_blas[floating_t](trans_a, trans_b, m, n, k, a, b, 0, c)
     return False
 
 

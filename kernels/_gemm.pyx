@@ -6,6 +6,7 @@ from libc.math cimport exp, tanh
 from scipy.linalg.cython_blas cimport sgemm as blas_sgemm, dgemm as blas_dgemm
 
 include "_threads.pxi"
+include "_blas.pxi"
 
 cdef extern from "gemm.h" nogil:
     int fnn_sgemm(int M, int N, int K, const float *a, long rsa, long csa, const float *b, long rsb,
@@ -139,7 +140,11 @@ def act_backward_colsum(const floating[:, :] grad_out, const floating[:, :] y, i
 
 
 def bench_loop(const floating[:, :] a, const floating[:, :] b, floating[:, :] out, int reps, bint blas):
-    """Seconds per call of reps back-to-back C = A·B from compiled code, own GEMM or BLAS."""
+    """Seconds per call of reps back-to-back C = A·B from compiled code, own GEMM or BLAS.
+
+    The own GEMM is timed as the dense layers run it: products of at most
+    2^20 multiply-adds by the small-product kernel, larger ones packed.
+    """
     cdef int M = a.shape[0], K = a.shape[1], N = b.shape[1], r
     cdef char tr = b'N'
     cdef floating one = 1, zero = 0
@@ -148,6 +153,8 @@ def bench_loop(const floating[:, :] a, const floating[:, :] b, floating[:, :] ou
         raise ValueError("bench_loop needs C-contiguous arrays")
     cdef int lda = a.strides[0] // sizeof(floating), ldb = b.strides[0] // sizeof(floating)
     cdef int ldc = out.strides[0] // sizeof(floating)
+    # the own GEMM as the dense layers run it: the small-product kernel, else the packed GEMM
+    cdef bint small = lda == K and ldb == N and ldc == N
     with nogil:
         t0 = fnn_now()
         for r in range(reps):
@@ -159,6 +166,8 @@ def bench_loop(const floating[:, :] a, const floating[:, :] b, floating[:, :] ou
                 else:
                     blas_dgemm(&tr, &tr, &N, &M, &K, &one, <double *>&b[0, 0], &ldb, <double *>&a[0, 0], &lda,
                                &zero, &out[0, 0], &ldc)
+            elif small and _gemm_small(False, False, M, N, K, &a[0, 0], &b[0, 0], &out[0, 0]):
+                pass
             else:
                 if floating is float:
                     fnn_sgemm(M, N, K, &a[0, 0], lda, 1, &b[0, 0], ldb, 1, &out[0, 0], ldc, NULL, 0,

@@ -548,18 +548,91 @@ FNN_DEFINE_OPTIM(double, f64, sqrt)
 /* Small matrix multiply. For the layer sizes of small networks (a few       */
 /* hundred thousand multiply-adds) a BLAS call costs more in dispatch,       */
 /* packing and thread decisions than the arithmetic; this register-blocked   */
-/* kernel (4 rows x 2 vectors of C held in registers, one broadcast of A per */
-/* row and step of k) runs several times faster there. Larger products go   */
-/* to BLAS (the caller decides, see _blas.pxi). Written with GCC/Clang       */
-/* vector extensions, which every target_clones variant lowers to its own    */
-/* vector width; other compilers always use BLAS (FNN_HAVE_SMALL_GEMM 0).    */
+/* kernel (a tile of C held in registers, one broadcast of A per row and     */
+/* step of k, one vector load of B per vector column) runs several times     */
+/* faster there. Larger products go to BLAS or the packed GEMM (the caller   */
+/* decides, see _blas.pxi). Written with GCC/Clang vector extensions, which  */
+/* every target_clones variant lowers to its own vector width; other         */
+/* compilers always use BLAS (FNN_HAVE_SMALL_GEMM 0).                        */
 /*                                                                          */
 /* Row-major C(m, n) = op(A)(m, k) op(B)(k, n); op(A)(i, p) = a[i sai + p sap]*/
 /* covers both layouts of A; op(B) must be row-major (k, n): a transposed B */
-/* is packed first.                                                          */
+/* (a dense layer's x·Wᵀ) is packed first, by in-register block transposes. */
 
 #if defined(__GNUC__) || defined(__clang__)
 #define FNN_HAVE_SMALL_GEMM 1
+
+/* Tile height. 8 rows x 2 vectors is 16 accumulators, plus two B vectors and
+ * the broadcasts: it fits (and hides the FMA latency) only with 32 vector
+ * registers, i.e. AVX-512. Elsewhere 4 x 2 (8 accumulators) is the tile.
+ * Decided once at run time: the kernels are target clones, so the compiler
+ * cannot tell which register file the chosen clone has. */
+static int fnn_small_rows8_flag = -1;
+FNN_UNUSED static int fnn_small_rows8(void)
+{
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+    if (fnn_small_rows8_flag < 0) {
+        __builtin_cpu_init();
+        fnn_small_rows8_flag = __builtin_cpu_supports("avx512f") ? 1 : 0;
+    }
+    return fnn_small_rows8_flag;
+#else
+    return 0;
+#endif
+}
+
+/* Scratch for packed B and padded C, kept per thread and grown on demand: a
+ * malloc/free pair per call is a measurable part of a 2-microsecond product.
+ * Requests above the cap are allocated per call (returned with *owned = 1). */
+#define FNN_SMALL_SCRATCH_CAP ((size_t)1 << 22)
+static __thread void *fnn_small_scratch;
+static __thread size_t fnn_small_scratch_cap;
+
+FNN_UNUSED static void *fnn_small_buffer(size_t bytes, int *owned)
+{
+    *owned = 0;
+    if (bytes > FNN_SMALL_SCRATCH_CAP) {
+        *owned = 1;
+        return malloc(bytes);
+    }
+    if (bytes > fnn_small_scratch_cap) {
+        void *p = NULL;
+        size_t want = bytes < 65536 ? 65536 : bytes;
+        if (posix_memalign(&p, 64, want) != 0)
+            return NULL;
+        free(fnn_small_scratch);
+        fnn_small_scratch = p;
+        fnn_small_scratch_cap = want;
+    }
+    return fnn_small_scratch;
+}
+
+/* In-register transpose of a LANES x LANES block (GCC's __builtin_shuffle; one
+ * two-source permute per row and stage on AVX-512). Stage s swaps the s x s
+ * off-diagonal blocks of every 2s x 2s block: row i (bit s clear) takes row
+ * i+s's low lanes into its high half, row i+s takes row i's high lanes. */
+#if defined(__GNUC__) && !defined(__clang__)
+#define FNN_HAVE_BLOCK_TRANSPOSE 1
+#define FNN_TLO(N, s, l) (((l) & (s)) ? (N) + (l) - (s) : (l))
+#define FNN_THI(N, s, l) (((l) & (s)) ? (N) + (l) : (l) + (s))
+#define FNN_TMASK8(F, N, s) F(N, s, 0), F(N, s, 1), F(N, s, 2), F(N, s, 3), F(N, s, 4), F(N, s, 5), \
+                            F(N, s, 6), F(N, s, 7)
+#define FNN_TMASK16(F, N, s) FNN_TMASK8(F, N, s), F(N, s, 8), F(N, s, 9), F(N, s, 10), F(N, s, 11), \
+                             F(N, s, 12), F(N, s, 13), F(N, s, 14), F(N, s, 15)
+#define FNN_TSTAGE(IV, MASK, N, s, r)                                                           \
+    do {                                                                                        \
+        const IV lo = {MASK(FNN_TLO, N, s)}, hi = {MASK(FNN_THI, N, s)};                        \
+        _Pragma("GCC unroll 16")                                                                \
+        for (int i_ = 0; i_ < (N); i_++) {                                                      \
+            if ((s) >= (N) || (i_ & (s))) continue;                                             \
+            __typeof__(r[0]) x_ = r[i_], y_ = r[i_ + (s)];                                      \
+            r[i_] = __builtin_shuffle(x_, y_, lo);                                              \
+            r[i_ + (s)] = __builtin_shuffle(x_, y_, hi);                                        \
+        }                                                                                       \
+    } while (0)
+#else
+#define FNN_HAVE_BLOCK_TRANSPOSE 0
+#endif
 
 #define FNN_DEFINE_SMALL_GEMM(T, SUF, LANES)                                                     \
     typedef T fnn_vec_##SUF __attribute__((vector_size(LANES * sizeof(T))));                   \
@@ -571,6 +644,59 @@ FNN_DEFINE_OPTIM(double, f64, sqrt)
         typedef fnn_vec_##SUF V;                                                                 \
         const size_t VB = sizeof(V);                                                             \
         fnn_idx i0 = 0;                                                                          \
+        if (fnn_small_rows8()) {                                                                 \
+            for (; i0 + 8 <= m; i0 += 8) {                                                       \
+                const T *ap = a + i0 * sai;                                                      \
+                fnn_idx j0 = 0;                                                                  \
+                for (; j0 + 2 * LANES <= n; j0 += 2 * LANES) {                                   \
+                    V c00 = {0}, c01 = {0}, c10 = {0}, c11 = {0}, c20 = {0}, c21 = {0};          \
+                    V c30 = {0}, c31 = {0}, c40 = {0}, c41 = {0}, c50 = {0}, c51 = {0};          \
+                    V c60 = {0}, c61 = {0}, c70 = {0}, c71 = {0};                                \
+                    for (fnn_idx p = 0; p < k; p++) {                                            \
+                        V b0, b1;                                                                \
+                        memcpy(&b0, b + p * ldb + j0, VB);                                       \
+                        memcpy(&b1, b + p * ldb + j0 + LANES, VB);                               \
+                        const T *aq = ap + p * sap;                                              \
+                        T x;                                                                     \
+                        x = aq[0];       c00 += x * b0; c01 += x * b1;                           \
+                        x = aq[sai];     c10 += x * b0; c11 += x * b1;                           \
+                        x = aq[2 * sai]; c20 += x * b0; c21 += x * b1;                           \
+                        x = aq[3 * sai]; c30 += x * b0; c31 += x * b1;                           \
+                        x = aq[4 * sai]; c40 += x * b0; c41 += x * b1;                           \
+                        x = aq[5 * sai]; c50 += x * b0; c51 += x * b1;                           \
+                        x = aq[6 * sai]; c60 += x * b0; c61 += x * b1;                           \
+                        x = aq[7 * sai]; c70 += x * b0; c71 += x * b1;                           \
+                    }                                                                            \
+                    T *cr = c + i0 * ldc + j0;                                                   \
+                    memcpy(cr, &c00, VB); memcpy(cr + LANES, &c01, VB); cr += ldc;               \
+                    memcpy(cr, &c10, VB); memcpy(cr + LANES, &c11, VB); cr += ldc;               \
+                    memcpy(cr, &c20, VB); memcpy(cr + LANES, &c21, VB); cr += ldc;               \
+                    memcpy(cr, &c30, VB); memcpy(cr + LANES, &c31, VB); cr += ldc;               \
+                    memcpy(cr, &c40, VB); memcpy(cr + LANES, &c41, VB); cr += ldc;               \
+                    memcpy(cr, &c50, VB); memcpy(cr + LANES, &c51, VB); cr += ldc;               \
+                    memcpy(cr, &c60, VB); memcpy(cr + LANES, &c61, VB); cr += ldc;               \
+                    memcpy(cr, &c70, VB); memcpy(cr + LANES, &c71, VB);                          \
+                }                                                                                \
+                if (j0 < n) { /* one vector of columns left: 8 chains hide the FMA latency */   \
+                    V c0 = {0}, c1 = {0}, c2 = {0}, c3 = {0}, c4 = {0}, c5 = {0}, c6 = {0};      \
+                    V c7 = {0};                                                                  \
+                    for (fnn_idx p = 0; p < k; p++) {                                            \
+                        V b0;                                                                    \
+                        memcpy(&b0, b + p * ldb + j0, VB);                                       \
+                        const T *aq = ap + p * sap;                                              \
+                        c0 += aq[0] * b0; c1 += aq[sai] * b0;                                    \
+                        c2 += aq[2 * sai] * b0; c3 += aq[3 * sai] * b0;                          \
+                        c4 += aq[4 * sai] * b0; c5 += aq[5 * sai] * b0;                          \
+                        c6 += aq[6 * sai] * b0; c7 += aq[7 * sai] * b0;                          \
+                    }                                                                            \
+                    T *cr = c + i0 * ldc + j0;                                                   \
+                    memcpy(cr, &c0, VB); memcpy(cr + ldc, &c1, VB);                              \
+                    memcpy(cr + 2 * ldc, &c2, VB); memcpy(cr + 3 * ldc, &c3, VB);                \
+                    memcpy(cr + 4 * ldc, &c4, VB); memcpy(cr + 5 * ldc, &c5, VB);                \
+                    memcpy(cr + 6 * ldc, &c6, VB); memcpy(cr + 7 * ldc, &c7, VB);                \
+                }                                                                                \
+            }                                                                                    \
+        }                                                                                        \
         for (; i0 + 4 <= m; i0 += 4) {                                                           \
             const T *ap = a + i0 * sai;                                                          \
             fnn_idx j0 = 0;                                                                      \
@@ -636,6 +762,19 @@ FNN_DEFINE_OPTIM(double, f64, sqrt)
             }                                                                                    \
         }                                                                                        \
     }                                                                                            \
+    /* bp (k, ldp) = bᵀ zero-padded to ldp >= n columns, b (n, k) row-major: whole           */ \
+    /* LANES x LANES blocks by in-register transposes, the edges element by element.        */ \
+    FNN_CLONES FNN_UNUSED static void fnn_pack_bt_##SUF(fnn_idx n, fnn_idx k, const T *b, T *bp,  \
+                                                         fnn_idx ldp)                            \
+    {                                                                                            \
+        fnn_idx j0 = 0;                                                                          \
+        FNN_SMALL_TRANSPOSE_BLOCKS_##SUF                                                         \
+        for (fnn_idx p = 0; p < k; p++) {                                                        \
+            T *row = bp + p * ldp;                                                               \
+            for (fnn_idx j = j0; j < n; j++) row[j] = b[j * k + p];                              \
+            for (fnn_idx j = n; j < ldp; j++) row[j] = 0;                                        \
+        }                                                                                        \
+    }                                                                                            \
     /* C(i, j) = dot(a[i, :], b[j, :]), a (m, k) and b (n, k) row-major */                      \
     FNN_CLONES FNN_UNUSED static void fnn_gemm_dots_##SUF(fnn_idx m, fnn_idx n, fnn_idx k,       \
                                                           const T *a, const T *b, T *c)          \
@@ -658,34 +797,65 @@ FNN_DEFINE_OPTIM(double, f64, sqrt)
         const fnn_idx sai = trans_a ? 1 : k, sap = trans_a ? m : 1;                              \
         const fnn_idx np = (n + LANES - 1) / LANES * LANES;                                      \
         const int pack_b = trans_b || np != n, tmp_c = np != n;                                  \
+        int owned;                                                                               \
         if (!pack_b) {                                                                           \
             fnn_gemm_small_kernel_##SUF(m, n, k, a, sai, sap, b, n, c, n);                       \
             return 0;                                                                            \
         }                                                                                        \
-        if (trans_b && !trans_a && m < 4) {                                                      \
-            /* few rows times Bᵀ: rows of A and B are both contiguous in k, so dot products  */ \
-            /* cost less than packing B */                                                       \
+        if (!trans_a && (n == 1 || (trans_b && m < 4))) {                                         \
+            /* few rows times Bᵀ, or one column (a (k, 1) B is one contiguous row either way): */ \
+            /* rows of A and B are contiguous in k, so dot products cost less than padding B   */ \
             fnn_gemm_dots_##SUF(m, n, k, a, b, c);                                               \
             return 0;                                                                            \
         }                                                                                        \
         /* B as row-major (k, np), zero-padded; C into (m, np) scratch if padded */             \
-        T *buf = (T *)malloc(((size_t)k + (tmp_c ? (size_t)m : 0)) * (size_t)np * sizeof(T));    \
+        T *buf = (T *)fnn_small_buffer(((size_t)k + (tmp_c ? (size_t)m : 0)) * (size_t)np        \
+                                       * sizeof(T), &owned);                                     \
         if (buf == NULL) return -1;                                                              \
         T *bp = buf, *cp = tmp_c ? buf + (size_t)k * np : c;                                     \
-        for (fnn_idx p = 0; p < k; p++) {                                                        \
-            T *row = bp + p * np;                                                                \
-            if (trans_b)                                                                         \
-                for (fnn_idx j = 0; j < n; j++) row[j] = b[j * k + p];                           \
-            else                                                                                 \
+        if (trans_b) {                                                                           \
+            fnn_pack_bt_##SUF(n, k, b, bp, np);                                                  \
+        } else {                                                                                 \
+            for (fnn_idx p = 0; p < k; p++) {                                                    \
+                T *row = bp + p * np;                                                            \
                 memcpy(row, b + p * n, (size_t)n * sizeof(T));                                   \
-            for (fnn_idx j = n; j < np; j++) row[j] = 0;                                         \
+                for (fnn_idx j = n; j < np; j++) row[j] = 0;                                     \
+            }                                                                                    \
         }                                                                                        \
         fnn_gemm_small_kernel_##SUF(m, np, k, a, sai, sap, bp, np, cp, np);                      \
         if (tmp_c)                                                                               \
             for (fnn_idx i = 0; i < m; i++) memcpy(c + i * n, cp + i * np, (size_t)n * sizeof(T)); \
-        free(buf);                                                                               \
+        if (owned) free(buf);                                                                    \
         return 0;                                                                                \
     }
+
+/* The block-transpose part of fnn_pack_bt_* (advances j0 past the whole blocks). */
+#if FNN_HAVE_BLOCK_TRANSPOSE
+#define FNN_SMALL_TRANSPOSE_BLOCKS(V, IV, LANES, MASK)                                           \
+    for (; j0 + LANES <= n; j0 += LANES) {                                                       \
+        fnn_idx p0 = 0;                                                                          \
+        for (; p0 + LANES <= k; p0 += LANES) {                                                   \
+            V r[LANES];                                                                          \
+            _Pragma("GCC unroll 16")                                                             \
+            for (int q = 0; q < LANES; q++) memcpy(&r[q], b + (j0 + q) * k + p0, sizeof(V));     \
+            FNN_TSTAGE(IV, MASK, LANES, 8, r);                                                   \
+            FNN_TSTAGE(IV, MASK, LANES, 4, r);                                                   \
+            FNN_TSTAGE(IV, MASK, LANES, 2, r);                                                   \
+            FNN_TSTAGE(IV, MASK, LANES, 1, r);                                                   \
+            _Pragma("GCC unroll 16")                                                             \
+            for (int q = 0; q < LANES; q++) memcpy(bp + (p0 + q) * ldp + j0, &r[q], sizeof(V));  \
+        }                                                                                        \
+        for (; p0 < k; p0++)                                                                     \
+            for (fnn_idx q = 0; q < LANES; q++) bp[p0 * ldp + j0 + q] = b[(j0 + q) * k + p0];    \
+    }
+typedef int32_t fnn_ivec_f32 __attribute__((vector_size(64)));
+typedef int64_t fnn_ivec_f64 __attribute__((vector_size(64)));
+#define FNN_SMALL_TRANSPOSE_BLOCKS_f32 FNN_SMALL_TRANSPOSE_BLOCKS(fnn_vec_f32, fnn_ivec_f32, 16, FNN_TMASK16)
+#define FNN_SMALL_TRANSPOSE_BLOCKS_f64 FNN_SMALL_TRANSPOSE_BLOCKS(fnn_vec_f64, fnn_ivec_f64, 8, FNN_TMASK8)
+#else
+#define FNN_SMALL_TRANSPOSE_BLOCKS_f32
+#define FNN_SMALL_TRANSPOSE_BLOCKS_f64
+#endif
 
 FNN_DEFINE_SMALL_GEMM(float, f32, 16)
 FNN_DEFINE_SMALL_GEMM(double, f64, 8)

@@ -191,8 +191,9 @@ def test_switch_modes():
         fgemm.set_gemm("mkl")
     with pytest.raises(TypeError):
         fgemm.set_gemm(3)
-    # auto: mid and large shapes go to the own GEMM; the smallest (below the
-    # measured MIN_FLOPS) to BLAS, whose per-call cost is lower there
+    # auto: mid and large shapes go to the own GEMM; the smallest to the Cython
+    # backend's small-product kernel (own), and for Numba (below the measured
+    # MIN_FLOPS) to BLAS, whose per-call cost is lower there
     threads = fastnn.get_num_threads()
     try:
         fastnn.set_num_threads(1)
@@ -200,7 +201,7 @@ def test_switch_modes():
             for dt in (np.float32, np.float64):
                 assert fgemm.use_own(backend, dt, 256, 256, 256)
                 assert fgemm.use_own(backend, dt, 1024, 1024, 1024)
-                assert not fgemm.use_own(backend, dt, 32, 32, 32)
+                assert fgemm.use_own(backend, dt, 32, 32, 32) == (backend == "cython")
         assert fgemm.use_own("cython", np.float32, 128, 128, 128)
         assert not fgemm.use_own("numba", np.float32, 128, 128, 128)
         # with several threads, threaded BLAS takes the large products
@@ -210,8 +211,10 @@ def test_switch_modes():
     finally:
         fastnn.set_num_threads(threads)
     assert not fgemm.use_own("numpy", np.float32, 8, 8, 8)
-    # narrow outputs (a 10-class layer) go to BLAS in auto, not when forced
-    assert not fgemm.use_own("cython", np.float32, 32, 10, 128)
+    # large narrow outputs (a 10-class layer) go to BLAS in auto, not when forced;
+    # small ones to the small-product kernel
+    assert not fgemm.use_own("cython", np.float32, 4096, 10, 4096)
+    assert fgemm.use_own("cython", np.float32, 32, 10, 128)
     with fgemm.use_gemm("own"):
         assert fgemm.use_own("cython", np.float32, 32, 10, 128)
 
@@ -268,3 +271,30 @@ def test_cython_policy_hook_tracks_mode():
     assert seen[0][1] == expected
     assert seen[0][4] == fgemm.MIN_FLOPS["cython"]
     assert hasattr(_dense, "_set_gemm_policy")
+
+
+@pytest.mark.parametrize("mode", ["own", "auto"])
+def test_cython_small_kernel_every_edge(mode, dtype, rng):
+    """The Cython small-product kernel (own GEMM below 2^20 multiply-adds).
+
+    Covers its 8-row (AVX-512) and 4-row tiles and the leftover rows, the two-
+    and one-vector column tiles, padded narrow outputs, the block transpose
+    that packs a transposed B (whole 16 x 16 / 8 x 8 blocks and the edges),
+    and the dot-product paths (one output column; fewer than 4 rows times Bᵀ).
+    """
+    if "cython" not in fastnn.available_backends():
+        pytest.skip("the Cython backend is not built")
+    ops = fastnn.ops
+    bad = []
+    with fastnn.use_backend("cython"), fgemm.use_gemm(mode):
+        for m in (1, 3, 4, 7, 8, 9, 13, 17, 33):
+            for n in (1, 5, 10, 16, 17, 33, 48):
+                for k in (1, 8, 16, 17, 40):
+                    for ta, tb in [(False, False), (True, False), (False, True), (True, True)]:
+                        a, b = _operands(rng, m, k, n, ta, tb, dtype)
+                        out = np.full((m, n), np.nan, dtype)
+                        ops.matmul(a, b, trans_a=ta, trans_b=tb, out=out)
+                        want = _want(a, b, ta, tb)
+                        if not np.allclose(out, want, **tol(dtype, 10 * np.sqrt(k))):
+                            bad.append((m, k, n, ta, tb))
+    assert not bad, f"wrong products for (m, k, n, trans_a, trans_b) in {bad[:10]}"

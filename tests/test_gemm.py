@@ -298,3 +298,30 @@ def test_cython_small_kernel_every_edge(mode, dtype, rng):
                         if not np.allclose(out, want, **tol(dtype, 10 * np.sqrt(k))):
                             bad.append((m, k, n, ta, tb))
     assert not bad, f"wrong products for (m, k, n, trans_a, trans_b) in {bad[:10]}"
+
+
+def test_numba_small_products_every_edge(dtype, rng):
+    """The Numba own GEMM's small-product path (8-row tiles, in-place or padded B).
+
+    Products up to 2^20 multiply-adds: full and partial 8-row blocks, two- and
+    one-vector column tiles, B read in place or copied (transposed, narrow),
+    with bias and every fused activation.
+    """
+    if "numba" not in fastnn.available_backends():
+        pytest.skip("the Numba backend is not available")
+    ng = _load("numba")
+    bad = []
+    for m in (1, 7, 8, 9, 17):
+        for n in (1, 10, 16, 33):
+            for k in (1, 9, 40):
+                for ta, tb in [(False, False), (True, False), (False, True), (True, True)]:
+                    for act in ("identity", "relu", "tanh"):
+                        a, b = _operands(rng, m, k, n, ta, tb, dtype)
+                        bias = rng.standard_normal(n).astype(dtype)
+                        out = np.full((m, n), np.nan, dtype)
+                        ng.gemm(a, b, ta, tb, out, bias, act)
+                        want = _want(a, b, ta, tb) + bias
+                        want = {"identity": want, "relu": np.maximum(want, 0), "tanh": np.tanh(want)}[act]
+                        if not np.allclose(out, want, **tol(dtype, 10 * np.sqrt(k))):
+                            bad.append((m, k, n, ta, tb, act))
+    assert not bad, f"wrong products for (m, k, n, trans_a, trans_b, act) in {bad[:10]}"

@@ -312,6 +312,8 @@ def gemm_flat(M, N, K, a, rsa, csa, b, rsb, csb, c, ldc, bias, has_bias, act, nt
         return
     if K == 0:
         _zero_k(M, N, c, ldc, bias, has_bias, act)
+    elif M * N * K <= _small.SMALL_MAX:
+        _small.small_gemm(M, N, K, a, rsa, csa, b, rsb, csb, c, ldc, bias, has_bias, act)
     elif nthreads > 1 and M * N * K >= PARALLEL_MIN_FLOPS:
         _gemm_slabs(M, N, K, a, rsa, csa, b, rsb, csb, c, ldc, bias, has_bias, act, nthreads)
     else:
@@ -418,3 +420,9 @@ def bench_loop(a, b, out, reps, blas, nthreads):
         else:
             gemm_c(a, b, False, False, out, bias, False, 0, nthreads)
     return out
+
+
+# Small products (register tiles, no packing of A) live in their own module,
+# which builds on the micro-kernel above; gemm_flat resolves these names when
+# it is first compiled, after both modules are loaded.
+from . import _small_gemm as _small  # noqa: E402

@@ -34,11 +34,15 @@ def _lanes(arr):
 
 
 @njit(**_OPTS)
-def _store(tile, ncols, c, ldc, i0, j0, mr, nr, bias, has_bias, act):
-    """C[i0:i0+mr, j0:j0+nr] = act(tile + bias)."""
+def _store(tile, ncols, c, ldc, i0, j0, mr, nr, bias, has_bias, act, acc):
+    """C[i0:i0+mr, j0:j0+nr] = act(tile + bias), or C += tile when acc (no bias, no activation)."""
     for i in range(mr):
         r = (i0 + i) * ldc + j0
         t = i * ncols
+        if acc:
+            for j in range(nr):
+                c[r + j] += tile[t + j]
+            continue
         if has_bias:
             for j in range(nr):
                 c[r + j] = tile[t + j] + bias[j0 + j]
@@ -58,37 +62,43 @@ def _store(tile, ncols, c, ldc, i0, j0, mr, nr, bias, has_bias, act):
 
 
 @njit(**_OPTS)
-def _row_block(K, a, ao, ars, acs, pb, brs, nb, N, tile, c, ldc, i0, mr, bias, has_bias, act):
+def _row_block(K, a, ao, ars, acs, pb, brs, nb, N, tile, c, ldc, i0, mr, bias, has_bias, act, acc):
     """C rows i0:i0+mr (mr <= SMR) over all columns; A[i, p] = a[ao + i*ars + p*acs], B[p, j] = pb[p*brs + j]."""
     w = _lanes(c)
     j0 = 0
     while j0 + 2 * w <= nb:
         _ukr(K, a, ao, ars, acs, pb, j0, brs, tile, SMR, NV2)
-        _store(tile, 2 * w, c, ldc, i0, j0, mr, min(2 * w, N - j0), bias, has_bias, act)
+        _store(tile, 2 * w, c, ldc, i0, j0, mr, min(2 * w, N - j0), bias, has_bias, act, acc)
         j0 += 2 * w
     if j0 < nb:
         _ukr(K, a, ao, ars, acs, pb, j0, brs, tile, SMR, NV1)
-        _store(tile, w, c, ldc, i0, j0, mr, N - j0, bias, has_bias, act)
+        _store(tile, w, c, ldc, i0, j0, mr, N - j0, bias, has_bias, act, acc)
 
 
 @njit(**_OPTS)
-def _all_rows(M, N, K, a, rsa, csa, pb, brs, nb, c, ldc, bias, has_bias, act, pa, tile):
+def _all_rows(M, N, K, a, rsa, csa, pb, brs, nb, c, ldc, bias, has_bias, act, acc, pa, tile):
     """Every row block of C, B read from pb with row stride brs (nb columns, zero-padded past N)."""
     m8 = M // SMR * SMR
     for i0 in range(0, m8, SMR):
-        _row_block(K, a, i0 * rsa, rsa, csa, pb, brs, nb, N, tile, c, ldc, i0, SMR, bias, has_bias, act)
+        _row_block(K, a, i0 * rsa, rsa, csa, pb, brs, nb, N, tile, c, ldc, i0, SMR, bias, has_bias, act, acc)
     rest = M - m8
     if rest:
         # the last rows, copied into an 8-row panel (pa[p*SMR + i]) padded with zeros
         for p in range(K):
             for i in range(SMR):
                 pa[p * SMR + i] = a[(m8 + i) * rsa + p * csa] if i < rest else a[0] * 0
-        _row_block(K, pa, 0, 1, SMR, pb, brs, nb, N, tile, c, ldc, m8, rest, bias, has_bias, act)
+        _row_block(K, pa, 0, 1, SMR, pb, brs, nb, N, tile, c, ldc, m8, rest, bias, has_bias, act, acc)
 
 
 @njit(**_OPTS)
 def small_gemm(M, N, K, a, rsa, csa, b, rsb, csb, c, ldc, bias, has_bias, act):
     """C = act(op(A)·op(B) + bias) for small products (K >= 1), flat arrays with element strides as in gemm_flat."""
+    _tiled(M, N, K, a, rsa, csa, b, rsb, csb, c, ldc, bias, has_bias, act, False)
+
+
+@njit(**_OPTS)
+def _tiled(M, N, K, a, rsa, csa, b, rsb, csb, c, ldc, bias, has_bias, act, acc):
+    """small_gemm, or C += op(A)·op(B) when acc."""
     w = _lanes(c)
     nb = (N + w - 1) // w * w
     # B in place when row-major with whole vectors, else one zero-padded (K, nb) copy
@@ -98,7 +108,7 @@ def small_gemm(M, N, K, a, rsa, csa, b, rsb, csb, c, ldc, bias, has_bias, act):
     pa = scratch[nbuf:nbuf + SMR * K]
     tile = scratch[nbuf + SMR * K:]
     if in_place:
-        _all_rows(M, N, K, a, rsa, csa, b, rsb, nb, c, ldc, bias, has_bias, act, pa, tile)
+        _all_rows(M, N, K, a, rsa, csa, b, rsb, nb, c, ldc, bias, has_bias, act, acc, pa, tile)
         return
     pb = scratch[:nbuf]
     if csb == 1:
@@ -115,4 +125,38 @@ def small_gemm(M, N, K, a, rsa, csa, b, rsb, csb, c, ldc, bias, has_bias, act):
         for j in range(N):
             for p in range(K):
                 pb[p * nb + j] = b[p * rsb + j * csb]
-    _all_rows(M, N, K, a, rsa, csa, pb, nb, nb, c, ldc, bias, has_bias, act, pa, tile)
+    _all_rows(M, N, K, a, rsa, csa, pb, nb, nb, c, ldc, bias, has_bias, act, acc, pa, tile)
+
+
+# -- 2-D entry points for kernels built on these products (the recurrent time loops) --
+
+@njit(**_OPTS)
+def acc_nn(A, Bm, C):
+    """C (M, N) += A (M, K)·Bm (K, N), C-contiguous 2-D arrays."""
+    M, K = A.shape
+    N = Bm.shape[1]
+    if M and N and K:
+        _tiled(M, N, K, A.reshape(-1), K, 1, Bm.reshape(-1), N, 1, C.reshape(-1), N, np.zeros(1, C.dtype),
+               False, 0, True)
+
+
+@njit(**_OPTS)
+def acc_tn(A, Bm, C):
+    """C (M, N) += Aᵀ·Bm with A (K, M), Bm (K, N), C-contiguous 2-D arrays."""
+    K, M = A.shape
+    N = Bm.shape[1]
+    if M and N and K:
+        _tiled(M, N, K, A.reshape(-1), 1, M, Bm.reshape(-1), N, 1, C.reshape(-1), N, np.zeros(1, C.dtype),
+               False, 0, True)
+
+
+@njit(**_OPTS)
+def mul_nt(A, Bn, C):
+    """C (M, N) = A (M, K)·Bn (N, K)ᵀ, C-contiguous 2-D arrays."""
+    M, K = A.shape
+    N = Bn.shape[0]
+    if K == 0:
+        C[:] = 0
+    elif M and N:
+        _tiled(M, N, K, A.reshape(-1), K, 1, Bn.reshape(-1), 1, K, C.reshape(-1), N, np.zeros(1, C.dtype),
+               False, 0, False)

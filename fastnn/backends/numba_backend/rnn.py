@@ -3,10 +3,10 @@
 Same names and parameters as :mod:`fastnn.backends.reference.rnn`. The whole
 time loop runs in one compiled function per kernel. The input projection, the
 weight gradients and dL/dx are one product each over all time steps; the
-per-step product with W_hh is small. All are loop nests that LLVM vectorises
-along their innermost, contiguous axis: for these sizes a BLAS call costs more
-in set-up and thread wake-ups than the arithmetic. BLAS (``np.dot``) takes
-over for the all-steps products when they are large. The gate
+per-step product with W_hh is small. All run on the register tiles of the
+own GEMM's small-product kernel (``_small_gemm``): for these sizes a BLAS call
+costs more in set-up and thread wake-ups than the arithmetic. BLAS
+(``np.dot``) takes over for the all-steps products when they are large. The gate
 nonlinearities use the backend's branch-free exp/tanh/sigmoid (``_math``), which
 LLVM vectorises (Numba's ``np.tanh``/``np.exp`` are scalar libm calls).
 """
@@ -15,6 +15,7 @@ import numpy as np
 from numba import njit
 
 from ..._config import NUMBA_JIT_OPTIONS
+from . import _small_gemm as _small
 from ._math import fsigmoid, ftanh
 
 __all__ = [
@@ -39,16 +40,8 @@ def _act_rows(a, lo, hi, kind):
 
 @njit(**NUMBA_JIT_OPTIONS)
 def _acc(A, Bt, C):
-    """C (M,N) += A (M,K)·Bt (K,N): the small per-step product, inner loop along rows of Bt."""
-    M, K = A.shape
-    N = Bt.shape[1]
-    for i in range(M):
-        ci = C[i]
-        for k in range(K):
-            a = A[i, k]
-            bk = Bt[k]
-            for j in range(N):
-                ci[j] += a * bk[j]
+    """C (M,N) += A (M,K)·Bt (K,N): the per-step product, on the own GEMM's register tiles."""
+    _small.acc_nn(A, Bt, C)
 
 
 #: Operands (elements) above which the all-steps products go to BLAS.
@@ -57,32 +50,14 @@ _BLAS_MIN = 1 << 18
 
 @njit(**NUMBA_JIT_OPTIONS)
 def _acc_tn(A, Bm, C):
-    """C (M,N) += Aᵀ·Bm with A (K,M), Bm (K,N): outer products row by row, inner loop along N."""
-    K, M = A.shape
-    N = Bm.shape[1]
-    for k in range(K):
-        ak = A[k]
-        bk = Bm[k]
-        for i in range(M):
-            a = ak[i]
-            ci = C[i]
-            for j in range(N):
-                ci[j] += a * bk[j]
+    """C (M,N) += Aᵀ·Bm with A (K,M), Bm (K,N) (the weight gradients, K = T·B rows)."""
+    _small.acc_tn(A, Bm, C)
 
 
 @njit(**NUMBA_JIT_OPTIONS)
 def _dot_nt(A, Bn, C):
-    """C (M,N) = A (M,K)·Bn (N,K)ᵀ as dot products along K (a narrow C: N = input size)."""
-    M, K = A.shape
-    N = Bn.shape[0]
-    for i in range(M):
-        ai = A[i]
-        for j in range(N):
-            bj = Bn[j]
-            s = ai[0] * 0
-            for k in range(K):
-                s += ai[k] * bj[k]
-            C[i, j] = s
+    """C (M,N) = A (M,K)·Bn (N,K)ᵀ (dL/dx, a narrow C: N = input size)."""
+    _small.mul_nt(A, Bn, C)
 
 
 @njit(**NUMBA_JIT_OPTIONS)

@@ -14,7 +14,7 @@
  * gradient as dot products over q.
  *
  * The vector code uses GCC/Clang vector extensions; with GCC on x86-64 the
- * functions are compiled for AVX-512, AVX2 and baseline and picked at load
+ * functions are compiled for AVX-512, AVX2+FMA and baseline and picked at load
  * time (target_clones), so the portable build still runs AVX-512 code. Other
  * compilers get plain loops.
  */
@@ -28,7 +28,7 @@
 #define FASTNN_CONV_QB 48   /* flat pixels per register block (3 vectors of 16) */
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(__APPLE__) && __GNUC__ >= 8
-#define FASTNN_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#define FASTNN_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define FASTNN_CLONES
 #endif

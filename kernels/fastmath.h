@@ -7,8 +7,10 @@
  * Only the small binary cross-entropy kernel calls libm.
  *
  * Why target_clones: the portable build has no AVX, yet the machines it runs
- * on mostly do. GCC compiles each FNN_CLONES function for AVX-512, AVX2 and
- * the baseline and picks one at load time (ifunc). Other compilers, and
+ * on mostly do. GCC compiles each FNN_CLONES function for AVX-512 (x86-64-v4),
+ * AVX2 with FMA (x86-64-v3; plain "avx2" would leave out FMA and run every
+ * multiply-add as two instructions) and the baseline, and picks one at load
+ * time (ifunc). Other compilers, and
  * builds that already target AVX-512 (-march=native), get one plain version.
  *
  * Conventions: every function takes raw pointers and a length; the Cython
@@ -31,7 +33,7 @@ typedef ptrdiff_t fnn_idx;
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) \
     && !defined(__AVX512F__) && !defined(FASTNN_NO_CLONES)
-#define FNN_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#define FNN_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define FNN_CLONES
 #endif

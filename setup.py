@@ -12,6 +12,9 @@ it cannot: find the extensions, and pick compiler flags.
   ``FASTNN_NATIVE=1`` at install time to add ``-march=native`` (the wheel then
   runs only on CPUs like the build machine's).
 * ``FASTNN_NO_OPENMP=1`` forces a serial build.
+* The hot C loops are compiled as AVX-512 / AVX2+FMA / baseline clones picked
+  at load time (GCC ``target_clones``); a compiler that cannot build them
+  (checked with a test program) gets one baseline version.
 """
 
 import os
@@ -69,6 +72,28 @@ def _accepts_flag(flag: str) -> bool:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+_CLONES_CHECK = """
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+static float twice(float x) { return 2 * x; }
+int main(void) { return (int)twice(0.0f); }
+"""
+
+
+def _has_target_clones() -> bool:
+    """Can the compiler build the kernels' per-ISA clones (GCC 12+ on x86-64)?"""
+    tmp = tempfile.mkdtemp()
+    try:
+        src = Path(tmp) / "clones_check.c"
+        src.write_text(_CLONES_CHECK)
+        cmd = _compiler_command() + ["-O2", str(src), "-o", str(Path(tmp) / "clones_check")]
+        result = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return result.returncode == 0
+    except OSError:
+        return False
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def _flags(openmp: bool):
     if sys.platform == "win32":
         compile_args = ["/O2", "/fp:precise"] + (["/openmp"] if openmp else [])
@@ -77,6 +102,9 @@ def _flags(openmp: bool):
     link_args = []
     if os.environ.get("FASTNN_NATIVE"):
         compile_args.append("-march=native")
+    elif sys.platform.startswith("linux") and not _has_target_clones():
+        # the kernels' AVX-512 / AVX2 clones need GCC's target_clones with ISA levels
+        compile_args.append("-DFASTNN_NO_CLONES")
     if openmp:
         compile_args.append("-fopenmp")
         link_args.append("-fopenmp")

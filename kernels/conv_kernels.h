@@ -27,7 +27,8 @@
 #define FASTNN_CONV_OB 8    /* output channels per register block */
 #define FASTNN_CONV_QB 48   /* flat pixels per register block (3 vectors of 16) */
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(__APPLE__) && __GNUC__ >= 8
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(__APPLE__) && __GNUC__ >= 8 \
+    && !defined(FASTNN_NO_CLONES)
 #define FASTNN_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define FASTNN_CLONES

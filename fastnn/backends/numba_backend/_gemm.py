@@ -163,9 +163,11 @@ def _pack_panel(typingctx, n, src, so, lane_s, step_s, dst, do, rows, nv):
             p = loop.index
             sbase = builder.add(so_v, builder.mul(p, step_v))
             dbase = builder.add(do_v, builder.mul(p, ir.Constant(i64, w)))
+            # All loads before the stores: LLVM cannot tell that src and dst do
+            # not overlap, and this order lets it merge contiguous ones into vectors.
+            vals = [builder.load(builder.gep(s_data, [builder.add(sbase, lane_offs[i])])) for i in range(w)]
             for i in range(w):
-                v = builder.load(builder.gep(s_data, [builder.add(sbase, lane_offs[i])]))
-                builder.store(v, builder.gep(d_data, [builder.add(dbase, ir.Constant(i64, i))]))
+                builder.store(vals[i], builder.gep(d_data, [builder.add(dbase, ir.Constant(i64, i))]))
         return context.get_dummy_value()
 
     return types.none(n, src, so, lane_s, step_s, dst, do, rows, nv), codegen

@@ -141,36 +141,53 @@ def _ukr(typingctx, kc, pa, oa, ars, acs, pb, ob, brs, c, oc, ldc, first, bias, 
     return sig, codegen
 
 
-@intrinsic
-def _pack_panel(typingctx, n, src, so, lane_s, step_s, dst, do, rows, nv):
-    """dst[do + p*W + i] = src[so + p*step_s + i*lane_s] for p < n, i < W (W = rows + nv vectors).
+#: ``nvalid`` of a panel with no padding (any literal >= its width).
+WHOLE = 1 << 30
 
-    One whole panel of A (W = MR rows) or of B (W = NR columns), copied with
+
+@intrinsic
+def _pack_panel(typingctx, n, src, so, lane_s, step_s, nvalid, dst, do, rows, nv):
+    """dst[do + p*W + i] = src[so + p*step_s + i*lane_s] if i < nvalid else 0, for p < n, i < W.
+
+    One panel of A (W = rows = MR) or of B (W = nv vectors = NR), zero-padded
+    past nvalid lanes (ragged edges; pass WHOLE for a full panel), copied with
     plain loads and stores: Numba's indexing would add a negative-index
     wrap-around to every access, which made LLVM turn these copies into
     gathers and scatters."""
     if not (isinstance(rows, types.IntegerLiteral) and isinstance(nv, types.IntegerLiteral)):
         return None
     w = rows.literal_value + nv.literal_value * (VBYTES // (src.dtype.bitwidth // 8))
+    whole = isinstance(nvalid, types.IntegerLiteral) and nvalid.literal_value >= w
 
     def codegen(context, builder, sig, args):
-        n_v, so_v, lane_v, step_v, do_v = _as_i64(context, builder, sig, args, (0, 2, 3, 4, 6))
+        n_v, so_v, lane_v, step_v, nvalid_v, do_v = _as_i64(context, builder, sig, args, (0, 2, 3, 4, 5, 7))
         i64 = ir.IntType(64)
+        ety = context.get_value_type(sig.args[1].dtype)
         s_data = context.make_array(sig.args[1])(context, builder, args[1]).data
-        d_data = context.make_array(sig.args[5])(context, builder, args[5]).data
-        lane_offs = [builder.mul(ir.Constant(i64, i), lane_v) for i in range(w)]
+        d_data = context.make_array(sig.args[6])(context, builder, args[6]).data
+        lanes = [ir.Constant(i64, i) for i in range(w)]
+        valid = None
+        if not whole:
+            # Lanes past nvalid read the last valid one (stays in bounds) and store 0.
+            valid = [builder.icmp_signed("<", lane, nvalid_v) for lane in lanes]
+            last = builder.sub(nvalid_v, ir.Constant(i64, 1))
+            lanes = [builder.select(ok, lane, last) for ok, lane in zip(valid, lanes)]
+        lane_offs = [builder.mul(lane, lane_v) for lane in lanes]
+        zero = ir.Constant(ety, 0.0)
         with cgutils.for_range(builder, n_v) as loop:
             p = loop.index
             sbase = builder.add(so_v, builder.mul(p, step_v))
             dbase = builder.add(do_v, builder.mul(p, ir.Constant(i64, w)))
             # All loads before the stores: LLVM cannot tell that src and dst do
             # not overlap, and this order lets it merge contiguous ones into vectors.
-            vals = [builder.load(builder.gep(s_data, [builder.add(sbase, lane_offs[i])])) for i in range(w)]
+            vals = [builder.load(builder.gep(s_data, [builder.add(sbase, off)])) for off in lane_offs]
+            if valid is not None:
+                vals = [builder.select(ok, v, zero) for ok, v in zip(valid, vals)]
             for i in range(w):
                 builder.store(vals[i], builder.gep(d_data, [builder.add(dbase, ir.Constant(i64, i))]))
         return context.get_dummy_value()
 
-    return types.none(n, src, so, lane_s, step_s, dst, do, rows, nv), codegen
+    return types.none(n, src, so, lane_s, step_s, nvalid, dst, do, rows, nv), codegen
 
 
 @njit(**_OPTS)
@@ -194,20 +211,13 @@ def _pack_a(a, rsa, csa, i0, p0, mc, kc, pa):
     """pa[panel, p, i] = op(A)[i0 + panel*MR + i, p0 + p], zero-padded to whole panels."""
     for ir_ in range(0, mc, MR):
         mr = min(MR, mc - ir_)
-        base = ir_ * kc
         src = (i0 + ir_) * rsa + p0 * csa
         if mr == MR and csa == 1:
-            _pack_panel(kc, a, src, rsa, 1, pa, base, MR, 0)
-        elif mr == MR:
-            _pack_panel(kc, a, src, rsa, csa, pa, base, MR, 0)
+            _pack_panel(kc, a, src, rsa, 1, WHOLE, pa, ir_ * kc, MR, 0)
+        elif mr == MR and rsa == 1:
+            _pack_panel(kc, a, src, 1, csa, WHOLE, pa, ir_ * kc, MR, 0)
         else:
-            for p in range(kc):
-                q = base + p * MR
-                s = src + p * csa
-                for i in range(mr):
-                    pa[q + i] = a[s + i * rsa]
-                for i in range(mr, MR):
-                    pa[q + i] = 0
+            _pack_panel(kc, a, src, rsa, csa, mr, pa, ir_ * kc, MR, 0)
 
 
 @njit(**_OPTS)
@@ -215,21 +225,11 @@ def _pack_b_panel(b, rsb, csb, p0, j0, kc, nc, jp, nr_full, pb):
     """pb[panel jp, p, j] = op(B)[p0 + p, j0 + jp*NR + j], zero-padded."""
     js = jp * nr_full
     nr = min(nr_full, nc - js)
-    base = js * kc
     src = p0 * rsb + (j0 + js) * csb
     if nr == nr_full and csb == 1:
-        _pack_panel(kc, b, src, 1, rsb, pb, base, 0, NV)
-        return
-    if nr == nr_full:
-        _pack_panel(kc, b, src, csb, rsb, pb, base, 0, NV)
-        return
-    for p in range(kc):
-        q = base + p * nr_full
-        s = src + p * rsb
-        for j in range(nr):
-            pb[q + j] = b[s + j * csb]
-        for j in range(nr, nr_full):
-            pb[q + j] = 0
+        _pack_panel(kc, b, src, 1, rsb, WHOLE, pb, js * kc, 0, NV)
+    else:
+        _pack_panel(kc, b, src, csb, rsb, nr, pb, js * kc, 0, NV)
 
 
 @njit(**_OPTS)

@@ -14,7 +14,8 @@ epilogue (accumulate into C, bias, ReLU) to the registers and stores each
 whole tile straight into C; only ragged edge tiles go through a scratch tile.
 Numba's array indexing adds a negative-index wrap-around to every access,
 which turned the packing copies into gathers and scatters and kept the tile
-copy scalar, so whole panels are packed by a second small intrinsic.
+copy scalar, so the panels (edges zero-padded) are packed by a second small
+intrinsic.
 Everything around the two is ordinary ``@njit`` code.
 """
 
@@ -57,6 +58,7 @@ DIRECT_MAX_FLOPS = 128 * 128 * 128
 
 
 def _as_i64(context, builder, sig, args, idx):
+    """The intrinsic's integer arguments at positions idx, as int64 values."""
     return [context.cast(builder, args[i], sig.args[i], types.int64) for i in idx]
 
 
@@ -235,8 +237,8 @@ def _pack_b_panel(b, rsb, csb, p0, j0, kc, nc, jp, nr_full, pb):
 @njit(**_OPTS)
 def _store_tile(tile, nr_full, c, ldc, i0, j0, mr, nr, first, bias, add_bias, relu):
     """Edge tiles: C tile = (C tile if not first) + tile (+ bias, ReLU), valid part only."""
-    # Row views: indices from range() are known to be >= 0, so no wrap-around
-    # code and the loops vectorise.
+    # Row views: indices from range() are known to be >= 0, so LLVM drops
+    # the wrap-around code.
     for i in range(mr):
         r = (i0 + i) * ldc + j0
         crow = c[r:r + nr]

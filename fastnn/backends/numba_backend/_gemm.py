@@ -9,8 +9,14 @@ registers. The M blocks run in parallel.
 LLVM does not keep a Numba array of accumulators in registers, and its
 vectorisers either leave scalar phis alone or vectorise the wrong loop, so the
 micro-kernel is written as a Numba ``@intrinsic`` that emits the vector loop
-(``llvm.fma`` on MR x NV vector registers) directly; everything around it is
-ordinary ``@njit`` code.
+(``llvm.fma`` on MR x NV vector registers) directly. It also applies the
+epilogue (accumulate into C, bias, ReLU) to the registers and stores each
+whole tile straight into C; only ragged edge tiles go through a scratch tile.
+Numba's array indexing adds a negative-index wrap-around to every access,
+which turned the packing copies into gathers and scatters and kept the tile
+copy scalar, so the panels (edges zero-padded) are packed by a second small
+intrinsic.
+Everything around the two is ordinary ``@njit`` code.
 """
 
 import numpy as np
@@ -51,34 +57,48 @@ PARALLEL_MIN_FLOPS = 192 * 192 * 192
 DIRECT_MAX_FLOPS = 128 * 128 * 128
 
 
-@intrinsic
-def _ukr(typingctx, kc, pa, oa, ars, acs, pb, ob, brs, tile, mr, nv):
-    """tile[:MR*NR] = A·B over kc, A[i, p] = pa[oa + i*ars + p*acs], B[p, j] = pb[ob + p*brs + j], in registers.
+def _as_i64(context, builder, sig, args, idx):
+    """The intrinsic's integer arguments at positions idx, as int64 values."""
+    return [context.cast(builder, args[i], sig.args[i], types.int64) for i in idx]
 
-    Packed panels are (ars, acs, brs) = (1, MR, NR); small products read the
-    operands in place with their own strides."""
+
+@intrinsic
+def _ukr(typingctx, kc, pa, oa, ars, acs, pb, ob, brs, c, oc, ldc, first, bias, obias, add_bias, relu, mr, nv):
+    """C[oc + i*ldc + j] (+)= A·B over kc for an MR x NR tile, in registers, epilogue fused.
+
+    A[i, p] = pa[oa + i*ars + p*acs], B[p, j] = pb[ob + p*brs + j]. Packed
+    panels are (ars, acs, brs) = (1, MR, NR); small products read the operands
+    in place with their own strides. After the K loop, still in registers:
+    + C unless first, + bias[obias + j] if add_bias, ReLU if relu; then one
+    store per accumulator. Edge tiles pass a scratch tile as C (first, no
+    epilogue) and copy the valid part (_store_tile)."""
     if not (isinstance(mr, types.IntegerLiteral) and isinstance(nv, types.IntegerLiteral)):
         return None
     rows, nvec = mr.literal_value, nv.literal_value
     width = VBYTES // (pa.dtype.bitwidth // 8)
-    ncols = nvec * width
     fma_name = "llvm.fma.v%d%s" % (width, "f32" if pa.dtype.bitwidth == 32 else "f64")
 
     def codegen(context, builder, sig, args):
-        kc_v, pa_v, oa_v, ars_v, acs_v, pb_v, ob_v, brs_v, tile_v = args[:9]
+        first_v, add_bias_v, relu_v = args[11], args[14], args[15]
+        kc_v, oa_v, ars_v, acs_v, ob_v, brs_v, oc_v, ldc_v, obias_v = _as_i64(
+            context, builder, sig, args, (0, 2, 3, 4, 6, 7, 9, 10, 13))
         ety = context.get_value_type(sig.args[1].dtype)
         esize = context.get_abi_sizeof(ety)
         vty = ir.VectorType(ety, width)
+        vptr = vty.as_pointer()
         i64 = ir.IntType(64)
-        a_data = context.make_array(sig.args[1])(context, builder, pa_v).data
-        b_data = context.make_array(sig.args[5])(context, builder, pb_v).data
-        t_data = context.make_array(sig.args[8])(context, builder, tile_v).data
-        ars_v = context.cast(builder, ars_v, sig.args[3], types.int64)
-        acs_v = context.cast(builder, acs_v, sig.args[4], types.int64)
-        brs_v = context.cast(builder, brs_v, sig.args[7], types.int64)
-        oa_v = context.cast(builder, oa_v, sig.args[2], types.int64)
-        ob_v = context.cast(builder, ob_v, sig.args[6], types.int64)
-        kc_v = context.cast(builder, kc_v, sig.args[0], types.int64)
+        a_data = context.make_array(sig.args[1])(context, builder, args[1]).data
+        b_data = context.make_array(sig.args[5])(context, builder, args[5]).data
+        c_data = context.make_array(sig.args[8])(context, builder, args[8]).data
+        bias_data = context.make_array(sig.args[12])(context, builder, args[12]).data
+
+        def vec_at(data, offset):
+            return builder.bitcast(builder.gep(data, [offset]), vptr)
+
+        def c_at(i, j):
+            off = builder.add(oc_v, builder.add(builder.mul(ir.Constant(i64, i), ldc_v), ir.Constant(i64, j * width)))
+            return vec_at(c_data, off)
+
         zero = ir.Constant(vty, [ir.Constant(ety, 0.0)] * width)
         # Allocas of vector type with constant indices: SROA turns them into
         # vector phis, i.e. registers.
@@ -89,23 +109,87 @@ def _ukr(typingctx, kc, pa, oa, ars, acs, pb, ob, brs, tile, mr, nv):
             p = loop.index
             bbase = builder.add(ob_v, builder.mul(p, brs_v))
             abase = builder.add(oa_v, builder.mul(p, acs_v))
-            bvs = []
-            for j in range(nvec):
-                ptr = builder.gep(b_data, [builder.add(bbase, ir.Constant(i64, j * width))])
-                bvs.append(builder.load(builder.bitcast(ptr, vty.as_pointer()), align=esize))
+            bvs = [builder.load(vec_at(b_data, builder.add(bbase, ir.Constant(i64, j * width))), align=esize)
+                   for j in range(nvec)]
             for i in range(rows):
                 av = builder.load(builder.gep(a_data, [builder.add(abase, builder.mul(ir.Constant(i64, i), ars_v))]))
                 sv = builder.insert_element(ir.Constant(vty, ir.Undefined), av, ir.Constant(ir.IntType(32), 0))
                 sv = builder.shuffle_vector(sv, ir.Constant(vty, ir.Undefined), splat_mask)
                 for j in range(nvec):
                     builder.store(builder.call(fma, [sv, bvs[j], builder.load(accs[i][j])]), accs[i][j])
+        # Epilogue on the registers: the tile of C is read and written once.
+        with builder.if_then(builder.not_(first_v)):
+            for i in range(rows):
+                for j in range(nvec):
+                    old = builder.load(c_at(i, j), align=esize)
+                    builder.store(builder.fadd(builder.load(accs[i][j]), old), accs[i][j])
+        with builder.if_then(add_bias_v):
+            for j in range(nvec):
+                bv = builder.load(vec_at(bias_data, builder.add(obias_v, ir.Constant(i64, j * width))), align=esize)
+                for i in range(rows):
+                    builder.store(builder.fadd(builder.load(accs[i][j]), bv), accs[i][j])
+        with builder.if_then(relu_v):
+            for i in range(rows):
+                for j in range(nvec):
+                    v = builder.load(accs[i][j])
+                    # v <= 0 -> 0; positives and NaN unchanged
+                    builder.store(builder.select(builder.fcmp_ordered("<=", v, zero), zero, v), accs[i][j])
         for i in range(rows):
             for j in range(nvec):
-                ptr = builder.gep(t_data, [ir.Constant(i64, i * ncols + j * width)])
-                builder.store(builder.load(accs[i][j]), builder.bitcast(ptr, vty.as_pointer()), align=esize)
+                builder.store(builder.load(accs[i][j]), c_at(i, j), align=esize)
         return context.get_dummy_value()
 
-    return types.none(kc, pa, oa, ars, acs, pb, ob, brs, tile, mr, nv), codegen
+    sig = types.none(kc, pa, oa, ars, acs, pb, ob, brs, c, oc, ldc, first, bias, obias, add_bias, relu, mr, nv)
+    return sig, codegen
+
+
+#: ``nvalid`` of a panel with no padding (any literal >= its width).
+WHOLE = 1 << 30
+
+
+@intrinsic
+def _pack_panel(typingctx, n, src, so, lane_s, step_s, nvalid, dst, do, rows, nv):
+    """dst[do + p*W + i] = src[so + p*step_s + i*lane_s] if i < nvalid else 0, for p < n, i < W.
+
+    One panel of A (W = rows = MR) or of B (W = nv vectors = NR), zero-padded
+    past nvalid lanes (ragged edges; pass WHOLE for a full panel), copied with
+    plain loads and stores: Numba's indexing would add a negative-index
+    wrap-around to every access, which made LLVM turn these copies into
+    gathers and scatters."""
+    if not (isinstance(rows, types.IntegerLiteral) and isinstance(nv, types.IntegerLiteral)):
+        return None
+    w = rows.literal_value + nv.literal_value * (VBYTES // (src.dtype.bitwidth // 8))
+    whole = isinstance(nvalid, types.IntegerLiteral) and nvalid.literal_value >= w
+
+    def codegen(context, builder, sig, args):
+        n_v, so_v, lane_v, step_v, nvalid_v, do_v = _as_i64(context, builder, sig, args, (0, 2, 3, 4, 5, 7))
+        i64 = ir.IntType(64)
+        ety = context.get_value_type(sig.args[1].dtype)
+        s_data = context.make_array(sig.args[1])(context, builder, args[1]).data
+        d_data = context.make_array(sig.args[6])(context, builder, args[6]).data
+        lanes = [ir.Constant(i64, i) for i in range(w)]
+        valid = None
+        if not whole:
+            # Lanes past nvalid read the last valid one (stays in bounds) and store 0.
+            valid = [builder.icmp_signed("<", lane, nvalid_v) for lane in lanes]
+            last = builder.sub(nvalid_v, ir.Constant(i64, 1))
+            lanes = [builder.select(ok, lane, last) for ok, lane in zip(valid, lanes)]
+        lane_offs = [builder.mul(lane, lane_v) for lane in lanes]
+        zero = ir.Constant(ety, 0.0)
+        with cgutils.for_range(builder, n_v) as loop:
+            p = loop.index
+            sbase = builder.add(so_v, builder.mul(p, step_v))
+            dbase = builder.add(do_v, builder.mul(p, ir.Constant(i64, w)))
+            # All loads before the stores: LLVM cannot tell that src and dst do
+            # not overlap, and this order lets it merge contiguous ones into vectors.
+            vals = [builder.load(builder.gep(s_data, [builder.add(sbase, off)])) for off in lane_offs]
+            if valid is not None:
+                vals = [builder.select(ok, v, zero) for ok, v in zip(valid, vals)]
+            for i in range(w):
+                builder.store(vals[i], builder.gep(d_data, [builder.add(dbase, ir.Constant(i64, i))]))
+        return context.get_dummy_value()
+
+    return types.none(n, src, so, lane_s, step_s, nvalid, dst, do, rows, nv), codegen
 
 
 @njit(**_OPTS)
@@ -115,32 +199,27 @@ def _nr(arr):
 
 
 @njit(**_OPTS)
+def _empty_aligned(n, like):
+    """np.empty(n) of like's dtype starting on a 64-byte boundary: no vector load of a packed panel spans two cache lines."""
+    extra = 64 // like.itemsize
+    buf = np.empty(n + extra, like.dtype)
+    addr = np.int64(buf.ctypes.data)
+    off = (64 - addr % 64) % 64 // like.itemsize
+    return buf[off:off + n]
+
+
+@njit(**_OPTS)
 def _pack_a(a, rsa, csa, i0, p0, mc, kc, pa):
     """pa[panel, p, i] = op(A)[i0 + panel*MR + i, p0 + p], zero-padded to whole panels."""
     for ir_ in range(0, mc, MR):
         mr = min(MR, mc - ir_)
-        base = ir_ * kc
         src = (i0 + ir_) * rsa + p0 * csa
         if mr == MR and csa == 1:
-            # rows of A are contiguous: read each row once, in order
-            for i in range(MR):
-                s = src + i * rsa
-                for p in range(kc):
-                    pa[base + p * MR + i] = a[s + p]
+            _pack_panel(kc, a, src, rsa, 1, WHOLE, pa, ir_ * kc, MR, 0)
         elif mr == MR and rsa == 1:
-            for p in range(kc):
-                q = base + p * MR
-                s = src + p * csa
-                for i in range(MR):
-                    pa[q + i] = a[s + i]
+            _pack_panel(kc, a, src, 1, csa, WHOLE, pa, ir_ * kc, MR, 0)
         else:
-            for p in range(kc):
-                q = base + p * MR
-                s = src + p * csa
-                for i in range(mr):
-                    pa[q + i] = a[s + i * rsa]
-                for i in range(mr, MR):
-                    pa[q + i] = 0
+            _pack_panel(kc, a, src, rsa, csa, mr, pa, ir_ * kc, MR, 0)
 
 
 @njit(**_OPTS)
@@ -148,63 +227,44 @@ def _pack_b_panel(b, rsb, csb, p0, j0, kc, nc, jp, nr_full, pb):
     """pb[panel jp, p, j] = op(B)[p0 + p, j0 + jp*NR + j], zero-padded."""
     js = jp * nr_full
     nr = min(nr_full, nc - js)
-    base = js * kc
     src = p0 * rsb + (j0 + js) * csb
     if nr == nr_full and csb == 1:
-        # rows of B are contiguous: a vectorised copy per row
-        for p in range(kc):
-            q = base + p * nr_full
-            s = src + p * rsb
-            for j in range(nr_full):
-                pb[q + j] = b[s + j]
-        return
-    for p in range(kc):
-        q = base + p * nr_full
-        s = src + p * rsb
-        for j in range(nr):
-            pb[q + j] = b[s + j * csb]
-        for j in range(nr, nr_full):
-            pb[q + j] = 0
+        _pack_panel(kc, b, src, 1, rsb, WHOLE, pb, js * kc, 0, NV)
+    else:
+        _pack_panel(kc, b, src, csb, rsb, nr, pb, js * kc, 0, NV)
 
 
 @njit(**_OPTS)
-def _store_tile(tile, nr_full, c, ldc, i0, j0, mr, nr, first, last, bias, has_bias, act):
-    """C tile = (C tile if not first) + tile, then on the last K block + bias and activation."""
-    # One branch-free loop per step, so that each one vectorises.
+def _store_tile(tile, nr_full, c, ldc, i0, j0, mr, nr, first, bias, add_bias, relu):
+    """Edge tiles: C tile = (C tile if not first) + tile (+ bias, ReLU), valid part only."""
+    # Row views: indices from range() are known to be >= 0, so LLVM drops
+    # the wrap-around code.
     for i in range(mr):
         r = (i0 + i) * ldc + j0
-        t = i * nr_full
-        if last and has_bias and act == 1:
-            # the dense layer's case: one pass for sum, bias and ReLU
-            if first:
-                for j in range(nr):
-                    v = tile[t + j] + bias[j0 + j]
-                    c[r + j] = v if not (v <= 0) else v * 0
-            else:
-                for j in range(nr):
-                    v = c[r + j] + tile[t + j] + bias[j0 + j]
-                    c[r + j] = v if not (v <= 0) else v * 0
-            continue
-        if first:
+        crow = c[r:r + nr]
+        trow = tile[i * nr_full:i * nr_full + nr]
+        brow = bias[j0:j0 + nr]
+        for j in range(nr):
+            v = trow[j] if first else crow[j] + trow[j]
+            if add_bias:
+                v += brow[j]
+            if relu:
+                v = v if not (v <= 0) else v * 0   # NaN passes through
+            crow[j] = v
+
+
+@njit(**_OPTS)
+def _act_tile(c, ldc, i0, j0, mr, nr, act):
+    """Sigmoid (2) or tanh (3) on a finished tile of C, while it is in L1."""
+    for i in range(mr):
+        r = (i0 + i) * ldc + j0
+        crow = c[r:r + nr]
+        if act == 2:
             for j in range(nr):
-                c[r + j] = tile[t + j]
+                crow[j] = 1 / (1 + np.exp(-crow[j]))
         else:
             for j in range(nr):
-                c[r + j] += tile[t + j]
-        if last:
-            if has_bias:
-                for j in range(nr):
-                    c[r + j] += bias[j0 + j]
-            if act == 1:
-                for j in range(nr):
-                    v = c[r + j]
-                    c[r + j] = v if not (v <= 0) else v * 0   # NaN passes through
-            elif act == 2:
-                for j in range(nr):
-                    c[r + j] = 1 / (1 + np.exp(-c[r + j]))
-            elif act == 3:
-                for j in range(nr):
-                    c[r + j] = np.tanh(c[r + j])
+                crow[j] = np.tanh(crow[j])
 
 
 @njit(**_OPTS)
@@ -214,7 +274,9 @@ def _macro(a, rsa, csa, b, rsb, csb, c, ldc, pb, pa, tile, ic, mc, pc, kc, jc, n
 
     Packed: A block packed here, B block already packed in pb. Direct (small
     products, where packing would cost more than it saves): A and B read in
-    place, only ragged edge panels packed (for their zero padding)."""
+    place, only ragged edge panels packed (for their zero padding). Whole
+    tiles go straight from the registers to C with the epilogue applied there;
+    edge tiles go through the scratch tile."""
     mfull = mc // MR * MR if direct else 0
     if not direct:
         _pack_a(a, rsa, csa, ic, pc, mc, kc, pa)
@@ -225,22 +287,31 @@ def _macro(a, rsa, csa, b, rsb, csb, c, ldc, pb, pa, tile, ic, mc, pc, kc, jc, n
         b_in_place = direct and nr == nr_full and csb == 1
         if direct and not b_in_place:
             _pack_b_panel(b, rsb, csb, pc, jc, kc, nc, jr // nr_full, nr_full, pb)
-        bo = pc * rsb + jc + jr
+        if b_in_place:
+            bp, bo, brs = b, pc * rsb + jc + jr, rsb
+        else:
+            bp, bo, brs = pb, jr * kc, nr_full
         for ir_ in range(0, mc, MR):
             mr = min(MR, mc - ir_)
-            if ir_ < mfull:
-                ao = (ic + ir_) * rsa + pc * csa
-                if b_in_place:
-                    _ukr(kc, a, ao, rsa, csa, b, bo, rsb, tile, MR, NV)
-                else:
-                    _ukr(kc, a, ao, rsa, csa, pb, jr * kc, nr_full, tile, MR, NV)
+            full = mr == MR and nr == nr_full
+            if full:
+                out, oo, ldo = c, (ic + ir_) * ldc + jc + jr, ldc
             else:
-                ao = (ir_ - mfull) * kc
-                if b_in_place:
-                    _ukr(kc, pa, ao, 1, MR, b, bo, rsb, tile, MR, NV)
-                else:
-                    _ukr(kc, pa, ao, 1, MR, pb, jr * kc, nr_full, tile, MR, NV)
-            _store_tile(tile, nr_full, c, ldc, ic + ir_, jc + jr, mr, nr, first, last, bias, has_bias, act)
+                out, oo, ldo = tile, 0, nr_full
+            fst = first or not full
+            add_bias = full and last and has_bias
+            relu = full and last and act == 1
+            if ir_ < mfull:
+                _ukr(kc, a, (ic + ir_) * rsa + pc * csa, rsa, csa, bp, bo, brs, out, oo, ldo, fst, bias, jc + jr,
+                     add_bias, relu, MR, NV)
+            else:
+                _ukr(kc, pa, (ir_ - mfull) * kc, 1, MR, bp, bo, brs, out, oo, ldo, fst, bias, jc + jr,
+                     add_bias, relu, MR, NV)
+            if not full:
+                _store_tile(tile, nr_full, c, ldc, ic + ir_, jc + jr, mr, nr, first, bias, last and has_bias,
+                            last and act == 1)
+            if last and act >= 2:
+                _act_tile(c, ldc, ic + ir_, jc + jr, mr, nr, act)
 
 
 @njit(**_OPTS)
@@ -250,9 +321,9 @@ def _gemm_serial(M, N, K, a, rsa, csa, b, rsb, csb, c, ldc, bias, has_bias, act)
     nrf = _nr(c)
     npan_max = (min(N, NC) + nrf - 1) // nrf
     kcm = min(K, KC)
-    pb = np.empty(kcm * npan_max * nrf, c.dtype)
-    pa = np.empty(kcm * (min(M, MC) + MR), c.dtype)
-    tile = np.empty(MR * nrf, c.dtype)
+    pb = _empty_aligned(kcm * npan_max * nrf, c)
+    pa = _empty_aligned(kcm * (min(M, MC) + MR), c)
+    tile = _empty_aligned(MR * nrf, c)
     for jc in range(0, N, NC):
         nc = min(NC, N - jc)
         npan = (nc + nrf - 1) // nrf

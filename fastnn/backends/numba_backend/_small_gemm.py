@@ -34,45 +34,76 @@ def _lanes(arr):
 
 
 @njit(**_OPTS)
-def _store(tile, ncols, c, ldc, i0, j0, mr, nr, bias, has_bias, act, acc):
-    """C[i0:i0+mr, j0:j0+nr] = act(tile + bias), or C += tile when acc (no bias, no activation)."""
+def _act(c, ldc, i0, j0, mr, nr, act):
+    """Sigmoid (2) or tanh (3) on a stored tile of C (ReLU is fused into the kernel's store)."""
     for i in range(mr):
         r = (i0 + i) * ldc + j0
-        t = i * ncols
-        if acc:
+        crow = c[r:r + nr]
+        if act == 2:
             for j in range(nr):
-                c[r + j] += tile[t + j]
-            continue
-        if has_bias:
-            for j in range(nr):
-                c[r + j] = tile[t + j] + bias[j0 + j]
-        else:
-            for j in range(nr):
-                c[r + j] = tile[t + j]
-        if act == 1:
-            for j in range(nr):
-                v = c[r + j]
-                c[r + j] = v if not (v <= 0) else v * 0   # NaN passes through
-        elif act == 2:
-            for j in range(nr):
-                c[r + j] = 1 / (1 + np.exp(-c[r + j]))
+                crow[j] = 1 / (1 + np.exp(-crow[j]))
         elif act == 3:
             for j in range(nr):
-                c[r + j] = np.tanh(c[r + j])
+                crow[j] = np.tanh(crow[j])
+
+
+@njit(**_OPTS)
+def _store(tile, ncols, c, ldc, i0, j0, mr, nr, bias, has_bias, act, acc):
+    """C[i0:i0+mr, j0:j0+nr] = act(tile + bias), or C += tile when acc (no bias, no activation)."""
+    # Row views: indices from range() are known to be >= 0, so LLVM drops the
+    # negative-index wrap-around and vectorises the loops.
+    for i in range(mr):
+        r = (i0 + i) * ldc + j0
+        crow = c[r:r + nr]
+        trow = tile[i * ncols:i * ncols + nr]
+        if acc:
+            for j in range(nr):
+                crow[j] += trow[j]
+            continue
+        if has_bias:
+            brow = bias[j0:j0 + nr]
+            for j in range(nr):
+                crow[j] = trow[j] + brow[j]
+        else:
+            for j in range(nr):
+                crow[j] = trow[j]
+        if act == 1:
+            for j in range(nr):
+                v = crow[j]
+                crow[j] = v if not (v <= 0) else v * 0   # NaN passes through
+        elif act >= 2:
+            _act(c, ldc, i0 + i, j0, 1, nr, act)
 
 
 @njit(**_OPTS)
 def _row_block(K, a, ao, ars, acs, pb, brs, nb, N, tile, c, ldc, i0, mr, bias, has_bias, act, acc):
-    """C rows i0:i0+mr (mr <= SMR) over all columns; A[i, p] = a[ao + i*ars + p*acs], B[p, j] = pb[p*brs + j]."""
+    """C rows i0:i0+mr (mr <= SMR) over all columns; A[i, p] = a[ao + i*ars + p*acs], B[p, j] = pb[p*brs + j].
+
+    Whole tiles go straight from the registers into C with bias and ReLU
+    applied on the way (or added to C when acc); edge tiles (fewer rows, or
+    columns past N) go through the scratch tile."""
     w = _lanes(c)
+    first = not acc
+    fuse_bias = has_bias and not acc
+    relu = act == 1 and not acc
     j0 = 0
     while j0 + 2 * w <= nb:
-        _ukr(K, a, ao, ars, acs, pb, j0, brs, tile, SMR, NV2)
-        _store(tile, 2 * w, c, ldc, i0, j0, mr, min(2 * w, N - j0), bias, has_bias, act, acc)
+        if mr == SMR and j0 + 2 * w <= N:
+            _ukr(K, a, ao, ars, acs, pb, j0, brs, c, i0 * ldc + j0, ldc, first, bias, j0, fuse_bias, relu, SMR, NV2)
+            if act >= 2 and not acc:
+                _act(c, ldc, i0, j0, mr, 2 * w, act)
+        else:
+            _ukr(K, a, ao, ars, acs, pb, j0, brs, tile, 0, 2 * w, True, bias, 0, False, False, SMR, NV2)
+            _store(tile, 2 * w, c, ldc, i0, j0, mr, min(2 * w, N - j0), bias, has_bias, act, acc)
         j0 += 2 * w
     if j0 < nb:
-        _ukr(K, a, ao, ars, acs, pb, j0, brs, tile, SMR, NV1)
-        _store(tile, w, c, ldc, i0, j0, mr, N - j0, bias, has_bias, act, acc)
+        if mr == SMR and j0 + w <= N:
+            _ukr(K, a, ao, ars, acs, pb, j0, brs, c, i0 * ldc + j0, ldc, first, bias, j0, fuse_bias, relu, SMR, NV1)
+            if act >= 2 and not acc:
+                _act(c, ldc, i0, j0, mr, w, act)
+        else:
+            _ukr(K, a, ao, ars, acs, pb, j0, brs, tile, 0, w, True, bias, 0, False, False, SMR, NV1)
+            _store(tile, w, c, ldc, i0, j0, mr, N - j0, bias, has_bias, act, acc)
 
 
 @njit(**_OPTS)
@@ -111,20 +142,31 @@ def _tiled(M, N, K, a, rsa, csa, b, rsb, csb, c, ldc, bias, has_bias, act, acc):
         _all_rows(M, N, K, a, rsa, csa, b, rsb, nb, c, ldc, bias, has_bias, act, acc, pa, tile)
         return
     pb = scratch[:nbuf]
+    # (row views below: range() indices are >= 0, so the copies vectorise)
     if csb == 1:
         for p in range(K):
+            dst = pb[p * nb:(p + 1) * nb]
+            src = b[p * rsb:p * rsb + N]
             for j in range(N):
-                pb[p * nb + j] = b[p * rsb + j]
+                dst[j] = src[j]
             for j in range(N, nb):
-                pb[p * nb + j] = 0
+                dst[j] = 0
     else:
-        # transposed B (a weight read as Wᵀ): each stored row read once, contiguously
         for p in range(K):
+            dst = pb[p * nb:(p + 1) * nb]
             for j in range(N, nb):
-                pb[p * nb + j] = 0
-        for j in range(N):
+                dst[j] = 0
+        if rsb == 1:
+            # transposed B (a weight read as Wᵀ): each stored row read once, contiguously
+            for j in range(N):
+                src = b[j * csb:j * csb + K]
+                col = pb[j:]
+                for p in range(K):
+                    col[p * nb] = src[p]
+        else:
             for p in range(K):
-                pb[p * nb + j] = b[p * rsb + j * csb]
+                for j in range(N):
+                    pb[p * nb + j] = b[p * rsb + j * csb]
     _all_rows(M, N, K, a, rsa, csa, pb, nb, nb, c, ldc, bias, has_bias, act, acc, pa, tile)
 
 

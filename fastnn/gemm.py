@@ -38,9 +38,10 @@ _mode = "auto"
 #: OpenBLAS 0.3.31 as the environment configures it (OPENBLAS_CORETYPE=Haswell,
 #: AVX2 kernels), same thread count, interleaved repetitions: the own GEMMs
 #: were at least as fast at n = 64 ... 2048 (see benches/bench_gemm.py; re-measure
-#: with :func:`measure_crossover`). Against OpenBLAS's AVX-512 kernels BLAS wins
-#: large single-threaded products; set a limit here (or ``set_gemm("blas")``)
-#: where that build is in use.
+#: with :func:`measure_crossover`). Against OpenBLAS's AVX-512 kernels the
+#: Numba GEMM is level (n = 1024) and BLAS wins large single-threaded Cython
+#: products by ~1.2x; set a limit here (or ``set_gemm("blas")``) where that
+#: build is in use.
 CROSSOVER = {
     "cython": {"float32": 1 << 40, "float64": 1 << 40},
     "numba": {"float32": 1 << 40, "float64": 1 << 40},
@@ -56,11 +57,14 @@ SMALL_KERNEL_MAX = {"cython": 1 << 20}
 
 #: Smallest volume ``M*N*K`` for which ``"auto"`` picks the packed own GEMM
 #: (above :data:`SMALL_KERNEL_MAX` where a backend has a small kernel),
-#: measured per call from Python (as the layers call it), 1 thread:
-#:   Cython packed/BLAS time: 128^3 0.64, 256^3 0.59;
-#:   Numba  own/BLAS time: 64^3 1.65, 128^3 1.29, 128x784x256 1.05, 256^3 0.93.
-#: Below these volumes packing and dispatch cost more than they save.
-MIN_FLOPS = {"cython": 0, "numba": 200 ** 3}
+#: measured per call from Python (as the layers call it), 1 thread, own time /
+#: BLAS time (x·Wᵀ products, one run):
+#:   Cython: 128^3 0.65, 128x784x256 0.62, 256^3 0.59, 1024^3 0.57;
+#:   Numba:  32x64x128 1.13, 64^3 0.97, 100^3 1.02, 128^3 0.86, 128x784x256 0.75,
+#:           256^3 0.67, 1024^3 0.61.
+#: Below these volumes packing and the call into compiled code cost more than
+#: they save.
+MIN_FLOPS = {"cython": 0, "numba": 120 ** 3}
 
 #: Narrowest output (N columns) for which ``"auto"`` picks the packed own GEMM:
 #: a product such as a 10-class output layer fills only part of its 16- or
@@ -73,16 +77,19 @@ _policy_hooks: list = []
 
 
 #: Largest volume ``M*N*K`` run by the own GEMM in ``"auto"`` when more than
-#: one thread is set. Measured with 2 threads (``fastnn bench``, one run),
-#: own time / NumPy's BLAS time: Numba 256^3 2.2, 1024^3 1.8, so its products
-#: go to BLAS (through NumPy) when threaded. The Cython dense kernels keep the
-#: own GEMM at every size (256^3 1.2, 512^3 0.7-0.9, 1024^3 0.8-1.0): their
-#: BLAS alternative, called from C, is SciPy's OpenBLAS, a second OpenBLAS in
-#: the process whose threads fight NumPy's spinning ones for the cores (3-4x
-#: slower then). The Cython backend's plain ``matmul``, called from Python,
-#: sends threaded products above 200^3 to NumPy's BLAS instead
-#: (``cython_backend/dense.py``). With one thread the own GEMMs win up to the
-#: largest sizes measured.
+#: one thread is set. Measured with 2 threads from Python, own time / NumPy's
+#: BLAS time, BLAS's threads idle before each series: Numba 128^3 1.48,
+#: 256^3 1.17, 128x784x256 0.95, 512^3 0.63, 1024^3 0.67; Cython 128^3 1.01,
+#: 200^3 1.24, 256^3 0.92, 512^3 0.60, 1024^3 0.68. The own GEMMs win the
+#: large threaded products only while OpenBLAS's worker threads sleep: for a
+#: while after any BLAS call they spin and take a core, and a threaded own
+#: GEMM then runs at one-thread speed. So with several threads the Numba
+#: backend's products and the Cython backend's plain ``matmul`` above 200^3
+#: (``cython_backend/dense.py``) stay on NumPy's BLAS, the one the rest of the
+#: process already uses. The Cython dense kernels keep the own GEMM at every
+#: size: their BLAS alternative, called from C, is SciPy's OpenBLAS, a second
+#: thread pool that fights NumPy's for the cores. With one thread the own
+#: GEMMs win up to the largest sizes measured.
 THREADED_LIMIT = {"numba": 0}
 
 

@@ -203,7 +203,8 @@ def test_switch_modes():
                 assert fgemm.use_own(backend, dt, 1024, 1024, 1024)
                 assert fgemm.use_own(backend, dt, 32, 32, 32) == (backend == "cython")
         assert fgemm.use_own("cython", np.float32, 128, 128, 128)
-        assert not fgemm.use_own("numba", np.float32, 128, 128, 128)
+        assert fgemm.use_own("numba", np.float32, 128, 128, 128)
+        assert not fgemm.use_own("numba", np.float32, 64, 64, 64)
         # with several threads, threaded BLAS takes the large products
         fastnn.set_num_threads(2)
         assert fgemm.use_own("cython", np.float32, 1024, 1024, 1024)

@@ -15,11 +15,9 @@ import numpy as np
 
 from ..._config import get_num_threads
 
-#: With several threads, products above this volume run on NumPy's BLAS:
-#: there the own GEMM scales less well across cores than OpenBLAS (2 threads,
-#: one run: own/BLAS time 1.26 at 256^3, 1.12 at 1024^3), and NumPy's
-#: OpenBLAS is the one the rest of the process already uses, so its thread
-#: pool is not contended by a second one (SciPy's, behind cython_blas).
+#: With several threads, products above this volume run on NumPy's BLAS, the
+#: one the rest of the process already uses: the own GEMM is faster there only
+#: while OpenBLAS's worker threads sleep (see fastnn.gemm.THREADED_LIMIT).
 _THREADED_NUMPY_MIN = 200 ** 3
 
 

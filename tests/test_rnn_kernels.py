@@ -13,8 +13,12 @@ CELLS = ("rnn_tanh", "rnn_relu", "lstm", "gru")
 GATES = {"rnn": 1, "lstm": 4, "gru": 3}
 
 # (T, B, I, H): one step, a long sequence, batch 1, and sizes that reach the
-# vectorised tiles of the compiled kernels (B multiple of 4, G*H multiple of 32).
-SHAPES = [(1, 3, 4, 5), (60, 2, 3, 6), (7, 1, 4, 7), (9, 8, 5, 32), (4, 6, 3, 16)]
+# vectorised tiles of the compiled kernels (B multiple of 4, G*H multiple of 32),
+# their one-vector tile plus a narrow column tail (G*H = 24, 40, 120: 16 + 8 and
+# more), rows past the last group of 8 or 4 (T*B = 45, 39), and input sizes that
+# make dL/dx a vector plus a tail (I = 20) or a partial vector (I = 8, 3).
+SHAPES = [(1, 3, 4, 5), (60, 2, 3, 6), (7, 1, 4, 7), (9, 8, 5, 32), (4, 6, 3, 16),
+          (5, 9, 8, 24), (3, 13, 20, 40), (2, 7, 17, 30)]
 
 
 def _make(cell, shape, dtype, rng, bias=True, scale=0.5):
@@ -243,7 +247,7 @@ def test_threaded_time_steps_match_reference(compiled_backend, rng, cell, H):
 
 @pytest.mark.parametrize("cell", ["rnn_tanh", "lstm", "gru"])
 def test_large_problem_matches_reference(backend, rng, cell):
-    """All-steps products above the size gate (> 2^18 operand elements) go to BLAS in the compiled backends."""
+    """All-steps products above the size gate (> 2^18 operand elements) go to the own GEMM in the compiled backends."""
     p = _make(cell, (40, 64, 16, 64), np.float32, rng, scale=0.2)
     fwd, grads = _run(cell, p)
     with fastnn.use_backend("numpy"):
@@ -252,3 +256,40 @@ def test_large_problem_matches_reference(backend, rng, cell):
     np.testing.assert_allclose(fwd["out"], fwd_ref["out"], **t)
     for k in grads_ref:
         np.testing.assert_allclose(grads[k], grads_ref[k], **t, err_msg=k)
+
+
+def _run_threads(cell, p, n):
+    before = fastnn.get_num_threads()
+    try:
+        fastnn.set_num_threads(n)
+        return _run(cell, p)
+    finally:
+        fastnn.set_num_threads(before)
+
+
+# (T, B, I, H): small problems that run the threaded regions of the compiled
+# kernels: the batch split into blocks that do not divide it (B = 18, 9), a batch
+# too small to split (B = 6: the time loop stays serial, the weight gradients and
+# dL/dx are still split), and gate columns split unevenly (H = 48, G*H = 144).
+THREADED_SHAPES = [(20, 18, 5, 64), (30, 6, 8, 64), (25, 9, 3, 48)]
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("shape", THREADED_SHAPES, ids=lambda s: "T{}B{}I{}H{}".format(*s))
+def test_thread_count_does_not_change_results(compiled_backend, dtype, rng, cell, shape):
+    """1, 2 and 3 threads give bit-identical results (each output element is summed in one order,
+    whichever thread computes it), and they match the reference."""
+    p = _make(cell, shape, dtype, rng, scale=0.2)
+    fwd1, grads1 = _run_threads(cell, p, 1)
+    for n in (2, 3):
+        fwd, grads = _run_threads(cell, p, n)
+        for k in fwd1:
+            np.testing.assert_array_equal(fwd[k], fwd1[k], err_msg=f"{n} threads, forward {k}")
+        for k in grads1:
+            np.testing.assert_array_equal(grads[k], grads1[k], err_msg=f"{n} threads, gradient of {k}")
+    with fastnn.use_backend("numpy"):
+        fwd_ref, grads_ref = _run(cell, p)
+    t = tol(dtype, scale=20 if dtype == np.float32 else 100)
+    np.testing.assert_allclose(fwd1["out"], fwd_ref["out"], **t)
+    for k in grads_ref:
+        np.testing.assert_allclose(grads1[k], grads_ref[k], **t, err_msg=k)

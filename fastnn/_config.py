@@ -37,11 +37,6 @@ NUMBA_JIT_OPTIONS = dict(
 #: Below this, thread start-up costs more than it saves.
 PARALLEL_MIN_ELEMENTS = 1 << 16
 
-#: Spin rounds of an idle GNU OpenMP worker before it sleeps (GOMP_SPINCOUNT;
-#: see :func:`prefer_passive_openmp`): ~70 µs on the 2-core machine it was
-#: measured on, ~1000 rounds for 30 µs.
-OPENMP_SPIN_COUNT = 3000
-
 _lock = threading.RLock()
 _num_threads: int | None = None
 
@@ -133,27 +128,19 @@ def set_num_threads(n: int) -> None:
 
 
 def prefer_passive_openmp() -> None:
-    """Make idle OpenMP workers sleep after a short spin, unless the user chose.
+    """Make idle OpenMP workers sleep instead of spin, unless the user chose.
 
-    GNU OpenMP's workers spin long between parallel regions by default; on
-    shared or oversubscribed cores a descheduled spinner then stalls the next
-    region at its barrier for a whole scheduler slice (measured on a busy
-    2-core machine: relu over 4M floats, median 24 ms per call spinning,
-    0.8 ms sleeping). Sleeping at once has its own price: waking a sleeping
-    worker took ~40 µs per region on a 2-core virtual machine, which the
-    back-to-back small regions of a recurrent training step (forward, loss,
-    BPTT, a few 10 µs apart) cannot pay. So workers spin for
-    :data:`OPENMP_SPIN_COUNT` rounds (~70 µs there) and then sleep: a stall
-    is bounded by that spin, and a step's regions find their workers awake.
-    Other OpenMP runtimes (``KMP_BLOCKTIME``) keep sleeping at once. Both
-    compiled backends call this before the OpenMP runtime loads (it reads
-    the variables once); ``OMP_WAIT_POLICY``, ``GOMP_SPINCOUNT`` or
-    ``KMP_BLOCKTIME`` set by the user wins.
+    GNU OpenMP's workers spin between parallel regions; on shared or
+    oversubscribed cores a descheduled spinner then stalls the next region at
+    its barrier for a whole scheduler slice (measured on a busy 2-core machine:
+    relu over 4M floats, median 24 ms per call spinning, 0.8 ms sleeping).
+    Waking a sleeping worker costs microseconds, paid only by loops above
+    :data:`PARALLEL_MIN_ELEMENTS`. Both compiled backends call this before the
+    OpenMP runtime loads (it reads the variable once); ``OMP_WAIT_POLICY`` or
+    ``GOMP_SPINCOUNT`` set by the user wins.
     """
-    if any(v in os.environ for v in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")):
-        return
-    os.environ["GOMP_SPINCOUNT"] = str(OPENMP_SPIN_COUNT)
-    os.environ["KMP_BLOCKTIME"] = "0"
+    if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 
 
 def requested_backend() -> str:

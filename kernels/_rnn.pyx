@@ -78,9 +78,22 @@ cdef extern from *:
 
 cnp.import_array()
 
-cdef enum:
-    # Multiply-adds of a time loop from which its batch is split over the threads.
-    ROW_SPLIT_MIN_WORK = 1 << 20
+# Multiply-adds from which work opens a parallel region of its own. fastnn
+# runs OpenMP with passive waits (fastnn._config.prefer_passive_openmp), so
+# a region pays for waking its workers: ~40 µs on a 2-core virtual machine,
+# and far more variable than the work (~10 µs per million multiply-adds).
+# There the tanh RNN T=50 B=32 I=8 H=64 step (forward 7.4M, backward region
+# 15M) ran faster serial in `fastnn bench` (351 µs against 388 µs); the LSTM
+# T=100 B=64 H=128 (~250M per region) gains ~40% from a second thread.
+cdef Py_ssize_t PAR_MIN_WORK = 1 << 25
+
+
+def _set_parallel_min_work(n):
+    """Set the multiply-adds from which work is split over threads; returns the old value (tests)."""
+    global PAR_MIN_WORK
+    old = PAR_MIN_WORK
+    PAR_MIN_WORK = n
+    return old
 
 ctypedef fused real:
     float
@@ -212,15 +225,17 @@ cdef inline int own_gemm(int M, int N, int K, const real *a, long rsa, long csa,
     return 0
 
 
-cdef inline int parts(fnn_idx n, fnn_idx step, fnn_idx work) noexcept nogil:
-    """Blocks of ``step`` rows (or columns) to cut n into for the threads; 1 below 2^17 multiply-adds.
+cdef inline int parts(fnn_idx n, fnn_idx step, fnn_idx work, bint region) noexcept nogil:
+    """Blocks of ``step`` rows (or columns) to cut n into for the threads.
 
-    About four blocks per thread, taken dynamically (see fnn_leave): a worker
-    that wakes late takes fewer.
+    1 (serial) below PAR_MIN_WORK multiply-adds, unless ``region``: the work
+    joins a region that runs anyway (the backward time loop's). About two
+    blocks per thread, taken dynamically (see fnn_leave): a worker that wakes
+    late takes fewer.
     """
     cdef int nt = _fastnn_num_threads
     cdef fnn_idx blocks = (n + step - 1) // step
-    if nt <= 1 or work < (1 << 17):
+    if nt <= 1 or (work < PAR_MIN_WORK and not region):
         return 1
     return <int>(2 * nt if 2 * nt < blocks else blocks)
 
@@ -315,7 +330,8 @@ cdef inline void weight_grad_cols(const real *dx, const real *dh, int ld, const 
         colsum(dh + m0, TB, n, ld, gb_hh + m0)
 
 
-cdef inline int grads_setup(int T, int B, int ld, int I, int H, int GH, real **wt, fnn_idx *chunk) noexcept nogil:
+cdef inline int grads_setup(int T, int B, int ld, int I, int H, int GH, real **wt, fnn_idx *chunk,
+                            bint region) noexcept nogil:
     """Blocks of gate columns for weight_grad_cols in the backward region; 0 for the large path, -1 out of memory.
 
     Small problems (operands within ~1 MB, i.e. in L2) use the hand-written
@@ -331,7 +347,7 @@ cdef inline int grads_setup(int T, int B, int ld, int I, int H, int GH, real **w
     wt[0] = <real*>calloc(<fnn_idx>I * GH, sizeof(real))
     if wt[0] == NULL:
         return -1
-    nw = parts(GH, 4, TB * GH * (H + I))
+    nw = parts(GH, 4, TB * GH * (H + I), region)
     chunk[0] = part_size(GH, nw, 4)
     return <int>((GH + chunk[0] - 1) // chunk[0])
 
@@ -386,13 +402,14 @@ cdef inline int row_chunk(int B, fnn_idx work) noexcept nogil:
     The samples of a batch never interact in the recurrence (sample b's h_t
     depends on sample b alone), so the batch splits over the threads for the
     WHOLE time loop: one parallel region per call, no barrier per step. Small
-    problems (``work`` = multiply-adds of the loop) stay serial. About four
+    problems (``work`` = multiply-adds of the region: the loop and what joins
+    it) stay serial. About four
     blocks per thread, taken dynamically; blocks are multiples of 4 rows (the
     tile of the per-step product).
     """
     cdef int n = _fastnn_num_threads
     cdef int c
-    if n <= 1 or work < ROW_SPLIT_MIN_WORK or B < 8:
+    if n <= 1 or work < PAR_MIN_WORK or B < 8:
         return B
     c = (B + 2 * n - 1) // (2 * n)
     return (c + 3) // 4 * 4
@@ -439,7 +456,7 @@ cdef inline void rnn_bwd_rows(const real *go, real *grec, const real *h, real *d
 cdef int rnn_fwd(const real *x, const real *h0, const real *w_ih, const real *w_hh, const real *b_ih,
                  const real *b_hh, int relu, real *out, int T, int B, int I, int H) noexcept nogil:
     cdef fnn_idx BH = <fnn_idx>B * H
-    cdef int chunk = row_chunk(B, <fnn_idx>T * BH * H)
+    cdef int chunk = row_chunk(B, <fnn_idx>T * BH * (H + I))
     cdef int c = 0, nc = (B + chunk - 1) // chunk
     cdef int nxt, arrived
     cdef real *wiT
@@ -475,7 +492,7 @@ cdef int rnn_bwd(const real *go, const real *ghn, const real *x, const real *h0,
                   const real *w_hh, const real *out, int relu, real *work, real *gx, real *gh0,
                   real *gw_ih, real *gw_hh, real *gb_ih, real *gb_hh, int T, int B, int I, int H) noexcept nogil:
     cdef fnn_idx BH = <fnn_idx>B * H
-    cdef int chunk = row_chunk(B, <fnn_idx>T * BH * H)
+    cdef int chunk = row_chunk(B, <fnn_idx>T * BH * 2 * (H + I))
     cdef int c = 0, nc = (B + chunk - 1) // chunk
     cdef int nxt, nxt2, done, arrived
     cdef real *gxs = small_input_grad(gx, T * B, I, H)
@@ -483,10 +500,10 @@ cdef int rnn_bwd(const real *go, const real *ghn, const real *x, const real *h0,
     cdef fnn_idx TB = <fnn_idx>T * B, xc = 0
     cdef int nx
     cdef fnn_idx wc = 0
-    cdef int nw = grads_setup[real](T, B, H, I, H, H, &wt, &wc)
+    cdef int nw = grads_setup[real](T, B, H, I, H, H, &wt, &wc, nc > 1)
     if nw < 0:
         return -1
-    nx = parts(TB, 8, TB * I * H) if gxs != NULL else 0
+    nx = parts(TB, 8, TB * I * H, nc > 1) if gxs != NULL else 0
     # gh0 doubles as the recurrent gradient g_rec = δ_{t+1}·W_hh: it ends as dL/dh0.
     if ghn != NULL:
         memcpy(gh0, ghn, BH * sizeof(real))
@@ -611,7 +628,7 @@ cdef int lstm_fwd(const real *x, const real *h0, const real *c0, const real *w_i
                    int T, int B, int I, int H) noexcept nogil:
     cdef fnn_idx BH = <fnn_idx>B * H
     cdef fnn_idx BG = 4 * BH
-    cdef int chunk = row_chunk(B, <fnn_idx>T * BG * H)
+    cdef int chunk = row_chunk(B, <fnn_idx>T * BG * (H + I))
     cdef int c = 0, nc = (B + chunk - 1) // chunk
     cdef int nxt, arrived
     cdef real *wiT
@@ -649,7 +666,7 @@ cdef int lstm_bwd(const real *go, const real *ghn, const real *gcn, const real *
                    real *gb_ih, real *gb_hh, int T, int B, int I, int H) noexcept nogil:
     cdef fnn_idx BH = <fnn_idx>B * H
     cdef fnn_idx BG = 4 * BH
-    cdef int chunk = row_chunk(B, <fnn_idx>T * BG * H)
+    cdef int chunk = row_chunk(B, <fnn_idx>T * BG * 2 * (H + I))
     cdef int c = 0, nc = (B + chunk - 1) // chunk
     cdef int nxt, nxt2, done, arrived
     cdef real *gxs = small_input_grad(gx, T * B, I, 4 * H)
@@ -657,10 +674,10 @@ cdef int lstm_bwd(const real *go, const real *ghn, const real *gcn, const real *
     cdef fnn_idx TB = <fnn_idx>T * B, xc = 0
     cdef int nx
     cdef fnn_idx wc = 0
-    cdef int nw = grads_setup[real](T, B, 4 * H, I, H, 4 * H, &wt, &wc)
+    cdef int nw = grads_setup[real](T, B, 4 * H, I, H, 4 * H, &wt, &wc, nc > 1)
     if nw < 0:
         return -1
-    nx = parts(TB, 8, TB * I * 4 * H) if gxs != NULL else 0
+    nx = parts(TB, 8, TB * I * 4 * H, nc > 1) if gxs != NULL else 0
     # gh0 carries g_rec and gc0 carries γ = dL/dc backwards; both end as the h0/c0 gradients.
     if ghn != NULL:
         memcpy(gh0, ghn, BH * sizeof(real))
@@ -791,7 +808,7 @@ cdef int gru_fwd(const real *x, const real *h0, const real *w_ih, const real *w_
     cdef real *wt = transposed(w_hh, 3 * H, H)
     cdef real *wiT = NULL
     cdef real *bias = NULL
-    cdef int chunk = row_chunk(B, <fnn_idx>T * BG * H)
+    cdef int chunk = row_chunk(B, <fnn_idx>T * BG * (H + I))
     cdef int c = 0, nc = (B + chunk - 1) // chunk
     cdef int nxt, arrived
     cdef int rc = -1
@@ -831,7 +848,7 @@ cdef int gru_bwd(const real *go, const real *ghn, const real *x, const real *h0,
                   int T, int B, int I, int H) noexcept nogil:
     cdef fnn_idx BH = <fnn_idx>B * H
     cdef fnn_idx BG = 3 * BH
-    cdef int chunk = row_chunk(B, <fnn_idx>T * BG * H)
+    cdef int chunk = row_chunk(B, <fnn_idx>T * BG * 2 * (H + I))
     cdef int c = 0, nc = (B + chunk - 1) // chunk
     cdef int nxt, nxt2, done, arrived
     cdef real *gxs = small_input_grad(gx, T * B, I, 3 * H)
@@ -840,10 +857,10 @@ cdef int gru_bwd(const real *go, const real *ghn, const real *x, const real *h0,
     cdef int nx
     cdef fnn_idx wc = 0
     # work rows are [δ^x | δ^h] (6H): dW_ih from δ^x, dW_hh from δ^h.
-    cdef int nw = grads_setup[real](T, B, 6 * H, I, H, 3 * H, &wt, &wc)
+    cdef int nw = grads_setup[real](T, B, 6 * H, I, H, 3 * H, &wt, &wc, nc > 1)
     if nw < 0:
         return -1
-    nx = parts(TB, 8, TB * I * 3 * H) if gxs != NULL else 0
+    nx = parts(TB, 8, TB * I * 3 * H, nc > 1) if gxs != NULL else 0
     if ghn != NULL:
         memcpy(gh0, ghn, BH * sizeof(real))
     else:

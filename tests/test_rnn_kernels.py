@@ -228,8 +228,8 @@ def test_backward_shape_checks():
 
 
 @pytest.mark.parametrize("cell,H", [("rnn_tanh", 256), ("lstm", 128), ("gru", 160)])
-def test_threaded_time_steps_match_reference(compiled_backend, rng, cell, H):
-    """Steps big enough to split the batch over threads (B·G·H·H >= 2^20) give the reference result."""
+def test_threaded_time_steps_match_reference(compiled_backend, split_small_work, rng, cell, H):
+    """Steps with the batch split over threads give the reference result."""
     before = fastnn.get_num_threads()
     p = _make(cell, (6, 18, 5, H), np.float32, rng, scale=0.1)
     try:
@@ -267,16 +267,32 @@ def _run_threads(cell, p, n):
         fastnn.set_num_threads(before)
 
 
-# (T, B, I, H): small problems that run the threaded regions of the compiled
-# kernels: the batch split into blocks that do not divide it (B = 18, 9), a batch
-# too small to split (B = 6: the time loop stays serial, the weight gradients and
-# dL/dx are still split), and gate columns split unevenly (H = 48, G*H = 144).
+@pytest.fixture
+def split_small_work(compiled_backend):
+    """Let the Cython kernels split even these small problems over threads (normally serial below ~2^25
+    multiply-adds, where waking a second thread costs more than it saves)."""
+    if compiled_backend != "cython":
+        yield
+        return
+    from fastnn._ext import _rnn
+    old = _rnn._set_parallel_min_work(1 << 16)
+    try:
+        yield
+    finally:
+        _rnn._set_parallel_min_work(old)
+
+
+# (T, B, I, H): with split_small_work, small problems that run the threaded
+# regions of the compiled kernels: the batch split into blocks that do not
+# divide it (B = 18, 9), a batch too small to split (B = 6: the time loop stays
+# serial, the weight gradients and dL/dx are still split), and gate columns
+# split unevenly (H = 48, G*H = 144).
 THREADED_SHAPES = [(20, 18, 5, 64), (30, 6, 8, 64), (25, 9, 3, 48)]
 
 
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("shape", THREADED_SHAPES, ids=lambda s: "T{}B{}I{}H{}".format(*s))
-def test_thread_count_does_not_change_results(compiled_backend, dtype, rng, cell, shape):
+def test_thread_count_does_not_change_results(compiled_backend, split_small_work, dtype, rng, cell, shape):
     """1, 2 and 3 threads give bit-identical results (each output element is summed in one order,
     whichever thread computes it), and they match the reference."""
     p = _make(cell, shape, dtype, rng, scale=0.2)
@@ -293,3 +309,16 @@ def test_thread_count_does_not_change_results(compiled_backend, dtype, rng, cell
     np.testing.assert_allclose(fwd1["out"], fwd_ref["out"], **t)
     for k in grads_ref:
         np.testing.assert_allclose(grads1[k], grads_ref[k], **t, err_msg=k)
+
+
+def test_threaded_time_loop_and_large_products_match_reference(compiled_backend, rng):
+    """A time loop above the default split size (2^25 multiply-adds) whose all-steps products
+    go to the own GEMM, at 2 threads."""
+    p = _make("lstm", (20, 26, 40, 128), np.float32, rng, scale=0.1)
+    fwd, grads = _run_threads("lstm", p, 2)
+    with fastnn.use_backend("numpy"):
+        fwd_ref, grads_ref = _run("lstm", p)
+    t = tol(np.float32, scale=50)
+    np.testing.assert_allclose(fwd["out"], fwd_ref["out"], **t)
+    for k in grads_ref:
+        np.testing.assert_allclose(grads[k], grads_ref[k], **t, err_msg=k)

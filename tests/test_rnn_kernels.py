@@ -246,15 +246,19 @@ def test_threaded_time_steps_match_reference(compiled_backend, split_small_work,
 
 
 @pytest.mark.parametrize("cell", ["rnn_tanh", "lstm", "gru"])
-def test_large_problem_matches_reference(backend, rng, cell):
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias-no-input-grad"])
+def test_large_problem_matches_reference(backend, dtype, rng, cell, bias):
     """All-steps products above the size gate (> 2^18 operand elements) go to the own GEMM in the compiled backends."""
-    p = _make(cell, (40, 64, 16, 64), np.float32, rng, scale=0.2)
-    fwd, grads = _run(cell, p)
+    p = _make(cell, (40, 64, 16, 64), dtype, rng, bias=bias, scale=0.2)
+    fwd, grads = _run(cell, p, input_grad=bias)
     with fastnn.use_backend("numpy"):
-        fwd_ref, grads_ref = _run(cell, p)
-    t = tol(np.float32, scale=50)
+        fwd_ref, grads_ref = _run(cell, p, input_grad=bias)
+    t = tol(dtype, scale=50)
     np.testing.assert_allclose(fwd["out"], fwd_ref["out"], **t)
     for k in grads_ref:
+        if grads_ref[k] is None:
+            assert grads[k] is None, k
+            continue
         np.testing.assert_allclose(grads[k], grads_ref[k], **t, err_msg=k)
 
 

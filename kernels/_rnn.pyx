@@ -42,9 +42,9 @@ cdef extern from *:
         int n = omp_get_num_threads();
         __atomic_fetch_add(arrived, 1, __ATOMIC_ACQ_REL);
         if (omp_get_thread_num() != 0) return;
-        double t0 = fnn_clock(), t;
+        double t0 = fnn_clock();
         while (__atomic_load_n(arrived, __ATOMIC_ACQUIRE) < n) {
-            if ((t = fnn_clock()) - t0 > 50e-6) return;  /* long wait: sleeping costs little more */
+            if (fnn_clock() - t0 > 50e-6) return;  /* a long wait: sleeping costs little more */
     #if defined(__x86_64__) || defined(__i386__)
             __builtin_ia32_pause();
     #endif
@@ -94,6 +94,7 @@ def _set_parallel_min_work(n):
     old = PAR_MIN_WORK
     PAR_MIN_WORK = n
     return old
+
 
 ctypedef fused real:
     float

@@ -3,8 +3,11 @@
 
 The whole time loop runs here without the GIL. Per step: one small product
 with W_hh (hand-written, rnn_kernels.h), then the gate arithmetic (rnn_kernels.h, vectorised C).
-Outside the loop: the input projection for all steps is one GEMM, and the
-weight gradients and dL/dx are one GEMM each over all steps.
+The input projection, the weight gradients and dL/dx cover all steps at once:
+for large problems one call each to fastnn's own GEMM (gemm.h, threaded
+inside); for small ones the hand-written product, inside the one parallel
+region of the forward (by batch rows) or backward pass (batch rows for the
+time loop, then gate columns and rows of dL/dx).
 Arrays arrive validated by fastnn.ops.rnn (C-contiguous, one float dtype,
 shapes checked), so only raw pointers are taken here.
 """
@@ -15,9 +18,83 @@ cimport numpy as cnp
 from libc.stdlib cimport malloc, calloc, free
 from libc.string cimport memcpy, memset
 from scipy.linalg.cython_blas cimport sgemm, dgemm
-from cython.parallel cimport prange
+from cython.parallel cimport parallel
+
+cdef extern from *:
+    """
+    /* A parallel region whose threads take blocks from a shared counter. With
+     * passive OpenMP waits a thread that waits at the region's closing barrier
+     * goes to sleep, and waking it costs tens of µs on shared or virtual cores.
+     * So blocks are handed out dynamically (the master starts at once, a worker
+     * joins when it has woken up), and the master, when it runs out of blocks,
+     * spins a bounded while for the others to finish, to reach the barrier last. */
+    #include <time.h>
+    #ifdef _OPENMP
+    #include <omp.h>
+    #endif
+    static inline int fnn_claim(int *next) { return __atomic_fetch_add(next, 1, __ATOMIC_RELAXED); }
+    static inline double fnn_clock(void) {
+        struct timespec ts; clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+    }
+    static inline void fnn_leave(int *arrived) {
+    #ifdef _OPENMP
+        int n = omp_get_num_threads();
+        __atomic_fetch_add(arrived, 1, __ATOMIC_ACQ_REL);
+        if (omp_get_thread_num() != 0) return;
+        double t0 = fnn_clock();
+        while (__atomic_load_n(arrived, __ATOMIC_ACQUIRE) < n) {
+            if (fnn_clock() - t0 > 50e-6) return;  /* a long wait: sleeping costs little more */
+    #if defined(__x86_64__) || defined(__i386__)
+            __builtin_ia32_pause();
+    #endif
+        }
+        /* the last worker has left its blocks and is entering the barrier: give it a moment */
+        t0 = fnn_clock();
+        while (fnn_clock() - t0 < 1e-6) { }
+    #else
+        (void)arrived;
+    #endif
+    }
+    /* A barrier inside a region: count a finished block; wait until n are.
+     * The waiter spins (both threads are awake by then and a block is short),
+     * yielding the core after a while in case the other thread was preempted. */
+    #include <sched.h>
+    static inline void fnn_done(int *done) { __atomic_fetch_add(done, 1, __ATOMIC_RELEASE); }
+    static inline void fnn_await(int *done, int n) {
+        long spins = 0;
+        while (__atomic_load_n(done, __ATOMIC_ACQUIRE) < n) {
+            if (++spins > 20000) sched_yield();
+    #if defined(__x86_64__) || defined(__i386__)
+            else __builtin_ia32_pause();
+    #endif
+        }
+    }
+    """
+    int fnn_claim(int *next) nogil
+    void fnn_leave(int *arrived) nogil
+    void fnn_done(int *done) nogil
+    void fnn_await(int *done, int n) nogil
 
 cnp.import_array()
+
+# Multiply-adds from which work opens a parallel region of its own. fastnn
+# runs OpenMP with passive waits (fastnn._config.prefer_passive_openmp), so
+# a region pays for waking its workers: ~40 µs on a 2-core virtual machine,
+# and far more variable than the work (~10 µs per million multiply-adds).
+# There the tanh RNN T=50 B=32 I=8 H=64 step (forward 7.4M, backward region
+# 15M) ran faster serial in `fastnn bench` (351 µs against 388 µs); the LSTM
+# T=100 B=64 H=128 (~250M per region) gains ~40% from a second thread.
+cdef Py_ssize_t PAR_MIN_WORK = 1 << 25
+
+
+def _set_parallel_min_work(n):
+    """Set the multiply-adds from which work is split over threads; returns the old value (tests)."""
+    global PAR_MIN_WORK
+    old = PAR_MIN_WORK
+    PAR_MIN_WORK = n
+    return old
+
 
 ctypedef fused real:
     float
@@ -45,18 +122,20 @@ cdef extern from "rnn_kernels.h" nogil:
                          const double *h_prev, double *w, fnn_idx B, fnn_idx H)
     void fnn_colsum_f(const float *a, fnn_idx rows, fnn_idx cols, fnn_idx ld, float *out)
     void fnn_colsum_d(const double *a, fnn_idx rows, fnn_idx cols, fnn_idx ld, double *out)
-    void fnn_fill_bias_f(float *out, fnn_idx rows, fnn_idx cols, const float *b1, const float *b2)
-    void fnn_fill_bias_d(double *out, fnn_idx rows, fnn_idx cols, const double *b1, const double *b2)
     void fnn_gemm_acc_f(const float *A, fnn_idx ars, fnn_idx aks, const float *Bt, fnn_idx ldb, float *C,
                         fnn_idx ldc, fnn_idx M, fnn_idx N, fnn_idx K)
     void fnn_gemm_acc_d(const double *A, fnn_idx ars, fnn_idx aks, const double *Bt, fnn_idx ldb, double *C,
                         fnn_idx ldc, fnn_idx M, fnn_idx N, fnn_idx K)
     void fnn_transpose_f(const float *A, fnn_idx M, fnn_idx N, float *Bt)
-    void fnn_gemm_nt_f(const float *A, fnn_idx lda, const float *Bn, fnn_idx ldb, float *C, fnn_idx ldc,
-                       fnn_idx M, fnn_idx N, fnn_idx K)
-    void fnn_gemm_nt_d(const double *A, fnn_idx lda, const double *Bn, fnn_idx ldb, double *C, fnn_idx ldc,
-                       fnn_idx M, fnn_idx N, fnn_idx K)
     void fnn_transpose_d(const double *A, fnn_idx M, fnn_idx N, double *Bt)
+
+# fastnn's own GEMM (packing + AVX-512/AVX2 micro-kernels, threaded inside) for
+# the large all-steps products.
+cdef extern from "gemm.h" nogil:
+    int fnn_sgemm(int M, int N, int K, const float *a, long rsa, long csa, const float *b, long rsb,
+                  long csb, float *c, long ldc, const float *bias, int act, int nthreads)
+    int fnn_dgemm(int M, int N, int K, const double *a, long rsa, long csa, const double *b, long rsb,
+                  long csb, double *c, long ldc, const double *bias, int act, int nthreads)
 
 
 # ---------------------------------------------------------------------------
@@ -115,104 +194,225 @@ cdef inline void colsum(const real *a, fnn_idx rows, fnn_idx cols, fnn_idx ld, r
 cdef inline bint small(fnn_idx elements) noexcept nogil:
     """True when the operands of an all-steps product are small (<= 2^18 elements, 1 MB in float32).
 
-    Those go to the hand-written kernels: besides set-up and packing, a BLAS
-    call may wake its worker threads, which costs far more than such a product
-    when the cores are shared (and never helps it).
+    Those go to the hand-written kernels, split over the threads by output
+    rows or columns: packing costs more than it saves there. Larger ones go to
+    fastnn's own GEMM (gemm.h), whose packing then pays.
     """
     return elements <= (1 << 18)
 
 
-cdef inline void input_projection(const real *x, const real *w_ih, const real *b1, const real *b2,
-                                  real *out, int TB, int I, int GH) noexcept nogil:
-    """out = x·W_ihᵀ + b1 + b2 for all T·B rows at once."""
-    cdef real beta = 0
-    cdef real *wt = NULL
+cdef inline int own_gemm(int M, int N, int K, const real *a, long rsa, long csa, const real *b, long rsb,
+                         long csb, real *c, long ldc, const real *bias) noexcept nogil:
+    """C (M, N) = op(A)·op(B) (+ bias) by fastnn's own GEMM on the module's threads.
+
+    A(i, p) = a[i*rsa + p*csa], B(p, j) = b[p*rsb + j*csb]. Falls back to BLAS
+    (no bias) when the GEMM cannot get its packing buffers; returns -1 when
+    that fallback cannot honour a bias either.
+    """
+    cdef int rc
+    if M == 0 or N == 0:
+        return 0
+    if real is float:
+        rc = fnn_sgemm(M, N, K, a, rsa, csa, b, rsb, csb, c, ldc, bias, 0, _fastnn_num_threads)
+    else:
+        rc = fnn_dgemm(M, N, K, a, rsa, csa, b, rsb, csb, c, ldc, bias, 0, _fastnn_num_threads)
+    if rc == 0:
+        return 0
+    if bias != NULL:
+        return -1
+    # BLAS wants one unit stride per operand: the all-steps products here always have one.
+    gemm(csa != 1, csb != 1, M, N, K, <real>1, a, <int>(rsa if csa == 1 else csa), b,
+         <int>(rsb if csb == 1 else csb), <real>0, c, <int>ldc)
+    return 0
+
+
+cdef inline int parts(fnn_idx n, fnn_idx step, fnn_idx work, bint region) noexcept nogil:
+    """Blocks of ``step`` rows (or columns) to cut n into for the threads.
+
+    1 (serial) below PAR_MIN_WORK multiply-adds, unless ``region``: the work
+    joins a region that runs anyway (the backward time loop's). About two
+    blocks per thread, taken dynamically (see fnn_leave): a worker that wakes
+    late takes fewer.
+    """
+    cdef int nt = _fastnn_num_threads
+    cdef fnn_idx blocks = (n + step - 1) // step
+    if nt <= 1 or (work < PAR_MIN_WORK and not region):
+        return 1
+    return <int>(2 * nt if 2 * nt < blocks else blocks)
+
+
+cdef inline int team(int nblocks) noexcept nogil:
+    """Threads for a region of nblocks blocks."""
+    return _fastnn_num_threads if _fastnn_num_threads < nblocks else nblocks
+
+
+cdef inline fnn_idx part_size(fnn_idx n, int np, fnn_idx step) noexcept nogil:
+    """Rows per block: n split in np blocks, rounded up to a multiple of ``step``."""
+    cdef fnn_idx c = (n + np - 1) // np
+    return (c + step - 1) // step * step
+
+
+cdef inline void project_rows(const real *x, const real *wt, const real *bias, real *out, fnn_idx r0,
+                              fnn_idx r1, int I, int GH) noexcept nogil:
+    """Rows r0:r1 of out = x·W_ihᵀ + bias, W_ihᵀ given as wt (I, GH); bias (GH) or NULL."""
+    cdef fnn_idx r, j
+    if bias != NULL:
+        for r in range(r0, r1):
+            for j in range(GH):
+                out[r * GH + j] = bias[j]
+    else:
+        memset(out + r0 * GH, 0, (r1 - r0) * GH * sizeof(real))
+    step_gemm(x + r0 * I, I, wt, GH, out + r0 * GH, GH, r1 - r0, GH, I)
+
+
+cdef inline int projection_setup(const real *x, const real *w_ih, const real *b1, const real *b2, real *out,
+                                 int TB, int I, int GH, real **wiT, real **bias) noexcept nogil:
+    """The input projection out = x·W_ihᵀ + b1 + b2 for all T·B rows, or what it needs.
+
+    Large problems: done here, by the own GEMM (threaded, packed), and *wiT
+    is NULL. Small ones: *wiT = W_ihᵀ and *bias = b1 + b2 (or NULL) are made
+    for project_block, which each thread runs on its batch rows inside the
+    time-loop region (no region of its own). The caller frees both.
+    """
+    cdef fnn_idx j
+    cdef int rc = 0
+    wiT[0] = NULL
+    bias[0] = NULL
     if b1 != NULL or b2 != NULL:
-        if real is float:
-            fnn_fill_bias_f(out, TB, GH, b1, b2)
-        else:
-            fnn_fill_bias_d(out, TB, GH, b1, b2)
-        beta = 1
-    if small(<fnn_idx>TB * (I + GH)):
-        wt = transposed(w_ih, GH, I)
-    if wt != NULL:
-        if beta == 0:
-            memset(out, 0, <fnn_idx>TB * GH * sizeof(real))
-        step_gemm(x, I, wt, GH, out, GH, TB, GH, I)
-        free(wt)
+        bias[0] = <real*>malloc(GH * sizeof(real))
+        if bias[0] == NULL:
+            return -1
+        for j in range(GH):
+            bias[0][j] = (b1[j] if b1 != NULL else 0) + (b2[j] if b2 != NULL else 0)
+    if not small(<fnn_idx>TB * (I + GH)):
+        rc = own_gemm(TB, GH, I, x, I, 1, w_ih, 1, I, out, GH, bias[0])
     else:
-        gemm(False, True, TB, GH, I, <real>1, x, I, w_ih, I, beta, out, GH)
+        wiT[0] = transposed(w_ih, GH, I)
+        if wiT[0] == NULL:
+            rc = -1
+    return rc
 
 
-cdef inline void input_grad(const real *d, int ld, const real *w_ih, real *gx, int TB, int I, int GH) noexcept nogil:
-    """dL/dx = δ·W_ih for all T·B rows (δ with leading dimension ld)."""
-    cdef real *wt = NULL
-    if small(<fnn_idx>TB * (I + GH)):
-        wt = transposed(w_ih, GH, I)
-    if wt != NULL:
-        if real is float:
-            fnn_gemm_nt_f(d, ld, wt, GH, gx, I, TB, I, GH)
-        else:
-            fnn_gemm_nt_d(d, ld, wt, GH, gx, I, TB, I, GH)
-        free(wt)
-    else:
-        gemm(False, False, TB, I, GH, <real>1, d, ld, w_ih, I, <real>0, gx, I)
+cdef inline void project_block(const real *x, const real *wiT, const real *bias, real *out, int T, int B,
+                               int r0, int r1, int I, int GH) noexcept nogil:
+    """Batch rows r0:r1 of the input projection for every step (nothing when it is done already)."""
+    cdef int t
+    if wiT == NULL:
+        return
+    for t in range(T):
+        project_rows(x, wiT, bias, out, <fnn_idx>t * B + r0, <fnn_idx>t * B + r1, I, GH)
 
 
-cdef inline int weight_grads(const real *dx, const real *dh, int ld, const real *x, const real *h0,
-                             const real *out, real *gw_ih, real *gw_hh, real *gb_ih, real *gb_hh,
-                             int T, int B, int I, int H, int GH) noexcept nogil:
-    """dW_ih = Σ δxᵀ x, dW_hh = Σ δhᵀ h_prev (h0, then out[:-1]), db = column sums.
+cdef inline void input_grad_rows(const real *d, int ld, const real *w_ih, real *gx, fnn_idx r0, fnn_idx r1,
+                                 int I, int GH) noexcept nogil:
+    """Rows r0:r1 (of all T·B) of dL/dx = δ·W_ih: the narrow product, I columns (a vector or less)."""
+    memset(gx + r0 * I, 0, (r1 - r0) * I * sizeof(real))
+    step_gemm(d + r0 * ld, ld, w_ih, I, gx + r0 * I, I, r1 - r0, I, GH)
 
-    Small problems (operands within ~1 MB, i.e. in L2) use the hand-written
-    product: with K = T·B long and M, N small, BLAS set-up and packing cost more
-    than the arithmetic. Larger ones go to BLAS, whose packing then pays.
-    dW_ih is built transposed, (I, G·H), so the wide dimension lies along the vectors.
+
+cdef inline void weight_grad_cols(const real *dx, const real *dh, int ld, const real *x, const real *h0,
+                                  const real *out, real *wt, real *gw_hh, real *gb_ih, real *gb_hh,
+                                  fnn_idx m0, fnn_idx m1, int T, int B, int I, int H, int GH) noexcept nogil:
+    """Gate columns m0:m1 of the weight and bias gradients (the small-problem path).
+
+    wt (I, GH) receives dW_ihᵀ, gw_hh (GH, H) dW_hh; each gate column is
+    computed whole by one thread, so the split does not change the rounding.
     """
     cdef fnn_idx TB = <fnn_idx>T * B
-    cdef real *wt
+    cdef fnn_idx n = m1 - m0
+    gemm_tn_acc(x, I, dx + m0, ld, wt + m0, GH, I, n, TB)
+    memset(gw_hh + m0 * H, 0, n * H * sizeof(real))
+    gemm_tn_acc(dh + m0, ld, h0, H, gw_hh + m0 * H, H, n, H, B)
+    if T > 1:
+        gemm_tn_acc(dh + <fnn_idx>B * ld + m0, ld, out, H, gw_hh + m0 * H, H, n, H, TB - B)
+    if gb_ih != NULL:
+        colsum(dx + m0, TB, n, ld, gb_ih + m0)
+    if gb_hh != NULL and (dh != dx or gb_ih == NULL):
+        colsum(dh + m0, TB, n, ld, gb_hh + m0)
+
+
+cdef inline int grads_setup(int T, int B, int ld, int I, int H, int GH, real **wt, fnn_idx *chunk,
+                            bint region) noexcept nogil:
+    """Blocks of gate columns for weight_grad_cols in the backward region; 0 for the large path, -1 out of memory.
+
+    Small problems (operands within ~1 MB, i.e. in L2) use the hand-written
+    product: with K = T·B long and M, N small, packing costs more than the
+    arithmetic. *wt gets a zeroed (I, G·H) buffer for dW_ihᵀ (the wide
+    dimension along the vectors).
+    """
+    cdef fnn_idx TB = <fnn_idx>T * B
+    cdef int nw
+    wt[0] = NULL
     if not small(TB * (ld + H + I)):
-        gemm(True, False, GH, I, TB, <real>1, dx, ld, x, I, <real>0, gw_ih, I)
-        gemm(True, False, GH, H, B, <real>1, dh, ld, h0, H, <real>0, gw_hh, H)
-        if T > 1:
-            gemm(True, False, GH, H, TB - B, <real>1, dh + <fnn_idx>B * ld, ld, out, H, <real>1, gw_hh, H)
-    else:
-        wt = <real*>calloc(<fnn_idx>I * GH, sizeof(real))
-        if wt == NULL:
-            return -1
-        gemm_tn_acc(x, I, dx, ld, wt, GH, I, GH, TB)
+        return 0
+    wt[0] = <real*>calloc(<fnn_idx>I * GH, sizeof(real))
+    if wt[0] == NULL:
+        return -1
+    nw = parts(GH, 4, TB * GH * (H + I), region)
+    chunk[0] = part_size(GH, nw, 4)
+    return <int>((GH + chunk[0] - 1) // chunk[0])
+
+
+cdef inline int grads_finish(const real *dx, const real *dh, int ld, const real *x, const real *h0,
+                             const real *out, const real *w_ih, real *wt, real *gx, bint gx_done, real *gw_ih,
+                             real *gw_hh, real *gb_ih, real *gb_hh, int T, int B, int I, int H,
+                             int GH) noexcept nogil:
+    """What the backward region left: dW_ih from wt (small problems), or all
+    weight gradients by the own GEMM (large ones), then dL/dx if not done yet.
+
+    Large: dW_hh over out[:-1] (one strided operand), then the h0 term added
+    by the hand-written product.
+    """
+    cdef fnn_idx TB = <fnn_idx>T * B
+    if wt != NULL:
         if real is float:
             fnn_transpose_f(wt, I, GH, gw_ih)
         else:
             fnn_transpose_d(wt, I, GH, gw_ih)
         free(wt)
-        memset(gw_hh, 0, <fnn_idx>GH * H * sizeof(real))
-        gemm_tn_acc(dh, ld, h0, H, gw_hh, H, GH, H, B)
+    else:
+        if own_gemm(GH, I, <int>TB, dx, 1, ld, x, I, 1, gw_ih, I, <const real*>NULL) != 0:
+            return -1
         if T > 1:
-            gemm_tn_acc(dh + <fnn_idx>B * ld, ld, out, H, gw_hh, H, GH, H, TB - B)
-    if gb_ih != NULL:
-        colsum(dx, TB, GH, ld, gb_ih)
-    if gb_hh != NULL:
-        colsum(dh, TB, GH, ld, gb_hh)
+            if own_gemm(GH, H, <int>(TB - B), dh + <fnn_idx>B * ld, 1, ld, out, H, 1, gw_hh, H,
+                        <const real*>NULL) != 0:
+                return -1
+        else:
+            memset(gw_hh, 0, <fnn_idx>GH * H * sizeof(real))
+        gemm_tn_acc(dh, ld, h0, H, gw_hh, H, GH, H, B)
+        if gb_ih != NULL:
+            colsum(dx, TB, GH, ld, gb_ih)
+        if gb_hh != NULL and (dh != dx or gb_ih == NULL):
+            colsum(dh, TB, GH, ld, gb_hh)
+    # The RNN and LSTM share one δ for both biases: their gradients are equal.
+    if gb_ih != NULL and gb_hh != NULL and dh == dx:
+        memcpy(gb_hh, gb_ih, GH * sizeof(real))
+    if gx != NULL and not gx_done:
+        return own_gemm(<int>TB, I, GH, dx, ld, 1, w_ih, I, 1, gx, I, <const real*>NULL)
     return 0
 
 
+cdef inline real *small_input_grad(real *gx, int TB, int I, int GH) noexcept nogil:
+    """gx when dL/dx is small enough for input_grad_rows in the backward region, else NULL."""
+    return gx if small(<fnn_idx>TB * (I + GH)) else NULL
+
+
 cdef inline int row_chunk(int B, fnn_idx work) noexcept nogil:
-    """Rows per thread for the time loop, or B (serial).
+    """Rows per block of the time loop, or B (serial).
 
     The samples of a batch never interact in the recurrence (sample b's h_t
     depends on sample b alone), so the batch splits over the threads for the
     WHOLE time loop: one parallel region per call, no barrier per step. Small
-    problems (``work`` = multiply-adds of the loop) stay serial. Chunks are
-    multiples of 4 rows (the tile of the per-step product).
+    problems (``work`` = multiply-adds of the region: the loop and what joins
+    it) stay serial. About four
+    blocks per thread, taken dynamically; blocks are multiples of 4 rows (the
+    tile of the per-step product).
     """
     cdef int n = _fastnn_num_threads
     cdef int c
-    if n <= 1 or work < (1 << 25) or B < 8:
+    if n <= 1 or work < PAR_MIN_WORK or B < 8:
         return B
-    if n > B // 4:
-        n = B // 4
-    c = (B + n - 1) // n
+    c = (B + 2 * n - 1) // (2 * n)
     return (c + 3) // 4 * 4
 
 
@@ -257,18 +457,35 @@ cdef inline void rnn_bwd_rows(const real *go, real *grec, const real *h, real *d
 cdef int rnn_fwd(const real *x, const real *h0, const real *w_ih, const real *w_hh, const real *b_ih,
                  const real *b_hh, int relu, real *out, int T, int B, int I, int H) noexcept nogil:
     cdef fnn_idx BH = <fnn_idx>B * H
+    cdef int chunk = row_chunk(B, <fnn_idx>T * BH * (H + I))
+    cdef int c = 0, nc = (B + chunk - 1) // chunk
+    cdef int nxt, arrived
+    cdef real *wiT
+    cdef real *bias
     cdef real *wt = transposed(w_hh, H, H)
     if wt == NULL:
         return -1
-    cdef int chunk = row_chunk(B, <fnn_idx>T * BH * H)
-    cdef int c, nc = (B + chunk - 1) // chunk
-    input_projection(x, w_ih, b_ih, b_hh, out, T * B, I, H)
+    if projection_setup(x, w_ih, b_ih, b_hh, out, T * B, I, H, &wiT, &bias) != 0:
+        free(wt)
+        free(wiT)
+        free(bias)
+        return -1
     if nc == 1:
+        project_block(x, wiT, bias, out, T, B, 0, B, I, H)
         rnn_fwd_block(h0, wt, out, relu, T, B, 0, B, H)
     else:
-        for c in prange(nc, num_threads=nc, schedule="static"):
-            rnn_fwd_block(h0, wt, out, relu, T, B, c * chunk, min(B, (c + 1) * chunk), H)
+        nxt = 0
+        arrived = 0
+        with parallel(num_threads=team(nc)):
+            c = fnn_claim(&nxt)
+            while c < nc:
+                project_block(x, wiT, bias, out, T, B, c * chunk, min(B, (c + 1) * chunk), I, H)
+                rnn_fwd_block(h0, wt, out, relu, T, B, c * chunk, min(B, (c + 1) * chunk), H)
+                c = fnn_claim(&nxt)
+            fnn_leave(&arrived)
     free(wt)
+    free(wiT)
+    free(bias)
     return 0
 
 
@@ -276,24 +493,57 @@ cdef int rnn_bwd(const real *go, const real *ghn, const real *x, const real *h0,
                   const real *w_hh, const real *out, int relu, real *work, real *gx, real *gh0,
                   real *gw_ih, real *gw_hh, real *gb_ih, real *gb_hh, int T, int B, int I, int H) noexcept nogil:
     cdef fnn_idx BH = <fnn_idx>B * H
-    cdef int t
-    cdef int chunk = row_chunk(B, <fnn_idx>T * BH * H)
-    cdef int c, nc = (B + chunk - 1) // chunk
+    cdef int chunk = row_chunk(B, <fnn_idx>T * BH * 2 * (H + I))
+    cdef int c = 0, nc = (B + chunk - 1) // chunk
+    cdef int nxt, nxt2, done, arrived
+    cdef real *gxs = small_input_grad(gx, T * B, I, H)
+    cdef real *wt
+    cdef fnn_idx TB = <fnn_idx>T * B, xc = 0
+    cdef int nx
+    cdef fnn_idx wc = 0
+    cdef int nw = grads_setup[real](T, B, H, I, H, H, &wt, &wc, nc > 1)
+    if nw < 0:
+        return -1
+    nx = parts(TB, 8, TB * I * H, nc > 1) if gxs != NULL else 0
     # gh0 doubles as the recurrent gradient g_rec = δ_{t+1}·W_hh: it ends as dL/dh0.
     if ghn != NULL:
         memcpy(gh0, ghn, BH * sizeof(real))
     else:
         memset(gh0, 0, BH * sizeof(real))
-    if nc == 1:
+    if nx > 0:
+        xc = part_size(TB, nx, 8)
+    if nc == 1 and nw <= 1 and nx <= 1:
         rnn_bwd_block(go, gh0, out, work, w_hh, relu, T, B, 0, B, H)
+        if gxs != NULL:
+            input_grad_rows(work, H, w_ih, gxs, 0, TB, I, H)
+        if nw == 1:
+            weight_grad_cols(work, work, H, x, h0, out, wt, gw_hh, gb_ih, gb_hh, 0, H, T, B, I, H, H)
     else:
-        for c in prange(nc, num_threads=nc, schedule="static"):
-            rnn_bwd_block(go, gh0, out, work, w_hh, relu, T, B, c * chunk, min(B, (c + 1) * chunk), H)
-    if weight_grads(work, work, H, x, h0, out, gw_ih, gw_hh, gb_ih, gb_hh, T, B, I, H, H) != 0:
-        return -1
-    if gx != NULL:
-        input_grad(work, H, w_ih, gx, T * B, I, H)
-    return 0
+        # One region: the time loop by batch rows, then (all δ done) the weight gradients by gate
+        # columns and dL/dx by rows.
+        nxt = 0
+        nxt2 = 0
+        done = 0
+        arrived = 0
+        with parallel(num_threads=team(nc if nc > nw + nx else nw + nx)):
+            c = fnn_claim(&nxt)
+            while c < nc:
+                rnn_bwd_block(go, gh0, out, work, w_hh, relu, T, B, c * chunk, min(B, (c + 1) * chunk), H)
+                fnn_done(&done)
+                c = fnn_claim(&nxt)
+            if nw + nx > 0:
+                fnn_await(&done, nc)
+                c = fnn_claim(&nxt2)
+                while c < nw + nx:
+                    if c >= nw:
+                        input_grad_rows(work, H, w_ih, gxs, (c - nw) * xc, min(TB, (c - nw + 1) * xc), I, H)
+                    else:
+                        weight_grad_cols(work, work, H, x, h0, out, wt, gw_hh, gb_ih, gb_hh, c * wc,
+                                         min(H, (c + 1) * wc), T, B, I, H, H)
+                    c = fnn_claim(&nxt2)
+            fnn_leave(&arrived)
+    return grads_finish(work, work, H, x, h0, out, w_ih, wt, gx, gxs != NULL, gw_ih, gw_hh, gb_ih, gb_hh,
+                        T, B, I, H, H)
 
 
 def rnn_forward(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity, out):
@@ -379,18 +629,35 @@ cdef int lstm_fwd(const real *x, const real *h0, const real *c0, const real *w_i
                    int T, int B, int I, int H) noexcept nogil:
     cdef fnn_idx BH = <fnn_idx>B * H
     cdef fnn_idx BG = 4 * BH
+    cdef int chunk = row_chunk(B, <fnn_idx>T * BG * (H + I))
+    cdef int c = 0, nc = (B + chunk - 1) // chunk
+    cdef int nxt, arrived
+    cdef real *wiT
+    cdef real *bias
     cdef real *wt = transposed(w_hh, 4 * H, H)
     if wt == NULL:
         return -1
-    cdef int chunk = row_chunk(B, <fnn_idx>T * BG * H)
-    cdef int c, nc = (B + chunk - 1) // chunk
-    input_projection(x, w_ih, b_ih, b_hh, gates, T * B, I, 4 * H)
+    if projection_setup(x, w_ih, b_ih, b_hh, gates, T * B, I, 4 * H, &wiT, &bias) != 0:
+        free(wt)
+        free(wiT)
+        free(bias)
+        return -1
     if nc == 1:
+        project_block(x, wiT, bias, gates, T, B, 0, B, I, 4 * H)
         lstm_fwd_block(h0, c0, wt, gates, cell, out, T, B, 0, B, H)
     else:
-        for c in prange(nc, num_threads=nc, schedule="static"):
-            lstm_fwd_block(h0, c0, wt, gates, cell, out, T, B, c * chunk, min(B, (c + 1) * chunk), H)
+        nxt = 0
+        arrived = 0
+        with parallel(num_threads=team(nc)):
+            c = fnn_claim(&nxt)
+            while c < nc:
+                project_block(x, wiT, bias, gates, T, B, c * chunk, min(B, (c + 1) * chunk), I, 4 * H)
+                lstm_fwd_block(h0, c0, wt, gates, cell, out, T, B, c * chunk, min(B, (c + 1) * chunk), H)
+                c = fnn_claim(&nxt)
+            fnn_leave(&arrived)
     free(wt)
+    free(wiT)
+    free(bias)
     return 0
 
 
@@ -400,8 +667,18 @@ cdef int lstm_bwd(const real *go, const real *ghn, const real *gcn, const real *
                    real *gb_ih, real *gb_hh, int T, int B, int I, int H) noexcept nogil:
     cdef fnn_idx BH = <fnn_idx>B * H
     cdef fnn_idx BG = 4 * BH
-    cdef int chunk = row_chunk(B, <fnn_idx>T * BG * H)
-    cdef int c, nc = (B + chunk - 1) // chunk
+    cdef int chunk = row_chunk(B, <fnn_idx>T * BG * 2 * (H + I))
+    cdef int c = 0, nc = (B + chunk - 1) // chunk
+    cdef int nxt, nxt2, done, arrived
+    cdef real *gxs = small_input_grad(gx, T * B, I, 4 * H)
+    cdef real *wt
+    cdef fnn_idx TB = <fnn_idx>T * B, xc = 0
+    cdef int nx
+    cdef fnn_idx wc = 0
+    cdef int nw = grads_setup[real](T, B, 4 * H, I, H, 4 * H, &wt, &wc, nc > 1)
+    if nw < 0:
+        return -1
+    nx = parts(TB, 8, TB * I * 4 * H, nc > 1) if gxs != NULL else 0
     # gh0 carries g_rec and gc0 carries γ = dL/dc backwards; both end as the h0/c0 gradients.
     if ghn != NULL:
         memcpy(gh0, ghn, BH * sizeof(real))
@@ -411,16 +688,38 @@ cdef int lstm_bwd(const real *go, const real *ghn, const real *gcn, const real *
         memcpy(gc0, gcn, BH * sizeof(real))
     else:
         memset(gc0, 0, BH * sizeof(real))
-    if nc == 1:
+    if nx > 0:
+        xc = part_size(TB, nx, 8)
+    if nc == 1 and nw <= 1 and nx <= 1:
         lstm_bwd_block(go, gh0, gc0, gates, cell, c0, work, w_hh, T, B, 0, B, H)
+        if gxs != NULL:
+            input_grad_rows(work, 4 * H, w_ih, gxs, 0, TB, I, 4 * H)
+        if nw == 1:
+            weight_grad_cols(work, work, 4 * H, x, h0, out, wt, gw_hh, gb_ih, gb_hh, 0, 4 * H, T, B, I, H, 4 * H)
     else:
-        for c in prange(nc, num_threads=nc, schedule="static"):
-            lstm_bwd_block(go, gh0, gc0, gates, cell, c0, work, w_hh, T, B, c * chunk, min(B, (c + 1) * chunk), H)
-    if weight_grads(work, work, 4 * H, x, h0, out, gw_ih, gw_hh, gb_ih, gb_hh, T, B, I, H, 4 * H) != 0:
-        return -1
-    if gx != NULL:
-        input_grad(work, 4 * H, w_ih, gx, T * B, I, 4 * H)
-    return 0
+        nxt = 0
+        nxt2 = 0
+        done = 0
+        arrived = 0
+        with parallel(num_threads=team(nc if nc > nw + nx else nw + nx)):
+            c = fnn_claim(&nxt)
+            while c < nc:
+                lstm_bwd_block(go, gh0, gc0, gates, cell, c0, work, w_hh, T, B, c * chunk, min(B, (c + 1) * chunk), H)
+                fnn_done(&done)
+                c = fnn_claim(&nxt)
+            if nw + nx > 0:
+                fnn_await(&done, nc)
+                c = fnn_claim(&nxt2)
+                while c < nw + nx:
+                    if c >= nw:
+                        input_grad_rows(work, 4 * H, w_ih, gxs, (c - nw) * xc, min(TB, (c - nw + 1) * xc), I, 4 * H)
+                    else:
+                        weight_grad_cols(work, work, 4 * H, x, h0, out, wt, gw_hh, gb_ih, gb_hh, c * wc,
+                                         min(4 * H, (c + 1) * wc), T, B, I, H, 4 * H)
+                    c = fnn_claim(&nxt2)
+            fnn_leave(&arrived)
+    return grads_finish(work, work, 4 * H, x, h0, out, w_ih, wt, gx, gxs != NULL, gw_ih, gw_hh, gb_ih, gb_hh,
+                        T, B, I, H, 4 * H)
 
 
 def lstm_forward(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, out, cell, gates):
@@ -508,8 +807,12 @@ cdef int gru_fwd(const real *x, const real *h0, const real *w_ih, const real *w_
     cdef real *gh = <real*>malloc(BG * sizeof(real))
     cdef real *zb = <real*>calloc(3 * H, sizeof(real))
     cdef real *wt = transposed(w_hh, 3 * H, H)
-    cdef int chunk = row_chunk(B, <fnn_idx>T * BG * H)
-    cdef int c, nc = (B + chunk - 1) // chunk
+    cdef real *wiT = NULL
+    cdef real *bias = NULL
+    cdef int chunk = row_chunk(B, <fnn_idx>T * BG * (H + I))
+    cdef int c = 0, nc = (B + chunk - 1) // chunk
+    cdef int nxt, arrived
+    cdef int rc = -1
     if gh == NULL or zb == NULL or wt == NULL:
         free(gh)
         free(zb)
@@ -517,16 +820,27 @@ cdef int gru_fwd(const real *x, const real *h0, const real *w_ih, const real *w_
         return -1
     if b_hh != NULL:
         memcpy(zb, b_hh, 3 * H * sizeof(real))
-    input_projection(x, w_ih, b_ih, <const real*>NULL, gates, T * B, I, 3 * H)
-    if nc == 1:
-        gru_fwd_block(h0, wt, gh, zb, gates, hidden_n, out, T, B, 0, B, H)
-    else:
-        for c in prange(nc, num_threads=nc, schedule="static"):
-            gru_fwd_block(h0, wt, gh, zb, gates, hidden_n, out, T, B, c * chunk, min(B, (c + 1) * chunk), H)
+    if projection_setup(x, w_ih, b_ih, <const real*>NULL, gates, T * B, I, 3 * H, &wiT, &bias) == 0:
+        rc = 0
+        if nc == 1:
+            project_block(x, wiT, bias, gates, T, B, 0, B, I, 3 * H)
+            gru_fwd_block(h0, wt, gh, zb, gates, hidden_n, out, T, B, 0, B, H)
+        else:
+            nxt = 0
+            arrived = 0
+            with parallel(num_threads=team(nc)):
+                c = fnn_claim(&nxt)
+                while c < nc:
+                    project_block(x, wiT, bias, gates, T, B, c * chunk, min(B, (c + 1) * chunk), I, 3 * H)
+                    gru_fwd_block(h0, wt, gh, zb, gates, hidden_n, out, T, B, c * chunk, min(B, (c + 1) * chunk), H)
+                    c = fnn_claim(&nxt)
+                fnn_leave(&arrived)
     free(gh)
     free(zb)
     free(wt)
-    return 0
+    free(wiT)
+    free(bias)
+    return rc
 
 
 cdef int gru_bwd(const real *go, const real *ghn, const real *x, const real *h0, const real *w_ih,
@@ -535,23 +849,56 @@ cdef int gru_bwd(const real *go, const real *ghn, const real *x, const real *h0,
                   int T, int B, int I, int H) noexcept nogil:
     cdef fnn_idx BH = <fnn_idx>B * H
     cdef fnn_idx BG = 3 * BH
-    cdef fnn_idx BW = 6 * BH
-    cdef int chunk = row_chunk(B, <fnn_idx>T * BG * H)
-    cdef int c, nc = (B + chunk - 1) // chunk
+    cdef int chunk = row_chunk(B, <fnn_idx>T * BG * 2 * (H + I))
+    cdef int c = 0, nc = (B + chunk - 1) // chunk
+    cdef int nxt, nxt2, done, arrived
+    cdef real *gxs = small_input_grad(gx, T * B, I, 3 * H)
+    cdef real *wt
+    cdef fnn_idx TB = <fnn_idx>T * B, xc = 0
+    cdef int nx
+    cdef fnn_idx wc = 0
+    # work rows are [δ^x | δ^h] (6H): dW_ih from δ^x, dW_hh from δ^h.
+    cdef int nw = grads_setup[real](T, B, 6 * H, I, H, 3 * H, &wt, &wc, nc > 1)
+    if nw < 0:
+        return -1
+    nx = parts(TB, 8, TB * I * 3 * H, nc > 1) if gxs != NULL else 0
     if ghn != NULL:
         memcpy(gh0, ghn, BH * sizeof(real))
     else:
         memset(gh0, 0, BH * sizeof(real))
-    if nc == 1:
+    if nx > 0:
+        xc = part_size(TB, nx, 8)
+    if nc == 1 and nw <= 1 and nx <= 1:
         gru_bwd_block(go, gh0, gates, hidden_n, h0, out, work, w_hh, T, B, 0, B, H)
+        if gxs != NULL:
+            input_grad_rows(work, 6 * H, w_ih, gxs, 0, TB, I, 3 * H)
+        if nw == 1:
+            weight_grad_cols(work, work + 3 * H, 6 * H, x, h0, out, wt, gw_hh, gb_ih, gb_hh, 0, 3 * H,
+                             T, B, I, H, 3 * H)
     else:
-        for c in prange(nc, num_threads=nc, schedule="static"):
-            gru_bwd_block(go, gh0, gates, hidden_n, h0, out, work, w_hh, T, B, c * chunk, min(B, (c + 1) * chunk), H)
-    if weight_grads(work, work + 3 * H, 6 * H, x, h0, out, gw_ih, gw_hh, gb_ih, gb_hh, T, B, I, H, 3 * H) != 0:
-        return -1
-    if gx != NULL:
-        input_grad(work, 6 * H, w_ih, gx, T * B, I, 3 * H)
-    return 0
+        nxt = 0
+        nxt2 = 0
+        done = 0
+        arrived = 0
+        with parallel(num_threads=team(nc if nc > nw + nx else nw + nx)):
+            c = fnn_claim(&nxt)
+            while c < nc:
+                gru_bwd_block(go, gh0, gates, hidden_n, h0, out, work, w_hh, T, B, c * chunk, min(B, (c + 1) * chunk), H)
+                fnn_done(&done)
+                c = fnn_claim(&nxt)
+            if nw + nx > 0:
+                fnn_await(&done, nc)
+                c = fnn_claim(&nxt2)
+                while c < nw + nx:
+                    if c >= nw:
+                        input_grad_rows(work, 6 * H, w_ih, gxs, (c - nw) * xc, min(TB, (c - nw + 1) * xc), I, 3 * H)
+                    else:
+                        weight_grad_cols(work, work + 3 * H, 6 * H, x, h0, out, wt, gw_hh, gb_ih, gb_hh, c * wc,
+                                         min(3 * H, (c + 1) * wc), T, B, I, H, 3 * H)
+                    c = fnn_claim(&nxt2)
+            fnn_leave(&arrived)
+    return grads_finish(work, work + 3 * H, 6 * H, x, h0, out, w_ih, wt, gx, gxs != NULL, gw_ih, gw_hh,
+                        gb_ih, gb_hh, T, B, I, H, 3 * H)
 
 
 def gru_forward(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, out, gates, hidden_n):

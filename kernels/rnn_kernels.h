@@ -1,7 +1,7 @@
 /* Per-time-step elementwise work of the recurrent kernels (kernels/_rnn.pyx).
  *
  * The matrix products of a step go to the small register-tiled products below
- * (BLAS only for the large all-time-step products); the rest is the gate
+ * (fastnn's own GEMM, gemm.h, only for the large all-time-step products); the rest is the gate
  * arithmetic, written here in C so that it vectorises. The float32 versions use
  * the branch-free exp/tanh of rnn_math.h and are compiled several times
  * (target_clones: AVX-512, AVX2+FMA, baseline) with the best one picked at load
@@ -144,23 +144,22 @@ ATTR static void fnn_gru_delta_##SFX(const REAL *FNN_RESTRICT go, REAL *FNN_REST
     }                                                                                     \
 }                                                                                         \
                                                                                           \
-/* out[j] = sum over rows of a[r*ld + j] (bias gradients). */                             \
+/* out[j] = sum over rows of a[r*ld + j] (bias gradients). The sums of a block */      \
+/* of columns stay in a local array and are stored once: threads summing          */      \
+/* neighbouring columns then never write to one cache line inside the loop.       */      \
 ATTR static void fnn_colsum_##SFX(const REAL *FNN_RESTRICT a, fnn_idx rows, fnn_idx cols, fnn_idx ld,  \
                                   REAL *FNN_RESTRICT out)                                              \
 {                                                                                         \
-    for (fnn_idx j = 0; j < cols; j++) out[j] = 0;                                        \
-    for (fnn_idx r = 0; r < rows; r++) {                                                  \
-        const REAL *ar = a + r * ld;                                                      \
-        for (fnn_idx j = 0; j < cols; j++) out[j] += ar[j];                               \
+    enum { CB = 64 };                                                                     \
+    for (fnn_idx j0 = 0; j0 < cols; j0 += CB) {                                           \
+        fnn_idx n = cols - j0 < CB ? cols - j0 : CB;                                      \
+        REAL acc[CB] = {0};                                                               \
+        for (fnn_idx r = 0; r < rows; r++) {                                              \
+            const REAL *ar = a + r * ld + j0;                                             \
+            for (fnn_idx j = 0; j < n; j++) acc[j] += ar[j];                              \
+        }                                                                                 \
+        for (fnn_idx j = 0; j < n; j++) out[j0 + j] = acc[j];                             \
     }                                                                                     \
-}                                                                                         \
-                                                                                          \
-/* out[r, j] = b1[j] + b2[j] for every row (the biases before the input GEMM). */        \
-static void fnn_fill_bias_##SFX(REAL *FNN_RESTRICT out, fnn_idx rows, fnn_idx cols, const REAL *FNN_RESTRICT b1,    \
-                                const REAL *FNN_RESTRICT b2)                                           \
-{                                                                                         \
-    for (fnn_idx j = 0; j < cols; j++) out[j] = (b1 ? b1[j] : 0) + (b2 ? b2[j] : 0);      \
-    for (fnn_idx r = 1; r < rows; r++) memcpy(out + r * cols, out, cols * sizeof(REAL));  \
 }
 
 FNN_RNN_DEFINE(float, f, fnn_tanhf, fnn_sigmoidf, FNN_CLONES)
@@ -169,12 +168,84 @@ FNN_RNN_DEFINE(double, d, fnn_tanh_d, fnn_sigmoid, )
 /* The per-step products are small ((B, H)·(H, G*H) with B, H ~ 32..128): a BLAS
  * call costs more in set-up (and, with threads, in wake-ups) than the arithmetic.
  * This kernel keeps a 4 x (2 vectors) tile of C in registers and streams the rows
- * of Bt; GCC's vector extension maps a vector to zmm/ymm/xmm per clone. */
+ * of Bt; GCC's vector extension maps a vector to zmm/ymm/xmm per clone.
+ * Every element of C is accumulated over k = 0..K-1 in order, whichever tile or
+ * edge path computes it, so splitting C's rows or columns over threads does not
+ * change a single bit of the result. */
 #define FNN_GEMM_DEFINE(REAL, SFX, VW, ATTR)                                               \
 typedef REAL fnn_vec_##SFX __attribute__((vector_size(VW * sizeof(REAL))));                \
 static inline fnn_vec_##SFX fnn_ld_##SFX(const REAL *p)                                   \
 { fnn_vec_##SFX v; memcpy(&v, p, sizeof v); return v; }                                   \
 static inline void fnn_st_##SFX(REAL *p, fnn_vec_##SFX v) { memcpy(p, &v, sizeof v); }    \
+                                                                                          \
+/* The first n (< VW) lanes of a vector from / to memory (the narrow column tail). */    \
+/* (element loops, not memcpy: a library call per row would cost more than the row) */ \
+static inline fnn_vec_##SFX fnn_ldn_##SFX(const REAL *p, fnn_idx n)                       \
+{ fnn_vec_##SFX v = {0}; for (fnn_idx l = 0; l < n; l++) v[l] = p[l]; return v; }         \
+static inline void fnn_stn_##SFX(REAL *p, fnn_vec_##SFX v, fnn_idx n)                     \
+{ for (fnn_idx l = 0; l < n; l++) p[l] = v[l]; }                                          \
+                                                                                          \
+/* C[:, j0:N] += A·Bt[:, j0:N] for a tail narrower than one vector (dL/dx with a small */ \
+/* input size has nothing else). Bt's tail columns are copied, zero-padded to one     */ \
+/* vector, a block of k at a time, so the products stay in vectors instead of scalar  */ \
+/* loops; 8 rows at a time keep enough independent sums in flight.                    */ \
+static inline __attribute__((always_inline)) void fnn_gemm_tail_##SFX(const REAL *A, fnn_idx ars, fnn_idx aks,           \
+                                       const REAL *Bt, fnn_idx ldb, REAL *C, fnn_idx ldc, \
+                                       fnn_idx M, fnn_idx N, fnn_idx K, fnn_idx j0)       \
+{                                                                                         \
+    enum { KB = 128 };                                                                    \
+    REAL pb[KB * VW] __attribute__((aligned(64)));                                        \
+    fnn_idx nt = N - j0, i, k, l;                                                         \
+    for (fnn_idx k0 = 0; k0 < K; k0 += KB) {                                              \
+        fnn_idx kn = K - k0 < KB ? K - k0 : KB;                                           \
+        for (k = 0; k < kn; k++) {                                                        \
+            for (l = 0; l < nt; l++) pb[k * VW + l] = Bt[(k0 + k) * ldb + j0 + l];        \
+            for (; l < VW; l++) pb[k * VW + l] = 0;                                       \
+        }                                                                                 \
+        const REAL *Ak = A + k0 * aks;                                                    \
+        for (i = 0; i + 8 <= M; i += 8) {                                                 \
+            const REAL *a = Ak + i * ars;                                                 \
+            REAL *c = C + i * ldc + j0;                                                   \
+            fnn_vec_##SFX s0 = fnn_ldn_##SFX(c, nt), s1 = fnn_ldn_##SFX(c + ldc, nt);     \
+            fnn_vec_##SFX s2 = fnn_ldn_##SFX(c + 2 * ldc, nt), s3 = fnn_ldn_##SFX(c + 3 * ldc, nt); \
+            fnn_vec_##SFX s4 = fnn_ldn_##SFX(c + 4 * ldc, nt), s5 = fnn_ldn_##SFX(c + 5 * ldc, nt); \
+            fnn_vec_##SFX s6 = fnn_ldn_##SFX(c + 6 * ldc, nt), s7 = fnn_ldn_##SFX(c + 7 * ldc, nt); \
+            for (k = 0; k < kn; k++) {                                                    \
+                fnn_vec_##SFX b = fnn_ld_##SFX(pb + k * VW);                              \
+                const REAL *ak = a + k * aks;                                             \
+                s0 += ak[0] * b; s1 += ak[ars] * b;                                       \
+                s2 += ak[2 * ars] * b; s3 += ak[3 * ars] * b;                             \
+                s4 += ak[4 * ars] * b; s5 += ak[5 * ars] * b;                             \
+                s6 += ak[6 * ars] * b; s7 += ak[7 * ars] * b;                             \
+            }                                                                             \
+            fnn_stn_##SFX(c, s0, nt); fnn_stn_##SFX(c + ldc, s1, nt);                     \
+            fnn_stn_##SFX(c + 2 * ldc, s2, nt); fnn_stn_##SFX(c + 3 * ldc, s3, nt);       \
+            fnn_stn_##SFX(c + 4 * ldc, s4, nt); fnn_stn_##SFX(c + 5 * ldc, s5, nt);       \
+            fnn_stn_##SFX(c + 6 * ldc, s6, nt); fnn_stn_##SFX(c + 7 * ldc, s7, nt);       \
+        }                                                                                 \
+        for (; i + 4 <= M; i += 4) {                                                      \
+            const REAL *a = Ak + i * ars;                                                 \
+            REAL *c = C + i * ldc + j0;                                                   \
+            fnn_vec_##SFX s0 = fnn_ldn_##SFX(c, nt), s1 = fnn_ldn_##SFX(c + ldc, nt);     \
+            fnn_vec_##SFX s2 = fnn_ldn_##SFX(c + 2 * ldc, nt), s3 = fnn_ldn_##SFX(c + 3 * ldc, nt); \
+            for (k = 0; k < kn; k++) {                                                    \
+                fnn_vec_##SFX b = fnn_ld_##SFX(pb + k * VW);                              \
+                const REAL *ak = a + k * aks;                                             \
+                s0 += ak[0] * b; s1 += ak[ars] * b;                                       \
+                s2 += ak[2 * ars] * b; s3 += ak[3 * ars] * b;                             \
+            }                                                                             \
+            fnn_stn_##SFX(c, s0, nt); fnn_stn_##SFX(c + ldc, s1, nt);                     \
+            fnn_stn_##SFX(c + 2 * ldc, s2, nt); fnn_stn_##SFX(c + 3 * ldc, s3, nt);       \
+        }                                                                                 \
+        for (; i < M; i++) {                                                              \
+            const REAL *a = Ak + i * ars;                                                 \
+            REAL *c = C + i * ldc + j0;                                                   \
+            fnn_vec_##SFX s0 = fnn_ldn_##SFX(c, nt);                                      \
+            for (k = 0; k < kn; k++) s0 += a[k * aks] * fnn_ld_##SFX(pb + k * VW);        \
+            fnn_stn_##SFX(c, s0, nt);                                                     \
+        }                                                                                 \
+    }                                                                                     \
+}                                                                                         \
                                                                                           \
 /* C (M,N) += A·Bt, A(i,k) = A[i*ars + k*aks] (so A or Aᵀ, any layout), Bt (K,N) and  */ \
 /* C row-major with leading dims ldb, ldc.                                            */ \
@@ -182,7 +253,7 @@ ATTR static void fnn_gemm_acc_##SFX(const REAL *A, fnn_idx ars, fnn_idx aks, con
                                     fnn_idx ldb, REAL *C, fnn_idx ldc,                    \
                                     fnn_idx M, fnn_idx N, fnn_idx K)                      \
 {                                                                                         \
-    fnn_idx N2 = N - N % (2 * VW), M4 = M - M % 4, i, j, k;                               \
+    fnn_idx N2 = N - N % (2 * VW), N1 = N - N % VW, M4 = M - M % 4, i, j, k;              \
     for (i = 0; i < M4; i += 4) {                                                         \
         const REAL *a0 = A + i * ars, *a1 = a0 + ars, *a2 = a1 + ars, *a3 = a2 + ars;     \
         REAL *c0 = C + i * ldc, *c1 = c0 + ldc, *c2 = c1 + ldc, *c3 = c2 + ldc;           \
@@ -206,22 +277,32 @@ ATTR static void fnn_gemm_acc_##SFX(const REAL *A, fnn_idx ars, fnn_idx aks, con
             fnn_st_##SFX(c2 + j, s20); fnn_st_##SFX(c2 + j + VW, s21);                    \
             fnn_st_##SFX(c3 + j, s30); fnn_st_##SFX(c3 + j + VW, s31);                    \
         }                                                                                 \
-    }                                                                                     \
-    /* Edges: the columns past the last full tile, then the rows past the last 4. */     \
-    if (N2 < N) {                                                                         \
-        for (i = 0; i < M4; i++) {                                                        \
-            for (k = 0; k < K; k++) {                                                     \
-                REAL a = A[i * ars + k * aks];                                            \
-                for (j = N2; j < N; j++) C[i * ldc + j] += a * Bt[k * ldb + j];           \
+        if (N1 > N2) {  /* one full vector left: a 4 x 1-vector tile */                   \
+            fnn_vec_##SFX s0 = fnn_ld_##SFX(c0 + N2), s1 = fnn_ld_##SFX(c1 + N2);         \
+            fnn_vec_##SFX s2 = fnn_ld_##SFX(c2 + N2), s3 = fnn_ld_##SFX(c3 + N2);         \
+            const REAL *bk = Bt + N2;                                                     \
+            fnn_idx ak = 0;                                                               \
+            for (k = 0; k < K; k++, bk += ldb, ak += aks) {                               \
+                fnn_vec_##SFX b0 = fnn_ld_##SFX(bk);                                      \
+                s0 += a0[ak] * b0; s1 += a1[ak] * b0;                                     \
+                s2 += a2[ak] * b0; s3 += a3[ak] * b0;                                     \
             }                                                                             \
+            fnn_st_##SFX(c0 + N2, s0); fnn_st_##SFX(c1 + N2, s1);                         \
+            fnn_st_##SFX(c2 + N2, s2); fnn_st_##SFX(c3 + N2, s3);                         \
         }                                                                                 \
     }                                                                                     \
+    /* The rows past the last 4, one vector at a time; then the narrow column tail. */   \
     for (i = M4; i < M; i++) {                                                            \
-        for (k = 0; k < K; k++) {                                                         \
-            REAL a = A[i * ars + k * aks];                                                \
-            for (j = 0; j < N; j++) C[i * ldc + j] += a * Bt[k * ldb + j];                \
+        const REAL *a = A + i * ars;                                                      \
+        REAL *c = C + i * ldc;                                                            \
+        for (j = 0; j < N1; j += VW) {                                                    \
+            fnn_vec_##SFX s0 = fnn_ld_##SFX(c + j);                                       \
+            for (k = 0; k < K; k++) s0 += a[k * aks] * fnn_ld_##SFX(Bt + k * ldb + j);    \
+            fnn_st_##SFX(c + j, s0);                                                      \
         }                                                                                 \
     }                                                                                     \
+    if (N1 < N)                                                                           \
+        fnn_gemm_tail_##SFX(A, ars, aks, Bt, ldb, C, ldc, M, N, K, N1);                   \
 }
 
 FNN_GEMM_DEFINE(float, f, 16, FNN_CLONES)
@@ -237,29 +318,5 @@ static void fnn_transpose_##SFX(const REAL *A, fnn_idx M, fnn_idx N, REAL *Bt)  
 FNN_TRANSPOSE_DEFINE(float, f)
 FNN_TRANSPOSE_DEFINE(double, d)
 
-/* C (M,N) = A (M,K) · Bn (N,K)ᵀ for a narrow C (dL/dx: N = input size): each
- * C element is a dot product along K, accumulated in vectors (explicitly, as
- * the compiler may not reorder a float sum) and reduced once at the end. */
-#define FNN_GEMM_NT_DEFINE(REAL, SFX, VW, ATTR)                                            \
-ATTR static void fnn_gemm_nt_##SFX(const REAL *A, fnn_idx lda, const REAL *Bn, fnn_idx ldb, \
-                                   REAL *C, fnn_idx ldc, fnn_idx M, fnn_idx N, fnn_idx K) \
-{                                                                                         \
-    fnn_idx KV = K - K % VW;                                                              \
-    for (fnn_idx i = 0; i < M; i++) {                                                     \
-        const REAL *a = A + i * lda;                                                      \
-        for (fnn_idx j = 0; j < N; j++) {                                                 \
-            const REAL *b = Bn + j * ldb;                                                 \
-            fnn_vec_##SFX acc = {0};                                                      \
-            fnn_idx k;                                                                    \
-            for (k = 0; k < KV; k += VW) acc += fnn_ld_##SFX(a + k) * fnn_ld_##SFX(b + k); \
-            REAL s = 0;                                                                   \
-            for (int l = 0; l < VW; l++) s += acc[l];                                     \
-            for (; k < K; k++) s += a[k] * b[k];                                          \
-            C[i * ldc + j] = s;                                                           \
-        }                                                                                 \
-    }                                                                                     \
-}
-FNN_GEMM_NT_DEFINE(float, f, 16, FNN_CLONES)
-FNN_GEMM_NT_DEFINE(double, d, 8, FNN_CLONES)
 
 #endif

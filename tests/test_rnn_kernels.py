@@ -13,8 +13,12 @@ CELLS = ("rnn_tanh", "rnn_relu", "lstm", "gru")
 GATES = {"rnn": 1, "lstm": 4, "gru": 3}
 
 # (T, B, I, H): one step, a long sequence, batch 1, and sizes that reach the
-# vectorised tiles of the compiled kernels (B multiple of 4, G*H multiple of 32).
-SHAPES = [(1, 3, 4, 5), (60, 2, 3, 6), (7, 1, 4, 7), (9, 8, 5, 32), (4, 6, 3, 16)]
+# vectorised tiles of the compiled kernels (B multiple of 4, G*H multiple of 32),
+# their one-vector tile plus a narrow column tail (G*H = 24, 40, 120: 16 + 8 and
+# more), rows past the last group of 8 or 4 (T*B = 45, 39), and input sizes that
+# make dL/dx a vector plus a tail (I = 20) or a partial vector (I = 8, 3).
+SHAPES = [(1, 3, 4, 5), (60, 2, 3, 6), (7, 1, 4, 7), (9, 8, 5, 32), (4, 6, 3, 16),
+          (5, 9, 8, 24), (3, 13, 20, 40), (2, 7, 17, 30)]
 
 
 def _make(cell, shape, dtype, rng, bias=True, scale=0.5):
@@ -224,8 +228,8 @@ def test_backward_shape_checks():
 
 
 @pytest.mark.parametrize("cell,H", [("rnn_tanh", 256), ("lstm", 128), ("gru", 160)])
-def test_threaded_time_steps_match_reference(compiled_backend, rng, cell, H):
-    """Steps big enough to split the batch over threads (B·G·H·H >= 2^20) give the reference result."""
+def test_threaded_time_steps_match_reference(compiled_backend, split_small_work, rng, cell, H):
+    """Steps with the batch split over threads give the reference result."""
     before = fastnn.get_num_threads()
     p = _make(cell, (6, 18, 5, H), np.float32, rng, scale=0.1)
     try:
@@ -242,12 +246,82 @@ def test_threaded_time_steps_match_reference(compiled_backend, rng, cell, H):
 
 
 @pytest.mark.parametrize("cell", ["rnn_tanh", "lstm", "gru"])
-def test_large_problem_matches_reference(backend, rng, cell):
-    """All-steps products above the size gate (> 2^18 operand elements) go to BLAS in the compiled backends."""
-    p = _make(cell, (40, 64, 16, 64), np.float32, rng, scale=0.2)
-    fwd, grads = _run(cell, p)
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias-no-input-grad"])
+def test_large_problem_matches_reference(backend, dtype, rng, cell, bias):
+    """All-steps products above the size gate (> 2^18 operand elements) go to the own GEMM in the compiled backends."""
+    p = _make(cell, (40, 64, 16, 64), dtype, rng, bias=bias, scale=0.2)
+    fwd, grads = _run(cell, p, input_grad=bias)
+    with fastnn.use_backend("numpy"):
+        fwd_ref, grads_ref = _run(cell, p, input_grad=bias)
+    t = tol(dtype, scale=50)
+    np.testing.assert_allclose(fwd["out"], fwd_ref["out"], **t)
+    for k in grads_ref:
+        if grads_ref[k] is None:
+            assert grads[k] is None, k
+            continue
+        np.testing.assert_allclose(grads[k], grads_ref[k], **t, err_msg=k)
+
+
+def _run_threads(cell, p, n):
+    before = fastnn.get_num_threads()
+    try:
+        fastnn.set_num_threads(n)
+        return _run(cell, p)
+    finally:
+        fastnn.set_num_threads(before)
+
+
+@pytest.fixture
+def split_small_work(compiled_backend):
+    """Let the Cython kernels split even these small problems over threads (normally serial below ~2^25
+    multiply-adds, where waking a second thread costs more than it saves)."""
+    if compiled_backend != "cython":
+        yield
+        return
+    from fastnn._ext import _rnn
+    old = _rnn._set_parallel_min_work(1 << 16)
+    try:
+        yield
+    finally:
+        _rnn._set_parallel_min_work(old)
+
+
+# (T, B, I, H): with split_small_work, small problems that run the threaded
+# regions of the compiled kernels: the batch split into blocks that do not
+# divide it (B = 18, 9), a batch too small to split (B = 6: the time loop stays
+# serial, the weight gradients and dL/dx are still split), and gate columns
+# split unevenly (H = 48, G*H = 144).
+THREADED_SHAPES = [(20, 18, 5, 64), (30, 6, 8, 64), (25, 9, 3, 48)]
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("shape", THREADED_SHAPES, ids=lambda s: "T{}B{}I{}H{}".format(*s))
+def test_thread_count_does_not_change_results(compiled_backend, split_small_work, dtype, rng, cell, shape):
+    """1, 2 and 3 threads give bit-identical results (each output element is summed in one order,
+    whichever thread computes it), and they match the reference."""
+    p = _make(cell, shape, dtype, rng, scale=0.2)
+    fwd1, grads1 = _run_threads(cell, p, 1)
+    for n in (2, 3):
+        fwd, grads = _run_threads(cell, p, n)
+        for k in fwd1:
+            np.testing.assert_array_equal(fwd[k], fwd1[k], err_msg=f"{n} threads, forward {k}")
+        for k in grads1:
+            np.testing.assert_array_equal(grads[k], grads1[k], err_msg=f"{n} threads, gradient of {k}")
     with fastnn.use_backend("numpy"):
         fwd_ref, grads_ref = _run(cell, p)
+    t = tol(dtype, scale=20 if dtype == np.float32 else 100)
+    np.testing.assert_allclose(fwd1["out"], fwd_ref["out"], **t)
+    for k in grads_ref:
+        np.testing.assert_allclose(grads1[k], grads_ref[k], **t, err_msg=k)
+
+
+def test_threaded_time_loop_and_large_products_match_reference(compiled_backend, rng):
+    """A time loop above the default split size (2^25 multiply-adds) whose all-steps products
+    go to the own GEMM, at 2 threads."""
+    p = _make("lstm", (20, 26, 40, 128), np.float32, rng, scale=0.1)
+    fwd, grads = _run_threads("lstm", p, 2)
+    with fastnn.use_backend("numpy"):
+        fwd_ref, grads_ref = _run("lstm", p)
     t = tol(np.float32, scale=50)
     np.testing.assert_allclose(fwd["out"], fwd_ref["out"], **t)
     for k in grads_ref:

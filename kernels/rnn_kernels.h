@@ -172,6 +172,23 @@ FNN_RNN_DEFINE(double, d, fnn_tanh_d, fnn_sigmoid, )
  * Every element of C is accumulated over k = 0..K-1 in order, whichever tile or
  * edge path computes it, so splitting C's rows or columns over threads does not
  * change a single bit of the result. */
+/* Tile height of the per-step product: 8 rows x 2 vectors (16 accumulators) only
+ * fits the 32 vector registers of AVX-512; elsewhere the tile is 4 x 2. Decided
+ * once at run time, since the kernels are target clones. */
+static int fnn_rnn_rows8_flag = -1;
+static inline int fnn_rnn_rows8(void)
+{
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+    if (fnn_rnn_rows8_flag < 0) {
+        __builtin_cpu_init();
+        fnn_rnn_rows8_flag = __builtin_cpu_supports("avx512f") ? 1 : 0;
+    }
+    return fnn_rnn_rows8_flag;
+#else
+    return 0;
+#endif
+}
+
 #define FNN_GEMM_DEFINE(REAL, SFX, VW, ATTR)                                               \
 typedef REAL fnn_vec_##SFX __attribute__((vector_size(VW * sizeof(REAL))));                \
 static inline fnn_vec_##SFX fnn_ld_##SFX(const REAL *p)                                   \
@@ -254,10 +271,36 @@ ATTR static void fnn_gemm_acc_##SFX(const REAL *A, fnn_idx ars, fnn_idx aks, con
                                     fnn_idx M, fnn_idx N, fnn_idx K)                      \
 {                                                                                         \
     fnn_idx N2 = N - N % (2 * VW), N1 = N - N % VW, M4 = M - M % 4, i, j, k;              \
+    /* rows 0:M8 x columns 0:N2 in 8 x 2-vector tiles (16 sums in flight) */             \
+    fnn_idx M8 = fnn_rnn_rows8() ? M - M % 8 : 0;                                         \
+    for (i = 0; i < M8; i += 8) {                                                         \
+        const REAL *a0 = A + i * ars;                                                     \
+        REAL *c0 = C + i * ldc;                                                           \
+        for (j = 0; j < N2; j += 2 * VW) {                                                \
+            fnn_vec_##SFX s[8][2];                                                        \
+            for (int r = 0; r < 8; r++) {                                                 \
+                s[r][0] = fnn_ld_##SFX(c0 + r * ldc + j);                                 \
+                s[r][1] = fnn_ld_##SFX(c0 + r * ldc + j + VW);                            \
+            }                                                                             \
+            const REAL *bk = Bt + j;                                                      \
+            const REAL *ak = a0;                                                          \
+            for (k = 0; k < K; k++, bk += ldb, ak += aks) {                               \
+                fnn_vec_##SFX b0 = fnn_ld_##SFX(bk), b1 = fnn_ld_##SFX(bk + VW);          \
+                for (int r = 0; r < 8; r++) {                                             \
+                    REAL x = ak[r * ars];                                                 \
+                    s[r][0] += x * b0; s[r][1] += x * b1;                                 \
+                }                                                                         \
+            }                                                                             \
+            for (int r = 0; r < 8; r++) {                                                 \
+                fnn_st_##SFX(c0 + r * ldc + j, s[r][0]);                                  \
+                fnn_st_##SFX(c0 + r * ldc + j + VW, s[r][1]);                             \
+            }                                                                             \
+        }                                                                                 \
+    }                                                                                     \
     for (i = 0; i < M4; i += 4) {                                                         \
         const REAL *a0 = A + i * ars, *a1 = a0 + ars, *a2 = a1 + ars, *a3 = a2 + ars;     \
         REAL *c0 = C + i * ldc, *c1 = c0 + ldc, *c2 = c1 + ldc, *c3 = c2 + ldc;           \
-        for (j = 0; j < N2; j += 2 * VW) {                                                \
+        for (j = i < M8 ? N2 : 0; j < N2; j += 2 * VW) {                                  \
             fnn_vec_##SFX s00 = fnn_ld_##SFX(c0 + j), s01 = fnn_ld_##SFX(c0 + j + VW);    \
             fnn_vec_##SFX s10 = fnn_ld_##SFX(c1 + j), s11 = fnn_ld_##SFX(c1 + j + VW);    \
             fnn_vec_##SFX s20 = fnn_ld_##SFX(c2 + j), s21 = fnn_ld_##SFX(c2 + j + VW);    \

@@ -185,6 +185,8 @@ def make_train_step(model, loss, optimizer, clip_grad_norm=None):
         backward_no_input = isinstance(model, Sequential)
     except ImportError:  # pragma: no cover
         backward_no_input = False
+    # a bare Conv2d / RNN / LSTM / GRU model skips dL/dx as well
+    backward_no_input = backward_no_input or getattr(model, "backward_takes_input_grad", False)
     backward = model.backward
     params = optimizer.params
 
@@ -193,7 +195,7 @@ def make_train_step(model, loss, optimizer, clip_grad_norm=None):
             def step(xb, yb):
                 out = forward(xb)
                 value = loss_fwd(out, yb)
-                backward(loss_bwd(), False)
+                backward(loss_bwd(), input_grad=False)
                 opt_step()
                 return value, out
         else:
@@ -210,7 +212,7 @@ def make_train_step(model, loss, optimizer, clip_grad_norm=None):
             out = forward(xb)
             value = loss_fwd(out, yb)
             if backward_no_input:
-                backward(loss_bwd(), False)
+                backward(loss_bwd(), input_grad=False)
             else:
                 backward(loss_bwd())
             _clip(params, max_norm)

@@ -280,3 +280,46 @@ def test_fit_many_to_one(rng):
                batch_size=32, progress=False)
     pred = model(X).argmax(axis=1)
     assert (pred == y).mean() > 0.9
+
+
+@pytest.mark.parametrize("kind", list(LAYERS))
+@pytest.mark.parametrize("batch_first", [False, True], ids=["TBI", "BTI"])
+def test_backward_without_input_grad(backend, dtype, rng, kind, batch_first):
+    """input_grad=False returns None and leaves every parameter gradient as with dL/dx."""
+    T, B, I, H = 4, 5, 3, 6
+    layer = LAYERS[kind](I, H, dtype=dtype, batch_first=batch_first)
+    x = rng.standard_normal((B, T, I) if batch_first else (T, B, I)).astype(dtype)
+    out = layer(x)
+    g = rng.standard_normal(out.shape).astype(dtype)
+    gx = layer.backward(g)
+    assert gx is not None and gx.shape == x.shape
+    want = [p.grad.copy() for p in layer.parameters()]
+    want_h0 = layer.grad_h0.copy()
+    for p in layer.parameters():
+        p.grad.fill(np.nan)
+    layer(x)
+    assert layer.backward(g, input_grad=False) is None
+    for p, w in zip(layer.parameters(), want):
+        np.testing.assert_array_equal(p.grad, w)
+    np.testing.assert_array_equal(layer.grad_h0, want_h0)
+
+
+@pytest.mark.parametrize("first", ["rnn", "conv"])
+def test_sequential_skips_first_layer_input_grad(backend, rng, first):
+    """Sequential.backward(input_grad=False) reaches a recurrent or conv first layer; grads unchanged."""
+    if first == "rnn":
+        model = nn.Sequential(nn.GRU(3, 8, dtype=np.float64), nn.LastTimeStep(), nn.Linear(8, 2, dtype=np.float64))
+        x = rng.standard_normal((5, 4, 3))
+    else:
+        model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1, dtype=np.float64), nn.Flatten(),
+                              nn.Linear(3 * 5 * 5, 2, dtype=np.float64))
+        x = rng.standard_normal((4, 2, 5, 5))
+    G = rng.standard_normal((4, 2))
+    model(x)
+    gx = model.backward(G)
+    assert gx.shape == x.shape
+    want = [p.grad.copy() for p in model.parameters()]
+    model(x)
+    assert model.backward(G, input_grad=False) is None
+    for p, w in zip(model.parameters(), want):
+        np.testing.assert_array_equal(p.grad, w)

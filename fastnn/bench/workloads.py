@@ -361,7 +361,8 @@ def _step_rnn(p):
     def step():
         out = _first(rnn(x))
         loss, _ = mse(out, target, grad=grad)
-        rnn.backward(grad)
+        # the first layer: no dL/dx, as in fit() and as PyTorch does for an input needing no gradient
+        rnn.backward(grad, input_grad=False)
         opt.step()
         return loss
     return step
@@ -379,7 +380,7 @@ def _step_lstm(p):
     def step():
         out = _first(lstm(x))
         loss, _ = mse(out, target, grad=grad)
-        lstm.backward(grad)
+        lstm.backward(grad, input_grad=False)   # first layer: no dL/dx (as the PyTorch anchor)
         return loss
     return step
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from .linear import Linear
 from .module import Module, register_module
 
@@ -31,6 +33,10 @@ class _FusedDense:
 
         self.forward = forward
         self.backward_grad = backward_grad
+
+
+def _backward_kw(backward, g, input_grad=True):
+    return backward(g, input_grad=input_grad)
 
 
 @register_module
@@ -117,6 +123,9 @@ class Sequential(Module):
                         first_bwd = m._backward
                 else:
                     bwd.append(m.backward)
+                    if i == 0 and getattr(m, "backward_takes_input_grad", False):
+                        # Conv2d, RNN, LSTM, GRU: backward(..., input_grad=...) by keyword
+                        first_bwd = functools.partial(_backward_kw, m.backward)
                 i += 1
         bwd.reverse()
         # (forward steps, backward steps except the first module, first module's

@@ -93,6 +93,9 @@ class Conv2d(Module):
     ``Ho = (H + 2·pH - dH·(kH - 1) - 1) // sH + 1`` (same for W).
     """
 
+    #: backward(grad, input_grad=False) skips dL/dx (Sequential uses it for a first layer)
+    backward_takes_input_grad = True
+
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, bias=True,
                  dtype=np.float32, rng=None):
         super().__init__()

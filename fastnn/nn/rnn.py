@@ -48,6 +48,9 @@ __all__ = ["RNN", "LSTM", "GRU", "LastTimeStep"]
 class _RecurrentBase(Module):
     """Shared machinery of RNN, LSTM and GRU (parameters, shapes, buffers)."""
 
+    #: backward(..., input_grad=False) skips dL/dx (Sequential uses it for a first layer)
+    backward_takes_input_grad = True
+
     _gates = 1
     _name = "RNN"
 
@@ -235,8 +238,8 @@ class RNN(_RecurrentBase):
         y = self._output(out)
         return (y, self.h_n) if self.return_state else y
 
-    def backward(self, grad_output, grad_state=None):
-        """BPTT: fill the parameter gradients and ``grad_h0``; return dL/dx."""
+    def backward(self, grad_output, grad_state=None, input_grad=True):
+        """BPTT: fill the parameter gradients and ``grad_h0``; return dL/dx (None if ``input_grad=False``)."""
         x, h0, out = self._need_forward()
         T, B, I = x.shape
         H = self.hidden_size
@@ -244,10 +247,11 @@ class RNN(_RecurrentBase):
         ghn = None if grad_state is None else self._state(grad_state, "grad_state", B)
         grad_x, grad_h0, *_ = ops.rnn_backward(
             g, x, h0, self.weight_ih_l0.data, self.weight_hh_l0.data, out, self.nonlinearity, grad_hn=ghn,
-            bias=self.bias, work=self._buf("work", (T, B, H)), grad_x=self._buf("grad_x", (T, B, I)),
+            bias=self.bias, input_grad=input_grad, work=self._buf("work", (T, B, H)),
+            grad_x=self._buf("grad_x", (T, B, I)) if input_grad else None,
             grad_h0=self._buf("grad_h0", (B, H)), **self._param_grads())
         self.grad_h0 = grad_h0[None]
-        return self._output(grad_x)
+        return self._output(grad_x) if input_grad else None
 
     def get_config(self) -> dict:
         cfg = super().get_config()
@@ -300,8 +304,8 @@ class LSTM(_RecurrentBase):
         y = self._output(out)
         return (y, (self.h_n, self.c_n)) if self.return_state else y
 
-    def backward(self, grad_output, grad_state=None):
-        """BPTT: fill the parameter gradients, ``grad_h0`` and ``grad_c0``; return dL/dx."""
+    def backward(self, grad_output, grad_state=None, input_grad=True):
+        """BPTT: fill the parameter gradients, ``grad_h0`` and ``grad_c0``; return dL/dx (None if ``input_grad=False``)."""
         x, h0, c0, out, cell, gates = self._need_forward()
         T, B, I = x.shape
         H = self.hidden_size
@@ -316,12 +320,12 @@ class LSTM(_RecurrentBase):
                 gcn = self._state(grad_state[1], "grad_c_n", B)
         grad_x, grad_h0, grad_c0, *_ = ops.lstm_backward(
             g, x, h0, c0, self.weight_ih_l0.data, self.weight_hh_l0.data, out, cell, gates, grad_hn=ghn,
-            grad_cn=gcn, bias=self.bias, work=self._buf("work", (T, B, 4 * H)),
-            grad_x=self._buf("grad_x", (T, B, I)), grad_h0=self._buf("grad_h0", (B, H)),
+            grad_cn=gcn, bias=self.bias, input_grad=input_grad, work=self._buf("work", (T, B, 4 * H)),
+            grad_x=self._buf("grad_x", (T, B, I)) if input_grad else None, grad_h0=self._buf("grad_h0", (B, H)),
             grad_c0=self._buf("grad_c0", (B, H)), **self._param_grads())
         self.grad_h0 = grad_h0[None]
         self.grad_c0 = grad_c0[None]
-        return self._output(grad_x)
+        return self._output(grad_x) if input_grad else None
 
 
 @register_module
@@ -350,8 +354,8 @@ class GRU(_RecurrentBase):
         y = self._output(out)
         return (y, self.h_n) if self.return_state else y
 
-    def backward(self, grad_output, grad_state=None):
-        """BPTT: fill the parameter gradients and ``grad_h0``; return dL/dx."""
+    def backward(self, grad_output, grad_state=None, input_grad=True):
+        """BPTT: fill the parameter gradients and ``grad_h0``; return dL/dx (None if ``input_grad=False``)."""
         x, h0, out, gates, hidden_n = self._need_forward()
         T, B, I = x.shape
         H = self.hidden_size
@@ -359,10 +363,11 @@ class GRU(_RecurrentBase):
         ghn = None if grad_state is None else self._state(grad_state, "grad_state", B)
         grad_x, grad_h0, *_ = ops.gru_backward(
             g, x, h0, self.weight_ih_l0.data, self.weight_hh_l0.data, out, gates, hidden_n, grad_hn=ghn,
-            bias=self.bias, work=self._buf("work", (T, B, 6 * H)), grad_x=self._buf("grad_x", (T, B, I)),
+            bias=self.bias, input_grad=input_grad, work=self._buf("work", (T, B, 6 * H)),
+            grad_x=self._buf("grad_x", (T, B, I)) if input_grad else None,
             grad_h0=self._buf("grad_h0", (B, H)), **self._param_grads())
         self.grad_h0 = grad_h0[None]
-        return self._output(grad_x)
+        return self._output(grad_x) if input_grad else None
 
 
 @register_module

@@ -59,12 +59,12 @@ cnp.import_array()
 # Below this many elements a loop runs on one thread (thread start-up costs
 # more than it saves); fastnn._config.PARALLEL_MIN_ELEMENTS.
 from fastnn._config import PARALLEL_MIN_ELEMENTS as _PARALLEL_MIN_ELEMENTS
+from fastnn._config import PARALLEL_MIN_ELEMENTS_CHEAP as _PARALLEL_MIN_ELEMENTS_CHEAP
 cdef Py_ssize_t _PAR_MIN = _PARALLEL_MIN_ELEMENTS
 # Memory-bound loops (relu, backward products, sgd, mse: a few flops per element)
 # gain little from a second thread until the array leaves the caches, and
-# waking the OpenMP team costs tens of microseconds on a busy machine: they
-# go parallel only from 16x the threshold.
-cdef Py_ssize_t _PAR_MIN_CHEAP = 16 * _PARALLEL_MIN_ELEMENTS
+# waking the OpenMP team costs tens of microseconds: a higher threshold.
+cdef Py_ssize_t _PAR_MIN_CHEAP = _PARALLEL_MIN_ELEMENTS_CHEAP
 # Elements per OpenMP work item: large enough to amortise scheduling, small
 # enough to balance two to a few dozen threads.
 cdef Py_ssize_t _CHUNK = 32768

@@ -63,10 +63,10 @@ def test_set_num_threads_reaches_every_module(cy, threads):
         _ext("_activations")._set_num_threads(0)
 
 
-# Sizes around the parallel thresholds (PARALLEL_MIN_ELEMENTS for exp-based loops, 16x that for
-# memory-bound ones) and the 32768-element chunk.
+# Sizes around the parallel thresholds (PARALLEL_MIN_ELEMENTS for exp-based loops,
+# PARALLEL_MIN_ELEMENTS_CHEAP for memory-bound ones) and the 32768-element chunk.
 PAR_SIZES = [_config.PARALLEL_MIN_ELEMENTS - 1, _config.PARALLEL_MIN_ELEMENTS, 3 * 32768 + 5,
-             16 * _config.PARALLEL_MIN_ELEMENTS + 3]
+             _config.PARALLEL_MIN_ELEMENTS_CHEAP + 3]
 
 
 @pytest.mark.parametrize("n", PAR_SIZES)

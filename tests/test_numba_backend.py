@@ -140,8 +140,8 @@ def test_float32_polynomials_relative_error(numba_backend):
 
 @pytest.mark.parametrize("name", ["relu", "sigmoid", "tanh", "leaky_relu"])
 def test_parallel_and_serial_paths_agree(numba_backend, name, rng):
-    from fastnn._config import PARALLEL_MIN_ELEMENTS
-    n = PARALLEL_MIN_ELEMENTS * 3 + 17
+    from fastnn._config import PARALLEL_MIN_ELEMENTS, PARALLEL_MIN_ELEMENTS_CHEAP
+    n = max(PARALLEL_MIN_ELEMENTS * 3, PARALLEL_MIN_ELEMENTS_CHEAP) + 17   # parallel for every kernel
     x = (rng.standard_normal(n) * 6).astype(np.float32)
     with fastnn.use_backend("numba"):
         big = getattr(ops, name)(x)

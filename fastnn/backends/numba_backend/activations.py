@@ -15,7 +15,7 @@ keeps NaN, ``max``-style ``x > 0`` tests would drop it).
 
 from numba import njit, prange
 
-from ..._config import NUMBA_JIT_OPTIONS, PARALLEL_MIN_ELEMENTS
+from ..._config import NUMBA_JIT_OPTIONS, PARALLEL_MIN_ELEMENTS, PARALLEL_MIN_ELEMENTS_CHEAP
 from ._math import fexp, fsigmoid, ftanh, row_max
 
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
 ]
 
 _PAR = PARALLEL_MIN_ELEMENTS
+_PAR_CHEAP = PARALLEL_MIN_ELEMENTS_CHEAP   # memory-bound loops: relu, leaky relu, the backward products
 _jit = njit(**NUMBA_JIT_OPTIONS)
 _pjit = njit(parallel=True, **NUMBA_JIT_OPTIONS)
 # Row helpers are inlined by Numba itself: left as calls, they kept LLVM
@@ -54,7 +55,7 @@ def _relu_par(x, out):
 def _relu(x, out):
     """y = max(x, 0), NaN kept."""
     xf, of = x.ravel(), out.ravel()
-    if xf.size >= _PAR:
+    if xf.size >= _PAR_CHEAP:
         _relu_par(xf, of)
     else:
         _relu_ser(xf, of)
@@ -78,7 +79,7 @@ def _relu_bwd_par(g, y, out):
 def _relu_bwd(g, y, out):
     """dx = dy * (y > 0)."""
     gf, yf, of = g.ravel(), y.ravel(), out.ravel()
-    if gf.size >= _PAR:
+    if gf.size >= _PAR_CHEAP:
         _relu_bwd_par(gf, yf, of)
     else:
         _relu_bwd_ser(gf, yf, of)
@@ -117,7 +118,7 @@ def _leaky(x, slope, out):
     """y = x if x >= 0 else a·x (NaN kept)."""
     xf, of = x.ravel(), out.ravel()
     a = x.dtype.type(slope)
-    if xf.size >= _PAR:
+    if xf.size >= _PAR_CHEAP:
         _leaky_par(xf, a, of)
     else:
         _leaky_ser(xf, a, of)
@@ -142,7 +143,7 @@ def _leaky_bwd(g, y, slope, out):
     """dx = dy · (1 if y > 0 else a)."""
     gf, yf, of = g.ravel(), y.ravel(), out.ravel()
     a = g.dtype.type(slope)
-    if gf.size >= _PAR:
+    if gf.size >= _PAR_CHEAP:
         _leaky_bwd_par(gf, yf, a, of)
     else:
         _leaky_bwd_ser(gf, yf, a, of)
@@ -204,7 +205,7 @@ def _sigmoid_bwd_par(g, y, out):
 def _sigmoid_bwd(g, y, out):
     """dx = dy · y (1 - y)."""
     gf, yf, of = g.ravel(), y.ravel(), out.ravel()
-    if gf.size >= _PAR:
+    if gf.size >= _PAR_CHEAP:
         _sigmoid_bwd_par(gf, yf, of)
     else:
         _sigmoid_bwd_ser(gf, yf, of)
@@ -266,7 +267,7 @@ def _tanh_bwd_par(g, y, out):
 def _tanh_bwd(g, y, out):
     """dx = dy · (1 - y²)."""
     gf, yf, of = g.ravel(), y.ravel(), out.ravel()
-    if gf.size >= _PAR:
+    if gf.size >= _PAR_CHEAP:
         _tanh_bwd_par(gf, yf, of)
     else:
         _tanh_bwd_ser(gf, yf, of)

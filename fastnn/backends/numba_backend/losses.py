@@ -16,12 +16,13 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from ..._config import NUMBA_JIT_OPTIONS, PARALLEL_MIN_ELEMENTS
+from ..._config import NUMBA_JIT_OPTIONS, PARALLEL_MIN_ELEMENTS, PARALLEL_MIN_ELEMENTS_CHEAP
 from ._math import fexp, row_max
 
 __all__ = ["mse_loss", "softmax_cross_entropy", "bce_with_logits"]
 
 _PAR = PARALLEL_MIN_ELEMENTS
+_PAR_CHEAP = PARALLEL_MIN_ELEMENTS_CHEAP   # memory-bound loops
 _jit = njit(**NUMBA_JIT_OPTIONS)
 _pjit = njit(parallel=True, **NUMBA_JIT_OPTIONS)
 # Row helpers are inlined by Numba itself: left as calls, they kept LLVM
@@ -60,7 +61,7 @@ def _mse(pred, target, scale, grad):
     """L = s·Σ(a−y)², dL/da = 2s(a−y)."""
     p, t, g = pred.ravel(), target.ravel(), grad.ravel()
     two_s = pred.dtype.type(2.0 * scale)
-    if p.size >= _PAR:
+    if p.size >= _PAR_CHEAP:
         return _mse_par(p, t, g, two_s) * scale
     return _mse_ser(p, t, g, two_s) * scale
 

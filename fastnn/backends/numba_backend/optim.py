@@ -19,11 +19,12 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from ..._config import NUMBA_JIT_OPTIONS, PARALLEL_MIN_ELEMENTS
+from ..._config import NUMBA_JIT_OPTIONS, PARALLEL_MIN_ELEMENTS, PARALLEL_MIN_ELEMENTS_CHEAP
 
 __all__ = ["sgd_update", "adam_update"]
 
 _PAR = PARALLEL_MIN_ELEMENTS
+_PAR_CHEAP = PARALLEL_MIN_ELEMENTS_CHEAP   # memory-bound loops
 _jit = njit(**NUMBA_JIT_OPTIONS)
 _pjit = njit(parallel=True, **NUMBA_JIT_OPTIONS)
 
@@ -67,7 +68,7 @@ def _sgd(param, grad, velocity, lr, momentum, nesterov, weight_decay):
     """v = μv + (g + λp); p -= lr·(g + λp + μv if Nesterov else v)."""
     t = param.dtype.type
     p, g = param.ravel(), grad.ravel()
-    par = p.size >= _PAR
+    par = p.size >= _PAR_CHEAP
     # Separate loops with and without a velocity rather than a None test
     # inside one prange loop: that form gave wrong results in the parallel
     # version (seen with Numba 0.68), the split form is simpler anyway.

@@ -38,8 +38,11 @@ import math
 import numpy as np
 
 from .. import _validation as _v, ops
+from ..backends import current as _current
 from . import init as _init
 from .module import Module, Parameter, register_module
+
+_ndarray = np.ndarray
 
 __all__ = ["RNN", "LSTM", "GRU", "LastTimeStep"]
 
@@ -162,6 +165,50 @@ class _RecurrentBase(Module):
                     grad_bias_ih=self.bias_ih_l0.grad if self.bias else None,
                     grad_bias_hh=self.bias_hh_l0.grad if self.bias else None)
 
+    def _trusted_params(self):
+        """(W_ih, W_hh, b_ih, b_hh) when each is a C-contiguous array of the layer's dtype, else None.
+
+        The fast paths below call the backend's kernel directly, skipping the
+        checks of ``fastnn.ops`` (a few microseconds a call, a noticeable share
+        of a small recurrent step); anything unusual takes the checked path.
+        """
+        w_ih, w_hh = self.weight_ih_l0.data, self.weight_hh_l0.data
+        dt = w_ih.dtype
+        params = (w_ih, w_hh, self.bias_ih_l0.data, self.bias_hh_l0.data) if self.bias else (w_ih, w_hh, None, None)
+        for a in params:
+            if a is not None and (type(a) is not _ndarray or a.dtype is not dt or not a.flags.c_contiguous):
+                return None
+        return params
+
+    def _trusted_grads(self):
+        """The parameter gradient arrays when each can be written in place by a kernel, else None."""
+        params = [self.weight_ih_l0, self.weight_hh_l0] + ([self.bias_ih_l0, self.bias_hh_l0] if self.bias else [])
+        grads = []
+        for p in params:
+            g = p.grad
+            if type(g) is not _ndarray or g.shape != p.data.shape or g.dtype is not p.data.dtype \
+                    or not g.flags.c_contiguous or not g.flags.writeable:
+                return None
+            grads.append(g)
+        return tuple(grads) if self.bias else (grads[0], grads[1], None, None)
+
+    def _fast_input(self, x):
+        """x itself when it is already what the kernels take (time-major, C-contiguous, the layer's dtype)."""
+        if type(x) is not _ndarray or self.batch_first or x.ndim != 3 or not x.flags.c_contiguous \
+                or x.dtype is not self.weight_ih_l0.data.dtype or x.shape[2] != self.input_size \
+                or x.shape[0] == 0 or x.shape[1] == 0:
+            return None
+        return x
+
+    def _fast_grad(self, g, out, buffers):
+        """grad_output itself when the kernels can take it as it is (and it is none of the outputs)."""
+        if type(g) is not _ndarray or g.shape != out.shape or g.dtype is not out.dtype or not g.flags.c_contiguous:
+            return None
+        for b in buffers:
+            if b is not None and (g is b or g.base is b):
+                return None
+        return g
+
     def _need_forward(self):
         if self._saved is None:
             raise RuntimeError(f"{self._name}.backward called before forward")
@@ -228,6 +275,17 @@ class RNN(_RecurrentBase):
 
     def forward(self, x, hx=None):
         """Run the sequence ``x`` (T, B, I) from ``hx`` (zeros if None); return every h_t."""
+        fast = self._fast_input(x) if hx is None else None
+        params = self._trusted_params() if fast is not None else None
+        if params is not None:
+            T, B, _ = x.shape
+            out = self._buf("out", (T, B, self.hidden_size))
+            if x is not out and x.base is not out:
+                h0 = self._zeros("h0", B)
+                _current().rnn_forward(x, h0, *params, self.nonlinearity, out)
+                object.__setattr__(self, "_saved", (x, h0, out))
+                self.h_n = out[-1][None]
+                return (out, self.h_n) if self.return_state else out
         x = self._input(x)
         T, B, _ = x.shape
         h0 = self._zeros("h0", B) if hx is None else self._state(hx, "hx", B)
@@ -243,6 +301,17 @@ class RNN(_RecurrentBase):
         x, h0, out = self._need_forward()
         T, B, I = x.shape
         H = self.hidden_size
+        if grad_state is None and not self.batch_first:
+            params, grads = self._trusted_params(), self._trusted_grads()
+            if params is not None and grads is not None:
+                work, gh0 = self._buf("work", (T, B, H)), self._buf("grad_h0", (B, H))
+                gx = self._buf("grad_x", (T, B, I)) if input_grad else None
+                g = self._fast_grad(grad_output, out, (work, gx, gh0))
+                if g is not None:
+                    _current().rnn_backward(g, None, x, h0, params[0], params[1], out, self.nonlinearity, work,
+                                            gx, gh0, *grads)
+                    self.grad_h0 = gh0[None]
+                    return gx
         g = self._grad_output(grad_output, T, B)
         ghn = None if grad_state is None else self._state(grad_state, "grad_state", B)
         grad_x, grad_h0, *_ = ops.rnn_backward(

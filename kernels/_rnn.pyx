@@ -80,12 +80,15 @@ cnp.import_array()
 
 # Multiply-adds from which work opens a parallel region of its own. fastnn
 # runs OpenMP with passive waits (fastnn._config.prefer_passive_openmp), so
-# a region pays for waking its workers: ~40 µs on a 2-core virtual machine,
-# and far more variable than the work (~10 µs per million multiply-adds).
-# There the tanh RNN T=50 B=32 I=8 H=64 step (forward 7.4M, backward region
-# 15M) ran faster serial in `fastnn bench` (351 µs against 388 µs); the LSTM
-# T=100 B=64 H=128 (~250M per region) gains ~40% from a second thread.
-cdef Py_ssize_t PAR_MIN_WORK = 1 << 25
+# a region pays for waking its worker: ~40 µs on a 2-core virtual machine,
+# the time of ~5M multiply-adds here. The time loop's blocks are claimed
+# dynamically, so the master starts at once and the worker joins when awake:
+# the region gains once the serial work clearly exceeds the wake-up. Measured
+# on the tanh RNN T=50 B=32 I=8 H=64 step (forward region 7.4M, backward
+# 14.7M), 2 threads: 261 µs serial, 246 µs with the backward threaded,
+# 217-230 µs with both; the LSTM T=100 B=64 H=128 (~250M per region) gains
+# ~40% from a second thread.
+cdef Py_ssize_t PAR_MIN_WORK = 6 << 20
 
 
 def _set_parallel_min_work(n):

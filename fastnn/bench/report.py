@@ -94,7 +94,9 @@ def _header_lines(results: dict) -> list[str]:
         "",
         f"Times are medians over {s.get('repeat')} rounds (fewer, at least {s.get('min_rounds', 3)}, for a case "
         f"whose rounds would take over {s.get('case_budget', '?')} s) in which the rows take turns "
-        f"(spread = slowest / fastest round; ⚠ marks a spread above {s.get('noisy_spread', 1.3)}). "
+        f"(spread = slowest / fastest round; ⚠ marks a spread above {s.get('noisy_spread', 1.3)})"
+        + (f", each block after {s['settle']:g} s of the same row untimed, so that no row times another's "
+           "spinning BLAS threads" if s.get("settle") and (s.get("threads") or 1) > 1 else "") + ". "
         "\"vs numpy\" and \"vs torch\" are that row's time divided by this row's time "
         "(above 1× = faster). \"of limit\": achieved GFLOP/s or GB/s over the machine limit measured "
         "in the same rounds, or for training steps the BLAS-only time of the step's matrix products "

@@ -14,7 +14,14 @@ Method, for every case of every selected workload:
    least ``min_block`` seconds.
 4. Time ``repeat`` rounds; in each round every row runs one block, and the
    order of the rows rotates from round to round, so that a slow drift of
-   the machine (another process, the clock) hits every row alike.
+   the machine (another process, the clock) hits every row alike. With
+   several threads each block is preceded by :data:`SETTLE_S` seconds of the
+   same row, untimed: the rows must not time each other's after-effects.
+   OpenBLAS's worker threads spin for ~0.1 s after every BLAS call, and a
+   threaded row timed right after a BLAS-using row (the NumPy backend, the
+   limit) ran at one-thread speed (own GEMM n = 1024 on 2 threads: 5.6 ms
+   after a pause, 9.6 ms right after a BLAS call). An idle pause would do
+   the same for the spinners but lets the cores clock down.
 5. Report the median over the rounds, with the spread ``max / min``; a
    spread above :data:`NOISY_SPREAD` flags the row as noisy.
 """
@@ -44,6 +51,8 @@ LIMIT_ROW = "_limit"
 #: would overrun the case's time budget.
 MIN_ROUNDS = 3
 FASTNN_ORDER = ("numpy", "numba", "cython")
+#: Untimed run of a row before each of its timed blocks when several threads run (step 4 above).
+SETTLE_S = 0.12
 
 
 def settings_for(quick: bool, tiny: bool = False, repeat: int | None = None,
@@ -56,7 +65,8 @@ def settings_for(quick: bool, tiny: bool = False, repeat: int | None = None,
     else:
         rep, block, budget, gemm_n, copy_mb = 9, 0.05, 30.0, 1024, 128
     return {"repeat": int(repeat or rep), "min_block": float(min_block or block), "gemm_n": gemm_n,
-            "copy_mbytes": copy_mb, "case_budget": budget, "min_rounds": min(MIN_ROUNDS, int(repeat or rep))}
+            "copy_mbytes": copy_mb, "case_budget": budget, "min_rounds": min(MIN_ROUNDS, int(repeat or rep)),
+            "settle": 0.0 if tiny else SETTLE_S}
 
 
 class _Row:
@@ -168,7 +178,16 @@ def _rounds(rows: list[_Row], cfg: dict) -> int:
     return max(cfg["min_rounds"], min(cfg["repeat"], fit))
 
 
-def _time_case(rows: list[_Row], repeat: int, tick) -> None:
+def _warm(step, seconds: float) -> None:
+    """Run ``step`` untimed for ``seconds`` (at least once): the previous row's spinning
+    threads wind down meanwhile, while the cores stay busy (an idle pause lets them clock down)."""
+    end = time.perf_counter() + seconds
+    step()
+    while time.perf_counter() < end:
+        step()
+
+
+def _time_case(rows: list[_Row], repeat: int, tick, settle: float = 0.0) -> None:
     active = [r for r in rows if r.step is not None]
     for rnd in range(repeat):
         k = rnd % len(active) if active else 0
@@ -177,6 +196,8 @@ def _time_case(rows: list[_Row], repeat: int, tick) -> None:
                 continue
             try:
                 with row.context():
+                    if settle > 0:
+                        _warm(row.step, settle)
                     row.times.append(_machine.time_block(row.step, row.number) / row.per_call)
             except Exception as exc:
                 row.fail(exc)
@@ -348,7 +369,7 @@ def _run(fastnn, started, wls, fast_backends, absent, anchor_names, anchor_statu
             rows = [r for r in rows if _prepare(r, cfg["min_block"])]
             tick()
             rounds = _rounds(rows, cfg)
-            _time_case(rows, rounds, tick)
+            _time_case(rows, rounds, tick, cfg.get("settle", 0.0) if threads > 1 else 0.0)
             for _ in range(cfg["repeat"] - rounds):
                 tick()
             centry = {"key": case.key, "name": case.name, "kind": case.kind, "params": case.params,

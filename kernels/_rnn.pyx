@@ -309,6 +309,8 @@ cdef inline void project_block(const real *x, const real *wiT, const real *bias,
 cdef inline void input_grad_rows(const real *d, int ld, const real *w_ih, real *gx, fnn_idx r0, fnn_idx r1,
                                  int I, int GH) noexcept nogil:
     """Rows r0:r1 (of all T·B) of dL/dx = δ·W_ih: the narrow product, I columns (a vector or less)."""
+    if r1 <= r0:
+        return
     memset(gx + r0 * I, 0, (r1 - r0) * I * sizeof(real))
     step_gemm(d + r0 * ld, ld, w_ih, I, gx + r0 * I, I, r1 - r0, I, GH)
 
@@ -515,6 +517,7 @@ cdef int rnn_bwd(const real *go, const real *ghn, const real *x, const real *h0,
         memset(gh0, 0, BH * sizeof(real))
     if nx > 0:
         xc = part_size(TB, nx, 8)
+        nx = <int>((TB + xc - 1) // xc)   # rounding xc up may leave fewer blocks than asked
     if nc == 1 and nw <= 1 and nx <= 1:
         rnn_bwd_block(go, gh0, out, work, w_hh, relu, T, B, 0, B, H)
         if gxs != NULL:
@@ -693,6 +696,7 @@ cdef int lstm_bwd(const real *go, const real *ghn, const real *gcn, const real *
         memset(gc0, 0, BH * sizeof(real))
     if nx > 0:
         xc = part_size(TB, nx, 8)
+        nx = <int>((TB + xc - 1) // xc)   # rounding xc up may leave fewer blocks than asked
     if nc == 1 and nw <= 1 and nx <= 1:
         lstm_bwd_block(go, gh0, gc0, gates, cell, c0, work, w_hh, T, B, 0, B, H)
         if gxs != NULL:
@@ -871,6 +875,7 @@ cdef int gru_bwd(const real *go, const real *ghn, const real *x, const real *h0,
         memset(gh0, 0, BH * sizeof(real))
     if nx > 0:
         xc = part_size(TB, nx, 8)
+        nx = <int>((TB + xc - 1) // xc)   # rounding xc up may leave fewer blocks than asked
     if nc == 1 and nw <= 1 and nx <= 1:
         gru_bwd_block(go, gh0, gates, hidden_n, h0, out, work, w_hh, T, B, 0, B, H)
         if gxs != NULL:

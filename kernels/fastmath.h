@@ -29,6 +29,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cpu_features.h"
+
 typedef ptrdiff_t fnn_idx;
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) \
@@ -564,24 +566,9 @@ FNN_DEFINE_OPTIM(double, f64, sqrt)
 #if defined(__GNUC__) || defined(__clang__)
 #define FNN_HAVE_SMALL_GEMM 1
 
-/* Tile height. 8 rows x 2 vectors is 16 accumulators, plus two B vectors and
- * the broadcasts: it fits (and hides the FMA latency) only with 32 vector
- * registers, i.e. AVX-512. Elsewhere 4 x 2 (8 accumulators) is the tile.
- * Decided once at run time: the kernels are target clones, so the compiler
- * cannot tell which register file the chosen clone has. */
-static int fnn_small_rows8_flag = -1;
-FNN_UNUSED static int fnn_small_rows8(void)
-{
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-    if (fnn_small_rows8_flag < 0) {
-        __builtin_cpu_init();
-        fnn_small_rows8_flag = __builtin_cpu_supports("avx512f") ? 1 : 0;
-    }
-    return fnn_small_rows8_flag;
-#else
-    return 0;
-#endif
-}
+/* Tile height: 8 rows x 2 vectors (16 accumulators, plus two B vectors and the
+ * broadcasts) only fits, and hides the FMA latency, with AVX-512's 32 vector
+ * registers (fnn_cpu_wide_regs); elsewhere 4 x 2 is the tile. */
 
 /* Scratch for packed B and padded C, kept per thread and grown on demand: a
  * malloc/free pair per call is a measurable part of a 2-microsecond product.
@@ -646,7 +633,7 @@ FNN_UNUSED static void *fnn_small_buffer(size_t bytes, int *owned)
         typedef fnn_vec_##SUF V;                                                                 \
         const size_t VB = sizeof(V);                                                             \
         fnn_idx i0 = 0;                                                                          \
-        if (fnn_small_rows8()) {                                                                 \
+        if (fnn_cpu_wide_regs()) {                                                               \
             for (; i0 + 8 <= m; i0 += 8) {                                                       \
                 const T *ap = a + i0 * sai;                                                      \
                 fnn_idx j0 = 0;                                                                  \

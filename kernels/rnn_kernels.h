@@ -16,6 +16,7 @@
 
 #include <stddef.h>
 #include "rnn_math.h"
+#include "cpu_features.h"
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) && !defined(FASTNN_NO_CLONES)
 #define FNN_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
@@ -173,22 +174,7 @@ FNN_RNN_DEFINE(double, d, fnn_tanh_d, fnn_sigmoid, )
  * edge path computes it, so splitting C's rows or columns over threads does not
  * change a single bit of the result. */
 /* Tile height of the per-step product: 8 rows x 2 vectors (16 accumulators) only
- * fits the 32 vector registers of AVX-512; elsewhere the tile is 4 x 2. Decided
- * once at run time, since the kernels are target clones. */
-static int fnn_rnn_rows8_flag = -1;
-static inline int fnn_rnn_rows8(void)
-{
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-    if (fnn_rnn_rows8_flag < 0) {
-        __builtin_cpu_init();
-        fnn_rnn_rows8_flag = __builtin_cpu_supports("avx512f") ? 1 : 0;
-    }
-    return fnn_rnn_rows8_flag;
-#else
-    return 0;
-#endif
-}
-
+ * fits the 32 vector registers of AVX-512 (fnn_cpu_wide_regs); elsewhere 4 x 2. */
 #define FNN_GEMM_DEFINE(REAL, SFX, VW, ATTR)                                               \
 typedef REAL fnn_vec_##SFX __attribute__((vector_size(VW * sizeof(REAL))));                \
 static inline fnn_vec_##SFX fnn_ld_##SFX(const REAL *p)                                   \
@@ -272,7 +258,7 @@ ATTR static void fnn_gemm_acc_##SFX(const REAL *A, fnn_idx ars, fnn_idx aks, con
 {                                                                                         \
     fnn_idx N2 = N - N % (2 * VW), N1 = N - N % VW, M4 = M - M % 4, i, j, k;              \
     /* rows 0:M8 x columns 0:N2 in 8 x 2-vector tiles (16 sums in flight) */             \
-    fnn_idx M8 = fnn_rnn_rows8() ? M - M % 8 : 0;                                         \
+    fnn_idx M8 = fnn_cpu_wide_regs() ? M - M % 8 : 0;                                         \
     for (i = 0; i < M8; i += 8) {                                                         \
         const REAL *a0 = A + i * ars;                                                     \
         REAL *c0 = C + i * ldc;                                                           \

@@ -16,7 +16,7 @@ import numpy as np
 from numba import njit
 
 from ... import _config
-from ._gemm import VBYTES, _ukr
+from ._gemm import VBYTES, _act_tile, _store_tile, _ukr
 
 _OPTS = _config.NUMBA_JIT_OPTIONS
 
@@ -34,48 +34,6 @@ def _lanes(arr):
 
 
 @njit(**_OPTS)
-def _act(c, ldc, i0, j0, mr, nr, act):
-    """Sigmoid (2) or tanh (3) on a stored tile of C (ReLU is fused into the kernel's store)."""
-    for i in range(mr):
-        r = (i0 + i) * ldc + j0
-        crow = c[r:r + nr]
-        if act == 2:
-            for j in range(nr):
-                crow[j] = 1 / (1 + np.exp(-crow[j]))
-        elif act == 3:
-            for j in range(nr):
-                crow[j] = np.tanh(crow[j])
-
-
-@njit(**_OPTS)
-def _store(tile, ncols, c, ldc, i0, j0, mr, nr, bias, has_bias, act, acc):
-    """C[i0:i0+mr, j0:j0+nr] = act(tile + bias), or C += tile when acc (no bias, no activation)."""
-    # Row views: indices from range() are known to be >= 0, so LLVM drops the
-    # negative-index wrap-around and vectorises the loops.
-    for i in range(mr):
-        r = (i0 + i) * ldc + j0
-        crow = c[r:r + nr]
-        trow = tile[i * ncols:i * ncols + nr]
-        if acc:
-            for j in range(nr):
-                crow[j] += trow[j]
-            continue
-        if has_bias:
-            brow = bias[j0:j0 + nr]
-            for j in range(nr):
-                crow[j] = trow[j] + brow[j]
-        else:
-            for j in range(nr):
-                crow[j] = trow[j]
-        if act == 1:
-            for j in range(nr):
-                v = crow[j]
-                crow[j] = v if not (v <= 0) else v * 0   # NaN passes through
-        elif act >= 2:
-            _act(c, ldc, i0 + i, j0, 1, nr, act)
-
-
-@njit(**_OPTS)
 def _row_block(K, a, ao, ars, acs, pb, brs, nb, N, tile, c, ldc, i0, mr, bias, has_bias, act, acc):
     """C rows i0:i0+mr (mr <= SMR) over all columns; A[i, p] = a[ao + i*ars + p*acs], B[p, j] = pb[p*brs + j].
 
@@ -86,24 +44,29 @@ def _row_block(K, a, ao, ars, acs, pb, brs, nb, N, tile, c, ldc, i0, mr, bias, h
     first = not acc
     fuse_bias = has_bias and not acc
     relu = act == 1 and not acc
+    sig_tanh = act >= 2 and not acc
     j0 = 0
-    while j0 + 2 * w <= nb:
-        if mr == SMR and j0 + 2 * w <= N:
-            _ukr(K, a, ao, ars, acs, pb, j0, brs, c, i0 * ldc + j0, ldc, first, bias, j0, fuse_bias, relu, SMR, NV2)
-            if act >= 2 and not acc:
-                _act(c, ldc, i0, j0, mr, 2 * w, act)
+    while j0 < nb:
+        # two vectors of columns while they fit, then one
+        two = j0 + 2 * w <= nb
+        ncols = 2 * w if two else w
+        nr = min(ncols, N - j0)
+        if mr == SMR and nr == ncols:
+            if two:
+                _ukr(K, a, ao, ars, acs, pb, j0, brs, c, i0 * ldc + j0, ldc, first, bias, j0, fuse_bias, relu,
+                     SMR, NV2)
+            else:
+                _ukr(K, a, ao, ars, acs, pb, j0, brs, c, i0 * ldc + j0, ldc, first, bias, j0, fuse_bias, relu,
+                     SMR, NV1)
         else:
-            _ukr(K, a, ao, ars, acs, pb, j0, brs, tile, 0, 2 * w, True, bias, 0, False, False, SMR, NV2)
-            _store(tile, 2 * w, c, ldc, i0, j0, mr, min(2 * w, N - j0), bias, has_bias, act, acc)
-        j0 += 2 * w
-    if j0 < nb:
-        if mr == SMR and j0 + w <= N:
-            _ukr(K, a, ao, ars, acs, pb, j0, brs, c, i0 * ldc + j0, ldc, first, bias, j0, fuse_bias, relu, SMR, NV1)
-            if act >= 2 and not acc:
-                _act(c, ldc, i0, j0, mr, w, act)
-        else:
-            _ukr(K, a, ao, ars, acs, pb, j0, brs, tile, 0, w, True, bias, 0, False, False, SMR, NV1)
-            _store(tile, w, c, ldc, i0, j0, mr, N - j0, bias, has_bias, act, acc)
+            if two:
+                _ukr(K, a, ao, ars, acs, pb, j0, brs, tile, 0, ncols, True, bias, 0, False, False, SMR, NV2)
+            else:
+                _ukr(K, a, ao, ars, acs, pb, j0, brs, tile, 0, ncols, True, bias, 0, False, False, SMR, NV1)
+            _store_tile(tile, ncols, c, ldc, i0, j0, mr, nr, first, bias, fuse_bias, relu)
+        if sig_tanh:
+            _act_tile(c, ldc, i0, j0, mr, nr, act)
+        j0 += ncols
 
 
 @njit(**_OPTS)

@@ -55,20 +55,21 @@ CROSSOVER = {
 #: 7x33x5 0.69 (float64 0.22-0.64).
 SMALL_KERNEL_MAX = {"cython": 1 << 20}
 
-#: Smallest volume ``M*N*K`` for which ``"auto"`` picks the packed own GEMM
-#: (above :data:`SMALL_KERNEL_MAX` where a backend has a small kernel),
-#: measured per call from Python (as the layers call it), 1 thread, own time /
-#: BLAS time (x·Wᵀ products, one run):
+#: Smallest volume ``M*N*K`` for which ``"auto"`` picks the own GEMM
+#: (above :data:`SMALL_KERNEL_MAX` where a backend has that entry), measured
+#: per call from Python (as the layers call it), 1 thread, own time / BLAS
+#: time (x·Wᵀ products, one run each):
 #:   Cython: 128^3 0.65, 128x784x256 0.62, 256^3 0.59, 1024^3 0.57;
-#:   Numba:  32x64x128 1.13, 64^3 0.97, 100^3 1.02, 128^3 0.86, 128x784x256 0.75,
-#:           256^3 0.67, 1024^3 0.61.
-#: Below these volumes packing and the call into compiled code cost more than
-#: they save.
-MIN_FLOPS = {"cython": 0, "numba": 120 ** 3}
+#:   Numba (dense forward with bias and ReLU): 16^3 1.11, 32^3 0.87,
+#:           8x64x64 0.91, 32x64x128 0.60, 64^3 0.62, 100^3 0.60, 128^3 0.50,
+#:           32x784x128 0.53, 128x784x256 0.79.
+#: Below these volumes the call into compiled code costs more than it saves.
+MIN_FLOPS = {"cython": 0, "numba": 1 << 14}
 
 #: Narrowest output (N columns) for which ``"auto"`` picks the packed own GEMM:
 #: a product such as a 10-class output layer fills only part of its 16- or
-#: 32-column register tile, and BLAS was faster there (32x128x10 measured).
+#: 32-column register tile, and BLAS was as fast or faster there (Numba from
+#: Python: 32x128x10 1.00, 128x128x10 0.76).
 MIN_N = {"cython": 16, "numba": 16}
 
 
@@ -86,11 +87,13 @@ _policy_hooks: list = []
 #: GEMM then runs at one-thread speed. So with several threads the Numba
 #: backend's products and the Cython backend's plain ``matmul`` above 200^3
 #: (``cython_backend/dense.py``) stay on NumPy's BLAS, the one the rest of the
-#: process already uses. The Cython dense kernels keep the own GEMM at every
+#: process already uses. Below 192^3 the Numba GEMM runs on one thread (its
+#: small-product kernel), fights no pool and stays own: W3 at 2 threads took
+#: 22.6 us against 27.3 us with those products on BLAS. The Cython dense kernels keep the own GEMM at every
 #: size: their BLAS alternative, called from C, is SciPy's OpenBLAS, a second
 #: thread pool that fights NumPy's for the cores. With one thread the own
 #: GEMMs win up to the largest sizes measured.
-THREADED_LIMIT = {"numba": 0}
+THREADED_LIMIT = {"numba": 192 ** 3}
 
 
 def _limit(backend: str, dtype_name: str) -> float:

@@ -152,6 +152,22 @@ def test_thread_setting_round_trip():
         fastnn.set_num_threads(old)
 
 
+@pytest.mark.parametrize("module", ["fastnn.backends.numba_backend._gemm", "fastnn.backends.cython_backend._gemm"])
+def test_thread_setting_reaches_a_blas_loaded_later(module):
+    # A kernel module imported directly (as the GEMM benchmark does) loads
+    # SciPy's OpenBLAS after set_num_threads ran; it must get the count too.
+    pytest.importorskip("threadpoolctl")
+    name = module.split(".")[2].split("_")[0]
+    if backend_status()[name] != "available":
+        pytest.skip(f"{name} backend unavailable: {backend_status()[name]}")
+    code = ("import fastnn; fastnn.set_num_threads(1); import " + module + "; import threadpoolctl; "
+            "print(sorted(p['num_threads'] for p in threadpoolctl.threadpool_info() if p['user_api'] == 'blas'))")
+    out = _run(code)
+    assert out.returncode == 0, out.stderr
+    counts = eval(out.stdout.strip().splitlines()[-1])
+    assert counts and set(counts) == {1}, counts
+
+
 def test_thread_setting_reaches_blas_and_numba():
     threadpoolctl = pytest.importorskip("threadpoolctl")
     old = fastnn.get_num_threads()

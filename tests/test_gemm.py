@@ -201,14 +201,19 @@ def test_switch_modes():
             for dt in (np.float32, np.float64):
                 assert fgemm.use_own(backend, dt, 256, 256, 256)
                 assert fgemm.use_own(backend, dt, 1024, 1024, 1024)
-                assert fgemm.use_own(backend, dt, 32, 32, 32) == (backend == "cython")
+                assert fgemm.use_own(backend, dt, 32, 32, 32)
+                assert fgemm.use_own(backend, dt, 8, 8, 8) == (backend == "cython")
         assert fgemm.use_own("cython", np.float32, 128, 128, 128)
         assert fgemm.use_own("numba", np.float32, 128, 128, 128)
-        assert not fgemm.use_own("numba", np.float32, 64, 64, 64)
-        # with several threads, threaded BLAS takes the large products
+        assert fgemm.use_own("numba", np.float32, 64, 64, 64)
+        assert not fgemm.use_own("numba", np.float32, 16, 16, 16)
+        # with several threads, threaded BLAS takes the large products; the
+        # Numba GEMM keeps those it runs on one thread anyway
         fastnn.set_num_threads(2)
         assert fgemm.use_own("cython", np.float32, 1024, 1024, 1024)
         assert not fgemm.use_own("numba", np.float32, 1024, 1024, 1024)
+        assert fgemm.use_own("numba", np.float32, 128, 128, 128)
+        assert not fgemm.use_own("numba", np.float32, 256, 256, 256)
     finally:
         fastnn.set_num_threads(threads)
     assert not fgemm.use_own("numpy", np.float32, 8, 8, 8)

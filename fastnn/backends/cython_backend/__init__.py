@@ -14,6 +14,12 @@ from ... import _config
 _config.prefer_passive_openmp()  # before the OpenMP runtime loads with the extension, next line
 
 from ..._ext import _runtime  # noqa: E402  ImportError here: the extension was not built
+import scipy.linalg.cython_blas  # noqa: E402,F401  the BLAS the kernel modules link
+
+# That BLAS may have loaded only now, after fastnn's thread count was applied
+# to every BLAS in the process; a kernel module imported directly (not through
+# the backend registry) must not run with an unlimited one.
+_config._apply_blas_threads(_config.get_num_threads())
 
 
 def register_ext_module(module) -> None:

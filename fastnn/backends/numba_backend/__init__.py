@@ -19,9 +19,13 @@ _config.prefer_passive_openmp()
 import numba  # noqa: E402  - an ImportError here makes the backend absent, with the reason
 
 # Numba's np.dot links SciPy's OpenBLAS, which would otherwise load only at the
-# first compilation, after the backend applied fastnn's thread count to every
-# BLAS in the process (an unlimited, oversubscribed BLAS then). Load it now.
+# first compilation, after fastnn's thread count was applied to every BLAS in
+# the process (an unlimited, oversubscribed BLAS then). Load it now, and give
+# it the count here too: a module of this package imported directly (not
+# through the backend registry) must not run with a BLAS of its own.
 import scipy.linalg.cython_blas  # noqa: E402,F401
+
+_config._apply_blas_threads(_config.get_num_threads())
 
 
 def _set_threads(n: int) -> None:

@@ -21,7 +21,7 @@ Everything around the two is ordinary ``@njit`` code.
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, prange, types
+from numba import carray, njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
@@ -62,21 +62,14 @@ def _as_i64(context, builder, sig, args, idx):
     return [context.cast(builder, args[i], sig.args[i], types.int64) for i in idx]
 
 
-@intrinsic
-def _ukr(typingctx, kc, pa, oa, ars, acs, pb, ob, brs, c, oc, ldc, first, bias, obias, add_bias, relu, mr, nv):
-    """C[oc + i*ldc + j] (+)= A·B over kc for an MR x NR tile, in registers, epilogue fused.
+def _ukr_codegen(rows, nvec, width, fma_name, edge):
+    """Code generator of the micro-kernel for a rows x nvec-vector tile.
 
-    A[i, p] = pa[oa + i*ars + p*acs], B[p, j] = pb[ob + p*brs + j]. Packed
-    panels are (ars, acs, brs) = (1, MR, NR); small products read the operands
-    in place with their own strides. After the K loop, still in registers:
-    + C unless first, + bias[obias + j] if add_bias, ReLU if relu; then one
-    store per accumulator. Edge tiles pass a scratch tile as C (first, no
-    epilogue) and copy the valid part (_store_tile)."""
-    if not (isinstance(mr, types.IntegerLiteral) and isinstance(nv, types.IntegerLiteral)):
-        return None
-    rows, nvec = mr.literal_value, nv.literal_value
-    width = VBYTES // (pa.dtype.bitwidth // 8)
-    fma_name = "llvm.fma.v%d%s" % (width, "f32" if pa.dtype.bitwidth == 32 else "f64")
+    With ``edge`` the tile may hang over C's last row or column: rows from
+    ``mvalid`` on read A's row mvalid-1 (valid memory, results dropped) and
+    are not stored, and the last vector of columns is loaded from B, bias and
+    C and stored with a lane mask of its first ``nlast`` lanes, so edge tiles
+    need neither zero-padded copies of A and B nor a scratch tile."""
 
     def codegen(context, builder, sig, args):
         first_v, add_bias_v, relu_v = args[11], args[14], args[15]
@@ -87,45 +80,89 @@ def _ukr(typingctx, kc, pa, oa, ars, acs, pb, ob, brs, c, oc, ldc, first, bias, 
         vty = ir.VectorType(ety, width)
         vptr = vty.as_pointer()
         i64 = ir.IntType(64)
+        i32 = ir.IntType(32)
         a_data = context.make_array(sig.args[1])(context, builder, args[1]).data
         b_data = context.make_array(sig.args[5])(context, builder, args[5]).data
         c_data = context.make_array(sig.args[8])(context, builder, args[8]).data
         bias_data = context.make_array(sig.args[12])(context, builder, args[12]).data
 
+        if edge:
+            mvalid_v, nlast_v = _as_i64(context, builder, sig, args, (18, 19))
+            mty = ir.VectorType(ir.IntType(1), width)
+            lanes = ir.Constant(ir.VectorType(i64, width), list(range(width)))
+            nsplat = builder.insert_element(ir.Constant(ir.VectorType(i64, width), ir.Undefined), nlast_v,
+                                            ir.Constant(i32, 0))
+            nsplat = builder.shuffle_vector(nsplat, ir.Constant(ir.VectorType(i64, width), ir.Undefined),
+                                            ir.Constant(ir.VectorType(i32, width), [0] * width))
+            mask = builder.icmp_signed("<", lanes, nsplat)
+            mload = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(vty, [vptr, i32, mty, vty]), "llvm.masked.load.%s.p0" % fma_name[9:])
+            mstore = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(ir.VoidType(), [vty, vptr, i32, mty]),
+                "llvm.masked.store.%s.p0" % fma_name[9:])
+            # row i reads A's row min(i, mvalid - 1)
+            last_row = builder.sub(mvalid_v, ir.Constant(i64, 1))
+            a_rows = [builder.mul(builder.select(builder.icmp_signed("<", ir.Constant(i64, i), mvalid_v),
+                                                 ir.Constant(i64, i), last_row), ars_v) for i in range(rows)]
+        else:
+            a_rows = [builder.mul(ir.Constant(i64, i), ars_v) for i in range(rows)]
+
         def vec_at(data, offset):
             return builder.bitcast(builder.gep(data, [offset]), vptr)
 
-        def c_at(i, j):
-            off = builder.add(oc_v, builder.add(builder.mul(ir.Constant(i64, i), ldc_v), ir.Constant(i64, j * width)))
-            return vec_at(c_data, off)
+        def load(data, offset, j):
+            ptr = vec_at(data, offset)
+            if edge and j == nvec - 1:
+                return builder.call(mload, [ptr, ir.Constant(i32, esize), mask, ir.Constant(vty, None)])
+            return builder.load(ptr, align=esize)
+
+        def c_off(i, j):
+            return builder.add(oc_v, builder.add(builder.mul(ir.Constant(i64, i), ldc_v), ir.Constant(i64, j * width)))
+
+        def store_c(value, i, j):
+            ptr = vec_at(c_data, c_off(i, j))
+            if edge and j == nvec - 1:
+                builder.call(mstore, [value, ptr, ir.Constant(i32, esize), mask])
+            else:
+                builder.store(value, ptr, align=esize)
+
+        def each_stored_row(body):
+            for i in range(rows):
+                if edge:
+                    with builder.if_then(builder.icmp_signed("<", ir.Constant(i64, i), mvalid_v)):
+                        body(i)
+                else:
+                    body(i)
 
         zero = ir.Constant(vty, [ir.Constant(ety, 0.0)] * width)
         # Allocas of vector type with constant indices: SROA turns them into
         # vector phis, i.e. registers.
         accs = [[cgutils.alloca_once_value(builder, zero) for _ in range(nvec)] for _ in range(rows)]
         fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vty, [vty, vty, vty]), fma_name)
-        splat_mask = ir.Constant(ir.VectorType(ir.IntType(32), width), [0] * width)
+        splat_mask = ir.Constant(ir.VectorType(i32, width), [0] * width)
         with cgutils.for_range(builder, kc_v) as loop:
             p = loop.index
             bbase = builder.add(ob_v, builder.mul(p, brs_v))
             abase = builder.add(oa_v, builder.mul(p, acs_v))
-            bvs = [builder.load(vec_at(b_data, builder.add(bbase, ir.Constant(i64, j * width))), align=esize)
-                   for j in range(nvec)]
+            bvs = [load(b_data, builder.add(bbase, ir.Constant(i64, j * width)), j) for j in range(nvec)]
             for i in range(rows):
-                av = builder.load(builder.gep(a_data, [builder.add(abase, builder.mul(ir.Constant(i64, i), ars_v))]))
-                sv = builder.insert_element(ir.Constant(vty, ir.Undefined), av, ir.Constant(ir.IntType(32), 0))
+                av = builder.load(builder.gep(a_data, [builder.add(abase, a_rows[i])]))
+                sv = builder.insert_element(ir.Constant(vty, ir.Undefined), av, ir.Constant(i32, 0))
                 sv = builder.shuffle_vector(sv, ir.Constant(vty, ir.Undefined), splat_mask)
                 for j in range(nvec):
                     builder.store(builder.call(fma, [sv, bvs[j], builder.load(accs[i][j])]), accs[i][j])
+
         # Epilogue on the registers: the tile of C is read and written once.
+        def add_old(i):
+            for j in range(nvec):
+                old = load(c_data, c_off(i, j), j)
+                builder.store(builder.fadd(builder.load(accs[i][j]), old), accs[i][j])
+
         with builder.if_then(builder.not_(first_v)):
-            for i in range(rows):
-                for j in range(nvec):
-                    old = builder.load(c_at(i, j), align=esize)
-                    builder.store(builder.fadd(builder.load(accs[i][j]), old), accs[i][j])
+            each_stored_row(add_old)
         with builder.if_then(add_bias_v):
             for j in range(nvec):
-                bv = builder.load(vec_at(bias_data, builder.add(obias_v, ir.Constant(i64, j * width))), align=esize)
+                bv = load(bias_data, builder.add(obias_v, ir.Constant(i64, j * width)), j)
                 for i in range(rows):
                     builder.store(builder.fadd(builder.load(accs[i][j]), bv), accs[i][j])
         with builder.if_then(relu_v):
@@ -134,13 +171,132 @@ def _ukr(typingctx, kc, pa, oa, ars, acs, pb, ob, brs, c, oc, ldc, first, bias, 
                     v = builder.load(accs[i][j])
                     # v <= 0 -> 0; positives and NaN unchanged
                     builder.store(builder.select(builder.fcmp_ordered("<=", v, zero), zero, v), accs[i][j])
-        for i in range(rows):
+
+        def store_row(i):
             for j in range(nvec):
-                builder.store(builder.load(accs[i][j]), c_at(i, j), align=esize)
+                store_c(builder.load(accs[i][j]), i, j)
+
+        each_stored_row(store_row)
         return context.get_dummy_value()
 
+    return codegen
+
+
+def _ukr_setup(pa, mr, nv):
+    """(rows, vectors, lanes, fma intrinsic name) of a micro-kernel call, or None if not literal."""
+    if not (isinstance(mr, types.IntegerLiteral) and isinstance(nv, types.IntegerLiteral)):
+        return None
+    width = VBYTES // (pa.dtype.bitwidth // 8)
+    fma_name = "llvm.fma.v%d%s" % (width, "f32" if pa.dtype.bitwidth == 32 else "f64")
+    return mr.literal_value, nv.literal_value, width, fma_name
+
+
+@intrinsic
+def _ukr(typingctx, kc, pa, oa, ars, acs, pb, ob, brs, c, oc, ldc, first, bias, obias, add_bias, relu, mr, nv):
+    """C[oc + i*ldc + j] (+)= A·B over kc for an MR x NR tile, in registers, epilogue fused.
+
+    A[i, p] = pa[oa + i*ars + p*acs], B[p, j] = pb[ob + p*brs + j]. Packed
+    panels are (ars, acs, brs) = (1, MR, NR); small products read the operands
+    in place with their own strides. After the K loop, still in registers:
+    + C unless first, + bias[obias + j] if add_bias, ReLU if relu; then one
+    store per accumulator. Edge tiles of the packed GEMM pass a scratch tile
+    as C (first, no epilogue) and copy the valid part (_store_tile)."""
+    setup = _ukr_setup(pa, mr, nv)
+    if setup is None:
+        return None
+    rows, nvec, width, fma_name = setup
     sig = types.none(kc, pa, oa, ars, acs, pb, ob, brs, c, oc, ldc, first, bias, obias, add_bias, relu, mr, nv)
-    return sig, codegen
+    return sig, _ukr_codegen(rows, nvec, width, fma_name, False)
+
+
+@intrinsic
+def _ukr_edge(typingctx, kc, pa, oa, ars, acs, pb, ob, brs, c, oc, ldc, first, bias, obias, add_bias, relu, mr,
+              nv, mvalid, nlast):
+    """_ukr for a tile over C's edge: only rows < mvalid and, in the last vector, lanes < nlast.
+
+    A is read in place (rows past mvalid re-read row mvalid-1), B, bias and C
+    through masked vector loads and stores; nothing past the valid part is
+    read or written in the last vector, so B and C need no padding."""
+    setup = _ukr_setup(pa, mr, nv)
+    if setup is None:
+        return None
+    rows, nvec, width, fma_name = setup
+    sig = types.none(kc, pa, oa, ars, acs, pb, ob, brs, c, oc, ldc, first, bias, obias, add_bias, relu, mr, nv,
+                     mvalid, nlast)
+    return sig, _ukr_codegen(rows, nvec, width, fma_name, True)
+
+
+@intrinsic
+def _transpose_block(typingctx, src, so, sstride, dst, do, dstride):
+    """dst[do + c*dstride + r] = src[so + r*sstride + c] for one block of one vector's lanes squared.
+
+    The block is loaded as vector rows and transposed in registers: stage s
+    swaps the s-blocks off the diagonal of each pair of rows (r, r + s), which
+    exchanges one bit of the row index with the same bit of the lane index;
+    log2(lanes) stages exchange them all. The scalar copy it replaces wrote
+    one element per cache line."""
+    if not (isinstance(src, types.Array) and isinstance(dst, types.Array) and src.dtype == dst.dtype):
+        return None
+    width = VBYTES // (src.dtype.bitwidth // 8)
+
+    def codegen(context, builder, sig, args):
+        so_v, ss_v, do_v, ds_v = _as_i64(context, builder, sig, args, (1, 2, 4, 5))
+        ety = context.get_value_type(sig.args[0].dtype)
+        esize = context.get_abi_sizeof(ety)
+        vty = ir.VectorType(ety, width)
+        vptr = vty.as_pointer()
+        i64 = ir.IntType(64)
+        i32 = ir.IntType(32)
+        s_data = context.make_array(sig.args[0])(context, builder, args[0]).data
+        d_data = context.make_array(sig.args[3])(context, builder, args[3]).data
+        rows = []
+        for r in range(width):
+            off = builder.add(so_v, builder.mul(ir.Constant(i64, r), ss_v))
+            rows.append(builder.load(builder.bitcast(builder.gep(s_data, [off]), vptr), align=esize))
+        step = 1
+        while step < width:
+            lo = ir.Constant(ir.VectorType(i32, width),
+                             [width + lane - step if lane & step else lane for lane in range(width)])
+            hi = ir.Constant(ir.VectorType(i32, width),
+                             [width + lane if lane & step else lane + step for lane in range(width)])
+            for r in range(width):
+                if r & step:
+                    continue
+                a, b = rows[r], rows[r + step]
+                rows[r] = builder.shuffle_vector(a, b, lo)
+                rows[r + step] = builder.shuffle_vector(a, b, hi)
+            step *= 2
+        for c in range(width):
+            off = builder.add(do_v, builder.mul(ir.Constant(i64, c), ds_v))
+            builder.store(rows[c], builder.bitcast(builder.gep(d_data, [off]), vptr), align=esize)
+        return context.get_dummy_value()
+
+    return types.none(src, so, sstride, dst, do, dstride), codegen
+
+
+@intrinsic
+def _data_ptr(typingctx, arr):
+    """Pointer to the first element of a C-contiguous array (typing fails for other layouts)."""
+    if not (isinstance(arr, types.Array) and arr.layout == "C"):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return context.make_array(sig.args[0])(context, builder, args[0]).data
+
+    return types.CPointer(arr.dtype)(arr), codegen
+
+
+@njit(**_OPTS)
+def _raw(arr):
+    """A flat view of a C-contiguous array's buffer that carries no reference count.
+
+    Numba increments and decrements an array's reference count (atomic
+    operations) around every call that passes it: with five arrays per call
+    that cost ~60 ns per call of a row-block helper, more than its 8 x 16 x 16
+    product. A view built from the bare pointer has no meminfo, so the
+    counting becomes a null check. The caller must keep ``arr`` alive while
+    the view is in use (every user here holds it as an argument)."""
+    return carray(_data_ptr(arr), arr.size)
 
 
 #: ``nvalid`` of a panel with no padding (any literal >= its width).
@@ -405,8 +561,7 @@ def gemm_c(a, b, trans_a, trans_b, c, bias, has_bias, act, nthreads):
         rsb, csb = 1, K
     else:
         rsb, csb = N, 1
-    gemm_flat(M, N, K, a.reshape(-1), rsa, csa, b.reshape(-1), rsb, csb, c.reshape(-1), N, bias, has_bias, act,
-              nthreads)
+    gemm_flat(M, N, K, _raw(a), rsa, csa, _raw(b), rsb, csb, _raw(c), N, _raw(bias), has_bias, act, nthreads)
     return c
 
 

@@ -50,10 +50,12 @@ CROSSOVER = {
 #: Largest volume ``M*N*K`` that the Cython backend's own GEMM always runs
 #: in its small-product kernel (register tiles, no packing; ``_SMALL_GEMM_MAX``
 #: in kernels/_blas.pxi): in ``"auto"`` such products are always own. Measured
-#: from compiled code, 1 thread, small kernel time / OpenBLAS time, float32:
-#: 32x64x128 0.30, 64^3 0.36, 32x128x10 0.55, 128x128x10 0.58, 128x128x1 0.44,
-#: 7x33x5 0.69 (float64 0.22-0.64).
-SMALL_KERNEL_MAX = {"cython": 1 << 20}
+#: from compiled code, 1 thread, small kernel time / OpenBLAS time, float32,
+#: against the Haswell kernels: 32x64x128 0.30, 64^3 0.36, 32x128x10 0.55,
+#: 128x128x10 0.58, 128x128x1 0.44, 7x33x5 0.69 (float64 0.22-0.64); against
+#: the AVX-512 kernels: 32x64x10 0.94, 64^3 0.96-1.00, 128^3 0.77, 160^3 0.81.
+#: The bound is where the packed GEMM would start using threads.
+SMALL_KERNEL_MAX = {"cython": 192 ** 3}
 
 #: Smallest volume ``M*N*K`` for which ``"auto"`` picks the own GEMM
 #: (above :data:`SMALL_KERNEL_MAX` where a backend has that entry), measured

@@ -13,10 +13,11 @@ cdef extern from "fastmath.h" nogil:
 
 # Products with at most this many multiply-adds (m n k) may take the small
 # kernel: no packing, so its cost is the arithmetic plus one pass over B.
-# Measured on 2 cores (AVX-512) against scipy's OpenBLAS 0.3.30: 32x64x128
-# takes ~1.5 us here vs ~5.5 us in sgemm; at 128^3 (2^21) the packed own
-# GEMM is faster than both.
-cdef long long _SMALL_GEMM_MAX = 1 << 20
+# Up to where the packed GEMM would use threads (FNN_PARALLEL_MIN_FLOPS),
+# since both run on one thread below it. Measured from compiled code, 1
+# thread, small kernel / packed GEMM: 128^3 0.79, 64x256x128 0.68, 160^3
+# 0.80, 32x784x128 0.62; against OpenBLAS's AVX-512 kernels 0.49-0.81.
+cdef long long _SMALL_GEMM_MAX = 192 * 192 * 192
 
 ctypedef fused floating_t:
     float

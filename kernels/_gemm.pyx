@@ -143,7 +143,7 @@ def bench_loop(const floating[:, :] a, const floating[:, :] b, floating[:, :] ou
     """Seconds per call of reps back-to-back C = A·B from compiled code, own GEMM or BLAS.
 
     The own GEMM is timed as the dense layers run it: products of at most
-    2^20 multiply-adds by the small-product kernel, larger ones packed.
+    192^3 multiply-adds by the small-product kernel, larger ones packed.
     """
     cdef int M = a.shape[0], K = a.shape[1], N = b.shape[1], r
     cdef char tr = b'N'

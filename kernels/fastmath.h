@@ -623,6 +623,76 @@ FNN_UNUSED static void *fnn_small_buffer(size_t bytes, int *owned)
 #define FNN_HAVE_BLOCK_TRANSPOSE 0
 #endif
 
+/* The last (< LANES) columns of a small product on AVX-512, with masked loads
+ * and stores: B is read in place (no lane past column n of its last row is
+ * touched) and C written directly, so a narrow output (a 10-class layer)
+ * needs neither a zero-padded copy of B nor a padded C copied back, which
+ * took half of a 32x64x10 product. C(:, 0:nt) = A'(m, k) B(k, 0:nt). */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#include <immintrin.h>
+#define FNN_HAVE_AVX512_TAIL 1
+#define FNN_DEFINE_AVX512_TAIL(T, SUF, VT, MT, LOAD, STORE, FMA, SET1, ZERO)                     \
+    __attribute__((target("avx512f"))) FNN_UNUSED static void fnn_gemm_small_tail_##SUF(        \
+        fnn_idx m, fnn_idx nt, fnn_idx k, const T *a, fnn_idx sai, fnn_idx sap, const T *b,      \
+        fnn_idx ldb, T *c, fnn_idx ldc)                                                          \
+    {                                                                                            \
+        const MT mask = (MT)((1u << nt) - 1);                                                    \
+        fnn_idx i0 = 0;                                                                          \
+        for (; i0 + 8 <= m; i0 += 8) { /* 8 chains hide the FMA latency */                      \
+            const T *ap = a + i0 * sai;                                                          \
+            VT c0 = ZERO(), c1 = ZERO(), c2 = ZERO(), c3 = ZERO();                               \
+            VT c4 = ZERO(), c5 = ZERO(), c6 = ZERO(), c7 = ZERO();                               \
+            for (fnn_idx p = 0; p < k; p++) {                                                    \
+                const VT bv = LOAD(mask, b + p * ldb);                                           \
+                const T *aq = ap + p * sap;                                                      \
+                c0 = FMA(SET1(aq[0]), bv, c0); c1 = FMA(SET1(aq[sai]), bv, c1);                  \
+                c2 = FMA(SET1(aq[2 * sai]), bv, c2); c3 = FMA(SET1(aq[3 * sai]), bv, c3);        \
+                c4 = FMA(SET1(aq[4 * sai]), bv, c4); c5 = FMA(SET1(aq[5 * sai]), bv, c5);        \
+                c6 = FMA(SET1(aq[6 * sai]), bv, c6); c7 = FMA(SET1(aq[7 * sai]), bv, c7);        \
+            }                                                                                    \
+            T *cr = c + i0 * ldc;                                                                \
+            STORE(cr, mask, c0); STORE(cr + ldc, mask, c1);                                      \
+            STORE(cr + 2 * ldc, mask, c2); STORE(cr + 3 * ldc, mask, c3);                        \
+            STORE(cr + 4 * ldc, mask, c4); STORE(cr + 5 * ldc, mask, c5);                        \
+            STORE(cr + 6 * ldc, mask, c6); STORE(cr + 7 * ldc, mask, c7);                        \
+        }                                                                                        \
+        for (; i0 + 4 <= m; i0 += 4) {                                                           \
+            const T *ap = a + i0 * sai;                                                          \
+            VT c0 = ZERO(), c1 = ZERO(), c2 = ZERO(), c3 = ZERO();                               \
+            for (fnn_idx p = 0; p < k; p++) {                                                    \
+                const VT bv = LOAD(mask, b + p * ldb);                                           \
+                const T *aq = ap + p * sap;                                                      \
+                c0 = FMA(SET1(aq[0]), bv, c0); c1 = FMA(SET1(aq[sai]), bv, c1);                  \
+                c2 = FMA(SET1(aq[2 * sai]), bv, c2); c3 = FMA(SET1(aq[3 * sai]), bv, c3);        \
+            }                                                                                    \
+            T *cr = c + i0 * ldc;                                                                \
+            STORE(cr, mask, c0); STORE(cr + ldc, mask, c1);                                      \
+            STORE(cr + 2 * ldc, mask, c2); STORE(cr + 3 * ldc, mask, c3);                        \
+        }                                                                                        \
+        for (; i0 < m; i0++) { /* two chains over even and odd k */                              \
+            const T *ap = a + i0 * sai;                                                          \
+            VT c0 = ZERO(), c1 = ZERO();                                                         \
+            fnn_idx p = 0;                                                                       \
+            for (; p + 2 <= k; p += 2) {                                                         \
+                c0 = FMA(SET1(ap[p * sap]), LOAD(mask, b + p * ldb), c0);                        \
+                c1 = FMA(SET1(ap[(p + 1) * sap]), LOAD(mask, b + (p + 1) * ldb), c1);            \
+            }                                                                                    \
+            if (p < k) c0 = FMA(SET1(ap[p * sap]), LOAD(mask, b + p * ldb), c0);                 \
+            STORE(c + i0 * ldc, mask, c0 + c1);                                                  \
+        }                                                                                        \
+    }
+FNN_DEFINE_AVX512_TAIL(float, f32, __m512, __mmask16, _mm512_maskz_loadu_ps, _mm512_mask_storeu_ps,
+                       _mm512_fmadd_ps, _mm512_set1_ps, _mm512_setzero_ps)
+FNN_DEFINE_AVX512_TAIL(double, f64, __m512d, __mmask8, _mm512_maskz_loadu_pd, _mm512_mask_storeu_pd,
+                       _mm512_fmadd_pd, _mm512_set1_pd, _mm512_setzero_pd)
+#define FNN_SMALL_TAIL_f32 fnn_gemm_small_tail_f32
+#define FNN_SMALL_TAIL_f64 fnn_gemm_small_tail_f64
+#else
+#define FNN_HAVE_AVX512_TAIL 0
+#define FNN_SMALL_TAIL_f32(...) ((void)0)
+#define FNN_SMALL_TAIL_f64(...) ((void)0)
+#endif
+
 #define FNN_DEFINE_SMALL_GEMM(T, SUF, LANES)                                                     \
     typedef T fnn_vec_##SUF __attribute__((vector_size(LANES * sizeof(T))));                   \
     /* C(m, n) = A'(m, k) B(k, n), n a multiple of LANES, B and C with row strides ldb, ldc */ \
@@ -797,6 +867,22 @@ FNN_UNUSED static void *fnn_small_buffer(size_t bytes, int *owned)
             fnn_gemm_dots_##SUF(m, n, k, a, b, c);                                               \
             return 0;                                                                            \
         }                                                                                        \
+        if (FNN_HAVE_AVX512_TAIL && tmp_c && fnn_cpu_wide_regs()) {                              \
+            /* whole vectors of columns by the kernel, the rest by the masked tail, C in place */ \
+            const fnn_idx nw = n / LANES * LANES;                                                \
+            const T *bw = b;                                                                     \
+            fnn_idx ldbw = n;                                                                    \
+            if (trans_b) {                                                                       \
+                bw = (const T *)fnn_small_buffer((size_t)k * (size_t)np * sizeof(T), &owned);    \
+                if (bw == NULL) return -1;                                                       \
+                fnn_pack_bt_##SUF(n, k, b, (T *)bw, np);                                         \
+                ldbw = np;                                                                       \
+            }                                                                                    \
+            if (nw) fnn_gemm_small_kernel_##SUF(m, nw, k, a, sai, sap, bw, ldbw, c, n);          \
+            FNN_SMALL_TAIL_##SUF(m, n - nw, k, a, sai, sap, bw + nw, ldbw, c + nw, n);          \
+            if (trans_b && owned) free((void *)bw);                                              \
+            return 0;                                                                            \
+        }                                                                                        \
         /* B as row-major (k, np), zero-padded; C into (m, np) scratch if padded */             \
         T *buf = (T *)fnn_small_buffer(((size_t)k + (tmp_c ? (size_t)m : 0)) * (size_t)np        \
                                        * sizeof(T), &owned);                                     \
@@ -805,15 +891,17 @@ FNN_UNUSED static void *fnn_small_buffer(size_t bytes, int *owned)
         if (trans_b) {                                                                           \
             fnn_pack_bt_##SUF(n, k, b, bp, np);                                                  \
         } else {                                                                                 \
-            for (fnn_idx p = 0; p < k; p++) {                                                    \
-                T *row = bp + p * np;                                                            \
-                memcpy(row, b + p * n, (size_t)n * sizeof(T));                                   \
+            for (fnn_idx p = 0; p < k; p++) { /* (element loops: a memcpy call per row of  */ \
+                T *row = bp + p * np;               /* 10 floats cost more than the copy)      */ \
+                const T *src = b + p * n;                                                        \
+                for (fnn_idx j = 0; j < n; j++) row[j] = src[j];                                 \
                 for (fnn_idx j = n; j < np; j++) row[j] = 0;                                     \
             }                                                                                    \
         }                                                                                        \
         fnn_gemm_small_kernel_##SUF(m, np, k, a, sai, sap, bp, np, cp, np);                      \
         if (tmp_c)                                                                               \
-            for (fnn_idx i = 0; i < m; i++) memcpy(c + i * n, cp + i * np, (size_t)n * sizeof(T)); \
+            for (fnn_idx i = 0; i < m; i++)                                                      \
+                for (fnn_idx j = 0; j < n; j++) c[i * n + j] = cp[i * np + j];                   \
         if (owned) free(buf);                                                                    \
         return 0;                                                                                \
     }

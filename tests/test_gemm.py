@@ -281,10 +281,11 @@ def test_cython_policy_hook_tracks_mode():
 
 @pytest.mark.parametrize("mode", ["own", "auto"])
 def test_cython_small_kernel_every_edge(mode, dtype, rng):
-    """The Cython small-product kernel (own GEMM below 2^20 multiply-adds).
+    """The Cython small-product kernel (own GEMM up to 192^3 multiply-adds).
 
     Covers its 8-row (AVX-512) and 4-row tiles and the leftover rows, the two-
-    and one-vector column tiles, padded narrow outputs, the block transpose
+    and one-vector column tiles, narrow outputs (padded, or the AVX-512 masked
+    tail where the CPU has it), the block transpose
     that packs a transposed B (whole 16 x 16 / 8 x 8 blocks and the edges),
     and the dot-product paths (one output column; fewer than 4 rows times Bᵀ).
     """
@@ -307,10 +308,11 @@ def test_cython_small_kernel_every_edge(mode, dtype, rng):
 
 
 def test_numba_small_products_every_edge(dtype, rng):
-    """The Numba own GEMM's small-product path (8-row tiles, in-place or padded B).
+    """The Numba own GEMM's small-product path (8-row tiles, masked edge tiles).
 
-    Products up to 2^20 multiply-adds: full and partial 8-row blocks, two- and
-    one-vector column tiles, B read in place or copied (transposed, narrow),
+    Products up to 192^3 multiply-adds: full and partial 8-row blocks, two- and
+    one-vector column tiles with a partial last vector, B read in place or
+    copied (transposed: whole blocks by in-register transposes and the edges),
     with bias and every fused activation.
     """
     if "numba" not in fastnn.available_backends():

@@ -14,7 +14,10 @@ these tile shapes; tiles over C's last rows or columns use its masked variant
 is padded and no tile goes through scratch memory.
 
 Everything here takes flat views without a reference count (``_gemm._raw``):
-counting the arrays in and out of each call cost more than a small tile.
+counting the arrays in and out of each call cost more than a small tile. For
+the same reason the levels down to the row blocks are inlined into their
+callers (``inline="always"``): each Numba call passes every array as seven
+words and cost ~10 ns, a row block of 8 x 64 x 64 ~250 ns.
 """
 
 import numpy as np
@@ -41,7 +44,7 @@ def _lanes(arr):
     return VBYTES // arr.itemsize
 
 
-@njit(**_OPTS)
+@njit(inline="always", **_OPTS)
 def _row_block(K, a, ao, ars, acs, pb, brs, N, c, ldc, i0, mr, bias, has_bias, act, acc):
     """C rows i0:i0+mr (mr <= SMR) over all columns; A[i, p] = a[ao + i*ars + p*acs], B[p, j] = pb[p*brs + j].
 
@@ -80,14 +83,14 @@ def _row_block(K, a, ao, ars, acs, pb, brs, N, c, ldc, i0, mr, bias, has_bias, a
         j0 += ncols
 
 
-@njit(**_OPTS)
+@njit(inline="always", **_OPTS)
 def _all_rows(M, N, K, a, rsa, csa, pb, brs, c, ldc, bias, has_bias, act, acc):
     """Every row block of C, B read from pb with row stride brs."""
     for i0 in range(0, M, SMR):
         _row_block(K, a, i0 * rsa, rsa, csa, pb, brs, N, c, ldc, i0, min(SMR, M - i0), bias, has_bias, act, acc)
 
 
-@njit(**_OPTS)
+@njit(inline="always", **_OPTS)
 def small_gemm(M, N, K, a, rsa, csa, b, rsb, csb, c, ldc, bias, has_bias, act):
     """C = act(op(A)·op(B) + bias) for small products (K >= 1), flat arrays with element strides as in gemm_flat."""
     _tiled(M, N, K, a, rsa, csa, b, rsb, csb, c, ldc, bias, has_bias, act, False)
@@ -109,30 +112,30 @@ def _rows(M, N, K, a, rsa, csa, pb, brs, c, ldc, bias, has_bias, act, acc):
         _all_rows(M, N, K, a, rsa, csa, pb, brs, c, ldc, bias, has_bias, act, acc)
 
 
-@njit(**_OPTS)
+@njit(inline="always", **_OPTS)
 def _tiled(M, N, K, a, rsa, csa, b, rsb, csb, c, ldc, bias, has_bias, act, acc):
     """small_gemm, or C += op(A)·op(B) when acc."""
     if csb == 1:
         # row-major B is read in place (its last partial vector by masked loads)
         _rows(M, N, K, a, rsa, csa, b, rsb, c, ldc, bias, has_bias, act, acc)
-        return
-    # otherwise one row-major (K, nb) copy, rows a whole number of vectors apart
-    w = _lanes(c)
-    nb = (N + w - 1) // w * w
-    scratch = np.empty(K * nb, c.dtype)
-    # scratch stays referenced here until _packed_b returns
-    _packed_b(M, N, K, a, rsa, csa, b, rsb, csb, c, ldc, bias, has_bias, act, acc, _raw(scratch), nb)
+    else:
+        # otherwise one row-major (K, nb) copy, rows a whole number of vectors apart
+        w = _lanes(c)
+        nb = (N + w - 1) // w * w
+        pb = np.empty(K * nb, c.dtype)
+        _pack_b(N, K, b, rsb, csb, pb, nb)
+        _rows(M, N, K, a, rsa, csa, pb, nb, c, ldc, bias, has_bias, act, acc)
 
 
 @njit(**_OPTS)
-def _packed_b(M, N, K, a, rsa, csa, b, rsb, csb, c, ldc, bias, has_bias, act, acc, pb, nb):
-    """_tiled for a B with non-unit column stride: B copied into pb (K rows nb apart), then multiplied."""
+def _pack_b(N, K, b, rsb, csb, pb, nb):
+    """pb[p*nb + j] = B[p, j] = b[p*rsb + j*csb] for a B with non-unit column stride."""
     if rsb == 1:
         # transposed B (a weight read as Wᵀ): whole blocks of lanes x lanes
         # by in-register transposes (element by element, every store of a
         # column of pb missed L1: 32x784x128 spent 260 us there against 24 us
         # of products)
-        w = _lanes(c)
+        w = _lanes(pb)
         jw = N // w * w
         kw = K // w * w
         for j0 in range(0, jw, w):
@@ -154,7 +157,6 @@ def _packed_b(M, N, K, a, rsa, csa, b, rsb, csb, c, ldc, bias, has_bias, act, ac
         for p in range(K):
             for j in range(N):
                 pb[p * nb + j] = b[p * rsb + j * csb]
-    _rows(M, N, K, a, rsa, csa, pb, nb, c, ldc, bias, has_bias, act, acc)
 
 
 # -- 2-D entry points for kernels built on these products (the recurrent time loops) --

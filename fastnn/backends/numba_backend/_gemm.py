@@ -386,6 +386,16 @@ def _pack_b_panel(b, rsb, csb, p0, j0, kc, nc, jp, nr_full, pb):
     src = p0 * rsb + (j0 + js) * csb
     if nr == nr_full and csb == 1:
         _pack_panel(kc, b, src, 1, rsb, WHOLE, pb, js * kc, 0, NV)
+    elif nr == nr_full and rsb == 1:
+        # transposed B (a weight read as Wᵀ): whole blocks of lanes x lanes by
+        # in-register transposes, the last rows (< lanes) lane by lane
+        w = VBYTES // b.itemsize
+        kw = kc // w * w
+        for p in range(0, kw, w):
+            for h in range(0, nr_full, w):
+                _transpose_block(b, src + h * csb + p, csb, pb, js * kc + p * nr_full + h, nr_full)
+        if kw < kc:
+            _pack_panel(kc - kw, b, src + kw, csb, 1, WHOLE, pb, js * kc + kw * nr_full, 0, NV)
     else:
         _pack_panel(kc, b, src, csb, rsb, nr, pb, js * kc, 0, NV)
 

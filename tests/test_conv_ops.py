@@ -72,6 +72,22 @@ def test_conv2d_large_batch_is_chunked(backend, rng):
         np.testing.assert_allclose(a, e, rtol=1e-4, atol=1e-3)
 
 
+@pytest.mark.parametrize("mode", ["auto", "blas"])
+@pytest.mark.parametrize("case", CONV_CASES + [(2, 16, 40, 40, 24, 3, 3, 1, 1, 1)], ids=str)
+def test_conv2d_forward_both_gemm_paths(backend, dtype, case, mode, rng):
+    """The forward pass as the own GEMM runs it (the Numba backend's fused
+    lowering + products, band by band: the last case has several bands per
+    image) and on BLAS (chunked im2col), both against the reference."""
+    x, w, b, s, p, d = _conv_data(case, dtype, rng)
+    k = x.shape[1] * w.shape[2] * w.shape[3]
+    with fastnn.gemm.use_gemm(mode):
+        y = ops.conv2d_forward(x, w, b, s, p, d)
+        y0 = ops.conv2d_forward(x, w, None, s, p, d)
+    y_ref = reference("conv2d_forward", x, w, b, s, p, d)
+    np.testing.assert_allclose(y, y_ref, **tol(dtype, 10 * np.sqrt(k)))
+    np.testing.assert_allclose(y0, y_ref - b[None, :, None, None], **tol(dtype, 20 * np.sqrt(k)))
+
+
 @pytest.mark.parametrize("case", [CONV_CASES[1], CONV_CASES[3]], ids=str)
 def test_conv2d_backward_finite_differences(backend, case, rng):
     x, w, b, s, p, d = _conv_data(case, np.float64, rng)

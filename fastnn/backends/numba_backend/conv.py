@@ -368,29 +368,44 @@ def _max_pool_2x2(x, out, indices):
     """2×2, stride 2, unpadded: a tournament (a|b, c|d, winners), strict > keeps the first max."""
     B, C, H, W = x.shape
     ho, wo = out.shape[2], out.shape[3]
+    # Flat views without a reference count: every row view of a counted
+    # array costs two atomic operations, which took most of the time here
+    # (a 14 x 14 plane: 1.3 us, against ~0.1 us of vector work).
+    xf = _raw(x)
+    of = _raw(out)
+    jf = _raw(indices)
     for r in prange(B * C):
-        b = r // C
-        c = r - b * C
-        src = x[b, c]
-        dst = out[b, c]
-        idx = indices[b, c]
+        s0 = r * H * W
+        d0 = r * ho * wo
         for i in range(ho):
+            # rows indexed by range() variables (no wrap-around code): LLVM
+            # turns the pairs into interleaved vector loads
+            base0 = (2 * i) * W
+            base1 = base0 + W
+            r0 = xf[s0 + base0:s0 + base0 + W]
+            r1 = xf[s0 + base1:s0 + base1 + W]
+            drow = of[d0 + i * wo:d0 + (i + 1) * wo]
+            irow = jf[d0 + i * wo:d0 + (i + 1) * wo]
             for j in range(wo):
-                a_ = src[2 * i, 2 * j]
-                ia = (2 * i) * W + 2 * j
-                b_ = src[2 * i, 2 * j + 1]
-                t = (not (b_ <= a_)) and (a_ == a_)
+                a_ = r0[2 * j]
+                b_ = r0[2 * j + 1]
+                c_ = r1[2 * j]
+                d_ = r1[2 * j + 1]
+                # No branches: "&" instead of a short-circuit "and", and the
+                # index picked by arithmetic, not a select, which the code
+                # generator turns into a conditional jump in the loop's
+                # scalar remainder (6 of a 14-wide row's outputs),
+                # mispredicted half the time on real data: W5's first pool
+                # took 0.66 ms, now ~0.25
+                t = (not (b_ <= a_)) & (a_ == a_)
                 a_ = b_ if t else a_
-                ia = ia + 1 if t else ia
-                c_ = src[2 * i + 1, 2 * j]
-                ic = (2 * i + 1) * W + 2 * j
-                d_ = src[2 * i + 1, 2 * j + 1]
-                t = (not (d_ <= c_)) and (c_ == c_)
+                ia = base0 + 2 * j + np.int64(t)
+                t = (not (d_ <= c_)) & (c_ == c_)
                 c_ = d_ if t else c_
-                ic = ic + 1 if t else ic
-                t = (not (c_ <= a_)) and (a_ == a_)
-                dst[i, j] = c_ if t else a_
-                idx[i, j] = ic if t else ia
+                ic = base1 + 2 * j + np.int64(t)
+                t = (not (c_ <= a_)) & (a_ == a_)
+                drow[j] = c_ if t else a_
+                irow[j] = ia + (ic - ia) * np.int64(t)
 
 
 def _max_pool_bwd(grad_out, indices, grad_input):

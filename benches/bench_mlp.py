@@ -22,25 +22,10 @@ import pytest
 import fastnn
 from fastnn import nn, optim
 from fastnn.bench.anchors import build_anchor
-from fastnn.bench.workloads import build_step, get_workloads, missing
+from workload_cases import workload_benchmarks, workload_cases
 
-WORKLOADS = get_workloads(["W3", "W4"])
-CASES = [pytest.param(c, id=c.key.replace(" ", "_"),
-                      marks=pytest.mark.skipif(bool(missing(w)), reason=f"{w.id} needs {missing(w)}"))
-         for w in WORKLOADS for c in w.cases(False, False)]
-
-
-@pytest.mark.parametrize("case", CASES)
-def test_fastnn(benchmark, run_step, backend, case):
-    run_step(benchmark, build_step(case), case.key)
-
-
-@pytest.mark.parametrize("case", CASES)
-def test_torch(benchmark, run_step, torch, case):
-    step = build_anchor("torch", case)
-    if step is None:
-        pytest.skip(f"no PyTorch version of {case.key}")
-    run_step(benchmark, step, case.key)
+CASES = workload_cases(["W3", "W4"])
+test_fastnn, test_torch = workload_benchmarks(CASES)
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -12,24 +12,6 @@ The cases come from :mod:`fastnn.bench.workloads` and the PyTorch versions from
     pytest benches/bench_rnn.py --benchmark-only --benchmark-group-by=group
 """
 
-import pytest
+from workload_cases import workload_benchmarks, workload_cases
 
-from fastnn.bench.anchors import build_anchor
-from fastnn.bench.workloads import build_step, get_workloads, missing
-
-CASES = [pytest.param(c, id=c.key.replace(" ", "_"),
-                      marks=pytest.mark.skipif(bool(missing(w)), reason=f"{w.id} needs {missing(w)}"))
-         for w in get_workloads(["W6", "LSTM"]) for c in w.cases(False, False)]
-
-
-@pytest.mark.parametrize("case", CASES)
-def test_fastnn(benchmark, run_step, backend, case):
-    run_step(benchmark, build_step(case), case.key)
-
-
-@pytest.mark.parametrize("case", CASES)
-def test_torch(benchmark, run_step, torch, case):
-    step = build_anchor("torch", case)
-    if step is None:
-        pytest.skip(f"no PyTorch version of {case.key}")
-    run_step(benchmark, step, case.key)
+test_fastnn, test_torch = workload_benchmarks(workload_cases(["W6", "LSTM"]))

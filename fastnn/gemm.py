@@ -38,10 +38,10 @@ _mode = "auto"
 #: OpenBLAS 0.3.31 as the environment configures it (OPENBLAS_CORETYPE=Haswell,
 #: AVX2 kernels), same thread count, interleaved repetitions: the own GEMMs
 #: were at least as fast at n = 64 ... 2048 (see benches/bench_gemm.py; re-measure
-#: with :func:`measure_crossover`). Against OpenBLAS's AVX-512 kernels the
-#: Numba GEMM is level (n = 1024) and BLAS wins large single-threaded Cython
-#: products by ~1.2x; set a limit here (or ``set_gemm("blas")``) where that
-#: build is in use.
+#: with :func:`measure_crossover`). Against OpenBLAS's AVX-512 kernels both
+#: are level at n = 1024 (one thread: Cython 1.00x, Numba 0.98x BLAS's
+#: GFLOP/s; two threads 0.94x, 1.06x); set a limit here (or
+#: ``set_gemm("blas")``) where a faster BLAS is in use.
 CROSSOVER = {
     "cython": {"float32": 1 << 40, "float64": 1 << 40},
     "numba": {"float32": 1 << 40, "float64": 1 << 40},

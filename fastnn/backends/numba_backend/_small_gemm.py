@@ -24,15 +24,15 @@ import numpy as np
 from numba import njit
 
 from ... import _config
-from ._gemm import VBYTES, _act_tile, _raw, _transpose_block, _ukr, _ukr_edge
+from ._gemm import PARALLEL_MIN_FLOPS, VBYTES, _act_tile, _raw, _transpose_block, _ukr, _ukr_edge
 
 _OPTS = _config.NUMBA_JIT_OPTIONS
 
 #: Largest volume M*N*K (multiply-adds) run here, on one thread: up to where the
-#: packed GEMM would start using threads (_gemm.PARALLEL_MIN_FLOPS). Measured from
+#: packed GEMM would start using threads. Measured from
 #: compiled code, 1 thread, this kernel / the packed one: 128^3 0.55 (x·Wᵀ 0.38),
 #: 32x784x128 0.59 (0.41), 256^3 0.81 (0.77).
-SMALL_MAX = 192 * 192 * 192
+SMALL_MAX = PARALLEL_MIN_FLOPS
 #: Tile rows (with two vectors of columns: 16 accumulators of the 32 registers).
 SMR = 8
 NV2 = 2

@@ -264,7 +264,6 @@ def conv2d_forward(x, weight, bias, stride, padding, dilation, out):
     K, P = C * kh * kw, ho * wo
     (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
     w2 = weight.reshape(O, K)
-    nb = _chunk(B, K, P)
     has_bias = bias is not None
     if _gemm_mode() != "blas":
         # lowering and products fused, band by band, on the own GEMM (the
@@ -275,6 +274,7 @@ def conv2d_forward(x, weight, bias, stride, padding, dilation, out):
         (_fused_p if par else _fused_s)(x, w2, bias if has_bias else _NO_BIAS[x.dtype], has_bias, kh, kw, sh, sw,
                                         ph, pw, dh, dw, ho, wo, rows, work, out)
         return out
+    nb = _chunk(B, K, P)
     cols = _scratch("cols", (K, nb * P), x.dtype)
     y = _scratch("y", (O, nb * P), x.dtype)
     bias_ = bias if has_bias else w2[:, 0]

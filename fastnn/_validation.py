@@ -17,6 +17,12 @@ import numpy as np
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _F32, _F64 = FLOAT_DTYPES
 
+#: Largest size the compiled kernels take for one matrix dimension, one
+#: spatial extent or one per-image product: BLAS (and the C loops sized like
+#: it) index with 32-bit ints. Totals over a batch may exceed it (the kernels
+#: index those with 64-bit integers).
+MAX_DIM = 2**31 - 1
+
 
 def as_float_array(x, name: str, ndim: int | None = None) -> np.ndarray:
     """Return ``x`` as a C-contiguous float32/float64 array, or raise.
@@ -53,13 +59,17 @@ def same_shape(shape: tuple, x: np.ndarray, name: str, other: str = "the input")
         raise ValueError(f"{name} has shape {x.shape} but must match {other} of shape {shape}")
 
 
-def output(out, shape: tuple, dtype: np.dtype, name: str = "out", inputs: tuple = ()) -> np.ndarray:
+def output(out, shape: tuple, dtype: np.dtype, name: str = "out", inputs: tuple = (),
+           aliases: tuple = ()) -> np.ndarray:
     """Return a buffer for a result: ``out`` checked, or a new array.
 
     A given ``out`` must be a writeable, C-contiguous ndarray of exactly the
     right shape and dtype; if ``inputs`` is given it must not overlap any of
     them (kernels that read an operand while writing the result, such as
-    matrix multiply, would otherwise compute garbage).
+    matrix multiply, would otherwise compute garbage). ``aliases`` are
+    arrays of the same shape that ``out`` may *be* (elementwise ops work in
+    place) but must not partly overlap: a shifted view would have the
+    kernel read elements it has already overwritten.
     """
     if out is None:
         return np.empty(shape, dtype=dtype)
@@ -75,7 +85,12 @@ def output(out, shape: tuple, dtype: np.dtype, name: str = "out", inputs: tuple 
         raise ValueError(f"{name} is read-only")
     for arr in inputs:
         if arr is not None and np.may_share_memory(out, arr):
-            raise ValueError(f"{name} must not overlap the inputs of this op")
+            raise ValueError(f"{name} must not overlap the inputs or other outputs of this op")
+    for arr in aliases:
+        # both C-contiguous with one shape: the same first element means the same array
+        if np.may_share_memory(out, arr) and out.__array_interface__["data"][0] != \
+                arr.__array_interface__["data"][0]:
+            raise ValueError(f"{name} may be the input itself but must not partly overlap it")
     return out
 
 
@@ -94,7 +109,9 @@ def inplace(x, name: str) -> np.ndarray:
 
 def scalar(value, name: str, *, low: float | None = None, high: float | None = None,
            low_open: bool = False, high_open: bool = False) -> float:
-    """A finite real number within bounds, as a Python float."""
+    """A finite real number within bounds, as a Python float (strings and bools are refused)."""
+    if isinstance(value, (str, bytes, bool, np.bool_)):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
     try:
         v = float(value)
     except (TypeError, ValueError):
@@ -121,6 +138,19 @@ def positive_int(value, name: str) -> int:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
     return int(value)
+
+
+def dims_fit(where: str, **sizes) -> None:
+    """Raise ``ValueError`` if any named size exceeds :data:`MAX_DIM`.
+
+    ``sizes`` are the dimensions (or products of dimensions) that a kernel
+    hands to a matrix product or indexes one plane with; Python ints, so the
+    products themselves cannot wrap here.
+    """
+    for name, n in sizes.items():
+        if n > MAX_DIM:
+            raise ValueError(f"{where}: {name} is {n}, above 2**31 - 1, the largest size the kernels "
+                             f"take for one matrix dimension or one image (split the input)")
 
 
 def choice(value, name: str, options: tuple) -> str:

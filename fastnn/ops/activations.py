@@ -14,7 +14,7 @@ __all__ = [
 
 def _forward_args(x, out):
     x = _v.as_float_array(x, "x")
-    return x, _v.output(out, x.shape, x.dtype)
+    return x, _v.output(out, x.shape, x.dtype, aliases=(x,))
 
 
 def _backward_args(grad_out, y, out):
@@ -22,7 +22,7 @@ def _backward_args(grad_out, y, out):
     y = _v.as_float_array(y, "y")
     _v.same_dtype(grad_out.dtype, y, "y")
     _v.same_shape(grad_out.shape, y, "y", "grad_out")
-    return grad_out, y, _v.output(out, grad_out.shape, grad_out.dtype)
+    return grad_out, y, _v.output(out, grad_out.shape, grad_out.dtype, aliases=(grad_out, y))
 
 
 def relu(x, out=None):
@@ -117,7 +117,7 @@ def softmax(x, out=None):
     out : ndarray of shape (B, C), optional
     """
     x = _v.as_float_array(x, "x", ndim=2)
-    out = _v.output(out, x.shape, x.dtype)
+    out = _v.output(out, x.shape, x.dtype, aliases=(x,))
     return _backend().softmax(x, out)
 
 

@@ -2,8 +2,13 @@
 
 Every function checks its arguments here, before any compiled kernel runs:
 4-D float input, matching channels and dtypes, positive strides, kernels
-that fit the (padded) input. ``kernel_size``, ``stride``, ``padding`` and
-``dilation`` accept an int or a pair ``(along H, along W)``.
+that fit the (padded) input, non-empty image planes. ``kernel_size``,
+``stride``, ``padding`` and ``dilation`` accept an int or a pair
+``(along H, along W)``, each at most ``2**31 - 1``, as are the padded image
+sizes and the per-image products the kernels compute (see
+:data:`fastnn._validation.MAX_DIM`). An empty batch (or, for pooling, no
+channels) gives an empty result, as in PyTorch; an empty image plane is an
+error.
 """
 
 import numpy as np
@@ -21,7 +26,7 @@ _INT64 = np.dtype(np.int64)
 
 
 def _pair(value, name, low):
-    """``value`` as a pair of Python ints, each >= ``low``."""
+    """``value`` as a pair of Python ints, each in [``low``, MAX_DIM]."""
     if isinstance(value, (tuple, list)):
         if len(value) != 2:
             raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
@@ -34,6 +39,8 @@ def _pair(value, name, low):
             raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
         if item < low:
             raise ValueError(f"{name} must be >= {low}, got {value!r}")
+        if item > _v.MAX_DIM:
+            raise ValueError(f"{name} must be at most 2**31 - 1, got {value!r}")
         out.append(int(item))
     return tuple(out)
 
@@ -57,7 +64,7 @@ def conv2d_output_shape(input_shape, weight_shape, stride=1, padding=0, dilation
     stride = _pair(stride, "stride", 1)
     padding = _pair(padding, "padding", 0)
     dilation = _pair(dilation, "dilation", 1)
-    return _conv_shape(tuple(input_shape), tuple(weight_shape), stride, padding, dilation)
+    return _conv_shape(_shape4(input_shape), _shape4(weight_shape, "weight_shape"), stride, padding, dilation)
 
 
 def _conv_shape(xs, ws, stride, padding, dilation):
@@ -70,17 +77,34 @@ def _conv_shape(xs, ws, stride, padding, dilation):
                          f"{ws[1]} (shape {ws}, stored as (out, in, kH, kW))")
     if min(ws) < 1:
         raise ValueError(f"conv2d weight shape {ws} has an empty dimension")
+    _plane(xs, "conv2d")
     size = []
     for axis, name in ((0, "height"), (1, "width")):
         n, k = xs[2 + axis], ws[2 + axis]
         s, p, d = stride[axis], padding[axis], dilation[axis]
         span = d * (k - 1) + 1
+        _v.dims_fit("conv2d", **{f"padded input {name}": n + 2 * p, f"dilated kernel {name}": span})
         if n + 2 * p < span:
             raise ValueError(
                 f"conv2d: input {name} {n} (input shape {xs}) plus padding 2*{p} is smaller than the "
                 f"kernel's reach {span} (weight shape {ws}, dilation {d})")
         size.append((n + 2 * p - span) // s + 1)
+    # the sizes of one image: its padded copy, and its product weight (O, C·kH·kW) x columns (C·kH·kW, Ho·Wo)
+    _v.dims_fit("conv2d", **{"padded image channels·height·width": _padded_image(xs, padding),
+                             "out_channels": ws[0], "in_channels·kH·kW": ws[1] * ws[2] * ws[3],
+                             "output height·width": size[0] * size[1]})
     return (xs[0], ws[0], size[0], size[1])
+
+
+def _padded_image(xs, padding):
+    """Elements of one zero-padded input image, C·(H + 2·pH)·(W + 2·pW)."""
+    return xs[1] * (xs[2] + 2 * padding[0]) * (xs[3] + 2 * padding[1])
+
+
+def _plane(xs, where):
+    """An empty image plane is an error (PyTorch's rule): no window of it holds a pixel."""
+    if xs[2] == 0 or xs[3] == 0:
+        raise ValueError(f"{where}: input shape {xs} has an empty image plane (height or width 0)")
 
 
 def _conv_args(x, weight, stride, padding, dilation):
@@ -160,9 +184,11 @@ def conv2d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, *, bia
     _v.same_dtype(x.dtype, grad_out, "grad_out")
     _v.same_shape(shape, grad_out, "grad_out", "the convolution output")
     dt = x.dtype
-    grad_input = _v.output(grad_input, x.shape, dt, "grad_input", (grad_out, x, weight)) if input_grad else None
-    grad_weight = _v.output(grad_weight, weight.shape, dt, "grad_weight", (grad_out, x, weight))
-    grad_bias = _v.output(grad_bias, (weight.shape[0],), dt, "grad_bias", (grad_out,)) if bias else None
+    ins = (grad_out, x, weight)
+    grad_input = _v.output(grad_input, x.shape, dt, "grad_input", ins) if input_grad else None
+    grad_weight = _v.output(grad_weight, weight.shape, dt, "grad_weight", ins + (grad_input,))
+    grad_bias = _v.output(grad_bias, (weight.shape[0],), dt, "grad_bias",
+                          ins + (grad_input, grad_weight)) if bias else None
     if x.shape[0] == 0:  # empty batch: the sums over it are zero
         grad_weight.fill(0)
         if grad_bias is not None:
@@ -178,7 +204,7 @@ def pool2d_output_shape(input_shape, kernel_size, stride=None, padding=0):
     ``stride=None`` means ``stride = kernel_size`` (PyTorch's default).
     """
     kernel_size, stride, padding = _pool_params(kernel_size, stride, padding)
-    return _pool_shape(tuple(input_shape), kernel_size, stride, padding)
+    return _pool_shape(_shape4(input_shape), kernel_size, stride, padding)
 
 
 def _pool_params(kernel_size, stride, padding):
@@ -194,13 +220,16 @@ def _pool_params(kernel_size, stride, padding):
 def _pool_shape(xs, kernel_size, stride, padding):
     if len(xs) != 4:
         raise ValueError(f"pooling input must be 4-D (batch, channels, height, width), got shape {xs}")
+    _plane(xs, "pooling")
     size = []
     for axis, name in ((0, "height"), (1, "width")):
         n, k, s, p = xs[2 + axis], kernel_size[axis], stride[axis], padding[axis]
+        _v.dims_fit("pooling", **{f"padded input {name}": n + 2 * p})
         if n + 2 * p < k:
             raise ValueError(f"pooling: input {name} {n} (input shape {xs}) plus padding 2*{p} is smaller "
                              f"than the kernel size {kernel_size}")
         size.append((n + 2 * p - k) // s + 1)
+    _v.dims_fit("pooling", **{"padded image channels·height·width": _padded_image(xs, padding)})
     return (xs[0], xs[1], size[0], size[1])
 
 
@@ -232,9 +261,27 @@ def max_pool2d_forward(x, kernel_size, stride=None, padding=0, out=None, indices
         indices = np.empty(shape, dtype=_INT64)
     else:
         _index_buffer(indices, shape, "indices")
+        if np.may_share_memory(indices, x) or np.may_share_memory(indices, out):
+            raise ValueError("indices must not overlap x or out")
     if out.size == 0:
         return out, indices
     return _backend().max_pool2d_forward(x, kernel_size, stride, padding, out, indices)
+
+
+def _shape4(shape, name="input_shape"):
+    """``shape`` as a tuple of 4 non-negative Python ints (bools and floats refused)."""
+    try:
+        items = tuple(shape)
+    except TypeError:
+        raise TypeError(f"{name} must be a sequence of 4 ints, got {shape!r}") from None
+    if len(items) != 4:
+        raise ValueError(f"{name} must have 4 entries, got {shape!r}")
+    for n in items:
+        if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)):
+            raise TypeError(f"{name} must hold ints, got {shape!r}")
+        if n < 0:
+            raise ValueError(f"{name} must not hold negative sizes, got {shape!r}")
+    return tuple(int(n) for n in items)
 
 
 def _index_buffer(indices, shape, name):
@@ -261,9 +308,8 @@ def max_pool2d_backward(grad_out, indices, input_shape, grad_input=None):
     ndarray of shape (B, C, H, W)
     """
     grad_out = _input4d(grad_out, "grad_out")
-    input_shape = tuple(int(n) for n in input_shape)
-    if len(input_shape) != 4:
-        raise ValueError(f"input_shape must have 4 entries, got {input_shape}")
+    input_shape = _shape4(input_shape)
+    _plane(input_shape, "max_pool2d_backward")
     if grad_out.shape[:2] != input_shape[:2]:
         raise ValueError(f"grad_out shape {grad_out.shape} does not match input shape {input_shape}")
     indices = np.asarray(indices)
@@ -274,7 +320,7 @@ def max_pool2d_backward(grad_out, indices, input_shape, grad_input=None):
     plane = input_shape[2] * input_shape[3]
     if indices.size and (indices.min() < 0 or indices.max() >= plane):
         raise ValueError(f"indices must lie in [0, {plane}) for input shape {input_shape}")
-    grad_input = _v.output(grad_input, input_shape, grad_out.dtype, "grad_input", (grad_out,))
+    grad_input = _v.output(grad_input, input_shape, grad_out.dtype, "grad_input", (grad_out, indices))
     if grad_input.size == 0:
         return grad_input
     return _backend().max_pool2d_backward(grad_out, indices, grad_input)
@@ -324,7 +370,7 @@ def avg_pool2d_backward(grad_out, input_shape, kernel_size, stride=None, padding
     """
     grad_out = _input4d(grad_out, "grad_out")
     kernel_size, stride, padding = _pool_params(kernel_size, stride, padding)
-    input_shape = tuple(int(n) for n in input_shape)
+    input_shape = _shape4(input_shape)
     shape = _pool_shape(input_shape, kernel_size, stride, padding)
     _v.same_shape(shape, grad_out, "grad_out", "the pooling output")
     grad_input = _v.output(grad_input, input_shape, grad_out.dtype, "grad_input", (grad_out,))

@@ -40,6 +40,8 @@ def matmul(a, b, trans_a=False, trans_b=False, out=None):
         raise ValueError(
             f"matmul: inner dimensions differ: op(a) is {m}x{k} and op(b) is {k2}x{n} "
             f"(a.shape={a.shape}, trans_a={bool(trans_a)}, b.shape={b.shape}, trans_b={bool(trans_b)})")
+    if m > _v.MAX_DIM or n > _v.MAX_DIM or k > _v.MAX_DIM:
+        _v.dims_fit("matmul", M=m, N=n, K=k)
     out = _v.output(out, (m, n), a.dtype, inputs=(a, b))
     return _backend().matmul(a, b, bool(trans_a), bool(trans_b), out)
 
@@ -56,6 +58,9 @@ def _dense_args(x, weight, bias):
         _v.same_dtype(x.dtype, bias, "bias")
         if bias.shape[0] != weight.shape[0]:
             raise ValueError(f"bias has shape {bias.shape} but weight has {weight.shape[0]} outputs")
+    (b, i), o = x.shape, weight.shape[0]
+    if b > _v.MAX_DIM or i > _v.MAX_DIM or o > _v.MAX_DIM:
+        _v.dims_fit("dense", batch=b, in_features=i, out_features=o)
     return x, weight, bias
 
 
@@ -122,6 +127,8 @@ def dense_backward(grad_out, x, weight, y=None, activation="identity", *, bias=T
         y = None
     dt = x.dtype
     grad_input = _v.output(grad_input, x.shape, dt, "grad_input", (grad_out, weight)) if input_grad else None
-    grad_weight = _v.output(grad_weight, weight.shape, dt, "grad_weight", (grad_out, x))
-    grad_bias = _v.output(grad_bias, (weight.shape[0],), dt, "grad_bias", (grad_out,)) if bias else None
+    # dL/dW is written before dL/dx reads the weight; dL/db while δ is formed from y
+    grad_weight = _v.output(grad_weight, weight.shape, dt, "grad_weight", (grad_out, x, weight, y, grad_input))
+    grad_bias = _v.output(grad_bias, (weight.shape[0],), dt, "grad_bias",
+                          (grad_out, x, weight, y, grad_input, grad_weight)) if bias else None
     return _backend().dense_backward(grad_out, x, weight, y, activation, grad_input, grad_weight, grad_bias)

@@ -70,7 +70,8 @@ def softmax_cross_entropy(logits, labels, reduction="mean", grad=None):
         lo, hi = labels.min(), labels.max()
         if lo < 0 or hi >= logits.shape[1]:
             raise ValueError(f"labels must lie in [0, {logits.shape[1]}), got values from {lo} to {hi}")
-    grad = _v.output(grad, logits.shape, logits.dtype, "grad", (logits,))
+    # a grad that overlapped the labels would change them while the kernel indexes with them
+    grad = _v.output(grad, logits.shape, logits.dtype, "grad", (logits, labels))
     return _backend().softmax_cross_entropy(logits, labels, reduction, grad)
 
 

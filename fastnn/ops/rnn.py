@@ -2,7 +2,10 @@
 
 Every op checks its arguments, allocates what was not given, and calls the
 kernel of the same name on the active backend. Sequences are time-major:
-``x`` of shape (T, B, I), hidden states (T, B, H).
+``x`` of shape (T, B, I), hidden states (T, B, H). An empty batch (B = 0)
+gives empty results and zero weight gradients, as in PyTorch; an empty
+sequence (T = 0) is an error. Output buffers must not overlap the inputs or
+each other.
 """
 
 from .. import _validation as _v
@@ -35,8 +38,8 @@ def _seq_args(cell, x, weight_ih, weight_hh, bias_ih, bias_hh):
     if x.ndim != 3:
         raise ValueError(f"{cell}: x must be 3-D (time, batch, features), got shape {x.shape}")
     T, B, I = x.shape
-    if T < 1 or B < 1:
-        raise ValueError(f"{cell}: x must hold at least one time step and one sample, got shape {x.shape}")
+    if T < 1:
+        raise ValueError(f"{cell}: x must hold at least one time step, got shape {x.shape}")
     G = _GATES[cell]
     weight_ih = _v.as_float_array(weight_ih, "weight_ih", ndim=2)
     weight_hh = _v.as_float_array(weight_hh, "weight_hh", ndim=2)
@@ -60,7 +63,24 @@ def _seq_args(cell, x, weight_ih, weight_hh, bias_ih, bias_hh):
             if b.shape != (G * H,):
                 raise ValueError(f"{cell}: {name} has shape {b.shape}, expected ({G * H},)")
         biases.append(b)
+    # the all-steps products have T·B rows and up to _WORK·H columns (the GRU's workspace)
+    _v.dims_fit(cell, **{"time steps·batch": T * B, "input size": I, "gates·hidden size": _WORK[cell] * H})
     return x, weight_ih, weight_hh, biases[0], biases[1], (T, B, I, H)
+
+
+def _outputs(ins, *specs):
+    """Check or allocate each output (buffer, shape, dtype, name), none overlapping ``ins`` or another."""
+    done = []
+    for buf, shape, dtype, name in specs:
+        done.append(None if shape is None else _v.output(buf, shape, dtype, name, ins + tuple(done)))
+    return done
+
+
+def _zero_grads(grads):
+    """The weight and bias gradients of an empty batch: sums over no samples."""
+    for g in grads:
+        if g is not None:
+            g.fill(0)
 
 
 def _seq_grad(a, name, dtype, shape, cell):
@@ -100,7 +120,9 @@ def rnn_forward(x, h0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, nonline
                                                                          bias_ih, bias_hh)
     _v.choice(nonlinearity, "nonlinearity", RNN_NONLINEARITIES)
     h0 = _state(h0, "h0", x.dtype, (B, H), "rnn")
-    out = _v.output(out, (T, B, H), x.dtype, inputs=(x, h0, weight_ih, weight_hh))
+    out = _v.output(out, (T, B, H), x.dtype, inputs=(x, h0, weight_ih, weight_hh, bias_ih, bias_hh))
+    if B == 0:
+        return out
     return _backend().rnn_forward(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity, out)
 
 
@@ -137,13 +159,16 @@ def rnn_backward(grad_out, x, h0, weight_ih, weight_hh, out, nonlinearity="tanh"
     if grad_hn is not None:
         grad_hn = _state(grad_hn, "grad_hn", dt, (B, H), "rnn")
     ins = (grad_out, x, h0, weight_ih, weight_hh, out, grad_hn)
-    work = _v.output(work, work_shape("rnn", T, B, H), dt, "work", ins)
-    grad_x = _v.output(grad_x, (T, B, I), dt, "grad_x", ins) if input_grad else None
-    grad_h0 = _v.output(grad_h0, (B, H), dt, "grad_h0", ins)
-    grad_weight_ih = _v.output(grad_weight_ih, weight_ih.shape, dt, "grad_weight_ih", ins)
-    grad_weight_hh = _v.output(grad_weight_hh, weight_hh.shape, dt, "grad_weight_hh", ins)
-    grad_bias_ih = _v.output(grad_bias_ih, (H,), dt, "grad_bias_ih", ins) if bias else None
-    grad_bias_hh = _v.output(grad_bias_hh, (H,), dt, "grad_bias_hh", ins) if bias else None
+    work, grad_x, grad_h0, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh = _outputs(
+        ins, (work, work_shape("rnn", T, B, H), dt, "work"),
+        (grad_x, (T, B, I) if input_grad else None, dt, "grad_x"), (grad_h0, (B, H), dt, "grad_h0"),
+        (grad_weight_ih, weight_ih.shape, dt, "grad_weight_ih"),
+        (grad_weight_hh, weight_hh.shape, dt, "grad_weight_hh"),
+        (grad_bias_ih, (H,) if bias else None, dt, "grad_bias_ih"),
+        (grad_bias_hh, (H,) if bias else None, dt, "grad_bias_hh"))
+    if B == 0:
+        _zero_grads((grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh))
+        return grad_x, grad_h0, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh
     return _backend().rnn_backward(grad_out, grad_hn, x, h0, weight_ih, weight_hh, out, nonlinearity, work,
                                    grad_x, grad_h0, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh)
 
@@ -173,10 +198,11 @@ def lstm_forward(x, h0, c0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, ou
                                                                          bias_ih, bias_hh)
     h0 = _state(h0, "h0", x.dtype, (B, H), "lstm")
     c0 = _state(c0, "c0", x.dtype, (B, H), "lstm")
-    ins = (x, h0, c0, weight_ih, weight_hh)
-    out = _v.output(out, (T, B, H), x.dtype, "out", ins)
-    cell = _v.output(cell, (T, B, H), x.dtype, "cell", ins)
-    gates = _v.output(gates, (T, B, 4 * H), x.dtype, "gates", ins)
+    ins = (x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh)
+    out, cell, gates = _outputs(ins, (out, (T, B, H), x.dtype, "out"), (cell, (T, B, H), x.dtype, "cell"),
+                                (gates, (T, B, 4 * H), x.dtype, "gates"))
+    if B == 0:
+        return out, cell, gates
     return _backend().lstm_forward(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, out, cell, gates)
 
 
@@ -205,14 +231,16 @@ def lstm_backward(grad_out, x, h0, c0, weight_ih, weight_hh, out, cell, gates, *
     if grad_cn is not None:
         grad_cn = _state(grad_cn, "grad_cn", dt, (B, H), "lstm")
     ins = (grad_out, x, h0, c0, weight_ih, weight_hh, out, cell, gates, grad_hn, grad_cn)
-    work = _v.output(work, work_shape("lstm", T, B, H), dt, "work", ins)
-    grad_x = _v.output(grad_x, (T, B, I), dt, "grad_x", ins) if input_grad else None
-    grad_h0 = _v.output(grad_h0, (B, H), dt, "grad_h0", ins)
-    grad_c0 = _v.output(grad_c0, (B, H), dt, "grad_c0", ins)
-    grad_weight_ih = _v.output(grad_weight_ih, weight_ih.shape, dt, "grad_weight_ih", ins)
-    grad_weight_hh = _v.output(grad_weight_hh, weight_hh.shape, dt, "grad_weight_hh", ins)
-    grad_bias_ih = _v.output(grad_bias_ih, (4 * H,), dt, "grad_bias_ih", ins) if bias else None
-    grad_bias_hh = _v.output(grad_bias_hh, (4 * H,), dt, "grad_bias_hh", ins) if bias else None
+    work, grad_x, grad_h0, grad_c0, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh = _outputs(
+        ins, (work, work_shape("lstm", T, B, H), dt, "work"),
+        (grad_x, (T, B, I) if input_grad else None, dt, "grad_x"), (grad_h0, (B, H), dt, "grad_h0"),
+        (grad_c0, (B, H), dt, "grad_c0"), (grad_weight_ih, weight_ih.shape, dt, "grad_weight_ih"),
+        (grad_weight_hh, weight_hh.shape, dt, "grad_weight_hh"),
+        (grad_bias_ih, (4 * H,) if bias else None, dt, "grad_bias_ih"),
+        (grad_bias_hh, (4 * H,) if bias else None, dt, "grad_bias_hh"))
+    if B == 0:
+        _zero_grads((grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh))
+        return grad_x, grad_h0, grad_c0, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh
     return _backend().lstm_backward(grad_out, grad_hn, grad_cn, x, h0, c0, weight_ih, weight_hh, out, cell,
                                     gates, work, grad_x, grad_h0, grad_c0, grad_weight_ih, grad_weight_hh,
                                     grad_bias_ih, grad_bias_hh)
@@ -243,10 +271,12 @@ def gru_forward(x, h0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, out=Non
     x, weight_ih, weight_hh, bias_ih, bias_hh, (T, B, I, H) = _seq_args("gru", x, weight_ih, weight_hh,
                                                                          bias_ih, bias_hh)
     h0 = _state(h0, "h0", x.dtype, (B, H), "gru")
-    ins = (x, h0, weight_ih, weight_hh)
-    out = _v.output(out, (T, B, H), x.dtype, "out", ins)
-    gates = _v.output(gates, (T, B, 3 * H), x.dtype, "gates", ins)
-    hidden_n = _v.output(hidden_n, (T, B, H), x.dtype, "hidden_n", ins)
+    ins = (x, h0, weight_ih, weight_hh, bias_ih, bias_hh)
+    out, gates, hidden_n = _outputs(ins, (out, (T, B, H), x.dtype, "out"),
+                                    (gates, (T, B, 3 * H), x.dtype, "gates"),
+                                    (hidden_n, (T, B, H), x.dtype, "hidden_n"))
+    if B == 0:
+        return out, gates, hidden_n
     return _backend().gru_forward(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, out, gates, hidden_n)
 
 
@@ -272,12 +302,15 @@ def gru_backward(grad_out, x, h0, weight_ih, weight_hh, out, gates, hidden_n, *,
     if grad_hn is not None:
         grad_hn = _state(grad_hn, "grad_hn", dt, (B, H), "gru")
     ins = (grad_out, x, h0, weight_ih, weight_hh, out, gates, hidden_n, grad_hn)
-    work = _v.output(work, work_shape("gru", T, B, H), dt, "work", ins)
-    grad_x = _v.output(grad_x, (T, B, I), dt, "grad_x", ins) if input_grad else None
-    grad_h0 = _v.output(grad_h0, (B, H), dt, "grad_h0", ins)
-    grad_weight_ih = _v.output(grad_weight_ih, weight_ih.shape, dt, "grad_weight_ih", ins)
-    grad_weight_hh = _v.output(grad_weight_hh, weight_hh.shape, dt, "grad_weight_hh", ins)
-    grad_bias_ih = _v.output(grad_bias_ih, (3 * H,), dt, "grad_bias_ih", ins) if bias else None
-    grad_bias_hh = _v.output(grad_bias_hh, (3 * H,), dt, "grad_bias_hh", ins) if bias else None
+    work, grad_x, grad_h0, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh = _outputs(
+        ins, (work, work_shape("gru", T, B, H), dt, "work"),
+        (grad_x, (T, B, I) if input_grad else None, dt, "grad_x"), (grad_h0, (B, H), dt, "grad_h0"),
+        (grad_weight_ih, weight_ih.shape, dt, "grad_weight_ih"),
+        (grad_weight_hh, weight_hh.shape, dt, "grad_weight_hh"),
+        (grad_bias_ih, (3 * H,) if bias else None, dt, "grad_bias_ih"),
+        (grad_bias_hh, (3 * H,) if bias else None, dt, "grad_bias_hh"))
+    if B == 0:
+        _zero_grads((grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh))
+        return grad_x, grad_h0, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh
     return _backend().gru_backward(grad_out, grad_hn, x, h0, weight_ih, weight_hh, out, gates, hidden_n, work,
                                    grad_x, grad_h0, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh)

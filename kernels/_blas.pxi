@@ -2,6 +2,8 @@
 # scipy.linalg.cython_blas (the BLAS scipy ships; threadpoolctl limits it)
 # and the register-blocked small-product kernel of fastmath.h, which is part
 # of fastnn's own GEMM: products too small for packing go there.
+# Sizes are Py_ssize_t; BLAS takes C ints, which they fit because
+# fastnn.ops (dense, matmul) refuses any dimension above 2^31 - 1.
 
 from libc.string cimport memset
 from scipy.linalg.cython_blas cimport sgemm, dgemm
@@ -24,10 +26,11 @@ ctypedef fused floating_t:
     double
 
 
-cdef inline bint _gemm_small(bint trans_a, bint trans_b, int m, int n, int k, const floating_t* a,
-                             const floating_t* b, floating_t* c) noexcept nogil:
+cdef inline bint _gemm_small(bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
+                             const floating_t* a, const floating_t* b, floating_t* c) noexcept nogil:
     """C(m, n) = op(A) op(B) by the small-product kernel; False when it does not apply (too large)."""
-    if not FNN_HAVE_SMALL_GEMM or m <= 0 or n <= 0 or k <= 0 or <long long>m * n * k > _SMALL_GEMM_MAX:
+    # the volume in double: m·n·k of three 31-bit sizes can pass 2^63
+    if not FNN_HAVE_SMALL_GEMM or m <= 0 or n <= 0 or k <= 0 or <double>m * n * k > _SMALL_GEMM_MAX:
         return False
     if floating_t is float:
         return fnn_gemm_small_f32(trans_a, trans_b, m, n, k, <const float*>a, <const float*>b, <float*>c) == 0
@@ -35,8 +38,8 @@ cdef inline bint _gemm_small(bint trans_a, bint trans_b, int m, int n, int k, co
         return fnn_gemm_small_f64(trans_a, trans_b, m, n, k, <const double*>a, <const double*>b, <double*>c) == 0
 
 
-cdef void _gemm_blas(bint trans_a, bint trans_b, int m, int n, int k, const floating_t* a, const floating_t* b,
-                     floating_t beta, floating_t* c) noexcept nogil:
+cdef void _gemm_blas(bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floating_t* a,
+                     const floating_t* b, floating_t beta, floating_t* c) noexcept nogil:
     """Row-major C(m, n) = op(A) op(B) + beta C by BLAS, op(A) (m, k), op(B) (k, n).
 
     BLAS is column-major: a row-major matrix is its transpose seen
@@ -46,9 +49,10 @@ cdef void _gemm_blas(bint trans_a, bint trans_b, int m, int n, int k, const floa
     """
     cdef char ta = b'T' if trans_b else b'N'
     cdef char tb = b'T' if trans_a else b'N'
-    cdef int ldb = k if trans_b else n     # row length of B as stored
-    cdef int lda = m if trans_a else k     # row length of A as stored
-    cdef int ldc = n
+    cdef int im = <int>m, in_ = <int>n, ik = <int>k   # each <= 2^31 - 1 (fastnn.ops)
+    cdef int ldb = ik if trans_b else in_   # row length of B as stored
+    cdef int lda = im if trans_a else ik    # row length of A as stored
+    cdef int ldc = in_
     cdef floating_t alpha = 1
     cdef Py_ssize_t i
     if m <= 0 or n <= 0:
@@ -57,10 +61,10 @@ cdef void _gemm_blas(bint trans_a, bint trans_b, int m, int n, int k, const floa
         if beta == 0:
             memset(c, 0, <size_t>m * n * sizeof(floating_t))
         else:
-            for i in range(<Py_ssize_t>m * n):
+            for i in range(m * n):
                 c[i] = beta * c[i]
         return
     if floating_t is float:
-        sgemm(&ta, &tb, &n, &m, &k, &alpha, <float*>b, &ldb, <float*>a, &lda, &beta, c, &ldc)
+        sgemm(&ta, &tb, &in_, &im, &ik, &alpha, <float*>b, &ldb, <float*>a, &lda, &beta, c, &ldc)
     else:
-        dgemm(&ta, &tb, &n, &m, &k, &alpha, <double*>b, &ldb, <double*>a, &lda, &beta, c, &ldc)
+        dgemm(&ta, &tb, &in_, &im, &ik, &alpha, <double*>b, &ldb, <double*>a, &lda, &beta, c, &ldc)

@@ -4,7 +4,9 @@
 
 GEMMs go to fastnn's own GEMM (the small-product kernel of fastmath.h or the
 packed GEMM of gemm.h, which fuses bias and activation) or to BLAS, as the
-policy of fastnn.gemm says. Unfused bias and activation are applied in one
+policy of fastnn.gemm says. Sizes are Py_ssize_t; those that reach BLAS fit
+its C int because fastnn.ops refuses dimensions above 2^31 - 1. The arrays
+are only read through raw pointers, so read-only inputs are fine. Unfused bias and activation are applied in one
 pass over the GEMM output (row-parallel when large), never inside a parallel
 region that calls BLAS.
 """
@@ -19,10 +21,12 @@ from libc.string cimport memset
 # fastnn's own GEMM (kernels/gemm.h) and the policy that picks it or BLAS by
 # shape; fastnn.gemm keeps the policy current through _set_gemm_policy.
 cdef extern from "gemm.h" nogil:
-    int fnn_sgemm(int M, int N, int K, const float *a, long rsa, long csa, const float *b, long rsb,
-                  long csb, float *c, long ldc, const float *bias, int act, int nthreads)
-    int fnn_dgemm(int M, int N, int K, const double *a, long rsa, long csa, const double *b, long rsb,
-                  long csb, double *c, long ldc, const double *bias, int act, int nthreads)
+    int fnn_sgemm(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float *a, Py_ssize_t rsa, Py_ssize_t csa,
+                  const float *b, Py_ssize_t rsb, Py_ssize_t csb, float *c, Py_ssize_t ldc, const float *bias,
+                  int act, int nthreads)
+    int fnn_dgemm(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const double *a, Py_ssize_t rsa, Py_ssize_t csa,
+                  const double *b, Py_ssize_t rsb, Py_ssize_t csb, double *c, Py_ssize_t ldc, const double *bias,
+                  int act, int nthreads)
 
 cdef int _gemm_mode = 2            # 0 auto (by shape), 1 own, 2 BLAS; set by fastnn.gemm
 cdef double _own_limit32 = -1, _own_limit64 = -1
@@ -36,7 +40,7 @@ def _set_gemm_policy(int mode, double limit32, double limit64, int min_n=0, doub
     _gemm_mode, _own_limit32, _own_limit64, _own_min_n, _own_min_flops = mode, limit32, limit64, min_n, min_flops
 
 
-cdef inline bint _use_own(int m, int n, int k, bint f32) noexcept nogil:
+cdef inline bint _use_own(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, bint f32) noexcept nogil:
     if _gemm_mode == 1:
         return True
     if _gemm_mode == 2:
@@ -45,8 +49,8 @@ cdef inline bint _use_own(int m, int n, int k, bint f32) noexcept nogil:
     return n >= _own_min_n and _own_min_flops <= volume <= (_own_limit32 if f32 else _own_limit64)
 
 
-cdef bint _mm(bint trans_a, bint trans_b, int m, int n, int k, const floating_t* a, const floating_t* b,
-              floating_t* c, const floating_t* bias, int act) noexcept nogil:
+cdef bint _mm(bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floating_t* a,
+              const floating_t* b, floating_t* c, const floating_t* bias, int act) noexcept nogil:
     """Row-major C = op(A) op(B) by the own GEMM or BLAS; True when bias/act were fused (packed own GEMM).
 
     The own GEMM is two kernels: products of at most _SMALL_GEMM_MAX
@@ -54,8 +58,8 @@ cdef bint _mm(bint trans_a, bint trans_b, int m, int n, int k, const floating_t*
     ones to the packed BLIS-style GEMM (when the policy picks it for the
     shape), which also fuses bias and activation.
     """
-    cdef long rsa = 1 if trans_a else k, csa = m if trans_a else 1
-    cdef long rsb = 1 if trans_b else n, csb = k if trans_b else 1
+    cdef Py_ssize_t rsa = 1 if trans_a else k, csa = m if trans_a else 1
+    cdef Py_ssize_t rsb = 1 if trans_b else n, csb = k if trans_b else 1
     cdef int rc
     # "auto" and "own": small products always take the small kernel (faster than
     # BLAS at every shape measured, narrow outputs included; see fastnn.gemm)
@@ -74,8 +78,8 @@ cdef bint _mm(bint trans_a, bint trans_b, int m, int n, int k, const floating_t*
 
 def matmul(cnp.ndarray a, cnp.ndarray b, bint trans_a, bint trans_b, cnp.ndarray out):
     """C = op(A) op(B), op = identity or transpose."""
-    cdef int m = <int>cnp.PyArray_DIM(out, 0), n = <int>cnp.PyArray_DIM(out, 1)
-    cdef int k = <int>(cnp.PyArray_DIM(a, 0) if trans_a else cnp.PyArray_DIM(a, 1))
+    cdef Py_ssize_t m = cnp.PyArray_DIM(out, 0), n = cnp.PyArray_DIM(out, 1)
+    cdef Py_ssize_t k = cnp.PyArray_DIM(a, 0) if trans_a else cnp.PyArray_DIM(a, 1)
     cdef void* pa = cnp.PyArray_DATA(a)
     cdef void* pb = cnp.PyArray_DATA(b)
     cdef void* pc = cnp.PyArray_DATA(out)
@@ -118,8 +122,8 @@ cdef void _bias_act64(int act, double* y, const double* bias, Py_ssize_t rows, P
 def dense_forward(cnp.ndarray x, cnp.ndarray weight, cnp.ndarray bias, activation, cnp.ndarray out):
     """y = act(x Wᵀ + b)."""
     cdef int act = _act_code(activation)
-    cdef int bsz = <int>cnp.PyArray_DIM(x, 0), nin = <int>cnp.PyArray_DIM(x, 1)
-    cdef int nout = <int>cnp.PyArray_DIM(weight, 0)
+    cdef Py_ssize_t bsz = cnp.PyArray_DIM(x, 0), nin = cnp.PyArray_DIM(x, 1)
+    cdef Py_ssize_t nout = cnp.PyArray_DIM(weight, 0)
     cdef void* px = cnp.PyArray_DATA(x)
     cdef void* pw = cnp.PyArray_DATA(weight)
     cdef void* pb = NULL if bias is None else cnp.PyArray_DATA(bias)
@@ -164,9 +168,9 @@ def dense_backward(cnp.ndarray grad_out, cnp.ndarray x, cnp.ndarray weight, cnp.
                    cnp.ndarray grad_input, cnp.ndarray grad_weight, cnp.ndarray grad_bias):
     """δ = g ⊙ act'(y); dW = δᵀ x; db = Σ_batch δ; dx = δ W."""
     cdef int act = _act_code(activation)
-    cdef int bsz = <int>cnp.PyArray_DIM(x, 0), nin = <int>cnp.PyArray_DIM(x, 1)
-    cdef int nout = <int>cnp.PyArray_DIM(weight, 0)
-    cdef Py_ssize_t nd = <Py_ssize_t>bsz * nout
+    cdef Py_ssize_t bsz = cnp.PyArray_DIM(x, 0), nin = cnp.PyArray_DIM(x, 1)
+    cdef Py_ssize_t nout = cnp.PyArray_DIM(weight, 0)
+    cdef Py_ssize_t nd = bsz * nout
     cdef cnp.ndarray delta
     cdef void* pd
     cdef void* pg = cnp.PyArray_DATA(grad_out)

@@ -9,10 +9,12 @@ include "_threads.pxi"
 include "_blas.pxi"
 
 cdef extern from "gemm.h" nogil:
-    int fnn_sgemm(int M, int N, int K, const float *a, long rsa, long csa, const float *b, long rsb,
-                  long csb, float *c, long ldc, const float *bias, int act, int nthreads)
-    int fnn_dgemm(int M, int N, int K, const double *a, long rsa, long csa, const double *b, long rsb,
-                  long csb, double *c, long ldc, const double *bias, int act, int nthreads)
+    int fnn_sgemm(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float *a, Py_ssize_t rsa, Py_ssize_t csa,
+                  const float *b, Py_ssize_t rsb, Py_ssize_t csb, float *c, Py_ssize_t ldc, const float *bias,
+                  int act, int nthreads)
+    int fnn_dgemm(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const double *a, Py_ssize_t rsa, Py_ssize_t csa,
+                  const double *b, Py_ssize_t rsb, Py_ssize_t csb, double *c, Py_ssize_t ldc, const double *bias,
+                  int act, int nthreads)
     int fnn_gemm_isa()
     int fnn_gemm_set_isa(int level)
 
@@ -68,11 +70,14 @@ cdef inline void _zero_epilogue(floating[:, :] out, const floating[:] bias, int 
 
 def gemm(const floating[:, :] a, const floating[:, :] b, bint trans_a, bint trans_b, floating[:, :] out,
          const floating[:] bias=None, int act=0):
-    """out = act(op(a)·op(b) + bias); any strides for a and b, out with unit column stride."""
-    cdef int M = out.shape[0], N = out.shape[1]
-    cdef int K = a.shape[0] if trans_a else a.shape[1]
+    """out = act(op(a)·op(b) + bias); any strides for a and b, out with unit column stride.
+
+    The own GEMM indexes with ptrdiff_t, so any size is fine here.
+    """
+    cdef Py_ssize_t M = out.shape[0], N = out.shape[1]
+    cdef Py_ssize_t K = a.shape[0] if trans_a else a.shape[1]
     cdef Py_ssize_t isz = sizeof(floating)
-    cdef long rsa, csa, rsb, csb, ldc
+    cdef Py_ssize_t rsa, csa, rsb, csb, ldc
     cdef int has_bias = bias is not None
     cdef int rc = 0
     if (a.shape[1] if trans_a else a.shape[0]) != M or (b.shape[1] if trans_b else b.shape[0]) != K \
@@ -145,14 +150,19 @@ def bench_loop(const floating[:, :] a, const floating[:, :] b, floating[:, :] ou
     The own GEMM is timed as the dense layers run it: products of at most
     192^3 multiply-adds by the small-product kernel, larger ones packed.
     """
-    cdef int M = a.shape[0], K = a.shape[1], N = b.shape[1], r
+    cdef int M, K, N, r, lda, ldb, ldc
     cdef char tr = b'N'
     cdef floating one = 1, zero = 0
     cdef double t0, t1
     if a.strides[1] != sizeof(floating) or b.strides[1] != sizeof(floating) or out.strides[1] != sizeof(floating):
         raise ValueError("bench_loop needs C-contiguous arrays")
-    cdef int lda = a.strides[0] // sizeof(floating), ldb = b.strides[0] // sizeof(floating)
-    cdef int ldc = out.strides[0] // sizeof(floating)
+    if b.shape[0] != a.shape[1] or out.shape[0] != a.shape[0] or out.shape[1] != b.shape[1]:
+        raise ValueError("bench_loop: shapes do not agree")
+    if max(a.shape[0], a.shape[1], b.shape[1], a.strides[0], b.strides[0], out.strides[0]) > 2**31 - 1:
+        raise ValueError("bench_loop: sizes must fit BLAS's 32-bit ints")
+    M, K, N = a.shape[0], a.shape[1], b.shape[1]
+    lda, ldb = a.strides[0] // sizeof(floating), b.strides[0] // sizeof(floating)
+    ldc = out.strides[0] // sizeof(floating)
     # the own GEMM as the dense layers run it: the small-product kernel, else the packed GEMM
     cdef bint small = lda == K and ldb == N and ldc == N
     with nogil:

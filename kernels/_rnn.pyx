@@ -9,7 +9,10 @@ inside); for small ones the hand-written product, inside the one parallel
 region of the forward (by batch rows) or backward pass (batch rows for the
 time loop, then gate columns and rows of dL/dx).
 Arrays arrive validated by fastnn.ops.rnn (C-contiguous, one float dtype,
-shapes checked), so only raw pointers are taken here.
+shapes checked), so only raw pointers are taken here (read-only inputs are
+fine: they are only read). Sizes and offsets are fnn_idx (ptrdiff_t); the few
+that reach BLAS as C ints (its fallback in own_gemm) are T·B, I, H or G·H,
+which fastnn.ops.rnn bounds by 2^31 - 1.
 """
 
 include "_threads.pxi"
@@ -135,10 +138,12 @@ cdef extern from "rnn_kernels.h" nogil:
 # fastnn's own GEMM (packing + AVX-512/AVX2 micro-kernels, threaded inside) for
 # the large all-steps products.
 cdef extern from "gemm.h" nogil:
-    int fnn_sgemm(int M, int N, int K, const float *a, long rsa, long csa, const float *b, long rsb,
-                  long csb, float *c, long ldc, const float *bias, int act, int nthreads)
-    int fnn_dgemm(int M, int N, int K, const double *a, long rsa, long csa, const double *b, long rsb,
-                  long csb, double *c, long ldc, const double *bias, int act, int nthreads)
+    int fnn_sgemm(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float *a, Py_ssize_t rsa, Py_ssize_t csa,
+                  const float *b, Py_ssize_t rsb, Py_ssize_t csb, float *c, Py_ssize_t ldc, const float *bias,
+                  int act, int nthreads)
+    int fnn_dgemm(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const double *a, Py_ssize_t rsa, Py_ssize_t csa,
+                  const double *b, Py_ssize_t rsb, Py_ssize_t csb, double *c, Py_ssize_t ldc, const double *bias,
+                  int act, int nthreads)
 
 
 # ---------------------------------------------------------------------------
@@ -204,8 +209,8 @@ cdef inline bint small(fnn_idx elements) noexcept nogil:
     return elements <= (1 << 18)
 
 
-cdef inline int own_gemm(int M, int N, int K, const real *a, long rsa, long csa, const real *b, long rsb,
-                         long csb, real *c, long ldc, const real *bias) noexcept nogil:
+cdef inline int own_gemm(fnn_idx M, fnn_idx N, fnn_idx K, const real *a, fnn_idx rsa, fnn_idx csa, const real *b,
+                         fnn_idx rsb, fnn_idx csb, real *c, fnn_idx ldc, const real *bias) noexcept nogil:
     """C (M, N) = op(A)·op(B) (+ bias) by fastnn's own GEMM on the module's threads.
 
     A(i, p) = a[i*rsa + p*csa], B(p, j) = b[p*rsb + j*csb]. Falls back to BLAS
@@ -224,7 +229,9 @@ cdef inline int own_gemm(int M, int N, int K, const real *a, long rsa, long csa,
     if bias != NULL:
         return -1
     # BLAS wants one unit stride per operand: the all-steps products here always have one.
-    gemm(csa != 1, csb != 1, M, N, K, <real>1, a, <int>(rsa if csa == 1 else csa), b,
+    # Its int sizes: every size and stride here is T·B, I, H or at most 6·H, which
+    # fastnn.ops.rnn bounds by 2^31 - 1.
+    gemm(csa != 1, csb != 1, <int>M, <int>N, <int>K, <real>1, a, <int>(rsa if csa == 1 else csa), b,
          <int>(rsb if csb == 1 else csb), <real>0, c, <int>ldc)
     return 0
 
@@ -244,9 +251,9 @@ cdef inline int parts(fnn_idx n, fnn_idx step, fnn_idx work, bint region) noexce
     return <int>(2 * nt if 2 * nt < blocks else blocks)
 
 
-cdef inline int team(int nblocks) noexcept nogil:
+cdef inline int team(fnn_idx nblocks) noexcept nogil:
     """Threads for a region of nblocks blocks."""
-    return _fastnn_num_threads if _fastnn_num_threads < nblocks else nblocks
+    return _fastnn_num_threads if _fastnn_num_threads < nblocks else <int>nblocks
 
 
 cdef inline fnn_idx part_size(fnn_idx n, int np, fnn_idx step) noexcept nogil:
@@ -256,7 +263,7 @@ cdef inline fnn_idx part_size(fnn_idx n, int np, fnn_idx step) noexcept nogil:
 
 
 cdef inline void project_rows(const real *x, const real *wt, const real *bias, real *out, fnn_idx r0,
-                              fnn_idx r1, int I, int GH) noexcept nogil:
+                              fnn_idx r1, fnn_idx I, fnn_idx GH) noexcept nogil:
     """Rows r0:r1 of out = x·W_ihᵀ + bias, W_ihᵀ given as wt (I, GH); bias (GH) or NULL."""
     cdef fnn_idx r, j
     if bias != NULL:
@@ -269,7 +276,7 @@ cdef inline void project_rows(const real *x, const real *wt, const real *bias, r
 
 
 cdef inline int projection_setup(const real *x, const real *w_ih, const real *b1, const real *b2, real *out,
-                                 int TB, int I, int GH, real **wiT, real **bias) noexcept nogil:
+                                 fnn_idx TB, fnn_idx I, fnn_idx GH, real **wiT, real **bias) noexcept nogil:
     """The input projection out = x·W_ihᵀ + b1 + b2 for all T·B rows, or what it needs.
 
     Large problems: done here, by the own GEMM (threaded, packed), and *wiT
@@ -296,18 +303,18 @@ cdef inline int projection_setup(const real *x, const real *w_ih, const real *b1
     return rc
 
 
-cdef inline void project_block(const real *x, const real *wiT, const real *bias, real *out, int T, int B,
-                               int r0, int r1, int I, int GH) noexcept nogil:
+cdef inline void project_block(const real *x, const real *wiT, const real *bias, real *out, fnn_idx T, fnn_idx B,
+                               fnn_idx r0, fnn_idx r1, fnn_idx I, fnn_idx GH) noexcept nogil:
     """Batch rows r0:r1 of the input projection for every step (nothing when it is done already)."""
-    cdef int t
+    cdef fnn_idx t
     if wiT == NULL:
         return
     for t in range(T):
         project_rows(x, wiT, bias, out, <fnn_idx>t * B + r0, <fnn_idx>t * B + r1, I, GH)
 
 
-cdef inline void input_grad_rows(const real *d, int ld, const real *w_ih, real *gx, fnn_idx r0, fnn_idx r1,
-                                 int I, int GH) noexcept nogil:
+cdef inline void input_grad_rows(const real *d, fnn_idx ld, const real *w_ih, real *gx, fnn_idx r0, fnn_idx r1,
+                                 fnn_idx I, fnn_idx GH) noexcept nogil:
     """Rows r0:r1 (of all T·B) of dL/dx = δ·W_ih: the narrow product, I columns (a vector or less)."""
     if r1 <= r0:
         return
@@ -315,9 +322,10 @@ cdef inline void input_grad_rows(const real *d, int ld, const real *w_ih, real *
     step_gemm(d + r0 * ld, ld, w_ih, I, gx + r0 * I, I, r1 - r0, I, GH)
 
 
-cdef inline void weight_grad_cols(const real *dx, const real *dh, int ld, const real *x, const real *h0,
+cdef inline void weight_grad_cols(const real *dx, const real *dh, fnn_idx ld, const real *x, const real *h0,
                                   const real *out, real *wt, real *gw_hh, real *gb_ih, real *gb_hh,
-                                  fnn_idx m0, fnn_idx m1, int T, int B, int I, int H, int GH) noexcept nogil:
+                                  fnn_idx m0, fnn_idx m1, fnn_idx T, fnn_idx B, fnn_idx I, fnn_idx H,
+                                  fnn_idx GH) noexcept nogil:
     """Gate columns m0:m1 of the weight and bias gradients (the small-problem path).
 
     wt (I, GH) receives dW_ihᵀ, gw_hh (GH, H) dW_hh; each gate column is
@@ -336,8 +344,8 @@ cdef inline void weight_grad_cols(const real *dx, const real *dh, int ld, const 
         colsum(dh + m0, TB, n, ld, gb_hh + m0)
 
 
-cdef inline int grads_setup(int T, int B, int ld, int I, int H, int GH, real **wt, fnn_idx *chunk,
-                            bint region) noexcept nogil:
+cdef inline int grads_setup(fnn_idx T, fnn_idx B, fnn_idx ld, fnn_idx I, fnn_idx H, fnn_idx GH, real **wt,
+                            fnn_idx *chunk, bint region) noexcept nogil:
     """Blocks of gate columns for weight_grad_cols in the backward region; 0 for the large path, -1 out of memory.
 
     Small problems (operands within ~1 MB, i.e. in L2) use the hand-written
@@ -358,10 +366,10 @@ cdef inline int grads_setup(int T, int B, int ld, int I, int H, int GH, real **w
     return <int>((GH + chunk[0] - 1) // chunk[0])
 
 
-cdef inline int grads_finish(const real *dx, const real *dh, int ld, const real *x, const real *h0,
+cdef inline int grads_finish(const real *dx, const real *dh, fnn_idx ld, const real *x, const real *h0,
                              const real *out, const real *w_ih, real *wt, real *gx, bint gx_done, real *gw_ih,
-                             real *gw_hh, real *gb_ih, real *gb_hh, int T, int B, int I, int H,
-                             int GH) noexcept nogil:
+                             real *gw_hh, real *gb_ih, real *gb_hh, fnn_idx T, fnn_idx B, fnn_idx I, fnn_idx H,
+                             fnn_idx GH) noexcept nogil:
     """What the backward region left: dW_ih from wt (small problems), or all
     weight gradients by the own GEMM (large ones), then dL/dx if not done yet.
 
@@ -376,10 +384,10 @@ cdef inline int grads_finish(const real *dx, const real *dh, int ld, const real 
             fnn_transpose_d(wt, I, GH, gw_ih)
         free(wt)
     else:
-        if own_gemm(GH, I, <int>TB, dx, 1, ld, x, I, 1, gw_ih, I, <const real*>NULL) != 0:
+        if own_gemm(GH, I, TB, dx, 1, ld, x, I, 1, gw_ih, I, <const real*>NULL) != 0:
             return -1
         if T > 1:
-            if own_gemm(GH, H, <int>(TB - B), dh + <fnn_idx>B * ld, 1, ld, out, H, 1, gw_hh, H,
+            if own_gemm(GH, H, TB - B, dh + B * ld, 1, ld, out, H, 1, gw_hh, H,
                         <const real*>NULL) != 0:
                 return -1
         else:
@@ -393,16 +401,16 @@ cdef inline int grads_finish(const real *dx, const real *dh, int ld, const real 
     if gb_ih != NULL and gb_hh != NULL and dh == dx:
         memcpy(gb_hh, gb_ih, GH * sizeof(real))
     if gx != NULL and not gx_done:
-        return own_gemm(<int>TB, I, GH, dx, ld, 1, w_ih, I, 1, gx, I, <const real*>NULL)
+        return own_gemm(TB, I, GH, dx, ld, 1, w_ih, I, 1, gx, I, <const real*>NULL)
     return 0
 
 
-cdef inline real *small_input_grad(real *gx, int TB, int I, int GH) noexcept nogil:
+cdef inline real *small_input_grad(real *gx, fnn_idx TB, fnn_idx I, fnn_idx GH) noexcept nogil:
     """gx when dL/dx is small enough for input_grad_rows in the backward region, else NULL."""
     return gx if small(<fnn_idx>TB * (I + GH)) else NULL
 
 
-cdef inline int row_chunk(int B, fnn_idx work) noexcept nogil:
+cdef inline fnn_idx row_chunk(fnn_idx B, fnn_idx work) noexcept nogil:
     """Rows per block of the time loop, or B (serial).
 
     The samples of a batch never interact in the recurrence (sample b's h_t
@@ -414,11 +422,24 @@ cdef inline int row_chunk(int B, fnn_idx work) noexcept nogil:
     tile of the per-step product).
     """
     cdef int n = _fastnn_num_threads
-    cdef int c
+    cdef fnn_idx c
     if n <= 1 or work < PAR_MIN_WORK or B < 8:
         return B
     c = (B + 2 * n - 1) // (2 * n)
     return (c + 3) // 4 * 4
+
+
+def _empty_grads(grad_h0, grad_hn, *sums):
+    """The gradients of a call with no time step or no sample: dL/dh0 = grad_hn, weight sums zero.
+
+    fastnn.ops answers such calls itself; the layers may call the kernels
+    directly, so the kernels must not run their loops on them either.
+    """
+    if grad_h0 is not None:
+        grad_h0[...] = 0 if grad_hn is None else grad_hn
+    for a in sums:
+        if a is not None:
+            a.fill(0)
 
 
 cdef inline void *ptr(object a):
@@ -436,8 +457,8 @@ cdef inline bint is_f32(object a):
 # Elman RNN
 # ---------------------------------------------------------------------------
 
-cdef inline void rnn_fwd_rows(const real *hp, const real *wt, real *o, int relu, int r0, int r1,
-                             int H) noexcept nogil:
+cdef inline void rnn_fwd_rows(const real *hp, const real *wt, real *o, int relu, fnn_idx r0, fnn_idx r1,
+                             fnn_idx H) noexcept nogil:
     """Rows r0:r1 of one step: o += h_prev W_hhᵀ, then o = f(o)."""
     step_gemm(hp + <fnn_idx>r0 * H, H, wt, H, o + <fnn_idx>r0 * H, H, r1 - r0, H, H)
     if real is float:
@@ -447,7 +468,7 @@ cdef inline void rnn_fwd_rows(const real *hp, const real *wt, real *o, int relu,
 
 
 cdef inline void rnn_bwd_rows(const real *go, real *grec, const real *h, real *d, const real *w_hh, int relu,
-                              int r0, int r1, int H) noexcept nogil:
+                              fnn_idx r0, fnn_idx r1, fnn_idx H) noexcept nogil:
     """Rows r0:r1 of one backward step: δ = (go + g_rec) f'(h), then g_rec = δ W_hh."""
     cdef fnn_idx o = <fnn_idx>r0 * H
     cdef fnn_idx n = <fnn_idx>(r1 - r0) * H
@@ -460,10 +481,10 @@ cdef inline void rnn_bwd_rows(const real *go, real *grec, const real *h, real *d
 
 
 cdef int rnn_fwd(const real *x, const real *h0, const real *w_ih, const real *w_hh, const real *b_ih,
-                 const real *b_hh, int relu, real *out, int T, int B, int I, int H) noexcept nogil:
+                 const real *b_hh, int relu, real *out, fnn_idx T, fnn_idx B, fnn_idx I, fnn_idx H) noexcept nogil:
     cdef fnn_idx BH = <fnn_idx>B * H
-    cdef int chunk = row_chunk(B, <fnn_idx>T * BH * (H + I))
-    cdef int c = 0, nc = (B + chunk - 1) // chunk
+    cdef fnn_idx chunk = row_chunk(B, <fnn_idx>T * BH * (H + I))
+    cdef fnn_idx c = 0, nc = (B + chunk - 1) // chunk
     cdef int nxt, arrived
     cdef real *wiT
     cdef real *bias
@@ -496,17 +517,18 @@ cdef int rnn_fwd(const real *x, const real *h0, const real *w_ih, const real *w_
 
 cdef int rnn_bwd(const real *go, const real *ghn, const real *x, const real *h0, const real *w_ih,
                   const real *w_hh, const real *out, int relu, real *work, real *gx, real *gh0,
-                  real *gw_ih, real *gw_hh, real *gb_ih, real *gb_hh, int T, int B, int I, int H) noexcept nogil:
+                  real *gw_ih, real *gw_hh, real *gb_ih, real *gb_hh, fnn_idx T, fnn_idx B, fnn_idx I,
+                  fnn_idx H) noexcept nogil:
     cdef fnn_idx BH = <fnn_idx>B * H
-    cdef int chunk = row_chunk(B, <fnn_idx>T * BH * 2 * (H + I))
-    cdef int c = 0, nc = (B + chunk - 1) // chunk
+    cdef fnn_idx chunk = row_chunk(B, <fnn_idx>T * BH * 2 * (H + I))
+    cdef fnn_idx c = 0, nc = (B + chunk - 1) // chunk
     cdef int nxt, nxt2, done, arrived
     cdef real *gxs = small_input_grad(gx, T * B, I, H)
     cdef real *wt
     cdef fnn_idx TB = <fnn_idx>T * B, xc = 0
-    cdef int nx
+    cdef fnn_idx nx
     cdef fnn_idx wc = 0
-    cdef int nw = grads_setup[real](T, B, H, I, H, H, &wt, &wc, nc > 1)
+    cdef fnn_idx nw = grads_setup[real](T, B, H, I, H, H, &wt, &wc, nc > 1)
     if nw < 0:
         return -1
     nx = parts(TB, 8, TB * I * H, nc > 1) if gxs != NULL else 0
@@ -517,7 +539,7 @@ cdef int rnn_bwd(const real *go, const real *ghn, const real *x, const real *h0,
         memset(gh0, 0, BH * sizeof(real))
     if nx > 0:
         xc = part_size(TB, nx, 8)
-        nx = <int>((TB + xc - 1) // xc)   # rounding xc up may leave fewer blocks than asked
+        nx = (TB + xc - 1) // xc   # rounding xc up may leave fewer blocks than asked
     if nc == 1 and nw <= 1 and nx <= 1:
         rnn_bwd_block(go, gh0, out, work, w_hh, relu, T, B, 0, B, H)
         if gxs != NULL:
@@ -554,7 +576,7 @@ cdef int rnn_bwd(const real *go, const real *ghn, const real *x, const real *h0,
 
 def rnn_forward(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity, out):
     """h_t = f(x_t W_ihᵀ + b_ih + h_{t-1} W_hhᵀ + b_hh) for all t."""
-    cdef int T = x.shape[0], B = x.shape[1], I = x.shape[2], H = h0.shape[1]
+    cdef fnn_idx T = x.shape[0], B = x.shape[1], I = x.shape[2], H = h0.shape[1]
     cdef int relu = nonlinearity == "relu"
     cdef int rc
     cdef void *px = ptr(x)
@@ -564,6 +586,8 @@ def rnn_forward(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity, out
     cdef void *pbi = ptr(bias_ih)
     cdef void *pbh = ptr(bias_hh)
     cdef void *po = ptr(out)
+    if T == 0 or B == 0:   # nothing to run (a layer may call this directly with an empty batch)
+        return out
     if is_f32(x):
         with nogil:
             rc = rnn_fwd[float](<float*>px, <float*>ph0, <float*>pwi, <float*>pwh, <float*>pbi, <float*>pbh,
@@ -580,7 +604,7 @@ def rnn_forward(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity, out
 def rnn_backward(grad_out, grad_hn, x, h0, weight_ih, weight_hh, out, nonlinearity, work,
                  grad_x, grad_h0, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh):
     """BPTT: δ_t = (dL/dh_t)·f'(a_t), g_{t-1} = δ_t W_hh; weight grads one GEMM each."""
-    cdef int T = x.shape[0], B = x.shape[1], I = x.shape[2], H = h0.shape[1]
+    cdef fnn_idx T = x.shape[0], B = x.shape[1], I = x.shape[2], H = h0.shape[1]
     cdef int relu = nonlinearity == "relu"
     cdef void *p[15]
     cdef int k, rc
@@ -588,6 +612,9 @@ def rnn_backward(grad_out, grad_hn, x, h0, weight_ih, weight_hh, out, nonlineari
             grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh)
     for k in range(14):
         p[k] = ptr(args[k])
+    if T == 0 or B == 0:   # nothing to run: sums over no steps or samples
+        _empty_grads(grad_h0, grad_hn, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh)
+        return grad_x, grad_h0, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh
     if is_f32(x):
         with nogil:
             rc = rnn_bwd[float](<float*>p[0], <float*>p[1], <float*>p[2], <float*>p[3], <float*>p[4],
@@ -608,7 +635,7 @@ def rnn_backward(grad_out, grad_hn, x, h0, weight_ih, weight_hh, out, nonlineari
 # ---------------------------------------------------------------------------
 
 cdef inline void lstm_fwd_rows(const real *hp, const real *cp, const real *wt, real *z, real *c, real *h,
-                              int r0, int r1, int H) noexcept nogil:
+                              fnn_idx r0, fnn_idx r1, fnn_idx H) noexcept nogil:
     """Rows r0:r1 of one step: z += h_prev W_hhᵀ, then the gates, c_t and h_t."""
     cdef fnn_idx o = <fnn_idx>r0 * H
     step_gemm(hp + o, H, wt, 4 * H, z + 4 * o, 4 * H, r1 - r0, 4 * H, H)
@@ -619,7 +646,8 @@ cdef inline void lstm_fwd_rows(const real *hp, const real *cp, const real *wt, r
 
 
 cdef inline void lstm_bwd_rows(const real *go, real *grec, real *gamma, const real *z, const real *c,
-                               const real *cp, real *d, const real *w_hh, int r0, int r1, int H) noexcept nogil:
+                               const real *cp, real *d, const real *w_hh, fnn_idx r0, fnn_idx r1,
+                               fnn_idx H) noexcept nogil:
     """Rows r0:r1 of one backward step: δ and γ, then g_rec = δ W_hh."""
     cdef fnn_idx o = <fnn_idx>r0 * H
     if real is float:
@@ -632,11 +660,11 @@ cdef inline void lstm_bwd_rows(const real *go, real *grec, real *gamma, const re
 
 cdef int lstm_fwd(const real *x, const real *h0, const real *c0, const real *w_ih, const real *w_hh,
                    const real *b_ih, const real *b_hh, real *out, real *cell, real *gates,
-                   int T, int B, int I, int H) noexcept nogil:
+                   fnn_idx T, fnn_idx B, fnn_idx I, fnn_idx H) noexcept nogil:
     cdef fnn_idx BH = <fnn_idx>B * H
     cdef fnn_idx BG = 4 * BH
-    cdef int chunk = row_chunk(B, <fnn_idx>T * BG * (H + I))
-    cdef int c = 0, nc = (B + chunk - 1) // chunk
+    cdef fnn_idx chunk = row_chunk(B, <fnn_idx>T * BG * (H + I))
+    cdef fnn_idx c = 0, nc = (B + chunk - 1) // chunk
     cdef int nxt, arrived
     cdef real *wiT
     cdef real *bias
@@ -670,18 +698,18 @@ cdef int lstm_fwd(const real *x, const real *h0, const real *c0, const real *w_i
 cdef int lstm_bwd(const real *go, const real *ghn, const real *gcn, const real *x, const real *h0,
                    const real *c0, const real *w_ih, const real *w_hh, const real *out, const real *cell,
                    const real *gates, real *work, real *gx, real *gh0, real *gc0, real *gw_ih, real *gw_hh,
-                   real *gb_ih, real *gb_hh, int T, int B, int I, int H) noexcept nogil:
+                   real *gb_ih, real *gb_hh, fnn_idx T, fnn_idx B, fnn_idx I, fnn_idx H) noexcept nogil:
     cdef fnn_idx BH = <fnn_idx>B * H
     cdef fnn_idx BG = 4 * BH
-    cdef int chunk = row_chunk(B, <fnn_idx>T * BG * 2 * (H + I))
-    cdef int c = 0, nc = (B + chunk - 1) // chunk
+    cdef fnn_idx chunk = row_chunk(B, <fnn_idx>T * BG * 2 * (H + I))
+    cdef fnn_idx c = 0, nc = (B + chunk - 1) // chunk
     cdef int nxt, nxt2, done, arrived
     cdef real *gxs = small_input_grad(gx, T * B, I, 4 * H)
     cdef real *wt
     cdef fnn_idx TB = <fnn_idx>T * B, xc = 0
-    cdef int nx
+    cdef fnn_idx nx
     cdef fnn_idx wc = 0
-    cdef int nw = grads_setup[real](T, B, 4 * H, I, H, 4 * H, &wt, &wc, nc > 1)
+    cdef fnn_idx nw = grads_setup[real](T, B, 4 * H, I, H, 4 * H, &wt, &wc, nc > 1)
     if nw < 0:
         return -1
     nx = parts(TB, 8, TB * I * 4 * H, nc > 1) if gxs != NULL else 0
@@ -696,7 +724,7 @@ cdef int lstm_bwd(const real *go, const real *ghn, const real *gcn, const real *
         memset(gc0, 0, BH * sizeof(real))
     if nx > 0:
         xc = part_size(TB, nx, 8)
-        nx = <int>((TB + xc - 1) // xc)   # rounding xc up may leave fewer blocks than asked
+        nx = (TB + xc - 1) // xc   # rounding xc up may leave fewer blocks than asked
     if nc == 1 and nw <= 1 and nx <= 1:
         lstm_bwd_block(go, gh0, gc0, gates, cell, c0, work, w_hh, T, B, 0, B, H)
         if gxs != NULL:
@@ -731,12 +759,14 @@ cdef int lstm_bwd(const real *go, const real *ghn, const real *gcn, const real *
 
 def lstm_forward(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, out, cell, gates):
     """LSTM (gates i, f, g, o): c_t = f c_{t-1} + i g, h_t = o tanh(c_t) for all t."""
-    cdef int T = x.shape[0], B = x.shape[1], I = x.shape[2], H = h0.shape[1]
+    cdef fnn_idx T = x.shape[0], B = x.shape[1], I = x.shape[2], H = h0.shape[1]
     cdef void *p[10]
     cdef int k, rc
     args = (x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, out, cell, gates)
     for k in range(10):
         p[k] = ptr(args[k])
+    if T == 0 or B == 0:   # nothing to run (a layer may call this directly with an empty batch)
+        return out, cell, gates
     if is_f32(x):
         with nogil:
             rc = lstm_fwd[float](<float*>p[0], <float*>p[1], <float*>p[2], <float*>p[3], <float*>p[4],
@@ -754,13 +784,17 @@ def lstm_forward(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, out, cell, g
 def lstm_backward(grad_out, grad_hn, grad_cn, x, h0, c0, weight_ih, weight_hh, out, cell, gates, work,
                   grad_x, grad_h0, grad_c0, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh):
     """LSTM BPTT: δ = [δi, δf, δg, δo] per step, g_{t-1} = δ W_hh, γ_{t-1} = γ f."""
-    cdef int T = x.shape[0], B = x.shape[1], I = x.shape[2], H = h0.shape[1]
+    cdef fnn_idx T = x.shape[0], B = x.shape[1], I = x.shape[2], H = h0.shape[1]
     cdef void *p[19]
     cdef int k, rc
     args = (grad_out, grad_hn, grad_cn, x, h0, c0, weight_ih, weight_hh, out, cell, gates, work,
             grad_x, grad_h0, grad_c0, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh)
     for k in range(19):
         p[k] = ptr(args[k])
+    if T == 0 or B == 0:   # nothing to run: sums over no steps or samples
+        _empty_grads(grad_h0, grad_hn, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh)
+        _empty_grads(grad_c0, grad_cn)
+        return grad_x, grad_h0, grad_c0, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh
     if is_f32(x):
         with nogil:
             rc = lstm_bwd[float](<float*>p[0], <float*>p[1], <float*>p[2], <float*>p[3], <float*>p[4],
@@ -783,7 +817,7 @@ def lstm_backward(grad_out, grad_hn, grad_cn, x, h0, c0, weight_ih, weight_hh, o
 # ---------------------------------------------------------------------------
 
 cdef inline void gru_fwd_rows(const real *hp, const real *wt, real *gh, const real *zb, real *gi, real *hn,
-                             real *h, int r0, int r1, int H) noexcept nogil:
+                             real *h, fnn_idx r0, fnn_idx r1, fnn_idx H) noexcept nogil:
     """Rows r0:r1 of one step: gh = h_prev W_hhᵀ, then r, z, n and h_t."""
     cdef fnn_idx o = <fnn_idx>r0 * H
     memset(gh + 3 * o, 0, <fnn_idx>(r1 - r0) * 3 * H * sizeof(real))
@@ -795,7 +829,7 @@ cdef inline void gru_fwd_rows(const real *hp, const real *wt, real *gh, const re
 
 
 cdef inline void gru_bwd_rows(const real *go, real *grec, const real *gates, const real *hn, const real *hp,
-                              real *w, const real *w_hh, int r0, int r1, int H) noexcept nogil:
+                              real *w, const real *w_hh, fnn_idx r0, fnn_idx r1, fnn_idx H) noexcept nogil:
     """Rows r0:r1 of one backward step: δ^x, δ^h and g_rec = g z + δ^h W_hh."""
     cdef fnn_idx o = <fnn_idx>r0 * H
     if real is float:
@@ -807,7 +841,7 @@ cdef inline void gru_bwd_rows(const real *go, real *grec, const real *gates, con
 
 cdef int gru_fwd(const real *x, const real *h0, const real *w_ih, const real *w_hh, const real *b_ih,
                  const real *b_hh, real *out, real *gates, real *hidden_n,
-                 int T, int B, int I, int H) noexcept nogil:
+                 fnn_idx T, fnn_idx B, fnn_idx I, fnn_idx H) noexcept nogil:
     cdef fnn_idx BH = <fnn_idx>B * H
     cdef fnn_idx BG = 3 * BH
     # gh: one step's h W_hhᵀ; zb: the hidden bias, zeros when there is none (keeps the C loop branch-free).
@@ -816,8 +850,8 @@ cdef int gru_fwd(const real *x, const real *h0, const real *w_ih, const real *w_
     cdef real *wt = transposed(w_hh, 3 * H, H)
     cdef real *wiT = NULL
     cdef real *bias = NULL
-    cdef int chunk = row_chunk(B, <fnn_idx>T * BG * (H + I))
-    cdef int c = 0, nc = (B + chunk - 1) // chunk
+    cdef fnn_idx chunk = row_chunk(B, <fnn_idx>T * BG * (H + I))
+    cdef fnn_idx c = 0, nc = (B + chunk - 1) // chunk
     cdef int nxt, arrived
     cdef int rc = -1
     if gh == NULL or zb == NULL or wt == NULL:
@@ -853,19 +887,19 @@ cdef int gru_fwd(const real *x, const real *h0, const real *w_ih, const real *w_
 cdef int gru_bwd(const real *go, const real *ghn, const real *x, const real *h0, const real *w_ih,
                   const real *w_hh, const real *out, const real *gates, const real *hidden_n, real *work,
                   real *gx, real *gh0, real *gw_ih, real *gw_hh, real *gb_ih, real *gb_hh,
-                  int T, int B, int I, int H) noexcept nogil:
+                  fnn_idx T, fnn_idx B, fnn_idx I, fnn_idx H) noexcept nogil:
     cdef fnn_idx BH = <fnn_idx>B * H
     cdef fnn_idx BG = 3 * BH
-    cdef int chunk = row_chunk(B, <fnn_idx>T * BG * 2 * (H + I))
-    cdef int c = 0, nc = (B + chunk - 1) // chunk
+    cdef fnn_idx chunk = row_chunk(B, <fnn_idx>T * BG * 2 * (H + I))
+    cdef fnn_idx c = 0, nc = (B + chunk - 1) // chunk
     cdef int nxt, nxt2, done, arrived
     cdef real *gxs = small_input_grad(gx, T * B, I, 3 * H)
     cdef real *wt
     cdef fnn_idx TB = <fnn_idx>T * B, xc = 0
-    cdef int nx
+    cdef fnn_idx nx
     cdef fnn_idx wc = 0
     # work rows are [δ^x | δ^h] (6H): dW_ih from δ^x, dW_hh from δ^h.
-    cdef int nw = grads_setup[real](T, B, 6 * H, I, H, 3 * H, &wt, &wc, nc > 1)
+    cdef fnn_idx nw = grads_setup[real](T, B, 6 * H, I, H, 3 * H, &wt, &wc, nc > 1)
     if nw < 0:
         return -1
     nx = parts(TB, 8, TB * I * 3 * H, nc > 1) if gxs != NULL else 0
@@ -875,7 +909,7 @@ cdef int gru_bwd(const real *go, const real *ghn, const real *x, const real *h0,
         memset(gh0, 0, BH * sizeof(real))
     if nx > 0:
         xc = part_size(TB, nx, 8)
-        nx = <int>((TB + xc - 1) // xc)   # rounding xc up may leave fewer blocks than asked
+        nx = (TB + xc - 1) // xc   # rounding xc up may leave fewer blocks than asked
     if nc == 1 and nw <= 1 and nx <= 1:
         gru_bwd_block(go, gh0, gates, hidden_n, h0, out, work, w_hh, T, B, 0, B, H)
         if gxs != NULL:
@@ -911,12 +945,14 @@ cdef int gru_bwd(const real *go, const real *ghn, const real *x, const real *h0,
 
 def gru_forward(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, out, gates, hidden_n):
     """GRU (gates r, z, n): n = tanh(x W_inᵀ + b_in + r (h W_hnᵀ + b_hn)), h_t = (1-z) n + z h_{t-1}."""
-    cdef int T = x.shape[0], B = x.shape[1], I = x.shape[2], H = h0.shape[1]
+    cdef fnn_idx T = x.shape[0], B = x.shape[1], I = x.shape[2], H = h0.shape[1]
     cdef void *p[9]
     cdef int k, rc
     args = (x, h0, weight_ih, weight_hh, bias_ih, bias_hh, out, gates, hidden_n)
     for k in range(9):
         p[k] = ptr(args[k])
+    if T == 0 or B == 0:   # nothing to run (a layer may call this directly with an empty batch)
+        return out, gates, hidden_n
     if is_f32(x):
         with nogil:
             rc = gru_fwd[float](<float*>p[0], <float*>p[1], <float*>p[2], <float*>p[3], <float*>p[4],
@@ -933,13 +969,16 @@ def gru_forward(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, out, gates, hidde
 def gru_backward(grad_out, grad_hn, x, h0, weight_ih, weight_hh, out, gates, hidden_n, work,
                  grad_x, grad_h0, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh):
     """GRU BPTT: δ^x = [δr, δz, δn], δ^h = [δr, δz, δn r], g_{t-1} = g z + δ^h W_hh."""
-    cdef int T = x.shape[0], B = x.shape[1], I = x.shape[2], H = h0.shape[1]
+    cdef fnn_idx T = x.shape[0], B = x.shape[1], I = x.shape[2], H = h0.shape[1]
     cdef void *p[16]
     cdef int k, rc
     args = (grad_out, grad_hn, x, h0, weight_ih, weight_hh, out, gates, hidden_n, work,
             grad_x, grad_h0, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh)
     for k in range(16):
         p[k] = ptr(args[k])
+    if T == 0 or B == 0:   # nothing to run: sums over no steps or samples
+        _empty_grads(grad_h0, grad_hn, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh)
+        return grad_x, grad_h0, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh
     if is_f32(x):
         with nogil:
             rc = gru_bwd[float](<float*>p[0], <float*>p[1], <float*>p[2], <float*>p[3], <float*>p[4],
@@ -961,57 +1000,57 @@ def gru_backward(grad_out, grad_hn, x, h0, weight_ih, weight_hh, out, gates, hid
 # whole time loops over a block of batch rows (one thread's share)
 # ---------------------------------------------------------------------------
 
-cdef void rnn_fwd_block(const real *h0, const real *wt, real *out, int relu, int T, int B, int r0, int r1,
-                        int H) noexcept nogil:
+cdef void rnn_fwd_block(const real *h0, const real *wt, real *out, int relu, fnn_idx T, fnn_idx B, fnn_idx r0,
+                        fnn_idx r1, fnn_idx H) noexcept nogil:
     """Rows r0:r1 of the whole forward time loop."""
     cdef fnn_idx BH = <fnn_idx>B * H
-    cdef int t
+    cdef fnn_idx t
     for t in range(T):
         rnn_fwd_rows(h0 if t == 0 else out + (t - 1) * BH, wt, out + t * BH, relu, r0, r1, H)
 
 
 cdef void rnn_bwd_block(const real *go, real *gh0, const real *out, real *work, const real *w_hh, int relu,
-                        int T, int B, int r0, int r1, int H) noexcept nogil:
+                        fnn_idx T, fnn_idx B, fnn_idx r0, fnn_idx r1, fnn_idx H) noexcept nogil:
     """Rows r0:r1 of the whole backward time loop."""
     cdef fnn_idx BH = <fnn_idx>B * H
-    cdef int t
+    cdef fnn_idx t
     for t in range(T - 1, -1, -1):
         rnn_bwd_rows(go + t * BH, gh0, out + t * BH, work + t * BH, w_hh, relu, r0, r1, H)
 
 
 cdef void lstm_fwd_block(const real *h0, const real *c0, const real *wt, real *gates, real *cell, real *out,
-                         int T, int B, int r0, int r1, int H) noexcept nogil:
+                         fnn_idx T, fnn_idx B, fnn_idx r0, fnn_idx r1, fnn_idx H) noexcept nogil:
     cdef fnn_idx BH = <fnn_idx>B * H
-    cdef int t
+    cdef fnn_idx t
     for t in range(T):
         lstm_fwd_rows(h0 if t == 0 else out + (t - 1) * BH, c0 if t == 0 else cell + (t - 1) * BH, wt,
                       gates + 4 * t * BH, cell + t * BH, out + t * BH, r0, r1, H)
 
 
 cdef void lstm_bwd_block(const real *go, real *gh0, real *gc0, const real *gates, const real *cell,
-                         const real *c0, real *work, const real *w_hh, int T, int B, int r0, int r1,
-                         int H) noexcept nogil:
+                         const real *c0, real *work, const real *w_hh, fnn_idx T, fnn_idx B, fnn_idx r0, fnn_idx r1,
+                         fnn_idx H) noexcept nogil:
     cdef fnn_idx BH = <fnn_idx>B * H
-    cdef int t
+    cdef fnn_idx t
     for t in range(T - 1, -1, -1):
         lstm_bwd_rows(go + t * BH, gh0, gc0, gates + 4 * t * BH, cell + t * BH,
                       c0 if t == 0 else cell + (t - 1) * BH, work + 4 * t * BH, w_hh, r0, r1, H)
 
 
 cdef void gru_fwd_block(const real *h0, const real *wt, real *gh, const real *zb, real *gates, real *hidden_n,
-                        real *out, int T, int B, int r0, int r1, int H) noexcept nogil:
+                        real *out, fnn_idx T, fnn_idx B, fnn_idx r0, fnn_idx r1, fnn_idx H) noexcept nogil:
     cdef fnn_idx BH = <fnn_idx>B * H
-    cdef int t
+    cdef fnn_idx t
     for t in range(T):
         gru_fwd_rows(h0 if t == 0 else out + (t - 1) * BH, wt, gh, zb, gates + 3 * t * BH, hidden_n + t * BH,
                      out + t * BH, r0, r1, H)
 
 
 cdef void gru_bwd_block(const real *go, real *gh0, const real *gates, const real *hidden_n, const real *h0,
-                        const real *out, real *work, const real *w_hh, int T, int B, int r0, int r1,
-                        int H) noexcept nogil:
+                        const real *out, real *work, const real *w_hh, fnn_idx T, fnn_idx B, fnn_idx r0, fnn_idx r1,
+                        fnn_idx H) noexcept nogil:
     cdef fnn_idx BH = <fnn_idx>B * H
-    cdef int t
+    cdef fnn_idx t
     for t in range(T - 1, -1, -1):
         gru_bwd_rows(go + t * BH, gh0, gates + 3 * t * BH, hidden_n + t * BH,
                      h0 if t == 0 else out + (t - 1) * BH, work + 6 * t * BH, w_hh, r0, r1, H)

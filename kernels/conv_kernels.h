@@ -45,11 +45,11 @@ typedef float fastnn_v16 __attribute__((vector_size(64)));
 /* out[o*ldo + q] = sum_k wpk[k*OP + o] * src[koff[k] + q] for o < OP (a multiple of
  * FASTNN_CONV_OB) and q < Q (a multiple of FASTNN_CONV_QB). */
 FASTNN_CLONES
-static void fastnn_conv_shift_f32(int K, int OP, ptrdiff_t Q, const float* wpk, const ptrdiff_t* koff,
+static void fastnn_conv_shift_f32(ptrdiff_t K, ptrdiff_t OP, ptrdiff_t Q, const float* wpk, const ptrdiff_t* koff,
                                   const float* src, float* out, ptrdiff_t ldo)
 {
     for (ptrdiff_t q = 0; q < Q; q += FASTNN_CONV_QB) {
-        for (int o0 = 0; o0 < OP; o0 += FASTNN_CONV_OB) {
+        for (ptrdiff_t o0 = 0; o0 < OP; o0 += FASTNN_CONV_OB) {
             fastnn_v16 a[FASTNN_CONV_OB][3];
             for (int i = 0; i < FASTNN_CONV_OB; i++) {
                 a[i][0] = (fastnn_v16){0};
@@ -57,7 +57,7 @@ static void fastnn_conv_shift_f32(int K, int OP, ptrdiff_t Q, const float* wpk, 
                 a[i][2] = (fastnn_v16){0};
             }
             const float* w = wpk + o0;
-            for (int k = 0; k < K; k++, w += OP) {
+            for (ptrdiff_t k = 0; k < K; k++, w += OP) {
                 const float* s = src + koff[k] + q;
                 fastnn_v16 x0, x1, x2;
                 FASTNN_LOAD16(x0, s);
@@ -70,7 +70,7 @@ static void fastnn_conv_shift_f32(int K, int OP, ptrdiff_t Q, const float* wpk, 
                     a[i][2] += wi * x2;
                 }
             }
-            float* d = out + (ptrdiff_t)o0 * ldo + q;
+            float* d = out + o0 * ldo + q;
             for (int i = 0; i < FASTNN_CONV_OB; i++, d += ldo) {
                 FASTNN_STORE16(d, a[i][0]);
                 FASTNN_STORE16(d + 16, a[i][1]);
@@ -84,17 +84,17 @@ static void fastnn_conv_shift_f32(int K, int OP, ptrdiff_t Q, const float* wpk, 
  * k < K: lane-wise partial sums of the weight gradient, whose 16 lanes the caller
  * adds up once (Q a multiple of 16; g is zero at junk positions). */
 FASTNN_CLONES
-static void fastnn_conv_wgrad_f32(int O, int K, ptrdiff_t Q, const float* g, ptrdiff_t ldg,
+static void fastnn_conv_wgrad_f32(ptrdiff_t O, ptrdiff_t K, ptrdiff_t Q, const float* g, ptrdiff_t ldg,
                                   const ptrdiff_t* koff, const float* src, float* gw)
 {
     enum { OB = 4, KB = 4 };
     const ptrdiff_t QC = 1024;   /* pixels per pass: the g and src rows stay in L1 */
     for (ptrdiff_t q0 = 0; q0 < Q; q0 += QC) {
         ptrdiff_t q1 = q0 + QC < Q ? q0 + QC : Q;
-        for (int o0 = 0; o0 < O; o0 += OB) {
-            int ob = O - o0 < OB ? O - o0 : OB;
-            for (int k0 = 0; k0 < K; k0 += KB) {
-                int kb = K - k0 < KB ? K - k0 : KB;
+        for (ptrdiff_t o0 = 0; o0 < O; o0 += OB) {
+            int ob = O - o0 < OB ? (int)(O - o0) : OB;
+            for (ptrdiff_t k0 = 0; k0 < K; k0 += KB) {
+                int kb = K - k0 < KB ? (int)(K - k0) : KB;
                 fastnn_v16 a[OB][KB];
                 for (int i = 0; i < OB; i++)
                     for (int j = 0; j < KB; j++)
@@ -102,7 +102,7 @@ static void fastnn_conv_wgrad_f32(int O, int K, ptrdiff_t Q, const float* g, ptr
                 const float* gr[OB];
                 const float* sr[KB];
                 for (int i = 0; i < OB; i++)
-                    gr[i] = g + (ptrdiff_t)(o0 + (i < ob ? i : 0)) * ldg;
+                    gr[i] = g + (o0 + (i < ob ? i : 0)) * ldg;
                 for (int j = 0; j < KB; j++)
                     sr[j] = src + koff[k0 + (j < kb ? j : 0)];
                 for (ptrdiff_t q = q0; q < q1; q += 16) {
@@ -119,7 +119,7 @@ static void fastnn_conv_wgrad_f32(int O, int K, ptrdiff_t Q, const float* g, ptr
                 /* lane-wise partial sums: the 16 lanes are added once, by the caller */
                 for (int i = 0; i < ob; i++)
                     for (int j = 0; j < kb; j++) {
-                        float* p = gw + ((ptrdiff_t)(o0 + i) * K + k0 + j) * 16;
+                        float* p = gw + ((o0 + i) * K + k0 + j) * 16;
                         fastnn_v16 t;
                         FASTNN_LOAD16(t, p);
                         t += a[i][j];
@@ -132,15 +132,15 @@ static void fastnn_conv_wgrad_f32(int O, int K, ptrdiff_t Q, const float* g, ptr
 
 #else  /* plain C: same results, no vector extensions */
 
-static void fastnn_conv_shift_f32(int K, int OP, ptrdiff_t Q, const float* wpk, const ptrdiff_t* koff,
+static void fastnn_conv_shift_f32(ptrdiff_t K, ptrdiff_t OP, ptrdiff_t Q, const float* wpk, const ptrdiff_t* koff,
                                   const float* src, float* out, ptrdiff_t ldo)
 {
-    for (int o = 0; o < OP; o++) {
-        float* d = out + (ptrdiff_t)o * ldo;
+    for (ptrdiff_t o = 0; o < OP; o++) {
+        float* d = out + o * ldo;
         for (ptrdiff_t q = 0; q < Q; q++)
             d[q] = 0;
-        for (int k = 0; k < K; k++) {
-            float w = wpk[(ptrdiff_t)k * OP + o];
+        for (ptrdiff_t k = 0; k < K; k++) {
+            float w = wpk[k * OP + o];
             const float* s = src + koff[k];
             for (ptrdiff_t q = 0; q < Q; q++)
                 d[q] += w * s[q];
@@ -148,14 +148,14 @@ static void fastnn_conv_shift_f32(int K, int OP, ptrdiff_t Q, const float* wpk, 
     }
 }
 
-static void fastnn_conv_wgrad_f32(int O, int K, ptrdiff_t Q, const float* g, ptrdiff_t ldg,
+static void fastnn_conv_wgrad_f32(ptrdiff_t O, ptrdiff_t K, ptrdiff_t Q, const float* g, ptrdiff_t ldg,
                                   const ptrdiff_t* koff, const float* src, float* gw)
 {
-    for (int o = 0; o < O; o++)
-        for (int k = 0; k < K; k++) {
-            const float* gr = g + (ptrdiff_t)o * ldg;
+    for (ptrdiff_t o = 0; o < O; o++)
+        for (ptrdiff_t k = 0; k < K; k++) {
+            const float* gr = g + o * ldg;
             const float* s = src + koff[k];
-            float* p = gw + ((ptrdiff_t)o * K + k) * 16;
+            float* p = gw + (o * K + k) * 16;
             for (ptrdiff_t q = 0; q < Q; q++)
                 p[q % 16] += gr[q] * s[q];
         }
@@ -182,11 +182,11 @@ static void fastnn_conv_wgrad_f32(int O, int K, ptrdiff_t Q, const float* g, ptr
     } while (0)
 
 #define FASTNN_MAXPOOL2X2(NAME, T, U)                                                     \
-static void NAME(const T* src, int W, int ho, int wo, T* dst, long long* idx)             \
+static void NAME(const T* src, ptrdiff_t W, ptrdiff_t ho, ptrdiff_t wo, T* dst, long long* idx) \
 {                                                                                         \
-    for (int i = 0; i < ho; i++) {                                                        \
+    for (ptrdiff_t i = 0; i < ho; i++) {                                                  \
         const long long p0 = 2LL * i * W, p1 = p0 + W;                                    \
-        for (int j = 0; j < wo; j++) {                                                    \
+        for (ptrdiff_t j = 0; j < wo; j++) {                                              \
             long long ia = p0 + 2 * j, ic = p1 + 2 * j;                                   \
             T a = src[ia], b = src[ia + 1], c = src[ic], d = src[ic + 1];                 \
             FASTNN_PICK(T, U, a, ia, b, ia + 1);                                          \
@@ -199,5 +199,20 @@ static void NAME(const T* src, int W, int ho, int wo, T* dst, long long* idx)   
 }
 FASTNN_MAXPOOL2X2(fastnn_maxpool2x2_f32, float, unsigned int)
 FASTNN_MAXPOOL2X2(fastnn_maxpool2x2_f64, double, unsigned long long)
+
+/* 1 when no element of a[0:n] is NaN or +-inf: the exponent bits of every
+ * element are tested as integers (all ones means non-finite), which
+ * vectorises without -ffast-math, unlike a float comparison chain. */
+FASTNN_CLONES
+static int fastnn_all_finite_f32(const float* a, ptrdiff_t n)
+{
+    unsigned int bad = 0;
+    for (ptrdiff_t i = 0; i < n; i++) {
+        unsigned int u;
+        memcpy(&u, a + i, sizeof u);
+        bad |= (u & 0x7f800000u) == 0x7f800000u;
+    }
+    return !bad;
+}
 
 #endif

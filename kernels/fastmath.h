@@ -499,6 +499,11 @@ FNN_DEFINE_LOSSES(double, f64, exp, log1p)
 /* ------------------------------------------------------------------------ */
 /* Optimizer updates (PyTorch's rules, see the reference for the math).      */
 
+/* Weight decay is added only when it is not zero (PyTorch's and the reference's
+ * rule): 0·p would turn an inf or NaN parameter into a NaN gradient and
+ * momentum. The test is loop-invariant, so the compiler hoists it. */
+#define FNN_DECAYED(g, wd, p) ((wd) != 0 ? (g) + (wd) * (p) : (g))
+
 #define FNN_DEFINE_OPTIM(T, SUF, SQRT)                                                           \
     FNN_CLONES FNN_UNUSED static void fnn_sgd_##SUF(T *FNN_RESTRICT param, const T *FNN_RESTRICT grad,      \
                                          T *FNN_RESTRICT vel, fnn_idx n, double lr_,            \
@@ -507,19 +512,19 @@ FNN_DEFINE_LOSSES(double, f64, exp, log1p)
         const T lr = (T)lr_, mom = (T)mom_, wd = (T)wd_;                                         \
         if (vel == NULL) {                                                                       \
             for (fnn_idx i = 0; i < n; i++) {                                                    \
-                T g = grad[i] + wd * param[i];                                                   \
+                T g = FNN_DECAYED(grad[i], wd, param[i]);                                        \
                 param[i] -= lr * g;                                                              \
             }                                                                                    \
         } else if (nesterov) {                                                                   \
             for (fnn_idx i = 0; i < n; i++) {                                                    \
-                T g = grad[i] + wd * param[i];                                                   \
+                T g = FNN_DECAYED(grad[i], wd, param[i]);                                        \
                 T v = mom * vel[i] + g;                                                          \
                 vel[i] = v;                                                                      \
                 param[i] -= lr * (g + mom * v);                                                  \
             }                                                                                    \
         } else {                                                                                 \
             for (fnn_idx i = 0; i < n; i++) {                                                    \
-                T g = grad[i] + wd * param[i];                                                   \
+                T g = FNN_DECAYED(grad[i], wd, param[i]);                                        \
                 T v = mom * vel[i] + g;                                                          \
                 vel[i] = v;                                                                      \
                 param[i] -= lr * v;                                                              \
@@ -536,7 +541,7 @@ FNN_DEFINE_LOSSES(double, f64, exp, log1p)
         const T step_size = (T)step_size_, isb = (T)inv_sqrt_bc2_, eps = (T)eps_;               \
         for (fnn_idx i = 0; i < n; i++) {                                                        \
             T p = param[i] * decay;                                                              \
-            T g = grad[i] + l2 * p;                                                              \
+            T g = FNN_DECAYED(grad[i], l2, p);                                                   \
             T mi = m[i] * b1 + c1 * g;                                                           \
             T vi = v[i] * b2 + c2 * (g * g);                                                     \
             m[i] = mi;                                                                           \

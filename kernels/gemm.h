@@ -9,6 +9,7 @@
  *
  * Entry points:
  *   fnn_sgemm / fnn_dgemm(M, N, K, a, rsa, csa, b, rsb, csb, c, ldc, bias, act, nthreads)
+ *     (sizes, strides and offsets are ptrdiff_t: no product of them wraps)
  *   fnn_gemm_set_isa(level)   force a kernel set (-1 = best available)
  *   fnn_gemm_isa()            the kernel set in use (0 generic, 1 avx2, 2 avx512)
  */
@@ -63,7 +64,7 @@ static void *fnn_tls_buffer(int slot, size_t bytes)
 }
 
 /* Activations that need exp: applied to a finished tile while it is in L1. */
-static void fnn_act_tile_s(float *c, long ldc, int m, int n, int act)
+static void fnn_act_tile_s(float *c, ptrdiff_t ldc, int m, int n, int act)
 {
     for (int i = 0; i < m; ++i) {
         float *r = c + i * ldc;
@@ -77,7 +78,7 @@ static void fnn_act_tile_s(float *c, long ldc, int m, int n, int act)
     }
 }
 
-static void fnn_act_tile_d(double *c, long ldc, int m, int n, int act)
+static void fnn_act_tile_d(double *c, ptrdiff_t ldc, int m, int n, int act)
 {
     for (int i = 0; i < m; ++i) {
         double *r = c + i * ldc;
@@ -285,8 +286,9 @@ static int fnn_gemm_set_isa(int level)
     return fnn_gemm_isa();
 }
 
-static int fnn_sgemm(int M, int N, int K, const float *a, long rsa, long csa, const float *b, long rsb,
-                      long csb, float *c, long ldc, const float *bias, int act, int nthreads)
+static int fnn_sgemm(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const float *a, ptrdiff_t rsa, ptrdiff_t csa,
+                     const float *b, ptrdiff_t rsb, ptrdiff_t csb, float *c, ptrdiff_t ldc, const float *bias, int act,
+                     int nthreads)
 {
     int level = fnn_gemm_isa();
     /* A narrow product (a 10-class output layer) would waste most of a
@@ -305,8 +307,9 @@ static int fnn_sgemm(int M, int N, int K, const float *a, long rsa, long csa, co
     }
 }
 
-static int fnn_dgemm(int M, int N, int K, const double *a, long rsa, long csa, const double *b, long rsb,
-                      long csb, double *c, long ldc, const double *bias, int act, int nthreads)
+static int fnn_dgemm(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const double *a, ptrdiff_t rsa, ptrdiff_t csa,
+                     const double *b, ptrdiff_t rsb, ptrdiff_t csb, double *c, ptrdiff_t ldc, const double *bias,
+                     int act, int nthreads)
 {
     int level = fnn_gemm_isa();
     if (level == 2 && N <= 8)

@@ -48,8 +48,8 @@ static inline FN(fnn_v) FN(fnn_relu_v)(FN(fnn_v) v)
  * first: overwrite C (else accumulate); bias (or NULL) and act are the
  * epilogue, applied only on the last kc block. */
 static inline __attribute__((always_inline)) void
-FN(fnn_ukr)(long kc, const FNN_T *restrict pa, long ars, long acs, const FNN_T *restrict pb,
-            FNN_T *restrict c, long ldc, int m, int n, int first, const FNN_T *restrict bias, int act)
+FN(fnn_ukr)(ptrdiff_t kc, const FNN_T *restrict pa, ptrdiff_t ars, ptrdiff_t acs, const FNN_T *restrict pb,
+            FNN_T *restrict c, ptrdiff_t ldc, int m, int n, int first, const FNN_T *restrict bias, int act)
 {
     FN(fnn_v) acc[FNN_MR][FNN_NV];
 #pragma GCC unroll 32
@@ -58,7 +58,7 @@ FN(fnn_ukr)(long kc, const FNN_T *restrict pa, long ars, long acs, const FNN_T *
         for (int j = 0; j < FNN_NV; ++j)
             acc[i][j] = (FN(fnn_v)){0};
 
-    for (long p = 0; p < kc; ++p) {
+    for (ptrdiff_t p = 0; p < kc; ++p) {
         const FN(fnn_v) *bp = (const FN(fnn_v) *)(pb + p * FNN_NR);
         FN(fnn_v) bv[FNN_NV];
 #pragma GCC unroll 8
@@ -114,26 +114,26 @@ FN(fnn_ukr)(long kc, const FNN_T *restrict pa, long ars, long acs, const FNN_T *
 }
 
 /* Pack an mc x kc block of op(A) into MR-row panels: pa[panel][p][i]. */
-static void FN(fnn_pack_a)(int mc, long kc, const FNN_T *restrict a, long rsa, long csa,
+static void FN(fnn_pack_a)(int mc, ptrdiff_t kc, const FNN_T *restrict a, ptrdiff_t rsa, ptrdiff_t csa,
                            FNN_T *restrict pa)
 {
     for (int ir = 0; ir < mc; ir += FNN_MR) {
         int mr = mc - ir < FNN_MR ? mc - ir : FNN_MR;
         const FNN_T *ap = a + ir * rsa;
-        FNN_T *dst = pa + (long)ir * kc;
+        FNN_T *dst = pa + (ptrdiff_t)ir * kc;
         if (mr == FNN_MR && rsa == 1) {
-            for (long p = 0; p < kc; ++p)
+            for (ptrdiff_t p = 0; p < kc; ++p)
 #pragma GCC unroll 32
                 for (int i = 0; i < FNN_MR; ++i)
                     dst[p * FNN_MR + i] = ap[p * csa + i];
         } else if (mr == FNN_MR && csa == 1) {
             for (int i = 0; i < FNN_MR; ++i) {
                 const FNN_T *row = ap + i * rsa;
-                for (long p = 0; p < kc; ++p)
+                for (ptrdiff_t p = 0; p < kc; ++p)
                     dst[p * FNN_MR + i] = row[p];
             }
         } else {
-            for (long p = 0; p < kc; ++p) {
+            for (ptrdiff_t p = 0; p < kc; ++p) {
                 int i = 0;
                 for (; i < mr; ++i)
                     dst[p * FNN_MR + i] = ap[i * rsa + p * csa];
@@ -145,26 +145,26 @@ static void FN(fnn_pack_a)(int mc, long kc, const FNN_T *restrict a, long rsa, l
 }
 
 /* Pack the NR-column panel jp of a kc x nc block of op(B): pb[panel][p][j]. */
-static void FN(fnn_pack_b_panel)(int nc, long kc, int jp, const FNN_T *restrict b, long rsb, long csb,
+static void FN(fnn_pack_b_panel)(int nc, ptrdiff_t kc, int jp, const FNN_T *restrict b, ptrdiff_t rsb, ptrdiff_t csb,
                                  FNN_T *restrict pb)
 {
     int j0 = jp * FNN_NR;
     int nr = nc - j0 < FNN_NR ? nc - j0 : FNN_NR;
     const FNN_T *bp = b + j0 * csb;
-    FNN_T *dst = pb + (long)j0 * kc;
+    FNN_T *dst = pb + (ptrdiff_t)j0 * kc;
     if (nr == FNN_NR && csb == 1) {
-        for (long p = 0; p < kc; ++p)
+        for (ptrdiff_t p = 0; p < kc; ++p)
 #pragma GCC unroll 8
             for (int j = 0; j < FNN_NR; ++j)
                 dst[p * FNN_NR + j] = bp[p * rsb + j];
     } else if (nr == FNN_NR && rsb == 1) {
         for (int j = 0; j < FNN_NR; ++j) {
             const FNN_T *col = bp + j * csb;
-            for (long p = 0; p < kc; ++p)
+            for (ptrdiff_t p = 0; p < kc; ++p)
                 dst[p * FNN_NR + j] = col[p];
         }
     } else {
-        for (long p = 0; p < kc; ++p) {
+        for (ptrdiff_t p = 0; p < kc; ++p) {
             int j = 0;
             for (; j < nr; ++j)
                 dst[p * FNN_NR + j] = bp[p * rsb + j * csb];
@@ -175,8 +175,8 @@ static void FN(fnn_pack_b_panel)(int nc, long kc, int jp, const FNN_T *restrict 
 }
 
 /* One MC x NC block of C: pack A (unless read in place), run the tiles. */
-static inline void FN(fnn_block)(int mc, long kc, int nc, int npanels, const FNN_T *ab, long rsa, long csa,
-                                 const FNN_T *pb, FNN_T *pa, FNN_T *cb, long ldc, int first, int last,
+static inline void FN(fnn_block)(int mc, ptrdiff_t kc, int nc, int npanels, const FNN_T *ab, ptrdiff_t rsa, ptrdiff_t csa,
+                                 const FNN_T *pb, FNN_T *pa, FNN_T *cb, ptrdiff_t ldc, int first, int last,
                                  const FNN_T *bias, int act)
 {
     /* Packing A pays for itself through reuse across the B panels; with one
@@ -187,19 +187,19 @@ static inline void FN(fnn_block)(int mc, long kc, int nc, int npanels, const FNN
     if (!direct)
         FN(fnn_pack_a)(mc, kc, ab, rsa, csa, pa);
     else if (mfull < mc)
-        FN(fnn_pack_a)(mc - mfull, kc, ab + (long)mfull * rsa, rsa, csa, pa + (long)mfull * kc);
+        FN(fnn_pack_a)(mc - mfull, kc, ab + (ptrdiff_t)mfull * rsa, rsa, csa, pa + (ptrdiff_t)mfull * kc);
     for (int jr = 0; jr < nc; jr += FNN_NR) {
         int nr = nc - jr < FNN_NR ? nc - jr : FNN_NR;
         const FNN_T *bias_j = (last && bias) ? bias + jr : NULL;
         int act_j = last ? act : FNN_ACT_IDENTITY;
         for (int ir = 0; ir < mc; ir += FNN_MR) {
             int mr = mc - ir < FNN_MR ? mc - ir : FNN_MR;
-            FNN_T *ct = cb + (long)ir * ldc + jr;
+            FNN_T *ct = cb + (ptrdiff_t)ir * ldc + jr;
             if (ir < mfull)
-                FN(fnn_ukr)(kc, ab + (long)ir * rsa, rsa, csa, pb + (long)jr * kc, ct, ldc, mr, nr, first,
+                FN(fnn_ukr)(kc, ab + (ptrdiff_t)ir * rsa, rsa, csa, pb + (ptrdiff_t)jr * kc, ct, ldc, mr, nr, first,
                             bias_j, act_j);
             else
-                FN(fnn_ukr)(kc, pa + (long)ir * kc, 1, FNN_MR, pb + (long)jr * kc, ct, ldc, mr, nr, first,
+                FN(fnn_ukr)(kc, pa + (ptrdiff_t)ir * kc, 1, FNN_MR, pb + (ptrdiff_t)jr * kc, ct, ldc, mr, nr, first,
                             bias_j, act_j);
             if (act_j == FNN_ACT_SIGMOID || act_j == FNN_ACT_TANH)
                 FNN_CAT(fnn_act_tile, FNN_TSFX)(ct, ldc, mr, nr, act_j);
@@ -209,21 +209,21 @@ static inline void FN(fnn_block)(int mc, long kc, int nc, int npanels, const FNN
 
 /* The whole product by one thread (team = 0), or by every thread of the
  * enclosing OpenMP team sharing one packed B block (team = 1). */
-static void FN(fnn_gemm_body)(int M, int N, int K, const FNN_T *a, long rsa, long csa,
-                              const FNN_T *b, long rsb, long csb, FNN_T *c, long ldc,
+static void FN(fnn_gemm_body)(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const FNN_T *a, ptrdiff_t rsa, ptrdiff_t csa,
+                              const FNN_T *b, ptrdiff_t rsb, ptrdiff_t csb, FNN_T *c, ptrdiff_t ldc,
                               const FNN_T *bias, int act, FNN_T *pb, int mc_blk, int team, int *err)
 {
     FNN_T *pa = (FNN_T *)fnn_tls_buffer(1, (size_t)FNN_KC * (mc_blk + FNN_MR) * sizeof(FNN_T));
     if (!pa)
         *err = 1; /* still take part in the work-sharing loops (barriers) */
-    int nmb = (M + mc_blk - 1) / mc_blk;
-    for (int jc = 0; jc < N; jc += FNN_NC) {
-        int nc = N - jc < FNN_NC ? N - jc : FNN_NC;
+    ptrdiff_t nmb = (M + mc_blk - 1) / mc_blk;
+    for (ptrdiff_t jc = 0; jc < N; jc += FNN_NC) {
+        int nc = N - jc < FNN_NC ? (int)(N - jc) : FNN_NC;
         int npanels = (nc + FNN_NR - 1) / FNN_NR;
-        for (int pc = 0; pc < K; pc += FNN_KC) {
-            long kc = K - pc < FNN_KC ? K - pc : FNN_KC;
+        for (ptrdiff_t pc = 0; pc < K; pc += FNN_KC) {
+            ptrdiff_t kc = K - pc < FNN_KC ? K - pc : FNN_KC;
             int first = (pc == 0), last = (pc + kc >= K);
-            const FNN_T *bb = b + (long)pc * rsb + (long)jc * csb;
+            const FNN_T *bb = b + (ptrdiff_t)pc * rsb + (ptrdiff_t)jc * csb;
             const FNN_T *bias_c = bias ? bias + jc : NULL;
             if (team) {
 #ifdef _OPENMP
@@ -235,32 +235,32 @@ static void FN(fnn_gemm_body)(int M, int N, int K, const FNN_T *a, long rsa, lon
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif
-                for (int ib = 0; ib < nmb; ++ib) {
-                    int ic = ib * mc_blk;
-                    int mc = M - ic < mc_blk ? M - ic : mc_blk;
+                for (ptrdiff_t ib = 0; ib < nmb; ++ib) {
+                    ptrdiff_t ic = ib * mc_blk;
+                    int mc = M - ic < mc_blk ? (int)(M - ic) : mc_blk;
                     if (pa)
-                        FN(fnn_block)(mc, kc, nc, npanels, a + (long)ic * rsa + (long)pc * csa, rsa, csa, pb, pa,
-                                      c + (long)ic * ldc + jc, ldc, first, last, bias_c, act);
+                        FN(fnn_block)(mc, kc, nc, npanels, a + (ptrdiff_t)ic * rsa + (ptrdiff_t)pc * csa, rsa, csa, pb, pa,
+                                      c + (ptrdiff_t)ic * ldc + jc, ldc, first, last, bias_c, act);
                 }
                 /* implicit barrier: nobody still reads pb when it is repacked */
             } else {
                 for (int jp = 0; jp < npanels; ++jp)
                     FN(fnn_pack_b_panel)(nc, kc, jp, bb, rsb, csb, pb);
-                for (int ib = 0; ib < nmb && pa; ++ib) {
-                    int ic = ib * mc_blk;
-                    int mc = M - ic < mc_blk ? M - ic : mc_blk;
-                    FN(fnn_block)(mc, kc, nc, npanels, a + (long)ic * rsa + (long)pc * csa, rsa, csa, pb, pa,
-                                  c + (long)ic * ldc + jc, ldc, first, last, bias_c, act);
+                for (ptrdiff_t ib = 0; ib < nmb && pa; ++ib) {
+                    ptrdiff_t ic = ib * mc_blk;
+                    int mc = M - ic < mc_blk ? (int)(M - ic) : mc_blk;
+                    FN(fnn_block)(mc, kc, nc, npanels, a + (ptrdiff_t)ic * rsa + (ptrdiff_t)pc * csa, rsa, csa, pb, pa,
+                                  c + (ptrdiff_t)ic * ldc + jc, ldc, first, last, bias_c, act);
                 }
             }
         }
     }
 }
 
-static int FN(fnn_gemm_serial)(int M, int N, int K, const FNN_T *a, long rsa, long csa, const FNN_T *b,
-                               long rsb, long csb, FNN_T *c, long ldc, const FNN_T *bias, int act)
+static int FN(fnn_gemm_serial)(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const FNN_T *a, ptrdiff_t rsa, ptrdiff_t csa, const FNN_T *b,
+                               ptrdiff_t rsb, ptrdiff_t csb, FNN_T *c, ptrdiff_t ldc, const FNN_T *bias, int act)
 {
-    int ncb = N < FNN_NC ? N : FNN_NC;
+    int ncb = N < FNN_NC ? (int)N : FNN_NC;
     int npanels = (ncb + FNN_NR - 1) / FNN_NR;
     FNN_T *pb = (FNN_T *)fnn_tls_buffer(0, (size_t)FNN_KC * npanels * FNN_NR * sizeof(FNN_T));
     int err = 0;
@@ -270,8 +270,8 @@ static int FN(fnn_gemm_serial)(int M, int N, int K, const FNN_T *a, long rsa, lo
     return err ? -1 : 0;
 }
 
-static int FN(fnn_gemm)(int M, int N, int K, const FNN_T *a, long rsa, long csa,
-                        const FNN_T *b, long rsb, long csb, FNN_T *c, long ldc,
+static int FN(fnn_gemm)(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const FNN_T *a, ptrdiff_t rsa, ptrdiff_t csa,
+                        const FNN_T *b, ptrdiff_t rsb, ptrdiff_t csb, FNN_T *c, ptrdiff_t ldc,
                         const FNN_T *bias, int act, int nthreads)
 {
     double work = (double)M * N * K;
@@ -288,8 +288,8 @@ static int FN(fnn_gemm)(int M, int N, int K, const FNN_T *a, long rsa, long csa,
          * barrier costs a sleep and a wake-up, tens of microseconds. */
         int split_n = N >= M;
         int unit = split_n ? FNN_NR : FNN_MR;
-        int len = split_n ? N : M;
-        int tiles = (len + unit - 1) / unit;
+        ptrdiff_t len = split_n ? N : M;
+        ptrdiff_t tiles = (len + unit - 1) / unit;
         int errs = 0;
         if (tiles < nthreads)
             nthreads = tiles;
@@ -298,17 +298,17 @@ static int FN(fnn_gemm)(int M, int N, int K, const FNN_T *a, long rsa, long csa,
 #pragma omp parallel num_threads(nthreads) reduction(| : errs)
         {
             int t = omp_get_thread_num(), nth = omp_get_num_threads();
-            int s0 = (int)((long)tiles * t / nth) * unit;
-            int s1 = (int)((long)tiles * (t + 1) / nth) * unit;
+            ptrdiff_t s0 = tiles * t / nth * unit;
+            ptrdiff_t s1 = tiles * (t + 1) / nth * unit;
             if (s1 > len)
                 s1 = len;
             if (s1 > s0) {
                 if (split_n)
-                    errs |= FN(fnn_gemm_serial)(M, s1 - s0, K, a, rsa, csa, b + (long)s0 * csb, rsb, csb, c + s0,
+                    errs |= FN(fnn_gemm_serial)(M, s1 - s0, K, a, rsa, csa, b + (ptrdiff_t)s0 * csb, rsb, csb, c + s0,
                                                 ldc, bias ? bias + s0 : NULL, act);
                 else
-                    errs |= FN(fnn_gemm_serial)(s1 - s0, N, K, a + (long)s0 * rsa, rsa, csa, b, rsb, csb,
-                                                c + (long)s0 * ldc, ldc, bias, act);
+                    errs |= FN(fnn_gemm_serial)(s1 - s0, N, K, a + (ptrdiff_t)s0 * rsa, rsa, csa, b, rsb, csb,
+                                                c + (ptrdiff_t)s0 * ldc, ldc, bias, act);
             }
         }
         return errs ? -1 : 0;
@@ -317,18 +317,18 @@ static int FN(fnn_gemm)(int M, int N, int K, const FNN_T *a, long rsa, long csa,
     {
         /* Large products: one packed B block shared by the team, row blocks of
          * C split over the threads (a few barriers per KC step). */
-        int ncb = N < FNN_NC ? N : FNN_NC;
+        int ncb = N < FNN_NC ? (int)N : FNN_NC;
         int npanels = (ncb + FNN_NR - 1) / FNN_NR;
         FNN_T *pb = (FNN_T *)fnn_tls_buffer(0, (size_t)FNN_KC * npanels * FNN_NR * sizeof(FNN_T));
         int err = 0;
         if (!pb)
             return -1;
-        int per = (M + nthreads - 1) / nthreads;
+        ptrdiff_t per = (M + nthreads - 1) / nthreads;
         per = (per + FNN_MR - 1) / FNN_MR * FNN_MR;
-        int mc_blk = per < FNN_MC ? per : FNN_MC;
+        int mc_blk = per < FNN_MC ? (int)per : FNN_MC;
         if (mc_blk == FNN_MC) {
             /* Round the block count up to a multiple of the thread count. */
-            int nmb = (M + FNN_MC - 1) / FNN_MC;
+            ptrdiff_t nmb = (M + FNN_MC - 1) / FNN_MC;
             nmb = (nmb + nthreads - 1) / nthreads * nthreads;
             mc_blk = (M + nmb - 1) / nmb;
             mc_blk = (mc_blk + FNN_MR - 1) / FNN_MR * FNN_MR;

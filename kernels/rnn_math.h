@@ -16,7 +16,11 @@
 
 static inline float fnn_expf(float x)
 {
-    /* Clamp so that 2^n stays a normal float; NaN passes both tests untouched. */
+    /* Clamp so that 2^n stays a normal float; NaN passes both tests untouched.
+     * The clamped ends are put back at the return: exp(-inf) must be exactly 0
+     * and exp(+inf) inf, as libm and the other backends give, or sigmoid(-inf)
+     * would be 1e-38 and 0·inf, which is NaN elsewhere, a finite product here. */
+    const float x0 = x;
     x = x < -87.0f ? -87.0f : x;
     x = x > 88.0f ? 88.0f : x;
     /* n = round(x / ln 2) with the 1.5*2^23 trick (no rounding-mode call). */
@@ -35,7 +39,9 @@ static inline float fnn_expf(float x)
     int32_t bits = ((int32_t)n + 127) << 23;
     float s;
     memcpy(&s, &bits, sizeof s);
-    return p * s;
+    float y = p * s;
+    y = x0 < -87.3f ? 0.0f : y;           /* below the normal range: 0, as the Numba exp */
+    return x0 > 88.7f ? INFINITY : y;     /* above the float32 range */
 }
 
 static inline float fnn_tanhf(float x)

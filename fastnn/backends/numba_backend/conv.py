@@ -308,6 +308,8 @@ def conv2d_backward(grad_out, x, weight, stride, padding, dilation, grad_input, 
     g = _scratch("y", (O, nb * P), x.dtype) if nb > 1 else None
     dcols = _scratch("dcols", (K, nb * P), x.dtype) if grad_input is not None else None
     tmp = _scratch("dw", (O, K), x.dtype) if B > nb else None
+    if B == 0:   # no images (a layer may call this directly): dW is a sum over nothing
+        gw2[...] = 0
     for b0 in range(0, B, nb):
         n = min(nb, B - b0)
         par = n * K * P >= PARALLEL_MIN_ELEMENTS
@@ -425,6 +427,7 @@ def _avg_pool_fwd(x, kh, kw, sh, sw, ph, pw, count_include_pad, out):
     """y = Σ window / n, n = kH·kW or the number of real pixels."""
     B, C, H, W = x.shape
     ho, wo = out.shape[2], out.shape[3]
+    zero = out.dtype.type(0)
     for r in prange(B * C):
         b = r // C
         c = r - b * C
@@ -438,7 +441,7 @@ def _avg_pool_fwd(x, kh, kw, sh, sw, ph, pw, count_include_pad, out):
                 w0 = j * sw - pw
                 vlo = max(0, -w0)
                 vhi = min(kw, W - w0)
-                s = src[0, 0] * 0
+                s = zero    # not src[0, 0] * 0: a NaN or inf there would spread over the plane
                 for u in range(ulo, uhi):
                     for v in range(vlo, vhi):
                         s += src[h0 + u, w0 + v]

@@ -139,6 +139,16 @@ def _delta_bias(grad_out, y, act, delta, grad_bias):
                 grad_bias[j] += g[j]
 
 
+@_jit
+def _col_sums(a, out):
+    """out = Σ_rows a (the bias gradient of an identity layer; a may be read-only)."""
+    out[:] = 0
+    for r in range(a.shape[0]):
+        row = a[r]
+        for j in range(a.shape[1]):
+            out[j] += row[j]
+
+
 def dense_backward(grad_out, x, weight, y, activation, grad_input, grad_weight, grad_bias):
     """Backprop through y = act(x·Wᵀ + b): dW = δᵀx, db = Σ δ, dx = δW."""
     act = _ACT_CODES[activation]
@@ -148,7 +158,7 @@ def dense_backward(grad_out, x, weight, y, activation, grad_input, grad_weight, 
     else:
         delta = grad_out
         if grad_bias is not None:
-            _delta_bias(grad_out, grad_out, 0, grad_out, grad_bias)
+            _col_sums(grad_out, grad_bias)
     matmul(delta, x, True, False, grad_weight)
     if grad_input is not None:
         matmul(delta, weight, False, False, grad_input)

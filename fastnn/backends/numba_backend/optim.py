@@ -32,8 +32,14 @@ _pjit = njit(parallel=True, **NUMBA_JIT_OPTIONS)
 # ---------------------------------------------------------------- SGD
 
 @_jit
+def _decayed(g, wd, p):
+    """g + λp, or g itself when λ = 0: 0·p would make an inf or NaN parameter a NaN gradient."""
+    return g + wd * p if wd != 0 else g
+
+
+@_jit
 def _sgd_elem(p, g, v, lr, mu, nesterov, wd):
-    g = g + wd * p
+    g = _decayed(g, wd, p)
     v = mu * v + g
     g = g + mu * v if nesterov else v
     return p - lr * g, v
@@ -54,13 +60,13 @@ def _sgd_mom_par(p, g, v, lr, mu, nesterov, wd):
 @_jit
 def _sgd_plain_ser(p, g, lr, wd):
     for i in range(p.size):
-        p[i] = p[i] - lr * (g[i] + wd * p[i])
+        p[i] = p[i] - lr * _decayed(g[i], wd, p[i])
 
 
 @_pjit
 def _sgd_plain_par(p, g, lr, wd):
     for i in prange(p.size):
-        p[i] = p[i] - lr * (g[i] + wd * p[i])
+        p[i] = p[i] - lr * _decayed(g[i], wd, p[i])
 
 
 @_jit
@@ -96,7 +102,7 @@ def sgd_update(param, grad, velocity, lr, momentum, nesterov, weight_decay):
 @_jit
 def _adam_elem(p, g, m, v, decay, wd, b1, c1, b2, c2, step, inv_sqrt_bc2, eps):
     p = p * decay                   # AdamW's decoupled decay (decay == 1 otherwise)
-    g = g + wd * p                  # Adam's L2 term (wd == 0 for AdamW)
+    g = _decayed(g, wd, p)          # Adam's L2 term (wd == 0 for AdamW)
     m = b1 * m + c1 * g
     v = b2 * v + c2 * (g * g)
     return p - step * (m / (np.sqrt(v) * inv_sqrt_bc2 + eps)), m, v

@@ -61,8 +61,8 @@ def _weight_grads(delta_x, delta_h, x, h0, out, grad_weight_ih, grad_weight_hh, 
     """
     T, B, I = x.shape
     H = out.shape[2]
-    dx = delta_x.reshape(T * B, -1)
-    dh = delta_h.reshape(T * B, -1)
+    dx = delta_x.reshape(T * B, delta_x.shape[2])   # explicit widths: -1 is ambiguous for B = 0
+    dh = delta_h.reshape(T * B, delta_h.shape[2])
     np.matmul(dx.T, x.reshape(T * B, I), out=grad_weight_ih)
     np.matmul(dh[:B].T, h0, out=grad_weight_hh)                   # step 0 sees h0
     if T > 1:
@@ -160,7 +160,7 @@ def rnn_backward(grad_out, grad_hn, x, h0, weight_ih, weight_hh, out, nonlineari
     _weight_grads(work, work, x, h0, out, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh)
     if grad_x is not None:
         T, B, I = x.shape
-        np.matmul(work.reshape(T * B, -1), weight_ih, out=grad_x.reshape(T * B, I))
+        np.matmul(work.reshape(T * B, work.shape[2]), weight_ih, out=grad_x.reshape(T * B, I))
     return grad_x, grad_h0, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh
 
 
@@ -264,7 +264,7 @@ def lstm_backward(grad_out, grad_hn, grad_cn, x, h0, c0, weight_ih, weight_hh, o
     _weight_grads(work, work, x, h0, out, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh)
     if grad_x is not None:
         T, B, I = x.shape
-        np.matmul(work.reshape(T * B, -1), weight_ih, out=grad_x.reshape(T * B, I))
+        np.matmul(work.reshape(T * B, work.shape[2]), weight_ih, out=grad_x.reshape(T * B, I))
     return grad_x, grad_h0, grad_c0, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh
 
 
@@ -370,5 +370,5 @@ def gru_backward(grad_out, grad_hn, x, h0, weight_ih, weight_hh, out, gates, hid
                   grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh)
     if grad_x is not None:
         T, B, I = x.shape
-        np.matmul(work.reshape(T * B, -1)[:, :3 * H], weight_ih, out=grad_x.reshape(T * B, I))
+        np.matmul(work.reshape(T * B, work.shape[2])[:, :3 * H], weight_ih, out=grad_x.reshape(T * B, I))
     return grad_x, grad_h0, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh

@@ -83,6 +83,8 @@ def matmul(cnp.ndarray a, cnp.ndarray b, bint trans_a, bint trans_b, cnp.ndarray
     cdef void* pa = cnp.PyArray_DATA(a)
     cdef void* pb = cnp.PyArray_DATA(b)
     cdef void* pc = cnp.PyArray_DATA(out)
+    if m == 0 or n == 0:
+        return out
     if cnp.PyArray_TYPE(a) == cnp.NPY_FLOAT32:
         with nogil:
             _mm[float](trans_a, trans_b, m, n, k, <float*>pa, <float*>pb, <float*>pc, NULL, 0)
@@ -132,6 +134,8 @@ def dense_forward(cnp.ndarray x, cnp.ndarray weight, cnp.ndarray bias, activatio
     # The own GEMM adds the bias and applies ReLU to each tile as it stores it;
     # sigmoid/tanh stay with the vectorised activation kernels (one pass after).
     cdef int fused_act = act if act == ACT_RELU else ACT_IDENTITY
+    if bsz == 0 or nout == 0:   # nothing to write (the bias loop would still visit every row)
+        return out
     if cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT32:
         with nogil:
             if _mm[float](False, True, bsz, nout, nin, <float*>px, <float*>pw, <float*>py, <float*>pb, fused_act):
@@ -181,6 +185,11 @@ def dense_backward(cnp.ndarray grad_out, cnp.ndarray x, cnp.ndarray weight, cnp.
     cdef void* pgb = NULL if grad_bias is None else cnp.PyArray_DATA(grad_bias)
     cdef void* py = NULL
     cdef bint f32 = cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT32
+    if nd == 0:   # no sample or no output: every gradient is a sum over nothing
+        for g in (grad_input, grad_weight, grad_bias):
+            if g is not None:
+                g.fill(0)
+        return grad_input, grad_weight, grad_bias
     if act == ACT_IDENTITY:
         pd = pg
     else:

@@ -43,6 +43,8 @@ def matmul(a, b, trans_a=False, trans_b=False, out=None):
     if m > _v.MAX_DIM or n > _v.MAX_DIM or k > _v.MAX_DIM:
         _v.dims_fit("matmul", M=m, N=n, K=k)
     out = _v.output(out, (m, n), a.dtype, inputs=(a, b))
+    if out.size == 0:  # nothing to compute (and no kernel loops over the rows of an empty result)
+        return out
     return _backend().matmul(a, b, bool(trans_a), bool(trans_b), out)
 
 
@@ -83,6 +85,8 @@ def dense_forward(x, weight, bias=None, activation="identity", out=None):
     x, weight, bias = _dense_args(x, weight, bias)
     _v.choice(activation, "activation", DENSE_ACTIVATIONS)
     out = _v.output(out, (x.shape[0], weight.shape[0]), x.dtype, inputs=(x, weight, bias))
+    if out.size == 0:  # no sample or no output: nothing to compute
+        return out
     return _backend().dense_forward(x, weight, bias, activation, out)
 
 
@@ -131,4 +135,9 @@ def dense_backward(grad_out, x, weight, y=None, activation="identity", *, bias=T
     grad_weight = _v.output(grad_weight, weight.shape, dt, "grad_weight", (grad_out, x, weight, y, grad_input))
     grad_bias = _v.output(grad_bias, (weight.shape[0],), dt, "grad_bias",
                           (grad_out, x, weight, y, grad_input, grad_weight)) if bias else None
+    if grad_out.size == 0:  # no sample or no output: every gradient is a sum over nothing
+        for g in (grad_input, grad_weight, grad_bias):
+            if g is not None:
+                g.fill(0)
+        return grad_input, grad_weight, grad_bias
     return _backend().dense_backward(grad_out, x, weight, y, activation, grad_input, grad_weight, grad_bias)

@@ -92,6 +92,8 @@ def _bias_act(out, bias, act):
 
 def dense_forward(x, weight, bias, activation, out):
     """y = act(x·Wᵀ + b)."""
+    if out.size == 0:   # nothing to write (the bias loop would still visit every row)
+        return out
     act = _ACT_CODES[activation]
     if _use_own(out.dtype, out.shape[0], out.shape[1], x.shape[1]):
         # own GEMM: bias and ReLU applied to each tile as it is stored;
@@ -151,6 +153,11 @@ def _col_sums(a, out):
 
 def dense_backward(grad_out, x, weight, y, activation, grad_input, grad_weight, grad_bias):
     """Backprop through y = act(x·Wᵀ + b): dW = δᵀx, db = Σ δ, dx = δW."""
+    if grad_out.size == 0:   # no sample or no output: every gradient is a sum over nothing
+        for g in (grad_input, grad_weight, grad_bias):
+            if g is not None:
+                g.fill(0)
+        return grad_input, grad_weight, grad_bias
     act = _ACT_CODES[activation]
     if act:
         delta = np.empty_like(grad_out)

@@ -7,10 +7,17 @@ Environment variables
 ---------------------
 FASTNN_BACKEND
     Backend selected at import: ``numpy``, ``numba``, ``cython`` or ``auto``
-    (the default: the fastest one installed). Resolved lazily, on first use.
+    (the default: the fastest one installed). Resolved lazily, on first use:
+    a name that is no backend, or one that cannot load, raises there
+    (``ValueError`` / ``BackendUnavailable`` naming the variable), and
+    ``fastnn info`` reports it instead of failing.
 FASTNN_NUM_THREADS
     Threads used by the Numba parallel loops, the Cython OpenMP loops and BLAS.
-    Defaults to the number of CPUs this process may run on.
+    Defaults to the number of CPUs this process may run on. Read on first use;
+    a value that is not a whole number from 1 to :data:`MAX_THREADS_REQUEST`
+    gives a ``RuntimeWarning`` and the default instead (a setting for speed
+    must not stop the program), and one above :func:`max_num_threads` is
+    lowered to it, with a warning, as :func:`set_num_threads` does.
 FASTNN_REQUIRE_BACKENDS
     Comma-separated backend names that the test-suite must find; a missing one
     becomes a test failure instead of a skip (CI sets it).
@@ -18,8 +25,10 @@ FASTNN_REQUIRE_BACKENDS
 
 from __future__ import annotations
 
+import operator
 import os
 import threading
+import warnings
 
 #: Options passed to every ``numba.njit`` in fastnn.  ``cache=True`` keeps the
 #: second process from recompiling; ``error_model="numpy"`` lets LLVM
@@ -46,24 +55,83 @@ PARALLEL_MIN_ELEMENTS = 1 << 19
 #: relu 1M 0.89, 4M 1.39 (Numba 0.78 and 1.55).
 PARALLEL_MIN_ELEMENTS_CHEAP = 1 << 21
 
+#: Largest thread count :func:`set_num_threads` accepts at all: four times the
+#: 8192 CPUs of Linux's largest configuration, so above it no machine's cap
+#: applies and the number is a mistake (a byte count, an overflow), not a wish.
+#: The compiled kernels refuse more too (``kernels/_threads.pxi``).
+MAX_THREADS_REQUEST = 4 * 8192
+
 _lock = threading.RLock()
 _num_threads: int | None = None
+_cpu_counts: tuple[int, int] | None = None
+
+
+def _cpus() -> tuple[int, int]:
+    """(CPUs this process may run on, CPUs of the machine), read once."""
+    global _cpu_counts
+    if _cpu_counts is None:
+        total = max(1, os.cpu_count() or 1)
+        try:
+            usable = max(1, len(os.sched_getaffinity(0)))
+        except AttributeError:  # pragma: no cover - not on Linux
+            usable = total
+        _cpu_counts = (usable, max(total, usable))
+    return _cpu_counts
+
+
+def max_num_threads() -> int:
+    """Most threads fastnn runs: four per CPU of the machine.
+
+    More threads than that only oversubscribes the cores, and far more crashes
+    the OpenMP runtime (thread creation fails inside a parallel region, which
+    GNU OpenMP answers with an abort) -- so larger requests are lowered to it.
+
+    Returns
+    -------
+    int
+        ``4 * os.cpu_count()`` (at least 4).
+    """
+    return 4 * _cpus()[1]
+
+
+def _check_thread_count(n, what: str) -> int:
+    """``n`` as an int in [1, MAX_THREADS_REQUEST]; TypeError/ValueError otherwise."""
+    # bool is an int subclass, and True threads is a bug, not 1.
+    if isinstance(n, bool) or not hasattr(type(n), "__index__"):
+        raise TypeError(f"{what} must be an integer, got {type(n).__name__} {n!r}")
+    n = operator.index(n)
+    if n < 1:
+        raise ValueError(f"{what} must be >= 1, got {n}")
+    if n > MAX_THREADS_REQUEST:
+        raise ValueError(f"{what} must be at most {MAX_THREADS_REQUEST} (the cap on this machine is "
+                         f"{max_num_threads()}), got {n}")
+    return n
+
+
+def _cap(n: int, what: str, stacklevel: int) -> int:
+    """``n`` lowered to :func:`max_num_threads`, with a warning naming both values."""
+    cap = max_num_threads()
+    if n <= cap:
+        return n
+    warnings.warn(f"{what} asks for {n} threads; fastnn uses at most {cap} on this machine "
+                  f"(4 x {_cpus()[1]} CPUs), so it uses {cap}", RuntimeWarning, stacklevel=stacklevel + 1)
+    return cap
 
 
 def _default_num_threads() -> int:
+    default = _cpus()[0]
     env = os.environ.get("FASTNN_NUM_THREADS", "").strip()
-    if env:
-        try:
-            n = int(env)
-        except ValueError:
-            raise ValueError(f"FASTNN_NUM_THREADS must be a positive integer, got {env!r}") from None
-        if n < 1:
-            raise ValueError(f"FASTNN_NUM_THREADS must be a positive integer, got {env!r}")
-        return n
+    if not env:
+        return default
     try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not on Linux
-        return max(1, os.cpu_count() or 1)
+        n = _check_thread_count(int(env), "FASTNN_NUM_THREADS")
+    except ValueError:
+        # Bad values warn instead of raising: this runs inside the first kernel
+        # call or backend load, which must not fail over a speed setting.
+        warnings.warn(f"FASTNN_NUM_THREADS={env!r} is not a whole number from 1 to {MAX_THREADS_REQUEST}; "
+                      f"using the default, {default} threads", RuntimeWarning, stacklevel=3)
+        return default
+    return _cap(n, f"FASTNN_NUM_THREADS={env}", stacklevel=3)
 
 
 def get_num_threads() -> int:
@@ -72,14 +140,19 @@ def get_num_threads() -> int:
     Returns
     -------
     int
-        The value last given to :func:`set_num_threads`, else
-        ``FASTNN_NUM_THREADS``, else the number of usable CPUs.
+        The count in use: the value last given to :func:`set_num_threads`,
+        else ``FASTNN_NUM_THREADS``, else the number of usable CPUs -- after
+        the cap of :func:`max_num_threads`.
     """
     global _num_threads
-    with _lock:
-        if _num_threads is None:
-            _num_threads = _default_num_threads()
-        return _num_threads
+    # Kernels ask on every call: no lock once the count is known.
+    n = _num_threads
+    if n is None:
+        with _lock:
+            if _num_threads is None:
+                _num_threads = _default_num_threads()
+            n = _num_threads
+    return n
 
 
 _thread_hooks: list = []
@@ -116,24 +189,34 @@ def set_num_threads(n: int) -> None:
     Parameters
     ----------
     n : int
-        Positive thread count. Kernels still run small inputs serially.
+        Positive thread count. Kernels still run small inputs serially. A
+        count above :func:`max_num_threads` (four per CPU) is lowered to it
+        with a ``RuntimeWarning``; :func:`get_num_threads` returns the count
+        used.
+
+    Raises
+    ------
+    TypeError
+        If ``n`` is not an integer (``bool``, ``float`` and ``str`` included).
+    ValueError
+        If ``n < 1`` or ``n > MAX_THREADS_REQUEST`` (32768, beyond any cap).
 
     Notes
     -----
     fastnn never calls threaded BLAS from inside one of its own parallel
-    regions, so ``n`` threads is the most that run at any time.
+    regions, so ``n`` threads is the most that run at any time. The count is
+    process-wide; calls from several threads are serialised, and the last one
+    wins. Numba alone keeps a count per thread: it gets the new one in the
+    calling thread (other threads run its loops with up to
+    ``NUMBA_NUM_THREADS``).
     """
     global _num_threads
-    if isinstance(n, bool) or not isinstance(n, (int,)) and not hasattr(n, "__index__"):
-        raise TypeError(f"number of threads must be an integer, got {type(n).__name__}")
-    n = int(n)
-    if n < 1:
-        raise ValueError(f"number of threads must be >= 1, got {n}")
+    n = _cap(_check_thread_count(n, "number of threads"), f"set_num_threads({n})", stacklevel=2)
     with _lock:
-        _num_threads = n
         _apply_blas_threads(n)
         for hook in _thread_hooks:
             hook(n)
+        _num_threads = n
 
 
 def prefer_passive_openmp() -> None:

@@ -32,7 +32,11 @@ def machine_info() -> dict:
     import numpy as np
 
     import fastnn
+    from . import _config
+    from .backends import default_backend_error
 
+    # A bad FASTNN_BACKEND is reported, not raised: this is where users look.
+    backend_error = default_backend_error()
     info = {
         "fastnn": fastnn.__version__,
         "python": platform.python_version(),
@@ -40,8 +44,10 @@ def machine_info() -> dict:
         "cpu": _cpu_model(),
         "numpy": np.__version__,
         "backends": fastnn.backend_status(),
-        "default_backend": fastnn.get_backend(),
+        "default_backend": None if backend_error else fastnn.get_backend(),
+        "default_backend_error": backend_error,
         "threads": fastnn.get_num_threads(),
+        "max_threads": _config.max_num_threads(),
     }
     # Read versions from the installed metadata: importing torch or
     # scikit-learn just to ask would take seconds.
@@ -85,7 +91,9 @@ def _cmd_info(args) -> int:
     info = machine_info()
     print(f"fastnn {info['fastnn']}  (python {info['python']}, numpy {info['numpy']}, numba {info['numba']}, "
           f"scipy {info['scipy']})")
-    print(f"cpu: {info['cpu']}  threads: {info['threads']}")
+    print(f"cpu: {info['cpu']}  threads: {info['threads']} (at most {info['max_threads']})")
+    if info["default_backend_error"]:
+        print(f"default backend: none ({info['default_backend_error']})")
     print("backends:")
     for name, status in info["backends"].items():
         mark = "*" if name == info["default_backend"] else " "

@@ -13,11 +13,19 @@ new family is added by adding a file, not by editing a list.
 Backends load lazily: ``import fastnn`` imports neither Numba nor the
 compiled extension. A backend that cannot load is absent from
 :func:`available_backends` and :func:`backend_status` says why.
+
+Which backend runs: :func:`set_backend` (or ``FASTNN_BACKEND``) sets the
+process-wide default; a :func:`use_backend` block overrides it in its own
+context only -- the calling thread, or the asyncio task -- until the block
+exits. Two threads can therefore run two backends at once, and a thread
+started later begins with the process default (Python starts every thread
+with an empty context), whatever blocks are open elsewhere.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import importlib
 import inspect
 import pkgutil
@@ -86,8 +94,14 @@ def _collect_kernels(package_name: str) -> tuple[dict, dict]:
 _lock = threading.RLock()
 _loaded: dict[str, Backend] = {}
 _failed: dict[str, str] = {}
-_active: Backend | None = None
-_active_request: str = _config.requested_backend()
+#: The process-wide default, set by set_backend (None until first resolved).
+_default: Backend | None = None
+_default_request: str = _config.requested_backend()
+#: A use_backend block's backend, per context; None outside any block.
+_override: contextvars.ContextVar = contextvars.ContextVar("fastnn_backend", default=None)
+# Bound once: calling the bound method skips a method lookup per kernel call
+# (measured 46 ns per current() instead of 57 ns; 41 ns before contextvars).
+_override_get = _override.get
 
 
 def _load(name: str) -> Backend:
@@ -135,30 +149,61 @@ def _resolve(request: str) -> Backend:
 
 
 def current() -> Backend:
-    """The active backend, loading it on first use."""
-    global _active
-    backend = _active
-    if backend is None:
-        with _lock:
-            if _active is None:
-                _active = _resolve(_active_request)
-            backend = _active
-    return backend
+    """The backend that runs in this context, loading it on first use.
+
+    Called on every kernel call: one context-variable lookup, plus a global
+    read outside :func:`use_backend` blocks.
+    """
+    # A Backend is truthy without a call (no __len__ or __bool__: keep it so).
+    return _override_get() or _default or _resolve_default()
+
+
+def _resolve_default() -> Backend:
+    global _default
+    with _lock:
+        if _default is None:
+            try:
+                _default = _resolve(_default_request)
+            except (ValueError, BackendUnavailable) as exc:
+                # Only FASTNN_BACKEND can name a default that fails (set_backend
+                # resolves before it stores): say so.
+                raise type(exc)(f"FASTNN_BACKEND={_default_request!r}: {exc}") from exc
+        return _default
+
+
+def default_backend_error() -> str | None:
+    """Why the process default backend cannot be used, or None if it can.
+
+    For reports (``fastnn info``) that must not fail when, say,
+    ``FASTNN_BACKEND`` names no backend.
+    """
+    try:
+        _resolve_default()
+    except (ValueError, BackendUnavailable) as exc:
+        return str(exc)
+    return None
 
 
 def get_backend() -> str:
-    """Name of the active backend (resolving ``"auto"`` if needed).
+    """Name of the backend that runs in this context (resolving ``"auto"`` if needed).
 
     Returns
     -------
     str
-        ``"numpy"``, ``"numba"`` or ``"cython"``.
+        ``"numpy"``, ``"numba"`` or ``"cython"``: the backend of the innermost
+        :func:`use_backend` block of this thread (or task), else the process
+        default.
     """
     return current().name
 
 
+def _check_name(name) -> None:
+    if not isinstance(name, str):
+        raise TypeError(f"backend name must be a string, got {type(name).__name__}")
+
+
 def set_backend(name: str) -> None:
-    """Select the backend every kernel and layer uses from now on.
+    """Select the process-wide default backend, used from now on in every thread.
 
     Parameters
     ----------
@@ -172,19 +217,43 @@ def set_backend(name: str) -> None:
         If the backend is not installed; the message says why.
     ValueError
         If ``name`` is not a backend.
+
+    Notes
+    -----
+    Code inside a :func:`use_backend` block keeps the block's backend until
+    the block exits; the new default applies everywhere else at once, and to
+    threads started later.
     """
-    global _active, _active_request
-    if not isinstance(name, str):
-        raise TypeError(f"backend name must be a string, got {type(name).__name__}")
+    global _default, _default_request
+    _check_name(name)
     backend = _resolve(name)
     with _lock:
-        _active = backend
-        _active_request = name.strip().lower()
+        _default = backend
+        _default_request = name.strip().lower()
 
 
 @contextlib.contextmanager
 def use_backend(name: str):
-    """Context manager that selects a backend and restores the previous one.
+    """Context manager that selects a backend in the current context only.
+
+    Inside the block, kernels called from this thread (or asyncio task, and
+    tasks it creates) run on ``name``; other threads keep their own choice,
+    and the previous one is back when the block exits, also on an exception.
+    Blocks nest.
+
+    Parameters
+    ----------
+    name : {"auto", "cython", "numba", "numpy"}
+
+    Yields
+    ------
+    Backend
+        The selected backend.
+
+    Raises
+    ------
+    BackendUnavailable, ValueError, TypeError
+        As :func:`set_backend`, before the block runs.
 
     Examples
     --------
@@ -193,14 +262,19 @@ def use_backend(name: str):
     ...     fastnn.get_backend()
     'numpy'
     """
-    global _active, _active_request
-    previous, previous_request = _active, _active_request
-    set_backend(name)
+    _check_name(name)
+    backend = _resolve(name)
+    previous = _override.get()
+    token = _override.set(backend)
     try:
-        yield current()
+        yield backend
     finally:
-        with _lock:
-            _active, _active_request = previous, previous_request
+        try:
+            _override.reset(token)
+        except ValueError:
+            # Exited in another context than it entered (e.g. a generator
+            # fixture finished elsewhere): restore by value instead.
+            _override.set(previous)
 
 
 def get(name: str) -> Backend:

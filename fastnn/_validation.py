@@ -157,3 +157,87 @@ def choice(value, name: str, options: tuple) -> str:
     if value not in options:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, options))}, got {value!r}")
     return value
+
+
+# -- strict checks of layer arguments ---------------------------------------
+# Layer constructors and configs read from model files go through these:
+# ``bool("false")`` is True and ``int(1.9)`` is 1, so nothing here coerces.
+
+def _shown(value, limit: int = 80) -> str:
+    """``repr(value)``, cut short: values read from a file may be megabytes long."""
+    r = repr(value)
+    return r if len(r) <= limit else r[:limit - 3] + "..."
+
+
+def strict_bool(value, name: str) -> bool:
+    """``value`` if it is ``True`` or ``False`` (NumPy's bools too); anything else raises ``TypeError``."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise TypeError(f"{name} must be True or False, got {_shown(value)}")
+
+
+def strict_int(value, name: str, low: int | None = None) -> int:
+    """An integer (Python or NumPy, not a bool, not a float), optionally ``>= low``."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer, got {_shown(value)}")
+    if low is not None and value < low:
+        raise ValueError(f"{name} must be >= {low}, got {_shown(value)}")
+    return int(value)
+
+
+def strict_real(value, name: str, low: float | None = None) -> float:
+    """A finite real number given as an int or a float (not a bool, not a string), optionally ``>= low``."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a real number, got {_shown(value)}")
+    v = float(value)
+    if v != v or v in (float("inf"), float("-inf")):
+        raise ValueError(f"{name} must be finite, got {_shown(value)}")
+    if low is not None and v < low:
+        raise ValueError(f"{name} must be >= {low}, got {_shown(value)}")
+    return v
+
+
+def str_choice(value, name: str, options) -> str:
+    """A string that is one of ``options``: ``TypeError`` for a non-string, ``ValueError`` for another string."""
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a string, one of {', '.join(map(repr, options))}; got {_shown(value)}")
+    if value not in options:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, options))}, got {_shown(value)}")
+    return value
+
+
+def strict_float_dtype(dtype) -> np.dtype:
+    """A layer's ``dtype`` argument as a NumPy dtype: float32 or float64, given as a dtype, a type or its name.
+
+    Accepted: ``np.float32``/``np.float64`` (or ``float``), ``np.dtype(...)`` of
+    either, and the names ``"float32"``/``"float64"`` that configs store.
+    ``None``, other strings and other objects raise ``TypeError`` (``np.dtype(None)``
+    would silently mean float64).
+    """
+    if isinstance(dtype, str):
+        if dtype not in ("float32", "float64"):
+            raise TypeError(f"dtype must be 'float32' or 'float64', got {_shown(dtype)}")
+        return np.dtype(dtype)
+    if isinstance(dtype, np.dtype) or (isinstance(dtype, type) and dtype in (np.float32, np.float64, float)):
+        return float_dtype(dtype)
+    raise TypeError(f"dtype must be float32 or float64 (a NumPy dtype, type or name), got {_shown(dtype)}")
+
+
+def layer_config(config, layer: str, keys: tuple, children=()) -> dict:
+    """Check a layer config read from a model file: a dict holding exactly ``keys``.
+
+    ``children`` are the child module names the file gives; a layer that calls
+    this has none. Unknown and missing keys are both reported, by name.
+    """
+    if not isinstance(config, dict):
+        raise TypeError(f"the config of {layer} must be an object, got {type(config).__name__}")
+    unknown = [k for k in config if k not in keys]
+    missing = [k for k in keys if k not in config]
+    if unknown or missing:
+        parts = ([f"unknown key(s) {_shown(unknown)}"] if unknown else []) + \
+                ([f"missing key(s) {missing}"] if missing else [])
+        expected = ", ".join(keys) if keys else "no keys"
+        raise ValueError(f"{layer} config has {' and '.join(parts)} (it takes {expected})")
+    if children:
+        raise ValueError(f"{layer} has no child modules, the file gives it {_shown(list(children))}")
+    return config

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import ops
+from .. import _validation as _v, ops
 from ..backends import current as _current
 from .module import Module, register_module, remember
 
@@ -71,6 +71,12 @@ class _Activation(Module):
     def get_config(self) -> dict:
         return {}
 
+    @classmethod
+    def parameters_from_config(cls, config, children=()):
+        """No parameters; the config must be empty (see Module)."""
+        _v.layer_config(config, cls.__name__, (), children)
+        return []
+
 
 @register_module
 class ReLU(_Activation):
@@ -109,7 +115,7 @@ class LeakyReLU(_Activation):
 
     def __init__(self, negative_slope=0.01):
         super().__init__()
-        slope = float(negative_slope)
+        slope = _v.strict_real(negative_slope, "negative_slope")
         if not slope >= 0:
             raise ValueError(f"negative_slope must be >= 0, got {negative_slope!r}")
         self.negative_slope = slope
@@ -123,6 +129,13 @@ class LeakyReLU(_Activation):
 
     def extra_repr(self) -> str:
         return f"negative_slope={self.negative_slope}"
+
+    @classmethod
+    def parameters_from_config(cls, config, children=()):
+        """No parameters; checks ``negative_slope`` (see Module)."""
+        _v.strict_real(_v.layer_config(config, "LeakyReLU", ("negative_slope",), children)["negative_slope"],
+                       "negative_slope", low=0)
+        return []
 
 
 @register_module
@@ -142,7 +155,7 @@ class Softmax(_Activation):
 
     def __init__(self, dim=-1):
         super().__init__()
-        if dim not in (-1, 1):
+        if _v.strict_int(dim, "dim") not in (-1, 1):
             raise ValueError(f"Softmax supports only the last axis of a (B, C) input (dim=-1 or 1), got dim={dim!r}")
         self.dim = dim
 
@@ -151,3 +164,10 @@ class Softmax(_Activation):
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}"
+
+    @classmethod
+    def parameters_from_config(cls, config, children=()):
+        """No parameters; checks ``dim`` (see Module)."""
+        if _v.strict_int(_v.layer_config(config, "Softmax", ("dim",), children)["dim"], "dim") not in (-1, 1):
+            raise ValueError(f"Softmax supports only dim=-1 or 1, got dim={config['dim']!r}")
+        return []

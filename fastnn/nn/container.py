@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 
+from .. import _validation as _v
 from .linear import Linear
 from .module import Module, register_module
 
@@ -169,3 +170,12 @@ class Sequential(Module):
     @classmethod
     def from_config(cls, config, children):
         return cls(*[children[k] for k in sorted(children, key=int)])
+
+    @classmethod
+    def parameters_from_config(cls, config, children=()):
+        """No parameters of its own; the children must be named "0", "1", ... in order (see Module)."""
+        _v.layer_config(config, "Sequential", ())
+        names = list(children)
+        if names != [str(i) for i in range(len(names))]:
+            raise ValueError(f"Sequential children must be named '0', '1', ... in order, got {_v._shown(names)}")
+        return []

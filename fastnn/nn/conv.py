@@ -105,12 +105,12 @@ class Conv2d(Module):
         self.stride = _pair(stride, "stride", 1)
         self.padding = _pair(padding, "padding", 0)
         self.dilation = _pair(dilation, "dilation", 1)
-        dt = _v.float_dtype(dtype)
+        dt = _v.strict_float_dtype(dtype)
         # relocatable: the optimizer may pack these into its one flat buffer (this
         # layer reads weight.data/.grad afresh on every call)
         self.weight = Parameter(np.empty((self.out_channels, self.in_channels) + self.kernel_size, dt),
                                 relocatable=True)
-        self.bias = Parameter(np.empty(self.out_channels, dt), relocatable=True) if bias else None
+        self.bias = Parameter(np.empty(self.out_channels, dt), relocatable=True) if _v.strict_bool(bias, "bias") else None
         self._fcache = {}     # input shape -> (weight, bias, out)
         self._bcache = {}     # (input shape, input_grad) -> (weight, grad_weight, grad_bias, grad_input, output shape)
         self._x = None
@@ -197,6 +197,17 @@ class Conv2d(Module):
             s += f", dtype={self.weight.data.dtype.name}"
         return s
 
+    @classmethod
+    def parameters_from_config(cls, config, children=()):
+        """``[(name, shape, dtype name)]`` that ``Conv2d(**config)`` creates, config checked (see Module)."""
+        c = _v.layer_config(config, "Conv2d", ("in_channels", "out_channels", "kernel_size", "stride", "padding",
+                                               "dilation", "bias", "dtype"), children)
+        i, o = _v.positive_int(c["in_channels"], "in_channels"), _v.positive_int(c["out_channels"], "out_channels")
+        k = _pair(c["kernel_size"], "kernel_size", 1)
+        _pair(c["stride"], "stride", 1), _pair(c["padding"], "padding", 0), _pair(c["dilation"], "dilation", 1)
+        dt = _v.strict_float_dtype(c["dtype"]).name
+        return [("weight", (o, i) + k, dt)] + ([("bias", (o,), dt)] if _v.strict_bool(c["bias"], "bias") else [])
+
 
 class _Pool2d(Module):
     def __init__(self, kernel_size, stride=None, padding=0):
@@ -218,6 +229,12 @@ class _Pool2d(Module):
 
     def extra_repr(self) -> str:
         return f"kernel_size={_fmt(self.kernel_size)}, stride={_fmt(self.stride)}, padding={_fmt(self.padding)}"
+
+    @classmethod
+    def parameters_from_config(cls, config, children=()):
+        """No parameters; the config is checked by the (allocation-free) constructor (see Module)."""
+        cls(**_v.layer_config(config, cls.__name__, ("kernel_size", "stride", "padding"), children))
+        return []
 
 
 @register_module
@@ -284,7 +301,7 @@ class AvgPool2d(_Pool2d):
 
     def __init__(self, kernel_size, stride=None, padding=0, count_include_pad=True):
         super().__init__(kernel_size, stride, padding)
-        self.count_include_pad = bool(count_include_pad)
+        self.count_include_pad = _v.strict_bool(count_include_pad, "count_include_pad")
 
     def forward(self, x):
         """Mean over each window of ``x`` (B, C, H, W)."""
@@ -326,6 +343,13 @@ class AvgPool2d(_Pool2d):
     def extra_repr(self) -> str:
         return super().extra_repr() + ("" if self.count_include_pad else ", count_include_pad=False")
 
+    @classmethod
+    def parameters_from_config(cls, config, children=()):
+        """No parameters; the config is checked by the (allocation-free) constructor (see Module)."""
+        keys = ("kernel_size", "stride", "padding", "count_include_pad")
+        cls(**_v.layer_config(config, "AvgPool2d", keys, children))
+        return []
+
 
 @register_module
 class Flatten(Module):
@@ -342,8 +366,8 @@ class Flatten(Module):
 
     def __init__(self, start_dim=1, end_dim=-1):
         super().__init__()
-        self.start_dim = int(start_dim)
-        self.end_dim = int(end_dim)
+        self.start_dim = _v.strict_int(start_dim, "start_dim")
+        self.end_dim = _v.strict_int(end_dim, "end_dim")
         self._shape = None
 
     def forward(self, x):
@@ -369,3 +393,9 @@ class Flatten(Module):
 
     def extra_repr(self) -> str:
         return f"start_dim={self.start_dim}, end_dim={self.end_dim}"
+
+    @classmethod
+    def parameters_from_config(cls, config, children=()):
+        """No parameters; checks ``start_dim`` and ``end_dim`` (see Module)."""
+        cls(**_v.layer_config(config, "Flatten", ("start_dim", "end_dim"), children))
+        return []

@@ -63,13 +63,13 @@ class Linear(Module):
         super().__init__()
         self.in_features = _v.positive_int(in_features, "in_features")
         self.out_features = _v.positive_int(out_features, "out_features")
-        dt = _v.float_dtype(dtype)
-        if init not in _init.INITIALIZERS:
+        dt = _v.strict_float_dtype(dtype)
+        if not isinstance(init, str) or init not in _init.INITIALIZERS:
             raise ValueError(f"init must be one of {sorted(_init.INITIALIZERS)}, got {init!r}")
         self.init = init
         # relocatable: this layer reads weight.data/.grad afresh on every call
         self.weight = Parameter(np.empty((self.out_features, self.in_features), dt), relocatable=True)
-        self.bias = Parameter(np.empty(self.out_features, dt), relocatable=True) if bias else None
+        self.bias = Parameter(np.empty(self.out_features, dt), relocatable=True) if _v.strict_bool(bias, "bias") else None
         self._fcache = {}   # (input shape, activation) -> (W, b, out)
         self._bcache = {}   # (input shape, activation) -> (W, dW, db, grad_input)
         self._saved = [None, None, None]   # x, y, activation of the last forward
@@ -169,3 +169,12 @@ class Linear(Module):
     def extra_repr(self) -> str:
         extra = "" if self.weight.data.dtype == np.float32 else f", dtype={self.weight.data.dtype.name}"
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}{extra}"
+
+    @classmethod
+    def parameters_from_config(cls, config, children=()):
+        """``[(name, shape, dtype name)]`` that ``Linear(**config)`` creates, config checked (see Module)."""
+        c = _v.layer_config(config, "Linear", ("in_features", "out_features", "bias", "dtype", "init"), children)
+        i, o = _v.positive_int(c["in_features"], "in_features"), _v.positive_int(c["out_features"], "out_features")
+        dt = _v.strict_float_dtype(c["dtype"]).name
+        _v.str_choice(c["init"], "init", tuple(_init.INITIALIZERS))
+        return [("weight", (o, i), dt)] + ([("bias", (o,), dt)] if _v.strict_bool(c["bias"], "bias") else [])

@@ -290,3 +290,23 @@ class Module:
             lines.append(")")
             return "\n".join(lines)
         return lines[0] + ")"
+
+    @classmethod
+    def parameters_from_config(cls, config: dict, children=()):
+        """The parameters :meth:`from_config` would create, without creating them.
+
+        Returns a list of ``(name, shape, dtype name)`` for this module's own
+        parameters (not its children's), in the order the module registers
+        them, after checking ``config`` and the child names ``children`` as
+        strictly as the constructor would (``TypeError``/``ValueError``
+        otherwise; unknown and missing config keys are errors).
+        :func:`fastnn.load` calls it to compare a file's architecture with the
+        weights it holds before anything is built or allocated.
+
+        The default returns None, "cannot tell": :func:`fastnn.load` then
+        builds the module from the file's config as it is, once the rest of
+        the file has passed its checks and the byte limit, and compares its
+        parameters afterwards. Override it in a registered layer whose
+        constructor allocates in proportion to its config.
+        """
+        return None

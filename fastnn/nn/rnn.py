@@ -62,11 +62,11 @@ class _RecurrentBase(Module):
         super().__init__()
         self.input_size = _v.positive_int(input_size, "input_size")
         self.hidden_size = _v.positive_int(hidden_size, "hidden_size")
-        dtype = _v.float_dtype(dtype)
+        dtype = _v.strict_float_dtype(dtype)
         self.dtype = dtype
-        self.bias = bool(bias)
-        self.batch_first = bool(batch_first)
-        self.return_state = bool(return_state)
+        self.bias = _v.strict_bool(bias, "bias")
+        self.batch_first = _v.strict_bool(batch_first, "batch_first")
+        self.return_state = _v.strict_bool(return_state, "return_state")
         G, H, I = self._gates, self.hidden_size, self.input_size
         # relocatable: the layer reads .data and .grad afresh at every call.
         self.weight_ih_l0 = Parameter(np.empty((G * H, I), dtype), relocatable=True)
@@ -232,6 +232,18 @@ class _RecurrentBase(Module):
             s += ", return_state=True"
         return s
 
+    @classmethod
+    def parameters_from_config(cls, config, children=()):
+        """``[(name, shape, dtype name)]`` that ``cls(**config)`` creates, config checked (see Module)."""
+        c = _v.layer_config(config, cls._name, ("input_size", "hidden_size", "bias", "batch_first", "dtype",
+                                                "return_state"), children)
+        i, h = _v.positive_int(c["input_size"], "input_size"), _v.positive_int(c["hidden_size"], "hidden_size")
+        _v.strict_bool(c["batch_first"], "batch_first"), _v.strict_bool(c["return_state"], "return_state")
+        dt, g = _v.strict_float_dtype(c["dtype"]).name, cls._gates * h
+        weights = [("weight_ih_l0", (g, i), dt), ("weight_hh_l0", (g, h), dt)]
+        return weights + ([("bias_ih_l0", (g,), dt), ("bias_hh_l0", (g,), dt)] if _v.strict_bool(c["bias"], "bias")
+                          else [])
+
 
 @register_module
 class RNN(_RecurrentBase):
@@ -268,7 +280,7 @@ class RNN(_RecurrentBase):
 
     def __init__(self, input_size, hidden_size, nonlinearity="tanh", bias=True, batch_first=False,
                  dtype=np.float32, return_state=False, rng=None):
-        if nonlinearity not in ops.RNN_NONLINEARITIES:
+        if not isinstance(nonlinearity, str) or nonlinearity not in ops.RNN_NONLINEARITIES:
             raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
         super().__init__(input_size, hidden_size, bias, batch_first, dtype, return_state, rng)
         self.nonlinearity = nonlinearity
@@ -330,6 +342,14 @@ class RNN(_RecurrentBase):
     def extra_repr(self) -> str:
         s = super().extra_repr()
         return s + (", nonlinearity='relu'" if self.nonlinearity == "relu" else "")
+
+    @classmethod
+    def parameters_from_config(cls, config, children=()):
+        """As the other recurrent layers, plus ``nonlinearity`` (see Module)."""
+        c = _v.layer_config(config, "RNN", ("input_size", "hidden_size", "nonlinearity", "bias", "batch_first",
+                                            "dtype", "return_state"), children)
+        _v.str_choice(c["nonlinearity"], "nonlinearity", ops.RNN_NONLINEARITIES)
+        return super().parameters_from_config({k: v for k, v in c.items() if k != "nonlinearity"}, children)
 
 
 @register_module
@@ -453,7 +473,7 @@ class LastTimeStep(Module):
 
     def __init__(self, batch_first=False):
         super().__init__()
-        self.batch_first = bool(batch_first)
+        self.batch_first = _v.strict_bool(batch_first, "batch_first")
         object.__setattr__(self, "_shape", None)
         object.__setattr__(self, "_grad", None)
 
@@ -490,3 +510,9 @@ class LastTimeStep(Module):
 
     def extra_repr(self) -> str:
         return "batch_first=True" if self.batch_first else ""
+
+    @classmethod
+    def parameters_from_config(cls, config, children=()):
+        """No parameters; checks ``batch_first`` (see Module)."""
+        cls(**_v.layer_config(config, "LastTimeStep", ("batch_first",), children))
+        return []

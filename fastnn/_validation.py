@@ -127,3 +127,17 @@ def choice(value, name: str, options: tuple) -> str:
     if value not in options:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, options))}, got {value!r}")
     return value
+
+
+def flag(value, name: str) -> bool:
+    """A real bool (``True``/``False``, NumPy's included); strings and numbers are refused."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise TypeError(f"{name} must be True or False, got {value!r}")
+
+
+def integer(value, name: str) -> int:
+    """An integer (Python's or NumPy's); bools, floats and strings are refused."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    return int(value)

@@ -85,7 +85,8 @@ def test_regression_with_1d_targets_and_scheduler(rng):
     hist = fastnn.fit(model, x, y, loss="mse", optimizer=opt, epochs=60, batch_size=16, progress=False,
                       scheduler=sched)
     assert hist.lr[0] == 0.1 and hist.lr[20] == 0.05 and hist.lr[59] == 0.025
-    assert np.isnan(hist["accuracy"][-1])
+    assert "accuracy" not in hist and list(hist.history) == ["loss"]   # no accuracy for regression
+    assert "accuracy" not in fastnn.evaluate(model, x, y, loss="mse")
     np.testing.assert_allclose(model[0].weight.data, [[3.0]], atol=1e-3)
     np.testing.assert_allclose(model[0].bias.data, [-1.0], atol=1e-3)
     assert fastnn.predict(model, x).shape == (64, 1)
@@ -183,6 +184,11 @@ def test_train_step_allocates_no_arrays_after_warm_up(monkeypatch, rng):
     from fastnn.train import make_train_step
 
     with fastnn.use_backend("numpy"):
+        b = current()
+        monkeypatch.setattr(b, "dense_forward", lambda x, w, bias, act, out: out)
+        monkeypatch.setattr(b, "dense_backward", lambda g, x, w, yy, act, gi, gw, gb: (gi, gw, gb))
+        monkeypatch.setattr(b, "softmax_cross_entropy", lambda z, lab, red, g: (0.0, g))
+        monkeypatch.setattr(b, "sgd_update_many", lambda p, g, v, lr, m, n, wd: None)
         model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))
         loss = nn.CrossEntropyLoss()
         opt = optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
@@ -191,19 +197,16 @@ def test_train_step_allocates_no_arrays_after_warm_up(monkeypatch, rng):
         y = rng.integers(0, 10, 32).astype(np.intp)
         for _ in range(3):
             step(X, y)
-        b = current()
-        monkeypatch.setattr(b, "dense_forward", lambda x, w, bias, act, out: out)
-        monkeypatch.setattr(b, "dense_backward", lambda g, x, w, yy, act, gi, gw, gb: (gi, gw, gb))
-        monkeypatch.setattr(b, "softmax_cross_entropy", lambda z, lab, red, g: (0.0, g))
-        monkeypatch.setattr(b, "sgd_update", lambda p, g, v, lr, m, n, wd: None)
-        step(X, y)
 
         def validated_path(*args, **kwargs):
             raise AssertionError("a warmed-up step went through the validated (slow) path")
 
-        for name in ("dense_forward", "dense_backward", "softmax_cross_entropy", "sgd_update", "relu",
-                     "relu_backward"):
+        for name in ("dense_forward", "dense_backward", "softmax_cross_entropy", "sgd_update", "sgd_update_many",
+                     "relu", "relu_backward"):
             monkeypatch.setattr(fastnn.ops, name, validated_path)
+            for module in (fastnn.ops.dense, fastnn.ops.losses, fastnn.ops.optim, fastnn.ops.activations):
+                if hasattr(module, name):
+                    monkeypatch.setattr(module, name, validated_path)
         step(X, y)
         tracemalloc.start()
         try:

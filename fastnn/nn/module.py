@@ -199,6 +199,9 @@ class Parameter(NDArrayOperatorsMixin):
     def __getitem__(self, index):
         return _readonly(self.data)[index]
 
+    def __setitem__(self, index, value):
+        raise TypeError("a Parameter is read-only as an array: write into p.data instead (p.data[...] = values)")
+
     def __len__(self):
         return len(self.data)
 
@@ -326,8 +329,8 @@ class Module:
         """What the last forward kept for backward (``_ctx``), or a clear error."""
         ctx = self.__dict__.get("_ctx")
         if ctx is None:
-            raise RuntimeError(f"{type(self).__name__}.backward called without a forward pass that kept its "
-                               f"inputs (none yet, or it ran under fastnn.no_grad())")
+            raise RuntimeError(f"{type(self).__name__}.backward called before forward (or after a forward "
+                               f"under fastnn.no_grad(), which keeps nothing for backward)")
         return ctx
 
     # -- parameters ---------------------------------------------------

@@ -392,15 +392,16 @@ class ConvPlan:
         return bound
 
     def _out_shape(self, xs, k):
-        """(O, Ho, Wo) for an input of shape (C, H, W), validated once per shape."""
-        s = self._shapes.get(xs)
+        """(B, O, Ho, Wo) for an input of shape ``xs`` = (B, C, H, W), validated once per (C, H, W)."""
+        key = xs[1:]
+        s = self._shapes.get(key)
         if s is None:
-            s = _conv_shape((1,) + xs, k[4], self.stride, self.padding, self.dilation)[1:]
+            s = _conv_shape(xs, k[4], self.stride, self.padding, self.dilation)[1:]
             shapes = self._shapes
             if len(shapes) >= _MAX_SHAPES:
                 shapes.clear()
-            shapes[xs] = s
-        return s
+            shapes[key] = s
+        return (xs[0],) + s
 
     def forward(self, x):
         """Convolve ``x`` of shape (B, C, H, W); returns (B, O, Ho, Wo)."""
@@ -412,8 +413,7 @@ class ConvPlan:
             k = self._bind()
         dt = k[3]
         if type(x) is _nd and x.dtype is dt and x.flags.c_contiguous and x.ndim == 4 and w.shape == k[4]:
-            xs = x.shape
-            out = _p.output(self, "y", (xs[0],) + self._out_shape(xs[1:], k), dt, x)
+            out = _p.output(self, "y", self._out_shape(x.shape, k), dt, x)
             if out.size == 0:
                 return out
             return k[5](x, w, b, self.stride, self.padding, self.dilation, out)
@@ -438,7 +438,7 @@ class ConvPlan:
             gb = None if db is None else _p.output(self, "acc_b", db.shape, dt)
         if type(grad_out) is _nd and type(x) is _nd and grad_out.dtype is dt and x.dtype is dt \
                 and grad_out.flags.c_contiguous and x.flags.c_contiguous and x.ndim == 4 and w.shape == k[4] \
-                and grad_out.shape == (x.shape[0],) + self._out_shape(x.shape[1:], k) and x.shape[0] > 0:
+                and grad_out.shape == self._out_shape(x.shape, k) and x.shape[0] > 0:
             gin = _p.output(self, "grad_input", x.shape, dt, grad_out) if input_grad else None
             k[6](grad_out, x, w, self.stride, self.padding, self.dilation, gin, gw, gb)
         else:

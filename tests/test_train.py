@@ -254,3 +254,46 @@ def test_training_is_deterministic_across_processes(backend, threads):
     for r in runs:
         assert r.returncode == 0, r.stderr
     assert runs[0].stdout == runs[1].stdout
+
+
+def test_non_finite_data_is_refused_before_training(rng):
+    X = rng.standard_normal((40, 3)).astype(np.float32)
+    X[17, 1] = np.nan
+    y = rng.integers(0, 2, 40)
+    model = nn.Sequential(nn.Linear(3, 2))
+    before = model.state_dict()
+    with pytest.raises(ValueError, match="sample 17"):
+        fastnn.fit(model, X, y, epochs=1, progress=False)
+    yr = rng.standard_normal(40)
+    yr[3] = np.inf
+    with pytest.raises(ValueError, match="y holds NaN or infinite"):
+        fastnn.fit(nn.Sequential(nn.Linear(3, 1)), np.nan_to_num(X), yr, loss="mse", epochs=1, progress=False)
+    for k, v in model.state_dict().items():
+        np.testing.assert_array_equal(v, before[k])
+
+
+def test_diverging_training_stops_with_a_clear_error(backend, rng):
+    X = rng.standard_normal((64, 4)) * 100
+    y = X @ rng.standard_normal((4, 1)) * 100
+    fastnn.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 16, dtype=np.float64), nn.ReLU(), nn.Linear(16, 1, dtype=np.float64))
+    opt = optim.SGD(model.parameters(), lr=10.0)
+    with pytest.raises(fastnn.NonFiniteLossError, match=r"epoch \d+, samples .*learning rate"):
+        fastnn.fit(model, X, y, loss="mse", optimizer=opt, epochs=50, batch_size=8, progress=False)
+    with pytest.warns(RuntimeWarning, match="training stopped"):
+        hist = fastnn.fit(model, X, y, loss="mse", optimizer=opt, epochs=50, batch_size=8, progress=False,
+                          on_nonfinite="warn")
+    assert hist.stopped_nonfinite and hist.epochs < 50
+    with pytest.raises(ValueError, match="on_nonfinite"):
+        fastnn.fit(model, X, y, loss="mse", optimizer=opt, epochs=1, progress=False, on_nonfinite="ignore")
+
+
+def test_non_finite_loss_leaves_the_model_as_it_was(rng):
+    model = nn.Sequential(nn.Linear(3, 2, dtype=np.float64))
+    step = fastnn.make_train_step(model, nn.CrossEntropyLoss(), optim.SGD(model.parameters(), lr=0.1))
+    before = model.state_dict()
+    x = np.full((4, 3), np.inf)
+    with pytest.raises(fastnn.NonFiniteLossError, match="unchanged"):
+        step(x, np.zeros(4, np.intp))
+    for k, v in model.state_dict().items():
+        np.testing.assert_array_equal(v, before[k])

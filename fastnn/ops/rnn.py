@@ -422,13 +422,8 @@ class RecurrentPlan:
         grads = k[2]
         if accumulate:
             grads = tuple(None if g is None else _p.output(self, f"acc{i}", g.shape, dt) for i, g in enumerate(grads))
-        if cell == "rnn":
-            out, extra = saved, ()
-        elif cell == "lstm":
-            out, extra = saved[0], saved[1:]
-        else:
-            out, extra = saved[0], saved[1:]
-        fast = type(x) is _nd and x.ndim == 3 and _is(x, x.shape, dt) and x.shape[2] == I \
+        out, extra = (saved, ()) if cell == "rnn" else (saved[0], saved[1:])
+        fast = type(x) is _nd and x.dtype is dt and x.flags.c_contiguous and x.ndim == 3 and x.shape[2] == I \
             and x.shape[0] > 0 and x.shape[1] > 0
         if fast:
             T, B = x.shape[0], x.shape[1]

@@ -32,7 +32,9 @@ from . import gemm
 from .gemm import get_gemm, set_gemm, use_gemm
 from . import nn, optim
 from .nn.init import manual_seed
-from .train import fit, predict, evaluate, History, EarlyStopping
+from .grad_mode import no_grad, enable_grad, inference_mode, is_grad_enabled
+from .workspace import Workspace, workspace
+from .train import fit, predict, evaluate, make_train_step, History, EarlyStopping, NonFiniteLossError
 from .io import save, load, ModelFileError
 from .gradcheck import gradcheck, GradcheckError
 
@@ -56,7 +58,15 @@ __all__ = [
     "nn",
     "optim",
     "manual_seed",
+    "no_grad",
+    "enable_grad",
+    "inference_mode",
+    "is_grad_enabled",
+    "Workspace",
+    "workspace",
     "fit",
+    "make_train_step",
+    "NonFiniteLossError",
     "predict",
     "evaluate",
     "History",

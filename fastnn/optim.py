@@ -2,7 +2,8 @@
 
 The update rules are PyTorch's (``torch.optim.SGD`` without dampening,
 ``torch.optim.Adam``, ``torch.optim.AdamW``), run by the active backend's
-fused kernels (:func:`fastnn.ops.sgd_update`, :func:`fastnn.ops.adam_update`).
+fused kernels: one :class:`fastnn.ops.UpdatePlan` updates every parameter of
+a dtype in one kernel call.
 
 ::
 
@@ -11,18 +12,20 @@ fused kernels (:func:`fastnn.ops.sgd_update`, :func:`fastnn.ops.adam_update`).
     model.backward(loss_fn.backward())   # fills every p.grad
     opt.step()
 
-Arguments are validated when the optimizer is built and whenever a
-parameter's arrays change; ``step()`` itself then goes straight to the kernel.
+An optimizer never replaces ``param.data``: arrays taken from a parameter
+before or after building it stay the parameter's arrays. Hyper-parameters
+are validated when set; ``step()`` checks only that the parameters still
+hold the arrays it validated.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 
 import numpy as np
 
-from . import _validation as _v
-from .backends import current as _current
+from . import _validation as _v, ops
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "clip_grad_norm",
            "LRScheduler", "StepLR", "CosineAnnealingLR", "ExponentialLR"]
@@ -51,34 +54,32 @@ class Optimizer:
     ----------
     params : iterable of Parameter, or a Module
     lr : float >= 0
-    flatten : bool, default True
-        Move consecutive *relocatable* parameters of one dtype (those of
-        fastnn's built-in layers, see :class:`fastnn.nn.Parameter`) into one
-        contiguous buffer, so that ``step()`` updates them with a single
-        kernel call. Their ``data`` and ``grad`` then become views into that
-        buffer: values are unchanged, but take references to ``param.data``
-        after building the optimizer, not before.
+
+    Attributes
+    ----------
+    params : list of Parameter
+    state : dict of str to list of ndarray
+        The optimizer's state arrays (e.g. ``"velocity"``), one per parameter.
 
     Notes
     -----
-    Subclasses name their state arrays in ``_state_names`` (zero-initialised,
-    one per parameter, in ``self.state[name]``) and implement ``step``
-    over ``self._slots``: ``(members, data, grad, states)`` per contiguous
-    segment, ``members`` being ``(param, data, grad)`` triples whose identity
-    is checked before each update.
+    Subclasses name their state arrays in ``_state_names`` and implement
+    ``_update`` with the bound :class:`fastnn.ops.UpdatePlan`. ``step`` may
+    not run in two threads at once on one optimizer (``RuntimeError``).
     """
 
     _state_names: tuple = ()
 
-    def __init__(self, params, lr, flatten=True):
+    def __init__(self, params, lr):
         self.params = _param_list(params)
         self.lr = lr
-        for p in self.params:
-            self._check(p)
-        self._segments = self._flatten() if flatten else [([i], None, None) for i in range(len(self.params))]
-        # per-parameter state (views into per-segment buffers)
-        self.state = {name: [None] * len(self.params) for name in self._state_names}
-        self._build_slots(self._segments, fresh=True)
+        self._plan = ops.UpdatePlan(self.params, self._state_names)
+        self._plan._check()   # validate now, not at the first step
+        self._step_lock = threading.Lock()
+
+    @property
+    def state(self) -> dict:
+        return self._plan.state
 
     @property
     def lr(self) -> float:
@@ -89,95 +90,31 @@ class Optimizer:
     def lr(self, value):
         self._lr = _v.scalar(value, "lr", low=0.0)
 
-    def _flatten(self):
-        segments = []
-        params = self.params
-        i = 0
-        while i < len(params):
-            j = i + 1
-            if params[i].relocatable:
-                while j < len(params) and params[j].relocatable and params[j].data.dtype == params[i].data.dtype:
-                    j += 1
-            if j - i > 1:
-                group = params[i:j]
-                total = sum(p.data.size for p in group)
-                dt = group[0].data.dtype
-                flat_d = np.empty(total, dt)
-                flat_g = np.zeros(total, dt)
-                off = 0
-                for p in group:
-                    n = p.data.size
-                    d = flat_d[off:off + n].reshape(p.data.shape)
-                    g = flat_g[off:off + n].reshape(p.data.shape)
-                    d[...] = p.data
-                    g[...] = p.grad
-                    p.data, p.grad = d, g
-                    off += n
-                segments.append((list(range(i, j)), flat_d, flat_g))
-            else:
-                segments.append(([i], None, None))
-            i = j
-        return segments
-
-    def _build_slots(self, segments, fresh=False):
-        slots = []
-        for seg, flat_d, flat_g in segments:
-            members = tuple((self.params[k], self.params[k].data, self.params[k].grad) for k in seg)
-            if len(seg) == 1:
-                p = self.params[seg[0]]
-                data, grad = p.data, p.grad
-                states = []
-                for name in self._state_names:
-                    arr = self.state[name][seg[0]]
-                    if arr is None or arr.shape != data.shape or arr.dtype != data.dtype \
-                            or not arr.flags.c_contiguous:
-                        arr = np.zeros_like(data) if arr is None or arr.shape != data.shape \
-                            else np.ascontiguousarray(arr, dtype=data.dtype)
-                        self.state[name][seg[0]] = arr
-                    states.append(arr)
-            else:
-                total = flat_d.size
-                data, grad = flat_d, flat_g
-                states = []
-                for name in self._state_names:
-                    flat = np.zeros(total, data.dtype)
-                    off = 0
-                    for k in seg:
-                        n = self.params[k].data.size
-                        view = flat[off:off + n].reshape(self.params[k].data.shape)
-                        old = self.state[name][k]
-                        if old is not None and old.shape == view.shape:
-                            view[...] = old
-                        self.state[name][k] = view
-                        off += n
-                    states.append(flat)
-            slots.append((members, data, grad, tuple(states)))
-        self._slots = slots
-
-    def _refresh(self):
-        """Some parameter's arrays were replaced: validate again, one slot per parameter."""
-        for p in self.params:
-            self._check(p)
-        self._segments = [([i], None, None) for i in range(len(self.params))]
-        self._build_slots(self._segments)
-
     def zero_grad(self) -> None:
-        """Set every gradient to zero (not needed: ``backward`` overwrites them)."""
+        """Set every gradient to zero (not needed between steps: ``backward`` overwrites them)."""
         for p in self.params:
-            p.grad.fill(0)
-
-    @staticmethod
-    def _check(p):
-        _v.inplace(p.data, "param")
-        if type(p.grad) is not np.ndarray or p.grad.shape != p.data.shape or p.grad.dtype != p.data.dtype \
-                or not p.grad.flags.c_contiguous or not p.grad.flags.writeable:
-            raise ValueError(f"{p!r}: grad must be a writeable C-contiguous array of the parameter's shape and dtype")
-        if np.may_share_memory(p.data, p.grad):
-            raise ValueError(f"{p!r}: data and grad share memory")
+            p.grad[...] = 0
 
     def step(self) -> None:
         """Update every parameter in place from its ``grad``."""
+        if not self._step_lock.acquire(blocking=False):
+            raise RuntimeError(f"{type(self).__name__}.step is already running in another thread")
+        try:
+            self._update()
+        finally:
+            self._step_lock.release()
+
+    def _update(self) -> None:
         raise NotImplementedError
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state.pop("_step_lock", None)
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._step_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(lr={self.lr}, {len(self.params)} parameters)"
@@ -199,36 +136,27 @@ class SGD(Optimizer):
     momentum : float in [0, 1), default 0
     nesterov : bool, default False (needs momentum > 0)
     weight_decay : float >= 0, default 0
-    flatten : bool, default True (see :class:`Optimizer`)
 
     Attributes
     ----------
     velocity : list of ndarray or None, the momentum buffer of each parameter
     """
 
-    def __init__(self, params, lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0, flatten=True):
+    def __init__(self, params, lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0):
         self.momentum = _v.scalar(momentum, "momentum", low=0.0, high=1.0, high_open=True)
         self.weight_decay = _v.scalar(weight_decay, "weight_decay", low=0.0)
-        self.nesterov = bool(nesterov)
+        self.nesterov = _v.strict_bool(nesterov, "nesterov")
         if self.nesterov and self.momentum == 0:
             raise ValueError("nesterov momentum needs momentum > 0")
         self._state_names = ("velocity",) if self.momentum else ()
-        super().__init__(params, lr, flatten)
+        super().__init__(params, lr)
 
     @property
     def velocity(self):
         return self.state["velocity"] if self.momentum else [None] * len(self.params)
 
-    def step(self) -> None:
-        """Update every parameter in place from its ``grad``."""
-        kernel = _current().sgd_update
-        lr, mom, nest, wd = self._lr, self.momentum, self.nesterov, self.weight_decay
-        for members, data, grad, states in self._slots:
-            for p, d, g in members:
-                if p.data is not d or p.grad is not g:
-                    self._refresh()
-                    return self.step()
-            kernel(data, grad, states[0] if states else None, lr, mom, nest, wd)
+    def _update(self) -> None:
+        self._plan.sgd(self._lr, self.momentum, self.nesterov, self.weight_decay)
 
 
 class Adam(Optimizer):
@@ -241,7 +169,6 @@ class Adam(Optimizer):
     betas : (float, float), default (0.9, 0.999)
     eps : float, default 1e-8
     weight_decay : float, default 0
-    flatten : bool, default True (see :class:`Optimizer`)
 
     Attributes
     ----------
@@ -252,14 +179,14 @@ class Adam(Optimizer):
     _decoupled = False
     _state_names = ("exp_avg", "exp_avg_sq")
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, flatten=True):
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
         b1, b2 = betas
         self.betas = (_v.scalar(b1, "beta1", low=0.0, high=1.0, high_open=True),
                       _v.scalar(b2, "beta2", low=0.0, high=1.0, high_open=True))
         self.eps = _v.scalar(eps, "eps", low=0.0, low_open=True)
         self.weight_decay = _v.scalar(weight_decay, "weight_decay", low=0.0)
         self.step_count = 0
-        super().__init__(params, lr, flatten)
+        super().__init__(params, lr)
 
     @property
     def exp_avg(self):
@@ -269,19 +196,10 @@ class Adam(Optimizer):
     def exp_avg_sq(self):
         return self.state["exp_avg_sq"]
 
-    def step(self) -> None:
-        """One Adam step on every parameter."""
-        for members, _, _, _ in self._slots:
-            for p, d, g in members:
-                if p.data is not d or p.grad is not g:
-                    self._refresh()
-                    break
+    def _update(self) -> None:
         self.step_count += 1
-        t = self.step_count
-        kernel = _current().adam_update
-        lr, (b1, b2), eps, wd, dec = self._lr, self.betas, self.eps, self.weight_decay, self._decoupled
-        for members, data, grad, (m, v) in self._slots:
-            kernel(data, grad, m, v, t, lr, b1, b2, eps, wd, dec)
+        b1, b2 = self.betas
+        self._plan.adam(self.step_count, self._lr, b1, b2, self.eps, self.weight_decay, self._decoupled)
 
 
 class AdamW(Adam):
@@ -291,14 +209,14 @@ class AdamW(Adam):
 
     Parameters
     ----------
-    params, lr, betas, eps, flatten : as :class:`Adam`
+    params, lr, betas, eps : as :class:`Adam`
     weight_decay : float, default 0.01 (PyTorch's default)
     """
 
     _decoupled = True
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01, flatten=True):
-        super().__init__(params, lr, betas, eps, weight_decay, flatten)
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01):
+        super().__init__(params, lr, betas, eps, weight_decay)
 
 
 def clip_grad_norm(params, max_norm, eps=1e-6) -> float:

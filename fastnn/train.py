@@ -8,10 +8,13 @@
     history["val_accuracy"][-1]
 
 A training step is forward, loss, backward and the optimizer update. Inputs
-and targets are validated once for the whole data set; each epoch shuffles
-them into two reused arrays, so every minibatch is a contiguous slice and the
-layers' buffers (kept per batch shape) are reused: after the first epoch a
-step allocates only what the kernels themselves need.
+and targets are validated once for the whole data set (dtype, shapes, finite
+values, labels against the model's classes); each epoch shuffles them into
+two reused arrays, so every minibatch is a contiguous slice. The loop owns a
+:class:`fastnn.Workspace`: after the first step a step allocates only what
+the kernels themselves need. :func:`predict` and :func:`evaluate` run under
+:func:`fastnn.no_grad` with a workspace of their own, so they are safe to call
+from several threads on one model.
 
 Determinism: with a fixed ``seed`` (shuffling) and a fixed initialisation
 (``fastnn.manual_seed``), a run repeats bit for bit for a given backend and
@@ -21,33 +24,48 @@ thread count.
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 
+from .grad_mode import inference_mode, no_grad
 from .nn.loss import LOSSES, CrossEntropyLoss, Loss, MSELoss
+from .workspace import Workspace, _active as _active_workspace
 
-__all__ = ["fit", "predict", "evaluate", "History", "EarlyStopping", "make_train_step"]
+__all__ = ["fit", "predict", "evaluate", "History", "EarlyStopping", "make_train_step", "TrainStep",
+           "NonFiniteLossError"]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite (bad data, or a learning rate that diverges)."""
 
 
 class History:
     """Per-epoch metrics of a :func:`fit` run.
 
+    Parameters
+    ----------
+    accuracy : bool, default True
+        Whether the loss has an accuracy (classification); regression
+        histories hold losses only.
+
     Attributes
     ----------
     history : dict of str to list of float
-        ``"loss"``, ``"accuracy"`` and, with validation data, ``"val_loss"``
-        and ``"val_accuracy"``, one value per epoch (accuracy is NaN for
-        regression losses).
+        ``"loss"`` and, for classification, ``"accuracy"``; with validation
+        data also ``"val_loss"`` (and ``"val_accuracy"``): one value per epoch.
     epochs : int, epochs actually run
     stopped_early : bool
+    stopped_nonfinite : bool, training stopped on a NaN/inf loss (``on_nonfinite="warn"``)
     best_epoch : int or None, 0-based epoch of the best monitored value (early stopping)
     lr : list of float, the learning rate of each epoch
     """
 
-    def __init__(self):
-        self.history = {"loss": [], "accuracy": []}
+    def __init__(self, accuracy=True):
+        self.history = {"loss": [], "accuracy": []} if accuracy else {"loss": []}
         self.lr = []
         self.stopped_early = False
+        self.stopped_nonfinite = False
         self.best_epoch = None
 
     @property
@@ -61,7 +79,7 @@ class History:
         return key in self.history
 
     def __repr__(self) -> str:
-        last = {k: round(v[-1], 5) for k, v in self.history.items() if v}
+        last = {k: round(float(v[-1]), 5) for k, v in self.history.items() if v}
         return f"History(epochs={self.epochs}, last={last})"
 
 
@@ -132,23 +150,43 @@ def _resolve_loss(loss, y):
 
 
 def _model_dtype(model):
-    params = model.parameters()
-    return params[0].data.dtype if params else np.dtype(np.float32)
+    for p in model.parameters():
+        return p.data.dtype
+    return np.dtype(np.float32)
+
+
+def _finite_or_raise(a, name):
+    if a.dtype.kind == "f" and not np.isfinite(a).all():
+        bad = np.flatnonzero(~np.isfinite(a.reshape(a.shape[0], -1)).all(axis=1)) if a.ndim else np.array([0])
+        raise ValueError(f"{name} holds NaN or infinite values (first in sample {int(bad[0])}, {bad.size} samples "
+                         f"in all): clean or impute them before training")
 
 
 def _prepare(model, loss, X, y):
-    """Validate a whole data set once: contiguous inputs in the model's dtype, checked targets."""
+    """Validate a whole data set once: contiguous finite inputs in the model's dtype, checked targets."""
     dtype = _model_dtype(model)
     X = np.asarray(X)
     if X.dtype.kind not in "fiub":
         raise TypeError(f"X must be numeric, got dtype {X.dtype}")
     X = np.ascontiguousarray(X, dtype=dtype)
+    if X.ndim == 0:
+        raise ValueError("X must have one row per sample, got a scalar")
     y = loss.prepare_target(y, dtype)
+    if y.ndim == 0:
+        raise ValueError("y must have one entry per sample, got a scalar")
     if X.shape[0] != y.shape[0]:
         raise ValueError(f"X has {X.shape[0]} samples but y has {y.shape[0]}")
     if X.shape[0] == 0:
         raise ValueError("no samples to train on")
-    probe = np.array(model.forward(X[:1]), copy=True)
+    _finite_or_raise(X, "X")
+    _finite_or_raise(y, "y")
+    n_probe = min(2, X.shape[0])
+    with no_grad():
+        probe = np.asarray(model.forward(X[:n_probe]))
+    if probe.ndim == 0 or probe.shape[0] != n_probe:
+        raise ValueError(f"the model maps {n_probe} samples (shape {X[:n_probe].shape}) to an output of shape "
+                         f"{probe.shape}: its output must have one row per sample (a recurrent layer without "
+                         f"batch_first=True reads axis 0 as time)")
     if isinstance(loss, CrossEntropyLoss):
         if probe.ndim != 2:
             raise ValueError(f"CrossEntropyLoss needs (B, C) logits, the model gives shape {probe.shape}")
@@ -160,11 +198,67 @@ def _prepare(model, loss, X, y):
     return X, y
 
 
+_NONFINITE = ("raise", "warn")
+
+
+class TrainStep:
+    """One training step, forward, loss, backward and update: ``step(xb, yb) -> (loss, output)``.
+
+    Built by :func:`make_train_step`; :func:`fit` runs it per minibatch. The
+    step owns a :class:`fastnn.Workspace` for the model, so the returned
+    ``output`` is a buffer that the next step overwrites (copy it to keep
+    it), and calling it while another thread trains the model raises
+    ``RuntimeError``.
+
+    A non-finite loss stops the step before the backward pass, with
+    :class:`NonFiniteLossError`: the model is left as it was before the step.
+    """
+
+    def __init__(self, model, loss, optimizer, clip_grad_norm=None):
+        from .nn.module import Module
+        from .optim import Optimizer
+
+        if not isinstance(model, Module):
+            raise TypeError(f"model must be a fastnn Module, got {type(model).__name__}")
+        if not isinstance(loss, Loss):
+            raise TypeError(f"loss must be a fastnn.nn loss, got {type(loss).__name__}")
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(f"optimizer must be a fastnn.optim optimizer, got {type(optimizer).__name__}")
+        self.model, self.loss, self.optimizer = model, loss, optimizer
+        self.clip_grad_norm = None if clip_grad_norm is None else float(clip_grad_norm)
+        self.workspace = Workspace(model)
+
+    def __call__(self, xb, yb):
+        ws = self.workspace
+        if _active_workspace.get() is ws:   # inside fit: already claimed
+            return self.run(xb, yb)
+        with ws:
+            return self.run(xb, yb)
+
+    def run(self, xb, yb):
+        """The step itself, in whatever workspace is active (``__call__`` enters the step's own)."""
+        out = self.model.forward(xb)
+        value = self.loss.forward(out, yb)
+        if not math.isfinite(value):
+            raise NonFiniteLossError(f"the loss is {value}: the data holds NaN/inf, or the learning rate makes "
+                                     f"training diverge (the model is unchanged by this step)")
+        self.model.backward(self.loss.backward(), input_grad=False)
+        if self.clip_grad_norm is not None:
+            from .optim import clip_grad_norm as _clip
+
+            _clip(self.optimizer.params, self.clip_grad_norm)
+        self.optimizer.step()
+        return value, out
+
+    def __repr__(self) -> str:
+        return f"TrainStep({type(self.model).__name__}, {type(self.loss).__name__}, {type(self.optimizer).__name__})"
+
+
 def make_train_step(model, loss, optimizer, clip_grad_norm=None):
     """The function :func:`fit` runs per minibatch: ``step(xb, yb) -> (loss, output)``.
 
-    ``xb`` and ``yb`` must already be validated (as :func:`fit` does for
-    the whole data set: contiguous, the model's dtype, labels in range).
+    ``xb`` and ``yb`` are one minibatch (the model's dtype; labels in range,
+    else ``ValueError``). See :class:`TrainStep`.
 
     Parameters
     ----------
@@ -174,51 +268,7 @@ def make_train_step(model, loss, optimizer, clip_grad_norm=None):
     clip_grad_norm : float, optional
         Clip the global gradient norm to this before each update.
     """
-    from .optim import clip_grad_norm as _clip
-
-    forward = model.forward
-    loss_fwd = loss._forward_trusted
-    loss_bwd = loss.backward
-    opt_step = optimizer.step
-    try:
-        from .nn.container import Sequential
-        backward_no_input = isinstance(model, Sequential)
-    except ImportError:  # pragma: no cover
-        backward_no_input = False
-    # a bare Conv2d / RNN / LSTM / GRU model skips dL/dx as well
-    backward_no_input = backward_no_input or getattr(model, "backward_takes_input_grad", False)
-    backward = model.backward
-    params = optimizer.params
-
-    if clip_grad_norm is None:
-        if backward_no_input:
-            def step(xb, yb):
-                out = forward(xb)
-                value = loss_fwd(out, yb)
-                backward(loss_bwd(), input_grad=False)
-                opt_step()
-                return value, out
-        else:
-            def step(xb, yb):
-                out = forward(xb)
-                value = loss_fwd(out, yb)
-                backward(loss_bwd())
-                opt_step()
-                return value, out
-    else:
-        max_norm = float(clip_grad_norm)
-
-        def step(xb, yb):
-            out = forward(xb)
-            value = loss_fwd(out, yb)
-            if backward_no_input:
-                backward(loss_bwd(), input_grad=False)
-            else:
-                backward(loss_bwd())
-            _clip(params, max_norm)
-            opt_step()
-            return value, out
-    return step
+    return TrainStep(model, loss, optimizer, clip_grad_norm)
 
 
 def _correct(kind, out, yb):
@@ -231,7 +281,7 @@ def _correct(kind, out, yb):
 
 def fit(model, X, y, loss=None, optimizer=None, epochs=10, batch_size=32, validation_data=None,
         shuffle=True, seed=None, early_stopping=None, progress=True, clip_grad_norm=None,
-        scheduler=None, verbose=False):
+        scheduler=None, verbose=False, on_nonfinite="raise"):
     """Train ``model`` on ``(X, y)`` by minibatch gradient descent.
 
     Parameters
@@ -262,10 +312,25 @@ def fit(model, X, y, loss=None, optimizer=None, epochs=10, batch_size=32, valida
         Stepped once per epoch.
     verbose : bool, default False
         Print one line per epoch (useful with ``progress=False``).
+    on_nonfinite : {"raise", "warn"}, default "raise"
+        What happens when the training loss becomes NaN or infinite (a
+        learning rate that diverges; the data itself is checked before
+        training): raise :class:`NonFiniteLossError`, or warn and stop
+        training, returning the history so far (``history.stopped_nonfinite``).
+        Either way the step that saw the loss does not update the model.
 
     Returns
     -------
     History
+
+    Raises
+    ------
+    ValueError
+        Data with NaN/inf, targets that do not fit the model's output.
+    NonFiniteLossError
+        The loss became NaN/inf during training (``on_nonfinite="raise"``).
+    RuntimeError
+        The model is being trained by another thread.
     """
     from . import optim as _optim
 
@@ -274,6 +339,8 @@ def fit(model, X, y, loss=None, optimizer=None, epochs=10, batch_size=32, valida
     if int(batch_size) != batch_size or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     epochs, batch_size = int(epochs), int(batch_size)
+    if on_nonfinite not in _NONFINITE:
+        raise ValueError(f"on_nonfinite must be one of {_NONFINITE}, got {on_nonfinite!r}")
     loss = _resolve_loss(loss, y)
     if optimizer is None:
         optimizer = _optim.Adam(model.parameters(), lr=1e-3)
@@ -288,10 +355,11 @@ def fit(model, X, y, loss=None, optimizer=None, epochs=10, batch_size=32, valida
     rng = np.random.default_rng(seed)
     step = make_train_step(model, loss, optimizer, clip_grad_norm)
     kind = loss.accuracy_kind
-    history = History()
+    history = History(accuracy=kind is not None)
     if validation_data is not None:
         history.history["val_loss"] = []
-        history.history["val_accuracy"] = []
+        if kind is not None:
+            history.history["val_accuracy"] = []
     if early_stopping is not None:
         early_stopping._start(validation_data is not None)
 
@@ -309,48 +377,57 @@ def fit(model, X, y, loss=None, optimizer=None, epochs=10, batch_size=32, valida
         pred = np.empty(n, np.intp)
     elif kind == "sign":
         pred = np.empty(y.shape, bool)
+    workspace = step.workspace
     try:
-        for epoch in range(epochs):
-            model.train()
-            if shuffle:
-                perm = rng.permutation(n)
-                np.take(X, perm, axis=0, out=Xs)
-                np.take(y, perm, axis=0, out=ys)
-            total = 0.0
-            for i in starts:
-                xb = Xs[i:i + batch_size]
-                yb = ys[i:i + batch_size]
-                value, out = step(xb, yb)
-                total += value * (xb.shape[0] if mean else 1)
-                if kind == "argmax":
-                    argmax(out, 1, pred[i:i + batch_size])   # predictions kept; compared once per epoch
-                elif kind == "sign":
-                    greater(out, 0, pred[i:i + batch_size])
-            history.history["loss"].append(total / n if mean else total)
-            if kind == "argmax":
-                history.history["accuracy"].append(np.count_nonzero(pred == ys) / n)
-            elif kind == "sign":
-                history.history["accuracy"].append(np.count_nonzero(pred == (ys > 0.5)) / ys.size)
-            else:
-                history.history["accuracy"].append(float("nan"))
-            history.lr.append(optimizer.lr)
-            if validation_data is not None:
-                res = evaluate(model, X_val, y_val, loss=loss, _prepared=True)
-                history.history["val_loss"].append(res["loss"])
-                history.history["val_accuracy"].append(res["accuracy"])
+        with workspace:
+            for epoch in range(epochs):
                 model.train()
-            if scheduler is not None:
-                scheduler.step()
-            last = {k: v[-1] for k, v in history.history.items()}
-            if bar is not None:
-                bar.set_postfix({k: f"{v:.4f}" for k, v in last.items() if not (isinstance(v, float) and math.isnan(v))},
-                                refresh=False)
-                bar.update(1)
-            if verbose:
-                print(f"epoch {epoch + 1}/{epochs}: " + "  ".join(f"{k}={v:.4f}" for k, v in last.items()))
-            if early_stopping is not None and early_stopping._update(epoch, history.history, model):
-                history.stopped_early = True
-                break
+                if shuffle:
+                    perm = rng.permutation(n)
+                    np.take(X, perm, axis=0, out=Xs)
+                    np.take(y, perm, axis=0, out=ys)
+                total = 0.0
+                run = step.run
+                try:
+                    for i in starts:
+                        xb = Xs[i:i + batch_size]
+                        yb = ys[i:i + batch_size]
+                        value, out = run(xb, yb)
+                        total += value * (xb.shape[0] if mean else 1)
+                        if kind == "argmax":
+                            argmax(out, 1, pred[i:i + batch_size])   # predictions kept; compared once per epoch
+                        elif kind == "sign":
+                            greater(out, 0, pred[i:i + batch_size])
+                except NonFiniteLossError as exc:
+                    msg = f"epoch {epoch + 1}, samples {i}..{i + xb.shape[0] - 1}: {exc}" + _weights_note(model)
+                    if on_nonfinite == "raise":
+                        raise NonFiniteLossError(msg) from None
+                    warnings.warn(msg + "; training stopped", RuntimeWarning, stacklevel=2)
+                    history.stopped_nonfinite = True
+                    break
+                history.history["loss"].append(total / n if mean else total)
+                if kind == "argmax":
+                    history.history["accuracy"].append(np.count_nonzero(pred == ys) / n)
+                elif kind == "sign":
+                    history.history["accuracy"].append(np.count_nonzero(pred == (ys > 0.5)) / ys.size)
+                history.lr.append(optimizer.lr)
+                if validation_data is not None:
+                    res = evaluate(model, X_val, y_val, loss=loss, _prepared=True)
+                    history.history["val_loss"].append(res["loss"])
+                    if "accuracy" in res:
+                        history.history["val_accuracy"].append(res["accuracy"])
+                    model.train()
+                if scheduler is not None:
+                    scheduler.step()
+                last = {k: v[-1] for k, v in history.history.items() if v}
+                if bar is not None:
+                    bar.set_postfix({k: f"{v:.4f}" for k, v in last.items()}, refresh=False)
+                    bar.update(1)
+                if verbose:
+                    print(f"epoch {epoch + 1}/{epochs}: " + "  ".join(f"{k}={v:.4f}" for k, v in last.items()))
+                if early_stopping is not None and early_stopping._update(epoch, history.history, model):
+                    history.stopped_early = True
+                    break
     finally:
         if bar is not None:
             bar.close()
@@ -360,36 +437,46 @@ def fit(model, X, y, loss=None, optimizer=None, epochs=10, batch_size=32, valida
     return history
 
 
+def _weights_note(model) -> str:
+    bad = [name for name, p in model.named_parameters() if not np.isfinite(p.data).all()]
+    if bad:
+        return f"; parameters already non-finite from earlier steps: {', '.join(bad)}"
+    return "; every parameter is still finite"
+
+
 def predict(model, X, batch_size=256):
-    """Model outputs for ``X``, computed in batches (evaluation mode).
+    """Model outputs for ``X``, computed in batches (evaluation mode, no gradient bookkeeping).
+
+    Safe to call from several threads on one model (each call has its own
+    buffers and writes nothing on the model).
 
     Returns
     -------
-    ndarray of shape (N, ...), a new array (not a layer buffer)
+    ndarray of shape (N, ...), a new array
     """
-    if int(batch_size) != batch_size or batch_size < 1:
+    if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    batch_size = int(batch_size)
     dtype = _model_dtype(model)
+    X = np.asarray(X)
+    if X.dtype.kind not in "fiub":
+        raise TypeError(f"X must be numeric, got dtype {X.dtype}")
     X = np.ascontiguousarray(X, dtype=dtype)
-    was_training = model.training
-    model.eval()
-    try:
-        result = None
-        n = X.shape[0]
+    result = None
+    n = X.shape[0]
+    with inference_mode(), Workspace():
         for i in range(0, n, batch_size):
             out = model.forward(X[i:i + batch_size])
             if result is None:
                 result = np.empty((n,) + out.shape[1:], out.dtype)
             result[i:i + out.shape[0]] = out
         if result is None:
-            result = np.array(model.forward(X[:0]), copy=True) if n == 0 else result
-        return result
-    finally:
-        model.train(was_training)
+            result = np.array(model.forward(X[:0]), copy=True)
+    return result
 
 
 def evaluate(model, X, y, loss=None, batch_size=256, _prepared=False):
-    """Loss and accuracy of ``model`` on ``(X, y)``.
+    """Loss and accuracy of ``model`` on ``(X, y)`` (evaluation mode, no gradient bookkeeping).
 
     Parameters
     ----------
@@ -401,26 +488,28 @@ def evaluate(model, X, y, loss=None, batch_size=256, _prepared=False):
     Returns
     -------
     dict
-        ``{"loss": float, "accuracy": float}`` (accuracy NaN for regression).
+        ``{"loss": float, "accuracy": float}``; regression losses report the
+        loss alone.
     """
+    if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    batch_size = int(batch_size)
     loss = _resolve_loss(loss, y)
     if not _prepared:
         X, y = _prepare(model, loss, X, y)
-    was_training = model.training
-    model.eval()
-    try:
-        total = 0.0
-        correct = counted = 0
-        n = X.shape[0]
+    total = 0.0
+    correct = counted = 0
+    n = X.shape[0]
+    with inference_mode(), Workspace():
         for i in range(0, n, batch_size):
             xb, yb = X[i:i + batch_size], y[i:i + batch_size]
             out = model.forward(xb)
-            value = loss._forward_trusted(out, yb)
+            value = loss.forward(out, yb)
             total += value * (xb.shape[0] if loss.reduction == "mean" else 1)
             c, m = _correct(loss.accuracy_kind, out, yb)
             correct += c
             counted += m
-        return {"loss": total / n if loss.reduction == "mean" else total,
-                "accuracy": correct / counted if counted else float("nan")}
-    finally:
-        model.train(was_training)
+    result = {"loss": total / n if loss.reduction == "mean" else total}
+    if loss.accuracy_kind is not None:
+        result["accuracy"] = correct / counted if counted else float("nan")
+    return result

@@ -83,3 +83,57 @@ def adam_update(cnp.ndarray param, cnp.ndarray grad, cnp.ndarray exp_avg, cnp.nd
             _adam(f32, pp, pg, pm, pv, n, decay, l2, beta1, beta2, lr / bc1, 1.0 / sqrt(bc2), eps)
     else:
         _adam(f32, pp, pg, pm, pv, n, decay, l2, beta1, beta2, lr / bc1, 1.0 / sqrt(bc2), eps)
+
+
+def sgd_update_many(tuple params, tuple grads, object velocities, double lr, double momentum, bint nesterov,
+                    double weight_decay):
+    """sgd_update on each (params[i], grads[i], velocities[i]): one call for a whole model."""
+    cdef Py_ssize_t i, n, count = len(params)
+    cdef cnp.ndarray p
+    cdef void* pp
+    cdef void* pg
+    cdef void* pv
+    cdef bint f32
+    cdef tuple vs = None if (velocities is None or momentum == 0) else <tuple?>velocities
+    for i in range(count):
+        p = <cnp.ndarray?>params[i]
+        n = cnp.PyArray_SIZE(p)
+        f32 = cnp.PyArray_TYPE(p) == cnp.NPY_FLOAT32
+        pp = cnp.PyArray_DATA(p)
+        pg = cnp.PyArray_DATA(<cnp.ndarray?>grads[i])
+        pv = NULL if vs is None else cnp.PyArray_DATA(<cnp.ndarray?>vs[i])
+        if n >= _NOGIL_MIN:
+            with nogil:
+                _sgd(f32, pp, pg, pv, n, lr, momentum, nesterov, weight_decay)
+        else:
+            _sgd(f32, pp, pg, pv, n, lr, momentum, nesterov, weight_decay)
+
+
+def adam_update_many(tuple params, tuple grads, tuple exp_avgs, tuple exp_avg_sqs, long step, double lr,
+                     double beta1, double beta2, double eps, double weight_decay, bint decoupled):
+    """adam_update on each (params[i], grads[i], exp_avgs[i], exp_avg_sqs[i]): one call for a whole model."""
+    cdef Py_ssize_t i, n, count = len(params)
+    cdef double bc1 = 1.0 - beta1 ** step
+    cdef double bc2 = 1.0 - beta2 ** step
+    cdef double decay = 1.0 - lr * weight_decay if decoupled else 1.0
+    cdef double l2 = 0.0 if decoupled else weight_decay
+    cdef double step_size = lr / bc1, isb = 1.0 / sqrt(bc2)
+    cdef cnp.ndarray p
+    cdef void* pp
+    cdef void* pg
+    cdef void* pm
+    cdef void* pv
+    cdef bint f32
+    for i in range(count):
+        p = <cnp.ndarray?>params[i]
+        n = cnp.PyArray_SIZE(p)
+        f32 = cnp.PyArray_TYPE(p) == cnp.NPY_FLOAT32
+        pp = cnp.PyArray_DATA(p)
+        pg = cnp.PyArray_DATA(<cnp.ndarray?>grads[i])
+        pm = cnp.PyArray_DATA(<cnp.ndarray?>exp_avgs[i])
+        pv = cnp.PyArray_DATA(<cnp.ndarray?>exp_avg_sqs[i])
+        if n >= _NOGIL_MIN:
+            with nogil:
+                _adam(f32, pp, pg, pm, pv, n, decay, l2, beta1, beta2, step_size, isb, eps)
+        else:
+            _adam(f32, pp, pg, pm, pv, n, decay, l2, beta1, beta2, step_size, isb, eps)

@@ -164,23 +164,25 @@ def test_layer_errors(backend):
         nn.Conv2d(1, 1, 1).backward(np.ones((1, 1, 1, 1), np.float32))
 
 
-def test_layer_buffers_are_reused_and_results_stay_right(backend, rng):
+def test_layer_outputs_are_fresh_and_results_stay_right(backend, rng):
     conv = nn.Conv2d(2, 3, 3, padding=1, rng=1)
     pool = nn.MaxPool2d(2)
     xs = [rng.standard_normal((4, 2, 8, 8)).astype(np.float32) for _ in range(3)]
-    outs = []
-    for x in xs:
-        y = pool(conv(x))
+    outs = [pool(conv(x)) for x in xs]
+    assert len({id(o) for o in outs}) == 3
+    for x, y in zip(xs, outs):   # earlier results are not overwritten by later calls
         want, _ = ops.max_pool2d_forward(ops.conv2d_forward(x, conv.weight.data, conv.bias.data, 1, 1), 2)
         np.testing.assert_allclose(y, want, **tol(np.float32, 20))
-        outs.append(y)
-    assert outs[0] is outs[2]  # the same buffer, overwritten
     conv.backward(pool.backward(np.ones_like(outs[0])), input_grad=False)
     g1 = conv.weight.grad.copy()
     assert conv.backward(pool.backward(np.ones_like(outs[0])), input_grad=False) is None
     np.testing.assert_allclose(conv.weight.grad, g1, **tol(np.float32))  # overwritten, not accumulated
-    # an integer image is converted to the layer's dtype
-    assert conv(np.ones((1, 2, 8, 8), dtype=np.uint8)).dtype == np.float32
+    with fastnn.workspace(conv):
+        a = conv(xs[0])
+        assert conv(xs[1]) is a   # inside a workspace: one buffer, overwritten
+    # integer images are not cast silently: the message says how to convert
+    with pytest.raises(TypeError, match=r"astype\(np\.float32\)"):
+        conv(np.ones((1, 2, 8, 8), dtype=np.uint8))
 
 
 def test_small_cnn_trains(backend, rng):
@@ -192,7 +194,7 @@ def test_small_cnn_trains(backend, rng):
     b = np.zeros(2, np.float32)
     losses = []
     for _ in range(60):
-        h = flat(pool(np.maximum(conv(x), 0)))
+        h = flat(pool(np.maximum(conv(x), 0)).copy())
         logits = h @ w.T + b
         z = logits - logits.max(1, keepdims=True)
         p = np.exp(z) / np.exp(z).sum(1, keepdims=True)
@@ -203,7 +205,7 @@ def test_small_cnn_trains(backend, rng):
         gh = d @ w
         w -= 0.5 * d.T @ h
         b -= 0.5 * d.sum(0)
-        conv_y = conv._fcache[x.shape][2]
+        conv_y = conv(x)
         gy = pool.backward(flat.backward(gh)) * (conv_y > 0)
         conv.backward(gy.astype(np.float32), input_grad=False)
         conv.weight.data -= 0.5 * conv.weight.grad

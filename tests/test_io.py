@@ -196,7 +196,7 @@ def test_registry_extends_save_load(tmp_path, rng):
             self._x = x
             return x * self.scale.data
 
-        def backward(self, g):
+        def backward(self, g, *, input_grad=True, accumulate=False):
             self.scale.grad[...] = (g * self._x).sum(axis=0)
             return g * self.scale.data
 

@@ -20,7 +20,7 @@ class Square(nn.Module):
         self._x = np.asarray(x)
         return self.weight.data * self._x ** 2
 
-    def backward(self, g):
+    def backward(self, g, *, input_grad=True, accumulate=False):
         x = self._x
         self.weight.grad[...] = (g * x ** 2).sum(axis=0) * (1.1 if self.bug == "param" else 1.0)
         gin = 2 * g * self.weight.data * x

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+import fastnn
 from fastnn import nn
 from conftest import tol
 
@@ -58,12 +59,20 @@ def test_loss_errors():
         nn.MSELoss()(np.zeros((2, 3)), np.zeros((3, 2)))
 
 
-def test_loss_gradient_buffer_reused():
+def test_loss_gradient_is_fresh_outside_a_workspace_and_reused_inside():
     ce = nn.CrossEntropyLoss()
     ce(np.zeros((4, 3), np.float32), np.array([0, 1, 2, 0]))
     g1 = ce.backward()
     ce(np.ones((4, 3), np.float32), np.array([0, 1, 2, 0]))
-    assert ce.backward() is g1
+    g2 = ce.backward()
+    assert g2 is not g1
+    np.testing.assert_allclose(g1[0], [-2 / 12, 1 / 12, 1 / 12], rtol=1e-6)   # not overwritten by the 2nd call
+    with fastnn.workspace():
+        ce(np.zeros((4, 3), np.float32), np.array([0, 1, 2, 0]))
+        g3 = ce.backward()
+        ce(np.ones((4, 3), np.float32), np.array([0, 1, 2, 0]))
+        assert ce.backward() is g3
+    assert ce.backward(2.0)[0, 0] == pytest.approx(2 * g3[0, 0])
 
 
 def test_cross_entropy_fast_path_still_checks_labels(backend):

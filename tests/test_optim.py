@@ -166,8 +166,8 @@ def test_optimizer_accepts_module():
 @pytest.mark.parametrize("name,kwargs", [("SGD", dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01)),
                                          ("Adam", dict(lr=0.01, weight_decay=0.01)),
                                          ("AdamW", dict(lr=0.01))])
-def test_flattened_model_parameters_match_torch(backend, name, kwargs, rng):
-    """Linear parameters are moved into one buffer; the training still follows torch step by step."""
+def test_fused_update_of_a_model_matches_torch(backend, name, kwargs, rng):
+    """All parameters of a dtype are updated by one kernel call; the training follows torch step by step."""
     torch = pytest.importorskip("torch")
     torch.manual_seed(0)
     tm = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.Tanh(), torch.nn.Linear(7, 3)).double()
@@ -175,9 +175,8 @@ def test_flattened_model_parameters_match_torch(backend, name, kwargs, rng):
     model.load_state_dict({k: v.detach().numpy() for k, v in tm.state_dict().items()})
     opt = getattr(optim, name)(model.parameters(), **kwargs)
     topt = getattr(torch.optim, name)(tm.parameters(), **kwargs)
-    assert len(opt._slots) == 1                        # one kernel call per step
     w = model[0].weight.data
-    assert w.base is not None and np.shares_memory(w, model[2].bias.data) is False
+    assert len(opt._plan._check()[2]) == 1             # one group: one kernel call per step
     loss_fn, tloss = nn.MSELoss(), torch.nn.MSELoss()
     for i in range(5):
         x = rng.standard_normal((4, 5))
@@ -192,17 +191,29 @@ def test_flattened_model_parameters_match_torch(backend, name, kwargs, rng):
             np.testing.assert_allclose(model.state_dict()[k], v.numpy(), rtol=1e-12, atol=1e-13, err_msg=k)
         if i == 2:  # a parameter replaced by the user: noticed, state kept, still equal to torch
             model[2].bias.data = model[2].bias.data.copy()
-    assert len(opt._slots) == 4
+    assert model[0].weight.data is w                   # the optimizer never replaces a parameter's array
 
 
-def test_flatten_keeps_values_and_can_be_disabled():
+def test_optimizer_keeps_parameter_arrays():
+    """Arrays taken from parameters before the optimizer is built stay the parameters' arrays."""
     model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
     before = {k: v.copy() for k, v in model.state_dict().items()}
-    w_old = model[0].weight.data
-    optim.SGD(model.parameters(), lr=0.1, flatten=False)
-    assert model[0].weight.data is w_old
-    opt = optim.SGD(model.parameters(), lr=0.1)
-    assert model[0].weight.data is not w_old and len(opt._slots) == 1
+    arrays = [(p.data, p.grad) for p in model.parameters()]
+    opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    for p, (d, g) in zip(model.parameters(), arrays):
+        assert p.data is d and p.grad is g
     for k, v in model.state_dict().items():
         np.testing.assert_array_equal(v, before[k])
-    assert all(p.data.flags.c_contiguous and p.grad.flags.c_contiguous for p in model.parameters())
+    for p in model.parameters():
+        p.grad[...] = 1.0
+    opt.step()
+    np.testing.assert_allclose(arrays[0][0], before["0.weight"] - 0.1)   # updated through the old reference
+    # mixed dtypes: one kernel call per dtype group
+    mixed = [nn.Parameter(np.ones(3, np.float32)), nn.Parameter(np.ones(2)), nn.Parameter(np.ones(4, np.float32))]
+    opt = optim.SGD(mixed, lr=0.5)
+    for p in mixed:
+        p.grad[...] = 1.0
+    opt.step()
+    assert len(opt._plan._check()[2]) == 2
+    for p in mixed:
+        np.testing.assert_array_equal(p.data, 0.5)

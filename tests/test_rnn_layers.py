@@ -52,12 +52,12 @@ def test_layer_matches_torch(backend, dtype, rng, kind, bias, batch_first):
         yt, (hnt, cnt) = tl(xt, (h0t, c0t))
         loss = (yt * torch.tensor(gy)).sum() + (hnt * torch.tensor(ghn)).sum() + (cnt * torch.tensor(gcn)).sum()
         y = layer(x.astype(dtype), (h0.astype(dtype), c0.astype(dtype)))
-        gx = layer.backward(gy.astype(dtype), (ghn.astype(dtype), gcn.astype(dtype)))
+        gx = layer.backward(gy.astype(dtype), grad_state=(ghn.astype(dtype), gcn.astype(dtype)))
     else:
         yt, hnt = tl(xt, h0t)
         loss = (yt * torch.tensor(gy)).sum() + (hnt * torch.tensor(ghn)).sum()
         y = layer(x.astype(dtype), h0.astype(dtype))
-        gx = layer.backward(gy.astype(dtype), ghn.astype(dtype))
+        gx = layer.backward(gy.astype(dtype), grad_state=ghn.astype(dtype))
     loss.backward()
 
     t = dict(rtol=1e-4, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-11)
@@ -95,7 +95,7 @@ def test_layer_gradcheck(backend, rng, kind):
 
     loss()
     grad_state = (G_state, None) if kind == "lstm" else G_state
-    gx = layer.backward(G, grad_state).copy()
+    gx = layer.backward(G, grad_state=grad_state).copy()
     grads = {n: p.grad.copy() for n, p in layer.named_parameters()}
     grad_h0 = layer.grad_h0[0].copy()
     np.testing.assert_allclose(gx, numerical_grad(loss, x), rtol=1e-6, atol=1e-8)
@@ -135,7 +135,7 @@ def test_zero_initial_state_equals_default(backend, rng):
     np.testing.assert_array_equal(y1, y2)
 
 
-def test_return_state_and_buffer_reuse(rng):
+def test_return_state_and_fresh_outputs(rng):
     x = rng.standard_normal((4, 2, 3)).astype(np.float32)
     layer = nn.LSTM(3, 6, return_state=True)
     y, (h_n, c_n) = layer(x)
@@ -144,19 +144,24 @@ def test_return_state_and_buffer_reuse(rng):
     rnn = nn.RNN(3, 6, return_state=True)
     y, h_n = rnn(x)
     np.testing.assert_array_equal(h_n[0], y[-1])
-    plain = nn.RNN(3, 6)
-    a = plain(x)
-    b = plain(x * 2)
-    assert a is b   # the output buffer is reused while the shapes repeat
+    plain = nn.RNN(3, 6, return_state=True)
+    a, ha = plain(x)
+    ha_copy = ha.copy()
+    b, hb = plain(x * 2)
+    assert a is not b and ha is not hb   # every call returns new arrays
+    np.testing.assert_array_equal(ha, ha_copy)   # h_n of an earlier call does not change
+    with fastnn.workspace():
+        c, _ = plain(x)
+        assert plain(x * 2)[0] is c      # inside a workspace: reused
 
 
 def test_gradient_through_final_state_only(backend, rng):
-    """A many-to-one loss on h_n alone: backward(None, grad_state) equals backward of grad on out[-1]."""
+    """A many-to-one loss on h_n alone: backward(None, grad_state=...) equals backward of grad on out[-1]."""
     layer = nn.RNN(3, 5, dtype=np.float64)
     x = rng.standard_normal((6, 2, 3))
     g = rng.standard_normal((2, 5))
     layer(x)
-    gx1 = layer.backward(None, g).copy()
+    gx1 = layer.backward(None, grad_state=g).copy()
     gw1 = layer.weight_hh_l0.grad.copy()
     full = np.zeros((6, 2, 5))
     full[-1] = g

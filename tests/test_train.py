@@ -85,7 +85,8 @@ def test_regression_with_1d_targets_and_scheduler(rng):
     hist = fastnn.fit(model, x, y, loss="mse", optimizer=opt, epochs=60, batch_size=16, progress=False,
                       scheduler=sched)
     assert hist.lr[0] == 0.1 and hist.lr[20] == 0.05 and hist.lr[59] == 0.025
-    assert np.isnan(hist["accuracy"][-1])
+    assert "accuracy" not in hist and list(hist.history) == ["loss"]   # no accuracy for regression
+    assert "accuracy" not in fastnn.evaluate(model, x, y, loss="mse")
     np.testing.assert_allclose(model[0].weight.data, [[3.0]], atol=1e-3)
     np.testing.assert_allclose(model[0].bias.data, [-1.0], atol=1e-3)
     assert fastnn.predict(model, x).shape == (64, 1)
@@ -183,6 +184,11 @@ def test_train_step_allocates_no_arrays_after_warm_up(monkeypatch, rng):
     from fastnn.train import make_train_step
 
     with fastnn.use_backend("numpy"):
+        b = current()
+        monkeypatch.setattr(b, "dense_forward", lambda x, w, bias, act, out: out)
+        monkeypatch.setattr(b, "dense_backward", lambda g, x, w, yy, act, gi, gw, gb: (gi, gw, gb))
+        monkeypatch.setattr(b, "softmax_cross_entropy", lambda z, lab, red, g: (0.0, g))
+        monkeypatch.setattr(b, "sgd_update_many", lambda p, g, v, lr, m, n, wd: None)
         model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))
         loss = nn.CrossEntropyLoss()
         opt = optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
@@ -191,19 +197,16 @@ def test_train_step_allocates_no_arrays_after_warm_up(monkeypatch, rng):
         y = rng.integers(0, 10, 32).astype(np.intp)
         for _ in range(3):
             step(X, y)
-        b = current()
-        monkeypatch.setattr(b, "dense_forward", lambda x, w, bias, act, out: out)
-        monkeypatch.setattr(b, "dense_backward", lambda g, x, w, yy, act, gi, gw, gb: (gi, gw, gb))
-        monkeypatch.setattr(b, "softmax_cross_entropy", lambda z, lab, red, g: (0.0, g))
-        monkeypatch.setattr(b, "sgd_update", lambda p, g, v, lr, m, n, wd: None)
-        step(X, y)
 
         def validated_path(*args, **kwargs):
             raise AssertionError("a warmed-up step went through the validated (slow) path")
 
-        for name in ("dense_forward", "dense_backward", "softmax_cross_entropy", "sgd_update", "relu",
-                     "relu_backward"):
+        for name in ("dense_forward", "dense_backward", "softmax_cross_entropy", "sgd_update", "sgd_update_many",
+                     "relu", "relu_backward"):
             monkeypatch.setattr(fastnn.ops, name, validated_path)
+            for module in (fastnn.ops.dense, fastnn.ops.losses, fastnn.ops.optim, fastnn.ops.activations):
+                if hasattr(module, name):
+                    monkeypatch.setattr(module, name, validated_path)
         step(X, y)
         tracemalloc.start()
         try:
@@ -251,3 +254,46 @@ def test_training_is_deterministic_across_processes(backend, threads):
     for r in runs:
         assert r.returncode == 0, r.stderr
     assert runs[0].stdout == runs[1].stdout
+
+
+def test_non_finite_data_is_refused_before_training(rng):
+    X = rng.standard_normal((40, 3)).astype(np.float32)
+    X[17, 1] = np.nan
+    y = rng.integers(0, 2, 40)
+    model = nn.Sequential(nn.Linear(3, 2))
+    before = model.state_dict()
+    with pytest.raises(ValueError, match="sample 17"):
+        fastnn.fit(model, X, y, epochs=1, progress=False)
+    yr = rng.standard_normal(40)
+    yr[3] = np.inf
+    with pytest.raises(ValueError, match="y holds NaN or infinite"):
+        fastnn.fit(nn.Sequential(nn.Linear(3, 1)), np.nan_to_num(X), yr, loss="mse", epochs=1, progress=False)
+    for k, v in model.state_dict().items():
+        np.testing.assert_array_equal(v, before[k])
+
+
+def test_diverging_training_stops_with_a_clear_error(backend, rng):
+    X = rng.standard_normal((64, 4)) * 100
+    y = X @ rng.standard_normal((4, 1)) * 100
+    fastnn.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 16, dtype=np.float64), nn.ReLU(), nn.Linear(16, 1, dtype=np.float64))
+    opt = optim.SGD(model.parameters(), lr=10.0)
+    with pytest.raises(fastnn.NonFiniteLossError, match=r"epoch \d+, samples .*learning rate"):
+        fastnn.fit(model, X, y, loss="mse", optimizer=opt, epochs=50, batch_size=8, progress=False)
+    with pytest.warns(RuntimeWarning, match="training stopped"):
+        hist = fastnn.fit(model, X, y, loss="mse", optimizer=opt, epochs=50, batch_size=8, progress=False,
+                          on_nonfinite="warn")
+    assert hist.stopped_nonfinite and hist.epochs < 50
+    with pytest.raises(ValueError, match="on_nonfinite"):
+        fastnn.fit(model, X, y, loss="mse", optimizer=opt, epochs=1, progress=False, on_nonfinite="ignore")
+
+
+def test_non_finite_loss_leaves_the_model_as_it_was(rng):
+    model = nn.Sequential(nn.Linear(3, 2, dtype=np.float64))
+    step = fastnn.make_train_step(model, nn.CrossEntropyLoss(), optim.SGD(model.parameters(), lr=0.1))
+    before = model.state_dict()
+    x = np.full((4, 3), np.inf)
+    with pytest.raises(fastnn.NonFiniteLossError, match="unchanged"):
+        step(x, np.zeros(4, np.intp))
+    for k, v in model.state_dict().items():
+        np.testing.assert_array_equal(v, before[k])

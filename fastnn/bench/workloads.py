@@ -300,9 +300,9 @@ def _step_act_backward(p):
 def _train_step(model, loss_fn, opt, x, y):
     """Forward, loss, backward, update: what ``fastnn.fit`` runs per minibatch.
 
-    Uses ``fastnn.train.make_train_step`` (the very step ``fit`` runs, which
-    skips the input gradient of the first layer as PyTorch does for an input
-    that needs no gradient) when this build has it.
+    Uses ``fastnn.train.make_train_step`` (the very step ``fit`` runs, with
+    its workspace, skipping the input gradient of the first layer as PyTorch
+    does for an input that needs no gradient) when this build has it.
     """
     try:
         from fastnn.train import make_train_step
@@ -312,7 +312,6 @@ def _train_step(model, loss_fn, opt, x, y):
         inner = make_train_step(model, loss_fn, opt)
         if hasattr(loss_fn, "prepare_target"):
             y = loss_fn.prepare_target(y, x.dtype)
-        loss_fn(model(x), y)   # the validated path once, as fit does, allocating the buffers
         return lambda: inner(x, y)[0]
 
     def step():
@@ -357,13 +356,15 @@ def _step_rnn(p):
     target = 0.5 * _randn(rng, p["t"], p["b"], p["h"])
     grad = np.empty_like(target)
     mse = fastnn.ops.mse_loss
+    ws = _workspace(fastnn, rnn)
 
     def step():
-        out = _first(rnn(x))
-        loss, _ = mse(out, target, grad=grad)
-        # the first layer: no dL/dx, as in fit() and as PyTorch does for an input needing no gradient
-        rnn.backward(grad, input_grad=False)
-        opt.step()
+        with ws:   # buffers reused across steps, as in fit()
+            out = _first(rnn(x))
+            loss, _ = mse(out, target, grad=grad)
+            # the first layer: no dL/dx, as in fit() and as PyTorch does for an input needing no gradient
+            rnn.backward(grad, input_grad=False)
+            opt.step()
         return loss
     return step
 
@@ -376,13 +377,23 @@ def _step_lstm(p):
     target = 0.5 * _randn(rng, p["t"], p["b"], p["h"])
     grad = np.empty_like(target)
     mse = fastnn.ops.mse_loss
+    ws = _workspace(fastnn, lstm)
 
     def step():
-        out = _first(lstm(x))
-        loss, _ = mse(out, target, grad=grad)
-        lstm.backward(grad, input_grad=False)   # first layer: no dL/dx (as the PyTorch anchor)
+        with ws:
+            out = _first(lstm(x))
+            loss, _ = mse(out, target, grad=grad)
+            lstm.backward(grad, input_grad=False)   # first layer: no dL/dx (as the PyTorch anchor)
         return loss
     return step
+
+
+def _workspace(fastnn, model):
+    """The workspace a training loop owns (builds without workspaces reused layer buffers instead)."""
+    import contextlib
+
+    make = getattr(fastnn, "workspace", None)
+    return make(model) if make is not None else contextlib.nullcontext()
 
 
 def _step_conv3x3(p):

@@ -71,10 +71,10 @@ def build_model(cell, hidden, rng, dtype=np.float32):
             T, B, H = h.shape
             return self.head(h.reshape(T * B, H)).reshape(T, B, 1)
 
-        def backward(self, grad):
+        def backward(self, grad, *, input_grad=True, accumulate=False):
             T, B, _ = grad.shape
-            gh = self.head.backward(grad.reshape(T * B, 1))
-            return self.rnn.backward(gh.reshape(T, B, -1))
+            gh = self.head.backward(grad.reshape(T * B, 1), accumulate=accumulate)
+            return self.rnn.backward(gh.reshape(T, B, -1), input_grad=input_grad, accumulate=accumulate)
 
     return SequenceRegressor()
 

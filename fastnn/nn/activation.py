@@ -1,72 +1,51 @@
 """Activation layers: ReLU, LeakyReLU, Sigmoid, Tanh, Softmax.
 
-Each keeps its forward output ``y`` (every derivative here is a function of
-``y``) and reuses its output and gradient buffers while the input shape
-repeats; the returned arrays are overwritten by the next call of the same
-shape. Inside :class:`~fastnn.nn.Sequential`, ReLU, Sigmoid and Tanh right
-after a :class:`~fastnn.nn.Linear` are fused into the dense kernel instead.
+Each keeps its forward output ``y`` for backward (every derivative here is a
+function of ``y``) and reaches its kernels through one
+:class:`fastnn.ops.ActivationPlan`. Inside :class:`~fastnn.nn.Sequential`,
+ReLU, Sigmoid and Tanh right after a :class:`~fastnn.nn.Linear` are fused
+into the dense kernel instead. Input: float32 or float64, any shape.
 """
 
 from __future__ import annotations
 
-import numpy as np
-
 from .. import _validation as _v, ops
-from ..backends import current as _current
-from .module import Module, register_module, remember
+from ..grad_mode import _enabled as _grad_enabled
+from .module import Module, register_module
 
 __all__ = ["ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Softmax"]
 
-_ndarray = np.ndarray
-
 
 class _Activation(Module):
-    """Shared machinery: buffers by shape, fast path to the kernel."""
+    """Shared machinery: one bound kernel pair, the output kept for backward."""
 
-    #: kernel names in the ops/backends
-    _fwd_name = ""
-    _bwd_name = ""
+    #: kind understood by ``ops.ActivationPlan``
+    _kind = ""
     #: name understood by ``dense_forward(activation=...)`` if fusable
     fused_activation = None
 
     def __init__(self):
         super().__init__()
-        self._fbuf = {}   # input shape -> output buffer (per dtype in the key)
-        self._bbuf = {}
-        self._y = [None]
+        self._reset_transient()
 
-    def _extra(self):
+    _transient = ("_plan",)
+
+    def _plan_args(self):
         return ()
 
+    def _reset_transient(self):
+        self.__dict__["_plan"] = ops.ActivationPlan(self._kind, *self._plan_args())
+        self.__dict__["_ctx"] = None
+
     def forward(self, x):
-        if type(x) is _ndarray and x.flags.c_contiguous:
-            key = (x.shape, x.dtype)
-            out = self._fbuf.get(key)
-            if out is not None and out is not x:
-                y = getattr(_current(), self._fwd_name)(x, *self._extra(), out)
-                self._y[0] = y
-                return y
-        x = np.asarray(x)
-        out = np.empty(x.shape, x.dtype if x.dtype.kind == "f" else np.float64)
-        y = getattr(ops, self._fwd_name)(x, *self._extra(), out=out)
-        if x.flags.c_contiguous and x.dtype == out.dtype:
-            remember(self._fbuf, (x.shape, x.dtype), out)
-        self._y[0] = y
+        y = self._plan.forward(x)
+        if _grad_enabled.get():
+            self.__dict__["_ctx"] = y
         return y
 
-    def backward(self, grad_out):
-        y = self._y[0]
-        if y is None:
-            raise RuntimeError(f"{type(self).__name__}.backward called before forward")
-        if type(grad_out) is _ndarray and grad_out.flags.c_contiguous and grad_out.dtype is y.dtype \
-                and grad_out.shape == y.shape:
-            out = self._bbuf.get((y.shape, y.dtype))
-            if out is not None and out is not grad_out:
-                return getattr(_current(), self._bwd_name)(grad_out, y, *self._extra(), out)
-        out = np.empty(y.shape, y.dtype)
-        g = getattr(ops, self._bwd_name)(grad_out, y, *self._extra(), out=out)
-        remember(self._bbuf, (y.shape, y.dtype), out)
-        return g
+    def backward(self, grad_output, *, input_grad=True, accumulate=False):
+        """dL/dx from dL/dy (no parameters: ``accumulate`` changes nothing)."""
+        return self._plan.backward(grad_output, self._saved())
 
     def get_config(self) -> dict:
         return {}
@@ -82,7 +61,7 @@ class _Activation(Module):
 class ReLU(_Activation):
     """``y = max(x, 0)`` elementwise (NaN propagates)."""
 
-    _fwd_name, _bwd_name = "relu", "relu_backward"
+    _kind = "relu"
     fused_activation = "relu"
 
 
@@ -90,7 +69,7 @@ class ReLU(_Activation):
 class Sigmoid(_Activation):
     """``y = 1 / (1 + exp(−x))`` elementwise."""
 
-    _fwd_name, _bwd_name = "sigmoid", "sigmoid_backward"
+    _kind = "sigmoid"
     fused_activation = "sigmoid"
 
 
@@ -98,7 +77,7 @@ class Sigmoid(_Activation):
 class Tanh(_Activation):
     """``y = tanh(x)`` elementwise."""
 
-    _fwd_name, _bwd_name = "tanh", "tanh_backward"
+    _kind = "tanh"
     fused_activation = "tanh"
 
 
@@ -111,18 +90,14 @@ class LeakyReLU(_Activation):
     negative_slope : float, default 0.01, must be >= 0
     """
 
-    _fwd_name, _bwd_name = "leaky_relu", "leaky_relu_backward"
+    _kind = "leaky_relu"
 
     def __init__(self, negative_slope=0.01):
+        self.__dict__["negative_slope"] = _v.strict_real(negative_slope, "negative_slope", low=0.0)
         super().__init__()
-        slope = _v.strict_real(negative_slope, "negative_slope")
-        if not slope >= 0:
-            raise ValueError(f"negative_slope must be >= 0, got {negative_slope!r}")
-        self.negative_slope = slope
-        self._args = (slope,)
 
-    def _extra(self):
-        return self._args
+    def _plan_args(self):
+        return (self.negative_slope,)
 
     def get_config(self) -> dict:
         return {"negative_slope": self.negative_slope}
@@ -151,13 +126,13 @@ class Softmax(_Activation):
         Only the last axis (``-1`` or ``1``) is supported.
     """
 
-    _fwd_name, _bwd_name = "softmax", "softmax_backward"
+    _kind = "softmax"
 
     def __init__(self, dim=-1):
         super().__init__()
         if _v.strict_int(dim, "dim") not in (-1, 1):
             raise ValueError(f"Softmax supports only the last axis of a (B, C) input (dim=-1 or 1), got dim={dim!r}")
-        self.dim = dim
+        self.dim = int(dim)
 
     def get_config(self) -> dict:
         return {"dim": self.dim}

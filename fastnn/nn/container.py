@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-
 from .. import _validation as _v
 from .linear import Linear
 from .module import Module, register_module
@@ -11,33 +9,13 @@ from .module import Module, register_module
 __all__ = ["Sequential"]
 
 
-class _FusedDense:
-    """A Linear followed by a fusable activation, run as one dense kernel.
+def _fused_forward(linear, activation):
+    forward = linear._forward
 
-    Both modules stay in the Sequential (so parameter names keep PyTorch's
-    indices, ``"0.weight"``, ``"2.weight"``); only the computation is fused.
-    """
+    def step(x):
+        return forward(x, activation)
 
-    __slots__ = ("linear", "activation", "forward", "backward_grad")
-
-    def __init__(self, linear, activation):
-        self.linear = linear
-        self.activation = activation
-        fwd = linear._forward
-        bwd = linear._backward
-
-        def forward(x, _fwd=fwd, _act=activation):
-            return _fwd(x, _act)
-
-        def backward_grad(g, input_grad=True, _bwd=bwd):
-            return _bwd(g, input_grad)
-
-        self.forward = forward
-        self.backward_grad = backward_grad
-
-
-def _backward_kw(backward, g, input_grad=True):
-    return backward(g, input_grad=input_grad)
+    return step
 
 
 @register_module
@@ -65,6 +43,7 @@ class Sequential(Module):
 
     def __init__(self, *modules):
         super().__init__()
+        self._reset_transient()
         if len(modules) == 1 and isinstance(modules[0], (list, tuple)):
             modules = tuple(modules[0])
         for i, m in enumerate(modules):
@@ -75,7 +54,7 @@ class Sequential(Module):
     def __setattr__(self, name, value):
         super().__setattr__(name, value)
         if isinstance(value, Module):
-            object.__setattr__(self, "_plan", None)
+            self.__dict__["_run"] = None
 
     # -- list-like access ----------------------------------------------
     def __len__(self):
@@ -100,68 +79,56 @@ class Sequential(Module):
         return self
 
     # -- plan -------------------------------------------------------------
-    def _build_plan(self):
+    _transient = ("_run",)
+
+    def _reset_transient(self):
+        self.__dict__["_run"] = None
+        self.__dict__["_ctx"] = None
+
+    def _build_run(self):
+        """(forward steps, backward modules last to first): Linear + activation fused into one step."""
         mods = list(self._modules.values())
         fwd, bwd = [], []
-        first_bwd = None
         i = 0
         while i < len(mods):
             m = mods[i]
             nxt = mods[i + 1] if i + 1 < len(mods) else None
             act = getattr(nxt, "fused_activation", None) if type(m) is Linear else None
             if act is not None:
-                step = _FusedDense(m, act)
-                fwd.append(step.forward)
-                bwd.append(step.backward_grad)
-                if i == 0:
-                    first_bwd = step.backward_grad
+                fwd.append(_fused_forward(m, act))   # the Linear's backward covers the activation
                 i += 2
             else:
                 fwd.append(m.forward)
-                if type(m) is Linear:
-                    bwd.append(m._backward)
-                    if i == 0:
-                        first_bwd = m._backward
-                else:
-                    bwd.append(m.backward)
-                    if i == 0 and getattr(m, "backward_takes_input_grad", False):
-                        # Conv2d, RNN, LSTM, GRU: backward(..., input_grad=...) by keyword
-                        first_bwd = functools.partial(_backward_kw, m.backward)
                 i += 1
-        bwd.reverse()
-        # (forward steps, backward steps except the first module, first module's
-        # backward taking input_grad, or None)
-        if first_bwd is not None:
-            plan = (tuple(fwd), tuple(bwd[:-1]), first_bwd, None)
-        else:
-            plan = (tuple(fwd), tuple(bwd[:-1]), None, bwd[-1] if bwd else None)
-        object.__setattr__(self, "_plan", plan)
-        return plan
+            bwd.append(m.backward)
+        run = (tuple(fwd), tuple(reversed(bwd)))
+        self.__dict__["_run"] = run
+        return run
 
     def forward(self, x):
-        plan = self.__dict__.get("_plan") or self._build_plan()
-        for f in plan[0]:
+        run = self.__dict__.get("_run") or self._build_run()
+        for f in run[0]:
             x = f(x)
         return x
 
-    def backward(self, grad_out, input_grad=True):
-        """Backpropagate ``grad_out`` through every child, last to first.
+    def backward(self, grad_output, *, input_grad=True, accumulate=False):
+        """Backpropagate ``grad_output`` through every child, last to first.
 
         Parameters
         ----------
-        grad_out : ndarray, dL/d(output)
+        grad_output : ndarray, dL/d(output)
         input_grad : bool, default True
             False skips the first layer's input gradient where it can (a
             training step does not need dL/dx) and returns None then.
+        accumulate : bool, default False
+            Add into every ``param.grad`` instead of overwriting.
         """
-        plan = self.__dict__.get("_plan") or self._build_plan()
-        g = grad_out
-        for b in plan[1]:
-            g = b(g)
-        if plan[2] is not None:
-            return plan[2](g, input_grad)
-        if plan[3] is not None:
-            return plan[3](g)
+        run = self.__dict__.get("_run") or self._build_run()
+        steps = run[1]
+        g = grad_output
+        last = len(steps) - 1
+        for i, b in enumerate(steps):
+            g = b(g, input_grad=input_grad or i < last, accumulate=accumulate)
         return g
 
     def get_config(self) -> dict:

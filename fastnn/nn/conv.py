@@ -4,14 +4,9 @@ Images are NCHW: (B, C, H, W). Names, shapes, defaults and initialisation
 follow PyTorch, so ``state_dict`` keys (``weight`` of shape (O, C, kH, kW),
 ``bias`` of shape (O,)) move between the two libraries unchanged.
 
-Buffers: a layer owns its output and input-gradient arrays and reuses them
-while the input shape repeats, so a training loop allocates nothing after its
-first step. The array returned by ``forward`` or ``backward`` is therefore
-overwritten by the next call with the same shape: copy it to keep it.
-
-Fast path: the first call with a given input shape goes through the
-validated op in :mod:`fastnn.ops`; later calls with the same shape, dtype and
-parameter arrays call the active backend's kernel directly.
+Each layer reaches its kernels through one bound plan
+(:class:`fastnn.ops.ConvPlan`, :class:`fastnn.ops.PoolPlan`) and returns new
+arrays, or the buffers of the active :class:`fastnn.Workspace`.
 """
 
 from __future__ import annotations
@@ -21,13 +16,11 @@ import math
 import numpy as np
 
 from .. import _validation as _v, ops
-from ..backends import current as _current
+from ..grad_mode import _enabled as _grad_enabled
 from .init import get_rng as _get_rng
-from .module import Module, Parameter, register_module, remember
+from .module import Module, Parameter, register_module
 
 __all__ = ["Conv2d", "MaxPool2d", "AvgPool2d", "Flatten"]
-
-_ndarray = np.ndarray
 
 
 def _pair(value, name, low):
@@ -45,15 +38,8 @@ def _pair(value, name, low):
     return (int(pair[0]), int(pair[1]))
 
 
-
-
-def _as_input(x, dtype, layer):
-    x = np.asarray(x)
-    if x.dtype.kind in "iub":
-        x = x.astype(dtype)  # integer pixels are converted; floats of another dtype are an error
-    if x.ndim != 4:
-        raise ValueError(f"{layer} expects a 4-D input (batch, channels, height, width), got shape {x.shape}")
-    return np.ascontiguousarray(x)
+def _shape_of(x):
+    return x.shape if type(x) is np.ndarray else np.shape(x)
 
 
 def _fmt(pair):
@@ -93,9 +79,6 @@ class Conv2d(Module):
     ``Ho = (H + 2·pH - dH·(kH - 1) - 1) // sH + 1`` (same for W).
     """
 
-    #: backward(grad, input_grad=False) skips dL/dx (Sequential uses it for a first layer)
-    backward_takes_input_grad = True
-
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, bias=True,
                  dtype=np.float32, rng=None):
         super().__init__()
@@ -106,15 +89,16 @@ class Conv2d(Module):
         self.padding = _pair(padding, "padding", 0)
         self.dilation = _pair(dilation, "dilation", 1)
         dt = _v.strict_float_dtype(dtype)
-        # relocatable: the optimizer may pack these into its one flat buffer (this
-        # layer reads weight.data/.grad afresh on every call)
-        self.weight = Parameter(np.empty((self.out_channels, self.in_channels) + self.kernel_size, dt),
-                                relocatable=True)
-        self.bias = Parameter(np.empty(self.out_channels, dt), relocatable=True) if _v.strict_bool(bias, "bias") else None
-        self._fcache = {}     # input shape -> (weight, bias, out)
-        self._bcache = {}     # (input shape, input_grad) -> (weight, grad_weight, grad_bias, grad_input, output shape)
-        self._x = None
+        self.weight = Parameter(np.empty((self.out_channels, self.in_channels) + self.kernel_size, dt))
+        self.bias = Parameter(np.empty(self.out_channels, dt)) if _v.strict_bool(bias, "bias") else None
+        self._reset_transient()
         self.reset_parameters(rng)
+
+    _transient = ("_plan",)
+
+    def _reset_transient(self):
+        self.__dict__["_plan"] = ops.ConvPlan(self.weight, self.bias, self.stride, self.padding, self.dilation)
+        self.__dict__["_ctx"] = None
 
     def reset_parameters(self, rng=None):
         """Draw new initial values, as PyTorch does."""
@@ -133,55 +117,34 @@ class Conv2d(Module):
 
     def forward(self, x):
         """Convolve ``x`` of shape (B, C, H, W); returns (B, O, Ho, Wo)."""
-        w = self.weight.data
-        b = None if self.bias is None else self.bias.data
-        if type(x) is _ndarray and x.flags.c_contiguous and x.dtype is w.dtype:
-            c = self._fcache.get(x.shape)
-            if c is not None and c[0] is w and c[1] is b and x is not c[2]:
-                self._x = x
-                return _current().conv2d_forward(x, w, b, self.stride, self.padding, self.dilation, c[2])
-        x = _as_input(x, w.dtype, "Conv2d")
-        shape = ops.conv2d_output_shape(x.shape, w.shape, self.stride, self.padding, self.dilation)
-        out = np.empty(shape, w.dtype)
-        y = ops.conv2d_forward(x, w, b, self.stride, self.padding, self.dilation, out=out)
-        if x.dtype == w.dtype:
-            remember(self._fcache, x.shape, (w, b, out))
-        self._x = x
+        try:
+            y = self._plan.forward(x)
+        except TypeError as exc:
+            raise self._input_error(x, exc) from None
+        if _grad_enabled.get():
+            self.__dict__["_ctx"] = x
         return y
 
-    def backward(self, grad_out, input_grad=True):
+    def backward(self, grad_output, *, input_grad=True, accumulate=False):
         """Fill ``weight.grad`` (and ``bias.grad``); return dL/dx (None if ``input_grad=False``)."""
-        x = self._x
-        if x is None:
-            raise RuntimeError("Conv2d.backward called before forward")
-        w = self.weight.data
-        dw = self.weight.grad
-        db = None if self.bias is None else self.bias.grad
-        key = (x.shape, bool(input_grad))
-        if type(grad_out) is _ndarray and grad_out.flags.c_contiguous and grad_out.dtype is w.dtype:
-            c = self._bcache.get(key)
-            if c is not None and c[0] is w and c[1] is dw and c[2] is db and grad_out is not c[3] \
-                    and grad_out.shape == c[4]:
-                return _current().conv2d_backward(grad_out, x, w, self.stride, self.padding, self.dilation,
-                                                  c[3], dw, db)[0]
-        if dw.shape != w.shape or dw.dtype != w.dtype:
-            dw = self.weight.grad = np.zeros_like(w)
-        if db is not None and (db.shape != self.bias.data.shape or db.dtype != w.dtype):
-            db = self.bias.grad = np.zeros_like(self.bias.data)
-        gin = np.empty(x.shape, w.dtype) if input_grad else None
-        gin, _, _ = ops.conv2d_backward(grad_out, x, w, self.stride, self.padding, self.dilation,
-                                        bias=db is not None, input_grad=input_grad, grad_input=gin,
-                                        grad_weight=dw, grad_bias=db)
-        f = self._fcache.get(x.shape)
-        if f is not None:
-            remember(self._bcache, key, (w, dw, db, gin, f[2].shape))
-        return gin
+        return self._plan.backward(grad_output, self._saved(), input_grad=input_grad, accumulate=accumulate)
 
     def get_config(self) -> dict:
         return {"in_channels": self.in_channels, "out_channels": self.out_channels,
                 "kernel_size": list(self.kernel_size), "stride": list(self.stride),
                 "padding": list(self.padding), "dilation": list(self.dilation),
                 "bias": self.bias is not None, "dtype": self.weight.data.dtype.name}
+
+    @classmethod
+    def parameters_from_config(cls, config, children=()):
+        """``[(name, shape, dtype name)]`` that ``Conv2d(**config)`` creates, config checked (see Module)."""
+        c = _v.layer_config(config, "Conv2d", ("in_channels", "out_channels", "kernel_size", "stride", "padding",
+                                               "dilation", "bias", "dtype"), children)
+        i, o = _v.positive_int(c["in_channels"], "in_channels"), _v.positive_int(c["out_channels"], "out_channels")
+        k = _pair(c["kernel_size"], "kernel_size", 1)
+        _pair(c["stride"], "stride", 1), _pair(c["padding"], "padding", 0), _pair(c["dilation"], "dilation", 1)
+        dt = _v.strict_float_dtype(c["dtype"]).name
+        return [("weight", (o, i) + k, dt)] + ([("bias", (o,), dt)] if _v.strict_bool(c["bias"], "bias") else [])
 
     def extra_repr(self) -> str:
         s = f"{self.in_channels}, {self.out_channels}, kernel_size={_fmt(self.kernel_size)}"
@@ -197,28 +160,26 @@ class Conv2d(Module):
             s += f", dtype={self.weight.data.dtype.name}"
         return s
 
-    @classmethod
-    def parameters_from_config(cls, config, children=()):
-        """``[(name, shape, dtype name)]`` that ``Conv2d(**config)`` creates, config checked (see Module)."""
-        c = _v.layer_config(config, "Conv2d", ("in_channels", "out_channels", "kernel_size", "stride", "padding",
-                                               "dilation", "bias", "dtype"), children)
-        i, o = _v.positive_int(c["in_channels"], "in_channels"), _v.positive_int(c["out_channels"], "out_channels")
-        k = _pair(c["kernel_size"], "kernel_size", 1)
-        _pair(c["stride"], "stride", 1), _pair(c["padding"], "padding", 0), _pair(c["dilation"], "dilation", 1)
-        dt = _v.strict_float_dtype(c["dtype"]).name
-        return [("weight", (o, i) + k, dt)] + ([("bias", (o,), dt)] if _v.strict_bool(c["bias"], "bias") else [])
-
 
 class _Pool2d(Module):
-    def __init__(self, kernel_size, stride=None, padding=0):
+    _kind = ""
+
+    def __init__(self, kernel_size, stride=None, padding=0, count_include_pad=True):
         super().__init__()
         self.kernel_size = _pair(kernel_size, "kernel_size", 1)
         self.stride = self.kernel_size if stride is None else _pair(stride, "stride", 1)
         self.padding = _pair(padding, "padding", 0)
         if self.padding[0] > self.kernel_size[0] // 2 or self.padding[1] > self.kernel_size[1] // 2:
             raise ValueError(f"padding {self.padding} must be at most half the kernel size {self.kernel_size}")
-        self._cache = {}     # (input shape, dtype) -> buffers
-        self._shape = None   # (input shape, dtype) of the last forward
+        self.count_include_pad = _v.strict_bool(count_include_pad, "count_include_pad")
+        self._reset_transient()
+
+    _transient = ("_plan",)
+
+    def _reset_transient(self):
+        self.__dict__["_plan"] = ops.PoolPlan(self._kind, self.kernel_size, self.stride, self.padding,
+                                              self.count_include_pad)
+        self.__dict__["_ctx"] = None
 
     def output_shape(self, input_shape):
         """Output shape for an input shape (``ValueError`` if the input is too small)."""
@@ -251,36 +212,22 @@ class MaxPool2d(_Pool2d):
     Shapes: input (B, C, H, W), output (B, C, Ho, Wo).
     """
 
+    _kind = "max"
+
+    def __init__(self, kernel_size, stride=None, padding=0):
+        super().__init__(kernel_size, stride, padding)
+
     def forward(self, x):
         """Max over each window of ``x`` (B, C, H, W)."""
-        if not (type(x) is _ndarray and x.flags.c_contiguous):
-            x = _as_input(x, np.float32, "MaxPool2d")
-        key = (x.shape, x.dtype)
-        c = self._cache.get(key)
-        if c is None:
-            if x.ndim != 4 or x.dtype.kind != "f":
-                x = _as_input(x, np.float32, "MaxPool2d")
-                key = (x.shape, x.dtype)
-            shape = ops.pool2d_output_shape(x.shape, self.kernel_size, self.stride, self.padding)
-            out, idx = ops.max_pool2d_forward(x, self.kernel_size, self.stride, self.padding,
-                                              out=np.empty(shape, x.dtype), indices=np.empty(shape, np.int64))
-            c = remember(self._cache, key, [out, idx, None])
-        else:
-            _current().max_pool2d_forward(x, self.kernel_size, self.stride, self.padding, c[0], c[1])
-        self._shape = key
-        return c[0]
+        y, indices = self._plan.forward(x)
+        if _grad_enabled.get():
+            self.__dict__["_ctx"] = (_shape_of(x), indices)
+        return y
 
-    def backward(self, grad_out):
+    def backward(self, grad_output, *, input_grad=True, accumulate=False):
         """Route each gradient to the maximum it came from; returns dL/dx (B, C, H, W)."""
-        if self._shape is None:
-            raise RuntimeError("MaxPool2d.backward called before forward")
-        c = self._cache[self._shape]
-        if c[2] is not None and type(grad_out) is _ndarray and grad_out.flags.c_contiguous \
-                and grad_out.dtype is c[0].dtype and grad_out.shape == c[0].shape:
-            return _current().max_pool2d_backward(grad_out, c[1], c[2])
-        gin = np.empty(self._shape[0], self._shape[1])
-        c[2] = ops.max_pool2d_backward(grad_out, c[1], self._shape[0], grad_input=gin)
-        return c[2]
+        shape, indices = self._saved()
+        return self._plan.backward(grad_output, shape, indices)
 
 
 @register_module
@@ -299,43 +246,18 @@ class AvgPool2d(_Pool2d):
     Shapes: input (B, C, H, W), output (B, C, Ho, Wo).
     """
 
-    def __init__(self, kernel_size, stride=None, padding=0, count_include_pad=True):
-        super().__init__(kernel_size, stride, padding)
-        self.count_include_pad = _v.strict_bool(count_include_pad, "count_include_pad")
+    _kind = "avg"
 
     def forward(self, x):
         """Mean over each window of ``x`` (B, C, H, W)."""
-        if not (type(x) is _ndarray and x.flags.c_contiguous):
-            x = _as_input(x, np.float32, "AvgPool2d")
-        key = (x.shape, x.dtype)
-        c = self._cache.get(key)
-        if c is None:
-            if x.ndim != 4 or x.dtype.kind != "f":
-                x = _as_input(x, np.float32, "AvgPool2d")
-                key = (x.shape, x.dtype)
-            shape = ops.pool2d_output_shape(x.shape, self.kernel_size, self.stride, self.padding)
-            out = ops.avg_pool2d_forward(x, self.kernel_size, self.stride, self.padding, self.count_include_pad,
-                                         out=np.empty(shape, x.dtype))
-            c = remember(self._cache, key, [out, None])
-        else:
-            _current().avg_pool2d_forward(x, self.kernel_size, self.stride, self.padding, self.count_include_pad,
-                                          c[0])
-        self._shape = key
-        return c[0]
+        y = self._plan.forward(x)
+        if _grad_enabled.get():
+            self.__dict__["_ctx"] = _shape_of(x)
+        return y
 
-    def backward(self, grad_out):
+    def backward(self, grad_output, *, input_grad=True, accumulate=False):
         """Spread each gradient evenly over its window; returns dL/dx (B, C, H, W)."""
-        if self._shape is None:
-            raise RuntimeError("AvgPool2d.backward called before forward")
-        c = self._cache[self._shape]
-        if c[1] is not None and type(grad_out) is _ndarray and grad_out.flags.c_contiguous \
-                and grad_out.dtype is c[0].dtype and grad_out.shape == c[0].shape:
-            return _current().avg_pool2d_backward(grad_out, self.kernel_size, self.stride, self.padding,
-                                                  self.count_include_pad, c[1])
-        gin = np.empty(self._shape[0], self._shape[1])
-        c[1] = ops.avg_pool2d_backward(grad_out, self._shape[0], self.kernel_size, self.stride, self.padding,
-                                       self.count_include_pad, grad_input=gin)
-        return c[1]
+        return self._plan.backward(grad_output, self._saved())
 
     def get_config(self) -> dict:
         return {**super().get_config(), "count_include_pad": self.count_include_pad}
@@ -368,10 +290,10 @@ class Flatten(Module):
         super().__init__()
         self.start_dim = _v.strict_int(start_dim, "start_dim")
         self.end_dim = _v.strict_int(end_dim, "end_dim")
-        self._shape = None
+        self._reset_transient()
 
     def forward(self, x):
-        """``x`` with dimensions ``start_dim..end_dim`` merged."""
+        """``x`` with dimensions ``start_dim..end_dim`` merged (a view for C-contiguous input)."""
         x = np.asarray(x)
         nd = x.ndim
         s = self.start_dim + nd if self.start_dim < 0 else self.start_dim
@@ -379,14 +301,13 @@ class Flatten(Module):
         if not 0 <= s <= e < nd:
             raise ValueError(f"Flatten(start_dim={self.start_dim}, end_dim={self.end_dim}) does not fit "
                              f"an input of shape {x.shape}")
-        self._shape = x.shape
+        if _grad_enabled.get():
+            self.__dict__["_ctx"] = x.shape
         return x.reshape(x.shape[:s] + (math.prod(x.shape[s:e + 1]),) + x.shape[e + 1:])
 
-    def backward(self, grad_out):
+    def backward(self, grad_output, *, input_grad=True, accumulate=False):
         """The gradient reshaped to the input's shape."""
-        if self._shape is None:
-            raise RuntimeError("Flatten.backward called before forward")
-        return np.asarray(grad_out).reshape(self._shape)
+        return np.asarray(grad_output).reshape(self._saved())
 
     def get_config(self) -> dict:
         return {"start_dim": self.start_dim, "end_dim": self.end_dim}

@@ -1,78 +1,80 @@
-"""Loss functions: calling one returns the loss (a float) and keeps its gradient.
+"""Loss functions.
 
-::
+The protocol, shared by every loss::
 
-    loss = loss_fn(pred, target)   # float
-    grad = loss_fn.backward()      # dL/dpred, same shape as pred
+    value = loss_fn(pred, target)    # a float; keeps dL/dpred when gradients are on
+    grad = loss_fn.backward()        # dL/dpred, shaped like pred (a new array,
+                                     # or a workspace buffer inside fit)
 
-The gradient buffer is reused while the prediction shape repeats (the array
-returned by ``backward`` is overwritten by the next call of that shape).
+``backward(grad_output=1.0)`` scales the gradient (the upstream gradient of
+the loss value). The loss and its gradient come from one fused kernel call,
+through a :class:`fastnn.ops.LossPlan`; targets of the wrong length or
+labels outside the classes are a ``ValueError``, never an out-of-bounds
+access. Under :func:`fastnn.no_grad` the loss keeps nothing.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from .. import ops
-from ..backends import current as _current
-from .module import remember
+from .. import _validation as _v, ops
+from ..grad_mode import _enabled as _grad_enabled
 
 __all__ = ["Loss", "MSELoss", "CrossEntropyLoss", "BCEWithLogitsLoss", "LOSSES"]
 
-_ndarray = np.ndarray
-_INTP, _UINTP = np.dtype(np.intp), np.dtype(np.uintp)
-_F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)
 _REDUCTIONS = ("mean", "sum")
 
 
 class Loss:
-    """Base class: ``__call__(pred, target) -> float``, ``backward() -> dL/dpred``."""
+    """Base class: ``__call__(pred, target) -> float``, ``backward() -> dL/dpred``.
 
-    _op_name = ""
+    Parameters
+    ----------
+    reduction : {"mean", "sum"}
+    """
+
+    #: kind understood by ``ops.LossPlan``
+    _kind = ""
     #: "argmax" (class labels), "sign" (binary targets) or None (regression)
     accuracy_kind = None
 
     def __init__(self, reduction="mean"):
-        if reduction not in _REDUCTIONS:
-            raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
-        self.reduction = reduction
-        self._grads = {}
+        self.reduction = _v.choice(reduction, "reduction", _REDUCTIONS)
+        self._reset_transient()
+
+    def _reset_transient(self):
+        self._plan = ops.LossPlan(self._kind, self.reduction)
         self._grad = None
+
+    def __getstate__(self):
+        return {"reduction": self.reduction}
+
+    def __setstate__(self, state):
+        self.reduction = state["reduction"]
+        self._reset_transient()
 
     def __call__(self, pred, target):
         return self.forward(pred, target)
 
     def forward(self, pred, target):
-        """The loss of ``pred`` against ``target`` (validated), as a float."""
-        pred = np.asarray(pred)
-        dt = pred.dtype if pred.dtype.kind == "f" else np.dtype(np.float64)
-        key = (pred.shape, dt)
-        buf = self._grads.get(key)
-        if buf is None or buf is pred:
-            buf = remember(self._grads, key, np.empty(pred.shape, dt))
-        loss, grad = getattr(ops, self._op_name)(pred, self._target(target, pred), self.reduction, grad=buf)
-        self._grad = grad
+        """The loss of ``pred`` against ``target``, as a float."""
+        loss, grad = self._plan(pred, self._target(target, pred))
+        if _grad_enabled.get():
+            self._grad = grad
         return loss
 
     def _target(self, target, pred):
         return target
 
-    def _forward_trusted(self, pred, target):
-        # For the training loop: pred and target already validated (same dtype,
-        # shapes, label range checked once for the whole data set).
-        key = (pred.shape, pred.dtype)
-        buf = self._grads.get(key)
-        if buf is None:
-            return self.forward(pred, target)
-        loss, grad = getattr(_current(), self._op_name)(pred, target, self.reduction, buf)
-        self._grad = grad
-        return loss
-
-    def backward(self):
-        """dL/dpred of the last call (an array shaped like that prediction)."""
-        if self._grad is None:
-            raise RuntimeError(f"{type(self).__name__}.backward called before the loss was computed")
-        return self._grad
+    def backward(self, grad_output=1.0):
+        """dL/dpred of the last call, times ``grad_output`` (an array shaped like that prediction)."""
+        grad = self._grad
+        if grad is None:
+            raise RuntimeError(f"{type(self).__name__}.backward called before the loss was computed "
+                               f"(or it was computed under fastnn.no_grad())")
+        if grad_output == 1.0:
+            return grad
+        return grad * grad.dtype.type(grad_output)
 
     def prepare_target(self, y, dtype):
         """Validate a whole target array once, as the training loop will feed it."""
@@ -88,6 +90,15 @@ class Loss:
         return f"{type(self).__name__}(reduction={self.reduction!r})"
 
 
+def _float_target(target, pred):
+    """Integer and boolean targets (0/1 labels, counts) become floats of the prediction's dtype."""
+    if type(target) is not np.ndarray:
+        target = np.asarray(target)
+    if target.dtype.kind in "iub" and isinstance(pred, np.ndarray) and pred.dtype.kind == "f":
+        target = target.astype(pred.dtype)
+    return target
+
+
 class MSELoss(Loss):
     """Mean-squared error, ``mean((pred − target)²)`` or its sum.
 
@@ -96,13 +107,10 @@ class MSELoss(Loss):
     reduction : {"mean", "sum"}
     """
 
-    _op_name = "mse_loss"
+    _kind = "mse"
 
     def _target(self, target, pred):
-        target = np.asarray(target)
-        if target.dtype.kind in "iub":
-            target = target.astype(pred.dtype)
-        return target
+        return _float_target(target, pred)
 
 
 class CrossEntropyLoss(Loss):
@@ -114,22 +122,8 @@ class CrossEntropyLoss(Loss):
         ``"mean"`` averages over the batch, as PyTorch does.
     """
 
-    _op_name = "softmax_cross_entropy"
+    _kind = "cross_entropy"
     accuracy_kind = "argmax"
-
-    def forward(self, logits, labels):
-        """The loss of ``logits`` (B, C) for integer ``labels`` (B,), as a float."""
-        if type(logits) is _ndarray and type(labels) is _ndarray and labels.dtype is _INTP \
-                and logits.ndim == 2 and labels.ndim == 1 and labels.shape[0] == logits.shape[0] \
-                and logits.flags.c_contiguous and labels.flags.c_contiguous:
-            buf = self._grads.get((logits.shape, logits.dtype))
-            # one pass checks 0 <= label < C: negative labels wrap to huge unsigned values
-            if buf is not None and buf is not logits and (logits.dtype is _F32 or logits.dtype is _F64) \
-                    and not (labels.view(_UINTP) >= logits.shape[1]).any():
-                loss, grad = _current().softmax_cross_entropy(logits, labels, self.reduction, buf)
-                self._grad = grad
-                return loss
-        return Loss.forward(self, logits, labels)
 
     def prepare_target(self, y, dtype):
         y = np.asarray(y)
@@ -156,14 +150,11 @@ class BCEWithLogitsLoss(Loss):
     reduction : {"mean", "sum"}
     """
 
-    _op_name = "bce_with_logits"
+    _kind = "bce_with_logits"
     accuracy_kind = "sign"
 
     def _target(self, target, pred):
-        target = np.asarray(target)
-        if target.dtype.kind in "iub":
-            target = target.astype(pred.dtype)
-        return target
+        return _float_target(target, pred)
 
 
 #: Losses by name, for ``fastnn.fit(..., loss="cross_entropy")``.

@@ -1,38 +1,41 @@
 """The base classes of every layer: :class:`Parameter` and :class:`Module`.
 
 Backpropagation in fastnn is explicit: each module's ``forward`` keeps what
-its ``backward`` needs (its input, its output, ...), and ``backward(grad_out)``
-applies the chain rule for that one module, writes the gradient of each of its
-parameters into ``param.grad`` and returns the gradient of its input. A
-container such as :class:`~fastnn.nn.Sequential` calls the ``backward`` of its
-children in reverse order. There is no autograd tape.
+its ``backward`` needs (its input, its output, ...), and
+``backward(grad_output)`` applies the chain rule for that one module, writes
+the gradient of each of its parameters into ``param.grad`` and returns the
+gradient of its input. A container such as :class:`~fastnn.nn.Sequential`
+calls the ``backward`` of its children in reverse order. There is no
+autograd tape.
 
-Gradients are **overwritten**, not accumulated: after ``backward`` each
-``param.grad`` holds the gradient of the last forward/backward pair alone.
-(PyTorch accumulates; fastnn does not, because a training step then needs no
-zeroing pass and the kernels write straight into ``grad``.) ``zero_grad`` is
-still there for code that expects it.
+The rules every module follows:
+
+* **Outputs belong to the caller.** ``module(x)`` and ``module.backward(g)``
+  return new arrays, unless a :class:`fastnn.Workspace` is active (as inside
+  :func:`fastnn.fit`), whose buffers are then reused from step to step.
+* **Bookkeeping only when gradients are on.** Under :func:`fastnn.no_grad` a
+  forward pass writes nothing on the module, so one model can serve
+  inference from many threads at once.
+* **One backward protocol**: ``backward(grad_output, *, input_grad=True,
+  accumulate=False)``. ``input_grad=False`` skips dL/dx where a layer can
+  (the first layer of a network) and returns None.
+* **Gradients are overwritten** by default: after ``backward`` each
+  ``param.grad`` holds the gradient of the last forward/backward pair alone,
+  so a training step needs no zeroing pass. ``accumulate=True`` adds into
+  ``.grad`` instead (micro-batching; PyTorch always accumulates), and
+  ``zero_grad`` clears them.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections import OrderedDict
 
 import numpy as np
+from numpy.lib.mixins import NDArrayOperatorsMixin
 
-#: Output/gradient buffers a layer keeps, keyed by input shape, at most this
-#: many (a training loop sees two or three: the batch, the last short batch,
-#: the evaluation batch); past it the cache starts afresh instead of hoarding.
-MAX_CACHED_SHAPES = 8
-
-
-def remember(cache: dict, key, value):
-    """Store ``value`` under ``key`` in a layer's buffer cache, bounded by MAX_CACHED_SHAPES."""
-    if len(cache) >= MAX_CACHED_SHAPES and key not in cache:
-        cache.clear()
-    cache[key] = value
-    return value
-
+from .. import _validation as _v
+from ..grad_mode import _inference
 
 __all__ = ["Parameter", "Module", "register_module", "get_module_class", "registered_modules"]
 
@@ -63,8 +66,8 @@ def register_module(cls=None, *, name=None):
     ...         self.factor = factor
     ...     def forward(self, x):
     ...         return x * self.factor
-    ...     def backward(self, grad_out):
-    ...         return grad_out * self.factor
+    ...     def backward(self, grad_output, *, input_grad=True, accumulate=False):
+    ...         return grad_output * self.factor
     ...     def get_config(self):
     ...         return {"factor": self.factor}
 
@@ -100,36 +103,110 @@ def registered_modules() -> "dict[str, type]":
     return dict(MODULE_REGISTRY)
 
 
-class Parameter:
+_F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)
+
+
+def _readonly(a: np.ndarray) -> np.ndarray:
+    v = a.view()
+    v.flags.writeable = False
+    return v
+
+
+class Parameter(NDArrayOperatorsMixin):
     """A trainable array and its gradient.
+
+    A parameter behaves like the array it holds, read-only: ``np.asarray(p)``,
+    ``p.T``, ``p[0]``, ``p.shape``, ``p * 2`` and NumPy functions give
+    read-only views of (or new arrays computed from) ``p.data``. To change
+    the values, write into ``p.data`` (``p.data[...] = values``) or assign a
+    new array to it.
 
     Parameters
     ----------
-    data : ndarray
-        The values; kept C-contiguous (kernels update it in place).
+    data : ndarray of float32 or float64
+        Kept as given if it is a writeable C-contiguous array, else copied
+        into one (kernels update it in place).
 
     Attributes
     ----------
     data : ndarray
-    grad : ndarray of the same shape and dtype, written by ``backward``
-    relocatable : bool
-        True when the owning layer reads ``param.data`` and ``param.grad``
-        afresh at every call (never keeps references to them). An optimizer
-        may then move consecutive relocatable parameters into one contiguous
-        buffer (``data`` and ``grad`` become views into it) and update them
-        all with a single kernel call. fastnn's own layers set it; set it on
-        your own layers' parameters when they follow that rule.
+        The values. Assigning checks the new array (float32/float64,
+        writeable, C-contiguous); a new shape or dtype gives a new zero ``grad``.
+    grad : ndarray of the same shape and dtype
+        Written by ``backward``. Assigning checks shape, dtype and layout;
+        ``None`` resets it to zeros.
     """
 
-    __slots__ = ("data", "grad", "relocatable")
+    __slots__ = ("data", "grad")
+    __hash__ = object.__hash__
 
-    def __init__(self, data, relocatable=False):
-        data = np.ascontiguousarray(data)
-        if data.dtype not in (np.float32, np.float64):
-            raise TypeError(f"Parameter data must be float32 or float64, got {data.dtype}")
+    def __init__(self, data):
+        data = np.asarray(data)
+        if data.dtype.kind == "f" and (not data.flags.c_contiguous or not data.flags.writeable):
+            data = np.array(data, order="C", copy=True)
         self.data = data
-        self.grad = np.zeros_like(data)
-        self.relocatable = bool(relocatable)
+
+    def __setattr__(self, name, value):
+        if name == "data":
+            if type(value) is not np.ndarray:
+                raise TypeError(f"Parameter data must be a numpy.ndarray, got {type(value).__name__}")
+            if value.dtype != _F32 and value.dtype != _F64:
+                raise TypeError(f"Parameter data must be float32 or float64, got dtype {value.dtype}")
+            if not value.flags.c_contiguous or not value.flags.writeable:
+                raise ValueError("Parameter data must be a writeable C-contiguous array "
+                                 "(np.ascontiguousarray(a) or a.copy() gives one)")
+            old = getattr(self, "grad", None)
+            object.__setattr__(self, "data", value)
+            if old is None or old.shape != value.shape or old.dtype != value.dtype or np.may_share_memory(old, value):
+                object.__setattr__(self, "grad", np.zeros_like(value))
+        elif name == "grad":
+            data = self.data
+            if value is None:
+                value = np.zeros_like(data)
+            elif type(value) is not np.ndarray or value.shape != data.shape or value.dtype != data.dtype:
+                raise ValueError(f"grad must be an array of the parameter's shape {data.shape} and dtype "
+                                 f"{data.dtype}")
+            elif not value.flags.c_contiguous or not value.flags.writeable:
+                raise ValueError("grad must be a writeable C-contiguous array")
+            elif np.may_share_memory(value, data):
+                raise ValueError("grad must not share memory with data")
+            object.__setattr__(self, "grad", value)
+        else:
+            raise AttributeError(f"Parameter has no attribute {name!r}")
+
+    def __getstate__(self):
+        return {"data": self.data, "grad": self.grad}
+
+    def __setstate__(self, state):
+        self.data = state["data"]
+        self.grad = state["grad"]
+
+    # -- the array protocol: read-only views of data ---------------------
+    def __array__(self, dtype=None, copy=None):
+        if copy:
+            return np.array(self.data, dtype=dtype, copy=True)
+        a = _readonly(self.data)
+        return a if dtype is None else a.astype(dtype, copy=False)
+
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        for o in kwargs.get("out", ()):
+            if isinstance(o, Parameter):
+                raise TypeError("a Parameter is read-only as an array: update p.data in place instead "
+                                "(e.g. p.data -= lr * p.grad)")
+        inputs = tuple(_readonly(i.data) if isinstance(i, Parameter) else i for i in inputs)
+        return getattr(ufunc, method)(*inputs, **kwargs)
+
+    def __getitem__(self, index):
+        return _readonly(self.data)[index]
+
+    def __setitem__(self, index, value):
+        raise TypeError("a Parameter is read-only as an array: write into p.data instead (p.data[...] = values)")
+
+    def __len__(self):
+        return len(self.data)
+
+    def __iter__(self):
+        return iter(_readonly(self.data))
 
     @property
     def shape(self):
@@ -138,6 +215,22 @@ class Parameter:
     @property
     def dtype(self):
         return self.data.dtype
+
+    @property
+    def ndim(self):
+        return self.data.ndim
+
+    @property
+    def size(self):
+        return self.data.size
+
+    @property
+    def T(self):
+        return _readonly(self.data).T
+
+    def numpy(self) -> np.ndarray:
+        """A copy of the values (PyTorch's ``tensor.detach().numpy()`` idiom, without sharing)."""
+        return self.data.copy()
 
     def __repr__(self) -> str:
         return f"Parameter(shape={self.data.shape}, dtype={self.data.dtype})"
@@ -156,6 +249,17 @@ class Module:
 
     training: bool
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        backward = cls.__dict__.get("backward")
+        if backward is not None:
+            params = inspect.signature(backward).parameters
+            ok = any(p.kind is p.VAR_KEYWORD for p in params.values()) or (
+                "input_grad" in params and "accumulate" in params)
+            if not ok:
+                raise TypeError(f"{cls.__name__}.backward must take the keyword arguments of the module protocol: "
+                                f"def backward(self, grad_output, *, input_grad=True, accumulate=False)")
+
     def __init__(self):
         object.__setattr__(self, "_parameters", OrderedDict())
         object.__setattr__(self, "_modules", OrderedDict())
@@ -165,27 +269,69 @@ class Module:
         params = self.__dict__.get("_parameters")
         if params is None:
             raise AttributeError("Module.__init__() must be called before assigning attributes")
+        changed = False
         if isinstance(value, Parameter):
             self._modules.pop(name, None)
             params[name] = value
+            changed = True
         elif isinstance(value, Module):
             params.pop(name, None)
             self._modules[name] = value
         elif name in params and value is None:
             del params[name]
+            changed = True
         object.__setattr__(self, name, value)
+        if changed and "_ctx" in self.__dict__:
+            # a parameter object was replaced after construction: rebind the kernels
+            self._reset_transient()
+
+    def _reset_transient(self):
+        """(Re)create per-call state: bound kernels, forward context. Layers override."""
+        self.__dict__["_ctx"] = None
+
+    def _input_error(self, x, exc: Exception) -> Exception:
+        """``exc``, or a TypeError saying how to convert when the input's dtype is the cause."""
+        try:
+            a = x if isinstance(x, np.ndarray) else np.asarray(x)
+        except Exception:  # noqa: BLE001 - not array-like at all: keep the original message
+            return exc
+        dt = self.dtype
+        if a.dtype != dt:
+            other = f" or the model with model.to(np.{a.dtype.name})" if a.dtype.kind == "f" else ""
+            return TypeError(f"{type(self).__name__} has {dt.name} parameters but the input has dtype {a.dtype}: "
+                             f"convert the input with x.astype(np.{dt.name}){other}")
+        return exc
 
     # -- computation --------------------------------------------------
     def forward(self, x):
-        """Compute the output for input ``x`` and keep what backward needs."""
+        """Compute the output for input ``x``; keep what backward needs if gradients are on."""
         raise NotImplementedError(f"{type(self).__name__} does not implement forward")
 
-    def backward(self, grad_out):
-        """Given dL/d(output), fill each ``param.grad`` and return dL/d(input)."""
+    def backward(self, grad_output, *, input_grad=True, accumulate=False):
+        """Given dL/d(output), fill each ``param.grad`` and return dL/d(input).
+
+        Parameters
+        ----------
+        grad_output : ndarray, dL/d(output of the last forward)
+        input_grad : bool, default True
+            False: dL/d(input) is not needed (the first layer of a network);
+            a layer may then skip computing it and return None.
+        accumulate : bool, default False
+            Add the parameter gradients into ``.grad`` instead of overwriting
+            them (gradient accumulation over micro-batches).
+        """
         raise NotImplementedError(f"{type(self).__name__} does not implement backward")
 
     def __call__(self, *args, **kwargs):
         return self.forward(*args, **kwargs)
+
+    def _saved(self):
+        """What the last forward kept for backward (``_ctx``), or a clear error."""
+        ctx = self.__dict__.get("_ctx")
+        if ctx is None:
+            raise RuntimeError(f"{type(self).__name__}.backward called before forward (or after a forward "
+                               f"under fastnn.no_grad(), which keeps nothing for backward)")
+        return ctx
 
     # -- parameters ---------------------------------------------------
     def named_parameters(self, prefix: str = ""):
@@ -210,17 +356,60 @@ class Module:
     def zero_grad(self) -> None:
         """Set every parameter's gradient to zero."""
         for p in self.parameters():
-            p.grad.fill(0)
+            p.grad[...] = 0
 
     def train(self, mode: bool = True):
         """Set training mode (``mode=True``) or evaluation mode, recursively."""
+        mode = _v.strict_bool(mode, "mode")
         for m in self.modules():
-            object.__setattr__(m, "training", bool(mode))
+            object.__setattr__(m, "training", mode)
         return self
 
     def eval(self):
         """Set evaluation mode (same as ``train(False)``)."""
         return self.train(False)
+
+    def _is_training(self) -> bool:
+        """Training behaviour for this call: the module's mode, unless under :func:`fastnn.inference_mode`."""
+        return self.training and not _inference.get()
+
+    def to(self, dtype):
+        """Convert every parameter to ``dtype`` (float32 or float64), in place; returns self.
+
+        Inputs must then have the same dtype (``x.astype(dtype)``).
+        """
+        dt = _v.float_dtype(dtype)
+        for m in self.modules():
+            for p in m._parameters.values():
+                if p.data.dtype != dt:
+                    p.data = p.data.astype(dt)
+            if hasattr(m, "_to_dtype"):
+                m._to_dtype(dt)
+        return self
+
+    @property
+    def dtype(self):
+        """The dtype of the first parameter (float32 for a module without any)."""
+        for p in self.parameters():
+            return p.data.dtype
+        return np.dtype(np.float32)
+
+    # -- pickling: configuration and parameters, not per-call state -------
+    #: attributes that hold per-call state (forward context, bound kernels,
+    #: training locks); not pickled, reset on unpickling
+    _transient = ("_ctx", "_training_lock")
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        for cls in type(self).__mro__:
+            for name in cls.__dict__.get("_transient", ()):
+                state.pop(name, None)
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        if hasattr(self, "_reset_transient"):
+            self._reset_transient()
 
     # -- state --------------------------------------------------------
     def state_dict(self) -> "OrderedDict[str, np.ndarray]":

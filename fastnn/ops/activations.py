@@ -9,6 +9,7 @@ __all__ = [
     "sigmoid", "sigmoid_backward",
     "tanh", "tanh_backward",
     "softmax", "softmax_backward",
+    "ActivationPlan",
 ]
 
 
@@ -130,3 +131,76 @@ def softmax_backward(grad_out, y, out=None):
     if out.size == 0:
         return out
     return _backend().softmax_backward(grad_out, y, out)
+
+
+# ---------------------------------------------------------------------------
+# The bound form layers use (see fastnn.ops._plan)
+
+import numpy as _np  # noqa: E402
+
+from . import _plan as _p  # noqa: E402
+
+_nd = _p.ndarray
+_F32, _F64 = _np.dtype(_np.float32), _np.dtype(_np.float64)
+
+#: kind -> (forward op, backward op, takes negative_slope, needs 2-D input)
+_KINDS = {
+    "relu": (relu, relu_backward, False, False),
+    "leaky_relu": (leaky_relu, leaky_relu_backward, True, False),
+    "sigmoid": (sigmoid, sigmoid_backward, False, False),
+    "tanh": (tanh, tanh_backward, False, False),
+    "softmax": (softmax, softmax_backward, False, True),
+}
+
+
+class ActivationPlan:
+    """An activation and its backward pass bound to one kind (and slope).
+
+    Parameters
+    ----------
+    kind : {"relu", "leaky_relu", "sigmoid", "tanh", "softmax"}
+    negative_slope : float, for ``"leaky_relu"``
+
+    Notes
+    -----
+    A call checks the input's type, dtype and layout (and 2-D for softmax)
+    and runs the kernel of the active backend; anything else goes through
+    the validated op. Results come from the active workspace, or are new.
+    """
+
+    __slots__ = ("kind", "_args", "_ops", "_bound")
+
+    def __init__(self, kind, negative_slope=0.01):
+        fwd, bwd, sloped, two_d = _KINDS[_v.choice(kind, "kind", tuple(_KINDS))]
+        self.kind = kind
+        self._args = (_slope(negative_slope),) if sloped else ()
+        self._ops = (fwd, bwd, two_d)
+        self._bound = None
+
+    def _bind(self):
+        backend = _p.current()
+        fwd, bwd, _ = self._ops
+        bound = (backend, getattr(backend, fwd.__name__), getattr(backend, bwd.__name__))
+        self._bound = bound
+        return bound
+
+    def forward(self, x):
+        """The activation of ``x`` (any shape; (B, C) for softmax)."""
+        k = self._bound
+        if k is None or k[0] is not _p.current():
+            k = self._bind()
+        if type(x) is _nd and x.flags.c_contiguous and (x.dtype is _F32 or x.dtype is _F64) \
+                and (x.ndim == 2 or not self._ops[2]):
+            return k[1](x, *self._args, _p.output(self, "y", x.shape, x.dtype, x))
+        return self._ops[0](x, *self._args)
+
+    def backward(self, grad_out, y):
+        """dL/dx from dL/dy and the forward output ``y``."""
+        k = self._bound
+        if k is None or k[0] is not _p.current():
+            k = self._bind()
+        if type(grad_out) is _nd and type(y) is _nd and grad_out.dtype is y.dtype \
+                and (y.dtype is _F32 or y.dtype is _F64) and grad_out.shape == y.shape \
+                and grad_out.flags.c_contiguous and y.flags.c_contiguous and (y.ndim == 2 or not self._ops[2]):
+            return k[2](grad_out, y, *self._args, _p.output(self, "grad_input", y.shape, y.dtype, grad_out, y))
+        return self._ops[1](grad_out, y, *self._args)

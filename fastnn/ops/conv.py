@@ -20,6 +20,7 @@ __all__ = [
     "conv2d_forward", "conv2d_backward", "conv2d_output_shape",
     "max_pool2d_forward", "max_pool2d_backward",
     "avg_pool2d_forward", "avg_pool2d_backward", "pool2d_output_shape",
+    "ConvPlan", "PoolPlan",
 ]
 
 _INT64 = np.dtype(np.int64)
@@ -378,3 +379,207 @@ def avg_pool2d_backward(grad_out, input_shape, kernel_size, stride=None, padding
         return grad_input
     return _backend().avg_pool2d_backward(grad_out, kernel_size, stride, padding, bool(count_include_pad),
                                           grad_input)
+
+
+# ---------------------------------------------------------------------------
+# The bound forms layers use (see fastnn.ops._plan)
+
+from . import _plan as _p  # noqa: E402
+
+_nd = _p.ndarray
+_F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)
+
+#: Distinct input shapes a plan remembers the validated output shape of.
+_MAX_SHAPES = 16
+
+
+class ConvPlan:
+    """:func:`conv2d_forward` and :func:`conv2d_backward` bound to one layer.
+
+    Parameters
+    ----------
+    weight : Parameter-like, ``.data`` of shape (O, C, kH, kW)
+    bias : Parameter-like of shape (O,), optional
+    stride, padding, dilation : int or (int, int)
+
+    Notes
+    -----
+    The parameters are validated when first seen and the output shape of
+    each input shape once; a call then checks identities and the input's
+    type, dtype and layout. Results come from the active workspace, or are
+    new arrays.
+    """
+
+    __slots__ = ("weight", "bias", "stride", "padding", "dilation", "_bound", "_shapes")
+
+    def __init__(self, weight, bias=None, stride=1, padding=0, dilation=1):
+        self.weight = weight
+        self.bias = bias
+        self.stride = _pair(stride, "stride", 1)
+        self.padding = _pair(padding, "padding", 0)
+        self.dilation = _pair(dilation, "dilation", 1)
+        self._bound = None
+        self._shapes = {}
+
+    def _bind(self):
+        w = _p.check_param(self.weight, "weight", 4)
+        dw = _p.check_grad(self.weight, "weight")
+        b = db = None
+        if self.bias is not None:
+            b = _p.check_param(self.bias, "bias", 1)
+            db = _p.check_grad(self.bias, "bias")
+            _v.same_dtype(w.dtype, b, "bias")
+            if b.shape[0] != w.shape[0]:
+                raise ValueError(f"bias has shape {b.shape} but weight {w.shape} has {w.shape[0]} outputs")
+        _p.check_disjoint("conv2d", w, b, dw, db)
+        backend = _p.current()
+        bound = (backend, w, b, w.dtype, w.shape, backend.conv2d_forward, backend.conv2d_backward, dw, db)
+        self._bound = bound
+        self._shapes = {}
+        return bound
+
+    def _out_shape(self, xs, k):
+        """(B, O, Ho, Wo) for an input of shape ``xs`` = (B, C, H, W), validated once per (C, H, W)."""
+        key = xs[1:]
+        s = self._shapes.get(key)
+        if s is None:
+            s = _conv_shape(xs, k[4], self.stride, self.padding, self.dilation)[1:]
+            shapes = self._shapes
+            if len(shapes) >= _MAX_SHAPES:
+                shapes.clear()
+            shapes[key] = s
+        return (xs[0],) + s
+
+    def forward(self, x):
+        """Convolve ``x`` of shape (B, C, H, W); returns (B, O, Ho, Wo)."""
+        bias = self.bias
+        w = self.weight.data
+        b = None if bias is None else bias.data
+        k = self._bound
+        if k is None or k[1] is not w or k[2] is not b or k[0] is not _p.current():
+            k = self._bind()
+        dt = k[3]
+        if type(x) is _nd and x.dtype is dt and x.flags.c_contiguous and x.ndim == 4 and w.shape == k[4]:
+            out = _p.output(self, "y", self._out_shape(x.shape, k), dt, x)
+            if out.size == 0:
+                return out
+            return k[5](x, w, b, self.stride, self.padding, self.dilation, out)
+        return conv2d_forward(x, w, b, self.stride, self.padding, self.dilation)
+
+    def backward(self, grad_out, x, *, input_grad=True, accumulate=False):
+        """dL/dx (None if ``input_grad=False``) from dL/dy; writes ``weight.grad`` and ``bias.grad``.
+
+        ``accumulate=True`` adds the parameter gradients instead of overwriting them.
+        """
+        weight, bias = self.weight, self.bias
+        w, dw = weight.data, weight.grad
+        b, db = (None, None) if bias is None else (bias.data, bias.grad)
+        k = self._bound
+        if k is None or k[1] is not w or k[2] is not b or k[7] is not dw or k[8] is not db \
+                or k[0] is not _p.current():
+            k = self._bind()
+        dt = k[3]
+        gw, gb = dw, db
+        if accumulate:
+            gw = _p.output(self, "acc_w", dw.shape, dt)
+            gb = None if db is None else _p.output(self, "acc_b", db.shape, dt)
+        if type(grad_out) is _nd and type(x) is _nd and grad_out.dtype is dt and x.dtype is dt \
+                and grad_out.flags.c_contiguous and x.flags.c_contiguous and x.ndim == 4 and w.shape == k[4] \
+                and grad_out.shape == self._out_shape(x.shape, k) and x.shape[0] > 0:
+            gin = _p.output(self, "grad_input", x.shape, dt, grad_out) if input_grad else None
+            k[6](grad_out, x, w, self.stride, self.padding, self.dilation, gin, gw, gb)
+        else:
+            gin = conv2d_backward(grad_out, x, w, self.stride, self.padding, self.dilation, bias=b is not None,
+                                  input_grad=input_grad, grad_weight=gw, grad_bias=gb)[0]
+        if accumulate:
+            np.add(dw, gw, out=dw)
+            if db is not None:
+                np.add(db, gb, out=db)
+        return gin
+
+
+class PoolPlan:
+    """Max or average pooling and its backward pass bound to one configuration.
+
+    Parameters
+    ----------
+    kind : {"max", "avg"}
+    kernel_size, stride, padding : as :func:`max_pool2d_forward`
+    count_include_pad : bool, for ``"avg"``
+    """
+
+    __slots__ = ("kind", "kernel_size", "stride", "padding", "count_include_pad", "_bound", "_shapes")
+
+    def __init__(self, kind, kernel_size, stride=None, padding=0, count_include_pad=True):
+        self.kind = _v.choice(kind, "kind", ("max", "avg"))
+        self.kernel_size, self.stride, self.padding = _pool_params(kernel_size, stride, padding)
+        self.count_include_pad = bool(count_include_pad)
+        self._bound = None
+        self._shapes = {}
+
+    def _bind(self):
+        backend = _p.current()
+        if self.kind == "max":
+            bound = (backend, backend.max_pool2d_forward, backend.max_pool2d_backward)
+        else:
+            bound = (backend, backend.avg_pool2d_forward, backend.avg_pool2d_backward)
+        self._bound = bound
+        return bound
+
+    def _out_shape(self, xs):
+        s = self._shapes.get(xs)
+        if s is None:
+            s = _pool_shape(xs, self.kernel_size, self.stride, self.padding)
+            shapes = self._shapes
+            if len(shapes) >= _MAX_SHAPES:
+                shapes.clear()
+            shapes[xs] = s
+        return s
+
+    def forward(self, x):
+        """Pool ``x`` (B, C, H, W): max pooling returns ``(out, indices)``, average pooling ``out``."""
+        k = self._bound
+        if k is None or k[0] is not _p.current():
+            k = self._bind()
+        if type(x) is _nd and x.flags.c_contiguous and x.ndim == 4 and (x.dtype is _F32 or x.dtype is _F64):
+            shape = self._out_shape(x.shape)
+            out = _p.output(self, "y", shape, x.dtype, x)
+            if self.kind == "max":
+                indices = _p.output(self, "indices", shape, _INT64)
+                if out.size == 0:
+                    return out, indices
+                return k[1](x, self.kernel_size, self.stride, self.padding, out, indices)
+            if out.size == 0:
+                return out
+            return k[1](x, self.kernel_size, self.stride, self.padding, self.count_include_pad, out)
+        if self.kind == "max":
+            return max_pool2d_forward(x, self.kernel_size, self.stride, self.padding)
+        return avg_pool2d_forward(x, self.kernel_size, self.stride, self.padding, self.count_include_pad)
+
+    def backward(self, grad_out, input_shape, indices=None):
+        """dL/dx of shape ``input_shape`` from dL/dy (max pooling: with the forward's ``indices``)."""
+        k = self._bound
+        if k is None or k[0] is not _p.current():
+            k = self._bind()
+        if type(grad_out) is _nd and grad_out.flags.c_contiguous and (grad_out.dtype is _F32
+                                                                     or grad_out.dtype is _F64) \
+                and type(input_shape) is tuple and grad_out.shape == self._out_shape(input_shape):
+            gin = _p.output(self, "grad_input", input_shape, grad_out.dtype, grad_out)
+            if gin.size == 0:
+                return gin
+            if self.kind == "avg":
+                return k[2](grad_out, self.kernel_size, self.stride, self.padding, self.count_include_pad, gin)
+            # indices come from this plan's forward (validated there); the
+            # kernel still must never see one outside the plane
+            if type(indices) is _nd and indices.dtype is _INT64 and indices.shape == grad_out.shape \
+                    and indices.flags.c_contiguous and self._indices_ok(indices, input_shape):
+                return k[2](grad_out, indices, gin)
+        if self.kind == "max":
+            return max_pool2d_backward(grad_out, indices, input_shape)
+        return avg_pool2d_backward(grad_out, input_shape, self.kernel_size, self.stride, self.padding,
+                                   self.count_include_pad)
+
+    @staticmethod
+    def _indices_ok(indices, input_shape):
+        plane = input_shape[2] * input_shape[3]
+        return indices.size == 0 or (0 <= indices.min() and indices.max() < plane)

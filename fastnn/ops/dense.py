@@ -1,9 +1,11 @@
 """Matrix multiply and dense layers (see the reference for the math)."""
 
+import numpy as np
+
 from .. import _validation as _v
 from ..backends import current as _backend
 
-__all__ = ["matmul", "dense_forward", "dense_backward", "DENSE_ACTIVATIONS"]
+__all__ = ["matmul", "dense_forward", "dense_backward", "DENSE_ACTIVATIONS", "DensePlan"]
 
 DENSE_ACTIVATIONS = ("identity", "relu", "sigmoid", "tanh")
 
@@ -141,3 +143,106 @@ def dense_backward(grad_out, x, weight, y=None, activation="identity", *, bias=T
                 g.fill(0)
         return grad_input, grad_weight, grad_bias
     return _backend().dense_backward(grad_out, x, weight, y, activation, grad_input, grad_weight, grad_bias)
+
+
+# ---------------------------------------------------------------------------
+# The bound form layers use (see fastnn.ops._plan)
+
+from . import _plan as _p  # noqa: E402
+
+_ACTS = frozenset(DENSE_ACTIVATIONS)
+_nd = _p.ndarray
+
+
+class DensePlan:
+    """:func:`dense_forward` and :func:`dense_backward` bound to one layer's parameters.
+
+    Parameters
+    ----------
+    weight : Parameter-like
+        An object whose ``.data`` is the (O, I) weight and ``.grad`` its
+        gradient buffer (e.g. :class:`fastnn.nn.Parameter`), read at every call.
+    bias : Parameter-like of shape (O,), optional
+
+    Notes
+    -----
+    The parameter arrays are validated when first seen; a call then checks
+    their identities and the input's type, dtype, layout and width. Anything
+    else goes through the fully validated op. Results come from the active
+    workspace, or are new arrays.
+    """
+
+    __slots__ = ("weight", "bias", "_bound")
+
+    def __init__(self, weight, bias=None):
+        self.weight = weight
+        self.bias = bias
+        self._bound = None
+
+    def _bind(self):
+        w = _p.check_param(self.weight, "weight", 2)
+        dw = _p.check_grad(self.weight, "weight")
+        b = db = None
+        if self.bias is not None:
+            b = _p.check_param(self.bias, "bias", 1)
+            db = _p.check_grad(self.bias, "bias")
+            _v.same_dtype(w.dtype, b, "bias")
+            if b.shape[0] != w.shape[0]:
+                raise ValueError(f"bias has shape {b.shape} but weight has {w.shape[0]} outputs")
+        _p.check_disjoint("dense", w, b, dw, db)
+        backend = _p.current()
+        bound = (backend, w, b, w.dtype, w.shape[1], w.shape[0], w.shape, backend.dense_forward,
+                 backend.dense_backward, dw, db)
+        self._bound = bound
+        return bound
+
+    def forward(self, x, activation="identity"):
+        """``act(x·Wᵀ + b)`` for ``x`` of shape (B, I)."""
+        bias = self.bias
+        w = self.weight.data
+        b = None if bias is None else bias.data
+        k = self._bound
+        if k is None or k[1] is not w or k[2] is not b or k[0] is not _p.current():
+            k = self._bind()
+        dt = k[3]
+        if type(x) is _nd and x.dtype is dt and x.flags.c_contiguous and x.ndim == 2 and x.shape[1] == k[4] \
+                and w.shape == k[6] and activation in _ACTS and x.shape[0] <= _v.MAX_DIM:
+            return k[7](x, w, b, activation, _p.output(self, "y", (x.shape[0], k[5]), dt, x))
+        return dense_forward(x, w, b, activation)
+
+    def backward(self, grad_out, x, y=None, activation="identity", *, input_grad=True, accumulate=False):
+        """dL/dx (None if ``input_grad=False``); writes ``weight.grad`` and ``bias.grad``.
+
+        ``x`` and ``y`` are the input and output of the forward call;
+        ``accumulate=True`` adds the parameter gradients to ``.grad`` instead
+        of overwriting them.
+        """
+        weight, bias = self.weight, self.bias
+        w, dw = weight.data, weight.grad
+        b, db = (None, None) if bias is None else (bias.data, bias.grad)
+        k = self._bound
+        if k is None or k[1] is not w or k[2] is not b or k[9] is not dw or k[10] is not db \
+                or k[0] is not _p.current():
+            k = self._bind()
+        dt = k[3]
+        if activation == "identity":
+            y = None
+        gw, gb = dw, db
+        if accumulate:
+            gw = _p.output(self, "acc_w", dw.shape, dt)
+            gb = None if db is None else _p.output(self, "acc_b", db.shape, dt)
+        if type(grad_out) is _nd and type(x) is _nd and grad_out.dtype is dt and x.dtype is dt \
+                and grad_out.flags.c_contiguous and x.flags.c_contiguous and x.ndim == 2 and w.shape == k[6] \
+                and grad_out.shape == (x.shape[0], k[5]) and x.shape[1] == k[4] and activation in _ACTS \
+                and (y is None or (type(y) is _nd and y.dtype is dt and y.flags.c_contiguous
+                                   and y.shape == grad_out.shape)):
+            gin = _p.output(self, "grad_input", x.shape, dt, grad_out) if input_grad else None
+            k[8](grad_out, x, w, y, activation, gin, gw, gb)
+        else:
+            gin = dense_backward(grad_out, x, w, y, activation, bias=b is not None, input_grad=input_grad,
+                                 grad_weight=gw, grad_bias=gb)[0]
+        if accumulate:
+            np.add(dw, gw, out=dw)
+            if db is not None:
+                np.add(db, gb, out=db)
+        return gin

@@ -5,7 +5,7 @@ import numpy as np
 from .. import _validation as _v
 from ..backends import current as _backend
 
-__all__ = ["mse_loss", "softmax_cross_entropy", "bce_with_logits"]
+__all__ = ["mse_loss", "softmax_cross_entropy", "bce_with_logits", "LossPlan"]
 
 _REDUCTIONS = ("mean", "sum")
 
@@ -92,3 +92,64 @@ def bce_with_logits(logits, target, reduction="mean", grad=None):
     _v.choice(reduction, "reduction", _REDUCTIONS)
     logits, target, grad = _pair(logits, target, "logits", grad)
     return _backend().bce_with_logits(logits, target, reduction, grad)
+
+
+# ---------------------------------------------------------------------------
+# The bound form layers use (see fastnn.ops._plan)
+
+from . import _plan as _p  # noqa: E402
+
+_nd = _p.ndarray
+_F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)
+_INTP, _UINTP = np.dtype(np.intp), np.dtype(np.uintp)
+
+_LOSS_OPS = {"mse": mse_loss, "cross_entropy": softmax_cross_entropy, "bce_with_logits": bce_with_logits}
+
+
+class LossPlan:
+    """A loss and its gradient bound to one kind and reduction.
+
+    Parameters
+    ----------
+    kind : {"mse", "cross_entropy", "bce_with_logits"}
+    reduction : {"mean", "sum"}
+
+    Notes
+    -----
+    A call checks that prediction and target pair up (type, dtype, layout,
+    shapes; for cross-entropy integer labels, one per row, within
+    ``[0, C)``) and runs the kernel of the active backend; anything else goes
+    through the validated op. The gradient comes from the active workspace,
+    or is a new array.
+    """
+
+    __slots__ = ("kind", "reduction", "_op", "_bound")
+
+    def __init__(self, kind, reduction="mean"):
+        self._op = _LOSS_OPS[_v.choice(kind, "kind", tuple(_LOSS_OPS))]
+        self.kind = kind
+        self.reduction = _v.choice(reduction, "reduction", _REDUCTIONS)
+        self._bound = None
+
+    def _bind(self):
+        backend = _p.current()
+        bound = (backend, getattr(backend, self._op.__name__))
+        self._bound = bound
+        return bound
+
+    def __call__(self, pred, target):
+        """``(loss, dL/dpred)`` of ``pred`` against ``target``."""
+        k = self._bound
+        if k is None or k[0] is not _p.current():
+            k = self._bind()
+        if type(pred) is _nd and type(target) is _nd and pred.flags.c_contiguous and target.flags.c_contiguous:
+            dt = pred.dtype
+            if dt is _F32 or dt is _F64:
+                if self.kind == "cross_entropy":
+                    if target.dtype is _INTP and pred.ndim == 2 and target.ndim == 1 \
+                            and target.shape[0] == pred.shape[0] \
+                            and (target.size == 0 or target.view(_UINTP).max() < pred.shape[1]):
+                        return k[1](pred, target, self.reduction, _p.output(self, "grad", pred.shape, dt, pred))
+                elif target.dtype is dt and target.shape == pred.shape:
+                    return k[1](pred, target, self.reduction, _p.output(self, "grad", pred.shape, dt, pred, target))
+        return self._op(pred, target, self.reduction)

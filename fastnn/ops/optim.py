@@ -5,7 +5,7 @@ import numpy as np
 from .. import _validation as _v
 from ..backends import current as _backend
 
-__all__ = ["sgd_update", "adam_update"]
+__all__ = ["sgd_update", "adam_update", "sgd_update_many", "adam_update_many", "UpdatePlan"]
 
 
 def _state(param, grad, *states):
@@ -94,3 +94,176 @@ def adam_update(param, grad, exp_avg, exp_avg_sq, step, lr=1e-3, beta1=0.9, beta
     _backend().adam_update(param, grad, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps,
                            weight_decay, bool(decoupled))
     return param
+
+
+def _many(params, grads, states, name):
+    """Check parallel sequences of parameters, gradients and optimizer states of one dtype."""
+    params, grads = tuple(params), tuple(grads)
+    if len(grads) != len(params) or any(s is not None and len(s) != len(params) for _, s in states):
+        raise ValueError(f"{name}: params, grads and states must have the same length")
+    if not params:
+        raise ValueError(f"{name}: no parameters")
+    out_states = [tuple(s) if s is not None else None for _, s in states]
+    checked_p, checked_g = [], []
+    for i, (p, g) in enumerate(zip(params, grads)):
+        per = [(f"{sname}[{i}]", s[i]) for (sname, _), s in zip(states, out_states) if s is not None]
+        p, g = _state(p, g, *per)
+        if p.dtype != params[0].dtype:
+            raise TypeError(f"{name}: every parameter must have one dtype, got {params[0].dtype} and {p.dtype}")
+        checked_p.append(p)
+        checked_g.append(g)
+    written = checked_p + [a for s in out_states if s is not None for a in s]
+    for i, a in enumerate(written):  # no array may be updated through two names
+        for b in written[i + 1:]:
+            if np.may_share_memory(a, b):
+                raise ValueError(f"{name}: parameters and optimizer states must not overlap")
+    return tuple(checked_p), tuple(checked_g), out_states
+
+
+def sgd_update_many(params, grads, velocities=None, lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0):
+    """:func:`sgd_update` on several parameters of one dtype in one call.
+
+    Parameters
+    ----------
+    params, grads : sequences of ndarray, pairwise of one shape
+    velocities : sequence of ndarray, optional (required when ``momentum > 0``)
+    lr, momentum, nesterov, weight_decay : as :func:`sgd_update`
+    """
+    lr = _v.scalar(lr, "lr", low=0.0)
+    momentum = _v.scalar(momentum, "momentum", low=0.0, high=1.0, high_open=True)
+    weight_decay = _v.scalar(weight_decay, "weight_decay", low=0.0)
+    if nesterov and momentum == 0:
+        raise ValueError("nesterov momentum needs momentum > 0")
+    if momentum and velocities is None:
+        raise ValueError("sgd_update_many with momentum > 0 needs velocity buffers")
+    params, grads, (velocities,) = _many(params, grads, [("velocity", velocities if momentum else None)],
+                                         "sgd_update_many")
+    _backend().sgd_update_many(params, grads, velocities, lr, momentum, bool(nesterov), weight_decay)
+    return params
+
+
+def adam_update_many(params, grads, exp_avgs, exp_avg_sqs, step, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8,
+                     weight_decay=0.0, decoupled=False):
+    """:func:`adam_update` on several parameters of one dtype in one call.
+
+    Parameters
+    ----------
+    params, grads, exp_avgs, exp_avg_sqs : sequences of ndarray, element-wise of one shape
+    step, lr, beta1, beta2, eps, weight_decay, decoupled : as :func:`adam_update`
+    """
+    if isinstance(step, bool) or int(step) != step or step < 1:
+        raise ValueError(f"step must be an integer >= 1, got {step!r}")
+    lr = _v.scalar(lr, "lr", low=0.0)
+    beta1 = _v.scalar(beta1, "beta1", low=0.0, high=1.0, high_open=True)
+    beta2 = _v.scalar(beta2, "beta2", low=0.0, high=1.0, high_open=True)
+    eps = _v.scalar(eps, "eps", low=0.0, low_open=True)
+    weight_decay = _v.scalar(weight_decay, "weight_decay", low=0.0)
+    params, grads, (m, v) = _many(params, grads, [("exp_avg", exp_avgs), ("exp_avg_sq", exp_avg_sqs)],
+                                  "adam_update_many")
+    _backend().adam_update_many(params, grads, m, v, int(step), lr, beta1, beta2, eps, weight_decay,
+                                bool(decoupled))
+    return params
+
+
+# ---------------------------------------------------------------------------
+# The bound form optimizers use (see fastnn.ops._plan)
+
+from . import _plan as _p  # noqa: E402
+
+
+class UpdatePlan:
+    """Fused optimizer updates bound to a list of parameters, with their state arrays.
+
+    Parameters
+    ----------
+    params : sequence of Parameter-like
+        Objects whose ``.data`` is updated in place from ``.grad``.
+    state_names : sequence of str
+        The optimizer's state arrays per parameter (SGD with momentum:
+        ``("velocity",)``; Adam: ``("exp_avg", "exp_avg_sq")``), created as
+        zeros here and kept in :attr:`state`.
+
+    Attributes
+    ----------
+    state : dict of str to list of ndarray
+        One array per parameter for each state name. A parameter whose array
+        changes shape or dtype gets fresh zero state at the next step.
+
+    Notes
+    -----
+    Parameters are grouped by dtype; each group is updated by one kernel
+    call. The arrays are validated when first seen; a step then checks that
+    every parameter and state still holds the same arrays (identity), else
+    validates again.
+    """
+
+    __slots__ = ("params", "state_names", "state", "_bound")
+
+    def __init__(self, params, state_names=()):
+        self.params = tuple(params)
+        self.state_names = tuple(state_names)
+        self.state = {name: [None] * len(self.params) for name in self.state_names}
+        self._bound = None
+
+    def __getstate__(self):
+        return {"params": self.params, "state_names": self.state_names, "state": self.state}
+
+    def __setstate__(self, state):
+        self.params, self.state_names, self.state = state["params"], state["state_names"], state["state"]
+        self._bound = None
+
+    def _bind(self):
+        backend = _p.current()
+        arrays = tuple((_p.check_param(p, "param"), _p.check_grad(p, "param")) for p in self.params)
+        for name in self.state_names:
+            states = self.state[name]
+            for i, (d, _) in enumerate(arrays):
+                st = states[i]
+                if type(st) is not _p.ndarray or st.shape != d.shape or st.dtype != d.dtype \
+                        or not st.flags.c_contiguous or not st.flags.writeable:
+                    states[i] = np.zeros_like(d)
+        groups = {}
+        for i, (d, _) in enumerate(arrays):
+            groups.setdefault(d.dtype, []).append(i)
+        bound_groups = []
+        for idx in groups.values():
+            ps = tuple(arrays[i][0] for i in idx)
+            gs = tuple(arrays[i][1] for i in idx)
+            sts = [tuple(self.state[name][i] for i in idx) for name in self.state_names]
+            # the full checks of the ops, once: shapes, layout, no array updated twice
+            _many(ps, gs, list(zip(self.state_names, sts)), "optimizer")
+            bound_groups.append((ps, gs, tuple(sts)))
+        state_ids = tuple(a for name in self.state_names for a in self.state[name])
+        bound = (backend, arrays, tuple(bound_groups), state_ids)
+        self._bound = bound
+        return bound
+
+    def _check(self):
+        k = self._bound
+        if k is None or k[0] is not _p.current():
+            return self._bind()
+        for p, (d, g) in zip(self.params, k[1]):
+            if p.data is not d or p.grad is not g or d.shape != g.shape:
+                return self._bind()
+        if self.state_names:
+            i = 0
+            for name in self.state_names:
+                for a in self.state[name]:
+                    if a is not k[3][i]:
+                        return self._bind()
+                    i += 1
+        return k
+
+    def sgd(self, lr, momentum, nesterov, weight_decay):
+        """One SGD step (see :func:`sgd_update`); hyper-parameters already validated."""
+        k = self._check()
+        kernel = k[0].sgd_update_many
+        for ps, gs, sts in k[2]:
+            kernel(ps, gs, sts[0] if sts else None, lr, momentum, nesterov, weight_decay)
+
+    def adam(self, step, lr, beta1, beta2, eps, weight_decay, decoupled):
+        """One Adam/AdamW step (see :func:`adam_update`); hyper-parameters already validated."""
+        k = self._check()
+        kernel = k[0].adam_update_many
+        for ps, gs, (m, v) in k[2]:
+            kernel(ps, gs, m, v, step, lr, beta1, beta2, eps, weight_decay, decoupled)

@@ -15,7 +15,7 @@ __all__ = [
     "rnn_forward", "rnn_backward",
     "lstm_forward", "lstm_backward",
     "gru_forward", "gru_backward",
-    "RNN_NONLINEARITIES",
+    "RNN_NONLINEARITIES", "RecurrentPlan",
 ]
 
 RNN_NONLINEARITIES = ("tanh", "relu")
@@ -314,3 +314,192 @@ def gru_backward(grad_out, x, h0, weight_ih, weight_hh, out, gates, hidden_n, *,
         return grad_x, grad_h0, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh
     return _backend().gru_backward(grad_out, grad_hn, x, h0, weight_ih, weight_hh, out, gates, hidden_n, work,
                                    grad_x, grad_h0, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh)
+
+
+# ---------------------------------------------------------------------------
+# The bound form layers use (see fastnn.ops._plan)
+
+import numpy as _np  # noqa: E402
+
+from . import _plan as _p  # noqa: E402
+
+_nd = _p.ndarray
+
+
+def _is(a, shape, dt):
+    return type(a) is _nd and a.dtype is dt and a.shape == shape and a.flags.c_contiguous
+
+
+class RecurrentPlan:
+    """The forward and backward kernels of one recurrent layer (RNN, LSTM or GRU), bound to its parameters.
+
+    Parameters
+    ----------
+    cell : {"rnn", "lstm", "gru"}
+    weight_ih, weight_hh : Parameter-like, ``.data`` of shape (G·H, I) and (G·H, H)
+    bias_ih, bias_hh : Parameter-like of shape (G·H,), or None
+    nonlinearity : {"tanh", "relu"}, for ``"rnn"``
+
+    Notes
+    -----
+    ``forward`` returns what ``backward`` needs besides the inputs: the
+    output (T, B, H), and for the LSTM the cell states and gates, for the
+    GRU the gates and hidden projection. Sequences are time-major. The
+    parameters are validated when first seen; a call checks identities and
+    the shapes and layout of the sequences. Results come from the active
+    workspace, or are new arrays.
+    """
+
+    __slots__ = ("cell", "weight_ih", "weight_hh", "bias_ih", "bias_hh", "nonlinearity", "_bound")
+
+    def __init__(self, cell, weight_ih, weight_hh, bias_ih=None, bias_hh=None, nonlinearity="tanh"):
+        self.cell = _v.choice(cell, "cell", tuple(_GATES))
+        if (bias_ih is None) != (bias_hh is None):
+            raise ValueError("give both biases or neither")
+        self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh = weight_ih, weight_hh, bias_ih, bias_hh
+        self.nonlinearity = _v.choice(nonlinearity, "nonlinearity", RNN_NONLINEARITIES)
+        self._bound = None
+
+    def _params(self):
+        bias = self.bias_ih is not None
+        return (self.weight_ih.data, self.weight_hh.data, self.bias_ih.data if bias else None,
+                self.bias_hh.data if bias else None)
+
+    def _grads(self):
+        bias = self.bias_ih is not None
+        return (self.weight_ih.grad, self.weight_hh.grad, self.bias_ih.grad if bias else None,
+                self.bias_hh.grad if bias else None)
+
+    def _bind(self):
+        cell = self.cell
+        w_ih = _p.check_param(self.weight_ih, "weight_ih", 2)
+        w_hh = _p.check_param(self.weight_hh, "weight_hh", 2)
+        params = [self.weight_ih, self.weight_hh]
+        if self.bias_ih is not None:
+            params += [self.bias_ih, self.bias_hh]
+            for p, name in ((self.bias_ih, "bias_ih"), (self.bias_hh, "bias_hh")):
+                _p.check_param(p, name, 1)
+        probe = _np.empty((1, 1, w_ih.shape[1] if w_ih.ndim == 2 else 0), w_ih.dtype)
+        data = self._params()
+        # the full checks of the ops, once: shapes of every parameter against each other
+        _, _, _, _, _, (_, _, I, H) = _seq_args(cell, probe, *data)
+        grads = tuple(_p.check_grad(p, n) for p, n in zip(params, ("weight_ih", "weight_hh", "bias_ih",
+                                                                      "bias_hh")))
+        grads = grads + (None,) * (4 - len(grads))
+        _p.check_disjoint(cell, *data, *grads)
+        backend = _p.current()
+        bound = (backend, data, grads, w_ih.dtype, I, H, tuple(a.shape if a is not None else None for a in data),
+                 getattr(backend, cell + "_forward"), getattr(backend, cell + "_backward"))
+        self._bound = bound
+        return bound
+
+    def _check(self, with_grads=False):
+        data = self._params()
+        k = self._bound
+        if k is None or k[0] is not _p.current() or any(a is not b for a, b in zip(data, k[1])) \
+                or (with_grads and any(a is not b for a, b in zip(self._grads(), k[2]))):
+            k = self._bind()
+        for a, s in zip(data, k[6]):
+            if a is not None and a.shape != s:
+                k = self._bind()
+        return k
+
+    def forward(self, x, h0, c0=None):
+        """Run the sequence ``x`` (T, B, I) from ``h0`` (and ``c0``) of shape (B, H).
+
+        Returns
+        -------
+        rnn: out; lstm: (out, cell, gates); gru: (out, gates, hidden_n)
+        """
+        k = self._check()
+        dt, I, H = k[3], k[4], k[5]
+        cell = self.cell
+        fast = type(x) is _nd and x.dtype is dt and x.flags.c_contiguous and x.ndim == 3 and x.shape[2] == I \
+            and x.shape[0] > 0 and x.shape[1] > 0
+        if fast:
+            T, B = x.shape[0], x.shape[1]
+            fast = _is(h0, (B, H), dt) and (cell != "lstm" or _is(c0, (B, H), dt))
+        w_ih, w_hh, b_ih, b_hh = k[1]
+        if not fast:
+            if cell == "rnn":
+                return rnn_forward(x, h0, w_ih, w_hh, b_ih, b_hh, self.nonlinearity)
+            if cell == "lstm":
+                return lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+            return gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh)
+        out = _p.output(self, "out", (T, B, H), dt, x, h0, c0)
+        if cell == "rnn":
+            return k[7](x, h0, w_ih, w_hh, b_ih, b_hh, self.nonlinearity, out)
+        if cell == "lstm":
+            return k[7](x, h0, c0, w_ih, w_hh, b_ih, b_hh, out, _p.output(self, "cell", (T, B, H), dt, x, h0, c0),
+                        _p.output(self, "gates", (T, B, 4 * H), dt, x, h0, c0))
+        return k[7](x, h0, w_ih, w_hh, b_ih, b_hh, out, _p.output(self, "gates", (T, B, 3 * H), dt, x, h0),
+                    _p.output(self, "hidden_n", (T, B, H), dt, x, h0))
+
+    def backward(self, grad_out, x, h0, saved, c0=None, *, grad_hn=None, grad_cn=None, input_grad=True,
+                 accumulate=False):
+        """BPTT: writes the parameter gradients; returns ``(grad_x or None, grad_h0[, grad_c0])``.
+
+        Parameters
+        ----------
+        grad_out : ndarray (T, B, H), dL/d(out)
+        x, h0, c0 : the forward inputs
+        saved : what ``forward`` returned
+        grad_hn, grad_cn : ndarray (B, H), optional
+            Gradients of the final states from elsewhere.
+        accumulate : bool
+            Add the parameter gradients instead of overwriting them.
+        """
+        k = self._check(with_grads=True)
+        dt, I, H = k[3], k[4], k[5]
+        cell = self.cell
+        w_ih, w_hh, b_ih, b_hh = k[1]
+        grads = k[2]
+        if accumulate:
+            grads = tuple(None if g is None else _p.output(self, f"acc{i}", g.shape, dt) for i, g in enumerate(grads))
+        out, extra = (saved, ()) if cell == "rnn" else (saved[0], saved[1:])
+        fast = type(x) is _nd and x.dtype is dt and x.flags.c_contiguous and x.ndim == 3 and x.shape[2] == I \
+            and x.shape[0] > 0 and x.shape[1] > 0
+        if fast:
+            T, B = x.shape[0], x.shape[1]
+            tbh, bh = (T, B, H), (B, H)
+            fast = _is(grad_out, tbh, dt) and _is(h0, bh, dt) and _is(out, tbh, dt) \
+                and (grad_hn is None or _is(grad_hn, bh, dt))
+            if cell == "lstm":
+                fast = fast and _is(c0, bh, dt) and _is(extra[0], tbh, dt) and _is(extra[1], (T, B, 4 * H), dt) \
+                    and (grad_cn is None or _is(grad_cn, bh, dt))
+            elif cell == "gru":
+                fast = fast and _is(extra[0], (T, B, 3 * H), dt) and _is(extra[1], tbh, dt)
+        if fast:
+            ins = (grad_out, grad_hn, grad_cn)
+            work = _p.output(self, "work", work_shape(cell, T, B, H), dt, *ins)
+            gx = _p.output(self, "grad_x", (T, B, I), dt, *ins) if input_grad else None
+            gh0 = _p.output(self, "grad_h0", (B, H), dt, *ins)
+            if cell == "rnn":
+                k[8](grad_out, grad_hn, x, h0, w_ih, w_hh, out, self.nonlinearity, work, gx, gh0, *grads)
+                result = (gx, gh0)
+            elif cell == "lstm":
+                gc0 = _p.output(self, "grad_c0", (B, H), dt, *ins)
+                k[8](grad_out, grad_hn, grad_cn, x, h0, c0, w_ih, w_hh, out, extra[0], extra[1], work, gx, gh0, gc0,
+                     *grads)
+                result = (gx, gh0, gc0)
+            else:
+                k[8](grad_out, grad_hn, x, h0, w_ih, w_hh, out, extra[0], extra[1], work, gx, gh0, *grads)
+                result = (gx, gh0)
+        else:
+            named = dict(bias=b_ih is not None, input_grad=input_grad, grad_weight_ih=grads[0],
+                         grad_weight_hh=grads[1], grad_bias_ih=grads[2], grad_bias_hh=grads[3])
+            if cell == "rnn":
+                r = rnn_backward(grad_out, x, h0, w_ih, w_hh, out, self.nonlinearity, grad_hn=grad_hn, **named)
+                result = r[:2]
+            elif cell == "lstm":
+                r = lstm_backward(grad_out, x, h0, c0, w_ih, w_hh, out, extra[0], extra[1], grad_hn=grad_hn,
+                                  grad_cn=grad_cn, **named)
+                result = r[:3]
+            else:
+                r = gru_backward(grad_out, x, h0, w_ih, w_hh, out, extra[0], extra[1], grad_hn=grad_hn, **named)
+                result = r[:2]
+        if accumulate:
+            for g, tmp in zip(k[2], grads):
+                if g is not None:
+                    _np.add(g, tmp, out=g)
+        return result

@@ -21,7 +21,7 @@ from numba import njit, prange
 
 from ..._config import NUMBA_JIT_OPTIONS, PARALLEL_MIN_ELEMENTS, PARALLEL_MIN_ELEMENTS_CHEAP
 
-__all__ = ["sgd_update", "adam_update"]
+__all__ = ["sgd_update", "adam_update", "sgd_update_many", "adam_update_many"]
 
 _PAR = PARALLEL_MIN_ELEMENTS
 _PAR_CHEAP = PARALLEL_MIN_ELEMENTS_CHEAP   # memory-bound loops
@@ -145,3 +145,23 @@ def adam_update(param, grad, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps,
     bias_correction2 = 1.0 - beta2 ** step
     _adam(param, grad, exp_avg, exp_avg_sq, decay, wd, beta1, beta2, lr / bias_correction1,
           1.0 / math.sqrt(bias_correction2), eps)
+
+
+def sgd_update_many(params, grads, velocities, lr, momentum, nesterov, weight_decay):
+    """:func:`sgd_update` on each ``(params[i], grads[i], velocities[i])``."""
+    lr, momentum, weight_decay, nesterov = float(lr), float(momentum), float(weight_decay), bool(nesterov)
+    for i in range(len(params)):
+        _sgd(params[i], grads[i], velocities[i] if momentum else None, lr, momentum, nesterov, weight_decay)
+
+
+def adam_update_many(params, grads, exp_avgs, exp_avg_sqs, step, lr, beta1, beta2, eps, weight_decay, decoupled):
+    """:func:`adam_update` on each ``(params[i], grads[i], exp_avgs[i], exp_avg_sqs[i])``."""
+    if weight_decay and decoupled:
+        decay, wd = 1.0 - lr * weight_decay, 0.0
+    else:
+        decay, wd = 1.0, float(weight_decay)
+    step_size = lr / (1.0 - beta1 ** step)
+    inv_sqrt_bc2 = 1.0 / math.sqrt(1.0 - beta2 ** step)
+    for i in range(len(params)):
+        _adam(params[i], grads[i], exp_avgs[i], exp_avg_sqs[i], decay, wd, beta1, beta2, step_size, inv_sqrt_bc2,
+              eps)

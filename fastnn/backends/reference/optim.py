@@ -7,7 +7,7 @@ trained with the same seed and data takes the same steps.
 
 import numpy as np
 
-__all__ = ["sgd_update", "adam_update"]
+__all__ = ["sgd_update", "adam_update", "sgd_update_many", "adam_update_many"]
 
 
 def sgd_update(param, grad, velocity, lr, momentum, nesterov, weight_decay):
@@ -75,3 +75,17 @@ def adam_update(param, grad, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps,
     bias_correction2 = 1 - beta2 ** step
     denom = np.sqrt(exp_avg_sq) / np.sqrt(bias_correction2) + eps
     param -= (lr / bias_correction1) * (exp_avg / denom)
+
+
+def sgd_update_many(params, grads, velocities, lr, momentum, nesterov, weight_decay):
+    """:func:`sgd_update` on each ``(params[i], grads[i], velocities[i])`` (velocities None without momentum)."""
+    for i in range(len(params)):
+        sgd_update(params[i], grads[i], None if velocities is None else velocities[i], lr, momentum, nesterov,
+                   weight_decay)
+
+
+def adam_update_many(params, grads, exp_avgs, exp_avg_sqs, step, lr, beta1, beta2, eps, weight_decay, decoupled):
+    """:func:`adam_update` on each ``(params[i], grads[i], exp_avgs[i], exp_avg_sqs[i])``."""
+    for i in range(len(params)):
+        adam_update(params[i], grads[i], exp_avgs[i], exp_avg_sqs[i], step, lr, beta1, beta2, eps, weight_decay,
+                    decoupled)

@@ -374,7 +374,8 @@ def max_pool_bwd(const floating[:, :, :, ::1] grad_out, const long long[:, :, :,
                  floating[:, :, :, ::1] grad_input):
     """dx[plane][indices] += dy (one plane per thread: no races).
 
-    Every index lies in [0, H·W): ops.conv checks them all before this runs.
+    The kernel checks what it indexes with, whoever called it: an index
+    outside [0, H·W) is skipped and makes the call raise ValueError.
     """
     cdef Py_ssize_t B = grad_input.shape[0], C = grad_input.shape[1]
     cdef Py_ssize_t HW = grad_input.shape[2] * grad_input.shape[3]
@@ -383,11 +384,20 @@ def max_pool_bwd(const floating[:, :, :, ::1] grad_out, const long long[:, :, :,
     cdef const long long* ip = &indices[0, 0, 0, 0]
     cdef floating* dp = &grad_input[0, 0, 0, 0]
     cdef floating* plane
+    cdef long long k
+    cdef Py_ssize_t bad = 0
     for r in prange(B * C, nogil=True, schedule="static", num_threads=_threads(B * C * HW)):
         plane = dp + r * HW
         memset(plane, 0, HW * sizeof(floating))
         for p in range(n_out):
-            plane[ip[r * n_out + p]] += gp[r * n_out + p]
+            k = ip[r * n_out + p]
+            if <size_t>k < <size_t>HW:   # one unsigned compare: negative indices are huge
+                plane[k] += gp[r * n_out + p]
+            else:
+                bad += 1
+    if bad:
+        raise ValueError(f"indices must lie in [0, {HW}) for input planes of "
+                         f"{grad_input.shape[2]}x{grad_input.shape[3]}")
 
 
 def avg_pool_fwd(const floating[:, :, :, ::1] x, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,

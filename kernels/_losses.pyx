@@ -138,6 +138,10 @@ def softmax_cross_entropy(cnp.ndarray logits, cnp.ndarray labels, reduction, cnp
     cdef const fnn_idx* pl = <const fnn_idx*>cnp.PyArray_DATA(labels)
     cdef void* pg = cnp.PyArray_DATA(grad)
     cdef double total
+    cdef Py_ssize_t r
+    for r in range(rows):   # the kernel checks what it indexes with, whoever called it
+        if <size_t>pl[r] >= <size_t>c:
+            raise ValueError(f"labels must lie in [0, {c}), got {pl[r]} in row {r}")
     with nogil:
         total = _xent(f32, pz, pl, pg, rows, c, scale)
     return total * scale, grad

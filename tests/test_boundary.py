@@ -503,3 +503,33 @@ def test_rejected_loss_call_leaves_a_usable_loss():
         print("ok")
     """
     assert "ok" in run_isolated(code).assert_ok().stdout
+
+
+def test_kernels_check_labels_and_indices_themselves():
+    """Bound plans skip the Python passes over labels and indices: each backend's kernel checks them."""
+    code = """
+        import numpy as np, fastnn
+        from fastnn.backends import get
+        for name in fastnn.available_backends():
+            b = get(name)
+            z = np.zeros((4, 3), np.float32)
+            for bad in ([0, 3, 1, 2], [0, -1, 1, 2], [0, 1, 2, 2**62]):
+                try:
+                    b.softmax_cross_entropy(z, np.array(bad, np.intp), "mean", np.empty_like(z))
+                except ValueError:
+                    pass
+                else:
+                    raise AssertionError(name + ": kernel used label " + repr(bad))
+            g = np.ones((1, 2, 2, 2), np.float32)
+            for bad in (4, -1, 2**40):
+                idx = np.zeros((1, 2, 2, 2), np.int64)
+                idx[0, 1, 1, 0] = bad
+                try:
+                    b.max_pool2d_backward(g, idx, np.empty((1, 2, 2, 2), np.float32))
+                except ValueError:
+                    pass
+                else:
+                    raise AssertionError(name + ": kernel scattered to index " + repr(bad))
+        print("ok")
+    """
+    assert "ok" in run_isolated(code).assert_ok().stdout

@@ -569,17 +569,11 @@ class PoolPlan:
                 return gin
             if self.kind == "avg":
                 return k[2](grad_out, self.kernel_size, self.stride, self.padding, self.count_include_pad, gin)
-            # indices come from this plan's forward (validated there); the
-            # kernel still must never see one outside the plane
+            # every backend's kernel checks each index against the plane as it scatters (ValueError)
             if type(indices) is _nd and indices.dtype is _INT64 and indices.shape == grad_out.shape \
-                    and indices.flags.c_contiguous and self._indices_ok(indices, input_shape):
+                    and indices.flags.c_contiguous and not np.may_share_memory(indices, gin):
                 return k[2](grad_out, indices, gin)
         if self.kind == "max":
             return max_pool2d_backward(grad_out, indices, input_shape)
         return avg_pool2d_backward(grad_out, input_shape, self.kernel_size, self.stride, self.padding,
                                    self.count_include_pad)
-
-    @staticmethod
-    def _indices_ok(indices, input_shape):
-        plane = input_shape[2] * input_shape[3]
-        return indices.size == 0 or (0 <= indices.min() and indices.max() < plane)

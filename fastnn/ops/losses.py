@@ -101,7 +101,7 @@ from . import _plan as _p  # noqa: E402
 
 _nd = _p.ndarray
 _F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)
-_INTP, _UINTP = np.dtype(np.intp), np.dtype(np.uintp)
+_INTP = np.dtype(np.intp)
 
 _LOSS_OPS = {"mse": mse_loss, "cross_entropy": softmax_cross_entropy, "bce_with_logits": bce_with_logits}
 
@@ -117,9 +117,9 @@ class LossPlan:
     Notes
     -----
     A call checks that prediction and target pair up (type, dtype, layout,
-    shapes; for cross-entropy integer labels, one per row, within
-    ``[0, C)``) and runs the kernel of the active backend; anything else goes
-    through the validated op. The gradient comes from the active workspace,
+    shapes; for cross-entropy integer labels, one per row) and runs the
+    kernel of the active backend, which checks every label against ``[0, C)``
+    as it reads it; anything else goes through the validated op. The gradient comes from the active workspace,
     or is a new array.
     """
 
@@ -146,9 +146,9 @@ class LossPlan:
             dt = pred.dtype
             if dt is _F32 or dt is _F64:
                 if self.kind == "cross_entropy":
+                    # every backend's kernel checks each label against C itself (ValueError)
                     if target.dtype is _INTP and pred.ndim == 2 and target.ndim == 1 \
-                            and target.shape[0] == pred.shape[0] \
-                            and (target.size == 0 or target.view(_UINTP).max() < pred.shape[1]):
+                            and target.shape[0] == pred.shape[0]:
                         return k[1](pred, target, self.reduction, _p.output(self, "grad", pred.shape, dt, pred))
                 elif target.dtype is dt and target.shape == pred.shape:
                     return k[1](pred, target, self.reduction, _p.output(self, "grad", pred.shape, dt, pred, target))

@@ -409,9 +409,15 @@ def _max_pool_2x2(x, out, indices):
 
 
 def _max_pool_bwd(grad_out, indices, grad_input):
-    """dx[plane][indices] += dy (each plane by one thread, so no races)."""
+    """dx[plane][indices] += dy (each plane by one thread, so no races); returns the count of bad indices.
+
+    An index outside the plane is never used (the caller raises): this
+    kernel checks what it indexes with, whoever called it.
+    """
     B, C, H, W = grad_input.shape
+    hw = np.uint64(H * W)
     n_out = grad_out.shape[2] * grad_out.shape[3]
+    bad = 0
     for r in prange(B * C):
         b = r // C
         c = r - b * C
@@ -420,7 +426,12 @@ def _max_pool_bwd(grad_out, indices, grad_input):
         g = grad_out[b, c].reshape(n_out)
         idx = indices[b, c].reshape(n_out)
         for p in range(n_out):
-            plane[idx[p]] += g[p]
+            k = idx[p]
+            if np.uint64(k) < hw:   # one unsigned compare: negative indices are huge
+                plane[k] += g[p]
+            else:
+                bad += 1
+    return bad
 
 
 def _avg_pool_fwd(x, kh, kw, sh, sw, ph, pw, count_include_pad, out):
@@ -495,7 +506,9 @@ def max_pool2d_forward(x, kernel_size, stride, padding, out, indices):
 def max_pool2d_backward(grad_out, indices, grad_input):
     """dx[b,c].flat[indices[b,c,i,j]] += dy[b,c,i,j]."""
     fn = _max_bwd_p if grad_input.size >= PARALLEL_MIN_ELEMENTS else _max_bwd_s
-    fn(grad_out, indices, grad_input)
+    if fn(grad_out, indices, grad_input):
+        raise ValueError(f"indices must lie in [0, {grad_input.shape[2] * grad_input.shape[3]}) "
+                         f"for input shape {grad_input.shape}")
     return grad_input
 
 

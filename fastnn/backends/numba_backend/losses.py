@@ -118,7 +118,10 @@ def _ce_par(z, labels, g, s):
 @_jit
 def _softmax_ce(logits, labels, scale, grad):
     """L = s·Σ_i (logsumexp(z_i) − z_i[y_i]), dL/dz = s·(softmax(z) − onehot(y))."""
-    b = logits.shape[0]
+    b, c = logits.shape
+    for r in range(b):   # the kernel checks what it indexes with: -1 flags a bad label
+        if np.uint64(labels[r]) >= np.uint64(c):
+            return -1.0
     s = logits.dtype.type(scale)
     if logits.size >= _PAR and b > 1:
         return _ce_par(logits, labels, grad, s) * scale
@@ -130,7 +133,10 @@ def softmax_cross_entropy(logits, labels, reduction, grad):
     b = logits.shape[0]
     if b == 0:
         return (float("nan") if reduction == "mean" else 0.0), grad
-    return float(_softmax_ce(logits, labels, _scale(b, reduction), grad)), grad
+    loss = float(_softmax_ce(logits, labels, _scale(b, reduction), grad))
+    if loss < 0:
+        raise ValueError(f"labels must lie in [0, {logits.shape[1]})")
+    return loss, grad
 
 
 # ---------------------------------------------------------------- BCE with logits

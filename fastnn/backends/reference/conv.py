@@ -211,6 +211,8 @@ def max_pool2d_backward(grad_out, indices, grad_input):
     grad_input : ndarray of shape (B, C, H, W)
     """
     B, C, H, W = grad_input.shape
+    if indices.size and (indices.min() < 0 or indices.max() >= H * W):
+        raise ValueError(f"indices must lie in [0, {H * W}) for input shape {grad_input.shape}")
     plane = np.arange(B * C).reshape(B, C, 1, 1) * (H * W)
     flat = (indices + plane).ravel()
     summed = np.bincount(flat, weights=grad_out.ravel(), minlength=B * C * H * W)

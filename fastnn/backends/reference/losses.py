@@ -64,6 +64,8 @@ def softmax_cross_entropy(logits, labels, reduction, grad):
     b = logits.shape[0]
     if b == 0:
         return (float("nan") if reduction == "mean" else 0.0), grad
+    if labels.min() < 0 or labels.max() >= logits.shape[1]:
+        raise ValueError(f"labels must lie in [0, {logits.shape[1]})")
     rows = np.arange(b)
     shifted = logits - logits.max(axis=1, keepdims=True)
     np.exp(shifted, out=grad)

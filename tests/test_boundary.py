@@ -139,19 +139,23 @@ def test_four_threads_on_one_model_give_the_serial_results(backend, kind, mode, 
     def work(offset):
         try:
             start.wait()
-            for i in range(len(xs)):
-                k = (i + offset) % len(xs)
-                if mode == "predict":
-                    y = fastnn.predict(model, xs[k])
-                elif mode == "no_grad":
-                    with fastnn.no_grad():
-                        y = model(xs[k])
-                else:
-                    y = model(xs[k])
-                if not np.array_equal(y, want[k]):
-                    wrong.append(k)
+            with fastnn.use_backend(backend):   # a new thread starts from the process-wide default
+                run(offset)
         except Exception as exc:  # noqa: BLE001 - reported below
             errors.append(repr(exc))
+
+    def run(offset):
+        for i in range(len(xs)):
+            k = (i + offset) % len(xs)
+            if mode == "predict":
+                y = fastnn.predict(model, xs[k])
+            elif mode == "no_grad":
+                with fastnn.no_grad():
+                    y = model(xs[k])
+            else:
+                y = model(xs[k])
+            if not np.array_equal(y, want[k]):
+                wrong.append(k)
 
     threads = [threading.Thread(target=work, args=(10 * j,)) for j in range(4)]
     for t in threads:
@@ -256,9 +260,10 @@ def test_fit_and_predict_in_two_threads(backend, rng):
 
     def predict_loop():
         try:
-            while not done.is_set():
-                out = fastnn.predict(model, X[:50])
-                assert out.shape == (50, 3)
+            with fastnn.use_backend(backend):
+                while not done.is_set():
+                    out = fastnn.predict(model, X[:50])
+                    assert out.shape == (50, 3)
         except Exception as exc:  # noqa: BLE001
             errors.append(exc)
 

@@ -410,6 +410,8 @@ def test_every_module_has_the_one_backward_protocol():
     import inspect
 
     for name, cls in nn.registered_modules().items():
+        if not cls.__module__.startswith("fastnn."):
+            continue   # layers other tests register
         params = inspect.signature(cls.backward).parameters
         assert list(params)[:2] == ["self", "grad_output"], name
         for kw in ("input_grad", "accumulate"):

@@ -15,7 +15,7 @@ import pytest
 pytest.importorskip("sklearn")
 
 from sklearn import neural_network as sknn  # noqa: E402
-from sklearn.datasets import load_digits, make_classification, make_regression  # noqa: E402
+from sklearn.datasets import load_digits, make_regression  # noqa: E402
 from sklearn.exceptions import ConvergenceWarning  # noqa: E402
 from sklearn.utils.class_weight import compute_sample_weight  # noqa: E402
 

@@ -220,12 +220,14 @@ class _BaseMLP(BaseEstimator):
             self.out_activation_ = "softmax"
         else:
             self.out_activation_ = "logistic"
+        # scikit-learn's draws first, so that dropout changes only the shuffling, not the initial weights
+        init = [glorot_init(self._random_state, fan_in, fan_out, self.activation)
+                for fan_in, fan_out in zip(layer_units[:-1], layer_units[1:])]
         dropout_rng = None
         if self.dropout > 0:
             dropout_rng = np.random.default_rng(self._random_state.randint(np.iinfo(np.int32).max))
         net = build_network(layer_units, self.activation, self._dtype, self.dropout, dropout_rng)
-        for lin, (fan_in, fan_out) in zip(linear_layers(net), zip(layer_units[:-1], layer_units[1:])):
-            coef, intercept = glorot_init(self._random_state, fan_in, fan_out, self.activation)
+        for lin, (coef, intercept) in zip(linear_layers(net), init):
             np.copyto(lin.weight.data, coef.T, casting="unsafe")
             np.copyto(lin.bias.data, intercept, casting="unsafe")
         self._network = net
@@ -451,10 +453,7 @@ class _BaseMLP(BaseEstimator):
         """scikit-learn's validation score (accuracy or R²; NaN for non-finite outputs) and the validation loss."""
         z = self._raw_output(X_val)
         val_loss, _ = self._head.loss_and_delta(z, t_val, sw_val, with_delta=False)
-        out = self._head.activate(z)
-        if not np.isfinite(out).all():
-            return np.nan, val_loss
-        return self._score_outputs(out, y_val, sw_val), val_loss
+        return self._score_outputs(self._head.activate(z), y_val, sw_val), val_loss
 
     def _extras_stop(self, started):
         """The callbacks and ``max_time``: True stops training after this epoch."""
@@ -802,8 +801,11 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     def _score_outputs(self, out, y_val, sample_weight):
         if self.n_outputs_ == 1:
             out = out.ravel()
+        y_pred = self._label_binarizer.inverse_transform(out)
+        if np.issubdtype(y_pred.dtype, np.floating) and not np.isfinite(y_pred).all():
+            return np.nan
         y_true = self._label_binarizer.inverse_transform(y_val)
-        return accuracy_score(y_true, self._label_binarizer.inverse_transform(out), sample_weight=sample_weight)
+        return accuracy_score(y_true, y_pred, sample_weight=sample_weight)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -916,6 +918,8 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
     def _score_outputs(self, out, y_val, sample_weight):
         if out.shape[1] == 1:
             out = out.ravel()
+        if not np.isfinite(out).all():
+            return np.nan
         return r2_score(y_val, out, sample_weight=sample_weight)
 
 

@@ -193,7 +193,7 @@ class Head:
         np.minimum(picked, 1 - self.eps, out=picked)
         np.log(picked, out=picked)
         if weight is None:
-            return -float(picked.sum(dtype=np.float64)) / b
+            return -float(picked.sum(dtype=np.float64)) / weight_sum
         return -float(np.dot(weight, picked.astype(np.float64))) / weight_sum
 
     def _row_starts(self, b, c):
@@ -227,9 +227,9 @@ class Head:
 
 
 def _average_sum(values, weight, weight_sum):
-    """``Σ_k average_i(values[i, k], weights)`` (``values`` may be 1-D: one column)."""
+    """``Σ_k Σ_i weight_i·values[i, k] / weight_sum`` (no weights: ones); ``values`` may be 1-D."""
     if weight is None:
-        return float(values.sum(dtype=np.float64)) / values.shape[0]
+        return float(values.sum(dtype=np.float64)) / weight_sum
     w = np.asarray(weight, dtype=np.float64)
     total = w @ values.astype(np.float64, copy=False)
     return float(np.sum(total)) / weight_sum

@@ -117,3 +117,26 @@ def test_thread_budget_follows_the_process_limits(monkeypatch):
     assert thread_budget() == fastnn.get_num_threads()   # fastnn's own setting wins
     with pytest.raises(ValueError, match="n_threads must be a positive integer"):
         thread_budget(0)
+
+
+def test_set_output_pipelines_feed_the_estimators(data):
+    """set_output configures the transformers of a pipeline; the estimators take what those give."""
+    X, y = data
+    pipe = make_pipeline(StandardScaler(), MLPClassifier(hidden_layer_sizes=(8,), max_iter=5, random_state=0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        pipe.set_output(transform="default").fit(X, y)
+    assert pipe.predict(X[:4]).shape == (4,)
+
+
+def test_dataframes_from_set_output_record_feature_names(data):
+    pd = pytest.importorskip("pandas")
+    X, y = data
+    pipe = make_pipeline(StandardScaler(), MLPClassifier(hidden_layer_sizes=(8,), max_iter=5, random_state=0))
+    columns = [f"pixel{i}" for i in range(X.shape[1])]
+    frame = pd.DataFrame(X, columns=columns)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        pipe.set_output(transform="pandas").fit(frame, y)
+    assert list(pipe[-1].feature_names_in_) == columns
+    assert pipe.predict(frame.iloc[:4]).shape == (4,)

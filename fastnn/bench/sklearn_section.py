@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import warnings
 
-
 from .report import ROW_LABELS, ROW_ORDER, fmt_time
 from .workloads import Case, Workload
 

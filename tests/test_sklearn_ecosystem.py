@@ -140,3 +140,16 @@ def test_dataframes_from_set_output_record_feature_names(data):
         pipe.set_output(transform="pandas").fit(frame, y)
     assert list(pipe[-1].feature_names_in_) == columns
     assert pipe.predict(frame.iloc[:4]).shape == (4,)
+
+
+def test_unpickled_module_and_optimizer_still_train_together(data):
+    X, y = data
+    net = NeuralNetClassifier(max_epochs=1, batch_size=100, warm_start=True, random_state=0).fit(X, y)
+    copy = pickle.loads(pickle.dumps(net))
+    params = copy.module_.parameters()
+    assert all(p is q for p, q in zip(copy.optimizer_.params, params))   # one set of parameters, shared
+    assert copy.optimizer_.step_count == 4
+    before = [p.data.copy() for p in params]
+    copy.fit(X, y)
+    assert copy.optimizer_.step_count == 8   # Adam's state went on from where it was
+    assert all(not np.array_equal(b, p.data) for b, p in zip(before, params))

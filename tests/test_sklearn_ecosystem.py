@@ -75,7 +75,9 @@ def test_pickle_and_joblib_memmap_round_trips(data, tmp_path):
         joblib.dump(est, path)
         mapped = joblib.load(path, mmap_mode="r")
         np.testing.assert_array_equal(mapped.predict(X), expected)
-        mapped.fit(X, est.predict(X))   # and trainable again
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            mapped.fit(X, est.predict(X))   # and trainable again
     mlp = pickle.loads(pickle.dumps(_fitted(data)[0]))
     mlp.coefs_[-1][:] = 0               # still views of the network after loading
     mlp.intercepts_[-1][:] = 0

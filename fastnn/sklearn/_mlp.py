@@ -33,7 +33,7 @@ from sklearn.utils.validation import check_is_fitted
 
 import fastnn
 
-from ._compat import check_sample_weight, pack_parts, unpack_parts, validate_data
+from ._compat import check_sample_weight, pack_parts, store_init_params, unpack_parts, validate_data
 from ._network import ACTIVATIONS, Head, build_network, glorot_init, linear_layers
 from ._runtime import check_n_threads, runtime
 from ._solvers import make_solver, minimize_lbfgs
@@ -651,38 +651,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
                  epsilon=1e-8, n_iter_no_change=10, max_fun=15000, dropout=0.0, class_weight=None,
                  dtype="float32", backend=None, n_threads=None, keep_optimizer=False, weight_decay=0.01,
                  callbacks=None, max_time=None):
-        self.hidden_layer_sizes = hidden_layer_sizes
-        self.activation = activation
-        self.solver = solver
-        self.alpha = alpha
-        self.batch_size = batch_size
-        self.learning_rate = learning_rate
-        self.learning_rate_init = learning_rate_init
-        self.power_t = power_t
-        self.max_iter = max_iter
-        self.shuffle = shuffle
-        self.random_state = random_state
-        self.tol = tol
-        self.verbose = verbose
-        self.warm_start = warm_start
-        self.momentum = momentum
-        self.nesterovs_momentum = nesterovs_momentum
-        self.early_stopping = early_stopping
-        self.validation_fraction = validation_fraction
-        self.beta_1 = beta_1
-        self.beta_2 = beta_2
-        self.epsilon = epsilon
-        self.n_iter_no_change = n_iter_no_change
-        self.max_fun = max_fun
-        self.dropout = dropout
-        self.class_weight = class_weight
-        self.dtype = dtype
-        self.backend = backend
-        self.n_threads = n_threads
-        self.keep_optimizer = keep_optimizer
-        self.weight_decay = weight_decay
-        self.callbacks = callbacks
-        self.max_time = max_time
+        store_init_params(self, locals())
 
     def _validate_input(self, X, y, incremental, reset):
         X, y = validate_data(self, X, y, accept_sparse=["csr", "csc"], multi_output=True,
@@ -834,38 +803,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
                  beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000, dropout=0.0, dtype="float32",
                  backend=None, n_threads=None, keep_optimizer=False, weight_decay=0.01, callbacks=None,
                  max_time=None):
-        self.loss = loss
-        self.hidden_layer_sizes = hidden_layer_sizes
-        self.activation = activation
-        self.solver = solver
-        self.alpha = alpha
-        self.batch_size = batch_size
-        self.learning_rate = learning_rate
-        self.learning_rate_init = learning_rate_init
-        self.power_t = power_t
-        self.max_iter = max_iter
-        self.shuffle = shuffle
-        self.random_state = random_state
-        self.tol = tol
-        self.verbose = verbose
-        self.warm_start = warm_start
-        self.momentum = momentum
-        self.nesterovs_momentum = nesterovs_momentum
-        self.early_stopping = early_stopping
-        self.validation_fraction = validation_fraction
-        self.beta_1 = beta_1
-        self.beta_2 = beta_2
-        self.epsilon = epsilon
-        self.n_iter_no_change = n_iter_no_change
-        self.max_fun = max_fun
-        self.dropout = dropout
-        self.dtype = dtype
-        self.backend = backend
-        self.n_threads = n_threads
-        self.keep_optimizer = keep_optimizer
-        self.weight_decay = weight_decay
-        self.callbacks = callbacks
-        self.max_time = max_time
+        store_init_params(self, locals())
 
     def _check_params(self):
         _option(self.loss, "loss", ("squared_error", "poisson"))

@@ -115,7 +115,13 @@ def _cmd_info(args) -> int:
 
 def _cmd_demo(args) -> int:
     import fastnn
+    from .demos import missing_requirements
 
+    # Before any training: a demo that would fail at its last line on a missing plot library says so now.
+    missing = missing_requirements(args.demo_module, args)
+    if missing:
+        print(missing, file=sys.stderr)
+        return 2
     if args.backend:
         fastnn.set_backend(args.backend)
     if args.threads:

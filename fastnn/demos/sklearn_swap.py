@@ -21,6 +21,9 @@ NAME = "sklearn"
 HELP = "fit scikit-learn's MLPClassifier and fastnn's drop-in replacement on digits; print both times"
 
 
+REQUIRES = {"sklearn": "scikit-learn"}
+
+
 def add_arguments(parser) -> None:
     parser.add_argument("--max-iter", type=int, default=200, help="epochs for both (default 200, scikit-learn's)")
     parser.add_argument("--dtype", default="float32", choices=("float32", "float64"),

@@ -324,6 +324,7 @@ def test_missing_and_failing_workloads_do_not_stop_a_run(monkeypatch):
 FAST = ",".join(w.id for w in workloads.WORKLOADS if w.id in ("W1", "W2", "W3", "KERN") or workloads.missing(w))
 
 
+@pytest.mark.slow
 def test_tiny_quick_run_end_to_end(tmp_path, capsys):
     """A real (tiny) `fastnn bench --quick` run: files, rows and ratios."""
     out = tmp_path / "bench"

@@ -24,6 +24,7 @@ def test_machine_info_has_versions_and_backends():
     assert info["threads"] == fastnn.get_num_threads()
 
 
+@pytest.mark.slow
 def test_module_entry_point_runs():
     out = subprocess.run([sys.executable, "-m", "fastnn", "info"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr

@@ -32,6 +32,9 @@ from isolated import run_isolated
 from test_io_craft import (HEADER, Member, deflate, digest, header_member, model_file, npy, parts, small_model,
                            zeros_stream, zip_bytes)
 
+# The whole module is slow (hundreds of crafted files, several loaded in subprocesses): `-m "not slow"` leaves it out.
+pytestmark = pytest.mark.slow
+
 MiB = 1 << 20
 TIME_BOUND_S = 5.0
 MEMORY_BOUND = 100 * MiB

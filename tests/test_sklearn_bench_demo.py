@@ -15,6 +15,9 @@ from fastnn import cli  # noqa: E402
 from fastnn.bench import markdown, run_bench  # noqa: E402
 from fastnn.bench.workloads import WORKLOADS, get_workloads  # noqa: E402
 
+# The whole module is slow (runs the benchmark section and the demo): `-m "not slow"` leaves it out.
+pytestmark = pytest.mark.slow
+
 
 def test_sklearn_section_is_optional_and_selectable():
     assert "SKL" not in [w.id for w in WORKLOADS]          # not in the default run

@@ -92,6 +92,7 @@ def test_clone_gives_an_unfitted_twin(data):
             twin.predict(data[0][:2])
 
 
+@pytest.mark.slow
 def test_parallel_search_limits_each_worker_to_its_share_of_threads(data):
     """joblib starts process workers with OMP_NUM_THREADS etc. = cpu_count // n_jobs; each fit runs with that."""
     X, y = data

@@ -24,6 +24,7 @@ def _digits_run(epochs, seed=0):
     return model, hist, X_test, y_test
 
 
+@pytest.mark.slow
 def test_digits_reaches_97_percent(backend):
     model, hist, X_test, y_test = _digits_run(epochs=30)
     acc = fastnn.evaluate(model, X_test, y_test)["accuracy"]
@@ -242,6 +243,7 @@ print(h.hexdigest(), repr(hist["val_loss"]))
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("threads", [1, 2])
 def test_training_is_deterministic_across_processes(backend, threads):
     """Same seed and thread count in two fresh processes: bit-identical weights and history."""

@@ -209,6 +209,12 @@ def _prepare(model: Module, loss: Loss, X: ArrayLike, y: ArrayLike) -> tuple[Flo
     elif y.ndim == 1 and probe.ndim == 2 and probe.shape[1] == 1:
         y = y.reshape(-1, 1)
     if y.shape[1:] != probe.shape[1:] and not isinstance(loss, CrossEntropyLoss):
+        if y.ndim == 1 and probe.ndim == 2 and probe.shape[1] > 1 and y.size and np.all(np.mod(y, 1) == 0):
+            # Class labels read as floats (0.0 ... 9.0 from a CSV) picked the regression loss.
+            raise ValueError(f"y holds whole numbers ({y.min():g} to {y.max():g}) stored as {y.dtype} and the model "
+                             f"outputs {probe.shape[1]} scores per sample: for classification use integer labels, "
+                             f"y.astype(np.int64), or loss='cross_entropy'; for regression give y one column per "
+                             f"model output")
         raise ValueError(f"targets have shape {y.shape[1:]} per sample but the model outputs {probe.shape[1:]}")
     return X, y
 

@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 
 import fastnn
-from fastnn.bench import compare, derive, load_results, markdown, write_report
-from fastnn.bench import machine, runner, workloads
+from fastnn.bench import compare, derive, load_results, machine, markdown, runner, workloads, write_report
 from fastnn.bench.report import write_json
 from fastnn.cli import main
 
@@ -80,7 +79,7 @@ def _check_consistent(results):
                 assert lim and len(case["limit"]["times"]) == len(rows["numpy"]["times"])
             t_np = rows.get("numpy", {}).get("median")
             t_torch = rows.get("torch", {}).get("median")
-            for name, r in rows.items():
+            for r in rows.values():
                 if r.get("error"):
                     assert r.get("median") is None
                     continue

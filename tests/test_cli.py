@@ -40,6 +40,7 @@ def test_version_is_written_once():
     """pyproject.toml takes the version from fastnn.__version__; the installed metadata agrees."""
     import importlib.metadata
     import pathlib
+
     import tomllib
 
     pyproject = pathlib.Path(fastnn.__file__).resolve().parent.parent / "pyproject.toml"

@@ -41,11 +41,11 @@ def _fit(cls, X_train, y_train, X_test, y_test, **params):
 
 
 def run(args) -> int:
-    import fastnn
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
     from sklearn.neural_network import MLPClassifier as SklearnMLP
 
+    import fastnn
     from fastnn.sklearn import MLPClassifier
 
     X, y = load_digits(return_X_y=True)

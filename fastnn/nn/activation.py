@@ -12,7 +12,8 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import Any
 
-from .. import _validation as _v, ops
+from .. import _validation as _v
+from .. import ops
 from .._typing import ActivationKind, ArrayLike, DenseActivation, FloatArray, ParameterSpec
 from ..grad_mode import _enabled as _grad_enabled
 from .module import Module, register_module

@@ -17,7 +17,8 @@ from typing import Any, Literal, cast
 
 import numpy as np
 
-from .. import _validation as _v, ops
+from .. import _validation as _v
+from .. import ops
 from .._typing import ArrayLike, DTypeLike, FloatArray, IntPair, NDArray, ParameterSpec, Seed
 from ..grad_mode import _enabled as _grad_enabled
 from .init import get_rng as _get_rng

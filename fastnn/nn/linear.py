@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from .. import _validation as _v, ops
+from .. import _validation as _v
+from .. import ops
 from .._typing import ArrayLike, DenseActivation, DTypeLike, FloatArray, ParameterSpec, Seed
 from ..grad_mode import _enabled as _grad_enabled
 from . import init as _init

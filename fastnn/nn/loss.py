@@ -19,7 +19,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from .. import _validation as _v, ops
+from .. import _validation as _v
+from .. import ops
 from .._typing import ArrayLike, DTypeLike, FloatArray, IntArray, LossKind, NDArray, Reduction
 from ..grad_mode import _enabled as _grad_enabled
 

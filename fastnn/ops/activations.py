@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+
 from .. import _validation as _v
 from .._typing import ActivationKind, ArrayLike, FloatArray
-from ..backends import Backend, current as _backend
+from ..backends import Backend
+from ..backends import current as _backend
 
 __all__ = [
     "relu", "relu_backward",

@@ -20,7 +20,8 @@ import numpy as np
 
 from .. import _validation as _v
 from .._typing import ArrayLike, FloatArray, IntPair, NDArray, ParamLike
-from ..backends import Backend, current as _backend
+from ..backends import Backend
+from ..backends import current as _backend
 
 __all__ = [
     "conv2d_forward", "conv2d_backward", "conv2d_output_shape",

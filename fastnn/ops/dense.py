@@ -9,7 +9,8 @@ import numpy as np
 
 from .. import _validation as _v
 from .._typing import ArrayLike, DenseActivation, FloatArray, ParamLike
-from ..backends import Backend, current as _backend
+from ..backends import Backend
+from ..backends import current as _backend
 
 __all__ = ["matmul", "dense_forward", "dense_backward", "DENSE_ACTIVATIONS", "DensePlan"]
 

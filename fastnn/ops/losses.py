@@ -8,7 +8,8 @@ import numpy as np
 
 from .. import _validation as _v
 from .._typing import ArrayLike, FloatArray, LossKind, Reduction
-from ..backends import Backend, current as _backend
+from ..backends import Backend
+from ..backends import current as _backend
 
 __all__ = ["mse_loss", "softmax_cross_entropy", "bce_with_logits", "LossPlan"]
 

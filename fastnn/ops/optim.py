@@ -9,7 +9,8 @@ import numpy as np
 
 from .. import _validation as _v
 from .._typing import ArrayLike, FloatArray, NDArray, ParamLike
-from ..backends import Backend, current as _backend
+from ..backends import Backend
+from ..backends import current as _backend
 
 __all__ = ["sgd_update", "adam_update", "sgd_update_many", "adam_update_many", "UpdatePlan"]
 

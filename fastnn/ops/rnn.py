@@ -17,7 +17,8 @@ import numpy as np
 
 from .. import _validation as _v
 from .._typing import ArrayLike, FloatArray, NDArray, ParamLike
-from ..backends import Backend, current as _backend
+from ..backends import Backend
+from ..backends import current as _backend
 
 __all__ = [
     "rnn_forward", "rnn_backward",
@@ -433,7 +434,7 @@ class RecurrentPlan:
     def _bind(self) -> _RecurrentBound:
         cell = self.cell
         w_ih = _p.check_param(self.weight_ih, "weight_ih", 2)
-        w_hh = _p.check_param(self.weight_hh, "weight_hh", 2)
+        _p.check_param(self.weight_hh, "weight_hh", 2)
         params = [self.weight_ih, self.weight_hh]
         if self.bias_ih is not None:
             if self.bias_hh is None:

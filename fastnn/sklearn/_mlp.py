@@ -337,7 +337,8 @@ class _BaseMLP(BaseEstimator):
             batch_size = min(200, n)
         else:
             if self.batch_size > n:
-                warnings.warn("Got `batch_size` less than 1 or larger than sample size. It is going to be clipped")
+                warnings.warn("Got `batch_size` less than 1 or larger than sample size. It is going to be clipped",
+                              stacklevel=3)
             batch_size = int(np.clip(self.batch_size, 1, n))
         self._run_epochs(X, targets, sample_weight, batch_size, val, incremental)
 
@@ -393,11 +394,11 @@ class _BaseMLP(BaseEstimator):
                     self._end_epoch(accumulated / n, n, val, started)
                     if self._no_improvement_count > self.n_iter_no_change:
                         if early_stopping:
-                            msg = ("Validation score did not improve more than tol=%f for %d consecutive epochs."
-                                   % (self.tol, self.n_iter_no_change))
+                            msg = (f"Validation score did not improve more than tol={self.tol:f} for "
+                                   f"{self.n_iter_no_change:d} consecutive epochs.")
                         else:
-                            msg = ("Training loss did not improve more than tol=%f for %d consecutive epochs."
-                                   % (self.tol, self.n_iter_no_change))
+                            msg = (f"Training loss did not improve more than tol={self.tol:f} for "
+                                   f"{self.n_iter_no_change:d} consecutive epochs.")
                         if opt.trigger_stopping(msg, self.verbose):
                             break
                         self._no_improvement_count = 0
@@ -406,10 +407,10 @@ class _BaseMLP(BaseEstimator):
                     if incremental:
                         break
                     if self.n_iter_ == self.max_iter:
-                        warnings.warn("Stochastic Optimizer: Maximum iterations (%d) reached and the optimization "
-                                      "hasn't converged yet." % self.max_iter, ConvergenceWarning)
+                        warnings.warn(f"Stochastic Optimizer: Maximum iterations ({self.max_iter:d}) reached and the "
+                                      "optimization hasn't converged yet.", ConvergenceWarning, stacklevel=4)
         except KeyboardInterrupt:
-            warnings.warn("Training interrupted by user.")
+            warnings.warn("Training interrupted by user.", stacklevel=3)
         if early_stopping and self._best_state is not None:
             for lin, (w, b) in zip(linear_layers(net), self._best_state):
                 np.copyto(lin.weight.data, w)
@@ -421,7 +422,7 @@ class _BaseMLP(BaseEstimator):
         self.t_ += n
         self.loss_curve_.append(loss)
         if self.verbose:
-            print("Iteration %d, loss = %.8f" % (self.n_iter_, self.loss_))
+            print(f"Iteration {self.n_iter_:d}, loss = {self.loss_:.8f}")
         self._update_no_improvement_count(val)
         self._optimizer.iteration_ends(self.t_)
 
@@ -432,7 +433,7 @@ class _BaseMLP(BaseEstimator):
             self.validation_scores_.append(score)
             self.validation_loss_curve_.append(val_loss)
             if self.verbose:
-                print("Validation score: %f" % self.validation_scores_[-1])
+                print(f"Validation score: {self.validation_scores_[-1]:f}")
             if score < self.best_validation_score_ + self.tol:
                 self._no_improvement_count += 1
             else:
@@ -472,7 +473,7 @@ class _BaseMLP(BaseEstimator):
                 return True
         if self.max_time is not None and elapsed >= self.max_time:
             warnings.warn(f"Stopped after max_time={self.max_time} s ({self.n_iter_} epochs, {elapsed:.3g} s) before "
-                          f"the optimization converged.", ConvergenceWarning)
+                          f"the optimization converged.", ConvergenceWarning, stacklevel=4)
             return True
         return False
 

@@ -17,20 +17,34 @@ _jit = njit(**NUMBA_JIT_OPTIONS)
 _pjit = njit(parallel=True, **NUMBA_JIT_OPTIONS)
 
 
+# Branch-free: the keep decision becomes the factor k·s (a random branch would mispredict half the time;
+# measured 10x slower), and the product keeps the reference's NaN·0 = NaN.
+
 @_jit
 def _fwd_group(x, bits, threshold, scale, group, relu, out, mask, j):
-    keep = np.int64(bits[j]) >= threshold
-    mask[j] = 1 if keep else 0
-    f = scale if keep else x.dtype.type(0)
+    k = np.uint8(np.int64(bits[j]) >= threshold)
+    mask[j] = k
+    f = scale * k
+    z = x.dtype.type(0)
     for i in range(j * group, (j + 1) * group):
         v = x[i]
-        if relu and v < 0:      # NaN stays NaN, as np.maximum keeps it
-            v = x.dtype.type(0)
+        if relu:
+            v = z if v < z else v     # NaN stays NaN, as np.maximum keeps it
         out[i] = v * f
 
 
 @_jit
 def _fwd_ser(x, bits, threshold, scale, group, relu, out, mask):
+    if group == 1:   # one flat loop the compiler can vectorise
+        z = x.dtype.type(0)
+        for i in range(x.size):
+            k = np.uint8(np.int64(bits[i]) >= threshold)
+            mask[i] = k
+            v = x[i]
+            if relu:
+                v = z if v < z else v
+            out[i] = v * (scale * k)
+        return
     for j in range(x.size // group):
         _fwd_group(x, bits, threshold, scale, group, relu, out, mask, j)
 
@@ -51,16 +65,27 @@ def dropout_forward(x, bits, threshold, scale, group, relu, out, mask):
 
 @_jit
 def _bwd_group(g, mask, scale, group, y, has_y, out, j):
-    f = scale if mask[j] != 0 else g.dtype.type(0)
+    f = scale * mask[j]
+    z = g.dtype.type(0)
+    one = g.dtype.type(1)
     for i in range(j * group, (j + 1) * group):
         v = g[i] * f
-        if has_y and not y[i] > 0:
-            v = v * g.dtype.type(0)   # multiplied, not assigned: NaN gradients stay NaN as in the reference
+        if has_y:
+            v = v * (one if y[i] > z else z)   # multiplied, not assigned: NaN gradients stay NaN
         out[i] = v
 
 
 @_jit
 def _bwd_ser(g, mask, scale, group, y, has_y, out):
+    if group == 1:   # one flat loop the compiler can vectorise
+        z = g.dtype.type(0)
+        one = g.dtype.type(1)
+        for i in range(g.size):
+            v = g[i] * (scale * mask[i])
+            if has_y:
+                v = v * (one if y[i] > z else z)
+            out[i] = v
+        return
     for j in range(g.size // group):
         _bwd_group(g, mask, scale, group, y, has_y, out, j)
 

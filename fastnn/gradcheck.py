@@ -141,7 +141,9 @@ def gradcheck(module, x, *, eps=1e-6, atol=1e-5, rtol=1e-4, seed=0, max_elements
         Any module with ``forward``/``backward`` (its own parameters are
         checked too).
     x : array_like
-        An input; converted to float64.
+        An input; converted to float64, except integer input (indices),
+        which is kept and needs ``check_input=False``. The parameters and
+        float buffers are checked in float64 and restored afterwards.
     eps : float, default 1e-6
         Finite-difference step.
     atol, rtol : float
@@ -162,12 +164,21 @@ def gradcheck(module, x, *, eps=1e-6, atol=1e-5, rtol=1e-4, seed=0, max_elements
     GradcheckReport
     """
     rng = np.random.default_rng(seed)
-    x = np.array(x, dtype=np.float64, copy=True)
+    x = np.asarray(x)
+    # integer input (an embedding's indices) stays as it is: only parameters can be checked then
+    x = np.array(x, dtype=x.dtype if x.dtype.kind in "iu" else np.float64, copy=True)
+    if x.dtype.kind in "iu" and check_input:
+        raise ValueError("integer input has no gradient: pass check_input=False")
     params = list(module.named_parameters())
     saved = [(p, p.data, p.grad) for _, p in params]
+    # float buffers (running statistics) in float64 too; all restored afterwards, forward calls update them
+    saved_buffers = [(m, name, b) for m in module.modules() for name, b in getattr(m, "_buffers", {}).items()
+                     if b is not None]
     for p, data, grad in saved:
         p.data = np.array(data, dtype=np.float64, copy=True)
         p.grad = np.zeros_like(p.data)
+    for m, name, b in saved_buffers:
+        setattr(m, name, np.array(b, dtype=np.float64 if b.dtype.kind == "f" else b.dtype, copy=True))
     try:
         y = np.array(module.forward(x), dtype=np.float64, copy=True)
         r = rng.standard_normal(y.shape)
@@ -204,6 +215,8 @@ def gradcheck(module, x, *, eps=1e-6, atol=1e-5, rtol=1e-4, seed=0, max_elements
         for p, data, grad in saved:
             p.data = data
             p.grad = grad
+        for m, name, b in saved_buffers:
+            setattr(m, name, b)
     report = GradcheckReport(results, atol, rtol, eps)
     if raise_exception and not report.ok:
         raise GradcheckError(report)

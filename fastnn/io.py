@@ -9,7 +9,10 @@ File format (version 1): a NumPy ``.npz`` archive (a zip file) written with
     ``params`` (name → shape, dtype) and ``sha256``, the digest of every
     parameter's name, dtype, shape and bytes in order.
 ``param/<name>``
-    one array per parameter, keyed by its ``state_dict`` name.
+    one array per ``state_dict`` entry, keyed by its name: every parameter
+    and every persistent buffer (running statistics; ``num_batches_tracked``
+    is the one int64 array a file may hold, and only where the architecture
+    makes an int64 buffer).
 
 Loading
 -------
@@ -123,7 +126,7 @@ _MAX_NPY_HEADER = 4096        # NumPy writes ~120 bytes; it refuses more than 10
 _MAX_NDIM = 32
 _DEFLATE_MAX_RATIO = 1032     # deflate cannot expand its input more than this
 _CHUNK = 1 << 20              # streaming buffer (weights are read through it once)
-_DTYPES = {s: np.dtype(s) for s in ("<f4", "<f8", ">f4", ">f8")}
+_DTYPES = {s: np.dtype(s) for s in ("<f4", "<f8", ">f4", ">f8", "<i8", ">i8")}   # int64: buffer counters
 _METHOD_NAMES = {1: "shrink", 6: "implode", 9: "deflate64", 12: "bzip2", 14: "lzma", 19: "lz77", 93: "zstandard",
                  95: "xz", 96: "jpeg", 97: "wavpack", 98: "ppmd", 99: "AES encryption"}
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -674,7 +677,8 @@ def _declared_params(params: object) -> "list[tuple[str, tuple, np.dtype]]":
                 any(type(d) is not int or d < 0 for d in shape):
             raise _Bad(f"{where}: shape {_clip(repr(shape), 80)} is not a list of sizes")
         if not isinstance(dtype, str) or dtype not in _DTYPES:
-            raise _Bad(f"{where}: dtype {_clip(repr(dtype), 40)} is not float32 or float64")
+            raise _Bad(f"{where}: dtype {_clip(repr(dtype), 40)} is not float32 or float64 (nor int64, which "
+                       f"counters such as num_batches_tracked have)")
         out.append((name, tuple(shape), _DTYPES[dtype]))
     return out
 
@@ -742,6 +746,9 @@ def _match(expected: list, params: list) -> None:
             held = f"holds {_clip(repr(params[i][0]), 80)} there" if i < n else "holds no more parameters"
             raise _Bad(f"the architecture makes parameter {name!r} {shape} {dtype} as its parameter {i}, the "
                        f"file {held}")
+        if params[i][2].kind != "f" and dtype != params[i][2].name:
+            raise _Bad(f"parameter {name!r} holds {params[i][2].name} values in the file, not float32 or float64 as "
+                       f"the architecture makes ({shape} {dtype})")
         if params[i][1] != shape or params[i][2].name != dtype:
             raise _Bad(f"parameter {name!r} is {params[i][1]} {params[i][2].name} in the file, but the "
                        f"architecture makes {shape} {dtype}")
@@ -821,12 +828,12 @@ def _verify(fd: int, entries: Sequence[tuple[str, tuple[int, ...], np.dtype[Any]
 
 
 def _fill(fd: int, entries: Sequence[tuple[str, tuple[int, ...], np.dtype[Any], _Member, int]], params: dict) -> None:
-    """Read every weight into its parameter (CRC-32 checked again: the file may have changed)."""
+    """Read every weight into its array (CRC-32 checked again: the file may have changed)."""
     buf: bytearray | None = None
     for name, shape, dtype, m, start in entries:
         r = _Reader(fd, m)
         r.skip(start)
-        dst = params[name].data
+        dst = params[name]
         if dst.dtype == dtype and dst.flags.c_contiguous:
             r.readinto(memoryview(dst.reshape(-1)).cast("B"))
         else:  # the other byte order: convert chunk by chunk
@@ -897,12 +904,12 @@ def _load(fd: int, size: int, max_bytes: int, allow_nonfinite: bool) -> Module:
 
     _verify(fd, entries, header["sha256"], allow_nonfinite)
     model = _build(header["architecture"])
-    own = dict(model.named_parameters())
+    own = dict(model._named_state())   # parameters and buffers: the arrays the file fills
     if list(own) != [p[0] for p in params]:
         raise _Bad(f"weights {_clip([p[0] for p in params], 150)} do not match the architecture's parameters "
                    f"{_clip(list(own), 150)}")
     for name, shape, dtype in params:
-        p = own[name].data
+        p = own[name]
         if p.shape != shape or p.dtype.name != dtype.name:
             raise _Bad(f"parameter {name} is {shape} {dtype.name} in the file but the architecture makes "
                        f"{p.shape} {p.dtype}")

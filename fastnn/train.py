@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 import numpy as np
 
 from ._typing import ArrayLike, FloatArray, NDArray
-from .grad_mode import inference_mode, no_grad
+from .grad_mode import inference_mode
 from .nn.loss import LOSSES, CrossEntropyLoss, Loss, MSELoss
 from .workspace import Workspace, _active as _active_workspace
 
@@ -196,7 +196,8 @@ def _prepare(model: Module, loss: Loss, X: ArrayLike, y: ArrayLike) -> tuple[Flo
     _finite_or_raise(X, "X")
     _finite_or_raise(y, "y")
     n_probe = min(2, X.shape[0])
-    with no_grad():
+    # evaluation behaviour: the probe must not update running statistics nor draw dropout masks
+    with inference_mode():
         probe = np.asarray(model.forward(X[:n_probe]))
     if probe.ndim == 0 or probe.shape[0] != n_probe:
         raise ValueError(f"the model maps {n_probe} samples (shape {X[:n_probe].shape}) to an output of shape "

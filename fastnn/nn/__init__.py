@@ -18,6 +18,11 @@ from .container import Sequential
 from .loss import Loss, MSELoss, CrossEntropyLoss, BCEWithLogitsLoss
 from .conv import Conv2d, MaxPool2d, AvgPool2d, Flatten
 from .rnn import RNN, LSTM, GRU, LastTimeStep
+from .dropout import Dropout, Dropout2d
+from .norm import BatchNorm1d, BatchNorm2d, LayerNorm
+from .embedding import Embedding
+from .conv1d import Conv1d, MaxPool1d, AvgPool1d
+from .pooling import AdaptiveAvgPool2d, GlobalAvgPool2d
 
 __all__ = [
     "Module", "Parameter", "register_module", "get_module_class", "registered_modules", "init",
@@ -25,4 +30,6 @@ __all__ = [
     "Loss", "MSELoss", "CrossEntropyLoss", "BCEWithLogitsLoss",
     "Conv2d", "MaxPool2d", "AvgPool2d", "Flatten",
     "RNN", "LSTM", "GRU", "LastTimeStep",
+    "Dropout", "Dropout2d", "BatchNorm1d", "BatchNorm2d", "LayerNorm", "Embedding",
+    "Conv1d", "MaxPool1d", "AvgPool1d", "AdaptiveAvgPool2d", "GlobalAvgPool2d",
 ]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from .. import _validation as _v
+from .activation import ReLU
+from .dropout import Dropout
 from .linear import Linear
 from .module import Module, register_module
 
@@ -18,6 +20,15 @@ def _fused_forward(linear, activation):
     return step
 
 
+def _dropout_step(dropout, relu=None, inplace=False):
+    forward = dropout._fused_forward
+
+    def step(x):
+        return forward(x, relu, inplace)
+
+    return step
+
+
 @register_module
 class Sequential(Module):
     """Modules applied one after the other; children named ``"0"``, ``"1"``, ...
@@ -27,7 +38,11 @@ class Sequential(Module):
     :class:`~fastnn.nn.Sigmoid` or :class:`~fastnn.nn.Tanh` runs as one fused
     dense kernel (``fastnn.ops.dense_forward(..., activation=...)``); the
     activation module keeps its index, so ``state_dict`` keys equal
-    PyTorch's.
+    PyTorch's. A :class:`~fastnn.nn.Dropout` (or ``Dropout2d``) right after a
+    ReLU layer runs as one kernel with it, and right after a Linear (with no
+    activation or a fused ReLU) masks the Linear's output in place: the
+    Linear's backward pass stays exact, since a ReLU's derivative is read
+    from the sign of its output, which masking to zero does not change.
 
     Parameters
     ----------
@@ -86,19 +101,33 @@ class Sequential(Module):
         self.__dict__["_ctx"] = None
 
     def _build_run(self):
-        """(forward steps, backward modules last to first): Linear + activation fused into one step."""
+        """(forward steps, backward modules last to first), with the fusions described in the class notes."""
         mods = list(self._modules.values())
         fwd, bwd = [], []
         i = 0
+        # whether the step just built ends on a Linear's own output with no activation or a ReLU:
+        # a Dropout may then mask that output in place
+        maskable = False
         while i < len(mods):
             m = mods[i]
             nxt = mods[i + 1] if i + 1 < len(mods) else None
             act = getattr(nxt, "fused_activation", None) if type(m) is Linear else None
             if act is not None:
                 fwd.append(_fused_forward(m, act))   # the Linear's backward covers the activation
+                maskable = act == "relu"
                 i += 2
+            elif type(m) is ReLU and isinstance(nxt, Dropout) and not nxt.inplace:
+                fwd.append(_dropout_step(nxt, relu=m))   # the Dropout's backward covers the ReLU
+                m = nxt
+                maskable = False
+                i += 2
+            elif isinstance(m, Dropout) and not m.inplace and maskable:
+                fwd.append(_dropout_step(m, inplace=True))
+                maskable = False
+                i += 1
             else:
                 fwd.append(m.forward)
+                maskable = type(m) is Linear
                 i += 1
             bwd.append(m.backward)
         run = (tuple(fwd), tuple(reversed(bwd)))

@@ -37,7 +37,7 @@ from numpy.lib.mixins import NDArrayOperatorsMixin
 from .. import _validation as _v
 from ..grad_mode import _inference
 
-__all__ = ["Parameter", "Module", "register_module", "get_module_class", "registered_modules"]
+__all__ = ["Parameter", "Module", "register_module", "get_module_class", "registered_modules", "BUFFER_DTYPES"]
 
 #: Layer classes that :func:`fastnn.load` may rebuild, by name. A saved file
 #: names its layers; loading looks the names up here and nowhere else, so a
@@ -104,6 +104,23 @@ def registered_modules() -> "dict[str, type]":
 
 
 _F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)
+_I64 = np.dtype(np.int64)
+
+#: dtypes a buffer may have: float state (running statistics) or an int64 counter.
+BUFFER_DTYPES = (_F32, _F64, _I64)
+
+
+def _check_buffer(name, value):
+    """A buffer's array: float32/float64/int64, owned, writeable and C-contiguous (copied if not)."""
+    if value is None:
+        return None
+    if type(value) is not np.ndarray:
+        raise TypeError(f"buffer {name!r} must be a numpy.ndarray or None, got {type(value).__name__}")
+    if value.dtype not in BUFFER_DTYPES:
+        raise TypeError(f"buffer {name!r} must be float32, float64 or int64, got dtype {value.dtype}")
+    if not value.flags.c_contiguous or not value.flags.writeable:
+        value = np.array(value, order="C", copy=True)
+    return value
 
 
 def _readonly(a: np.ndarray) -> np.ndarray:
@@ -247,6 +264,13 @@ class Module:
     registered in assignment order, which fixes ``state_dict`` order), and
     implement :meth:`forward` and :meth:`backward`.
 
+    Buffers (:meth:`register_buffer`) are arrays that belong to the module's
+    state but are not trained: running statistics, counters. They are in
+    :meth:`state_dict` (after the module's own parameters, as in PyTorch),
+    loaded by :meth:`load_state_dict`, saved by :func:`fastnn.save` and
+    converted by :meth:`to`, but they have no gradient and optimizers never
+    see them (:meth:`parameters` does not list them).
+
     To be saved by :func:`fastnn.save`, a module also implements
     :meth:`get_config`, returning the keyword arguments that rebuild it.
     """
@@ -267,12 +291,20 @@ class Module:
     def __init__(self):
         object.__setattr__(self, "_parameters", OrderedDict())
         object.__setattr__(self, "_modules", OrderedDict())
+        object.__setattr__(self, "_buffers", OrderedDict())
         object.__setattr__(self, "training", True)
 
     def __setattr__(self, name, value):
         params = self.__dict__.get("_parameters")
         if params is None:
             raise AttributeError("Module.__init__() must be called before assigning attributes")
+        buffers = self.__dict__.get("_buffers")
+        if buffers is not None and name in buffers:
+            # a registered buffer stays a buffer: checked, kept in the registry
+            value = _check_buffer(name, value)
+            buffers[name] = value
+            object.__setattr__(self, name, value)
+            return
         changed = False
         if isinstance(value, Parameter):
             self._modules.pop(name, None)
@@ -349,6 +381,64 @@ class Module:
         """List of all parameters of this module and its children."""
         return [p for _, p in self.named_parameters()]
 
+    # -- buffers ------------------------------------------------------
+    def register_buffer(self, name: str, array, persistent: bool = True) -> None:
+        """Add a non-trainable array to the module's state (PyTorch's ``register_buffer``).
+
+        Parameters
+        ----------
+        name : str
+            Attribute name; ``module.name`` reads the array, and assigning
+            ``module.name = array`` replaces it (checked again).
+        array : ndarray of float32, float64 or int64, or None
+            Kept as given if writeable and C-contiguous, else copied. None
+            registers the name without an array (left out of ``state_dict``).
+        persistent : bool, default True
+            False keeps the buffer out of ``state_dict`` and saved files.
+
+        Notes
+        -----
+        Buffers have no gradient and are not returned by :meth:`parameters`,
+        so optimizers never update them; the layer that owns them does
+        (a batch norm's running statistics, in training mode).
+        """
+        if not isinstance(name, str) or not name.isidentifier():
+            raise ValueError(f"buffer name must be an identifier, got {name!r}")
+        if name in self._parameters or name in self._modules:
+            raise ValueError(f"{type(self).__name__} already has a parameter or child module named {name!r}")
+        array = _check_buffer(name, array)
+        self._buffers[name] = array
+        if not _v.strict_bool(persistent, "persistent"):
+            self.__dict__.setdefault("_non_persistent", set()).add(name)
+        object.__setattr__(self, name, array)
+
+    def named_buffers(self, prefix: str = ""):
+        """Yield ``(name, ndarray)`` for every buffer that holds an array, children's names dotted."""
+        for name, b in self._buffers.items():
+            if b is not None:
+                yield prefix + name, b
+        for name, child in self._modules.items():
+            yield from child.named_buffers(prefix + name + ".")
+
+    def buffers(self):
+        """List of the arrays of every buffer of this module and its children."""
+        return [b for _, b in self.named_buffers()]
+
+    def _named_state(self, prefix: str = ""):
+        """``(name, array)`` of every ``state_dict`` entry, the live arrays, in PyTorch's order.
+
+        Per module: its parameters, then its persistent buffers, then its
+        children, recursively (what ``torch.nn.Module.state_dict`` does).
+        """
+        for name, p in self._parameters.items():
+            yield prefix + name, p.data
+        skip = self.__dict__.get("_non_persistent", ())
+        for name, b in self._buffers.items():
+            if b is not None and name not in skip:
+                yield prefix + name, b
+        for name, child in self._modules.items():
+            yield from child._named_state(prefix + name + ".")
+
     def children(self):
         return list(self._modules.values())
 
@@ -387,6 +477,9 @@ class Module:
             for p in m._parameters.values():
                 if p.data.dtype != dt:
                     p.data = p.data.astype(dt)
+            for name, b in list(m._buffers.items()):
+                if b is not None and b.dtype.kind == "f" and b.dtype != dt:
+                    setattr(m, name, b.astype(dt))   # counters (int64) keep their dtype
             if hasattr(m, "_to_dtype"):
                 m._to_dtype(dt)
         return self
@@ -412,16 +505,23 @@ class Module:
 
     def __setstate__(self, state):
         self.__dict__.update(state)
+        buffers = self.__dict__.setdefault("_buffers", OrderedDict())   # pickled before modules had buffers
+        for name, b in list(buffers.items()):
+            # joblib hands back read-only memory maps: own writeable copies, as Parameter does
+            if b is not None and (type(b) is not np.ndarray or not b.flags.writeable):
+                b = np.array(b, order="C", copy=True)
+                buffers[name] = b
+                self.__dict__[name] = b
         if hasattr(self, "_reset_transient"):
             self._reset_transient()
 
     # -- state --------------------------------------------------------
     def state_dict(self) -> "OrderedDict[str, np.ndarray]":
-        """Copies of all parameters, keyed as PyTorch keys the same module."""
-        return OrderedDict((name, p.data.copy()) for name, p in self.named_parameters())
+        """Copies of all parameters and persistent buffers, keyed and ordered as PyTorch keys the same module."""
+        return OrderedDict((name, a.copy()) for name, a in self._named_state())
 
     def load_state_dict(self, state_dict, strict: bool = True) -> None:
-        """Copy values into the parameters, checking names and shapes.
+        """Copy values into the parameters and buffers, checking names and shapes.
 
         Parameters
         ----------
@@ -436,24 +536,29 @@ class Module:
             On missing/unexpected keys (``strict=True``).
         ValueError
             When a shape differs; nothing is changed then.
+        TypeError
+            When a float array gets non-float values, or an integer counter
+            (``num_batches_tracked``) non-integer ones; nothing is changed then.
         """
-        own = dict(self.named_parameters())
+        own = dict(self._named_state())
         missing = [k for k in own if k not in state_dict]
         unexpected = [k for k in state_dict if k not in own]
         if strict and (missing or unexpected):
             raise KeyError(f"state_dict mismatch: missing keys {missing}, unexpected keys {unexpected}")
         staged = {}
-        for name, p in own.items():
+        for name, dst in own.items():
             if name not in state_dict:
                 continue
             value = np.asarray(state_dict[name])
-            if value.shape != p.data.shape:
-                raise ValueError(f"{name}: expected shape {p.data.shape}, got {value.shape}")
-            if value.dtype.kind != "f":
+            if value.shape != dst.shape:
+                raise ValueError(f"{name}: expected shape {dst.shape}, got {value.shape}")
+            if dst.dtype.kind == "f" and value.dtype.kind != "f":
                 raise TypeError(f"{name}: expected floating-point values, got dtype {value.dtype}")
+            if dst.dtype.kind == "i" and value.dtype.kind not in "iu":
+                raise TypeError(f"{name}: expected integer values, got dtype {value.dtype}")
             staged[name] = value
         for name, value in staged.items():  # all checked: now copy, in place
-            np.copyto(own[name].data, value, casting="same_kind")
+            np.copyto(own[name], value, casting="same_kind" if own[name].dtype.kind == "f" else "unsafe")
 
     def get_config(self) -> dict:
         """Constructor arguments that rebuild this module (used by ``fastnn.save``)."""
@@ -489,8 +594,9 @@ class Module:
         """The parameters :meth:`from_config` would create, without creating them.
 
         Returns a list of ``(name, shape, dtype name)`` for this module's own
-        parameters (not its children's), in the order the module registers
-        them, after checking ``config`` and the child names ``children`` as
+        ``state_dict`` entries (not its children's): its parameters in the
+        order the module registers them, then its persistent buffers (dtype
+        ``"int64"`` for a counter), after checking ``config`` and the child names ``children`` as
         strictly as the constructor would (``TypeError``/``ValueError``
         otherwise; unknown and missing config keys are errors).
         :func:`fastnn.load` calls it to compare a file's architecture with the

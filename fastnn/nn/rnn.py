@@ -1,8 +1,7 @@
 """Recurrent layers: :class:`RNN`, :class:`LSTM`, :class:`GRU` and :class:`LastTimeStep`.
 
-Single-layer, unidirectional, with PyTorch's parameter names, shapes, gate
-order and default initialisation, so that weights move between the two with
-``load_state_dict``::
+PyTorch's parameter names, shapes, gate order and default initialisation,
+so that weights move between the two with ``load_state_dict``::
 
     rnn = nn.RNN(8, 64)                    # weight_ih_l0 (64, 8), weight_hh_l0 (64, 64),
                                            # bias_ih_l0 (64,), bias_hh_l0 (64,)
@@ -31,6 +30,19 @@ Outputs
     ``output``, ``h_n`` and ``c_n`` are new arrays at every call (views of
     one new output array), or buffers of the active :class:`fastnn.Workspace`.
 
+Deep and bidirectional layers
+    ``num_layers``, ``bidirectional`` and ``dropout`` (between layers, in
+    training mode) as in PyTorch, with its parameter names
+    (``weight_ih_l1``, ``weight_hh_l0_reverse`` ...; layer ``l > 0`` takes
+    the ``H·num_directions`` outputs of the layer below). The states ``hx``,
+    ``h_n``, ``c_n``, ``grad_h0`` and ``grad_c0`` are then
+    (num_layers·num_directions, B, H), ordered layer by layer, forward
+    direction first. The output is (T, B, H·num_directions): the forward
+    direction's states, then the reverse direction's. Every direction runs
+    the single-direction kernels; the reverse one on a time-reversed copy of
+    its input. A single-layer unidirectional layer takes exactly the path it
+    always took, and accepts states as (1, B, H) or (B, H) as before.
+
 For many-to-one models, :class:`LastTimeStep` picks ``output[-1]`` so that a
 recurrent layer can feed a Linear layer inside ``Sequential``.
 """
@@ -38,6 +50,7 @@ recurrent layer can feed a Linear layer inside ``Sequential``.
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 
@@ -49,6 +62,12 @@ from .module import Module, Parameter, register_module
 
 __all__ = ["RNN", "LSTM", "GRU", "LastTimeStep"]
 
+_DEEP_KEYS = ("num_layers", "dropout", "bidirectional")
+
+
+def _dropout_p(p):
+    return _v.scalar(_v.strict_real(p, "dropout"), "dropout", low=0.0, high=1.0)
+
 
 class _RecurrentBase(Module):
     """Shared machinery of RNN, LSTM and GRU (parameters, shapes, state handling)."""
@@ -56,9 +75,14 @@ class _RecurrentBase(Module):
     _cell = "rnn"
     _gates = 1
     _name = "RNN"
+    # class defaults: layers pickled before these options existed are single-layer, unidirectional
+    num_layers = 1
+    dropout = 0.0
+    bidirectional = False
 
     def __init__(self, input_size, hidden_size, bias=True, batch_first=False, dtype=np.float32,
-                 return_state=False, rng=None, nonlinearity="tanh"):
+                 return_state=False, rng=None, nonlinearity="tanh", num_layers=1, dropout=0.0,
+                 bidirectional=False):
         super().__init__()
         self.input_size = _v.positive_int(input_size, "input_size")
         self.hidden_size = _v.positive_int(hidden_size, "hidden_size")
@@ -67,26 +91,54 @@ class _RecurrentBase(Module):
         self.batch_first = _v.strict_bool(batch_first, "batch_first")
         self.return_state = _v.strict_bool(return_state, "return_state")
         self.nonlinearity = _v.choice(nonlinearity, "nonlinearity", ops.RNN_NONLINEARITIES)
-        G, H, I = self._gates, self.hidden_size, self.input_size
-        self.weight_ih_l0 = Parameter(np.empty((G * H, I), dtype))
-        self.weight_hh_l0 = Parameter(np.empty((G * H, H), dtype))
-        if self.bias:
-            self.bias_ih_l0 = Parameter(np.empty(G * H, dtype))
-            self.bias_hh_l0 = Parameter(np.empty(G * H, dtype))
-        else:
-            self.bias_ih_l0 = None
-            self.bias_hh_l0 = None
+        self.num_layers = _v.positive_int(num_layers, "num_layers")
+        self.dropout = _dropout_p(dropout)
+        self.bidirectional = _v.strict_bool(bidirectional, "bidirectional")
+        if self.dropout > 0 and self.num_layers == 1:
+            warnings.warn(f"{self._name}: dropout={self.dropout} acts between layers, so it has no effect with "
+                          f"num_layers=1", UserWarning, stacklevel=3)
+        G, H = self._gates, self.hidden_size
+        for layer in range(self.num_layers):
+            I = self.input_size if layer == 0 else H * self.num_directions
+            for sfx in self._suffixes(layer):
+                setattr(self, "weight_ih" + sfx, Parameter(np.empty((G * H, I), dtype)))
+                setattr(self, "weight_hh" + sfx, Parameter(np.empty((G * H, H), dtype)))
+                if self.bias:
+                    setattr(self, "bias_ih" + sfx, Parameter(np.empty(G * H, dtype)))
+                    setattr(self, "bias_hh" + sfx, Parameter(np.empty(G * H, dtype)))
+                else:
+                    setattr(self, "bias_ih" + sfx, None)
+                    setattr(self, "bias_hh" + sfx, None)
         self.reset_parameters(rng)
         self.h_n = None
         self.grad_h0 = None
         self._reset_transient()
 
-    _transient = ("_plan",)
+    @property
+    def num_directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    def _suffixes(self, layer):
+        """Parameter name suffixes of one layer, forward direction first (PyTorch's)."""
+        return (f"_l{layer}", f"_l{layer}_reverse") if self.bidirectional else (f"_l{layer}",)
+
+    _transient = ("_plan", "_plans", "_drops")
 
     def _reset_transient(self):
-        self.__dict__["_plan"] = ops.RecurrentPlan(self._cell, self.weight_ih_l0, self.weight_hh_l0,
-                                                   self.bias_ih_l0, self.bias_hh_l0, self.nonlinearity)
+        plans = []
+        for layer in range(self.num_layers):
+            for sfx in self._suffixes(layer):
+                plans.append(ops.RecurrentPlan(self._cell, getattr(self, "weight_ih" + sfx),
+                                               getattr(self, "weight_hh" + sfx), getattr(self, "bias_ih" + sfx),
+                                               getattr(self, "bias_hh" + sfx), self.nonlinearity))
+        self.__dict__["_plans"] = plans
+        self.__dict__["_plan"] = plans[0]
+        self.__dict__["_drops"] = [ops.DropoutPlan(self.dropout) for _ in range(self.num_layers - 1)]
         self.__dict__["_ctx"] = None
+
+    @property
+    def _simple(self):
+        return self.num_layers == 1 and not self.bidirectional
 
     def reset_parameters(self, rng=None):
         """PyTorch's initialisation: every parameter uniform in ±1/sqrt(hidden_size).
@@ -180,6 +232,8 @@ class _RecurrentBase(Module):
     def forward(self, x, hx=None):
         """Run the sequence ``x`` (T, B, I) from ``hx`` (zeros if None); return every h_t."""
         x = self._input(x)
+        if not self._simple:
+            return self._deep_forward(x, hx)
         B = x.shape[1]
         h0, c0 = self._initial(hx, B)
         saved = self._plan.forward(x, h0, c0)
@@ -206,7 +260,10 @@ class _RecurrentBase(Module):
         grad_state : ndarray or None (LSTM: a pair, either may be None)
             dL/dh_n (and dL/dc_n), (1, B, H) or (B, H).
         """
-        x, h0, c0, saved = self._saved()
+        ctx = self._saved()
+        if not self._simple:
+            return self._deep_backward(ctx, grad_output, grad_state, input_grad, accumulate)
+        x, h0, c0, saved = ctx
         T, B, _ = x.shape
         g = self._grad_output(grad_output, T, B)
         ghn, gcn = self._grad_states(grad_state, B)
@@ -217,23 +274,160 @@ class _RecurrentBase(Module):
             self.grad_c0 = result[2][None]
         return None if result[0] is None else self._output(result[0])
 
+    # -- deep and bidirectional layers -----------------------------------------
+    def _stacked(self, s, name, B):
+        """A stacked state (num_layers·num_directions, B, H), checked, as a list of (B, H) arrays."""
+        n, H = self.num_layers * self.num_directions, self.hidden_size
+        s = np.asarray(s)
+        if s.shape != (n, B, H):
+            raise ValueError(f"{self._name}: {name} must have shape ({n}, {B}, {H}) (num_layers·num_directions, "
+                             f"batch, hidden), got shape {s.shape}")
+        if s.dtype != self.weight_ih_l0.data.dtype:
+            raise TypeError(f"{self._name}: {name} has dtype {s.dtype}, the layer {self.weight_ih_l0.data.dtype}")
+        return [np.ascontiguousarray(s[k]) for k in range(n)]
+
+    def _deep_states(self, hx, B):
+        """(h0 list, c0 list or None): one (B, H) array per layer and direction."""
+        n = self.num_layers * self.num_directions
+        lstm = self._cell == "lstm"
+        if hx is not None and lstm and (not isinstance(hx, (tuple, list)) or len(hx) != 2):
+            raise ValueError("LSTM: the initial state must be a pair (h0, c0)")
+        h, c = (hx if lstm else (hx, None)) if hx is not None else (None, None)
+        h0 = [self._zeros(f"h0_{k}", B) for k in range(n)] if h is None else self._stacked(h, "h0", B)
+        if not lstm:
+            return h0, None
+        c0 = [self._zeros(f"c0_{k}", B) for k in range(n)] if c is None else self._stacked(c, "c0", B)
+        return h0, c0
+
+    def _deep_forward(self, x, hx):
+        T, B, _ = x.shape
+        H, D, dt = self.hidden_size, self.num_directions, x.dtype
+        h0s, c0s = self._deep_states(hx, B)
+        drop = self.dropout > 0 and self._is_training()
+        keep = _grad_enabled.get()
+        ctx, hn, cn = [], [], []
+        inp = x
+        for layer in range(self.num_layers):
+            out = out_buffer(self, f"out{layer}", (T, B, H * D), dt)
+            dirs = []
+            for d in range(D):
+                k = layer * D + d
+                # the reverse direction reads its input backwards in time: a reversed copy runs the same kernels
+                xin = inp if d == 0 else np.ascontiguousarray(inp[::-1])
+                c0 = None if c0s is None else c0s[k]
+                saved = self._plans[k].forward(xin, h0s[k], c0)
+                hs = saved if self._cell == "rnn" else saved[0]
+                out[:, :, d * H:(d + 1) * H] = hs if d == 0 else hs[::-1]
+                hn.append(hs[-1])
+                if c0s is not None:
+                    cn.append(saved[1][-1])
+                dirs.append((xin, h0s[k], c0, saved))
+            mask = None
+            if drop and layer < self.num_layers - 1:
+                out, mask = self._drops[layer].forward(out)
+            ctx.append((dirs, mask))
+            inp = out
+        if keep:
+            self.__dict__["_ctx"] = ("deep", x.shape, ctx)
+        self.h_n = np.stack(hn)
+        y = self._output(inp)
+        if self._cell == "lstm":
+            self.c_n = np.stack(cn)
+            return (y, (self.h_n, self.c_n)) if self.return_state else y
+        return (y, self.h_n) if self.return_state else y
+
+    def _deep_backward(self, ctx, grad_output, grad_state, input_grad, accumulate):
+        _, shape, layers = ctx
+        T, B, _ = shape
+        H, D, n = self.hidden_size, self.num_directions, self.num_layers * self.num_directions
+        dt = self.weight_ih_l0.data.dtype
+        if grad_output is None:
+            g = np.zeros((T, B, H * D), dt)
+        else:
+            g = np.asarray(grad_output)
+            expected = (B, T, H * D) if self.batch_first else (T, B, H * D)
+            if g.shape != expected:
+                raise ValueError(f"{self._name}: grad_output has shape {g.shape} but the output had shape "
+                                 f"{expected}")
+            if self.batch_first:
+                g = g.transpose(1, 0, 2)
+        ghn = gcn = None
+        if grad_state is not None:
+            if self._cell == "lstm":
+                if not isinstance(grad_state, (tuple, list)) or len(grad_state) != 2:
+                    raise ValueError("LSTM: grad_state must be a pair (grad_h_n, grad_c_n); either may be None")
+                ghn = None if grad_state[0] is None else self._stacked(grad_state[0], "grad_h_n", B)
+                gcn = None if grad_state[1] is None else self._stacked(grad_state[1], "grad_c_n", B)
+            else:
+                ghn = self._stacked(grad_state, "grad_state", B)
+        gh0 = [None] * n
+        gc0 = [None] * n
+        grad_x = None
+        for layer in reversed(range(self.num_layers)):
+            dirs, mask = layers[layer]
+            if mask is not None:
+                g = self._drops[layer].backward(np.ascontiguousarray(g), mask)
+            want_x = input_grad or layer > 0
+            grad_in = None
+            for d in range(D):
+                k = layer * D + d
+                xin, h0, c0, saved = dirs[d]
+                gd = g[:, :, d * H:(d + 1) * H]
+                gd = np.ascontiguousarray(gd if d == 0 else gd[::-1])
+                result = self._plans[k].backward(gd, xin, h0, saved, c0,
+                                                 grad_hn=None if ghn is None else ghn[k],
+                                                 grad_cn=None if gcn is None else gcn[k],
+                                                 input_grad=want_x, accumulate=accumulate)
+                gh0[k] = result[1]
+                if self._cell == "lstm":
+                    gc0[k] = result[2]
+                if want_x:
+                    gx = result[0] if d == 0 else result[0][::-1]
+                    grad_in = np.array(gx) if grad_in is None else grad_in + gx
+            g = grad_in
+            grad_x = grad_in
+        self.grad_h0 = np.stack(gh0)
+        if self._cell == "lstm":
+            self.grad_c0 = np.stack(gc0)
+        return None if not input_grad else self._output(grad_x)
+
     # -- config -------------------------------------------------------------
     def get_config(self) -> dict:
-        return dict(input_size=self.input_size, hidden_size=self.hidden_size, bias=self.bias,
-                    batch_first=self.batch_first, dtype=self.weight_ih_l0.data.dtype.name,
-                    return_state=self.return_state)
+        cfg = dict(input_size=self.input_size, hidden_size=self.hidden_size, bias=self.bias,
+                   batch_first=self.batch_first, dtype=self.weight_ih_l0.data.dtype.name,
+                   return_state=self.return_state)
+        # only where they differ from the defaults: files of single-layer models keep their old config
+        if self.num_layers != 1:
+            cfg["num_layers"] = self.num_layers
+        if self.dropout != 0.0:
+            cfg["dropout"] = self.dropout
+        if self.bidirectional:
+            cfg["bidirectional"] = True
+        return cfg
 
     @classmethod
     def parameters_from_config(cls, config, children=()):
         """``[(name, shape, dtype name)]`` that ``cls(**config)`` creates, config checked (see Module)."""
+        optional = tuple(k for k in _DEEP_KEYS if isinstance(config, dict) and k in config)
         c = _v.layer_config(config, cls._name, ("input_size", "hidden_size", "bias", "batch_first", "dtype",
-                                                "return_state"), children)
+                                                "return_state") + optional, children)
         i, h = _v.positive_int(c["input_size"], "input_size"), _v.positive_int(c["hidden_size"], "hidden_size")
         _v.strict_bool(c["batch_first"], "batch_first"), _v.strict_bool(c["return_state"], "return_state")
+        layers = _v.positive_int(c.get("num_layers", 1), "num_layers")
+        if layers > 1024:
+            raise ValueError(f"num_layers={layers} is more layers than a model file may describe")
+        _dropout_p(c.get("dropout", 0.0))
+        dirs = 2 if _v.strict_bool(c.get("bidirectional", False), "bidirectional") else 1
+        bias = _v.strict_bool(c["bias"], "bias")
         dt, g = _v.strict_float_dtype(c["dtype"]).name, cls._gates * h
-        weights = [("weight_ih_l0", (g, i), dt), ("weight_hh_l0", (g, h), dt)]
-        return weights + ([("bias_ih_l0", (g,), dt), ("bias_hh_l0", (g,), dt)] if _v.strict_bool(c["bias"], "bias")
-                          else [])
+        out = []
+        for layer in range(layers):
+            size = i if layer == 0 else h * dirs
+            for sfx in ((f"_l{layer}", f"_l{layer}_reverse") if dirs == 2 else (f"_l{layer}",)):
+                out += [("weight_ih" + sfx, (g, size), dt), ("weight_hh" + sfx, (g, h), dt)]
+                if bias:
+                    out += [("bias_ih" + sfx, (g,), dt), ("bias_hh" + sfx, (g,), dt)]
+        return out
 
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"
@@ -245,6 +439,12 @@ class _RecurrentBase(Module):
             s += f", dtype={self.weight_ih_l0.data.dtype.name}"
         if self.return_state:
             s += ", return_state=True"
+        if self.num_layers != 1:
+            s += f", num_layers={self.num_layers}"
+        if self.dropout:
+            s += f", dropout={self.dropout}"
+        if self.bidirectional:
+            s += ", bidirectional=True"
         return s
 
 
@@ -283,8 +483,9 @@ class RNN(_RecurrentBase):
     _name = "RNN"
 
     def __init__(self, input_size, hidden_size, nonlinearity="tanh", bias=True, batch_first=False,
-                 dtype=np.float32, return_state=False, rng=None):
-        super().__init__(input_size, hidden_size, bias, batch_first, dtype, return_state, rng, nonlinearity)
+                 dtype=np.float32, return_state=False, rng=None, *, num_layers=1, dropout=0.0, bidirectional=False):
+        super().__init__(input_size, hidden_size, bias, batch_first, dtype, return_state, rng, nonlinearity,
+                         num_layers, dropout, bidirectional)
 
     def get_config(self) -> dict:
         cfg = super().get_config()
@@ -298,8 +499,9 @@ class RNN(_RecurrentBase):
     @classmethod
     def parameters_from_config(cls, config, children=()):
         """As the other recurrent layers, plus ``nonlinearity`` (see Module)."""
+        optional = tuple(k for k in _DEEP_KEYS if isinstance(config, dict) and k in config)
         c = _v.layer_config(config, "RNN", ("input_size", "hidden_size", "nonlinearity", "bias", "batch_first",
-                                            "dtype", "return_state"), children)
+                                            "dtype", "return_state") + optional, children)
         _v.str_choice(c["nonlinearity"], "nonlinearity", ops.RNN_NONLINEARITIES)
         return super().parameters_from_config({k: v for k, v in c.items() if k != "nonlinearity"}, children)
 
@@ -320,8 +522,9 @@ class LSTM(_RecurrentBase):
     _name = "LSTM"
 
     def __init__(self, input_size, hidden_size, bias=True, batch_first=False, dtype=np.float32,
-                 return_state=False, rng=None):
-        super().__init__(input_size, hidden_size, bias, batch_first, dtype, return_state, rng)
+                 return_state=False, rng=None, *, num_layers=1, dropout=0.0, bidirectional=False):
+        super().__init__(input_size, hidden_size, bias, batch_first, dtype, return_state, rng,
+                         num_layers=num_layers, dropout=dropout, bidirectional=bidirectional)
         self.c_n = None
         self.grad_c0 = None
 
@@ -340,8 +543,9 @@ class GRU(_RecurrentBase):
     _name = "GRU"
 
     def __init__(self, input_size, hidden_size, bias=True, batch_first=False, dtype=np.float32,
-                 return_state=False, rng=None):
-        super().__init__(input_size, hidden_size, bias, batch_first, dtype, return_state, rng)
+                 return_state=False, rng=None, *, num_layers=1, dropout=0.0, bidirectional=False):
+        super().__init__(input_size, hidden_size, bias, batch_first, dtype, return_state, rng,
+                         num_layers=num_layers, dropout=dropout, bidirectional=bidirectional)
 
 
 @register_module

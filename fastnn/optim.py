@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 
-from . import _validation as _v, ops
+from . import _validation as _v
+from . import ops
 from ._typing import FloatArray
 
 if TYPE_CHECKING:
@@ -80,8 +81,7 @@ class Optimizer:
     def __init__(self, params: Params, lr: float) -> None:
         self.params = _param_list(params)
         self.lr = lr
-        # Parameter sets .grad through object.__setattr__: invisible to mypy until module.py declares it
-        self._plan = ops.UpdatePlan(self.params, self._state_names)  # type: ignore[arg-type]
+        self._plan = ops.UpdatePlan(self.params, self._state_names)
         self._plan._check()   # validate now, not at the first step
         self._step_lock = threading.Lock()
 
@@ -101,7 +101,7 @@ class Optimizer:
     def zero_grad(self) -> None:
         """Set every gradient to zero (not needed between steps: ``backward`` overwrites them)."""
         for p in self.params:
-            p.grad[...] = 0  # type: ignore[attr-defined]  # Parameter.grad: invisible until module.py declares it
+            p.grad[...] = 0
 
     def step(self) -> None:
         """Update every parameter in place from its ``grad``."""
@@ -256,7 +256,7 @@ def clip_grad_norm(params: Params, max_norm: float, eps: float = 1e-6) -> float:
     total_sq = 0.0
     grads: list[FloatArray] = []
     for p in plist:
-        g = p.grad  # type: ignore[union-attr]  # Parameter.grad: invisible until module.py declares it
+        g = p.grad
         flat = g.reshape(-1)
         total_sq += float(np.dot(flat, flat)) if g.dtype == np.float64 else float(np.dot(flat, flat.astype(np.float64)))
         grads.append(g)

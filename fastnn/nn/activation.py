@@ -34,8 +34,7 @@ class _Activation(Module):
         super().__init__()
         self._reset_transient()
 
-    # Module._transient is inferred as a 2-tuple until module.py is annotated
-    _transient = ("_plan",)  # type: ignore[assignment]
+    _transient = ("_plan",)
 
     def _plan_args(self) -> tuple[float, ...]:
         return ()

@@ -101,12 +101,10 @@ class Conv2d(Module):
         self._reset_transient()
         self.reset_parameters(rng)
 
-    # Module._transient is inferred as a 2-tuple until module.py is annotated
-    _transient = ("_plan",)  # type: ignore[assignment]
+    _transient = ("_plan",)
 
     def _reset_transient(self) -> None:
-        # Parameter sets .grad through object.__setattr__: invisible to mypy until module.py declares it
-        plan = ops.ConvPlan(self.weight, self.bias, self.stride, self.padding, self.dilation)  # type: ignore[arg-type]
+        plan = ops.ConvPlan(self.weight, self.bias, self.stride, self.padding, self.dilation)
         self.__dict__["_plan"] = plan
         self.__dict__["_ctx"] = None
 
@@ -189,8 +187,7 @@ class _Pool2d(Module):
         self.count_include_pad = _v.strict_bool(count_include_pad, "count_include_pad")
         self._reset_transient()
 
-    # Module._transient is inferred as a 2-tuple until module.py is annotated
-    _transient = ("_plan",)  # type: ignore[assignment]
+    _transient = ("_plan",)
 
     def _reset_transient(self) -> None:
         self.__dict__["_plan"] = ops.PoolPlan(self._kind, self.kernel_size, self.stride, self.padding,

@@ -68,12 +68,10 @@ class Linear(Module):
         self._reset_transient()
         self.reset_parameters(rng)
 
-    # Module._transient is inferred as a 2-tuple until module.py is annotated
-    _transient = ("_plan",)  # type: ignore[assignment]
+    _transient = ("_plan",)
 
     def _reset_transient(self) -> None:
-        # Parameter sets .grad through object.__setattr__: invisible to mypy until module.py declares it
-        self.__dict__["_plan"] = ops.DensePlan(self.weight, self.bias)  # type: ignore[arg-type]
+        self.__dict__["_plan"] = ops.DensePlan(self.weight, self.bias)
         self.__dict__["_ctx"] = None
 
     def reset_parameters(self, rng: Seed = None) -> None:

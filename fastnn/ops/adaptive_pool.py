@@ -5,9 +5,16 @@ input (4-D float, non-empty image planes); an empty batch gives an empty
 result.
 """
 
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import overload
+
 import numpy as np
 
 from .. import _validation as _v
+from .._typing import ArrayLike, FloatArray
+from ..backends import Backend
 from ..backends import current as _backend
 from .conv import _input4d, _plane, _shape4
 
@@ -15,7 +22,16 @@ __all__ = ["adaptive_avg_pool2d_forward", "adaptive_avg_pool2d_backward", "adapt
            "AdaptivePoolPlan"]
 
 
-def adaptive_output_size(output_size, input_hw=None):
+#: an output size as given: an int, or a pair whose None entries keep the input's size
+_OutputSize = int | tuple[int | None, int | None] | list[int | None]
+
+
+@overload
+def adaptive_output_size(output_size: _OutputSize | None, input_hw: None = None) -> tuple[int | None, int | None]: ...
+@overload
+def adaptive_output_size(output_size: _OutputSize | None, input_hw: Sequence[int]) -> tuple[int, int]: ...
+def adaptive_output_size(output_size: _OutputSize | None,
+                         input_hw: Sequence[int] | None = None) -> tuple[int | None, int | None]:
     """``output_size`` (int, pair, None entries = the input's size) as a pair of ints."""
     if isinstance(output_size, (tuple, list)):
         if len(output_size) != 2:
@@ -23,7 +39,7 @@ def adaptive_output_size(output_size, input_hw=None):
         pair = tuple(output_size)
     else:
         pair = (output_size, output_size)
-    out = []
+    out: list[int | None] = []
     for axis, v in enumerate(pair):
         if v is None:
             if input_hw is None:
@@ -35,10 +51,11 @@ def adaptive_output_size(output_size, input_hw=None):
         if not 1 <= v <= _v.MAX_DIM:
             raise ValueError(f"output_size must be in [1, 2**31 - 1], got {output_size!r}")
         out.append(int(v))
-    return tuple(out)
+    return out[0], out[1]
 
 
-def adaptive_avg_pool2d_forward(x, output_size, out=None):
+def adaptive_avg_pool2d_forward(x: ArrayLike, output_size: _OutputSize,
+                                out: FloatArray | None = None) -> FloatArray:
     """Average pooling to a fixed output size (PyTorch's ``adaptive_avg_pool2d``).
 
     Parameters
@@ -62,7 +79,8 @@ def adaptive_avg_pool2d_forward(x, output_size, out=None):
     return _backend().adaptive_avg_pool2d_forward(x, out)
 
 
-def adaptive_avg_pool2d_backward(grad_out, input_shape, grad_input=None):
+def adaptive_avg_pool2d_backward(grad_out: ArrayLike, input_shape: Sequence[int],
+                                 grad_input: FloatArray | None = None) -> FloatArray:
     """Backward of :func:`adaptive_avg_pool2d_forward`.
 
     Parameters
@@ -100,22 +118,26 @@ class AdaptivePoolPlan:
 
     __slots__ = ("output_size", "_bound")
 
-    def __init__(self, output_size):
+    output_size: tuple[int | None, int | None]
+    #: (backend, forward kernel, backward kernel) once bound
+    _bound: tuple[Backend, Callable[..., FloatArray], Callable[..., FloatArray]] | None
+
+    def __init__(self, output_size: _OutputSize) -> None:
         self.output_size = adaptive_output_size(output_size)
         self._bound = None
 
-    def _backend(self):
+    def _backend(self) -> tuple[Backend, Callable[..., FloatArray], Callable[..., FloatArray]]:
         k = self._bound
         if k is None or k[0] is not _p.current():
             backend = _p.current()
             k = self._bound = (backend, backend.adaptive_avg_pool2d_forward, backend.adaptive_avg_pool2d_backward)
         return k
 
-    def out_shape(self, xs):
+    def out_shape(self, xs: tuple[int, ...]) -> tuple[int, int, int, int]:
         ho, wo = adaptive_output_size(self.output_size, xs[2:])
         return (xs[0], xs[1], ho, wo)
 
-    def forward(self, x):
+    def forward(self, x: ArrayLike) -> FloatArray:
         k = self._backend()
         if type(x) is _nd and x.flags.c_contiguous and x.ndim == 4 and (x.dtype is _F32 or x.dtype is _F64) \
                 and x.shape[2] > 0 and x.shape[3] > 0 and x.shape[2] * x.shape[3] <= _v.MAX_DIM:
@@ -123,7 +145,7 @@ class AdaptivePoolPlan:
             return out if out.size == 0 else k[1](x, out)
         return adaptive_avg_pool2d_forward(x, self.output_size)
 
-    def backward(self, grad_out, input_shape):
+    def backward(self, grad_out: ArrayLike, input_shape: tuple[int, ...]) -> FloatArray:
         k = self._backend()
         if type(grad_out) is _nd and grad_out.flags.c_contiguous and (grad_out.dtype is _F32
                                                                      or grad_out.dtype is _F64) \

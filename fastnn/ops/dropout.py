@@ -7,9 +7,16 @@ draw. Every backend therefore drops the same values for the same seed, and a
 run repeats exactly.
 """
 
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
 import numpy as np
 
 from .. import _validation as _v
+from .._typing import ArrayLike, FloatArray, NDArray, Seed
+from ..backends import Backend
 from ..backends import current as _backend
 
 __all__ = ["dropout_forward", "dropout_backward", "dropout_threshold", "DropoutPlan"]
@@ -17,19 +24,22 @@ __all__ = ["dropout_forward", "dropout_backward", "dropout_threshold", "DropoutP
 _U8 = np.dtype(np.uint8)
 _TWO32 = 1 << 32
 
+#: the keep decisions: 1 where a value (or group of values) is kept
+_Mask = NDArray[np.uint8]
 
-def _p(p):
+
+def _p(p: float) -> float:
     return _v.scalar(p, "p", low=0.0, high=1.0)
 
 
-def dropout_threshold(p):
+def dropout_threshold(p: float) -> tuple[int, float]:
     """``(threshold, scale)`` of dropout probability ``p``: keep a word ``>= threshold``, scale by ``1/(1 − p)``."""
     p = _p(p)
     threshold = min(_TWO32, int(round(p * _TWO32)))
     return threshold, (1.0 / (1.0 - p) if p < 1.0 else 0.0)
 
 
-def draw_bits(rng, n):
+def draw_bits(rng: Seed, n: int) -> NDArray[np.uint32]:
     """``n`` (or one more) random 32-bit words from ``rng`` (a Generator, a seed, or None: fastnn's generator)."""
     from ..nn.init import get_rng
 
@@ -37,14 +47,14 @@ def draw_bits(rng, n):
     return gen.bit_generator.random_raw((n + 1) // 2, output=True).view(np.uint32)
 
 
-def _group(group, size):
+def _group(group: int, size: int) -> int:
     group = _v.strict_int(group, "group", low=1)
     if size % group:
         raise ValueError(f"group ({group}) must divide the number of values ({size})")
     return group
 
 
-def _mask(mask, n, ins):
+def _mask(mask: _Mask | None, n: int, ins: Sequence[NDArray[Any] | None]) -> _Mask:
     if mask is None:
         return np.empty(n, _U8)
     if type(mask) is not np.ndarray or mask.dtype != _U8:
@@ -57,7 +67,8 @@ def _mask(mask, n, ins):
     return mask
 
 
-def dropout_forward(x, p=0.5, *, relu=False, group=1, rng=None, out=None, mask=None):
+def dropout_forward(x: ArrayLike, p: float = 0.5, *, relu: bool = False, group: int = 1, rng: Seed = None,
+                    out: FloatArray | None = None, mask: _Mask | None = None) -> tuple[FloatArray, _Mask]:
     """Inverted dropout: zero each value with probability ``p``, scale the rest by ``1/(1 − p)``.
 
     Parameters
@@ -92,7 +103,8 @@ def dropout_forward(x, p=0.5, *, relu=False, group=1, rng=None, out=None, mask=N
     return _backend().dropout_forward(x, bits, threshold, scale, group, relu, out, mask), mask
 
 
-def dropout_backward(grad_out, mask, p, *, group=1, y=None, out=None):
+def dropout_backward(grad_out: ArrayLike, mask: ArrayLike, p: float, *, group: int = 1, y: ArrayLike | None = None,
+                     out: FloatArray | None = None) -> FloatArray:
     """Backward of :func:`dropout_forward`: ``dL/dx = dL/dy·mask/(1 − p)``.
 
     Parameters
@@ -149,13 +161,20 @@ class DropoutPlan:
 
     __slots__ = ("p", "channelwise", "threshold", "scale", "_bound")
 
-    def __init__(self, p, channelwise=False):
+    p: float
+    channelwise: bool
+    threshold: int
+    scale: float
+    #: (backend, forward kernel, backward kernel) once bound
+    _bound: tuple[Backend, Callable[..., FloatArray], Callable[..., FloatArray]] | None
+
+    def __init__(self, p: float, channelwise: bool = False) -> None:
         self.p = _p(p)
         self.channelwise = bool(channelwise)
         self.threshold, self.scale = dropout_threshold(self.p)
         self._bound = None
 
-    def group(self, shape):
+    def group(self, shape: tuple[int, ...]) -> int:
         """Values per decision for an input of ``shape``."""
         if not self.channelwise:
             return 1
@@ -163,14 +182,15 @@ class DropoutPlan:
             raise ValueError(f"Dropout2d expects 4-D input (batch, channels, height, width), got shape {shape}")
         return max(1, shape[2] * shape[3])
 
-    def _backend(self):
+    def _backend(self) -> tuple[Backend, Callable[..., FloatArray], Callable[..., FloatArray]]:
         k = self._bound
         if k is None or k[0] is not _pl.current():
             backend = _pl.current()
             k = self._bound = (backend, backend.dropout_forward, backend.dropout_backward)
         return k
 
-    def forward(self, x, *, relu=False, rng=None, inplace=False):
+    def forward(self, x: ArrayLike, *, relu: bool = False, rng: Seed = None,
+                inplace: bool = False) -> tuple[FloatArray, _Mask]:
         """``(out, mask)`` for ``x``; ``inplace=True`` writes over ``x`` (which must be writeable)."""
         k = self._backend()
         if type(x) is _nd and x.flags.c_contiguous and (x.dtype is _F32 or x.dtype is _F64) and x.size \
@@ -183,7 +203,7 @@ class DropoutPlan:
         return dropout_forward(x, self.p, relu=relu, group=self.group(np.shape(x)), rng=rng,
                                out=x if inplace and type(x) is _nd else None)
 
-    def backward(self, grad_out, mask, y=None):
+    def backward(self, grad_out: ArrayLike, mask: ArrayLike, y: ArrayLike | None = None) -> FloatArray:
         """dL/dx from dL/dy and the forward's ``mask`` (and output ``y`` when a ReLU was fused)."""
         k = self._backend()
         if type(grad_out) is _nd and grad_out.flags.c_contiguous and (grad_out.dtype is _F32

@@ -8,11 +8,16 @@ with it, so a bad index can never make a compiled kernel touch memory
 outside the table.
 """
 
-import math
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
 from .. import _validation as _v
+from .._typing import ArrayLike, FloatArray, NDArray, ParamLike
+from ..backends import Backend
 from ..backends import current as _backend
 
 __all__ = ["embedding_forward", "embedding_backward", "embedding_indices", "EmbeddingPlan"]
@@ -21,8 +26,13 @@ _I64 = np.dtype(np.int64)
 #: float32 holds every integer up to 2**24 exactly; larger indices must come as integers.
 _F32_EXACT = 1 << 24
 
+#: validated indices: C-contiguous int64
+_Indices = NDArray[np.int64]
+#: (backend, W, dW, forward kernel, backward kernel) once bound
+_Bound = tuple[Backend, FloatArray, FloatArray, Callable[..., Any], Callable[..., Any]]
 
-def embedding_indices(indices, num_embeddings, name="indices"):
+
+def embedding_indices(indices: ArrayLike, num_embeddings: int, name: str = "indices") -> _Indices:
     """``indices`` as a C-contiguous int64 array, each value checked against ``[0, num_embeddings)``.
 
     Float input is accepted when every value is a whole number (``fastnn.fit``
@@ -53,14 +63,14 @@ def embedding_indices(indices, num_embeddings, name="indices"):
     return a
 
 
-def _table(weight):
+def _table(weight: ArrayLike) -> FloatArray:
     weight = _v.as_float_array(weight, "weight", ndim=2)
     if weight.shape[0] < 1:
         raise ValueError(f"weight must have at least one row, got shape {weight.shape}")
     return weight
 
 
-def embedding_forward(indices, weight, out=None):
+def embedding_forward(indices: ArrayLike, weight: ArrayLike, out: FloatArray | None = None) -> FloatArray:
     """Rows of ``weight`` picked by ``indices``: ``out[..., :] = weight[indices[...]]``.
 
     Parameters
@@ -83,7 +93,9 @@ def embedding_forward(indices, weight, out=None):
     return out
 
 
-def embedding_backward(grad_out, indices, num_embeddings, *, padding_idx=None, grad_weight=None, clear=None):
+def embedding_backward(grad_out: ArrayLike, indices: ArrayLike, num_embeddings: int, *,
+                       padding_idx: int | None = None, grad_weight: FloatArray | None = None,
+                       clear: ArrayLike | None = None) -> FloatArray:
     """Gradient of the table: ``grad_weight[v] = Σ_{i: indices[i] = v} grad_out[i]``.
 
     Parameters
@@ -130,7 +142,7 @@ def embedding_backward(grad_out, indices, num_embeddings, *, padding_idx=None, g
     return grad_weight
 
 
-def _padding(padding_idx, V):
+def _padding(padding_idx: int, V: int) -> int:
     p = _v.strict_int(padding_idx, "padding_idx")
     if not -V <= p < V:
         raise ValueError(f"padding_idx must lie in [-{V}, {V}), got {p}")
@@ -163,14 +175,20 @@ class EmbeddingPlan:
 
     __slots__ = ("weight", "padding_idx", "_bound", "_written", "_grad_seen")
 
-    def __init__(self, weight, padding_idx=None):
+    weight: ParamLike
+    padding_idx: int
+    _bound: _Bound | None
+    _written: _Indices | None
+    _grad_seen: FloatArray | None
+
+    def __init__(self, weight: ParamLike, padding_idx: int | None = None) -> None:
         self.weight = weight
         self.padding_idx = -1 if padding_idx is None else int(padding_idx)
         self._bound = None
         self._written = None     # rows of weight.grad that may be non-zero (None: unknown, any)
         self._grad_seen = None
 
-    def _bind(self):
+    def _bind(self) -> _Bound:
         w = _p.check_param(self.weight, "weight", 2)
         dw = _p.check_grad(self.weight, "weight")
         backend = _p.current()
@@ -178,14 +196,14 @@ class EmbeddingPlan:
         self._bound = bound
         return bound
 
-    def _check(self, grads=False):
+    def _check(self, grads: bool = False) -> _Bound:
         k = self._bound
         if k is None or k[1] is not self.weight.data or k[0] is not _p.current() \
                 or (grads and k[2] is not self.weight.grad):
             k = self._bind()
         return k
 
-    def forward(self, indices):
+    def forward(self, indices: ArrayLike) -> tuple[FloatArray, _Indices]:
         """Rows of the table for ``indices`` (validated); returns ``(out, indices as int64)``."""
         k = self._check()
         w = k[1]
@@ -196,7 +214,7 @@ class EmbeddingPlan:
             k[3](idx.reshape(-1), w, out.reshape(idx.size, D))
         return out, idx
 
-    def backward(self, grad_out, idx, *, accumulate=False):
+    def backward(self, grad_out: ArrayLike, idx: _Indices, *, accumulate: bool = False) -> None:
         """Write this batch's gradient into ``weight.grad``, touching only the rows used (see Notes)."""
         k = self._check(grads=True)
         w, dw = k[1], k[2]

@@ -8,22 +8,34 @@ of one value is undefined). An empty batch in evaluation mode gives an empty
 output.
 """
 
+from __future__ import annotations
+
 import math
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeGuard, cast
 
 import numpy as np
 
 from .. import _validation as _v
+from .._typing import ArrayLike, FloatArray, ParamLike
+from ..backends import Backend
 from ..backends import current as _backend
 
 __all__ = ["batch_norm_forward", "batch_norm_backward", "layer_norm_forward", "layer_norm_backward",
            "BatchNormPlan", "LayerNormPlan"]
 
 
-def _eps(eps):
+#: ``(out, mean, var)`` of a batch norm, ``(out, mean, rstd)`` of a layer norm
+_NormOut = tuple[FloatArray, FloatArray, FloatArray]
+#: ``(grad_input, grad_weight, grad_bias)``, each None when not computed
+_NormGrads = tuple[FloatArray | None, FloatArray | None, FloatArray | None]
+
+
+def _eps(eps: float) -> float:
     return _v.scalar(eps, "eps", low=0.0, low_open=True)
 
 
-def _channels(x, name="x"):
+def _channels(x: ArrayLike, name: str = "x") -> FloatArray:
     """``x`` (N, C, *) as a C-contiguous (N, C, L) view, L the product of the trailing sizes."""
     x = _v.as_float_array(x, name)
     if x.ndim < 2:
@@ -31,7 +43,7 @@ def _channels(x, name="x"):
     return x.reshape(x.shape[0], x.shape[1], math.prod(x.shape[2:]))
 
 
-def _vector(a, name, dtype, n):
+def _vector(a: ArrayLike, name: str, dtype: np.dtype[Any], n: int) -> FloatArray:
     a = _v.as_float_array(a, name, ndim=1)
     _v.same_dtype(dtype, a, name)
     if a.shape[0] != n:
@@ -39,14 +51,18 @@ def _vector(a, name, dtype, n):
     return a
 
 
-def _affine(weight, bias, dtype, n):
+def _affine(weight: ArrayLike | None, bias: ArrayLike | None, dtype: np.dtype[Any],
+            n: int) -> tuple[FloatArray | None, FloatArray | None]:
     w = None if weight is None else _vector(weight, "weight", dtype, n)
     b = None if bias is None else _vector(bias, "bias", dtype, n)
     return w, b
 
 
-def batch_norm_forward(x, weight=None, bias=None, running_mean=None, running_var=None, training=True,
-                       momentum=0.1, eps=1e-5, *, out=None, mean=None, var=None):
+def batch_norm_forward(x: ArrayLike, weight: ArrayLike | None = None, bias: ArrayLike | None = None,
+                       running_mean: FloatArray | None = None, running_var: FloatArray | None = None,
+                       training: bool = True, momentum: float = 0.1, eps: float = 1e-5, *,
+                       out: FloatArray | None = None, mean: FloatArray | None = None,
+                       var: FloatArray | None = None) -> _NormOut:
     """Batch normalisation over the batch and spatial axes, per channel (PyTorch's ``batch_norm``).
 
     Parameters
@@ -104,12 +120,13 @@ def batch_norm_forward(x, weight=None, bias=None, running_mean=None, running_var
         var[...] = running_var
     if out.size:
         _backend().batch_norm_forward(x3, weight, bias, eps, training, mean, var, out.reshape(N, C, L))
-    if training and running_mean is not None:
+    if training and running_mean is not None and running_var is not None:   # both or neither: checked above
         update_running_stats(running_mean, running_var, mean, var, N * L, momentum)
     return out, mean, var
 
 
-def update_running_stats(running_mean, running_var, mean, var, count, momentum):
+def update_running_stats(running_mean: FloatArray, running_var: FloatArray, mean: FloatArray, var: FloatArray,
+                         count: int, momentum: float) -> None:
     """``r ← (1 − m)·r + m·s`` for the mean and the unbiased variance ``var·count/(count − 1)`` (C values)."""
     keep = 1.0 - momentum
     running_mean *= keep
@@ -118,8 +135,10 @@ def update_running_stats(running_mean, running_var, mean, var, count, momentum):
     running_var += (momentum * count / (count - 1)) * var
 
 
-def batch_norm_backward(grad_out, x, weight, mean, var, eps=1e-5, training=True, *, input_grad=True,
-                        grad_input=None, grad_weight=None, grad_bias=None):
+def batch_norm_backward(grad_out: ArrayLike, x: ArrayLike, weight: ArrayLike | None, mean: ArrayLike,
+                        var: ArrayLike, eps: float = 1e-5, training: bool = True, *, input_grad: bool = True,
+                        grad_input: FloatArray | None = None, grad_weight: FloatArray | None = None,
+                        grad_bias: FloatArray | None = None) -> _NormGrads:
     """Backward pass of :func:`batch_norm_forward`.
 
     Parameters
@@ -168,7 +187,7 @@ def batch_norm_backward(grad_out, x, weight, mean, var, eps=1e-5, training=True,
     return grad_input, grad_weight, grad_bias
 
 
-def _normalized(shape, normalized_shape):
+def _normalized(shape: Sequence[int], normalized_shape: Sequence[int]) -> tuple[int, int]:
     """(M, K) for an input ``shape`` whose trailing dimensions are ``normalized_shape``."""
     k = len(normalized_shape)
     if len(shape) < k or tuple(shape[len(shape) - k:]) != tuple(normalized_shape):
@@ -178,11 +197,11 @@ def _normalized(shape, normalized_shape):
     return math.prod(shape[:len(shape) - k]), K
 
 
-def _norm_shape(normalized_shape):
+def _norm_shape(normalized_shape: int | Sequence[int]) -> tuple[int, ...]:
     if isinstance(normalized_shape, (int, np.integer)) and not isinstance(normalized_shape, (bool, np.bool_)):
         normalized_shape = (normalized_shape,)
     try:
-        items = tuple(normalized_shape)
+        items = tuple(cast("Iterable[object]", normalized_shape))   # anything else: TypeError, below
     except TypeError:
         raise TypeError(f"normalized_shape must be an int or a sequence of ints, got {normalized_shape!r}") from None
     if not items:
@@ -190,7 +209,9 @@ def _norm_shape(normalized_shape):
     return tuple(_v.positive_int(n, "normalized_shape") for n in items)
 
 
-def layer_norm_forward(x, normalized_shape, weight=None, bias=None, eps=1e-5, *, out=None, mean=None, rstd=None):
+def layer_norm_forward(x: ArrayLike, normalized_shape: int | Sequence[int], weight: ArrayLike | None = None,
+                       bias: ArrayLike | None = None, eps: float = 1e-5, *, out: FloatArray | None = None,
+                       mean: FloatArray | None = None, rstd: FloatArray | None = None) -> _NormOut:
     """Layer normalisation over the trailing ``normalized_shape`` dimensions (PyTorch's ``layer_norm``).
 
     Parameters
@@ -225,8 +246,10 @@ def layer_norm_forward(x, normalized_shape, weight=None, bias=None, eps=1e-5, *,
     return out, mean, rstd
 
 
-def layer_norm_backward(grad_out, x, normalized_shape, weight, mean, rstd, *, bias=True, input_grad=True,
-                        grad_input=None, grad_weight=None, grad_bias=None):
+def layer_norm_backward(grad_out: ArrayLike, x: ArrayLike, normalized_shape: int | Sequence[int],
+                        weight: ArrayLike | None, mean: ArrayLike, rstd: ArrayLike, *, bias: bool = True,
+                        input_grad: bool = True, grad_input: FloatArray | None = None,
+                        grad_weight: FloatArray | None = None, grad_bias: FloatArray | None = None) -> _NormGrads:
     """Backward pass of :func:`layer_norm_forward`.
 
     Parameters
@@ -285,7 +308,17 @@ from . import _plan as _p  # noqa: E402
 _nd = _p.ndarray
 
 
-def _bind_affine(weight, bias, where):
+#: (backend, w, b, dw, db, forward kernel, backward kernel) once bound
+_BNBound = tuple[Backend, FloatArray | None, FloatArray | None, FloatArray | None, FloatArray | None,
+                 Callable[..., Any], Callable[..., Any]]
+#: the same, then the flat (K,) views of w, b, dw and db
+_LNBound = tuple[Backend, FloatArray | None, FloatArray | None, FloatArray | None, FloatArray | None,
+                 Callable[..., Any], Callable[..., Any],
+                 FloatArray | None, FloatArray | None, FloatArray | None, FloatArray | None]
+
+
+def _bind_affine(weight: ParamLike | None, bias: ParamLike | None,
+                 where: str) -> tuple[FloatArray | None, FloatArray | None, FloatArray | None, FloatArray | None]:
     """Validated (data, grad) of optional affine parameters (checked once per bind)."""
     w = dw = b = db = None
     if weight is not None:
@@ -322,13 +355,20 @@ class BatchNormPlan:
 
     __slots__ = ("num_features", "weight", "bias", "eps", "_bound")
 
-    def __init__(self, num_features, weight=None, bias=None, eps=1e-5):
+    num_features: int
+    weight: ParamLike | None
+    bias: ParamLike | None
+    eps: float
+    _bound: _BNBound | None
+
+    def __init__(self, num_features: int, weight: ParamLike | None = None, bias: ParamLike | None = None,
+                 eps: float = 1e-5) -> None:
         self.num_features = _v.positive_int(num_features, "num_features")
         self.weight, self.bias = weight, bias
         self.eps = _eps(eps)
         self._bound = None
 
-    def _bind(self):
+    def _bind(self) -> _BNBound:
         w, dw, b, db = _bind_affine(self.weight, self.bias, "batch_norm")
         for a, name in ((w, "weight"), (b, "bias")):
             if a is not None and a.shape != (self.num_features,):
@@ -338,7 +378,7 @@ class BatchNormPlan:
         self._bound = bound
         return bound
 
-    def _check(self, grads=False):
+    def _check(self, grads: bool = False) -> _BNBound:
         weight, bias = self.weight, self.bias
         w = None if weight is None else weight.data
         b = None if bias is None else bias.data
@@ -348,35 +388,40 @@ class BatchNormPlan:
             k = self._bind()
         return k
 
-    def _fast(self, x, dt):
+    def _fast(self, x: object, dt: np.dtype[Any]) -> TypeGuard[FloatArray]:
         return type(x) is _nd and x.dtype is dt and x.flags.c_contiguous and x.ndim >= 2 \
             and x.shape[1] == self.num_features
 
-    def forward(self, x, training, running_mean=None, running_var=None, momentum=0.1):
+    def forward(self, x: ArrayLike, training: bool, running_mean: FloatArray | None = None,
+                running_var: FloatArray | None = None, momentum: float = 0.1) -> _NormOut:
         """Normalise ``x`` (N, C, ...); returns ``(out, mean, var)`` (see :func:`batch_norm_forward`)."""
         k = self._check()
         w, b = k[1], k[2]
-        dt = x.dtype if w is None else w.dtype
-        rm_ok = running_mean is None or (type(running_mean) is _nd and running_mean.dtype is dt
-                                         and running_mean.shape == (self.num_features,))
-        if self._fast(x, dt) and rm_ok and x.size and (not training or x.size > self.num_features):
+        # without γ the input's dtype decides; input that is not an ndarray takes the validated op
+        dt = w.dtype if w is not None else (x.dtype if type(x) is _nd else None)
+        C = self.num_features
+        stats_ok = (running_mean is None and running_var is None) or (
+            type(running_mean) is _nd and running_mean.dtype is dt and running_mean.shape == (C,)
+            and type(running_var) is _nd and running_var.dtype is dt and running_var.shape == (C,))
+        if dt is not None and self._fast(x, dt) and stats_ok and x.size and (not training or x.size > C):
             N, C = x.shape[0], x.shape[1]
             L = x.size // (N * C)
             out = _p.output(self, "y", x.shape, dt, x)
             mean = _p.output(self, "mean", (C,), dt)
             var = _p.output(self, "var", (C,), dt)
             if not training:
-                if running_mean is None:
+                if running_mean is None or running_var is None:
                     raise ValueError("batch_norm: evaluation (training=False) needs running_mean and running_var")
                 mean[...] = running_mean
                 var[...] = running_var
             k[5](x.reshape(N, C, L), w, b, self.eps, training, mean, var, out.reshape(N, C, L))
-            if training and running_mean is not None:
+            if training and running_mean is not None and running_var is not None:
                 update_running_stats(running_mean, running_var, mean, var, N * L, momentum)
             return out, mean, var
         return batch_norm_forward(x, w, b, running_mean, running_var, training, momentum, self.eps)
 
-    def backward(self, grad_out, x, mean, var, training, *, input_grad=True, accumulate=False):
+    def backward(self, grad_out: ArrayLike, x: ArrayLike, mean: FloatArray, var: FloatArray, training: bool, *,
+                 input_grad: bool = True, accumulate: bool = False) -> FloatArray | None:
         """dL/dx (None if ``input_grad=False``); writes ``weight.grad`` and ``bias.grad``."""
         k = self._check(grads=True)
         w, dw, db = k[1], k[3], k[4]
@@ -393,12 +438,12 @@ class BatchNormPlan:
             k[6](grad_out.reshape(N, C, L), x.reshape(N, C, L), w, mean, var, self.eps, training,
                  None if gin is None else gin.reshape(N, C, L), gw, gb)
         else:
-            gin, gw2, gb2 = batch_norm_backward(grad_out, x, w, mean, var, self.eps, training,
-                                                input_grad=input_grad, grad_weight=gw, grad_bias=gb)
-        if accumulate:
-            if dw is not None:
+            gin = batch_norm_backward(grad_out, x, w, mean, var, self.eps, training,
+                                      input_grad=input_grad, grad_weight=gw, grad_bias=gb)[0]
+        if accumulate:   # gw and gb are the accumulation buffers of dw and db: None together
+            if dw is not None and gw is not None:
                 np.add(dw, gw, out=dw)
-            if db is not None:
+            if db is not None and gb is not None:
                 np.add(db, gb, out=db)
         return gin
 
@@ -415,25 +460,33 @@ class LayerNormPlan:
 
     __slots__ = ("normalized_shape", "K", "weight", "bias", "eps", "_bound")
 
-    def __init__(self, normalized_shape, weight=None, bias=None, eps=1e-5):
+    normalized_shape: tuple[int, ...]
+    K: int
+    weight: ParamLike | None
+    bias: ParamLike | None
+    eps: float
+    _bound: _LNBound | None
+
+    def __init__(self, normalized_shape: int | Sequence[int], weight: ParamLike | None = None,
+                 bias: ParamLike | None = None, eps: float = 1e-5) -> None:
         self.normalized_shape = _norm_shape(normalized_shape)
         self.K = math.prod(self.normalized_shape)
         self.weight, self.bias = weight, bias
         self.eps = _eps(eps)
         self._bound = None
 
-    def _bind(self):
+    def _bind(self) -> _LNBound:
         w, dw, b, db = _bind_affine(self.weight, self.bias, "layer_norm")
         for a, name in ((w, "weight"), (b, "bias")):
             if a is not None and a.shape != self.normalized_shape:
                 raise ValueError(f"layer_norm: {name} has shape {a.shape}, expected {self.normalized_shape}")
-        flat = tuple(None if a is None else a.reshape(self.K) for a in (w, b, dw, db))
+        fw, fb, fdw, fdb = (None if a is None else a.reshape(self.K) for a in (w, b, dw, db))
         backend = _p.current()
-        bound = (backend, w, b, dw, db, backend.layer_norm_forward, backend.layer_norm_backward) + flat
+        bound = (backend, w, b, dw, db, backend.layer_norm_forward, backend.layer_norm_backward, fw, fb, fdw, fdb)
         self._bound = bound
         return bound
 
-    def _check(self, grads=False):
+    def _check(self, grads: bool = False) -> _LNBound:
         weight, bias = self.weight, self.bias
         w = None if weight is None else weight.data
         b = None if bias is None else bias.data
@@ -443,17 +496,19 @@ class LayerNormPlan:
             k = self._bind()
         return k
 
-    def _fast(self, x, dt):
+    def _fast(self, x: object, dt: np.dtype[Any]) -> TypeGuard[FloatArray]:
         ns = self.normalized_shape
         return type(x) is _nd and x.dtype is dt and x.flags.c_contiguous and x.ndim >= len(ns) \
             and x.shape[x.ndim - len(ns):] == ns and x.size > 0
 
-    def forward(self, x):
+    def forward(self, x: ArrayLike) -> _NormOut:
         """Normalise ``x`` (..., *normalized_shape); returns ``(out, mean, rstd)``."""
         k = self._check()
         w, b = k[1], k[2]
-        dt = x.dtype if w is None and b is None else (w if w is not None else b).dtype
-        if self._fast(x, dt):
+        # without γ and β the input's dtype decides; input that is not an ndarray takes the validated op
+        a = w if w is not None else b
+        dt = a.dtype if a is not None else (x.dtype if type(x) is _nd else None)
+        if dt is not None and self._fast(x, dt):
             K = self.K
             M = x.size // K
             out = _p.output(self, "y", x.shape, dt, x)
@@ -463,7 +518,8 @@ class LayerNormPlan:
             return out, mean, rstd
         return layer_norm_forward(x, self.normalized_shape, w, b, self.eps)
 
-    def backward(self, grad_out, x, mean, rstd, *, input_grad=True, accumulate=False):
+    def backward(self, grad_out: ArrayLike, x: ArrayLike, mean: FloatArray, rstd: FloatArray, *,
+                 input_grad: bool = True, accumulate: bool = False) -> FloatArray | None:
         """dL/dx (None if ``input_grad=False``); writes ``weight.grad`` and ``bias.grad``."""
         k = self._check(grads=True)
         w = k[1]
@@ -484,6 +540,6 @@ class LayerNormPlan:
                                       input_grad=input_grad, grad_weight=gw, grad_bias=gb)[0]
         if accumulate:
             for acc, g in ((k[9], gw), (k[10], gb)):
-                if acc is not None:
+                if acc is not None and g is not None:   # g is acc's accumulation buffer: None together
                     np.add(acc, g, out=acc)
         return gin

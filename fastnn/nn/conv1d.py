@@ -11,10 +11,14 @@ view, and so is the output reshaped back, so a 1-D layer costs what the
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
+from typing import Any, ClassVar, Literal, cast, overload
 
 import numpy as np
 
-from .. import _validation as _v, ops
+from .. import _validation as _v
+from .. import ops
+from .._typing import ArrayLike, DTypeLike, FloatArray, NDArray, ParameterSpec, Seed
 from ..grad_mode import _enabled as _grad_enabled
 from .init import get_rng as _get_rng
 from .module import Module, Parameter, register_module
@@ -22,7 +26,7 @@ from .module import Module, Parameter, register_module
 __all__ = ["Conv1d", "MaxPool1d", "AvgPool1d"]
 
 
-def _single(value, name, low):
+def _single(value: object, name: str, low: int) -> int:
     if isinstance(value, (tuple, list)):
         if len(value) != 1:
             raise ValueError(f"{name} must be an int or a 1-tuple, got {value!r}")
@@ -41,30 +45,36 @@ class _As4d:
 
     __slots__ = ("param", "_data", "_data4", "_grad", "_grad4")
 
-    def __init__(self, param):
+    param: Parameter
+    _data: FloatArray | None
+    _data4: FloatArray
+    _grad: FloatArray | None
+    _grad4: FloatArray
+
+    def __init__(self, param: Parameter) -> None:
         self.param = param
-        self._data = self._data4 = self._grad = self._grad4 = None
+        self._data = self._grad = None   # _data4 and _grad4 are set with them
 
     @staticmethod
-    def _view(a):
+    def _view(a: FloatArray) -> FloatArray:
         return a.reshape(a.shape[0], a.shape[1], 1, a.shape[2]) if a.ndim == 3 else a
 
     @property
-    def data(self):
+    def data(self) -> FloatArray:
         d = self.param.data
         if d is not self._data:
             self._data, self._data4 = d, self._view(d)
         return self._data4
 
     @property
-    def grad(self):
+    def grad(self) -> FloatArray:
         g = self.param.grad
         if g is not self._grad:
             self._grad, self._grad4 = g, self._view(g)
         return self._grad4
 
 
-def _sequence(layer, x, channels=None):
+def _sequence(layer: Module, x: ArrayLike, channels: int | None = None) -> NDArray[Any]:
     """``x`` (B, C, L) as the (B, C, 1, L) image the 2-D kernels take (a view when contiguous)."""
     if type(x) is not np.ndarray:
         x = np.asarray(x)
@@ -79,11 +89,15 @@ def _sequence(layer, x, channels=None):
     return x.reshape(x.shape[0], x.shape[1], 1, x.shape[2])
 
 
-def _squeeze(y):
+@overload
+def _squeeze(y: FloatArray) -> FloatArray: ...
+@overload
+def _squeeze(y: FloatArray | None) -> FloatArray | None: ...
+def _squeeze(y: FloatArray | None) -> FloatArray | None:
     return None if y is None else y.reshape(y.shape[0], y.shape[1], y.shape[3])
 
 
-def _grad4(g):
+def _grad4(g: ArrayLike) -> FloatArray:
     g = np.asarray(g)
     if g.ndim != 3:
         raise ValueError(f"grad_output must be 3-D (batch, channels, length), got shape {g.shape}")
@@ -115,8 +129,10 @@ class Conv1d(Module):
     ``Lo = (L + 2·padding - dilation·(k - 1) - 1) // stride + 1``.
     """
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, bias=True,
-                 dtype=np.float32, rng=None):
+    _plan: ops.ConvPlan
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, padding: int = 0,
+                 dilation: int = 1, bias: bool = True, dtype: DTypeLike = np.float32, rng: Seed = None) -> None:
         super().__init__()
         self.in_channels = _v.positive_int(in_channels, "in_channels")
         self.out_channels = _v.positive_int(out_channels, "out_channels")
@@ -132,12 +148,12 @@ class Conv1d(Module):
 
     _transient = ("_plan",)
 
-    def _reset_transient(self):
+    def _reset_transient(self) -> None:
         self.__dict__["_plan"] = ops.ConvPlan(_As4d(self.weight), self.bias, (1, self.stride), (0, self.padding),
                                               (1, self.dilation))
         self.__dict__["_ctx"] = None
 
-    def reset_parameters(self, rng=None):
+    def reset_parameters(self, rng: Seed = None) -> None:
         """PyTorch's initialisation: weight and bias ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``."""
         rng = _get_rng(rng)
         bound = 1.0 / math.sqrt(self.in_channels * self.kernel_size)
@@ -146,7 +162,7 @@ class Conv1d(Module):
         if self.bias is not None:
             self.bias.data[...] = rng.uniform(-bound, bound, self.bias.data.shape).astype(dt)
 
-    def forward(self, x):
+    def forward(self, x: ArrayLike) -> FloatArray:
         """Convolve ``x`` of shape (B, C, L); returns (B, O, Lo)."""
         x4 = _sequence(self, x, self.in_channels)
         try:
@@ -157,18 +173,20 @@ class Conv1d(Module):
             self.__dict__["_ctx"] = x4
         return _squeeze(y)
 
-    def backward(self, grad_output, *, input_grad=True, accumulate=False):
+    def backward(self, grad_output: ArrayLike, *, input_grad: bool = True,
+                 accumulate: bool = False) -> FloatArray | None:
         """Fill ``weight.grad`` (and ``bias.grad``); return dL/dx (B, C, L) (None if ``input_grad=False``)."""
         x4 = self._saved()
         return _squeeze(self._plan.backward(_grad4(grad_output), x4, input_grad=input_grad, accumulate=accumulate))
 
-    def get_config(self) -> dict:
+    def get_config(self) -> dict[str, Any]:
         return {"in_channels": self.in_channels, "out_channels": self.out_channels, "kernel_size": self.kernel_size,
                 "stride": self.stride, "padding": self.padding, "dilation": self.dilation,
                 "bias": self.bias is not None, "dtype": self.weight.data.dtype.name}
 
     @classmethod
-    def parameters_from_config(cls, config, children=()):
+    def parameters_from_config(cls, config: dict[str, Any],
+                               children: Collection[str] = ()) -> list[ParameterSpec]:
         """``[(name, shape, dtype name)]`` that ``Conv1d(**config)`` creates, config checked (see Module)."""
         c = _v.layer_config(config, "Conv1d", ("in_channels", "out_channels", "kernel_size", "stride", "padding",
                                                "dilation", "bias", "dtype"), children)
@@ -191,9 +209,11 @@ class Conv1d(Module):
 
 
 class _Pool1d(Module):
-    _kind = ""
+    _kind: ClassVar[Literal["max", "avg"]]
+    _plan: ops.PoolPlan
 
-    def __init__(self, kernel_size, stride=None, padding=0, count_include_pad=True):
+    def __init__(self, kernel_size: int, stride: int | None = None, padding: int = 0,
+                 count_include_pad: bool = True) -> None:
         super().__init__()
         self.kernel_size = _single(kernel_size, "kernel_size", 1)
         self.stride = self.kernel_size if stride is None else _single(stride, "stride", 1)
@@ -205,19 +225,20 @@ class _Pool1d(Module):
 
     _transient = ("_plan",)
 
-    def _reset_transient(self):
+    def _reset_transient(self) -> None:
         self.__dict__["_plan"] = ops.PoolPlan(self._kind, (1, self.kernel_size), (1, self.stride),
                                               (0, self.padding), self.count_include_pad)
         self.__dict__["_ctx"] = None
 
-    def get_config(self) -> dict:
+    def get_config(self) -> dict[str, Any]:
         return {"kernel_size": self.kernel_size, "stride": self.stride, "padding": self.padding}
 
     def extra_repr(self) -> str:
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
 
     @classmethod
-    def parameters_from_config(cls, config, children=()):
+    def parameters_from_config(cls, config: dict[str, Any],
+                               children: Collection[str] = ()) -> list[ParameterSpec]:
         """No parameters; the config is checked by the (allocation-free) constructor (see Module)."""
         cls(**_v.layer_config(config, cls.__name__, tuple(cls(1).get_config()), children))
         return []
@@ -236,18 +257,19 @@ class MaxPool1d(_Pool1d):
 
     _kind = "max"
 
-    def __init__(self, kernel_size, stride=None, padding=0):
+    def __init__(self, kernel_size: int, stride: int | None = None, padding: int = 0) -> None:
         super().__init__(kernel_size, stride, padding)
 
-    def forward(self, x):
+    def forward(self, x: ArrayLike) -> FloatArray:
         """Max over each window of ``x`` (B, C, L); returns (B, C, Lo)."""
         x4 = _sequence(self, x)
-        y, indices = self._plan.forward(x4)
+        # a max-pooling plan returns (out, indices)
+        y, indices = cast("tuple[FloatArray, NDArray[np.int64]]", self._plan.forward(x4))
         if _grad_enabled.get():
             self.__dict__["_ctx"] = (x4.shape, indices)
         return _squeeze(y)
 
-    def backward(self, grad_output, *, input_grad=True, accumulate=False):
+    def backward(self, grad_output: ArrayLike, *, input_grad: bool = True, accumulate: bool = False) -> FloatArray:
         """Route each gradient to the maximum it came from; returns dL/dx (B, C, L)."""
         shape, indices = self._saved()
         return _squeeze(self._plan.backward(_grad4(grad_output), shape, indices))
@@ -267,19 +289,19 @@ class AvgPool1d(_Pool1d):
 
     _kind = "avg"
 
-    def forward(self, x):
+    def forward(self, x: ArrayLike) -> FloatArray:
         """Mean over each window of ``x`` (B, C, L); returns (B, C, Lo)."""
         x4 = _sequence(self, x)
-        y = self._plan.forward(x4)
+        y = cast(FloatArray, self._plan.forward(x4))   # an average-pooling plan returns the output alone
         if _grad_enabled.get():
             self.__dict__["_ctx"] = x4.shape
         return _squeeze(y)
 
-    def backward(self, grad_output, *, input_grad=True, accumulate=False):
+    def backward(self, grad_output: ArrayLike, *, input_grad: bool = True, accumulate: bool = False) -> FloatArray:
         """Spread each gradient evenly over its window; returns dL/dx (B, C, L)."""
         return _squeeze(self._plan.backward(_grad4(grad_output), self._saved()))
 
-    def get_config(self) -> dict:
+    def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "count_include_pad": self.count_include_pad}
 
     def extra_repr(self) -> str:

@@ -16,16 +16,24 @@ before it where that saves a pass over the data: after a ReLU layer it runs
 
 from __future__ import annotations
 
-from .. import _validation as _v, ops
+from collections.abc import Collection
+from typing import TYPE_CHECKING, Any
+
+from .. import _validation as _v
+from .. import ops
+from .._typing import ArrayLike, ParameterSpec
 from ..grad_mode import _enabled as _grad_enabled
 from .module import Module, register_module
+
+if TYPE_CHECKING:
+    from .activation import ReLU
 
 __all__ = ["Dropout", "Dropout2d"]
 
 _IDENTITY = ("identity",)
 
 
-def _probability(p):
+def _probability(p: float) -> float:
     return _v.scalar(_v.strict_real(p, "p"), "p", low=0.0, high=1.0)
 
 
@@ -44,8 +52,9 @@ class Dropout(Module):
     """
 
     _channelwise = False
+    _plan: ops.DropoutPlan
 
-    def __init__(self, p=0.5, inplace=False):
+    def __init__(self, p: float = 0.5, inplace: bool = False) -> None:
         super().__init__()
         self.p = _probability(p)
         self.inplace = _v.strict_bool(inplace, "inplace")
@@ -53,18 +62,18 @@ class Dropout(Module):
 
     _transient = ("_plan",)
 
-    def _reset_transient(self):
+    def _reset_transient(self) -> None:
         self.__dict__["_plan"] = ops.DropoutPlan(self.p, self._channelwise)
         self.__dict__["_ctx"] = None
 
-    def _active(self):
+    def _active(self) -> bool:
         return self.p > 0.0 and self._is_training()
 
-    def forward(self, x):
+    def forward(self, x: ArrayLike) -> ArrayLike:
         """Drop values of ``x`` (training) or return ``x`` (evaluation, or ``p = 0``)."""
         return self._fused_forward(x, None, self.inplace)
 
-    def _fused_forward(self, x, relu=None, inplace=False):
+    def _fused_forward(self, x: ArrayLike, relu: ReLU | None = None, inplace: bool = False) -> ArrayLike:
         # relu: the ReLU module in front of this layer, run in the same kernel
         keep = _grad_enabled.get()
         if not self._active():
@@ -81,10 +90,11 @@ class Dropout(Module):
             self.__dict__["_ctx"] = ("mask", mask, y if relu is not None else None)
         return y
 
-    def _input_error(self, x, exc):
+    def _input_error(self, x: object, exc: Exception) -> Exception:
         return exc   # no parameters: any float input is fine, the op's message stands
 
-    def backward(self, grad_output, *, input_grad=True, accumulate=False):
+    def backward(self, grad_output: ArrayLike, *, input_grad: bool = True,
+                 accumulate: bool = False) -> ArrayLike | None:
         """dL/dx: the gradient masked and scaled as the forward pass masked the values."""
         ctx = self._saved()
         if ctx[0] == "identity":
@@ -93,14 +103,15 @@ class Dropout(Module):
             return ctx[1].backward(grad_output, input_grad=input_grad, accumulate=accumulate)
         return self._plan.backward(grad_output, ctx[1], ctx[2])
 
-    def get_config(self) -> dict:
+    def get_config(self) -> dict[str, Any]:
         return {"p": self.p, "inplace": self.inplace}
 
     def extra_repr(self) -> str:
         return f"p={self.p}" + (", inplace=True" if self.inplace else "")
 
     @classmethod
-    def parameters_from_config(cls, config, children=()):
+    def parameters_from_config(cls, config: dict[str, Any],
+                               children: Collection[str] = ()) -> list[ParameterSpec]:
         """No parameters; checks ``p`` and ``inplace`` (see Module)."""
         cls(**_v.layer_config(config, cls.__name__, ("p", "inplace"), children))
         return []

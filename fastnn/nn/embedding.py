@@ -23,9 +23,14 @@ Indices
 
 from __future__ import annotations
 
+from collections.abc import Collection
+from typing import Any
+
 import numpy as np
 
-from .. import _validation as _v, ops
+from .. import _validation as _v
+from .. import ops
+from .._typing import ArrayLike, DTypeLike, FloatArray, ParameterSpec, Seed
 from ..grad_mode import _enabled as _grad_enabled
 from . import init as _init
 from .module import Module, Parameter, register_module
@@ -57,7 +62,10 @@ class Embedding(Module):
     returns None: indices have no gradient.
     """
 
-    def __init__(self, num_embeddings, embedding_dim, padding_idx=None, dtype=np.float32, rng=None):
+    _plan: ops.EmbeddingPlan
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int | None = None,
+                 dtype: DTypeLike = np.float32, rng: Seed = None) -> None:
         super().__init__()
         self.num_embeddings = _v.positive_int(num_embeddings, "num_embeddings")
         self.embedding_dim = _v.positive_int(embedding_dim, "embedding_dim")
@@ -69,28 +77,28 @@ class Embedding(Module):
 
     _transient = ("_plan",)
 
-    def _reset_transient(self):
+    def _reset_transient(self) -> None:
         self.__dict__["_plan"] = ops.EmbeddingPlan(self.weight, self.padding_idx)
         self.__dict__["_ctx"] = None
 
-    def reset_parameters(self, rng=None):
+    def reset_parameters(self, rng: Seed = None) -> None:
         """PyTorch's initialisation: N(0, 1), the padding row zero."""
         _init.normal_(self.weight.data, 0.0, 1.0, rng)
         if self.padding_idx is not None:
             self.weight.data[self.padding_idx] = 0
 
-    def forward(self, indices):
+    def forward(self, indices: ArrayLike) -> FloatArray:
         """The rows of ``indices`` (any shape): output ``indices.shape + (embedding_dim,)``."""
         y, idx = self._plan.forward(indices)
         if _grad_enabled.get():
             self.__dict__["_ctx"] = idx
         return y
 
-    def backward(self, grad_output, *, input_grad=True, accumulate=False):
+    def backward(self, grad_output: ArrayLike, *, input_grad: bool = True, accumulate: bool = False) -> None:
         """Write the gradient of the used rows into ``weight.grad`` (see the module notes); returns None."""
         return self._plan.backward(grad_output, self._saved(), accumulate=accumulate)
 
-    def get_config(self) -> dict:
+    def get_config(self) -> dict[str, Any]:
         return {"num_embeddings": self.num_embeddings, "embedding_dim": self.embedding_dim,
                 "padding_idx": self.padding_idx, "dtype": self.weight.data.dtype.name}
 
@@ -101,7 +109,8 @@ class Embedding(Module):
         return s + ("" if self.weight.data.dtype == np.float32 else f", dtype={self.weight.data.dtype.name}")
 
     @classmethod
-    def parameters_from_config(cls, config, children=()):
+    def parameters_from_config(cls, config: dict[str, Any],
+                               children: Collection[str] = ()) -> list[ParameterSpec]:
         """``[(name, shape, dtype name)]`` that ``Embedding(**config)`` creates, config checked (see Module)."""
         c = _v.layer_config(config, "Embedding", ("num_embeddings", "embedding_dim", "padding_idx", "dtype"),
                             children)

@@ -19,10 +19,14 @@ inference that writes nothing on the model.
 from __future__ import annotations
 
 import math
+from collections.abc import Collection, Sequence
+from typing import Any
 
 import numpy as np
 
-from .. import _validation as _v, ops
+from .. import _validation as _v
+from .. import ops
+from .._typing import ArrayLike, DTypeLike, FloatArray, ParameterSpec
 from ..grad_mode import _enabled as _grad_enabled
 from .module import Module, Parameter, register_module
 
@@ -31,24 +35,30 @@ __all__ = ["BatchNorm1d", "BatchNorm2d", "LayerNorm"]
 _I64 = np.dtype(np.int64)
 
 
-def _momentum(momentum):
+def _momentum(momentum: float | None) -> float | None:
     if momentum is None:
         return None
     return _v.scalar(_v.strict_real(momentum, "momentum"), "momentum", low=0.0, high=1.0)
 
 
-def _eps(eps):
+def _eps(eps: float) -> float:
     return _v.scalar(_v.strict_real(eps, "eps"), "eps", low=0.0, low_open=True)
 
 
 class _BatchNorm(Module):
     """Shared machinery of the batch norms (they differ in the input rank they accept)."""
 
-    _ranks = ()
+    #: the input ranks the layer accepts, and how its error messages name them
+    _ranks: tuple[int, ...] = ()
     _layout = ""
+    _plan: ops.BatchNormPlan
+    # buffers (register_buffer), None without track_running_stats
+    running_mean: FloatArray | None
+    running_var: FloatArray | None
+    num_batches_tracked: np.ndarray | None
 
-    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True,
-                 dtype=np.float32):
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True,
+                 track_running_stats: bool = True, dtype: DTypeLike = np.float32) -> None:
         super().__init__()
         self.num_features = _v.positive_int(num_features, "num_features")
         self.eps = _eps(eps)
@@ -72,33 +82,34 @@ class _BatchNorm(Module):
 
     _transient = ("_plan",)
 
-    def _reset_transient(self):
+    def _reset_transient(self) -> None:
         self.__dict__["_plan"] = ops.BatchNormPlan(self.num_features, self.weight, self.bias, self.eps)
         self.__dict__["_ctx"] = None
 
-    def _to_dtype(self, dt):
+    def _to_dtype(self, dt: np.dtype[Any]) -> None:
         self.__dict__["_dtype"] = dt
 
     @property
-    def dtype(self):
+    def dtype(self) -> np.dtype[Any]:
         return self.weight.data.dtype if self.weight is not None else \
             (self.running_mean.dtype if self.running_mean is not None else self.__dict__["_dtype"])
 
-    def reset_running_stats(self):
+    def reset_running_stats(self) -> None:
         """Running mean 0, running variance 1, no batches tracked."""
         if self.track_running_stats:
-            self.running_mean[...] = 0
-            self.running_var[...] = 1
-            self.num_batches_tracked[...] = 0
+            for buf, value in ((self.running_mean, 0), (self.running_var, 1), (self.num_batches_tracked, 0)):
+                if buf is not None:
+                    buf[...] = value
 
-    def reset_parameters(self):
+    def reset_parameters(self) -> None:
         """Running statistics reset, γ = 1 and β = 0."""
         self.reset_running_stats()
-        if self.affine:
+        if self.weight is not None:   # affine
             self.weight.data[...] = 1
+        if self.bias is not None:
             self.bias.data[...] = 0
 
-    def _check_input(self, x):
+    def _check_input(self, x: ArrayLike) -> None:
         shape = np.shape(x)
         if len(shape) not in self._ranks:
             raise ValueError(f"{type(self).__name__}: expected {self._layout} input, got shape {shape}")
@@ -106,7 +117,7 @@ class _BatchNorm(Module):
             raise ValueError(f"{type(self).__name__}: input has {shape[1]} channels (shape {shape}) but the layer "
                              f"was built with num_features={self.num_features}")
 
-    def forward(self, x):
+    def forward(self, x: ArrayLike) -> FloatArray:
         """Normalise ``x``: batch statistics while training (updating the running ones), running ones in eval."""
         if type(x) is not np.ndarray:
             x = np.asarray(x)
@@ -115,39 +126,41 @@ class _BatchNorm(Module):
         track = self.track_running_stats
         batch_stats = training or not track
         momentum = self.momentum
-        rm = rv = None
+        rm = rv = counted = None
         if track:
             rm, rv = self.running_mean, self.running_var
-            if training:
-                self.num_batches_tracked += 1
+            if training and self.num_batches_tracked is not None:
+                counted = self.num_batches_tracked
+                counted += 1   # in place: the buffer itself
                 if momentum is None:   # cumulative moving average
-                    momentum = 1.0 / float(self.num_batches_tracked)
+                    momentum = 1.0 / float(counted)
         try:
             y, mean, var = self._plan.forward(x, batch_stats, rm, rv, 0.0 if momentum is None else momentum)
         except TypeError as exc:
-            if training and track:
-                self.num_batches_tracked -= 1
+            if counted is not None:
+                counted -= 1
             raise self._input_error(x, exc) from None
         except ValueError:
-            if training and track:
-                self.num_batches_tracked -= 1
+            if counted is not None:
+                counted -= 1
             raise
         if _grad_enabled.get():
             self.__dict__["_ctx"] = (x, mean, var, batch_stats)
         return y
 
-    def _input_error(self, x, exc):
+    def _input_error(self, x: object, exc: Exception) -> Exception:
         if self.weight is None and self.running_mean is None:
             return exc
         return super()._input_error(x, exc)
 
-    def backward(self, grad_output, *, input_grad=True, accumulate=False):
+    def backward(self, grad_output: ArrayLike, *, input_grad: bool = True,
+                 accumulate: bool = False) -> FloatArray | None:
         """Fill ``weight.grad`` and ``bias.grad``; return dL/dx (None if ``input_grad=False``)."""
         x, mean, var, batch_stats = self._saved()
         return self._plan.backward(grad_output, x, mean, var, batch_stats, input_grad=input_grad,
                                    accumulate=accumulate)
 
-    def get_config(self) -> dict:
+    def get_config(self) -> dict[str, Any]:
         return {"num_features": self.num_features, "eps": self.eps, "momentum": self.momentum,
                 "affine": self.affine, "track_running_stats": self.track_running_stats,
                 "dtype": self.dtype.name}
@@ -158,14 +171,15 @@ class _BatchNorm(Module):
         return s + ("" if self.dtype == np.float32 else f", dtype={self.dtype.name}")
 
     @classmethod
-    def parameters_from_config(cls, config, children=()):
+    def parameters_from_config(cls, config: dict[str, Any],
+                               children: Collection[str] = ()) -> list[ParameterSpec]:
         """Parameters, then buffers (``num_batches_tracked`` int64), that ``cls(**config)`` makes (see Module)."""
         c = _v.layer_config(config, cls.__name__, ("num_features", "eps", "momentum", "affine",
                                                    "track_running_stats", "dtype"), children)
         C = _v.positive_int(c["num_features"], "num_features")
         _eps(c["eps"]), _momentum(c["momentum"])
         dt = _v.strict_float_dtype(c["dtype"]).name
-        out = [("weight", (C,), dt), ("bias", (C,), dt)] if _v.strict_bool(c["affine"], "affine") else []
+        out: list[ParameterSpec] = [("weight", (C,), dt), ("bias", (C,), dt)] if _v.strict_bool(c["affine"], "affine") else []
         if _v.strict_bool(c["track_running_stats"], "track_running_stats"):
             out += [("running_mean", (C,), dt), ("running_var", (C,), dt), ("num_batches_tracked", (), "int64")]
         return out
@@ -230,7 +244,10 @@ class LayerNorm(Module):
     dtype : float32 or float64, default float32
     """
 
-    def __init__(self, normalized_shape, eps=1e-5, elementwise_affine=True, bias=True, dtype=np.float32):
+    _plan: ops.LayerNormPlan
+
+    def __init__(self, normalized_shape: int | Sequence[int], eps: float = 1e-5, elementwise_affine: bool = True,
+                 bias: bool = True, dtype: DTypeLike = np.float32) -> None:
         super().__init__()
         self.normalized_shape = ops.norm._norm_shape(normalized_shape)
         self.eps = _eps(eps)
@@ -245,25 +262,25 @@ class LayerNorm(Module):
 
     _transient = ("_plan",)
 
-    def _reset_transient(self):
+    def _reset_transient(self) -> None:
         self.__dict__["_plan"] = ops.LayerNormPlan(self.normalized_shape, self.weight, self.bias, self.eps)
         self.__dict__["_ctx"] = None
 
-    def _to_dtype(self, dt):
+    def _to_dtype(self, dt: np.dtype[Any]) -> None:
         self.__dict__["_dtype"] = dt
 
     @property
-    def dtype(self):
+    def dtype(self) -> np.dtype[Any]:
         return self.weight.data.dtype if self.weight is not None else self.__dict__["_dtype"]
 
-    def reset_parameters(self):
+    def reset_parameters(self) -> None:
         """γ = 1, β = 0."""
         if self.weight is not None:
             self.weight.data[...] = 1
         if self.bias is not None:
             self.bias.data[...] = 0
 
-    def forward(self, x):
+    def forward(self, x: ArrayLike) -> FloatArray:
         """Normalise each sample of ``x`` (..., *normalized_shape)."""
         try:
             y, mean, rstd = self._plan.forward(x)
@@ -273,12 +290,13 @@ class LayerNorm(Module):
             self.__dict__["_ctx"] = (x, mean, rstd)
         return y
 
-    def backward(self, grad_output, *, input_grad=True, accumulate=False):
+    def backward(self, grad_output: ArrayLike, *, input_grad: bool = True,
+                 accumulate: bool = False) -> FloatArray | None:
         """Fill ``weight.grad`` and ``bias.grad``; return dL/dx (None if ``input_grad=False``)."""
         x, mean, rstd = self._saved()
         return self._plan.backward(grad_output, x, mean, rstd, input_grad=input_grad, accumulate=accumulate)
 
-    def get_config(self) -> dict:
+    def get_config(self) -> dict[str, Any]:
         return {"normalized_shape": list(self.normalized_shape), "eps": self.eps,
                 "elementwise_affine": self.elementwise_affine, "bias": self.bias is not None,
                 "dtype": self.dtype.name}
@@ -290,7 +308,8 @@ class LayerNorm(Module):
         return s + ("" if self.dtype == np.float32 else f", dtype={self.dtype.name}")
 
     @classmethod
-    def parameters_from_config(cls, config, children=()):
+    def parameters_from_config(cls, config: dict[str, Any],
+                               children: Collection[str] = ()) -> list[ParameterSpec]:
         """``[(name, shape, dtype name)]`` that ``LayerNorm(**config)`` creates, config checked (see Module)."""
         c = _v.layer_config(config, "LayerNorm", ("normalized_shape", "eps", "elementwise_affine", "bias", "dtype"),
                             children)

@@ -10,16 +10,22 @@ of a convolutional classifier (``AdaptiveAvgPool2d(1)`` followed by
 
 from __future__ import annotations
 
+from collections.abc import Collection
+from typing import Any
+
 import numpy as np
 
-from .. import _validation as _v, ops
+from .. import _validation as _v
+from .. import ops
+from .._typing import ArrayLike, FloatArray, ParameterSpec
 from ..grad_mode import _enabled as _grad_enabled
+from ..ops.adaptive_pool import _OutputSize
 from .module import Module, register_module
 
 __all__ = ["AdaptiveAvgPool2d", "GlobalAvgPool2d"]
 
 
-def _shape_of(x):
+def _shape_of(x: ArrayLike) -> tuple[int, ...]:
     return x.shape if type(x) is np.ndarray else np.shape(x)
 
 
@@ -35,29 +41,31 @@ class AdaptiveAvgPool2d(Module):
     Shapes: input (B, C, H, W), output (B, C, Ho, Wo).
     """
 
-    def __init__(self, output_size):
+    _plan: ops.AdaptivePoolPlan
+
+    def __init__(self, output_size: _OutputSize) -> None:
         super().__init__()
         self.output_size = ops.adaptive_output_size(output_size)
         self._reset_transient()
 
     _transient = ("_plan",)
 
-    def _reset_transient(self):
+    def _reset_transient(self) -> None:
         self.__dict__["_plan"] = ops.AdaptivePoolPlan(self.output_size)
         self.__dict__["_ctx"] = None
 
-    def forward(self, x):
+    def forward(self, x: ArrayLike) -> FloatArray:
         """Average ``x`` (B, C, H, W) over the adaptive windows."""
         y = self._plan.forward(x)
         if _grad_enabled.get():
             self.__dict__["_ctx"] = tuple(_shape_of(x))
         return y
 
-    def backward(self, grad_output, *, input_grad=True, accumulate=False):
+    def backward(self, grad_output: ArrayLike, *, input_grad: bool = True, accumulate: bool = False) -> FloatArray:
         """Spread each gradient over its window; returns dL/dx (B, C, H, W)."""
         return self._plan.backward(grad_output, self._saved())
 
-    def get_config(self) -> dict:
+    def get_config(self) -> dict[str, Any]:
         return {"output_size": list(self.output_size)}
 
     def extra_repr(self) -> str:
@@ -65,7 +73,8 @@ class AdaptiveAvgPool2d(Module):
         return f"output_size={o[0] if o[0] == o[1] else o}"
 
     @classmethod
-    def parameters_from_config(cls, config, children=()):
+    def parameters_from_config(cls, config: dict[str, Any],
+                               children: Collection[str] = ()) -> list[ParameterSpec]:
         """No parameters; checks ``output_size`` (see Module)."""
         c = _v.layer_config(config, "AdaptiveAvgPool2d", ("output_size",), children)
         if not isinstance(c["output_size"], list):
@@ -82,24 +91,26 @@ class GlobalAvgPool2d(Module):
     layer, for the head of a convolutional network.
     """
 
-    def __init__(self):
+    _plan: ops.AdaptivePoolPlan
+
+    def __init__(self) -> None:
         super().__init__()
         self._reset_transient()
 
     _transient = ("_plan",)
 
-    def _reset_transient(self):
+    def _reset_transient(self) -> None:
         self.__dict__["_plan"] = ops.AdaptivePoolPlan(1)
         self.__dict__["_ctx"] = None
 
-    def forward(self, x):
+    def forward(self, x: ArrayLike) -> FloatArray:
         """The mean of each (H, W) plane of ``x``; returns (B, C)."""
         y = self._plan.forward(x)
         if _grad_enabled.get():
             self.__dict__["_ctx"] = tuple(_shape_of(x))
         return y.reshape(y.shape[0], y.shape[1])
 
-    def backward(self, grad_output, *, input_grad=True, accumulate=False):
+    def backward(self, grad_output: ArrayLike, *, input_grad: bool = True, accumulate: bool = False) -> FloatArray:
         """Each gradient spread evenly over its plane; returns dL/dx (B, C, H, W)."""
         shape = self._saved()
         g = np.asarray(grad_output)
@@ -107,11 +118,12 @@ class GlobalAvgPool2d(Module):
             raise ValueError(f"GlobalAvgPool2d: grad_output has shape {g.shape}, expected {shape[:2]}")
         return self._plan.backward(np.ascontiguousarray(g).reshape(shape[0], shape[1], 1, 1), shape)
 
-    def get_config(self) -> dict:
+    def get_config(self) -> dict[str, Any]:
         return {}
 
     @classmethod
-    def parameters_from_config(cls, config, children=()):
+    def parameters_from_config(cls, config: dict[str, Any],
+                               children: Collection[str] = ()) -> list[ParameterSpec]:
         """No parameters; the config must be empty (see Module)."""
         _v.layer_config(config, "GlobalAvgPool2d", (), children)
         return []

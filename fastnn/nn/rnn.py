@@ -51,11 +51,16 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Collection, Sequence
+from typing import Any, ClassVar, cast
 
 import numpy as np
 
-from .. import _validation as _v, ops
+from .. import _validation as _v
+from .. import ops
+from .._typing import ArrayLike, DTypeLike, FloatArray, NDArray, ParameterSpec, Seed
 from ..grad_mode import _enabled as _grad_enabled
+from ..ops.rnn import Cell, Nonlinearity
 from ..workspace import out_buffer
 from . import init as _init
 from .module import Module, Parameter, register_module
@@ -64,29 +69,48 @@ __all__ = ["RNN", "LSTM", "GRU", "LastTimeStep"]
 
 _DEEP_KEYS = ("num_layers", "dropout", "bidirectional")
 
+#: what a recurrent layer returns: the output, or with ``return_state`` ``(output, h_n)``
+#: (the LSTM's: ``(output, (h_n, c_n))``)
+_Output = FloatArray | tuple[FloatArray, FloatArray] | tuple[FloatArray, tuple[FloatArray, FloatArray]]
+#: what a RecurrentPlan's forward keeps: the hidden states, or (h, c, gates) for the LSTM
+_Saved = FloatArray | tuple[FloatArray, FloatArray, FloatArray]
+#: an initial state (LSTM: a pair (h0, c0), either may be None), or None for zeros
+_State = ArrayLike | Sequence[ArrayLike | None] | None
 
-def _dropout_p(p):
+
+def _dropout_p(p: float) -> float:
     return _v.scalar(_v.strict_real(p, "dropout"), "dropout", low=0.0, high=1.0)
 
 
 class _RecurrentBase(Module):
     """Shared machinery of RNN, LSTM and GRU (parameters, shapes, state handling)."""
 
-    _cell = "rnn"
-    _gates = 1
-    _name = "RNN"
+    _cell: ClassVar[Cell] = "rnn"
+    _gates: ClassVar[int] = 1
+    _name: ClassVar[str] = "RNN"
     # class defaults: layers pickled before these options existed are single-layer, unidirectional
     num_layers = 1
     dropout = 0.0
     bidirectional = False
+    # the first layer's weights (set with setattr, as every layer's): the dtype is read from them
+    weight_ih_l0: Parameter
+    weight_hh_l0: Parameter
+    h_n: FloatArray | None
+    grad_h0: FloatArray | None
+    c_n: FloatArray | None   # c_n and grad_c0: set on the LSTM only
+    grad_c0: FloatArray | None
+    _plan: ops.RecurrentPlan
+    _plans: list[ops.RecurrentPlan]
+    _drops: list[ops.DropoutPlan]
 
-    def __init__(self, input_size, hidden_size, bias=True, batch_first=False, dtype=np.float32,
-                 return_state=False, rng=None, nonlinearity="tanh", num_layers=1, dropout=0.0,
-                 bidirectional=False):
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, batch_first: bool = False,
+                 dtype: DTypeLike = np.float32, return_state: bool = False, rng: Seed = None,
+                 nonlinearity: Nonlinearity = "tanh", num_layers: int = 1, dropout: float = 0.0,
+                 bidirectional: bool = False) -> None:
         super().__init__()
         self.input_size = _v.positive_int(input_size, "input_size")
         self.hidden_size = _v.positive_int(hidden_size, "hidden_size")
-        dtype = _v.strict_float_dtype(dtype)
+        dt = _v.strict_float_dtype(dtype)
         self.bias = _v.strict_bool(bias, "bias")
         self.batch_first = _v.strict_bool(batch_first, "batch_first")
         self.return_state = _v.strict_bool(return_state, "return_state")
@@ -101,11 +125,11 @@ class _RecurrentBase(Module):
         for layer in range(self.num_layers):
             I = self.input_size if layer == 0 else H * self.num_directions
             for sfx in self._suffixes(layer):
-                setattr(self, "weight_ih" + sfx, Parameter(np.empty((G * H, I), dtype)))
-                setattr(self, "weight_hh" + sfx, Parameter(np.empty((G * H, H), dtype)))
+                setattr(self, "weight_ih" + sfx, Parameter(np.empty((G * H, I), dt)))
+                setattr(self, "weight_hh" + sfx, Parameter(np.empty((G * H, H), dt)))
                 if self.bias:
-                    setattr(self, "bias_ih" + sfx, Parameter(np.empty(G * H, dtype)))
-                    setattr(self, "bias_hh" + sfx, Parameter(np.empty(G * H, dtype)))
+                    setattr(self, "bias_ih" + sfx, Parameter(np.empty(G * H, dt)))
+                    setattr(self, "bias_hh" + sfx, Parameter(np.empty(G * H, dt)))
                 else:
                     setattr(self, "bias_ih" + sfx, None)
                     setattr(self, "bias_hh" + sfx, None)
@@ -118,29 +142,26 @@ class _RecurrentBase(Module):
     def num_directions(self) -> int:
         return 2 if self.bidirectional else 1
 
-    def _suffixes(self, layer):
+    def _suffixes(self, layer: int) -> tuple[str, ...]:
         """Parameter name suffixes of one layer, forward direction first (PyTorch's)."""
         return (f"_l{layer}", f"_l{layer}_reverse") if self.bidirectional else (f"_l{layer}",)
 
     _transient = ("_plan", "_plans", "_drops")
 
-    def _reset_transient(self):
-        plans = []
-        for layer in range(self.num_layers):
-            for sfx in self._suffixes(layer):
-                plans.append(ops.RecurrentPlan(self._cell, getattr(self, "weight_ih" + sfx),
-                                               getattr(self, "weight_hh" + sfx), getattr(self, "bias_ih" + sfx),
-                                               getattr(self, "bias_hh" + sfx), self.nonlinearity))
+    def _reset_transient(self) -> None:
+        plans = [ops.RecurrentPlan(self._cell, getattr(self, "weight_ih" + sfx), getattr(self, "weight_hh" + sfx),
+                                   getattr(self, "bias_ih" + sfx), getattr(self, "bias_hh" + sfx), self.nonlinearity)
+                 for layer in range(self.num_layers) for sfx in self._suffixes(layer)]
         self.__dict__["_plans"] = plans
         self.__dict__["_plan"] = plans[0]
         self.__dict__["_drops"] = [ops.DropoutPlan(self.dropout) for _ in range(self.num_layers - 1)]
         self.__dict__["_ctx"] = None
 
     @property
-    def _simple(self):
+    def _simple(self) -> bool:
         return self.num_layers == 1 and not self.bidirectional
 
-    def reset_parameters(self, rng=None):
+    def reset_parameters(self, rng: Seed = None) -> None:
         """PyTorch's initialisation: every parameter uniform in ±1/sqrt(hidden_size).
 
         ``rng``: a Generator or seed (default: the generator of :func:`fastnn.nn.init.manual_seed`).
@@ -151,7 +172,7 @@ class _RecurrentBase(Module):
             _init.uniform_(p.data, -k, k, rng)
 
     # -- helpers ------------------------------------------------------------
-    def _input(self, x):
+    def _input(self, x: ArrayLike) -> NDArray[Any]:
         """x time-major (T, B, I): checked here for a helpful message, converted only for batch_first."""
         if type(x) is not np.ndarray:
             x = np.asarray(x)
@@ -170,27 +191,31 @@ class _RecurrentBase(Module):
             x = np.ascontiguousarray(x.transpose(1, 0, 2))
         return x
 
-    def _state(self, s, name, B):
+    def _state(self, s: object, name: str, B: int) -> NDArray[Any]:
         """An initial state, or a gradient of the final state: (1, B, H) or (B, H) -> (B, H)."""
         H = self.hidden_size
-        s = np.asarray(s)
-        if s.shape == (1, B, H):
-            s = s[0]
-        elif s.shape != (B, H):
+        a = np.asarray(s)
+        if a.shape == (1, B, H):
+            a = a[0]
+        elif a.shape != (B, H):
             raise ValueError(f"{self._name}: {name} must have shape (1, {B}, {H}) (num_layers, batch, hidden) "
-                             f"or ({B}, {H}), got shape {s.shape}")
-        return s
+                             f"or ({B}, {H}), got shape {a.shape}")
+        return a
 
-    def _zeros(self, name, B):
+    def _zeros(self, name: str, B: int) -> FloatArray:
         z = out_buffer(self, name, (B, self.hidden_size), self.weight_ih_l0.data.dtype)
         z.fill(0)
         return z
 
-    def _output(self, out):
+    def _hidden(self, saved: _Saved) -> FloatArray:
+        """The hidden states (T, B, H) in what a plan's forward kept: all of it for the RNN, its first entry else."""
+        return cast(FloatArray, saved) if self._cell == "rnn" else saved[0]
+
+    def _output(self, out: FloatArray) -> FloatArray:
         """The output as the caller sees it (batch-first copy when asked)."""
         return np.ascontiguousarray(out.transpose(1, 0, 2)) if self.batch_first else out
 
-    def _grad_output(self, grad_output, T, B):
+    def _grad_output(self, grad_output: ArrayLike | None, T: int, B: int) -> NDArray[Any]:
         H = self.hidden_size
         if grad_output is None:
             g = out_buffer(self, "grad_output_zeros", (T, B, H), self.weight_ih_l0.data.dtype)
@@ -204,7 +229,7 @@ class _RecurrentBase(Module):
             g = np.ascontiguousarray(g.transpose(1, 0, 2))
         return g
 
-    def _grad_states(self, grad_state, B):
+    def _grad_states(self, grad_state: object, B: int) -> tuple[NDArray[Any] | None, NDArray[Any] | None]:
         """(dL/dh_n, dL/dc_n) as (B, H) arrays or None."""
         if grad_state is None:
             return None, None
@@ -216,7 +241,7 @@ class _RecurrentBase(Module):
         gcn = None if grad_state[1] is None else self._state(grad_state[1], "grad_c_n", B)
         return ghn, gcn
 
-    def _initial(self, hx, B):
+    def _initial(self, hx: object, B: int) -> tuple[NDArray[Any], NDArray[Any] | None]:
         """(h0, c0) as (B, H) arrays (c0 None except for the LSTM); zeros where not given."""
         if self._cell != "lstm":
             return (self._zeros("h0", B) if hx is None else self._state(hx, "hx", B)), None
@@ -229,7 +254,7 @@ class _RecurrentBase(Module):
         return h0, c0
 
     # -- computation ----------------------------------------------------------
-    def forward(self, x, hx=None):
+    def forward(self, x: ArrayLike, hx: _State = None) -> _Output:
         """Run the sequence ``x`` (T, B, I) from ``hx`` (zeros if None); return every h_t."""
         x = self._input(x)
         if not self._simple:
@@ -237,7 +262,7 @@ class _RecurrentBase(Module):
         B = x.shape[1]
         h0, c0 = self._initial(hx, B)
         saved = self._plan.forward(x, h0, c0)
-        out = saved if self._cell == "rnn" else saved[0]
+        out = self._hidden(saved)
         if _grad_enabled.get():
             self.__dict__["_ctx"] = (x, h0, c0, saved)
         self.h_n = out[-1][None]
@@ -247,7 +272,8 @@ class _RecurrentBase(Module):
             return (y, (self.h_n, self.c_n)) if self.return_state else y
         return (y, self.h_n) if self.return_state else y
 
-    def backward(self, grad_output, *, input_grad=True, accumulate=False, grad_state=None):
+    def backward(self, grad_output: ArrayLike | None, *, input_grad: bool = True, accumulate: bool = False,
+                 grad_state: _State = None) -> FloatArray | None:
         """BPTT: fill the parameter gradients and ``grad_h0`` (``grad_c0``); return dL/dx (None if not ``input_grad``).
 
         Parameters
@@ -269,13 +295,14 @@ class _RecurrentBase(Module):
         ghn, gcn = self._grad_states(grad_state, B)
         result = self._plan.backward(g, x, h0, saved, c0, grad_hn=ghn, grad_cn=gcn, input_grad=input_grad,
                                      accumulate=accumulate)
-        self.grad_h0 = result[1][None]
+        # the plan always computes grad_h0 (and the LSTM's grad_c0)
+        self.grad_h0 = cast(FloatArray, result[1])[None]
         if self._cell == "lstm":
-            self.grad_c0 = result[2][None]
+            self.grad_c0 = cast(FloatArray, result[2])[None]
         return None if result[0] is None else self._output(result[0])
 
     # -- deep and bidirectional layers -----------------------------------------
-    def _stacked(self, s, name, B):
+    def _stacked(self, s: object, name: str, B: int) -> list[NDArray[Any]]:
         """A stacked state (num_layers·num_directions, B, H), checked, as a list of (B, H) arrays."""
         n, H = self.num_layers * self.num_directions, self.hidden_size
         s = np.asarray(s)
@@ -286,20 +313,27 @@ class _RecurrentBase(Module):
             raise TypeError(f"{self._name}: {name} has dtype {s.dtype}, the layer {self.weight_ih_l0.data.dtype}")
         return [np.ascontiguousarray(s[k]) for k in range(n)]
 
-    def _deep_states(self, hx, B):
+    def _deep_states(self, hx: object, B: int) -> tuple[list[NDArray[Any]], list[NDArray[Any]] | None]:
         """(h0 list, c0 list or None): one (B, H) array per layer and direction."""
         n = self.num_layers * self.num_directions
         lstm = self._cell == "lstm"
-        if hx is not None and lstm and (not isinstance(hx, (tuple, list)) or len(hx) != 2):
-            raise ValueError("LSTM: the initial state must be a pair (h0, c0)")
-        h, c = (hx if lstm else (hx, None)) if hx is not None else (None, None)
+        h: object
+        c: object
+        if hx is None:
+            h, c = None, None
+        elif lstm:
+            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+                raise ValueError("LSTM: the initial state must be a pair (h0, c0)")
+            h, c = hx
+        else:
+            h, c = hx, None
         h0 = [self._zeros(f"h0_{k}", B) for k in range(n)] if h is None else self._stacked(h, "h0", B)
         if not lstm:
             return h0, None
         c0 = [self._zeros(f"c0_{k}", B) for k in range(n)] if c is None else self._stacked(c, "c0", B)
         return h0, c0
 
-    def _deep_forward(self, x, hx):
+    def _deep_forward(self, x: NDArray[Any], hx: object) -> _Output:
         T, B, _ = x.shape
         H, D, dt = self.hidden_size, self.num_directions, x.dtype
         h0s, c0s = self._deep_states(hx, B)
@@ -316,7 +350,7 @@ class _RecurrentBase(Module):
                 xin = inp if d == 0 else np.ascontiguousarray(inp[::-1])
                 c0 = None if c0s is None else c0s[k]
                 saved = self._plans[k].forward(xin, h0s[k], c0)
-                hs = saved if self._cell == "rnn" else saved[0]
+                hs = self._hidden(saved)
                 out[:, :, d * H:(d + 1) * H] = hs if d == 0 else hs[::-1]
                 hn.append(hs[-1])
                 if c0s is not None:
@@ -336,7 +370,8 @@ class _RecurrentBase(Module):
             return (y, (self.h_n, self.c_n)) if self.return_state else y
         return (y, self.h_n) if self.return_state else y
 
-    def _deep_backward(self, ctx, grad_output, grad_state, input_grad, accumulate):
+    def _deep_backward(self, ctx: Any, grad_output: ArrayLike | None, grad_state: object, input_grad: bool,
+                       accumulate: bool) -> FloatArray | None:
         _, shape, layers = ctx
         T, B, _ = shape
         H, D, n = self.hidden_size, self.num_directions, self.num_layers * self.num_directions
@@ -360,8 +395,9 @@ class _RecurrentBase(Module):
                 gcn = None if grad_state[1] is None else self._stacked(grad_state[1], "grad_c_n", B)
             else:
                 ghn = self._stacked(grad_state, "grad_state", B)
-        gh0 = [None] * n
-        gc0 = [None] * n
+        # every entry is set below: the plans always compute grad_h0 (and the LSTM's grad_c0)
+        gh0 = cast("list[FloatArray]", [None] * n)
+        gc0 = cast("list[FloatArray]", [None] * n)
         grad_x = None
         for layer in reversed(range(self.num_layers)):
             dirs, mask = layers[layer]
@@ -378,21 +414,23 @@ class _RecurrentBase(Module):
                                                  grad_hn=None if ghn is None else ghn[k],
                                                  grad_cn=None if gcn is None else gcn[k],
                                                  input_grad=want_x, accumulate=accumulate)
-                gh0[k] = result[1]
+                gh0[k] = cast(FloatArray, result[1])
                 if self._cell == "lstm":
-                    gc0[k] = result[2]
+                    gc0[k] = cast(FloatArray, result[2])
                 if want_x:
-                    gx = result[0] if d == 0 else result[0][::-1]
+                    gx = cast(FloatArray, result[0])   # want_x: computed
+                    gx = gx if d == 0 else gx[::-1]
                     grad_in = np.array(gx) if grad_in is None else grad_in + gx
-            g = grad_in
+            if grad_in is not None:   # None only when the first layer needs no input gradient: the loop ends
+                g = grad_in
             grad_x = grad_in
         self.grad_h0 = np.stack(gh0)
         if self._cell == "lstm":
             self.grad_c0 = np.stack(gc0)
-        return None if not input_grad else self._output(grad_x)
+        return None if not input_grad or grad_x is None else self._output(grad_x)
 
     # -- config -------------------------------------------------------------
-    def get_config(self) -> dict:
+    def get_config(self) -> dict[str, Any]:
         cfg = dict(input_size=self.input_size, hidden_size=self.hidden_size, bias=self.bias,
                    batch_first=self.batch_first, dtype=self.weight_ih_l0.data.dtype.name,
                    return_state=self.return_state)
@@ -406,7 +444,8 @@ class _RecurrentBase(Module):
         return cfg
 
     @classmethod
-    def parameters_from_config(cls, config, children=()):
+    def parameters_from_config(cls, config: dict[str, Any],
+                               children: Collection[str] = ()) -> list[ParameterSpec]:
         """``[(name, shape, dtype name)]`` that ``cls(**config)`` creates, config checked (see Module)."""
         optional = tuple(k for k in _DEEP_KEYS if isinstance(config, dict) and k in config)
         c = _v.layer_config(config, cls._name, ("input_size", "hidden_size", "bias", "batch_first", "dtype",
@@ -420,7 +459,7 @@ class _RecurrentBase(Module):
         dirs = 2 if _v.strict_bool(c.get("bidirectional", False), "bidirectional") else 1
         bias = _v.strict_bool(c["bias"], "bias")
         dt, g = _v.strict_float_dtype(c["dtype"]).name, cls._gates * h
-        out = []
+        out: list[ParameterSpec] = []
         for layer in range(layers):
             size = i if layer == 0 else h * dirs
             for sfx in ((f"_l{layer}", f"_l{layer}_reverse") if dirs == 2 else (f"_l{layer}",)):
@@ -482,12 +521,13 @@ class RNN(_RecurrentBase):
     _gates = 1
     _name = "RNN"
 
-    def __init__(self, input_size, hidden_size, nonlinearity="tanh", bias=True, batch_first=False,
-                 dtype=np.float32, return_state=False, rng=None, *, num_layers=1, dropout=0.0, bidirectional=False):
+    def __init__(self, input_size: int, hidden_size: int, nonlinearity: Nonlinearity = "tanh", bias: bool = True,
+                 batch_first: bool = False, dtype: DTypeLike = np.float32, return_state: bool = False,
+                 rng: Seed = None, *, num_layers: int = 1, dropout: float = 0.0, bidirectional: bool = False) -> None:
         super().__init__(input_size, hidden_size, bias, batch_first, dtype, return_state, rng, nonlinearity,
                          num_layers, dropout, bidirectional)
 
-    def get_config(self) -> dict:
+    def get_config(self) -> dict[str, Any]:
         cfg = super().get_config()
         cfg["nonlinearity"] = self.nonlinearity
         return cfg
@@ -497,7 +537,8 @@ class RNN(_RecurrentBase):
         return s + (", nonlinearity='relu'" if self.nonlinearity == "relu" else "")
 
     @classmethod
-    def parameters_from_config(cls, config, children=()):
+    def parameters_from_config(cls, config: dict[str, Any],
+                               children: Collection[str] = ()) -> list[ParameterSpec]:
         """As the other recurrent layers, plus ``nonlinearity`` (see Module)."""
         optional = tuple(k for k in _DEEP_KEYS if isinstance(config, dict) and k in config)
         c = _v.layer_config(config, "RNN", ("input_size", "hidden_size", "nonlinearity", "bias", "batch_first",
@@ -521,8 +562,9 @@ class LSTM(_RecurrentBase):
     _gates = 4
     _name = "LSTM"
 
-    def __init__(self, input_size, hidden_size, bias=True, batch_first=False, dtype=np.float32,
-                 return_state=False, rng=None, *, num_layers=1, dropout=0.0, bidirectional=False):
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, batch_first: bool = False,
+                 dtype: DTypeLike = np.float32, return_state: bool = False, rng: Seed = None, *,
+                 num_layers: int = 1, dropout: float = 0.0, bidirectional: bool = False) -> None:
         super().__init__(input_size, hidden_size, bias, batch_first, dtype, return_state, rng,
                          num_layers=num_layers, dropout=dropout, bidirectional=bidirectional)
         self.c_n = None
@@ -542,8 +584,9 @@ class GRU(_RecurrentBase):
     _gates = 3
     _name = "GRU"
 
-    def __init__(self, input_size, hidden_size, bias=True, batch_first=False, dtype=np.float32,
-                 return_state=False, rng=None, *, num_layers=1, dropout=0.0, bidirectional=False):
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, batch_first: bool = False,
+                 dtype: DTypeLike = np.float32, return_state: bool = False, rng: Seed = None, *,
+                 num_layers: int = 1, dropout: float = 0.0, bidirectional: bool = False) -> None:
         super().__init__(input_size, hidden_size, bias, batch_first, dtype, return_state, rng,
                          num_layers=num_layers, dropout=dropout, bidirectional=bidirectional)
 
@@ -560,12 +603,12 @@ class LastTimeStep(Module):
         Input as (B, T, H) instead of (T, B, H) (set it as on the RNN before it).
     """
 
-    def __init__(self, batch_first=False):
+    def __init__(self, batch_first: bool = False) -> None:
         super().__init__()
         self.batch_first = _v.strict_bool(batch_first, "batch_first")
         self._reset_transient()
 
-    def forward(self, x):
+    def forward(self, x: ArrayLike) -> NDArray[Any]:
         x = np.asarray(x)
         if x.ndim != 3:
             layout = "(batch, time, features)" if self.batch_first else "(time, batch, features)"
@@ -576,7 +619,7 @@ class LastTimeStep(Module):
             self.__dict__["_ctx"] = (x.shape, x.dtype)
         return np.ascontiguousarray(x[:, -1] if self.batch_first else x[-1])
 
-    def backward(self, grad_output, *, input_grad=True, accumulate=False):
+    def backward(self, grad_output: ArrayLike, *, input_grad: bool = True, accumulate: bool = False) -> NDArray[Any]:
         shape, dtype = self._saved()
         g = np.asarray(grad_output)
         expected = (shape[0], shape[2]) if self.batch_first else (shape[1], shape[2])
@@ -590,14 +633,15 @@ class LastTimeStep(Module):
             grad[-1] = g
         return grad
 
-    def get_config(self) -> dict:
+    def get_config(self) -> dict[str, Any]:
         return dict(batch_first=self.batch_first)
 
     def extra_repr(self) -> str:
         return "batch_first=True" if self.batch_first else ""
 
     @classmethod
-    def parameters_from_config(cls, config, children=()):
+    def parameters_from_config(cls, config: dict[str, Any],
+                               children: Collection[str] = ()) -> list[ParameterSpec]:
         """No parameters; checks ``batch_first`` (see Module)."""
         cls(**_v.layer_config(config, "LastTimeStep", ("batch_first",), children))
         return []

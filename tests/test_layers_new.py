@@ -8,11 +8,10 @@ dtypes and every backend.
 
 import numpy as np
 import pytest
+from conftest import tol
 
 import fastnn
 from fastnn import nn
-
-from conftest import tol
 
 # float32: the layers reduce over a batch in another order than PyTorch
 F32 = dict(rtol=2e-4, atol=2e-5)
@@ -238,6 +237,27 @@ def test_layer_norm_rejects_bad_input():
         nn.LayerNorm((4, 5))(np.ones((3, 5, 4), np.float32))
     with pytest.raises(ValueError):
         nn.LayerNorm(0)
+
+
+def test_norm_plans_take_lists_without_affine_parameters():
+    # without weight (and bias) the plans used to read x.dtype of a list: AttributeError
+    y = nn.LayerNorm(4, elementwise_affine=False)([[1.0, 2.0, 3.0, 4.0]])
+    assert y.shape == (1, 4) and abs(float(y.mean())) < 1e-6
+    out, mean, var = fastnn.ops.BatchNormPlan(3).forward([[1.0, 2.0, 3.0], [3.0, 4.0, 5.0]], True)
+    np.testing.assert_allclose(mean, [2.0, 3.0, 4.0])
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_batch_norm_plan_checks_running_var(training):
+    plan = fastnn.ops.BatchNormPlan(3)
+    x = np.arange(15, dtype=np.float32).reshape(5, 3)
+    bad = [(None, ValueError, "both"), (np.ones(4, np.float32), ValueError, "running_var"),
+           (np.ones(3, np.float64), TypeError, "running_var")]
+    for running_var, exc, match in bad:
+        running_mean = np.zeros(3, np.float32)
+        with pytest.raises(exc, match=match):
+            plan.forward(x, training, running_mean, running_var)
+        assert not running_mean.any()   # refused before any update
 
 
 def test_batch_norm_buffers_in_state_dict_save_and_load(tmp_path, rng):

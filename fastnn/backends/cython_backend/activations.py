@@ -1,9 +1,6 @@
-"""Activation kernels of the Cython backend (compiled in ``fastnn._ext._activations``)."""
+"""Activation kernels of the Cython backend (``kernels/_elementwise.pxi``)."""
 
-from ..._ext import _activations as _ext
-from . import register_ext_module
-
-register_ext_module(_ext)
+from ..._ext import _kernels as _ext
 
 relu = _ext.relu
 relu_backward = _ext.relu_backward

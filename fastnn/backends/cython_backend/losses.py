@@ -1,9 +1,6 @@
-"""Loss kernels of the Cython backend (``fastnn._ext._losses``)."""
+"""Loss kernels of the Cython backend (``kernels/_elementwise.pxi``)."""
 
-from ..._ext import _losses as _ext
-from . import register_ext_module
-
-register_ext_module(_ext)
+from ..._ext import _kernels as _ext
 
 mse_loss = _ext.mse_loss
 softmax_cross_entropy = _ext.softmax_cross_entropy

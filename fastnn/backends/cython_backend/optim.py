@@ -1,9 +1,6 @@
-"""Optimizer update kernels of the Cython backend (``fastnn._ext._optim``)."""
+"""Optimizer update kernels of the Cython backend (``kernels/_elementwise.pxi``)."""
 
-from ..._ext import _optim as _ext
-from . import register_ext_module
-
-register_ext_module(_ext)
+from ..._ext import _kernels as _ext
 
 sgd_update = _ext.sgd_update
 adam_update = _ext.adam_update

@@ -1,13 +1,10 @@
-"""Recurrent kernels of the Cython backend (compiled from kernels/_rnn.pyx).
+"""Recurrent kernels of the Cython backend (``kernels/_rnn.pxi``: one driver for the three cells).
 
 Same names and parameters as :mod:`fastnn.backends.reference.rnn`; the whole
 time loop runs in compiled code without the GIL.
 """
 
-from ..._ext import _rnn
-from . import register_ext_module
-
-register_ext_module(_rnn)
+from ..._ext import _kernels as _ext
 
 __all__ = [
     "rnn_forward", "rnn_backward",
@@ -15,9 +12,9 @@ __all__ = [
     "gru_forward", "gru_backward",
 ]
 
-rnn_forward = _rnn.rnn_forward
-rnn_backward = _rnn.rnn_backward
-lstm_forward = _rnn.lstm_forward
-lstm_backward = _rnn.lstm_backward
-gru_forward = _rnn.gru_forward
-gru_backward = _rnn.gru_backward
+rnn_forward = _ext.rnn_forward
+rnn_backward = _ext.rnn_backward
+lstm_forward = _ext.lstm_forward
+lstm_backward = _ext.lstm_backward
+gru_forward = _ext.gru_forward
+gru_backward = _ext.gru_backward

@@ -104,7 +104,7 @@ def _flags(openmp: bool):
         link_args.append("-fopenmp")
     elif _compiles("int main(void){return 0;}\n", ["-fopenmp-simd"]):
         # no threads, but keep the "omp simd" reductions vectorised
-        compile_args += ["-fopenmp-simd", "-DFASTNN_OPENMP_SIMD"]
+        compile_args += ["-fopenmp-simd", "-DFNN_OPENMP_SIMD"]
     return compile_args, link_args
 
 

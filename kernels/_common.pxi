@@ -12,6 +12,26 @@ from fnn cimport *
 
 import numpy as np
 
+cdef extern from *:
+    """
+    #include <time.h>
+    #ifdef _OPENMP
+    #include <omp.h>
+    #define FNN_HAS_OPENMP 1
+    static int fnn_omp_max_threads(void) { return omp_get_max_threads(); }
+    #else
+    #define FNN_HAS_OPENMP 0
+    static int fnn_omp_max_threads(void) { return 1; }
+    #endif
+    static double fnn_clock(void) {
+        struct timespec ts; clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+    }
+    """
+    int FNN_HAS_OPENMP
+    int fnn_omp_max_threads() nogil
+    double fnn_clock() nogil   # seconds, monotonic
+
 cnp.import_array()
 fnn_init()
 

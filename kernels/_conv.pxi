@@ -382,7 +382,7 @@ def conv2d_backward(cnp.ndarray grad_out, cnp.ndarray x, cnp.ndarray weight, fnn
     # The direct kernel multiplies the zeros of its padded rows with every
     # pixel and weight: an inf there would become NaN (0·inf) where the
     # im2col kernel, like the reference, never forms that product.
-    cdef bint direct = _direct(x, weight, &g) and all_finite(x) and all_finite(weight)
+    cdef bint direct = _direct(x, weight, &g) and finite(x) and finite(weight)
     _fill(p, (grad_out, x, weight, grad_input, grad_weight, grad_bias))
     if g.B == 0:   # no images (layers call this directly, ops would not): sums over nothing
         grad_weight.fill(0)
@@ -404,17 +404,13 @@ def conv2d_backward(cnp.ndarray grad_out, cnp.ndarray x, cnp.ndarray weight, fnn
     return grad_input, grad_weight, grad_bias
 
 
-def all_finite(cnp.ndarray a):
+def finite(cnp.ndarray a):
     """True when no element of the (contiguous) array is NaN or ±inf (one vectorised pass)."""
     cdef fnn_idx n = cnp.PyArray_SIZE(a)
     cdef void *p = cnp.PyArray_DATA(a)
-    cdef bint f32 = _f32(a), ok
-    with nogil:
-        if f32:
-            ok = fnn_ew.all_finite_f32(<float*>p, n)
-        else:
-            ok = fnn_ew.all_finite_f64(<double*>p, n)
-    return ok
+    if _f32(a):
+        return all_finite(<float*>p, n)
+    return all_finite(<double*>p, n)
 
 
 # ---- pooling ----
@@ -444,10 +440,7 @@ cdef void _max_pool_plane(const real *src, real *dst, long long *idx, fnn_idx H,
     cdef real best, val
     if kh == 2 and kw == 2 and sh == 2 and sw == 2 and ph == 0 and pw == 0:
         # the common 2×2 / stride 2 case: a branch-free kernel
-        if real is float:
-            fnn_cv.maxpool2x2_f32(src, W, ho, wo, dst, idx)
-        else:
-            fnn_cv.maxpool2x2_f64(src, W, ho, wo, dst, idx)
+        maxpool2x2(src, W, ho, wo, dst, idx)
         return
     for i in range(ho):
         for j in range(wo):

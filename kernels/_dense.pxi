@@ -1,17 +1,6 @@
 # Matrix multiply and the dense layer; the own GEMM's direct entry points
 # (fastnn.backends.cython_backend._gemm: tests and measurements).
 
-cdef extern from *:
-    """
-    #include <time.h>
-    static double fnn_now(void) {
-        struct timespec ts; clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-    }
-    """
-    double fnn_now() nogil
-
-
 def matmul(cnp.ndarray a, cnp.ndarray b, bint trans_a, bint trans_b, cnp.ndarray out):
     """C = op(A) op(B), op = identity or transpose."""
     cdef fnn_idx m = cnp.PyArray_DIM(out, 0), n = cnp.PyArray_DIM(out, 1)
@@ -203,7 +192,7 @@ def act_backward_colsum(cnp.ndarray grad_out, cnp.ndarray y, int act, cnp.ndarra
 cdef double _bench(int mode, const real *a, const real *b, real *c, fnn_idx m, fnn_idx k, fnn_idx n,
                    int reps) noexcept nogil:
     cdef int r, route = fnn_gemm_route_mode(mode, m, n, k, real is double)
-    cdef double t0 = fnn_now()
+    cdef double t0 = fnn_clock()
     for r in range(reps):
         if route == FNN_ROUTE_BLAS:
             blas_gemm(False, False, m, n, k, <real>1, a, k, b, n, <real>0, c, n)
@@ -211,7 +200,7 @@ cdef double _bench(int mode, const real *a, const real *b, real *c, fnn_idx m, f
             gemm_small(m, n, k, a, k, 1, b, n, 1, c, n, 0, <const real*>NULL, FNN_ACT_IDENTITY)
         else:
             gemm_packed(m, n, k, a, k, 1, b, n, 1, c, n, <const real*>NULL, FNN_ACT_IDENTITY, _num_threads)
-    return fnn_now() - t0
+    return fnn_clock() - t0
 
 
 def bench_loop(cnp.ndarray a, cnp.ndarray b, cnp.ndarray out, int reps, bint blas):

@@ -56,43 +56,38 @@ cdef void _bias_act(int act, real *y, const real *bias, fnn_idx rows, fnn_idx co
             act_fwd(act, y + r * cols, bias, y + r * cols, cols, 0.0)
 
 
-cdef int _run_unary(cnp.ndarray x, cnp.ndarray out, int act, double prm) except -1:
-    cdef fnn_idx n = cnp.PyArray_SIZE(x)
-    cdef void *px = cnp.PyArray_DATA(x)
-    cdef void *py = cnp.PyArray_DATA(out)
-    cdef bint f32 = _f32(x)
+cdef int _unary_run(int act, const real *x, real *y, fnn_idx n, double prm) except -1:
     if n >= fnn_tune.nogil_min_elements:   # releasing the GIL costs more than a small loop
         with nogil:
-            if f32:
-                _unary(act, <float*>px, <float*>NULL, <float*>py, n, prm)
-            else:
-                _unary(act, <double*>px, <double*>NULL, <double*>py, n, prm)
+            _unary(act, x, <const real*>NULL, y, n, prm)
     else:
-        if f32:
-            _unary(act, <float*>px, <float*>NULL, <float*>py, n, prm)
-        else:
-            _unary(act, <double*>px, <double*>NULL, <double*>py, n, prm)
+        _unary(act, x, <const real*>NULL, y, n, prm)
     return 0
+
+
+cdef int _binary_run(int act, const real *g, const real *y, real *out, fnn_idx n, double prm) except -1:
+    if n >= fnn_tune.nogil_min_elements:
+        with nogil:
+            _binary(act, g, y, out, n, prm)
+    else:
+        _binary(act, g, y, out, n, prm)
+    return 0
+
+
+cdef int _run_unary(cnp.ndarray x, cnp.ndarray out, int act, double prm) except -1:
+    cdef fnn_idx n = cnp.PyArray_SIZE(x)
+    if _f32(x):
+        return _unary_run(act, <float*>cnp.PyArray_DATA(x), <float*>cnp.PyArray_DATA(out), n, prm)
+    return _unary_run(act, <double*>cnp.PyArray_DATA(x), <double*>cnp.PyArray_DATA(out), n, prm)
 
 
 cdef int _run_binary(cnp.ndarray g, cnp.ndarray y, cnp.ndarray out, int act, double prm) except -1:
     cdef fnn_idx n = cnp.PyArray_SIZE(g)
-    cdef void *pg = cnp.PyArray_DATA(g)
-    cdef void *py = cnp.PyArray_DATA(y)
-    cdef void *po = cnp.PyArray_DATA(out)
-    cdef bint f32 = _f32(g)
-    if n >= fnn_tune.nogil_min_elements:   # releasing the GIL costs more than a small loop
-        with nogil:
-            if f32:
-                _binary(act, <float*>pg, <float*>py, <float*>po, n, prm)
-            else:
-                _binary(act, <double*>pg, <double*>py, <double*>po, n, prm)
-    else:
-        if f32:
-            _binary(act, <float*>pg, <float*>py, <float*>po, n, prm)
-        else:
-            _binary(act, <double*>pg, <double*>py, <double*>po, n, prm)
-    return 0
+    if _f32(g):
+        return _binary_run(act, <float*>cnp.PyArray_DATA(g), <float*>cnp.PyArray_DATA(y),
+                           <float*>cnp.PyArray_DATA(out), n, prm)
+    return _binary_run(act, <double*>cnp.PyArray_DATA(g), <double*>cnp.PyArray_DATA(y),
+                       <double*>cnp.PyArray_DATA(out), n, prm)
 
 
 def relu(cnp.ndarray x, cnp.ndarray out):
@@ -148,14 +143,9 @@ def tanh_backward(cnp.ndarray grad_out, cnp.ndarray y, cnp.ndarray out):
 cdef inline void _softmax_block(const real *x, real *y, const real *g, fnn_idx nr, fnn_idx c,
                                 bint backward) noexcept nogil:
     if backward:
-        if real is float:
-            fnn_ew.softmax_bwd_rows_f32(g, x, y, nr, c)
-        else:
-            fnn_ew.softmax_bwd_rows_f64(g, x, y, nr, c)
-    elif real is float:
-        fnn_ew.softmax_rows_f32(x, y, nr, c)
+        softmax_bwd_rows(g, x, y, nr, c)
     else:
-        fnn_ew.softmax_rows_f64(x, y, nr, c)
+        softmax_rows(x, y, nr, c)
 
 
 cdef void _softmax(const real *x, real *y, const real *g, fnn_idx rows, fnn_idx c, bint backward) noexcept nogil:
@@ -167,30 +157,31 @@ cdef void _softmax(const real *x, real *y, const real *g, fnn_idx rows, fnn_idx 
         for blk in prange(nblk, num_threads=_num_threads, schedule="dynamic"):
             lo = blk * per
             hi = min(rows, lo + per)
-            _softmax_block(x + lo * c, y + lo * c, NULL if g == NULL else g + lo * c, hi - lo, c, backward)
+            _softmax_block(x + lo * c, y + lo * c, <const real*>NULL if g == NULL else g + lo * c, hi - lo, c,
+                           backward)
     else:
         _softmax_block(x, y, g, rows, c, backward)
 
 
+cdef int _softmax_run(const real *x, real *y, const real *g, fnn_idx rows, fnn_idx c, bint backward) except -1:
+    if rows == 0 or c == 0:   # an empty (2**40, 0) array must not cost a pass over its rows
+        return 0
+    if rows * c >= fnn_tune.nogil_min_elements:
+        with nogil:
+            _softmax(x, y, g, rows, c, backward)
+    else:
+        _softmax(x, y, g, rows, c, backward)
+    return 0
+
+
 cdef object _run_softmax(cnp.ndarray x, cnp.ndarray out, cnp.ndarray g):
     cdef fnn_idx rows = cnp.PyArray_DIM(x, 0), c = cnp.PyArray_DIM(x, 1)
-    cdef void *px = cnp.PyArray_DATA(x)
-    cdef void *po = cnp.PyArray_DATA(out)
-    cdef void *pg = _data(g)
-    cdef bint f32 = _f32(x), backward = g is not None
-    if rows == 0 or c == 0:   # an empty (2**40, 0) array must not cost a pass over its rows
-        return out
-    if rows * c >= fnn_tune.nogil_min_elements:   # releasing the GIL costs more than a small loop
-        with nogil:
-            if f32:
-                _softmax(<float*>px, <float*>po, <float*>pg, rows, c, backward)
-            else:
-                _softmax(<double*>px, <double*>po, <double*>pg, rows, c, backward)
+    cdef void *p[3]
+    _fill(p, (x, out, g))
+    if _f32(x):
+        _softmax_run(<float*>p[0], <float*>p[1], <float*>p[2], rows, c, g is not None)
     else:
-        if f32:
-            _softmax(<float*>px, <float*>po, <float*>pg, rows, c, backward)
-        else:
-            _softmax(<double*>px, <double*>po, <double*>pg, rows, c, backward)
+        _softmax_run(<double*>p[0], <double*>p[1], <double*>p[2], rows, c, g is not None)
     return out
 
 
@@ -202,14 +193,6 @@ def softmax(cnp.ndarray x, cnp.ndarray out):
 def softmax_backward(cnp.ndarray grad_out, cnp.ndarray y, cnp.ndarray out):
     """dx_ij = y_ij * (g_ij - sum_k g_ik y_ik)."""
     return _run_softmax(y, out, grad_out)
-
-
-cdef inline double _xent_block(const real *z, const fnn_idx *labels, real *g, fnn_idx nr, fnn_idx c,
-                               double scale) noexcept nogil:
-    if real is float:
-        return fnn_ew.xent_rows_f32(z, labels, g, nr, c, scale)
-    else:
-        return fnn_ew.xent_rows_f64(z, labels, g, nr, c, scale)
 
 
 cdef double _xent(const real *z, const fnn_idx *labels, real *g, fnn_idx rows, fnn_idx c,
@@ -227,12 +210,12 @@ cdef double _xent(const real *z, const fnn_idx *labels, real *g, fnn_idx rows, f
             for blk in prange(nblk, num_threads=nt, schedule="dynamic"):
                 lo = blk * per
                 hi = min(rows, lo + per)
-                partial[blk] = _xent_block(z + lo * c, labels + lo, g + lo * c, hi - lo, c, scale)
+                partial[blk] = xent_rows(z + lo * c, labels + lo, g + lo * c, hi - lo, c, scale)
             for blk in range(nblk):
                 total += partial[blk]
             free(partial)
             return total
-    return _xent_block(z, labels, g, rows, c, scale)
+    return xent_rows(z, labels, g, rows, c, scale)
 
 
 def softmax_cross_entropy(cnp.ndarray logits, cnp.ndarray labels, reduction, cnp.ndarray grad):
@@ -260,35 +243,32 @@ def softmax_cross_entropy(cnp.ndarray logits, cnp.ndarray labels, reduction, cnp
 
 # ---- pair losses (MSE, BCE) ----
 
-cdef inline double _pair_block(bint mse, const real *p, const real *t, real *g, fnn_idx n,
+cdef inline double _pair_block(bint is_mse, const real *p, const real *t, real *g, fnn_idx n,
                                double gscale) noexcept nogil:
-    if real is float:
-        return fnn_ew.mse_f32(p, t, g, n, gscale) if mse else fnn_ew.bce_f32(p, t, g, n, gscale)
-    else:
-        return fnn_ew.mse_f64(p, t, g, n, gscale) if mse else fnn_ew.bce_f64(p, t, g, n, gscale)
+    return mse(p, t, g, n, gscale) if is_mse else bce(p, t, g, n, gscale)
 
 
-cdef double _pair(bint mse, const real *p, const real *t, real *g, fnn_idx n, double gscale) noexcept nogil:
+cdef double _pair(bint is_mse, const real *p, const real *t, real *g, fnn_idx n, double gscale) noexcept nogil:
     """Any input longer than one chunk is summed chunk by chunk, on one thread or on the team."""
     cdef fnn_idx c, start, nch, chunk = fnn_tune.chunk_elements
     cdef double total = 0
     cdef double *partial
-    cdef int nt = _num_threads if _parallel(n, mse) else 1
+    cdef int nt = _num_threads if _parallel(n, is_mse) else 1
     if n > chunk:
         nch = (n + chunk - 1) // chunk
         partial = <double*>malloc(nch * sizeof(double))
         if partial != NULL:
             for c in prange(nch, num_threads=nt, schedule="dynamic"):
                 start = c * chunk
-                partial[c] = _pair_block(mse, p + start, t + start, g + start, min(chunk, n - start), gscale)
+                partial[c] = _pair_block(is_mse, p + start, t + start, g + start, min(chunk, n - start), gscale)
             for c in range(nch):
                 total += partial[c]
             free(partial)
             return total
-    return _pair_block(mse, p, t, g, n, gscale)
+    return _pair_block(is_mse, p, t, g, n, gscale)
 
 
-cdef double _run_pair(bint mse, cnp.ndarray pred, cnp.ndarray target, cnp.ndarray grad, double gscale):
+cdef double _run_pair(bint is_mse, cnp.ndarray pred, cnp.ndarray target, cnp.ndarray grad, double gscale):
     cdef fnn_idx n = cnp.PyArray_SIZE(pred)
     cdef void *pp = cnp.PyArray_DATA(pred)
     cdef void *pt = cnp.PyArray_DATA(target)
@@ -297,9 +277,9 @@ cdef double _run_pair(bint mse, cnp.ndarray pred, cnp.ndarray target, cnp.ndarra
     cdef double s
     with nogil:
         if f32:
-            s = _pair(mse, <float*>pp, <float*>pt, <float*>pg, n, gscale)
+            s = _pair(is_mse, <float*>pp, <float*>pt, <float*>pg, n, gscale)
         else:
-            s = _pair(mse, <double*>pp, <double*>pt, <double*>pg, n, gscale)
+            s = _pair(is_mse, <double*>pp, <double*>pt, <double*>pg, n, gscale)
     return s
 
 
@@ -325,14 +305,6 @@ def bce_with_logits(cnp.ndarray logits, cnp.ndarray target, reduction, cnp.ndarr
 
 # ---- optimizer updates ----
 
-cdef inline void _sgd_block(real *p, const real *g, real *v, fnn_idx n, double lr, double mom, int nesterov,
-                            double wd) noexcept nogil:
-    if real is float:
-        fnn_ew.sgd_f32(p, g, v, n, lr, mom, nesterov, wd)
-    else:
-        fnn_ew.sgd_f64(p, g, v, n, lr, mom, nesterov, wd)
-
-
 cdef void _sgd(real *p, const real *g, real *v, fnn_idx n, double lr, double mom, int nesterov,
                double wd) noexcept nogil:
     cdef fnn_idx c, start, nch, chunk = fnn_tune.chunk_elements
@@ -340,18 +312,10 @@ cdef void _sgd(real *p, const real *g, real *v, fnn_idx n, double lr, double mom
         nch = (n + chunk - 1) // chunk
         for c in prange(nch, num_threads=_num_threads, schedule="dynamic"):
             start = c * chunk
-            _sgd_block(p + start, g + start, NULL if v == NULL else v + start, min(chunk, n - start), lr, mom,
+            sgd(p + start, g + start, NULL if v == NULL else v + start, min(chunk, n - start), lr, mom,
                        nesterov, wd)
     else:
-        _sgd_block(p, g, v, n, lr, mom, nesterov, wd)
-
-
-cdef inline void _adam_block(real *p, const real *g, real *m, real *v, fnn_idx n, double decay, double l2,
-                             double b1, double b2, double step_size, double isb, double eps) noexcept nogil:
-    if real is float:
-        fnn_ew.adam_f32(p, g, m, v, n, decay, l2, b1, b2, step_size, isb, eps)
-    else:
-        fnn_ew.adam_f64(p, g, m, v, n, decay, l2, b1, b2, step_size, isb, eps)
+        sgd(p, g, v, n, lr, mom, nesterov, wd)
 
 
 cdef void _adam(real *p, const real *g, real *m, real *v, fnn_idx n, double decay, double l2, double b1,
@@ -361,53 +325,51 @@ cdef void _adam(real *p, const real *g, real *m, real *v, fnn_idx n, double deca
         nch = (n + chunk - 1) // chunk
         for c in prange(nch, num_threads=_num_threads, schedule="dynamic"):
             start = c * chunk
-            _adam_block(p + start, g + start, m + start, v + start, min(chunk, n - start), decay, l2, b1, b2,
+            adam(p + start, g + start, m + start, v + start, min(chunk, n - start), decay, l2, b1, b2,
                         step_size, isb, eps)
     else:
-        _adam_block(p, g, m, v, n, decay, l2, b1, b2, step_size, isb, eps)
+        adam(p, g, m, v, n, decay, l2, b1, b2, step_size, isb, eps)
+
+
+cdef int _sgd_run(real *p, const real *g, real *v, fnn_idx n, double lr, double mom, int nesterov,
+                  double wd) except -1:
+    if n >= fnn_tune.nogil_min_elements:
+        with nogil:
+            _sgd(p, g, v, n, lr, mom, nesterov, wd)
+    else:
+        _sgd(p, g, v, n, lr, mom, nesterov, wd)
+    return 0
+
+
+cdef int _adam_run(real *p, const real *g, real *m, real *v, fnn_idx n, tuple f, double b1, double b2,
+                   double eps) except -1:
+    cdef double decay = f[0], l2 = f[1], step_size = f[2], isb = f[3]
+    if n >= fnn_tune.nogil_min_elements:
+        with nogil:
+            _adam(p, g, m, v, n, decay, l2, b1, b2, step_size, isb, eps)
+    else:
+        _adam(p, g, m, v, n, decay, l2, b1, b2, step_size, isb, eps)
+    return 0
 
 
 cdef int _run_sgd(cnp.ndarray param, object grad, object velocity, double lr, double momentum, bint nesterov,
                   double weight_decay) except -1:
     cdef fnn_idx n = cnp.PyArray_SIZE(param)
-    cdef void *pp = cnp.PyArray_DATA(param)
-    cdef void *pg = _data(grad)
-    cdef void *pv = NULL if momentum == 0 else _data(velocity)
-    cdef bint f32 = _f32(param)
-    if n >= fnn_tune.nogil_min_elements:   # releasing the GIL costs more than a small loop
-        with nogil:
-            if f32:
-                _sgd(<float*>pp, <float*>pg, <float*>pv, n, lr, momentum, nesterov, weight_decay)
-            else:
-                _sgd(<double*>pp, <double*>pg, <double*>pv, n, lr, momentum, nesterov, weight_decay)
-    else:
-        if f32:
-            _sgd(<float*>pp, <float*>pg, <float*>pv, n, lr, momentum, nesterov, weight_decay)
-        else:
-            _sgd(<double*>pp, <double*>pg, <double*>pv, n, lr, momentum, nesterov, weight_decay)
-    return 0
+    cdef void *p[3]
+    _fill(p, (param, grad, None if momentum == 0 else velocity))
+    if _f32(param):
+        return _sgd_run(<float*>p[0], <float*>p[1], <float*>p[2], n, lr, momentum, nesterov, weight_decay)
+    return _sgd_run(<double*>p[0], <double*>p[1], <double*>p[2], n, lr, momentum, nesterov, weight_decay)
 
 
-cdef int _run_adam(cnp.ndarray param, object grad, object m, object v, double decay, double l2, double b1,
-                   double b2, double step_size, double isb, double eps) except -1:
+cdef int _run_adam(cnp.ndarray param, object grad, object m, object v, tuple factors, double b1, double b2,
+                   double eps) except -1:
     cdef fnn_idx n = cnp.PyArray_SIZE(param)
-    cdef void *pp = cnp.PyArray_DATA(param)
-    cdef void *pg = _data(grad)
-    cdef void *pm = _data(m)
-    cdef void *pv = _data(v)
-    cdef bint f32 = _f32(param)
-    if n >= fnn_tune.nogil_min_elements:   # releasing the GIL costs more than a small loop
-        with nogil:
-            if f32:
-                _adam(<float*>pp, <float*>pg, <float*>pm, <float*>pv, n, decay, l2, b1, b2, step_size, isb, eps)
-            else:
-                _adam(<double*>pp, <double*>pg, <double*>pm, <double*>pv, n, decay, l2, b1, b2, step_size, isb, eps)
-    else:
-        if f32:
-            _adam(<float*>pp, <float*>pg, <float*>pm, <float*>pv, n, decay, l2, b1, b2, step_size, isb, eps)
-        else:
-            _adam(<double*>pp, <double*>pg, <double*>pm, <double*>pv, n, decay, l2, b1, b2, step_size, isb, eps)
-    return 0
+    cdef void *p[4]
+    _fill(p, (param, grad, m, v))
+    if _f32(param):
+        return _adam_run(<float*>p[0], <float*>p[1], <float*>p[2], <float*>p[3], n, factors, b1, b2, eps)
+    return _adam_run(<double*>p[0], <double*>p[1], <double*>p[2], <double*>p[3], n, factors, b1, b2, eps)
 
 
 cdef inline tuple _adam_factors(long step, double lr, double beta1, double beta2, double weight_decay,
@@ -428,8 +390,8 @@ def sgd_update(cnp.ndarray param, cnp.ndarray grad, cnp.ndarray velocity, double
 def adam_update(cnp.ndarray param, cnp.ndarray grad, cnp.ndarray exp_avg, cnp.ndarray exp_avg_sq, long step,
                 double lr, double beta1, double beta2, double eps, double weight_decay, bint decoupled):
     """m = β1 m + (1-β1) g; v = β2 v + (1-β2) g²; p -= lr/bc1 · m / (√v/√bc2 + ε)."""
-    decay, l2, step_size, isb = _adam_factors(step, lr, beta1, beta2, weight_decay, decoupled)
-    _run_adam(param, grad, exp_avg, exp_avg_sq, decay, l2, beta1, beta2, step_size, isb, eps)
+    _run_adam(param, grad, exp_avg, exp_avg_sq, _adam_factors(step, lr, beta1, beta2, weight_decay, decoupled),
+              beta1, beta2, eps)
 
 
 def sgd_update_many(tuple params, tuple grads, object velocities, double lr, double momentum, bint nesterov,
@@ -446,7 +408,7 @@ def adam_update_many(tuple params, tuple grads, tuple exp_avgs, tuple exp_avg_sq
                      double beta1, double beta2, double eps, double weight_decay, bint decoupled):
     """adam_update on each (params[i], grads[i], exp_avgs[i], exp_avg_sqs[i]): one call for a whole model."""
     cdef Py_ssize_t i
-    decay, l2, step_size, isb = _adam_factors(step, lr, beta1, beta2, weight_decay, decoupled)
+    cdef tuple factors = _adam_factors(step, lr, beta1, beta2, weight_decay, decoupled)
     for i in range(len(params)):
         _run_adam(<cnp.ndarray?>params[i], <cnp.ndarray?>grads[i], <cnp.ndarray?>exp_avgs[i],
-                  <cnp.ndarray?>exp_avg_sqs[i], decay, l2, beta1, beta2, step_size, isb, eps)
+                  <cnp.ndarray?>exp_avg_sqs[i], factors, beta1, beta2, eps)

@@ -21,13 +21,8 @@ cdef extern from *:
      * blocks are handed out dynamically (the master starts at once, a worker
      * joins when it has woken up), and the master, when it runs out of blocks,
      * spins a bounded while for the others to finish, to reach the barrier last. */
-    #include <time.h>
     #include <sched.h>
     static inline int fnn_claim(int *next) { return __atomic_fetch_add(next, 1, __ATOMIC_RELAXED); }
-    static inline double fnn_clock(void) {
-        struct timespec ts; clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-    }
     static inline void fnn_leave(int *arrived, double spin) {
     #ifdef _OPENMP
         int n = omp_get_num_threads();
@@ -203,32 +198,21 @@ cdef inline void project_rows(const Seq *s, real **p, fnn_idx r0, fnn_idx r1) no
 cdef void step_forward(const Seq *s, real **p, fnn_idx t, fnn_idx r0, fnn_idx r1) noexcept nogil:
     """Rows r0:r1 of time step t: z += h_{t-1} W_hhᵀ, then the cell."""
     cdef fnn_idx H = s.H, GH = s.G * s.H, BH = s.B * s.H, o = r0 * H, n = r1 - r0
-    cdef const real *hp = p[S_H0] if t == 0 else p[S_OUT] + (t - 1) * BH
-    cdef real *h = p[S_OUT] + t * BH
+    cdef const real *hp = (p[S_H0] if t == 0 else p[S_OUT] + (t - 1) * BH) + o
+    cdef real *h = p[S_OUT] + t * BH + o
     cdef real *z
     if s.cell == CELL_RNN:
-        step_gemm(hp + o, H, p[S_WT], H, h + o, H, n, H, H)
-        if real is float:
-            fnn_rn.rnn_act_f32(h + o, n * H, s.relu)
-        else:
-            fnn_rn.rnn_act_f64(h + o, n * H, s.relu)
+        step_gemm(hp, H, p[S_WT], H, h, H, n, H, H)
+        rnn_act(h, n * H, s.relu)
     elif s.cell == CELL_LSTM:
         z = p[S_GATES] + 4 * t * BH + 4 * o
-        step_gemm(hp + o, H, p[S_WT], GH, z, GH, n, GH, H)
-        if real is float:
-            fnn_rn.lstm_cell_f32(z, (p[S_C0] if t == 0 else p[S_CELL] + (t - 1) * BH) + o, p[S_CELL] + t * BH + o,
-                                 h + o, n, H)
-        else:
-            fnn_rn.lstm_cell_f64(z, (p[S_C0] if t == 0 else p[S_CELL] + (t - 1) * BH) + o, p[S_CELL] + t * BH + o,
-                                 h + o, n, H)
+        step_gemm(hp, H, p[S_WT], GH, z, GH, n, GH, H)
+        lstm_cell(z, (p[S_C0] if t == 0 else p[S_CELL] + (t - 1) * BH) + o, p[S_CELL] + t * BH + o, h, n, H)
     else:
         z = p[S_GHS] + 3 * o
         memset(z, 0, n * GH * sizeof(real))
-        step_gemm(hp + o, H, p[S_WT], GH, z, GH, n, GH, H)
-        if real is float:
-            fnn_rn.gru_cell_f32(p[S_GATES] + 3 * t * BH + 3 * o, z, p[S_ZB], hp + o, p[S_HN] + t * BH + o, h + o, n, H)
-        else:
-            fnn_rn.gru_cell_f64(p[S_GATES] + 3 * t * BH + 3 * o, z, p[S_ZB], hp + o, p[S_HN] + t * BH + o, h + o, n, H)
+        step_gemm(hp, H, p[S_WT], GH, z, GH, n, GH, H)
+        gru_cell(p[S_GATES] + 3 * t * BH + 3 * o, z, p[S_ZB], hp, p[S_HN] + t * BH + o, h, n, H)
 
 
 cdef void forward_rows(const Seq *s, real **p, fnn_idx r0, fnn_idx r1) noexcept nogil:
@@ -273,34 +257,23 @@ cdef int seq_forward(const Seq *s, real **p) noexcept nogil:
 cdef void step_backward(const Seq *s, real **p, fnn_idx t, fnn_idx r0, fnn_idx r1) noexcept nogil:
     """Rows r0:r1 of backward step t: the cell's δ (and γ), then g_rec += δ^h W_hh.
 
-    S_GH0 carries g_rec = dL/dh backwards (and S_GC0 the LSTM's γ = dL/dc): both
+    GH0 carries g_rec = dL/dh backwards (and GC0 the LSTM's γ = dL/dc): both
     end as the h0 / c0 gradients.
     """
     cdef fnn_idx H = s.H, GH = s.G * s.H, BH = s.B * s.H, o = r0 * H, n = r1 - r0
     cdef const real *go = p[S_GO] + t * BH + o
+    cdef const real *hp = (p[S_H0] if t == 0 else p[S_OUT] + (t - 1) * BH) + o
     cdef real *grec = p[S_GH0] + o
     cdef real *w = p[S_WORK] + t * s.B * s.W + r0 * s.W
     if s.cell == CELL_RNN:
-        if real is float:
-            fnn_rn.rnn_delta_f32(go, grec, p[S_OUT] + t * BH + o, w, n * H, s.relu)
-        else:
-            fnn_rn.rnn_delta_f64(go, grec, p[S_OUT] + t * BH + o, w, n * H, s.relu)
+        rnn_delta(go, grec, p[S_OUT] + t * BH + o, w, n * H, s.relu)
         memset(grec, 0, n * H * sizeof(real))
     elif s.cell == CELL_LSTM:
-        if real is float:
-            fnn_rn.lstm_delta_f32(go, grec, p[S_GC0] + o, p[S_GATES] + 4 * t * BH + 4 * o, p[S_CELL] + t * BH + o,
-                                  (p[S_C0] if t == 0 else p[S_CELL] + (t - 1) * BH) + o, w, n, H)
-        else:
-            fnn_rn.lstm_delta_f64(go, grec, p[S_GC0] + o, p[S_GATES] + 4 * t * BH + 4 * o, p[S_CELL] + t * BH + o,
-                                  (p[S_C0] if t == 0 else p[S_CELL] + (t - 1) * BH) + o, w, n, H)
+        lstm_delta(go, grec, p[S_GC0] + o, p[S_GATES] + 4 * t * BH + 4 * o, p[S_CELL] + t * BH + o,
+                   (p[S_C0] if t == 0 else p[S_CELL] + (t - 1) * BH) + o, w, n, H)
         memset(grec, 0, n * H * sizeof(real))
     else:   # grec = g z here: the direct path to h_{t-1}
-        if real is float:
-            fnn_rn.gru_delta_f32(go, grec, p[S_GATES] + 3 * t * BH + 3 * o, p[S_HN] + t * BH + o,
-                                 (p[S_H0] if t == 0 else p[S_OUT] + (t - 1) * BH) + o, w, n, H)
-        else:
-            fnn_rn.gru_delta_f64(go, grec, p[S_GATES] + 3 * t * BH + 3 * o, p[S_HN] + t * BH + o,
-                                 (p[S_H0] if t == 0 else p[S_OUT] + (t - 1) * BH) + o, w, n, H)
+        gru_delta(go, grec, p[S_GATES] + 3 * t * BH + 3 * o, p[S_HN] + t * BH + o, hp, w, n, H)
     step_gemm(w + s.DH, s.W, p[S_W_HH], H, grec, H, n, H, GH)
 
 

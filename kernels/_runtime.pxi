@@ -1,18 +1,5 @@
 # Build facts, instruction sets, tunables and the GEMM policy, as Python sees them.
 
-cdef extern from *:
-    """
-    #ifdef _OPENMP
-    #include <omp.h>
-    #define FASTNN_HAS_OPENMP 1
-    static int fastnn_omp_max_threads(void) { return omp_get_max_threads(); }
-    #else
-    #define FASTNN_HAS_OPENMP 0
-    static int fastnn_omp_max_threads(void) { return 1; }
-    #endif
-    """
-    int FASTNN_HAS_OPENMP
-    int fastnn_omp_max_threads()
 
 
 #: The kernel families, in the order of fnn.h's FNN_FAMILY_*.
@@ -24,12 +11,12 @@ _MODES = {"auto": FNN_GEMM_AUTO, "own": FNN_GEMM_OWN, "blas": FNN_GEMM_BLAS}
 
 def has_openmp():
     """True when the extension was compiled with OpenMP."""
-    return bool(FASTNN_HAS_OPENMP)
+    return bool(FNN_HAS_OPENMP)
 
 
 def omp_max_threads():
     """OpenMP's default team size (1 without OpenMP)."""
-    return fastnn_omp_max_threads()
+    return fnn_omp_max_threads()
 
 
 def isa_names():

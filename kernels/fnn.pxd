@@ -164,3 +164,116 @@ cdef inline int gemm_packed(fnn_idx m, fnn_idx n, fnn_idx k, const real *a, fnn_
         return fnn_mm.packed_f32(m, n, k, a, rsa, csa, b, rsb, csb, c, ldc, bias, act, nthreads)
     else:
         return fnn_mm.packed_f64(m, n, k, a, rsa, csa, b, rsb, csb, c, ldc, bias, act, nthreads)
+
+
+cdef inline void softmax_rows(const real *x, real *y, fnn_idx rows, fnn_idx c) noexcept nogil:
+    if real is float:
+        fnn_ew.softmax_rows_f32(x, y, rows, c)
+    else:
+        fnn_ew.softmax_rows_f64(x, y, rows, c)
+
+
+cdef inline void softmax_bwd_rows(const real *g, const real *y, real *out, fnn_idx rows, fnn_idx c) noexcept nogil:
+    if real is float:
+        fnn_ew.softmax_bwd_rows_f32(g, y, out, rows, c)
+    else:
+        fnn_ew.softmax_bwd_rows_f64(g, y, out, rows, c)
+
+
+cdef inline double xent_rows(const real *z, const fnn_idx *labels, real *grad, fnn_idx rows, fnn_idx c,
+                             double scale) noexcept nogil:
+    if real is float:
+        return fnn_ew.xent_rows_f32(z, labels, grad, rows, c, scale)
+    else:
+        return fnn_ew.xent_rows_f64(z, labels, grad, rows, c, scale)
+
+
+cdef inline double mse(const real *p, const real *t, real *grad, fnn_idx n, double two_scale) noexcept nogil:
+    if real is float:
+        return fnn_ew.mse_f32(p, t, grad, n, two_scale)
+    else:
+        return fnn_ew.mse_f64(p, t, grad, n, two_scale)
+
+
+cdef inline double bce(const real *z, const real *t, real *grad, fnn_idx n, double scale) noexcept nogil:
+    if real is float:
+        return fnn_ew.bce_f32(z, t, grad, n, scale)
+    else:
+        return fnn_ew.bce_f64(z, t, grad, n, scale)
+
+
+cdef inline void sgd(real *p, const real *g, real *vel, fnn_idx n, double lr, double mom, int nesterov,
+                     double wd) noexcept nogil:
+    if real is float:
+        fnn_ew.sgd_f32(p, g, vel, n, lr, mom, nesterov, wd)
+    else:
+        fnn_ew.sgd_f64(p, g, vel, n, lr, mom, nesterov, wd)
+
+
+cdef inline void adam(real *p, const real *g, real *m, real *v, fnn_idx n, double decay, double l2, double b1,
+                      double b2, double step_size, double isb, double eps) noexcept nogil:
+    if real is float:
+        fnn_ew.adam_f32(p, g, m, v, n, decay, l2, b1, b2, step_size, isb, eps)
+    else:
+        fnn_ew.adam_f64(p, g, m, v, n, decay, l2, b1, b2, step_size, isb, eps)
+
+
+cdef inline bint all_finite(const real *a, fnn_idx n) noexcept nogil:
+    if real is float:
+        return fnn_ew.all_finite_f32(a, n)
+    else:
+        return fnn_ew.all_finite_f64(a, n)
+
+
+cdef inline void maxpool2x2(const real *src, fnn_idx w, fnn_idx ho, fnn_idx wo, real *dst,
+                            long long *idx) noexcept nogil:
+    if real is float:
+        fnn_cv.maxpool2x2_f32(src, w, ho, wo, dst, idx)
+    else:
+        fnn_cv.maxpool2x2_f64(src, w, ho, wo, dst, idx)
+
+
+cdef inline void rnn_act(real *a, fnn_idx n, int relu) noexcept nogil:
+    if real is float:
+        fnn_rn.rnn_act_f32(a, n, relu)
+    else:
+        fnn_rn.rnn_act_f64(a, n, relu)
+
+
+cdef inline void rnn_delta(const real *go, const real *grec, const real *h, real *d, fnn_idx n,
+                           int relu) noexcept nogil:
+    if real is float:
+        fnn_rn.rnn_delta_f32(go, grec, h, d, n, relu)
+    else:
+        fnn_rn.rnn_delta_f64(go, grec, h, d, n, relu)
+
+
+cdef inline void lstm_cell(real *z, const real *c_prev, real *c, real *h, fnn_idx b, fnn_idx hsz) noexcept nogil:
+    if real is float:
+        fnn_rn.lstm_cell_f32(z, c_prev, c, h, b, hsz)
+    else:
+        fnn_rn.lstm_cell_f64(z, c_prev, c, h, b, hsz)
+
+
+cdef inline void lstm_delta(const real *go, const real *grec, real *gamma, const real *gates, const real *c,
+                            const real *c_prev, real *d, fnn_idx b, fnn_idx hsz) noexcept nogil:
+    if real is float:
+        fnn_rn.lstm_delta_f32(go, grec, gamma, gates, c, c_prev, d, b, hsz)
+    else:
+        fnn_rn.lstm_delta_f64(go, grec, gamma, gates, c, c_prev, d, b, hsz)
+
+
+cdef inline void gru_cell(real *gi, const real *gh, const real *bhh, const real *h_prev, real *hn, real *h,
+                          fnn_idx b, fnn_idx hsz) noexcept nogil:
+    if real is float:
+        fnn_rn.gru_cell_f32(gi, gh, bhh, h_prev, hn, h, b, hsz)
+    else:
+        fnn_rn.gru_cell_f64(gi, gh, bhh, h_prev, hn, h, b, hsz)
+
+
+cdef inline void gru_delta(const real *go, real *grec, const real *gates, const real *hn, const real *h_prev,
+                           real *w, fnn_idx b, fnn_idx hsz) noexcept nogil:
+    if real is float:
+        fnn_rn.gru_delta_f32(go, grec, gates, hn, h_prev, w, b, hsz)
+    else:
+        fnn_rn.gru_delta_f64(go, grec, gates, hn, h_prev, w, b, hsz)

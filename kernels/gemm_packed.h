@@ -123,11 +123,13 @@ static void FN(packed_body)(fnn_idx m, fnn_idx n, fnn_idx k, const FNN_T *a, fnn
     if (!pa)
         *err = 1; /* still take part in the work-sharing loops (barriers) */
     fnn_idx nmb = (m + mc_blk - 1) / mc_blk;
+    /* k in equal blocks of at most KC: no short last block that reloads C for a few steps */
+    fnn_idx kc_blk = (k + (k + FNN_KC - 1) / FNN_KC - 1) / ((k + FNN_KC - 1) / FNN_KC);
     for (fnn_idx jc = 0; jc < n; jc += FNN_NC) {
         fnn_idx nc = n - jc < FNN_NC ? n - jc : FNN_NC;
         fnn_idx npanels = (nc + FNN_NR - 1) / FNN_NR;
-        for (fnn_idx pc = 0; pc < k; pc += FNN_KC) {
-            fnn_idx kc = k - pc < FNN_KC ? k - pc : FNN_KC;
+        for (fnn_idx pc = 0; pc < k; pc += kc_blk) {
+            fnn_idx kc = k - pc < kc_blk ? k - pc : kc_blk;
             int first = (pc == 0), last = (pc + kc >= k);
             const FNN_T *bb = b + pc * rsb + jc * csb;
             const FNN_T *bias_c = bias ? bias + jc : NULL;
@@ -175,7 +177,10 @@ static int FN(packed_serial)(fnn_idx m, fnn_idx n, fnn_idx k, const FNN_T *a, fn
     FNN_T *pb = (FNN_T *)fnn_scratch(0, (size_t)FNN_KC * (size_t)(npanels * FNN_NR) * sizeof(FNN_T), &owned);
     if (!pb)
         return -1;
-    FN(packed_body)(m, n, k, a, rsa, csa, b, rsb, csb, c, ldc, bias, act, pb, FNN_MC, 0, &err);
+    /* m in equal blocks of at most MC (whole tiles) */
+    fnn_idx nmb = (m + FNN_MC - 1) / FNN_MC, mc_blk = (m + nmb - 1) / nmb;
+    mc_blk = (mc_blk + FNN_PACK_MR - 1) / FNN_PACK_MR * FNN_PACK_MR;
+    FN(packed_body)(m, n, k, a, rsa, csa, b, rsb, csb, c, ldc, bias, act, pb, mc_blk, 0, &err);
     if (owned)
         free(pb);
     return err ? -1 : 0;

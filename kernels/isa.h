@@ -78,7 +78,7 @@
 
 /* "omp simd" reductions vectorise (several partial sums) without -ffast-math;
  * the build adds -fopenmp-simd where it has no OpenMP. */
-#if defined(_OPENMP) || defined(FASTNN_OPENMP_SIMD)
+#if defined(_OPENMP) || defined(FNN_OPENMP_SIMD)
 #define FNN_SIMD_REDUCTION(r) FNN_PRAGMA(omp simd reduction(r))
 #else
 #define FNN_SIMD_REDUCTION(r)

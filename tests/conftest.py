@@ -74,19 +74,3 @@ def reference(fn_name, *args, **kwargs):
     """Run public op ``fn_name`` with the NumPy reference backend."""
     with fastnn.use_backend("numpy"):
         return getattr(fastnn.ops, fn_name)(*args, **kwargs)
-
-
-def numerical_grad(f, x, eps=1e-6):
-    """Central finite differences of scalar ``f()`` with respect to array ``x`` (in place)."""
-    g = np.zeros_like(x, dtype=np.float64)
-    flat = x.reshape(-1)
-    gflat = g.reshape(-1)
-    for i in range(flat.size):
-        old = flat[i]
-        flat[i] = old + eps
-        fp = f()
-        flat[i] = old - eps
-        fm = f()
-        flat[i] = old
-        gflat[i] = (fp - fm) / (2 * eps)
-    return g

@@ -38,7 +38,11 @@ def test_compiled_signatures_match_reference(name):
     assert sigs, f"backend {name} overrides no kernel"
     for kernel, sig in sigs.items():
         ref_sig = inspect.signature(ref.kernels[kernel])
-        assert [p.name for p in sig.parameters.values()] == [p.name for p in ref_sig.parameters.values()], kernel
+        # Names, kinds (positional / keyword-only) and defaults: a caller written
+        # against the reference must behave the same on every backend.
+        got = [(p.name, p.kind, p.default) for p in sig.parameters.values()]
+        want = [(p.name, p.kind, p.default) for p in ref_sig.parameters.values()]
+        assert got == want, f"{name}.{kernel}{sig} differs from the reference's {kernel}{ref_sig}"
 
 
 @pytest.mark.parametrize("name", ["numba", "cython"])

@@ -31,3 +31,15 @@ def test_module_entry_point_runs():
 def test_parser_has_subcommands():
     parser = build_parser()
     assert parser.parse_args(["info"]).command == "info"
+
+
+def test_version_is_written_once():
+    """pyproject.toml takes the version from fastnn.__version__; the installed metadata agrees."""
+    import importlib.metadata
+    import pathlib
+    root = pathlib.Path(fastnn.__file__).resolve().parent.parent
+    pyproject = root / "pyproject.toml"
+    if pyproject.exists():
+        text = pyproject.read_text()
+        assert 'dynamic = ["version"]' in text and 'attr = "fastnn.__version__"' in text
+    assert importlib.metadata.version("fastnn") == fastnn.__version__

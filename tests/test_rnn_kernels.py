@@ -7,7 +7,8 @@ import pytest
 import fastnn
 from fastnn import ops
 
-from conftest import numerical_grad, tol
+from conftest import tol
+from fastnn.gradcheck import numerical_gradient
 
 CELLS = ("rnn_tanh", "rnn_relu", "lstm", "gru")
 GATES = {"rnn": 1, "lstm": 4, "gru": 3}
@@ -119,7 +120,7 @@ def test_bptt_matches_finite_differences(backend, rng, cell):
     for name, g in grads.items():
         if p.get(name) is None:
             continue
-        num = numerical_grad(lambda: _loss(cell, p), p[name])
+        num = numerical_gradient(lambda: _loss(cell, p), p[name])
         np.testing.assert_allclose(g, num, rtol=1e-6, atol=1e-7, err_msg=f"{cell} d/d{name}")
 
 

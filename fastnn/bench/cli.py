@@ -27,6 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backends", type=_csv, default=None, metavar="NAMES",
                         help="comma-separated rows to run: numpy, numba, cython, torch, sklearn "
                              "(default: all installed)")
+    parser.add_argument("--sklearn", action="store_true",
+                        help="fastnn.sklearn against scikit-learn (workload SKL; alone unless --workloads is given)")
     parser.add_argument("--threads", type=int, default=None, help="threads for fastnn, BLAS and PyTorch")
     parser.add_argument("--out", default="bench-out", metavar="DIR", help="output folder (default: bench-out)")
     parser.add_argument("--repeat", type=int, default=None, help="rounds per case (default: 9, quick: 5)")
@@ -61,7 +63,10 @@ def run(args) -> int:
     from .runner import run_bench
 
     try:
-        results = run_bench(workloads=args.workloads, backends=args.backends, threads=args.threads,
+        workloads = args.workloads
+        if getattr(args, "sklearn", False):
+            workloads = list(workloads or []) + ["SKL"]
+        results = run_bench(workloads=workloads, backends=args.backends, threads=args.threads,
                             quick=args.quick, tiny=getattr(args, "tiny", False), repeat=args.repeat,
                             progress=args.progress)
     except ValueError as exc:

@@ -194,8 +194,11 @@ def summary_table(results: dict) -> list[str]:
 
 def markdown(results: dict) -> str:
     """The whole ``report.md``."""
+    from .sklearn_section import section_lines
+
     lines = _header_lines(results)
     lines += summary_table(results)
+    lines += section_lines(results)
     for wl in results["workloads"]:
         lines += workload_table(wl)
     noisy = [f"{c['key']} ({n})" for wl in results["workloads"] for c in wl.get("cases", [])

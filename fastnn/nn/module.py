@@ -178,8 +178,12 @@ class Parameter(NDArrayOperatorsMixin):
         return {"data": self.data, "grad": self.grad}
 
     def __setstate__(self, state):
-        self.data = state["data"]
-        self.grad = state["grad"]
+        # joblib hands back read-only memory maps (np.memmap): own a writeable copy
+        for name in ("data", "grad"):
+            a = state[name]
+            if type(a) is not np.ndarray or not a.flags.writeable or not a.flags.c_contiguous:
+                a = np.array(a, order="C", copy=True)
+            setattr(self, name, a)
 
     # -- the array protocol: read-only views of data ---------------------
     def __array__(self, dtype=None, copy=None):

@@ -66,7 +66,7 @@ class _RecurrentBase(Module):
         self.bias = _v.strict_bool(bias, "bias")
         self.batch_first = _v.strict_bool(batch_first, "batch_first")
         self.return_state = _v.strict_bool(return_state, "return_state")
-        self.nonlinearity = _v.str_choice(nonlinearity, "nonlinearity", ops.RNN_NONLINEARITIES)
+        self.nonlinearity = _v.choice(nonlinearity, "nonlinearity", ops.RNN_NONLINEARITIES)
         G, H, I = self._gates, self.hidden_size, self.input_size
         self.weight_ih_l0 = Parameter(np.empty((G * H, I), dtype))
         self.weight_hh_l0 = Parameter(np.empty((G * H, H), dtype))

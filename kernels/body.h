@@ -4,9 +4,8 @@
  * flags; everything in here is static, so the builds never clash.
  */
 #include "isa.h"
-#include "vmath.h"
 
-/* libm where a kernel needs it (bce, adam's sqrt), by dtype suffix. */
+/* libm where a kernel needs it (bce, adam's sqrt, the vector maths' fabs and copysign), by dtype suffix. */
 FNN_INLINE float fnn_libm_exp_f32(float x) { return expf(x); }
 FNN_INLINE double fnn_libm_exp_f64(double x) { return exp(x); }
 FNN_INLINE float fnn_libm_log1p_f32(float x) { return log1pf(x); }
@@ -15,6 +14,8 @@ FNN_INLINE float fnn_libm_fabs_f32(float x) { return fabsf(x); }
 FNN_INLINE double fnn_libm_fabs_f64(double x) { return fabs(x); }
 FNN_INLINE float fnn_libm_sqrt_f32(float x) { return sqrtf(x); }
 FNN_INLINE double fnn_libm_sqrt_f64(double x) { return sqrt(x); }
+FNN_INLINE float fnn_libm_copysign_f32(float x, float s) { return copysignf(x, s); }
+FNN_INLINE double fnn_libm_copysign_f64(double x, double s) { return copysign(x, s); }
 
 /* The family templates, once per dtype: FNN_T the element type, FN(name)
  * appends its suffix (_f32 / _f64), FNN_V / FNN_VI its vector and lane-mask
@@ -29,6 +30,7 @@ FNN_INLINE double fnn_libm_sqrt_f64(double x) { return sqrt(x); }
 #define FNN_L FNN_LANES_F32
 #define FNN_UINT uint32_t
 #define FNN_EXP_MASK 0x7f800000u
+#include "vmath.h"
 #include "elementwise.h"
 #include "gemm.h"
 #include "gemm_packed.h"
@@ -51,6 +53,7 @@ FNN_INLINE double fnn_libm_sqrt_f64(double x) { return sqrt(x); }
 #define FNN_L FNN_LANES_F64
 #define FNN_UINT uint64_t
 #define FNN_EXP_MASK 0x7ff0000000000000ull
+#include "vmath.h"
 #include "elementwise.h"
 #include "gemm.h"
 #include "gemm_packed.h"

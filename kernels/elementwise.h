@@ -1,4 +1,4 @@
-/* Elementwise, row and update loops, for one dtype (included by typed.h with
+/* Elementwise, row and update loops, for one dtype (included by body.h with
  * FNN_T and FN() set). Every function takes raw pointers and a length; the
  * Cython glue splits long arrays into chunks for its OpenMP loop. Outputs may
  * alias inputs exactly: those cases take their own loop, so that the

@@ -24,6 +24,24 @@ FNN_INLINE void FN(stv)(FNN_T *p, FNN_V v, int n)
         FN(fnn_store)(p, v);
 }
 
+/* One step of the k loop: acc[i][:] += A(i, p) B(p, :) for the tile's rows,
+ * B's last vector read in nlast lanes when nlast > 0 (0 here keeps whole loads). */
+FNN_INLINE void FN(tile_step)(FNN_V acc[][FNN_NV], const int rows, const int nvec, const FNN_T *bp,
+                              const FNN_T *ap, fnn_idx sai, int nlast)
+{
+    FNN_V bv[FNN_NV];
+#pragma GCC unroll 4
+    for (int j = 0; j < nvec; j++)
+        bv[j] = FN(ldv)(bp + j * FNN_L, j == nvec - 1 ? nlast : 0);
+#pragma GCC unroll 16
+    for (int i = 0; i < rows; i++) {
+        const FNN_T av = ap[i * sai];
+#pragma GCC unroll 4
+        for (int j = 0; j < nvec; j++)
+            acc[i][j] += av * bv[j];
+    }
+}
+
 /* C[i, 0:w] for i < rows (w = nvec vectors, the last one nlast lanes if nlast > 0):
  *   acc = load_c ? C : 0;  acc += sum_p A(i, p) B(p, :);  acc += bias;  relu;  store.
  * B's rows p < kfull are read as whole vectors (lanes past w are read but
@@ -39,36 +57,10 @@ FNN_INLINE void FN(tile)(const int rows, const int nvec, fnn_idx k, fnn_idx kful
         for (int j = 0; j < nvec; j++)
             acc[i][j] = load_c ? FN(ldv)(c + i * ldc + j * FNN_L, j == nvec - 1 ? nlast : 0) : (FNN_V){0};
     fnn_idx p = 0;
-    for (; p < kfull; p++) {
-        const FNN_T *bp = boff ? b + boff[p] : b + p * ldb;
-        FNN_V bv[FNN_NV];
-#pragma GCC unroll 4
-        for (int j = 0; j < nvec; j++)
-            bv[j] = FN(fnn_load)(bp + j * FNN_L);
-        const FNN_T *ap = a + p * sap;
-#pragma GCC unroll 16
-        for (int i = 0; i < rows; i++) {
-            const FNN_T av = ap[i * sai];
-#pragma GCC unroll 4
-            for (int j = 0; j < nvec; j++)
-                acc[i][j] += av * bv[j];
-        }
-    }
-    for (; p < k; p++) { /* the last rows of B, where a whole last vector would read past its end */
-        const FNN_T *bp = boff ? b + boff[p] : b + p * ldb;
-        FNN_V bv[FNN_NV];
-#pragma GCC unroll 4
-        for (int j = 0; j < nvec; j++)
-            bv[j] = FN(ldv)(bp + j * FNN_L, j == nvec - 1 ? nlast : 0);
-        const FNN_T *ap = a + p * sap;
-#pragma GCC unroll 16
-        for (int i = 0; i < rows; i++) {
-            const FNN_T av = ap[i * sai];
-#pragma GCC unroll 4
-            for (int j = 0; j < nvec; j++)
-                acc[i][j] += av * bv[j];
-        }
-    }
+    for (; p < kfull; p++)
+        FN(tile_step)(acc, rows, nvec, boff ? b + boff[p] : b + p * ldb, a + p * sap, sai, 0);
+    for (; p < k; p++) /* the last rows of B, where a whole last vector would read past its end */
+        FN(tile_step)(acc, rows, nvec, boff ? b + boff[p] : b + p * ldb, a + p * sap, sai, nlast);
     FNN_V bias_v[FNN_NV] = {{0}};
     if (bias) {
 #pragma GCC unroll 4
@@ -170,29 +162,43 @@ FNN_INLINE void FN(transpose_block)(const FNN_T *src, fnn_idx lds, FNN_T *dst, f
         FN(fnn_store)(dst + q * ldd, r[q]);
 }
 
-/* bp (k, ldp) = B with B(p, j) = b[p*rsb + j*csb] for a B whose columns are
- * strided, zero-padded to ldp columns. A transposed B (rsb == 1: a weight
- * read as Wᵀ) goes by whole L x L blocks transposed in registers. */
-static void FN(pack_b)(fnn_idx n, fnn_idx k, const FNN_T *b, fnn_idx rsb, fnn_idx csb, FNN_T *bp, fnn_idx ldp)
+/* Packs w <= W rows of X, X(i, p) = x[i*rs + p*cs] for p < kc, as
+ * dst[p*W + i], zero-padded to W: the packed layout of both operands (an A
+ * panel of MR rows; a B panel of columns, the rows of op(B)ᵀ). Rows that are
+ * contiguous in p (a weight read as Wᵀ) go by L x L blocks transposed in
+ * registers. */
+FNN_INLINE void FN(pack_panel)(const fnn_idx W, fnn_idx w, fnn_idx kc, const FNN_T *FNN_RESTRICT x, fnn_idx rs,
+                               fnn_idx cs, FNN_T *FNN_RESTRICT dst)
 {
-    fnn_idx j0 = 0;
-    if (rsb == 1) {
-        for (; j0 + FNN_L <= n; j0 += FNN_L) {
-            fnn_idx p0 = 0;
-            for (; p0 + FNN_L <= k; p0 += FNN_L)
-                FN(transpose_block)(b + j0 * csb + p0, csb, bp + p0 * ldp + j0, ldp);
-            for (; p0 < k; p0++)
-                for (fnn_idx q = 0; q < FNN_L; q++)
-                    bp[p0 * ldp + j0 + q] = b[(j0 + q) * csb + p0];
+    if (w == W && rs == 1) {
+        for (fnn_idx p = 0; p < kc; ++p)
+#pragma GCC unroll 16
+            for (fnn_idx i = 0; i < W; ++i)
+                dst[p * W + i] = x[p * cs + i];
+        return;
+    }
+    fnn_idx i0 = 0;
+    if (cs == 1) {
+        for (; i0 + FNN_L <= w; i0 += FNN_L) {
+            fnn_idx p = 0;
+            for (; p + FNN_L <= kc; p += FNN_L)
+                FN(transpose_block)(x + i0 * rs + p, rs, dst + p * W + i0, W);
+            for (; p < kc; ++p)
+                for (fnn_idx i = i0; i < i0 + FNN_L; ++i)
+                    dst[p * W + i] = x[i * rs + p];
         }
+        for (fnn_idx i = i0; i < w; ++i)
+            for (fnn_idx p = 0; p < kc; ++p)
+                dst[p * W + i] = x[i * rs + p];
+    } else {
+        for (fnn_idx p = 0; p < kc; ++p)
+            for (fnn_idx i = i0; i < w; ++i)
+                dst[p * W + i] = x[i * rs + p * cs];
     }
-    for (fnn_idx p = 0; p < k; p++) {
-        FNN_T *row = bp + p * ldp;
-        for (fnn_idx j = j0; j < n; j++)
-            row[j] = b[p * rsb + j * csb];
-        for (fnn_idx j = n; j < ldp; j++)
-            row[j] = 0;
-    }
+    if (w < W)
+        for (fnn_idx p = 0; p < kc; ++p)
+            for (fnn_idx i = w; i < W; ++i)
+                dst[p * W + i] = 0;
 }
 
 /* C (m, n) = act(A Bᵀ-like dots + bias), or C += dots: rows of A (unit csa)
@@ -260,7 +266,7 @@ static int FN(gemm_small)(fnn_idx m, fnn_idx n, fnn_idx k, const FNN_T *a, fnn_i
         FNN_T *bp = (FNN_T *)fnn_scratch(2, (size_t)k * (size_t)ldp * sizeof(FNN_T), &owned);
         if (bp == NULL)
             return -1;
-        FN(pack_b)(n, k, b, rsb, csb, bp, ldp);
+        FN(pack_panel)(ldp, n, k, b, csb, rsb, bp); /* bp (k, ldp) = op(B), zero-padded */
         FN(tiles)(FNN_MR, m, n, k, a, rsa, csa, bp, ldp, NULL, 1, c, ldc, accumulate, bias, relu);
         if (owned)
             free(bp);

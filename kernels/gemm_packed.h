@@ -12,31 +12,9 @@
 static void FN(pack_a)(fnn_idx mc, fnn_idx kc, const FNN_T *FNN_RESTRICT a, fnn_idx rsa, fnn_idx csa,
                        FNN_T *FNN_RESTRICT pa)
 {
-    for (fnn_idx ir = 0; ir < mc; ir += FNN_PACK_MR) {
-        fnn_idx mr = mc - ir < FNN_PACK_MR ? mc - ir : FNN_PACK_MR;
-        const FNN_T *ap = a + ir * rsa;
-        FNN_T *dst = pa + ir * kc;
-        if (mr == FNN_PACK_MR && rsa == 1) {
-            for (fnn_idx p = 0; p < kc; ++p)
-#pragma GCC unroll 16
-                for (int i = 0; i < FNN_PACK_MR; ++i)
-                    dst[p * FNN_PACK_MR + i] = ap[p * csa + i];
-        } else if (mr == FNN_PACK_MR && csa == 1) {
-            for (int i = 0; i < FNN_PACK_MR; ++i) {
-                const FNN_T *row = ap + i * rsa;
-                for (fnn_idx p = 0; p < kc; ++p)
-                    dst[p * FNN_PACK_MR + i] = row[p];
-            }
-        } else {
-            for (fnn_idx p = 0; p < kc; ++p) {
-                fnn_idx i = 0;
-                for (; i < mr; ++i)
-                    dst[p * FNN_PACK_MR + i] = ap[i * rsa + p * csa];
-                for (; i < FNN_PACK_MR; ++i)
-                    dst[p * FNN_PACK_MR + i] = 0;
-            }
-        }
-    }
+    for (fnn_idx ir = 0; ir < mc; ir += FNN_PACK_MR)
+        FN(pack_panel)(FNN_PACK_MR, mc - ir < FNN_PACK_MR ? mc - ir : FNN_PACK_MR, kc, a + ir * rsa, rsa, csa,
+                       pa + ir * kc);
 }
 
 /* Pack the NR-column panel jp of a kc x nc block of op(B): pb[panel][p][j], zero-padded. */
@@ -44,31 +22,7 @@ static void FN(pack_b_panel)(fnn_idx nc, fnn_idx kc, fnn_idx jp, const FNN_T *FN
                              fnn_idx csb, FNN_T *FNN_RESTRICT pb)
 {
     fnn_idx j0 = jp * FNN_NR;
-    fnn_idx nr = nc - j0 < FNN_NR ? nc - j0 : FNN_NR;
-    const FNN_T *bp = b + j0 * csb;
-    FNN_T *dst = pb + j0 * kc;
-    if (nr == FNN_NR && csb == 1) {
-        for (fnn_idx p = 0; p < kc; ++p)
-#pragma GCC unroll 16
-            for (int j = 0; j < FNN_NR; ++j)
-                dst[p * FNN_NR + j] = bp[p * rsb + j];
-    } else if (nr == FNN_NR && rsb == 1) { /* a transposed B: L x L blocks transposed in registers */
-        fnn_idx p = 0;
-        for (; p + FNN_L <= kc; p += FNN_L)
-            for (int jv = 0; jv < FNN_NV; jv++)
-                FN(transpose_block)(bp + jv * FNN_L * csb + p, csb, dst + p * FNN_NR + jv * FNN_L, FNN_NR);
-        for (; p < kc; ++p)
-            for (int j = 0; j < FNN_NR; ++j)
-                dst[p * FNN_NR + j] = bp[j * csb + p];
-    } else {
-        for (fnn_idx p = 0; p < kc; ++p) {
-            fnn_idx j = 0;
-            for (; j < nr; ++j)
-                dst[p * FNN_NR + j] = bp[p * rsb + j * csb];
-            for (; j < FNN_NR; ++j)
-                dst[p * FNN_NR + j] = 0;
-        }
-    }
+    FN(pack_panel)(FNN_NR, nc - j0 < FNN_NR ? nc - j0 : FNN_NR, kc, b + j0 * csb, csb, rsb, pb + j0 * kc);
 }
 
 /* One MC x NC block of C: pack A (unless read in place), run the tiles. */

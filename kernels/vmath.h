@@ -1,4 +1,4 @@
-/* Vector maths: exp, expm1, sigmoid and tanh for float32 and float64, the one
+/* Vector maths, for one dtype: exp, expm1, sigmoid and tanh, the one
  * implementation every kernel uses (activations, losses, GEMM epilogues,
  * recurrent cells), so that the same input rounds the same way everywhere.
  *
@@ -9,182 +9,137 @@
  * rounded with the 1.5*2^p trick, so NaN gives NaN and nothing undefined.
  * Accuracy: a few ulp (float32 ~2e-7, float64 ~1e-15 relative). NaN
  * propagates: comparisons are written so that NaN takes the value branch.
+ * Included by body.h once per dtype, before the families.
  */
-#ifndef FNN_VMATH_H
-#define FNN_VMATH_H
 
-#include "isa.h"
+#if FNN_IS_F32
+#define FNN_VM_INT int32_t
+#define FNN_VM_MANT 23                  /* mantissa bits */
+#define FNN_VM_BIAS 127                 /* exponent bias */
+#define FNN_VM_MAGIC 12582912.0f        /* 1.5*2^23: adding it rounds to an integer */
+#define FNN_VM_MAGIC_BITS 0x4B400000u
+#define FNN_VM_LOG2E 1.44269504088896341f
+#define FNN_VM_LN2_HI 0.693359375f      /* Cody-Waite split of ln2 */
+#define FNN_VM_LN2_LO (-2.12194440e-4f)
+#define FNN_VM_DEG 7                    /* Taylor degree: truncation < 2e-8 */
+#define FNN_VM_EXP_MIN 104.0f           /* exp(-104) is below the smallest denormal */
+#define FNN_VM_SOFTMAX_MIN 87.33f       /* softmax's exp stays a normal float */
+#define FNN_VM_TANH_MAX 18.0f           /* tanh(9) rounds to 1 */
+#else
+#define FNN_VM_INT int64_t
+#define FNN_VM_MANT 52
+#define FNN_VM_BIAS 1023
+#define FNN_VM_MAGIC 6755399441055744.0 /* 1.5*2^52 */
+#define FNN_VM_MAGIC_BITS 0x4338000000000000ull
+#define FNN_VM_LOG2E 1.4426950408889634074
+#define FNN_VM_LN2_HI 6.93147180369123816490e-01
+#define FNN_VM_LN2_LO 1.90821492927058770002e-10
+#define FNN_VM_DEG 13                   /* truncation < 1e-17 */
+#define FNN_VM_EXP_MIN 746.0
+#define FNN_VM_SOFTMAX_MIN 746.0
+#define FNN_VM_TANH_MAX 40.0            /* tanh(20) rounds to 1 */
+#endif
 
-/* ---- float32 ---- */
+#ifndef FNN_INV_FACT
+#define FNN_INV_FACT
+/* 1/d! for the polynomial below (double quotients: each rounds to the float one). */
+static const double fnn_inv_fact[14] = {
+    1.0, 1.0, 0.5, 1.0 / 6.0, 1.0 / 24.0, 1.0 / 120.0, 1.0 / 720.0, 1.0 / 5040.0, 1.0 / 40320.0, 1.0 / 362880.0,
+    1.0 / 3628800.0, 1.0 / 39916800.0, 1.0 / 479001600.0, 1.0 / 6227020800.0,
+};
+#endif
 
-/* P(r) with expm1(r) = r + r^2 P(r): Taylor series to r^7 (truncation < 2e-8). */
-FNN_INLINE float fnn_expm1_poly_f32(float r)
+/* P(r) with expm1(r) = r + r^2 P(r): the Taylor series to r^DEG, Horner's rule. */
+FNN_INLINE FNN_T FN(fnn_expm1_poly)(FNN_T r)
 {
-    float p = 1.0f / 5040.0f;
-    p = p * r + 1.0f / 720.0f;
-    p = p * r + 1.0f / 120.0f;
-    p = p * r + 1.0f / 24.0f;
-    p = p * r + 1.0f / 6.0f;
-    p = p * r + 0.5f;
+    FNN_T p = (FNN_T)fnn_inv_fact[FNN_VM_DEG];
+#pragma GCC unroll 16
+    for (int d = FNN_VM_DEG - 1; d >= 2; d--)
+        p = p * r + (FNN_T)fnn_inv_fact[d];
     return p;
 }
 
 /* min(a, c) that keeps a NaN a (one vminps: c < a ? c : a). */
-FNN_INLINE float fnn_min_keepnan_f32(float a, float c) { return c < a ? c : a; }
+FNN_INLINE FNN_T FN(fnn_min_keepnan)(FNN_T a, FNN_T c) { return c < a ? c : a; }
 
-/* 2^n as a float from t = x/ln2 + 1.5*2^23 (n = t - magic, in the low bits). */
-FNN_INLINE float fnn_pow2_f32(float t, int32_t bias)
+/* r = x - n ln2 with n = round(x / ln2); *t holds n + MAGIC (n in its low bits). */
+FNN_INLINE FNN_T FN(fnn_reduce)(FNN_T x, FNN_T *t)
 {
-    uint32_t ti;
+    *t = x * FNN_VM_LOG2E + FNN_VM_MAGIC;
+    FNN_T n = *t - FNN_VM_MAGIC;
+    FNN_T r = x - n * FNN_VM_LN2_HI;
+    return r - n * FNN_VM_LN2_LO;
+}
+
+/* n from t = n + MAGIC (its low bits). */
+FNN_INLINE FNN_VM_INT FN(fnn_round_n)(FNN_T t)
+{
+    FNN_UINT ti;
     memcpy(&ti, &t, sizeof ti);
-    uint32_t ei = (ti - 0x4B400000u + (uint32_t)bias) << 23;
-    float s;
+    return (FNN_VM_INT)(ti - FNN_VM_MAGIC_BITS);
+}
+
+/* 2^k for k in the normal exponent range, built in the exponent bits (unsigned: no overflow for NaN's k). */
+FNN_INLINE FNN_T FN(fnn_pow2)(FNN_VM_INT k)
+{
+    FNN_UINT ei = ((FNN_UINT)k + FNN_VM_BIAS) << FNN_VM_MANT;
+    FNN_T s;
     memcpy(&s, &ei, sizeof s);
     return s;
 }
 
-/* exp(x) for x <= 0 (softmax after subtracting the row max), clamped at
- * -87.33 so that the result stays a normal float. */
-FNN_INLINE float fnn_exp_softmax_f32(float x)
+/* exp(x) for x in [-EXP_MIN, 0], exact down into the denormals: 2^n is applied
+ * as two normal factors 2^(n/2) 2^(n - n/2). */
+FNN_INLINE FNN_T FN(fnn_exp_neg)(FNN_T x)
 {
-    x = -fnn_min_keepnan_f32(-x, 87.33f);
-    const float magic = 12582912.0f; /* 1.5 * 2^23: adding it rounds to an integer */
-    float t = x * 1.44269504088896341f + magic;
-    float n = t - magic;
-    float r = x - n * 0.693359375f;
-    r = r + n * 2.12194440e-4f;
-    float p = fnn_expm1_poly_f32(r) * (r * r) + r + 1.0f;
-    return p * fnn_pow2_f32(t, 127);
-}
-
-/* exp(x) for x in [-104, 0], exact down into the denormals: 2^n (n down to
- * -150) is applied as two normal factors 2^(n/2) 2^(n - n/2). */
-FNN_INLINE float fnn_exp_neg_f32(float x)
-{
-    const float magic = 12582912.0f;
-    float t = x * 1.44269504088896341f + magic;
-    float n = t - magic;
-    float r = x - n * 0.693359375f;
-    r = r + n * 2.12194440e-4f;
-    float p = fnn_expm1_poly_f32(r) * (r * r) + r + 1.0f;
-    uint32_t ti;
-    memcpy(&ti, &t, sizeof ti);
-    int32_t ni = (int32_t)(ti - 0x4B400000u);
-    int32_t n1 = ni >> 1; /* arithmetic shift on every supported compiler */
-    uint32_t e1 = (uint32_t)(n1 + 127) << 23, e2 = (uint32_t)(ni - n1 + 127) << 23;
-    float s1, s2;
-    memcpy(&s1, &e1, sizeof s1);
-    memcpy(&s2, &e2, sizeof s2);
-    return (p * s1) * s2;
-}
-
-/* sigmoid(x) = 1/(1+e) for x >= 0, e/(1+e) otherwise, e = exp(-|x|) <= 1;
- * exact down to the denormals, 0 for x <= -104 and -inf. */
-FNN_INLINE float fnn_sigmoid_f32(float x)
-{
-    float e = fnn_exp_neg_f32(-fnn_min_keepnan_f32(fabsf(x), 104.0f));
-    float num = x >= 0.0f ? 1.0f : e; /* NaN: picks e, which is NaN */
-    return num / (1.0f + e);
-}
-
-/* expm1(x) for x in [-18, 0], accurate relative to the result near 0:
- * expm1(x) = 2^n expm1(r) + (2^n - 1). */
-FNN_INLINE float fnn_expm1_neg_f32(float x)
-{
-    const float magic = 12582912.0f;
-    float t = x * 1.44269504088896341f + magic;
-    float n = t - magic;
-    float r = x - n * 0.693359375f;
-    r = r + n * 2.12194440e-4f;
-    float em = r + (r * r) * fnn_expm1_poly_f32(r);
-    float s = fnn_pow2_f32(t, 127);
-    return s * em + (s - 1.0f);
-}
-
-/* tanh(|x|) = -u / (2 + u) with u = expm1(-2|x|), sign restored: accurate
- * near 0, saturating to +-1 (2|x| is clamped at 18, where tanh rounds to 1). */
-FNN_INLINE float fnn_tanh_f32(float x)
-{
-    float u = fnn_expm1_neg_f32(-fnn_min_keepnan_f32(2.0f * fabsf(x), 18.0f));
-    return copysignf(-u / (2.0f + u), x);
-}
-
-/* ---- float64: the same scheme with a degree-13 polynomial (truncation < 1e-17) ---- */
-
-FNN_INLINE double fnn_min_keepnan_f64(double a, double c) { return c < a ? c : a; }
-
-FNN_INLINE double fnn_expm1_poly_f64(double r)
-{
-    double p = 1.0 / 6227020800.0; /* 1/13! */
-    p = p * r + 1.0 / 479001600.0;
-    p = p * r + 1.0 / 39916800.0;
-    p = p * r + 1.0 / 3628800.0;
-    p = p * r + 1.0 / 362880.0;
-    p = p * r + 1.0 / 40320.0;
-    p = p * r + 1.0 / 5040.0;
-    p = p * r + 1.0 / 720.0;
-    p = p * r + 1.0 / 120.0;
-    p = p * r + 1.0 / 24.0;
-    p = p * r + 1.0 / 6.0;
-    p = p * r + 0.5;
-    return p;
-}
-
-/* r = x - n ln2 with n = round(x / ln2), for the two functions below. */
-#define FNN_REDUCE_F64(x, t, r)                                     \
-    const double magic_ = 6755399441055744.0; /* 1.5*2^52 */        \
-    double t = (x) * 1.4426950408889634074 + magic_;                 \
-    double n_ = t - magic_;                                          \
-    double r = (x) - n_ * 6.93147180369123816490e-01;                \
-    r = r - n_ * 1.90821492927058770002e-10;
-
-/* exp(x) for x in [-746, 0], exact into the denormals (2^n as two factors). */
-FNN_INLINE double fnn_exp_neg_f64(double x)
-{
-    FNN_REDUCE_F64(x, t, r)
-    double e = 1.0 + (r + (r * r) * fnn_expm1_poly_f64(r));
-    uint64_t ti;
-    memcpy(&ti, &t, sizeof ti);
-    int64_t ni = (int64_t)(ti - 0x4338000000000000ull);
-    int64_t n1 = ni >> 1;
-    uint64_t e1 = (uint64_t)(n1 + 1023) << 52, e2 = (uint64_t)(ni - n1 + 1023) << 52;
-    double s1, s2;
-    memcpy(&s1, &e1, sizeof s1);
-    memcpy(&s2, &e2, sizeof s2);
-    return (e * s1) * s2;
+    FNN_T t, r = FN(fnn_reduce)(x, &t);
+    FNN_T p = (FNN_T)1 + (r + (r * r) * FN(fnn_expm1_poly)(r));
+    FNN_VM_INT n = FN(fnn_round_n)(t), n1 = n >> 1; /* arithmetic shift on every supported compiler */
+    return (p * FN(fnn_pow2)(n1)) * FN(fnn_pow2)(n - n1);
 }
 
 /* exp(x) for x <= 0 (softmax after subtracting the row max); NaN passes. */
-FNN_INLINE double fnn_exp_softmax_f64(double x)
+FNN_INLINE FNN_T FN(fnn_exp_softmax)(FNN_T x)
 {
-    return fnn_exp_neg_f64(-fnn_min_keepnan_f64(-x, 746.0));
+    return FN(fnn_exp_neg)(-FN(fnn_min_keepnan)(-x, FNN_VM_SOFTMAX_MIN));
 }
 
-/* expm1(x) for x in [-40, 0]: 2^n expm1(r) + (2^n - 1). */
-FNN_INLINE double fnn_expm1_neg_f64(double x)
+/* expm1(x) for x in [-TANH_MAX, 0], accurate relative to the result near 0:
+ * expm1(x) = 2^n expm1(r) + (2^n - 1). */
+FNN_INLINE FNN_T FN(fnn_expm1_neg)(FNN_T x)
 {
-    FNN_REDUCE_F64(x, t, r)
-    double em = r + (r * r) * fnn_expm1_poly_f64(r);
-    uint64_t ti;
-    memcpy(&ti, &t, sizeof ti);
-    uint64_t ei = (ti - 0x4338000000000000ull + 1023u) << 52;
-    double sc;
-    memcpy(&sc, &ei, sizeof sc);
-    return sc * em + (sc - 1.0);
+    FNN_T t, r = FN(fnn_reduce)(x, &t);
+    FNN_T em = r + (r * r) * FN(fnn_expm1_poly)(r);
+    FNN_T s = FN(fnn_pow2)(FN(fnn_round_n)(t));
+    return s * em + (s - (FNN_T)1);
 }
 
-FNN_INLINE double fnn_sigmoid_f64(double x)
+/* sigmoid(x) = 1/(1+e) for x >= 0, e/(1+e) otherwise, e = exp(-|x|) <= 1;
+ * exact down to the denormals, 0 for x <= -EXP_MIN and -inf. */
+FNN_INLINE FNN_T FN(fnn_sigmoid)(FNN_T x)
 {
-    double e = fnn_exp_neg_f64(-fnn_min_keepnan_f64(fabs(x), 746.0));
-    double num = x >= 0.0 ? 1.0 : e;
-    return num / (1.0 + e);
+    FNN_T e = FN(fnn_exp_neg)(-FN(fnn_min_keepnan)(FN(fnn_libm_fabs)(x), FNN_VM_EXP_MIN));
+    FNN_T num = x >= 0 ? (FNN_T)1 : e; /* NaN: picks e, which is NaN */
+    return num / ((FNN_T)1 + e);
 }
 
-/* tanh(|x|) = -u / (2 + u), u = expm1(-2|x|); beyond |x| = 20 it rounds to 1. */
-FNN_INLINE double fnn_tanh_f64(double x)
+/* tanh(|x|) = -u / (2 + u) with u = expm1(-2|x|), sign restored: accurate
+ * near 0, saturating to +-1 (2|x| is clamped where tanh rounds to 1). */
+FNN_INLINE FNN_T FN(fnn_tanh)(FNN_T x)
 {
-    double u = fnn_expm1_neg_f64(-fnn_min_keepnan_f64(2.0 * fabs(x), 40.0));
-    return copysign(-u / (2.0 + u), x);
+    FNN_T u = FN(fnn_expm1_neg)(-FN(fnn_min_keepnan)((FNN_T)2 * FN(fnn_libm_fabs)(x), FNN_VM_TANH_MAX));
+    return FN(fnn_libm_copysign)(-u / ((FNN_T)2 + u), x);
 }
 
-#endif /* FNN_VMATH_H */
+#undef FNN_VM_INT
+#undef FNN_VM_MANT
+#undef FNN_VM_BIAS
+#undef FNN_VM_MAGIC
+#undef FNN_VM_MAGIC_BITS
+#undef FNN_VM_LOG2E
+#undef FNN_VM_LN2_HI
+#undef FNN_VM_LN2_LO
+#undef FNN_VM_DEG
+#undef FNN_VM_EXP_MIN
+#undef FNN_VM_SOFTMAX_MIN
+#undef FNN_VM_TANH_MAX

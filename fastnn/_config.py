@@ -211,8 +211,7 @@ def prefer_passive_openmp() -> None:
 
     GNU OpenMP's workers spin between parallel regions; on shared or
     oversubscribed cores a descheduled spinner then stalls the next region at
-    its barrier for a whole scheduler slice (measured on a busy 2-core machine:
-    relu over 4M floats, median 24 ms per call spinning, 0.8 ms sleeping).
+    its barrier for a whole scheduler slice (figures: ``docs/performance.md``).
     Waking a sleeping worker costs microseconds, paid only by loops above the
     ``parallel_min_elements`` tunables (:mod:`fastnn.backends.tuning`). Both
     compiled backends call this before the

@@ -55,16 +55,22 @@ FNN_INLINE void FN(act_fwd_loop)(int act, const FNN_T *x, const FNN_T *bias, FNN
     }
 }
 
+#ifndef FNN_ACT_SPECIALISE
+/* F(act, ...) with act a constant in each case: every activation gets its own vectorised loop. */
+#define FNN_ACT_SPECIALISE(act, F, ...)                        \
+    switch (act) {                                             \
+    case FNN_ACT_RELU: F(FNN_ACT_RELU, __VA_ARGS__); break;             \
+    case FNN_ACT_LEAKY_RELU: F(FNN_ACT_LEAKY_RELU, __VA_ARGS__); break; \
+    case FNN_ACT_SIGMOID: F(FNN_ACT_SIGMOID, __VA_ARGS__); break;       \
+    case FNN_ACT_TANH: F(FNN_ACT_TANH, __VA_ARGS__); break;             \
+    default: F(FNN_ACT_IDENTITY, __VA_ARGS__); break;                   \
+    }
+#endif
+
 static void FN(act_fwd)(int act, const FNN_T *x, const FNN_T *bias, FNN_T *y, fnn_idx n, double param)
 {
     const FNN_T prm = (FNN_T)param;
-    switch (act) {
-    case FNN_ACT_RELU: FN(act_fwd_loop)(FNN_ACT_RELU, x, bias, y, n, prm); break;
-    case FNN_ACT_LEAKY_RELU: FN(act_fwd_loop)(FNN_ACT_LEAKY_RELU, x, bias, y, n, prm); break;
-    case FNN_ACT_SIGMOID: FN(act_fwd_loop)(FNN_ACT_SIGMOID, x, bias, y, n, prm); break;
-    case FNN_ACT_TANH: FN(act_fwd_loop)(FNN_ACT_TANH, x, bias, y, n, prm); break;
-    default: FN(act_fwd_loop)(FNN_ACT_IDENTITY, x, bias, y, n, prm); break;
-    }
+    FNN_ACT_SPECIALISE(act, FN(act_fwd_loop), x, bias, y, n, prm);
 }
 
 FNN_INLINE void FN(act_bwd_loop)(int act, const FNN_T *g, const FNN_T *y, FNN_T *out, fnn_idx n, FNN_T prm)
@@ -91,13 +97,7 @@ FNN_INLINE void FN(act_bwd_loop)(int act, const FNN_T *g, const FNN_T *y, FNN_T 
 static void FN(act_bwd)(int act, const FNN_T *g, const FNN_T *y, FNN_T *out, fnn_idx n, double param)
 {
     const FNN_T prm = (FNN_T)param;
-    switch (act) {
-    case FNN_ACT_RELU: FN(act_bwd_loop)(FNN_ACT_RELU, g, y, out, n, prm); break;
-    case FNN_ACT_LEAKY_RELU: FN(act_bwd_loop)(FNN_ACT_LEAKY_RELU, g, y, out, n, prm); break;
-    case FNN_ACT_SIGMOID: FN(act_bwd_loop)(FNN_ACT_SIGMOID, g, y, out, n, prm); break;
-    case FNN_ACT_TANH: FN(act_bwd_loop)(FNN_ACT_TANH, g, y, out, n, prm); break;
-    default: FN(act_bwd_loop)(FNN_ACT_IDENTITY, g, y, out, n, prm); break;
-    }
+    FNN_ACT_SPECIALISE(act, FN(act_bwd_loop), g, y, out, n, prm);
 }
 
 /* ---- rows: softmax, its backward, cross-entropy ---- */

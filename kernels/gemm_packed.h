@@ -121,9 +121,11 @@ static void FN(packed_body)(fnn_idx m, fnn_idx n, fnn_idx k, const FNN_T *a, fnn
         free(pa);
 }
 
-static int FN(packed_serial)(fnn_idx m, fnn_idx n, fnn_idx k, const FNN_T *a, fnn_idx rsa, fnn_idx csa,
-                             const FNN_T *b, fnn_idx rsb, fnn_idx csb, FNN_T *c, fnn_idx ldc, const FNN_T *bias,
-                             int act)
+/* The packed algorithm with row blocks of mc_blk: B packed in this thread's
+ * buffer, shared by a team of nthreads (1: no parallel region is opened). */
+static int FN(packed_run)(fnn_idx m, fnn_idx n, fnn_idx k, const FNN_T *a, fnn_idx rsa, fnn_idx csa, const FNN_T *b,
+                          fnn_idx rsb, fnn_idx csb, FNN_T *c, fnn_idx ldc, const FNN_T *bias, int act, fnn_idx mc_blk,
+                          int nthreads)
 {
     fnn_idx ncb = n < FNN_NC ? n : FNN_NC;
     fnn_idx npanels = (ncb + FNN_NR - 1) / FNN_NR;
@@ -131,13 +133,29 @@ static int FN(packed_serial)(fnn_idx m, fnn_idx n, fnn_idx k, const FNN_T *a, fn
     FNN_T *pb = (FNN_T *)fnn_scratch(0, (size_t)FNN_KC * (size_t)(npanels * FNN_NR) * sizeof(FNN_T), &owned);
     if (!pb)
         return -1;
-    /* m in equal blocks of at most MC (whole tiles) */
-    fnn_idx nmb = (m + FNN_MC - 1) / FNN_MC, mc_blk = (m + nmb - 1) / nmb;
-    mc_blk = (mc_blk + FNN_PACK_MR - 1) / FNN_PACK_MR * FNN_PACK_MR;
-    FN(packed_body)(m, n, k, a, rsa, csa, b, rsb, csb, c, ldc, bias, act, pb, mc_blk, 0, &err);
+    if (nthreads > 1) {
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nthreads)
+#endif
+        FN(packed_body)(m, n, k, a, rsa, csa, b, rsb, csb, c, ldc, bias, act, pb, mc_blk, 1, &err);
+    } else {
+        FN(packed_body)(m, n, k, a, rsa, csa, b, rsb, csb, c, ldc, bias, act, pb, mc_blk, 0, &err);
+    }
     if (owned)
         free(pb);
     return err ? -1 : 0;
+}
+
+/* x rounded up to whole packed tiles. */
+FNN_INLINE fnn_idx FN(whole_tiles)(fnn_idx x) { return (x + FNN_PACK_MR - 1) / FNN_PACK_MR * FNN_PACK_MR; }
+
+static int FN(packed_serial)(fnn_idx m, fnn_idx n, fnn_idx k, const FNN_T *a, fnn_idx rsa, fnn_idx csa,
+                             const FNN_T *b, fnn_idx rsb, fnn_idx csb, FNN_T *c, fnn_idx ldc, const FNN_T *bias,
+                             int act)
+{
+    fnn_idx nmb = (m + FNN_MC - 1) / FNN_MC; /* m in equal blocks of at most MC (whole tiles) */
+    return FN(packed_run)(m, n, k, a, rsa, csa, b, rsb, csb, c, ldc, bias, act, FN(whole_tiles)((m + nmb - 1) / nmb),
+                          1);
 }
 
 static int FN(gemm_packed)(fnn_idx m, fnn_idx n, fnn_idx k, const FNN_T *a, fnn_idx rsa, fnn_idx csa,
@@ -190,28 +208,13 @@ static int FN(gemm_packed)(fnn_idx m, fnn_idx n, fnn_idx k, const FNN_T *a, fnn_
     {
         /* Large products: one packed B block shared by the team, row blocks
          * of C split over the threads (a few barriers per KC step). */
-        fnn_idx ncb = n < FNN_NC ? n : FNN_NC;
-        fnn_idx npanels = (ncb + FNN_NR - 1) / FNN_NR;
-        int err = 0, owned;
-        FNN_T *pb = (FNN_T *)fnn_scratch(0, (size_t)FNN_KC * (size_t)(npanels * FNN_NR) * sizeof(FNN_T), &owned);
-        if (!pb)
-            return -1;
-        fnn_idx per = (m + nthreads - 1) / nthreads;
-        per = (per + FNN_PACK_MR - 1) / FNN_PACK_MR * FNN_PACK_MR;
-        fnn_idx mc_blk = per < FNN_MC ? per : FNN_MC;
-        if (mc_blk == FNN_MC) { /* round the block count up to a multiple of the thread count */
+        fnn_idx mc_blk = FN(whole_tiles)((m + nthreads - 1) / nthreads);
+        if (mc_blk >= FNN_MC) { /* round the block count up to a multiple of the thread count */
             fnn_idx nmb = (m + FNN_MC - 1) / FNN_MC;
             nmb = (nmb + nthreads - 1) / nthreads * nthreads;
-            mc_blk = (m + nmb - 1) / nmb;
-            mc_blk = (mc_blk + FNN_PACK_MR - 1) / FNN_PACK_MR * FNN_PACK_MR;
+            mc_blk = FN(whole_tiles)((m + nmb - 1) / nmb);
         }
-#ifdef _OPENMP
-#pragma omp parallel num_threads(nthreads)
-#endif
-        FN(packed_body)(m, n, k, a, rsa, csa, b, rsb, csb, c, ldc, bias, act, pb, mc_blk, 1, &err);
-        if (owned)
-            free(pb);
-        return err ? -1 : 0;
+        return FN(packed_run)(m, n, k, a, rsa, csa, b, rsb, csb, c, ldc, bias, act, mc_blk, nthreads);
     }
 }
 

@@ -17,19 +17,16 @@ import numpy as np
 import pytest
 
 import fastnn
-from fastnn import _config, ops
-from fastnn.backends import backend_status, get, tuning
-from conftest import reference, tol
+from fastnn import ops
+from fastnn.backends import get, tuning
+from conftest import _require_or_skip, reference, tol
 
 EXT_MODULES = ("_kernels",)
 
 
 @pytest.fixture(scope="module")
 def cy():
-    if backend_status()["cython"] != "available":
-        if "cython" in _config.required_backends():
-            pytest.fail(f"cython backend required but unavailable: {backend_status()['cython']}")
-        pytest.skip(f"cython backend unavailable: {backend_status()['cython']}")
+    _require_or_skip("cython")
     return get("cython")
 
 

@@ -16,18 +16,11 @@ from hypothesis import strategies as st
 
 import fastnn
 from fastnn import gemm as fgemm
-from fastnn.backends import backend_status, gemm_policy, tuning
-from fastnn import _config
+from fastnn.backends import gemm_policy, tuning
+from conftest import cython_kernels
 
 
-def _cython():
-    status = backend_status()["cython"]
-    if status != "available":
-        if "cython" in _config.required_backends():
-            pytest.fail(f"cython backend required but unavailable: {status}")
-        pytest.skip(f"cython backend unavailable: {status}")
-    from fastnn._ext import _kernels
-    return _kernels
+_cython = cython_kernels
 
 
 @pytest.fixture

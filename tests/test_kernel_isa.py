@@ -17,9 +17,9 @@ import pytest
 
 import fastnn
 from fastnn import ops
-from fastnn.backends import backend_status, tuning
 from fastnn import _config
-from conftest import reference, tol
+from fastnn.backends import tuning
+from conftest import cython_kernels, reference, tol
 
 #: (rows, float32 lanes, float64 lanes) of each instruction set's register tile.
 TILES = {"sse2": (4, 4, 2), "generic": (4, 4, 2), "avx2": (6, 8, 4), "avx512": (8, 16, 8)}
@@ -27,13 +27,7 @@ TILES = {"sse2": (4, 4, 2), "generic": (4, 4, 2), "avx2": (6, 8, 4), "avx512": (
 
 @pytest.fixture(scope="module")
 def kern():
-    status = backend_status()["cython"]
-    if status != "available":
-        if "cython" in _config.required_backends():
-            pytest.fail(f"cython backend required but unavailable: {status}")
-        pytest.skip(f"cython backend unavailable: {status}")
-    from fastnn._ext import _kernels
-    return _kernels
+    return cython_kernels()
 
 
 def _levels(k):

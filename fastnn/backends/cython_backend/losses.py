@@ -1,9 +1,10 @@
-"""Loss kernels of the Cython backend (``kernels/_elementwise.pxi``)."""
+"""Loss kernels of the Cython backend (``kernels/_elementwise.pxi``).
+
+The extension's functions, under the reference's names.
+"""
 
 from ..._ext import _kernels as _ext
+from ..reference import losses as _spec
 
-mse_loss = _ext.mse_loss
-softmax_cross_entropy = _ext.softmax_cross_entropy
-bce_with_logits = _ext.bce_with_logits
-
-__all__ = ["mse_loss", "softmax_cross_entropy", "bce_with_logits"]
+__all__ = list(_spec.__all__)
+globals().update({name: getattr(_ext, name) for name in __all__})

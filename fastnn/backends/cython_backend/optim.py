@@ -1,10 +1,10 @@
-"""Optimizer update kernels of the Cython backend (``kernels/_elementwise.pxi``)."""
+"""Optimizer update kernels of the Cython backend (``kernels/_elementwise.pxi``).
+
+The extension's functions, under the reference's names.
+"""
 
 from ..._ext import _kernels as _ext
+from ..reference import optim as _spec
 
-sgd_update = _ext.sgd_update
-adam_update = _ext.adam_update
-sgd_update_many = _ext.sgd_update_many
-adam_update_many = _ext.adam_update_many
-
-__all__ = ["sgd_update", "adam_update", "sgd_update_many", "adam_update_many"]
+__all__ = list(_spec.__all__)
+globals().update({name: getattr(_ext, name) for name in __all__})

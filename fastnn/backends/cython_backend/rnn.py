@@ -1,20 +1,10 @@
 """Recurrent kernels of the Cython backend (``kernels/_rnn.pxi``: one driver for the three cells).
 
 Same names and parameters as :mod:`fastnn.backends.reference.rnn`; the whole
-time loop runs in compiled code without the GIL.
-"""
+time loop runs in compiled code without the GIL."""
 
 from ..._ext import _kernels as _ext
+from ..reference import rnn as _spec
 
-__all__ = [
-    "rnn_forward", "rnn_backward",
-    "lstm_forward", "lstm_backward",
-    "gru_forward", "gru_backward",
-]
-
-rnn_forward = _ext.rnn_forward
-rnn_backward = _ext.rnn_backward
-lstm_forward = _ext.lstm_forward
-lstm_backward = _ext.lstm_backward
-gru_forward = _ext.gru_forward
-gru_backward = _ext.gru_backward
+__all__ = list(_spec.__all__)
+globals().update({name: getattr(_ext, name) for name in __all__})

@@ -313,7 +313,7 @@ cdef void _sgd(real *p, const real *g, real *v, fnn_idx n, double lr, double mom
         for c in prange(nch, num_threads=_num_threads, schedule="dynamic"):
             start = c * chunk
             sgd(p + start, g + start, NULL if v == NULL else v + start, min(chunk, n - start), lr, mom,
-                       nesterov, wd)
+                nesterov, wd)
     else:
         sgd(p, g, v, n, lr, mom, nesterov, wd)
 
@@ -326,7 +326,7 @@ cdef void _adam(real *p, const real *g, real *m, real *v, fnn_idx n, double deca
         for c in prange(nch, num_threads=_num_threads, schedule="dynamic"):
             start = c * chunk
             adam(p + start, g + start, m + start, v + start, min(chunk, n - start), decay, l2, b1, b2,
-                        step_size, isb, eps)
+                 step_size, isb, eps)
     else:
         adam(p, g, m, v, n, decay, l2, b1, b2, step_size, isb, eps)
 

@@ -173,7 +173,8 @@ cdef int projection_setup(const Seq *s, real **p) noexcept nogil:
         for j in range(GH):
             p[S_BIAS][j] = (p[S_B_IH][j] if p[S_B_IH] != NULL else 0) + (b2[j] if b2 != NULL else 0)
     if not small(TB * (s.nin + GH)):
-        return gemm_run(TB, GH, s.nin, p[S_X], s.nin, 1, p[S_W_IH], 1, s.nin, dest, GH, p[S_BIAS], FNN_ACT_IDENTITY, False)
+        return gemm_run(TB, GH, s.nin, p[S_X], s.nin, 1, p[S_W_IH], 1, s.nin, dest, GH, p[S_BIAS],
+                        FNN_ACT_IDENTITY, False)
     p[S_WIT] = transposed(p[S_W_IH], GH, s.nin)
     return 0 if p[S_WIT] != NULL else -1
 

@@ -1,7 +1,6 @@
 # Build facts, instruction sets, tunables and the GEMM policy, as Python sees them.
 
 
-
 #: The kernel families, in the order of fnn.h's FNN_FAMILY_*.
 FAMILIES = ("elementwise", "gemm", "conv", "rnn")
 #: The routes of fnn_gemm_route, in the order of FNN_ROUTE_*.

@@ -55,8 +55,10 @@ cdef extern from "fnn.h" nogil:
 
     ctypedef struct fnn_conv_ops:
         int isa
-        void (*shift_f32)(fnn_idx, fnn_idx, fnn_idx, const float*, const fnn_idx*, const float*, float*, fnn_idx) noexcept nogil
-        void (*wgrad_f32)(fnn_idx, fnn_idx, fnn_idx, const float*, fnn_idx, const fnn_idx*, const float*, float*) noexcept nogil
+        void (*shift_f32)(fnn_idx, fnn_idx, fnn_idx, const float*, const fnn_idx*, const float*, float*,
+                          fnn_idx) noexcept nogil
+        void (*wgrad_f32)(fnn_idx, fnn_idx, fnn_idx, const float*, fnn_idx, const fnn_idx*, const float*,
+                          float*) noexcept nogil
         void (*maxpool2x2_f32)(const float*, fnn_idx, fnn_idx, fnn_idx, float*, long long*) noexcept nogil
         void (*maxpool2x2_f64)(const double*, fnn_idx, fnn_idx, fnn_idx, double*, long long*) noexcept nogil
 
@@ -72,7 +74,8 @@ cdef extern from "fnn.h" nogil:
                                fnn_idx, fnn_idx) noexcept nogil
         void (*lstm_delta_f64)(const double*, const double*, double*, const double*, const double*, const double*,
                                double*, fnn_idx, fnn_idx) noexcept nogil
-        void (*gru_cell_f32)(float*, const float*, const float*, const float*, float*, float*, fnn_idx, fnn_idx) noexcept nogil
+        void (*gru_cell_f32)(float*, const float*, const float*, const float*, float*, float*, fnn_idx,
+                             fnn_idx) noexcept nogil
         void (*gru_cell_f64)(double*, const double*, const double*, const double*, double*, double*, fnn_idx,
                              fnn_idx) noexcept nogil
         void (*gru_delta_f32)(const float*, float*, const float*, const float*, const float*, float*, fnn_idx,

@@ -88,20 +88,29 @@ FNN_INLINE FNN_T FN(fnn_pow2)(FNN_VM_INT k)
     return s;
 }
 
+/* exp(r) for |r| <= ln2/2. */
+FNN_INLINE FNN_T FN(fnn_exp_reduced)(FNN_T r) { return (FNN_T)1 + (r + (r * r) * FN(fnn_expm1_poly)(r)); }
+
 /* exp(x) for x in [-EXP_MIN, 0], exact down into the denormals: 2^n is applied
  * as two normal factors 2^(n/2) 2^(n - n/2). */
 FNN_INLINE FNN_T FN(fnn_exp_neg)(FNN_T x)
 {
     FNN_T t, r = FN(fnn_reduce)(x, &t);
-    FNN_T p = (FNN_T)1 + (r + (r * r) * FN(fnn_expm1_poly)(r));
     FNN_VM_INT n = FN(fnn_round_n)(t), n1 = n >> 1; /* arithmetic shift on every supported compiler */
-    return (p * FN(fnn_pow2)(n1)) * FN(fnn_pow2)(n - n1);
+    return (FN(fnn_exp_reduced)(r) * FN(fnn_pow2)(n1)) * FN(fnn_pow2)(n - n1);
 }
 
-/* exp(x) for x <= 0 (softmax after subtracting the row max); NaN passes. */
+/* exp(x) for x <= 0 (softmax after subtracting the row max); NaN passes.
+ * float32 stops where the result stays normal: one scale factor in softmax's hot loop. */
 FNN_INLINE FNN_T FN(fnn_exp_softmax)(FNN_T x)
 {
-    return FN(fnn_exp_neg)(-FN(fnn_min_keepnan)(-x, FNN_VM_SOFTMAX_MIN));
+    x = -FN(fnn_min_keepnan)(-x, FNN_VM_SOFTMAX_MIN);
+#if FNN_IS_F32
+    FNN_T t, r = FN(fnn_reduce)(x, &t);
+    return FN(fnn_exp_reduced)(r) * FN(fnn_pow2)(FN(fnn_round_n)(t));
+#else
+    return FN(fnn_exp_neg)(x);
+#endif
 }
 
 /* expm1(x) for x in [-TANH_MAX, 0], accurate relative to the result near 0:

@@ -2,10 +2,10 @@
 
 import numpy as np
 import pytest
+from conftest import tol
 
 import fastnn
 from fastnn import nn, ops
-from conftest import tol
 
 CONV_CONFIGS = [
     dict(in_channels=1, out_channels=8, kernel_size=3, padding=1),

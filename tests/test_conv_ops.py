@@ -3,10 +3,10 @@ finite differences for the backward kernels, PyTorch's functional ops, and error
 
 import numpy as np
 import pytest
+from conftest import reference, tol
 
 import fastnn
 from fastnn import ops
-from conftest import reference, tol
 from fastnn.gradcheck import numerical_gradient
 
 # (B, C, H, W, O, kH, kW, stride, padding, dilation)
@@ -166,12 +166,12 @@ def test_pool_backward_finite_differences(backend, kind, rng):
         y, idx = ops.max_pool2d_forward(x, k, s, p)
         g = rng.standard_normal(y.shape)
         gi = ops.max_pool2d_backward(g, idx, x.shape)
-        loss = lambda: float(np.sum(ops.max_pool2d_forward(x, k, s, p)[0] * g))  # noqa: E731
+        loss = lambda: float(np.sum(ops.max_pool2d_forward(x, k, s, p)[0] * g))
     else:
         y = ops.avg_pool2d_forward(x, k, s, p)
         g = rng.standard_normal(y.shape)
         gi = ops.avg_pool2d_backward(g, x.shape, k, s, p)
-        loss = lambda: float(np.sum(ops.avg_pool2d_forward(x, k, s, p) * g))  # noqa: E731
+        loss = lambda: float(np.sum(ops.avg_pool2d_forward(x, k, s, p) * g))
     np.testing.assert_allclose(gi, numerical_gradient(loss, x), rtol=1e-6, atol=1e-8)
 
 

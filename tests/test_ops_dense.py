@@ -2,9 +2,9 @@
 
 import numpy as np
 import pytest
+from conftest import reference, tol
 
 from fastnn import ops
-from conftest import reference, tol
 from fastnn.gradcheck import numerical_gradient
 
 MATMUL_SHAPES = [(1, 1, 1), (1, 5, 3), (7, 3, 1), (32, 64, 128), (64, 64, 64), (33, 17, 65), (129, 31, 7)]

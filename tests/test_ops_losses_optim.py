@@ -2,9 +2,9 @@
 
 import numpy as np
 import pytest
+from conftest import reference, tol
 
 from fastnn import ops
-from conftest import reference, tol
 from fastnn.gradcheck import numerical_gradient
 
 

@@ -18,11 +18,12 @@ import os
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from conftest import COMPILED_BACKENDS, _require_or_skip, tol
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import fastnn
 from fastnn import ops
-from conftest import COMPILED_BACKENDS, _require_or_skip, tol
 
 EXAMPLES = 25
 SLOW_EXAMPLES = int(os.environ.get("FASTNN_PROPERTY_EXAMPLES", "150"))
@@ -230,7 +231,7 @@ def _recurrent(d, backend):
     ghn = d.array((B, H), label="ghn") if d.pick([True, False], "grad_hn") else None
     scale = 10 * (T + H + B)
     named = dict(bias=bias, input_grad=d.pick([True, False], "input_grad"), grad_hn=ghn)
-    c = lambda a: None if a is None else np.ascontiguousarray(a)  # noqa: E731
+    c = lambda a: None if a is None else np.ascontiguousarray(a)
     if cell == "rnn":
         nl = d.pick(["tanh", "relu"], "nonlinearity")
         _compare(backend, ops.rnn_forward, (x, h0, w_ih, w_hh, b_ih, b_hh, nl), dtype=d.dtype, scale=scale)

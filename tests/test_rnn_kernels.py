@@ -246,6 +246,7 @@ def test_threaded_time_steps_match_reference(compiled_backend, split_small_work,
         np.testing.assert_allclose(grads[k], grads_ref[k], **t, err_msg=k)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cell", ["rnn_tanh", "lstm", "gru"])
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias-no-input-grad"])
 def test_large_problem_matches_reference(backend, dtype, rng, cell, bias):
@@ -293,6 +294,7 @@ def split_small_work(compiled_backend):
 THREADED_SHAPES = [(20, 18, 5, 64), (30, 6, 8, 64), (25, 9, 3, 48), (5, 8, 3, 16), (7, 5, 4, 16)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("shape", THREADED_SHAPES, ids=lambda s: "T{}B{}I{}H{}".format(*s))
 def test_thread_count_does_not_change_results(compiled_backend, split_small_work, dtype, rng, cell, shape):

@@ -6,7 +6,6 @@ import pytest
 
 import fastnn
 from fastnn import nn
-
 from fastnn.gradcheck import numerical_gradient
 
 LAYERS = {
@@ -114,7 +113,7 @@ def test_fastnn_gradcheck(kind, rng):
 
 
 def test_parameters_and_default_initialisation():
-    np.random.seed(0)
+    fastnn.manual_seed(0)
     for kind, G in (("rnn_tanh", 1), ("lstm", 4), ("gru", 3)):
         layer = LAYERS[kind](5, 25)
         shapes = {n: p.shape for n, p in layer.named_parameters()}

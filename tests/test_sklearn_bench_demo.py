@@ -11,9 +11,12 @@ import pytest
 
 pytest.importorskip("sklearn")
 
-from fastnn import cli  # noqa: E402
-from fastnn.bench import markdown, run_bench  # noqa: E402
-from fastnn.bench.workloads import WORKLOADS, get_workloads  # noqa: E402
+from fastnn import cli
+from fastnn.bench import markdown, run_bench
+from fastnn.bench.workloads import WORKLOADS, get_workloads
+
+# The whole module is slow (runs the benchmark section and the demo): `-m "not slow"` leaves it out.
+pytestmark = pytest.mark.slow
 
 
 def test_sklearn_section_is_optional_and_selectable():

@@ -9,9 +9,12 @@ import pytest
 
 pytest.importorskip("sklearn")
 
-from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
+from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from fastnn.sklearn import MLPClassifier, MLPRegressor, NeuralNetClassifier, NeuralNetRegressor  # noqa: E402
+from fastnn.sklearn import MLPClassifier, MLPRegressor, NeuralNetClassifier, NeuralNetRegressor
+
+# The whole module is slow (scikit-learn's estimator checks fit hundreds of small models): `-m "not slow"` leaves it out.
+pytestmark = pytest.mark.slow
 
 _ROUND_OFF = ("float32 training: fitting with integer sample weights and fitting on repeated samples add up the "
               "same terms in another order, so the predictions agree to float32 round-off (relative 2e-7 to 5e-7 "

@@ -12,17 +12,16 @@ import pytest
 
 pytest.importorskip("sklearn")
 
-from sklearn.base import clone  # noqa: E402
-from sklearn.datasets import load_digits  # noqa: E402
-from sklearn.exceptions import ConvergenceWarning, NotFittedError  # noqa: E402
-from sklearn.model_selection import GridSearchCV, cross_validate  # noqa: E402
-from sklearn.pipeline import make_pipeline  # noqa: E402
-from sklearn.preprocessing import StandardScaler  # noqa: E402
+from isolated import run_isolated
+from sklearn.base import clone
+from sklearn.datasets import load_digits
+from sklearn.exceptions import ConvergenceWarning, NotFittedError
+from sklearn.model_selection import GridSearchCV, cross_validate
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
-from fastnn.sklearn import MLPClassifier, MLPRegressor, NeuralNetClassifier, NeuralNetRegressor  # noqa: E402
-from fastnn.sklearn._runtime import thread_budget  # noqa: E402
-
-from isolated import run_isolated  # noqa: E402
+from fastnn.sklearn import MLPClassifier, MLPRegressor, NeuralNetClassifier, NeuralNetRegressor
+from fastnn.sklearn._runtime import thread_budget
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +91,7 @@ def test_clone_gives_an_unfitted_twin(data):
             twin.predict(data[0][:2])
 
 
+@pytest.mark.slow
 def test_parallel_search_limits_each_worker_to_its_share_of_threads(data):
     """joblib starts process workers with OMP_NUM_THREADS etc. = cpu_count // n_jobs; each fit runs with that."""
     X, y = data

@@ -13,12 +13,12 @@ import pytest
 
 pytest.importorskip("sklearn")
 
-from sklearn import datasets  # noqa: E402
-from sklearn import neural_network as sknn  # noqa: E402
-from sklearn.model_selection import train_test_split  # noqa: E402
-from sklearn.preprocessing import StandardScaler  # noqa: E402
+from sklearn import datasets
+from sklearn import neural_network as sknn
+from sklearn.model_selection import train_test_split
+from sklearn.preprocessing import StandardScaler
 
-from fastnn.sklearn import MLPClassifier, MLPRegressor  # noqa: E402
+from fastnn.sklearn import MLPClassifier, MLPRegressor
 
 SEEDS = range(5)
 

@@ -14,13 +14,13 @@ import pytest
 
 pytest.importorskip("sklearn")
 
-from sklearn import neural_network as sknn  # noqa: E402
-from sklearn.datasets import load_digits, make_regression  # noqa: E402
-from sklearn.exceptions import ConvergenceWarning  # noqa: E402
-from sklearn.utils.class_weight import compute_sample_weight  # noqa: E402
+from sklearn import neural_network as sknn
+from sklearn.datasets import load_digits, make_regression
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.utils.class_weight import compute_sample_weight
 
-import fastnn  # noqa: E402
-from fastnn.sklearn import MLPClassifier, MLPRegressor  # noqa: E402
+import fastnn
+from fastnn.sklearn import MLPClassifier, MLPRegressor
 
 TOL = 1e-10
 

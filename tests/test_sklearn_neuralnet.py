@@ -13,14 +13,14 @@ import pytest
 
 pytest.importorskip("sklearn")
 
-from sklearn.base import clone  # noqa: E402
-from sklearn.datasets import load_digits  # noqa: E402
-from sklearn.model_selection import GridSearchCV, cross_val_score  # noqa: E402
-from sklearn.pipeline import make_pipeline  # noqa: E402
-from sklearn.preprocessing import StandardScaler  # noqa: E402
+from sklearn.base import clone
+from sklearn.datasets import load_digits
+from sklearn.model_selection import GridSearchCV, cross_val_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
-from fastnn import nn, optim  # noqa: E402
-from fastnn.sklearn import NeuralNetClassifier, NeuralNetRegressor  # noqa: E402
+from fastnn import nn, optim
+from fastnn.sklearn import NeuralNetClassifier, NeuralNetRegressor
 
 
 def small_cnn(channels=4, n_classes=10):
@@ -105,7 +105,7 @@ def test_random_state_repeats_a_fit_and_warm_start_continues(digits):
     params = dict(module__hidden_layer_sizes=(16,), max_epochs=3, random_state=5)
     a = NeuralNetClassifier(**params).fit(X, y)
     b = NeuralNetClassifier(**params).fit(X, y)
-    for (ka, va), (kb, vb) in zip(a.module_.state_dict().items(), b.module_.state_dict().items()):
+    for (_ka, va), (_kb, vb) in zip(a.module_.state_dict().items(), b.module_.state_dict().items()):
         np.testing.assert_array_equal(va, vb)
     warm = NeuralNetClassifier(warm_start=True, **params).fit(X, y)
     first = warm.module_

@@ -17,6 +17,9 @@ from isolated import run_isolated
 import fastnn
 from fastnn import _config
 
+# The whole module is slow (subprocesses per thread-count setting): `-m "not slow"` leaves it out.
+pytestmark = pytest.mark.slow
+
 #: Runs large ops in every available backend and checks their results.
 BIG_OPS = """
 import numpy as np

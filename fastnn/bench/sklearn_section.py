@@ -98,7 +98,7 @@ def _predict_step(cls, p, **extra):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         est.fit(X[:2000], y[:2000])
-    step = lambda: est.predict_proba(X)   # noqa: E731
+    step = lambda: est.predict_proba(X)
     step.estimator = est
     return step
 

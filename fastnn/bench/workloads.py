@@ -16,8 +16,8 @@ find, and the report shows the workload as "not available (missing: ...)".
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 

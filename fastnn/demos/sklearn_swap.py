@@ -21,6 +21,9 @@ NAME = "sklearn"
 HELP = "fit scikit-learn's MLPClassifier and fastnn's drop-in replacement on digits; print both times"
 
 
+REQUIRES = {"sklearn": "scikit-learn"}
+
+
 def add_arguments(parser) -> None:
     parser.add_argument("--max-iter", type=int, default=200, help="epochs for both (default 200, scikit-learn's)")
     parser.add_argument("--dtype", default="float32", choices=("float32", "float64"),
@@ -38,11 +41,11 @@ def _fit(cls, X_train, y_train, X_test, y_test, **params):
 
 
 def run(args) -> int:
-    import fastnn
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
     from sklearn.neural_network import MLPClassifier as SklearnMLP
 
+    import fastnn
     from fastnn.sklearn import MLPClassifier
 
     X, y = load_digits(return_X_y=True)

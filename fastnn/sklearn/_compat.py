@@ -16,7 +16,20 @@ try:
 except ImportError:  # pragma: no cover - a future scikit-learn without it
     _check_sample_weight = None
 
-__all__ = ["validate_data", "check_sample_weight"]
+__all__ = ["validate_data", "check_sample_weight", "store_init_params"]
+
+
+def store_init_params(estimator, values):
+    """Set every named parameter of ``type(estimator).__init__`` from ``values`` (its ``locals()``).
+
+    scikit-learn's convention: ``__init__`` stores each argument unchanged
+    under its own name and validates nothing; checks happen in ``fit``.
+    """
+    import inspect
+
+    for name, param in inspect.signature(type(estimator).__init__).parameters.items():
+        if name != "self" and param.kind not in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            setattr(estimator, name, values[name])
 
 
 def check_sample_weight(sample_weight, X):

@@ -33,7 +33,7 @@ from sklearn.utils.validation import check_is_fitted
 
 import fastnn
 
-from ._compat import check_sample_weight, pack_parts, unpack_parts, validate_data
+from ._compat import check_sample_weight, pack_parts, store_init_params, unpack_parts, validate_data
 from ._network import ACTIVATIONS, Head, build_network, glorot_init, linear_layers
 from ._runtime import check_n_threads, runtime
 from ._solvers import make_solver, minimize_lbfgs
@@ -337,7 +337,8 @@ class _BaseMLP(BaseEstimator):
             batch_size = min(200, n)
         else:
             if self.batch_size > n:
-                warnings.warn("Got `batch_size` less than 1 or larger than sample size. It is going to be clipped")
+                warnings.warn("Got `batch_size` less than 1 or larger than sample size. It is going to be clipped",
+                              stacklevel=3)
             batch_size = int(np.clip(self.batch_size, 1, n))
         self._run_epochs(X, targets, sample_weight, batch_size, val, incremental)
 
@@ -393,11 +394,11 @@ class _BaseMLP(BaseEstimator):
                     self._end_epoch(accumulated / n, n, val, started)
                     if self._no_improvement_count > self.n_iter_no_change:
                         if early_stopping:
-                            msg = ("Validation score did not improve more than tol=%f for %d consecutive epochs."
-                                   % (self.tol, self.n_iter_no_change))
+                            msg = (f"Validation score did not improve more than tol={self.tol:f} for "
+                                   f"{self.n_iter_no_change:d} consecutive epochs.")
                         else:
-                            msg = ("Training loss did not improve more than tol=%f for %d consecutive epochs."
-                                   % (self.tol, self.n_iter_no_change))
+                            msg = (f"Training loss did not improve more than tol={self.tol:f} for "
+                                   f"{self.n_iter_no_change:d} consecutive epochs.")
                         if opt.trigger_stopping(msg, self.verbose):
                             break
                         self._no_improvement_count = 0
@@ -406,10 +407,10 @@ class _BaseMLP(BaseEstimator):
                     if incremental:
                         break
                     if self.n_iter_ == self.max_iter:
-                        warnings.warn("Stochastic Optimizer: Maximum iterations (%d) reached and the optimization "
-                                      "hasn't converged yet." % self.max_iter, ConvergenceWarning)
+                        warnings.warn(f"Stochastic Optimizer: Maximum iterations ({self.max_iter:d}) reached and the "
+                                      "optimization hasn't converged yet.", ConvergenceWarning, stacklevel=4)
         except KeyboardInterrupt:
-            warnings.warn("Training interrupted by user.")
+            warnings.warn("Training interrupted by user.", stacklevel=3)
         if early_stopping and self._best_state is not None:
             for lin, (w, b) in zip(linear_layers(net), self._best_state):
                 np.copyto(lin.weight.data, w)
@@ -421,7 +422,7 @@ class _BaseMLP(BaseEstimator):
         self.t_ += n
         self.loss_curve_.append(loss)
         if self.verbose:
-            print("Iteration %d, loss = %.8f" % (self.n_iter_, self.loss_))
+            print(f"Iteration {self.n_iter_:d}, loss = {self.loss_:.8f}")
         self._update_no_improvement_count(val)
         self._optimizer.iteration_ends(self.t_)
 
@@ -432,7 +433,7 @@ class _BaseMLP(BaseEstimator):
             self.validation_scores_.append(score)
             self.validation_loss_curve_.append(val_loss)
             if self.verbose:
-                print("Validation score: %f" % self.validation_scores_[-1])
+                print(f"Validation score: {self.validation_scores_[-1]:f}")
             if score < self.best_validation_score_ + self.tol:
                 self._no_improvement_count += 1
             else:
@@ -472,7 +473,7 @@ class _BaseMLP(BaseEstimator):
                 return True
         if self.max_time is not None and elapsed >= self.max_time:
             warnings.warn(f"Stopped after max_time={self.max_time} s ({self.n_iter_} epochs, {elapsed:.3g} s) before "
-                          f"the optimization converged.", ConvergenceWarning)
+                          f"the optimization converged.", ConvergenceWarning, stacklevel=4)
             return True
         return False
 
@@ -651,38 +652,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
                  epsilon=1e-8, n_iter_no_change=10, max_fun=15000, dropout=0.0, class_weight=None,
                  dtype="float32", backend=None, n_threads=None, keep_optimizer=False, weight_decay=0.01,
                  callbacks=None, max_time=None):
-        self.hidden_layer_sizes = hidden_layer_sizes
-        self.activation = activation
-        self.solver = solver
-        self.alpha = alpha
-        self.batch_size = batch_size
-        self.learning_rate = learning_rate
-        self.learning_rate_init = learning_rate_init
-        self.power_t = power_t
-        self.max_iter = max_iter
-        self.shuffle = shuffle
-        self.random_state = random_state
-        self.tol = tol
-        self.verbose = verbose
-        self.warm_start = warm_start
-        self.momentum = momentum
-        self.nesterovs_momentum = nesterovs_momentum
-        self.early_stopping = early_stopping
-        self.validation_fraction = validation_fraction
-        self.beta_1 = beta_1
-        self.beta_2 = beta_2
-        self.epsilon = epsilon
-        self.n_iter_no_change = n_iter_no_change
-        self.max_fun = max_fun
-        self.dropout = dropout
-        self.class_weight = class_weight
-        self.dtype = dtype
-        self.backend = backend
-        self.n_threads = n_threads
-        self.keep_optimizer = keep_optimizer
-        self.weight_decay = weight_decay
-        self.callbacks = callbacks
-        self.max_time = max_time
+        store_init_params(self, locals())
 
     def _validate_input(self, X, y, incremental, reset):
         X, y = validate_data(self, X, y, accept_sparse=["csr", "csc"], multi_output=True,
@@ -834,38 +804,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
                  beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000, dropout=0.0, dtype="float32",
                  backend=None, n_threads=None, keep_optimizer=False, weight_decay=0.01, callbacks=None,
                  max_time=None):
-        self.loss = loss
-        self.hidden_layer_sizes = hidden_layer_sizes
-        self.activation = activation
-        self.solver = solver
-        self.alpha = alpha
-        self.batch_size = batch_size
-        self.learning_rate = learning_rate
-        self.learning_rate_init = learning_rate_init
-        self.power_t = power_t
-        self.max_iter = max_iter
-        self.shuffle = shuffle
-        self.random_state = random_state
-        self.tol = tol
-        self.verbose = verbose
-        self.warm_start = warm_start
-        self.momentum = momentum
-        self.nesterovs_momentum = nesterovs_momentum
-        self.early_stopping = early_stopping
-        self.validation_fraction = validation_fraction
-        self.beta_1 = beta_1
-        self.beta_2 = beta_2
-        self.epsilon = epsilon
-        self.n_iter_no_change = n_iter_no_change
-        self.max_fun = max_fun
-        self.dropout = dropout
-        self.dtype = dtype
-        self.backend = backend
-        self.n_threads = n_threads
-        self.keep_optimizer = keep_optimizer
-        self.weight_decay = weight_decay
-        self.callbacks = callbacks
-        self.max_time = max_time
+        store_init_params(self, locals())
 
     def _check_params(self):
         _option(self.loss, "loss", ("squared_error", "poisson"))

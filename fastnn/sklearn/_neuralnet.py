@@ -33,7 +33,7 @@ from sklearn.utils.validation import check_is_fitted, column_or_1d
 import fastnn
 from fastnn import nn, optim
 
-from ._compat import pack_parts, unpack_parts, validate_data
+from ._compat import pack_parts, store_init_params, unpack_parts, validate_data
 from ._runtime import check_n_threads, runtime
 
 __all__ = ["NeuralNetClassifier", "NeuralNetRegressor"]
@@ -65,23 +65,7 @@ class _BaseNeuralNet(BaseEstimator):
     def __init__(self, module=None, *, criterion=None, optimizer="adam", lr=0.001, max_epochs=100, batch_size=32,
                  shuffle=True, validation_fraction=None, early_stopping=None, clip_grad_norm=None, input_shape=None,
                  dtype=None, backend=None, n_threads=None, random_state=None, warm_start=False, verbose=0, **kwargs):
-        self.module = module
-        self.criterion = criterion
-        self.optimizer = optimizer
-        self.lr = lr
-        self.max_epochs = max_epochs
-        self.batch_size = batch_size
-        self.shuffle = shuffle
-        self.validation_fraction = validation_fraction
-        self.early_stopping = early_stopping
-        self.clip_grad_norm = clip_grad_norm
-        self.input_shape = input_shape
-        self.dtype = dtype
-        self.backend = backend
-        self.n_threads = n_threads
-        self.random_state = random_state
-        self.warm_start = warm_start
-        self.verbose = verbose
+        store_init_params(self, locals())
         # checked at fit, as every parameter (scikit-learn's convention)
         for key, value in kwargs.items():
             setattr(self, key, value)

@@ -135,7 +135,7 @@ class SGDSolver(_Solver):
             return True
         self._set_learning_rate(self.learning_rate / 5.0)
         if verbose:
-            print(msg + " Setting learning rate to %f" % self.learning_rate)
+            print(f"{msg} Setting learning rate to {self.learning_rate:f}")
         return False
 
 

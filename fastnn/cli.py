@@ -73,6 +73,10 @@ def machine_info() -> dict:
 
         b = get(name)
         info[f"backend_{name}"] = {"overrides": len(b.overrides), "fallbacks": sorted(b.fallbacks), **b.info}
+        if name == "cython":   # the instruction set each kernel family dispatches to now
+            from .backends import cython_backend
+
+            info[f"backend_{name}"]["simd"] = cython_backend.simd_summary()
     return info
 
 

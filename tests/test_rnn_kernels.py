@@ -280,12 +280,9 @@ def split_small_work(compiled_backend):
     if compiled_backend != "cython":
         yield
         return
-    from fastnn._ext import _rnn
-    old = _rnn._set_parallel_min_work(1 << 16)
-    try:
+    from fastnn.backends import tuning
+    with tuning.override(rnn_parallel_min_work=1 << 16):
         yield
-    finally:
-        _rnn._set_parallel_min_work(old)
 
 
 # (T, B, I, H): with split_small_work, small problems that run the threaded

@@ -190,7 +190,7 @@ def test_compiled_modules_refuse_a_huge_count_themselves():
     result = _child("""
         import importlib
         fastnn.set_backend("cython")
-        dense = importlib.import_module("fastnn._ext._dense")
+        dense = importlib.import_module("fastnn._ext._kernels")
         for bad in (100000, 0, -1):
             try:
                 dense._set_num_threads(bad)

@@ -174,7 +174,7 @@ def gradcheck(module, x, *, eps=1e-6, atol=1e-5, rtol=1e-4, seed=0, max_elements
     # float buffers (running statistics) in float64 too; all restored afterwards, forward calls update them
     saved_buffers = [(m, name, b) for m in module.modules() for name, b in getattr(m, "_buffers", {}).items()
                      if b is not None]
-    for p, data, grad in saved:
+    for p, data, _grad in saved:
         p.data = np.array(data, dtype=np.float64, copy=True)
         p.grad = np.zeros_like(p.data)
     for m, name, b in saved_buffers:

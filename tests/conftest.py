@@ -10,7 +10,7 @@ import pytest
 
 import fastnn
 from fastnn import _config
-from fastnn.backends import BACKEND_NAMES, BackendUnavailable, backend_status
+from fastnn.backends import backend_status
 
 ALL_BACKENDS = ("numpy", "numba", "cython")
 COMPILED_BACKENDS = ("numba", "cython")

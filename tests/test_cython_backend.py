@@ -15,11 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import _require_or_skip, reference, tol
 
 import fastnn
 from fastnn import ops
 from fastnn.backends import get, tuning
-from conftest import _require_or_skip, reference, tol
 
 EXT_MODULES = ("_kernels",)
 

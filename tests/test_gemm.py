@@ -5,12 +5,12 @@ The switch and the policy that picks the own GEMM or BLAS: tests/test_gemm_polic
 
 import numpy as np
 import pytest
+from conftest import reference, tol
 
 import fastnn
-from fastnn import gemm as fgemm
-from conftest import reference, tol
-from fastnn.backends import backend_status
 from fastnn import _config
+from fastnn import gemm as fgemm
+from fastnn.backends import backend_status
 
 IMPLS = ("numba", "cython")
 

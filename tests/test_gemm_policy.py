@@ -11,14 +11,13 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import cython_kernels
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import fastnn
 from fastnn import gemm as fgemm
 from fastnn.backends import gemm_policy, tuning
-from conftest import cython_kernels
-
 
 _cython = cython_kernels
 

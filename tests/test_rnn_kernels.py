@@ -3,11 +3,10 @@ finite differences for BPTT, validation errors."""
 
 import numpy as np
 import pytest
+from conftest import tol
 
 import fastnn
 from fastnn import ops
-
-from conftest import tol
 from fastnn.gradcheck import numerical_gradient
 
 CELLS = ("rnn_tanh", "rnn_relu", "lstm", "gru")

@@ -190,7 +190,7 @@ def _changed(*_ignored) -> None:
         isa = _compiled.family_isa()["gemm"]
         tuning.push(_compiled.set_tunable, isa)
         _compiled.set_gemm_mode(_mode)
-    for hook in list(_hooks):
+    for hook in _hooks:
         hook()
 
 

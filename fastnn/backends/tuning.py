@@ -184,7 +184,7 @@ def register_hook(hook) -> None:
 
 
 def _changed() -> None:
-    for hook in list(_hooks):
+    for hook in _hooks:
         hook()
 
 

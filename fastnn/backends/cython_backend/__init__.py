@@ -25,8 +25,9 @@ from ... import _config
 
 _config.prefer_passive_openmp()  # before the OpenMP runtime loads with the extension, next line
 
-from ..._ext import _kernels  # noqa: E402  ImportError here: the extension was not built
 import scipy.linalg.cython_blas  # noqa: E402,F401  the BLAS the kernels link
+
+from ..._ext import _kernels  # noqa: E402  ImportError here: the extension was not built
 from .. import gemm_policy  # noqa: E402
 
 # That BLAS may have loaded only now, after fastnn's thread count was applied

@@ -9,8 +9,8 @@ compiled code.
 
 import numpy as np
 
-from . import select_isa
 from ..._ext import _kernels as _ext
+from . import select_isa
 
 _ACT = _ext.ACTIVATIONS
 

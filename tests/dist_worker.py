@@ -5,7 +5,7 @@
 per step and its history to OUT.npz. Settings: ``batch`` (per rank),
 ``epochs``, ``n`` (samples), ``dist`` (0/1), ``sync`` (local SGD period),
 ``ckpt`` (path), ``every`` (steps between checkpoints), ``resume`` (path),
-``die_at`` (rank:step, SIGKILL itself there), ``nan_at`` (rank:step, feed a
+``die_at`` (rank:step, SIGKILL itself there), ``stop_at`` (SIGSTOP), ``nan_at`` (rank:step, feed a
 NaN there), ``opt`` (sgd/adam), ``backend``, ``threads``.
 """
 
@@ -43,14 +43,17 @@ def model_and_data(kind, n, seed=0):
 class StepLog(nn.CrossEntropyLoss):
     """Cross-entropy that records every loss value, and can die or turn NaN at a chosen step."""
 
-    def __init__(self, rank, die_at=None, nan_at=None):
+    def __init__(self, rank, die_at=None, nan_at=None, stop_at=None):
         super().__init__()
         self.values, self.rank, self.die_at, self.nan_at, self.calls = [], rank, die_at, nan_at, 0
+        self.stop_at = stop_at
 
     def forward(self, out, target):
         self.calls += 1
         if self.die_at == (self.rank, self.calls):
             os.kill(os.getpid(), signal.SIGKILL)
+        if self.stop_at == (self.rank, self.calls):
+            os.kill(os.getpid(), signal.SIGSTOP)   # alive but silent: a hung rank
         if self.nan_at == (self.rank, self.calls):
             out = out.copy()
             out[0, 0] = np.nan
@@ -79,7 +82,7 @@ def main(argv):
         return int(r), int(s)
 
     model, X, y = model_and_data(kind, int(cfg.get("n", 256)))
-    loss = StepLog(rank, at("die_at"), at("nan_at"))
+    loss = StepLog(rank, at("die_at"), at("nan_at"), at("stop_at"))
     if cfg.get("opt", "sgd") == "adam":
         opt = optim.Adam(model.parameters(), lr=1e-2)
     else:

@@ -154,3 +154,25 @@ def test_a_rank_that_stops_answering_aborts_the_job(tmp_path):
     assert proc.returncode != 0
     assert time.monotonic() - t < 60
     assert "DistributedError: rank 0: no answer from the other ranks" in proc.stderr, proc.stderr
+
+
+def test_demo_prints_its_command(capsys):
+    from fastnn import cli
+
+    assert cli.main(["demo", "distributed", "--epochs", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "mpiexec -n 2" in out and "-m fastnn.demos.distributed" in out and "--epochs 2" in out
+
+
+def test_demo_runs_on_two_ranks():
+    pytest.importorskip("sklearn")
+    spec, reason = _launcher()
+    if spec is None:
+        pytest.skip(reason)
+    argv, env = spec
+    cmd = argv + ["-n", "2", sys.executable, "-m", "fastnn.demos.distributed", "--epochs", "2", "--backend",
+                  "numpy", "--no-progress"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("test accuracy:") == 1     # rank 0 alone reports
+    assert float(proc.stdout.split("test accuracy:")[1].split()[0]) > 0.8

@@ -42,6 +42,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+import threading
 import time
 
 import numpy as np
@@ -100,42 +101,53 @@ class Communicator:
         self.rank = self.comm.Get_rank()
         self.size = self.comm.Get_size()
         self.timeout = _timeout(timeout)
+        self._waiting = (None, None)   # (start, what) of the collective in progress
+        self._watchdog = None
 
-    def _wait(self, req, what: str) -> None:
-        if req.Test():
-            return
-        deadline = time.monotonic() + self.timeout
-        spins = 0
-        while not req.Test():
-            spins += 1
-            if spins > 2000:   # a peer is slow (or gone): stop taking the core from it
-                if time.monotonic() > deadline:
-                    self.abort(f"rank {self.rank}: no answer from the other ranks for {self.timeout:g} s during "
-                               f"{what}: a rank has died or hangs (FASTNN_DIST_TIMEOUT sets this limit)")
-                time.sleep(2e-4)
+    def _watch(self) -> None:
+        """The watchdog thread: abort the job when a collective has waited longer than ``timeout``."""
+        while True:
+            time.sleep(min(1.0, self.timeout / 4))
+            since, what = self._waiting
+            if since is not None and time.monotonic() - since > self.timeout:
+                self.abort(f"rank {self.rank}: no answer from the other ranks for {self.timeout:g} s during "
+                           f"{what}: a rank has died or hangs (FASTNN_DIST_TIMEOUT sets this limit)")
+
+    def _collective(self, what: str, call, *args, **kwargs):
+        """Run a blocking collective under the watchdog (mpi4py releases the GIL while it waits)."""
+        if self._watchdog is None:
+            self._watchdog = threading.Thread(target=self._watch, name="fastnn-mpi-watchdog", daemon=True)
+            self._watchdog.start()
+        self._waiting = (time.monotonic(), what)
+        try:
+            return call(*args, **kwargs)
+        finally:
+            self._waiting = (None, None)
 
     def abort(self, message: str) -> None:
         """Print ``DistributedError: message`` and end every rank of the job (``MPI_Abort``)."""
         sys.stderr.write(f"fastnn.distributed.DistributedError: {message}\n")
         sys.stderr.flush()
-        self.comm.Abort(1)
-        raise DistributedError(message)  # pragma: no cover - Abort does not return
+        try:
+            self.comm.Abort(1)
+        finally:   # pragma: no cover - Abort does not return
+            os._exit(1)
 
     def allreduce_(self, buf: np.ndarray, what: str = "allreduce") -> np.ndarray:
         """Sum ``buf`` over all ranks, in place."""
         if self.size > 1:
-            self._wait(self.comm.Iallreduce(self.MPI.IN_PLACE, buf, op=self.MPI.SUM), what)
+            self._collective(what, self.comm.Allreduce, self.MPI.IN_PLACE, buf, op=self.MPI.SUM)
         return buf
 
     def bcast_(self, buf: np.ndarray, root: int = 0, what: str = "broadcast") -> np.ndarray:
         """Overwrite ``buf`` with rank ``root``'s, in place."""
         if self.size > 1:
-            self._wait(self.comm.Ibcast(buf, root=root), what)
+            self._collective(what, self.comm.Bcast, buf, root=root)
         return buf
 
     def bcast_object(self, obj, root: int = 0):
         """Rank ``root``'s ``obj`` (small JSON-like values: settings, a checkpoint's metadata)."""
-        return obj if self.size == 1 else self.comm.bcast(obj, root=root)
+        return obj if self.size == 1 else self._collective("a broadcast", self.comm.bcast, obj, root=root)
 
 
 def get_world(timeout=None) -> Communicator:

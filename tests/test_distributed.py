@@ -176,3 +176,19 @@ def test_demo_runs_on_two_ranks():
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count("test accuracy:") == 1     # rank 0 alone reports
     assert float(proc.stdout.split("test accuracy:")[1].split()[0]) > 0.8
+
+
+def test_bench_distributed_writes_its_report(tmp_path, capsys, monkeypatch):
+    spec, reason = _launcher()
+    if spec is None:
+        pytest.skip(reason)
+    from fastnn import cli
+
+    for k, v in spec[1].items():
+        if k.startswith(("OMPI_", "PRTE_")) or k == "PYTHONPATH":
+            monkeypatch.setenv(k, v)
+    monkeypatch.setenv("FASTNN_BACKEND", "numpy")   # no compilation in each of the runs
+    assert cli.main(["bench", "--distributed", "--tiny", "--out", str(tmp_path), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "| W3 local SGD |" in out and "| shared memory |" in out
+    assert (tmp_path / "distributed.md").exists() and (tmp_path / "distributed.json").exists()

@@ -77,9 +77,11 @@ def _case(sizes, batch, sync_every, samples, distributed) -> dict:
             "ranks": 1 if comm is None else comm.Get_size()}
 
 
-def _comm() -> dict:
+def _comm(tiny=False) -> dict:
     from ..distributed import comm_cost
 
+    if tiny:
+        return {"sizes": comm_cost(sizes=(4 << 10, 32 << 10), repeat=5)}
     return {"sizes": comm_cost(sizes=(4 << 10, 32 << 10, 256 << 10, 1 << 20, 8 << 20))}
 
 
@@ -123,7 +125,7 @@ def _fit_line(points):
     return max(a, 0.0), (1.0 / b if b > 0 else float("inf"))
 
 
-def run_distributed(quick=False, rounds=None, progress=True) -> dict:
+def run_distributed(quick=False, rounds=None, progress=True, tiny=False) -> dict:
     """Time every case with 1 and 2 ranks (interleaved rounds) and the allreduce model; the results as a dict."""
     try:
         import mpi4py  # noqa: F401
@@ -131,10 +133,13 @@ def run_distributed(quick=False, rounds=None, progress=True) -> dict:
         raise ValueError("--distributed needs mpi4py and MPI: pip install 'fastnn-cpu[mpi]'") from None
     rounds = rounds or (1 if quick else 3)
     samples = {"W4": 4096 if quick else 16384, "W3": 8192 if quick else 32768}
+    cases, transports = CASES, (("shared memory", False), ("loopback TCP", True))
+    if tiny:   # the machinery only (tests): one case, one transport
+        samples, rounds, cases, transports = {"W4": 512, "W3": 512}, 1, CASES[2:], transports[:1]
     results = {"cases": [], "rounds": rounds, "load_before": os.getloadavg()[0], "cpus": os.cpu_count()}
     best = {}
     for r in range(rounds):
-        for label, wid, sizes, b1, b2, sync in CASES:
+        for label, wid, sizes, b1, b2, sync in cases:
             for n, batch in ((1, b1), (2, b2)):
                 args = ["case", wid, str(batch), "0" if sync is None else str(sync), str(samples[wid])]
                 if n == 2:
@@ -146,14 +151,14 @@ def run_distributed(quick=False, rounds=None, progress=True) -> dict:
                 if progress:
                     print(f"round {r + 1}/{rounds} {label} {n} rank(s): {res['samples_per_s']:,.0f} samples/s",
                           file=sys.stderr)
-    for label, wid, sizes, b1, b2, sync in CASES:
+    for label, wid, sizes, b1, b2, sync in cases:
         one, two = best[(label, 1)], best[(label, 2)]
         results["cases"].append({"case": label, "workload": wid, "sizes": list(sizes), "batch_1": b1,
                                  "batch_per_rank_2": b2, "sync_every": sync, "backend": one["backend"],
                                  "one_rank": one["samples_per_s"], "two_ranks": two["samples_per_s"],
                                  "ratio": two["samples_per_s"] / one["samples_per_s"]})
     results["comm"] = {}
-    for name, tcp in (("shared memory", False), ("loopback TCP", True)):
+    for name, tcp in transports:
         res = _launch(2, ["comm"], tcp=tcp)
         if res is not None:
             lat, bw = _fit_line(res["sizes"])
@@ -193,7 +198,7 @@ def _main(argv):
         dist = "dist" in argv
         res = _case(sizes, batch, sync or None, samples, dist)
     else:
-        res = _comm()
+        res = _comm("tiny" in argv)
     rank = 0
     if "dist" in argv or argv[0] == "comm":
         from mpi4py import MPI

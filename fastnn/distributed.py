@@ -150,9 +150,19 @@ class Communicator:
         return obj if self.size == 1 else self._collective("a broadcast", self.comm.bcast, obj, root=root)
 
 
+_worlds: dict = {}
+
+
 def get_world(timeout=None) -> Communicator:
-    """The :class:`Communicator` of every process started by ``mpiexec`` (``MPI.COMM_WORLD``)."""
-    return Communicator(None, timeout)
+    """The :class:`Communicator` of every process started by ``mpiexec`` (``MPI.COMM_WORLD``).
+
+    One per timeout, kept for the process (each has one watchdog thread).
+    """
+    timeout = _timeout(timeout)
+    world = _worlds.get(timeout)
+    if world is None:
+        world = _worlds[timeout] = Communicator(None, timeout)
+    return world
 
 
 def _pack(arrays, dtype, extra=0):

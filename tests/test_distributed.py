@@ -44,9 +44,11 @@ def _launcher():
     argv = [exe]
     if "Open MPI" in version or "OpenRTE" in version:
         # two ranks on a small (or busy) machine: allow more ranks than free slots; containers often run as root
-        argv += ["--oversubscribe"]
+        # and on a busy machine ranks pinned to a core that spin while they wait starve each other: yield, float
+        argv += ["--oversubscribe", "--bind-to", "none"]
         env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
-                   OMPI_MCA_rmaps_base_oversubscribe="1", PRTE_MCA_rmaps_default_mapping_policy=":oversubscribe")
+                   OMPI_MCA_rmaps_base_oversubscribe="1", PRTE_MCA_rmaps_default_mapping_policy=":oversubscribe",
+                   OMPI_MCA_mpi_yield_when_idle="1")
     return (argv, env), None
 
 

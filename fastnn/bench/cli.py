@@ -32,7 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--distributed", action="store_true",
                         help="data-parallel throughput, 1 rank against 2 under mpiexec (W4, W3, local SGD), and "
                              "the allreduce cost by message size over shared memory and loopback TCP; alone; "
-                             "writes DIR/distributed.md and DIR/distributed.json (needs mpi4py)")
+                             "writes DIR/distributed.md and DIR/distributed.json (needs mpi4py; "
+                             "--backends NAME picks the backend, --repeat the rounds)")
     parser.add_argument("--threads", type=int, default=None, help="threads for fastnn, BLAS and PyTorch")
     parser.add_argument("--out", default="bench-out", metavar="DIR", help="output folder (default: bench-out)")
     parser.add_argument("--repeat", type=int, default=None, help="rounds per case (default: 9, quick: 5)")
@@ -94,8 +95,11 @@ def _run_distributed(args) -> int:
     from .distributed_section import markdown_lines, run_distributed
 
     try:
+        backends = args.backends or [None]
+        if len(backends) > 1:
+            raise ValueError("--distributed runs one backend: give --backends NAME")
         results = run_distributed(quick=args.quick, rounds=args.repeat, progress=args.progress,
-                                  tiny=getattr(args, "tiny", False))
+                                  tiny=getattr(args, "tiny", False), backend=backends[0])
     except (ValueError, RuntimeError) as exc:
         print(f"fastnn bench: {exc}", file=sys.stderr)
         return 2

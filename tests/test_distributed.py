@@ -28,7 +28,7 @@ def _mpiexec():
     return here if os.path.exists(here) else shutil.which("mpiexec")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _launcher():
     """``(argv prefix, env)`` for ``mpiexec -n 2``, or a reason to skip."""
     try:

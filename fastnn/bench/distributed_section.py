@@ -176,7 +176,7 @@ def run_distributed(quick=False, rounds=None, progress=True, tiny=False, backend
     return results
 
 
-def markdown_lines(results: dict) -> "list[str]":
+def markdown_lines(results: dict) -> list[str]:
     lines = ["## Distributed (MPI, 1 thread per rank)", "",
              f"{results['cpus']} CPUs, load average {results['load_before']:.1f} before and "
              f"{results['load_after']:.1f} after; best of {results['rounds']} interleaved round(s).", "",

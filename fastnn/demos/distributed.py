@@ -40,7 +40,7 @@ def add_arguments(parser) -> None:
                         help="run the demo under mpiexec with N ranks instead of printing the command")
 
 
-def command(n: int = 2, args=()) -> "list[str]":
+def command(n: int = 2, args=()) -> list[str]:
     """The command line that starts the demo on ``n`` ranks."""
     return ["mpiexec", "-n", str(n), sys.executable, "-m", "fastnn.demos.distributed", *args]
 
@@ -82,7 +82,7 @@ def train(args) -> int:
     return 0 if same is None or np.isfinite(same).all() else 1
 
 
-def _passed(args) -> "list[str]":
+def _passed(args) -> list[str]:
     """The options of this run, for the command line of the ranks."""
     out = ["--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--lr", repr(args.lr),
            "--seed", str(args.seed)]

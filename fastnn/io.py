@@ -85,10 +85,13 @@ import secrets
 import stat
 import struct
 import zlib
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, NoReturn
 
 import numpy as np
 
 from . import _validation as _v
+from ._typing import NDArray, ParameterSpec
 from .nn.module import MODULE_REGISTRY, Module, register_module
 
 __all__ = ["save", "load", "save_checkpoint", "load_checkpoint", "ModelFileError", "CHECKPOINT_FORMAT", "register_module", "FORMAT_NAME", "FORMAT_VERSION",
@@ -136,7 +139,7 @@ class _Bad(Exception):
     """What is wrong with the file being loaded (``load`` adds the path and raises ModelFileError)."""
 
 
-def _clip(text, limit=300) -> str:
+def _clip(text: object, limit: int = 300) -> str:
     """A message part built from file content, cut short (it may be megabytes long)."""
     text = str(text)
     return text if len(text) <= limit else text[:limit - 3] + "..."
@@ -161,7 +164,7 @@ def _architecture(module: Module, count: list, depth: int = 0) -> dict:
             "children": {k: _architecture(c, count, depth + 1) for k, c in module._modules.items()}}
 
 
-def _digest(names_arrays) -> str:
+def _digest(names_arrays: Iterable[tuple[str, NDArray[Any]]]) -> str:
     h = hashlib.sha256()
     for name, arr in names_arrays:
         h.update(name.encode())
@@ -190,7 +193,7 @@ def _save_error(exc: OSError, path: str, directory: str, what: str = "the model"
     return OSError(exc.errno, f"cannot save {what}: {exc.strerror}", path)
 
 
-def save(model: Module, path) -> None:
+def save(model: Module, path: str | os.PathLike[str]) -> None:
     """Write ``model`` (architecture and weights) to ``path``, atomically.
 
     Parameters
@@ -328,6 +331,16 @@ class _Member:
 
     __slots__ = ("name", "raw", "method", "crc", "csize", "usize", "offset", "data")
 
+    name: str
+    raw: bytes
+    method: int
+    crc: int
+    csize: int
+    usize: int
+    offset: int
+    #: where the member's bytes start in the file: None until :func:`_locate` reads its local header
+    data: int
+
 
 def _pread(fd: int, n: int, offset: int) -> bytes:
     data = os.pread(fd, n, offset)
@@ -432,7 +445,7 @@ def _directory(fd: int, size: int) -> "tuple[dict, int]":
             raise _Bad(f"the archive holds {name!r} twice")
         m = members[name] = _Member()
         m.name, m.raw, m.method, m.crc, m.csize, m.usize, m.offset, m.data = \
-            name, raw, method, crc, csize, usize, offset, None
+            name, raw, method, crc, csize, usize, offset, None  # type: ignore[assignment]  # see _Member.data
     if pos != cd_size:
         raise _Bad("the zip directory is corrupted (bytes after its last entry)")
     return members, cd_offset
@@ -449,7 +462,7 @@ def _locate(fd: int, m: _Member, limit: int) -> None:
         raise _Bad(f"member {m.name!r} runs past the end of the archive's data")
 
 
-def _no_overlap(members) -> None:
+def _no_overlap(members: Iterable[_Member]) -> None:
     spans = sorted((m.offset, m.data + m.csize, m.name) for m in members)
     for (_, end, a), (start, _, b) in zip(spans, spans[1:]):
         if start < end:
@@ -526,7 +539,7 @@ _NPY_TOKEN = re.compile(r"""\s*(?:'([^'\\]*)'|"([^"\\]*)"|(True|False)|(\d{1,30}
 
 def _npy_dict(text: str, where: str) -> dict:
     """The ``{'descr': str, 'fortran_order': bool, 'shape': (int, ...)}`` of a .npy header."""
-    tokens = []
+    tokens: list[tuple[str, str | int | bool | None]] = []
     pos, n = 0, len(text.rstrip())
     while pos < n:
         t = _NPY_TOKEN.match(text, pos)
@@ -545,7 +558,7 @@ def _npy_dict(text: str, where: str) -> dict:
     tokens.append(("end", None))
     at = 0
 
-    def take(kind):
+    def take(kind: str) -> Any:  # the token's value: its type follows kind
         nonlocal at
         if tokens[at][0] != kind:
             raise _Bad(f"{where}: malformed .npy header")
@@ -619,7 +632,7 @@ def _items(text: str) -> int:
     return text.count(",") + text.count(":") + text.count("[") + text.count("{")
 
 
-def _json_object(pairs):
+def _json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     d = dict(pairs)
     if len(d) != len(pairs):
         seen = set()
@@ -630,7 +643,7 @@ def _json_object(pairs):
     return d
 
 
-def _json_constant(name):
+def _json_constant(name: str) -> NoReturn:
     raise _Bad(f"the header holds {name}, which JSON does not allow")
 
 
@@ -666,7 +679,7 @@ def _parse_header(raw: bytes) -> dict:
     return header
 
 
-def _declared_params(params) -> "list[tuple[str, tuple, np.dtype]]":
+def _declared_params(params: object) -> "list[tuple[str, tuple, np.dtype]]":
     """The header's ``params``: ``[(name, shape, dtype)]``, each checked."""
     if not isinstance(params, dict):
         raise _Bad("the header's params is not an object")
@@ -694,7 +707,7 @@ def _declared_params(params) -> "list[tuple[str, tuple, np.dtype]]":
 _OPAQUE = object()   # marks a layer that cannot say which parameters it makes
 
 
-def _declaration(cls):
+def _declaration(cls: type[Module]) -> Callable[[dict[str, Any], tuple[str, ...]], list[ParameterSpec] | None] | None:
     """``cls.parameters_from_config`` if it describes ``cls`` itself, else None."""
     owner = next(k for k in cls.__mro__ if "parameters_from_config" in k.__dict__)
     if owner is Module or (owner is not cls and not cls.__module__.startswith("fastnn.")):
@@ -702,7 +715,7 @@ def _declaration(cls):
     return cls.parameters_from_config
 
 
-def _expected(spec, where: str, prefix: str, depth: int, count: list, out: list) -> None:
+def _expected(spec: object, where: str, prefix: str, depth: int, count: list, out: list) -> None:
     """Append the parameters ``spec`` would make, ``(name, shape, dtype name)``, to ``out``."""
     count[0] += 1
     if count[0] > MAX_LAYERS:
@@ -761,7 +774,7 @@ def _match(expected: list, params: list) -> None:
                    f"{_clip([p[0] for p in params[i:i + 5]], 200)}")
 
 
-def _build(spec, where="model"):
+def _build(spec: dict[str, Any], where: str = "model") -> Module:
     name = spec["type"]
     cls = MODULE_REGISTRY[name]
     children = {k: _build(v, f"{where}.{k}") for k, v in spec["children"].items()}
@@ -779,7 +792,7 @@ def _build(spec, where="model"):
 
 # -- loading ------------------------------------------------------------------------------
 
-def _open(path, shown: str) -> "tuple[int, int]":
+def _open(path: str, shown: str) -> "tuple[int, int]":
     """Open a regular file for reading: ``(fd, size)``."""
     try:
         # O_NONBLOCK: opening a FIFO must not wait for a writer (it is refused below)
@@ -796,7 +809,8 @@ def _open(path, shown: str) -> "tuple[int, int]":
     return fd, st.st_size
 
 
-def _verify(fd, entries, digest: str, allow_nonfinite: bool) -> None:
+def _verify(fd: int, entries: Sequence[tuple[str, tuple[int, ...], np.dtype[Any], _Member, int]], digest: str,
+            allow_nonfinite: bool) -> None:
     """Stream every weight once without keeping it: CRC-32s, the digest, finiteness."""
     h = hashlib.sha256()
     buf = bytearray(_CHUNK)
@@ -829,9 +843,9 @@ def _verify(fd, entries, digest: str, allow_nonfinite: bool) -> None:
                    f"load(..., allow_nonfinite=True) loads them anyway")
 
 
-def _fill(fd, entries, params: dict) -> None:
+def _fill(fd: int, entries: Sequence[tuple[str, tuple[int, ...], np.dtype[Any], _Member, int]], params: dict) -> None:
     """Read every weight into its parameter (CRC-32 checked again: the file may have changed)."""
-    buf = None
+    buf: bytearray | None = None
     for name, shape, dtype, m, start in entries:
         r = _Reader(fd, m)
         r.skip(start)
@@ -885,10 +899,10 @@ def _load(fd: int, size: int, max_bytes: int, allow_nonfinite: bool, checkpoint:
     total = sum(math.prod(shape) * dtype.itemsize for _, shape, dtype in params + states)
     if total > max_bytes:
         raise _Bad(f"the weights take {total} bytes, more than max_bytes={max_bytes}")
-    expected = []
+    expected: list[tuple[object, ...]] = []
     _expected(header["architecture"], "model", "", 0, [0], expected)
     _match(expected, params)
-    entries = []
+    entries: list[tuple[Any, ...]] = []  # (name, shape, dtype, member), then with the data's start
     for name, shape, dtype in params + [(_STATE + name, shape, dtype) for name, shape, dtype in states]:
         m = members[(name if name.startswith(_STATE) else _PREFIX + name) + ".npy"]
         nbytes = math.prod(shape) * dtype.itemsize
@@ -936,7 +950,7 @@ class _Holder:
         self.data = data
 
 
-def load(path, *, max_bytes: int = DEFAULT_MAX_BYTES, allow_nonfinite: bool = False) -> Module:
+def load(path: str | os.PathLike[str], *, max_bytes: int = DEFAULT_MAX_BYTES, allow_nonfinite: bool = False) -> Module:
     """Read a model written by :func:`save`.
 
     The file is treated as untrusted: it is checked completely (see

@@ -22,29 +22,36 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 
 from . import _validation as _v, ops
+from ._typing import FloatArray
+
+if TYPE_CHECKING:
+    from .nn.module import Module, Parameter
+
+#: What optimizers and :func:`clip_grad_norm` take: parameters, or a module's.
+Params = Union["Iterable[Parameter]", "Module"]
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "clip_grad_norm",
            "LRScheduler", "StepLR", "CosineAnnealingLR", "ExponentialLR"]
 
 
-def _param_list(params):
+def _param_list(params: Params) -> list[Parameter]:
     from .nn.module import Module, Parameter
 
-    if isinstance(params, Module):
-        params = params.parameters()
-    params = list(params)
-    if not params:
+    plist = list(params.parameters() if isinstance(params, Module) else params)
+    if not plist:
         raise ValueError("optimizer got an empty parameter list")
-    for i, p in enumerate(params):
+    for i, p in enumerate(plist):
         if not isinstance(p, Parameter):
             raise TypeError(f"parameter {i} is a {type(p).__name__}, not a fastnn.nn.Parameter")
-    if len({id(p) for p in params}) != len(params):
+    if len({id(p) for p in plist}) != len(plist):
         raise ValueError("some parameters appear more than once")
-    return params
+    return plist
 
 
 class Optimizer:
@@ -68,17 +75,18 @@ class Optimizer:
     not run in two threads at once on one optimizer (``RuntimeError``).
     """
 
-    _state_names: tuple = ()
+    _state_names: tuple[str, ...] = ()
 
-    def __init__(self, params, lr):
+    def __init__(self, params: Params, lr: float) -> None:
         self.params = _param_list(params)
         self.lr = lr
-        self._plan = ops.UpdatePlan(self.params, self._state_names)
+        # Parameter sets .grad through object.__setattr__: invisible to mypy until module.py declares it
+        self._plan = ops.UpdatePlan(self.params, self._state_names)  # type: ignore[arg-type]
         self._plan._check()   # validate now, not at the first step
         self._step_lock = threading.Lock()
 
     @property
-    def state(self) -> dict:
+    def state(self) -> dict[str, list[FloatArray | None]]:
         return self._plan.state
 
     @property
@@ -87,13 +95,13 @@ class Optimizer:
         return self._lr
 
     @lr.setter
-    def lr(self, value):
+    def lr(self, value: float) -> None:
         self._lr = _v.scalar(value, "lr", low=0.0)
 
     def zero_grad(self) -> None:
         """Set every gradient to zero (not needed between steps: ``backward`` overwrites them)."""
         for p in self.params:
-            p.grad[...] = 0
+            p.grad[...] = 0  # type: ignore[attr-defined]  # Parameter.grad: invisible until module.py declares it
 
     def step(self) -> None:
         """Update every parameter in place from its ``grad``."""
@@ -179,12 +187,12 @@ class Optimizer:
             for a, d in zip(arrays[name], self.state[name]):
                 d[...] = a
 
-    def __getstate__(self):
+    def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state.pop("_step_lock", None)
         return state
 
-    def __setstate__(self, state):
+    def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._step_lock = threading.Lock()
 
@@ -216,7 +224,8 @@ class SGD(Optimizer):
 
     _hyper_names = ("momentum", "nesterov", "weight_decay")
 
-    def __init__(self, params, lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0):
+    def __init__(self, params: Params, lr: float = 0.01, momentum: float = 0.0, nesterov: bool = False,
+                 weight_decay: float = 0.0) -> None:
         self.momentum = _v.scalar(momentum, "momentum", low=0.0, high=1.0, high_open=True)
         self.weight_decay = _v.scalar(weight_decay, "weight_decay", low=0.0)
         self.nesterov = _v.strict_bool(nesterov, "nesterov")
@@ -226,7 +235,7 @@ class SGD(Optimizer):
         super().__init__(params, lr)
 
     @property
-    def velocity(self):
+    def velocity(self) -> list[FloatArray | None]:
         return self.state["velocity"] if self.momentum else [None] * len(self.params)
 
     def _update(self) -> None:
@@ -254,7 +263,8 @@ class Adam(Optimizer):
     _state_names = ("exp_avg", "exp_avg_sq")
     _hyper_names = ("betas", "eps", "weight_decay")
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+    def __init__(self, params: Params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.0) -> None:
         b1, b2 = betas
         self.betas = (_v.scalar(b1, "beta1", low=0.0, high=1.0, high_open=True),
                       _v.scalar(b2, "beta2", low=0.0, high=1.0, high_open=True))
@@ -264,11 +274,11 @@ class Adam(Optimizer):
         super().__init__(params, lr)
 
     @property
-    def exp_avg(self):
+    def exp_avg(self) -> list[FloatArray | None]:
         return self.state["exp_avg"]
 
     @property
-    def exp_avg_sq(self):
+    def exp_avg_sq(self) -> list[FloatArray | None]:
         return self.state["exp_avg_sq"]
 
     def _update(self) -> None:
@@ -290,11 +300,12 @@ class AdamW(Adam):
 
     _decoupled = True
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01):
+    def __init__(self, params: Params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.01) -> None:
         super().__init__(params, lr, betas, eps, weight_decay)
 
 
-def clip_grad_norm(params, max_norm, eps=1e-6) -> float:
+def clip_grad_norm(params: Params, max_norm: float, eps: float = 1e-6) -> float:
     """Scale all gradients so that their global L2 norm is at most ``max_norm``.
 
     ``total = sqrt(Σ_p ‖p.grad‖²)``; if ``total > max_norm`` every gradient
@@ -315,13 +326,12 @@ def clip_grad_norm(params, max_norm, eps=1e-6) -> float:
     """
     from .nn.module import Module
 
-    if isinstance(params, Module):
-        params = params.parameters()
+    plist = params.parameters() if isinstance(params, Module) else params
     max_norm = _v.scalar(max_norm, "max_norm", low=0.0, low_open=True)
     total_sq = 0.0
-    grads = []
-    for p in params:
-        g = p.grad
+    grads: list[FloatArray] = []
+    for p in plist:
+        g = p.grad  # type: ignore[union-attr]  # Parameter.grad: invisible until module.py declares it
         flat = g.reshape(-1)
         total_sq += float(np.dot(flat, flat)) if g.dtype == np.float64 else float(np.dot(flat, flat.astype(np.float64)))
         grads.append(g)
@@ -344,7 +354,7 @@ class LRScheduler:
     optimizer : Optimizer
     """
 
-    def __init__(self, optimizer):
+    def __init__(self, optimizer: Optimizer) -> None:
         if not isinstance(optimizer, Optimizer):
             raise TypeError(f"a scheduler needs a fastnn optimizer, got {type(optimizer).__name__}")
         self.optimizer = optimizer
@@ -394,25 +404,25 @@ class StepLR(LRScheduler):
     gamma : float, default 0.1
     """
 
-    def __init__(self, optimizer, step_size, gamma=0.1):
+    def __init__(self, optimizer: Optimizer, step_size: int, gamma: float = 0.1) -> None:
         super().__init__(optimizer)
         if int(step_size) != step_size or step_size < 1:
             raise ValueError(f"step_size must be a positive integer, got {step_size!r}")
         self.step_size = int(step_size)
         self.gamma = _v.scalar(gamma, "gamma", low=0.0)
 
-    def get_lr(self, epoch):
+    def get_lr(self, epoch: int) -> float:
         return self.base_lr * self.gamma ** (epoch // self.step_size)
 
 
 class ExponentialLR(LRScheduler):
     """``lr = base_lr · gamma^epoch``."""
 
-    def __init__(self, optimizer, gamma):
+    def __init__(self, optimizer: Optimizer, gamma: float) -> None:
         super().__init__(optimizer)
         self.gamma = _v.scalar(gamma, "gamma", low=0.0)
 
-    def get_lr(self, epoch):
+    def get_lr(self, epoch: int) -> float:
         return self.base_lr * self.gamma ** epoch
 
 
@@ -429,12 +439,12 @@ class CosineAnnealingLR(LRScheduler):
     eta_min : float, default 0
     """
 
-    def __init__(self, optimizer, T_max, eta_min=0.0):
+    def __init__(self, optimizer: Optimizer, T_max: int, eta_min: float = 0.0) -> None:
         super().__init__(optimizer)
         if int(T_max) != T_max or T_max < 1:
             raise ValueError(f"T_max must be a positive integer, got {T_max!r}")
         self.T_max = int(T_max)
         self.eta_min = _v.scalar(eta_min, "eta_min", low=0.0)
 
-    def get_lr(self, epoch):
+    def get_lr(self, epoch: int) -> float:
         return self.eta_min + (self.base_lr - self.eta_min) * (1 + math.cos(math.pi * epoch / self.T_max)) / 2

@@ -26,12 +26,18 @@ from __future__ import annotations
 import math
 import os
 import warnings
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
 
+from ._typing import ArrayLike, FloatArray, NDArray
 from .grad_mode import inference_mode, no_grad
 from .nn.loss import LOSSES, CrossEntropyLoss, Loss, MSELoss
 from .workspace import Workspace, _active as _active_workspace
+
+if TYPE_CHECKING:
+    from .nn.module import Module
+    from .optim import LRScheduler, Optimizer
 
 __all__ = ["fit", "predict", "evaluate", "History", "EarlyStopping", "make_train_step", "TrainStep",
            "NonFiniteLossError"]
@@ -62,21 +68,21 @@ class History:
     lr : list of float, the learning rate of each epoch
     """
 
-    def __init__(self, accuracy=True):
-        self.history = {"loss": [], "accuracy": []} if accuracy else {"loss": []}
-        self.lr = []
+    def __init__(self, accuracy: bool = True) -> None:
+        self.history: dict[str, list[float]] = {"loss": [], "accuracy": []} if accuracy else {"loss": []}
+        self.lr: list[float] = []
         self.stopped_early = False
         self.stopped_nonfinite = False
-        self.best_epoch = None
+        self.best_epoch: int | None = None
 
     @property
     def epochs(self) -> int:
         return len(self.history["loss"])
 
-    def __getitem__(self, key):
+    def __getitem__(self, key: str) -> list[float]:
         return self.history[key]
 
-    def __contains__(self, key):
+    def __contains__(self, key: object) -> bool:
         return key in self.history
 
     def __repr__(self) -> str:
@@ -100,7 +106,16 @@ class EarlyStopping:
         Put back the weights of the best epoch when stopping (and at the end).
     """
 
-    def __init__(self, monitor="val_loss", patience=5, min_delta=0.0, restore_best=True):
+    # set by _start, at the beginning of each fit
+    _key: str
+    _sign: float
+    _best: float
+    _best_epoch: int | None
+    _best_state: dict[str, NDArray[Any]] | None
+    _wait: int
+
+    def __init__(self, monitor: str = "val_loss", patience: int = 5, min_delta: float = 0.0,
+                 restore_best: bool = True) -> None:
         if int(patience) != patience or patience < 0:
             raise ValueError(f"patience must be a non-negative integer, got {patience!r}")
         self.monitor = monitor
@@ -108,7 +123,7 @@ class EarlyStopping:
         self.min_delta = abs(float(min_delta))
         self.restore_best = bool(restore_best)
 
-    def _start(self, has_val):
+    def _start(self, has_val: bool) -> None:
         self._key = self.monitor
         if self._key.startswith("val_") and not has_val:
             self._key = self._key[4:]
@@ -118,7 +133,7 @@ class EarlyStopping:
         self._best_state = None
         self._wait = 0
 
-    def _update(self, epoch, history, model) -> bool:
+    def _update(self, epoch: int, history: dict[str, list[float]], model: Module) -> bool:
         """Record this epoch; True means stop."""
         value = self._sign * history[self._key][-1]
         if value < self._best - self.min_delta or self._best_epoch is None:
@@ -131,12 +146,12 @@ class EarlyStopping:
         self._wait += 1
         return self._wait >= self.patience
 
-    def _finish(self, model):
+    def _finish(self, model: Module) -> None:
         if self.restore_best and self._best_state is not None:
             model.load_state_dict(self._best_state)
 
 
-def _resolve_loss(loss, y):
+def _resolve_loss(loss: Loss | str | None, y: ArrayLike) -> Loss:
     if loss is None:
         y = np.asarray(y)
         return CrossEntropyLoss() if y.dtype.kind in "iu" else MSELoss()
@@ -150,20 +165,20 @@ def _resolve_loss(loss, y):
     return loss
 
 
-def _model_dtype(model):
+def _model_dtype(model: Module) -> np.dtype[Any]:
     for p in model.parameters():
         return p.data.dtype
     return np.dtype(np.float32)
 
 
-def _finite_or_raise(a, name):
+def _finite_or_raise(a: NDArray[Any], name: str) -> None:
     if a.dtype.kind == "f" and not np.isfinite(a).all():
         bad = np.flatnonzero(~np.isfinite(a.reshape(a.shape[0], -1)).all(axis=1)) if a.ndim else np.array([0])
         raise ValueError(f"{name} holds NaN or infinite values (first in sample {int(bad[0])}, {bad.size} samples "
                          f"in all): clean or impute them before training")
 
 
-def _prepare(model, loss, X, y):
+def _prepare(model: Module, loss: Loss, X: ArrayLike, y: ArrayLike) -> tuple[FloatArray, NDArray[Any]]:
     """Validate a whole data set once: contiguous finite inputs in the model's dtype, checked targets."""
     dtype = _model_dtype(model)
     X = np.asarray(X)
@@ -195,6 +210,12 @@ def _prepare(model, loss, X, y):
     elif y.ndim == 1 and probe.ndim == 2 and probe.shape[1] == 1:
         y = y.reshape(-1, 1)
     if y.shape[1:] != probe.shape[1:] and not isinstance(loss, CrossEntropyLoss):
+        if y.ndim == 1 and probe.ndim == 2 and probe.shape[1] > 1 and y.size and np.all(np.mod(y, 1) == 0):
+            # Class labels read as floats (0.0 ... 9.0 from a CSV) picked the regression loss.
+            raise ValueError(f"y holds whole numbers ({y.min():g} to {y.max():g}) stored as {y.dtype} and the model "
+                             f"outputs {probe.shape[1]} scores per sample: for classification use integer labels, "
+                             f"y.astype(np.int64), or loss='cross_entropy'; for regression give y one column per "
+                             f"model output")
         raise ValueError(f"targets have shape {y.shape[1:]} per sample but the model outputs {probe.shape[1:]}")
     return X, y
 
@@ -215,7 +236,7 @@ class TrainStep:
     :class:`NonFiniteLossError`: the model is left as it was before the step.
     """
 
-    def __init__(self, model, loss, optimizer, clip_grad_norm=None):
+    def __init__(self, model: Module, loss: Loss, optimizer: Optimizer, clip_grad_norm: float | None = None) -> None:
         from .nn.module import Module
         from .optim import Optimizer
 
@@ -229,14 +250,14 @@ class TrainStep:
         self.clip_grad_norm = None if clip_grad_norm is None else float(clip_grad_norm)
         self.workspace = Workspace(model)
 
-    def __call__(self, xb, yb):
+    def __call__(self, xb: NDArray[Any], yb: NDArray[Any]) -> tuple[float, FloatArray]:
         ws = self.workspace
         if _active_workspace.get() is ws:   # inside fit: already claimed
             return self.run(xb, yb)
         with ws:
             return self.run(xb, yb)
 
-    def run(self, xb, yb):
+    def run(self, xb: NDArray[Any], yb: NDArray[Any]) -> tuple[float, FloatArray]:
         """The step itself, in whatever workspace is active (``__call__`` enters the step's own)."""
         out = self.model.forward(xb)
         value = self.loss.forward(out, yb)
@@ -255,7 +276,8 @@ class TrainStep:
         return f"TrainStep({type(self.model).__name__}, {type(self.loss).__name__}, {type(self.optimizer).__name__})"
 
 
-def make_train_step(model, loss, optimizer, clip_grad_norm=None):
+def make_train_step(model: Module, loss: Loss, optimizer: Optimizer,
+                    clip_grad_norm: float | None = None) -> TrainStep:
     """The function :func:`fit` runs per minibatch: ``step(xb, yb) -> (loss, output)``.
 
     ``xb`` and ``yb`` are one minibatch (the model's dtype; labels in range,
@@ -272,7 +294,7 @@ def make_train_step(model, loss, optimizer, clip_grad_norm=None):
     return TrainStep(model, loss, optimizer, clip_grad_norm)
 
 
-def _correct(kind, out, yb):
+def _correct(kind: str | None, out: NDArray[Any], yb: NDArray[Any]) -> tuple[int, int]:
     if kind == "argmax":
         return int(np.count_nonzero(out.argmax(axis=1) == yb)), yb.shape[0]
     if kind == "sign":
@@ -280,10 +302,13 @@ def _correct(kind, out, yb):
     return 0, 0
 
 
-def fit(model, X, y, loss=None, optimizer=None, epochs=10, batch_size=32, validation_data=None,
-        shuffle=True, seed=None, early_stopping=None, progress=True, clip_grad_norm=None,
-        scheduler=None, verbose=False, on_nonfinite="raise", *, distributed=False, sync_every=None,
-        checkpoint=None, checkpoint_every=None, resume=None):
+def fit(model: Module, X: ArrayLike, y: ArrayLike, loss: Loss | str | None = None, optimizer: Optimizer | None = None,
+        epochs: int = 10, batch_size: int = 32, validation_data: tuple[ArrayLike, ArrayLike] | None = None,
+        shuffle: bool = True, seed: int | None = None, early_stopping: EarlyStopping | int | None = None,
+        progress: bool = True, clip_grad_norm: float | None = None, scheduler: LRScheduler | None = None,
+        verbose: bool = False, on_nonfinite: Literal["raise", "warn"] = "raise", *, distributed: bool = False,
+        sync_every: int | None = None, checkpoint: str | os.PathLike[str] | None = None,
+        checkpoint_every: int | None = None, resume: str | os.PathLike[str] | None = None) -> History:
     """Train ``model`` on ``(X, y)`` by minibatch gradient descent.
 
     Parameters
@@ -350,6 +375,8 @@ def fit(model, X, y, loss=None, optimizer=None, epochs=10, batch_size=32, valida
     ------
     ValueError
         Data with NaN/inf, targets that do not fit the model's output.
+    TypeError
+        ``early_stopping`` that is neither an :class:`EarlyStopping` nor an int (a bool, say).
     NonFiniteLossError
         The loss became NaN/inf during training (``on_nonfinite="raise"``).
     RuntimeError
@@ -370,6 +397,10 @@ def fit(model, X, y, loss=None, optimizer=None, epochs=10, batch_size=32, valida
         optimizer = _optim.Adam(model.parameters(), lr=1e-3)
     if isinstance(early_stopping, (int, np.integer)) and not isinstance(early_stopping, bool):
         early_stopping = EarlyStopping(patience=int(early_stopping))
+    elif early_stopping is not None and not isinstance(early_stopping, EarlyStopping):
+        # a bool is not a patience: refuse it (and any other type) before training starts
+        raise TypeError(f"early_stopping must be an EarlyStopping, an int (its patience) or None, "
+                        f"got {early_stopping!r}")
     model.train()
     X, y = _prepare(model, loss, X, y)
     if validation_data is not None:
@@ -424,6 +455,7 @@ def fit(model, X, y, loss=None, optimizer=None, epochs=10, batch_size=32, valida
         m = n
     mean = loss.reduction == "mean"
     argmax, greater = np.argmax, np.greater
+    pred: NDArray[Any]  # the epoch's predictions: class indices, or signs
     if kind == "argmax":
         pred = np.empty(m, np.intp)
     elif kind == "sign":
@@ -637,14 +669,14 @@ def _resume(path, model, optimizer, scheduler, rng, history, sync, early_stoppin
     return epoch, info["step"], (float(partial[0]), int(partial[1]))
 
 
-def _weights_note(model) -> str:
+def _weights_note(model: Module) -> str:
     bad = [name for name, p in model.named_parameters() if not np.isfinite(p.data).all()]
     if bad:
         return f"; parameters already non-finite from earlier steps: {', '.join(bad)}"
     return "; every parameter is still finite"
 
 
-def predict(model, X, batch_size=256):
+def predict(model: Module, X: ArrayLike, batch_size: int = 256) -> NDArray[Any]:
     """Model outputs for ``X``, computed in batches (evaluation mode, no gradient bookkeeping).
 
     Safe to call from several threads on one model (each call has its own
@@ -662,7 +694,7 @@ def predict(model, X, batch_size=256):
     if X.dtype.kind not in "fiub":
         raise TypeError(f"X must be numeric, got dtype {X.dtype}")
     X = np.ascontiguousarray(X, dtype=dtype)
-    result = None
+    result: NDArray[Any] | None = None
     n = X.shape[0]
     with inference_mode(), Workspace():
         for i in range(0, n, batch_size):
@@ -675,7 +707,8 @@ def predict(model, X, batch_size=256):
     return result
 
 
-def evaluate(model, X, y, loss=None, batch_size=256, _prepared=False):
+def evaluate(model: Module, X: ArrayLike, y: ArrayLike, loss: Loss | str | None = None, batch_size: int = 256,
+             _prepared: bool = False) -> dict[str, float]:
     """Loss and accuracy of ``model`` on ``(X, y)`` (evaluation mode, no gradient bookkeeping).
 
     Parameters
@@ -697,6 +730,8 @@ def evaluate(model, X, y, loss=None, batch_size=256, _prepared=False):
     loss = _resolve_loss(loss, y)
     if not _prepared:
         X, y = _prepare(model, loss, X, y)
+    else:  # fit's own validation data, already prepared
+        X, y = cast("NDArray[Any]", X), cast("NDArray[Any]", y)
     total = 0.0
     correct = counted = 0
     n = X.shape[0]

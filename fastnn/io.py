@@ -230,7 +230,8 @@ def save(model: Module, path: str | os.PathLike[str]) -> None:
     _write(path, *_model_arrays(model, FORMAT_NAME))
 
 
-def _model_arrays(model: Module, fmt: str, extra=None, states=None) -> "tuple[dict, str]":
+def _model_arrays(model: Module, fmt: str, extra: dict[str, Any] | None = None,
+                  states: dict[str, NDArray[Any]] | None = None) -> tuple[dict[str, NDArray[Any]], str]:
     """The archive's arrays (header first) and what it holds; ``extra``/``states`` make a checkpoint."""
     count = [0]
     arch = _architecture(model, count)
@@ -244,7 +245,7 @@ def _model_arrays(model: Module, fmt: str, extra=None, states=None) -> "tuple[di
     }
     if extra is not None:
         header["checkpoint"] = extra
-        header["state"] = {k: {"shape": list(v.shape), "dtype": v.dtype.str} for k, v in states.items()}
+        header["state"] = {k: {"shape": list(v.shape), "dtype": v.dtype.str} for k, v in (states or {}).items()}
     try:
         text = json.dumps(header, allow_nan=False)
     except ValueError:
@@ -268,7 +269,7 @@ def _model_arrays(model: Module, fmt: str, extra=None, states=None) -> "tuple[di
     return arrays, "the model" if extra is None else "the checkpoint"
 
 
-def _write(path, arrays: dict, what: str) -> None:
+def _write(path: str | os.PathLike[str], arrays: dict[str, NDArray[Any]], what: str) -> None:
     """Write ``arrays`` as an .npz archive at ``path``, atomically (see :func:`save`)."""
     path = os.fsdecode(os.fspath(path))
     target = _target(path)
@@ -667,7 +668,7 @@ def _parse_header(raw: bytes) -> dict:
     version = header.get("version")
     if type(version) is not int or version != FORMAT_VERSION:
         raise _Bad(f"file format version {_clip(repr(version), 40)}, this fastnn reads version {FORMAT_VERSION}")
-    keys = ("format", "version", "architecture", "params", "sha256")
+    keys: tuple[str, ...] = ("format", "version", "architecture", "params", "sha256")
     if header["format"] == CHECKPOINT_FORMAT:   # a model file plus training state (see save_checkpoint)
         keys += ("checkpoint", "state")
         if not isinstance(header.get("checkpoint"), dict):
@@ -866,7 +867,7 @@ def _fill(fd: int, entries: Sequence[tuple[str, tuple[int, ...], np.dtype[Any], 
             raise _Bad("the file changed while it was being read") from None
 
 
-def _load(fd: int, size: int, max_bytes: int, allow_nonfinite: bool, checkpoint: bool = False):
+def _load(fd: int, size: int, max_bytes: int, allow_nonfinite: bool, checkpoint: bool = False) -> Any:
     """The model in the file; with ``checkpoint``, ``(model, training state, {name: state array})``."""
     members, data_end = _directory(fd, size)
     hm = members.get(_HEADER_MEMBER)
@@ -946,7 +947,7 @@ class _Holder:
 
     __slots__ = ("data",)
 
-    def __init__(self, data):
+    def __init__(self, data: NDArray[Any]) -> None:
         self.data = data
 
 
@@ -1000,18 +1001,20 @@ def load(path: str | os.PathLike[str], *, max_bytes: int = DEFAULT_MAX_BYTES, al
 
 # -- checkpoints ------------------------------------------------------------------------------
 
-def _rng_state(rng):
+def _rng_state(rng: np.random.Generator | dict[str, Any] | None) -> dict[str, Any] | None:
     if rng is None:
         return None
     if isinstance(rng, np.random.Generator):
-        return rng.bit_generator.state
+        return dict(rng.bit_generator.state)
     if isinstance(rng, dict):
         return rng
     raise TypeError(f"rng must be a numpy Generator or its bit_generator.state, got {type(rng).__name__}")
 
 
-def save_checkpoint(path, model: Module, optimizer, epoch: int, rng=None, history=None, *, scheduler=None,
-                    step: int = 0, extra=None, arrays=None) -> None:
+def save_checkpoint(path: str | os.PathLike[str], model: Module, optimizer: Any, epoch: int,
+                    rng: np.random.Generator | dict[str, Any] | None = None, history: Any = None, *,
+                    scheduler: Any = None, step: int = 0, extra: dict[str, Any] | None = None,
+                    arrays: dict[str, NDArray[Any]] | None = None) -> None:
     """Write a training checkpoint: model, optimizer state, epoch, RNG state and history, atomically.
 
     The file is a model file (see :mod:`fastnn.io`) of format
@@ -1068,8 +1071,8 @@ def save_checkpoint(path, model: Module, optimizer, epoch: int, rng=None, histor
     _write(path, *_model_arrays(model, CHECKPOINT_FORMAT, info, states))
 
 
-def load_checkpoint(path, model: Module | None = None, optimizer=None, scheduler=None, *,
-                    max_bytes: int = DEFAULT_MAX_BYTES) -> dict:
+def load_checkpoint(path: str | os.PathLike[str], model: Module | None = None, optimizer: Any = None,
+                    scheduler: Any = None, *, max_bytes: int = DEFAULT_MAX_BYTES) -> dict[str, Any]:
     """Read a checkpoint written by :func:`save_checkpoint` (or by ``fit(..., checkpoint=...)``).
 
     The file is validated as :func:`load` validates a model file, the

@@ -118,7 +118,7 @@ class Optimizer:
     # hyper-parameters that ``state_dict`` records besides ``lr`` (subclasses extend it)
     _hyper_names: tuple = ()
 
-    def state_dict(self) -> dict:
+    def state_dict(self) -> dict[str, Any]:
         """The optimizer's state, for a checkpoint: hyper-parameters, step count and state arrays.
 
         Returns
@@ -129,14 +129,14 @@ class Optimizer:
             values and arrays only, so :func:`fastnn.save_checkpoint` stores it
             without pickle.
         """
-        hyper = {"lr": self.lr}
+        hyper: dict[str, Any] = {"lr": self.lr}
         for name in self._hyper_names:
             value = getattr(self, name)
             hyper[name] = list(value) if isinstance(value, tuple) else value
         return {"type": type(self).__name__, "hyper": hyper, "step_count": int(getattr(self, "step_count", 0)),
                 "state": {name: [np.array(a, copy=True) for a in self.state[name]] for name in self._state_names}}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned, in place (the state arrays keep their identity).
 
         Parameters
@@ -166,9 +166,10 @@ class Optimizer:
                 raise ValueError(f"the state_dict has {len(src)} {name} arrays for {len(dst)} parameters")
             for i, (a, d) in enumerate(zip(src, dst)):
                 a = np.asarray(a)
-                if a.shape != d.shape or a.dtype != d.dtype:
+                want = (None, None) if d is None else (d.shape, d.dtype)
+                if (a.shape, a.dtype) != want:
                     raise ValueError(f"{name}[{i}] is {a.shape} {a.dtype} in the state_dict, the parameter "
-                                     f"needs {d.shape} {d.dtype}")
+                                     f"needs {want[0]} {want[1]}")
         hyper = dict(state["hyper"])
         if set(hyper) != {"lr", *self._hyper_names}:
             raise ValueError(f"the state_dict has hyper-parameters {sorted(hyper)}, this {type(self).__name__} "
@@ -185,7 +186,7 @@ class Optimizer:
             self.step_count = int(state["step_count"])
         for name in self._state_names:
             for a, d in zip(arrays[name], self.state[name]):
-                d[...] = a
+                d[...] = a   # type: ignore[index]  # every array exists: checked above
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -372,11 +373,11 @@ class LRScheduler:
     def get_last_lr(self) -> float:
         return self.optimizer.lr
 
-    def state_dict(self) -> dict:
+    def state_dict(self) -> dict[str, Any]:
         """``{"type", "base_lr", "last_epoch"}``: what a checkpoint needs to continue the schedule."""
         return {"type": type(self).__name__, "base_lr": self.base_lr, "last_epoch": self.last_epoch}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`'s values and set the optimizer's learning rate to match.
 
         Raises

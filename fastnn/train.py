@@ -415,12 +415,12 @@ def fit(model: Module, X: ArrayLike, y: ArrayLike, loss: Loss | str | None = Non
         sync = _Sync(model, optimizer, sync_every)
         rank, world = sync.rank, sync.size
         if seed is None and shuffle:   # every rank must shuffle alike
-            seed = sync.world.bcast_object(int(np.random.SeedSequence().entropy % 2**63))
+            seed = sync.world.bcast_object(cast(int, np.random.SeedSequence().entropy) % 2**63)
         if rank != 0:
             progress = verbose = False
         if validation_data is not None:   # each rank evaluates its share; the sums are reduced
-            part = np.array_split(np.arange(X_val.shape[0]), world)[rank]
-            X_val, y_val = X_val[part], y_val[part]
+            part = np.array_split(np.arange(np.shape(X_val)[0]), world)[rank]
+            X_val, y_val = np.asarray(X_val)[part], np.asarray(y_val)[part]
     rng = np.random.default_rng(seed)
     step = make_train_step(model, loss, optimizer, clip_grad_norm)
     kind = loss.accuracy_kind
@@ -460,6 +460,8 @@ def fit(model: Module, X: ArrayLike, y: ArrayLike, loss: Loss | str | None = Non
         pred = np.empty(m, np.intp)
     elif kind == "sign":
         pred = np.empty(ys.shape, bool)
+    else:
+        pred = np.empty(0, bool)   # regression: no accuracy
     workspace = step.workspace
     save_state = None if checkpoint is None else (checkpoint, scheduler, early_stopping, batch_size, world,
                                                    sync_every, n)
@@ -558,7 +560,7 @@ def fit(model: Module, X: ArrayLike, y: ArrayLike, loss: Loss | str | None = Non
     return history
 
 
-def _count(kind, pred, ys, lo, hi) -> int:
+def _count(kind: str | None, pred: NDArray[Any], ys: NDArray[Any], lo: int, hi: int) -> int:
     """Correct predictions among this rank's samples ``lo:hi`` of the epoch."""
     if kind == "argmax":
         return int(np.count_nonzero(pred[lo:hi] == ys[lo:hi]))
@@ -567,7 +569,8 @@ def _count(kind, pred, ys, lo, hi) -> int:
     return 0
 
 
-def _check_sync(distributed, sync_every, checkpoint, checkpoint_every):
+def _check_sync(distributed: bool, sync_every: int | None, checkpoint: object,
+                checkpoint_every: int | None) -> tuple[int | None, int | None]:
     if not isinstance(distributed, (bool, np.bool_)):
         raise TypeError(f"distributed must be True or False, got {distributed!r}")
     if sync_every is not None:
@@ -588,7 +591,7 @@ def _check_sync(distributed, sync_every, checkpoint, checkpoint_every):
     return sync_every, checkpoint_every
 
 
-def _validate(model, X_val, y_val, loss, sync):
+def _validate(model: Module, X_val: Any, y_val: Any, loss: Loss, sync: Any) -> dict[str, float]:
     if sync is None:
         return evaluate(model, X_val, y_val, loss=loss, _prepared=True)
     k = X_val.shape[0]
@@ -605,7 +608,8 @@ def _validate(model, X_val, y_val, loss, sync):
     return out
 
 
-def _save(save_state, model, optimizer, epoch, step, rng_state, history, sync, partial):
+def _save(save_state: tuple[Any, ...], model: Module, optimizer: Optimizer, epoch: int, step: int,
+          rng_state: Any, history: History, sync: Any, partial: tuple[float, int] | None) -> None:
     """Write a checkpoint (rank 0 only); ``partial``: the running loss total and correct count of the epoch."""
     from .io import save_checkpoint
 
@@ -625,11 +629,13 @@ def _save(save_state, model, optimizer, epoch, step, rng_state, history, sync, p
                     arrays=best)
 
 
-def _resume(path, model, optimizer, scheduler, rng, history, sync, early_stopping, batch_size, world, sync_every, n):
+def _resume(path: str | os.PathLike[str], model: Module, optimizer: Optimizer, scheduler: LRScheduler | None,
+            rng: np.random.Generator, history: History, sync: Any, early_stopping: EarlyStopping | None,
+            batch_size: int, world: int, sync_every: int | None, n: int) -> tuple[int, int, tuple[float, int]]:
     """Restore a checkpoint for :func:`fit`: ``(epoch, step, (loss total, correct count))``."""
     from .io import load_checkpoint
 
-    info = None
+    info: Any = None
     if sync is None or sync.rank == 0:
         info = load_checkpoint(path, model, optimizer, scheduler)
         extra = info["extra"] or {}

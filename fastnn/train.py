@@ -24,6 +24,7 @@ thread count.
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from typing import TYPE_CHECKING, Any, Literal, cast
 
@@ -306,7 +307,9 @@ def fit(model: Module, X: ArrayLike, y: ArrayLike, loss: Loss | str | None = Non
         epochs: int = 10, batch_size: int = 32, validation_data: tuple[ArrayLike, ArrayLike] | None = None,
         shuffle: bool = True, seed: int | None = None, early_stopping: EarlyStopping | int | None = None,
         progress: bool = True, clip_grad_norm: float | None = None, scheduler: LRScheduler | None = None,
-        verbose: bool = False, on_nonfinite: Literal["raise", "warn"] = "raise") -> History:
+        verbose: bool = False, on_nonfinite: Literal["raise", "warn"] = "raise", *, distributed: bool = False,
+        sync_every: int | None = None, checkpoint: str | os.PathLike[str] | None = None,
+        checkpoint_every: int | None = None, resume: str | os.PathLike[str] | None = None) -> History:
     """Train ``model`` on ``(X, y)`` by minibatch gradient descent.
 
     Parameters
@@ -343,6 +346,27 @@ def fit(model: Module, X: ArrayLike, y: ArrayLike, loss: Loss | str | None = Non
         training): raise :class:`NonFiniteLossError`, or warn and stop
         training, returning the history so far (``history.stopped_nonfinite``).
         Either way the step that saw the loss does not update the model.
+    distributed : bool, default False
+        Data-parallel training over MPI, for a script started with
+        ``mpiexec -n N``: ``batch_size`` is per rank, gradients are summed
+        over the ranks every step, only rank 0 shows progress and writes
+        checkpoints (see :mod:`fastnn.distributed`; needs mpi4py).
+    sync_every : int, optional
+        With ``distributed``: local SGD, averaging parameters and optimizer
+        state every ``sync_every`` steps (and at every epoch's end) instead
+        of summing gradients every step.
+    checkpoint : str or os.PathLike, optional
+        Write a checkpoint (:func:`fastnn.save_checkpoint`) there at the end
+        of every epoch, or every ``checkpoint_every`` steps.
+    checkpoint_every : int, optional
+        Optimizer steps between checkpoints (default: one per epoch); with
+        ``sync_every`` a multiple of it.
+    resume : str or os.PathLike, optional
+        Continue the run a checkpoint recorded: weights, optimizer and
+        schedule state, shuffling state, history and the position in the
+        epoch are restored, so the run ends with exactly the weights an
+        uninterrupted run reaches (same seed, backend, thread count, batch
+        size and number of ranks). ``epochs`` is the total, as in the first run.
 
     Returns
     -------
@@ -368,6 +392,7 @@ def fit(model: Module, X: ArrayLike, y: ArrayLike, loss: Loss | str | None = Non
     epochs, batch_size = int(epochs), int(batch_size)
     if on_nonfinite not in _NONFINITE:
         raise ValueError(f"on_nonfinite must be one of {_NONFINITE}, got {on_nonfinite!r}")
+    sync_every, checkpoint_every = _check_sync(distributed, sync_every, checkpoint, checkpoint_every)
     loss = _resolve_loss(loss, y)
     if optimizer is None:
         optimizer = _optim.Adam(model.parameters(), lr=1e-3)
@@ -383,6 +408,20 @@ def fit(model: Module, X: ArrayLike, y: ArrayLike, loss: Loss | str | None = Non
         X_val, y_val = validation_data
         X_val, y_val = _prepare(model, loss, X_val, y_val)
     n = X.shape[0]
+    sync = rank = None
+    world = 1
+    if distributed:
+        from .distributed import _Data, _Sync, run_step as _dist_step
+
+        sync = _Sync(model, optimizer, sync_every)
+        rank, world = sync.rank, sync.size
+        if seed is None and shuffle:   # every rank must shuffle alike
+            seed = sync.world.bcast_object(cast(int, np.random.SeedSequence().entropy) % 2**63)
+        if rank != 0:
+            progress = verbose = False
+        if validation_data is not None:   # each rank evaluates its share; the sums are reduced
+            part = np.array_split(np.arange(np.shape(X_val)[0]), world)[rank]
+            X_val, y_val = np.asarray(X_val)[part], np.asarray(y_val)[part]
     rng = np.random.default_rng(seed)
     step = make_train_step(model, loss, optimizer, clip_grad_norm)
     kind = loss.accuracy_kind
@@ -393,58 +432,107 @@ def fit(model: Module, X: ArrayLike, y: ArrayLike, loss: Loss | str | None = Non
             history.history["val_accuracy"] = []
     if early_stopping is not None:
         early_stopping._start(validation_data is not None)
+    start_epoch = start_step = 0
+    carried = (0.0, 0)   # loss total and correct count of a resumed epoch's first part (all ranks')
+    if resume is not None:
+        start_epoch, start_step, carried = _resume(resume, model, optimizer, scheduler, rng, history, sync,
+                                                   early_stopping, batch_size, world, sync_every, n)
 
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=epochs, unit="epoch", leave=True, dynamic_ncols=True)
-    Xs = np.empty_like(X) if shuffle else X
-    ys = np.empty_like(y) if shuffle else y
-    starts = range(0, n, batch_size)
+        bar = tqdm(total=epochs, initial=min(start_epoch, epochs), unit="epoch", leave=True, dynamic_ncols=True)
+    if sync is not None:
+        data = _Data(n, batch_size, rank, world)
+        Xs = np.empty((data.count,) + X.shape[1:], X.dtype)
+        ys = np.empty((data.count,) + y.shape[1:], y.dtype)
+        bounds, global_sizes = data.bounds, data.global_sizes
+        m = data.count
+    else:
+        Xs = np.empty_like(X) if shuffle else X
+        ys = np.empty_like(y) if shuffle else y
+        bounds = list(range(0, n, batch_size)) + [n]
+        m = n
     mean = loss.reduction == "mean"
     argmax, greater = np.argmax, np.greater
     pred: NDArray[Any]  # the epoch's predictions: class indices, or signs
     if kind == "argmax":
-        pred = np.empty(n, np.intp)
+        pred = np.empty(m, np.intp)
     elif kind == "sign":
-        pred = np.empty(y.shape, bool)
+        pred = np.empty(ys.shape, bool)
+    else:
+        pred = np.empty(0, bool)   # regression: no accuracy
     workspace = step.workspace
+    save_state = None if checkpoint is None else (checkpoint, scheduler, early_stopping, batch_size, world,
+                                                   sync_every, n)
     try:
         with workspace:
-            for epoch in range(epochs):
+            for epoch in range(start_epoch, epochs):
                 model.train()
-                if shuffle:
+                epoch_rng = rng.bit_generator.state   # a checkpoint in this epoch restarts from here
+                if sync is not None:
+                    perm = rng.permutation(n) if shuffle else np.arange(n)
+                    idx = perm[data.mask]   # this rank's share of every global batch, in order
+                    np.take(X, idx, axis=0, out=Xs)
+                    np.take(y, idx, axis=0, out=ys)
+                elif shuffle:
                     perm = rng.permutation(n)
                     np.take(X, perm, axis=0, out=Xs)
                     np.take(y, perm, axis=0, out=ys)
-                total = 0.0
+                first = start_step if epoch == start_epoch else 0
+                total, correct0 = carried if (epoch == start_epoch and (rank or 0) == 0) else (0.0, 0)
+                carried = (0.0, 0)
                 run = step.run
+                lo = bounds[first]
                 try:
-                    for i in starts:
-                        xb = Xs[i:i + batch_size]
-                        yb = ys[i:i + batch_size]
-                        value, out = run(xb, yb)
-                        total += value * (xb.shape[0] if mean else 1)
-                        if kind == "argmax":
-                            argmax(out, 1, pred[i:i + batch_size])   # predictions kept; compared once per epoch
-                        elif kind == "sign":
-                            greater(out, 0, pred[i:i + batch_size])
+                    for j in range(first, len(bounds) - 1):
+                        i, i2 = bounds[j], bounds[j + 1]
+                        xb = Xs[i:i2]
+                        yb = ys[i:i2]
+                        if sync is None:
+                            value, out = run(xb, yb)
+                        else:
+                            value, out, bad = _dist_step(sync, model, loss, optimizer, xb, yb, global_sizes[j],
+                                                         step.clip_grad_norm)
+                            if sync_every is not None and (sync.steps_since == sync_every or j == len(bounds) - 2):
+                                bad = sync.average_parameters()
+                            if bad and sync_every is None:
+                                raise NonFiniteLossError(f"the loss is NaN or infinite on {int(bad)} of {world} "
+                                                         f"ranks (every rank stops here; the model is unchanged "
+                                                         f"by this step)")
+                            if bad:
+                                raise NonFiniteLossError(f"the loss became NaN or infinite on {int(bad)} of {world} "
+                                                         f"ranks since the last averaging (every rank stops at "
+                                                         f"this averaging; those ranks stopped updating there)")
+                        if out is not None:   # None: a rank without samples in the epoch's last step
+                            total += value * (xb.shape[0] if mean else 1)
+                            if kind == "argmax":
+                                argmax(out, 1, pred[i:i2])   # predictions kept; compared once per epoch
+                            elif kind == "sign":
+                                greater(out, 0, pred[i:i2])
+                        if save_state is not None and checkpoint_every and (j + 1) % checkpoint_every == 0 \
+                                and j + 1 < len(bounds) - 1:
+                            _save(save_state, model, optimizer, epoch, j + 1, epoch_rng, history, sync,
+                                  (total, _count(kind, pred, ys, lo, i2) + correct0))
                 except NonFiniteLossError as exc:
-                    msg = f"epoch {epoch + 1}, samples {i}..{i + xb.shape[0] - 1}: {exc}" + _weights_note(model)
+                    where = f"samples {i}..{i + xb.shape[0] - 1}" if sync is None else f"step {j + 1}"
+                    msg = f"epoch {epoch + 1}, {where}: {exc}" + _weights_note(model)
                     if on_nonfinite == "raise":
                         raise NonFiniteLossError(msg) from None
                     warnings.warn(msg + "; training stopped", RuntimeWarning, stacklevel=2)
                     history.stopped_nonfinite = True
                     break
+                correct = _count(kind, pred, ys, lo, m) + correct0
+                counted = m if kind == "argmax" else ys.size
+                if sync is not None:
+                    total, correct, counted = sync.sums([total, correct, counted])
                 history.history["loss"].append(total / n if mean else total)
-                if kind == "argmax":
-                    history.history["accuracy"].append(np.count_nonzero(pred == ys) / n)
-                elif kind == "sign":
-                    history.history["accuracy"].append(np.count_nonzero(pred == (ys > 0.5)) / ys.size)
+                if kind is not None:
+                    history.history["accuracy"].append(correct / counted)
                 history.lr.append(optimizer.lr)
                 if validation_data is not None:
-                    res = evaluate(model, X_val, y_val, loss=loss, _prepared=True)
+                    res = _validate(model, X_val, y_val, loss, sync)
                     history.history["val_loss"].append(res["loss"])
                     if "accuracy" in res:
                         history.history["val_accuracy"].append(res["accuracy"])
@@ -457,7 +545,11 @@ def fit(model: Module, X: ArrayLike, y: ArrayLike, loss: Loss | str | None = Non
                     bar.update(1)
                 if verbose:
                     print(f"epoch {epoch + 1}/{epochs}: " + "  ".join(f"{k}={v:.4f}" for k, v in last.items()))
-                if early_stopping is not None and early_stopping._update(epoch, history.history, model):
+                stop = early_stopping is not None and early_stopping._update(epoch, history.history, model)
+                if save_state is not None:
+                    history.stopped_early = stop
+                    _save(save_state, model, optimizer, epoch + 1, 0, rng.bit_generator.state, history, sync, None)
+                if stop:
                     history.stopped_early = True
                     break
     finally:
@@ -467,6 +559,121 @@ def fit(model: Module, X: ArrayLike, y: ArrayLike, loss: Loss | str | None = Non
         history.best_epoch = early_stopping._best_epoch
         early_stopping._finish(model)
     return history
+
+
+def _count(kind: str | None, pred: NDArray[Any], ys: NDArray[Any], lo: int, hi: int) -> int:
+    """Correct predictions among this rank's samples ``lo:hi`` of the epoch."""
+    if kind == "argmax":
+        return int(np.count_nonzero(pred[lo:hi] == ys[lo:hi]))
+    if kind == "sign":
+        return int(np.count_nonzero(pred[lo:hi] == (ys[lo:hi] > 0.5)))
+    return 0
+
+
+def _check_sync(distributed: bool, sync_every: int | None, checkpoint: object,
+                checkpoint_every: int | None) -> tuple[int | None, int | None]:
+    if not isinstance(distributed, (bool, np.bool_)):
+        raise TypeError(f"distributed must be True or False, got {distributed!r}")
+    if sync_every is not None:
+        if not distributed:
+            raise ValueError("sync_every (local SGD) needs distributed=True")
+        if isinstance(sync_every, bool) or int(sync_every) != sync_every or sync_every < 1:
+            raise ValueError(f"sync_every must be a positive integer, got {sync_every!r}")
+        sync_every = int(sync_every)
+    if checkpoint_every is not None:
+        if checkpoint is None:
+            raise ValueError("checkpoint_every needs checkpoint=path")
+        if isinstance(checkpoint_every, bool) or int(checkpoint_every) != checkpoint_every or checkpoint_every < 1:
+            raise ValueError(f"checkpoint_every must be a positive number of steps, got {checkpoint_every!r}")
+        checkpoint_every = int(checkpoint_every)
+        if sync_every is not None and checkpoint_every % sync_every:
+            raise ValueError(f"checkpoint_every ({checkpoint_every}) must be a multiple of sync_every "
+                             f"({sync_every}): local SGD ranks agree only at their averaging steps")
+    return sync_every, checkpoint_every
+
+
+def _validate(model: Module, X_val: Any, y_val: Any, loss: Loss, sync: Any) -> dict[str, float]:
+    if sync is None:
+        return evaluate(model, X_val, y_val, loss=loss, _prepared=True)
+    k = X_val.shape[0]
+    loss_sum = correct = counted = 0.0
+    if k:
+        res = evaluate(model, X_val, y_val, loss=loss, _prepared=True)
+        loss_sum = res["loss"] * (k if loss.reduction == "mean" else 1)
+        counted = k if loss.accuracy_kind == "argmax" else y_val.size
+        correct = round(res.get("accuracy", 0.0) * counted)
+    loss_sum, correct, counted, total_k = sync.sums([loss_sum, correct, counted, k])
+    out = {"loss": loss_sum / total_k if loss.reduction == "mean" else loss_sum}
+    if loss.accuracy_kind is not None:
+        out["accuracy"] = correct / counted if counted else float("nan")
+    return out
+
+
+def _save(save_state: tuple[Any, ...], model: Module, optimizer: Optimizer, epoch: int, step: int,
+          rng_state: Any, history: History, sync: Any, partial: tuple[float, int] | None) -> None:
+    """Write a checkpoint (rank 0 only); ``partial``: the running loss total and correct count of the epoch."""
+    from .io import save_checkpoint
+
+    path, scheduler, early_stopping, batch_size, world, sync_every, n = save_state
+    if partial is not None and sync is not None:
+        partial = sync.sums(list(partial))
+    if sync is not None and sync.rank != 0:
+        return
+    es = early_stopping
+    extra = {"batch_size": batch_size, "world_size": world, "sync_every": sync_every, "samples": n,
+             "partial": None if partial is None else [float(partial[0]), int(partial[1])],
+             "early_stopping": None if es is None else {
+                 "best": es._best if math.isfinite(es._best) else None, "best_epoch": es._best_epoch,
+                 "wait": es._wait}}
+    best = None if es is None or es._best_state is None else es._best_state
+    save_checkpoint(path, model, optimizer, epoch, rng_state, history, scheduler=scheduler, step=step, extra=extra,
+                    arrays=best)
+
+
+def _resume(path: str | os.PathLike[str], model: Module, optimizer: Optimizer, scheduler: LRScheduler | None,
+            rng: np.random.Generator, history: History, sync: Any, early_stopping: EarlyStopping | None,
+            batch_size: int, world: int, sync_every: int | None, n: int) -> tuple[int, int, tuple[float, int]]:
+    """Restore a checkpoint for :func:`fit`: ``(epoch, step, (loss total, correct count))``."""
+    from .io import load_checkpoint
+
+    info: Any = None
+    if sync is None or sync.rank == 0:
+        info = load_checkpoint(path, model, optimizer, scheduler)
+        extra = info["extra"] or {}
+        want = {"batch_size": batch_size, "world_size": world, "sync_every": sync_every, "samples": n}
+        diff = {k: (extra.get(k), v) for k, v in want.items() if extra.get(k) != v}
+        if diff:
+            raise ValueError(f"cannot resume from {os.fsdecode(path)}: it was written by a run with "
+                             + ", ".join(f"{k}={a!r} (this run: {b!r})" for k, (a, b) in diff.items())
+                             + "; an exact continuation needs the same settings")
+        info = {k: v for k, v in info.items() if k != "model"}
+    if sync is not None:
+        info = sync.world.bcast_object(info)
+        sync.broadcast_parameters()
+        sync.broadcast_optimizer()
+        if scheduler is not None and info["scheduler"] is not None:
+            scheduler.load_state_dict(info["scheduler"])
+    if info["rng"] is not None:
+        rng.bit_generator.state = info["rng"]
+    saved = info["history"] or {}
+    for key, values in (saved.get("history") or {}).items():
+        if key in history.history:
+            history.history[key][:] = values
+    history.lr[:] = saved.get("lr") or []
+    extra = info["extra"] or {}
+    es = extra.get("early_stopping")
+    if early_stopping is not None and es is not None:
+        early_stopping._best = math.inf if es["best"] is None else es["best"]
+        early_stopping._best_epoch = es["best_epoch"]
+        early_stopping._wait = es["wait"]
+        if info["arrays"]:   # the best epoch's weights (rank 0's are every rank's)
+            early_stopping._best_state = dict(info["arrays"])
+    partial = extra.get("partial") or [0.0, 0]
+    epoch = info["epoch"]
+    if saved.get("stopped_early"):   # the run had finished: nothing left to train
+        history.stopped_early = True
+        epoch = max(epoch, 1 << 62)
+    return epoch, info["step"], (float(partial[0]), int(partial[1]))
 
 
 def _weights_note(model: Module) -> str:

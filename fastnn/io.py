@@ -382,7 +382,7 @@ def _zip64(extra: bytes, fields: list, name: str) -> list:
     raise _Bad(f"the zip directory entry of {name!r} lacks its zip64 sizes")
 
 
-def _directory(fd: int, size: int) -> "tuple[dict, int]":
+def _directory(fd: int, size: int) -> tuple[dict, int]:
     """Parse the zip directory: ``({name: _Member}, offset where member data must end)``."""
     if size < 22:
         raise _Bad("not a fastnn model file (too short to be a zip archive)")
@@ -599,7 +599,7 @@ def _npy_dict(text: str, where: str) -> dict:
     return d
 
 
-def _npy_header(r: _Reader, m: _Member) -> "tuple[str, tuple, int]":
+def _npy_header(r: _Reader, m: _Member) -> tuple[str, tuple, int]:
     """Read the .npy header at the start of ``m``: ``(descr, shape, header bytes)``."""
     where = f"member {m.name!r}"
     if m.usize < 10:
@@ -683,7 +683,7 @@ def _parse_header(raw: bytes) -> dict:
     return header
 
 
-def _declared_params(params: object) -> "list[tuple[str, tuple, np.dtype]]":
+def _declared_params(params: object) -> list[tuple[str, tuple, np.dtype]]:
     """The header's ``params``: ``[(name, shape, dtype)]``, each checked."""
     if not isinstance(params, dict):
         raise _Bad("the header's params is not an object")
@@ -800,7 +800,7 @@ def _build(spec: dict[str, Any], where: str = "model") -> Module:
 
 # -- loading ------------------------------------------------------------------------------
 
-def _open(path: str, shown: str) -> "tuple[int, int]":
+def _open(path: str, shown: str) -> tuple[int, int]:
     """Open a regular file for reading: ``(fd, size)``."""
     try:
         # O_NONBLOCK: opening a FIFO must not wait for a writer (it is refused below)
@@ -854,7 +854,7 @@ def _verify(fd: int, entries: Sequence[tuple[str, tuple[int, ...], np.dtype[Any]
 def _fill(fd: int, entries: Sequence[tuple[str, tuple[int, ...], np.dtype[Any], _Member, int]], params: dict) -> None:
     """Read every weight into its array (CRC-32 checked again: the file may have changed)."""
     buf: bytearray | None = None
-    for name, shape, dtype, m, start in entries:
+    for name, _shape, dtype, m, start in entries:
         r = _Reader(fd, m)
         r.skip(start)
         dst = params[name]

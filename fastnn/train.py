@@ -33,7 +33,8 @@ import numpy as np
 from ._typing import ArrayLike, FloatArray, NDArray
 from .grad_mode import inference_mode
 from .nn.loss import LOSSES, CrossEntropyLoss, Loss, MSELoss
-from .workspace import Workspace, _active as _active_workspace
+from .workspace import Workspace
+from .workspace import _active as _active_workspace
 
 if TYPE_CHECKING:
     from .nn.module import Module
@@ -411,7 +412,8 @@ def fit(model: Module, X: ArrayLike, y: ArrayLike, loss: Loss | str | None = Non
     sync = rank = None
     world = 1
     if distributed:
-        from .distributed import _Data, _Sync, run_step as _dist_step
+        from .distributed import _Data, _Sync
+        from .distributed import run_step as _dist_step
 
         sync = _Sync(model, optimizer, sync_every)
         rank, world = sync.rank, sync.size

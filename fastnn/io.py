@@ -944,18 +944,9 @@ def _load(fd: int, size: int, max_bytes: int, allow_nonfinite: bool, checkpoint:
     _fill(fd, entries[:len(params)], own)
     if header["format"] != CHECKPOINT_FORMAT or not checkpoint:
         return model
-    arrays = {e[0]: _Holder(np.empty(e[1], e[2].newbyteorder("="))) for e in entries[len(params):]}
+    arrays = {e[0]: np.empty(e[1], e[2].newbyteorder("=")) for e in entries[len(params):]}
     _fill(fd, entries[len(params):], arrays)
-    return model, header["checkpoint"], {k[len(_STATE):]: v.data for k, v in arrays.items()}
-
-
-class _Holder:
-    """Gives a plain array the ``.data`` that :func:`_fill` writes into."""
-
-    __slots__ = ("data",)
-
-    def __init__(self, data: NDArray[Any]) -> None:
-        self.data = data
+    return model, header["checkpoint"], {k[len(_STATE):]: v for k, v in arrays.items()}
 
 
 def load(path: str | os.PathLike[str], *, max_bytes: int = DEFAULT_MAX_BYTES, allow_nonfinite: bool = False) -> Module:

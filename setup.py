@@ -21,13 +21,24 @@ compiler flags. Layout of kernels/: kernels/README.md.
 * An instruction set the compiler cannot build (checked with a test program)
   is left out; on other architectures than x86-64 only the baseline kernels
   are built.
+* The extension is optional: when it cannot be compiled (no C compiler, a
+  failing build), the package installs without it, one line says why, and
+  the reason is kept next to the package (fastnn/_ext/BUILD_SKIPPED.txt) for
+  ``fastnn info``; the numpy and numba backends need no compiler.
+  ``FASTNN_REQUIRE_EXT=1`` makes a failed build an error (CI, packagers).
+* Objects are built in a directory per configuration (flags, OpenMP,
+  instruction sets), so changing FASTNN_NO_OPENMP or FASTNN_NATIVE rebuilds
+  instead of reusing objects compiled with other flags.
+* The linked module carries no debug symbols (``-s`` on Linux).
 """
 
 import copy
+import hashlib
 import os
 import platform
 import shutil
 import subprocess
+import sys
 import sysconfig
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
@@ -37,6 +48,7 @@ import numpy as np
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
+from setuptools.errors import CCompilerError, CompileError, ExecError, LinkError, PlatformError
 
 HERE = Path(__file__).resolve().parent
 KERNELS = HERE / "kernels"
@@ -97,7 +109,7 @@ def _isa_flags() -> dict:
 
 def _flags(openmp: bool):
     compile_args = ["-O3", "-g0", "-fno-math-errno", "-fno-trapping-math", "-fno-semantic-interposition"]
-    link_args = []
+    link_args = ["-s"] if sys.platform.startswith("linux") else []  # no symbol tables in the shipped module
     if openmp:
         compile_args.append("-fopenmp")
         link_args.append("-fopenmp")
@@ -107,13 +119,42 @@ def _flags(openmp: bool):
     return compile_args, link_args
 
 
+#: Written next to the package when the extension was not built; the cython backend reports it.
+SKIPPED_MARKER = Path("fastnn") / "_ext" / "BUILD_SKIPPED.txt"
+
+
 class BuildKernels(build_ext):
-    """build_ext that compiles the C library and the glue in parallel, then links them once."""
+    """build_ext that compiles the C library and the glue in parallel, then links them once.
+
+    A build that fails leaves the package without the extension unless
+    FASTNN_REQUIRE_EXT is set.
+    """
+
+    def run(self):
+        markers = [HERE / SKIPPED_MARKER, Path(self.build_lib) / SKIPPED_MARKER]
+        try:
+            super().run()
+        except (CCompilerError, CompileError, ExecError, LinkError, PlatformError, OSError) as exc:
+            if os.environ.get("FASTNN_REQUIRE_EXT", "").strip() not in ("", "0"):
+                raise
+            reason = " ".join(str(exc).split()) or type(exc).__name__
+            print(f"fastnn: the cython backend is not built ({reason}); the numpy and numba backends work "
+                  f"without it (FASTNN_REQUIRE_EXT=1 makes this an error)", file=sys.stderr)
+            for marker in markers:
+                marker.parent.mkdir(parents=True, exist_ok=True)
+                marker.write_text(f"not built at install: {reason}\n")
+            return
+        for marker in markers:
+            if marker.exists():
+                marker.unlink()
 
     def build_extension(self, ext):
         libs = getattr(ext, "fnn_library", None)
         if not libs:
             return super().build_extension(ext)
+        # one object directory per configuration: other flags never reuse these objects
+        config = repr((ext.extra_compile_args, ext.extra_link_args, ext.define_macros, libs)).encode()
+        build_temp = os.path.join(self.build_temp, "cfg-" + hashlib.sha256(config).hexdigest()[:12])
         compile_args = ext.extra_compile_args
         include_dirs = ext.include_dirs + [sysconfig.get_paths()["include"]]
         macros = list(ext.define_macros)
@@ -124,11 +165,11 @@ class BuildKernels(build_ext):
         def compile_one(job):
             src, flags = job
             compiler = copy.copy(self.compiler)
-            obj = compiler.object_filenames([src], output_dir=self.build_temp)[0]
+            obj = compiler.object_filenames([src], output_dir=build_temp)[0]
             if not self.force and Path(obj).exists() and all(
                     Path(obj).stat().st_mtime >= Path(d).stat().st_mtime for d in [src] + depends):
                 return obj
-            return compiler.compile([src], output_dir=self.build_temp, macros=macros, include_dirs=include_dirs,
+            return compiler.compile([src], output_dir=build_temp, macros=macros, include_dirs=include_dirs,
                                     extra_postargs=compile_args + flags)[0]
 
         with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -140,7 +181,7 @@ class BuildKernels(build_ext):
             objects, self.get_ext_fullpath(ext.name), libraries=self.get_libraries(ext),
             library_dirs=ext.library_dirs, runtime_library_dirs=ext.runtime_library_dirs,
             extra_postargs=ext.extra_link_args, export_symbols=self.get_export_symbols(ext),
-            build_temp=self.build_temp, target_lang="c")
+            build_temp=build_temp, target_lang="c")
 
 
 def extensions():

@@ -27,7 +27,22 @@ _config.prefer_passive_openmp()  # before the OpenMP runtime loads with the exte
 
 import scipy.linalg.cython_blas  # noqa: E402,F401  the BLAS the kernels link
 
-from ..._ext import _kernels  # noqa: E402  ImportError here: the extension was not built
+
+def _not_built(exc: ImportError) -> ImportError:
+    """The reason the extension is missing: what setup.py recorded when it skipped the build, or the import error."""
+    from pathlib import Path
+
+    marker = Path(__file__).resolve().parents[2] / "_ext" / "BUILD_SKIPPED.txt"
+    try:
+        return ImportError(f"compiled kernels {marker.read_text().strip()}")
+    except OSError:
+        return ImportError(f"compiled kernels not available ({exc}): build them with pip install (needs a C compiler)")
+
+
+try:
+    from ..._ext import _kernels  # noqa: E402
+except ImportError as _exc:  # the extension was not built
+    raise _not_built(_exc) from _exc
 from .. import gemm_policy  # noqa: E402
 
 # That BLAS may have loaded only now, after fastnn's thread count was applied

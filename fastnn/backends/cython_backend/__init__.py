@@ -40,7 +40,7 @@ def _not_built(exc: ImportError) -> ImportError:
 
 
 try:
-    from ..._ext import _kernels  # noqa: E402
+    from ..._ext import _kernels
 except ImportError as _exc:  # the extension was not built
     raise _not_built(_exc) from _exc
 from .. import gemm_policy  # noqa: E402

@@ -177,8 +177,12 @@ class BuildKernels(build_ext):
             futures = [pool.submit(compile_one, (src, [])) for src in ext.sources]
             futures += [pool.submit(compile_one, job) for job in jobs]
             objects = [f.result() for f in futures]
+        # always link: the module may come from another configuration even when these objects are older
+        ext_path = self.get_ext_fullpath(ext.name)
+        if os.path.exists(ext_path):
+            os.remove(ext_path)
         self.compiler.link_shared_object(
-            objects, self.get_ext_fullpath(ext.name), libraries=self.get_libraries(ext),
+            objects, ext_path, libraries=self.get_libraries(ext),
             library_dirs=ext.library_dirs, runtime_library_dirs=ext.runtime_library_dirs,
             extra_postargs=ext.extra_link_args, export_symbols=self.get_export_symbols(ext),
             build_temp=build_temp, target_lang="c")

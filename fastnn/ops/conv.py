@@ -462,16 +462,7 @@ class ConvPlan:
         self._shapes = {}
 
     def _bind(self) -> _ConvBound:
-        w = _p.check_param(self.weight, "weight", 4)
-        dw = _p.check_grad(self.weight, "weight")
-        b = db = None
-        if self.bias is not None:
-            b = _p.check_param(self.bias, "bias", 1)
-            db = _p.check_grad(self.bias, "bias")
-            _v.same_dtype(w.dtype, b, "bias")
-            if b.shape[0] != w.shape[0]:
-                raise ValueError(f"bias has shape {b.shape} but weight {w.shape} has {w.shape[0]} outputs")
-        _p.check_disjoint("conv2d", w, b, dw, db)
+        w, dw, b, db = _p.bind_weight_bias(self.weight, self.bias, 4, "conv2d", show_weight_shape=True)
         backend = _p.current()
         bound = (backend, w, b, w.dtype, w.shape, backend.conv2d_forward, backend.conv2d_backward, dw, db)
         self._bound = bound
@@ -512,18 +503,13 @@ class ConvPlan:
 
         ``accumulate=True`` adds the parameter gradients instead of overwriting them.
         """
-        weight, bias = self.weight, self.bias
-        w, dw = weight.data, weight.grad
-        b, db = (None, None) if bias is None else (bias.data, bias.grad)
+        w, dw, b, db = _p.param_arrays(self.weight, self.bias)
         k = self._bound
         if k is None or k[1] is not w or k[2] is not b or k[7] is not dw or k[8] is not db \
                 or k[0] is not _p.current():
             k = self._bind()
         dt = k[3]
-        gw, gb = dw, db
-        if accumulate:
-            gw = _p.output(self, "acc_w", dw.shape, dt)
-            gb = None if db is None else _p.output(self, "acc_b", db.shape, dt)
+        gw, gb = _p.grad_targets(self, dw, db, dt, accumulate)
         if type(grad_out) is _nd and type(x) is _nd and grad_out.dtype is dt and x.dtype is dt \
                 and grad_out.flags.c_contiguous and x.flags.c_contiguous and x.ndim == 4 and w.shape == k[4] \
                 and grad_out.shape == self._out_shape(x.shape, k) and x.shape[0] > 0:
@@ -533,9 +519,7 @@ class ConvPlan:
             gin = conv2d_backward(grad_out, x, w, self.stride, self.padding, self.dilation, bias=b is not None,
                                   input_grad=input_grad, grad_weight=gw, grad_bias=gb)[0]
         if accumulate:
-            np.add(dw, gw, out=dw)
-            if db is not None and gb is not None:  # gb is db's accumulation buffer: None together
-                np.add(db, gb, out=db)
+            _p.accumulate_grads(dw, gw, db, gb)
         return gin
 
 

@@ -21,25 +21,11 @@ from .. import _validation as _v
 from .. import ops
 from .._typing import ArrayLike, DTypeLike, FloatArray, IntPair, NDArray, ParameterSpec, Seed
 from ..grad_mode import _enabled as _grad_enabled
+from ..ops.conv import _pair
 from .init import get_rng as _get_rng
 from .module import Module, Parameter, register_module
 
 __all__ = ["Conv2d", "MaxPool2d", "AvgPool2d", "Flatten"]
-
-
-def _pair(value: IntPair | list[int], name: str, low: int) -> tuple[int, int]:
-    if isinstance(value, (tuple, list)):
-        if len(value) != 2:
-            raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
-        pair = tuple(value)
-    else:
-        pair = (value, value)
-    for v in pair:
-        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
-            raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
-        if v < low:
-            raise ValueError(f"{name} must be >= {low}, got {value!r}")
-    return (int(pair[0]), int(pair[1]))
 
 
 def _shape_of(x: ArrayLike) -> tuple[int, ...]:

@@ -40,7 +40,7 @@ _Shape4 = tuple[int, int, int, int]
 _Indices = NDArray[np.int64]
 
 
-def _pair(value: IntPair, name: str, low: int) -> _Pair:
+def _pair(value: IntPair | list[int], name: str, low: int) -> _Pair:
     """``value`` as a pair of Python ints, each in [``low``, MAX_DIM]."""
     if isinstance(value, (tuple, list)):
         if len(value) != 2:

@@ -292,6 +292,14 @@ def max_pool2d_forward(x: ArrayLike, kernel_size: IntPair, stride: IntPair | Non
     return _backend().max_pool2d_forward(x, kernel_size, stride, padding, out, indices)
 
 
+def _backward_args(grad_out: ArrayLike, input_shape: Sequence[int], where: str) -> tuple[FloatArray, _Shape4]:
+    """A pooling backward's validated ``grad_out`` (4-D) and ``input_shape`` (with a non-empty image plane)."""
+    grad_out = _input4d(grad_out, "grad_out")
+    shape = _shape4(input_shape)
+    _plane(shape, where)
+    return grad_out, shape
+
+
 def _shape4(shape: Sequence[int], name: str = "input_shape") -> _Shape4:
     """``shape`` as a tuple of 4 non-negative Python ints (bools and floats refused)."""
     try:
@@ -332,9 +340,7 @@ def max_pool2d_backward(grad_out: ArrayLike, indices: ArrayLike, input_shape: Se
     -------
     ndarray of shape (B, C, H, W)
     """
-    grad_out = _input4d(grad_out, "grad_out")
-    input_shape = _shape4(input_shape)
-    _plane(input_shape, "max_pool2d_backward")
+    grad_out, input_shape = _backward_args(grad_out, input_shape, "max_pool2d_backward")
     if grad_out.shape[:2] != input_shape[:2]:
         raise ValueError(f"grad_out shape {grad_out.shape} does not match input shape {input_shape}")
     indices = np.asarray(indices)

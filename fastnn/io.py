@@ -817,6 +817,24 @@ def _open(path: str, shown: str) -> tuple[int, int]:
     return fd, st.st_size
 
 
+def _load_path(path: str | os.PathLike[str], max_bytes: int, allow_nonfinite: bool,
+               checkpoint: bool = False) -> tuple[str, Any]:
+    """``(the path as shown in errors, what :func:`_load` reads from the file)``; any failure is a ModelFileError."""
+    path = os.fspath(path)
+    shown = os.fsdecode(path)
+    fd, size = _open(path, shown)
+    try:
+        return shown, _load(fd, size, max_bytes, allow_nonfinite, checkpoint)
+    except _Bad as exc:
+        raise ModelFileError(f"{shown}: {exc}") from exc.__cause__
+    except zlib.error:
+        raise ModelFileError(f"{shown}: corrupted deflate data") from None
+    except OSError as exc:
+        raise ModelFileError(f"{shown}: cannot read the file ({exc.strerror or exc})") from None
+    finally:
+        os.close(fd)
+
+
 def _verify(fd: int, entries: Sequence[tuple[str, tuple[int, ...], np.dtype[Any], _Member, int]], digest: str,
             allow_nonfinite: bool) -> None:
     """Stream every weight once without keeping it: CRC-32s, the digest, finiteness."""
@@ -982,19 +1000,7 @@ def load(path: str | os.PathLike[str], *, max_bytes: int = DEFAULT_MAX_BYTES, al
     """
     max_bytes = _v.strict_int(max_bytes, "max_bytes", low=0)
     allow_nonfinite = _v.strict_bool(allow_nonfinite, "allow_nonfinite")
-    path = os.fspath(path)
-    shown = os.fsdecode(path)
-    fd, size = _open(path, shown)
-    try:
-        return _load(fd, size, max_bytes, allow_nonfinite)
-    except _Bad as exc:
-        raise ModelFileError(f"{shown}: {exc}") from exc.__cause__
-    except zlib.error:
-        raise ModelFileError(f"{shown}: corrupted deflate data") from None
-    except OSError as exc:
-        raise ModelFileError(f"{shown}: cannot read the file ({exc.strerror or exc})") from None
-    finally:
-        os.close(fd)
+    return _load_path(path, max_bytes, allow_nonfinite)[1]
 
 
 # -- checkpoints ------------------------------------------------------------------------------
@@ -1103,19 +1109,7 @@ def load_checkpoint(path: str | os.PathLike[str], model: Module | None = None, o
     FileNotFoundError
     """
     max_bytes = _v.strict_int(max_bytes, "max_bytes", low=0)
-    path = os.fspath(path)
-    shown = os.fsdecode(path)
-    fd, size = _open(path, shown)
-    try:
-        saved, info, states = _load(fd, size, max_bytes, False, checkpoint=True)
-    except _Bad as exc:
-        raise ModelFileError(f"{shown}: {exc}") from exc.__cause__
-    except zlib.error:
-        raise ModelFileError(f"{shown}: corrupted deflate data") from None
-    except OSError as exc:
-        raise ModelFileError(f"{shown}: cannot read the file ({exc.strerror or exc})") from None
-    finally:
-        os.close(fd)
+    shown, (saved, info, states) = _load_path(path, max_bytes, False, checkpoint=True)
     try:
         keys = ("epoch", "step", "rng", "history", "optimizer", "scheduler", "extra")
         if set(info) != set(keys):

@@ -395,6 +395,13 @@ class LRScheduler:
             self.optimizer.lr = self.get_lr(self.last_epoch)
 
 
+def _schedule_length(value: int, name: str) -> int:
+    """``value`` as a positive Python int (a whole float is accepted)."""
+    if int(value) != value or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
 class StepLR(LRScheduler):
     """``lr = base_lr · gamma^(epoch // step_size)``.
 
@@ -407,9 +414,7 @@ class StepLR(LRScheduler):
 
     def __init__(self, optimizer: Optimizer, step_size: int, gamma: float = 0.1) -> None:
         super().__init__(optimizer)
-        if int(step_size) != step_size or step_size < 1:
-            raise ValueError(f"step_size must be a positive integer, got {step_size!r}")
-        self.step_size = int(step_size)
+        self.step_size = _schedule_length(step_size, "step_size")
         self.gamma = _v.scalar(gamma, "gamma", low=0.0)
 
     def get_lr(self, epoch: int) -> float:
@@ -442,9 +447,7 @@ class CosineAnnealingLR(LRScheduler):
 
     def __init__(self, optimizer: Optimizer, T_max: int, eta_min: float = 0.0) -> None:
         super().__init__(optimizer)
-        if int(T_max) != T_max or T_max < 1:
-            raise ValueError(f"T_max must be a positive integer, got {T_max!r}")
-        self.T_max = int(T_max)
+        self.T_max = _schedule_length(T_max, "T_max")
         self.eta_min = _v.scalar(eta_min, "eta_min", low=0.0)
 
     def get_lr(self, epoch: int) -> float:

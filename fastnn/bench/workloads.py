@@ -361,41 +361,32 @@ def _step_cnn(p):
 
 def _step_rnn(p):
     fastnn = _fastnn()
-    rng = _rng()
     rnn = fastnn.nn.RNN(p["i"], p["h"])
-    opt = _optim().SGD(rnn.parameters(), lr=0.01, momentum=0.9)
-    x = _randn(rng, p["t"], p["b"], p["i"])
-    target = 0.5 * _randn(rng, p["t"], p["b"], p["h"])
-    grad = np.empty_like(target)
-    mse = fastnn.ops.mse_loss
-    ws = _workspace(fastnn, rnn)
-
-    def step():
-        with ws:   # buffers reused across steps, as in fit()
-            out = _first(rnn(x))
-            loss, _ = mse(out, target, grad=grad)
-            # the first layer: no dL/dx, as in fit() and as PyTorch does for an input needing no gradient
-            rnn.backward(grad, input_grad=False)
-            opt.step()
-        return loss
-    return step
+    return _recurrent_step(fastnn, p, rnn, _optim().SGD(rnn.parameters(), lr=0.01, momentum=0.9))
 
 
 def _step_lstm(p):
     fastnn = _fastnn()
+    return _recurrent_step(fastnn, p, fastnn.nn.LSTM(p["i"], p["h"]))
+
+
+def _recurrent_step(fastnn, p, layer, opt=None):
+    """A training step of one recurrent ``layer`` on an MSE target (and an ``opt`` step, when given)."""
     rng = _rng()
-    lstm = fastnn.nn.LSTM(p["i"], p["h"])
     x = _randn(rng, p["t"], p["b"], p["i"])
     target = 0.5 * _randn(rng, p["t"], p["b"], p["h"])
     grad = np.empty_like(target)
     mse = fastnn.ops.mse_loss
-    ws = _workspace(fastnn, lstm)
+    ws = _workspace(fastnn, layer)
 
     def step():
-        with ws:
-            out = _first(lstm(x))
+        with ws:   # buffers reused across steps, as in fit()
+            out = _first(layer(x))
             loss, _ = mse(out, target, grad=grad)
-            lstm.backward(grad, input_grad=False)   # first layer: no dL/dx (as the PyTorch anchor)
+            # the first layer: no dL/dx, as in fit() and as PyTorch does for an input needing no gradient
+            layer.backward(grad, input_grad=False)
+            if opt is not None:
+                opt.step()
         return loss
     return step
 

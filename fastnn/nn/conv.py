@@ -12,7 +12,7 @@ arrays, or the buffers of the active :class:`fastnn.Workspace`.
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any, Literal, cast
 
 import numpy as np
@@ -21,25 +21,11 @@ from .. import _validation as _v
 from .. import ops
 from .._typing import ArrayLike, DTypeLike, FloatArray, IntPair, NDArray, ParameterSpec, Seed
 from ..grad_mode import _enabled as _grad_enabled
+from ..ops.conv import _pair
 from .init import get_rng as _get_rng
 from .module import Module, Parameter, register_module
 
 __all__ = ["Conv2d", "MaxPool2d", "AvgPool2d", "Flatten"]
-
-
-def _pair(value: IntPair | list[int], name: str, low: int) -> tuple[int, int]:
-    if isinstance(value, (tuple, list)):
-        if len(value) != 2:
-            raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
-        pair = tuple(value)
-    else:
-        pair = (value, value)
-    for v in pair:
-        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
-            raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
-        if v < low:
-            raise ValueError(f"{name} must be >= {low}, got {value!r}")
-    return (int(pair[0]), int(pair[1]))
 
 
 def _shape_of(x: ArrayLike) -> tuple[int, ...]:
@@ -48,6 +34,32 @@ def _shape_of(x: ArrayLike) -> tuple[int, ...]:
 
 def _fmt(pair: tuple[int, int]) -> int | tuple[int, int]:
     return pair[0] if pair[0] == pair[1] else pair
+
+
+def _conv_parameters(config: dict[str, Any], children: Collection[str], layer: str,
+                     size: Callable[[Any, str, int], tuple[int, ...]]) -> list[ParameterSpec]:
+    """``parameters_from_config`` of a convolution ``layer`` whose sizes ``size`` checks (a pair, or one int)."""
+    c = _v.layer_config(config, layer, ("in_channels", "out_channels", "kernel_size", "stride", "padding",
+                                        "dilation", "bias", "dtype"), children)
+    i, o = _v.positive_int(c["in_channels"], "in_channels"), _v.positive_int(c["out_channels"], "out_channels")
+    k = size(c["kernel_size"], "kernel_size", 1)
+    size(c["stride"], "stride", 1), size(c["padding"], "padding", 0), size(c["dilation"], "dilation", 1)
+    dt = _v.strict_float_dtype(c["dtype"]).name
+    return [("weight", (o, i) + k, dt)] + ([("bias", (o,), dt)] if _v.strict_bool(c["bias"], "bias") else [])
+
+
+def _conv_repr(layer: Any, fmt: Callable[[Any], object], one: object, zero: object) -> str:
+    """``extra_repr`` of a convolution: the sizes (through ``fmt``) that differ from their defaults."""
+    s = f"{layer.in_channels}, {layer.out_channels}, kernel_size={fmt(layer.kernel_size)}"
+    for name, default in (("stride", one), ("padding", zero), ("dilation", one)):
+        value = getattr(layer, name)
+        if value != default:
+            s += f", {name}={fmt(value)}"
+    if layer.bias is None:
+        s += ", bias=False"
+    if layer.weight.data.dtype != np.float32:
+        s += f", dtype={layer.weight.data.dtype.name}"
+    return s
 
 
 @register_module
@@ -148,27 +160,10 @@ class Conv2d(Module):
     def parameters_from_config(cls, config: dict[str, Any],
                                children: Collection[str] = ()) -> list[ParameterSpec]:
         """``[(name, shape, dtype name)]`` that ``Conv2d(**config)`` creates, config checked (see Module)."""
-        c = _v.layer_config(config, "Conv2d", ("in_channels", "out_channels", "kernel_size", "stride", "padding",
-                                               "dilation", "bias", "dtype"), children)
-        i, o = _v.positive_int(c["in_channels"], "in_channels"), _v.positive_int(c["out_channels"], "out_channels")
-        k = _pair(c["kernel_size"], "kernel_size", 1)
-        _pair(c["stride"], "stride", 1), _pair(c["padding"], "padding", 0), _pair(c["dilation"], "dilation", 1)
-        dt = _v.strict_float_dtype(c["dtype"]).name
-        return [("weight", (o, i) + k, dt)] + ([("bias", (o,), dt)] if _v.strict_bool(c["bias"], "bias") else [])
+        return _conv_parameters(config, children, "Conv2d", _pair)
 
     def extra_repr(self) -> str:
-        s = f"{self.in_channels}, {self.out_channels}, kernel_size={_fmt(self.kernel_size)}"
-        if self.stride != (1, 1):
-            s += f", stride={_fmt(self.stride)}"
-        if self.padding != (0, 0):
-            s += f", padding={_fmt(self.padding)}"
-        if self.dilation != (1, 1):
-            s += f", dilation={_fmt(self.dilation)}"
-        if self.bias is None:
-            s += ", bias=False"
-        if self.weight.data.dtype != np.float32:
-            s += f", dtype={self.weight.data.dtype.name}"
-        return s
+        return _conv_repr(self, _fmt, (1, 1), (0, 0))
 
 
 class _Pool2d(Module):

@@ -20,6 +20,7 @@ from .. import _validation as _v
 from .. import ops
 from .._typing import ArrayLike, DTypeLike, FloatArray, NDArray, ParameterSpec, Seed
 from ..grad_mode import _enabled as _grad_enabled
+from .conv import _conv_parameters, _conv_repr
 from .init import get_rng as _get_rng
 from .module import Module, Parameter, register_module
 
@@ -188,24 +189,10 @@ class Conv1d(Module):
     def parameters_from_config(cls, config: dict[str, Any],
                                children: Collection[str] = ()) -> list[ParameterSpec]:
         """``[(name, shape, dtype name)]`` that ``Conv1d(**config)`` creates, config checked (see Module)."""
-        c = _v.layer_config(config, "Conv1d", ("in_channels", "out_channels", "kernel_size", "stride", "padding",
-                                               "dilation", "bias", "dtype"), children)
-        i, o = _v.positive_int(c["in_channels"], "in_channels"), _v.positive_int(c["out_channels"], "out_channels")
-        k = _single(c["kernel_size"], "kernel_size", 1)
-        _single(c["stride"], "stride", 1), _single(c["padding"], "padding", 0), _single(c["dilation"], "dilation", 1)
-        dt = _v.strict_float_dtype(c["dtype"]).name
-        return [("weight", (o, i, k), dt)] + ([("bias", (o,), dt)] if _v.strict_bool(c["bias"], "bias") else [])
+        return _conv_parameters(config, children, "Conv1d", lambda v, name, low: (_single(v, name, low),))
 
     def extra_repr(self) -> str:
-        s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}"
-        for name, default in (("stride", 1), ("padding", 0), ("dilation", 1)):
-            if getattr(self, name) != default:
-                s += f", {name}={getattr(self, name)}"
-        if self.bias is None:
-            s += ", bias=False"
-        if self.weight.data.dtype != np.float32:
-            s += f", dtype={self.weight.data.dtype.name}"
-        return s
+        return _conv_repr(self, str, 1, 0)
 
 
 class _Pool1d(Module):

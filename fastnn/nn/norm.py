@@ -45,7 +45,23 @@ def _eps(eps: float) -> float:
     return _v.scalar(_v.strict_real(eps, "eps"), "eps", low=0.0, low_open=True)
 
 
-class _BatchNorm(Module):
+class _Normalization(Module):
+    """What the normalisation layers share: a plan bound to their optional γ and β, a dtype kept without them."""
+
+    _transient = ("_plan",)
+
+    def _new_plan(self) -> ops.BatchNormPlan | ops.LayerNormPlan:
+        raise NotImplementedError
+
+    def _reset_transient(self) -> None:
+        self.__dict__["_plan"] = self._new_plan()
+        self.__dict__["_ctx"] = None
+
+    def _to_dtype(self, dt: np.dtype[Any]) -> None:
+        self.__dict__["_dtype"] = dt
+
+
+class _BatchNorm(_Normalization):
     """Shared machinery of the batch norms (they differ in the input rank they accept)."""
 
     #: the input ranks the layer accepts, and how its error messages name them
@@ -80,14 +96,8 @@ class _BatchNorm(Module):
         self.__dict__["_dtype"] = dt
         self._reset_transient()
 
-    _transient = ("_plan",)
-
-    def _reset_transient(self) -> None:
-        self.__dict__["_plan"] = ops.BatchNormPlan(self.num_features, self.weight, self.bias, self.eps)
-        self.__dict__["_ctx"] = None
-
-    def _to_dtype(self, dt: np.dtype[Any]) -> None:
-        self.__dict__["_dtype"] = dt
+    def _new_plan(self) -> ops.BatchNormPlan:
+        return ops.BatchNormPlan(self.num_features, self.weight, self.bias, self.eps)
 
     @property
     def dtype(self) -> np.dtype[Any]:
@@ -226,7 +236,7 @@ class BatchNorm2d(_BatchNorm):
 
 
 @register_module
-class LayerNorm(Module):
+class LayerNorm(_Normalization):
     """Layer normalisation over the trailing dimensions (PyTorch's ``nn.LayerNorm``).
 
     ``y = (x − mean)/sqrt(var + eps)·γ + β``, the mean and (biased) variance
@@ -260,14 +270,8 @@ class LayerNorm(Module):
         self.__dict__["_dtype"] = dt
         self._reset_transient()
 
-    _transient = ("_plan",)
-
-    def _reset_transient(self) -> None:
-        self.__dict__["_plan"] = ops.LayerNormPlan(self.normalized_shape, self.weight, self.bias, self.eps)
-        self.__dict__["_ctx"] = None
-
-    def _to_dtype(self, dt: np.dtype[Any]) -> None:
-        self.__dict__["_dtype"] = dt
+    def _new_plan(self) -> ops.LayerNormPlan:
+        return ops.LayerNormPlan(self.normalized_shape, self.weight, self.bias, self.eps)
 
     @property
     def dtype(self) -> np.dtype[Any]:

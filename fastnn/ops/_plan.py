@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import _validation as _v
 from .._typing import FloatArray, NDArray, ParamLike
 from ..backends import current
 from ..workspace import _active as active_workspace
@@ -84,3 +85,46 @@ def check_grad(param: ParamLike, name: str) -> FloatArray:
     if np.may_share_memory(grad, data):
         raise ValueError(f"{name}.grad shares memory with {name}.data")
     return grad
+
+
+def bind_weight_bias(weight: ParamLike, bias: ParamLike | None, ndim: int, where: str,
+                     show_weight_shape: bool = False) -> tuple[FloatArray, FloatArray, FloatArray | None,
+                                                               FloatArray | None]:
+    """Validated ``(W, dW, b, db)`` of a weight and its optional per-output bias: checked once per bind.
+
+    ``show_weight_shape`` puts the weight's shape in the error for a bias of the wrong length.
+    """
+    w = check_param(weight, "weight", ndim)
+    dw = check_grad(weight, "weight")
+    b = db = None
+    if bias is not None:
+        b = check_param(bias, "bias", 1)
+        db = check_grad(bias, "bias")
+        _v.same_dtype(w.dtype, b, "bias")
+        if b.shape[0] != w.shape[0]:
+            wdesc = f"weight {w.shape}" if show_weight_shape else "weight"
+            raise ValueError(f"bias has shape {b.shape} but {wdesc} has {w.shape[0]} outputs")
+    check_disjoint(where, w, b, dw, db)
+    return w, dw, b, db
+
+
+def param_arrays(weight: ParamLike, bias: ParamLike | None) -> tuple[FloatArray, FloatArray, FloatArray | None,
+                                                                     FloatArray | None]:
+    """The current ``(W, dW, b, db)`` arrays of a weight and optional bias, unvalidated (compared to the bound ones)."""
+    b, db = (None, None) if bias is None else (bias.data, bias.grad)
+    return weight.data, weight.grad, b, db
+
+
+def grad_targets(owner: Hashable, dw: FloatArray, db: FloatArray | None, dtype: np.dtype[Any],
+                 accumulate: bool) -> tuple[FloatArray, FloatArray | None]:
+    """Where a backward kernel writes the parameter gradients: ``dW`` and ``db``, or workspace buffers to add later."""
+    if not accumulate:
+        return dw, db
+    return output(owner, "acc_w", dw.shape, dtype), None if db is None else output(owner, "acc_b", db.shape, dtype)
+
+
+def accumulate_grads(dw: FloatArray, gw: FloatArray, db: FloatArray | None, gb: FloatArray | None) -> None:
+    """Add the buffers from :func:`grad_targets` (``accumulate=True``) into ``dW`` and ``db``."""
+    np.add(dw, gw, out=dw)
+    if db is not None and gb is not None:  # gb is db's accumulation buffer: None together
+        np.add(db, gb, out=db)

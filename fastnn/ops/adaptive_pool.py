@@ -16,7 +16,7 @@ from .. import _validation as _v
 from .._typing import ArrayLike, FloatArray
 from ..backends import Backend
 from ..backends import current as _backend
-from .conv import _input4d, _plane, _shape4
+from .conv import _backward_args, _input4d, _plane
 
 __all__ = ["adaptive_avg_pool2d_forward", "adaptive_avg_pool2d_backward", "adaptive_output_size",
            "AdaptivePoolPlan"]
@@ -93,9 +93,7 @@ def adaptive_avg_pool2d_backward(grad_out: ArrayLike, input_shape: Sequence[int]
     -------
     ndarray of shape (B, C, H, W)
     """
-    grad_out = _input4d(grad_out, "grad_out")
-    input_shape = _shape4(input_shape)
-    _plane(input_shape, "adaptive_avg_pool2d_backward")
+    grad_out, input_shape = _backward_args(grad_out, input_shape, "adaptive_avg_pool2d_backward")
     if grad_out.shape[:2] != input_shape[:2] or min(grad_out.shape[2:]) < 1:
         raise ValueError(f"grad_out shape {grad_out.shape} does not fit input shape {input_shape}")
     grad_input = _v.output(grad_input, input_shape, grad_out.dtype, "grad_input", (grad_out,))

@@ -40,7 +40,7 @@ _Shape4 = tuple[int, int, int, int]
 _Indices = NDArray[np.int64]
 
 
-def _pair(value: IntPair, name: str, low: int) -> _Pair:
+def _pair(value: IntPair | list[int], name: str, low: int) -> _Pair:
     """``value`` as a pair of Python ints, each in [``low``, MAX_DIM]."""
     if isinstance(value, (tuple, list)):
         if len(value) != 2:
@@ -292,6 +292,14 @@ def max_pool2d_forward(x: ArrayLike, kernel_size: IntPair, stride: IntPair | Non
     return _backend().max_pool2d_forward(x, kernel_size, stride, padding, out, indices)
 
 
+def _backward_args(grad_out: ArrayLike, input_shape: Sequence[int], where: str) -> tuple[FloatArray, _Shape4]:
+    """A pooling backward's validated ``grad_out`` (4-D) and ``input_shape`` (with a non-empty image plane)."""
+    grad_out = _input4d(grad_out, "grad_out")
+    shape = _shape4(input_shape)
+    _plane(shape, where)
+    return grad_out, shape
+
+
 def _shape4(shape: Sequence[int], name: str = "input_shape") -> _Shape4:
     """``shape`` as a tuple of 4 non-negative Python ints (bools and floats refused)."""
     try:
@@ -332,9 +340,7 @@ def max_pool2d_backward(grad_out: ArrayLike, indices: ArrayLike, input_shape: Se
     -------
     ndarray of shape (B, C, H, W)
     """
-    grad_out = _input4d(grad_out, "grad_out")
-    input_shape = _shape4(input_shape)
-    _plane(input_shape, "max_pool2d_backward")
+    grad_out, input_shape = _backward_args(grad_out, input_shape, "max_pool2d_backward")
     if grad_out.shape[:2] != input_shape[:2]:
         raise ValueError(f"grad_out shape {grad_out.shape} does not match input shape {input_shape}")
     indices = np.asarray(indices)
@@ -462,16 +468,7 @@ class ConvPlan:
         self._shapes = {}
 
     def _bind(self) -> _ConvBound:
-        w = _p.check_param(self.weight, "weight", 4)
-        dw = _p.check_grad(self.weight, "weight")
-        b = db = None
-        if self.bias is not None:
-            b = _p.check_param(self.bias, "bias", 1)
-            db = _p.check_grad(self.bias, "bias")
-            _v.same_dtype(w.dtype, b, "bias")
-            if b.shape[0] != w.shape[0]:
-                raise ValueError(f"bias has shape {b.shape} but weight {w.shape} has {w.shape[0]} outputs")
-        _p.check_disjoint("conv2d", w, b, dw, db)
+        w, dw, b, db = _p.bind_weight_bias(self.weight, self.bias, 4, "conv2d", show_weight_shape=True)
         backend = _p.current()
         bound = (backend, w, b, w.dtype, w.shape, backend.conv2d_forward, backend.conv2d_backward, dw, db)
         self._bound = bound
@@ -512,18 +509,13 @@ class ConvPlan:
 
         ``accumulate=True`` adds the parameter gradients instead of overwriting them.
         """
-        weight, bias = self.weight, self.bias
-        w, dw = weight.data, weight.grad
-        b, db = (None, None) if bias is None else (bias.data, bias.grad)
+        w, dw, b, db = _p.param_arrays(self.weight, self.bias)
         k = self._bound
         if k is None or k[1] is not w or k[2] is not b or k[7] is not dw or k[8] is not db \
                 or k[0] is not _p.current():
             k = self._bind()
         dt = k[3]
-        gw, gb = dw, db
-        if accumulate:
-            gw = _p.output(self, "acc_w", dw.shape, dt)
-            gb = None if db is None else _p.output(self, "acc_b", db.shape, dt)
+        gw, gb = _p.grad_targets(self, dw, db, dt, accumulate)
         if type(grad_out) is _nd and type(x) is _nd and grad_out.dtype is dt and x.dtype is dt \
                 and grad_out.flags.c_contiguous and x.flags.c_contiguous and x.ndim == 4 and w.shape == k[4] \
                 and grad_out.shape == self._out_shape(x.shape, k) and x.shape[0] > 0:
@@ -533,9 +525,7 @@ class ConvPlan:
             gin = conv2d_backward(grad_out, x, w, self.stride, self.padding, self.dilation, bias=b is not None,
                                   input_grad=input_grad, grad_weight=gw, grad_bias=gb)[0]
         if accumulate:
-            np.add(dw, gw, out=dw)
-            if db is not None and gb is not None:  # gb is db's accumulation buffer: None together
-                np.add(db, gb, out=db)
+            _p.accumulate_grads(dw, gw, db, gb)
         return gin
 
 

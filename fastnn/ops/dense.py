@@ -199,16 +199,7 @@ class DensePlan:
         self._bound = None
 
     def _bind(self) -> _Bound:
-        w = _p.check_param(self.weight, "weight", 2)
-        dw = _p.check_grad(self.weight, "weight")
-        b = db = None
-        if self.bias is not None:
-            b = _p.check_param(self.bias, "bias", 1)
-            db = _p.check_grad(self.bias, "bias")
-            _v.same_dtype(w.dtype, b, "bias")
-            if b.shape[0] != w.shape[0]:
-                raise ValueError(f"bias has shape {b.shape} but weight has {w.shape[0]} outputs")
-        _p.check_disjoint("dense", w, b, dw, db)
+        w, dw, b, db = _p.bind_weight_bias(self.weight, self.bias, 2, "dense")
         backend = _p.current()
         bound = (backend, w, b, w.dtype, w.shape[1], w.shape[0], w.shape, backend.dense_forward,
                  backend.dense_backward, dw, db)
@@ -238,9 +229,7 @@ class DensePlan:
         ``accumulate=True`` adds the parameter gradients to ``.grad`` instead
         of overwriting them.
         """
-        weight, bias = self.weight, self.bias
-        w, dw = weight.data, weight.grad
-        b, db = (None, None) if bias is None else (bias.data, bias.grad)
+        w, dw, b, db = _p.param_arrays(self.weight, self.bias)
         k = self._bound
         if k is None or k[1] is not w or k[2] is not b or k[9] is not dw or k[10] is not db \
                 or k[0] is not _p.current():
@@ -248,10 +237,7 @@ class DensePlan:
         dt = k[3]
         if activation == "identity":
             y = None
-        gw, gb = dw, db
-        if accumulate:
-            gw = _p.output(self, "acc_w", dw.shape, dt)
-            gb = None if db is None else _p.output(self, "acc_b", db.shape, dt)
+        gw, gb = _p.grad_targets(self, dw, db, dt, accumulate)
         if type(grad_out) is _nd and type(x) is _nd and grad_out.dtype is dt and x.dtype is dt \
                 and grad_out.flags.c_contiguous and x.flags.c_contiguous and x.ndim == 2 and w.shape == k[6] \
                 and grad_out.shape == (x.shape[0], k[5]) and x.shape[1] == k[4] and activation in _ACTS \
@@ -263,7 +249,5 @@ class DensePlan:
             gin = dense_backward(grad_out, x, w, y, activation, bias=b is not None, input_grad=input_grad,
                                  grad_weight=gw, grad_bias=gb)[0]
         if accumulate:
-            np.add(dw, gw, out=dw)
-            if db is not None and gb is not None:  # gb is db's accumulation buffer: None together
-                np.add(db, gb, out=db)
+            _p.accumulate_grads(dw, gw, db, gb)
         return gin

@@ -317,9 +317,9 @@ _LNBound = tuple[Backend, FloatArray | None, FloatArray | None, FloatArray | Non
                  FloatArray | None, FloatArray | None, FloatArray | None, FloatArray | None]
 
 
-def _bind_affine(weight: ParamLike | None, bias: ParamLike | None,
-                 where: str) -> tuple[FloatArray | None, FloatArray | None, FloatArray | None, FloatArray | None]:
-    """Validated (data, grad) of optional affine parameters (checked once per bind)."""
+def _bind_affine(weight: ParamLike | None, bias: ParamLike | None, where: str, shape: tuple[int, ...]
+                 ) -> tuple[FloatArray | None, FloatArray | None, FloatArray | None, FloatArray | None]:
+    """Validated (data, grad) of optional affine parameters of ``shape`` (checked once per bind)."""
     w = dw = b = db = None
     if weight is not None:
         w = _p.check_param(weight, "weight")
@@ -332,7 +332,18 @@ def _bind_affine(weight: ParamLike | None, bias: ParamLike | None,
             if b.shape != w.shape:
                 raise ValueError(f"{where}: bias has shape {b.shape} but weight has {w.shape}")
     _p.check_disjoint(where, w, b, dw, db)
+    for a, name in ((w, "weight"), (b, "bias")):
+        if a is not None and a.shape != shape:
+            raise ValueError(f"{where}: {name} has shape {a.shape}, expected {shape}")
     return w, dw, b, db
+
+
+def _affine_stale(k: tuple[Any, ...], weight: ParamLike | None, bias: ParamLike | None, grads: bool) -> bool:
+    """Whether bound ``k`` = (backend, W, b, dW, db, ...) is out of date: other arrays, another backend."""
+    w = None if weight is None else weight.data
+    b = None if bias is None else bias.data
+    return k[1] is not w or k[2] is not b or k[0] is not _p.current() or (grads and (
+        (weight is not None and k[3] is not weight.grad) or (bias is not None and k[4] is not bias.grad)))
 
 
 class BatchNormPlan:
@@ -369,22 +380,15 @@ class BatchNormPlan:
         self._bound = None
 
     def _bind(self) -> _BNBound:
-        w, dw, b, db = _bind_affine(self.weight, self.bias, "batch_norm")
-        for a, name in ((w, "weight"), (b, "bias")):
-            if a is not None and a.shape != (self.num_features,):
-                raise ValueError(f"batch_norm: {name} has shape {a.shape}, expected ({self.num_features},)")
+        w, dw, b, db = _bind_affine(self.weight, self.bias, "batch_norm", (self.num_features,))
         backend = _p.current()
         bound = (backend, w, b, dw, db, backend.batch_norm_forward, backend.batch_norm_backward)
         self._bound = bound
         return bound
 
     def _check(self, grads: bool = False) -> _BNBound:
-        weight, bias = self.weight, self.bias
-        w = None if weight is None else weight.data
-        b = None if bias is None else bias.data
         k = self._bound
-        if k is None or k[1] is not w or k[2] is not b or k[0] is not _p.current() or (grads and (
-                (weight is not None and k[3] is not weight.grad) or (bias is not None and k[4] is not bias.grad))):
+        if k is None or _affine_stale(k, self.weight, self.bias, grads):
             k = self._bind()
         return k
 
@@ -476,10 +480,7 @@ class LayerNormPlan:
         self._bound = None
 
     def _bind(self) -> _LNBound:
-        w, dw, b, db = _bind_affine(self.weight, self.bias, "layer_norm")
-        for a, name in ((w, "weight"), (b, "bias")):
-            if a is not None and a.shape != self.normalized_shape:
-                raise ValueError(f"layer_norm: {name} has shape {a.shape}, expected {self.normalized_shape}")
+        w, dw, b, db = _bind_affine(self.weight, self.bias, "layer_norm", self.normalized_shape)
         fw, fb, fdw, fdb = (None if a is None else a.reshape(self.K) for a in (w, b, dw, db))
         backend = _p.current()
         bound = (backend, w, b, dw, db, backend.layer_norm_forward, backend.layer_norm_backward, fw, fb, fdw, fdb)
@@ -487,12 +488,8 @@ class LayerNormPlan:
         return bound
 
     def _check(self, grads: bool = False) -> _LNBound:
-        weight, bias = self.weight, self.bias
-        w = None if weight is None else weight.data
-        b = None if bias is None else bias.data
         k = self._bound
-        if k is None or k[1] is not w or k[2] is not b or k[0] is not _p.current() or (grads and (
-                (weight is not None and k[3] is not weight.grad) or (bias is not None and k[4] is not bias.grad))):
+        if k is None or _affine_stale(k, self.weight, self.bias, grads):
             k = self._bind()
         return k
 

@@ -23,6 +23,15 @@ def _bounds(n_in, n_out):
     return (i * n_in) // n_out, -((-(i + 1) * n_in) // n_out)
 
 
+def _windows(in_hw, out_hw):
+    """``(i, j, rows, cols)`` for every output cell (i, j): the slices of the input window it averages."""
+    hs, he = _bounds(in_hw[0], out_hw[0])
+    ws, we = _bounds(in_hw[1], out_hw[1])
+    for i in range(out_hw[0]):
+        for j in range(out_hw[1]):
+            yield i, j, slice(hs[i], he[i]), slice(ws[j], we[j])
+
+
 def adaptive_avg_pool2d_forward(x, out):
     """``out[b, c, i, j]`` = the mean of window (i, j) of ``x[b, c]``.
 
@@ -35,13 +44,8 @@ def adaptive_avg_pool2d_forward(x, out):
     -------
     out : ndarray of shape (B, C, Ho, Wo)
     """
-    H, W = x.shape[2:]
-    ho, wo = out.shape[2:]
-    hs, he = _bounds(H, ho)
-    ws, we = _bounds(W, wo)
-    for i in range(ho):
-        for j in range(wo):
-            out[:, :, i, j] = x[:, :, hs[i]:he[i], ws[j]:we[j]].mean(axis=(2, 3))
+    for i, j, rows, cols in _windows(x.shape[2:], out.shape[2:]):
+        out[:, :, i, j] = x[:, :, rows, cols].mean(axis=(2, 3))
     return out
 
 
@@ -57,13 +61,8 @@ def adaptive_avg_pool2d_backward(grad_out, grad_input):
     -------
     grad_input : ndarray of shape (B, C, H, W)
     """
-    H, W = grad_input.shape[2:]
-    ho, wo = grad_out.shape[2:]
-    hs, he = _bounds(H, ho)
-    ws, we = _bounds(W, wo)
     grad_input[...] = 0
-    for i in range(ho):
-        for j in range(wo):
-            n = (he[i] - hs[i]) * (we[j] - ws[j])
-            grad_input[:, :, hs[i]:he[i], ws[j]:we[j]] += (grad_out[:, :, i, j] / n)[:, :, None, None]
+    for i, j, rows, cols in _windows(grad_input.shape[2:], grad_out.shape[2:]):
+        n = (rows.stop - rows.start) * (cols.stop - cols.start)
+        grad_input[:, :, rows, cols] += (grad_out[:, :, i, j] / n)[:, :, None, None]
     return grad_input

@@ -227,7 +227,7 @@ cdef void forward_rows(const Seq *s, real **p, fnn_idx r0, fnn_idx r1) noexcept 
 cdef int seq_forward(const Seq *s, real **p) noexcept nogil:
     cdef fnn_idx GH = s.G * s.H, k
     cdef fnn_idx chunk = row_chunk(s.B, <double>s.T * s.B * GH * (s.H + s.nin))
-    cdef fnn_idx c, nc = (s.B + chunk - 1) // chunk
+    cdef fnn_idx c = 0, nc = (s.B + chunk - 1) // chunk  # firstprivate in the team below: set it
     cdef int nxt = 0, arrived = 0, rc = -1
     p[S_WT] = transposed(p[S_W_HH], GH, s.H)
     if s.cell == CELL_GRU:
@@ -347,7 +347,7 @@ cdef int grads_finish(const Seq *s, real **p, bint gx_done) noexcept nogil:
 cdef int seq_backward(const Seq *s, real **p) noexcept nogil:
     cdef fnn_idx TB = s.T * s.B, H = s.H, GH = s.G * s.H, BH = s.B * s.H, k
     cdef fnn_idx chunk = row_chunk(s.B, <double>s.T * s.B * GH * 2 * (s.H + s.nin))
-    cdef fnn_idx c, nc = (s.B + chunk - 1) // chunk
+    cdef fnn_idx c = 0, nc = (s.B + chunk - 1) // chunk  # firstprivate in the team below: set it
     cdef int nxt = 0, nxt2 = 0, done = 0, arrived = 0, nw = 0, nx = 0, rc
     cdef fnn_idx wc = 0, xc = 0
     # dL/dx inside the region when small, else one product at the end

@@ -36,6 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threshold", type=float, default=0.10,
                         help="relative change below which --compare calls a row unchanged (default 0.10)")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    parser.add_argument("--no-cold-start", dest="cold_start", action="store_false",
+                        help="skip the numba cold-start runs (new processes, empty cache)")
     # small sizes, for testing the machinery only
     parser.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)
 
@@ -63,7 +65,7 @@ def run(args) -> int:
     try:
         results = run_bench(workloads=args.workloads, backends=args.backends, threads=args.threads,
                             quick=args.quick, tiny=getattr(args, "tiny", False), repeat=args.repeat,
-                            progress=args.progress)
+                            progress=args.progress, cold_start=getattr(args, "cold_start", True))
     except ValueError as exc:
         print(f"fastnn bench: {exc}", file=sys.stderr)
         return 2

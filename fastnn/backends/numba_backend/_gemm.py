@@ -594,7 +594,7 @@ def gemm_c(a, b, trans_a, trans_b, c, bias, has_bias, act, nthreads):
 
 @kernel(inputs="a b bias")
 def _gemm_small_tiled(a, b, trans_a, trans_b, c, bias, has_bias, act):
-    """gemm_c for K >= 1 and at most SMALL_MAX multiply-adds: register tiles on one thread."""
+    """gemm_c for K >= 1, at most SMALL_MAX multiply-adds and act 0 or 1: register tiles on one thread."""
     M, N, K, rsa, csa, rsb, csb = _layout(a, trans_a, trans_b, c)
     _small.small_gemm(M, N, K, _raw(a), rsa, csa, _raw(b), rsb, csb, _raw(c), N, _raw(bias), has_bias, act)
 
@@ -606,8 +606,15 @@ def _gemm_small_plain(a, b, trans_a, trans_b, c, bias, has_bias, act):
     _small.simple_gemm(M, N, K, _raw(a), rsa, csa, _raw(b), rsb, csb, _raw(c), N, _raw(bias), has_bias, act)
 
 
-#: The small-product entry point: the tiled kernel, or the plain one while the tiled one compiles.
+#: The small-product entry point (act 0 or 1): the tiled kernel, or the plain one while the tiled one compiles.
 gemm_small = Deferred(_gemm_small_tiled, _gemm_small_plain, rebinder(__name__, "gemm_small", lambda fast: fast))
+
+
+@kernel
+def _act_epilogue(c, act):
+    """Sigmoid (2) or tanh (3) over C after a small product, as the tiled kernel applies it per tile."""
+    M, N = c.shape
+    _act_tile(_raw(c), N, 0, 0, M, N, act)
 
 
 @kernel(inputs="a b bias")
@@ -641,7 +648,11 @@ def gemm_2d(a, b, trans_a, trans_b, c, bias, has_bias, act, nthreads):
     elif K == 0:
         _gemm_no_k(c, bias, has_bias, act)
     elif volume <= _small.SMALL_MAX:
-        gemm_small(a, b, trans_a, trans_b, c, bias, has_bias, act)
+        if act >= 2:
+            gemm_small(a, b, trans_a, trans_b, c, bias, has_bias, 0)
+            _act_epilogue(c, act)
+        else:
+            gemm_small(a, b, trans_a, trans_b, c, bias, has_bias, act)
     elif nthreads > 1 and volume >= PARALLEL_MIN_FLOPS:
         _gemm_threaded(a, b, trans_a, trans_b, c, bias, has_bias, act, nthreads)
     else:

@@ -226,8 +226,10 @@ def simple_tiled(M, N, K, a, rsa, csa, b, rsb, csb, c, ldc, bias, has_bias, act,
     """_tiled's result, bit for bit, from plain loops: C = act(op(A)·op(B) + bias), or C += op(A)·op(B) when acc.
 
     Per element of C, as the micro-kernel: the K products summed in order by
-    fused multiply-adds from zero, then + C (acc) or + bias, then ReLU;
-    sigmoid and tanh afterwards by the same _act_tile."""
+    fused multiply-adds from zero, then + C (acc) or + bias, then ReLU
+    (act 1). Sigmoid and tanh (act 2, 3) are not applied here: the caller
+    runs ``_gemm._act_tile`` over C afterwards, as the tiled kernel does
+    tile by tile."""
     if csb == 1:
         pb = b
         ldb = rsb
@@ -262,8 +264,6 @@ def simple_tiled(M, N, K, a, rsa, csa, b, rsb, csb, c, ldc, bias, has_bias, act,
             else:
                 for j in range(N):
                     crow[j] = row[j]
-    if act >= 2 and not acc:
-        _act_tile(c, ldc, 0, 0, M, N, act)
 
 
 @intrinsic
@@ -272,40 +272,39 @@ def _opaque(typingctx, x):
     return types.unliteral(x)(x), lambda context, builder, sig, args: args[0]
 
 
-@njit(inline="always", **_OPTS)
-def _simple(M, N, K, a, rsa, csa, b, rsb, csb, c, ldc, bias, has_bias, act, acc):
-    # every plain product shares one compilation of simple_tiled per dtype (speed is not its point)
-    simple_tiled(M, N, K, a, _opaque(rsa), _opaque(csa), b, _opaque(rsb), _opaque(csb), c, ldc, bias,
-                 _opaque(has_bias), _opaque(act), _opaque(acc))
+# The entry points below hand every argument to simple_tiled as a run-time value, so that all
+# plain products share one compilation of it per dtype (its speed is not the point).
 
-
-@njit(inline="always", **_OPTS)
+@njit(**_OPTS)
 def simple_gemm(M, N, K, a, rsa, csa, b, rsb, csb, c, ldc, bias, has_bias, act):
-    """small_gemm's result from :func:`simple_tiled`."""
-    _simple(M, N, K, a, rsa, csa, b, rsb, csb, c, ldc, bias, has_bias, act, False)
+    """small_gemm's result from :func:`simple_tiled` (act 0 or 1)."""
+    simple_tiled(_opaque(M), _opaque(N), _opaque(K), a, _opaque(rsa), _opaque(csa), b, _opaque(rsb),
+                 _opaque(csb), c, _opaque(ldc), bias, _opaque(has_bias), _opaque(act), _opaque(False))
 
 
-@njit(inline="always", **_OPTS)
+@njit(**_OPTS)
 def acc_nn_simple(A, Bm, C):
     """acc_nn from plain loops."""
     M, K = A.shape
     N = Bm.shape[1]
     if M and N and K:
         cf = _raw(C)
-        _simple(M, N, K, _raw(A), K, 1, _raw(Bm), N, 1, cf, N, cf, False, 0, True)
+        simple_tiled(M, N, K, _raw(A), K, _opaque(1), _raw(Bm), N, _opaque(1), cf, N, cf, _opaque(False),
+                     _opaque(0), _opaque(True))
 
 
-@njit(inline="always", **_OPTS)
+@njit(**_OPTS)
 def acc_tn_simple(A, Bm, C):
     """acc_tn from plain loops."""
     K, M = A.shape
     N = Bm.shape[1]
     if M and N and K:
         cf = _raw(C)
-        _simple(M, N, K, _raw(A), 1, M, _raw(Bm), N, 1, cf, N, cf, False, 0, True)
+        simple_tiled(M, N, K, _raw(A), _opaque(1), M, _raw(Bm), N, _opaque(1), cf, N, cf, _opaque(False),
+                     _opaque(0), _opaque(True))
 
 
-@njit(inline="always", **_OPTS)
+@njit(**_OPTS)
 def mul_nt_simple(A, Bn, C):
     """mul_nt from plain loops."""
     M, K = A.shape
@@ -314,4 +313,5 @@ def mul_nt_simple(A, Bn, C):
         C[:] = 0
     elif M and N:
         cf = _raw(C)
-        _simple(M, N, K, _raw(A), K, 1, _raw(Bn), 1, K, cf, N, cf, False, 0, False)
+        simple_tiled(M, N, K, _raw(A), K, _opaque(1), _raw(Bn), _opaque(1), K, cf, N, cf, _opaque(False),
+                     _opaque(0), _opaque(False))

@@ -60,8 +60,8 @@ def test_read_only_input_runs_the_writeable_compilation(jit, rng):
     assert got[1][0] == want[1][0]
     np.testing.assert_array_equal(got[1][1], want[1][1])
     for disp in (activations._relu[0], losses._mse[0]):
-        sigs = [s for s in disp.signatures if str(s[0].dtype) == "float32" and s[0].ndim == 2]
-        assert len(sigs) == 1, sigs              # one compilation for both
+        sigs = [s for s in disp.signatures if str(s[0].dtype) == "float32"]
+        assert len(sigs) == 1, sigs              # one compilation for both (and any shape: flattened)
         assert not sigs[0][0].mutable            # typed read-only: a kernel writing it would not compile
 
 
@@ -90,6 +90,28 @@ def test_plain_small_products_give_the_tiled_kernels_bits(jit, dtype, rng):
             fast(x, y, c1)
             plain(x, y, c2)
             np.testing.assert_array_equal(c2, c1)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_unfused_convolution_fallback_gives_the_fused_kernels_bits(jit, dtype, rng):
+    from fastnn.backends.numba_backend import conv
+
+    for (B, C, H, W), (O, kh, kw), (sh, sw), (ph, pw), (dh, dw) in [
+            ((3, 2, 9, 11), (5, 3, 3), (1, 1), (1, 1), (1, 1)), ((2, 3, 8, 7), (4, 2, 3), (2, 1), (0, 2), (1, 2)),
+            ((1, 1, 5, 5), (1, 1, 1), (1, 1), (0, 0), (1, 1)), ((2, 4, 12, 12), (9, 3, 3), (2, 2), (1, 1), (2, 1))]:
+        x = rng.standard_normal((B, C, H, W)).astype(dtype)
+        x.flat[3] = np.inf
+        w2 = rng.standard_normal((O, C * kh * kw)).astype(dtype)
+        bias = rng.standard_normal(O).astype(dtype)
+        ho = (H + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+        wo = (W + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+        for has_bias in (True, False):
+            fused, plain = np.empty((B, O, ho, wo), dtype), np.empty((B, O, ho, wo), dtype)
+            rows = 2
+            args = (x, w2, bias, has_bias, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, rows)
+            conv._fused_tiled[0](*args, np.empty((1, w2.shape[1] * rows * wo), dtype), fused)
+            conv._fused_fallback(*args, None, plain)
+            np.testing.assert_array_equal(plain, fused)
 
 
 def _cold(code, **env):
@@ -126,7 +148,7 @@ def test_first_w3_step_compiles_only_what_it_runs(jit):
         "_softmax_ce": 1,
         "_delta_bias": 1,
         "_col_sums": 1,
-        "_sgd_mom": 2,                            # weights (2-D) and biases (1-D)
+        "_sgd_mom": 1,                            # weights and biases, flattened
     }
 
 

@@ -27,8 +27,11 @@ calls:
   once the calling thread has stopped compiling for a moment; later calls
   run it. A warm cache, or ``FASTNN_NUMBA_BACKGROUND=0``, gives the fast
   kernel at once (compiled in the calling thread if need be). The
-  background compilation of a kernel starts when it is called a second
-  time (the caller loops). Only kernels
+  background compilation of a kernel starts on its third call in a row
+  with nothing compiled since the one before (the caller loops over code
+  that is all compiled: a later training step, not the second and third
+  layers of the first one, whose compilations would wait for it). Only
+  kernels
   whose two versions give bit-identical results are deferred, so when the
   switch happens changes the speed, never the numbers.
 
@@ -52,6 +55,7 @@ import warnings
 
 import numpy as np
 from numba import njit, types
+from numba.core import event as _event
 from numba.core.compiler_lock import global_compiler_lock
 from numba.core.dispatcher import OmittedArg
 from numba.core.registry import CPUDispatcher
@@ -73,7 +77,10 @@ threads = _config.get_num_threads
 #: Seconds without a compilation in a calling thread before the background thread starts one: the
 #: compilations of a first training step come one after another, and each would wait for a
 #: background job holding Numba's (process-wide) compiler lock.
-QUIET_S = 0.25
+QUIET_S = 0.5
+#: Calls in a row, each with nothing compiled since the one before, after which a deferred kernel's
+#: fast version is compiled: 1 would start it at the second of two pooling layers of a first step.
+_REPEATS = 2
 
 
 _foreground = [0]
@@ -109,7 +116,24 @@ def jit_inline(fn):
     return njit(inline="always", **_options())(fn)
 
 
-_sync = {"depth": 0, "last": 0.0}
+# Compilations outside the background thread (any dispatcher's, nested ones included), from Numba's
+# compile events: depth, running now; last, when one ended; count, how many ended.
+_sync = {"depth": 0, "last": 0.0, "count": 0}
+
+
+class _CompileWatch(_event.Listener):
+    def on_start(self, event):
+        if threading.current_thread() is not _worker["thread"]:
+            _sync["depth"] += 1
+
+    def on_end(self, event):
+        if threading.current_thread() is not _worker["thread"]:
+            _sync["depth"] -= 1
+            _sync["count"] += 1
+            _sync["last"] = time.monotonic()
+
+
+_event.register("numba:compile", _CompileWatch())
 
 
 class _Kernel(CPUDispatcher):
@@ -138,23 +162,17 @@ class _Kernel(CPUDispatcher):
             return True
 
     def _compile_for_args(self, *args, **kws):
-        # runs in the calling thread: the background thread waits until these have stopped
-        _sync["depth"] += 1
-        try:
-            if not self._readonly or kws or any(isinstance(a, OmittedArg) for a in args):
-                return super()._compile_for_args(*args, **kws)
-            with global_compiler_lock:
-                actual, sig = self.signature_for(args)
-                if sig == actual:
-                    return super()._compile_for_args(*args)
-                entry = self.compile(sig)
-                # the writeable typing runs the same machine code (unboxing ignores the flag): register
-                # it as an exact match, so the next call does not even need a conversion
-                self._insert([t._code for t in actual], entry, False)
-                return entry
-        finally:
-            _sync["depth"] -= 1
-            _sync["last"] = time.monotonic()
+        if not self._readonly or kws or any(isinstance(a, OmittedArg) for a in args):
+            return super()._compile_for_args(*args, **kws)
+        with global_compiler_lock:
+            actual, sig = self.signature_for(args)
+            if sig == actual:
+                return super()._compile_for_args(*args)
+            entry = self.compile(sig)
+            # the writeable typing runs the same machine code (unboxing ignores the flag): register
+            # it as an exact match, so the next call does not even need a conversion
+            self._insert([t._code for t in actual], entry, False)
+            return entry
 
 
 def _make(fn, inputs, parallel):
@@ -243,6 +261,7 @@ class Deferred:
         self.fallback = fallback
         self._install = install
         self._state = {}   # _key(args) -> True ready, False being compiled (or failed)
+        self._seen = {}    # _key(args) -> (_sync["count"] after the last fallback call, calls in a row so)
         DEFERRED.append(self)
 
     def __call__(self, *args):
@@ -250,12 +269,18 @@ class Deferred:
         state = self._state.get(key)
         if state:
             return self.fast(*args)
+        streak = 0
         if state is None:
             if self._first(key, args):
                 return self.fast(*args)
         else:
-            _start_job(self, key)   # called again: the caller loops, compiling the fast kernel pays off
-        return self.fallback(*args)
+            count, streak = self._seen.get(key, (-1, 0))
+            streak = streak + 1 if count == _sync["count"] else 0
+            if streak >= _REPEATS:
+                _start_job(self, key)   # the caller loops over compiled code: the fast kernel pays off
+        out = self.fallback(*args)
+        self._seen[key] = (_sync["count"], streak)
+        return out
 
     def _first(self, key, args):
         """Decide for a new argument typing: True if ``fast`` can run it now."""
@@ -292,10 +317,11 @@ class Deferred:
 
 # -- the background thread -----------------------------------------------------------------------
 
-# A job waits until its kernel is called a second time: a first training step (or a one-off call)
-# then finishes on the fallbacks, with no background compilation holding Numba's process-wide
-# compiler lock while it compiles the rest, and a process that never repeats a call (one
-# prediction, a short script) compiles nothing it does not use.
+# A job waits until its kernel is called again with nothing compiled in between: a first training
+# step (or a one-off call) then finishes on the fallbacks, with no background compilation holding
+# Numba's process-wide compiler lock while it compiles the rest (a kernel that two layers of the
+# step call does not count as repeated), and a process that never repeats a call (one prediction,
+# a short script) compiles nothing it does not use.
 _cv = threading.Condition()
 _waiting: dict = {}                        # (id(deferred), key) -> job, not yet called again
 _jobs: collections.deque = collections.deque()   # jobs to run, in the order their kernels were called again

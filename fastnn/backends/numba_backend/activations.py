@@ -10,6 +10,8 @@ elements, which Numba splits into one contiguous block per thread; below it
 (or on one thread) the serial compilation of the same function runs, since
 waking threads costs more than a small array. Both come from one source
 (:func:`._jit.variants`), and each is compiled on its first call.
+The elementwise kernels get their arrays flattened (``ravel``: a view of
+C-contiguous arrays), so one compilation per dtype serves every shape.
 
 Comparisons are written so that NaN propagates (``x if not (x <= 0) else 0``
 keeps NaN, ``max``-style ``x > 0`` tests would drop it).
@@ -55,13 +57,13 @@ def _relu_bwd(g, y, out):
 
 def relu(x, out):
     """y = max(x, 0)."""
-    _relu[x.size >= _PAR_CHEAP and threads() > 1](x, out)
+    _relu[x.size >= _PAR_CHEAP and threads() > 1](x.ravel(), out.ravel())
     return out
 
 
 def relu_backward(grad_out, y, out):
     """dL/dx = dL/dy · [y > 0]."""
-    _relu_bwd[grad_out.size >= _PAR_CHEAP and threads() > 1](grad_out, y, out)
+    _relu_bwd[grad_out.size >= _PAR_CHEAP and threads() > 1](grad_out.ravel(), y.ravel(), out.ravel())
     return out
 
 
@@ -89,13 +91,14 @@ def _leaky_bwd(g, y, slope, out):
 
 def leaky_relu(x, negative_slope, out):
     """y = x if x > 0 else negative_slope·x."""
-    _leaky[x.size >= _PAR_CHEAP and threads() > 1](x, negative_slope, out)
+    _leaky[x.size >= _PAR_CHEAP and threads() > 1](x.ravel(), negative_slope, out.ravel())
     return out
 
 
 def leaky_relu_backward(grad_out, y, negative_slope, out):
     """dL/dx = dL/dy · (1 if y > 0 else negative_slope)."""
-    _leaky_bwd[grad_out.size >= _PAR_CHEAP and threads() > 1](grad_out, y, negative_slope, out)
+    _leaky_bwd[grad_out.size >= _PAR_CHEAP and threads() > 1](grad_out.ravel(), y.ravel(), negative_slope,
+                                                              out.ravel())
     return out
 
 
@@ -121,13 +124,13 @@ def _sigmoid_bwd(g, y, out):
 
 def sigmoid(x, out):
     """y = 1 / (1 + exp(-x))."""
-    _sigmoid[x.size >= _PAR and threads() > 1](x, out)
+    _sigmoid[x.size >= _PAR and threads() > 1](x.ravel(), out.ravel())
     return out
 
 
 def sigmoid_backward(grad_out, y, out):
     """dL/dx = dL/dy · y (1 − y)."""
-    _sigmoid_bwd[grad_out.size >= _PAR_CHEAP and threads() > 1](grad_out, y, out)
+    _sigmoid_bwd[grad_out.size >= _PAR_CHEAP and threads() > 1](grad_out.ravel(), y.ravel(), out.ravel())
     return out
 
 
@@ -153,13 +156,13 @@ def _tanh_bwd(g, y, out):
 
 def tanh(x, out):
     """y = tanh(x)."""
-    _tanh[x.size >= _PAR and threads() > 1](x, out)
+    _tanh[x.size >= _PAR and threads() > 1](x.ravel(), out.ravel())
     return out
 
 
 def tanh_backward(grad_out, y, out):
     """dL/dx = dL/dy · (1 − y²)."""
-    _tanh_bwd[grad_out.size >= _PAR_CHEAP and threads() > 1](grad_out, y, out)
+    _tanh_bwd[grad_out.size >= _PAR_CHEAP and threads() > 1](grad_out.ravel(), y.ravel(), out.ravel())
     return out
 
 

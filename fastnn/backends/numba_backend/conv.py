@@ -21,9 +21,9 @@ import numpy as np
 from numba import get_thread_id, prange
 
 from ...gemm import get_gemm as _gemm_mode
-from ._gemm import _NO_BIAS, _raw
+from ._gemm import _NO_BIAS, _gemm_small_plain, _raw
 from ._jit import PAIRS, Deferred, jit, jit_inline, kernel, renamed, threads, variants
-from ._small_gemm import simple_gemm, small_gemm
+from ._small_gemm import small_gemm
 
 __all__ = [
     "conv2d_forward", "conv2d_backward",
@@ -224,8 +224,33 @@ def _fused_kernels(product, suffix):
 
 
 _fused_tiled = _fused_kernels(small_gemm, "_tiled")
-_fused_plain = _fused_kernels(simple_gemm, "_plain")
 PAIRS.append(_fused_tiled)
+
+
+def _fused_fallback(x, w2, bias, has_bias, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, rows, work, out):
+    """The fused forward's result, bit for bit, from kernels a training step compiles anyway.
+
+    Image by image: the serial im2col (the backward pass's) and the plain
+    small product (``_gemm._gemm_small_plain``: per output, the K products
+    summed in order from zero, as the tiled kernel in the fused loop), then
+    + bias. Runs while the fused kernel compiles in the background, so a
+    first step does not compile a second, fused copy of the lowering."""
+    B, O, K = x.shape[0], w2.shape[0], w2.shape[1]
+    P = ho * wo
+    if B == 0 or O == 0 or P == 0:
+        return
+    if K == 0:   # no inputs: the fused kernel's empty sum, then + bias
+        out[...] = 0
+        if has_bias:
+            out += bias.reshape(1, O, 1, 1)
+        return
+    cols = _scratch("cols", (K, P), x.dtype)
+    for b in range(B):
+        _im2col[0](x, b, 1, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, cols)
+        ob = out[b].reshape(O, P)
+        _gemm_small_plain(w2, cols, False, False, ob, bias, False, 0)
+        if has_bias:   # per output row (the product's own bias is per column), added once as in the fused loop
+            ob += bias[:, None]
 
 
 def _install_fused(k):
@@ -236,8 +261,8 @@ def _install_fused(k):
     return install
 
 
-#: [parallel]: the tiled fused forward, or the serial plain one (same results) while it compiles.
-_conv_forward_fused = tuple(Deferred(_fused_tiled[k], _fused_plain[0], _install_fused(k)) for k in (0, 1))
+#: [parallel]: the tiled fused forward, or the unfused plain one (same results) while it compiles.
+_conv_forward_fused = tuple(Deferred(_fused_tiled[k], _fused_fallback, _install_fused(k)) for k in (0, 1))
 
 
 _tls = threading.local()

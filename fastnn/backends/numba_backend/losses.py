@@ -53,7 +53,8 @@ def mse_loss(pred, target, reduction, grad):
     if n == 0:
         return (float("nan") if reduction == "mean" else 0.0), grad
     scale = _scale(n, reduction)
-    return float(_mse[n >= _PAR_CHEAP and threads() > 1](pred, target, scale, 2.0 * scale, grad)), grad
+    return float(_mse[n >= _PAR_CHEAP and threads() > 1](pred.ravel(), target.ravel(), scale, 2.0 * scale,
+                                                                     grad.ravel())), grad
 
 
 # ---------------------------------------------------------------- softmax cross-entropy
@@ -144,4 +145,5 @@ def bce_with_logits(logits, target, reduction, grad):
     n = logits.size
     if n == 0:
         return (float("nan") if reduction == "mean" else 0.0), grad
-    return float(_bce[n >= _PAR and threads() > 1](logits, target, _scale(n, reduction), grad)), grad
+    return float(_bce[n >= _PAR and threads() > 1](logits.ravel(), target.ravel(), _scale(n, reduction),
+                                                        grad.ravel())), grad

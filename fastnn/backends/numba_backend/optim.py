@@ -14,6 +14,10 @@ loop, so float32 updates run in float32 SIMD lanes. Per-step constants
 reference does. SGD with and without a momentum buffer are separate loops;
 the other options (weight decay, Nesterov, AdamW's decoupled decay) are
 loop-invariant scalars.
+
+Every array reaches the kernels flattened (``ravel``: a view, the arrays are
+C-contiguous), so one compilation per dtype serves weights, biases and
+filters alike instead of one per number of dimensions.
 """
 
 import math
@@ -74,9 +78,10 @@ def sgd_update(param, grad, velocity, lr, momentum, nesterov, weight_decay):
     """g = ∇ + λp; v = μv + g; p −= lr·(g + μv if Nesterov else v) (v only if μ > 0)."""
     par = param.size >= _PAR_CHEAP and threads() > 1
     if momentum:
-        _sgd_mom[par](param, grad, velocity, float(lr), float(momentum), bool(nesterov), float(weight_decay))
+        _sgd_mom[par](param.ravel(), grad.ravel(), velocity.ravel(), float(lr), float(momentum), bool(nesterov),
+                      float(weight_decay))
     else:
-        _sgd_plain[par](param, grad, float(lr), float(weight_decay))
+        _sgd_plain[par](param.ravel(), grad.ravel(), float(lr), float(weight_decay))
 
 
 # ---------------------------------------------------------------- Adam / AdamW
@@ -112,7 +117,8 @@ def adam_update(param, grad, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps,
         decay, wd = 1.0, float(weight_decay)
     bias_correction1 = 1.0 - beta1 ** step
     bias_correction2 = 1.0 - beta2 ** step
-    _adam[param.size >= _PAR and threads() > 1](param, grad, exp_avg, exp_avg_sq, decay, wd, beta1, 1.0 - beta1,
+    _adam[param.size >= _PAR and threads() > 1](param.ravel(), grad.ravel(), exp_avg.ravel(), exp_avg_sq.ravel(),
+                                                decay, wd, beta1, 1.0 - beta1,
                                                 beta2, 1.0 - beta2, lr / bias_correction1,
                                                 1.0 / math.sqrt(bias_correction2), eps)
 
@@ -123,12 +129,12 @@ def sgd_update_many(params, grads, velocities, lr, momentum, nesterov, weight_de
     if momentum:
         for i in range(len(params)):
             p = params[i]
-            _sgd_mom[p.size >= _PAR_CHEAP and threads() > 1](p, grads[i], velocities[i], lr, momentum, nesterov,
-                                                              weight_decay)
+            _sgd_mom[p.size >= _PAR_CHEAP and threads() > 1](p.ravel(), grads[i].ravel(), velocities[i].ravel(), lr,
+                                                              momentum, nesterov, weight_decay)
     else:
         for i in range(len(params)):
             p = params[i]
-            _sgd_plain[p.size >= _PAR_CHEAP and threads() > 1](p, grads[i], lr, weight_decay)
+            _sgd_plain[p.size >= _PAR_CHEAP and threads() > 1](p.ravel(), grads[i].ravel(), lr, weight_decay)
 
 
 def adam_update_many(params, grads, exp_avgs, exp_avg_sqs, step, lr, beta1, beta2, eps, weight_decay, decoupled):
@@ -142,5 +148,6 @@ def adam_update_many(params, grads, exp_avgs, exp_avg_sqs, step, lr, beta1, beta
     c1, c2 = 1.0 - beta1, 1.0 - beta2
     for i in range(len(params)):
         p = params[i]
-        _adam[p.size >= _PAR and threads() > 1](p, grads[i], exp_avgs[i], exp_avg_sqs[i], decay, wd, beta1, c1, beta2,
-                                                c2, step_size, inv_sqrt_bc2, eps)
+        _adam[p.size >= _PAR and threads() > 1](p.ravel(), grads[i].ravel(), exp_avgs[i].ravel(),
+                                                exp_avg_sqs[i].ravel(), decay, wd, beta1, c1, beta2, c2, step_size,
+                                                inv_sqrt_bc2, eps)

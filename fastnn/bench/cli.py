@@ -21,7 +21,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "Time the reference workloads with every backend, PyTorch and scikit-learn in one process, "
         "against the machine's GEMM and memory-copy limits measured in the same run; write "
         "DIR/report.md, DIR/results.json and DIR/speedup.png.")
-    parser.add_argument("--quick", action="store_true", help="fewer, shorter repetitions (under a minute)")
+    parser.add_argument("--quick", action="store_true", help="fewer, shorter repetitions: a minute or two once the numba kernels are in "
+                             "Numba's cache; the first run after installing also compiles them (about 2.5 min "
+                             "of CPU time in all on 2 cores; `fastnn warmup` compiles them ahead)")
     parser.add_argument("--workloads", type=_csv, default=None, metavar="IDS",
                         help=f"comma-separated workload ids (default: all of {ids})")
     parser.add_argument("--backends", type=_csv, default=None, metavar="NAMES",

@@ -124,6 +124,31 @@ def _cold(code, **env):
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
+def test_cache_keys_of_kernels_over_other_kernels_are_the_same_in_every_process(jit):
+    # The conv and rnn kernels are closures over _small_gemm's products. Numba keys the disk cache
+    # of a closure on its pickled cells, and a dispatcher pickles with a per-process id: those
+    # kernels missed the cache in every process, compiled again, and their fallbacks ran meanwhile.
+    code = """
+        import json, os
+        import fastnn
+        fastnn.set_backend("numba")
+        import fastnn.backends.numba_backend.conv, fastnn.backends.numba_backend.rnn
+        from fastnn.backends.numba_backend import _jit
+
+        class _Codegen:
+            def magic_tuple(self):
+                return ()
+
+        keys = {k.py_func.__qualname__: str(k._cache._index_key((), _Codegen()))
+                for k in _jit.KERNELS if k.py_func.__closure__ and hasattr(k._cache, "_index_key")}
+        print(json.dumps(keys), flush=True)
+        os._exit(0)
+    """
+    first, second = _cold(code), _cold(code)
+    assert len(first) >= 4 and any("_conv_forward_fused" in name for name in first)
+    assert first == second
+
+
 def test_first_w3_step_compiles_only_what_it_runs(jit):
     # One child, one W3 step from an empty cache: the step's serial kernels, once per argument
     # typing, on the plain products; nothing parallel and no register-tiled kernel yet.

@@ -46,6 +46,7 @@ parallel twin of every serial signature.
 import atexit
 import collections
 import contextlib
+import hashlib
 import os
 import sys
 import threading
@@ -56,9 +57,11 @@ import warnings
 import numpy as np
 from numba import njit, types
 from numba.core import event as _event
+from numba.core.caching import FunctionCache
 from numba.core.compiler_lock import global_compiler_lock
-from numba.core.dispatcher import OmittedArg
+from numba.core.dispatcher import Dispatcher, OmittedArg
 from numba.core.registry import CPUDispatcher
+from numba.core.serialize import dumps as _dumps
 
 from ... import _config
 
@@ -136,10 +139,45 @@ class _CompileWatch(_event.Listener):
 _event.register("numba:compile", _CompileWatch())
 
 
+def _stable(value, depth=0):
+    """A stand-in for a closure cell's value that pickles to the same bytes in every process.
+
+    A dispatcher pickles with a per-process id, so Numba's own cache key for
+    a closure over a kernel (``_small_gemm``'s products captured by the conv
+    and rnn kernels) changed in every process: the kernel was never loaded
+    from the disk cache, compiled again in every process, and its fallback
+    ran meanwhile. A dispatcher stands here for its function's module, name,
+    bytecode and (recursively) closure.
+    """
+    if isinstance(value, Dispatcher) and depth < 8:
+        fn = value.py_func
+        cells = tuple(_stable(c.cell_contents, depth + 1) for c in (fn.__closure__ or ()))
+        return ("dispatcher", fn.__module__, fn.__qualname__, hashlib.sha256(fn.__code__.co_code).hexdigest(),
+                cells)
+    if isinstance(value, tuple):
+        return tuple(_stable(v, depth + 1) for v in value)
+    return value
+
+
+class _Cache(FunctionCache):
+    """Numba's disk cache, with an index key for closures over kernels that is the same in every process."""
+
+    def _index_key(self, sig, codegen):
+        fn = self._py_func
+        if fn.__closure__ is None:
+            return super()._index_key(sig, codegen)
+        cells = tuple(_stable(c.cell_contents) for c in fn.__closure__)
+        return (sig, codegen.magic_tuple(), (hashlib.sha256(fn.__code__.co_code).hexdigest(),
+                                             hashlib.sha256(_dumps(cells)).hexdigest()))
+
+
 class _Kernel(CPUDispatcher):
     """A dispatcher that types its declared input arrays read-only when it compiles."""
 
     _readonly = frozenset()
+
+    def enable_caching(self):
+        self._cache = _Cache(self.py_func)
 
     def signature_for(self, args):
         """(actual argument types, the signature this kernel compiles for them)."""

@@ -1,36 +1,70 @@
-"""Build the Cython kernels (kernels/*.pyx) into fastnn._ext.
+"""Build the compiled kernels into one extension module, fastnn._ext._kernels.
 
 Everything that pyproject.toml can say lives there; this file only does what
-it cannot: find the extensions, and pick compiler flags.
+it cannot: compile the C kernel library once per instruction set, and pick
+compiler flags. Layout of kernels/: kernels/README.md.
 
+* The C library (kernels/lib/*.c) is compiled once: the kernels once per
+  instruction set (isa_avx512.c, isa_avx2.c, isa_sse2.c, each with its own
+  flags; the run time picks one at load, FASTNN_ISA can force a lower one),
+  plus the run time. Those objects and the Cython glue (kernels/_kernels.pyx)
+  are compiled in parallel, one job per CPU, and linked into the one module.
 * OpenMP is used when the compiler can build and link a test program with it;
   otherwise the kernels build serial (``prange`` becomes ``range``) and
-  ``fastnn info`` reports ``openmp: False``.
+  ``fastnn info`` reports ``openmp: False``. ``FASTNN_NO_OPENMP=1`` forces a
+  serial build.
 * Flags are portable by default: ``-O3 -fno-math-errno -fno-trapping-math``.
   No ``-ffast-math``: in a shared library it can switch the whole process to
-  flush-denormals-to-zero and it breaks NaN checks. Set
-  ``FASTNN_NATIVE=1`` at install time to add ``-march=native`` (the wheel then
-  runs only on CPUs like the build machine's).
-* ``FASTNN_NO_OPENMP=1`` forces a serial build.
-* The hot C loops are compiled as AVX-512 / AVX2+FMA / baseline clones picked
-  at load time (GCC ``target_clones``); a compiler that cannot build them
-  (checked with a test program) gets one baseline version.
+  flush-denormals-to-zero and it breaks NaN checks. ``FASTNN_NATIVE=1`` adds
+  ``-march=native`` to the glue and the run time and tunes the kernels for
+  the build machine (the result then runs only on CPUs like it).
+* An instruction set the compiler cannot build (checked with a test program)
+  is left out; on other architectures than x86-64 only the baseline kernels
+  are built.
+* The extension is optional: when it cannot be compiled (no C compiler, a
+  failing build), the package installs without it, one line says why, and
+  the reason is kept next to the package (fastnn/_ext/BUILD_SKIPPED.txt) for
+  ``fastnn info``; the numpy and numba backends need no compiler.
+  ``FASTNN_REQUIRE_EXT=1`` makes a failed build an error (CI, packagers).
+* Objects are built in a directory per configuration (flags, OpenMP,
+  instruction sets), so changing FASTNN_NO_OPENMP or FASTNN_NATIVE rebuilds
+  instead of reusing objects compiled with other flags.
+* The linked module carries no debug symbols (``-s`` on Linux).
 """
 
+import copy
+import hashlib
 import os
+import platform
 import shutil
 import subprocess
 import sys
 import sysconfig
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 from Cython.Build import cythonize
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+from setuptools.errors import CCompilerError, CompileError, ExecError, LinkError, PlatformError
 
 HERE = Path(__file__).resolve().parent
 KERNELS = HERE / "kernels"
+LIB = KERNELS / "lib"
+
+# Flags per instruction set, best first; the first that compiles the check wins.
+ISA_FLAGS = {
+    "avx512": [["-march=x86-64-v4"], ["-mavx512f", "-mavx512vl", "-mavx512dq", "-mavx512bw", "-mavx2", "-mfma"]],
+    "avx2": [["-march=x86-64-v3"], ["-mavx2", "-mfma"]],
+}
+_ISA_CHECK = {
+    "avx512": "#include <immintrin.h>\nint main(void){__m512 v=_mm512_setzero_ps();"
+              "return (int)_mm512_reduce_add_ps(_mm512_maskz_loadu_ps(0, &v));}\n",
+    "avx2": "#include <immintrin.h>\nint main(void){float f[8]={0};__m256 v=_mm256_loadu_ps(f);"
+            "v=_mm256_fmadd_ps(v,v,v);_mm256_storeu_ps(f,v);return (int)f[0];}\n",
+}
 
 
 def _compiler_command():
@@ -38,106 +72,145 @@ def _compiler_command():
     return cc.split()
 
 
+def _compiles(source: str, flags, link: bool = False) -> bool:
+    """Whether the C compiler builds ``source`` with ``flags``."""
+    tmp = tempfile.mkdtemp()
+    try:
+        src = Path(tmp) / "check.c"
+        src.write_text(source)
+        out = Path(tmp) / ("check" if link else "check.o")
+        cmd = _compiler_command() + list(flags) + ([] if link else ["-c"]) + [str(src), "-o", str(out)]
+        return subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0
+    except OSError:
+        return False
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def _has_openmp() -> bool:
     if os.environ.get("FASTNN_NO_OPENMP"):
         return False
-    if sys.platform == "win32":  # MSVC: /openmp is always there
-        return True
     source = "#include <omp.h>\nint main(void){int n=0;\n#pragma omp parallel\n{n=omp_get_num_threads();}\nreturn n<1;}\n"
-    tmp = tempfile.mkdtemp()
-    try:
-        src = Path(tmp) / "omp_check.c"
-        src.write_text(source)
-        cmd = _compiler_command() + ["-fopenmp", str(src), "-o", str(Path(tmp) / "omp_check")]
-        result = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        return result.returncode == 0
-    except OSError:
-        return False
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    return _compiles(source, ["-fopenmp"], link=True)
 
 
-def _accepts_flag(flag: str) -> bool:
-    """Whether the C compiler accepts ``flag`` (compiles a trivial file with it)."""
-    tmp = tempfile.mkdtemp()
-    try:
-        src = Path(tmp) / "flag_check.c"
-        src.write_text("int main(void){return 0;}\n")
-        cmd = _compiler_command() + [flag, "-c", str(src), "-o", str(Path(tmp) / "flag_check.o")]
-        result = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        return result.returncode == 0
-    except OSError:
-        return False
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-_CLONES_CHECK = """
-__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-static float twice(float x) { return 2 * x; }
-int main(void) { return (int)twice(0.0f); }
-"""
-
-
-def _has_target_clones() -> bool:
-    """Can the compiler build the kernels' per-ISA clones (GCC 12+ on x86-64)?"""
-    tmp = tempfile.mkdtemp()
-    try:
-        src = Path(tmp) / "clones_check.c"
-        src.write_text(_CLONES_CHECK)
-        cmd = _compiler_command() + ["-O2", str(src), "-o", str(Path(tmp) / "clones_check")]
-        result = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        return result.returncode == 0
-    except OSError:
-        return False
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+def _isa_flags() -> dict:
+    """{isa: flags} for the instruction sets this compiler can build here (the baseline always)."""
+    isas = {}
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        for isa, candidates in ISA_FLAGS.items():
+            for flags in candidates:
+                if _compiles(_ISA_CHECK[isa], flags):
+                    isas[isa] = flags
+                    break
+    isas["sse2"] = []
+    return isas
 
 
 def _flags(openmp: bool):
-    if sys.platform == "win32":
-        compile_args = ["/O2", "/fp:precise"] + (["/openmp"] if openmp else [])
-        return compile_args, []
-    compile_args = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-fno-semantic-interposition"]
-    link_args = []
-    if os.environ.get("FASTNN_NATIVE"):
-        compile_args.append("-march=native")
-    elif sys.platform.startswith("linux") and not _has_target_clones():
-        # the kernels' AVX-512 / AVX2 clones need GCC's target_clones with ISA levels
-        compile_args.append("-DFASTNN_NO_CLONES")
+    compile_args = ["-O3", "-g0", "-fno-math-errno", "-fno-trapping-math", "-fno-semantic-interposition"]
+    link_args = ["-s"] if sys.platform.startswith("linux") else []  # no symbol tables in the shipped module
     if openmp:
         compile_args.append("-fopenmp")
         link_args.append("-fopenmp")
-    elif _accepts_flag("-fopenmp-simd"):
-        # no threads, but keep the "omp simd" reductions in kernels/fastmath.h vectorised
-        compile_args += ["-fopenmp-simd", "-DFASTNN_OPENMP_SIMD"]
+    elif _compiles("int main(void){return 0;}\n", ["-fopenmp-simd"]):
+        # no threads, but keep the "omp simd" reductions vectorised
+        compile_args += ["-fopenmp-simd", "-DFNN_OPENMP_SIMD"]
     return compile_args, link_args
+
+
+#: Written next to the package when the extension was not built; the cython backend reports it.
+SKIPPED_MARKER = Path("fastnn") / "_ext" / "BUILD_SKIPPED.txt"
+
+
+class BuildKernels(build_ext):
+    """build_ext that compiles the C library and the glue in parallel, then links them once.
+
+    A build that fails leaves the package without the extension unless
+    FASTNN_REQUIRE_EXT is set.
+    """
+
+    def run(self):
+        markers = [HERE / SKIPPED_MARKER, Path(self.build_lib) / SKIPPED_MARKER]
+        try:
+            super().run()
+        except (CCompilerError, CompileError, ExecError, LinkError, PlatformError, OSError) as exc:
+            if os.environ.get("FASTNN_REQUIRE_EXT", "").strip() not in ("", "0"):
+                raise
+            reason = " ".join(str(exc).split()) or type(exc).__name__
+            print(f"fastnn: the cython backend is not built ({reason}); the numpy and numba backends work "
+                  f"without it (FASTNN_REQUIRE_EXT=1 makes this an error)", file=sys.stderr)
+            for marker in markers:
+                marker.parent.mkdir(parents=True, exist_ok=True)
+                marker.write_text(f"not built at install: {reason}\n")
+            return
+        for marker in markers:
+            if marker.exists():
+                marker.unlink()
+
+    def build_extension(self, ext):
+        libs = getattr(ext, "fnn_library", None)
+        if not libs:
+            return super().build_extension(ext)
+        # one object directory per configuration: other flags never reuse these objects
+        config = repr((ext.extra_compile_args, ext.extra_link_args, ext.define_macros, libs)).encode()
+        build_temp = os.path.join(self.build_temp, "cfg-" + hashlib.sha256(config).hexdigest()[:12])
+        compile_args = ext.extra_compile_args
+        include_dirs = ext.include_dirs + [sysconfig.get_paths()["include"]]
+        macros = list(ext.define_macros)
+        jobs = [(src, flags) for src, flags in libs]
+        depends = [str(p) for p in KERNELS.glob("*.h")]
+        workers = max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+        def compile_one(job):
+            src, flags = job
+            compiler = copy.copy(self.compiler)
+            obj = compiler.object_filenames([src], output_dir=build_temp)[0]
+            if not self.force and Path(obj).exists() and all(
+                    Path(obj).stat().st_mtime >= Path(d).stat().st_mtime for d in [src] + depends):
+                return obj
+            return compiler.compile([src], output_dir=build_temp, macros=macros, include_dirs=include_dirs,
+                                    extra_postargs=compile_args + flags)[0]
+
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            # the glue first: it is the longest job
+            futures = [pool.submit(compile_one, (src, [])) for src in ext.sources]
+            futures += [pool.submit(compile_one, job) for job in jobs]
+            objects = [f.result() for f in futures]
+        self.compiler.link_shared_object(
+            objects, self.get_ext_fullpath(ext.name), libraries=self.get_libraries(ext),
+            library_dirs=ext.library_dirs, runtime_library_dirs=ext.runtime_library_dirs,
+            extra_postargs=ext.extra_link_args, export_symbols=self.get_export_symbols(ext),
+            build_temp=build_temp, target_lang="c")
 
 
 def extensions():
     openmp = _has_openmp()
     compile_args, link_args = _flags(openmp)
-    print(f"fastnn: building Cython kernels with OpenMP={'yes' if openmp else 'no'}, flags {compile_args}")
-    sources = sorted(KERNELS.glob("*.pyx"))
-    if not sources:
-        raise RuntimeError(f"no Cython kernel sources (*.pyx) in {KERNELS}: incomplete source tree")
-    exts = []
-    for pyx in sources:
-        exts.append(
-            Extension(
-                f"fastnn._ext.{pyx.stem}",
-                [str(pyx.relative_to(HERE))],
-                include_dirs=[np.get_include(), str(KERNELS.relative_to(HERE))],
-                define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")],
-                extra_compile_args=compile_args,
-                extra_link_args=link_args,
-            )
-        )
-    return cythonize(
-        exts,
-        compiler_directives={"language_level": "3"},
-        include_path=[str(KERNELS)],
+    isas = _isa_flags()
+    native = bool(os.environ.get("FASTNN_NATIVE"))
+    glue_args = compile_args + (["-march=native"] if native else [])
+    tune = ["-mtune=native"] if native else []
+    library = [(str((LIB / f"isa_{isa}.c").relative_to(HERE)), flags + tune) for isa, flags in isas.items()]
+    missing = [f"-DFNN_NO_{isa.upper()}" for isa in ISA_FLAGS if isa not in isas]
+    library.append((str((LIB / "runtime.c").relative_to(HERE)), (["-march=native"] if native else []) + missing))
+    print(f"fastnn: building the kernels with OpenMP={'yes' if openmp else 'no'}, instruction sets "
+          f"{', '.join(isas)}, flags {glue_args}")
+    pyx = KERNELS / "_kernels.pyx"
+    if not pyx.exists():
+        raise RuntimeError(f"no Cython kernel source {pyx}: incomplete source tree")
+    ext = Extension(
+        "fastnn._ext._kernels",
+        [str(pyx.relative_to(HERE))],
+        include_dirs=[np.get_include(), str(KERNELS.relative_to(HERE))],
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")],
+        extra_compile_args=glue_args,
+        extra_link_args=link_args,
+        depends=[str(p.relative_to(HERE)) for p in sorted(KERNELS.glob("*.h")) + sorted(LIB.glob("*.c"))],
     )
+    (ext,) = cythonize([ext], compiler_directives={"language_level": "3"}, include_path=[str(KERNELS)])
+    ext.fnn_library = library
+    return [ext]
 
 
-setup(ext_modules=extensions())
+setup(ext_modules=extensions(), cmdclass={"build_ext": BuildKernels})

@@ -18,11 +18,11 @@ has no ``fastnn bench`` equivalent. Group by case::
 import warnings
 
 import pytest
+from workload_cases import workload_benchmarks, workload_cases
 
 import fastnn
 from fastnn import nn, optim
 from fastnn.bench.anchors import build_anchor
-from workload_cases import workload_benchmarks, workload_cases
 
 CASES = workload_cases(["W3", "W4"])
 test_fastnn, test_torch = workload_benchmarks(CASES)

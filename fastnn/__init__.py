@@ -35,7 +35,7 @@ from .nn.init import manual_seed
 from .grad_mode import no_grad, enable_grad, inference_mode, is_grad_enabled
 from .workspace import Workspace, workspace
 from .train import fit, predict, evaluate, make_train_step, History, EarlyStopping, NonFiniteLossError
-from .io import save, load, ModelFileError
+from .io import save, load, save_checkpoint, load_checkpoint, ModelFileError
 from .gradcheck import gradcheck, GradcheckError
 
 __version__ = "0.1.0"
@@ -73,6 +73,8 @@ __all__ = [
     "EarlyStopping",
     "save",
     "load",
+    "save_checkpoint",
+    "load_checkpoint",
     "ModelFileError",
     "gradcheck",
     "GradcheckError",

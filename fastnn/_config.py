@@ -42,23 +42,10 @@ NUMBA_JIT_OPTIONS = dict(
     fastmath={"contract", "arcp", "nsz", "afn", "reassoc"},
 )
 
-#: Minimum number of elements before an elementwise kernel with real arithmetic
-#: per element (exp, tanh, division: sigmoid, tanh, softmax, Adam) goes
-#: parallel. Below this, waking the sleeping workers (OpenMP passive waits,
-#: see prefer_passive_openmp; Numba's pool likewise) costs more than the second
-#: thread saves: ~40 µs on a 2-core virtual machine. Measured there, float32,
-#: 1-thread time / 2-thread time: tanh 64k 0.23, 256k 0.59, 1M 1.25, 4M 1.61.
-PARALLEL_MIN_ELEMENTS = 1 << 19
-
-#: The same for memory-bound loops (relu, the backward products, SGD, MSE: a
-#: few flops per element), which gain only once the arrays leave the caches:
-#: relu 1M 0.89, 4M 1.39 (Numba 0.78 and 1.55).
-PARALLEL_MIN_ELEMENTS_CHEAP = 1 << 21
-
 #: Largest thread count :func:`set_num_threads` accepts at all: four times the
 #: 8192 CPUs of Linux's largest configuration, so above it no machine's cap
 #: applies and the number is a mistake (a byte count, an overflow), not a wish.
-#: The compiled kernels refuse more too (``kernels/_threads.pxi``).
+#: The compiled kernels refuse more too (``kernels/_common.pxi``).
 MAX_THREADS_REQUEST = 4 * 8192
 
 _lock = threading.RLock()
@@ -224,10 +211,10 @@ def prefer_passive_openmp() -> None:
 
     GNU OpenMP's workers spin between parallel regions; on shared or
     oversubscribed cores a descheduled spinner then stalls the next region at
-    its barrier for a whole scheduler slice (measured on a busy 2-core machine:
-    relu over 4M floats, median 24 ms per call spinning, 0.8 ms sleeping).
-    Waking a sleeping worker costs microseconds, paid only by loops above
-    :data:`PARALLEL_MIN_ELEMENTS`. Both compiled backends call this before the
+    its barrier for a whole scheduler slice (figures: ``docs/performance.md``).
+    Waking a sleeping worker costs microseconds, paid only by loops above the
+    ``parallel_min_elements`` tunables (:mod:`fastnn.backends.tuning`). Both
+    compiled backends call this before the
     OpenMP runtime loads (it reads the variable once); ``OMP_WAIT_POLICY`` or
     ``GOMP_SPINCOUNT`` set by the user wins.
     """
@@ -238,6 +225,19 @@ def prefer_passive_openmp() -> None:
 def requested_backend() -> str:
     """The backend named by ``FASTNN_BACKEND`` (``"auto"`` when unset)."""
     return os.environ.get("FASTNN_BACKEND", "auto").strip().lower() or "auto"
+
+
+#: Tunables that moved to fastnn.backends.tuning, still readable here.
+_MOVED = {"PARALLEL_MIN_ELEMENTS": "parallel_min_elements",
+          "PARALLEL_MIN_ELEMENTS_CHEAP": "parallel_min_elements_cheap"}
+
+
+def __getattr__(name):
+    if name in _MOVED:
+        from .backends import tuning
+
+        return tuning.value(_MOVED[name])
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def required_backends() -> list[str]:

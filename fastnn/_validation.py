@@ -12,7 +12,14 @@ attribute checks, no ``np.result_type`` or ``isinstance`` chains on the hot path
 
 from __future__ import annotations
 
+from collections.abc import Collection
+from typing import Any, TypeVar
+
 import numpy as np
+
+from ._typing import ArrayLike, DTypeLike, FloatArray, NDArray
+
+_S = TypeVar("_S", bound=str)
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _F32, _F64 = FLOAT_DTYPES
@@ -24,7 +31,7 @@ _F32, _F64 = FLOAT_DTYPES
 MAX_DIM = 2**31 - 1
 
 
-def as_float_array(x, name: str, ndim: int | None = None) -> np.ndarray:
+def as_float_array(x: ArrayLike, name: str, ndim: int | None = None) -> FloatArray:
     """Return ``x`` as a C-contiguous float32/float64 array, or raise.
 
     Non-contiguous and Fortran-ordered arrays are copied; lists are converted.
@@ -48,19 +55,19 @@ def as_float_array(x, name: str, ndim: int | None = None) -> np.ndarray:
     return x
 
 
-def same_dtype(dtype: np.dtype, x: np.ndarray, name: str) -> None:
+def same_dtype(dtype: np.dtype[Any], x: NDArray[Any], name: str) -> None:
     """Raise ``TypeError`` if ``x`` does not have ``dtype`` (no silent up-casting)."""
     if x.dtype != dtype:
         raise TypeError(f"{name} has dtype {x.dtype} but the other operands are {dtype}; convert it explicitly")
 
 
-def same_shape(shape: tuple, x: np.ndarray, name: str, other: str = "the input") -> None:
+def same_shape(shape: tuple[int, ...], x: NDArray[Any], name: str, other: str = "the input") -> None:
     if x.shape != shape:
         raise ValueError(f"{name} has shape {x.shape} but must match {other} of shape {shape}")
 
 
-def output(out, shape: tuple, dtype: np.dtype, name: str = "out", inputs: tuple = (),
-           aliases: tuple = ()) -> np.ndarray:
+def output(out: NDArray[Any] | None, shape: tuple[int, ...], dtype: np.dtype[Any], name: str = "out",
+           inputs: tuple[NDArray[Any] | None, ...] = (), aliases: tuple[NDArray[Any], ...] = ()) -> FloatArray:
     """Return a buffer for a result: ``out`` checked, or a new array.
 
     A given ``out`` must be a writeable, C-contiguous ndarray of exactly the
@@ -94,7 +101,7 @@ def output(out, shape: tuple, dtype: np.dtype, name: str = "out", inputs: tuple 
     return out
 
 
-def inplace(x, name: str) -> np.ndarray:
+def inplace(x: NDArray[Any], name: str) -> FloatArray:
     """Check an array that a kernel updates in place (parameters, optimizer state)."""
     if type(x) is not np.ndarray:
         raise TypeError(f"{name} must be a numpy.ndarray, got {type(x).__name__}")
@@ -107,7 +114,7 @@ def inplace(x, name: str) -> np.ndarray:
     return x
 
 
-def scalar(value, name: str, *, low: float | None = None, high: float | None = None,
+def scalar(value: float, name: str, *, low: float | None = None, high: float | None = None,
            low_open: bool = False, high_open: bool = False) -> float:
     """A finite real number within bounds, as a Python float (strings and bools are refused)."""
     if isinstance(value, (str, bytes, bool, np.bool_)):
@@ -125,7 +132,7 @@ def scalar(value, name: str, *, low: float | None = None, high: float | None = N
     return v
 
 
-def float_dtype(dtype) -> np.dtype:
+def float_dtype(dtype: DTypeLike) -> np.dtype[Any]:
     """``dtype`` as a NumPy dtype, which must be float32 or float64 (layer constructors)."""
     dt = np.dtype(dtype)
     if dt != _F32 and dt != _F64:
@@ -133,14 +140,14 @@ def float_dtype(dtype) -> np.dtype:
     return dt
 
 
-def positive_int(value, name: str) -> int:
+def positive_int(value: object, name: str) -> int:
     """An integer >= 1 (sizes of layers); bools and floats are refused."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
     return int(value)
 
 
-def dims_fit(where: str, **sizes) -> None:
+def dims_fit(where: str, **sizes: int) -> None:
     """Raise ``ValueError`` if any named size exceeds :data:`MAX_DIM`.
 
     ``sizes`` are the dimensions (or products of dimensions) that a kernel
@@ -153,7 +160,7 @@ def dims_fit(where: str, **sizes) -> None:
                              f"take for one matrix dimension or one image (split the input)")
 
 
-def choice(value, name: str, options: tuple) -> str:
+def choice(value: _S, name: str, options: tuple[str, ...]) -> _S:
     if value not in options:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, options))}, got {value!r}")
     return value
@@ -163,20 +170,20 @@ def choice(value, name: str, options: tuple) -> str:
 # Layer constructors and configs read from model files go through these:
 # ``bool("false")`` is True and ``int(1.9)`` is 1, so nothing here coerces.
 
-def _shown(value, limit: int = 80) -> str:
+def _shown(value: object, limit: int = 80) -> str:
     """``repr(value)``, cut short: values read from a file may be megabytes long."""
     r = repr(value)
     return r if len(r) <= limit else r[:limit - 3] + "..."
 
 
-def strict_bool(value, name: str) -> bool:
+def strict_bool(value: object, name: str) -> bool:
     """``value`` if it is ``True`` or ``False`` (NumPy's bools too); anything else raises ``TypeError``."""
     if isinstance(value, (bool, np.bool_)):
         return bool(value)
     raise TypeError(f"{name} must be True or False, got {_shown(value)}")
 
 
-def strict_int(value, name: str, low: int | None = None) -> int:
+def strict_int(value: object, name: str, low: int | None = None) -> int:
     """An integer (Python or NumPy, not a bool, not a float), optionally ``>= low``."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{name} must be an integer, got {_shown(value)}")
@@ -185,7 +192,7 @@ def strict_int(value, name: str, low: int | None = None) -> int:
     return int(value)
 
 
-def strict_real(value, name: str, low: float | None = None) -> float:
+def strict_real(value: object, name: str, low: float | None = None) -> float:
     """A finite real number given as an int or a float (not a bool, not a string), optionally ``>= low``."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise TypeError(f"{name} must be a real number, got {_shown(value)}")
@@ -197,7 +204,7 @@ def strict_real(value, name: str, low: float | None = None) -> float:
     return v
 
 
-def str_choice(value, name: str, options) -> str:
+def str_choice(value: object, name: str, options: Collection[str]) -> str:
     """A string that is one of ``options``: ``TypeError`` for a non-string, ``ValueError`` for another string."""
     if not isinstance(value, str):
         raise TypeError(f"{name} must be a string, one of {', '.join(map(repr, options))}; got {_shown(value)}")
@@ -206,7 +213,7 @@ def str_choice(value, name: str, options) -> str:
     return value
 
 
-def strict_float_dtype(dtype) -> np.dtype:
+def strict_float_dtype(dtype: object) -> np.dtype[Any]:
     """A layer's ``dtype`` argument as a NumPy dtype: float32 or float64, given as a dtype, a type or its name.
 
     Accepted: ``np.float32``/``np.float64`` (or ``float``), ``np.dtype(...)`` of
@@ -223,7 +230,8 @@ def strict_float_dtype(dtype) -> np.dtype:
     raise TypeError(f"dtype must be float32 or float64 (a NumPy dtype, type or name), got {_shown(dtype)}")
 
 
-def layer_config(config, layer: str, keys: tuple, children=()) -> dict:
+def layer_config(config: object, layer: str, keys: tuple[str, ...],
+                 children: Collection[str] = ()) -> dict[str, Any]:
     """Check a layer config read from a model file: a dict holding exactly ``keys``.
 
     ``children`` are the child module names the file gives; a layer that calls

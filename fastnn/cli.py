@@ -74,6 +74,10 @@ def machine_info() -> dict:
 
         b = get(name)
         info[f"backend_{name}"] = {"overrides": len(b.overrides), "fallbacks": sorted(b.fallbacks), **b.info}
+        if name == "cython":   # the instruction set each kernel family dispatches to now
+            from .backends import cython_backend
+
+            info[f"backend_{name}"]["simd"] = cython_backend.simd_summary()
     return info
 
 
@@ -116,7 +120,13 @@ def _cmd_info(args) -> int:
 
 def _cmd_demo(args) -> int:
     import fastnn
+    from .demos import missing_requirements
 
+    # Before any training: a demo that would fail at its last line on a missing plot library says so now.
+    missing = missing_requirements(args.demo_module, args)
+    if missing:
+        print(missing, file=sys.stderr)
+        return 2
     if args.backend:
         fastnn.set_backend(args.backend)
     if args.threads:
@@ -153,8 +163,11 @@ def _cmd_warmup(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="fastnn", description="Fast CPU neural networks: info, benchmarks, demos.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"fastnn {__version__}")
+    sub = parser.add_subparsers(dest="command")
 
     p_info = sub.add_parser("info", help="backends, threads, BLAS and versions")
     p_info.set_defaults(func=_cmd_info)
@@ -189,6 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command is None:  # plain `fastnn`: say what it can do instead of an argparse error
+        parser.print_help()
+        return 0
     return int(args.func(args) or 0)
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["gradcheck", "GradcheckError", "GradcheckReport"]
+__all__ = ["gradcheck", "numerical_gradient", "GradcheckError", "GradcheckReport"]
 
 
 class GradcheckError(AssertionError):
@@ -91,6 +91,46 @@ def _compare(name, analytic, numeric, atol, rtol):
                 analytic=0.0, numeric=0.0, ok=True, excess=0.0)
 
 
+def numerical_gradient(f, x, *, eps=1e-6, indices=None):
+    """Central finite differences of a scalar function with respect to an array.
+
+    Each element ``x[i]`` is moved to ``x[i] ± eps`` in place, ``f()`` is
+    evaluated at both points and ``x[i]`` is restored, so ``f`` must read
+    ``x`` (or a view of it) each time it is called.
+
+    Parameters
+    ----------
+    f : callable
+        ``f() -> float``, evaluated ``2 * n`` times for ``n`` checked elements.
+    x : numpy.ndarray
+        A writeable array that ``f`` reads; unchanged on return.
+    eps : float, default 1e-6
+        Finite-difference step.
+    indices : array_like of int, optional
+        Flat indices of the elements to differentiate (all by default); the
+        other elements of the result are NaN.
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 array of ``x``'s shape holding ``(f(x + eps) - f(x - eps)) / 2 eps``.
+    """
+    # reshape(-1) of a non-contiguous array is a copy that f would never see.
+    if not isinstance(x, np.ndarray) or not x.flags.writeable or not x.flags.c_contiguous:
+        raise TypeError("numerical_gradient needs a writeable, C-contiguous numpy array that f() reads")
+    g = np.full(x.shape, np.nan)
+    flat, gflat = x.reshape(-1), g.reshape(-1)
+    for i in (range(flat.size) if indices is None else indices):
+        old = flat[i]
+        flat[i] = old + eps
+        fp = f()
+        flat[i] = old - eps
+        fm = f()
+        flat[i] = old
+        gflat[i] = (fp - fm) / (2 * eps)
+    return g
+
+
 def gradcheck(module, x, *, eps=1e-6, atol=1e-5, rtol=1e-4, seed=0, max_elements=None,
               check_input=True, raise_exception=True):
     """Compare ``module.backward`` with central finite differences in float64.
@@ -101,7 +141,9 @@ def gradcheck(module, x, *, eps=1e-6, atol=1e-5, rtol=1e-4, seed=0, max_elements
         Any module with ``forward``/``backward`` (its own parameters are
         checked too).
     x : array_like
-        An input; converted to float64.
+        An input; converted to float64, except integer input (indices),
+        which is kept and needs ``check_input=False``. The parameters and
+        float buffers are checked in float64 and restored afterwards.
     eps : float, default 1e-6
         Finite-difference step.
     atol, rtol : float
@@ -122,12 +164,21 @@ def gradcheck(module, x, *, eps=1e-6, atol=1e-5, rtol=1e-4, seed=0, max_elements
     GradcheckReport
     """
     rng = np.random.default_rng(seed)
-    x = np.array(x, dtype=np.float64, copy=True)
+    x = np.asarray(x)
+    # integer input (an embedding's indices) stays as it is: only parameters can be checked then
+    x = np.array(x, dtype=x.dtype if x.dtype.kind in "iu" else np.float64, copy=True)
+    if x.dtype.kind in "iu" and check_input:
+        raise ValueError("integer input has no gradient: pass check_input=False")
     params = list(module.named_parameters())
     saved = [(p, p.data, p.grad) for _, p in params]
-    for p, data, grad in saved:
+    # float buffers (running statistics) in float64 too; all restored afterwards, forward calls update them
+    saved_buffers = [(m, name, b) for m in module.modules() for name, b in getattr(m, "_buffers", {}).items()
+                     if b is not None]
+    for p, data, _grad in saved:
         p.data = np.array(data, dtype=np.float64, copy=True)
         p.grad = np.zeros_like(p.data)
+    for m, name, b in saved_buffers:
+        setattr(m, name, np.array(b, dtype=np.float64 if b.dtype.kind == "f" else b.dtype, copy=True))
     try:
         y = np.array(module.forward(x), dtype=np.float64, copy=True)
         r = rng.standard_normal(y.shape)
@@ -139,20 +190,10 @@ def gradcheck(module, x, *, eps=1e-6, atol=1e-5, rtol=1e-4, seed=0, max_elements
             return float(np.dot(np.asarray(module.forward(x), dtype=np.float64).ravel(), r.ravel()))
 
         def numeric(arr):
-            g = np.full(arr.shape, np.nan)
-            flat, gflat = arr.reshape(-1), g.reshape(-1)
-            idx = np.arange(flat.size)
-            if max_elements is not None and flat.size > max_elements:
-                idx = np.sort(rng.choice(flat.size, size=int(max_elements), replace=False))
-            for i in idx:
-                old = flat[i]
-                flat[i] = old + eps
-                fp = loss()
-                flat[i] = old - eps
-                fm = loss()
-                flat[i] = old
-                gflat[i] = (fp - fm) / (2 * eps)
-            return g, idx
+            idx = None
+            if max_elements is not None and arr.size > max_elements:
+                idx = np.sort(rng.choice(arr.size, size=int(max_elements), replace=False))
+            return numerical_gradient(loss, arr, eps=eps, indices=idx), idx
 
         results = []
         targets = []
@@ -174,6 +215,8 @@ def gradcheck(module, x, *, eps=1e-6, atol=1e-5, rtol=1e-4, seed=0, max_elements
         for p, data, grad in saved:
             p.data = data
             p.grad = grad
+        for m, name, b in saved_buffers:
+            setattr(m, name, b)
     report = GradcheckReport(results, atol, rtol, eps)
     if raise_exception and not report.ok:
         raise GradcheckError(report)

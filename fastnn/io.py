@@ -9,7 +9,10 @@ File format (version 1): a NumPy ``.npz`` archive (a zip file) written with
     ``params`` (name → shape, dtype) and ``sha256``, the digest of every
     parameter's name, dtype, shape and bytes in order.
 ``param/<name>``
-    one array per parameter, keyed by its ``state_dict`` name.
+    one array per ``state_dict`` entry, keyed by its name: every parameter
+    and every persistent buffer (running statistics; ``num_batches_tracked``
+    is the one int64 array a file may hold, and only where the architecture
+    makes an int64 buffer).
 
 Loading
 -------
@@ -85,19 +88,24 @@ import secrets
 import stat
 import struct
 import zlib
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, NoReturn
 
 import numpy as np
 
 from . import _validation as _v
+from ._typing import NDArray, ParameterSpec
 from .nn.module import MODULE_REGISTRY, Module, register_module
 
-__all__ = ["save", "load", "ModelFileError", "register_module", "FORMAT_NAME", "FORMAT_VERSION",
+__all__ = ["save", "load", "save_checkpoint", "load_checkpoint", "ModelFileError", "CHECKPOINT_FORMAT", "register_module", "FORMAT_NAME", "FORMAT_VERSION",
            "DEFAULT_MAX_BYTES", "MAX_HEADER_BYTES", "MAX_LAYERS", "MAX_DEPTH", "MAX_PARAMS"]
 
 FORMAT_NAME = "fastnn-model"
 FORMAT_VERSION = 1
 _HEADER = "__fastnn__"
 _PREFIX = "param/"
+_STATE = "state/"                   # a checkpoint's optimizer (and training) arrays
+CHECKPOINT_FORMAT = "fastnn-checkpoint"
 _HEADER_MEMBER = _HEADER + ".npy"   # np.savez appends ".npy" to every name
 
 #: Default of ``load(max_bytes=...)``: the most weight data a file may hold.
@@ -120,7 +128,7 @@ _MAX_NPY_HEADER = 4096        # NumPy writes ~120 bytes; it refuses more than 10
 _MAX_NDIM = 32
 _DEFLATE_MAX_RATIO = 1032     # deflate cannot expand its input more than this
 _CHUNK = 1 << 20              # streaming buffer (weights are read through it once)
-_DTYPES = {s: np.dtype(s) for s in ("<f4", "<f8", ">f4", ">f8")}
+_DTYPES = {s: np.dtype(s) for s in ("<f4", "<f8", ">f4", ">f8", "<i8", ">i8")}   # int64: buffer counters
 _METHOD_NAMES = {1: "shrink", 6: "implode", 9: "deflate64", 12: "bzip2", 14: "lzma", 19: "lz77", 93: "zstandard",
                  95: "xz", 96: "jpeg", 97: "wavpack", 98: "ppmd", 99: "AES encryption"}
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -134,7 +142,7 @@ class _Bad(Exception):
     """What is wrong with the file being loaded (``load`` adds the path and raises ModelFileError)."""
 
 
-def _clip(text, limit=300) -> str:
+def _clip(text: object, limit: int = 300) -> str:
     """A message part built from file content, cut short (it may be megabytes long)."""
     text = str(text)
     return text if len(text) <= limit else text[:limit - 3] + "..."
@@ -159,7 +167,7 @@ def _architecture(module: Module, count: list, depth: int = 0) -> dict:
             "children": {k: _architecture(c, count, depth + 1) for k, c in module._modules.items()}}
 
 
-def _digest(names_arrays) -> str:
+def _digest(names_arrays: Iterable[tuple[str, NDArray[Any]]]) -> str:
     h = hashlib.sha256()
     for name, arr in names_arrays:
         h.update(name.encode())
@@ -180,15 +188,15 @@ def _target(path: str) -> str:
     return real
 
 
-def _save_error(exc: OSError, path: str, directory: str) -> OSError:
+def _save_error(exc: OSError, path: str, directory: str, what: str = "the model") -> OSError:
     """``exc`` (about the temporary file) restated about the path the caller gave."""
     if exc.errno == errno.ENOENT:
-        return FileNotFoundError(errno.ENOENT, f"cannot save the model: directory {directory!r} does not exist",
+        return FileNotFoundError(errno.ENOENT, f"cannot save {what}: directory {directory!r} does not exist",
                                  path)
-    return OSError(exc.errno, f"cannot save the model: {exc.strerror}", path)
+    return OSError(exc.errno, f"cannot save {what}: {exc.strerror}", path)
 
 
-def save(model: Module, path) -> None:
+def save(model: Module, path: str | os.PathLike[str]) -> None:
     """Write ``model`` (architecture and weights) to ``path``, atomically.
 
     Parameters
@@ -222,17 +230,29 @@ def save(model: Module, path) -> None:
     """
     if not isinstance(model, Module):
         raise TypeError(f"save expects a fastnn Module, got {type(model).__name__}")
+    _write(path, *_model_arrays(model, FORMAT_NAME))
+
+
+def _model_arrays(model: Module, fmt: str, extra: dict[str, Any] | None = None,
+                  states: dict[str, NDArray[Any]] | None = None) -> tuple[dict[str, NDArray[Any]], str]:
+    """The archive's arrays (header first) and what it holds; ``extra``/``states`` make a checkpoint."""
     count = [0]
     arch = _architecture(model, count)
     state = model.state_dict()
     header = {
-        "format": FORMAT_NAME,
+        "format": fmt,
         "version": FORMAT_VERSION,
         "architecture": arch,
         "params": {k: {"shape": list(v.shape), "dtype": v.dtype.str} for k, v in state.items()},
-        "sha256": _digest(state.items()),
+        "sha256": _digest(list(state.items()) + [(_STATE + k, v) for k, v in (states or {}).items()]),
     }
-    text = json.dumps(header)
+    if extra is not None:
+        header["checkpoint"] = extra
+        header["state"] = {k: {"shape": list(v.shape), "dtype": v.dtype.str} for k, v in (states or {}).items()}
+    try:
+        text = json.dumps(header, allow_nan=False)
+    except ValueError:
+        raise ValueError("cannot save a checkpoint whose metrics or settings are NaN or infinite") from None
     size = len(text.encode())
     limits = [  # load refuses files beyond these: do not write one
         (count[0] > MAX_LAYERS, f"{count[0]} layers (at most {MAX_LAYERS})"),
@@ -247,7 +267,13 @@ def save(model: Module, path) -> None:
     arrays = {_HEADER: np.frombuffer(text.encode("utf-8"), dtype=np.uint8)}
     for k, v in state.items():
         arrays[_PREFIX + k] = v
+    for k, v in (states or {}).items():
+        arrays[_STATE + k] = v
+    return arrays, "the model" if extra is None else "the checkpoint"
 
+
+def _write(path: str | os.PathLike[str], arrays: dict[str, NDArray[Any]], what: str) -> None:
+    """Write ``arrays`` as an .npz archive at ``path``, atomically (see :func:`save`)."""
     path = os.fsdecode(os.fspath(path))
     target = _target(path)
     directory = os.path.dirname(target) or os.curdir
@@ -256,9 +282,9 @@ def save(model: Module, path) -> None:
     except FileNotFoundError:
         st = None
     except OSError as exc:
-        raise _save_error(exc, path, directory) from None
+        raise _save_error(exc, path, directory, what) from None
     if st is not None and stat.S_ISDIR(st.st_mode):
-        raise IsADirectoryError(errno.EISDIR, "cannot save the model over a directory", path)
+        raise IsADirectoryError(errno.EISDIR, f"cannot save {what} over a directory", path)
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
     prefix = "." + os.path.basename(target)[:50] + "."   # at most 200 bytes: within NAME_MAX
     tmp = None
@@ -272,9 +298,9 @@ def save(model: Module, path) -> None:
                 tmp = None                         # someone else's file: never remove it
             except OSError as exc:
                 tmp = None
-                raise _save_error(exc, path, directory) from None
+                raise _save_error(exc, path, directory, what) from None
         else:
-            raise FileExistsError(errno.EEXIST, "cannot save the model: no free temporary file name", path)
+            raise FileExistsError(errno.EEXIST, f"cannot save {what}: no free temporary file name", path)
         with os.fdopen(fd, "wb") as f:
             if st is not None:
                 os.fchmod(f.fileno(), stat.S_IMODE(st.st_mode))
@@ -284,7 +310,7 @@ def save(model: Module, path) -> None:
         try:
             os.replace(tmp, target)
         except OSError as exc:
-            raise _save_error(exc, path, directory) from None
+            raise _save_error(exc, path, directory, what) from None
         tmp = None
     finally:
         if tmp is not None:  # failed or interrupted: leave nothing behind
@@ -308,6 +334,16 @@ class _Member:
     """One zip member, as the central directory declares it."""
 
     __slots__ = ("name", "raw", "method", "crc", "csize", "usize", "offset", "data")
+
+    name: str
+    raw: bytes
+    method: int
+    crc: int
+    csize: int
+    usize: int
+    offset: int
+    #: where the member's bytes start in the file: None until :func:`_locate` reads its local header
+    data: int
 
 
 def _pread(fd: int, n: int, offset: int) -> bytes:
@@ -346,7 +382,7 @@ def _zip64(extra: bytes, fields: list, name: str) -> list:
     raise _Bad(f"the zip directory entry of {name!r} lacks its zip64 sizes")
 
 
-def _directory(fd: int, size: int) -> "tuple[dict, int]":
+def _directory(fd: int, size: int) -> tuple[dict, int]:
     """Parse the zip directory: ``({name: _Member}, offset where member data must end)``."""
     if size < 22:
         raise _Bad("not a fastnn model file (too short to be a zip archive)")
@@ -413,7 +449,7 @@ def _directory(fd: int, size: int) -> "tuple[dict, int]":
             raise _Bad(f"the archive holds {name!r} twice")
         m = members[name] = _Member()
         m.name, m.raw, m.method, m.crc, m.csize, m.usize, m.offset, m.data = \
-            name, raw, method, crc, csize, usize, offset, None
+            name, raw, method, crc, csize, usize, offset, None  # type: ignore[assignment]  # see _Member.data
     if pos != cd_size:
         raise _Bad("the zip directory is corrupted (bytes after its last entry)")
     return members, cd_offset
@@ -430,7 +466,7 @@ def _locate(fd: int, m: _Member, limit: int) -> None:
         raise _Bad(f"member {m.name!r} runs past the end of the archive's data")
 
 
-def _no_overlap(members) -> None:
+def _no_overlap(members: Iterable[_Member]) -> None:
     spans = sorted((m.offset, m.data + m.csize, m.name) for m in members)
     for (_, end, a), (start, _, b) in zip(spans, spans[1:]):
         if start < end:
@@ -507,7 +543,7 @@ _NPY_TOKEN = re.compile(r"""\s*(?:'([^'\\]*)'|"([^"\\]*)"|(True|False)|(\d{1,30}
 
 def _npy_dict(text: str, where: str) -> dict:
     """The ``{'descr': str, 'fortran_order': bool, 'shape': (int, ...)}`` of a .npy header."""
-    tokens = []
+    tokens: list[tuple[str, str | int | bool | None]] = []
     pos, n = 0, len(text.rstrip())
     while pos < n:
         t = _NPY_TOKEN.match(text, pos)
@@ -526,7 +562,7 @@ def _npy_dict(text: str, where: str) -> dict:
     tokens.append(("end", None))
     at = 0
 
-    def take(kind):
+    def take(kind: str) -> Any:  # the token's value: its type follows kind
         nonlocal at
         if tokens[at][0] != kind:
             raise _Bad(f"{where}: malformed .npy header")
@@ -563,7 +599,7 @@ def _npy_dict(text: str, where: str) -> dict:
     return d
 
 
-def _npy_header(r: _Reader, m: _Member) -> "tuple[str, tuple, int]":
+def _npy_header(r: _Reader, m: _Member) -> tuple[str, tuple, int]:
     """Read the .npy header at the start of ``m``: ``(descr, shape, header bytes)``."""
     where = f"member {m.name!r}"
     if m.usize < 10:
@@ -600,7 +636,7 @@ def _items(text: str) -> int:
     return text.count(",") + text.count(":") + text.count("[") + text.count("{")
 
 
-def _json_object(pairs):
+def _json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     d = dict(pairs)
     if len(d) != len(pairs):
         seen = set()
@@ -611,7 +647,7 @@ def _json_object(pairs):
     return d
 
 
-def _json_constant(name):
+def _json_constant(name: str) -> NoReturn:
     raise _Bad(f"the header holds {name}, which JSON does not allow")
 
 
@@ -630,12 +666,16 @@ def _parse_header(raw: bytes) -> dict:
         raise _Bad(f"the header is not valid JSON ({exc.msg} at character {exc.pos})") from None
     except ValueError:  # an integer with thousands of digits
         raise _Bad("the header holds a number too long to read") from None
-    if not isinstance(header, dict) or header.get("format") != FORMAT_NAME:
+    if not isinstance(header, dict) or header.get("format") not in (FORMAT_NAME, CHECKPOINT_FORMAT):
         raise _Bad("not a fastnn model file")
     version = header.get("version")
     if type(version) is not int or version != FORMAT_VERSION:
         raise _Bad(f"file format version {_clip(repr(version), 40)}, this fastnn reads version {FORMAT_VERSION}")
-    keys = ("format", "version", "architecture", "params", "sha256")
+    keys: tuple[str, ...] = ("format", "version", "architecture", "params", "sha256")
+    if header["format"] == CHECKPOINT_FORMAT:   # a model file plus training state (see save_checkpoint)
+        keys += ("checkpoint", "state")
+        if not isinstance(header.get("checkpoint"), dict):
+            raise _Bad("the checkpoint's training state is not an object")
     if set(header) != set(keys):
         raise _Bad(f"the header has keys {_clip(sorted(header), 200)}; a version-1 header has {list(keys)}")
     if not isinstance(header["sha256"], str) or not _HEX64.fullmatch(header["sha256"]):
@@ -643,7 +683,7 @@ def _parse_header(raw: bytes) -> dict:
     return header
 
 
-def _declared_params(params) -> "list[tuple[str, tuple, np.dtype]]":
+def _declared_params(params: object) -> list[tuple[str, tuple, np.dtype]]:
     """The header's ``params``: ``[(name, shape, dtype)]``, each checked."""
     if not isinstance(params, dict):
         raise _Bad("the header's params is not an object")
@@ -661,7 +701,8 @@ def _declared_params(params) -> "list[tuple[str, tuple, np.dtype]]":
                 any(type(d) is not int or d < 0 for d in shape):
             raise _Bad(f"{where}: shape {_clip(repr(shape), 80)} is not a list of sizes")
         if not isinstance(dtype, str) or dtype not in _DTYPES:
-            raise _Bad(f"{where}: dtype {_clip(repr(dtype), 40)} is not float32 or float64")
+            raise _Bad(f"{where}: dtype {_clip(repr(dtype), 40)} is not float32 or float64 (nor int64, which "
+                       f"counters such as num_batches_tracked have)")
         out.append((name, tuple(shape), _DTYPES[dtype]))
     return out
 
@@ -671,7 +712,7 @@ def _declared_params(params) -> "list[tuple[str, tuple, np.dtype]]":
 _OPAQUE = object()   # marks a layer that cannot say which parameters it makes
 
 
-def _declaration(cls):
+def _declaration(cls: type[Module]) -> Callable[[dict[str, Any], tuple[str, ...]], list[ParameterSpec] | None] | None:
     """``cls.parameters_from_config`` if it describes ``cls`` itself, else None."""
     owner = next(k for k in cls.__mro__ if "parameters_from_config" in k.__dict__)
     if owner is Module or (owner is not cls and not cls.__module__.startswith("fastnn.")):
@@ -679,7 +720,7 @@ def _declaration(cls):
     return cls.parameters_from_config
 
 
-def _expected(spec, where: str, prefix: str, depth: int, count: list, out: list) -> None:
+def _expected(spec: object, where: str, prefix: str, depth: int, count: list, out: list) -> None:
     """Append the parameters ``spec`` would make, ``(name, shape, dtype name)``, to ``out``."""
     count[0] += 1
     if count[0] > MAX_LAYERS:
@@ -729,6 +770,9 @@ def _match(expected: list, params: list) -> None:
             held = f"holds {_clip(repr(params[i][0]), 80)} there" if i < n else "holds no more parameters"
             raise _Bad(f"the architecture makes parameter {name!r} {shape} {dtype} as its parameter {i}, the "
                        f"file {held}")
+        if params[i][2].kind != "f" and dtype != params[i][2].name:
+            raise _Bad(f"parameter {name!r} holds {params[i][2].name} values in the file, not float32 or float64 as "
+                       f"the architecture makes ({shape} {dtype})")
         if params[i][1] != shape or params[i][2].name != dtype:
             raise _Bad(f"parameter {name!r} is {params[i][1]} {params[i][2].name} in the file, but the "
                        f"architecture makes {shape} {dtype}")
@@ -738,7 +782,7 @@ def _match(expected: list, params: list) -> None:
                    f"{_clip([p[0] for p in params[i:i + 5]], 200)}")
 
 
-def _build(spec, where="model"):
+def _build(spec: dict[str, Any], where: str = "model") -> Module:
     name = spec["type"]
     cls = MODULE_REGISTRY[name]
     children = {k: _build(v, f"{where}.{k}") for k, v in spec["children"].items()}
@@ -756,7 +800,7 @@ def _build(spec, where="model"):
 
 # -- loading ------------------------------------------------------------------------------
 
-def _open(path, shown: str) -> "tuple[int, int]":
+def _open(path: str, shown: str) -> tuple[int, int]:
     """Open a regular file for reading: ``(fd, size)``."""
     try:
         # O_NONBLOCK: opening a FIFO must not wait for a writer (it is refused below)
@@ -773,7 +817,8 @@ def _open(path, shown: str) -> "tuple[int, int]":
     return fd, st.st_size
 
 
-def _verify(fd, entries, digest: str, allow_nonfinite: bool) -> None:
+def _verify(fd: int, entries: Sequence[tuple[str, tuple[int, ...], np.dtype[Any], _Member, int]], digest: str,
+            allow_nonfinite: bool) -> None:
     """Stream every weight once without keeping it: CRC-32s, the digest, finiteness."""
     h = hashlib.sha256()
     buf = bytearray(_CHUNK)
@@ -806,13 +851,13 @@ def _verify(fd, entries, digest: str, allow_nonfinite: bool) -> None:
                    f"load(..., allow_nonfinite=True) loads them anyway")
 
 
-def _fill(fd, entries, params: dict) -> None:
-    """Read every weight into its parameter (CRC-32 checked again: the file may have changed)."""
-    buf = None
-    for name, shape, dtype, m, start in entries:
+def _fill(fd: int, entries: Sequence[tuple[str, tuple[int, ...], np.dtype[Any], _Member, int]], params: dict) -> None:
+    """Read every weight into its array (CRC-32 checked again: the file may have changed)."""
+    buf: bytearray | None = None
+    for name, _shape, dtype, m, start in entries:
         r = _Reader(fd, m)
         r.skip(start)
-        dst = params[name].data
+        dst = params[name]
         if dst.dtype == dtype and dst.flags.c_contiguous:
             r.readinto(memoryview(dst.reshape(-1)).cast("B"))
         else:  # the other byte order: convert chunk by chunk
@@ -829,7 +874,8 @@ def _fill(fd, entries, params: dict) -> None:
             raise _Bad("the file changed while it was being read") from None
 
 
-def _load(fd: int, size: int, max_bytes: int, allow_nonfinite: bool) -> Module:
+def _load(fd: int, size: int, max_bytes: int, allow_nonfinite: bool, checkpoint: bool = False) -> Any:
+    """The model in the file; with ``checkpoint``, ``(model, training state, {name: state array})``."""
     members, data_end = _directory(fd, size)
     hm = members.get(_HEADER_MEMBER)
     if hm is None:
@@ -849,21 +895,24 @@ def _load(fd: int, size: int, max_bytes: int, allow_nonfinite: bool) -> Module:
 
     # the header against the zip directory and the architecture: no I/O, no allocation
     params = _declared_params(header["params"])
-    wanted = {_PREFIX + name + ".npy" for name, _, _ in params}
+    if checkpoint and header["format"] != CHECKPOINT_FORMAT:
+        raise _Bad("a model file, not a checkpoint (it holds no training state)")
+    states = _declared_params(header["state"]) if header["format"] == CHECKPOINT_FORMAT else []
+    wanted = {_PREFIX + name + ".npy" for name, _, _ in params} | {_STATE + name + ".npy" for name, _, _ in states}
     extra = [k for k in members if k != _HEADER_MEMBER and k not in wanted]
     missing = [k for k in wanted if k not in members]
     if extra or missing:
         raise _Bad(f"the archive's members do not match the header: missing {_clip(missing[:5], 150)}, "
                    f"unexpected {_clip(extra[:5], 150)}")
-    total = sum(math.prod(shape) * dtype.itemsize for _, shape, dtype in params)
+    total = sum(math.prod(shape) * dtype.itemsize for _, shape, dtype in params + states)
     if total > max_bytes:
         raise _Bad(f"the weights take {total} bytes, more than max_bytes={max_bytes}")
-    expected = []
+    expected: list[tuple[object, ...]] = []
     _expected(header["architecture"], "model", "", 0, [0], expected)
     _match(expected, params)
-    entries = []
-    for name, shape, dtype in params:
-        m = members[_PREFIX + name + ".npy"]
+    entries: list[tuple[Any, ...]] = []  # (name, shape, dtype, member), then with the data's start
+    for name, shape, dtype in params + [(_STATE + name, shape, dtype) for name, shape, dtype in states]:
+        m = members[(name if name.startswith(_STATE) else _PREFIX + name) + ".npy"]
         nbytes = math.prod(shape) * dtype.itemsize
         if not 10 <= m.usize - nbytes <= 12 + _MAX_NPY_HEADER:
             raise _Bad(f"parameter {name!r}: the zip directory declares {m.usize} bytes, but its shape "
@@ -883,20 +932,24 @@ def _load(fd: int, size: int, max_bytes: int, allow_nonfinite: bool) -> Module:
 
     _verify(fd, entries, header["sha256"], allow_nonfinite)
     model = _build(header["architecture"])
-    own = dict(model.named_parameters())
+    own = dict(model._named_state())   # parameters and buffers: the arrays the file fills
     if list(own) != [p[0] for p in params]:
         raise _Bad(f"weights {_clip([p[0] for p in params], 150)} do not match the architecture's parameters "
                    f"{_clip(list(own), 150)}")
     for name, shape, dtype in params:
-        p = own[name].data
+        p = own[name]
         if p.shape != shape or p.dtype.name != dtype.name:
             raise _Bad(f"parameter {name} is {shape} {dtype.name} in the file but the architecture makes "
                        f"{p.shape} {p.dtype}")
-    _fill(fd, entries, own)
-    return model
+    _fill(fd, entries[:len(params)], own)
+    if header["format"] != CHECKPOINT_FORMAT or not checkpoint:
+        return model
+    arrays = {e[0]: np.empty(e[1], e[2].newbyteorder("=")) for e in entries[len(params):]}
+    _fill(fd, entries[len(params):], arrays)
+    return model, header["checkpoint"], {k[len(_STATE):]: v for k, v in arrays.items()}
 
 
-def load(path, *, max_bytes: int = DEFAULT_MAX_BYTES, allow_nonfinite: bool = False) -> Module:
+def load(path: str | os.PathLike[str], *, max_bytes: int = DEFAULT_MAX_BYTES, allow_nonfinite: bool = False) -> Module:
     """Read a model written by :func:`save`.
 
     The file is treated as untrusted: it is checked completely (see
@@ -942,3 +995,158 @@ def load(path, *, max_bytes: int = DEFAULT_MAX_BYTES, allow_nonfinite: bool = Fa
         raise ModelFileError(f"{shown}: cannot read the file ({exc.strerror or exc})") from None
     finally:
         os.close(fd)
+
+
+# -- checkpoints ------------------------------------------------------------------------------
+
+def _rng_state(rng: np.random.Generator | dict[str, Any] | None) -> dict[str, Any] | None:
+    if rng is None:
+        return None
+    if isinstance(rng, np.random.Generator):
+        return dict(rng.bit_generator.state)
+    if isinstance(rng, dict):
+        return rng
+    raise TypeError(f"rng must be a numpy Generator or its bit_generator.state, got {type(rng).__name__}")
+
+
+def save_checkpoint(path: str | os.PathLike[str], model: Module, optimizer: Any, epoch: int,
+                    rng: np.random.Generator | dict[str, Any] | None = None, history: Any = None, *,
+                    scheduler: Any = None, step: int = 0, extra: dict[str, Any] | None = None,
+                    arrays: dict[str, NDArray[Any]] | None = None) -> None:
+    """Write a training checkpoint: model, optimizer state, epoch, RNG state and history, atomically.
+
+    The file is a model file (see :mod:`fastnn.io`) of format
+    ``"fastnn-checkpoint"`` whose header also holds the training state as
+    JSON and whose archive also holds the optimizer's state arrays under
+    ``state/``, covered by the same checksum. No pickle; :func:`load_checkpoint`
+    validates it exactly as :func:`load` validates a model file, and
+    :func:`load` reads the model out of it. Written like :func:`save`: a
+    crash leaves the previous checkpoint intact.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    model : Module
+    optimizer : fastnn.optim.Optimizer
+    epoch : int
+        Epochs completed (with ``step`` > 0: the epoch in progress).
+    rng : numpy.random.Generator or dict, optional
+        The shuffling generator, or its ``bit_generator.state``.
+    history : fastnn.History or dict, optional
+    scheduler : fastnn.optim.LRScheduler, optional
+    step : int, default 0
+        Optimizer steps already taken in epoch ``epoch`` (0: at an epoch boundary).
+    extra : dict, optional
+        More JSON values to keep (:func:`fastnn.fit` stores its settings and
+        the running totals of the epoch in progress).
+    arrays : dict of str to ndarray, optional
+        More float arrays to keep (early stopping's best weights).
+
+    Raises
+    ------
+    TypeError, ValueError, OSError
+        As :func:`save`; also for values that are not JSON (NaN metrics).
+    """
+    from .optim import Optimizer
+
+    if not isinstance(optimizer, Optimizer):
+        raise TypeError(f"optimizer must be a fastnn.optim optimizer, got {type(optimizer).__name__}")
+    epoch = _v.strict_int(epoch, "epoch", low=0)
+    step = _v.strict_int(step, "step", low=0)
+    opt = optimizer.state_dict()
+    states = {}
+    for name, values in opt.pop("state").items():
+        for i, a in enumerate(values):
+            states[f"optimizer/{name}/{i}"] = a
+    opt["state"] = {name: len(a) for name, a in optimizer.state.items()}
+    for name, a in (arrays or {}).items():
+        states[f"arrays/{name}"] = np.ascontiguousarray(a)
+    if history is not None and not isinstance(history, dict):
+        history = {"history": history.history, "lr": history.lr, "stopped_early": history.stopped_early,
+                   "stopped_nonfinite": history.stopped_nonfinite, "best_epoch": history.best_epoch}
+    info = {"epoch": epoch, "step": step, "rng": _rng_state(rng), "history": history, "optimizer": opt,
+            "scheduler": None if scheduler is None else scheduler.state_dict(), "extra": extra}
+    _write(path, *_model_arrays(model, CHECKPOINT_FORMAT, info, states))
+
+
+def load_checkpoint(path: str | os.PathLike[str], model: Module | None = None, optimizer: Any = None,
+                    scheduler: Any = None, *, max_bytes: int = DEFAULT_MAX_BYTES) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint` (or by ``fit(..., checkpoint=...)``).
+
+    The file is validated as :func:`load` validates a model file, the
+    optimizer arrays included, before anything is restored.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    model : Module, optional
+        Receives the saved weights in place; it must have exactly the saved
+        parameters (names, shapes, dtypes). Without it a new model is built.
+    optimizer : fastnn.optim.Optimizer, optional
+        Restored with ``load_state_dict``.
+    scheduler : fastnn.optim.LRScheduler, optional
+        Restored with ``load_state_dict``.
+    max_bytes : int, default 4 GiB
+
+    Returns
+    -------
+    dict
+        ``model``, ``epoch``, ``step``, ``rng`` (a ``bit_generator.state`` or
+        None), ``history``, ``optimizer`` (a state_dict), ``scheduler``, ``extra``
+        and ``arrays``.
+
+    Raises
+    ------
+    ModelFileError
+        Anything wrong with the file, a model file that is not a checkpoint,
+        or a ``model``/``optimizer`` that does not match it.
+    FileNotFoundError
+    """
+    max_bytes = _v.strict_int(max_bytes, "max_bytes", low=0)
+    path = os.fspath(path)
+    shown = os.fsdecode(path)
+    fd, size = _open(path, shown)
+    try:
+        saved, info, states = _load(fd, size, max_bytes, False, checkpoint=True)
+    except _Bad as exc:
+        raise ModelFileError(f"{shown}: {exc}") from exc.__cause__
+    except zlib.error:
+        raise ModelFileError(f"{shown}: corrupted deflate data") from None
+    except OSError as exc:
+        raise ModelFileError(f"{shown}: cannot read the file ({exc.strerror or exc})") from None
+    finally:
+        os.close(fd)
+    try:
+        keys = ("epoch", "step", "rng", "history", "optimizer", "scheduler", "extra")
+        if set(info) != set(keys):
+            raise ValueError(f"its training state has keys {_clip(sorted(info), 200)}, expected {list(keys)}")
+        opt = dict(info["optimizer"]) if isinstance(info["optimizer"], dict) else {}
+        counts = opt.get("state")
+        if not isinstance(counts, dict) or any(type(c) is not int or c < 0 for c in counts.values()):
+            raise ValueError("its optimizer state is malformed")
+        opt["state"] = {name: [states.pop(f"optimizer/{name}/{i}", None) for i in range(c)]
+                        for name, c in counts.items()}
+        more = {k[len("arrays/"):]: states.pop(k) for k in list(states) if k.startswith("arrays/")}
+        if states or any(a is None for arrays in opt["state"].values() for a in arrays):
+            raise ValueError("its optimizer arrays do not match its optimizer state")
+        for key in ("epoch", "step"):
+            if type(info[key]) is not int or info[key] < 0:
+                raise ValueError(f"its {key} is not a non-negative integer")
+        if model is not None:
+            own, theirs = model.state_dict(), saved.state_dict()
+            if [(k, v.shape, v.dtype) for k, v in own.items()] != [(k, v.shape, v.dtype) for k, v in theirs.items()]:
+                raise ValueError("its parameters do not match the model's (names, shapes or dtypes)")
+            for k, p in model.named_parameters():
+                p.data[...] = theirs[k]
+            saved = model
+        if optimizer is not None:
+            optimizer.load_state_dict(opt)
+        if scheduler is not None:
+            if info["scheduler"] is None:
+                raise ValueError("it holds no learning-rate schedule")
+            scheduler.load_state_dict(info["scheduler"])
+    except (ValueError, TypeError) as exc:
+        raise ModelFileError(f"{shown}: {exc}") from None
+    return {"model": saved, "epoch": info["epoch"], "step": info["step"], "rng": info["rng"],
+            "history": info["history"], "optimizer": opt, "scheduler": info["scheduler"], "extra": info["extra"],
+            "arrays": more}

@@ -22,29 +22,37 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 
-from . import _validation as _v, ops
+from . import _validation as _v
+from . import ops
+from ._typing import FloatArray
+
+if TYPE_CHECKING:
+    from .nn.module import Module, Parameter
+
+#: What optimizers and :func:`clip_grad_norm` take: parameters, or a module's.
+Params = Union["Iterable[Parameter]", "Module"]
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "clip_grad_norm",
            "LRScheduler", "StepLR", "CosineAnnealingLR", "ExponentialLR"]
 
 
-def _param_list(params):
+def _param_list(params: Params) -> list[Parameter]:
     from .nn.module import Module, Parameter
 
-    if isinstance(params, Module):
-        params = params.parameters()
-    params = list(params)
-    if not params:
+    plist = list(params.parameters() if isinstance(params, Module) else params)
+    if not plist:
         raise ValueError("optimizer got an empty parameter list")
-    for i, p in enumerate(params):
+    for i, p in enumerate(plist):
         if not isinstance(p, Parameter):
             raise TypeError(f"parameter {i} is a {type(p).__name__}, not a fastnn.nn.Parameter")
-    if len({id(p) for p in params}) != len(params):
+    if len({id(p) for p in plist}) != len(plist):
         raise ValueError("some parameters appear more than once")
-    return params
+    return plist
 
 
 class Optimizer:
@@ -68,9 +76,9 @@ class Optimizer:
     not run in two threads at once on one optimizer (``RuntimeError``).
     """
 
-    _state_names: tuple = ()
+    _state_names: tuple[str, ...] = ()
 
-    def __init__(self, params, lr):
+    def __init__(self, params: Params, lr: float) -> None:
         self.params = _param_list(params)
         self.lr = lr
         self._plan = ops.UpdatePlan(self.params, self._state_names)
@@ -78,7 +86,7 @@ class Optimizer:
         self._step_lock = threading.Lock()
 
     @property
-    def state(self) -> dict:
+    def state(self) -> dict[str, list[FloatArray | None]]:
         return self._plan.state
 
     @property
@@ -87,7 +95,7 @@ class Optimizer:
         return self._lr
 
     @lr.setter
-    def lr(self, value):
+    def lr(self, value: float) -> None:
         self._lr = _v.scalar(value, "lr", low=0.0)
 
     def zero_grad(self) -> None:
@@ -107,12 +115,85 @@ class Optimizer:
     def _update(self) -> None:
         raise NotImplementedError
 
-    def __getstate__(self):
+    # hyper-parameters that ``state_dict`` records besides ``lr`` (subclasses extend it)
+    _hyper_names: tuple = ()
+
+    def state_dict(self) -> dict[str, Any]:
+        """The optimizer's state, for a checkpoint: hyper-parameters, step count and state arrays.
+
+        Returns
+        -------
+        dict
+            ``{"type": class name, "hyper": {name: value}, "step_count": int,
+            "state": {name: [ndarray, ...]}}``; the arrays are copies. JSON
+            values and arrays only, so :func:`fastnn.save_checkpoint` stores it
+            without pickle.
+        """
+        hyper: dict[str, Any] = {"lr": self.lr}
+        for name in self._hyper_names:
+            value = getattr(self, name)
+            hyper[name] = list(value) if isinstance(value, tuple) else value
+        return {"type": type(self).__name__, "hyper": hyper, "step_count": int(getattr(self, "step_count", 0)),
+                "state": {name: [np.array(a, copy=True) for a in self.state[name]] for name in self._state_names}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned, in place (the state arrays keep their identity).
+
+        Parameters
+        ----------
+        state : dict
+            From :meth:`state_dict` of an optimizer of the same class, built
+            with the same parameters (shapes and dtypes) and state layout.
+
+        Raises
+        ------
+        ValueError
+            If ``state`` belongs to another optimizer class, another set of
+            parameters or another state layout (SGD with and without momentum).
+        """
+        if not isinstance(state, dict) or set(state) != {"type", "hyper", "step_count", "state"}:
+            raise ValueError("not an optimizer state_dict (it must hold type, hyper, step_count and state)")
+        if state["type"] != type(self).__name__:
+            raise ValueError(f"the state_dict is of a {state['type']} optimizer, this is a {type(self).__name__}")
+        arrays = state["state"]
+        if not isinstance(arrays, dict) or set(arrays) != set(self._state_names):
+            raise ValueError(f"the state_dict holds state {sorted(arrays) if isinstance(arrays, dict) else arrays!r}, "
+                             f"this {type(self).__name__} keeps {list(self._state_names)}")
+        self._plan._check()   # make sure every state array exists before copying into it
+        for name in self._state_names:
+            src, dst = arrays[name], self.state[name]
+            if len(src) != len(dst):
+                raise ValueError(f"the state_dict has {len(src)} {name} arrays for {len(dst)} parameters")
+            for i, (a, d) in enumerate(zip(src, dst)):
+                a = np.asarray(a)
+                want = (None, None) if d is None else (d.shape, d.dtype)
+                if (a.shape, a.dtype) != want:
+                    raise ValueError(f"{name}[{i}] is {a.shape} {a.dtype} in the state_dict, the parameter "
+                                     f"needs {want[0]} {want[1]}")
+        hyper = dict(state["hyper"])
+        if set(hyper) != {"lr", *self._hyper_names}:
+            raise ValueError(f"the state_dict has hyper-parameters {sorted(hyper)}, this {type(self).__name__} "
+                             f"has {['lr', *self._hyper_names]}")
+        self.lr = hyper.pop("lr")
+        for name, value in hyper.items():
+            if isinstance(getattr(self, name), tuple):
+                value = tuple(value)
+            if name in ("momentum", "nesterov") and value != getattr(self, name):
+                raise ValueError(f"the state_dict has {name}={value!r}, this optimizer was built with "
+                                 f"{name}={getattr(self, name)!r} (it changes the state it keeps)")
+            setattr(self, name, value)
+        if hasattr(self, "step_count"):
+            self.step_count = int(state["step_count"])
+        for name in self._state_names:
+            for a, d in zip(arrays[name], self.state[name]):
+                d[...] = a   # type: ignore[index]  # every array exists: checked above
+
+    def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state.pop("_step_lock", None)
         return state
 
-    def __setstate__(self, state):
+    def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._step_lock = threading.Lock()
 
@@ -142,7 +223,10 @@ class SGD(Optimizer):
     velocity : list of ndarray or None, the momentum buffer of each parameter
     """
 
-    def __init__(self, params, lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0):
+    _hyper_names = ("momentum", "nesterov", "weight_decay")
+
+    def __init__(self, params: Params, lr: float = 0.01, momentum: float = 0.0, nesterov: bool = False,
+                 weight_decay: float = 0.0) -> None:
         self.momentum = _v.scalar(momentum, "momentum", low=0.0, high=1.0, high_open=True)
         self.weight_decay = _v.scalar(weight_decay, "weight_decay", low=0.0)
         self.nesterov = _v.strict_bool(nesterov, "nesterov")
@@ -152,7 +236,7 @@ class SGD(Optimizer):
         super().__init__(params, lr)
 
     @property
-    def velocity(self):
+    def velocity(self) -> list[FloatArray | None]:
         return self.state["velocity"] if self.momentum else [None] * len(self.params)
 
     def _update(self) -> None:
@@ -178,8 +262,10 @@ class Adam(Optimizer):
 
     _decoupled = False
     _state_names = ("exp_avg", "exp_avg_sq")
+    _hyper_names = ("betas", "eps", "weight_decay")
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+    def __init__(self, params: Params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.0) -> None:
         b1, b2 = betas
         self.betas = (_v.scalar(b1, "beta1", low=0.0, high=1.0, high_open=True),
                       _v.scalar(b2, "beta2", low=0.0, high=1.0, high_open=True))
@@ -189,11 +275,11 @@ class Adam(Optimizer):
         super().__init__(params, lr)
 
     @property
-    def exp_avg(self):
+    def exp_avg(self) -> list[FloatArray | None]:
         return self.state["exp_avg"]
 
     @property
-    def exp_avg_sq(self):
+    def exp_avg_sq(self) -> list[FloatArray | None]:
         return self.state["exp_avg_sq"]
 
     def _update(self) -> None:
@@ -215,11 +301,12 @@ class AdamW(Adam):
 
     _decoupled = True
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01):
+    def __init__(self, params: Params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.01) -> None:
         super().__init__(params, lr, betas, eps, weight_decay)
 
 
-def clip_grad_norm(params, max_norm, eps=1e-6) -> float:
+def clip_grad_norm(params: Params, max_norm: float, eps: float = 1e-6) -> float:
     """Scale all gradients so that their global L2 norm is at most ``max_norm``.
 
     ``total = sqrt(Σ_p ‖p.grad‖²)``; if ``total > max_norm`` every gradient
@@ -240,12 +327,11 @@ def clip_grad_norm(params, max_norm, eps=1e-6) -> float:
     """
     from .nn.module import Module
 
-    if isinstance(params, Module):
-        params = params.parameters()
+    plist = params.parameters() if isinstance(params, Module) else params
     max_norm = _v.scalar(max_norm, "max_norm", low=0.0, low_open=True)
     total_sq = 0.0
-    grads = []
-    for p in params:
+    grads: list[FloatArray] = []
+    for p in plist:
         g = p.grad
         flat = g.reshape(-1)
         total_sq += float(np.dot(flat, flat)) if g.dtype == np.float64 else float(np.dot(flat, flat.astype(np.float64)))
@@ -269,7 +355,7 @@ class LRScheduler:
     optimizer : Optimizer
     """
 
-    def __init__(self, optimizer):
+    def __init__(self, optimizer: Optimizer) -> None:
         if not isinstance(optimizer, Optimizer):
             raise TypeError(f"a scheduler needs a fastnn optimizer, got {type(optimizer).__name__}")
         self.optimizer = optimizer
@@ -287,6 +373,27 @@ class LRScheduler:
     def get_last_lr(self) -> float:
         return self.optimizer.lr
 
+    def state_dict(self) -> dict[str, Any]:
+        """``{"type", "base_lr", "last_epoch"}``: what a checkpoint needs to continue the schedule."""
+        return {"type": type(self).__name__, "base_lr": self.base_lr, "last_epoch": self.last_epoch}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s values and set the optimizer's learning rate to match.
+
+        Raises
+        ------
+        ValueError
+            If ``state`` is not a state_dict of this schedule's class.
+        """
+        if not isinstance(state, dict) or set(state) != {"type", "base_lr", "last_epoch"}:
+            raise ValueError("not a learning-rate schedule state_dict (it must hold type, base_lr and last_epoch)")
+        if state["type"] != type(self).__name__:
+            raise ValueError(f"the state_dict is of a {state['type']} schedule, this is a {type(self).__name__}")
+        self.base_lr = _v.scalar(state["base_lr"], "base_lr", low=0.0)
+        self.last_epoch = _v.strict_int(state["last_epoch"], "last_epoch", low=0)
+        if self.last_epoch:
+            self.optimizer.lr = self.get_lr(self.last_epoch)
+
 
 class StepLR(LRScheduler):
     """``lr = base_lr · gamma^(epoch // step_size)``.
@@ -298,25 +405,25 @@ class StepLR(LRScheduler):
     gamma : float, default 0.1
     """
 
-    def __init__(self, optimizer, step_size, gamma=0.1):
+    def __init__(self, optimizer: Optimizer, step_size: int, gamma: float = 0.1) -> None:
         super().__init__(optimizer)
         if int(step_size) != step_size or step_size < 1:
             raise ValueError(f"step_size must be a positive integer, got {step_size!r}")
         self.step_size = int(step_size)
         self.gamma = _v.scalar(gamma, "gamma", low=0.0)
 
-    def get_lr(self, epoch):
+    def get_lr(self, epoch: int) -> float:
         return self.base_lr * self.gamma ** (epoch // self.step_size)
 
 
 class ExponentialLR(LRScheduler):
     """``lr = base_lr · gamma^epoch``."""
 
-    def __init__(self, optimizer, gamma):
+    def __init__(self, optimizer: Optimizer, gamma: float) -> None:
         super().__init__(optimizer)
         self.gamma = _v.scalar(gamma, "gamma", low=0.0)
 
-    def get_lr(self, epoch):
+    def get_lr(self, epoch: int) -> float:
         return self.base_lr * self.gamma ** epoch
 
 
@@ -333,12 +440,12 @@ class CosineAnnealingLR(LRScheduler):
     eta_min : float, default 0
     """
 
-    def __init__(self, optimizer, T_max, eta_min=0.0):
+    def __init__(self, optimizer: Optimizer, T_max: int, eta_min: float = 0.0) -> None:
         super().__init__(optimizer)
         if int(T_max) != T_max or T_max < 1:
             raise ValueError(f"T_max must be a positive integer, got {T_max!r}")
         self.T_max = int(T_max)
         self.eta_min = _v.scalar(eta_min, "eta_min", low=0.0)
 
-    def get_lr(self, epoch):
+    def get_lr(self, epoch: int) -> float:
         return self.eta_min + (self.base_lr - self.eta_min) * (1 + math.cos(math.pi * epoch / self.T_max)) / 2

@@ -24,13 +24,21 @@ thread count.
 from __future__ import annotations
 
 import math
+import os
 import warnings
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
 
-from .grad_mode import inference_mode, no_grad
+from ._typing import ArrayLike, FloatArray, NDArray
+from .grad_mode import inference_mode
 from .nn.loss import LOSSES, CrossEntropyLoss, Loss, MSELoss
-from .workspace import Workspace, _active as _active_workspace
+from .workspace import Workspace
+from .workspace import _active as _active_workspace
+
+if TYPE_CHECKING:
+    from .nn.module import Module
+    from .optim import LRScheduler, Optimizer
 
 __all__ = ["fit", "predict", "evaluate", "History", "EarlyStopping", "make_train_step", "TrainStep",
            "NonFiniteLossError"]
@@ -61,21 +69,21 @@ class History:
     lr : list of float, the learning rate of each epoch
     """
 
-    def __init__(self, accuracy=True):
-        self.history = {"loss": [], "accuracy": []} if accuracy else {"loss": []}
-        self.lr = []
+    def __init__(self, accuracy: bool = True) -> None:
+        self.history: dict[str, list[float]] = {"loss": [], "accuracy": []} if accuracy else {"loss": []}
+        self.lr: list[float] = []
         self.stopped_early = False
         self.stopped_nonfinite = False
-        self.best_epoch = None
+        self.best_epoch: int | None = None
 
     @property
     def epochs(self) -> int:
         return len(self.history["loss"])
 
-    def __getitem__(self, key):
+    def __getitem__(self, key: str) -> list[float]:
         return self.history[key]
 
-    def __contains__(self, key):
+    def __contains__(self, key: object) -> bool:
         return key in self.history
 
     def __repr__(self) -> str:
@@ -99,7 +107,16 @@ class EarlyStopping:
         Put back the weights of the best epoch when stopping (and at the end).
     """
 
-    def __init__(self, monitor="val_loss", patience=5, min_delta=0.0, restore_best=True):
+    # set by _start, at the beginning of each fit
+    _key: str
+    _sign: float
+    _best: float
+    _best_epoch: int | None
+    _best_state: dict[str, NDArray[Any]] | None
+    _wait: int
+
+    def __init__(self, monitor: str = "val_loss", patience: int = 5, min_delta: float = 0.0,
+                 restore_best: bool = True) -> None:
         if int(patience) != patience or patience < 0:
             raise ValueError(f"patience must be a non-negative integer, got {patience!r}")
         self.monitor = monitor
@@ -107,7 +124,7 @@ class EarlyStopping:
         self.min_delta = abs(float(min_delta))
         self.restore_best = bool(restore_best)
 
-    def _start(self, has_val):
+    def _start(self, has_val: bool) -> None:
         self._key = self.monitor
         if self._key.startswith("val_") and not has_val:
             self._key = self._key[4:]
@@ -117,7 +134,7 @@ class EarlyStopping:
         self._best_state = None
         self._wait = 0
 
-    def _update(self, epoch, history, model) -> bool:
+    def _update(self, epoch: int, history: dict[str, list[float]], model: Module) -> bool:
         """Record this epoch; True means stop."""
         value = self._sign * history[self._key][-1]
         if value < self._best - self.min_delta or self._best_epoch is None:
@@ -130,12 +147,12 @@ class EarlyStopping:
         self._wait += 1
         return self._wait >= self.patience
 
-    def _finish(self, model):
+    def _finish(self, model: Module) -> None:
         if self.restore_best and self._best_state is not None:
             model.load_state_dict(self._best_state)
 
 
-def _resolve_loss(loss, y):
+def _resolve_loss(loss: Loss | str | None, y: ArrayLike) -> Loss:
     if loss is None:
         y = np.asarray(y)
         return CrossEntropyLoss() if y.dtype.kind in "iu" else MSELoss()
@@ -149,20 +166,20 @@ def _resolve_loss(loss, y):
     return loss
 
 
-def _model_dtype(model):
+def _model_dtype(model: Module) -> np.dtype[Any]:
     for p in model.parameters():
         return p.data.dtype
     return np.dtype(np.float32)
 
 
-def _finite_or_raise(a, name):
+def _finite_or_raise(a: NDArray[Any], name: str) -> None:
     if a.dtype.kind == "f" and not np.isfinite(a).all():
         bad = np.flatnonzero(~np.isfinite(a.reshape(a.shape[0], -1)).all(axis=1)) if a.ndim else np.array([0])
         raise ValueError(f"{name} holds NaN or infinite values (first in sample {int(bad[0])}, {bad.size} samples "
                          f"in all): clean or impute them before training")
 
 
-def _prepare(model, loss, X, y):
+def _prepare(model: Module, loss: Loss, X: ArrayLike, y: ArrayLike) -> tuple[FloatArray, NDArray[Any]]:
     """Validate a whole data set once: contiguous finite inputs in the model's dtype, checked targets."""
     dtype = _model_dtype(model)
     X = np.asarray(X)
@@ -181,7 +198,8 @@ def _prepare(model, loss, X, y):
     _finite_or_raise(X, "X")
     _finite_or_raise(y, "y")
     n_probe = min(2, X.shape[0])
-    with no_grad():
+    # evaluation behaviour: the probe must not update running statistics nor draw dropout masks
+    with inference_mode():
         probe = np.asarray(model.forward(X[:n_probe]))
     if probe.ndim == 0 or probe.shape[0] != n_probe:
         raise ValueError(f"the model maps {n_probe} samples (shape {X[:n_probe].shape}) to an output of shape "
@@ -194,6 +212,12 @@ def _prepare(model, loss, X, y):
     elif y.ndim == 1 and probe.ndim == 2 and probe.shape[1] == 1:
         y = y.reshape(-1, 1)
     if y.shape[1:] != probe.shape[1:] and not isinstance(loss, CrossEntropyLoss):
+        if y.ndim == 1 and probe.ndim == 2 and probe.shape[1] > 1 and y.size and np.all(np.mod(y, 1) == 0):
+            # Class labels read as floats (0.0 ... 9.0 from a CSV) picked the regression loss.
+            raise ValueError(f"y holds whole numbers ({y.min():g} to {y.max():g}) stored as {y.dtype} and the model "
+                             f"outputs {probe.shape[1]} scores per sample: for classification use integer labels, "
+                             f"y.astype(np.int64), or loss='cross_entropy'; for regression give y one column per "
+                             f"model output")
         raise ValueError(f"targets have shape {y.shape[1:]} per sample but the model outputs {probe.shape[1:]}")
     return X, y
 
@@ -214,7 +238,7 @@ class TrainStep:
     :class:`NonFiniteLossError`: the model is left as it was before the step.
     """
 
-    def __init__(self, model, loss, optimizer, clip_grad_norm=None):
+    def __init__(self, model: Module, loss: Loss, optimizer: Optimizer, clip_grad_norm: float | None = None) -> None:
         from .nn.module import Module
         from .optim import Optimizer
 
@@ -228,14 +252,14 @@ class TrainStep:
         self.clip_grad_norm = None if clip_grad_norm is None else float(clip_grad_norm)
         self.workspace = Workspace(model)
 
-    def __call__(self, xb, yb):
+    def __call__(self, xb: NDArray[Any], yb: NDArray[Any]) -> tuple[float, FloatArray]:
         ws = self.workspace
         if _active_workspace.get() is ws:   # inside fit: already claimed
             return self.run(xb, yb)
         with ws:
             return self.run(xb, yb)
 
-    def run(self, xb, yb):
+    def run(self, xb: NDArray[Any], yb: NDArray[Any]) -> tuple[float, FloatArray]:
         """The step itself, in whatever workspace is active (``__call__`` enters the step's own)."""
         out = self.model.forward(xb)
         value = self.loss.forward(out, yb)
@@ -254,7 +278,8 @@ class TrainStep:
         return f"TrainStep({type(self.model).__name__}, {type(self.loss).__name__}, {type(self.optimizer).__name__})"
 
 
-def make_train_step(model, loss, optimizer, clip_grad_norm=None):
+def make_train_step(model: Module, loss: Loss, optimizer: Optimizer,
+                    clip_grad_norm: float | None = None) -> TrainStep:
     """The function :func:`fit` runs per minibatch: ``step(xb, yb) -> (loss, output)``.
 
     ``xb`` and ``yb`` are one minibatch (the model's dtype; labels in range,
@@ -271,7 +296,7 @@ def make_train_step(model, loss, optimizer, clip_grad_norm=None):
     return TrainStep(model, loss, optimizer, clip_grad_norm)
 
 
-def _correct(kind, out, yb):
+def _correct(kind: str | None, out: NDArray[Any], yb: NDArray[Any]) -> tuple[int, int]:
     if kind == "argmax":
         return int(np.count_nonzero(out.argmax(axis=1) == yb)), yb.shape[0]
     if kind == "sign":
@@ -279,9 +304,13 @@ def _correct(kind, out, yb):
     return 0, 0
 
 
-def fit(model, X, y, loss=None, optimizer=None, epochs=10, batch_size=32, validation_data=None,
-        shuffle=True, seed=None, early_stopping=None, progress=True, clip_grad_norm=None,
-        scheduler=None, verbose=False, on_nonfinite="raise"):
+def fit(model: Module, X: ArrayLike, y: ArrayLike, loss: Loss | str | None = None, optimizer: Optimizer | None = None,
+        epochs: int = 10, batch_size: int = 32, validation_data: tuple[ArrayLike, ArrayLike] | None = None,
+        shuffle: bool = True, seed: int | None = None, early_stopping: EarlyStopping | int | None = None,
+        progress: bool = True, clip_grad_norm: float | None = None, scheduler: LRScheduler | None = None,
+        verbose: bool = False, on_nonfinite: Literal["raise", "warn"] = "raise", *, distributed: bool = False,
+        sync_every: int | None = None, checkpoint: str | os.PathLike[str] | None = None,
+        checkpoint_every: int | None = None, resume: str | os.PathLike[str] | None = None) -> History:
     """Train ``model`` on ``(X, y)`` by minibatch gradient descent.
 
     Parameters
@@ -318,6 +347,27 @@ def fit(model, X, y, loss=None, optimizer=None, epochs=10, batch_size=32, valida
         training): raise :class:`NonFiniteLossError`, or warn and stop
         training, returning the history so far (``history.stopped_nonfinite``).
         Either way the step that saw the loss does not update the model.
+    distributed : bool, default False
+        Data-parallel training over MPI, for a script started with
+        ``mpiexec -n N``: ``batch_size`` is per rank, gradients are summed
+        over the ranks every step, only rank 0 shows progress and writes
+        checkpoints (see :mod:`fastnn.distributed`; needs mpi4py).
+    sync_every : int, optional
+        With ``distributed``: local SGD, averaging parameters and optimizer
+        state every ``sync_every`` steps (and at every epoch's end) instead
+        of summing gradients every step.
+    checkpoint : str or os.PathLike, optional
+        Write a checkpoint (:func:`fastnn.save_checkpoint`) there at the end
+        of every epoch, or every ``checkpoint_every`` steps.
+    checkpoint_every : int, optional
+        Optimizer steps between checkpoints (default: one per epoch); with
+        ``sync_every`` a multiple of it.
+    resume : str or os.PathLike, optional
+        Continue the run a checkpoint recorded: weights, optimizer and
+        schedule state, shuffling state, history and the position in the
+        epoch are restored, so the run ends with exactly the weights an
+        uninterrupted run reaches (same seed, backend, thread count, batch
+        size and number of ranks). ``epochs`` is the total, as in the first run.
 
     Returns
     -------
@@ -327,6 +377,8 @@ def fit(model, X, y, loss=None, optimizer=None, epochs=10, batch_size=32, valida
     ------
     ValueError
         Data with NaN/inf, targets that do not fit the model's output.
+    TypeError
+        ``early_stopping`` that is neither an :class:`EarlyStopping` nor an int (a bool, say).
     NonFiniteLossError
         The loss became NaN/inf during training (``on_nonfinite="raise"``).
     RuntimeError
@@ -341,17 +393,37 @@ def fit(model, X, y, loss=None, optimizer=None, epochs=10, batch_size=32, valida
     epochs, batch_size = int(epochs), int(batch_size)
     if on_nonfinite not in _NONFINITE:
         raise ValueError(f"on_nonfinite must be one of {_NONFINITE}, got {on_nonfinite!r}")
+    sync_every, checkpoint_every = _check_sync(distributed, sync_every, checkpoint, checkpoint_every)
     loss = _resolve_loss(loss, y)
     if optimizer is None:
         optimizer = _optim.Adam(model.parameters(), lr=1e-3)
     if isinstance(early_stopping, (int, np.integer)) and not isinstance(early_stopping, bool):
         early_stopping = EarlyStopping(patience=int(early_stopping))
+    elif early_stopping is not None and not isinstance(early_stopping, EarlyStopping):
+        # a bool is not a patience: refuse it (and any other type) before training starts
+        raise TypeError(f"early_stopping must be an EarlyStopping, an int (its patience) or None, "
+                        f"got {early_stopping!r}")
     model.train()
     X, y = _prepare(model, loss, X, y)
     if validation_data is not None:
         X_val, y_val = validation_data
         X_val, y_val = _prepare(model, loss, X_val, y_val)
     n = X.shape[0]
+    sync = rank = None
+    world = 1
+    if distributed:
+        from .distributed import _Data, _Sync
+        from .distributed import run_step as _dist_step
+
+        sync = _Sync(model, optimizer, sync_every)
+        rank, world = sync.rank, sync.size
+        if seed is None and shuffle:   # every rank must shuffle alike
+            seed = sync.world.bcast_object(cast(int, np.random.SeedSequence().entropy) % 2**63)
+        if rank != 0:
+            progress = verbose = False
+        if validation_data is not None:   # each rank evaluates its share; the sums are reduced
+            part = np.array_split(np.arange(np.shape(X_val)[0]), world)[rank]
+            X_val, y_val = np.asarray(X_val)[part], np.asarray(y_val)[part]
     rng = np.random.default_rng(seed)
     step = make_train_step(model, loss, optimizer, clip_grad_norm)
     kind = loss.accuracy_kind
@@ -362,57 +434,107 @@ def fit(model, X, y, loss=None, optimizer=None, epochs=10, batch_size=32, valida
             history.history["val_accuracy"] = []
     if early_stopping is not None:
         early_stopping._start(validation_data is not None)
+    start_epoch = start_step = 0
+    carried = (0.0, 0)   # loss total and correct count of a resumed epoch's first part (all ranks')
+    if resume is not None:
+        start_epoch, start_step, carried = _resume(resume, model, optimizer, scheduler, rng, history, sync,
+                                                   early_stopping, batch_size, world, sync_every, n)
 
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=epochs, unit="epoch", leave=True, dynamic_ncols=True)
-    Xs = np.empty_like(X) if shuffle else X
-    ys = np.empty_like(y) if shuffle else y
-    starts = range(0, n, batch_size)
+        bar = tqdm(total=epochs, initial=min(start_epoch, epochs), unit="epoch", leave=True, dynamic_ncols=True)
+    if sync is not None:
+        data = _Data(n, batch_size, rank, world)
+        Xs = np.empty((data.count,) + X.shape[1:], X.dtype)
+        ys = np.empty((data.count,) + y.shape[1:], y.dtype)
+        bounds, global_sizes = data.bounds, data.global_sizes
+        m = data.count
+    else:
+        Xs = np.empty_like(X) if shuffle else X
+        ys = np.empty_like(y) if shuffle else y
+        bounds = list(range(0, n, batch_size)) + [n]
+        m = n
     mean = loss.reduction == "mean"
     argmax, greater = np.argmax, np.greater
+    pred: NDArray[Any]  # the epoch's predictions: class indices, or signs
     if kind == "argmax":
-        pred = np.empty(n, np.intp)
+        pred = np.empty(m, np.intp)
     elif kind == "sign":
-        pred = np.empty(y.shape, bool)
+        pred = np.empty(ys.shape, bool)
+    else:
+        pred = np.empty(0, bool)   # regression: no accuracy
     workspace = step.workspace
+    save_state = None if checkpoint is None else (checkpoint, scheduler, early_stopping, batch_size, world,
+                                                   sync_every, n)
     try:
         with workspace:
-            for epoch in range(epochs):
+            for epoch in range(start_epoch, epochs):
                 model.train()
-                if shuffle:
+                epoch_rng = rng.bit_generator.state   # a checkpoint in this epoch restarts from here
+                if sync is not None:
+                    perm = rng.permutation(n) if shuffle else np.arange(n)
+                    idx = perm[data.mask]   # this rank's share of every global batch, in order
+                    np.take(X, idx, axis=0, out=Xs)
+                    np.take(y, idx, axis=0, out=ys)
+                elif shuffle:
                     perm = rng.permutation(n)
                     np.take(X, perm, axis=0, out=Xs)
                     np.take(y, perm, axis=0, out=ys)
-                total = 0.0
+                first = start_step if epoch == start_epoch else 0
+                total, correct0 = carried if (epoch == start_epoch and (rank or 0) == 0) else (0.0, 0)
+                carried = (0.0, 0)
                 run = step.run
+                lo = bounds[first]
                 try:
-                    for i in starts:
-                        xb = Xs[i:i + batch_size]
-                        yb = ys[i:i + batch_size]
-                        value, out = run(xb, yb)
-                        total += value * (xb.shape[0] if mean else 1)
-                        if kind == "argmax":
-                            argmax(out, 1, pred[i:i + batch_size])   # predictions kept; compared once per epoch
-                        elif kind == "sign":
-                            greater(out, 0, pred[i:i + batch_size])
+                    for j in range(first, len(bounds) - 1):
+                        i, i2 = bounds[j], bounds[j + 1]
+                        xb = Xs[i:i2]
+                        yb = ys[i:i2]
+                        if sync is None:
+                            value, out = run(xb, yb)
+                        else:
+                            value, out, bad = _dist_step(sync, model, loss, optimizer, xb, yb, global_sizes[j],
+                                                         step.clip_grad_norm)
+                            if sync_every is not None and (sync.steps_since == sync_every or j == len(bounds) - 2):
+                                bad = sync.average_parameters()
+                            if bad and sync_every is None:
+                                raise NonFiniteLossError(f"the loss is NaN or infinite on {int(bad)} of {world} "
+                                                         f"ranks (every rank stops here; the model is unchanged "
+                                                         f"by this step)")
+                            if bad:
+                                raise NonFiniteLossError(f"the loss became NaN or infinite on {int(bad)} of {world} "
+                                                         f"ranks since the last averaging (every rank stops at "
+                                                         f"this averaging; those ranks stopped updating there)")
+                        if out is not None:   # None: a rank without samples in the epoch's last step
+                            total += value * (xb.shape[0] if mean else 1)
+                            if kind == "argmax":
+                                argmax(out, 1, pred[i:i2])   # predictions kept; compared once per epoch
+                            elif kind == "sign":
+                                greater(out, 0, pred[i:i2])
+                        if save_state is not None and checkpoint_every and (j + 1) % checkpoint_every == 0 \
+                                and j + 1 < len(bounds) - 1:
+                            _save(save_state, model, optimizer, epoch, j + 1, epoch_rng, history, sync,
+                                  (total, _count(kind, pred, ys, lo, i2) + correct0))
                 except NonFiniteLossError as exc:
-                    msg = f"epoch {epoch + 1}, samples {i}..{i + xb.shape[0] - 1}: {exc}" + _weights_note(model)
+                    where = f"samples {i}..{i + xb.shape[0] - 1}" if sync is None else f"step {j + 1}"
+                    msg = f"epoch {epoch + 1}, {where}: {exc}" + _weights_note(model)
                     if on_nonfinite == "raise":
                         raise NonFiniteLossError(msg) from None
                     warnings.warn(msg + "; training stopped", RuntimeWarning, stacklevel=2)
                     history.stopped_nonfinite = True
                     break
+                correct = _count(kind, pred, ys, lo, m) + correct0
+                counted = m if kind == "argmax" else ys.size
+                if sync is not None:
+                    total, correct, counted = sync.sums([total, correct, counted])
                 history.history["loss"].append(total / n if mean else total)
-                if kind == "argmax":
-                    history.history["accuracy"].append(np.count_nonzero(pred == ys) / n)
-                elif kind == "sign":
-                    history.history["accuracy"].append(np.count_nonzero(pred == (ys > 0.5)) / ys.size)
+                if kind is not None:
+                    history.history["accuracy"].append(correct / counted)
                 history.lr.append(optimizer.lr)
                 if validation_data is not None:
-                    res = evaluate(model, X_val, y_val, loss=loss, _prepared=True)
+                    res = _validate(model, X_val, y_val, loss, sync)
                     history.history["val_loss"].append(res["loss"])
                     if "accuracy" in res:
                         history.history["val_accuracy"].append(res["accuracy"])
@@ -425,7 +547,11 @@ def fit(model, X, y, loss=None, optimizer=None, epochs=10, batch_size=32, valida
                     bar.update(1)
                 if verbose:
                     print(f"epoch {epoch + 1}/{epochs}: " + "  ".join(f"{k}={v:.4f}" for k, v in last.items()))
-                if early_stopping is not None and early_stopping._update(epoch, history.history, model):
+                stop = early_stopping is not None and early_stopping._update(epoch, history.history, model)
+                if save_state is not None:
+                    history.stopped_early = stop
+                    _save(save_state, model, optimizer, epoch + 1, 0, rng.bit_generator.state, history, sync, None)
+                if stop:
                     history.stopped_early = True
                     break
     finally:
@@ -437,14 +563,129 @@ def fit(model, X, y, loss=None, optimizer=None, epochs=10, batch_size=32, valida
     return history
 
 
-def _weights_note(model) -> str:
+def _count(kind: str | None, pred: NDArray[Any], ys: NDArray[Any], lo: int, hi: int) -> int:
+    """Correct predictions among this rank's samples ``lo:hi`` of the epoch."""
+    if kind == "argmax":
+        return int(np.count_nonzero(pred[lo:hi] == ys[lo:hi]))
+    if kind == "sign":
+        return int(np.count_nonzero(pred[lo:hi] == (ys[lo:hi] > 0.5)))
+    return 0
+
+
+def _check_sync(distributed: bool, sync_every: int | None, checkpoint: object,
+                checkpoint_every: int | None) -> tuple[int | None, int | None]:
+    if not isinstance(distributed, (bool, np.bool_)):
+        raise TypeError(f"distributed must be True or False, got {distributed!r}")
+    if sync_every is not None:
+        if not distributed:
+            raise ValueError("sync_every (local SGD) needs distributed=True")
+        if isinstance(sync_every, bool) or int(sync_every) != sync_every or sync_every < 1:
+            raise ValueError(f"sync_every must be a positive integer, got {sync_every!r}")
+        sync_every = int(sync_every)
+    if checkpoint_every is not None:
+        if checkpoint is None:
+            raise ValueError("checkpoint_every needs checkpoint=path")
+        if isinstance(checkpoint_every, bool) or int(checkpoint_every) != checkpoint_every or checkpoint_every < 1:
+            raise ValueError(f"checkpoint_every must be a positive number of steps, got {checkpoint_every!r}")
+        checkpoint_every = int(checkpoint_every)
+        if sync_every is not None and checkpoint_every % sync_every:
+            raise ValueError(f"checkpoint_every ({checkpoint_every}) must be a multiple of sync_every "
+                             f"({sync_every}): local SGD ranks agree only at their averaging steps")
+    return sync_every, checkpoint_every
+
+
+def _validate(model: Module, X_val: Any, y_val: Any, loss: Loss, sync: Any) -> dict[str, float]:
+    if sync is None:
+        return evaluate(model, X_val, y_val, loss=loss, _prepared=True)
+    k = X_val.shape[0]
+    loss_sum = correct = counted = 0.0
+    if k:
+        res = evaluate(model, X_val, y_val, loss=loss, _prepared=True)
+        loss_sum = res["loss"] * (k if loss.reduction == "mean" else 1)
+        counted = k if loss.accuracy_kind == "argmax" else y_val.size
+        correct = round(res.get("accuracy", 0.0) * counted)
+    loss_sum, correct, counted, total_k = sync.sums([loss_sum, correct, counted, k])
+    out = {"loss": loss_sum / total_k if loss.reduction == "mean" else loss_sum}
+    if loss.accuracy_kind is not None:
+        out["accuracy"] = correct / counted if counted else float("nan")
+    return out
+
+
+def _save(save_state: tuple[Any, ...], model: Module, optimizer: Optimizer, epoch: int, step: int,
+          rng_state: Any, history: History, sync: Any, partial: tuple[float, int] | None) -> None:
+    """Write a checkpoint (rank 0 only); ``partial``: the running loss total and correct count of the epoch."""
+    from .io import save_checkpoint
+
+    path, scheduler, early_stopping, batch_size, world, sync_every, n = save_state
+    if partial is not None and sync is not None:
+        partial = sync.sums(list(partial))
+    if sync is not None and sync.rank != 0:
+        return
+    es = early_stopping
+    extra = {"batch_size": batch_size, "world_size": world, "sync_every": sync_every, "samples": n,
+             "partial": None if partial is None else [float(partial[0]), int(partial[1])],
+             "early_stopping": None if es is None else {
+                 "best": es._best if math.isfinite(es._best) else None, "best_epoch": es._best_epoch,
+                 "wait": es._wait}}
+    best = None if es is None or es._best_state is None else es._best_state
+    save_checkpoint(path, model, optimizer, epoch, rng_state, history, scheduler=scheduler, step=step, extra=extra,
+                    arrays=best)
+
+
+def _resume(path: str | os.PathLike[str], model: Module, optimizer: Optimizer, scheduler: LRScheduler | None,
+            rng: np.random.Generator, history: History, sync: Any, early_stopping: EarlyStopping | None,
+            batch_size: int, world: int, sync_every: int | None, n: int) -> tuple[int, int, tuple[float, int]]:
+    """Restore a checkpoint for :func:`fit`: ``(epoch, step, (loss total, correct count))``."""
+    from .io import load_checkpoint
+
+    info: Any = None
+    if sync is None or sync.rank == 0:
+        info = load_checkpoint(path, model, optimizer, scheduler)
+        extra = info["extra"] or {}
+        want = {"batch_size": batch_size, "world_size": world, "sync_every": sync_every, "samples": n}
+        diff = {k: (extra.get(k), v) for k, v in want.items() if extra.get(k) != v}
+        if diff:
+            raise ValueError(f"cannot resume from {os.fsdecode(path)}: it was written by a run with "
+                             + ", ".join(f"{k}={a!r} (this run: {b!r})" for k, (a, b) in diff.items())
+                             + "; an exact continuation needs the same settings")
+        info = {k: v for k, v in info.items() if k != "model"}
+    if sync is not None:
+        info = sync.world.bcast_object(info)
+        sync.broadcast_parameters()
+        sync.broadcast_optimizer()
+        if scheduler is not None and info["scheduler"] is not None:
+            scheduler.load_state_dict(info["scheduler"])
+    if info["rng"] is not None:
+        rng.bit_generator.state = info["rng"]
+    saved = info["history"] or {}
+    for key, values in (saved.get("history") or {}).items():
+        if key in history.history:
+            history.history[key][:] = values
+    history.lr[:] = saved.get("lr") or []
+    extra = info["extra"] or {}
+    es = extra.get("early_stopping")
+    if early_stopping is not None and es is not None:
+        early_stopping._best = math.inf if es["best"] is None else es["best"]
+        early_stopping._best_epoch = es["best_epoch"]
+        early_stopping._wait = es["wait"]
+        if info["arrays"]:   # the best epoch's weights (rank 0's are every rank's)
+            early_stopping._best_state = dict(info["arrays"])
+    partial = extra.get("partial") or [0.0, 0]
+    epoch = info["epoch"]
+    if saved.get("stopped_early"):   # the run had finished: nothing left to train
+        history.stopped_early = True
+        epoch = max(epoch, 1 << 62)
+    return epoch, info["step"], (float(partial[0]), int(partial[1]))
+
+
+def _weights_note(model: Module) -> str:
     bad = [name for name, p in model.named_parameters() if not np.isfinite(p.data).all()]
     if bad:
         return f"; parameters already non-finite from earlier steps: {', '.join(bad)}"
     return "; every parameter is still finite"
 
 
-def predict(model, X, batch_size=256):
+def predict(model: Module, X: ArrayLike, batch_size: int = 256) -> NDArray[Any]:
     """Model outputs for ``X``, computed in batches (evaluation mode, no gradient bookkeeping).
 
     Safe to call from several threads on one model (each call has its own
@@ -462,7 +703,7 @@ def predict(model, X, batch_size=256):
     if X.dtype.kind not in "fiub":
         raise TypeError(f"X must be numeric, got dtype {X.dtype}")
     X = np.ascontiguousarray(X, dtype=dtype)
-    result = None
+    result: NDArray[Any] | None = None
     n = X.shape[0]
     with inference_mode(), Workspace():
         for i in range(0, n, batch_size):
@@ -475,7 +716,8 @@ def predict(model, X, batch_size=256):
     return result
 
 
-def evaluate(model, X, y, loss=None, batch_size=256, _prepared=False):
+def evaluate(model: Module, X: ArrayLike, y: ArrayLike, loss: Loss | str | None = None, batch_size: int = 256,
+             _prepared: bool = False) -> dict[str, float]:
     """Loss and accuracy of ``model`` on ``(X, y)`` (evaluation mode, no gradient bookkeeping).
 
     Parameters
@@ -497,6 +739,8 @@ def evaluate(model, X, y, loss=None, batch_size=256, _prepared=False):
     loss = _resolve_loss(loss, y)
     if not _prepared:
         X, y = _prepare(model, loss, X, y)
+    else:  # fit's own validation data, already prepared
+        X, y = cast("NDArray[Any]", X), cast("NDArray[Any]", y)
     total = 0.0
     correct = counted = 0
     n = X.shape[0]

@@ -33,7 +33,7 @@ import numpy as np
 
 __all__ = ["Workspace", "workspace", "active_workspace", "out_buffer"]
 
-_active: contextvars.ContextVar["Workspace | None"] = contextvars.ContextVar("fastnn_workspace", default=None)
+_active: contextvars.ContextVar[Workspace | None] = contextvars.ContextVar("fastnn_workspace", default=None)
 
 #: More distinct buffers than this means something keeps making new owners
 #: (e.g. layers rebuilt every step): start afresh rather than hoard memory.
@@ -107,7 +107,7 @@ class Workspace:
         self._buffers.clear()
 
     # -- context --------------------------------------------------------------
-    def __enter__(self) -> "Workspace":
+    def __enter__(self) -> Workspace:
         me = threading.get_ident()
         if self._tokens:
             if self._thread != me:

@@ -1,329 +1,279 @@
-/* fastnn's own GEMM: BLIS-style packing + register-tile micro-kernels.
+/* The small GEMM, for one dtype: one register tile, used by the dense layers
+ * (straight from the operands), by the packed GEMM (gemm_packed.h, on packed
+ * panels), by the convolution (rows of B at shifted offsets) and by the
+ * recurrent steps (accumulating into C).
  *
- * The same C source (gemm_kernel.h) is compiled three times per element type:
- * for AVX-512, for AVX2+FMA and for the baseline instruction set (SSE2 on
- * x86-64), each under `#pragma GCC target`, and the best one the CPU
- * supports is picked at run time with __builtin_cpu_supports. The extension
- * itself stays portable (no -march=native needed). Compilers without GCC's
- * target pragmas get only the baseline kernel.
- *
- * Entry points:
- *   fnn_sgemm / fnn_dgemm(M, N, K, a, rsa, csa, b, rsb, csb, c, ldc, bias, act, nthreads)
- *     (sizes, strides and offsets are ptrdiff_t: no product of them wraps)
- *   fnn_gemm_set_isa(level)   force a kernel set (-1 = best available)
- *   fnn_gemm_isa()            the kernel set in use (0 generic, 1 avx2, 2 avx512)
+ * Row-major C (m, n) = op(A) op(B) with op(A)(i, p) = a[i*sai + p*sap] and
+ * B read row by row: row p at b + p*ldb, or at b + boff[p]. A tile of
+ * rows x nvec vectors of C stays in registers over the whole k loop; each
+ * step broadcasts one element of A per row and loads nvec vectors of B.
+ * Every element of C is accumulated over p = 0..k-1 in order, whichever tile
+ * computes it, so splitting C's rows or columns over threads never changes a
+ * bit of the result.
  */
-#ifndef FASTNN_GEMM_H
-#define FASTNN_GEMM_H
 
-#include <math.h>
-#include <stddef.h>
-#include <stdlib.h>
-#include <string.h>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
+#define FNN_MR_MAX (FNN_MR > FNN_PACK_MR ? FNN_MR : FNN_PACK_MR)
 
-#if !defined(__GNUC__)
-#error "fastnn's GEMM needs GCC-compatible vector extensions (gcc or clang)"
-#endif
-
-enum { FNN_ACT_IDENTITY = 0, FNN_ACT_RELU = 1, FNN_ACT_SIGMOID = 2, FNN_ACT_TANH = 3 };
-
-/* Below this many multiply-adds one thread does the whole product: starting
- * the team costs more than it saves. */
-#ifndef FNN_PARALLEL_MIN_FLOPS
-#define FNN_PARALLEL_MIN_FLOPS (192.0 * 192.0 * 192.0)
-#endif
-/* From this many multiply-adds on, threads share one packed B block (a few
- * barriers per KC step); below it each thread works alone on a slab of C. */
-#ifndef FNN_SHARED_MIN_FLOPS
-#define FNN_SHARED_MIN_FLOPS (768.0 * 768.0 * 768.0)
-#endif
-
-/* Per-thread packing buffers, grown on demand and kept for the thread's
- * life: allocating (and page-faulting) a fresh buffer on every call would
- * cost more than a small product. Slot 0: packed B, slot 1: packed A. */
-static __thread void *fnn_tls_buf[2];
-static __thread size_t fnn_tls_cap[2];
-
-static void *fnn_tls_buffer(int slot, size_t bytes)
+/* A whole vector, or only its first n lanes when n > 0. */
+FNN_INLINE FNN_V FN(ldv)(const FNN_T *p, int n) { return n ? FN(fnn_loadn)(p, n) : FN(fnn_load)(p); }
+FNN_INLINE void FN(stv)(FNN_T *p, FNN_V v, int n)
 {
-    if (bytes > fnn_tls_cap[slot]) {
-        void *p = NULL;
-        size_t want = bytes + bytes / 4 + 4096;
-        free(fnn_tls_buf[slot]);
-        fnn_tls_buf[slot] = NULL;
-        fnn_tls_cap[slot] = 0;
-        if (posix_memalign(&p, 64, want) != 0)
-            return NULL;
-        fnn_tls_buf[slot] = p;
-        fnn_tls_cap[slot] = want;
-    }
-    return fnn_tls_buf[slot];
+    if (n)
+        FN(fnn_storen)(p, v, n);
+    else
+        FN(fnn_store)(p, v);
 }
 
-/* Activations that need exp: applied to a finished tile while it is in L1. */
-static void fnn_act_tile_s(float *c, ptrdiff_t ldc, int m, int n, int act)
+/* One step of the k loop: acc[i][:] += A(i, p) B(p, :) for the tile's rows,
+ * B's last vector read in nlast lanes when nlast > 0 (0 here keeps whole loads). */
+FNN_INLINE void FN(tile_step)(FNN_V acc[][FNN_NV], const int rows, const int nvec, const FNN_T *bp,
+                              const FNN_T *ap, fnn_idx sai, int nlast)
 {
-    for (int i = 0; i < m; ++i) {
-        float *r = c + i * ldc;
-        if (act == FNN_ACT_SIGMOID) {
-            for (int j = 0; j < n; ++j)
-                r[j] = 1.0f / (1.0f + expf(-r[j]));
-        } else {
-            for (int j = 0; j < n; ++j)
-                r[j] = tanhf(r[j]);
+    FNN_V bv[FNN_NV];
+#pragma GCC unroll 4
+    for (int j = 0; j < nvec; j++)
+        bv[j] = FN(ldv)(bp + j * FNN_L, j == nvec - 1 ? nlast : 0);
+#pragma GCC unroll 16
+    for (int i = 0; i < rows; i++) {
+        const FNN_T av = ap[i * sai];
+#pragma GCC unroll 4
+        for (int j = 0; j < nvec; j++)
+            acc[i][j] += av * bv[j];
+    }
+}
+
+/* C[i, 0:w] for i < rows (w = nvec vectors, the last one nlast lanes if nlast > 0):
+ *   acc = load_c ? C : 0;  acc += sum_p A(i, p) B(p, :);  acc += bias;  relu;  store.
+ * B's rows p < kfull are read as whole vectors (lanes past w are read but
+ * never stored); the rest read only the valid lanes of the last vector. */
+FNN_INLINE void FN(tile)(const int rows, const int nvec, fnn_idx k, fnn_idx kfull, const FNN_T *a, fnn_idx sai,
+                         fnn_idx sap, const FNN_T *b, fnn_idx ldb, const fnn_idx *boff, FNN_T *c, fnn_idx ldc,
+                         int nlast, int load_c, const FNN_T *bias, int relu)
+{
+    FNN_V acc[FNN_MR_MAX][FNN_NV];
+#pragma GCC unroll 16
+    for (int i = 0; i < rows; i++)
+#pragma GCC unroll 4
+        for (int j = 0; j < nvec; j++)
+            acc[i][j] = load_c ? FN(ldv)(c + i * ldc + j * FNN_L, j == nvec - 1 ? nlast : 0) : (FNN_V){0};
+    fnn_idx p = 0;
+    for (; p < kfull; p++)
+        FN(tile_step)(acc, rows, nvec, boff ? b + boff[p] : b + p * ldb, a + p * sap, sai, 0);
+    for (; p < k; p++) /* the last rows of B, where a whole last vector would read past its end */
+        FN(tile_step)(acc, rows, nvec, boff ? b + boff[p] : b + p * ldb, a + p * sap, sai, nlast);
+    FNN_V bias_v[FNN_NV] = {{0}};
+    if (bias) {
+#pragma GCC unroll 4
+        for (int j = 0; j < nvec; j++)
+            bias_v[j] = FN(ldv)(bias + j * FNN_L, j == nvec - 1 ? nlast : 0);
+    }
+#pragma GCC unroll 16
+    for (int i = 0; i < rows; i++)
+#pragma GCC unroll 4
+        for (int j = 0; j < nvec; j++) {
+            FNN_V v = acc[i][j];
+            if (bias)
+                v += bias_v[j];
+            if (relu) /* v <= 0 -> 0; positives and NaN unchanged */
+                v = (FNN_V)((FNN_VI)v & ~(FNN_VI)(v <= (FNN_V){0}));
+            FN(stv)(c + i * ldc + j * FNN_L, v, j == nvec - 1 ? nlast : 0);
+        }
+}
+
+/* All m rows of one column panel (nvec vectors, the last nlast lanes): tiles
+ * of mr rows, then the remainder by tiles of 8, 4, 2 and 1 rows. */
+FNN_INLINE void FN(panel)(const int mr, const int nvec, fnn_idx m, fnn_idx k, fnn_idx kfull, const FNN_T *a,
+                          fnn_idx sai, fnn_idx sap, const FNN_T *b, fnn_idx ldb, const fnn_idx *boff, FNN_T *c,
+                          fnn_idx ldc, int nlast, int load_c, const FNN_T *bias, int relu)
+{
+    fnn_idx i = 0;
+    for (; i + mr <= m; i += mr)
+        FN(tile)(mr, nvec, k, kfull, a + i * sai, sai, sap, b, ldb, boff, c + i * ldc, ldc, nlast, load_c, bias, relu);
+#if FNN_MR_MAX > 8
+    if (mr > 8 && m - i >= 8) {
+        FN(tile)(8, nvec, k, kfull, a + i * sai, sai, sap, b, ldb, boff, c + i * ldc, ldc, nlast, load_c, bias, relu);
+        i += 8;
+    }
+#endif
+#if FNN_MR_MAX > 4
+    if (mr > 4 && m - i >= 4) {
+        FN(tile)(4, nvec, k, kfull, a + i * sai, sai, sap, b, ldb, boff, c + i * ldc, ldc, nlast, load_c, bias, relu);
+        i += 4;
+    }
+#endif
+    if (mr > 2 && m - i >= 2) {
+        FN(tile)(2, nvec, k, kfull, a + i * sai, sai, sap, b, ldb, boff, c + i * ldc, ldc, nlast, load_c, bias, relu);
+        i += 2;
+    }
+    if (m - i >= 1)
+        FN(tile)(1, nvec, k, kfull, a + i * sai, sai, sap, b, ldb, boff, c + i * ldc, ldc, nlast, load_c, bias, relu);
+}
+
+/* Rows p of B (row stride ldb, n columns, k rows) whose whole vector starting
+ * at column j reads inside B: p*ldb + j + L <= (k-1)*ldb + n. */
+FNN_INLINE fnn_idx FN(rows_readable)(fnn_idx k, fnn_idx n, fnn_idx ldb, fnn_idx j)
+{
+    fnn_idx room = (k - 1) * ldb + n - j - FNN_L;
+    if (room < 0)
+        return 0;
+    fnn_idx rows = ldb > 0 ? room / ldb + 1 : k;
+    return rows < k ? rows : k;
+}
+
+/* C (m, n) (+)= A B with B row-major in memory (row stride ldb), over column
+ * panels of FNN_NV vectors. Without boff, kfull is found per panel; with boff
+ * the caller guarantees whole vectors everywhere (n a multiple of the lanes). */
+FNN_INLINE void FN(tiles)(const int mr, fnn_idx m, fnn_idx n, fnn_idx k, const FNN_T *a, fnn_idx sai, fnn_idx sap,
+                          const FNN_T *b, fnn_idx ldb, const fnn_idx *boff, int padded, FNN_T *c, fnn_idx ldc,
+                          int load_c, const FNN_T *bias, int relu)
+{
+    const fnn_idx nr = FNN_NV * FNN_L;
+    for (fnn_idx j0 = 0; j0 < n; j0 += nr) {
+        fnn_idx w = n - j0 < nr ? n - j0 : nr;
+        int nvec = (int)((w + FNN_L - 1) / FNN_L), nlast = (int)(w % FNN_L);
+        fnn_idx kfull = (boff || padded || !nlast) ? k : FN(rows_readable)(k, n, ldb, j0 + (nvec - 1) * FNN_L);
+        const FNN_T *bias_j = bias ? bias + j0 : NULL;
+        if (nvec == 2)
+            FN(panel)(mr, 2, m, k, kfull, a, sai, sap, b + j0, ldb, boff, c + j0, ldc, nlast, load_c, bias_j, relu);
+        else
+            FN(panel)(mr, 1, m, k, kfull, a, sai, sap, b + j0, ldb, boff, c + j0, ldc, nlast, load_c, bias_j, relu);
+    }
+}
+
+/* dst[p*ldd + j] = src[j*lds + p] for an L x L block, transposed in registers. */
+FNN_INLINE void FN(transpose_block)(const FNN_T *src, fnn_idx lds, FNN_T *dst, fnn_idx ldd)
+{
+    FNN_V r[FNN_L];
+#pragma GCC unroll 16
+    for (int q = 0; q < FNN_L; q++)
+        r[q] = FN(fnn_load)(src + q * lds);
+#if defined(__clang__) /* __builtin_shuffle is GCC's */
+    FNN_T t[FNN_L][FNN_L];
+    for (int q = 0; q < FNN_L; q++)
+        for (int l = 0; l < FNN_L; l++)
+            t[l][q] = r[q][l];
+    for (int q = 0; q < FNN_L; q++)
+        r[q] = FN(fnn_load)(t[q]);
+#else
+    FNN_TRANSPOSE_BLOCK(FNN_VI, FNN_L, r);
+#endif
+#pragma GCC unroll 16
+    for (int q = 0; q < FNN_L; q++)
+        FN(fnn_store)(dst + q * ldd, r[q]);
+}
+
+/* Packs w <= W rows of X, X(i, p) = x[i*rs + p*cs] for p < kc, as
+ * dst[p*W + i], zero-padded to W: the packed layout of both operands (an A
+ * panel of MR rows; a B panel of columns, the rows of op(B)ᵀ). Rows that are
+ * contiguous in p (a weight read as Wᵀ) go by L x L blocks transposed in
+ * registers. */
+FNN_INLINE void FN(pack_panel)(const fnn_idx W, fnn_idx w, fnn_idx kc, const FNN_T *FNN_RESTRICT x, fnn_idx rs,
+                               fnn_idx cs, FNN_T *FNN_RESTRICT dst)
+{
+    if (w == W && rs == 1) {
+        for (fnn_idx p = 0; p < kc; ++p)
+#pragma GCC unroll 16
+            for (fnn_idx i = 0; i < W; ++i)
+                dst[p * W + i] = x[p * cs + i];
+        return;
+    }
+    fnn_idx i0 = 0;
+    if (cs == 1) {
+        for (; i0 + FNN_L <= w; i0 += FNN_L) {
+            fnn_idx p = 0;
+            for (; p + FNN_L <= kc; p += FNN_L)
+                FN(transpose_block)(x + i0 * rs + p, rs, dst + p * W + i0, W);
+            for (; p < kc; ++p)
+                for (fnn_idx i = i0; i < i0 + FNN_L; ++i)
+                    dst[p * W + i] = x[i * rs + p];
+        }
+        for (fnn_idx i = i0; i < w; ++i)
+            for (fnn_idx p = 0; p < kc; ++p)
+                dst[p * W + i] = x[i * rs + p];
+    } else {
+        for (fnn_idx p = 0; p < kc; ++p)
+            for (fnn_idx i = i0; i < w; ++i)
+                dst[p * W + i] = x[i * rs + p * cs];
+    }
+    if (w < W)
+        for (fnn_idx p = 0; p < kc; ++p)
+            for (fnn_idx i = w; i < W; ++i)
+                dst[p * W + i] = 0;
+}
+
+/* C (m, n) = act(A Bᵀ-like dots + bias), or C += dots: rows of A (unit csa)
+ * and columns of B (unit rsb) are both contiguous in p. Used where packing
+ * B would cost more than the product: one output column, or few rows. */
+static void FN(gemm_dots)(fnn_idx m, fnn_idx n, fnn_idx k, const FNN_T *a, fnn_idx rsa, const FNN_T *b, fnn_idx csb,
+                          FNN_T *c, fnn_idx ldc, int accumulate, const FNN_T *bias, int relu)
+{
+    for (fnn_idx i = 0; i < m; i++) {
+        const FNN_T *FNN_RESTRICT ar = a + i * rsa;
+        for (fnn_idx j = 0; j < n; j++) {
+            const FNN_T *FNN_RESTRICT br = b + j * csb;
+            FNN_T s = 0;
+            FNN_SIMD_REDUCTION(+ : s)
+            for (fnn_idx p = 0; p < k; p++)
+                s += ar[p] * br[p];
+            if (accumulate) {
+                c[i * ldc + j] += s;
+            } else {
+                if (bias)
+                    s += bias[j];
+                if (relu)
+                    s = !(s <= 0) ? s : 0;
+                c[i * ldc + j] = s;
+            }
         }
     }
 }
 
-static void fnn_act_tile_d(double *c, ptrdiff_t ldc, int m, int n, int act)
+/* Sigmoid and tanh epilogues: applied to finished rows of C (the same maths
+ * as the activation kernels). */
+static void FN(act_rows)(int act, FNN_T *c, fnn_idx ldc, fnn_idx m, fnn_idx n)
 {
-    for (int i = 0; i < m; ++i) {
-        double *r = c + i * ldc;
-        if (act == FNN_ACT_SIGMOID) {
-            for (int j = 0; j < n; ++j)
-                r[j] = 1.0 / (1.0 + exp(-r[j]));
-        } else {
-            for (int j = 0; j < n; ++j)
-                r[j] = tanh(r[j]);
-        }
+    if (act != FNN_ACT_SIGMOID && act != FNN_ACT_TANH)
+        return;
+    for (fnn_idx i = 0; i < m; i++)
+        FN(act_fwd)(act, c + i * ldc, NULL, c + i * ldc, n, 0.0);
+}
+
+static int FN(gemm_small)(fnn_idx m, fnn_idx n, fnn_idx k, const FNN_T *a, fnn_idx rsa, fnn_idx csa,
+                          const FNN_T *b, fnn_idx rsb, fnn_idx csb, FNN_T *c, fnn_idx ldc, int accumulate,
+                          const FNN_T *bias, int act)
+{
+    const int relu = !accumulate && act == FNN_ACT_RELU;
+    if (accumulate)
+        bias = NULL;
+    if (m <= 0 || n <= 0)
+        return 0;
+    if (k <= 0) { /* an empty sum: C = act(bias), or C unchanged */
+        if (!accumulate)
+            for (fnn_idx i = 0; i < m; i++) {
+                for (fnn_idx j = 0; j < n; j++)
+                    c[i * ldc + j] = bias ? bias[j] : 0;
+                FN(act_fwd)(act, c + i * ldc, NULL, c + i * ldc, n, 0.0);
+            }
+        return 0;
     }
-}
-
-/* ---- baseline kernels (SSE2 on x86-64, whatever 16-byte vectors are elsewhere) */
-#define FNN_KC 256
-#define FNN_MC 96
-#define FNN_NC 2048
-
-#define FNN_T float
-#define FNN_IS_DOUBLE 0
-#define FNN_TSFX _s
-#define FNN_SFX _s_generic
-#define FNN_VBYTES 16
-#define FNN_MR 4
-#define FNN_NV 2
-#include "gemm_kernel.h"
-#undef FNN_T
-#undef FNN_IS_DOUBLE
-#undef FNN_TSFX
-#undef FNN_SFX
-#undef FNN_VBYTES
-#undef FNN_MR
-#undef FNN_NV
-
-#define FNN_T double
-#define FNN_IS_DOUBLE 1
-#define FNN_TSFX _d
-#define FNN_SFX _d_generic
-#define FNN_VBYTES 16
-#define FNN_MR 4
-#define FNN_NV 2
-#include "gemm_kernel.h"
-#undef FNN_T
-#undef FNN_IS_DOUBLE
-#undef FNN_TSFX
-#undef FNN_SFX
-#undef FNN_VBYTES
-#undef FNN_MR
-#undef FNN_NV
-#undef FNN_KC
-#undef FNN_MC
-#undef FNN_NC
-
-#if (defined(__x86_64__) || defined(__i386__)) && !defined(FASTNN_GEMM_GENERIC_ONLY)
-#define FNN_HAVE_X86_KERNELS 1
-
-/* ---- AVX2 + FMA: 16 ymm registers, 6 x 2 accumulators */
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
-#ifdef __clang__
-#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
-#endif
-#define FNN_KC 256
-#define FNN_MC 120
-#define FNN_NC 3072
-
-#define FNN_T float
-#define FNN_IS_DOUBLE 0
-#define FNN_TSFX _s
-#define FNN_SFX _s_avx2
-#define FNN_VBYTES 32
-#define FNN_MR 6
-#define FNN_NV 2
-#include "gemm_kernel.h"
-#undef FNN_T
-#undef FNN_IS_DOUBLE
-#undef FNN_TSFX
-#undef FNN_SFX
-#undef FNN_VBYTES
-#undef FNN_MR
-#undef FNN_NV
-
-#define FNN_T double
-#define FNN_IS_DOUBLE 1
-#define FNN_TSFX _d
-#define FNN_SFX _d_avx2
-#define FNN_VBYTES 32
-#define FNN_MR 6
-#define FNN_NV 2
-#include "gemm_kernel.h"
-#undef FNN_T
-#undef FNN_IS_DOUBLE
-#undef FNN_TSFX
-#undef FNN_SFX
-#undef FNN_VBYTES
-#undef FNN_MR
-#undef FNN_NV
-#undef FNN_KC
-#undef FNN_MC
-#undef FNN_NC
-#ifdef __clang__
-#pragma clang attribute pop
-#endif
-#pragma GCC pop_options
-
-/* ---- AVX-512: 32 zmm registers */
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512vl,avx512dq,avx2,fma")
-#ifdef __clang__
-#pragma clang attribute push(__attribute__((target("avx512f,avx512vl,avx512dq,avx2,fma"))), apply_to = function)
-#endif
-#ifndef FNN_AVX512_KC
-#define FNN_AVX512_KC 256
-#endif
-#ifndef FNN_AVX512_MC
-#define FNN_AVX512_MC 96
-#endif
-#ifndef FNN_AVX512_MR
-#define FNN_AVX512_MR 12
-#endif
-#ifndef FNN_AVX512_NV
-#define FNN_AVX512_NV 2
-#endif
-#ifndef FNN_AVX512_NC
-#define FNN_AVX512_NC 1024
-#endif
-#define FNN_KC FNN_AVX512_KC
-#define FNN_MC FNN_AVX512_MC
-#define FNN_NC FNN_AVX512_NC
-
-#define FNN_T float
-#define FNN_IS_DOUBLE 0
-#define FNN_TSFX _s
-#define FNN_SFX _s_avx512
-#define FNN_VBYTES 64
-#define FNN_MR FNN_AVX512_MR
-#define FNN_NV FNN_AVX512_NV
-#include "gemm_kernel.h"
-#undef FNN_T
-#undef FNN_IS_DOUBLE
-#undef FNN_TSFX
-#undef FNN_SFX
-#undef FNN_VBYTES
-#undef FNN_MR
-#undef FNN_NV
-
-#define FNN_T double
-#define FNN_IS_DOUBLE 1
-#define FNN_TSFX _d
-#define FNN_SFX _d_avx512
-#define FNN_VBYTES 64
-#define FNN_MR FNN_AVX512_MR
-#define FNN_NV FNN_AVX512_NV
-#include "gemm_kernel.h"
-#undef FNN_T
-#undef FNN_IS_DOUBLE
-#undef FNN_TSFX
-#undef FNN_SFX
-#undef FNN_VBYTES
-#undef FNN_MR
-#undef FNN_NV
-#undef FNN_KC
-#undef FNN_MC
-#undef FNN_NC
-#ifdef __clang__
-#pragma clang attribute pop
-#endif
-#pragma GCC pop_options
-#endif /* x86 */
-
-/* ---- run-time dispatch */
-static int fnn_isa_forced = -1;
-static int fnn_isa_detected = -1;
-
-static int fnn_gemm_best_isa(void)
-{
-    if (fnn_isa_detected < 0) {
-        int level = 0;
-#ifdef FNN_HAVE_X86_KERNELS
-        __builtin_cpu_init();
-        if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-            level = 1;
-        if (level == 1 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-            __builtin_cpu_supports("avx512dq"))
-            level = 2;
-#endif
-        fnn_isa_detected = level;
+    if (n == 1)
+        csb = 1; /* one column: its stride is never used */
+    if (csa == 1 && rsb == 1 && (n == 1 || (csb != 1 && m < 4))) {
+        FN(gemm_dots)(m, n, k, a, rsa, b, csb, c, ldc, accumulate, bias, relu);
+    } else if (csb != 1) {
+        int owned;
+        fnn_idx ldp = (n + FNN_L - 1) / FNN_L * FNN_L;
+        FNN_T *bp = (FNN_T *)fnn_scratch(2, (size_t)k * (size_t)ldp * sizeof(FNN_T), &owned);
+        if (bp == NULL)
+            return -1;
+        FN(pack_panel)(ldp, n, k, b, csb, rsb, bp); /* bp (k, ldp) = op(B), zero-padded */
+        FN(tiles)(FNN_MR, m, n, k, a, rsa, csa, bp, ldp, NULL, 1, c, ldc, accumulate, bias, relu);
+        if (owned)
+            free(bp);
+    } else {
+        FN(tiles)(FNN_MR, m, n, k, a, rsa, csa, b, rsb, NULL, 0, c, ldc, accumulate, bias, relu);
     }
-    return fnn_isa_detected;
+    if (!accumulate)
+        FN(act_rows)(act, c, ldc, m, n);
+    return 0;
 }
-
-/* The kernel set in use: 0 generic, 1 avx2, 2 avx512. */
-static int fnn_gemm_isa(void)
-{
-    int best = fnn_gemm_best_isa();
-    if (fnn_isa_forced >= 0 && fnn_isa_forced < best)
-        return fnn_isa_forced;
-    return best;
-}
-
-/* Force a kernel set (capped at what the CPU has); -1 restores the best. */
-static int fnn_gemm_set_isa(int level)
-{
-    fnn_isa_forced = level;
-    return fnn_gemm_isa();
-}
-
-static int fnn_sgemm(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const float *a, ptrdiff_t rsa, ptrdiff_t csa,
-                     const float *b, ptrdiff_t rsb, ptrdiff_t csb, float *c, ptrdiff_t ldc, const float *bias, int act,
-                     int nthreads)
-{
-    int level = fnn_gemm_isa();
-    /* A narrow product (a 10-class output layer) would waste most of a
-     * 32-column AVX-512 tile: the 16-column AVX2 tile does less work. */
-    if (level == 2 && N <= 16)
-        level = 1;
-    switch (level) {
-#ifdef FNN_HAVE_X86_KERNELS
-    case 2:
-        return fnn_gemm_s_avx512(M, N, K, a, rsa, csa, b, rsb, csb, c, ldc, bias, act, nthreads);
-    case 1:
-        return fnn_gemm_s_avx2(M, N, K, a, rsa, csa, b, rsb, csb, c, ldc, bias, act, nthreads);
-#endif
-    default:
-        return fnn_gemm_s_generic(M, N, K, a, rsa, csa, b, rsb, csb, c, ldc, bias, act, nthreads);
-    }
-}
-
-static int fnn_dgemm(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const double *a, ptrdiff_t rsa, ptrdiff_t csa,
-                     const double *b, ptrdiff_t rsb, ptrdiff_t csb, double *c, ptrdiff_t ldc, const double *bias,
-                     int act, int nthreads)
-{
-    int level = fnn_gemm_isa();
-    if (level == 2 && N <= 8)
-        level = 1;
-    switch (level) {
-#ifdef FNN_HAVE_X86_KERNELS
-    case 2:
-        return fnn_gemm_d_avx512(M, N, K, a, rsa, csa, b, rsb, csb, c, ldc, bias, act, nthreads);
-    case 1:
-        return fnn_gemm_d_avx2(M, N, K, a, rsa, csa, b, rsb, csb, c, ldc, bias, act, nthreads);
-#endif
-    default:
-        return fnn_gemm_d_generic(M, N, K, a, rsa, csa, b, rsb, csb, c, ldc, bias, act, nthreads);
-    }
-}
-
-#endif /* FASTNN_GEMM_H */

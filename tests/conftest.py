@@ -10,7 +10,7 @@ import pytest
 
 import fastnn
 from fastnn import _config
-from fastnn.backends import BACKEND_NAMES, BackendUnavailable, backend_status
+from fastnn.backends import backend_status
 
 ALL_BACKENDS = ("numpy", "numba", "cython")
 COMPILED_BACKENDS = ("numba", "cython")
@@ -36,6 +36,13 @@ def _require_or_skip(name):
     if name in _config.required_backends():
         pytest.fail(f"backend {name!r} is required (FASTNN_REQUIRE_BACKENDS) but unavailable: {status}")
     pytest.skip(f"backend {name!r} unavailable: {status}")
+
+
+def cython_kernels():
+    """The Cython backend's extension module (a skip, or a failure where it is required, without it)."""
+    _require_or_skip("cython")
+    from fastnn._ext import _kernels
+    return _kernels
 
 
 def pytest_report_header(config):
@@ -74,19 +81,3 @@ def reference(fn_name, *args, **kwargs):
     """Run public op ``fn_name`` with the NumPy reference backend."""
     with fastnn.use_backend("numpy"):
         return getattr(fastnn.ops, fn_name)(*args, **kwargs)
-
-
-def numerical_grad(f, x, eps=1e-6):
-    """Central finite differences of scalar ``f()`` with respect to array ``x`` (in place)."""
-    g = np.zeros_like(x, dtype=np.float64)
-    flat = x.reshape(-1)
-    gflat = g.reshape(-1)
-    for i in range(flat.size):
-        old = flat[i]
-        flat[i] = old + eps
-        fp = f()
-        flat[i] = old - eps
-        fm = f()
-        flat[i] = old
-        gflat[i] = (fp - fm) / (2 * eps)
-    return g

@@ -81,17 +81,17 @@ class Isolated:
         return f"child {how}\n--- code ---\n{self.code}\n--- stdout ---\n{self.stdout[-3000:]}\n" \
                f"--- stderr ---\n{self.stderr[-5000:]}"
 
-    def assert_ok(self) -> "Isolated":
+    def assert_ok(self) -> Isolated:
         """The child finished normally (no crash, no exception)."""
         assert self.returncode == 0 and not self.timed_out, self._describe()
         return self
 
-    def assert_no_crash(self) -> "Isolated":
+    def assert_no_crash(self) -> Isolated:
         """The child finished, normally or with a Python exception, but did not crash."""
         assert not self.crashed and self.returncode in (0, _EXC_STATUS), self._describe()
         return self
 
-    def assert_raised(self, *exc_types: type) -> "Isolated":
+    def assert_raised(self, *exc_types: type) -> Isolated:
         """The child ended with a Python exception that is an instance of one of ``exc_types``.
 
         The check is by name along the exception's class hierarchy, reported

@@ -19,7 +19,6 @@ import pickle
 import tempfile
 
 import numpy as np
-
 from isolated import run_isolated
 
 #: Names every case can use (defined in the child before the cases run).

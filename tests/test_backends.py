@@ -5,12 +5,11 @@ import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
 import fastnn
 from fastnn import _config
-from fastnn.backends import BACKEND_NAMES, backend_status, get, kernel_signatures
+from fastnn.backends import backend_status, get, kernel_signatures
 
 
 def test_required_backends_are_available():
@@ -25,7 +24,7 @@ def test_numpy_backend_always_available():
 
 
 def test_every_unavailable_backend_has_a_reason():
-    for name, status in backend_status().items():
+    for status in backend_status().values():
         assert status == "available" or len(status) > 5
 
 
@@ -38,7 +37,11 @@ def test_compiled_signatures_match_reference(name):
     assert sigs, f"backend {name} overrides no kernel"
     for kernel, sig in sigs.items():
         ref_sig = inspect.signature(ref.kernels[kernel])
-        assert [p.name for p in sig.parameters.values()] == [p.name for p in ref_sig.parameters.values()], kernel
+        # Names, kinds (positional / keyword-only) and defaults: a caller written
+        # against the reference must behave the same on every backend.
+        got = [(p.name, p.kind, p.default) for p in sig.parameters.values()]
+        want = [(p.name, p.kind, p.default) for p in ref_sig.parameters.values()]
+        assert got == want, f"{name}.{kernel}{sig} differs from the reference's {kernel}{ref_sig}"
 
 
 @pytest.mark.parametrize("name", ["numba", "cython"])

@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 
 import fastnn
-from fastnn.bench import compare, derive, load_results, markdown, write_report
-from fastnn.bench import machine, runner, workloads
+from fastnn.bench import compare, derive, load_results, machine, markdown, runner, workloads, write_report
 from fastnn.bench.report import write_json
 from fastnn.cli import main
 
@@ -80,7 +79,7 @@ def _check_consistent(results):
                 assert lim and len(case["limit"]["times"]) == len(rows["numpy"]["times"])
             t_np = rows.get("numpy", {}).get("median")
             t_torch = rows.get("torch", {}).get("median")
-            for name, r in rows.items():
+            for r in rows.values():
                 if r.get("error"):
                     assert r.get("median") is None
                     continue
@@ -324,6 +323,7 @@ def test_missing_and_failing_workloads_do_not_stop_a_run(monkeypatch):
 FAST = ",".join(w.id for w in workloads.WORKLOADS if w.id in ("W1", "W2", "W3", "KERN") or workloads.missing(w))
 
 
+@pytest.mark.slow
 def test_tiny_quick_run_end_to_end(tmp_path, capsys):
     """A real (tiny) `fastnn bench --quick` run: files, rows and ratios."""
     out = tmp_path / "bench"

@@ -2,10 +2,10 @@
 
 import numpy as np
 import pytest
+from conftest import tol
 
 import fastnn
 from fastnn import nn, ops
-from conftest import tol
 
 CONV_CONFIGS = [
     dict(in_channels=1, out_channels=8, kernel_size=3, padding=1),
@@ -62,34 +62,6 @@ def test_pool_layers_match_torch(backend, dtype, kind, k, s, p, rng):
         np.testing.assert_allclose(layer.backward(g), tx.grad.numpy(), **tol(dtype, 4))
 
 
-def _finite_difference_check(layer, x, rng, eps=1e-6):
-    """Compare a layer's backward with central differences of ``sum(y * g)`` (float64)."""
-    y = layer(x).copy()
-    g = rng.standard_normal(y.shape)
-    gx = layer.backward(g).copy()
-    analytic = {k: p.grad.copy() for k, p in layer.named_parameters()}
-
-    def f():
-        return float(np.sum(layer(x) * g))
-
-    def numeric(arr):
-        out = np.zeros_like(arr)
-        flat, oflat = arr.reshape(-1), out.reshape(-1)
-        for i in range(flat.size):
-            old = flat[i]
-            flat[i] = old + eps
-            fp = f()
-            flat[i] = old - eps
-            fm = f()
-            flat[i] = old
-            oflat[i] = (fp - fm) / (2 * eps)
-        return out
-
-    np.testing.assert_allclose(gx, numeric(x), rtol=1e-6, atol=1e-7)
-    for name, p in layer.named_parameters():
-        np.testing.assert_allclose(analytic[name], numeric(p.data), rtol=1e-6, atol=1e-7, err_msg=name)
-
-
 @pytest.mark.parametrize("make", [
     lambda: nn.Conv2d(2, 3, 3, stride=2, padding=1),
     lambda: nn.Conv2d(2, 2, (2, 3), dilation=(2, 1), bias=False),
@@ -102,7 +74,7 @@ def test_layer_gradcheck(backend, make, rng):
     if isinstance(layer, nn.Conv2d):
         layer = type(layer)(**{**layer.get_config(), "dtype": np.float64}, rng=0)
     x = rng.standard_normal((2, 2, 7, 6))
-    _finite_difference_check(layer, x, rng)
+    fastnn.gradcheck(layer, x, atol=1e-7, rtol=1e-6)
 
 
 def test_conv2d_default_init_and_config():

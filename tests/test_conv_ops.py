@@ -3,10 +3,11 @@ finite differences for the backward kernels, PyTorch's functional ops, and error
 
 import numpy as np
 import pytest
+from conftest import reference, tol
 
 import fastnn
 from fastnn import ops
-from conftest import numerical_grad, reference, tol
+from fastnn.gradcheck import numerical_gradient
 
 # (B, C, H, W, O, kH, kW, stride, padding, dilation)
 CONV_CASES = [
@@ -97,9 +98,9 @@ def test_conv2d_backward_finite_differences(backend, case, rng):
         return float(np.sum(ops.conv2d_forward(x, w, b, s, p, d) * g))
 
     gi, gw, gb = ops.conv2d_backward(g, x, w, s, p, d)
-    np.testing.assert_allclose(gi, numerical_grad(loss, x), rtol=1e-6, atol=1e-7)
-    np.testing.assert_allclose(gw, numerical_grad(loss, w), rtol=1e-6, atol=1e-7)
-    np.testing.assert_allclose(gb, numerical_grad(loss, b), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(gi, numerical_gradient(loss, x), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(gw, numerical_gradient(loss, w), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(gb, numerical_gradient(loss, b), rtol=1e-6, atol=1e-7)
 
 
 # (B, C, H, W, kernel, stride, padding)
@@ -165,13 +166,13 @@ def test_pool_backward_finite_differences(backend, kind, rng):
         y, idx = ops.max_pool2d_forward(x, k, s, p)
         g = rng.standard_normal(y.shape)
         gi = ops.max_pool2d_backward(g, idx, x.shape)
-        loss = lambda: float(np.sum(ops.max_pool2d_forward(x, k, s, p)[0] * g))  # noqa: E731
+        loss = lambda: float(np.sum(ops.max_pool2d_forward(x, k, s, p)[0] * g))
     else:
         y = ops.avg_pool2d_forward(x, k, s, p)
         g = rng.standard_normal(y.shape)
         gi = ops.avg_pool2d_backward(g, x.shape, k, s, p)
-        loss = lambda: float(np.sum(ops.avg_pool2d_forward(x, k, s, p) * g))  # noqa: E731
-    np.testing.assert_allclose(gi, numerical_grad(loss, x), rtol=1e-6, atol=1e-8)
+        loss = lambda: float(np.sum(ops.avg_pool2d_forward(x, k, s, p) * g))
+    np.testing.assert_allclose(gi, numerical_gradient(loss, x), rtol=1e-6, atol=1e-8)
 
 
 def test_conv_and_pool_match_torch_functional(rng):

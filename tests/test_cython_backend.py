@@ -2,9 +2,9 @@
 
 The generic kernel tests (tests/test_ops_*.py) already compare every kernel with
 the reference; these cover what only the compiled backend has: the OpenMP
-split above ``PARALLEL_MIN_ELEMENTS``, the thread setting reaching every
-extension module, the float32 exp/tanh approximations, in-place calls and a
-build without OpenMP.
+split above the ``parallel_min_elements`` tunables, the thread setting reaching
+the extension, the float32 exp/tanh approximations, in-place calls and a
+build without OpenMP. Instruction sets and tunables: tests/test_kernel_isa.py.
 """
 
 import os
@@ -15,21 +15,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import _require_or_skip, reference, tol
 
 import fastnn
-from fastnn import _config, ops
-from fastnn.backends import backend_status, get
-from conftest import reference, tol
+from fastnn import ops
+from fastnn.backends import get, tuning
 
-EXT_MODULES = ("_runtime", "_activations", "_dense", "_losses", "_optim")
+EXT_MODULES = ("_kernels",)
 
 
 @pytest.fixture(scope="module")
 def cy():
-    if backend_status()["cython"] != "available":
-        if "cython" in _config.required_backends():
-            pytest.fail(f"cython backend required but unavailable: {backend_status()['cython']}")
-        pytest.skip(f"cython backend unavailable: {backend_status()['cython']}")
+    _require_or_skip("cython")
     return get("cython")
 
 
@@ -48,11 +45,19 @@ def _ext(name):
 
 def test_backend_info_and_no_fallbacks(cy):
     assert isinstance(cy.info["openmp"], bool)
-    assert cy.info["simd"] in ("avx512", "avx2", "sse2", "generic")
-    assert cy.info["openmp"] == _ext("_runtime").has_openmp()
-    assert _ext("_runtime").omp_max_threads() >= 1
-    # every reference kernel of these families is compiled, none falls back
-    assert not cy.fallbacks, sorted(cy.fallbacks)
+    families = _ext("_kernels").family_isa()
+    assert set(families) == {"elementwise", "gemm", "conv", "rnn"}
+    assert cy.info["simd"].startswith(" ".join(f"{f}={isa}" for f, isa in families.items()))
+    assert cy.info["openmp"] == _ext("_kernels").has_openmp()
+    assert _ext("_kernels").omp_max_threads() >= 1
+    # Every reference kernel is compiled except the layers added after the kernel
+    # library (dropout, normalisation, embedding, adaptive pooling): those run the
+    # reference, and the backend says so (fastnn info lists them) instead of
+    # registering the reference under its own name.
+    pending = {"dropout_forward", "dropout_backward", "batch_norm_forward", "batch_norm_backward",
+               "layer_norm_forward", "layer_norm_backward", "embedding_forward", "embedding_backward",
+               "adaptive_avg_pool2d_forward", "adaptive_avg_pool2d_backward"}
+    assert set(cy.fallbacks) == pending, sorted(set(cy.fallbacks) ^ pending)
 
 
 def test_set_num_threads_reaches_every_module(cy, threads):
@@ -60,13 +65,13 @@ def test_set_num_threads_reaches_every_module(cy, threads):
         threads(n)
         assert [_ext(m)._get_num_threads() for m in EXT_MODULES] == [n] * len(EXT_MODULES)
     with pytest.raises(ValueError):
-        _ext("_activations")._set_num_threads(0)
+        _ext("_kernels")._set_num_threads(0)
 
 
-# Sizes around the parallel thresholds (PARALLEL_MIN_ELEMENTS for exp-based loops,
-# PARALLEL_MIN_ELEMENTS_CHEAP for memory-bound ones) and the 32768-element chunk.
-PAR_SIZES = [_config.PARALLEL_MIN_ELEMENTS - 1, _config.PARALLEL_MIN_ELEMENTS, 3 * 32768 + 5,
-             _config.PARALLEL_MIN_ELEMENTS_CHEAP + 3]
+# Sizes around the parallel thresholds (parallel_min_elements for exp-based loops,
+# parallel_min_elements_cheap for memory-bound ones) and the 32768-element chunk.
+PAR_SIZES = [tuning.value("parallel_min_elements") - 1, tuning.value("parallel_min_elements"), 3 * 32768 + 5,
+             tuning.value("parallel_min_elements_cheap") + 3]
 
 
 @pytest.mark.parametrize("n", PAR_SIZES)
@@ -259,8 +264,8 @@ def test_build_without_openmp(tmp_path):
     assert "OpenMP=no" in build.stdout
     code = (
         "import numpy as np, fastnn\n"
-        "from fastnn._ext import _runtime\n"
-        "assert not _runtime.has_openmp() and _runtime.omp_max_threads() == 1\n"
+        "from fastnn._ext import _kernels\n"
+        "assert not _kernels.has_openmp() and _kernels.omp_max_threads() == 1\n"
         "fastnn.set_backend('cython'); fastnn.set_num_threads(2)\n"
         "x = np.linspace(-3, 3, 200_001).astype(np.float32)\n"
         "assert np.allclose(fastnn.ops.tanh(x), np.tanh(x), rtol=1e-6, atol=1e-7)\n"

@@ -36,3 +36,23 @@ def test_import_fastnn_is_cheap():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=os.path.dirname(os.path.dirname(fastnn.__file__))).stdout
     assert out.strip() == "[]"
+
+
+def test_demo_without_its_extra_says_how_to_install_before_training(monkeypatch, capsys):
+    import fastnn.demos as demos
+
+    monkeypatch.setattr(demos, "_installed", lambda name: name != "sklearn")
+    assert cli.main(["demo", "digits", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "needs scikit-learn" in err and 'pip install ".[demo]"' in err and "epoch" not in err
+
+
+def test_demo_without_matplotlib_offers_no_plot(monkeypatch, capsys, tmp_path):
+    import fastnn.demos as demos
+
+    monkeypatch.setattr(demos, "_installed", lambda name: name != "matplotlib")
+    assert cli.main(["demo", "approx", "--out", str(tmp_path)]) == 2
+    assert "--no-plot" in capsys.readouterr().err
+    assert cli.main(["demo", "approx", "--no-plot", "--epochs", "5", "--no-progress", "--backend", "numpy"]) == 0
+    assert "max |error|" in capsys.readouterr().out
+    assert not list(tmp_path.iterdir())

@@ -1,13 +1,16 @@
-"""fastnn's own GEMM (Numba and Cython) against numpy.matmul, the fused dense layer, and the switch."""
+"""fastnn's own GEMM (Numba and Cython) against numpy.matmul, and the fused dense layer.
+
+The switch and the policy that picks the own GEMM or BLAS: tests/test_gemm_policy.py.
+"""
 
 import numpy as np
 import pytest
+from conftest import reference, tol
 
 import fastnn
-from fastnn import gemm as fgemm
-from conftest import reference, tol
-from fastnn.backends import backend_status
 from fastnn import _config
+from fastnn import gemm as fgemm
+from fastnn.backends import backend_status
 
 IMPLS = ("numba", "cython")
 
@@ -78,18 +81,20 @@ def test_own_gemm_threads(own, threads, dtype, m, k, n, rng):
     np.testing.assert_allclose(out, _want(a, b, False, True), **tol(dtype, 10 * np.sqrt(k)))
 
 
-@pytest.mark.parametrize("isa", ["generic", "avx2", "avx512"])
+@pytest.mark.parametrize("isa", ["sse2", "avx2", "avx512"])
+@pytest.mark.parametrize("route", ["packed", "small"])
 @pytest.mark.parametrize("m,k,n", [(1, 1, 1), (33, 129, 31), (127, 400, 129), (5, 3, 2100)], ids=str)
-def test_cython_every_kernel_set(isa, dtype, m, k, n, rng):
+def test_cython_every_kernel_set(isa, route, dtype, m, k, n, rng):
+    """Both own GEMMs on every instruction set the CPU has (a higher one is lowered to the best)."""
     cg = _load("cython")
     used = cg.set_isa(isa)
     try:
-        assert used in ("generic", "avx2", "avx512")
+        assert used == isa or cg.isa() == used
         for ta, tb in [(False, False), (True, True)]:
             a, b = _operands(rng, m, k, n, ta, tb, dtype)
             bias = rng.standard_normal(n).astype(dtype)
             out = np.empty((m, n), dtype)
-            cg.gemm(a, b, ta, tb, out, bias, "relu")
+            cg.gemm(a, b, ta, tb, out, bias, "relu", route=route)
             want = np.maximum(_want(a, b, ta, tb) + bias, 0)
             np.testing.assert_allclose(out, want, **tol(dtype, 10 * np.sqrt(k)))
     finally:
@@ -173,58 +178,6 @@ def test_fused_dense_backward_matches_reference(own, dtype, activation, bsz, i, 
     np.testing.assert_allclose(gw2, rw, **tol(dtype, s))
 
 
-def test_switch_modes():
-    assert fgemm.get_gemm() == "auto"
-    try:
-        fgemm.set_gemm("own")
-        assert fgemm.get_gemm() == "own"
-        assert fgemm.use_own("cython", np.float32, 4096, 4096, 4096)
-        fgemm.set_gemm("BLAS")
-        assert fgemm.get_gemm() == "blas"
-        assert not fgemm.use_own("numba", np.float32, 2, 2, 2)
-        with fgemm.use_gemm("own"):
-            assert fgemm.get_gemm() == "own"
-        assert fgemm.get_gemm() == "blas"
-    finally:
-        fgemm.set_gemm("auto")
-    with pytest.raises(ValueError, match="unknown gemm mode"):
-        fgemm.set_gemm("mkl")
-    with pytest.raises(TypeError):
-        fgemm.set_gemm(3)
-    # auto: mid and large shapes go to the own GEMM; the smallest to the Cython
-    # backend's small-product kernel (own), and for Numba (below the measured
-    # MIN_FLOPS) to BLAS, whose per-call cost is lower there
-    threads = fastnn.get_num_threads()
-    try:
-        fastnn.set_num_threads(1)
-        for backend in ("cython", "numba"):
-            for dt in (np.float32, np.float64):
-                assert fgemm.use_own(backend, dt, 256, 256, 256)
-                assert fgemm.use_own(backend, dt, 1024, 1024, 1024)
-                assert fgemm.use_own(backend, dt, 32, 32, 32)
-                assert fgemm.use_own(backend, dt, 8, 8, 8) == (backend == "cython")
-        assert fgemm.use_own("cython", np.float32, 128, 128, 128)
-        assert fgemm.use_own("numba", np.float32, 128, 128, 128)
-        assert fgemm.use_own("numba", np.float32, 64, 64, 64)
-        assert not fgemm.use_own("numba", np.float32, 16, 16, 16)
-        # with several threads, threaded BLAS takes the large products; the
-        # Numba GEMM keeps those it runs on one thread anyway
-        fastnn.set_num_threads(2)
-        assert fgemm.use_own("cython", np.float32, 1024, 1024, 1024)
-        assert not fgemm.use_own("numba", np.float32, 1024, 1024, 1024)
-        assert fgemm.use_own("numba", np.float32, 128, 128, 128)
-        assert not fgemm.use_own("numba", np.float32, 256, 256, 256)
-    finally:
-        fastnn.set_num_threads(threads)
-    assert not fgemm.use_own("numpy", np.float32, 8, 8, 8)
-    # large narrow outputs (a 10-class layer) go to BLAS in auto, not when forced;
-    # small ones to the small-product kernel
-    assert not fgemm.use_own("cython", np.float32, 4096, 10, 4096)
-    assert fgemm.use_own("cython", np.float32, 32, 10, 128)
-    with fgemm.use_gemm("own"):
-        assert fgemm.use_own("cython", np.float32, 32, 10, 128)
-
-
 def test_gflops_table_rows():
     rows = fgemm.gflops_table(sizes=[16, (8, 12, 20)], backends=("numpy", "blas", "cython", "numba"),
                               repeat=1, min_time=0.001)
@@ -256,27 +209,6 @@ def test_backend_kernels_follow_switch(compiled_backend, mode, dtype, rng):
     np.testing.assert_allclose(ys, reference("dense_forward", a, b, bias, "sigmoid"), **tol(dtype, 100))
     for got_g, want_g in zip((gi, gw, gb), reference("dense_backward", g, a, b, y, "relu")):
         np.testing.assert_allclose(got_g, want_g, **tol(dtype, 100))
-
-
-def test_cython_policy_hook_tracks_mode():
-    _load("cython")
-    from fastnn._ext import _dense
-    seen = []
-    fgemm.register_policy_hook("cython", lambda *args: seen.append(args))
-    try:
-        fgemm.set_gemm("blas")
-        fgemm.set_gemm("own")
-    finally:
-        fgemm.set_gemm("auto")
-        fgemm._policy_hooks[:] = [h for h in fgemm._policy_hooks if h[1] is not seen.append and
-                                  getattr(h[1], "__name__", "") != "<lambda>"]
-    assert [s[0] for s in seen] == [0, 2, 1, 0]
-    expected = fgemm.CROSSOVER["cython"]["float32"]
-    if fastnn.get_num_threads() > 1:
-        expected = min(expected, fgemm.THREADED_LIMIT.get("cython", expected))
-    assert seen[0][1] == expected
-    assert seen[0][4] == fgemm.MIN_FLOPS["cython"]
-    assert hasattr(_dense, "_set_gemm_policy")
 
 
 @pytest.mark.parametrize("mode", ["own", "auto"])

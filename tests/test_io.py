@@ -1,18 +1,16 @@
 """save/load: exact round trip, no pickle, atomic writes, damaged files rejected, layer registry."""
 
-import io
 import json
 import os
 import stat
-import zipfile
 
 import numpy as np
 import pytest
+from isolated import run_isolated
 
 import fastnn
 from fastnn import nn
 from fastnn.io import ModelFileError
-from isolated import run_isolated
 
 
 def _model(dtype=np.float32):
@@ -386,7 +384,7 @@ def test_a_big_endian_file_loads_into_native_parameters(tmp_path):
     header["params"] = {k: {"shape": list(v.shape), "dtype": v.dtype.str} for k, v in swapped}
     (tmp_path / "be.fnn").write_bytes(model_file(header, swapped))
     loaded = fastnn.load(tmp_path / "be.fnn")
-    for (k, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+    for (_k, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
         assert b.dtype == np.float32 and b.dtype.isnative
         np.testing.assert_array_equal(a, b)
 
@@ -565,7 +563,7 @@ def test_a_container_of_the_users_and_its_child_names(tmp_path):
     loaded = fastnn.load(tmp_path / "bag.fnn")
     assert list(dict(loaded.named_parameters())) == ["0.weight", "0.bias", "1.gain", "1.encoder.weight",
                                                      "1.encoder.bias", "1.head.1.weight", "1.head.1.bias"]
-    for (k, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+    for (_k, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
         np.testing.assert_array_equal(a, b)
 
     # child names become parameter-name prefixes at every level: a long one is refused before anything nests

@@ -49,7 +49,7 @@ def deflate(data: bytes, level: int = 6) -> bytes:
     return c.compress(data) + c.flush()
 
 
-def zeros_stream(prefix: bytes, n_mib: int) -> "tuple[bytes, int]":
+def zeros_stream(prefix: bytes, n_mib: int) -> tuple[bytes, int]:
     """A deflate stream of ``prefix`` then ``n_mib`` MiB of zeros, made in microseconds: ``(stream, crc32)``.
 
     Each 1 MiB block is compressed once after a full flush (no back-references
@@ -69,17 +69,17 @@ def zeros_stream(prefix: bytes, n_mib: int) -> "tuple[bytes, int]":
 class Member:
     """One zip member; the ``None`` fields are computed from ``data``."""
 
-    name: "str | bytes"
+    name: str | bytes
     data: bytes                      # the unpacked bytes
     method: int = 0
-    packed: "bytes | None" = None    # what is stored in the file (default: data, deflated if method 8)
-    crc: "int | None" = None
-    usize: "int | None" = None
-    csize: "int | None" = None
+    packed: bytes | None = None    # what is stored in the file (default: data, deflated if method 8)
+    crc: int | None = None
+    usize: int | None = None
+    csize: int | None = None
     flags: int = 0
-    local_name: "bytes | None" = None
+    local_name: bytes | None = None
     offset_shift: int = 0            # added to the offset the directory gives
-    zip64: "bytes | bool" = False    # sizes and offset in a zip64 extra field (bytes: that field, as given)
+    zip64: bytes | bool = False    # sizes and offset in a zip64 extra field (bytes: that field, as given)
 
 
 def zip_bytes(members, *, count=None, cd_offset_shift=0, comment=b""):

@@ -29,7 +29,6 @@ per property, about 2 minutes.
 from __future__ import annotations
 
 import pytest
-
 from isolated import run_isolated
 
 MiB = 1 << 20

@@ -25,12 +25,26 @@ import zipfile
 
 import numpy as np
 import pytest
+from isolated import run_isolated
+from test_io_craft import (
+    HEADER,
+    Member,
+    deflate,
+    digest,
+    header_member,
+    model_file,
+    npy,
+    parts,
+    small_model,
+    zeros_stream,
+    zip_bytes,
+)
 
 import fastnn
 from fastnn import nn
-from isolated import run_isolated
-from test_io_craft import (HEADER, Member, deflate, digest, header_member, model_file, npy, parts, small_model,
-                           zeros_stream, zip_bytes)
+
+# The whole module is slow (hundreds of crafted files, several loaded in subprocesses): `-m "not slow"` leaves it out.
+pytestmark = pytest.mark.slow
 
 MiB = 1 << 20
 TIME_BOUND_S = 5.0

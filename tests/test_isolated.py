@@ -1,7 +1,6 @@
 """The crash harness itself: it must tell a crash, an exception and success apart."""
 
 import pytest
-
 from isolated import run_isolated
 
 

@@ -65,3 +65,25 @@ def test_gradcheck_restores_float32_parameters(rng):
     np.testing.assert_array_equal(w, before)
     # afterwards the float32 layer still runs in float32
     assert lin(np.ones((2, 3), np.float32)).dtype == np.float32
+
+
+def test_numerical_gradient_of_a_known_function():
+    from fastnn.gradcheck import numerical_gradient
+    x = np.array([[0.5, -1.0, 2.0], [1.5, 0.0, -0.25]])
+    g = numerical_gradient(lambda: float(np.sum(np.sin(x) * x)), x)
+    np.testing.assert_allclose(g, np.cos(x) * x + np.sin(x), rtol=1e-8, atol=1e-9)
+    np.testing.assert_array_equal(x, [[0.5, -1.0, 2.0], [1.5, 0.0, -0.25]])   # restored
+
+
+def test_numerical_gradient_samples_indices_and_refuses_copies():
+    from fastnn.gradcheck import numerical_gradient
+    x = np.arange(6.0)
+    g = numerical_gradient(lambda: float(np.sum(x ** 2)), x, indices=[1, 4])
+    np.testing.assert_allclose(g[[1, 4]], [2.0, 8.0], rtol=1e-8)
+    assert np.isnan(g[[0, 2, 3, 5]]).all()
+    with pytest.raises(TypeError, match="C-contiguous"):
+        numerical_gradient(lambda: 0.0, np.zeros((4, 4))[:, ::2])
+    ro = np.zeros(3)
+    ro.flags.writeable = False
+    with pytest.raises(TypeError, match="writeable"):
+        numerical_gradient(lambda: 0.0, ro)

@@ -5,10 +5,10 @@ import math
 
 import numpy as np
 import pytest
+from conftest import tol
 
 import fastnn
 from fastnn import nn
-from conftest import tol
 
 
 def _case_modules(name, dtype):

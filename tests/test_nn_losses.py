@@ -2,10 +2,10 @@
 
 import numpy as np
 import pytest
+from conftest import tol
 
 import fastnn
 from fastnn import nn
-from conftest import tol
 
 
 @pytest.mark.torch

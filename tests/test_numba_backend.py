@@ -58,6 +58,7 @@ def _probe():
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_second_process_loads_kernels_from_disk_cache(numba_backend):
     _probe()  # populate the cache if this is the first run after an edit
     stats = _probe()

@@ -19,6 +19,9 @@ from isolated import run_isolated
 
 import fastnn
 
+# The whole module is slow (each case starts a Python process that loads Numba): `-m "not slow"` leaves it out.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def numba_backend():

@@ -2,9 +2,10 @@
 
 import numpy as np
 import pytest
+from conftest import reference, tol
 
 from fastnn import ops
-from conftest import numerical_grad, reference, tol
+from fastnn.gradcheck import numerical_gradient
 
 MATMUL_SHAPES = [(1, 1, 1), (1, 5, 3), (7, 3, 1), (32, 64, 128), (64, 64, 64), (33, 17, 65), (129, 31, 7)]
 
@@ -85,9 +86,9 @@ def test_dense_backward_finite_differences(backend, activation, rng):
     loss = lambda: float(np.sum(r * ops.dense_forward(x, w, bias, activation)))
     y = ops.dense_forward(x, w, bias, activation)
     gx, gw, gb = ops.dense_backward(r, x, w, y, activation)
-    np.testing.assert_allclose(gx, numerical_grad(loss, x), rtol=1e-6, atol=1e-8)
-    np.testing.assert_allclose(gw, numerical_grad(loss, w), rtol=1e-6, atol=1e-8)
-    np.testing.assert_allclose(gb, numerical_grad(loss, bias), rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(gx, numerical_gradient(loss, x), rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(gw, numerical_gradient(loss, w), rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(gb, numerical_gradient(loss, bias), rtol=1e-6, atol=1e-8)
 
 
 def test_dense_without_bias_and_input_grad(backend, dtype, rng):

@@ -2,9 +2,10 @@
 
 import numpy as np
 import pytest
+from conftest import reference, tol
 
 from fastnn import ops
-from conftest import numerical_grad, reference, tol
+from fastnn.gradcheck import numerical_gradient
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
@@ -56,7 +57,7 @@ def test_loss_gradients_finite_differences(backend, loss_name, reduction, rng):
         target = rng.random((4, 5))
     f = lambda: getattr(ops, loss_name)(z, target, reduction)[0]
     _, grad = getattr(ops, loss_name)(z, target, reduction)
-    np.testing.assert_allclose(grad, numerical_grad(f, z), rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(grad, numerical_gradient(f, z), rtol=1e-6, atol=1e-9)
 
 
 def test_cross_entropy_extreme_logits(backend, dtype):

@@ -5,7 +5,6 @@ import math
 import numpy as np
 import pytest
 
-import fastnn
 from fastnn import nn, optim
 from fastnn.nn import Parameter
 

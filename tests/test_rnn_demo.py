@@ -11,6 +11,7 @@ def test_demo_is_discovered():
     assert cli._demo_modules()["sequence"] is sequence
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
 def test_demo_learns_better_than_naive_forecast(cell):
     parser = cli.build_parser()

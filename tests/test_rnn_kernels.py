@@ -3,11 +3,11 @@ finite differences for BPTT, validation errors."""
 
 import numpy as np
 import pytest
+from conftest import tol
 
 import fastnn
 from fastnn import ops
-
-from conftest import numerical_grad, tol
+from fastnn.gradcheck import numerical_gradient
 
 CELLS = ("rnn_tanh", "rnn_relu", "lstm", "gru")
 GATES = {"rnn": 1, "lstm": 4, "gru": 3}
@@ -119,7 +119,7 @@ def test_bptt_matches_finite_differences(backend, rng, cell):
     for name, g in grads.items():
         if p.get(name) is None:
             continue
-        num = numerical_grad(lambda: _loss(cell, p), p[name])
+        num = numerical_gradient(lambda: _loss(cell, p), p[name])
         np.testing.assert_allclose(g, num, rtol=1e-6, atol=1e-7, err_msg=f"{cell} d/d{name}")
 
 
@@ -245,6 +245,7 @@ def test_threaded_time_steps_match_reference(compiled_backend, split_small_work,
         np.testing.assert_allclose(grads[k], grads_ref[k], **t, err_msg=k)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cell", ["rnn_tanh", "lstm", "gru"])
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias-no-input-grad"])
 def test_large_problem_matches_reference(backend, dtype, rng, cell, bias):
@@ -278,12 +279,9 @@ def split_small_work(compiled_backend):
     if compiled_backend != "cython":
         yield
         return
-    from fastnn._ext import _rnn
-    old = _rnn._set_parallel_min_work(1 << 16)
-    try:
+    from fastnn.backends import tuning
+    with tuning.override(rnn_parallel_min_work=1 << 16):
         yield
-    finally:
-        _rnn._set_parallel_min_work(old)
 
 
 # (T, B, I, H): with split_small_work, small problems that run the threaded
@@ -295,6 +293,7 @@ def split_small_work(compiled_backend):
 THREADED_SHAPES = [(20, 18, 5, 64), (30, 6, 8, 64), (25, 9, 3, 48), (5, 8, 3, 16), (7, 5, 4, 16)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("shape", THREADED_SHAPES, ids=lambda s: "T{}B{}I{}H{}".format(*s))
 def test_thread_count_does_not_change_results(compiled_backend, split_small_work, dtype, rng, cell, shape):

@@ -6,8 +6,7 @@ import pytest
 
 import fastnn
 from fastnn import nn
-
-from conftest import numerical_grad
+from fastnn.gradcheck import numerical_gradient
 
 LAYERS = {
     "rnn_tanh": lambda I, H, **kw: nn.RNN(I, H, **kw),
@@ -98,10 +97,10 @@ def test_layer_gradcheck(backend, rng, kind):
     gx = layer.backward(G, grad_state=grad_state).copy()
     grads = {n: p.grad.copy() for n, p in layer.named_parameters()}
     grad_h0 = layer.grad_h0[0].copy()
-    np.testing.assert_allclose(gx, numerical_grad(loss, x), rtol=1e-6, atol=1e-8)
-    np.testing.assert_allclose(grad_h0, numerical_grad(loss, h0), rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(gx, numerical_gradient(loss, x), rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(grad_h0, numerical_gradient(loss, h0), rtol=1e-6, atol=1e-8)
     for name, p in layer.named_parameters():
-        np.testing.assert_allclose(grads[name], numerical_grad(loss, p.data), rtol=1e-6, atol=1e-8,
+        np.testing.assert_allclose(grads[name], numerical_gradient(loss, p.data), rtol=1e-6, atol=1e-8,
                                    err_msg=name)
 
 
@@ -114,7 +113,7 @@ def test_fastnn_gradcheck(kind, rng):
 
 
 def test_parameters_and_default_initialisation():
-    np.random.seed(0)
+    fastnn.manual_seed(0)
     for kind, G in (("rnn_tanh", 1), ("lstm", 4), ("gru", 3)):
         layer = LAYERS[kind](5, 25)
         shapes = {n: p.shape for n, p in layer.named_parameters()}
@@ -198,7 +197,7 @@ def test_rnn_in_sequential_with_linear(backend, rng):
     G = rng.standard_normal((4, 2))
     model.backward(G)
     w = model.parameters()[1].data   # weight_hh_l0 of the RNN
-    num = numerical_grad(lambda: float(np.sum(model(x) * G)), w)
+    num = numerical_gradient(lambda: float(np.sum(model(x) * G)), w)
     np.testing.assert_allclose(model.parameters()[1].grad, num, rtol=1e-6, atol=1e-8)
 
 

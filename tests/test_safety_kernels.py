@@ -15,9 +15,7 @@ cold one, compiling the recurrent and convolution kernels takes about
 100 s, which the rest of the suite would spend anyway).
 """
 
-import numpy as np
 import pytest
-
 from safety_cases import assert_same_result, cached_outcomes
 
 CASES = {}

@@ -16,10 +16,8 @@ about 50 s with a cold one.
 
 import numpy as np
 import pytest
-
-from safety_cases import assert_same_result, cached_outcomes
-
 from conftest import tol
+from safety_cases import assert_same_result, cached_outcomes
 
 CASES = {}
 VARIANTS = [(v, w) for v in ("np.nan", "np.inf", "-np.inf") for w in ("first", "mid", "last")]

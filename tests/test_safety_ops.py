@@ -22,10 +22,8 @@ about 10 s with a warm Numba cache, about 75 s with a cold one.
 
 import numpy as np
 import pytest
-
-from safety_cases import assert_same_result, cached_outcomes
-
 from conftest import tol
+from safety_cases import assert_same_result, cached_outcomes
 
 DTYPES = ("float32", "float64")
 RAISES = {}   # name -> (exception class name, message regex or None, source)

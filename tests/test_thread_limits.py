@@ -17,6 +17,9 @@ from isolated import run_isolated
 import fastnn
 from fastnn import _config
 
+# The whole module is slow (subprocesses per thread-count setting): `-m "not slow"` leaves it out.
+pytestmark = pytest.mark.slow
+
 #: Runs large ops in every available backend and checks their results.
 BIG_OPS = """
 import numpy as np
@@ -187,7 +190,7 @@ def test_compiled_modules_refuse_a_huge_count_themselves():
     result = _child("""
         import importlib
         fastnn.set_backend("cython")
-        dense = importlib.import_module("fastnn._ext._dense")
+        dense = importlib.import_module("fastnn._ext._kernels")
         for bad in (100000, 0, -1):
             try:
                 dense._set_num_threads(bad)

@@ -24,6 +24,7 @@ def _digits_run(epochs, seed=0):
     return model, hist, X_test, y_test
 
 
+@pytest.mark.slow
 def test_digits_reaches_97_percent(backend):
     model, hist, X_test, y_test = _digits_run(epochs=30)
     acc = fastnn.evaluate(model, X_test, y_test)["accuracy"]
@@ -242,6 +243,7 @@ print(h.hexdigest(), repr(hist["val_loss"]))
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("threads", [1, 2])
 def test_training_is_deterministic_across_processes(backend, threads):
     """Same seed and thread count in two fresh processes: bit-identical weights and history."""
@@ -297,3 +299,15 @@ def test_non_finite_loss_leaves_the_model_as_it_was(rng):
         step(x, np.zeros(4, np.intp))
     for k, v in model.state_dict().items():
         np.testing.assert_array_equal(v, before[k])
+
+
+def test_float_class_labels_say_use_integer_labels():
+    """Labels 0.0-2.0 read as floats pick the regression loss; fit says what to do instead of a shape message."""
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    X = np.random.default_rng(0).random((30, 4), dtype=np.float32)
+    y = np.arange(30) % 3
+    with pytest.raises(ValueError, match=r"whole numbers \(0 to 2\).*integer labels, y.astype\(np.int64\)"):
+        fastnn.fit(model, X, y.astype(np.float64), epochs=1, progress=False)
+    # as the message says, integer labels or an explicit classification loss train
+    assert fastnn.fit(model, X, y, epochs=1, progress=False).epochs == 1
+    assert fastnn.fit(model, X, y.astype(np.float64), loss="cross_entropy", epochs=1, progress=False).epochs == 1

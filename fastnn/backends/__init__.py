@@ -30,6 +30,7 @@ import importlib
 import inspect
 import pkgutil
 import threading
+from typing import TYPE_CHECKING, Any
 
 from .. import _config
 
@@ -68,6 +69,11 @@ class Backend:
         self.info = dict(info)
         for key, fn in kernels.items():
             setattr(self, key, fn)
+
+    if TYPE_CHECKING:
+        # The kernels are set per backend in __init__, so a type checker
+        # cannot list them: any other attribute is a kernel function.
+        def __getattr__(self, name: str) -> Any: ...
 
     def __repr__(self) -> str:
         return f"<fastnn backend {self.name!r}: {len(self.overrides)} kernels, {len(self.fallbacks)} from reference>"

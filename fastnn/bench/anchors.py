@@ -54,6 +54,10 @@ def set_threads(n: int) -> None:
 def build_anchor(name: str, case: Case):
     """The step of ``case`` in anchor library ``name``, or None when it has no equivalent."""
     builder = (_TORCH if name == "torch" else _SKLEARN).get(case.kind)
+    if builder is None and name == "sklearn" and case.kind.startswith("skl_"):
+        from .sklearn_section import ANCHOR_BUILDERS
+
+        builder = ANCHOR_BUILDERS[case.kind]
     return None if builder is None else builder(case.params)
 
 

@@ -29,6 +29,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backends", type=_csv, default=None, metavar="NAMES",
                         help="comma-separated rows to run: numpy, numba, cython, torch, sklearn "
                              "(default: all installed)")
+    parser.add_argument("--sklearn", action="store_true",
+                        help="fastnn.sklearn against scikit-learn (workload SKL; alone unless --workloads is given)")
+    parser.add_argument("--distributed", action="store_true",
+                        help="data-parallel throughput, 1 rank against 2 under mpiexec (W4, W3, local SGD), and "
+                             "the allreduce cost by message size over shared memory and loopback TCP; alone; "
+                             "writes DIR/distributed.md and DIR/distributed.json (needs mpi4py; "
+                             "--backends NAME picks the backend, --repeat the rounds)")
     parser.add_argument("--threads", type=int, default=None, help="threads for fastnn, BLAS and PyTorch")
     parser.add_argument("--out", default="bench-out", metavar="DIR", help="output folder (default: bench-out)")
     parser.add_argument("--repeat", type=int, default=None, help="rounds per case (default: 9, quick: 5)")
@@ -61,11 +68,16 @@ def run(args) -> int:
         print(format_comparison(compare(saved[0], saved[1], args.threshold), args.compare[0], args.compare[1]))
         return 0
     old = saved[0] if saved else None
+    if getattr(args, "distributed", False):
+        return _run_distributed(args)
 
     from .runner import run_bench
 
     try:
-        results = run_bench(workloads=args.workloads, backends=args.backends, threads=args.threads,
+        workloads = args.workloads
+        if getattr(args, "sklearn", False):
+            workloads = list(workloads or []) + ["SKL"]
+        results = run_bench(workloads=workloads, backends=args.backends, threads=args.threads,
                             quick=args.quick, tiny=getattr(args, "tiny", False), repeat=args.repeat,
                             progress=args.progress, cold_start=getattr(args, "cold_start", True))
     except ValueError as exc:
@@ -77,4 +89,31 @@ def run(args) -> int:
     if old is not None:
         print()
         print(format_comparison(compare(old, results, args.threshold), args.compare[0], "this run"))
+    return 0
+
+
+def _run_distributed(args) -> int:
+    import json
+    import os
+
+    from .distributed_section import markdown_lines, run_distributed
+
+    try:
+        backends = args.backends or [None]
+        if len(backends) > 1:
+            raise ValueError("--distributed runs one backend: give --backends NAME")
+        results = run_distributed(quick=args.quick, rounds=args.repeat, progress=args.progress,
+                                  tiny=getattr(args, "tiny", False), backend=backends[0])
+    except (ValueError, RuntimeError) as exc:
+        print(f"fastnn bench: {exc}", file=sys.stderr)
+        return 2
+    text = "\n".join(markdown_lines(results)) + "\n"
+    os.makedirs(args.out, exist_ok=True)
+    paths = [os.path.join(args.out, "distributed.md"), os.path.join(args.out, "distributed.json")]
+    with open(paths[0], "w") as f:
+        f.write(text)
+    with open(paths[1], "w") as f:
+        json.dump(results, f, indent=1)
+    print(text)
+    print("wrote " + ", ".join(paths))
     return 0

@@ -200,10 +200,12 @@ def summary_table(results: dict) -> list[str]:
 def markdown(results: dict) -> str:
     """The whole ``report.md``."""
     from .coldstart import markdown_lines as cold_start_lines
+    from .sklearn_section import section_lines
 
     lines = _header_lines(results)
     lines += summary_table(results)
     lines += cold_start_lines(results.get("cold_start"))
+    lines += section_lines(results)
     for wl in results["workloads"]:
         lines += workload_table(wl)
     noisy = [f"{c['key']} ({n})" for wl in results["workloads"] for c in wl.get("cases", [])

@@ -16,8 +16,8 @@ find, and the report shows the workload as "not available (missing: ...)".
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
@@ -240,16 +240,28 @@ WORKLOADS: list[Workload] = [
 ]
 
 
+#: Workloads run only when asked for by id (``fastnn bench --workloads SKL`` or ``--sklearn``).
+OPTIONAL_WORKLOADS = ("SKL",)
+
+
+def _optional():
+    from .sklearn_section import WORKLOAD
+
+    return [WORKLOAD]
+
+
 def get_workloads(ids=None) -> list[Workload]:
-    """Workloads by id (case-insensitive), in the canonical order; all when ``ids`` is None."""
+    """Workloads by id (case-insensitive), in the canonical order; the default ones when ``ids`` is None."""
     if not ids:
         return list(WORKLOADS)
     wanted = [i.strip().upper() for i in ids if i.strip()]
-    known = {w.id: w for w in WORKLOADS}
+    every = list(WORKLOADS) + (_optional() if any(i in OPTIONAL_WORKLOADS for i in wanted) else [])
+    known = {w.id: w for w in every}
     unknown = [i for i in wanted if i not in known]
     if unknown:
-        raise ValueError(f"unknown workload(s) {', '.join(unknown)}; choose from {', '.join(known)}")
-    return [w for w in WORKLOADS if w.id in wanted]
+        raise ValueError(f"unknown workload(s) {', '.join(unknown)}; choose from "
+                         f"{', '.join(list(known) + [i for i in OPTIONAL_WORKLOADS if i not in known])}")
+    return [w for w in every if w.id in wanted]
 
 
 # -- fastnn steps --------------------------------------------------------------
@@ -445,7 +457,12 @@ def build_step(case: Case) -> Callable[[], object]:
     A step returns what it computed: the loss of a training step, the output
     of a kernel (so that tests can check the work is real).
     """
-    return _BUILDERS[case.kind](case.params)
+    builder = _BUILDERS.get(case.kind)
+    if builder is None and case.kind.startswith("skl_"):
+        from .sklearn_section import BUILDERS as builders
+
+        builder = builders[case.kind]
+    return builder(case.params)
 
 
 def build_gemm_only(case: Case) -> Callable[[], object] | None:

@@ -9,17 +9,20 @@ from __future__ import annotations
 
 import os
 
+from . import add_training_arguments
+
 NAME = "approx"
 HELP = "fit sin on [-pi, pi] with one hidden layer and plot target vs fit"
 
 
+REQUIRES = {"matplotlib": "matplotlib"}
+
+
 def add_arguments(parser) -> None:
-    parser.add_argument("--out", default=".", help="directory for approx.png (default: current directory)")
+    add_training_arguments(parser, epochs=400, lr=0.01, optimizer="Adam", batch_size=None)
     parser.add_argument("--hidden", type=int, default=32, help="hidden tanh units (default 32)")
-    parser.add_argument("--epochs", type=int, default=400, help="training epochs (default 400)")
-    parser.add_argument("--lr", type=float, default=0.01, help="Adam learning rate (default 0.01)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("--out", default=".", help="directory for approx.png (default: current directory)")
+    parser.add_argument("--no-plot", action="store_true", help="do not draw the plot")
 
 
 def train(hidden=32, epochs=400, lr=0.01, seed=0, progress=False):
@@ -67,9 +70,10 @@ def run(args) -> int:
 
     model, history, x, target, fit = train(args.hidden, args.epochs, args.lr, args.seed,
                                            progress=not args.no_progress)
-    os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, "approx.png")
-    plot(path, x, target, fit, history["loss"])
     print(f"final MSE {history['loss'][-1]:.2e}, max |error| {np.max(np.abs(fit - target)):.3e}")
-    print(f"plot written to {path}")
+    if not args.no_plot:
+        os.makedirs(args.out, exist_ok=True)
+        path = os.path.join(args.out, "approx.png")
+        plot(path, x, target, fit, history["loss"])
+        print(f"plot written to {path}")
     return 0

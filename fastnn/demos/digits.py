@@ -9,18 +9,19 @@ from __future__ import annotations
 
 import time
 
+from . import add_training_arguments
+
 NAME = "digits"
 HELP = "train an MLP on scikit-learn's digits and report test accuracy"
 
 
+REQUIRES = {"sklearn": "scikit-learn"}
+
+
 def add_arguments(parser) -> None:
-    parser.add_argument("--epochs", type=int, default=30, help="training epochs (default 30)")
-    parser.add_argument("--batch-size", type=int, default=32, help="minibatch size (default 32)")
+    add_training_arguments(parser, epochs=30, lr=0.1, optimizer="SGD")
     parser.add_argument("--hidden", type=int, default=128, help="hidden units (default 128)")
-    parser.add_argument("--lr", type=float, default=0.1, help="SGD learning rate (default 0.1)")
     parser.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the split, initialisation and shuffling")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
 def load_data(seed=0, dtype="float32"):

@@ -10,28 +10,24 @@ from __future__ import annotations
 
 import time
 
+from . import add_training_arguments, digits
+
 NAME = "digits-cnn"
 HELP = "train a small CNN on scikit-learn's digits and report test accuracy"
 
 
+REQUIRES = {"sklearn": "scikit-learn"}
+
+
 def add_arguments(parser) -> None:
-    parser.add_argument("--epochs", type=int, default=20, help="training epochs (default 20)")
-    parser.add_argument("--batch-size", type=int, default=32, help="minibatch size (default 32)")
+    add_training_arguments(parser, epochs=20, lr=2e-3, optimizer="Adam")
     parser.add_argument("--channels", type=int, default=32, help="channels of the first convolution (default 32)")
-    parser.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate (default 0.002)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the split, initialisation and shuffling")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
 def load_data(seed=0, dtype="float32"):
-    """Digits as (N, 1, 8, 8) images in [0, 1], split 80/20 (stratified)."""
-    import numpy as np
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    X, y = load_digits(return_X_y=True)
-    X = (X / 16.0).astype(dtype).reshape(-1, 1, 8, 8)
-    return train_test_split(X, y.astype(np.intp), test_size=0.2, random_state=seed, stratify=y)
+    """Digits as (N, 1, 8, 8) images in [0, 1], the same 80/20 split as the MLP demo's."""
+    X_train, X_test, y_train, y_test = digits.load_data(seed, dtype)
+    return X_train.reshape(-1, 1, 8, 8), X_test.reshape(-1, 1, 8, 8), y_train, y_test
 
 
 def build_model(channels=32):

@@ -22,6 +22,9 @@ NAME = "sequence"
 HELP = "recurrent network (RNN/LSTM/GRU) predicting the next step of noisy sine waves"
 
 
+REQUIRES = {"matplotlib": "matplotlib"}
+
+
 def add_arguments(parser) -> None:
     parser.add_argument("--cell", choices=("rnn", "lstm", "gru"), default="gru", help="recurrent layer (default gru)")
     parser.add_argument("--hidden", type=int, default=32, help="hidden units (default 32)")

@@ -2,18 +2,50 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Collection, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, overload
+
 from .. import _validation as _v
+from .._typing import ArrayLike, DenseActivation, FloatArray, ParameterSpec
+from .activation import ReLU
+from .dropout import Dropout
 from .linear import Linear
 from .module import Module, register_module
 
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
 __all__ = ["Sequential"]
 
+#: one forward step of a Sequential: a module's forward, or fused modules
+_Step = Callable[[Any], Any]
 
-def _fused_forward(linear, activation):
+
+class _BackwardStep(Protocol):
+    """A module's ``backward`` (bound)."""
+
+    def __call__(self, grad_output: Any, *, input_grad: bool = ..., accumulate: bool = ...) -> Any: ...
+
+
+#: (forward steps, backward steps last to first)
+_Run = tuple[tuple[_Step, ...], tuple[_BackwardStep, ...]]
+
+
+def _fused_forward(linear: Linear, activation: DenseActivation) -> Callable[[ArrayLike], FloatArray]:
     forward = linear._forward
 
-    def step(x):
+    def step(x: ArrayLike) -> FloatArray:
         return forward(x, activation)
+
+    return step
+
+
+def _dropout_step(dropout: Dropout, relu: ReLU | None = None,
+                  inplace: bool = False) -> Callable[[ArrayLike], ArrayLike]:
+    forward = dropout._fused_forward
+
+    def step(x: ArrayLike) -> ArrayLike:
+        return forward(x, relu, inplace)
 
     return step
 
@@ -27,7 +59,11 @@ class Sequential(Module):
     :class:`~fastnn.nn.Sigmoid` or :class:`~fastnn.nn.Tanh` runs as one fused
     dense kernel (``fastnn.ops.dense_forward(..., activation=...)``); the
     activation module keeps its index, so ``state_dict`` keys equal
-    PyTorch's.
+    PyTorch's. A :class:`~fastnn.nn.Dropout` (or ``Dropout2d``) right after a
+    ReLU layer runs as one kernel with it, and right after a Linear (with no
+    activation or a fused ReLU) masks the Linear's output in place: the
+    Linear's backward pass stays exact, since a ReLU's derivative is read
+    from the sign of its output, which masking to zero does not change.
 
     Parameters
     ----------
@@ -41,7 +77,7 @@ class Sequential(Module):
     ['0.weight', '0.bias', '2.weight', '2.bias']
     """
 
-    def __init__(self, *modules):
+    def __init__(self, *modules: Module | Sequence[Module]) -> None:
         super().__init__()
         self._reset_transient()
         if len(modules) == 1 and isinstance(modules[0], (list, tuple)):
@@ -51,29 +87,33 @@ class Sequential(Module):
                 raise TypeError(f"Sequential takes Module instances, argument {i} is {type(m).__name__}")
             setattr(self, str(i), m)
 
-    def __setattr__(self, name, value):
+    def __setattr__(self, name: str, value: Any) -> None:
         super().__setattr__(name, value)
         if isinstance(value, Module):
             self.__dict__["_run"] = None
 
     # -- list-like access ----------------------------------------------
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self._modules)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Module]:
         return iter(self._modules.values())
 
-    def __getitem__(self, idx):
+    @overload
+    def __getitem__(self, idx: int) -> Module: ...
+    @overload
+    def __getitem__(self, idx: slice) -> Sequential: ...
+    def __getitem__(self, idx: int | slice) -> Module | Sequential:
         mods = list(self._modules.values())
         if isinstance(idx, slice):
             return Sequential(*mods[idx])
         return mods[idx]
 
-    def __setitem__(self, idx, module):
+    def __setitem__(self, idx: int, module: Module) -> None:
         keys = list(self._modules)
         setattr(self, keys[idx], module)
 
-    def append(self, module):
+    def append(self, module: Module) -> Self:
         """Add ``module`` at the end; returns self."""
         setattr(self, str(len(self._modules)), module)
         return self
@@ -81,37 +121,52 @@ class Sequential(Module):
     # -- plan -------------------------------------------------------------
     _transient = ("_run",)
 
-    def _reset_transient(self):
+    def _reset_transient(self) -> None:
         self.__dict__["_run"] = None
         self.__dict__["_ctx"] = None
 
-    def _build_run(self):
-        """(forward steps, backward modules last to first): Linear + activation fused into one step."""
+    def _build_run(self) -> _Run:
+        """(forward steps, backward modules last to first), with the fusions described in the class notes."""
         mods = list(self._modules.values())
-        fwd, bwd = [], []
+        fwd: list[_Step] = []
+        bwd: list[_BackwardStep] = []
         i = 0
+        # whether the step just built ends on a Linear's own output with no activation or a ReLU:
+        # a Dropout may then mask that output in place
+        maskable = False
         while i < len(mods):
             m = mods[i]
             nxt = mods[i + 1] if i + 1 < len(mods) else None
             act = getattr(nxt, "fused_activation", None) if type(m) is Linear else None
-            if act is not None:
+            if act is not None and type(m) is Linear:   # act is only set after a Linear
                 fwd.append(_fused_forward(m, act))   # the Linear's backward covers the activation
+                maskable = act == "relu"
                 i += 2
+            elif type(m) is ReLU and isinstance(nxt, Dropout) and not nxt.inplace:
+                fwd.append(_dropout_step(nxt, relu=m))   # the Dropout's backward covers the ReLU
+                m = nxt
+                maskable = False
+                i += 2
+            elif isinstance(m, Dropout) and not m.inplace and maskable:
+                fwd.append(_dropout_step(m, inplace=True))
+                maskable = False
+                i += 1
             else:
                 fwd.append(m.forward)
+                maskable = type(m) is Linear
                 i += 1
             bwd.append(m.backward)
         run = (tuple(fwd), tuple(reversed(bwd)))
         self.__dict__["_run"] = run
         return run
 
-    def forward(self, x):
-        run = self.__dict__.get("_run") or self._build_run()
+    def forward(self, x: Any) -> Any:
+        run: _Run = self.__dict__.get("_run") or self._build_run()
         for f in run[0]:
             x = f(x)
         return x
 
-    def backward(self, grad_output, *, input_grad=True, accumulate=False):
+    def backward(self, grad_output: Any, *, input_grad: bool = True, accumulate: bool = False) -> Any:
         """Backpropagate ``grad_output`` through every child, last to first.
 
         Parameters
@@ -123,7 +178,7 @@ class Sequential(Module):
         accumulate : bool, default False
             Add into every ``param.grad`` instead of overwriting.
         """
-        run = self.__dict__.get("_run") or self._build_run()
+        run: _Run = self.__dict__.get("_run") or self._build_run()
         steps = run[1]
         g = grad_output
         last = len(steps) - 1
@@ -131,15 +186,16 @@ class Sequential(Module):
             g = b(g, input_grad=input_grad or i < last, accumulate=accumulate)
         return g
 
-    def get_config(self) -> dict:
+    def get_config(self) -> dict[str, Any]:
         return {}
 
     @classmethod
-    def from_config(cls, config, children):
+    def from_config(cls, config: dict[str, Any], children: dict[str, Module]) -> Self:
         return cls(*[children[k] for k in sorted(children, key=int)])
 
     @classmethod
-    def parameters_from_config(cls, config, children=()):
+    def parameters_from_config(cls, config: dict[str, Any],
+                               children: Collection[str] = ()) -> list[ParameterSpec]:
         """No parameters of its own; the children must be named "0", "1", ... in order (see Module)."""
         _v.layer_config(config, "Sequential", ())
         names = list(children)

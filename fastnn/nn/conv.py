@@ -12,10 +12,14 @@ arrays, or the buffers of the active :class:`fastnn.Workspace`.
 from __future__ import annotations
 
 import math
+from collections.abc import Collection, Sequence
+from typing import Any, Literal, cast
 
 import numpy as np
 
-from .. import _validation as _v, ops
+from .. import _validation as _v
+from .. import ops
+from .._typing import ArrayLike, DTypeLike, FloatArray, IntPair, NDArray, ParameterSpec, Seed
 from ..grad_mode import _enabled as _grad_enabled
 from .init import get_rng as _get_rng
 from .module import Module, Parameter, register_module
@@ -23,7 +27,7 @@ from .module import Module, Parameter, register_module
 __all__ = ["Conv2d", "MaxPool2d", "AvgPool2d", "Flatten"]
 
 
-def _pair(value, name, low):
+def _pair(value: IntPair | list[int], name: str, low: int) -> tuple[int, int]:
     if isinstance(value, (tuple, list)):
         if len(value) != 2:
             raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
@@ -38,11 +42,11 @@ def _pair(value, name, low):
     return (int(pair[0]), int(pair[1]))
 
 
-def _shape_of(x):
+def _shape_of(x: ArrayLike) -> tuple[int, ...]:
     return x.shape if type(x) is np.ndarray else np.shape(x)
 
 
-def _fmt(pair):
+def _fmt(pair: tuple[int, int]) -> int | tuple[int, int]:
     return pair[0] if pair[0] == pair[1] else pair
 
 
@@ -79,8 +83,11 @@ class Conv2d(Module):
     ``Ho = (H + 2·pH - dH·(kH - 1) - 1) // sH + 1`` (same for W).
     """
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, bias=True,
-                 dtype=np.float32, rng=None):
+    _plan: ops.ConvPlan
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: IntPair, stride: IntPair = 1,
+                 padding: IntPair = 0, dilation: IntPair = 1, bias: bool = True, dtype: DTypeLike = np.float32,
+                 rng: Seed = None) -> None:
         super().__init__()
         self.in_channels = _v.positive_int(in_channels, "in_channels")
         self.out_channels = _v.positive_int(out_channels, "out_channels")
@@ -96,11 +103,12 @@ class Conv2d(Module):
 
     _transient = ("_plan",)
 
-    def _reset_transient(self):
-        self.__dict__["_plan"] = ops.ConvPlan(self.weight, self.bias, self.stride, self.padding, self.dilation)
+    def _reset_transient(self) -> None:
+        plan = ops.ConvPlan(self.weight, self.bias, self.stride, self.padding, self.dilation)
+        self.__dict__["_plan"] = plan
         self.__dict__["_ctx"] = None
 
-    def reset_parameters(self, rng=None):
+    def reset_parameters(self, rng: Seed = None) -> None:
         """Draw new initial values, as PyTorch does."""
         rng = _get_rng(rng)
         fan_in = self.in_channels * self.kernel_size[0] * self.kernel_size[1]
@@ -110,12 +118,12 @@ class Conv2d(Module):
         if self.bias is not None:
             self.bias.data[...] = rng.uniform(-bound, bound, self.bias.data.shape).astype(dt)
 
-    def output_shape(self, input_shape):
+    def output_shape(self, input_shape: Sequence[int]) -> tuple[int, int, int, int]:
         """Output shape for an input shape (``ValueError`` if the input is too small)."""
         return ops.conv2d_output_shape(input_shape, self.weight.data.shape, self.stride, self.padding,
                                        self.dilation)
 
-    def forward(self, x):
+    def forward(self, x: ArrayLike) -> FloatArray:
         """Convolve ``x`` of shape (B, C, H, W); returns (B, O, Ho, Wo)."""
         try:
             y = self._plan.forward(x)
@@ -125,18 +133,20 @@ class Conv2d(Module):
             self.__dict__["_ctx"] = x
         return y
 
-    def backward(self, grad_output, *, input_grad=True, accumulate=False):
+    def backward(self, grad_output: ArrayLike, *, input_grad: bool = True,
+                 accumulate: bool = False) -> FloatArray | None:
         """Fill ``weight.grad`` (and ``bias.grad``); return dL/dx (None if ``input_grad=False``)."""
         return self._plan.backward(grad_output, self._saved(), input_grad=input_grad, accumulate=accumulate)
 
-    def get_config(self) -> dict:
+    def get_config(self) -> dict[str, Any]:
         return {"in_channels": self.in_channels, "out_channels": self.out_channels,
                 "kernel_size": list(self.kernel_size), "stride": list(self.stride),
                 "padding": list(self.padding), "dilation": list(self.dilation),
                 "bias": self.bias is not None, "dtype": self.weight.data.dtype.name}
 
     @classmethod
-    def parameters_from_config(cls, config, children=()):
+    def parameters_from_config(cls, config: dict[str, Any],
+                               children: Collection[str] = ()) -> list[ParameterSpec]:
         """``[(name, shape, dtype name)]`` that ``Conv2d(**config)`` creates, config checked (see Module)."""
         c = _v.layer_config(config, "Conv2d", ("in_channels", "out_channels", "kernel_size", "stride", "padding",
                                                "dilation", "bias", "dtype"), children)
@@ -162,9 +172,12 @@ class Conv2d(Module):
 
 
 class _Pool2d(Module):
-    _kind = ""
+    #: kind understood by ``ops.PoolPlan`` (set by each subclass)
+    _kind: Literal["max", "avg"]
+    _plan: ops.PoolPlan
 
-    def __init__(self, kernel_size, stride=None, padding=0, count_include_pad=True):
+    def __init__(self, kernel_size: IntPair, stride: IntPair | None = None, padding: IntPair = 0,
+                 count_include_pad: bool = True) -> None:
         super().__init__()
         self.kernel_size = _pair(kernel_size, "kernel_size", 1)
         self.stride = self.kernel_size if stride is None else _pair(stride, "stride", 1)
@@ -176,23 +189,24 @@ class _Pool2d(Module):
 
     _transient = ("_plan",)
 
-    def _reset_transient(self):
+    def _reset_transient(self) -> None:
         self.__dict__["_plan"] = ops.PoolPlan(self._kind, self.kernel_size, self.stride, self.padding,
                                               self.count_include_pad)
         self.__dict__["_ctx"] = None
 
-    def output_shape(self, input_shape):
+    def output_shape(self, input_shape: Sequence[int]) -> tuple[int, int, int, int]:
         """Output shape for an input shape (``ValueError`` if the input is too small)."""
         return ops.pool2d_output_shape(input_shape, self.kernel_size, self.stride, self.padding)
 
-    def get_config(self) -> dict:
+    def get_config(self) -> dict[str, Any]:
         return {"kernel_size": list(self.kernel_size), "stride": list(self.stride), "padding": list(self.padding)}
 
     def extra_repr(self) -> str:
         return f"kernel_size={_fmt(self.kernel_size)}, stride={_fmt(self.stride)}, padding={_fmt(self.padding)}"
 
     @classmethod
-    def parameters_from_config(cls, config, children=()):
+    def parameters_from_config(cls, config: dict[str, Any],
+                               children: Collection[str] = ()) -> list[ParameterSpec]:
         """No parameters; the config is checked by the (allocation-free) constructor (see Module)."""
         cls(**_v.layer_config(config, cls.__name__, ("kernel_size", "stride", "padding"), children))
         return []
@@ -214,17 +228,18 @@ class MaxPool2d(_Pool2d):
 
     _kind = "max"
 
-    def __init__(self, kernel_size, stride=None, padding=0):
+    def __init__(self, kernel_size: IntPair, stride: IntPair | None = None, padding: IntPair = 0) -> None:
         super().__init__(kernel_size, stride, padding)
 
-    def forward(self, x):
+    def forward(self, x: ArrayLike) -> FloatArray:
         """Max over each window of ``x`` (B, C, H, W)."""
-        y, indices = self._plan.forward(x)
+        # a max PoolPlan returns (out, indices)
+        y, indices = cast("tuple[FloatArray, NDArray[np.int64]]", self._plan.forward(x))
         if _grad_enabled.get():
             self.__dict__["_ctx"] = (_shape_of(x), indices)
         return y
 
-    def backward(self, grad_output, *, input_grad=True, accumulate=False):
+    def backward(self, grad_output: ArrayLike, *, input_grad: bool = True, accumulate: bool = False) -> FloatArray:
         """Route each gradient to the maximum it came from; returns dL/dx (B, C, H, W)."""
         shape, indices = self._saved()
         return self._plan.backward(grad_output, shape, indices)
@@ -248,25 +263,26 @@ class AvgPool2d(_Pool2d):
 
     _kind = "avg"
 
-    def forward(self, x):
+    def forward(self, x: ArrayLike) -> FloatArray:
         """Mean over each window of ``x`` (B, C, H, W)."""
-        y = self._plan.forward(x)
+        y = cast(FloatArray, self._plan.forward(x))  # an avg PoolPlan returns the output alone
         if _grad_enabled.get():
             self.__dict__["_ctx"] = _shape_of(x)
         return y
 
-    def backward(self, grad_output, *, input_grad=True, accumulate=False):
+    def backward(self, grad_output: ArrayLike, *, input_grad: bool = True, accumulate: bool = False) -> FloatArray:
         """Spread each gradient evenly over its window; returns dL/dx (B, C, H, W)."""
         return self._plan.backward(grad_output, self._saved())
 
-    def get_config(self) -> dict:
+    def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "count_include_pad": self.count_include_pad}
 
     def extra_repr(self) -> str:
         return super().extra_repr() + ("" if self.count_include_pad else ", count_include_pad=False")
 
     @classmethod
-    def parameters_from_config(cls, config, children=()):
+    def parameters_from_config(cls, config: dict[str, Any],
+                               children: Collection[str] = ()) -> list[ParameterSpec]:
         """No parameters; the config is checked by the (allocation-free) constructor (see Module)."""
         keys = ("kernel_size", "stride", "padding", "count_include_pad")
         cls(**_v.layer_config(config, "AvgPool2d", keys, children))
@@ -286,13 +302,13 @@ class Flatten(Module):
     end_dim : int, default -1
     """
 
-    def __init__(self, start_dim=1, end_dim=-1):
+    def __init__(self, start_dim: int = 1, end_dim: int = -1) -> None:
         super().__init__()
         self.start_dim = _v.strict_int(start_dim, "start_dim")
         self.end_dim = _v.strict_int(end_dim, "end_dim")
         self._reset_transient()
 
-    def forward(self, x):
+    def forward(self, x: ArrayLike) -> NDArray[Any]:
         """``x`` with dimensions ``start_dim..end_dim`` merged (a view for C-contiguous input)."""
         x = np.asarray(x)
         nd = x.ndim
@@ -305,18 +321,20 @@ class Flatten(Module):
             self.__dict__["_ctx"] = x.shape
         return x.reshape(x.shape[:s] + (math.prod(x.shape[s:e + 1]),) + x.shape[e + 1:])
 
-    def backward(self, grad_output, *, input_grad=True, accumulate=False):
+    def backward(self, grad_output: ArrayLike, *, input_grad: bool = True,
+                 accumulate: bool = False) -> NDArray[Any]:
         """The gradient reshaped to the input's shape."""
         return np.asarray(grad_output).reshape(self._saved())
 
-    def get_config(self) -> dict:
+    def get_config(self) -> dict[str, Any]:
         return {"start_dim": self.start_dim, "end_dim": self.end_dim}
 
     def extra_repr(self) -> str:
         return f"start_dim={self.start_dim}, end_dim={self.end_dim}"
 
     @classmethod
-    def parameters_from_config(cls, config, children=()):
+    def parameters_from_config(cls, config: dict[str, Any],
+                               children: Collection[str] = ()) -> list[ParameterSpec]:
         """No parameters; checks ``start_dim`` and ``end_dim`` (see Module)."""
         cls(**_v.layer_config(config, "Flatten", ("start_dim", "end_dim"), children))
         return []

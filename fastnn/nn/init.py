@@ -23,8 +23,17 @@ for the bias.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
+from typing import Any, Literal, TypeVar
 
 import numpy as np
+
+from .._typing import ArrayLike, NDArray, Seed
+
+#: the array an initialiser fills and returns
+_A = TypeVar("_A", bound=NDArray[Any])
+#: which fan an initialiser scales by
+FanMode = Literal["fan_in", "fan_out"]
 
 __all__ = [
     "manual_seed", "get_rng", "calculate_gain", "fan_in_and_out",
@@ -34,10 +43,10 @@ __all__ = [
     "INITIALIZERS",
 ]
 
-_rng = None   # created on first use (keeps ``import fastnn`` from loading numpy.random)
+_rng: np.random.Generator | None = None   # created on first use (keeps ``import fastnn`` from loading numpy.random)
 
 
-def manual_seed(seed) -> np.random.Generator:
+def manual_seed(seed: int | None) -> np.random.Generator:
     """Reseed the generator used by every initialiser (and layer construction).
 
     Parameters
@@ -53,7 +62,7 @@ def manual_seed(seed) -> np.random.Generator:
     return _rng
 
 
-def get_rng(rng=None) -> np.random.Generator:
+def get_rng(rng: Seed = None) -> np.random.Generator:
     """``rng`` as a Generator (an int seeds a new one), else the shared generator."""
     global _rng
     if rng is None:
@@ -79,7 +88,7 @@ def calculate_gain(nonlinearity: str = "relu", param: float | None = None) -> fl
     raise ValueError(f"unknown nonlinearity {nonlinearity!r}")
 
 
-def fan_in_and_out(shape) -> tuple[int, int]:
+def fan_in_and_out(shape: Sequence[int]) -> tuple[int, int]:
     """``(fan_in, fan_out)`` of a weight of shape (O, I, k...)."""
     if len(shape) < 2:
         raise ValueError(f"fan in/out need a weight with at least 2 dimensions, got shape {tuple(shape)}")
@@ -87,37 +96,37 @@ def fan_in_and_out(shape) -> tuple[int, int]:
     return shape[1] * receptive, shape[0] * receptive
 
 
-def _fill(array, values):
+def _fill(array: _A, values: ArrayLike) -> _A:
     array[...] = values
     return array
 
 
-def uniform_(array, low=0.0, high=1.0, rng=None):
+def uniform_(array: _A, low: float = 0.0, high: float = 1.0, rng: Seed = None) -> _A:
     """Fill with ``U(low, high)``."""
     return _fill(array, get_rng(rng).uniform(low, high, size=array.shape))
 
 
-def normal_(array, mean=0.0, std=1.0, rng=None):
+def normal_(array: _A, mean: float = 0.0, std: float = 1.0, rng: Seed = None) -> _A:
     """Fill with ``N(mean, std²)``."""
     return _fill(array, get_rng(rng).normal(mean, std, size=array.shape))
 
 
-def zeros_(array, rng=None):
+def zeros_(array: _A, rng: Seed = None) -> _A:
     array[...] = 0
     return array
 
 
-def ones_(array, rng=None):
+def ones_(array: _A, rng: Seed = None) -> _A:
     array[...] = 1
     return array
 
 
-def constant_(array, value, rng=None):
+def constant_(array: _A, value: float, rng: Seed = None) -> _A:
     array[...] = value
     return array
 
 
-def _fan(shape, mode):
+def _fan(shape: Sequence[int], mode: FanMode) -> int:
     fan_in, fan_out = fan_in_and_out(shape)
     if mode == "fan_in":
         return fan_in
@@ -126,27 +135,29 @@ def _fan(shape, mode):
     raise ValueError(f"mode must be 'fan_in' or 'fan_out', got {mode!r}")
 
 
-def kaiming_uniform_(array, a=0.0, mode="fan_in", nonlinearity="leaky_relu", rng=None):
+def kaiming_uniform_(array: _A, a: float = 0.0, mode: FanMode = "fan_in", nonlinearity: str = "leaky_relu",
+                     rng: Seed = None) -> _A:
     """He initialisation, uniform: ``U(−b, b)`` with ``b = gain·sqrt(3 / fan)``."""
     gain = calculate_gain(nonlinearity, a)
     bound = gain * math.sqrt(3.0 / _fan(array.shape, mode))
     return uniform_(array, -bound, bound, rng)
 
 
-def kaiming_normal_(array, a=0.0, mode="fan_in", nonlinearity="leaky_relu", rng=None):
+def kaiming_normal_(array: _A, a: float = 0.0, mode: FanMode = "fan_in", nonlinearity: str = "leaky_relu",
+                    rng: Seed = None) -> _A:
     """He initialisation, normal: ``N(0, σ²)`` with ``σ = gain / sqrt(fan)``."""
     gain = calculate_gain(nonlinearity, a)
     return normal_(array, 0.0, gain / math.sqrt(_fan(array.shape, mode)), rng)
 
 
-def xavier_uniform_(array, gain=1.0, rng=None):
+def xavier_uniform_(array: _A, gain: float = 1.0, rng: Seed = None) -> _A:
     """Glorot initialisation, uniform: ``b = gain·sqrt(6 / (fan_in + fan_out))``."""
     fan_in, fan_out = fan_in_and_out(array.shape)
     bound = gain * math.sqrt(6.0 / (fan_in + fan_out))
     return uniform_(array, -bound, bound, rng)
 
 
-def xavier_normal_(array, gain=1.0, rng=None):
+def xavier_normal_(array: _A, gain: float = 1.0, rng: Seed = None) -> _A:
     """Glorot initialisation, normal: ``σ = gain·sqrt(2 / (fan_in + fan_out))``."""
     fan_in, fan_out = fan_in_and_out(array.shape)
     return normal_(array, 0.0, gain * math.sqrt(2.0 / (fan_in + fan_out)), rng)
@@ -158,13 +169,13 @@ glorot_uniform_ = xavier_uniform_
 glorot_normal_ = xavier_normal_
 
 
-def _default_(weight, rng=None):
+def _default_(weight: _A, rng: Seed = None) -> _A:
     # PyTorch: kaiming_uniform_(a=sqrt(5)) == U(-1/sqrt(fan_in), 1/sqrt(fan_in))
     return kaiming_uniform_(weight, a=math.sqrt(5.0), rng=rng)
 
 
 #: Weight initialisers a layer accepts by name (``nn.Linear(..., init="he")``).
-INITIALIZERS = {
+INITIALIZERS: dict[str, Callable[..., NDArray[Any]]] = {
     "default": _default_,
     "he": kaiming_uniform_,
     "he_uniform": kaiming_uniform_,

@@ -9,10 +9,14 @@ of everything, and returns a new array (or, inside a
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
+from typing import Any
 
 import numpy as np
 
-from .. import _validation as _v, ops
+from .. import _validation as _v
+from .. import ops
+from .._typing import ArrayLike, DenseActivation, DTypeLike, FloatArray, ParameterSpec, Seed
 from ..grad_mode import _enabled as _grad_enabled
 from . import init as _init
 from .module import Module, Parameter, register_module
@@ -48,7 +52,10 @@ class Linear(Module):
     Shapes: input (B, I), output (B, O).
     """
 
-    def __init__(self, in_features, out_features, bias=True, dtype=np.float32, init="default", rng=None):
+    _plan: ops.DensePlan
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, dtype: DTypeLike = np.float32,
+                 init: str = "default", rng: Seed = None) -> None:
         super().__init__()
         self.in_features = _v.positive_int(in_features, "in_features")
         self.out_features = _v.positive_int(out_features, "out_features")
@@ -63,11 +70,11 @@ class Linear(Module):
 
     _transient = ("_plan",)
 
-    def _reset_transient(self):
+    def _reset_transient(self) -> None:
         self.__dict__["_plan"] = ops.DensePlan(self.weight, self.bias)
         self.__dict__["_ctx"] = None
 
-    def reset_parameters(self, rng=None):
+    def reset_parameters(self, rng: Seed = None) -> None:
         """Draw new initial values (see the ``init`` parameter)."""
         rng = _init.get_rng(rng)
         _init.INITIALIZERS[self.init](self.weight.data, rng=rng)
@@ -79,11 +86,11 @@ class Linear(Module):
                 self.bias.data[...] = 0
 
     # -- computation --------------------------------------------------
-    def forward(self, x):
+    def forward(self, x: ArrayLike) -> FloatArray:
         """``y = x·Wᵀ + b`` for ``x`` of shape (B, I); returns (B, O)."""
         return self._forward(x, "identity")
 
-    def _forward(self, x, activation):
+    def _forward(self, x: ArrayLike, activation: DenseActivation) -> FloatArray:
         # Fused ``act(x·Wᵀ + b)``: Sequential calls this with the activation
         # of the module that follows.
         try:
@@ -94,13 +101,14 @@ class Linear(Module):
             self.__dict__["_ctx"] = (x, y, activation)
         return y
 
-    def backward(self, grad_output, *, input_grad=True, accumulate=False):
+    def backward(self, grad_output: ArrayLike, *, input_grad: bool = True,
+                 accumulate: bool = False) -> FloatArray | None:
         """Fill ``weight.grad`` (and ``bias.grad``); return dL/dx of shape (B, I) (None if not ``input_grad``)."""
         x, y, activation = self._saved()
         return self._plan.backward(grad_output, x, y, activation, input_grad=input_grad, accumulate=accumulate)
 
     # -- description --------------------------------------------------
-    def get_config(self) -> dict:
+    def get_config(self) -> dict[str, Any]:
         return {"in_features": self.in_features, "out_features": self.out_features,
                 "bias": self.bias is not None, "dtype": self.weight.data.dtype.name, "init": self.init}
 
@@ -109,7 +117,8 @@ class Linear(Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}{extra}"
 
     @classmethod
-    def parameters_from_config(cls, config, children=()):
+    def parameters_from_config(cls, config: dict[str, Any],
+                               children: Collection[str] = ()) -> list[ParameterSpec]:
         """``[(name, shape, dtype name)]`` that ``Linear(**config)`` creates, config checked (see Module)."""
         c = _v.layer_config(config, "Linear", ("in_features", "out_features", "bias", "dtype", "init"), children)
         i, o = _v.positive_int(c["in_features"], "in_features"), _v.positive_int(c["out_features"], "out_features")

@@ -15,14 +15,18 @@ access. Under :func:`fastnn.no_grad` the loss keeps nothing.
 
 from __future__ import annotations
 
+from typing import Any, Literal
+
 import numpy as np
 
-from .. import _validation as _v, ops
+from .. import _validation as _v
+from .. import ops
+from .._typing import ArrayLike, DTypeLike, FloatArray, IntArray, LossKind, NDArray, Reduction
 from ..grad_mode import _enabled as _grad_enabled
 
 __all__ = ["Loss", "MSELoss", "CrossEntropyLoss", "BCEWithLogitsLoss", "LOSSES"]
 
-_REDUCTIONS = ("mean", "sum")
+_REDUCTIONS: tuple[Reduction, ...] = ("mean", "sum")
 
 
 class Loss:
@@ -33,40 +37,44 @@ class Loss:
     reduction : {"mean", "sum"}
     """
 
-    #: kind understood by ``ops.LossPlan``
-    _kind = ""
+    #: kind understood by ``ops.LossPlan`` (set by each subclass)
+    _kind: LossKind
     #: "argmax" (class labels), "sign" (binary targets) or None (regression)
-    accuracy_kind = None
+    accuracy_kind: Literal["argmax", "sign"] | None = None
+    reduction: Reduction
+    _plan: ops.LossPlan
+    #: dL/dpred of the last call (None before one, or under no_grad)
+    _grad: FloatArray | None
 
-    def __init__(self, reduction="mean"):
+    def __init__(self, reduction: Reduction = "mean") -> None:
         self.reduction = _v.choice(reduction, "reduction", _REDUCTIONS)
         self._reset_transient()
 
-    def _reset_transient(self):
+    def _reset_transient(self) -> None:
         self._plan = ops.LossPlan(self._kind, self.reduction)
         self._grad = None
 
-    def __getstate__(self):
+    def __getstate__(self) -> dict[str, Any]:
         return {"reduction": self.reduction}
 
-    def __setstate__(self, state):
+    def __setstate__(self, state: dict[str, Any]) -> None:
         self.reduction = state["reduction"]
         self._reset_transient()
 
-    def __call__(self, pred, target):
+    def __call__(self, pred: ArrayLike, target: ArrayLike) -> float:
         return self.forward(pred, target)
 
-    def forward(self, pred, target):
+    def forward(self, pred: ArrayLike, target: ArrayLike) -> float:
         """The loss of ``pred`` against ``target``, as a float."""
         loss, grad = self._plan(pred, self._target(target, pred))
         if _grad_enabled.get():
             self._grad = grad
         return loss
 
-    def _target(self, target, pred):
+    def _target(self, target: ArrayLike, pred: ArrayLike) -> ArrayLike:
         return target
 
-    def backward(self, grad_output=1.0):
+    def backward(self, grad_output: float = 1.0) -> FloatArray:
         """dL/dpred of the last call, times ``grad_output`` (an array shaped like that prediction)."""
         grad = self._grad
         if grad is None:
@@ -76,21 +84,21 @@ class Loss:
             return grad
         return grad * grad.dtype.type(grad_output)
 
-    def prepare_target(self, y, dtype):
+    def prepare_target(self, y: ArrayLike, dtype: DTypeLike) -> NDArray[Any]:
         """Validate a whole target array once, as the training loop will feed it."""
         y = np.asarray(y)
         if y.dtype.kind not in "fiub":
             raise TypeError(f"targets must be numeric, got dtype {y.dtype}")
         return np.ascontiguousarray(y, dtype=dtype)
 
-    def get_config(self) -> dict:
+    def get_config(self) -> dict[str, Any]:
         return {"reduction": self.reduction}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(reduction={self.reduction!r})"
 
 
-def _float_target(target, pred):
+def _float_target(target: ArrayLike, pred: ArrayLike) -> NDArray[Any]:
     """Integer and boolean targets (0/1 labels, counts) become floats of the prediction's dtype."""
     if type(target) is not np.ndarray:
         target = np.asarray(target)
@@ -109,7 +117,7 @@ class MSELoss(Loss):
 
     _kind = "mse"
 
-    def _target(self, target, pred):
+    def _target(self, target: ArrayLike, pred: ArrayLike) -> ArrayLike:
         return _float_target(target, pred)
 
 
@@ -125,7 +133,7 @@ class CrossEntropyLoss(Loss):
     _kind = "cross_entropy"
     accuracy_kind = "argmax"
 
-    def prepare_target(self, y, dtype):
+    def prepare_target(self, y: ArrayLike, dtype: DTypeLike) -> IntArray:
         y = np.asarray(y)
         if y.dtype.kind not in "iu":
             if y.dtype.kind == "f" and np.all(np.mod(y, 1) == 0):
@@ -136,7 +144,7 @@ class CrossEntropyLoss(Loss):
             raise ValueError(f"CrossEntropyLoss needs labels of shape (N,), got {y.shape}")
         return np.ascontiguousarray(y, dtype=np.intp)
 
-    def check_labels(self, y, num_classes):
+    def check_labels(self, y: IntArray, num_classes: int) -> None:
         """Raise ``ValueError`` if some label is outside [0, num_classes)."""
         if y.size and (y.min() < 0 or y.max() >= num_classes):
             raise ValueError(f"labels must lie in [0, {num_classes}), got values from {y.min()} to {y.max()}")
@@ -153,12 +161,12 @@ class BCEWithLogitsLoss(Loss):
     _kind = "bce_with_logits"
     accuracy_kind = "sign"
 
-    def _target(self, target, pred):
+    def _target(self, target: ArrayLike, pred: ArrayLike) -> ArrayLike:
         return _float_target(target, pred)
 
 
 #: Losses by name, for ``fastnn.fit(..., loss="cross_entropy")``.
-LOSSES = {
+LOSSES: dict[str, type[Loss]] = {
     "mse": MSELoss,
     "cross_entropy": CrossEntropyLoss,
     "bce_with_logits": BCEWithLogitsLoss,

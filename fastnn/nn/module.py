@@ -30,22 +30,34 @@ from __future__ import annotations
 
 import inspect
 from collections import OrderedDict
+from collections.abc import Callable, Collection, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, overload
 
 import numpy as np
 from numpy.lib.mixins import NDArrayOperatorsMixin
 
 from .. import _validation as _v
+from .._typing import ArrayLike, DTypeLike, FloatArray, ParameterSpec
 from ..grad_mode import _inference
 
-__all__ = ["Parameter", "Module", "register_module", "get_module_class", "registered_modules"]
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+__all__ = ["Parameter", "Module", "register_module", "get_module_class", "registered_modules", "BUFFER_DTYPES"]
 
 #: Layer classes that :func:`fastnn.load` may rebuild, by name. A saved file
 #: names its layers; loading looks the names up here and nowhere else, so a
 #: file can never make fastnn import or run arbitrary code.
-MODULE_REGISTRY: "dict[str, type]" = {}
+MODULE_REGISTRY: dict[str, type[Module]] = {}
+
+_M = TypeVar("_M", bound="type[Module]")
 
 
-def register_module(cls=None, *, name=None):
+@overload
+def register_module(cls: _M, *, name: str | None = None) -> _M: ...
+@overload
+def register_module(cls: None = None, *, name: str | None = None) -> Callable[[_M], _M]: ...
+def register_module(cls: _M | None = None, *, name: str | None = None) -> _M | Callable[[_M], _M]:
     """Class decorator: make a :class:`Module` subclass loadable by :func:`fastnn.load`.
 
     Parameters
@@ -76,7 +88,7 @@ def register_module(cls=None, *, name=None):
     rebuilt by its constructor overrides :meth:`Module.from_config`.
     """
 
-    def deco(c):
+    def deco(c: _M) -> _M:
         if not (isinstance(c, type) and issubclass(c, Module)):
             raise TypeError(f"register_module expects a Module subclass, got {c!r}")
         key = name or c.__name__
@@ -90,7 +102,7 @@ def register_module(cls=None, *, name=None):
     return deco if cls is None else deco(cls)
 
 
-def get_module_class(name: str) -> type:
+def get_module_class(name: str) -> type[Module]:
     """The registered class called ``name`` (``KeyError`` with the known names if absent)."""
     try:
         return MODULE_REGISTRY[name]
@@ -98,12 +110,29 @@ def get_module_class(name: str) -> type:
         raise KeyError(f"no layer named {name!r} is registered; known: {sorted(MODULE_REGISTRY)}") from None
 
 
-def registered_modules() -> "dict[str, type]":
+def registered_modules() -> dict[str, type[Module]]:
     """A copy of the registry: saved-file name -> class."""
     return dict(MODULE_REGISTRY)
 
 
 _F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)
+_I64 = np.dtype(np.int64)
+
+#: dtypes a buffer may have: float state (running statistics) or an int64 counter.
+BUFFER_DTYPES = (_F32, _F64, _I64)
+
+
+def _check_buffer(name: str, value: object) -> np.ndarray | None:
+    """A buffer's array: float32/float64/int64, owned, writeable and C-contiguous (copied if not)."""
+    if value is None:
+        return None
+    if type(value) is not np.ndarray:
+        raise TypeError(f"buffer {name!r} must be a numpy.ndarray or None, got {type(value).__name__}")
+    if value.dtype not in BUFFER_DTYPES:
+        raise TypeError(f"buffer {name!r} must be float32, float64 or int64, got dtype {value.dtype}")
+    if not value.flags.c_contiguous or not value.flags.writeable:
+        value = np.array(value, order="C", copy=True)
+    return value
 
 
 def _readonly(a: np.ndarray) -> np.ndarray:
@@ -140,13 +169,17 @@ class Parameter(NDArrayOperatorsMixin):
     __slots__ = ("data", "grad")
     __hash__ = object.__hash__
 
-    def __init__(self, data):
+    # set through object.__setattr__ in __setattr__ below; declared for type checkers
+    data: FloatArray
+    grad: FloatArray
+
+    def __init__(self, data: ArrayLike) -> None:
         data = np.asarray(data)
         if data.dtype.kind == "f" and (not data.flags.c_contiguous or not data.flags.writeable):
             data = np.array(data, order="C", copy=True)
         self.data = data
 
-    def __setattr__(self, name, value):
+    def __setattr__(self, name: str, value: Any) -> None:
         if name == "data":
             if type(value) is not np.ndarray:
                 raise TypeError(f"Parameter data must be a numpy.ndarray, got {type(value).__name__}")
@@ -174,21 +207,25 @@ class Parameter(NDArrayOperatorsMixin):
         else:
             raise AttributeError(f"Parameter has no attribute {name!r}")
 
-    def __getstate__(self):
+    def __getstate__(self) -> dict[str, FloatArray]:
         return {"data": self.data, "grad": self.grad}
 
-    def __setstate__(self, state):
-        self.data = state["data"]
-        self.grad = state["grad"]
+    def __setstate__(self, state: Mapping[str, Any]) -> None:
+        # joblib hands back read-only memory maps (np.memmap): own a writeable copy
+        for name in ("data", "grad"):
+            a = state[name]
+            if type(a) is not np.ndarray or not a.flags.writeable or not a.flags.c_contiguous:
+                a = np.array(a, order="C", copy=True)
+            setattr(self, name, a)
 
     # -- the array protocol: read-only views of data ---------------------
-    def __array__(self, dtype=None, copy=None):
+    def __array__(self, dtype: DTypeLike | None = None, copy: bool | None = None) -> np.ndarray:
         if copy:
             return np.array(self.data, dtype=dtype, copy=True)
         a = _readonly(self.data)
         return a if dtype is None else a.astype(dtype, copy=False)
 
-    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+    def __array_ufunc__(self, ufunc: np.ufunc, method: str, *inputs: Any, **kwargs: Any) -> Any:
         for o in kwargs.get("out", ()):
             if isinstance(o, Parameter):
                 raise TypeError("a Parameter is read-only as an array: update p.data in place instead "
@@ -196,36 +233,36 @@ class Parameter(NDArrayOperatorsMixin):
         inputs = tuple(_readonly(i.data) if isinstance(i, Parameter) else i for i in inputs)
         return getattr(ufunc, method)(*inputs, **kwargs)
 
-    def __getitem__(self, index):
+    def __getitem__(self, index: Any) -> Any:
         return _readonly(self.data)[index]
 
-    def __setitem__(self, index, value):
+    def __setitem__(self, index: Any, value: Any) -> None:
         raise TypeError("a Parameter is read-only as an array: write into p.data instead (p.data[...] = values)")
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self.data)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Any]:
         return iter(_readonly(self.data))
 
     @property
-    def shape(self):
+    def shape(self) -> tuple[int, ...]:
         return self.data.shape
 
     @property
-    def dtype(self):
+    def dtype(self) -> np.dtype[Any]:
         return self.data.dtype
 
     @property
-    def ndim(self):
+    def ndim(self) -> int:
         return self.data.ndim
 
     @property
-    def size(self):
+    def size(self) -> int:
         return self.data.size
 
     @property
-    def T(self):
+    def T(self) -> FloatArray:
         return _readonly(self.data).T
 
     def numpy(self) -> np.ndarray:
@@ -243,13 +280,26 @@ class Module:
     registered in assignment order, which fixes ``state_dict`` order), and
     implement :meth:`forward` and :meth:`backward`.
 
+    Buffers (:meth:`register_buffer`) are arrays that belong to the module's
+    state but are not trained: running statistics, counters. They are in
+    :meth:`state_dict` (after the module's own parameters, as in PyTorch),
+    loaded by :meth:`load_state_dict`, saved by :func:`fastnn.save` and
+    converted by :meth:`to`, but they have no gradient and optimizers never
+    see them (:meth:`parameters` does not list them).
+
     To be saved by :func:`fastnn.save`, a module also implements
     :meth:`get_config`, returning the keyword arguments that rebuild it.
     """
 
     training: bool
+    # set through object.__setattr__ in __init__; declared for type checkers
+    _parameters: OrderedDict[str, Parameter]
+    _modules: OrderedDict[str, Module]
+    _buffers: OrderedDict[str, np.ndarray | None]
+    #: the name the class is registered under (set by :func:`register_module`)
+    _registered_name: ClassVar[str]
 
-    def __init_subclass__(cls, **kwargs):
+    def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         backward = cls.__dict__.get("backward")
         if backward is not None:
@@ -260,15 +310,23 @@ class Module:
                 raise TypeError(f"{cls.__name__}.backward must take the keyword arguments of the module protocol: "
                                 f"def backward(self, grad_output, *, input_grad=True, accumulate=False)")
 
-    def __init__(self):
+    def __init__(self) -> None:
         object.__setattr__(self, "_parameters", OrderedDict())
         object.__setattr__(self, "_modules", OrderedDict())
+        object.__setattr__(self, "_buffers", OrderedDict())
         object.__setattr__(self, "training", True)
 
-    def __setattr__(self, name, value):
+    def __setattr__(self, name: str, value: Any) -> None:
         params = self.__dict__.get("_parameters")
         if params is None:
             raise AttributeError("Module.__init__() must be called before assigning attributes")
+        buffers = self.__dict__.get("_buffers")
+        if buffers is not None and name in buffers:
+            # a registered buffer stays a buffer: checked, kept in the registry
+            value = _check_buffer(name, value)
+            buffers[name] = value
+            object.__setattr__(self, name, value)
+            return
         changed = False
         if isinstance(value, Parameter):
             self._modules.pop(name, None)
@@ -285,15 +343,15 @@ class Module:
             # a parameter object was replaced after construction: rebind the kernels
             self._reset_transient()
 
-    def _reset_transient(self):
+    def _reset_transient(self) -> None:
         """(Re)create per-call state: bound kernels, forward context. Layers override."""
         self.__dict__["_ctx"] = None
 
-    def _input_error(self, x, exc: Exception) -> Exception:
+    def _input_error(self, x: object, exc: Exception) -> Exception:
         """``exc``, or a TypeError saying how to convert when the input's dtype is the cause."""
         try:
             a = x if isinstance(x, np.ndarray) else np.asarray(x)
-        except Exception:  # noqa: BLE001 - not array-like at all: keep the original message
+        except Exception:  # not array-like at all: keep the original message
             return exc
         dt = self.dtype
         if a.dtype != dt:
@@ -303,11 +361,11 @@ class Module:
         return exc
 
     # -- computation --------------------------------------------------
-    def forward(self, x):
+    def forward(self, x: Any) -> Any:
         """Compute the output for input ``x``; keep what backward needs if gradients are on."""
         raise NotImplementedError(f"{type(self).__name__} does not implement forward")
 
-    def backward(self, grad_output, *, input_grad=True, accumulate=False):
+    def backward(self, grad_output: Any, *, input_grad: bool = True, accumulate: bool = False) -> Any:
         """Given dL/d(output), fill each ``param.grad`` and return dL/d(input).
 
         Parameters
@@ -322,10 +380,10 @@ class Module:
         """
         raise NotImplementedError(f"{type(self).__name__} does not implement backward")
 
-    def __call__(self, *args, **kwargs):
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.forward(*args, **kwargs)
 
-    def _saved(self):
+    def _saved(self) -> Any:
         """What the last forward kept for backward (``_ctx``), or a clear error."""
         ctx = self.__dict__.get("_ctx")
         if ctx is None:
@@ -334,21 +392,79 @@ class Module:
         return ctx
 
     # -- parameters ---------------------------------------------------
-    def named_parameters(self, prefix: str = ""):
+    def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, Parameter]]:
         """Yield ``(name, Parameter)`` pairs, children's names dotted as in PyTorch."""
         for name, p in self._parameters.items():
             yield prefix + name, p
         for name, child in self._modules.items():
             yield from child.named_parameters(prefix + name + ".")
 
-    def parameters(self):
+    def parameters(self) -> list[Parameter]:
         """List of all parameters of this module and its children."""
         return [p for _, p in self.named_parameters()]
 
-    def children(self):
+    # -- buffers ------------------------------------------------------
+    def register_buffer(self, name: str, array: np.ndarray | None, persistent: bool = True) -> None:
+        """Add a non-trainable array to the module's state (PyTorch's ``register_buffer``).
+
+        Parameters
+        ----------
+        name : str
+            Attribute name; ``module.name`` reads the array, and assigning
+            ``module.name = array`` replaces it (checked again).
+        array : ndarray of float32, float64 or int64, or None
+            Kept as given if writeable and C-contiguous, else copied. None
+            registers the name without an array (left out of ``state_dict``).
+        persistent : bool, default True
+            False keeps the buffer out of ``state_dict`` and saved files.
+
+        Notes
+        -----
+        Buffers have no gradient and are not returned by :meth:`parameters`,
+        so optimizers never update them; the layer that owns them does
+        (a batch norm's running statistics, in training mode).
+        """
+        if not isinstance(name, str) or not name.isidentifier():
+            raise ValueError(f"buffer name must be an identifier, got {name!r}")
+        if name in self._parameters or name in self._modules:
+            raise ValueError(f"{type(self).__name__} already has a parameter or child module named {name!r}")
+        array = _check_buffer(name, array)
+        self._buffers[name] = array
+        if not _v.strict_bool(persistent, "persistent"):
+            self.__dict__.setdefault("_non_persistent", set()).add(name)
+        object.__setattr__(self, name, array)
+
+    def named_buffers(self, prefix: str = "") -> Iterator[tuple[str, np.ndarray]]:
+        """Yield ``(name, ndarray)`` for every buffer that holds an array, children's names dotted."""
+        for name, b in self._buffers.items():
+            if b is not None:
+                yield prefix + name, b
+        for name, child in self._modules.items():
+            yield from child.named_buffers(prefix + name + ".")
+
+    def buffers(self) -> list[np.ndarray]:
+        """List of the arrays of every buffer of this module and its children."""
+        return [b for _, b in self.named_buffers()]
+
+    def _named_state(self, prefix: str = "") -> Iterator[tuple[str, np.ndarray]]:
+        """``(name, array)`` of every ``state_dict`` entry, the live arrays, in PyTorch's order.
+
+        Per module: its parameters, then its persistent buffers, then its
+        children, recursively (what ``torch.nn.Module.state_dict`` does).
+        """
+        for name, p in self._parameters.items():
+            yield prefix + name, p.data
+        skip = self.__dict__.get("_non_persistent", ())
+        for name, b in self._buffers.items():
+            if b is not None and name not in skip:
+                yield prefix + name, b
+        for name, child in self._modules.items():
+            yield from child._named_state(prefix + name + ".")
+
+    def children(self) -> list[Module]:
         return list(self._modules.values())
 
-    def modules(self):
+    def modules(self) -> Iterator[Module]:
         yield self
         for child in self._modules.values():
             yield from child.modules()
@@ -358,14 +474,14 @@ class Module:
         for p in self.parameters():
             p.grad[...] = 0
 
-    def train(self, mode: bool = True):
+    def train(self, mode: bool = True) -> Self:
         """Set training mode (``mode=True``) or evaluation mode, recursively."""
         mode = _v.strict_bool(mode, "mode")
         for m in self.modules():
             object.__setattr__(m, "training", mode)
         return self
 
-    def eval(self):
+    def eval(self) -> Self:
         """Set evaluation mode (same as ``train(False)``)."""
         return self.train(False)
 
@@ -373,7 +489,7 @@ class Module:
         """Training behaviour for this call: the module's mode, unless under :func:`fastnn.inference_mode`."""
         return self.training and not _inference.get()
 
-    def to(self, dtype):
+    def to(self, dtype: DTypeLike) -> Self:
         """Convert every parameter to ``dtype`` (float32 or float64), in place; returns self.
 
         Inputs must then have the same dtype (``x.astype(dtype)``).
@@ -383,12 +499,15 @@ class Module:
             for p in m._parameters.values():
                 if p.data.dtype != dt:
                     p.data = p.data.astype(dt)
+            for name, b in list(m._buffers.items()):
+                if b is not None and b.dtype.kind == "f" and b.dtype != dt:
+                    setattr(m, name, b.astype(dt))   # counters (int64) keep their dtype
             if hasattr(m, "_to_dtype"):
                 m._to_dtype(dt)
         return self
 
     @property
-    def dtype(self):
+    def dtype(self) -> np.dtype[Any]:
         """The dtype of the first parameter (float32 for a module without any)."""
         for p in self.parameters():
             return p.data.dtype
@@ -397,27 +516,34 @@ class Module:
     # -- pickling: configuration and parameters, not per-call state -------
     #: attributes that hold per-call state (forward context, bound kernels,
     #: training locks); not pickled, reset on unpickling
-    _transient = ("_ctx", "_training_lock")
+    _transient: tuple[str, ...] = ("_ctx", "_training_lock")
 
-    def __getstate__(self):
+    def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         for cls in type(self).__mro__:
             for name in cls.__dict__.get("_transient", ()):
                 state.pop(name, None)
         return state
 
-    def __setstate__(self, state):
+    def __setstate__(self, state: Mapping[str, Any]) -> None:
         self.__dict__.update(state)
+        buffers = self.__dict__.setdefault("_buffers", OrderedDict())   # pickled before modules had buffers
+        for name, b in list(buffers.items()):
+            # joblib hands back read-only memory maps: own writeable copies, as Parameter does
+            if b is not None and (type(b) is not np.ndarray or not b.flags.writeable):
+                b = np.array(b, order="C", copy=True)
+                buffers[name] = b
+                self.__dict__[name] = b
         if hasattr(self, "_reset_transient"):
             self._reset_transient()
 
     # -- state --------------------------------------------------------
-    def state_dict(self) -> "OrderedDict[str, np.ndarray]":
-        """Copies of all parameters, keyed as PyTorch keys the same module."""
-        return OrderedDict((name, p.data.copy()) for name, p in self.named_parameters())
+    def state_dict(self) -> OrderedDict[str, np.ndarray]:
+        """Copies of all parameters and persistent buffers, keyed and ordered as PyTorch keys the same module."""
+        return OrderedDict((name, a.copy()) for name, a in self._named_state())
 
-    def load_state_dict(self, state_dict, strict: bool = True) -> None:
-        """Copy values into the parameters, checking names and shapes.
+    def load_state_dict(self, state_dict: Mapping[str, ArrayLike], strict: bool = True) -> None:
+        """Copy values into the parameters and buffers, checking names and shapes.
 
         Parameters
         ----------
@@ -432,31 +558,36 @@ class Module:
             On missing/unexpected keys (``strict=True``).
         ValueError
             When a shape differs; nothing is changed then.
+        TypeError
+            When a float array gets non-float values, or an integer counter
+            (``num_batches_tracked``) non-integer ones; nothing is changed then.
         """
-        own = dict(self.named_parameters())
+        own = dict(self._named_state())
         missing = [k for k in own if k not in state_dict]
         unexpected = [k for k in state_dict if k not in own]
         if strict and (missing or unexpected):
             raise KeyError(f"state_dict mismatch: missing keys {missing}, unexpected keys {unexpected}")
-        staged = {}
-        for name, p in own.items():
+        staged: dict[str, np.ndarray] = {}
+        for name, dst in own.items():
             if name not in state_dict:
                 continue
             value = np.asarray(state_dict[name])
-            if value.shape != p.data.shape:
-                raise ValueError(f"{name}: expected shape {p.data.shape}, got {value.shape}")
-            if value.dtype.kind != "f":
+            if value.shape != dst.shape:
+                raise ValueError(f"{name}: expected shape {dst.shape}, got {value.shape}")
+            if dst.dtype.kind == "f" and value.dtype.kind != "f":
                 raise TypeError(f"{name}: expected floating-point values, got dtype {value.dtype}")
+            if dst.dtype.kind == "i" and value.dtype.kind not in "iu":
+                raise TypeError(f"{name}: expected integer values, got dtype {value.dtype}")
             staged[name] = value
         for name, value in staged.items():  # all checked: now copy, in place
-            np.copyto(own[name].data, value, casting="same_kind")
+            np.copyto(own[name], value, casting="same_kind" if own[name].dtype.kind == "f" else "unsafe")
 
-    def get_config(self) -> dict:
+    def get_config(self) -> dict[str, Any]:
         """Constructor arguments that rebuild this module (used by ``fastnn.save``)."""
         raise NotImplementedError(f"{type(self).__name__} cannot be saved: it does not implement get_config()")
 
     @classmethod
-    def from_config(cls, config: dict, children: "dict[str, Module]"):
+    def from_config(cls, config: dict[str, Any], children: dict[str, Module]) -> Self:
         """Rebuild a module from :meth:`get_config` output (used by ``fastnn.load``).
 
         ``children`` are the already rebuilt child modules, by name. The default
@@ -481,12 +612,14 @@ class Module:
         return lines[0] + ")"
 
     @classmethod
-    def parameters_from_config(cls, config: dict, children=()):
+    def parameters_from_config(cls, config: dict[str, Any],
+                               children: Collection[str] = ()) -> list[ParameterSpec] | None:
         """The parameters :meth:`from_config` would create, without creating them.
 
         Returns a list of ``(name, shape, dtype name)`` for this module's own
-        parameters (not its children's), in the order the module registers
-        them, after checking ``config`` and the child names ``children`` as
+        ``state_dict`` entries (not its children's): its parameters in the
+        order the module registers them, then its persistent buffers (dtype
+        ``"int64"`` for a counter), after checking ``config`` and the child names ``children`` as
         strictly as the constructor would (``TypeError``/``ValueError``
         otherwise; unknown and missing config keys are errors).
         :func:`fastnn.load` calls it to compare a file's architecture with the

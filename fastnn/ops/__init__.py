@@ -9,14 +9,28 @@ Output buffers: every op accepts ``out=`` (or ``grad=`` ...) to reuse memory
 across training steps; results are written there and returned.
 """
 
-from .activations import *  # noqa: F401,F403
-from .conv import *  # noqa: F401,F403
-from .dense import *  # noqa: F401,F403
-from .losses import *  # noqa: F401,F403
-from .optim import *  # noqa: F401,F403
-from .rnn import *  # noqa: F401,F403
-from . import activations as _activations, conv as _conv, dense as _dense, losses as _losses, optim as _optim
+from . import activations as _activations
+from . import adaptive_pool as _adaptive_pool
+from . import conv as _conv
+from . import dense as _dense
+from . import dropout as _dropout
+from . import embedding as _embedding
+from . import losses as _losses
+from . import norm as _norm
+from . import optim as _optim
 from . import rnn as _rnn
+from .activations import *  # noqa: F403
+from .adaptive_pool import *  # noqa: F403
+from .conv import *  # noqa: F403
+from .dense import *  # noqa: F403
+from .dropout import *  # noqa: F403
+from .embedding import *  # noqa: F403
+from .losses import *  # noqa: F403
+from .norm import *  # noqa: F403
+from .optim import *  # noqa: F403
+from .rnn import *  # noqa: F403
 
-__all__ = [*_activations.__all__, *_conv.__all__, *_dense.__all__, *_losses.__all__, *_optim.__all__,
-           *_rnn.__all__]
+# The families' lists, spliced (ruff cannot read starred entries).
+__all__ = [*_activations.__all__,  # noqa: PLE0604
+           *_conv.__all__, *_dense.__all__, *_losses.__all__, *_optim.__all__,
+           *_rnn.__all__, *_norm.__all__, *_dropout.__all__, *_embedding.__all__, *_adaptive_pool.__all__]

@@ -22,8 +22,12 @@ modified, and a plan keeps no per-call state.
 
 from __future__ import annotations
 
+from collections.abc import Hashable
+from typing import Any
+
 import numpy as np
 
+from .._typing import FloatArray, NDArray, ParamLike
 from ..backends import current
 from ..workspace import _active as active_workspace
 
@@ -32,7 +36,8 @@ __all__ = ["current", "active_workspace", "ndarray", "output", "check_param", "c
 ndarray = np.ndarray
 
 
-def output(owner, name, shape, dtype, *inputs):
+def output(owner: Hashable, name: str, shape: tuple[int, ...], dtype: np.dtype[Any],
+           *inputs: NDArray[Any] | None) -> NDArray[Any]:
     """A buffer for a result: the active workspace's (not aliasing ``inputs``), or a new array."""
     ws = active_workspace.get()
     if ws is None:
@@ -46,7 +51,7 @@ def output(owner, name, shape, dtype, *inputs):
     return out
 
 
-def check_param(param, name, ndim=None):
+def check_param(param: ParamLike, name: str, ndim: int | None = None) -> FloatArray:
     """The validated ``.data`` of a bound parameter (kernels read it; optimizers write it)."""
     data = param.data
     if type(data) is not ndarray:
@@ -60,16 +65,16 @@ def check_param(param, name, ndim=None):
     return data
 
 
-def check_disjoint(where, *arrays):
+def check_disjoint(where: str, *arrays: NDArray[Any] | None) -> None:
     """Refuse bound arrays that overlap (a parameter's gradient inside another's, say): checked once per bind."""
-    arrays = [a for a in arrays if a is not None]
-    for i, a in enumerate(arrays):
-        for b in arrays[i + 1:]:
+    given = [a for a in arrays if a is not None]
+    for i, a in enumerate(given):
+        for b in given[i + 1:]:
             if np.may_share_memory(a, b):
                 raise ValueError(f"{where}: parameters and gradients must not share memory")
 
 
-def check_grad(param, name):
+def check_grad(param: ParamLike, name: str) -> FloatArray:
     """The validated ``.grad`` of a bound parameter: a kernel writes it in place."""
     data, grad = param.data, param.grad
     if type(grad) is not ndarray or grad.shape != data.shape or grad.dtype != data.dtype:

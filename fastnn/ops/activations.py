@@ -1,6 +1,12 @@
 """Activations and their backward passes (see the reference for the math)."""
 
+from __future__ import annotations
+
+from collections.abc import Callable
+
 from .. import _validation as _v
+from .._typing import ActivationKind, ArrayLike, FloatArray
+from ..backends import Backend
 from ..backends import current as _backend
 
 __all__ = [
@@ -13,12 +19,13 @@ __all__ = [
 ]
 
 
-def _forward_args(x, out):
+def _forward_args(x: ArrayLike, out: FloatArray | None) -> tuple[FloatArray, FloatArray]:
     x = _v.as_float_array(x, "x")
     return x, _v.output(out, x.shape, x.dtype, aliases=(x,))
 
 
-def _backward_args(grad_out, y, out):
+def _backward_args(grad_out: ArrayLike, y: ArrayLike,
+                   out: FloatArray | None) -> tuple[FloatArray, FloatArray, FloatArray]:
     grad_out = _v.as_float_array(grad_out, "grad_out")
     y = _v.as_float_array(y, "y")
     _v.same_dtype(grad_out.dtype, y, "y")
@@ -26,7 +33,7 @@ def _backward_args(grad_out, y, out):
     return grad_out, y, _v.output(out, grad_out.shape, grad_out.dtype, aliases=(grad_out, y))
 
 
-def relu(x, out=None):
+def relu(x: ArrayLike, out: FloatArray | None = None) -> FloatArray:
     """Rectified linear unit, ``max(x, 0)``, elementwise.
 
     Parameters
@@ -44,7 +51,7 @@ def relu(x, out=None):
     return _backend().relu(x, out)
 
 
-def relu_backward(grad_out, y, out=None):
+def relu_backward(grad_out: ArrayLike, y: ArrayLike, out: FloatArray | None = None) -> FloatArray:
     """Gradient through relu from its output: ``grad_out * (y > 0)``.
 
     Parameters
@@ -61,11 +68,11 @@ def relu_backward(grad_out, y, out=None):
     return _backend().relu_backward(grad_out, y, out)
 
 
-def _slope(negative_slope):
+def _slope(negative_slope: float) -> float:
     return _v.scalar(negative_slope, "negative_slope", low=0.0)
 
 
-def leaky_relu(x, negative_slope=0.01, out=None):
+def leaky_relu(x: ArrayLike, negative_slope: float = 0.01, out: FloatArray | None = None) -> FloatArray:
     """Leaky ReLU: ``x`` where ``x > 0``, else ``negative_slope * x``.
 
     Parameters
@@ -79,37 +86,38 @@ def leaky_relu(x, negative_slope=0.01, out=None):
     return _backend().leaky_relu(x, _slope(negative_slope), out)
 
 
-def leaky_relu_backward(grad_out, y, negative_slope=0.01, out=None):
+def leaky_relu_backward(grad_out: ArrayLike, y: ArrayLike, negative_slope: float = 0.01,
+                        out: FloatArray | None = None) -> FloatArray:
     """Gradient through leaky ReLU from its output ``y``."""
     grad_out, y, out = _backward_args(grad_out, y, out)
     return _backend().leaky_relu_backward(grad_out, y, _slope(negative_slope), out)
 
 
-def sigmoid(x, out=None):
+def sigmoid(x: ArrayLike, out: FloatArray | None = None) -> FloatArray:
     """Logistic sigmoid ``1 / (1 + exp(-x))``, stable for large ``|x|``."""
     x, out = _forward_args(x, out)
     return _backend().sigmoid(x, out)
 
 
-def sigmoid_backward(grad_out, y, out=None):
+def sigmoid_backward(grad_out: ArrayLike, y: ArrayLike, out: FloatArray | None = None) -> FloatArray:
     """Gradient through sigmoid from its output: ``grad_out * y * (1 - y)``."""
     grad_out, y, out = _backward_args(grad_out, y, out)
     return _backend().sigmoid_backward(grad_out, y, out)
 
 
-def tanh(x, out=None):
+def tanh(x: ArrayLike, out: FloatArray | None = None) -> FloatArray:
     """Hyperbolic tangent, elementwise."""
     x, out = _forward_args(x, out)
     return _backend().tanh(x, out)
 
 
-def tanh_backward(grad_out, y, out=None):
+def tanh_backward(grad_out: ArrayLike, y: ArrayLike, out: FloatArray | None = None) -> FloatArray:
     """Gradient through tanh from its output: ``grad_out * (1 - y**2)``."""
     grad_out, y, out = _backward_args(grad_out, y, out)
     return _backend().tanh_backward(grad_out, y, out)
 
 
-def softmax(x, out=None):
+def softmax(x: ArrayLike, out: FloatArray | None = None) -> FloatArray:
     """Softmax over the last axis of a (B, C) array.
 
     Parameters
@@ -124,7 +132,7 @@ def softmax(x, out=None):
     return _backend().softmax(x, out)
 
 
-def softmax_backward(grad_out, y, out=None):
+def softmax_backward(grad_out: ArrayLike, y: ArrayLike, out: FloatArray | None = None) -> FloatArray:
     """Gradient through softmax (last axis) from its output ``y`` of shape (B, C)."""
     grad_out = _v.as_float_array(grad_out, "grad_out", ndim=2)
     grad_out, y, out = _backward_args(grad_out, y, out)
@@ -144,7 +152,7 @@ _nd = _p.ndarray
 _F32, _F64 = _np.dtype(_np.float32), _np.dtype(_np.float64)
 
 #: kind -> (forward op, backward op, takes negative_slope, needs 2-D input)
-_KINDS = {
+_KINDS: dict[str, tuple[Callable[..., FloatArray], Callable[..., FloatArray], bool, bool]] = {
     "relu": (relu, relu_backward, False, False),
     "leaky_relu": (leaky_relu, leaky_relu_backward, True, False),
     "sigmoid": (sigmoid, sigmoid_backward, False, False),
@@ -170,21 +178,27 @@ class ActivationPlan:
 
     __slots__ = ("kind", "_args", "_ops", "_bound")
 
-    def __init__(self, kind, negative_slope=0.01):
+    kind: ActivationKind
+    _args: tuple[float, ...]
+    _ops: tuple[Callable[..., FloatArray], Callable[..., FloatArray], bool]
+    #: (backend, forward kernel, backward kernel) once bound
+    _bound: tuple[Backend, Callable[..., FloatArray], Callable[..., FloatArray]] | None
+
+    def __init__(self, kind: ActivationKind, negative_slope: float = 0.01) -> None:
         fwd, bwd, sloped, two_d = _KINDS[_v.choice(kind, "kind", tuple(_KINDS))]
         self.kind = kind
         self._args = (_slope(negative_slope),) if sloped else ()
         self._ops = (fwd, bwd, two_d)
         self._bound = None
 
-    def _bind(self):
+    def _bind(self) -> tuple[Backend, Callable[..., FloatArray], Callable[..., FloatArray]]:
         backend = _p.current()
         fwd, bwd, _ = self._ops
         bound = (backend, getattr(backend, fwd.__name__), getattr(backend, bwd.__name__))
         self._bound = bound
         return bound
 
-    def forward(self, x):
+    def forward(self, x: ArrayLike) -> FloatArray:
         """The activation of ``x`` (any shape; (B, C) for softmax)."""
         k = self._bound
         if k is None or k[0] is not _p.current():
@@ -194,7 +208,7 @@ class ActivationPlan:
             return k[1](x, *self._args, _p.output(self, "y", x.shape, x.dtype, x))
         return self._ops[0](x, *self._args)
 
-    def backward(self, grad_out, y):
+    def backward(self, grad_out: ArrayLike, y: ArrayLike) -> FloatArray:
         """dL/dx from dL/dy and the forward output ``y``."""
         k = self._bound
         if k is None or k[0] is not _p.current():

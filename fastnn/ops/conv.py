@@ -11,9 +11,16 @@ channels) gives an empty result, as in PyTorch; an empty image plane is an
 error.
 """
 
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Literal, cast
+
 import numpy as np
 
 from .. import _validation as _v
+from .._typing import ArrayLike, FloatArray, IntPair, NDArray, ParamLike
+from ..backends import Backend
 from ..backends import current as _backend
 
 __all__ = [
@@ -25,8 +32,15 @@ __all__ = [
 
 _INT64 = np.dtype(np.int64)
 
+#: A normalised ``(along H, along W)`` pair.
+_Pair = tuple[int, int]
+#: (B, C, H, W) or (B, O, Ho, Wo).
+_Shape4 = tuple[int, int, int, int]
+#: max pooling's indices of the maxima.
+_Indices = NDArray[np.int64]
 
-def _pair(value, name, low):
+
+def _pair(value: IntPair, name: str, low: int) -> _Pair:
     """``value`` as a pair of Python ints, each in [``low``, MAX_DIM]."""
     if isinstance(value, (tuple, list)):
         if len(value) != 2:
@@ -43,17 +57,18 @@ def _pair(value, name, low):
         if item > _v.MAX_DIM:
             raise ValueError(f"{name} must be at most 2**31 - 1, got {value!r}")
         out.append(int(item))
-    return tuple(out)
+    return cast(_Pair, tuple(out))  # two items: checked above
 
 
-def _input4d(x, name="x"):
+def _input4d(x: ArrayLike, name: str = "x") -> FloatArray:
     x = _v.as_float_array(x, name)
     if x.ndim != 4:
         raise ValueError(f"{name} must be 4-D (batch, channels, height, width), got shape {x.shape}")
     return x
 
 
-def conv2d_output_shape(input_shape, weight_shape, stride=1, padding=0, dilation=1):
+def conv2d_output_shape(input_shape: Sequence[int], weight_shape: Sequence[int], stride: IntPair = 1,
+                        padding: IntPair = 0, dilation: IntPair = 1) -> _Shape4:
     """Shape (B, O, Ho, Wo) of :func:`conv2d_forward`, or ``ValueError`` naming the shapes.
 
     Parameters
@@ -68,7 +83,8 @@ def conv2d_output_shape(input_shape, weight_shape, stride=1, padding=0, dilation
     return _conv_shape(_shape4(input_shape), _shape4(weight_shape, "weight_shape"), stride, padding, dilation)
 
 
-def _conv_shape(xs, ws, stride, padding, dilation):
+def _conv_shape(xs: tuple[int, ...], ws: tuple[int, ...], stride: _Pair, padding: _Pair,
+                dilation: _Pair) -> _Shape4:
     if len(xs) != 4:
         raise ValueError(f"conv2d input must be 4-D (batch, channels, height, width), got shape {xs}")
     if len(ws) != 4:
@@ -97,18 +113,19 @@ def _conv_shape(xs, ws, stride, padding, dilation):
     return (xs[0], ws[0], size[0], size[1])
 
 
-def _padded_image(xs, padding):
+def _padded_image(xs: tuple[int, ...], padding: _Pair) -> int:
     """Elements of one zero-padded input image, C·(H + 2·pH)·(W + 2·pW)."""
     return xs[1] * (xs[2] + 2 * padding[0]) * (xs[3] + 2 * padding[1])
 
 
-def _plane(xs, where):
+def _plane(xs: tuple[int, ...], where: str) -> None:
     """An empty image plane is an error (PyTorch's rule): no window of it holds a pixel."""
     if xs[2] == 0 or xs[3] == 0:
         raise ValueError(f"{where}: input shape {xs} has an empty image plane (height or width 0)")
 
 
-def _conv_args(x, weight, stride, padding, dilation):
+def _conv_args(x: ArrayLike, weight: ArrayLike, stride: IntPair, padding: IntPair,
+               dilation: IntPair) -> tuple[FloatArray, FloatArray, _Pair, _Pair, _Pair, _Shape4]:
     x = _input4d(x)
     weight = _v.as_float_array(weight, "weight")
     _v.same_dtype(x.dtype, weight, "weight")
@@ -119,7 +136,8 @@ def _conv_args(x, weight, stride, padding, dilation):
     return x, weight, stride, padding, dilation, shape
 
 
-def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, out=None):
+def conv2d_forward(x: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None, stride: IntPair = 1,
+                   padding: IntPair = 0, dilation: IntPair = 1, out: FloatArray | None = None) -> FloatArray:
     """2-D convolution (cross-correlation, as PyTorch's ``conv2d``), NCHW.
 
     Parameters
@@ -157,8 +175,10 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, out=No
     return _backend().conv2d_forward(x, weight, bias, stride, padding, dilation, out)
 
 
-def conv2d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, *, bias=True, input_grad=True,
-                    grad_input=None, grad_weight=None, grad_bias=None):
+def conv2d_backward(grad_out: ArrayLike, x: ArrayLike, weight: ArrayLike, stride: IntPair = 1,
+                    padding: IntPair = 0, dilation: IntPair = 1, *, bias: bool = True, input_grad: bool = True,
+                    grad_input: FloatArray | None = None, grad_weight: FloatArray | None = None,
+                    grad_bias: FloatArray | None = None) -> tuple[FloatArray | None, FloatArray, FloatArray | None]:
     """Backward pass of :func:`conv2d_forward`.
 
     Parameters
@@ -199,7 +219,8 @@ def conv2d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, *, bia
                                       grad_input, grad_weight, grad_bias)
 
 
-def pool2d_output_shape(input_shape, kernel_size, stride=None, padding=0):
+def pool2d_output_shape(input_shape: Sequence[int], kernel_size: IntPair, stride: IntPair | None = None,
+                        padding: IntPair = 0) -> _Shape4:
     """Shape (B, C, Ho, Wo) of a pooling, or ``ValueError`` naming the shapes.
 
     ``stride=None`` means ``stride = kernel_size`` (PyTorch's default).
@@ -208,7 +229,7 @@ def pool2d_output_shape(input_shape, kernel_size, stride=None, padding=0):
     return _pool_shape(_shape4(input_shape), kernel_size, stride, padding)
 
 
-def _pool_params(kernel_size, stride, padding):
+def _pool_params(kernel_size: IntPair, stride: IntPair | None, padding: IntPair) -> tuple[_Pair, _Pair, _Pair]:
     kernel_size = _pair(kernel_size, "kernel_size", 1)
     stride = kernel_size if stride is None else _pair(stride, "stride", 1)
     padding = _pair(padding, "padding", 0)
@@ -218,7 +239,7 @@ def _pool_params(kernel_size, stride, padding):
     return kernel_size, stride, padding
 
 
-def _pool_shape(xs, kernel_size, stride, padding):
+def _pool_shape(xs: tuple[int, ...], kernel_size: _Pair, stride: _Pair, padding: _Pair) -> _Shape4:
     if len(xs) != 4:
         raise ValueError(f"pooling input must be 4-D (batch, channels, height, width), got shape {xs}")
     _plane(xs, "pooling")
@@ -234,7 +255,9 @@ def _pool_shape(xs, kernel_size, stride, padding):
     return (xs[0], xs[1], size[0], size[1])
 
 
-def max_pool2d_forward(x, kernel_size, stride=None, padding=0, out=None, indices=None):
+def max_pool2d_forward(x: ArrayLike, kernel_size: IntPair, stride: IntPair | None = None, padding: IntPair = 0,
+                       out: FloatArray | None = None,
+                       indices: _Indices | None = None) -> tuple[FloatArray, _Indices]:
     """2-D max pooling (PyTorch's ``max_pool2d``), with the winners' indices.
 
     Parameters
@@ -269,7 +292,7 @@ def max_pool2d_forward(x, kernel_size, stride=None, padding=0, out=None, indices
     return _backend().max_pool2d_forward(x, kernel_size, stride, padding, out, indices)
 
 
-def _shape4(shape, name="input_shape"):
+def _shape4(shape: Sequence[int], name: str = "input_shape") -> _Shape4:
     """``shape`` as a tuple of 4 non-negative Python ints (bools and floats refused)."""
     try:
         items = tuple(shape)
@@ -282,10 +305,10 @@ def _shape4(shape, name="input_shape"):
             raise TypeError(f"{name} must hold ints, got {shape!r}")
         if n < 0:
             raise ValueError(f"{name} must not hold negative sizes, got {shape!r}")
-    return tuple(int(n) for n in items)
+    return cast(_Shape4, tuple(int(n) for n in items))  # four items: checked above
 
 
-def _index_buffer(indices, shape, name):
+def _index_buffer(indices: NDArray[Any], shape: tuple[int, ...], name: str) -> None:
     if type(indices) is not np.ndarray or indices.dtype != _INT64:
         raise TypeError(f"{name} must be an int64 numpy.ndarray")
     if indices.shape != shape:
@@ -294,7 +317,8 @@ def _index_buffer(indices, shape, name):
         raise ValueError(f"{name} must be C-contiguous and writeable")
 
 
-def max_pool2d_backward(grad_out, indices, input_shape, grad_input=None):
+def max_pool2d_backward(grad_out: ArrayLike, indices: ArrayLike, input_shape: Sequence[int],
+                        grad_input: FloatArray | None = None) -> FloatArray:
     """Backward of :func:`max_pool2d_forward`: route each gradient to its maximum.
 
     Parameters
@@ -327,7 +351,8 @@ def max_pool2d_backward(grad_out, indices, input_shape, grad_input=None):
     return _backend().max_pool2d_backward(grad_out, indices, grad_input)
 
 
-def avg_pool2d_forward(x, kernel_size, stride=None, padding=0, count_include_pad=True, out=None):
+def avg_pool2d_forward(x: ArrayLike, kernel_size: IntPair, stride: IntPair | None = None, padding: IntPair = 0,
+                       count_include_pad: bool = True, out: FloatArray | None = None) -> FloatArray:
     """2-D average pooling (PyTorch's ``avg_pool2d``).
 
     Parameters
@@ -354,8 +379,9 @@ def avg_pool2d_forward(x, kernel_size, stride=None, padding=0, count_include_pad
     return _backend().avg_pool2d_forward(x, kernel_size, stride, padding, bool(count_include_pad), out)
 
 
-def avg_pool2d_backward(grad_out, input_shape, kernel_size, stride=None, padding=0, count_include_pad=True,
-                        grad_input=None):
+def avg_pool2d_backward(grad_out: ArrayLike, input_shape: Sequence[int], kernel_size: IntPair,
+                        stride: IntPair | None = None, padding: IntPair = 0, count_include_pad: bool = True,
+                        grad_input: FloatArray | None = None) -> FloatArray:
     """Backward of :func:`avg_pool2d_forward`.
 
     Parameters
@@ -392,6 +418,10 @@ _F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)
 #: Distinct input shapes a plan remembers the validated output shape of.
 _MAX_SHAPES = 16
 
+#: ConvPlan's bound state: (backend, W, b, dtype, W.shape, forward kernel, backward kernel, dW, db)
+_ConvBound = tuple[Backend, FloatArray, "FloatArray | None", "np.dtype[Any]", "tuple[int, ...]",
+                   Callable[..., FloatArray], Callable[..., Any], FloatArray, "FloatArray | None"]
+
 
 class ConvPlan:
     """:func:`conv2d_forward` and :func:`conv2d_backward` bound to one layer.
@@ -412,7 +442,17 @@ class ConvPlan:
 
     __slots__ = ("weight", "bias", "stride", "padding", "dilation", "_bound", "_shapes")
 
-    def __init__(self, weight, bias=None, stride=1, padding=0, dilation=1):
+    weight: ParamLike
+    bias: ParamLike | None
+    stride: _Pair
+    padding: _Pair
+    dilation: _Pair
+    _bound: _ConvBound | None
+    #: (C, H, W) of an input -> (O, Ho, Wo) of its output
+    _shapes: dict[tuple[int, ...], tuple[int, int, int]]
+
+    def __init__(self, weight: ParamLike, bias: ParamLike | None = None, stride: IntPair = 1, padding: IntPair = 0,
+                 dilation: IntPair = 1) -> None:
         self.weight = weight
         self.bias = bias
         self.stride = _pair(stride, "stride", 1)
@@ -421,7 +461,7 @@ class ConvPlan:
         self._bound = None
         self._shapes = {}
 
-    def _bind(self):
+    def _bind(self) -> _ConvBound:
         w = _p.check_param(self.weight, "weight", 4)
         dw = _p.check_grad(self.weight, "weight")
         b = db = None
@@ -438,7 +478,7 @@ class ConvPlan:
         self._shapes = {}
         return bound
 
-    def _out_shape(self, xs, k):
+    def _out_shape(self, xs: tuple[int, ...], k: _ConvBound) -> _Shape4:
         """(B, O, Ho, Wo) for an input of shape ``xs`` = (B, C, H, W), validated once per (C, H, W)."""
         key = xs[1:]
         s = self._shapes.get(key)
@@ -450,7 +490,7 @@ class ConvPlan:
             shapes[key] = s
         return (xs[0],) + s
 
-    def forward(self, x):
+    def forward(self, x: ArrayLike) -> FloatArray:
         """Convolve ``x`` of shape (B, C, H, W); returns (B, O, Ho, Wo)."""
         bias = self.bias
         w = self.weight.data
@@ -466,7 +506,8 @@ class ConvPlan:
             return k[5](x, w, b, self.stride, self.padding, self.dilation, out)
         return conv2d_forward(x, w, b, self.stride, self.padding, self.dilation)
 
-    def backward(self, grad_out, x, *, input_grad=True, accumulate=False):
+    def backward(self, grad_out: ArrayLike, x: ArrayLike, *, input_grad: bool = True,
+                 accumulate: bool = False) -> FloatArray | None:
         """dL/dx (None if ``input_grad=False``) from dL/dy; writes ``weight.grad`` and ``bias.grad``.
 
         ``accumulate=True`` adds the parameter gradients instead of overwriting them.
@@ -493,7 +534,7 @@ class ConvPlan:
                                   input_grad=input_grad, grad_weight=gw, grad_bias=gb)[0]
         if accumulate:
             np.add(dw, gw, out=dw)
-            if db is not None:
+            if db is not None and gb is not None:  # gb is db's accumulation buffer: None together
                 np.add(db, gb, out=db)
         return gin
 
@@ -510,14 +551,25 @@ class PoolPlan:
 
     __slots__ = ("kind", "kernel_size", "stride", "padding", "count_include_pad", "_bound", "_shapes")
 
-    def __init__(self, kind, kernel_size, stride=None, padding=0, count_include_pad=True):
+    kind: Literal["max", "avg"]
+    kernel_size: _Pair
+    stride: _Pair
+    padding: _Pair
+    count_include_pad: bool
+    #: (backend, forward kernel, backward kernel) once bound
+    _bound: tuple[Backend, Callable[..., Any], Callable[..., FloatArray]] | None
+    #: input shape -> output shape
+    _shapes: dict[tuple[int, ...], _Shape4]
+
+    def __init__(self, kind: Literal["max", "avg"], kernel_size: IntPair, stride: IntPair | None = None,
+                 padding: IntPair = 0, count_include_pad: bool = True) -> None:
         self.kind = _v.choice(kind, "kind", ("max", "avg"))
         self.kernel_size, self.stride, self.padding = _pool_params(kernel_size, stride, padding)
         self.count_include_pad = bool(count_include_pad)
         self._bound = None
         self._shapes = {}
 
-    def _bind(self):
+    def _bind(self) -> tuple[Backend, Callable[..., Any], Callable[..., FloatArray]]:
         backend = _p.current()
         if self.kind == "max":
             bound = (backend, backend.max_pool2d_forward, backend.max_pool2d_backward)
@@ -526,7 +578,7 @@ class PoolPlan:
         self._bound = bound
         return bound
 
-    def _out_shape(self, xs):
+    def _out_shape(self, xs: tuple[int, ...]) -> _Shape4:
         s = self._shapes.get(xs)
         if s is None:
             s = _pool_shape(xs, self.kernel_size, self.stride, self.padding)
@@ -536,7 +588,7 @@ class PoolPlan:
             shapes[xs] = s
         return s
 
-    def forward(self, x):
+    def forward(self, x: ArrayLike) -> FloatArray | tuple[FloatArray, _Indices]:
         """Pool ``x`` (B, C, H, W): max pooling returns ``(out, indices)``, average pooling ``out``."""
         k = self._bound
         if k is None or k[0] is not _p.current():
@@ -556,7 +608,8 @@ class PoolPlan:
             return max_pool2d_forward(x, self.kernel_size, self.stride, self.padding)
         return avg_pool2d_forward(x, self.kernel_size, self.stride, self.padding, self.count_include_pad)
 
-    def backward(self, grad_out, input_shape, indices=None):
+    def backward(self, grad_out: ArrayLike, input_shape: Sequence[int],
+                 indices: _Indices | None = None) -> FloatArray:
         """dL/dx of shape ``input_shape`` from dL/dy (max pooling: with the forward's ``indices``)."""
         k = self._bound
         if k is None or k[0] is not _p.current():
@@ -574,6 +627,8 @@ class PoolPlan:
                     and indices.flags.c_contiguous and not np.may_share_memory(indices, gin):
                 return k[2](grad_out, indices, gin)
         if self.kind == "max":
+            if indices is None:
+                raise TypeError("max pooling backward needs the indices returned by the forward pass")
             return max_pool2d_backward(grad_out, indices, input_shape)
         return avg_pool2d_backward(grad_out, input_shape, self.kernel_size, self.stride, self.padding,
                                    self.count_include_pad)

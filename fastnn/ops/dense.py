@@ -1,16 +1,24 @@
 """Matrix multiply and dense layers (see the reference for the math)."""
 
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 
 from .. import _validation as _v
+from .._typing import ArrayLike, DenseActivation, FloatArray, ParamLike
+from ..backends import Backend
 from ..backends import current as _backend
 
 __all__ = ["matmul", "dense_forward", "dense_backward", "DENSE_ACTIVATIONS", "DensePlan"]
 
-DENSE_ACTIVATIONS = ("identity", "relu", "sigmoid", "tanh")
+DENSE_ACTIVATIONS: tuple[DenseActivation, ...] = ("identity", "relu", "sigmoid", "tanh")
 
 
-def matmul(a, b, trans_a=False, trans_b=False, out=None):
+def matmul(a: ArrayLike, b: ArrayLike, trans_a: bool = False, trans_b: bool = False,
+           out: FloatArray | None = None) -> FloatArray:
     """Matrix product ``op(a) @ op(b)`` with optional transposes.
 
     Parameters
@@ -50,7 +58,8 @@ def matmul(a, b, trans_a=False, trans_b=False, out=None):
     return _backend().matmul(a, b, bool(trans_a), bool(trans_b), out)
 
 
-def _dense_args(x, weight, bias):
+def _dense_args(x: ArrayLike, weight: ArrayLike,
+                bias: ArrayLike | None) -> tuple[FloatArray, FloatArray, FloatArray | None]:
     x = _v.as_float_array(x, "x", ndim=2)
     weight = _v.as_float_array(weight, "weight", ndim=2)
     _v.same_dtype(x.dtype, weight, "weight")
@@ -68,7 +77,8 @@ def _dense_args(x, weight, bias):
     return x, weight, bias
 
 
-def dense_forward(x, weight, bias=None, activation="identity", out=None):
+def dense_forward(x: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None,
+                  activation: DenseActivation = "identity", out: FloatArray | None = None) -> FloatArray:
     """Fully connected layer ``act(x @ weight.T + bias)``.
 
     Parameters
@@ -92,8 +102,10 @@ def dense_forward(x, weight, bias=None, activation="identity", out=None):
     return _backend().dense_forward(x, weight, bias, activation, out)
 
 
-def dense_backward(grad_out, x, weight, y=None, activation="identity", *, bias=True,
-                   input_grad=True, grad_input=None, grad_weight=None, grad_bias=None):
+def dense_backward(grad_out: ArrayLike, x: ArrayLike, weight: ArrayLike, y: ArrayLike | None = None,
+                   activation: DenseActivation = "identity", *, bias: bool = True, input_grad: bool = True,
+                   grad_input: FloatArray | None = None, grad_weight: FloatArray | None = None,
+                   grad_bias: FloatArray | None = None) -> tuple[FloatArray | None, FloatArray, FloatArray | None]:
     """Backward pass of :func:`dense_forward`.
 
     Parameters
@@ -152,6 +164,8 @@ from . import _plan as _p  # noqa: E402
 
 _ACTS = frozenset(DENSE_ACTIVATIONS)
 _nd = _p.ndarray
+_Bound = tuple[Backend, FloatArray, "FloatArray | None", "np.dtype[Any]", int, int, "tuple[int, ...]",
+               Callable[..., FloatArray], Callable[..., Any], FloatArray, "FloatArray | None"]
 
 
 class DensePlan:
@@ -174,12 +188,17 @@ class DensePlan:
 
     __slots__ = ("weight", "bias", "_bound")
 
-    def __init__(self, weight, bias=None):
+    weight: ParamLike
+    bias: ParamLike | None
+    #: (backend, W, b, dtype, I, O, W.shape, forward kernel, backward kernel, dW, db) once bound
+    _bound: _Bound | None
+
+    def __init__(self, weight: ParamLike, bias: ParamLike | None = None) -> None:
         self.weight = weight
         self.bias = bias
         self._bound = None
 
-    def _bind(self):
+    def _bind(self) -> _Bound:
         w = _p.check_param(self.weight, "weight", 2)
         dw = _p.check_grad(self.weight, "weight")
         b = db = None
@@ -196,7 +215,7 @@ class DensePlan:
         self._bound = bound
         return bound
 
-    def forward(self, x, activation="identity"):
+    def forward(self, x: ArrayLike, activation: DenseActivation = "identity") -> FloatArray:
         """``act(x·Wᵀ + b)`` for ``x`` of shape (B, I)."""
         bias = self.bias
         w = self.weight.data
@@ -210,7 +229,9 @@ class DensePlan:
             return k[7](x, w, b, activation, _p.output(self, "y", (x.shape[0], k[5]), dt, x))
         return dense_forward(x, w, b, activation)
 
-    def backward(self, grad_out, x, y=None, activation="identity", *, input_grad=True, accumulate=False):
+    def backward(self, grad_out: ArrayLike, x: ArrayLike, y: ArrayLike | None = None,
+                 activation: DenseActivation = "identity", *, input_grad: bool = True,
+                 accumulate: bool = False) -> FloatArray | None:
         """dL/dx (None if ``input_grad=False``); writes ``weight.grad`` and ``bias.grad``.
 
         ``x`` and ``y`` are the input and output of the forward call;
@@ -243,6 +264,6 @@ class DensePlan:
                                  grad_weight=gw, grad_bias=gb)[0]
         if accumulate:
             np.add(dw, gw, out=dw)
-            if db is not None:
+            if db is not None and gb is not None:  # gb is db's accumulation buffer: None together
                 np.add(db, gb, out=db)
         return gin

@@ -1,16 +1,23 @@
 """Losses returning ``(loss, grad)`` in one call (see the reference for the math)."""
 
+from __future__ import annotations
+
+from collections.abc import Callable
+
 import numpy as np
 
 from .. import _validation as _v
+from .._typing import ArrayLike, FloatArray, LossKind, Reduction
+from ..backends import Backend
 from ..backends import current as _backend
 
 __all__ = ["mse_loss", "softmax_cross_entropy", "bce_with_logits", "LossPlan"]
 
-_REDUCTIONS = ("mean", "sum")
+_REDUCTIONS: tuple[Reduction, ...] = ("mean", "sum")
 
 
-def _pair(pred, target, pred_name, grad):
+def _pair(pred: ArrayLike, target: ArrayLike, pred_name: str,
+          grad: FloatArray | None) -> tuple[FloatArray, FloatArray, FloatArray]:
     pred = _v.as_float_array(pred, pred_name)
     target = _v.as_float_array(target, "target")
     _v.same_dtype(pred.dtype, target, "target")
@@ -18,7 +25,8 @@ def _pair(pred, target, pred_name, grad):
     return pred, target, _v.output(grad, pred.shape, pred.dtype, "grad", (pred, target))
 
 
-def mse_loss(pred, target, reduction="mean", grad=None):
+def mse_loss(pred: ArrayLike, target: ArrayLike, reduction: Reduction = "mean",
+             grad: FloatArray | None = None) -> tuple[float, FloatArray]:
     """Mean-squared error and its gradient.
 
     Parameters
@@ -40,7 +48,8 @@ def mse_loss(pred, target, reduction="mean", grad=None):
     return _backend().mse_loss(pred, target, reduction, grad)
 
 
-def softmax_cross_entropy(logits, labels, reduction="mean", grad=None):
+def softmax_cross_entropy(logits: ArrayLike, labels: ArrayLike, reduction: Reduction = "mean",
+                          grad: FloatArray | None = None) -> tuple[float, FloatArray]:
     """Softmax cross-entropy from logits and integer labels, with its gradient.
 
     Parameters
@@ -75,7 +84,8 @@ def softmax_cross_entropy(logits, labels, reduction="mean", grad=None):
     return _backend().softmax_cross_entropy(logits, labels, reduction, grad)
 
 
-def bce_with_logits(logits, target, reduction="mean", grad=None):
+def bce_with_logits(logits: ArrayLike, target: ArrayLike, reduction: Reduction = "mean",
+                    grad: FloatArray | None = None) -> tuple[float, FloatArray]:
     """Binary cross-entropy on logits (sigmoid folded in), with its gradient.
 
     Parameters
@@ -103,7 +113,9 @@ _nd = _p.ndarray
 _F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)
 _INTP = np.dtype(np.intp)
 
-_LOSS_OPS = {"mse": mse_loss, "cross_entropy": softmax_cross_entropy, "bce_with_logits": bce_with_logits}
+_LossOp = Callable[..., "tuple[float, FloatArray]"]
+_LOSS_OPS: dict[str, _LossOp] = {"mse": mse_loss, "cross_entropy": softmax_cross_entropy,
+                                 "bce_with_logits": bce_with_logits}
 
 
 class LossPlan:
@@ -125,19 +137,25 @@ class LossPlan:
 
     __slots__ = ("kind", "reduction", "_op", "_bound")
 
-    def __init__(self, kind, reduction="mean"):
+    kind: LossKind
+    reduction: Reduction
+    _op: _LossOp
+    #: (backend, its kernel) once bound
+    _bound: tuple[Backend, _LossOp] | None
+
+    def __init__(self, kind: LossKind, reduction: Reduction = "mean") -> None:
         self._op = _LOSS_OPS[_v.choice(kind, "kind", tuple(_LOSS_OPS))]
         self.kind = kind
         self.reduction = _v.choice(reduction, "reduction", _REDUCTIONS)
         self._bound = None
 
-    def _bind(self):
+    def _bind(self) -> tuple[Backend, _LossOp]:
         backend = _p.current()
         bound = (backend, getattr(backend, self._op.__name__))
         self._bound = bound
         return bound
 
-    def __call__(self, pred, target):
+    def __call__(self, pred: ArrayLike, target: ArrayLike) -> tuple[float, FloatArray]:
         """``(loss, dL/dpred)`` of ``pred`` against ``target``."""
         k = self._bound
         if k is None or k[0] is not _p.current():

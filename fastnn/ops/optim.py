@@ -1,19 +1,27 @@
 """Optimizer update kernels, in place (see the reference for the math)."""
 
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any, cast
+
 import numpy as np
 
 from .. import _validation as _v
+from .._typing import ArrayLike, FloatArray, NDArray, ParamLike
+from ..backends import Backend
 from ..backends import current as _backend
 
 __all__ = ["sgd_update", "adam_update", "sgd_update_many", "adam_update_many", "UpdatePlan"]
 
 
-def _state(param, grad, *states):
+def _state(param: FloatArray, grad: ArrayLike,
+           *states: tuple[str, FloatArray]) -> tuple[FloatArray, FloatArray]:
     param = _v.inplace(param, "param")
     grad = _v.as_float_array(grad, "grad")
     _v.same_dtype(param.dtype, grad, "grad")
     _v.same_shape(param.shape, grad, "grad", "param")
-    seen = [("param", param), ("grad", grad)]
+    seen: list[tuple[str, NDArray[Any]]] = [("param", param), ("grad", grad)]
     for name, arr in states:
         _v.inplace(arr, name)
         _v.same_dtype(param.dtype, arr, name)
@@ -27,7 +35,7 @@ def _state(param, grad, *states):
     return param, grad
 
 
-def _step(step):
+def _step(step: int | float) -> int:
     """Adam's step count as a Python int in [1, 2**63 - 1] (integral floats accepted)."""
     if isinstance(step, (bool, np.bool_)) or not isinstance(step, (int, np.integer, float, np.floating)):
         raise TypeError(f"step must be an integer, got {type(step).__name__}")
@@ -38,7 +46,8 @@ def _step(step):
     return int(step)
 
 
-def sgd_update(param, grad, velocity=None, lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0):
+def sgd_update(param: FloatArray, grad: ArrayLike, velocity: FloatArray | None = None, lr: float = 0.01,
+               momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0) -> FloatArray:
     """One SGD step on ``param``, in place (PyTorch's rule, no dampening).
 
     Parameters
@@ -68,8 +77,9 @@ def sgd_update(param, grad, velocity=None, lr=0.01, momentum=0.0, nesterov=False
     return param
 
 
-def adam_update(param, grad, exp_avg, exp_avg_sq, step, lr=1e-3, beta1=0.9, beta2=0.999,
-                eps=1e-8, weight_decay=0.0, decoupled=False):
+def adam_update(param: FloatArray, grad: ArrayLike, exp_avg: FloatArray, exp_avg_sq: FloatArray, step: int,
+                lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
+                weight_decay: float = 0.0, decoupled: bool = False) -> FloatArray:
     """One Adam step (AdamW with ``decoupled=True``) on ``param``, in place.
 
     Parameters
@@ -96,7 +106,9 @@ def adam_update(param, grad, exp_avg, exp_avg_sq, step, lr=1e-3, beta1=0.9, beta
     return param
 
 
-def _many(params, grads, states, name):
+def _many(params: Sequence[FloatArray], grads: Sequence[ArrayLike],
+          states: Sequence[tuple[str, Sequence[FloatArray] | None]],
+          name: str) -> tuple[tuple[FloatArray, ...], tuple[FloatArray, ...], list[tuple[FloatArray, ...] | None]]:
     """Check parallel sequences of parameters, gradients and optimizer states of one dtype."""
     params, grads = tuple(params), tuple(grads)
     if len(grads) != len(params) or any(s is not None and len(s) != len(params) for _, s in states):
@@ -104,7 +116,8 @@ def _many(params, grads, states, name):
     if not params:
         raise ValueError(f"{name}: no parameters")
     out_states = [tuple(s) if s is not None else None for _, s in states]
-    checked_p, checked_g = [], []
+    checked_p: list[FloatArray] = []
+    checked_g: list[FloatArray] = []
     for i, (p, g) in enumerate(zip(params, grads)):
         per = [(f"{sname}[{i}]", s[i]) for (sname, _), s in zip(states, out_states) if s is not None]
         p, g = _state(p, g, *per)
@@ -120,7 +133,9 @@ def _many(params, grads, states, name):
     return tuple(checked_p), tuple(checked_g), out_states
 
 
-def sgd_update_many(params, grads, velocities=None, lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0):
+def sgd_update_many(params: Sequence[FloatArray], grads: Sequence[ArrayLike],
+                    velocities: Sequence[FloatArray] | None = None, lr: float = 0.01, momentum: float = 0.0,
+                    nesterov: bool = False, weight_decay: float = 0.0) -> tuple[FloatArray, ...]:
     """:func:`sgd_update` on several parameters of one dtype in one call.
 
     Parameters
@@ -142,8 +157,10 @@ def sgd_update_many(params, grads, velocities=None, lr=0.01, momentum=0.0, neste
     return params
 
 
-def adam_update_many(params, grads, exp_avgs, exp_avg_sqs, step, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8,
-                     weight_decay=0.0, decoupled=False):
+def adam_update_many(params: Sequence[FloatArray], grads: Sequence[ArrayLike], exp_avgs: Sequence[FloatArray],
+                     exp_avg_sqs: Sequence[FloatArray], step: int, lr: float = 1e-3, beta1: float = 0.9,
+                     beta2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.0,
+                     decoupled: bool = False) -> tuple[FloatArray, ...]:
     """:func:`adam_update` on several parameters of one dtype in one call.
 
     Parameters
@@ -169,6 +186,12 @@ def adam_update_many(params, grads, exp_avgs, exp_avg_sqs, step, lr=1e-3, beta1=
 # The bound form optimizers use (see fastnn.ops._plan)
 
 from . import _plan as _p  # noqa: E402
+
+#: One dtype's arrays: (params, grads, one tuple of arrays per state name)
+_Group = tuple["tuple[FloatArray, ...]", "tuple[FloatArray, ...]", "tuple[tuple[FloatArray, ...], ...]"]
+#: (backend, (data, grad) per parameter, groups by dtype, every state array in order)
+_UpdateBound = tuple[Backend, "tuple[tuple[FloatArray, FloatArray], ...]", "tuple[_Group, ...]",
+                     "tuple[FloatArray | None, ...]"]
 
 
 class UpdatePlan:
@@ -199,20 +222,25 @@ class UpdatePlan:
 
     __slots__ = ("params", "state_names", "state", "_bound")
 
-    def __init__(self, params, state_names=()):
+    params: tuple[ParamLike, ...]
+    state_names: tuple[str, ...]
+    state: dict[str, list[FloatArray | None]]
+    _bound: _UpdateBound | None
+
+    def __init__(self, params: Iterable[ParamLike], state_names: Iterable[str] = ()) -> None:
         self.params = tuple(params)
         self.state_names = tuple(state_names)
         self.state = {name: [None] * len(self.params) for name in self.state_names}
         self._bound = None
 
-    def __getstate__(self):
+    def __getstate__(self) -> dict[str, Any]:
         return {"params": self.params, "state_names": self.state_names, "state": self.state}
 
-    def __setstate__(self, state):
+    def __setstate__(self, state: dict[str, Any]) -> None:
         self.params, self.state_names, self.state = state["params"], state["state_names"], state["state"]
         self._bound = None
 
-    def _bind(self):
+    def _bind(self) -> _UpdateBound:
         backend = _p.current()
         arrays = tuple((_p.check_param(p, "param"), _p.check_grad(p, "param")) for p in self.params)
         for name in self.state_names:
@@ -222,14 +250,16 @@ class UpdatePlan:
                 if type(st) is not _p.ndarray or st.shape != d.shape or st.dtype != d.dtype \
                         or not st.flags.c_contiguous or not st.flags.writeable:
                     states[i] = np.zeros_like(d)
-        groups = {}
+        groups: dict[np.dtype[Any], list[int]] = {}
         for i, (d, _) in enumerate(arrays):
             groups.setdefault(d.dtype, []).append(i)
         bound_groups = []
         for idx in groups.values():
             ps = tuple(arrays[i][0] for i in idx)
             gs = tuple(arrays[i][1] for i in idx)
-            sts = [tuple(self.state[name][i] for i in idx) for name in self.state_names]
+            # no None left: the loop above filled every state slot with an array
+            sts = [cast("tuple[FloatArray, ...]", tuple(self.state[name][i] for i in idx))
+                   for name in self.state_names]
             # the full checks of the ops, once: shapes, layout, no array updated twice
             _many(ps, gs, list(zip(self.state_names, sts)), "optimizer")
             bound_groups.append((ps, gs, tuple(sts)))
@@ -238,7 +268,7 @@ class UpdatePlan:
         self._bound = bound
         return bound
 
-    def _check(self):
+    def _check(self) -> _UpdateBound:
         k = self._bound
         if k is None or k[0] is not _p.current():
             return self._bind()
@@ -254,14 +284,15 @@ class UpdatePlan:
                     i += 1
         return k
 
-    def sgd(self, lr, momentum, nesterov, weight_decay):
+    def sgd(self, lr: float, momentum: float, nesterov: bool, weight_decay: float) -> None:
         """One SGD step (see :func:`sgd_update`); hyper-parameters already validated."""
         k = self._check()
         kernel = k[0].sgd_update_many
         for ps, gs, sts in k[2]:
             kernel(ps, gs, sts[0] if sts else None, lr, momentum, nesterov, weight_decay)
 
-    def adam(self, step, lr, beta1, beta2, eps, weight_decay, decoupled):
+    def adam(self, step: int, lr: float, beta1: float, beta2: float, eps: float, weight_decay: float,
+             decoupled: bool) -> None:
         """One Adam/AdamW step (see :func:`adam_update`); hyper-parameters already validated."""
         k = self._check()
         kernel = k[0].adam_update_many

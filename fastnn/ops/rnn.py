@@ -8,7 +8,16 @@ sequence (T = 0) is an error. Output buffers must not overlap the inputs or
 each other.
 """
 
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any, Literal, cast
+
+import numpy as np
+
 from .. import _validation as _v
+from .._typing import ArrayLike, FloatArray, NDArray, ParamLike
+from ..backends import Backend
 from ..backends import current as _backend
 
 __all__ = [
@@ -18,13 +27,24 @@ __all__ = [
     "RNN_NONLINEARITIES", "RecurrentPlan",
 ]
 
-RNN_NONLINEARITIES = ("tanh", "relu")
+Nonlinearity = Literal["tanh", "relu"]
+Cell = Literal["rnn", "lstm", "gru"]
 
-_GATES = {"rnn": 1, "lstm": 4, "gru": 3}
-_WORK = {"rnn": 1, "lstm": 4, "gru": 6}
+RNN_NONLINEARITIES: tuple[Nonlinearity, ...] = ("tanh", "relu")
+
+_GATES: dict[str, int] = {"rnn": 1, "lstm": 4, "gru": 3}
+_WORK: dict[str, int] = {"rnn": 1, "lstm": 4, "gru": 6}
+
+#: (grad_x or None, grad_h0, grad_weight_ih, grad_weight_hh, grad_bias_ih or None, grad_bias_hh or None)
+_Grads = tuple["FloatArray | None", FloatArray, FloatArray, FloatArray, "FloatArray | None", "FloatArray | None"]
+#: the LSTM's: grad_c0 after grad_h0
+_LstmGrads = tuple["FloatArray | None", FloatArray, FloatArray, FloatArray, FloatArray, "FloatArray | None",
+                   "FloatArray | None"]
+#: the output spec of :func:`_outputs`: (buffer, shape or None for none, dtype, name)
+_Spec = tuple["FloatArray | None", "tuple[int, ...] | None", "np.dtype[Any]", str]
 
 
-def _state(a, name, dtype, shape, cell):
+def _state(a: ArrayLike, name: str, dtype: np.dtype[Any], shape: tuple[int, ...], cell: str) -> FloatArray:
     a = _v.as_float_array(a, name)
     _v.same_dtype(dtype, a, name)
     if a.shape != shape:
@@ -32,7 +52,9 @@ def _state(a, name, dtype, shape, cell):
     return a
 
 
-def _seq_args(cell, x, weight_ih, weight_hh, bias_ih, bias_hh):
+def _seq_args(cell: str, x: ArrayLike, weight_ih: ArrayLike, weight_hh: ArrayLike, bias_ih: ArrayLike | None,
+              bias_hh: ArrayLike | None) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray | None,
+                                                  FloatArray | None, tuple[int, int, int, int]]:
     """Check x (T, B, I), the weights and biases; return them and (T, B, I, H)."""
     x = _v.as_float_array(x, "x")
     if x.ndim != 3:
@@ -55,7 +77,7 @@ def _seq_args(cell, x, weight_ih, weight_hh, bias_ih, bias_hh):
     if weight_ih.shape != (G * H, I):
         raise ValueError(f"{cell}: x has {I} features (shape {x.shape}) but weight_ih has shape "
                          f"{weight_ih.shape}, expected ({G * H}, {I})")
-    biases = []
+    biases: list[FloatArray | None] = []
     for b, name in ((bias_ih, "bias_ih"), (bias_hh, "bias_hh")):
         if b is not None:
             b = _v.as_float_array(b, name, ndim=1)
@@ -68,22 +90,26 @@ def _seq_args(cell, x, weight_ih, weight_hh, bias_ih, bias_hh):
     return x, weight_ih, weight_hh, biases[0], biases[1], (T, B, I, H)
 
 
-def _outputs(ins, *specs):
-    """Check or allocate each output (buffer, shape, dtype, name), none overlapping ``ins`` or another."""
-    done = []
+def _outputs(ins: tuple[NDArray[Any] | None, ...], *specs: _Spec) -> list[Any]:
+    """Check or allocate each output (buffer, shape, dtype, name), none overlapping ``ins`` or another.
+
+    Item i is None where ``specs[i]`` has no shape, else an array: a list of mixed types for the caller
+    to unpack, hence ``list[Any]``.
+    """
+    done: list[FloatArray | None] = []
     for buf, shape, dtype, name in specs:
         done.append(None if shape is None else _v.output(buf, shape, dtype, name, ins + tuple(done)))
     return done
 
 
-def _zero_grads(grads):
+def _zero_grads(grads: Iterable[FloatArray | None]) -> None:
     """The weight and bias gradients of an empty batch: sums over no samples."""
     for g in grads:
         if g is not None:
             g.fill(0)
 
 
-def _seq_grad(a, name, dtype, shape, cell):
+def _seq_grad(a: ArrayLike, name: str, dtype: np.dtype[Any], shape: tuple[int, ...], cell: str) -> FloatArray:
     a = _v.as_float_array(a, name)
     _v.same_dtype(dtype, a, name)
     if a.shape != shape:
@@ -91,14 +117,16 @@ def _seq_grad(a, name, dtype, shape, cell):
     return a
 
 
-def work_shape(cell, T, B, H):
+def work_shape(cell: str, T: int, B: int, H: int) -> tuple[int, int, int]:
     """Shape of the backward workspace of ``cell`` ("rnn", "lstm", "gru")."""
     return (T, B, _WORK[cell] * H)
 
 
 # ---------------------------------------------------------------------------
 
-def rnn_forward(x, h0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, nonlinearity="tanh", out=None):
+def rnn_forward(x: ArrayLike, h0: ArrayLike, weight_ih: ArrayLike, weight_hh: ArrayLike,
+                bias_ih: ArrayLike | None = None, bias_hh: ArrayLike | None = None,
+                nonlinearity: Nonlinearity = "tanh", out: FloatArray | None = None) -> FloatArray:
     """Elman RNN ``h_t = f(x_t·W_ihᵀ + b_ih + h_{t-1}·W_hhᵀ + b_hh)`` over a sequence.
 
     Parameters
@@ -126,9 +154,12 @@ def rnn_forward(x, h0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, nonline
     return _backend().rnn_forward(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity, out)
 
 
-def rnn_backward(grad_out, x, h0, weight_ih, weight_hh, out, nonlinearity="tanh", *, grad_hn=None, bias=True,
-                 input_grad=True, work=None, grad_x=None, grad_h0=None, grad_weight_ih=None,
-                 grad_weight_hh=None, grad_bias_ih=None, grad_bias_hh=None):
+def rnn_backward(grad_out: ArrayLike, x: ArrayLike, h0: ArrayLike, weight_ih: ArrayLike, weight_hh: ArrayLike,
+                 out: ArrayLike, nonlinearity: Nonlinearity = "tanh", *, grad_hn: ArrayLike | None = None,
+                 bias: bool = True, input_grad: bool = True, work: FloatArray | None = None,
+                 grad_x: FloatArray | None = None, grad_h0: FloatArray | None = None,
+                 grad_weight_ih: FloatArray | None = None, grad_weight_hh: FloatArray | None = None,
+                 grad_bias_ih: FloatArray | None = None, grad_bias_hh: FloatArray | None = None) -> _Grads:
     """Backpropagation through time of :func:`rnn_forward`.
 
     Parameters
@@ -175,7 +206,10 @@ def rnn_backward(grad_out, x, h0, weight_ih, weight_hh, out, nonlinearity="tanh"
 
 # ---------------------------------------------------------------------------
 
-def lstm_forward(x, h0, c0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, out=None, cell=None, gates=None):
+def lstm_forward(x: ArrayLike, h0: ArrayLike, c0: ArrayLike, weight_ih: ArrayLike, weight_hh: ArrayLike,
+                 bias_ih: ArrayLike | None = None, bias_hh: ArrayLike | None = None, out: FloatArray | None = None,
+                 cell: FloatArray | None = None,
+                 gates: FloatArray | None = None) -> tuple[FloatArray, FloatArray, FloatArray]:
     """LSTM over a sequence, PyTorch's equations and gate order (i, f, g, o).
 
     Parameters
@@ -206,9 +240,13 @@ def lstm_forward(x, h0, c0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, ou
     return _backend().lstm_forward(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, out, cell, gates)
 
 
-def lstm_backward(grad_out, x, h0, c0, weight_ih, weight_hh, out, cell, gates, *, grad_hn=None, grad_cn=None,
-                  bias=True, input_grad=True, work=None, grad_x=None, grad_h0=None, grad_c0=None,
-                  grad_weight_ih=None, grad_weight_hh=None, grad_bias_ih=None, grad_bias_hh=None):
+def lstm_backward(grad_out: ArrayLike, x: ArrayLike, h0: ArrayLike, c0: ArrayLike, weight_ih: ArrayLike,
+                  weight_hh: ArrayLike, out: ArrayLike, cell: ArrayLike, gates: ArrayLike, *,
+                  grad_hn: ArrayLike | None = None, grad_cn: ArrayLike | None = None, bias: bool = True,
+                  input_grad: bool = True, work: FloatArray | None = None, grad_x: FloatArray | None = None,
+                  grad_h0: FloatArray | None = None, grad_c0: FloatArray | None = None,
+                  grad_weight_ih: FloatArray | None = None, grad_weight_hh: FloatArray | None = None,
+                  grad_bias_ih: FloatArray | None = None, grad_bias_hh: FloatArray | None = None) -> _LstmGrads:
     """Backpropagation through time of :func:`lstm_forward`.
 
     ``grad_hn`` and ``grad_cn`` (shape (B, H), optional) are gradients of the
@@ -248,7 +286,10 @@ def lstm_backward(grad_out, x, h0, c0, weight_ih, weight_hh, out, cell, gates, *
 
 # ---------------------------------------------------------------------------
 
-def gru_forward(x, h0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, out=None, gates=None, hidden_n=None):
+def gru_forward(x: ArrayLike, h0: ArrayLike, weight_ih: ArrayLike, weight_hh: ArrayLike,
+                bias_ih: ArrayLike | None = None, bias_hh: ArrayLike | None = None, out: FloatArray | None = None,
+                gates: FloatArray | None = None,
+                hidden_n: FloatArray | None = None) -> tuple[FloatArray, FloatArray, FloatArray]:
     """GRU over a sequence, PyTorch's equations and gate order (r, z, n).
 
     Parameters
@@ -280,9 +321,12 @@ def gru_forward(x, h0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, out=Non
     return _backend().gru_forward(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, out, gates, hidden_n)
 
 
-def gru_backward(grad_out, x, h0, weight_ih, weight_hh, out, gates, hidden_n, *, grad_hn=None, bias=True,
-                 input_grad=True, work=None, grad_x=None, grad_h0=None, grad_weight_ih=None,
-                 grad_weight_hh=None, grad_bias_ih=None, grad_bias_hh=None):
+def gru_backward(grad_out: ArrayLike, x: ArrayLike, h0: ArrayLike, weight_ih: ArrayLike, weight_hh: ArrayLike,
+                 out: ArrayLike, gates: ArrayLike, hidden_n: ArrayLike, *, grad_hn: ArrayLike | None = None,
+                 bias: bool = True, input_grad: bool = True, work: FloatArray | None = None,
+                 grad_x: FloatArray | None = None, grad_h0: FloatArray | None = None,
+                 grad_weight_ih: FloatArray | None = None, grad_weight_hh: FloatArray | None = None,
+                 grad_bias_ih: FloatArray | None = None, grad_bias_hh: FloatArray | None = None) -> _Grads:
     """Backpropagation through time of :func:`gru_forward`.
 
     ``grad_hn`` (shape (B, H), optional) is the gradient of the final state
@@ -325,8 +369,14 @@ from . import _plan as _p  # noqa: E402
 
 _nd = _p.ndarray
 
+#: (W_ih, W_hh, b_ih, b_hh), the biases None for a layer without
+_Four = tuple[FloatArray, FloatArray, "FloatArray | None", "FloatArray | None"]
+#: (backend, parameter arrays, gradient arrays, dtype, I, H, parameter shapes, forward and backward kernels)
+_RecurrentBound = tuple[Backend, _Four, _Four, "np.dtype[Any]", int, int, "tuple[tuple[int, ...] | None, ...]",
+                        Callable[..., Any], Callable[..., Any]]
 
-def _is(a, shape, dt):
+
+def _is(a: object, shape: tuple[int, ...], dt: np.dtype[Any]) -> bool:
     return type(a) is _nd and a.dtype is dt and a.shape == shape and a.flags.c_contiguous
 
 
@@ -352,7 +402,16 @@ class RecurrentPlan:
 
     __slots__ = ("cell", "weight_ih", "weight_hh", "bias_ih", "bias_hh", "nonlinearity", "_bound")
 
-    def __init__(self, cell, weight_ih, weight_hh, bias_ih=None, bias_hh=None, nonlinearity="tanh"):
+    cell: Cell
+    weight_ih: ParamLike
+    weight_hh: ParamLike
+    bias_ih: ParamLike | None
+    bias_hh: ParamLike | None
+    nonlinearity: Nonlinearity
+    _bound: _RecurrentBound | None
+
+    def __init__(self, cell: Cell, weight_ih: ParamLike, weight_hh: ParamLike, bias_ih: ParamLike | None = None,
+                 bias_hh: ParamLike | None = None, nonlinearity: Nonlinearity = "tanh") -> None:
         self.cell = _v.choice(cell, "cell", tuple(_GATES))
         if (bias_ih is None) != (bias_hh is None):
             raise ValueError("give both biases or neither")
@@ -360,22 +419,26 @@ class RecurrentPlan:
         self.nonlinearity = _v.choice(nonlinearity, "nonlinearity", RNN_NONLINEARITIES)
         self._bound = None
 
-    def _params(self):
-        bias = self.bias_ih is not None
-        return (self.weight_ih.data, self.weight_hh.data, self.bias_ih.data if bias else None,
-                self.bias_hh.data if bias else None)
+    def _params(self) -> _Four:
+        b_ih, b_hh = self.bias_ih, self.bias_hh  # both or neither (see __init__)
+        if b_ih is None:
+            return self.weight_ih.data, self.weight_hh.data, None, None
+        return self.weight_ih.data, self.weight_hh.data, b_ih.data, None if b_hh is None else b_hh.data
 
-    def _grads(self):
-        bias = self.bias_ih is not None
-        return (self.weight_ih.grad, self.weight_hh.grad, self.bias_ih.grad if bias else None,
-                self.bias_hh.grad if bias else None)
+    def _grads(self) -> _Four:
+        b_ih, b_hh = self.bias_ih, self.bias_hh
+        if b_ih is None:
+            return self.weight_ih.grad, self.weight_hh.grad, None, None
+        return self.weight_ih.grad, self.weight_hh.grad, b_ih.grad, None if b_hh is None else b_hh.grad
 
-    def _bind(self):
+    def _bind(self) -> _RecurrentBound:
         cell = self.cell
         w_ih = _p.check_param(self.weight_ih, "weight_ih", 2)
-        w_hh = _p.check_param(self.weight_hh, "weight_hh", 2)
+        _p.check_param(self.weight_hh, "weight_hh", 2)
         params = [self.weight_ih, self.weight_hh]
         if self.bias_ih is not None:
+            if self.bias_hh is None:
+                raise ValueError("give both biases or neither")
             params += [self.bias_ih, self.bias_hh]
             for p, name in ((self.bias_ih, "bias_ih"), (self.bias_hh, "bias_hh")):
                 _p.check_param(p, name, 1)
@@ -385,15 +448,15 @@ class RecurrentPlan:
         _, _, _, _, _, (_, _, I, H) = _seq_args(cell, probe, *data)
         grads = tuple(_p.check_grad(p, n) for p, n in zip(params, ("weight_ih", "weight_hh", "bias_ih",
                                                                       "bias_hh")))
-        grads = grads + (None,) * (4 - len(grads))
-        _p.check_disjoint(cell, *data, *grads)
+        grads4 = cast(_Four, grads + (None,) * (4 - len(grads)))  # 2 or 4 gradients, padded to 4
+        _p.check_disjoint(cell, *data, *grads4)
         backend = _p.current()
-        bound = (backend, data, grads, w_ih.dtype, I, H, tuple(a.shape if a is not None else None for a in data),
+        bound = (backend, data, grads4, w_ih.dtype, I, H, tuple(a.shape if a is not None else None for a in data),
                  getattr(backend, cell + "_forward"), getattr(backend, cell + "_backward"))
         self._bound = bound
         return bound
 
-    def _check(self, with_grads=False):
+    def _check(self, with_grads: bool = False) -> _RecurrentBound:
         data = self._params()
         k = self._bound
         if k is None or k[0] is not _p.current() or any(a is not b for a, b in zip(data, k[1])) \
@@ -404,7 +467,8 @@ class RecurrentPlan:
                 k = self._bind()
         return k
 
-    def forward(self, x, h0, c0=None):
+    def forward(self, x: FloatArray, h0: FloatArray,
+                c0: FloatArray | None = None) -> FloatArray | tuple[FloatArray, FloatArray, FloatArray]:
         """Run the sequence ``x`` (T, B, I) from ``h0`` (and ``c0``) of shape (B, H).
 
         Returns
@@ -424,6 +488,8 @@ class RecurrentPlan:
             if cell == "rnn":
                 return rnn_forward(x, h0, w_ih, w_hh, b_ih, b_hh, self.nonlinearity)
             if cell == "lstm":
+                if c0 is None:
+                    raise TypeError("the LSTM needs the initial cell state c0")
                 return lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh)
             return gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh)
         out = _p.output(self, "out", (T, B, H), dt, x, h0, c0)
@@ -435,8 +501,10 @@ class RecurrentPlan:
         return k[7](x, h0, w_ih, w_hh, b_ih, b_hh, out, _p.output(self, "gates", (T, B, 3 * H), dt, x, h0),
                     _p.output(self, "hidden_n", (T, B, H), dt, x, h0))
 
-    def backward(self, grad_out, x, h0, saved, c0=None, *, grad_hn=None, grad_cn=None, input_grad=True,
-                 accumulate=False):
+    def backward(self, grad_out: FloatArray, x: FloatArray, h0: FloatArray,
+                 saved: FloatArray | tuple[FloatArray, FloatArray, FloatArray], c0: FloatArray | None = None, *,
+                 grad_hn: FloatArray | None = None, grad_cn: FloatArray | None = None, input_grad: bool = True,
+                 accumulate: bool = False) -> tuple[FloatArray | None, ...]:
         """BPTT: writes the parameter gradients; returns ``(grad_x or None, grad_h0[, grad_c0])``.
 
         Parameters
@@ -453,10 +521,16 @@ class RecurrentPlan:
         dt, I, H = k[3], k[4], k[5]
         cell = self.cell
         w_ih, w_hh, b_ih, b_hh = k[1]
-        grads = k[2]
+        grads: tuple[FloatArray | None, ...] = k[2]
         if accumulate:
             grads = tuple(None if g is None else _p.output(self, f"acc{i}", g.shape, dt) for i, g in enumerate(grads))
-        out, extra = (saved, ()) if cell == "rnn" else (saved[0], saved[1:])
+        # what forward returned: the output alone for the RNN, else (out, two saved arrays)
+        extra: tuple[FloatArray, ...]
+        if cell == "rnn":
+            out, extra = cast(FloatArray, saved), cast("tuple[FloatArray, ...]", ())
+        else:
+            triple = cast("tuple[FloatArray, FloatArray, FloatArray]", saved)
+            out, extra = triple[0], triple[1:]
         fast = type(x) is _nd and x.dtype is dt and x.flags.c_contiguous and x.ndim == 3 and x.shape[2] == I \
             and x.shape[0] > 0 and x.shape[1] > 0
         if fast:
@@ -476,7 +550,7 @@ class RecurrentPlan:
             gh0 = _p.output(self, "grad_h0", (B, H), dt, *ins)
             if cell == "rnn":
                 k[8](grad_out, grad_hn, x, h0, w_ih, w_hh, out, self.nonlinearity, work, gx, gh0, *grads)
-                result = (gx, gh0)
+                result: tuple[FloatArray | None, ...] = (gx, gh0)
             elif cell == "lstm":
                 gc0 = _p.output(self, "grad_c0", (B, H), dt, *ins)
                 k[8](grad_out, grad_hn, grad_cn, x, h0, c0, w_ih, w_hh, out, extra[0], extra[1], work, gx, gh0, gc0,
@@ -486,12 +560,15 @@ class RecurrentPlan:
                 k[8](grad_out, grad_hn, x, h0, w_ih, w_hh, out, extra[0], extra[1], work, gx, gh0, *grads)
                 result = (gx, gh0)
         else:
-            named = dict(bias=b_ih is not None, input_grad=input_grad, grad_weight_ih=grads[0],
+            named: dict[str, Any] = dict(bias=b_ih is not None, input_grad=input_grad, grad_weight_ih=grads[0],
                          grad_weight_hh=grads[1], grad_bias_ih=grads[2], grad_bias_hh=grads[3])
+            r: tuple[FloatArray | None, ...]
             if cell == "rnn":
                 r = rnn_backward(grad_out, x, h0, w_ih, w_hh, out, self.nonlinearity, grad_hn=grad_hn, **named)
                 result = r[:2]
             elif cell == "lstm":
+                if c0 is None:
+                    raise TypeError("the LSTM needs the initial cell state c0")
                 r = lstm_backward(grad_out, x, h0, c0, w_ih, w_hh, out, extra[0], extra[1], grad_hn=grad_hn,
                                   grad_cn=grad_cn, **named)
                 result = r[:3]
@@ -500,6 +577,6 @@ class RecurrentPlan:
                 result = r[:2]
         if accumulate:
             for g, tmp in zip(k[2], grads):
-                if g is not None:
+                if g is not None and tmp is not None:  # tmp is g's accumulation buffer: None together
                     _np.add(g, tmp, out=g)
         return result

@@ -1,48 +1,45 @@
-"""fastnn's own GEMM for the Cython backend (C kernels in ``kernels/gemm.h``).
+"""fastnn's own GEMM for the Cython backend, called directly (``kernels/gemm.h``, ``gemm_packed.h``).
 
 Not a kernel module (the leading underscore keeps the registry away). The
-backend's ``matmul`` and dense kernels (``_dense.pyx``) compile the same C
-kernels in and pick them by shape from :mod:`fastnn.gemm`'s policy; this
-module exposes them directly for :mod:`fastnn.gemm`'s measurements and the
-tests (forced instruction set, timing loops called from compiled code).
+backend's kernels reach the same C code through the policy's router; this
+module exposes it directly for measurements and tests: a forced instruction
+set, the small kernel or the packed GEMM by name, timing loops called from
+compiled code.
 """
 
 import numpy as np
 
-from . import register_ext_module
-from ..._ext import _gemm as _ext
-
-register_ext_module(_ext)
+from ..._ext import _kernels as _ext
+from . import select_isa
 
 _ACT = _ext.ACTIVATIONS
 
 
 def isa() -> str:
-    """Kernel set in use: ``"avx512"``, ``"avx2"`` or ``"generic"``."""
-    return _ext.isa()
+    """Instruction set the GEMM family runs: ``"avx512"``, ``"avx2"`` or ``"sse2"`` (``"generic"`` elsewhere)."""
+    return _ext.family_isa()["gemm"]
 
 
 def set_isa(name: str) -> str:
-    """Force a kernel set (``"auto"``, ``"avx512"``, ``"avx2"``, ``"generic"``); returns the one in use."""
-    return _ext.set_isa(name)
+    """Force the GEMM family's instruction set (``"auto"``, ``"avx512"``, ``"avx2"``, ``"sse2"``/``"generic"``)."""
+    return select_isa(name, "gemm")
 
 
-def gemm(a, b, trans_a, trans_b, out, bias=None, activation="identity"):
-    """``out = act(op(a)·op(b) + bias)``; ``a``, ``b`` of any strides, ``out`` with unit column stride."""
-    _ext.gemm(a, b, trans_a, trans_b, out, bias, _ACT[activation])
+def gemm(a, b, trans_a, trans_b, out, bias=None, activation="identity", route="packed"):
+    """``out = act(op(a)·op(b) + bias)`` on the packed GEMM (or ``route="small"``); any strides, ``out``
+    with unit column stride."""
+    _ext.gemm(a, b, trans_a, trans_b, out, bias, _ACT[activation], route)
     return out
 
 
 def matmul(a, b, trans_a, trans_b, out):
     """``out = op(a)·op(b)`` with the own GEMM."""
-    _ext.gemm(a, b, trans_a, trans_b, out, None, 0)
-    return out
+    return gemm(a, b, trans_a, trans_b, out)
 
 
 def dense_forward(x, weight, bias, activation, out):
     """Fused ``out = act(x·Wᵀ + b)``: bias and activation applied to each tile as it is stored."""
-    _ext.gemm(x, weight, False, True, out, bias, _ACT[activation])
-    return out
+    return gemm(x, weight, False, True, out, bias, activation)
 
 
 def dense_backward(grad_out, x, weight, y, activation, grad_input, grad_weight, grad_bias):
@@ -54,9 +51,9 @@ def dense_backward(grad_out, x, weight, y, activation, grad_input, grad_weight, 
     else:
         delta = np.empty_like(grad_out)
         _ext.act_backward_colsum(grad_out, y, _ACT[activation], delta, grad_bias)
-    _ext.gemm(delta, x, True, False, grad_weight, None, 0)
+    gemm(delta, x, True, False, grad_weight)
     if grad_input is not None:
-        _ext.gemm(delta, weight, False, False, grad_input, None, 0)
+        gemm(delta, weight, False, False, grad_input)
     return grad_input, grad_weight, grad_bias
 
 

@@ -1,25 +1,10 @@
-"""Activation kernels of the Cython backend (compiled in ``fastnn._ext._activations``)."""
+"""Activation kernels of the Cython backend (``kernels/_elementwise.pxi``).
 
-from ..._ext import _activations as _ext
-from . import register_ext_module
+The extension's functions, under the reference's names.
+"""
 
-register_ext_module(_ext)
+from ..._ext import _kernels as _ext
+from ..reference import activations as _spec
 
-relu = _ext.relu
-relu_backward = _ext.relu_backward
-leaky_relu = _ext.leaky_relu
-leaky_relu_backward = _ext.leaky_relu_backward
-sigmoid = _ext.sigmoid
-sigmoid_backward = _ext.sigmoid_backward
-tanh = _ext.tanh
-tanh_backward = _ext.tanh_backward
-softmax = _ext.softmax
-softmax_backward = _ext.softmax_backward
-
-__all__ = [
-    "relu", "relu_backward",
-    "leaky_relu", "leaky_relu_backward",
-    "sigmoid", "sigmoid_backward",
-    "tanh", "tanh_backward",
-    "softmax", "softmax_backward",
-]
+__all__ = list(_spec.__all__)
+globals().update({name: getattr(_ext, name) for name in __all__})

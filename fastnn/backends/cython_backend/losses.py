@@ -1,12 +1,10 @@
-"""Loss kernels of the Cython backend (``fastnn._ext._losses``)."""
+"""Loss kernels of the Cython backend (``kernels/_elementwise.pxi``).
 
-from ..._ext import _losses as _ext
-from . import register_ext_module
+The extension's functions, under the reference's names.
+"""
 
-register_ext_module(_ext)
+from ..._ext import _kernels as _ext
+from ..reference import losses as _spec
 
-mse_loss = _ext.mse_loss
-softmax_cross_entropy = _ext.softmax_cross_entropy
-bce_with_logits = _ext.bce_with_logits
-
-__all__ = ["mse_loss", "softmax_cross_entropy", "bce_with_logits"]
+__all__ = list(_spec.__all__)
+globals().update({name: getattr(_ext, name) for name in __all__})

@@ -1,13 +1,10 @@
-"""Optimizer update kernels of the Cython backend (``fastnn._ext._optim``)."""
+"""Optimizer update kernels of the Cython backend (``kernels/_elementwise.pxi``).
 
-from ..._ext import _optim as _ext
-from . import register_ext_module
+The extension's functions, under the reference's names.
+"""
 
-register_ext_module(_ext)
+from ..._ext import _kernels as _ext
+from ..reference import optim as _spec
 
-sgd_update = _ext.sgd_update
-adam_update = _ext.adam_update
-sgd_update_many = _ext.sgd_update_many
-adam_update_many = _ext.adam_update_many
-
-__all__ = ["sgd_update", "adam_update", "sgd_update_many", "adam_update_many"]
+__all__ = list(_spec.__all__)
+globals().update({name: getattr(_ext, name) for name in __all__})

@@ -1,23 +1,10 @@
-"""Recurrent kernels of the Cython backend (compiled from kernels/_rnn.pyx).
+"""Recurrent kernels of the Cython backend (``kernels/_rnn.pxi``: one driver for the three cells).
 
 Same names and parameters as :mod:`fastnn.backends.reference.rnn`; the whole
-time loop runs in compiled code without the GIL.
-"""
+time loop runs in compiled code without the GIL."""
 
-from ..._ext import _rnn
-from . import register_ext_module
+from ..._ext import _kernels as _ext
+from ..reference import rnn as _spec
 
-register_ext_module(_rnn)
-
-__all__ = [
-    "rnn_forward", "rnn_backward",
-    "lstm_forward", "lstm_backward",
-    "gru_forward", "gru_backward",
-]
-
-rnn_forward = _rnn.rnn_forward
-rnn_backward = _rnn.rnn_backward
-lstm_forward = _rnn.lstm_forward
-lstm_backward = _rnn.lstm_backward
-gru_forward = _rnn.gru_forward
-gru_backward = _rnn.gru_backward
+__all__ = list(_spec.__all__)
+globals().update({name: getattr(_ext, name) for name in __all__})

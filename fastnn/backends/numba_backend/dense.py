@@ -24,7 +24,7 @@ function, so the branches on it cost nothing at run time.
 
 import numpy as np
 
-from ... import gemm as _gemm_policy
+from .. import gemm_policy as _gemm_policy
 from ..._config import get_num_threads
 from . import _gemm as _own
 from . import _small_gemm as _small
@@ -38,28 +38,11 @@ _ACT_NAMES = ("identity", "relu", "sigmoid", "tanh")
 
 
 _NO_BIAS = _own._NO_BIAS
-_F32 = np.dtype(np.float32)
 _SMALL_MAX = _small.SMALL_MAX
 
-# A local copy of the fastnn.gemm policy, kept current by its hook: asking
-# fastnn.gemm.use_own on every call cost about a microsecond, a noticeable
-# share of a small training step.
-_policy = [2, -1.0, -1.0, 0, 0.0]  # mode (0 auto, 1 own, 2 BLAS), limit f32, limit f64, min N, min M*N*K
-
-
-def _set_policy(mode, limit32, limit64, min_n=0, min_flops=0.0):
-    _policy[:] = [mode, limit32, limit64, min_n, min_flops]
-
-
-_gemm_policy.register_policy_hook("numba", _set_policy)
-
-
-def _use_own(dtype, m, n, k):
-    mode = _policy[0]
-    if mode != 0:
-        return mode == 1
-    volume = m * n * k
-    return n >= _policy[3] and _policy[4] <= volume <= (_policy[1] if dtype == _F32 else _policy[2])
+# The policy's decision for this backend, kept current by its hooks
+# (fastnn.backends.gemm_policy): no lookup of the settings per call.
+_use_own = _gemm_policy.decider("numba")
 
 
 def matmul(a, b, trans_a, trans_b, out):

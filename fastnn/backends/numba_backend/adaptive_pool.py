@@ -1,0 +1,99 @@
+"""Adaptive average pooling for the Numba backend (the math: the reference's ``adaptive_pool``).
+
+Each output sums its window in float64 (one loop nest, no temporaries); the
+backward pass adds each gradient over its window. Planes (b, c) are split
+over threads.
+"""
+
+import numpy as np
+from numba import njit, prange
+
+from ..._config import NUMBA_JIT_OPTIONS, PARALLEL_MIN_ELEMENTS_CHEAP
+
+__all__ = ["adaptive_avg_pool2d_forward", "adaptive_avg_pool2d_backward"]
+
+_PAR = PARALLEL_MIN_ELEMENTS_CHEAP
+_jit = njit(**NUMBA_JIT_OPTIONS)
+_pjit = njit(parallel=True, **NUMBA_JIT_OPTIONS)
+
+
+@_jit
+def _lo(i, n_in, n_out):
+    return (i * n_in) // n_out
+
+
+@_jit
+def _hi(i, n_in, n_out):
+    return -((-(i + 1) * n_in) // n_out)
+
+
+@_jit
+def _fwd_plane(x, out, p):
+    H, W = x.shape[1], x.shape[2]
+    ho, wo = out.shape[1], out.shape[2]
+    for i in range(ho):
+        h0, h1 = _lo(i, H, ho), _hi(i, H, ho)
+        for j in range(wo):
+            w0, w1 = _lo(j, W, wo), _hi(j, W, wo)
+            s = 0.0
+            for h in range(h0, h1):
+                for w in range(w0, w1):
+                    s += np.float64(x[p, h, w])
+            out[p, i, j] = s / ((h1 - h0) * (w1 - w0))
+
+
+@_jit
+def _bwd_plane(g, gi, p):
+    H, W = gi.shape[1], gi.shape[2]
+    ho, wo = g.shape[1], g.shape[2]
+    gi[p, :, :] = 0
+    for i in range(ho):
+        h0, h1 = _lo(i, H, ho), _hi(i, H, ho)
+        for j in range(wo):
+            w0, w1 = _lo(j, W, wo), _hi(j, W, wo)
+            v = g[p, i, j] / gi.dtype.type((h1 - h0) * (w1 - w0))
+            for h in range(h0, h1):
+                for w in range(w0, w1):
+                    gi[p, h, w] += v
+
+
+@_jit
+def _fwd_ser(x, out):
+    for p in range(x.shape[0]):
+        _fwd_plane(x, out, p)
+
+
+@_pjit
+def _fwd_par(x, out):
+    for p in prange(x.shape[0]):
+        _fwd_plane(x, out, p)
+
+
+@_jit
+def _bwd_ser(g, gi):
+    for p in range(g.shape[0]):
+        _bwd_plane(g, gi, p)
+
+
+@_pjit
+def _bwd_par(g, gi):
+    for p in prange(g.shape[0]):
+        _bwd_plane(g, gi, p)
+
+
+def _planes(a):
+    return a.reshape(a.shape[0] * a.shape[1], a.shape[2], a.shape[3])
+
+
+def adaptive_avg_pool2d_forward(x, out):
+    """See the reference ``adaptive_avg_pool2d_forward``."""
+    fn = _fwd_par if x.size >= _PAR and x.shape[0] * x.shape[1] > 1 else _fwd_ser
+    fn(_planes(x), _planes(out))
+    return out
+
+
+def adaptive_avg_pool2d_backward(grad_out, grad_input):
+    """See the reference ``adaptive_avg_pool2d_backward``."""
+    fn = _bwd_par if grad_input.size >= _PAR and grad_input.shape[0] * grad_input.shape[1] > 1 else _bwd_ser
+    fn(_planes(grad_out), _planes(grad_input))
+    return grad_input

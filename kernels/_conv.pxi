@@ -1,0 +1,598 @@
+# Convolution and pooling (NCHW).
+#
+# float32 stride-1 convolutions whose per-thread buffers stay below
+# conv_direct_max_buffer run the "shifted GEMM" of conv.h: each image
+# zero-padded once into a flat buffer, every kernel tap a shift of it, no
+# im2col matrix, images over the OpenMP team. Every other case cuts the batch
+# into chunks whose im2col matrix stays within conv_cols_budget elements: per
+# chunk an OpenMP loop builds the columns, one product runs from the serial
+# level (BLAS is threaded itself, so it is never called inside a parallel
+# region) and an OpenMP loop scatters the result. Pooling is a direct loop,
+# parallel over planes. The sizes handed to BLAS (O, C·kH·kW, Ho·Wo, the
+# leading dimensions) fit a C int: fastnn.ops.conv refuses larger ones.
+
+cdef struct Geom:
+    fnn_idx B, C, H, W, O, kh, kw, ho, wo, sh, sw, ph, pw, dh, dw
+
+
+cdef Geom _geom(cnp.ndarray x, cnp.ndarray weight, cnp.ndarray out, fnn_idx sh, fnn_idx sw, fnn_idx ph,
+                fnn_idx pw, fnn_idx dh, fnn_idx dw):
+    cdef Geom g
+    g.B, g.C, g.H, g.W = x.shape[0], x.shape[1], x.shape[2], x.shape[3]
+    g.O, g.kh, g.kw = weight.shape[0], weight.shape[2], weight.shape[3]
+    g.ho, g.wo = out.shape[2], out.shape[3]
+    g.sh, g.sw, g.ph, g.pw, g.dh, g.dw = sh, sw, ph, pw, dh, dw
+    return g
+
+
+# ---- im2col ----
+
+cdef inline void _valid_range(fnn_idx n_out, fnn_idx n_in, fnn_idx s, fnn_idx offset, fnn_idx *lo,
+                              fnn_idx *hi) noexcept nogil:
+    """Outputs j with 0 <= j·s + offset < n_in, as [lo, hi)."""
+    lo[0] = (-offset + s - 1) // s if offset < 0 else 0
+    hi[0] = (n_in - offset - 1) // s + 1 if n_in - offset > 0 else 0
+    if hi[0] > n_out:
+        hi[0] = n_out
+    if lo[0] > hi[0]:
+        lo[0] = hi[0]
+
+
+cdef void _im2col_plane(const real *src, const Geom *g, real *dst, fnn_idx ld) noexcept nogil:
+    """kH·kW rows (stride ld) of the columns of one input plane."""
+    cdef fnn_idx u, v, i, j, ilo, ihi, jlo, jhi, off, wo = g.wo
+    cdef real *row
+    cdef const real *s
+    for u in range(g.kh):
+        _valid_range(g.ho, g.H, g.sh, u * g.dh - g.ph, &ilo, &ihi)
+        for v in range(g.kw):
+            _valid_range(wo, g.W, g.sw, v * g.dw - g.pw, &jlo, &jhi)
+            off = v * g.dw - g.pw
+            row = dst + (u * g.kw + v) * ld
+            for i in range(g.ho):
+                if i < ilo or i >= ihi:
+                    memset(row + i * wo, 0, wo * sizeof(real))
+                    continue
+                s = src + (i * g.sh + u * g.dh - g.ph) * g.W + off
+                for j in range(jlo):
+                    row[i * wo + j] = 0
+                if g.sw == 1:
+                    memcpy(row + i * wo + jlo, s + jlo, (jhi - jlo) * sizeof(real))
+                else:
+                    for j in range(jlo, jhi):
+                        row[i * wo + j] = s[j * g.sw]
+                for j in range(jhi, wo):
+                    row[i * wo + j] = 0
+
+
+cdef void _col2im_plane(const real *src, fnn_idx ld, const Geom *g, real *dst) noexcept nogil:
+    """dst (one H×W plane) = Σ over taps of the kH·kW column rows (stride ld) copied from it."""
+    cdef fnn_idx u, v, i, j, ilo, ihi, jlo, jhi, off, wo = g.wo
+    cdef const real *row
+    cdef real *d
+    memset(dst, 0, g.H * g.W * sizeof(real))
+    for u in range(g.kh):
+        _valid_range(g.ho, g.H, g.sh, u * g.dh - g.ph, &ilo, &ihi)
+        for v in range(g.kw):
+            _valid_range(wo, g.W, g.sw, v * g.dw - g.pw, &jlo, &jhi)
+            off = v * g.dw - g.pw
+            row = src + (u * g.kw + v) * ld
+            for i in range(ilo, ihi):
+                d = dst + (i * g.sh + u * g.dh - g.ph) * g.W + off
+                if g.sw == 1:
+                    for j in range(jlo, jhi):
+                        d[j] += row[i * wo + j]
+                else:
+                    for j in range(jlo, jhi):
+                        d[j * g.sw] += row[i * wo + j]
+
+
+cdef void _im2col(const real *x, fnn_idx nb, const Geom *g, real *cols, fnn_idx ld) noexcept nogil:
+    """The columns (C·kH·kW rows, stride ld) of nb images, one (image, channel) plane per work item."""
+    cdef fnn_idx P = g.ho * g.wo, r, b, c, kk = g.kh * g.kw
+    for r in prange(nb * g.C, nogil=True, schedule="static", num_threads=_threads_for(<double>nb * P * g.C * kk)):
+        b = r // g.C
+        c = r % g.C
+        _im2col_plane(x + r * g.H * g.W, g, cols + c * kk * ld + b * P, ld)
+
+
+cdef void _col2im(const real *dcols, fnn_idx ld, fnn_idx nb, const Geom *g, real *gx) noexcept nogil:
+    cdef fnn_idx P = g.ho * g.wo, r, b, c, kk = g.kh * g.kw
+    for r in prange(nb * g.C, nogil=True, schedule="static", num_threads=_threads_for(<double>nb * P * g.C * kk)):
+        b = r // g.C
+        c = r % g.C
+        _col2im_plane(dcols + c * kk * ld + b * P, ld, g, gx + r * g.H * g.W)
+
+
+cdef void _scatter(const real *y, fnn_idx ld, const real *bias, fnn_idx nb, fnn_idx O, fnn_idx P,
+                   real *out) noexcept nogil:
+    """out[b, o, p] = y[o·ld + b·P + p] + bias[o]."""
+    cdef fnn_idx r, p, b, o
+    cdef real bo
+    for r in prange(nb * O, nogil=True, schedule="static", num_threads=_threads_for(<double>nb * O * P)):
+        b = r // O
+        o = r % O
+        bo = bias[o] if bias != NULL else 0
+        for p in range(P):
+            out[r * P + p] = y[o * ld + b * P + p] + bo
+
+
+cdef void _gather(const real *gy, fnn_idx nb, fnn_idx O, fnn_idx P, real *dst, fnn_idx ld) noexcept nogil:
+    """dst[o·ld + b·P + p] = gy[b, o, p]."""
+    cdef fnn_idx r, b, o
+    for r in prange(nb * O, nogil=True, schedule="static", num_threads=_threads_for(<double>nb * O * P)):
+        b = r // O
+        o = r % O
+        memcpy(dst + o * ld + b * P, gy + r * P, P * sizeof(real))
+
+
+cdef inline fnn_idx _chunk(fnn_idx B, fnn_idx K, fnn_idx P) noexcept nogil:
+    """Images per chunk: as many as keep the columns within conv_cols_budget (at least one)."""
+    cdef fnn_idx nb = fnn_tune.conv_cols_budget // (K * P if K * P > 0 else 1)
+    return max(1, min(nb, B))
+
+
+cdef int _conv_fwd_cols(const real *x, const real *w, const real *bias, real *out, const Geom *g) noexcept nogil:
+    """y[b,o,i,j] = bias[o] + Σ_{c,u,v} w[o,c,u,v]·xp[b,c,i·sH+u·dH,j·sW+v·dW] (chunked im2col + GEMM)."""
+    cdef fnn_idx K = g.C * g.kh * g.kw, P = g.ho * g.wo, O = g.O
+    cdef fnn_idx nb = _chunk(g.B, K, P), b0 = 0, n, ld = nb * P
+    cdef real *cols = <real*>malloc(K * ld * sizeof(real))
+    cdef real *y = <real*>malloc(O * ld * sizeof(real)) if nb > 1 else NULL
+    cdef int rc = 0
+    if cols == NULL or (nb > 1 and y == NULL):
+        rc = -1
+    while rc == 0 and b0 < g.B:
+        n = min(nb, g.B - b0)
+        _im2col(x + b0 * g.C * g.H * g.W, n, g, cols, ld)
+        if nb == 1:  # one image: the product writes straight into the output
+            rc = gemm_run(O, P, K, w, K, 1, cols, P, 1, out + b0 * O * P, P, <const real*>NULL,
+                          FNN_ACT_IDENTITY, False)
+            if bias != NULL:
+                _scatter(out + b0 * O * P, P, bias, 1, O, P, out + b0 * O * P)
+        else:
+            rc = gemm_run(O, n * P, K, w, K, 1, cols, ld, 1, y, ld, <const real*>NULL, FNN_ACT_IDENTITY, False)
+            _scatter(y, ld, bias, n, O, P, out + b0 * O * P)
+        b0 += n
+    free(cols)
+    free(y)
+    return rc
+
+
+cdef int _conv_bwd_cols(const real *gy, const real *x, const real *w, real *gx, real *gw, real *gb,
+                        const Geom *g) noexcept nogil:
+    """dW = Σ_b G_b·cols_bᵀ, db = Σ G, dx = col2im(Wᵀ·G_b) (chunked; products outside parallel loops)."""
+    cdef fnn_idx K = g.C * g.kh * g.kw, P = g.ho * g.wo, O = g.O
+    cdef fnn_idx nb = _chunk(g.B, K, P), b0 = 0, n, ld = nb * P, o, b, p
+    cdef real *cols = <real*>malloc(K * ld * sizeof(real))
+    cdef real *gbuf = <real*>malloc(O * ld * sizeof(real)) if nb > 1 else NULL
+    cdef real *dcols = <real*>malloc(K * ld * sizeof(real)) if gx != NULL else NULL
+    cdef const real *gp
+    cdef double acc
+    cdef int rc = 0
+    if cols == NULL or (nb > 1 and gbuf == NULL) or (gx != NULL and dcols == NULL):
+        rc = -1
+    while rc == 0 and b0 < g.B:
+        n = min(nb, g.B - b0)
+        _im2col(x + b0 * g.C * g.H * g.W, n, g, cols, ld)
+        if nb == 1:
+            gp = gy + b0 * O * P
+        else:
+            _gather(gy + b0 * O * P, n, O, P, gbuf, ld)
+            gp = gbuf
+        # dW (O, K) (+)= G (O, nP) · colsᵀ (nP, K)
+        rc = gemm_run(O, K, n * P, gp, ld, 1, cols, 1, ld, gw, K, <const real*>NULL, FNN_ACT_IDENTITY, b0 != 0)
+        if rc == 0 and gx != NULL:
+            # dcols (K, nP) = Wᵀ (K, O) · G (O, nP)
+            rc = gemm_run(K, n * P, O, w, 1, K, gp, ld, 1, dcols, ld, <const real*>NULL, FNN_ACT_IDENTITY, False)
+            _col2im(dcols, ld, n, g, gx + b0 * g.C * g.H * g.W)
+        b0 += n
+    if gb != NULL:
+        for o in range(O):
+            acc = 0
+            for b in range(g.B):
+                gp = gy + (b * O + o) * P
+                for p in range(P):
+                    acc = acc + gp[p]
+            gb[o] = <real>acc
+    free(cols)
+    free(gbuf)
+    free(dcols)
+    return rc
+
+
+# ---- the direct float32 stride-1 convolution ----
+
+cdef inline fnn_idx _round_up(fnn_idx n, fnn_idx m) noexcept nogil:
+    return (n + m - 1) // m * m
+
+
+cdef bint _direct(cnp.ndarray x, cnp.ndarray weight, const Geom *g):
+    """Whether the shifted-GEMM kernels run this convolution (float32, stride 1, bounded buffers)."""
+    cdef fnn_idx wp = g.W + 2 * g.pw + (g.kw - 1) * g.dw
+    cdef fnn_idx rows = g.H + 2 * g.ph + (g.kh - 1) * g.dh + 1
+    return _f32(x) and g.sh == 1 and g.sw == 1 and max(g.C, g.O) * rows * wp <= fnn_tune.conv_direct_max_buffer
+
+
+cdef void _pad_image(const float *x, const Geom *g, fnn_idx plane, fnn_idx Wp, float *xp) noexcept nogil:
+    """Copy one image into its zero-padded flat buffer (the borders stay zero from allocation)."""
+    cdef fnn_idx c, h
+    for c in range(g.C):
+        for h in range(g.H):
+            memcpy(xp + c * plane + (h + g.ph) * Wp + g.pw, x + (c * g.H + h) * g.W, g.W * sizeof(float))
+
+
+cdef int _conv_fwd_direct(const float *x, const float *w, const float *bias, float *out,
+                          const Geom *g) noexcept nogil:
+    """y[b,o,i,j] = bias[o] + Σ_{c,u,v} w[o,c,u,v]·xp[b,c,i+u·dH,j+v·dW] (stride 1, shifted GEMM)."""
+    cdef fnn_idx C = g.C, O = g.O, Ho = g.ho, Wo = g.wo
+    cdef fnn_idx Wp = g.W + 2 * g.pw, plane = (g.H + 2 * g.ph) * Wp, K = C * g.kh * g.kw
+    cdef fnn_idx OP = _round_up(O, FNN_CONV_ROWS), Q = _round_up(Ho * Wp, FNN_CONV_COLS)
+    cdef fnn_idx xlen = C * plane + (g.kw - 1) * g.dw + 2 * FNN_CONV_COLS
+    cdef int nt = min(_threads_for(<double>g.B * O * Q * K / 8), g.B), t
+    cdef fnn_idx o, c, u, v, b, i, j
+    cdef float *wpk = <float*>calloc(K * OP, sizeof(float))
+    cdef fnn_idx *koff = <fnn_idx*>malloc(K * sizeof(fnn_idx))
+    cdef float *xbuf = <float*>calloc(nt * xlen, sizeof(float))
+    cdef float *obuf = <float*>malloc(nt * OP * Q * sizeof(float))
+    cdef float *xp
+    cdef float *ob
+    cdef float bo
+    cdef int rc = 0
+    if wpk == NULL or koff == NULL or xbuf == NULL or obuf == NULL:
+        rc = -1
+    else:
+        for o in range(O):   # wpk[k, o] = w[o, k]
+            for c in range(K):
+                wpk[c * OP + o] = w[o * K + c]
+        for c in range(C):
+            for u in range(g.kh):
+                for v in range(g.kw):
+                    koff[(c * g.kh + u) * g.kw + v] = c * plane + u * g.dh * Wp + v * g.dw
+        for b in prange(g.B, nogil=True, schedule="static", num_threads=nt):
+            t = threadid()
+            xp = xbuf + t * xlen
+            ob = obuf + t * OP * Q
+            _pad_image(x + b * C * g.H * g.W, g, plane, Wp, xp)
+            fnn_cv.shift_f32(K, OP, Q, wpk, koff, xp, ob, Q)
+            for o in range(O):
+                bo = bias[o] if bias != NULL else 0
+                for i in range(Ho):
+                    for j in range(Wo):
+                        out[((b * O + o) * Ho + i) * Wo + j] = ob[o * Q + i * Wp + j] + bo
+    free(wpk)
+    free(koff)
+    free(xbuf)
+    free(obuf)
+    return rc
+
+
+cdef int _conv_bwd_direct(const float *gy, const float *x, const float *w, float *gx, float *gw, float *gb,
+                          const Geom *g) noexcept nogil:
+    """dW[o,c,u,v] = Σ_{b,i,j} G[b,o,i,j]·xp[b,c,i+u·dH,j+v·dW]; dxp[c] = Σ_{o,u,v} w[o,c,u,v]·G[o] shifted.
+
+    Both products run over whole padded rows, so they also multiply the
+    zeros at the junk positions with real pixels and weights: exact for
+    finite data, NaN for an infinite one (0·inf). The caller runs this only
+    when x and the weight are finite.
+    """
+    cdef fnn_idx C = g.C, O = g.O, Ho = g.ho, Wo = g.wo, H = g.H, W = g.W
+    cdef fnn_idx Wp = W + 2 * g.pw, plane = (H + 2 * g.ph) * Wp, K = C * g.kh * g.kw, KT = O * g.kh * g.kw
+    cdef fnn_idx CP = _round_up(C, FNN_CONV_ROWS), Qg = _round_up(Ho * Wp, FNN_WGRAD_SLOTS)
+    cdef fnn_idx QI = _round_up(plane, FNN_CONV_COLS)
+    cdef fnn_idx xlen = C * plane + (g.kw - 1) * g.dw + 2 * FNN_CONV_COLS
+    cdef fnn_idx margin = (g.kh - 1) * g.dh * Wp + (g.kw - 1) * g.dw
+    cdef fnn_idx gplane = margin + plane + 2 * FNN_CONV_COLS
+    cdef int nt = min(_threads_for(<double>g.B * O * Qg * K / 4), g.B), t
+    cdef fnn_idx o, c, u, v, b, i, h, p, r, kk
+    cdef double acc
+    cdef fnn_idx *koff = <fnn_idx*>malloc(K * sizeof(fnn_idx))
+    cdef fnn_idx *koffT = <fnn_idx*>malloc(KT * sizeof(fnn_idx))
+    cdef float *wpkT = <float*>calloc(KT * CP, sizeof(float))
+    cdef float *xbuf = <float*>calloc(nt * xlen, sizeof(float))
+    cdef float *gbuf = <float*>calloc(nt * O * gplane, sizeof(float))
+    cdef float *ibuf = <float*>malloc(nt * CP * QI * sizeof(float)) if gx != NULL else NULL
+    cdef float *gwt = <float*>calloc(nt * O * K * FNN_WGRAD_SLOTS, sizeof(float))   # per thread, lane slots
+    cdef float *xp
+    cdef float *gp
+    cdef float *ib
+    cdef int rc = 0
+    if koff == NULL or koffT == NULL or wpkT == NULL or xbuf == NULL or gbuf == NULL or gwt == NULL \
+            or (gx != NULL and ibuf == NULL):
+        rc = -1
+    else:
+        for c in range(C):
+            for u in range(g.kh):
+                for v in range(g.kw):
+                    koff[(c * g.kh + u) * g.kw + v] = c * plane + u * g.dh * Wp + v * g.dw
+        for o in range(O):
+            for u in range(g.kh):
+                for v in range(g.kw):
+                    koffT[(o * g.kh + u) * g.kw + v] = o * gplane + margin - u * g.dh * Wp - v * g.dw
+                    for c in range(C):   # wpkT[(o, u, v), c] = w[o, c, u, v]
+                        wpkT[((o * g.kh + u) * g.kw + v) * CP + c] = w[((o * C + c) * g.kh + u) * g.kw + v]
+        for b in prange(g.B, nogil=True, schedule="static", num_threads=nt):
+            t = threadid()
+            xp = xbuf + t * xlen
+            gp = gbuf + t * O * gplane
+            _pad_image(x + b * C * H * W, g, plane, Wp, xp)
+            for o in range(O):   # G rows at width Wp; the junk columns stay zero
+                for i in range(Ho):
+                    memcpy(gp + o * gplane + margin + i * Wp, gy + ((b * O + o) * Ho + i) * Wo, Wo * sizeof(float))
+            fnn_cv.wgrad_f32(O, K, Qg, gp + margin, gplane, koff, xp, gwt + t * O * K * FNN_WGRAD_SLOTS)
+            if gx != NULL:
+                ib = ibuf + t * CP * QI
+                fnn_cv.shift_f32(KT, CP, QI, wpkT, koffT, gp, ib, QI)
+                for c in range(C):
+                    for h in range(H):
+                        memcpy(gx + ((b * C + c) * H + h) * W, ib + c * QI + (h + g.ph) * Wp + g.pw,
+                               W * sizeof(float))
+        for kk in range(O * K):
+            acc = 0
+            for r in range(nt):
+                for p in range(FNN_WGRAD_SLOTS):
+                    acc = acc + gwt[(r * O * K + kk) * FNN_WGRAD_SLOTS + p]
+            gw[kk] = <float>acc
+        if gb != NULL:
+            for o in range(O):
+                acc = 0
+                for b in range(g.B):
+                    for p in range(Ho * Wo):
+                        acc = acc + gy[(b * O + o) * Ho * Wo + p]
+                gb[o] = <float>acc
+    free(koff)
+    free(koffT)
+    free(wpkT)
+    free(xbuf)
+    free(gbuf)
+    free(ibuf)
+    free(gwt)
+    return rc
+
+
+def conv2d_forward(cnp.ndarray x, cnp.ndarray weight, cnp.ndarray bias, fnn_idx sh, fnn_idx sw, fnn_idx ph,
+                   fnn_idx pw, fnn_idx dh, fnn_idx dw, cnp.ndarray out):
+    """y[b,o,i,j] = bias[o] + Σ_{c,u,v} w[o,c,u,v]·xp[b,c,i·sH+u·dH,j·sW+v·dW]."""
+    cdef Geom g = _geom(x, weight, out, sh, sw, ph, pw, dh, dw)
+    cdef void *p[4]
+    cdef int rc = 0
+    cdef bint direct = _direct(x, weight, &g), f32 = _f32(x)
+    _fill(p, (x, weight, bias, out))
+    if g.B == 0:
+        return out
+    with nogil:
+        if direct:
+            rc = _conv_fwd_direct(<float*>p[0], <float*>p[1], <float*>p[2], <float*>p[3], &g)
+        elif f32:
+            rc = _conv_fwd_cols(<float*>p[0], <float*>p[1], <float*>p[2], <float*>p[3], &g)
+        else:
+            rc = _conv_fwd_cols(<double*>p[0], <double*>p[1], <double*>p[2], <double*>p[3], &g)
+    if rc != 0:
+        raise MemoryError("conv2d_forward: out of memory")
+    return out
+
+
+def conv2d_backward(cnp.ndarray grad_out, cnp.ndarray x, cnp.ndarray weight, fnn_idx sh, fnn_idx sw, fnn_idx ph,
+                    fnn_idx pw, fnn_idx dh, fnn_idx dw, cnp.ndarray grad_input, cnp.ndarray grad_weight,
+                    cnp.ndarray grad_bias):
+    """dW = Σ_b G_b·cols_bᵀ, db = Σ G, dx = col2im(Wᵀ·G_b); grad_input / grad_bias may be None."""
+    cdef Geom g = _geom(x, weight, grad_out, sh, sw, ph, pw, dh, dw)
+    cdef void *p[6]
+    cdef int rc = 0
+    cdef bint f32 = _f32(x)
+    # The direct kernel multiplies the zeros of its padded rows with every
+    # pixel and weight: an inf there would become NaN (0·inf) where the
+    # im2col kernel, like the reference, never forms that product.
+    cdef bint direct = _direct(x, weight, &g) and finite(x) and finite(weight)
+    _fill(p, (grad_out, x, weight, grad_input, grad_weight, grad_bias))
+    if g.B == 0:   # no images (layers call this directly, ops would not): sums over nothing
+        grad_weight.fill(0)
+        if grad_bias is not None:
+            grad_bias.fill(0)
+        return grad_input, grad_weight, grad_bias
+    with nogil:
+        if direct:
+            rc = _conv_bwd_direct(<float*>p[0], <float*>p[1], <float*>p[2], <float*>p[3], <float*>p[4],
+                                  <float*>p[5], &g)
+        elif f32:
+            rc = _conv_bwd_cols(<float*>p[0], <float*>p[1], <float*>p[2], <float*>p[3], <float*>p[4],
+                                <float*>p[5], &g)
+        else:
+            rc = _conv_bwd_cols(<double*>p[0], <double*>p[1], <double*>p[2], <double*>p[3], <double*>p[4],
+                                <double*>p[5], &g)
+    if rc != 0:
+        raise MemoryError("conv2d_backward: out of memory")
+    return grad_input, grad_weight, grad_bias
+
+
+def finite(cnp.ndarray a):
+    """True when no element of the (contiguous) array is NaN or ±inf (one vectorised pass)."""
+    cdef fnn_idx n = cnp.PyArray_SIZE(a)
+    cdef void *p = cnp.PyArray_DATA(a)
+    if _f32(a):
+        return all_finite(<float*>p, n)
+    return all_finite(<double*>p, n)
+
+
+# ---- pooling ----
+# The window loops clip each window to the image (ulo..uhi, vlo..vhi).
+# ops.conv guarantees every window holds a real pixel: H, W >= 1 and
+# padding <= kernel_size // 2 (PyTorch's rule), so max pooling never reads
+# outside the plane and never divides by an empty window.
+
+cdef inline void _window(fnn_idx i, fnn_idx j, fnn_idx H, fnn_idx W, fnn_idx kh, fnn_idx kw, fnn_idx sh,
+                         fnn_idx sw, fnn_idx ph, fnn_idx pw, fnn_idx *w) noexcept nogil:
+    """w = (h0, w0, ulo, uhi, vlo, vhi): the window of output (i, j), clipped to the plane."""
+    w[0] = i * sh - ph
+    w[1] = j * sw - pw
+    w[2] = -w[0] if w[0] < 0 else 0
+    w[3] = H - w[0] if H - w[0] < kh else kh
+    w[4] = -w[1] if w[1] < 0 else 0
+    w[5] = W - w[1] if W - w[1] < kw else kw
+
+
+cdef void _max_pool_plane(const real *src, real *dst, long long *idx, fnn_idx H, fnn_idx W, fnn_idx ho,
+                          fnn_idx wo, fnn_idx kh, fnn_idx kw, fnn_idx sh, fnn_idx sw, fnn_idx ph,
+                          fnn_idx pw) noexcept nogil:
+    cdef fnn_idx i, j, u, v
+    cdef fnn_idx w[6]
+    cdef long long arg, pos
+    cdef bint take
+    cdef real best, val
+    if kh == 2 and kw == 2 and sh == 2 and sw == 2 and ph == 0 and pw == 0:
+        # the common 2×2 / stride 2 case: a branch-free kernel
+        maxpool2x2(src, W, ho, wo, dst, idx)
+        return
+    for i in range(ho):
+        for j in range(wo):
+            _window(i, j, H, W, kh, kw, sh, sw, ph, pw, w)
+            arg = (w[0] + w[2]) * W + w[1] + w[4]
+            best = src[arg]
+            for u in range(w[2], w[3]):
+                for v in range(w[4], w[5]):
+                    pos = (w[0] + u) * W + w[1] + v
+                    val = src[pos]
+                    # strict > keeps the first maximum; a NaN replaces a number, not a NaN.
+                    # Selects, not branches: on real data the comparison is a coin flip.
+                    take = (val > best) | ((val != val) & (best == best))
+                    best = val if take else best
+                    arg = pos if take else arg
+            dst[i * wo + j] = best
+            idx[i * wo + j] = arg
+
+
+cdef void _max_pool(const real *xp, real *op, long long *ip, fnn_idx planes, fnn_idx H, fnn_idx W, fnn_idx ho,
+                    fnn_idx wo, fnn_idx kh, fnn_idx kw, fnn_idx sh, fnn_idx sw, fnn_idx ph,
+                    fnn_idx pw) noexcept nogil:
+    cdef fnn_idx r
+    for r in prange(planes, nogil=True, schedule="static", num_threads=_threads_for(<double>planes * H * W)):
+        _max_pool_plane(xp + r * H * W, op + r * ho * wo, ip + r * ho * wo, H, W, ho, wo, kh, kw, sh, sw, ph, pw)
+
+
+def max_pool_fwd(cnp.ndarray x, fnn_idx kh, fnn_idx kw, fnn_idx sh, fnn_idx sw, fnn_idx ph, fnn_idx pw,
+                 cnp.ndarray out, cnp.ndarray indices):
+    """y = max over the window (-inf padding); first maximum wins, NaN wins."""
+    cdef fnn_idx planes = x.shape[0] * x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef fnn_idx ho = out.shape[2], wo = out.shape[3]
+    cdef void *px = cnp.PyArray_DATA(x)
+    cdef void *po = cnp.PyArray_DATA(out)
+    cdef long long *pi = <long long*>cnp.PyArray_DATA(indices)
+    cdef bint f32 = _f32(x)
+    with nogil:
+        if f32:
+            _max_pool(<float*>px, <float*>po, pi, planes, H, W, ho, wo, kh, kw, sh, sw, ph, pw)
+        else:
+            _max_pool(<double*>px, <double*>po, pi, planes, H, W, ho, wo, kh, kw, sh, sw, ph, pw)
+
+
+cdef fnn_idx _max_unpool(const real *gp, const long long *ip, real *dp, fnn_idx planes, fnn_idx HW,
+                         fnn_idx n_out) noexcept nogil:
+    """dx[plane][indices] += dy, one plane per thread; returns the count of indices outside the plane."""
+    cdef fnn_idx r, p, bad = 0
+    cdef long long k
+    cdef real *plane
+    for r in prange(planes, nogil=True, schedule="static", num_threads=_threads_for(<double>planes * HW)):
+        plane = dp + r * HW
+        memset(plane, 0, HW * sizeof(real))
+        for p in range(n_out):
+            k = ip[r * n_out + p]
+            if <size_t>k < <size_t>HW:   # one unsigned compare: negative indices are huge
+                plane[k] += gp[r * n_out + p]
+            else:
+                bad += 1
+    return bad
+
+
+def max_pool_bwd(cnp.ndarray grad_out, cnp.ndarray indices, cnp.ndarray grad_input):
+    """dx[plane][indices] += dy (one plane per thread: no races).
+
+    The kernel checks what it indexes with, whoever called it: an index
+    outside [0, H·W) is skipped and makes the call raise ValueError.
+    """
+    cdef fnn_idx planes = grad_input.shape[0] * grad_input.shape[1]
+    cdef fnn_idx HW = grad_input.shape[2] * grad_input.shape[3], n_out = grad_out.shape[2] * grad_out.shape[3]
+    cdef void *pg = cnp.PyArray_DATA(grad_out)
+    cdef const long long *pi = <const long long*>cnp.PyArray_DATA(indices)
+    cdef void *pd = cnp.PyArray_DATA(grad_input)
+    cdef bint f32 = _f32(grad_input)
+    cdef fnn_idx bad
+    with nogil:
+        if f32:
+            bad = _max_unpool(<float*>pg, pi, <float*>pd, planes, HW, n_out)
+        else:
+            bad = _max_unpool(<double*>pg, pi, <double*>pd, planes, HW, n_out)
+    if bad:
+        raise ValueError(f"indices must lie in [0, {HW}) for input planes of "
+                         f"{grad_input.shape[2]}x{grad_input.shape[3]}")
+
+
+cdef void _avg_pool_plane(const real *src, real *dst, const real *gy, real *gx, fnn_idx H, fnn_idx W,
+                          fnn_idx ho, fnn_idx wo, fnn_idx kh, fnn_idx kw, fnn_idx sh, fnn_idx sw, fnn_idx ph,
+                          fnn_idx pw, bint count_include_pad) noexcept nogil:
+    """Forward (src -> dst: y = Σ window / n) or, when gy is given, backward (gy -> gx: dx[window] += dy / n)."""
+    cdef fnn_idx i, j, u, v, cnt
+    cdef fnn_idx w[6]
+    cdef real s, gv
+    if gy != NULL:
+        memset(gx, 0, H * W * sizeof(real))
+    for i in range(ho):
+        for j in range(wo):
+            _window(i, j, H, W, kh, kw, sh, sw, ph, pw, w)
+            cnt = kh * kw if count_include_pad else (w[3] - w[2]) * (w[5] - w[4])
+            if gy != NULL:
+                gv = gy[i * wo + j] / cnt
+                for u in range(w[2], w[3]):
+                    for v in range(w[4], w[5]):
+                        gx[(w[0] + u) * W + w[1] + v] += gv
+            else:
+                s = 0
+                for u in range(w[2], w[3]):
+                    for v in range(w[4], w[5]):
+                        s = s + src[(w[0] + u) * W + w[1] + v]
+                dst[i * wo + j] = s / cnt
+
+
+cdef void _avg_pool(const real *xp, real *op, const real *gp, real *dp, fnn_idx planes, fnn_idx H, fnn_idx W,
+                    fnn_idx ho, fnn_idx wo, fnn_idx kh, fnn_idx kw, fnn_idx sh, fnn_idx sw, fnn_idx ph, fnn_idx pw,
+                    bint count_include_pad) noexcept nogil:
+    cdef fnn_idx r
+    for r in prange(planes, nogil=True, schedule="static", num_threads=_threads_for(<double>planes * H * W)):
+        if gp != NULL:
+            _avg_pool_plane(NULL, NULL, gp + r * ho * wo, dp + r * H * W, H, W, ho, wo, kh, kw, sh, sw, ph, pw,
+                            count_include_pad)
+        else:
+            _avg_pool_plane(xp + r * H * W, op + r * ho * wo, NULL, NULL, H, W, ho, wo, kh, kw, sh, sw, ph, pw,
+                            count_include_pad)
+
+
+def avg_pool_fwd(cnp.ndarray x, fnn_idx kh, fnn_idx kw, fnn_idx sh, fnn_idx sw, fnn_idx ph, fnn_idx pw,
+                 bint count_include_pad, cnp.ndarray out):
+    """y = Σ window / n, n = kH·kW or the number of real pixels."""
+    cdef fnn_idx planes = x.shape[0] * x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef fnn_idx ho = out.shape[2], wo = out.shape[3]
+    cdef void *px = cnp.PyArray_DATA(x)
+    cdef void *po = cnp.PyArray_DATA(out)
+    cdef bint f32 = _f32(x)
+    with nogil:
+        if f32:
+            _avg_pool(<float*>px, <float*>po, <float*>NULL, <float*>NULL, planes, H, W, ho, wo, kh, kw, sh, sw, ph,
+                      pw, count_include_pad)
+        else:
+            _avg_pool(<double*>px, <double*>po, <double*>NULL, <double*>NULL, planes, H, W, ho, wo, kh, kw, sh, sw,
+                      ph, pw, count_include_pad)
+
+
+def avg_pool_bwd(cnp.ndarray grad_out, fnn_idx kh, fnn_idx kw, fnn_idx sh, fnn_idx sw, fnn_idx ph, fnn_idx pw,
+                 bint count_include_pad, cnp.ndarray grad_input):
+    """dx[window] += dy / n for every output."""
+    cdef fnn_idx planes = grad_input.shape[0] * grad_input.shape[1], H = grad_input.shape[2]
+    cdef fnn_idx W = grad_input.shape[3], ho = grad_out.shape[2], wo = grad_out.shape[3]
+    cdef void *pg = cnp.PyArray_DATA(grad_out)
+    cdef void *pd = cnp.PyArray_DATA(grad_input)
+    cdef bint f32 = _f32(grad_input)
+    with nogil:
+        if f32:
+            _avg_pool(<float*>NULL, <float*>NULL, <float*>pg, <float*>pd, planes, H, W, ho, wo, kh, kw, sh, sw, ph,
+                      pw, count_include_pad)
+        else:
+            _avg_pool(<double*>NULL, <double*>NULL, <double*>pg, <double*>pd, planes, H, W, ho, wo, kh, kw, sh,
+                      sw, ph, pw, count_include_pad)

@@ -33,6 +33,7 @@ def machine_info() -> dict:
     import numpy as np
 
     import fastnn
+
     from . import _config
     from .backends import default_backend_error
 
@@ -120,6 +121,7 @@ def _cmd_info(args) -> int:
 
 def _cmd_demo(args) -> int:
     import fastnn
+
     from .demos import missing_requirements
 
     # Before any training: a demo that would fail at its last line on a missing plot library says so now.

@@ -8,7 +8,6 @@ what they use (one W3 training step; a parallel tanh and sigmoid): about 10 s an
 """
 
 import json
-import os
 
 import numpy as np
 import pytest
@@ -68,7 +67,8 @@ def test_read_only_input_runs_the_writeable_compilation(jit, rng):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_plain_small_products_give_the_tiled_kernels_bits(jit, dtype, rng):
     # What makes deferring the tiled kernel invisible: the plain loops round exactly alike.
-    from fastnn.backends.numba_backend import _gemm, _small_gemm as sg
+    from fastnn.backends.numba_backend import _gemm
+    from fastnn.backends.numba_backend import _small_gemm as sg
 
     for m, k, n in [(32, 64, 128), (7, 13, 33), (1, 1, 1), (128, 64, 10), (33, 129, 17), (9, 1, 40)]:
         for ta in (False, True):

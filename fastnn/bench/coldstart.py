@@ -106,7 +106,7 @@ def markdown_lines(cold: dict | None) -> list[str]:
     if cold.get("settle"):
         cols += ["full speed", "full speed CPU"]
     lines += ["| " + " | ".join(cols) + " |", "|:---|" + "|".join("---:" for _ in cols[1:]) + "|"]
-    for wid, w in cold["workloads"].items():
+    for w in cold["workloads"].values():
         m = w["median"]
         cells = [w["case"], fmt_time(m.get("load_s")), fmt_time(m.get("first_step_s")),
                  fmt_time(m.get("first_step_cpu_s"))]

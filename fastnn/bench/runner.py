@@ -259,7 +259,7 @@ def derive(results: dict) -> dict:
             peak = lim if wl["limit"] == "gemm" and lim else m["gemm"]["gflops"]
             bw = lim if wl["limit"] == "copy" and lim else m["copy"]["gbps"]
             limit_t = lim if wl["limit"] == "gemm_time" else None
-            for name, r in rows.items():
+            for r in rows.values():
                 t = r.get("median")
                 r["speedup_vs_numpy"] = t_np / t if t and t_np else None
                 r["speedup_vs_torch"] = t_torch / t if t and t_torch else None

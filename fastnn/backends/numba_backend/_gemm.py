@@ -33,7 +33,7 @@ from numba.extending import intrinsic
 from numba.np.arrayobj import populate_array
 
 from ... import _config
-from ._jit import Deferred, rebinder, kernel
+from ._jit import Deferred, kernel, rebinder
 
 _OPTS = _config.NUMBA_JIT_OPTIONS
 
@@ -104,10 +104,10 @@ def _ukr_codegen(rows, nvec, width, fma_name, edge):
                                             ir.Constant(ir.VectorType(i32, width), [0] * width))
             mask = builder.icmp_signed("<", lanes, nsplat)
             mload = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(vty, [vptr, i32, mty, vty]), "llvm.masked.load.%s.p0" % fma_name[9:])
+                builder.module, ir.FunctionType(vty, [vptr, i32, mty, vty]), f"llvm.masked.load.{fma_name[9:]}.p0")
             mstore = cgutils.get_or_insert_function(
                 builder.module, ir.FunctionType(ir.VoidType(), [vty, vptr, i32, mty]),
-                "llvm.masked.store.%s.p0" % fma_name[9:])
+                f"llvm.masked.store.{fma_name[9:]}.p0")
             # row i reads A's row min(i, mvalid - 1)
             last_row = builder.sub(mvalid_v, ir.Constant(i64, 1))
             a_rows = [builder.mul(builder.select(builder.icmp_signed("<", ir.Constant(i64, i), mvalid_v),
@@ -195,7 +195,7 @@ def _ukr_setup(pa, mr, nv):
     if not (isinstance(mr, types.IntegerLiteral) and isinstance(nv, types.IntegerLiteral)):
         return None
     width = VBYTES // (pa.dtype.bitwidth // 8)
-    fma_name = "llvm.fma.v%d%s" % (width, "f32" if pa.dtype.bitwidth == 32 else "f64")
+    fma_name = f"llvm.fma.v{width}{'f32' if pa.dtype.bitwidth == 32 else 'f64'}"
     return mr.literal_value, nv.literal_value, width, fma_name
 
 

@@ -343,7 +343,8 @@ class Deferred:
             self.fast.compile(sig)
         except Exception as exc:  # the fallback stays in use: slower, same results
             warnings.warn(f"fastnn: compiling {self.fast.py_func.__qualname__} failed ({type(exc).__name__}: "
-                          f"{exc}); its slower version stays in use", RuntimeWarning)
+                          f"{exc}); its slower version stays in use", RuntimeWarning,
+                          stacklevel=2)
             return
         self._ready(key)
 

@@ -215,7 +215,7 @@ def _fma(typingctx, a, b, c):
     def codegen(context, builder, sig, args):
         ty = context.get_value_type(sig.args[0])
         fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ty, [ty, ty, ty]),
-                                            "llvm.fma.f%d" % sig.args[0].bitwidth)
+                                            f"llvm.fma.f{sig.args[0].bitwidth}")
         return builder.call(fn, args)
 
     return a(a, a, a), codegen

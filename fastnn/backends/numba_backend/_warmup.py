@@ -117,7 +117,7 @@ def _recurrent(ops, rng, dt):
         g = _rand(rng, dt, T, B, H)
         ghn = _rand(rng, dt, B, H)
         for bias in (True, False):
-            def params(gates):
+            def params(gates, H=H, I=I, bias=bias):
                 w_ih, w_hh = _rand(rng, dt, gates * H, I), _rand(rng, dt, gates * H, H)
                 return w_ih, w_hh, (_rand(rng, dt, gates * H) if bias else None), \
                     (_rand(rng, dt, gates * H) if bias else None)

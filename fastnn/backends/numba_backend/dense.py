@@ -24,8 +24,8 @@ function, so the branches on it cost nothing at run time.
 
 import numpy as np
 
-from .. import gemm_policy as _gemm_policy
 from ..._config import get_num_threads
+from .. import gemm_policy as _gemm_policy
 from . import _gemm as _own
 from . import _small_gemm as _small
 from ._jit import kernel, renamed

@@ -1,9 +1,10 @@
-"""The ``fastnn`` command: ``info``, ``bench`` and ``demo``.
+"""The ``fastnn`` command: ``info``, ``bench``, ``demo`` and ``warmup``.
 
 ``fastnn info``   backends (and why one is missing), threads, BLAS, versions.
 ``fastnn bench``  the benchmark report (see :mod:`fastnn.bench`).
 ``fastnn demo``   small end-to-end trainings on built-in data
                   (one module per demo in :mod:`fastnn.demos`).
+``fastnn warmup`` compile the Numba kernels into their disk cache ahead of use.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ def machine_info() -> dict:
     import numpy as np
 
     import fastnn
+
     from . import _config
     from .backends import default_backend_error
 
@@ -119,6 +121,7 @@ def _cmd_info(args) -> int:
 
 def _cmd_demo(args) -> int:
     import fastnn
+
     from .demos import missing_requirements
 
     # Before any training: a demo that would fail at its last line on a missing plot library says so now.
@@ -131,6 +134,34 @@ def _cmd_demo(args) -> int:
     if args.threads:
         fastnn.set_num_threads(args.threads)
     return int(args.demo_module.run(args) or 0)
+
+
+def _cmd_warmup(args) -> int:
+    from .backends import BackendUnavailable, get
+
+    dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
+    if not dtypes or any(d not in ("float32", "float64") for d in dtypes):
+        print(f"fastnn warmup: --dtypes takes float32 and/or float64, got {args.dtypes!r}", file=sys.stderr)
+        return 2
+    try:
+        backend = get(args.backend)
+    except (BackendUnavailable, ValueError) as exc:
+        print(f"fastnn warmup: {exc}", file=sys.stderr)
+        return 2
+    if backend.name != "numba":   # the others have nothing compiled at run time
+        print(f"fastnn warmup: the {backend.name} backend compiles nothing at run time; nothing to do")
+        return 0
+    if backend.info.get("cache") != "on":
+        print(f"fastnn warmup: Numba's cache is {backend.info.get('cache')}: compiled kernels would not be "
+              "kept; set NUMBA_CACHE_DIR to a writable directory", file=sys.stderr)
+        return 1
+    from .backends.numba_backend._warmup import warmup
+
+    print(f"compiling the numba kernels for {', '.join(dtypes)} into the cache (a few minutes, once) ...")
+    res = warmup(dtypes, log=lambda line: print("  " + line, flush=True))
+    print(f"done: {res['signatures']} signatures ready, {res['compiled']} compiled now, "
+          f"{res['seconds']:.0f} s ({res['cpu_seconds']:.0f} s CPU)")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -151,6 +182,13 @@ def build_parser() -> argparse.ArgumentParser:
     if bench_cli is not None:
         bench_cli.add_arguments(p_bench)
         p_bench.set_defaults(func=bench_cli.run)
+
+    p_warm = sub.add_parser("warmup", help="compile the numba kernels into their disk cache (once, after install)",
+                            description="Compile every kernel of the numba backend into Numba's disk cache, so "
+                                        "that no later process waits for compilation.")
+    p_warm.add_argument("--backend", default="numba", help="backend to prepare (default: numba)")
+    p_warm.add_argument("--dtypes", default="float32,float64", help="comma-separated (default: float32,float64)")
+    p_warm.set_defaults(func=_cmd_warmup)
 
     p_demo = sub.add_parser("demo", help="train a small network end to end on built-in data")
     demo_sub = p_demo.add_subparsers(dest="demo", required=True)

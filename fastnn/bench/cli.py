@@ -21,7 +21,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "Time the reference workloads with every backend, PyTorch and scikit-learn in one process, "
         "against the machine's GEMM and memory-copy limits measured in the same run; write "
         "DIR/report.md, DIR/results.json and DIR/speedup.png.")
-    parser.add_argument("--quick", action="store_true", help="fewer, shorter repetitions (under a minute)")
+    parser.add_argument("--quick", action="store_true", help="fewer, shorter repetitions: a minute or two once the numba kernels are in "
+                             "Numba's cache; the first run after installing also compiles them (about 2.5 min "
+                             "of CPU time in all on 2 cores; `fastnn warmup` compiles them ahead)")
     parser.add_argument("--workloads", type=_csv, default=None, metavar="IDS",
                         help=f"comma-separated workload ids (default: all of {ids})")
     parser.add_argument("--backends", type=_csv, default=None, metavar="NAMES",
@@ -43,6 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threshold", type=float, default=0.10,
                         help="relative change below which --compare calls a row unchanged (default 0.10)")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    parser.add_argument("--no-cold-start", dest="cold_start", action="store_false",
+                        help="skip the numba cold-start runs (new processes, empty cache)")
     # small sizes, for testing the machinery only
     parser.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)
 
@@ -75,7 +79,7 @@ def run(args) -> int:
             workloads = list(workloads or []) + ["SKL"]
         results = run_bench(workloads=workloads, backends=args.backends, threads=args.threads,
                             quick=args.quick, tiny=getattr(args, "tiny", False), repeat=args.repeat,
-                            progress=args.progress)
+                            progress=args.progress, cold_start=getattr(args, "cold_start", True))
     except ValueError as exc:
         print(f"fastnn bench: {exc}", file=sys.stderr)
         return 2

@@ -101,7 +101,9 @@ def _header_lines(results: dict) -> list[str]:
         "(above 1× = faster). \"of limit\": achieved GFLOP/s or GB/s over the machine limit measured "
         "in the same rounds, or for training steps the BLAS-only time of the step's matrix products "
         "over the step's time. "
-        "\"first call\" includes JIT compilation and is not part of the median.",
+        "\"first call\" includes JIT compilation and is not part of the median; \"(+ t)\" after it is the "
+        "time then spent waiting for kernels the numba backend compiles in the background, before the "
+        "rounds. A fresh install's cost is in the cold-start section.",
         "",
     ]
     return lines
@@ -143,7 +145,10 @@ def workload_table(wl: dict) -> list[str]:
                 if rate:
                     v = r.get(rate[1])
                     cells.append("—" if v is None else f"{v:.3g}")
-                cells += [_pct(r.get("fraction_of_limit")), spread, fmt_time(r.get("first_call"))]
+                first = fmt_time(r.get("first_call"))
+                if (r.get("deferred_compile") or 0) > 0.05:
+                    first += f" (+ {fmt_time(r['deferred_compile'])})"
+                cells += [_pct(r.get("fraction_of_limit")), spread, first]
             lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
         lim = case.get("limit")
         if lim and lim.get("value"):
@@ -194,10 +199,12 @@ def summary_table(results: dict) -> list[str]:
 
 def markdown(results: dict) -> str:
     """The whole ``report.md``."""
+    from .coldstart import markdown_lines as cold_start_lines
     from .sklearn_section import section_lines
 
     lines = _header_lines(results)
     lines += summary_table(results)
+    lines += cold_start_lines(results.get("cold_start"))
     lines += section_lines(results)
     for wl in results["workloads"]:
         lines += workload_table(wl)

@@ -9,7 +9,11 @@ Method, for every case of every selected workload:
    same machine state as the rows it is compared with.
 2. Call each step once and record that time as the *first-call latency*
    (it includes Numba's compilation or cache load; it is reported apart and
-   never mixed into the medians).
+   never mixed into the medians). Then wait for the kernels the numba
+   backend compiles in the background after a first call (recorded as
+   ``deferred_compile``), so that the rounds time the step at full speed.
+   What a fresh install costs is measured apart, in new processes with an
+   empty cache (:mod:`.coldstart`).
 3. Calibrate ``number``, the calls per timed block, so a block lasts at
    least ``min_block`` seconds.
 4. Time ``repeat`` rounds; in each round every row runs one block, and the
@@ -31,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
+import sys
 import time
 import traceback
 from datetime import datetime, timezone
@@ -38,6 +43,7 @@ from datetime import datetime, timezone
 import numpy as np
 
 from . import anchors as _anchors
+from . import coldstart as _coldstart
 from . import machine as _machine
 from .workloads import Case, build_gemm_only, build_step, get_workloads, missing
 
@@ -79,6 +85,7 @@ class _Row:
         self.number = 1
         self.times: list[float] = []
         self.first_call = None
+        self.deferred_compile = 0.0
         self.error = None
         self.per_call = 1
         self.block_estimate = 0.0
@@ -158,6 +165,7 @@ def _prepare(row: _Row, min_block: float) -> bool:
             # batches per partial_fit); every time is reported per unit
             row.per_call = int(getattr(row.step, "steps_per_call", 1))
             row.first_call = _machine.time_block(row.step, 1)
+            row.deferred_compile = _settle_compiles()
             t = _machine.time_block(row.step, 1)
             if t < min_block / 4:  # a third call, so that calibration is not one sample
                 t = min(t, _machine.time_block(row.step, 1))
@@ -167,6 +175,16 @@ def _prepare(row: _Row, min_block: float) -> bool:
     except Exception as exc:  # a layer missing a method, a kernel raising ...
         row.fail(exc)
         return True
+
+
+def _settle_compiles() -> float:
+    """Seconds waited for the numba backend's background compilations (0 when it is not loaded)."""
+    jit = sys.modules.get("fastnn.backends.numba_backend._jit")
+    if jit is None:
+        return 0.0
+    t0 = time.perf_counter()
+    jit.settle()
+    return time.perf_counter() - t0
 
 
 def _rounds(rows: list[_Row], cfg: dict) -> int:
@@ -206,7 +224,7 @@ def _time_case(rows: list[_Row], repeat: int, tick, settle: float = 0.0) -> None
 
 def _row_result(row: _Row) -> dict:
     out = {"number": row.number, "steps_per_call": row.per_call, "first_call": row.first_call,
-           "error": row.error,
+           "deferred_compile": row.deferred_compile, "error": row.error,
            "times": [float(t) for t in row.times]}
     if row.times and row.error is None:
         t = np.asarray(row.times)
@@ -241,7 +259,7 @@ def derive(results: dict) -> dict:
             peak = lim if wl["limit"] == "gemm" and lim else m["gemm"]["gflops"]
             bw = lim if wl["limit"] == "copy" and lim else m["copy"]["gbps"]
             limit_t = lim if wl["limit"] == "gemm_time" else None
-            for name, r in rows.items():
+            for r in rows.values():
                 t = r.get("median")
                 r["speedup_vs_numpy"] = t_np / t if t and t_np else None
                 r["speedup_vs_torch"] = t_torch / t if t and t_torch else None
@@ -276,7 +294,7 @@ def _select_backends(requested) -> tuple[list[str], dict]:
 
 
 def run_bench(workloads=None, backends=None, threads=None, quick=False, tiny=False, anchors=None,
-              repeat=None, min_block=None, progress=True, log=None) -> dict:
+              repeat=None, min_block=None, progress=True, log=None, cold_start=True) -> dict:
     """Run the benchmark and return the results (the content of ``results.json``).
 
     Parameters
@@ -301,6 +319,8 @@ def run_bench(workloads=None, backends=None, threads=None, quick=False, tiny=Fal
         Override the rounds and the least block length (seconds).
     progress : bool
         Show a tqdm progress bar.
+    cold_start : bool
+        Also measure the numba backend's cold start (:mod:`.coldstart`; not with ``tiny``).
     """
     import fastnn
 
@@ -316,7 +336,8 @@ def run_bench(workloads=None, backends=None, threads=None, quick=False, tiny=Fal
         fastnn.set_num_threads(int(threads))
     try:
         return _run(fastnn, started, wls, fast_backends, absent, anchor_names, anchor_status,
-                    settings_for(quick, tiny, repeat, min_block), quick, tiny, progress, log)
+                    settings_for(quick, tiny, repeat, min_block), quick, tiny, progress, log,
+                    cold_start and not tiny and "numba" in fast_backends)
     finally:
         if fastnn.get_num_threads() != previous_threads:
             fastnn.set_num_threads(previous_threads)
@@ -332,7 +353,7 @@ def _loadavg():
 
 
 def _run(fastnn, started, wls, fast_backends, absent, anchor_names, anchor_status, cfg, quick, tiny,
-         progress, log):
+         progress, log, cold_start=False):
     load_start = _loadavg()
     threads = fastnn.get_num_threads()
     if "torch" in anchor_names:
@@ -346,6 +367,9 @@ def _run(fastnn, started, wls, fast_backends, absent, anchor_names, anchor_statu
         "gemm": _machine.measure_gemm(cfg["gemm_n"], repeat=mrep, min_block=cfg["min_block"]),
         "copy": _machine.measure_copy(cfg["copy_mbytes"], repeat=mrep, min_block=cfg["min_block"]),
     }
+
+    # in new processes, before this one has compiled anything (each gets an empty cache of its own)
+    cold = _coldstart.measure(threads, quick, log=log) if cold_start else None
 
     plan = []
     for wl in wls:
@@ -401,6 +425,7 @@ def _run(fastnn, started, wls, fast_backends, absent, anchor_names, anchor_statu
         "machine": {**machine, "context": _safe_context(threads),
                     "loadavg": {"start": load_start, "end": _loadavg()}},
         "workloads": out_wls,
+        "cold_start": cold,
     }
     derive(results)
     results["duration_s"] = time.perf_counter() - started

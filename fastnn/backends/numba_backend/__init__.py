@@ -1,16 +1,24 @@
 """The Numba backend: ``@njit`` kernels compiled on first use and cached on disk.
 
 Importing this package imports Numba (so it happens only when the backend is
-first used, never at ``import fastnn``). Compilation happens per dtype on the
-first call of a kernel; ``cache=True`` makes later processes load the
-machine code instead of compiling again. Where Numba cannot write a cache
-(read-only install, unwritable ``NUMBA_CACHE_DIR`` and home), the kernels
-compile uncached in every process, with one warning, instead of failing.
+first used, never at ``import fastnn``). A kernel compiles on its first call
+with new argument types (per dtype; read-only inputs share the writeable
+compilation), and only what a call runs is compiled: a parallel loop only
+for a call large enough to use it, the register-tiled products and the
+parallel loops in a background thread while bit-identical fallbacks run
+(see ``_jit``). ``cache=True`` makes later processes load the machine code
+instead of compiling again; ``fastnn warmup`` (``_warmup``) fills the cache
+for every kernel ahead of use. Where Numba cannot write a cache (read-only
+install, unwritable ``NUMBA_CACHE_DIR`` and home), the kernels compile
+uncached in every process, with one warning, instead of failing.
 
-Modules: ``_math`` (vectorisable exp/tanh/sigmoid and row maximum, shared),
-``_gemm`` (the own GEMM), and ``activations``, ``dense``, ``losses``,
-``optim``, ``conv``, ``rnn``: the kernels, one module per family of the
-reference, same names and parameters. Every reference kernel is overridden.
+Modules: ``_jit`` (how kernels are compiled: the decorators, serial and
+parallel variants from one source, background compilation), ``_math``
+(vectorisable exp/tanh/sigmoid and row maximum, shared), ``_gemm`` and
+``_small_gemm`` (the own GEMM), ``_warmup``, and ``activations``,
+``dense``, ``losses``, ``optim``, ``conv``, ``rnn``: the kernels, one module
+per family of the reference, same names and parameters. Every reference
+kernel is overridden.
 
 Interrupts: a compiled function that returns an array calls back into Python
 (Numba's ``_numba_unpickle``, for the array's type) after its work is done.

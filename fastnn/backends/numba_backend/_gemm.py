@@ -17,15 +17,23 @@ which turned the packing copies into gathers and scatters and kept the tile
 copy scalar, so the panels (edges zero-padded) are packed by a second small
 intrinsic.
 Everything around the two is ordinary ``@njit`` code.
+
+Entry points: :func:`gemm_2d` picks the kernel a product needs in Python
+(small-product, packed, threaded, or the K = 0 case), so that a call
+compiles only that one; :func:`gemm_c` makes the same choice in compiled
+code, for callers that are compiled themselves (:func:`bench_loop`), and
+compiles all of them.
 """
 
 import numpy as np
 from llvmlite import ir
-from numba import carray, njit, prange, types
+from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
+from numba.np.arrayobj import populate_array
 
 from ... import _config
+from ._jit import Deferred, kernel, rebinder
 
 _OPTS = _config.NUMBA_JIT_OPTIONS
 
@@ -96,10 +104,10 @@ def _ukr_codegen(rows, nvec, width, fma_name, edge):
                                             ir.Constant(ir.VectorType(i32, width), [0] * width))
             mask = builder.icmp_signed("<", lanes, nsplat)
             mload = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(vty, [vptr, i32, mty, vty]), "llvm.masked.load.%s.p0" % fma_name[9:])
+                builder.module, ir.FunctionType(vty, [vptr, i32, mty, vty]), f"llvm.masked.load.{fma_name[9:]}.p0")
             mstore = cgutils.get_or_insert_function(
                 builder.module, ir.FunctionType(ir.VoidType(), [vty, vptr, i32, mty]),
-                "llvm.masked.store.%s.p0" % fma_name[9:])
+                f"llvm.masked.store.{fma_name[9:]}.p0")
             # row i reads A's row min(i, mvalid - 1)
             last_row = builder.sub(mvalid_v, ir.Constant(i64, 1))
             a_rows = [builder.mul(builder.select(builder.icmp_signed("<", ir.Constant(i64, i), mvalid_v),
@@ -187,7 +195,7 @@ def _ukr_setup(pa, mr, nv):
     if not (isinstance(mr, types.IntegerLiteral) and isinstance(nv, types.IntegerLiteral)):
         return None
     width = VBYTES // (pa.dtype.bitwidth // 8)
-    fma_name = "llvm.fma.v%d%s" % (width, "f32" if pa.dtype.bitwidth == 32 else "f64")
+    fma_name = f"llvm.fma.v{width}{'f32' if pa.dtype.bitwidth == 32 else 'f64'}"
     return mr.literal_value, nv.literal_value, width, fma_name
 
 
@@ -275,19 +283,7 @@ def _transpose_block(typingctx, src, so, sstride, dst, do, dstride):
 
 
 @intrinsic
-def _data_ptr(typingctx, arr):
-    """Pointer to the first element of a C-contiguous array (typing fails for other layouts)."""
-    if not (isinstance(arr, types.Array) and arr.layout == "C"):
-        return None
-
-    def codegen(context, builder, sig, args):
-        return context.make_array(sig.args[0])(context, builder, args[0]).data
-
-    return types.CPointer(arr.dtype)(arr), codegen
-
-
-@njit(**_OPTS)
-def _raw(arr):
+def _raw(typingctx, arr):
     """A flat view of a C-contiguous array's buffer that carries no reference count.
 
     Numba increments and decrements an array's reference count (atomic
@@ -295,8 +291,22 @@ def _raw(arr):
     that cost ~60 ns per call of a row-block helper, more than its 8 x 16 x 16
     product. A view built from the bare pointer has no meminfo, so the
     counting becomes a null check. The caller must keep ``arr`` alive while
-    the view is in use (every user here holds it as an argument)."""
-    return carray(_data_ptr(arr), arr.size)
+    the view is in use (every user here holds it as an argument). An
+    intrinsic (what ``carray(ptr, arr.size)`` builds) rather than a jitted
+    function: nothing to compile per array type."""
+    if not (isinstance(arr, types.Array) and arr.layout == "C"):
+        return None
+    flat = types.Array(arr.dtype, 1, "C")
+
+    def codegen(context, builder, sig, args):
+        src = context.make_array(sig.args[0])(context, builder, args[0])
+        view = context.make_array(flat)(context, builder)
+        itemsize = context.get_abi_sizeof(context.get_data_type(arr.dtype))
+        populate_array(view, data=src.data, shape=[src.nitems], strides=[context.get_constant(types.intp, itemsize)],
+                       itemsize=context.get_constant(types.intp, itemsize), meminfo=None)
+        return view._getvalue()
+
+    return flat(arr), codegen
 
 
 #: ``nvalid`` of a panel with no padding (any literal >= its width).
@@ -557,9 +567,9 @@ def gemm_flat(M, N, K, a, rsa, csa, b, rsb, csb, c, ldc, bias, has_bias, act, nt
         _gemm_serial(M, N, K, a, rsa, csa, b, rsb, csb, c, ldc, bias, has_bias, act)
 
 
-@njit(**_OPTS)
-def gemm_c(a, b, trans_a, trans_b, c, bias, has_bias, act, nthreads):
-    """c = act(op(a)·op(b) + bias) for C-contiguous 2-D a, b, c (what the ops layer hands over)."""
+@njit(inline="always", **_OPTS)
+def _layout(a, trans_a, trans_b, c):
+    """(M, N, K, rsa, csa, rsb, csb) of c = op(a)·op(b) for C-contiguous 2-D a, b, c."""
     M, N = c.shape
     if trans_a:
         K = a.shape[0]
@@ -571,11 +581,86 @@ def gemm_c(a, b, trans_a, trans_b, c, bias, has_bias, act, nthreads):
         rsb, csb = 1, K
     else:
         rsb, csb = N, 1
+    return M, N, K, rsa, csa, rsb, csb
+
+
+@njit(**_OPTS)
+def gemm_c(a, b, trans_a, trans_b, c, bias, has_bias, act, nthreads):
+    """c = act(op(a)·op(b) + bias) for C-contiguous 2-D a, b, c (what the ops layer hands over)."""
+    M, N, K, rsa, csa, rsb, csb = _layout(a, trans_a, trans_b, c)
     gemm_flat(M, N, K, _raw(a), rsa, csa, _raw(b), rsb, csb, _raw(c), N, _raw(bias), has_bias, act, nthreads)
     return c
 
 
-@njit(**_OPTS)
+@kernel(inputs="a b bias")
+def _gemm_small_tiled(a, b, trans_a, trans_b, c, bias, has_bias, act):
+    """gemm_c for K >= 1, at most SMALL_MAX multiply-adds and act 0 or 1: register tiles on one thread."""
+    M, N, K, rsa, csa, rsb, csb = _layout(a, trans_a, trans_b, c)
+    _small.small_gemm(M, N, K, _raw(a), rsa, csa, _raw(b), rsb, csb, _raw(c), N, _raw(bias), has_bias, act)
+
+
+@kernel(inputs="a b bias")
+def _gemm_small_plain(a, b, trans_a, trans_b, c, bias, has_bias, act):
+    """_gemm_small_tiled's result from plain loops (compiles in a fraction of the time)."""
+    M, N, K, rsa, csa, rsb, csb = _layout(a, trans_a, trans_b, c)
+    _small.simple_gemm(M, N, K, _raw(a), rsa, csa, _raw(b), rsb, csb, _raw(c), N, _raw(bias), has_bias, act)
+
+
+#: The small-product entry point (act 0 or 1): the tiled kernel, or the plain one while the tiled one compiles.
+gemm_small = Deferred(_gemm_small_tiled, _gemm_small_plain, rebinder(__name__, "gemm_small", lambda fast: fast))
+
+
+@kernel
+def _act_epilogue(c, act):
+    """Sigmoid (2) or tanh (3) over C after a small product, as the tiled kernel applies it per tile."""
+    M, N = c.shape
+    _act_tile(_raw(c), N, 0, 0, M, N, act)
+
+
+@kernel(inputs="a b bias")
+def _gemm_packed(a, b, trans_a, trans_b, c, bias, has_bias, act):
+    """gemm_c through packed panels on one thread."""
+    M, N, K, rsa, csa, rsb, csb = _layout(a, trans_a, trans_b, c)
+    _gemm_serial(M, N, K, _raw(a), rsa, csa, _raw(b), rsb, csb, _raw(c), N, _raw(bias), has_bias, act)
+
+
+@kernel(inputs="a b bias")
+def _gemm_threaded(a, b, trans_a, trans_b, c, bias, has_bias, act, nthreads):
+    """gemm_c with one slab of C per thread."""
+    M, N, K, rsa, csa, rsb, csb = _layout(a, trans_a, trans_b, c)
+    _gemm_slabs(M, N, K, _raw(a), rsa, csa, _raw(b), rsb, csb, _raw(c), N, _raw(bias), has_bias, act, nthreads)
+
+
+@kernel(inputs="bias")
+def _gemm_no_k(c, bias, has_bias, act):
+    """gemm_c for K = 0: act(bias) in every row."""
+    M, N = c.shape
+    _zero_k(M, N, _raw(c), N, _raw(bias), has_bias, act)
+
+
+def gemm_2d(a, b, trans_a, trans_b, c, bias, has_bias, act, nthreads):
+    """:func:`gemm_c` from Python, compiling only the kernel this product runs."""
+    M, N = c.shape
+    K = a.shape[0] if trans_a else a.shape[1]
+    volume = M * N * K
+    if M == 0 or N == 0:
+        pass
+    elif K == 0:
+        _gemm_no_k(c, bias, has_bias, act)
+    elif volume <= _small.SMALL_MAX:
+        if act >= 2:
+            gemm_small(a, b, trans_a, trans_b, c, bias, has_bias, 0)
+            _act_epilogue(c, act)
+        else:
+            gemm_small(a, b, trans_a, trans_b, c, bias, has_bias, act)
+    elif nthreads > 1 and volume >= PARALLEL_MIN_FLOPS:
+        _gemm_threaded(a, b, trans_a, trans_b, c, bias, has_bias, act, nthreads)
+    else:
+        _gemm_packed(a, b, trans_a, trans_b, c, bias, has_bias, act)
+    return c
+
+
+@kernel(inputs="grad_out y")
 def act_backward_colsum(grad_out, y, act, delta, grad_bias, has_bias):
     """delta = grad_out ⊙ act'(y), grad_bias = Σ_rows delta, in one pass."""
     B, O = grad_out.shape
@@ -616,10 +701,10 @@ def gemm(a, b, trans_a, trans_b, out, bias=None, activation="identity"):
     a, trans_a = _c_order(a, trans_a)
     b, trans_b = _c_order(b, trans_b)
     if bias is None:
-        gemm_c(a, b, trans_a, trans_b, out, _NO_BIAS[out.dtype], False, _ACT[activation], _config.get_num_threads())
+        gemm_2d(a, b, trans_a, trans_b, out, _NO_BIAS[out.dtype], False, _ACT[activation], _config.get_num_threads())
     else:
-        gemm_c(a, b, trans_a, trans_b, out, np.ascontiguousarray(bias), True, _ACT[activation],
-               _config.get_num_threads())
+        gemm_2d(a, b, trans_a, trans_b, out, np.ascontiguousarray(bias), True, _ACT[activation],
+                _config.get_num_threads())
     return out
 
 

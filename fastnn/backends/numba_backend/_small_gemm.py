@@ -13,6 +13,13 @@ these tile shapes; tiles over C's last rows or columns use its masked variant
 (``_ukr_edge``), which reads and writes only their valid part, so no operand
 is padded and no tile goes through scratch memory.
 
+A second implementation, :func:`simple_gemm`, computes the same products
+with the same bits (each element sums its K products in order with one
+fused multiply-add each, from zero, then the same epilogue) in plain loops
+that LLVM vectorises across a row of C: about 1.6 times slower, but it
+compiles in a fraction of the time. It runs while the tiled kernel compiles
+in the background on a fresh install (see ``_jit.Deferred``).
+
 Everything here takes flat views without a reference count (``_gemm._raw``):
 counting the arrays in and out of each call cost more than a small tile. For
 the same reason the levels down to the row blocks are inlined into their
@@ -21,7 +28,10 @@ words and cost ~10 ns, a row block of 8 x 64 x 64 ~250 ns.
 """
 
 import numpy as np
-from numba import njit
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from ... import _config
 from ._gemm import PARALLEL_MIN_FLOPS, VBYTES, _act_tile, _raw, _transpose_block, _ukr, _ukr_edge
@@ -192,3 +202,116 @@ def mul_nt(A, Bn, C):
     elif M and N:
         cf = _raw(C)
         _tiled(M, N, K, _raw(A), K, 1, _raw(Bn), 1, K, cf, N, cf, False, 0, False)
+
+
+# -- the same products in plain loops (same bits, a fraction of the compilation) --
+
+@intrinsic
+def _fma(typingctx, a, b, c):
+    """a·b + c rounded once (llvm.fma), as the micro-kernel computes it."""
+    if not (isinstance(a, types.Float) and a == b == c):
+        return None
+
+    def codegen(context, builder, sig, args):
+        ty = context.get_value_type(sig.args[0])
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ty, [ty, ty, ty]),
+                                            f"llvm.fma.f{sig.args[0].bitwidth}")
+        return builder.call(fn, args)
+
+    return a(a, a, a), codegen
+
+
+@njit(**_OPTS)
+def simple_tiled(M, N, K, a, rsa, csa, b, rsb, csb, c, ldc, bias, has_bias, act, acc):
+    """_tiled's result, bit for bit, from plain loops: C = act(op(A)·op(B) + bias), or C += op(A)·op(B) when acc.
+
+    Per element of C, as the micro-kernel: the K products summed in order by
+    fused multiply-adds from zero, then + C (acc) or + bias, then ReLU
+    (act 1). Sigmoid and tanh (act 2, 3) are not applied here: the caller
+    runs ``_gemm._act_tile`` over C afterwards, as the tiled kernel does
+    tile by tile."""
+    if csb == 1:
+        pb = b
+        ldb = rsb
+    else:
+        pb = np.empty(K * N, c.dtype)
+        ldb = N
+        for j in range(N):
+            for p in range(K):
+                pb[p * N + j] = b[p * rsb + j * csb]
+    zero = c.dtype.type(0)
+    row = np.empty(N, c.dtype)
+    for i in range(M):
+        for j in range(N):
+            row[j] = zero
+        for p in range(K):
+            aip = a[i * rsa + p * csa]
+            brow = pb[p * ldb:p * ldb + N]
+            for j in range(N):
+                row[j] = _fma(aip, brow[j], row[j])
+        crow = c[i * ldc:i * ldc + N]
+        if acc:
+            for j in range(N):
+                crow[j] = row[j] + crow[j]
+        else:
+            if has_bias:
+                for j in range(N):
+                    row[j] = row[j] + bias[j]
+            if act == 1:
+                for j in range(N):
+                    v = row[j]
+                    crow[j] = v if not (v <= zero) else zero
+            else:
+                for j in range(N):
+                    crow[j] = row[j]
+
+
+@intrinsic
+def _opaque(typingctx, x):
+    """x, typed as a run-time value: a constant argument would make Numba compile the callee again for it."""
+    return types.unliteral(x)(x), lambda context, builder, sig, args: args[0]
+
+
+# The entry points below hand every argument to simple_tiled as a run-time value, so that all
+# plain products share one compilation of it per dtype (its speed is not the point).
+
+@njit(**_OPTS)
+def simple_gemm(M, N, K, a, rsa, csa, b, rsb, csb, c, ldc, bias, has_bias, act):
+    """small_gemm's result from :func:`simple_tiled` (act 0 or 1)."""
+    simple_tiled(_opaque(M), _opaque(N), _opaque(K), a, _opaque(rsa), _opaque(csa), b, _opaque(rsb),
+                 _opaque(csb), c, _opaque(ldc), bias, _opaque(has_bias), _opaque(act), _opaque(False))
+
+
+@njit(**_OPTS)
+def acc_nn_simple(A, Bm, C):
+    """acc_nn from plain loops."""
+    M, K = A.shape
+    N = Bm.shape[1]
+    if M and N and K:
+        cf = _raw(C)
+        simple_tiled(M, N, K, _raw(A), K, _opaque(1), _raw(Bm), N, _opaque(1), cf, N, cf, _opaque(False),
+                     _opaque(0), _opaque(True))
+
+
+@njit(**_OPTS)
+def acc_tn_simple(A, Bm, C):
+    """acc_tn from plain loops."""
+    K, M = A.shape
+    N = Bm.shape[1]
+    if M and N and K:
+        cf = _raw(C)
+        simple_tiled(M, N, K, _raw(A), _opaque(1), M, _raw(Bm), N, _opaque(1), cf, N, cf, _opaque(False),
+                     _opaque(0), _opaque(True))
+
+
+@njit(**_OPTS)
+def mul_nt_simple(A, Bn, C):
+    """mul_nt from plain loops."""
+    M, K = A.shape
+    N = Bn.shape[0]
+    if K == 0:
+        C[:] = 0
+    elif M and N:
+        cf = _raw(C)
+        simple_tiled(M, N, K, _raw(A), K, _opaque(1), _raw(Bn), _opaque(1), K, cf, N, cf, _opaque(False),
+                     _opaque(0), _opaque(False))

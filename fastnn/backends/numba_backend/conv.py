@@ -9,19 +9,20 @@ whose im2col matrix stays small (``_COLS_BUDGET`` elements), a parallel loop
 over (image, channel) builds the columns, one large BLAS GEMM called from
 Python (never from inside a parallel region) does the arithmetic, and a
 parallel loop scatters the result back to NCHW. Pooling is a direct loop,
-parallel over (image, channel) planes once the work is large enough.
+parallel over (image, channel) planes once the work is large enough. Each
+loop is one function compiled twice (:func:`._jit.variants`: serial and
+parallel, indexed ``[parallel]``), each compilation on its first call.
 """
 
 import threading
-import types
 
 import numba
 import numpy as np
-from numba import get_thread_id, njit, prange
+from numba import get_thread_id, prange
 
-from ..._config import NUMBA_JIT_OPTIONS
 from ...gemm import get_gemm as _gemm_mode
-from ._gemm import _NO_BIAS, _raw
+from ._gemm import _NO_BIAS, _gemm_small_plain, _raw
+from ._jit import PAIRS, Deferred, jit, jit_inline, kernel, renamed, threads, variants
 from ._small_gemm import small_gemm
 
 __all__ = [
@@ -40,21 +41,7 @@ PARALLEL_MIN_ELEMENTS = 1 << 16
 _COLS_BUDGET = 1 << 20
 
 
-def _both(fn):
-    """A serial and a parallel compilation of the same kernel (size-gated by the caller).
-
-    The parallel copy is a distinct function named ``<name>_parallel``: Numba's
-    disk cache keys a file on the function's qualified name and line, not on
-    ``parallel=True``, so two compilations of one function would load each
-    other's machine code from the cache.
-    """
-    par = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + "_parallel", fn.__defaults__,
-                             fn.__closure__)
-    par.__qualname__ = fn.__qualname__ + "_parallel"
-    return njit(**NUMBA_JIT_OPTIONS)(fn), njit(parallel=True, **NUMBA_JIT_OPTIONS)(par)
-
-
-@njit(**NUMBA_JIT_OPTIONS)
+@jit
 def _valid_range(n_out, n_in, s, offset):
     """Outputs ``j`` with ``0 <= j·s + offset < n_in``, as ``[lo, hi)``."""
     lo = 0
@@ -70,7 +57,7 @@ def _valid_range(n_out, n_in, s, offset):
     return lo, hi
 
 
-@njit(inline="always", **NUMBA_JIT_OPTIONS)
+@jit_inline
 def _lower_channel(xf, src0, c, H, W, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, i0, i1, cf, ld, col0):
     """cf[((c·kH + u)·kW + v)·ld + col0 + (i - i0)·Wo + j] = xp[c, i·sH + u·dH, j·sW + v·dW] for i0 <= i < i1.
 
@@ -107,6 +94,7 @@ def _lower_channel(xf, src0, c, H, W, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, i0
                     dst[j] = 0
 
 
+@variants(inputs="x")
 def _im2col(x, b0, nb, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, cols):
     """cols[(c·kH + u)·kW + v, b·P + i·Wo + j] = xp[b0 + b, c, i·sH + u·dH, j·sW + v·dW]."""
     C, H, W = x.shape[1], x.shape[2], x.shape[3]
@@ -121,6 +109,7 @@ def _im2col(x, b0, nb, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, cols):
                        cf, ld, b * P)
 
 
+@variants
 def _col2im(dcols, b0, nb, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, grad_input):
     """grad_input[b0 + b, c] = Σ over kernel taps of the columns that were copied from it."""
     C, H, W = grad_input.shape[1], grad_input.shape[2], grad_input.shape[3]
@@ -150,6 +139,7 @@ def _col2im(dcols, b0, nb, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, grad_input):
                             dst[j * sw + off] += src[j]
 
 
+@variants(inputs="bias")
 def _scatter(y, bias, has_bias, b0, nb, out):
     """out[b0 + b, o, p] = y[o, b·P + p] + bias[o]."""
     O = out.shape[1]
@@ -164,6 +154,7 @@ def _scatter(y, bias, has_bias, b0, nb, out):
             dst[p] = src[p] + bo
 
 
+@variants(inputs="grad_out")
 def _gather(grad_out, b0, nb, g):
     """g[o, b·P + p] = grad_out[b0 + b, o, p]."""
     O = grad_out.shape[1]
@@ -171,13 +162,12 @@ def _gather(grad_out, b0, nb, g):
     for r in prange(nb * O):
         b = r // O
         o = r - b * O
-        g[o, b * P:(b + 1) * P] = grad_out[b0 + b, o].reshape(P)
+        dst = g[o, b * P:(b + 1) * P]
+        src = grad_out[b0 + b, o].reshape(P)
+        for p in range(P):   # element by element: a slice assignment compiles Numba's shape-error message
+            dst[p] = src[p]
 
 
-_im2col_s, _im2col_p = _both(_im2col)
-_col2im_s, _col2im_p = _both(_col2im)
-_scatter_s, _scatter_p = _both(_scatter)
-_gather_s, _gather_p = _both(_gather)
 
 
 def _chunk(B, K, P):
@@ -192,39 +182,87 @@ def _chunk(B, K, P):
 _BAND_ELEMENTS = 1 << 17
 
 
-def _conv_forward_fused(x, w2, bias, has_bias, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, rows, work, out):
-    """out = conv(x) + bias, one parallel loop over (image, band of output rows).
+def _fused_kernels(product, suffix):
+    """(serial, parallel) compilations of the fused forward, with the band products from ``product``."""
 
-    Each work item lowers its band (all channels) into its thread's row of
-    ``work`` and multiplies it by the own GEMM's small-product kernel straight
-    into the output plane (row stride P), then adds the bias while the band
-    is in cache: one parallel region for the whole batch, no im2col matrix
-    through memory, no BLAS call between Numba's parallel loops."""
-    B, C, H, W = x.shape
-    O, K = w2.shape
+    def _conv_forward_fused(x, w2, bias, has_bias, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, rows, work, out):
+        """out = conv(x) + bias, one parallel loop over (image, band of output rows).
+
+        Each work item lowers its band (all channels) into its thread's row of
+        ``work`` and multiplies it by the own GEMM's small-product kernel straight
+        into the output plane (row stride P), then adds the bias while the band
+        is in cache: one parallel region for the whole batch, no im2col matrix
+        through memory, no BLAS call between Numba's parallel loops."""
+        B, C, H, W = x.shape
+        O, K = w2.shape
+        P = ho * wo
+        nbands = (ho + rows - 1) // rows
+        xf = _raw(x)
+        wf = _raw(w2)
+        of = _raw(out)
+        for item in prange(B * nbands):
+            b = item // nbands
+            i0 = (item - b * nbands) * rows
+            i1 = min(ho, i0 + rows)
+            n = (i1 - i0) * wo
+            cols = work[get_thread_id()]
+            cf = _raw(cols)
+            for c in range(C):
+                _lower_channel(xf, (b * C + c) * H * W, c, H, W, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, i0, i1,
+                               cf, n, 0)
+            po = b * O * P + i0 * wo
+            product(O, n, K, wf, K, 1, cf, n, 1, of[po:], P, wf, False, 0)
+            if has_bias:
+                for o in range(O):
+                    row = of[po + o * P:po + o * P + n]
+                    bo = bias[o]
+                    for j in range(n):
+                        row[j] += bo
+
+    return (kernel(renamed(_conv_forward_fused, suffix), inputs="x w2 bias"),
+            kernel(renamed(_conv_forward_fused, suffix + "_parallel"), inputs="x w2 bias", parallel=True))
+
+
+_fused_tiled = _fused_kernels(small_gemm, "_tiled")
+PAIRS.append(_fused_tiled)
+
+
+def _fused_fallback(x, w2, bias, has_bias, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, rows, work, out):
+    """The fused forward's result, bit for bit, from kernels a training step compiles anyway.
+
+    Image by image: the serial im2col (the backward pass's) and the plain
+    small product (``_gemm._gemm_small_plain``: per output, the K products
+    summed in order from zero, as the tiled kernel in the fused loop), then
+    + bias. Runs while the fused kernel compiles in the background, so a
+    first step does not compile a second, fused copy of the lowering."""
+    B, O, K = x.shape[0], w2.shape[0], w2.shape[1]
     P = ho * wo
-    nbands = (ho + rows - 1) // rows
-    xf = _raw(x)
-    wf = _raw(w2)
-    of = _raw(out)
-    for item in prange(B * nbands):
-        b = item // nbands
-        i0 = (item - b * nbands) * rows
-        i1 = min(ho, i0 + rows)
-        n = (i1 - i0) * wo
-        cols = work[get_thread_id()]
-        cf = _raw(cols)
-        for c in range(C):
-            _lower_channel(xf, (b * C + c) * H * W, c, H, W, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, i0, i1,
-                           cf, n, 0)
-        po = b * O * P + i0 * wo
-        small_gemm(O, n, K, wf, K, 1, cf, n, 1, of[po:], P, wf, False, 0)
+    if B == 0 or O == 0 or P == 0:
+        return
+    if K == 0:   # no inputs: the fused kernel's empty sum, then + bias
+        out[...] = 0
         if has_bias:
-            for o in range(O):
-                row = of[po + o * P:po + o * P + n]
-                bo = bias[o]
-                for j in range(n):
-                    row[j] += bo
+            out += bias.reshape(1, O, 1, 1)
+        return
+    cols = _scratch("cols", (K, P), x.dtype)
+    for b in range(B):
+        _im2col[0](x, b, 1, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, cols)
+        ob = out[b].reshape(O, P)
+        _gemm_small_plain(w2, cols, False, False, ob, bias, False, 0)
+        if has_bias:   # per output row (the product's own bias is per column), added once as in the fused loop
+            ob += bias[:, None]
+
+
+def _install_fused(k):
+    def install(fast):
+        pair = list(_conv_forward_fused)
+        pair[k] = fast
+        globals()["_conv_forward_fused"] = tuple(pair)
+    return install
+
+
+#: [parallel]: the tiled fused forward, or the unfused plain one (same results) while it compiles.
+_conv_forward_fused = tuple(Deferred(_fused_tiled[k], _fused_fallback, _install_fused(k)) for k in (0, 1))
 
 
 _tls = threading.local()
@@ -253,7 +291,6 @@ def _scratch(name, shape, dtype):
     return buf[:need].reshape(shape)
 
 
-_fused_s, _fused_p = _both(_conv_forward_fused)
 
 
 def conv2d_forward(x, weight, bias, stride, padding, dilation, out):
@@ -269,9 +306,9 @@ def conv2d_forward(x, weight, bias, stride, padding, dilation, out):
         # lowering and products fused, band by band, on the own GEMM (the
         # chunked path below, BLAS between parallel loops, is set_gemm("blas"))
         rows = max(1, min(ho, _BAND_ELEMENTS // (K * wo)))
-        par = B * K * P >= PARALLEL_MIN_ELEMENTS
+        par = B * K * P >= PARALLEL_MIN_ELEMENTS and threads() > 1
         work = _scratch("lowered", (numba.get_num_threads() if par else 1, K * rows * wo), x.dtype)
-        (_fused_p if par else _fused_s)(x, w2, bias if has_bias else _NO_BIAS[x.dtype], has_bias, kh, kw, sh, sw,
+        _conv_forward_fused[par](x, w2, bias if has_bias else _NO_BIAS[x.dtype], has_bias, kh, kw, sh, sw,
                                         ph, pw, dh, dw, ho, wo, rows, work, out)
         return out
     nb = _chunk(B, K, P)
@@ -280,8 +317,8 @@ def conv2d_forward(x, weight, bias, stride, padding, dilation, out):
     bias_ = bias if has_bias else w2[:, 0]
     for b0 in range(0, B, nb):
         n = min(nb, B - b0)
-        par = n * K * P >= PARALLEL_MIN_ELEMENTS
-        (_im2col_p if par else _im2col_s)(x, b0, n, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, cols)
+        par = n * K * P >= PARALLEL_MIN_ELEMENTS and threads() > 1
+        _im2col[par](x, b0, n, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, cols)
         if n == 1:
             dst = out[b0].reshape(O, P)
             np.matmul(w2, cols[:, :P], out=dst)
@@ -290,7 +327,7 @@ def conv2d_forward(x, weight, bias, stride, padding, dilation, out):
         else:
             yc = y[:, :n * P]
             np.matmul(w2, cols[:, :n * P], out=yc)
-            (_scatter_p if par else _scatter_s)(yc, bias_, has_bias, b0, n, out)
+            _scatter[par](yc, bias_, has_bias, b0, n, out)
     return out
 
 
@@ -312,14 +349,14 @@ def conv2d_backward(grad_out, x, weight, stride, padding, dilation, grad_input, 
         gw2[...] = 0
     for b0 in range(0, B, nb):
         n = min(nb, B - b0)
-        par = n * K * P >= PARALLEL_MIN_ELEMENTS
-        (_im2col_p if par else _im2col_s)(x, b0, n, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, cols)
+        par = n * K * P >= PARALLEL_MIN_ELEMENTS and threads() > 1
+        _im2col[par](x, b0, n, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, cols)
         c = cols[:, :n * P]
         if n == 1:
             gc = grad_out[b0].reshape(O, P)
         else:
             gc = g[:, :n * P]
-            (_gather_p if par else _gather_s)(grad_out, b0, n, gc)
+            _gather[par](grad_out, b0, n, gc)
         if b0 == 0:
             np.matmul(gc, c.T, out=gw2)
         else:
@@ -328,12 +365,13 @@ def conv2d_backward(grad_out, x, weight, stride, padding, dilation, grad_input, 
         if dcols is not None:
             dc = dcols[:, :n * P]
             np.matmul(w2.T, gc, out=dc)
-            (_col2im_p if par else _col2im_s)(dc, b0, n, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, grad_input)
+            _col2im[par](dc, b0, n, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, grad_input)
     if grad_bias is not None:
         np.sum(grad_out.reshape(B, O, P), axis=(0, 2), out=grad_bias)
     return grad_input, grad_weight, grad_bias
 
 
+@variants(inputs="x")
 def _max_pool_fwd(x, kh, kw, sh, sw, ph, pw, out, indices):
     """y = max over the window (-inf padding), first maximum wins, NaN wins."""
     B, C, H, W = x.shape
@@ -366,6 +404,7 @@ def _max_pool_fwd(x, kh, kw, sh, sw, ph, pw, out, indices):
                 idx[i, j] = arg
 
 
+@variants(inputs="x")
 def _max_pool_2x2(x, out, indices):
     """2×2, stride 2, unpadded: a tournament (a|b, c|d, winners), strict > keeps the first max."""
     B, C, H, W = x.shape
@@ -408,6 +447,7 @@ def _max_pool_2x2(x, out, indices):
                 irow[j] = ia + (ic - ia) * np.int64(t)
 
 
+@variants(inputs="grad_out indices")
 def _max_pool_bwd(grad_out, indices, grad_input):
     """dx[plane][indices] += dy (each plane by one thread, so no races); returns the count of bad indices.
 
@@ -434,6 +474,7 @@ def _max_pool_bwd(grad_out, indices, grad_input):
     return bad
 
 
+@variants(inputs="x")
 def _avg_pool_fwd(x, kh, kw, sh, sw, ph, pw, count_include_pad, out):
     """y = Σ window / n, n = kH·kW or the number of real pixels."""
     B, C, H, W = x.shape
@@ -460,6 +501,7 @@ def _avg_pool_fwd(x, kh, kw, sh, sw, ph, pw, count_include_pad, out):
                 dst[i, j] = s / n
 
 
+@variants(inputs="grad_out")
 def _avg_pool_bwd(grad_out, kh, kw, sh, sw, ph, pw, count_include_pad, grad_input):
     """dx[window] += dy / n for every output."""
     B, C, H, W = grad_input.shape
@@ -485,27 +527,22 @@ def _avg_pool_bwd(grad_out, kh, kw, sh, sw, ph, pw, count_include_pad, grad_inpu
                         plane[h0 + u, w0 + v] += gv
 
 
-_max_fwd_s, _max_fwd_p = _both(_max_pool_fwd)
-_max_2x2_s, _max_2x2_p = _both(_max_pool_2x2)
-_max_bwd_s, _max_bwd_p = _both(_max_pool_bwd)
-_avg_fwd_s, _avg_fwd_p = _both(_avg_pool_fwd)
-_avg_bwd_s, _avg_bwd_p = _both(_avg_pool_bwd)
 
 
 def max_pool2d_forward(x, kernel_size, stride, padding, out, indices):
     """y[b,c,i,j] = max_{u,v} xp[b,c,i·sH+u,j·sW+v]; indices = flat argmax (first max, NaN wins)."""
-    par = x.size >= PARALLEL_MIN_ELEMENTS
+    par = x.size >= PARALLEL_MIN_ELEMENTS and threads() > 1
     if kernel_size == (2, 2) and stride == (2, 2) and padding == (0, 0):
-        (_max_2x2_p if par else _max_2x2_s)(x, out, indices)
+        _max_pool_2x2[par](x, out, indices)
         return out, indices
-    fn = _max_fwd_p if par else _max_fwd_s
+    fn = _max_pool_fwd[par]
     fn(x, kernel_size[0], kernel_size[1], stride[0], stride[1], padding[0], padding[1], out, indices)
     return out, indices
 
 
 def max_pool2d_backward(grad_out, indices, grad_input):
     """dx[b,c].flat[indices[b,c,i,j]] += dy[b,c,i,j]."""
-    fn = _max_bwd_p if grad_input.size >= PARALLEL_MIN_ELEMENTS else _max_bwd_s
+    fn = _max_pool_bwd[grad_input.size >= PARALLEL_MIN_ELEMENTS and threads() > 1]
     if fn(grad_out, indices, grad_input):
         raise ValueError(f"indices must lie in [0, {grad_input.shape[2] * grad_input.shape[3]}) "
                          f"for input shape {grad_input.shape}")
@@ -514,7 +551,7 @@ def max_pool2d_backward(grad_out, indices, grad_input):
 
 def avg_pool2d_forward(x, kernel_size, stride, padding, count_include_pad, out):
     """y[b,c,i,j] = Σ_{u,v} xp[b,c,i·sH+u,j·sW+v] / n."""
-    fn = _avg_fwd_p if x.size >= PARALLEL_MIN_ELEMENTS else _avg_fwd_s
+    fn = _avg_pool_fwd[x.size >= PARALLEL_MIN_ELEMENTS and threads() > 1]
     fn(x, kernel_size[0], kernel_size[1], stride[0], stride[1], padding[0], padding[1],
        bool(count_include_pad), out)
     return out
@@ -522,7 +559,7 @@ def avg_pool2d_forward(x, kernel_size, stride, padding, count_include_pad, out):
 
 def avg_pool2d_backward(grad_out, kernel_size, stride, padding, count_include_pad, grad_input):
     """dx[b,c,window(i,j)] += dy[b,c,i,j] / n."""
-    fn = _avg_bwd_p if grad_input.size >= PARALLEL_MIN_ELEMENTS else _avg_bwd_s
+    fn = _avg_pool_bwd[grad_input.size >= PARALLEL_MIN_ELEMENTS and threads() > 1]
     fn(grad_out, kernel_size[0], kernel_size[1], stride[0], stride[1], padding[0], padding[1],
        bool(count_include_pad), grad_input)
     return grad_input

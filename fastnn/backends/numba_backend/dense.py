@@ -16,26 +16,29 @@ activation derivative ``δ = dL/dy ⊙ act'(y)`` fused with the bias gradient
 ``Σ_batch δ`` (one read of ``grad_out`` and ``y``, one write of ``δ``).
 
 The activation name is mapped to a small integer in Python (strings are slow
-to pass into Numba) and a missing bias becomes a ``None`` specialisation of
-the compiled function, so the branches on it cost nothing at run time.
+to pass into Numba) that picks one of four compiled epilogues, each with its
+activation built in: a ReLU network never compiles the sigmoid and tanh
+code. A missing bias becomes a ``None`` specialisation of the compiled
+function, so the branches on it cost nothing at run time.
 """
 
 import numpy as np
-from numba import njit
 
+from ..._config import get_num_threads
 from .. import gemm_policy as _gemm_policy
-from ..._config import NUMBA_JIT_OPTIONS, get_num_threads
 from . import _gemm as _own
+from . import _small_gemm as _small
+from ._jit import kernel, renamed
 from ._math import fsigmoid, ftanh
 
 __all__ = ["matmul", "dense_forward", "dense_backward"]
 
-_jit = njit(**NUMBA_JIT_OPTIONS)
-
 _ACT_CODES = {"identity": 0, "relu": 1, "sigmoid": 2, "tanh": 3}
+_ACT_NAMES = ("identity", "relu", "sigmoid", "tanh")
 
 
 _NO_BIAS = _own._NO_BIAS
+_SMALL_MAX = _small.SMALL_MAX
 
 # The policy's decision for this backend, kept current by its hooks
 # (fastnn.backends.gemm_policy): no lookup of the settings per call.
@@ -45,32 +48,43 @@ _use_own = _gemm_policy.decider("numba")
 def matmul(a, b, trans_a, trans_b, out):
     """C = op(A)·op(B), op(M) = M or Mᵀ: own GEMM or BLAS, by shape (fastnn.gemm)."""
     m, n = out.shape
-    if _use_own(out.dtype, m, n, a.shape[0] if trans_a else a.shape[1]):
-        _own.gemm_c(a, b, trans_a, trans_b, out, _NO_BIAS[out.dtype], False, 0, get_num_threads())
+    k = a.shape[0] if trans_a else a.shape[1]
+    if _use_own(out.dtype, m, n, k):
+        # the small-product kernel straight away: most products of small networks
+        if k and m * n * k <= _SMALL_MAX:
+            _own.gemm_small(a, b, trans_a, trans_b, out, _NO_BIAS[out.dtype], False, 0)
+        else:
+            _own.gemm_2d(a, b, trans_a, trans_b, out, _NO_BIAS[out.dtype], False, 0, get_num_threads())
     else:
         np.dot(a.T if trans_a else a, b.T if trans_b else b, out=out)
     return out
 
 
-@_jit
-def _bias_act(out, bias, act):
-    """out = act(out + b), row by row (bias may be None)."""
-    bsz, o = out.shape
-    for r in range(bsz):
-        row = out[r]
-        if bias is not None:
-            for j in range(o):
-                row[j] += bias[j]
-        if act == 1:
-            for j in range(o):
-                v = row[j]
-                row[j] = v if not (v <= 0) else 0
-        elif act == 2:
-            for j in range(o):
-                row[j] = fsigmoid(row[j])
-        elif act == 3:
-            for j in range(o):
-                row[j] = ftanh(row[j])
+def _epilogue(act):
+    """The bias-and-activation pass for one activation code, compiled on its first use."""
+    def _bias_act(out, bias):
+        """out = act(out + b), row by row (bias may be None)."""
+        bsz, o = out.shape
+        for r in range(bsz):
+            row = out[r]
+            if bias is not None:
+                for j in range(o):
+                    row[j] += bias[j]
+            # act is a constant of this closure: Numba drops the other branches before typing them
+            if act == 1:
+                for j in range(o):
+                    v = row[j]
+                    row[j] = v if not (v <= 0) else 0
+            elif act == 2:
+                for j in range(o):
+                    row[j] = fsigmoid(row[j])
+            elif act == 3:
+                for j in range(o):
+                    row[j] = ftanh(row[j])
+    return kernel(renamed(_bias_act, "_" + _ACT_NAMES[act]), inputs="bias")
+
+
+_BIAS_ACT = tuple(_epilogue(act) for act in range(4))
 
 
 def dense_forward(x, weight, bias, activation, out):
@@ -78,24 +92,28 @@ def dense_forward(x, weight, bias, activation, out):
     if out.size == 0:   # nothing to write (the bias loop would still visit every row)
         return out
     act = _ACT_CODES[activation]
-    if _use_own(out.dtype, out.shape[0], out.shape[1], x.shape[1]):
+    m, n = out.shape
+    k = x.shape[1]
+    if _use_own(out.dtype, m, n, k):
         # own GEMM: bias and ReLU applied to each tile as it is stored;
         # sigmoid/tanh by the fast activation loop afterwards
         fused = act if act <= 1 else 0
-        if bias is None:
-            _own.gemm_c(x, weight, False, True, out, _NO_BIAS[out.dtype], False, fused, get_num_threads())
+        has_bias = bias is not None
+        b = bias if has_bias else _NO_BIAS[out.dtype]
+        if k and m * n * k <= _SMALL_MAX:
+            _own.gemm_small(x, weight, False, True, out, b, has_bias, fused)
         else:
-            _own.gemm_c(x, weight, False, True, out, bias, True, fused, get_num_threads())
+            _own.gemm_2d(x, weight, False, True, out, b, has_bias, fused, get_num_threads())
         if act > 1:
-            _bias_act(out, None, act)
+            _BIAS_ACT[act](out, None)
         return out
     np.dot(x, weight.T, out=out)
     if bias is not None or act:
-        _bias_act(out, bias, act)
+        _BIAS_ACT[act](out, bias)
     return out
 
 
-@_jit
+@kernel(inputs="grad_out y")
 def _delta_bias(grad_out, y, act, delta, grad_bias):
     """δ = dL/dy ⊙ act'(y) (written into delta unless act is identity), db = Σ_batch δ."""
     bsz, o = grad_out.shape
@@ -124,7 +142,7 @@ def _delta_bias(grad_out, y, act, delta, grad_bias):
                 grad_bias[j] += g[j]
 
 
-@_jit
+@kernel(inputs="a")
 def _col_sums(a, out):
     """out = Σ_rows a (the bias gradient of an identity layer; a may be read-only)."""
     out[:] = 0

@@ -8,26 +8,24 @@ gradient written in the same loop. ``exp`` is the vectorisable polynomial of
 accumulated in float64 whatever the dtype (the reference sums in float64
 too), which keeps the float32 loss accurate over large batches. Large inputs
 are split over threads with ``prange`` (rows for the cross-entropy); Numba
-combines the per-thread partial sums of the loss.
+combines the per-thread partial sums of the loss. The serial and parallel
+kernels are two compilations of one function (:func:`._jit.variants`),
+indexed ``[parallel]``; each is compiled on its first call.
 """
 
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
-from ..._config import NUMBA_JIT_OPTIONS, PARALLEL_MIN_ELEMENTS, PARALLEL_MIN_ELEMENTS_CHEAP
+from ..._config import PARALLEL_MIN_ELEMENTS, PARALLEL_MIN_ELEMENTS_CHEAP
+from ._jit import jit_inline, threads, variants
 from ._math import fexp, row_max
 
 __all__ = ["mse_loss", "softmax_cross_entropy", "bce_with_logits"]
 
 _PAR = PARALLEL_MIN_ELEMENTS
 _PAR_CHEAP = PARALLEL_MIN_ELEMENTS_CHEAP   # memory-bound loops
-_jit = njit(**NUMBA_JIT_OPTIONS)
-_pjit = njit(parallel=True, **NUMBA_JIT_OPTIONS)
-# Row helpers are inlined by Numba itself: left as calls, they kept LLVM
-# from optimising the row loops together (measured 2x slower).
-_jit_inline = njit(inline="always", **NUMBA_JIT_OPTIONS)
 
 
 def _scale(n, reduction):
@@ -36,34 +34,17 @@ def _scale(n, reduction):
 
 # ---------------------------------------------------------------- MSE
 
-@_jit
-def _mse_ser(p, t, g, two_s):
-    acc = 0.0
-    for i in range(p.size):
-        d = p[i] - t[i]
-        acc += np.float64(d) * np.float64(d)
-        g[i] = d * two_s
-    return acc
-
-
-@_pjit
-def _mse_par(p, t, g, two_s):
+@variants(inputs="pred target", exact=False)
+def _mse(pred, target, scale, two_scale, grad):
+    """L = s·Σ(a−y)², dL/da = 2s(a−y); two_scale = 2s from the caller (see _adam in .optim for why)."""
+    p, t, g = pred.ravel(), target.ravel(), grad.ravel()
+    two_s = pred.dtype.type(two_scale)
     acc = 0.0
     for i in prange(p.size):
         d = p[i] - t[i]
         acc += np.float64(d) * np.float64(d)
         g[i] = d * two_s
-    return acc
-
-
-@_jit
-def _mse(pred, target, scale, grad):
-    """L = s·Σ(a−y)², dL/da = 2s(a−y)."""
-    p, t, g = pred.ravel(), target.ravel(), grad.ravel()
-    two_s = pred.dtype.type(2.0 * scale)
-    if p.size >= _PAR_CHEAP:
-        return _mse_par(p, t, g, two_s) * scale
-    return _mse_ser(p, t, g, two_s) * scale
+    return acc * scale
 
 
 def mse_loss(pred, target, reduction, grad):
@@ -71,12 +52,14 @@ def mse_loss(pred, target, reduction, grad):
     n = pred.size
     if n == 0:
         return (float("nan") if reduction == "mean" else 0.0), grad
-    return float(_mse(pred, target, _scale(n, reduction), grad)), grad
+    scale = _scale(n, reduction)
+    return float(_mse[n >= _PAR_CHEAP and threads() > 1](pred.ravel(), target.ravel(), scale, 2.0 * scale,
+                                                                     grad.ravel())), grad
 
 
 # ---------------------------------------------------------------- softmax cross-entropy
 
-@_jit_inline
+@jit_inline
 def _ce_row(z, lab, g, s):
     """One row: write s·(softmax − onehot) into g, return −log p[lab] (float64)."""
     m = row_max(z)
@@ -93,39 +76,31 @@ def _ce_row(z, lab, g, s):
 
 
 # Rows are processed as row views indexed from 0 (see the softmax kernels in
-# .activations for why), the parallel version in blocks of rows per thread.
+# .activations for why): the parallel version in blocks of rows per thread
+# (a partial loss per block, summed in block order), the serial one in one
+# block, so its loss is the plain sum over the rows in order.
 _ROW_CHUNKS = 16
 
 
-@_jit
-def _ce_rows(z, labels, g, r0, r1, s):
-    loss = 0.0
-    for r in range(r0, r1):
-        loss += _ce_row(z[r], labels[r], g[r], s)
-    return loss
-
-
-@_pjit
-def _ce_par(z, labels, g, s):
-    b = z.shape[0]
-    step = (b + _ROW_CHUNKS - 1) // _ROW_CHUNKS
-    block_loss = np.zeros(_ROW_CHUNKS)
-    for k in prange(_ROW_CHUNKS):
-        block_loss[k] = _ce_rows(z, labels, g, min(k * step, b), min(k * step + step, b), s)
-    return block_loss.sum()
-
-
-@_jit
-def _softmax_ce(logits, labels, scale, grad):
-    """L = s·Σ_i (logsumexp(z_i) − z_i[y_i]), dL/dz = s·(softmax(z) − onehot(y))."""
+@variants(inputs="logits labels", exact=False)
+def _softmax_ce(logits, labels, scale, grad, chunks):
+    """L = s·Σ_i (logsumexp(z_i) − z_i[y_i]), dL/dz = s·(softmax(z) − onehot(y)); ``chunks`` row blocks."""
     b, c = logits.shape
     for r in range(b):   # the kernel checks what it indexes with: -1 flags a bad label
         if np.uint64(labels[r]) >= np.uint64(c):
             return -1.0
     s = logits.dtype.type(scale)
-    if logits.size >= _PAR and b > 1:
-        return _ce_par(logits, labels, grad, s) * scale
-    return _ce_rows(logits, labels, grad, 0, b, s) * scale
+    step = (b + chunks - 1) // chunks
+    block_loss = np.empty(chunks)
+    for k in prange(chunks):
+        loss = 0.0
+        for r in range(min(k * step, b), min(k * step + step, b)):
+            loss += _ce_row(logits[r], labels[r], grad[r], s)
+        block_loss[k] = loss
+    total = 0.0
+    for k in range(chunks):
+        total += block_loss[k]
+    return total * scale
 
 
 def softmax_cross_entropy(logits, labels, reduction, grad):
@@ -133,7 +108,8 @@ def softmax_cross_entropy(logits, labels, reduction, grad):
     b = logits.shape[0]
     if b == 0:
         return (float("nan") if reduction == "mean" else 0.0), grad
-    loss = float(_softmax_ce(logits, labels, _scale(b, reduction), grad))
+    par = logits.size >= _PAR and b > 1 and threads() > 1
+    loss = float(_softmax_ce[par](logits, labels, _scale(b, reduction), grad, _ROW_CHUNKS if par else 1))
     if loss < 0:
         raise ValueError(f"labels must lie in [0, {logits.shape[1]})")
     return loss, grad
@@ -141,7 +117,7 @@ def softmax_cross_entropy(logits, labels, reduction, grad):
 
 # ---------------------------------------------------------------- BCE with logits
 
-@_jit_inline
+@jit_inline
 def _bce_elem(z, t, s, one, zero):
     e = fexp(-np.abs(z))
     loss = (np.float64(z if z > zero else zero) - np.float64(z) * np.float64(t)
@@ -150,36 +126,18 @@ def _bce_elem(z, t, s, one, zero):
     return loss, (sig - t) * s
 
 
-@_jit
-def _bce_ser(z, t, g, s):
-    one, zero = z.dtype.type(1), z.dtype.type(0)
-    acc = 0.0
-    for i in range(z.size):
-        loss, gi = _bce_elem(z[i], t[i], s, one, zero)
-        acc += loss
-        g[i] = gi
-    return acc
-
-
-@_pjit
-def _bce_par(z, t, g, s):
+@variants(inputs="logits target", exact=False)
+def _bce(logits, target, scale, grad):
+    """L = s·Σ max(z,0) − z·y + log1p(exp(−|z|)), dL/dz = s·(σ(z) − y)."""
+    z, t, g = logits.ravel(), target.ravel(), grad.ravel()
+    s = logits.dtype.type(scale)
     one, zero = z.dtype.type(1), z.dtype.type(0)
     acc = 0.0
     for i in prange(z.size):
         loss, gi = _bce_elem(z[i], t[i], s, one, zero)
         acc += loss
         g[i] = gi
-    return acc
-
-
-@_jit
-def _bce(logits, target, scale, grad):
-    """L = s·Σ max(z,0) − z·y + log1p(exp(−|z|)), dL/dz = s·(σ(z) − y)."""
-    z, t, g = logits.ravel(), target.ravel(), grad.ravel()
-    s = logits.dtype.type(scale)
-    if z.size >= _PAR:
-        return _bce_par(z, t, g, s) * scale
-    return _bce_ser(z, t, g, s) * scale
+    return acc * scale
 
 
 def bce_with_logits(logits, target, reduction, grad):
@@ -187,4 +145,5 @@ def bce_with_logits(logits, target, reduction, grad):
     n = logits.size
     if n == 0:
         return (float("nan") if reduction == "mean" else 0.0), grad
-    return float(_bce(logits, target, _scale(n, reduction), grad)), grad
+    return float(_bce[n >= _PAR and threads() > 1](logits.ravel(), target.ravel(), _scale(n, reduction),
+                                                        grad.ravel())), grad

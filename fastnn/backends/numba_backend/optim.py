@@ -4,7 +4,9 @@ The reference applies an update as a chain of NumPy expressions, each a full
 pass over the parameter array with a temporary (Adam takes about a dozen).
 Here each element of the parameter, gradient and state is loaded once,
 updated in registers and stored once, so an update moves the minimum number
-of bytes; above ``PARALLEL_MIN_ELEMENTS`` the loop is split over threads.
+of bytes; above ``PARALLEL_MIN_ELEMENTS`` the loop is split over threads
+(the parallel compilation of the same function, :func:`._jit.variants`,
+compiled on its first call).
 
 The hyper-parameters are converted to the array dtype once, outside the
 loop, so float32 updates run in float32 SIMD lanes. Per-step constants
@@ -12,32 +14,35 @@ loop, so float32 updates run in float32 SIMD lanes. Per-step constants
 reference does. SGD with and without a momentum buffer are separate loops;
 the other options (weight decay, Nesterov, AdamW's decoupled decay) are
 loop-invariant scalars.
+
+Every array reaches the kernels flattened (``ravel``: a view, the arrays are
+C-contiguous), so one compilation per dtype serves weights, biases and
+filters alike instead of one per number of dimensions.
 """
 
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
-from ..._config import NUMBA_JIT_OPTIONS, PARALLEL_MIN_ELEMENTS, PARALLEL_MIN_ELEMENTS_CHEAP
+from ..._config import PARALLEL_MIN_ELEMENTS, PARALLEL_MIN_ELEMENTS_CHEAP
+from ._jit import jit, threads, variants
 
 __all__ = ["sgd_update", "adam_update", "sgd_update_many", "adam_update_many"]
 
 _PAR = PARALLEL_MIN_ELEMENTS
 _PAR_CHEAP = PARALLEL_MIN_ELEMENTS_CHEAP   # memory-bound loops
-_jit = njit(**NUMBA_JIT_OPTIONS)
-_pjit = njit(parallel=True, **NUMBA_JIT_OPTIONS)
 
 
 # ---------------------------------------------------------------- SGD
 
-@_jit
+@jit
 def _decayed(g, wd, p):
     """g + λp, or g itself when λ = 0: 0·p would make an inf or NaN parameter a NaN gradient."""
     return g + wd * p if wd != 0 else g
 
 
-@_jit
+@jit
 def _sgd_elem(p, g, v, lr, mu, nesterov, wd):
     g = _decayed(g, wd, p)
     v = mu * v + g
@@ -45,61 +50,43 @@ def _sgd_elem(p, g, v, lr, mu, nesterov, wd):
     return p - lr * g, v
 
 
-@_jit
-def _sgd_mom_ser(p, g, v, lr, mu, nesterov, wd):
-    for i in range(p.size):
-        p[i], v[i] = _sgd_elem(p[i], g[i], v[i], lr, mu, nesterov, wd)
+# Separate loops with and without a velocity rather than a None test inside
+# one prange loop: that form gave wrong results in the parallel version (seen
+# with Numba 0.68), the split form is simpler anyway.
 
-
-@_pjit
-def _sgd_mom_par(p, g, v, lr, mu, nesterov, wd):
-    for i in prange(p.size):
-        p[i], v[i] = _sgd_elem(p[i], g[i], v[i], lr, mu, nesterov, wd)
-
-
-@_jit
-def _sgd_plain_ser(p, g, lr, wd):
-    for i in range(p.size):
-        p[i] = p[i] - lr * _decayed(g[i], wd, p[i])
-
-
-@_pjit
-def _sgd_plain_par(p, g, lr, wd):
-    for i in prange(p.size):
-        p[i] = p[i] - lr * _decayed(g[i], wd, p[i])
-
-
-@_jit
-def _sgd(param, grad, velocity, lr, momentum, nesterov, weight_decay):
+@variants(inputs="grad")
+def _sgd_mom(param, grad, velocity, lr, momentum, nesterov, weight_decay):
     """v = μv + (g + λp); p -= lr·(g + λp + μv if Nesterov else v)."""
     t = param.dtype.type
+    p, g, v = param.ravel(), grad.ravel(), velocity.ravel()
+    lr_, mu, wd = t(lr), t(momentum), t(weight_decay)
+    for i in prange(p.size):
+        p[i], v[i] = _sgd_elem(p[i], g[i], v[i], lr_, mu, nesterov, wd)
+
+
+@variants(inputs="grad")
+def _sgd_plain(param, grad, lr, weight_decay):
+    """p -= lr·(g + λp)."""
+    t = param.dtype.type
     p, g = param.ravel(), grad.ravel()
-    par = p.size >= _PAR_CHEAP
-    # Separate loops with and without a velocity rather than a None test
-    # inside one prange loop: that form gave wrong results in the parallel
-    # version (seen with Numba 0.68), the split form is simpler anyway.
-    if velocity is None:
-        if par:
-            _sgd_plain_par(p, g, t(lr), t(weight_decay))
-        else:
-            _sgd_plain_ser(p, g, t(lr), t(weight_decay))
-    else:
-        v = velocity.ravel()
-        if par:
-            _sgd_mom_par(p, g, v, t(lr), t(momentum), nesterov, t(weight_decay))
-        else:
-            _sgd_mom_ser(p, g, v, t(lr), t(momentum), nesterov, t(weight_decay))
+    lr_, wd = t(lr), t(weight_decay)
+    for i in prange(p.size):
+        p[i] = p[i] - lr_ * _decayed(g[i], wd, p[i])
 
 
 def sgd_update(param, grad, velocity, lr, momentum, nesterov, weight_decay):
     """g = ∇ + λp; v = μv + g; p −= lr·(g + μv if Nesterov else v) (v only if μ > 0)."""
-    _sgd(param, grad, velocity if momentum else None, float(lr), float(momentum), bool(nesterov),
-         float(weight_decay))
+    par = param.size >= _PAR_CHEAP and threads() > 1
+    if momentum:
+        _sgd_mom[par](param.ravel(), grad.ravel(), velocity.ravel(), float(lr), float(momentum), bool(nesterov),
+                      float(weight_decay))
+    else:
+        _sgd_plain[par](param.ravel(), grad.ravel(), float(lr), float(weight_decay))
 
 
 # ---------------------------------------------------------------- Adam / AdamW
 
-@_jit
+@jit
 def _adam_elem(p, g, m, v, decay, wd, b1, c1, b2, c2, step, inv_sqrt_bc2, eps):
     p = p * decay                   # AdamW's decoupled decay (decay == 1 otherwise)
     g = _decayed(g, wd, p)          # Adam's L2 term (wd == 0 for AdamW)
@@ -108,30 +95,17 @@ def _adam_elem(p, g, m, v, decay, wd, b1, c1, b2, c2, step, inv_sqrt_bc2, eps):
     return p - step * (m / (np.sqrt(v) * inv_sqrt_bc2 + eps)), m, v
 
 
-@_jit
-def _adam_ser(p, g, m, v, decay, wd, b1, c1, b2, c2, step, inv_sqrt_bc2, eps):
-    for i in range(p.size):
-        p[i], m[i], v[i] = _adam_elem(p[i], g[i], m[i], v[i], decay, wd, b1, c1, b2, c2, step,
-                                      inv_sqrt_bc2, eps)
-
-
-@_pjit
-def _adam_par(p, g, m, v, decay, wd, b1, c1, b2, c2, step, inv_sqrt_bc2, eps):
-    for i in prange(p.size):
-        p[i], m[i], v[i] = _adam_elem(p[i], g[i], m[i], v[i], decay, wd, b1, c1, b2, c2, step,
-                                      inv_sqrt_bc2, eps)
-
-
-@_jit
-def _adam(param, grad, exp_avg, exp_avg_sq, decay, wd, b1, b2, step_size, inv_sqrt_bc2, eps):
-    """m = β1m + (1−β1)g, v = β2v + (1−β2)g², p −= α·m / (√v/√bc2 + ε)."""
+@variants(inputs="grad")
+def _adam(param, grad, exp_avg, exp_avg_sq, decay, wd, b1, c1, b2, c2, step_size, inv_sqrt_bc2, eps):
+    """m = β1m + c1·g, v = β2v + c2·g², p −= α·m / (√v/√bc2 + ε); c1 = 1 − β1, c2 = 1 − β2."""
+    # c1 and c2 come from the caller: computed here, (1 - b1) next to b1 lets fast-math rewrite
+    # b1·m + (1 - b1)·g as b1·(m - g) + g, which is NaN instead of inf for an infinite gradient
     t = param.dtype.type
     p, g, m, v = param.ravel(), grad.ravel(), exp_avg.ravel(), exp_avg_sq.ravel()
-    args = (t(decay), t(wd), t(b1), t(1.0 - b1), t(b2), t(1.0 - b2), t(step_size), t(inv_sqrt_bc2), t(eps))
-    if p.size >= _PAR:
-        _adam_par(p, g, m, v, *args)
-    else:
-        _adam_ser(p, g, m, v, *args)
+    decay_, wd_, b1_, c1_, b2_, c2_ = t(decay), t(wd), t(b1), t(c1), t(b2), t(c2)
+    step_, inv_, eps_ = t(step_size), t(inv_sqrt_bc2), t(eps)
+    for i in prange(p.size):
+        p[i], m[i], v[i] = _adam_elem(p[i], g[i], m[i], v[i], decay_, wd_, b1_, c1_, b2_, c2_, step_, inv_, eps_)
 
 
 def adam_update(param, grad, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps,
@@ -143,15 +117,24 @@ def adam_update(param, grad, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps,
         decay, wd = 1.0, float(weight_decay)
     bias_correction1 = 1.0 - beta1 ** step
     bias_correction2 = 1.0 - beta2 ** step
-    _adam(param, grad, exp_avg, exp_avg_sq, decay, wd, beta1, beta2, lr / bias_correction1,
-          1.0 / math.sqrt(bias_correction2), eps)
+    _adam[param.size >= _PAR and threads() > 1](param.ravel(), grad.ravel(), exp_avg.ravel(), exp_avg_sq.ravel(),
+                                                decay, wd, beta1, 1.0 - beta1,
+                                                beta2, 1.0 - beta2, lr / bias_correction1,
+                                                1.0 / math.sqrt(bias_correction2), eps)
 
 
 def sgd_update_many(params, grads, velocities, lr, momentum, nesterov, weight_decay):
     """:func:`sgd_update` on each ``(params[i], grads[i], velocities[i])``."""
     lr, momentum, weight_decay, nesterov = float(lr), float(momentum), float(weight_decay), bool(nesterov)
-    for i in range(len(params)):
-        _sgd(params[i], grads[i], velocities[i] if momentum else None, lr, momentum, nesterov, weight_decay)
+    if momentum:
+        for i in range(len(params)):
+            p = params[i]
+            _sgd_mom[p.size >= _PAR_CHEAP and threads() > 1](p.ravel(), grads[i].ravel(), velocities[i].ravel(), lr,
+                                                              momentum, nesterov, weight_decay)
+    else:
+        for i in range(len(params)):
+            p = params[i]
+            _sgd_plain[p.size >= _PAR_CHEAP and threads() > 1](p.ravel(), grads[i].ravel(), lr, weight_decay)
 
 
 def adam_update_many(params, grads, exp_avgs, exp_avg_sqs, step, lr, beta1, beta2, eps, weight_decay, decoupled):
@@ -162,6 +145,9 @@ def adam_update_many(params, grads, exp_avgs, exp_avg_sqs, step, lr, beta1, beta
         decay, wd = 1.0, float(weight_decay)
     step_size = lr / (1.0 - beta1 ** step)
     inv_sqrt_bc2 = 1.0 / math.sqrt(1.0 - beta2 ** step)
+    c1, c2 = 1.0 - beta1, 1.0 - beta2
     for i in range(len(params)):
-        _adam(params[i], grads[i], exp_avgs[i], exp_avg_sqs[i], decay, wd, beta1, beta2, step_size, inv_sqrt_bc2,
-              eps)
+        p = params[i]
+        _adam[p.size >= _PAR and threads() > 1](p.ravel(), grads[i].ravel(), exp_avgs[i].ravel(),
+                                                exp_avg_sqs[i].ravel(), decay, wd, beta1, c1, beta2, c2, step_size,
+                                                inv_sqrt_bc2, eps)

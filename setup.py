@@ -61,9 +61,9 @@ ISA_FLAGS = {
 }
 _ISA_CHECK = {
     "avx512": "#include <immintrin.h>\nint main(void){__m512 v=_mm512_setzero_ps();"
-              "return (int)_mm512_reduce_add_ps(_mm512_maskz_loadu_ps(0, &v));}\n",
+    "return (int)_mm512_reduce_add_ps(_mm512_maskz_loadu_ps(0, &v));}\n",
     "avx2": "#include <immintrin.h>\nint main(void){float f[8]={0};__m256 v=_mm256_loadu_ps(f);"
-            "v=_mm256_fmadd_ps(v,v,v);_mm256_storeu_ps(f,v);return (int)f[0];}\n",
+    "v=_mm256_fmadd_ps(v,v,v);_mm256_storeu_ps(f,v);return (int)f[0];}\n",
 }
 
 
@@ -90,7 +90,9 @@ def _compiles(source: str, flags, link: bool = False) -> bool:
 def _has_openmp() -> bool:
     if os.environ.get("FASTNN_NO_OPENMP"):
         return False
-    source = "#include <omp.h>\nint main(void){int n=0;\n#pragma omp parallel\n{n=omp_get_num_threads();}\nreturn n<1;}\n"
+    source = (
+        "#include <omp.h>\nint main(void){int n=0;\n#pragma omp parallel\n{n=omp_get_num_threads();}\nreturn n<1;}\n"
+    )
     return _compiles(source, ["-fopenmp"], link=True)
 
 
@@ -138,8 +140,11 @@ class BuildKernels(build_ext):
             if os.environ.get("FASTNN_REQUIRE_EXT", "").strip() not in ("", "0"):
                 raise
             reason = " ".join(str(exc).split()) or type(exc).__name__
-            print(f"fastnn: the cython backend is not built ({reason}); the numpy and numba backends work "
-                  f"without it (FASTNN_REQUIRE_EXT=1 makes this an error)", file=sys.stderr)
+            print(
+                f"fastnn: the cython backend is not built ({reason}); the numpy and numba backends work "
+                f"without it (FASTNN_REQUIRE_EXT=1 makes this an error)",
+                file=sys.stderr,
+            )
             for marker in markers:
                 marker.parent.mkdir(parents=True, exist_ok=True)
                 marker.write_text(f"not built at install: {reason}\n")
@@ -166,11 +171,19 @@ class BuildKernels(build_ext):
             src, flags = job
             compiler = copy.copy(self.compiler)
             obj = compiler.object_filenames([src], output_dir=build_temp)[0]
-            if not self.force and Path(obj).exists() and all(
-                    Path(obj).stat().st_mtime >= Path(d).stat().st_mtime for d in [src] + depends):
+            if (
+                not self.force
+                and Path(obj).exists()
+                and all(Path(obj).stat().st_mtime >= Path(d).stat().st_mtime for d in [src] + depends)
+            ):
                 return obj
-            return compiler.compile([src], output_dir=build_temp, macros=macros, include_dirs=include_dirs,
-                                    extra_postargs=compile_args + flags)[0]
+            return compiler.compile(
+                [src],
+                output_dir=build_temp,
+                macros=macros,
+                include_dirs=include_dirs,
+                extra_postargs=compile_args + flags,
+            )[0]
 
         with ThreadPoolExecutor(max_workers=workers) as pool:
             # the glue first: it is the longest job
@@ -182,10 +195,16 @@ class BuildKernels(build_ext):
         if os.path.exists(ext_path):
             os.remove(ext_path)
         self.compiler.link_shared_object(
-            objects, ext_path, libraries=self.get_libraries(ext),
-            library_dirs=ext.library_dirs, runtime_library_dirs=ext.runtime_library_dirs,
-            extra_postargs=ext.extra_link_args, export_symbols=self.get_export_symbols(ext),
-            build_temp=build_temp, target_lang="c")
+            objects,
+            ext_path,
+            libraries=self.get_libraries(ext),
+            library_dirs=ext.library_dirs,
+            runtime_library_dirs=ext.runtime_library_dirs,
+            extra_postargs=ext.extra_link_args,
+            export_symbols=self.get_export_symbols(ext),
+            build_temp=build_temp,
+            target_lang="c",
+        )
 
 
 def extensions():
@@ -198,8 +217,10 @@ def extensions():
     library = [(str((LIB / f"isa_{isa}.c").relative_to(HERE)), flags + tune) for isa, flags in isas.items()]
     missing = [f"-DFNN_NO_{isa.upper()}" for isa in ISA_FLAGS if isa not in isas]
     library.append((str((LIB / "runtime.c").relative_to(HERE)), (["-march=native"] if native else []) + missing))
-    print(f"fastnn: building the kernels with OpenMP={'yes' if openmp else 'no'}, instruction sets "
-          f"{', '.join(isas)}, flags {glue_args}")
+    print(
+        f"fastnn: building the kernels with OpenMP={'yes' if openmp else 'no'}, instruction sets "
+        f"{', '.join(isas)}, flags {glue_args}"
+    )
     pyx = KERNELS / "_kernels.pyx"
     if not pyx.exists():
         raise RuntimeError(f"no Cython kernel source {pyx}: incomplete source tree")

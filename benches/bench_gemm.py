@@ -26,7 +26,7 @@ import fastnn
 from fastnn import gemm as fgemm
 
 SQUARE = (32, 64, 128, 256, 512, 1024, 2048)
-DENSE_SHAPES = ((32, 64, 128), (128, 784, 256))   # (M, K, N) of dense layers
+DENSE_SHAPES = ((32, 64, 128), (128, 784, 256))  # (M, K, N) of dense layers
 
 
 def _impl(name):
@@ -42,8 +42,11 @@ def _impl(name):
 
 def _operands(m, k, n, dtype=np.float32):
     rng = np.random.default_rng(0)
-    return (rng.standard_normal((m, k)).astype(dtype), rng.standard_normal((k, n)).astype(dtype),
-            np.empty((m, n), dtype))
+    return (
+        rng.standard_normal((m, k)).astype(dtype),
+        rng.standard_normal((k, n)).astype(dtype),
+        np.empty((m, n), dtype),
+    )
 
 
 SHAPES = [(n, n, n) for n in SQUARE if n <= 1024] + list(DENSE_SHAPES)
@@ -79,6 +82,7 @@ def test_fused_dense_512(benchmark, impl, fused):
 
 # ------------------------------------------------------------------ report
 
+
 def _median_ratio(f_num, f_den, repeat):
     """Medians of f_num() and f_den() (seconds), each timed in its own block after a pause.
 
@@ -102,15 +106,19 @@ def report(sizes, repeat, threads, dtype=np.float32):
     fastnn.set_num_threads(threads)
     print(f"threads: {fastnn.get_num_threads()}")
     for info in fgemm.blas_info():
-        print(f"BLAS: {info.get('internal_api')} {info.get('version')} kernels={info.get('architecture')} "
-              f"threads={info.get('num_threads')}")
+        print(
+            f"BLAS: {info.get('internal_api')} {info.get('version')} kernels={info.get('architecture')} "
+            f"threads={info.get('num_threads')}"
+        )
     try:
         from fastnn.backends.cython_backend import _gemm as cg
+
         print(f"own Cython GEMM kernel set: {cg.isa()}")
     except ImportError:
         cg = None
     try:
         from fastnn.backends.numba_backend import _gemm as ng
+
         print(f"own Numba GEMM: {ng.VBYTES * 8}-bit vectors, tile {ng.MR}x{ng.NV} vectors")
     except ImportError:
         ng = None
@@ -135,29 +143,36 @@ def report(sizes, repeat, threads, dtype=np.float32):
             continue
         mod.dense_forward(x, w, bias, "relu", out)
         mod.gemm(x, w, False, True, out)
-        tf, tg = _median_ratio(lambda: _timeit(lambda: mod.dense_forward(x, w, bias, "relu", out), 20),
-                               lambda: _timeit(lambda: mod.gemm(x, w, False, True, out), 20), repeat)
+        tf, tg = _median_ratio(
+            lambda: _timeit(lambda: mod.dense_forward(x, w, bias, "relu", out), 20),
+            lambda: _timeit(lambda: mod.gemm(x, w, False, True, out), 20),
+            repeat,
+        )
+
         # the unfused path for comparison: BLAS GEMM, then bias and ReLU as separate passes
         def unfused():
             np.matmul(x, w.T, out=out)
             np.add(out, bias, out=out)
             np.maximum(out, 0, out=out)
+
         tu = float(np.median([_timeit(unfused, 20) for _ in range(repeat)]))
-        print(f"  {name:7s} fused {tf * 1e3:7.3f} ms  bare {tg * 1e3:7.3f} ms  ratio {tf / tg:.3f}   "
-              f"(numpy matmul + bias + relu: {tu * 1e3:.3f} ms)")
+        print(
+            f"  {name:7s} fused {tf * 1e3:7.3f} ms  bare {tg * 1e3:7.3f} ms  ratio {tf / tg:.3f}   "
+            f"(numpy matmul + bias + relu: {tu * 1e3:.3f} ms)"
+        )
 
     # Small products called back to back from compiled code: own GEMM vs BLAS.
     print("\nsmall products from compiled code, own GEMM time / BLAS time (< 1: own faster):")
-    for (m, k, n) in ((32, 64, 128), (32, 128, 64), (64, 64, 64), (128, 128, 128), (32, 64, 10),
-                      (128, 128, 10)):
+    for m, k, n in ((32, 64, 128), (32, 128, 64), (64, 64, 64), (128, 128, 128), (32, 64, 10), (128, 128, 10)):
         a, b, out = _operands(m, k, n, dtype)
         line = f"  {m:4d}x{k:4d}x{n:4d}"
         if cg is not None:
             reps = 2000
             cg.bench_loop(a, b, out, 10, False)
             cg.bench_loop(a, b, out, 10, True)
-            to, tb = _median_ratio(lambda: cg.bench_loop(a, b, out, reps, False),
-                                   lambda: cg.bench_loop(a, b, out, reps, True), repeat)
+            to, tb = _median_ratio(
+                lambda: cg.bench_loop(a, b, out, reps, False), lambda: cg.bench_loop(a, b, out, reps, True), repeat
+            )
             line += f"  cython {to * 1e6:7.2f} us vs {tb * 1e6:7.2f} us ({to / tb:.2f})"
         if ng is not None:
             nt = fastnn.get_num_threads()
@@ -168,6 +183,7 @@ def report(sizes, repeat, threads, dtype=np.float32):
                 t0 = time.perf_counter()
                 ng.bench_loop(a, b, out, 2000, blas, nt)
                 return (time.perf_counter() - t0) / 2000
+
             to, tb = _median_ratio(lambda: run(False), lambda: run(True), repeat)
             line += f"  numba {to * 1e6:7.2f} us vs {tb * 1e6:7.2f} us ({to / tb:.2f})"
         print(line)
@@ -180,8 +196,9 @@ def _parse_size(text):
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--sizes", nargs="*", type=_parse_size,
-                        default=list(SQUARE) + list(DENSE_SHAPES), help="n or MxKxN")
+    parser.add_argument(
+        "--sizes", nargs="*", type=_parse_size, default=list(SQUARE) + list(DENSE_SHAPES), help="n or MxKxN"
+    )
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--threads", type=int, default=fastnn.get_num_threads())
     parser.add_argument("--float64", action="store_true")

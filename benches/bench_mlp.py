@@ -58,8 +58,17 @@ def test_digits_fit_fastnn(benchmark, backend, digits):
         fastnn.manual_seed(0)
         model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))
         opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-        fastnn.fit(model, X_train, y_train, loss=nn.CrossEntropyLoss(), optimizer=opt, epochs=DIGITS_EPOCHS,
-                   batch_size=32, seed=0, progress=False)
+        fastnn.fit(
+            model,
+            X_train,
+            y_train,
+            loss=nn.CrossEntropyLoss(),
+            optimizer=opt,
+            epochs=DIGITS_EPOCHS,
+            batch_size=32,
+            seed=0,
+            progress=False,
+        )
         accs.append(fastnn.evaluate(model, X_test, y_test)["accuracy"])
 
     run()  # warm-up (compilation), outside the timing
@@ -77,9 +86,20 @@ def test_digits_fit_sklearn(benchmark, digits):
     accs = []
 
     def run():
-        clf = MLPClassifier(hidden_layer_sizes=(128,), solver="sgd", learning_rate_init=0.1, momentum=0.9,
-                            nesterovs_momentum=False, alpha=0.0, batch_size=32, max_iter=DIGITS_EPOCHS,
-                            tol=0.0, n_iter_no_change=DIGITS_EPOCHS + 1, random_state=0, shuffle=True)
+        clf = MLPClassifier(
+            hidden_layer_sizes=(128,),
+            solver="sgd",
+            learning_rate_init=0.1,
+            momentum=0.9,
+            nesterovs_momentum=False,
+            alpha=0.0,
+            batch_size=32,
+            max_iter=DIGITS_EPOCHS,
+            tol=0.0,
+            n_iter_no_change=DIGITS_EPOCHS + 1,
+            random_state=0,
+            shuffle=True,
+        )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             clf.fit(X_train, y_train)

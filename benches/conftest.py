@@ -95,8 +95,10 @@ def rng():
 @pytest.fixture
 def run_step():
     """``run_step(benchmark, step, group)``: warm up once (compilation), then benchmark ``step``."""
+
     def run(benchmark, step, group):
         step()
         benchmark.group = group
         return benchmark(step)
+
     return run

@@ -14,9 +14,15 @@ from fastnn.bench.workloads import build_step, get_workloads, missing
 
 def workload_cases(ids):
     """pytest params of every case of the workloads ``ids``, skipped where a workload's needs are missing."""
-    return [pytest.param(c, id=c.key.replace(" ", "_"),
-                         marks=pytest.mark.skipif(bool(missing(w)), reason=f"{w.id} needs {missing(w)}"))
-            for w in get_workloads(ids) for c in w.cases(False, False)]
+    return [
+        pytest.param(
+            c,
+            id=c.key.replace(" ", "_"),
+            marks=pytest.mark.skipif(bool(missing(w)), reason=f"{w.id} needs {missing(w)}"),
+        )
+        for w in get_workloads(ids)
+        for c in w.cases(False, False)
+    ]
 
 
 def workload_benchmarks(cases):

@@ -18,6 +18,7 @@ Quick start::
     fastnn.save(model, "model.npz")
 """
 
+from . import gemm, nn, ops, optim
 from ._config import get_num_threads, set_num_threads
 from .backends import (
     BackendUnavailable,
@@ -27,16 +28,13 @@ from .backends import (
     set_backend,
     use_backend,
 )
-from . import ops
-from . import gemm
 from .gemm import get_gemm, set_gemm, use_gemm
-from . import nn, optim
+from .grad_mode import enable_grad, inference_mode, is_grad_enabled, no_grad
+from .gradcheck import GradcheckError, gradcheck
+from .io import ModelFileError, load, load_checkpoint, save, save_checkpoint
 from .nn.init import manual_seed
-from .grad_mode import no_grad, enable_grad, inference_mode, is_grad_enabled
+from .train import EarlyStopping, History, NonFiniteLossError, evaluate, fit, make_train_step, predict
 from .workspace import Workspace, workspace
-from .train import fit, predict, evaluate, make_train_step, History, EarlyStopping, NonFiniteLossError
-from .io import save, load, save_checkpoint, load_checkpoint, ModelFileError
-from .gradcheck import gradcheck, GradcheckError
 
 __version__ = "0.1.0"
 

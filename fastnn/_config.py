@@ -90,8 +90,9 @@ def _check_thread_count(n, what: str) -> int:
     if n < 1:
         raise ValueError(f"{what} must be >= 1, got {n}")
     if n > MAX_THREADS_REQUEST:
-        raise ValueError(f"{what} must be at most {MAX_THREADS_REQUEST} (the cap on this machine is "
-                         f"{max_num_threads()}), got {n}")
+        raise ValueError(
+            f"{what} must be at most {MAX_THREADS_REQUEST} (the cap on this machine is {max_num_threads()}), got {n}"
+        )
     return n
 
 
@@ -100,8 +101,12 @@ def _cap(n: int, what: str, stacklevel: int) -> int:
     cap = max_num_threads()
     if n <= cap:
         return n
-    warnings.warn(f"{what} asks for {n} threads; fastnn uses at most {cap} on this machine "
-                  f"(4 x {_cpus()[1]} CPUs), so it uses {cap}", RuntimeWarning, stacklevel=stacklevel + 1)
+    warnings.warn(
+        f"{what} asks for {n} threads; fastnn uses at most {cap} on this machine "
+        f"(4 x {_cpus()[1]} CPUs), so it uses {cap}",
+        RuntimeWarning,
+        stacklevel=stacklevel + 1,
+    )
     return cap
 
 
@@ -115,8 +120,12 @@ def _default_num_threads() -> int:
     except ValueError:
         # Bad values warn instead of raising: this runs inside the first kernel
         # call or backend load, which must not fail over a speed setting.
-        warnings.warn(f"FASTNN_NUM_THREADS={env!r} is not a whole number from 1 to {MAX_THREADS_REQUEST}; "
-                      f"using the default, {default} threads", RuntimeWarning, stacklevel=3)
+        warnings.warn(
+            f"FASTNN_NUM_THREADS={env!r} is not a whole number from 1 to {MAX_THREADS_REQUEST}; "
+            f"using the default, {default} threads",
+            RuntimeWarning,
+            stacklevel=3,
+        )
         return default
     return _cap(n, f"FASTNN_NUM_THREADS={env}", stacklevel=3)
 
@@ -228,8 +237,10 @@ def requested_backend() -> str:
 
 
 #: Tunables that moved to fastnn.backends.tuning, still readable here.
-_MOVED = {"PARALLEL_MIN_ELEMENTS": "parallel_min_elements",
-          "PARALLEL_MIN_ELEMENTS_CHEAP": "parallel_min_elements_cheap"}
+_MOVED = {
+    "PARALLEL_MIN_ELEMENTS": "parallel_min_elements",
+    "PARALLEL_MIN_ELEMENTS_CHEAP": "parallel_min_elements_cheap",
+}
 
 
 def __getattr__(name):

@@ -7,8 +7,21 @@ from typing import Any, Literal, Protocol, TypeAlias
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike, NDArray
 
-__all__ = ["ArrayLike", "DTypeLike", "NDArray", "FloatArray", "IntArray", "IntPair", "Reduction",
-           "DenseActivation", "ActivationKind", "LossKind", "Seed", "ParameterSpec", "ParamLike"]
+__all__ = [
+    "ArrayLike",
+    "DTypeLike",
+    "NDArray",
+    "FloatArray",
+    "IntArray",
+    "IntPair",
+    "Reduction",
+    "DenseActivation",
+    "ActivationKind",
+    "LossKind",
+    "Seed",
+    "ParameterSpec",
+    "ParamLike",
+]
 
 #: A float32 or float64 array: what the kernels take and return.
 FloatArray = NDArray[np.floating[Any]]

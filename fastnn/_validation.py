@@ -66,8 +66,14 @@ def same_shape(shape: tuple[int, ...], x: NDArray[Any], name: str, other: str = 
         raise ValueError(f"{name} has shape {x.shape} but must match {other} of shape {shape}")
 
 
-def output(out: NDArray[Any] | None, shape: tuple[int, ...], dtype: np.dtype[Any], name: str = "out",
-           inputs: tuple[NDArray[Any] | None, ...] = (), aliases: tuple[NDArray[Any], ...] = ()) -> FloatArray:
+def output(
+    out: NDArray[Any] | None,
+    shape: tuple[int, ...],
+    dtype: np.dtype[Any],
+    name: str = "out",
+    inputs: tuple[NDArray[Any] | None, ...] = (),
+    aliases: tuple[NDArray[Any], ...] = (),
+) -> FloatArray:
     """Return a buffer for a result: ``out`` checked, or a new array.
 
     A given ``out`` must be a writeable, C-contiguous ndarray of exactly the
@@ -95,8 +101,7 @@ def output(out: NDArray[Any] | None, shape: tuple[int, ...], dtype: np.dtype[Any
             raise ValueError(f"{name} must not overlap the inputs or other outputs of this op")
     for arr in aliases:
         # both C-contiguous with one shape: the same first element means the same array
-        if np.may_share_memory(out, arr) and out.__array_interface__["data"][0] != \
-                arr.__array_interface__["data"][0]:
+        if np.may_share_memory(out, arr) and out.__array_interface__["data"][0] != arr.__array_interface__["data"][0]:
             raise ValueError(f"{name} may be the input itself but must not partly overlap it")
     return out
 
@@ -114,8 +119,15 @@ def inplace(x: NDArray[Any], name: str) -> FloatArray:
     return x
 
 
-def scalar(value: float, name: str, *, low: float | None = None, high: float | None = None,
-           low_open: bool = False, high_open: bool = False) -> float:
+def scalar(
+    value: float,
+    name: str,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> float:
     """A finite real number within bounds, as a Python float (strings and bools are refused)."""
     if isinstance(value, (str, bytes, bool, np.bool_)):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
@@ -156,8 +168,10 @@ def dims_fit(where: str, **sizes: int) -> None:
     """
     for name, n in sizes.items():
         if n > MAX_DIM:
-            raise ValueError(f"{where}: {name} is {n}, above 2**31 - 1, the largest size the kernels "
-                             f"take for one matrix dimension or one image (split the input)")
+            raise ValueError(
+                f"{where}: {name} is {n}, above 2**31 - 1, the largest size the kernels "
+                f"take for one matrix dimension or one image (split the input)"
+            )
 
 
 def choice(value: _S, name: str, options: tuple[str, ...]) -> _S:
@@ -170,10 +184,11 @@ def choice(value: _S, name: str, options: tuple[str, ...]) -> _S:
 # Layer constructors and configs read from model files go through these:
 # ``bool("false")`` is True and ``int(1.9)`` is 1, so nothing here coerces.
 
+
 def _shown(value: object, limit: int = 80) -> str:
     """``repr(value)``, cut short: values read from a file may be megabytes long."""
     r = repr(value)
-    return r if len(r) <= limit else r[:limit - 3] + "..."
+    return r if len(r) <= limit else r[: limit - 3] + "..."
 
 
 def strict_bool(value: object, name: str) -> bool:
@@ -230,8 +245,7 @@ def strict_float_dtype(dtype: object) -> np.dtype[Any]:
     raise TypeError(f"dtype must be float32 or float64 (a NumPy dtype, type or name), got {_shown(dtype)}")
 
 
-def layer_config(config: object, layer: str, keys: tuple[str, ...],
-                 children: Collection[str] = ()) -> dict[str, Any]:
+def layer_config(config: object, layer: str, keys: tuple[str, ...], children: Collection[str] = ()) -> dict[str, Any]:
     """Check a layer config read from a model file: a dict holding exactly ``keys``.
 
     ``children`` are the child module names the file gives; a layer that calls
@@ -242,8 +256,9 @@ def layer_config(config: object, layer: str, keys: tuple[str, ...],
     unknown = [k for k in config if k not in keys]
     missing = [k for k in keys if k not in config]
     if unknown or missing:
-        parts = ([f"unknown key(s) {_shown(unknown)}"] if unknown else []) + \
-                ([f"missing key(s) {missing}"] if missing else [])
+        parts = ([f"unknown key(s) {_shown(unknown)}"] if unknown else []) + (
+            [f"missing key(s) {missing}"] if missing else []
+        )
         expected = ", ".join(keys) if keys else "no keys"
         raise ValueError(f"{layer} config has {' and '.join(parts)} (it takes {expected})")
     if children:

@@ -55,8 +55,14 @@ def machine_info() -> dict:
     # scikit-learn just to ask would take seconds.
     from importlib import metadata
 
-    for name, dist in (("numba", "numba"), ("scipy", "scipy"), ("Cython", "Cython"),
-                       ("threadpoolctl", "threadpoolctl"), ("torch", "torch"), ("sklearn", "scikit-learn")):
+    for name, dist in (
+        ("numba", "numba"),
+        ("scipy", "scipy"),
+        ("Cython", "Cython"),
+        ("threadpoolctl", "threadpoolctl"),
+        ("torch", "torch"),
+        ("sklearn", "scikit-learn"),
+    ):
         try:
             info[name] = metadata.version(dist)
         except metadata.PackageNotFoundError:
@@ -66,7 +72,8 @@ def machine_info() -> dict:
 
         info["blas"] = [
             {k: p.get(k) for k in ("internal_api", "version", "architecture", "num_threads", "threading_layer")}
-            for p in threadpool_info() if p.get("user_api") == "blas"
+            for p in threadpool_info()
+            if p.get("user_api") == "blas"
         ]
     except ImportError:
         info["blas"] = []
@@ -75,7 +82,7 @@ def machine_info() -> dict:
 
         b = get(name)
         info[f"backend_{name}"] = {"overrides": len(b.overrides), "fallbacks": sorted(b.fallbacks), **b.info}
-        if name == "cython":   # the instruction set each kernel family dispatches to now
+        if name == "cython":  # the instruction set each kernel family dispatches to now
             from .backends import cython_backend
 
             info[f"backend_{name}"]["simd"] = cython_backend.simd_summary()
@@ -95,8 +102,10 @@ def _cpu_model() -> str:
 
 def _cmd_info(args) -> int:
     info = machine_info()
-    print(f"fastnn {info['fastnn']}  (python {info['python']}, numpy {info['numpy']}, numba {info['numba']}, "
-          f"scipy {info['scipy']})")
+    print(
+        f"fastnn {info['fastnn']}  (python {info['python']}, numpy {info['numpy']}, numba {info['numba']}, "
+        f"scipy {info['scipy']})"
+    )
     print(f"cpu: {info['cpu']}  threads: {info['threads']} (at most {info['max_threads']})")
     if info["default_backend_error"]:
         print(f"default backend: none ({info['default_backend_error']})")
@@ -107,14 +116,18 @@ def _cmd_info(args) -> int:
         extra = info.get(f"backend_{name}")
         if extra:
             fb = extra["fallbacks"]
-            print(f"           {extra['overrides']} kernels of its own"
-                  + (f"; from the reference: {', '.join(fb)}" if fb and name != "numpy" else ""))
+            print(
+                f"           {extra['overrides']} kernels of its own"
+                + (f"; from the reference: {', '.join(fb)}" if fb and name != "numpy" else "")
+            )
             for k, v in extra.items():
                 if k not in ("overrides", "fallbacks"):
                     print(f"           {k}: {v}")
     for blas in info["blas"]:
-        print(f"blas: {blas['internal_api']} {blas['version']} kernels={blas['architecture']} "
-              f"threads={blas['num_threads']}")
+        print(
+            f"blas: {blas['internal_api']} {blas['version']} kernels={blas['architecture']} "
+            f"threads={blas['num_threads']}"
+        )
     print(f"torch: {info['torch'] or 'not installed'}  scikit-learn: {info['sklearn'] or 'not installed'}")
     return 0
 
@@ -148,19 +161,24 @@ def _cmd_warmup(args) -> int:
     except (BackendUnavailable, ValueError) as exc:
         print(f"fastnn warmup: {exc}", file=sys.stderr)
         return 2
-    if backend.name != "numba":   # the others have nothing compiled at run time
+    if backend.name != "numba":  # the others have nothing compiled at run time
         print(f"fastnn warmup: the {backend.name} backend compiles nothing at run time; nothing to do")
         return 0
     if backend.info.get("cache") != "on":
-        print(f"fastnn warmup: Numba's cache is {backend.info.get('cache')}: compiled kernels would not be "
-              "kept; set NUMBA_CACHE_DIR to a writable directory", file=sys.stderr)
+        print(
+            f"fastnn warmup: Numba's cache is {backend.info.get('cache')}: compiled kernels would not be "
+            "kept; set NUMBA_CACHE_DIR to a writable directory",
+            file=sys.stderr,
+        )
         return 1
     from .backends.numba_backend._warmup import warmup
 
     print(f"compiling the numba kernels for {', '.join(dtypes)} into the cache (a few minutes, once) ...")
     res = warmup(dtypes, log=lambda line: print("  " + line, flush=True))
-    print(f"done: {res['signatures']} signatures ready, {res['compiled']} compiled now, "
-          f"{res['seconds']:.0f} s ({res['cpu_seconds']:.0f} s CPU)")
+    print(
+        f"done: {res['signatures']} signatures ready, {res['compiled']} compiled now, "
+        f"{res['seconds']:.0f} s ({res['cpu_seconds']:.0f} s CPU)"
+    )
     return 0
 
 
@@ -183,9 +201,12 @@ def build_parser() -> argparse.ArgumentParser:
         bench_cli.add_arguments(p_bench)
         p_bench.set_defaults(func=bench_cli.run)
 
-    p_warm = sub.add_parser("warmup", help="compile the numba kernels into their disk cache (once, after install)",
-                            description="Compile every kernel of the numba backend into Numba's disk cache, so "
-                                        "that no later process waits for compilation.")
+    p_warm = sub.add_parser(
+        "warmup",
+        help="compile the numba kernels into their disk cache (once, after install)",
+        description="Compile every kernel of the numba backend into Numba's disk cache, so "
+        "that no later process waits for compilation.",
+    )
     p_warm.add_argument("--backend", default="numba", help="backend to prepare (default: numba)")
     p_warm.add_argument("--dtypes", default="float32,float64", help="comma-separated (default: float32,float64)")
     p_warm.set_defaults(func=_cmd_warmup)

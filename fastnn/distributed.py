@@ -60,8 +60,10 @@ def _mpi():
     try:
         from mpi4py import MPI
     except ImportError as exc:
-        raise ImportError(f"distributed training needs mpi4py and an MPI library: "
-                          f"pip install 'fastnn-cpu[mpi]' (or mpi4py with your cluster's MPI) ({exc})") from None
+        raise ImportError(
+            f"distributed training needs mpi4py and an MPI library: "
+            f"pip install 'fastnn-cpu[mpi]' (or mpi4py with your cluster's MPI) ({exc})"
+        ) from None
     return MPI
 
 
@@ -101,7 +103,7 @@ class Communicator:
         self.rank = self.comm.Get_rank()
         self.size = self.comm.Get_size()
         self.timeout = _timeout(timeout)
-        self._waiting = (None, None)   # (start, what) of the collective in progress
+        self._waiting = (None, None)  # (start, what) of the collective in progress
         self._watchdog = None
 
     def _watch(self) -> None:
@@ -110,8 +112,10 @@ class Communicator:
             time.sleep(min(1.0, self.timeout / 4))
             since, what = self._waiting
             if since is not None and time.monotonic() - since > self.timeout:
-                self.abort(f"rank {self.rank}: no answer from the other ranks for {self.timeout:g} s during "
-                           f"{what}: a rank has died or hangs (FASTNN_DIST_TIMEOUT sets this limit)")
+                self.abort(
+                    f"rank {self.rank}: no answer from the other ranks for {self.timeout:g} s during "
+                    f"{what}: a rank has died or hangs (FASTNN_DIST_TIMEOUT sets this limit)"
+                )
 
     def _collective(self, what: str, call, *args, **kwargs):
         """Run a blocking collective under the watchdog (mpi4py releases the GIL while it waits)."""
@@ -130,7 +134,7 @@ class Communicator:
         sys.stderr.flush()
         try:
             self.comm.Abort(1)
-        finally:   # pragma: no cover - Abort does not return
+        finally:  # pragma: no cover - Abort does not return
             os._exit(1)
 
     def allreduce_(self, buf: np.ndarray, what: str = "allreduce") -> np.ndarray:
@@ -171,7 +175,7 @@ def _pack(arrays, dtype, extra=0):
     buf = np.zeros(sum(sizes) + extra, dtype)
     views, o = [], 0
     for a, k in zip(arrays, sizes):
-        views.append(buf[o:o + k].reshape(a.shape))
+        views.append(buf[o : o + k].reshape(a.shape))
         o += k
     return buf, views
 
@@ -182,10 +186,10 @@ class _Data:
     def __init__(self, n, batch_size, rank, size):
         g = batch_size * size
         pos = np.arange(n)
-        self.mask = (pos % g) // batch_size == rank   # this rank's positions in the global order
+        self.mask = (pos % g) // batch_size == rank  # this rank's positions in the global order
         steps = -(-n // g)
         lo = np.arange(steps) * g + rank * batch_size
-        local = np.clip(n - lo, 0, batch_size)      # samples this rank gets in each step (0 at the end)
+        local = np.clip(n - lo, 0, batch_size)  # samples this rank gets in each step (0 at the end)
         self.bounds = np.concatenate(([0], np.cumsum(local))).tolist()
         self.global_sizes = [min(g, n - j * g) for j in range(steps)]
         self.count = int(self.bounds[-1])
@@ -281,12 +285,12 @@ def run_step(sync, model, loss, optimizer, xb, yb, global_n, clip):
             if math.isfinite(value):
                 g = loss.backward()
                 if loss.reduction == "mean" and n != global_n:
-                    g *= g.dtype.type(n / global_n)   # mean over the global batch, not this rank's share
+                    g *= g.dtype.type(n / global_n)  # mean over the global batch, not this rank's share
                 model.backward(g, input_grad=False)
             else:
                 bad = 1
         if not n or bad:
-            sync.buf[:] = 0   # no gradient from this rank, but it joins the allreduce
+            sync.buf[:] = 0  # no gradient from this rank, but it joins the allreduce
         sync.buf[-1] = bad
         sync.world.allreduce_(sync.buf, what="the gradient allreduce")
         bad = int(round(float(sync.buf[-1])))

@@ -25,8 +25,17 @@ from .backends import gemm_policy as _policy
 from .backends import tuning as _tuning
 from .backends.gemm_policy import GEMM_MODES, get_gemm, set_gemm, use_gemm
 
-__all__ = ["set_gemm", "get_gemm", "use_gemm", "use_own", "route", "GEMM_MODES", "measure_crossover",
-           "gflops_table", "blas_info"]
+__all__ = [
+    "set_gemm",
+    "get_gemm",
+    "use_gemm",
+    "use_own",
+    "route",
+    "GEMM_MODES",
+    "measure_crossover",
+    "gflops_table",
+    "blas_info",
+]
 
 
 def use_own(backend: str, dtype, m: int, n: int, k: int) -> bool:
@@ -49,9 +58,11 @@ def route(backend: str, dtype, m: int, n: int, k: int) -> str:
 
 # ---------------------------------------------------------------- measuring
 
+
 def blas_info() -> list[dict]:
     """threadpoolctl's view of the BLAS libraries loaded (kernel set: ``architecture``)."""
     from threadpoolctl import threadpool_info
+
     return [i for i in threadpool_info() if i.get("user_api") == "blas"]
 
 
@@ -59,6 +70,7 @@ def _own_runner(backend: str):
     """A function ``(a, b, out, reps) -> seconds per call`` timing products from compiled code."""
     if backend == "cython":
         from .backends.cython_backend import _gemm as cg
+
         return lambda a, b, out, reps: cg.bench_loop(a, b, out, reps, False)
     if backend == "numba":
         from . import _config
@@ -69,10 +81,12 @@ def _own_runner(backend: str):
             t0 = time.perf_counter()
             ng.bench_loop(a, b, out, reps, False, nt)
             return (time.perf_counter() - t0) / reps
+
         return run
     if backend == "blas":
         try:
             from .backends.cython_backend import _gemm as cg
+
             return lambda a, b, out, reps: cg.bench_loop(a, b, out, reps, True)
         except ImportError:
             from scipy.linalg import blas as sblas
@@ -83,13 +97,16 @@ def _own_runner(backend: str):
                 for _ in range(reps):
                     f(1.0, b.T, a.T, trans_a=True, trans_b=True)
                 return (time.perf_counter() - t0) / reps
+
             return run
     if backend == "numpy":
+
         def run(a, b, out, reps):
             t0 = time.perf_counter()
             for _ in range(reps):
                 np.matmul(a, b, out=out)
             return (time.perf_counter() - t0) / reps
+
         return run
     raise ValueError(f"unknown GEMM implementation {backend!r}; use cython, numba, blas or numpy")
 
@@ -101,9 +118,15 @@ def _shape(size):
     return int(m), int(k), int(n)
 
 
-def gflops_table(sizes=(32, 64, 128, 256, 512, 1024, 2048, (32, 64, 128), (128, 784, 256)),
-                 backends=("cython", "numba", "blas", "numpy"), dtype=np.float32, repeat=5,
-                 min_time=0.05, threads=None, settle=0.2):
+def gflops_table(
+    sizes=(32, 64, 128, 256, 512, 1024, 2048, (32, 64, 128), (128, 784, 256)),
+    backends=("cython", "numba", "blas", "numpy"),
+    dtype=np.float32,
+    repeat=5,
+    min_time=0.05,
+    threads=None,
+    settle=0.2,
+):
     """GFLOP/s of each GEMM implementation over a list of sizes, measured in one run.
 
     Parameters
@@ -133,6 +156,7 @@ def gflops_table(sizes=(32, 64, 128, 256, 512, 1024, 2048, (32, 64, 128), (128, 
         plus ``ratio_to_blas`` where BLAS was measured.
     """
     from . import _config
+
     runners = {}
     for name in backends:
         try:
@@ -176,8 +200,9 @@ def gflops_table(sizes=(32, 64, 128, 256, 512, 1024, 2048, (32, 64, 128), (128, 
     return rows
 
 
-def measure_crossover(backend: str, dtype=np.float32, sizes=(64, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048),
-                      repeat=5, apply=False):
+def measure_crossover(
+    backend: str, dtype=np.float32, sizes=(64, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048), repeat=5, apply=False
+):
     """Measure where BLAS starts to beat ``backend``'s own GEMM (square products).
 
     Returns the largest ``n**3`` below which the own GEMM was at least as
@@ -193,11 +218,14 @@ def measure_crossover(backend: str, dtype=np.float32, sizes=(64, 128, 192, 256, 
         blas = next(r for r in rows if r["backend"] == "blas" and r["m"] == size)
         if own["gflops"] < blas["gflops"]:
             break
-        limit = size ** 3
+        limit = size**3
     else:
         limit = 1 << 40
     if apply:
-        name = f"gemm_packed_max_{'f64' if np.dtype(dtype) == np.float64 else 'f32'}" \
-            if backend == "cython" else "numba_gemm_own_max"
+        name = (
+            f"gemm_packed_max_{'f64' if np.dtype(dtype) == np.float64 else 'f32'}"
+            if backend == "cython"
+            else "numba_gemm_own_max"
+        )
         _tuning.set_value(name, limit)
     return limit

@@ -28,7 +28,6 @@ _enabled: contextvars.ContextVar[bool] = contextvars.ContextVar("fastnn_grad_ena
 _inference: contextvars.ContextVar[bool] = contextvars.ContextVar("fastnn_inference", default=False)
 
 
-
 def is_grad_enabled() -> bool:
     """Whether forward passes in this context keep what backward needs."""
     return _enabled.get()

@@ -59,17 +59,25 @@ class GradcheckReport:
         return self.ok
 
     def __str__(self):
-        lines = [f"gradcheck {'passed' if self.ok else 'FAILED'} (eps={self.eps:g}, atol={self.atol:g}, "
-                 f"rtol={self.rtol:g})"]
+        lines = [
+            f"gradcheck {'passed' if self.ok else 'FAILED'} (eps={self.eps:g}, atol={self.atol:g}, rtol={self.rtol:g})"
+        ]
         for r in self.results:
-            lines.append(f"  {'ok  ' if r['ok'] else 'FAIL'} {r['name']:<20s} shape={r['shape']} "
-                         f"max_abs_err={r['max_abs_err']:.3e} max_rel_err={r['max_rel_err']:.3e}"
-                         + ("" if r["ok"] else f" worst at {r['worst_index']}: analytic={r['analytic']:.8g} "
-                                                f"numeric={r['numeric']:.8g}"))
+            lines.append(
+                f"  {'ok  ' if r['ok'] else 'FAIL'} {r['name']:<20s} shape={r['shape']} "
+                f"max_abs_err={r['max_abs_err']:.3e} max_rel_err={r['max_rel_err']:.3e}"
+                + (
+                    ""
+                    if r["ok"]
+                    else f" worst at {r['worst_index']}: analytic={r['analytic']:.8g} numeric={r['numeric']:.8g}"
+                )
+            )
         w = self.worst
         if w is not None and not self.ok:
-            lines.append(f"  worst mismatch: {w['name']}{list(w['worst_index'])}: analytic {w['analytic']:.8g} "
-                         f"vs numeric {w['numeric']:.8g}")
+            lines.append(
+                f"  worst mismatch: {w['name']}{list(w['worst_index'])}: analytic {w['analytic']:.8g} "
+                f"vs numeric {w['numeric']:.8g}"
+            )
         return "\n".join(lines)
 
     __repr__ = __str__
@@ -83,12 +91,28 @@ def _compare(name, analytic, numeric, atol, rtol):
         idx = np.unravel_index(int(np.nanargmax(np.where(np.isnan(excess), np.inf, excess))), err.shape)
         worst = float(excess[idx]) if not np.isnan(excess[idx]) else np.inf
         rel = err / np.maximum(np.abs(numeric), 1e-300)
-        return dict(name=name, shape=tuple(analytic.shape), max_abs_err=float(np.nanmax(err)),
-                    max_rel_err=float(np.nanmax(np.where(err == 0, 0.0, rel))), worst_index=tuple(int(i) for i in idx),
-                    analytic=float(analytic[idx]), numeric=float(numeric[idx]),
-                    ok=bool(np.all(err <= allowed)), excess=worst)
-    return dict(name=name, shape=tuple(analytic.shape), max_abs_err=0.0, max_rel_err=0.0, worst_index=(),
-                analytic=0.0, numeric=0.0, ok=True, excess=0.0)
+        return dict(
+            name=name,
+            shape=tuple(analytic.shape),
+            max_abs_err=float(np.nanmax(err)),
+            max_rel_err=float(np.nanmax(np.where(err == 0, 0.0, rel))),
+            worst_index=tuple(int(i) for i in idx),
+            analytic=float(analytic[idx]),
+            numeric=float(numeric[idx]),
+            ok=bool(np.all(err <= allowed)),
+            excess=worst,
+        )
+    return dict(
+        name=name,
+        shape=tuple(analytic.shape),
+        max_abs_err=0.0,
+        max_rel_err=0.0,
+        worst_index=(),
+        analytic=0.0,
+        numeric=0.0,
+        ok=True,
+        excess=0.0,
+    )
 
 
 def numerical_gradient(f, x, *, eps=1e-6, indices=None):
@@ -120,7 +144,7 @@ def numerical_gradient(f, x, *, eps=1e-6, indices=None):
         raise TypeError("numerical_gradient needs a writeable, C-contiguous numpy array that f() reads")
     g = np.full(x.shape, np.nan)
     flat, gflat = x.reshape(-1), g.reshape(-1)
-    for i in (range(flat.size) if indices is None else indices):
+    for i in range(flat.size) if indices is None else indices:
         old = flat[i]
         flat[i] = old + eps
         fp = f()
@@ -131,8 +155,9 @@ def numerical_gradient(f, x, *, eps=1e-6, indices=None):
     return g
 
 
-def gradcheck(module, x, *, eps=1e-6, atol=1e-5, rtol=1e-4, seed=0, max_elements=None,
-              check_input=True, raise_exception=True):
+def gradcheck(
+    module, x, *, eps=1e-6, atol=1e-5, rtol=1e-4, seed=0, max_elements=None, check_input=True, raise_exception=True
+):
     """Compare ``module.backward`` with central finite differences in float64.
 
     Parameters
@@ -172,8 +197,9 @@ def gradcheck(module, x, *, eps=1e-6, atol=1e-5, rtol=1e-4, seed=0, max_elements
     params = list(module.named_parameters())
     saved = [(p, p.data, p.grad) for _, p in params]
     # float buffers (running statistics) in float64 too; all restored afterwards, forward calls update them
-    saved_buffers = [(m, name, b) for m in module.modules() for name, b in getattr(m, "_buffers", {}).items()
-                     if b is not None]
+    saved_buffers = [
+        (m, name, b) for m in module.modules() for name, b in getattr(m, "_buffers", {}).items() if b is not None
+    ]
     for p, data, _grad in saved:
         p.data = np.array(data, dtype=np.float64, copy=True)
         p.grad = np.zeros_like(p.data)
@@ -201,7 +227,9 @@ def gradcheck(module, x, *, eps=1e-6, atol=1e-5, rtol=1e-4, seed=0, max_elements
             if grad_in is None:
                 raise ValueError("module.backward returned None: no input gradient to check (check_input=False)")
             if grad_in.shape != x.shape:
-                raise ValueError(f"backward returned a gradient of shape {grad_in.shape} for an input of shape {x.shape}")
+                raise ValueError(
+                    f"backward returned a gradient of shape {grad_in.shape} for an input of shape {x.shape}"
+                )
             targets.append(("input", x, grad_in))
         for name, p in params:
             targets.append((name, p.data, analytic[name]))

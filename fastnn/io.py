@@ -97,16 +97,30 @@ from . import _validation as _v
 from ._typing import NDArray, ParameterSpec
 from .nn.module import MODULE_REGISTRY, Module, register_module
 
-__all__ = ["save", "load", "save_checkpoint", "load_checkpoint", "ModelFileError", "CHECKPOINT_FORMAT", "register_module", "FORMAT_NAME", "FORMAT_VERSION",
-           "DEFAULT_MAX_BYTES", "MAX_HEADER_BYTES", "MAX_LAYERS", "MAX_DEPTH", "MAX_PARAMS"]
+__all__ = [
+    "save",
+    "load",
+    "save_checkpoint",
+    "load_checkpoint",
+    "ModelFileError",
+    "CHECKPOINT_FORMAT",
+    "register_module",
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+    "DEFAULT_MAX_BYTES",
+    "MAX_HEADER_BYTES",
+    "MAX_LAYERS",
+    "MAX_DEPTH",
+    "MAX_PARAMS",
+]
 
 FORMAT_NAME = "fastnn-model"
 FORMAT_VERSION = 1
 _HEADER = "__fastnn__"
 _PREFIX = "param/"
-_STATE = "state/"                   # a checkpoint's optimizer (and training) arrays
+_STATE = "state/"  # a checkpoint's optimizer (and training) arrays
 CHECKPOINT_FORMAT = "fastnn-checkpoint"
-_HEADER_MEMBER = _HEADER + ".npy"   # np.savez appends ".npy" to every name
+_HEADER_MEMBER = _HEADER + ".npy"  # np.savez appends ".npy" to every name
 
 #: Default of ``load(max_bytes=...)``: the most weight data a file may hold.
 DEFAULT_MAX_BYTES = 4 << 30
@@ -122,15 +136,27 @@ MAX_PARAMS = (1 << 16) - 1
 # Every value the JSON parser creates costs at most ~100 bytes and needs one of
 # these characters before it, so counting them bounds the parse's memory (~50 MB).
 _MAX_HEADER_ITEMS = 1 << 19
-_MAX_NAME_BYTES = 1024        # a member name in the zip directory
+_MAX_NAME_BYTES = 1024  # a member name in the zip directory
 _MAX_DIRECTORY_BYTES = 16 << 20
-_MAX_NPY_HEADER = 4096        # NumPy writes ~120 bytes; it refuses more than 10000 itself
+_MAX_NPY_HEADER = 4096  # NumPy writes ~120 bytes; it refuses more than 10000 itself
 _MAX_NDIM = 32
-_DEFLATE_MAX_RATIO = 1032     # deflate cannot expand its input more than this
-_CHUNK = 1 << 20              # streaming buffer (weights are read through it once)
-_DTYPES = {s: np.dtype(s) for s in ("<f4", "<f8", ">f4", ">f8", "<i8", ">i8")}   # int64: buffer counters
-_METHOD_NAMES = {1: "shrink", 6: "implode", 9: "deflate64", 12: "bzip2", 14: "lzma", 19: "lz77", 93: "zstandard",
-                 95: "xz", 96: "jpeg", 97: "wavpack", 98: "ppmd", 99: "AES encryption"}
+_DEFLATE_MAX_RATIO = 1032  # deflate cannot expand its input more than this
+_CHUNK = 1 << 20  # streaming buffer (weights are read through it once)
+_DTYPES = {s: np.dtype(s) for s in ("<f4", "<f8", ">f4", ">f8", "<i8", ">i8")}  # int64: buffer counters
+_METHOD_NAMES = {
+    1: "shrink",
+    6: "implode",
+    9: "deflate64",
+    12: "bzip2",
+    14: "lzma",
+    19: "lz77",
+    93: "zstandard",
+    95: "xz",
+    96: "jpeg",
+    97: "wavpack",
+    98: "ppmd",
+    99: "AES encryption",
+}
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -145,16 +171,19 @@ class _Bad(Exception):
 def _clip(text: object, limit: int = 300) -> str:
     """A message part built from file content, cut short (it may be megabytes long)."""
     text = str(text)
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 # -- saving -------------------------------------------------------------------
 
+
 def _architecture(module: Module, count: list, depth: int = 0) -> dict:
     name = getattr(type(module), "_registered_name", None)
     if name is None or MODULE_REGISTRY.get(name) is not type(module):
-        raise TypeError(f"{type(module).__name__} is not registered: decorate it with "
-                        f"@fastnn.nn.register_module (and implement get_config) to save it")
+        raise TypeError(
+            f"{type(module).__name__} is not registered: decorate it with "
+            f"@fastnn.nn.register_module (and implement get_config) to save it"
+        )
     count[0] += 1
     if depth > MAX_DEPTH:
         raise ValueError(f"cannot save a model whose containers nest more than {MAX_DEPTH} deep")
@@ -163,8 +192,11 @@ def _architecture(module: Module, count: list, depth: int = 0) -> dict:
         json.dumps(config, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise TypeError(f"{type(module).__name__}.get_config() must return JSON-serialisable values: {exc}") from None
-    return {"type": name, "config": config,
-            "children": {k: _architecture(c, count, depth + 1) for k, c in module._modules.items()}}
+    return {
+        "type": name,
+        "config": config,
+        "children": {k: _architecture(c, count, depth + 1) for k, c in module._modules.items()},
+    }
 
 
 def _digest(names_arrays: Iterable[tuple[str, NDArray[Any]]]) -> str:
@@ -191,8 +223,7 @@ def _target(path: str) -> str:
 def _save_error(exc: OSError, path: str, directory: str, what: str = "the model") -> OSError:
     """``exc`` (about the temporary file) restated about the path the caller gave."""
     if exc.errno == errno.ENOENT:
-        return FileNotFoundError(errno.ENOENT, f"cannot save {what}: directory {directory!r} does not exist",
-                                 path)
+        return FileNotFoundError(errno.ENOENT, f"cannot save {what}: directory {directory!r} does not exist", path)
     return OSError(exc.errno, f"cannot save {what}: {exc.strerror}", path)
 
 
@@ -233,8 +264,9 @@ def save(model: Module, path: str | os.PathLike[str]) -> None:
     _write(path, *_model_arrays(model, FORMAT_NAME))
 
 
-def _model_arrays(model: Module, fmt: str, extra: dict[str, Any] | None = None,
-                  states: dict[str, NDArray[Any]] | None = None) -> tuple[dict[str, NDArray[Any]], str]:
+def _model_arrays(
+    model: Module, fmt: str, extra: dict[str, Any] | None = None, states: dict[str, NDArray[Any]] | None = None
+) -> tuple[dict[str, NDArray[Any]], str]:
     """The archive's arrays (header first) and what it holds; ``extra``/``states`` make a checkpoint."""
     count = [0]
     arch = _architecture(model, count)
@@ -257,10 +289,15 @@ def _model_arrays(model: Module, fmt: str, extra: dict[str, Any] | None = None,
     limits = [  # load refuses files beyond these: do not write one
         (count[0] > MAX_LAYERS, f"{count[0]} layers (at most {MAX_LAYERS})"),
         (len(state) > MAX_PARAMS, f"{len(state)} parameters (at most {MAX_PARAMS})"),
-        (size > MAX_HEADER_BYTES or _items(text) > _MAX_HEADER_ITEMS,
-         f"a {size}-byte header (at most {MAX_HEADER_BYTES} bytes and {_MAX_HEADER_ITEMS} JSON items)"),
-        (any(len(k.encode()) > _MAX_NAME_BYTES - 10 for k in state),
-         f"a parameter name of more than {_MAX_NAME_BYTES - 10} bytes")]
+        (
+            size > MAX_HEADER_BYTES or _items(text) > _MAX_HEADER_ITEMS,
+            f"a {size}-byte header (at most {MAX_HEADER_BYTES} bytes and {_MAX_HEADER_ITEMS} JSON items)",
+        ),
+        (
+            any(len(k.encode()) > _MAX_NAME_BYTES - 10 for k in state),
+            f"a parameter name of more than {_MAX_NAME_BYTES - 10} bytes",
+        ),
+    ]
     too_big = [what for over, what in limits if over]
     if too_big:
         raise ValueError(f"cannot save this model: {', '.join(too_big)} is more than a model file may hold")
@@ -286,16 +323,16 @@ def _write(path: str | os.PathLike[str], arrays: dict[str, NDArray[Any]], what: 
     if st is not None and stat.S_ISDIR(st.st_mode):
         raise IsADirectoryError(errno.EISDIR, f"cannot save {what} over a directory", path)
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
-    prefix = "." + os.path.basename(target)[:50] + "."   # at most 200 bytes: within NAME_MAX
+    prefix = "." + os.path.basename(target)[:50] + "."  # at most 200 bytes: within NAME_MAX
     tmp = None
     try:
         for _ in range(100):
             tmp = os.path.join(directory, prefix + secrets.token_hex(6) + ".tmp")
             try:
-                fd = os.open(tmp, flags, 0o666)   # 0o666 less the umask, as open() gives
+                fd = os.open(tmp, flags, 0o666)  # 0o666 less the umask, as open() gives
                 break
             except FileExistsError:
-                tmp = None                         # someone else's file: never remove it
+                tmp = None  # someone else's file: never remove it
             except OSError as exc:
                 tmp = None
                 raise _save_error(exc, path, directory, what) from None
@@ -330,6 +367,7 @@ def _write(path: str | os.PathLike[str], arrays: dict[str, NDArray[Any]], what: 
 
 # -- the zip archive, read with bounds --------------------------------------------
 
+
 class _Member:
     """One zip member, as the central directory declares it."""
 
@@ -358,7 +396,7 @@ def _preadinto(fd: int, buf: memoryview, offset: int) -> int:
     if hasattr(os, "preadv"):
         return os.preadv(fd, [buf], offset)
     data = os.pread(fd, len(buf), offset)
-    buf[:len(data)] = data
+    buf[: len(data)] = data
     return len(data)
 
 
@@ -368,7 +406,7 @@ def _zip64(extra: bytes, fields: list, name: str) -> list:
     while i + 4 <= len(extra):
         tag, size = struct.unpack_from("<HH", extra, i)
         if tag == 1:
-            values, j = extra[i + 4:i + 4 + size], 0
+            values, j = extra[i + 4 : i + 4 + size], 0
             for k in range(3):
                 if fields[k] == 0xFFFFFFFF:
                     if j + 8 > len(values):
@@ -390,7 +428,7 @@ def _directory(fd: int, size: int) -> tuple[dict, int]:
     tail = _pread(fd, n, size - n)
     i = tail.rfind(b"PK\x05\x06")
     while i >= 0 and (i + 22 > n or i + 22 + struct.unpack_from("<H", tail, i + 20)[0] != n):
-        i = tail.rfind(b"PK\x05\x06", 0, i)   # the end record's comment must end the file
+        i = tail.rfind(b"PK\x05\x06", 0, i)  # the end record's comment must end the file
     if i < 0:
         raise _Bad("not a fastnn model file (not a zip archive)")
     end = size - n + i
@@ -415,12 +453,13 @@ def _directory(fd: int, size: int) -> tuple[dict, int]:
     members = {}
     pos = 0
     for _ in range(count):
-        if pos + 46 > cd_size or cd[pos:pos + 4] != b"PK\x01\x02":
+        if pos + 46 > cd_size or cd[pos : pos + 4] != b"PK\x01\x02":
             raise _Bad("the zip directory is corrupted")
-        (flags, method, crc, csize, usize, name_len, extra_len, comment_len, disk_start,
-         offset) = struct.unpack_from("<8xHH4xIIIHHHH6xI", cd, pos)
-        raw = cd[pos + 46:pos + 46 + name_len]
-        extra = cd[pos + 46 + name_len:pos + 46 + name_len + extra_len]
+        (flags, method, crc, csize, usize, name_len, extra_len, comment_len, disk_start, offset) = struct.unpack_from(
+            "<8xHH4xIIIHHHH6xI", cd, pos
+        )
+        raw = cd[pos + 46 : pos + 46 + name_len]
+        extra = cd[pos + 46 + name_len : pos + 46 + name_len + extra_len]
         pos += 46 + name_len + extra_len + comment_len
         if pos > cd_size or name_len > _MAX_NAME_BYTES:
             raise _Bad("the zip directory is corrupted")
@@ -435,21 +474,32 @@ def _directory(fd: int, size: int) -> tuple[dict, int]:
         if flags & 0x2041:
             raise _Bad(f"member {name!r} is encrypted")
         if method not in (0, 8):
-            raise _Bad(f"member {name!r} uses compression method {method} "
-                       f"({_METHOD_NAMES.get(method, 'unknown')}); model files are stored or deflated")
+            raise _Bad(
+                f"member {name!r} uses compression method {method} "
+                f"({_METHOD_NAMES.get(method, 'unknown')}); model files are stored or deflated"
+            )
         # sizes the file can physically hold (nothing is ever allocated from a size before this)
         if method == 0 and csize != usize:
             raise _Bad(f"member {name!r} is stored but declares {csize} bytes in the file and {usize} unpacked")
         if method == 8 and usize > _DEFLATE_MAX_RATIO * max(csize, 1):
-            raise _Bad(f"member {name!r} declares {usize} bytes from {csize} deflated bytes, more than "
-                       f"deflate can produce")
+            raise _Bad(
+                f"member {name!r} declares {usize} bytes from {csize} deflated bytes, more than deflate can produce"
+            )
         if offset + 30 + name_len + csize > cd_offset:
             raise _Bad(f"member {name!r} runs past the end of the archive's data")
         if name in members:
             raise _Bad(f"the archive holds {name!r} twice")
         m = members[name] = _Member()
-        m.name, m.raw, m.method, m.crc, m.csize, m.usize, m.offset, m.data = \
-            name, raw, method, crc, csize, usize, offset, None  # type: ignore[assignment]  # see _Member.data
+        m.name, m.raw, m.method, m.crc, m.csize, m.usize, m.offset, m.data = (
+            name,
+            raw,
+            method,
+            crc,
+            csize,
+            usize,
+            offset,
+            None,  # type: ignore[assignment]  # see _Member.data
+        )
     if pos != cd_size:
         raise _Bad("the zip directory is corrupted (bytes after its last entry)")
     return members, cd_offset
@@ -513,7 +563,7 @@ class _Reader:
                 out = z.decompress(self._input(), n - got)  # max_length: never more than asked for
                 self.tail = z.unconsumed_tail
                 if out:
-                    buf[got:got + len(out)] = out
+                    buf[got : got + len(out)] = out
                     got += len(out)
                 elif z.eof:
                     raise _Bad(f"member {self.m.name!r} inflates to fewer bytes than the zip directory declares")
@@ -529,8 +579,10 @@ class _Reader:
         if z is not None:
             while not z.eof:
                 if z.decompress(self._input(), 1):
-                    raise _Bad(f"member {self.m.name!r} inflates to more than the {self.m.usize} bytes the zip "
-                               f"directory declares")
+                    raise _Bad(
+                        f"member {self.m.name!r} inflates to more than the {self.m.usize} bytes the zip "
+                        f"directory declares"
+                    )
                 self.tail = z.unconsumed_tail
         if self.crc != self.m.crc:
             raise _Bad(f"member {self.m.name!r} is corrupted (CRC-32 mismatch)")
@@ -592,9 +644,13 @@ def _npy_dict(text: str, where: str) -> dict:
             take(",")
     take("}")
     take("end")
-    if set(d) != {"descr", "fortran_order", "shape"} or not isinstance(d["descr"], str) \
-            or not isinstance(d["fortran_order"], bool) or not isinstance(d["shape"], tuple) \
-            or len(d["shape"]) > _MAX_NDIM:
+    if (
+        set(d) != {"descr", "fortran_order", "shape"}
+        or not isinstance(d["descr"], str)
+        or not isinstance(d["fortran_order"], bool)
+        or not isinstance(d["shape"], tuple)
+        or len(d["shape"]) > _MAX_NDIM
+    ):
         raise _Bad(f"{where}: malformed .npy header")
     return d
 
@@ -630,6 +686,7 @@ def _npy_header(r: _Reader, m: _Member) -> tuple[str, tuple, int]:
 
 
 # -- the JSON header ----------------------------------------------------------------
+
 
 def _items(text: str) -> int:
     """An upper bound on the values in a JSON text: each but the first follows one of these."""
@@ -672,7 +729,7 @@ def _parse_header(raw: bytes) -> dict:
     if type(version) is not int or version != FORMAT_VERSION:
         raise _Bad(f"file format version {_clip(repr(version), 40)}, this fastnn reads version {FORMAT_VERSION}")
     keys: tuple[str, ...] = ("format", "version", "architecture", "params", "sha256")
-    if header["format"] == CHECKPOINT_FORMAT:   # a model file plus training state (see save_checkpoint)
+    if header["format"] == CHECKPOINT_FORMAT:  # a model file plus training state (see save_checkpoint)
         keys += ("checkpoint", "state")
         if not isinstance(header.get("checkpoint"), dict):
             raise _Bad("the checkpoint's training state is not an object")
@@ -697,26 +754,27 @@ def _declared_params(params: object) -> list[tuple[str, tuple, np.dtype]]:
         if not isinstance(meta, dict) or set(meta) != {"shape", "dtype"}:
             raise _Bad(f"{where}: its entry must hold exactly shape and dtype")
         shape, dtype = meta["shape"], meta["dtype"]
-        if not isinstance(shape, list) or len(shape) > _MAX_NDIM or \
-                any(type(d) is not int or d < 0 for d in shape):
+        if not isinstance(shape, list) or len(shape) > _MAX_NDIM or any(type(d) is not int or d < 0 for d in shape):
             raise _Bad(f"{where}: shape {_clip(repr(shape), 80)} is not a list of sizes")
         if not isinstance(dtype, str) or dtype not in _DTYPES:
-            raise _Bad(f"{where}: dtype {_clip(repr(dtype), 40)} is not float32 or float64 (nor int64, which "
-                       f"counters such as num_batches_tracked have)")
+            raise _Bad(
+                f"{where}: dtype {_clip(repr(dtype), 40)} is not float32 or float64 (nor int64, which "
+                f"counters such as num_batches_tracked have)"
+            )
         out.append((name, tuple(shape), _DTYPES[dtype]))
     return out
 
 
 # -- the architecture, checked without building it ----------------------------------
 
-_OPAQUE = object()   # marks a layer that cannot say which parameters it makes
+_OPAQUE = object()  # marks a layer that cannot say which parameters it makes
 
 
 def _declaration(cls: type[Module]) -> Callable[[dict[str, Any], tuple[str, ...]], list[ParameterSpec] | None] | None:
     """``cls.parameters_from_config`` if it describes ``cls`` itself, else None."""
     owner = next(k for k in cls.__mro__ if "parameters_from_config" in k.__dict__)
     if owner is Module or (owner is not cls and not cls.__module__.startswith("fastnn.")):
-        return None   # the default, or a user's subclass inheriting a fastnn layer's declaration
+        return None  # the default, or a user's subclass inheriting a fastnn layer's declaration
     return cls.parameters_from_config
 
 
@@ -728,15 +786,18 @@ def _expected(spec: object, where: str, prefix: str, depth: int, count: list, ou
     if depth > MAX_DEPTH:
         raise _Bad(f"{_clip(where, 100)}: containers nest more than {MAX_DEPTH} deep")
     if not isinstance(spec, dict) or set(spec) != {"type", "config", "children"}:
-        raise _Bad(f"{_clip(where, 100)}: malformed architecture entry (it must hold exactly type, config and "
-                   f"children)")
+        raise _Bad(
+            f"{_clip(where, 100)}: malformed architecture entry (it must hold exactly type, config and children)"
+        )
     name, config, children = spec["type"], spec["config"], spec["children"]
     if not isinstance(name, str):
         raise _Bad(f"{_clip(where, 100)}: malformed architecture entry (type {_clip(repr(name), 40)} is not a name)")
     cls = MODULE_REGISTRY.get(name)
     if cls is None:
-        raise _Bad(f"{_clip(where, 100)}: unknown layer type {_clip(repr(name), 80)} (not registered; "
-                   f"known: {sorted(MODULE_REGISTRY)})")
+        raise _Bad(
+            f"{_clip(where, 100)}: unknown layer type {_clip(repr(name), 80)} (not registered; "
+            f"known: {sorted(MODULE_REGISTRY)})"
+        )
     if not isinstance(config, dict) or not isinstance(children, dict):
         raise _Bad(f"{_clip(where, 100)}: malformed config of {name}")
     declare = _declaration(cls)
@@ -745,8 +806,9 @@ def _expected(spec: object, where: str, prefix: str, depth: int, count: list, ou
         try:
             own = declare(config, tuple(children))
         except (TypeError, ValueError, KeyError) as exc:
-            raise _Bad(f"{_clip(where, 100)}: cannot build {name} from config {_clip(repr(config), 120)}: "
-                       f"{_clip(exc)}") from None
+            raise _Bad(
+                f"{_clip(where, 100)}: cannot build {name} from config {_clip(repr(config), 120)}: {_clip(exc)}"
+            ) from None
     if own is None:
         out.append((_OPAQUE, prefix))
     else:
@@ -768,18 +830,24 @@ def _match(expected: list, params: list) -> None:
         name, shape, dtype = item
         if i >= n or params[i][0] != name:
             held = f"holds {_clip(repr(params[i][0]), 80)} there" if i < n else "holds no more parameters"
-            raise _Bad(f"the architecture makes parameter {name!r} {shape} {dtype} as its parameter {i}, the "
-                       f"file {held}")
+            raise _Bad(
+                f"the architecture makes parameter {name!r} {shape} {dtype} as its parameter {i}, the file {held}"
+            )
         if params[i][2].kind != "f" and dtype != params[i][2].name:
-            raise _Bad(f"parameter {name!r} holds {params[i][2].name} values in the file, not float32 or float64 as "
-                       f"the architecture makes ({shape} {dtype})")
+            raise _Bad(
+                f"parameter {name!r} holds {params[i][2].name} values in the file, not float32 or float64 as "
+                f"the architecture makes ({shape} {dtype})"
+            )
         if params[i][1] != shape or params[i][2].name != dtype:
-            raise _Bad(f"parameter {name!r} is {params[i][1]} {params[i][2].name} in the file, but the "
-                       f"architecture makes {shape} {dtype}")
+            raise _Bad(
+                f"parameter {name!r} is {params[i][1]} {params[i][2].name} in the file, but the "
+                f"architecture makes {shape} {dtype}"
+            )
         i += 1
     if i != n:
-        raise _Bad(f"the file holds parameters the architecture does not make: "
-                   f"{_clip([p[0] for p in params[i:i + 5]], 200)}")
+        raise _Bad(
+            f"the file holds parameters the architecture does not make: {_clip([p[0] for p in params[i : i + 5]], 200)}"
+        )
 
 
 def _build(spec: dict[str, Any], where: str = "model") -> Module:
@@ -789,16 +857,21 @@ def _build(spec: dict[str, Any], where: str = "model") -> Module:
     try:
         module = cls.from_config(spec["config"], children)
     except Exception as exc:  # a layer of the user's checks its own config
-        raise _Bad(f"{_clip(where, 100)}: cannot build {name} from config {_clip(repr(spec['config']), 120)}: "
-                   f"{type(exc).__name__}: {_clip(exc)}") from exc
+        raise _Bad(
+            f"{_clip(where, 100)}: cannot build {name} from config {_clip(repr(spec['config']), 120)}: "
+            f"{type(exc).__name__}: {_clip(exc)}"
+        ) from exc
     if not isinstance(module, Module) or list(module._modules) != list(spec["children"]):
         got = list(module._modules) if isinstance(module, Module) else type(module).__name__
-        raise _Bad(f"{_clip(where, 100)}: {name} has children {_clip(got, 100)}, the file says "
-                   f"{_clip(list(spec['children']), 100)}")
+        raise _Bad(
+            f"{_clip(where, 100)}: {name} has children {_clip(got, 100)}, the file says "
+            f"{_clip(list(spec['children']), 100)}"
+        )
     return module
 
 
 # -- loading ------------------------------------------------------------------------------
+
 
 def _open(path: str, shown: str) -> tuple[int, int]:
     """Open a regular file for reading: ``(fd, size)``."""
@@ -817,8 +890,9 @@ def _open(path: str, shown: str) -> tuple[int, int]:
     return fd, st.st_size
 
 
-def _load_path(path: str | os.PathLike[str], max_bytes: int, allow_nonfinite: bool,
-               checkpoint: bool = False) -> tuple[str, Any]:
+def _load_path(
+    path: str | os.PathLike[str], max_bytes: int, allow_nonfinite: bool, checkpoint: bool = False
+) -> tuple[str, Any]:
     """``(the path as shown in errors, what :func:`_load` reads from the file)``; any failure is a ModelFileError."""
     path = os.fspath(path)
     shown = os.fsdecode(path)
@@ -835,8 +909,12 @@ def _load_path(path: str | os.PathLike[str], max_bytes: int, allow_nonfinite: bo
         os.close(fd)
 
 
-def _verify(fd: int, entries: Sequence[tuple[str, tuple[int, ...], np.dtype[Any], _Member, int]], digest: str,
-            allow_nonfinite: bool) -> None:
+def _verify(
+    fd: int,
+    entries: Sequence[tuple[str, tuple[int, ...], np.dtype[Any], _Member, int]],
+    digest: str,
+    allow_nonfinite: bool,
+) -> None:
     """Stream every weight once without keeping it: CRC-32s, the digest, finiteness."""
     h = hashlib.sha256()
     buf = bytearray(_CHUNK)
@@ -865,8 +943,10 @@ def _verify(fd: int, entries: Sequence[tuple[str, tuple[int, ...], np.dtype[Any]
     if h.hexdigest() != digest:
         raise _Bad("checksum mismatch: the weights are corrupted")
     if nonfinite:
-        raise _Bad(f"non-finite weights (NaN or infinity) in {_clip(', '.join(nonfinite), 200)}; "
-                   f"load(..., allow_nonfinite=True) loads them anyway")
+        raise _Bad(
+            f"non-finite weights (NaN or infinity) in {_clip(', '.join(nonfinite), 200)}; "
+            f"load(..., allow_nonfinite=True) loads them anyway"
+        )
 
 
 def _fill(fd: int, entries: Sequence[tuple[str, tuple[int, ...], np.dtype[Any], _Member, int]], params: dict) -> None:
@@ -883,8 +963,8 @@ def _fill(fd: int, entries: Sequence[tuple[str, tuple[int, ...], np.dtype[Any], 
             flat, done, step = dst.reshape(-1), 0, _CHUNK // dtype.itemsize
             while done < flat.size:
                 k = min(step, flat.size - done)
-                r.readinto(memoryview(buf)[:k * dtype.itemsize])
-                flat[done:done + k] = np.frombuffer(buf, dtype, k)
+                r.readinto(memoryview(buf)[: k * dtype.itemsize])
+                flat[done : done + k] = np.frombuffer(buf, dtype, k)
                 done += k
         try:
             r.finish()
@@ -920,8 +1000,10 @@ def _load(fd: int, size: int, max_bytes: int, allow_nonfinite: bool, checkpoint:
     extra = [k for k in members if k != _HEADER_MEMBER and k not in wanted]
     missing = [k for k in wanted if k not in members]
     if extra or missing:
-        raise _Bad(f"the archive's members do not match the header: missing {_clip(missing[:5], 150)}, "
-                   f"unexpected {_clip(extra[:5], 150)}")
+        raise _Bad(
+            f"the archive's members do not match the header: missing {_clip(missing[:5], 150)}, "
+            f"unexpected {_clip(extra[:5], 150)}"
+        )
     total = sum(math.prod(shape) * dtype.itemsize for _, shape, dtype in params + states)
     if total > max_bytes:
         raise _Bad(f"the weights take {total} bytes, more than max_bytes={max_bytes}")
@@ -933,8 +1015,10 @@ def _load(fd: int, size: int, max_bytes: int, allow_nonfinite: bool, checkpoint:
         m = members[(name if name.startswith(_STATE) else _PREFIX + name) + ".npy"]
         nbytes = math.prod(shape) * dtype.itemsize
         if not 10 <= m.usize - nbytes <= 12 + _MAX_NPY_HEADER:
-            raise _Bad(f"parameter {name!r}: the zip directory declares {m.usize} bytes, but its shape "
-                       f"{shape} {dtype.name} takes {nbytes} plus a .npy header")
+            raise _Bad(
+                f"parameter {name!r}: the zip directory declares {m.usize} bytes, but its shape "
+                f"{shape} {dtype.name} takes {nbytes} plus a .npy header"
+            )
         entries.append((name, shape, dtype, m))
 
     # local and .npy headers: a few hundred bytes read per member
@@ -944,27 +1028,32 @@ def _load(fd: int, size: int, max_bytes: int, allow_nonfinite: bool, checkpoint:
     for i, (name, shape, dtype, m) in enumerate(entries):
         got_descr, got_shape, start = _npy_header(_Reader(fd, m), m)
         if got_descr != dtype.str or got_shape != shape or start + math.prod(shape) * dtype.itemsize != m.usize:
-            raise _Bad(f"parameter {name!r}: its .npy header says {got_shape} {_clip(repr(got_descr), 20)}, "
-                       f"the file's header {shape} {dtype.str!r}, the zip directory {m.usize} bytes")
+            raise _Bad(
+                f"parameter {name!r}: its .npy header says {got_shape} {_clip(repr(got_descr), 20)}, "
+                f"the file's header {shape} {dtype.str!r}, the zip directory {m.usize} bytes"
+            )
         entries[i] = (name, shape, dtype, m, start)
 
     _verify(fd, entries, header["sha256"], allow_nonfinite)
     model = _build(header["architecture"])
-    own = dict(model._named_state())   # parameters and buffers: the arrays the file fills
+    own = dict(model._named_state())  # parameters and buffers: the arrays the file fills
     if list(own) != [p[0] for p in params]:
-        raise _Bad(f"weights {_clip([p[0] for p in params], 150)} do not match the architecture's parameters "
-                   f"{_clip(list(own), 150)}")
+        raise _Bad(
+            f"weights {_clip([p[0] for p in params], 150)} do not match the architecture's parameters "
+            f"{_clip(list(own), 150)}"
+        )
     for name, shape, dtype in params:
         p = own[name]
         if p.shape != shape or p.dtype.name != dtype.name:
-            raise _Bad(f"parameter {name} is {shape} {dtype.name} in the file but the architecture makes "
-                       f"{p.shape} {p.dtype}")
-    _fill(fd, entries[:len(params)], own)
+            raise _Bad(
+                f"parameter {name} is {shape} {dtype.name} in the file but the architecture makes {p.shape} {p.dtype}"
+            )
+    _fill(fd, entries[: len(params)], own)
     if header["format"] != CHECKPOINT_FORMAT or not checkpoint:
         return model
-    arrays = {e[0]: np.empty(e[1], e[2].newbyteorder("=")) for e in entries[len(params):]}
-    _fill(fd, entries[len(params):], arrays)
-    return model, header["checkpoint"], {k[len(_STATE):]: v for k, v in arrays.items()}
+    arrays = {e[0]: np.empty(e[1], e[2].newbyteorder("=")) for e in entries[len(params) :]}
+    _fill(fd, entries[len(params) :], arrays)
+    return model, header["checkpoint"], {k[len(_STATE) :]: v for k, v in arrays.items()}
 
 
 def load(path: str | os.PathLike[str], *, max_bytes: int = DEFAULT_MAX_BYTES, allow_nonfinite: bool = False) -> Module:
@@ -1005,6 +1094,7 @@ def load(path: str | os.PathLike[str], *, max_bytes: int = DEFAULT_MAX_BYTES, al
 
 # -- checkpoints ------------------------------------------------------------------------------
 
+
 def _rng_state(rng: np.random.Generator | dict[str, Any] | None) -> dict[str, Any] | None:
     if rng is None:
         return None
@@ -1015,10 +1105,19 @@ def _rng_state(rng: np.random.Generator | dict[str, Any] | None) -> dict[str, An
     raise TypeError(f"rng must be a numpy Generator or its bit_generator.state, got {type(rng).__name__}")
 
 
-def save_checkpoint(path: str | os.PathLike[str], model: Module, optimizer: Any, epoch: int,
-                    rng: np.random.Generator | dict[str, Any] | None = None, history: Any = None, *,
-                    scheduler: Any = None, step: int = 0, extra: dict[str, Any] | None = None,
-                    arrays: dict[str, NDArray[Any]] | None = None) -> None:
+def save_checkpoint(
+    path: str | os.PathLike[str],
+    model: Module,
+    optimizer: Any,
+    epoch: int,
+    rng: np.random.Generator | dict[str, Any] | None = None,
+    history: Any = None,
+    *,
+    scheduler: Any = None,
+    step: int = 0,
+    extra: dict[str, Any] | None = None,
+    arrays: dict[str, NDArray[Any]] | None = None,
+) -> None:
     """Write a training checkpoint: model, optimizer state, epoch, RNG state and history, atomically.
 
     The file is a model file (see :mod:`fastnn.io`) of format
@@ -1068,15 +1167,33 @@ def save_checkpoint(path: str | os.PathLike[str], model: Module, optimizer: Any,
     for name, a in (arrays or {}).items():
         states[f"arrays/{name}"] = np.ascontiguousarray(a)
     if history is not None and not isinstance(history, dict):
-        history = {"history": history.history, "lr": history.lr, "stopped_early": history.stopped_early,
-                   "stopped_nonfinite": history.stopped_nonfinite, "best_epoch": history.best_epoch}
-    info = {"epoch": epoch, "step": step, "rng": _rng_state(rng), "history": history, "optimizer": opt,
-            "scheduler": None if scheduler is None else scheduler.state_dict(), "extra": extra}
+        history = {
+            "history": history.history,
+            "lr": history.lr,
+            "stopped_early": history.stopped_early,
+            "stopped_nonfinite": history.stopped_nonfinite,
+            "best_epoch": history.best_epoch,
+        }
+    info = {
+        "epoch": epoch,
+        "step": step,
+        "rng": _rng_state(rng),
+        "history": history,
+        "optimizer": opt,
+        "scheduler": None if scheduler is None else scheduler.state_dict(),
+        "extra": extra,
+    }
     _write(path, *_model_arrays(model, CHECKPOINT_FORMAT, info, states))
 
 
-def load_checkpoint(path: str | os.PathLike[str], model: Module | None = None, optimizer: Any = None,
-                    scheduler: Any = None, *, max_bytes: int = DEFAULT_MAX_BYTES) -> dict[str, Any]:
+def load_checkpoint(
+    path: str | os.PathLike[str],
+    model: Module | None = None,
+    optimizer: Any = None,
+    scheduler: Any = None,
+    *,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+) -> dict[str, Any]:
     """Read a checkpoint written by :func:`save_checkpoint` (or by ``fit(..., checkpoint=...)``).
 
     The file is validated as :func:`load` validates a model file, the
@@ -1118,9 +1235,10 @@ def load_checkpoint(path: str | os.PathLike[str], model: Module | None = None, o
         counts = opt.get("state")
         if not isinstance(counts, dict) or any(type(c) is not int or c < 0 for c in counts.values()):
             raise ValueError("its optimizer state is malformed")
-        opt["state"] = {name: [states.pop(f"optimizer/{name}/{i}", None) for i in range(c)]
-                        for name, c in counts.items()}
-        more = {k[len("arrays/"):]: states.pop(k) for k in list(states) if k.startswith("arrays/")}
+        opt["state"] = {
+            name: [states.pop(f"optimizer/{name}/{i}", None) for i in range(c)] for name, c in counts.items()
+        }
+        more = {k[len("arrays/") :]: states.pop(k) for k in list(states) if k.startswith("arrays/")}
         if states or any(a is None for arrays in opt["state"].values() for a in arrays):
             raise ValueError("its optimizer arrays do not match its optimizer state")
         for key in ("epoch", "step"):
@@ -1141,6 +1259,14 @@ def load_checkpoint(path: str | os.PathLike[str], model: Module | None = None, o
             scheduler.load_state_dict(info["scheduler"])
     except (ValueError, TypeError) as exc:
         raise ModelFileError(f"{shown}: {exc}") from None
-    return {"model": saved, "epoch": info["epoch"], "step": info["step"], "rng": info["rng"],
-            "history": info["history"], "optimizer": opt, "scheduler": info["scheduler"], "extra": info["extra"],
-            "arrays": more}
+    return {
+        "model": saved,
+        "epoch": info["epoch"],
+        "step": info["step"],
+        "rng": info["rng"],
+        "history": info["history"],
+        "optimizer": opt,
+        "scheduler": info["scheduler"],
+        "extra": info["extra"],
+        "arrays": more,
+    }

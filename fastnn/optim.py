@@ -37,8 +37,17 @@ if TYPE_CHECKING:
 #: What optimizers and :func:`clip_grad_norm` take: parameters, or a module's.
 Params = Union["Iterable[Parameter]", "Module"]
 
-__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "clip_grad_norm",
-           "LRScheduler", "StepLR", "CosineAnnealingLR", "ExponentialLR"]
+__all__ = [
+    "Optimizer",
+    "SGD",
+    "Adam",
+    "AdamW",
+    "clip_grad_norm",
+    "LRScheduler",
+    "StepLR",
+    "CosineAnnealingLR",
+    "ExponentialLR",
+]
 
 
 def _param_list(params: Params) -> list[Parameter]:
@@ -82,7 +91,7 @@ class Optimizer:
         self.params = _param_list(params)
         self.lr = lr
         self._plan = ops.UpdatePlan(self.params, self._state_names)
-        self._plan._check()   # validate now, not at the first step
+        self._plan._check()  # validate now, not at the first step
         self._step_lock = threading.Lock()
 
     @property
@@ -133,8 +142,12 @@ class Optimizer:
         for name in self._hyper_names:
             value = getattr(self, name)
             hyper[name] = list(value) if isinstance(value, tuple) else value
-        return {"type": type(self).__name__, "hyper": hyper, "step_count": int(getattr(self, "step_count", 0)),
-                "state": {name: [np.array(a, copy=True) for a in self.state[name]] for name in self._state_names}}
+        return {
+            "type": type(self).__name__,
+            "hyper": hyper,
+            "step_count": int(getattr(self, "step_count", 0)),
+            "state": {name: [np.array(a, copy=True) for a in self.state[name]] for name in self._state_names},
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned, in place (the state arrays keep their identity).
@@ -157,9 +170,11 @@ class Optimizer:
             raise ValueError(f"the state_dict is of a {state['type']} optimizer, this is a {type(self).__name__}")
         arrays = state["state"]
         if not isinstance(arrays, dict) or set(arrays) != set(self._state_names):
-            raise ValueError(f"the state_dict holds state {sorted(arrays) if isinstance(arrays, dict) else arrays!r}, "
-                             f"this {type(self).__name__} keeps {list(self._state_names)}")
-        self._plan._check()   # make sure every state array exists before copying into it
+            raise ValueError(
+                f"the state_dict holds state {sorted(arrays) if isinstance(arrays, dict) else arrays!r}, "
+                f"this {type(self).__name__} keeps {list(self._state_names)}"
+            )
+        self._plan._check()  # make sure every state array exists before copying into it
         for name in self._state_names:
             src, dst = arrays[name], self.state[name]
             if len(src) != len(dst):
@@ -168,25 +183,30 @@ class Optimizer:
                 a = np.asarray(a)
                 want = (None, None) if d is None else (d.shape, d.dtype)
                 if (a.shape, a.dtype) != want:
-                    raise ValueError(f"{name}[{i}] is {a.shape} {a.dtype} in the state_dict, the parameter "
-                                     f"needs {want[0]} {want[1]}")
+                    raise ValueError(
+                        f"{name}[{i}] is {a.shape} {a.dtype} in the state_dict, the parameter needs {want[0]} {want[1]}"
+                    )
         hyper = dict(state["hyper"])
         if set(hyper) != {"lr", *self._hyper_names}:
-            raise ValueError(f"the state_dict has hyper-parameters {sorted(hyper)}, this {type(self).__name__} "
-                             f"has {['lr', *self._hyper_names]}")
+            raise ValueError(
+                f"the state_dict has hyper-parameters {sorted(hyper)}, this {type(self).__name__} "
+                f"has {['lr', *self._hyper_names]}"
+            )
         self.lr = hyper.pop("lr")
         for name, value in hyper.items():
             if isinstance(getattr(self, name), tuple):
                 value = tuple(value)
             if name in ("momentum", "nesterov") and value != getattr(self, name):
-                raise ValueError(f"the state_dict has {name}={value!r}, this optimizer was built with "
-                                 f"{name}={getattr(self, name)!r} (it changes the state it keeps)")
+                raise ValueError(
+                    f"the state_dict has {name}={value!r}, this optimizer was built with "
+                    f"{name}={getattr(self, name)!r} (it changes the state it keeps)"
+                )
             setattr(self, name, value)
         if hasattr(self, "step_count"):
             self.step_count = int(state["step_count"])
         for name in self._state_names:
             for a, d in zip(arrays[name], self.state[name]):
-                d[...] = a   # type: ignore[index]  # every array exists: checked above
+                d[...] = a  # type: ignore[index]  # every array exists: checked above
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -225,8 +245,9 @@ class SGD(Optimizer):
 
     _hyper_names = ("momentum", "nesterov", "weight_decay")
 
-    def __init__(self, params: Params, lr: float = 0.01, momentum: float = 0.0, nesterov: bool = False,
-                 weight_decay: float = 0.0) -> None:
+    def __init__(
+        self, params: Params, lr: float = 0.01, momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0
+    ) -> None:
         self.momentum = _v.scalar(momentum, "momentum", low=0.0, high=1.0, high_open=True)
         self.weight_decay = _v.scalar(weight_decay, "weight_decay", low=0.0)
         self.nesterov = _v.strict_bool(nesterov, "nesterov")
@@ -264,11 +285,19 @@ class Adam(Optimizer):
     _state_names = ("exp_avg", "exp_avg_sq")
     _hyper_names = ("betas", "eps", "weight_decay")
 
-    def __init__(self, params: Params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, weight_decay: float = 0.0) -> None:
+    def __init__(
+        self,
+        params: Params,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+    ) -> None:
         b1, b2 = betas
-        self.betas = (_v.scalar(b1, "beta1", low=0.0, high=1.0, high_open=True),
-                      _v.scalar(b2, "beta2", low=0.0, high=1.0, high_open=True))
+        self.betas = (
+            _v.scalar(b1, "beta1", low=0.0, high=1.0, high_open=True),
+            _v.scalar(b2, "beta2", low=0.0, high=1.0, high_open=True),
+        )
         self.eps = _v.scalar(eps, "eps", low=0.0, low_open=True)
         self.weight_decay = _v.scalar(weight_decay, "weight_decay", low=0.0)
         self.step_count = 0
@@ -301,8 +330,14 @@ class AdamW(Adam):
 
     _decoupled = True
 
-    def __init__(self, params: Params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, weight_decay: float = 0.01) -> None:
+    def __init__(
+        self,
+        params: Params,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.01,
+    ) -> None:
         super().__init__(params, lr, betas, eps, weight_decay)
 
 
@@ -346,6 +381,7 @@ def clip_grad_norm(params: Params, max_norm: float, eps: float = 1e-6) -> float:
 
 
 # -- learning-rate schedules ----------------------------------------------
+
 
 class LRScheduler:
     """Base class: ``step()`` once per epoch sets ``optimizer.lr`` from the epoch count.
@@ -429,7 +465,7 @@ class ExponentialLR(LRScheduler):
         self.gamma = _v.scalar(gamma, "gamma", low=0.0)
 
     def get_lr(self, epoch: int) -> float:
-        return self.base_lr * self.gamma ** epoch
+        return self.base_lr * self.gamma**epoch
 
 
 class CosineAnnealingLR(LRScheduler):

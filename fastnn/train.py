@@ -40,8 +40,16 @@ if TYPE_CHECKING:
     from .nn.module import Module
     from .optim import LRScheduler, Optimizer
 
-__all__ = ["fit", "predict", "evaluate", "History", "EarlyStopping", "make_train_step", "TrainStep",
-           "NonFiniteLossError"]
+__all__ = [
+    "fit",
+    "predict",
+    "evaluate",
+    "History",
+    "EarlyStopping",
+    "make_train_step",
+    "TrainStep",
+    "NonFiniteLossError",
+]
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -115,8 +123,9 @@ class EarlyStopping:
     _best_state: dict[str, NDArray[Any]] | None
     _wait: int
 
-    def __init__(self, monitor: str = "val_loss", patience: int = 5, min_delta: float = 0.0,
-                 restore_best: bool = True) -> None:
+    def __init__(
+        self, monitor: str = "val_loss", patience: int = 5, min_delta: float = 0.0, restore_best: bool = True
+    ) -> None:
         if int(patience) != patience or patience < 0:
             raise ValueError(f"patience must be a non-negative integer, got {patience!r}")
         self.monitor = monitor
@@ -175,8 +184,10 @@ def _model_dtype(model: Module) -> np.dtype[Any]:
 def _finite_or_raise(a: NDArray[Any], name: str) -> None:
     if a.dtype.kind == "f" and not np.isfinite(a).all():
         bad = np.flatnonzero(~np.isfinite(a.reshape(a.shape[0], -1)).all(axis=1)) if a.ndim else np.array([0])
-        raise ValueError(f"{name} holds NaN or infinite values (first in sample {int(bad[0])}, {bad.size} samples "
-                         f"in all): clean or impute them before training")
+        raise ValueError(
+            f"{name} holds NaN or infinite values (first in sample {int(bad[0])}, {bad.size} samples "
+            f"in all): clean or impute them before training"
+        )
 
 
 def _prepare(model: Module, loss: Loss, X: ArrayLike, y: ArrayLike) -> tuple[FloatArray, NDArray[Any]]:
@@ -202,9 +213,11 @@ def _prepare(model: Module, loss: Loss, X: ArrayLike, y: ArrayLike) -> tuple[Flo
     with inference_mode():
         probe = np.asarray(model.forward(X[:n_probe]))
     if probe.ndim == 0 or probe.shape[0] != n_probe:
-        raise ValueError(f"the model maps {n_probe} samples (shape {X[:n_probe].shape}) to an output of shape "
-                         f"{probe.shape}: its output must have one row per sample (a recurrent layer without "
-                         f"batch_first=True reads axis 0 as time)")
+        raise ValueError(
+            f"the model maps {n_probe} samples (shape {X[:n_probe].shape}) to an output of shape "
+            f"{probe.shape}: its output must have one row per sample (a recurrent layer without "
+            f"batch_first=True reads axis 0 as time)"
+        )
     if isinstance(loss, CrossEntropyLoss):
         if probe.ndim != 2:
             raise ValueError(f"CrossEntropyLoss needs (B, C) logits, the model gives shape {probe.shape}")
@@ -214,10 +227,12 @@ def _prepare(model: Module, loss: Loss, X: ArrayLike, y: ArrayLike) -> tuple[Flo
     if y.shape[1:] != probe.shape[1:] and not isinstance(loss, CrossEntropyLoss):
         if y.ndim == 1 and probe.ndim == 2 and probe.shape[1] > 1 and y.size and np.all(np.mod(y, 1) == 0):
             # Class labels read as floats (0.0 ... 9.0 from a CSV) picked the regression loss.
-            raise ValueError(f"y holds whole numbers ({y.min():g} to {y.max():g}) stored as {y.dtype} and the model "
-                             f"outputs {probe.shape[1]} scores per sample: for classification use integer labels, "
-                             f"y.astype(np.int64), or loss='cross_entropy'; for regression give y one column per "
-                             f"model output")
+            raise ValueError(
+                f"y holds whole numbers ({y.min():g} to {y.max():g}) stored as {y.dtype} and the model "
+                f"outputs {probe.shape[1]} scores per sample: for classification use integer labels, "
+                f"y.astype(np.int64), or loss='cross_entropy'; for regression give y one column per "
+                f"model output"
+            )
         raise ValueError(f"targets have shape {y.shape[1:]} per sample but the model outputs {probe.shape[1:]}")
     return X, y
 
@@ -254,7 +269,7 @@ class TrainStep:
 
     def __call__(self, xb: NDArray[Any], yb: NDArray[Any]) -> tuple[float, FloatArray]:
         ws = self.workspace
-        if _active_workspace.get() is ws:   # inside fit: already claimed
+        if _active_workspace.get() is ws:  # inside fit: already claimed
             return self.run(xb, yb)
         with ws:
             return self.run(xb, yb)
@@ -264,8 +279,10 @@ class TrainStep:
         out = self.model.forward(xb)
         value = self.loss.forward(out, yb)
         if not math.isfinite(value):
-            raise NonFiniteLossError(f"the loss is {value}: the data holds NaN/inf, or the learning rate makes "
-                                     f"training diverge (the model is unchanged by this step)")
+            raise NonFiniteLossError(
+                f"the loss is {value}: the data holds NaN/inf, or the learning rate makes "
+                f"training diverge (the model is unchanged by this step)"
+            )
         self.model.backward(self.loss.backward(), input_grad=False)
         if self.clip_grad_norm is not None:
             from .optim import clip_grad_norm as _clip
@@ -278,8 +295,7 @@ class TrainStep:
         return f"TrainStep({type(self.model).__name__}, {type(self.loss).__name__}, {type(self.optimizer).__name__})"
 
 
-def make_train_step(model: Module, loss: Loss, optimizer: Optimizer,
-                    clip_grad_norm: float | None = None) -> TrainStep:
+def make_train_step(model: Module, loss: Loss, optimizer: Optimizer, clip_grad_norm: float | None = None) -> TrainStep:
     """The function :func:`fit` runs per minibatch: ``step(xb, yb) -> (loss, output)``.
 
     ``xb`` and ``yb`` are one minibatch (the model's dtype; labels in range,
@@ -304,13 +320,30 @@ def _correct(kind: str | None, out: NDArray[Any], yb: NDArray[Any]) -> tuple[int
     return 0, 0
 
 
-def fit(model: Module, X: ArrayLike, y: ArrayLike, loss: Loss | str | None = None, optimizer: Optimizer | None = None,
-        epochs: int = 10, batch_size: int = 32, validation_data: tuple[ArrayLike, ArrayLike] | None = None,
-        shuffle: bool = True, seed: int | None = None, early_stopping: EarlyStopping | int | None = None,
-        progress: bool = True, clip_grad_norm: float | None = None, scheduler: LRScheduler | None = None,
-        verbose: bool = False, on_nonfinite: Literal["raise", "warn"] = "raise", *, distributed: bool = False,
-        sync_every: int | None = None, checkpoint: str | os.PathLike[str] | None = None,
-        checkpoint_every: int | None = None, resume: str | os.PathLike[str] | None = None) -> History:
+def fit(
+    model: Module,
+    X: ArrayLike,
+    y: ArrayLike,
+    loss: Loss | str | None = None,
+    optimizer: Optimizer | None = None,
+    epochs: int = 10,
+    batch_size: int = 32,
+    validation_data: tuple[ArrayLike, ArrayLike] | None = None,
+    shuffle: bool = True,
+    seed: int | None = None,
+    early_stopping: EarlyStopping | int | None = None,
+    progress: bool = True,
+    clip_grad_norm: float | None = None,
+    scheduler: LRScheduler | None = None,
+    verbose: bool = False,
+    on_nonfinite: Literal["raise", "warn"] = "raise",
+    *,
+    distributed: bool = False,
+    sync_every: int | None = None,
+    checkpoint: str | os.PathLike[str] | None = None,
+    checkpoint_every: int | None = None,
+    resume: str | os.PathLike[str] | None = None,
+) -> History:
     """Train ``model`` on ``(X, y)`` by minibatch gradient descent.
 
     Parameters
@@ -401,8 +434,9 @@ def fit(model: Module, X: ArrayLike, y: ArrayLike, loss: Loss | str | None = Non
         early_stopping = EarlyStopping(patience=int(early_stopping))
     elif early_stopping is not None and not isinstance(early_stopping, EarlyStopping):
         # a bool is not a patience: refuse it (and any other type) before training starts
-        raise TypeError(f"early_stopping must be an EarlyStopping, an int (its patience) or None, "
-                        f"got {early_stopping!r}")
+        raise TypeError(
+            f"early_stopping must be an EarlyStopping, an int (its patience) or None, got {early_stopping!r}"
+        )
     model.train()
     X, y = _prepare(model, loss, X, y)
     if validation_data is not None:
@@ -417,11 +451,11 @@ def fit(model: Module, X: ArrayLike, y: ArrayLike, loss: Loss | str | None = Non
 
         sync = _Sync(model, optimizer, sync_every)
         rank, world = sync.rank, sync.size
-        if seed is None and shuffle:   # every rank must shuffle alike
+        if seed is None and shuffle:  # every rank must shuffle alike
             seed = sync.world.bcast_object(cast(int, np.random.SeedSequence().entropy) % 2**63)
         if rank != 0:
             progress = verbose = False
-        if validation_data is not None:   # each rank evaluates its share; the sums are reduced
+        if validation_data is not None:  # each rank evaluates its share; the sums are reduced
             part = np.array_split(np.arange(np.shape(X_val)[0]), world)[rank]
             X_val, y_val = np.asarray(X_val)[part], np.asarray(y_val)[part]
     rng = np.random.default_rng(seed)
@@ -435,10 +469,11 @@ def fit(model: Module, X: ArrayLike, y: ArrayLike, loss: Loss | str | None = Non
     if early_stopping is not None:
         early_stopping._start(validation_data is not None)
     start_epoch = start_step = 0
-    carried = (0.0, 0)   # loss total and correct count of a resumed epoch's first part (all ranks')
+    carried = (0.0, 0)  # loss total and correct count of a resumed epoch's first part (all ranks')
     if resume is not None:
-        start_epoch, start_step, carried = _resume(resume, model, optimizer, scheduler, rng, history, sync,
-                                                   early_stopping, batch_size, world, sync_every, n)
+        start_epoch, start_step, carried = _resume(
+            resume, model, optimizer, scheduler, rng, history, sync, early_stopping, batch_size, world, sync_every, n
+        )
 
     bar = None
     if progress:
@@ -464,18 +499,19 @@ def fit(model: Module, X: ArrayLike, y: ArrayLike, loss: Loss | str | None = Non
     elif kind == "sign":
         pred = np.empty(ys.shape, bool)
     else:
-        pred = np.empty(0, bool)   # regression: no accuracy
+        pred = np.empty(0, bool)  # regression: no accuracy
     workspace = step.workspace
-    save_state = None if checkpoint is None else (checkpoint, scheduler, early_stopping, batch_size, world,
-                                                   sync_every, n)
+    save_state = (
+        None if checkpoint is None else (checkpoint, scheduler, early_stopping, batch_size, world, sync_every, n)
+    )
     try:
         with workspace:
             for epoch in range(start_epoch, epochs):
                 model.train()
-                epoch_rng = rng.bit_generator.state   # a checkpoint in this epoch restarts from here
+                epoch_rng = rng.bit_generator.state  # a checkpoint in this epoch restarts from here
                 if sync is not None:
                     perm = rng.permutation(n) if shuffle else np.arange(n)
-                    idx = perm[data.mask]   # this rank's share of every global batch, in order
+                    idx = perm[data.mask]  # this rank's share of every global batch, in order
                     np.take(X, idx, axis=0, out=Xs)
                     np.take(y, idx, axis=0, out=ys)
                 elif shuffle:
@@ -495,28 +531,46 @@ def fit(model: Module, X: ArrayLike, y: ArrayLike, loss: Loss | str | None = Non
                         if sync is None:
                             value, out = run(xb, yb)
                         else:
-                            value, out, bad = _dist_step(sync, model, loss, optimizer, xb, yb, global_sizes[j],
-                                                         step.clip_grad_norm)
+                            value, out, bad = _dist_step(
+                                sync, model, loss, optimizer, xb, yb, global_sizes[j], step.clip_grad_norm
+                            )
                             if sync_every is not None and (sync.steps_since == sync_every or j == len(bounds) - 2):
                                 bad = sync.average_parameters()
                             if bad and sync_every is None:
-                                raise NonFiniteLossError(f"the loss is NaN or infinite on {int(bad)} of {world} "
-                                                         f"ranks (every rank stops here; the model is unchanged "
-                                                         f"by this step)")
+                                raise NonFiniteLossError(
+                                    f"the loss is NaN or infinite on {int(bad)} of {world} "
+                                    f"ranks (every rank stops here; the model is unchanged "
+                                    f"by this step)"
+                                )
                             if bad:
-                                raise NonFiniteLossError(f"the loss became NaN or infinite on {int(bad)} of {world} "
-                                                         f"ranks since the last averaging (every rank stops at "
-                                                         f"this averaging; those ranks stopped updating there)")
-                        if out is not None:   # None: a rank without samples in the epoch's last step
+                                raise NonFiniteLossError(
+                                    f"the loss became NaN or infinite on {int(bad)} of {world} "
+                                    f"ranks since the last averaging (every rank stops at "
+                                    f"this averaging; those ranks stopped updating there)"
+                                )
+                        if out is not None:  # None: a rank without samples in the epoch's last step
                             total += value * (xb.shape[0] if mean else 1)
                             if kind == "argmax":
-                                argmax(out, 1, pred[i:i2])   # predictions kept; compared once per epoch
+                                argmax(out, 1, pred[i:i2])  # predictions kept; compared once per epoch
                             elif kind == "sign":
                                 greater(out, 0, pred[i:i2])
-                        if save_state is not None and checkpoint_every and (j + 1) % checkpoint_every == 0 \
-                                and j + 1 < len(bounds) - 1:
-                            _save(save_state, model, optimizer, epoch, j + 1, epoch_rng, history, sync,
-                                  (total, _count(kind, pred, ys, lo, i2) + correct0))
+                        if (
+                            save_state is not None
+                            and checkpoint_every
+                            and (j + 1) % checkpoint_every == 0
+                            and j + 1 < len(bounds) - 1
+                        ):
+                            _save(
+                                save_state,
+                                model,
+                                optimizer,
+                                epoch,
+                                j + 1,
+                                epoch_rng,
+                                history,
+                                sync,
+                                (total, _count(kind, pred, ys, lo, i2) + correct0),
+                            )
                 except NonFiniteLossError as exc:
                     where = f"samples {i}..{i + xb.shape[0] - 1}" if sync is None else f"step {j + 1}"
                     msg = f"epoch {epoch + 1}, {where}: {exc}" + _weights_note(model)
@@ -572,8 +626,9 @@ def _count(kind: str | None, pred: NDArray[Any], ys: NDArray[Any], lo: int, hi: 
     return 0
 
 
-def _check_sync(distributed: bool, sync_every: int | None, checkpoint: object,
-                checkpoint_every: int | None) -> tuple[int | None, int | None]:
+def _check_sync(
+    distributed: bool, sync_every: int | None, checkpoint: object, checkpoint_every: int | None
+) -> tuple[int | None, int | None]:
     if not isinstance(distributed, (bool, np.bool_)):
         raise TypeError(f"distributed must be True or False, got {distributed!r}")
     if sync_every is not None:
@@ -589,8 +644,10 @@ def _check_sync(distributed: bool, sync_every: int | None, checkpoint: object,
             raise ValueError(f"checkpoint_every must be a positive number of steps, got {checkpoint_every!r}")
         checkpoint_every = int(checkpoint_every)
         if sync_every is not None and checkpoint_every % sync_every:
-            raise ValueError(f"checkpoint_every ({checkpoint_every}) must be a multiple of sync_every "
-                             f"({sync_every}): local SGD ranks agree only at their averaging steps")
+            raise ValueError(
+                f"checkpoint_every ({checkpoint_every}) must be a multiple of sync_every "
+                f"({sync_every}): local SGD ranks agree only at their averaging steps"
+            )
     return sync_every, checkpoint_every
 
 
@@ -611,8 +668,17 @@ def _validate(model: Module, X_val: Any, y_val: Any, loss: Loss, sync: Any) -> d
     return out
 
 
-def _save(save_state: tuple[Any, ...], model: Module, optimizer: Optimizer, epoch: int, step: int,
-          rng_state: Any, history: History, sync: Any, partial: tuple[float, int] | None) -> None:
+def _save(
+    save_state: tuple[Any, ...],
+    model: Module,
+    optimizer: Optimizer,
+    epoch: int,
+    step: int,
+    rng_state: Any,
+    history: History,
+    sync: Any,
+    partial: tuple[float, int] | None,
+) -> None:
     """Write a checkpoint (rank 0 only); ``partial``: the running loss total and correct count of the epoch."""
     from .io import save_checkpoint
 
@@ -622,19 +688,36 @@ def _save(save_state: tuple[Any, ...], model: Module, optimizer: Optimizer, epoc
     if sync is not None and sync.rank != 0:
         return
     es = early_stopping
-    extra = {"batch_size": batch_size, "world_size": world, "sync_every": sync_every, "samples": n,
-             "partial": None if partial is None else [float(partial[0]), int(partial[1])],
-             "early_stopping": None if es is None else {
-                 "best": es._best if math.isfinite(es._best) else None, "best_epoch": es._best_epoch,
-                 "wait": es._wait}}
+    extra = {
+        "batch_size": batch_size,
+        "world_size": world,
+        "sync_every": sync_every,
+        "samples": n,
+        "partial": None if partial is None else [float(partial[0]), int(partial[1])],
+        "early_stopping": None
+        if es is None
+        else {"best": es._best if math.isfinite(es._best) else None, "best_epoch": es._best_epoch, "wait": es._wait},
+    }
     best = None if es is None or es._best_state is None else es._best_state
-    save_checkpoint(path, model, optimizer, epoch, rng_state, history, scheduler=scheduler, step=step, extra=extra,
-                    arrays=best)
+    save_checkpoint(
+        path, model, optimizer, epoch, rng_state, history, scheduler=scheduler, step=step, extra=extra, arrays=best
+    )
 
 
-def _resume(path: str | os.PathLike[str], model: Module, optimizer: Optimizer, scheduler: LRScheduler | None,
-            rng: np.random.Generator, history: History, sync: Any, early_stopping: EarlyStopping | None,
-            batch_size: int, world: int, sync_every: int | None, n: int) -> tuple[int, int, tuple[float, int]]:
+def _resume(
+    path: str | os.PathLike[str],
+    model: Module,
+    optimizer: Optimizer,
+    scheduler: LRScheduler | None,
+    rng: np.random.Generator,
+    history: History,
+    sync: Any,
+    early_stopping: EarlyStopping | None,
+    batch_size: int,
+    world: int,
+    sync_every: int | None,
+    n: int,
+) -> tuple[int, int, tuple[float, int]]:
     """Restore a checkpoint for :func:`fit`: ``(epoch, step, (loss total, correct count))``."""
     from .io import load_checkpoint
 
@@ -645,9 +728,11 @@ def _resume(path: str | os.PathLike[str], model: Module, optimizer: Optimizer, s
         want = {"batch_size": batch_size, "world_size": world, "sync_every": sync_every, "samples": n}
         diff = {k: (extra.get(k), v) for k, v in want.items() if extra.get(k) != v}
         if diff:
-            raise ValueError(f"cannot resume from {os.fsdecode(path)}: it was written by a run with "
-                             + ", ".join(f"{k}={a!r} (this run: {b!r})" for k, (a, b) in diff.items())
-                             + "; an exact continuation needs the same settings")
+            raise ValueError(
+                f"cannot resume from {os.fsdecode(path)}: it was written by a run with "
+                + ", ".join(f"{k}={a!r} (this run: {b!r})" for k, (a, b) in diff.items())
+                + "; an exact continuation needs the same settings"
+            )
         info = {k: v for k, v in info.items() if k != "model"}
     if sync is not None:
         info = sync.world.bcast_object(info)
@@ -668,11 +753,11 @@ def _resume(path: str | os.PathLike[str], model: Module, optimizer: Optimizer, s
         early_stopping._best = math.inf if es["best"] is None else es["best"]
         early_stopping._best_epoch = es["best_epoch"]
         early_stopping._wait = es["wait"]
-        if info["arrays"]:   # the best epoch's weights (rank 0's are every rank's)
+        if info["arrays"]:  # the best epoch's weights (rank 0's are every rank's)
             early_stopping._best_state = dict(info["arrays"])
     partial = extra.get("partial") or [0.0, 0]
     epoch = info["epoch"]
-    if saved.get("stopped_early"):   # the run had finished: nothing left to train
+    if saved.get("stopped_early"):  # the run had finished: nothing left to train
         history.stopped_early = True
         epoch = max(epoch, 1 << 62)
     return epoch, info["step"], (float(partial[0]), int(partial[1]))
@@ -707,17 +792,23 @@ def predict(model: Module, X: ArrayLike, batch_size: int = 256) -> NDArray[Any]:
     n = X.shape[0]
     with inference_mode(), Workspace():
         for i in range(0, n, batch_size):
-            out = model.forward(X[i:i + batch_size])
+            out = model.forward(X[i : i + batch_size])
             if result is None:
                 result = np.empty((n,) + out.shape[1:], out.dtype)
-            result[i:i + out.shape[0]] = out
+            result[i : i + out.shape[0]] = out
         if result is None:
             result = np.array(model.forward(X[:0]), copy=True)
     return result
 
 
-def evaluate(model: Module, X: ArrayLike, y: ArrayLike, loss: Loss | str | None = None, batch_size: int = 256,
-             _prepared: bool = False) -> dict[str, float]:
+def evaluate(
+    model: Module,
+    X: ArrayLike,
+    y: ArrayLike,
+    loss: Loss | str | None = None,
+    batch_size: int = 256,
+    _prepared: bool = False,
+) -> dict[str, float]:
     """Loss and accuracy of ``model`` on ``(X, y)`` (evaluation mode, no gradient bookkeeping).
 
     Parameters
@@ -746,7 +837,7 @@ def evaluate(model: Module, X: ArrayLike, y: ArrayLike, loss: Loss | str | None 
     n = X.shape[0]
     with inference_mode(), Workspace():
         for i in range(0, n, batch_size):
-            xb, yb = X[i:i + batch_size], y[i:i + batch_size]
+            xb, yb = X[i : i + batch_size], y[i : i + batch_size]
             out = model.forward(xb)
             value = loss.forward(out, yb)
             total += value * (xb.shape[0] if loss.reduction == "mean" else 1)

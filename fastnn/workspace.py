@@ -128,9 +128,12 @@ class Workspace:
         if self._model is None:
             return
         locks = self._locks
-        if locks is None:   # the model's structure, looked up once per workspace
-            locks = self._locks = [(type(m).__name__, _training_lock(m)) for m in self._model.modules()
-                                   if m._parameters or m is self._model]
+        if locks is None:  # the model's structure, looked up once per workspace
+            locks = self._locks = [
+                (type(m).__name__, _training_lock(m))
+                for m in self._model.modules()
+                if m._parameters or m is self._model
+            ]
         held = []
         for name, lock in locks:
             if not lock.acquire(blocking=False):
@@ -138,7 +141,8 @@ class Workspace:
                     h.release()
                 raise RuntimeError(
                     f"{name} is already being trained (in another thread, or by an enclosing fit or training "
-                    f"step): train one model from one thread at a time")
+                    f"step): train one model from one thread at a time"
+                )
             held.append(lock)
         self._held = held
 

@@ -42,14 +42,15 @@ def cython_kernels():
     """The Cython backend's extension module (a skip, or a failure where it is required, without it)."""
     _require_or_skip("cython")
     from fastnn._ext import _kernels
+
     return _kernels
 
 
 def pytest_report_header(config):
-    return [f"fastnn backends: {backend_status()}",
-            f"fastnn threads: {fastnn.get_num_threads()}; required: {_config.required_backends() or 'none'}"]
-
-
+    return [
+        f"fastnn backends: {backend_status()}",
+        f"fastnn threads: {fastnn.get_num_threads()}; required: {_config.required_backends() or 'none'}",
+    ]
 
 
 @pytest.fixture(params=ALL_BACKENDS)

@@ -25,13 +25,11 @@ def model_and_data(kind, n, seed=0):
     if kind == "cnn":
         X = rng.normal(size=(n, 1, 8, 8)).astype(np.float32)
         y = (X[:, 0, :4].sum(axis=(1, 2)) > 0).astype(np.int64) + (X[:, 0, :, :4].sum(axis=(1, 2)) > 0)
-        model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-                              nn.Linear(64, 3))
+        model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(64, 3))
     elif kind == "lstm":
         X = rng.normal(size=(n, 6, 3)).astype(np.float32)
         y = (X[:, :, 0].sum(axis=1) > 0).astype(np.int64)
-        model = nn.Sequential(nn.LSTM(3, 8, batch_first=True), nn.LastTimeStep(batch_first=True),
-                              nn.Linear(8, 2))
+        model = nn.Sequential(nn.LSTM(3, 8, batch_first=True), nn.LastTimeStep(batch_first=True), nn.Linear(8, 2))
     else:
         d, h = {"mlp": (20, 32), "w3": (64, 128), "w4": (784, 256)}[kind]
         X = rng.normal(size=(n, d)).astype(np.float32)
@@ -53,7 +51,7 @@ class StepLog(nn.CrossEntropyLoss):
         if self.die_at == (self.rank, self.calls):
             os.kill(os.getpid(), signal.SIGKILL)
         if self.stop_at == (self.rank, self.calls):
-            os.kill(os.getpid(), signal.SIGSTOP)   # alive but silent: a hung rank
+            os.kill(os.getpid(), signal.SIGSTOP)  # alive but silent: a hung rank
         if self.nan_at == (self.rank, self.calls):
             out = out.copy()
             out[0, 0] = np.nan
@@ -96,11 +94,24 @@ def main(argv):
             kw["checkpoint_every"] = int(cfg["every"])
     if "resume" in cfg:
         kw["resume"] = cfg["resume"]
-    h = fastnn.fit(model, X, y, loss=loss, optimizer=opt, scheduler=sched, epochs=int(cfg.get("epochs", 2)),
-                   batch_size=int(cfg.get("batch", 16)), seed=3, progress=False, distributed=dist,
-                   sync_every=sync, validation_data=(X[:40], y[:40]), **kw)
+    h = fastnn.fit(
+        model,
+        X,
+        y,
+        loss=loss,
+        optimizer=opt,
+        scheduler=sched,
+        epochs=int(cfg.get("epochs", 2)),
+        batch_size=int(cfg.get("batch", 16)),
+        seed=3,
+        progress=False,
+        distributed=dist,
+        sync_every=sync,
+        validation_data=(X[:40], y[:40]),
+        **kw,
+    )
     steps = loss.values
-    if dist:   # the global loss of each step: the mean of the ranks' (equal) batch losses
+    if dist:  # the global loss of each step: the mean of the ranks' (equal) batch losses
         from mpi4py import MPI
 
         every = MPI.COMM_WORLD.gather(loss.values)
@@ -109,8 +120,12 @@ def main(argv):
             steps = np.mean([v[:k] for v in every], axis=0)
     if rank == 0:
         weights = np.concatenate([p.data.ravel() for p in model.parameters()])
-        np.savez(out_path, weights=weights, steps=np.array(steps),
-                 **{k: np.array(v, np.float64) for k, v in h.history.items()})
+        np.savez(
+            out_path,
+            weights=weights,
+            steps=np.array(steps),
+            **{k: np.array(v, np.float64) for k, v in h.history.items()},
+        )
 
 
 if __name__ == "__main__":

@@ -78,8 +78,10 @@ class Isolated:
                 how = f"died of signal {-self.returncode}"
         else:
             how = f"exited with status {self.returncode}"
-        return f"child {how}\n--- code ---\n{self.code}\n--- stdout ---\n{self.stdout[-3000:]}\n" \
-               f"--- stderr ---\n{self.stderr[-5000:]}"
+        return (
+            f"child {how}\n--- code ---\n{self.code}\n--- stdout ---\n{self.stdout[-3000:]}\n"
+            f"--- stderr ---\n{self.stderr[-5000:]}"
+        )
 
     def assert_ok(self) -> Isolated:
         """The child finished normally (no crash, no exception)."""
@@ -107,8 +109,14 @@ class Isolated:
         return self
 
 
-def run_isolated(code: str, *, timeout: float = 120.0, env: dict | None = None,
-                 memory_limit: int | None = None, cpu_seconds: int | None = None) -> Isolated:
+def run_isolated(
+    code: str,
+    *,
+    timeout: float = 120.0,
+    env: dict | None = None,
+    memory_limit: int | None = None,
+    cpu_seconds: int | None = None,
+) -> Isolated:
     """Run ``code`` (dedented) in a fresh Python process and report how it ended.
 
     Parameters
@@ -143,8 +151,14 @@ def run_isolated(code: str, *, timeout: float = 120.0, env: dict | None = None,
 
     preexec = limits if (memory_limit is not None or cpu_seconds is not None) and os.name == "posix" else None
     try:
-        proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=child_env,
-                              timeout=timeout, preexec_fn=preexec)
+        proc = subprocess.run(
+            [sys.executable, "-c", script],
+            capture_output=True,
+            text=True,
+            env=child_env,
+            timeout=timeout,
+            preexec_fn=preexec,
+        )
     except subprocess.TimeoutExpired as exc:
         out = exc.stdout.decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
         err = exc.stderr.decode() if isinstance(exc.stderr, bytes) else (exc.stderr or "")

@@ -68,7 +68,7 @@ def assert_identical(a, b, rtol=0.0):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 '''
 
-_CHILD = '''
+_CHILD = """
 import base64, pickle, sys, zlib
 with open({path!r}, "rb") as _f:
     _job = pickle.load(_f)
@@ -89,11 +89,18 @@ for _name, _src in _job["cases"]:
     except Exception as _exc:  # the test compares the exception class
         _results[_name] = ("raise", type(_exc).__name__, str(_exc))
 sys.stdout.write("SAFETY-RESULTS " + base64.b64encode(pickle.dumps(_results)).decode() + "\\n")
-'''
+"""
 
 
-def run_cases(backend: str, cases: dict, *, setup: str = "", timeout: float = 300.0,
-              memory_limit: int | None = None, env: dict | None = None) -> dict:
+def run_cases(
+    backend: str,
+    cases: dict,
+    *,
+    setup: str = "",
+    timeout: float = 300.0,
+    memory_limit: int | None = None,
+    env: dict | None = None,
+) -> dict:
     """Run ``cases`` (name -> Python source) with ``backend`` in one child process.
 
     Returns name -> ``("ok", result)`` or ``("raise", class name, message)``.

@@ -45,14 +45,14 @@ def _work(expected, rounds, barrier, seen):
     w = rng.standard_normal((48, 32)).astype(np.float32)
     with fastnn.use_backend(expected) as backend:
         assert backend.name == expected
-        barrier.wait()   # both threads are inside their blocks from here on
+        barrier.wait()  # both threads are inside their blocks from here on
         for _ in range(rounds):
             seen.append(fastnn.get_backend())
             y = fastnn.ops.relu(fastnn.ops.matmul(x, w))
             np.testing.assert_allclose(y, np.maximum(x @ w, 0), rtol=1e-4, atol=1e-4)
             p = fastnn.ops.softmax(y)
             np.testing.assert_allclose(p.sum(axis=1), 1.0, rtol=1e-5)
-        barrier.wait()   # ... and stay there until both are done
+        barrier.wait()  # ... and stay there until both are done
     seen.append(fastnn.get_backend())
 
 
@@ -148,7 +148,7 @@ def test_asyncio_tasks_keep_their_own_backend():
     async def task(name, log):
         with fastnn.use_backend(name):
             for _ in range(20):
-                await asyncio.sleep(0)   # the other task runs in between
+                await asyncio.sleep(0)  # the other task runs in between
                 log.append(fastnn.get_backend())
                 fastnn.ops.relu(np.ones(4))
 
@@ -205,7 +205,8 @@ def test_set_backend_sets_the_default_for_every_thread_and_a_block_keeps_its_own
 
 
 def test_bogus_env_backend_is_a_clear_error_and_info_reports_it():
-    result = run_isolated("""
+    result = run_isolated(
+        """
         import numpy as np
         import fastnn
         from fastnn.cli import main
@@ -220,14 +221,17 @@ def test_bogus_env_backend_is_a_clear_error_and_info_reports_it():
             assert fastnn.ops.relu(np.array([-1.0, 2.0])).tolist() == [0.0, 2.0]
         fastnn.set_backend("numpy")
         assert fastnn.get_backend() == "numpy"
-    """, env={"FASTNN_BACKEND": "bogus"})
+    """,
+        env={"FASTNN_BACKEND": "bogus"},
+    )
     result.assert_ok()
     assert "default backend: none (FASTNN_BACKEND='bogus': unknown backend 'bogus'" in result.stdout
     assert "numpy   available" in result.stdout
 
 
 def test_unavailable_env_backend_names_the_variable():
-    result = run_isolated("""
+    result = run_isolated(
+        """
         import sys
         class Block:
             def find_spec(self, name, path=None, target=None):
@@ -236,6 +240,8 @@ def test_unavailable_env_backend_names_the_variable():
         sys.meta_path.insert(0, Block())
         import fastnn
         fastnn.get_backend()
-    """, env={"FASTNN_BACKEND": "numba"})
+    """,
+        env={"FASTNN_BACKEND": "numba"},
+    )
     result.assert_raised(fastnn.BackendUnavailable)
     assert "FASTNN_BACKEND='numba'" in result.stderr and "no numba here" in result.stderr

@@ -48,9 +48,22 @@ def test_compiled_signatures_match_reference(name):
 def test_compiled_backend_overrides_the_hot_kernels(name):
     if backend_status()[name] != "available":
         pytest.skip(f"{name} unavailable")
-    hot = {"matmul", "dense_forward", "dense_backward", "relu", "relu_backward", "sigmoid",
-           "sigmoid_backward", "tanh", "tanh_backward", "softmax", "softmax_cross_entropy",
-           "mse_loss", "sgd_update", "adam_update"}
+    hot = {
+        "matmul",
+        "dense_forward",
+        "dense_backward",
+        "relu",
+        "relu_backward",
+        "sigmoid",
+        "sigmoid_backward",
+        "tanh",
+        "tanh_backward",
+        "softmax",
+        "softmax_cross_entropy",
+        "mse_loss",
+        "sgd_update",
+        "adam_update",
+    }
     missing = hot - get(name).overrides
     assert not missing, f"{name} falls back to the reference for {sorted(missing)}"
 
@@ -87,8 +100,10 @@ def _run(code, env_extra=None):
 
 
 def test_import_is_cheap_and_does_not_import_numba():
-    code = ("import sys, time; t = time.perf_counter(); import fastnn; dt = time.perf_counter() - t; "
-            "print(dt, 'numba' in sys.modules, any(m.startswith('fastnn._ext') for m in sys.modules))")
+    code = (
+        "import sys, time; t = time.perf_counter(); import fastnn; dt = time.perf_counter() - t; "
+        "print(dt, 'numba' in sys.modules, any(m.startswith('fastnn._ext') for m in sys.modules))"
+    )
     out = _run(code)
     assert out.returncode == 0, out.stderr
     dt, numba_loaded, ext_loaded = out.stdout.split()
@@ -163,8 +178,10 @@ def test_thread_setting_reaches_a_blas_loaded_later(module):
     name = module.split(".")[2].split("_")[0]
     if backend_status()[name] != "available":
         pytest.skip(f"{name} backend unavailable: {backend_status()[name]}")
-    code = ("import fastnn; fastnn.set_num_threads(1); import " + module + "; import threadpoolctl; "
-            "print(sorted(p['num_threads'] for p in threadpoolctl.threadpool_info() if p['user_api'] == 'blas'))")
+    code = (
+        "import fastnn; fastnn.set_num_threads(1); import " + module + "; import threadpoolctl; "
+        "print(sorted(p['num_threads'] for p in threadpoolctl.threadpool_info() if p['user_api'] == 'blas'))"
+    )
     out = _run(code)
     assert out.returncode == 0, out.stderr
     counts = eval(out.stdout.strip().splitlines()[-1])
@@ -180,6 +197,7 @@ def test_thread_setting_reaches_blas_and_numba():
         assert all(p["num_threads"] == 1 for p in blas)
         if backend_status()["numba"] == "available":
             import numba
+
             get("numba")
             assert numba.get_num_threads() == 1
     finally:

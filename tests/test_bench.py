@@ -20,50 +20,149 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 # -- helpers -----------------------------------------------------------------
 
+
 def _row(times, kind="backend"):
     t = np.asarray(times, dtype=float)
-    return {"kind": kind, "times": list(map(float, t)), "median": float(np.median(t)), "min": float(t.min()),
-            "max": float(t.max()), "spread": float(t.max() / t.min()),
-            "noisy": bool(t.max() / t.min() > runner.NOISY_SPREAD), "number": 10,
-            "first_call": 0.5, "error": None}
+    return {
+        "kind": kind,
+        "times": list(map(float, t)),
+        "median": float(np.median(t)),
+        "min": float(t.min()),
+        "max": float(t.max()),
+        "spread": float(t.max() / t.min()),
+        "noisy": bool(t.max() / t.min() > runner.NOISY_SPREAD),
+        "number": 10,
+        "first_call": 0.5,
+        "error": None,
+    }
 
 
 def _synthetic(scale_numba=1.0, scale_numpy=1.0):
     """A small results dict with known numbers (times in seconds)."""
-    w1 = {"id": "W1", "title": "matrix multiply", "limit": "gemm", "note": "", "available": True, "missing": [],
-          "cases": [{"key": "W1 matmul n=64", "name": "matmul n=64", "kind": "matmul", "params": {}, "rounds": 3,
-                     "flops": 2.0 * 64 ** 3, "bytes": None, "gemm_shapes": [],
-                     "limit": {"kind": "gemm", "what": "BLAS sgemm n=1024", "unit": "GFLOP/s",
-                               "value": 250.0, **_row([2 * 1024 ** 3 / 250e9] * 3, kind="limit")},
-                     "rows": {"numpy": _row([2e-5 * scale_numpy] * 3),
-                              "numba": _row([5e-6 * scale_numba, 5e-6 * scale_numba, 5.2e-6 * scale_numba]),
-                              "torch": _row([1e-5, 1.5e-5, 1e-5], kind="anchor")}}]}
-    w2 = {"id": "W2", "title": "activations", "limit": "copy", "note": "", "available": True, "missing": [],
-          "cases": [{"key": "W2 relu forward", "name": "relu forward", "kind": "act_forward", "params": {},
-                     "rounds": 3,
-                     "flops": None, "bytes": 32e6, "gemm_shapes": [],
-                     "rows": {"numpy": _row([2e-3, 2.1e-3, 1.9e-3]),
-                              "cython": {"kind": "backend", "times": [], "number": 1, "first_call": None,
-                                         "error": "RuntimeError: boom"}}}]}
-    w3 = {"id": "W3", "title": "MLP train step", "limit": "gemm_time", "note": "", "available": True,
-          "missing": [],
-          "cases": [{"key": "W3 train step", "name": "train step", "kind": "mlp", "params": {}, "flops": 1e6,
-                     "rounds": 3,
-                     "bytes": None, "gemm_shapes": [[32, 64, 128]],
-                     "limit": {"kind": "gemm_time", "what": "BLAS matmuls only", "unit": "s", "value": 1e-5,
-                               **_row([1e-5] * 3, kind="limit")},
-                     "rows": {"numpy": _row([4e-5] * 3), "sklearn": _row([1e-4] * 3, kind="anchor")}}]}
-    w5 = {"id": "W5", "title": "CNN", "limit": None, "note": "", "available": False,
-          "missing": ["fastnn.nn.Conv2d"], "cases": []}
-    res = {"schema": 1, "created": "2026-01-01T00:00:00+00:00", "duration_s": 1.0,
-           "settings": {"quick": True, "tiny": False, "threads": 2, "repeat": 3, "min_block": 0.01, "min_rounds": 3,
-                        "workloads": ["W1", "W2", "W3", "W5"], "backends": ["numpy", "numba", "cython"],
-                        "anchors": ["torch", "sklearn"], "noisy_spread": 1.3},
-          "backends_unavailable": {}, "anchor_status": {"torch": "2.x", "sklearn": "1.x"},
-          "machine": {"gemm": {"n": 1024, "gflops": 200.0, "times": [0.01]},
-                      "copy": {"mbytes": 128, "gbps": 40.0, "times": [0.006]},
-                      "context": {"cpu": "test cpu", "threads": 2, "blas": []}},
-          "workloads": [w1, w2, w3, w5]}
+    w1 = {
+        "id": "W1",
+        "title": "matrix multiply",
+        "limit": "gemm",
+        "note": "",
+        "available": True,
+        "missing": [],
+        "cases": [
+            {
+                "key": "W1 matmul n=64",
+                "name": "matmul n=64",
+                "kind": "matmul",
+                "params": {},
+                "rounds": 3,
+                "flops": 2.0 * 64**3,
+                "bytes": None,
+                "gemm_shapes": [],
+                "limit": {
+                    "kind": "gemm",
+                    "what": "BLAS sgemm n=1024",
+                    "unit": "GFLOP/s",
+                    "value": 250.0,
+                    **_row([2 * 1024**3 / 250e9] * 3, kind="limit"),
+                },
+                "rows": {
+                    "numpy": _row([2e-5 * scale_numpy] * 3),
+                    "numba": _row([5e-6 * scale_numba, 5e-6 * scale_numba, 5.2e-6 * scale_numba]),
+                    "torch": _row([1e-5, 1.5e-5, 1e-5], kind="anchor"),
+                },
+            }
+        ],
+    }
+    w2 = {
+        "id": "W2",
+        "title": "activations",
+        "limit": "copy",
+        "note": "",
+        "available": True,
+        "missing": [],
+        "cases": [
+            {
+                "key": "W2 relu forward",
+                "name": "relu forward",
+                "kind": "act_forward",
+                "params": {},
+                "rounds": 3,
+                "flops": None,
+                "bytes": 32e6,
+                "gemm_shapes": [],
+                "rows": {
+                    "numpy": _row([2e-3, 2.1e-3, 1.9e-3]),
+                    "cython": {
+                        "kind": "backend",
+                        "times": [],
+                        "number": 1,
+                        "first_call": None,
+                        "error": "RuntimeError: boom",
+                    },
+                },
+            }
+        ],
+    }
+    w3 = {
+        "id": "W3",
+        "title": "MLP train step",
+        "limit": "gemm_time",
+        "note": "",
+        "available": True,
+        "missing": [],
+        "cases": [
+            {
+                "key": "W3 train step",
+                "name": "train step",
+                "kind": "mlp",
+                "params": {},
+                "flops": 1e6,
+                "rounds": 3,
+                "bytes": None,
+                "gemm_shapes": [[32, 64, 128]],
+                "limit": {
+                    "kind": "gemm_time",
+                    "what": "BLAS matmuls only",
+                    "unit": "s",
+                    "value": 1e-5,
+                    **_row([1e-5] * 3, kind="limit"),
+                },
+                "rows": {"numpy": _row([4e-5] * 3), "sklearn": _row([1e-4] * 3, kind="anchor")},
+            }
+        ],
+    }
+    w5 = {
+        "id": "W5",
+        "title": "CNN",
+        "limit": None,
+        "note": "",
+        "available": False,
+        "missing": ["fastnn.nn.Conv2d"],
+        "cases": [],
+    }
+    res = {
+        "schema": 1,
+        "created": "2026-01-01T00:00:00+00:00",
+        "duration_s": 1.0,
+        "settings": {
+            "quick": True,
+            "tiny": False,
+            "threads": 2,
+            "repeat": 3,
+            "min_block": 0.01,
+            "min_rounds": 3,
+            "workloads": ["W1", "W2", "W3", "W5"],
+            "backends": ["numpy", "numba", "cython"],
+            "anchors": ["torch", "sklearn"],
+            "noisy_spread": 1.3,
+        },
+        "backends_unavailable": {},
+        "anchor_status": {"torch": "2.x", "sklearn": "1.x"},
+        "machine": {
+            "gemm": {"n": 1024, "gflops": 200.0, "times": [0.01]},
+            "copy": {"mbytes": 128, "gbps": 40.0, "times": [0.006]},
+            "context": {"cpu": "test cpu", "threads": 2, "blas": []},
+        },
+        "workloads": [w1, w2, w3, w5],
+    }
     return derive(res)
 
 
@@ -108,23 +207,24 @@ def _check_consistent(results):
 
 # -- derived numbers and the report ---------------------------------------------
 
+
 def test_derive_known_numbers():
     res = _synthetic()
     rows = res["workloads"][0]["cases"][0]["rows"]
     assert rows["numpy"]["speedup_vs_numpy"] == pytest.approx(1.0)
-    assert rows["numba"]["speedup_vs_numpy"] == pytest.approx(4.0)          # 20 µs / 5 µs
-    assert rows["numba"]["speedup_vs_torch"] == pytest.approx(2.0)          # 10 µs / 5 µs
-    assert rows["torch"]["noisy"] and not rows["numba"]["noisy"]           # spread 1.5 vs 1.04
-    assert rows["numba"]["gflops"] == pytest.approx(2 * 64 ** 3 / 5e-6 / 1e9)
+    assert rows["numba"]["speedup_vs_numpy"] == pytest.approx(4.0)  # 20 µs / 5 µs
+    assert rows["numba"]["speedup_vs_torch"] == pytest.approx(2.0)  # 10 µs / 5 µs
+    assert rows["torch"]["noisy"] and not rows["numba"]["noisy"]  # spread 1.5 vs 1.04
+    assert rows["numba"]["gflops"] == pytest.approx(2 * 64**3 / 5e-6 / 1e9)
     # the limit measured with the case (250 GFLOP/s), not the run's (200)
-    assert rows["numba"]["fraction_of_limit"] == pytest.approx(2 * 64 ** 3 / 5e-6 / 1e9 / 250.0)
+    assert rows["numba"]["fraction_of_limit"] == pytest.approx(2 * 64**3 / 5e-6 / 1e9 / 250.0)
     relu = res["workloads"][1]["cases"][0]["rows"]["numpy"]
     # no limit row in this case: the run's copy bandwidth (40 GB/s)
     assert relu["gbps"] == pytest.approx(16.0) and relu["fraction_of_limit"] == pytest.approx(0.4)
     mlp = res["workloads"][2]["cases"][0]["rows"]
-    assert mlp["numpy"]["fraction_of_limit"] == pytest.approx(0.25)         # 10 µs of 40 µs
+    assert mlp["numpy"]["fraction_of_limit"] == pytest.approx(0.25)  # 10 µs of 40 µs
     assert mlp["sklearn"]["speedup_vs_numpy"] == pytest.approx(0.4)
-    assert mlp["numpy"]["speedup_vs_torch"] is None                         # no torch row there
+    assert mlp["numpy"]["speedup_vs_torch"] is None  # no torch row there
 
 
 def test_report_files_and_tables(tmp_path):
@@ -142,8 +242,8 @@ def test_report_files_and_tables(tmp_path):
     cells = [c.strip() for c in numba[0].strip("|").split("|")]
     # case, backend, median, vs numpy, vs torch, GFLOP/s, of limit, spread, first call
     assert cells[2:5] == ["5 µs", "4.00×", "2.00×"]
-    assert cells[5] == f"{2 * 64 ** 3 / 5e-6 / 1e9:.3g}"
-    assert cells[6] == f"{100 * 2 * 64 ** 3 / 5e-6 / 1e9 / 250:.0f}%"
+    assert cells[5] == f"{2 * 64**3 / 5e-6 / 1e9:.3g}"
+    assert cells[6] == f"{100 * 2 * 64**3 / 5e-6 / 1e9 / 250:.0f}%"
     assert cells[7] == "1.04"
     torch_row = next(ln for ln in lines if ln.startswith("| matmul n=64 | PyTorch CPU |"))
     assert "⚠" in torch_row
@@ -153,8 +253,10 @@ def test_report_files_and_tables(tmp_path):
     assert "| matmul n=64 | (limit: BLAS sgemm n=1024) | 8.59 ms | — | — | 250 | 100% | 1.00 | — |" in md
     assert "**200 GFLOP/s**" in md and "**40.0 GB/s**" in md
     # the summary: one line per case, medians side by side, best compiled backend's ratios
-    assert ("| workload | fastnn numpy | fastnn numba | PyTorch CPU | scikit-learn | best fastnn vs numpy | "
-            "best fastnn vs PyTorch |") in md
+    assert (
+        "| workload | fastnn numpy | fastnn numba | PyTorch CPU | scikit-learn | best fastnn vs numpy | "
+        "best fastnn vs PyTorch |"
+    ) in md
     assert "| W1 matmul n=64 | 20 µs | 5 µs | 10 µs ⚠ | — | 4.00× (numba) | 2.00× (numba) |" in md
     assert "| W3 train step | 40 µs | — | — | 100 µs | — | — |" in md
     # every row of every case has a table line
@@ -162,6 +264,7 @@ def test_report_files_and_tables(tmp_path):
         for case in wl["cases"]:
             for name in case["rows"]:
                 from fastnn.bench.report import ROW_LABELS
+
                 assert any(ln.startswith(f"| {case['name']} | {ROW_LABELS[name]} |") for ln in lines), name
 
 
@@ -176,9 +279,10 @@ def test_fmt_time():
 
 # -- compare -----------------------------------------------------------------
 
+
 def test_compare_two_saved_results(tmp_path, capsys):
     old = _synthetic()
-    new = _synthetic(scale_numba=0.5, scale_numpy=3.0)   # numba 2x faster, numpy 3x slower
+    new = _synthetic(scale_numba=0.5, scale_numpy=3.0)  # numba 2x faster, numpy 3x slower
     write_json(old, tmp_path / "old.json")
     write_json(new, tmp_path / "new.json")
     cmp = compare(load_results(tmp_path / "old.json"), load_results(tmp_path / "new.json"))
@@ -187,8 +291,12 @@ def test_compare_two_saved_results(tmp_path, capsys):
     assert [(e["case"], e["row"]) for e in cmp["slower"]] == [("W1 matmul n=64", "numpy")]
     assert cmp["slower"][0]["change"] == pytest.approx(1 / 3)
     unchanged = {(e["case"], e["row"]) for e in cmp["unchanged"]}
-    assert unchanged == {("W1 matmul n=64", "torch"), ("W2 relu forward", "numpy"),
-                         ("W3 train step", "numpy"), ("W3 train step", "sklearn")}
+    assert unchanged == {
+        ("W1 matmul n=64", "torch"),
+        ("W2 relu forward", "numpy"),
+        ("W3 train step", "numpy"),
+        ("W3 train step", "sklearn"),
+    }
     assert cmp["only_old"] == cmp["only_new"] == []
 
     assert main(["bench", "--compare", str(tmp_path / "old.json"), str(tmp_path / "new.json")]) == 0
@@ -202,7 +310,7 @@ def test_compare_overlapping_repetitions_are_unchanged():
     old = _synthetic()
     new = _synthetic()
     r = new["workloads"][0]["cases"][0]["rows"]["numba"]
-    r.update(median=r["median"] * 0.7, min=r["min"] * 0.7)   # faster median, but ranges overlap
+    r.update(median=r["median"] * 0.7, min=r["min"] * 0.7)  # faster median, but ranges overlap
     derive(new)
     assert compare(old, new)["faster"] == []
     assert compare(old, new, threshold=0.0)["faster"] == []
@@ -225,6 +333,7 @@ def test_load_results_rejects_other_json(tmp_path):
 
 # -- workloads ---------------------------------------------------------------
 
+
 def test_resolve_and_missing():
     assert workloads.resolve("fastnn.ops.matmul") is fastnn.ops.matmul
     with pytest.raises(LookupError):
@@ -243,10 +352,10 @@ def test_get_workloads_order_and_errors():
 def test_case_figures():
     w1 = workloads.get_workloads(["W1"])[0].cases(False, False)
     assert [c.name for c in w1] == ["matmul n=64", "matmul n=256", "matmul n=1024", "matmul 32x64x128"]
-    assert w1[2].flops == 2.0 * 1024 ** 3
+    assert w1[2].flops == 2.0 * 1024**3
     w2 = workloads.get_workloads(["W2"])[0].cases(False, False)
     assert len(w2) == 6 and w2[0].params["n"] == 4 * 1024 * 1024
-    assert w2[0].bytes == 8 * 4 * 1024 * 1024 and w2[1].bytes == 12 * 4 * 1024 * 1024   # fwd r+w, bwd 2r+w
+    assert w2[0].bytes == 8 * 4 * 1024 * 1024 and w2[1].bytes == 12 * 4 * 1024 * 1024  # fwd r+w, bwd 2r+w
     w4 = workloads.get_workloads(["W4"])[0].cases(False, False)[0]
     assert w4.gemm_shapes == [(128, 784, 256), (128, 256, 10), (10, 128, 256), (128, 10, 256), (256, 128, 784)]
 
@@ -270,7 +379,7 @@ def test_fastnn_steps_compute(backend):
     a = rng.standard_normal((64, 64)).astype(np.float32)
     b = rng.standard_normal((64, 64)).astype(np.float32)
     np.testing.assert_allclose(c, a @ b, rtol=1e-4, atol=1e-4)
-    act = workloads.get_workloads(["W2"])[0].cases(False, True)[2]   # sigmoid forward
+    act = workloads.get_workloads(["W2"])[0].cases(False, True)[2]  # sigmoid forward
     y = workloads.build_step(act)()
     x = np.random.default_rng(workloads.SEED).standard_normal(act.params["n"]).astype(np.float32)
     np.testing.assert_allclose(y, 1 / (1 + np.exp(-x.astype(np.float64))), rtol=1e-5, atol=1e-6)
@@ -278,18 +387,20 @@ def test_fastnn_steps_compute(backend):
 
 # -- machine limits ------------------------------------------------------------
 
+
 def test_machine_measurements_follow_from_times():
     g = machine.measure_gemm(n=128, repeat=3, min_block=0.001)
     assert len(g["times"]) == 3 and min(g["times"]) > 0
-    assert g["gflops"] == pytest.approx(2 * 128 ** 3 / np.median(g["times"]) / 1e9, rel=1e-12)
+    assert g["gflops"] == pytest.approx(2 * 128**3 / np.median(g["times"]) / 1e9, rel=1e-12)
     c = machine.measure_copy(mbytes=4, repeat=3, min_block=0.001)
-    assert c["gbps"] == pytest.approx(2 * 4 * 2 ** 20 / np.median(c["times"]) / 1e9, rel=1e-12)
+    assert c["gbps"] == pytest.approx(2 * 4 * 2**20 / np.median(c["times"]) / 1e9, rel=1e-12)
     ctx = machine.context(fastnn.get_num_threads())
     assert ctx["thread_counts"]["fastnn"] == fastnn.get_num_threads()
     assert ctx["numpy"] == np.__version__ and ctx["cores"] >= 1
 
 
 # -- the timing loop -------------------------------------------------------------
+
 
 def test_row_result_and_noise_flag():
     r = runner._Row("numpy", "backend", None, None)
@@ -302,11 +413,15 @@ def test_row_result_and_noise_flag():
 
 def test_missing_and_failing_workloads_do_not_stop_a_run(monkeypatch):
     def cases(quick, tiny):
-        return [workloads.Case("ZA", "relu tiny", "act_forward", {"act": "relu", "n": 1000}, bytes=8000.0),
-                workloads.Case("ZA", "broken", "act_forward", {"act": "no_such_act", "n": 10}, bytes=80.0)]
+        return [
+            workloads.Case("ZA", "relu tiny", "act_forward", {"act": "relu", "n": 1000}, bytes=8000.0),
+            workloads.Case("ZA", "broken", "act_forward", {"act": "no_such_act", "n": 10}, bytes=80.0),
+        ]
 
-    fake = [workloads.Workload("ZA", "fake ok", "copy", ("fastnn.ops.relu",), cases),
-            workloads.Workload("ZB", "fake missing", None, ("fastnn.nn.NoSuchLayer",), cases)]
+    fake = [
+        workloads.Workload("ZA", "fake ok", "copy", ("fastnn.ops.relu",), cases),
+        workloads.Workload("ZB", "fake missing", None, ("fastnn.nn.NoSuchLayer",), cases),
+    ]
     monkeypatch.setattr(workloads, "WORKLOADS", fake)
     res = fastnn.bench.run_bench(workloads=["ZA", "ZB"], backends=["numpy"], tiny=True, progress=False)
     za, zb = res["workloads"]
@@ -327,8 +442,10 @@ FAST = ",".join(w.id for w in workloads.WORKLOADS if w.id in ("W1", "W2", "W3", 
 def test_tiny_quick_run_end_to_end(tmp_path, capsys):
     """A real (tiny) `fastnn bench --quick` run: files, rows and ratios."""
     out = tmp_path / "bench"
-    assert main(["bench", "--quick", "--tiny", "--no-progress", "--threads", "1", "--workloads", FAST,
-                 "--out", str(out)]) == 0
+    assert (
+        main(["bench", "--quick", "--tiny", "--no-progress", "--threads", "1", "--workloads", FAST, "--out", str(out)])
+        == 0
+    )
     printed = capsys.readouterr().out
     res = load_results(out / "results.json")
     assert (out / "speedup.png").read_bytes()[:8] == PNG_MAGIC
@@ -368,8 +485,27 @@ def test_compare_a_new_run_against_a_saved_one(tmp_path, capsys):
     old = _synthetic()
     write_json(old, tmp_path / "old.json")
     out = tmp_path / "run"
-    assert main(["bench", "--quick", "--tiny", "--no-progress", "--workloads", "W1", "--backends", "numpy",
-                 "--threads", "1", "--out", str(out), "--compare", str(tmp_path / "old.json")]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "--quick",
+                "--tiny",
+                "--no-progress",
+                "--workloads",
+                "W1",
+                "--backends",
+                "numpy",
+                "--threads",
+                "1",
+                "--out",
+                str(out),
+                "--compare",
+                str(tmp_path / "old.json"),
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert "Comparing this run against" in text
     new = load_results(out / "results.json")
@@ -387,8 +523,7 @@ def test_compare_a_new_run_against_a_saved_one(tmp_path, capsys):
 def test_run_restores_the_thread_count():
     before = fastnn.get_num_threads()
     other = 1 if before != 1 else 2
-    fastnn.bench.run_bench(workloads=["W1"], backends=["numpy"], threads=other, tiny=True, progress=False,
-                           repeat=1)
+    fastnn.bench.run_bench(workloads=["W1"], backends=["numpy"], threads=other, tiny=True, progress=False, repeat=1)
     assert fastnn.get_num_threads() == before
 
 
@@ -423,9 +558,9 @@ def test_layer_workload_steps_do_real_work(wid):
         values = [step() for _ in range(15)]
     if case.kind in ("mlp", "cnn", "rnn"):
         assert all(math.isfinite(v) for v in [first] + values)
-        assert values[-1] < first          # the optimizer steps on the same batch
+        assert values[-1] < first  # the optimizer steps on the same batch
     elif case.kind == "lstm":
-        assert values[-1] == pytest.approx(first, rel=1e-6)   # no optimizer: same loss every call
+        assert values[-1] == pytest.approx(first, rel=1e-6)  # no optimizer: same loss every call
     else:
         p = case.params
         assert first.shape == (p["b"], p["o"], p["hw"], p["hw"])
@@ -456,7 +591,7 @@ def test_sklearn_anchor_is_timed_per_batch():
     clf = step.model
     n0 = clf.t_
     step()
-    assert clf.t_ - n0 == anchors.SKLEARN_BATCHES * case.params["b"]   # samples seen: one epoch of batches
+    assert clf.t_ - n0 == anchors.SKLEARN_BATCHES * case.params["b"]  # samples seen: one epoch of batches
 
 
 def test_slow_cases_get_fewer_rounds_within_budget():
@@ -465,17 +600,17 @@ def test_slow_cases_get_fewer_rounds_within_budget():
     for r in rows:
         r.step = lambda: None
     rows[0].block_estimate, rows[1].block_estimate = 0.01, 0.01
-    assert runner._rounds(rows, cfg) == cfg["repeat"] == 5            # 0.1 s of the 3 s budget
-    rows[1].block_estimate = 0.7                                       # 0.71 s a round: 4 rounds fit
+    assert runner._rounds(rows, cfg) == cfg["repeat"] == 5  # 0.1 s of the 3 s budget
+    rows[1].block_estimate = 0.7  # 0.71 s a round: 4 rounds fit
     assert runner._rounds(rows, cfg) == 4
     rows[1].block_estimate = 10.0
-    assert runner._rounds(rows, cfg) == runner.MIN_ROUNDS == 3          # never fewer than 3
+    assert runner._rounds(rows, cfg) == runner.MIN_ROUNDS == 3  # never fewer than 3
 
 
 def test_report_flags_a_busy_machine():
     res = _synthetic()
     res["machine"]["context"]["usable_cpus"] = 2
-    res["machine"]["loadavg"] = {"start": [0.4, 0.3, 0.2], "end": [2.5, 1.0, 0.5]}   # 2 of it: this run
+    res["machine"]["loadavg"] = {"start": [0.4, 0.3, 0.2], "end": [2.5, 1.0, 0.5]}  # 2 of it: this run
     assert "load average (1 min) at start / end: 0.4 / 2.5 on 2 CPUs\n" in markdown(res)
     res["machine"]["loadavg"] = {"start": [6.0, 5.0, 4.0], "end": [7.0, 5.0, 4.0]}
     assert "6.0 / 7.0 on 2 CPUs — ⚠ other processes kept the machine busy" in markdown(res)

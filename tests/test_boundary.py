@@ -21,19 +21,27 @@ from fastnn import nn, optim
 
 
 def _mlp(dtype=np.float32):
-    return nn.Sequential(nn.Linear(6, 16, dtype=dtype), nn.ReLU(), nn.Linear(16, 8, dtype=dtype), nn.Tanh(),
-                         nn.Linear(8, 3, dtype=dtype))
+    return nn.Sequential(
+        nn.Linear(6, 16, dtype=dtype), nn.ReLU(), nn.Linear(16, 8, dtype=dtype), nn.Tanh(), nn.Linear(8, 3, dtype=dtype)
+    )
 
 
 def _cnn(dtype=np.float32):
-    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1, dtype=dtype), nn.ReLU(), nn.MaxPool2d(2),
-                         nn.Conv2d(4, 4, 3, dtype=dtype), nn.AvgPool2d(2), nn.Flatten(),
-                         nn.Linear(4, 3, dtype=dtype))
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1, dtype=dtype),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(4, 4, 3, dtype=dtype),
+        nn.AvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(4, 3, dtype=dtype),
+    )
 
 
 def _lstm(dtype=np.float32):
-    return nn.Sequential(nn.LSTM(5, 7, batch_first=True, dtype=dtype), nn.LastTimeStep(batch_first=True),
-                         nn.Linear(7, 3, dtype=dtype))
+    return nn.Sequential(
+        nn.LSTM(5, 7, batch_first=True, dtype=dtype), nn.LastTimeStep(batch_first=True), nn.Linear(7, 3, dtype=dtype)
+    )
 
 
 _MODELS = {"mlp": (_mlp, (6,)), "cnn": (_cnn, (1, 8, 8)), "lstm": (_lstm, (4, 5))}
@@ -45,6 +53,7 @@ def _inputs(kind, rng, n, batch=5, dtype=np.float32):
 
 
 # ---------------------------------------------------------------- fresh outputs
+
 
 @pytest.mark.parametrize("kind", sorted(_MODELS))
 def test_consecutive_calls_return_distinct_correct_arrays(backend, kind, rng):
@@ -68,9 +77,20 @@ def test_every_layer_returns_new_arrays(rng):
     x4 = rng.standard_normal((2, 2, 6, 6)).astype(np.float32)
     x2 = rng.standard_normal((3, 4)).astype(np.float32)
     x3 = rng.standard_normal((4, 3, 2)).astype(np.float32)
-    cases = [(nn.Linear(4, 5), x2), (nn.ReLU(), x2), (nn.LeakyReLU(), x2), (nn.Sigmoid(), x2), (nn.Tanh(), x2),
-             (nn.Softmax(), x2), (nn.Conv2d(2, 3, 3), x4), (nn.MaxPool2d(2), x4), (nn.AvgPool2d(2), x4),
-             (nn.RNN(2, 3), x3), (nn.LSTM(2, 3), x3), (nn.GRU(2, 3), x3)]
+    cases = [
+        (nn.Linear(4, 5), x2),
+        (nn.ReLU(), x2),
+        (nn.LeakyReLU(), x2),
+        (nn.Sigmoid(), x2),
+        (nn.Tanh(), x2),
+        (nn.Softmax(), x2),
+        (nn.Conv2d(2, 3, 3), x4),
+        (nn.MaxPool2d(2), x4),
+        (nn.AvgPool2d(2), x4),
+        (nn.RNN(2, 3), x3),
+        (nn.LSTM(2, 3), x3),
+        (nn.GRU(2, 3), x3),
+    ]
     for layer, x in cases:
         a = layer(x)
         ga = layer.backward(np.ones_like(a))
@@ -99,7 +119,7 @@ def test_workspace_reuses_and_is_per_thread(rng):
         a = model(x)
         assert model(x) is a
         seen = []
-        t = threading.Thread(target=lambda: seen.append(model(x)))   # another thread: no workspace
+        t = threading.Thread(target=lambda: seen.append(model(x)))  # another thread: no workspace
         t.start()
         t.join()
         assert seen[0] is not a
@@ -115,6 +135,7 @@ def test_workspace_reuses_and_is_per_thread(rng):
 
 
 # ---------------------------------------------------------------- threads
+
 
 def _serial(model, xs, mode):
     if mode == "predict":
@@ -139,7 +160,7 @@ def test_four_threads_on_one_model_give_the_serial_results(backend, kind, mode, 
     def work(offset):
         try:
             start.wait()
-            with fastnn.use_backend(backend):   # a new thread starts from the process-wide default
+            with fastnn.use_backend(backend):  # a new thread starts from the process-wide default
                 run(offset)
         except Exception as exc:
             errors.append(repr(exc))
@@ -205,7 +226,7 @@ def test_training_one_model_from_two_threads_is_refused(rng):
         """Parks the first thread inside its training step."""
 
         def forward(self, x):
-            if fastnn.is_grad_enabled():   # a training step, not fit's no_grad probe of the output shape
+            if fastnn.is_grad_enabled():  # a training step, not fit's no_grad probe of the output shape
                 started.set()
                 release.wait(10)
             return x
@@ -242,7 +263,7 @@ def test_training_one_model_from_two_threads_is_refused(rng):
 def test_optimizer_step_from_two_threads_is_refused():
     p = nn.Parameter(np.zeros(3, np.float32))
     opt = optim.SGD([p], lr=0.1)
-    opt._step_lock.acquire()   # another thread inside step()
+    opt._step_lock.acquire()  # another thread inside step()
     try:
         with pytest.raises(RuntimeError, match="another thread"):
             opt.step()
@@ -279,6 +300,7 @@ def test_fit_and_predict_in_two_threads(backend, rng):
 
 # ---------------------------------------------------------------- parameters
 
+
 def test_parameter_behaves_like_a_read_only_array():
     lin = nn.Linear(3, 2)
     w = lin.weight
@@ -299,7 +321,7 @@ def test_parameter_behaves_like_a_read_only_array():
         np.asarray(w)[0, 0] = 5.0
     with pytest.raises(TypeError, match="p.data"):
         w += 1
-    assert {w: 1}[w] == 1   # hashable by identity
+    assert {w: 1}[w] == 1  # hashable by identity
     np.testing.assert_array_equal(w == w.data, np.ones((2, 3), bool))
 
 
@@ -319,7 +341,7 @@ def test_parameter_checks_what_is_assigned():
         p.grad = np.zeros((3, 2))
     with pytest.raises(ValueError, match="share memory"):
         p.grad = p.data
-    p.data = np.ones(5, np.float32)                 # new shape and dtype: a new zero gradient
+    p.data = np.ones(5, np.float32)  # new shape and dtype: a new zero gradient
     assert p.grad.shape == (5,) and p.grad.dtype == np.float32 and not p.grad.any()
     p.grad = None
     assert p.grad.shape == (5,)
@@ -329,14 +351,16 @@ def test_parameter_checks_what_is_assigned():
 
 def test_replaced_parameters_are_validated_not_trusted(backend, rng):
     """A wrong-shaped array put into a parameter gets a ValueError from every layer type."""
-    cases = [(nn.Linear(3, 4), "weight", (4, 5), rng.standard_normal((2, 3))),
-             (nn.Conv2d(2, 3, 3), "weight", (3, 1, 3, 3), rng.standard_normal((1, 2, 5, 5))),
-             (nn.RNN(3, 4), "weight_ih_l0", (4, 9), rng.standard_normal((2, 2, 3))),
-             (nn.LSTM(3, 4), "weight_hh_l0", (16, 3), rng.standard_normal((2, 2, 3))),
-             (nn.GRU(3, 4), "bias_ih_l0", (7,), rng.standard_normal((2, 2, 3)))]
+    cases = [
+        (nn.Linear(3, 4), "weight", (4, 5), rng.standard_normal((2, 3))),
+        (nn.Conv2d(2, 3, 3), "weight", (3, 1, 3, 3), rng.standard_normal((1, 2, 5, 5))),
+        (nn.RNN(3, 4), "weight_ih_l0", (4, 9), rng.standard_normal((2, 2, 3))),
+        (nn.LSTM(3, 4), "weight_hh_l0", (16, 3), rng.standard_normal((2, 2, 3))),
+        (nn.GRU(3, 4), "bias_ih_l0", (7,), rng.standard_normal((2, 2, 3))),
+    ]
     for layer, name, shape, x in cases:
         x = x.astype(np.float32)
-        layer(x)   # warm: the layer has bound its kernels
+        layer(x)  # warm: the layer has bound its kernels
         getattr(layer, name).data = np.zeros(shape, np.float32)
         with pytest.raises(ValueError):
             layer(x)
@@ -376,14 +400,21 @@ def test_a_new_parameter_object_rebinds_the_layer(rng):
 
 # ---------------------------------------------------------------- accumulation
 
-@pytest.mark.parametrize("make,shape", [
-    (lambda: nn.Sequential(nn.Linear(4, 5, dtype=np.float64), nn.Tanh(), nn.Linear(5, 2, dtype=np.float64)),
-     (3, 4)),
-    (lambda: nn.Sequential(nn.Conv2d(2, 3, 3, dtype=np.float64), nn.MaxPool2d(2), nn.Flatten()), (2, 2, 6, 6)),
-    (lambda: nn.RNN(3, 4, dtype=np.float64), (5, 2, 3)),
-    (lambda: nn.LSTM(3, 4, dtype=np.float64), (5, 2, 3)),
-    (lambda: nn.GRU(3, 4, dtype=np.float64), (5, 2, 3)),
-], ids=["mlp", "cnn", "rnn", "lstm", "gru"])
+
+@pytest.mark.parametrize(
+    "make,shape",
+    [
+        (
+            lambda: nn.Sequential(nn.Linear(4, 5, dtype=np.float64), nn.Tanh(), nn.Linear(5, 2, dtype=np.float64)),
+            (3, 4),
+        ),
+        (lambda: nn.Sequential(nn.Conv2d(2, 3, 3, dtype=np.float64), nn.MaxPool2d(2), nn.Flatten()), (2, 2, 6, 6)),
+        (lambda: nn.RNN(3, 4, dtype=np.float64), (5, 2, 3)),
+        (lambda: nn.LSTM(3, 4, dtype=np.float64), (5, 2, 3)),
+        (lambda: nn.GRU(3, 4, dtype=np.float64), (5, 2, 3)),
+    ],
+    ids=["mlp", "cnn", "rnn", "lstm", "gru"],
+)
 def test_accumulated_gradients_equal_the_sum_of_separate_ones(backend, make, shape, rng):
     model = make()
     xs = [rng.standard_normal(shape) for _ in range(3)]
@@ -399,25 +430,27 @@ def test_accumulated_gradients_equal_the_sum_of_separate_ones(backend, make, sha
     for n, p in model.named_parameters():
         np.testing.assert_allclose(p.grad, sum(s[n] for s in separate), rtol=1e-12, atol=1e-14, err_msg=n)
     model(xs[0])
-    model.backward(np.cos(model(xs[0])))   # the default still overwrites
+    model.backward(np.cos(model(xs[0])))  # the default still overwrites
     for n, p in model.named_parameters():
         np.testing.assert_allclose(p.grad, separate[0][n], rtol=1e-12, atol=1e-14, err_msg=n)
 
 
 # ---------------------------------------------------------------- protocol and pickling
 
+
 def test_every_module_has_the_one_backward_protocol():
     import inspect
 
     for name, cls in nn.registered_modules().items():
         if not cls.__module__.startswith("fastnn."):
-            continue   # layers other tests register
+            continue  # layers other tests register
         params = inspect.signature(cls.backward).parameters
         assert list(params)[:2] == ["self", "grad_output"], name
         for kw in ("input_grad", "accumulate"):
             assert params[kw].kind is inspect.Parameter.KEYWORD_ONLY, (name, kw)
 
     with pytest.raises(TypeError, match="input_grad=True, accumulate=False"):
+
         class Old(nn.Module):
             def backward(self, grad_out):
                 return grad_out
@@ -451,6 +484,7 @@ def test_backend_switch_between_calls_rebinds(rng):
 
 
 # ---------------------------------------------------------------- hostile pairings (issue of trusted paths)
+
 
 def test_fit_refuses_a_model_whose_output_batch_is_not_the_input_batch():
     """An LSTM without batch_first reads axis 0 as time: fit must say so, in every backend, never crash."""
@@ -545,9 +579,9 @@ def test_kernels_check_labels_and_indices_themselves():
 def test_parameters_unpickle_from_read_only_memory_maps(tmp_path):
     """joblib loads arrays as read-only memory maps: a Parameter takes a writeable copy."""
     joblib = pytest.importorskip("joblib")
-    lin = nn.Linear(512, 512)   # large enough for joblib to store (and map) the weight separately
+    lin = nn.Linear(512, 512)  # large enough for joblib to store (and map) the weight separately
     joblib.dump(lin, tmp_path / "lin.joblib")
     back = joblib.load(tmp_path / "lin.joblib", mmap_mode="r")
     assert back.weight.data.flags.writeable and type(back.weight.data) is np.ndarray
     np.testing.assert_array_equal(back.weight.data, lin.weight.data)
-    back.weight.data += 1   # usable for training
+    back.weight.data += 1  # usable for training

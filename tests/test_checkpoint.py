@@ -26,12 +26,15 @@ def _model(seed=0):
     return nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 2))
 
 
-@pytest.mark.parametrize("make", [
-    lambda p: optim.SGD(p, lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-3),
-    lambda p: optim.SGD(p, lr=0.1),
-    lambda p: optim.Adam(p, lr=1e-2, betas=(0.8, 0.99)),
-    lambda p: optim.AdamW(p, lr=1e-2),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda p: optim.SGD(p, lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-3),
+        lambda p: optim.SGD(p, lr=0.1),
+        lambda p: optim.Adam(p, lr=1e-2, betas=(0.8, 0.99)),
+        lambda p: optim.AdamW(p, lr=1e-2),
+    ],
+)
 def test_optimizer_state_dict_round_trip_continues_identically(make):
     X, y = _data()
     a = _model()
@@ -62,8 +65,10 @@ def test_optimizer_load_state_dict_refuses_a_mismatch():
         sgd.load_state_dict({"lr": 1})
 
 
-@pytest.mark.parametrize("make", [lambda o: optim.StepLR(o, 2, 0.5), lambda o: optim.CosineAnnealingLR(o, 5),
-                                  lambda o: optim.ExponentialLR(o, 0.9)])
+@pytest.mark.parametrize(
+    "make",
+    [lambda o: optim.StepLR(o, 2, 0.5), lambda o: optim.CosineAnnealingLR(o, 5), lambda o: optim.ExponentialLR(o, 0.9)],
+)
 def test_schedule_state_dict(make):
     o1 = optim.SGD(_model().parameters(), lr=0.1)
     s1 = make(o1)
@@ -133,11 +138,26 @@ def _fit(tmp_path, stop_after=None, resume=False, epochs=3, early=None):
             if calls[0] > stop_after:
                 raise KeyboardInterrupt
             return forward(out, target)
+
         loss.forward = counting
     ck = tmp_path / "ck.npz"
-    h = fastnn.fit(m, X, y, loss=loss, optimizer=opt, scheduler=sched, epochs=epochs, batch_size=16, seed=2,
-                   progress=False, validation_data=(X[:30], y[:30]), checkpoint=ck, checkpoint_every=3,
-                   resume=ck if resume else None, early_stopping=early)
+    h = fastnn.fit(
+        m,
+        X,
+        y,
+        loss=loss,
+        optimizer=opt,
+        scheduler=sched,
+        epochs=epochs,
+        batch_size=16,
+        seed=2,
+        progress=False,
+        validation_data=(X[:30], y[:30]),
+        checkpoint=ck,
+        checkpoint_every=3,
+        resume=ck if resume else None,
+        early_stopping=early,
+    )
     return m, h, opt
 
 
@@ -146,7 +166,7 @@ def test_resume_mid_epoch_is_bit_identical(tmp_path):
     full, h_full, _ = _fit(tmp_path / "a")
     (tmp_path / "b").mkdir()
     with pytest.raises(KeyboardInterrupt):
-        _fit(tmp_path / "b", stop_after=14)        # epoch 2, step 5: the last checkpoint is after step 3
+        _fit(tmp_path / "b", stop_after=14)  # epoch 2, step 5: the last checkpoint is after step 3
     m, h, opt = _fit(tmp_path / "b", resume=True)
     for pa, pb in zip(full.parameters(), m.parameters()):
         np.testing.assert_array_equal(pa.data, pb.data)
@@ -181,8 +201,7 @@ if mode == "resume":
 fastnn.fit(m, X, y, loss=loss, optimizer=opt, epochs=3, batch_size=16, seed=1, progress=False, **kw)
 np.save(out, np.concatenate([p.data.ravel() for p in m.parameters()]))
 """
-    run = lambda *a: subprocess.run([sys.executable, "-c", script, *a], capture_output=True, text=True,
-                                    timeout=120)
+    run = lambda *a: subprocess.run([sys.executable, "-c", script, *a], capture_output=True, text=True, timeout=120)
     full = str(tmp_path / "full.npy")
     assert run("full", full).returncode == 0
     out = str(tmp_path / "out.npy")

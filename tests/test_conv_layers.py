@@ -62,13 +62,17 @@ def test_pool_layers_match_torch(backend, dtype, kind, k, s, p, rng):
         np.testing.assert_allclose(layer.backward(g), tx.grad.numpy(), **tol(dtype, 4))
 
 
-@pytest.mark.parametrize("make", [
-    lambda: nn.Conv2d(2, 3, 3, stride=2, padding=1),
-    lambda: nn.Conv2d(2, 2, (2, 3), dilation=(2, 1), bias=False),
-    lambda: nn.MaxPool2d(3, 2, 1),
-    lambda: nn.AvgPool2d(2, 1),
-    lambda: nn.AvgPool2d(3, 2, 1, count_include_pad=False),
-], ids=["conv", "conv_dilated", "maxpool", "avgpool", "avgpool_nopad"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: nn.Conv2d(2, 3, 3, stride=2, padding=1),
+        lambda: nn.Conv2d(2, 2, (2, 3), dilation=(2, 1), bias=False),
+        lambda: nn.MaxPool2d(3, 2, 1),
+        lambda: nn.AvgPool2d(2, 1),
+        lambda: nn.AvgPool2d(3, 2, 1, count_include_pad=False),
+    ],
+    ids=["conv", "conv_dilated", "maxpool", "avgpool", "avgpool_nopad"],
+)
 def test_layer_gradcheck(backend, make, rng):
     layer = make()
     if isinstance(layer, nn.Conv2d):
@@ -142,7 +146,7 @@ def test_layer_outputs_are_fresh_and_results_stay_right(backend, rng):
     xs = [rng.standard_normal((4, 2, 8, 8)).astype(np.float32) for _ in range(3)]
     outs = [pool(conv(x)) for x in xs]
     assert len({id(o) for o in outs}) == 3
-    for x, y in zip(xs, outs):   # earlier results are not overwritten by later calls
+    for x, y in zip(xs, outs):  # earlier results are not overwritten by later calls
         want, _ = ops.max_pool2d_forward(ops.conv2d_forward(x, conv.weight.data, conv.bias.data, 1, 1), 2)
         np.testing.assert_allclose(y, want, **tol(np.float32, 20))
     conv.backward(pool.backward(np.ones_like(outs[0])), input_grad=False)
@@ -151,7 +155,7 @@ def test_layer_outputs_are_fresh_and_results_stay_right(backend, rng):
     np.testing.assert_allclose(conv.weight.grad, g1, **tol(np.float32))  # overwritten, not accumulated
     with fastnn.workspace(conv):
         a = conv(xs[0])
-        assert conv(xs[1]) is a   # inside a workspace: one buffer, overwritten
+        assert conv(xs[1]) is a  # inside a workspace: one buffer, overwritten
     # integer images are not cast silently: the message says how to convert
     with pytest.raises(TypeError, match=r"astype\(np\.float32\)"):
         conv(np.ones((1, 2, 8, 8), dtype=np.uint8))
@@ -185,13 +189,17 @@ def test_small_cnn_trains(backend, rng):
     assert losses[-1] < 0.5 * losses[0]
 
 
-@pytest.mark.parametrize("make", [
-    lambda: nn.Conv2d(2, 3, 3, stride=2, padding=1, dtype=np.float64, rng=0),
-    lambda: nn.Conv2d(2, 2, (2, 3), dilation=(2, 1), bias=False, dtype=np.float64, rng=0),
-    lambda: nn.MaxPool2d(3, 2, 1),
-    lambda: nn.AvgPool2d(2, 1),
-    lambda: nn.Flatten(),
-], ids=["conv", "conv_dilated", "maxpool", "avgpool", "flatten"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: nn.Conv2d(2, 3, 3, stride=2, padding=1, dtype=np.float64, rng=0),
+        lambda: nn.Conv2d(2, 2, (2, 3), dilation=(2, 1), bias=False, dtype=np.float64, rng=0),
+        lambda: nn.MaxPool2d(3, 2, 1),
+        lambda: nn.AvgPool2d(2, 1),
+        lambda: nn.Flatten(),
+    ],
+    ids=["conv", "conv_dilated", "maxpool", "avgpool", "flatten"],
+)
 def test_fastnn_gradcheck(backend, make, rng):
     report = fastnn.gradcheck(make(), rng.standard_normal((2, 2, 7, 6)))
     assert report.ok
@@ -199,9 +207,15 @@ def test_fastnn_gradcheck(backend, make, rng):
 
 def _cnn(dtype=np.float32):
     return nn.Sequential(
-        nn.Conv2d(1, 4, 3, padding=1, dtype=dtype), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(4, 8, 3, padding=1, dtype=dtype), nn.ReLU(), nn.AvgPool2d(2),
-        nn.Flatten(), nn.Linear(8 * 2 * 2, 3, dtype=dtype))
+        nn.Conv2d(1, 4, 3, padding=1, dtype=dtype),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(4, 8, 3, padding=1, dtype=dtype),
+        nn.ReLU(),
+        nn.AvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(8 * 2 * 2, 3, dtype=dtype),
+    )
 
 
 def test_sequential_cnn_gradcheck(backend, rng):
@@ -216,8 +230,17 @@ def test_sequential_cnn_fit_save_load(backend, tmp_path, rng):
     x = rng.standard_normal((96, 1, 8, 8)).astype(np.float32)
     y = np.argmax([x[:, 0, :3].mean((1, 2)), x[:, 0, 3:5].mean((1, 2)), x[:, 0, 5:].mean((1, 2))], axis=0)
     model = _cnn()
-    hist = fastnn.fit(model, x, y, loss=nn.CrossEntropyLoss(), optimizer=fastnn.optim.Adam(model.parameters(),
-                      lr=1e-2), epochs=15, batch_size=32, progress=False, seed=0)
+    hist = fastnn.fit(
+        model,
+        x,
+        y,
+        loss=nn.CrossEntropyLoss(),
+        optimizer=fastnn.optim.Adam(model.parameters(), lr=1e-2),
+        epochs=15,
+        batch_size=32,
+        progress=False,
+        seed=0,
+    )
     assert hist["loss"][-1] < 0.6 * hist["loss"][0]
     path = tmp_path / "cnn.npz"
     fastnn.save(model, path)
@@ -232,9 +255,16 @@ def test_sequential_cnn_matches_torch(backend, rng):
     fastnn.manual_seed(0)
     model = _cnn(np.float64)
     tnn = torch.nn
-    tmodel = tnn.Sequential(tnn.Conv2d(1, 4, 3, padding=1), tnn.ReLU(), tnn.MaxPool2d(2),
-                            tnn.Conv2d(4, 8, 3, padding=1), tnn.ReLU(), tnn.AvgPool2d(2),
-                            tnn.Flatten(), tnn.Linear(32, 3)).double()
+    tmodel = tnn.Sequential(
+        tnn.Conv2d(1, 4, 3, padding=1),
+        tnn.ReLU(),
+        tnn.MaxPool2d(2),
+        tnn.Conv2d(4, 8, 3, padding=1),
+        tnn.ReLU(),
+        tnn.AvgPool2d(2),
+        tnn.Flatten(),
+        tnn.Linear(32, 3),
+    ).double()
     assert list(model.state_dict()) == list(tmodel.state_dict())
     model.load_state_dict({k: v.detach().numpy() for k, v in tmodel.state_dict().items()})
     x = rng.standard_normal((5, 1, 8, 8))
@@ -245,8 +275,9 @@ def test_sequential_cnn_matches_torch(backend, rng):
     np.testing.assert_allclose(model(x), ty.detach().numpy(), rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(model.backward(g), tx.grad.numpy(), rtol=1e-10, atol=1e-12)
     for name, p in tmodel.named_parameters():
-        np.testing.assert_allclose(dict(model.named_parameters())[name].grad, p.grad.numpy(),
-                                   rtol=1e-9, atol=1e-11, err_msg=name)
+        np.testing.assert_allclose(
+            dict(model.named_parameters())[name].grad, p.grad.numpy(), rtol=1e-9, atol=1e-11, err_msg=name
+        )
 
 
 def test_digits_cnn_demo_is_discovered():

@@ -11,14 +11,14 @@ from fastnn.gradcheck import numerical_gradient
 
 # (B, C, H, W, O, kH, kW, stride, padding, dilation)
 CONV_CASES = [
-    (1, 1, 5, 5, 1, 3, 3, 1, 0, 1),        # batch 1, one channel
-    (2, 3, 7, 9, 4, 3, 3, 1, 1, 1),        # odd sizes, padding
-    (3, 2, 11, 8, 5, 3, 3, 2, 1, 1),       # stride 2
-    (2, 2, 10, 9, 3, 3, 2, (2, 1), (1, 0), 2),   # dilation, mixed pairs
-    (1, 16, 6, 6, 24, 1, 1, 1, 0, 1),      # many channels, 1x1
-    (5, 8, 9, 7, 6, 5, 3, 1, 2, (1, 2)),   # wide kernel, padding 2
-    (4, 1, 28, 28, 8, 3, 3, 1, 1, 1),      # W5 first layer
-    (2, 3, 4, 4, 2, 4, 4, 3, 0, 1),        # kernel as big as the input
+    (1, 1, 5, 5, 1, 3, 3, 1, 0, 1),  # batch 1, one channel
+    (2, 3, 7, 9, 4, 3, 3, 1, 1, 1),  # odd sizes, padding
+    (3, 2, 11, 8, 5, 3, 3, 2, 1, 1),  # stride 2
+    (2, 2, 10, 9, 3, 3, 2, (2, 1), (1, 0), 2),  # dilation, mixed pairs
+    (1, 16, 6, 6, 24, 1, 1, 1, 0, 1),  # many channels, 1x1
+    (5, 8, 9, 7, 6, 5, 3, 1, 2, (1, 2)),  # wide kernel, padding 2
+    (4, 1, 28, 28, 8, 3, 3, 1, 1, 1),  # W5 first layer
+    (2, 3, 4, 4, 2, 4, 4, 3, 0, 1),  # kernel as big as the input
 ]
 
 
@@ -52,7 +52,7 @@ def test_conv2d_backward_options_and_buffers(backend, dtype, rng):
     y = ops.conv2d_forward(x, w, b, s, p, d)
     g = rng.standard_normal(y.shape).astype(dtype)
     gi_ref, gw_ref, gb_ref = reference("conv2d_backward", g, x, w, s, p, d)
-    gw = np.full(w.shape, 7.0, dtype)        # must be overwritten, not accumulated
+    gw = np.full(w.shape, 7.0, dtype)  # must be overwritten, not accumulated
     gi, gw2, gb = ops.conv2d_backward(g, x, w, s, p, d, bias=False, input_grad=False, grad_weight=gw)
     assert gi is None and gb is None and gw2 is gw
     np.testing.assert_allclose(gw, gw_ref, **tol(dtype, 100))
@@ -106,11 +106,11 @@ def test_conv2d_backward_finite_differences(backend, case, rng):
 # (B, C, H, W, kernel, stride, padding)
 POOL_CASES = [
     (1, 1, 4, 4, 2, None, 0),
-    (2, 3, 7, 9, 2, 2, 0),          # odd sizes: last row/column dropped
-    (2, 2, 9, 8, 3, 2, 1),          # padding
-    (3, 4, 6, 7, 3, 1, 1),          # overlapping windows
+    (2, 3, 7, 9, 2, 2, 0),  # odd sizes: last row/column dropped
+    (2, 2, 9, 8, 3, 2, 1),  # padding
+    (3, 4, 6, 7, 3, 1, 1),  # overlapping windows
     (1, 5, 8, 10, (2, 3), (1, 2), (1, 1)),
-    (4, 16, 28, 28, 2, 2, 0),       # W5 pooling, parallel path
+    (4, 16, 28, 28, 2, 2, 0),  # W5 pooling, parallel path
 ]
 
 
@@ -141,15 +141,13 @@ def test_avg_pool2d_matches_reference(backend, dtype, case, count_include_pad, r
     np.testing.assert_allclose(y, reference("avg_pool2d_forward", x, k, s, p, count_include_pad), **tol(dtype, 4))
     g = rng.standard_normal(y.shape).astype(dtype)
     gi = ops.avg_pool2d_backward(g, x.shape, k, s, p, count_include_pad)
-    np.testing.assert_allclose(gi, reference("avg_pool2d_backward", g, x.shape, k, s, p, count_include_pad),
-                               **tol(dtype, 4))
+    np.testing.assert_allclose(
+        gi, reference("avg_pool2d_backward", g, x.shape, k, s, p, count_include_pad), **tol(dtype, 4)
+    )
 
 
 def test_max_pool_ties_nan_and_inf(backend, dtype):
-    x = np.array([[[[1, 3, 3, 0],
-                    [3, 2, np.nan, 5],
-                    [-np.inf, -np.inf, 7, np.nan],
-                    [-np.inf, -np.inf, 7, 7]]]], dtype)
+    x = np.array([[[[1, 3, 3, 0], [3, 2, np.nan, 5], [-np.inf, -np.inf, 7, np.nan], [-np.inf, -np.inf, 7, 7]]]], dtype)
     y, idx = ops.max_pool2d_forward(x, 2, 2)
     np.testing.assert_array_equal(y, np.array([[[[3, np.nan], [-np.inf, np.nan]]]], dtype))
     # first maximum in row-major order; NaN beats numbers; all -inf -> first pixel

@@ -40,6 +40,7 @@ def threads():
 
 def _ext(name):
     import importlib
+
     return importlib.import_module(f"fastnn._ext.{name}")
 
 
@@ -54,9 +55,18 @@ def test_backend_info_and_no_fallbacks(cy):
     # library (dropout, normalisation, embedding, adaptive pooling): those run the
     # reference, and the backend says so (fastnn info lists them) instead of
     # registering the reference under its own name.
-    pending = {"dropout_forward", "dropout_backward", "batch_norm_forward", "batch_norm_backward",
-               "layer_norm_forward", "layer_norm_backward", "embedding_forward", "embedding_backward",
-               "adaptive_avg_pool2d_forward", "adaptive_avg_pool2d_backward"}
+    pending = {
+        "dropout_forward",
+        "dropout_backward",
+        "batch_norm_forward",
+        "batch_norm_backward",
+        "layer_norm_forward",
+        "layer_norm_backward",
+        "embedding_forward",
+        "embedding_backward",
+        "adaptive_avg_pool2d_forward",
+        "adaptive_avg_pool2d_backward",
+    }
     assert set(cy.fallbacks) == pending, sorted(set(cy.fallbacks) ^ pending)
 
 
@@ -70,8 +80,12 @@ def test_set_num_threads_reaches_every_module(cy, threads):
 
 # Sizes around the parallel thresholds (parallel_min_elements for exp-based loops,
 # parallel_min_elements_cheap for memory-bound ones) and the 32768-element chunk.
-PAR_SIZES = [tuning.value("parallel_min_elements") - 1, tuning.value("parallel_min_elements"), 3 * 32768 + 5,
-             tuning.value("parallel_min_elements_cheap") + 3]
+PAR_SIZES = [
+    tuning.value("parallel_min_elements") - 1,
+    tuning.value("parallel_min_elements"),
+    3 * 32768 + 5,
+    tuning.value("parallel_min_elements_cheap") + 3,
+]
 
 
 @pytest.mark.parametrize("n", PAR_SIZES)
@@ -101,8 +115,14 @@ def test_row_kernels_serial_equals_parallel(cy, threads, dtype, shape, rng):
         for nt in (1, 2):
             threads(nt)
             y = ops.softmax(z)
-            out.append((y, ops.softmax_backward(g, y), *ops.softmax_cross_entropy(z, labels, "sum"),
-                        *ops.mse_loss(z, g, "mean")))
+            out.append(
+                (
+                    y,
+                    ops.softmax_backward(g, y),
+                    *ops.softmax_cross_entropy(z, labels, "sum"),
+                    *ops.mse_loss(z, g, "mean"),
+                )
+            )
     s, p = out
     for a, b in zip(s, p):
         if isinstance(a, float):  # reductions: partial sums combine in another order
@@ -168,8 +188,9 @@ def test_backward_in_place_aliasing(cy, dtype, name, rng):
 
 def test_float32_exp_tanh_approximation_accuracy(cy):
     # float32 uses polynomial exp/expm1: a few ulp against float64 libm
-    x = np.concatenate([np.linspace(-20, 20, 400_001), np.geomspace(1e-30, 1e-2, 1000),
-                        -np.geomspace(1e-30, 1e-2, 1000)]).astype(np.float32)
+    x = np.concatenate(
+        [np.linspace(-20, 20, 400_001), np.geomspace(1e-30, 1e-2, 1000), -np.geomspace(1e-30, 1e-2, 1000)]
+    ).astype(np.float32)
     x64 = x.astype(np.float64)
     with fastnn.use_backend("cython"):
         t = ops.tanh(x)
@@ -181,8 +202,9 @@ def test_float32_exp_tanh_approximation_accuracy(cy):
 
 def test_float64_exp_tanh_approximation_accuracy(cy):
     # float64 uses a degree-13 polynomial: a few ulp, far inside the 1e-12 test tolerance
-    x = np.concatenate([np.linspace(-45, 45, 300_001), np.geomspace(1e-300, 1e-2, 1000),
-                        -np.geomspace(1e-300, 1e-2, 1000)])
+    x = np.concatenate(
+        [np.linspace(-45, 45, 300_001), np.geomspace(1e-300, 1e-2, 1000), -np.geomspace(1e-300, 1e-2, 1000)]
+    )
     with fastnn.use_backend("cython"):
         t = ops.tanh(x)
         s = ops.sigmoid(x)
@@ -217,8 +239,21 @@ def test_softmax_in_place(cy, dtype, rng):
     np.testing.assert_allclose(x, want, **tol(dtype, 10))
 
 
-@pytest.mark.parametrize("m,k,n", [(4, 5, 16), (5, 7, 17), (9, 3, 31), (8, 1, 32), (3, 40, 33), (1, 64, 64),
-                                   (2, 50, 40), (3, 300, 70), (130, 70, 100)], ids=str)
+@pytest.mark.parametrize(
+    "m,k,n",
+    [
+        (4, 5, 16),
+        (5, 7, 17),
+        (9, 3, 31),
+        (8, 1, 32),
+        (3, 40, 33),
+        (1, 64, 64),
+        (2, 50, 40),
+        (3, 300, 70),
+        (130, 70, 100),
+    ],
+    ids=str,
+)
 def test_matmul_small_kernel_tile_edges(cy, dtype, m, k, n, rng):
     # the register-blocked small-GEMM path: tiles of 4 rows x 1-2 vectors, padded columns
     for ta in (False, True):
@@ -255,11 +290,16 @@ def test_build_without_openmp(tmp_path):
     for item in ("setup.py", "pyproject.toml", "kernels"):
         src = root / item
         (shutil.copytree if src.is_dir() else shutil.copy)(src, work / item)
-    shutil.copytree(root / "fastnn", work / "fastnn",
-                    ignore=shutil.ignore_patterns("*.so", "*.pyd", "__pycache__"))
+    shutil.copytree(root / "fastnn", work / "fastnn", ignore=shutil.ignore_patterns("*.so", "*.pyd", "__pycache__"))
     env = dict(os.environ, FASTNN_NO_OPENMP="1")
-    build = subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace", "-q"], cwd=work, env=env,
-                           capture_output=True, text=True, timeout=900)
+    build = subprocess.run(
+        [sys.executable, "setup.py", "build_ext", "--inplace", "-q"],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert build.returncode == 0, build.stderr[-3000:]
     assert "OpenMP=no" in build.stdout
     code = (
@@ -274,7 +314,13 @@ def test_build_without_openmp(tmp_path):
         "assert np.allclose(fastnn.ops.matmul(a, a, trans_b=True), a @ a.T)\n"
         "print('ok', fastnn.backends.current().info)\n"
     )
-    run = subprocess.run([sys.executable, "-c", code], cwd=work, capture_output=True, text=True, timeout=300,
-                         env=dict(os.environ, PYTHONPATH=str(work)))
+    run = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, PYTHONPATH=str(work)),
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     assert "'openmp': False" in run.stdout

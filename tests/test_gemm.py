@@ -54,15 +54,28 @@ def _want(a, b, ta, tb):
 # (M, K, N): every edge of the register tiles (MR 4/6/12, NR 8..64), of the
 # cache blocks (KC 256/384, MC 96, NC 2048/3072/4096) and of the thread split.
 SHAPES = [
-    (1, 1, 1), (1, 7, 31), (7, 1, 33), (31, 33, 1), (33, 127, 7), (127, 129, 31),
-    (129, 31, 127), (7, 1000, 33), (1000, 7, 129), (97, 385, 65), (193, 257, 97),
-    (13, 769, 3), (3, 5, 4100), (128, 784, 256), (32, 64, 128),
+    (1, 1, 1),
+    (1, 7, 31),
+    (7, 1, 33),
+    (31, 33, 1),
+    (33, 127, 7),
+    (127, 129, 31),
+    (129, 31, 127),
+    (7, 1000, 33),
+    (1000, 7, 129),
+    (97, 385, 65),
+    (193, 257, 97),
+    (13, 769, 3),
+    (3, 5, 4100),
+    (128, 784, 256),
+    (32, 64, 128),
 ]
 
 
 @pytest.mark.parametrize("m,k,n", SHAPES, ids=str)
-@pytest.mark.parametrize("ta,tb", [(False, False), (True, False), (False, True), (True, True)],
-                         ids=["NN", "TN", "NT", "TT"])
+@pytest.mark.parametrize(
+    "ta,tb", [(False, False), (True, False), (False, True), (True, True)], ids=["NN", "TN", "NT", "TT"]
+)
 def test_own_gemm_matches_numpy(own, dtype, m, k, n, ta, tb, rng):
     a, b = _operands(rng, m, k, n, ta, tb, dtype)
     out = np.full((m, n), np.nan, dtype)
@@ -72,8 +85,9 @@ def test_own_gemm_matches_numpy(own, dtype, m, k, n, ta, tb, rng):
 
 
 # serial; one slab of C per thread (tall and wide); threads sharing packed B (>= 768^3)
-@pytest.mark.parametrize("m,k,n", [(7, 33, 31), (129, 127, 1000), (1000, 127, 129), (200, 800, 300),
-                                   (770, 771, 773)], ids=str)
+@pytest.mark.parametrize(
+    "m,k,n", [(7, 33, 31), (129, 127, 1000), (1000, 127, 129), (200, 800, 300), (770, 771, 773)], ids=str
+)
 def test_own_gemm_threads(own, threads, dtype, m, k, n, rng):
     a, b = _operands(rng, m, k, n, False, True, dtype)
     out = np.empty((m, n), dtype)
@@ -105,8 +119,8 @@ def test_own_gemm_non_contiguous(own, dtype, rng):
     base_a = rng.standard_normal((80, 90)).astype(dtype)
     base_b = rng.standard_normal((90, 70)).astype(dtype)
     cases = [
-        (base_a[::2, ::3], base_b[::3, :]),                         # strided views
-        (np.asfortranarray(base_a[:40, :30]), base_b[:30, ::2]),   # Fortran order
+        (base_a[::2, ::3], base_b[::3, :]),  # strided views
+        (np.asfortranarray(base_a[:40, :30]), base_b[:30, ::2]),  # Fortran order
         (base_a[1:41, 5:35], np.asfortranarray(base_b[:30, :20]).T.T),
     ]
     for a, b in cases:
@@ -152,8 +166,13 @@ def test_fused_dense_forward_matches_unfused(own, dtype, activation, with_bias, 
     b = rng.standard_normal(o).astype(dtype) if with_bias else None
     out = np.empty((bsz, o), dtype)
     own.dense_forward(x, w, b, activation, out)
-    want = reference("dense_forward", x.astype(np.float64), w.astype(np.float64),
-                     None if b is None else b.astype(np.float64), activation)
+    want = reference(
+        "dense_forward",
+        x.astype(np.float64),
+        w.astype(np.float64),
+        None if b is None else b.astype(np.float64),
+        activation,
+    )
     np.testing.assert_allclose(out, want, **tol(dtype, 10 * np.sqrt(i)))
 
 
@@ -179,8 +198,9 @@ def test_fused_dense_backward_matches_reference(own, dtype, activation, bsz, i, 
 
 
 def test_gflops_table_rows():
-    rows = fgemm.gflops_table(sizes=[16, (8, 12, 20)], backends=("numpy", "blas", "cython", "numba"),
-                              repeat=1, min_time=0.001)
+    rows = fgemm.gflops_table(
+        sizes=[16, (8, 12, 20)], backends=("numpy", "blas", "cython", "numba"), repeat=1, min_time=0.001
+    )
     names = {r["backend"] for r in rows}
     assert {"numpy", "blas"} <= names or "numpy" in names
     for r in rows:
@@ -195,6 +215,7 @@ def test_gflops_table_rows():
 def test_backend_kernels_follow_switch(compiled_backend, mode, dtype, rng):
     """matmul / dense kernels of each compiled backend give the same numbers on either GEMM."""
     from fastnn import ops
+
     a = rng.standard_normal((33, 70)).astype(dtype)
     b = rng.standard_normal((45, 70)).astype(dtype)
     bias = rng.standard_normal(45).astype(dtype)

@@ -14,9 +14,18 @@ from fastnn.io import ModelFileError
 
 
 def _model(dtype=np.float32):
-    return nn.Sequential(nn.Linear(6, 8, dtype=dtype), nn.ReLU(), nn.Linear(8, 5, bias=False, dtype=dtype, init="he"),
-                         nn.LeakyReLU(0.2), nn.Linear(5, 4, dtype=dtype), nn.Tanh(), nn.Linear(4, 4, dtype=dtype),
-                         nn.Sigmoid(), nn.Linear(4, 3, dtype=dtype), nn.Softmax())
+    return nn.Sequential(
+        nn.Linear(6, 8, dtype=dtype),
+        nn.ReLU(),
+        nn.Linear(8, 5, bias=False, dtype=dtype, init="he"),
+        nn.LeakyReLU(0.2),
+        nn.Linear(5, 4, dtype=dtype),
+        nn.Tanh(),
+        nn.Linear(4, 4, dtype=dtype),
+        nn.Sigmoid(),
+        nn.Linear(4, 3, dtype=dtype),
+        nn.Softmax(),
+    )
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -44,8 +53,10 @@ def test_file_is_plain_npz_without_pickle(tmp_path):
         assert header["format"] == "fastnn-model" and header["version"] == 1
         assert header["architecture"]["type"] == "Sequential"
         assert header["architecture"]["children"]["0"] == {
-            "type": "Linear", "config": {"in_features": 6, "out_features": 8, "bias": True, "dtype": "float32",
-                                         "init": "default"}, "children": {}}
+            "type": "Linear",
+            "config": {"in_features": 6, "out_features": 8, "bias": True, "dtype": "float32", "init": "default"},
+            "children": {},
+        }
         assert all(z[k].dtype != object for k in z.files)
 
 
@@ -212,9 +223,11 @@ def test_registry_extends_save_load(tmp_path, rng):
     assert fastnn.gradcheck(loaded, rng.standard_normal((4, 2))).ok
 
     with pytest.raises(ValueError, match="already registered"):
+
         @nn.register_module(name="TestScaleLayer")
         class Other(nn.Module):
             pass
+
     with pytest.raises(KeyError, match="no layer named"):
         nn.get_module_class("NoSuchLayer")
 
@@ -230,7 +243,7 @@ def test_save_keeps_the_targets_permissions_and_a_new_file_gets_the_umask(tmp_pa
     old = os.umask(0o027)
     try:
         fastnn.save(_model(), tmp_path / "new.fnn")
-        assert stat.S_IMODE(os.stat(tmp_path / "new.fnn").st_mode) == 0o640   # 0o666 less the umask, not 0o600
+        assert stat.S_IMODE(os.stat(tmp_path / "new.fnn").st_mode) == 0o640  # 0o666 less the umask, not 0o600
         existing = tmp_path / "existing.fnn"
         existing.write_bytes(b"old")
         os.chmod(existing, 0o604)
@@ -247,7 +260,7 @@ def test_save_follows_a_symbolic_link_and_keeps_it(tmp_path):
     real.write_bytes(b"previous")
     os.chmod(real, 0o600)
     link = tmp_path / "latest.fnn"
-    link.symlink_to(os.path.join("runs", "model.fnn"))   # relative, resolved from the link's directory
+    link.symlink_to(os.path.join("runs", "model.fnn"))  # relative, resolved from the link's directory
     model = _model()
     fastnn.save(model, link)
     assert link.is_symlink() and os.readlink(link) == os.path.join("runs", "model.fnn")
@@ -256,7 +269,7 @@ def test_save_follows_a_symbolic_link_and_keeps_it(tmp_path):
     assert _tmp_files(tmp_path) == [] and _tmp_files(tmp_path / "runs") == []
 
     dangling = tmp_path / "dangling.fnn"
-    dangling.symlink_to(tmp_path / "runs" / "created.fnn")   # like open(path, "w"): creates the target
+    dangling.symlink_to(tmp_path / "runs" / "created.fnn")  # like open(path, "w"): creates the target
     fastnn.save(model, dangling)
     assert dangling.is_symlink() and (tmp_path / "runs" / "created.fnn").is_file()
 
@@ -291,7 +304,7 @@ def test_save_removes_its_temporary_file_when_interrupted_or_failing(tmp_path, m
 
     def interrupted(file, *args, **kwargs):
         file.write(b"PK\x03\x04 partial")
-        assert len(_tmp_files(tmp_path)) == 1    # the temporary file exists while it is written
+        assert len(_tmp_files(tmp_path)) == 1  # the temporary file exists while it is written
         raise failure("stop")
 
     monkeypatch.setattr(np, "savez", interrupted)
@@ -317,7 +330,7 @@ def test_save_refuses_a_model_that_load_would_refuse(tmp_path):
     with pytest.raises(ValueError, match="nest more than 32 deep"):
         fastnn.save(deep, tmp_path / "deep.fnn")
     assert os.listdir(tmp_path) == []
-    wide = nn.Sequential(*[nn.ReLU() for _ in range(fastnn.io.MAX_LAYERS)])   # + the Sequential itself
+    wide = nn.Sequential(*[nn.ReLU() for _ in range(fastnn.io.MAX_LAYERS)])  # + the Sequential itself
     with pytest.raises(ValueError, match=f"{fastnn.io.MAX_LAYERS + 1} layers"):
         fastnn.save(wide, tmp_path / "wide.fnn")
     fastnn.save(nn.Sequential(*[nn.ReLU() for _ in range(fastnn.io.MAX_LAYERS - 1)]), tmp_path / "ok.fnn")
@@ -337,7 +350,7 @@ def test_load_paths_that_are_not_model_files(tmp_path):
     (tmp_path / "file").write_bytes(b"")
     with pytest.raises(ModelFileError, match="cannot open the file"):
         fastnn.load(tmp_path / "file" / "m.fnn")
-    os.mkfifo(tmp_path / "fifo")   # opening it must not wait for a writer: checked in a child, with a timeout
+    os.mkfifo(tmp_path / "fifo")  # opening it must not wait for a writer: checked in a child, with a timeout
     run_isolated(f"import fastnn; fastnn.load({str(tmp_path / 'fifo')!r})", timeout=60).assert_raised(ModelFileError)
 
 
@@ -426,12 +439,12 @@ def test_a_layer_that_declares_its_parameters_is_checked_before_it_is_built(tmp_
     from test_io_craft import model_file, parts
 
     header, arrays = parts(nn.Sequential(DeclaredScale(3)))
-    header["architecture"]["children"]["0"]["config"]["n"] = 10 ** 12
+    header["architecture"]["children"]["0"]["config"]["n"] = 10**12
     (tmp_path / "huge.fnn").write_bytes(model_file(header, arrays))
     built.clear()
     with pytest.raises(ModelFileError, match=r"architecture makes \(1000000000000,\)"):
         fastnn.load(tmp_path / "huge.fnn")
-    assert built == []          # refused before the constructor ran
+    assert built == []  # refused before the constructor ran
 
 
 def test_a_layer_that_cannot_tell_is_built_after_the_other_checks(tmp_path):
@@ -456,8 +469,7 @@ def test_a_layer_that_cannot_tell_is_built_after_the_other_checks(tmp_path):
     header, arrays = parts(nn.Sequential(nn.Linear(2, 3)))
     arrays.append(("1.scale", np.ones(3)))
     header["params"]["1.scale"] = {"shape": [3], "dtype": "<f8"}
-    header["architecture"]["children"]["1"] = {"type": "TestGreedyScale", "config": {"n": 10 ** 11},
-                                               "children": {}}
+    header["architecture"]["children"]["1"] = {"type": "TestGreedyScale", "config": {"n": 10**11}, "children": {}}
     (tmp_path / "greedy.fnn").write_bytes(model_file(header, arrays))
     # its constructor's own allocation is the one thing left to the layer; even that ends as ModelFileError
     result = run_isolated(code.replace("PATH", repr(str(tmp_path / "greedy.fnn"))), memory_limit=1 << 30)
@@ -482,20 +494,37 @@ def test_a_subclass_of_a_fastnn_layer_does_not_inherit_its_declaration(tmp_path)
 
     model = nn.Sequential(ScaledLinear(3, 2, factor=0.5))
     fastnn.save(model, tmp_path / "sub.fnn")
-    loaded = fastnn.load(tmp_path / "sub.fnn")   # Linear's declaration would call "factor" an unknown key
+    loaded = fastnn.load(tmp_path / "sub.fnn")  # Linear's declaration would call "factor" an unknown key
     assert loaded[0].factor == 0.5
     np.testing.assert_array_equal(loaded[0].weight.data, model[0].weight.data)
 
 
-@pytest.mark.parametrize("layer", [
-    nn.Linear(3, 4), nn.Linear(5, 2, bias=False, dtype=np.float64, init="he"),
-    nn.Conv2d(2, 3, 3), nn.Conv2d(1, 4, (3, 5), stride=2, padding=(1, 0), dilation=(2, 1), bias=False,
-                                  dtype=np.float64),
-    nn.RNN(3, 4), nn.RNN(2, 5, nonlinearity="relu", bias=False, batch_first=True, return_state=True),
-    nn.LSTM(3, 4), nn.LSTM(2, 3, bias=False, dtype=np.float64), nn.GRU(3, 4), nn.GRU(4, 2, batch_first=True),
-    nn.ReLU(), nn.Sigmoid(), nn.Tanh(), nn.LeakyReLU(0.3), nn.Softmax(dim=1), nn.MaxPool2d(3, 2, 1),
-    nn.AvgPool2d(2, count_include_pad=False), nn.Flatten(0, 2), nn.LastTimeStep(batch_first=True),
-    nn.Sequential(nn.Linear(2, 3), nn.Tanh())], ids=repr)
+@pytest.mark.parametrize(
+    "layer",
+    [
+        nn.Linear(3, 4),
+        nn.Linear(5, 2, bias=False, dtype=np.float64, init="he"),
+        nn.Conv2d(2, 3, 3),
+        nn.Conv2d(1, 4, (3, 5), stride=2, padding=(1, 0), dilation=(2, 1), bias=False, dtype=np.float64),
+        nn.RNN(3, 4),
+        nn.RNN(2, 5, nonlinearity="relu", bias=False, batch_first=True, return_state=True),
+        nn.LSTM(3, 4),
+        nn.LSTM(2, 3, bias=False, dtype=np.float64),
+        nn.GRU(3, 4),
+        nn.GRU(4, 2, batch_first=True),
+        nn.ReLU(),
+        nn.Sigmoid(),
+        nn.Tanh(),
+        nn.LeakyReLU(0.3),
+        nn.Softmax(dim=1),
+        nn.MaxPool2d(3, 2, 1),
+        nn.AvgPool2d(2, count_include_pad=False),
+        nn.Flatten(0, 2),
+        nn.LastTimeStep(batch_first=True),
+        nn.Sequential(nn.Linear(2, 3), nn.Tanh()),
+    ],
+    ids=repr,
+)
 def test_parameters_from_config_is_what_the_constructor_makes(layer):
     declared = type(layer).parameters_from_config(layer.get_config(), tuple(layer._modules))
     assert declared == [(k, p.shape, p.dtype.name) for k, p in layer._parameters.items()]
@@ -505,26 +534,27 @@ def test_parameters_from_config_is_what_the_constructor_makes(layer):
 
 def test_constructors_check_their_arguments_strictly():
     for call, error, pattern in [
-            (lambda: nn.Linear(3, 2, bias="false"), TypeError, "bias must be True or False"),
-            (lambda: nn.Linear(3, 2, bias=0), TypeError, "bias must be True or False"),
-            (lambda: nn.Linear(3, 2, dtype=None), TypeError, "dtype must be"),
-            (lambda: nn.Linear(3, 2, dtype="f4"), TypeError, "dtype must be"),
-            (lambda: nn.Linear(3, 2, init=5), ValueError, "init must be one of"),
-            (lambda: nn.Linear(3.0, 2), ValueError, "positive integer"),
-            (lambda: nn.Conv2d(1, 2, 3, bias="no"), TypeError, "bias must be True or False"),
-            (lambda: nn.Conv2d(1, 2, 3, dtype="float16"), TypeError, "dtype must be"),
-            (lambda: nn.RNN(2, 3, nonlinearity=1), ValueError, "nonlinearity must be"),
-            (lambda: nn.LSTM(2, 3, batch_first="false"), TypeError, "batch_first must be True or False"),
-            (lambda: nn.GRU(2, 3, return_state=1), TypeError, "return_state must be True or False"),
-            (lambda: nn.GRU(2, 3, bias=None), TypeError, "bias must be True or False"),
-            (lambda: nn.LeakyReLU("0.1"), TypeError, "must be a real number"),
-            (lambda: nn.LeakyReLU(float("inf")), ValueError, "must be finite"),
-            (lambda: nn.Softmax(dim=True), TypeError, "dim must be an integer"),
-            (lambda: nn.Softmax(dim=1.0), TypeError, "dim must be an integer"),
-            (lambda: nn.AvgPool2d(2, count_include_pad=1), TypeError, "count_include_pad must be True or False"),
-            (lambda: nn.Flatten(start_dim=1.9), TypeError, "start_dim must be an integer"),
-            (lambda: nn.Flatten(end_dim="-1"), TypeError, "end_dim must be an integer"),
-            (lambda: nn.LastTimeStep(batch_first="true"), TypeError, "batch_first must be True or False")]:
+        (lambda: nn.Linear(3, 2, bias="false"), TypeError, "bias must be True or False"),
+        (lambda: nn.Linear(3, 2, bias=0), TypeError, "bias must be True or False"),
+        (lambda: nn.Linear(3, 2, dtype=None), TypeError, "dtype must be"),
+        (lambda: nn.Linear(3, 2, dtype="f4"), TypeError, "dtype must be"),
+        (lambda: nn.Linear(3, 2, init=5), ValueError, "init must be one of"),
+        (lambda: nn.Linear(3.0, 2), ValueError, "positive integer"),
+        (lambda: nn.Conv2d(1, 2, 3, bias="no"), TypeError, "bias must be True or False"),
+        (lambda: nn.Conv2d(1, 2, 3, dtype="float16"), TypeError, "dtype must be"),
+        (lambda: nn.RNN(2, 3, nonlinearity=1), ValueError, "nonlinearity must be"),
+        (lambda: nn.LSTM(2, 3, batch_first="false"), TypeError, "batch_first must be True or False"),
+        (lambda: nn.GRU(2, 3, return_state=1), TypeError, "return_state must be True or False"),
+        (lambda: nn.GRU(2, 3, bias=None), TypeError, "bias must be True or False"),
+        (lambda: nn.LeakyReLU("0.1"), TypeError, "must be a real number"),
+        (lambda: nn.LeakyReLU(float("inf")), ValueError, "must be finite"),
+        (lambda: nn.Softmax(dim=True), TypeError, "dim must be an integer"),
+        (lambda: nn.Softmax(dim=1.0), TypeError, "dim must be an integer"),
+        (lambda: nn.AvgPool2d(2, count_include_pad=1), TypeError, "count_include_pad must be True or False"),
+        (lambda: nn.Flatten(start_dim=1.9), TypeError, "start_dim must be an integer"),
+        (lambda: nn.Flatten(end_dim="-1"), TypeError, "end_dim must be an integer"),
+        (lambda: nn.LastTimeStep(batch_first="true"), TypeError, "batch_first must be True or False"),
+    ]:
         with pytest.raises(error, match=pattern):
             call()
     # what the constructors always took still works
@@ -539,7 +569,7 @@ def test_a_container_of_the_users_and_its_child_names(tmp_path):
     from test_io_craft import model_file, parts
 
     @nn.register_module(name="TestBag")
-    class Bag(nn.Module):   # children by name, parameters of its own; cannot tell them beforehand
+    class Bag(nn.Module):  # children by name, parameters of its own; cannot tell them beforehand
         def __init__(self, n=2):
             super().__init__()
             self.n = n
@@ -561,15 +591,25 @@ def test_a_container_of_the_users_and_its_child_names(tmp_path):
     model = nn.Sequential(nn.Linear(4, 3), bag)
     fastnn.save(model, tmp_path / "bag.fnn")
     loaded = fastnn.load(tmp_path / "bag.fnn")
-    assert list(dict(loaded.named_parameters())) == ["0.weight", "0.bias", "1.gain", "1.encoder.weight",
-                                                     "1.encoder.bias", "1.head.1.weight", "1.head.1.bias"]
+    assert list(dict(loaded.named_parameters())) == [
+        "0.weight",
+        "0.bias",
+        "1.gain",
+        "1.encoder.weight",
+        "1.encoder.bias",
+        "1.head.1.weight",
+        "1.head.1.bias",
+    ]
     for (_k, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
         np.testing.assert_array_equal(a, b)
 
     # child names become parameter-name prefixes at every level: a long one is refused before anything nests
     header, arrays = parts(nn.Sequential(nn.Linear(4, 3)))
-    header["architecture"]["children"]["1"] = {"type": "TestBag", "config": {"n": 2}, "children": {
-        "n" * (2 << 20): {"type": "ReLU", "config": {}, "children": {}}}}
+    header["architecture"]["children"]["1"] = {
+        "type": "TestBag",
+        "config": {"n": 2},
+        "children": {"n" * (2 << 20): {"type": "ReLU", "config": {}, "children": {}}},
+    }
     (tmp_path / "long.fnn").write_bytes(model_file(header, arrays))
     with pytest.raises(ModelFileError, match="child name 'nnnn.* is longer than 1024"):
         fastnn.load(tmp_path / "long.fnn")

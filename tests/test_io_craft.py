@@ -62,7 +62,7 @@ def zeros_stream(prefix: bytes, n_mib: int) -> tuple[bytes, int]:
     crc, zero = zlib.crc32(prefix), bytes(1 << 20)
     for _ in range(n_mib):
         crc = zlib.crc32(zero, crc)
-    return head + block * n_mib + b"\x03\x00", crc   # 0x03 0x00: an empty final block
+    return head + block * n_mib + b"\x03\x00", crc  # 0x03 0x00: an empty final block
 
 
 @dataclasses.dataclass
@@ -70,16 +70,16 @@ class Member:
     """One zip member; the ``None`` fields are computed from ``data``."""
 
     name: str | bytes
-    data: bytes                      # the unpacked bytes
+    data: bytes  # the unpacked bytes
     method: int = 0
-    packed: bytes | None = None    # what is stored in the file (default: data, deflated if method 8)
+    packed: bytes | None = None  # what is stored in the file (default: data, deflated if method 8)
     crc: int | None = None
     usize: int | None = None
     csize: int | None = None
     flags: int = 0
     local_name: bytes | None = None
-    offset_shift: int = 0            # added to the offset the directory gives
-    zip64: bytes | bool = False    # sizes and offset in a zip64 extra field (bytes: that field, as given)
+    offset_shift: int = 0  # added to the offset the directory gives
+    zip64: bytes | bool = False  # sizes and offset in a zip64 extra field (bytes: that field, as given)
 
 
 def zip_bytes(members, *, count=None, cd_offset_shift=0, comment=b""):
@@ -93,19 +93,72 @@ def zip_bytes(members, *, count=None, cd_offset_shift=0, comment=b""):
         csize = len(packed) if m.csize is None else m.csize
         local = m.local_name if m.local_name is not None else name
         offset = len(out)
-        out += struct.pack("<4sHHHHHIIIHH", b"PK\x03\x04", 20, m.flags, m.method, 0, 0x21, crc,
-                           csize & 0xFFFFFFFF, usize & 0xFFFFFFFF, len(local), 0) + local + packed
+        out += (
+            struct.pack(
+                "<4sHHHHHIIIHH",
+                b"PK\x03\x04",
+                20,
+                m.flags,
+                m.method,
+                0,
+                0x21,
+                crc,
+                csize & 0xFFFFFFFF,
+                usize & 0xFFFFFFFF,
+                len(local),
+                0,
+            )
+            + local
+            + packed
+        )
         fields = [usize & 0xFFFFFFFF, csize & 0xFFFFFFFF, (offset + m.offset_shift) & 0xFFFFFFFF]
         extra = b""
         if m.zip64 is not False:
-            extra = m.zip64 if isinstance(m.zip64, bytes) else \
-                struct.pack("<HHQQQ", 1, 24, usize, csize, offset + m.offset_shift)
+            extra = (
+                m.zip64
+                if isinstance(m.zip64, bytes)
+                else struct.pack("<HHQQQ", 1, 24, usize, csize, offset + m.offset_shift)
+            )
             fields = [0xFFFFFFFF] * 3
-        directory += struct.pack("<4sHHHHHHIIIHHHHHII", b"PK\x01\x02", 45, 45, m.flags, m.method, 0, 0x21, crc,
-                                 fields[1], fields[0], len(name), len(extra), 0, 0, 0, 0, fields[2]) + name + extra
+        directory += (
+            struct.pack(
+                "<4sHHHHHHIIIHHHHHII",
+                b"PK\x01\x02",
+                45,
+                45,
+                m.flags,
+                m.method,
+                0,
+                0x21,
+                crc,
+                fields[1],
+                fields[0],
+                len(name),
+                len(extra),
+                0,
+                0,
+                0,
+                0,
+                fields[2],
+            )
+            + name
+            + extra
+        )
     n = len(members) if count is None else count
-    end = struct.pack("<4sHHHHIIH", b"PK\x05\x06", 0, 0, n & 0xFFFF, n & 0xFFFF, len(directory),
-                      len(out) + cd_offset_shift, len(comment)) + comment
+    end = (
+        struct.pack(
+            "<4sHHHHIIH",
+            b"PK\x05\x06",
+            0,
+            0,
+            n & 0xFFFF,
+            n & 0xFFFF,
+            len(directory),
+            len(out) + cd_offset_shift,
+            len(comment),
+        )
+        + comment
+    )
     return bytes(out + directory + end)
 
 
@@ -121,9 +174,13 @@ def digest(arrays) -> str:
 def parts(model):
     """``(header dict, [(name, array)])`` as fastnn.save would write them."""
     state = list(model.state_dict().items())
-    header = {"format": "fastnn-model", "version": 1, "architecture": fastnn.io._architecture(model, [0]),
-              "params": {k: {"shape": list(v.shape), "dtype": v.dtype.str} for k, v in state},
-              "sha256": digest(state)}
+    header = {
+        "format": "fastnn-model",
+        "version": 1,
+        "architecture": fastnn.io._architecture(model, [0]),
+        "params": {k: {"shape": list(v.shape), "dtype": v.dtype.str} for k, v in state},
+        "sha256": digest(state),
+    }
     return header, state
 
 
@@ -167,8 +224,9 @@ def test_crafted_files_load_exactly(tmp_path):
 def test_zip64_directory_entries_load(tmp_path):
     model = small_model()
     header, arrays = parts(model)
-    members = [header_member(dict(header, sha256=digest(arrays)))] + \
-        [Member(f"param/{k}.npy", npy(v), zip64=True) for k, v in arrays]
+    members = [header_member(dict(header, sha256=digest(arrays)))] + [
+        Member(f"param/{k}.npy", npy(v), zip64=True) for k, v in arrays
+    ]
     (tmp_path / "z64.fnn").write_bytes(zip_bytes(members))
     _same(fastnn.load(tmp_path / "z64.fnn"), model)
 

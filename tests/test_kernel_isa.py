@@ -32,13 +32,14 @@ def kern():
 def _levels(k):
     """The instruction sets this CPU can run, lowest first."""
     names = k.isa_names()
-    return list(names[:names.index(k.best_isa()) + 1])
+    return list(names[: names.index(k.best_isa()) + 1])
 
 
 @pytest.fixture(params=["sse2", "avx2", "avx512"])
 def isa(request, kern):
     """Every kernel family on one instruction set (skipped where the CPU lacks it)."""
     from fastnn.backends import cython_backend
+
     name = request.param
     if name == "sse2" and "generic" in kern.isa_names():
         name = "generic"
@@ -53,12 +54,16 @@ def isa(request, kern):
 
 def test_families_report_what_they_run(kern):
     from fastnn.backends import cython_backend
+
     fams = kern.family_isa()
     assert set(fams) == {"elementwise", "gemm", "conv", "rnn"}
     requested = cython_backend.REQUESTED_ISA
     best = kern.best_isa()
-    want = best if requested == "auto" else _levels(kern)[min(kern.isa_names().index(requested),
-                                                               kern.isa_names().index(best))]
+    want = (
+        best
+        if requested == "auto"
+        else _levels(kern)[min(kern.isa_names().index(requested), kern.isa_names().index(best))]
+    )
     assert set(fams.values()) == {want}
     try:
         for level in _levels(kern):
@@ -85,8 +90,9 @@ def test_every_family_on_every_isa(kern, isa, dtype, rng):
         for name in ("relu", "sigmoid", "tanh"):
             y = getattr(ops, name)(x)
             np.testing.assert_allclose(y, reference(name, x), **tol(dtype, 4))
-            np.testing.assert_allclose(getattr(ops, name + "_backward")(g, y),
-                                       reference(name + "_backward", g, y), **tol(dtype, 4))
+            np.testing.assert_allclose(
+                getattr(ops, name + "_backward")(g, y), reference(name + "_backward", g, y), **tol(dtype, 4)
+            )
         np.testing.assert_allclose(ops.softmax(x), reference("softmax", x), **tol(dtype, 10))
         for got, want in zip(ops.softmax_cross_entropy(x, labels), reference("softmax_cross_entropy", x, labels)):
             np.testing.assert_allclose(got, want, **tol(dtype, 10))
@@ -101,8 +107,7 @@ def test_every_family_on_every_isa(kern, isa, dtype, rng):
         # products: every tile edge of both own kernels, and the dense layer
         for mode in ("own", "auto"):
             with fastnn.use_gemm(mode):
-                for mm, kk, nn in [(1, 7, 1), (5, 3, 17), (13, 40, 33), (33, 65, 10), (70, 130, 90),
-                                   (200, 64, 190)]:
+                for mm, kk, nn in [(1, 7, 1), (5, 3, 17), (13, 40, 33), (33, 65, 10), (70, 130, 90), (200, 64, 190)]:
                     for ta, tb in [(False, False), (True, True), (False, True)]:
                         a = rng.standard_normal((kk, mm) if ta else (mm, kk)).astype(dtype)
                         b = rng.standard_normal((nn, kk) if tb else (kk, nn)).astype(dtype)
@@ -116,8 +121,9 @@ def test_every_family_on_every_isa(kern, isa, dtype, rng):
                     y = ops.dense_forward(xb, wb, bb, act)
                     np.testing.assert_allclose(y, reference("dense_forward", xb, wb, bb, act), **tol(dtype, 100))
                     gy = rng.standard_normal(y.shape).astype(dtype)
-                    for got, want in zip(ops.dense_backward(gy, xb, wb, y, act),
-                                         reference("dense_backward", gy, xb, wb, y, act)):
+                    for got, want in zip(
+                        ops.dense_backward(gy, xb, wb, y, act), reference("dense_backward", gy, xb, wb, y, act)
+                    ):
                         np.testing.assert_allclose(got, want, **tol(dtype, 100))
         # convolution (direct for float32 stride 1, im2col otherwise) and pooling
         xi = rng.standard_normal((2, 5, 11, 9)).astype(dtype)
@@ -127,8 +133,9 @@ def test_every_family_on_every_isa(kern, isa, dtype, rng):
             yc = ops.conv2d_forward(xi, wc, bc, stride, pad)
             np.testing.assert_allclose(yc, reference("conv2d_forward", xi, wc, bc, stride, pad), **tol(dtype, 100))
             gc = rng.standard_normal(yc.shape).astype(dtype)
-            for got, want in zip(ops.conv2d_backward(gc, xi, wc, stride, pad),
-                                 reference("conv2d_backward", gc, xi, wc, stride, pad)):
+            for got, want in zip(
+                ops.conv2d_backward(gc, xi, wc, stride, pad), reference("conv2d_backward", gc, xi, wc, stride, pad)
+            ):
                 np.testing.assert_allclose(got, want, **tol(dtype, 300))
         yp, idx = ops.max_pool2d_forward(xi, 2)
         yp_ref, idx_ref = reference("max_pool2d_forward", xi, 2)
@@ -162,21 +169,43 @@ def test_one_set_of_vector_maths(kern, rng):
         t = ops.tanh(x)
         s = ops.sigmoid(x)
     # an Elman RNN with I = H = 1, W_ih = 1 and no other term: h = tanh(x) exactly
-    h = kern.rnn_forward(x.reshape(1, n, 1), zero_h, one, np.zeros((1, 1), np.float32), None, None, "tanh",
-                         np.empty((1, n, 1), np.float32))
+    h = kern.rnn_forward(
+        x.reshape(1, n, 1),
+        zero_h,
+        one,
+        np.zeros((1, 1), np.float32),
+        None,
+        None,
+        "tanh",
+        np.empty((1, n, 1), np.float32),
+    )
     np.testing.assert_array_equal(h.reshape(-1), t)
     # an LSTM with every gate's pre-activation x: gates i, f, o = sigmoid(x), g = tanh(x)
-    out, cell, gates = kern.lstm_forward(x.reshape(1, n, 1), zero_h, zero_h, np.ones((4, 1), np.float32),
-                                         np.zeros((4, 1), np.float32), None, None,
-                                         np.empty((1, n, 1), np.float32), np.empty((1, n, 1), np.float32),
-                                         np.empty((1, n, 4), np.float32))
+    out, cell, gates = kern.lstm_forward(
+        x.reshape(1, n, 1),
+        zero_h,
+        zero_h,
+        np.ones((4, 1), np.float32),
+        np.zeros((4, 1), np.float32),
+        None,
+        None,
+        np.empty((1, n, 1), np.float32),
+        np.empty((1, n, 1), np.float32),
+        np.empty((1, n, 4), np.float32),
+    )
     np.testing.assert_array_equal(gates.reshape(n, 4)[:, 0], s)
     np.testing.assert_array_equal(gates.reshape(n, 4)[:, 2], t)
 
 
 def _child(code, **env):
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                         env=dict(os.environ, **env), cwd=os.path.dirname(os.path.dirname(__file__)))
+    run = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, **env),
+        cwd=os.path.dirname(os.path.dirname(__file__)),
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     return run
 
@@ -184,14 +213,16 @@ def _child(code, **env):
 @pytest.mark.slow
 def test_fastnn_isa_is_read_at_load(kern):
     """FASTNN_ISA forces every family down in a fresh process; a bad value warns and keeps the best."""
-    code = ("import numpy as np, fastnn\n"
-            "from fastnn.backends import cython_backend as cb\n"
-            "fastnn.set_backend('cython')\n"
-            "print(sorted(set(cb.family_isa().values())), fastnn.backends.current().info['simd'])\n"
-            "x = np.linspace(-3, 3, 1001).astype(np.float32)\n"
-            "a = np.arange(30.0).reshape(5, 6)\n"
-            "assert np.allclose(fastnn.ops.tanh(x), np.tanh(x), rtol=1e-6, atol=1e-7)\n"
-            "assert np.allclose(fastnn.ops.matmul(a, a, trans_b=True), a @ a.T)\n")
+    code = (
+        "import numpy as np, fastnn\n"
+        "from fastnn.backends import cython_backend as cb\n"
+        "fastnn.set_backend('cython')\n"
+        "print(sorted(set(cb.family_isa().values())), fastnn.backends.current().info['simd'])\n"
+        "x = np.linspace(-3, 3, 1001).astype(np.float32)\n"
+        "a = np.arange(30.0).reshape(5, 6)\n"
+        "assert np.allclose(fastnn.ops.tanh(x), np.tanh(x), rtol=1e-6, atol=1e-7)\n"
+        "assert np.allclose(fastnn.ops.matmul(a, a, trans_b=True), a @ a.T)\n"
+    )
     for level in _levels(kern):
         out = _child(code, FASTNN_ISA=level).stdout
         assert out.startswith(f"['{level}']"), out
@@ -227,12 +258,14 @@ def test_moved_settings_still_read_from_config():
 
 @pytest.mark.slow
 def test_fastnn_tuning_environment(kern):
-    code = ("import fastnn\n"
-            "from fastnn.backends import tuning\n"
-            "fastnn.set_backend('cython')\n"
-            "from fastnn._ext import _kernels\n"
-            "print(tuning.value('rnn_small_elements'), _kernels.get_tunable('rnn_small_elements'),\n"
-            "      tuning.value('gemm_packed_max_f64'))\n")
+    code = (
+        "import fastnn\n"
+        "from fastnn.backends import tuning\n"
+        "fastnn.set_backend('cython')\n"
+        "from fastnn._ext import _kernels\n"
+        "print(tuning.value('rnn_small_elements'), _kernels.get_tunable('rnn_small_elements'),\n"
+        "      tuning.value('gemm_packed_max_f64'))\n"
+    )
     run = _child(code, FASTNN_TUNING="rnn_small_elements=4096, bogus=3, gemm_packed_max_f64=1e9")
     assert run.stdout.split()[:2] == ["4096", "4096.0"]
     assert "1000000000" in run.stdout

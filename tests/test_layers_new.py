@@ -71,12 +71,12 @@ def test_dropout_keep_rate_and_scaling(backend, cls, dtype):
     # 4 standard deviations of a binomial proportion
     assert abs(rate - (1 - p)) < 4 * np.sqrt(p * (1 - p) / n), rate
     np.testing.assert_allclose(y[kept], 1 / (1 - p), rtol=1e-6)
-    if cls is nn.Dropout2d:   # whole planes: all kept or all dropped
+    if cls is nn.Dropout2d:  # whole planes: all kept or all dropped
         planes = kept.reshape(64, 16, -1)
         assert np.all(planes.all(axis=2) | ~planes.any(axis=2))
     g = np.arange(x.size, dtype=dtype).reshape(x.shape)
     gx = layer.backward(g)
-    np.testing.assert_allclose(gx, g * y, rtol=1e-6)   # y = mask/(1-p) for x = 1
+    np.testing.assert_allclose(gx, g * y, rtol=1e-6)  # y = mask/(1-p) for x = 1
 
 
 def test_dropout_is_reproducible_and_same_in_every_backend(backend):
@@ -91,7 +91,7 @@ def test_dropout_is_reproducible_and_same_in_every_backend(backend):
         fastnn.manual_seed(7)
         c = layer(x)
     np.testing.assert_array_equal(a, c)
-    assert not np.array_equal(a, layer(x))   # the generator moved on
+    assert not np.array_equal(a, layer(x))  # the generator moved on
 
 
 @pytest.mark.parametrize("cls", [nn.Dropout, nn.Dropout2d])
@@ -125,8 +125,13 @@ def test_dropout_in_sequential_fused_paths_match_unfused(backend, rng):
     """ReLU→Dropout and Linear→Dropout run fused in Sequential: same values and gradients as layer by layer."""
     x = rng.standard_normal((16, 10)).astype(np.float64)
     nn.init.manual_seed(0)
-    model = nn.Sequential(nn.Linear(10, 20, dtype=np.float64), nn.Dropout(0.4), nn.ReLU(), nn.Dropout(0.25),
-                          nn.Linear(20, 3, dtype=np.float64))
+    model = nn.Sequential(
+        nn.Linear(10, 20, dtype=np.float64),
+        nn.Dropout(0.4),
+        nn.ReLU(),
+        nn.Dropout(0.25),
+        nn.Linear(20, 3, dtype=np.float64),
+    )
     fastnn.manual_seed(5)
     y = model(x)
     g = rng.standard_normal(y.shape)
@@ -187,12 +192,18 @@ def test_batch_norm_matches_torch(backend, dtype, kind, shape, kw, rng):
     before = layer.state_dict()
     _compare_step(layer, tlayer, x, rng, dtype, torch)
     for name, value in layer.state_dict().items():
-        np.testing.assert_array_equal(value, before[name])   # eval changes nothing
+        np.testing.assert_array_equal(value, before[name])  # eval changes nothing
 
 
-@pytest.mark.parametrize("shape,ns,kw", [((6, 10), 10, {}), ((3, 4, 5, 6), (5, 6), {}),
-                                          ((5, 7), 7, dict(elementwise_affine=False)),
-                                          ((2, 3, 8), [8], dict(eps=1e-2))])
+@pytest.mark.parametrize(
+    "shape,ns,kw",
+    [
+        ((6, 10), 10, {}),
+        ((3, 4, 5, 6), (5, 6), {}),
+        ((5, 7), 7, dict(elementwise_affine=False)),
+        ((2, 3, 8), [8], dict(eps=1e-2)),
+    ],
+)
 def test_layer_norm_matches_torch(backend, dtype, shape, ns, kw, rng):
     torch = _torch()
     tlayer = torch.nn.LayerNorm(ns, **kw).to(_tdtype(torch, dtype))
@@ -205,11 +216,16 @@ def test_layer_norm_matches_torch(backend, dtype, shape, ns, kw, rng):
     _compare_step(layer, tlayer, rng.standard_normal(shape).astype(dtype) * 3, rng, dtype, torch)
 
 
-@pytest.mark.parametrize("make,shape", [(lambda: nn.BatchNorm1d(3), (5, 3)),
-                                        (lambda: nn.BatchNorm1d(3), (4, 3, 3)),
-                                        (lambda: nn.BatchNorm2d(2), (3, 2, 2, 3)),
-                                        (lambda: nn.LayerNorm((3, 4)), (2, 3, 4)),
-                                        (lambda: nn.LayerNorm(4, elementwise_affine=False), (3, 4))])
+@pytest.mark.parametrize(
+    "make,shape",
+    [
+        (lambda: nn.BatchNorm1d(3), (5, 3)),
+        (lambda: nn.BatchNorm1d(3), (4, 3, 3)),
+        (lambda: nn.BatchNorm2d(2), (3, 2, 2, 3)),
+        (lambda: nn.LayerNorm((3, 4)), (2, 3, 4)),
+        (lambda: nn.LayerNorm(4, elementwise_affine=False), (3, 4)),
+    ],
+)
 def test_norm_gradcheck(backend, make, shape, rng):
     layer = make()
     fastnn.gradcheck(layer, rng.standard_normal(shape))
@@ -228,8 +244,8 @@ def test_batch_norm_rejects_bad_input():
         nn.BatchNorm1d(3, momentum=2.0)
     bn = nn.BatchNorm1d(3)
     with pytest.raises(ValueError):
-        bn(np.ones((1, 3), np.float32))   # one value per channel: no variance
-    assert int(bn.num_batches_tracked) == 0   # a refused batch is not counted
+        bn(np.ones((1, 3), np.float32))  # one value per channel: no variance
+    assert int(bn.num_batches_tracked) == 0  # a refused batch is not counted
 
 
 def test_layer_norm_rejects_bad_input():
@@ -251,13 +267,16 @@ def test_norm_plans_take_lists_without_affine_parameters():
 def test_batch_norm_plan_checks_running_var(training):
     plan = fastnn.ops.BatchNormPlan(3)
     x = np.arange(15, dtype=np.float32).reshape(5, 3)
-    bad = [(None, ValueError, "both"), (np.ones(4, np.float32), ValueError, "running_var"),
-           (np.ones(3, np.float64), TypeError, "running_var")]
+    bad = [
+        (None, ValueError, "both"),
+        (np.ones(4, np.float32), ValueError, "running_var"),
+        (np.ones(3, np.float64), TypeError, "running_var"),
+    ]
     for running_var, exc, match in bad:
         running_mean = np.zeros(3, np.float32)
         with pytest.raises(exc, match=match):
             plan.forward(x, training, running_mean, running_var)
-        assert not running_mean.any()   # refused before any update
+        assert not running_mean.any()  # refused before any update
 
 
 def test_batch_norm_buffers_in_state_dict_save_and_load(tmp_path, rng):
@@ -265,10 +284,25 @@ def test_batch_norm_buffers_in_state_dict_save_and_load(tmp_path, rng):
     for _ in range(2):
         model(rng.standard_normal((8, 4)).astype(np.float32))
     keys = list(model.state_dict())
-    assert keys == ["0.weight", "0.bias", "1.weight", "1.bias", "1.running_mean", "1.running_var",
-                    "1.num_batches_tracked", "4.weight", "4.bias"]
-    assert [n for n, _ in model.named_parameters()] == ["0.weight", "0.bias", "1.weight", "1.bias",
-                                                        "4.weight", "4.bias"]
+    assert keys == [
+        "0.weight",
+        "0.bias",
+        "1.weight",
+        "1.bias",
+        "1.running_mean",
+        "1.running_var",
+        "1.num_batches_tracked",
+        "4.weight",
+        "4.bias",
+    ]
+    assert [n for n, _ in model.named_parameters()] == [
+        "0.weight",
+        "0.bias",
+        "1.weight",
+        "1.bias",
+        "4.weight",
+        "4.bias",
+    ]
     path = tmp_path / "m.fnn"
     fastnn.save(model, path)
     loaded = fastnn.load(path)
@@ -303,8 +337,9 @@ def test_fit_uses_eval_mode_for_validation(rng):
     x = rng.standard_normal((64, 4)).astype(np.float32)
     y = rng.standard_normal((64, 1)).astype(np.float32)
     model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Dropout(0.5), nn.Linear(8, 1))
-    fastnn.fit(model, x, y, loss=nn.MSELoss(), epochs=2, batch_size=16, validation_data=(x[:16], y[:16]),
-               progress=False)
+    fastnn.fit(
+        model, x, y, loss=nn.MSELoss(), epochs=2, batch_size=16, validation_data=(x[:16], y[:16]), progress=False
+    )
     # 4 steps per epoch update the statistics; validation passes do not
     assert int(model[1].num_batches_tracked) == 8
     assert model.training
@@ -341,14 +376,21 @@ def test_embedding_backward_touches_only_used_rows(backend):
     expected[4] += 1
     np.testing.assert_array_equal(layer.weight.grad, expected)
     layer(np.array([0]))
-    layer.backward(np.ones((1, 3)))   # overwrite: untouched rows are zero
+    layer.backward(np.ones((1, 3)))  # overwrite: untouched rows are zero
     expected = np.zeros((6, 3))
     expected[0] = 1
     np.testing.assert_array_equal(layer.weight.grad, expected)
 
 
-@pytest.mark.parametrize("bad,exc", [(np.array([0, 10]), ValueError), (np.array([-11]), ValueError),
-                                     (np.array([0.5]), ValueError), (np.array([2 ** 40]), ValueError)])
+@pytest.mark.parametrize(
+    "bad,exc",
+    [
+        (np.array([0, 10]), ValueError),
+        (np.array([-11]), ValueError),
+        (np.array([0.5]), ValueError),
+        (np.array([2**40]), ValueError),
+    ],
+)
 def test_embedding_rejects_out_of_range_indices(backend, bad, exc):
     layer = nn.Embedding(10, 3)
     with pytest.raises(exc):
@@ -368,20 +410,29 @@ def test_embedding_in_a_model_trains(rng):
 # Conv1d, 1-d pools, adaptive pool
 
 
-@pytest.mark.parametrize("kw", [dict(kernel_size=3), dict(kernel_size=3, stride=2, padding=1),
-                                dict(kernel_size=2, dilation=2, bias=False), dict(kernel_size=5, padding=2)])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(kernel_size=3),
+        dict(kernel_size=3, stride=2, padding=1),
+        dict(kernel_size=2, dilation=2, bias=False),
+        dict(kernel_size=5, padding=2),
+    ],
+)
 def test_conv1d_matches_torch(backend, dtype, kw, rng):
     torch = _torch()
     tlayer = torch.nn.Conv1d(3, 4, **kw).to(_tdtype(torch, dtype))
     layer = nn.Conv1d(3, 4, dtype=dtype, **kw)
-    assert [(k, v.shape) for k, v in layer.state_dict().items()] == \
-        [(k, tuple(v.shape)) for k, v in tlayer.state_dict().items()]
+    assert [(k, v.shape) for k, v in layer.state_dict().items()] == [
+        (k, tuple(v.shape)) for k, v in tlayer.state_dict().items()
+    ]
     _load_from_torch(layer, tlayer)
     _compare_step(layer, tlayer, rng.standard_normal((2, 3, 11)).astype(dtype), rng, dtype, torch)
 
 
-@pytest.mark.parametrize("kind,args", [("max", (2,)), ("max", (3, 2, 1)), ("avg", (2,)), ("avg", (3, 2, 1)),
-                                       ("avg", (3, 1, 1))])
+@pytest.mark.parametrize(
+    "kind,args", [("max", (2,)), ("max", (3, 2, 1)), ("avg", (2,)), ("avg", (3, 2, 1)), ("avg", (3, 1, 1))]
+)
 def test_pool1d_matches_torch(backend, dtype, kind, args, rng):
     torch = _torch()
     if kind == "max":
@@ -391,8 +442,10 @@ def test_pool1d_matches_torch(backend, dtype, kind, args, rng):
     _compare_step(layer, tlayer, rng.standard_normal((2, 3, 10)).astype(dtype), rng, dtype, torch)
 
 
-@pytest.mark.parametrize("out,shape", [(1, (2, 3, 7, 5)), ((2, 3), (2, 3, 7, 5)), (4, (1, 2, 8, 8)),
-                                       ((3, None), (2, 2, 7, 5)), (5, (1, 1, 3, 3))])
+@pytest.mark.parametrize(
+    "out,shape",
+    [(1, (2, 3, 7, 5)), ((2, 3), (2, 3, 7, 5)), (4, (1, 2, 8, 8)), ((3, None), (2, 2, 7, 5)), (5, (1, 1, 3, 3))],
+)
 def test_adaptive_avg_pool_matches_torch(backend, dtype, out, shape, rng):
     torch = _torch()
     layer, tlayer = nn.AdaptiveAvgPool2d(out), torch.nn.AdaptiveAvgPool2d(out)
@@ -408,11 +461,16 @@ def test_global_avg_pool(backend, dtype, rng):
     np.testing.assert_allclose(layer.backward(g), np.full(x.shape, 1 / 30), **tol(dtype, 10))
 
 
-@pytest.mark.parametrize("make,shape", [(lambda: nn.Conv1d(2, 3, 3, stride=2, padding=1), (2, 2, 7)),
-                                        (lambda: nn.MaxPool1d(2), (2, 2, 6)),
-                                        (lambda: nn.AvgPool1d(3, 2, 1), (2, 2, 7)),
-                                        (lambda: nn.AdaptiveAvgPool2d((2, 3)), (2, 2, 5, 7)),
-                                        (lambda: nn.Embedding(5, 3), None)])
+@pytest.mark.parametrize(
+    "make,shape",
+    [
+        (lambda: nn.Conv1d(2, 3, 3, stride=2, padding=1), (2, 2, 7)),
+        (lambda: nn.MaxPool1d(2), (2, 2, 6)),
+        (lambda: nn.AvgPool1d(3, 2, 1), (2, 2, 7)),
+        (lambda: nn.AdaptiveAvgPool2d((2, 3)), (2, 2, 5, 7)),
+        (lambda: nn.Embedding(5, 3), None),
+    ],
+)
 def test_new_layers_gradcheck(make, shape, rng):
     layer = make()
     if shape is None:
@@ -422,8 +480,16 @@ def test_new_layers_gradcheck(make, shape, rng):
 
 
 def test_cnn_with_new_layers_saves_and_loads(tmp_path, rng):
-    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Dropout2d(0.1),
-                          nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.LayerNorm(16), nn.Linear(16, 3))
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Dropout2d(0.1),
+        nn.AdaptiveAvgPool2d(2),
+        nn.Flatten(),
+        nn.LayerNorm(16),
+        nn.Linear(16, 3),
+    )
     x = rng.standard_normal((4, 1, 6, 6)).astype(np.float32)
     y = model(x)
     model.backward(np.ones_like(y))
@@ -441,6 +507,7 @@ def test_cnn_with_new_layers_saves_and_loads(tmp_path, rng):
 def test_embedding_kernels_check_indices_themselves(backend):
     """Called without fastnn.ops, a kernel still refuses an index outside the table (never reads past it)."""
     from fastnn.backends import current
+
     k = current()
     w = np.ones((4, 3))
     with pytest.raises(ValueError):
@@ -458,12 +525,13 @@ def test_embedding_kernels_check_indices_themselves(backend):
 @pytest.mark.parametrize("relu", [False, True])
 def test_dropout_kernels_agree_with_reference_on_nonfinite_values(backend, dtype, relu):
     x = np.array([1.0, -2.0, np.nan, np.inf, -np.inf, 0.5, -0.0, 3.0], dtype)
-    bits = np.array([0, 2 ** 32 - 1] * 4, np.uint32)
+    bits = np.array([0, 2**32 - 1] * 4, np.uint32)
     from fastnn.backends import current, get
+
     outs = []
     for k in (current(), get("numpy")):
         out, mask = np.empty_like(x), np.empty(8, np.uint8)
-        k.dropout_forward(x, bits, 2 ** 31, 2.0, 1, relu, out, mask)
+        k.dropout_forward(x, bits, 2**31, 2.0, 1, relu, out, mask)
         gin = k.dropout_backward(x, mask, 2.0, 1, out if relu else None, np.empty_like(x))
         outs.append((out, mask, gin))
     for a, b in zip(*outs):

@@ -18,11 +18,11 @@ class Square(nn.Module):
 
     def forward(self, x):
         self._x = np.asarray(x)
-        return self.weight.data * self._x ** 2
+        return self.weight.data * self._x**2
 
     def backward(self, g, *, input_grad=True, accumulate=False):
         x = self._x
-        self.weight.grad[...] = (g * x ** 2).sum(axis=0) * (1.1 if self.bug == "param" else 1.0)
+        self.weight.grad[...] = (g * x**2).sum(axis=0) * (1.1 if self.bug == "param" else 1.0)
         gin = 2 * g * self.weight.data * x
         if self.bug == "input":
             gin[1, 2] += 0.01
@@ -69,16 +69,18 @@ def test_gradcheck_restores_float32_parameters(rng):
 
 def test_numerical_gradient_of_a_known_function():
     from fastnn.gradcheck import numerical_gradient
+
     x = np.array([[0.5, -1.0, 2.0], [1.5, 0.0, -0.25]])
     g = numerical_gradient(lambda: float(np.sum(np.sin(x) * x)), x)
     np.testing.assert_allclose(g, np.cos(x) * x + np.sin(x), rtol=1e-8, atol=1e-9)
-    np.testing.assert_array_equal(x, [[0.5, -1.0, 2.0], [1.5, 0.0, -0.25]])   # restored
+    np.testing.assert_array_equal(x, [[0.5, -1.0, 2.0], [1.5, 0.0, -0.25]])  # restored
 
 
 def test_numerical_gradient_samples_indices_and_refuses_copies():
     from fastnn.gradcheck import numerical_gradient
+
     x = np.arange(6.0)
-    g = numerical_gradient(lambda: float(np.sum(x ** 2)), x, indices=[1, 4])
+    g = numerical_gradient(lambda: float(np.sum(x**2)), x, indices=[1, 4])
     np.testing.assert_allclose(g[[1, 4]], [2.0, 8.0], rtol=1e-8)
     assert np.isnan(g[[0, 2, 3, 5]]).all()
     with pytest.raises(TypeError, match="C-contiguous"):

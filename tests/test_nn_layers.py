@@ -29,17 +29,41 @@ def _case_modules(name, dtype):
     if name == "softmax":
         return nn.Softmax(dim=-1), lambda: tnn.Softmax(dim=-1), (6, 9)
     if name == "mlp_fused":
-        return (nn.Sequential(nn.Linear(6, 8, dtype=dtype), nn.ReLU(), nn.Linear(8, 5, dtype=dtype), nn.Tanh(),
-                              nn.Linear(5, 4, dtype=dtype), nn.Sigmoid(), nn.Linear(4, 3, dtype=dtype)),
-                lambda: tnn.Sequential(tnn.Linear(6, 8), tnn.ReLU(), tnn.Linear(8, 5), tnn.Tanh(),
-                                       tnn.Linear(5, 4), tnn.Sigmoid(), tnn.Linear(4, 3)),
-                (10, 6))
+        return (
+            nn.Sequential(
+                nn.Linear(6, 8, dtype=dtype),
+                nn.ReLU(),
+                nn.Linear(8, 5, dtype=dtype),
+                nn.Tanh(),
+                nn.Linear(5, 4, dtype=dtype),
+                nn.Sigmoid(),
+                nn.Linear(4, 3, dtype=dtype),
+            ),
+            lambda: tnn.Sequential(
+                tnn.Linear(6, 8),
+                tnn.ReLU(),
+                tnn.Linear(8, 5),
+                tnn.Tanh(),
+                tnn.Linear(5, 4),
+                tnn.Sigmoid(),
+                tnn.Linear(4, 3),
+            ),
+            (10, 6),
+        )
     if name == "mlp_unfused":
-        return (nn.Sequential(nn.ReLU(), nn.Linear(6, 8, dtype=dtype), nn.LeakyReLU(0.1),
-                              nn.Linear(8, 3, bias=False, dtype=dtype), nn.Softmax()),
-                lambda: tnn.Sequential(tnn.ReLU(), tnn.Linear(6, 8), tnn.LeakyReLU(0.1),
-                                       tnn.Linear(8, 3, bias=False), tnn.Softmax(dim=-1)),
-                (10, 6))
+        return (
+            nn.Sequential(
+                nn.ReLU(),
+                nn.Linear(6, 8, dtype=dtype),
+                nn.LeakyReLU(0.1),
+                nn.Linear(8, 3, bias=False, dtype=dtype),
+                nn.Softmax(),
+            ),
+            lambda: tnn.Sequential(
+                tnn.ReLU(), tnn.Linear(6, 8), tnn.LeakyReLU(0.1), tnn.Linear(8, 3, bias=False), tnn.Softmax(dim=-1)
+            ),
+            (10, 6),
+        )
     raise KeyError(name)
 
 
@@ -85,10 +109,19 @@ def test_layer_gradcheck(backend, case, rng):
     assert max(r["max_abs_err"] for r in report.results) < 1e-6
 
 
-@pytest.mark.parametrize("layer", [lambda: nn.Linear(5, 4), lambda: nn.ReLU(), lambda: nn.Tanh(),
-                                   lambda: nn.Sigmoid(), lambda: nn.LeakyReLU(0.05), lambda: nn.Softmax(),
-                                   lambda: nn.Sequential(nn.Linear(5, 6), nn.Tanh(), nn.Linear(6, 2))],
-                         ids=["linear", "relu", "tanh", "sigmoid", "leaky_relu", "softmax", "sequential"])
+@pytest.mark.parametrize(
+    "layer",
+    [
+        lambda: nn.Linear(5, 4),
+        lambda: nn.ReLU(),
+        lambda: nn.Tanh(),
+        lambda: nn.Sigmoid(),
+        lambda: nn.LeakyReLU(0.05),
+        lambda: nn.Softmax(),
+        lambda: nn.Sequential(nn.Linear(5, 6), nn.Tanh(), nn.Linear(6, 2)),
+    ],
+    ids=["linear", "relu", "tanh", "sigmoid", "leaky_relu", "softmax", "sequential"],
+)
 def test_gradcheck_every_layer_without_torch(backend, layer, rng):
     """The same check without the torch case table: float32 layers are checked in float64."""
     module = layer()
@@ -128,8 +161,15 @@ def test_default_init_matches_torch_distribution():
     assert abs(w.mean()) < 0.01 * bound
 
 
-@pytest.mark.parametrize("init,std", [("he_normal", math.sqrt(2 / 400)), ("he", math.sqrt(2 / 400)),
-                                      ("glorot", math.sqrt(2 / 700)), ("glorot_normal", math.sqrt(2 / 700))])
+@pytest.mark.parametrize(
+    "init,std",
+    [
+        ("he_normal", math.sqrt(2 / 400)),
+        ("he", math.sqrt(2 / 400)),
+        ("glorot", math.sqrt(2 / 700)),
+        ("glorot_normal", math.sqrt(2 / 700)),
+    ],
+)
 def test_he_and_glorot_init(init, std):
     lin = nn.Linear(400, 300, init=init, rng=3)
     assert abs(lin.weight.data.std() - std) < 0.03 * std
@@ -166,7 +206,7 @@ def test_outputs_are_fresh_and_backward_overwrites(rng):
     xs = [rng.standard_normal((3, 4)).astype(np.float32) for _ in range(3)]
     outs = [model(x) for x in xs]
     assert len({id(o) for o in outs}) == 3
-    for x, o in zip(xs, outs):   # each still holds its own result
+    for x, o in zip(xs, outs):  # each still holds its own result
         np.testing.assert_allclose(o, model(x), **tol(np.float32))
     model(xs[0])
     g = np.ones((3, 2), np.float32)
@@ -195,7 +235,7 @@ def test_non_contiguous_and_integer_input(rng):
     x = rng.standard_normal((4, 6))
     want = x[:, ::2] @ lin.weight.data.T + lin.bias.data
     np.testing.assert_allclose(lin(x[:, ::2]), want)
-    lin.backward(np.ones((4, 2)))   # the non-contiguous input kept for backward still works
+    lin.backward(np.ones((4, 2)))  # the non-contiguous input kept for backward still works
     np.testing.assert_allclose(lin.weight.grad, np.ones((2, 4)) @ x[:, ::2])
     xi = np.arange(12).reshape(4, 3)
     # one rule for layers and ops: float input of the model's dtype, no silent casts
@@ -203,8 +243,9 @@ def test_non_contiguous_and_integer_input(rng):
         lin(xi)
     with pytest.raises(TypeError, match=r"model\.to\(np\.float32\)"):
         lin(xi.astype(np.float32))
-    np.testing.assert_allclose(lin.to(np.float32)(xi.astype(np.float32)), xi @ lin.weight.data.T + lin.bias.data,
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        lin.to(np.float32)(xi.astype(np.float32)), xi @ lin.weight.data.T + lin.bias.data, rtol=1e-6
+    )
 
 
 def test_layer_errors(rng):
@@ -275,7 +316,7 @@ def test_layer_fed_its_own_output(rng):
     want = y1 @ lin.weight.data.T + lin.bias.data
     y2 = lin(y1)
     np.testing.assert_allclose(y2, want, rtol=1e-12)
-    y3 = lin(x)[:, :]                     # a view of the layer's buffer
+    y3 = lin(x)[:, :]  # a view of the layer's buffer
     want = y3 @ lin.weight.data.T + lin.bias.data
     np.testing.assert_allclose(lin(y3), want, rtol=1e-12)
 

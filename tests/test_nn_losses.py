@@ -66,7 +66,7 @@ def test_loss_gradient_is_fresh_outside_a_workspace_and_reused_inside():
     ce(np.ones((4, 3), np.float32), np.array([0, 1, 2, 0]))
     g2 = ce.backward()
     assert g2 is not g1
-    np.testing.assert_allclose(g1[0], [-2 / 12, 1 / 12, 1 / 12], rtol=1e-6)   # not overwritten by the 2nd call
+    np.testing.assert_allclose(g1[0], [-2 / 12, 1 / 12, 1 / 12], rtol=1e-6)  # not overwritten by the 2nd call
     with fastnn.workspace():
         ce(np.zeros((4, 3), np.float32), np.array([0, 1, 2, 0]))
         g3 = ce.backward()

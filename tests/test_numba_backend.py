@@ -12,8 +12,10 @@ import pytest
 import fastnn
 from fastnn import ops
 from fastnn.backends import backend_status, get
-from fastnn.backends.reference import activations as ref_act, dense as ref_dense
-from fastnn.backends.reference import losses as ref_losses, optim as ref_optim
+from fastnn.backends.reference import activations as ref_act
+from fastnn.backends.reference import dense as ref_dense
+from fastnn.backends.reference import losses as ref_losses
+from fastnn.backends.reference import optim as ref_optim
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,8 +54,9 @@ print(json.dumps(stats))
 def _probe():
     env = dict(os.environ)
     env.pop("NUMBA_DISABLE_JIT", None)
-    out = subprocess.run([sys.executable, "-c", _CACHE_PROBE], capture_output=True, text=True, env=env,
-                         cwd=ROOT, timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-c", _CACHE_PROBE], capture_output=True, text=True, env=env, cwd=ROOT, timeout=600
+    )
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -63,7 +66,7 @@ def test_second_process_loads_kernels_from_disk_cache(numba_backend):
     _probe()  # populate the cache if this is the first run after an edit
     stats = _probe()
     for name, s in stats.items():
-        assert s["signatures"] == 2, (name, s)          # float32 and float64 were both used
+        assert s["signatures"] == 2, (name, s)  # float32 and float64 were both used
         assert s["misses"] == 0, f"{name} was recompiled in a fresh process: {s}"
         assert s["hits"] == 2, f"{name} was not loaded from the cache: {s}"
 
@@ -95,7 +98,7 @@ def test_loading_the_backend_compiles_nothing(numba_backend):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert out.returncode == 0, out.stderr
     info = json.loads(out.stdout.strip().splitlines()[-1])
-    assert info["n"] > 100   # every kernel of every module, serial and parallel
+    assert info["n"] > 100  # every kernel of every module, serial and parallel
     assert info["compiled"] == 0
     assert info["uncached"] == []
 
@@ -110,14 +113,15 @@ def test_special_values(numba_backend, dtype):
     np.testing.assert_array_equal(s[[4, 5]], [0.5, 0.5])
     assert 0 < s[2] < 1e-30 or (dtype == np.float32 and s[2] == 0)
     np.testing.assert_array_equal(t[[0, 1, 2, 7, 8, 9]], [-1, -1, -1, 1, 1, 1])
-    np.testing.assert_array_equal(t[[3, 6]], np.array([-1e-30, 1e-30], dtype))   # tanh(x) = x, no cancellation
+    np.testing.assert_array_equal(t[[3, 6]], np.array([-1e-30, 1e-30], dtype))  # tanh(x) = x, no cancellation
     assert np.isnan(s[-1]) and np.isnan(t[-1])
 
 
 def test_float64_tanh_and_sigmoid_are_exact_to_rounding(numba_backend, rng):
     # The float64 polynomials are meant to be as good as libm, not just within tolerance.
-    x = np.concatenate([rng.standard_normal(100_000) * 5, np.geomspace(1e-8, 1.0, 2000),
-                        -np.geomspace(1e-8, 1.0, 2000)])
+    x = np.concatenate(
+        [rng.standard_normal(100_000) * 5, np.geomspace(1e-8, 1.0, 2000), -np.geomspace(1e-8, 1.0, 2000)]
+    )
     with fastnn.use_backend("numba"):
         t = ops.tanh(x)
         s = ops.sigmoid(x)
@@ -143,7 +147,8 @@ def test_float32_polynomials_relative_error(numba_backend):
 @pytest.mark.parametrize("name", ["relu", "sigmoid", "tanh", "leaky_relu"])
 def test_parallel_and_serial_paths_agree(numba_backend, name, rng):
     from fastnn._config import PARALLEL_MIN_ELEMENTS, PARALLEL_MIN_ELEMENTS_CHEAP
-    n = max(PARALLEL_MIN_ELEMENTS * 3, PARALLEL_MIN_ELEMENTS_CHEAP) + 17   # parallel for every kernel
+
+    n = max(PARALLEL_MIN_ELEMENTS * 3, PARALLEL_MIN_ELEMENTS_CHEAP) + 17  # parallel for every kernel
     x = (rng.standard_normal(n) * 6).astype(np.float32)
     with fastnn.use_backend("numba"):
         big = getattr(ops, name)(x)
@@ -153,6 +158,7 @@ def test_parallel_and_serial_paths_agree(numba_backend, name, rng):
 
 def test_threads_setting_is_used_by_parallel_kernels(numba_backend):
     import numba
+
     old = fastnn.get_num_threads()
     try:
         fastnn.set_num_threads(1)

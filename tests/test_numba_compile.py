@@ -22,6 +22,7 @@ from fastnn import ops
 def jit():
     _require_or_skip("numba")
     from fastnn.backends.numba_backend import _jit
+
     return _jit
 
 
@@ -29,7 +30,7 @@ def test_every_serial_kernel_has_a_parallel_twin_of_the_same_source(jit):
     assert len(jit.PAIRS) >= 20
     for serial, parallel in jit.PAIRS:
         assert serial.py_func.__code__ is parallel.py_func.__code__
-        assert parallel.py_func.__qualname__ == serial.py_func.__qualname__ + "_parallel"   # own cache file
+        assert parallel.py_func.__qualname__ == serial.py_func.__qualname__ + "_parallel"  # own cache file
         assert not serial.targetoptions.get("parallel") and parallel.targetoptions["parallel"]
 
 
@@ -60,8 +61,8 @@ def test_read_only_input_runs_the_writeable_compilation(jit, rng):
     np.testing.assert_array_equal(got[1][1], want[1][1])
     for disp in (activations._relu[0], losses._mse[0]):
         sigs = [s for s in disp.signatures if str(s[0].dtype) == "float32"]
-        assert len(sigs) == 1, sigs              # one compilation for both (and any shape: flattened)
-        assert not sigs[0][0].mutable            # typed read-only: a kernel writing it would not compile
+        assert len(sigs) == 1, sigs  # one compilation for both (and any shape: flattened)
+        assert not sigs[0][0].mutable  # typed read-only: a kernel writing it would not compile
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -84,8 +85,11 @@ def test_plain_small_products_give_the_tiled_kernels_bits(jit, dtype, rng):
                     np.testing.assert_array_equal(plain, tiled, err_msg=str((m, k, n, ta, tb, act, has_bias)))
         A, B = rng.standard_normal((m, k)).astype(dtype), rng.standard_normal((k, n)).astype(dtype)
         C = rng.standard_normal((m, n)).astype(dtype)
-        for fast, plain, x, y in ((sg.acc_nn, sg.acc_nn_simple, A, B), (sg.acc_tn, sg.acc_tn_simple, A.T.copy(), B),
-                                  (sg.mul_nt, sg.mul_nt_simple, A, B.T.copy())):
+        for fast, plain, x, y in (
+            (sg.acc_nn, sg.acc_nn_simple, A, B),
+            (sg.acc_tn, sg.acc_tn_simple, A.T.copy(), B),
+            (sg.mul_nt, sg.mul_nt_simple, A, B.T.copy()),
+        ):
             c1, c2 = C.copy(), C.copy()
             fast(x, y, c1)
             plain(x, y, c2)
@@ -97,8 +101,11 @@ def test_unfused_convolution_fallback_gives_the_fused_kernels_bits(jit, dtype, r
     from fastnn.backends.numba_backend import conv
 
     for (B, C, H, W), (O, kh, kw), (sh, sw), (ph, pw), (dh, dw) in [
-            ((3, 2, 9, 11), (5, 3, 3), (1, 1), (1, 1), (1, 1)), ((2, 3, 8, 7), (4, 2, 3), (2, 1), (0, 2), (1, 2)),
-            ((1, 1, 5, 5), (1, 1, 1), (1, 1), (0, 0), (1, 1)), ((2, 4, 12, 12), (9, 3, 3), (2, 2), (1, 1), (2, 1))]:
+        ((3, 2, 9, 11), (5, 3, 3), (1, 1), (1, 1), (1, 1)),
+        ((2, 3, 8, 7), (4, 2, 3), (2, 1), (0, 2), (1, 2)),
+        ((1, 1, 5, 5), (1, 1, 1), (1, 1), (0, 0), (1, 1)),
+        ((2, 4, 12, 12), (9, 3, 3), (2, 2), (1, 1), (2, 1)),
+    ]:
         x = rng.standard_normal((B, C, H, W)).astype(dtype)
         x.flat[3] = np.inf
         w2 = rng.standard_normal((O, C * kh * kw)).astype(dtype)
@@ -168,12 +175,12 @@ def test_first_w3_step_compiles_only_what_it_runs(jit):
     assert 0 < info["loss"] < 10
     assert info["parallel"] == []
     assert info["compiled"] == {
-        "_gemm_small_plain": 1,                   # every product of the step (4 shapes, 3 layouts)
-        "_epilogue.<locals>._bias_act_identity": 1,   # the 10-column output layer (BLAS + bias)
+        "_gemm_small_plain": 1,  # every product of the step (4 shapes, 3 layouts)
+        "_epilogue.<locals>._bias_act_identity": 1,  # the 10-column output layer (BLAS + bias)
         "_softmax_ce": 1,
         "_delta_bias": 1,
         "_col_sums": 1,
-        "_sgd_mom": 1,                            # weights and biases, flattened
+        "_sgd_mom": 1,  # weights and biases, flattened
     }
 
 
@@ -202,13 +209,14 @@ def test_deferred_parallel_kernel_compiles_in_the_background_or_at_once(jit):
         os._exit(0)
     """)
     assert info["after_first"] == {"serial": 1, "parallel": 0, "deferred": True}
-    assert info["done"] and info["installed"]   # then the parallel kernel took the Deferred's place
+    assert info["done"] and info["installed"]  # then the parallel kernel took the Deferred's place
     assert info["same"]
     assert info["sigmoid"] == [0, 1]
 
 
 def test_background_can_be_switched_off(jit):
-    info = _cold("""
+    info = _cold(
+        """
         import json, os
         import numpy as np
         import fastnn
@@ -219,7 +227,9 @@ def test_background_can_be_switched_off(jit):
         serial, parallel = next(p for p in _jit.PAIRS if p[0] is activations._relu[0])
         print(json.dumps([len(serial.signatures), len(parallel.signatures)]), flush=True)
         os._exit(0)
-    """, FASTNN_NUMBA_BACKGROUND="0")
+    """,
+        FASTNN_NUMBA_BACKGROUND="0",
+    )
     assert info == [0, 1]
 
 

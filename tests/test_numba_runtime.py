@@ -131,14 +131,18 @@ def _read_only_install(tmp_path):
     (root / "fastnn" / "backends" / "numba_backend" / "__pycache__").write_text("not a directory")
     blocker = tmp_path / "file"
     blocker.write_text("")
-    env = {"NUMBA_CACHE_DIR": str(blocker / "numba"), "XDG_CACHE_HOME": str(blocker / "cache"),
-           "PYTHONDONTWRITEBYTECODE": "1"}
+    env = {
+        "NUMBA_CACHE_DIR": str(blocker / "numba"),
+        "XDG_CACHE_HOME": str(blocker / "cache"),
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
     return root, env
 
 
 def test_unwritable_numba_cache_runs_uncached_with_one_warning(numba_backend, tmp_path):
     root, env = _read_only_install(tmp_path)
-    result = run_isolated(f"""
+    result = run_isolated(
+        f"""
         import sys
         sys.path.insert(0, {str(root)!r})   # ahead of the working directory
         import numpy as np
@@ -152,7 +156,10 @@ def test_unwritable_numba_cache_runs_uncached_with_one_warning(numba_backend, tm
         assert fastnn.ops.relu(np.array([-1.0, 2.0, np.nan])).tolist()[:2] == [0.0, 2.0]
         x = np.array([[1.0, 2.0, 3.0]], np.float32)
         np.testing.assert_allclose(fastnn.ops.softmax(x), np.exp(x) / np.exp(x).sum(), rtol=1e-6)
-    """, env=env, timeout=300)
+    """,
+        env=env,
+        timeout=300,
+    )
     result.assert_ok()
     assert result.stderr.count("Numba cannot write a cache for fastnn's kernels") == 1, result.stderr
 
@@ -171,21 +178,25 @@ def test_cache_stays_on_where_it_can_be_written(numba_backend):
 
 def test_disabled_jit_leaves_numba_out_with_the_reason(numba_backend):
     # Uncompiled, the kernels' math helpers raise NotImplementedError mid-op.
-    result = run_isolated("""
+    result = run_isolated(
+        """
         import numpy as np
         import fastnn
         status = fastnn.backend_status()
         assert "NUMBA_DISABLE_JIT" in status["numba"], status
         assert fastnn.get_backend() != "numba"
         np.testing.assert_allclose(fastnn.ops.tanh(np.ones(3)), np.tanh(np.ones(3)), rtol=1e-6)
-    """, env={"NUMBA_DISABLE_JIT": "1"})
+    """,
+        env={"NUMBA_DISABLE_JIT": "1"},
+    )
     result.assert_ok()
 
 
 def test_numba_pool_beyond_any_machine_leaves_numba_out_with_the_reason(numba_backend):
     # Numba would start all of them at its first parallel call (the workqueue
     # layer then hangs once the system refuses more threads).
-    result = run_isolated("""
+    result = run_isolated(
+        """
         import numpy as np
         import fastnn
         status = fastnn.backend_status()
@@ -195,5 +206,8 @@ def test_numba_pool_beyond_any_machine_leaves_numba_out_with_the_reason(numba_ba
         for name in fastnn.available_backends():
             with fastnn.use_backend(name):
                 assert fastnn.ops.matmul(a, a)[0, 0] == 512.0
-    """, env={"NUMBA_NUM_THREADS": "100000", "NUMBA_THREADING_LAYER": "workqueue"}, timeout=120)
+    """,
+        env={"NUMBA_NUM_THREADS": "100000", "NUMBA_THREADING_LAYER": "workqueue"},
+        timeout=120,
+    )
     result.assert_ok()

@@ -60,8 +60,9 @@ def test_sigmoid_extremes_do_not_overflow(backend, dtype):
 
 def test_sigmoid_and_tanh_accuracy_wide_range(backend, dtype):
     x = np.linspace(-30, 30, 100_003).astype(dtype)
-    np.testing.assert_allclose(ops.tanh(x), np.tanh(x.astype(np.float64)), rtol=tol(dtype)["rtol"] * 4,
-                               atol=tol(dtype)["atol"] * 4)
+    np.testing.assert_allclose(
+        ops.tanh(x), np.tanh(x.astype(np.float64)), rtol=tol(dtype)["rtol"] * 4, atol=tol(dtype)["atol"] * 4
+    )
     want = 1 / (1 + np.exp(-x.astype(np.float64)))
     np.testing.assert_allclose(ops.sigmoid(x), want, rtol=tol(dtype)["rtol"] * 4, atol=1e-30)
 

@@ -138,8 +138,8 @@ def _adam_numpy(p, g, m, v, t, lr, b1, b2, eps, wd, decoupled):
         g = g + wd * p
     m[:] = b1 * m + (1 - b1) * g
     v[:] = b2 * v + (1 - b2) * g * g
-    mhat = m / (1 - b1 ** t)
-    vhat = v / (1 - b2 ** t)
+    mhat = m / (1 - b1**t)
+    vhat = v / (1 - b2**t)
     return p - lr * mhat / (np.sqrt(vhat) + eps)
 
 

@@ -30,8 +30,8 @@ def test_one_training_step_by_hand(backend):
     opt = optim.SGD(lin.parameters(), lr=0.1)
     y = lin(np.array([[1.0, 2.0]]))
     assert y[0, 0] == pytest.approx(0.1)
-    assert loss_fn(y, np.array([[1.0]])) == pytest.approx(0.81)        # (0.1 - 1)^2
-    lin.backward(loss_fn.backward())                                    # dL/dy = 2 (0.1 - 1) = -1.8
+    assert loss_fn(y, np.array([[1.0]])) == pytest.approx(0.81)  # (0.1 - 1)^2
+    lin.backward(loss_fn.backward())  # dL/dy = 2 (0.1 - 1) = -1.8
     np.testing.assert_allclose(lin.weight.grad, [[-1.8, -3.6]])
     np.testing.assert_allclose(lin.bias.grad, [-1.8])
     opt.step()
@@ -86,10 +86,10 @@ def test_clip_grad_norm_matches_torch(rng):
     total = optim.clip_grad_norm(ps, 1.5)
     ttotal = torch.nn.utils.clip_grad_norm_(ts, 1.5)
     assert total == pytest.approx(float(ttotal), rel=1e-12)
-    assert total == pytest.approx(math.sqrt(sum(float((g ** 2).sum()) for g in grads)), rel=1e-12)
+    assert total == pytest.approx(math.sqrt(sum(float((g**2).sum()) for g in grads)), rel=1e-12)
     for p, t in zip(ps, ts):
         np.testing.assert_allclose(p.grad, t.grad.numpy(), rtol=1e-12)
-    assert math.sqrt(sum(float((p.grad ** 2).sum()) for p in ps)) == pytest.approx(1.5, rel=1e-5)
+    assert math.sqrt(sum(float((p.grad**2).sum()) for p in ps)) == pytest.approx(1.5, rel=1e-5)
     # below the limit nothing changes
     before = [p.grad.copy() for p in ps]
     optim.clip_grad_norm(ps, 10.0)
@@ -102,8 +102,10 @@ def test_schedules_match_torch():
     torch = pytest.importorskip("torch")
     for make_ours, make_theirs in [
         (lambda o: optim.StepLR(o, step_size=3, gamma=0.5), lambda o: torch.optim.lr_scheduler.StepLR(o, 3, 0.5)),
-        (lambda o: optim.CosineAnnealingLR(o, T_max=10, eta_min=0.001),
-         lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=10, eta_min=0.001)),
+        (
+            lambda o: optim.CosineAnnealingLR(o, T_max=10, eta_min=0.001),
+            lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=10, eta_min=0.001),
+        ),
         (lambda o: optim.ExponentialLR(o, gamma=0.9), lambda o: torch.optim.lr_scheduler.ExponentialLR(o, 0.9)),
     ]:
         opt = optim.SGD([Parameter(np.zeros(2))], lr=0.1)
@@ -162,9 +164,14 @@ def test_optimizer_accepts_module():
 
 
 @pytest.mark.torch
-@pytest.mark.parametrize("name,kwargs", [("SGD", dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01)),
-                                         ("Adam", dict(lr=0.01, weight_decay=0.01)),
-                                         ("AdamW", dict(lr=0.01))])
+@pytest.mark.parametrize(
+    "name,kwargs",
+    [
+        ("SGD", dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01)),
+        ("Adam", dict(lr=0.01, weight_decay=0.01)),
+        ("AdamW", dict(lr=0.01)),
+    ],
+)
 def test_fused_update_of_a_model_matches_torch(backend, name, kwargs, rng):
     """All parameters of a dtype are updated by one kernel call; the training follows torch step by step."""
     torch = pytest.importorskip("torch")
@@ -175,7 +182,7 @@ def test_fused_update_of_a_model_matches_torch(backend, name, kwargs, rng):
     opt = getattr(optim, name)(model.parameters(), **kwargs)
     topt = getattr(torch.optim, name)(tm.parameters(), **kwargs)
     w = model[0].weight.data
-    assert len(opt._plan._check()[2]) == 1             # one group: one kernel call per step
+    assert len(opt._plan._check()[2]) == 1  # one group: one kernel call per step
     loss_fn, tloss = nn.MSELoss(), torch.nn.MSELoss()
     for i in range(5):
         x = rng.standard_normal((4, 5))
@@ -190,7 +197,7 @@ def test_fused_update_of_a_model_matches_torch(backend, name, kwargs, rng):
             np.testing.assert_allclose(model.state_dict()[k], v.numpy(), rtol=1e-12, atol=1e-13, err_msg=k)
         if i == 2:  # a parameter replaced by the user: noticed, state kept, still equal to torch
             model[2].bias.data = model[2].bias.data.copy()
-    assert model[0].weight.data is w                   # the optimizer never replaces a parameter's array
+    assert model[0].weight.data is w  # the optimizer never replaces a parameter's array
 
 
 def test_optimizer_keeps_parameter_arrays():
@@ -206,7 +213,7 @@ def test_optimizer_keeps_parameter_arrays():
     for p in model.parameters():
         p.grad[...] = 1.0
     opt.step()
-    np.testing.assert_allclose(arrays[0][0], before["0.weight"] - 0.1)   # updated through the old reference
+    np.testing.assert_allclose(arrays[0][0], before["0.weight"] - 0.1)  # updated through the old reference
     # mixed dtypes: one kernel call per dtype group
     mixed = [nn.Parameter(np.ones(3, np.float32)), nn.Parameter(np.ones(2)), nn.Parameter(np.ones(4, np.float32))]
     opt = optim.SGD(mixed, lr=0.5)

@@ -28,14 +28,18 @@ def _source_tree(tmp_path):
     for item in ("setup.py", "pyproject.toml", "README.md", "LICENSE", "MANIFEST.in", "kernels"):
         src = ROOT / item
         (shutil.copytree if src.is_dir() else shutil.copy)(src, work / item)
-    shutil.copytree(ROOT / "fastnn", work / "fastnn",
-                    ignore=shutil.ignore_patterns("*.so", "*.pyd", "__pycache__", "BUILD_SKIPPED.txt"))
+    shutil.copytree(
+        ROOT / "fastnn",
+        work / "fastnn",
+        ignore=shutil.ignore_patterns("*.so", "*.pyd", "__pycache__", "BUILD_SKIPPED.txt"),
+    )
     return work
 
 
 def _run(cmd, cwd, env=None, timeout=900):
-    return subprocess.run(cmd, cwd=cwd, env=dict(os.environ, **(env or {})), capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        cmd, cwd=cwd, env=dict(os.environ, **(env or {})), capture_output=True, text=True, timeout=timeout
+    )
 
 
 def test_without_a_compiler_the_package_builds_without_the_extension(tmp_path):
@@ -47,13 +51,15 @@ def test_without_a_compiler_the_package_builds_without_the_extension(tmp_path):
     assert "FASTNN_REQUIRE_EXT=1" in lines[0]
     assert not list((work / "fastnn" / "_ext").glob("_kernels*.so"))
     assert (work / "fastnn" / "_ext" / "BUILD_SKIPPED.txt").read_text().startswith("not built at install")
-    code = ("import numpy as np, fastnn\n"
-            "status = fastnn.backend_status()\n"
-            "print('cython:', status['cython'])\n"
-            "assert status['numpy'] == status['numba'] == 'available'\n"
-            "for name in ('numpy', 'numba'):\n"
-            "    with fastnn.use_backend(name):\n"
-            "        assert np.allclose(fastnn.ops.relu(np.array([-1.0, 2.0])), [0.0, 2.0])\n")
+    code = (
+        "import numpy as np, fastnn\n"
+        "status = fastnn.backend_status()\n"
+        "print('cython:', status['cython'])\n"
+        "assert status['numpy'] == status['numba'] == 'available'\n"
+        "for name in ('numpy', 'numba'):\n"
+        "    with fastnn.use_backend(name):\n"
+        "        assert np.allclose(fastnn.ops.relu(np.array([-1.0, 2.0])), [0.0, 2.0])\n"
+    )
     env = {"PYTHONPATH": str(work), "FASTNN_REQUIRE_BACKENDS": ""}
     run = _run([sys.executable, "-c", code], work, env, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -62,8 +68,11 @@ def test_without_a_compiler_the_package_builds_without_the_extension(tmp_path):
     assert "not built at install" in info.stdout, info.stdout
 
     # FASTNN_REQUIRE_EXT=1: the same failure is an error, for CI and packagers
-    strict = _run([sys.executable, "setup.py", "build_ext", "--inplace"], work,
-                  {"CC": "/nonexistent/cc", "FASTNN_REQUIRE_EXT": "1"})
+    strict = _run(
+        [sys.executable, "setup.py", "build_ext", "--inplace"],
+        work,
+        {"CC": "/nonexistent/cc", "FASTNN_REQUIRE_EXT": "1"},
+    )
     assert strict.returncode != 0
 
 
@@ -78,8 +87,11 @@ def test_a_changed_build_flag_rebuilds(tmp_path):
     work = _source_tree(tmp_path)
     check = "from fastnn._ext import _kernels; print('openmp', _kernels.has_openmp())"
     for no_openmp, want in (("1", "openmp False"), ("", "openmp True"), ("1", "openmp False")):
-        build = _run([sys.executable, "setup.py", "build_ext", "--inplace", "-q"], work,
-                     {"FASTNN_NO_OPENMP": no_openmp, "FASTNN_REQUIRE_EXT": "1"})
+        build = _run(
+            [sys.executable, "setup.py", "build_ext", "--inplace", "-q"],
+            work,
+            {"FASTNN_NO_OPENMP": no_openmp, "FASTNN_REQUIRE_EXT": "1"},
+        )
         assert build.returncode == 0, build.stderr[-3000:]
         run = _run([sys.executable, "-c", check], work, {"PYTHONPATH": str(work)}, timeout=300)
         assert run.stdout.strip() == want, (no_openmp, run.stdout, run.stderr[-2000:])
@@ -93,8 +105,11 @@ def test_wheel_is_manylinux_stripped_and_runs_without_a_compiler(tmp_path):
         pytest.skip("auditwheel is not installed (it comes with the test extra on Linux)")
     work = _source_tree(tmp_path)
     dist, house = tmp_path / "dist", tmp_path / "wheelhouse"
-    build = _run([sys.executable, "-m", "pip", "wheel", ".", "--no-deps", "--no-build-isolation", "-w", str(dist)],
-                 work, {"FASTNN_REQUIRE_EXT": "1"})
+    build = _run(
+        [sys.executable, "-m", "pip", "wheel", ".", "--no-deps", "--no-build-isolation", "-w", str(dist)],
+        work,
+        {"FASTNN_REQUIRE_EXT": "1"},
+    )
     assert build.returncode == 0, build.stderr[-3000:]
     (raw,) = dist.glob("*.whl")
     repair = _run([auditwheel, "repair", str(raw), "-w", str(house)], work)
@@ -119,12 +134,14 @@ def test_wheel_is_manylinux_stripped_and_runs_without_a_compiler(tmp_path):
     py = venv / "bin" / "python"
     install = _run([str(py), "-m", "pip", "install", "-q", str(wheel)], tmp_path, timeout=1200)
     assert install.returncode == 0, install.stderr[-3000:]
-    code = ("import numpy as np, fastnn\n"
-            "for name in ('cython', 'numba', 'numpy'):\n"
-            "    with fastnn.use_backend(name):\n"
-            "        a = np.arange(12.0, dtype=np.float32).reshape(3, 4)\n"
-            "        assert np.allclose(fastnn.ops.matmul(a, a, trans_b=True), a @ a.T)\n"
-            "print(sorted(fastnn.available_backends()))\n")
+    code = (
+        "import numpy as np, fastnn\n"
+        "for name in ('cython', 'numba', 'numpy'):\n"
+        "    with fastnn.use_backend(name):\n"
+        "        a = np.arange(12.0, dtype=np.float32).reshape(3, 4)\n"
+        "        assert np.allclose(fastnn.ops.matmul(a, a, trans_b=True), a @ a.T)\n"
+        "print(sorted(fastnn.available_backends()))\n"
+    )
     env = {"CC": "/nonexistent/cc", "PATH": str(venv / "bin"), "PYTHONPATH": "", "FASTNN_REQUIRE_BACKENDS": ""}
     run = _run([str(py), "-c", code], tmp_path, env, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -136,9 +153,9 @@ def test_sdist_carries_the_sources_and_its_tests(tmp_path):
     for item in ("tests", "benches", "docs", "CHANGELOG.md", "CONTRIBUTING.md"):
         src = ROOT / item
         if src.exists():
-            (shutil.copytree if src.is_dir() else shutil.copy)(src, work / item,
-                                                                 **({"ignore": shutil.ignore_patterns("__pycache__")}
-                                                                    if src.is_dir() else {}))
+            (shutil.copytree if src.is_dir() else shutil.copy)(
+                src, work / item, **({"ignore": shutil.ignore_patterns("__pycache__")} if src.is_dir() else {})
+            )
     build = _run([sys.executable, "setup.py", "-q", "sdist", "-d", str(tmp_path / "sdist")], work)
     assert build.returncode == 0, build.stderr[-3000:]
     (sdist,) = (tmp_path / "sdist").glob("*.tar.gz")
@@ -146,9 +163,20 @@ def test_sdist_carries_the_sources_and_its_tests(tmp_path):
 
     with tarfile.open(sdist) as tf:
         names = {n.split("/", 1)[1] for n in tf.getnames() if "/" in n}
-    for needed in ("LICENSE", "README.md", "CHANGELOG.md", "setup.py", "pyproject.toml", "kernels/_kernels.pyx",
-                   "kernels/fnn.pxd", "kernels/lib/runtime.c", "tests/conftest.py", "tests/isolated.py",
-                   "tests/test_properties.py", "benches/conftest.py"):
+    for needed in (
+        "LICENSE",
+        "README.md",
+        "CHANGELOG.md",
+        "setup.py",
+        "pyproject.toml",
+        "kernels/_kernels.pyx",
+        "kernels/fnn.pxd",
+        "kernels/lib/runtime.c",
+        "tests/conftest.py",
+        "tests/isolated.py",
+        "tests/test_properties.py",
+        "benches/conftest.py",
+    ):
         assert needed in names, needed
     assert not any(n.endswith((".so", ".o")) for n in names)
     assert "kernels/_kernels.c" not in names

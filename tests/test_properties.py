@@ -30,11 +30,17 @@ SLOW_EXAMPLES = int(os.environ.get("FASTNN_PROPERTY_EXAMPLES", "150"))
 
 
 def _settings(n):
-    return settings(max_examples=n, deadline=None, database=None, derandomize=True,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    return settings(
+        max_examples=n,
+        deadline=None,
+        database=None,
+        derandomize=True,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
 
 
 # ---------------------------------------------------------------- inputs
+
 
 class Draw:
     """Data for one example: a dtype, a generator, and a layout per input."""
@@ -114,6 +120,7 @@ def _compare(backend, fn, args, kwargs=None, dtype=np.float64, scale=10.0, inpla
 
 # ---------------------------------------------------------------- op families
 
+
 def _dense(d, backend):
     B, I, O = d.int(0, 9, "B"), d.int(1, 40, "I"), d.int(1, 20, "O")
     act = d.pick(["identity", "relu", "sigmoid", "tanh"], "activation")
@@ -122,8 +129,14 @@ def _dense(d, backend):
     _compare(backend, ops.dense_forward, (x, w, b, act), dtype=d.dtype, scale=I)
     y = ops.dense_forward(np.ascontiguousarray(x), np.ascontiguousarray(w), None if b is None else b.copy(), act)
     g = d.array((B, O), label="g")
-    _compare(backend, ops.dense_backward, (g, x, w, y, act),
-             dict(bias=b is not None, input_grad=d.pick([True, False], "input_grad")), dtype=d.dtype, scale=I + B)
+    _compare(
+        backend,
+        ops.dense_backward,
+        (g, x, w, y, act),
+        dict(bias=b is not None, input_grad=d.pick([True, False], "input_grad")),
+        dtype=d.dtype,
+        scale=I + B,
+    )
     ta, tb = d.pick([False, True], "trans_a"), d.pick([False, True], "trans_b")
     M, K, N = B, I, O
     a = d.array((K, M) if ta else (M, K), label="a")
@@ -154,12 +167,18 @@ def _losses(d, backend):
         labels = d.rng.integers(0, C, B)
         _compare(backend, ops.softmax_cross_entropy, (z, labels, red), dtype=d.dtype, scale=B + C)
     elif kind == "mse":
-        _compare(backend, ops.mse_loss, (d.array((B, C), label="pred"), d.array((B, C), label="target"), red),
-                 dtype=d.dtype, scale=B * C + 1)
+        _compare(
+            backend,
+            ops.mse_loss,
+            (d.array((B, C), label="pred"), d.array((B, C), label="target"), red),
+            dtype=d.dtype,
+            scale=B * C + 1,
+        )
     else:
         t = (d.rng.random((B, C)) > 0.5).astype(d.dtype)
-        _compare(backend, ops.bce_with_logits, (d.array((B, C), 3.0, label="logits"), t, red),
-                 dtype=d.dtype, scale=B * C + 1)
+        _compare(
+            backend, ops.bce_with_logits, (d.array((B, C), 3.0, label="logits"), t, red), dtype=d.dtype, scale=B * C + 1
+        )
 
 
 def _optim(d, backend):
@@ -170,22 +189,28 @@ def _optim(d, backend):
     if d.pick(["sgd", "adam"], "optimizer") == "sgd":
         mom = d.pick([0.0, 0.9], "momentum")
         v = np.ascontiguousarray(d.rng.standard_normal(shape).astype(d.dtype)) if mom else None
-        kw = dict(lr=0.1, momentum=mom, nesterov=bool(mom) and d.pick([False, True], "nesterov"),
-                  weight_decay=d.pick([0.0, 0.01], "wd"))
+        kw = dict(
+            lr=0.1,
+            momentum=mom,
+            nesterov=bool(mom) and d.pick([False, True], "nesterov"),
+            weight_decay=d.pick([0.0, 0.01], "wd"),
+        )
         _compare(backend, ops.sgd_update, (p, g, v), kw, dtype=d.dtype, inplace=(0, 2) if mom else (0,))
     else:
         m = np.ascontiguousarray(d.rng.standard_normal(shape).astype(d.dtype) * 0.1)
         v = np.ascontiguousarray(np.abs(d.rng.standard_normal(shape)).astype(d.dtype) * 0.1)
         kw = dict(lr=1e-2, weight_decay=d.pick([0.0, 0.01], "wd"), decoupled=d.pick([False, True], "decoupled"))
-        _compare(backend, ops.adam_update, (p, g, m, v, d.int(1, 5, "step")), kw, dtype=d.dtype,
-                 inplace=(0, 2, 3))
+        _compare(backend, ops.adam_update, (p, g, m, v, d.int(1, 5, "step")), kw, dtype=d.dtype, inplace=(0, 2, 3))
 
 
 def _conv(d, backend):
     B, C, O = d.int(0, 3, "B"), d.int(1, 4, "C"), d.int(1, 5, "O")
     kh, kw = d.int(1, 4, "kh"), d.int(1, 4, "kw")
-    s, p, dl = (d.int(1, 3, "stride"), d.int(1, 2, "stride w")), (d.int(0, 2, "pad"), d.int(0, 2, "pad w")), \
-        (d.int(1, 2, "dil"), d.int(1, 2, "dil w"))
+    s, p, dl = (
+        (d.int(1, 3, "stride"), d.int(1, 2, "stride w")),
+        (d.int(0, 2, "pad"), d.int(0, 2, "pad w")),
+        (d.int(1, 2, "dil"), d.int(1, 2, "dil w")),
+    )
     H = d.int(max(1, dl[0] * (kh - 1) + 1 - 2 * p[0]), 9, "H")
     W = d.int(max(1, dl[1] * (kw - 1) + 1 - 2 * p[1]), 9, "W")
     x, w = d.array((B, C, H, W), label="x"), d.array((O, C, kh, kw), 0.3, label="w")
@@ -194,9 +219,14 @@ def _conv(d, backend):
     _compare(backend, ops.conv2d_forward, (x, w, b, s, p, dl), dtype=d.dtype, scale=k)
     shape = ops.conv2d_output_shape(x.shape, w.shape, s, p, dl)
     g = d.array(shape, label="g")
-    _compare(backend, ops.conv2d_backward, (g, x, w, s, p, dl),
-             dict(bias=b is not None, input_grad=d.pick([True, False], "input_grad")), dtype=d.dtype,
-             scale=k + B * shape[2] * shape[3])
+    _compare(
+        backend,
+        ops.conv2d_backward,
+        (g, x, w, s, p, dl),
+        dict(bias=b is not None, input_grad=d.pick([True, False], "input_grad")),
+        dtype=d.dtype,
+        scale=k + B * shape[2] * shape[3],
+    )
 
 
 def _pool(d, backend):
@@ -242,17 +272,29 @@ def _recurrent(d, backend):
         _compare(backend, ops.lstm_forward, (x, h0, c0, w_ih, w_hh, b_ih, b_hh), dtype=d.dtype, scale=scale)
         out, cs, gates = ops.lstm_forward(c(x), c(h0), c(c0), c(w_ih), c(w_hh), c(b_ih), c(b_hh))
         gcn = d.array((B, H), label="gcn") if d.pick([True, False], "grad_cn") else None
-        _compare(backend, ops.lstm_backward, (g, x, h0, c0, w_ih, w_hh, out, cs, gates), dict(named, grad_cn=gcn),
-                 dtype=d.dtype, scale=scale)
+        _compare(
+            backend,
+            ops.lstm_backward,
+            (g, x, h0, c0, w_ih, w_hh, out, cs, gates),
+            dict(named, grad_cn=gcn),
+            dtype=d.dtype,
+            scale=scale,
+        )
     else:
         _compare(backend, ops.gru_forward, (x, h0, w_ih, w_hh, b_ih, b_hh), dtype=d.dtype, scale=scale)
         out, gates, hn = ops.gru_forward(c(x), c(h0), c(w_ih), c(w_hh), c(b_ih), c(b_hh))
-        _compare(backend, ops.gru_backward, (g, x, h0, w_ih, w_hh, out, gates, hn), named, dtype=d.dtype,
-                 scale=scale)
+        _compare(backend, ops.gru_backward, (g, x, h0, w_ih, w_hh, out, gates, hn), named, dtype=d.dtype, scale=scale)
 
 
-FAMILIES = {"dense": _dense, "activations": _activations, "losses": _losses, "optim": _optim, "conv": _conv,
-            "pool": _pool, "recurrent": _recurrent}
+FAMILIES = {
+    "dense": _dense,
+    "activations": _activations,
+    "losses": _losses,
+    "optim": _optim,
+    "conv": _conv,
+    "pool": _pool,
+    "recurrent": _recurrent,
+}
 
 
 def _property(backend, family, examples):

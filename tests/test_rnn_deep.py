@@ -9,8 +9,7 @@ from fastnn import nn
 F32 = dict(rtol=2e-4, atol=2e-5)
 F64 = dict(rtol=1e-9, atol=1e-11)
 
-CASES = [("rnn", 2, False), ("lstm", 2, False), ("gru", 1, True), ("lstm", 2, True), ("gru", 3, True),
-         ("rnn", 2, True)]
+CASES = [("rnn", 2, False), ("lstm", 2, False), ("gru", 1, True), ("lstm", 2, True), ("gru", 3, True), ("rnn", 2, True)]
 
 
 def _make(cell, I, H, dtype, **kw):
@@ -28,8 +27,9 @@ def test_deep_recurrent_matches_torch(backend, dtype, cell, layers, bidir, batch
     D = 2 if bidir else 1
     tlayer = tcls(I, H, num_layers=layers, bidirectional=bidir, batch_first=batch_first).to(tdt)
     layer = _make(cell, I, H, dtype, num_layers=layers, bidirectional=bidir, batch_first=batch_first)
-    assert [(k, v.shape) for k, v in layer.state_dict().items()] == \
-        [(k, tuple(v.shape)) for k, v in tlayer.state_dict().items()]
+    assert [(k, v.shape) for k, v in layer.state_dict().items()] == [
+        (k, tuple(v.shape)) for k, v in tlayer.state_dict().items()
+    ]
     layer.load_state_dict({k: v.detach().numpy() for k, v in tlayer.state_dict().items()})
     t = F32 if dtype == np.float32 else F64
     x = rng.standard_normal((B, T, I) if batch_first else (T, B, I)).astype(dtype)
@@ -84,7 +84,7 @@ def test_inter_layer_dropout_train_and_eval(rng):
     b.load_state_dict(a.state_dict())
     fastnn.manual_seed(3)
     ya = a(x)
-    assert not np.allclose(ya, b(x))   # training: the layer-0 outputs were dropped and scaled
+    assert not np.allclose(ya, b(x))  # training: the layer-0 outputs were dropped and scaled
     fastnn.manual_seed(3)
     np.testing.assert_array_equal(ya, a(x))
     a.eval()
@@ -99,8 +99,9 @@ def test_deep_recurrent_gradcheck(rng):
 
 
 def test_deep_recurrent_save_load(tmp_path, rng):
-    model = nn.Sequential(nn.GRU(3, 4, num_layers=2, bidirectional=True, dropout=0.1), nn.LastTimeStep(),
-                          nn.Linear(8, 2))
+    model = nn.Sequential(
+        nn.GRU(3, 4, num_layers=2, bidirectional=True, dropout=0.1), nn.LastTimeStep(), nn.Linear(8, 2)
+    )
     fastnn.save(model, tmp_path / "m.fnn")
     loaded = fastnn.load(tmp_path / "m.fnn")
     assert repr(loaded) == repr(model)
@@ -108,4 +109,4 @@ def test_deep_recurrent_save_load(tmp_path, rng):
     loaded.eval()
     x = rng.standard_normal((5, 2, 3)).astype(np.float32)
     np.testing.assert_array_equal(model(x), loaded(x))
-    assert "num_layers" not in nn.GRU(3, 4).get_config()   # single-layer configs unchanged
+    assert "num_layers" not in nn.GRU(3, 4).get_config()  # single-layer configs unchanged

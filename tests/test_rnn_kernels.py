@@ -17,8 +17,16 @@ GATES = {"rnn": 1, "lstm": 4, "gru": 3}
 # their one-vector tile plus a narrow column tail (G*H = 24, 40, 120: 16 + 8 and
 # more), rows past the last group of 8 or 4 (T*B = 45, 39), and input sizes that
 # make dL/dx a vector plus a tail (I = 20) or a partial vector (I = 8, 3).
-SHAPES = [(1, 3, 4, 5), (60, 2, 3, 6), (7, 1, 4, 7), (9, 8, 5, 32), (4, 6, 3, 16),
-          (5, 9, 8, 24), (3, 13, 20, 40), (2, 7, 17, 30)]
+SHAPES = [
+    (1, 3, 4, 5),
+    (60, 2, 3, 6),
+    (7, 1, 4, 7),
+    (9, 8, 5, 32),
+    (4, 6, 3, 16),
+    (5, 9, 8, 24),
+    (3, 13, 20, 40),
+    (2, 7, 17, 30),
+]
 
 
 def _make(cell, shape, dtype, rng, bias=True, scale=0.5):
@@ -48,23 +56,56 @@ def _run(cell, p, with_state_grads=True, input_grad=True):
         nl = cell.split("_")[1]
         out = ops.rnn_forward(p["x"], p["h0"], p["weight_ih"], p["weight_hh"], p["bias_ih"], p["bias_hh"], nl)
         fwd = dict(out=out)
-        g = ops.rnn_backward(p["grad_out"], p["x"], p["h0"], p["weight_ih"], p["weight_hh"], out, nl,
-                             grad_hn=ghn, bias=bias, input_grad=input_grad)
+        g = ops.rnn_backward(
+            p["grad_out"],
+            p["x"],
+            p["h0"],
+            p["weight_ih"],
+            p["weight_hh"],
+            out,
+            nl,
+            grad_hn=ghn,
+            bias=bias,
+            input_grad=input_grad,
+        )
         names = ("x", "h0", "weight_ih", "weight_hh", "bias_ih", "bias_hh")
     elif kind == "lstm":
-        out, cell_, gates = ops.lstm_forward(p["x"], p["h0"], p["c0"], p["weight_ih"], p["weight_hh"],
-                                             p["bias_ih"], p["bias_hh"])
+        out, cell_, gates = ops.lstm_forward(
+            p["x"], p["h0"], p["c0"], p["weight_ih"], p["weight_hh"], p["bias_ih"], p["bias_hh"]
+        )
         fwd = dict(out=out, cell=cell_, gates=gates)
-        g = ops.lstm_backward(p["grad_out"], p["x"], p["h0"], p["c0"], p["weight_ih"], p["weight_hh"], out,
-                              cell_, gates, grad_hn=ghn, grad_cn=p["grad_cn"] if with_state_grads else None,
-                              bias=bias, input_grad=input_grad)
+        g = ops.lstm_backward(
+            p["grad_out"],
+            p["x"],
+            p["h0"],
+            p["c0"],
+            p["weight_ih"],
+            p["weight_hh"],
+            out,
+            cell_,
+            gates,
+            grad_hn=ghn,
+            grad_cn=p["grad_cn"] if with_state_grads else None,
+            bias=bias,
+            input_grad=input_grad,
+        )
         names = ("x", "h0", "c0", "weight_ih", "weight_hh", "bias_ih", "bias_hh")
     else:
-        out, gates, hn = ops.gru_forward(p["x"], p["h0"], p["weight_ih"], p["weight_hh"], p["bias_ih"],
-                                         p["bias_hh"])
+        out, gates, hn = ops.gru_forward(p["x"], p["h0"], p["weight_ih"], p["weight_hh"], p["bias_ih"], p["bias_hh"])
         fwd = dict(out=out, gates=gates, hidden_n=hn)
-        g = ops.gru_backward(p["grad_out"], p["x"], p["h0"], p["weight_ih"], p["weight_hh"], out, gates, hn,
-                             grad_hn=ghn, bias=bias, input_grad=input_grad)
+        g = ops.gru_backward(
+            p["grad_out"],
+            p["x"],
+            p["h0"],
+            p["weight_ih"],
+            p["weight_hh"],
+            out,
+            gates,
+            hn,
+            grad_hn=ghn,
+            bias=bias,
+            input_grad=input_grad,
+        )
         names = ("x", "h0", "weight_ih", "weight_hh", "bias_ih", "bias_hh")
     return {k: v.copy() for k, v in fwd.items()}, {n: (None if v is None else v.copy()) for n, v in zip(names, g)}
 
@@ -94,7 +135,7 @@ def test_backend_matches_reference(backend, dtype, rng, cell, shape):
     for k in grads_ref:
         assert grads[k].dtype == dtype
         np.testing.assert_allclose(grads[k], grads_ref[k], **t, err_msg=f"{cell} gradient of {k}")
-    assert np.abs(grads_ref["weight_hh"]).max() > 1e-3   # the comparison is not between zeros
+    assert np.abs(grads_ref["weight_hh"]).max() > 1e-3  # the comparison is not between zeros
 
 
 @pytest.mark.parametrize("cell", CELLS)
@@ -113,7 +154,7 @@ def test_backend_without_bias_state_grads_or_input_grad(backend, dtype, rng, cel
 @pytest.mark.parametrize("cell", CELLS)
 def test_bptt_matches_finite_differences(backend, rng, cell):
     p = _make(cell, (6, 2, 3, 4), np.float64, rng)
-    if cell == "rnn_relu":   # keep pre-activations away from the kink at 0
+    if cell == "rnn_relu":  # keep pre-activations away from the kink at 0
         p["x"] += 0.3
     _, grads = _run(cell, p)
     for name, g in grads.items():
@@ -125,7 +166,7 @@ def test_bptt_matches_finite_differences(backend, rng, cell):
 
 def test_rnn_matches_hand_computed_step(backend, dtype):
     """One step by hand: h1 = tanh(x W_ihᵀ + b_ih + h0 W_hhᵀ + b_hh)."""
-    x = np.array([[[1.0, -2.0]]], dtype)                  # T=1, B=1, I=2
+    x = np.array([[[1.0, -2.0]]], dtype)  # T=1, B=1, I=2
     h0 = np.array([[0.5]], dtype)
     w_ih = np.array([[0.25, 0.5]], dtype)
     w_hh = np.array([[2.0]], dtype)
@@ -144,7 +185,7 @@ def test_nan_propagates(backend, cell, rng):
     p["x"][1, 2, 0] = np.nan
     fwd, _ = _run(cell, p)
     out = fwd["out"]
-    assert np.isnan(out[1:, 2]).all()                     # sample 2 from step 1 on
+    assert np.isnan(out[1:, 2]).all()  # sample 2 from step 1 on
     assert np.isfinite(out[0]).all() and np.isfinite(np.delete(out, 2, axis=1)).all()
 
 
@@ -173,6 +214,7 @@ def test_output_buffers_are_used(backend, rng, cell):
 
 # -- validation --------------------------------------------------------------
 
+
 def _rnn_args(T=3, B=2, I=4, H=5, dtype=np.float32):
     return (np.zeros((T, B, I), dtype), np.zeros((B, H), dtype), np.zeros((H, I), dtype), np.zeros((H, H), dtype))
 
@@ -196,8 +238,9 @@ def test_wrong_initial_state_shape_is_value_error():
     with pytest.raises(ValueError, match=r"h0 has shape \(3, 5\).*\(2, 5\)"):
         ops.rnn_forward(x, np.zeros((3, 5), np.float32), wi, wh)
     with pytest.raises(ValueError, match=r"c0 has shape \(2, 4\)"):
-        ops.lstm_forward(x, h0, np.zeros((2, 4), np.float32), np.zeros((20, 4), np.float32),
-                         np.zeros((20, 5), np.float32))
+        ops.lstm_forward(
+            x, h0, np.zeros((2, 4), np.float32), np.zeros((20, 4), np.float32), np.zeros((20, 5), np.float32)
+        )
 
 
 def test_bad_weight_hh_bias_and_dtype():
@@ -280,6 +323,7 @@ def split_small_work(compiled_backend):
         yield
         return
     from fastnn.backends import tuning
+
     with tuning.override(rnn_parallel_min_work=1 << 16):
         yield
 

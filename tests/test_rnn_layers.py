@@ -100,8 +100,7 @@ def test_layer_gradcheck(backend, rng, kind):
     np.testing.assert_allclose(gx, numerical_gradient(loss, x), rtol=1e-6, atol=1e-8)
     np.testing.assert_allclose(grad_h0, numerical_gradient(loss, h0), rtol=1e-6, atol=1e-8)
     for name, p in layer.named_parameters():
-        np.testing.assert_allclose(grads[name], numerical_gradient(loss, p.data), rtol=1e-6, atol=1e-8,
-                                   err_msg=name)
+        np.testing.assert_allclose(grads[name], numerical_gradient(loss, p.data), rtol=1e-6, atol=1e-8, err_msg=name)
 
 
 @pytest.mark.parametrize("kind", list(LAYERS))
@@ -117,11 +116,15 @@ def test_parameters_and_default_initialisation():
     for kind, G in (("rnn_tanh", 1), ("lstm", 4), ("gru", 3)):
         layer = LAYERS[kind](5, 25)
         shapes = {n: p.shape for n, p in layer.named_parameters()}
-        assert shapes == {"weight_ih_l0": (25 * G, 5), "weight_hh_l0": (25 * G, 25),
-                          "bias_ih_l0": (25 * G,), "bias_hh_l0": (25 * G,)}
+        assert shapes == {
+            "weight_ih_l0": (25 * G, 5),
+            "weight_hh_l0": (25 * G, 25),
+            "bias_ih_l0": (25 * G,),
+            "bias_hh_l0": (25 * G,),
+        }
         for p in layer.parameters():
             assert p.dtype == np.float32
-            assert np.abs(p.data).max() <= 1 / 5 and np.abs(p.data).max() > 0.15   # U(-1/sqrt(H), 1/sqrt(H))
+            assert np.abs(p.data).max() <= 1 / 5 and np.abs(p.data).max() > 0.15  # U(-1/sqrt(H), 1/sqrt(H))
             assert np.unique(p.data).size > p.data.size // 2
     assert [n for n, _ in nn.GRU(2, 3, bias=False).named_parameters()] == ["weight_ih_l0", "weight_hh_l0"]
 
@@ -147,11 +150,11 @@ def test_return_state_and_fresh_outputs(rng):
     a, ha = plain(x)
     ha_copy = ha.copy()
     b, hb = plain(x * 2)
-    assert a is not b and ha is not hb   # every call returns new arrays
-    np.testing.assert_array_equal(ha, ha_copy)   # h_n of an earlier call does not change
+    assert a is not b and ha is not hb  # every call returns new arrays
+    np.testing.assert_array_equal(ha, ha_copy)  # h_n of an earlier call does not change
     with fastnn.workspace():
         c, _ = plain(x)
-        assert plain(x * 2)[0] is c      # inside a workspace: reused
+        assert plain(x * 2)[0] is c  # inside a workspace: reused
 
 
 def test_gradient_through_final_state_only(backend, rng):
@@ -167,7 +170,7 @@ def test_gradient_through_final_state_only(backend, rng):
     gx2 = layer.backward(full)
     np.testing.assert_allclose(gx1, gx2, rtol=1e-12)
     np.testing.assert_allclose(gw1, layer.weight_hh_l0.grad, rtol=1e-12)
-    assert np.abs(gx1[0]).max() > 0   # the gradient reached the first step
+    assert np.abs(gx1[0]).max() > 0  # the gradient reached the first step
 
 
 def test_last_time_step(rng):
@@ -196,14 +199,17 @@ def test_rnn_in_sequential_with_linear(backend, rng):
     assert y.shape == (4, 2)
     G = rng.standard_normal((4, 2))
     model.backward(G)
-    w = model.parameters()[1].data   # weight_hh_l0 of the RNN
+    w = model.parameters()[1].data  # weight_hh_l0 of the RNN
     num = numerical_gradient(lambda: float(np.sum(model(x) * G)), w)
     np.testing.assert_allclose(model.parameters()[1].grad, num, rtol=1e-6, atol=1e-8)
 
 
 def test_get_config_rebuilds_the_layer():
-    for layer in (nn.RNN(3, 5, nonlinearity="relu", bias=False, batch_first=True, dtype=np.float64),
-                  nn.LSTM(2, 4, return_state=True), nn.GRU(6, 7, batch_first=True)):
+    for layer in (
+        nn.RNN(3, 5, nonlinearity="relu", bias=False, batch_first=True, dtype=np.float64),
+        nn.LSTM(2, 4, return_state=True),
+        nn.GRU(6, 7, batch_first=True),
+    ):
         cfg = layer.get_config()
         clone = type(layer)(**cfg)
         assert clone.get_config() == cfg
@@ -214,6 +220,7 @@ def test_get_config_rebuilds_the_layer():
 
 
 # -- errors --------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("kind", list(LAYERS))
 def test_layer_errors_name_the_shapes(kind):
@@ -277,11 +284,20 @@ def test_fit_many_to_one(rng):
 
     X = rng.standard_normal((512, 10, 2)).astype(np.float32)
     y = (X.sum(axis=(1, 2)) > 0).astype(np.int64)
-    model = nn.Sequential(nn.GRU(2, 16, batch_first=True, rng=0), nn.LastTimeStep(batch_first=True),
-                          nn.Linear(16, 2, rng=0))
+    model = nn.Sequential(
+        nn.GRU(2, 16, batch_first=True, rng=0), nn.LastTimeStep(batch_first=True), nn.Linear(16, 2, rng=0)
+    )
     loss = nn.CrossEntropyLoss()
-    fastnn.fit(model, X, y, loss=loss, optimizer=optim.Adam(model.parameters(), lr=0.01), epochs=15,
-               batch_size=32, progress=False)
+    fastnn.fit(
+        model,
+        X,
+        y,
+        loss=loss,
+        optimizer=optim.Adam(model.parameters(), lr=0.01),
+        epochs=15,
+        batch_size=32,
+        progress=False,
+    )
     pred = model(X).argmax(axis=1)
     assert (pred == y).mean() > 0.9
 
@@ -315,8 +331,9 @@ def test_sequential_skips_first_layer_input_grad(backend, rng, first):
         model = nn.Sequential(nn.GRU(3, 8, dtype=np.float64), nn.LastTimeStep(), nn.Linear(8, 2, dtype=np.float64))
         x = rng.standard_normal((5, 4, 3))
     else:
-        model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1, dtype=np.float64), nn.Flatten(),
-                              nn.Linear(3 * 5 * 5, 2, dtype=np.float64))
+        model = nn.Sequential(
+            nn.Conv2d(2, 3, 3, padding=1, dtype=np.float64), nn.Flatten(), nn.Linear(3 * 5 * 5, 2, dtype=np.float64)
+        )
         x = rng.standard_normal((4, 2, 5, 5))
     G = rng.standard_normal((4, 2))
     model(x)

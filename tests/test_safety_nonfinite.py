@@ -37,8 +37,10 @@ for value, where in {VARIANTS!r}:
 """
 
 
-DENSE = "x, w, b = rnd(4, 5, dtype=dt), rnd(3, 5, dtype=dt), rnd(3, dtype=dt)\ng = rnd(4, 3, dtype=dt)\n" \
-        "y = np.abs(rnd(4, 3, dtype=dt)) / 4"
+DENSE = (
+    "x, w, b = rnd(4, 5, dtype=dt), rnd(3, 5, dtype=dt), rnd(3, dtype=dt)\ng = rnd(4, 3, dtype=dt)\n"
+    "y = np.abs(rnd(4, 3, dtype=dt)) / 4"
+)
 for gemm in ("auto", "own"):
     setup = f"fastnn.set_gemm({gemm!r})\n{DENSE}"
     for act in ("identity", "relu", "sigmoid", "tanh"):
@@ -60,10 +62,12 @@ case("mse target", ACT, "ops.mse_loss(m, q)", "q")
 case("bce logits", ACT, "ops.bce_with_logits(m, q)", "m")
 case("bce target", ACT, "ops.bce_with_logits(m, q)", "q")
 case("cross-entropy", ACT, "ops.softmax_cross_entropy(m, np.array([0, 3, 6]))", "m")
-OPT = "p, g, m, v = rnd(9, dtype=dt), rnd(9, dtype=dt), rnd(9, dtype=dt), np.abs(rnd(9, dtype=dt))\n" \
-      "def sgd(p, g, **kw):\n    p, vel = p.copy(), m.copy()\n    ops.sgd_update(p, g, vel, lr=0.1, **kw)\n    return p, vel\n" \
-      "def adam(p, g, **kw):\n    p, m1, v1 = p.copy(), m.copy(), v.copy()\n    ops.adam_update(p, g, m1, v1, 2, **kw)\n" \
-      "    return p, m1, v1"
+OPT = (
+    "p, g, m, v = rnd(9, dtype=dt), rnd(9, dtype=dt), rnd(9, dtype=dt), np.abs(rnd(9, dtype=dt))\n"
+    "def sgd(p, g, **kw):\n    p, vel = p.copy(), m.copy()\n    ops.sgd_update(p, g, vel, lr=0.1, **kw)\n    return p, vel\n"
+    "def adam(p, g, **kw):\n    p, m1, v1 = p.copy(), m.copy(), v.copy()\n    ops.adam_update(p, g, m1, v1, 2, **kw)\n"
+    "    return p, m1, v1"
+)
 for which in ("p", "g"):
     for kw in ("momentum=0.9", "momentum=0.9, nesterov=True", "momentum=0.9, weight_decay=0.01", ""):
         case(f"sgd {which} {kw}", OPT, f"sgd(p, g, {kw})", which)
@@ -72,8 +76,10 @@ for which in ("p", "g"):
 for s in (1, 2):
     for pad in (0, 1):
         kw = f"stride={s}, padding={pad}"
-        setup = (f"x, w, b = rnd(2, 3, 6, 6, dtype=dt), rnd(4, 3, 3, 3, dtype=dt), rnd(4, dtype=dt)\n"
-                 f"g = rnd(*ops.conv2d_output_shape(x.shape, w.shape, {kw}), dtype=dt)")
+        setup = (
+            f"x, w, b = rnd(2, 3, 6, 6, dtype=dt), rnd(4, 3, 3, 3, dtype=dt), rnd(4, dtype=dt)\n"
+            f"g = rnd(*ops.conv2d_output_shape(x.shape, w.shape, {kw}), dtype=dt)"
+        )
         for v in ("x", "w"):
             case(f"conv forward {v} {kw}", setup, f"ops.conv2d_forward(x, w, b, {kw})", v)
         for v in ("g", "x", "w"):
@@ -83,25 +89,42 @@ for args in ("2", "3, 2, 1", "3, 1, 1", "(2, 3), (1, 2), (1, 1)"):
     case(f"max pool {args}", setup, f"ops.max_pool2d_forward(x, {args})", "x")
     case(f"max pool backward {args}", setup, "ops.max_pool2d_backward(g, i, x.shape)", "g")
     for cip in (True, False):
-        case(f"avg pool {args} count_include_pad={cip}", setup,
-             f"ops.avg_pool2d_forward(x, {args}, count_include_pad={cip})", "x")
-        case(f"avg pool backward {args} count_include_pad={cip}", setup,
-             f"ops.avg_pool2d_backward(g, x.shape, {args}, count_include_pad={cip})", "g")
+        case(
+            f"avg pool {args} count_include_pad={cip}",
+            setup,
+            f"ops.avg_pool2d_forward(x, {args}, count_include_pad={cip})",
+            "x",
+        )
+        case(
+            f"avg pool backward {args} count_include_pad={cip}",
+            setup,
+            f"ops.avg_pool2d_backward(g, x.shape, {args}, count_include_pad={cip})",
+            "g",
+        )
 for cell, G in (("rnn", 1), ("lstm", 4), ("gru", 3)):
-    setup = (f"x, h0, c0 = rnd(3, 4, 5, dtype=dt), rnd(4, 6, dtype=dt), rnd(4, 6, dtype=dt)\n"
-             f"wi, wh = rnd({6 * G}, 5, dtype=dt, scale=0.3), rnd({6 * G}, 6, dtype=dt, scale=0.3)\n"
-             f"bi, bh, g = rnd({6 * G}, dtype=dt), rnd({6 * G}, dtype=dt), rnd(3, 4, 6, dtype=dt)\n")
+    setup = (
+        f"x, h0, c0 = rnd(3, 4, 5, dtype=dt), rnd(4, 6, dtype=dt), rnd(4, 6, dtype=dt)\n"
+        f"wi, wh = rnd({6 * G}, 5, dtype=dt, scale=0.3), rnd({6 * G}, 6, dtype=dt, scale=0.3)\n"
+        f"bi, bh, g = rnd({6 * G}, dtype=dt), rnd({6 * G}, dtype=dt), rnd(3, 4, 6, dtype=dt)\n"
+    )
     if cell == "rnn":
-        setup += ("def run(x, h0, wi, wh, bi, g):\n    o = ops.rnn_forward(x, h0, wi, wh, bi, bh)\n"
-                  "    return (o,) + ops.rnn_backward(g, x, h0, wi, wh, o)")
+        setup += (
+            "def run(x, h0, wi, wh, bi, g):\n    o = ops.rnn_forward(x, h0, wi, wh, bi, bh)\n"
+            "    return (o,) + ops.rnn_backward(g, x, h0, wi, wh, o)"
+        )
     elif cell == "lstm":
-        setup += ("def run(x, h0, wi, wh, bi, g):\n    f = ops.lstm_forward(x, h0, c0, wi, wh, bi, bh)\n"
-                  "    return f + ops.lstm_backward(g, x, h0, c0, wi, wh, *f)")
+        setup += (
+            "def run(x, h0, wi, wh, bi, g):\n    f = ops.lstm_forward(x, h0, c0, wi, wh, bi, bh)\n"
+            "    return f + ops.lstm_backward(g, x, h0, c0, wi, wh, *f)"
+        )
     else:
-        setup += ("def run(x, h0, wi, wh, bi, g):\n    f = ops.gru_forward(x, h0, wi, wh, bi, bh)\n"
-                  "    return f + ops.gru_backward(g, x, h0, wi, wh, *f)")
+        setup += (
+            "def run(x, h0, wi, wh, bi, g):\n    f = ops.gru_forward(x, h0, wi, wh, bi, bh)\n"
+            "    return f + ops.gru_backward(g, x, h0, wi, wh, *f)"
+        )
     for v in ("x", "h0", "wi", "wh", "bi", "g"):
         case(f"{cell} {v}", setup, "run(x, h0, wi, wh, bi, g)", v)
+
 
 def _outcomes(backend):
     return cached_outcomes(__name__, backend, CASES)

@@ -44,8 +44,10 @@ result = got
 
 
 X2, W2, B1 = "A(x)", "A(w)", "A(b)"
-DENSE = "x, w, b = rnd(6, 5, dtype=dt), rnd(3, 5, dtype=dt), rnd(3, dtype=dt)\ny = np.abs(rnd(6, 3, dtype=dt)) / 4\n" \
-        "g = rnd(6, 3, dtype=dt)"
+DENSE = (
+    "x, w, b = rnd(6, 5, dtype=dt), rnd(3, 5, dtype=dt), rnd(3, dtype=dt)\ny = np.abs(rnd(6, 3, dtype=dt)) / 4\n"
+    "g = rnd(6, 3, dtype=dt)"
+)
 BOTH = ("auto", "own")
 case("matmul", "[ops.matmul(A(x), A(w), False, True), ops.matmul(A(x), A(g), True, False)]", DENSE, BOTH)
 for act in ("identity", "relu", "sigmoid", "tanh"):
@@ -68,32 +70,52 @@ case("adam", "[ops.adam_update(p0.copy(), A(g), m0.copy(), v0.copy(), 4, weight_
 CONV = "x, w, b = rnd(2, 3, 7, 7, dtype=dt), rnd(4, 3, 3, 3, dtype=dt), rnd(4, dtype=dt)"
 for s in (1, 2):
     case(f"conv forward stride {s}", f"ops.conv2d_forward(A(x), A(w), A(b), stride={s}, padding=1)", CONV)
-    case(f"conv backward stride {s}", f"ops.conv2d_backward(A(g), A(x), A(w), stride={s}, padding=1)",
-         CONV + f"\ng = rnd(*ops.conv2d_output_shape(x.shape, w.shape, {s}, 1), dtype=dt)")
+    case(
+        f"conv backward stride {s}",
+        f"ops.conv2d_backward(A(g), A(x), A(w), stride={s}, padding=1)",
+        CONV + f"\ng = rnd(*ops.conv2d_output_shape(x.shape, w.shape, {s}, 1), dtype=dt)",
+    )
 POOL = "x = rnd(2, 3, 8, 8, dtype=dt)"
 for args in ("2", "3, 2, 1"):
     case(f"max pool {args}", f"ops.max_pool2d_forward(A(x), {args})", POOL)
-    case(f"max pool backward {args}", "ops.max_pool2d_backward(A(g), A(i), x.shape)",
-         POOL + f"\no, i = ops.max_pool2d_forward(x, {args})\ng = rnd(*o.shape, dtype=dt)")
+    case(
+        f"max pool backward {args}",
+        "ops.max_pool2d_backward(A(g), A(i), x.shape)",
+        POOL + f"\no, i = ops.max_pool2d_forward(x, {args})\ng = rnd(*o.shape, dtype=dt)",
+    )
     case(f"avg pool {args}", f"ops.avg_pool2d_forward(A(x), {args}, count_include_pad=False)", POOL)
-    case(f"avg pool backward {args}", f"ops.avg_pool2d_backward(A(g), x.shape, {args})",
-         POOL + f"\ng = rnd(*ops.pool2d_output_shape(x.shape, {args}), dtype=dt)")
+    case(
+        f"avg pool backward {args}",
+        f"ops.avg_pool2d_backward(A(g), x.shape, {args})",
+        POOL + f"\ng = rnd(*ops.pool2d_output_shape(x.shape, {args}), dtype=dt)",
+    )
 for cell, G in (("rnn", 1), ("lstm", 4), ("gru", 3)):
-    setup = (f"x, h0, c0 = rnd(4, 3, 5, dtype=dt), rnd(3, 6, dtype=dt), rnd(3, 6, dtype=dt)\n"
-             f"wi, wh = rnd({6 * G}, 5, dtype=dt, scale=0.3), rnd({6 * G}, 6, dtype=dt, scale=0.3)\n"
-             f"bi, bh, g, gh = rnd({6 * G}, dtype=dt), rnd({6 * G}, dtype=dt), rnd(4, 3, 6, dtype=dt), rnd(3, 6, dtype=dt)")
+    setup = (
+        f"x, h0, c0 = rnd(4, 3, 5, dtype=dt), rnd(3, 6, dtype=dt), rnd(3, 6, dtype=dt)\n"
+        f"wi, wh = rnd({6 * G}, 5, dtype=dt, scale=0.3), rnd({6 * G}, 6, dtype=dt, scale=0.3)\n"
+        f"bi, bh, g, gh = rnd({6 * G}, dtype=dt), rnd({6 * G}, dtype=dt), rnd(4, 3, 6, dtype=dt), rnd(3, 6, dtype=dt)"
+    )
     if cell == "rnn":
         case("rnn forward", "ops.rnn_forward(A(x), A(h0), A(wi), A(wh), A(bi), A(bh))", setup)
-        case("rnn backward", "ops.rnn_backward(A(g), A(x), A(h0), A(wi), A(wh), A(o), grad_hn=A(gh))",
-             setup + "\no = ops.rnn_forward(x, h0, wi, wh, bi, bh)")
+        case(
+            "rnn backward",
+            "ops.rnn_backward(A(g), A(x), A(h0), A(wi), A(wh), A(o), grad_hn=A(gh))",
+            setup + "\no = ops.rnn_forward(x, h0, wi, wh, bi, bh)",
+        )
     elif cell == "lstm":
         case("lstm forward", "ops.lstm_forward(A(x), A(h0), A(c0), A(wi), A(wh), A(bi), A(bh))", setup)
-        case("lstm backward", "ops.lstm_backward(A(g), A(x), A(h0), A(c0), A(wi), A(wh), *map(A, f), "
-             "grad_hn=A(gh), grad_cn=A(gh))", setup + "\nf = ops.lstm_forward(x, h0, c0, wi, wh, bi, bh)")
+        case(
+            "lstm backward",
+            "ops.lstm_backward(A(g), A(x), A(h0), A(c0), A(wi), A(wh), *map(A, f), grad_hn=A(gh), grad_cn=A(gh))",
+            setup + "\nf = ops.lstm_forward(x, h0, c0, wi, wh, bi, bh)",
+        )
     else:
         case("gru forward", "ops.gru_forward(A(x), A(h0), A(wi), A(wh), A(bi), A(bh))", setup)
-        case("gru backward", "ops.gru_backward(A(g), A(x), A(h0), A(wi), A(wh), *map(A, f), grad_hn=A(gh))",
-             setup + "\nf = ops.gru_forward(x, h0, wi, wh, bi, bh)")
+        case(
+            "gru backward",
+            "ops.gru_backward(A(g), A(x), A(h0), A(wi), A(wh), *map(A, f), grad_hn=A(gh))",
+            setup + "\nf = ops.gru_forward(x, h0, wi, wh, bi, bh)",
+        )
 # a real memory map, as np.load(..., mmap_mode="r") returns it
 MMAP = """import os, tempfile
 path = os.path.join(tempfile.mkdtemp(), "x.npy")

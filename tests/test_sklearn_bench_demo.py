@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_sklearn_section_is_optional_and_selectable():
-    assert "SKL" not in [w.id for w in WORKLOADS]          # not in the default run
+    assert "SKL" not in [w.id for w in WORKLOADS]  # not in the default run
     assert [w.id for w in get_workloads(["skl"])] == ["SKL"]
     with pytest.raises(ValueError, match="choose from .*SKL"):
         get_workloads(["nope"])
@@ -32,7 +32,7 @@ def test_sklearn_section_times_both_and_reports_their_ratio():
     assert [c["kind"] for c in cases] == ["skl_fit", "skl_fit", "skl_fit", "skl_predict_proba"]
     for case in cases:
         assert case["rows"]["numpy"]["median"] > 0 and case["rows"]["sklearn"]["median"] > 0
-        assert "torch" not in case["rows"]                  # PyTorch has no equivalent here
+        assert "torch" not in case["rows"]  # PyTorch has no equivalent here
     text = markdown(res)
     section = text.split("## fastnn.sklearn against scikit-learn")[1]
     for case in cases:
@@ -49,5 +49,5 @@ def test_demo_prints_both_fits(capsys):
     ours = re.search(r"fastnn +fastnn\.sklearn .* (\d+) epochs +([0-9.]+) s +test accuracy ([0-9.]+)", out)
     assert sk and ours, out
     assert sk.group(1) == ours.group(1) == "3"
-    assert sk.group(3) == ours.group(3)        # float64: scikit-learn's model, so its accuracy
+    assert sk.group(3) == ours.group(3)  # float64: scikit-learn's model, so its accuracy
     assert "x faster" in out

@@ -34,10 +34,12 @@ def _fitted(data):
     X, y = data
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        return [MLPClassifier(hidden_layer_sizes=(16,), max_iter=3, random_state=0).fit(X, y),
-                MLPRegressor(hidden_layer_sizes=(16,), max_iter=3, random_state=0).fit(X, y / 9.0),
-                NeuralNetClassifier(max_epochs=2, random_state=0).fit(X, y),
-                NeuralNetRegressor(max_epochs=2, random_state=0).fit(X, y / 9.0)]
+        return [
+            MLPClassifier(hidden_layer_sizes=(16,), max_iter=3, random_state=0).fit(X, y),
+            MLPRegressor(hidden_layer_sizes=(16,), max_iter=3, random_state=0).fit(X, y / 9.0),
+            NeuralNetClassifier(max_epochs=2, random_state=0).fit(X, y),
+            NeuralNetRegressor(max_epochs=2, random_state=0).fit(X, y / 9.0),
+        ]
 
 
 def test_import_fastnn_does_not_import_sklearn():
@@ -76,9 +78,9 @@ def test_pickle_and_joblib_memmap_round_trips(data, tmp_path):
         np.testing.assert_array_equal(mapped.predict(X), expected)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
-            mapped.fit(X, est.predict(X))   # and trainable again
+            mapped.fit(X, est.predict(X))  # and trainable again
     mlp = pickle.loads(pickle.dumps(_fitted(data)[0]))
-    mlp.coefs_[-1][:] = 0               # still views of the network after loading
+    mlp.coefs_[-1][:] = 0  # still views of the network after loading
     mlp.intercepts_[-1][:] = 0
     np.testing.assert_allclose(mlp.predict_proba(X[:3]), 0.1, atol=1e-6)
 
@@ -95,14 +97,27 @@ def test_clone_gives_an_unfitted_twin(data):
 def test_parallel_search_limits_each_worker_to_its_share_of_threads(data):
     """joblib starts process workers with OMP_NUM_THREADS etc. = cpu_count // n_jobs; each fit runs with that."""
     X, y = data
-    res = cross_validate(MLPClassifier(hidden_layer_sizes=(8,), max_iter=2), X, y, cv=2, n_jobs=2,
-                         return_estimator=True, error_score="raise")
+    res = cross_validate(
+        MLPClassifier(hidden_layer_sizes=(8,), max_iter=2),
+        X,
+        y,
+        cv=2,
+        n_jobs=2,
+        return_estimator=True,
+        error_score="raise",
+    )
     import os
+
     share = max(1, (os.cpu_count() or 1) // 2)
     assert [e.n_threads_ for e in res["estimator"]] == [min(share, thread_budget())] * 2
-    search = GridSearchCV(make_pipeline(StandardScaler(), NeuralNetClassifier(max_epochs=2, random_state=0)),
-                          {"neuralnetclassifier__lr": [1e-3, 1e-2]}, cv=2, n_jobs=2, error_score="raise").fit(X, y)
-    assert search.best_estimator_[-1].n_threads_ == thread_budget()   # the refit runs here, with all threads
+    search = GridSearchCV(
+        make_pipeline(StandardScaler(), NeuralNetClassifier(max_epochs=2, random_state=0)),
+        {"neuralnetclassifier__lr": [1e-3, 1e-2]},
+        cv=2,
+        n_jobs=2,
+        error_score="raise",
+    ).fit(X, y)
+    assert search.best_estimator_[-1].n_threads_ == thread_budget()  # the refit runs here, with all threads
 
 
 def test_thread_budget_follows_the_process_limits(monkeypatch):
@@ -116,7 +131,7 @@ def test_thread_budget_follows_the_process_limits(monkeypatch):
     assert thread_budget() == 1
     assert thread_budget(3) == 3
     monkeypatch.setenv("FASTNN_NUM_THREADS", str(fastnn.get_num_threads()))
-    assert thread_budget() == fastnn.get_num_threads()   # fastnn's own setting wins
+    assert thread_budget() == fastnn.get_num_threads()  # fastnn's own setting wins
     with pytest.raises(ValueError, match="n_threads must be a positive integer"):
         thread_budget(0)
 
@@ -149,9 +164,9 @@ def test_unpickled_module_and_optimizer_still_train_together(data):
     net = NeuralNetClassifier(max_epochs=1, batch_size=100, warm_start=True, random_state=0).fit(X, y)
     copy = pickle.loads(pickle.dumps(net))
     params = copy.module_.parameters()
-    assert all(p is q for p, q in zip(copy.optimizer_.params, params))   # one set of parameters, shared
+    assert all(p is q for p, q in zip(copy.optimizer_.params, params))  # one set of parameters, shared
     assert copy.optimizer_.step_count == 4
     before = [p.data.copy() for p in params]
     copy.fit(X, y)
-    assert copy.optimizer_.step_count == 8   # Adam's state went on from where it was
+    assert copy.optimizer_.step_count == 8  # Adam's state went on from where it was
     assert all(not np.array_equal(b, p.data) for b, p in zip(before, params))

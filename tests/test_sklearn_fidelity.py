@@ -37,7 +37,7 @@ def _split(X, y, seed, classification):
     X_tr, X_te, y_tr, y_te = train_test_split(X, y, random_state=seed, stratify=y if classification else None)
     scaler = StandardScaler().fit(X_tr)
     X_tr, X_te = scaler.transform(X_tr), scaler.transform(X_te)
-    if not classification:   # standardised targets: the default learning rate suits them
+    if not classification:  # standardised targets: the default learning rate suits them
         mean, std = y_tr.mean(), y_tr.std()
         y_tr, y_te = (y_tr - mean) / std, (y_te - mean) / std
     return X_tr, X_te, y_tr, y_te
@@ -60,6 +60,6 @@ def test_test_scores_match_sklearn(name, load, classification, max_iter):
             fast = fast_cls(max_iter=max_iter, random_state=seed, backend="numba").fit(X_tr, y_tr)
             assert fast.coefs_[0].dtype == np.float32
             ours.append(fast.score(X_te, y_te))
-    tolerance = 0.01   # 1 percentage point of accuracy, or 0.01 of R²
+    tolerance = 0.01  # 1 percentage point of accuracy, or 0.01 of R²
     assert abs(np.median(ours) - np.median(theirs)) <= tolerance, (ours, theirs)
-    assert np.median(theirs) > (0.9 if name != "diabetes" else 0.3)   # both learned something
+    assert np.median(theirs) > (0.9 if name != "diabetes" else 0.3)  # both learned something

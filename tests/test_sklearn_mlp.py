@@ -80,11 +80,15 @@ ONE_EPOCH = [
 def test_one_epoch_from_sklearn_weights_matches_sklearn(kind, params, digits, regression):
     """Copy a fitted scikit-learn model's weights, warm-start one epoch in both: same weights to 1e-10."""
     X, y = digits if kind == "classifier" else regression
-    sk_cls, fast_cls = (sknn.MLPClassifier, MLPClassifier) if kind == "classifier" else (sknn.MLPRegressor,
-                                                                                          MLPRegressor)
+    sk_cls, fast_cls = (
+        (sknn.MLPClassifier, MLPClassifier) if kind == "classifier" else (sknn.MLPRegressor, MLPRegressor)
+    )
     sk = _fit_quiet(sk_cls(hidden_layer_sizes=(32, 16), max_iter=1, warm_start=True, random_state=0, **params), X, y)
-    fast = _fit_quiet(fast_cls(hidden_layer_sizes=(32, 16), max_iter=1, warm_start=True, random_state=0,
-                               dtype="float64", **params), X, y)
+    fast = _fit_quiet(
+        fast_cls(hidden_layer_sizes=(32, 16), max_iter=1, warm_start=True, random_state=0, dtype="float64", **params),
+        X,
+        y,
+    )
     # different starting weights in ours, then scikit-learn's copied in: the copy is what makes them agree
     fast.coefs_ = [c + 0.5 for c in fast.coefs_]
     assert _max_diff(sk, fast) > 0.1
@@ -93,7 +97,7 @@ def test_one_epoch_from_sklearn_weights_matches_sklearn(kind, params, digits, re
     before = [p.copy() for p in _params(sk)]
     _fit_quiet(sk, X, y)
     _fit_quiet(fast, X, y)
-    assert _max_change(before, sk) > 1e-3   # the epoch moved the weights
+    assert _max_change(before, sk) > 1e-3  # the epoch moved the weights
     assert _max_diff(sk, fast) < TOL
     assert fast.loss_ == pytest.approx(sk.loss_, rel=TOL)
     assert (fast.n_iter_, fast.t_) == (sk.n_iter_, sk.t_)
@@ -106,8 +110,11 @@ FROM_SCRATCH = [
     ("classifier", "multilabel", dict(solver="adam", activation="tanh")),
     ("classifier", "multiclass", dict(solver="adam", early_stopping=True, validation_fraction=0.2)),
     ("classifier", "binary", dict(solver="sgd", early_stopping=True, momentum=1.0, learning_rate_init=0.01)),
-    ("classifier", "multiclass", dict(solver="sgd", learning_rate="adaptive", tol=0.5, n_iter_no_change=1,
-                                      learning_rate_init=0.2)),
+    (
+        "classifier",
+        "multiclass",
+        dict(solver="sgd", learning_rate="adaptive", tol=0.5, n_iter_no_change=1, learning_rate_init=0.2),
+    ),
     ("classifier", "multiclass", dict(solver="lbfgs")),
     ("regressor", "multioutput", dict(solver="adam", learning_rate_init=0.01)),
     ("regressor", "multioutput", dict(solver="lbfgs", alpha=0.1)),
@@ -133,8 +140,9 @@ def _targets(target, digits, regression):
 def test_fit_from_scratch_matches_sklearn(kind, target, params, digits, regression):
     """Same random_state: scikit-learn's initialisation, shuffling, validation split, schedules and stopping."""
     X, y = _targets(target, digits, regression)
-    sk_cls, fast_cls = (sknn.MLPClassifier, MLPClassifier) if kind == "classifier" else (sknn.MLPRegressor,
-                                                                                          MLPRegressor)
+    sk_cls, fast_cls = (
+        (sknn.MLPClassifier, MLPClassifier) if kind == "classifier" else (sknn.MLPRegressor, MLPRegressor)
+    )
     sw = np.random.default_rng(0).uniform(0.5, 2.0, X.shape[0]) if kind == "regressor" else None
     common = dict(hidden_layer_sizes=(24,), max_iter=6, random_state=3, **params)
     with warnings.catch_warnings(record=True) as sk_warnings:
@@ -147,8 +155,9 @@ def test_fit_from_scratch_matches_sklearn(kind, target, params, digits, regressi
     assert fast.n_iter_ == sk.n_iter_
     assert fast.loss_ == pytest.approx(sk.loss_, rel=1e-9)
     # the same warnings, starting with the same words (what warning filters match)
-    assert [str(w.message).split(":")[0] for w in fast_warnings if w.category is ConvergenceWarning] == \
-        [str(w.message).split(":")[0] for w in sk_warnings if w.category is ConvergenceWarning]
+    assert [str(w.message).split(":")[0] for w in fast_warnings if w.category is ConvergenceWarning] == [
+        str(w.message).split(":")[0] for w in sk_warnings if w.category is ConvergenceWarning
+    ]
     if params["solver"] != "lbfgs":
         np.testing.assert_allclose(fast.loss_curve_, sk.loss_curve_, rtol=1e-9)
         assert fast.t_ == sk.t_
@@ -173,12 +182,13 @@ def test_fit_from_scratch_matches_sklearn(kind, target, params, digits, regressi
 def test_partial_fit_matches_sklearn(digits):
     X, y = digits
     sk = sknn.MLPClassifier(hidden_layer_sizes=(20,), random_state=0, solver="sgd", learning_rate_init=0.05)
-    fast = MLPClassifier(hidden_layer_sizes=(20,), random_state=0, solver="sgd", learning_rate_init=0.05,
-                         dtype="float64")
+    fast = MLPClassifier(
+        hidden_layer_sizes=(20,), random_state=0, solver="sgd", learning_rate_init=0.05, dtype="float64"
+    )
     classes = np.unique(y)
     for start in (0, 200, 400):
-        sk.partial_fit(X[start:start + 200], y[start:start + 200], classes=classes)
-        fast.partial_fit(X[start:start + 200], y[start:start + 200], classes=classes)
+        sk.partial_fit(X[start : start + 200], y[start : start + 200], classes=classes)
+        fast.partial_fit(X[start : start + 200], y[start : start + 200], classes=classes)
     assert _max_diff(sk, fast) < TOL
     assert (fast.n_iter_, fast.t_) == (sk.n_iter_, sk.t_) == (1, 600)
     with pytest.raises(ValueError, match="classes must be passed on the first call"):
@@ -191,13 +201,13 @@ def test_verbose_output_is_sklearns(digits, capsys):
     X, y = digits
     _fit_quiet(sknn.MLPClassifier(hidden_layer_sizes=(10,), max_iter=3, random_state=0, verbose=True), X, y)
     sk_out = capsys.readouterr().out
-    _fit_quiet(MLPClassifier(hidden_layer_sizes=(10,), max_iter=3, random_state=0, verbose=True, dtype="float64"),
-               X, y)
+    _fit_quiet(MLPClassifier(hidden_layer_sizes=(10,), max_iter=3, random_state=0, verbose=True, dtype="float64"), X, y)
     assert capsys.readouterr().out == sk_out
     assert sk_out.count("Iteration") == 3
 
 
 # -- the fitted model ----------------------------------------------------------------
+
 
 def test_default_float32_fit_is_accurate_and_float32(digits):
     X, y = digits
@@ -231,14 +241,14 @@ def test_coefs_are_views_and_assignments_reach_the_network(digits):
     X, y = digits
     clf = _fit_quiet(MLPClassifier(hidden_layer_sizes=(16,), max_iter=3, random_state=0), X, y)
     before = clf.predict_proba(X[:20])
-    clf.coefs_[1][:] = 0          # in place: the network's weights
+    clf.coefs_[1][:] = 0  # in place: the network's weights
     clf.intercepts_[1][:] = 0
     np.testing.assert_allclose(clf.predict_proba(X[:20]), 0.1, atol=1e-6)
-    clf.coefs_[1] = np.ones((16, 10))   # a new array in the list
-    clf.intercepts_ = [clf.intercepts_[0], np.arange(10.0)]   # a new list
+    clf.coefs_[1] = np.ones((16, 10))  # a new array in the list
+    clf.intercepts_ = [clf.intercepts_[0], np.arange(10.0)]  # a new list
     p = clf.predict_proba(X[:20])
     assert not np.allclose(p, before)
-    np.testing.assert_array_equal(clf.predict(X[:20]), np.full(20, 9))   # the largest intercept wins
+    np.testing.assert_array_equal(clf.predict(X[:20]), np.full(20, 9))  # the largest intercept wins
     clf.coefs_ = [np.zeros((3, 3)), clf.coefs_[1]]
     with pytest.raises(ValueError, match=r"coefs_\[0\] has shape \(3, 3\), expected \(64, 16\)"):
         clf.predict(X[:2])
@@ -266,25 +276,30 @@ def test_sparse_input_gives_the_dense_results(digits):
         assert _max_diff(dense, sparse) < TOL
         np.testing.assert_allclose(sparse.predict_proba(sp.csc_matrix(X)), dense.predict_proba(X), atol=1e-12)
     lbfgs = dict(hidden_layer_sizes=(16,), max_iter=3, random_state=0, dtype="float64", solver="lbfgs")
-    assert _max_diff(_fit_quiet(MLPClassifier(**lbfgs), X, y),
-                     _fit_quiet(MLPClassifier(**lbfgs), sp.csr_matrix(X), y)) < 1e-8
+    assert (
+        _max_diff(_fit_quiet(MLPClassifier(**lbfgs), X, y), _fit_quiet(MLPClassifier(**lbfgs), sp.csr_matrix(X), y))
+        < 1e-8
+    )
 
 
-@pytest.mark.parametrize("params,match", [
-    (dict(activation="softplus"), "'activation' parameter must be one of"),
-    (dict(solver="rmsprop"), "'solver' parameter must be one of"),
-    (dict(hidden_layer_sizes=(10, 0)), r"hidden_layer_sizes must be > 0, got \[10, 0\]"),
-    (dict(alpha=-1.0), r"'alpha' parameter must be in the range \[0, inf\)"),
-    (dict(momentum=1.5), r"'momentum' parameter must be in the range \[0, 1\]"),
-    (dict(batch_size=0), "'batch_size' parameter must be in the range"),
-    (dict(dropout=1.0), r"'dropout' parameter must be in the range \[0, 1\)"),
-    (dict(dtype="float16"), "'dtype' parameter must be 'float32' or 'float64'"),
-    (dict(backend="tensorflow"), "'backend' parameter must be one of"),
-    (dict(n_threads=0), "n_threads must be a positive integer"),
-])
+@pytest.mark.parametrize(
+    "params,match",
+    [
+        (dict(activation="softplus"), "'activation' parameter must be one of"),
+        (dict(solver="rmsprop"), "'solver' parameter must be one of"),
+        (dict(hidden_layer_sizes=(10, 0)), r"hidden_layer_sizes must be > 0, got \[10, 0\]"),
+        (dict(alpha=-1.0), r"'alpha' parameter must be in the range \[0, inf\)"),
+        (dict(momentum=1.5), r"'momentum' parameter must be in the range \[0, 1\]"),
+        (dict(batch_size=0), "'batch_size' parameter must be in the range"),
+        (dict(dropout=1.0), r"'dropout' parameter must be in the range \[0, 1\)"),
+        (dict(dtype="float16"), "'dtype' parameter must be 'float32' or 'float64'"),
+        (dict(backend="tensorflow"), "'backend' parameter must be one of"),
+        (dict(n_threads=0), "n_threads must be a positive integer"),
+    ],
+)
 def test_bad_parameters_raise_at_fit_naming_them(params, match, digits):
     X, y = digits
-    est = MLPClassifier(**params)   # scikit-learn's rule: nothing is checked in __init__
+    est = MLPClassifier(**params)  # scikit-learn's rule: nothing is checked in __init__
     with pytest.raises(ValueError, match=match):
         est.fit(X[:50], y[:50])
 
@@ -308,15 +323,16 @@ def test_bad_data_raises_clear_errors(digits):
 
 # -- what scikit-learn does not have -----------------------------------------------
 
+
 def test_dropout_is_seeded_and_off_at_predict_time(digits):
     X, y = digits
     params = dict(hidden_layer_sizes=(32,), max_iter=4, random_state=0, dropout=0.3)
     a = _fit_quiet(MLPClassifier(**params), X, y)
     b = _fit_quiet(MLPClassifier(**params), X, y)
     plain = _fit_quiet(MLPClassifier(**{**params, "dropout": 0.0}), X, y)
-    assert _max_diff(a, b) == 0.0            # same seed, same masks
-    assert _max_diff(a, plain) > 1e-3        # the masks changed training
-    np.testing.assert_array_equal(a.predict_proba(X[:30]), a.predict_proba(X[:30]))   # no mask at predict time
+    assert _max_diff(a, b) == 0.0  # same seed, same masks
+    assert _max_diff(a, plain) > 1e-3  # the masks changed training
+    np.testing.assert_array_equal(a.predict_proba(X[:30]), a.predict_proba(X[:30]))  # no mask at predict time
     # the prediction is the plain network: the same forward pass as with the weights moved into a dropout-free model
     twin = _fit_quiet(MLPClassifier(**{**params, "dropout": 0.0, "max_iter": 1}), X, y)
     twin.coefs_ = [c.copy() for c in a.coefs_]
@@ -332,8 +348,13 @@ def test_class_weight_is_sample_weight(digits):
     plain = _fit_quiet(MLPClassifier(**params), X, y)
     assert _max_diff(balanced, by_hand) < TOL and _max_diff(balanced, plain) > 1e-4
     weights = {c: (5.0 if c == 3 else 1.0) for c in range(10)}
-    assert _max_diff(_fit_quiet(MLPClassifier(class_weight=weights, **params), X, y),
-                     _fit_quiet(MLPClassifier(**params), X, y, sample_weight=np.where(y == 3, 5.0, 1.0))) < TOL
+    assert (
+        _max_diff(
+            _fit_quiet(MLPClassifier(class_weight=weights, **params), X, y),
+            _fit_quiet(MLPClassifier(**params), X, y, sample_weight=np.where(y == 3, 5.0, 1.0)),
+        )
+        < TOL
+    )
     with pytest.raises(ValueError, match="not supported by partial_fit"):
         MLPClassifier(class_weight="balanced").partial_fit(X, y, classes=np.arange(10))
 
@@ -348,7 +369,7 @@ def test_keep_optimizer_continues_training_exactly(digits):
     fresh = _fit_quiet(MLPClassifier(max_iter=1, warm_start=True, **params), X, y)
     _fit_quiet(fresh, X, y)
     assert _max_diff(two, kept) < TOL
-    assert _max_diff(two, fresh) > 1e-4      # scikit-learn's warm start restarts Adam
+    assert _max_diff(two, fresh) > 1e-4  # scikit-learn's warm start restarts Adam
     assert kept._optimizer.t == 6 and fresh._optimizer.t == 3
 
 
@@ -369,8 +390,9 @@ def test_callbacks_and_max_time_stop_training(digits):
         seen.append((info["epoch"], round(info["loss"], 12), info["validation_loss"] is not None))
         return info["epoch"] == 3
 
-    clf = MLPClassifier(hidden_layer_sizes=(8,), max_iter=50, random_state=0, early_stopping=True,
-                        callbacks=[stop_at_three]).fit(X, y)
+    clf = MLPClassifier(
+        hidden_layer_sizes=(8,), max_iter=50, random_state=0, early_stopping=True, callbacks=[stop_at_three]
+    ).fit(X, y)
     assert clf.n_iter_ == 3 and [s[0] for s in seen] == [1, 2, 3] and all(s[2] for s in seen)
     assert [s[1] for s in seen] == [round(v, 12) for v in clf.loss_curve_]
     with pytest.warns(ConvergenceWarning, match="Stopped after max_time"):
@@ -381,8 +403,13 @@ def test_callbacks_and_max_time_stop_training(digits):
 def test_backend_and_threads_apply_to_the_call_only(digits):
     X, y = digits
     threads, backend = fastnn.get_num_threads(), fastnn.get_backend()
-    a = _fit_quiet(MLPClassifier(hidden_layer_sizes=(8,), max_iter=2, random_state=0, dtype="float64",
-                                 backend="numpy", n_threads=1), X, y)
+    a = _fit_quiet(
+        MLPClassifier(
+            hidden_layer_sizes=(8,), max_iter=2, random_state=0, dtype="float64", backend="numpy", n_threads=1
+        ),
+        X,
+        y,
+    )
     b = _fit_quiet(MLPClassifier(hidden_layer_sizes=(8,), max_iter=2, random_state=0, dtype="float64"), X, y)
     assert a.n_threads_ == 1 and _max_diff(a, b) < TOL
     assert (fastnn.get_num_threads(), fastnn.get_backend()) == (threads, backend)

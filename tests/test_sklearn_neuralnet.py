@@ -25,13 +25,17 @@ from fastnn.sklearn import NeuralNetClassifier, NeuralNetRegressor
 
 def small_cnn(channels=4, n_classes=10):
     """conv3x3 - ReLU - maxpool - linear on 1x8x8 images."""
-    return nn.Sequential(nn.Conv2d(1, channels, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-                         nn.Linear(channels * 16, n_classes))
+    return nn.Sequential(
+        nn.Conv2d(1, channels, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(channels * 16, n_classes),
+    )
 
 
 def gru_regressor(hidden=12):
-    return nn.Sequential(nn.GRU(1, hidden, batch_first=True), nn.LastTimeStep(batch_first=True),
-                         nn.Linear(hidden, 1))
+    return nn.Sequential(nn.GRU(1, hidden, batch_first=True), nn.LastTimeStep(batch_first=True), nn.Linear(hidden, 1))
 
 
 @pytest.fixture(scope="module")
@@ -49,21 +53,22 @@ def test_nested_parameters_round_trip_through_clone():
     twin.set_params(module__channels=2, lr=0.1, criterion__reduction="sum")
     assert (twin.module__channels, twin.lr, twin.criterion__reduction) == (2, 0.1, "sum")
     assert net.module__channels == 6
-    misspelt = NeuralNetClassifier().set_params(max_epoch=3)   # stored; refused by fit, like every parameter
+    misspelt = NeuralNetClassifier().set_params(max_epoch=3)  # stored; refused by fit, like every parameter
     with pytest.raises(TypeError, match="unexpected keyword argument 'max_epoch'"):
         misspelt.fit(np.zeros((4, 2)), [0, 1, 0, 1])
 
 
 def test_misspelt_keyword_is_refused_at_fit():
-    net = NeuralNetClassifier(modul__channels=3)   # scikit-learn's rule: __init__ checks nothing
+    net = NeuralNetClassifier(modul__channels=3)  # scikit-learn's rule: __init__ checks nothing
     with pytest.raises(TypeError, match="unexpected keyword argument 'modul__channels'"):
         net.fit(np.zeros((4, 2)), [0, 1, 0, 1])
 
 
 def test_cnn_in_pipeline_cross_val_and_grid_search(digits):
     X, y = digits
-    pipe = make_pipeline(StandardScaler(), NeuralNetClassifier(small_cnn, input_shape=(1, 8, 8), max_epochs=8,
-                                                               lr=0.01, random_state=0))
+    pipe = make_pipeline(
+        StandardScaler(), NeuralNetClassifier(small_cnn, input_shape=(1, 8, 8), max_epochs=8, lr=0.01, random_state=0)
+    )
     scores = cross_val_score(pipe, X, y, cv=3)
     assert scores.shape == (3,) and scores.mean() > 0.8
     search = GridSearchCV(pipe, {"neuralnetclassifier__module__channels": [1, 6]}, cv=2).fit(X, y)
@@ -81,8 +86,8 @@ def test_rnn_regressor_on_sequences():
     rng = np.random.default_rng(0)
     t = np.linspace(0, 1, 16)
     freq, phase = rng.uniform(1, 3, (300, 1)), rng.uniform(0, 1, (300, 1))
-    X = np.sin(2 * np.pi * (freq * t + phase))[..., None].astype(np.float32)   # (N, T, 1)
-    y = np.sin(2 * np.pi * (freq[:, 0] * 1.1 + phase[:, 0]))                   # the next value
+    X = np.sin(2 * np.pi * (freq * t + phase))[..., None].astype(np.float32)  # (N, T, 1)
+    y = np.sin(2 * np.pi * (freq[:, 0] * 1.1 + phase[:, 0]))  # the next value
     reg = NeuralNetRegressor(gru_regressor, max_epochs=15, lr=0.02, random_state=0).fit(X[:240], y[:240])
     assert reg.n_features_in_ == 16 and reg.predict(X[240:]).shape == (60,)
     assert reg.score(X[240:], y[240:]) > 0.8
@@ -117,8 +122,9 @@ def test_random_state_repeats_a_fit_and_warm_start_continues(digits):
 def test_binary_logit_and_optimizer_classes(digits):
     X, y = digits
     odd = np.where(y % 2, "odd", "even")
-    net = NeuralNetClassifier(criterion="bce_with_logits", optimizer=optim.SGD, optimizer__momentum=0.9, lr=0.01,
-                              max_epochs=5, random_state=0).fit(X / 16, odd)
+    net = NeuralNetClassifier(
+        criterion="bce_with_logits", optimizer=optim.SGD, optimizer__momentum=0.9, lr=0.01, max_epochs=5, random_state=0
+    ).fit(X / 16, odd)
     assert net.module_[-1].out_features == 1 and isinstance(net.optimizer_, optim.SGD)
     assert net.optimizer_.momentum == 0.9
     assert set(net.predict(X)) <= {"odd", "even"} and net.score(X / 16, odd) > 0.8
@@ -127,18 +133,22 @@ def test_binary_logit_and_optimizer_classes(digits):
 
 def test_validation_and_early_stopping(digits):
     X, y = digits
-    net = NeuralNetClassifier(max_epochs=200, validation_fraction=0.2, early_stopping=2, lr=0.01,
-                              random_state=0).fit(X / 16, y)
+    net = NeuralNetClassifier(max_epochs=200, validation_fraction=0.2, early_stopping=2, lr=0.01, random_state=0).fit(
+        X / 16, y
+    )
     assert net.n_iter_ < 200 and len(net.history_["val_loss"]) == net.n_iter_
 
 
-@pytest.mark.parametrize("params,error,match", [
-    (dict(module=lambda: "not a module"), TypeError, "not a fastnn Module"),
-    (dict(input_shape=(2, 8, 8)), ValueError, r"input_shape=\(2, 8, 8\) holds 128 values per sample but X has 64"),
-    (dict(optimizer="lbfgs"), ValueError, "unknown optimizer 'lbfgs'"),
-    (dict(criterion="hinge"), ValueError, "unknown criterion 'hinge'"),
-    (dict(early_stopping=3), ValueError, "early_stopping needs validation_fraction"),
-])
+@pytest.mark.parametrize(
+    "params,error,match",
+    [
+        (dict(module=lambda: "not a module"), TypeError, "not a fastnn Module"),
+        (dict(input_shape=(2, 8, 8)), ValueError, r"input_shape=\(2, 8, 8\) holds 128 values per sample but X has 64"),
+        (dict(optimizer="lbfgs"), ValueError, "unknown optimizer 'lbfgs'"),
+        (dict(criterion="hinge"), ValueError, "unknown criterion 'hinge'"),
+        (dict(early_stopping=3), ValueError, "early_stopping needs validation_fraction"),
+    ],
+)
 def test_bad_recipes_raise_clear_errors(params, error, match, digits):
     X, y = digits
     with pytest.raises(error, match=match):

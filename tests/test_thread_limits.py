@@ -71,7 +71,7 @@ def test_set_num_threads_rejects_non_integers(bad, restore_threads):
     assert fastnn.get_num_threads() == before
 
 
-@pytest.mark.parametrize("bad", [0, -1, -(2 ** 40), _config.MAX_THREADS_REQUEST + 1, 100_000, 2 ** 31, 2 ** 64])
+@pytest.mark.parametrize("bad", [0, -1, -(2**40), _config.MAX_THREADS_REQUEST + 1, 100_000, 2**31, 2**64])
 def test_set_num_threads_rejects_out_of_range(bad, restore_threads):
     before = fastnn.get_num_threads()
     with pytest.raises(ValueError, match=str(bad)):
@@ -100,11 +100,18 @@ def test_count_at_the_cap_is_taken_without_warning(restore_threads):
     assert fastnn.get_num_threads() == cap
 
 
-@pytest.mark.parametrize("value, message", [
-    ("abc", "not a whole number"), ("0", "not a whole number"), ("-4", "not a whole number"),
-    ("1.5", "not a whole number"), ("true", "not a whole number"), ("2147483648", "not a whole number"),
-    ("100000", "not a whole number"),
-])
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("abc", "not a whole number"),
+        ("0", "not a whole number"),
+        ("-4", "not a whole number"),
+        ("1.5", "not a whole number"),
+        ("true", "not a whole number"),
+        ("2147483648", "not a whole number"),
+        ("100000", "not a whole number"),
+    ],
+)
 def test_bad_env_count_warns_and_uses_the_default(monkeypatch, value, message):
     monkeypatch.setenv("FASTNN_NUM_THREADS", value)
     with pytest.warns(RuntimeWarning, match=message) as record:
@@ -159,26 +166,32 @@ def test_huge_set_num_threads_is_refused_or_capped_and_every_backend_still_runs(
 
 @pytest.mark.parametrize("value", ["2147483648", "100000", "50000", "abc", "0"])
 def test_bad_env_count_keeps_every_backend_available(value):
-    result = _child(f"""
+    result = _child(
+        f"""
         status = fastnn.backend_status()
         assert fastnn.get_num_threads() == {_config._cpus()[0]}
         assert big_ops() == [n for n in ("numpy", "numba", "cython") if status[n] == "available"]
         import json
         print("STATUS " + json.dumps(status))
-    """, env={"FASTNN_NUM_THREADS": value})
+    """,
+        env={"FASTNN_NUM_THREADS": value},
+    )
     result.assert_ok()
     assert f"FASTNN_NUM_THREADS='{value}' is not a whole number" in result.stderr
     # The variable must not cost a backend (2**31 used to lose the cython one).
     [line] = [ln for ln in result.stdout.splitlines() if ln.startswith("STATUS ")]
-    assert json.loads(line[len("STATUS "):]) == fastnn.backend_status()
+    assert json.loads(line[len("STATUS ") :]) == fastnn.backend_status()
 
 
 def test_env_count_above_the_cap_is_used_capped():
     cap = _config.max_num_threads()
-    result = _child(f"""
+    result = _child(
+        f"""
         assert fastnn.get_num_threads() == {cap}
         big_ops()
-    """, env={"FASTNN_NUM_THREADS": str(cap * 10)})
+    """,
+        env={"FASTNN_NUM_THREADS": str(cap * 10)},
+    )
     result.assert_ok()
     assert f"FASTNN_NUM_THREADS={cap * 10} asks for {cap * 10} threads" in result.stderr
 
@@ -209,19 +222,28 @@ def test_compiled_modules_refuse_a_huge_count_themselves():
     result.assert_ok()
 
 
-@pytest.mark.parametrize("env", [
-    {"OMP_NUM_THREADS": "1"}, {"OMP_NUM_THREADS": "abc"}, {"OMP_NUM_THREADS": "100000"},
-    {"NUMBA_NUM_THREADS": "1"},
-], ids=lambda e: "-".join(f"{k}={v}" for k, v in e.items()))
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"OMP_NUM_THREADS": "1"},
+        {"OMP_NUM_THREADS": "abc"},
+        {"OMP_NUM_THREADS": "100000"},
+        {"NUMBA_NUM_THREADS": "1"},
+    ],
+    ids=lambda e: "-".join(f"{k}={v}" for k, v in e.items()),
+)
 def test_runtime_variables_below_or_beside_fastnn_count_are_harmless(env):
-    result = _child("""
+    result = _child(
+        """
         fastnn.set_num_threads(2)
         assert fastnn.get_num_threads() == 2
         ran = big_ops()
         if "numba" in ran:
             import numba
             assert numba.get_num_threads() == min(2, numba.config.NUMBA_NUM_THREADS)
-    """, env=env)
+    """,
+        env=env,
+    )
     result.assert_ok()
     assert "ran numpy" in result.stdout
 

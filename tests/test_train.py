@@ -19,8 +19,18 @@ def _digits_run(epochs, seed=0):
     fastnn.manual_seed(seed)
     model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))
     opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    hist = fastnn.fit(model, X_train, y_train, loss=nn.CrossEntropyLoss(), optimizer=opt, epochs=epochs,
-                      batch_size=32, validation_data=(X_test, y_test), seed=seed, progress=False)
+    hist = fastnn.fit(
+        model,
+        X_train,
+        y_train,
+        loss=nn.CrossEntropyLoss(),
+        optimizer=opt,
+        epochs=epochs,
+        batch_size=32,
+        validation_data=(X_test, y_test),
+        seed=seed,
+        progress=False,
+    )
     return model, hist, X_test, y_test
 
 
@@ -83,10 +93,9 @@ def test_regression_with_1d_targets_and_scheduler(rng):
     model = nn.Sequential(nn.Linear(1, 1, dtype=np.float64))
     opt = optim.SGD(model.parameters(), lr=0.1)
     sched = optim.StepLR(opt, step_size=20, gamma=0.5)
-    hist = fastnn.fit(model, x, y, loss="mse", optimizer=opt, epochs=60, batch_size=16, progress=False,
-                      scheduler=sched)
+    hist = fastnn.fit(model, x, y, loss="mse", optimizer=opt, epochs=60, batch_size=16, progress=False, scheduler=sched)
     assert hist.lr[0] == 0.1 and hist.lr[20] == 0.05 and hist.lr[59] == 0.025
-    assert "accuracy" not in hist and list(hist.history) == ["loss"]   # no accuracy for regression
+    assert "accuracy" not in hist and list(hist.history) == ["loss"]  # no accuracy for regression
     assert "accuracy" not in fastnn.evaluate(model, x, y, loss="mse")
     np.testing.assert_allclose(model[0].weight.data, [[3.0]], atol=1e-3)
     np.testing.assert_allclose(model[0].bias.data, [-1.0], atol=1e-3)
@@ -98,27 +107,46 @@ def test_bce_accuracy(rng):
     y = (X.sum(axis=1) > 0).astype(np.float64)
     fastnn.manual_seed(0)
     model = nn.Sequential(nn.Linear(2, 1, dtype=np.float64))
-    hist = fastnn.fit(model, X, y, loss=nn.BCEWithLogitsLoss(), optimizer=optim.Adam(model, lr=0.05),
-                      epochs=30, batch_size=16, progress=False)
+    hist = fastnn.fit(
+        model,
+        X,
+        y,
+        loss=nn.BCEWithLogitsLoss(),
+        optimizer=optim.Adam(model, lr=0.05),
+        epochs=30,
+        batch_size=16,
+        progress=False,
+    )
     assert hist["accuracy"][-1] > 0.9
     out = fastnn.predict(model, X)[:, 0]
     assert fastnn.evaluate(model, X, y, loss=nn.BCEWithLogitsLoss())["accuracy"] == pytest.approx(
-        np.mean((out > 0) == (y > 0.5)))
+        np.mean((out > 0) == (y > 0.5))
+    )
 
 
 def test_early_stopping_restores_best(rng):
     X = rng.standard_normal((40, 4)).astype(np.float32)
-    y = rng.integers(0, 3, 40)            # noise: validation loss soon stops improving
+    y = rng.integers(0, 3, 40)  # noise: validation loss soon stops improving
     Xv = rng.standard_normal((40, 4)).astype(np.float32)
     yv = rng.integers(0, 3, 40)
     fastnn.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 64), nn.ReLU(), nn.Linear(64, 3))
     stop = fastnn.EarlyStopping(patience=2)
-    hist = fastnn.fit(model, X, y, optimizer=optim.Adam(model, lr=0.05), epochs=200, batch_size=8,
-                      validation_data=(Xv, yv), early_stopping=stop, progress=False, seed=0)
+    hist = fastnn.fit(
+        model,
+        X,
+        y,
+        optimizer=optim.Adam(model, lr=0.05),
+        epochs=200,
+        batch_size=8,
+        validation_data=(Xv, yv),
+        early_stopping=stop,
+        progress=False,
+        seed=0,
+    )
     assert hist.stopped_early and hist.epochs < 200
     best = hist.best_epoch
-    assert hist.epochs == best + 3                      # patience 2: stops after two epochs without improvement
+    assert hist.epochs == best + 3  # patience 2: stops after two epochs without improvement
     assert hist["val_loss"][best] == min(hist["val_loss"])
     assert fastnn.evaluate(model, Xv, yv)["loss"] == pytest.approx(hist["val_loss"][best], rel=1e-6)
 
@@ -129,8 +157,17 @@ def test_clip_grad_norm_in_fit_limits_each_step(rng):
     fastnn.manual_seed(0)
     model = nn.Sequential(nn.Linear(3, 2))
     before = np.concatenate([p.data.ravel() for p in model.parameters()]).astype(np.float64)
-    fastnn.fit(model, X, y, optimizer=optim.SGD(model, lr=1.0), epochs=1, batch_size=8, progress=False,
-               clip_grad_norm=1e-3, shuffle=False)
+    fastnn.fit(
+        model,
+        X,
+        y,
+        optimizer=optim.SGD(model, lr=1.0),
+        epochs=1,
+        batch_size=8,
+        progress=False,
+        clip_grad_norm=1e-3,
+        shuffle=False,
+    )
     after = np.concatenate([p.data.ravel() for p in model.parameters()]).astype(np.float64)
     moved = np.linalg.norm(after - before)
     assert 0 < moved <= 4 * 1e-3 * (1 + 1e-4)  # 4 steps, each at most lr * max_norm
@@ -170,8 +207,9 @@ def test_train_accuracy_in_history_with_frozen_model(rng):
     assert hist["loss"][1] == pytest.approx(res["loss"], rel=1e-6)
     yb = rng.integers(0, 2, 37).astype(np.float32)
     model = nn.Sequential(nn.Linear(5, 1))
-    hist = fastnn.fit(model, X, yb, loss="bce_with_logits", optimizer=optim.SGD(model, lr=0.0), epochs=1,
-                      batch_size=8, progress=False)
+    hist = fastnn.fit(
+        model, X, yb, loss="bce_with_logits", optimizer=optim.SGD(model, lr=0.0), epochs=1, batch_size=8, progress=False
+    )
     want = np.mean((fastnn.predict(model, X)[:, 0] > 0) == (yb > 0.5))
     assert hist["accuracy"][0] == pytest.approx(want)
 
@@ -202,8 +240,15 @@ def test_train_step_allocates_no_arrays_after_warm_up(monkeypatch, rng):
         def validated_path(*args, **kwargs):
             raise AssertionError("a warmed-up step went through the validated (slow) path")
 
-        for name in ("dense_forward", "dense_backward", "softmax_cross_entropy", "sgd_update", "sgd_update_many",
-                     "relu", "relu_backward"):
+        for name in (
+            "dense_forward",
+            "dense_backward",
+            "softmax_cross_entropy",
+            "sgd_update",
+            "sgd_update_many",
+            "relu",
+            "relu_backward",
+        ):
             monkeypatch.setattr(fastnn.ops, name, validated_path)
             for module in (fastnn.ops.dense, fastnn.ops.losses, fastnn.ops.optim, fastnn.ops.activations):
                 if hasattr(module, name):
@@ -219,7 +264,7 @@ def test_train_step_allocates_no_arrays_after_warm_up(monkeypatch, rng):
         finally:
             tracemalloc.stop()
     assert now - start < 1024
-    assert peak - start < 2048   # the smallest buffer of this network is 32 x 10 x 4 = 1280 bytes
+    assert peak - start < 2048  # the smallest buffer of this network is 32 x 10 x 4 = 1280 bytes
 
 
 _DETERMINISM_SCRIPT = """
@@ -251,8 +296,15 @@ def test_training_is_deterministic_across_processes(backend, threads):
     import subprocess
     import sys
 
-    runs = [subprocess.run([sys.executable, "-c", _DETERMINISM_SCRIPT, backend, str(threads)],
-                           capture_output=True, text=True, timeout=600) for _ in range(2)]
+    runs = [
+        subprocess.run(
+            [sys.executable, "-c", _DETERMINISM_SCRIPT, backend, str(threads)],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        for _ in range(2)
+    ]
     for r in runs:
         assert r.returncode == 0, r.stderr
     assert runs[0].stdout == runs[1].stdout
@@ -283,8 +335,9 @@ def test_diverging_training_stops_with_a_clear_error(backend, rng):
     with pytest.raises(fastnn.NonFiniteLossError, match=r"epoch \d+, samples .*learning rate"):
         fastnn.fit(model, X, y, loss="mse", optimizer=opt, epochs=50, batch_size=8, progress=False)
     with pytest.warns(RuntimeWarning, match="training stopped"):
-        hist = fastnn.fit(model, X, y, loss="mse", optimizer=opt, epochs=50, batch_size=8, progress=False,
-                          on_nonfinite="warn")
+        hist = fastnn.fit(
+            model, X, y, loss="mse", optimizer=opt, epochs=50, batch_size=8, progress=False, on_nonfinite="warn"
+        )
     assert hist.stopped_nonfinite and hist.epochs < 50
     with pytest.raises(ValueError, match="on_nonfinite"):
         fastnn.fit(model, X, y, loss="mse", optimizer=opt, epochs=1, progress=False, on_nonfinite="ignore")

@@ -32,8 +32,19 @@ import numpy as np
 from .. import _config
 from . import tuning
 
-__all__ = ["GEMM_MODES", "ROUTES", "set_gemm", "get_gemm", "use_gemm", "params", "decide", "route", "use_own",
-           "decider", "register_hook"]
+__all__ = [
+    "GEMM_MODES",
+    "ROUTES",
+    "set_gemm",
+    "get_gemm",
+    "use_gemm",
+    "params",
+    "decide",
+    "route",
+    "use_own",
+    "decider",
+    "register_hook",
+]
 
 GEMM_MODES = ("auto", "own", "blas")
 ROUTES = ("small", "packed", "blas")
@@ -105,16 +116,25 @@ def params(backend: str, dtype, threads: int | None = None, isa: str | None = No
         if isa is None:
             isa = _compiled.family_isa()["gemm"] if _compiled is not None else "sse2"
         sfx = _dtype_suffix(dtype)
-        return dict(mode=_mode, own_min_flops=tuning.value("gemm_own_min_flops"),
-                    small_max=tuning.value(f"gemm_small_max_{sfx}", isa),
-                    packed_max=tuning.value(f"gemm_packed_max_{sfx}", isa),
-                    min_n=tuning.value("gemm_packed_min_n"),
-                    own_small_max=tuning.value("gemm_parallel_min_flops"))
+        return dict(
+            mode=_mode,
+            own_min_flops=tuning.value("gemm_own_min_flops"),
+            small_max=tuning.value(f"gemm_small_max_{sfx}", isa),
+            packed_max=tuning.value(f"gemm_packed_max_{sfx}", isa),
+            min_n=tuning.value("gemm_packed_min_n"),
+            own_small_max=tuning.value("gemm_parallel_min_flops"),
+        )
     if backend == "numba":
         threads = _config.get_num_threads() if threads is None else threads
         limit = tuning.value("numba_gemm_own_max_threaded" if threads > 1 else "numba_gemm_own_max")
-        return dict(mode=_mode, own_min_flops=tuning.value("numba_gemm_own_min_flops"), small_max=-1,
-                    packed_max=limit, min_n=tuning.value("numba_gemm_own_min_n"), own_small_max=-1)
+        return dict(
+            mode=_mode,
+            own_min_flops=tuning.value("numba_gemm_own_min_flops"),
+            small_max=-1,
+            packed_max=limit,
+            min_n=tuning.value("numba_gemm_own_min_n"),
+            own_small_max=-1,
+        )
     raise ValueError(f"no GEMM policy for backend {backend!r}; use cython or numba")
 
 
@@ -144,7 +164,8 @@ def route(backend: str, dtype, m: int, n: int, k: int) -> str:
     if backend == "cython":
         if _compiled is None:
             from . import get
-            get("cython")   # loads the extension, which registers itself
+
+            get("cython")  # loads the extension, which registers itself
         return _compiled.gemm_route(m, n, k, dtype)
     return decide(params(backend, dtype), m, n, k)
 

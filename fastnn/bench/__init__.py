@@ -18,5 +18,15 @@ from .report import load_results, markdown, write_report
 from .runner import NOISY_SPREAD, derive, run_bench
 from .workloads import WORKLOADS, get_workloads
 
-__all__ = ["run_bench", "derive", "write_report", "markdown", "load_results", "compare",
-           "format_comparison", "WORKLOADS", "get_workloads", "NOISY_SPREAD"]
+__all__ = [
+    "run_bench",
+    "derive",
+    "write_report",
+    "markdown",
+    "load_results",
+    "compare",
+    "format_comparison",
+    "WORKLOADS",
+    "get_workloads",
+    "NOISY_SPREAD",
+]

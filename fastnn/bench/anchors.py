@@ -63,6 +63,7 @@ def build_anchor(name: str, case: Case):
 
 # -- PyTorch -------------------------------------------------------------------
 
+
 def _t(arr):
     import torch
 
@@ -113,6 +114,7 @@ def _torch_train(model, loss_fn, opt, x, y):
         opt.step()
         opt.zero_grad()
         return loss
+
     return step
 
 
@@ -135,9 +137,15 @@ def _torch_cnn(p):
     torch.manual_seed(0)
     rng = _rng()
     model = nn.Sequential(
-        nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(16 * 7 * 7, 10))
+        nn.Conv2d(1, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(8, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(16 * 7 * 7, 10),
+    )
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     x = _t(_randn(rng, p["b"], 1, 28, 28))
     y = torch.from_numpy(rng.integers(0, 10, p["b"]))
@@ -165,6 +173,7 @@ def _torch_recurrent(p, cls, with_opt):
         else:
             layer.zero_grad()
         return loss
+
     return step
 
 
@@ -190,6 +199,7 @@ def _torch_conv3x3(p):
     def step():
         with torch.no_grad():
             return conv(x)
+
     return step
 
 
@@ -203,6 +213,7 @@ def _torch_ce(p):
 
     def step():
         return torch.autograd.grad(ce(logits, labels), logits)
+
     return step
 
 
@@ -217,10 +228,17 @@ def _torch_adam(p):
 
 
 _TORCH = {
-    "matmul": _torch_matmul, "gemm": _torch_matmul,
-    "act_forward": _torch_act_forward, "act_backward": _torch_act_backward,
-    "mlp": _torch_mlp, "cnn": _torch_cnn, "rnn": _torch_rnn, "lstm": _torch_lstm,
-    "conv3x3": _torch_conv3x3, "ce": _torch_ce, "adam": _torch_adam,
+    "matmul": _torch_matmul,
+    "gemm": _torch_matmul,
+    "act_forward": _torch_act_forward,
+    "act_backward": _torch_act_backward,
+    "mlp": _torch_mlp,
+    "cnn": _torch_cnn,
+    "rnn": _torch_rnn,
+    "lstm": _torch_lstm,
+    "conv3x3": _torch_conv3x3,
+    "ce": _torch_ce,
+    "adam": _torch_adam,
 }
 
 
@@ -242,9 +260,17 @@ def _sklearn_mlp(p):
     x = _randn(rng, nb * p["b"], p["i"])
     y = rng.integers(0, p["o"], nb * p["b"])
     classes = np.arange(p["o"])
-    clf = MLPClassifier(hidden_layer_sizes=(p["h"],), activation="relu", solver="sgd", alpha=0.0,
-                        batch_size=p["b"], learning_rate_init=0.01, momentum=0.9, nesterovs_momentum=False,
-                        random_state=0)
+    clf = MLPClassifier(
+        hidden_layer_sizes=(p["h"],),
+        activation="relu",
+        solver="sgd",
+        alpha=0.0,
+        batch_size=p["b"],
+        learning_rate_init=0.01,
+        momentum=0.9,
+        nesterovs_momentum=False,
+        random_state=0,
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         clf.partial_fit(x, y, classes=classes)
@@ -253,6 +279,7 @@ def _sklearn_mlp(p):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             clf.partial_fit(x, y)
+
     step.steps_per_call = nb
     step.model = clf
     assert x.dtype == DTYPE

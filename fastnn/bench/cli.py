@@ -20,33 +20,66 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Time the reference workloads with every backend, PyTorch and scikit-learn in one process, "
         "against the machine's GEMM and memory-copy limits measured in the same run; write "
-        "DIR/report.md, DIR/results.json and DIR/speedup.png.")
-    parser.add_argument("--quick", action="store_true", help="fewer, shorter repetitions: a minute or two once the numba kernels are in "
-                             "Numba's cache; the first run after installing also compiles them (about 2.5 min "
-                             "of CPU time in all on 2 cores; `fastnn warmup` compiles them ahead)")
-    parser.add_argument("--workloads", type=_csv, default=None, metavar="IDS",
-                        help=f"comma-separated workload ids (default: all of {ids})")
-    parser.add_argument("--backends", type=_csv, default=None, metavar="NAMES",
-                        help="comma-separated rows to run: numpy, numba, cython, torch, sklearn "
-                             "(default: all installed)")
-    parser.add_argument("--sklearn", action="store_true",
-                        help="fastnn.sklearn against scikit-learn (workload SKL; alone unless --workloads is given)")
-    parser.add_argument("--distributed", action="store_true",
-                        help="data-parallel throughput, 1 rank against 2 under mpiexec (W4, W3, local SGD), and "
-                             "the allreduce cost by message size over shared memory and loopback TCP; alone; "
-                             "writes DIR/distributed.md and DIR/distributed.json (needs mpi4py; "
-                             "--backends NAME picks the backend, --repeat the rounds)")
+        "DIR/report.md, DIR/results.json and DIR/speedup.png."
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="fewer, shorter repetitions: a minute or two once the numba kernels are in "
+        "Numba's cache; the first run after installing also compiles them (about 2.5 min "
+        "of CPU time in all on 2 cores; `fastnn warmup` compiles them ahead)",
+    )
+    parser.add_argument(
+        "--workloads",
+        type=_csv,
+        default=None,
+        metavar="IDS",
+        help=f"comma-separated workload ids (default: all of {ids})",
+    )
+    parser.add_argument(
+        "--backends",
+        type=_csv,
+        default=None,
+        metavar="NAMES",
+        help="comma-separated rows to run: numpy, numba, cython, torch, sklearn (default: all installed)",
+    )
+    parser.add_argument(
+        "--sklearn",
+        action="store_true",
+        help="fastnn.sklearn against scikit-learn (workload SKL; alone unless --workloads is given)",
+    )
+    parser.add_argument(
+        "--distributed",
+        action="store_true",
+        help="data-parallel throughput, 1 rank against 2 under mpiexec (W4, W3, local SGD), and "
+        "the allreduce cost by message size over shared memory and loopback TCP; alone; "
+        "writes DIR/distributed.md and DIR/distributed.json (needs mpi4py; "
+        "--backends NAME picks the backend, --repeat the rounds)",
+    )
     parser.add_argument("--threads", type=int, default=None, help="threads for fastnn, BLAS and PyTorch")
     parser.add_argument("--out", default="bench-out", metavar="DIR", help="output folder (default: bench-out)")
     parser.add_argument("--repeat", type=int, default=None, help="rounds per case (default: 9, quick: 5)")
-    parser.add_argument("--compare", nargs="+", default=None, metavar="RESULTS_JSON",
-                        help="OLD [NEW]: with one file, run the benchmark and compare the new run with OLD; "
-                             "with two files, compare them without running")
-    parser.add_argument("--threshold", type=float, default=0.10,
-                        help="relative change below which --compare calls a row unchanged (default 0.10)")
+    parser.add_argument(
+        "--compare",
+        nargs="+",
+        default=None,
+        metavar="RESULTS_JSON",
+        help="OLD [NEW]: with one file, run the benchmark and compare the new run with OLD; "
+        "with two files, compare them without running",
+    )
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=0.10,
+        help="relative change below which --compare calls a row unchanged (default 0.10)",
+    )
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    parser.add_argument("--no-cold-start", dest="cold_start", action="store_false",
-                        help="skip the numba cold-start runs (new processes, empty cache)")
+    parser.add_argument(
+        "--no-cold-start",
+        dest="cold_start",
+        action="store_false",
+        help="skip the numba cold-start runs (new processes, empty cache)",
+    )
     # small sizes, for testing the machinery only
     parser.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)
 
@@ -77,9 +110,16 @@ def run(args) -> int:
         workloads = args.workloads
         if getattr(args, "sklearn", False):
             workloads = list(workloads or []) + ["SKL"]
-        results = run_bench(workloads=workloads, backends=args.backends, threads=args.threads,
-                            quick=args.quick, tiny=getattr(args, "tiny", False), repeat=args.repeat,
-                            progress=args.progress, cold_start=getattr(args, "cold_start", True))
+        results = run_bench(
+            workloads=workloads,
+            backends=args.backends,
+            threads=args.threads,
+            quick=args.quick,
+            tiny=getattr(args, "tiny", False),
+            repeat=args.repeat,
+            progress=args.progress,
+            cold_start=getattr(args, "cold_start", True),
+        )
     except ValueError as exc:
         print(f"fastnn bench: {exc}", file=sys.stderr)
         return 2
@@ -102,8 +142,13 @@ def _run_distributed(args) -> int:
         backends = args.backends or [None]
         if len(backends) > 1:
             raise ValueError("--distributed runs one backend: give --backends NAME")
-        results = run_distributed(quick=args.quick, rounds=args.repeat, progress=args.progress,
-                                  tiny=getattr(args, "tiny", False), backend=backends[0])
+        results = run_distributed(
+            quick=args.quick,
+            rounds=args.repeat,
+            progress=args.progress,
+            tiny=getattr(args, "tiny", False),
+            backend=backends[0],
+        )
     except (ValueError, RuntimeError) as exc:
         print(f"fastnn bench: {exc}", file=sys.stderr)
         return 2

@@ -55,9 +55,13 @@ def _one(wid, quick, settle, threads, timeout):
     with tempfile.TemporaryDirectory(prefix="fastnn-cold-") as cache:
         env = dict(os.environ, NUMBA_CACHE_DIR=cache, FASTNN_NUM_THREADS=str(threads))
         env.pop("NUMBA_DISABLE_JIT", None)
-        out = subprocess.run([sys.executable, "-c", _PROBE, wid, "quick" if quick else "full",
-                              "settle" if settle else "no"], capture_output=True, text=True, env=env,
-                             timeout=timeout)
+        out = subprocess.run(
+            [sys.executable, "-c", _PROBE, wid, "quick" if quick else "full", "settle" if settle else "no"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=timeout,
+        )
     for line in out.stdout.splitlines():
         if line.startswith("COLD "):
             return json.loads(line[5:])
@@ -78,8 +82,11 @@ def measure(threads: int, quick: bool, repeat: int | None = None, timeout: float
         for wid in ids:
             runs = [_one(wid, quick, settle, threads, timeout) for _ in range(repeat)]
             keys = [k for k in runs[0] if k.endswith("_s")]
-            out["workloads"][wid] = {"case": runs[0]["case"], "runs": runs,
-                                     "median": {k: float(np.median([r[k] for r in runs])) for k in keys}}
+            out["workloads"][wid] = {
+                "case": runs[0]["case"],
+                "runs": runs,
+                "median": {k: float(np.median([r[k] for r in runs])) for k in keys},
+            }
             if log:
                 log(f"cold start {wid}")
     except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
@@ -96,20 +103,30 @@ def markdown_lines(cold: dict | None) -> list[str]:
     lines = ["## Cold start — numba backend, empty Numba cache, new process", ""]
     if cold.get("error"):
         return lines + [f"error: {cold['error']}", ""]
-    lines += [f"Median of {cold['repeat']} run(s) per workload. \"import + load\": Python start to the step "
-              "built (fastnn, Numba, the backend); \"first step\": its first call, which compiles what it "
-              "runs; CPU counts every thread of the process. "
-              + ("\"full speed\": from the start until the kernels compiled in the background after the "
-                 "first step are ready. " if cold.get("settle") else "")
-              + "`fastnn warmup` compiles everything ahead, once.", ""]
+    lines += [
+        f'Median of {cold["repeat"]} run(s) per workload. "import + load": Python start to the step '
+        'built (fastnn, Numba, the backend); "first step": its first call, which compiles what it '
+        "runs; CPU counts every thread of the process. "
+        + (
+            '"full speed": from the start until the kernels compiled in the background after the first step are ready. '
+            if cold.get("settle")
+            else ""
+        )
+        + "`fastnn warmup` compiles everything ahead, once.",
+        "",
+    ]
     cols = ["workload", "import + load", "first step", "first step CPU"]
     if cold.get("settle"):
         cols += ["full speed", "full speed CPU"]
     lines += ["| " + " | ".join(cols) + " |", "|:---|" + "|".join("---:" for _ in cols[1:]) + "|"]
     for w in cold["workloads"].values():
         m = w["median"]
-        cells = [w["case"], fmt_time(m.get("load_s")), fmt_time(m.get("first_step_s")),
-                 fmt_time(m.get("first_step_cpu_s"))]
+        cells = [
+            w["case"],
+            fmt_time(m.get("load_s")),
+            fmt_time(m.get("first_step_s")),
+            fmt_time(m.get("first_step_cpu_s")),
+        ]
         if cold.get("settle"):
             cells += [fmt_time(m.get("full_speed_s")), fmt_time(m.get("full_speed_cpu_s"))]
         lines.append("| " + " | ".join(cells) + " |")

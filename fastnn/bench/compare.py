@@ -44,17 +44,29 @@ def compare(old: dict, new: dict, threshold: float = 0.10) -> dict:
         one run alone.
     """
     a, b = _rows(old), _rows(new)
-    out = {"faster": [], "slower": [], "unchanged": [],
-           "only_old": sorted(f"{k[0]} / {k[1]}" for k in a.keys() - b.keys()),
-           "only_new": sorted(f"{k[0]} / {k[1]}" for k in b.keys() - a.keys())}
+    out = {
+        "faster": [],
+        "slower": [],
+        "unchanged": [],
+        "only_old": sorted(f"{k[0]} / {k[1]}" for k in a.keys() - b.keys()),
+        "only_new": sorted(f"{k[0]} / {k[1]}" for k in b.keys() - a.keys()),
+    }
     for key in [k for k in a if k in b]:
         ra, rb = a[key], b[key]
         change = ra["median"] / rb["median"]
-        overlap = (ra.get("min", ra["median"]) <= rb.get("max", rb["median"])
-                   and rb.get("min", rb["median"]) <= ra.get("max", ra["median"]))
-        entry = {"case": key[0], "row": key[1], "old": ra["median"], "new": rb["median"], "change": change,
-                 "old_vs_numpy": ra.get("speedup_vs_numpy"), "new_vs_numpy": rb.get("speedup_vs_numpy"),
-                 "overlap": overlap}
+        overlap = ra.get("min", ra["median"]) <= rb.get("max", rb["median"]) and rb.get("min", rb["median"]) <= ra.get(
+            "max", ra["median"]
+        )
+        entry = {
+            "case": key[0],
+            "row": key[1],
+            "old": ra["median"],
+            "new": rb["median"],
+            "change": change,
+            "old_vs_numpy": ra.get("speedup_vs_numpy"),
+            "new_vs_numpy": rb.get("speedup_vs_numpy"),
+            "overlap": overlap,
+        }
         if abs(change - 1.0) <= threshold or overlap:
             out["unchanged"].append(entry)
         elif change > 1.0:
@@ -72,14 +84,18 @@ def format_comparison(cmp: dict, old_name: str = "old", new_name: str = "new", s
     from .report import fmt_time
 
     def table(entries):
-        lines = [f"| case | row | {old_name} | {new_name} | change | vs numpy (old → new) |",
-                 "|:---|:---|---:|---:|---:|---:|"]
+        lines = [
+            f"| case | row | {old_name} | {new_name} | change | vs numpy (old → new) |",
+            "|:---|:---|---:|---:|---:|---:|",
+        ]
         for e in entries:
             vs = "—"
             if e["old_vs_numpy"] and e["new_vs_numpy"]:
                 vs = f"{e['old_vs_numpy']:.2f}× → {e['new_vs_numpy']:.2f}×"
-            lines.append(f"| {e['case']} | {e['row']} | {fmt_time(e['old'])} | {fmt_time(e['new'])} | "
-                         f"{e['change']:.2f}× {'faster' if e['change'] > 1 else 'slower'} | {vs} |")
+            lines.append(
+                f"| {e['case']} | {e['row']} | {fmt_time(e['old'])} | {fmt_time(e['new'])} | "
+                f"{e['change']:.2f}× {'faster' if e['change'] > 1 else 'slower'} | {vs} |"
+            )
         return lines
 
     lines = [f"Comparing {new_name} against {old_name} (change = old time / new time)", ""]

@@ -55,8 +55,15 @@ def _case(sizes, batch, sync_every, samples, distributed) -> dict:
     fastnn.manual_seed(0)
     model = nn.Sequential(nn.Linear(d, h), nn.ReLU(), nn.Linear(h, c))
     opt = optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    kw = dict(loss=nn.CrossEntropyLoss(), optimizer=opt, batch_size=batch, seed=0, progress=False,
-              distributed=distributed, sync_every=sync_every if distributed else None)
+    kw = dict(
+        loss=nn.CrossEntropyLoss(),
+        optimizer=opt,
+        batch_size=batch,
+        seed=0,
+        progress=False,
+        distributed=distributed,
+        sync_every=sync_every if distributed else None,
+    )
     comm = None
     if distributed:
         from mpi4py import MPI
@@ -73,8 +80,11 @@ def _case(sizes, batch, sync_every, samples, distributed) -> dict:
         if comm is not None:
             elapsed = comm.allreduce(elapsed, op=MPI.MAX)
         best = min(best, elapsed)
-    return {"samples_per_s": samples / best, "backend": fastnn.get_backend(),
-            "ranks": 1 if comm is None else comm.Get_size()}
+    return {
+        "samples_per_s": samples / best,
+        "backend": fastnn.get_backend(),
+        "ranks": 1 if comm is None else comm.Get_size(),
+    }
 
 
 def _comm(tiny=False) -> dict:
@@ -103,8 +113,11 @@ def _launch(n, args, tcp=False, timeout=600, backend=None):
         cmd = [_mpiexec(), "-n", str(n)]
         if "Open MPI" in version:
             # a shared machine: ranks that spin pinned to a core wait for its other tenants; yield and float
-            env.update(OMPI_MCA_rmaps_base_oversubscribe="1", PRTE_MCA_rmaps_default_mapping_policy=":oversubscribe",
-                       OMPI_MCA_mpi_yield_when_idle="1")
+            env.update(
+                OMPI_MCA_rmaps_base_oversubscribe="1",
+                PRTE_MCA_rmaps_default_mapping_policy=":oversubscribe",
+                OMPI_MCA_mpi_yield_when_idle="1",
+            )
             cmd += ["--bind-to", "none"]
             if hasattr(os, "geteuid") and os.geteuid() == 0:
                 env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
@@ -143,7 +156,7 @@ def run_distributed(quick=False, rounds=None, progress=True, tiny=False, backend
     rounds = rounds or (1 if quick else 3)
     samples = {"W4": 4096 if quick else 16384, "W3": 8192 if quick else 32768}
     cases, transports = CASES, (("shared memory", False), ("loopback TCP", True))
-    if tiny:   # the machinery only (tests): one case, one transport
+    if tiny:  # the machinery only (tests): one case, one transport
         samples, rounds, cases, transports = {"W4": 512, "W3": 512}, 1, CASES[2:], transports[:1]
     results = {"cases": [], "rounds": rounds, "load_before": os.getloadavg()[0], "cpus": os.cpu_count()}
     best = {}
@@ -158,14 +171,26 @@ def run_distributed(quick=False, rounds=None, progress=True, tiny=False, backend
                 if key not in best or res["samples_per_s"] > best[key]["samples_per_s"]:
                     best[key] = res
                 if progress:
-                    print(f"round {r + 1}/{rounds} {label} {n} rank(s): {res['samples_per_s']:,.0f} samples/s",
-                          file=sys.stderr)
+                    print(
+                        f"round {r + 1}/{rounds} {label} {n} rank(s): {res['samples_per_s']:,.0f} samples/s",
+                        file=sys.stderr,
+                    )
     for label, wid, sizes, b1, b2, sync in cases:
         one, two = best[(label, 1)], best[(label, 2)]
-        results["cases"].append({"case": label, "workload": wid, "sizes": list(sizes), "batch_1": b1,
-                                 "batch_per_rank_2": b2, "sync_every": sync, "backend": one["backend"],
-                                 "one_rank": one["samples_per_s"], "two_ranks": two["samples_per_s"],
-                                 "ratio": two["samples_per_s"] / one["samples_per_s"]})
+        results["cases"].append(
+            {
+                "case": label,
+                "workload": wid,
+                "sizes": list(sizes),
+                "batch_1": b1,
+                "batch_per_rank_2": b2,
+                "sync_every": sync,
+                "backend": one["backend"],
+                "one_rank": one["samples_per_s"],
+                "two_ranks": two["samples_per_s"],
+                "ratio": two["samples_per_s"] / one["samples_per_s"],
+            }
+        )
     results["comm"] = {}
     for name, tcp in transports:
         res = _launch(2, ["comm"], tcp=tcp)
@@ -177,22 +202,35 @@ def run_distributed(quick=False, rounds=None, progress=True, tiny=False, backend
 
 
 def markdown_lines(results: dict) -> list[str]:
-    lines = ["## Distributed (MPI, 1 thread per rank)", "",
-             f"{results['cpus']} CPUs, load average {results['load_before']:.1f} before and "
-             f"{results['load_after']:.1f} after; best of {results['rounds']} interleaved round(s).", "",
-             "| case | per step | 1 rank samples/s | 2 ranks samples/s | 2 ranks / 1 rank |",
-             "|---|---|---:|---:|---:|"]
+    lines = [
+        "## Distributed (MPI, 1 thread per rank)",
+        "",
+        f"{results['cpus']} CPUs, load average {results['load_before']:.1f} before and "
+        f"{results['load_after']:.1f} after; best of {results['rounds']} interleaved round(s).",
+        "",
+        "| case | per step | 1 rank samples/s | 2 ranks samples/s | 2 ranks / 1 rank |",
+        "|---|---|---:|---:|---:|",
+    ]
     for c in results["cases"]:
         how = f"1x{c['batch_1']} vs 2x{c['batch_per_rank_2']}" + (
-            f", average every {c['sync_every']}" if c["sync_every"] else ", gradients every step")
+            f", average every {c['sync_every']}" if c["sync_every"] else ", gradients every step"
+        )
         lines.append(f"| {c['case']} | {how} | {c['one_rank']:,.0f} | {c['two_ranks']:,.0f} | {c['ratio']:.2f}x |")
-    lines += ["", "Allreduce (in place, float32, 2 ranks): time per call by message size", "",
-              "| transport | " + " | ".join(_size(b) for b, _ in next(iter(results["comm"].values()))["sizes"])
-              + " | latency | bandwidth |",
-              "|---|" + "---:|" * (len(next(iter(results["comm"].values()))["sizes"]) + 2)]
+    lines += [
+        "",
+        "Allreduce (in place, float32, 2 ranks): time per call by message size",
+        "",
+        "| transport | "
+        + " | ".join(_size(b) for b, _ in next(iter(results["comm"].values()))["sizes"])
+        + " | latency | bandwidth |",
+        "|---|" + "---:|" * (len(next(iter(results["comm"].values()))["sizes"]) + 2),
+    ]
     for name, c in results["comm"].items():
-        lines.append(f"| {name} | " + " | ".join(f"{t * 1e6:,.0f} us" for _, t in c["sizes"])
-                     + f" | {c['latency_s'] * 1e6:.1f} us | {c['bandwidth_Bps'] / 1e9:.2f} GB/s |")
+        lines.append(
+            f"| {name} | "
+            + " | ".join(f"{t * 1e6:,.0f} us" for _, t in c["sizes"])
+            + f" | {c['latency_s'] * 1e6:.1f} us | {c['bandwidth_Bps'] / 1e9:.2f} GB/s |"
+        )
     return lines
 
 

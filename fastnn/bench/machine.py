@@ -51,7 +51,7 @@ def gemm_step(n: int = 1024):
     a = rng.standard_normal((n, n), dtype=np.float32)
     b = rng.standard_normal((n, n), dtype=np.float32)
     c = np.empty((n, n), np.float32)
-    return (lambda: np.matmul(a, b, out=c)), 2.0 * n ** 3
+    return (lambda: np.matmul(a, b, out=c)), 2.0 * n**3
 
 
 def copy_step(mbytes: int = 128):
@@ -110,9 +110,20 @@ def context(threads: int) -> dict:
 
         pools = threadpool_info()
         info["threadpools"] = [
-            {k: p.get(k) for k in ("user_api", "internal_api", "version", "architecture", "num_threads",
-                                   "threading_layer", "filepath")}
-            for p in pools]
+            {
+                k: p.get(k)
+                for k in (
+                    "user_api",
+                    "internal_api",
+                    "version",
+                    "architecture",
+                    "num_threads",
+                    "threading_layer",
+                    "filepath",
+                )
+            }
+            for p in pools
+        ]
         blas = [p for p in pools if p.get("user_api") == "blas"]
         if blas:
             thread_counts["blas"] = blas[0].get("num_threads")
@@ -132,6 +143,7 @@ def context(threads: int) -> dict:
 
         thread_counts["torch"] = torch.get_num_threads()
     info["thread_counts"] = thread_counts
-    info["env"] = {k: os.environ[k] for k in sorted(os.environ)
-                   if k.startswith(("OPENBLAS", "OMP_", "MKL_", "NUMBA_", "FASTNN_"))}
+    info["env"] = {
+        k: os.environ[k] for k in sorted(os.environ) if k.startswith(("OPENBLAS", "OMP_", "MKL_", "NUMBA_", "FASTNN_"))
+    }
     return info

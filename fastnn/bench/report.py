@@ -14,12 +14,25 @@ import math
 import os
 from pathlib import Path
 
-__all__ = ["fmt_time", "markdown", "write_report", "write_json", "load_results", "plot_speedup",
-           "ROW_ORDER", "LIMIT_LABELS"]
+__all__ = [
+    "fmt_time",
+    "markdown",
+    "write_report",
+    "write_json",
+    "load_results",
+    "plot_speedup",
+    "ROW_ORDER",
+    "LIMIT_LABELS",
+]
 
 ROW_ORDER = ("numpy", "numba", "cython", "torch", "sklearn")
-ROW_LABELS = {"numpy": "fastnn numpy", "numba": "fastnn numba", "cython": "fastnn cython",
-              "torch": "PyTorch CPU", "sklearn": "scikit-learn"}
+ROW_LABELS = {
+    "numpy": "fastnn numpy",
+    "numba": "fastnn numba",
+    "cython": "fastnn cython",
+    "torch": "PyTorch CPU",
+    "sklearn": "scikit-learn",
+}
 LIMIT_LABELS = {
     "gemm": "BLAS sgemm GFLOP/s",
     "copy": "memory-copy GB/s (read + write)",
@@ -62,8 +75,14 @@ def _header_lines(results: dict) -> list[str]:
     s = results["settings"]
     tc = ctx.get("thread_counts", {"fastnn": s.get("threads")})
     blas = ctx.get("blas") or []
-    blas_txt = "; ".join(f"{b.get('internal_api')} {b.get('version')} ({b.get('architecture')} kernels, "
-                         f"threads {b.get('num_threads')})" for b in blas) or "unknown"
+    blas_txt = (
+        "; ".join(
+            f"{b.get('internal_api')} {b.get('version')} ({b.get('architecture')} kernels, "
+            f"threads {b.get('num_threads')})"
+            for b in blas
+        )
+        or "unknown"
+    )
     versions = ", ".join(f"{k} {ctx.get(k)}" for k in ("numpy", "numba", "Cython", "scipy") if ctx.get(k))
     anchors = ", ".join(f"{k} {v}" for k, v in results.get("anchor_status", {}).items())
     lines = [
@@ -84,24 +103,31 @@ def _header_lines(results: dict) -> list[str]:
     if load.get("start") and load.get("end"):
         cpus = ctx.get("usable_cpus") or ctx.get("cores") or 1
         busy = max(load["start"][0], load["end"][0] - s.get("threads", 1)) > cpus
-        lines.append(f"- load average (1 min) at start / end: {load['start'][0]:.1f} / {load['end'][0]:.1f} "
-                     f"on {cpus} CPUs" + (" — ⚠ other processes kept the machine busy: timings are unreliable"
-                                          if busy else ""))
+        lines.append(
+            f"- load average (1 min) at start / end: {load['start'][0]:.1f} / {load['end'][0]:.1f} "
+            f"on {cpus} CPUs" + (" — ⚠ other processes kept the machine busy: timings are unreliable" if busy else "")
+        )
     if results.get("backends_unavailable"):
-        lines.append("- backends not available: " + "; ".join(
-            f"{k}: {v}" for k, v in results["backends_unavailable"].items()))
+        lines.append(
+            "- backends not available: " + "; ".join(f"{k}: {v}" for k, v in results["backends_unavailable"].items())
+        )
     lines += [
         "",
         f"Times are medians over {s.get('repeat')} rounds (fewer, at least {s.get('min_rounds', 3)}, for a case "
         f"whose rounds would take over {s.get('case_budget', '?')} s) in which the rows take turns "
         f"(spread = slowest / fastest round; ⚠ marks a spread above {s.get('noisy_spread', 1.3)})"
-        + (f", each block after {s['settle']:g} s of the same row untimed, so that no row times another's "
-           "spinning BLAS threads" if s.get("settle") and (s.get("threads") or 1) > 1 else "") + ". "
-        "\"vs numpy\" and \"vs torch\" are that row's time divided by this row's time "
-        "(above 1× = faster). \"of limit\": achieved GFLOP/s or GB/s over the machine limit measured "
+        + (
+            f", each block after {s['settle']:g} s of the same row untimed, so that no row times another's "
+            "spinning BLAS threads"
+            if s.get("settle") and (s.get("threads") or 1) > 1
+            else ""
+        )
+        + ". "
+        '"vs numpy" and "vs torch" are that row\'s time divided by this row\'s time '
+        '(above 1× = faster). "of limit": achieved GFLOP/s or GB/s over the machine limit measured '
         "in the same rounds, or for training steps the BLAS-only time of the step's matrix products "
         "over the step's time. "
-        "\"first call\" includes JIT compilation and is not part of the median; \"(+ t)\" after it is the "
+        '"first call" includes JIT compilation and is not part of the median; "(+ t)" after it is the '
         "time then spent waiting for kernels the numba backend compiles in the background, before the "
         "rounds. A fresh install's cost is in the cold-start section.",
         "",
@@ -118,8 +144,11 @@ def workload_table(wl: dict) -> list[str]:
         lines += [f"not available (missing: {', '.join(wl.get('missing', []))})", ""]
         return lines
     if limit:
-        lines += [f"Limit: {limit}, measured in the same rounds (the \"limit\" row)."
-                  + (f" {wl['note']}." if wl.get("note") else ""), ""]
+        lines += [
+            f'Limit: {limit}, measured in the same rounds (the "limit" row).'
+            + (f" {wl['note']}." if wl.get("note") else ""),
+            "",
+        ]
     elif wl.get("note"):
         lines += [wl["note"] + ".", ""]
     rate = None
@@ -140,8 +169,13 @@ def workload_table(wl: dict) -> list[str]:
                 cells = [case["name"], label, f"error: {r.get('error') or 'no timing'}"] + ["—"] * (len(cols) - 3)
             else:
                 spread = f"{r['spread']:.2f}" + (" ⚠" if r.get("noisy") else "")
-                cells = [case["name"], label, fmt_time(r["median"]), _ratio(r.get("speedup_vs_numpy")),
-                         _ratio(r.get("speedup_vs_torch"))]
+                cells = [
+                    case["name"],
+                    label,
+                    fmt_time(r["median"]),
+                    _ratio(r.get("speedup_vs_numpy")),
+                    _ratio(r.get("speedup_vs_torch")),
+                ]
                 if rate:
                     v = r.get(rate[1])
                     cells.append("—" if v is None else f"{v:.3g}")
@@ -177,15 +211,17 @@ def summary_table(results: dict) -> list[str]:
         cols += ["best fastnn vs numpy"]
         if "torch" in present:
             cols += ["best fastnn vs PyTorch"]
-    lines = ["## Summary", "", "| " + " | ".join(cols) + " |",
-             "|:---|" + "|".join("---:" for _ in cols[1:]) + "|"]
+    lines = ["## Summary", "", "| " + " | ".join(cols) + " |", "|:---|" + "|".join("---:" for _ in cols[1:]) + "|"]
     for c in cases:
         rows = c["rows"]
         cells = [c["key"]]
         for n in present:
             r = rows.get(n, {})
-            cells.append(fmt_time(r.get("median")) + (" ⚠" if r.get("noisy") else "")
-                         if r.get("median") else ("error" if r.get("error") else "—"))
+            cells.append(
+                fmt_time(r.get("median")) + (" ⚠" if r.get("noisy") else "")
+                if r.get("median")
+                else ("error" if r.get("error") else "—")
+            )
         if fast:
             timed = [(rows[n]["median"], n) for n in fast if rows.get(n, {}).get("median")]
             best = min(timed) if timed else None
@@ -208,12 +244,21 @@ def markdown(results: dict) -> str:
     lines += section_lines(results)
     for wl in results["workloads"]:
         lines += workload_table(wl)
-    noisy = [f"{c['key']} ({n})" for wl in results["workloads"] for c in wl.get("cases", [])
-             for n, r in c["rows"].items() if r.get("noisy")]
+    noisy = [
+        f"{c['key']} ({n})"
+        for wl in results["workloads"]
+        for c in wl.get("cases", [])
+        for n, r in c["rows"].items()
+        if r.get("noisy")
+    ]
     if noisy:
         which = ": " + ", ".join(noisy) if len(noisy) <= 12 else " (marked ⚠ in the tables)"
-        lines += [f"⚠ {len(noisy)} noisy medians (spread above {results['settings'].get('noisy_spread', 1.3)})"
-                  + which + ". Re-run on a quieter machine before quoting these.", ""]
+        lines += [
+            f"⚠ {len(noisy)} noisy medians (spread above {results['settings'].get('noisy_spread', 1.3)})"
+            + which
+            + ". Re-run on a quieter machine before quoting these.",
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -252,10 +297,12 @@ def plot_speedup(results: dict, path) -> None:
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    cases = [c for wl in results["workloads"] for c in wl.get("cases", [])
-             if c["rows"].get("numpy", {}).get("median")]
-    bar_rows = [n for n in ROW_ORDER if n not in ("numpy", "torch")
-                and any(c["rows"].get(n, {}).get("speedup_vs_numpy") for c in cases)]
+    cases = [c for wl in results["workloads"] for c in wl.get("cases", []) if c["rows"].get("numpy", {}).get("median")]
+    bar_rows = [
+        n
+        for n in ROW_ORDER
+        if n not in ("numpy", "torch") and any(c["rows"].get(n, {}).get("speedup_vs_numpy") for c in cases)
+    ]
     fig, ax = plt.subplots(figsize=(max(6.0, 0.75 * len(cases) + 2), 4.8))
     width = 0.8 / max(1, len(bar_rows))
     colors = {"numba": "tab:blue", "cython": "tab:orange", "sklearn": "tab:green"}
@@ -271,8 +318,9 @@ def plot_speedup(results: dict, path) -> None:
     for i, c in enumerate(cases):
         v = c["rows"].get("torch", {}).get("speedup_vs_numpy")
         if v:
-            ax.hlines(v, i - 0.45, i + 0.45, colors="black", linewidth=2,
-                      label=None if torch_done else ROW_LABELS["torch"])
+            ax.hlines(
+                v, i - 0.45, i + 0.45, colors="black", linewidth=2, label=None if torch_done else ROW_LABELS["torch"]
+            )
             torch_done = True
     ax.axhline(1.0, color="gray", linestyle="--", linewidth=1, label="fastnn numpy (= 1)")
     ax.set_yscale("log")
@@ -301,14 +349,23 @@ def plot_gemm(results: dict, path) -> bool:
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     names = [n for n in ROW_ORDER if any(c["rows"].get(n, {}).get("gflops") for c in wl["cases"])]
     for name in names:
-        pts = [(c["params"]["n"], c["rows"][name]["gflops"]) for c in wl["cases"]
-               if c["rows"].get(name, {}).get("gflops")]
-        label = {"numpy": "BLAS (fastnn numpy)", "numba": "fastnn numba (own GEMM)",
-                 "cython": "fastnn cython (own GEMM)"}.get(name, ROW_LABELS.get(name, name))
+        pts = [
+            (c["params"]["n"], c["rows"][name]["gflops"]) for c in wl["cases"] if c["rows"].get(name, {}).get("gflops")
+        ]
+        label = {
+            "numpy": "BLAS (fastnn numpy)",
+            "numba": "fastnn numba (own GEMM)",
+            "cython": "fastnn cython (own GEMM)",
+        }.get(name, ROW_LABELS.get(name, name))
         ax.plot(*zip(*pts), marker="o", label=label)
     peak = results["machine"]["gemm"]["gflops"]
-    ax.axhline(peak, color="gray", linestyle="--", linewidth=1,
-               label=f"BLAS sgemm n={results['machine']['gemm']['n']} ({peak:.0f} GFLOP/s)")
+    ax.axhline(
+        peak,
+        color="gray",
+        linestyle="--",
+        linewidth=1,
+        label=f"BLAS sgemm n={results['machine']['gemm']['n']} ({peak:.0f} GFLOP/s)",
+    )
     ax.set_xscale("log", base=2)
     ax.set_xlabel("n (C = A·B, all n x n, float32)")
     ax.set_ylabel("GFLOP/s")

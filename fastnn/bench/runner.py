@@ -61,8 +61,7 @@ FASTNN_ORDER = ("numpy", "numba", "cython")
 SETTLE_S = 0.12
 
 
-def settings_for(quick: bool, tiny: bool = False, repeat: int | None = None,
-                 min_block: float | None = None) -> dict:
+def settings_for(quick: bool, tiny: bool = False, repeat: int | None = None, min_block: float | None = None) -> dict:
     """Repetitions and block length for a full or a ``--quick`` run."""
     if tiny:
         rep, block, budget, gemm_n, copy_mb = 3, 0.002, 2.0, 256, 16
@@ -70,9 +69,15 @@ def settings_for(quick: bool, tiny: bool = False, repeat: int | None = None,
         rep, block, budget, gemm_n, copy_mb = 5, 0.01, 3.0, 1024, 64
     else:
         rep, block, budget, gemm_n, copy_mb = 9, 0.05, 30.0, 1024, 128
-    return {"repeat": int(repeat or rep), "min_block": float(min_block or block), "gemm_n": gemm_n,
-            "copy_mbytes": copy_mb, "case_budget": budget, "min_rounds": min(MIN_ROUNDS, int(repeat or rep)),
-            "settle": 0.0 if tiny else SETTLE_S}
+    return {
+        "repeat": int(repeat or rep),
+        "min_block": float(min_block or block),
+        "gemm_n": gemm_n,
+        "copy_mbytes": copy_mb,
+        "case_budget": budget,
+        "min_rounds": min(MIN_ROUNDS, int(repeat or rep)),
+        "settle": 0.0 if tiny else SETTLE_S,
+    }
 
 
 class _Row:
@@ -112,6 +117,7 @@ def _backend_context(name, own_gemm):
                 yield
             finally:
                 gemm.set_gemm(previous)
+
     return ctx
 
 
@@ -134,8 +140,11 @@ def _limit_entry(limit, res, cfg):
     elif limit == "gemm":
         entry.update(what=f"BLAS sgemm n={cfg['gemm_n']}", unit="GFLOP/s", value=2.0 * cfg["gemm_n"] ** 3 / t / 1e9)
     elif limit == "copy":
-        entry.update(what=f"memory copy {cfg['copy_mbytes']} MiB", unit="GB/s",
-                     value=2.0 * cfg["copy_mbytes"] * (1 << 20) / t / 1e9)
+        entry.update(
+            what=f"memory copy {cfg['copy_mbytes']} MiB",
+            unit="GB/s",
+            value=2.0 * cfg["copy_mbytes"] * (1 << 20) / t / 1e9,
+        )
     else:
         entry.update(what="BLAS matmuls only", unit="s", value=t)
     return entry
@@ -223,13 +232,22 @@ def _time_case(rows: list[_Row], repeat: int, tick, settle: float = 0.0) -> None
 
 
 def _row_result(row: _Row) -> dict:
-    out = {"number": row.number, "steps_per_call": row.per_call, "first_call": row.first_call,
-           "deferred_compile": row.deferred_compile, "error": row.error,
-           "times": [float(t) for t in row.times]}
+    out = {
+        "number": row.number,
+        "steps_per_call": row.per_call,
+        "first_call": row.first_call,
+        "deferred_compile": row.deferred_compile,
+        "error": row.error,
+        "times": [float(t) for t in row.times],
+    }
     if row.times and row.error is None:
         t = np.asarray(row.times)
-        out.update(median=float(np.median(t)), min=float(t.min()), max=float(t.max()),
-                   spread=float(t.max() / t.min()) if t.min() > 0 else float("inf"))
+        out.update(
+            median=float(np.median(t)),
+            min=float(t.min()),
+            max=float(t.max()),
+            spread=float(t.max() / t.min()) if t.min() > 0 else float("inf"),
+        )
         out["noisy"] = bool(out["spread"] > NOISY_SPREAD)
     return out
 
@@ -286,15 +304,28 @@ def _select_backends(requested) -> tuple[list[str], dict]:
     names = list(FASTNN_ORDER) if not requested else [b.strip().lower() for b in requested if b.strip()]
     unknown = [b for b in names if b not in status and b not in _anchors.ANCHORS]
     if unknown:
-        raise ValueError(f"unknown backend(s) {', '.join(unknown)}; choose from "
-                         f"{', '.join(list(FASTNN_ORDER) + list(_anchors.ANCHORS))}")
+        raise ValueError(
+            f"unknown backend(s) {', '.join(unknown)}; choose from "
+            f"{', '.join(list(FASTNN_ORDER) + list(_anchors.ANCHORS))}"
+        )
     usable = [b for b in FASTNN_ORDER if b in names and status[b] == "available"]
     absent = {b: status[b] for b in FASTNN_ORDER if b in names and status[b] != "available"}
     return usable, absent
 
 
-def run_bench(workloads=None, backends=None, threads=None, quick=False, tiny=False, anchors=None,
-              repeat=None, min_block=None, progress=True, log=None, cold_start=True) -> dict:
+def run_bench(
+    workloads=None,
+    backends=None,
+    threads=None,
+    quick=False,
+    tiny=False,
+    anchors=None,
+    repeat=None,
+    min_block=None,
+    progress=True,
+    log=None,
+    cold_start=True,
+) -> dict:
     """Run the benchmark and return the results (the content of ``results.json``).
 
     Parameters
@@ -335,9 +366,21 @@ def run_bench(workloads=None, backends=None, threads=None, quick=False, tiny=Fal
     if threads:
         fastnn.set_num_threads(int(threads))
     try:
-        return _run(fastnn, started, wls, fast_backends, absent, anchor_names, anchor_status,
-                    settings_for(quick, tiny, repeat, min_block), quick, tiny, progress, log,
-                    cold_start and not tiny and "numba" in fast_backends)
+        return _run(
+            fastnn,
+            started,
+            wls,
+            fast_backends,
+            absent,
+            anchor_names,
+            anchor_status,
+            settings_for(quick, tiny, repeat, min_block),
+            quick,
+            tiny,
+            progress,
+            log,
+            cold_start and not tiny and "numba" in fast_backends,
+        )
     finally:
         if fastnn.get_num_threads() != previous_threads:
             fastnn.set_num_threads(previous_threads)
@@ -352,8 +395,21 @@ def _loadavg():
         return None
 
 
-def _run(fastnn, started, wls, fast_backends, absent, anchor_names, anchor_status, cfg, quick, tiny,
-         progress, log, cold_start=False):
+def _run(
+    fastnn,
+    started,
+    wls,
+    fast_backends,
+    absent,
+    anchor_names,
+    anchor_status,
+    cfg,
+    quick,
+    tiny,
+    progress,
+    log,
+    cold_start=False,
+):
     load_start = _loadavg()
     threads = fastnn.get_num_threads()
     if "torch" in anchor_names:
@@ -382,8 +438,15 @@ def _run(fastnn, started, wls, fast_backends, absent, anchor_names, anchor_statu
 
     out_wls = []
     for wl, miss, cases in plan:
-        entry = {"id": wl.id, "title": wl.title, "limit": wl.limit, "note": wl.note,
-                 "available": not miss, "missing": miss, "cases": []}
+        entry = {
+            "id": wl.id,
+            "title": wl.title,
+            "limit": wl.limit,
+            "note": wl.note,
+            "available": not miss,
+            "missing": miss,
+            "cases": [],
+        }
         out_wls.append(entry)
         for case in cases:
             if bar is not None:
@@ -396,9 +459,18 @@ def _run(fastnn, started, wls, fast_backends, absent, anchor_names, anchor_statu
             _time_case(rows, rounds, tick, cfg.get("settle", 0.0) if threads > 1 else 0.0)
             for _ in range(cfg["repeat"] - rounds):
                 tick()
-            centry = {"key": case.key, "name": case.name, "kind": case.kind, "params": case.params,
-                      "flops": case.flops, "bytes": case.bytes, "gemm_shapes": case.gemm_shapes, "rows": {},
-                      "rounds": rounds, "seconds": time.perf_counter() - t_case}
+            centry = {
+                "key": case.key,
+                "name": case.name,
+                "kind": case.kind,
+                "params": case.params,
+                "flops": case.flops,
+                "bytes": case.bytes,
+                "gemm_shapes": case.gemm_shapes,
+                "rows": {},
+                "rounds": rounds,
+                "seconds": time.perf_counter() - t_case,
+            }
             for row in rows:
                 res = _row_result(row)
                 if row.kind == "limit":
@@ -417,13 +489,19 @@ def _run(fastnn, started, wls, fast_backends, absent, anchor_names, anchor_statu
     results = {
         "schema": SCHEMA,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "settings": {"quick": bool(quick), "tiny": bool(tiny), "threads": threads, **cfg,
-                     "workloads": [w.id for w in wls], "backends": fast_backends, "anchors": anchor_names,
-                     "noisy_spread": NOISY_SPREAD},
+        "settings": {
+            "quick": bool(quick),
+            "tiny": bool(tiny),
+            "threads": threads,
+            **cfg,
+            "workloads": [w.id for w in wls],
+            "backends": fast_backends,
+            "anchors": anchor_names,
+            "noisy_spread": NOISY_SPREAD,
+        },
         "backends_unavailable": absent,
         "anchor_status": anchor_status,
-        "machine": {**machine, "context": _safe_context(threads),
-                    "loadavg": {"start": load_start, "end": _loadavg()}},
+        "machine": {**machine, "context": _safe_context(threads), "loadavg": {"start": load_start, "end": _loadavg()}},
         "workloads": out_wls,
         "cold_start": cold,
     }

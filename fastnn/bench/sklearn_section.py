@@ -37,8 +37,12 @@ _TINY = {"n": 600, "epochs": 2}
 
 def _name(kind, p):
     data = "digits" if p["data"] == "digits" else f"{p['n']}x100"
-    arch = "-".join(str(u) for u in ((64,) if p["data"] == "digits" else (100,)) + tuple(p["hidden"])
-                    + ((10,) if p["data"] == "digits" else (2,)))
+    arch = "-".join(
+        str(u)
+        for u in ((64,) if p["data"] == "digits" else (100,))
+        + tuple(p["hidden"])
+        + ((10,) if p["data"] == "digits" else (2,))
+    )
     if kind == "skl_fit":
         name = f"fit {data} {arch} adam {p['epochs']} epochs"
     else:
@@ -57,10 +61,14 @@ def _cases(quick, tiny):
 
 
 WORKLOAD = Workload(
-    "SKL", "fastnn.sklearn against scikit-learn (whole fit and predict_proba calls)", None,
-    ("fastnn.sklearn.MLPClassifier", "sklearn.neural_network.MLPClassifier"), _cases,
+    "SKL",
+    "fastnn.sklearn against scikit-learn (whole fit and predict_proba calls)",
+    None,
+    ("fastnn.sklearn.MLPClassifier", "sklearn.neural_network.MLPClassifier"),
+    _cases,
     note="fastnn float32 (its default) against scikit-learn float64 (its default for float64 data), "
-         "same architecture, solver, batches and epochs")
+    "same architecture, solver, batches and epochs",
+)
 
 
 def _data(p):
@@ -76,8 +84,14 @@ def _data(p):
 
 def _estimator(cls, p, **extra):
     # tol=0 and a patience longer than the run: both libraries run every epoch
-    return cls(hidden_layer_sizes=p["hidden"], max_iter=p.get("epochs", 1), tol=0.0, n_iter_no_change=10_000,
-               random_state=0, **extra)
+    return cls(
+        hidden_layer_sizes=p["hidden"],
+        max_iter=p.get("epochs", 1),
+        tol=0.0,
+        n_iter_no_change=10_000,
+        random_state=0,
+        **extra,
+    )
 
 
 def _fit_step(cls, p, **extra):
@@ -86,8 +100,9 @@ def _fit_step(cls, p, **extra):
 
     def step():
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")   # ConvergenceWarning: the epochs are fixed on purpose
+            warnings.simplefilter("ignore")  # ConvergenceWarning: the epochs are fixed on purpose
             return est.fit(X, y)
+
     step.estimator = est
     return step
 
@@ -138,16 +153,23 @@ def section_lines(results: dict) -> list[str]:
     wl = next((w for w in results.get("workloads", []) if w.get("id") == "SKL" and w.get("cases")), None)
     if wl is None:
         return []
-    fast = [n for n in ROW_ORDER if n in ("numpy", "numba", "cython")
-            and any(c["rows"].get(n, {}).get("median") for c in wl["cases"])]
-    cols = ["case", "scikit-learn"] + [ROW_LABELS[n] for n in fast] + [f"{ROW_LABELS[n]} vs scikit-learn"
-                                                                       for n in fast]
+    fast = [
+        n
+        for n in ROW_ORDER
+        if n in ("numpy", "numba", "cython") and any(c["rows"].get(n, {}).get("median") for c in wl["cases"])
+    ]
+    cols = ["case", "scikit-learn"] + [ROW_LABELS[n] for n in fast] + [f"{ROW_LABELS[n]} vs scikit-learn" for n in fast]
     threads = results.get("settings", {}).get("threads")
-    lines = ["## fastnn.sklearn against scikit-learn", "",
-             f"Whole calls, {threads} thread(s); \"vs scikit-learn\" is scikit-learn's time over fastnn's, measured "
-             "in the same rounds (above 1× = fastnn faster). fastnn float32, scikit-learn float64 (each one's "
-             "default) unless the case says otherwise.", "",
-             "| " + " | ".join(cols) + " |", "|:---|" + "|".join("---:" for _ in cols[1:]) + "|"]
+    lines = [
+        "## fastnn.sklearn against scikit-learn",
+        "",
+        f"Whole calls, {threads} thread(s); \"vs scikit-learn\" is scikit-learn's time over fastnn's, measured "
+        "in the same rounds (above 1× = fastnn faster). fastnn float32, scikit-learn float64 (each one's "
+        "default) unless the case says otherwise.",
+        "",
+        "| " + " | ".join(cols) + " |",
+        "|:---|" + "|".join("---:" for _ in cols[1:]) + "|",
+    ]
     for case in wl["cases"]:
         rows = case["rows"]
         sk = rows.get("sklearn", {}).get("median")

@@ -21,8 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["Case", "Workload", "WORKLOADS", "get_workloads", "missing", "resolve", "build_step",
-           "gemm_shapes_flops"]
+__all__ = ["Case", "Workload", "WORKLOADS", "get_workloads", "missing", "resolve", "build_step", "gemm_shapes_flops"]
 
 DTYPE = np.float32
 SEED = 1234
@@ -93,6 +92,7 @@ class Workload:
 
 # -- helpers -----------------------------------------------------------------
 
+
 def resolve(dotted: str):
     """Import ``"pkg.mod.attr"`` and return the attribute, or raise LookupError."""
     parts = dotted.split(".")
@@ -135,12 +135,17 @@ def gemm_shapes_flops(shapes) -> float:
 
 def _mlp_gemms(i, h, o, b):
     """Matrix products of one train step of Linear(i,h)-ReLU-Linear(h,o), batch b."""
-    return [(b, i, h), (b, h, o),          # forward
-            (o, b, h), (b, o, h),          # layer 2: dW, dx
-            (h, b, i)]                     # layer 1: dW (no dx for the input)
+    return [
+        (b, i, h),
+        (b, h, o),  # forward
+        (o, b, h),
+        (b, o, h),  # layer 2: dW, dx
+        (h, b, i),
+    ]  # layer 1: dW (no dx for the input)
 
 
 # -- the workloads -----------------------------------------------------------
+
 
 def _w1(quick, tiny):
     sizes = [(64, 64, 64)] if tiny else [(64, 64, 64), (256, 256, 256), (1024, 1024, 1024)]
@@ -164,8 +169,17 @@ def _w2(quick, tiny):
 def _mlp(wid, i, h, o, b):
     def cases(quick, tiny):
         shapes = _mlp_gemms(i, h, o, b)
-        return [Case(wid, f"train step {i}-{h}-{o} B={b}", "mlp", dict(i=i, h=h, o=o, b=b),
-                     flops=gemm_shapes_flops(shapes), gemm_shapes=shapes)]
+        return [
+            Case(
+                wid,
+                f"train step {i}-{h}-{o} B={b}",
+                "mlp",
+                dict(i=i, h=h, o=o, b=b),
+                flops=gemm_shapes_flops(shapes),
+                gemm_shapes=shapes,
+            )
+        ]
+
     return cases
 
 
@@ -187,8 +201,9 @@ def _lstm(quick, tiny):
 def _conv(quick, tiny):
     b, c, o, hw = (1, 8, 8, 16) if tiny else (8, 64, 64, 56)
     flops = 2.0 * b * o * c * 9 * hw * hw
-    return [Case("CONV", f"conv3x3 {c}->{o} {hw}x{hw} B={b} forward", "conv3x3",
-                 dict(b=b, c=c, o=o, hw=hw), flops=flops)]
+    return [
+        Case("CONV", f"conv3x3 {c}->{o} {hw}x{hw} B={b} forward", "conv3x3", dict(b=b, c=c, o=o, hw=hw), flops=flops)
+    ]
 
 
 def _kern(quick, tiny):
@@ -198,8 +213,13 @@ def _kern(quick, tiny):
         # logits read twice (max/exp pass, gradient pass), gradient written once
         Case("KERN", f"softmax-CE {b}x{c}", "ce", dict(b=b, c=c), bytes=3.0 * 4 * b * c),
         # Adam reads param, grad, m, v and writes param, m, v
-        Case("KERN", f"Adam {n / (1 << 20):g}M params" if n >= 1 << 20 else f"Adam {n} params",
-             "adam", dict(n=n), bytes=7.0 * 4 * n),
+        Case(
+            "KERN",
+            f"Adam {n / (1 << 20):g}M params" if n >= 1 << 20 else f"Adam {n} params",
+            "adam",
+            dict(n=n),
+            bytes=7.0 * 4 * n,
+        ),
     ]
 
 
@@ -210,33 +230,80 @@ def _gemm(quick, tiny):
         sizes = [64, 256, 1024]
     else:
         sizes = [32, 64, 128, 256, 512, 1024]
-    return [Case("GEMM", f"gemm n={n}", "gemm", dict(m=n, k=n, n=n), flops=2.0 * n ** 3) for n in sizes]
+    return [Case("GEMM", f"gemm n={n}", "gemm", dict(m=n, k=n, n=n), flops=2.0 * n**3) for n in sizes]
 
 
-_TRAIN = ("fastnn.nn.Sequential", "fastnn.nn.Linear", "fastnn.nn.ReLU", "fastnn.nn.CrossEntropyLoss",
-          "fastnn.optim.SGD")
+_TRAIN = (
+    "fastnn.nn.Sequential",
+    "fastnn.nn.Linear",
+    "fastnn.nn.ReLU",
+    "fastnn.nn.CrossEntropyLoss",
+    "fastnn.optim.SGD",
+)
 
 WORKLOADS: list[Workload] = [
     Workload("W1", "matrix multiply C = A·B (fastnn.ops.matmul)", "gemm", ("fastnn.ops.matmul",), _w1),
-    Workload("W2", "activations, forward and backward, 4M elements", "copy",
-             ("fastnn.ops.relu", "fastnn.ops.relu_backward", "fastnn.ops.sigmoid",
-              "fastnn.ops.sigmoid_backward", "fastnn.ops.tanh", "fastnn.ops.tanh_backward"), _w2),
-    Workload("W3", "MLP train step 64-128-10, ReLU, softmax CE, SGD momentum, batch 32", "gemm_time",
-             _TRAIN, _mlp("W3", 64, 128, 10, 32)),
-    Workload("W4", "MLP train step 784-256-10, ReLU, softmax CE, SGD momentum, batch 128", "gemm_time",
-             _TRAIN, _mlp("W4", 784, 256, 10, 128)),
-    Workload("W5", "CNN train step 1x28x28, conv8-pool-conv16-pool-linear, batch 64", None,
-             _TRAIN + ("fastnn.nn.Conv2d", "fastnn.nn.MaxPool2d", "fastnn.nn.Flatten"), _w5),
-    Workload("W6", "tanh RNN train step (forward + BPTT, MSE, SGD)", None,
-             ("fastnn.nn.RNN", "fastnn.optim.SGD", "fastnn.ops.mse_loss"), _w6),
-    Workload("LSTM", "LSTM forward + backward (MSE on the outputs)", None,
-             ("fastnn.nn.LSTM", "fastnn.ops.mse_loss"), _lstm),
+    Workload(
+        "W2",
+        "activations, forward and backward, 4M elements",
+        "copy",
+        (
+            "fastnn.ops.relu",
+            "fastnn.ops.relu_backward",
+            "fastnn.ops.sigmoid",
+            "fastnn.ops.sigmoid_backward",
+            "fastnn.ops.tanh",
+            "fastnn.ops.tanh_backward",
+        ),
+        _w2,
+    ),
+    Workload(
+        "W3",
+        "MLP train step 64-128-10, ReLU, softmax CE, SGD momentum, batch 32",
+        "gemm_time",
+        _TRAIN,
+        _mlp("W3", 64, 128, 10, 32),
+    ),
+    Workload(
+        "W4",
+        "MLP train step 784-256-10, ReLU, softmax CE, SGD momentum, batch 128",
+        "gemm_time",
+        _TRAIN,
+        _mlp("W4", 784, 256, 10, 128),
+    ),
+    Workload(
+        "W5",
+        "CNN train step 1x28x28, conv8-pool-conv16-pool-linear, batch 64",
+        None,
+        _TRAIN + ("fastnn.nn.Conv2d", "fastnn.nn.MaxPool2d", "fastnn.nn.Flatten"),
+        _w5,
+    ),
+    Workload(
+        "W6",
+        "tanh RNN train step (forward + BPTT, MSE, SGD)",
+        None,
+        ("fastnn.nn.RNN", "fastnn.optim.SGD", "fastnn.ops.mse_loss"),
+        _w6,
+    ),
+    Workload(
+        "LSTM", "LSTM forward + backward (MSE on the outputs)", None, ("fastnn.nn.LSTM", "fastnn.ops.mse_loss"), _lstm
+    ),
     Workload("CONV", "3x3 convolution forward, padding 1", "gemm", ("fastnn.nn.Conv2d",), _conv),
-    Workload("KERN", "loss and optimizer kernels", "copy",
-             ("fastnn.ops.softmax_cross_entropy", "fastnn.ops.adam_update"), _kern),
-    Workload("GEMM", "hand-written GEMM GFLOP/s vs size (numpy row: BLAS)", "gemm",
-             ("fastnn.gemm.set_gemm", "fastnn.gemm.get_gemm"), _gemm,
-             note="compiled backends forced to their own GEMM with fastnn.set_gemm('own')"),
+    Workload(
+        "KERN",
+        "loss and optimizer kernels",
+        "copy",
+        ("fastnn.ops.softmax_cross_entropy", "fastnn.ops.adam_update"),
+        _kern,
+    ),
+    Workload(
+        "GEMM",
+        "hand-written GEMM GFLOP/s vs size (numpy row: BLAS)",
+        "gemm",
+        ("fastnn.gemm.set_gemm", "fastnn.gemm.get_gemm"),
+        _gemm,
+        note="compiled backends forced to their own GEMM with fastnn.set_gemm('own')",
+    ),
 ]
 
 
@@ -259,12 +326,15 @@ def get_workloads(ids=None) -> list[Workload]:
     known = {w.id: w for w in every}
     unknown = [i for i in wanted if i not in known]
     if unknown:
-        raise ValueError(f"unknown workload(s) {', '.join(unknown)}; choose from "
-                         f"{', '.join(list(known) + [i for i in OPTIONAL_WORKLOADS if i not in known])}")
+        raise ValueError(
+            f"unknown workload(s) {', '.join(unknown)}; choose from "
+            f"{', '.join(list(known) + [i for i in OPTIONAL_WORKLOADS if i not in known])}"
+        )
     return [w for w in every if w.id in wanted]
 
 
 # -- fastnn steps --------------------------------------------------------------
+
 
 def _fastnn():
     import fastnn
@@ -332,6 +402,7 @@ def _train_step(model, loss_fn, opt, x, y):
         model.backward(loss_fn.backward())
         opt.step()
         return loss
+
     return step
 
 
@@ -350,9 +421,15 @@ def _step_cnn(p):
     nn = _fastnn().nn
     rng = _rng()
     model = nn.Sequential(
-        nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(16 * 7 * 7, 10))
+        nn.Conv2d(1, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(8, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(16 * 7 * 7, 10),
+    )
     opt = _optim().SGD(model.parameters(), lr=0.01, momentum=0.9)
     x = _randn(rng, p["b"], 1, 28, 28)
     y = rng.integers(0, 10, p["b"])
@@ -380,7 +457,7 @@ def _recurrent_step(fastnn, p, layer, opt=None):
     ws = _workspace(fastnn, layer)
 
     def step():
-        with ws:   # buffers reused across steps, as in fit()
+        with ws:  # buffers reused across steps, as in fit()
             out = _first(layer(x))
             loss, _ = mse(out, target, grad=grad)
             # the first layer: no dL/dx, as in fit() and as PyTorch does for an input needing no gradient
@@ -388,6 +465,7 @@ def _recurrent_step(fastnn, p, layer, opt=None):
             if opt is not None:
                 opt.step()
         return loss
+
     return step
 
 
@@ -428,6 +506,7 @@ def _step_adam(p):
     def step():
         t[0] += 1
         ops.adam_update(param, grad, m, v, t[0], lr=1e-3)
+
     return step
 
 
@@ -436,9 +515,17 @@ def _step_gemm(p):
 
 
 _BUILDERS = {
-    "matmul": _step_matmul, "act_forward": _step_act_forward, "act_backward": _step_act_backward,
-    "mlp": _step_mlp, "cnn": _step_cnn, "rnn": _step_rnn, "lstm": _step_lstm, "conv3x3": _step_conv3x3,
-    "ce": _step_ce, "adam": _step_adam, "gemm": _step_gemm,
+    "matmul": _step_matmul,
+    "act_forward": _step_act_forward,
+    "act_backward": _step_act_backward,
+    "mlp": _step_mlp,
+    "cnn": _step_cnn,
+    "rnn": _step_rnn,
+    "lstm": _step_lstm,
+    "conv3x3": _step_conv3x3,
+    "ce": _step_ce,
+    "adam": _step_adam,
+    "gemm": _step_gemm,
 }
 
 
@@ -468,5 +555,6 @@ def build_gemm_only(case: Case) -> Callable[[], object] | None:
     def step():
         for a, b, c in triples:
             np.matmul(a, b, out=c)
+
     step.products = triples
     return step

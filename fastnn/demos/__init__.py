@@ -18,8 +18,9 @@ def add_training_arguments(parser, *, epochs: int, lr: float, optimizer: str, ba
     """The options every training demo takes: epochs, batch size, learning rate, seed, progress bar."""
     parser.add_argument("--epochs", type=int, default=epochs, help=f"training epochs (default {epochs})")
     if batch_size is not None:
-        parser.add_argument("--batch-size", type=int, default=batch_size,
-                            help=f"samples per step (default {batch_size})")
+        parser.add_argument(
+            "--batch-size", type=int, default=batch_size, help=f"samples per step (default {batch_size})"
+        )
     parser.add_argument("--lr", type=float, default=lr, help=f"{optimizer} learning rate (default {lr:g})")
     parser.add_argument("--seed", type=int, default=0, help="seed of the data, initialisation and shuffling")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")

@@ -38,8 +38,18 @@ def train(hidden=32, epochs=400, lr=0.01, seed=0, progress=False):
     model = nn.Sequential(nn.Linear(1, hidden, dtype=np.float64), nn.Tanh(), nn.Linear(hidden, 1, dtype=np.float64))
     opt = optim.Adam(model.parameters(), lr=lr)
     schedule = optim.CosineAnnealingLR(opt, T_max=max(epochs, 1))
-    history = fastnn.fit(model, x, target, loss=nn.MSELoss(), optimizer=opt, epochs=epochs, batch_size=32,
-                         seed=seed, progress=progress, scheduler=schedule)
+    history = fastnn.fit(
+        model,
+        x,
+        target,
+        loss=nn.MSELoss(),
+        optimizer=opt,
+        epochs=epochs,
+        batch_size=32,
+        seed=seed,
+        progress=progress,
+        scheduler=schedule,
+    )
     return model, history, x, target, fastnn.predict(model, x)
 
 
@@ -68,8 +78,7 @@ def plot(path, x, target, fit, losses) -> None:
 def run(args) -> int:
     import numpy as np
 
-    model, history, x, target, fit = train(args.hidden, args.epochs, args.lr, args.seed,
-                                           progress=not args.no_progress)
+    model, history, x, target, fit = train(args.hidden, args.epochs, args.lr, args.seed, progress=not args.no_progress)
     print(f"final MSE {history['loss'][-1]:.2e}, max |error| {np.max(np.abs(fit - target)):.3e}")
     if not args.no_plot:
         os.makedirs(args.out, exist_ok=True)

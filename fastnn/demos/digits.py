@@ -45,8 +45,18 @@ def train(epochs=30, batch_size=32, hidden=128, lr=0.1, momentum=0.9, seed=0, pr
     model = nn.Sequential(nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, 10))
     opt = optim.SGD(model.parameters(), lr=lr, momentum=momentum)
     start = time.perf_counter()
-    history = fastnn.fit(model, X_train, y_train, loss=nn.CrossEntropyLoss(), optimizer=opt, epochs=epochs,
-                         batch_size=batch_size, validation_data=(X_test, y_test), seed=seed, progress=progress)
+    history = fastnn.fit(
+        model,
+        X_train,
+        y_train,
+        loss=nn.CrossEntropyLoss(),
+        optimizer=opt,
+        epochs=epochs,
+        batch_size=batch_size,
+        validation_data=(X_test, y_test),
+        seed=seed,
+        progress=progress,
+    )
     seconds = time.perf_counter() - start
     accuracy = fastnn.evaluate(model, X_test, y_test)["accuracy"]
     return model, history, accuracy, seconds, len(y_test)
@@ -55,11 +65,14 @@ def train(epochs=30, batch_size=32, hidden=128, lr=0.1, momentum=0.9, seed=0, pr
 def run(args) -> int:
     import fastnn
 
-    model, history, accuracy, seconds, n_test = train(args.epochs, args.batch_size, args.hidden, args.lr, args.momentum,
-                                              args.seed, progress=not args.no_progress)
+    model, history, accuracy, seconds, n_test = train(
+        args.epochs, args.batch_size, args.hidden, args.lr, args.momentum, args.seed, progress=not args.no_progress
+    )
     print(model)
     print(f"backend: {fastnn.get_backend()}  threads: {fastnn.get_num_threads()}")
-    print(f"{history.epochs} epochs in {seconds:.2f} s; final train loss {history['loss'][-1]:.4f}, "
-          f"train accuracy {history['accuracy'][-1]:.4f}")
+    print(
+        f"{history.epochs} epochs in {seconds:.2f} s; final train loss {history['loss'][-1]:.4f}, "
+        f"train accuracy {history['accuracy'][-1]:.4f}"
+    )
     print(f"test accuracy: {accuracy:.4f} ({round(accuracy * n_test)}/{n_test} held-out images)")
     return 0

@@ -36,11 +36,14 @@ def build_model(channels=32):
 
     c = channels
     return nn.Sequential(
-        nn.Conv2d(1, c, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(c, 2 * c, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(1, c, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(c, 2 * c, 3, padding=1),
+        nn.ReLU(),
         nn.MaxPool2d(2),
         nn.Flatten(),
-        nn.Linear(2 * c * 4 * 4, 64), nn.ReLU(),
+        nn.Linear(2 * c * 4 * 4, 64),
+        nn.ReLU(),
         nn.Linear(64, 10),
     )
 
@@ -55,8 +58,18 @@ def train(epochs=20, batch_size=32, channels=32, lr=2e-3, seed=0, progress=False
     model = build_model(channels)
     opt = optim.Adam(model.parameters(), lr=lr)
     start = time.perf_counter()
-    history = fastnn.fit(model, X_train, y_train, loss=nn.CrossEntropyLoss(), optimizer=opt, epochs=epochs,
-                         batch_size=batch_size, validation_data=(X_test, y_test), seed=seed, progress=progress)
+    history = fastnn.fit(
+        model,
+        X_train,
+        y_train,
+        loss=nn.CrossEntropyLoss(),
+        optimizer=opt,
+        epochs=epochs,
+        batch_size=batch_size,
+        validation_data=(X_test, y_test),
+        seed=seed,
+        progress=progress,
+    )
     seconds = time.perf_counter() - start
     accuracy = fastnn.evaluate(model, X_test, y_test)["accuracy"]
     return model, history, accuracy, seconds
@@ -65,11 +78,14 @@ def train(epochs=20, batch_size=32, channels=32, lr=2e-3, seed=0, progress=False
 def run(args) -> int:
     import fastnn
 
-    model, history, accuracy, seconds = train(args.epochs, args.batch_size, args.channels, args.lr, args.seed,
-                                              progress=not args.no_progress)
+    model, history, accuracy, seconds = train(
+        args.epochs, args.batch_size, args.channels, args.lr, args.seed, progress=not args.no_progress
+    )
     print(model)
     print(f"backend: {fastnn.get_backend()}  threads: {fastnn.get_num_threads()}")
-    print(f"{history.epochs} epochs in {seconds:.2f} s; final train loss {history['loss'][-1]:.4f}, "
-          f"train accuracy {history['accuracy'][-1]:.4f}")
+    print(
+        f"{history.epochs} epochs in {seconds:.2f} s; final train loss {history['loss'][-1]:.4f}, "
+        f"train accuracy {history['accuracy'][-1]:.4f}"
+    )
     print(f"test accuracy: {accuracy:.4f} on the held-out split")
     return 0

@@ -32,12 +32,22 @@ _RANK_VARIABLES = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "SLURM_NTASK
 
 def add_arguments(parser) -> None:
     add_training_arguments(parser, epochs=10, lr=0.1, optimizer="SGD", batch_size=16)
-    parser.add_argument("--sync-every", type=int, default=None, metavar="K",
-                        help="local SGD: average parameters every K steps instead of gradients every step")
+    parser.add_argument(
+        "--sync-every",
+        type=int,
+        default=None,
+        metavar="K",
+        help="local SGD: average parameters every K steps instead of gradients every step",
+    )
     parser.add_argument("--checkpoint", default=None, metavar="PATH", help="write a checkpoint every epoch")
     parser.add_argument("--resume", default=None, metavar="PATH", help="continue from a checkpoint")
-    parser.add_argument("--launch", type=int, default=None, metavar="N",
-                        help="run the demo under mpiexec with N ranks instead of printing the command")
+    parser.add_argument(
+        "--launch",
+        type=int,
+        default=None,
+        metavar="N",
+        help="run the demo under mpiexec with N ranks instead of printing the command",
+    )
 
 
 def command(n: int = 2, args=()) -> list[str]:
@@ -64,18 +74,35 @@ def train(args) -> int:
     model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))
     opt = optim.SGD(model.parameters(), lr=args.lr, momentum=0.9)
     if world.rank == 0:
-        print(f"{world.size} ranks x batch {args.batch_size} = {world.size * args.batch_size} samples per step"
-              + (f", parameters averaged every {args.sync_every} steps" if args.sync_every else ""))
+        print(
+            f"{world.size} ranks x batch {args.batch_size} = {world.size * args.batch_size} samples per step"
+            + (f", parameters averaged every {args.sync_every} steps" if args.sync_every else "")
+        )
     start = time.perf_counter()
-    history = fastnn.fit(model, X_train, y_train, loss=nn.CrossEntropyLoss(), optimizer=opt, epochs=args.epochs,
-                         batch_size=args.batch_size, validation_data=(X_test, y_test), seed=args.seed,
-                         progress=False, verbose=not args.no_progress, distributed=True,
-                         sync_every=args.sync_every, checkpoint=args.checkpoint, resume=args.resume)
+    history = fastnn.fit(
+        model,
+        X_train,
+        y_train,
+        loss=nn.CrossEntropyLoss(),
+        optimizer=opt,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        validation_data=(X_test, y_test),
+        seed=args.seed,
+        progress=False,
+        verbose=not args.no_progress,
+        distributed=True,
+        sync_every=args.sync_every,
+        checkpoint=args.checkpoint,
+        resume=args.resume,
+    )
     seconds = time.perf_counter() - start
     if world.rank == 0:
         n = len(y_train) * max(history.epochs, 1)
-        print(f"{history.epochs} epochs in {seconds:.2f} s ({n / seconds:,.0f} samples/s over all ranks); "
-              f"test accuracy: {history['val_accuracy'][-1]:.4f}")
+        print(
+            f"{history.epochs} epochs in {seconds:.2f} s ({n / seconds:,.0f} samples/s over all ranks); "
+            f"test accuracy: {history['val_accuracy'][-1]:.4f}"
+        )
         same = np.concatenate([p.data.ravel() for p in model.parameters()])
     else:
         same = None
@@ -84,11 +111,23 @@ def train(args) -> int:
 
 def _passed(args) -> list[str]:
     """The options of this run, for the command line of the ranks."""
-    out = ["--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--lr", repr(args.lr),
-           "--seed", str(args.seed)]
-    for flag, value in (("--sync-every", args.sync_every), ("--checkpoint", args.checkpoint),
-                        ("--resume", args.resume), ("--backend", getattr(args, "backend", None)),
-                        ("--threads", getattr(args, "threads", None))):
+    out = [
+        "--epochs",
+        str(args.epochs),
+        "--batch-size",
+        str(args.batch_size),
+        "--lr",
+        repr(args.lr),
+        "--seed",
+        str(args.seed),
+    ]
+    for flag, value in (
+        ("--sync-every", args.sync_every),
+        ("--checkpoint", args.checkpoint),
+        ("--resume", args.resume),
+        ("--backend", getattr(args, "backend", None)),
+        ("--threads", getattr(args, "threads", None)),
+    ):
         if value is not None:
             out += [flag, str(value)]
     return out + (["--no-progress"] if args.no_progress else [])
@@ -101,9 +140,11 @@ def run(args) -> int:
 
     cmd = command(args.launch or 2, _passed(args))
     if args.launch is None:
-        print("Run the demo under MPI, one process per rank:\n\n    " + shlex.join(cmd) + "\n\n"
-              "(fastnn demo distributed --launch 2 runs it; Open MPI as root needs --allow-run-as-root, "
-              "more ranks than cores --oversubscribe)")
+        print(
+            "Run the demo under MPI, one process per rank:\n\n    " + shlex.join(cmd) + "\n\n"
+            "(fastnn demo distributed --launch 2 runs it; Open MPI as root needs --allow-run-as-root, "
+            "more ranks than cores --oversubscribe)"
+        )
         if not _installed("mpi4py"):
             print(f"mpi4py is not installed: {MPI_HINT}")
         return 0
@@ -111,7 +152,7 @@ def run(args) -> int:
         print(f"fastnn demo distributed needs mpi4py and an MPI library: {MPI_HINT}", file=sys.stderr)
         return 2
     env = dict(os.environ)
-    if hasattr(os, "geteuid") and os.geteuid() == 0:   # Open MPI refuses root unless told (containers)
+    if hasattr(os, "geteuid") and os.geteuid() == 0:  # Open MPI refuses root unless told (containers)
         env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
     if args.launch > (os.cpu_count() or 1):
         env.update(OMPI_MCA_rmaps_base_oversubscribe="1", PRTE_MCA_rmaps_default_mapping_policy=":oversubscribe")

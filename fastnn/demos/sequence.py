@@ -49,7 +49,7 @@ def make_data(n, seq_len, noise, rng, dtype=np.float32):
     y : ndarray (T, n, 1), the clean next values c_1 .. c_T
     """
     t = np.arange(seq_len + 1)[:, None]
-    freq = rng.uniform(0.1, 0.3, n)[None, :]           # radians per step
+    freq = rng.uniform(0.1, 0.3, n)[None, :]  # radians per step
     phase = rng.uniform(0, 2 * math.pi, n)[None, :]
     clean = np.sin(freq * t + phase)
     noisy = clean + noise * rng.standard_normal(clean.shape)
@@ -70,7 +70,7 @@ def build_model(cell, hidden, rng, dtype=np.float32):
             self.head = nn.Linear(hidden, 1, dtype=dtype, rng=rng)
 
         def forward(self, x):
-            h = self.rnn(x)                                   # (T, B, H)
+            h = self.rnn(x)  # (T, B, H)
             T, B, H = h.shape
             return self.head(h.reshape(T * B, H)).reshape(T, B, 1)
 
@@ -93,8 +93,10 @@ def train(args, log=print):
     model = build_model(args.cell, args.hidden, rng)
     loss_fn = nn.MSELoss()
     opt = optim.Adam(model.parameters(), lr=args.lr)
-    log(f"sequence demo: {args.cell.upper()} hidden={args.hidden}, T={args.seq_len}, "
-        f"{args.train} training sequences, backend={fastnn.get_backend()}")
+    log(
+        f"sequence demo: {args.cell.upper()} hidden={args.hidden}, T={args.seq_len}, "
+        f"{args.train} training sequences, backend={fastnn.get_backend()}"
+    )
 
     steps = 0
     history = []
@@ -104,7 +106,7 @@ def train(args, log=print):
         order = rng.permutation(n)
         total = 0.0
         for start in range(0, n, args.batch_size):
-            idx = order[start:start + args.batch_size]
+            idx = order[start : start + args.batch_size]
             xb = np.ascontiguousarray(x_train[:, idx])
             yb = np.ascontiguousarray(y_train[:, idx])
             loss = loss_fn(model(xb), yb)
@@ -123,8 +125,15 @@ def train(args, log=print):
     naive_mse = float(np.mean((x_test - y_test) ** 2))
     log(f"test mse {test_mse:.5f}   naive forecast (next = current noisy value) {naive_mse:.5f}")
     log(f"training took {seconds:.2f} s ({seconds / max(steps, 1) * 1e3:.2f} ms per step)")
-    return dict(history=history, test_mse=test_mse, naive_mse=naive_mse, x_test=x_test, y_test=y_test,
-                pred_test=pred_test, seconds=seconds)
+    return dict(
+        history=history,
+        test_mse=test_mse,
+        naive_mse=naive_mse,
+        x_test=x_test,
+        y_test=y_test,
+        pred_test=pred_test,
+        seconds=seconds,
+    )
 
 
 def plot(result, path, cell):
@@ -140,8 +149,9 @@ def plot(result, path, cell):
         ax.plot(result["pred_test"][:, j, 0], "--", color="C3", label="prediction")
         ax.set_xlabel("time step")
     axes[0].legend(loc="upper right", fontsize=8)
-    axes[0].set_title(f"{cell.upper()} next-step prediction: test mse {result['test_mse']:.4f} "
-                      f"(naive {result['naive_mse']:.4f})")
+    axes[0].set_title(
+        f"{cell.upper()} next-step prediction: test mse {result['test_mse']:.4f} (naive {result['naive_mse']:.4f})"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -26,14 +26,15 @@ REQUIRES = {"sklearn": "scikit-learn"}
 
 def add_arguments(parser) -> None:
     parser.add_argument("--max-iter", type=int, default=200, help="epochs for both (default 200, scikit-learn's)")
-    parser.add_argument("--dtype", default="float32", choices=("float32", "float64"),
-                        help="fastnn's precision (default float32)")
+    parser.add_argument(
+        "--dtype", default="float32", choices=("float32", "float64"), help="fastnn's precision (default float32)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="random_state of the split and of both models")
 
 
 def _fit(cls, X_train, y_train, X_test, y_test, **params):
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")   # a ConvergenceWarning when --max-iter stops both early
+        warnings.simplefilter("ignore")  # a ConvergenceWarning when --max-iter stops both early
         start = time.perf_counter()
         model = cls(**params).fit(X_train, y_train)
         seconds = time.perf_counter() - start
@@ -55,11 +56,16 @@ def run(args) -> int:
     _fit(MLPClassifier, X_train[:200], y_train[:200], X_test, y_test, max_iter=1, dtype=args.dtype)
     sk, sk_s, sk_acc = _fit(SklearnMLP, X_train, y_train, X_test, y_test, **params)
     ours, our_s, our_acc = _fit(MLPClassifier, X_train, y_train, X_test, y_test, dtype=args.dtype, **params)
-    print(f"digits: {len(y_train)} training and {len(y_test)} test images, MLPClassifier(max_iter={args.max_iter}, "
-          f"random_state={args.seed})")
-    print(f"scikit-learn {'sklearn.neural_network':24s} {sk.n_iter_:4d} epochs {sk_s:8.3f} s   "
-          f"test accuracy {sk_acc:.4f}")
-    print(f"fastnn       {'fastnn.sklearn (' + args.dtype + ')':24s} {ours.n_iter_:4d} epochs {our_s:8.3f} s   "
-          f"test accuracy {our_acc:.4f}")
+    print(
+        f"digits: {len(y_train)} training and {len(y_test)} test images, MLPClassifier(max_iter={args.max_iter}, "
+        f"random_state={args.seed})"
+    )
+    print(
+        f"scikit-learn {'sklearn.neural_network':24s} {sk.n_iter_:4d} epochs {sk_s:8.3f} s   test accuracy {sk_acc:.4f}"
+    )
+    print(
+        f"fastnn       {'fastnn.sklearn (' + args.dtype + ')':24s} {ours.n_iter_:4d} epochs {our_s:8.3f} s   "
+        f"test accuracy {our_acc:.4f}"
+    )
     print(f"fastnn is {sk_s / our_s:.1f}x faster (backend {fastnn.get_backend()}, {ours.n_threads_} thread(s))")
     return 0

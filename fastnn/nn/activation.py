@@ -57,8 +57,7 @@ class _Activation(Module):
         return {}
 
     @classmethod
-    def parameters_from_config(cls, config: dict[str, Any],
-                               children: Collection[str] = ()) -> list[ParameterSpec]:
+    def parameters_from_config(cls, config: dict[str, Any], children: Collection[str] = ()) -> list[ParameterSpec]:
         """No parameters; the config must be empty (see Module)."""
         _v.layer_config(config, cls.__name__, (), children)
         return []
@@ -114,11 +113,13 @@ class LeakyReLU(_Activation):
         return f"negative_slope={self.negative_slope}"
 
     @classmethod
-    def parameters_from_config(cls, config: dict[str, Any],
-                               children: Collection[str] = ()) -> list[ParameterSpec]:
+    def parameters_from_config(cls, config: dict[str, Any], children: Collection[str] = ()) -> list[ParameterSpec]:
         """No parameters; checks ``negative_slope`` (see Module)."""
-        _v.strict_real(_v.layer_config(config, "LeakyReLU", ("negative_slope",), children)["negative_slope"],
-                       "negative_slope", low=0)
+        _v.strict_real(
+            _v.layer_config(config, "LeakyReLU", ("negative_slope",), children)["negative_slope"],
+            "negative_slope",
+            low=0,
+        )
         return []
 
 
@@ -150,8 +151,7 @@ class Softmax(_Activation):
         return f"dim={self.dim}"
 
     @classmethod
-    def parameters_from_config(cls, config: dict[str, Any],
-                               children: Collection[str] = ()) -> list[ParameterSpec]:
+    def parameters_from_config(cls, config: dict[str, Any], children: Collection[str] = ()) -> list[ParameterSpec]:
         """No parameters; checks ``dim`` (see Module)."""
         if _v.strict_int(_v.layer_config(config, "Softmax", ("dim",), children)["dim"], "dim") not in (-1, 1):
             raise ValueError(f"Softmax supports only dim=-1 or 1, got dim={config['dim']!r}")

@@ -40,8 +40,9 @@ def _fused_forward(linear: Linear, activation: DenseActivation) -> Callable[[Arr
     return step
 
 
-def _dropout_step(dropout: Dropout, relu: ReLU | None = None,
-                  inplace: bool = False) -> Callable[[ArrayLike], ArrayLike]:
+def _dropout_step(
+    dropout: Dropout, relu: ReLU | None = None, inplace: bool = False
+) -> Callable[[ArrayLike], ArrayLike]:
     forward = dropout._fused_forward
 
     def step(x: ArrayLike) -> ArrayLike:
@@ -138,12 +139,12 @@ class Sequential(Module):
             m = mods[i]
             nxt = mods[i + 1] if i + 1 < len(mods) else None
             act = getattr(nxt, "fused_activation", None) if type(m) is Linear else None
-            if act is not None and type(m) is Linear:   # act is only set after a Linear
-                fwd.append(_fused_forward(m, act))   # the Linear's backward covers the activation
+            if act is not None and type(m) is Linear:  # act is only set after a Linear
+                fwd.append(_fused_forward(m, act))  # the Linear's backward covers the activation
                 maskable = act == "relu"
                 i += 2
             elif type(m) is ReLU and isinstance(nxt, Dropout) and not nxt.inplace:
-                fwd.append(_dropout_step(nxt, relu=m))   # the Dropout's backward covers the ReLU
+                fwd.append(_dropout_step(nxt, relu=m))  # the Dropout's backward covers the ReLU
                 m = nxt
                 maskable = False
                 i += 2
@@ -194,8 +195,7 @@ class Sequential(Module):
         return cls(*[children[k] for k in sorted(children, key=int)])
 
     @classmethod
-    def parameters_from_config(cls, config: dict[str, Any],
-                               children: Collection[str] = ()) -> list[ParameterSpec]:
+    def parameters_from_config(cls, config: dict[str, Any], children: Collection[str] = ()) -> list[ParameterSpec]:
         """No parameters of its own; the children must be named "0", "1", ... in order (see Module)."""
         _v.layer_config(config, "Sequential", ())
         names = list(children)

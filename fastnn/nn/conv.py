@@ -36,11 +36,16 @@ def _fmt(pair: tuple[int, int]) -> int | tuple[int, int]:
     return pair[0] if pair[0] == pair[1] else pair
 
 
-def _conv_parameters(config: dict[str, Any], children: Collection[str], layer: str,
-                     size: Callable[[Any, str, int], tuple[int, ...]]) -> list[ParameterSpec]:
+def _conv_parameters(
+    config: dict[str, Any], children: Collection[str], layer: str, size: Callable[[Any, str, int], tuple[int, ...]]
+) -> list[ParameterSpec]:
     """``parameters_from_config`` of a convolution ``layer`` whose sizes ``size`` checks (a pair, or one int)."""
-    c = _v.layer_config(config, layer, ("in_channels", "out_channels", "kernel_size", "stride", "padding",
-                                        "dilation", "bias", "dtype"), children)
+    c = _v.layer_config(
+        config,
+        layer,
+        ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "bias", "dtype"),
+        children,
+    )
     i, o = _v.positive_int(c["in_channels"], "in_channels"), _v.positive_int(c["out_channels"], "out_channels")
     k = size(c["kernel_size"], "kernel_size", 1)
     size(c["stride"], "stride", 1), size(c["padding"], "padding", 0), size(c["dilation"], "dilation", 1)
@@ -97,9 +102,18 @@ class Conv2d(Module):
 
     _plan: ops.ConvPlan
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: IntPair, stride: IntPair = 1,
-                 padding: IntPair = 0, dilation: IntPair = 1, bias: bool = True, dtype: DTypeLike = np.float32,
-                 rng: Seed = None) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: IntPair,
+        stride: IntPair = 1,
+        padding: IntPair = 0,
+        dilation: IntPair = 1,
+        bias: bool = True,
+        dtype: DTypeLike = np.float32,
+        rng: Seed = None,
+    ) -> None:
         super().__init__()
         self.in_channels = _v.positive_int(in_channels, "in_channels")
         self.out_channels = _v.positive_int(out_channels, "out_channels")
@@ -132,8 +146,7 @@ class Conv2d(Module):
 
     def output_shape(self, input_shape: Sequence[int]) -> tuple[int, int, int, int]:
         """Output shape for an input shape (``ValueError`` if the input is too small)."""
-        return ops.conv2d_output_shape(input_shape, self.weight.data.shape, self.stride, self.padding,
-                                       self.dilation)
+        return ops.conv2d_output_shape(input_shape, self.weight.data.shape, self.stride, self.padding, self.dilation)
 
     def forward(self, x: ArrayLike) -> FloatArray:
         """Convolve ``x`` of shape (B, C, H, W); returns (B, O, Ho, Wo)."""
@@ -145,20 +158,26 @@ class Conv2d(Module):
             self.__dict__["_ctx"] = x
         return y
 
-    def backward(self, grad_output: ArrayLike, *, input_grad: bool = True,
-                 accumulate: bool = False) -> FloatArray | None:
+    def backward(
+        self, grad_output: ArrayLike, *, input_grad: bool = True, accumulate: bool = False
+    ) -> FloatArray | None:
         """Fill ``weight.grad`` (and ``bias.grad``); return dL/dx (None if ``input_grad=False``)."""
         return self._plan.backward(grad_output, self._saved(), input_grad=input_grad, accumulate=accumulate)
 
     def get_config(self) -> dict[str, Any]:
-        return {"in_channels": self.in_channels, "out_channels": self.out_channels,
-                "kernel_size": list(self.kernel_size), "stride": list(self.stride),
-                "padding": list(self.padding), "dilation": list(self.dilation),
-                "bias": self.bias is not None, "dtype": self.weight.data.dtype.name}
+        return {
+            "in_channels": self.in_channels,
+            "out_channels": self.out_channels,
+            "kernel_size": list(self.kernel_size),
+            "stride": list(self.stride),
+            "padding": list(self.padding),
+            "dilation": list(self.dilation),
+            "bias": self.bias is not None,
+            "dtype": self.weight.data.dtype.name,
+        }
 
     @classmethod
-    def parameters_from_config(cls, config: dict[str, Any],
-                               children: Collection[str] = ()) -> list[ParameterSpec]:
+    def parameters_from_config(cls, config: dict[str, Any], children: Collection[str] = ()) -> list[ParameterSpec]:
         """``[(name, shape, dtype name)]`` that ``Conv2d(**config)`` creates, config checked (see Module)."""
         return _conv_parameters(config, children, "Conv2d", _pair)
 
@@ -171,8 +190,9 @@ class _Pool2d(Module):
     _kind: Literal["max", "avg"]
     _plan: ops.PoolPlan
 
-    def __init__(self, kernel_size: IntPair, stride: IntPair | None = None, padding: IntPair = 0,
-                 count_include_pad: bool = True) -> None:
+    def __init__(
+        self, kernel_size: IntPair, stride: IntPair | None = None, padding: IntPair = 0, count_include_pad: bool = True
+    ) -> None:
         super().__init__()
         self.kernel_size = _pair(kernel_size, "kernel_size", 1)
         self.stride = self.kernel_size if stride is None else _pair(stride, "stride", 1)
@@ -185,8 +205,9 @@ class _Pool2d(Module):
     _transient = ("_plan",)
 
     def _reset_transient(self) -> None:
-        self.__dict__["_plan"] = ops.PoolPlan(self._kind, self.kernel_size, self.stride, self.padding,
-                                              self.count_include_pad)
+        self.__dict__["_plan"] = ops.PoolPlan(
+            self._kind, self.kernel_size, self.stride, self.padding, self.count_include_pad
+        )
         self.__dict__["_ctx"] = None
 
     def output_shape(self, input_shape: Sequence[int]) -> tuple[int, int, int, int]:
@@ -200,8 +221,7 @@ class _Pool2d(Module):
         return f"kernel_size={_fmt(self.kernel_size)}, stride={_fmt(self.stride)}, padding={_fmt(self.padding)}"
 
     @classmethod
-    def parameters_from_config(cls, config: dict[str, Any],
-                               children: Collection[str] = ()) -> list[ParameterSpec]:
+    def parameters_from_config(cls, config: dict[str, Any], children: Collection[str] = ()) -> list[ParameterSpec]:
         """No parameters; the config is checked by the (allocation-free) constructor (see Module)."""
         cls(**_v.layer_config(config, cls.__name__, ("kernel_size", "stride", "padding"), children))
         return []
@@ -276,8 +296,7 @@ class AvgPool2d(_Pool2d):
         return super().extra_repr() + ("" if self.count_include_pad else ", count_include_pad=False")
 
     @classmethod
-    def parameters_from_config(cls, config: dict[str, Any],
-                               children: Collection[str] = ()) -> list[ParameterSpec]:
+    def parameters_from_config(cls, config: dict[str, Any], children: Collection[str] = ()) -> list[ParameterSpec]:
         """No parameters; the config is checked by the (allocation-free) constructor (see Module)."""
         keys = ("kernel_size", "stride", "padding", "count_include_pad")
         cls(**_v.layer_config(config, "AvgPool2d", keys, children))
@@ -310,14 +329,14 @@ class Flatten(Module):
         s = self.start_dim + nd if self.start_dim < 0 else self.start_dim
         e = self.end_dim + nd if self.end_dim < 0 else self.end_dim
         if not 0 <= s <= e < nd:
-            raise ValueError(f"Flatten(start_dim={self.start_dim}, end_dim={self.end_dim}) does not fit "
-                             f"an input of shape {x.shape}")
+            raise ValueError(
+                f"Flatten(start_dim={self.start_dim}, end_dim={self.end_dim}) does not fit an input of shape {x.shape}"
+            )
         if _grad_enabled.get():
             self.__dict__["_ctx"] = x.shape
-        return x.reshape(x.shape[:s] + (math.prod(x.shape[s:e + 1]),) + x.shape[e + 1:])
+        return x.reshape(x.shape[:s] + (math.prod(x.shape[s : e + 1]),) + x.shape[e + 1 :])
 
-    def backward(self, grad_output: ArrayLike, *, input_grad: bool = True,
-                 accumulate: bool = False) -> NDArray[Any]:
+    def backward(self, grad_output: ArrayLike, *, input_grad: bool = True, accumulate: bool = False) -> NDArray[Any]:
         """The gradient reshaped to the input's shape."""
         return np.asarray(grad_output).reshape(self._saved())
 
@@ -328,8 +347,7 @@ class Flatten(Module):
         return f"start_dim={self.start_dim}, end_dim={self.end_dim}"
 
     @classmethod
-    def parameters_from_config(cls, config: dict[str, Any],
-                               children: Collection[str] = ()) -> list[ParameterSpec]:
+    def parameters_from_config(cls, config: dict[str, Any], children: Collection[str] = ()) -> list[ParameterSpec]:
         """No parameters; checks ``start_dim`` and ``end_dim`` (see Module)."""
         cls(**_v.layer_config(config, "Flatten", ("start_dim", "end_dim"), children))
         return []

@@ -54,7 +54,7 @@ class _As4d:
 
     def __init__(self, param: Parameter) -> None:
         self.param = param
-        self._data = self._grad = None   # _data4 and _grad4 are set with them
+        self._data = self._grad = None  # _data4 and _grad4 are set with them
 
     @staticmethod
     def _view(a: FloatArray) -> FloatArray:
@@ -80,11 +80,12 @@ def _sequence(layer: Module, x: ArrayLike, channels: int | None = None) -> NDArr
     if type(x) is not np.ndarray:
         x = np.asarray(x)
     if x.ndim != 3:
-        raise ValueError(f"{type(layer).__name__}: expected a 3-D input (batch, channels, length), got shape "
-                         f"{x.shape}")
+        raise ValueError(f"{type(layer).__name__}: expected a 3-D input (batch, channels, length), got shape {x.shape}")
     if channels is not None and x.shape[1] != channels:
-        raise ValueError(f"{type(layer).__name__}: input has {x.shape[1]} channels (shape {x.shape}) but the layer "
-                         f"was built with in_channels={channels}")
+        raise ValueError(
+            f"{type(layer).__name__}: input has {x.shape[1]} channels (shape {x.shape}) but the layer "
+            f"was built with in_channels={channels}"
+        )
     if not x.flags.c_contiguous:
         x = np.ascontiguousarray(x)
     return x.reshape(x.shape[0], x.shape[1], 1, x.shape[2])
@@ -132,8 +133,18 @@ class Conv1d(Module):
 
     _plan: ops.ConvPlan
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, padding: int = 0,
-                 dilation: int = 1, bias: bool = True, dtype: DTypeLike = np.float32, rng: Seed = None) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int = 1,
+        padding: int = 0,
+        dilation: int = 1,
+        bias: bool = True,
+        dtype: DTypeLike = np.float32,
+        rng: Seed = None,
+    ) -> None:
         super().__init__()
         self.in_channels = _v.positive_int(in_channels, "in_channels")
         self.out_channels = _v.positive_int(out_channels, "out_channels")
@@ -150,8 +161,9 @@ class Conv1d(Module):
     _transient = ("_plan",)
 
     def _reset_transient(self) -> None:
-        self.__dict__["_plan"] = ops.ConvPlan(_As4d(self.weight), self.bias, (1, self.stride), (0, self.padding),
-                                              (1, self.dilation))
+        self.__dict__["_plan"] = ops.ConvPlan(
+            _As4d(self.weight), self.bias, (1, self.stride), (0, self.padding), (1, self.dilation)
+        )
         self.__dict__["_ctx"] = None
 
     def reset_parameters(self, rng: Seed = None) -> None:
@@ -174,20 +186,27 @@ class Conv1d(Module):
             self.__dict__["_ctx"] = x4
         return _squeeze(y)
 
-    def backward(self, grad_output: ArrayLike, *, input_grad: bool = True,
-                 accumulate: bool = False) -> FloatArray | None:
+    def backward(
+        self, grad_output: ArrayLike, *, input_grad: bool = True, accumulate: bool = False
+    ) -> FloatArray | None:
         """Fill ``weight.grad`` (and ``bias.grad``); return dL/dx (B, C, L) (None if ``input_grad=False``)."""
         x4 = self._saved()
         return _squeeze(self._plan.backward(_grad4(grad_output), x4, input_grad=input_grad, accumulate=accumulate))
 
     def get_config(self) -> dict[str, Any]:
-        return {"in_channels": self.in_channels, "out_channels": self.out_channels, "kernel_size": self.kernel_size,
-                "stride": self.stride, "padding": self.padding, "dilation": self.dilation,
-                "bias": self.bias is not None, "dtype": self.weight.data.dtype.name}
+        return {
+            "in_channels": self.in_channels,
+            "out_channels": self.out_channels,
+            "kernel_size": self.kernel_size,
+            "stride": self.stride,
+            "padding": self.padding,
+            "dilation": self.dilation,
+            "bias": self.bias is not None,
+            "dtype": self.weight.data.dtype.name,
+        }
 
     @classmethod
-    def parameters_from_config(cls, config: dict[str, Any],
-                               children: Collection[str] = ()) -> list[ParameterSpec]:
+    def parameters_from_config(cls, config: dict[str, Any], children: Collection[str] = ()) -> list[ParameterSpec]:
         """``[(name, shape, dtype name)]`` that ``Conv1d(**config)`` creates, config checked (see Module)."""
         return _conv_parameters(config, children, "Conv1d", lambda v, name, low: (_single(v, name, low),))
 
@@ -199,8 +218,9 @@ class _Pool1d(Module):
     _kind: ClassVar[Literal["max", "avg"]]
     _plan: ops.PoolPlan
 
-    def __init__(self, kernel_size: int, stride: int | None = None, padding: int = 0,
-                 count_include_pad: bool = True) -> None:
+    def __init__(
+        self, kernel_size: int, stride: int | None = None, padding: int = 0, count_include_pad: bool = True
+    ) -> None:
         super().__init__()
         self.kernel_size = _single(kernel_size, "kernel_size", 1)
         self.stride = self.kernel_size if stride is None else _single(stride, "stride", 1)
@@ -213,8 +233,9 @@ class _Pool1d(Module):
     _transient = ("_plan",)
 
     def _reset_transient(self) -> None:
-        self.__dict__["_plan"] = ops.PoolPlan(self._kind, (1, self.kernel_size), (1, self.stride),
-                                              (0, self.padding), self.count_include_pad)
+        self.__dict__["_plan"] = ops.PoolPlan(
+            self._kind, (1, self.kernel_size), (1, self.stride), (0, self.padding), self.count_include_pad
+        )
         self.__dict__["_ctx"] = None
 
     def get_config(self) -> dict[str, Any]:
@@ -224,8 +245,7 @@ class _Pool1d(Module):
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
 
     @classmethod
-    def parameters_from_config(cls, config: dict[str, Any],
-                               children: Collection[str] = ()) -> list[ParameterSpec]:
+    def parameters_from_config(cls, config: dict[str, Any], children: Collection[str] = ()) -> list[ParameterSpec]:
         """No parameters; the config is checked by the (allocation-free) constructor (see Module)."""
         cls(**_v.layer_config(config, cls.__name__, tuple(cls(1).get_config()), children))
         return []
@@ -279,7 +299,7 @@ class AvgPool1d(_Pool1d):
     def forward(self, x: ArrayLike) -> FloatArray:
         """Mean over each window of ``x`` (B, C, L); returns (B, C, Lo)."""
         x4 = _sequence(self, x)
-        y = cast(FloatArray, self._plan.forward(x4))   # an average-pooling plan returns the output alone
+        y = cast(FloatArray, self._plan.forward(x4))  # an average-pooling plan returns the output alone
         if _grad_enabled.get():
             self.__dict__["_ctx"] = x4.shape
         return _squeeze(y)

@@ -91,10 +91,11 @@ class Dropout(Module):
         return y
 
     def _input_error(self, x: object, exc: Exception) -> Exception:
-        return exc   # no parameters: any float input is fine, the op's message stands
+        return exc  # no parameters: any float input is fine, the op's message stands
 
-    def backward(self, grad_output: ArrayLike, *, input_grad: bool = True,
-                 accumulate: bool = False) -> ArrayLike | None:
+    def backward(
+        self, grad_output: ArrayLike, *, input_grad: bool = True, accumulate: bool = False
+    ) -> ArrayLike | None:
         """dL/dx: the gradient masked and scaled as the forward pass masked the values."""
         ctx = self._saved()
         if ctx[0] == "identity":
@@ -110,8 +111,7 @@ class Dropout(Module):
         return f"p={self.p}" + (", inplace=True" if self.inplace else "")
 
     @classmethod
-    def parameters_from_config(cls, config: dict[str, Any],
-                               children: Collection[str] = ()) -> list[ParameterSpec]:
+    def parameters_from_config(cls, config: dict[str, Any], children: Collection[str] = ()) -> list[ParameterSpec]:
         """No parameters; checks ``p`` and ``inplace`` (see Module)."""
         cls(**_v.layer_config(config, cls.__name__, ("p", "inplace"), children))
         return []

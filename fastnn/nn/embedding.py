@@ -64,8 +64,14 @@ class Embedding(Module):
 
     _plan: ops.EmbeddingPlan
 
-    def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int | None = None,
-                 dtype: DTypeLike = np.float32, rng: Seed = None) -> None:
+    def __init__(
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        padding_idx: int | None = None,
+        dtype: DTypeLike = np.float32,
+        rng: Seed = None,
+    ) -> None:
         super().__init__()
         self.num_embeddings = _v.positive_int(num_embeddings, "num_embeddings")
         self.embedding_dim = _v.positive_int(embedding_dim, "embedding_dim")
@@ -99,8 +105,12 @@ class Embedding(Module):
         return self._plan.backward(grad_output, self._saved(), accumulate=accumulate)
 
     def get_config(self) -> dict[str, Any]:
-        return {"num_embeddings": self.num_embeddings, "embedding_dim": self.embedding_dim,
-                "padding_idx": self.padding_idx, "dtype": self.weight.data.dtype.name}
+        return {
+            "num_embeddings": self.num_embeddings,
+            "embedding_dim": self.embedding_dim,
+            "padding_idx": self.padding_idx,
+            "dtype": self.weight.data.dtype.name,
+        }
 
     def extra_repr(self) -> str:
         s = f"{self.num_embeddings}, {self.embedding_dim}"
@@ -109,11 +119,9 @@ class Embedding(Module):
         return s + ("" if self.weight.data.dtype == np.float32 else f", dtype={self.weight.data.dtype.name}")
 
     @classmethod
-    def parameters_from_config(cls, config: dict[str, Any],
-                               children: Collection[str] = ()) -> list[ParameterSpec]:
+    def parameters_from_config(cls, config: dict[str, Any], children: Collection[str] = ()) -> list[ParameterSpec]:
         """``[(name, shape, dtype name)]`` that ``Embedding(**config)`` creates, config checked (see Module)."""
-        c = _v.layer_config(config, "Embedding", ("num_embeddings", "embedding_dim", "padding_idx", "dtype"),
-                            children)
+        c = _v.layer_config(config, "Embedding", ("num_embeddings", "embedding_dim", "padding_idx", "dtype"), children)
         V = _v.positive_int(c["num_embeddings"], "num_embeddings")
         D = _v.positive_int(c["embedding_dim"], "embedding_dim")
         if c["padding_idx"] is not None:

@@ -36,14 +36,27 @@ _A = TypeVar("_A", bound=NDArray[Any])
 FanMode = Literal["fan_in", "fan_out"]
 
 __all__ = [
-    "manual_seed", "get_rng", "calculate_gain", "fan_in_and_out",
-    "uniform_", "normal_", "zeros_", "ones_", "constant_",
-    "kaiming_uniform_", "kaiming_normal_", "xavier_uniform_", "xavier_normal_",
-    "he_uniform_", "he_normal_", "glorot_uniform_", "glorot_normal_",
+    "manual_seed",
+    "get_rng",
+    "calculate_gain",
+    "fan_in_and_out",
+    "uniform_",
+    "normal_",
+    "zeros_",
+    "ones_",
+    "constant_",
+    "kaiming_uniform_",
+    "kaiming_normal_",
+    "xavier_uniform_",
+    "xavier_normal_",
+    "he_uniform_",
+    "he_normal_",
+    "glorot_uniform_",
+    "glorot_normal_",
     "INITIALIZERS",
 ]
 
-_rng: np.random.Generator | None = None   # created on first use (keeps ``import fastnn`` from loading numpy.random)
+_rng: np.random.Generator | None = None  # created on first use (keeps ``import fastnn`` from loading numpy.random)
 
 
 def manual_seed(seed: int | None) -> np.random.Generator:
@@ -84,7 +97,7 @@ def calculate_gain(nonlinearity: str = "relu", param: float | None = None) -> fl
         return math.sqrt(2.0)
     if nonlinearity == "leaky_relu":
         slope = 0.01 if param is None else float(param)
-        return math.sqrt(2.0 / (1 + slope ** 2))
+        return math.sqrt(2.0 / (1 + slope**2))
     raise ValueError(f"unknown nonlinearity {nonlinearity!r}")
 
 
@@ -135,16 +148,18 @@ def _fan(shape: Sequence[int], mode: FanMode) -> int:
     raise ValueError(f"mode must be 'fan_in' or 'fan_out', got {mode!r}")
 
 
-def kaiming_uniform_(array: _A, a: float = 0.0, mode: FanMode = "fan_in", nonlinearity: str = "leaky_relu",
-                     rng: Seed = None) -> _A:
+def kaiming_uniform_(
+    array: _A, a: float = 0.0, mode: FanMode = "fan_in", nonlinearity: str = "leaky_relu", rng: Seed = None
+) -> _A:
     """He initialisation, uniform: ``U(−b, b)`` with ``b = gain·sqrt(3 / fan)``."""
     gain = calculate_gain(nonlinearity, a)
     bound = gain * math.sqrt(3.0 / _fan(array.shape, mode))
     return uniform_(array, -bound, bound, rng)
 
 
-def kaiming_normal_(array: _A, a: float = 0.0, mode: FanMode = "fan_in", nonlinearity: str = "leaky_relu",
-                    rng: Seed = None) -> _A:
+def kaiming_normal_(
+    array: _A, a: float = 0.0, mode: FanMode = "fan_in", nonlinearity: str = "leaky_relu", rng: Seed = None
+) -> _A:
     """He initialisation, normal: ``N(0, σ²)`` with ``σ = gain / sqrt(fan)``."""
     gain = calculate_gain(nonlinearity, a)
     return normal_(array, 0.0, gain / math.sqrt(_fan(array.shape, mode)), rng)

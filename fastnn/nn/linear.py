@@ -54,8 +54,15 @@ class Linear(Module):
 
     _plan: ops.DensePlan
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, dtype: DTypeLike = np.float32,
-                 init: str = "default", rng: Seed = None) -> None:
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        dtype: DTypeLike = np.float32,
+        init: str = "default",
+        rng: Seed = None,
+    ) -> None:
         super().__init__()
         self.in_features = _v.positive_int(in_features, "in_features")
         self.out_features = _v.positive_int(out_features, "out_features")
@@ -101,24 +108,29 @@ class Linear(Module):
             self.__dict__["_ctx"] = (x, y, activation)
         return y
 
-    def backward(self, grad_output: ArrayLike, *, input_grad: bool = True,
-                 accumulate: bool = False) -> FloatArray | None:
+    def backward(
+        self, grad_output: ArrayLike, *, input_grad: bool = True, accumulate: bool = False
+    ) -> FloatArray | None:
         """Fill ``weight.grad`` (and ``bias.grad``); return dL/dx of shape (B, I) (None if not ``input_grad``)."""
         x, y, activation = self._saved()
         return self._plan.backward(grad_output, x, y, activation, input_grad=input_grad, accumulate=accumulate)
 
     # -- description --------------------------------------------------
     def get_config(self) -> dict[str, Any]:
-        return {"in_features": self.in_features, "out_features": self.out_features,
-                "bias": self.bias is not None, "dtype": self.weight.data.dtype.name, "init": self.init}
+        return {
+            "in_features": self.in_features,
+            "out_features": self.out_features,
+            "bias": self.bias is not None,
+            "dtype": self.weight.data.dtype.name,
+            "init": self.init,
+        }
 
     def extra_repr(self) -> str:
         extra = "" if self.weight.data.dtype == np.float32 else f", dtype={self.weight.data.dtype.name}"
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}{extra}"
 
     @classmethod
-    def parameters_from_config(cls, config: dict[str, Any],
-                               children: Collection[str] = ()) -> list[ParameterSpec]:
+    def parameters_from_config(cls, config: dict[str, Any], children: Collection[str] = ()) -> list[ParameterSpec]:
         """``[(name, shape, dtype name)]`` that ``Linear(**config)`` creates, config checked (see Module)."""
         c = _v.layer_config(config, "Linear", ("in_features", "out_features", "bias", "dtype", "init"), children)
         i, o = _v.positive_int(c["in_features"], "in_features"), _v.positive_int(c["out_features"], "out_features")

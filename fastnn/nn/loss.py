@@ -78,8 +78,10 @@ class Loss:
         """dL/dpred of the last call, times ``grad_output`` (an array shaped like that prediction)."""
         grad = self._grad
         if grad is None:
-            raise RuntimeError(f"{type(self).__name__}.backward called before the loss was computed "
-                               f"(or it was computed under fastnn.no_grad())")
+            raise RuntimeError(
+                f"{type(self).__name__}.backward called before the loss was computed "
+                f"(or it was computed under fastnn.no_grad())"
+            )
         if grad_output == 1.0:
             return grad
         return grad * grad.dtype.type(grad_output)

@@ -186,8 +186,10 @@ class Parameter(NDArrayOperatorsMixin):
             if value.dtype != _F32 and value.dtype != _F64:
                 raise TypeError(f"Parameter data must be float32 or float64, got dtype {value.dtype}")
             if not value.flags.c_contiguous or not value.flags.writeable:
-                raise ValueError("Parameter data must be a writeable C-contiguous array "
-                                 "(np.ascontiguousarray(a) or a.copy() gives one)")
+                raise ValueError(
+                    "Parameter data must be a writeable C-contiguous array "
+                    "(np.ascontiguousarray(a) or a.copy() gives one)"
+                )
             old = getattr(self, "grad", None)
             object.__setattr__(self, "data", value)
             if old is None or old.shape != value.shape or old.dtype != value.dtype or np.may_share_memory(old, value):
@@ -197,8 +199,7 @@ class Parameter(NDArrayOperatorsMixin):
             if value is None:
                 value = np.zeros_like(data)
             elif type(value) is not np.ndarray or value.shape != data.shape or value.dtype != data.dtype:
-                raise ValueError(f"grad must be an array of the parameter's shape {data.shape} and dtype "
-                                 f"{data.dtype}")
+                raise ValueError(f"grad must be an array of the parameter's shape {data.shape} and dtype {data.dtype}")
             elif not value.flags.c_contiguous or not value.flags.writeable:
                 raise ValueError("grad must be a writeable C-contiguous array")
             elif np.may_share_memory(value, data):
@@ -228,8 +229,9 @@ class Parameter(NDArrayOperatorsMixin):
     def __array_ufunc__(self, ufunc: np.ufunc, method: str, *inputs: Any, **kwargs: Any) -> Any:
         for o in kwargs.get("out", ()):
             if isinstance(o, Parameter):
-                raise TypeError("a Parameter is read-only as an array: update p.data in place instead "
-                                "(e.g. p.data -= lr * p.grad)")
+                raise TypeError(
+                    "a Parameter is read-only as an array: update p.data in place instead (e.g. p.data -= lr * p.grad)"
+                )
         inputs = tuple(_readonly(i.data) if isinstance(i, Parameter) else i for i in inputs)
         return getattr(ufunc, method)(*inputs, **kwargs)
 
@@ -305,10 +307,13 @@ class Module:
         if backward is not None:
             params = inspect.signature(backward).parameters
             ok = any(p.kind is p.VAR_KEYWORD for p in params.values()) or (
-                "input_grad" in params and "accumulate" in params)
+                "input_grad" in params and "accumulate" in params
+            )
             if not ok:
-                raise TypeError(f"{cls.__name__}.backward must take the keyword arguments of the module protocol: "
-                                f"def backward(self, grad_output, *, input_grad=True, accumulate=False)")
+                raise TypeError(
+                    f"{cls.__name__}.backward must take the keyword arguments of the module protocol: "
+                    f"def backward(self, grad_output, *, input_grad=True, accumulate=False)"
+                )
 
     def __init__(self) -> None:
         object.__setattr__(self, "_parameters", OrderedDict())
@@ -356,8 +361,10 @@ class Module:
         dt = self.dtype
         if a.dtype != dt:
             other = f" or the model with model.to(np.{a.dtype.name})" if a.dtype.kind == "f" else ""
-            return TypeError(f"{type(self).__name__} has {dt.name} parameters but the input has dtype {a.dtype}: "
-                             f"convert the input with x.astype(np.{dt.name}){other}")
+            return TypeError(
+                f"{type(self).__name__} has {dt.name} parameters but the input has dtype {a.dtype}: "
+                f"convert the input with x.astype(np.{dt.name}){other}"
+            )
         return exc
 
     # -- computation --------------------------------------------------
@@ -387,8 +394,10 @@ class Module:
         """What the last forward kept for backward (``_ctx``), or a clear error."""
         ctx = self.__dict__.get("_ctx")
         if ctx is None:
-            raise RuntimeError(f"{type(self).__name__}.backward called before forward (or after a forward "
-                               f"under fastnn.no_grad(), which keeps nothing for backward)")
+            raise RuntimeError(
+                f"{type(self).__name__}.backward called before forward (or after a forward "
+                f"under fastnn.no_grad(), which keeps nothing for backward)"
+            )
         return ctx
 
     # -- parameters ---------------------------------------------------
@@ -501,7 +510,7 @@ class Module:
                     p.data = p.data.astype(dt)
             for name, b in list(m._buffers.items()):
                 if b is not None and b.dtype.kind == "f" and b.dtype != dt:
-                    setattr(m, name, b.astype(dt))   # counters (int64) keep their dtype
+                    setattr(m, name, b.astype(dt))  # counters (int64) keep their dtype
             if hasattr(m, "_to_dtype"):
                 m._to_dtype(dt)
         return self
@@ -527,7 +536,7 @@ class Module:
 
     def __setstate__(self, state: Mapping[str, Any]) -> None:
         self.__dict__.update(state)
-        buffers = self.__dict__.setdefault("_buffers", OrderedDict())   # pickled before modules had buffers
+        buffers = self.__dict__.setdefault("_buffers", OrderedDict())  # pickled before modules had buffers
         for name, b in list(buffers.items()):
             # joblib hands back read-only memory maps: own writeable copies, as Parameter does
             if b is not None and (type(b) is not np.ndarray or not b.flags.writeable):
@@ -612,8 +621,9 @@ class Module:
         return lines[0] + ")"
 
     @classmethod
-    def parameters_from_config(cls, config: dict[str, Any],
-                               children: Collection[str] = ()) -> list[ParameterSpec] | None:
+    def parameters_from_config(
+        cls, config: dict[str, Any], children: Collection[str] = ()
+    ) -> list[ParameterSpec] | None:
         """The parameters :meth:`from_config` would create, without creating them.
 
         Returns a list of ``(name, shape, dtype name)`` for this module's own

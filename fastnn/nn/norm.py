@@ -73,8 +73,15 @@ class _BatchNorm(_Normalization):
     running_var: FloatArray | None
     num_batches_tracked: np.ndarray | None
 
-    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True,
-                 track_running_stats: bool = True, dtype: DTypeLike = np.float32) -> None:
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        dtype: DTypeLike = np.float32,
+    ) -> None:
         super().__init__()
         self.num_features = _v.positive_int(num_features, "num_features")
         self.eps = _eps(eps)
@@ -101,8 +108,11 @@ class _BatchNorm(_Normalization):
 
     @property
     def dtype(self) -> np.dtype[Any]:
-        return self.weight.data.dtype if self.weight is not None else \
-            (self.running_mean.dtype if self.running_mean is not None else self.__dict__["_dtype"])
+        return (
+            self.weight.data.dtype
+            if self.weight is not None
+            else (self.running_mean.dtype if self.running_mean is not None else self.__dict__["_dtype"])
+        )
 
     def reset_running_stats(self) -> None:
         """Running mean 0, running variance 1, no batches tracked."""
@@ -114,7 +124,7 @@ class _BatchNorm(_Normalization):
     def reset_parameters(self) -> None:
         """Running statistics reset, γ = 1 and β = 0."""
         self.reset_running_stats()
-        if self.weight is not None:   # affine
+        if self.weight is not None:  # affine
             self.weight.data[...] = 1
         if self.bias is not None:
             self.bias.data[...] = 0
@@ -124,8 +134,10 @@ class _BatchNorm(_Normalization):
         if len(shape) not in self._ranks:
             raise ValueError(f"{type(self).__name__}: expected {self._layout} input, got shape {shape}")
         if shape[1] != self.num_features:
-            raise ValueError(f"{type(self).__name__}: input has {shape[1]} channels (shape {shape}) but the layer "
-                             f"was built with num_features={self.num_features}")
+            raise ValueError(
+                f"{type(self).__name__}: input has {shape[1]} channels (shape {shape}) but the layer "
+                f"was built with num_features={self.num_features}"
+            )
 
     def forward(self, x: ArrayLike) -> FloatArray:
         """Normalise ``x``: batch statistics while training (updating the running ones), running ones in eval."""
@@ -141,8 +153,8 @@ class _BatchNorm(_Normalization):
             rm, rv = self.running_mean, self.running_var
             if training and self.num_batches_tracked is not None:
                 counted = self.num_batches_tracked
-                counted += 1   # in place: the buffer itself
-                if momentum is None:   # cumulative moving average
+                counted += 1  # in place: the buffer itself
+                if momentum is None:  # cumulative moving average
                     momentum = 1.0 / float(counted)
         try:
             y, mean, var = self._plan.forward(x, batch_stats, rm, rv, 0.0 if momentum is None else momentum)
@@ -163,33 +175,45 @@ class _BatchNorm(_Normalization):
             return exc
         return super()._input_error(x, exc)
 
-    def backward(self, grad_output: ArrayLike, *, input_grad: bool = True,
-                 accumulate: bool = False) -> FloatArray | None:
+    def backward(
+        self, grad_output: ArrayLike, *, input_grad: bool = True, accumulate: bool = False
+    ) -> FloatArray | None:
         """Fill ``weight.grad`` and ``bias.grad``; return dL/dx (None if ``input_grad=False``)."""
         x, mean, var, batch_stats = self._saved()
-        return self._plan.backward(grad_output, x, mean, var, batch_stats, input_grad=input_grad,
-                                   accumulate=accumulate)
+        return self._plan.backward(grad_output, x, mean, var, batch_stats, input_grad=input_grad, accumulate=accumulate)
 
     def get_config(self) -> dict[str, Any]:
-        return {"num_features": self.num_features, "eps": self.eps, "momentum": self.momentum,
-                "affine": self.affine, "track_running_stats": self.track_running_stats,
-                "dtype": self.dtype.name}
+        return {
+            "num_features": self.num_features,
+            "eps": self.eps,
+            "momentum": self.momentum,
+            "affine": self.affine,
+            "track_running_stats": self.track_running_stats,
+            "dtype": self.dtype.name,
+        }
 
     def extra_repr(self) -> str:
-        s = f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, " \
+        s = (
+            f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
             f"track_running_stats={self.track_running_stats}"
+        )
         return s + ("" if self.dtype == np.float32 else f", dtype={self.dtype.name}")
 
     @classmethod
-    def parameters_from_config(cls, config: dict[str, Any],
-                               children: Collection[str] = ()) -> list[ParameterSpec]:
+    def parameters_from_config(cls, config: dict[str, Any], children: Collection[str] = ()) -> list[ParameterSpec]:
         """Parameters, then buffers (``num_batches_tracked`` int64), that ``cls(**config)`` makes (see Module)."""
-        c = _v.layer_config(config, cls.__name__, ("num_features", "eps", "momentum", "affine",
-                                                   "track_running_stats", "dtype"), children)
+        c = _v.layer_config(
+            config,
+            cls.__name__,
+            ("num_features", "eps", "momentum", "affine", "track_running_stats", "dtype"),
+            children,
+        )
         C = _v.positive_int(c["num_features"], "num_features")
         _eps(c["eps"]), _momentum(c["momentum"])
         dt = _v.strict_float_dtype(c["dtype"]).name
-        out: list[ParameterSpec] = [("weight", (C,), dt), ("bias", (C,), dt)] if _v.strict_bool(c["affine"], "affine") else []
+        out: list[ParameterSpec] = (
+            [("weight", (C,), dt), ("bias", (C,), dt)] if _v.strict_bool(c["affine"], "affine") else []
+        )
         if _v.strict_bool(c["track_running_stats"], "track_running_stats"):
             out += [("running_mean", (C,), dt), ("running_var", (C,), dt), ("num_batches_tracked", (), "int64")]
         return out
@@ -256,8 +280,14 @@ class LayerNorm(_Normalization):
 
     _plan: ops.LayerNormPlan
 
-    def __init__(self, normalized_shape: int | Sequence[int], eps: float = 1e-5, elementwise_affine: bool = True,
-                 bias: bool = True, dtype: DTypeLike = np.float32) -> None:
+    def __init__(
+        self,
+        normalized_shape: int | Sequence[int],
+        eps: float = 1e-5,
+        elementwise_affine: bool = True,
+        bias: bool = True,
+        dtype: DTypeLike = np.float32,
+    ) -> None:
         super().__init__()
         self.normalized_shape = ops.norm._norm_shape(normalized_shape)
         self.eps = _eps(eps)
@@ -294,16 +324,21 @@ class LayerNorm(_Normalization):
             self.__dict__["_ctx"] = (x, mean, rstd)
         return y
 
-    def backward(self, grad_output: ArrayLike, *, input_grad: bool = True,
-                 accumulate: bool = False) -> FloatArray | None:
+    def backward(
+        self, grad_output: ArrayLike, *, input_grad: bool = True, accumulate: bool = False
+    ) -> FloatArray | None:
         """Fill ``weight.grad`` and ``bias.grad``; return dL/dx (None if ``input_grad=False``)."""
         x, mean, rstd = self._saved()
         return self._plan.backward(grad_output, x, mean, rstd, input_grad=input_grad, accumulate=accumulate)
 
     def get_config(self) -> dict[str, Any]:
-        return {"normalized_shape": list(self.normalized_shape), "eps": self.eps,
-                "elementwise_affine": self.elementwise_affine, "bias": self.bias is not None,
-                "dtype": self.dtype.name}
+        return {
+            "normalized_shape": list(self.normalized_shape),
+            "eps": self.eps,
+            "elementwise_affine": self.elementwise_affine,
+            "bias": self.bias is not None,
+            "dtype": self.dtype.name,
+        }
 
     def extra_repr(self) -> str:
         s = f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"
@@ -312,11 +347,11 @@ class LayerNorm(_Normalization):
         return s + ("" if self.dtype == np.float32 else f", dtype={self.dtype.name}")
 
     @classmethod
-    def parameters_from_config(cls, config: dict[str, Any],
-                               children: Collection[str] = ()) -> list[ParameterSpec]:
+    def parameters_from_config(cls, config: dict[str, Any], children: Collection[str] = ()) -> list[ParameterSpec]:
         """``[(name, shape, dtype name)]`` that ``LayerNorm(**config)`` creates, config checked (see Module)."""
-        c = _v.layer_config(config, "LayerNorm", ("normalized_shape", "eps", "elementwise_affine", "bias", "dtype"),
-                            children)
+        c = _v.layer_config(
+            config, "LayerNorm", ("normalized_shape", "eps", "elementwise_affine", "bias", "dtype"), children
+        )
         ns = c["normalized_shape"]
         if not isinstance(ns, list) or len(ns) > 32:
             raise ValueError(f"normalized_shape must be a list of sizes, got {_v._shown(ns)}")

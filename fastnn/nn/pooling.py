@@ -73,8 +73,7 @@ class AdaptiveAvgPool2d(Module):
         return f"output_size={o[0] if o[0] == o[1] else o}"
 
     @classmethod
-    def parameters_from_config(cls, config: dict[str, Any],
-                               children: Collection[str] = ()) -> list[ParameterSpec]:
+    def parameters_from_config(cls, config: dict[str, Any], children: Collection[str] = ()) -> list[ParameterSpec]:
         """No parameters; checks ``output_size`` (see Module)."""
         c = _v.layer_config(config, "AdaptiveAvgPool2d", ("output_size",), children)
         if not isinstance(c["output_size"], list):
@@ -122,8 +121,7 @@ class GlobalAvgPool2d(Module):
         return {}
 
     @classmethod
-    def parameters_from_config(cls, config: dict[str, Any],
-                               children: Collection[str] = ()) -> list[ParameterSpec]:
+    def parameters_from_config(cls, config: dict[str, Any], children: Collection[str] = ()) -> list[ParameterSpec]:
         """No parameters; the config must be empty (see Module)."""
         _v.layer_config(config, "GlobalAvgPool2d", (), children)
         return []

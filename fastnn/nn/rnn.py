@@ -97,16 +97,26 @@ class _RecurrentBase(Module):
     weight_hh_l0: Parameter
     h_n: FloatArray | None
     grad_h0: FloatArray | None
-    c_n: FloatArray | None   # c_n and grad_c0: set on the LSTM only
+    c_n: FloatArray | None  # c_n and grad_c0: set on the LSTM only
     grad_c0: FloatArray | None
     _plan: ops.RecurrentPlan
     _plans: list[ops.RecurrentPlan]
     _drops: list[ops.DropoutPlan]
 
-    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, batch_first: bool = False,
-                 dtype: DTypeLike = np.float32, return_state: bool = False, rng: Seed = None,
-                 nonlinearity: Nonlinearity = "tanh", num_layers: int = 1, dropout: float = 0.0,
-                 bidirectional: bool = False) -> None:
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        bias: bool = True,
+        batch_first: bool = False,
+        dtype: DTypeLike = np.float32,
+        return_state: bool = False,
+        rng: Seed = None,
+        nonlinearity: Nonlinearity = "tanh",
+        num_layers: int = 1,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+    ) -> None:
         super().__init__()
         self.input_size = _v.positive_int(input_size, "input_size")
         self.hidden_size = _v.positive_int(hidden_size, "hidden_size")
@@ -119,8 +129,11 @@ class _RecurrentBase(Module):
         self.dropout = _dropout_p(dropout)
         self.bidirectional = _v.strict_bool(bidirectional, "bidirectional")
         if self.dropout > 0 and self.num_layers == 1:
-            warnings.warn(f"{self._name}: dropout={self.dropout} acts between layers, so it has no effect with "
-                          f"num_layers=1", UserWarning, stacklevel=3)
+            warnings.warn(
+                f"{self._name}: dropout={self.dropout} acts between layers, so it has no effect with num_layers=1",
+                UserWarning,
+                stacklevel=3,
+            )
         G, H = self._gates, self.hidden_size
         for layer in range(self.num_layers):
             I = self.input_size if layer == 0 else H * self.num_directions
@@ -149,9 +162,18 @@ class _RecurrentBase(Module):
     _transient = ("_plan", "_plans", "_drops")
 
     def _reset_transient(self) -> None:
-        plans = [ops.RecurrentPlan(self._cell, getattr(self, "weight_ih" + sfx), getattr(self, "weight_hh" + sfx),
-                                   getattr(self, "bias_ih" + sfx), getattr(self, "bias_hh" + sfx), self.nonlinearity)
-                 for layer in range(self.num_layers) for sfx in self._suffixes(layer)]
+        plans = [
+            ops.RecurrentPlan(
+                self._cell,
+                getattr(self, "weight_ih" + sfx),
+                getattr(self, "weight_hh" + sfx),
+                getattr(self, "bias_ih" + sfx),
+                getattr(self, "bias_hh" + sfx),
+                self.nonlinearity,
+            )
+            for layer in range(self.num_layers)
+            for sfx in self._suffixes(layer)
+        ]
         self.__dict__["_plans"] = plans
         self.__dict__["_plan"] = plans[0]
         self.__dict__["_drops"] = [ops.DropoutPlan(self.dropout) for _ in range(self.num_layers - 1)]
@@ -178,11 +200,14 @@ class _RecurrentBase(Module):
             x = np.asarray(x)
         layout = "(batch, time, features)" if self.batch_first else "(time, batch, features)"
         if x.ndim != 3:
-            raise ValueError(f"{self._name}: expected a 3-D input {layout} with {self.input_size} features, "
-                             f"got shape {x.shape}")
+            raise ValueError(
+                f"{self._name}: expected a 3-D input {layout} with {self.input_size} features, got shape {x.shape}"
+            )
         if x.shape[2] != self.input_size:
-            raise ValueError(f"{self._name}: input has {x.shape[2]} features (shape {x.shape}) but the layer "
-                             f"was built with input_size={self.input_size}")
+            raise ValueError(
+                f"{self._name}: input has {x.shape[2]} features (shape {x.shape}) but the layer "
+                f"was built with input_size={self.input_size}"
+            )
         if x.shape[0] == 0 or x.shape[1] == 0:
             raise ValueError(f"{self._name}: input of shape {x.shape} has no time steps or no samples")
         if x.dtype != self.weight_ih_l0.data.dtype:
@@ -198,8 +223,10 @@ class _RecurrentBase(Module):
         if a.shape == (1, B, H):
             a = a[0]
         elif a.shape != (B, H):
-            raise ValueError(f"{self._name}: {name} must have shape (1, {B}, {H}) (num_layers, batch, hidden) "
-                             f"or ({B}, {H}), got shape {a.shape}")
+            raise ValueError(
+                f"{self._name}: {name} must have shape (1, {B}, {H}) (num_layers, batch, hidden) "
+                f"or ({B}, {H}), got shape {a.shape}"
+            )
         return a
 
     def _zeros(self, name: str, B: int) -> FloatArray:
@@ -272,8 +299,14 @@ class _RecurrentBase(Module):
             return (y, (self.h_n, self.c_n)) if self.return_state else y
         return (y, self.h_n) if self.return_state else y
 
-    def backward(self, grad_output: ArrayLike | None, *, input_grad: bool = True, accumulate: bool = False,
-                 grad_state: _State = None) -> FloatArray | None:
+    def backward(
+        self,
+        grad_output: ArrayLike | None,
+        *,
+        input_grad: bool = True,
+        accumulate: bool = False,
+        grad_state: _State = None,
+    ) -> FloatArray | None:
         """BPTT: fill the parameter gradients and ``grad_h0`` (``grad_c0``); return dL/dx (None if not ``input_grad``).
 
         Parameters
@@ -293,8 +326,9 @@ class _RecurrentBase(Module):
         T, B, _ = x.shape
         g = self._grad_output(grad_output, T, B)
         ghn, gcn = self._grad_states(grad_state, B)
-        result = self._plan.backward(g, x, h0, saved, c0, grad_hn=ghn, grad_cn=gcn, input_grad=input_grad,
-                                     accumulate=accumulate)
+        result = self._plan.backward(
+            g, x, h0, saved, c0, grad_hn=ghn, grad_cn=gcn, input_grad=input_grad, accumulate=accumulate
+        )
         # the plan always computes grad_h0 (and the LSTM's grad_c0)
         self.grad_h0 = cast(FloatArray, result[1])[None]
         if self._cell == "lstm":
@@ -307,8 +341,10 @@ class _RecurrentBase(Module):
         n, H = self.num_layers * self.num_directions, self.hidden_size
         s = np.asarray(s)
         if s.shape != (n, B, H):
-            raise ValueError(f"{self._name}: {name} must have shape ({n}, {B}, {H}) (num_layers·num_directions, "
-                             f"batch, hidden), got shape {s.shape}")
+            raise ValueError(
+                f"{self._name}: {name} must have shape ({n}, {B}, {H}) (num_layers·num_directions, "
+                f"batch, hidden), got shape {s.shape}"
+            )
         if s.dtype != self.weight_ih_l0.data.dtype:
             raise TypeError(f"{self._name}: {name} has dtype {s.dtype}, the layer {self.weight_ih_l0.data.dtype}")
         return [np.ascontiguousarray(s[k]) for k in range(n)]
@@ -351,7 +387,7 @@ class _RecurrentBase(Module):
                 c0 = None if c0s is None else c0s[k]
                 saved = self._plans[k].forward(xin, h0s[k], c0)
                 hs = self._hidden(saved)
-                out[:, :, d * H:(d + 1) * H] = hs if d == 0 else hs[::-1]
+                out[:, :, d * H : (d + 1) * H] = hs if d == 0 else hs[::-1]
                 hn.append(hs[-1])
                 if c0s is not None:
                     cn.append(saved[1][-1])
@@ -370,8 +406,9 @@ class _RecurrentBase(Module):
             return (y, (self.h_n, self.c_n)) if self.return_state else y
         return (y, self.h_n) if self.return_state else y
 
-    def _deep_backward(self, ctx: Any, grad_output: ArrayLike | None, grad_state: object, input_grad: bool,
-                       accumulate: bool) -> FloatArray | None:
+    def _deep_backward(
+        self, ctx: Any, grad_output: ArrayLike | None, grad_state: object, input_grad: bool, accumulate: bool
+    ) -> FloatArray | None:
         _, shape, layers = ctx
         T, B, _ = shape
         H, D, n = self.hidden_size, self.num_directions, self.num_layers * self.num_directions
@@ -382,8 +419,7 @@ class _RecurrentBase(Module):
             g = np.asarray(grad_output)
             expected = (B, T, H * D) if self.batch_first else (T, B, H * D)
             if g.shape != expected:
-                raise ValueError(f"{self._name}: grad_output has shape {g.shape} but the output had shape "
-                                 f"{expected}")
+                raise ValueError(f"{self._name}: grad_output has shape {g.shape} but the output had shape {expected}")
             if self.batch_first:
                 g = g.transpose(1, 0, 2)
         ghn = gcn = None
@@ -408,20 +444,27 @@ class _RecurrentBase(Module):
             for d in range(D):
                 k = layer * D + d
                 xin, h0, c0, saved = dirs[d]
-                gd = g[:, :, d * H:(d + 1) * H]
+                gd = g[:, :, d * H : (d + 1) * H]
                 gd = np.ascontiguousarray(gd if d == 0 else gd[::-1])
-                result = self._plans[k].backward(gd, xin, h0, saved, c0,
-                                                 grad_hn=None if ghn is None else ghn[k],
-                                                 grad_cn=None if gcn is None else gcn[k],
-                                                 input_grad=want_x, accumulate=accumulate)
+                result = self._plans[k].backward(
+                    gd,
+                    xin,
+                    h0,
+                    saved,
+                    c0,
+                    grad_hn=None if ghn is None else ghn[k],
+                    grad_cn=None if gcn is None else gcn[k],
+                    input_grad=want_x,
+                    accumulate=accumulate,
+                )
                 gh0[k] = cast(FloatArray, result[1])
                 if self._cell == "lstm":
                     gc0[k] = cast(FloatArray, result[2])
                 if want_x:
-                    gx = cast(FloatArray, result[0])   # want_x: computed
+                    gx = cast(FloatArray, result[0])  # want_x: computed
                     gx = gx if d == 0 else gx[::-1]
                     grad_in = np.array(gx) if grad_in is None else grad_in + gx
-            if grad_in is not None:   # None only when the first layer needs no input gradient: the loop ends
+            if grad_in is not None:  # None only when the first layer needs no input gradient: the loop ends
                 g = grad_in
             grad_x = grad_in
         self.grad_h0 = np.stack(gh0)
@@ -431,9 +474,14 @@ class _RecurrentBase(Module):
 
     # -- config -------------------------------------------------------------
     def get_config(self) -> dict[str, Any]:
-        cfg = dict(input_size=self.input_size, hidden_size=self.hidden_size, bias=self.bias,
-                   batch_first=self.batch_first, dtype=self.weight_ih_l0.data.dtype.name,
-                   return_state=self.return_state)
+        cfg = dict(
+            input_size=self.input_size,
+            hidden_size=self.hidden_size,
+            bias=self.bias,
+            batch_first=self.batch_first,
+            dtype=self.weight_ih_l0.data.dtype.name,
+            return_state=self.return_state,
+        )
         # only where they differ from the defaults: files of single-layer models keep their old config
         if self.num_layers != 1:
             cfg["num_layers"] = self.num_layers
@@ -444,12 +492,15 @@ class _RecurrentBase(Module):
         return cfg
 
     @classmethod
-    def parameters_from_config(cls, config: dict[str, Any],
-                               children: Collection[str] = ()) -> list[ParameterSpec]:
+    def parameters_from_config(cls, config: dict[str, Any], children: Collection[str] = ()) -> list[ParameterSpec]:
         """``[(name, shape, dtype name)]`` that ``cls(**config)`` creates, config checked (see Module)."""
         optional = tuple(k for k in _DEEP_KEYS if isinstance(config, dict) and k in config)
-        c = _v.layer_config(config, cls._name, ("input_size", "hidden_size", "bias", "batch_first", "dtype",
-                                                "return_state") + optional, children)
+        c = _v.layer_config(
+            config,
+            cls._name,
+            ("input_size", "hidden_size", "bias", "batch_first", "dtype", "return_state") + optional,
+            children,
+        )
         i, h = _v.positive_int(c["input_size"], "input_size"), _v.positive_int(c["hidden_size"], "hidden_size")
         _v.strict_bool(c["batch_first"], "batch_first"), _v.strict_bool(c["return_state"], "return_state")
         layers = _v.positive_int(c.get("num_layers", 1), "num_layers")
@@ -462,7 +513,7 @@ class _RecurrentBase(Module):
         out: list[ParameterSpec] = []
         for layer in range(layers):
             size = i if layer == 0 else h * dirs
-            for sfx in ((f"_l{layer}", f"_l{layer}_reverse") if dirs == 2 else (f"_l{layer}",)):
+            for sfx in (f"_l{layer}", f"_l{layer}_reverse") if dirs == 2 else (f"_l{layer}",):
                 out += [("weight_ih" + sfx, (g, size), dt), ("weight_hh" + sfx, (g, h), dt)]
                 if bias:
                     out += [("bias_ih" + sfx, (g,), dt), ("bias_hh" + sfx, (g,), dt)]
@@ -521,11 +572,34 @@ class RNN(_RecurrentBase):
     _gates = 1
     _name = "RNN"
 
-    def __init__(self, input_size: int, hidden_size: int, nonlinearity: Nonlinearity = "tanh", bias: bool = True,
-                 batch_first: bool = False, dtype: DTypeLike = np.float32, return_state: bool = False,
-                 rng: Seed = None, *, num_layers: int = 1, dropout: float = 0.0, bidirectional: bool = False) -> None:
-        super().__init__(input_size, hidden_size, bias, batch_first, dtype, return_state, rng, nonlinearity,
-                         num_layers, dropout, bidirectional)
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        nonlinearity: Nonlinearity = "tanh",
+        bias: bool = True,
+        batch_first: bool = False,
+        dtype: DTypeLike = np.float32,
+        return_state: bool = False,
+        rng: Seed = None,
+        *,
+        num_layers: int = 1,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+    ) -> None:
+        super().__init__(
+            input_size,
+            hidden_size,
+            bias,
+            batch_first,
+            dtype,
+            return_state,
+            rng,
+            nonlinearity,
+            num_layers,
+            dropout,
+            bidirectional,
+        )
 
     def get_config(self) -> dict[str, Any]:
         cfg = super().get_config()
@@ -537,12 +611,15 @@ class RNN(_RecurrentBase):
         return s + (", nonlinearity='relu'" if self.nonlinearity == "relu" else "")
 
     @classmethod
-    def parameters_from_config(cls, config: dict[str, Any],
-                               children: Collection[str] = ()) -> list[ParameterSpec]:
+    def parameters_from_config(cls, config: dict[str, Any], children: Collection[str] = ()) -> list[ParameterSpec]:
         """As the other recurrent layers, plus ``nonlinearity`` (see Module)."""
         optional = tuple(k for k in _DEEP_KEYS if isinstance(config, dict) and k in config)
-        c = _v.layer_config(config, "RNN", ("input_size", "hidden_size", "nonlinearity", "bias", "batch_first",
-                                            "dtype", "return_state") + optional, children)
+        c = _v.layer_config(
+            config,
+            "RNN",
+            ("input_size", "hidden_size", "nonlinearity", "bias", "batch_first", "dtype", "return_state") + optional,
+            children,
+        )
         _v.str_choice(c["nonlinearity"], "nonlinearity", ops.RNN_NONLINEARITIES)
         return super().parameters_from_config({k: v for k, v in c.items() if k != "nonlinearity"}, children)
 
@@ -562,11 +639,32 @@ class LSTM(_RecurrentBase):
     _gates = 4
     _name = "LSTM"
 
-    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, batch_first: bool = False,
-                 dtype: DTypeLike = np.float32, return_state: bool = False, rng: Seed = None, *,
-                 num_layers: int = 1, dropout: float = 0.0, bidirectional: bool = False) -> None:
-        super().__init__(input_size, hidden_size, bias, batch_first, dtype, return_state, rng,
-                         num_layers=num_layers, dropout=dropout, bidirectional=bidirectional)
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        bias: bool = True,
+        batch_first: bool = False,
+        dtype: DTypeLike = np.float32,
+        return_state: bool = False,
+        rng: Seed = None,
+        *,
+        num_layers: int = 1,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+    ) -> None:
+        super().__init__(
+            input_size,
+            hidden_size,
+            bias,
+            batch_first,
+            dtype,
+            return_state,
+            rng,
+            num_layers=num_layers,
+            dropout=dropout,
+            bidirectional=bidirectional,
+        )
         self.c_n = None
         self.grad_c0 = None
 
@@ -584,11 +682,32 @@ class GRU(_RecurrentBase):
     _gates = 3
     _name = "GRU"
 
-    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, batch_first: bool = False,
-                 dtype: DTypeLike = np.float32, return_state: bool = False, rng: Seed = None, *,
-                 num_layers: int = 1, dropout: float = 0.0, bidirectional: bool = False) -> None:
-        super().__init__(input_size, hidden_size, bias, batch_first, dtype, return_state, rng,
-                         num_layers=num_layers, dropout=dropout, bidirectional=bidirectional)
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        bias: bool = True,
+        batch_first: bool = False,
+        dtype: DTypeLike = np.float32,
+        return_state: bool = False,
+        rng: Seed = None,
+        *,
+        num_layers: int = 1,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+    ) -> None:
+        super().__init__(
+            input_size,
+            hidden_size,
+            bias,
+            batch_first,
+            dtype,
+            return_state,
+            rng,
+            num_layers=num_layers,
+            dropout=dropout,
+            bidirectional=bidirectional,
+        )
 
 
 @register_module
@@ -640,8 +759,7 @@ class LastTimeStep(Module):
         return "batch_first=True" if self.batch_first else ""
 
     @classmethod
-    def parameters_from_config(cls, config: dict[str, Any],
-                               children: Collection[str] = ()) -> list[ParameterSpec]:
+    def parameters_from_config(cls, config: dict[str, Any], children: Collection[str] = ()) -> list[ParameterSpec]:
         """No parameters; checks ``batch_first`` (see Module)."""
         cls(**_v.layer_config(config, "LastTimeStep", ("batch_first",), children))
         return []

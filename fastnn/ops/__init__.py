@@ -31,6 +31,15 @@ from .optim import *  # noqa: F403
 from .rnn import *  # noqa: F403
 
 # The families' lists, spliced (ruff cannot read starred entries).
-__all__ = [*_activations.__all__,  # noqa: PLE0604
-           *_conv.__all__, *_dense.__all__, *_losses.__all__, *_optim.__all__,
-           *_rnn.__all__, *_norm.__all__, *_dropout.__all__, *_embedding.__all__, *_adaptive_pool.__all__]
+__all__ = [  # noqa: PLE0604
+    *_activations.__all__,
+    *_conv.__all__,
+    *_dense.__all__,
+    *_losses.__all__,
+    *_optim.__all__,
+    *_rnn.__all__,
+    *_norm.__all__,
+    *_dropout.__all__,
+    *_embedding.__all__,
+    *_adaptive_pool.__all__,
+]

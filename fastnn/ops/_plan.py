@@ -37,8 +37,9 @@ __all__ = ["current", "active_workspace", "ndarray", "output", "check_param", "c
 ndarray = np.ndarray
 
 
-def output(owner: Hashable, name: str, shape: tuple[int, ...], dtype: np.dtype[Any],
-           *inputs: NDArray[Any] | None) -> NDArray[Any]:
+def output(
+    owner: Hashable, name: str, shape: tuple[int, ...], dtype: np.dtype[Any], *inputs: NDArray[Any] | None
+) -> NDArray[Any]:
     """A buffer for a result: the active workspace's (not aliasing ``inputs``), or a new array."""
     ws = active_workspace.get()
     if ws is None:
@@ -70,7 +71,7 @@ def check_disjoint(where: str, *arrays: NDArray[Any] | None) -> None:
     """Refuse bound arrays that overlap (a parameter's gradient inside another's, say): checked once per bind."""
     given = [a for a in arrays if a is not None]
     for i, a in enumerate(given):
-        for b in given[i + 1:]:
+        for b in given[i + 1 :]:
             if np.may_share_memory(a, b):
                 raise ValueError(f"{where}: parameters and gradients must not share memory")
 
@@ -87,9 +88,9 @@ def check_grad(param: ParamLike, name: str) -> FloatArray:
     return grad
 
 
-def bind_weight_bias(weight: ParamLike, bias: ParamLike | None, ndim: int, where: str,
-                     show_weight_shape: bool = False) -> tuple[FloatArray, FloatArray, FloatArray | None,
-                                                               FloatArray | None]:
+def bind_weight_bias(
+    weight: ParamLike, bias: ParamLike | None, ndim: int, where: str, show_weight_shape: bool = False
+) -> tuple[FloatArray, FloatArray, FloatArray | None, FloatArray | None]:
     """Validated ``(W, dW, b, db)`` of a weight and its optional per-output bias: checked once per bind.
 
     ``show_weight_shape`` puts the weight's shape in the error for a bias of the wrong length.
@@ -108,15 +109,17 @@ def bind_weight_bias(weight: ParamLike, bias: ParamLike | None, ndim: int, where
     return w, dw, b, db
 
 
-def param_arrays(weight: ParamLike, bias: ParamLike | None) -> tuple[FloatArray, FloatArray, FloatArray | None,
-                                                                     FloatArray | None]:
+def param_arrays(
+    weight: ParamLike, bias: ParamLike | None
+) -> tuple[FloatArray, FloatArray, FloatArray | None, FloatArray | None]:
     """The current ``(W, dW, b, db)`` arrays of a weight and optional bias, unvalidated (compared to the bound ones)."""
     b, db = (None, None) if bias is None else (bias.data, bias.grad)
     return weight.data, weight.grad, b, db
 
 
-def grad_targets(owner: Hashable, dw: FloatArray, db: FloatArray | None, dtype: np.dtype[Any],
-                 accumulate: bool) -> tuple[FloatArray, FloatArray | None]:
+def grad_targets(
+    owner: Hashable, dw: FloatArray, db: FloatArray | None, dtype: np.dtype[Any], accumulate: bool
+) -> tuple[FloatArray, FloatArray | None]:
     """Where a backward kernel writes the parameter gradients: ``dW`` and ``db``, or workspace buffers to add later."""
     if not accumulate:
         return dw, db

@@ -10,11 +10,16 @@ from ..backends import Backend
 from ..backends import current as _backend
 
 __all__ = [
-    "relu", "relu_backward",
-    "leaky_relu", "leaky_relu_backward",
-    "sigmoid", "sigmoid_backward",
-    "tanh", "tanh_backward",
-    "softmax", "softmax_backward",
+    "relu",
+    "relu_backward",
+    "leaky_relu",
+    "leaky_relu_backward",
+    "sigmoid",
+    "sigmoid_backward",
+    "tanh",
+    "tanh_backward",
+    "softmax",
+    "softmax_backward",
     "ActivationPlan",
 ]
 
@@ -24,8 +29,9 @@ def _forward_args(x: ArrayLike, out: FloatArray | None) -> tuple[FloatArray, Flo
     return x, _v.output(out, x.shape, x.dtype, aliases=(x,))
 
 
-def _backward_args(grad_out: ArrayLike, y: ArrayLike,
-                   out: FloatArray | None) -> tuple[FloatArray, FloatArray, FloatArray]:
+def _backward_args(
+    grad_out: ArrayLike, y: ArrayLike, out: FloatArray | None
+) -> tuple[FloatArray, FloatArray, FloatArray]:
     grad_out = _v.as_float_array(grad_out, "grad_out")
     y = _v.as_float_array(y, "y")
     _v.same_dtype(grad_out.dtype, y, "y")
@@ -86,8 +92,9 @@ def leaky_relu(x: ArrayLike, negative_slope: float = 0.01, out: FloatArray | Non
     return _backend().leaky_relu(x, _slope(negative_slope), out)
 
 
-def leaky_relu_backward(grad_out: ArrayLike, y: ArrayLike, negative_slope: float = 0.01,
-                        out: FloatArray | None = None) -> FloatArray:
+def leaky_relu_backward(
+    grad_out: ArrayLike, y: ArrayLike, negative_slope: float = 0.01, out: FloatArray | None = None
+) -> FloatArray:
     """Gradient through leaky ReLU from its output ``y``."""
     grad_out, y, out = _backward_args(grad_out, y, out)
     return _backend().leaky_relu_backward(grad_out, y, _slope(negative_slope), out)
@@ -203,8 +210,12 @@ class ActivationPlan:
         k = self._bound
         if k is None or k[0] is not _p.current():
             k = self._bind()
-        if type(x) is _nd and x.flags.c_contiguous and (x.dtype is _F32 or x.dtype is _F64) \
-                and (x.ndim == 2 or not self._ops[2]):
+        if (
+            type(x) is _nd
+            and x.flags.c_contiguous
+            and (x.dtype is _F32 or x.dtype is _F64)
+            and (x.ndim == 2 or not self._ops[2])
+        ):
             return k[1](x, *self._args, _p.output(self, "y", x.shape, x.dtype, x))
         return self._ops[0](x, *self._args)
 
@@ -213,8 +224,15 @@ class ActivationPlan:
         k = self._bound
         if k is None or k[0] is not _p.current():
             k = self._bind()
-        if type(grad_out) is _nd and type(y) is _nd and grad_out.dtype is y.dtype \
-                and (y.dtype is _F32 or y.dtype is _F64) and grad_out.shape == y.shape \
-                and grad_out.flags.c_contiguous and y.flags.c_contiguous and (y.ndim == 2 or not self._ops[2]):
+        if (
+            type(grad_out) is _nd
+            and type(y) is _nd
+            and grad_out.dtype is y.dtype
+            and (y.dtype is _F32 or y.dtype is _F64)
+            and grad_out.shape == y.shape
+            and grad_out.flags.c_contiguous
+            and y.flags.c_contiguous
+            and (y.ndim == 2 or not self._ops[2])
+        ):
             return k[2](grad_out, y, *self._args, _p.output(self, "grad_input", y.shape, y.dtype, grad_out, y))
         return self._ops[1](grad_out, y, *self._args)

@@ -18,8 +18,7 @@ from ..backends import Backend
 from ..backends import current as _backend
 from .conv import _backward_args, _input4d, _plane
 
-__all__ = ["adaptive_avg_pool2d_forward", "adaptive_avg_pool2d_backward", "adaptive_output_size",
-           "AdaptivePoolPlan"]
+__all__ = ["adaptive_avg_pool2d_forward", "adaptive_avg_pool2d_backward", "adaptive_output_size", "AdaptivePoolPlan"]
 
 
 #: an output size as given: an int, or a pair whose None entries keep the input's size
@@ -30,8 +29,9 @@ _OutputSize = int | tuple[int | None, int | None] | list[int | None]
 def adaptive_output_size(output_size: _OutputSize | None, input_hw: None = None) -> tuple[int | None, int | None]: ...
 @overload
 def adaptive_output_size(output_size: _OutputSize | None, input_hw: Sequence[int]) -> tuple[int, int]: ...
-def adaptive_output_size(output_size: _OutputSize | None,
-                         input_hw: Sequence[int] | None = None) -> tuple[int | None, int | None]:
+def adaptive_output_size(
+    output_size: _OutputSize | None, input_hw: Sequence[int] | None = None
+) -> tuple[int | None, int | None]:
     """``output_size`` (int, pair, None entries = the input's size) as a pair of ints."""
     if isinstance(output_size, (tuple, list)):
         if len(output_size) != 2:
@@ -54,8 +54,7 @@ def adaptive_output_size(output_size: _OutputSize | None,
     return out[0], out[1]
 
 
-def adaptive_avg_pool2d_forward(x: ArrayLike, output_size: _OutputSize,
-                                out: FloatArray | None = None) -> FloatArray:
+def adaptive_avg_pool2d_forward(x: ArrayLike, output_size: _OutputSize, out: FloatArray | None = None) -> FloatArray:
     """Average pooling to a fixed output size (PyTorch's ``adaptive_avg_pool2d``).
 
     Parameters
@@ -79,8 +78,9 @@ def adaptive_avg_pool2d_forward(x: ArrayLike, output_size: _OutputSize,
     return _backend().adaptive_avg_pool2d_forward(x, out)
 
 
-def adaptive_avg_pool2d_backward(grad_out: ArrayLike, input_shape: Sequence[int],
-                                 grad_input: FloatArray | None = None) -> FloatArray:
+def adaptive_avg_pool2d_backward(
+    grad_out: ArrayLike, input_shape: Sequence[int], grad_input: FloatArray | None = None
+) -> FloatArray:
     """Backward of :func:`adaptive_avg_pool2d_forward`.
 
     Parameters
@@ -137,18 +137,31 @@ class AdaptivePoolPlan:
 
     def forward(self, x: ArrayLike) -> FloatArray:
         k = self._backend()
-        if type(x) is _nd and x.flags.c_contiguous and x.ndim == 4 and (x.dtype is _F32 or x.dtype is _F64) \
-                and x.shape[2] > 0 and x.shape[3] > 0 and x.shape[2] * x.shape[3] <= _v.MAX_DIM:
+        if (
+            type(x) is _nd
+            and x.flags.c_contiguous
+            and x.ndim == 4
+            and (x.dtype is _F32 or x.dtype is _F64)
+            and x.shape[2] > 0
+            and x.shape[3] > 0
+            and x.shape[2] * x.shape[3] <= _v.MAX_DIM
+        ):
             out = _p.output(self, "y", self.out_shape(x.shape), x.dtype, x)
             return out if out.size == 0 else k[1](x, out)
         return adaptive_avg_pool2d_forward(x, self.output_size)
 
     def backward(self, grad_out: ArrayLike, input_shape: tuple[int, ...]) -> FloatArray:
         k = self._backend()
-        if type(grad_out) is _nd and grad_out.flags.c_contiguous and (grad_out.dtype is _F32
-                                                                     or grad_out.dtype is _F64) \
-                and type(input_shape) is tuple and len(input_shape) == 4 and input_shape[2] > 0 \
-                and input_shape[3] > 0 and grad_out.shape == self.out_shape(input_shape):
+        if (
+            type(grad_out) is _nd
+            and grad_out.flags.c_contiguous
+            and (grad_out.dtype is _F32 or grad_out.dtype is _F64)
+            and type(input_shape) is tuple
+            and len(input_shape) == 4
+            and input_shape[2] > 0
+            and input_shape[3] > 0
+            and grad_out.shape == self.out_shape(input_shape)
+        ):
             gin = _p.output(self, "grad_input", input_shape, grad_out.dtype, grad_out)
             return gin if gin.size == 0 else k[2](grad_out, gin)
         return adaptive_avg_pool2d_backward(grad_out, input_shape)

@@ -24,10 +24,16 @@ from ..backends import Backend
 from ..backends import current as _backend
 
 __all__ = [
-    "conv2d_forward", "conv2d_backward", "conv2d_output_shape",
-    "max_pool2d_forward", "max_pool2d_backward",
-    "avg_pool2d_forward", "avg_pool2d_backward", "pool2d_output_shape",
-    "ConvPlan", "PoolPlan",
+    "conv2d_forward",
+    "conv2d_backward",
+    "conv2d_output_shape",
+    "max_pool2d_forward",
+    "max_pool2d_backward",
+    "avg_pool2d_forward",
+    "avg_pool2d_backward",
+    "pool2d_output_shape",
+    "ConvPlan",
+    "PoolPlan",
 ]
 
 _INT64 = np.dtype(np.int64)
@@ -67,8 +73,13 @@ def _input4d(x: ArrayLike, name: str = "x") -> FloatArray:
     return x
 
 
-def conv2d_output_shape(input_shape: Sequence[int], weight_shape: Sequence[int], stride: IntPair = 1,
-                        padding: IntPair = 0, dilation: IntPair = 1) -> _Shape4:
+def conv2d_output_shape(
+    input_shape: Sequence[int],
+    weight_shape: Sequence[int],
+    stride: IntPair = 1,
+    padding: IntPair = 0,
+    dilation: IntPair = 1,
+) -> _Shape4:
     """Shape (B, O, Ho, Wo) of :func:`conv2d_forward`, or ``ValueError`` naming the shapes.
 
     Parameters
@@ -83,15 +94,16 @@ def conv2d_output_shape(input_shape: Sequence[int], weight_shape: Sequence[int],
     return _conv_shape(_shape4(input_shape), _shape4(weight_shape, "weight_shape"), stride, padding, dilation)
 
 
-def _conv_shape(xs: tuple[int, ...], ws: tuple[int, ...], stride: _Pair, padding: _Pair,
-                dilation: _Pair) -> _Shape4:
+def _conv_shape(xs: tuple[int, ...], ws: tuple[int, ...], stride: _Pair, padding: _Pair, dilation: _Pair) -> _Shape4:
     if len(xs) != 4:
         raise ValueError(f"conv2d input must be 4-D (batch, channels, height, width), got shape {xs}")
     if len(ws) != 4:
         raise ValueError(f"conv2d weight must be 4-D (out_channels, in_channels, kH, kW), got shape {ws}")
     if xs[1] != ws[1]:
-        raise ValueError(f"conv2d: input has {xs[1]} channels (shape {xs}) but weight expects "
-                         f"{ws[1]} (shape {ws}, stored as (out, in, kH, kW))")
+        raise ValueError(
+            f"conv2d: input has {xs[1]} channels (shape {xs}) but weight expects "
+            f"{ws[1]} (shape {ws}, stored as (out, in, kH, kW))"
+        )
     if min(ws) < 1:
         raise ValueError(f"conv2d weight shape {ws} has an empty dimension")
     _plane(xs, "conv2d")
@@ -104,12 +116,19 @@ def _conv_shape(xs: tuple[int, ...], ws: tuple[int, ...], stride: _Pair, padding
         if n + 2 * p < span:
             raise ValueError(
                 f"conv2d: input {name} {n} (input shape {xs}) plus padding 2*{p} is smaller than the "
-                f"kernel's reach {span} (weight shape {ws}, dilation {d})")
+                f"kernel's reach {span} (weight shape {ws}, dilation {d})"
+            )
         size.append((n + 2 * p - span) // s + 1)
     # the sizes of one image: its padded copy, and its product weight (O, C·kH·kW) x columns (C·kH·kW, Ho·Wo)
-    _v.dims_fit("conv2d", **{"padded image channels·height·width": _padded_image(xs, padding),
-                             "out_channels": ws[0], "in_channels·kH·kW": ws[1] * ws[2] * ws[3],
-                             "output height·width": size[0] * size[1]})
+    _v.dims_fit(
+        "conv2d",
+        **{
+            "padded image channels·height·width": _padded_image(xs, padding),
+            "out_channels": ws[0],
+            "in_channels·kH·kW": ws[1] * ws[2] * ws[3],
+            "output height·width": size[0] * size[1],
+        },
+    )
     return (xs[0], ws[0], size[0], size[1])
 
 
@@ -124,8 +143,9 @@ def _plane(xs: tuple[int, ...], where: str) -> None:
         raise ValueError(f"{where}: input shape {xs} has an empty image plane (height or width 0)")
 
 
-def _conv_args(x: ArrayLike, weight: ArrayLike, stride: IntPair, padding: IntPair,
-               dilation: IntPair) -> tuple[FloatArray, FloatArray, _Pair, _Pair, _Pair, _Shape4]:
+def _conv_args(
+    x: ArrayLike, weight: ArrayLike, stride: IntPair, padding: IntPair, dilation: IntPair
+) -> tuple[FloatArray, FloatArray, _Pair, _Pair, _Pair, _Shape4]:
     x = _input4d(x)
     weight = _v.as_float_array(weight, "weight")
     _v.same_dtype(x.dtype, weight, "weight")
@@ -136,8 +156,15 @@ def _conv_args(x: ArrayLike, weight: ArrayLike, stride: IntPair, padding: IntPai
     return x, weight, stride, padding, dilation, shape
 
 
-def conv2d_forward(x: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None, stride: IntPair = 1,
-                   padding: IntPair = 0, dilation: IntPair = 1, out: FloatArray | None = None) -> FloatArray:
+def conv2d_forward(
+    x: ArrayLike,
+    weight: ArrayLike,
+    bias: ArrayLike | None = None,
+    stride: IntPair = 1,
+    padding: IntPair = 0,
+    dilation: IntPair = 1,
+    out: FloatArray | None = None,
+) -> FloatArray:
     """2-D convolution (cross-correlation, as PyTorch's ``conv2d``), NCHW.
 
     Parameters
@@ -175,10 +202,20 @@ def conv2d_forward(x: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = Non
     return _backend().conv2d_forward(x, weight, bias, stride, padding, dilation, out)
 
 
-def conv2d_backward(grad_out: ArrayLike, x: ArrayLike, weight: ArrayLike, stride: IntPair = 1,
-                    padding: IntPair = 0, dilation: IntPair = 1, *, bias: bool = True, input_grad: bool = True,
-                    grad_input: FloatArray | None = None, grad_weight: FloatArray | None = None,
-                    grad_bias: FloatArray | None = None) -> tuple[FloatArray | None, FloatArray, FloatArray | None]:
+def conv2d_backward(
+    grad_out: ArrayLike,
+    x: ArrayLike,
+    weight: ArrayLike,
+    stride: IntPair = 1,
+    padding: IntPair = 0,
+    dilation: IntPair = 1,
+    *,
+    bias: bool = True,
+    input_grad: bool = True,
+    grad_input: FloatArray | None = None,
+    grad_weight: FloatArray | None = None,
+    grad_bias: FloatArray | None = None,
+) -> tuple[FloatArray | None, FloatArray, FloatArray | None]:
     """Backward pass of :func:`conv2d_forward`.
 
     Parameters
@@ -208,19 +245,22 @@ def conv2d_backward(grad_out: ArrayLike, x: ArrayLike, weight: ArrayLike, stride
     ins = (grad_out, x, weight)
     grad_input = _v.output(grad_input, x.shape, dt, "grad_input", ins) if input_grad else None
     grad_weight = _v.output(grad_weight, weight.shape, dt, "grad_weight", ins + (grad_input,))
-    grad_bias = _v.output(grad_bias, (weight.shape[0],), dt, "grad_bias",
-                          ins + (grad_input, grad_weight)) if bias else None
+    grad_bias = (
+        _v.output(grad_bias, (weight.shape[0],), dt, "grad_bias", ins + (grad_input, grad_weight)) if bias else None
+    )
     if x.shape[0] == 0:  # empty batch: the sums over it are zero
         grad_weight.fill(0)
         if grad_bias is not None:
             grad_bias.fill(0)
         return grad_input, grad_weight, grad_bias
-    return _backend().conv2d_backward(grad_out, x, weight, stride, padding, dilation,
-                                      grad_input, grad_weight, grad_bias)
+    return _backend().conv2d_backward(
+        grad_out, x, weight, stride, padding, dilation, grad_input, grad_weight, grad_bias
+    )
 
 
-def pool2d_output_shape(input_shape: Sequence[int], kernel_size: IntPair, stride: IntPair | None = None,
-                        padding: IntPair = 0) -> _Shape4:
+def pool2d_output_shape(
+    input_shape: Sequence[int], kernel_size: IntPair, stride: IntPair | None = None, padding: IntPair = 0
+) -> _Shape4:
     """Shape (B, C, Ho, Wo) of a pooling, or ``ValueError`` naming the shapes.
 
     ``stride=None`` means ``stride = kernel_size`` (PyTorch's default).
@@ -248,16 +288,23 @@ def _pool_shape(xs: tuple[int, ...], kernel_size: _Pair, stride: _Pair, padding:
         n, k, s, p = xs[2 + axis], kernel_size[axis], stride[axis], padding[axis]
         _v.dims_fit("pooling", **{f"padded input {name}": n + 2 * p})
         if n + 2 * p < k:
-            raise ValueError(f"pooling: input {name} {n} (input shape {xs}) plus padding 2*{p} is smaller "
-                             f"than the kernel size {kernel_size}")
+            raise ValueError(
+                f"pooling: input {name} {n} (input shape {xs}) plus padding 2*{p} is smaller "
+                f"than the kernel size {kernel_size}"
+            )
         size.append((n + 2 * p - k) // s + 1)
     _v.dims_fit("pooling", **{"padded image channels·height·width": _padded_image(xs, padding)})
     return (xs[0], xs[1], size[0], size[1])
 
 
-def max_pool2d_forward(x: ArrayLike, kernel_size: IntPair, stride: IntPair | None = None, padding: IntPair = 0,
-                       out: FloatArray | None = None,
-                       indices: _Indices | None = None) -> tuple[FloatArray, _Indices]:
+def max_pool2d_forward(
+    x: ArrayLike,
+    kernel_size: IntPair,
+    stride: IntPair | None = None,
+    padding: IntPair = 0,
+    out: FloatArray | None = None,
+    indices: _Indices | None = None,
+) -> tuple[FloatArray, _Indices]:
     """2-D max pooling (PyTorch's ``max_pool2d``), with the winners' indices.
 
     Parameters
@@ -325,8 +372,9 @@ def _index_buffer(indices: NDArray[Any], shape: tuple[int, ...], name: str) -> N
         raise ValueError(f"{name} must be C-contiguous and writeable")
 
 
-def max_pool2d_backward(grad_out: ArrayLike, indices: ArrayLike, input_shape: Sequence[int],
-                        grad_input: FloatArray | None = None) -> FloatArray:
+def max_pool2d_backward(
+    grad_out: ArrayLike, indices: ArrayLike, input_shape: Sequence[int], grad_input: FloatArray | None = None
+) -> FloatArray:
     """Backward of :func:`max_pool2d_forward`: route each gradient to its maximum.
 
     Parameters
@@ -357,8 +405,14 @@ def max_pool2d_backward(grad_out: ArrayLike, indices: ArrayLike, input_shape: Se
     return _backend().max_pool2d_backward(grad_out, indices, grad_input)
 
 
-def avg_pool2d_forward(x: ArrayLike, kernel_size: IntPair, stride: IntPair | None = None, padding: IntPair = 0,
-                       count_include_pad: bool = True, out: FloatArray | None = None) -> FloatArray:
+def avg_pool2d_forward(
+    x: ArrayLike,
+    kernel_size: IntPair,
+    stride: IntPair | None = None,
+    padding: IntPair = 0,
+    count_include_pad: bool = True,
+    out: FloatArray | None = None,
+) -> FloatArray:
     """2-D average pooling (PyTorch's ``avg_pool2d``).
 
     Parameters
@@ -385,9 +439,15 @@ def avg_pool2d_forward(x: ArrayLike, kernel_size: IntPair, stride: IntPair | Non
     return _backend().avg_pool2d_forward(x, kernel_size, stride, padding, bool(count_include_pad), out)
 
 
-def avg_pool2d_backward(grad_out: ArrayLike, input_shape: Sequence[int], kernel_size: IntPair,
-                        stride: IntPair | None = None, padding: IntPair = 0, count_include_pad: bool = True,
-                        grad_input: FloatArray | None = None) -> FloatArray:
+def avg_pool2d_backward(
+    grad_out: ArrayLike,
+    input_shape: Sequence[int],
+    kernel_size: IntPair,
+    stride: IntPair | None = None,
+    padding: IntPair = 0,
+    count_include_pad: bool = True,
+    grad_input: FloatArray | None = None,
+) -> FloatArray:
     """Backward of :func:`avg_pool2d_forward`.
 
     Parameters
@@ -409,8 +469,7 @@ def avg_pool2d_backward(grad_out: ArrayLike, input_shape: Sequence[int], kernel_
     grad_input = _v.output(grad_input, input_shape, grad_out.dtype, "grad_input", (grad_out,))
     if grad_input.size == 0:
         return grad_input
-    return _backend().avg_pool2d_backward(grad_out, kernel_size, stride, padding, bool(count_include_pad),
-                                          grad_input)
+    return _backend().avg_pool2d_backward(grad_out, kernel_size, stride, padding, bool(count_include_pad), grad_input)
 
 
 # ---------------------------------------------------------------------------
@@ -425,8 +484,17 @@ _F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)
 _MAX_SHAPES = 16
 
 #: ConvPlan's bound state: (backend, W, b, dtype, W.shape, forward kernel, backward kernel, dW, db)
-_ConvBound = tuple[Backend, FloatArray, "FloatArray | None", "np.dtype[Any]", "tuple[int, ...]",
-                   Callable[..., FloatArray], Callable[..., Any], FloatArray, "FloatArray | None"]
+_ConvBound = tuple[
+    Backend,
+    FloatArray,
+    "FloatArray | None",
+    "np.dtype[Any]",
+    "tuple[int, ...]",
+    Callable[..., FloatArray],
+    Callable[..., Any],
+    FloatArray,
+    "FloatArray | None",
+]
 
 
 class ConvPlan:
@@ -457,8 +525,14 @@ class ConvPlan:
     #: (C, H, W) of an input -> (O, Ho, Wo) of its output
     _shapes: dict[tuple[int, ...], tuple[int, int, int]]
 
-    def __init__(self, weight: ParamLike, bias: ParamLike | None = None, stride: IntPair = 1, padding: IntPair = 0,
-                 dilation: IntPair = 1) -> None:
+    def __init__(
+        self,
+        weight: ParamLike,
+        bias: ParamLike | None = None,
+        stride: IntPair = 1,
+        padding: IntPair = 0,
+        dilation: IntPair = 1,
+    ) -> None:
         self.weight = weight
         self.bias = bias
         self.stride = _pair(stride, "stride", 1)
@@ -503,27 +577,46 @@ class ConvPlan:
             return k[5](x, w, b, self.stride, self.padding, self.dilation, out)
         return conv2d_forward(x, w, b, self.stride, self.padding, self.dilation)
 
-    def backward(self, grad_out: ArrayLike, x: ArrayLike, *, input_grad: bool = True,
-                 accumulate: bool = False) -> FloatArray | None:
+    def backward(
+        self, grad_out: ArrayLike, x: ArrayLike, *, input_grad: bool = True, accumulate: bool = False
+    ) -> FloatArray | None:
         """dL/dx (None if ``input_grad=False``) from dL/dy; writes ``weight.grad`` and ``bias.grad``.
 
         ``accumulate=True`` adds the parameter gradients instead of overwriting them.
         """
         w, dw, b, db = _p.param_arrays(self.weight, self.bias)
         k = self._bound
-        if k is None or k[1] is not w or k[2] is not b or k[7] is not dw or k[8] is not db \
-                or k[0] is not _p.current():
+        if k is None or k[1] is not w or k[2] is not b or k[7] is not dw or k[8] is not db or k[0] is not _p.current():
             k = self._bind()
         dt = k[3]
         gw, gb = _p.grad_targets(self, dw, db, dt, accumulate)
-        if type(grad_out) is _nd and type(x) is _nd and grad_out.dtype is dt and x.dtype is dt \
-                and grad_out.flags.c_contiguous and x.flags.c_contiguous and x.ndim == 4 and w.shape == k[4] \
-                and grad_out.shape == self._out_shape(x.shape, k) and x.shape[0] > 0:
+        if (
+            type(grad_out) is _nd
+            and type(x) is _nd
+            and grad_out.dtype is dt
+            and x.dtype is dt
+            and grad_out.flags.c_contiguous
+            and x.flags.c_contiguous
+            and x.ndim == 4
+            and w.shape == k[4]
+            and grad_out.shape == self._out_shape(x.shape, k)
+            and x.shape[0] > 0
+        ):
             gin = _p.output(self, "grad_input", x.shape, dt, grad_out) if input_grad else None
             k[6](grad_out, x, w, self.stride, self.padding, self.dilation, gin, gw, gb)
         else:
-            gin = conv2d_backward(grad_out, x, w, self.stride, self.padding, self.dilation, bias=b is not None,
-                                  input_grad=input_grad, grad_weight=gw, grad_bias=gb)[0]
+            gin = conv2d_backward(
+                grad_out,
+                x,
+                w,
+                self.stride,
+                self.padding,
+                self.dilation,
+                bias=b is not None,
+                input_grad=input_grad,
+                grad_weight=gw,
+                grad_bias=gb,
+            )[0]
         if accumulate:
             _p.accumulate_grads(dw, gw, db, gb)
         return gin
@@ -551,8 +644,14 @@ class PoolPlan:
     #: input shape -> output shape
     _shapes: dict[tuple[int, ...], _Shape4]
 
-    def __init__(self, kind: Literal["max", "avg"], kernel_size: IntPair, stride: IntPair | None = None,
-                 padding: IntPair = 0, count_include_pad: bool = True) -> None:
+    def __init__(
+        self,
+        kind: Literal["max", "avg"],
+        kernel_size: IntPair,
+        stride: IntPair | None = None,
+        padding: IntPair = 0,
+        count_include_pad: bool = True,
+    ) -> None:
         self.kind = _v.choice(kind, "kind", ("max", "avg"))
         self.kernel_size, self.stride, self.padding = _pool_params(kernel_size, stride, padding)
         self.count_include_pad = bool(count_include_pad)
@@ -598,27 +697,36 @@ class PoolPlan:
             return max_pool2d_forward(x, self.kernel_size, self.stride, self.padding)
         return avg_pool2d_forward(x, self.kernel_size, self.stride, self.padding, self.count_include_pad)
 
-    def backward(self, grad_out: ArrayLike, input_shape: Sequence[int],
-                 indices: _Indices | None = None) -> FloatArray:
+    def backward(self, grad_out: ArrayLike, input_shape: Sequence[int], indices: _Indices | None = None) -> FloatArray:
         """dL/dx of shape ``input_shape`` from dL/dy (max pooling: with the forward's ``indices``)."""
         k = self._bound
         if k is None or k[0] is not _p.current():
             k = self._bind()
-        if type(grad_out) is _nd and grad_out.flags.c_contiguous and (grad_out.dtype is _F32
-                                                                     or grad_out.dtype is _F64) \
-                and type(input_shape) is tuple and grad_out.shape == self._out_shape(input_shape):
+        if (
+            type(grad_out) is _nd
+            and grad_out.flags.c_contiguous
+            and (grad_out.dtype is _F32 or grad_out.dtype is _F64)
+            and type(input_shape) is tuple
+            and grad_out.shape == self._out_shape(input_shape)
+        ):
             gin = _p.output(self, "grad_input", input_shape, grad_out.dtype, grad_out)
             if gin.size == 0:
                 return gin
             if self.kind == "avg":
                 return k[2](grad_out, self.kernel_size, self.stride, self.padding, self.count_include_pad, gin)
             # every backend's kernel checks each index against the plane as it scatters (ValueError)
-            if type(indices) is _nd and indices.dtype is _INT64 and indices.shape == grad_out.shape \
-                    and indices.flags.c_contiguous and not np.may_share_memory(indices, gin):
+            if (
+                type(indices) is _nd
+                and indices.dtype is _INT64
+                and indices.shape == grad_out.shape
+                and indices.flags.c_contiguous
+                and not np.may_share_memory(indices, gin)
+            ):
                 return k[2](grad_out, indices, gin)
         if self.kind == "max":
             if indices is None:
                 raise TypeError("max pooling backward needs the indices returned by the forward pass")
             return max_pool2d_backward(grad_out, indices, input_shape)
-        return avg_pool2d_backward(grad_out, input_shape, self.kernel_size, self.stride, self.padding,
-                                   self.count_include_pad)
+        return avg_pool2d_backward(
+            grad_out, input_shape, self.kernel_size, self.stride, self.padding, self.count_include_pad
+        )

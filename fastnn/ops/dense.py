@@ -17,8 +17,9 @@ __all__ = ["matmul", "dense_forward", "dense_backward", "DENSE_ACTIVATIONS", "De
 DENSE_ACTIVATIONS: tuple[DenseActivation, ...] = ("identity", "relu", "sigmoid", "tanh")
 
 
-def matmul(a: ArrayLike, b: ArrayLike, trans_a: bool = False, trans_b: bool = False,
-           out: FloatArray | None = None) -> FloatArray:
+def matmul(
+    a: ArrayLike, b: ArrayLike, trans_a: bool = False, trans_b: bool = False, out: FloatArray | None = None
+) -> FloatArray:
     """Matrix product ``op(a) @ op(b)`` with optional transposes.
 
     Parameters
@@ -49,7 +50,8 @@ def matmul(a: ArrayLike, b: ArrayLike, trans_a: bool = False, trans_b: bool = Fa
     if k != k2:
         raise ValueError(
             f"matmul: inner dimensions differ: op(a) is {m}x{k} and op(b) is {k2}x{n} "
-            f"(a.shape={a.shape}, trans_a={bool(trans_a)}, b.shape={b.shape}, trans_b={bool(trans_b)})")
+            f"(a.shape={a.shape}, trans_a={bool(trans_a)}, b.shape={b.shape}, trans_b={bool(trans_b)})"
+        )
     if m > _v.MAX_DIM or n > _v.MAX_DIM or k > _v.MAX_DIM:
         _v.dims_fit("matmul", M=m, N=n, K=k)
     out = _v.output(out, (m, n), a.dtype, inputs=(a, b))
@@ -58,14 +60,17 @@ def matmul(a: ArrayLike, b: ArrayLike, trans_a: bool = False, trans_b: bool = Fa
     return _backend().matmul(a, b, bool(trans_a), bool(trans_b), out)
 
 
-def _dense_args(x: ArrayLike, weight: ArrayLike,
-                bias: ArrayLike | None) -> tuple[FloatArray, FloatArray, FloatArray | None]:
+def _dense_args(
+    x: ArrayLike, weight: ArrayLike, bias: ArrayLike | None
+) -> tuple[FloatArray, FloatArray, FloatArray | None]:
     x = _v.as_float_array(x, "x", ndim=2)
     weight = _v.as_float_array(weight, "weight", ndim=2)
     _v.same_dtype(x.dtype, weight, "weight")
     if x.shape[1] != weight.shape[1]:
-        raise ValueError(f"x has {x.shape[1]} features (shape {x.shape}) but weight expects "
-                         f"{weight.shape[1]} (shape {weight.shape}, stored as (out, in))")
+        raise ValueError(
+            f"x has {x.shape[1]} features (shape {x.shape}) but weight expects "
+            f"{weight.shape[1]} (shape {weight.shape}, stored as (out, in))"
+        )
     if bias is not None:
         bias = _v.as_float_array(bias, "bias", ndim=1)
         _v.same_dtype(x.dtype, bias, "bias")
@@ -77,8 +82,13 @@ def _dense_args(x: ArrayLike, weight: ArrayLike,
     return x, weight, bias
 
 
-def dense_forward(x: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None,
-                  activation: DenseActivation = "identity", out: FloatArray | None = None) -> FloatArray:
+def dense_forward(
+    x: ArrayLike,
+    weight: ArrayLike,
+    bias: ArrayLike | None = None,
+    activation: DenseActivation = "identity",
+    out: FloatArray | None = None,
+) -> FloatArray:
     """Fully connected layer ``act(x @ weight.T + bias)``.
 
     Parameters
@@ -102,10 +112,19 @@ def dense_forward(x: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None
     return _backend().dense_forward(x, weight, bias, activation, out)
 
 
-def dense_backward(grad_out: ArrayLike, x: ArrayLike, weight: ArrayLike, y: ArrayLike | None = None,
-                   activation: DenseActivation = "identity", *, bias: bool = True, input_grad: bool = True,
-                   grad_input: FloatArray | None = None, grad_weight: FloatArray | None = None,
-                   grad_bias: FloatArray | None = None) -> tuple[FloatArray | None, FloatArray, FloatArray | None]:
+def dense_backward(
+    grad_out: ArrayLike,
+    x: ArrayLike,
+    weight: ArrayLike,
+    y: ArrayLike | None = None,
+    activation: DenseActivation = "identity",
+    *,
+    bias: bool = True,
+    input_grad: bool = True,
+    grad_input: FloatArray | None = None,
+    grad_weight: FloatArray | None = None,
+    grad_bias: FloatArray | None = None,
+) -> tuple[FloatArray | None, FloatArray, FloatArray | None]:
     """Backward pass of :func:`dense_forward`.
 
     Parameters
@@ -147,8 +166,11 @@ def dense_backward(grad_out: ArrayLike, x: ArrayLike, weight: ArrayLike, y: Arra
     grad_input = _v.output(grad_input, x.shape, dt, "grad_input", (grad_out, weight)) if input_grad else None
     # dL/dW is written before dL/dx reads the weight; dL/db while δ is formed from y
     grad_weight = _v.output(grad_weight, weight.shape, dt, "grad_weight", (grad_out, x, weight, y, grad_input))
-    grad_bias = _v.output(grad_bias, (weight.shape[0],), dt, "grad_bias",
-                          (grad_out, x, weight, y, grad_input, grad_weight)) if bias else None
+    grad_bias = (
+        _v.output(grad_bias, (weight.shape[0],), dt, "grad_bias", (grad_out, x, weight, y, grad_input, grad_weight))
+        if bias
+        else None
+    )
     if grad_out.size == 0:  # no sample or no output: every gradient is a sum over nothing
         for g in (grad_input, grad_weight, grad_bias):
             if g is not None:
@@ -164,8 +186,19 @@ from . import _plan as _p  # noqa: E402
 
 _ACTS = frozenset(DENSE_ACTIVATIONS)
 _nd = _p.ndarray
-_Bound = tuple[Backend, FloatArray, "FloatArray | None", "np.dtype[Any]", int, int, "tuple[int, ...]",
-               Callable[..., FloatArray], Callable[..., Any], FloatArray, "FloatArray | None"]
+_Bound = tuple[
+    Backend,
+    FloatArray,
+    "FloatArray | None",
+    "np.dtype[Any]",
+    int,
+    int,
+    "tuple[int, ...]",
+    Callable[..., FloatArray],
+    Callable[..., Any],
+    FloatArray,
+    "FloatArray | None",
+]
 
 
 class DensePlan:
@@ -201,8 +234,19 @@ class DensePlan:
     def _bind(self) -> _Bound:
         w, dw, b, db = _p.bind_weight_bias(self.weight, self.bias, 2, "dense")
         backend = _p.current()
-        bound = (backend, w, b, w.dtype, w.shape[1], w.shape[0], w.shape, backend.dense_forward,
-                 backend.dense_backward, dw, db)
+        bound = (
+            backend,
+            w,
+            b,
+            w.dtype,
+            w.shape[1],
+            w.shape[0],
+            w.shape,
+            backend.dense_forward,
+            backend.dense_backward,
+            dw,
+            db,
+        )
         self._bound = bound
         return bound
 
@@ -215,14 +259,29 @@ class DensePlan:
         if k is None or k[1] is not w or k[2] is not b or k[0] is not _p.current():
             k = self._bind()
         dt = k[3]
-        if type(x) is _nd and x.dtype is dt and x.flags.c_contiguous and x.ndim == 2 and x.shape[1] == k[4] \
-                and w.shape == k[6] and activation in _ACTS and x.shape[0] <= _v.MAX_DIM:
+        if (
+            type(x) is _nd
+            and x.dtype is dt
+            and x.flags.c_contiguous
+            and x.ndim == 2
+            and x.shape[1] == k[4]
+            and w.shape == k[6]
+            and activation in _ACTS
+            and x.shape[0] <= _v.MAX_DIM
+        ):
             return k[7](x, w, b, activation, _p.output(self, "y", (x.shape[0], k[5]), dt, x))
         return dense_forward(x, w, b, activation)
 
-    def backward(self, grad_out: ArrayLike, x: ArrayLike, y: ArrayLike | None = None,
-                 activation: DenseActivation = "identity", *, input_grad: bool = True,
-                 accumulate: bool = False) -> FloatArray | None:
+    def backward(
+        self,
+        grad_out: ArrayLike,
+        x: ArrayLike,
+        y: ArrayLike | None = None,
+        activation: DenseActivation = "identity",
+        *,
+        input_grad: bool = True,
+        accumulate: bool = False,
+    ) -> FloatArray | None:
         """dL/dx (None if ``input_grad=False``); writes ``weight.grad`` and ``bias.grad``.
 
         ``x`` and ``y`` are the input and output of the forward call;
@@ -231,23 +290,32 @@ class DensePlan:
         """
         w, dw, b, db = _p.param_arrays(self.weight, self.bias)
         k = self._bound
-        if k is None or k[1] is not w or k[2] is not b or k[9] is not dw or k[10] is not db \
-                or k[0] is not _p.current():
+        if k is None or k[1] is not w or k[2] is not b or k[9] is not dw or k[10] is not db or k[0] is not _p.current():
             k = self._bind()
         dt = k[3]
         if activation == "identity":
             y = None
         gw, gb = _p.grad_targets(self, dw, db, dt, accumulate)
-        if type(grad_out) is _nd and type(x) is _nd and grad_out.dtype is dt and x.dtype is dt \
-                and grad_out.flags.c_contiguous and x.flags.c_contiguous and x.ndim == 2 and w.shape == k[6] \
-                and grad_out.shape == (x.shape[0], k[5]) and x.shape[1] == k[4] and activation in _ACTS \
-                and (y is None or (type(y) is _nd and y.dtype is dt and y.flags.c_contiguous
-                                   and y.shape == grad_out.shape)):
+        if (
+            type(grad_out) is _nd
+            and type(x) is _nd
+            and grad_out.dtype is dt
+            and x.dtype is dt
+            and grad_out.flags.c_contiguous
+            and x.flags.c_contiguous
+            and x.ndim == 2
+            and w.shape == k[6]
+            and grad_out.shape == (x.shape[0], k[5])
+            and x.shape[1] == k[4]
+            and activation in _ACTS
+            and (y is None or (type(y) is _nd and y.dtype is dt and y.flags.c_contiguous and y.shape == grad_out.shape))
+        ):
             gin = _p.output(self, "grad_input", x.shape, dt, grad_out) if input_grad else None
             k[8](grad_out, x, w, y, activation, gin, gw, gb)
         else:
-            gin = dense_backward(grad_out, x, w, y, activation, bias=b is not None, input_grad=input_grad,
-                                 grad_weight=gw, grad_bias=gb)[0]
+            gin = dense_backward(
+                grad_out, x, w, y, activation, bias=b is not None, input_grad=input_grad, grad_weight=gw, grad_bias=gb
+            )[0]
         if accumulate:
             _p.accumulate_grads(dw, gw, db, gb)
         return gin

@@ -67,8 +67,16 @@ def _mask(mask: _Mask | None, n: int, ins: Sequence[NDArray[Any] | None]) -> _Ma
     return mask
 
 
-def dropout_forward(x: ArrayLike, p: float = 0.5, *, relu: bool = False, group: int = 1, rng: Seed = None,
-                    out: FloatArray | None = None, mask: _Mask | None = None) -> tuple[FloatArray, _Mask]:
+def dropout_forward(
+    x: ArrayLike,
+    p: float = 0.5,
+    *,
+    relu: bool = False,
+    group: int = 1,
+    rng: Seed = None,
+    out: FloatArray | None = None,
+    mask: _Mask | None = None,
+) -> tuple[FloatArray, _Mask]:
     """Inverted dropout: zero each value with probability ``p``, scale the rest by ``1/(1 − p)``.
 
     Parameters
@@ -103,8 +111,15 @@ def dropout_forward(x: ArrayLike, p: float = 0.5, *, relu: bool = False, group: 
     return _backend().dropout_forward(x, bits, threshold, scale, group, relu, out, mask), mask
 
 
-def dropout_backward(grad_out: ArrayLike, mask: ArrayLike, p: float, *, group: int = 1, y: ArrayLike | None = None,
-                     out: FloatArray | None = None) -> FloatArray:
+def dropout_backward(
+    grad_out: ArrayLike,
+    mask: ArrayLike,
+    p: float,
+    *,
+    group: int = 1,
+    y: ArrayLike | None = None,
+    out: FloatArray | None = None,
+) -> FloatArray:
     """Backward of :func:`dropout_forward`: ``dL/dx = dL/dy·mask/(1 − p)``.
 
     Parameters
@@ -127,8 +142,10 @@ def dropout_backward(grad_out: ArrayLike, mask: ArrayLike, p: float, *, group: i
     group = _group(group, grad_out.size) if grad_out.size else _v.strict_int(group, "group", low=1)
     mask = np.asarray(mask)
     if mask.dtype != _U8 or mask.shape != (grad_out.size // group,):
-        raise ValueError(f"mask must be the uint8 array of shape ({grad_out.size // group},) dropout_forward "
-                         f"returned, got {mask.dtype} {mask.shape}")
+        raise ValueError(
+            f"mask must be the uint8 array of shape ({grad_out.size // group},) dropout_forward "
+            f"returned, got {mask.dtype} {mask.shape}"
+        )
     mask = np.ascontiguousarray(mask)
     if y is not None:
         y = _v.as_float_array(y, "y")
@@ -189,28 +206,43 @@ class DropoutPlan:
             k = self._bound = (backend, backend.dropout_forward, backend.dropout_backward)
         return k
 
-    def forward(self, x: ArrayLike, *, relu: bool = False, rng: Seed = None,
-                inplace: bool = False) -> tuple[FloatArray, _Mask]:
+    def forward(
+        self, x: ArrayLike, *, relu: bool = False, rng: Seed = None, inplace: bool = False
+    ) -> tuple[FloatArray, _Mask]:
         """``(out, mask)`` for ``x``; ``inplace=True`` writes over ``x`` (which must be writeable)."""
         k = self._backend()
-        if type(x) is _nd and x.flags.c_contiguous and (x.dtype is _F32 or x.dtype is _F64) and x.size \
-                and (not inplace or x.flags.writeable):
+        if (
+            type(x) is _nd
+            and x.flags.c_contiguous
+            and (x.dtype is _F32 or x.dtype is _F64)
+            and x.size
+            and (not inplace or x.flags.writeable)
+        ):
             group = self.group(x.shape)
             m = x.size // group
             out = x if inplace else _pl.output(self, "y", x.shape, x.dtype, x)
             mask = _pl.output(self, "mask", (m,), _U8, x, out)
             return k[1](x, draw_bits(rng, m), self.threshold, self.scale, group, relu, out, mask), mask
-        return dropout_forward(x, self.p, relu=relu, group=self.group(np.shape(x)), rng=rng,
-                               out=x if inplace and type(x) is _nd else None)
+        return dropout_forward(
+            x, self.p, relu=relu, group=self.group(np.shape(x)), rng=rng, out=x if inplace and type(x) is _nd else None
+        )
 
     def backward(self, grad_out: ArrayLike, mask: ArrayLike, y: ArrayLike | None = None) -> FloatArray:
         """dL/dx from dL/dy and the forward's ``mask`` (and output ``y`` when a ReLU was fused)."""
         k = self._backend()
-        if type(grad_out) is _nd and grad_out.flags.c_contiguous and (grad_out.dtype is _F32
-                                                                     or grad_out.dtype is _F64) \
-                and grad_out.size and type(mask) is _nd and mask.dtype is _U8 and mask.flags.c_contiguous \
-                and (y is None or (type(y) is _nd and y.dtype is grad_out.dtype and y.shape == grad_out.shape
-                                   and y.flags.c_contiguous)):
+        if (
+            type(grad_out) is _nd
+            and grad_out.flags.c_contiguous
+            and (grad_out.dtype is _F32 or grad_out.dtype is _F64)
+            and grad_out.size
+            and type(mask) is _nd
+            and mask.dtype is _U8
+            and mask.flags.c_contiguous
+            and (
+                y is None
+                or (type(y) is _nd and y.dtype is grad_out.dtype and y.shape == grad_out.shape and y.flags.c_contiguous)
+            )
+        ):
             group = self.group(grad_out.shape)
             if mask.shape == (grad_out.size // group,):
                 out = _pl.output(self, "grad_input", grad_out.shape, grad_out.dtype, grad_out, y)

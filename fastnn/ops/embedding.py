@@ -43,9 +43,11 @@ def embedding_indices(indices: ArrayLike, num_embeddings: int, name: str = "indi
     kind = a.dtype.kind
     if kind == "f":
         if a.dtype.itemsize < 8 and num_embeddings > _F32_EXACT:
-            raise TypeError(f"{name}: {a.dtype} cannot hold every row number of a table of {num_embeddings} rows "
-                            f"exactly; pass integer indices")
-        if a.size and not np.all(np.floor(a) == a):   # NaN, inf and fractions fail this
+            raise TypeError(
+                f"{name}: {a.dtype} cannot hold every row number of a table of {num_embeddings} rows "
+                f"exactly; pass integer indices"
+            )
+        if a.size and not np.all(np.floor(a) == a):  # NaN, inf and fractions fail this
             raise ValueError(f"{name} must be whole numbers (row numbers), got non-integral or non-finite values")
         with np.errstate(invalid="ignore"):
             a = np.ascontiguousarray(np.clip(a, -1, num_embeddings), dtype=_I64)
@@ -93,9 +95,15 @@ def embedding_forward(indices: ArrayLike, weight: ArrayLike, out: FloatArray | N
     return out
 
 
-def embedding_backward(grad_out: ArrayLike, indices: ArrayLike, num_embeddings: int, *,
-                       padding_idx: int | None = None, grad_weight: FloatArray | None = None,
-                       clear: ArrayLike | None = None) -> FloatArray:
+def embedding_backward(
+    grad_out: ArrayLike,
+    indices: ArrayLike,
+    num_embeddings: int,
+    *,
+    padding_idx: int | None = None,
+    grad_weight: FloatArray | None = None,
+    clear: ArrayLike | None = None,
+) -> FloatArray:
     """Gradient of the table: ``grad_weight[v] = Σ_{i: indices[i] = v} grad_out[i]``.
 
     Parameters
@@ -185,7 +193,7 @@ class EmbeddingPlan:
         self.weight = weight
         self.padding_idx = -1 if padding_idx is None else int(padding_idx)
         self._bound = None
-        self._written = None     # rows of weight.grad that may be non-zero (None: unknown, any)
+        self._written = None  # rows of weight.grad that may be non-zero (None: unknown, any)
         self._grad_seen = None
 
     def _bind(self) -> _Bound:
@@ -198,8 +206,12 @@ class EmbeddingPlan:
 
     def _check(self, grads: bool = False) -> _Bound:
         k = self._bound
-        if k is None or k[1] is not self.weight.data or k[0] is not _p.current() \
-                or (grads and k[2] is not self.weight.grad):
+        if (
+            k is None
+            or k[1] is not self.weight.data
+            or k[0] is not _p.current()
+            or (grads and k[2] is not self.weight.grad)
+        ):
             k = self._bind()
         return k
 
@@ -219,8 +231,12 @@ class EmbeddingPlan:
         k = self._check(grads=True)
         w, dw = k[1], k[2]
         V, D = w.shape
-        if not (type(grad_out) is _nd and grad_out.dtype is w.dtype and grad_out.flags.c_contiguous
-                and grad_out.shape == idx.shape + (D,)):
+        if not (
+            type(grad_out) is _nd
+            and grad_out.dtype is w.dtype
+            and grad_out.flags.c_contiguous
+            and grad_out.shape == idx.shape + (D,)
+        ):
             grad_out = _v.as_float_array(grad_out, "grad_out")
             _v.same_dtype(w.dtype, grad_out, "grad_out")
             if grad_out.shape != idx.shape + (D,):
@@ -243,7 +259,7 @@ class EmbeddingPlan:
                 clear = np.empty(0, _I64)
             else:
                 clear = written
-            written = flat.copy()   # the caller may reuse its index array
+            written = flat.copy()  # the caller may reuse its index array
         k[4](grad_out.reshape(flat.size, D), flat, self.padding_idx, clear, dw)
         self._written = written
         return None

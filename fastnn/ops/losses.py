@@ -16,8 +16,9 @@ __all__ = ["mse_loss", "softmax_cross_entropy", "bce_with_logits", "LossPlan"]
 _REDUCTIONS: tuple[Reduction, ...] = ("mean", "sum")
 
 
-def _pair(pred: ArrayLike, target: ArrayLike, pred_name: str,
-          grad: FloatArray | None) -> tuple[FloatArray, FloatArray, FloatArray]:
+def _pair(
+    pred: ArrayLike, target: ArrayLike, pred_name: str, grad: FloatArray | None
+) -> tuple[FloatArray, FloatArray, FloatArray]:
     pred = _v.as_float_array(pred, pred_name)
     target = _v.as_float_array(target, "target")
     _v.same_dtype(pred.dtype, target, "target")
@@ -25,8 +26,9 @@ def _pair(pred: ArrayLike, target: ArrayLike, pred_name: str,
     return pred, target, _v.output(grad, pred.shape, pred.dtype, "grad", (pred, target))
 
 
-def mse_loss(pred: ArrayLike, target: ArrayLike, reduction: Reduction = "mean",
-             grad: FloatArray | None = None) -> tuple[float, FloatArray]:
+def mse_loss(
+    pred: ArrayLike, target: ArrayLike, reduction: Reduction = "mean", grad: FloatArray | None = None
+) -> tuple[float, FloatArray]:
     """Mean-squared error and its gradient.
 
     Parameters
@@ -48,8 +50,9 @@ def mse_loss(pred: ArrayLike, target: ArrayLike, reduction: Reduction = "mean",
     return _backend().mse_loss(pred, target, reduction, grad)
 
 
-def softmax_cross_entropy(logits: ArrayLike, labels: ArrayLike, reduction: Reduction = "mean",
-                          grad: FloatArray | None = None) -> tuple[float, FloatArray]:
+def softmax_cross_entropy(
+    logits: ArrayLike, labels: ArrayLike, reduction: Reduction = "mean", grad: FloatArray | None = None
+) -> tuple[float, FloatArray]:
     """Softmax cross-entropy from logits and integer labels, with its gradient.
 
     Parameters
@@ -71,8 +74,9 @@ def softmax_cross_entropy(logits: ArrayLike, labels: ArrayLike, reduction: Reduc
     if labels.dtype.kind not in "iu":
         raise TypeError(f"labels must be integers (class indices), got dtype {labels.dtype}")
     if labels.ndim != 1 or labels.shape[0] != logits.shape[0]:
-        raise ValueError(f"labels must have shape ({logits.shape[0]},) to match logits {logits.shape}, "
-                         f"got {labels.shape}")
+        raise ValueError(
+            f"labels must have shape ({logits.shape[0]},) to match logits {logits.shape}, got {labels.shape}"
+        )
     if labels.dtype != np.intp or not labels.flags.c_contiguous:
         labels = np.ascontiguousarray(labels, dtype=np.intp)
     if labels.size:
@@ -84,8 +88,9 @@ def softmax_cross_entropy(logits: ArrayLike, labels: ArrayLike, reduction: Reduc
     return _backend().softmax_cross_entropy(logits, labels, reduction, grad)
 
 
-def bce_with_logits(logits: ArrayLike, target: ArrayLike, reduction: Reduction = "mean",
-                    grad: FloatArray | None = None) -> tuple[float, FloatArray]:
+def bce_with_logits(
+    logits: ArrayLike, target: ArrayLike, reduction: Reduction = "mean", grad: FloatArray | None = None
+) -> tuple[float, FloatArray]:
     """Binary cross-entropy on logits (sigmoid folded in), with its gradient.
 
     Parameters
@@ -114,8 +119,11 @@ _F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)
 _INTP = np.dtype(np.intp)
 
 _LossOp = Callable[..., "tuple[float, FloatArray]"]
-_LOSS_OPS: dict[str, _LossOp] = {"mse": mse_loss, "cross_entropy": softmax_cross_entropy,
-                                 "bce_with_logits": bce_with_logits}
+_LOSS_OPS: dict[str, _LossOp] = {
+    "mse": mse_loss,
+    "cross_entropy": softmax_cross_entropy,
+    "bce_with_logits": bce_with_logits,
+}
 
 
 class LossPlan:
@@ -165,8 +173,12 @@ class LossPlan:
             if dt is _F32 or dt is _F64:
                 if self.kind == "cross_entropy":
                     # every backend's kernel checks each label against C itself (ValueError)
-                    if target.dtype is _INTP and pred.ndim == 2 and target.ndim == 1 \
-                            and target.shape[0] == pred.shape[0]:
+                    if (
+                        target.dtype is _INTP
+                        and pred.ndim == 2
+                        and target.ndim == 1
+                        and target.shape[0] == pred.shape[0]
+                    ):
                         return k[1](pred, target, self.reduction, _p.output(self, "grad", pred.shape, dt, pred))
                 elif target.dtype is dt and target.shape == pred.shape:
                     return k[1](pred, target, self.reduction, _p.output(self, "grad", pred.shape, dt, pred, target))

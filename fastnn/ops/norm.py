@@ -21,8 +21,14 @@ from .._typing import ArrayLike, FloatArray, ParamLike
 from ..backends import Backend
 from ..backends import current as _backend
 
-__all__ = ["batch_norm_forward", "batch_norm_backward", "layer_norm_forward", "layer_norm_backward",
-           "BatchNormPlan", "LayerNormPlan"]
+__all__ = [
+    "batch_norm_forward",
+    "batch_norm_backward",
+    "layer_norm_forward",
+    "layer_norm_backward",
+    "BatchNormPlan",
+    "LayerNormPlan",
+]
 
 
 #: ``(out, mean, var)`` of a batch norm, ``(out, mean, rstd)`` of a layer norm
@@ -51,18 +57,28 @@ def _vector(a: ArrayLike, name: str, dtype: np.dtype[Any], n: int) -> FloatArray
     return a
 
 
-def _affine(weight: ArrayLike | None, bias: ArrayLike | None, dtype: np.dtype[Any],
-            n: int) -> tuple[FloatArray | None, FloatArray | None]:
+def _affine(
+    weight: ArrayLike | None, bias: ArrayLike | None, dtype: np.dtype[Any], n: int
+) -> tuple[FloatArray | None, FloatArray | None]:
     w = None if weight is None else _vector(weight, "weight", dtype, n)
     b = None if bias is None else _vector(bias, "bias", dtype, n)
     return w, b
 
 
-def batch_norm_forward(x: ArrayLike, weight: ArrayLike | None = None, bias: ArrayLike | None = None,
-                       running_mean: FloatArray | None = None, running_var: FloatArray | None = None,
-                       training: bool = True, momentum: float = 0.1, eps: float = 1e-5, *,
-                       out: FloatArray | None = None, mean: FloatArray | None = None,
-                       var: FloatArray | None = None) -> _NormOut:
+def batch_norm_forward(
+    x: ArrayLike,
+    weight: ArrayLike | None = None,
+    bias: ArrayLike | None = None,
+    running_mean: FloatArray | None = None,
+    running_var: FloatArray | None = None,
+    training: bool = True,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+    *,
+    out: FloatArray | None = None,
+    mean: FloatArray | None = None,
+    var: FloatArray | None = None,
+) -> _NormOut:
     """Batch normalisation over the batch and spatial axes, per channel (PyTorch's ``batch_norm``).
 
     Parameters
@@ -107,8 +123,9 @@ def batch_norm_forward(x: ArrayLike, weight: ArrayLike | None = None, bias: Arra
     if training:
         momentum = _v.scalar(momentum, "momentum", low=0.0, high=1.0)
         if N * L <= 1:
-            raise ValueError(f"batch_norm: expected more than 1 value per channel when training, got input "
-                             f"of shape {shape}")
+            raise ValueError(
+                f"batch_norm: expected more than 1 value per channel when training, got input of shape {shape}"
+            )
     elif running_mean is None:
         raise ValueError("batch_norm: evaluation (training=False) needs running_mean and running_var")
     ins = (x3, weight, bias, running_mean, running_var)
@@ -120,13 +137,14 @@ def batch_norm_forward(x: ArrayLike, weight: ArrayLike | None = None, bias: Arra
         var[...] = running_var
     if out.size:
         _backend().batch_norm_forward(x3, weight, bias, eps, training, mean, var, out.reshape(N, C, L))
-    if training and running_mean is not None and running_var is not None:   # both or neither: checked above
+    if training and running_mean is not None and running_var is not None:  # both or neither: checked above
         update_running_stats(running_mean, running_var, mean, var, N * L, momentum)
     return out, mean, var
 
 
-def update_running_stats(running_mean: FloatArray, running_var: FloatArray, mean: FloatArray, var: FloatArray,
-                         count: int, momentum: float) -> None:
+def update_running_stats(
+    running_mean: FloatArray, running_var: FloatArray, mean: FloatArray, var: FloatArray, count: int, momentum: float
+) -> None:
     """``r ← (1 − m)·r + m·s`` for the mean and the unbiased variance ``var·count/(count − 1)`` (C values)."""
     keep = 1.0 - momentum
     running_mean *= keep
@@ -135,10 +153,20 @@ def update_running_stats(running_mean: FloatArray, running_var: FloatArray, mean
     running_var += (momentum * count / (count - 1)) * var
 
 
-def batch_norm_backward(grad_out: ArrayLike, x: ArrayLike, weight: ArrayLike | None, mean: ArrayLike,
-                        var: ArrayLike, eps: float = 1e-5, training: bool = True, *, input_grad: bool = True,
-                        grad_input: FloatArray | None = None, grad_weight: FloatArray | None = None,
-                        grad_bias: FloatArray | None = None) -> _NormGrads:
+def batch_norm_backward(
+    grad_out: ArrayLike,
+    x: ArrayLike,
+    weight: ArrayLike | None,
+    mean: ArrayLike,
+    var: ArrayLike,
+    eps: float = 1e-5,
+    training: bool = True,
+    *,
+    input_grad: bool = True,
+    grad_input: FloatArray | None = None,
+    grad_weight: FloatArray | None = None,
+    grad_bias: FloatArray | None = None,
+) -> _NormGrads:
     """Backward pass of :func:`batch_norm_forward`.
 
     Parameters
@@ -177,7 +205,7 @@ def batch_norm_backward(grad_out: ArrayLike, x: ArrayLike, weight: ArrayLike | N
     affine = weight is not None
     grad_weight = _v.output(grad_weight, (C,), dt, "grad_weight", ins + (grad_input,)) if affine else None
     grad_bias = _v.output(grad_bias, (C,), dt, "grad_bias", ins + (grad_input, grad_weight)) if affine else None
-    if N * L == 0:   # sums over no values
+    if N * L == 0:  # sums over no values
         for g in (grad_weight, grad_bias):
             if g is not None:
                 g.fill(0)
@@ -190,18 +218,20 @@ def batch_norm_backward(grad_out: ArrayLike, x: ArrayLike, weight: ArrayLike | N
 def _normalized(shape: Sequence[int], normalized_shape: Sequence[int]) -> tuple[int, int]:
     """(M, K) for an input ``shape`` whose trailing dimensions are ``normalized_shape``."""
     k = len(normalized_shape)
-    if len(shape) < k or tuple(shape[len(shape) - k:]) != tuple(normalized_shape):
-        raise ValueError(f"layer_norm: input of shape {tuple(shape)} does not end with the normalized shape "
-                         f"{tuple(normalized_shape)}")
+    if len(shape) < k or tuple(shape[len(shape) - k :]) != tuple(normalized_shape):
+        raise ValueError(
+            f"layer_norm: input of shape {tuple(shape)} does not end with the normalized shape "
+            f"{tuple(normalized_shape)}"
+        )
     K = math.prod(normalized_shape)
-    return math.prod(shape[:len(shape) - k]), K
+    return math.prod(shape[: len(shape) - k]), K
 
 
 def _norm_shape(normalized_shape: int | Sequence[int]) -> tuple[int, ...]:
     if isinstance(normalized_shape, (int, np.integer)) and not isinstance(normalized_shape, (bool, np.bool_)):
         normalized_shape = (normalized_shape,)
     try:
-        items = tuple(cast("Iterable[object]", normalized_shape))   # anything else: TypeError, below
+        items = tuple(cast("Iterable[object]", normalized_shape))  # anything else: TypeError, below
     except TypeError:
         raise TypeError(f"normalized_shape must be an int or a sequence of ints, got {normalized_shape!r}") from None
     if not items:
@@ -209,9 +239,17 @@ def _norm_shape(normalized_shape: int | Sequence[int]) -> tuple[int, ...]:
     return tuple(_v.positive_int(n, "normalized_shape") for n in items)
 
 
-def layer_norm_forward(x: ArrayLike, normalized_shape: int | Sequence[int], weight: ArrayLike | None = None,
-                       bias: ArrayLike | None = None, eps: float = 1e-5, *, out: FloatArray | None = None,
-                       mean: FloatArray | None = None, rstd: FloatArray | None = None) -> _NormOut:
+def layer_norm_forward(
+    x: ArrayLike,
+    normalized_shape: int | Sequence[int],
+    weight: ArrayLike | None = None,
+    bias: ArrayLike | None = None,
+    eps: float = 1e-5,
+    *,
+    out: FloatArray | None = None,
+    mean: FloatArray | None = None,
+    rstd: FloatArray | None = None,
+) -> _NormOut:
     """Layer normalisation over the trailing ``normalized_shape`` dimensions (PyTorch's ``layer_norm``).
 
     Parameters
@@ -234,8 +272,11 @@ def layer_norm_forward(x: ArrayLike, normalized_shape: int | Sequence[int], weig
     M, K = _normalized(x.shape, ns)
     dt = x.dtype
     eps = _eps(eps)
-    w = None if weight is None else _vector(np.reshape(weight, -1) if np.shape(weight) == ns else weight,
-                                             "weight", dt, K)
+    w = (
+        None
+        if weight is None
+        else _vector(np.reshape(weight, -1) if np.shape(weight) == ns else weight, "weight", dt, K)
+    )
     b = None if bias is None else _vector(np.reshape(bias, -1) if np.shape(bias) == ns else bias, "bias", dt, K)
     ins = (x, w, b)
     out = _v.output(out, x.shape, dt, inputs=ins)
@@ -246,10 +287,20 @@ def layer_norm_forward(x: ArrayLike, normalized_shape: int | Sequence[int], weig
     return out, mean, rstd
 
 
-def layer_norm_backward(grad_out: ArrayLike, x: ArrayLike, normalized_shape: int | Sequence[int],
-                        weight: ArrayLike | None, mean: ArrayLike, rstd: ArrayLike, *, bias: bool = True,
-                        input_grad: bool = True, grad_input: FloatArray | None = None,
-                        grad_weight: FloatArray | None = None, grad_bias: FloatArray | None = None) -> _NormGrads:
+def layer_norm_backward(
+    grad_out: ArrayLike,
+    x: ArrayLike,
+    normalized_shape: int | Sequence[int],
+    weight: ArrayLike | None,
+    mean: ArrayLike,
+    rstd: ArrayLike,
+    *,
+    bias: bool = True,
+    input_grad: bool = True,
+    grad_input: FloatArray | None = None,
+    grad_weight: FloatArray | None = None,
+    grad_bias: FloatArray | None = None,
+) -> _NormGrads:
     """Backward pass of :func:`layer_norm_forward`.
 
     Parameters
@@ -276,27 +327,47 @@ def layer_norm_backward(grad_out: ArrayLike, x: ArrayLike, normalized_shape: int
     grad_out = _v.as_float_array(grad_out, "grad_out")
     _v.same_dtype(dt, grad_out, "grad_out")
     _v.same_shape(x.shape, grad_out, "grad_out", "x")
-    w = None if weight is None else _vector(np.reshape(weight, -1) if np.shape(weight) == ns else weight,
-                                             "weight", dt, K)
+    w = (
+        None
+        if weight is None
+        else _vector(np.reshape(weight, -1) if np.shape(weight) == ns else weight, "weight", dt, K)
+    )
     mean = _vector(mean, "mean", dt, M)
     rstd = _vector(rstd, "rstd", dt, M)
     ins = (grad_out, x, w, mean, rstd)
     grad_input = _v.output(grad_input, x.shape, dt, "grad_input", ins) if input_grad else None
     gw = gb = None
     if w is not None:
-        gw = _v.output(grad_weight, ns if grad_weight is None or np.shape(grad_weight) == ns else (K,), dt,
-                       "grad_weight", ins + (grad_input,))
+        gw = _v.output(
+            grad_weight,
+            ns if grad_weight is None or np.shape(grad_weight) == ns else (K,),
+            dt,
+            "grad_weight",
+            ins + (grad_input,),
+        )
     if bias:
-        gb = _v.output(grad_bias, ns if grad_bias is None or np.shape(grad_bias) == ns else (K,), dt,
-                       "grad_bias", ins + (grad_input, gw))
+        gb = _v.output(
+            grad_bias,
+            ns if grad_bias is None or np.shape(grad_bias) == ns else (K,),
+            dt,
+            "grad_bias",
+            ins + (grad_input, gw),
+        )
     if M == 0:
         for g in (gw, gb):
             if g is not None:
                 g.fill(0)
         return grad_input, gw, gb
-    _backend().layer_norm_backward(grad_out.reshape(M, K), x.reshape(M, K), w, mean, rstd,
-                                   None if grad_input is None else grad_input.reshape(M, K),
-                                   None if gw is None else gw.reshape(K), None if gb is None else gb.reshape(K))
+    _backend().layer_norm_backward(
+        grad_out.reshape(M, K),
+        x.reshape(M, K),
+        w,
+        mean,
+        rstd,
+        None if grad_input is None else grad_input.reshape(M, K),
+        None if gw is None else gw.reshape(K),
+        None if gb is None else gb.reshape(K),
+    )
     return grad_input, gw, gb
 
 
@@ -309,16 +380,34 @@ _nd = _p.ndarray
 
 
 #: (backend, w, b, dw, db, forward kernel, backward kernel) once bound
-_BNBound = tuple[Backend, FloatArray | None, FloatArray | None, FloatArray | None, FloatArray | None,
-                 Callable[..., Any], Callable[..., Any]]
+_BNBound = tuple[
+    Backend,
+    FloatArray | None,
+    FloatArray | None,
+    FloatArray | None,
+    FloatArray | None,
+    Callable[..., Any],
+    Callable[..., Any],
+]
 #: the same, then the flat (K,) views of w, b, dw and db
-_LNBound = tuple[Backend, FloatArray | None, FloatArray | None, FloatArray | None, FloatArray | None,
-                 Callable[..., Any], Callable[..., Any],
-                 FloatArray | None, FloatArray | None, FloatArray | None, FloatArray | None]
+_LNBound = tuple[
+    Backend,
+    FloatArray | None,
+    FloatArray | None,
+    FloatArray | None,
+    FloatArray | None,
+    Callable[..., Any],
+    Callable[..., Any],
+    FloatArray | None,
+    FloatArray | None,
+    FloatArray | None,
+    FloatArray | None,
+]
 
 
-def _bind_affine(weight: ParamLike | None, bias: ParamLike | None, where: str, shape: tuple[int, ...]
-                 ) -> tuple[FloatArray | None, FloatArray | None, FloatArray | None, FloatArray | None]:
+def _bind_affine(
+    weight: ParamLike | None, bias: ParamLike | None, where: str, shape: tuple[int, ...]
+) -> tuple[FloatArray | None, FloatArray | None, FloatArray | None, FloatArray | None]:
     """Validated (data, grad) of optional affine parameters of ``shape`` (checked once per bind)."""
     w = dw = b = db = None
     if weight is not None:
@@ -342,8 +431,14 @@ def _affine_stale(k: tuple[Any, ...], weight: ParamLike | None, bias: ParamLike 
     """Whether bound ``k`` = (backend, W, b, dW, db, ...) is out of date: other arrays, another backend."""
     w = None if weight is None else weight.data
     b = None if bias is None else bias.data
-    return k[1] is not w or k[2] is not b or k[0] is not _p.current() or (grads and (
-        (weight is not None and k[3] is not weight.grad) or (bias is not None and k[4] is not bias.grad)))
+    return (
+        k[1] is not w
+        or k[2] is not b
+        or k[0] is not _p.current()
+        or (
+            grads and ((weight is not None and k[3] is not weight.grad) or (bias is not None and k[4] is not bias.grad))
+        )
+    )
 
 
 class BatchNormPlan:
@@ -372,8 +467,9 @@ class BatchNormPlan:
     eps: float
     _bound: _BNBound | None
 
-    def __init__(self, num_features: int, weight: ParamLike | None = None, bias: ParamLike | None = None,
-                 eps: float = 1e-5) -> None:
+    def __init__(
+        self, num_features: int, weight: ParamLike | None = None, bias: ParamLike | None = None, eps: float = 1e-5
+    ) -> None:
         self.num_features = _v.positive_int(num_features, "num_features")
         self.weight, self.bias = weight, bias
         self.eps = _eps(eps)
@@ -393,11 +489,22 @@ class BatchNormPlan:
         return k
 
     def _fast(self, x: object, dt: np.dtype[Any]) -> TypeGuard[FloatArray]:
-        return type(x) is _nd and x.dtype is dt and x.flags.c_contiguous and x.ndim >= 2 \
+        return (
+            type(x) is _nd
+            and x.dtype is dt
+            and x.flags.c_contiguous
+            and x.ndim >= 2
             and x.shape[1] == self.num_features
+        )
 
-    def forward(self, x: ArrayLike, training: bool, running_mean: FloatArray | None = None,
-                running_var: FloatArray | None = None, momentum: float = 0.1) -> _NormOut:
+    def forward(
+        self,
+        x: ArrayLike,
+        training: bool,
+        running_mean: FloatArray | None = None,
+        running_var: FloatArray | None = None,
+        momentum: float = 0.1,
+    ) -> _NormOut:
         """Normalise ``x`` (N, C, ...); returns ``(out, mean, var)`` (see :func:`batch_norm_forward`)."""
         k = self._check()
         w, b = k[1], k[2]
@@ -405,8 +512,13 @@ class BatchNormPlan:
         dt = w.dtype if w is not None else (x.dtype if type(x) is _nd else None)
         C = self.num_features
         stats_ok = (running_mean is None and running_var is None) or (
-            type(running_mean) is _nd and running_mean.dtype is dt and running_mean.shape == (C,)
-            and type(running_var) is _nd and running_var.dtype is dt and running_var.shape == (C,))
+            type(running_mean) is _nd
+            and running_mean.dtype is dt
+            and running_mean.shape == (C,)
+            and type(running_var) is _nd
+            and running_var.dtype is dt
+            and running_var.shape == (C,)
+        )
         if dt is not None and self._fast(x, dt) and stats_ok and x.size and (not training or x.size > C):
             N, C = x.shape[0], x.shape[1]
             L = x.size // (N * C)
@@ -424,8 +536,17 @@ class BatchNormPlan:
             return out, mean, var
         return batch_norm_forward(x, w, b, running_mean, running_var, training, momentum, self.eps)
 
-    def backward(self, grad_out: ArrayLike, x: ArrayLike, mean: FloatArray, var: FloatArray, training: bool, *,
-                 input_grad: bool = True, accumulate: bool = False) -> FloatArray | None:
+    def backward(
+        self,
+        grad_out: ArrayLike,
+        x: ArrayLike,
+        mean: FloatArray,
+        var: FloatArray,
+        training: bool,
+        *,
+        input_grad: bool = True,
+        accumulate: bool = False,
+    ) -> FloatArray | None:
         """dL/dx (None if ``input_grad=False``); writes ``weight.grad`` and ``bias.grad``."""
         k = self._check(grads=True)
         w, dw, db = k[1], k[3], k[4]
@@ -434,17 +555,34 @@ class BatchNormPlan:
         if accumulate:
             gw = None if dw is None else _p.output(self, "acc_w", dw.shape, dt)
             gb = None if db is None else _p.output(self, "acc_b", db.shape, dt)
-        if self._fast(x, dt) and type(grad_out) is _nd and grad_out.dtype is dt and grad_out.flags.c_contiguous \
-                and grad_out.shape == x.shape and x.size:
+        if (
+            self._fast(x, dt)
+            and type(grad_out) is _nd
+            and grad_out.dtype is dt
+            and grad_out.flags.c_contiguous
+            and grad_out.shape == x.shape
+            and x.size
+        ):
             N, C = x.shape[0], x.shape[1]
             L = x.size // (N * C)
             gin = _p.output(self, "grad_input", x.shape, dt, grad_out) if input_grad else None
-            k[6](grad_out.reshape(N, C, L), x.reshape(N, C, L), w, mean, var, self.eps, training,
-                 None if gin is None else gin.reshape(N, C, L), gw, gb)
+            k[6](
+                grad_out.reshape(N, C, L),
+                x.reshape(N, C, L),
+                w,
+                mean,
+                var,
+                self.eps,
+                training,
+                None if gin is None else gin.reshape(N, C, L),
+                gw,
+                gb,
+            )
         else:
-            gin = batch_norm_backward(grad_out, x, w, mean, var, self.eps, training,
-                                      input_grad=input_grad, grad_weight=gw, grad_bias=gb)[0]
-        if accumulate:   # gw and gb are the accumulation buffers of dw and db: None together
+            gin = batch_norm_backward(
+                grad_out, x, w, mean, var, self.eps, training, input_grad=input_grad, grad_weight=gw, grad_bias=gb
+            )[0]
+        if accumulate:  # gw and gb are the accumulation buffers of dw and db: None together
             if dw is not None and gw is not None:
                 np.add(dw, gw, out=dw)
             if db is not None and gb is not None:
@@ -471,8 +609,13 @@ class LayerNormPlan:
     eps: float
     _bound: _LNBound | None
 
-    def __init__(self, normalized_shape: int | Sequence[int], weight: ParamLike | None = None,
-                 bias: ParamLike | None = None, eps: float = 1e-5) -> None:
+    def __init__(
+        self,
+        normalized_shape: int | Sequence[int],
+        weight: ParamLike | None = None,
+        bias: ParamLike | None = None,
+        eps: float = 1e-5,
+    ) -> None:
         self.normalized_shape = _norm_shape(normalized_shape)
         self.K = math.prod(self.normalized_shape)
         self.weight, self.bias = weight, bias
@@ -495,8 +638,14 @@ class LayerNormPlan:
 
     def _fast(self, x: object, dt: np.dtype[Any]) -> TypeGuard[FloatArray]:
         ns = self.normalized_shape
-        return type(x) is _nd and x.dtype is dt and x.flags.c_contiguous and x.ndim >= len(ns) \
-            and x.shape[x.ndim - len(ns):] == ns and x.size > 0
+        return (
+            type(x) is _nd
+            and x.dtype is dt
+            and x.flags.c_contiguous
+            and x.ndim >= len(ns)
+            and x.shape[x.ndim - len(ns) :] == ns
+            and x.size > 0
+        )
 
     def forward(self, x: ArrayLike) -> _NormOut:
         """Normalise ``x`` (..., *normalized_shape); returns ``(out, mean, rstd)``."""
@@ -515,8 +664,16 @@ class LayerNormPlan:
             return out, mean, rstd
         return layer_norm_forward(x, self.normalized_shape, w, b, self.eps)
 
-    def backward(self, grad_out: ArrayLike, x: ArrayLike, mean: FloatArray, rstd: FloatArray, *,
-                 input_grad: bool = True, accumulate: bool = False) -> FloatArray | None:
+    def backward(
+        self,
+        grad_out: ArrayLike,
+        x: ArrayLike,
+        mean: FloatArray,
+        rstd: FloatArray,
+        *,
+        input_grad: bool = True,
+        accumulate: bool = False,
+    ) -> FloatArray | None:
         """dL/dx (None if ``input_grad=False``); writes ``weight.grad`` and ``bias.grad``."""
         k = self._check(grads=True)
         w = k[1]
@@ -525,18 +682,41 @@ class LayerNormPlan:
         if accumulate:
             gw = None if gw is None else _p.output(self, "acc_w", (self.K,), dt)
             gb = None if gb is None else _p.output(self, "acc_b", (self.K,), dt)
-        if self._fast(x, dt) and type(grad_out) is _nd and grad_out.dtype is dt and grad_out.flags.c_contiguous \
-                and grad_out.shape == x.shape:
+        if (
+            self._fast(x, dt)
+            and type(grad_out) is _nd
+            and grad_out.dtype is dt
+            and grad_out.flags.c_contiguous
+            and grad_out.shape == x.shape
+        ):
             K = self.K
             M = x.size // K
             gin = _p.output(self, "grad_input", x.shape, dt, grad_out) if input_grad else None
-            k[6](grad_out.reshape(M, K), x.reshape(M, K), k[7], mean, rstd,
-                 None if gin is None else gin.reshape(M, K), gw, gb)
+            k[6](
+                grad_out.reshape(M, K),
+                x.reshape(M, K),
+                k[7],
+                mean,
+                rstd,
+                None if gin is None else gin.reshape(M, K),
+                gw,
+                gb,
+            )
         else:
-            gin = layer_norm_backward(grad_out, x, self.normalized_shape, w, mean, rstd, bias=gb is not None,
-                                      input_grad=input_grad, grad_weight=gw, grad_bias=gb)[0]
+            gin = layer_norm_backward(
+                grad_out,
+                x,
+                self.normalized_shape,
+                w,
+                mean,
+                rstd,
+                bias=gb is not None,
+                input_grad=input_grad,
+                grad_weight=gw,
+                grad_bias=gb,
+            )[0]
         if accumulate:
             for acc, g in ((k[9], gw), (k[10], gb)):
-                if acc is not None and g is not None:   # g is acc's accumulation buffer: None together
+                if acc is not None and g is not None:  # g is acc's accumulation buffer: None together
                     np.add(acc, g, out=acc)
         return gin

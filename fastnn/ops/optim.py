@@ -15,8 +15,7 @@ from ..backends import current as _backend
 __all__ = ["sgd_update", "adam_update", "sgd_update_many", "adam_update_many", "UpdatePlan"]
 
 
-def _state(param: FloatArray, grad: ArrayLike,
-           *states: tuple[str, FloatArray]) -> tuple[FloatArray, FloatArray]:
+def _state(param: FloatArray, grad: ArrayLike, *states: tuple[str, FloatArray]) -> tuple[FloatArray, FloatArray]:
     param = _v.inplace(param, "param")
     grad = _v.as_float_array(grad, "grad")
     _v.same_dtype(param.dtype, grad, "grad")
@@ -46,8 +45,15 @@ def _step(step: int | float) -> int:
     return int(step)
 
 
-def sgd_update(param: FloatArray, grad: ArrayLike, velocity: FloatArray | None = None, lr: float = 0.01,
-               momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0) -> FloatArray:
+def sgd_update(
+    param: FloatArray,
+    grad: ArrayLike,
+    velocity: FloatArray | None = None,
+    lr: float = 0.01,
+    momentum: float = 0.0,
+    nesterov: bool = False,
+    weight_decay: float = 0.0,
+) -> FloatArray:
     """One SGD step on ``param``, in place (PyTorch's rule, no dampening).
 
     Parameters
@@ -77,9 +83,19 @@ def sgd_update(param: FloatArray, grad: ArrayLike, velocity: FloatArray | None =
     return param
 
 
-def adam_update(param: FloatArray, grad: ArrayLike, exp_avg: FloatArray, exp_avg_sq: FloatArray, step: int,
-                lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
-                weight_decay: float = 0.0, decoupled: bool = False) -> FloatArray:
+def adam_update(
+    param: FloatArray,
+    grad: ArrayLike,
+    exp_avg: FloatArray,
+    exp_avg_sq: FloatArray,
+    step: int,
+    lr: float = 1e-3,
+    beta1: float = 0.9,
+    beta2: float = 0.999,
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    decoupled: bool = False,
+) -> FloatArray:
     """One Adam step (AdamW with ``decoupled=True``) on ``param``, in place.
 
     Parameters
@@ -101,14 +117,16 @@ def adam_update(param: FloatArray, grad: ArrayLike, exp_avg: FloatArray, exp_avg
     eps = _v.scalar(eps, "eps", low=0.0, low_open=True)
     weight_decay = _v.scalar(weight_decay, "weight_decay", low=0.0)
     param, grad = _state(param, grad, ("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq))
-    _backend().adam_update(param, grad, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps,
-                           weight_decay, bool(decoupled))
+    _backend().adam_update(param, grad, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps, weight_decay, bool(decoupled))
     return param
 
 
-def _many(params: Sequence[FloatArray], grads: Sequence[ArrayLike],
-          states: Sequence[tuple[str, Sequence[FloatArray] | None]],
-          name: str) -> tuple[tuple[FloatArray, ...], tuple[FloatArray, ...], list[tuple[FloatArray, ...] | None]]:
+def _many(
+    params: Sequence[FloatArray],
+    grads: Sequence[ArrayLike],
+    states: Sequence[tuple[str, Sequence[FloatArray] | None]],
+    name: str,
+) -> tuple[tuple[FloatArray, ...], tuple[FloatArray, ...], list[tuple[FloatArray, ...] | None]]:
     """Check parallel sequences of parameters, gradients and optimizer states of one dtype."""
     params, grads = tuple(params), tuple(grads)
     if len(grads) != len(params) or any(s is not None and len(s) != len(params) for _, s in states):
@@ -127,15 +145,21 @@ def _many(params: Sequence[FloatArray], grads: Sequence[ArrayLike],
         checked_g.append(g)
     written = checked_p + [a for s in out_states if s is not None for a in s]
     for i, a in enumerate(written):  # no array may be updated through two names
-        for b in written[i + 1:]:
+        for b in written[i + 1 :]:
             if np.may_share_memory(a, b):
                 raise ValueError(f"{name}: parameters and optimizer states must not overlap")
     return tuple(checked_p), tuple(checked_g), out_states
 
 
-def sgd_update_many(params: Sequence[FloatArray], grads: Sequence[ArrayLike],
-                    velocities: Sequence[FloatArray] | None = None, lr: float = 0.01, momentum: float = 0.0,
-                    nesterov: bool = False, weight_decay: float = 0.0) -> tuple[FloatArray, ...]:
+def sgd_update_many(
+    params: Sequence[FloatArray],
+    grads: Sequence[ArrayLike],
+    velocities: Sequence[FloatArray] | None = None,
+    lr: float = 0.01,
+    momentum: float = 0.0,
+    nesterov: bool = False,
+    weight_decay: float = 0.0,
+) -> tuple[FloatArray, ...]:
     """:func:`sgd_update` on several parameters of one dtype in one call.
 
     Parameters
@@ -151,16 +175,26 @@ def sgd_update_many(params: Sequence[FloatArray], grads: Sequence[ArrayLike],
         raise ValueError("nesterov momentum needs momentum > 0")
     if momentum and velocities is None:
         raise ValueError("sgd_update_many with momentum > 0 needs velocity buffers")
-    params, grads, (velocities,) = _many(params, grads, [("velocity", velocities if momentum else None)],
-                                         "sgd_update_many")
+    params, grads, (velocities,) = _many(
+        params, grads, [("velocity", velocities if momentum else None)], "sgd_update_many"
+    )
     _backend().sgd_update_many(params, grads, velocities, lr, momentum, bool(nesterov), weight_decay)
     return params
 
 
-def adam_update_many(params: Sequence[FloatArray], grads: Sequence[ArrayLike], exp_avgs: Sequence[FloatArray],
-                     exp_avg_sqs: Sequence[FloatArray], step: int, lr: float = 1e-3, beta1: float = 0.9,
-                     beta2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.0,
-                     decoupled: bool = False) -> tuple[FloatArray, ...]:
+def adam_update_many(
+    params: Sequence[FloatArray],
+    grads: Sequence[ArrayLike],
+    exp_avgs: Sequence[FloatArray],
+    exp_avg_sqs: Sequence[FloatArray],
+    step: int,
+    lr: float = 1e-3,
+    beta1: float = 0.9,
+    beta2: float = 0.999,
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    decoupled: bool = False,
+) -> tuple[FloatArray, ...]:
     """:func:`adam_update` on several parameters of one dtype in one call.
 
     Parameters
@@ -175,10 +209,10 @@ def adam_update_many(params: Sequence[FloatArray], grads: Sequence[ArrayLike], e
     beta2 = _v.scalar(beta2, "beta2", low=0.0, high=1.0, high_open=True)
     eps = _v.scalar(eps, "eps", low=0.0, low_open=True)
     weight_decay = _v.scalar(weight_decay, "weight_decay", low=0.0)
-    params, grads, (m, v) = _many(params, grads, [("exp_avg", exp_avgs), ("exp_avg_sq", exp_avg_sqs)],
-                                  "adam_update_many")
-    _backend().adam_update_many(params, grads, m, v, int(step), lr, beta1, beta2, eps, weight_decay,
-                                bool(decoupled))
+    params, grads, (m, v) = _many(
+        params, grads, [("exp_avg", exp_avgs), ("exp_avg_sq", exp_avg_sqs)], "adam_update_many"
+    )
+    _backend().adam_update_many(params, grads, m, v, int(step), lr, beta1, beta2, eps, weight_decay, bool(decoupled))
     return params
 
 
@@ -190,8 +224,9 @@ from . import _plan as _p  # noqa: E402
 #: One dtype's arrays: (params, grads, one tuple of arrays per state name)
 _Group = tuple["tuple[FloatArray, ...]", "tuple[FloatArray, ...]", "tuple[tuple[FloatArray, ...], ...]"]
 #: (backend, (data, grad) per parameter, groups by dtype, every state array in order)
-_UpdateBound = tuple[Backend, "tuple[tuple[FloatArray, FloatArray], ...]", "tuple[_Group, ...]",
-                     "tuple[FloatArray | None, ...]"]
+_UpdateBound = tuple[
+    Backend, "tuple[tuple[FloatArray, FloatArray], ...]", "tuple[_Group, ...]", "tuple[FloatArray | None, ...]"
+]
 
 
 class UpdatePlan:
@@ -247,8 +282,13 @@ class UpdatePlan:
             states = self.state[name]
             for i, (d, _) in enumerate(arrays):
                 st = states[i]
-                if type(st) is not _p.ndarray or st.shape != d.shape or st.dtype != d.dtype \
-                        or not st.flags.c_contiguous or not st.flags.writeable:
+                if (
+                    type(st) is not _p.ndarray
+                    or st.shape != d.shape
+                    or st.dtype != d.dtype
+                    or not st.flags.c_contiguous
+                    or not st.flags.writeable
+                ):
                     states[i] = np.zeros_like(d)
         groups: dict[np.dtype[Any], list[int]] = {}
         for i, (d, _) in enumerate(arrays):
@@ -258,8 +298,7 @@ class UpdatePlan:
             ps = tuple(arrays[i][0] for i in idx)
             gs = tuple(arrays[i][1] for i in idx)
             # no None left: the loop above filled every state slot with an array
-            sts = [cast("tuple[FloatArray, ...]", tuple(self.state[name][i] for i in idx))
-                   for name in self.state_names]
+            sts = [cast("tuple[FloatArray, ...]", tuple(self.state[name][i] for i in idx)) for name in self.state_names]
             # the full checks of the ops, once: shapes, layout, no array updated twice
             _many(ps, gs, list(zip(self.state_names, sts)), "optimizer")
             bound_groups.append((ps, gs, tuple(sts)))
@@ -291,8 +330,9 @@ class UpdatePlan:
         for ps, gs, sts in k[2]:
             kernel(ps, gs, sts[0] if sts else None, lr, momentum, nesterov, weight_decay)
 
-    def adam(self, step: int, lr: float, beta1: float, beta2: float, eps: float, weight_decay: float,
-             decoupled: bool) -> None:
+    def adam(
+        self, step: int, lr: float, beta1: float, beta2: float, eps: float, weight_decay: float, decoupled: bool
+    ) -> None:
         """One Adam/AdamW step (see :func:`adam_update`); hyper-parameters already validated."""
         k = self._check()
         kernel = k[0].adam_update_many

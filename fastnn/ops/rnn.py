@@ -21,10 +21,14 @@ from ..backends import Backend
 from ..backends import current as _backend
 
 __all__ = [
-    "rnn_forward", "rnn_backward",
-    "lstm_forward", "lstm_backward",
-    "gru_forward", "gru_backward",
-    "RNN_NONLINEARITIES", "RecurrentPlan",
+    "rnn_forward",
+    "rnn_backward",
+    "lstm_forward",
+    "lstm_backward",
+    "gru_forward",
+    "gru_backward",
+    "RNN_NONLINEARITIES",
+    "RecurrentPlan",
 ]
 
 Nonlinearity = Literal["tanh", "relu"]
@@ -38,8 +42,9 @@ _WORK: dict[str, int] = {"rnn": 1, "lstm": 4, "gru": 6}
 #: (grad_x or None, grad_h0, grad_weight_ih, grad_weight_hh, grad_bias_ih or None, grad_bias_hh or None)
 _Grads = tuple["FloatArray | None", FloatArray, FloatArray, FloatArray, "FloatArray | None", "FloatArray | None"]
 #: the LSTM's: grad_c0 after grad_h0
-_LstmGrads = tuple["FloatArray | None", FloatArray, FloatArray, FloatArray, FloatArray, "FloatArray | None",
-                   "FloatArray | None"]
+_LstmGrads = tuple[
+    "FloatArray | None", FloatArray, FloatArray, FloatArray, FloatArray, "FloatArray | None", "FloatArray | None"
+]
 #: the output spec of :func:`_outputs`: (buffer, shape or None for none, dtype, name)
 _Spec = tuple["FloatArray | None", "tuple[int, ...] | None", "np.dtype[Any]", str]
 
@@ -52,9 +57,14 @@ def _state(a: ArrayLike, name: str, dtype: np.dtype[Any], shape: tuple[int, ...]
     return a
 
 
-def _seq_args(cell: str, x: ArrayLike, weight_ih: ArrayLike, weight_hh: ArrayLike, bias_ih: ArrayLike | None,
-              bias_hh: ArrayLike | None) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray | None,
-                                                  FloatArray | None, tuple[int, int, int, int]]:
+def _seq_args(
+    cell: str,
+    x: ArrayLike,
+    weight_ih: ArrayLike,
+    weight_hh: ArrayLike,
+    bias_ih: ArrayLike | None,
+    bias_hh: ArrayLike | None,
+) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray | None, FloatArray | None, tuple[int, int, int, int]]:
     """Check x (T, B, I), the weights and biases; return them and (T, B, I, H)."""
     x = _v.as_float_array(x, "x")
     if x.ndim != 3:
@@ -72,11 +82,12 @@ def _seq_args(cell: str, x: ArrayLike, weight_ih: ArrayLike, weight_hh: ArrayLik
         raise ValueError(f"{cell}: weight_hh has shape {weight_hh.shape}; its rows must be {G} x hidden_size")
     H = GH // G
     if weight_hh.shape != (G * H, H):
-        raise ValueError(f"{cell}: weight_hh has shape {weight_hh.shape}, expected ({G * H}, {H}) "
-                         f"for hidden size {H}")
+        raise ValueError(f"{cell}: weight_hh has shape {weight_hh.shape}, expected ({G * H}, {H}) for hidden size {H}")
     if weight_ih.shape != (G * H, I):
-        raise ValueError(f"{cell}: x has {I} features (shape {x.shape}) but weight_ih has shape "
-                         f"{weight_ih.shape}, expected ({G * H}, {I})")
+        raise ValueError(
+            f"{cell}: x has {I} features (shape {x.shape}) but weight_ih has shape "
+            f"{weight_ih.shape}, expected ({G * H}, {I})"
+        )
     biases: list[FloatArray | None] = []
     for b, name in ((bias_ih, "bias_ih"), (bias_hh, "bias_hh")):
         if b is not None:
@@ -124,9 +135,17 @@ def work_shape(cell: str, T: int, B: int, H: int) -> tuple[int, int, int]:
 
 # ---------------------------------------------------------------------------
 
-def rnn_forward(x: ArrayLike, h0: ArrayLike, weight_ih: ArrayLike, weight_hh: ArrayLike,
-                bias_ih: ArrayLike | None = None, bias_hh: ArrayLike | None = None,
-                nonlinearity: Nonlinearity = "tanh", out: FloatArray | None = None) -> FloatArray:
+
+def rnn_forward(
+    x: ArrayLike,
+    h0: ArrayLike,
+    weight_ih: ArrayLike,
+    weight_hh: ArrayLike,
+    bias_ih: ArrayLike | None = None,
+    bias_hh: ArrayLike | None = None,
+    nonlinearity: Nonlinearity = "tanh",
+    out: FloatArray | None = None,
+) -> FloatArray:
     """Elman RNN ``h_t = f(x_t·W_ihᵀ + b_ih + h_{t-1}·W_hhᵀ + b_hh)`` over a sequence.
 
     Parameters
@@ -144,8 +163,9 @@ def rnn_forward(x: ArrayLike, h0: ArrayLike, weight_ih: ArrayLike, weight_hh: Ar
     ndarray of shape (T, B, H)
         Every hidden state; ``out[-1]`` is the final state.
     """
-    x, weight_ih, weight_hh, bias_ih, bias_hh, (T, B, I, H) = _seq_args("rnn", x, weight_ih, weight_hh,
-                                                                         bias_ih, bias_hh)
+    x, weight_ih, weight_hh, bias_ih, bias_hh, (T, B, I, H) = _seq_args(
+        "rnn", x, weight_ih, weight_hh, bias_ih, bias_hh
+    )
     _v.choice(nonlinearity, "nonlinearity", RNN_NONLINEARITIES)
     h0 = _state(h0, "h0", x.dtype, (B, H), "rnn")
     out = _v.output(out, (T, B, H), x.dtype, inputs=(x, h0, weight_ih, weight_hh, bias_ih, bias_hh))
@@ -154,12 +174,26 @@ def rnn_forward(x: ArrayLike, h0: ArrayLike, weight_ih: ArrayLike, weight_hh: Ar
     return _backend().rnn_forward(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity, out)
 
 
-def rnn_backward(grad_out: ArrayLike, x: ArrayLike, h0: ArrayLike, weight_ih: ArrayLike, weight_hh: ArrayLike,
-                 out: ArrayLike, nonlinearity: Nonlinearity = "tanh", *, grad_hn: ArrayLike | None = None,
-                 bias: bool = True, input_grad: bool = True, work: FloatArray | None = None,
-                 grad_x: FloatArray | None = None, grad_h0: FloatArray | None = None,
-                 grad_weight_ih: FloatArray | None = None, grad_weight_hh: FloatArray | None = None,
-                 grad_bias_ih: FloatArray | None = None, grad_bias_hh: FloatArray | None = None) -> _Grads:
+def rnn_backward(
+    grad_out: ArrayLike,
+    x: ArrayLike,
+    h0: ArrayLike,
+    weight_ih: ArrayLike,
+    weight_hh: ArrayLike,
+    out: ArrayLike,
+    nonlinearity: Nonlinearity = "tanh",
+    *,
+    grad_hn: ArrayLike | None = None,
+    bias: bool = True,
+    input_grad: bool = True,
+    work: FloatArray | None = None,
+    grad_x: FloatArray | None = None,
+    grad_h0: FloatArray | None = None,
+    grad_weight_ih: FloatArray | None = None,
+    grad_weight_hh: FloatArray | None = None,
+    grad_bias_ih: FloatArray | None = None,
+    grad_bias_hh: FloatArray | None = None,
+) -> _Grads:
     """Backpropagation through time of :func:`rnn_forward`.
 
     Parameters
@@ -191,25 +225,52 @@ def rnn_backward(grad_out: ArrayLike, x: ArrayLike, h0: ArrayLike, weight_ih: Ar
         grad_hn = _state(grad_hn, "grad_hn", dt, (B, H), "rnn")
     ins = (grad_out, x, h0, weight_ih, weight_hh, out, grad_hn)
     work, grad_x, grad_h0, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh = _outputs(
-        ins, (work, work_shape("rnn", T, B, H), dt, "work"),
-        (grad_x, (T, B, I) if input_grad else None, dt, "grad_x"), (grad_h0, (B, H), dt, "grad_h0"),
+        ins,
+        (work, work_shape("rnn", T, B, H), dt, "work"),
+        (grad_x, (T, B, I) if input_grad else None, dt, "grad_x"),
+        (grad_h0, (B, H), dt, "grad_h0"),
         (grad_weight_ih, weight_ih.shape, dt, "grad_weight_ih"),
         (grad_weight_hh, weight_hh.shape, dt, "grad_weight_hh"),
         (grad_bias_ih, (H,) if bias else None, dt, "grad_bias_ih"),
-        (grad_bias_hh, (H,) if bias else None, dt, "grad_bias_hh"))
+        (grad_bias_hh, (H,) if bias else None, dt, "grad_bias_hh"),
+    )
     if B == 0:
         _zero_grads((grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh))
         return grad_x, grad_h0, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh
-    return _backend().rnn_backward(grad_out, grad_hn, x, h0, weight_ih, weight_hh, out, nonlinearity, work,
-                                   grad_x, grad_h0, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh)
+    return _backend().rnn_backward(
+        grad_out,
+        grad_hn,
+        x,
+        h0,
+        weight_ih,
+        weight_hh,
+        out,
+        nonlinearity,
+        work,
+        grad_x,
+        grad_h0,
+        grad_weight_ih,
+        grad_weight_hh,
+        grad_bias_ih,
+        grad_bias_hh,
+    )
 
 
 # ---------------------------------------------------------------------------
 
-def lstm_forward(x: ArrayLike, h0: ArrayLike, c0: ArrayLike, weight_ih: ArrayLike, weight_hh: ArrayLike,
-                 bias_ih: ArrayLike | None = None, bias_hh: ArrayLike | None = None, out: FloatArray | None = None,
-                 cell: FloatArray | None = None,
-                 gates: FloatArray | None = None) -> tuple[FloatArray, FloatArray, FloatArray]:
+
+def lstm_forward(
+    x: ArrayLike,
+    h0: ArrayLike,
+    c0: ArrayLike,
+    weight_ih: ArrayLike,
+    weight_hh: ArrayLike,
+    bias_ih: ArrayLike | None = None,
+    bias_hh: ArrayLike | None = None,
+    out: FloatArray | None = None,
+    cell: FloatArray | None = None,
+    gates: FloatArray | None = None,
+) -> tuple[FloatArray, FloatArray, FloatArray]:
     """LSTM over a sequence, PyTorch's equations and gate order (i, f, g, o).
 
     Parameters
@@ -228,25 +289,47 @@ def lstm_forward(x: ArrayLike, h0: ArrayLike, c0: ArrayLike, weight_ih: ArrayLik
     cell : ndarray of shape (T, B, H), every ``c_t``
     gates : ndarray of shape (T, B, 4H), the activated gates (kept for backward)
     """
-    x, weight_ih, weight_hh, bias_ih, bias_hh, (T, B, I, H) = _seq_args("lstm", x, weight_ih, weight_hh,
-                                                                         bias_ih, bias_hh)
+    x, weight_ih, weight_hh, bias_ih, bias_hh, (T, B, I, H) = _seq_args(
+        "lstm", x, weight_ih, weight_hh, bias_ih, bias_hh
+    )
     h0 = _state(h0, "h0", x.dtype, (B, H), "lstm")
     c0 = _state(c0, "c0", x.dtype, (B, H), "lstm")
     ins = (x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh)
-    out, cell, gates = _outputs(ins, (out, (T, B, H), x.dtype, "out"), (cell, (T, B, H), x.dtype, "cell"),
-                                (gates, (T, B, 4 * H), x.dtype, "gates"))
+    out, cell, gates = _outputs(
+        ins,
+        (out, (T, B, H), x.dtype, "out"),
+        (cell, (T, B, H), x.dtype, "cell"),
+        (gates, (T, B, 4 * H), x.dtype, "gates"),
+    )
     if B == 0:
         return out, cell, gates
     return _backend().lstm_forward(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, out, cell, gates)
 
 
-def lstm_backward(grad_out: ArrayLike, x: ArrayLike, h0: ArrayLike, c0: ArrayLike, weight_ih: ArrayLike,
-                  weight_hh: ArrayLike, out: ArrayLike, cell: ArrayLike, gates: ArrayLike, *,
-                  grad_hn: ArrayLike | None = None, grad_cn: ArrayLike | None = None, bias: bool = True,
-                  input_grad: bool = True, work: FloatArray | None = None, grad_x: FloatArray | None = None,
-                  grad_h0: FloatArray | None = None, grad_c0: FloatArray | None = None,
-                  grad_weight_ih: FloatArray | None = None, grad_weight_hh: FloatArray | None = None,
-                  grad_bias_ih: FloatArray | None = None, grad_bias_hh: FloatArray | None = None) -> _LstmGrads:
+def lstm_backward(
+    grad_out: ArrayLike,
+    x: ArrayLike,
+    h0: ArrayLike,
+    c0: ArrayLike,
+    weight_ih: ArrayLike,
+    weight_hh: ArrayLike,
+    out: ArrayLike,
+    cell: ArrayLike,
+    gates: ArrayLike,
+    *,
+    grad_hn: ArrayLike | None = None,
+    grad_cn: ArrayLike | None = None,
+    bias: bool = True,
+    input_grad: bool = True,
+    work: FloatArray | None = None,
+    grad_x: FloatArray | None = None,
+    grad_h0: FloatArray | None = None,
+    grad_c0: FloatArray | None = None,
+    grad_weight_ih: FloatArray | None = None,
+    grad_weight_hh: FloatArray | None = None,
+    grad_bias_ih: FloatArray | None = None,
+    grad_bias_hh: FloatArray | None = None,
+) -> _LstmGrads:
     """Backpropagation through time of :func:`lstm_forward`.
 
     ``grad_hn`` and ``grad_cn`` (shape (B, H), optional) are gradients of the
@@ -270,26 +353,56 @@ def lstm_backward(grad_out: ArrayLike, x: ArrayLike, h0: ArrayLike, c0: ArrayLik
         grad_cn = _state(grad_cn, "grad_cn", dt, (B, H), "lstm")
     ins = (grad_out, x, h0, c0, weight_ih, weight_hh, out, cell, gates, grad_hn, grad_cn)
     work, grad_x, grad_h0, grad_c0, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh = _outputs(
-        ins, (work, work_shape("lstm", T, B, H), dt, "work"),
-        (grad_x, (T, B, I) if input_grad else None, dt, "grad_x"), (grad_h0, (B, H), dt, "grad_h0"),
-        (grad_c0, (B, H), dt, "grad_c0"), (grad_weight_ih, weight_ih.shape, dt, "grad_weight_ih"),
+        ins,
+        (work, work_shape("lstm", T, B, H), dt, "work"),
+        (grad_x, (T, B, I) if input_grad else None, dt, "grad_x"),
+        (grad_h0, (B, H), dt, "grad_h0"),
+        (grad_c0, (B, H), dt, "grad_c0"),
+        (grad_weight_ih, weight_ih.shape, dt, "grad_weight_ih"),
         (grad_weight_hh, weight_hh.shape, dt, "grad_weight_hh"),
         (grad_bias_ih, (4 * H,) if bias else None, dt, "grad_bias_ih"),
-        (grad_bias_hh, (4 * H,) if bias else None, dt, "grad_bias_hh"))
+        (grad_bias_hh, (4 * H,) if bias else None, dt, "grad_bias_hh"),
+    )
     if B == 0:
         _zero_grads((grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh))
         return grad_x, grad_h0, grad_c0, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh
-    return _backend().lstm_backward(grad_out, grad_hn, grad_cn, x, h0, c0, weight_ih, weight_hh, out, cell,
-                                    gates, work, grad_x, grad_h0, grad_c0, grad_weight_ih, grad_weight_hh,
-                                    grad_bias_ih, grad_bias_hh)
+    return _backend().lstm_backward(
+        grad_out,
+        grad_hn,
+        grad_cn,
+        x,
+        h0,
+        c0,
+        weight_ih,
+        weight_hh,
+        out,
+        cell,
+        gates,
+        work,
+        grad_x,
+        grad_h0,
+        grad_c0,
+        grad_weight_ih,
+        grad_weight_hh,
+        grad_bias_ih,
+        grad_bias_hh,
+    )
 
 
 # ---------------------------------------------------------------------------
 
-def gru_forward(x: ArrayLike, h0: ArrayLike, weight_ih: ArrayLike, weight_hh: ArrayLike,
-                bias_ih: ArrayLike | None = None, bias_hh: ArrayLike | None = None, out: FloatArray | None = None,
-                gates: FloatArray | None = None,
-                hidden_n: FloatArray | None = None) -> tuple[FloatArray, FloatArray, FloatArray]:
+
+def gru_forward(
+    x: ArrayLike,
+    h0: ArrayLike,
+    weight_ih: ArrayLike,
+    weight_hh: ArrayLike,
+    bias_ih: ArrayLike | None = None,
+    bias_hh: ArrayLike | None = None,
+    out: FloatArray | None = None,
+    gates: FloatArray | None = None,
+    hidden_n: FloatArray | None = None,
+) -> tuple[FloatArray, FloatArray, FloatArray]:
     """GRU over a sequence, PyTorch's equations and gate order (r, z, n).
 
     Parameters
@@ -309,24 +422,43 @@ def gru_forward(x: ArrayLike, h0: ArrayLike, weight_ih: ArrayLike, weight_hh: Ar
     gates : ndarray of shape (T, B, 3H), the gates r, z, n (kept for backward)
     hidden_n : ndarray of shape (T, B, H), ``W_hn h_{t-1} + b_hn`` (kept for backward)
     """
-    x, weight_ih, weight_hh, bias_ih, bias_hh, (T, B, I, H) = _seq_args("gru", x, weight_ih, weight_hh,
-                                                                         bias_ih, bias_hh)
+    x, weight_ih, weight_hh, bias_ih, bias_hh, (T, B, I, H) = _seq_args(
+        "gru", x, weight_ih, weight_hh, bias_ih, bias_hh
+    )
     h0 = _state(h0, "h0", x.dtype, (B, H), "gru")
     ins = (x, h0, weight_ih, weight_hh, bias_ih, bias_hh)
-    out, gates, hidden_n = _outputs(ins, (out, (T, B, H), x.dtype, "out"),
-                                    (gates, (T, B, 3 * H), x.dtype, "gates"),
-                                    (hidden_n, (T, B, H), x.dtype, "hidden_n"))
+    out, gates, hidden_n = _outputs(
+        ins,
+        (out, (T, B, H), x.dtype, "out"),
+        (gates, (T, B, 3 * H), x.dtype, "gates"),
+        (hidden_n, (T, B, H), x.dtype, "hidden_n"),
+    )
     if B == 0:
         return out, gates, hidden_n
     return _backend().gru_forward(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, out, gates, hidden_n)
 
 
-def gru_backward(grad_out: ArrayLike, x: ArrayLike, h0: ArrayLike, weight_ih: ArrayLike, weight_hh: ArrayLike,
-                 out: ArrayLike, gates: ArrayLike, hidden_n: ArrayLike, *, grad_hn: ArrayLike | None = None,
-                 bias: bool = True, input_grad: bool = True, work: FloatArray | None = None,
-                 grad_x: FloatArray | None = None, grad_h0: FloatArray | None = None,
-                 grad_weight_ih: FloatArray | None = None, grad_weight_hh: FloatArray | None = None,
-                 grad_bias_ih: FloatArray | None = None, grad_bias_hh: FloatArray | None = None) -> _Grads:
+def gru_backward(
+    grad_out: ArrayLike,
+    x: ArrayLike,
+    h0: ArrayLike,
+    weight_ih: ArrayLike,
+    weight_hh: ArrayLike,
+    out: ArrayLike,
+    gates: ArrayLike,
+    hidden_n: ArrayLike,
+    *,
+    grad_hn: ArrayLike | None = None,
+    bias: bool = True,
+    input_grad: bool = True,
+    work: FloatArray | None = None,
+    grad_x: FloatArray | None = None,
+    grad_h0: FloatArray | None = None,
+    grad_weight_ih: FloatArray | None = None,
+    grad_weight_hh: FloatArray | None = None,
+    grad_bias_ih: FloatArray | None = None,
+    grad_bias_hh: FloatArray | None = None,
+) -> _Grads:
     """Backpropagation through time of :func:`gru_forward`.
 
     ``grad_hn`` (shape (B, H), optional) is the gradient of the final state
@@ -347,17 +479,36 @@ def gru_backward(grad_out: ArrayLike, x: ArrayLike, h0: ArrayLike, weight_ih: Ar
         grad_hn = _state(grad_hn, "grad_hn", dt, (B, H), "gru")
     ins = (grad_out, x, h0, weight_ih, weight_hh, out, gates, hidden_n, grad_hn)
     work, grad_x, grad_h0, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh = _outputs(
-        ins, (work, work_shape("gru", T, B, H), dt, "work"),
-        (grad_x, (T, B, I) if input_grad else None, dt, "grad_x"), (grad_h0, (B, H), dt, "grad_h0"),
+        ins,
+        (work, work_shape("gru", T, B, H), dt, "work"),
+        (grad_x, (T, B, I) if input_grad else None, dt, "grad_x"),
+        (grad_h0, (B, H), dt, "grad_h0"),
         (grad_weight_ih, weight_ih.shape, dt, "grad_weight_ih"),
         (grad_weight_hh, weight_hh.shape, dt, "grad_weight_hh"),
         (grad_bias_ih, (3 * H,) if bias else None, dt, "grad_bias_ih"),
-        (grad_bias_hh, (3 * H,) if bias else None, dt, "grad_bias_hh"))
+        (grad_bias_hh, (3 * H,) if bias else None, dt, "grad_bias_hh"),
+    )
     if B == 0:
         _zero_grads((grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh))
         return grad_x, grad_h0, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh
-    return _backend().gru_backward(grad_out, grad_hn, x, h0, weight_ih, weight_hh, out, gates, hidden_n, work,
-                                   grad_x, grad_h0, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh)
+    return _backend().gru_backward(
+        grad_out,
+        grad_hn,
+        x,
+        h0,
+        weight_ih,
+        weight_hh,
+        out,
+        gates,
+        hidden_n,
+        work,
+        grad_x,
+        grad_h0,
+        grad_weight_ih,
+        grad_weight_hh,
+        grad_bias_ih,
+        grad_bias_hh,
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -372,8 +523,17 @@ _nd = _p.ndarray
 #: (W_ih, W_hh, b_ih, b_hh), the biases None for a layer without
 _Four = tuple[FloatArray, FloatArray, "FloatArray | None", "FloatArray | None"]
 #: (backend, parameter arrays, gradient arrays, dtype, I, H, parameter shapes, forward and backward kernels)
-_RecurrentBound = tuple[Backend, _Four, _Four, "np.dtype[Any]", int, int, "tuple[tuple[int, ...] | None, ...]",
-                        Callable[..., Any], Callable[..., Any]]
+_RecurrentBound = tuple[
+    Backend,
+    _Four,
+    _Four,
+    "np.dtype[Any]",
+    int,
+    int,
+    "tuple[tuple[int, ...] | None, ...]",
+    Callable[..., Any],
+    Callable[..., Any],
+]
 
 
 def _is(a: object, shape: tuple[int, ...], dt: np.dtype[Any]) -> bool:
@@ -410,8 +570,15 @@ class RecurrentPlan:
     nonlinearity: Nonlinearity
     _bound: _RecurrentBound | None
 
-    def __init__(self, cell: Cell, weight_ih: ParamLike, weight_hh: ParamLike, bias_ih: ParamLike | None = None,
-                 bias_hh: ParamLike | None = None, nonlinearity: Nonlinearity = "tanh") -> None:
+    def __init__(
+        self,
+        cell: Cell,
+        weight_ih: ParamLike,
+        weight_hh: ParamLike,
+        bias_ih: ParamLike | None = None,
+        bias_hh: ParamLike | None = None,
+        nonlinearity: Nonlinearity = "tanh",
+    ) -> None:
         self.cell = _v.choice(cell, "cell", tuple(_GATES))
         if (bias_ih is None) != (bias_hh is None):
             raise ValueError("give both biases or neither")
@@ -446,29 +613,42 @@ class RecurrentPlan:
         data = self._params()
         # the full checks of the ops, once: shapes of every parameter against each other
         _, _, _, _, _, (_, _, I, H) = _seq_args(cell, probe, *data)
-        grads = tuple(_p.check_grad(p, n) for p, n in zip(params, ("weight_ih", "weight_hh", "bias_ih",
-                                                                      "bias_hh")))
+        grads = tuple(_p.check_grad(p, n) for p, n in zip(params, ("weight_ih", "weight_hh", "bias_ih", "bias_hh")))
         grads4 = cast(_Four, grads + (None,) * (4 - len(grads)))  # 2 or 4 gradients, padded to 4
         _p.check_disjoint(cell, *data, *grads4)
         backend = _p.current()
-        bound = (backend, data, grads4, w_ih.dtype, I, H, tuple(a.shape if a is not None else None for a in data),
-                 getattr(backend, cell + "_forward"), getattr(backend, cell + "_backward"))
+        bound = (
+            backend,
+            data,
+            grads4,
+            w_ih.dtype,
+            I,
+            H,
+            tuple(a.shape if a is not None else None for a in data),
+            getattr(backend, cell + "_forward"),
+            getattr(backend, cell + "_backward"),
+        )
         self._bound = bound
         return bound
 
     def _check(self, with_grads: bool = False) -> _RecurrentBound:
         data = self._params()
         k = self._bound
-        if k is None or k[0] is not _p.current() or any(a is not b for a, b in zip(data, k[1])) \
-                or (with_grads and any(a is not b for a, b in zip(self._grads(), k[2]))):
+        if (
+            k is None
+            or k[0] is not _p.current()
+            or any(a is not b for a, b in zip(data, k[1]))
+            or (with_grads and any(a is not b for a, b in zip(self._grads(), k[2])))
+        ):
             k = self._bind()
         for a, s in zip(data, k[6]):
             if a is not None and a.shape != s:
                 k = self._bind()
         return k
 
-    def forward(self, x: FloatArray, h0: FloatArray,
-                c0: FloatArray | None = None) -> FloatArray | tuple[FloatArray, FloatArray, FloatArray]:
+    def forward(
+        self, x: FloatArray, h0: FloatArray, c0: FloatArray | None = None
+    ) -> FloatArray | tuple[FloatArray, FloatArray, FloatArray]:
         """Run the sequence ``x`` (T, B, I) from ``h0`` (and ``c0``) of shape (B, H).
 
         Returns
@@ -478,8 +658,15 @@ class RecurrentPlan:
         k = self._check()
         dt, I, H = k[3], k[4], k[5]
         cell = self.cell
-        fast = type(x) is _nd and x.dtype is dt and x.flags.c_contiguous and x.ndim == 3 and x.shape[2] == I \
-            and x.shape[0] > 0 and x.shape[1] > 0
+        fast = (
+            type(x) is _nd
+            and x.dtype is dt
+            and x.flags.c_contiguous
+            and x.ndim == 3
+            and x.shape[2] == I
+            and x.shape[0] > 0
+            and x.shape[1] > 0
+        )
         if fast:
             T, B = x.shape[0], x.shape[1]
             fast = _is(h0, (B, H), dt) and (cell != "lstm" or _is(c0, (B, H), dt))
@@ -496,15 +683,43 @@ class RecurrentPlan:
         if cell == "rnn":
             return k[7](x, h0, w_ih, w_hh, b_ih, b_hh, self.nonlinearity, out)
         if cell == "lstm":
-            return k[7](x, h0, c0, w_ih, w_hh, b_ih, b_hh, out, _p.output(self, "cell", (T, B, H), dt, x, h0, c0),
-                        _p.output(self, "gates", (T, B, 4 * H), dt, x, h0, c0))
-        return k[7](x, h0, w_ih, w_hh, b_ih, b_hh, out, _p.output(self, "gates", (T, B, 3 * H), dt, x, h0),
-                    _p.output(self, "hidden_n", (T, B, H), dt, x, h0))
+            return k[7](
+                x,
+                h0,
+                c0,
+                w_ih,
+                w_hh,
+                b_ih,
+                b_hh,
+                out,
+                _p.output(self, "cell", (T, B, H), dt, x, h0, c0),
+                _p.output(self, "gates", (T, B, 4 * H), dt, x, h0, c0),
+            )
+        return k[7](
+            x,
+            h0,
+            w_ih,
+            w_hh,
+            b_ih,
+            b_hh,
+            out,
+            _p.output(self, "gates", (T, B, 3 * H), dt, x, h0),
+            _p.output(self, "hidden_n", (T, B, H), dt, x, h0),
+        )
 
-    def backward(self, grad_out: FloatArray, x: FloatArray, h0: FloatArray,
-                 saved: FloatArray | tuple[FloatArray, FloatArray, FloatArray], c0: FloatArray | None = None, *,
-                 grad_hn: FloatArray | None = None, grad_cn: FloatArray | None = None, input_grad: bool = True,
-                 accumulate: bool = False) -> tuple[FloatArray | None, ...]:
+    def backward(
+        self,
+        grad_out: FloatArray,
+        x: FloatArray,
+        h0: FloatArray,
+        saved: FloatArray | tuple[FloatArray, FloatArray, FloatArray],
+        c0: FloatArray | None = None,
+        *,
+        grad_hn: FloatArray | None = None,
+        grad_cn: FloatArray | None = None,
+        input_grad: bool = True,
+        accumulate: bool = False,
+    ) -> tuple[FloatArray | None, ...]:
         """BPTT: writes the parameter gradients; returns ``(grad_x or None, grad_h0[, grad_c0])``.
 
         Parameters
@@ -531,16 +746,32 @@ class RecurrentPlan:
         else:
             triple = cast("tuple[FloatArray, FloatArray, FloatArray]", saved)
             out, extra = triple[0], triple[1:]
-        fast = type(x) is _nd and x.dtype is dt and x.flags.c_contiguous and x.ndim == 3 and x.shape[2] == I \
-            and x.shape[0] > 0 and x.shape[1] > 0
+        fast = (
+            type(x) is _nd
+            and x.dtype is dt
+            and x.flags.c_contiguous
+            and x.ndim == 3
+            and x.shape[2] == I
+            and x.shape[0] > 0
+            and x.shape[1] > 0
+        )
         if fast:
             T, B = x.shape[0], x.shape[1]
             tbh, bh = (T, B, H), (B, H)
-            fast = _is(grad_out, tbh, dt) and _is(h0, bh, dt) and _is(out, tbh, dt) \
+            fast = (
+                _is(grad_out, tbh, dt)
+                and _is(h0, bh, dt)
+                and _is(out, tbh, dt)
                 and (grad_hn is None or _is(grad_hn, bh, dt))
+            )
             if cell == "lstm":
-                fast = fast and _is(c0, bh, dt) and _is(extra[0], tbh, dt) and _is(extra[1], (T, B, 4 * H), dt) \
+                fast = (
+                    fast
+                    and _is(c0, bh, dt)
+                    and _is(extra[0], tbh, dt)
+                    and _is(extra[1], (T, B, 4 * H), dt)
                     and (grad_cn is None or _is(grad_cn, bh, dt))
+                )
             elif cell == "gru":
                 fast = fast and _is(extra[0], (T, B, 3 * H), dt) and _is(extra[1], tbh, dt)
         if fast:
@@ -553,15 +784,37 @@ class RecurrentPlan:
                 result: tuple[FloatArray | None, ...] = (gx, gh0)
             elif cell == "lstm":
                 gc0 = _p.output(self, "grad_c0", (B, H), dt, *ins)
-                k[8](grad_out, grad_hn, grad_cn, x, h0, c0, w_ih, w_hh, out, extra[0], extra[1], work, gx, gh0, gc0,
-                     *grads)
+                k[8](
+                    grad_out,
+                    grad_hn,
+                    grad_cn,
+                    x,
+                    h0,
+                    c0,
+                    w_ih,
+                    w_hh,
+                    out,
+                    extra[0],
+                    extra[1],
+                    work,
+                    gx,
+                    gh0,
+                    gc0,
+                    *grads,
+                )
                 result = (gx, gh0, gc0)
             else:
                 k[8](grad_out, grad_hn, x, h0, w_ih, w_hh, out, extra[0], extra[1], work, gx, gh0, *grads)
                 result = (gx, gh0)
         else:
-            named: dict[str, Any] = dict(bias=b_ih is not None, input_grad=input_grad, grad_weight_ih=grads[0],
-                         grad_weight_hh=grads[1], grad_bias_ih=grads[2], grad_bias_hh=grads[3])
+            named: dict[str, Any] = dict(
+                bias=b_ih is not None,
+                input_grad=input_grad,
+                grad_weight_ih=grads[0],
+                grad_weight_hh=grads[1],
+                grad_bias_ih=grads[2],
+                grad_bias_hh=grads[3],
+            )
             r: tuple[FloatArray | None, ...]
             if cell == "rnn":
                 r = rnn_backward(grad_out, x, h0, w_ih, w_hh, out, self.nonlinearity, grad_hn=grad_hn, **named)
@@ -569,8 +822,9 @@ class RecurrentPlan:
             elif cell == "lstm":
                 if c0 is None:
                     raise TypeError("the LSTM needs the initial cell state c0")
-                r = lstm_backward(grad_out, x, h0, c0, w_ih, w_hh, out, extra[0], extra[1], grad_hn=grad_hn,
-                                  grad_cn=grad_cn, **named)
+                r = lstm_backward(
+                    grad_out, x, h0, c0, w_ih, w_hh, out, extra[0], extra[1], grad_hn=grad_hn, grad_cn=grad_cn, **named
+                )
                 result = r[:3]
             else:
                 r = gru_backward(grad_out, x, h0, w_ih, w_hh, out, extra[0], extra[1], grad_hn=grad_hn, **named)

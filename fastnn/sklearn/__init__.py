@@ -26,8 +26,9 @@ This module needs scikit-learn (``pip install "fastnn[sklearn]"``);
 try:
     import sklearn  # noqa: F401
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
-    raise ImportError("fastnn.sklearn needs scikit-learn: pip install 'fastnn[sklearn]' "
-                      "(or pip install scikit-learn)") from exc
+    raise ImportError(
+        "fastnn.sklearn needs scikit-learn: pip install 'fastnn[sklearn]' (or pip install scikit-learn)"
+    ) from exc
 
 from ._mlp import MLPClassifier, MLPRegressor
 from ._neuralnet import NeuralNetClassifier, NeuralNetRegressor

@@ -7,9 +7,11 @@ import numpy as np
 try:  # scikit-learn >= 1.6
     from sklearn.utils.validation import validate_data
 except ImportError:  # pragma: no cover - older scikit-learn
+
     def validate_data(estimator, *args, **kwargs):
         """``estimator._validate_data``, the method form of scikit-learn < 1.6."""
         return estimator._validate_data(*args, **kwargs)
+
 
 try:
     from sklearn.utils.validation import _check_sample_weight

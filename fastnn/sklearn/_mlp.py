@@ -53,25 +53,35 @@ SPARSE_CHUNK = 1024
 def _number(value, name, low=None, high=None, low_open=False, high_open=False, integer=False):
     kind = Integral if integer else Real
     if isinstance(value, bool) or not isinstance(value, kind):
-        raise TypeError(f"The '{name}' parameter must be {'an int' if integer else 'a float'}"
-                        f"{' in ' + _range(low, high, low_open, high_open) if low is not None else ''}. "
-                        f"Got {value!r} instead.")
-    bad = (low is not None and (value < low or (low_open and value == low))) or \
-          (high is not None and (value > high or (high_open and value == high))) or value != value
+        raise TypeError(
+            f"The '{name}' parameter must be {'an int' if integer else 'a float'}"
+            f"{' in ' + _range(low, high, low_open, high_open) if low is not None else ''}. "
+            f"Got {value!r} instead."
+        )
+    bad = (
+        (low is not None and (value < low or (low_open and value == low)))
+        or (high is not None and (value > high or (high_open and value == high)))
+        or value != value
+    )
     if bad:
-        raise ValueError(f"The '{name}' parameter must be in the range {_range(low, high, low_open, high_open)}. "
-                         f"Got {value!r} instead.")
+        raise ValueError(
+            f"The '{name}' parameter must be in the range {_range(low, high, low_open, high_open)}. "
+            f"Got {value!r} instead."
+        )
     return value
 
 
 def _range(low, high, low_open, high_open):
-    return f"{'(' if low_open else '['}{low}, {'inf' if high is None else high}{')' if high_open or high is None else ']'}"
+    return (
+        f"{'(' if low_open else '['}{low}, {'inf' if high is None else high}{')' if high_open or high is None else ']'}"
+    )
 
 
 def _option(value, name, options):
     if not isinstance(value, str) or value not in options:
-        raise ValueError(f"The '{name}' parameter must be one of {', '.join(map(repr, options))}. "
-                         f"Got {value!r} instead.")
+        raise ValueError(
+            f"The '{name}' parameter must be one of {', '.join(map(repr, options))}. Got {value!r} instead."
+        )
     return value
 
 
@@ -171,13 +181,19 @@ class _BaseMLP(BaseEstimator):
         """Copy ``coefs_``/``intercepts_`` into the network where the user replaced arrays or lists."""
         coefs, intercepts = self.coefs_, self.intercepts_
         seen_c, seen_i = self._exposed
-        if len(coefs) == len(seen_c) and len(intercepts) == len(seen_i) \
-                and all(a is b for a, b in zip(coefs, seen_c)) and all(a is b for a, b in zip(intercepts, seen_i)):
+        if (
+            len(coefs) == len(seen_c)
+            and len(intercepts) == len(seen_i)
+            and all(a is b for a, b in zip(coefs, seen_c))
+            and all(a is b for a, b in zip(intercepts, seen_i))
+        ):
             return
         layers = linear_layers(self._network)
         if len(coefs) != len(layers) or len(intercepts) != len(layers):
-            raise ValueError(f"coefs_ and intercepts_ must hold {len(layers)} arrays each (one per layer), "
-                             f"got {len(coefs)} and {len(intercepts)}")
+            raise ValueError(
+                f"coefs_ and intercepts_ must hold {len(layers)} arrays each (one per layer), "
+                f"got {len(coefs)} and {len(intercepts)}"
+            )
         staged = []
         for i, (lin, c, b) in enumerate(zip(layers, coefs, intercepts)):
             c, b = np.asarray(c), np.asarray(b)
@@ -186,7 +202,7 @@ class _BaseMLP(BaseEstimator):
             if b.shape != lin.bias.data.shape:
                 raise ValueError(f"intercepts_[{i}] has shape {b.shape}, expected {lin.bias.data.shape}")
             staged.append((lin, c, b))
-        for lin, c, b in staged:   # all checked: now copy
+        for lin, c, b in staged:  # all checked: now copy
             np.copyto(lin.weight.data, c.T, casting="unsafe")
             np.copyto(lin.bias.data, b, casting="unsafe")
         self._expose()
@@ -221,8 +237,10 @@ class _BaseMLP(BaseEstimator):
         else:
             self.out_activation_ = "logistic"
         # scikit-learn's draws first, so that dropout changes only the shuffling, not the initial weights
-        init = [glorot_init(self._random_state, fan_in, fan_out, self.activation)
-                for fan_in, fan_out in zip(layer_units[:-1], layer_units[1:])]
+        init = [
+            glorot_init(self._random_state, fan_in, fan_out, self.activation)
+            for fan_in, fan_out in zip(layer_units[:-1], layer_units[1:])
+        ]
         dropout_rng = None
         if self.dropout > 0:
             dropout_rng = np.random.default_rng(self._random_state.randint(np.iinfo(np.int32).max))
@@ -280,19 +298,25 @@ class _BaseMLP(BaseEstimator):
                 self._fit_lbfgs(X, y, sample_weight)
             else:
                 self._fit_stochastic(X, y, sample_weight, incremental)
-        if not all(np.isfinite(lin.weight.data).all() and np.isfinite(lin.bias.data).all()
-                   for lin in linear_layers(self._network)):
-            raise ValueError("Solver produced non-finite parameter weights. The input data may contain large "
-                             "values and need to be preprocessed.")
+        if not all(
+            np.isfinite(lin.weight.data).all() and np.isfinite(lin.bias.data).all()
+            for lin in linear_layers(self._network)
+        ):
+            raise ValueError(
+                "Solver produced non-finite parameter weights. The input data may contain large "
+                "values and need to be preprocessed."
+            )
         return self
 
     def _check_layer_units(self, layer_units):
         have = [lin.in_features for lin in linear_layers(self._network)]
         have.append(linear_layers(self._network)[-1].out_features)
         if have != list(layer_units):
-            raise ValueError(f"warm_start and partial_fit continue the fitted network of layer sizes {have}, but "
-                             f"this data and hidden_layer_sizes give {list(layer_units)}: refit from scratch "
-                             f"(warm_start=False) to change them")
+            raise ValueError(
+                f"warm_start and partial_fit continue the fitted network of layer sizes {have}, but "
+                f"this data and hidden_layer_sizes give {list(layer_units)}: refit from scratch "
+                f"(warm_start=False) to change them"
+            )
 
     def _as_training_input(self, X):
         if sp.issparse(X):
@@ -307,8 +331,11 @@ class _BaseMLP(BaseEstimator):
         weights = [lin.weight for lin in layers]
         biases = [lin.bias for lin in layers]
         keep = self.warm_start and self.keep_optimizer
-        if not hasattr(self, "_optimizer") or (not incremental and not keep) \
-                or getattr(self, "_optimizer_solver", None) != self.solver:
+        if (
+            not hasattr(self, "_optimizer")
+            or (not incremental and not keep)
+            or getattr(self, "_optimizer_solver", None) != self.solver
+        ):
             self._optimizer = make_solver(self.solver, weights, biases, self.get_params())
             self._optimizer_solver = self.solver
         if self.early_stopping and incremental:
@@ -319,11 +346,13 @@ class _BaseMLP(BaseEstimator):
             # scikit-learn splits with the same RandomState, after the initialisation draws
             should_stratify = is_classifier(self) and self.n_outputs_ == 1
             stratify = y.astype(bool) if should_stratify else None
-            train_idx, val_idx = train_test_split(np.arange(n_all), random_state=self._random_state,
-                                                  test_size=self.validation_fraction, stratify=stratify)
+            train_idx, val_idx = train_test_split(
+                np.arange(n_all), random_state=self._random_state, test_size=self.validation_fraction, stratify=stratify
+            )
             if val_idx.shape[0] < 2:
-                raise ValueError("The validation set is too small. Increase 'validation_fraction' or the size "
-                                 "of your dataset.")
+                raise ValueError(
+                    "The validation set is too small. Increase 'validation_fraction' or the size of your dataset."
+                )
             X_val, y_val = X[val_idx], y[val_idx]
             sw_val = None if sample_weight is None else sample_weight[val_idx]
             X, y = X[train_idx], y[train_idx]
@@ -337,8 +366,9 @@ class _BaseMLP(BaseEstimator):
             batch_size = min(200, n)
         else:
             if self.batch_size > n:
-                warnings.warn("Got `batch_size` less than 1 or larger than sample size. It is going to be clipped",
-                              stacklevel=3)
+                warnings.warn(
+                    "Got `batch_size` less than 1 or larger than sample size. It is going to be clipped", stacklevel=3
+                )
             batch_size = int(np.clip(self.batch_size, 1, n))
         self._run_epochs(X, targets, sample_weight, batch_size, val, incremental)
 
@@ -367,7 +397,7 @@ class _BaseMLP(BaseEstimator):
                         perm = np.arange(n)
                         rs.shuffle(perm)
                         sample_idx = sample_idx[perm]
-                        if shuffled:   # one gather per epoch; the batches are then contiguous slices
+                        if shuffled:  # one gather per epoch; the batches are then contiguous slices
                             np.take(X, sample_idx, axis=0, out=Xs)
                             np.take(targets, sample_idx, axis=0, out=ts)
                             if ws is not None:
@@ -394,11 +424,15 @@ class _BaseMLP(BaseEstimator):
                     self._end_epoch(accumulated / n, n, val, started)
                     if self._no_improvement_count > self.n_iter_no_change:
                         if early_stopping:
-                            msg = (f"Validation score did not improve more than tol={self.tol:f} for "
-                                   f"{self.n_iter_no_change:d} consecutive epochs.")
+                            msg = (
+                                f"Validation score did not improve more than tol={self.tol:f} for "
+                                f"{self.n_iter_no_change:d} consecutive epochs."
+                            )
                         else:
-                            msg = (f"Training loss did not improve more than tol={self.tol:f} for "
-                                   f"{self.n_iter_no_change:d} consecutive epochs.")
+                            msg = (
+                                f"Training loss did not improve more than tol={self.tol:f} for "
+                                f"{self.n_iter_no_change:d} consecutive epochs."
+                            )
                         if opt.trigger_stopping(msg, self.verbose):
                             break
                         self._no_improvement_count = 0
@@ -407,8 +441,12 @@ class _BaseMLP(BaseEstimator):
                     if incremental:
                         break
                     if self.n_iter_ == self.max_iter:
-                        warnings.warn(f"Stochastic Optimizer: Maximum iterations ({self.max_iter:d}) reached and the "
-                                      "optimization hasn't converged yet.", ConvergenceWarning, stacklevel=4)
+                        warnings.warn(
+                            f"Stochastic Optimizer: Maximum iterations ({self.max_iter:d}) reached and the "
+                            "optimization hasn't converged yet.",
+                            ConvergenceWarning,
+                            stacklevel=4,
+                        )
         except KeyboardInterrupt:
             warnings.warn("Training interrupted by user.", stacklevel=3)
         if early_stopping and self._best_state is not None:
@@ -440,8 +478,9 @@ class _BaseMLP(BaseEstimator):
                 self._no_improvement_count = 0
             if score > self.best_validation_score_:
                 self.best_validation_score_ = score
-                self._best_state = [(lin.weight.data.copy(), lin.bias.data.copy())
-                                    for lin in linear_layers(self._network)]
+                self._best_state = [
+                    (lin.weight.data.copy(), lin.bias.data.copy()) for lin in linear_layers(self._network)
+                ]
         else:
             if self.loss_curve_[-1] > self.best_loss_ - self.tol:
                 self._no_improvement_count += 1
@@ -460,10 +499,14 @@ class _BaseMLP(BaseEstimator):
         """The callbacks and ``max_time``: True stops training after this epoch."""
         elapsed = time.perf_counter() - started
         if self._callbacks:
-            info = {"epoch": self.n_iter_, "loss": self.loss_, "elapsed": elapsed,
-                    "learning_rate": self._optimizer.learning_rate,
-                    "validation_score": self.validation_scores_[-1] if self.validation_scores_ else None,
-                    "validation_loss": self.validation_loss_curve_[-1] if self.validation_loss_curve_ else None}
+            info = {
+                "epoch": self.n_iter_,
+                "loss": self.loss_,
+                "elapsed": elapsed,
+                "learning_rate": self._optimizer.learning_rate,
+                "validation_score": self.validation_scores_[-1] if self.validation_scores_ else None,
+                "validation_loss": self.validation_loss_curve_[-1] if self.validation_loss_curve_ else None,
+            }
             stop = False
             for cb in self._callbacks:
                 stop = bool(cb(self, info)) or stop
@@ -472,8 +515,12 @@ class _BaseMLP(BaseEstimator):
                     print("A callback asked to stop. Stopping.")
                 return True
         if self.max_time is not None and elapsed >= self.max_time:
-            warnings.warn(f"Stopped after max_time={self.max_time} s ({self.n_iter_} epochs, {elapsed:.3g} s) before "
-                          f"the optimization converged.", ConvergenceWarning, stacklevel=4)
+            warnings.warn(
+                f"Stopped after max_time={self.max_time} s ({self.n_iter_} epochs, {elapsed:.3g} s) before "
+                f"the optimization converged.",
+                ConvergenceWarning,
+                stacklevel=4,
+            )
             return True
         return False
 
@@ -493,16 +540,17 @@ class _BaseMLP(BaseEstimator):
         def pack(arrays_w, arrays_b):
             out = np.empty(bounds[-1], np.float64)
             for i, w in enumerate(arrays_w):
-                out[bounds[i]:bounds[i + 1]] = w.T.ravel()
+                out[bounds[i] : bounds[i + 1]] = w.T.ravel()
             for i, b in enumerate(arrays_b):
-                out[bounds[k + i]:bounds[k + i + 1]] = b
+                out[bounds[k + i] : bounds[k + i + 1]] = b
             return out
 
         def unpack(x):
             for i, lin in enumerate(layers):
-                np.copyto(lin.weight.data, x[bounds[i]:bounds[i + 1]].reshape(lin.weight.data.T.shape).T,
-                          casting="unsafe")
-                np.copyto(lin.bias.data, x[bounds[k + i]:bounds[k + i + 1]], casting="unsafe")
+                np.copyto(
+                    lin.weight.data, x[bounds[i] : bounds[i + 1]].reshape(lin.weight.data.T.shape).T, casting="unsafe"
+                )
+                np.copyto(lin.bias.data, x[bounds[k + i] : bounds[k + i + 1]], casting="unsafe")
 
         def fun(x):
             unpack(x)
@@ -525,8 +573,7 @@ class _BaseMLP(BaseEstimator):
 
         x0 = pack([lin.weight.data for lin in layers], [lin.bias.data for lin in layers])
         with fastnn.workspace(net):
-            x, self.loss_, self.n_iter_ = minimize_lbfgs(fun, x0, self.max_iter, self.max_fun, self.tol,
-                                                         self.verbose)
+            x, self.loss_, self.n_iter_ = minimize_lbfgs(fun, x0, self.max_iter, self.max_fun, self.tol, self.verbose)
         unpack(x)
 
     # -- prediction ----------------------------------------------------------
@@ -536,9 +583,12 @@ class _BaseMLP(BaseEstimator):
         if not sp.issparse(X):
             return fastnn.predict(net, X, batch_size=PREDICT_BATCH)
         X = X.tocsr()
-        parts = [fastnn.predict(net, X[i:i + PREDICT_BATCH].toarray().astype(self._dtype, copy=False),
-                                batch_size=PREDICT_BATCH)
-                 for i in range(0, X.shape[0], PREDICT_BATCH)]
+        parts = [
+            fastnn.predict(
+                net, X[i : i + PREDICT_BATCH].toarray().astype(self._dtype, copy=False), batch_size=PREDICT_BATCH
+            )
+            for i in range(0, X.shape[0], PREDICT_BATCH)
+        ]
         if not parts:
             return fastnn.predict(net, np.zeros((0, X.shape[1]), self._dtype))
         return np.concatenate(parts)
@@ -546,8 +596,7 @@ class _BaseMLP(BaseEstimator):
     def _forward_pass_fast(self, X, check_input=True):
         """Output activations for ``X`` (scikit-learn's method name), shape (n, n_outputs)."""
         if check_input:
-            X = validate_data(self, X, accept_sparse=["csr", "csc"], reset=False,
-                              dtype=(np.float64, np.float32))
+            X = validate_data(self, X, accept_sparse=["csr", "csc"], reset=False, dtype=(np.float64, np.float32))
         self._sync()
         with runtime(self.backend, self.n_threads):
             return self._head.activate(self._raw_output(X))
@@ -557,7 +606,7 @@ class _BaseMLP(BaseEstimator):
         tags.input_tags.sparse = True
         return tags
 
-    def _more_tags(self):   # scikit-learn < 1.6
+    def _more_tags(self):  # scikit-learn < 1.6
         return {"multilabel": is_classifier(self)}
 
 
@@ -645,18 +694,48 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     >>> clf = MLPClassifier(random_state=0).fit(X / 16, y)    # doctest: +SKIP
     """
 
-    def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, solver="adam", alpha=0.0001,
-                 batch_size="auto", learning_rate="constant", learning_rate_init=0.001, power_t=0.5, max_iter=200,
-                 shuffle=True, random_state=None, tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
-                 nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1, beta_1=0.9, beta_2=0.999,
-                 epsilon=1e-8, n_iter_no_change=10, max_fun=15000, dropout=0.0, class_weight=None,
-                 dtype="float32", backend=None, n_threads=None, keep_optimizer=False, weight_decay=0.01,
-                 callbacks=None, max_time=None):
+    def __init__(
+        self,
+        hidden_layer_sizes=(100,),
+        activation="relu",
+        *,
+        solver="adam",
+        alpha=0.0001,
+        batch_size="auto",
+        learning_rate="constant",
+        learning_rate_init=0.001,
+        power_t=0.5,
+        max_iter=200,
+        shuffle=True,
+        random_state=None,
+        tol=1e-4,
+        verbose=False,
+        warm_start=False,
+        momentum=0.9,
+        nesterovs_momentum=True,
+        early_stopping=False,
+        validation_fraction=0.1,
+        beta_1=0.9,
+        beta_2=0.999,
+        epsilon=1e-8,
+        n_iter_no_change=10,
+        max_fun=15000,
+        dropout=0.0,
+        class_weight=None,
+        dtype="float32",
+        backend=None,
+        n_threads=None,
+        keep_optimizer=False,
+        weight_decay=0.01,
+        callbacks=None,
+        max_time=None,
+    ):
         store_init_params(self, locals())
 
     def _validate_input(self, X, y, incremental, reset):
-        X, y = validate_data(self, X, y, accept_sparse=["csr", "csc"], multi_output=True,
-                             dtype=(np.float64, np.float32), reset=reset)
+        X, y = validate_data(
+            self, X, y, accept_sparse=["csr", "csc"], multi_output=True, dtype=(np.float64, np.float32), reset=reset
+        )
         if y.ndim == 2 and y.shape[1] == 1:
             y = column_or_1d(y, warn=True)
         if (not hasattr(self, "classes_")) or (not self.warm_start and not incremental):
@@ -667,11 +746,14 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             classes = unique_labels(y)
             if self.warm_start:
                 if set(classes) != set(self.classes_):
-                    raise ValueError("warm_start can only be used where `y` has the same classes as in the previous "
-                                     f"call to fit. Previously got {self.classes_}, `y` has {classes}")
+                    raise ValueError(
+                        "warm_start can only be used where `y` has the same classes as in the previous "
+                        f"call to fit. Previously got {self.classes_}, `y` has {classes}"
+                    )
             elif len(np.setdiff1d(classes, self.classes_, assume_unique=True)):
-                raise ValueError(f"`y` has classes not in `self.classes_`. `self.classes_` has {self.classes_}. "
-                                 f"'y' has {classes}.")
+                raise ValueError(
+                    f"`y` has classes not in `self.classes_`. `self.classes_` has {self.classes_}. 'y' has {classes}."
+                )
         self._y_raw = y
         # bool, as scikit-learn keeps it (its stratified split of the validation data sees this)
         y = self._label_binarizer.transform(y).astype(bool)
@@ -688,8 +770,10 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             if cw != "balanced":
                 raise ValueError(f"class_weight must be 'balanced', a dict or None, got {cw!r}")
             if incremental:
-                raise ValueError("class_weight='balanced' is not supported by partial_fit (the class frequencies of "
-                                 "one batch are not those of the data): pass a dict computed on the whole data")
+                raise ValueError(
+                    "class_weight='balanced' is not supported by partial_fit (the class frequencies of "
+                    "one batch are not those of the data): pass a dict computed on the whole data"
+                )
         elif not isinstance(cw, dict):
             raise ValueError(f"class_weight must be 'balanced', a dict or None, got {cw!r}")
         from sklearn.utils.class_weight import compute_sample_weight
@@ -714,8 +798,9 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
 
     def _check_solver(self):
         if self.solver not in _STOCHASTIC:
-            raise AttributeError(f"partial_fit is only available for stochastic optimizers. {self.solver} is not "
-                                 f"stochastic.")
+            raise AttributeError(
+                f"partial_fit is only available for stochastic optimizers. {self.solver} is not stochastic."
+            )
         return True
 
     @available_if(lambda est: est._check_solver())
@@ -797,13 +882,42 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         exponential output).{_COMMON_DOC.format(name="MLPRegressor")}{_ATTRIBUTES_DOC.format(extra="")}
     """
 
-    def __init__(self, loss="squared_error", hidden_layer_sizes=(100,), activation="relu", *, solver="adam",
-                 alpha=0.0001, batch_size="auto", learning_rate="constant", learning_rate_init=0.001, power_t=0.5,
-                 max_iter=200, shuffle=True, random_state=None, tol=1e-4, verbose=False, warm_start=False,
-                 momentum=0.9, nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1, beta_1=0.9,
-                 beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000, dropout=0.0, dtype="float32",
-                 backend=None, n_threads=None, keep_optimizer=False, weight_decay=0.01, callbacks=None,
-                 max_time=None):
+    def __init__(
+        self,
+        loss="squared_error",
+        hidden_layer_sizes=(100,),
+        activation="relu",
+        *,
+        solver="adam",
+        alpha=0.0001,
+        batch_size="auto",
+        learning_rate="constant",
+        learning_rate_init=0.001,
+        power_t=0.5,
+        max_iter=200,
+        shuffle=True,
+        random_state=None,
+        tol=1e-4,
+        verbose=False,
+        warm_start=False,
+        momentum=0.9,
+        nesterovs_momentum=True,
+        early_stopping=False,
+        validation_fraction=0.1,
+        beta_1=0.9,
+        beta_2=0.999,
+        epsilon=1e-8,
+        n_iter_no_change=10,
+        max_fun=15000,
+        dropout=0.0,
+        dtype="float32",
+        backend=None,
+        n_threads=None,
+        keep_optimizer=False,
+        weight_decay=0.01,
+        callbacks=None,
+        max_time=None,
+    ):
         store_init_params(self, locals())
 
     def _check_params(self):
@@ -812,8 +926,16 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         return super()._check_params()
 
     def _validate_input(self, X, y, incremental, reset):
-        X, y = validate_data(self, X, y, accept_sparse=["csr", "csc"], multi_output=True, y_numeric=True,
-                             dtype=(np.float64, np.float32), reset=reset)
+        X, y = validate_data(
+            self,
+            X,
+            y,
+            accept_sparse=["csr", "csc"],
+            multi_output=True,
+            y_numeric=True,
+            dtype=(np.float64, np.float32),
+            reset=reset,
+        )
         if y.ndim == 2 and y.shape[1] == 1:
             y = column_or_1d(y, warn=True)
         return X, y
@@ -869,8 +991,9 @@ def _first_partial_fit_call(est, classes):
     if classes is not None:
         if getattr(est, "classes_", None) is not None:
             if not np.array_equal(est.classes_, unique_labels(classes)):
-                raise ValueError(f"`classes={classes!r}` is not the same as on last call to partial_fit, was: "
-                                 f"{est.classes_!r}")
+                raise ValueError(
+                    f"`classes={classes!r}` is not the same as on last call to partial_fit, was: {est.classes_!r}"
+                )
         else:
             est.classes_ = unique_labels(classes)
             return True

@@ -59,7 +59,7 @@ class Dropout(nn.Module):
 
     def backward(self, grad_output, *, input_grad=True, accumulate=False):
         mask = self.__dict__.get("_ctx")
-        if mask is None:   # the forward pass was the identity
+        if mask is None:  # the forward pass was the identity
             return grad_output
         g = out_buffer(self, "grad", grad_output.shape, grad_output.dtype)
         return np.multiply(grad_output, mask, out=g)
@@ -171,7 +171,7 @@ class Head:
             self.activate(p)
             loss = self._elementwise(p, target, weight, weight_sum)
             if with_delta:
-                p -= target   # dL/dz = p - y for each canonical pair
+                p -= target  # dL/dz = p - y for each canonical pair
         if not with_delta:
             return loss, None
         if weight is None:

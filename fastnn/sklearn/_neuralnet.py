@@ -62,9 +62,28 @@ def mlp_module(n_features_in, n_outputs, hidden_layer_sizes=(100,), activation="
 class _BaseNeuralNet(BaseEstimator):
     """The recipe, the nested parameters and the training shared by both estimators."""
 
-    def __init__(self, module=None, *, criterion=None, optimizer="adam", lr=0.001, max_epochs=100, batch_size=32,
-                 shuffle=True, validation_fraction=None, early_stopping=None, clip_grad_norm=None, input_shape=None,
-                 dtype=None, backend=None, n_threads=None, random_state=None, warm_start=False, verbose=0, **kwargs):
+    def __init__(
+        self,
+        module=None,
+        *,
+        criterion=None,
+        optimizer="adam",
+        lr=0.001,
+        max_epochs=100,
+        batch_size=32,
+        shuffle=True,
+        validation_fraction=None,
+        early_stopping=None,
+        clip_grad_norm=None,
+        input_shape=None,
+        dtype=None,
+        backend=None,
+        n_threads=None,
+        random_state=None,
+        warm_start=False,
+        verbose=0,
+        **kwargs,
+    ):
         store_init_params(self, locals())
         # checked at fit, as every parameter (scikit-learn's convention)
         for key, value in kwargs.items():
@@ -96,22 +115,33 @@ class _BaseNeuralNet(BaseEstimator):
         return self
 
     def _nested(self, prefix):
-        return {k[len(prefix):]: v for k, v in self.__dict__.items() if k.startswith(prefix)}
+        return {k[len(prefix) :]: v for k, v in self.__dict__.items() if k.startswith(prefix)}
 
     # -- building -------------------------------------------------------------
     def _check_params(self):
         for key in self._extra_names():
             if not key.startswith(_PREFIXES):
-                raise TypeError(f"{type(self).__name__}() got an unexpected keyword argument {key!r} (nested "
-                                f"parameters start with {', '.join(_PREFIXES)})")
-        if not isinstance(self.max_epochs, (int, np.integer)) or isinstance(self.max_epochs, bool) \
-                or self.max_epochs < 0:
+                raise TypeError(
+                    f"{type(self).__name__}() got an unexpected keyword argument {key!r} (nested "
+                    f"parameters start with {', '.join(_PREFIXES)})"
+                )
+        if (
+            not isinstance(self.max_epochs, (int, np.integer))
+            or isinstance(self.max_epochs, bool)
+            or self.max_epochs < 0
+        ):
             raise ValueError(f"max_epochs must be a non-negative integer, got {self.max_epochs!r}")
-        if not isinstance(self.batch_size, (int, np.integer)) or isinstance(self.batch_size, bool) \
-                or self.batch_size < 1:
+        if (
+            not isinstance(self.batch_size, (int, np.integer))
+            or isinstance(self.batch_size, bool)
+            or self.batch_size < 1
+        ):
             raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}")
-        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float, np.floating, np.integer)) \
-                or not self.lr >= 0:
+        if (
+            isinstance(self.lr, bool)
+            or not isinstance(self.lr, (int, float, np.floating, np.integer))
+            or not self.lr >= 0
+        ):
             raise ValueError(f"lr must be a non-negative number, got {self.lr!r}")
         if self.validation_fraction is not None and not 0 < self.validation_fraction < 1:
             raise ValueError(f"validation_fraction must be in (0, 1) or None, got {self.validation_fraction!r}")
@@ -128,8 +158,9 @@ class _BaseNeuralNet(BaseEstimator):
         kwargs = self._nested("module__")
         if isinstance(spec, nn.Module):
             if kwargs:
-                raise ValueError(f"module__ parameters ({', '.join(kwargs)}) need a module class or factory, "
-                                 f"not a module instance")
+                raise ValueError(
+                    f"module__ parameters ({', '.join(kwargs)}) need a module class or factory, not a module instance"
+                )
             return copy.deepcopy(spec)
         n_features = int(np.prod(X.shape[1:]))
         if spec is None:
@@ -139,8 +170,9 @@ class _BaseNeuralNet(BaseEstimator):
         elif callable(spec):
             factory = spec
         else:
-            raise TypeError(f"module must be a fastnn Module, a Module class, a callable returning a Module or "
-                            f"None, got {spec!r}")
+            raise TypeError(
+                f"module must be a fastnn Module, a Module class, a callable returning a Module or None, got {spec!r}"
+            )
         try:
             names = inspect.signature(factory).parameters
         except (TypeError, ValueError):
@@ -164,8 +196,9 @@ class _BaseNeuralNet(BaseEstimator):
             try:
                 spec = nn.loss.LOSSES[spec]
             except KeyError:
-                raise ValueError(f"unknown criterion {spec!r}; choose one of {sorted(nn.loss.LOSSES)} or pass a "
-                                 f"fastnn loss") from None
+                raise ValueError(
+                    f"unknown criterion {spec!r}; choose one of {sorted(nn.loss.LOSSES)} or pass a fastnn loss"
+                ) from None
         if isinstance(spec, nn.Loss):
             if kwargs:
                 raise ValueError("criterion__ parameters need a loss class, not a loss instance")
@@ -181,8 +214,10 @@ class _BaseNeuralNet(BaseEstimator):
             try:
                 spec = _OPTIMIZERS[spec.lower()]
             except KeyError:
-                raise ValueError(f"unknown optimizer {self.optimizer!r}; choose one of {sorted(_OPTIMIZERS)} or pass "
-                                 f"a fastnn.optim class") from None
+                raise ValueError(
+                    f"unknown optimizer {self.optimizer!r}; choose one of {sorted(_OPTIMIZERS)} or pass "
+                    f"a fastnn.optim class"
+                ) from None
         if not (isinstance(spec, type) and issubclass(spec, optim.Optimizer)):
             raise TypeError(f"optimizer must be a name or a fastnn.optim.Optimizer class, got {spec!r}")
         return spec(module.parameters(), lr=float(self.lr), **kwargs)
@@ -192,8 +227,10 @@ class _BaseNeuralNet(BaseEstimator):
             return X
         shape = tuple(int(s) for s in np.atleast_1d(self.input_shape))
         if int(np.prod(shape)) != int(np.prod(X.shape[1:])):
-            raise ValueError(f"input_shape={shape} holds {int(np.prod(shape))} values per sample but X has "
-                             f"{int(np.prod(X.shape[1:]))} (shape {X.shape})")
+            raise ValueError(
+                f"input_shape={shape} holds {int(np.prod(shape))} values per sample but X has "
+                f"{int(np.prod(X.shape[1:]))} (shape {X.shape})"
+            )
         return X.reshape((X.shape[0],) + shape)
 
     # -- training -------------------------------------------------------------
@@ -215,19 +252,31 @@ class _BaseNeuralNet(BaseEstimator):
         validation = None
         if self.validation_fraction is not None:
             stratify = y if is_classifier(self) and len(np.unique(y)) > 1 else None
-            X, X_val, y, y_val = train_test_split(X, y, test_size=self.validation_fraction, random_state=rs,
-                                                  stratify=stratify)
+            X, X_val, y, y_val = train_test_split(
+                X, y, test_size=self.validation_fraction, random_state=rs, stratify=stratify
+            )
             validation = (X_val, y_val)
         early = None
         if self.early_stopping is not None:
             early = fastnn.EarlyStopping(patience=int(self.early_stopping))
         with runtime(self.backend, self.n_threads) as n_threads:
             self.n_threads_ = n_threads
-            history = fastnn.fit(self.module_, X, y, loss=self.criterion_, optimizer=self.optimizer_,
-                                 epochs=int(self.max_epochs), batch_size=int(self.batch_size),
-                                 validation_data=validation, shuffle=bool(self.shuffle), seed=seed,
-                                 early_stopping=early, progress=False, clip_grad_norm=self.clip_grad_norm,
-                                 verbose=bool(self.verbose))
+            history = fastnn.fit(
+                self.module_,
+                X,
+                y,
+                loss=self.criterion_,
+                optimizer=self.optimizer_,
+                epochs=int(self.max_epochs),
+                batch_size=int(self.batch_size),
+                validation_data=validation,
+                shuffle=bool(self.shuffle),
+                seed=seed,
+                early_stopping=early,
+                progress=False,
+                clip_grad_norm=self.clip_grad_norm,
+                verbose=bool(self.verbose),
+            )
         for key, values in history.history.items():
             self.history_.setdefault(key, []).extend(values)
         self.n_iter_ = history.epochs
@@ -337,7 +386,7 @@ class NeuralNetClassifier(ClassifierMixin, _BaseNeuralNet):
     The module maps a batch to one logit per class (with the default
     cross-entropy loss), or to one logit for a binary problem trained with
     ``criterion="bce_with_logits"``.
-{_DOC_PARAMS.format(criterion='nn.CrossEntropyLoss()')}    classes_ : ndarray, the class labels
+{_DOC_PARAMS.format(criterion="nn.CrossEntropyLoss()")}    classes_ : ndarray, the class labels
 
     Examples
     --------
@@ -356,19 +405,24 @@ class NeuralNetClassifier(ClassifierMixin, _BaseNeuralNet):
         check_classification_targets(y)
         if self.warm_start and hasattr(self, "classes_"):
             if not np.isin(np.unique(y), self.classes_).all():
-                raise ValueError(f"warm_start needs the classes of the first fit ({self.classes_}); y has "
-                                 f"{np.unique(y)}")
+                raise ValueError(
+                    f"warm_start needs the classes of the first fit ({self.classes_}); y has {np.unique(y)}"
+                )
             encoded = np.searchsorted(self.classes_, y)
         else:
             encoder = LabelEncoder().fit(y)
             if len(encoder.classes_) < 2:
-                raise ValueError(f"{type(self).__name__} needs at least two classes in y, got one class: "
-                                 f"{encoder.classes_[0]!r}")
+                raise ValueError(
+                    f"{type(self).__name__} needs at least two classes in y, got one class: {encoder.classes_[0]!r}"
+                )
             self.classes_ = encoder.classes_
             encoded = encoder.transform(y)
         criterion = self.criterion
-        binary_logit = isinstance(criterion, nn.BCEWithLogitsLoss) or criterion == "bce_with_logits" or (
-            isinstance(criterion, type) and issubclass(criterion, nn.BCEWithLogitsLoss))
+        binary_logit = (
+            isinstance(criterion, nn.BCEWithLogitsLoss)
+            or criterion == "bce_with_logits"
+            or (isinstance(criterion, type) and issubclass(criterion, nn.BCEWithLogitsLoss))
+        )
         if binary_logit and len(self.classes_) > 2:
             raise ValueError("criterion bce_with_logits is for two classes; use cross-entropy for more")
         n_outputs = 1 if binary_logit else len(self.classes_)
@@ -401,7 +455,7 @@ class NeuralNetClassifier(ClassifierMixin, _BaseNeuralNet):
 
 class NeuralNetRegressor(RegressorMixin, _BaseNeuralNet):
     __doc__ = f"""A fastnn module as a scikit-learn regressor (one or several outputs).
-{_DOC_PARAMS.format(criterion='nn.MSELoss()')}
+{_DOC_PARAMS.format(criterion="nn.MSELoss()")}
     Examples
     --------
     >>> from fastnn.sklearn import NeuralNetRegressor

@@ -45,7 +45,7 @@ def _env_limit():
     for var in LIMIT_VARIABLES:
         raw = os.environ.get(var, "").strip()
         try:
-            value = int(raw.split(",")[0])   # OMP_NUM_THREADS may list nested levels: "2,1"
+            value = int(raw.split(",")[0])  # OMP_NUM_THREADS may list nested levels: "2,1"
         except ValueError:
             continue
         if value >= 1:
@@ -60,7 +60,7 @@ def thread_budget(n_threads=None) -> int:
         return n
     n = fastnn.get_num_threads()
     if os.environ.get("FASTNN_NUM_THREADS", "").strip():
-        return n   # an explicit fastnn setting wins over the generic variables
+        return n  # an explicit fastnn setting wins over the generic variables
     limit = _env_limit()
     return n if limit is None else min(n, limit)
 

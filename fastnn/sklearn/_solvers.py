@@ -62,8 +62,9 @@ class SGDSolver(_Solver):
     learning_rate_init, lr_schedule, momentum, nesterov, power_t : as scikit-learn's
     """
 
-    def __init__(self, weights, biases, learning_rate_init=0.1, lr_schedule="constant", momentum=0.9,
-                 nesterov=True, power_t=0.5):
+    def __init__(
+        self, weights, biases, learning_rate_init=0.1, lr_schedule="constant", momentum=0.9, nesterov=True, power_t=0.5
+    ):
         super().__init__(learning_rate_init)
         self.lr_schedule = lr_schedule
         self.momentum = float(momentum)
@@ -71,7 +72,7 @@ class SGDSolver(_Solver):
         self.power_t = float(power_t)
         self.params = list(weights) + list(biases)
         self._n_weights = len(weights)
-        self._exact = self.momentum >= 1.0   # the kernels take momentum < 1
+        self._exact = self.momentum >= 1.0  # the kernels take momentum < 1
         if self._exact:
             self._velocities = [np.zeros_like(p.data) for p in self.params]
         else:
@@ -152,8 +153,9 @@ class AdamSolver(_Solver):
         gradient as for the other solvers.
     """
 
-    def __init__(self, weights, biases, learning_rate_init=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-8,
-                 weight_decay=None):
+    def __init__(
+        self, weights, biases, learning_rate_init=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-8, weight_decay=None
+    ):
         super().__init__(learning_rate_init)
         self.beta_1, self.beta_2, self.epsilon = float(beta_1), float(beta_2), float(epsilon)
         self.t = 0
@@ -179,10 +181,10 @@ class AdamSolver(_Solver):
     def step(self, l2):
         self.t += 1
         t = self.t
-        bc2 = 1.0 - self.beta_2 ** t
+        bc2 = 1.0 - self.beta_2**t
         # scikit-learn puts epsilon outside the bias correction of v: see the module docstring
         eps = self.epsilon / math.sqrt(bc2)
-        self.learning_rate = self.learning_rate_init * math.sqrt(bc2) / (1.0 - self.beta_1 ** t)
+        self.learning_rate = self.learning_rate_init * math.sqrt(bc2) / (1.0 - self.beta_1**t)
         w, b = self._w, self._b
         if self._decoupled:
             if l2:
@@ -199,11 +201,25 @@ class AdamSolver(_Solver):
 def make_solver(name, weights, biases, params):
     """The solver object of an estimator's parameters (``params``: its ``get_params()``)."""
     if name == "sgd":
-        return SGDSolver(weights, biases, params["learning_rate_init"], params["learning_rate"],
-                         params["momentum"], params["nesterovs_momentum"], params["power_t"])
+        return SGDSolver(
+            weights,
+            biases,
+            params["learning_rate_init"],
+            params["learning_rate"],
+            params["momentum"],
+            params["nesterovs_momentum"],
+            params["power_t"],
+        )
     weight_decay = params["weight_decay"] if name == "adamw" else None
-    return AdamSolver(weights, biases, params["learning_rate_init"], params["beta_1"], params["beta_2"],
-                      params["epsilon"], weight_decay=weight_decay)
+    return AdamSolver(
+        weights,
+        biases,
+        params["learning_rate_init"],
+        params["beta_1"],
+        params["beta_2"],
+        params["epsilon"],
+        weight_decay=weight_decay,
+    )
 
 
 def minimize_lbfgs(fun, x0, max_iter, max_fun, tol, verbose=False):
@@ -218,8 +234,9 @@ def minimize_lbfgs(fun, x0, max_iter, max_fun, tol, verbose=False):
     import scipy.optimize
     from sklearn.exceptions import ConvergenceWarning
 
-    res = scipy.optimize.minimize(fun, x0, method="L-BFGS-B", jac=True,
-                                  options={"maxfun": max_fun, "maxiter": max_iter, "gtol": tol})
+    res = scipy.optimize.minimize(
+        fun, x0, method="L-BFGS-B", jac=True, options={"maxfun": max_fun, "maxiter": max_iter, "gtol": tol}
+    )
     if verbose:
         print(f"L-BFGS-B: {res.message} ({res.nit} iterations, {res.nfev} loss evaluations, loss {res.fun:.8f})")
     if res.status != 0:
@@ -232,5 +249,7 @@ def minimize_lbfgs(fun, x0, max_iter, max_fun, tol, verbose=False):
             f"Increase the number of iterations to improve the convergence (max_iter={max_iter}).\n"
             "You might also want to scale the data: "
             "https://scikit-learn.org/stable/modules/preprocessing.html",
-            ConvergenceWarning, stacklevel=4)
+            ConvergenceWarning,
+            stacklevel=4,
+        )
     return res.x, float(res.fun), min(int(res.nit), int(max_iter))

@@ -72,7 +72,7 @@ def select_isa(name: str, family: str | None = None) -> str:
     the same time. Returns the level now used (the lowest over the families).
     """
     used = _kernels.select_isa(name, family)
-    gemm_policy.register_compiled(_kernels)   # the policy's values depend on the GEMM's ISA
+    gemm_policy.register_compiled(_kernels)  # the policy's values depend on the GEMM's ISA
     BACKEND_INFO["simd"] = simd_summary()
     return used
 

@@ -51,8 +51,10 @@ if numba.config.DISABLE_JIT:
 if numba.config.NUMBA_NUM_THREADS > _config.MAX_THREADS_REQUEST:
     # Numba starts its whole pool at the first parallel call (the workqueue
     # layer hangs once thread creation fails): refuse before that happens.
-    raise ImportError(f"NUMBA_NUM_THREADS={numba.config.NUMBA_NUM_THREADS} is more threads than any machine "
-                      f"runs (fastnn's limit is {_config.MAX_THREADS_REQUEST}); lower or unset it")
+    raise ImportError(
+        f"NUMBA_NUM_THREADS={numba.config.NUMBA_NUM_THREADS} is more threads than any machine "
+        f"runs (fastnn's limit is {_config.MAX_THREADS_REQUEST}); lower or unset it"
+    )
 
 # Numba's np.dot links SciPy's OpenBLAS, which would otherwise load only at the
 # first compilation, after fastnn's thread count was applied to every BLAS in
@@ -122,9 +124,12 @@ CACHE_PROBLEM = _cache_problem()
 if CACHE_PROBLEM is not None:
     # The kernel modules read these options when they are imported, after this.
     _config.NUMBA_JIT_OPTIONS["cache"] = False
-    warnings.warn(f"Numba cannot write a cache for fastnn's kernels ({CACHE_PROBLEM}); they compile in "
-                  "every process instead. Set NUMBA_CACHE_DIR to a writable directory to cache them.",
-                  RuntimeWarning, stacklevel=2)
+    warnings.warn(
+        f"Numba cannot write a cache for fastnn's kernels ({CACHE_PROBLEM}); they compile in "
+        "every process instead. Set NUMBA_CACHE_DIR to a writable directory to cache them.",
+        RuntimeWarning,
+        stacklevel=2,
+    )
 
 
 def _set_threads(n: int) -> None:

@@ -41,6 +41,7 @@ _OPTS = _config.NUMBA_JIT_OPTIONS
 def _host_has_avx512() -> bool:
     try:
         import llvmlite.binding as ll
+
         feats = ll.get_host_cpu_features()
         return bool(feats.get("avx512f", False))
     except Exception:  # pragma: no cover - unknown host: assume 256-bit vectors
@@ -82,7 +83,8 @@ def _ukr_codegen(rows, nvec, width, fma_name, edge):
     def codegen(context, builder, sig, args):
         first_v, add_bias_v, relu_v = args[11], args[14], args[15]
         kc_v, oa_v, ars_v, acs_v, ob_v, brs_v, oc_v, ldc_v, obias_v = _as_i64(
-            context, builder, sig, args, (0, 2, 3, 4, 6, 7, 9, 10, 13))
+            context, builder, sig, args, (0, 2, 3, 4, 6, 7, 9, 10, 13)
+        )
         ety = context.get_value_type(sig.args[1].dtype)
         esize = context.get_abi_sizeof(ety)
         vty = ir.VectorType(ety, width)
@@ -98,20 +100,34 @@ def _ukr_codegen(rows, nvec, width, fma_name, edge):
             mvalid_v, nlast_v = _as_i64(context, builder, sig, args, (18, 19))
             mty = ir.VectorType(ir.IntType(1), width)
             lanes = ir.Constant(ir.VectorType(i64, width), list(range(width)))
-            nsplat = builder.insert_element(ir.Constant(ir.VectorType(i64, width), ir.Undefined), nlast_v,
-                                            ir.Constant(i32, 0))
-            nsplat = builder.shuffle_vector(nsplat, ir.Constant(ir.VectorType(i64, width), ir.Undefined),
-                                            ir.Constant(ir.VectorType(i32, width), [0] * width))
+            nsplat = builder.insert_element(
+                ir.Constant(ir.VectorType(i64, width), ir.Undefined), nlast_v, ir.Constant(i32, 0)
+            )
+            nsplat = builder.shuffle_vector(
+                nsplat,
+                ir.Constant(ir.VectorType(i64, width), ir.Undefined),
+                ir.Constant(ir.VectorType(i32, width), [0] * width),
+            )
             mask = builder.icmp_signed("<", lanes, nsplat)
             mload = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(vty, [vptr, i32, mty, vty]), f"llvm.masked.load.{fma_name[9:]}.p0")
+                builder.module, ir.FunctionType(vty, [vptr, i32, mty, vty]), f"llvm.masked.load.{fma_name[9:]}.p0"
+            )
             mstore = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(ir.VoidType(), [vty, vptr, i32, mty]),
-                f"llvm.masked.store.{fma_name[9:]}.p0")
+                builder.module,
+                ir.FunctionType(ir.VoidType(), [vty, vptr, i32, mty]),
+                f"llvm.masked.store.{fma_name[9:]}.p0",
+            )
             # row i reads A's row min(i, mvalid - 1)
             last_row = builder.sub(mvalid_v, ir.Constant(i64, 1))
-            a_rows = [builder.mul(builder.select(builder.icmp_signed("<", ir.Constant(i64, i), mvalid_v),
-                                                 ir.Constant(i64, i), last_row), ars_v) for i in range(rows)]
+            a_rows = [
+                builder.mul(
+                    builder.select(
+                        builder.icmp_signed("<", ir.Constant(i64, i), mvalid_v), ir.Constant(i64, i), last_row
+                    ),
+                    ars_v,
+                )
+                for i in range(rows)
+            ]
         else:
             a_rows = [builder.mul(ir.Constant(i64, i), ars_v) for i in range(rows)]
 
@@ -218,8 +234,9 @@ def _ukr(typingctx, kc, pa, oa, ars, acs, pb, ob, brs, c, oc, ldc, first, bias, 
 
 
 @intrinsic
-def _ukr_edge(typingctx, kc, pa, oa, ars, acs, pb, ob, brs, c, oc, ldc, first, bias, obias, add_bias, relu, mr,
-              nv, mvalid, nlast):
+def _ukr_edge(
+    typingctx, kc, pa, oa, ars, acs, pb, ob, brs, c, oc, ldc, first, bias, obias, add_bias, relu, mr, nv, mvalid, nlast
+):
     """_ukr for a tile over C's edge: only rows < mvalid and, in the last vector, lanes < nlast.
 
     A is read in place (rows past mvalid re-read row mvalid-1), B, bias and C
@@ -229,8 +246,9 @@ def _ukr_edge(typingctx, kc, pa, oa, ars, acs, pb, ob, brs, c, oc, ldc, first, b
     if setup is None:
         return None
     rows, nvec, width, fma_name = setup
-    sig = types.none(kc, pa, oa, ars, acs, pb, ob, brs, c, oc, ldc, first, bias, obias, add_bias, relu, mr, nv,
-                     mvalid, nlast)
+    sig = types.none(
+        kc, pa, oa, ars, acs, pb, ob, brs, c, oc, ldc, first, bias, obias, add_bias, relu, mr, nv, mvalid, nlast
+    )
     return sig, _ukr_codegen(rows, nvec, width, fma_name, True)
 
 
@@ -263,10 +281,12 @@ def _transpose_block(typingctx, src, so, sstride, dst, do, dstride):
             rows.append(builder.load(builder.bitcast(builder.gep(s_data, [off]), vptr), align=esize))
         step = 1
         while step < width:
-            lo = ir.Constant(ir.VectorType(i32, width),
-                             [width + lane - step if lane & step else lane for lane in range(width)])
-            hi = ir.Constant(ir.VectorType(i32, width),
-                             [width + lane if lane & step else lane + step for lane in range(width)])
+            lo = ir.Constant(
+                ir.VectorType(i32, width), [width + lane - step if lane & step else lane for lane in range(width)]
+            )
+            hi = ir.Constant(
+                ir.VectorType(i32, width), [width + lane if lane & step else lane + step for lane in range(width)]
+            )
             for r in range(width):
                 if r & step:
                     continue
@@ -302,8 +322,14 @@ def _raw(typingctx, arr):
         src = context.make_array(sig.args[0])(context, builder, args[0])
         view = context.make_array(flat)(context, builder)
         itemsize = context.get_abi_sizeof(context.get_data_type(arr.dtype))
-        populate_array(view, data=src.data, shape=[src.nitems], strides=[context.get_constant(types.intp, itemsize)],
-                       itemsize=context.get_constant(types.intp, itemsize), meminfo=None)
+        populate_array(
+            view,
+            data=src.data,
+            shape=[src.nitems],
+            strides=[context.get_constant(types.intp, itemsize)],
+            itemsize=context.get_constant(types.intp, itemsize),
+            meminfo=None,
+        )
         return view._getvalue()
 
     return flat(arr), codegen
@@ -371,7 +397,7 @@ def _empty_aligned(n, like):
     buf = np.empty(n + extra, like.dtype)
     addr = np.int64(buf.ctypes.data)
     off = (64 - addr % 64) % 64 // like.itemsize
-    return buf[off:off + n]
+    return buf[off : off + n]
 
 
 @njit(**_OPTS)
@@ -417,15 +443,15 @@ def _store_tile(tile, nr_full, c, ldc, i0, j0, mr, nr, first, bias, add_bias, re
     # the wrap-around code.
     for i in range(mr):
         r = (i0 + i) * ldc + j0
-        crow = c[r:r + nr]
-        trow = tile[i * nr_full:i * nr_full + nr]
-        brow = bias[j0:j0 + nr]
+        crow = c[r : r + nr]
+        trow = tile[i * nr_full : i * nr_full + nr]
+        brow = bias[j0 : j0 + nr]
         for j in range(nr):
             v = trow[j] if first else crow[j] + trow[j]
             if add_bias:
                 v += brow[j]
             if relu:
-                v = v if not (v <= 0) else v * 0   # NaN passes through
+                v = v if not (v <= 0) else v * 0  # NaN passes through
             crow[j] = v
 
 
@@ -434,7 +460,7 @@ def _act_tile(c, ldc, i0, j0, mr, nr, act):
     """Sigmoid (2) or tanh (3) on a finished tile of C, while it is in L1."""
     for i in range(mr):
         r = (i0 + i) * ldc + j0
-        crow = c[r:r + nr]
+        crow = c[r : r + nr]
         if act == 2:
             for j in range(nr):
                 crow[j] = 1 / (1 + np.exp(-crow[j]))
@@ -444,8 +470,32 @@ def _act_tile(c, ldc, i0, j0, mr, nr, act):
 
 
 @njit(**_OPTS)
-def _macro(a, rsa, csa, b, rsb, csb, c, ldc, pb, pa, tile, ic, mc, pc, kc, jc, nc, nr_full, first, last, bias,
-           has_bias, act, direct):
+def _macro(
+    a,
+    rsa,
+    csa,
+    b,
+    rsb,
+    csb,
+    c,
+    ldc,
+    pb,
+    pa,
+    tile,
+    ic,
+    mc,
+    pc,
+    kc,
+    jc,
+    nc,
+    nr_full,
+    first,
+    last,
+    bias,
+    has_bias,
+    act,
+    direct,
+):
     """All MR x NR tiles of one MC x NC block of C.
 
     Packed: A block packed here, B block already packed in pb. Direct (small
@@ -478,14 +528,51 @@ def _macro(a, rsa, csa, b, rsb, csb, c, ldc, pb, pa, tile, ic, mc, pc, kc, jc, n
             add_bias = full and last and has_bias
             relu = full and last and act == 1
             if ir_ < mfull:
-                _ukr(kc, a, (ic + ir_) * rsa + pc * csa, rsa, csa, bp, bo, brs, out, oo, ldo, fst, bias, jc + jr,
-                     add_bias, relu, MR, NV)
+                _ukr(
+                    kc,
+                    a,
+                    (ic + ir_) * rsa + pc * csa,
+                    rsa,
+                    csa,
+                    bp,
+                    bo,
+                    brs,
+                    out,
+                    oo,
+                    ldo,
+                    fst,
+                    bias,
+                    jc + jr,
+                    add_bias,
+                    relu,
+                    MR,
+                    NV,
+                )
             else:
-                _ukr(kc, pa, (ir_ - mfull) * kc, 1, MR, bp, bo, brs, out, oo, ldo, fst, bias, jc + jr,
-                     add_bias, relu, MR, NV)
+                _ukr(
+                    kc,
+                    pa,
+                    (ir_ - mfull) * kc,
+                    1,
+                    MR,
+                    bp,
+                    bo,
+                    brs,
+                    out,
+                    oo,
+                    ldo,
+                    fst,
+                    bias,
+                    jc + jr,
+                    add_bias,
+                    relu,
+                    MR,
+                    NV,
+                )
             if not full:
-                _store_tile(tile, nr_full, c, ldc, ic + ir_, jc + jr, mr, nr, first, bias, last and has_bias,
-                            last and act == 1)
+                _store_tile(
+                    tile, nr_full, c, ldc, ic + ir_, jc + jr, mr, nr, first, bias, last and has_bias, last and act == 1
+                )
             if last and act >= 2:
                 _act_tile(c, ldc, ic + ir_, jc + jr, mr, nr, act)
 
@@ -510,8 +597,32 @@ def _gemm_serial(M, N, K, a, rsa, csa, b, rsb, csb, c, ldc, bias, has_bias, act)
                     _pack_b_panel(b, rsb, csb, pc, jc, kc, nc, jp, nrf, pb)
             for ic in range(0, M, MC):
                 mc = min(MC, M - ic)
-                _macro(a, rsa, csa, b, rsb, csb, c, ldc, pb, pa, tile, ic, mc, pc, kc, jc, nc, nrf, pc == 0,
-                       pc + kc >= K, bias, has_bias, act, direct)
+                _macro(
+                    a,
+                    rsa,
+                    csa,
+                    b,
+                    rsb,
+                    csb,
+                    c,
+                    ldc,
+                    pb,
+                    pa,
+                    tile,
+                    ic,
+                    mc,
+                    pc,
+                    kc,
+                    jc,
+                    nc,
+                    nrf,
+                    pc == 0,
+                    pc + kc >= K,
+                    bias,
+                    has_bias,
+                    act,
+                    direct,
+                )
 
 
 @njit(parallel=True, **_OPTS)
@@ -530,11 +641,26 @@ def _gemm_slabs(M, N, K, a, rsa, csa, b, rsb, csb, c, ldc, bias, has_bias, act, 
         s1 = min(tiles * (t + 1) // nt * unit, length)
         if s1 > s0:
             if split_n:
-                _gemm_serial(M, s1 - s0, K, a, rsa, csa, b[s0 * csb:], rsb, csb, c[s0:], ldc,
-                             bias[s0:] if has_bias else bias, has_bias, act)
+                _gemm_serial(
+                    M,
+                    s1 - s0,
+                    K,
+                    a,
+                    rsa,
+                    csa,
+                    b[s0 * csb :],
+                    rsb,
+                    csb,
+                    c[s0:],
+                    ldc,
+                    bias[s0:] if has_bias else bias,
+                    has_bias,
+                    act,
+                )
             else:
-                _gemm_serial(s1 - s0, N, K, a[s0 * rsa:], rsa, csa, b, rsb, csb, c[s0 * ldc:], ldc,
-                             bias, has_bias, act)
+                _gemm_serial(
+                    s1 - s0, N, K, a[s0 * rsa :], rsa, csa, b, rsb, csb, c[s0 * ldc :], ldc, bias, has_bias, act
+                )
 
 
 @njit(**_OPTS)
@@ -542,7 +668,7 @@ def _zero_k(M, N, c, ldc, bias, has_bias, act):
     """K = 0: the product is zero, the epilogue still applies."""
     for i in range(M):
         for j in range(N):
-            v = bias[j] if has_bias else bias[0] * 0   # the dummy bias is zeros(1)
+            v = bias[j] if has_bias else bias[0] * 0  # the dummy bias is zeros(1)
             if act == 1:
                 v = v if not (v <= 0) else v * 0
             elif act == 2:
@@ -703,8 +829,9 @@ def gemm(a, b, trans_a, trans_b, out, bias=None, activation="identity"):
     if bias is None:
         gemm_2d(a, b, trans_a, trans_b, out, _NO_BIAS[out.dtype], False, _ACT[activation], _config.get_num_threads())
     else:
-        gemm_2d(a, b, trans_a, trans_b, out, np.ascontiguousarray(bias), True, _ACT[activation],
-                _config.get_num_threads())
+        gemm_2d(
+            a, b, trans_a, trans_b, out, np.ascontiguousarray(bias), True, _ACT[activation], _config.get_num_threads()
+        )
     return out
 
 
@@ -723,8 +850,9 @@ def dense_backward(grad_out, x, weight, y, activation, grad_input, grad_weight, 
         if activation == "identity":
             np.sum(grad_out, axis=0, out=grad_bias)
         else:
-            act_backward_colsum(grad_out, y, _ACT[activation], delta,
-                                grad_bias if has_bias else np.zeros(1, grad_out.dtype), has_bias)
+            act_backward_colsum(
+                grad_out, y, _ACT[activation], delta, grad_bias if has_bias else np.zeros(1, grad_out.dtype), has_bias
+            )
     gemm(delta, x, True, False, grad_weight)
     if grad_input is not None:
         gemm(delta, weight, False, False, grad_input)

@@ -65,8 +65,22 @@ from numba.core.serialize import dumps as _dumps
 
 from ... import _config
 
-__all__ = ["jit", "jit_inline", "kernel", "variants", "renamed", "rebinder", "Deferred", "threads", "settle",
-           "background", "foreground", "KERNELS", "PAIRS", "DEFERRED"]
+__all__ = [
+    "jit",
+    "jit_inline",
+    "kernel",
+    "variants",
+    "renamed",
+    "rebinder",
+    "Deferred",
+    "threads",
+    "settle",
+    "background",
+    "foreground",
+    "KERNELS",
+    "PAIRS",
+    "DEFERRED",
+]
 
 #: Every kernel made by :func:`kernel` and :func:`variants`, in definition order.
 KERNELS: list = []
@@ -152,8 +166,7 @@ def _stable(value, depth=0):
     if isinstance(value, Dispatcher) and depth < 8:
         fn = value.py_func
         cells = tuple(_stable(c.cell_contents, depth + 1) for c in (fn.__closure__ or ()))
-        return ("dispatcher", fn.__module__, fn.__qualname__, hashlib.sha256(fn.__code__.co_code).hexdigest(),
-                cells)
+        return ("dispatcher", fn.__module__, fn.__qualname__, hashlib.sha256(fn.__code__.co_code).hexdigest(), cells)
     if isinstance(value, tuple):
         return tuple(_stable(v, depth + 1) for v in value)
     return value
@@ -167,8 +180,11 @@ class _Cache(FunctionCache):
         if fn.__closure__ is None:
             return super()._index_key(sig, codegen)
         cells = tuple(_stable(c.cell_contents) for c in fn.__closure__)
-        return (sig, codegen.magic_tuple(), (hashlib.sha256(fn.__code__.co_code).hexdigest(),
-                                             hashlib.sha256(_dumps(cells)).hexdigest()))
+        return (
+            sig,
+            codegen.magic_tuple(),
+            (hashlib.sha256(fn.__code__.co_code).hexdigest(), hashlib.sha256(_dumps(cells)).hexdigest()),
+        )
 
 
 class _Kernel(CPUDispatcher):
@@ -182,8 +198,10 @@ class _Kernel(CPUDispatcher):
     def signature_for(self, args):
         """(actual argument types, the signature this kernel compiles for them)."""
         actual = tuple(self.typeof_pyval(a) for a in args)
-        sig = tuple(t.copy(readonly=True) if i in self._readonly and isinstance(t, types.Array) and t.mutable
-                    else t for i, t in enumerate(actual))
+        sig = tuple(
+            t.copy(readonly=True) if i in self._readonly and isinstance(t, types.Array) and t.mutable else t
+            for i, t in enumerate(actual)
+        )
         return actual, sig
 
     def load_cached(self, sig) -> bool:
@@ -215,7 +233,7 @@ class _Kernel(CPUDispatcher):
 
 def _make(fn, inputs, parallel):
     code = fn.__code__
-    names = code.co_varnames[:code.co_argcount]
+    names = code.co_varnames[: code.co_argcount]
     inputs = inputs.split() if isinstance(inputs, str) else list(inputs)
     unknown = [n for n in inputs if n not in names]
     if unknown:
@@ -245,8 +263,7 @@ def renamed(fn, suffix):
     of one function (parallel and serial, or closures over different
     constants) need distinct names or they load each other's machine code.
     """
-    new = _pytypes.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + suffix, fn.__defaults__,
-                                fn.__closure__)
+    new = _pytypes.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + suffix, fn.__defaults__, fn.__closure__)
     new.__qualname__ = fn.__qualname__ + suffix
     new.__doc__ = fn.__doc__
     return new
@@ -254,8 +271,10 @@ def renamed(fn, suffix):
 
 def rebinder(module_name, name, value_for):
     """A function that rebinds ``module.name`` to ``value_for(fast)`` (drops a Deferred from the call path)."""
+
     def install(fast):
         setattr(sys.modules[module_name], name, value_for(fast))
+
     return install
 
 
@@ -298,8 +317,8 @@ class Deferred:
         self.fast = fast
         self.fallback = fallback
         self._install = install
-        self._state = {}   # _key(args) -> True ready, False being compiled (or failed)
-        self._seen = {}    # _key(args) -> (_sync["count"] after the last fallback call, calls in a row so)
+        self._state = {}  # _key(args) -> True ready, False being compiled (or failed)
+        self._seen = {}  # _key(args) -> (_sync["count"] after the last fallback call, calls in a row so)
         DEFERRED.append(self)
 
     def __call__(self, *args):
@@ -315,7 +334,7 @@ class Deferred:
             count, streak = self._seen.get(key, (-1, 0))
             streak = streak + 1 if count == _sync["count"] else 0
             if streak >= _REPEATS:
-                _start_job(self, key)   # the caller loops over compiled code: the fast kernel pays off
+                _start_job(self, key)  # the caller loops over compiled code: the fast kernel pays off
         out = self.fallback(*args)
         self._seen[key] = (_sync["count"], streak)
         return out
@@ -327,7 +346,7 @@ class Deferred:
             self._ready(key)
             return True
         if not background():
-            return True   # the fast kernel compiles in this call, like any kernel
+            return True  # the fast kernel compiles in this call, like any kernel
         self._state[key] = False
         _submit(self, key, sig)
         return False
@@ -342,9 +361,12 @@ class Deferred:
         try:
             self.fast.compile(sig)
         except Exception as exc:  # the fallback stays in use: slower, same results
-            warnings.warn(f"fastnn: compiling {self.fast.py_func.__qualname__} failed ({type(exc).__name__}: "
-                          f"{exc}); its slower version stays in use", RuntimeWarning,
-                          stacklevel=2)
+            warnings.warn(
+                f"fastnn: compiling {self.fast.py_func.__qualname__} failed ({type(exc).__name__}: "
+                f"{exc}); its slower version stays in use",
+                RuntimeWarning,
+                stacklevel=2,
+            )
             return
         self._ready(key)
 
@@ -362,8 +384,8 @@ class Deferred:
 # step call does not count as repeated), and a process that never repeats a call (one prediction,
 # a short script) compiles nothing it does not use.
 _cv = threading.Condition()
-_waiting: dict = {}                        # (id(deferred), key) -> job, not yet called again
-_jobs: collections.deque = collections.deque()   # jobs to run, in the order their kernels were called again
+_waiting: dict = {}  # (id(deferred), key) -> job, not yet called again
+_jobs: collections.deque = collections.deque()  # jobs to run, in the order their kernels were called again
 _worker = {"thread": None, "busy": False, "stopping": False}
 
 
@@ -416,7 +438,7 @@ def settle(timeout=None) -> bool:
     Benchmarks call this before they time a step that has run once.
     """
     end = None if timeout is None else time.monotonic() + timeout
-    with _cv:   # (a reentrant lock: _start_job takes it again)
+    with _cv:  # (a reentrant lock: _start_job takes it again)
         for deferred, key, _ in list(_waiting.values()):
             _start_job(deferred, key)
         while _jobs or _worker["busy"]:
@@ -440,7 +462,7 @@ def _stop_at_exit():
 
 
 def _before_fork():
-    global_compiler_lock.acquire()   # waits for a background compilation: the child gets a free lock
+    global_compiler_lock.acquire()  # waits for a background compilation: the child gets a free lock
 
 
 def _after_fork_parent():
@@ -452,11 +474,10 @@ def _after_fork_child():
     _worker.update(thread=None, busy=False)
     _jobs.clear()
     _waiting.clear()
-    for d in DEFERRED:   # compiled again (or loaded from the cache) on the child's next call
+    for d in DEFERRED:  # compiled again (or loaded from the cache) on the child's next call
         d._forget_pending()
 
 
 atexit.register(_stop_at_exit)
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_parent,
-                        after_in_child=_after_fork_child)
+    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_parent, after_in_child=_after_fork_child)

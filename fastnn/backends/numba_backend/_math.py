@@ -97,7 +97,7 @@ _OVERLOAD_OPTIONS = {k: v for k, v in NUMBA_JIT_OPTIONS.items() if k != "cache"}
 # float32: exp is computed for x in [LO, HI], the range where 2**n stays a
 # normal number (n in [-126, 127]); outside it the result is 0 or inf.
 _LOG2E_F = np.float32(1.4426950408889634)
-_LN2HI_F = np.float32(0.693359375)          # 10 significant bits: n * _LN2HI_F is exact
+_LN2HI_F = np.float32(0.693359375)  # 10 significant bits: n * _LN2HI_F is exact
 _LN2LO_F = np.float32(-2.12194440e-4)
 _LO_F = np.float32(-87.3)
 _HI_F = np.float32(88.3)
@@ -153,7 +153,7 @@ def _exp_core64(x):
 @njit(**NUMBA_JIT_OPTIONS)
 def exp32(x):
     """exp(x) for float32, vectorisable (~3e-7 relative error)."""
-    xc = x if x > _LO_F else _LO_F             # NaN -> _LO_F: keeps the int conversion defined
+    xc = x if x > _LO_F else _LO_F  # NaN -> _LO_F: keeps the int conversion defined
     xc = xc if xc < _HI_F else _HI_F
     res = _exp_core32(xc)
     res = np.float32(np.inf) if x > _HI_F else res
@@ -207,11 +207,12 @@ def sigmoid64(x):
 # separate small-argument branch: about a quarter fewer operations than
 # 1 − 2/(exp(2|x|) + 1) plus a polynomial near 0, measured 10-15% faster.
 
+
 @njit(**NUMBA_JIT_OPTIONS)
 def tanh32(x):
     """tanh(x) for float32, vectorisable (~5e-7 relative error)."""
     t = np.float32(-2.0) * np.abs(x)
-    t = t if t > _LO_F else _LO_F              # NaN -> _LO_F (the result is fixed up below)
+    t = t if t > _LO_F else _LO_F  # NaN -> _LO_F (the result is fixed up below)
     n = np.floor(t * _LOG2E_F + np.float32(0.5))
     r = t - n * _LN2HI_F
     r = r - n * _LN2LO_F
@@ -223,7 +224,7 @@ def tanh32(x):
     q = q * r + _C_F[5]
     scale = _bits_as_float(np.int32((np.int32(n) + np.int32(127)) << np.int32(23)))
     em = scale * (q * r) + (scale - np.float32(1.0))
-    y = np.copysign(-em / (np.float32(2.0) + em), x)   # copysign: one bit operation, no select
+    y = np.copysign(-em / (np.float32(2.0) + em), x)  # copysign: one bit operation, no select
     return y if x == x else x
 
 
@@ -260,6 +261,7 @@ def tanh64(x):
 # max-reduction is plain SIMD code, ten times faster. A positive NaN becomes
 # the maximum, a negative one is skipped; either way the NaN reaches the
 # exponentials that follow and makes the row NaN, as in the reference.
+
 
 @njit(inline="always", **NUMBA_JIT_OPTIONS)
 def _row_max32(x):

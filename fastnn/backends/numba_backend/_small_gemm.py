@@ -75,19 +75,57 @@ def _row_block(K, a, ao, ars, acs, pb, brs, N, c, ldc, i0, mr, bias, has_bias, a
         nr = min(ncols, N - j0)
         if mr == SMR and nr == ncols:
             if two:
-                _ukr(K, a, ao, ars, acs, pb, j0, brs, c, i0 * ldc + j0, ldc, first, bias, j0, fuse_bias, relu,
-                     SMR, NV2)
+                _ukr(K, a, ao, ars, acs, pb, j0, brs, c, i0 * ldc + j0, ldc, first, bias, j0, fuse_bias, relu, SMR, NV2)
             else:
-                _ukr(K, a, ao, ars, acs, pb, j0, brs, c, i0 * ldc + j0, ldc, first, bias, j0, fuse_bias, relu,
-                     SMR, NV1)
+                _ukr(K, a, ao, ars, acs, pb, j0, brs, c, i0 * ldc + j0, ldc, first, bias, j0, fuse_bias, relu, SMR, NV1)
         else:
             nlast = nr - (ncols - w)
             if two:
-                _ukr_edge(K, a, ao, ars, acs, pb, j0, brs, c, i0 * ldc + j0, ldc, first, bias, j0, fuse_bias,
-                          relu, SMR, NV2, mr, nlast)
+                _ukr_edge(
+                    K,
+                    a,
+                    ao,
+                    ars,
+                    acs,
+                    pb,
+                    j0,
+                    brs,
+                    c,
+                    i0 * ldc + j0,
+                    ldc,
+                    first,
+                    bias,
+                    j0,
+                    fuse_bias,
+                    relu,
+                    SMR,
+                    NV2,
+                    mr,
+                    nlast,
+                )
             else:
-                _ukr_edge(K, a, ao, ars, acs, pb, j0, brs, c, i0 * ldc + j0, ldc, first, bias, j0, fuse_bias,
-                          relu, SMR, NV1, mr, nlast)
+                _ukr_edge(
+                    K,
+                    a,
+                    ao,
+                    ars,
+                    acs,
+                    pb,
+                    j0,
+                    brs,
+                    c,
+                    i0 * ldc + j0,
+                    ldc,
+                    first,
+                    bias,
+                    j0,
+                    fuse_bias,
+                    relu,
+                    SMR,
+                    NV1,
+                    mr,
+                    nlast,
+                )
         if sig_tanh:
             _act_tile(c, ldc, i0, j0, mr, nr, act)
         j0 += ncols
@@ -153,13 +191,13 @@ def _pack_b(N, K, b, rsb, csb, pb, nb):
                 _transpose_block(b, j0 * csb + p0, csb, pb, p0 * nb + j0, nb)
         # the last (< w) columns: each a contiguous stored row of B
         for j in range(jw, N):
-            src = b[j * csb:j * csb + K]
+            src = b[j * csb : j * csb + K]
             col = pb[j:]
             for p in range(K):
                 col[p * nb] = src[p]
         # the last (< w) rows of the blocked columns
         for p in range(kw, K):
-            dst = pb[p * nb:p * nb + jw]
+            dst = pb[p * nb : p * nb + jw]
             src = b[p:]
             for j in range(jw):
                 dst[j] = src[j * csb]
@@ -170,6 +208,7 @@ def _pack_b(N, K, b, rsb, csb, pb, nb):
 
 
 # -- 2-D entry points for kernels built on these products (the recurrent time loops) --
+
 
 @njit(**_OPTS)
 def acc_nn(A, Bm, C):
@@ -206,6 +245,7 @@ def mul_nt(A, Bn, C):
 
 # -- the same products in plain loops (same bits, a fraction of the compilation) --
 
+
 @intrinsic
 def _fma(typingctx, a, b, c):
     """a·b + c rounded once (llvm.fma), as the micro-kernel computes it."""
@@ -214,8 +254,9 @@ def _fma(typingctx, a, b, c):
 
     def codegen(context, builder, sig, args):
         ty = context.get_value_type(sig.args[0])
-        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ty, [ty, ty, ty]),
-                                            f"llvm.fma.f{sig.args[0].bitwidth}")
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ty, [ty, ty, ty]), f"llvm.fma.f{sig.args[0].bitwidth}"
+        )
         return builder.call(fn, args)
 
     return a(a, a, a), codegen
@@ -246,10 +287,10 @@ def simple_tiled(M, N, K, a, rsa, csa, b, rsb, csb, c, ldc, bias, has_bias, act,
             row[j] = zero
         for p in range(K):
             aip = a[i * rsa + p * csa]
-            brow = pb[p * ldb:p * ldb + N]
+            brow = pb[p * ldb : p * ldb + N]
             for j in range(N):
                 row[j] = _fma(aip, brow[j], row[j])
-        crow = c[i * ldc:i * ldc + N]
+        crow = c[i * ldc : i * ldc + N]
         if acc:
             for j in range(N):
                 crow[j] = row[j] + crow[j]
@@ -275,11 +316,27 @@ def _opaque(typingctx, x):
 # The entry points below hand every argument to simple_tiled as a run-time value, so that all
 # plain products share one compilation of it per dtype (its speed is not the point).
 
+
 @njit(**_OPTS)
 def simple_gemm(M, N, K, a, rsa, csa, b, rsb, csb, c, ldc, bias, has_bias, act):
     """small_gemm's result from :func:`simple_tiled` (act 0 or 1)."""
-    simple_tiled(_opaque(M), _opaque(N), _opaque(K), a, _opaque(rsa), _opaque(csa), b, _opaque(rsb),
-                 _opaque(csb), c, _opaque(ldc), bias, _opaque(has_bias), _opaque(act), _opaque(False))
+    simple_tiled(
+        _opaque(M),
+        _opaque(N),
+        _opaque(K),
+        a,
+        _opaque(rsa),
+        _opaque(csa),
+        b,
+        _opaque(rsb),
+        _opaque(csb),
+        c,
+        _opaque(ldc),
+        bias,
+        _opaque(has_bias),
+        _opaque(act),
+        _opaque(False),
+    )
 
 
 @njit(**_OPTS)
@@ -289,8 +346,23 @@ def acc_nn_simple(A, Bm, C):
     N = Bm.shape[1]
     if M and N and K:
         cf = _raw(C)
-        simple_tiled(M, N, K, _raw(A), K, _opaque(1), _raw(Bm), N, _opaque(1), cf, N, cf, _opaque(False),
-                     _opaque(0), _opaque(True))
+        simple_tiled(
+            M,
+            N,
+            K,
+            _raw(A),
+            K,
+            _opaque(1),
+            _raw(Bm),
+            N,
+            _opaque(1),
+            cf,
+            N,
+            cf,
+            _opaque(False),
+            _opaque(0),
+            _opaque(True),
+        )
 
 
 @njit(**_OPTS)
@@ -300,8 +372,23 @@ def acc_tn_simple(A, Bm, C):
     N = Bm.shape[1]
     if M and N and K:
         cf = _raw(C)
-        simple_tiled(M, N, K, _raw(A), _opaque(1), M, _raw(Bm), N, _opaque(1), cf, N, cf, _opaque(False),
-                     _opaque(0), _opaque(True))
+        simple_tiled(
+            M,
+            N,
+            K,
+            _raw(A),
+            _opaque(1),
+            M,
+            _raw(Bm),
+            N,
+            _opaque(1),
+            cf,
+            N,
+            cf,
+            _opaque(False),
+            _opaque(0),
+            _opaque(True),
+        )
 
 
 @njit(**_OPTS)
@@ -313,5 +400,20 @@ def mul_nt_simple(A, Bn, C):
         C[:] = 0
     elif M and N:
         cf = _raw(C)
-        simple_tiled(M, N, K, _raw(A), K, _opaque(1), _raw(Bn), _opaque(1), K, cf, N, cf, _opaque(False),
-                     _opaque(0), _opaque(False))
+        simple_tiled(
+            M,
+            N,
+            K,
+            _raw(A),
+            K,
+            _opaque(1),
+            _raw(Bn),
+            _opaque(1),
+            K,
+            cf,
+            N,
+            cf,
+            _opaque(False),
+            _opaque(0),
+            _opaque(False),
+        )

@@ -66,7 +66,7 @@ def _dense(ops, rng, dt):
     from . import _gemm
 
     x = _rand(rng, dt, 32, 64)
-    for out_features in (128, 10):   # own GEMM, and BLAS with the epilogue pass
+    for out_features in (128, 10):  # own GEMM, and BLAS with the epilogue pass
         w, b = _rand(rng, dt, out_features, 64), _rand(rng, dt, out_features)
         for act in ("identity", "relu", "sigmoid", "tanh"):
             for bias in (b, None):
@@ -82,8 +82,17 @@ def _dense(ops, rng, dt):
     c = np.empty((200, 200), dt)
     for nthreads in (1, 2):
         _gemm.gemm_2d(a, bm, False, False, c, bias, True, 1, nthreads)
-    _gemm.gemm_2d(np.empty((3, 0), dt), np.empty((0, 4), dt), False, False, np.empty((3, 4), dt),
-                  _gemm._NO_BIAS[np.dtype(dt)], False, 0, 1)
+    _gemm.gemm_2d(
+        np.empty((3, 0), dt),
+        np.empty((0, 4), dt),
+        False,
+        False,
+        np.empty((3, 4), dt),
+        _gemm._NO_BIAS[np.dtype(dt)],
+        False,
+        0,
+        1,
+    )
     _gemm.bench_loop(a[:8, :8].copy(), bm[:8, :8].copy(), np.empty((8, 8), dt), 1, False, 1)
     with gemm.use_gemm("own"):
         ops.dense_forward(x, _rand(rng, dt, 16, 64), None, "relu")
@@ -99,8 +108,9 @@ def _conv(ops, rng, dt):
             for bias in (b, None):
                 y = ops.conv2d_forward(x, w, bias, padding=1)
                 for input_grad in (True, False):
-                    ops.conv2d_backward(_rand(rng, dt, *y.shape), x, w, padding=1, bias=bias is not None,
-                                        input_grad=input_grad)
+                    ops.conv2d_backward(
+                        _rand(rng, dt, *y.shape), x, w, padding=1, bias=bias is not None, input_grad=input_grad
+                    )
     for args in ((2,), (3, 2, 1)):
         y, idx = ops.max_pool2d_forward(x, *args)
         ops.max_pool2d_backward(_rand(rng, dt, *y.shape), idx, x.shape)
@@ -117,10 +127,15 @@ def _recurrent(ops, rng, dt):
         g = _rand(rng, dt, T, B, H)
         ghn = _rand(rng, dt, B, H)
         for bias in (True, False):
+
             def params(gates, H=H, I=I, bias=bias):
                 w_ih, w_hh = _rand(rng, dt, gates * H, I), _rand(rng, dt, gates * H, H)
-                return w_ih, w_hh, (_rand(rng, dt, gates * H) if bias else None), \
-                    (_rand(rng, dt, gates * H) if bias else None)
+                return (
+                    w_ih,
+                    w_hh,
+                    (_rand(rng, dt, gates * H) if bias else None),
+                    (_rand(rng, dt, gates * H) if bias else None),
+                )
 
             for nl in ("tanh", "relu"):
                 w_ih, w_hh, b_ih, b_hh = params(1)
@@ -130,16 +145,21 @@ def _recurrent(ops, rng, dt):
             w_ih, w_hh, b_ih, b_hh = params(4)
             out, cell, gates = ops.lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh)
             for state in (None, ghn):
-                ops.lstm_backward(g, x, h0, c0, w_ih, w_hh, out, cell, gates, grad_hn=state, grad_cn=state,
-                                  bias=bias)
+                ops.lstm_backward(g, x, h0, c0, w_ih, w_hh, out, cell, gates, grad_hn=state, grad_cn=state, bias=bias)
             w_ih, w_hh, b_ih, b_hh = params(3)
             out, gates, hidden_n = ops.gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh)
             for grad_hn in (None, ghn):
                 ops.gru_backward(g, x, h0, w_ih, w_hh, out, gates, hidden_n, grad_hn=grad_hn, bias=bias)
 
 
-FAMILIES = (("activations", _activations), ("losses", _losses), ("optimizers", _optim),
-            ("dense and GEMM", _dense), ("convolution and pooling", _conv), ("recurrent", _recurrent))
+FAMILIES = (
+    ("activations", _activations),
+    ("losses", _losses),
+    ("optimizers", _optim),
+    ("dense and GEMM", _dense),
+    ("convolution and pooling", _conv),
+    ("recurrent", _recurrent),
+)
 
 
 def warmup(dtypes=("float32", "float64"), log=None) -> dict:

@@ -24,18 +24,24 @@ from ._jit import jit_inline, threads, variants
 from ._math import fexp, fsigmoid, ftanh, row_max
 
 __all__ = [
-    "relu", "relu_backward",
-    "leaky_relu", "leaky_relu_backward",
-    "sigmoid", "sigmoid_backward",
-    "tanh", "tanh_backward",
-    "softmax", "softmax_backward",
+    "relu",
+    "relu_backward",
+    "leaky_relu",
+    "leaky_relu_backward",
+    "sigmoid",
+    "sigmoid_backward",
+    "tanh",
+    "tanh_backward",
+    "softmax",
+    "softmax_backward",
 ]
 
 _PAR = PARALLEL_MIN_ELEMENTS
-_PAR_CHEAP = PARALLEL_MIN_ELEMENTS_CHEAP   # memory-bound loops: relu, leaky relu, the backward products
+_PAR_CHEAP = PARALLEL_MIN_ELEMENTS_CHEAP  # memory-bound loops: relu, leaky relu, the backward products
 
 
 # ---------------------------------------------------------------- relu
+
 
 @variants(inputs="x")
 def _relu(x, out):
@@ -69,6 +75,7 @@ def relu_backward(grad_out, y, out):
 
 # ---------------------------------------------------------------- leaky relu
 
+
 @variants(inputs="x")
 def _leaky(x, slope, out):
     """y = x if x >= 0 else a·x (NaN kept)."""
@@ -97,12 +104,12 @@ def leaky_relu(x, negative_slope, out):
 
 def leaky_relu_backward(grad_out, y, negative_slope, out):
     """dL/dx = dL/dy · (1 if y > 0 else negative_slope)."""
-    _leaky_bwd[grad_out.size >= _PAR_CHEAP and threads() > 1](grad_out.ravel(), y.ravel(), negative_slope,
-                                                              out.ravel())
+    _leaky_bwd[grad_out.size >= _PAR_CHEAP and threads() > 1](grad_out.ravel(), y.ravel(), negative_slope, out.ravel())
     return out
 
 
 # ---------------------------------------------------------------- sigmoid
+
 
 @variants(inputs="x")
 def _sigmoid(x, out):
@@ -135,6 +142,7 @@ def sigmoid_backward(grad_out, y, out):
 
 
 # ---------------------------------------------------------------- tanh
+
 
 @variants(inputs="x")
 def _tanh(x, out):

@@ -26,9 +26,12 @@ from ._jit import PAIRS, Deferred, jit, jit_inline, kernel, renamed, threads, va
 from ._small_gemm import small_gemm
 
 __all__ = [
-    "conv2d_forward", "conv2d_backward",
-    "max_pool2d_forward", "max_pool2d_backward",
-    "avg_pool2d_forward", "avg_pool2d_backward",
+    "conv2d_forward",
+    "conv2d_backward",
+    "max_pool2d_forward",
+    "max_pool2d_backward",
+    "avg_pool2d_forward",
+    "avg_pool2d_backward",
 ]
 
 #: Elements from which im2col, col2im and pooling run as parallel loops. Lower
@@ -74,7 +77,7 @@ def _lower_channel(xf, src0, c, H, W, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, i0
                 # flat index such as d + j gets Numba's negative-index
                 # wrap-around, which kept this copy from vectorising
                 # (the 64-channel W-CONV im2col: 8 ms of 26 ms).
-                dst = cf[d:d + wo]
+                dst = cf[d : d + wo]
                 if i < ilo or i >= ihi:
                     for j in range(wo):
                         dst[j] = 0
@@ -84,7 +87,7 @@ def _lower_channel(xf, src0, c, H, W, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, i0
                     dst[j] = 0
                 if sw == 1:
                     seg = dst[jlo:jhi]
-                    src = xf[s + jlo:s + jhi]
+                    src = xf[s + jlo : s + jhi]
                     for j in range(jhi - jlo):
                         seg[j] = src[j]
                 else:
@@ -100,13 +103,14 @@ def _im2col(x, b0, nb, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, cols):
     C, H, W = x.shape[1], x.shape[2], x.shape[3]
     P = ho * wo
     ld = cols.shape[1]
-    xf = x.reshape(x.size)      # flat indexing: no per-row views in the hot loop
+    xf = x.reshape(x.size)  # flat indexing: no per-row views in the hot loop
     cf = cols.reshape(cols.size)
     for r in prange(nb * C):
         b = r // C
         c = r - b * C
-        _lower_channel(xf, ((b0 + b) * C + c) * H * W, c, H, W, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, 0, ho,
-                       cf, ld, b * P)
+        _lower_channel(
+            xf, ((b0 + b) * C + c) * H * W, c, H, W, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, 0, ho, cf, ld, b * P
+        )
 
 
 @variants
@@ -123,14 +127,14 @@ def _col2im(dcols, b0, nb, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, grad_input):
             ilo, ihi = _valid_range(ho, H, sh, u * dh - ph)
             for v in range(kw):
                 jlo, jhi = _valid_range(wo, W, sw, v * dw - pw)
-                row = dcols[(c * kh + u) * kw + v, b * P:(b + 1) * P]
+                row = dcols[(c * kh + u) * kw + v, b * P : (b + 1) * P]
                 off = v * dw - pw
                 for i in range(ilo, ihi):
                     dst = plane[i * sh + u * dh - ph]
-                    src = row[i * wo:(i + 1) * wo]
+                    src = row[i * wo : (i + 1) * wo]
                     if sw == 1:
                         # segments indexed from 0 (see _im2col): vectorises
-                        dseg = dst[jlo + off:jhi + off]
+                        dseg = dst[jlo + off : jhi + off]
                         sseg = src[jlo:jhi]
                         for j in range(jhi - jlo):
                             dseg[j] += sseg[j]
@@ -148,7 +152,7 @@ def _scatter(y, bias, has_bias, b0, nb, out):
         b = r // O
         o = r - b * O
         dst = out[b0 + b, o].reshape(P)
-        src = y[o, b * P:(b + 1) * P]
+        src = y[o, b * P : (b + 1) * P]
         bo = bias[o] if has_bias else 0
         for p in range(P):
             dst[p] = src[p] + bo
@@ -162,12 +166,10 @@ def _gather(grad_out, b0, nb, g):
     for r in prange(nb * O):
         b = r // O
         o = r - b * O
-        dst = g[o, b * P:(b + 1) * P]
+        dst = g[o, b * P : (b + 1) * P]
         src = grad_out[b0 + b, o].reshape(P)
-        for p in range(P):   # element by element: a slice assignment compiles Numba's shape-error message
+        for p in range(P):  # element by element: a slice assignment compiles Numba's shape-error message
             dst[p] = src[p]
-
-
 
 
 def _chunk(B, K, P):
@@ -208,19 +210,22 @@ def _fused_kernels(product, suffix):
             cols = work[get_thread_id()]
             cf = _raw(cols)
             for c in range(C):
-                _lower_channel(xf, (b * C + c) * H * W, c, H, W, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, i0, i1,
-                               cf, n, 0)
+                _lower_channel(
+                    xf, (b * C + c) * H * W, c, H, W, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, i0, i1, cf, n, 0
+                )
             po = b * O * P + i0 * wo
             product(O, n, K, wf, K, 1, cf, n, 1, of[po:], P, wf, False, 0)
             if has_bias:
                 for o in range(O):
-                    row = of[po + o * P:po + o * P + n]
+                    row = of[po + o * P : po + o * P + n]
                     bo = bias[o]
                     for j in range(n):
                         row[j] += bo
 
-    return (kernel(renamed(_conv_forward_fused, suffix), inputs="x w2 bias"),
-            kernel(renamed(_conv_forward_fused, suffix + "_parallel"), inputs="x w2 bias", parallel=True))
+    return (
+        kernel(renamed(_conv_forward_fused, suffix), inputs="x w2 bias"),
+        kernel(renamed(_conv_forward_fused, suffix + "_parallel"), inputs="x w2 bias", parallel=True),
+    )
 
 
 _fused_tiled = _fused_kernels(small_gemm, "_tiled")
@@ -239,7 +244,7 @@ def _fused_fallback(x, w2, bias, has_bias, kh, kw, sh, sw, ph, pw, dh, dw, ho, w
     P = ho * wo
     if B == 0 or O == 0 or P == 0:
         return
-    if K == 0:   # no inputs: the fused kernel's empty sum, then + bias
+    if K == 0:  # no inputs: the fused kernel's empty sum, then + bias
         out[...] = 0
         if has_bias:
             out += bias.reshape(1, O, 1, 1)
@@ -249,7 +254,7 @@ def _fused_fallback(x, w2, bias, has_bias, kh, kw, sh, sw, ph, pw, dh, dw, ho, w
         _im2col[0](x, b, 1, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, cols)
         ob = out[b].reshape(O, P)
         _gemm_small_plain(w2, cols, False, False, ob, bias, False, 0)
-        if has_bias:   # per output row (the product's own bias is per column), added once as in the fused loop
+        if has_bias:  # per output row (the product's own bias is per column), added once as in the fused loop
             ob += bias[:, None]
 
 
@@ -258,6 +263,7 @@ def _install_fused(k):
         pair = list(_conv_forward_fused)
         pair[k] = fast
         globals()["_conv_forward_fused"] = tuple(pair)
+
     return install
 
 
@@ -281,7 +287,7 @@ def _scratch(name, shape, dtype):
     for d in shape:
         need *= d
     if need * np.dtype(dtype).itemsize > _SCRATCH_KEEP_BYTES:
-        return np.empty(shape, dtype)   # not kept: too much memory to hold between calls
+        return np.empty(shape, dtype)  # not kept: too much memory to hold between calls
     cache = getattr(_tls, "bufs", None)
     if cache is None:
         cache = _tls.bufs = {}
@@ -289,8 +295,6 @@ def _scratch(name, shape, dtype):
     if buf is None or buf.dtype != dtype or buf.size < need:
         buf = cache[name] = np.empty(max(need, 1), dtype)
     return buf[:need].reshape(shape)
-
-
 
 
 def conv2d_forward(x, weight, bias, stride, padding, dilation, out):
@@ -308,8 +312,25 @@ def conv2d_forward(x, weight, bias, stride, padding, dilation, out):
         rows = max(1, min(ho, _BAND_ELEMENTS // (K * wo)))
         par = B * K * P >= PARALLEL_MIN_ELEMENTS and threads() > 1
         work = _scratch("lowered", (numba.get_num_threads() if par else 1, K * rows * wo), x.dtype)
-        _conv_forward_fused[par](x, w2, bias if has_bias else _NO_BIAS[x.dtype], has_bias, kh, kw, sh, sw,
-                                        ph, pw, dh, dw, ho, wo, rows, work, out)
+        _conv_forward_fused[par](
+            x,
+            w2,
+            bias if has_bias else _NO_BIAS[x.dtype],
+            has_bias,
+            kh,
+            kw,
+            sh,
+            sw,
+            ph,
+            pw,
+            dh,
+            dw,
+            ho,
+            wo,
+            rows,
+            work,
+            out,
+        )
         return out
     nb = _chunk(B, K, P)
     cols = _scratch("cols", (K, nb * P), x.dtype)
@@ -325,8 +346,8 @@ def conv2d_forward(x, weight, bias, stride, padding, dilation, out):
             if has_bias:
                 dst += bias[:, None]
         else:
-            yc = y[:, :n * P]
-            np.matmul(w2, cols[:, :n * P], out=yc)
+            yc = y[:, : n * P]
+            np.matmul(w2, cols[:, : n * P], out=yc)
             _scatter[par](yc, bias_, has_bias, b0, n, out)
     return out
 
@@ -345,17 +366,17 @@ def conv2d_backward(grad_out, x, weight, stride, padding, dilation, grad_input, 
     g = _scratch("y", (O, nb * P), x.dtype) if nb > 1 else None
     dcols = _scratch("dcols", (K, nb * P), x.dtype) if grad_input is not None else None
     tmp = _scratch("dw", (O, K), x.dtype) if B > nb else None
-    if B == 0:   # no images (a layer may call this directly): dW is a sum over nothing
+    if B == 0:  # no images (a layer may call this directly): dW is a sum over nothing
         gw2[...] = 0
     for b0 in range(0, B, nb):
         n = min(nb, B - b0)
         par = n * K * P >= PARALLEL_MIN_ELEMENTS and threads() > 1
         _im2col[par](x, b0, n, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, cols)
-        c = cols[:, :n * P]
+        c = cols[:, : n * P]
         if n == 1:
             gc = grad_out[b0].reshape(O, P)
         else:
-            gc = g[:, :n * P]
+            gc = g[:, : n * P]
             _gather[par](grad_out, b0, n, gc)
         if b0 == 0:
             np.matmul(gc, c.T, out=gw2)
@@ -363,7 +384,7 @@ def conv2d_backward(grad_out, x, weight, stride, padding, dilation, grad_input, 
             np.matmul(gc, c.T, out=tmp)
             gw2 += tmp
         if dcols is not None:
-            dc = dcols[:, :n * P]
+            dc = dcols[:, : n * P]
             np.matmul(w2.T, gc, out=dc)
             _col2im[par](dc, b0, n, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, grad_input)
     if grad_bias is not None:
@@ -421,10 +442,10 @@ def _max_pool_2x2(x, out, indices):
             # turns the pairs into interleaved vector loads
             base0 = (2 * i) * W
             base1 = base0 + W
-            r0 = xf[s0 + base0:s0 + base0 + W]
-            r1 = xf[s0 + base1:s0 + base1 + W]
-            drow = of[d0 + i * wo:d0 + (i + 1) * wo]
-            irow = jf[d0 + i * wo:d0 + (i + 1) * wo]
+            r0 = xf[s0 + base0 : s0 + base0 + W]
+            r1 = xf[s0 + base1 : s0 + base1 + W]
+            drow = of[d0 + i * wo : d0 + (i + 1) * wo]
+            irow = jf[d0 + i * wo : d0 + (i + 1) * wo]
             for j in range(wo):
                 a_ = r0[2 * j]
                 b_ = r0[2 * j + 1]
@@ -467,7 +488,7 @@ def _max_pool_bwd(grad_out, indices, grad_input):
         idx = indices[b, c].reshape(n_out)
         for p in range(n_out):
             k = idx[p]
-            if np.uint64(k) < hw:   # one unsigned compare: negative indices are huge
+            if np.uint64(k) < hw:  # one unsigned compare: negative indices are huge
                 plane[k] += g[p]
             else:
                 bad += 1
@@ -493,7 +514,7 @@ def _avg_pool_fwd(x, kh, kw, sh, sw, ph, pw, count_include_pad, out):
                 w0 = j * sw - pw
                 vlo = max(0, -w0)
                 vhi = min(kw, W - w0)
-                s = zero    # not src[0, 0] * 0: a NaN or inf there would spread over the plane
+                s = zero  # not src[0, 0] * 0: a NaN or inf there would spread over the plane
                 for u in range(ulo, uhi):
                     for v in range(vlo, vhi):
                         s += src[h0 + u, w0 + v]
@@ -527,8 +548,6 @@ def _avg_pool_bwd(grad_out, kh, kw, sh, sw, ph, pw, count_include_pad, grad_inpu
                         plane[h0 + u, w0 + v] += gv
 
 
-
-
 def max_pool2d_forward(x, kernel_size, stride, padding, out, indices):
     """y[b,c,i,j] = max_{u,v} xp[b,c,i·sH+u,j·sW+v]; indices = flat argmax (first max, NaN wins)."""
     par = x.size >= PARALLEL_MIN_ELEMENTS and threads() > 1
@@ -544,22 +563,31 @@ def max_pool2d_backward(grad_out, indices, grad_input):
     """dx[b,c].flat[indices[b,c,i,j]] += dy[b,c,i,j]."""
     fn = _max_pool_bwd[grad_input.size >= PARALLEL_MIN_ELEMENTS and threads() > 1]
     if fn(grad_out, indices, grad_input):
-        raise ValueError(f"indices must lie in [0, {grad_input.shape[2] * grad_input.shape[3]}) "
-                         f"for input shape {grad_input.shape}")
+        raise ValueError(
+            f"indices must lie in [0, {grad_input.shape[2] * grad_input.shape[3]}) for input shape {grad_input.shape}"
+        )
     return grad_input
 
 
 def avg_pool2d_forward(x, kernel_size, stride, padding, count_include_pad, out):
     """y[b,c,i,j] = Σ_{u,v} xp[b,c,i·sH+u,j·sW+v] / n."""
     fn = _avg_pool_fwd[x.size >= PARALLEL_MIN_ELEMENTS and threads() > 1]
-    fn(x, kernel_size[0], kernel_size[1], stride[0], stride[1], padding[0], padding[1],
-       bool(count_include_pad), out)
+    fn(x, kernel_size[0], kernel_size[1], stride[0], stride[1], padding[0], padding[1], bool(count_include_pad), out)
     return out
 
 
 def avg_pool2d_backward(grad_out, kernel_size, stride, padding, count_include_pad, grad_input):
     """dx[b,c,window(i,j)] += dy[b,c,i,j] / n."""
     fn = _avg_pool_bwd[grad_input.size >= PARALLEL_MIN_ELEMENTS and threads() > 1]
-    fn(grad_out, kernel_size[0], kernel_size[1], stride[0], stride[1], padding[0], padding[1],
-       bool(count_include_pad), grad_input)
+    fn(
+        grad_out,
+        kernel_size[0],
+        kernel_size[1],
+        stride[0],
+        stride[1],
+        padding[0],
+        padding[1],
+        bool(count_include_pad),
+        grad_input,
+    )
     return grad_input

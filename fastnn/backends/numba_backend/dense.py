@@ -62,6 +62,7 @@ def matmul(a, b, trans_a, trans_b, out):
 
 def _epilogue(act):
     """The bias-and-activation pass for one activation code, compiled on its first use."""
+
     def _bias_act(out, bias):
         """out = act(out + b), row by row (bias may be None)."""
         bsz, o = out.shape
@@ -81,6 +82,7 @@ def _epilogue(act):
             elif act == 3:
                 for j in range(o):
                     row[j] = ftanh(row[j])
+
     return kernel(renamed(_bias_act, "_" + _ACT_NAMES[act]), inputs="bias")
 
 
@@ -89,7 +91,7 @@ _BIAS_ACT = tuple(_epilogue(act) for act in range(4))
 
 def dense_forward(x, weight, bias, activation, out):
     """y = act(x·Wᵀ + b)."""
-    if out.size == 0:   # nothing to write (the bias loop would still visit every row)
+    if out.size == 0:  # nothing to write (the bias loop would still visit every row)
         return out
     act = _ACT_CODES[activation]
     m, n = out.shape
@@ -154,7 +156,7 @@ def _col_sums(a, out):
 
 def dense_backward(grad_out, x, weight, y, activation, grad_input, grad_weight, grad_bias):
     """Backprop through y = act(x·Wᵀ + b): dW = δᵀx, db = Σ δ, dx = δW."""
-    if grad_out.size == 0:   # no sample or no output: every gradient is a sum over nothing
+    if grad_out.size == 0:  # no sample or no output: every gradient is a sum over nothing
         for g in (grad_input, grad_weight, grad_bias):
             if g is not None:
                 g.fill(0)

@@ -12,13 +12,14 @@ from ..._config import NUMBA_JIT_OPTIONS, PARALLEL_MIN_ELEMENTS_CHEAP
 
 __all__ = ["dropout_forward", "dropout_backward"]
 
-_PAR = PARALLEL_MIN_ELEMENTS_CHEAP   # memory-bound
+_PAR = PARALLEL_MIN_ELEMENTS_CHEAP  # memory-bound
 _jit = njit(**NUMBA_JIT_OPTIONS)
 _pjit = njit(parallel=True, **NUMBA_JIT_OPTIONS)
 
 
 # Branch-free: the keep decision becomes the factor k·s (a random branch would mispredict half the time;
 # measured 10x slower), and the product keeps the reference's NaN·0 = NaN.
+
 
 @_jit
 def _fwd_group(x, bits, threshold, scale, group, relu, out, mask, j):
@@ -29,13 +30,13 @@ def _fwd_group(x, bits, threshold, scale, group, relu, out, mask, j):
     for i in range(j * group, (j + 1) * group):
         v = x[i]
         if relu:
-            v = z if v < z else v     # NaN stays NaN, as np.maximum keeps it
+            v = z if v < z else v  # NaN stays NaN, as np.maximum keeps it
         out[i] = v * f
 
 
 @_jit
 def _fwd_ser(x, bits, threshold, scale, group, relu, out, mask):
-    if group == 1:   # one flat loop the compiler can vectorise
+    if group == 1:  # one flat loop the compiler can vectorise
         z = x.dtype.type(0)
         for i in range(x.size):
             k = np.uint8(np.int64(bits[i]) >= threshold)
@@ -71,13 +72,13 @@ def _bwd_group(g, mask, scale, group, y, has_y, out, j):
     for i in range(j * group, (j + 1) * group):
         v = g[i] * f
         if has_y:
-            v = v * (one if y[i] > z else z)   # multiplied, not assigned: NaN gradients stay NaN
+            v = v * (one if y[i] > z else z)  # multiplied, not assigned: NaN gradients stay NaN
         out[i] = v
 
 
 @_jit
 def _bwd_ser(g, mask, scale, group, y, has_y, out):
-    if group == 1:   # one flat loop the compiler can vectorise
+    if group == 1:  # one flat loop the compiler can vectorise
         z = g.dtype.type(0)
         one = g.dtype.type(1)
         for i in range(g.size):

@@ -25,7 +25,7 @@ from ._math import fexp, row_max
 __all__ = ["mse_loss", "softmax_cross_entropy", "bce_with_logits"]
 
 _PAR = PARALLEL_MIN_ELEMENTS
-_PAR_CHEAP = PARALLEL_MIN_ELEMENTS_CHEAP   # memory-bound loops
+_PAR_CHEAP = PARALLEL_MIN_ELEMENTS_CHEAP  # memory-bound loops
 
 
 def _scale(n, reduction):
@@ -33,6 +33,7 @@ def _scale(n, reduction):
 
 
 # ---------------------------------------------------------------- MSE
+
 
 @variants(inputs="pred target", exact=False)
 def _mse(pred, target, scale, two_scale, grad):
@@ -53,11 +54,13 @@ def mse_loss(pred, target, reduction, grad):
     if n == 0:
         return (float("nan") if reduction == "mean" else 0.0), grad
     scale = _scale(n, reduction)
-    return float(_mse[n >= _PAR_CHEAP and threads() > 1](pred.ravel(), target.ravel(), scale, 2.0 * scale,
-                                                                     grad.ravel())), grad
+    return float(
+        _mse[n >= _PAR_CHEAP and threads() > 1](pred.ravel(), target.ravel(), scale, 2.0 * scale, grad.ravel())
+    ), grad
 
 
 # ---------------------------------------------------------------- softmax cross-entropy
+
 
 @jit_inline
 def _ce_row(z, lab, g, s):
@@ -86,7 +89,7 @@ _ROW_CHUNKS = 16
 def _softmax_ce(logits, labels, scale, grad, chunks):
     """L = s·Σ_i (logsumexp(z_i) − z_i[y_i]), dL/dz = s·(softmax(z) − onehot(y)); ``chunks`` row blocks."""
     b, c = logits.shape
-    for r in range(b):   # the kernel checks what it indexes with: -1 flags a bad label
+    for r in range(b):  # the kernel checks what it indexes with: -1 flags a bad label
         if np.uint64(labels[r]) >= np.uint64(c):
             return -1.0
     s = logits.dtype.type(scale)
@@ -117,11 +120,11 @@ def softmax_cross_entropy(logits, labels, reduction, grad):
 
 # ---------------------------------------------------------------- BCE with logits
 
+
 @jit_inline
 def _bce_elem(z, t, s, one, zero):
     e = fexp(-np.abs(z))
-    loss = (np.float64(z if z > zero else zero) - np.float64(z) * np.float64(t)
-            + math.log1p(np.float64(e)))
+    loss = np.float64(z if z > zero else zero) - np.float64(z) * np.float64(t) + math.log1p(np.float64(e))
     sig = (one if z >= zero else e) / (one + e)
     return loss, (sig - t) * s
 
@@ -145,5 +148,6 @@ def bce_with_logits(logits, target, reduction, grad):
     n = logits.size
     if n == 0:
         return (float("nan") if reduction == "mean" else 0.0), grad
-    return float(_bce[n >= _PAR and threads() > 1](logits.ravel(), target.ravel(), _scale(n, reduction),
-                                                        grad.ravel())), grad
+    return float(
+        _bce[n >= _PAR and threads() > 1](logits.ravel(), target.ravel(), _scale(n, reduction), grad.ravel())
+    ), grad

@@ -33,6 +33,7 @@ def _grad_vec(a, like):
 
 # ---------------------------------------------------------------- batch norm
 
+
 @_jit
 def _bn_channel_fwd(x, weight, bias, has_w, has_b, eps, batch_stats, mean, var, out, c):
     N, _, L = x.shape
@@ -42,7 +43,7 @@ def _bn_channel_fwd(x, weight, bias, has_w, has_b, eps, batch_stats, mean, var, 
             for i in range(L):
                 s += np.float64(x[n, c, i])
         m = s / (N * L)
-        mc = x.dtype.type(m)            # the reference centres in the data's dtype
+        mc = x.dtype.type(m)  # the reference centres in the data's dtype
         q = 0.0
         for n in range(N):
             for i in range(L):
@@ -78,8 +79,18 @@ def _bn_fwd_par(x, weight, bias, has_w, has_b, eps, batch_stats, mean, var, out)
 def batch_norm_forward(x, weight, bias, eps, batch_stats, mean, var, out):
     """See the reference ``batch_norm_forward``."""
     fn = _bn_fwd_par if x.size >= _PAR and x.shape[1] > 1 else _bn_fwd_ser
-    fn(x, _vec(weight, x, 1), _vec(bias, x, 0), weight is not None, bias is not None, float(eps),
-       bool(batch_stats), mean, var, out)
+    fn(
+        x,
+        _vec(weight, x, 1),
+        _vec(bias, x, 0),
+        weight is not None,
+        bias is not None,
+        float(eps),
+        bool(batch_stats),
+        mean,
+        var,
+        out,
+    )
     return out
 
 
@@ -134,12 +145,25 @@ def batch_norm_backward(grad_out, x, weight, mean, var, eps, batch_stats, grad_i
     gb = grad_bias if grad_bias is not None else np.empty(C, x.dtype)
     gi = grad_input if grad_input is not None else np.empty((1, C, 1), x.dtype)
     fn = _bn_bwd_par if x.size >= _PAR and C > 1 else _bn_bwd_ser
-    fn(grad_out, x, _vec(weight, x, 1), weight is not None, mean, var, float(eps), bool(batch_stats), gi,
-       grad_input is not None, gw, gb)
+    fn(
+        grad_out,
+        x,
+        _vec(weight, x, 1),
+        weight is not None,
+        mean,
+        var,
+        float(eps),
+        bool(batch_stats),
+        gi,
+        grad_input is not None,
+        gw,
+        gb,
+    )
     return grad_input, grad_weight, grad_bias
 
 
 # ---------------------------------------------------------------- layer norm
+
 
 @_jit
 def _ln_row_fwd(x, weight, bias, has_w, has_b, eps, out, mean, rstd, m):
@@ -241,8 +265,16 @@ def _ln_param_grads(g, x, mean, rstd, gw, gb, want_w, want_b):
 def layer_norm_backward(grad_out, x, weight, mean, rstd, grad_input, grad_weight, grad_bias):
     """See the reference ``layer_norm_backward``."""
     if grad_weight is not None or grad_bias is not None:
-        _ln_param_grads(grad_out, x, mean, rstd, _grad_vec(grad_weight, x), _grad_vec(grad_bias, x),
-                        grad_weight is not None, grad_bias is not None)
+        _ln_param_grads(
+            grad_out,
+            x,
+            mean,
+            rstd,
+            _grad_vec(grad_weight, x),
+            _grad_vec(grad_bias, x),
+            grad_weight is not None,
+            grad_bias is not None,
+        )
     if grad_input is not None:
         fn = _ln_gi_par if x.size >= _PAR and x.shape[0] > 1 else _ln_gi_ser
         fn(grad_out, x, _vec(weight, x, 1), weight is not None, mean, rstd, grad_input)

@@ -31,10 +31,11 @@ from ._jit import jit, threads, variants
 __all__ = ["sgd_update", "adam_update", "sgd_update_many", "adam_update_many"]
 
 _PAR = PARALLEL_MIN_ELEMENTS
-_PAR_CHEAP = PARALLEL_MIN_ELEMENTS_CHEAP   # memory-bound loops
+_PAR_CHEAP = PARALLEL_MIN_ELEMENTS_CHEAP  # memory-bound loops
 
 
 # ---------------------------------------------------------------- SGD
+
 
 @jit
 def _decayed(g, wd, p):
@@ -53,6 +54,7 @@ def _sgd_elem(p, g, v, lr, mu, nesterov, wd):
 # Separate loops with and without a velocity rather than a None test inside
 # one prange loop: that form gave wrong results in the parallel version (seen
 # with Numba 0.68), the split form is simpler anyway.
+
 
 @variants(inputs="grad")
 def _sgd_mom(param, grad, velocity, lr, momentum, nesterov, weight_decay):
@@ -78,18 +80,26 @@ def sgd_update(param, grad, velocity, lr, momentum, nesterov, weight_decay):
     """g = ∇ + λp; v = μv + g; p −= lr·(g + μv if Nesterov else v) (v only if μ > 0)."""
     par = param.size >= _PAR_CHEAP and threads() > 1
     if momentum:
-        _sgd_mom[par](param.ravel(), grad.ravel(), velocity.ravel(), float(lr), float(momentum), bool(nesterov),
-                      float(weight_decay))
+        _sgd_mom[par](
+            param.ravel(),
+            grad.ravel(),
+            velocity.ravel(),
+            float(lr),
+            float(momentum),
+            bool(nesterov),
+            float(weight_decay),
+        )
     else:
         _sgd_plain[par](param.ravel(), grad.ravel(), float(lr), float(weight_decay))
 
 
 # ---------------------------------------------------------------- Adam / AdamW
 
+
 @jit
 def _adam_elem(p, g, m, v, decay, wd, b1, c1, b2, c2, step, inv_sqrt_bc2, eps):
-    p = p * decay                   # AdamW's decoupled decay (decay == 1 otherwise)
-    g = _decayed(g, wd, p)          # Adam's L2 term (wd == 0 for AdamW)
+    p = p * decay  # AdamW's decoupled decay (decay == 1 otherwise)
+    g = _decayed(g, wd, p)  # Adam's L2 term (wd == 0 for AdamW)
     m = b1 * m + c1 * g
     v = b2 * v + c2 * (g * g)
     return p - step * (m / (np.sqrt(v) * inv_sqrt_bc2 + eps)), m, v
@@ -108,19 +118,29 @@ def _adam(param, grad, exp_avg, exp_avg_sq, decay, wd, b1, c1, b2, c2, step_size
         p[i], m[i], v[i] = _adam_elem(p[i], g[i], m[i], v[i], decay_, wd_, b1_, c1_, b2_, c2_, step_, inv_, eps_)
 
 
-def adam_update(param, grad, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps,
-                weight_decay, decoupled):
+def adam_update(param, grad, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps, weight_decay, decoupled):
     """Adam (AdamW if decoupled): m, v moments, bias-corrected step, in place."""
     if weight_decay and decoupled:
         decay, wd = 1.0 - lr * weight_decay, 0.0
     else:
         decay, wd = 1.0, float(weight_decay)
-    bias_correction1 = 1.0 - beta1 ** step
-    bias_correction2 = 1.0 - beta2 ** step
-    _adam[param.size >= _PAR and threads() > 1](param.ravel(), grad.ravel(), exp_avg.ravel(), exp_avg_sq.ravel(),
-                                                decay, wd, beta1, 1.0 - beta1,
-                                                beta2, 1.0 - beta2, lr / bias_correction1,
-                                                1.0 / math.sqrt(bias_correction2), eps)
+    bias_correction1 = 1.0 - beta1**step
+    bias_correction2 = 1.0 - beta2**step
+    _adam[param.size >= _PAR and threads() > 1](
+        param.ravel(),
+        grad.ravel(),
+        exp_avg.ravel(),
+        exp_avg_sq.ravel(),
+        decay,
+        wd,
+        beta1,
+        1.0 - beta1,
+        beta2,
+        1.0 - beta2,
+        lr / bias_correction1,
+        1.0 / math.sqrt(bias_correction2),
+        eps,
+    )
 
 
 def sgd_update_many(params, grads, velocities, lr, momentum, nesterov, weight_decay):
@@ -129,8 +149,9 @@ def sgd_update_many(params, grads, velocities, lr, momentum, nesterov, weight_de
     if momentum:
         for i in range(len(params)):
             p = params[i]
-            _sgd_mom[p.size >= _PAR_CHEAP and threads() > 1](p.ravel(), grads[i].ravel(), velocities[i].ravel(), lr,
-                                                              momentum, nesterov, weight_decay)
+            _sgd_mom[p.size >= _PAR_CHEAP and threads() > 1](
+                p.ravel(), grads[i].ravel(), velocities[i].ravel(), lr, momentum, nesterov, weight_decay
+            )
     else:
         for i in range(len(params)):
             p = params[i]
@@ -143,11 +164,23 @@ def adam_update_many(params, grads, exp_avgs, exp_avg_sqs, step, lr, beta1, beta
         decay, wd = 1.0 - lr * weight_decay, 0.0
     else:
         decay, wd = 1.0, float(weight_decay)
-    step_size = lr / (1.0 - beta1 ** step)
-    inv_sqrt_bc2 = 1.0 / math.sqrt(1.0 - beta2 ** step)
+    step_size = lr / (1.0 - beta1**step)
+    inv_sqrt_bc2 = 1.0 / math.sqrt(1.0 - beta2**step)
     c1, c2 = 1.0 - beta1, 1.0 - beta2
     for i in range(len(params)):
         p = params[i]
-        _adam[p.size >= _PAR and threads() > 1](p.ravel(), grads[i].ravel(), exp_avgs[i].ravel(),
-                                                exp_avg_sqs[i].ravel(), decay, wd, beta1, c1, beta2, c2, step_size,
-                                                inv_sqrt_bc2, eps)
+        _adam[p.size >= _PAR and threads() > 1](
+            p.ravel(),
+            grads[i].ravel(),
+            exp_avgs[i].ravel(),
+            exp_avg_sqs[i].ravel(),
+            decay,
+            wd,
+            beta1,
+            c1,
+            beta2,
+            c2,
+            step_size,
+            inv_sqrt_bc2,
+            eps,
+        )

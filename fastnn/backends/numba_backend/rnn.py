@@ -28,9 +28,12 @@ from ._jit import Deferred, jit, kernel, rebinder, renamed
 from ._math import fsigmoid, ftanh
 
 __all__ = [
-    "rnn_forward", "rnn_backward",
-    "lstm_forward", "lstm_backward",
-    "gru_forward", "gru_backward",
+    "rnn_forward",
+    "rnn_backward",
+    "lstm_forward",
+    "lstm_backward",
+    "gru_forward",
+    "gru_backward",
 ]
 
 #: Operands (elements) above which the all-steps products go to BLAS.
@@ -39,6 +42,7 @@ _BLAS_MIN = 1 << 18
 
 def _rows_kernel(kind):
     """In place on a[:, lo:hi]: sigmoid (0), tanh (1) or relu (2), one compiled loop per kind."""
+
     def _act_rows(a, lo, hi):
         for r in range(a.shape[0]):
             for j in range(lo, hi):
@@ -50,6 +54,7 @@ def _rows_kernel(kind):
                     a[r, j] = ftanh(v)
                 else:
                     a[r, j] = v if not (v <= 0) else 0
+
     return jit(renamed(_act_rows, ("_sigmoid", "_tanh", "_relu")[kind]))
 
 
@@ -133,7 +138,7 @@ def _kernels(acc, acc_tn, mul_nt, suffix):
         gw_hh[:] = 0
         acc_tn(dh[:B], h0, gw_hh)
         if TB > B:
-            acc_tn(dh[B:], out2[:TB - B], gw_hh)
+            acc_tn(dh[B:], out2[: TB - B], gw_hh)
 
     def _input_grad_small(d2, w_ih, gx2):
         """gx2 (T·B, I) = δ·W_ih on small products."""
@@ -162,7 +167,7 @@ def _kernels(acc, acc_tn, mul_nt, suffix):
     def _rnn_bwd(go, ghn, h0, w_hh, out, relu, work, gh0):
         """δ_t = (dL/dh_t)·f'(a_t), g_{t-1} = δ_t W_hh (into work, and gh0 at the end)."""
         T, B, H = out.shape
-        one = np.ones(1, out.dtype)[0]   # keeps float32 math in float32
+        one = np.ones(1, out.dtype)[0]  # keeps float32 math in float32
         if ghn is not None:
             _copy(gh0, ghn)
         else:
@@ -215,7 +220,7 @@ def _kernels(acc, acc_tn, mul_nt, suffix):
     def _lstm_bwd(go, ghn, gcn, c0, w_hh, cell, gates, work, gh0, gc0):
         """δ = [δi, δf, δg, δo] per step (into work); g_{t-1} = δ W_hh; γ_{t-1} = γ f."""
         T, B, H = cell.shape
-        one = np.ones(1, cell.dtype)[0]   # keeps float32 math in float32
+        one = np.ones(1, cell.dtype)[0]  # keeps float32 math in float32
         if ghn is not None:
             _copy(gh0, ghn)
         else:
@@ -255,7 +260,7 @@ def _kernels(acc, acc_tn, mul_nt, suffix):
         """r, z = σ(...), n = tanh(x W_inᵀ + b_in + r (h W_hnᵀ + b_hn)), h_t = (1-z) n + z h_{t-1}."""
         T, B, I = x.shape
         H = h0.shape[1]
-        one = np.ones(1, x.dtype)[0]   # keeps float32 math in float32
+        one = np.ones(1, x.dtype)[0]  # keeps float32 math in float32
         g2 = gates.reshape(T * B, 3 * H)
         _start(g2, b_ih, None, proj)
         if proj is None:
@@ -293,7 +298,7 @@ def _kernels(acc, acc_tn, mul_nt, suffix):
     def _gru_bwd(go, ghn, h0, w_hh, out, gates, hidden_n, work, gh0):
         """δ^x = [δr, δz, δn], δ^h = [δr, δz, δn r]; g_{t-1} = g z + δ^h W_hh; returns δ^x, δ^h (contiguous)."""
         T, B, H = out.shape
-        one = np.ones(1, out.dtype)[0]   # keeps float32 math in float32
+        one = np.ones(1, out.dtype)[0]  # keeps float32 math in float32
         if ghn is not None:
             _copy(gh0, ghn)
         else:
@@ -336,10 +341,14 @@ def _kernels(acc, acc_tn, mul_nt, suffix):
         return dxs, dhs
 
     inputs = {
-        _weight_grads_small: "dx dh x2 h0 out2", _input_grad_small: "d2 w_ih",
-        _rnn_fwd: "x h0 w_ih w_hh b_ih b_hh proj", _rnn_bwd: "go ghn h0 w_hh out",
-        _lstm_fwd: "x h0 c0 w_ih w_hh b_ih b_hh proj", _lstm_bwd: "go ghn gcn c0 w_hh cell gates",
-        _gru_fwd: "x h0 w_ih w_hh b_ih b_hh proj", _gru_bwd: "go ghn h0 w_hh out gates hidden_n",
+        _weight_grads_small: "dx dh x2 h0 out2",
+        _input_grad_small: "d2 w_ih",
+        _rnn_fwd: "x h0 w_ih w_hh b_ih b_hh proj",
+        _rnn_bwd: "go ghn h0 w_hh out",
+        _lstm_fwd: "x h0 c0 w_ih w_hh b_ih b_hh proj",
+        _lstm_bwd: "go ghn gcn c0 w_hh cell gates",
+        _gru_fwd: "x h0 w_ih w_hh b_ih b_hh proj",
+        _gru_bwd: "go ghn h0 w_hh out gates hidden_n",
     }
     return {fn.__name__: kernel(renamed(fn, suffix), inputs=names) for fn, names in inputs.items()}
 
@@ -371,7 +380,7 @@ def _all_steps_grads(dx, dh, x2, h0, out2, w_ih, gx2, gw_ih, gw_hh, gb_ih, gb_hh
         np.dot(dx.T, x2, out=gw_ih)
         np.dot(dh[:B].T, h0, out=gw_hh)
         if TB > B:
-            gw_hh += np.dot(dh[B:].T, out2[:TB - B])
+            gw_hh += np.dot(dh[B:].T, out2[: TB - B])
     else:
         _weight_grads_small(dx, dh, x2, h0, out2, gw_ih, gw_hh)
     if gb_ih is not None or gb_hh is not None:
@@ -389,53 +398,134 @@ def _flat(a, rows, cols):
 
 def rnn_forward(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity, out):
     """h_t = f(x_t W_ihᵀ + b_ih + h_{t-1} W_hhᵀ + b_hh) for all t."""
-    return _rnn_fwd(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity == "relu",
-                    _projection(x, weight_ih), out)
+    return _rnn_fwd(
+        x, h0, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity == "relu", _projection(x, weight_ih), out
+    )
 
 
-def rnn_backward(grad_out, grad_hn, x, h0, weight_ih, weight_hh, out, nonlinearity, work,
-                 grad_x, grad_h0, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh):
+def rnn_backward(
+    grad_out,
+    grad_hn,
+    x,
+    h0,
+    weight_ih,
+    weight_hh,
+    out,
+    nonlinearity,
+    work,
+    grad_x,
+    grad_h0,
+    grad_weight_ih,
+    grad_weight_hh,
+    grad_bias_ih,
+    grad_bias_hh,
+):
     """BPTT of :func:`rnn_forward`."""
     T, B, I = x.shape
     H = h0.shape[1]
     _rnn_bwd(grad_out, grad_hn, h0, weight_hh, out, nonlinearity == "relu", work, grad_h0)
     w2 = work.reshape(T * B, H)
-    _all_steps_grads(w2, w2, x.reshape(T * B, I), h0, out.reshape(T * B, H), weight_ih, _flat(grad_x, T * B, I),
-                     grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh)
+    _all_steps_grads(
+        w2,
+        w2,
+        x.reshape(T * B, I),
+        h0,
+        out.reshape(T * B, H),
+        weight_ih,
+        _flat(grad_x, T * B, I),
+        grad_weight_ih,
+        grad_weight_hh,
+        grad_bias_ih,
+        grad_bias_hh,
+    )
     return grad_x, grad_h0, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh
 
 
 def lstm_forward(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, out, cell, gates):
     """LSTM (gates i, f, g, o) over the sequence."""
-    return _lstm_fwd(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, _projection(x, weight_ih), out, cell,
-                     gates)
+    return _lstm_fwd(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, _projection(x, weight_ih), out, cell, gates)
 
 
-def lstm_backward(grad_out, grad_hn, grad_cn, x, h0, c0, weight_ih, weight_hh, out, cell, gates, work,
-                  grad_x, grad_h0, grad_c0, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh):
+def lstm_backward(
+    grad_out,
+    grad_hn,
+    grad_cn,
+    x,
+    h0,
+    c0,
+    weight_ih,
+    weight_hh,
+    out,
+    cell,
+    gates,
+    work,
+    grad_x,
+    grad_h0,
+    grad_c0,
+    grad_weight_ih,
+    grad_weight_hh,
+    grad_bias_ih,
+    grad_bias_hh,
+):
     """BPTT of :func:`lstm_forward`."""
     T, B, I = x.shape
     H = h0.shape[1]
     _lstm_bwd(grad_out, grad_hn, grad_cn, c0, weight_hh, cell, gates, work, grad_h0, grad_c0)
     w2 = work.reshape(T * B, 4 * H)
-    _all_steps_grads(w2, w2, x.reshape(T * B, I), h0, out.reshape(T * B, H), weight_ih, _flat(grad_x, T * B, I),
-                     grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh)
+    _all_steps_grads(
+        w2,
+        w2,
+        x.reshape(T * B, I),
+        h0,
+        out.reshape(T * B, H),
+        weight_ih,
+        _flat(grad_x, T * B, I),
+        grad_weight_ih,
+        grad_weight_hh,
+        grad_bias_ih,
+        grad_bias_hh,
+    )
     return grad_x, grad_h0, grad_c0, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh
 
 
 def gru_forward(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, out, gates, hidden_n):
     """GRU (gates r, z, n) over the sequence."""
-    return _gru_fwd(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, _projection(x, weight_ih), out, gates,
-                    hidden_n)
+    return _gru_fwd(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, _projection(x, weight_ih), out, gates, hidden_n)
 
 
-def gru_backward(grad_out, grad_hn, x, h0, weight_ih, weight_hh, out, gates, hidden_n, work,
-                 grad_x, grad_h0, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh):
+def gru_backward(
+    grad_out,
+    grad_hn,
+    x,
+    h0,
+    weight_ih,
+    weight_hh,
+    out,
+    gates,
+    hidden_n,
+    work,
+    grad_x,
+    grad_h0,
+    grad_weight_ih,
+    grad_weight_hh,
+    grad_bias_ih,
+    grad_bias_hh,
+):
     """BPTT of :func:`gru_forward`."""
     T, B, I = x.shape
     H = h0.shape[1]
     dxs, dhs = _gru_bwd(grad_out, grad_hn, h0, weight_hh, out, gates, hidden_n, work, grad_h0)
-    _all_steps_grads(dxs.reshape(T * B, 3 * H), dhs.reshape(T * B, 3 * H), x.reshape(T * B, I), h0,
-                     out.reshape(T * B, H), weight_ih, _flat(grad_x, T * B, I), grad_weight_ih, grad_weight_hh,
-                     grad_bias_ih, grad_bias_hh)
+    _all_steps_grads(
+        dxs.reshape(T * B, 3 * H),
+        dhs.reshape(T * B, 3 * H),
+        x.reshape(T * B, I),
+        h0,
+        out.reshape(T * B, H),
+        weight_ih,
+        _flat(grad_x, T * B, I),
+        grad_weight_ih,
+        grad_weight_hh,
+        grad_bias_ih,
+        grad_bias_hh,
+    )
     return grad_x, grad_h0, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh

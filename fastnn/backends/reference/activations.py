@@ -21,11 +21,16 @@ NaN in ``x`` gives NaN in ``y`` (``np.maximum`` semantics, not ``x > 0``).
 import numpy as np
 
 __all__ = [
-    "relu", "relu_backward",
-    "leaky_relu", "leaky_relu_backward",
-    "sigmoid", "sigmoid_backward",
-    "tanh", "tanh_backward",
-    "softmax", "softmax_backward",
+    "relu",
+    "relu_backward",
+    "leaky_relu",
+    "leaky_relu_backward",
+    "sigmoid",
+    "sigmoid_backward",
+    "tanh",
+    "tanh_backward",
+    "softmax",
+    "softmax_backward",
 ]
 
 

@@ -31,9 +31,12 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 __all__ = [
-    "conv2d_forward", "conv2d_backward",
-    "max_pool2d_forward", "max_pool2d_backward",
-    "avg_pool2d_forward", "avg_pool2d_backward",
+    "conv2d_forward",
+    "conv2d_backward",
+    "max_pool2d_forward",
+    "max_pool2d_backward",
+    "avg_pool2d_forward",
+    "avg_pool2d_backward",
 ]
 
 
@@ -62,8 +65,7 @@ def _windows(xp, kernel_size, stride, dilation, out_hw):
     B, C = xp.shape[:2]
     s0, s1, s2, s3 = xp.strides
     (kh, kw), (sh, sw), (dh, dw), (ho, wo) = kernel_size, stride, dilation, out_hw
-    return as_strided(xp, (B, C, kh, kw, ho, wo), (s0, s1, s2 * dh, s3 * dw, s2 * sh, s3 * sw),
-                      writeable=False)
+    return as_strided(xp, (B, C, kh, kw, ho, wo), (s0, s1, s2 * dh, s3 * dw, s2 * sh, s3 * sw), writeable=False)
 
 
 def _im2col(x, kernel_size, stride, padding, dilation, out_hw):
@@ -96,9 +98,9 @@ def conv2d_forward(x, weight, bias, stride, padding, dilation, out):
     B = x.shape[0]
     O, C, kh, kw = weight.shape
     ho, wo = out.shape[2:]
-    cols = _im2col(x, (kh, kw), stride, padding, dilation, (ho, wo))   # (B, K, P)
-    w2 = weight.reshape(O, C * kh * kw)                                  # (O, K)
-    np.matmul(w2, cols, out=out.reshape(B, O, ho * wo))                  # (B, O, P)
+    cols = _im2col(x, (kh, kw), stride, padding, dilation, (ho, wo))  # (B, K, P)
+    w2 = weight.reshape(O, C * kh * kw)  # (O, K)
+    np.matmul(w2, cols, out=out.reshape(B, O, ho * wo))  # (B, O, P)
     if bias is not None:
         out += bias[None, :, None, None]
     return out
@@ -137,21 +139,21 @@ def conv2d_backward(grad_out, x, weight, stride, padding, dilation, grad_input, 
     ho, wo = grad_out.shape[2:]
     K, P = C * kh * kw, ho * wo
     g = grad_out.reshape(B, O, P)
-    cols = _im2col(x, (kh, kw), stride, padding, dilation, (ho, wo))          # (B, K, P)
+    cols = _im2col(x, (kh, kw), stride, padding, dilation, (ho, wo))  # (B, K, P)
     np.einsum("bop,bkp->ok", g, cols, out=grad_weight.reshape(O, K))
     if grad_bias is not None:
         np.sum(g, axis=(0, 2), out=grad_bias)
     if grad_input is not None:
-        dcols = np.matmul(weight.reshape(O, K).T, g)                             # (B, K, P)
+        dcols = np.matmul(weight.reshape(O, K).T, g)  # (B, K, P)
         dcols = dcols.reshape(B, C, kh, kw, ho, wo)
         (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
         gxp = np.zeros((B, C, H + 2 * ph, W + 2 * pw), dtype=x.dtype)
-        for u in range(kh):           # col2im: one strided slab per kernel tap
+        for u in range(kh):  # col2im: one strided slab per kernel tap
             for v in range(kw):
                 rows = slice(u * dh, u * dh + sh * (ho - 1) + 1, sh)
                 cols_ = slice(v * dw, v * dw + sw * (wo - 1) + 1, sw)
                 gxp[:, :, rows, cols_] += dcols[:, :, u, v]
-        grad_input[...] = gxp[:, :, ph:ph + H, pw:pw + W]
+        grad_input[...] = gxp[:, :, ph : ph + H, pw : pw + W]
     return grad_input, grad_weight, grad_bias
 
 
@@ -180,13 +182,13 @@ def max_pool2d_forward(x, kernel_size, stride, padding, out, indices):
     ho, wo = out.shape[2:]
     xp = _pad(x, padding, -np.inf)
     valid = _pad(np.ones((1, 1, H, W), dtype=bool), padding, False)
-    win = _windows(xp, kernel_size, stride, (1, 1), (ho, wo))             # (B, C, kh, kw, ho, wo)
-    win = np.moveaxis(win.reshape(B, C, kh * kw, ho, wo), 2, -1)          # (B, C, ho, wo, kh·kw)
+    win = _windows(xp, kernel_size, stride, (1, 1), (ho, wo))  # (B, C, kh, kw, ho, wo)
+    win = np.moveaxis(win.reshape(B, C, kh * kw, ho, wo), 2, -1)  # (B, C, ho, wo, kh·kw)
     ok = _windows(valid, kernel_size, stride, (1, 1), (ho, wo))
     ok = np.moveaxis(ok.reshape(1, 1, kh * kw, ho, wo), 2, -1)
-    best = win.max(axis=-1)                                                # NaN propagates
+    best = win.max(axis=-1)  # NaN propagates
     hit = (win == best[..., None]) | (np.isnan(win) & np.isnan(best)[..., None])
-    first = np.argmax(hit & ok, axis=-1)                                   # first winner, row-major
+    first = np.argmax(hit & ok, axis=-1)  # first winner, row-major
     out[...] = best
     (sh, sw), (ph, pw) = stride, padding
     rows = np.arange(ho)[:, None] * sh - ph + first // kw
@@ -276,6 +278,6 @@ def avg_pool2d_backward(grad_out, kernel_size, stride, padding, count_include_pa
     gxp = np.zeros((B, C, H + 2 * ph, W + 2 * pw), dtype=grad_input.dtype)
     for u in range(kh):
         for v in range(kw):
-            gxp[:, :, u:u + sh * (ho - 1) + 1:sh, v:v + sw * (wo - 1) + 1:sw] += g
-    grad_input[...] = gxp[:, :, ph:ph + H, pw:pw + W]
+            gxp[:, :, u : u + sh * (ho - 1) + 1 : sh, v : v + sw * (wo - 1) + 1 : sw] += g
+    grad_input[...] = gxp[:, :, ph : ph + H, pw : pw + W]
     return grad_input

@@ -58,9 +58,9 @@ def dense_forward(x, weight, bias, activation, out):
     -------
     out : ndarray of shape (B, O), the activations ``y``
     """
-    np.matmul(x, weight.T, out=out)   # z = x·Wᵀ, the pre-activation
+    np.matmul(x, weight.T, out=out)  # z = x·Wᵀ, the pre-activation
     if bias is not None:
-        out += bias                   # broadcast b over the batch
+        out += bias  # broadcast b over the batch
     return _activate(out, activation)
 
 

@@ -50,11 +50,11 @@ def dropout_forward(x, bits, threshold, scale, group, relu, out, mask):
     m = x.size // group
     keep = bits[:m] >= threshold
     mask[...] = keep
-    factor = np.where(keep, x.dtype.type(scale), x.dtype.type(0))           # k·s per word
+    factor = np.where(keep, x.dtype.type(scale), x.dtype.type(0))  # k·s per word
     xf = x.reshape(m, group)
     if relu:
         xf = np.maximum(xf, 0)
-    with np.errstate(invalid="ignore"):   # inf·0 = NaN where an infinite value is dropped, as in PyTorch
+    with np.errstate(invalid="ignore"):  # inf·0 = NaN where an infinite value is dropped, as in PyTorch
         np.multiply(xf, factor[:, None], out=out.reshape(m, group))
     return out
 

@@ -73,5 +73,5 @@ def embedding_backward(grad_out, indices, padding_idx, clear, grad_weight):
     if padding_idx >= 0:
         keep = indices != padding_idx
         indices, grad_out = indices[keep], grad_out[keep]
-    np.add.at(grad_weight, indices, grad_out)            # unbuffered: repeated rows add up
+    np.add.at(grad_weight, indices, grad_out)  # unbuffered: repeated rows add up
     return grad_weight

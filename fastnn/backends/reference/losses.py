@@ -70,10 +70,10 @@ def softmax_cross_entropy(logits, labels, reduction, grad):
     shifted = logits - logits.max(axis=1, keepdims=True)
     np.exp(shifted, out=grad)
     sumexp = grad.sum(axis=1)
-    grad /= sumexp[:, None]                       # p = softmax(z)
+    grad /= sumexp[:, None]  # p = softmax(z)
     log_likelihood = shifted[rows, labels] - np.log(sumexp)
     loss = float(-log_likelihood.sum(dtype=np.float64)) * _scale(b, reduction)
-    grad[rows, labels] -= 1                       # p − onehot(y)
+    grad[rows, labels] -= 1  # p − onehot(y)
     grad *= _scale(b, reduction)
     return loss, grad
 

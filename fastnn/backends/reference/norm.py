@@ -55,14 +55,14 @@ def batch_norm_forward(x, weight, bias, eps, batch_stats, mean, var, out):
     out : ndarray of shape (N, C, L)
     """
     if batch_stats:
-        m = x.mean(axis=(0, 2), dtype=np.float64)                                  # μ per channel
-        v = np.square(x - m[None, :, None].astype(x.dtype), dtype=np.float64).mean(axis=(0, 2))   # σ²
+        m = x.mean(axis=(0, 2), dtype=np.float64)  # μ per channel
+        v = np.square(x - m[None, :, None].astype(x.dtype), dtype=np.float64).mean(axis=(0, 2))  # σ²
         mean[...] = m
         var[...] = v
-    scale = 1.0 / np.sqrt(var.astype(np.float64) + eps)                             # r
+    scale = 1.0 / np.sqrt(var.astype(np.float64) + eps)  # r
     if weight is not None:
         scale = scale * weight
-    shift = -mean * scale if bias is None else bias - mean * scale                  # y = x·(γr) + (β − μγr)
+    shift = -mean * scale if bias is None else bias - mean * scale  # y = x·(γr) + (β − μγr)
     np.multiply(x, scale.astype(x.dtype)[None, :, None], out=out)
     out += shift.astype(x.dtype)[None, :, None]
     return out
@@ -91,16 +91,16 @@ def batch_norm_backward(grad_out, x, weight, mean, var, eps, batch_stats, grad_i
     """
     M = x.shape[0] * x.shape[2]
     r = 1.0 / np.sqrt(var.astype(np.float64) + eps)
-    xc = x - mean[None, :, None]                                     # x − μ
-    sum_g = grad_out.sum(axis=(0, 2), dtype=np.float64)              # Σ g      = dL/dβ
-    sum_gx = (grad_out * xc).sum(axis=(0, 2), dtype=np.float64) * r   # Σ g·x̂   = dL/dγ
+    xc = x - mean[None, :, None]  # x − μ
+    sum_g = grad_out.sum(axis=(0, 2), dtype=np.float64)  # Σ g      = dL/dβ
+    sum_gx = (grad_out * xc).sum(axis=(0, 2), dtype=np.float64) * r  # Σ g·x̂   = dL/dγ
     if grad_bias is not None:
         grad_bias[...] = sum_g
     if grad_weight is not None:
         grad_weight[...] = sum_gx
     if grad_input is not None:
         gamma = np.ones_like(r) if weight is None else weight.astype(np.float64)
-        k = gamma * r                                                # r·γ
+        k = gamma * r  # r·γ
         if batch_stats:
             # r·γ·(g − mean(g) − x̂·mean(g·x̂)), with x̂ = (x − μ)·r
             a = (k * r * sum_gx / M).astype(x.dtype)[None, :, None]
@@ -132,7 +132,7 @@ def layer_norm_forward(x, weight, bias, eps, out, mean, rstd):
     mean[...] = m
     rstd[...] = 1.0 / np.sqrt(v + eps)
     np.subtract(x, mean[:, None], out=out)
-    out *= rstd[:, None]                          # x̂
+    out *= rstd[:, None]  # x̂
     if weight is not None:
         out *= weight
     if bias is not None:
@@ -162,8 +162,8 @@ def layer_norm_backward(grad_out, x, weight, mean, rstd, grad_input, grad_weight
     if grad_weight is not None:
         grad_weight[...] = (grad_out * xhat).sum(axis=0, dtype=np.float64)
     if grad_input is not None:
-        gg = grad_out if weight is None else grad_out * weight                  # γ·g
-        a = gg.mean(axis=1, dtype=np.float64)[:, None]                          # mean(γg)
-        b = (gg * xhat).mean(axis=1, dtype=np.float64)[:, None]                 # mean(γg·x̂)
+        gg = grad_out if weight is None else grad_out * weight  # γ·g
+        a = gg.mean(axis=1, dtype=np.float64)[:, None]  # mean(γg)
+        b = (gg * xhat).mean(axis=1, dtype=np.float64)[:, None]  # mean(γg·x̂)
         grad_input[...] = rstd[:, None] * (gg - a - xhat * b)
     return grad_input, grad_weight, grad_bias

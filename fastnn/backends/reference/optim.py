@@ -40,8 +40,7 @@ def sgd_update(param, grad, velocity, lr, momentum, nesterov, weight_decay):
     param -= lr * g
 
 
-def adam_update(param, grad, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps,
-                weight_decay, decoupled):
+def adam_update(param, grad, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps, weight_decay, decoupled):
     """One Adam (or AdamW) step, in place.
 
     ::
@@ -71,8 +70,8 @@ def adam_update(param, grad, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps,
     exp_avg += (1 - beta1) * g
     exp_avg_sq *= beta2
     exp_avg_sq += (1 - beta2) * (g * g)
-    bias_correction1 = 1 - beta1 ** step
-    bias_correction2 = 1 - beta2 ** step
+    bias_correction1 = 1 - beta1**step
+    bias_correction2 = 1 - beta2**step
     denom = np.sqrt(exp_avg_sq) / np.sqrt(bias_correction2) + eps
     param -= (lr / bias_correction1) * (exp_avg / denom)
 
@@ -80,12 +79,14 @@ def adam_update(param, grad, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps,
 def sgd_update_many(params, grads, velocities, lr, momentum, nesterov, weight_decay):
     """:func:`sgd_update` on each ``(params[i], grads[i], velocities[i])`` (velocities None without momentum)."""
     for i in range(len(params)):
-        sgd_update(params[i], grads[i], None if velocities is None else velocities[i], lr, momentum, nesterov,
-                   weight_decay)
+        sgd_update(
+            params[i], grads[i], None if velocities is None else velocities[i], lr, momentum, nesterov, weight_decay
+        )
 
 
 def adam_update_many(params, grads, exp_avgs, exp_avg_sqs, step, lr, beta1, beta2, eps, weight_decay, decoupled):
     """:func:`adam_update` on each ``(params[i], grads[i], exp_avgs[i], exp_avg_sqs[i])``."""
     for i in range(len(params)):
-        adam_update(params[i], grads[i], exp_avgs[i], exp_avg_sqs[i], step, lr, beta1, beta2, eps, weight_decay,
-                    decoupled)
+        adam_update(
+            params[i], grads[i], exp_avgs[i], exp_avg_sqs[i], step, lr, beta1, beta2, eps, weight_decay, decoupled
+        )

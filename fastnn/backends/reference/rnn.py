@@ -24,9 +24,12 @@ layer can reuse it across training steps.
 import numpy as np
 
 __all__ = [
-    "rnn_forward", "rnn_backward",
-    "lstm_forward", "lstm_backward",
-    "gru_forward", "gru_backward",
+    "rnn_forward",
+    "rnn_backward",
+    "lstm_forward",
+    "lstm_backward",
+    "gru_forward",
+    "gru_backward",
 ]
 
 RNN_NONLINEARITIES = ("tanh", "relu")
@@ -61,10 +64,10 @@ def _weight_grads(delta_x, delta_h, x, h0, out, grad_weight_ih, grad_weight_hh, 
     """
     T, B, I = x.shape
     H = out.shape[2]
-    dx = delta_x.reshape(T * B, delta_x.shape[2])   # explicit widths: -1 is ambiguous for B = 0
+    dx = delta_x.reshape(T * B, delta_x.shape[2])  # explicit widths: -1 is ambiguous for B = 0
     dh = delta_h.reshape(T * B, delta_h.shape[2])
     np.matmul(dx.T, x.reshape(T * B, I), out=grad_weight_ih)
-    np.matmul(dh[:B].T, h0, out=grad_weight_hh)                   # step 0 sees h0
+    np.matmul(dh[:B].T, h0, out=grad_weight_hh)  # step 0 sees h0
     if T > 1:
         grad_weight_hh += dh[B:].T @ out[:-1].reshape((T - 1) * B, H)
     if grad_bias_ih is not None:
@@ -76,6 +79,7 @@ def _weight_grads(delta_x, delta_h, x, h0, out, grad_weight_ih, grad_weight_hh, 
 # ---------------------------------------------------------------------------
 # Elman RNN
 # ---------------------------------------------------------------------------
+
 
 def rnn_forward(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity, out):
     """Elman RNN over a whole sequence.
@@ -103,7 +107,7 @@ def rnn_forward(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity, out
     h = h0
     for t in range(x.shape[0]):
         a = out[t]
-        a += h @ weight_hh.T                       # a_t, the pre-activation
+        a += h @ weight_hh.T  # a_t, the pre-activation
         if nonlinearity == "tanh":
             np.tanh(a, out=a)
         else:
@@ -112,8 +116,23 @@ def rnn_forward(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity, out
     return out
 
 
-def rnn_backward(grad_out, grad_hn, x, h0, weight_ih, weight_hh, out, nonlinearity, work,
-                 grad_x, grad_h0, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh):
+def rnn_backward(
+    grad_out,
+    grad_hn,
+    x,
+    h0,
+    weight_ih,
+    weight_hh,
+    out,
+    nonlinearity,
+    work,
+    grad_x,
+    grad_h0,
+    grad_weight_ih,
+    grad_weight_hh,
+    grad_bias_ih,
+    grad_bias_hh,
+):
     """Backpropagation through time for :func:`rnn_forward`.
 
     Going backwards from t = T-1, with ``g_t`` = dL/dh_t from the loss (the
@@ -155,7 +174,7 @@ def rnn_backward(grad_out, grad_hn, x, h0, weight_ih, weight_hh, out, nonlineari
         else:
             delta = g * (h > 0)
         work[t] = delta
-        g_next = delta @ weight_hh                # dL/dh_{t-1} through the recurrence
+        g_next = delta @ weight_hh  # dL/dh_{t-1} through the recurrence
     grad_h0[...] = g_next
     _weight_grads(work, work, x, h0, out, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh)
     if grad_x is not None:
@@ -167,6 +186,7 @@ def rnn_backward(grad_out, grad_hn, x, h0, weight_ih, weight_hh, out, nonlineari
 # ---------------------------------------------------------------------------
 # LSTM
 # ---------------------------------------------------------------------------
+
 
 def lstm_forward(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, out, cell, gates):
     """Long short-term memory over a whole sequence (PyTorch's equations).
@@ -201,18 +221,37 @@ def lstm_forward(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, out, cell, g
         z = gates[t]
         z += h @ weight_hh.T
         i = _sigmoid(z[:, :H])
-        f = _sigmoid(z[:, H:2 * H])
-        g = np.tanh(z[:, 2 * H:3 * H])
-        o = _sigmoid(z[:, 3 * H:])
-        z[:, :H], z[:, H:2 * H], z[:, 2 * H:3 * H], z[:, 3 * H:] = i, f, g, o
+        f = _sigmoid(z[:, H : 2 * H])
+        g = np.tanh(z[:, 2 * H : 3 * H])
+        o = _sigmoid(z[:, 3 * H :])
+        z[:, :H], z[:, H : 2 * H], z[:, 2 * H : 3 * H], z[:, 3 * H :] = i, f, g, o
         cell[t] = f * c + i * g
         out[t] = o * np.tanh(cell[t])
         h, c = out[t], cell[t]
     return out, cell, gates
 
 
-def lstm_backward(grad_out, grad_hn, grad_cn, x, h0, c0, weight_ih, weight_hh, out, cell, gates, work,
-                  grad_x, grad_h0, grad_c0, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh):
+def lstm_backward(
+    grad_out,
+    grad_hn,
+    grad_cn,
+    x,
+    h0,
+    c0,
+    weight_ih,
+    weight_hh,
+    out,
+    cell,
+    gates,
+    work,
+    grad_x,
+    grad_h0,
+    grad_c0,
+    grad_weight_ih,
+    grad_weight_hh,
+    grad_bias_ih,
+    grad_bias_hh,
+):
     """Backpropagation through time for :func:`lstm_forward`.
 
     With ``g_t`` = dL/dh_t (output gradient plus the recurrent term) and
@@ -247,16 +286,16 @@ def lstm_backward(grad_out, grad_hn, grad_cn, x, h0, c0, weight_ih, weight_hh, o
     g_next = np.zeros_like(h0) if grad_hn is None else grad_hn.copy()
     gamma_next = np.zeros_like(c0) if grad_cn is None else grad_cn.copy()
     for t in range(T - 1, -1, -1):
-        i, f, g, o = (gates[t, :, k * H:(k + 1) * H] for k in range(4))
+        i, f, g, o = (gates[t, :, k * H : (k + 1) * H] for k in range(4))
         c_prev = c0 if t == 0 else cell[t - 1]
         tc = np.tanh(cell[t])
         dh = grad_out[t] + g_next
         gamma = gamma_next + dh * o * (1 - tc * tc)
         d = work[t]
         d[:, :H] = gamma * g * i * (1 - i)
-        d[:, H:2 * H] = gamma * c_prev * f * (1 - f)
-        d[:, 2 * H:3 * H] = gamma * i * (1 - g * g)
-        d[:, 3 * H:] = dh * tc * o * (1 - o)
+        d[:, H : 2 * H] = gamma * c_prev * f * (1 - f)
+        d[:, 2 * H : 3 * H] = gamma * i * (1 - g * g)
+        d[:, 3 * H :] = dh * tc * o * (1 - o)
         gamma_next = gamma * f
         g_next = d @ weight_hh
     grad_h0[...] = g_next
@@ -271,6 +310,7 @@ def lstm_backward(grad_out, grad_hn, grad_cn, x, h0, c0, weight_ih, weight_hh, o
 # ---------------------------------------------------------------------------
 # GRU
 # ---------------------------------------------------------------------------
+
 
 def gru_forward(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, out, gates, hidden_n):
     """Gated recurrent unit over a whole sequence (PyTorch's equations).
@@ -310,17 +350,33 @@ def gru_forward(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, out, gates, hidde
             gh += bias_hh
         gi = gates[t]
         r = _sigmoid(gi[:, :H] + gh[:, :H])
-        z = _sigmoid(gi[:, H:2 * H] + gh[:, H:2 * H])
-        n = np.tanh(gi[:, 2 * H:] + r * gh[:, 2 * H:])
-        hidden_n[t] = gh[:, 2 * H:]
-        gi[:, :H], gi[:, H:2 * H], gi[:, 2 * H:] = r, z, n
+        z = _sigmoid(gi[:, H : 2 * H] + gh[:, H : 2 * H])
+        n = np.tanh(gi[:, 2 * H :] + r * gh[:, 2 * H :])
+        hidden_n[t] = gh[:, 2 * H :]
+        gi[:, :H], gi[:, H : 2 * H], gi[:, 2 * H :] = r, z, n
         out[t] = (1 - z) * n + z * h
         h = out[t]
     return out, gates, hidden_n
 
 
-def gru_backward(grad_out, grad_hn, x, h0, weight_ih, weight_hh, out, gates, hidden_n, work,
-                 grad_x, grad_h0, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh):
+def gru_backward(
+    grad_out,
+    grad_hn,
+    x,
+    h0,
+    weight_ih,
+    weight_hh,
+    out,
+    gates,
+    hidden_n,
+    work,
+    grad_x,
+    grad_h0,
+    grad_weight_ih,
+    grad_weight_hh,
+    grad_bias_ih,
+    grad_bias_hh,
+):
     """Backpropagation through time for :func:`gru_forward`.
 
     With ``g_t`` = dL/dh_t (output gradient plus the recurrent term) and
@@ -355,20 +411,21 @@ def gru_backward(grad_out, grad_hn, x, h0, weight_ih, weight_hh, out, gates, hid
     H = h0.shape[1]
     g_next = np.zeros_like(h0) if grad_hn is None else grad_hn.copy()
     for t in range(T - 1, -1, -1):
-        r, z, n = (gates[t, :, k * H:(k + 1) * H] for k in range(3))
+        r, z, n = (gates[t, :, k * H : (k + 1) * H] for k in range(3))
         h_prev = h0 if t == 0 else out[t - 1]
         g = grad_out[t] + g_next
         dn = g * (1 - z) * (1 - n * n)
         dr = dn * hidden_n[t] * r * (1 - r)
         dz = g * (h_prev - n) * z * (1 - z)
         w = work[t]
-        w[:, :H], w[:, H:2 * H], w[:, 2 * H:3 * H] = dr, dz, dn
-        w[:, 3 * H:4 * H], w[:, 4 * H:5 * H], w[:, 5 * H:] = dr, dz, dn * r
-        g_next = g * z + w[:, 3 * H:] @ weight_hh
+        w[:, :H], w[:, H : 2 * H], w[:, 2 * H : 3 * H] = dr, dz, dn
+        w[:, 3 * H : 4 * H], w[:, 4 * H : 5 * H], w[:, 5 * H :] = dr, dz, dn * r
+        g_next = g * z + w[:, 3 * H :] @ weight_hh
     grad_h0[...] = g_next
-    _weight_grads(work[..., :3 * H], work[..., 3 * H:], x, h0, out,
-                  grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh)
+    _weight_grads(
+        work[..., : 3 * H], work[..., 3 * H :], x, h0, out, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh
+    )
     if grad_x is not None:
         T, B, I = x.shape
-        np.matmul(work.reshape(T * B, work.shape[2])[:, :3 * H], weight_ih, out=grad_x.reshape(T * B, I))
+        np.matmul(work.reshape(T * B, work.shape[2])[:, : 3 * H], weight_ih, out=grad_x.reshape(T * B, I))
     return grad_x, grad_h0, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh

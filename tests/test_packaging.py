@@ -44,7 +44,12 @@ def _run(cmd, cwd, env=None, timeout=900):
 
 def test_without_a_compiler_the_package_builds_without_the_extension(tmp_path):
     work = _source_tree(tmp_path)
-    build = _run([sys.executable, "setup.py", "build_ext", "--inplace"], work, {"CC": "/nonexistent/cc"})
+    # FASTNN_REQUIRE_EXT cleared: CI sets it, and this build must be the lenient one
+    build = _run(
+        [sys.executable, "setup.py", "build_ext", "--inplace"],
+        work,
+        {"CC": "/nonexistent/cc", "FASTNN_REQUIRE_EXT": ""},
+    )
     assert build.returncode == 0, build.stderr[-3000:]
     lines = [line for line in build.stderr.splitlines() if line.startswith("fastnn: the cython backend is not built")]
     assert len(lines) == 1, build.stderr[-3000:]

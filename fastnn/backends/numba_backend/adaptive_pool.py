@@ -6,28 +6,27 @@ over threads.
 """
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
-from ..._config import NUMBA_JIT_OPTIONS, PARALLEL_MIN_ELEMENTS_CHEAP
+from ..._config import PARALLEL_MIN_ELEMENTS_CHEAP
+from ._jit import jit, threads, variants
 
 __all__ = ["adaptive_avg_pool2d_forward", "adaptive_avg_pool2d_backward"]
 
 _PAR = PARALLEL_MIN_ELEMENTS_CHEAP
-_jit = njit(**NUMBA_JIT_OPTIONS)
-_pjit = njit(parallel=True, **NUMBA_JIT_OPTIONS)
 
 
-@_jit
+@jit
 def _lo(i, n_in, n_out):
     return (i * n_in) // n_out
 
 
-@_jit
+@jit
 def _hi(i, n_in, n_out):
     return -((-(i + 1) * n_in) // n_out)
 
 
-@_jit
+@jit
 def _fwd_plane(x, out, p):
     H, W = x.shape[1], x.shape[2]
     ho, wo = out.shape[1], out.shape[2]
@@ -42,7 +41,7 @@ def _fwd_plane(x, out, p):
             out[p, i, j] = s / ((h1 - h0) * (w1 - w0))
 
 
-@_jit
+@jit
 def _bwd_plane(g, gi, p):
     H, W = gi.shape[1], gi.shape[2]
     ho, wo = g.shape[1], g.shape[2]
@@ -57,26 +56,14 @@ def _bwd_plane(g, gi, p):
                     gi[p, h, w] += v
 
 
-@_jit
-def _fwd_ser(x, out):
-    for p in range(x.shape[0]):
-        _fwd_plane(x, out, p)
-
-
-@_pjit
-def _fwd_par(x, out):
+@variants(inputs="x")
+def _fwd(x, out):
     for p in prange(x.shape[0]):
         _fwd_plane(x, out, p)
 
 
-@_jit
-def _bwd_ser(g, gi):
-    for p in range(g.shape[0]):
-        _bwd_plane(g, gi, p)
-
-
-@_pjit
-def _bwd_par(g, gi):
+@variants(inputs="g")
+def _bwd(g, gi):
     for p in prange(g.shape[0]):
         _bwd_plane(g, gi, p)
 
@@ -87,13 +74,12 @@ def _planes(a):
 
 def adaptive_avg_pool2d_forward(x, out):
     """See the reference ``adaptive_avg_pool2d_forward``."""
-    fn = _fwd_par if x.size >= _PAR and x.shape[0] * x.shape[1] > 1 else _fwd_ser
-    fn(_planes(x), _planes(out))
+    _fwd[x.size >= _PAR and x.shape[0] * x.shape[1] > 1 and threads() > 1](_planes(x), _planes(out))
     return out
 
 
 def adaptive_avg_pool2d_backward(grad_out, grad_input):
     """See the reference ``adaptive_avg_pool2d_backward``."""
-    fn = _bwd_par if grad_input.size >= _PAR and grad_input.shape[0] * grad_input.shape[1] > 1 else _bwd_ser
-    fn(_planes(grad_out), _planes(grad_input))
+    par = grad_input.size >= _PAR and grad_input.shape[0] * grad_input.shape[1] > 1 and threads() > 1
+    _bwd[par](_planes(grad_out), _planes(grad_input))
     return grad_input

@@ -6,22 +6,21 @@ reference drops. Large inputs are split over threads by decision groups.
 """
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
-from ..._config import NUMBA_JIT_OPTIONS, PARALLEL_MIN_ELEMENTS_CHEAP
+from ..._config import PARALLEL_MIN_ELEMENTS_CHEAP
+from ._jit import jit, threads, variants
 
 __all__ = ["dropout_forward", "dropout_backward"]
 
 _PAR = PARALLEL_MIN_ELEMENTS_CHEAP  # memory-bound
-_jit = njit(**NUMBA_JIT_OPTIONS)
-_pjit = njit(parallel=True, **NUMBA_JIT_OPTIONS)
 
 
 # Branch-free: the keep decision becomes the factor k·s (a random branch would mispredict half the time;
 # measured 10x slower), and the product keeps the reference's NaN·0 = NaN.
 
 
-@_jit
+@jit
 def _fwd_group(x, bits, threshold, scale, group, relu, out, mask, j):
     k = np.uint8(np.int64(bits[j]) >= threshold)
     mask[j] = k
@@ -34,37 +33,31 @@ def _fwd_group(x, bits, threshold, scale, group, relu, out, mask, j):
         out[i] = v * f
 
 
-@_jit
-def _fwd_ser(x, bits, threshold, scale, group, relu, out, mask):
+@variants(inputs="x bits")
+def _fwd(x, bits, threshold, scale, group, relu, out, mask):
     if group == 1:  # one flat loop the compiler can vectorise
         z = x.dtype.type(0)
-        for i in range(x.size):
+        for i in prange(x.size):
             k = np.uint8(np.int64(bits[i]) >= threshold)
             mask[i] = k
             v = x[i]
             if relu:
                 v = z if v < z else v
             out[i] = v * (scale * k)
-        return
-    for j in range(x.size // group):
-        _fwd_group(x, bits, threshold, scale, group, relu, out, mask, j)
-
-
-@_pjit
-def _fwd_par(x, bits, threshold, scale, group, relu, out, mask):
-    for j in prange(x.size // group):
-        _fwd_group(x, bits, threshold, scale, group, relu, out, mask, j)
+    else:
+        for j in prange(x.size // group):
+            _fwd_group(x, bits, threshold, scale, group, relu, out, mask, j)
 
 
 def dropout_forward(x, bits, threshold, scale, group, relu, out, mask):
     """See the reference ``dropout_forward``."""
     xf, of = x.reshape(-1), out.reshape(-1)
-    fn = _fwd_par if x.size >= _PAR and x.size // group > 1 else _fwd_ser
-    fn(xf, bits, np.int64(threshold), x.dtype.type(scale), int(group), bool(relu), of, mask)
+    par = x.size >= _PAR and x.size // group > 1 and threads() > 1
+    _fwd[par](xf, bits, np.int64(threshold), x.dtype.type(scale), int(group), bool(relu), of, mask)
     return out
 
 
-@_jit
+@jit
 def _bwd_group(g, mask, scale, group, y, has_y, out, j):
     f = scale * mask[j]
     z = g.dtype.type(0)
@@ -76,31 +69,25 @@ def _bwd_group(g, mask, scale, group, y, has_y, out, j):
         out[i] = v
 
 
-@_jit
-def _bwd_ser(g, mask, scale, group, y, has_y, out):
+@variants(inputs="g mask y")
+def _bwd(g, mask, scale, group, y, has_y, out):
     if group == 1:  # one flat loop the compiler can vectorise
         z = g.dtype.type(0)
         one = g.dtype.type(1)
-        for i in range(g.size):
+        for i in prange(g.size):
             v = g[i] * (scale * mask[i])
             if has_y:
                 v = v * (one if y[i] > z else z)
             out[i] = v
-        return
-    for j in range(g.size // group):
-        _bwd_group(g, mask, scale, group, y, has_y, out, j)
-
-
-@_pjit
-def _bwd_par(g, mask, scale, group, y, has_y, out):
-    for j in prange(g.size // group):
-        _bwd_group(g, mask, scale, group, y, has_y, out, j)
+    else:
+        for j in prange(g.size // group):
+            _bwd_group(g, mask, scale, group, y, has_y, out, j)
 
 
 def dropout_backward(grad_out, mask, scale, group, y, out):
     """See the reference ``dropout_backward``."""
     gf, of = grad_out.reshape(-1), out.reshape(-1)
     yf = gf if y is None else y.reshape(-1)
-    fn = _bwd_par if grad_out.size >= _PAR and grad_out.size // group > 1 else _bwd_ser
-    fn(gf, mask, grad_out.dtype.type(scale), int(group), yf, y is not None, of)
+    par = grad_out.size >= _PAR and grad_out.size // group > 1 and threads() > 1
+    _bwd[par](gf, mask, grad_out.dtype.type(scale), int(group), yf, y is not None, of)
     return out

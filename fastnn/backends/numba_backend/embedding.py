@@ -7,18 +7,17 @@ table even when called without :mod:`fastnn.ops`.
 """
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
-from ..._config import NUMBA_JIT_OPTIONS, PARALLEL_MIN_ELEMENTS_CHEAP
+from ..._config import PARALLEL_MIN_ELEMENTS_CHEAP
+from ._jit import jit, threads, variants
 
 __all__ = ["embedding_forward", "embedding_backward"]
 
 _PAR = PARALLEL_MIN_ELEMENTS_CHEAP
-_jit = njit(**NUMBA_JIT_OPTIONS)
-_pjit = njit(parallel=True, **NUMBA_JIT_OPTIONS)
 
 
-@_jit
+@jit
 def _in_range(indices, V):
     for i in range(indices.size):
         if indices[i] < 0 or indices[i] >= V:
@@ -31,14 +30,8 @@ def _check(indices, V, what):
         raise ValueError(f"{what} must lie in [0, {V}) for a table of {V} rows")
 
 
-@_jit
-def _gather_ser(indices, weight, out):
-    for i in range(indices.size):
-        out[i, :] = weight[indices[i], :]
-
-
-@_pjit
-def _gather_par(indices, weight, out):
+@variants(inputs="indices weight")
+def _gather(indices, weight, out):
     for i in prange(indices.size):
         out[i, :] = weight[indices[i], :]
 
@@ -46,12 +39,11 @@ def _gather_par(indices, weight, out):
 def embedding_forward(indices, weight, out):
     """See the reference ``embedding_forward``."""
     _check(indices, weight.shape[0], "indices")
-    fn = _gather_par if out.size >= _PAR and indices.size > 1 else _gather_ser
-    fn(indices, weight, out)
+    _gather[out.size >= _PAR and indices.size > 1 and threads() > 1](indices, weight, out)
     return out
 
 
-@_jit
+@jit
 def _scatter(grad_out, indices, padding_idx, clear, grad_weight):
     # serial: repeated indices add into the same row
     D = grad_weight.shape[1]

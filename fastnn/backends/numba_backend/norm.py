@@ -11,15 +11,14 @@ compiles once per dtype.
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
-from ..._config import NUMBA_JIT_OPTIONS, PARALLEL_MIN_ELEMENTS
+from ..._config import PARALLEL_MIN_ELEMENTS
+from ._jit import jit, threads, variants
 
 __all__ = ["batch_norm_forward", "batch_norm_backward", "layer_norm_forward", "layer_norm_backward"]
 
 _PAR = PARALLEL_MIN_ELEMENTS
-_jit = njit(**NUMBA_JIT_OPTIONS)
-_pjit = njit(parallel=True, **NUMBA_JIT_OPTIONS)
 
 
 def _vec(a, like, fill):
@@ -34,7 +33,7 @@ def _grad_vec(a, like):
 # ---------------------------------------------------------------- batch norm
 
 
-@_jit
+@jit
 def _bn_channel_fwd(x, weight, bias, has_w, has_b, eps, batch_stats, mean, var, out, c):
     N, _, L = x.shape
     if batch_stats:
@@ -64,22 +63,15 @@ def _bn_channel_fwd(x, weight, bias, has_w, has_b, eps, batch_stats, mean, var, 
             out[n, c, i] = x[n, c, i] * sc + sh
 
 
-@_jit
-def _bn_fwd_ser(x, weight, bias, has_w, has_b, eps, batch_stats, mean, var, out):
-    for c in range(x.shape[1]):
-        _bn_channel_fwd(x, weight, bias, has_w, has_b, eps, batch_stats, mean, var, out, c)
-
-
-@_pjit
-def _bn_fwd_par(x, weight, bias, has_w, has_b, eps, batch_stats, mean, var, out):
+@variants(inputs="x weight bias")
+def _bn_fwd(x, weight, bias, has_w, has_b, eps, batch_stats, mean, var, out):
     for c in prange(x.shape[1]):
         _bn_channel_fwd(x, weight, bias, has_w, has_b, eps, batch_stats, mean, var, out, c)
 
 
 def batch_norm_forward(x, weight, bias, eps, batch_stats, mean, var, out):
     """See the reference ``batch_norm_forward``."""
-    fn = _bn_fwd_par if x.size >= _PAR and x.shape[1] > 1 else _bn_fwd_ser
-    fn(
+    _bn_fwd[x.size >= _PAR and x.shape[1] > 1 and threads() > 1](
         x,
         _vec(weight, x, 1),
         _vec(bias, x, 0),
@@ -94,7 +86,7 @@ def batch_norm_forward(x, weight, bias, eps, batch_stats, mean, var, out):
     return out
 
 
-@_jit
+@jit
 def _bn_channel_bwd(g, x, weight, has_w, mean, var, eps, batch_stats, gi, has_gi, gw, gb, c):
     N, _, L = x.shape
     M = N * L
@@ -125,14 +117,8 @@ def _bn_channel_bwd(g, x, weight, has_w, mean, var, eps, batch_stats, gi, has_gi
                     gi[n, c, i] = g[n, c, i] * kt
 
 
-@_jit
-def _bn_bwd_ser(g, x, weight, has_w, mean, var, eps, batch_stats, gi, has_gi, gw, gb):
-    for c in range(x.shape[1]):
-        _bn_channel_bwd(g, x, weight, has_w, mean, var, eps, batch_stats, gi, has_gi, gw, gb, c)
-
-
-@_pjit
-def _bn_bwd_par(g, x, weight, has_w, mean, var, eps, batch_stats, gi, has_gi, gw, gb):
+@variants(inputs="g x weight mean var")
+def _bn_bwd(g, x, weight, has_w, mean, var, eps, batch_stats, gi, has_gi, gw, gb):
     for c in prange(x.shape[1]):
         _bn_channel_bwd(g, x, weight, has_w, mean, var, eps, batch_stats, gi, has_gi, gw, gb, c)
 
@@ -144,8 +130,7 @@ def batch_norm_backward(grad_out, x, weight, mean, var, eps, batch_stats, grad_i
     gw = grad_weight if grad_weight is not None else np.empty(C, x.dtype)
     gb = grad_bias if grad_bias is not None else np.empty(C, x.dtype)
     gi = grad_input if grad_input is not None else np.empty((1, C, 1), x.dtype)
-    fn = _bn_bwd_par if x.size >= _PAR and C > 1 else _bn_bwd_ser
-    fn(
+    _bn_bwd[x.size >= _PAR and C > 1 and threads() > 1](
         grad_out,
         x,
         _vec(weight, x, 1),
@@ -165,7 +150,7 @@ def batch_norm_backward(grad_out, x, weight, mean, var, eps, batch_stats, grad_i
 # ---------------------------------------------------------------- layer norm
 
 
-@_jit
+@jit
 def _ln_row_fwd(x, weight, bias, has_w, has_b, eps, out, mean, rstd, m):
     K = x.shape[1]
     s = 0.0
@@ -190,26 +175,21 @@ def _ln_row_fwd(x, weight, bias, has_w, has_b, eps, out, mean, rstd, m):
         out[m, k] = v
 
 
-@_jit
-def _ln_fwd_ser(x, weight, bias, has_w, has_b, eps, out, mean, rstd):
-    for m in range(x.shape[0]):
-        _ln_row_fwd(x, weight, bias, has_w, has_b, eps, out, mean, rstd, m)
-
-
-@_pjit
-def _ln_fwd_par(x, weight, bias, has_w, has_b, eps, out, mean, rstd):
+@variants(inputs="x weight bias")
+def _ln_fwd(x, weight, bias, has_w, has_b, eps, out, mean, rstd):
     for m in prange(x.shape[0]):
         _ln_row_fwd(x, weight, bias, has_w, has_b, eps, out, mean, rstd, m)
 
 
 def layer_norm_forward(x, weight, bias, eps, out, mean, rstd):
     """See the reference ``layer_norm_forward``."""
-    fn = _ln_fwd_par if x.size >= _PAR and x.shape[0] > 1 else _ln_fwd_ser
-    fn(x, _vec(weight, x, 1), _vec(bias, x, 0), weight is not None, bias is not None, float(eps), out, mean, rstd)
+    _ln_fwd[x.size >= _PAR and x.shape[0] > 1 and threads() > 1](
+        x, _vec(weight, x, 1), _vec(bias, x, 0), weight is not None, bias is not None, float(eps), out, mean, rstd
+    )
     return out
 
 
-@_jit
+@jit
 def _ln_row_gi(g, x, weight, has_w, mean, rstd, gi, m):
     K = x.shape[1]
     mt = mean[m]
@@ -229,19 +209,13 @@ def _ln_row_gi(g, x, weight, has_w, mean, rstd, gi, m):
         gi[m, k] = rt * (gg - at - xh * bt)
 
 
-@_jit
-def _ln_gi_ser(g, x, weight, has_w, mean, rstd, gi):
-    for m in range(x.shape[0]):
-        _ln_row_gi(g, x, weight, has_w, mean, rstd, gi, m)
-
-
-@_pjit
-def _ln_gi_par(g, x, weight, has_w, mean, rstd, gi):
+@variants(inputs="g x weight mean rstd")
+def _ln_gi(g, x, weight, has_w, mean, rstd, gi):
     for m in prange(x.shape[0]):
         _ln_row_gi(g, x, weight, has_w, mean, rstd, gi, m)
 
 
-@_jit
+@jit
 def _ln_param_grads(g, x, mean, rstd, gw, gb, want_w, want_b):
     # column sums over rows, in float64 (one pass over the rows, the columns innermost)
     M, K = x.shape
@@ -276,6 +250,7 @@ def layer_norm_backward(grad_out, x, weight, mean, rstd, grad_input, grad_weight
             grad_bias is not None,
         )
     if grad_input is not None:
-        fn = _ln_gi_par if x.size >= _PAR and x.shape[0] > 1 else _ln_gi_ser
-        fn(grad_out, x, _vec(weight, x, 1), weight is not None, mean, rstd, grad_input)
+        _ln_gi[x.size >= _PAR and x.shape[0] > 1 and threads() > 1](
+            grad_out, x, _vec(weight, x, 1), weight is not None, mean, rstd, grad_input
+        )
     return grad_input, grad_weight, grad_bias

@@ -266,6 +266,110 @@ class TrainStep:
         self.model, self.loss, self.optimizer = model, loss, optimizer
         self.clip_grad_norm = None if clip_grad_norm is None else float(clip_grad_norm)
         self.workspace = Workspace(model)
+        self._compiled: Any = None  # (TrainPlan or None, reason), built on first use
+
+    def compiled_plan(self) -> tuple[Any, str | None]:
+        """``(plan, None)`` when the steps can run as a compiled :class:`fastnn.ops.TrainPlan`, else ``(None, why)``.
+
+        The plan needs a compiled backend (the NumPy reference keeps the
+        per-step loop, the specification), a model, loss and optimizer that
+        :mod:`fastnn.compiled` covers, and no gradient clipping.
+        """
+        from . import compiled
+        from .backends import current
+
+        if current().name == "numpy":
+            return None, "the numpy backend runs the per-step loop (the specification)"
+        if self.clip_grad_norm is not None:
+            return None, "gradient clipping runs in the per-step loop"
+        cached = self._compiled
+        if cached is None:
+            try:
+                cached = (compiled.train_plan(self.model, self.loss, self.optimizer), None)
+            except compiled.Unsupported as exc:
+                cached = (None, str(exc))
+            self._compiled = cached
+        return cached
+
+    def run_steps(
+        self, X: ArrayLike, y: ArrayLike, indices: ArrayLike, batch_size: int | None = None
+    ) -> NDArray[np.float64]:
+        """Training steps over the rows ``indices`` of ``(X, y)``, ``batch_size`` rows per step, in one call.
+
+        With a compiled plan (:meth:`compiled_plan`) every step runs in
+        compiled code (rows gathered by ``indices``, forward, loss, backward,
+        update) and Python is reached once per call; otherwise the same
+        steps run one by one. Either way the result is the one a loop of
+        ``step(X[idx], y[idx])`` over the batches gives (bit for bit in the
+        same backend and thread count for a given plan, whatever the number
+        of steps per call).
+
+        Parameters
+        ----------
+        X, y : array_like
+            The whole data set (``X`` is converted to the model's dtype
+            once per call unless it already is it, C-contiguous).
+        indices : array_like of int
+            The rows, in the order the steps take them.
+        batch_size : int, optional
+            Rows per step (the last step takes what is left); default: one
+            step over all of ``indices``.
+
+        Returns
+        -------
+        ndarray of float64
+            The loss of each step.
+
+        Raises
+        ------
+        NonFiniteLossError
+            A step's loss is NaN or infinite: the steps before it have run,
+            that step and the ones after it have not.
+        ValueError
+            An index outside ``[0, len(X))`` or a label outside the model's
+            classes (the steps before it have run).
+        """
+        idx = np.asarray(indices)
+        if idx.ndim != 1 or (idx.size and idx.dtype.kind not in "iu"):
+            raise TypeError("indices must be a 1-D array of integers")
+        idx = np.ascontiguousarray(idx, dtype=np.intp)
+        if batch_size is None:
+            batch_size = max(idx.shape[0], 1)
+        if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        batch_size = int(batch_size)
+        dtype = _model_dtype(self.model)
+        Xa = np.asarray(X)
+        if Xa.dtype.kind not in "fiub":
+            raise TypeError(f"X must be numeric, got dtype {Xa.dtype}")
+        Xa = np.ascontiguousarray(Xa, dtype=dtype)
+        ya = self.loss.prepare_target(y, dtype)
+        if Xa.shape[0] != ya.shape[0]:
+            raise ValueError(f"X has {Xa.shape[0]} samples but y has {ya.shape[0]}")
+        plan, _ = self.compiled_plan()
+        if plan is not None:
+            ya = _plan_target(plan, ya)
+            with _claim(self.workspace):
+                res = _run_plan(plan, self.optimizer, Xa, ya, idx, batch_size)
+            if res.nonfinite is not None:
+                k = res.losses.shape[0]
+                raise NonFiniteLossError(
+                    f"step {k + 1}: the loss is {res.nonfinite}: the data holds NaN/inf, or the learning rate "
+                    f"makes training diverge (the model is unchanged by this step)"
+                )
+            return np.array(res.losses, copy=True)
+        n = Xa.shape[0]
+        losses = np.empty(-(-idx.shape[0] // batch_size), np.float64)
+        with _claim(self.workspace):
+            for s, lo in enumerate(range(0, idx.shape[0], batch_size)):
+                rows = idx[lo : lo + batch_size]
+                if rows.size and (rows.min() < 0 or rows.max() >= n):
+                    raise ValueError(f"step {s + 1}: indices must lie in [0, {n})")
+                try:
+                    losses[s] = self.run(Xa[rows], ya[rows])[0]
+                except NonFiniteLossError as exc:
+                    raise NonFiniteLossError(f"step {s + 1}: {exc}") from None
+        return losses
 
     def __call__(self, xb: NDArray[Any], yb: NDArray[Any]) -> tuple[float, FloatArray]:
         ws = self.workspace
@@ -312,6 +416,57 @@ def make_train_step(model: Module, loss: Loss, optimizer: Optimizer, clip_grad_n
     return TrainStep(model, loss, optimizer, clip_grad_norm)
 
 
+class _claim:
+    """Enter a step's workspace unless it is already the active one (fit enters it once)."""
+
+    def __init__(self, ws: Workspace) -> None:
+        self.ws = ws
+        self.entered = False
+
+    def __enter__(self) -> None:
+        if _active_workspace.get() is not self.ws:
+            self.ws.__enter__()
+            self.entered = True
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.entered:
+            self.ws.__exit__(*exc)
+
+
+def _plan_target(plan: Any, y: NDArray[Any]) -> NDArray[Any]:
+    """Targets as the plan's kernels read them: intp labels, or (N, outputs) values."""
+    if plan.loss == "cross_entropy":
+        return y
+    return np.ascontiguousarray(y.reshape(y.shape[0], -1))
+
+
+def _run_plan(
+    plan: Any,
+    optimizer: Optimizer,
+    X: NDArray[Any],
+    y: NDArray[Any],
+    idx: NDArray[Any],
+    batch_size: int,
+    losses: NDArray[Any] | None = None,
+    pred: NDArray[Any] | None = None,
+) -> Any:
+    """One call of the plan with the optimizer's current hyper-parameters; advances Adam's step count."""
+    from .compiled import hyper_parameters
+
+    _, hyper = hyper_parameters(optimizer)
+    opt: Any = optimizer
+    step0 = int(getattr(opt, "step_count", 0))
+    res = plan.run(X, y, idx, batch_size, hyper, step0, losses, pred)
+    if hasattr(opt, "step_count"):
+        opt.step_count = step0 + res.losses.shape[0]
+    return res
+
+
+#: Work per call of a compiled plan that ``steps_per_call="auto"`` aims at: Python is reached about
+#: this often (progress, interrupts, callbacks), at a cost of a few microseconds per return.
+AUTO_CALL_SECONDS = 0.01
+
+
 def _correct(kind: str | None, out: NDArray[Any], yb: NDArray[Any]) -> tuple[int, int]:
     if kind == "argmax":
         return int(np.count_nonzero(out.argmax(axis=1) == yb)), yb.shape[0]
@@ -343,6 +498,7 @@ def fit(
     checkpoint: str | os.PathLike[str] | None = None,
     checkpoint_every: int | None = None,
     resume: str | os.PathLike[str] | None = None,
+    steps_per_call: int | Literal["auto"] = "auto",
 ) -> History:
     """Train ``model`` on ``(X, y)`` by minibatch gradient descent.
 
@@ -401,6 +557,14 @@ def fit(
         epoch are restored, so the run ends with exactly the weights an
         uninterrupted run reaches (same seed, backend, thread count, batch
         size and number of ranks). ``epochs`` is the total, as in the first run.
+    steps_per_call : int or "auto", default "auto"
+        When the model, loss and optimizer have a compiled training plan
+        (:mod:`fastnn.compiled`: dense networks, on the cython and numba
+        backends), this many steps run in one call of compiled code before
+        Python runs again; ``"auto"`` aims at about 10 ms of work per call.
+        The weights and the history do not depend on it. Other models, the
+        numpy backend, gradient clipping and distributed training run one
+        step per call (``verbose`` says which way a run goes and why).
 
     Returns
     -------
@@ -458,8 +622,23 @@ def fit(
         if validation_data is not None:  # each rank evaluates its share; the sums are reduced
             part = np.array_split(np.arange(np.shape(X_val)[0]), world)[rank]
             X_val, y_val = np.asarray(X_val)[part], np.asarray(y_val)[part]
+    if steps_per_call != "auto" and (
+        isinstance(steps_per_call, bool) or int(steps_per_call) != steps_per_call or steps_per_call < 1
+    ):
+        raise ValueError(f"steps_per_call must be a positive integer or 'auto', got {steps_per_call!r}")
     rng = np.random.default_rng(seed)
     step = make_train_step(model, loss, optimizer, clip_grad_norm)
+    plan, why = (None, "distributed training runs one step per call") if sync is not None else step.compiled_plan()
+    if plan is not None:
+        why = _plan_too_large(plan, batch_size)
+        plan = None if why else plan
+    if verbose:
+        from .backends import current
+
+        if plan is not None:
+            print(f"fit: compiled training plan on the {current().name} backend (several steps per call)")
+        else:
+            print(f"fit: one step per call ({why})")
     kind = loss.accuracy_kind
     history = History(accuracy=kind is not None)
     if validation_data is not None:
@@ -487,11 +666,13 @@ def fit(
         bounds, global_sizes = data.bounds, data.global_sizes
         m = data.count
     else:
-        Xs = np.empty_like(X) if shuffle else X
+        # a compiled plan gathers each minibatch by the shuffled index itself: no shuffled copy of X
+        Xs = np.empty_like(X) if shuffle and plan is None else X
         ys = np.empty_like(y) if shuffle else y
         bounds = list(range(0, n, batch_size)) + [n]
         m = n
-    mean = loss.reduction == "mean"
+    runner = None if plan is None else _PlanEpochs(plan, optimizer, X, y, bounds, steps_per_call, mean_of(loss))
+    mean = mean_of(loss)
     argmax, greater = np.argmax, np.greater
     pred: NDArray[Any]  # the epoch's predictions: class indices, or signs
     if kind == "argmax":
@@ -516,7 +697,8 @@ def fit(
                     np.take(y, idx, axis=0, out=ys)
                 elif shuffle:
                     perm = rng.permutation(n)
-                    np.take(X, perm, axis=0, out=Xs)
+                    if runner is None:
+                        np.take(X, perm, axis=0, out=Xs)
                     np.take(y, perm, axis=0, out=ys)
                 first = start_step if epoch == start_epoch else 0
                 total, correct0 = carried if (epoch == start_epoch and (rank or 0) == 0) else (0.0, 0)
@@ -524,7 +706,30 @@ def fit(
                 run = step.run
                 lo = bounds[first]
                 try:
-                    for j in range(first, len(bounds) - 1):
+                    if runner is not None:
+                        # whole runs of steps in compiled code, up to each checkpoint
+                        j = first
+                        order = perm if shuffle else runner.identity
+                        while j < len(bounds) - 1:
+                            j, total = runner.run(order, j, total, pred if kind is not None else None, checkpoint_every)
+                            if (
+                                save_state is not None
+                                and checkpoint_every
+                                and j % checkpoint_every == 0
+                                and (j < len(bounds) - 1)
+                            ):
+                                _save(
+                                    save_state,
+                                    model,
+                                    optimizer,
+                                    epoch,
+                                    j,
+                                    epoch_rng,
+                                    history,
+                                    sync,
+                                    (total, _count(kind, pred, ys, lo, bounds[j]) + correct0),
+                                )
+                    for j in range(len(bounds) - 1 if runner is not None else first, len(bounds) - 1):
                         i, i2 = bounds[j], bounds[j + 1]
                         xb = Xs[i:i2]
                         yb = ys[i:i2]
@@ -572,7 +777,10 @@ def fit(
                                 (total, _count(kind, pred, ys, lo, i2) + correct0),
                             )
                 except NonFiniteLossError as exc:
-                    where = f"samples {i}..{i + xb.shape[0] - 1}" if sync is None else f"step {j + 1}"
+                    if runner is not None:
+                        where = runner.where
+                    else:
+                        where = f"samples {i}..{i + xb.shape[0] - 1}" if sync is None else f"step {j + 1}"
                     msg = f"epoch {epoch + 1}, {where}: {exc}" + _weights_note(model)
                     if on_nonfinite == "raise":
                         raise NonFiniteLossError(msg) from None
@@ -615,6 +823,87 @@ def fit(
         history.best_epoch = early_stopping._best_epoch
         early_stopping._finish(model)
     return history
+
+
+def mean_of(loss: Loss) -> bool:
+    return loss.reduction == "mean"
+
+
+#: Multiply-adds per step above which the numba plan (products on one thread) gives way to the
+#: per-step loop when several threads are allowed: from about there threaded products pay off.
+NUMBA_PLAN_MAX_MACS = 2_000_000
+
+
+def _plan_too_large(plan: Any, batch_size: int) -> str | None:
+    """Why a plan should not run although it exists (None: run it)."""
+    from ._config import get_num_threads
+    from .backends import current
+
+    if current().name != "numba" or get_num_threads() == 1:
+        return None
+    macs = batch_size * sum(int(s.weight.data.size) for s in plan.layers)
+    if macs > NUMBA_PLAN_MAX_MACS:
+        return (
+            f"the numba plan runs its products on one thread, and this network's ({macs / 1e6:.1f}M "
+            f"multiply-adds a step) are faster threaded in the per-step loop"
+        )
+    return None
+
+
+class _PlanEpochs:
+    """fit's compiled path: runs of steps of an epoch, several per call of the plan."""
+
+    def __init__(
+        self,
+        plan: Any,
+        optimizer: Optimizer,
+        X: NDArray[Any],
+        y: NDArray[Any],
+        bounds: list[int],
+        steps_per_call: int | str,
+        mean: bool,
+    ) -> None:
+        self.plan, self.optimizer, self.X, self.y = plan, optimizer, X, _plan_target(plan, y)
+        self.bounds, self.mean = bounds, mean
+        self.auto = steps_per_call == "auto"
+        self.k = 8 if self.auto else int(steps_per_call)
+        self.batch_size = bounds[1] - bounds[0] if len(bounds) > 1 else 1
+        self.identity = np.arange(X.shape[0], dtype=np.intp)
+        self.losses = np.empty(len(bounds), np.float64)
+        self.where = ""
+
+    def run(
+        self, order: NDArray[Any], j: int, total: float, pred: NDArray[Any] | None, checkpoint_every: int | None
+    ) -> tuple[int, float]:
+        """Steps j, j+1, ... (up to k, and to the next checkpoint); returns the next step and the loss total."""
+        import time
+
+        bounds = self.bounds
+        last = len(bounds) - 1
+        k = min(self.k, last - j)
+        if checkpoint_every:
+            k = min(k, checkpoint_every - j % checkpoint_every)
+        lo, hi = bounds[j], bounds[j + k]
+        p = None if pred is None else pred[lo:hi].reshape(-1)
+        t0 = time.perf_counter()
+        res = _run_plan(self.plan, self.optimizer, self.X, self.y, order[lo:hi], self.batch_size, self.losses, p)
+        elapsed = time.perf_counter() - t0
+        done = res.losses.shape[0]
+        mean = self.mean
+        for s in range(done):  # in step order, as the per-step loop adds them
+            value = float(res.losses[s])
+            total += value * (bounds[j + s + 1] - bounds[j + s]) if mean else value
+        if res.nonfinite is not None:
+            i, i2 = bounds[j + done], bounds[j + done + 1]
+            self.where = f"samples {i}..{i2 - 1}"
+            raise NonFiniteLossError(
+                f"the loss is {res.nonfinite}: the data holds NaN/inf, or the learning rate makes "
+                f"training diverge (the model is unchanged by this step)"
+            )
+        if self.auto and done == k:
+            per_step = max(elapsed / k, 1e-7)
+            self.k = max(1, min(1 << 16, int(AUTO_CALL_SECONDS / per_step)))
+        return j + k, total
 
 
 def _count(kind: str | None, pred: NDArray[Any], ys: NDArray[Any], lo: int, hi: int) -> int:
@@ -770,6 +1059,22 @@ def _weights_note(model: Module) -> str:
     return "; every parameter is still finite"
 
 
+def _forward_plan(model: Module, X: NDArray[Any]) -> Any:
+    """A compiled forward plan for ``model`` on ``X`` (C-contiguous, the model's dtype), or None."""
+    from . import compiled
+    from .backends import current
+
+    if current().name == "numpy" or X.ndim < 2 or X.shape[0] == 0:
+        return None
+    try:
+        plan = compiled.forward_plan(model)
+    except compiled.Unsupported:
+        return None
+    if (X.ndim > 2 and not plan.flatten_input) or X[0].size != plan.in_features:
+        return None  # the layers raise their own error
+    return plan
+
+
 def predict(model: Module, X: ArrayLike, batch_size: int = 256) -> NDArray[Any]:
     """Model outputs for ``X``, computed in batches (evaluation mode, no gradient bookkeeping).
 
@@ -788,6 +1093,10 @@ def predict(model: Module, X: ArrayLike, batch_size: int = 256) -> NDArray[Any]:
     if X.dtype.kind not in "fiub":
         raise TypeError(f"X must be numeric, got dtype {X.dtype}")
     X = np.ascontiguousarray(X, dtype=dtype)
+    plan = _forward_plan(model, X)
+    if plan is not None:  # every batch in one compiled call
+        out: NDArray[Any] = plan.predict(X, batch_size)
+        return out
     result: NDArray[Any] | None = None
     n = X.shape[0]
     with inference_mode(), Workspace():
@@ -835,10 +1144,12 @@ def evaluate(
     total = 0.0
     correct = counted = 0
     n = X.shape[0]
+    plan = _forward_plan(model, X)
+    outputs = None if plan is None else plan.predict(X, batch_size)  # every batch's output in one call
     with inference_mode(), Workspace():
         for i in range(0, n, batch_size):
             xb, yb = X[i : i + batch_size], y[i : i + batch_size]
-            out = model.forward(xb)
+            out = model.forward(xb) if outputs is None else outputs[i : i + batch_size]
             value = loss.forward(out, yb)
             total += value * (xb.shape[0] if loss.reduction == "mean" else 1)
             c, m = _correct(loss.accuracy_kind, out, yb)

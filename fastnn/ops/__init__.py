@@ -19,6 +19,7 @@ from . import losses as _losses
 from . import norm as _norm
 from . import optim as _optim
 from . import rnn as _rnn
+from . import train_plan as _train_plan
 from .activations import *  # noqa: F403
 from .adaptive_pool import *  # noqa: F403
 from .conv import *  # noqa: F403
@@ -29,6 +30,7 @@ from .losses import *  # noqa: F403
 from .norm import *  # noqa: F403
 from .optim import *  # noqa: F403
 from .rnn import *  # noqa: F403
+from .train_plan import *  # noqa: F403
 
 # The families' lists, spliced (ruff cannot read starred entries).
 __all__ = [  # noqa: PLE0604
@@ -42,4 +44,5 @@ __all__ = [  # noqa: PLE0604
     *_dropout.__all__,
     *_embedding.__all__,
     *_adaptive_pool.__all__,
+    *_train_plan.__all__,
 ]

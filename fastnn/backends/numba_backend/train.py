@@ -1,0 +1,287 @@
+"""Whole training steps of a dense network in one call, for the Numba backend.
+
+Same names, parameters and results as :mod:`fastnn.backends.reference.train`
+(the specification). The binding turns the layer and update tables into
+Numba typed lists once; :func:`train_steps` is then one call of one
+``@njit`` driver that runs every step (gather, forward, loss, backward,
+update) without returning to Python. The products run on the register
+tiles of the own GEMM's small-product kernel (``_small_gemm``), on one
+thread: for the networks plans are for, a BLAS call or a thread wake-up
+costs more than the product (``fastnn.fit`` keeps the per-step loop, whose
+products may be threaded, for large ones). The activations, losses and
+updates are the backend's own element functions (``_math``, ``losses``,
+``optim``), so a step differs from the per-step loop only in the summation
+order of the products.
+"""
+
+import math
+
+import numpy as np
+from numba import typed
+
+from . import _small_gemm as _small
+from ._jit import jit, kernel
+from ._math import fsigmoid, ftanh
+from .losses import _bce_elem, _ce_row
+from .optim import _adam_elem, _decayed, _sgd_elem
+
+__all__ = ["train_bind", "train_steps", "predict_rows"]
+
+_DONE, _NONFINITE, _BAD_INDEX, _BAD_LABEL = 0, 1, 2, 3
+
+
+@jit
+def _act_fwd(y, act, slope):
+    """y = act(y) in place over a (rows, n) block."""
+    f = y.ravel()
+    if act == 1:
+        for i in range(f.size):
+            v = f[i]
+            f[i] = v if not (v <= 0) else 0
+    elif act == 2:
+        for i in range(f.size):
+            f[i] = fsigmoid(f[i])
+    elif act == 3:
+        for i in range(f.size):
+            f[i] = ftanh(f[i])
+    elif act == 4:
+        s = f.dtype.type(slope)
+        for i in range(f.size):
+            v = f[i]
+            f[i] = v if v > 0 else v * s
+
+
+@jit
+def _act_bwd(g, y, act, slope, d):
+    """d = g ⊙ act'(y) (act != 0), from the layer's output y."""
+    gf, yf, df = g.ravel(), y.ravel(), d.ravel()
+    one, zero = g.dtype.type(1), g.dtype.type(0)
+    s = g.dtype.type(slope)
+    for i in range(gf.size):
+        v = yf[i]
+        if act == 1:
+            df[i] = gf[i] * (one if v > 0 else zero)
+        elif act == 2:
+            df[i] = gf[i] * (v * (one - v))
+        elif act == 3:
+            df[i] = gf[i] * (one - v * v)
+        else:
+            df[i] = gf[i] * (one if v > 0 else s)
+
+
+@jit
+def _forward(ws, bs_, hb, ys, acts, slopes, x, nb):
+    """Every layer's output for the nb rows of x; returns the last."""
+    inp = x
+    for l in range(len(ws)):
+        y = ys[l][:nb]
+        _small.mul_nt(inp, ws[l], y)
+        if hb[l]:
+            b = bs_[l]
+            for r in range(nb):
+                row = y[r]
+                for j in range(row.size):
+                    row[j] += b[j]
+        if acts[l] != 0:
+            _act_fwd(y, acts[l], slopes[l])
+        inp = y
+    return inp
+
+
+@jit
+def _backward(ws, hb, ys, ds, gins, gws, gbs, acts, slopes, x, gz, nb):
+    """Every parameter gradient from gz = dL/d(output) (dL/dx of the first layer not formed)."""
+    g = gz
+    for l in range(len(ws) - 1, -1, -1):
+        y = ys[l][:nb]
+        d = g
+        if acts[l] != 0:
+            d = ds[l][:nb]
+            _act_bwd(g, y, acts[l], slopes[l], d)
+        xin = x if l == 0 else ys[l - 1][:nb]
+        gw = gws[l]
+        gw[:] = 0
+        _small.acc_tn(d, xin, gw)
+        if hb[l]:
+            gb = gbs[l]
+            gb[:] = 0
+            for r in range(nb):
+                row = d[r]
+                for j in range(row.size):
+                    gb[j] += row[j]
+        if l > 0:
+            gin = gins[l][:nb]
+            gin[:] = 0
+            _small.acc_nn(d, ws[l], gin)
+            g = gin
+
+
+@jit
+def _update(ps, gs, s1s, s2s, opt, lr, h1, h2, wd, eps, decoupled, c1, c2, step):
+    t = ps[0].dtype.type
+    if opt == 0:
+        lr_, mu, wd_ = t(lr), t(h1), t(wd)
+        nesterov = h2 != 0
+        for k in range(len(ps)):
+            p, g = ps[k], gs[k]
+            if h1 != 0:
+                v = s1s[k]
+                for i in range(p.size):
+                    p[i], v[i] = _sgd_elem(p[i], g[i], v[i], lr_, mu, nesterov, wd_)
+            else:
+                for i in range(p.size):
+                    p[i] = p[i] - lr_ * _decayed(g[i], wd_, p[i])
+        return
+    bc1 = 1.0 - h1**step
+    bc2 = 1.0 - h2**step
+    decay = 1.0 - lr * wd if (decoupled and wd != 0) else 1.0
+    l2 = 0.0 if decoupled else wd
+    decay_, wd_, b1_, c1_, b2_, c2_ = t(decay), t(l2), t(h1), t(c1), t(h2), t(c2)
+    step_, inv_, eps_ = t(lr / bc1), t(1.0 / math.sqrt(bc2)), t(eps)
+    for k in range(len(ps)):
+        p, g, m, v = ps[k], gs[k], s1s[k], s2s[k]
+        for i in range(p.size):
+            p[i], m[i], v[i] = _adam_elem(p[i], g[i], m[i], v[i], decay_, wd_, b1_, c1_, b2_, c2_, step_, inv_, eps_)
+
+
+@kernel(inputs="x labels values index")
+def _steps(ws, bs_, hb, ys, ds, gins, gws, gbs, acts, slopes, ps, gs, s1s, s2s, xb, lb, tb, gz, x, labels, values,
+           index, batch_size, loss, mean, opt, lr, h1, h2, wd, eps, decoupled, c1, c2, step0, losses, pred_i, pred_b):  # fmt: skip
+    """The driver: (steps run, status), as the reference's train_steps."""
+    n = x.shape[0]
+    nsteps = losses.shape[0]
+    nindex = min(index.shape[0], nsteps * batch_size)
+    nout = gz.shape[1]
+    for s in range(nsteps):
+        lo = s * batch_size
+        nb = min(batch_size, nindex - lo)
+        for i in range(nb):
+            row = index[lo + i]
+            if np.uint64(row) >= np.uint64(n):
+                return s, _BAD_INDEX
+            xb[i] = x[row]
+        if loss == 0:
+            for i in range(nb):
+                lab = labels[index[lo + i]]
+                if np.uint64(lab) >= np.uint64(nout):
+                    return s, _BAD_LABEL
+                lb[i] = lab
+        else:
+            for i in range(nb):
+                tb[i] = values[index[lo + i]]
+        z = _forward(ws, bs_, hb, ys, acts, slopes, xb[:nb], nb)
+        g = gz[:nb]
+        total = 0.0
+        if loss == 0:
+            scale = 1.0 / nb if mean else 1.0
+            sc = z.dtype.type(scale)
+            for r in range(nb):
+                total += _ce_row(z[r], lb[r], g[r], sc)
+        else:
+            zf, tf, gf = z.ravel(), tb[:nb].ravel(), g.ravel()
+            scale = 1.0 / zf.size if mean else 1.0
+            if loss == 1:
+                two_s = z.dtype.type(2.0 * scale)
+                for i in range(zf.size):
+                    dv = zf[i] - tf[i]
+                    total += np.float64(dv) * np.float64(dv)
+                    gf[i] = dv * two_s
+            else:
+                sc = z.dtype.type(scale)
+                one, zero = z.dtype.type(1), z.dtype.type(0)
+                for i in range(zf.size):
+                    lv, gi = _bce_elem(zf[i], tf[i], sc, one, zero)
+                    total += lv
+                    gf[i] = gi
+        value = total * scale
+        losses[s] = value
+        if not math.isfinite(value):
+            return s, _NONFINITE
+        if pred_i.size:
+            for r in range(nb):
+                best = 0
+                zr = z[r]
+                for j in range(1, nout):
+                    if zr[j] > zr[best] or (zr[j] != zr[j] and zr[best] == zr[best]):
+                        best = j
+                pred_i[lo + r] = best
+        elif pred_b.size:
+            zf = z.ravel()
+            for i in range(zf.size):
+                pred_b[lo * nout + i] = zf[i] > 0
+        _backward(ws, hb, ys, ds, gins, gws, gbs, acts, slopes, xb[:nb], g, nb)
+        _update(ps, gs, s1s, s2s, opt, lr, h1, h2, wd, eps, decoupled, c1, c2, step0 + s + 1)
+    return nsteps, _DONE
+
+
+@kernel(inputs="x")
+def _predict(ws, bs_, hb, ys, acts, slopes, x, batch_size, out):
+    n = x.shape[0]
+    for lo in range(0, n, batch_size):
+        nb = min(batch_size, n - lo)
+        out[lo : lo + nb] = _forward(ws, bs_, hb, ys, acts, slopes, x[lo : lo + nb], nb)
+
+
+def _list(arrays):
+    lst = typed.List()
+    for a in arrays:
+        lst.append(a)
+    return lst
+
+
+class _Binding:
+    """Typed lists of the tables (placeholders of the right type where an array is absent)."""
+
+    def __init__(self, layers, updates, xb, tb, gz):
+        dt = xb.dtype
+        none1 = np.empty(0, dt)
+        none2 = np.empty((0, 0), dt)
+        self.ws = _list(w for w, *_ in layers)
+        self.bs = _list(none1 if b is None else b for _, b, *_ in layers)
+        self.hb = np.array([b is not None for _, b, *_ in layers])
+        self.gws = _list(none2 if layer[2] is None else layer[2] for layer in layers)
+        self.gbs = _list(none1 if layer[3] is None else layer[3] for layer in layers)
+        self.acts = np.array([layer[4] for layer in layers], np.int64)
+        self.slopes = np.array([layer[5] for layer in layers], np.float64)
+        self.ys = _list(layer[6] for layer in layers)
+        self.ds = _list(none2 if layer[7] is None else layer[7] for layer in layers)
+        self.gins = _list(none2 if layer[8] is None else layer[8] for layer in layers)
+        flat = [tuple(none1 if a is None else a.reshape(-1) for a in u) for u in updates] or [(none1,) * 4]
+        self.ps, self.gs, self.s1s, self.s2s = (_list(u[i] for u in flat) for i in range(4))
+        self.xb, self.gz = xb, gz
+        self.lb = tb if tb.dtype == np.intp else np.empty(0, np.intp)
+        self.tb = tb if tb.dtype != np.intp else none2
+        self.none1, self.none2 = none1, none2
+
+
+def train_bind(layers, updates, xb, tb, gz):
+    """See :func:`fastnn.backends.reference.train.train_bind`."""
+    return _Binding(layers, updates, xb, tb, gz)
+
+
+_NO_PRED_I = np.empty(0, np.intp)
+_NO_PRED_B = np.empty(0, np.bool_)
+
+
+def train_steps(bd, x, target, index, batch_size, loss, mean, opt, hyper, step0, losses, pred):
+    """See :func:`fastnn.backends.reference.train.train_steps`."""
+    lr, h1, h2, wd, eps, decoupled = hyper
+    # 1 - beta computed here, not next to beta in compiled code (see .optim._adam)
+    c1, c2 = (1.0 - h1, 1.0 - h2) if opt == 1 else (0.0, 0.0)
+    labels = target if loss == 0 else _NO_PRED_I
+    values = target.reshape(target.shape[0], -1) if loss != 0 else bd.none2
+    pred_i = pred if pred is not None and pred.dtype == np.intp else _NO_PRED_I
+    pred_b = pred.reshape(-1) if pred is not None and pred.dtype == np.bool_ else _NO_PRED_B
+    done, status = _steps(
+        bd.ws, bd.bs, bd.hb, bd.ys, bd.ds, bd.gins, bd.gws, bd.gbs, bd.acts, bd.slopes, bd.ps, bd.gs, bd.s1s,
+        bd.s2s, bd.xb, bd.lb, bd.tb, bd.gz, x.reshape(x.shape[0], -1), labels, values, index, int(batch_size),
+        int(loss), bool(mean), int(opt), float(lr), float(h1), float(h2), float(wd), float(eps), bool(decoupled), c1, c2,
+        int(step0), losses, pred_i, pred_b,
+    )  # fmt: skip
+    return int(done), int(status)
+
+
+def predict_rows(bd, x, batch_size, out):
+    """See :func:`fastnn.backends.reference.train.predict_rows`."""
+    _predict(bd.ws, bd.bs, bd.hb, bd.ys, bd.acts, bd.slopes, x.reshape(x.shape[0], -1), int(batch_size), out)
+    return out

@@ -1,0 +1,353 @@
+# Whole training steps of a dense network in one call (fastnn.ops.TrainPlan):
+# gather the minibatch by an index array, forward, loss, backward, update, for
+# K steps, with no Python object touched between them. Every stage calls the
+# same routine the per-kernel entry points call (_dense_fwd, _dense_bwd,
+# _xent, _pair, _sgd, _adam), in the same order as fastnn's per-step loop, so
+# a step here gives the loop's bits.
+
+from libc.math cimport isfinite, pow
+
+# loss and optimizer codes (fastnn.ops.train_plan names them)
+cdef enum:
+    _LOSS_XENT = 0
+    _LOSS_MSE = 1
+    _LOSS_BCE = 2
+    _OPT_SGD = 0
+    _OPT_ADAM = 1
+
+
+cdef struct _Layer:
+    fnn_idx nin, nout
+    int act            # FNN_ACT_*; leaky ReLU runs as its own pass after the product
+    double slope       # leaky ReLU's negative slope
+    void *w            # (nout, nin)
+    void *b            # (nout,) or NULL
+    void *gw
+    void *gb
+    void *y            # (bmax, nout): this layer's output
+    void *delta        # (bmax, nout): g act'(y), NULL for the identity
+    void *gin          # (bmax, nin): dL/dx, NULL for the first layer
+
+
+cdef struct _Update:
+    void *p
+    void *g
+    void *s1           # velocity, or Adam's first moment (NULL: plain SGD)
+    void *s2           # Adam's second moment
+    fnn_idx n
+
+
+cdef class TrainBinding:
+    """The C view of one bound network: layer and update tables, and the workspace they use.
+
+    Built by fastnn.ops.TrainPlan from arrays it has validated; it keeps
+    them alive. Tables: ``layers`` = ((w, b, gw, gb, act, slope, y, delta,
+    gin), ...), ``updates`` = ((p, g, s1, s2), ...), ``xb`` the gathered
+    batch (bmax, nin), ``tb`` the gathered targets (labels or values),
+    ``gz`` dL/d(output) (bmax, nout).
+    """
+    cdef _Layer *layers
+    cdef _Update *updates
+    cdef int nl, nu
+    cdef fnn_idx bmax
+    cdef bint f32
+    cdef void *xb
+    cdef void *tb
+    cdef void *gz
+    cdef object keep
+
+    def __cinit__(self, tuple layers, tuple updates, cnp.ndarray xb, cnp.ndarray tb, cnp.ndarray gz):
+        cdef int i
+        cdef tuple t
+        self.nl = len(layers)
+        self.nu = len(updates)
+        if self.nl < 1:
+            raise ValueError("TrainBinding needs at least one layer")
+        self.layers = <_Layer*>calloc(self.nl, sizeof(_Layer))
+        self.updates = <_Update*>calloc(max(self.nu, 1), sizeof(_Update))
+        if self.layers == NULL or self.updates == NULL:
+            raise MemoryError()
+        self.keep = (layers, updates, xb, tb, gz)
+        self.f32 = _f32(xb)
+        self.bmax = cnp.PyArray_DIM(xb, 0)
+        self.xb = _data(xb)
+        self.tb = _data(tb)
+        self.gz = _data(gz)
+        for i in range(self.nl):
+            t = layers[i]
+            self.layers[i].nout = cnp.PyArray_DIM(<cnp.ndarray>t[0], 0)
+            self.layers[i].nin = cnp.PyArray_DIM(<cnp.ndarray>t[0], 1)
+            self.layers[i].act = <int>t[4]
+            self.layers[i].slope = <double>t[5]
+            self.layers[i].w = _data(t[0])
+            self.layers[i].b = _data(t[1])
+            self.layers[i].gw = _data(t[2])
+            self.layers[i].gb = _data(t[3])
+            self.layers[i].y = _data(t[6])
+            self.layers[i].delta = _data(t[7])
+            self.layers[i].gin = _data(t[8])
+        for i in range(self.nu):
+            t = updates[i]
+            self.updates[i].p = _data(t[0])
+            self.updates[i].g = _data(t[1])
+            self.updates[i].s1 = _data(t[2])
+            self.updates[i].s2 = _data(t[3])
+            self.updates[i].n = cnp.PyArray_SIZE(<cnp.ndarray>t[0])
+
+    def __dealloc__(self):
+        free(self.layers)
+        free(self.updates)
+
+
+cdef struct _Run:
+    fnn_idx nrows             # rows of x (and of the targets)
+    fnn_idx nfeat, ncols      # features per sample, targets per sample (1 for labels)
+    const fnn_idx *index      # rows of x, in step order
+    fnn_idx nindex, bs
+    int loss
+    bint mean
+    int opt
+    double lr, h1, h2, wd, eps   # SGD: momentum, nesterov; Adam: beta1, beta2
+    bint decoupled
+    long long step0              # Adam's step count before the first step
+    double *losses               # one per step
+    fnn_idx *pred_i              # argmax per sample (or NULL)
+    cnp.npy_bool *pred_b         # logit > 0 per target (or NULL)
+
+
+cdef int _forward(TrainBinding bd, const real *x, fnn_idx nb) noexcept nogil:
+    """Every layer's output for the nb rows at x."""
+    cdef int l
+    cdef _Layer *L
+    cdef const real *inp = x
+    for l in range(bd.nl):
+        L = &bd.layers[l]
+        if L.act == FNN_ACT_LEAKY_RELU:
+            if _dense_fwd(inp, <real*>L.w, <real*>L.b, <real*>L.y, nb, L.nin, L.nout, FNN_ACT_IDENTITY) != 0:
+                return -1
+            _unary(FNN_ACT_LEAKY_RELU, <real*>L.y, <const real*>NULL, <real*>L.y, nb * L.nout, L.slope)
+        elif _dense_fwd(inp, <real*>L.w, <real*>L.b, <real*>L.y, nb, L.nin, L.nout, L.act) != 0:
+            return -1
+        inp = <real*>L.y
+    return 0
+
+
+cdef int _backward(TrainBinding bd, const real *x, fnn_idx nb) noexcept nogil:
+    """Every parameter gradient from dL/d(output) in bd.gz (dL/dx of the first layer is not formed)."""
+    cdef int l
+    cdef _Layer *L
+    cdef const real *g = <real*>bd.gz
+    cdef const real *xin
+    for l in range(bd.nl - 1, -1, -1):
+        L = &bd.layers[l]
+        xin = x if l == 0 else <real*>bd.layers[l - 1].y
+        if L.act == FNN_ACT_LEAKY_RELU:
+            _binary(FNN_ACT_LEAKY_RELU, g, <real*>L.y, <real*>L.delta, nb * L.nout, L.slope)
+            if _dense_bwd(<real*>L.delta, xin, <real*>L.w, <real*>L.y, <real*>NULL, <real*>L.gin, <real*>L.gw,
+                          <real*>L.gb, nb, L.nin, L.nout, FNN_ACT_IDENTITY) != 0:
+                return -1
+        elif _dense_bwd(g, xin, <real*>L.w, <real*>L.y, <real*>L.delta, <real*>L.gin, <real*>L.gw, <real*>L.gb,
+                        nb, L.nin, L.nout, L.act) != 0:
+            return -1
+        g = <real*>L.gin
+    return 0
+
+
+cdef void _update(TrainBinding bd, _Run *r, long long step, const real *dtype_of) noexcept nogil:
+    """The optimizer step on every bound parameter (Adam's factors for step number `step`); dtype_of
+    only picks the dtype."""
+    cdef int i
+    cdef _Update *u
+    cdef double bc1, bc2, decay, l2, step_size, isb
+    if r.opt == _OPT_SGD:
+        for i in range(bd.nu):
+            u = &bd.updates[i]
+            _sgd(<real*>u.p, <real*>u.g, <real*>u.s1, u.n, r.lr, r.h1, <int>r.h2, r.wd)
+        return
+    bc1 = 1.0 - pow(r.h1, <double>step)
+    bc2 = 1.0 - pow(r.h2, <double>step)
+    decay = 1.0 - r.lr * r.wd if r.decoupled else 1.0
+    l2 = 0.0 if r.decoupled else r.wd
+    step_size = r.lr / bc1
+    isb = 1.0 / sqrt(bc2)
+    for i in range(bd.nu):
+        u = &bd.updates[i]
+        _adam(<real*>u.p, <real*>u.g, <real*>u.s1, <real*>u.s2, u.n, decay, l2, r.h1, r.h2, step_size, isb, r.eps)
+
+
+cdef enum:   # how _steps ended
+    _DONE = 0
+    _NONFINITE = 1
+    _BAD_INDEX = 2
+    _BAD_LABEL = 3
+    _NO_MEMORY = 4
+
+
+cdef int _steps(TrainBinding bd, const real *x, const void *target, _Run *r, fnn_idx nsteps,
+                fnn_idx *done) noexcept nogil:
+    """Run up to nsteps steps; *done = the number run, the return value says why it stopped.
+
+    Indices and labels are checked here, where they are used: an index
+    outside [0, nrows) or a label outside [0, classes) stops the run before
+    the step that holds it. A step whose loss is not finite writes that loss
+    and stops before its backward pass (the model is left as the step found
+    it); it counts as not run.
+    """
+    cdef fnn_idx s, i, j, lo, nb, nout, n, row
+    cdef real *xb = <real*>bd.xb
+    cdef real *z
+    cdef fnn_idx *lb = <fnn_idx*>bd.tb
+    cdef real *tb = <real*>bd.tb
+    cdef const fnn_idx *labels = <const fnn_idx*>target
+    cdef const real *values = <const real*>target
+    cdef double value, scale
+    cdef fnn_idx best
+    nout = bd.layers[bd.nl - 1].nout
+    z = <real*>bd.layers[bd.nl - 1].y
+    for s in range(nsteps):
+        done[0] = s
+        lo = s * r.bs
+        nb = min(r.bs, r.nindex - lo)
+        for i in range(nb):   # the minibatch: rows of x by the index
+            row = r.index[lo + i]
+            if <size_t>row >= <size_t>r.nrows:
+                return _BAD_INDEX
+            memcpy(xb + i * r.nfeat, x + row * r.nfeat, r.nfeat * sizeof(real))
+        n = nb * nout
+        if r.loss == _LOSS_XENT:
+            for i in range(nb):
+                lb[i] = labels[r.index[lo + i]]
+                if <size_t>lb[i] >= <size_t>nout:
+                    return _BAD_LABEL
+        else:
+            for i in range(nb):
+                memcpy(tb + i * r.ncols, values + r.index[lo + i] * r.ncols, r.ncols * sizeof(real))
+        if _forward(bd, xb, nb) != 0:
+            return _NO_MEMORY
+        if r.loss == _LOSS_XENT:
+            scale = 1.0 / nb if r.mean else 1.0
+            value = _xent(z, lb, <real*>bd.gz, nb, nout, scale) * scale
+        else:
+            scale = 1.0 / n if r.mean else 1.0
+            if r.loss == _LOSS_MSE:
+                value = _pair(True, z, tb, <real*>bd.gz, n, 2.0 * scale) * scale
+            else:
+                value = _pair(False, z, tb, <real*>bd.gz, n, scale) * scale
+        r.losses[s] = value
+        if not isfinite(value):
+            return _NONFINITE
+        if r.pred_i != NULL:   # argmax, the first of equal maxima (NumPy's rule; NaN wins)
+            for i in range(nb):
+                best = 0
+                for j in range(1, nout):
+                    if z[i * nout + j] > z[i * nout + best] or (z[i * nout + j] != z[i * nout + j]
+                                                                and z[i * nout + best] == z[i * nout + best]):
+                        best = j
+                r.pred_i[lo + i] = best
+        elif r.pred_b != NULL:
+            for i in range(n):
+                r.pred_b[lo * nout + i] = z[i] > 0
+        if _backward(bd, xb, nb) != 0:
+            return _NO_MEMORY
+        _update(bd, r, r.step0 + s + 1, x)
+    done[0] = nsteps
+    return _DONE
+
+
+def train_steps(TrainBinding bd, cnp.ndarray x, cnp.ndarray target, cnp.ndarray index, fnn_idx batch_size,
+                int loss, bint mean, int opt, tuple hyper, long long step0, cnp.ndarray losses, cnp.ndarray pred):
+    """Run len(losses) training steps over the rows index[s*batch_size : (s+1)*batch_size].
+
+    Returns ``(steps run, status)``: status 0 all ran, 1 the loss of step
+    ``steps run`` is not finite (in ``losses``; that step changed nothing),
+    2 an index outside [0, N), 3 a label outside [0, C) in that step.
+    fastnn.ops.TrainPlan validates the rest: x (N, F) and target (N, ...)
+    C-contiguous in the binding's dtype (labels: intp), the binding's
+    workspace at least batch_size rows, hyper = (lr, momentum, nesterov,
+    weight_decay, 0, 0) for SGD, (lr, beta1, beta2, weight_decay, eps,
+    decoupled) for Adam; pred: intp argmax per sample, bool logit > 0 per
+    target, or None.
+    """
+    cdef _Run r
+    cdef fnn_idx nsteps = cnp.PyArray_SIZE(losses), done = 0
+    cdef void *px = cnp.PyArray_DATA(x)
+    cdef void *pt = cnp.PyArray_DATA(target)
+    cdef int status
+    cdef fnn_idx need = (nsteps - 1) * batch_size + 1 if nsteps > 0 else 0
+    if batch_size < 1 or batch_size > bd.bmax:
+        raise ValueError(f"batch_size must be in [1, {bd.bmax}]")
+    if cnp.PyArray_SIZE(index) < need or cnp.PyArray_TYPE(index) != cnp.NPY_INTP:
+        raise ValueError("index must be intp and hold a row for every step")
+    if _f32(x) != bd.f32:
+        raise TypeError("x does not have the network's dtype")
+    if pred is not None and cnp.PyArray_SIZE(pred) < cnp.PyArray_SIZE(index) * (
+            1 if cnp.PyArray_TYPE(pred) == cnp.NPY_INTP else bd.layers[bd.nl - 1].nout):
+        raise ValueError("pred is too short")
+    r.nrows = cnp.PyArray_DIM(x, 0)
+    r.nfeat = cnp.PyArray_SIZE(x) // max(r.nrows, 1)
+    r.ncols = cnp.PyArray_SIZE(target) // max(cnp.PyArray_DIM(target, 0), 1)
+    r.index = <const fnn_idx*>cnp.PyArray_DATA(index)
+    r.nindex = min(cnp.PyArray_SIZE(index), nsteps * batch_size)
+    r.bs = batch_size
+    r.loss = loss
+    r.mean = mean
+    r.opt = opt
+    r.lr, r.h1, r.h2, r.wd, r.eps, r.decoupled = hyper
+    r.step0 = step0
+    r.losses = <double*>cnp.PyArray_DATA(losses)
+    r.pred_i = NULL
+    r.pred_b = NULL
+    if pred is not None:
+        if cnp.PyArray_TYPE(pred) == cnp.NPY_BOOL:
+            r.pred_b = <cnp.npy_bool*>cnp.PyArray_DATA(pred)
+        else:
+            r.pred_i = <fnn_idx*>cnp.PyArray_DATA(pred)
+    with nogil:
+        if bd.f32:
+            status = _steps(bd, <float*>px, pt, &r, nsteps, &done)
+        else:
+            status = _steps(bd, <double*>px, pt, &r, nsteps, &done)
+    if status == _NO_MEMORY:
+        raise MemoryError(f"training step {done + 1}: out of memory")
+    return done, status
+
+
+def predict_rows(TrainBinding bd, cnp.ndarray x, fnn_idx batch_size, cnp.ndarray out):
+    """out = the network's output for every row of x, batch_size rows per pass.
+
+    x (N, F) and out (N, outputs) are validated by the caller, and the
+    binding is the call's own: its last layer writes straight into out's
+    rows while this runs.
+    """
+    cdef fnn_idx n = cnp.PyArray_DIM(x, 0), lo, nb, nout = bd.layers[bd.nl - 1].nout
+    cdef fnn_idx nfeat = cnp.PyArray_SIZE(x) // max(n, 1)
+    cdef void *px = cnp.PyArray_DATA(x)
+    cdef void *po = cnp.PyArray_DATA(out)
+    cdef int rc = 0
+    cdef _Layer *last = &bd.layers[bd.nl - 1]
+    cdef void *keep_y = last.y
+    if batch_size < 1 or batch_size > bd.bmax:
+        raise ValueError(f"batch_size must be in [1, {bd.bmax}]")
+    if _f32(x) != bd.f32 or _f32(out) != bd.f32:
+        raise TypeError("x and out must have the network's dtype")
+    with nogil:
+        lo = 0
+        while lo < n and rc == 0:
+            nb = min(batch_size, n - lo)
+            # the last layer writes straight into out's rows (contiguous rows, no copy)
+            if bd.f32:
+                last.y = <float*>po + lo * nout
+                rc = _forward(bd, <float*>px + lo * nfeat, nb)
+            else:
+                last.y = <double*>po + lo * nout
+                rc = _forward(bd, <double*>px + lo * nfeat, nb)
+            lo += nb
+        last.y = keep_y
+    if rc != 0:
+        raise MemoryError("predict: out of memory")
+    return out
+
+
+def train_bind(tuple layers, tuple updates, cnp.ndarray xb, cnp.ndarray tb, cnp.ndarray gz):
+    """A TrainBinding of validated arrays (see fastnn.backends.reference.train.train_bind)."""
+    return TrainBinding(layers, updates, xb, tb, gz)

@@ -43,6 +43,14 @@ class Unsupported(Exception):
     """The model, loss or optimizer has no compiled plan (the message says why)."""
 
 
+def _replaced(obj: Any) -> str | None:
+    """A method replaced on the instance (a hook, a wrapper): the plan would bypass it."""
+    for name in ("forward", "backward", "step", "_update"):
+        if name in getattr(obj, "__dict__", {}):
+            return name
+    return None
+
+
 def _dense_chain(model: Module) -> tuple[list[DenseSpec], bool]:
     """The model's dense layers, and whether it starts with a Flatten."""
     from .nn import Dropout, Flatten, LeakyReLU, Linear, ReLU, Sequential, Sigmoid, Tanh
@@ -57,6 +65,9 @@ def _dense_chain(model: Module) -> tuple[list[DenseSpec], bool]:
     fused = {ReLU: "relu", Sigmoid: "sigmoid", Tanh: "tanh", LeakyReLU: "leaky_relu"}
     seen: set[int] = set()
     flatten_input = False
+    for m in (model, *mods):
+        if _replaced(m):
+            raise Unsupported(f"{type(m).__name__}.{_replaced(m)} is replaced on the instance")
     for i, m in enumerate(mods):
         kind = type(m)
         if kind is Linear:
@@ -116,6 +127,9 @@ def train_plan(model: Module, loss: Loss, optimizer: Optimizer) -> TrainPlan:
     if type(loss) not in (CrossEntropyLoss, MSELoss, BCEWithLogitsLoss):
         raise Unsupported(f"the loss is a {type(loss).__name__} (compiled plans take CrossEntropy, MSE, BCEWithLogits)")
     opt, _ = hyper_parameters(optimizer)
+    for obj in (loss, optimizer):
+        if _replaced(obj):
+            raise Unsupported(f"{type(obj).__name__}.{_replaced(obj)} is replaced on the instance")
     params = {id(s.weight) for s in specs} | {id(s.bias) for s in specs if s.bias is not None}
     if any(id(p) not in params for p in optimizer.params):
         raise Unsupported("the optimizer updates parameters outside the model")

@@ -152,6 +152,31 @@ def _recurrent(ops, rng, dt):
                 ops.gru_backward(g, x, h0, w_ih, w_hh, out, gates, hidden_n, grad_hn=grad_hn, bias=bias)
 
 
+def _training_plans(ops, rng, dt):
+    """The whole-step driver of fit's compiled plans (fastnn.compiled), every loss, SGD and Adam, and predict."""
+    from fastnn import compiled, nn, optim
+
+    X = _rand(rng, dt, 12, 5)
+    targets = {
+        nn.CrossEntropyLoss: rng.integers(0, 3, 12).astype(np.intp),
+        nn.MSELoss: _rand(rng, dt, 12, 3),
+        nn.BCEWithLogitsLoss: (_rand(rng, dt, 12, 3) > 0).astype(dt),
+    }
+    for loss_type, y in targets.items():
+        for make_opt in (optim.SGD, optim.Adam):
+            model = nn.Sequential(nn.Linear(5, 4, dtype=dt), nn.ReLU(), nn.Linear(4, 3, dtype=dt))
+            opt = make_opt(model.parameters())
+            plan = compiled.train_plan(model, loss_type(), opt)
+            kind = loss_type.accuracy_kind
+            pred = (
+                None
+                if kind is None
+                else np.empty(12 if kind == "argmax" else 36, np.intp if kind == "argmax" else bool)
+            )
+            plan.run(X, y, np.arange(12, dtype=np.intp), 4, compiled.hyper_parameters(opt)[1], pred=pred)
+            plan.predict(X, 5)
+
+
 FAMILIES = (
     ("activations", _activations),
     ("losses", _losses),
@@ -159,6 +184,7 @@ FAMILIES = (
     ("dense and GEMM", _dense),
     ("convolution and pooling", _conv),
     ("recurrent", _recurrent),
+    ("training plans", _training_plans),
 )
 
 

@@ -1,0 +1,431 @@
+"""Compiled training plans (fastnn.ops.TrainPlan, fastnn.compiled): whole runs of steps in one call.
+
+What is checked:
+
+* every backend's ``train_steps`` against the NumPy specification and
+  against the per-step loop, for float32 and float64, every loss, every
+  optimizer and every activation the plans take; the Cython plan gives the
+  per-step loop's bits (it calls the same routines in the same order);
+* the number of steps per call changes nothing (bit for bit: weights,
+  optimizer state and history) in ``fit``, ``run_steps`` and with schedules;
+* the gradients a plan's step computes against finite differences;
+* hostile input (indices and labels out of range, wrong dtypes, NaN losses,
+  concurrent use) gives a Python exception, run in a child process;
+* which models get a plan, and that the others say why.
+"""
+
+import threading
+
+import numpy as np
+import pytest
+from conftest import tol
+from isolated import run_isolated
+
+import fastnn
+from fastnn import compiled, nn, optim
+from fastnn.gradcheck import numerical_gradient
+from fastnn.ops import DenseSpec, TrainPlan
+
+LOSSES = ("cross_entropy", "mse", "bce_with_logits")
+ACTIVATIONS = (nn.ReLU, nn.Sigmoid, nn.Tanh, lambda: nn.LeakyReLU(0.1))
+
+
+def _optimizers():
+    return {
+        "sgd": lambda p: optim.SGD(p, lr=0.05),
+        "sgd_momentum": lambda p: optim.SGD(p, lr=0.05, momentum=0.9, weight_decay=1e-3),
+        "nesterov": lambda p: optim.SGD(p, lr=0.05, momentum=0.9, nesterov=True),
+        "adam": lambda p: optim.Adam(p, lr=0.01, weight_decay=1e-3),
+        "adamw": lambda p: optim.AdamW(p, lr=0.01),
+    }
+
+
+def _data(loss, dtype, n=203, nin=12, nout=4, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, nin)).astype(dtype)
+    if loss == "cross_entropy":
+        y = rng.integers(0, nout, n)
+    elif loss == "mse":
+        y = rng.standard_normal((n, nout)).astype(dtype)
+    else:
+        y = (rng.random((n, nout)) > 0.5).astype(dtype)
+    return X, y
+
+
+def _model(dtype, act=nn.ReLU, nin=12, hidden=9, nout=4, seed=3):
+    fastnn.manual_seed(seed)
+    return nn.Sequential(
+        nn.Linear(nin, hidden, dtype=dtype), act(), nn.Linear(hidden, 7, dtype=dtype), nn.Tanh(),
+        nn.Linear(7, nout, dtype=dtype),
+    )  # fmt: skip
+
+
+def _loss(name):
+    return fastnn.train._resolve_loss(name, None if name != "cross_entropy" else np.zeros(1, int))
+
+
+def _train(backend, dtype, loss, opt, act=nn.ReLU, force_loop=False, batch_size=16, per_call=None):
+    """Losses and final weights of run_steps over one shuffled pass (plan, or the per-step loop)."""
+    X, y = _data(loss, dtype)
+    with fastnn.use_backend(backend):
+        model = _model(dtype, act)
+        step = fastnn.make_train_step(model, _loss(loss), _optimizers()[opt](model.parameters()))
+        if force_loop:
+            step._compiled = (None, "forced")
+        idx = np.random.default_rng(1).permutation(X.shape[0])
+        if per_call is None:
+            losses = step.run_steps(X, y, idx, batch_size)
+        else:  # several calls, per_call steps each
+            chunk = per_call * batch_size
+            losses = np.concatenate(
+                [step.run_steps(X, y, idx[i : i + chunk], batch_size) for i in range(0, idx.size, chunk)]
+            )
+        return losses, [p.data.copy() for p in model.parameters()], step
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("opt", sorted(_optimizers()))
+def test_plan_matches_per_step_loop(compiled_backend, dtype, loss, opt):
+    """A compiled plan's steps are the per-step loop's (Cython: the same bits)."""
+    plan_losses, plan_w, step = _train(compiled_backend, dtype, loss, opt)
+    assert step.compiled_plan()[0] is not None
+    loop_losses, loop_w, _ = _train(compiled_backend, dtype, loss, opt, force_loop=True)
+    ref_losses, ref_w, _ = _train("numpy", dtype, loss, opt)
+    if compiled_backend == "cython":
+        np.testing.assert_array_equal(plan_losses, loop_losses)
+        for a, b in zip(plan_w, loop_w):
+            np.testing.assert_array_equal(a, b)
+    t = tol(dtype, 50)
+    np.testing.assert_allclose(plan_losses, ref_losses, **t)
+    for a, b in zip(plan_w, ref_w):
+        np.testing.assert_allclose(a, b, **t)
+
+
+@pytest.mark.parametrize("act", ACTIVATIONS, ids=["relu", "sigmoid", "tanh", "leaky_relu"])
+def test_plan_activations(compiled_backend, dtype, act):
+    plan_losses, plan_w, _ = _train(compiled_backend, dtype, "mse", "sgd_momentum", act=act)
+    ref_losses, ref_w, _ = _train("numpy", dtype, "mse", "sgd_momentum", act=act)
+    t = tol(dtype, 50)
+    np.testing.assert_allclose(plan_losses, ref_losses, **t)
+    for a, b in zip(plan_w, ref_w):
+        np.testing.assert_allclose(a, b, **t)
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_reference_kernel_is_the_per_step_loop(dtype, loss):
+    """The NumPy ``train_steps`` (the specification) gives the per-step loop's bits."""
+    X, y = _data(loss, dtype)
+    results = []
+    for use_plan in (True, False):
+        with fastnn.use_backend("numpy"):
+            model = _model(dtype, nn.Sigmoid)
+            opt = optim.Adam(model.parameters(), lr=0.01)
+            lossfn = _loss(loss)
+            idx = np.random.default_rng(1).permutation(X.shape[0])
+            if use_plan:
+                plan = compiled.train_plan(model, lossfn, opt)
+                yp = y if loss == "cross_entropy" else y
+                _, hyper = compiled.hyper_parameters(opt)
+                losses = plan.run(X, yp, idx, 16, hyper).losses
+            else:
+                step = fastnn.make_train_step(model, lossfn, opt)
+                losses = step.run_steps(X, y, idx, 16)
+            results.append((np.array(losses), [p.data.copy() for p in model.parameters()]))
+    np.testing.assert_array_equal(results[0][0], results[1][0])
+    for a, b in zip(results[0][1], results[1][1]):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("opt", ["nesterov", "adamw"])
+def test_steps_per_call_changes_nothing(backend, opt):
+    """1, 3 and all steps per call: the same bits (run_steps)."""
+    runs = [_train(backend, np.float32, "cross_entropy", opt, per_call=k) for k in (1, 3, None)]
+    for losses, weights, _ in runs[1:]:
+        np.testing.assert_array_equal(losses, runs[0][0])
+        for a, b in zip(weights, runs[0][1]):
+            np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("opt", ["sgd_momentum", "adam"])
+def test_fit_steps_per_call(compiled_backend, opt):
+    """fit with 1, 5 and "auto" steps per call: same weights, optimizer state and history, with a schedule."""
+    X, y = _data("cross_entropy", np.float32, n=301)
+    results = []
+    for k in (1, 5, "auto"):
+        model = _model(np.float32)
+        o = _optimizers()[opt](model.parameters())
+        sched = optim.StepLR(o, step_size=1, gamma=0.5)
+        h = fastnn.fit(
+            model, X, y, optimizer=o, scheduler=sched, epochs=3, batch_size=20, seed=4, progress=False,
+            validation_data=(X[:50], y[:50]), steps_per_call=k,
+        )  # fmt: skip
+        state = o.state_dict()
+        results.append((h.history, h.lr, [p.data.copy() for p in model.parameters()], state))
+    for hist, lr, weights, state in results[1:]:
+        assert hist == results[0][0] and lr == results[0][1]
+        for a, b in zip(weights, results[0][2]):
+            np.testing.assert_array_equal(a, b)
+        assert state["step_count"] == results[0][3]["step_count"]
+        for name, arrays in state["state"].items():
+            for a, b in zip(arrays, results[0][3]["state"][name]):
+                np.testing.assert_array_equal(a, b)
+
+
+def test_fit_plan_matches_loop_history(compiled_backend):
+    """fit's compiled path and its per-step loop (forced by clipping at a huge norm) agree."""
+    X, y = _data("bce_with_logits", np.float64, n=150)
+    out = []
+    for clip in (None, 1e30):
+        model = _model(np.float64, nout=4)
+        o = optim.Adam(model.parameters(), lr=0.01)
+        h = fastnn.fit(model, X, y, loss="bce_with_logits", optimizer=o, epochs=2, batch_size=32, seed=0,
+                       progress=False, clip_grad_norm=clip)  # fmt: skip
+        out.append((h.history, [p.data.copy() for p in model.parameters()]))
+    assert out[0][0].keys() == out[1][0].keys()
+    for key in out[0][0]:
+        np.testing.assert_allclose(out[0][0][key], out[1][0][key], rtol=1e-10)
+    for a, b in zip(out[0][1], out[1][1]):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_plan_gradients_against_finite_differences(compiled_backend, loss):
+    """With lr = 0 a step leaves the weights and writes the gradients: compare them to finite differences."""
+    dtype = np.float64
+    X, y = _data(loss, dtype, n=10)
+    model = _model(dtype, nn.Tanh)
+    lossfn = _loss(loss)
+    opt = optim.SGD(model.parameters(), lr=0.0)
+    plan = compiled.train_plan(model, lossfn, opt)
+    idx = np.arange(10, dtype=np.intp)
+    yt = y if loss == "cross_entropy" else y
+    plan.run(X, yt, idx, 10, compiled.hyper_parameters(opt)[1])
+
+    def f():
+        with fastnn.use_backend("numpy"):
+            return lossfn(model(X), y)
+
+    for p in model.parameters():
+        num = numerical_gradient(f, p.data, eps=1e-6)
+        np.testing.assert_allclose(p.grad, num, rtol=1e-6, atol=1e-8)
+
+
+def test_predict_and_evaluate_use_the_forward_plan(compiled_backend, dtype):
+    X, y = _data("cross_entropy", dtype, n=1003)
+    model = _model(dtype, nn.Sigmoid)
+    assert compiled.explain(model) is None
+    got = fastnn.predict(model, X, batch_size=64)
+    with fastnn.no_grad():
+        want = model(X)
+    if compiled_backend == "cython":
+        np.testing.assert_array_equal(got, want)
+    np.testing.assert_allclose(got, want, **tol(dtype, 10))
+    res = fastnn.evaluate(model, X, y, batch_size=64)
+    with fastnn.use_backend("numpy"):
+        ref = fastnn.evaluate(model, X, y, batch_size=64)
+    assert res["accuracy"] == ref["accuracy"]
+    np.testing.assert_allclose(res["loss"], ref["loss"], rtol=1e-5)
+    # flattened input through a leading Flatten
+    fastnn.manual_seed(0)
+    cnn_like = nn.Sequential(nn.Flatten(), nn.Linear(12, 3, dtype=dtype))
+    X4 = X.reshape(-1, 3, 2, 2)
+    with fastnn.no_grad():
+        np.testing.assert_allclose(fastnn.predict(cnn_like, X4), cnn_like(X4), **tol(dtype))
+
+
+def test_which_models_get_a_plan():
+    lin = nn.Linear(4, 2)
+    assert compiled.explain(lin) is None
+    assert compiled.explain(nn.Sequential(nn.Linear(4, 3), nn.Dropout(0.0), nn.ReLU(), nn.Linear(3, 2))) is None
+    assert "Conv2d" in compiled.explain(nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten()))
+    assert "Dropout" in compiled.explain(nn.Sequential(nn.Linear(4, 3), nn.Dropout(0.5)))
+    assert "does not follow" in compiled.explain(nn.Sequential(nn.ReLU(), nn.Linear(4, 2)))
+    assert "does not follow" in compiled.explain(nn.Sequential(nn.Linear(4, 2), nn.ReLU(), nn.Tanh()))
+    assert "shares" in compiled.explain(nn.Sequential(lin, nn.ReLU(), lin))
+    assert "mix dtypes" in compiled.explain(nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2, dtype=np.float64)))
+    model = nn.Sequential(nn.Linear(4, 2))
+    other = nn.Linear(3, 3)
+    assert "outside the model" in compiled.explain(model, nn.MSELoss(), optim.SGD(other.parameters()))
+    subset = optim.SGD([model[0].weight])  # a frozen bias: allowed
+    assert compiled.explain(model, nn.MSELoss(), subset) is None
+    hooked = nn.MSELoss()
+    hooked.forward = lambda out, target: 0.0  # a wrapper the plan would bypass
+    assert "MSELoss.forward is replaced" in compiled.explain(model, hooked, subset)
+    model[0].forward = lambda x: x
+    assert "Linear.forward is replaced" in compiled.explain(model)
+
+
+def test_fit_verbose_says_which_path(capsys):
+    X, y = _data("cross_entropy", np.float32, n=40)
+    with fastnn.use_backend("numpy"):
+        fastnn.fit(_model(np.float32), X, y, epochs=1, progress=False, verbose=True)
+    assert "one step per call (the numpy backend" in capsys.readouterr().out
+    for name in ("cython", "numba"):
+        if fastnn.backend_status()[name] == "available":
+            with fastnn.use_backend(name):
+                fastnn.fit(_model(np.float32), X, y, epochs=1, progress=False, verbose=True)
+                assert "compiled training plan" in capsys.readouterr().out
+                model = nn.Sequential(nn.Flatten(), nn.Linear(12, 4), nn.Dropout(0.3))
+                fastnn.fit(model, X, y, epochs=1, progress=False, verbose=True)
+                assert "one step per call (layer 2 is a Dropout" in capsys.readouterr().out
+
+
+def test_frozen_parameter_is_not_updated(compiled_backend):
+    X, y = _data("mse", np.float32)
+    model = _model(np.float32)
+    frozen = model[0].bias.data.copy()
+    params = [p for p in model.parameters() if p is not model[0].bias]
+    fastnn.fit(model, X, y, optimizer=optim.Adam(params), epochs=1, progress=False)
+    np.testing.assert_array_equal(model[0].bias.data, frozen)
+
+
+def test_nonfinite_loss_stops_before_the_step(compiled_backend):
+    """A diverging run stops at the same step, with the same weights, whatever the steps per call."""
+    X, y = _data("mse", np.float32, n=160)
+    seen = []
+    for k in (1, 4, "auto"):
+        model = _model(np.float32, nn.ReLU)
+        opt = optim.SGD(model.parameters(), lr=1e4)
+        with pytest.raises(fastnn.NonFiniteLossError, match=r"epoch \d+, samples \d+\.\.\d+: the loss is") as err:
+            fastnn.fit(model, X, y, optimizer=opt, epochs=50, batch_size=16, shuffle=False, progress=False,
+                       steps_per_call=k)  # fmt: skip
+        seen.append((str(err.value), [p.data.copy() for p in model.parameters()]))
+    for msg, weights in seen[1:]:
+        assert msg == seen[0][0]
+        for a, b in zip(weights, seen[0][1]):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_run_steps_checks_and_reports(compiled_backend):
+    X, y = _data("cross_entropy", np.float32, n=50)
+    model = _model(np.float32)
+    step = fastnn.make_train_step(model, nn.CrossEntropyLoss(), optim.SGD(model.parameters(), lr=0.1))
+    before = [p.data.copy() for p in model.parameters()]
+    with pytest.raises(ValueError, match="step 2: index holds rows outside"):
+        step.run_steps(X, y, np.array([0, 1, 2, 50, 4]), 3)
+    # step 1 ran, step 2 did not
+    after1 = [p.data.copy() for p in model.parameters()]
+    assert any(not np.array_equal(a, b) for a, b in zip(before, after1))
+    with pytest.raises(ValueError, match="labels must lie in"):
+        step.run_steps(X, np.where(np.arange(50) == 7, 9, y), np.arange(10), 5)
+    with pytest.raises(TypeError, match="indices must be"):
+        step.run_steps(X, y, np.array([0.5, 1.0]), 1)
+    with pytest.raises(ValueError, match="batch_size"):
+        step.run_steps(X, y, np.arange(4), 0)
+    assert step.run_steps(X, y, np.arange(0), 4).shape == (0,)
+
+
+def test_plan_checks_arrays():
+    w = nn.Parameter(np.ones((3, 4), np.float32))
+    plan = TrainPlan([DenseSpec(w, None)], "mse", "mean", optim.SGD([w])._plan, "sgd")
+    X = np.ones((5, 4), np.float32)
+    Y = np.ones((5, 3), np.float32)
+    hyper = (0.1, 0, 0, 0, 0, 0)
+    with pytest.raises(TypeError, match="C-contiguous"):
+        plan.run(X.astype(np.float64), Y, np.arange(5), 2, hyper)
+    with pytest.raises(TypeError, match="C-contiguous"):
+        plan.run(np.asfortranarray(np.ones((5, 4), np.float32)), Y, np.arange(5), 2, hyper)
+    with pytest.raises(ValueError, match=r"shape \(N, 4\)"):
+        plan.run(np.ones((5, 2, 2), np.float32), Y, np.arange(5), 2, hyper)
+    with pytest.raises(TypeError, match="targets"):
+        plan.run(X, Y[:, :2].copy(), np.arange(5), 2, hyper)
+    with pytest.raises(TypeError, match="index"):
+        plan.run(X, Y, np.arange(5, dtype=np.int32), 2, hyper)
+    with pytest.raises(ValueError, match="takes 2 inputs but layer 0 gives 3"):
+        TrainPlan([DenseSpec(w, None), DenseSpec(nn.Parameter(np.ones((2, 2), np.float32)), None)])
+    with pytest.raises(ValueError, match="unknown activation"):
+        TrainPlan([DenseSpec(w, None, "gelu")])
+    with pytest.raises(RuntimeError, match="only predict"):
+        TrainPlan([DenseSpec(w, None)]).run(X, Y, np.arange(5), 2, hyper)
+
+
+def test_plan_rebinds_replaced_arrays(compiled_backend):
+    """Replacing a parameter's array (load_state_dict keeps them; assignment does not) takes effect."""
+    X, y = _data("mse", np.float32)
+    model = _model(np.float32)
+    step = fastnn.make_train_step(model, nn.MSELoss(), optim.SGD(model.parameters(), lr=0.0))
+    step.run_steps(X, y, np.arange(8), 8)
+    model[0].weight.data = np.zeros_like(model[0].weight.data)
+    model[0].weight.grad = np.zeros_like(model[0].weight.data)
+    step.run_steps(X, y, np.arange(8), 8)
+    assert np.all(model[0].weight.data == 0)
+    with fastnn.no_grad():
+        np.testing.assert_allclose(fastnn.predict(model, X), model(X), rtol=1e-5, atol=1e-6)
+
+
+def test_concurrent_use(compiled_backend):
+    """One plan trains in one thread at a time; predictions may run in many at once."""
+    X, y = _data("cross_entropy", np.float32, n=4000)
+    model = _model(np.float32)
+    opt = optim.SGD(model.parameters(), lr=0.01)
+    plan = compiled.train_plan(model, nn.CrossEntropyLoss(), opt)
+    hyper = compiled.hyper_parameters(opt)[1]
+    idx = np.tile(np.arange(4000), 20)
+    plan.run(X, y, idx[:10], 5, hyper)  # bound before the threads start
+    errors, started = [], threading.Event()
+
+    def train():
+        started.set()
+        plan.run(X, y, idx, 8, hyper)
+
+    t = threading.Thread(target=train)
+    t.start()
+    started.wait()
+    for _ in range(200):
+        try:
+            plan.run(X, y, idx[:8], 8, hyper)
+        except RuntimeError as exc:
+            errors.append(str(exc))
+            break
+    t.join()
+    assert not errors or "another thread" in errors[0]
+    with fastnn.no_grad():
+        want = model(X)
+    outs = [None] * 4
+
+    def pred(i):
+        outs[i] = fastnn.predict(model, X, batch_size=100)
+
+    threads = [threading.Thread(target=pred, args=(i,)) for i in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    for o in outs:
+        np.testing.assert_allclose(o, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend_name", ["cython", "numba", "numpy"])
+def test_hostile_indices_in_child(backend_name):
+    """Huge, negative and boundary indices and labels reach the compiled loops: a ValueError, never a crash."""
+    result = run_isolated(f"""
+        import numpy as np, fastnn
+        from fastnn import nn, optim, compiled
+        if fastnn.backend_status()["{backend_name}"] != "available":
+            return
+        fastnn.set_backend("{backend_name}")
+        model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+        opt = optim.Adam(model.parameters())
+        plan = compiled.train_plan(model, nn.CrossEntropyLoss(), opt)
+        hyper = compiled.hyper_parameters(opt)[1]
+        X = np.ones((6, 3), np.float32)
+        y = np.zeros(6, np.intp)
+        raised = 0
+        for bad in (6, -1, 2**62, -2**63, 2**63 - 1):
+            try:
+                plan.run(X, y, np.array([0, bad], np.intp), 1, hyper)
+            except ValueError:
+                raised += 1
+        for lab in (2, -1, 2**62, -2**63):
+            try:
+                plan.run(X, np.array([0, lab, 0, 0, 0, 0], np.intp), np.arange(6), 2, hyper)
+            except ValueError:
+                raised += 1
+        assert raised == 9, raised
+        out = np.empty((6, 2), np.float32)
+        plan.predict(X, 4, out)
+        X[1] = np.nan
+        res = plan.run(X, y, np.arange(6), 2, hyper)
+        assert res.nonfinite is not None and len(res.losses) == 0
+    """)
+    result.assert_ok()

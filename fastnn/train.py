@@ -829,23 +829,23 @@ def mean_of(loss: Loss) -> bool:
     return loss.reduction == "mean"
 
 
-#: Multiply-adds per step above which the numba plan (products on one thread) gives way to the
-#: per-step loop when several threads are allowed: from about there threaded products pay off.
+#: Multiply-adds per step (or predicted batch) above which the numba plan gives way to the per-step
+#: loop: its products run on the small-product register tiles on one thread, which lose to BLAS from
+#: about there (W4, 26M multiply-adds a step: 3.3 ms against the loop's 1.6 ms on one thread).
 NUMBA_PLAN_MAX_MACS = 2_000_000
 
 
 def _plan_too_large(plan: Any, batch_size: int) -> str | None:
     """Why a plan should not run although it exists (None: run it)."""
-    from ._config import get_num_threads
     from .backends import current
 
-    if current().name != "numba" or get_num_threads() == 1:
+    if current().name != "numba":
         return None
     macs = batch_size * sum(int(s.weight.data.size) for s in plan.layers)
     if macs > NUMBA_PLAN_MAX_MACS:
         return (
-            f"the numba plan runs its products on one thread, and this network's ({macs / 1e6:.1f}M "
-            f"multiply-adds a step) are faster threaded in the per-step loop"
+            f"the numba plan runs its products on one thread's register tiles, and this network's "
+            f"({macs / 1e6:.1f}M multiply-adds a step) are faster through BLAS in the per-step loop"
         )
     return None
 
@@ -1059,7 +1059,7 @@ def _weights_note(model: Module) -> str:
     return "; every parameter is still finite"
 
 
-def _forward_plan(model: Module, X: NDArray[Any]) -> Any:
+def _forward_plan(model: Module, X: NDArray[Any], batch_size: int) -> Any:
     """A compiled forward plan for ``model`` on ``X`` (C-contiguous, the model's dtype), or None."""
     from . import compiled
     from .backends import current
@@ -1072,6 +1072,8 @@ def _forward_plan(model: Module, X: NDArray[Any]) -> Any:
         return None
     if (X.ndim > 2 and not plan.flatten_input) or X[0].size != plan.in_features:
         return None  # the layers raise their own error
+    if _plan_too_large(plan, min(batch_size, X.shape[0])):
+        return None
     return plan
 
 
@@ -1093,7 +1095,7 @@ def predict(model: Module, X: ArrayLike, batch_size: int = 256) -> NDArray[Any]:
     if X.dtype.kind not in "fiub":
         raise TypeError(f"X must be numeric, got dtype {X.dtype}")
     X = np.ascontiguousarray(X, dtype=dtype)
-    plan = _forward_plan(model, X)
+    plan = _forward_plan(model, X, batch_size)
     if plan is not None:  # every batch in one compiled call
         out: NDArray[Any] = plan.predict(X, batch_size)
         return out
@@ -1144,7 +1146,7 @@ def evaluate(
     total = 0.0
     correct = counted = 0
     n = X.shape[0]
-    plan = _forward_plan(model, X)
+    plan = _forward_plan(model, X, batch_size)
     outputs = None if plan is None else plan.predict(X, batch_size)  # every batch's output in one call
     with inference_mode(), Workspace():
         for i in range(0, n, batch_size):

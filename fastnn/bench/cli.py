@@ -80,6 +80,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_false",
         help="skip the numba cold-start runs (new processes, empty cache)",
     )
+    parser.add_argument(
+        "--no-plans",
+        dest="plans",
+        action="store_false",
+        help="skip the compiled-training-plan section (fit's whole epochs in compiled code, with W3)",
+    )
     # small sizes, for testing the machinery only
     parser.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)
 
@@ -119,6 +125,7 @@ def run(args) -> int:
             repeat=args.repeat,
             progress=args.progress,
             cold_start=getattr(args, "cold_start", True),
+            plans=getattr(args, "plans", True),
         )
     except ValueError as exc:
         print(f"fastnn bench: {exc}", file=sys.stderr)

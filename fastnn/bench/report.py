@@ -236,11 +236,13 @@ def summary_table(results: dict) -> list[str]:
 def markdown(results: dict) -> str:
     """The whole ``report.md``."""
     from .coldstart import markdown_lines as cold_start_lines
+    from .plans_section import markdown_lines as plans_lines
     from .sklearn_section import section_lines
 
     lines = _header_lines(results)
     lines += summary_table(results)
     lines += cold_start_lines(results.get("cold_start"))
+    lines += plans_lines(results.get("plans"))
     lines += section_lines(results)
     for wl in results["workloads"]:
         lines += workload_table(wl)

@@ -45,6 +45,7 @@ import numpy as np
 from . import anchors as _anchors
 from . import coldstart as _coldstart
 from . import machine as _machine
+from . import plans_section as _plans
 from .workloads import Case, build_gemm_only, build_step, get_workloads, missing
 
 __all__ = ["run_bench", "derive", "NOISY_SPREAD", "SCHEMA", "settings_for"]
@@ -325,6 +326,7 @@ def run_bench(
     progress=True,
     log=None,
     cold_start=True,
+    plans=True,
 ) -> dict:
     """Run the benchmark and return the results (the content of ``results.json``).
 
@@ -352,6 +354,8 @@ def run_bench(
         Show a tqdm progress bar.
     cold_start : bool
         Also measure the numba backend's cold start (:mod:`.coldstart`; not with ``tiny``).
+    plans : bool
+        Also measure the compiled training plans (:mod:`.plans_section`) when W3 is among the workloads.
     """
     import fastnn
 
@@ -380,6 +384,7 @@ def run_bench(
             progress,
             log,
             cold_start and not tiny and "numba" in fast_backends,
+            plans and any(w.id == "W3" for w in wls),
         )
     finally:
         if fastnn.get_num_threads() != previous_threads:
@@ -409,6 +414,7 @@ def _run(
     progress,
     log,
     cold_start=False,
+    plans=False,
 ):
     load_start = _loadavg()
     threads = fastnn.get_num_threads()
@@ -426,6 +432,7 @@ def _run(
 
     # in new processes, before this one has compiled anything (each gets an empty cache of its own)
     cold = _coldstart.measure(threads, quick, log=log) if cold_start else None
+    plan_results = _plans.measure(fast_backends, quick, tiny, log=log) if plans else None
 
     plan = []
     for wl in wls:
@@ -504,6 +511,7 @@ def _run(
         "machine": {**machine, "context": _safe_context(threads), "loadavg": {"start": load_start, "end": _loadavg()}},
         "workloads": out_wls,
         "cold_start": cold,
+        "plans": plan_results,
     }
     derive(results)
     results["duration_s"] = time.perf_counter() - started

@@ -622,3 +622,24 @@ def test_compare_with_a_missing_or_foreign_file_fails_cleanly(tmp_path, capsys):
     assert main(["bench", "--compare", str(tmp_path / "x.json")]) == 2
     err = capsys.readouterr().err
     assert err.count("fastnn bench: cannot compare:") == 2 and "not a fastnn bench results.json" in err
+
+
+def test_plans_section_tiny():
+    """The compiled-plans section: W3 loop and plan rows per compiled backend, predict, scikit-learn, markdown."""
+    from fastnn.bench import plans_section
+
+    compiled = [b for b in ("cython", "numba") if b in fastnn.available_backends()]
+    if not compiled:
+        pytest.skip("no compiled backend")
+    res = plans_section.measure(compiled, quick=True, tiny=True)
+    assert "error" not in res, res.get("error")
+    assert set(res["w3"]) == {f"{b} {k}" for b in compiled for k in ("loop", "plan")}
+    assert all(t > 0 for t in res["w3"].values()) and res["gemm1_gflops"] > 0
+    assert "Conv2d" in res["unsupported"]["W5 CNN"] and "RNN" in res["unsupported"]["W6 RNN"]
+    assert set(res["predict"]) == {"two products (BLAS)"} | {f"{b} predict" for b in compiled}
+    md = "\n".join(plans_section.markdown_lines(res))
+    assert "## Compiled training plans" in md and "| cython plan |" in md.replace("numba", "cython")
+    if res.get("sklearn"):
+        assert "MLPClassifier" in md and set(res["sklearn"]) == {"digits", "20k"}
+    assert plans_section.markdown_lines(None) == []
+    assert "error: boom" in "\n".join(plans_section.markdown_lines({"error": "boom"}))

@@ -185,3 +185,52 @@ def test_sdist_carries_the_sources_and_its_tests(tmp_path):
         assert needed in names, needed
     assert not any(n.endswith((".so", ".o")) for n in names)
     assert "kernels/_kernels.c" not in names
+
+
+def test_sdist_installs_without_a_compiler_and_runs_its_tests(tmp_path):
+    """The user's path with no compiler: ``pip install`` of the sdist into a new venv, then its own tests.
+
+    pip builds in isolation (fetching the build requirements from the
+    package index), the extension fails to compile, the package installs
+    without it, and the tests shipped in the sdist pass against the
+    installed package with the numpy and numba backends (the cython ones skip).
+    """
+    import tarfile
+
+    work = _source_tree(tmp_path)
+    for item in ("tests", "benches", "docs", "CHANGELOG.md", "CONTRIBUTING.md"):
+        src = ROOT / item
+        if src.exists():
+            (shutil.copytree if src.is_dir() else shutil.copy)(
+                src, work / item, **({"ignore": shutil.ignore_patterns("__pycache__")} if src.is_dir() else {})
+            )
+    build = _run([sys.executable, "setup.py", "-q", "sdist", "-d", str(tmp_path / "sdist")], work)
+    assert build.returncode == 0, build.stderr[-3000:]
+    (sdist,) = (tmp_path / "sdist").glob("*.tar.gz")
+    venv = tmp_path / "venv"
+    assert _run([sys.executable, "-m", "venv", str(venv)], tmp_path).returncode == 0
+    py = venv / "bin" / "python"
+    no_cc = {"CC": "/nonexistent/cc", "FASTNN_REQUIRE_EXT": "", "PYTHONPATH": ""}
+    install = _run(
+        [str(py), "-m", "pip", "install", "-q", str(sdist), "pytest", "hypothesis"], tmp_path, no_cc, timeout=1500
+    )
+    assert install.returncode == 0, install.stderr[-3000:]
+    unpacked = tmp_path / "unpacked"
+    with tarfile.open(sdist) as tf:
+        tf.extractall(unpacked, filter="data")
+    (root,) = unpacked.iterdir()
+    tests = [str(root / "tests" / name) for name in ("test_ops_dense.py", "test_compiled_plan.py", "test_io.py")]
+    env = {**no_cc, "FASTNN_REQUIRE_BACKENDS": "", "PATH": str(venv / "bin") + os.pathsep + os.environ["PATH"]}
+    run = _run(
+        [str(py), "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-m", "not slow", *tests],
+        tmp_path,
+        env,
+        timeout=1500,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+    assert " passed" in run.stdout and "failed" not in run.stdout
+    # the tests ran against the installed package, which has no extension
+    where = _run(
+        [str(py), "-c", "import fastnn; print(fastnn.__file__, fastnn.backend_status()['cython'])"], tmp_path, env
+    )
+    assert str(venv) in where.stdout and "not built at install" in where.stdout, where.stdout + where.stderr

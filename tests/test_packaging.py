@@ -36,6 +36,21 @@ def _source_tree(tmp_path):
     return work
 
 
+def _sdist(tmp_path):
+    """Build the sdist of a copy of the tree with its tests, benchmarks and docs; its path."""
+    work = _source_tree(tmp_path)
+    for item in ("tests", "benches", "docs", "CHANGELOG.md", "CONTRIBUTING.md"):
+        src = ROOT / item
+        if src.exists():
+            (shutil.copytree if src.is_dir() else shutil.copy)(
+                src, work / item, **({"ignore": shutil.ignore_patterns("__pycache__")} if src.is_dir() else {})
+            )
+    build = _run([sys.executable, "setup.py", "-q", "sdist", "-d", str(tmp_path / "sdist")], work)
+    assert build.returncode == 0, build.stderr[-3000:]
+    (sdist,) = (tmp_path / "sdist").glob("*.tar.gz")
+    return sdist
+
+
 def _run(cmd, cwd, env=None, timeout=900):
     return subprocess.run(
         cmd, cwd=cwd, env=dict(os.environ, **(env or {})), capture_output=True, text=True, timeout=timeout
@@ -154,16 +169,7 @@ def test_wheel_is_manylinux_stripped_and_runs_without_a_compiler(tmp_path):
 
 
 def test_sdist_carries_the_sources_and_its_tests(tmp_path):
-    work = _source_tree(tmp_path)
-    for item in ("tests", "benches", "docs", "CHANGELOG.md", "CONTRIBUTING.md"):
-        src = ROOT / item
-        if src.exists():
-            (shutil.copytree if src.is_dir() else shutil.copy)(
-                src, work / item, **({"ignore": shutil.ignore_patterns("__pycache__")} if src.is_dir() else {})
-            )
-    build = _run([sys.executable, "setup.py", "-q", "sdist", "-d", str(tmp_path / "sdist")], work)
-    assert build.returncode == 0, build.stderr[-3000:]
-    (sdist,) = (tmp_path / "sdist").glob("*.tar.gz")
+    sdist = _sdist(tmp_path)
     import tarfile
 
     with tarfile.open(sdist) as tf:
@@ -197,16 +203,7 @@ def test_sdist_installs_without_a_compiler_and_runs_its_tests(tmp_path):
     """
     import tarfile
 
-    work = _source_tree(tmp_path)
-    for item in ("tests", "benches", "docs", "CHANGELOG.md", "CONTRIBUTING.md"):
-        src = ROOT / item
-        if src.exists():
-            (shutil.copytree if src.is_dir() else shutil.copy)(
-                src, work / item, **({"ignore": shutil.ignore_patterns("__pycache__")} if src.is_dir() else {})
-            )
-    build = _run([sys.executable, "setup.py", "-q", "sdist", "-d", str(tmp_path / "sdist")], work)
-    assert build.returncode == 0, build.stderr[-3000:]
-    (sdist,) = (tmp_path / "sdist").glob("*.tar.gz")
+    sdist = _sdist(tmp_path)
     venv = tmp_path / "venv"
     assert _run([sys.executable, "-m", "venv", str(venv)], tmp_path).returncode == 0
     py = venv / "bin" / "python"

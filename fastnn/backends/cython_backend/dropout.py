@@ -1,0 +1,10 @@
+"""Dropout kernels of the Cython backend (``kernels/_layers.pxi``).
+
+The extension's functions, under the reference's names.
+"""
+
+from ..._ext import _kernels as _ext
+from ..reference import dropout as _spec
+
+__all__ = list(_spec.__all__)
+globals().update({name: getattr(_ext, name) for name in __all__})

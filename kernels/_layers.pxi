@@ -1,0 +1,446 @@
+# Dropout, batch and layer normalisation, embeddings and adaptive average
+# pooling (the math: fastnn/backends/reference/{dropout,norm,embedding,
+# adaptive_pool}.py). One pass per output, statistics summed in float64 as the
+# reference sums them; channels (batch norm), rows (layer norm, embeddings) or
+# planes (pooling) split over the team when the work is large. Every index an
+# embedding kernel reads or writes with is checked here, where it is used.
+
+from libc.stdint cimport uint8_t, uint32_t, uint64_t
+
+
+# ---- dropout ----
+
+cdef void _dropout_fwd(const real *x, const uint32_t *bits, uint64_t threshold, double scale, fnn_idx group,
+                       bint relu, real *out, uint8_t *mask, fnn_idx m) noexcept nogil:
+    cdef fnn_idx w, j
+    cdef real f, v, s = <real>scale
+    cdef bint keep
+    for w in prange(m, num_threads=_num_threads if _parallel(m * group, True) else 1, schedule="static"):
+        keep = bits[w] >= threshold
+        mask[w] = keep
+        f = s if keep else <real>0
+        for j in range(group):
+            v = x[w * group + j]
+            if relu and v < 0:   # max(v, 0), NaN kept
+                v = 0
+            out[w * group + j] = v * f
+
+
+def dropout_forward(cnp.ndarray x, cnp.ndarray bits, object threshold, double scale, fnn_idx group, bint relu,
+                    cnp.ndarray out, cnp.ndarray mask):
+    """y = act(x)·k·s, k = [bits >= threshold] per group of values (mask: the k's)."""
+    cdef fnn_idx m = cnp.PyArray_SIZE(x) // group
+    cdef uint64_t t = <uint64_t>int(threshold)
+    cdef void *p[4]
+    _fill(p, (x, bits, out, mask))
+    cdef bint f32 = _f32(x)
+    with nogil:
+        if f32:
+            _dropout_fwd(<float*>p[0], <uint32_t*>p[1], t, scale, group, relu, <float*>p[2], <uint8_t*>p[3], m)
+        else:
+            _dropout_fwd(<double*>p[0], <uint32_t*>p[1], t, scale, group, relu, <double*>p[2], <uint8_t*>p[3], m)
+    return out
+
+
+cdef void _dropout_bwd(const real *g, const uint8_t *mask, double scale, fnn_idx group, const real *y, real *out,
+                       fnn_idx m) noexcept nogil:
+    cdef fnn_idx w, j, i
+    cdef real f, s = <real>scale
+    for w in prange(m, num_threads=_num_threads if _parallel(m * group, True) else 1, schedule="static"):
+        f = s if mask[w] else <real>0
+        for j in range(group):
+            i = w * group + j
+            out[i] = g[i] * f
+            if y != NULL:
+                out[i] = out[i] * (<real>1 if y[i] > 0 else <real>0)
+
+
+def dropout_backward(cnp.ndarray grad_out, cnp.ndarray mask, double scale, fnn_idx group, cnp.ndarray y,
+                     cnp.ndarray out):
+    """dL/dx = dL/dy·k·s (·[y > 0] with a fused ReLU's output y)."""
+    cdef fnn_idx m = cnp.PyArray_SIZE(grad_out) // group
+    cdef void *p[4]
+    _fill(p, (grad_out, mask, y, out))
+    cdef bint f32 = _f32(grad_out)
+    with nogil:
+        if f32:
+            _dropout_bwd(<float*>p[0], <uint8_t*>p[1], scale, group, <float*>p[2], <float*>p[3], m)
+        else:
+            _dropout_bwd(<double*>p[0], <uint8_t*>p[1], scale, group, <double*>p[2], <double*>p[3], m)
+    return out
+
+
+# ---- batch normalisation: x (N, C, L), statistics per channel ----
+
+cdef void _bn_fwd(const real *x, const real *w, const real *b, double eps, bint batch_stats, real *mean, real *var,
+                  real *out, fnn_idx N, fnn_idx C, fnn_idx L) noexcept nogil:
+    cdef fnn_idx c, n, i, o
+    cdef double s, q, d, mu, scale, shift
+    cdef real mc, sc, sh
+    for c in prange(C, num_threads=_num_threads if _parallel(N * C * L, False) and C > 1 else 1,
+                    schedule="static"):
+        if batch_stats:
+            s = 0
+            for n in range(N):
+                o = (n * C + c) * L
+                for i in range(L):
+                    s = s + x[o + i]
+            mu = s / (N * L)
+            mc = <real>mu   # the reference centres in the data's dtype
+            q = 0
+            for n in range(N):
+                o = (n * C + c) * L
+                for i in range(L):
+                    d = <double>(x[o + i] - mc)
+                    q = q + d * d
+            mean[c] = <real>mu
+            var[c] = <real>(q / (N * L))
+        scale = 1.0 / sqrt(<double>var[c] + eps)
+        if w != NULL:
+            scale = scale * w[c]
+        shift = -(<double>mean[c]) * scale
+        if b != NULL:
+            shift = shift + b[c]
+        sc = <real>scale
+        sh = <real>shift
+        for n in range(N):
+            o = (n * C + c) * L
+            for i in range(L):
+                out[o + i] = x[o + i] * sc + sh
+
+
+def batch_norm_forward(cnp.ndarray x, cnp.ndarray weight, cnp.ndarray bias, double eps, bint batch_stats,
+                       cnp.ndarray mean, cnp.ndarray var, cnp.ndarray out):
+    """y = γ(x − μ)/sqrt(σ² + eps) + β per channel of x (N, C, L)."""
+    cdef fnn_idx N = x.shape[0], C = x.shape[1], L = x.shape[2]
+    cdef void *p[6]
+    _fill(p, (x, weight, bias, mean, var, out))
+    cdef bint f32 = _f32(x)
+    with nogil:
+        if f32:
+            _bn_fwd(<float*>p[0], <float*>p[1], <float*>p[2], eps, batch_stats, <float*>p[3], <float*>p[4],
+                    <float*>p[5], N, C, L)
+        else:
+            _bn_fwd(<double*>p[0], <double*>p[1], <double*>p[2], eps, batch_stats, <double*>p[3], <double*>p[4],
+                    <double*>p[5], N, C, L)
+    return out
+
+
+cdef void _bn_bwd(const real *g, const real *x, const real *w, const real *mean, const real *var, double eps,
+                  bint batch_stats, real *gi, real *gw, real *gb, fnn_idx N, fnn_idx C,
+                  fnn_idx L) noexcept nogil:
+    cdef fnn_idx c, n, i, o
+    cdef double r, sum_g, sum_gx, k
+    cdef real mu, kt, a, bb
+    cdef fnn_idx M = N * L
+    for c in prange(C, num_threads=_num_threads if _parallel(N * C * L, False) and C > 1 else 1,
+                    schedule="static"):
+        r = 1.0 / sqrt(<double>var[c] + eps)
+        mu = mean[c]
+        sum_g = 0
+        sum_gx = 0
+        for n in range(N):
+            o = (n * C + c) * L
+            for i in range(L):
+                sum_g = sum_g + g[o + i]
+                sum_gx = sum_gx + (<double>g[o + i]) * (<double>(x[o + i] - mu))
+        sum_gx = sum_gx * r
+        if gb != NULL:
+            gb[c] = <real>sum_g
+        if gw != NULL:
+            gw[c] = <real>sum_gx
+        if gi != NULL:
+            k = r * (<double>w[c] if w != NULL else 1.0)
+            kt = <real>k
+            if batch_stats:
+                a = <real>(k * r * sum_gx / M)
+                bb = <real>(k * sum_g / M)
+                for n in range(N):
+                    o = (n * C + c) * L
+                    for i in range(L):
+                        gi[o + i] = g[o + i] * kt - ((x[o + i] - mu) * a + bb)
+            else:
+                for n in range(N):
+                    o = (n * C + c) * L
+                    for i in range(L):
+                        gi[o + i] = g[o + i] * kt
+
+
+def batch_norm_backward(cnp.ndarray grad_out, cnp.ndarray x, cnp.ndarray weight, cnp.ndarray mean, cnp.ndarray var,
+                        double eps, bint batch_stats, cnp.ndarray grad_input, cnp.ndarray grad_weight,
+                        cnp.ndarray grad_bias):
+    """dL/dx, dL/dγ, dL/dβ of batch normalisation (see the reference)."""
+    cdef fnn_idx N = x.shape[0], C = x.shape[1], L = x.shape[2]
+    cdef void *p[8]
+    _fill(p, (grad_out, x, weight, mean, var, grad_input, grad_weight, grad_bias))
+    cdef bint f32 = _f32(x)
+    with nogil:
+        if f32:
+            _bn_bwd(<float*>p[0], <float*>p[1], <float*>p[2], <float*>p[3], <float*>p[4], eps, batch_stats,
+                    <float*>p[5], <float*>p[6], <float*>p[7], N, C, L)
+        else:
+            _bn_bwd(<double*>p[0], <double*>p[1], <double*>p[2], <double*>p[3], <double*>p[4], eps, batch_stats,
+                    <double*>p[5], <double*>p[6], <double*>p[7], N, C, L)
+    return grad_input, grad_weight, grad_bias
+
+
+# ---- layer normalisation: x (M, K), statistics per row ----
+
+cdef void _ln_fwd(const real *x, const real *w, const real *b, double eps, real *out, real *mean, real *rstd,
+                  fnn_idx M, fnn_idx K) noexcept nogil:
+    cdef fnn_idx m, k
+    cdef double s, q, d, mu
+    cdef real mc, rt, v
+    for m in prange(M, num_threads=_num_threads if _parallel(M * K, False) and M > 1 else 1,
+                    schedule="static"):
+        s = 0
+        for k in range(K):
+            s = s + x[m * K + k]
+        mu = s / K
+        mc = <real>mu
+        q = 0
+        for k in range(K):
+            d = <double>(x[m * K + k] - mc)
+            q = q + d * d
+        mean[m] = <real>mu
+        rstd[m] = <real>(1.0 / sqrt(q / K + eps))
+        mc = mean[m]
+        rt = rstd[m]
+        for k in range(K):
+            v = (x[m * K + k] - mc) * rt
+            if w != NULL:
+                v = v * w[k]
+            if b != NULL:
+                v = v + b[k]
+            out[m * K + k] = v
+
+
+def layer_norm_forward(cnp.ndarray x, cnp.ndarray weight, cnp.ndarray bias, double eps, cnp.ndarray out,
+                       cnp.ndarray mean, cnp.ndarray rstd):
+    """y = γ(x − μ)·r + β per row of x (M, K); mean and rstd written."""
+    cdef fnn_idx M = x.shape[0], K = x.shape[1]
+    cdef void *p[6]
+    _fill(p, (x, weight, bias, out, mean, rstd))
+    cdef bint f32 = _f32(x)
+    with nogil:
+        if f32:
+            _ln_fwd(<float*>p[0], <float*>p[1], <float*>p[2], eps, <float*>p[3], <float*>p[4], <float*>p[5], M, K)
+        else:
+            _ln_fwd(<double*>p[0], <double*>p[1], <double*>p[2], eps, <double*>p[3], <double*>p[4],
+                    <double*>p[5], M, K)
+    return out
+
+
+cdef int _ln_bwd(const real *g, const real *x, const real *w, const real *mean, const real *rstd, real *gi,
+                 real *gw, real *gb, fnn_idx M, fnn_idx K) noexcept nogil:
+    cdef fnn_idx m, k
+    cdef double a, bsum
+    cdef real mt, rt, gg, xh, at, bt
+    cdef double *sw
+    cdef double *sb
+    if gi != NULL:
+        for m in prange(M, num_threads=_num_threads if _parallel(M * K, False) and M > 1 else 1,
+                        schedule="static"):
+            mt = mean[m]
+            rt = rstd[m]
+            a = 0
+            bsum = 0
+            for k in range(K):
+                gg = g[m * K + k] * w[k] if w != NULL else g[m * K + k]
+                xh = (x[m * K + k] - mt) * rt
+                a = a + gg
+                bsum = bsum + gg * xh
+            at = <real>(a / K)
+            bt = <real>(bsum / K)
+            for k in range(K):
+                gg = g[m * K + k] * w[k] if w != NULL else g[m * K + k]
+                xh = (x[m * K + k] - mt) * rt
+                gi[m * K + k] = rt * (gg - at - xh * bt)
+    if gw == NULL and gb == NULL:
+        return 0
+    sw = <double*>calloc(2 * max(K, 1), sizeof(double))
+    if sw == NULL:
+        return -1
+    sb = sw + K
+    for m in range(M):   # column sums over rows in float64, the columns innermost
+        mt = mean[m]
+        rt = rstd[m]
+        for k in range(K):
+            sb[k] += g[m * K + k]
+            sw[k] += g[m * K + k] * ((x[m * K + k] - mt) * rt)
+    for k in range(K):
+        if gw != NULL:
+            gw[k] = <real>sw[k]
+        if gb != NULL:
+            gb[k] = <real>sb[k]
+    free(sw)
+    return 0
+
+
+def layer_norm_backward(cnp.ndarray grad_out, cnp.ndarray x, cnp.ndarray weight, cnp.ndarray mean,
+                        cnp.ndarray rstd, cnp.ndarray grad_input, cnp.ndarray grad_weight, cnp.ndarray grad_bias):
+    """dL/dx, dL/dγ, dL/dβ of layer normalisation (see the reference)."""
+    cdef fnn_idx M = x.shape[0], K = x.shape[1]
+    cdef int rc
+    cdef void *p[8]
+    _fill(p, (grad_out, x, weight, mean, rstd, grad_input, grad_weight, grad_bias))
+    cdef bint f32 = _f32(x)
+    with nogil:
+        if f32:
+            rc = _ln_bwd(<float*>p[0], <float*>p[1], <float*>p[2], <float*>p[3], <float*>p[4], <float*>p[5],
+                         <float*>p[6], <float*>p[7], M, K)
+        else:
+            rc = _ln_bwd(<double*>p[0], <double*>p[1], <double*>p[2], <double*>p[3], <double*>p[4],
+                         <double*>p[5], <double*>p[6], <double*>p[7], M, K)
+    if rc != 0:
+        raise MemoryError("layer_norm_backward: out of memory")
+    return grad_input, grad_weight, grad_bias
+
+
+# ---- embeddings ----
+
+cdef fnn_idx _first_bad(const long long *idx, fnn_idx n, fnn_idx V) noexcept nogil:
+    """The position of the first index outside [0, V), or -1."""
+    cdef fnn_idx i
+    for i in range(n):
+        if <unsigned long long>idx[i] >= <unsigned long long>V:
+            return i
+    return -1
+
+
+cdef int _check_rows(cnp.ndarray indices, fnn_idx V, str what) except -1:
+    if cnp.PyArray_TYPE(indices) != cnp.NPY_INT64 or not cnp.PyArray_IS_C_CONTIGUOUS(indices):
+        raise TypeError(f"{what} must be a C-contiguous int64 array")
+    cdef fnn_idx bad = _first_bad(<const long long*>cnp.PyArray_DATA(indices), cnp.PyArray_SIZE(indices), V)
+    if bad >= 0:
+        raise ValueError(f"{what} must lie in [0, {V}) for a table of {V} rows")
+    return 0
+
+
+def embedding_forward(cnp.ndarray indices, cnp.ndarray weight, cnp.ndarray out):
+    """out[i] = weight[indices[i]] (indices checked against the table)."""
+    cdef fnn_idx V = weight.shape[0], D = weight.shape[1], n = cnp.PyArray_SIZE(indices), i
+    cdef size_t row = D * cnp.PyArray_ITEMSIZE(weight)
+    _check_rows(indices, V, "indices")
+    cdef const long long *idx = <const long long*>cnp.PyArray_DATA(indices)
+    cdef const char *w = <const char*>cnp.PyArray_DATA(weight)
+    cdef char *o = <char*>cnp.PyArray_DATA(out)
+    with nogil:
+        for i in range(n):
+            memcpy(o + i * row, w + idx[i] * row, row)
+    return out
+
+
+cdef void _emb_add(const real *g, const long long *idx, fnn_idx n, fnn_idx D, long long padding,
+                   real *gw) noexcept nogil:
+    cdef fnn_idx i, d
+    cdef real *dst
+    for i in range(n):
+        if idx[i] == padding:
+            continue
+        dst = gw + idx[i] * D
+        for d in range(D):
+            dst[d] = dst[d] + g[i * D + d]
+
+
+def embedding_backward(cnp.ndarray grad_out, cnp.ndarray indices, long long padding_idx, cnp.ndarray clear,
+                       cnp.ndarray grad_weight):
+    """Zero the rows `clear`, then grad_weight[indices[i]] += grad_out[i] (not for padding_idx)."""
+    cdef fnn_idx V = grad_weight.shape[0], D = grad_weight.shape[1], n = cnp.PyArray_SIZE(indices), i
+    _check_rows(indices, V, "indices")
+    _check_rows(clear, V, "rows to clear")
+    cdef const long long *idx = <const long long*>cnp.PyArray_DATA(indices)
+    cdef const long long *cl = <const long long*>cnp.PyArray_DATA(clear)
+    cdef fnn_idx nc = cnp.PyArray_SIZE(clear)
+    cdef size_t row = D * cnp.PyArray_ITEMSIZE(grad_weight)
+    cdef char *gw = <char*>cnp.PyArray_DATA(grad_weight)
+    cdef void *pg = cnp.PyArray_DATA(grad_out)
+    cdef bint f32 = _f32(grad_weight)
+    with nogil:
+        for i in range(nc):
+            memset(gw + cl[i] * row, 0, row)
+        if f32:
+            _emb_add(<float*>pg, idx, n, D, padding_idx, <float*>gw)
+        else:
+            _emb_add(<double*>pg, idx, n, D, padding_idx, <double*>gw)
+    return grad_weight
+
+
+# ---- adaptive average pooling over (B, C, H, W) ----
+
+cdef inline fnn_idx _start(fnn_idx i, fnn_idx n_in, fnn_idx n_out) noexcept nogil:
+    return (i * n_in) // n_out
+
+
+cdef inline fnn_idx _end(fnn_idx i, fnn_idx n_in, fnn_idx n_out) noexcept nogil:
+    return ((i + 1) * n_in + n_out - 1) // n_out
+
+
+cdef void _adaptive_fwd(const real *x, real *out, fnn_idx planes, fnn_idx H, fnn_idx W, fnn_idx Ho,
+                        fnn_idx Wo) noexcept nogil:
+    cdef fnn_idx pl, i, j, h, w, h0, h1, w0, w1
+    cdef double s
+    for pl in prange(planes, num_threads=_threads_for(<double>planes * H * W), schedule="static"):
+        for i in range(Ho):
+            h0 = _start(i, H, Ho)
+            h1 = _end(i, H, Ho)
+            for j in range(Wo):
+                w0 = _start(j, W, Wo)
+                w1 = _end(j, W, Wo)
+                s = 0
+                for h in range(h0, h1):
+                    for w in range(w0, w1):
+                        s = s + x[(pl * H + h) * W + w]
+                out[(pl * Ho + i) * Wo + j] = <real>(s / ((h1 - h0) * (w1 - w0)))
+
+
+def adaptive_avg_pool2d_forward(cnp.ndarray x, cnp.ndarray out):
+    """out[b, c, i, j] = the mean of window (i, j) of x[b, c] (PyTorch's windows)."""
+    cdef fnn_idx planes = x.shape[0] * x.shape[1], H = x.shape[2], W = x.shape[3], Ho = out.shape[2]
+    cdef fnn_idx Wo = out.shape[3]
+    cdef void *px = cnp.PyArray_DATA(x)
+    cdef void *po = cnp.PyArray_DATA(out)
+    if cnp.PyArray_SIZE(out) == 0:
+        return out
+    cdef bint f32 = _f32(x)
+    with nogil:
+        if f32:
+            _adaptive_fwd(<float*>px, <float*>po, planes, H, W, Ho, Wo)
+        else:
+            _adaptive_fwd(<double*>px, <double*>po, planes, H, W, Ho, Wo)
+    return out
+
+
+cdef void _adaptive_bwd(const real *g, real *gi, fnn_idx planes, fnn_idx H, fnn_idx W, fnn_idx Ho,
+                        fnn_idx Wo) noexcept nogil:
+    cdef fnn_idx pl, i, j, h, w, h0, h1, w0, w1
+    cdef real v
+    for pl in prange(planes, num_threads=_threads_for(<double>planes * H * W), schedule="static"):
+        memset(gi + pl * H * W, 0, H * W * sizeof(real))
+        for i in range(Ho):
+            h0 = _start(i, H, Ho)
+            h1 = _end(i, H, Ho)
+            for j in range(Wo):
+                w0 = _start(j, W, Wo)
+                w1 = _end(j, W, Wo)
+                v = g[(pl * Ho + i) * Wo + j] / <real>((h1 - h0) * (w1 - w0))
+                for h in range(h0, h1):
+                    for w in range(w0, w1):
+                        gi[(pl * H + h) * W + w] += v
+
+
+def adaptive_avg_pool2d_backward(cnp.ndarray grad_out, cnp.ndarray grad_input):
+    """Each output gradient spread evenly over its window."""
+    cdef fnn_idx planes = grad_input.shape[0] * grad_input.shape[1], H = grad_input.shape[2]
+    cdef fnn_idx W = grad_input.shape[3], Ho = grad_out.shape[2], Wo = grad_out.shape[3]
+    cdef void *pg = cnp.PyArray_DATA(grad_out)
+    cdef void *pi = cnp.PyArray_DATA(grad_input)
+    if cnp.PyArray_SIZE(grad_input) == 0:
+        return grad_input
+    cdef bint f32 = _f32(grad_input)
+    with nogil:
+        if f32:
+            _adaptive_bwd(<float*>pg, <float*>pi, planes, H, W, Ho, Wo)
+        else:
+            _adaptive_bwd(<double*>pg, <double*>pi, planes, H, W, Ho, Wo)
+    return grad_input

@@ -28,6 +28,7 @@ from .backends import (
     set_backend,
     use_backend,
 )
+from .export import export_onnx, export_safetensors
 from .gemm import get_gemm, set_gemm, use_gemm
 from .grad_mode import enable_grad, inference_mode, is_grad_enabled, no_grad
 from .gradcheck import GradcheckError, gradcheck
@@ -76,4 +77,6 @@ __all__ = [
     "ModelFileError",
     "gradcheck",
     "GradcheckError",
+    "export_onnx",
+    "export_safetensors",
 ]

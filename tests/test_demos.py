@@ -77,3 +77,24 @@ def test_demo_without_matplotlib_offers_no_plot(monkeypatch, capsys, tmp_path):
     assert cli.main(["demo", "approx", "--no-plot", "--epochs", "5", "--no-progress", "--backend", "numpy"]) == 0
     assert "max |error|" in capsys.readouterr().out
     assert not list(tmp_path.iterdir())
+
+
+def test_demo_text_trains_exports_and_runs_in_onnxruntime(tmp_path, capsys):
+    pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (the demo extra has it)")
+    args = ["demo", "text", "--epochs", "4", "--train", "1500", "--no-progress", "--out", str(tmp_path)]
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out
+    acc = float(out.split("test accuracy")[1].split()[0])
+    assert acc > 0.85  # order matters ("not" flips the next word): a recurrent model learns it
+    assert "predictions agree on 100.0%" in out
+    assert (tmp_path / "text.onnx").stat().st_size > 10_000
+
+
+def test_demo_text_without_onnx_offers_no_onnx(monkeypatch, capsys):
+    import fastnn.demos as demos
+
+    monkeypatch.setattr(demos, "_installed", lambda name: name not in ("onnx", "onnxruntime"))
+    assert cli.main(["demo", "text", "--no-progress"]) == 2
+    assert "--no-onnx" in capsys.readouterr().err
+    assert cli.main(["demo", "text", "--no-onnx", "--epochs", "1", "--train", "300", "--no-progress"]) == 0
+    assert "test accuracy" in capsys.readouterr().out

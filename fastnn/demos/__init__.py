@@ -3,7 +3,8 @@
 A demo module defines ``NAME`` (the sub-command), ``HELP`` (one line),
 ``add_arguments(parser)``, ``run(args) -> int`` and ``REQUIRES``: the
 optional packages it imports (``{import name: distribution name}``);
-``matplotlib`` in it is needed only without ``--no-plot``.
+``matplotlib`` in it is needed only without ``--no-plot``, ``onnx`` and
+``onnxruntime`` only without ``--no-onnx``.
 """
 
 from __future__ import annotations
@@ -35,10 +36,15 @@ def missing_requirements(module, args) -> str | None:
     needed = dict(getattr(module, "REQUIRES", {}))
     if getattr(args, "no_plot", False):
         needed.pop("matplotlib", None)
+    if getattr(args, "no_onnx", False):
+        needed.pop("onnx", None)
+        needed.pop("onnxruntime", None)
     missing = [dist for name, dist in needed.items() if not _installed(name)]
     if not missing:
         return None
     text = f"fastnn demo {module.NAME} needs {' and '.join(missing)}, which is not installed: {INSTALL_HINT}"
     if "matplotlib" in missing and hasattr(args, "no_plot"):
         text += ", or run it with --no-plot"
+    if "onnx" in missing or "onnxruntime" in missing:
+        text += ", or run it with --no-onnx"
     return text

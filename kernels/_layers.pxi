@@ -70,100 +70,225 @@ def dropout_backward(cnp.ndarray grad_out, cnp.ndarray mask, double scale, fnn_i
     return out
 
 
-# ---- batch normalisation: x (N, C, L), statistics per channel ----
+# ---- sums in float64 without a chain of dependent additions ----
+# The build keeps IEEE order (no -ffast-math), so `s += x[i]` would be one
+# dependent addition per element; four partial sums let the compiler keep
+# four in flight (and vectorise), at a different rounding of the same sum.
 
-cdef void _bn_fwd(const real *x, const real *w, const real *b, double eps, bint batch_stats, real *mean, real *var,
-                  real *out, fnn_idx N, fnn_idx C, fnn_idx L) noexcept nogil:
-    cdef fnn_idx c, n, i, o
-    cdef double s, q, d, mu, scale, shift
-    cdef real mc, sc, sh
-    for c in prange(C, num_threads=_num_threads if _parallel(N * C * L, False) and C > 1 else 1,
-                    schedule="static"):
-        if batch_stats:
-            s = 0
-            for n in range(N):
-                o = (n * C + c) * L
-                for i in range(L):
-                    s = s + x[o + i]
-            mu = s / (N * L)
-            mc = <real>mu   # the reference centres in the data's dtype
-            q = 0
-            for n in range(N):
-                o = (n * C + c) * L
-                for i in range(L):
-                    d = <double>(x[o + i] - mc)
-                    q = q + d * d
-            mean[c] = <real>mu
-            var[c] = <real>(q / (N * L))
-        scale = 1.0 / sqrt(<double>var[c] + eps)
-        if w != NULL:
-            scale = scale * w[c]
-        shift = -(<double>mean[c]) * scale
-        if b != NULL:
-            shift = shift + b[c]
-        sc = <real>scale
-        sh = <real>shift
+cdef inline double _sum(const real *x, fnn_idx n) noexcept nogil:
+    cdef double s0 = 0, s1 = 0, s2 = 0, s3 = 0
+    cdef fnn_idx i = 0
+    while i + 4 <= n:
+        s0 += x[i]
+        s1 += x[i + 1]
+        s2 += x[i + 2]
+        s3 += x[i + 3]
+        i += 4
+    while i < n:
+        s0 += x[i]
+        i += 1
+    return (s0 + s1) + (s2 + s3)
+
+
+cdef inline double _sq_dev(const real *x, real c, fnn_idx n) noexcept nogil:
+    """Σ (x − c)², the difference in the data's dtype (as the reference centres), squared in float64."""
+    cdef double s0 = 0, s1 = 0, d0, d1
+    cdef fnn_idx i = 0
+    while i + 2 <= n:
+        d0 = <double>(x[i] - c)
+        d1 = <double>(x[i + 1] - c)
+        s0 += d0 * d0
+        s1 += d1 * d1
+        i += 2
+    if i < n:
+        d0 = <double>(x[i] - c)
+        s0 += d0 * d0
+    return s0 + s1
+
+
+cdef inline void _dot_dev(const real *g, const real *x, real c, fnn_idx n, double *sg, double *sgx) noexcept nogil:
+    """sg += Σ g, sgx += Σ g·(x − c), in float64."""
+    cdef double a0 = 0, a1 = 0, b0 = 0, b1 = 0
+    cdef fnn_idx i = 0
+    while i + 2 <= n:
+        a0 += g[i]
+        a1 += g[i + 1]
+        b0 += (<double>g[i]) * (<double>(x[i] - c))
+        b1 += (<double>g[i + 1]) * (<double>(x[i + 1] - c))
+        i += 2
+    if i < n:
+        a0 += g[i]
+        b0 += (<double>g[i]) * (<double>(x[i] - c))
+    sg[0] += a0 + a1
+    sgx[0] += b0 + b1
+
+
+# ---- batch normalisation: x (N, C, L), statistics per channel ----
+# Every pass walks x in memory order over a block of channels (one block per
+# thread): for L = 1 (BatchNorm1d on (N, C)) a channel's values are C apart,
+# and a pass per channel would load a cache line per value.
+
+cdef void _bn_block_fwd(const real *x, const real *w, const real *b, double eps, bint batch_stats, real *mean,
+                        real *var, real *out, fnn_idx N, fnn_idx C, fnn_idx L, fnn_idx c0, fnn_idx c1,
+                        double *acc, real *sc) noexcept nogil:
+    """Channels c0..c1: acc (c1 - c0 doubles) and sc (2 (c1 - c0) reals) are scratch."""
+    cdef fnn_idx n, c, i, o, nc = c1 - c0
+    cdef real *sh = sc + nc
+    cdef double scale, shift, M = <double>(N * L)
+    if batch_stats:
+        for c in range(nc):
+            acc[c] = 0
         for n in range(N):
-            o = (n * C + c) * L
-            for i in range(L):
-                out[o + i] = x[o + i] * sc + sh
+            o = (n * C + c0) * L
+            if L == 1:
+                for c in range(nc):
+                    acc[c] += x[o + c]
+            else:
+                for c in range(nc):
+                    acc[c] += _sum(x + o + c * L, L)
+        for c in range(nc):
+            mean[c0 + c] = <real>(acc[c] / M)   # the reference centres in the data's dtype
+            acc[c] = 0
+        for n in range(N):
+            o = (n * C + c0) * L
+            if L == 1:
+                for c in range(nc):
+                    acc[c] += (<double>(x[o + c] - mean[c0 + c])) * (<double>(x[o + c] - mean[c0 + c]))
+            else:
+                for c in range(nc):
+                    acc[c] += _sq_dev(x + o + c * L, mean[c0 + c], L)
+        for c in range(nc):
+            var[c0 + c] = <real>(acc[c] / M)
+    for c in range(nc):
+        scale = 1.0 / sqrt(<double>var[c0 + c] + eps)
+        if w != NULL:
+            scale = scale * w[c0 + c]
+        shift = -(<double>mean[c0 + c]) * scale
+        if b != NULL:
+            shift = shift + b[c0 + c]
+        sc[c] = <real>scale
+        sh[c] = <real>shift
+    for n in range(N):
+        o = (n * C + c0) * L
+        if L == 1:
+            for c in range(nc):
+                out[o + c] = x[o + c] * sc[c] + sh[c]
+        else:
+            for c in range(nc):
+                for i in range(L):
+                    out[o + c * L + i] = x[o + c * L + i] * sc[c] + sh[c]
+
+
+cdef int _bn_fwd(const real *x, const real *w, const real *b, double eps, bint batch_stats, real *mean, real *var,
+                 real *out, fnn_idx N, fnn_idx C, fnn_idx L) noexcept nogil:
+    cdef int nt = _num_threads if _parallel(N * C * L, False) and C > 1 else 1
+    cdef fnn_idx blk, nblk = nt, per = (C + nblk - 1) // nblk, c0, c1
+    cdef char *scratch = <char*>malloc(C * (sizeof(double) + 2 * sizeof(real)) + 64)
+    cdef double *acc
+    cdef real *sc
+    if scratch == NULL:
+        return -1
+    acc = <double*>scratch
+    sc = <real*>(acc + C)
+    for blk in prange(nblk, num_threads=nt, schedule="static"):
+        c0 = blk * per
+        c1 = min(C, c0 + per)
+        if c0 < c1:
+            _bn_block_fwd(x, w, b, eps, batch_stats, mean, var, out, N, C, L, c0, c1, acc + c0, sc + 2 * c0)
+    free(scratch)
+    return 0
 
 
 def batch_norm_forward(cnp.ndarray x, cnp.ndarray weight, cnp.ndarray bias, double eps, bint batch_stats,
                        cnp.ndarray mean, cnp.ndarray var, cnp.ndarray out):
     """y = γ(x − μ)/sqrt(σ² + eps) + β per channel of x (N, C, L)."""
     cdef fnn_idx N = x.shape[0], C = x.shape[1], L = x.shape[2]
+    cdef int rc
     cdef void *p[6]
     _fill(p, (x, weight, bias, mean, var, out))
     cdef bint f32 = _f32(x)
     with nogil:
         if f32:
-            _bn_fwd(<float*>p[0], <float*>p[1], <float*>p[2], eps, batch_stats, <float*>p[3], <float*>p[4],
-                    <float*>p[5], N, C, L)
+            rc = _bn_fwd(<float*>p[0], <float*>p[1], <float*>p[2], eps, batch_stats, <float*>p[3], <float*>p[4],
+                         <float*>p[5], N, C, L)
         else:
-            _bn_fwd(<double*>p[0], <double*>p[1], <double*>p[2], eps, batch_stats, <double*>p[3], <double*>p[4],
-                    <double*>p[5], N, C, L)
+            rc = _bn_fwd(<double*>p[0], <double*>p[1], <double*>p[2], eps, batch_stats, <double*>p[3],
+                         <double*>p[4], <double*>p[5], N, C, L)
+    if rc != 0:
+        raise MemoryError("batch_norm_forward: out of memory")
     return out
 
 
-cdef void _bn_bwd(const real *g, const real *x, const real *w, const real *mean, const real *var, double eps,
-                  bint batch_stats, real *gi, real *gw, real *gb, fnn_idx N, fnn_idx C,
-                  fnn_idx L) noexcept nogil:
-    cdef fnn_idx c, n, i, o
-    cdef double r, sum_g, sum_gx, k
-    cdef real mu, kt, a, bb
-    cdef fnn_idx M = N * L
-    for c in prange(C, num_threads=_num_threads if _parallel(N * C * L, False) and C > 1 else 1,
-                    schedule="static"):
-        r = 1.0 / sqrt(<double>var[c] + eps)
-        mu = mean[c]
-        sum_g = 0
-        sum_gx = 0
-        for n in range(N):
-            o = (n * C + c) * L
-            for i in range(L):
-                sum_g = sum_g + g[o + i]
-                sum_gx = sum_gx + (<double>g[o + i]) * (<double>(x[o + i] - mu))
-        sum_gx = sum_gx * r
+cdef void _bn_block_bwd(const real *g, const real *x, const real *w, const real *mean, const real *var, double eps,
+                        bint batch_stats, real *gi, real *gw, real *gb, fnn_idx N, fnn_idx C, fnn_idx L,
+                        fnn_idx c0, fnn_idx c1, double *sg, real *k) noexcept nogil:
+    """Channels c0..c1: sg (2 (c1 - c0) doubles) and k (3 (c1 - c0) reals) are scratch."""
+    cdef fnn_idx n, c, i, o, nc = c1 - c0
+    cdef double *sgx = sg + nc
+    cdef real *a = k + nc
+    cdef real *bb = k + 2 * nc
+    cdef double r, kd, M = <double>(N * L)
+    for c in range(nc):
+        sg[c] = 0
+        sgx[c] = 0
+    for n in range(N):
+        o = (n * C + c0) * L
+        if L == 1:
+            for c in range(nc):
+                sg[c] += g[o + c]
+                sgx[c] += (<double>g[o + c]) * (<double>(x[o + c] - mean[c0 + c]))
+        else:
+            for c in range(nc):
+                _dot_dev(g + o + c * L, x + o + c * L, mean[c0 + c], L, &sg[c], &sgx[c])
+    for c in range(nc):
+        r = 1.0 / sqrt(<double>var[c0 + c] + eps)
+        sgx[c] = sgx[c] * r
         if gb != NULL:
-            gb[c] = <real>sum_g
+            gb[c0 + c] = <real>sg[c]
         if gw != NULL:
-            gw[c] = <real>sum_gx
-        if gi != NULL:
-            k = r * (<double>w[c] if w != NULL else 1.0)
-            kt = <real>k
-            if batch_stats:
-                a = <real>(k * r * sum_gx / M)
-                bb = <real>(k * sum_g / M)
-                for n in range(N):
-                    o = (n * C + c) * L
-                    for i in range(L):
-                        gi[o + i] = g[o + i] * kt - ((x[o + i] - mu) * a + bb)
+            gw[c0 + c] = <real>sgx[c]
+        kd = r * (<double>w[c0 + c] if w != NULL else 1.0)
+        k[c] = <real>kd
+        a[c] = <real>(kd * r * sgx[c] / M) if batch_stats else <real>0
+        bb[c] = <real>(kd * sg[c] / M) if batch_stats else <real>0
+    if gi == NULL:
+        return
+    for n in range(N):
+        o = (n * C + c0) * L
+        if batch_stats:
+            if L == 1:
+                for c in range(nc):
+                    gi[o + c] = g[o + c] * k[c] - ((x[o + c] - mean[c0 + c]) * a[c] + bb[c])
             else:
-                for n in range(N):
-                    o = (n * C + c) * L
+                for c in range(nc):
                     for i in range(L):
-                        gi[o + i] = g[o + i] * kt
+                        gi[o + c * L + i] = (g[o + c * L + i] * k[c]
+                                             - ((x[o + c * L + i] - mean[c0 + c]) * a[c] + bb[c]))
+        else:
+            for c in range(nc):
+                for i in range(L):
+                    gi[o + c * L + i] = g[o + c * L + i] * k[c]
+
+
+cdef int _bn_bwd(const real *g, const real *x, const real *w, const real *mean, const real *var, double eps,
+                 bint batch_stats, real *gi, real *gw, real *gb, fnn_idx N, fnn_idx C, fnn_idx L) noexcept nogil:
+    cdef int nt = _num_threads if _parallel(N * C * L, False) and C > 1 else 1
+    cdef fnn_idx blk, nblk = nt, per = (C + nblk - 1) // nblk, c0, c1
+    cdef char *scratch = <char*>malloc(C * (2 * sizeof(double) + 3 * sizeof(real)) + 64)
+    cdef double *sg
+    cdef real *k
+    if scratch == NULL:
+        return -1
+    sg = <double*>scratch
+    k = <real*>(sg + 2 * C)
+    for blk in prange(nblk, num_threads=nt, schedule="static"):
+        c0 = blk * per
+        c1 = min(C, c0 + per)
+        if c0 < c1:
+            _bn_block_bwd(g, x, w, mean, var, eps, batch_stats, gi, gw, gb, N, C, L, c0, c1, sg + 2 * c0,
+                          k + 3 * c0)
+    free(scratch)
+    return 0
 
 
 def batch_norm_backward(cnp.ndarray grad_out, cnp.ndarray x, cnp.ndarray weight, cnp.ndarray mean, cnp.ndarray var,
@@ -171,16 +296,19 @@ def batch_norm_backward(cnp.ndarray grad_out, cnp.ndarray x, cnp.ndarray weight,
                         cnp.ndarray grad_bias):
     """dL/dx, dL/dγ, dL/dβ of batch normalisation (see the reference)."""
     cdef fnn_idx N = x.shape[0], C = x.shape[1], L = x.shape[2]
+    cdef int rc
     cdef void *p[8]
     _fill(p, (grad_out, x, weight, mean, var, grad_input, grad_weight, grad_bias))
     cdef bint f32 = _f32(x)
     with nogil:
         if f32:
-            _bn_bwd(<float*>p[0], <float*>p[1], <float*>p[2], <float*>p[3], <float*>p[4], eps, batch_stats,
-                    <float*>p[5], <float*>p[6], <float*>p[7], N, C, L)
+            rc = _bn_bwd(<float*>p[0], <float*>p[1], <float*>p[2], <float*>p[3], <float*>p[4], eps, batch_stats,
+                         <float*>p[5], <float*>p[6], <float*>p[7], N, C, L)
         else:
-            _bn_bwd(<double*>p[0], <double*>p[1], <double*>p[2], <double*>p[3], <double*>p[4], eps, batch_stats,
-                    <double*>p[5], <double*>p[6], <double*>p[7], N, C, L)
+            rc = _bn_bwd(<double*>p[0], <double*>p[1], <double*>p[2], <double*>p[3], <double*>p[4], eps,
+                         batch_stats, <double*>p[5], <double*>p[6], <double*>p[7], N, C, L)
+    if rc != 0:
+        raise MemoryError("batch_norm_backward: out of memory")
     return grad_input, grad_weight, grad_bias
 
 
@@ -189,30 +317,23 @@ def batch_norm_backward(cnp.ndarray grad_out, cnp.ndarray x, cnp.ndarray weight,
 cdef void _ln_fwd(const real *x, const real *w, const real *b, double eps, real *out, real *mean, real *rstd,
                   fnn_idx M, fnn_idx K) noexcept nogil:
     cdef fnn_idx m, k
-    cdef double s, q, d, mu
-    cdef real mc, rt, v
+    cdef real mc, rt
     for m in prange(M, num_threads=_num_threads if _parallel(M * K, False) and M > 1 else 1,
                     schedule="static"):
-        s = 0
-        for k in range(K):
-            s = s + x[m * K + k]
-        mu = s / K
-        mc = <real>mu
-        q = 0
-        for k in range(K):
-            d = <double>(x[m * K + k] - mc)
-            q = q + d * d
-        mean[m] = <real>mu
-        rstd[m] = <real>(1.0 / sqrt(q / K + eps))
-        mc = mean[m]
+        mc = <real>(_sum(x + m * K, K) / K)   # centred in the data's dtype, as the reference
+        mean[m] = mc
+        rstd[m] = <real>(1.0 / sqrt(_sq_dev(x + m * K, mc, K) / K + eps))
         rt = rstd[m]
-        for k in range(K):
-            v = (x[m * K + k] - mc) * rt
-            if w != NULL:
-                v = v * w[k]
-            if b != NULL:
-                v = v + b[k]
-            out[m * K + k] = v
+        if w != NULL and b != NULL:
+            for k in range(K):
+                out[m * K + k] = (x[m * K + k] - mc) * rt * w[k] + b[k]
+        else:
+            for k in range(K):
+                out[m * K + k] = (x[m * K + k] - mc) * rt
+                if w != NULL:
+                    out[m * K + k] = out[m * K + k] * w[k]
+                if b != NULL:
+                    out[m * K + k] = out[m * K + k] + b[k]
 
 
 def layer_norm_forward(cnp.ndarray x, cnp.ndarray weight, cnp.ndarray bias, double eps, cnp.ndarray out,
@@ -231,6 +352,28 @@ def layer_norm_forward(cnp.ndarray x, cnp.ndarray weight, cnp.ndarray bias, doub
     return out
 
 
+cdef inline void _ln_row_sums(const real *g, const real *w, const real *x, real mt, real rt, fnn_idx K, double *a,
+                              double *b) noexcept nogil:
+    """a = Σ γg, b = Σ γg·x̂ over one row (two partial sums each)."""
+    cdef double a0 = 0, a1 = 0, b0 = 0, b1 = 0
+    cdef real g0, g1
+    cdef fnn_idx k = 0
+    while k + 2 <= K:
+        g0 = g[k] * w[k] if w != NULL else g[k]
+        g1 = g[k + 1] * w[k + 1] if w != NULL else g[k + 1]
+        a0 += g0
+        a1 += g1
+        b0 += g0 * ((x[k] - mt) * rt)
+        b1 += g1 * ((x[k + 1] - mt) * rt)
+        k += 2
+    if k < K:
+        g0 = g[k] * w[k] if w != NULL else g[k]
+        a0 += g0
+        b0 += g0 * ((x[k] - mt) * rt)
+    a[0] = a0 + a1
+    b[0] = b0 + b1
+
+
 cdef int _ln_bwd(const real *g, const real *x, const real *w, const real *mean, const real *rstd, real *gi,
                  real *gw, real *gb, fnn_idx M, fnn_idx K) noexcept nogil:
     cdef fnn_idx m, k
@@ -243,13 +386,7 @@ cdef int _ln_bwd(const real *g, const real *x, const real *w, const real *mean, 
                         schedule="static"):
             mt = mean[m]
             rt = rstd[m]
-            a = 0
-            bsum = 0
-            for k in range(K):
-                gg = g[m * K + k] * w[k] if w != NULL else g[m * K + k]
-                xh = (x[m * K + k] - mt) * rt
-                a = a + gg
-                bsum = bsum + gg * xh
+            _ln_row_sums(g + m * K, w, x + m * K, mt, rt, K, &a, &bsum)
             at = <real>(a / K)
             bt = <real>(bsum / K)
             for k in range(K):
@@ -262,7 +399,7 @@ cdef int _ln_bwd(const real *g, const real *x, const real *w, const real *mean, 
     if sw == NULL:
         return -1
     sb = sw + K
-    for m in range(M):   # column sums over rows in float64, the columns innermost
+    for m in range(M):   # column sums over rows in float64, the columns innermost (independent: vectorised)
         mt = mean[m]
         rt = rstd[m]
         for k in range(K):

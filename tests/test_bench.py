@@ -643,3 +643,25 @@ def test_plans_section_tiny():
         assert "MLPClassifier" in md and set(res["sklearn"]) == {"digits", "20k"}
     assert plans_section.markdown_lines(None) == []
     assert "error: boom" in "\n".join(plans_section.markdown_lines({"error": "boom"}))
+
+
+@pytest.mark.parametrize("wid", ["LAYERS", "NORM"])
+def test_optional_layer_workloads_run_in_every_backend_and_torch(wid):
+    """The optional LAYERS and NORM workloads: a step per backend (and PyTorch), finite and repeatable."""
+    from fastnn.bench import anchors
+
+    (wl,) = workloads.get_workloads([wid])
+    assert wid in workloads.OPTIONAL_WORKLOADS and wid not in [w.id for w in workloads.get_workloads()]
+    for case in wl.cases(True, True):
+        for b in fastnn.available_backends():
+            with fastnn.use_backend(b):
+                step = workloads.build_step(case)
+                first = np.asarray(step(), dtype=float)
+                again = np.asarray(step(), dtype=float)
+            assert np.isfinite(first).all() and np.isfinite(again).all(), (case.key, b)
+            if case.kind == "cnn_bn":
+                assert float(again) < float(first) + 1.0  # a training step on a fixed batch: no blow-up
+            elif case.kind != "bilstm":
+                np.testing.assert_allclose(again, first, rtol=1e-4, atol=1e-5)  # layers without update: repeatable
+        if anchors.available("torch"):
+            assert anchors.build_anchor("torch", case)() is not None

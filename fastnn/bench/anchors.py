@@ -177,6 +177,58 @@ def _torch_recurrent(p, cls, with_opt):
     return step
 
 
+def _torch_cnn_bn(p):
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    rng = _rng()
+    model = nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(8, 16, 3, padding=1),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Dropout(0.25),
+        nn.Linear(16 * 7 * 7, 10),
+    )
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    x = _t(_randn(rng, p["b"], 1, 28, 28))
+    y = torch.from_numpy(rng.integers(0, 10, p["b"]))
+    return _torch_train(model, nn.CrossEntropyLoss(), opt, x, y)
+
+
+def _torch_bilstm(p):
+    import torch
+
+    return _torch_recurrent(
+        dict(p, h=2 * p["h"]), lambda i, h: torch.nn.LSTM(i, h // 2, num_layers=2, bidirectional=True), False
+    )
+
+
+def _torch_norm(kind):
+    def build(p):
+        import torch
+
+        rng = _rng()
+        layer = torch.nn.BatchNorm1d(p["k"]) if kind == "batch" else torch.nn.LayerNorm(p["k"])
+        x = _t(_randn(rng, p["m"], p["k"])).requires_grad_(True)
+        g = _t(_randn(rng, p["m"], p["k"]))
+
+        def step():
+            y = layer(x)
+            grads = torch.autograd.grad(y, [x, *layer.parameters()], g)
+            return grads[0]
+
+        return step
+
+    return build
+
+
 def _torch_rnn(p):
     import torch
 
@@ -236,6 +288,10 @@ _TORCH = {
     "cnn": _torch_cnn,
     "rnn": _torch_rnn,
     "lstm": _torch_lstm,
+    "cnn_bn": _torch_cnn_bn,
+    "bilstm": _torch_bilstm,
+    "batchnorm": _torch_norm("batch"),
+    "layernorm": _torch_norm("layer"),
     "conv3x3": _torch_conv3x3,
     "ce": _torch_ce,
     "adam": _torch_adam,

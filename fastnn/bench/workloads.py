@@ -198,6 +198,30 @@ def _lstm(quick, tiny):
     return [Case("LSTM", f"T={t} I={i} H={h} B={b} fwd+bwd", "lstm", dict(t=t, i=i, h=h, b=b))]
 
 
+def _layers(quick, tiny):
+    b = 8 if tiny else 64
+    t, i, h, bl = (5, 8, 16, 4) if tiny else (100, 32, 128, 64)
+    return [
+        Case("LAYERS", f"CNN+BatchNorm2d+Dropout train step B={b}", "cnn_bn", dict(b=b)),
+        Case(
+            "LAYERS",
+            f"2-layer bidirectional LSTM T={t} I={i} H={h} B={bl} fwd+bwd",
+            "bilstm",
+            dict(t=t, i=i, h=h, b=bl),
+        ),
+    ]
+
+
+def _norm(quick, tiny):
+    m, k = (32, 128) if tiny else (256, 1024)
+    # forward reads x twice (statistics) and writes y; backward reads g and x twice and writes dL/dx
+    nbytes = 7.0 * 4 * m * k
+    return [
+        Case("NORM", f"BatchNorm1d fwd+bwd {m}x{k}", "batchnorm", dict(m=m, k=k), bytes=nbytes),
+        Case("NORM", f"LayerNorm fwd+bwd {m}x{k}", "layernorm", dict(m=m, k=k), bytes=nbytes),
+    ]
+
+
 def _conv(quick, tiny):
     b, c, o, hw = (1, 8, 8, 16) if tiny else (8, 64, 64, 56)
     flops = 2.0 * b * o * c * 9 * hw * hw
@@ -307,14 +331,30 @@ WORKLOADS: list[Workload] = [
 ]
 
 
-#: Workloads run only when asked for by id (``fastnn bench --workloads SKL`` or ``--sklearn``).
-OPTIONAL_WORKLOADS = ("SKL",)
+#: Workloads run only when asked for by id (``fastnn bench --workloads SKL,LAYERS,NORM``; ``--sklearn``).
+OPTIONAL_WORKLOADS = ("SKL", "LAYERS", "NORM")
 
 
 def _optional():
     from .sklearn_section import WORKLOAD
 
-    return [WORKLOAD]
+    return [
+        WORKLOAD,
+        Workload(
+            "LAYERS",
+            "the newer layers in training: a W5 CNN with BatchNorm2d and Dropout, a deep bidirectional LSTM",
+            None,
+            ("fastnn.nn.BatchNorm2d", "fastnn.nn.Dropout", "fastnn.nn.LSTM"),
+            _layers,
+        ),
+        Workload(
+            "NORM",
+            "batch and layer normalisation, forward and backward, float32",
+            "copy",
+            ("fastnn.nn.BatchNorm1d", "fastnn.nn.LayerNorm"),
+            _norm,
+        ),
+    ]
 
 
 def get_workloads(ids=None) -> list[Workload]:
@@ -477,6 +517,54 @@ def _workspace(fastnn, model):
     return make(model) if make is not None else contextlib.nullcontext()
 
 
+def _step_cnn_bn(p):
+    nn = _fastnn().nn
+    rng = _rng()
+    model = nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(8, 16, 3, padding=1),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Dropout(0.25),
+        nn.Linear(16 * 7 * 7, 10),
+    )
+    opt = _optim().SGD(model.parameters(), lr=0.01, momentum=0.9)
+    x = _randn(rng, p["b"], 1, 28, 28)
+    y = rng.integers(0, 10, p["b"])
+    return _train_step(model, nn.CrossEntropyLoss(), opt, x, y)
+
+
+def _step_bilstm(p):
+    fastnn = _fastnn()
+    layer = fastnn.nn.LSTM(p["i"], p["h"], num_layers=2, bidirectional=True)
+    return _recurrent_step(fastnn, dict(p, h=2 * p["h"]), layer)
+
+
+def _step_norm(kind):
+    def build(p):
+        fastnn = _fastnn()
+        rng = _rng()
+        layer = fastnn.nn.BatchNorm1d(p["k"]) if kind == "batch" else fastnn.nn.LayerNorm(p["k"])
+        x = _randn(rng, p["m"], p["k"])
+        g = _randn(rng, p["m"], p["k"])
+        ws = _workspace(fastnn, layer)
+
+        def step():
+            with ws:
+                y = layer(x)
+                layer.backward(g)
+            return y
+
+        return step
+
+    return build
+
+
 def _step_conv3x3(p):
     nn = _fastnn().nn
     rng = _rng()
@@ -523,6 +611,10 @@ _BUILDERS = {
     "rnn": _step_rnn,
     "lstm": _step_lstm,
     "conv3x3": _step_conv3x3,
+    "cnn_bn": _step_cnn_bn,
+    "bilstm": _step_bilstm,
+    "batchnorm": _step_norm("batch"),
+    "layernorm": _step_norm("layer"),
     "ce": _step_ce,
     "adam": _step_adam,
     "gemm": _step_gemm,

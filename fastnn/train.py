@@ -282,14 +282,16 @@ class TrainStep:
             return None, "the numpy backend runs the per-step loop (the specification)"
         if self.clip_grad_norm is not None:
             return None, "gradient clipping runs in the per-step loop"
+        # the model's structure (a layer appended or replaced), the loss and the optimizer may change
+        key = (tuple(map(id, self.model.modules())), id(self.loss), id(self.optimizer))
         cached = self._compiled
-        if cached is None:
+        if cached is None or cached[0] != key:
             try:
-                cached = (compiled.train_plan(self.model, self.loss, self.optimizer), None)
+                cached = (key, compiled.train_plan(self.model, self.loss, self.optimizer), None)
             except compiled.Unsupported as exc:
-                cached = (None, str(exc))
+                cached = (key, None, str(exc))
             self._compiled = cached
-        return cached
+        return cached[1], cached[2]
 
     def run_steps(
         self, X: ArrayLike, y: ArrayLike, indices: ArrayLike, batch_size: int | None = None

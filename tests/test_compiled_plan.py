@@ -71,7 +71,7 @@ def _train(backend, dtype, loss, opt, act=nn.ReLU, force_loop=False, batch_size=
         model = _model(dtype, act)
         step = fastnn.make_train_step(model, _loss(loss), _optimizers()[opt](model.parameters()))
         if force_loop:
-            step._compiled = (None, "forced")
+            step.compiled_plan = lambda: (None, "forced")
         idx = np.random.default_rng(1).permutation(X.shape[0])
         if per_call is None:
             losses = step.run_steps(X, y, idx, batch_size)
@@ -429,3 +429,51 @@ def test_hostile_indices_in_child(backend_name):
         assert res.nonfinite is not None and len(res.losses) == 0
     """)
     result.assert_ok()
+
+
+def test_plan_follows_a_changed_model(compiled_backend):
+    """A TrainStep built before the model changes trains the changed model (and says so when it has no plan)."""
+    X, y = _data("mse", np.float32)
+    fastnn.manual_seed(0)
+    model = nn.Sequential(nn.Linear(12, 4))
+    step = fastnn.make_train_step(model, nn.MSELoss(), optim.SGD(model.parameters(), lr=0.0))
+    assert step.compiled_plan()[0] is not None
+    model.append(nn.Dropout(0.5))
+    assert "Dropout" in step.compiled_plan()[1]
+    model[1] = nn.ReLU()
+    plan, why = step.compiled_plan()
+    assert why is None and plan.layers[0].activation == "relu"
+
+
+def test_resume_mid_epoch_through_the_plan_is_bit_identical(compiled_backend, tmp_path, monkeypatch):
+    """A run stopped between two calls of the plan and resumed from its checkpoint ends as the uninterrupted one."""
+    import fastnn.train as train_mod
+
+    X, y = _data("cross_entropy", np.float32, n=250)
+
+    def run(path, resume=False):
+        model = _model(np.float32)
+        opt = optim.Adam(model.parameters(), lr=0.01)
+        h = fastnn.fit(
+            model, X, y, optimizer=opt, scheduler=optim.StepLR(opt, 1, 0.5), epochs=3, batch_size=16, seed=5,
+            progress=False, checkpoint=path, checkpoint_every=4, resume=path if resume else None, steps_per_call=3,
+        )  # fmt: skip
+        return model, h
+
+    full, h_full = run(tmp_path / "a.npz")
+    real, calls = train_mod._run_plan, [0]
+
+    def stopping(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == 12:  # epoch 2, after its second checkpoint
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "_run_plan", stopping)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "b.npz")
+    monkeypatch.setattr(train_mod, "_run_plan", real)
+    model, h = run(tmp_path / "b.npz", resume=True)
+    for a, b in zip(full.parameters(), model.parameters()):
+        np.testing.assert_array_equal(a.data, b.data)
+    assert h.history == h_full.history and h.lr == h_full.lr

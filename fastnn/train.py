@@ -266,7 +266,7 @@ class TrainStep:
         self.model, self.loss, self.optimizer = model, loss, optimizer
         self.clip_grad_norm = None if clip_grad_norm is None else float(clip_grad_norm)
         self.workspace = Workspace(model)
-        self._compiled: Any = None  # (TrainPlan or None, reason), built on first use
+        self._compiled: Any = None  # (structure key, TrainPlan or None, reason), built on first use
 
     def compiled_plan(self) -> tuple[Any, str | None]:
         """``(plan, None)`` when the steps can run as a compiled :class:`fastnn.ops.TrainPlan`, else ``(None, why)``.
@@ -301,10 +301,11 @@ class TrainStep:
         With a compiled plan (:meth:`compiled_plan`) every step runs in
         compiled code (rows gathered by ``indices``, forward, loss, backward,
         update) and Python is reached once per call; otherwise the same
-        steps run one by one. Either way the result is the one a loop of
-        ``step(X[idx], y[idx])`` over the batches gives (bit for bit in the
-        same backend and thread count for a given plan, whatever the number
-        of steps per call).
+        steps run one by one. Either way these are the steps a loop of
+        ``step(X[idx], y[idx])`` over the batches takes: the same bits with
+        the cython backend, the same to rounding with numba (whose plan
+        multiplies on its own small-product kernel), and in every backend
+        the same bits whatever the number of steps per call.
 
         Parameters
         ----------

@@ -130,26 +130,18 @@ def _torch_mlp(p):
     return _torch_train(model, torch.nn.CrossEntropyLoss(), opt, x, y)
 
 
-def _torch_cnn(p):
+def _torch_cnn(p, batch_norm=False):
     import torch
-    from torch import nn
+
+    from .workloads import cnn_model
 
     torch.manual_seed(0)
     rng = _rng()
-    model = nn.Sequential(
-        nn.Conv2d(1, 8, 3, padding=1),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(8, 16, 3, padding=1),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Flatten(),
-        nn.Linear(16 * 7 * 7, 10),
-    )
+    model = cnn_model(torch.nn, batch_norm)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     x = _t(_randn(rng, p["b"], 1, 28, 28))
     y = torch.from_numpy(rng.integers(0, 10, p["b"]))
-    return _torch_train(model, nn.CrossEntropyLoss(), opt, x, y)
+    return _torch_train(model, torch.nn.CrossEntropyLoss(), opt, x, y)
 
 
 def _torch_recurrent(p, cls, with_opt):
@@ -175,31 +167,6 @@ def _torch_recurrent(p, cls, with_opt):
         return loss
 
     return step
-
-
-def _torch_cnn_bn(p):
-    import torch
-    from torch import nn
-
-    torch.manual_seed(0)
-    rng = _rng()
-    model = nn.Sequential(
-        nn.Conv2d(1, 8, 3, padding=1),
-        nn.BatchNorm2d(8),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(8, 16, 3, padding=1),
-        nn.BatchNorm2d(16),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Flatten(),
-        nn.Dropout(0.25),
-        nn.Linear(16 * 7 * 7, 10),
-    )
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    x = _t(_randn(rng, p["b"], 1, 28, 28))
-    y = torch.from_numpy(rng.integers(0, 10, p["b"]))
-    return _torch_train(model, nn.CrossEntropyLoss(), opt, x, y)
 
 
 def _torch_bilstm(p):
@@ -288,7 +255,7 @@ _TORCH = {
     "cnn": _torch_cnn,
     "rnn": _torch_rnn,
     "lstm": _torch_lstm,
-    "cnn_bn": _torch_cnn_bn,
+    "cnn_bn": lambda p: _torch_cnn(p, batch_norm=True),
     "bilstm": _torch_bilstm,
     "batchnorm": _torch_norm("batch"),
     "layernorm": _torch_norm("layer"),

@@ -457,19 +457,31 @@ def _step_mlp(p):
     return _train_step(model, nn.CrossEntropyLoss(), opt, x, y)
 
 
-def _step_cnn(p):
-    nn = _fastnn().nn
-    rng = _rng()
-    model = nn.Sequential(
+def cnn_model(nn, batch_norm=False):
+    """W5's CNN (LAYERS: with a BatchNorm2d after each conv and Dropout before the classifier).
+
+    ``nn`` is ``fastnn.nn`` or ``torch.nn``: the two share these layers' names and arguments.
+    """
+    norm = (lambda c: [nn.BatchNorm2d(c)]) if batch_norm else (lambda c: [])
+    return nn.Sequential(
         nn.Conv2d(1, 8, 3, padding=1),
+        *norm(8),
         nn.ReLU(),
         nn.MaxPool2d(2),
         nn.Conv2d(8, 16, 3, padding=1),
+        *norm(16),
         nn.ReLU(),
         nn.MaxPool2d(2),
         nn.Flatten(),
+        *([nn.Dropout(0.25)] if batch_norm else []),
         nn.Linear(16 * 7 * 7, 10),
     )
+
+
+def _step_cnn(p, batch_norm=False):
+    nn = _fastnn().nn
+    rng = _rng()
+    model = cnn_model(nn, batch_norm)
     opt = _optim().SGD(model.parameters(), lr=0.01, momentum=0.9)
     x = _randn(rng, p["b"], 1, 28, 28)
     y = rng.integers(0, 10, p["b"])
@@ -515,28 +527,6 @@ def _workspace(fastnn, model):
 
     make = getattr(fastnn, "workspace", None)
     return make(model) if make is not None else contextlib.nullcontext()
-
-
-def _step_cnn_bn(p):
-    nn = _fastnn().nn
-    rng = _rng()
-    model = nn.Sequential(
-        nn.Conv2d(1, 8, 3, padding=1),
-        nn.BatchNorm2d(8),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(8, 16, 3, padding=1),
-        nn.BatchNorm2d(16),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Flatten(),
-        nn.Dropout(0.25),
-        nn.Linear(16 * 7 * 7, 10),
-    )
-    opt = _optim().SGD(model.parameters(), lr=0.01, momentum=0.9)
-    x = _randn(rng, p["b"], 1, 28, 28)
-    y = rng.integers(0, 10, p["b"])
-    return _train_step(model, nn.CrossEntropyLoss(), opt, x, y)
 
 
 def _step_bilstm(p):
@@ -611,7 +601,7 @@ _BUILDERS = {
     "rnn": _step_rnn,
     "lstm": _step_lstm,
     "conv3x3": _step_conv3x3,
-    "cnn_bn": _step_cnn_bn,
+    "cnn_bn": lambda p: _step_cnn(p, batch_norm=True),
     "bilstm": _step_bilstm,
     "batchnorm": _step_norm("batch"),
     "layernorm": _step_norm("layer"),

@@ -40,6 +40,13 @@ def _grad_vec(a, like):
 
 
 @jit
+def _block(C, nblocks, blk):
+    """Channels [c0, c1) of block ``blk`` of ``nblocks`` (one per thread)."""
+    per = (C + nblocks - 1) // nblocks
+    return blk * per, min(C, blk * per + per)
+
+
+@jit
 def _bn_block_fwd(x, weight, bias, has_w, has_b, eps, batch_stats, mean, var, out, c0, c1):
     N, _, L = x.shape
     nc = c1 - c0
@@ -98,11 +105,8 @@ def _bn_block_fwd(x, weight, bias, has_w, has_b, eps, batch_stats, mean, var, ou
 
 @variants(inputs="x weight bias")
 def _bn_fwd(x, weight, bias, has_w, has_b, eps, batch_stats, mean, var, out, nblocks):
-    C = x.shape[1]
-    per = (C + nblocks - 1) // nblocks
     for blk in prange(nblocks):
-        c0 = blk * per
-        c1 = min(C, c0 + per)
+        c0, c1 = _block(x.shape[1], nblocks, blk)
         if c0 < c1:
             _bn_block_fwd(x, weight, bias, has_w, has_b, eps, batch_stats, mean, var, out, c0, c1)
 
@@ -181,11 +185,8 @@ def _bn_block_bwd(g, x, weight, has_w, mean, var, eps, batch_stats, gi, has_gi, 
 
 @variants(inputs="g x weight mean var")
 def _bn_bwd(g, x, weight, has_w, mean, var, eps, batch_stats, gi, has_gi, gw, gb, nblocks):
-    C = x.shape[1]
-    per = (C + nblocks - 1) // nblocks
     for blk in prange(nblocks):
-        c0 = blk * per
-        c1 = min(C, c0 + per)
+        c0, c1 = _block(x.shape[1], nblocks, blk)
         if c0 < c1:
             _bn_block_bwd(g, x, weight, has_w, mean, var, eps, batch_stats, gi, has_gi, gw, gb, c0, c1)
 

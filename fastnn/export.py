@@ -220,13 +220,20 @@ def _module(g: _Graph, m: Any, x: str, shape: tuple[int, ...]) -> str:
     raise NotImplementedError(f"no ONNX export for {name} (fastnn.export_onnx covers the layers of fastnn.nn)")
 
 
-def _input_dtype(m: Any, dtype: np.dtype[Any]) -> Any:
-    """What the module takes: int64 indices for an embedding (also at the head of a Sequential)."""
+def _first(m: Any) -> Any:
+    """The module that reads a model's input (the first leaf of nested Sequentials)."""
     from . import nn
 
     while type(m) is nn.Sequential and len(m):
         m = m[0]
-    return np.int64 if type(m) is nn.Embedding else dtype
+    return m
+
+
+def _input_dtype(m: Any, dtype: np.dtype[Any]) -> Any:
+    """What the module takes: int64 indices for an embedding (also at the head of a Sequential)."""
+    from . import nn
+
+    return np.int64 if type(_first(m)) is nn.Embedding else dtype
 
 
 def export_onnx(model: Any, path: str | os.PathLike[str], input_shape: tuple[int, ...]) -> str:
@@ -305,9 +312,7 @@ def _batch_axis(model: Any) -> int:
     """Axis 1 for a model that starts with a recurrent layer reading (T, B, I), else 0."""
     from . import nn
 
-    m = model
-    while type(m) is nn.Sequential and len(m):
-        m = m[0]
+    m = _first(model)
     if isinstance(m, (nn.RNN, nn.LSTM, nn.GRU)) and not m.batch_first:
         return 1
     return 0

@@ -674,8 +674,8 @@ def fit(
         ys = np.empty_like(y) if shuffle else y
         bounds = list(range(0, n, batch_size)) + [n]
         m = n
-    runner = None if plan is None else _PlanEpochs(plan, optimizer, X, y, bounds, steps_per_call, mean_of(loss))
-    mean = mean_of(loss)
+    mean = loss.reduction == "mean"
+    runner = None if plan is None else _PlanEpochs(plan, optimizer, X, y, bounds, steps_per_call, mean)
     argmax, greater = np.argmax, np.greater
     pred: NDArray[Any]  # the epoch's predictions: class indices, or signs
     if kind == "argmax":
@@ -826,10 +826,6 @@ def fit(
         history.best_epoch = early_stopping._best_epoch
         early_stopping._finish(model)
     return history
-
-
-def mean_of(loss: Loss) -> bool:
-    return loss.reduction == "mean"
 
 
 #: Multiply-adds per step (or predicted batch) above which the numba plan gives way to the per-step

@@ -289,7 +289,8 @@ class TrainPlan:
         if not self._lock.acquire(blocking=False):
             raise RuntimeError("this training plan is running in another thread")
         try:
-            _, backend, binding = self._bind(batch_size if self._bound is None else max(batch_size, self._bmax()))
+            # the workspace grows to the largest batch seen, and is kept for smaller ones
+            _, backend, binding = self._bind(max(batch_size, self._bmax()))
             done, status = backend.train_steps(
                 binding,
                 x,

@@ -9,8 +9,8 @@ tiles of the own GEMM's small-product kernel (``_small_gemm``), on one
 thread: for the networks plans are for, a BLAS call or a thread wake-up
 costs more than the product (``fastnn.fit`` keeps the per-step loop, whose
 products may be threaded, for large ones). The activations, losses and
-updates are the backend's own element functions (``_math``, ``losses``,
-``optim``), so a step differs from the per-step loop only in the summation
+updates are the backend's own kernels and element functions (``activations``,
+``losses``, ``optim``), so a step differs from the per-step loop only in the summation
 order of the products.
 """
 
@@ -21,7 +21,7 @@ from numba import typed
 
 from . import _small_gemm as _small
 from ._jit import jit, kernel
-from ._math import fsigmoid, ftanh
+from .activations import _leaky, _leaky_bwd, _relu, _relu_bwd, _sigmoid, _sigmoid_bwd, _tanh, _tanh_bwd
 from .losses import _bce_elem, _ce_row
 from .optim import _adam_elem, _decayed, _sgd_elem
 
@@ -30,43 +30,37 @@ __all__ = ["train_bind", "train_steps", "predict_rows"]
 _DONE, _NONFINITE, _BAD_INDEX, _BAD_LABEL = 0, 1, 2, 3
 
 
+# the activations' serial kernels (backend ``activations``), called from the compiled driver
+_RELU, _SIGMOID, _TANH, _LEAKY = _relu[0], _sigmoid[0], _tanh[0], _leaky[0]
+_RELU_BWD, _SIGMOID_BWD, _TANH_BWD, _LEAKY_BWD = _relu_bwd[0], _sigmoid_bwd[0], _tanh_bwd[0], _leaky_bwd[0]
+
+
 @jit
 def _act_fwd(y, act, slope):
-    """y = act(y) in place over a (rows, n) block."""
+    """y = act(y) in place (act != 0), by the backend's activation kernels."""
     f = y.ravel()
     if act == 1:
-        for i in range(f.size):
-            v = f[i]
-            f[i] = v if not (v <= 0) else 0
+        _RELU(f, f)
     elif act == 2:
-        for i in range(f.size):
-            f[i] = fsigmoid(f[i])
+        _SIGMOID(f, f)
     elif act == 3:
-        for i in range(f.size):
-            f[i] = ftanh(f[i])
-    elif act == 4:
-        s = f.dtype.type(slope)
-        for i in range(f.size):
-            v = f[i]
-            f[i] = v if v > 0 else v * s
+        _TANH(f, f)
+    else:
+        _LEAKY(f, slope, f)
 
 
 @jit
 def _act_bwd(g, y, act, slope, d):
     """d = g ⊙ act'(y) (act != 0), from the layer's output y."""
     gf, yf, df = g.ravel(), y.ravel(), d.ravel()
-    one, zero = g.dtype.type(1), g.dtype.type(0)
-    s = g.dtype.type(slope)
-    for i in range(gf.size):
-        v = yf[i]
-        if act == 1:
-            df[i] = gf[i] * (one if v > 0 else zero)
-        elif act == 2:
-            df[i] = gf[i] * (v * (one - v))
-        elif act == 3:
-            df[i] = gf[i] * (one - v * v)
-        else:
-            df[i] = gf[i] * (one if v > 0 else s)
+    if act == 1:
+        _RELU_BWD(gf, yf, df)
+    elif act == 2:
+        _SIGMOID_BWD(gf, yf, df)
+    elif act == 3:
+        _TANH_BWD(gf, yf, df)
+    else:
+        _LEAKY_BWD(gf, yf, slope, df)
 
 
 @jit

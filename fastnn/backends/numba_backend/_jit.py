@@ -195,14 +195,24 @@ class _Kernel(CPUDispatcher):
     def enable_caching(self):
         self._cache = _Cache(self.py_func)
 
+    def _as_read_only(self, types_):
+        return tuple(
+            t.copy(readonly=True) if i in self._readonly and isinstance(t, types.Array) and t.mutable else t
+            for i, t in enumerate(types_)
+        )
+
     def signature_for(self, args):
         """(actual argument types, the signature this kernel compiles for them)."""
         actual = tuple(self.typeof_pyval(a) for a in args)
-        sig = tuple(
-            t.copy(readonly=True) if i in self._readonly and isinstance(t, types.Array) and t.mutable else t
-            for i, t in enumerate(actual)
-        )
-        return actual, sig
+        return actual, self._as_read_only(actual)
+
+    def get_call_template(self, args, kws):
+        # A call from another compiled function (the training plan calls the activation kernels)
+        # types its inputs read-only as well: a writeable array converts to the read-only type
+        # safely, so the caller links the compilation Python calls already run instead of a second.
+        if self._readonly and not kws:
+            args = self._as_read_only(args)
+        return super().get_call_template(args, kws)
 
     def load_cached(self, sig) -> bool:
         """Load the machine code for ``sig`` from the disk cache, compiling nothing; True if it is there."""

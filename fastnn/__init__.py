@@ -19,7 +19,7 @@ Quick start::
 """
 
 from . import gemm, nn, ops, optim
-from ._config import get_num_threads, set_num_threads
+from ._config import active_threads, adaptive_threads, get_num_threads, set_adaptive_threads, set_num_threads
 from .backends import (
     BackendUnavailable,
     available_backends,
@@ -49,6 +49,9 @@ __all__ = [
     "use_backend",
     "get_num_threads",
     "set_num_threads",
+    "active_threads",
+    "adaptive_threads",
+    "set_adaptive_threads",
     "ops",
     "gemm",
     "get_gemm",

@@ -18,6 +18,10 @@ FASTNN_NUM_THREADS
     gives a ``RuntimeWarning`` and the default instead (a setting for speed
     must not stop the program), and one above :func:`max_num_threads` is
     lowered to it, with a warning, as :func:`set_num_threads` does.
+FASTNN_ADAPTIVE_THREADS
+    ``1`` (the default) lets fastnn run its own parallel loops on fewer threads
+    while other programs keep the cores busy (:mod:`fastnn._contention`);
+    ``0`` keeps the team at the thread count. Read on first use.
 FASTNN_REQUIRE_BACKENDS
     Comma-separated backend names that the test-suite must find; a missing one
     becomes a test failure instead of a skip (CI sets it).
@@ -210,9 +214,182 @@ def set_num_threads(n: int) -> None:
     n = _cap(_check_thread_count(n, "number of threads"), f"set_num_threads({n})", stacklevel=2)
     with _lock:
         _apply_blas_threads(n)
+        _blas_capped.clear()  # the count set now is what the cap gives back
+        _num_threads = n
+        if 0 < _thread_cap < n:
+            _cap_blas(_thread_cap)
         for hook in _thread_hooks:
             hook(n)
-        _num_threads = n
+
+
+# ---- sharing the cores: the thread count in use now ----------------------------------------
+
+_thread_cap = 0  # 0: no cap; else the most threads the loops use now (set by fastnn._contention)
+_cap_hooks: list = []
+_adaptive: bool | None = None  # None: not decided yet (FASTNN_ADAPTIVE_THREADS on first use)
+
+
+def _adaptive_default() -> bool:
+    env = os.environ.get("FASTNN_ADAPTIVE_THREADS", "").strip().lower()
+    if env in ("", "1", "on", "true", "yes", "auto"):
+        return True
+    if env in ("0", "off", "false", "no"):
+        return False
+    warnings.warn(
+        f"FASTNN_ADAPTIVE_THREADS={env!r} is neither 1 nor 0; adaptive threads stay on",
+        RuntimeWarning,
+        stacklevel=4,
+    )
+    return True
+
+
+def active_threads() -> int:
+    """Threads fastnn's own parallel loops use now.
+
+    The count of :func:`get_num_threads`, lowered while other programs keep
+    the cores busy (see :func:`set_adaptive_threads`). The kernels ask on
+    every call that could run in parallel.
+
+    Returns
+    -------
+    int
+        A count from 1 to :func:`get_num_threads`.
+    """
+    n = _num_threads
+    if n is None:
+        n = get_num_threads()
+    if n > 1:
+        if _adaptive is None:
+            _decide_adaptive()
+        cap = _thread_cap
+        if 0 < cap < n:
+            return cap
+    return n
+
+
+def _decide_adaptive() -> None:
+    global _adaptive
+    with _lock:
+        if _adaptive is None:
+            _adaptive = _adaptive_default()
+            if _adaptive:
+                from . import _contention
+
+                _contention.watch()
+
+
+def set_adaptive_threads(enabled: bool) -> None:
+    """Let fastnn run fewer threads while other programs keep the cores busy.
+
+    With two threads on two cores and one other busy program, a parallel loop
+    waits at its closing barrier for the thread the scheduler put aside, and
+    a step runs slower than on one thread. Adaptive threads (the default)
+    measure how many cores other processes keep busy (Linux: ``/proc/stat``
+    against this process's CPU time, ten times a second, about 20 µs each)
+    and lower the team of fastnn's own loops, and the BLAS libraries'
+    threads, to the cores left free; both come back once the others stop (a BLAS count changed meanwhile, by ``threadpool_limits`` for
+    instance, is left as it was set).
+
+    Parameters
+    ----------
+    enabled : bool
+        False keeps every loop at :func:`get_num_threads` (and stops the
+        watching thread); True starts watching again on the next parallel call.
+
+    Notes
+    -----
+    Like :func:`set_num_threads`, a change of team can change the rounding of
+    some results (BLAS products, a few reductions): two runs on a machine
+    whose load differs may differ in the last bits. For runs that repeat bit
+    for bit, use one thread or turn adaptive threads off; the environment
+    variable ``FASTNN_ADAPTIVE_THREADS=0`` does so from the start.
+    """
+    global _adaptive
+    if not isinstance(enabled, bool):
+        raise TypeError(f"enabled must be a bool, got {type(enabled).__name__} {enabled!r}")
+    from . import _contention
+
+    with _lock:
+        _adaptive = enabled
+        if enabled:
+            _contention.watch()
+        else:
+            _contention.stop()
+            _set_thread_cap(0)
+
+
+def adaptive_threads() -> bool:
+    """Whether fastnn lowers its team while the cores are shared (:func:`set_adaptive_threads`)."""
+    if _adaptive is None:
+        _decide_adaptive()
+    return bool(_adaptive)
+
+
+_blas_pending = False  # the cap changed and BLAS has not followed yet
+
+
+def _set_thread_cap(n: int) -> None:
+    """Cap the loops' team at ``n`` threads (0: no cap); called by fastnn._contention.
+
+    BLAS follows at the next kernel call (:func:`_sync_blas`): OpenBLAS ignores a
+    count set from a thread other than the one that set it last, so it is set from
+    the thread that calls the kernels.
+    """
+    global _thread_cap, _blas_pending
+    with _lock:
+        if n == _thread_cap:
+            return
+        _thread_cap = n
+        _blas_pending = True
+        for hook in _cap_hooks:
+            hook(n)
+
+
+def _sync_blas() -> None:
+    """Bring the BLAS libraries to the cap now (``backends.current`` calls it when one is pending)."""
+    global _blas_pending
+    with _lock:
+        if _blas_pending:
+            _blas_pending = False
+            _cap_blas(_thread_cap)
+
+
+# BLAS libraries lowered by the cap: path -> (their count before it, the count set).
+_blas_capped: dict = {}
+
+
+def _cap_blas(n: int) -> None:
+    """Lower each BLAS library above ``n`` threads to ``n`` (0: give back what the cap took).
+
+    Only the count in use changes (OpenBLAS keeps its pool; a call already running keeps the
+    threads it started with), and a library whose count someone changed meanwhile -- a
+    ``threadpool_limits`` block, :func:`set_num_threads` -- is left as they set it.
+    """
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:  # pragma: no cover - threadpoolctl is a dependency
+        return
+    blas = ThreadpoolController().select(user_api="blas").lib_controllers
+    if n == 0:
+        for lib in blas:
+            before, set_to = _blas_capped.get(lib.filepath, (None, None))
+            if before is not None and lib.get_num_threads() == set_to:
+                lib.set_num_threads(before)
+        _blas_capped.clear()
+        return
+    for lib in blas:
+        now = lib.get_num_threads()
+        if now is not None and now > n:
+            before = _blas_capped.get(lib.filepath, (now, None))[0]
+            lib.set_num_threads(n)
+            _blas_capped[lib.filepath] = (before, n)
+
+
+def register_cap_hook(hook) -> None:
+    """Register ``hook(n)``, called now and whenever the cap of the team changes (0: none)."""
+    with _lock:
+        _cap_hooks.append(hook)
+        hook(_thread_cap)
 
 
 def prefer_passive_openmp() -> None:

@@ -34,7 +34,7 @@ def machine_info() -> dict:
 
     import fastnn
 
-    from . import _config
+    from . import _config, _contention
     from .backends import default_backend_error
 
     # A bad FASTNN_BACKEND is reported, not raised: this is where users look.
@@ -50,6 +50,7 @@ def machine_info() -> dict:
         "default_backend_error": backend_error,
         "threads": fastnn.get_num_threads(),
         "max_threads": _config.max_num_threads(),
+        "adaptive_threads": _contention.describe(),
     }
     # Read versions from the installed metadata: importing torch or
     # scikit-learn just to ask would take seconds.
@@ -107,6 +108,7 @@ def _cmd_info(args) -> int:
         f"scipy {info['scipy']})"
     )
     print(f"cpu: {info['cpu']}  threads: {info['threads']} (at most {info['max_threads']})")
+    print(f"adaptive threads: {info['adaptive_threads']}")
     if info["default_backend_error"]:
         print(f"default backend: none ({info['default_backend_error']})")
     print("backends:")

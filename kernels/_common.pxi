@@ -37,23 +37,50 @@ fnn_init()
 
 # ---- threads: set for the whole module by fastnn.set_num_threads ----
 
+# The loops read _num_threads: the count set by fastnn.set_num_threads, lowered to
+# _thread_cap while other programs keep the cores busy (fastnn._contention). It is
+# one int, written whole, and every loop either reads it once into a local that sizes
+# its scratch or hands its blocks out dynamically, so a change between two reads in
+# one call only changes how many threads share the blocks.
 cdef int _num_threads = 1
+cdef int _configured_threads = 1
+cdef int _thread_cap = 0  # 0: no cap
 
 # fastnn._config.MAX_THREADS_REQUEST: set_num_threads caps far below it; this
 # stops a direct caller, since an OpenMP region of that many threads aborts.
 cdef int _MAX_THREADS = 32768
 
 
+cdef void _update_team() noexcept:
+    global _num_threads
+    _num_threads = _thread_cap if 0 < _thread_cap < _configured_threads else _configured_threads
+
+
 def _set_num_threads(int n):
     """Set the number of OpenMP threads of the parallel loops."""
-    global _num_threads
+    global _configured_threads
     if n < 1 or n > _MAX_THREADS:
         raise ValueError(f"number of threads must be between 1 and {_MAX_THREADS}, got {n}")
-    _num_threads = n
+    _configured_threads = n
+    _update_team()
 
 
 def _get_num_threads():
-    """The number of OpenMP threads of the parallel loops."""
+    """The number of OpenMP threads of the parallel loops, as set (before any cap)."""
+    return _configured_threads
+
+
+def _set_thread_cap(int n):
+    """Run the loops on at most n threads while the cores are shared (0: no cap)."""
+    global _thread_cap
+    if n < 0 or n > _MAX_THREADS:
+        raise ValueError(f"thread cap must be between 0 and {_MAX_THREADS}, got {n}")
+    _thread_cap = n
+    _update_team()
+
+
+def _get_team_threads():
+    """The threads the parallel loops use now: the count set, lowered to the cap."""
     return _num_threads
 
 

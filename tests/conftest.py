@@ -5,8 +5,16 @@ that cannot load into a failing test instead of a skip, so a green CI run
 proves that all three backends ran.
 """
 
+import os
+
 import numpy as np
 import pytest
+
+# The suite compares runs bit for bit (checkpoints that resume, plans against loops), and the
+# machine running it is shared: a team that shrank while another process ran could round a
+# product differently between the two runs. Adaptive threads are tested on their own, with a
+# fake meter, in test_contention.py (child processes that turn them on).
+os.environ.setdefault("FASTNN_ADAPTIVE_THREADS", "0")
 
 import fastnn
 from fastnn import _config

@@ -665,3 +665,42 @@ def test_optional_layer_workloads_run_in_every_backend_and_torch(wid):
                 np.testing.assert_allclose(again, first, rtol=1e-4, atol=1e-5)  # layers without update: repeatable
         if anchors.available("torch"):
             assert anchors.build_anchor("torch", case)() is not None
+
+
+def test_contended_section_tiny(tmp_path, capsys):
+    # The machinery of `fastnn bench --contended` (tiny sizes and windows: nothing is judged by
+    # its figures here): a probe process per workload takes every condition in turn, with a busy
+    # process and a second training job paused and resumed around it. About 10 s.
+    from fastnn.bench import contended
+
+    backend = "cython" if fastnn.backend_status()["cython"] == "available" else "numpy"
+    rc = main(
+        [
+            "bench",
+            "--contended",
+            "--tiny",
+            "--backends",
+            backend,
+            "--workloads",
+            "W3",
+            "--out",
+            str(tmp_path),
+            "--no-progress",
+        ]
+    )
+    assert rc == 0
+    res = json.loads((tmp_path / "contended.json").read_text())
+    runs = res["runs"][backend]["W3"]
+    assert set(runs) == {c[0] for c in contended.CONDITIONS}
+    for label, _competitor, larger, adaptive in contended.CONDITIONS:
+        r = runs[label]
+        assert len(r["rounds"]) == 1 and r["median_s"] == r["rounds"][0] > 0
+        team = r["team"][0]
+        assert team == 1 if not larger else (team == 2 if not adaptive else 1 <= team <= 2)
+    text = (tmp_path / "contended.md").read_text()
+    assert f"### {backend}" in text and "| W3 |" in text
+    assert "Training on a busy machine" in capsys.readouterr().out
+    # what --contended refuses
+    assert main(["bench", "--contended", "--workloads", "W1", "--out", str(tmp_path)]) == 2
+    assert main(["bench", "--contended", "--threads", "1", "--out", str(tmp_path)]) == 2
+    assert "give --threads 2 or more" in capsys.readouterr().err

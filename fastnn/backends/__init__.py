@@ -160,6 +160,8 @@ def current() -> Backend:
     Called on every kernel call: one context-variable lookup, plus a global
     read outside :func:`use_backend` blocks.
     """
+    if _config._blas_pending:  # the team's cap changed (fastnn._contention): BLAS follows here
+        _config._sync_blas()
     # A Backend is truthy without a call (no __len__ or __bool__: keep it so).
     return _override_get() or _default or _resolve_default()
 

@@ -56,6 +56,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "writes DIR/distributed.md and DIR/distributed.json (needs mpi4py; "
         "--backends NAME picks the backend, --repeat the rounds)",
     )
+    parser.add_argument(
+        "--contended",
+        action="store_true",
+        help="training steps (W3-W6, LSTM) at 1 and 2 threads on an idle machine, beside a busy "
+        "process and beside a second fastnn job, each in new processes; alone; about 6 min "
+        "(quick: 3); writes DIR/contended.md and DIR/contended.json (--backends, --threads, "
+        "--workloads select)",
+    )
     parser.add_argument("--threads", type=int, default=None, help="threads for fastnn, BLAS and PyTorch")
     parser.add_argument("--out", default="bench-out", metavar="DIR", help="output folder (default: bench-out)")
     parser.add_argument("--repeat", type=int, default=None, help="rounds per case (default: 9, quick: 5)")
@@ -109,6 +117,8 @@ def run(args) -> int:
     old = saved[0] if saved else None
     if getattr(args, "distributed", False):
         return _run_distributed(args)
+    if getattr(args, "contended", False):
+        return _run_contended(args)
 
     from .runner import run_bench
 
@@ -140,28 +150,57 @@ def run(args) -> int:
 
 
 def _run_distributed(args) -> int:
-    import json
-    import os
-
     from .distributed_section import markdown_lines, run_distributed
 
-    try:
-        backends = args.backends or [None]
-        if len(backends) > 1:
-            raise ValueError("--distributed runs one backend: give --backends NAME")
-        results = run_distributed(
+    backends = args.backends or [None]
+    if len(backends) > 1:
+        print("fastnn bench: --distributed runs one backend: give --backends NAME", file=sys.stderr)
+        return 2
+    return _run_alone(
+        args,
+        "distributed",
+        markdown_lines,
+        lambda: run_distributed(
             quick=args.quick,
             rounds=args.repeat,
             progress=args.progress,
             tiny=getattr(args, "tiny", False),
             backend=backends[0],
-        )
+        ),
+    )
+
+
+def _run_contended(args) -> int:
+    from .contended import markdown_lines, run_contended
+
+    return _run_alone(
+        args,
+        "contended",
+        markdown_lines,
+        lambda: run_contended(
+            backends=args.backends,
+            threads=args.threads,
+            quick=args.quick,
+            progress=args.progress,
+            workloads=args.workloads,
+            tiny=getattr(args, "tiny", False),
+        ),
+    )
+
+
+def _run_alone(args, name, markdown_lines, run) -> int:
+    """Run a section that has its own report, and write DIR/<name>.md and DIR/<name>.json."""
+    import json
+    import os
+
+    try:
+        results = run()
     except (ValueError, RuntimeError) as exc:
         print(f"fastnn bench: {exc}", file=sys.stderr)
         return 2
     text = "\n".join(markdown_lines(results)) + "\n"
     os.makedirs(args.out, exist_ok=True)
-    paths = [os.path.join(args.out, "distributed.md"), os.path.join(args.out, "distributed.json")]
+    paths = [os.path.join(args.out, f"{name}.md"), os.path.join(args.out, f"{name}.json")]
     with open(paths[0], "w") as f:
         f.write(text)
     with open(paths[1], "w") as f:

@@ -43,6 +43,7 @@ try:
     from ..._ext import _kernels
 except ImportError as _exc:  # the extension was not built
     raise _not_built(_exc) from _exc
+from ... import _threadpool  # noqa: E402
 from .. import gemm_policy  # noqa: E402
 
 # That BLAS may have loaded only now, after fastnn's thread count was applied
@@ -92,9 +93,11 @@ def simd_summary() -> str:
 def register_ext_module(module) -> None:
     """Let ``fastnn.set_num_threads`` drive ``module``'s OpenMP loops."""
     _config.register_thread_hook(module._set_num_threads)
+    _config.register_cap_hook(module._set_thread_cap)
 
 
 register_ext_module(_kernels)
+_threadpool.register()  # threadpool_limits(...) now finds fastnn's extension and limits it too
 gemm_policy.register_compiled(_kernels)
 
 BACKEND_INFO = {

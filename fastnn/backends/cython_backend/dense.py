@@ -6,7 +6,7 @@ Every product runs on the own GEMM or on BLAS as the compiled code decides
 
 import numpy as np
 
-from ..._config import get_num_threads
+from ..._config import active_threads
 from ..._ext import _kernels as _ext
 from .. import gemm_policy, tuning
 
@@ -20,7 +20,7 @@ tuning.register_hook(lambda: _numpy_min.__setitem__(0, tuning.value("cython_matm
 
 def matmul(a, b, trans_a, trans_b, out):
     """C = op(A)·op(B): own GEMM or BLAS by shape (threaded large products: NumPy's BLAS)."""
-    if gemm_policy.get_gemm() == "auto" and get_num_threads() > 1:
+    if gemm_policy.get_gemm() == "auto" and active_threads() > 1:
         m, n = out.shape
         if m * n * (a.shape[0] if trans_a else a.shape[1]) > _numpy_min[0]:
             return np.matmul(a.T if trans_a else a, b.T if trans_b else b, out=out)

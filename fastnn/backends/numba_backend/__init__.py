@@ -133,8 +133,13 @@ if CACHE_PROBLEM is not None:
 
 
 def _set_threads(n: int) -> None:
-    # Numba runs at most NUMBA_NUM_THREADS; fewer than fastnn's count is legal.
+    # Numba runs at most NUMBA_NUM_THREADS; fewer than fastnn's count is legal. Numba's count
+    # is per thread: _jit.threads() sets it again where a kernel runs when the count in use
+    # differs from what this thread last set.
     numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+    from . import _jit
+
+    _jit._per_thread.n = n
 
 
 _config.register_thread_hook(_set_threads)

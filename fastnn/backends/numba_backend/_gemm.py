@@ -33,6 +33,7 @@ from numba.extending import intrinsic
 from numba.np.arrayobj import populate_array
 
 from ... import _config
+from . import _jit
 from ._jit import Deferred, kernel, rebinder
 
 _OPTS = _config.NUMBA_JIT_OPTIONS
@@ -827,11 +828,9 @@ def gemm(a, b, trans_a, trans_b, out, bias=None, activation="identity"):
     a, trans_a = _c_order(a, trans_a)
     b, trans_b = _c_order(b, trans_b)
     if bias is None:
-        gemm_2d(a, b, trans_a, trans_b, out, _NO_BIAS[out.dtype], False, _ACT[activation], _config.get_num_threads())
+        gemm_2d(a, b, trans_a, trans_b, out, _NO_BIAS[out.dtype], False, _ACT[activation], _jit.threads())
     else:
-        gemm_2d(
-            a, b, trans_a, trans_b, out, np.ascontiguousarray(bias), True, _ACT[activation], _config.get_num_threads()
-        )
+        gemm_2d(a, b, trans_a, trans_b, out, np.ascontiguousarray(bias), True, _ACT[activation], _jit.threads())
     return out
 
 

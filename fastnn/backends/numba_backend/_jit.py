@@ -54,6 +54,7 @@ import time
 import types as _pytypes
 import warnings
 
+import numba
 import numpy as np
 from numba import njit, types
 from numba.core import event as _event
@@ -89,7 +90,23 @@ PAIRS: list = []
 #: Every :class:`Deferred`, for ``fastnn warmup`` and the fork handler.
 DEFERRED: list = []
 
-threads = _config.get_num_threads
+_per_thread = threading.local()
+
+
+def threads() -> int:
+    """Threads for a parallel kernel called now (``fastnn._config.active_threads``).
+
+    Numba keeps its thread count per calling thread: it is set here, in the
+    thread that runs the kernel, whenever the count in use changed since that
+    thread's last parallel call (the team shrinks while other programs keep
+    the cores busy, see ``fastnn._contention``).
+    """
+    n = _config.active_threads()
+    if n > 1 and getattr(_per_thread, "n", 0) != n:
+        numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+        _per_thread.n = n
+    return n
+
 
 #: Seconds without a compilation in a calling thread before the background thread starts one: the
 #: compilations of a first training step come one after another, and each would wait for a

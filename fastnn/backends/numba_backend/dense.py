@@ -24,11 +24,10 @@ function, so the branches on it cost nothing at run time.
 
 import numpy as np
 
-from ..._config import get_num_threads
 from .. import gemm_policy as _gemm_policy
 from . import _gemm as _own
 from . import _small_gemm as _small
-from ._jit import kernel, renamed
+from ._jit import kernel, renamed, threads
 from ._math import fsigmoid, ftanh
 
 __all__ = ["matmul", "dense_forward", "dense_backward"]
@@ -54,7 +53,7 @@ def matmul(a, b, trans_a, trans_b, out):
         if k and m * n * k <= _SMALL_MAX:
             _own.gemm_small(a, b, trans_a, trans_b, out, _NO_BIAS[out.dtype], False, 0)
         else:
-            _own.gemm_2d(a, b, trans_a, trans_b, out, _NO_BIAS[out.dtype], False, 0, get_num_threads())
+            _own.gemm_2d(a, b, trans_a, trans_b, out, _NO_BIAS[out.dtype], False, 0, threads())
     else:
         np.dot(a.T if trans_a else a, b.T if trans_b else b, out=out)
     return out
@@ -105,7 +104,7 @@ def dense_forward(x, weight, bias, activation, out):
         if k and m * n * k <= _SMALL_MAX:
             _own.gemm_small(x, weight, False, True, out, b, has_bias, fused)
         else:
-            _own.gemm_2d(x, weight, False, True, out, b, has_bias, fused, get_num_threads())
+            _own.gemm_2d(x, weight, False, True, out, b, has_bias, fused, threads())
         if act > 1:
             _BIAS_ACT[act](out, None)
         return out

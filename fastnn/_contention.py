@@ -187,6 +187,8 @@ def describe() -> str:
         return f"on, not watching: {_watcher.problem}"
     if _watcher.thread is None:
         return "on (watching starts with the first parallel call)"
+    if _watcher.samples == 0:
+        return f"on: watching (first sample within {PERIOD_S:g} s)"
     cap = _config._thread_cap
     team = cap if cap else _config.get_num_threads()
     return (

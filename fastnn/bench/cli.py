@@ -61,7 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="training steps (W3-W6, LSTM) at 1 and 2 threads on an idle machine, beside a busy "
         "process and beside a second fastnn job, each in new processes; alone; about 6 min "
-        "(quick: 3); writes DIR/contended.md and DIR/contended.json (--backends, --threads, "
+        "(quick: 3-4); writes DIR/contended.md and DIR/contended.json (--backends, --threads, "
         "--workloads select)",
     )
     parser.add_argument("--threads", type=int, default=None, help="threads for fastnn, BLAS and PyTorch")

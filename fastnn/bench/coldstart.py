@@ -14,13 +14,14 @@ runs at full speed.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 import tempfile
 
 import numpy as np
+
+from ._child import tagged_json
 
 __all__ = ["measure", "markdown_lines", "COLD_WORKLOADS"]
 
@@ -55,17 +56,13 @@ def _one(wid, quick, settle, threads, timeout):
     with tempfile.TemporaryDirectory(prefix="fastnn-cold-") as cache:
         env = dict(os.environ, NUMBA_CACHE_DIR=cache, FASTNN_NUM_THREADS=str(threads))
         env.pop("NUMBA_DISABLE_JIT", None)
-        out = subprocess.run(
+        return tagged_json(
             [sys.executable, "-c", _PROBE, wid, "quick" if quick else "full", "settle" if settle else "no"],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=timeout,
+            env,
+            "COLD",
+            f"cold-start probe of {wid}",
+            timeout,
         )
-    for line in out.stdout.splitlines():
-        if line.startswith("COLD "):
-            return json.loads(line[5:])
-    raise RuntimeError(f"cold-start probe of {wid} failed: {(out.stderr or out.stdout).strip()[-400:]}")
 
 
 def measure(threads: int, quick: bool, repeat: int | None = None, timeout: float = 600.0, log=None) -> dict:

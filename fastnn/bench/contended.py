@@ -35,6 +35,8 @@ import subprocess
 import sys
 import time
 
+from ._child import tagged_json
+
 __all__ = ["WORKLOADS", "CONDITIONS", "run_contended", "markdown_lines"]
 
 #: Training workloads timed (W3-W6 and the LSTM).
@@ -152,17 +154,13 @@ def _run_probe(backend, wid, hi, size, timeout=900) -> dict:
     env = dict(os.environ, FASTNN_NUM_THREADS=str(hi))
     for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "FASTNN_ADAPTIVE_THREADS"):
         env.pop(name, None)  # fastnn sets every count itself, condition by condition
-    proc = subprocess.run(
+    return tagged_json(
         [sys.executable, "-m", "fastnn.bench.contended", backend, wid, str(hi), size],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
+        env,
+        "CONTENDED",
+        f"the {backend} {wid} probe",
+        timeout,
     )
-    for line in proc.stdout.splitlines():
-        if line.startswith("CONTENDED "):
-            return json.loads(line[len("CONTENDED ") :])
-    raise RuntimeError(f"the {backend} {wid} probe failed (exit {proc.returncode}): {proc.stderr.strip()[-600:]}")
 
 
 def run_contended(

@@ -20,21 +20,11 @@ keeps NaN, ``max``-style ``x > 0`` tests would drop it).
 from numba import prange
 
 from ..._config import PARALLEL_MIN_ELEMENTS, PARALLEL_MIN_ELEMENTS_CHEAP
+from ..reference import activations as _spec
 from ._jit import jit_inline, threads, variants
 from ._math import fexp, fsigmoid, ftanh, row_max
 
-__all__ = [
-    "relu",
-    "relu_backward",
-    "leaky_relu",
-    "leaky_relu_backward",
-    "sigmoid",
-    "sigmoid_backward",
-    "tanh",
-    "tanh_backward",
-    "softmax",
-    "softmax_backward",
-]
+__all__ = list(_spec.__all__)  # the reference's kernels, every one overridden here
 
 _PAR = PARALLEL_MIN_ELEMENTS
 _PAR_CHEAP = PARALLEL_MIN_ELEMENTS_CHEAP  # memory-bound loops: relu, leaky relu, the backward products

@@ -9,9 +9,10 @@ import numpy as np
 from numba import prange
 
 from ..._config import PARALLEL_MIN_ELEMENTS_CHEAP
+from ..reference import adaptive_pool as _spec
 from ._jit import jit, threads, variants
 
-__all__ = ["adaptive_avg_pool2d_forward", "adaptive_avg_pool2d_backward"]
+__all__ = list(_spec.__all__)  # the reference's kernels, every one overridden here
 
 _PAR = PARALLEL_MIN_ELEMENTS_CHEAP
 

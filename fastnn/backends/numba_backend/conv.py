@@ -21,18 +21,12 @@ import numpy as np
 from numba import get_thread_id, prange
 
 from ...gemm import get_gemm as _gemm_mode
+from ..reference import conv as _spec
 from ._gemm import _NO_BIAS, _gemm_small_plain, _raw
 from ._jit import PAIRS, Deferred, jit, jit_inline, kernel, renamed, threads, variants
 from ._small_gemm import small_gemm
 
-__all__ = [
-    "conv2d_forward",
-    "conv2d_backward",
-    "max_pool2d_forward",
-    "max_pool2d_backward",
-    "avg_pool2d_forward",
-    "avg_pool2d_backward",
-]
+__all__ = list(_spec.__all__)  # the reference's kernels, every one overridden here
 
 #: Elements from which im2col, col2im and pooling run as parallel loops. Lower
 #: than the elementwise kernels' threshold (fastnn._config.PARALLEL_MIN_ELEMENTS):

@@ -10,9 +10,10 @@ import numpy as np
 from numba import prange
 
 from ..._config import PARALLEL_MIN_ELEMENTS_CHEAP
+from ..reference import embedding as _spec
 from ._jit import jit, threads, variants
 
-__all__ = ["embedding_forward", "embedding_backward"]
+__all__ = list(_spec.__all__)  # the reference's kernels, every one overridden here
 
 _PAR = PARALLEL_MIN_ELEMENTS_CHEAP
 

@@ -26,9 +26,10 @@ import numpy as np
 from numba import prange
 
 from ..._config import PARALLEL_MIN_ELEMENTS, PARALLEL_MIN_ELEMENTS_CHEAP
+from ..reference import optim as _spec
 from ._jit import jit, threads, variants
 
-__all__ = ["sgd_update", "adam_update", "sgd_update_many", "adam_update_many"]
+__all__ = list(_spec.__all__)  # the reference's kernels, every one overridden here
 
 _PAR = PARALLEL_MIN_ELEMENTS
 _PAR_CHEAP = PARALLEL_MIN_ELEMENTS_CHEAP  # memory-bound loops

@@ -52,6 +52,11 @@ def machine_info() -> dict:
         "max_threads": _config.max_num_threads(),
         "adaptive_threads": _contention.describe(),
     }
+    from .backends import gemm_calibration
+
+    info["gemm_policy"] = {
+        name: gemm_calibration.describe(name) for name in ("cython", "numba") if info["backends"][name] == "available"
+    }
     # Read versions from the installed metadata: importing torch or
     # scikit-learn just to ask would take seconds.
     from importlib import metadata
@@ -109,6 +114,8 @@ def _cmd_info(args) -> int:
     )
     print(f"cpu: {info['cpu']}  threads: {info['threads']} (at most {info['max_threads']})")
     print(f"adaptive threads: {info['adaptive_threads']}")
+    for name, line in info["gemm_policy"].items():
+        print(f"gemm policy ({name}, float32): {line}")
     if info["default_backend_error"]:
         print(f"default backend: none ({info['default_backend_error']})")
     print("backends:")
@@ -163,7 +170,10 @@ def _cmd_warmup(args) -> int:
     except (BackendUnavailable, ValueError) as exc:
         print(f"fastnn warmup: {exc}", file=sys.stderr)
         return 2
-    if backend.name != "numba":  # the others have nothing compiled at run time
+    if backend.name == "cython":  # nothing compiled at run time: only the GEMM policy to measure
+        print("the cython backend compiles nothing at run time; measuring its GEMM policy ...")
+        return _warm_policy("cython")
+    if backend.name != "numba":
         print(f"fastnn warmup: the {backend.name} backend compiles nothing at run time; nothing to do")
         return 0
     if backend.info.get("cache") != "on":
@@ -181,7 +191,63 @@ def _cmd_warmup(args) -> int:
         f"done: {res['signatures']} signatures ready, {res['compiled']} compiled now, "
         f"{res['seconds']:.0f} s ({res['cpu_seconds']:.0f} s CPU)"
     )
+    print("measuring the numba GEMM policy ...")
+    return _warm_policy("numba")
+
+
+def _warm_policy(name: str) -> int:
+    from .backends import gemm_calibration
+
+    _print_calibration(gemm_calibration.calibrate(name, "float32"))
     return 0
+
+
+def _cmd_calibrate(args) -> int:
+    from .backends import BackendUnavailable, gemm_calibration, get
+
+    names = [b.strip() for b in args.backends.split(",") if b.strip()]
+    dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
+    if not names or any(b not in ("cython", "numba") for b in names):
+        print(f"fastnn calibrate: --backends takes cython and/or numba, got {args.backends!r}", file=sys.stderr)
+        return 2
+    if not dtypes or any(d not in ("float32", "float64") for d in dtypes):
+        print(f"fastnn calibrate: --dtypes takes float32 and/or float64, got {args.dtypes!r}", file=sys.stderr)
+        return 2
+    if args.threads:
+        import fastnn
+
+        fastnn.set_num_threads(args.threads)
+    for name in names:
+        try:
+            get(name)
+        except (BackendUnavailable, ValueError) as exc:
+            print(f"fastnn calibrate: skipping {name}: {exc}", file=sys.stderr)
+            continue
+        for dtype in dtypes:
+            _print_calibration(gemm_calibration.calibrate(name, dtype))
+    return 0
+
+
+def _print_calibration(entry) -> None:
+    k = entry["key"]
+    print(f"{k['backend']} {k['dtype']}, {k['threads']} threads ({k['isa']}; BLAS {', '.join(k['blas']) or '?'}):")
+    print("  multiply-adds   m x k x n          own GEMM      BLAS   own/BLAS")
+    for p in entry["points"]:
+        shape = f"{p['m']}x{p['k']}x{p['n']}"
+        print(
+            f"  {p['v'] / 1e6:10.2f}M   {shape:16s} {p['own'] * 1e6:9.1f} µs {p['blas'] * 1e6:9.1f} µs   {p['own'] / p['blas']:.2f}"
+        )
+    bound = entry["bound"]
+    reach = "every size measured" if bound is None else f"{bound / 1e6:.3g}M multiply-adds"
+    sets = ", ".join(f"{n}={v}" for n, v in entry["thresholds"].items())
+    print(f"  own GEMM up to {reach}, then BLAS: {sets}")
+    print(f"  measured in {entry['seconds']:.2f} s; stored in {entry.get('path', '(not stored)')}")
+    busy = entry.get("others_busy")
+    if busy is not None and busy > 0.5:
+        print(
+            f"  warning: other processes kept {busy:.1f} cores busy meanwhile, so these timings compete with "
+            "them; run `fastnn calibrate` again on a quieter machine"
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -205,13 +271,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     p_warm = sub.add_parser(
         "warmup",
-        help="compile the numba kernels into their disk cache (once, after install)",
+        help="compile the numba kernels into their disk cache and measure the GEMM policy (once, after install)",
         description="Compile every kernel of the numba backend into Numba's disk cache, so "
-        "that no later process waits for compilation.",
+        "that no later process waits for compilation; then measure where its own GEMM beats BLAS "
+        "(as `fastnn calibrate`). With --backend cython, only the latter.",
     )
     p_warm.add_argument("--backend", default="numba", help="backend to prepare (default: numba)")
     p_warm.add_argument("--dtypes", default="float32,float64", help="comma-separated (default: float32,float64)")
     p_warm.set_defaults(func=_cmd_warmup)
+
+    p_cal = sub.add_parser(
+        "calibrate",
+        help="measure where the own GEMM beats BLAS on this machine (under a second per backend and dtype)",
+        description="Time training-shaped products on the own GEMM and on BLAS, and keep the size up to which "
+        "the own GEMM wins as this machine's GEMM policy (for its CPU, BLAS kernels and thread count); "
+        "`fastnn info` shows the policy in force.",
+    )
+    p_cal.add_argument("--backends", default="cython,numba", help="comma-separated (default: cython,numba)")
+    p_cal.add_argument("--dtypes", default="float32", help="comma-separated float32/float64 (default: float32)")
+    p_cal.add_argument("--threads", type=int, default=None, help="thread count to measure at (default: current)")
+    p_cal.set_defaults(func=_cmd_calibrate)
 
     p_demo = sub.add_parser("demo", help="train a small network end to end on built-in data")
     demo_sub = p_demo.add_subparsers(dest="demo", required=True)

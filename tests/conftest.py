@@ -15,6 +15,9 @@ import pytest
 # product differently between the two runs. Adaptive threads are tested on their own, with a
 # fake meter, in test_contention.py (child processes that turn them on).
 os.environ.setdefault("FASTNN_ADAPTIVE_THREADS", "0")
+# Likewise, routes must not depend on a GEMM calibration someone ran on this machine
+# (`fastnn calibrate`): test_gemm_calibration.py turns it on where it tests it.
+os.environ.setdefault("FASTNN_GEMM_CALIBRATION", "off")
 
 import fastnn
 from fastnn import _config

@@ -32,7 +32,19 @@ import threading
 import warnings
 from dataclasses import dataclass
 
-__all__ = ["Tunable", "TUNABLES", "value", "resolve", "set_value", "override", "push", "register_hook", "names", "ISAS"]
+__all__ = [
+    "Tunable",
+    "TUNABLES",
+    "value",
+    "resolve",
+    "set_value",
+    "override",
+    "push",
+    "register_hook",
+    "names",
+    "from_environment",
+    "ISAS",
+]
 
 #: Instruction-set keys of per-ISA values, best first.
 ISAS = ("avx512", "avx2", "sse2")
@@ -380,6 +392,14 @@ def push(setter, isa: str) -> None:
         setter(name, v)
 
 
+_env_names: set = set()
+
+
+def from_environment() -> frozenset:
+    """Names set by ``FASTNN_TUNING``: nothing else (a GEMM calibration) overrides them."""
+    return frozenset(_env_names)
+
+
 def _read_environment() -> None:
     raw = os.environ.get("FASTNN_TUNING", "").strip()
     for item in filter(None, (part.strip() for part in raw.split(","))):
@@ -388,6 +408,7 @@ def _read_environment() -> None:
             if not sep:
                 raise ValueError("expected name=value")
             set_value(name.strip(), float(text))
+            _env_names.add(name.strip())
         except (KeyError, ValueError) as exc:
             # a speed setting must not stop the program
             warnings.warn(f"FASTNN_TUNING: ignoring {item!r} ({exc})", RuntimeWarning, stacklevel=2)

@@ -94,6 +94,8 @@ def _header_lines(results: dict) -> list[str]:
         f"- CPU: {ctx.get('cpu', '?')}, {ctx.get('usable_cpus', ctx.get('cores', '?'))} usable cores; "
         f"threads: " + ", ".join(f"{k} {v}" for k, v in tc.items()),
         f"- BLAS: {blas_txt}",
+        *(f"- GEMM policy ({name}, float32): {line}" for name, line in (ctx.get("gemm_policy") or {}).items()),
+        f"- adaptive threads: {ctx.get('adaptive_threads', '?')}",
         f"- versions: python {ctx.get('python', '?')}, {versions}; anchors: {anchors or 'none'}",
         f"- machine limits measured in this run: BLAS sgemm n={m['gemm']['n']}: "
         f"**{m['gemm']['gflops']:.0f} GFLOP/s**; memory copy ({m['copy']['mbytes']} MiB): "

@@ -44,7 +44,7 @@ try:
 except ImportError as _exc:  # the extension was not built
     raise _not_built(_exc) from _exc
 from ... import _threadpool  # noqa: E402
-from .. import gemm_policy  # noqa: E402
+from .. import gemm_calibration, gemm_policy  # noqa: E402
 
 # That BLAS may have loaded only now, after fastnn's thread count was applied
 # to every BLAS in the process; a kernel called directly (not through the
@@ -99,6 +99,7 @@ def register_ext_module(module) -> None:
 register_ext_module(_kernels)
 _threadpool.register()  # threadpool_limits(...) now finds fastnn's extension and limits it too
 gemm_policy.register_compiled(_kernels)
+gemm_calibration.watch("cython")  # this machine's measured GEMM policy, if `fastnn calibrate` ran
 
 BACKEND_INFO = {
     "description": "Cython glue over a C kernel library compiled at install (OpenMP where the compiler has it)",

@@ -144,6 +144,10 @@ def _set_threads(n: int) -> None:
 
 _config.register_thread_hook(_set_threads)
 
+from .. import gemm_calibration  # noqa: E402
+
+gemm_calibration.watch("numba")  # this machine's measured GEMM policy, if `fastnn calibrate` ran
+
 BACKEND_INFO = {
     "description": "Numba @njit kernels (parallel loops, cached compilation)",
     "numba": numba.__version__,

@@ -36,6 +36,9 @@ SIGINT_DURING_FIT = """
     import fastnn
     from fastnn import nn
 
+    # Python's own Ctrl-C handler, whatever this process inherited: a child of a job started in
+    # the background by a shell (`cmd &`) inherits SIGINT ignored, and no KeyboardInterrupt comes.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     fastnn.set_backend("numba")
     rng = np.random.default_rng(0)
     X = rng.standard_normal((4096, 32)).astype(np.float32)

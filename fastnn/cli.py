@@ -224,7 +224,11 @@ def _cmd_calibrate(args) -> int:
             print(f"fastnn calibrate: skipping {name}: {exc}", file=sys.stderr)
             continue
         for dtype in dtypes:
-            _print_calibration(gemm_calibration.calibrate(name, dtype))
+            try:
+                _print_calibration(gemm_calibration.calibrate(name, dtype))
+            except OSError as exc:  # the cache directory cannot be written
+                print(f"fastnn calibrate: cannot store the result: {exc} (set FASTNN_CACHE_DIR)", file=sys.stderr)
+                return 1
     return 0
 
 

@@ -213,3 +213,13 @@ def test_calibrate_command(tmp_path):
     bad = run_isolated("from fastnn.cli import main\nprint('RC', main(['calibrate', '--backends', 'numpy']))", env=env)
     bad.assert_ok()
     assert "RC 2" in bad.stdout and "cython and/or numba" in bad.stderr
+    # a cache directory that cannot be written: a clear message, no traceback
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    res = run_isolated(
+        "from fastnn.cli import main\nprint('RC', main(['calibrate', '--backends', 'cython']))",
+        timeout=300,
+        env={**env, "FASTNN_CACHE_DIR": str(blocked / "sub")},
+    )
+    res.assert_ok()
+    assert "RC 1" in res.stdout and "cannot store the result" in res.stderr

@@ -229,18 +229,56 @@ _cap_hooks: list = []
 _adaptive: bool | None = None  # None: not decided yet (FASTNN_ADAPTIVE_THREADS on first use)
 
 
-def _adaptive_default() -> bool:
-    env = os.environ.get("FASTNN_ADAPTIVE_THREADS", "").strip().lower()
-    if env in ("", "1", "on", "true", "yes", "auto"):
+def env_switch(name: str, default: bool = True) -> bool:
+    """An on/off environment variable: ``1/on/true/yes`` or ``0/off/false/no``; unset or empty: ``default``.
+
+    Any other value warns and gives ``default`` (a setting for speed must not stop the program).
+    """
+    env = os.environ.get(name, "").strip().lower()
+    if env in ("1", "on", "true", "yes"):
         return True
     if env in ("0", "off", "false", "no"):
         return False
-    warnings.warn(
-        f"FASTNN_ADAPTIVE_THREADS={env!r} is neither 1 nor 0; adaptive threads stay on",
-        RuntimeWarning,
-        stacklevel=4,
-    )
-    return True
+    if env:
+        warnings.warn(f"{name}={env!r} is neither 1 nor 0; using the default ({int(default)})", RuntimeWarning, 2)
+    return default
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` knows."""
+    return _cpuinfo()[0]
+
+
+def cpu_flags_digest() -> str:
+    """A short digest of the CPU's feature flags (``/proc/cpuinfo``); empty where they are not listed."""
+    return _cpuinfo()[1]
+
+
+_cpuinfo_cache: tuple[str, str] | None = None
+
+
+def _cpuinfo() -> tuple[str, str]:
+    global _cpuinfo_cache
+    if _cpuinfo_cache is None:
+        import hashlib
+        import platform
+
+        model = flags = ""
+        try:
+            with open("/proc/cpuinfo") as f:
+                for line in f:
+                    key, _, val = line.partition(":")
+                    key = key.strip()
+                    if key == "model name" and not model:
+                        model = val.strip()
+                    elif key in ("flags", "Features") and not flags:
+                        flags = hashlib.sha256(" ".join(sorted(val.split())).encode()).hexdigest()[:16]
+                    elif not key and model and flags:  # the end of the first CPU's block
+                        break
+        except OSError:
+            pass
+        _cpuinfo_cache = (model or platform.processor() or "unknown", flags)
+    return _cpuinfo_cache
 
 
 def active_threads() -> int:
@@ -271,7 +309,7 @@ def _decide_adaptive() -> None:
     global _adaptive
     with _lock:
         if _adaptive is None:
-            _adaptive = _adaptive_default()
+            _adaptive = env_switch("FASTNN_ADAPTIVE_THREADS")
             if _adaptive:
                 from . import _contention
 
@@ -285,10 +323,10 @@ def set_adaptive_threads(enabled: bool) -> None:
     waits at its closing barrier for the thread the scheduler put aside, and
     a step runs slower than on one thread. Adaptive threads (the default)
     measure how many cores other processes keep busy (Linux: ``/proc/stat``
-    against this process's CPU time, ten times a second, about 20 µs each)
-    and lower the team of fastnn's own loops, and the BLAS libraries'
-    threads, to the cores left free; both come back once the others stop (a BLAS count changed meanwhile, by ``threadpool_limits`` for
-    instance, is left as it was set).
+    against this process's CPU time, ten times a second, 26 µs each) and
+    lower the team of fastnn's own loops, and the BLAS libraries' threads,
+    to the cores left free. Both come back once the others stop; a BLAS
+    count changed meanwhile (by ``threadpool_limits``, say) is left as set.
 
     Parameters
     ----------

@@ -17,7 +17,7 @@ busy -- and keeps a moving average of it. While the cores they leave free
 are fewer than the threads set, the team of fastnn's loops is capped at the
 free cores (at least one); the cap is lifted once the others have gone for
 about half a second. A sample is one small file read and a clock call
-(about 20 µs), so the thread holds the GIL only briefly.
+(26 µs), so the thread holds the GIL only briefly.
 
 The cap changes how many threads share a loop's blocks (fastnn's kernels
 size their scratch from one read of the count, and hand out blocks

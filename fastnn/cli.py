@@ -43,7 +43,7 @@ def machine_info() -> dict:
         "fastnn": fastnn.__version__,
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "cpu": _cpu_model(),
+        "cpu": _config.cpu_model(),
         "numpy": np.__version__,
         "backends": fastnn.backend_status(),
         "default_backend": None if backend_error else fastnn.get_backend(),
@@ -93,17 +93,6 @@ def machine_info() -> dict:
 
             info[f"backend_{name}"]["simd"] = cython_backend.simd_summary()
     return info
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _cmd_info(args) -> int:
@@ -158,12 +147,20 @@ def _cmd_demo(args) -> int:
     return int(args.demo_module.run(args) or 0)
 
 
+def _choices(command: str, option: str, text: str, allowed: tuple[str, str]) -> list[str] | None:
+    """The comma-separated ``text`` of ``option`` if every item is one of ``allowed``; else says so, None."""
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if items and all(t in allowed for t in items):
+        return items
+    print(f"fastnn {command}: {option} takes {allowed[0]} and/or {allowed[1]}, got {text!r}", file=sys.stderr)
+    return None
+
+
 def _cmd_warmup(args) -> int:
     from .backends import BackendUnavailable, get
 
-    dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
-    if not dtypes or any(d not in ("float32", "float64") for d in dtypes):
-        print(f"fastnn warmup: --dtypes takes float32 and/or float64, got {args.dtypes!r}", file=sys.stderr)
+    dtypes = _choices("warmup", "--dtypes", args.dtypes, ("float32", "float64"))
+    if dtypes is None:
         return 2
     try:
         backend = get(args.backend)
@@ -205,13 +202,9 @@ def _warm_policy(name: str) -> int:
 def _cmd_calibrate(args) -> int:
     from .backends import BackendUnavailable, gemm_calibration, get
 
-    names = [b.strip() for b in args.backends.split(",") if b.strip()]
-    dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
-    if not names or any(b not in ("cython", "numba") for b in names):
-        print(f"fastnn calibrate: --backends takes cython and/or numba, got {args.backends!r}", file=sys.stderr)
-        return 2
-    if not dtypes or any(d not in ("float32", "float64") for d in dtypes):
-        print(f"fastnn calibrate: --dtypes takes float32 and/or float64, got {args.dtypes!r}", file=sys.stderr)
+    names = _choices("calibrate", "--backends", args.backends, ("cython", "numba"))
+    dtypes = _choices("calibrate", "--dtypes", args.dtypes, ("float32", "float64"))
+    if names is None or dtypes is None:
         return 2
     if args.threads:
         import fastnn

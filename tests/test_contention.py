@@ -101,7 +101,16 @@ def test_set_adaptive_threads_rejects_non_bools():
 
 
 def test_active_threads_is_the_count_set_without_a_cap():
-    assert 1 <= fastnn.active_threads() <= fastnn.get_num_threads()
+    # The suite runs with adaptive threads off (conftest): no watcher, so no cap.
+    assert not fastnn.adaptive_threads()
+    assert fastnn.active_threads() == fastnn.get_num_threads()
+    before = fastnn.get_num_threads()
+    try:
+        for n in (1, 3):
+            fastnn.set_num_threads(n)
+            assert fastnn.active_threads() == n
+    finally:
+        fastnn.set_num_threads(before)
 
 
 def _child(body, env=None):
@@ -373,3 +382,18 @@ def test_numba_takes_the_team_in_every_thread_that_runs_a_parallel_kernel():
     finally:
         fastnn.set_num_threads(before)
     assert seen == {"relu": 0.0, "threads": min(2, numba.config.NUMBA_NUM_THREADS)}
+
+
+@pytest.mark.parametrize(
+    "value, want", [("", True), ("1", True), ("on", True), ("0", False), ("off", False), (" NO ", False)]
+)
+def test_env_switch(monkeypatch, value, want):
+    # FASTNN_ADAPTIVE_THREADS, FASTNN_GEMM_CALIBRATION and FASTNN_NUMBA_BACKGROUND read alike
+    monkeypatch.setenv("FASTNN_SOME_SWITCH", value)
+    assert _config.env_switch("FASTNN_SOME_SWITCH") is want
+
+
+def test_env_switch_warns_on_other_values_and_keeps_the_default(monkeypatch):
+    monkeypatch.setenv("FASTNN_SOME_SWITCH", "maybe")
+    with pytest.warns(RuntimeWarning, match="FASTNN_SOME_SWITCH='maybe' is neither 1 nor 0"):
+        assert _config.env_switch("FASTNN_SOME_SWITCH", default=False) is False

@@ -47,12 +47,9 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import functools
-import hashlib
 import json
 import math
 import os
-import platform
 import sys
 import tempfile
 import threading
@@ -105,7 +102,7 @@ _state: dict = {}
 
 def enabled() -> bool:
     """False when ``FASTNN_GEMM_CALIBRATION=off`` (or ``0``): the cache is neither read nor applied."""
-    return os.environ.get("FASTNN_GEMM_CALIBRATION", "").strip().lower() not in ("off", "0", "no", "false")
+    return _config.env_switch("FASTNN_GEMM_CALIBRATION")
 
 
 def cache_path() -> str:
@@ -234,23 +231,6 @@ def measure(backend: str, dtype=np.float32, ladder=LADDER, reps: int = 3, min_bl
 # ---------------------------------------------------------------------------- the file
 
 
-@functools.lru_cache(maxsize=1)
-def _cpu() -> str:
-    model, flags = platform.processor() or platform.machine(), ""
-    with contextlib.suppress(OSError):
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, val = line.partition(":")
-                key = key.strip()
-                if key == "model name" and model in ("", platform.machine(), platform.processor()):
-                    model = val.strip()
-                elif key in ("flags", "Features") and not flags:
-                    flags = hashlib.sha256(" ".join(sorted(val.split())).encode()).hexdigest()[:16]
-                if model and flags and key == "":
-                    break
-    return f"{model} [{flags}]" if flags else model
-
-
 def _blas_kernels() -> list[str]:
     """The BLAS libraries' kernel sets (``openblas Haswell``), without torch's own copy.
 
@@ -290,7 +270,7 @@ def key(backend: str, dtype, threads: int | None = None) -> dict:
 
         isa = f"llvm {llvm.get_host_cpu_name()}"
     return {
-        "cpu": _cpu(),
+        "cpu": f"{_config.cpu_model()} [{_config.cpu_flags_digest()}]",
         "blas": _blas_kernels(),
         "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE", ""),
         "isa": isa,
@@ -325,12 +305,13 @@ def _entries(path: str) -> list:
     return entries
 
 
+def _find(entries: list, k: dict) -> dict | None:
+    return next((e for e in entries if e.get("key") == k), None)
+
+
 def lookup(k: dict) -> dict | None:
     """The stored entry for key ``k``, or None."""
-    for e in _entries(cache_path()):
-        if e.get("key") == k:
-            return e
-    return None
+    return _find(_entries(cache_path()), k)
 
 
 def store(entry: dict) -> str:
@@ -378,9 +359,9 @@ def apply_cached(backend: str) -> None:
         mine = [n for n in _applied if n.startswith("numba_") == (backend == "numba")]
         _restore(mine)
         entries = _entries(cache_path()) if enabled() else []
+        base = key(backend, "float32") if entries else None  # computed once: it asks threadpoolctl
         for dtype in ("float32", "float64"):
-            k = key(backend, dtype) if entries else None
-            entry = next((e for e in entries if e.get("key") == k), None)
+            entry = _find(entries, {**base, "dtype": dtype}) if base else None
             _state[(backend, dtype)] = entry
             if entry is not None:
                 for name, value in entry["thresholds"].items():

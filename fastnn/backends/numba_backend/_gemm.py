@@ -33,8 +33,7 @@ from numba.extending import intrinsic
 from numba.np.arrayobj import populate_array
 
 from ... import _config
-from . import _jit
-from ._jit import Deferred, kernel, rebinder
+from ._jit import Deferred, kernel, rebinder, threads
 
 _OPTS = _config.NUMBA_JIT_OPTIONS
 
@@ -828,9 +827,9 @@ def gemm(a, b, trans_a, trans_b, out, bias=None, activation="identity"):
     a, trans_a = _c_order(a, trans_a)
     b, trans_b = _c_order(b, trans_b)
     if bias is None:
-        gemm_2d(a, b, trans_a, trans_b, out, _NO_BIAS[out.dtype], False, _ACT[activation], _jit.threads())
+        gemm_2d(a, b, trans_a, trans_b, out, _NO_BIAS[out.dtype], False, _ACT[activation], threads())
     else:
-        gemm_2d(a, b, trans_a, trans_b, out, np.ascontiguousarray(bias), True, _ACT[activation], _jit.threads())
+        gemm_2d(a, b, trans_a, trans_b, out, np.ascontiguousarray(bias), True, _ACT[activation], threads())
     return out
 
 

@@ -122,7 +122,7 @@ _foreground = [0]
 
 def background() -> bool:
     """Whether slow compilations may run in the background (``FASTNN_NUMBA_BACKGROUND``, default on)."""
-    return not _foreground[0] and os.environ.get("FASTNN_NUMBA_BACKGROUND", "1").strip() != "0"
+    return not _foreground[0] and _config.env_switch("FASTNN_NUMBA_BACKGROUND")
 
 
 @contextlib.contextmanager

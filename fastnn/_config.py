@@ -430,20 +430,27 @@ def register_cap_hook(hook) -> None:
         hook(_thread_cap)
 
 
-def prefer_passive_openmp() -> None:
-    """Make idle OpenMP workers sleep instead of spin, unless the user chose.
+def prefer_short_openmp_spin() -> None:
+    """Make idle OpenMP workers spin briefly, then sleep, unless the user chose.
 
-    GNU OpenMP's workers spin between parallel regions; on shared or
-    oversubscribed cores a descheduled spinner then stalls the next region at
-    its barrier for a whole scheduler slice (figures: ``docs/performance.md``).
-    Waking a sleeping worker costs microseconds, paid only by loops above the
-    ``parallel_min_elements`` tunables (:mod:`fastnn.backends.tuning`). Both
-    compiled backends call this before the
-    OpenMP runtime loads (it reads the variable once); ``OMP_WAIT_POLICY`` or
-    ``GOMP_SPINCOUNT`` set by the user wins.
+    GNU OpenMP's workers spin about 3 ms between parallel regions by default;
+    on shared cores a descheduled spinner then holds the next region at its
+    barrier for a scheduler slice. Sleeping at once (``OMP_WAIT_POLICY=PASSIVE``)
+    avoids that but costs about 40 µs to wake a worker on a 2-core virtual
+    machine, which made every mid-sized product (a dense layer's 200 x 256 x
+    100, ~70 µs on one core) slower on two threads than on one. A spin of
+    about 0.1 ms (``GOMP_SPINCOUNT=10000``; LLVM's runtime: ``KMP_BLOCKTIME=1``
+    ms) bridges the gaps between the regions of one training step and still
+    frees the core soon after; while other programs keep the cores busy, the
+    adaptive team (:mod:`fastnn._contention`) runs on fewer threads anyway
+    (figures: ``docs/performance.md``). Both compiled backends call this
+    before the OpenMP runtime loads (it reads the variables once);
+    ``OMP_WAIT_POLICY``, ``GOMP_SPINCOUNT`` or ``KMP_BLOCKTIME`` set by the
+    user wins.
     """
-    if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
-        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    if not any(v in os.environ for v in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")):
+        os.environ["GOMP_SPINCOUNT"] = "10000"
+        os.environ["KMP_BLOCKTIME"] = "1"
 
 
 def requested_backend() -> str:

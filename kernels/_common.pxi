@@ -166,7 +166,7 @@ cdef int gemm_run(fnn_idx m, fnn_idx n, fnn_idx k, const real *a, fnn_idx rsa, f
         route = FNN_ROUTE_SMALL   # the packed GEMM overwrites C
     fnn_route_taken(route)
     if route == FNN_ROUTE_SMALL:
-        return gemm_small(m, n, k, a, rsa, csa, b, rsb, csb, c, ldc, accumulate, bias, act)
+        return gemm_small_team(m, n, k, a, rsa, csa, b, rsb, csb, c, ldc, accumulate, bias, act, _num_threads)
     if route == FNN_ROUTE_PACKED:
         rc = gemm_packed(m, n, k, a, rsa, csa, b, rsb, csb, c, ldc, bias, act, _num_threads)
         if rc == 0:

@@ -197,7 +197,7 @@ cdef double _bench(int mode, const real *a, const real *b, real *c, fnn_idx m, f
         if route == FNN_ROUTE_BLAS:
             blas_gemm(False, False, m, n, k, <real>1, a, k, b, n, <real>0, c, n)
         elif route == FNN_ROUTE_SMALL:
-            gemm_small(m, n, k, a, k, 1, b, n, 1, c, n, 0, <const real*>NULL, FNN_ACT_IDENTITY)
+            gemm_small_team(m, n, k, a, k, 1, b, n, 1, c, n, 0, <const real*>NULL, FNN_ACT_IDENTITY, _num_threads)
         else:
             gemm_packed(m, n, k, a, k, 1, b, n, 1, c, n, <const real*>NULL, FNN_ACT_IDENTITY, _num_threads)
     return fnn_clock() - t0

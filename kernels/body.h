@@ -73,6 +73,7 @@ const fnn_kernel_set FNN_CAT(fnn_kernels_, FNN_ISA_NAME) = {
     .gemm = {
         .isa = FNN_ISA, .mr = FNN_MR, .lanes_f32 = FNN_LANES_F32, .lanes_f64 = FNN_LANES_F64,
         .small_f32 = gemm_small_f32, .small_f64 = gemm_small_f64,
+        .team_f32 = gemm_small_team_f32, .team_f64 = gemm_small_team_f64,
         .packed_f32 = gemm_packed_f32, .packed_f64 = gemm_packed_f64,
     },
     .conv = {

@@ -88,6 +88,14 @@ typedef struct fnn_gemm_ops {
     int (*small_f64)(fnn_idx m, fnn_idx n, fnn_idx k, const double *a, fnn_idx rsa, fnn_idx csa,
                      const double *b, fnn_idx rsb, fnn_idx csb, double *c, fnn_idx ldc, int accumulate,
                      const double *bias, int act);
+    /* The same on a team of nthreads, C split in slabs (same bits for any team;
+     * one thread below fnn_tune.gemm_small_parallel_min_flops). */
+    int (*team_f32)(fnn_idx m, fnn_idx n, fnn_idx k, const float *a, fnn_idx rsa, fnn_idx csa, const float *b,
+                    fnn_idx rsb, fnn_idx csb, float *c, fnn_idx ldc, int accumulate, const float *bias, int act,
+                    int nthreads);
+    int (*team_f64)(fnn_idx m, fnn_idx n, fnn_idx k, const double *a, fnn_idx rsa, fnn_idx csa,
+                    const double *b, fnn_idx rsb, fnn_idx csb, double *c, fnn_idx ldc, int accumulate,
+                    const double *bias, int act, int nthreads);
     /* BLIS-style packed GEMM on the same tiles, OpenMP inside: C = act(op(A) op(B) + bias).
      * Returns -1 when out of memory. */
     int (*packed_f32)(fnn_idx m, fnn_idx n, fnn_idx k, const float *a, fnn_idx rsa, fnn_idx csa,
@@ -176,6 +184,7 @@ typedef struct fnn_tunables {
     fnn_idx nogil_min_elements;           /* smaller calls keep the GIL */
     double gemm_parallel_min_flops;       /* the packed GEMM stays on one thread below */
     double gemm_shared_min_flops;         /* threads share one packed B block from here */
+    double gemm_small_parallel_min_flops; /* the small kernel splits C over the team from here */
     double gemm_scratch_keep_bytes;       /* per-thread scratch kept between calls up to this */
     fnn_idx conv_cols_budget;             /* largest im2col chunk, elements */
     fnn_idx conv_direct_max_buffer;       /* largest per-thread buffer of the direct convolution */

@@ -48,6 +48,10 @@ cdef extern from "fnn.h" nogil:
                          float*, fnn_idx, int, const float*, int) noexcept nogil
         int (*small_f64)(fnn_idx, fnn_idx, fnn_idx, const double*, fnn_idx, fnn_idx, const double*, fnn_idx,
                          fnn_idx, double*, fnn_idx, int, const double*, int) noexcept nogil
+        int (*team_f32)(fnn_idx, fnn_idx, fnn_idx, const float*, fnn_idx, fnn_idx, const float*, fnn_idx, fnn_idx,
+                        float*, fnn_idx, int, const float*, int, int) noexcept nogil
+        int (*team_f64)(fnn_idx, fnn_idx, fnn_idx, const double*, fnn_idx, fnn_idx, const double*, fnn_idx,
+                        fnn_idx, double*, fnn_idx, int, const double*, int, int) noexcept nogil
         int (*packed_f32)(fnn_idx, fnn_idx, fnn_idx, const float*, fnn_idx, fnn_idx, const float*, fnn_idx, fnn_idx,
                           float*, fnn_idx, const float*, int, int) noexcept nogil
         int (*packed_f64)(fnn_idx, fnn_idx, fnn_idx, const double*, fnn_idx, fnn_idx, const double*, fnn_idx,
@@ -90,7 +94,8 @@ cdef extern from "fnn.h" nogil:
 
     ctypedef struct fnn_tunables:
         fnn_idx parallel_min_elements, parallel_min_elements_cheap, chunk_elements, nogil_min_elements
-        double gemm_parallel_min_flops, gemm_shared_min_flops, gemm_scratch_keep_bytes
+        double gemm_parallel_min_flops, gemm_shared_min_flops, gemm_small_parallel_min_flops
+        double gemm_scratch_keep_bytes
         fnn_idx conv_cols_budget, conv_direct_max_buffer, conv_parallel_min_work
         double rnn_parallel_min_work
         fnn_idx rnn_small_elements
@@ -158,6 +163,15 @@ cdef inline int gemm_small(fnn_idx m, fnn_idx n, fnn_idx k, const real *a, fnn_i
         return fnn_mm.small_f32(m, n, k, a, rsa, csa, b, rsb, csb, c, ldc, accumulate, bias, act)
     else:
         return fnn_mm.small_f64(m, n, k, a, rsa, csa, b, rsb, csb, c, ldc, accumulate, bias, act)
+
+
+cdef inline int gemm_small_team(fnn_idx m, fnn_idx n, fnn_idx k, const real *a, fnn_idx rsa, fnn_idx csa,
+                                const real *b, fnn_idx rsb, fnn_idx csb, real *c, fnn_idx ldc, int accumulate,
+                                const real *bias, int act, int nthreads) noexcept nogil:
+    if real is float:
+        return fnn_mm.team_f32(m, n, k, a, rsa, csa, b, rsb, csb, c, ldc, accumulate, bias, act, nthreads)
+    else:
+        return fnn_mm.team_f64(m, n, k, a, rsa, csa, b, rsb, csb, c, ldc, accumulate, bias, act, nthreads)
 
 
 cdef inline int gemm_packed(fnn_idx m, fnn_idx n, fnn_idx k, const real *a, fnn_idx rsa, fnn_idx csa,

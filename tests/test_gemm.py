@@ -286,3 +286,44 @@ def test_numba_small_products_every_edge(dtype, rng):
                         if not np.allclose(out, want, **tol(dtype, 10 * np.sqrt(k))):
                             bad.append((m, k, n, ta, tb, act))
     assert not bad, f"wrong products for (m, k, n, trans_a, trans_b, act) in {bad[:10]}"
+
+
+def test_cython_small_kernel_team_same_bits(dtype, rng):
+    """The small kernel split over a team gives the one-thread bits (each element sums over k in order).
+
+    With the team threshold at 1 multiply-add every product below takes the
+    team path: slabs of columns (n >= m, whole vectors; a transposed B packed
+    per slab) or of rows (whole tiles), with fewer units than threads, with
+    the bias, ReLU and sigmoid epilogues, and the accumulating dense backward.
+    """
+    if "cython" not in fastnn.available_backends():
+        pytest.skip("the Cython backend is not built")
+    from fastnn.backends import tuning
+
+    ops = fastnn.ops
+    shapes = [(200, 100, 256), (256, 200, 100), (200, 256, 100), (3, 5, 17), (37, 11, 9), (9, 40, 33), (1, 7, 70)]
+    before = fastnn.get_num_threads()
+    try:
+        with fastnn.use_backend("cython"), fgemm.use_gemm("own"), tuning.override(gemm_small_parallel_min_flops=1):
+            for m, k, n in shapes:
+                for ta, tb in [(False, False), (True, False), (False, True)]:
+                    a, b = _operands(rng, m, k, n, ta, tb, dtype)
+                    bias = rng.standard_normal(n).astype(dtype)
+                    g = rng.standard_normal((m, n)).astype(dtype)
+                    got = []
+                    for threads in (1, 2, 3):
+                        fastnn.set_num_threads(threads)
+                        prod = ops.matmul(a, b, trans_a=ta, trans_b=tb)
+                        if ta or tb:
+                            got.append((prod,))
+                            continue
+                        x, w = a, np.ascontiguousarray(b.T)  # dense layer: y = x Wᵀ + b
+                        y = ops.dense_forward(x, w, bias, "relu")
+                        ys = ops.dense_forward(x, w, bias, "sigmoid")
+                        got.append((prod, y, ys, *ops.dense_backward(g, x, w, y, "relu")))
+                    np.testing.assert_allclose(got[0][0], _want(a, b, ta, tb), **tol(dtype, 10 * np.sqrt(k)))
+                    for other in got[1:]:
+                        for one, team in zip(got[0], other):
+                            np.testing.assert_array_equal(team, one)
+    finally:
+        fastnn.set_num_threads(before)

@@ -124,6 +124,15 @@ TUNABLES: tuple[Tunable, ...] = (
         "the packed GEMM runs on one thread below; also where 'own' mode leaves the small kernel",
     ),
     Tunable(
+        "gemm_small_parallel_min_flops",
+        2**20,
+        "multiply-adds",
+        "cython",
+        True,
+        "the small kernel splits C over the team from here (a dense layer's 200 x 256 x 100 runs "
+        "tens of microseconds on one core; a team costs a few)",
+    ),
+    Tunable(
         "gemm_shared_min_flops",
         768**3,
         "multiply-adds",

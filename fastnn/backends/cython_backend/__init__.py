@@ -23,7 +23,7 @@ import warnings
 
 from ... import _config
 
-_config.prefer_passive_openmp()  # before the OpenMP runtime loads with the extension, next line
+_config.prefer_short_openmp_spin()  # before the OpenMP runtime loads with the extension, next line
 
 import scipy.linalg.cython_blas  # noqa: E402,F401  the BLAS the kernels link
 
@@ -97,6 +97,10 @@ def register_ext_module(module) -> None:
 
 
 register_ext_module(_kernels)
+# The kernels read the team's cap from the extension; start watching the
+# machine's cores now (FASTNN_ADAPTIVE_THREADS), not at the first Python-side
+# kernel that asks: a compiled training plan may be the first call.
+_config.active_threads()
 _threadpool.register()  # threadpool_limits(...) now finds fastnn's extension and limits it too
 gemm_policy.register_compiled(_kernels)
 gemm_calibration.watch("cython")  # this machine's measured GEMM policy, if `fastnn calibrate` ran

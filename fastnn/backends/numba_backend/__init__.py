@@ -39,7 +39,7 @@ import warnings
 from ... import _config
 
 # Numba's threading layer here is GNU OpenMP, loaded at the first parallel call.
-_config.prefer_passive_openmp()
+_config.prefer_short_openmp_spin()
 
 import numba  # noqa: E402  - an ImportError here makes the backend absent, with the reason
 

@@ -5,7 +5,7 @@
 # _xent, _pair, _sgd, _adam), in the same order as fastnn's per-step loop, so
 # a step here gives the loop's bits.
 
-from libc.math cimport isfinite, pow
+from libc.math cimport isfinite, log, pow
 
 # loss and optimizer codes (fastnn.ops.train_plan names them)
 cdef enum:
@@ -14,6 +14,9 @@ cdef enum:
     _LOSS_BCE = 2
     _OPT_SGD = 0
     _OPT_ADAM = 1
+    _RED_SUM = 0
+    _RED_MEAN = 1
+    _RED_SKLEARN = 2   # scikit-learn's MLP convention (fastnn.backends.reference.train)
 
 
 cdef struct _Layer:
@@ -34,6 +37,7 @@ cdef struct _Update:
     void *g
     void *s1           # velocity, or Adam's first moment (NULL: plain SGD)
     void *s2           # Adam's second moment
+    double decay       # 1: the weight decay applies, 0: it does not (scikit-learn's intercepts)
     fnn_idx n
 
 
@@ -42,7 +46,7 @@ cdef class TrainBinding:
 
     Built by fastnn.ops.TrainPlan from arrays it has validated; it keeps
     them alive. Tables: ``layers`` = ((w, b, gw, gb, act, slope, y, delta,
-    gin), ...), ``updates`` = ((p, g, s1, s2), ...), ``xb`` the gathered
+    gin), ...), ``updates`` = ((p, g, s1, s2, decay), ...), ``xb`` the gathered
     batch (bmax, nin), ``tb`` the gathered targets (labels or values),
     ``gz`` dL/d(output) (bmax, nout).
     """
@@ -92,6 +96,7 @@ cdef class TrainBinding:
             self.updates[i].g = _data(t[1])
             self.updates[i].s1 = _data(t[2])
             self.updates[i].s2 = _data(t[3])
+            self.updates[i].decay = <double>t[4]
             self.updates[i].n = cnp.PyArray_SIZE(<cnp.ndarray>t[0])
 
     def __dealloc__(self):
@@ -105,7 +110,7 @@ cdef struct _Run:
     const fnn_idx *index      # rows of x, in step order
     fnn_idx nindex, bs
     int loss
-    bint mean
+    int reduction
     int opt
     double lr, h1, h2, wd, eps   # SGD: momentum, nesterov; Adam: beta1, beta2
     bint decoupled
@@ -153,26 +158,76 @@ cdef int _backward(TrainBinding bd, const real *x, fnn_idx nb) noexcept nogil:
     return 0
 
 
-cdef void _update(TrainBinding bd, _Run *r, long long step, const real *dtype_of) noexcept nogil:
-    """The optimizer step on every bound parameter (Adam's factors for step number `step`); dtype_of
-    only picks the dtype."""
+cdef void _update(TrainBinding bd, _Run *r, long long step, fnn_idx nb, const real *dtype_of) noexcept nogil:
+    """The optimizer step on every bound parameter (Adam's factors for step number `step`, a step of
+    nb rows); dtype_of only picks the dtype."""
     cdef int i
     cdef _Update *u
-    cdef double bc1, bc2, decay, l2, step_size, isb
+    cdef double bc1, bc2, step_size, isb, eps = r.eps
+    cdef double wd = r.wd / nb if r.reduction == _RED_SKLEARN else r.wd   # scikit-learn: alpha per row
     if r.opt == _OPT_SGD:
         for i in range(bd.nu):
             u = &bd.updates[i]
-            _sgd(<real*>u.p, <real*>u.g, <real*>u.s1, u.n, r.lr, r.h1, <int>r.h2, r.wd)
+            _sgd(<real*>u.p, <real*>u.g, <real*>u.s1, u.n, r.lr, r.h1, <int>r.h2, wd * u.decay)
         return
     bc1 = 1.0 - pow(r.h1, <double>step)
     bc2 = 1.0 - pow(r.h2, <double>step)
-    decay = 1.0 - r.lr * r.wd if r.decoupled else 1.0
-    l2 = 0.0 if r.decoupled else r.wd
     step_size = r.lr / bc1
     isb = 1.0 / sqrt(bc2)
+    if r.reduction == _RED_SKLEARN:
+        eps = r.eps / sqrt(bc2)   # scikit-learn adds eps after the bias correction of v
     for i in range(bd.nu):
         u = &bd.updates[i]
-        _adam(<real*>u.p, <real*>u.g, <real*>u.s1, <real*>u.s2, u.n, decay, l2, r.h1, r.h2, step_size, isb, r.eps)
+        if r.decoupled:
+            _adam(<real*>u.p, <real*>u.g, <real*>u.s1, <real*>u.s2, u.n, 1.0 - r.lr * wd * u.decay, 0.0, r.h1, r.h2,
+                  step_size, isb, eps)
+        else:
+            _adam(<real*>u.p, <real*>u.g, <real*>u.s1, <real*>u.s2, u.n, 1.0, wd * u.decay, r.h1, r.h2, step_size,
+                  isb, eps)
+
+
+cdef double _sklearn_loss(int loss, const real *z, const fnn_idx *labels, const real *t, real *g, fnn_idx nb,
+                          fnn_idx nout) noexcept nogil:
+    """scikit-learn's loss of the raw outputs z summed over the nb rows (float64), and
+    g = (act(z) - y) / nb: softmax and log-loss, identity and half the squared error averaged over
+    the outputs, logistic and binary log-loss; log-loss probabilities clipped to [eps, 1 - eps]."""
+    cdef fnn_idx i, n = nb * nout
+    cdef double total = 0.0, eps = 2.220446049250313e-16 if real is double else 1.1920928955078125e-07
+    cdef real p, lo = <real>eps, hi = <real>(1.0 - eps), inv = <real>(1.0 / nb)
+    if loss == _LOSS_XENT:
+        softmax_rows(z, g, nb, nout)
+        for i in range(nb):
+            p = g[i * nout + labels[i]]
+            g[i * nout + labels[i]] = p - 1
+            total -= log(<double>min(max(p, lo), hi))
+    elif loss == _LOSS_BCE:
+        act_fwd(FNN_ACT_SIGMOID, z, <const real*>NULL, g, n, 0.0)
+        for i in range(n):
+            p = min(max(g[i], lo), hi)
+            total -= log(<double>(p if t[i] != 0 else 1 - p))
+            g[i] = g[i] - t[i]
+    else:
+        for i in range(n):
+            g[i] = z[i] - t[i]
+            total += <double>(g[i] * g[i])
+        total *= 0.5 / nout
+    for i in range(n):
+        g[i] = g[i] * inv
+    return total
+
+
+cdef double _penalty(TrainBinding bd, const real *dtype_of) noexcept nogil:
+    """Σ‖p‖² over the updates that decay, in float64."""
+    cdef int i
+    cdef fnn_idx j
+    cdef const real *p
+    cdef double total = 0.0
+    for i in range(bd.nu):
+        if bd.updates[i].decay != 0:
+            p = <const real*>bd.updates[i].p
+            for j in range(bd.updates[i].n):
+                total += <double>p[j] * <double>p[j]
+    return total
 
 
 cdef enum:   # how _steps ended
@@ -224,11 +279,15 @@ cdef int _steps(TrainBinding bd, const real *x, const void *target, _Run *r, fnn
                 memcpy(tb + i * r.ncols, values + r.index[lo + i] * r.ncols, r.ncols * sizeof(real))
         if _forward(bd, xb, nb) != 0:
             return _NO_MEMORY
-        if r.loss == _LOSS_XENT:
-            scale = 1.0 / nb if r.mean else 1.0
+        if r.reduction == _RED_SKLEARN:
+            value = _sklearn_loss(r.loss, z, lb, tb, <real*>bd.gz, nb, nout) / nb
+            if r.wd != 0:
+                value += 0.5 * r.wd * _penalty(bd, x) / nb
+        elif r.loss == _LOSS_XENT:
+            scale = 1.0 / nb if r.reduction == _RED_MEAN else 1.0
             value = _xent(z, lb, <real*>bd.gz, nb, nout, scale) * scale
         else:
-            scale = 1.0 / n if r.mean else 1.0
+            scale = 1.0 / n if r.reduction == _RED_MEAN else 1.0
             if r.loss == _LOSS_MSE:
                 value = _pair(True, z, tb, <real*>bd.gz, n, 2.0 * scale) * scale
             else:
@@ -249,13 +308,13 @@ cdef int _steps(TrainBinding bd, const real *x, const void *target, _Run *r, fnn
                 r.pred_b[lo * nout + i] = z[i] > 0
         if _backward(bd, xb, nb) != 0:
             return _NO_MEMORY
-        _update(bd, r, r.step0 + s + 1, x)
+        _update(bd, r, r.step0 + s + 1, nb, x)
     done[0] = nsteps
     return _DONE
 
 
 def train_steps(TrainBinding bd, cnp.ndarray x, cnp.ndarray target, cnp.ndarray index, fnn_idx batch_size,
-                int loss, bint mean, int opt, tuple hyper, long long step0, cnp.ndarray losses, cnp.ndarray pred):
+                int loss, int reduction, int opt, tuple hyper, long long step0, cnp.ndarray losses, cnp.ndarray pred):
     """Run len(losses) training steps over the rows index[s*batch_size : (s+1)*batch_size].
 
     Returns ``(steps run, status)``: status 0 all ran, 1 the loss of step
@@ -263,7 +322,8 @@ def train_steps(TrainBinding bd, cnp.ndarray x, cnp.ndarray target, cnp.ndarray 
     2 an index outside [0, N), 3 a label outside [0, C) in that step.
     fastnn.ops.TrainPlan validates the rest: x (N, F) and target (N, ...)
     C-contiguous in the binding's dtype (labels: intp), the binding's
-    workspace at least batch_size rows, hyper = (lr, momentum, nesterov,
+    workspace at least batch_size rows, reduction 0 sum, 1 mean, 2
+    scikit-learn's convention, hyper = (lr, momentum, nesterov,
     weight_decay, 0, 0) for SGD, (lr, beta1, beta2, weight_decay, eps,
     decoupled) for Adam; pred: intp argmax per sample, bool logit > 0 per
     target, or None.
@@ -290,7 +350,7 @@ def train_steps(TrainBinding bd, cnp.ndarray x, cnp.ndarray target, cnp.ndarray 
     r.nindex = min(cnp.PyArray_SIZE(index), nsteps * batch_size)
     r.bs = batch_size
     r.loss = loss
-    r.mean = mean
+    r.reduction = reduction
     r.opt = opt
     r.lr, r.h1, r.h2, r.wd, r.eps, r.decoupled = hyper
     r.step0 = step0

@@ -477,3 +477,62 @@ def test_resume_mid_epoch_through_the_plan_is_bit_identical(compiled_backend, tm
     for a, b in zip(full.parameters(), model.parameters()):
         np.testing.assert_array_equal(a.data, b.data)
     assert h.history == h_full.history and h.lr == h_full.lr
+
+
+def _sklearn_plan_run(backend, dtype, loss, opt, alpha):
+    """Losses and weights after 13 steps (one short last step) of a plan in scikit-learn's convention."""
+    from fastnn import ops
+
+    X, y = _data(loss, dtype)
+    y = y.astype(np.intp) if loss == "cross_entropy" else y
+    with fastnn.use_backend(backend):
+        model = _model(dtype)
+        lins = [m for m in model if isinstance(m, nn.Linear)]
+        specs = [DenseSpec(lins[0].weight, lins[0].bias, "relu"), DenseSpec(lins[1].weight, lins[1].bias, "tanh")]
+        specs.append(DenseSpec(lins[2].weight, lins[2].bias))
+        params = [p for lin in lins for p in (lin.weight, lin.bias)]
+        names = ("exp_avg", "exp_avg_sq") if opt == "adam" else ("velocity",)
+        plan = TrainPlan(specs, loss, "sklearn", ops.UpdatePlan(params, names), "adam" if opt == "adam" else "sgd")
+        hyper = (0.01, 0.9, 0.999, alpha, 1e-8, 0.0) if opt == "adam" else (0.05, 0.9, 1.0, alpha, 0.0, 0.0)
+        idx = np.random.default_rng(1).permutation(X.shape[0])
+        res = plan.run(X, y, idx, 16, hyper, step0=3)
+        return res.losses.copy(), [p.data.copy() for p in params]
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("opt", ["sgd", "adam"])
+def test_sklearn_reduction_matches_the_reference(compiled_backend, dtype, loss, opt):
+    """scikit-learn's convention (reduction "sklearn") in each compiled backend is the reference's.
+
+    The estimator-level checks (the compiled epochs against the per-step
+    loop, and against scikit-learn itself) are in tests/test_sklearn_plan.py
+    and tests/test_sklearn_fidelity.py.
+    """
+    for alpha in (0.0, 0.5):
+        got_l, got_w = _sklearn_plan_run(compiled_backend, dtype, loss, opt, alpha)
+        want_l, want_w = _sklearn_plan_run("numpy", dtype, loss, opt, alpha)
+        t = tol(dtype, 50)
+        np.testing.assert_allclose(got_l, want_l, **t)
+        for a, b in zip(got_w, want_w):
+            np.testing.assert_allclose(a, b, **t)
+
+
+def test_sklearn_reduction_reference_is_scikit_learns_convention():
+    """The reference's scikit-learn convention, written out for one SGD step of a single layer."""
+    from fastnn import ops
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((5, 3))
+    y = (rng.random((5, 2)) > 0.5).astype(np.float64)
+    lin = nn.Linear(3, 2, dtype=np.float64, rng=0)
+    w0, b0 = lin.weight.data.copy(), lin.bias.data.copy()
+    alpha, lr = 0.3, 0.1
+    with fastnn.use_backend("numpy"):
+        plan = TrainPlan([DenseSpec(lin.weight, lin.bias)], "bce_with_logits", "sklearn",
+                         ops.UpdatePlan([lin.weight, lin.bias]), "sgd")  # fmt: skip
+        res = plan.run(X, y, np.arange(5), 5, (lr, 0.0, 0.0, alpha, 0.0, 0.0))
+    p = 1 / (1 + np.exp(-(X @ w0.T + b0)))
+    loss = -np.mean(np.sum(y * np.log(p) + (1 - y) * np.log(1 - p), axis=1)) + 0.5 * alpha * np.sum(w0**2) / 5
+    np.testing.assert_allclose(res.losses[0], loss, rtol=1e-12)
+    np.testing.assert_allclose(lin.weight.data, w0 - lr * (((p - y).T @ X) / 5 + alpha / 5 * w0), rtol=1e-12)
+    np.testing.assert_allclose(lin.bias.data, b0 - lr * (p - y).sum(0) / 5, rtol=1e-12)  # no decay on the bias

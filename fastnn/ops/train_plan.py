@@ -33,12 +33,15 @@ import numpy as np
 from .._typing import FloatArray, NDArray, ParamLike
 from . import _plan as _p
 
-__all__ = ["DenseSpec", "TrainPlan", "ACTIVATION_CODES", "LOSS_CODES"]
+__all__ = ["DenseSpec", "TrainPlan", "ACTIVATION_CODES", "LOSS_CODES", "REDUCTION_CODES"]
 
 #: Activation codes of the training kernels (the compiled library's numbering).
 ACTIVATION_CODES = {"identity": 0, "relu": 1, "sigmoid": 2, "tanh": 3, "leaky_relu": 4}
 #: Loss codes of the training kernels.
 LOSS_CODES = {"cross_entropy": 0, "mse": 1, "bce_with_logits": 2}
+#: Reduction codes of the training kernels ("sklearn": scikit-learn's MLP convention, see
+#: :mod:`fastnn.backends.reference.train`).
+REDUCTION_CODES = {"sum": 0, "mean": 1, "sklearn": 2}
 #: Optimizer codes of the training kernels.
 OPTIMIZER_CODES = {"sgd": 0, "adam": 1}
 
@@ -72,7 +75,14 @@ class TrainPlan:
         First to last; each layer's input width is the previous one's output.
     loss : {"cross_entropy", "mse", "bce_with_logits"}, optional
         Needed for :meth:`run` (not for :meth:`predict`).
-    reduction : {"mean", "sum"}
+    reduction : {"mean", "sum", "sklearn"}
+        ``"sklearn"``: scikit-learn's MLP convention (what
+        :mod:`fastnn.sklearn` trains with): the losses are its output
+        activation and loss for each head (softmax log-loss, half squared
+        error, logistic log-loss), every gradient divided by the rows of the
+        step, the weight decay is its ``alpha`` on the weights only (not the
+        biases) and in the loss, and Adam adds ``eps`` after the bias
+        correction (details: :mod:`fastnn.backends.reference.train`).
     update : fastnn.ops.UpdatePlan, optional
         The optimizer's bound update: the parameters it steps and its state arrays.
     optimizer : {"sgd", "adam"}, optional
@@ -105,8 +115,8 @@ class TrainPlan:
                 raise ValueError(f"unknown activation {spec.activation!r}; choose one of {sorted(ACTIVATION_CODES)}")
         if loss is not None and loss not in LOSS_CODES:
             raise ValueError(f"unknown loss {loss!r}; choose one of {sorted(LOSS_CODES)}")
-        if reduction not in ("mean", "sum"):
-            raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+        if reduction not in REDUCTION_CODES:
+            raise ValueError(f"reduction must be 'mean', 'sum' or 'sklearn', got {reduction!r}")
         if (update is None) != (optimizer is None) or (optimizer is not None and optimizer not in OPTIMIZER_CODES):
             raise ValueError("give both update (an UpdatePlan) and optimizer ('sgd' or 'adam'), or neither")
         self.loss = loss
@@ -189,7 +199,10 @@ class TrainPlan:
             for p in ps:
                 if id(p) not in bound:
                     raise ValueError("the optimizer updates a parameter that is not one of the plan's layers")
-            updates = tuple(zip(ps, gs, s1, s2))
+            # weight decay on every parameter, or (scikit-learn) on the weights only
+            weights = {id(layer[0]) for layer in arrays}
+            decay = tuple(1.0 if self.reduction != "sklearn" or id(p) in weights else 0.0 for p in ps)
+            updates = tuple(zip(ps, gs, s1, s2, decay))
         # the kernels write y, delta, gin, gz and the gradients: none may overlap a parameter
         _p.check_disjoint("training plan", *[a for layer in arrays for a in layer], xb, gz)
         return backend.train_bind(tuple(layers), updates, xb, tb, gz)
@@ -235,7 +248,9 @@ class TrainPlan:
         batch_size : int
         hyper : tuple of 6 floats
             SGD: ``(lr, momentum, nesterov, weight_decay, 0, 0)``; Adam:
-            ``(lr, beta1, beta2, weight_decay, eps, decoupled)``.
+            ``(lr, beta1, beta2, weight_decay, eps, decoupled)``. With
+            ``reduction="sklearn"``, ``weight_decay`` is scikit-learn's
+            ``alpha`` and ``decoupled`` must be 0.
         step0 : int
             Adam's step count before the first step.
         losses : float64 ndarray, optional
@@ -286,6 +301,8 @@ class TrainPlan:
                 raise ValueError(f"pred needs {want[1]} entries, got {pred.size}")
         if len(hyper) != 6:
             raise ValueError("hyper must hold 6 numbers")
+        if self.reduction == "sklearn" and self.optimizer == "adam" and hyper[5]:
+            raise ValueError("scikit-learn's convention has no decoupled weight decay (hyper[5] must be 0)")
         if not self._lock.acquire(blocking=False):
             raise RuntimeError("this training plan is running in another thread")
         try:
@@ -298,7 +315,7 @@ class TrainPlan:
                 index,
                 batch_size,
                 LOSS_CODES[self.loss],
-                self.reduction == "mean",
+                REDUCTION_CODES[self.reduction],
                 OPTIMIZER_CODES[self.optimizer or "sgd"],  # set: checked above with the update
                 tuple(float(h) for h in hyper),
                 int(step0),

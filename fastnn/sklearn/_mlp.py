@@ -6,7 +6,9 @@ Glorot initialisation drawn from the same ``RandomState``, the same
 shuffling and batches, the same loss and L2 term, the same SGD/Adam updates
 and learning-rate schedules (see :mod:`fastnn.sklearn._solvers`). The
 forward and backward passes run on fastnn's fused kernels, in float32 by
-default (``dtype="float64"`` reproduces scikit-learn to round-off).
+default (``dtype="float64"`` reproduces scikit-learn to round-off); on a
+compiled backend whole epochs run in one compiled training plan
+(:mod:`fastnn.sklearn._plan`), the same steps without Python between them.
 
 ``coefs_[i]`` is a transposed view of the i-th ``Linear`` weight (fastnn,
 like PyTorch, stores (out, in)); writing into it, replacing one of its
@@ -35,6 +37,7 @@ import fastnn
 
 from ._compat import check_sample_weight, pack_parts, store_init_params, unpack_parts, validate_data
 from ._network import ACTIVATIONS, Head, build_network, glorot_init, linear_layers
+from ._plan import CompiledSteps
 from ._runtime import check_n_threads, runtime
 from ._solvers import make_solver, minimize_lbfgs
 
@@ -380,13 +383,14 @@ class _BaseMLP(BaseEstimator):
         n = X.shape[0]
         sparse = sp.issparse(X)
         sample_idx = np.arange(n)
-        shuffled = self.shuffle and not sparse
+        # whole epochs in one compiled plan where it applies (the same steps; see ._plan)
+        steps, self._per_step_reason = CompiledSteps.create(net, self.out_activation_, opt, alpha, X, sample_weight)
+        shuffled = self.shuffle and not sparse and steps is None
         if shuffled:
             Xs, ts = np.empty_like(X), np.empty_like(targets)
             ws = None if sample_weight is None else np.empty_like(sample_weight)
         else:
             Xs, ts, ws = X, targets, sample_weight
-        starts = range(0, n, batch_size)
         early_stopping = self.early_stopping
         started = time.perf_counter()
         try:
@@ -402,12 +406,16 @@ class _BaseMLP(BaseEstimator):
                             np.take(targets, sample_idx, axis=0, out=ts)
                             if ws is not None:
                                 np.take(sample_weight, sample_idx, axis=0, out=ws)
-                    accumulated = 0.0
-                    for start in starts:
+                    accumulated, first = 0.0, 0
+                    if steps is not None:
+                        accumulated, stopped = steps.run(X, targets, sample_idx, batch_size)
+                        # a non-finite loss stops the plan before that step: the loop below runs the rest
+                        first = n if stopped is None else stopped * batch_size
+                    for start in range(first, n, batch_size):
                         stop = min(start + batch_size, n)
-                        if sparse:
+                        if sparse or steps is not None:
                             rows = sample_idx[start:stop] if self.shuffle else slice(start, stop)
-                            xb = X[rows].toarray()
+                            xb = X[rows].toarray() if sparse else X[rows]
                             tb = targets[rows]
                             wb = None if sample_weight is None else sample_weight[rows]
                         else:

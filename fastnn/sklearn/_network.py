@@ -191,10 +191,10 @@ class Head:
         # log(clip(p, eps, 1 - eps)) of the true class, in place on the gathered copy
         np.maximum(picked, self.eps, out=picked)
         np.minimum(picked, 1 - self.eps, out=picked)
-        np.log(picked, out=picked)
+        logs = np.log(picked.astype(np.float64))  # in float64, as the compiled plans (fastnn.ops.TrainPlan)
         if weight is None:
-            return -float(picked.sum(dtype=np.float64)) / weight_sum
-        return -float(np.dot(weight, picked.astype(np.float64))) / weight_sum
+            return -float(logs.sum()) / weight_sum
+        return -float(np.dot(weight, logs)) / weight_sum
 
     def _row_starts(self, b, c):
         cache = self.__dict__.setdefault("_starts", {})
@@ -210,7 +210,7 @@ class Head:
         kind, eps = self.out_activation, self.eps
         if kind == "logistic":
             pc = np.clip(p, eps, 1 - eps)
-            values = np.log(np.where(target != 0, pc, 1 - pc))
+            values = np.log(np.where(target != 0, pc, 1 - pc).astype(np.float64))
             return -_average_sum(values, weight, weight_sum)
         if kind == "identity":
             diff = target - p

@@ -22,13 +22,24 @@ from numba import typed
 from ..reference import train as _spec
 from . import _small_gemm as _small
 from ._jit import jit, kernel
-from .activations import _leaky, _leaky_bwd, _relu, _relu_bwd, _sigmoid, _sigmoid_bwd, _tanh, _tanh_bwd
+from .activations import (
+    _leaky,
+    _leaky_bwd,
+    _relu,
+    _relu_bwd,
+    _sigmoid,
+    _sigmoid_bwd,
+    _softmax_row,
+    _tanh,
+    _tanh_bwd,
+)
 from .losses import _bce_elem, _ce_row
 from .optim import _adam_elem, _decayed, _sgd_elem
 
 __all__ = list(_spec.__all__)  # the reference's kernels, every one overridden here
 
 _DONE, _NONFINITE, _BAD_INDEX, _BAD_LABEL = 0, 1, 2, 3
+_MEAN, _SKLEARN = _spec.MEAN, _spec.SKLEARN
 
 
 # the activations' serial kernels (backend ``activations``), called from the compiled driver
@@ -112,13 +123,18 @@ def _backward(ws, hb, ys, ds, gins, gws, gbs, acts, slopes, x, gz, nb):
 
 
 @jit
-def _update(ps, gs, s1s, s2s, opt, lr, h1, h2, wd, eps, decoupled, c1, c2, step):
+def _update(ps, gs, s1s, s2s, decays, opt, lr, h1, h2, wd, eps, decoupled, c1, c2, step, nb, reduction):
     t = ps[0].dtype.type
+    if reduction == _SKLEARN:
+        wd = wd / nb  # scikit-learn's alpha per row of the step
+        if opt != 0:
+            eps = eps / math.sqrt(1.0 - h2**step)  # scikit-learn adds eps after the bias correction of v
     if opt == 0:
-        lr_, mu, wd_ = t(lr), t(h1), t(wd)
+        lr_, mu = t(lr), t(h1)
         nesterov = h2 != 0
         for k in range(len(ps)):
             p, g = ps[k], gs[k]
+            wd_ = t(wd * decays[k])
             if h1 != 0:
                 v = s1s[k]
                 for i in range(p.size):
@@ -129,19 +145,72 @@ def _update(ps, gs, s1s, s2s, opt, lr, h1, h2, wd, eps, decoupled, c1, c2, step)
         return
     bc1 = 1.0 - h1**step
     bc2 = 1.0 - h2**step
-    decay = 1.0 - lr * wd if (decoupled and wd != 0) else 1.0
-    l2 = 0.0 if decoupled else wd
-    decay_, wd_, b1_, c1_, b2_, c2_ = t(decay), t(l2), t(h1), t(c1), t(h2), t(c2)
+    b1_, c1_, b2_, c2_ = t(h1), t(c1), t(h2), t(c2)
     step_, inv_, eps_ = t(lr / bc1), t(1.0 / math.sqrt(bc2)), t(eps)
     for k in range(len(ps)):
         p, g, m, v = ps[k], gs[k], s1s[k], s2s[k]
+        w = wd * decays[k]
+        decay_ = t(1.0 - lr * w if (decoupled and w != 0) else 1.0)
+        wd_ = t(0.0 if decoupled else w)
         for i in range(p.size):
             p[i], m[i], v[i] = _adam_elem(p[i], g[i], m[i], v[i], decay_, wd_, b1_, c1_, b2_, c2_, step_, inv_, eps_)
 
 
+@jit
+def _sklearn_loss(loss, z, lb, tb, g):
+    """scikit-learn's loss of the raw outputs z summed over the rows (float64), and g = (act(z) - y) / B.
+
+    See the reference's module docstring: softmax and log-loss, identity and half the squared error
+    averaged over the outputs, logistic and binary log-loss; log-loss probabilities clipped.
+    """
+    nb, nout = z.shape
+    t = z.dtype.type
+    eps = np.finfo(z.dtype).eps
+    lo, hi, one = t(eps), t(1.0 - eps), t(1)
+    total = 0.0
+    if loss == 0:
+        for r in range(nb):
+            _softmax_row(z[r], g[r])
+            p = g[r, lb[r]]
+            g[r, lb[r]] = p - one
+            total -= math.log(np.float64(min(max(p, lo), hi)))
+    elif loss == 2:
+        zf, tf, gf = z.ravel(), tb.ravel(), g.ravel()
+        _SIGMOID(zf, gf)
+        for i in range(gf.size):
+            p = min(max(gf[i], lo), hi)
+            total -= math.log(np.float64(p if tf[i] != 0 else one - p))
+            gf[i] = gf[i] - tf[i]
+    else:
+        zf, tf, gf = z.ravel(), tb.ravel(), g.ravel()
+        for i in range(gf.size):
+            d = zf[i] - tf[i]
+            gf[i] = d
+            total += np.float64(d * d)
+        total *= 0.5 / nout
+    inv = t(1.0 / nb)
+    gf = g.ravel()
+    for i in range(gf.size):
+        gf[i] = gf[i] * inv
+    return total
+
+
+@jit
+def _penalty(ps, decays):
+    """Σ‖p‖² over the updates that decay, in float64."""
+    total = 0.0
+    for k in range(len(ps)):
+        if decays[k] != 0:
+            p = ps[k]
+            for i in range(p.size):
+                total += np.float64(p[i]) * np.float64(p[i])
+    return total
+
+
 @kernel(inputs="x labels values index")
-def _steps(ws, bs_, hb, ys, ds, gins, gws, gbs, acts, slopes, ps, gs, s1s, s2s, xb, lb, tb, gz, x, labels, values,
-           index, batch_size, loss, mean, opt, lr, h1, h2, wd, eps, decoupled, c1, c2, step0, losses, pred_i, pred_b):  # fmt: skip
+def _steps(ws, bs_, hb, ys, ds, gins, gws, gbs, acts, slopes, ps, gs, s1s, s2s, decays, xb, lb, tb, gz, x, labels,
+           values, index, batch_size, loss, reduction, opt, lr, h1, h2, wd, eps, decoupled, c1, c2, step0, losses,
+           pred_i, pred_b):  # fmt: skip
     """The driver: (steps run, status), as the reference's train_steps."""
     n = x.shape[0]
     nsteps = losses.shape[0]
@@ -167,7 +236,13 @@ def _steps(ws, bs_, hb, ys, ds, gins, gws, gbs, acts, slopes, ps, gs, s1s, s2s, 
         z = _forward(ws, bs_, hb, ys, acts, slopes, xb[:nb], nb)
         g = gz[:nb]
         total = 0.0
-        if loss == 0:
+        mean = reduction == _MEAN
+        if reduction == _SKLEARN:
+            scale = 1.0
+            total = _sklearn_loss(loss, z, lb[:nb], tb[:nb], g) / nb
+            if wd != 0:
+                total += 0.5 * wd * _penalty(ps, decays) / nb
+        elif loss == 0:
             scale = 1.0 / nb if mean else 1.0
             sc = z.dtype.type(scale)
             for r in range(nb):
@@ -205,7 +280,7 @@ def _steps(ws, bs_, hb, ys, ds, gins, gws, gbs, acts, slopes, ps, gs, s1s, s2s, 
             for i in range(zf.size):
                 pred_b[lo * nout + i] = zf[i] > 0
         _backward(ws, hb, ys, ds, gins, gws, gbs, acts, slopes, xb[:nb], g, nb)
-        _update(ps, gs, s1s, s2s, opt, lr, h1, h2, wd, eps, decoupled, c1, c2, step0 + s + 1)
+        _update(ps, gs, s1s, s2s, decays, opt, lr, h1, h2, wd, eps, decoupled, c1, c2, step0 + s + 1, nb, reduction)
     return nsteps, _DONE
 
 
@@ -241,8 +316,9 @@ class _Binding:
         self.ys = _list(layer[6] for layer in layers)
         self.ds = _list(none2 if layer[7] is None else layer[7] for layer in layers)
         self.gins = _list(none2 if layer[8] is None else layer[8] for layer in layers)
-        flat = [tuple(none1 if a is None else a.reshape(-1) for a in u) for u in updates] or [(none1,) * 4]
+        flat = [tuple(none1 if a is None else a.reshape(-1) for a in u[:4]) for u in updates] or [(none1,) * 4]
         self.ps, self.gs, self.s1s, self.s2s = (_list(u[i] for u in flat) for i in range(4))
+        self.decays = np.array([u[4] for u in updates] or [0.0], np.float64)
         self.xb, self.gz = xb, gz
         self.lb = tb if tb.dtype == np.intp else np.empty(0, np.intp)
         self.tb = tb if tb.dtype != np.intp else none2
@@ -258,7 +334,7 @@ _NO_PRED_I = np.empty(0, np.intp)
 _NO_PRED_B = np.empty(0, np.bool_)
 
 
-def train_steps(bd, x, target, index, batch_size, loss, mean, opt, hyper, step0, losses, pred):
+def train_steps(bd, x, target, index, batch_size, loss, reduction, opt, hyper, step0, losses, pred):
     """See :func:`fastnn.backends.reference.train.train_steps`."""
     lr, h1, h2, wd, eps, decoupled = hyper
     # 1 - beta computed here, not next to beta in compiled code (see .optim._adam)
@@ -269,8 +345,8 @@ def train_steps(bd, x, target, index, batch_size, loss, mean, opt, hyper, step0,
     pred_b = pred.reshape(-1) if pred is not None and pred.dtype == np.bool_ else _NO_PRED_B
     done, status = _steps(
         bd.ws, bd.bs, bd.hb, bd.ys, bd.ds, bd.gins, bd.gws, bd.gbs, bd.acts, bd.slopes, bd.ps, bd.gs, bd.s1s,
-        bd.s2s, bd.xb, bd.lb, bd.tb, bd.gz, x.reshape(x.shape[0], -1), labels, values, index, int(batch_size),
-        int(loss), bool(mean), int(opt), float(lr), float(h1), float(h2), float(wd), float(eps), bool(decoupled), c1, c2,
+        bd.s2s, bd.decays, bd.xb, bd.lb, bd.tb, bd.gz, x.reshape(x.shape[0], -1), labels, values, index,
+        int(batch_size), int(loss), int(reduction), int(opt), float(lr), float(h1), float(h2), float(wd), float(eps), bool(decoupled), c1, c2,
         int(step0), losses, pred_i, pred_b,
     )  # fmt: skip
     return int(done), int(status)

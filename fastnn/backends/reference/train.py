@@ -21,7 +21,21 @@ outside ``[0, C)`` stops it before the step that holds it.
 Codes shared by every backend: activations ``0`` identity, ``1`` ReLU, ``2``
 sigmoid, ``3`` tanh, ``4`` leaky ReLU (the compiled library's numbering);
 losses ``0`` softmax cross-entropy, ``1`` MSE, ``2`` BCE with logits;
+reductions ``0`` sum, ``1`` mean, ``2`` scikit-learn's convention (below);
 optimizers ``0`` SGD, ``1`` Adam (AdamW: Adam with ``decoupled``).
+
+**scikit-learn's convention** (reduction ``2``, what ``fastnn.sklearn``'s
+MLPs train with). The three losses are scikit-learn's output activation and
+loss: softmax and log-loss (``0``), identity and half the squared error
+averaged over the outputs (``1``), logistic and binary log-loss summed over
+the outputs (``2``). For each, ``dL/dz = (act(z) − y) / B`` over the B rows
+of the step, and the loss divides by B; the probabilities in a log-loss are
+clipped to ``[eps, 1 − eps]`` (``eps`` of the dtype), as scikit-learn's are.
+The weight decay ``wd`` is scikit-learn's ``alpha``: ``alpha / B · W`` is
+added to the gradient of the updates marked to decay (the weights, not the
+intercepts) and ``alpha / (2B) · Σ‖W‖²`` to the loss; Adam's ``eps`` is
+added after the bias correction of ``v`` (``eps / sqrt(1 − β2ᵗ)`` in
+fastnn's form). Losses are summed in float64.
 """
 
 import math
@@ -40,6 +54,8 @@ ACTIVATIONS = ("identity", "relu", "sigmoid", "tanh", "leaky_relu")
 
 # how a run of steps ended (train_steps' status)
 DONE, NONFINITE, BAD_INDEX, BAD_LABEL = 0, 1, 2, 3
+# reductions (train_steps' ``reduction``)
+SUM, MEAN, SKLEARN = 0, 1, 2
 
 
 class _Binding:
@@ -62,9 +78,10 @@ def train_bind(layers, updates, xb, tb, gz):
         leaky-ReLU slope, and the workspace: ``y`` (Bmax, O) the output,
         ``delta`` (Bmax, O) for ``g ⊙ act'(y)`` (None for the identity),
         ``gin`` (Bmax, I) for ``dL/dx`` (None for the first layer).
-    updates : tuple of (param, grad, state1, state2)
+    updates : tuple of (param, grad, state1, state2, decay)
         The parameters the optimizer updates, in its order: SGD's velocity
-        (None without momentum) and None, or Adam's two moments.
+        (None without momentum) and None, or Adam's two moments; ``decay``
+        1.0 where the weight decay applies, 0.0 where it does not.
     xb : ndarray (Bmax, I) for the gathered inputs
     tb : ndarray for the gathered targets: intp (Bmax,) labels or (Bmax, C) values
     gz : ndarray (Bmax, C) for dL/d(output)
@@ -107,16 +124,51 @@ def _backward(bd, x, nb):
         g = gin
 
 
-def _update(bd, opt, hyper, step):
+def _update(bd, opt, hyper, step, nb, reduction):
     lr, h1, h2, wd, eps, decoupled = hyper
-    for p, g, s1, s2 in bd.updates:
+    if reduction == SKLEARN:
+        wd = wd / nb  # alpha per row of the step
+        if opt:
+            eps = eps / math.sqrt(1.0 - h2**step)  # scikit-learn adds eps after the bias correction
+    for p, g, s1, s2, decay in bd.updates:
+        w = wd if decay else 0.0
         if opt == 0:
-            _optim.sgd_update(p, g, s1, lr, h1, bool(h2), wd)
+            _optim.sgd_update(p, g, s1, lr, h1, bool(h2), w)
         else:
-            _optim.adam_update(p, g, s1, s2, step, lr, h1, h2, eps, wd, bool(decoupled))
+            _optim.adam_update(p, g, s1, s2, step, lr, h1, h2, eps, w, bool(decoupled))
 
 
-def train_steps(bd, x, target, index, batch_size, loss, mean, opt, hyper, step0, losses, pred):
+def _sklearn_loss(loss, z, tb, gz):
+    """scikit-learn's loss of the raw outputs z, summed over the rows; gz = (act(z) - y) / B.
+
+    See the module docstring; the caller divides the sum by B.
+    """
+    nb = z.shape[0]
+    eps = float(np.finfo(z.dtype).eps)
+    if loss == 0:
+        _act.softmax(z, gz)
+        rows = np.arange(nb)
+        picked = gz[rows, tb]  # p of the true class (a copy)
+        gz[rows, tb] = picked - 1
+        total = -float(np.log(np.clip(picked, eps, 1 - eps).astype(np.float64)).sum())
+    elif loss == 2:
+        _act.sigmoid(z, gz)
+        pc = np.clip(gz, eps, 1 - eps)
+        total = -float(np.log(np.where(tb != 0, pc, 1 - pc).astype(np.float64)).sum())
+        gz -= tb
+    else:
+        np.subtract(z, tb, out=gz)
+        total = 0.5 * float(np.square(gz).astype(np.float64).sum()) / z.shape[1]
+    gz *= z.dtype.type(1.0 / nb)
+    return total
+
+
+def _penalty(bd):
+    """Σ‖p‖² over the updates that decay, in float64."""
+    return sum(float(np.square(p.astype(np.float64)).sum()) for p, _, _, _, decay in bd.updates if decay)
+
+
+def train_steps(bd, x, target, index, batch_size, loss, reduction, opt, hyper, step0, losses, pred):
     """Run ``len(losses)`` training steps; returns ``(steps run, status)``.
 
     Parameters
@@ -127,11 +179,12 @@ def train_steps(bd, x, target, index, batch_size, loss, mean, opt, hyper, step0,
     index : intp ndarray, the rows of each step's minibatch, in order
     batch_size : int, rows per step (the last step takes what is left)
     loss : int, the loss code
-    mean : bool, mean (else sum) reduction
+    reduction : int, ``0`` sum, ``1`` mean, ``2`` scikit-learn's convention (see the module docstring)
     opt : int, the optimizer code
     hyper : tuple of 6 floats
         SGD: ``(lr, momentum, nesterov, weight_decay, 0, 0)``; Adam:
-        ``(lr, beta1, beta2, weight_decay, eps, decoupled)``.
+        ``(lr, beta1, beta2, weight_decay, eps, decoupled)`` (scikit-learn's
+        convention: ``weight_decay`` is ``alpha``, and ``decoupled`` 0).
     step0 : int, Adam's step count before the first step
     losses : float64 ndarray, one loss per step (written)
     pred : ndarray or None
@@ -148,7 +201,7 @@ def train_steps(bd, x, target, index, batch_size, loss, mean, opt, hyper, step0,
     """
     n = x.shape[0]
     nsteps = losses.shape[0]
-    reduction = "mean" if mean else "sum"
+    named = "mean" if reduction == MEAN else "sum"
     x2 = x.reshape(n, -1)
     for s in range(nsteps):
         rows = index[s * batch_size : (s + 1) * batch_size]
@@ -164,12 +217,16 @@ def train_steps(bd, x, target, index, batch_size, loss, mean, opt, hyper, step0,
             return s, BAD_LABEL
         z = _forward(bd, xb, nb)
         gz = bd.gz[:nb]
-        if loss == 0:
-            value, _ = _losses.softmax_cross_entropy(z, tb, reduction, gz)
+        if reduction == SKLEARN:
+            value = _sklearn_loss(loss, z, tb, gz) / nb
+            if hyper[3]:
+                value += 0.5 * hyper[3] * _penalty(bd) / nb
+        elif loss == 0:
+            value, _ = _losses.softmax_cross_entropy(z, tb, named, gz)
         elif loss == 1:
-            value, _ = _losses.mse_loss(z, tb, reduction, gz)
+            value, _ = _losses.mse_loss(z, tb, named, gz)
         else:
-            value, _ = _losses.bce_with_logits(z, tb, reduction, gz)
+            value, _ = _losses.bce_with_logits(z, tb, named, gz)
         losses[s] = value
         if not math.isfinite(value):
             return s, NONFINITE
@@ -180,7 +237,7 @@ def train_steps(bd, x, target, index, batch_size, loss, mean, opt, hyper, step0,
             else:
                 np.greater(z, 0, out=pred[lo * nout : (lo + nb) * nout].reshape(nb, nout))
         _backward(bd, xb, nb)
-        _update(bd, opt, hyper, step0 + s + 1)
+        _update(bd, opt, hyper, step0 + s + 1, nb, reduction)
     return nsteps, DONE
 
 

@@ -278,49 +278,64 @@ static int FN(gemm_small)(fnn_idx m, fnn_idx n, fnn_idx k, const FNN_T *a, fnn_i
     return 0;
 }
 
-/* The small kernel on a team: C cut into one slab per thread along its
- * longer side (whole vectors of columns, or whole tiles of rows), each thread
- * running the kernel on its slab. Every element is still accumulated over
- * p = 0..k-1 in order, so the result is the same bits for any team size.
- * Mid-sized products (a dense layer's 200 x 256 x 100) are too small for the
- * packed GEMM's blocking but take tens of microseconds on one core: worth a
+/* A serial product with gemm_small's parameters (the packed GEMM's serial
+ * algorithm takes them too, and ignores `accumulate`). */
+typedef int (*FN(serial_gemm))(fnn_idx m, fnn_idx n, fnn_idx k, const FNN_T *a, fnn_idx rsa, fnn_idx csa,
+                               const FNN_T *b, fnn_idx rsb, fnn_idx csb, FNN_T *c, fnn_idx ldc, int accumulate,
+                               const FNN_T *bias, int act);
+
+/* `serial` on a team: C cut into one slab per thread along its longer side
+ * (whole units of unit_n columns when n >= m, else of unit_m rows), each
+ * thread running the serial product on its slab with its own buffers (a
+ * shared operand is packed once per slab, but no barrier costs a sleep and a
+ * wake-up). Every element is accumulated over p = 0..k-1 in order whichever
+ * thread computes it, so the result is the same bits for any team size.
+ * Fewer units than threads: fewer threads (one: no parallel region). */
+static int FN(gemm_slabs)(FN(serial_gemm) serial, fnn_idx unit_n, fnn_idx unit_m, fnn_idx m, fnn_idx n, fnn_idx k,
+                          const FNN_T *a, fnn_idx rsa, fnn_idx csa, const FNN_T *b, fnn_idx rsb, fnn_idx csb,
+                          FNN_T *c, fnn_idx ldc, int accumulate, const FNN_T *bias, int act, int nthreads)
+{
+    int split_n = n >= m;
+    fnn_idx unit = split_n ? unit_n : unit_m;
+    fnn_idx len = split_n ? n : m;
+    fnn_idx units = (len + unit - 1) / unit;
+    int errs = 0;
+    if (units < nthreads)
+        nthreads = (int)units;
+#ifdef _OPENMP
+    if (nthreads > 1) {
+#pragma omp parallel num_threads(nthreads) reduction(| : errs)
+        {
+            int t = omp_get_thread_num(), nth = omp_get_num_threads();
+            fnn_idx s0 = units * t / nth * unit;
+            fnn_idx s1 = units * (t + 1) / nth * unit;
+            if (s1 > len)
+                s1 = len;
+            if (s1 > s0) {
+                if (split_n)
+                    errs |= serial(m, s1 - s0, k, a, rsa, csa, b + s0 * csb, rsb, csb, c + s0, ldc, accumulate,
+                                   bias ? bias + s0 : NULL, act);
+                else
+                    errs |= serial(s1 - s0, n, k, a + s0 * rsa, rsa, csa, b, rsb, csb, c + s0 * ldc, ldc, accumulate,
+                                   bias, act);
+            }
+        }
+        return errs ? -1 : 0;
+    }
+#endif
+    return serial(m, n, k, a, rsa, csa, b, rsb, csb, c, ldc, accumulate, bias, act);
+}
+
+/* The small kernel on a team of nthreads, in slabs of C (FN(gemm_slabs)):
+ * mid-sized products (a dense layer's 200 x 256 x 100) are too small for the
+ * packed GEMM's blocking but take tens of microseconds on one core, worth a
  * team from fnn_tune.gemm_small_parallel_min_flops on. */
 static int FN(gemm_small_team)(fnn_idx m, fnn_idx n, fnn_idx k, const FNN_T *a, fnn_idx rsa, fnn_idx csa,
                                const FNN_T *b, fnn_idx rsb, fnn_idx csb, FNN_T *c, fnn_idx ldc, int accumulate,
                                const FNN_T *bias, int act, int nthreads)
 {
-#ifdef _OPENMP
-    double work = (double)m * (double)n * (double)k;
-    if (nthreads > 1 && k > 0 && work >= fnn_tune.gemm_small_parallel_min_flops) {
-        int split_n = n >= m;
-        fnn_idx unit = split_n ? FNN_L : FNN_MR;
-        fnn_idx len = split_n ? n : m;
-        fnn_idx units = (len + unit - 1) / unit;
-        int errs = 0;
-        if (units < nthreads)
-            nthreads = (int)units;
-        if (nthreads > 1) {
-#pragma omp parallel num_threads(nthreads) reduction(| : errs)
-            {
-                int t = omp_get_thread_num(), nth = omp_get_num_threads();
-                fnn_idx s0 = units * t / nth * unit;
-                fnn_idx s1 = units * (t + 1) / nth * unit;
-                if (s1 > len)
-                    s1 = len;
-                if (s1 > s0) {
-                    if (split_n)
-                        errs |= FN(gemm_small)(m, s1 - s0, k, a, rsa, csa, b + s0 * csb, rsb, csb, c + s0, ldc,
-                                               accumulate, bias ? bias + s0 : NULL, act);
-                    else
-                        errs |= FN(gemm_small)(s1 - s0, n, k, a + s0 * rsa, rsa, csa, b, rsb, csb, c + s0 * ldc,
-                                               ldc, accumulate, bias, act);
-                }
-            }
-            return errs ? -1 : 0;
-        }
-    }
-#else
-    (void)nthreads;
-#endif
+    if (nthreads > 1 && k > 0 && (double)m * (double)n * (double)k >= fnn_tune.gemm_small_parallel_min_flops)
+        return FN(gemm_slabs)(FN(gemm_small), FNN_L, FNN_MR, m, n, k, a, rsa, csa, b, rsb, csb, c, ldc, accumulate,
+                              bias, act, nthreads);
     return FN(gemm_small)(m, n, k, a, rsa, csa, b, rsb, csb, c, ldc, accumulate, bias, act);
 }

@@ -149,11 +149,14 @@ static int FN(packed_run)(fnn_idx m, fnn_idx n, fnn_idx k, const FNN_T *a, fnn_i
 /* x rounded up to whole packed tiles. */
 FNN_INLINE fnn_idx FN(whole_tiles)(fnn_idx x) { return (x + FNN_PACK_MR - 1) / FNN_PACK_MR * FNN_PACK_MR; }
 
+/* The packed algorithm on one thread (`accumulate` is not used: it overwrites C;
+ * gemm_small's parameters, for FN(gemm_slabs)). */
 static int FN(packed_serial)(fnn_idx m, fnn_idx n, fnn_idx k, const FNN_T *a, fnn_idx rsa, fnn_idx csa,
-                             const FNN_T *b, fnn_idx rsb, fnn_idx csb, FNN_T *c, fnn_idx ldc, const FNN_T *bias,
-                             int act)
+                             const FNN_T *b, fnn_idx rsb, fnn_idx csb, FNN_T *c, fnn_idx ldc, int accumulate,
+                             const FNN_T *bias, int act)
 {
     fnn_idx nmb = (m + FNN_MC - 1) / FNN_MC; /* m in equal blocks of at most MC (whole tiles) */
+    (void)accumulate;
     return FN(packed_run)(m, n, k, a, rsa, csa, b, rsb, csb, c, ldc, bias, act, FN(whole_tiles)((m + nmb - 1) / nmb),
                           1);
 }
@@ -170,40 +173,11 @@ static int FN(gemm_packed)(fnn_idx m, fnn_idx n, fnn_idx k, const FNN_T *a, fnn_
     if (nthreads > 1 && work < fnn_tune.gemm_parallel_min_flops)
         nthreads = 1;
     if (nthreads <= 1)
-        return FN(packed_serial)(m, n, k, a, rsa, csa, b, rsb, csb, c, ldc, bias, act);
+        return FN(packed_serial)(m, n, k, a, rsa, csa, b, rsb, csb, c, ldc, 0, bias, act);
 #ifdef _OPENMP
-    if (work < fnn_tune.gemm_shared_min_flops) {
-        /* Mid-sized products: C cut into one slab per thread along its longer
-         * side (whole tiles), each thread running the serial algorithm on its
-         * slab with its own buffers: the shared operand is packed twice, but
-         * no barrier costs a sleep and a wake-up. */
-        int split_n = n >= m;
-        fnn_idx unit = split_n ? FNN_NR : FNN_PACK_MR;
-        fnn_idx len = split_n ? n : m;
-        fnn_idx tiles = (len + unit - 1) / unit;
-        int errs = 0;
-        if (tiles < nthreads)
-            nthreads = (int)tiles;
-        if (nthreads <= 1)
-            return FN(packed_serial)(m, n, k, a, rsa, csa, b, rsb, csb, c, ldc, bias, act);
-#pragma omp parallel num_threads(nthreads) reduction(| : errs)
-        {
-            int t = omp_get_thread_num(), nth = omp_get_num_threads();
-            fnn_idx s0 = tiles * t / nth * unit;
-            fnn_idx s1 = tiles * (t + 1) / nth * unit;
-            if (s1 > len)
-                s1 = len;
-            if (s1 > s0) {
-                if (split_n)
-                    errs |= FN(packed_serial)(m, s1 - s0, k, a, rsa, csa, b + s0 * csb, rsb, csb, c + s0, ldc,
-                                              bias ? bias + s0 : NULL, act);
-                else
-                    errs |= FN(packed_serial)(s1 - s0, n, k, a + s0 * rsa, rsa, csa, b, rsb, csb, c + s0 * ldc,
-                                              ldc, bias, act);
-            }
-        }
-        return errs ? -1 : 0;
-    }
+    if (work < fnn_tune.gemm_shared_min_flops) /* mid-sized: one slab of C per thread */
+        return FN(gemm_slabs)(FN(packed_serial), FNN_NR, FNN_PACK_MR, m, n, k, a, rsa, csa, b, rsb, csb, c, ldc, 0,
+                              bias, act, nthreads);
 #endif
     {
         /* Large products: one packed B block shared by the team, row blocks

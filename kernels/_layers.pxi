@@ -72,55 +72,21 @@ def dropout_backward(cnp.ndarray grad_out, cnp.ndarray mask, double scale, fnn_i
 
 # ---- sums in float64 without a chain of dependent additions ----
 # The build keeps IEEE order (no -ffast-math), so `s += x[i]` would be one
-# dependent addition per element; four partial sums let the compiler keep
-# four in flight (and vectorise), at a different rounding of the same sum.
+# dependent addition per element; the C library's sums (elementwise.h) keep one
+# partial sum per vector lane, at a different rounding of the same sum.
 
 cdef inline double _sum(const real *x, fnn_idx n) noexcept nogil:
-    cdef double s0 = 0, s1 = 0, s2 = 0, s3 = 0
-    cdef fnn_idx i = 0
-    while i + 4 <= n:
-        s0 += x[i]
-        s1 += x[i + 1]
-        s2 += x[i + 2]
-        s3 += x[i + 3]
-        i += 4
-    while i < n:
-        s0 += x[i]
-        i += 1
-    return (s0 + s1) + (s2 + s3)
+    return sum64(x, n)
 
 
 cdef inline double _sq_dev(const real *x, real c, fnn_idx n) noexcept nogil:
     """Σ (x − c)², the difference in the data's dtype (as the reference centres), squared in float64."""
-    cdef double s0 = 0, s1 = 0, d0, d1
-    cdef fnn_idx i = 0
-    while i + 2 <= n:
-        d0 = <double>(x[i] - c)
-        d1 = <double>(x[i + 1] - c)
-        s0 += d0 * d0
-        s1 += d1 * d1
-        i += 2
-    if i < n:
-        d0 = <double>(x[i] - c)
-        s0 += d0 * d0
-    return s0 + s1
+    return sq_dev(x, c, n)
 
 
 cdef inline void _dot_dev(const real *g, const real *x, real c, fnn_idx n, double *sg, double *sgx) noexcept nogil:
     """sg += Σ g, sgx += Σ g·(x − c), in float64."""
-    cdef double a0 = 0, a1 = 0, b0 = 0, b1 = 0
-    cdef fnn_idx i = 0
-    while i + 2 <= n:
-        a0 += g[i]
-        a1 += g[i + 1]
-        b0 += (<double>g[i]) * (<double>(x[i] - c))
-        b1 += (<double>g[i + 1]) * (<double>(x[i + 1] - c))
-        i += 2
-    if i < n:
-        a0 += g[i]
-        b0 += (<double>g[i]) * (<double>(x[i] - c))
-    sg[0] += a0 + a1
-    sgx[0] += b0 + b1
+    dot_dev(g, <const real*>NULL, x, c, <real>1, n, sg, sgx)
 
 
 # ---- batch normalisation: x (N, C, L), statistics per channel ----
@@ -316,24 +282,10 @@ def batch_norm_backward(cnp.ndarray grad_out, cnp.ndarray x, cnp.ndarray weight,
 
 cdef void _ln_fwd(const real *x, const real *w, const real *b, double eps, real *out, real *mean, real *rstd,
                   fnn_idx M, fnn_idx K) noexcept nogil:
-    cdef fnn_idx m, k
-    cdef real mc, rt
+    cdef fnn_idx m
     for m in prange(M, num_threads=_num_threads if _parallel(M * K, False) and M > 1 else 1,
                     schedule="static"):
-        mc = <real>(_sum(x + m * K, K) / K)   # centred in the data's dtype, as the reference
-        mean[m] = mc
-        rstd[m] = <real>(1.0 / sqrt(_sq_dev(x + m * K, mc, K) / K + eps))
-        rt = rstd[m]
-        if w != NULL and b != NULL:
-            for k in range(K):
-                out[m * K + k] = (x[m * K + k] - mc) * rt * w[k] + b[k]
-        else:
-            for k in range(K):
-                out[m * K + k] = (x[m * K + k] - mc) * rt
-                if w != NULL:
-                    out[m * K + k] = out[m * K + k] * w[k]
-                if b != NULL:
-                    out[m * K + k] = out[m * K + k] + b[k]
+        ln_fwd_row(x + m * K, w, b, eps, out + m * K, mean + m, rstd + m, K)
 
 
 def layer_norm_forward(cnp.ndarray x, cnp.ndarray weight, cnp.ndarray bias, double eps, cnp.ndarray out,
@@ -352,59 +304,22 @@ def layer_norm_forward(cnp.ndarray x, cnp.ndarray weight, cnp.ndarray bias, doub
     return out
 
 
-cdef inline void _ln_row_sums(const real *g, const real *w, const real *x, real mt, real rt, fnn_idx K, double *a,
-                              double *b) noexcept nogil:
-    """a = Σ γg, b = Σ γg·x̂ over one row (two partial sums each)."""
-    cdef double a0 = 0, a1 = 0, b0 = 0, b1 = 0
-    cdef real g0, g1
-    cdef fnn_idx k = 0
-    while k + 2 <= K:
-        g0 = g[k] * w[k] if w != NULL else g[k]
-        g1 = g[k + 1] * w[k + 1] if w != NULL else g[k + 1]
-        a0 += g0
-        a1 += g1
-        b0 += g0 * ((x[k] - mt) * rt)
-        b1 += g1 * ((x[k + 1] - mt) * rt)
-        k += 2
-    if k < K:
-        g0 = g[k] * w[k] if w != NULL else g[k]
-        a0 += g0
-        b0 += g0 * ((x[k] - mt) * rt)
-    a[0] = a0 + a1
-    b[0] = b0 + b1
-
-
 cdef int _ln_bwd(const real *g, const real *x, const real *w, const real *mean, const real *rstd, real *gi,
                  real *gw, real *gb, fnn_idx M, fnn_idx K) noexcept nogil:
     cdef fnn_idx m, k
-    cdef double a, bsum
-    cdef real mt, rt, gg, xh, at, bt
     cdef double *sw
     cdef double *sb
     if gi != NULL:
         for m in prange(M, num_threads=_num_threads if _parallel(M * K, False) and M > 1 else 1,
                         schedule="static"):
-            mt = mean[m]
-            rt = rstd[m]
-            _ln_row_sums(g + m * K, w, x + m * K, mt, rt, K, &a, &bsum)
-            at = <real>(a / K)
-            bt = <real>(bsum / K)
-            for k in range(K):
-                gg = g[m * K + k] * w[k] if w != NULL else g[m * K + k]
-                xh = (x[m * K + k] - mt) * rt
-                gi[m * K + k] = rt * (gg - at - xh * bt)
+            ln_bwd_row(g + m * K, x + m * K, w, mean[m], rstd[m], gi + m * K, K)
     if gw == NULL and gb == NULL:
         return 0
     sw = <double*>calloc(2 * max(K, 1), sizeof(double))
     if sw == NULL:
         return -1
     sb = sw + K
-    for m in range(M):   # column sums over rows in float64, the columns innermost (independent: vectorised)
-        mt = mean[m]
-        rt = rstd[m]
-        for k in range(K):
-            sb[k] += g[m * K + k]
-            sw[k] += g[m * K + k] * ((x[m * K + k] - mt) * rt)
+    ln_param_rows(g, x, mean, rstd, sw, sb, 0, M, K)   # column sums over rows in float64
     for k in range(K):
         if gw != NULL:
             gw[k] = <real>sw[k]

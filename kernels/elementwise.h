@@ -276,6 +276,137 @@ static void FN(colsum)(const FNN_T *FNN_RESTRICT a, fnn_idx rows, fnn_idx cols, 
     }
 }
 
+/* ---- sums in float64 for the normalisation layers ----
+ * FNN_NACC independent partial sums, one per position in a block of
+ * FNN_NACC elements: without -ffast-math the compiler keeps each sum's order,
+ * and the block's sums pack into several float64 vectors whose additions do
+ * not wait for each other (one vector of sums would wait on every add's
+ * latency). The same sum as the reference's, rounded in another order. */
+#ifndef FNN_NACC
+#define FNN_NACC 16
+FNN_INLINE double fnn_acc_total(const double *acc)
+{
+    double s = 0;
+    for (int j = 0; j < FNN_NACC; j++) s += acc[j];
+    return s;
+}
+#endif
+
+/* Σ x. */
+static double FN(sum64)(const FNN_T *x, fnn_idx n)
+{
+    double acc[FNN_NACC] = {0};
+    fnn_idx i = 0;
+    for (; i + FNN_NACC <= n; i += FNN_NACC)
+#pragma GCC unroll 16
+        for (int j = 0; j < FNN_NACC; j++) acc[j] += (double)x[i + j];
+    for (; i < n; i++) acc[0] += (double)x[i];
+    return fnn_acc_total(acc);
+}
+
+/* Σ (x − c)², the difference in the data's dtype (as the reference centres), squared in float64. */
+static double FN(sq_dev)(const FNN_T *x, FNN_T c, fnn_idx n)
+{
+    double acc[FNN_NACC] = {0};
+    fnn_idx i = 0;
+    for (; i + FNN_NACC <= n; i += FNN_NACC)
+#pragma GCC unroll 16
+        for (int j = 0; j < FNN_NACC; j++) {
+            double d = (double)(x[i + j] - c);
+            acc[j] += d * d;
+        }
+    for (; i < n; i++) {
+        double d = (double)(x[i] - c);
+        acc[0] += d * d;
+    }
+    return fnn_acc_total(acc);
+}
+
+/* *sg += Σ g·w and *sgx += Σ g·w·(x − c)·r (w NULL: 1): a layer norm row's
+ * Σ γg and Σ γg·x̂ (r = rstd), or a batch norm channel's sums (w NULL, r = 1). */
+static void FN(dot_dev)(const FNN_T *g, const FNN_T *w, const FNN_T *x, FNN_T c, FNN_T r, fnn_idx n, double *sg,
+                        double *sgx)
+{
+    double sa[FNN_NACC] = {0}, sb[FNN_NACC] = {0};
+    fnn_idx i = 0;
+    if (w) {
+        for (; i + FNN_NACC <= n; i += FNN_NACC)
+#pragma GCC unroll 16
+            for (int j = 0; j < FNN_NACC; j++) {
+                FNN_T gg = g[i + j] * w[i + j];
+                sa[j] += (double)gg;
+                sb[j] += (double)gg * (double)((x[i + j] - c) * r);
+            }
+        for (; i < n; i++) {
+            FNN_T gg = g[i] * w[i];
+            sa[0] += (double)gg;
+            sb[0] += (double)gg * (double)((x[i] - c) * r);
+        }
+    } else {
+        for (; i + FNN_NACC <= n; i += FNN_NACC)
+#pragma GCC unroll 16
+            for (int j = 0; j < FNN_NACC; j++) {
+                sa[j] += (double)g[i + j];
+                sb[j] += (double)g[i + j] * (double)((x[i + j] - c) * r);
+            }
+        for (; i < n; i++) {
+            sa[0] += (double)g[i];
+            sb[0] += (double)g[i] * (double)((x[i] - c) * r);
+        }
+    }
+    *sg += fnn_acc_total(sa);
+    *sgx += fnn_acc_total(sb);
+}
+
+/* ---- layer normalisation of one row of k values (fastnn/backends/reference/norm.py) ---- */
+
+/* out = (x − μ)·r·w + b (w, b NULL: 1, 0); μ in the data's dtype, r = 1/sqrt(σ² + eps). */
+static void FN(ln_fwd_row)(const FNN_T *FNN_RESTRICT x, const FNN_T *FNN_RESTRICT w, const FNN_T *FNN_RESTRICT b,
+                           double eps, FNN_T *FNN_RESTRICT out, FNN_T *mean, FNN_T *rstd, fnn_idx k)
+{
+    const FNN_T mc = (FNN_T)(FN(sum64)(x, k) / (double)k);
+    const FNN_T rt = (FNN_T)(1.0 / sqrt(FN(sq_dev)(x, mc, k) / (double)k + eps));
+    *mean = mc;
+    *rstd = rt;
+    if (w && b)
+        for (fnn_idx i = 0; i < k; i++) out[i] = (x[i] - mc) * rt * w[i] + b[i];
+    else if (w)
+        for (fnn_idx i = 0; i < k; i++) out[i] = (x[i] - mc) * rt * w[i];
+    else if (b)
+        for (fnn_idx i = 0; i < k; i++) out[i] = (x[i] - mc) * rt + b[i];
+    else
+        for (fnn_idx i = 0; i < k; i++) out[i] = (x[i] - mc) * rt;
+}
+
+/* dL/dx of one row: r·(γg − mean(γg) − x̂·mean(γg·x̂)), x̂ = (x − μ)·r (w NULL: γ = 1). */
+static void FN(ln_bwd_row)(const FNN_T *FNN_RESTRICT g, const FNN_T *FNN_RESTRICT x, const FNN_T *FNN_RESTRICT w,
+                           FNN_T mt, FNN_T rt, FNN_T *FNN_RESTRICT gi, fnn_idx k)
+{
+    double a = 0, b = 0;
+    FN(dot_dev)(g, w, x, mt, rt, k, &a, &b);
+    const FNN_T at = (FNN_T)(a / (double)k), bt = (FNN_T)(b / (double)k);
+    if (w)
+        for (fnn_idx i = 0; i < k; i++) gi[i] = rt * (g[i] * w[i] - at - ((x[i] - mt) * rt) * bt);
+    else
+        for (fnn_idx i = 0; i < k; i++) gi[i] = rt * (g[i] - at - ((x[i] - mt) * rt) * bt);
+}
+
+/* The affine parameters' gradients summed in float64 over rows r0..r1:
+ * sw += Σ g·x̂, sb += Σ g per column (columns innermost: independent sums). */
+static void FN(ln_param_rows)(const FNN_T *FNN_RESTRICT g, const FNN_T *FNN_RESTRICT x,
+                              const FNN_T *FNN_RESTRICT mean, const FNN_T *FNN_RESTRICT rstd,
+                              double *FNN_RESTRICT sw, double *FNN_RESTRICT sb, fnn_idx r0, fnn_idx r1, fnn_idx k)
+{
+    for (fnn_idx r = r0; r < r1; r++) {
+        const FNN_T *gr = g + r * k, *xr = x + r * k;
+        const FNN_T mt = mean[r], rt = rstd[r];
+        for (fnn_idx i = 0; i < k; i++) {
+            sb[i] += (double)gr[i];
+            sw[i] += (double)(gr[i] * ((xr[i] - mt) * rt));
+        }
+    }
+}
+
 /* t (n, m) = a (m, n)ᵀ, in blocks that stay in L1 on both sides. */
 static void FN(transpose)(const FNN_T *FNN_RESTRICT a, fnn_idx m, fnn_idx n, FNN_T *FNN_RESTRICT t)
 {

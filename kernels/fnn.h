@@ -73,6 +73,29 @@ typedef struct fnn_elementwise_ops {
     /* 1 when no element is NaN or +-inf */
     int (*all_finite_f32)(const float *a, fnn_idx n);
     int (*all_finite_f64)(const double *a, fnn_idx n);
+    /* sums in float64 (normalisation layers): Σ x; Σ (x - c)²; Σ g·w and Σ g·w·(x - c)·r added
+     * to *sg and *sgx (w NULL: 1) */
+    double (*sum64_f32)(const float *x, fnn_idx n);
+    double (*sum64_f64)(const double *x, fnn_idx n);
+    double (*sq_dev_f32)(const float *x, float c, fnn_idx n);
+    double (*sq_dev_f64)(const double *x, double c, fnn_idx n);
+    void (*dot_dev_f32)(const float *g, const float *w, const float *x, float c, float r, fnn_idx n, double *sg,
+                        double *sgx);
+    void (*dot_dev_f64)(const double *g, const double *w, const double *x, double c, double r, fnn_idx n,
+                        double *sg, double *sgx);
+    /* layer normalisation of one row of k values: forward (mean, rstd written), input gradient;
+     * and the affine gradients summed in float64 over rows r0..r1 into sw, sb (k doubles each) */
+    void (*ln_fwd_row_f32)(const float *x, const float *w, const float *b, double eps, float *out, float *mean,
+                           float *rstd, fnn_idx k);
+    void (*ln_fwd_row_f64)(const double *x, const double *w, const double *b, double eps, double *out,
+                           double *mean, double *rstd, fnn_idx k);
+    void (*ln_bwd_row_f32)(const float *g, const float *x, const float *w, float mt, float rt, float *gi, fnn_idx k);
+    void (*ln_bwd_row_f64)(const double *g, const double *x, const double *w, double mt, double rt, double *gi,
+                           fnn_idx k);
+    void (*ln_param_rows_f32)(const float *g, const float *x, const float *mean, const float *rstd, double *sw,
+                              double *sb, fnn_idx r0, fnn_idx r1, fnn_idx k);
+    void (*ln_param_rows_f64)(const double *g, const double *x, const double *mean, const double *rstd,
+                              double *sw, double *sb, fnn_idx r0, fnn_idx r1, fnn_idx k);
 } fnn_elementwise_ops;
 
 /* Matrix products, row-major C (m, n) with row stride ldc,

@@ -41,6 +41,25 @@ cdef extern from "fnn.h" nogil:
         void (*transpose_f64)(const double*, fnn_idx, fnn_idx, double*) noexcept nogil
         int (*all_finite_f32)(const float*, fnn_idx) noexcept nogil
         int (*all_finite_f64)(const double*, fnn_idx) noexcept nogil
+        double (*sum64_f32)(const float*, fnn_idx) noexcept nogil
+        double (*sum64_f64)(const double*, fnn_idx) noexcept nogil
+        double (*sq_dev_f32)(const float*, float, fnn_idx) noexcept nogil
+        double (*sq_dev_f64)(const double*, double, fnn_idx) noexcept nogil
+        void (*dot_dev_f32)(const float*, const float*, const float*, float, float, fnn_idx, double*,
+                            double*) noexcept nogil
+        void (*dot_dev_f64)(const double*, const double*, const double*, double, double, fnn_idx, double*,
+                            double*) noexcept nogil
+        void (*ln_fwd_row_f32)(const float*, const float*, const float*, double, float*, float*, float*,
+                               fnn_idx) noexcept nogil
+        void (*ln_fwd_row_f64)(const double*, const double*, const double*, double, double*, double*, double*,
+                               fnn_idx) noexcept nogil
+        void (*ln_bwd_row_f32)(const float*, const float*, const float*, float, float, float*, fnn_idx) noexcept nogil
+        void (*ln_bwd_row_f64)(const double*, const double*, const double*, double, double, double*,
+                               fnn_idx) noexcept nogil
+        void (*ln_param_rows_f32)(const float*, const float*, const float*, const float*, double*, double*, fnn_idx,
+                                  fnn_idx, fnn_idx) noexcept nogil
+        void (*ln_param_rows_f64)(const double*, const double*, const double*, const double*, double*, double*,
+                                  fnn_idx, fnn_idx, fnn_idx) noexcept nogil
 
     ctypedef struct fnn_gemm_ops:
         int isa, mr, lanes_f32, lanes_f64
@@ -147,6 +166,52 @@ cdef inline void colsum(const real *a, fnn_idx rows, fnn_idx cols, fnn_idx ld, r
         fnn_ew.colsum_f32(a, rows, cols, ld, out)
     else:
         fnn_ew.colsum_f64(a, rows, cols, ld, out)
+
+
+cdef inline double sum64(const real *x, fnn_idx n) noexcept nogil:
+    if real is float:
+        return fnn_ew.sum64_f32(x, n)
+    else:
+        return fnn_ew.sum64_f64(x, n)
+
+
+cdef inline double sq_dev(const real *x, real c, fnn_idx n) noexcept nogil:
+    if real is float:
+        return fnn_ew.sq_dev_f32(x, c, n)
+    else:
+        return fnn_ew.sq_dev_f64(x, c, n)
+
+
+cdef inline void dot_dev(const real *g, const real *w, const real *x, real c, real r, fnn_idx n, double *sg,
+                         double *sgx) noexcept nogil:
+    if real is float:
+        fnn_ew.dot_dev_f32(g, w, x, c, r, n, sg, sgx)
+    else:
+        fnn_ew.dot_dev_f64(g, w, x, c, r, n, sg, sgx)
+
+
+cdef inline void ln_fwd_row(const real *x, const real *w, const real *b, double eps, real *out, real *mean,
+                            real *rstd, fnn_idx k) noexcept nogil:
+    if real is float:
+        fnn_ew.ln_fwd_row_f32(x, w, b, eps, out, mean, rstd, k)
+    else:
+        fnn_ew.ln_fwd_row_f64(x, w, b, eps, out, mean, rstd, k)
+
+
+cdef inline void ln_bwd_row(const real *g, const real *x, const real *w, real mt, real rt, real *gi,
+                            fnn_idx k) noexcept nogil:
+    if real is float:
+        fnn_ew.ln_bwd_row_f32(g, x, w, mt, rt, gi, k)
+    else:
+        fnn_ew.ln_bwd_row_f64(g, x, w, mt, rt, gi, k)
+
+
+cdef inline void ln_param_rows(const real *g, const real *x, const real *mean, const real *rstd, double *sw,
+                               double *sb, fnn_idx r0, fnn_idx r1, fnn_idx k) noexcept nogil:
+    if real is float:
+        fnn_ew.ln_param_rows_f32(g, x, mean, rstd, sw, sb, r0, r1, k)
+    else:
+        fnn_ew.ln_param_rows_f64(g, x, mean, rstd, sw, sb, r0, r1, k)
 
 
 cdef inline void transpose(const real *a, fnn_idx m, fnn_idx n, real *t) noexcept nogil:

@@ -104,23 +104,21 @@ cdef void _bn_block_fwd(const real *x, const real *w, const real *b, double eps,
     if batch_stats:
         for c in range(nc):
             acc[c] = 0
-        for n in range(N):
-            o = (n * C + c0) * L
-            if L == 1:
-                for c in range(nc):
-                    acc[c] += x[o + c]
-            else:
+        if L == 1:
+            bn_col_sum(x + c0, N, nc, C, acc)
+        else:
+            for n in range(N):
+                o = (n * C + c0) * L
                 for c in range(nc):
                     acc[c] += _sum(x + o + c * L, L)
         for c in range(nc):
             mean[c0 + c] = <real>(acc[c] / M)   # the reference centres in the data's dtype
             acc[c] = 0
-        for n in range(N):
-            o = (n * C + c0) * L
-            if L == 1:
-                for c in range(nc):
-                    acc[c] += (<double>(x[o + c] - mean[c0 + c])) * (<double>(x[o + c] - mean[c0 + c]))
-            else:
+        if L == 1:
+            bn_col_sq_dev(x + c0, mean + c0, N, nc, C, acc)
+        else:
+            for n in range(N):
+                o = (n * C + c0) * L
                 for c in range(nc):
                     acc[c] += _sq_dev(x + o + c * L, mean[c0 + c], L)
         for c in range(nc):
@@ -134,15 +132,14 @@ cdef void _bn_block_fwd(const real *x, const real *w, const real *b, double eps,
             shift = shift + b[c0 + c]
         sc[c] = <real>scale
         sh[c] = <real>shift
+    if L == 1:
+        bn_col_affine(<const real*>NULL, <const real*>NULL, x + c0, <const real*>NULL, sc, sh, out + c0, N, nc, C)
+        return
     for n in range(N):
         o = (n * C + c0) * L
-        if L == 1:
-            for c in range(nc):
-                out[o + c] = x[o + c] * sc[c] + sh[c]
-        else:
-            for c in range(nc):
-                for i in range(L):
-                    out[o + c * L + i] = x[o + c * L + i] * sc[c] + sh[c]
+        for c in range(nc):
+            for i in range(L):
+                out[o + c * L + i] = x[o + c * L + i] * sc[c] + sh[c]
 
 
 cdef int _bn_fwd(const real *x, const real *w, const real *b, double eps, bint batch_stats, real *mean, real *var,
@@ -197,13 +194,11 @@ cdef void _bn_block_bwd(const real *g, const real *x, const real *w, const real 
     for c in range(nc):
         sg[c] = 0
         sgx[c] = 0
-    for n in range(N):
-        o = (n * C + c0) * L
-        if L == 1:
-            for c in range(nc):
-                sg[c] += g[o + c]
-                sgx[c] += (<double>g[o + c]) * (<double>(x[o + c] - mean[c0 + c]))
-        else:
+    if L == 1:
+        bn_col_dot_dev(g + c0, x + c0, mean + c0, N, nc, C, sg, sgx)
+    else:
+        for n in range(N):
+            o = (n * C + c0) * L
             for c in range(nc):
                 _dot_dev(g + o + c * L, x + o + c * L, mean[c0 + c], L, &sg[c], &sgx[c])
     for c in range(nc):
@@ -219,17 +214,20 @@ cdef void _bn_block_bwd(const real *g, const real *x, const real *w, const real 
         bb[c] = <real>(kd * sg[c] / M) if batch_stats else <real>0
     if gi == NULL:
         return
+    if L == 1:
+        if batch_stats:
+            bn_col_affine(g + c0, k, x + c0, mean + c0, a, bb, gi + c0, N, nc, C)
+        else:
+            bn_col_affine(g + c0, k, x + c0, <const real*>NULL, <const real*>NULL, <const real*>NULL, gi + c0, N,
+                          nc, C)
+        return
     for n in range(N):
         o = (n * C + c0) * L
         if batch_stats:
-            if L == 1:
-                for c in range(nc):
-                    gi[o + c] = g[o + c] * k[c] - ((x[o + c] - mean[c0 + c]) * a[c] + bb[c])
-            else:
-                for c in range(nc):
-                    for i in range(L):
-                        gi[o + c * L + i] = (g[o + c * L + i] * k[c]
-                                             - ((x[o + c * L + i] - mean[c0 + c]) * a[c] + bb[c]))
+            for c in range(nc):
+                for i in range(L):
+                    gi[o + c * L + i] = (g[o + c * L + i] * k[c]
+                                         - ((x[o + c * L + i] - mean[c0 + c]) * a[c] + bb[c]))
         else:
             for c in range(nc):
                 for i in range(L):

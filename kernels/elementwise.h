@@ -407,6 +407,59 @@ static void FN(ln_param_rows)(const FNN_T *FNN_RESTRICT g, const FNN_T *FNN_REST
     }
 }
 
+/* ---- batch normalisation over (N, C) rows: one value per channel per row ----
+ * Rows of nc channels ld apart, the channels innermost (independent: vectorised). */
+
+/* acc[c] += Σ_rows x[r·ld + c], in float64. */
+static void FN(bn_col_sum)(const FNN_T *FNN_RESTRICT x, fnn_idx rows, fnn_idx nc, fnn_idx ld,
+                           double *FNN_RESTRICT acc)
+{
+    for (fnn_idx r = 0; r < rows; r++)
+        for (fnn_idx c = 0; c < nc; c++) acc[c] += (double)x[r * ld + c];
+}
+
+/* acc[c] += Σ_rows (x − mean[c])², the difference in the data's dtype, squared in float64. */
+static void FN(bn_col_sq_dev)(const FNN_T *FNN_RESTRICT x, const FNN_T *FNN_RESTRICT mean, fnn_idx rows, fnn_idx nc,
+                              fnn_idx ld, double *FNN_RESTRICT acc)
+{
+    for (fnn_idx r = 0; r < rows; r++)
+        for (fnn_idx c = 0; c < nc; c++) {
+            double d = (double)(x[r * ld + c] - mean[c]);
+            acc[c] += d * d;
+        }
+}
+
+/* sg[c] += Σ_rows g, sgx[c] += Σ_rows g·(x − mean[c]), in float64. */
+static void FN(bn_col_dot_dev)(const FNN_T *FNN_RESTRICT g, const FNN_T *FNN_RESTRICT x,
+                               const FNN_T *FNN_RESTRICT mean, fnn_idx rows, fnn_idx nc, fnn_idx ld,
+                               double *FNN_RESTRICT sg, double *FNN_RESTRICT sgx)
+{
+    for (fnn_idx r = 0; r < rows; r++)
+        for (fnn_idx c = 0; c < nc; c++) {
+            sg[c] += (double)g[r * ld + c];
+            sgx[c] += (double)g[r * ld + c] * (double)(x[r * ld + c] - mean[c]);
+        }
+}
+
+/* y = (x − mean[c])·a[c] + b[c] with mean NULL: y = x·a[c] + b[c] (the forward's scale and shift);
+ * with g: y = g·k[c] − ((x − mean[c])·a[c] + b[c]) (the input gradient; a, b NULL: g·k[c]). */
+static void FN(bn_col_affine)(const FNN_T *FNN_RESTRICT g, const FNN_T *FNN_RESTRICT k, const FNN_T *FNN_RESTRICT x,
+                              const FNN_T *FNN_RESTRICT mean, const FNN_T *FNN_RESTRICT a,
+                              const FNN_T *FNN_RESTRICT b, FNN_T *FNN_RESTRICT y, fnn_idx rows, fnn_idx nc,
+                              fnn_idx ld)
+{
+    for (fnn_idx r = 0; r < rows; r++) {
+        const FNN_T *xr = x + r * ld;
+        FNN_T *yr = y + r * ld;
+        if (!g)
+            for (fnn_idx c = 0; c < nc; c++) yr[c] = xr[c] * a[c] + b[c];
+        else if (a)
+            for (fnn_idx c = 0; c < nc; c++) yr[c] = g[r * ld + c] * k[c] - ((xr[c] - mean[c]) * a[c] + b[c]);
+        else
+            for (fnn_idx c = 0; c < nc; c++) yr[c] = g[r * ld + c] * k[c];
+    }
+}
+
 /* t (n, m) = a (m, n)ᵀ, in blocks that stay in L1 on both sides. */
 static void FN(transpose)(const FNN_T *FNN_RESTRICT a, fnn_idx m, fnn_idx n, FNN_T *FNN_RESTRICT t)
 {

@@ -96,6 +96,22 @@ typedef struct fnn_elementwise_ops {
                               double *sb, fnn_idx r0, fnn_idx r1, fnn_idx k);
     void (*ln_param_rows_f64)(const double *g, const double *x, const double *mean, const double *rstd,
                               double *sw, double *sb, fnn_idx r0, fnn_idx r1, fnn_idx k);
+    /* batch normalisation over rows of nc channels ld apart (BatchNorm1d on (N, C)): column sums in
+     * float64 (Σ x; Σ (x - mean)²; Σ g and Σ g·(x - mean)), and the per-channel affine pass
+     * (see elementwise.h) */
+    void (*bn_col_sum_f32)(const float *x, fnn_idx rows, fnn_idx nc, fnn_idx ld, double *acc);
+    void (*bn_col_sum_f64)(const double *x, fnn_idx rows, fnn_idx nc, fnn_idx ld, double *acc);
+    void (*bn_col_sq_dev_f32)(const float *x, const float *mean, fnn_idx rows, fnn_idx nc, fnn_idx ld, double *acc);
+    void (*bn_col_sq_dev_f64)(const double *x, const double *mean, fnn_idx rows, fnn_idx nc, fnn_idx ld,
+                              double *acc);
+    void (*bn_col_dot_dev_f32)(const float *g, const float *x, const float *mean, fnn_idx rows, fnn_idx nc,
+                               fnn_idx ld, double *sg, double *sgx);
+    void (*bn_col_dot_dev_f64)(const double *g, const double *x, const double *mean, fnn_idx rows, fnn_idx nc,
+                               fnn_idx ld, double *sg, double *sgx);
+    void (*bn_col_affine_f32)(const float *g, const float *k, const float *x, const float *mean, const float *a,
+                              const float *b, float *y, fnn_idx rows, fnn_idx nc, fnn_idx ld);
+    void (*bn_col_affine_f64)(const double *g, const double *k, const double *x, const double *mean,
+                              const double *a, const double *b, double *y, fnn_idx rows, fnn_idx nc, fnn_idx ld);
 } fnn_elementwise_ops;
 
 /* Matrix products, row-major C (m, n) with row stride ldc,

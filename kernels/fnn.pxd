@@ -60,6 +60,18 @@ cdef extern from "fnn.h" nogil:
                                   fnn_idx, fnn_idx) noexcept nogil
         void (*ln_param_rows_f64)(const double*, const double*, const double*, const double*, double*, double*,
                                   fnn_idx, fnn_idx, fnn_idx) noexcept nogil
+        void (*bn_col_sum_f32)(const float*, fnn_idx, fnn_idx, fnn_idx, double*) noexcept nogil
+        void (*bn_col_sum_f64)(const double*, fnn_idx, fnn_idx, fnn_idx, double*) noexcept nogil
+        void (*bn_col_sq_dev_f32)(const float*, const float*, fnn_idx, fnn_idx, fnn_idx, double*) noexcept nogil
+        void (*bn_col_sq_dev_f64)(const double*, const double*, fnn_idx, fnn_idx, fnn_idx, double*) noexcept nogil
+        void (*bn_col_dot_dev_f32)(const float*, const float*, const float*, fnn_idx, fnn_idx, fnn_idx, double*,
+                                   double*) noexcept nogil
+        void (*bn_col_dot_dev_f64)(const double*, const double*, const double*, fnn_idx, fnn_idx, fnn_idx, double*,
+                                   double*) noexcept nogil
+        void (*bn_col_affine_f32)(const float*, const float*, const float*, const float*, const float*,
+                                  const float*, float*, fnn_idx, fnn_idx, fnn_idx) noexcept nogil
+        void (*bn_col_affine_f64)(const double*, const double*, const double*, const double*, const double*,
+                                  const double*, double*, fnn_idx, fnn_idx, fnn_idx) noexcept nogil
 
     ctypedef struct fnn_gemm_ops:
         int isa, mr, lanes_f32, lanes_f64
@@ -212,6 +224,37 @@ cdef inline void ln_param_rows(const real *g, const real *x, const real *mean, c
         fnn_ew.ln_param_rows_f32(g, x, mean, rstd, sw, sb, r0, r1, k)
     else:
         fnn_ew.ln_param_rows_f64(g, x, mean, rstd, sw, sb, r0, r1, k)
+
+
+cdef inline void bn_col_sum(const real *x, fnn_idx rows, fnn_idx nc, fnn_idx ld, double *acc) noexcept nogil:
+    if real is float:
+        fnn_ew.bn_col_sum_f32(x, rows, nc, ld, acc)
+    else:
+        fnn_ew.bn_col_sum_f64(x, rows, nc, ld, acc)
+
+
+cdef inline void bn_col_sq_dev(const real *x, const real *mean, fnn_idx rows, fnn_idx nc, fnn_idx ld,
+                               double *acc) noexcept nogil:
+    if real is float:
+        fnn_ew.bn_col_sq_dev_f32(x, mean, rows, nc, ld, acc)
+    else:
+        fnn_ew.bn_col_sq_dev_f64(x, mean, rows, nc, ld, acc)
+
+
+cdef inline void bn_col_dot_dev(const real *g, const real *x, const real *mean, fnn_idx rows, fnn_idx nc, fnn_idx ld,
+                                double *sg, double *sgx) noexcept nogil:
+    if real is float:
+        fnn_ew.bn_col_dot_dev_f32(g, x, mean, rows, nc, ld, sg, sgx)
+    else:
+        fnn_ew.bn_col_dot_dev_f64(g, x, mean, rows, nc, ld, sg, sgx)
+
+
+cdef inline void bn_col_affine(const real *g, const real *k, const real *x, const real *mean, const real *a,
+                               const real *b, real *y, fnn_idx rows, fnn_idx nc, fnn_idx ld) noexcept nogil:
+    if real is float:
+        fnn_ew.bn_col_affine_f32(g, k, x, mean, a, b, y, rows, nc, ld)
+    else:
+        fnn_ew.bn_col_affine_f64(g, k, x, mean, a, b, y, rows, nc, ld)
 
 
 cdef inline void transpose(const real *a, fnn_idx m, fnn_idx n, real *t) noexcept nogil:

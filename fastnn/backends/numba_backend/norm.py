@@ -48,17 +48,27 @@ def _block(C, nblocks, blk):
 
 
 @jit
+def _row(a, n, c0, c1):
+    """Channels c0..c1 of row n of an (N, C, 1) array: a contiguous view indexed from 0 (it vectorises)."""
+    C = a.shape[1]
+    return a.reshape(a.size)[n * C + c0 : n * C + c1]
+
+
+@jit
 def _bn_block_fwd(x, weight, bias, has_w, has_b, eps, batch_stats, mean, var, out, c0, c1):
     N, _, L = x.shape
     nc = c1 - c0
     M = N * L
     if batch_stats:
         acc = np.zeros(nc)
-        for n in range(N):
-            if L == 1:  # the channels innermost: independent sums, vectorised
+        if L == 1:  # the channels innermost: independent sums, vectorised
+            for n in range(N):
+                xr = _row(x, n, c0, c1)
                 for c in range(nc):
-                    acc[c] += np.float64(x[n, c0 + c, 0])
-                continue
+                    acc[c] += np.float64(xr[c])
+        for n in range(N):
+            if L == 1:
+                break
             for c in range(nc):
                 s = 0.0
                 for i in range(L):
@@ -67,12 +77,16 @@ def _bn_block_fwd(x, weight, bias, has_w, has_b, eps, batch_stats, mean, var, ou
         for c in range(nc):
             mean[c0 + c] = acc[c] / M  # the reference centres in the data's dtype
             acc[c] = 0.0
+        if L == 1:
+            mu = mean[c0:c1]
+            for n in range(N):
+                xr = _row(x, n, c0, c1)
+                for c in range(nc):
+                    d = np.float64(xr[c] - mu[c])
+                    acc[c] += d * d
         for n in range(N):
             if L == 1:
-                for c in range(nc):
-                    d = np.float64(x[n, c0 + c, 0] - mean[c0 + c])
-                    acc[c] += d * d
-                continue
+                break
             for c in range(nc):
                 mc = mean[c0 + c]
                 q = 0.0
@@ -93,11 +107,13 @@ def _bn_block_fwd(x, weight, bias, has_w, has_b, eps, batch_stats, mean, var, ou
             shift += np.float64(bias[c0 + c])
         sc[c] = scale
         sh[c] = shift
-    for n in range(N):
-        if L == 1:
+    if L == 1:
+        for n in range(N):
+            xr, orow = _row(x, n, c0, c1), _row(out, n, c0, c1)
             for c in range(nc):
-                out[n, c0 + c, 0] = x[n, c0 + c, 0] * sc[c] + sh[c]
-            continue
+                orow[c] = xr[c] * sc[c] + sh[c]
+        return
+    for n in range(N):
         for c in range(nc):
             a, b = sc[c], sh[c]
             for i in range(L):
@@ -138,13 +154,17 @@ def _bn_block_bwd(g, x, weight, has_w, mean, var, eps, batch_stats, gi, has_gi, 
     M = N * L
     sum_g = np.zeros(nc)
     sum_gx = np.zeros(nc)
+    if L == 1:
+        mu = mean[c0:c1]
+        for n in range(N):
+            gr, xr = _row(g, n, c0, c1), _row(x, n, c0, c1)
+            for c in range(nc):
+                gv = np.float64(gr[c])
+                sum_g[c] += gv
+                sum_gx[c] += gv * np.float64(xr[c] - mu[c])
     for n in range(N):
         if L == 1:
-            for c in range(nc):
-                gv = np.float64(g[n, c0 + c, 0])
-                sum_g[c] += gv
-                sum_gx[c] += gv * np.float64(x[n, c0 + c, 0] - mean[c0 + c])
-            continue
+            break
         for c in range(nc):
             mu = mean[c0 + c]
             a = 0.0
@@ -169,11 +189,14 @@ def _bn_block_bwd(g, x, weight, has_w, mean, var, eps, batch_stats, gi, has_gi, 
         kb[c] = kd * sum_g[c] / M if batch_stats else 0.0
     if not has_gi:
         return
-    for n in range(N):
-        if L == 1 and batch_stats:
+    if L == 1 and batch_stats:
+        mu = mean[c0:c1]
+        for n in range(N):
+            gr, xr, gir = _row(g, n, c0, c1), _row(x, n, c0, c1), _row(gi, n, c0, c1)
             for c in range(nc):
-                gi[n, c0 + c, 0] = g[n, c0 + c, 0] * k[c] - ((x[n, c0 + c, 0] - mean[c0 + c]) * ka[c] + kb[c])
-            continue
+                gir[c] = gr[c] * k[c] - ((xr[c] - mu[c]) * ka[c] + kb[c])
+        return
+    for n in range(N):
         for c in range(nc):
             mu, kt, a, b = mean[c0 + c], k[c], ka[c], kb[c]
             if batch_stats:

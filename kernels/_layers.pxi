@@ -278,10 +278,17 @@ def batch_norm_backward(cnp.ndarray grad_out, cnp.ndarray x, cnp.ndarray weight,
 
 # ---- layer normalisation: x (M, K), statistics per row ----
 
+# A layer norm value costs about as much as 8 values of an elementwise loop
+# with an exp (float64 sums, the normalised value): rows go parallel from 64k
+# values (256 x 1024 float32 fwd+bwd: 491 -> 310 us on 2 threads).
+cdef enum:
+    _LN_WORK = 8
+
+
 cdef void _ln_fwd(const real *x, const real *w, const real *b, double eps, real *out, real *mean, real *rstd,
                   fnn_idx M, fnn_idx K) noexcept nogil:
     cdef fnn_idx m
-    for m in prange(M, num_threads=_num_threads if _parallel(M * K, False) and M > 1 else 1,
+    for m in prange(M, num_threads=_num_threads if _parallel(M * K * _LN_WORK, False) and M > 1 else 1,
                     schedule="static"):
         ln_fwd_row(x + m * K, w, b, eps, out + m * K, mean + m, rstd + m, K)
 
@@ -308,7 +315,7 @@ cdef int _ln_bwd(const real *g, const real *x, const real *w, const real *mean, 
     cdef double *sw
     cdef double *sb
     if gi != NULL:
-        for m in prange(M, num_threads=_num_threads if _parallel(M * K, False) and M > 1 else 1,
+        for m in prange(M, num_threads=_num_threads if _parallel(M * K * _LN_WORK, False) and M > 1 else 1,
                         schedule="static"):
             ln_bwd_row(g + m * K, x + m * K, w, mean[m], rstd[m], gi + m * K, K)
     if gw == NULL and gb == NULL:

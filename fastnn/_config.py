@@ -435,22 +435,24 @@ def prefer_short_openmp_spin() -> None:
 
     GNU OpenMP's workers spin about 3 ms between parallel regions by default;
     on shared cores a descheduled spinner then holds the next region at its
-    barrier for a scheduler slice. Sleeping at once (``OMP_WAIT_POLICY=PASSIVE``)
-    avoids that but costs about 40 µs to wake a worker on a 2-core virtual
-    machine, which made every mid-sized product (a dense layer's 200 x 256 x
-    100, ~70 µs on one core) slower on two threads than on one. A spin of
-    about 0.1 ms (``GOMP_SPINCOUNT=10000``; LLVM's runtime: ``KMP_BLOCKTIME=1``
-    ms) bridges the gaps between the regions of one training step and still
-    frees the core soon after; while other programs keep the cores busy, the
-    adaptive team (:mod:`fastnn._contention`) runs on fewer threads anyway
-    (figures: ``docs/performance.md``). Both compiled backends call this
-    before the OpenMP runtime loads (it reads the variables once);
-    ``OMP_WAIT_POLICY``, ``GOMP_SPINCOUNT`` or ``KMP_BLOCKTIME`` set by the
-    user wins.
+    barrier for a scheduler slice, and a spinning worker takes the core from
+    BLAS's own threads. Sleeping at once (``OMP_WAIT_POLICY=PASSIVE``) avoids
+    both but costs about 40 µs to wake a worker on a 2-core virtual machine,
+    which made every mid-sized product (a dense layer's 200 x 256 x 100,
+    ~70 µs on one core) slower on two threads than on one. A spin of about
+    20 µs (``GOMP_SPINCOUNT=2000``) bridges the gaps between the regions of
+    one training step; 0.1 ms (10000) made the Numba CNN step, whose products
+    alternate with BLAS calls, 1.5x slower. LLVM's runtime keeps sleeping at
+    once (``KMP_BLOCKTIME=0``: not measured here). While other programs keep
+    the cores busy the adaptive team (:mod:`fastnn._contention`) runs on
+    fewer threads anyway (figures: ``docs/performance.md``). Both compiled
+    backends call this before the OpenMP runtime loads (it reads the
+    variables once); ``OMP_WAIT_POLICY``, ``GOMP_SPINCOUNT`` or
+    ``KMP_BLOCKTIME`` set by the user wins.
     """
     if not any(v in os.environ for v in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")):
-        os.environ["GOMP_SPINCOUNT"] = "10000"
-        os.environ["KMP_BLOCKTIME"] = "1"
+        os.environ["GOMP_SPINCOUNT"] = "2000"
+        os.environ["KMP_BLOCKTIME"] = "0"
 
 
 def requested_backend() -> str:

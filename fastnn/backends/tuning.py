@@ -125,12 +125,12 @@ TUNABLES: tuple[Tunable, ...] = (
     ),
     Tunable(
         "gemm_small_parallel_min_flops",
-        2**20,
+        2**21,
         "multiply-adds",
         "cython",
         True,
         "the small kernel splits C over the team from here (a dense layer's 200 x 256 x 100 runs "
-        "tens of microseconds on one core; a team costs a few)",
+        "tens of microseconds on one core; a team costs a few; 200 x 64 x 100 gained nothing)",
     ),
     Tunable(
         "gemm_shared_min_flops",

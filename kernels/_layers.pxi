@@ -72,8 +72,8 @@ def dropout_backward(cnp.ndarray grad_out, cnp.ndarray mask, double scale, fnn_i
 
 # ---- sums in float64 without a chain of dependent additions ----
 # The build keeps IEEE order (no -ffast-math), so `s += x[i]` would be one
-# dependent addition per element; the C library's sums (elementwise.h) keep one
-# partial sum per vector lane, at a different rounding of the same sum.
+# dependent addition per element; the C library's sums (elementwise.h) keep 16
+# independent partial sums, at a different rounding of the same sum.
 
 cdef inline double _sum(const real *x, fnn_idx n) noexcept nogil:
     return sum64(x, n)
@@ -324,7 +324,7 @@ cdef int _ln_bwd(const real *g, const real *x, const real *w, const real *mean, 
     if sw == NULL:
         return -1
     sb = sw + K
-    ln_param_rows(g, x, mean, rstd, sw, sb, 0, M, K)   # column sums over rows in float64
+    ln_param_rows(g, x, mean, rstd, sw, sb, M, K)   # column sums over rows in float64
     for k in range(K):
         if gw != NULL:
             gw[k] = <real>sw[k]

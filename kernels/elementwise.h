@@ -391,13 +391,13 @@ static void FN(ln_bwd_row)(const FNN_T *FNN_RESTRICT g, const FNN_T *FNN_RESTRIC
         for (fnn_idx i = 0; i < k; i++) gi[i] = rt * (g[i] - at - ((x[i] - mt) * rt) * bt);
 }
 
-/* The affine parameters' gradients summed in float64 over rows r0..r1:
+/* The affine parameters' gradients summed in float64 over the m rows:
  * sw += Σ g·x̂, sb += Σ g per column (columns innermost: independent sums). */
 static void FN(ln_param_rows)(const FNN_T *FNN_RESTRICT g, const FNN_T *FNN_RESTRICT x,
                               const FNN_T *FNN_RESTRICT mean, const FNN_T *FNN_RESTRICT rstd,
-                              double *FNN_RESTRICT sw, double *FNN_RESTRICT sb, fnn_idx r0, fnn_idx r1, fnn_idx k)
+                              double *FNN_RESTRICT sw, double *FNN_RESTRICT sb, fnn_idx m, fnn_idx k)
 {
-    for (fnn_idx r = r0; r < r1; r++) {
+    for (fnn_idx r = 0; r < m; r++) {
         const FNN_T *gr = g + r * k, *xr = x + r * k;
         const FNN_T mt = mean[r], rt = rstd[r];
         for (fnn_idx i = 0; i < k; i++) {

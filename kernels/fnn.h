@@ -84,7 +84,7 @@ typedef struct fnn_elementwise_ops {
     void (*dot_dev_f64)(const double *g, const double *w, const double *x, double c, double r, fnn_idx n,
                         double *sg, double *sgx);
     /* layer normalisation of one row of k values: forward (mean, rstd written), input gradient;
-     * and the affine gradients summed in float64 over rows r0..r1 into sw, sb (k doubles each) */
+     * and the affine gradients summed in float64 over m rows into sw, sb (k doubles each) */
     void (*ln_fwd_row_f32)(const float *x, const float *w, const float *b, double eps, float *out, float *mean,
                            float *rstd, fnn_idx k);
     void (*ln_fwd_row_f64)(const double *x, const double *w, const double *b, double eps, double *out,
@@ -93,9 +93,9 @@ typedef struct fnn_elementwise_ops {
     void (*ln_bwd_row_f64)(const double *g, const double *x, const double *w, double mt, double rt, double *gi,
                            fnn_idx k);
     void (*ln_param_rows_f32)(const float *g, const float *x, const float *mean, const float *rstd, double *sw,
-                              double *sb, fnn_idx r0, fnn_idx r1, fnn_idx k);
+                              double *sb, fnn_idx m, fnn_idx k);
     void (*ln_param_rows_f64)(const double *g, const double *x, const double *mean, const double *rstd,
-                              double *sw, double *sb, fnn_idx r0, fnn_idx r1, fnn_idx k);
+                              double *sw, double *sb, fnn_idx m, fnn_idx k);
     /* batch normalisation over rows of nc channels ld apart (BatchNorm1d on (N, C)): column sums in
      * float64 (Σ x; Σ (x - mean)²; Σ g and Σ g·(x - mean)), and the per-channel affine pass
      * (see elementwise.h) */

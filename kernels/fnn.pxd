@@ -57,9 +57,9 @@ cdef extern from "fnn.h" nogil:
         void (*ln_bwd_row_f64)(const double*, const double*, const double*, double, double, double*,
                                fnn_idx) noexcept nogil
         void (*ln_param_rows_f32)(const float*, const float*, const float*, const float*, double*, double*, fnn_idx,
-                                  fnn_idx, fnn_idx) noexcept nogil
+                                  fnn_idx) noexcept nogil
         void (*ln_param_rows_f64)(const double*, const double*, const double*, const double*, double*, double*,
-                                  fnn_idx, fnn_idx, fnn_idx) noexcept nogil
+                                  fnn_idx, fnn_idx) noexcept nogil
         void (*bn_col_sum_f32)(const float*, fnn_idx, fnn_idx, fnn_idx, double*) noexcept nogil
         void (*bn_col_sum_f64)(const double*, fnn_idx, fnn_idx, fnn_idx, double*) noexcept nogil
         void (*bn_col_sq_dev_f32)(const float*, const float*, fnn_idx, fnn_idx, fnn_idx, double*) noexcept nogil
@@ -219,11 +219,11 @@ cdef inline void ln_bwd_row(const real *g, const real *x, const real *w, real mt
 
 
 cdef inline void ln_param_rows(const real *g, const real *x, const real *mean, const real *rstd, double *sw,
-                               double *sb, fnn_idx r0, fnn_idx r1, fnn_idx k) noexcept nogil:
+                               double *sb, fnn_idx m, fnn_idx k) noexcept nogil:
     if real is float:
-        fnn_ew.ln_param_rows_f32(g, x, mean, rstd, sw, sb, r0, r1, k)
+        fnn_ew.ln_param_rows_f32(g, x, mean, rstd, sw, sb, m, k)
     else:
-        fnn_ew.ln_param_rows_f64(g, x, mean, rstd, sw, sb, r0, r1, k)
+        fnn_ew.ln_param_rows_f64(g, x, mean, rstd, sw, sb, m, k)
 
 
 cdef inline void bn_col_sum(const real *x, fnn_idx rows, fnn_idx nc, fnn_idx ld, double *acc) noexcept nogil:

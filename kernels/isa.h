@@ -80,10 +80,8 @@
  * the build adds -fopenmp-simd where it has no OpenMP. */
 #if defined(_OPENMP) || defined(FNN_OPENMP_SIMD)
 #define FNN_SIMD_REDUCTION(r) FNN_PRAGMA(omp simd reduction(r))
-#define FNN_SIMD_REDUCTION2(r, s) FNN_PRAGMA(omp simd reduction(r, s))
 #else
 #define FNN_SIMD_REDUCTION(r)
-#define FNN_SIMD_REDUCTION2(r, s)
 #endif
 
 #if FNN_ISA != FNN_ISA_SSE2

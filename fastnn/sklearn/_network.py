@@ -188,7 +188,7 @@ class Head:
         idx = self._row_starts(b, c) + labels
         picked = flat[idx]
         flat[idx] = picked - 1
-        # log(clip(p, eps, 1 - eps)) of the true class, in place on the gathered copy
+        # log(clip(p, eps, 1 - eps)) of the true class (clipped in place on the gathered copy)
         np.maximum(picked, self.eps, out=picked)
         np.minimum(picked, 1 - self.eps, out=picked)
         logs = np.log(picked.astype(np.float64))  # in float64, as the compiled plans (fastnn.ops.TrainPlan)

@@ -20,7 +20,6 @@ specification) keeps the per-step loop.
 
 from __future__ import annotations
 
-import math
 import time
 
 import numpy as np
@@ -88,15 +87,6 @@ class CompiledSteps:
             return (s.learning_rate, s.momentum, float(s.nesterov), self.alpha, 0.0, 0.0)
         return (s.learning_rate_init, s.beta_1, s.beta_2, self.alpha, s.epsilon, 0.0)
 
-    def _advance(self, steps):
-        """The solver's counters after ``steps`` steps of the plan (Adam's step and learning rate)."""
-        s = self.solver
-        if type(s) is AdamSolver and steps:
-            s.t += steps
-            s._w.step_count += steps
-            s._b.step_count += steps
-            s.learning_rate = s.learning_rate_init * math.sqrt(1.0 - s.beta_2**s.t) / (1.0 - s.beta_1**s.t)
-
     def run(self, X, targets, index, batch_size):
         """The steps over ``index`` (an epoch's rows in order), ``batch_size`` rows each.
 
@@ -125,7 +115,8 @@ class CompiledSteps:
             res = self.plan.run(X, targets, index[lo:hi], batch_size, self._hyper(), step0, losses[:k])
             elapsed = time.perf_counter() - started
             done = res.losses.shape[0]
-            self._advance(done)
+            if done and type(self.solver) is AdamSolver:
+                self.solver.advance(done)
             for j, value in enumerate(res.losses.tolist()):  # in order, as the per-step loop adds them
                 total += value * (min(lo + (j + 1) * batch_size, hi) - (lo + j * batch_size))
             s += done

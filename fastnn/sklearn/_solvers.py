@@ -178,13 +178,21 @@ class AdamSolver(_Solver):
         """Second-moment estimates, weights then intercepts."""
         return self._w.exp_avg_sq + self._b.exp_avg_sq
 
+    def _at_step(self, t):
+        """Step count ``t``, and scikit-learn's learning rate for it (the bias corrections folded in)."""
+        self.t = t
+        self.learning_rate = self.learning_rate_init * math.sqrt(1.0 - self.beta_2**t) / (1.0 - self.beta_1**t)
+
+    def advance(self, steps):
+        """Count ``steps`` steps taken on the same state arrays elsewhere (a compiled plan, ``._plan``)."""
+        self._at_step(self.t + steps)
+        self._w.step_count += steps
+        self._b.step_count += steps
+
     def step(self, l2):
-        self.t += 1
-        t = self.t
-        bc2 = 1.0 - self.beta_2**t
+        self._at_step(self.t + 1)
         # scikit-learn puts epsilon outside the bias correction of v: see the module docstring
-        eps = self.epsilon / math.sqrt(bc2)
-        self.learning_rate = self.learning_rate_init * math.sqrt(bc2) / (1.0 - self.beta_1**t)
+        eps = self.epsilon / math.sqrt(1.0 - self.beta_2**self.t)
         w, b = self._w, self._b
         if self._decoupled:
             if l2:

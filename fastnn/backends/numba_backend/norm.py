@@ -66,34 +66,32 @@ def _bn_block_fwd(x, weight, bias, has_w, has_b, eps, batch_stats, mean, var, ou
                 xr = _row(x, n, c0, c1)
                 for c in range(nc):
                     acc[c] += np.float64(xr[c])
-        for n in range(N):
-            if L == 1:
-                break
-            for c in range(nc):
-                s = 0.0
-                for i in range(L):
-                    s += np.float64(x[n, c0 + c, i])
-                acc[c] += s
+        else:
+            for n in range(N):
+                for c in range(nc):
+                    s = 0.0
+                    for i in range(L):
+                        s += np.float64(x[n, c0 + c, i])
+                    acc[c] += s
         for c in range(nc):
             mean[c0 + c] = acc[c] / M  # the reference centres in the data's dtype
             acc[c] = 0.0
         if L == 1:
-            mu = mean[c0:c1]
+            means = mean[c0:c1]
             for n in range(N):
                 xr = _row(x, n, c0, c1)
                 for c in range(nc):
-                    d = np.float64(xr[c] - mu[c])
+                    d = np.float64(xr[c] - means[c])
                     acc[c] += d * d
-        for n in range(N):
-            if L == 1:
-                break
-            for c in range(nc):
-                mc = mean[c0 + c]
-                q = 0.0
-                for i in range(L):
-                    d = np.float64(x[n, c0 + c, i] - mc)
-                    q += d * d
-                acc[c] += q
+        else:
+            for n in range(N):
+                for c in range(nc):
+                    mc = mean[c0 + c]
+                    q = 0.0
+                    for i in range(L):
+                        d = np.float64(x[n, c0 + c, i] - mc)
+                        q += d * d
+                    acc[c] += q
         for c in range(nc):
             var[c0 + c] = acc[c] / M
     sc = np.empty(nc, x.dtype)
@@ -155,26 +153,25 @@ def _bn_block_bwd(g, x, weight, has_w, mean, var, eps, batch_stats, gi, has_gi, 
     sum_g = np.zeros(nc)
     sum_gx = np.zeros(nc)
     if L == 1:
-        mu = mean[c0:c1]
+        means = mean[c0:c1]
         for n in range(N):
             gr, xr = _row(g, n, c0, c1), _row(x, n, c0, c1)
             for c in range(nc):
                 gv = np.float64(gr[c])
                 sum_g[c] += gv
-                sum_gx[c] += gv * np.float64(xr[c] - mu[c])
-    for n in range(N):
-        if L == 1:
-            break
-        for c in range(nc):
-            mu = mean[c0 + c]
-            a = 0.0
-            b = 0.0
-            for i in range(L):
-                gv = np.float64(g[n, c0 + c, i])
-                a += gv
-                b += gv * np.float64(x[n, c0 + c, i] - mu)
-            sum_g[c] += a
-            sum_gx[c] += b
+                sum_gx[c] += gv * np.float64(xr[c] - means[c])
+    else:
+        for n in range(N):
+            for c in range(nc):
+                mu = mean[c0 + c]
+                a = 0.0
+                b = 0.0
+                for i in range(L):
+                    gv = np.float64(g[n, c0 + c, i])
+                    a += gv
+                    b += gv * np.float64(x[n, c0 + c, i] - mu)
+                sum_g[c] += a
+                sum_gx[c] += b
     k = np.empty(nc, x.dtype)
     ka = np.empty(nc, x.dtype)
     kb = np.empty(nc, x.dtype)
@@ -190,11 +187,11 @@ def _bn_block_bwd(g, x, weight, has_w, mean, var, eps, batch_stats, gi, has_gi, 
     if not has_gi:
         return
     if L == 1 and batch_stats:
-        mu = mean[c0:c1]
+        means = mean[c0:c1]
         for n in range(N):
             gr, xr, gir = _row(g, n, c0, c1), _row(x, n, c0, c1), _row(gi, n, c0, c1)
             for c in range(nc):
-                gir[c] = gr[c] * k[c] - ((xr[c] - mu[c]) * ka[c] + kb[c])
+                gir[c] = gr[c] * k[c] - ((xr[c] - means[c]) * ka[c] + kb[c])
         return
     for n in range(N):
         for c in range(nc):

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Collection, Sequence
-from typing import Any, Literal, cast
+from typing import Any, ClassVar, Literal, cast
 
 import numpy as np
 
@@ -67,8 +67,88 @@ def _conv_repr(layer: Any, fmt: Callable[[Any], object], one: object, zero: obje
     return s
 
 
+class _ConvNd(Module):
+    """What Conv1d and Conv2d share: the checked sizes, the parameters and their initialisation, the bound plan."""
+
+    _plan: ops.ConvPlan
+    in_channels: int
+    out_channels: int
+    weight: Parameter
+    bias: Parameter | None
+
+    @staticmethod
+    def _size(value: Any, name: str, low: int) -> Any:
+        """One checked size argument: a pair (Conv2d) or an int (Conv1d)."""
+        raise NotImplementedError
+
+    @staticmethod
+    def _config_size(value: Any) -> Any:
+        """A size as ``get_config`` gives it (JSON: a pair becomes a list)."""
+        raise NotImplementedError
+
+    def _kernel_dims(self) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    def _build(
+        self,
+        in_channels: int,
+        out_channels: int,
+        sizes: tuple[object, object, object, object],
+        bias: bool,
+        dtype: DTypeLike,
+        rng: Seed,
+    ) -> None:
+        """Check the arguments, create the parameters and draw their initial values (after ``Module.__init__``)."""
+        kernel_size, stride, padding, dilation = sizes
+        self.in_channels = _v.positive_int(in_channels, "in_channels")
+        self.out_channels = _v.positive_int(out_channels, "out_channels")
+        self.kernel_size = self._size(kernel_size, "kernel_size", 1)
+        self.stride = self._size(stride, "stride", 1)
+        self.padding = self._size(padding, "padding", 0)
+        self.dilation = self._size(dilation, "dilation", 1)
+        dt = _v.strict_float_dtype(dtype)
+        self.weight = Parameter(np.empty((self.out_channels, self.in_channels) + self._kernel_dims(), dt))
+        self.bias = Parameter(np.empty(self.out_channels, dt)) if _v.strict_bool(bias, "bias") else None
+        self._reset_transient()
+        self.reset_parameters(rng)
+
+    _transient = ("_plan",)
+
+    def reset_parameters(self, rng: Seed = None) -> None:
+        """PyTorch's initialisation: weight and bias ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``, fan_in = C·(kernel size)."""
+        rng = _get_rng(rng)
+        bound = 1.0 / math.sqrt(self.in_channels * math.prod(self._kernel_dims()))
+        dt = self.weight.data.dtype
+        self.weight.data[...] = rng.uniform(-bound, bound, self.weight.data.shape).astype(dt)
+        if self.bias is not None:
+            self.bias.data[...] = rng.uniform(-bound, bound, self.bias.data.shape).astype(dt)
+
+    def _convolve(self, x: ArrayLike, image: NDArray[Any] | ArrayLike) -> FloatArray:
+        """The plan's output for ``image``, the input ``x`` as the plan takes it; kept for backward when recording."""
+        try:
+            y = self._plan.forward(image)
+        except TypeError as exc:
+            raise self._input_error(x, exc) from None
+        if _grad_enabled.get():
+            self.__dict__["_ctx"] = image
+        return y
+
+    def get_config(self) -> dict[str, Any]:
+        size = self._config_size
+        return {
+            "in_channels": self.in_channels,
+            "out_channels": self.out_channels,
+            "kernel_size": size(self.kernel_size),
+            "stride": size(self.stride),
+            "padding": size(self.padding),
+            "dilation": size(self.dilation),
+            "bias": self.bias is not None,
+            "dtype": self.weight.data.dtype.name,
+        }
+
+
 @register_module
-class Conv2d(Module):
+class Conv2d(_ConvNd):
     """2-D convolution over NCHW images (PyTorch's ``nn.Conv2d``, ``groups=1``).
 
     ``y[b, o] = bias[o] + Σ_c weight[o, c] ⋆ x[b, c]`` (cross-correlation),
@@ -100,7 +180,10 @@ class Conv2d(Module):
     ``Ho = (H + 2·pH - dH·(kH - 1) - 1) // sH + 1`` (same for W).
     """
 
-    _plan: ops.ConvPlan
+    kernel_size: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    dilation: tuple[int, int]
 
     def __init__(
         self,
@@ -115,19 +198,16 @@ class Conv2d(Module):
         rng: Seed = None,
     ) -> None:
         super().__init__()
-        self.in_channels = _v.positive_int(in_channels, "in_channels")
-        self.out_channels = _v.positive_int(out_channels, "out_channels")
-        self.kernel_size = _pair(kernel_size, "kernel_size", 1)
-        self.stride = _pair(stride, "stride", 1)
-        self.padding = _pair(padding, "padding", 0)
-        self.dilation = _pair(dilation, "dilation", 1)
-        dt = _v.strict_float_dtype(dtype)
-        self.weight = Parameter(np.empty((self.out_channels, self.in_channels) + self.kernel_size, dt))
-        self.bias = Parameter(np.empty(self.out_channels, dt)) if _v.strict_bool(bias, "bias") else None
-        self._reset_transient()
-        self.reset_parameters(rng)
+        self._build(in_channels, out_channels, (kernel_size, stride, padding, dilation), bias, dtype, rng)
 
-    _transient = ("_plan",)
+    _size = staticmethod(_pair)
+
+    @staticmethod
+    def _config_size(value: tuple[int, int]) -> list[int]:
+        return list(value)
+
+    def _kernel_dims(self) -> tuple[int, ...]:
+        return self.kernel_size
 
     def _reset_transient(self) -> None:
         plan = ops.ConvPlan(self.weight, self.bias, self.stride, self.padding, self.dilation)
@@ -136,13 +216,7 @@ class Conv2d(Module):
 
     def reset_parameters(self, rng: Seed = None) -> None:
         """Draw new initial values, as PyTorch does."""
-        rng = _get_rng(rng)
-        fan_in = self.in_channels * self.kernel_size[0] * self.kernel_size[1]
-        bound = 1.0 / math.sqrt(fan_in)
-        dt = self.weight.data.dtype
-        self.weight.data[...] = rng.uniform(-bound, bound, self.weight.data.shape).astype(dt)
-        if self.bias is not None:
-            self.bias.data[...] = rng.uniform(-bound, bound, self.bias.data.shape).astype(dt)
+        super().reset_parameters(rng)
 
     def output_shape(self, input_shape: Sequence[int]) -> tuple[int, int, int, int]:
         """Output shape for an input shape (``ValueError`` if the input is too small)."""
@@ -150,31 +224,13 @@ class Conv2d(Module):
 
     def forward(self, x: ArrayLike) -> FloatArray:
         """Convolve ``x`` of shape (B, C, H, W); returns (B, O, Ho, Wo)."""
-        try:
-            y = self._plan.forward(x)
-        except TypeError as exc:
-            raise self._input_error(x, exc) from None
-        if _grad_enabled.get():
-            self.__dict__["_ctx"] = x
-        return y
+        return self._convolve(x, x)
 
     def backward(
         self, grad_output: ArrayLike, *, input_grad: bool = True, accumulate: bool = False
     ) -> FloatArray | None:
         """Fill ``weight.grad`` (and ``bias.grad``); return dL/dx (None if ``input_grad=False``)."""
         return self._plan.backward(grad_output, self._saved(), input_grad=input_grad, accumulate=accumulate)
-
-    def get_config(self) -> dict[str, Any]:
-        return {
-            "in_channels": self.in_channels,
-            "out_channels": self.out_channels,
-            "kernel_size": list(self.kernel_size),
-            "stride": list(self.stride),
-            "padding": list(self.padding),
-            "dilation": list(self.dilation),
-            "bias": self.bias is not None,
-            "dtype": self.weight.data.dtype.name,
-        }
 
     @classmethod
     def parameters_from_config(cls, config: dict[str, Any], children: Collection[str] = ()) -> list[ParameterSpec]:
@@ -185,19 +241,30 @@ class Conv2d(Module):
         return _conv_repr(self, _fmt, (1, 1), (0, 0))
 
 
-class _Pool2d(Module):
+class _PoolNd(Module):
+    """What the pooling layers share: the checked sizes and the 2-D plan (a 1-D layer's as an image of height 1)."""
+
     #: kind understood by ``ops.PoolPlan`` (set by each subclass)
-    _kind: Literal["max", "avg"]
+    _kind: ClassVar[Literal["max", "avg"]]
     _plan: ops.PoolPlan
 
-    def __init__(
-        self, kernel_size: IntPair, stride: IntPair | None = None, padding: IntPair = 0, count_include_pad: bool = True
-    ) -> None:
-        super().__init__()
-        self.kernel_size = _pair(kernel_size, "kernel_size", 1)
-        self.stride = self.kernel_size if stride is None else _pair(stride, "stride", 1)
-        self.padding = _pair(padding, "padding", 0)
-        if self.padding[0] > self.kernel_size[0] // 2 or self.padding[1] > self.kernel_size[1] // 2:
+    @staticmethod
+    def _size(value: Any, name: str, low: int) -> Any:
+        """One checked size argument: a pair (2-D) or an int (1-D)."""
+        raise NotImplementedError
+
+    @staticmethod
+    def _as2d(value: Any, height: int) -> tuple[int, int]:
+        """A checked size as the 2-D plan takes it; a 1-D layer's gets ``height`` along H."""
+        raise NotImplementedError
+
+    def _build(self, kernel_size: object, stride: object, padding: object, count_include_pad: bool) -> None:
+        """Check the arguments and bind the plan (after ``Module.__init__``)."""
+        self.kernel_size = self._size(kernel_size, "kernel_size", 1)
+        self.stride = self.kernel_size if stride is None else self._size(stride, "stride", 1)
+        self.padding = self._size(padding, "padding", 0)
+        (kh, kw), (ph, pw) = self._as2d(self.kernel_size, 1), self._as2d(self.padding, 0)
+        if ph > kh // 2 or pw > kw // 2:
             raise ValueError(f"padding {self.padding} must be at most half the kernel size {self.kernel_size}")
         self.count_include_pad = _v.strict_bool(count_include_pad, "count_include_pad")
         self._reset_transient()
@@ -205,10 +272,29 @@ class _Pool2d(Module):
     _transient = ("_plan",)
 
     def _reset_transient(self) -> None:
+        as2d = self._as2d
         self.__dict__["_plan"] = ops.PoolPlan(
-            self._kind, self.kernel_size, self.stride, self.padding, self.count_include_pad
+            self._kind, as2d(self.kernel_size, 1), as2d(self.stride, 1), as2d(self.padding, 0), self.count_include_pad
         )
         self.__dict__["_ctx"] = None
+
+
+class _Pool2d(_PoolNd):
+    kernel_size: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+
+    def __init__(
+        self, kernel_size: IntPair, stride: IntPair | None = None, padding: IntPair = 0, count_include_pad: bool = True
+    ) -> None:
+        super().__init__()
+        self._build(kernel_size, stride, padding, count_include_pad)
+
+    _size = staticmethod(_pair)
+
+    @staticmethod
+    def _as2d(value: tuple[int, int], height: int) -> tuple[int, int]:
+        return value
 
     def output_shape(self, input_shape: Sequence[int]) -> tuple[int, int, int, int]:
         """Output shape for an input shape (``ValueError`` if the input is too small)."""

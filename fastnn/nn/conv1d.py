@@ -10,9 +10,8 @@ view, and so is the output reshaped back, so a 1-D layer costs what the
 
 from __future__ import annotations
 
-import math
 from collections.abc import Collection
-from typing import Any, ClassVar, Literal, cast, overload
+from typing import Any, cast, overload
 
 import numpy as np
 
@@ -20,8 +19,7 @@ from .. import _validation as _v
 from .. import ops
 from .._typing import ArrayLike, DTypeLike, FloatArray, NDArray, ParameterSpec, Seed
 from ..grad_mode import _enabled as _grad_enabled
-from .conv import _conv_parameters, _conv_repr
-from .init import get_rng as _get_rng
+from .conv import _conv_parameters, _conv_repr, _ConvNd, _PoolNd
 from .module import Module, Parameter, register_module
 
 __all__ = ["Conv1d", "MaxPool1d", "AvgPool1d"]
@@ -107,7 +105,7 @@ def _grad4(g: ArrayLike) -> FloatArray:
 
 
 @register_module
-class Conv1d(Module):
+class Conv1d(_ConvNd):
     """1-D convolution over (B, C, L) sequences (PyTorch's ``nn.Conv1d``, ``groups=1``).
 
     Parameters
@@ -131,7 +129,10 @@ class Conv1d(Module):
     ``Lo = (L + 2·padding - dilation·(k - 1) - 1) // stride + 1``.
     """
 
-    _plan: ops.ConvPlan
+    kernel_size: int
+    stride: int
+    padding: int
+    dilation: int
 
     def __init__(
         self,
@@ -146,19 +147,16 @@ class Conv1d(Module):
         rng: Seed = None,
     ) -> None:
         super().__init__()
-        self.in_channels = _v.positive_int(in_channels, "in_channels")
-        self.out_channels = _v.positive_int(out_channels, "out_channels")
-        self.kernel_size = _single(kernel_size, "kernel_size", 1)
-        self.stride = _single(stride, "stride", 1)
-        self.padding = _single(padding, "padding", 0)
-        self.dilation = _single(dilation, "dilation", 1)
-        dt = _v.strict_float_dtype(dtype)
-        self.weight = Parameter(np.empty((self.out_channels, self.in_channels, self.kernel_size), dt))
-        self.bias = Parameter(np.empty(self.out_channels, dt)) if _v.strict_bool(bias, "bias") else None
-        self._reset_transient()
-        self.reset_parameters(rng)
+        self._build(in_channels, out_channels, (kernel_size, stride, padding, dilation), bias, dtype, rng)
 
-    _transient = ("_plan",)
+    _size = staticmethod(_single)
+
+    @staticmethod
+    def _config_size(value: int) -> int:
+        return value
+
+    def _kernel_dims(self) -> tuple[int, ...]:
+        return (self.kernel_size,)
 
     def _reset_transient(self) -> None:
         self.__dict__["_plan"] = ops.ConvPlan(
@@ -168,23 +166,11 @@ class Conv1d(Module):
 
     def reset_parameters(self, rng: Seed = None) -> None:
         """PyTorch's initialisation: weight and bias ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``."""
-        rng = _get_rng(rng)
-        bound = 1.0 / math.sqrt(self.in_channels * self.kernel_size)
-        dt = self.weight.data.dtype
-        self.weight.data[...] = rng.uniform(-bound, bound, self.weight.data.shape).astype(dt)
-        if self.bias is not None:
-            self.bias.data[...] = rng.uniform(-bound, bound, self.bias.data.shape).astype(dt)
+        super().reset_parameters(rng)
 
     def forward(self, x: ArrayLike) -> FloatArray:
         """Convolve ``x`` of shape (B, C, L); returns (B, O, Lo)."""
-        x4 = _sequence(self, x, self.in_channels)
-        try:
-            y = self._plan.forward(x4)
-        except TypeError as exc:
-            raise self._input_error(x, exc) from None
-        if _grad_enabled.get():
-            self.__dict__["_ctx"] = x4
-        return _squeeze(y)
+        return _squeeze(self._convolve(x, _sequence(self, x, self.in_channels)))
 
     def backward(
         self, grad_output: ArrayLike, *, input_grad: bool = True, accumulate: bool = False
@@ -192,18 +178,6 @@ class Conv1d(Module):
         """Fill ``weight.grad`` (and ``bias.grad``); return dL/dx (B, C, L) (None if ``input_grad=False``)."""
         x4 = self._saved()
         return _squeeze(self._plan.backward(_grad4(grad_output), x4, input_grad=input_grad, accumulate=accumulate))
-
-    def get_config(self) -> dict[str, Any]:
-        return {
-            "in_channels": self.in_channels,
-            "out_channels": self.out_channels,
-            "kernel_size": self.kernel_size,
-            "stride": self.stride,
-            "padding": self.padding,
-            "dilation": self.dilation,
-            "bias": self.bias is not None,
-            "dtype": self.weight.data.dtype.name,
-        }
 
     @classmethod
     def parameters_from_config(cls, config: dict[str, Any], children: Collection[str] = ()) -> list[ParameterSpec]:
@@ -214,29 +188,22 @@ class Conv1d(Module):
         return _conv_repr(self, str, 1, 0)
 
 
-class _Pool1d(Module):
-    _kind: ClassVar[Literal["max", "avg"]]
-    _plan: ops.PoolPlan
+class _Pool1d(_PoolNd):
+    kernel_size: int
+    stride: int
+    padding: int
 
     def __init__(
         self, kernel_size: int, stride: int | None = None, padding: int = 0, count_include_pad: bool = True
     ) -> None:
         super().__init__()
-        self.kernel_size = _single(kernel_size, "kernel_size", 1)
-        self.stride = self.kernel_size if stride is None else _single(stride, "stride", 1)
-        self.padding = _single(padding, "padding", 0)
-        if self.padding > self.kernel_size // 2:
-            raise ValueError(f"padding {self.padding} must be at most half the kernel size {self.kernel_size}")
-        self.count_include_pad = _v.strict_bool(count_include_pad, "count_include_pad")
-        self._reset_transient()
+        self._build(kernel_size, stride, padding, count_include_pad)
 
-    _transient = ("_plan",)
+    _size = staticmethod(_single)
 
-    def _reset_transient(self) -> None:
-        self.__dict__["_plan"] = ops.PoolPlan(
-            self._kind, (1, self.kernel_size), (1, self.stride), (0, self.padding), self.count_include_pad
-        )
-        self.__dict__["_ctx"] = None
+    @staticmethod
+    def _as2d(value: int, height: int) -> tuple[int, int]:
+        return (height, value)
 
     def get_config(self) -> dict[str, Any]:
         return {"kernel_size": self.kernel_size, "stride": self.stride, "padding": self.padding}

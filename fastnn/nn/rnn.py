@@ -107,12 +107,13 @@ class _RecurrentBase(Module):
         self,
         input_size: int,
         hidden_size: int,
+        nonlinearity: Nonlinearity = "tanh",
         bias: bool = True,
         batch_first: bool = False,
         dtype: DTypeLike = np.float32,
         return_state: bool = False,
         rng: Seed = None,
-        nonlinearity: Nonlinearity = "tanh",
+        *,
         num_layers: int = 1,
         dropout: float = 0.0,
         bidirectional: bool = False,
@@ -132,7 +133,7 @@ class _RecurrentBase(Module):
             warnings.warn(
                 f"{self._name}: dropout={self.dropout} acts between layers, so it has no effect with num_layers=1",
                 UserWarning,
-                stacklevel=3,
+                stacklevel=2 if self._cell == "rnn" else 3,  # the caller of RNN(...), LSTM(...) or GRU(...)
             )
         G, H = self._gates, self.hidden_size
         for layer in range(self.num_layers):
@@ -149,6 +150,9 @@ class _RecurrentBase(Module):
         self.reset_parameters(rng)
         self.h_n = None
         self.grad_h0 = None
+        if self._cell == "lstm":
+            self.c_n = None
+            self.grad_c0 = None
         self._reset_transient()
 
     @property
@@ -572,35 +576,6 @@ class RNN(_RecurrentBase):
     _gates = 1
     _name = "RNN"
 
-    def __init__(
-        self,
-        input_size: int,
-        hidden_size: int,
-        nonlinearity: Nonlinearity = "tanh",
-        bias: bool = True,
-        batch_first: bool = False,
-        dtype: DTypeLike = np.float32,
-        return_state: bool = False,
-        rng: Seed = None,
-        *,
-        num_layers: int = 1,
-        dropout: float = 0.0,
-        bidirectional: bool = False,
-    ) -> None:
-        super().__init__(
-            input_size,
-            hidden_size,
-            bias,
-            batch_first,
-            dtype,
-            return_state,
-            rng,
-            nonlinearity,
-            num_layers,
-            dropout,
-            bidirectional,
-        )
-
     def get_config(self) -> dict[str, Any]:
         cfg = super().get_config()
         cfg["nonlinearity"] = self.nonlinearity
@@ -624,8 +599,40 @@ class RNN(_RecurrentBase):
         return super().parameters_from_config({k: v for k, v in c.items() if k != "nonlinearity"}, children)
 
 
+class _GatedRecurrent(_RecurrentBase):
+    """The constructor of the gated layers (LSTM, GRU): the RNN's arguments without ``nonlinearity``."""
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        bias: bool = True,
+        batch_first: bool = False,
+        dtype: DTypeLike = np.float32,
+        return_state: bool = False,
+        rng: Seed = None,
+        *,
+        num_layers: int = 1,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+    ) -> None:
+        super().__init__(
+            input_size,
+            hidden_size,
+            "tanh",  # the default nonlinearity: the gated cells have their own
+            bias,
+            batch_first,
+            dtype,
+            return_state,
+            rng,
+            num_layers=num_layers,
+            dropout=dropout,
+            bidirectional=bidirectional,
+        )
+
+
 @register_module
-class LSTM(_RecurrentBase):
+class LSTM(_GatedRecurrent):
     """Long short-term memory layer (PyTorch's equations, gate order i, f, g, o).
 
     Parameters are those of :class:`RNN` without ``nonlinearity``. The
@@ -639,38 +646,9 @@ class LSTM(_RecurrentBase):
     _gates = 4
     _name = "LSTM"
 
-    def __init__(
-        self,
-        input_size: int,
-        hidden_size: int,
-        bias: bool = True,
-        batch_first: bool = False,
-        dtype: DTypeLike = np.float32,
-        return_state: bool = False,
-        rng: Seed = None,
-        *,
-        num_layers: int = 1,
-        dropout: float = 0.0,
-        bidirectional: bool = False,
-    ) -> None:
-        super().__init__(
-            input_size,
-            hidden_size,
-            bias,
-            batch_first,
-            dtype,
-            return_state,
-            rng,
-            num_layers=num_layers,
-            dropout=dropout,
-            bidirectional=bidirectional,
-        )
-        self.c_n = None
-        self.grad_c0 = None
-
 
 @register_module
-class GRU(_RecurrentBase):
+class GRU(_GatedRecurrent):
     """Gated recurrent unit layer (PyTorch's equations, gate order r, z, n).
 
     ``n = tanh(W_in x + b_in + r ⊙ (W_hn h + b_hn))``, ``h_t = (1 - z) ⊙ n + z ⊙ h_{t-1}``.
@@ -681,33 +659,6 @@ class GRU(_RecurrentBase):
     _cell = "gru"
     _gates = 3
     _name = "GRU"
-
-    def __init__(
-        self,
-        input_size: int,
-        hidden_size: int,
-        bias: bool = True,
-        batch_first: bool = False,
-        dtype: DTypeLike = np.float32,
-        return_state: bool = False,
-        rng: Seed = None,
-        *,
-        num_layers: int = 1,
-        dropout: float = 0.0,
-        bidirectional: bool = False,
-    ) -> None:
-        super().__init__(
-            input_size,
-            hidden_size,
-            bias,
-            batch_first,
-            dtype,
-            return_state,
-            rng,
-            num_layers=num_layers,
-            dropout=dropout,
-            bidirectional=bidirectional,
-        )
 
 
 @register_module

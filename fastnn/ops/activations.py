@@ -6,7 +6,6 @@ from collections.abc import Callable
 
 from .. import _validation as _v
 from .._typing import ActivationKind, ArrayLike, FloatArray
-from ..backends import Backend
 from ..backends import current as _backend
 
 __all__ = [
@@ -151,12 +150,11 @@ def softmax_backward(grad_out: ArrayLike, y: ArrayLike, out: FloatArray | None =
 # ---------------------------------------------------------------------------
 # The bound form layers use (see fastnn.ops._plan)
 
-import numpy as _np  # noqa: E402
 
 from . import _plan as _p  # noqa: E402
-
-_nd = _p.ndarray
-_F32, _F64 = _np.dtype(_np.float32), _np.dtype(_np.float64)
+from ._planbase import KernelPlan as _KernelPlan  # noqa: E402
+from ._planbase import fits as _fits  # noqa: E402
+from ._planbase import float_c as _float_c  # noqa: E402
 
 #: kind -> (forward op, backward op, takes negative_slope, needs 2-D input)
 _KINDS: dict[str, tuple[Callable[..., FloatArray], Callable[..., FloatArray], bool, bool]] = {
@@ -168,7 +166,7 @@ _KINDS: dict[str, tuple[Callable[..., FloatArray], Callable[..., FloatArray], bo
 }
 
 
-class ActivationPlan:
+class ActivationPlan(_KernelPlan):
     """An activation and its backward pass bound to one kind (and slope).
 
     Parameters
@@ -183,13 +181,11 @@ class ActivationPlan:
     the validated op. Results come from the active workspace, or are new.
     """
 
-    __slots__ = ("kind", "_args", "_ops", "_bound")
+    __slots__ = ("kind", "_args", "_ops")
 
     kind: ActivationKind
     _args: tuple[float, ...]
     _ops: tuple[Callable[..., FloatArray], Callable[..., FloatArray], bool]
-    #: (backend, forward kernel, backward kernel) once bound
-    _bound: tuple[Backend, Callable[..., FloatArray], Callable[..., FloatArray]] | None
 
     def __init__(self, kind: ActivationKind, negative_slope: float = 0.01) -> None:
         fwd, bwd, sloped, two_d = _KINDS[_v.choice(kind, "kind", tuple(_KINDS))]
@@ -198,41 +194,19 @@ class ActivationPlan:
         self._ops = (fwd, bwd, two_d)
         self._bound = None
 
-    def _bind(self) -> tuple[Backend, Callable[..., FloatArray], Callable[..., FloatArray]]:
-        backend = _p.current()
-        fwd, bwd, _ = self._ops
-        bound = (backend, getattr(backend, fwd.__name__), getattr(backend, bwd.__name__))
-        self._bound = bound
-        return bound
+    def _kernel_names(self) -> tuple[str, str]:
+        return self._ops[0].__name__, self._ops[1].__name__
 
     def forward(self, x: ArrayLike) -> FloatArray:
         """The activation of ``x`` (any shape; (B, C) for softmax)."""
-        k = self._bound
-        if k is None or k[0] is not _p.current():
-            k = self._bind()
-        if (
-            type(x) is _nd
-            and x.flags.c_contiguous
-            and (x.dtype is _F32 or x.dtype is _F64)
-            and (x.ndim == 2 or not self._ops[2])
-        ):
+        k = self._kernels()
+        if _float_c(x) and (x.ndim == 2 or not self._ops[2]):
             return k[1](x, *self._args, _p.output(self, "y", x.shape, x.dtype, x))
         return self._ops[0](x, *self._args)
 
     def backward(self, grad_out: ArrayLike, y: ArrayLike) -> FloatArray:
         """dL/dx from dL/dy and the forward output ``y``."""
-        k = self._bound
-        if k is None or k[0] is not _p.current():
-            k = self._bind()
-        if (
-            type(grad_out) is _nd
-            and type(y) is _nd
-            and grad_out.dtype is y.dtype
-            and (y.dtype is _F32 or y.dtype is _F64)
-            and grad_out.shape == y.shape
-            and grad_out.flags.c_contiguous
-            and y.flags.c_contiguous
-            and (y.ndim == 2 or not self._ops[2])
-        ):
+        k = self._kernels()
+        if _float_c(y) and _fits(grad_out, y.dtype) and grad_out.shape == y.shape and (y.ndim == 2 or not self._ops[2]):
             return k[2](grad_out, y, *self._args, _p.output(self, "grad_input", y.shape, y.dtype, grad_out, y))
         return self._ops[1](grad_out, y, *self._args)

@@ -7,14 +7,13 @@ result.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import overload
 
 import numpy as np
 
 from .. import _validation as _v
 from .._typing import ArrayLike, FloatArray
-from ..backends import Backend
 from ..backends import current as _backend
 from .conv import _backward_args, _input4d, _plane
 
@@ -106,56 +105,39 @@ def adaptive_avg_pool2d_backward(
 # The bound form layers use (see fastnn.ops._plan)
 
 from . import _plan as _p  # noqa: E402
+from ._planbase import KernelPlan as _KernelPlan  # noqa: E402
+from ._planbase import float_c as _float_c  # noqa: E402
 
-_nd = _p.ndarray
-_F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)
 
-
-class AdaptivePoolPlan:
+class AdaptivePoolPlan(_KernelPlan):
     """Adaptive average pooling to ``output_size`` and its backward pass."""
 
-    __slots__ = ("output_size", "_bound")
+    __slots__ = ("output_size",)
 
     output_size: tuple[int | None, int | None]
-    #: (backend, forward kernel, backward kernel) once bound
-    _bound: tuple[Backend, Callable[..., FloatArray], Callable[..., FloatArray]] | None
 
     def __init__(self, output_size: _OutputSize) -> None:
         self.output_size = adaptive_output_size(output_size)
         self._bound = None
 
-    def _backend(self) -> tuple[Backend, Callable[..., FloatArray], Callable[..., FloatArray]]:
-        k = self._bound
-        if k is None or k[0] is not _p.current():
-            backend = _p.current()
-            k = self._bound = (backend, backend.adaptive_avg_pool2d_forward, backend.adaptive_avg_pool2d_backward)
-        return k
+    def _kernel_names(self) -> tuple[str, str]:
+        return "adaptive_avg_pool2d_forward", "adaptive_avg_pool2d_backward"
 
     def out_shape(self, xs: tuple[int, ...]) -> tuple[int, int, int, int]:
         ho, wo = adaptive_output_size(self.output_size, xs[2:])
         return (xs[0], xs[1], ho, wo)
 
     def forward(self, x: ArrayLike) -> FloatArray:
-        k = self._backend()
-        if (
-            type(x) is _nd
-            and x.flags.c_contiguous
-            and x.ndim == 4
-            and (x.dtype is _F32 or x.dtype is _F64)
-            and x.shape[2] > 0
-            and x.shape[3] > 0
-            and x.shape[2] * x.shape[3] <= _v.MAX_DIM
-        ):
+        k = self._kernels()
+        if _float_c(x) and x.ndim == 4 and x.shape[2] > 0 and x.shape[3] > 0 and x.shape[2] * x.shape[3] <= _v.MAX_DIM:
             out = _p.output(self, "y", self.out_shape(x.shape), x.dtype, x)
             return out if out.size == 0 else k[1](x, out)
         return adaptive_avg_pool2d_forward(x, self.output_size)
 
     def backward(self, grad_out: ArrayLike, input_shape: tuple[int, ...]) -> FloatArray:
-        k = self._backend()
+        k = self._kernels()
         if (
-            type(grad_out) is _nd
-            and grad_out.flags.c_contiguous
-            and (grad_out.dtype is _F32 or grad_out.dtype is _F64)
+            _float_c(grad_out)
             and type(input_shape) is tuple
             and len(input_shape) == 4
             and input_shape[2] > 0

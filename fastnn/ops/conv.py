@@ -13,14 +13,13 @@ error.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, Literal, cast
 
 import numpy as np
 
 from .. import _validation as _v
 from .._typing import ArrayLike, FloatArray, IntPair, NDArray, ParamLike
-from ..backends import Backend
 from ..backends import current as _backend
 
 __all__ = [
@@ -476,28 +475,19 @@ def avg_pool2d_backward(
 # The bound forms layers use (see fastnn.ops._plan)
 
 from . import _plan as _p  # noqa: E402
+from ._planbase import KernelPlan as _KernelPlan  # noqa: E402
+from ._planbase import WeightBiasBound as _WeightBiasBound  # noqa: E402
+from ._planbase import WeightBiasPlan as _WeightBiasPlan  # noqa: E402
+from ._planbase import fits as _fits  # noqa: E402
+from ._planbase import float_c as _float_c  # noqa: E402
 
 _nd = _p.ndarray
-_F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)
 
 #: Distinct input shapes a plan remembers the validated output shape of.
 _MAX_SHAPES = 16
 
-#: ConvPlan's bound state: (backend, W, b, dtype, W.shape, forward kernel, backward kernel, dW, db)
-_ConvBound = tuple[
-    Backend,
-    FloatArray,
-    "FloatArray | None",
-    "np.dtype[Any]",
-    "tuple[int, ...]",
-    Callable[..., FloatArray],
-    Callable[..., Any],
-    FloatArray,
-    "FloatArray | None",
-]
 
-
-class ConvPlan:
+class ConvPlan(_WeightBiasPlan):
     """:func:`conv2d_forward` and :func:`conv2d_backward` bound to one layer.
 
     Parameters
@@ -514,14 +504,16 @@ class ConvPlan:
     new arrays.
     """
 
-    __slots__ = ("weight", "bias", "stride", "padding", "dilation", "_bound", "_shapes")
+    __slots__ = ("stride", "padding", "dilation", "_shapes")
 
-    weight: ParamLike
-    bias: ParamLike | None
+    _ndim = 4
+    _where = "conv2d"
+    _kernel_names = ("conv2d_forward", "conv2d_backward")
+    _show_weight_shape = True
+
     stride: _Pair
     padding: _Pair
     dilation: _Pair
-    _bound: _ConvBound | None
     #: (C, H, W) of an input -> (O, Ho, Wo) of its output
     _shapes: dict[tuple[int, ...], tuple[int, int, int]]
 
@@ -533,23 +525,18 @@ class ConvPlan:
         padding: IntPair = 0,
         dilation: IntPair = 1,
     ) -> None:
-        self.weight = weight
-        self.bias = bias
+        super().__init__(weight, bias)
         self.stride = _pair(stride, "stride", 1)
         self.padding = _pair(padding, "padding", 0)
         self.dilation = _pair(dilation, "dilation", 1)
-        self._bound = None
         self._shapes = {}
 
-    def _bind(self) -> _ConvBound:
-        w, dw, b, db = _p.bind_weight_bias(self.weight, self.bias, 4, "conv2d", show_weight_shape=True)
-        backend = _p.current()
-        bound = (backend, w, b, w.dtype, w.shape, backend.conv2d_forward, backend.conv2d_backward, dw, db)
-        self._bound = bound
-        self._shapes = {}
+    def _bind(self) -> _WeightBiasBound:
+        bound = super()._bind()
+        self._shapes = {}  # the output shapes were validated against the old weight's
         return bound
 
-    def _out_shape(self, xs: tuple[int, ...], k: _ConvBound) -> _Shape4:
+    def _out_shape(self, xs: tuple[int, ...], k: _WeightBiasBound) -> _Shape4:
         """(B, O, Ho, Wo) for an input of shape ``xs`` = (B, C, H, W), validated once per (C, H, W)."""
         key = xs[1:]
         s = self._shapes.get(key)
@@ -563,14 +550,9 @@ class ConvPlan:
 
     def forward(self, x: ArrayLike) -> FloatArray:
         """Convolve ``x`` of shape (B, C, H, W); returns (B, O, Ho, Wo)."""
-        bias = self.bias
-        w = self.weight.data
-        b = None if bias is None else bias.data
-        k = self._bound
-        if k is None or k[1] is not w or k[2] is not b or k[0] is not _p.current():
-            k = self._bind()
+        k, w, b = self._for_forward()
         dt = k[3]
-        if type(x) is _nd and x.dtype is dt and x.flags.c_contiguous and x.ndim == 4 and w.shape == k[4]:
+        if _fits(x, dt) and x.ndim == 4 and w.shape == k[4]:
             out = _p.output(self, "y", self._out_shape(x.shape, k), dt, x)
             if out.size == 0:
                 return out
@@ -584,19 +566,12 @@ class ConvPlan:
 
         ``accumulate=True`` adds the parameter gradients instead of overwriting them.
         """
-        w, dw, b, db = _p.param_arrays(self.weight, self.bias)
-        k = self._bound
-        if k is None or k[1] is not w or k[2] is not b or k[7] is not dw or k[8] is not db or k[0] is not _p.current():
-            k = self._bind()
+        k, w, dw, b, db = self._for_backward()
         dt = k[3]
         gw, gb = _p.grad_targets(self, dw, db, dt, accumulate)
         if (
-            type(grad_out) is _nd
-            and type(x) is _nd
-            and grad_out.dtype is dt
-            and x.dtype is dt
-            and grad_out.flags.c_contiguous
-            and x.flags.c_contiguous
+            _fits(grad_out, dt)
+            and _fits(x, dt)
             and x.ndim == 4
             and w.shape == k[4]
             and grad_out.shape == self._out_shape(x.shape, k)
@@ -622,7 +597,7 @@ class ConvPlan:
         return gin
 
 
-class PoolPlan:
+class PoolPlan(_KernelPlan):
     """Max or average pooling and its backward pass bound to one configuration.
 
     Parameters
@@ -632,15 +607,13 @@ class PoolPlan:
     count_include_pad : bool, for ``"avg"``
     """
 
-    __slots__ = ("kind", "kernel_size", "stride", "padding", "count_include_pad", "_bound", "_shapes")
+    __slots__ = ("kind", "kernel_size", "stride", "padding", "count_include_pad", "_shapes")
 
     kind: Literal["max", "avg"]
     kernel_size: _Pair
     stride: _Pair
     padding: _Pair
     count_include_pad: bool
-    #: (backend, forward kernel, backward kernel) once bound
-    _bound: tuple[Backend, Callable[..., Any], Callable[..., FloatArray]] | None
     #: input shape -> output shape
     _shapes: dict[tuple[int, ...], _Shape4]
 
@@ -658,14 +631,8 @@ class PoolPlan:
         self._bound = None
         self._shapes = {}
 
-    def _bind(self) -> tuple[Backend, Callable[..., Any], Callable[..., FloatArray]]:
-        backend = _p.current()
-        if self.kind == "max":
-            bound = (backend, backend.max_pool2d_forward, backend.max_pool2d_backward)
-        else:
-            bound = (backend, backend.avg_pool2d_forward, backend.avg_pool2d_backward)
-        self._bound = bound
-        return bound
+    def _kernel_names(self) -> tuple[str, str]:
+        return f"{self.kind}_pool2d_forward", f"{self.kind}_pool2d_backward"
 
     def _out_shape(self, xs: tuple[int, ...]) -> _Shape4:
         s = self._shapes.get(xs)
@@ -679,10 +646,8 @@ class PoolPlan:
 
     def forward(self, x: ArrayLike) -> FloatArray | tuple[FloatArray, _Indices]:
         """Pool ``x`` (B, C, H, W): max pooling returns ``(out, indices)``, average pooling ``out``."""
-        k = self._bound
-        if k is None or k[0] is not _p.current():
-            k = self._bind()
-        if type(x) is _nd and x.flags.c_contiguous and x.ndim == 4 and (x.dtype is _F32 or x.dtype is _F64):
+        k = self._kernels()
+        if _float_c(x) and x.ndim == 4:
             shape = self._out_shape(x.shape)
             out = _p.output(self, "y", shape, x.dtype, x)
             if self.kind == "max":
@@ -699,16 +664,8 @@ class PoolPlan:
 
     def backward(self, grad_out: ArrayLike, input_shape: Sequence[int], indices: _Indices | None = None) -> FloatArray:
         """dL/dx of shape ``input_shape`` from dL/dy (max pooling: with the forward's ``indices``)."""
-        k = self._bound
-        if k is None or k[0] is not _p.current():
-            k = self._bind()
-        if (
-            type(grad_out) is _nd
-            and grad_out.flags.c_contiguous
-            and (grad_out.dtype is _F32 or grad_out.dtype is _F64)
-            and type(input_shape) is tuple
-            and grad_out.shape == self._out_shape(input_shape)
-        ):
+        k = self._kernels()
+        if _float_c(grad_out) and type(input_shape) is tuple and grad_out.shape == self._out_shape(input_shape):
             gin = _p.output(self, "grad_input", input_shape, grad_out.dtype, grad_out)
             if gin.size == 0:
                 return gin

@@ -2,14 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
-import numpy as np
-
 from .. import _validation as _v
-from .._typing import ArrayLike, DenseActivation, FloatArray, ParamLike
-from ..backends import Backend
+from .._typing import ArrayLike, DenseActivation, FloatArray
 from ..backends import current as _backend
 
 __all__ = ["matmul", "dense_forward", "dense_backward", "DENSE_ACTIVATIONS", "DensePlan"]
@@ -183,25 +177,13 @@ def dense_backward(
 # The bound form layers use (see fastnn.ops._plan)
 
 from . import _plan as _p  # noqa: E402
+from ._planbase import WeightBiasPlan as _WeightBiasPlan  # noqa: E402
+from ._planbase import fits as _fits  # noqa: E402
 
 _ACTS = frozenset(DENSE_ACTIVATIONS)
-_nd = _p.ndarray
-_Bound = tuple[
-    Backend,
-    FloatArray,
-    "FloatArray | None",
-    "np.dtype[Any]",
-    int,
-    int,
-    "tuple[int, ...]",
-    Callable[..., FloatArray],
-    Callable[..., Any],
-    FloatArray,
-    "FloatArray | None",
-]
 
 
-class DensePlan:
+class DensePlan(_WeightBiasPlan):
     """:func:`dense_forward` and :func:`dense_backward` bound to one layer's parameters.
 
     Parameters
@@ -219,57 +201,25 @@ class DensePlan:
     workspace, or are new arrays.
     """
 
-    __slots__ = ("weight", "bias", "_bound")
+    __slots__ = ()
 
-    weight: ParamLike
-    bias: ParamLike | None
-    #: (backend, W, b, dtype, I, O, W.shape, forward kernel, backward kernel, dW, db) once bound
-    _bound: _Bound | None
-
-    def __init__(self, weight: ParamLike, bias: ParamLike | None = None) -> None:
-        self.weight = weight
-        self.bias = bias
-        self._bound = None
-
-    def _bind(self) -> _Bound:
-        w, dw, b, db = _p.bind_weight_bias(self.weight, self.bias, 2, "dense")
-        backend = _p.current()
-        bound = (
-            backend,
-            w,
-            b,
-            w.dtype,
-            w.shape[1],
-            w.shape[0],
-            w.shape,
-            backend.dense_forward,
-            backend.dense_backward,
-            dw,
-            db,
-        )
-        self._bound = bound
-        return bound
+    _ndim = 2
+    _where = "dense"
+    _kernel_names = ("dense_forward", "dense_backward")
 
     def forward(self, x: ArrayLike, activation: DenseActivation = "identity") -> FloatArray:
         """``act(x·Wᵀ + b)`` for ``x`` of shape (B, I)."""
-        bias = self.bias
-        w = self.weight.data
-        b = None if bias is None else bias.data
-        k = self._bound
-        if k is None or k[1] is not w or k[2] is not b or k[0] is not _p.current():
-            k = self._bind()
-        dt = k[3]
+        k, w, b = self._for_forward()
+        dt, (O, I) = k[3], k[4]
         if (
-            type(x) is _nd
-            and x.dtype is dt
-            and x.flags.c_contiguous
+            _fits(x, dt)
             and x.ndim == 2
-            and x.shape[1] == k[4]
-            and w.shape == k[6]
+            and x.shape[1] == I
+            and w.shape == k[4]
             and activation in _ACTS
             and x.shape[0] <= _v.MAX_DIM
         ):
-            return k[7](x, w, b, activation, _p.output(self, "y", (x.shape[0], k[5]), dt, x))
+            return k[5](x, w, b, activation, _p.output(self, "y", (x.shape[0], O), dt, x))
         return dense_forward(x, w, b, activation)
 
     def backward(
@@ -288,30 +238,23 @@ class DensePlan:
         ``accumulate=True`` adds the parameter gradients to ``.grad`` instead
         of overwriting them.
         """
-        w, dw, b, db = _p.param_arrays(self.weight, self.bias)
-        k = self._bound
-        if k is None or k[1] is not w or k[2] is not b or k[9] is not dw or k[10] is not db or k[0] is not _p.current():
-            k = self._bind()
-        dt = k[3]
+        k, w, dw, b, db = self._for_backward()
+        dt, (O, I) = k[3], k[4]
         if activation == "identity":
             y = None
         gw, gb = _p.grad_targets(self, dw, db, dt, accumulate)
         if (
-            type(grad_out) is _nd
-            and type(x) is _nd
-            and grad_out.dtype is dt
-            and x.dtype is dt
-            and grad_out.flags.c_contiguous
-            and x.flags.c_contiguous
+            _fits(grad_out, dt)
+            and _fits(x, dt)
             and x.ndim == 2
-            and w.shape == k[6]
-            and grad_out.shape == (x.shape[0], k[5])
-            and x.shape[1] == k[4]
+            and w.shape == k[4]
+            and grad_out.shape == (x.shape[0], O)
+            and x.shape[1] == I
             and activation in _ACTS
-            and (y is None or (type(y) is _nd and y.dtype is dt and y.flags.c_contiguous and y.shape == grad_out.shape))
+            and (y is None or (_fits(y, dt) and y.shape == grad_out.shape))
         ):
             gin = _p.output(self, "grad_input", x.shape, dt, grad_out) if input_grad else None
-            k[8](grad_out, x, w, y, activation, gin, gw, gb)
+            k[6](grad_out, x, w, y, activation, gin, gw, gb)
         else:
             gin = dense_backward(
                 grad_out, x, w, y, activation, bias=b is not None, input_grad=input_grad, grad_weight=gw, grad_bias=gb

@@ -9,14 +9,13 @@ run repeats exactly.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from .. import _validation as _v
 from .._typing import ArrayLike, FloatArray, NDArray, Seed
-from ..backends import Backend
 from ..backends import current as _backend
 
 __all__ = ["dropout_forward", "dropout_backward", "dropout_threshold", "DropoutPlan"]
@@ -161,12 +160,14 @@ def dropout_backward(
 # The bound form layers use (see fastnn.ops._plan)
 
 from . import _plan as _pl  # noqa: E402
+from ._planbase import KernelPlan as _KernelPlan  # noqa: E402
+from ._planbase import fits as _fits  # noqa: E402
+from ._planbase import float_c as _float_c  # noqa: E402
 
 _nd = _pl.ndarray
-_F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)
 
 
-class DropoutPlan:
+class DropoutPlan(_KernelPlan):
     """:func:`dropout_forward` and :func:`dropout_backward` bound to one probability.
 
     Parameters
@@ -176,14 +177,12 @@ class DropoutPlan:
         One decision per channel plane of (N, C, H, W) input (``Dropout2d``).
     """
 
-    __slots__ = ("p", "channelwise", "threshold", "scale", "_bound")
+    __slots__ = ("p", "channelwise", "threshold", "scale")
 
     p: float
     channelwise: bool
     threshold: int
     scale: float
-    #: (backend, forward kernel, backward kernel) once bound
-    _bound: tuple[Backend, Callable[..., FloatArray], Callable[..., FloatArray]] | None
 
     def __init__(self, p: float, channelwise: bool = False) -> None:
         self.p = _p(p)
@@ -199,25 +198,15 @@ class DropoutPlan:
             raise ValueError(f"Dropout2d expects 4-D input (batch, channels, height, width), got shape {shape}")
         return max(1, shape[2] * shape[3])
 
-    def _backend(self) -> tuple[Backend, Callable[..., FloatArray], Callable[..., FloatArray]]:
-        k = self._bound
-        if k is None or k[0] is not _pl.current():
-            backend = _pl.current()
-            k = self._bound = (backend, backend.dropout_forward, backend.dropout_backward)
-        return k
+    def _kernel_names(self) -> tuple[str, str]:
+        return "dropout_forward", "dropout_backward"
 
     def forward(
         self, x: ArrayLike, *, relu: bool = False, rng: Seed = None, inplace: bool = False
     ) -> tuple[FloatArray, _Mask]:
         """``(out, mask)`` for ``x``; ``inplace=True`` writes over ``x`` (which must be writeable)."""
-        k = self._backend()
-        if (
-            type(x) is _nd
-            and x.flags.c_contiguous
-            and (x.dtype is _F32 or x.dtype is _F64)
-            and x.size
-            and (not inplace or x.flags.writeable)
-        ):
+        k = self._kernels()
+        if _float_c(x) and x.size and (not inplace or x.flags.writeable):
             group = self.group(x.shape)
             m = x.size // group
             out = x if inplace else _pl.output(self, "y", x.shape, x.dtype, x)
@@ -229,19 +218,12 @@ class DropoutPlan:
 
     def backward(self, grad_out: ArrayLike, mask: ArrayLike, y: ArrayLike | None = None) -> FloatArray:
         """dL/dx from dL/dy and the forward's ``mask`` (and output ``y`` when a ReLU was fused)."""
-        k = self._backend()
+        k = self._kernels()
         if (
-            type(grad_out) is _nd
-            and grad_out.flags.c_contiguous
-            and (grad_out.dtype is _F32 or grad_out.dtype is _F64)
+            _float_c(grad_out)
             and grad_out.size
-            and type(mask) is _nd
-            and mask.dtype is _U8
-            and mask.flags.c_contiguous
-            and (
-                y is None
-                or (type(y) is _nd and y.dtype is grad_out.dtype and y.shape == grad_out.shape and y.flags.c_contiguous)
-            )
+            and _fits(mask, _U8)
+            and (y is None or (_fits(y, grad_out.dtype) and y.shape == grad_out.shape))
         ):
             group = self.group(grad_out.shape)
             if mask.shape == (grad_out.size // group,):

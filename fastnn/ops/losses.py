@@ -8,7 +8,6 @@ import numpy as np
 
 from .. import _validation as _v
 from .._typing import ArrayLike, FloatArray, LossKind, Reduction
-from ..backends import Backend
 from ..backends import current as _backend
 
 __all__ = ["mse_loss", "softmax_cross_entropy", "bce_with_logits", "LossPlan"]
@@ -113,9 +112,10 @@ def bce_with_logits(
 # The bound form layers use (see fastnn.ops._plan)
 
 from . import _plan as _p  # noqa: E402
+from ._planbase import KernelPlan as _KernelPlan  # noqa: E402
+from ._planbase import float_c as _float_c  # noqa: E402
 
 _nd = _p.ndarray
-_F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)
 _INTP = np.dtype(np.intp)
 
 _LossOp = Callable[..., "tuple[float, FloatArray]"]
@@ -126,7 +126,7 @@ _LOSS_OPS: dict[str, _LossOp] = {
 }
 
 
-class LossPlan:
+class LossPlan(_KernelPlan):
     """A loss and its gradient bound to one kind and reduction.
 
     Parameters
@@ -143,13 +143,11 @@ class LossPlan:
     or is a new array.
     """
 
-    __slots__ = ("kind", "reduction", "_op", "_bound")
+    __slots__ = ("kind", "reduction", "_op")
 
     kind: LossKind
     reduction: Reduction
     _op: _LossOp
-    #: (backend, its kernel) once bound
-    _bound: tuple[Backend, _LossOp] | None
 
     def __init__(self, kind: LossKind, reduction: Reduction = "mean") -> None:
         self._op = _LOSS_OPS[_v.choice(kind, "kind", tuple(_LOSS_OPS))]
@@ -157,29 +155,18 @@ class LossPlan:
         self.reduction = _v.choice(reduction, "reduction", _REDUCTIONS)
         self._bound = None
 
-    def _bind(self) -> tuple[Backend, _LossOp]:
-        backend = _p.current()
-        bound = (backend, getattr(backend, self._op.__name__))
-        self._bound = bound
-        return bound
+    def _kernel_names(self) -> tuple[str]:
+        return (self._op.__name__,)
 
     def __call__(self, pred: ArrayLike, target: ArrayLike) -> tuple[float, FloatArray]:
         """``(loss, dL/dpred)`` of ``pred`` against ``target``."""
-        k = self._bound
-        if k is None or k[0] is not _p.current():
-            k = self._bind()
-        if type(pred) is _nd and type(target) is _nd and pred.flags.c_contiguous and target.flags.c_contiguous:
+        k = self._kernels()
+        if _float_c(pred) and type(target) is _nd and target.flags.c_contiguous:
             dt = pred.dtype
-            if dt is _F32 or dt is _F64:
-                if self.kind == "cross_entropy":
-                    # every backend's kernel checks each label against C itself (ValueError)
-                    if (
-                        target.dtype is _INTP
-                        and pred.ndim == 2
-                        and target.ndim == 1
-                        and target.shape[0] == pred.shape[0]
-                    ):
-                        return k[1](pred, target, self.reduction, _p.output(self, "grad", pred.shape, dt, pred))
-                elif target.dtype is dt and target.shape == pred.shape:
-                    return k[1](pred, target, self.reduction, _p.output(self, "grad", pred.shape, dt, pred, target))
+            if self.kind == "cross_entropy":
+                # every backend's kernel checks each label against C itself (ValueError)
+                if target.dtype is _INTP and pred.ndim == 2 and target.ndim == 1 and target.shape[0] == pred.shape[0]:
+                    return k[1](pred, target, self.reduction, _p.output(self, "grad", pred.shape, dt, pred))
+            elif target.dtype is dt and target.shape == pred.shape:
+                return k[1](pred, target, self.reduction, _p.output(self, "grad", pred.shape, dt, pred, target))
         return self._op(pred, target, self.reduction)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, TypeGuard, cast
+from typing import Any, ClassVar, TypeGuard, cast
 
 import numpy as np
 
@@ -49,6 +49,13 @@ def _channels(x: ArrayLike, name: str = "x") -> FloatArray:
     return x.reshape(x.shape[0], x.shape[1], math.prod(x.shape[2:]))
 
 
+def _bn_args(x: ArrayLike, training: bool, eps: float) -> tuple[tuple[int, ...], FloatArray, bool, float]:
+    """What both batch norm passes check first: ``x``'s shape, ``x`` as (N, C, L), ``training`` and ``eps``."""
+    shape = np.shape(x)
+    x3 = _channels(x)
+    return shape, x3, _v.strict_bool(training, "training"), _eps(eps)
+
+
 def _vector(a: ArrayLike, name: str, dtype: np.dtype[Any], n: int) -> FloatArray:
     a = _v.as_float_array(a, name, ndim=1)
     _v.same_dtype(dtype, a, name)
@@ -63,6 +70,54 @@ def _affine(
     w = None if weight is None else _vector(weight, "weight", dtype, n)
     b = None if bias is None else _vector(bias, "bias", dtype, n)
     return w, b
+
+
+def _outputs(
+    out: FloatArray | None,
+    mean: FloatArray | None,
+    stat: FloatArray | None,
+    stat_name: str,
+    shape: tuple[int, ...],
+    n: int,
+    dt: np.dtype[Any],
+    ins: tuple[FloatArray | None, ...],
+) -> _NormOut:
+    """Buffers for the output and the ``n`` means and second statistics, none overlapping another or the inputs."""
+    out = _v.output(out, shape, dt, inputs=ins)
+    mean = _v.output(mean, (n,), dt, "mean", ins + (out,))
+    stat = _v.output(stat, (n,), dt, stat_name, ins + (out, mean))
+    return out, mean, stat
+
+
+def _grad_outputs(
+    grads: tuple[FloatArray | None, FloatArray | None, FloatArray | None],
+    wanted: tuple[bool, bool, bool],
+    shape: tuple[int, ...],
+    param_shape: tuple[int, ...],
+    dt: np.dtype[Any],
+    ins: tuple[FloatArray | None, ...],
+) -> _NormGrads:
+    """Buffers for the wanted gradients of the input and of the parameters (given flat or shaped as ``param_shape``)."""
+    grad_input, grad_weight, grad_bias = grads
+    gi = _v.output(grad_input, shape, dt, "grad_input", ins) if wanted[0] else None
+    # a given array that is not shaped as the parameter must be flat; anything else fails the type check
+    flat = (math.prod(param_shape),)
+    gw = gb = None
+    if wanted[1]:
+        gw_shape = param_shape if type(grad_weight) is not np.ndarray or grad_weight.shape == param_shape else flat
+        gw = _v.output(grad_weight, gw_shape, dt, "grad_weight", ins + (gi,))
+    if wanted[2]:
+        gb_shape = param_shape if type(grad_bias) is not np.ndarray or grad_bias.shape == param_shape else flat
+        gb = _v.output(grad_bias, gb_shape, dt, "grad_bias", ins + (gi, gw))
+    return gi, gw, gb
+
+
+def _zero_sums(grads: _NormGrads) -> _NormGrads:
+    """The gradients of a normalisation over no values: the parameters' are sums over nothing, zero."""
+    for g in grads[1:]:
+        if g is not None:
+            g.fill(0)
+    return grads
 
 
 def batch_norm_forward(
@@ -107,12 +162,9 @@ def batch_norm_forward(
     out : ndarray shaped like x
     mean, var : ndarray of shape (C,), what :func:`batch_norm_backward` needs
     """
-    shape = np.shape(x)
-    x3 = _channels(x)
+    shape, x3, training, eps = _bn_args(x, training, eps)
     N, C, L = x3.shape
     dt = x3.dtype
-    training = _v.strict_bool(training, "training")
-    eps = _eps(eps)
     weight, bias = _affine(weight, bias, dt, C)
     for a, name in ((running_mean, "running_mean"), (running_var, "running_var")):
         if a is not None:
@@ -128,10 +180,7 @@ def batch_norm_forward(
             )
     elif running_mean is None:
         raise ValueError("batch_norm: evaluation (training=False) needs running_mean and running_var")
-    ins = (x3, weight, bias, running_mean, running_var)
-    out = _v.output(out, shape, dt, inputs=ins)
-    mean = _v.output(mean, (C,), dt, "mean", ins + (out,))
-    var = _v.output(var, (C,), dt, "var", ins + (out, mean))
+    out, mean, var = _outputs(out, mean, var, "var", shape, C, dt, (x3, weight, bias, running_mean, running_var))
     if not training:
         mean[...] = running_mean
         var[...] = running_var
@@ -187,12 +236,9 @@ def batch_norm_backward(
     grad_input : ndarray shaped like x, or None
     grad_weight, grad_bias : ndarray of shape (C,), or None without affine parameters
     """
-    shape = np.shape(x)
-    x3 = _channels(x)
+    shape, x3, training, eps = _bn_args(x, training, eps)
     N, C, L = x3.shape
     dt = x3.dtype
-    training = _v.strict_bool(training, "training")
-    eps = _eps(eps)
     g3 = _channels(grad_out, "grad_out")
     _v.same_dtype(dt, g3, "grad_out")
     if np.shape(grad_out) != shape:
@@ -200,16 +246,12 @@ def batch_norm_backward(
     weight = None if weight is None else _vector(weight, "weight", dt, C)
     mean = _vector(mean, "mean", dt, C)
     var = _vector(var, "var", dt, C)
-    ins = (g3, x3, weight, mean, var)
-    grad_input = _v.output(grad_input, shape, dt, "grad_input", ins) if input_grad else None
     affine = weight is not None
-    grad_weight = _v.output(grad_weight, (C,), dt, "grad_weight", ins + (grad_input,)) if affine else None
-    grad_bias = _v.output(grad_bias, (C,), dt, "grad_bias", ins + (grad_input, grad_weight)) if affine else None
-    if N * L == 0:  # sums over no values
-        for g in (grad_weight, grad_bias):
-            if g is not None:
-                g.fill(0)
-        return grad_input, grad_weight, grad_bias
+    grad_input, grad_weight, grad_bias = _grad_outputs(
+        (grad_input, grad_weight, grad_bias), (input_grad, affine, affine), shape, (C,), dt, (g3, x3, weight, mean, var)
+    )
+    if N * L == 0:
+        return _zero_sums((grad_input, grad_weight, grad_bias))
     gi3 = None if grad_input is None else grad_input.reshape(N, C, L)
     _backend().batch_norm_backward(g3, x3, weight, mean, var, eps, training, gi3, grad_weight, grad_bias)
     return grad_input, grad_weight, grad_bias
@@ -225,6 +267,13 @@ def _normalized(shape: Sequence[int], normalized_shape: Sequence[int]) -> tuple[
         )
     K = math.prod(normalized_shape)
     return math.prod(shape[: len(shape) - k]), K
+
+
+def _ln_param(a: ArrayLike | None, name: str, dt: np.dtype[Any], ns: tuple[int, ...]) -> FloatArray | None:
+    """A layer norm's γ or β, given shaped as ``normalized_shape`` or flat, as a checked flat vector (or None)."""
+    if a is None:
+        return None
+    return _vector(np.reshape(a, -1) if np.shape(a) == ns else a, name, dt, math.prod(ns))
 
 
 def _norm_shape(normalized_shape: int | Sequence[int]) -> tuple[int, ...]:
@@ -272,16 +321,9 @@ def layer_norm_forward(
     M, K = _normalized(x.shape, ns)
     dt = x.dtype
     eps = _eps(eps)
-    w = (
-        None
-        if weight is None
-        else _vector(np.reshape(weight, -1) if np.shape(weight) == ns else weight, "weight", dt, K)
-    )
-    b = None if bias is None else _vector(np.reshape(bias, -1) if np.shape(bias) == ns else bias, "bias", dt, K)
-    ins = (x, w, b)
-    out = _v.output(out, x.shape, dt, inputs=ins)
-    mean = _v.output(mean, (M,), dt, "mean", ins + (out,))
-    rstd = _v.output(rstd, (M,), dt, "rstd", ins + (out, mean))
+    w = _ln_param(weight, "weight", dt, ns)
+    b = _ln_param(bias, "bias", dt, ns)
+    out, mean, rstd = _outputs(out, mean, rstd, "rstd", x.shape, M, dt, (x, w, b))
     if out.size:
         _backend().layer_norm_forward(x.reshape(M, K), w, b, eps, out.reshape(M, K), mean, rstd)
     return out, mean, rstd
@@ -327,37 +369,19 @@ def layer_norm_backward(
     grad_out = _v.as_float_array(grad_out, "grad_out")
     _v.same_dtype(dt, grad_out, "grad_out")
     _v.same_shape(x.shape, grad_out, "grad_out", "x")
-    w = (
-        None
-        if weight is None
-        else _vector(np.reshape(weight, -1) if np.shape(weight) == ns else weight, "weight", dt, K)
-    )
+    w = _ln_param(weight, "weight", dt, ns)
     mean = _vector(mean, "mean", dt, M)
     rstd = _vector(rstd, "rstd", dt, M)
-    ins = (grad_out, x, w, mean, rstd)
-    grad_input = _v.output(grad_input, x.shape, dt, "grad_input", ins) if input_grad else None
-    gw = gb = None
-    if w is not None:
-        gw = _v.output(
-            grad_weight,
-            ns if grad_weight is None or np.shape(grad_weight) == ns else (K,),
-            dt,
-            "grad_weight",
-            ins + (grad_input,),
-        )
-    if bias:
-        gb = _v.output(
-            grad_bias,
-            ns if grad_bias is None or np.shape(grad_bias) == ns else (K,),
-            dt,
-            "grad_bias",
-            ins + (grad_input, gw),
-        )
+    grad_input, gw, gb = _grad_outputs(
+        (grad_input, grad_weight, grad_bias),
+        (input_grad, w is not None, bias),
+        x.shape,
+        ns,
+        dt,
+        (grad_out, x, w, mean, rstd),
+    )
     if M == 0:
-        for g in (gw, gb):
-            if g is not None:
-                g.fill(0)
-        return grad_input, gw, gb
+        return _zero_sums((grad_input, gw, gb))
     _backend().layer_norm_backward(
         grad_out.reshape(M, K),
         x.reshape(M, K),
@@ -375,22 +399,13 @@ def layer_norm_backward(
 # The bound forms layers use (see fastnn.ops._plan)
 
 from . import _plan as _p  # noqa: E402
+from ._planbase import fits as _fits  # noqa: E402
 
 _nd = _p.ndarray
 
 
-#: (backend, w, b, dw, db, forward kernel, backward kernel) once bound
-_BNBound = tuple[
-    Backend,
-    FloatArray | None,
-    FloatArray | None,
-    FloatArray | None,
-    FloatArray | None,
-    Callable[..., Any],
-    Callable[..., Any],
-]
-#: the same, then the flat (K,) views of w, b, dw and db
-_LNBound = tuple[
+#: (backend, w, b, dw, db, forward kernel, backward kernel, then the flat views of w, b, dw and db) once bound
+_AffineBound = tuple[
     Backend,
     FloatArray | None,
     FloatArray | None,
@@ -405,43 +420,108 @@ _LNBound = tuple[
 ]
 
 
-def _bind_affine(
-    weight: ParamLike | None, bias: ParamLike | None, where: str, shape: tuple[int, ...]
-) -> tuple[FloatArray | None, FloatArray | None, FloatArray | None, FloatArray | None]:
-    """Validated (data, grad) of optional affine parameters of ``shape`` (checked once per bind)."""
-    w = dw = b = db = None
-    if weight is not None:
-        w = _p.check_param(weight, "weight")
-        dw = _p.check_grad(weight, "weight")
-    if bias is not None:
-        b = _p.check_param(bias, "bias")
-        db = _p.check_grad(bias, "bias")
-        if w is not None:
-            _v.same_dtype(w.dtype, b, "bias")
-            if b.shape != w.shape:
-                raise ValueError(f"{where}: bias has shape {b.shape} but weight has {w.shape}")
-    _p.check_disjoint(where, w, b, dw, db)
-    for a, name in ((w, "weight"), (b, "bias")):
-        if a is not None and a.shape != shape:
-            raise ValueError(f"{where}: {name} has shape {a.shape}, expected {shape}")
-    return w, dw, b, db
+class _AffinePlan:
+    """What the normalisation plans share: optional γ and β bound with the backend's kernels, and ``eps``."""
 
+    __slots__ = ("weight", "bias", "eps", "_bound")
 
-def _affine_stale(k: tuple[Any, ...], weight: ParamLike | None, bias: ParamLike | None, grads: bool) -> bool:
-    """Whether bound ``k`` = (backend, W, b, dW, db, ...) is out of date: other arrays, another backend."""
-    w = None if weight is None else weight.data
-    b = None if bias is None else bias.data
-    return (
-        k[1] is not w
-        or k[2] is not b
-        or k[0] is not _p.current()
-        or (
-            grads and ((weight is not None and k[3] is not weight.grad) or (bias is not None and k[4] is not bias.grad))
+    #: the op's name in errors and in the backend's kernel names
+    _where: ClassVar[str]
+
+    weight: ParamLike | None
+    bias: ParamLike | None
+    eps: float
+    _bound: _AffineBound | None
+
+    def __init__(self, weight: ParamLike | None, bias: ParamLike | None, eps: float) -> None:
+        self.weight, self.bias = weight, bias
+        self.eps = _eps(eps)
+        self._bound = None
+
+    def _param_shape(self) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    def _bind(self) -> _AffineBound:
+        """Validated (data, grad) of optional affine parameters (checked once per bind), with flat views."""
+        shape, where = self._param_shape(), self._where
+        w = dw = b = db = None
+        weight, bias = self.weight, self.bias
+        if weight is not None:
+            w = _p.check_param(weight, "weight")
+            dw = _p.check_grad(weight, "weight")
+        if bias is not None:
+            b = _p.check_param(bias, "bias")
+            db = _p.check_grad(bias, "bias")
+            if w is not None:
+                _v.same_dtype(w.dtype, b, "bias")
+                if b.shape != w.shape:
+                    raise ValueError(f"{where}: bias has shape {b.shape} but weight has {w.shape}")
+        _p.check_disjoint(where, w, b, dw, db)
+        for a, name in ((w, "weight"), (b, "bias")):
+            if a is not None and a.shape != shape:
+                raise ValueError(f"{where}: {name} has shape {a.shape}, expected {shape}")
+        n = math.prod(shape)
+        fw, fb, fdw, fdb = (None if a is None else a.reshape(n) for a in (w, b, dw, db))
+        backend = _p.current()
+        fwd, bwd = getattr(backend, where + "_forward"), getattr(backend, where + "_backward")
+        bound = (backend, w, b, dw, db, fwd, bwd, fw, fb, fdw, fdb)
+        self._bound = bound
+        return bound
+
+    def _check(self, grads: bool = False) -> _AffineBound:
+        """The bound state, bound again if the parameters hold other arrays (or gradients) or the backend changed."""
+        k = self._bound
+        weight, bias = self.weight, self.bias
+        if (
+            k is None
+            or k[1] is not (None if weight is None else weight.data)
+            or k[2] is not (None if bias is None else bias.data)
+            or k[0] is not _p.current()
+            or (
+                grads
+                and ((weight is not None and k[3] is not weight.grad) or (bias is not None and k[4] is not bias.grad))
+            )
+        ):
+            k = self._bind()
+        return k
+
+    def _outputs(self, x: FloatArray, n: int, dt: np.dtype[Any], stat_name: str) -> _NormOut:
+        """Workspace buffers (or new arrays) for the output and the ``n`` means and second statistics."""
+        return (
+            _p.output(self, "y", x.shape, dt, x),
+            _p.output(self, "mean", (n,), dt),
+            _p.output(self, stat_name, (n,), dt),
         )
-    )
+
+    def _for_backward(
+        self, dt: np.dtype[Any], accumulate: bool
+    ) -> tuple[_AffineBound, FloatArray | None, FloatArray | None]:
+        """The bound state with the gradients, and where a backward kernel writes the flat dγ and dβ.
+
+        That is the gradients themselves, or with ``accumulate`` buffers to add into them after.
+        """
+        k = self._check(grads=True)
+        gw, gb = k[9], k[10]
+        if accumulate:
+            n = math.prod(self._param_shape())
+            gw = None if gw is None else _p.output(self, "acc_w", (n,), dt)
+            gb = None if gb is None else _p.output(self, "acc_b", (n,), dt)
+        return k, gw, gb
+
+    @staticmethod
+    def _accumulate(k: _AffineBound, gw: FloatArray | None, gb: FloatArray | None) -> None:
+        """Add the buffers of :meth:`_for_backward` (``accumulate=True``) into the parameters' gradients."""
+        for acc, g in ((k[9], gw), (k[10], gb)):
+            if acc is not None and g is not None:  # g is acc's accumulation buffer: None together
+                np.add(acc, g, out=acc)
+
+    @staticmethod
+    def _grad_fits(grad_out: object, x: FloatArray, dt: np.dtype[Any]) -> TypeGuard[FloatArray]:
+        """Whether ``grad_out`` goes to the kernel as it is: shaped like the (fast-path) input ``x``."""
+        return _fits(grad_out, dt) and grad_out.shape == x.shape
 
 
-class BatchNormPlan:
+class BatchNormPlan(_AffinePlan):
     """:func:`batch_norm_forward` and :func:`batch_norm_backward` bound to one layer.
 
     Parameters
@@ -459,43 +539,23 @@ class BatchNormPlan:
     from the active workspace, or are new arrays.
     """
 
-    __slots__ = ("num_features", "weight", "bias", "eps", "_bound")
+    __slots__ = ("num_features",)
+
+    _where = "batch_norm"
 
     num_features: int
-    weight: ParamLike | None
-    bias: ParamLike | None
-    eps: float
-    _bound: _BNBound | None
 
     def __init__(
         self, num_features: int, weight: ParamLike | None = None, bias: ParamLike | None = None, eps: float = 1e-5
     ) -> None:
         self.num_features = _v.positive_int(num_features, "num_features")
-        self.weight, self.bias = weight, bias
-        self.eps = _eps(eps)
-        self._bound = None
+        super().__init__(weight, bias, eps)
 
-    def _bind(self) -> _BNBound:
-        w, dw, b, db = _bind_affine(self.weight, self.bias, "batch_norm", (self.num_features,))
-        backend = _p.current()
-        bound = (backend, w, b, dw, db, backend.batch_norm_forward, backend.batch_norm_backward)
-        self._bound = bound
-        return bound
-
-    def _check(self, grads: bool = False) -> _BNBound:
-        k = self._bound
-        if k is None or _affine_stale(k, self.weight, self.bias, grads):
-            k = self._bind()
-        return k
+    def _param_shape(self) -> tuple[int, ...]:
+        return (self.num_features,)
 
     def _fast(self, x: object, dt: np.dtype[Any]) -> TypeGuard[FloatArray]:
-        return (
-            type(x) is _nd
-            and x.dtype is dt
-            and x.flags.c_contiguous
-            and x.ndim >= 2
-            and x.shape[1] == self.num_features
-        )
+        return _fits(x, dt) and x.ndim >= 2 and x.shape[1] == self.num_features
 
     def forward(
         self,
@@ -522,9 +582,7 @@ class BatchNormPlan:
         if dt is not None and self._fast(x, dt) and stats_ok and x.size and (not training or x.size > C):
             N, C = x.shape[0], x.shape[1]
             L = x.size // (N * C)
-            out = _p.output(self, "y", x.shape, dt, x)
-            mean = _p.output(self, "mean", (C,), dt)
-            var = _p.output(self, "var", (C,), dt)
+            out, mean, var = self._outputs(x, C, dt, "var")
             if not training:
                 if running_mean is None or running_var is None:
                     raise ValueError("batch_norm: evaluation (training=False) needs running_mean and running_var")
@@ -548,28 +606,16 @@ class BatchNormPlan:
         accumulate: bool = False,
     ) -> FloatArray | None:
         """dL/dx (None if ``input_grad=False``); writes ``weight.grad`` and ``bias.grad``."""
-        k = self._check(grads=True)
-        w, dw, db = k[1], k[3], k[4]
+        k, gw, gb = self._for_backward(mean.dtype, accumulate)
         dt = mean.dtype
-        gw, gb = dw, db
-        if accumulate:
-            gw = None if dw is None else _p.output(self, "acc_w", dw.shape, dt)
-            gb = None if db is None else _p.output(self, "acc_b", db.shape, dt)
-        if (
-            self._fast(x, dt)
-            and type(grad_out) is _nd
-            and grad_out.dtype is dt
-            and grad_out.flags.c_contiguous
-            and grad_out.shape == x.shape
-            and x.size
-        ):
+        if self._fast(x, dt) and self._grad_fits(grad_out, x, dt) and x.size:
             N, C = x.shape[0], x.shape[1]
             L = x.size // (N * C)
             gin = _p.output(self, "grad_input", x.shape, dt, grad_out) if input_grad else None
             k[6](
                 grad_out.reshape(N, C, L),
                 x.reshape(N, C, L),
-                w,
+                k[1],
                 mean,
                 var,
                 self.eps,
@@ -580,17 +626,14 @@ class BatchNormPlan:
             )
         else:
             gin = batch_norm_backward(
-                grad_out, x, w, mean, var, self.eps, training, input_grad=input_grad, grad_weight=gw, grad_bias=gb
+                grad_out, x, k[1], mean, var, self.eps, training, input_grad=input_grad, grad_weight=gw, grad_bias=gb
             )[0]
-        if accumulate:  # gw and gb are the accumulation buffers of dw and db: None together
-            if dw is not None and gw is not None:
-                np.add(dw, gw, out=dw)
-            if db is not None and gb is not None:
-                np.add(db, gb, out=db)
+        if accumulate:
+            self._accumulate(k, gw, gb)
         return gin
 
 
-class LayerNormPlan:
+class LayerNormPlan(_AffinePlan):
     """:func:`layer_norm_forward` and :func:`layer_norm_backward` bound to one layer.
 
     Parameters
@@ -600,14 +643,12 @@ class LayerNormPlan:
     eps : float
     """
 
-    __slots__ = ("normalized_shape", "K", "weight", "bias", "eps", "_bound")
+    __slots__ = ("normalized_shape", "K")
+
+    _where = "layer_norm"
 
     normalized_shape: tuple[int, ...]
     K: int
-    weight: ParamLike | None
-    bias: ParamLike | None
-    eps: float
-    _bound: _LNBound | None
 
     def __init__(
         self,
@@ -618,34 +659,14 @@ class LayerNormPlan:
     ) -> None:
         self.normalized_shape = _norm_shape(normalized_shape)
         self.K = math.prod(self.normalized_shape)
-        self.weight, self.bias = weight, bias
-        self.eps = _eps(eps)
-        self._bound = None
+        super().__init__(weight, bias, eps)
 
-    def _bind(self) -> _LNBound:
-        w, dw, b, db = _bind_affine(self.weight, self.bias, "layer_norm", self.normalized_shape)
-        fw, fb, fdw, fdb = (None if a is None else a.reshape(self.K) for a in (w, b, dw, db))
-        backend = _p.current()
-        bound = (backend, w, b, dw, db, backend.layer_norm_forward, backend.layer_norm_backward, fw, fb, fdw, fdb)
-        self._bound = bound
-        return bound
-
-    def _check(self, grads: bool = False) -> _LNBound:
-        k = self._bound
-        if k is None or _affine_stale(k, self.weight, self.bias, grads):
-            k = self._bind()
-        return k
+    def _param_shape(self) -> tuple[int, ...]:
+        return self.normalized_shape
 
     def _fast(self, x: object, dt: np.dtype[Any]) -> TypeGuard[FloatArray]:
         ns = self.normalized_shape
-        return (
-            type(x) is _nd
-            and x.dtype is dt
-            and x.flags.c_contiguous
-            and x.ndim >= len(ns)
-            and x.shape[x.ndim - len(ns) :] == ns
-            and x.size > 0
-        )
+        return _fits(x, dt) and x.ndim >= len(ns) and x.shape[x.ndim - len(ns) :] == ns and x.size > 0
 
     def forward(self, x: ArrayLike) -> _NormOut:
         """Normalise ``x`` (..., *normalized_shape); returns ``(out, mean, rstd)``."""
@@ -657,9 +678,7 @@ class LayerNormPlan:
         if dt is not None and self._fast(x, dt):
             K = self.K
             M = x.size // K
-            out = _p.output(self, "y", x.shape, dt, x)
-            mean = _p.output(self, "mean", (M,), dt)
-            rstd = _p.output(self, "rstd", (M,), dt)
+            out, mean, rstd = self._outputs(x, M, dt, "rstd")
             k[5](x.reshape(M, K), k[7], k[8], self.eps, out.reshape(M, K), mean, rstd)
             return out, mean, rstd
         return layer_norm_forward(x, self.normalized_shape, w, b, self.eps)
@@ -675,20 +694,9 @@ class LayerNormPlan:
         accumulate: bool = False,
     ) -> FloatArray | None:
         """dL/dx (None if ``input_grad=False``); writes ``weight.grad`` and ``bias.grad``."""
-        k = self._check(grads=True)
-        w = k[1]
+        k, gw, gb = self._for_backward(mean.dtype, accumulate)
         dt = mean.dtype
-        gw, gb = k[9], k[10]
-        if accumulate:
-            gw = None if gw is None else _p.output(self, "acc_w", (self.K,), dt)
-            gb = None if gb is None else _p.output(self, "acc_b", (self.K,), dt)
-        if (
-            self._fast(x, dt)
-            and type(grad_out) is _nd
-            and grad_out.dtype is dt
-            and grad_out.flags.c_contiguous
-            and grad_out.shape == x.shape
-        ):
+        if self._fast(x, dt) and self._grad_fits(grad_out, x, dt):
             K = self.K
             M = x.size // K
             gin = _p.output(self, "grad_input", x.shape, dt, grad_out) if input_grad else None
@@ -707,7 +715,7 @@ class LayerNormPlan:
                 grad_out,
                 x,
                 self.normalized_shape,
-                w,
+                k[1],
                 mean,
                 rstd,
                 bias=gb is not None,
@@ -716,7 +724,5 @@ class LayerNormPlan:
                 grad_bias=gb,
             )[0]
         if accumulate:
-            for acc, g in ((k[9], gw), (k[10], gb)):
-                if acc is not None and g is not None:  # g is acc's accumulation buffer: None together
-                    np.add(acc, g, out=acc)
+            self._accumulate(k, gw, gb)
         return gin

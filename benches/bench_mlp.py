@@ -21,8 +21,9 @@ import pytest
 from workload_cases import workload_benchmarks, workload_cases
 
 import fastnn
-from fastnn import nn, optim
 from fastnn.bench.anchors import build_anchor
+from fastnn.demos import fit_classifier
+from fastnn.demos.digits import seeded_model
 
 CASES = workload_cases(["W3", "W4"])
 test_fastnn, test_torch = workload_benchmarks(CASES)
@@ -55,20 +56,8 @@ def test_digits_fit_fastnn(benchmark, backend, digits):
     accs = []
 
     def run():
-        fastnn.manual_seed(0)
-        model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))
-        opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-        fastnn.fit(
-            model,
-            X_train,
-            y_train,
-            loss=nn.CrossEntropyLoss(),
-            optimizer=opt,
-            epochs=DIGITS_EPOCHS,
-            batch_size=32,
-            seed=0,
-            progress=False,
-        )
+        model, opt = seeded_model(0)
+        fit_classifier(model, opt, X_train, y_train, epochs=DIGITS_EPOCHS, batch_size=32, seed=0, progress=False)
         accs.append(fastnn.evaluate(model, X_test, y_test)["accuracy"])
 
     run()  # warm-up (compilation), outside the timing

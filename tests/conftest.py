@@ -6,6 +6,8 @@ proves that all three backends ran.
 """
 
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -47,6 +49,11 @@ def _require_or_skip(name):
     if name in _config.required_backends():
         pytest.fail(f"backend {name!r} is required (FASTNN_REQUIRE_BACKENDS) but unavailable: {status}")
     pytest.skip(f"backend {name!r} unavailable: {status}")
+
+
+def run_python(code, **options):
+    """Run ``python -c code`` in a fresh interpreter, output captured as text; ``options`` go to ``subprocess.run``."""
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, **options)
 
 
 def cython_kernels():

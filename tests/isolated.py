@@ -109,6 +109,16 @@ class Isolated:
         return self
 
 
+def expect_value_error(call, failure: str, match: str = "") -> None:
+    """For the child's code: ``call()`` must raise ``ValueError`` (saying ``match``), else ``AssertionError(failure)``."""
+    try:
+        call()
+    except ValueError as exc:
+        assert match in str(exc), exc
+    else:
+        raise AssertionError(failure)
+
+
 def run_isolated(
     code: str,
     *,

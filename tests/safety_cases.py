@@ -124,6 +124,24 @@ def run_cases(
     raise AssertionError(f"{backend}: no results from the child\n{res.stdout[-2000:]}\n{res.stderr[-2000:]}")
 
 
+def recurrent_setup(cell: str, steps: int, batch: int) -> str:
+    """Case setup for ``cell`` ("rnn", "lstm", "gru"), 5 features, hidden size 6: x, h0, c0, wi, wh, bi, bh, g."""
+    rows = 6 * {"rnn": 1, "lstm": 4, "gru": 3}[cell]  # the weights stack one block of rows per gate
+    return (
+        f"x, h0, c0 = rnd({steps}, {batch}, 5, dtype=dt), rnd({batch}, 6, dtype=dt), rnd({batch}, 6, dtype=dt)\n"
+        f"wi, wh = rnd({rows}, 5, dtype=dt, scale=0.3), rnd({rows}, 6, dtype=dt, scale=0.3)\n"
+        f"bi, bh, g = rnd({rows}, dtype=dt), rnd({rows}, dtype=dt), rnd({steps}, {batch}, 6, dtype=dt)\n"
+    )
+
+
+def recurrent_forward(cell: str, wrap: str = "", as_tuple: bool = False) -> str:
+    """The call of ``cell``'s forward on the names of :func:`recurrent_setup`, each through ``wrap`` when given."""
+    state = ("h0", "c0") if cell == "lstm" else ("h0",)
+    args = ", ".join(f"{wrap}({a})" if wrap else a for a in ("x", *state, "wi", "wh", "bi", "bh"))
+    # rnn_forward returns one array, the others a tuple: a trailing comma makes it a tuple too
+    return f"ops.{cell}_forward({args})" + ("," if as_tuple and cell == "rnn" else "")
+
+
 _CACHE = {}
 #: Address space of a child of :func:`cached_outcomes`: Numba, LLVM and the BLAS
 #: threads need about 2 GiB of it; the cases themselves allocate kilobytes.

@@ -205,16 +205,18 @@ def test_fastnn_gradcheck(backend, make, rng):
     assert report.ok
 
 
-def _cnn(dtype=np.float32):
-    return nn.Sequential(
-        nn.Conv2d(1, 4, 3, padding=1, dtype=dtype),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(4, 8, 3, padding=1, dtype=dtype),
-        nn.ReLU(),
-        nn.AvgPool2d(2),
-        nn.Flatten(),
-        nn.Linear(8 * 2 * 2, 3, dtype=dtype),
+def _cnn(dtype=np.float32, layers=nn):
+    """The test CNN from ``layers``: ``fastnn.nn`` (in ``dtype``) or ``torch.nn`` (same names and arguments)."""
+    kw = dict(dtype=dtype) if layers is nn else {}
+    return layers.Sequential(
+        layers.Conv2d(1, 4, 3, padding=1, **kw),
+        layers.ReLU(),
+        layers.MaxPool2d(2),
+        layers.Conv2d(4, 8, 3, padding=1, **kw),
+        layers.ReLU(),
+        layers.AvgPool2d(2),
+        layers.Flatten(),
+        layers.Linear(8 * 2 * 2, 3, **kw),
     )
 
 
@@ -254,17 +256,7 @@ def test_sequential_cnn_matches_torch(backend, rng):
     torch = pytest.importorskip("torch")
     fastnn.manual_seed(0)
     model = _cnn(np.float64)
-    tnn = torch.nn
-    tmodel = tnn.Sequential(
-        tnn.Conv2d(1, 4, 3, padding=1),
-        tnn.ReLU(),
-        tnn.MaxPool2d(2),
-        tnn.Conv2d(4, 8, 3, padding=1),
-        tnn.ReLU(),
-        tnn.AvgPool2d(2),
-        tnn.Flatten(),
-        tnn.Linear(32, 3),
-    ).double()
+    tmodel = _cnn(layers=torch.nn).double()
     assert list(model.state_dict()) == list(tmodel.state_dict())
     model.load_state_dict({k: v.detach().numpy() for k, v in tmodel.state_dict().items()})
     x = rng.standard_normal((5, 1, 8, 8))

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import _require_or_skip, reference, tol
+from conftest import _require_or_skip, reference, run_python, tol
 
 import fastnn
 from fastnn import ops
@@ -299,13 +299,6 @@ def test_build_without_openmp(tmp_path):
         "assert np.allclose(fastnn.ops.matmul(a, a, trans_b=True), a @ a.T)\n"
         "print('ok', fastnn.backends.current().info)\n"
     )
-    run = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=work,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=dict(os.environ, PYTHONPATH=str(work)),
-    )
+    run = run_python(code, cwd=work, timeout=300, env=dict(os.environ, PYTHONPATH=str(work)))
     assert run.returncode == 0, run.stderr[-3000:]
     assert "'openmp': False" in run.stdout

@@ -1,10 +1,9 @@
 """The demos run end to end through the ``fastnn`` command, and ``import fastnn`` stays cheap."""
 
 import os
-import subprocess
-import sys
 
 import pytest
+from conftest import run_python
 
 import fastnn
 from fastnn import cli
@@ -49,13 +48,7 @@ def test_import_fastnn_is_cheap():
         "heavy = [m for m in ('numba', 'sklearn', 'matplotlib', 'tqdm', 'torch', 'numpy.random') "
         "if m in sys.modules]; print(heavy)"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=os.path.dirname(os.path.dirname(fastnn.__file__)),
-    ).stdout
+    out = run_python(code, check=True, cwd=os.path.dirname(os.path.dirname(fastnn.__file__))).stdout
     assert out.strip() == "[]"
 
 

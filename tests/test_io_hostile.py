@@ -110,6 +110,25 @@ def _huge_linear(n, layers=1, *, usize=None, method=0):
     return zip_bytes(members)
 
 
+def _zeros_linear(n, sha256):
+    """A file of Linear(n, n) with an all-zero weight, deflated, consistent in every size, declaring ``sha256``."""
+    prefix = npy(descr="<f4", shape=(n, n), data=b"")
+    stream, crc = zeros_stream(prefix, n * n * 4 // MiB)
+    header = {
+        "format": "fastnn-model",
+        "version": 1,
+        "architecture": _linear_arch(n, n),
+        "params": {"0.weight": {"shape": [n, n], "dtype": "<f4"}},
+        "sha256": sha256,
+    }
+    return zip_bytes(
+        [
+            header_member(header),
+            Member("param/0.weight.npy", b"", method=8, packed=stream, crc=crc, usize=len(prefix) + n * n * 4),
+        ]
+    )
+
+
 def _zipfile_written(compression):
     """The small model, written member by member by Python's zipfile with ``compression``."""
     header, arrays = parts(small_model())
@@ -212,26 +231,7 @@ def corpus():
     # Linear(8192, 8192) of zeros, 256 MiB deflated into ~300 kB, consistent in every size but with a
     # wrong sha256: caught only after streaming it once (without keeping it), the one case whose cost
     # grows with the declared size (bounded by max_bytes and 1032 x the file's size).
-    n = 8192
-    prefix = npy(descr="<f4", shape=(n, n), data=b"")
-    stream, crc = zeros_stream(prefix, n * n * 4 // MiB)
-    big_header = {
-        "format": "fastnn-model",
-        "version": 1,
-        "architecture": _linear_arch(n, n),
-        "params": {"0.weight": {"shape": [n, n], "dtype": "<f4"}},
-        "sha256": "0" * 64,
-    }
-    add(
-        "deflate_consistent_256mib_bad_checksum",
-        zip_bytes(
-            [
-                header_member(big_header),
-                Member("param/0.weight.npy", b"", method=8, packed=stream, crc=crc, usize=len(prefix) + n * n * 4),
-            ]
-        ),
-        "checksum mismatch",
-    )
+    add("deflate_consistent_256mib_bad_checksum", _zeros_linear(8192, "0" * 64), "checksum mismatch")
 
     # -- huge declared shapes, the issue's 479-byte file and its variants
     add("linear_20000_small_member", _huge_linear(20000), r"declares 144 bytes, but its shape \(20000, 20000\)")
@@ -672,23 +672,7 @@ def test_the_corpus_is_hostile_only_where_intended(tmp_path):
     assert repr(fastnn.load(tmp_path / "zipfile")) == repr(model)
     # A consistent "bomb" with the right sha256 is a valid (all-zero) model: max_bytes is what bounds it.
     n = 1024
-    prefix = npy(descr="<f4", shape=(n, n), data=b"")
-    stream, crc = zeros_stream(prefix, n * n * 4 // MiB)
-    header = {
-        "format": "fastnn-model",
-        "version": 1,
-        "architecture": _linear_arch(n, n),
-        "params": {"0.weight": {"shape": [n, n], "dtype": "<f4"}},
-        "sha256": digest([("0.weight", np.zeros((n, n), np.float32))]),
-    }
-    (tmp_path / "zeros").write_bytes(
-        zip_bytes(
-            [
-                header_member(header),
-                Member("param/0.weight.npy", b"", method=8, packed=stream, crc=crc, usize=len(prefix) + n * n * 4),
-            ]
-        )
-    )
+    (tmp_path / "zeros").write_bytes(_zeros_linear(n, digest([("0.weight", np.zeros((n, n), np.float32))])))
     loaded = fastnn.load(tmp_path / "zeros")
     assert loaded[0].weight.shape == (n, n) and not loaded[0].weight.data.any()
     with pytest.raises(fastnn.ModelFileError, match=f"take {n * n * 4} bytes, more than max_bytes={MiB}"):

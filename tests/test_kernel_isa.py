@@ -9,12 +9,10 @@ table reaches the compiled code.
 """
 
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
-from conftest import cython_kernels, reference, tol
+from conftest import cython_kernels, reference, run_python, tol
 
 import fastnn
 from fastnn import _config, ops
@@ -198,14 +196,7 @@ def test_one_set_of_vector_maths(kern, rng):
 
 
 def _child(code, **env):
-    run = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=dict(os.environ, **env),
-        cwd=os.path.dirname(os.path.dirname(__file__)),
-    )
+    run = run_python(code, timeout=300, env=dict(os.environ, **env), cwd=os.path.dirname(os.path.dirname(__file__)))
     assert run.returncode == 0, run.stderr[-3000:]
     return run
 

@@ -50,63 +50,29 @@ def _make(cell, shape, dtype, rng, bias=True, scale=0.5):
 def _run(cell, p, with_state_grads=True, input_grad=True):
     """Forward and backward through the public ops; returns (forward outputs, gradients) as dicts."""
     kind = cell.split("_")[0]
-    bias = p["bias_ih"] is not None
-    ghn = p["grad_hn"] if with_state_grads else None
+    # every backward takes (grad_out, x, h0[, c0], weight_ih, weight_hh, out, <its forward's other outputs>)
+    state = (p["h0"], p["c0"]) if kind == "lstm" else (p["h0"],)
+    weights = (p["weight_ih"], p["weight_hh"])
+    inputs = (p["x"], *state, *weights, p["bias_ih"], p["bias_hh"])
+    options = dict(
+        grad_hn=p["grad_hn"] if with_state_grads else None, bias=p["bias_ih"] is not None, input_grad=input_grad
+    )
     if kind == "rnn":
         nl = cell.split("_")[1]
-        out = ops.rnn_forward(p["x"], p["h0"], p["weight_ih"], p["weight_hh"], p["bias_ih"], p["bias_hh"], nl)
+        out = ops.rnn_forward(*inputs, nl)
         fwd = dict(out=out)
-        g = ops.rnn_backward(
-            p["grad_out"],
-            p["x"],
-            p["h0"],
-            p["weight_ih"],
-            p["weight_hh"],
-            out,
-            nl,
-            grad_hn=ghn,
-            bias=bias,
-            input_grad=input_grad,
-        )
-        names = ("x", "h0", "weight_ih", "weight_hh", "bias_ih", "bias_hh")
+        g = ops.rnn_backward(p["grad_out"], p["x"], *state, *weights, out, nl, **options)
     elif kind == "lstm":
-        out, cell_, gates = ops.lstm_forward(
-            p["x"], p["h0"], p["c0"], p["weight_ih"], p["weight_hh"], p["bias_ih"], p["bias_hh"]
-        )
+        out, cell_, gates = ops.lstm_forward(*inputs)
         fwd = dict(out=out, cell=cell_, gates=gates)
-        g = ops.lstm_backward(
-            p["grad_out"],
-            p["x"],
-            p["h0"],
-            p["c0"],
-            p["weight_ih"],
-            p["weight_hh"],
-            out,
-            cell_,
-            gates,
-            grad_hn=ghn,
-            grad_cn=p["grad_cn"] if with_state_grads else None,
-            bias=bias,
-            input_grad=input_grad,
-        )
-        names = ("x", "h0", "c0", "weight_ih", "weight_hh", "bias_ih", "bias_hh")
+        options.update(grad_cn=p["grad_cn"] if with_state_grads else None)
+        g = ops.lstm_backward(p["grad_out"], p["x"], *state, *weights, out, cell_, gates, **options)
     else:
-        out, gates, hn = ops.gru_forward(p["x"], p["h0"], p["weight_ih"], p["weight_hh"], p["bias_ih"], p["bias_hh"])
+        out, gates, hn = ops.gru_forward(*inputs)
         fwd = dict(out=out, gates=gates, hidden_n=hn)
-        g = ops.gru_backward(
-            p["grad_out"],
-            p["x"],
-            p["h0"],
-            p["weight_ih"],
-            p["weight_hh"],
-            out,
-            gates,
-            hn,
-            grad_hn=ghn,
-            bias=bias,
-            input_grad=input_grad,
-        )
-        names = ("x", "h0", "weight_ih", "weight_hh", "bias_ih", "bias_hh")
+        g = ops.gru_backward(p["grad_out"], p["x"], *state, *weights, out, gates, hn, **options)
+    names = ("x", "h0", "c0") if kind == "lstm" else ("x", "h0")
+    names += ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
     return {k: v.copy() for k, v in fwd.items()}, {n: (None if v is None else v.copy()) for n, v in zip(names, g)}
 
 

@@ -17,7 +17,7 @@ about 50 s with a cold one.
 import numpy as np
 import pytest
 from conftest import tol
-from safety_cases import assert_same_result, cached_outcomes
+from safety_cases import assert_same_result, cached_outcomes, recurrent_forward, recurrent_setup
 
 CASES = {}
 VARIANTS = [(v, w) for v in ("np.nan", "np.inf", "-np.inf") for w in ("first", "mid", "last")]
@@ -101,27 +101,12 @@ for args in ("2", "3, 2, 1", "3, 1, 1", "(2, 3), (1, 2), (1, 1)"):
             f"ops.avg_pool2d_backward(g, x.shape, {args}, count_include_pad={cip})",
             "g",
         )
-for cell, G in (("rnn", 1), ("lstm", 4), ("gru", 3)):
-    setup = (
-        f"x, h0, c0 = rnd(3, 4, 5, dtype=dt), rnd(4, 6, dtype=dt), rnd(4, 6, dtype=dt)\n"
-        f"wi, wh = rnd({6 * G}, 5, dtype=dt, scale=0.3), rnd({6 * G}, 6, dtype=dt, scale=0.3)\n"
-        f"bi, bh, g = rnd({6 * G}, dtype=dt), rnd({6 * G}, dtype=dt), rnd(3, 4, 6, dtype=dt)\n"
+for cell in ("rnn", "lstm", "gru"):
+    state = "h0, c0" if cell == "lstm" else "h0"
+    setup = recurrent_setup(cell, 3, 4) + (
+        f"def run(x, h0, wi, wh, bi, g):\n    f = {recurrent_forward(cell, as_tuple=True)}\n"
+        f"    return f + ops.{cell}_backward(g, x, {state}, wi, wh, *f)"
     )
-    if cell == "rnn":
-        setup += (
-            "def run(x, h0, wi, wh, bi, g):\n    o = ops.rnn_forward(x, h0, wi, wh, bi, bh)\n"
-            "    return (o,) + ops.rnn_backward(g, x, h0, wi, wh, o)"
-        )
-    elif cell == "lstm":
-        setup += (
-            "def run(x, h0, wi, wh, bi, g):\n    f = ops.lstm_forward(x, h0, c0, wi, wh, bi, bh)\n"
-            "    return f + ops.lstm_backward(g, x, h0, c0, wi, wh, *f)"
-        )
-    else:
-        setup += (
-            "def run(x, h0, wi, wh, bi, g):\n    f = ops.gru_forward(x, h0, wi, wh, bi, bh)\n"
-            "    return f + ops.gru_backward(g, x, h0, wi, wh, *f)"
-        )
     for v in ("x", "h0", "wi", "wh", "bi", "g"):
         case(f"{cell} {v}", setup, "run(x, h0, wi, wh, bi, g)", v)
 

@@ -20,7 +20,7 @@ processes, about 7 s with a warm Numba cache.
 import numpy as np
 import pytest
 from conftest import ALL_BACKENDS, _require_or_skip, tol
-from safety_cases import assert_same_result, cached_outcomes
+from safety_cases import assert_same_result, cached_outcomes, recurrent_forward, recurrent_setup
 
 CASES = {}
 
@@ -89,33 +89,16 @@ for args in ("2", "3, 2, 1"):
         f"ops.avg_pool2d_backward(A(g), x.shape, {args})",
         POOL + f"\ng = rnd(*ops.pool2d_output_shape(x.shape, {args}), dtype=dt)",
     )
-for cell, G in (("rnn", 1), ("lstm", 4), ("gru", 3)):
-    setup = (
-        f"x, h0, c0 = rnd(4, 3, 5, dtype=dt), rnd(3, 6, dtype=dt), rnd(3, 6, dtype=dt)\n"
-        f"wi, wh = rnd({6 * G}, 5, dtype=dt, scale=0.3), rnd({6 * G}, 6, dtype=dt, scale=0.3)\n"
-        f"bi, bh, g, gh = rnd({6 * G}, dtype=dt), rnd({6 * G}, dtype=dt), rnd(4, 3, 6, dtype=dt), rnd(3, 6, dtype=dt)"
+for cell in ("rnn", "lstm", "gru"):
+    setup = recurrent_setup(cell, 4, 3) + "gh = rnd(3, 6, dtype=dt)"
+    state = "A(h0), A(c0)" if cell == "lstm" else "A(h0)"
+    state_grads = "grad_hn=A(gh), grad_cn=A(gh)" if cell == "lstm" else "grad_hn=A(gh)"
+    case(f"{cell} forward", recurrent_forward(cell, "A"), setup)
+    case(
+        f"{cell} backward",
+        f"ops.{cell}_backward(A(g), A(x), {state}, A(wi), A(wh), *map(A, f), {state_grads})",
+        setup + f"\nf = {recurrent_forward(cell, as_tuple=True)}",
     )
-    if cell == "rnn":
-        case("rnn forward", "ops.rnn_forward(A(x), A(h0), A(wi), A(wh), A(bi), A(bh))", setup)
-        case(
-            "rnn backward",
-            "ops.rnn_backward(A(g), A(x), A(h0), A(wi), A(wh), A(o), grad_hn=A(gh))",
-            setup + "\no = ops.rnn_forward(x, h0, wi, wh, bi, bh)",
-        )
-    elif cell == "lstm":
-        case("lstm forward", "ops.lstm_forward(A(x), A(h0), A(c0), A(wi), A(wh), A(bi), A(bh))", setup)
-        case(
-            "lstm backward",
-            "ops.lstm_backward(A(g), A(x), A(h0), A(c0), A(wi), A(wh), *map(A, f), grad_hn=A(gh), grad_cn=A(gh))",
-            setup + "\nf = ops.lstm_forward(x, h0, c0, wi, wh, bi, bh)",
-        )
-    else:
-        case("gru forward", "ops.gru_forward(A(x), A(h0), A(wi), A(wh), A(bi), A(bh))", setup)
-        case(
-            "gru backward",
-            "ops.gru_backward(A(g), A(x), A(h0), A(wi), A(wh), *map(A, f), grad_hn=A(gh))",
-            setup + "\nf = ops.gru_forward(x, h0, wi, wh, bi, bh)",
-        )
 # a real memory map, as np.load(..., mmap_mode="r") returns it
 MMAP = """import os, tempfile
 path = os.path.join(tempfile.mkdtemp(), "x.npy")

@@ -15,22 +15,11 @@ def _digits():
 
 
 def _digits_run(epochs, seed=0):
-    X_train, X_test, y_train, y_test = _digits()
-    fastnn.manual_seed(seed)
-    model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))
-    opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    hist = fastnn.fit(
-        model,
-        X_train,
-        y_train,
-        loss=nn.CrossEntropyLoss(),
-        optimizer=opt,
-        epochs=epochs,
-        batch_size=32,
-        validation_data=(X_test, y_test),
-        seed=seed,
-        progress=False,
-    )
+    from fastnn.demos.digits import fit_and_test, seeded_model
+
+    _, X_test, _, y_test = data = _digits()
+    model, opt = seeded_model(seed)
+    hist, _, _ = fit_and_test(model, opt, data, epochs, 32, seed, progress=False)
     return model, hist, X_test, y_test
 
 

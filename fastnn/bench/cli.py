@@ -130,12 +130,10 @@ def run(args) -> int:
             workloads=workloads,
             backends=args.backends,
             threads=args.threads,
-            quick=args.quick,
-            tiny=getattr(args, "tiny", False),
             repeat=args.repeat,
-            progress=args.progress,
             cold_start=getattr(args, "cold_start", True),
             plans=getattr(args, "plans", True),
+            **_run_options(args),
         )
     except ValueError as exc:
         print(f"fastnn bench: {exc}", file=sys.stderr)
@@ -149,6 +147,11 @@ def run(args) -> int:
     return 0
 
 
+def _run_options(args) -> dict:
+    """The options every kind of run takes from the command line: its size and the progress output."""
+    return dict(quick=args.quick, tiny=getattr(args, "tiny", False), progress=args.progress)
+
+
 def _run_distributed(args) -> int:
     from .distributed_section import markdown_lines, run_distributed
 
@@ -160,13 +163,7 @@ def _run_distributed(args) -> int:
         args,
         "distributed",
         markdown_lines,
-        lambda: run_distributed(
-            quick=args.quick,
-            rounds=args.repeat,
-            progress=args.progress,
-            tiny=getattr(args, "tiny", False),
-            backend=backends[0],
-        ),
+        lambda: run_distributed(rounds=args.repeat, backend=backends[0], **_run_options(args)),
     )
 
 
@@ -178,12 +175,7 @@ def _run_contended(args) -> int:
         "contended",
         markdown_lines,
         lambda: run_contended(
-            backends=args.backends,
-            threads=args.threads,
-            quick=args.quick,
-            progress=args.progress,
-            workloads=args.workloads,
-            tiny=getattr(args, "tiny", False),
+            backends=args.backends, threads=args.threads, workloads=args.workloads, **_run_options(args)
         ),
     )
 

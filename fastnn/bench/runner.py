@@ -366,26 +366,124 @@ def run_bench(
         anchors = list(_anchors.ANCHORS) if not backends else [b.strip().lower() for b in backends]
     anchor_status = _anchors.anchor_status()
     anchor_names = [a for a in _anchors.ANCHORS if a in anchors and _anchors.available(a)]
+    cfg = settings_for(quick, tiny, repeat, min_block)
+    cold_start = cold_start and not tiny and "numba" in fast_backends
+    plans = plans and any(w.id == "W3" for w in wls)
+    with _thread_count(fastnn, threads, anchor_names):
+        load_start = _loadavg()
+        threads = fastnn.get_num_threads()
+        if "torch" in anchor_names:
+            _anchors.set_threads(threads)
+
+        # the numba and cython backends load here, so that their import is not timed
+        for b in fast_backends:
+            fastnn.backends.get(b)
+        mrep = 3 if (quick or tiny) else 7
+        machine = {
+            "gemm": _machine.measure_gemm(cfg["gemm_n"], repeat=mrep, min_block=cfg["min_block"]),
+            "copy": _machine.measure_copy(cfg["copy_mbytes"], repeat=mrep, min_block=cfg["min_block"]),
+        }
+
+        # in new processes, before this one has compiled anything (each gets an empty cache of its own)
+        cold = _coldstart.measure(threads, quick, log=log) if cold_start else None
+        plan_results = _plans.measure(fast_backends, quick, tiny, log=log) if plans else None
+
+        plan = []
+        for wl in wls:
+            miss = missing(wl)
+            plan.append((wl, miss, [] if miss else wl.cases(quick, tiny)))
+        # progress: one unit to build and warm a case, one per round
+        total = sum(len(cases) for _, _, cases in plan) * (cfg["repeat"] + 1)
+        bar = _progress(total, progress)
+        tick = (lambda: bar.update(1)) if bar is not None else (lambda: None)
+
+        out_wls = []
+        for wl, miss, cases in plan:
+            entry = {
+                "id": wl.id,
+                "title": wl.title,
+                "limit": wl.limit,
+                "note": wl.note,
+                "available": not miss,
+                "missing": miss,
+                "cases": [],
+            }
+            out_wls.append(entry)
+            for case in cases:
+                if bar is not None:
+                    bar.set_description(case.key)
+                t_case = time.perf_counter()
+                rows = _rows_for(case, fast_backends, anchor_names, wl.limit, cfg)
+                rows = [r for r in rows if _prepare(r, cfg["min_block"])]
+                tick()
+                rounds = _rounds(rows, cfg)
+                _time_case(rows, rounds, tick, cfg.get("settle", 0.0) if threads > 1 else 0.0)
+                for _ in range(cfg["repeat"] - rounds):
+                    tick()
+                centry = {
+                    "key": case.key,
+                    "name": case.name,
+                    "kind": case.kind,
+                    "params": case.params,
+                    "flops": case.flops,
+                    "bytes": case.bytes,
+                    "gemm_shapes": case.gemm_shapes,
+                    "rows": {},
+                    "rounds": rounds,
+                    "seconds": time.perf_counter() - t_case,
+                }
+                for row in rows:
+                    res = _row_result(row)
+                    if row.kind == "limit":
+                        centry["limit"] = _limit_entry(wl.limit, res, cfg)
+                    else:
+                        res["kind"] = row.kind
+                        centry["rows"][row.label] = res
+                entry["cases"].append(centry)
+                del rows
+                gc.collect()
+                if log:
+                    log(case.key)
+        if bar is not None:
+            bar.close()
+
+        results = {
+            "schema": SCHEMA,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "settings": {
+                "quick": bool(quick),
+                "tiny": bool(tiny),
+                "threads": threads,
+                **cfg,
+                "workloads": [w.id for w in wls],
+                "backends": fast_backends,
+                "anchors": anchor_names,
+                "noisy_spread": NOISY_SPREAD,
+            },
+            "backends_unavailable": absent,
+            "anchor_status": anchor_status,
+            "machine": {
+                **machine,
+                "context": _safe_context(threads),
+                "loadavg": {"start": load_start, "end": _loadavg()},
+            },
+            "workloads": out_wls,
+            "cold_start": cold,
+            "plans": plan_results,
+        }
+        derive(results)
+        results["duration_s"] = time.perf_counter() - started
+        return results
+
+
+@contextlib.contextmanager
+def _thread_count(fastnn, threads, anchor_names):
+    """Run with ``threads`` (when given), then give fastnn (and PyTorch, when anchored) their count back."""
     previous_threads = fastnn.get_num_threads()
     if threads:
         fastnn.set_num_threads(int(threads))
     try:
-        return _run(
-            fastnn,
-            started,
-            wls,
-            fast_backends,
-            absent,
-            anchor_names,
-            anchor_status,
-            settings_for(quick, tiny, repeat, min_block),
-            quick,
-            tiny,
-            progress,
-            log,
-            cold_start and not tiny and "numba" in fast_backends,
-            plans and any(w.id == "W3" for w in wls),
-        )
+        yield
     finally:
         if fastnn.get_num_threads() != previous_threads:
             fastnn.set_num_threads(previous_threads)
@@ -398,124 +496,6 @@ def _loadavg():
         return list(os.getloadavg())
     except (AttributeError, OSError):  # pragma: no cover - not on every platform
         return None
-
-
-def _run(
-    fastnn,
-    started,
-    wls,
-    fast_backends,
-    absent,
-    anchor_names,
-    anchor_status,
-    cfg,
-    quick,
-    tiny,
-    progress,
-    log,
-    cold_start=False,
-    plans=False,
-):
-    load_start = _loadavg()
-    threads = fastnn.get_num_threads()
-    if "torch" in anchor_names:
-        _anchors.set_threads(threads)
-
-    # the numba and cython backends load here, so that their import is not timed
-    for b in fast_backends:
-        fastnn.backends.get(b)
-    mrep = 3 if (quick or tiny) else 7
-    machine = {
-        "gemm": _machine.measure_gemm(cfg["gemm_n"], repeat=mrep, min_block=cfg["min_block"]),
-        "copy": _machine.measure_copy(cfg["copy_mbytes"], repeat=mrep, min_block=cfg["min_block"]),
-    }
-
-    # in new processes, before this one has compiled anything (each gets an empty cache of its own)
-    cold = _coldstart.measure(threads, quick, log=log) if cold_start else None
-    plan_results = _plans.measure(fast_backends, quick, tiny, log=log) if plans else None
-
-    plan = []
-    for wl in wls:
-        miss = missing(wl)
-        plan.append((wl, miss, [] if miss else wl.cases(quick, tiny)))
-    # progress: one unit to build and warm a case, one per round
-    total = sum(len(cases) for _, _, cases in plan) * (cfg["repeat"] + 1)
-    bar = _progress(total, progress)
-    tick = (lambda: bar.update(1)) if bar is not None else (lambda: None)
-
-    out_wls = []
-    for wl, miss, cases in plan:
-        entry = {
-            "id": wl.id,
-            "title": wl.title,
-            "limit": wl.limit,
-            "note": wl.note,
-            "available": not miss,
-            "missing": miss,
-            "cases": [],
-        }
-        out_wls.append(entry)
-        for case in cases:
-            if bar is not None:
-                bar.set_description(case.key)
-            t_case = time.perf_counter()
-            rows = _rows_for(case, fast_backends, anchor_names, wl.limit, cfg)
-            rows = [r for r in rows if _prepare(r, cfg["min_block"])]
-            tick()
-            rounds = _rounds(rows, cfg)
-            _time_case(rows, rounds, tick, cfg.get("settle", 0.0) if threads > 1 else 0.0)
-            for _ in range(cfg["repeat"] - rounds):
-                tick()
-            centry = {
-                "key": case.key,
-                "name": case.name,
-                "kind": case.kind,
-                "params": case.params,
-                "flops": case.flops,
-                "bytes": case.bytes,
-                "gemm_shapes": case.gemm_shapes,
-                "rows": {},
-                "rounds": rounds,
-                "seconds": time.perf_counter() - t_case,
-            }
-            for row in rows:
-                res = _row_result(row)
-                if row.kind == "limit":
-                    centry["limit"] = _limit_entry(wl.limit, res, cfg)
-                else:
-                    res["kind"] = row.kind
-                    centry["rows"][row.label] = res
-            entry["cases"].append(centry)
-            del rows
-            gc.collect()
-            if log:
-                log(case.key)
-    if bar is not None:
-        bar.close()
-
-    results = {
-        "schema": SCHEMA,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "settings": {
-            "quick": bool(quick),
-            "tiny": bool(tiny),
-            "threads": threads,
-            **cfg,
-            "workloads": [w.id for w in wls],
-            "backends": fast_backends,
-            "anchors": anchor_names,
-            "noisy_spread": NOISY_SPREAD,
-        },
-        "backends_unavailable": absent,
-        "anchor_status": anchor_status,
-        "machine": {**machine, "context": _safe_context(threads), "loadavg": {"start": load_start, "end": _loadavg()}},
-        "workloads": out_wls,
-        "cold_start": cold,
-        "plans": plan_results,
-    }
-    derive(results)
-    results["duration_s"] = time.perf_counter() - started
-    return results
 
 
 def _safe_context(threads):

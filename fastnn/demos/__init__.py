@@ -48,3 +48,38 @@ def missing_requirements(module, args) -> str | None:
     if "onnx" in missing or "onnxruntime" in missing:
         text += ", or run it with --no-onnx"
     return text
+
+
+def fit_classifier(model, optimizer, X, y, *, epochs, batch_size, seed, progress, **options):
+    """``fastnn.fit`` with cross-entropy, timed: returns ``(history, seconds)``; ``options`` go to ``fit``."""
+    import time
+
+    import fastnn
+    from fastnn import nn
+
+    start = time.perf_counter()
+    history = fastnn.fit(
+        model,
+        X,
+        y,
+        loss=nn.CrossEntropyLoss(),
+        optimizer=optimizer,
+        epochs=epochs,
+        batch_size=batch_size,
+        seed=seed,
+        progress=progress,
+        **options,
+    )
+    return history, time.perf_counter() - start
+
+
+def print_summary(model, history, seconds) -> None:
+    """The lines the digits demos print after training: the model, where it ran, the epochs and final loss."""
+    import fastnn
+
+    print(model)
+    print(f"backend: {fastnn.get_backend()}  threads: {fastnn.get_num_threads()}")
+    print(
+        f"{history.epochs} epochs in {seconds:.2f} s; final train loss {history['loss'][-1]:.4f}, "
+        f"train accuracy {history['accuracy'][-1]:.4f}"
+    )

@@ -7,9 +7,7 @@ momentum on the rest, and reports the test accuracy (about 98 %) and the time.
 
 from __future__ import annotations
 
-import time
-
-from . import add_training_arguments
+from . import add_training_arguments, fit_classifier, print_summary
 
 NAME = "digits"
 HELP = "train an MLP on scikit-learn's digits and report test accuracy"
@@ -35,44 +33,47 @@ def load_data(seed=0, dtype="float32"):
     return train_test_split(X, y.astype(np.intp), test_size=0.2, random_state=seed, stratify=y)
 
 
-def train(epochs=30, batch_size=32, hidden=128, lr=0.1, momentum=0.9, seed=0, progress=False):
-    """Train and evaluate; returns ``(model, history, test_accuracy, seconds, n_test)``."""
+def seeded_model(seed=0, hidden=128, lr=0.1, momentum=0.9):
+    """After ``fastnn.manual_seed(seed)``, the 64-``hidden``-10 ReLU network and its SGD: ``(model, optimizer)``."""
     import fastnn
     from fastnn import nn, optim
 
-    X_train, X_test, y_train, y_test = load_data(seed)
     fastnn.manual_seed(seed)
     model = nn.Sequential(nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, 10))
-    opt = optim.SGD(model.parameters(), lr=lr, momentum=momentum)
-    start = time.perf_counter()
-    history = fastnn.fit(
+    return model, optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+
+
+def fit_and_test(model, optimizer, data, epochs, batch_size, seed, progress):
+    """Train on ``data``'s training split, validated on its test split: ``(history, test_accuracy, seconds)``."""
+    import fastnn
+
+    X_train, X_test, y_train, y_test = data
+    history, seconds = fit_classifier(
         model,
+        optimizer,
         X_train,
         y_train,
-        loss=nn.CrossEntropyLoss(),
-        optimizer=opt,
         epochs=epochs,
         batch_size=batch_size,
-        validation_data=(X_test, y_test),
         seed=seed,
         progress=progress,
+        validation_data=(X_test, y_test),
     )
-    seconds = time.perf_counter() - start
-    accuracy = fastnn.evaluate(model, X_test, y_test)["accuracy"]
-    return model, history, accuracy, seconds, len(y_test)
+    return history, fastnn.evaluate(model, X_test, y_test)["accuracy"], seconds
+
+
+def train(epochs=30, batch_size=32, hidden=128, lr=0.1, momentum=0.9, seed=0, progress=False):
+    """Train and evaluate; returns ``(model, history, test_accuracy, seconds, n_test)``."""
+    data = load_data(seed)
+    model, opt = seeded_model(seed, hidden, lr, momentum)
+    history, accuracy, seconds = fit_and_test(model, opt, data, epochs, batch_size, seed, progress)
+    return model, history, accuracy, seconds, len(data[3])
 
 
 def run(args) -> int:
-    import fastnn
-
     model, history, accuracy, seconds, n_test = train(
         args.epochs, args.batch_size, args.hidden, args.lr, args.momentum, args.seed, progress=not args.no_progress
     )
-    print(model)
-    print(f"backend: {fastnn.get_backend()}  threads: {fastnn.get_num_threads()}")
-    print(
-        f"{history.epochs} epochs in {seconds:.2f} s; final train loss {history['loss'][-1]:.4f}, "
-        f"train accuracy {history['accuracy'][-1]:.4f}"
-    )
+    print_summary(model, history, seconds)
     print(f"test accuracy: {accuracy:.4f} ({round(accuracy * n_test)}/{n_test} held-out images)")
     return 0

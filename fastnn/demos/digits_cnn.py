@@ -8,9 +8,7 @@ and the time.
 
 from __future__ import annotations
 
-import time
-
-from . import add_training_arguments, digits
+from . import add_training_arguments, digits, print_summary
 
 NAME = "digits-cnn"
 HELP = "train a small CNN on scikit-learn's digits and report test accuracy"
@@ -51,41 +49,20 @@ def build_model(channels=32):
 def train(epochs=20, batch_size=32, channels=32, lr=2e-3, seed=0, progress=False):
     """Train and evaluate; returns ``(model, history, test_accuracy, seconds)``."""
     import fastnn
-    from fastnn import nn, optim
+    from fastnn import optim
 
-    X_train, X_test, y_train, y_test = load_data(seed)
+    data = load_data(seed)
     fastnn.manual_seed(seed)
     model = build_model(channels)
-    opt = optim.Adam(model.parameters(), lr=lr)
-    start = time.perf_counter()
-    history = fastnn.fit(
-        model,
-        X_train,
-        y_train,
-        loss=nn.CrossEntropyLoss(),
-        optimizer=opt,
-        epochs=epochs,
-        batch_size=batch_size,
-        validation_data=(X_test, y_test),
-        seed=seed,
-        progress=progress,
-    )
-    seconds = time.perf_counter() - start
-    accuracy = fastnn.evaluate(model, X_test, y_test)["accuracy"]
+    optimizer = optim.Adam(model.parameters(), lr=lr)
+    history, accuracy, seconds = digits.fit_and_test(model, optimizer, data, epochs, batch_size, seed, progress)
     return model, history, accuracy, seconds
 
 
 def run(args) -> int:
-    import fastnn
-
     model, history, accuracy, seconds = train(
         args.epochs, args.batch_size, args.channels, args.lr, args.seed, progress=not args.no_progress
     )
-    print(model)
-    print(f"backend: {fastnn.get_backend()}  threads: {fastnn.get_num_threads()}")
-    print(
-        f"{history.epochs} epochs in {seconds:.2f} s; final train loss {history['loss'][-1]:.4f}, "
-        f"train accuracy {history['accuracy'][-1]:.4f}"
-    )
+    print_summary(model, history, seconds)
     print(f"test accuracy: {accuracy:.4f} on the held-out split")
     return 0

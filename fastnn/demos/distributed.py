@@ -17,7 +17,6 @@ import os
 import shlex
 import subprocess
 import sys
-import time
 
 from . import add_training_arguments
 
@@ -62,41 +61,35 @@ def _under_mpi() -> bool:
 def train(args) -> int:
     import numpy as np
 
-    import fastnn
-    from fastnn import nn, optim
     from fastnn.distributed import get_world
 
-    from .digits import load_data
+    from . import fit_classifier
+    from .digits import load_data, seeded_model
 
     world = get_world()
     X_train, X_test, y_train, y_test = load_data(args.seed)
-    fastnn.manual_seed(args.seed)
-    model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))
-    opt = optim.SGD(model.parameters(), lr=args.lr, momentum=0.9)
+    model, opt = seeded_model(args.seed, lr=args.lr)
     if world.rank == 0:
         print(
             f"{world.size} ranks x batch {args.batch_size} = {world.size * args.batch_size} samples per step"
             + (f", parameters averaged every {args.sync_every} steps" if args.sync_every else "")
         )
-    start = time.perf_counter()
-    history = fastnn.fit(
+    history, seconds = fit_classifier(
         model,
+        opt,
         X_train,
         y_train,
-        loss=nn.CrossEntropyLoss(),
-        optimizer=opt,
         epochs=args.epochs,
         batch_size=args.batch_size,
-        validation_data=(X_test, y_test),
         seed=args.seed,
         progress=False,
+        validation_data=(X_test, y_test),
         verbose=not args.no_progress,
         distributed=True,
         sync_every=args.sync_every,
         checkpoint=args.checkpoint,
         resume=args.resume,
     )
-    seconds = time.perf_counter() - start
     if world.rank == 0:
         n = len(y_train) * max(history.epochs, 1)
         print(

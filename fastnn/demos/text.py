@@ -14,11 +14,10 @@ onnxruntime on the test sentences: its predictions must be fastnn's.
 from __future__ import annotations
 
 import os
-import time
 
 import numpy as np
 
-from . import add_training_arguments
+from . import add_training_arguments, fit_classifier
 
 NAME = "text"
 HELP = "Embedding -> bidirectional LSTM -> Linear on generated sentences, exported to ONNX and run in onnxruntime"
@@ -72,7 +71,7 @@ def build_model(hidden, embedding=16):
 def train(args, log=print):
     """Train, evaluate and (unless ``args.no_onnx``) export and check; returns a dict of results."""
     import fastnn
-    from fastnn import nn, optim
+    from fastnn import optim
 
     rng = np.random.default_rng(args.seed)
     X, y = make_data(args.train + 1000, args.length, rng)
@@ -83,19 +82,16 @@ def train(args, log=print):
         f"text demo: Embedding({VOCAB}, 16) -> biLSTM({args.hidden}) -> Linear, {args.train} sentences of "
         f"{args.length} words, backend={fastnn.get_backend()}"
     )
-    t0 = time.perf_counter()
-    history = fastnn.fit(
+    history, seconds = fit_classifier(
         model,
+        optim.Adam(model.parameters(), lr=args.lr),
         X_train,
         y_train,
-        loss=nn.CrossEntropyLoss(),
-        optimizer=optim.Adam(model.parameters(), lr=args.lr),
         epochs=args.epochs,
         batch_size=args.batch_size,
         seed=args.seed,
         progress=not args.no_progress,
     )
-    seconds = time.perf_counter() - t0
     model.eval()
     logits = fastnn.predict(model, X_test)
     accuracy = float(np.mean(logits.argmax(axis=1) == y_test))

@@ -282,16 +282,20 @@ def kernel(fn=None, *, inputs=(), parallel=False):
     return _make(fn, inputs, parallel)
 
 
-def renamed(fn, suffix):
-    """A copy of ``fn`` named ``<name><suffix>``, for a second compilation of one source.
+def renamed(fn, suffix, name=None):
+    """A copy of ``fn`` named ``<name><suffix>`` (``name``: fn's own), for a second compilation of one source.
 
     Numba's disk cache keys a file on the function's qualified name and
     line, not on its compile options or closure values, so two compilations
     of one function (parallel and serial, or closures over different
     constants) need distinct names or they load each other's machine code.
+    A kernel made by a factory takes the ``name`` of the module attribute
+    that holds it, which :func:`variants` rebinds once the parallel twin is
+    compiled.
     """
-    new = _pytypes.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + suffix, fn.__defaults__, fn.__closure__)
-    new.__qualname__ = fn.__qualname__ + suffix
+    base = fn.__name__ if name is None else name
+    new = _pytypes.FunctionType(fn.__code__, fn.__globals__, base + suffix, fn.__defaults__, fn.__closure__)
+    new.__qualname__ = (fn.__qualname__ if name is None else name) + suffix
     new.__doc__ = fn.__doc__
     return new
 

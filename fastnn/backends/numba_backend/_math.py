@@ -111,43 +111,55 @@ _LO_D = -708.3
 _HI_D = 709.0
 
 
-@njit(**NUMBA_JIT_OPTIONS)
-def _exp_core32(x):
-    """exp(x) for float32 x already within [_LO_F, _HI_F] (no checks)."""
+@njit(inline="always", **NUMBA_JIT_OPTIONS)
+def _reduce32(x):
+    """(2**n, r, q) for float32 x within [_LO_F, _HI_F]: x = n·ln2 + r, exp(r) = 1 + r·q (Taylor, degree 6)."""
     n = np.floor(x * _LOG2E_F + np.float32(0.5))
     r = x - n * _LN2HI_F
     r = r - n * _LN2LO_F
-    p = _C_F[0]
-    p = p * r + _C_F[1]
-    p = p * r + _C_F[2]
-    p = p * r + _C_F[3]
-    p = p * r + _C_F[4]
-    p = p * r + _C_F[5]
-    p = p * r + _C_F[6]
+    q = _C_F[0]
+    q = q * r + _C_F[1]
+    q = q * r + _C_F[2]
+    q = q * r + _C_F[3]
+    q = q * r + _C_F[4]
+    q = q * r + _C_F[5]
     # np.int32() again: Numba widens int32 arithmetic to int64.
-    return p * _bits_as_float(np.int32((np.int32(n) + np.int32(127)) << np.int32(23)))
+    return _bits_as_float(np.int32((np.int32(n) + np.int32(127)) << np.int32(23))), r, q
+
+
+@njit(inline="always", **NUMBA_JIT_OPTIONS)
+def _reduce64(x):
+    """(2**n, r, q) for float64 x within [_LO_D, _HI_D]: x = n·ln2 + r, exp(r) = 1 + r·q (Taylor, degree 12)."""
+    n = np.floor(x * _LOG2E_D + 0.5)
+    r = x - n * _LN2HI_D
+    r = r - n * _LN2LO_D
+    q = 1.0 / 479001600.0
+    q = q * r + 1.0 / 39916800.0
+    q = q * r + 1.0 / 3628800.0
+    q = q * r + 1.0 / 362880.0
+    q = q * r + 1.0 / 40320.0
+    q = q * r + 1.0 / 5040.0
+    q = q * r + 1.0 / 720.0
+    q = q * r + 1.0 / 120.0
+    q = q * r + 1.0 / 24.0
+    q = q * r + 1.0 / 6.0
+    q = q * r + 0.5
+    q = q * r + 1.0
+    return _bits_as_float((np.int64(n) + np.int64(1023)) << np.int64(52)), r, q
+
+
+@njit(**NUMBA_JIT_OPTIONS)
+def _exp_core32(x):
+    """exp(x) for float32 x already within [_LO_F, _HI_F] (no checks)."""
+    scale, r, q = _reduce32(x)
+    return (q * r + _C_F[6]) * scale
 
 
 @njit(**NUMBA_JIT_OPTIONS)
 def _exp_core64(x):
     """exp(x) for float64 x already within [_LO_D, _HI_D] (no checks)."""
-    n = np.floor(x * _LOG2E_D + 0.5)
-    r = x - n * _LN2HI_D
-    r = r - n * _LN2LO_D
-    p = 1.0 / 479001600.0
-    p = p * r + 1.0 / 39916800.0
-    p = p * r + 1.0 / 3628800.0
-    p = p * r + 1.0 / 362880.0
-    p = p * r + 1.0 / 40320.0
-    p = p * r + 1.0 / 5040.0
-    p = p * r + 1.0 / 720.0
-    p = p * r + 1.0 / 120.0
-    p = p * r + 1.0 / 24.0
-    p = p * r + 1.0 / 6.0
-    p = p * r + 0.5
-    p = p * r + 1.0
-    p = p * r + 1.0
-    return p * _bits_as_float((np.int64(n) + np.int64(1023)) << np.int64(52))
+    scale, r, q = _reduce64(x)
+    return (q * r + 1.0) * scale
 
 
 @njit(**NUMBA_JIT_OPTIONS)
@@ -213,16 +225,7 @@ def tanh32(x):
     """tanh(x) for float32, vectorisable (~5e-7 relative error)."""
     t = np.float32(-2.0) * np.abs(x)
     t = t if t > _LO_F else _LO_F  # NaN -> _LO_F (the result is fixed up below)
-    n = np.floor(t * _LOG2E_F + np.float32(0.5))
-    r = t - n * _LN2HI_F
-    r = r - n * _LN2LO_F
-    q = _C_F[0]
-    q = q * r + _C_F[1]
-    q = q * r + _C_F[2]
-    q = q * r + _C_F[3]
-    q = q * r + _C_F[4]
-    q = q * r + _C_F[5]
-    scale = _bits_as_float(np.int32((np.int32(n) + np.int32(127)) << np.int32(23)))
+    scale, r, q = _reduce32(t)
     em = scale * (q * r) + (scale - np.float32(1.0))
     y = np.copysign(-em / (np.float32(2.0) + em), x)  # copysign: one bit operation, no select
     return y if x == x else x
@@ -233,22 +236,7 @@ def tanh64(x):
     """tanh(x) for float64, vectorisable (~1e-15 relative error)."""
     t = -2.0 * np.abs(x)
     t = t if t > _LO_D else _LO_D
-    n = np.floor(t * _LOG2E_D + 0.5)
-    r = t - n * _LN2HI_D
-    r = r - n * _LN2LO_D
-    q = 1.0 / 479001600.0
-    q = q * r + 1.0 / 39916800.0
-    q = q * r + 1.0 / 3628800.0
-    q = q * r + 1.0 / 362880.0
-    q = q * r + 1.0 / 40320.0
-    q = q * r + 1.0 / 5040.0
-    q = q * r + 1.0 / 720.0
-    q = q * r + 1.0 / 120.0
-    q = q * r + 1.0 / 24.0
-    q = q * r + 1.0 / 6.0
-    q = q * r + 0.5
-    q = q * r + 1.0
-    scale = _bits_as_float((np.int64(n) + np.int64(1023)) << np.int64(52))
+    scale, r, q = _reduce64(t)
     em = scale * (q * r) + (scale - 1.0)
     y = np.copysign(-em / (2.0 + em), x)
     return y if x == x else x
@@ -289,57 +277,49 @@ def _row_max64(x):
     return _bits_as_float(np.int64(rm_kmax ^ ((rm_kmax >> np.int64(63)) & np.int64(0x7FFFFFFFFFFFFFFF))))
 
 
-def row_max(x):
-    """max(x) of a non-empty 1-D float array, vectorisable."""
-    raise NotImplementedError("only callable from Numba-compiled code")
+def _by_dtype(name, doc, f32, f64):
+    """A function ``name(x)`` for compiled code that runs ``f32`` or ``f64``, chosen at compile time by x's (d)type.
+
+    Arrays are dispatched on their dtype, scalars on their type. Called from
+    Python the function raises: it only exists for Numba's typing.
+    """
+
+    def generic(x):
+        raise NotImplementedError("only callable from Numba-compiled code")
+
+    generic.__name__ = generic.__qualname__ = name
+    generic.__doc__ = doc
+
+    @overload(generic, jit_options=_OVERLOAD_OPTIONS, inline="always")
+    def _select(x):
+        t = getattr(x, "dtype", x)
+        if t == types.float32:
+            return lambda x: f32(x)
+        if t == types.float64:
+            return lambda x: f64(x)
+        return None
+
+    return generic
 
 
-@overload(row_max, jit_options=_OVERLOAD_OPTIONS, inline="always")
-def _row_max(x):
-    if x.dtype == types.float32:
-        return lambda x: _row_max32(x)
-    if x.dtype == types.float64:
-        return lambda x: _row_max64(x)
-    return None
+row_max = _by_dtype("row_max", "max(x) of a non-empty 1-D float array, vectorisable.", _row_max32, _row_max64)
+fexp = _by_dtype("fexp", "exp(x), vectorisable; float32 or float64 chosen by the argument type.", exp32, exp64)
+ftanh = _by_dtype("ftanh", "tanh(x), vectorisable; float32 or float64 chosen by the argument type.", tanh32, tanh64)
+fsigmoid = _by_dtype(
+    "fsigmoid", "1 / (1 + exp(-x)), vectorisable; float32 or float64 by the argument type.", sigmoid32, sigmoid64
+)
 
 
-def fexp(x):
-    """exp(x), vectorisable; float32 or float64 chosen by the argument type."""
-    raise NotImplementedError("only callable from Numba-compiled code")
-
-
-def ftanh(x):
-    """tanh(x), vectorisable; float32 or float64 chosen by the argument type."""
-    raise NotImplementedError("only callable from Numba-compiled code")
-
-
-def fsigmoid(x):
-    """1 / (1 + exp(-x)), vectorisable; float32 or float64 by the argument type."""
-    raise NotImplementedError("only callable from Numba-compiled code")
-
-
-@overload(fexp, jit_options=_OVERLOAD_OPTIONS, inline="always")
-def _fexp(x):
-    if x == types.float32:
-        return lambda x: exp32(x)
-    if x == types.float64:
-        return lambda x: exp64(x)
-    return None
-
-
-@overload(ftanh, jit_options=_OVERLOAD_OPTIONS, inline="always")
-def _ftanh(x):
-    if x == types.float32:
-        return lambda x: tanh32(x)
-    if x == types.float64:
-        return lambda x: tanh64(x)
-    return None
-
-
-@overload(fsigmoid, jit_options=_OVERLOAD_OPTIONS, inline="always")
-def _fsigmoid(x):
-    if x == types.float32:
-        return lambda x: sigmoid32(x)
-    if x == types.float64:
-        return lambda x: sigmoid64(x)
-    return None
+@njit(inline="always", **NUMBA_JIT_OPTIONS)
+def scaled_softmax(x, out, scale):
+    """out = scale·softmax(x) for a non-empty 1-D row; returns (max(x), Σ exp(x − max)) for its log-sum-exp."""
+    m = row_max(x)
+    s = x.dtype.type(0)
+    for j in range(x.size):
+        e = fexp(x[j] - m)
+        out[j] = e
+        s += e
+    inv = scale / s
+    for j in range(x.size):
+        out[j] *= inv
+    return m, s

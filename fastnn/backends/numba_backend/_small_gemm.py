@@ -35,6 +35,7 @@ from numba.extending import intrinsic
 
 from ... import _config
 from ._gemm import PARALLEL_MIN_FLOPS, VBYTES, _act_tile, _raw, _transpose_block, _ukr, _ukr_edge
+from ._jit import kernel, renamed
 
 _OPTS = _config.NUMBA_JIT_OPTIONS
 
@@ -52,6 +53,22 @@ NV1 = 1
 @njit(**_OPTS)
 def _lanes(arr):
     return VBYTES // arr.itemsize
+
+
+@njit(inline="always", **_OPTS)
+def _tile(K, a, ao, ars, acs, pb, brs, c, ldc, i0, j0, mr, nr, first, bias, fuse_bias, relu, nv):
+    """The tile of C at rows i0:i0+mr, columns j0:j0+nr, nv vectors wide (nv a literal).
+
+    Whole tiles use the micro-kernel, tiles over C's last rows or columns its
+    masked variant (only lanes < nlast of the last vector)."""
+    w = _lanes(c)
+    if mr == SMR and nr == nv * w:
+        _ukr(K, a, ao, ars, acs, pb, j0, brs, c, i0 * ldc + j0, ldc, first, bias, j0, fuse_bias, relu, SMR, nv)
+    else:
+        nlast = nr - (nv - 1) * w
+        _ukr_edge(
+            K, a, ao, ars, acs, pb, j0, brs, c, i0 * ldc + j0, ldc, first, bias, j0, fuse_bias, relu, SMR, nv, mr, nlast
+        )
 
 
 @njit(inline="always", **_OPTS)
@@ -73,59 +90,11 @@ def _row_block(K, a, ao, ars, acs, pb, brs, N, c, ldc, i0, mr, bias, has_bias, a
         two = j0 + w < N
         ncols = 2 * w if two else w
         nr = min(ncols, N - j0)
-        if mr == SMR and nr == ncols:
-            if two:
-                _ukr(K, a, ao, ars, acs, pb, j0, brs, c, i0 * ldc + j0, ldc, first, bias, j0, fuse_bias, relu, SMR, NV2)
-            else:
-                _ukr(K, a, ao, ars, acs, pb, j0, brs, c, i0 * ldc + j0, ldc, first, bias, j0, fuse_bias, relu, SMR, NV1)
+        # the vector count as a literal: the micro-kernel is generated for it
+        if two:
+            _tile(K, a, ao, ars, acs, pb, brs, c, ldc, i0, j0, mr, nr, first, bias, fuse_bias, relu, NV2)
         else:
-            nlast = nr - (ncols - w)
-            if two:
-                _ukr_edge(
-                    K,
-                    a,
-                    ao,
-                    ars,
-                    acs,
-                    pb,
-                    j0,
-                    brs,
-                    c,
-                    i0 * ldc + j0,
-                    ldc,
-                    first,
-                    bias,
-                    j0,
-                    fuse_bias,
-                    relu,
-                    SMR,
-                    NV2,
-                    mr,
-                    nlast,
-                )
-            else:
-                _ukr_edge(
-                    K,
-                    a,
-                    ao,
-                    ars,
-                    acs,
-                    pb,
-                    j0,
-                    brs,
-                    c,
-                    i0 * ldc + j0,
-                    ldc,
-                    first,
-                    bias,
-                    j0,
-                    fuse_bias,
-                    relu,
-                    SMR,
-                    NV1,
-                    mr,
-                    nlast,
-                )
+            _tile(K, a, ao, ars, acs, pb, brs, c, ldc, i0, j0, mr, nr, first, bias, fuse_bias, relu, NV1)
         if sig_tanh:
             _act_tile(c, ldc, i0, j0, mr, nr, act)
         j0 += ncols
@@ -207,42 +176,6 @@ def _pack_b(N, K, b, rsb, csb, pb, nb):
                 pb[p * nb + j] = b[p * rsb + j * csb]
 
 
-# -- 2-D entry points for kernels built on these products (the recurrent time loops) --
-
-
-@njit(**_OPTS)
-def acc_nn(A, Bm, C):
-    """C (M, N) += A (M, K)·Bm (K, N), C-contiguous 2-D arrays."""
-    M, K = A.shape
-    N = Bm.shape[1]
-    if M and N and K:
-        cf = _raw(C)
-        # (C's view stands in for the unused bias)
-        _tiled(M, N, K, _raw(A), K, 1, _raw(Bm), N, 1, cf, N, cf, False, 0, True)
-
-
-@njit(**_OPTS)
-def acc_tn(A, Bm, C):
-    """C (M, N) += Aᵀ·Bm with A (K, M), Bm (K, N), C-contiguous 2-D arrays."""
-    K, M = A.shape
-    N = Bm.shape[1]
-    if M and N and K:
-        cf = _raw(C)
-        _tiled(M, N, K, _raw(A), 1, M, _raw(Bm), N, 1, cf, N, cf, False, 0, True)
-
-
-@njit(**_OPTS)
-def mul_nt(A, Bn, C):
-    """C (M, N) = A (M, K)·Bn (N, K)ᵀ, C-contiguous 2-D arrays."""
-    M, K = A.shape
-    N = Bn.shape[0]
-    if K == 0:
-        C[:] = 0
-    elif M and N:
-        cf = _raw(C)
-        _tiled(M, N, K, _raw(A), K, 1, _raw(Bn), 1, K, cf, N, cf, False, 0, False)
-
-
 # -- the same products in plain loops (same bits, a fraction of the compilation) --
 
 
@@ -313,13 +246,13 @@ def _opaque(typingctx, x):
     return types.unliteral(x)(x), lambda context, builder, sig, args: args[0]
 
 
-# The entry points below hand every argument to simple_tiled as a run-time value, so that all
-# plain products share one compilation of it per dtype (its speed is not the point).
+@njit(inline="always", **_OPTS)
+def _plain(M, N, K, a, rsa, csa, b, rsb, csb, c, ldc, bias, has_bias, act, acc):
+    """:func:`simple_tiled` with every scalar as a run-time value (the arguments of ``_tiled``).
 
-
-@njit(**_OPTS)
-def simple_gemm(M, N, K, a, rsa, csa, b, rsb, csb, c, ldc, bias, has_bias, act):
-    """small_gemm's result from :func:`simple_tiled` (act 0 or 1)."""
+    Constants passed on would make Numba compile simple_tiled again for each
+    of them: this way all plain products share one compilation of it per
+    dtype (its speed is not the point)."""
     simple_tiled(
         _opaque(M),
         _opaque(N),
@@ -335,85 +268,53 @@ def simple_gemm(M, N, K, a, rsa, csa, b, rsb, csb, c, ldc, bias, has_bias, act):
         bias,
         _opaque(has_bias),
         _opaque(act),
-        _opaque(False),
+        _opaque(acc),
     )
 
 
 @njit(**_OPTS)
-def acc_nn_simple(A, Bm, C):
-    """acc_nn from plain loops."""
-    M, K = A.shape
-    N = Bm.shape[1]
-    if M and N and K:
-        cf = _raw(C)
-        simple_tiled(
-            M,
-            N,
-            K,
-            _raw(A),
-            K,
-            _opaque(1),
-            _raw(Bm),
-            N,
-            _opaque(1),
-            cf,
-            N,
-            cf,
-            _opaque(False),
-            _opaque(0),
-            _opaque(True),
-        )
+def simple_gemm(M, N, K, a, rsa, csa, b, rsb, csb, c, ldc, bias, has_bias, act):
+    """small_gemm's result from :func:`simple_tiled` (act 0 or 1)."""
+    _plain(M, N, K, a, rsa, csa, b, rsb, csb, c, ldc, bias, has_bias, act, False)
 
 
-@njit(**_OPTS)
-def acc_tn_simple(A, Bm, C):
-    """acc_tn from plain loops."""
-    K, M = A.shape
-    N = Bm.shape[1]
-    if M and N and K:
-        cf = _raw(C)
-        simple_tiled(
-            M,
-            N,
-            K,
-            _raw(A),
-            _opaque(1),
-            M,
-            _raw(Bm),
-            N,
-            _opaque(1),
-            cf,
-            N,
-            cf,
-            _opaque(False),
-            _opaque(0),
-            _opaque(True),
-        )
+# -- 2-D entry points for kernels built on these products (the recurrent time loops) --
 
 
-@njit(**_OPTS)
-def mul_nt_simple(A, Bn, C):
-    """mul_nt from plain loops."""
-    M, K = A.shape
-    N = Bn.shape[0]
-    if K == 0:
-        C[:] = 0
-    elif M and N:
-        cf = _raw(C)
-        simple_tiled(
-            M,
-            N,
-            K,
-            _raw(A),
-            K,
-            _opaque(1),
-            _raw(Bn),
-            _opaque(1),
-            K,
-            cf,
-            N,
-            cf,
-            _opaque(False),
-            _opaque(0),
-            _opaque(False),
-        )
+def _products(product, suffix):
+    """(acc_nn, acc_tn, mul_nt) computed by ``product`` (``_tiled`` or ``_plain``)."""
+
+    def acc_nn(A, Bm, C):
+        """C (M, N) += A (M, K)·Bm (K, N), C-contiguous 2-D arrays."""
+        M, K = A.shape
+        N = Bm.shape[1]
+        if M and N and K:
+            cf = _raw(C)
+            # (C's view stands in for the unused bias)
+            product(M, N, K, _raw(A), K, 1, _raw(Bm), N, 1, cf, N, cf, False, 0, True)
+
+    def acc_tn(A, Bm, C):
+        """C (M, N) += Aᵀ·Bm with A (K, M), Bm (K, N), C-contiguous 2-D arrays."""
+        K, M = A.shape
+        N = Bm.shape[1]
+        if M and N and K:
+            cf = _raw(C)
+            product(M, N, K, _raw(A), 1, M, _raw(Bm), N, 1, cf, N, cf, False, 0, True)
+
+    def mul_nt(A, Bn, C):
+        """C (M, N) = A (M, K)·Bn (N, K)ᵀ, C-contiguous 2-D arrays."""
+        M, K = A.shape
+        N = Bn.shape[0]
+        if K == 0:
+            C[:] = 0
+        elif M and N:
+            cf = _raw(C)
+            product(M, N, K, _raw(A), K, 1, _raw(Bn), 1, K, cf, N, cf, False, 0, False)
+
+    # kernel(): a disk-cache key that is the same in every process for these closures over a kernel
+    return tuple(kernel(renamed(fn, suffix)) for fn in (acc_nn, acc_tn, mul_nt))
+
+
+acc_nn, acc_tn, mul_nt = _products(_tiled, "")
+#: The same products from plain loops (same bits, a fraction of the compilation).
+acc_nn_simple, acc_tn_simple, mul_nt_simple = _products(_plain, "_simple")

@@ -21,8 +21,8 @@ from numba import prange
 
 from ..._config import PARALLEL_MIN_ELEMENTS, PARALLEL_MIN_ELEMENTS_CHEAP
 from ..reference import activations as _spec
-from ._jit import jit_inline, threads, variants
-from ._math import fexp, fsigmoid, ftanh, row_max
+from ._jit import jit_inline, renamed, threads, variants
+from ._math import fsigmoid, ftanh, scaled_softmax
 
 __all__ = list(_spec.__all__)  # the reference's kernels, every one overridden here
 
@@ -30,25 +30,48 @@ _PAR = PARALLEL_MIN_ELEMENTS
 _PAR_CHEAP = PARALLEL_MIN_ELEMENTS_CHEAP  # memory-bound loops: relu, leaky relu, the backward products
 
 
+def _map(y_of, name):
+    """(serial, parallel) kernels ``kernel(x, out)``: out = y_of(x) element by element (``y_of`` inlined)."""
+
+    def kernel(x, out):
+        xf, of = x.ravel(), out.ravel()
+        for i in prange(xf.size):
+            of[i] = y_of(xf[i])
+
+    return variants(renamed(kernel, "", name), inputs="x")
+
+
+def _grad_map(dy_of, name):
+    """(serial, parallel) kernels ``kernel(g, y, out)``: out = g · dy_of(y, 1, 0), the derivative from the output."""
+
+    def kernel(g, y, out):
+        gf, yf, of = g.ravel(), y.ravel(), out.ravel()
+        one, zero = g.dtype.type(1), g.dtype.type(0)
+        for i in prange(gf.size):
+            # y read first: fastmath may reassociate the product, by the order of its operands
+            d = dy_of(yf[i], one, zero)
+            of[i] = gf[i] * d
+
+    return variants(renamed(kernel, "", name), inputs="g y")
+
+
 # ---------------------------------------------------------------- relu
 
 
-@variants(inputs="x")
-def _relu(x, out):
-    """y = max(x, 0), NaN kept."""
-    xf, of = x.ravel(), out.ravel()
-    for i in prange(xf.size):
-        v = xf[i]
-        of[i] = v if not (v <= 0) else 0
+@jit_inline
+def _relu_y(v):
+    """max(v, 0), NaN kept."""
+    return v if not (v <= 0) else 0
 
 
-@variants(inputs="g y")
-def _relu_bwd(g, y, out):
-    """dx = dy * (y > 0)."""
-    gf, yf, of = g.ravel(), y.ravel(), out.ravel()
-    one, zero = g.dtype.type(1), g.dtype.type(0)
-    for i in prange(gf.size):
-        of[i] = gf[i] * (one if yf[i] > 0 else zero)
+@jit_inline
+def _relu_dy(y, one, zero):
+    """[y > 0]."""
+    return one if y > 0 else zero
+
+
+_relu = _map(_relu_y, "_relu")
+_relu_bwd = _grad_map(_relu_dy, "_relu_bwd")
 
 
 def relu(x, out):
@@ -101,22 +124,14 @@ def leaky_relu_backward(grad_out, y, negative_slope, out):
 # ---------------------------------------------------------------- sigmoid
 
 
-@variants(inputs="x")
-def _sigmoid(x, out):
-    """y = 1 / (1 + exp(-x))."""
-    xf, of = x.ravel(), out.ravel()
-    for i in prange(xf.size):
-        of[i] = fsigmoid(xf[i])
+@jit_inline
+def _sigmoid_dy(y, one, zero):
+    """y (1 - y)."""
+    return y * (one - y)
 
 
-@variants(inputs="g y")
-def _sigmoid_bwd(g, y, out):
-    """dx = dy · y (1 - y)."""
-    gf, yf, of = g.ravel(), y.ravel(), out.ravel()
-    one = g.dtype.type(1)
-    for i in prange(gf.size):
-        v = yf[i]
-        of[i] = gf[i] * (v * (one - v))
+_sigmoid = _map(fsigmoid, "_sigmoid")
+_sigmoid_bwd = _grad_map(_sigmoid_dy, "_sigmoid_bwd")
 
 
 def sigmoid(x, out):
@@ -134,22 +149,14 @@ def sigmoid_backward(grad_out, y, out):
 # ---------------------------------------------------------------- tanh
 
 
-@variants(inputs="x")
-def _tanh(x, out):
-    """y = tanh(x)."""
-    xf, of = x.ravel(), out.ravel()
-    for i in prange(xf.size):
-        of[i] = ftanh(xf[i])
+@jit_inline
+def _tanh_dy(y, one, zero):
+    """1 - y²."""
+    return one - y * y
 
 
-@variants(inputs="g y")
-def _tanh_bwd(g, y, out):
-    """dx = dy · (1 - y²)."""
-    gf, yf, of = g.ravel(), y.ravel(), out.ravel()
-    one = g.dtype.type(1)
-    for i in prange(gf.size):
-        v = yf[i]
-        of[i] = gf[i] * (one - v * v)
+_tanh = _map(ftanh, "_tanh")
+_tanh_bwd = _grad_map(_tanh_dy, "_tanh_bwd")
 
 
 def tanh(x, out):
@@ -177,15 +184,7 @@ _ROW_CHUNKS = 16
 
 @jit_inline
 def _softmax_row(x, out):
-    m = row_max(x)
-    s = x.dtype.type(0)
-    for j in range(x.size):
-        e = fexp(x[j] - m)
-        out[j] = e
-        s += e
-    inv = x.dtype.type(1) / s
-    for j in range(x.size):
-        out[j] *= inv
+    scaled_softmax(x, out, x.dtype.type(1))
 
 
 @variants(inputs="x")

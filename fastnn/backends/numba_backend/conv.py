@@ -386,6 +386,13 @@ def conv2d_backward(grad_out, x, weight, stride, padding, dilation, grad_input, 
     return grad_input, grad_weight, grad_bias
 
 
+@jit_inline
+def _window(i, s, p, k, n):
+    """(start, lo, hi) of output i's pooling window along one axis: taps lo:hi of k lie in the n inputs."""
+    start = i * s - p
+    return start, max(0, -start), min(k, n - start)
+
+
 @variants(inputs="x")
 def _max_pool_fwd(x, kh, kw, sh, sw, ph, pw, out, indices):
     """y = max over the window (-inf padding), first maximum wins, NaN wins."""
@@ -398,13 +405,9 @@ def _max_pool_fwd(x, kh, kw, sh, sw, ph, pw, out, indices):
         dst = out[b, c]
         idx = indices[b, c]
         for i in range(ho):
-            h0 = i * sh - ph
-            ulo = max(0, -h0)
-            uhi = min(kh, H - h0)
+            h0, ulo, uhi = _window(i, sh, ph, kh, H)
             for j in range(wo):
-                w0 = j * sw - pw
-                vlo = max(0, -w0)
-                vhi = min(kw, W - w0)
+                w0, vlo, vhi = _window(j, sw, pw, kw, W)
                 best = src[h0 + ulo, w0 + vlo]
                 arg = (h0 + ulo) * W + w0 + vlo
                 for u in range(ulo, uhi):
@@ -501,13 +504,9 @@ def _avg_pool_fwd(x, kh, kw, sh, sw, ph, pw, count_include_pad, out):
         src = x[b, c]
         dst = out[b, c]
         for i in range(ho):
-            h0 = i * sh - ph
-            ulo = max(0, -h0)
-            uhi = min(kh, H - h0)
+            h0, ulo, uhi = _window(i, sh, ph, kh, H)
             for j in range(wo):
-                w0 = j * sw - pw
-                vlo = max(0, -w0)
-                vhi = min(kw, W - w0)
+                w0, vlo, vhi = _window(j, sw, pw, kw, W)
                 s = zero  # not src[0, 0] * 0: a NaN or inf there would spread over the plane
                 for u in range(ulo, uhi):
                     for v in range(vlo, vhi):
@@ -528,13 +527,9 @@ def _avg_pool_bwd(grad_out, kh, kw, sh, sw, ph, pw, count_include_pad, grad_inpu
         plane[:, :] = 0
         g = grad_out[b, c]
         for i in range(ho):
-            h0 = i * sh - ph
-            ulo = max(0, -h0)
-            uhi = min(kh, H - h0)
+            h0, ulo, uhi = _window(i, sh, ph, kh, H)
             for j in range(wo):
-                w0 = j * sw - pw
-                vlo = max(0, -w0)
-                vhi = min(kw, W - w0)
+                w0, vlo, vhi = _window(j, sw, pw, kw, W)
                 n = kh * kw if count_include_pad else (uhi - ulo) * (vhi - vlo)
                 gv = g[i, j] / n
                 for u in range(ulo, uhi):
@@ -548,8 +543,7 @@ def max_pool2d_forward(x, kernel_size, stride, padding, out, indices):
     if kernel_size == (2, 2) and stride == (2, 2) and padding == (0, 0):
         _max_pool_2x2[par](x, out, indices)
         return out, indices
-    fn = _max_pool_fwd[par]
-    fn(x, kernel_size[0], kernel_size[1], stride[0], stride[1], padding[0], padding[1], out, indices)
+    _max_pool_fwd[par](x, *kernel_size, *stride, *padding, out, indices)
     return out, indices
 
 
@@ -566,22 +560,12 @@ def max_pool2d_backward(grad_out, indices, grad_input):
 def avg_pool2d_forward(x, kernel_size, stride, padding, count_include_pad, out):
     """y[b,c,i,j] = Σ_{u,v} xp[b,c,i·sH+u,j·sW+v] / n."""
     fn = _avg_pool_fwd[x.size >= PARALLEL_MIN_ELEMENTS and threads() > 1]
-    fn(x, kernel_size[0], kernel_size[1], stride[0], stride[1], padding[0], padding[1], bool(count_include_pad), out)
+    fn(x, *kernel_size, *stride, *padding, bool(count_include_pad), out)
     return out
 
 
 def avg_pool2d_backward(grad_out, kernel_size, stride, padding, count_include_pad, grad_input):
     """dx[b,c,window(i,j)] += dy[b,c,i,j] / n."""
     fn = _avg_pool_bwd[grad_input.size >= PARALLEL_MIN_ELEMENTS and threads() > 1]
-    fn(
-        grad_out,
-        kernel_size[0],
-        kernel_size[1],
-        stride[0],
-        stride[1],
-        padding[0],
-        padding[1],
-        bool(count_include_pad),
-        grad_input,
-    )
+    fn(grad_out, *kernel_size, *stride, *padding, bool(count_include_pad), grad_input)
     return grad_input

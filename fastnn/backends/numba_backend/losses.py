@@ -20,17 +20,14 @@ from numba import prange
 
 from ..._config import PARALLEL_MIN_ELEMENTS, PARALLEL_MIN_ELEMENTS_CHEAP
 from ..reference import losses as _spec
+from ..reference.losses import _scale
 from ._jit import jit_inline, threads, variants
-from ._math import fexp, row_max
+from ._math import fexp, scaled_softmax
 
 __all__ = list(_spec.__all__)  # the reference's kernels, every one overridden here
 
 _PAR = PARALLEL_MIN_ELEMENTS
 _PAR_CHEAP = PARALLEL_MIN_ELEMENTS_CHEAP  # memory-bound loops
-
-
-def _scale(n, reduction):
-    return 1.0 / n if reduction == "mean" else 1.0
 
 
 # ---------------------------------------------------------------- MSE
@@ -66,15 +63,7 @@ def mse_loss(pred, target, reduction, grad):
 @jit_inline
 def _ce_row(z, lab, g, s):
     """One row: write s·(softmax − onehot) into g, return −log p[lab] (float64)."""
-    m = row_max(z)
-    acc = z.dtype.type(0)
-    for j in range(z.size):
-        e = fexp(z[j] - m)
-        g[j] = e
-        acc += e
-    inv = s / acc
-    for j in range(z.size):
-        g[j] *= inv
+    m, acc = scaled_softmax(z, g, s)
     g[lab] -= s
     return math.log(np.float64(acc)) - (np.float64(z[lab]) - np.float64(m))
 

@@ -20,18 +20,10 @@ NaN in ``x`` gives NaN in ``y`` (``np.maximum`` semantics, not ``x > 0``).
 
 import numpy as np
 
-__all__ = [
-    "relu",
-    "relu_backward",
-    "leaky_relu",
-    "leaky_relu_backward",
-    "sigmoid",
-    "sigmoid_backward",
-    "tanh",
-    "tanh_backward",
-    "softmax",
-    "softmax_backward",
-]
+#: The activations: each has a forward kernel ``name`` and a ``name_backward``, per the convention above.
+_ACTIVATIONS = ("relu", "leaky_relu", "sigmoid", "tanh", "softmax")
+
+__all__ = [kernel for name in _ACTIVATIONS for kernel in (name, name + "_backward")]
 
 
 def relu(x, out):

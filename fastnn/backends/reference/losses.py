@@ -12,7 +12,10 @@ __all__ = ["mse_loss", "softmax_cross_entropy", "bce_with_logits"]
 
 
 def _scale(n, reduction):
-    return 1.0 / n if reduction == "mean" else 1.0
+    """The factor on a sum over n terms: 1/n for "mean" (NaN when there are none), else 1."""
+    if reduction != "mean":
+        return 1.0
+    return 1.0 / n if n else float("nan")
 
 
 def mse_loss(pred, target, reduction, grad):
@@ -34,9 +37,7 @@ def mse_loss(pred, target, reduction, grad):
     loss : float
     grad : ndarray
     """
-    n = pred.size
-    if n == 0:
-        return (float("nan") if reduction == "mean" else 0.0), grad
+    n = pred.size  # no elements: the sum is 0, its mean NaN (through _scale)
     np.subtract(pred, target, out=grad)
     loss = float(np.dot(grad.ravel(), grad.ravel())) * _scale(n, reduction)
     grad *= 2.0 * _scale(n, reduction)
@@ -97,8 +98,6 @@ def bce_with_logits(logits, target, reduction, grad):
     grad : ndarray
     """
     n = logits.size
-    if n == 0:
-        return (float("nan") if reduction == "mean" else 0.0), grad
     e = np.exp(-np.abs(logits))
     per_element = np.maximum(logits, 0) - logits * target + np.log1p(e)
     loss = float(per_element.sum(dtype=np.float64)) * _scale(n, reduction)

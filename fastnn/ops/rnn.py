@@ -43,14 +43,17 @@ class _CellSpec(NamedTuple):
     gates: int  # G: the weights have G·H rows
     work: int  # width of the backward workspace, in units of H
     states: tuple[str, ...]  # the initial states, each (B, H); the kernels take them after x
+    grads: tuple[str, ...]  # their gradients
     finals: tuple[str, ...]  # the gradients of the final states, one per state
     saved: tuple[tuple[str, int], ...]  # forward's results (name, width in units of H), read again by backward
 
 
 _CELLS: dict[str, _CellSpec] = {
-    "rnn": _CellSpec(1, 1, ("h0",), ("grad_hn",), (("out", 1),)),
-    "lstm": _CellSpec(4, 4, ("h0", "c0"), ("grad_hn", "grad_cn"), (("out", 1), ("cell", 1), ("gates", 4))),
-    "gru": _CellSpec(3, 6, ("h0",), ("grad_hn",), (("out", 1), ("gates", 3), ("hidden_n", 1))),
+    "rnn": _CellSpec(1, 1, ("h0",), ("grad_h0",), ("grad_hn",), (("out", 1),)),
+    "lstm": _CellSpec(
+        4, 4, ("h0", "c0"), ("grad_h0", "grad_c0"), ("grad_hn", "grad_cn"), (("out", 1), ("cell", 1), ("gates", 4))
+    ),
+    "gru": _CellSpec(3, 6, ("h0",), ("grad_h0",), ("grad_hn",), (("out", 1), ("gates", 3), ("hidden_n", 1))),
 }
 
 #: (grad_x or None, grad_h0, grad_weight_ih, grad_weight_hh, grad_bias_ih or None, grad_bias_hh or None)
@@ -163,9 +166,9 @@ def _forward(
     if cell == "rnn":
         _v.choice(options[0], "nonlinearity", RNN_NONLINEARITIES)
     spec = _CELLS[cell]
-    initial = tuple(_array(s, name, x.dtype, (B, H), cell) for s, name in zip(states, spec.states))
+    initial = [_array(s, name, x.dtype, (B, H), cell) for s, name in zip(states, spec.states)]
     ins = (x, *initial, weight_ih, weight_hh, bias_ih, bias_hh)
-    results = _outputs(ins, *((buf, (T, B, k * H), x.dtype, name) for buf, (name, k) in zip(outs, spec.saved)))
+    results = _outputs(ins, *[(buf, (T, B, k * H), x.dtype, name) for buf, (name, k) in zip(outs, spec.saved)])
     if B == 0:
         return results[0] if cell == "rnn" else tuple(results)
     kernel = getattr(_backend(), cell + "_forward")
@@ -191,17 +194,18 @@ def _backward(
         _v.choice(options[0], "nonlinearity", RNN_NONLINEARITIES)
     spec = _CELLS[cell]
     dt = x.dtype
-    initial = tuple(_array(s, name, dt, (B, H), cell) for s, name in zip(states, spec.states))
-    kept = tuple(_array(a, name, dt, (T, B, k * H), cell) for a, (name, k) in zip(saved, spec.saved))
+    bh = (B, H)
+    initial = [_array(s, name, dt, bh, cell) for s, name in zip(states, spec.states)]
+    kept = [_array(a, name, dt, (T, B, k * H), cell) for a, (name, k) in zip(saved, spec.saved)]
     g_out = _array(grad_out, "grad_out", dt, (T, B, H), cell)
-    g_final = tuple(None if g is None else _array(g, name, dt, (B, H), cell) for g, name in zip(finals, spec.finals))
+    g_final = [None if g is None else _array(g, name, dt, bh, cell) for g, name in zip(finals, spec.finals)]
     bias_shape = (spec.gates * H,) if bias else None
-    shapes: list[tuple[int, ...] | None] = [work_shape(cell, T, B, H), (T, B, I) if input_grad else None]
-    shapes += [(B, H)] * len(initial) + [weight_ih.shape, weight_hh.shape, bias_shape, bias_shape]
-    names = ["work", "grad_x", *("grad_" + s for s in spec.states), "grad_weight_ih", "grad_weight_hh"]
-    names += ["grad_bias_ih", "grad_bias_hh"]
+    grad_x_shape = (T, B, I) if input_grad else None
+    shapes = (work_shape(cell, T, B, H), grad_x_shape, *[bh] * len(initial), weight_ih.shape, weight_hh.shape)
+    shapes += (bias_shape, bias_shape)
+    names = ("work", "grad_x", *spec.grads, "grad_weight_ih", "grad_weight_hh", "grad_bias_ih", "grad_bias_hh")
     ins = (g_out, x, *initial, weight_ih, weight_hh, *kept, *g_final)
-    work, grad_x, *grads = _outputs(ins, *((b, shape, dt, n) for b, shape, n in zip(buffers, shapes, names)))
+    work, grad_x, *grads = _outputs(ins, *zip(buffers, shapes, [dt] * len(names), names))
     if B == 0:
         _zero_grads(grads[-4:])
         return (grad_x, *grads)
@@ -675,7 +679,7 @@ class RecurrentPlan:
             ins = (grad_out, grad_hn, grad_cn)
             work = _p.output(self, "work", work_shape(cell, T, B, H), dt, *ins)
             gx = _p.output(self, "grad_x", (T, B, I), dt, *ins) if input_grad else None
-            g_states = [_p.output(self, "grad_" + name, (B, H), dt, *ins) for name in spec.states]
+            g_states = [_p.output(self, name, (B, H), dt, *ins) for name in spec.grads]
             k[8](grad_out, *finals, x, *states, w_ih, w_hh, *kept, *options, work, gx, *g_states, *grads)
             result = (gx, *g_states)
         else:

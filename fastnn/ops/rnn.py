@@ -11,7 +11,7 @@ each other.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any, Literal, cast
+from typing import Any, Literal, NamedTuple, cast
 
 import numpy as np
 
@@ -36,8 +36,25 @@ Cell = Literal["rnn", "lstm", "gru"]
 
 RNN_NONLINEARITIES: tuple[Nonlinearity, ...] = ("tanh", "relu")
 
-_GATES: dict[str, int] = {"rnn": 1, "lstm": 4, "gru": 3}
-_WORK: dict[str, int] = {"rnn": 1, "lstm": 4, "gru": 6}
+
+class _CellSpec(NamedTuple):
+    """What tells the three cells apart in the ops; everything else is one code path."""
+
+    gates: int  # G: the weights have G·H rows
+    work: int  # width of the backward workspace, in units of H
+    states: tuple[str, ...]  # the initial states, each (B, H); the kernels take them after x
+    grads: tuple[str, ...]  # their gradients
+    finals: tuple[str, ...]  # the gradients of the final states, one per state
+    saved: tuple[tuple[str, int], ...]  # forward's results (name, width in units of H), read again by backward
+
+
+_CELLS: dict[str, _CellSpec] = {
+    "rnn": _CellSpec(1, 1, ("h0",), ("grad_h0",), ("grad_hn",), (("out", 1),)),
+    "lstm": _CellSpec(
+        4, 4, ("h0", "c0"), ("grad_h0", "grad_c0"), ("grad_hn", "grad_cn"), (("out", 1), ("cell", 1), ("gates", 4))
+    ),
+    "gru": _CellSpec(3, 6, ("h0",), ("grad_h0",), ("grad_hn",), (("out", 1), ("gates", 3), ("hidden_n", 1))),
+}
 
 #: (grad_x or None, grad_h0, grad_weight_ih, grad_weight_hh, grad_bias_ih or None, grad_bias_hh or None)
 _Grads = tuple["FloatArray | None", FloatArray, FloatArray, FloatArray, "FloatArray | None", "FloatArray | None"]
@@ -47,13 +64,20 @@ _LstmGrads = tuple[
 ]
 #: the output spec of :func:`_outputs`: (buffer, shape or None for none, dtype, name)
 _Spec = tuple["FloatArray | None", "tuple[int, ...] | None", "np.dtype[Any]", str]
+#: what the backward ops read: (grad_out, x, states, weight_ih, weight_hh, forward's results, final-state gradients)
+_BackwardInputs = tuple[
+    ArrayLike, ArrayLike, "tuple[ArrayLike, ...]", ArrayLike, ArrayLike, "tuple[ArrayLike, ...]", "tuple[Any, ...]"
+]
 
 
-def _state(a: ArrayLike, name: str, dtype: np.dtype[Any], shape: tuple[int, ...], cell: str) -> FloatArray:
+def _array(a: ArrayLike, name: str, dtype: np.dtype[Any], shape: tuple[int, ...], cell: str) -> FloatArray:
+    """``a`` checked: a float array of ``dtype`` and ``shape``, a state (B, H) or a sequence (T, B, ·)."""
     a = _v.as_float_array(a, name)
     _v.same_dtype(dtype, a, name)
     if a.shape != shape:
-        raise ValueError(f"{cell}: {name} has shape {a.shape} but must be (batch, hidden) = {shape}")
+        # a state's message names its axes; a sequence's gives the shape alone
+        rule = f" but must be (batch, hidden) = {shape}" if len(shape) == 2 else f", expected {shape}"
+        raise ValueError(f"{cell}: {name} has shape {a.shape}{rule}")
     return a
 
 
@@ -72,7 +96,7 @@ def _seq_args(
     T, B, I = x.shape
     if T < 1:
         raise ValueError(f"{cell}: x must hold at least one time step, got shape {x.shape}")
-    G = _GATES[cell]
+    G = _CELLS[cell].gates
     weight_ih = _v.as_float_array(weight_ih, "weight_ih", ndim=2)
     weight_hh = _v.as_float_array(weight_hh, "weight_hh", ndim=2)
     _v.same_dtype(x.dtype, weight_ih, "weight_ih")
@@ -96,8 +120,8 @@ def _seq_args(
             if b.shape != (G * H,):
                 raise ValueError(f"{cell}: {name} has shape {b.shape}, expected ({G * H},)")
         biases.append(b)
-    # the all-steps products have T·B rows and up to _WORK·H columns (the GRU's workspace)
-    _v.dims_fit(cell, **{"time steps·batch": T * B, "input size": I, "gates·hidden size": _WORK[cell] * H})
+    # the all-steps products have T·B rows and up to work·H columns (the GRU's workspace)
+    _v.dims_fit(cell, **{"time steps·batch": T * B, "input size": I, "gates·hidden size": _CELLS[cell].work * H})
     return x, weight_ih, weight_hh, biases[0], biases[1], (T, B, I, H)
 
 
@@ -120,17 +144,73 @@ def _zero_grads(grads: Iterable[FloatArray | None]) -> None:
             g.fill(0)
 
 
-def _seq_grad(a: ArrayLike, name: str, dtype: np.dtype[Any], shape: tuple[int, ...], cell: str) -> FloatArray:
-    a = _v.as_float_array(a, name)
-    _v.same_dtype(dtype, a, name)
-    if a.shape != shape:
-        raise ValueError(f"{cell}: {name} has shape {a.shape}, expected {shape}")
-    return a
-
-
 def work_shape(cell: str, T: int, B: int, H: int) -> tuple[int, int, int]:
     """Shape of the backward workspace of ``cell`` ("rnn", "lstm", "gru")."""
-    return (T, B, _WORK[cell] * H)
+    return (T, B, _CELLS[cell].work * H)
+
+
+def _forward(
+    cell: str,
+    x: ArrayLike,
+    states: tuple[ArrayLike, ...],
+    params: tuple[ArrayLike, ArrayLike, ArrayLike | None, ArrayLike | None],
+    options: tuple[Any, ...],
+    outs: tuple[FloatArray | None, ...],
+) -> Any:
+    """The forward op of every cell: check, allocate the results, run the backend's ``<cell>_forward``.
+
+    ``options`` (the RNN's nonlinearity) go between the parameters and the results in the kernel's
+    arguments. Returns what the kernel returns: the RNN's output, the others' tuple of results.
+    """
+    x, weight_ih, weight_hh, bias_ih, bias_hh, (T, B, I, H) = _seq_args(cell, x, *params)
+    if cell == "rnn":
+        _v.choice(options[0], "nonlinearity", RNN_NONLINEARITIES)
+    spec = _CELLS[cell]
+    initial = [_array(s, name, x.dtype, (B, H), cell) for s, name in zip(states, spec.states)]
+    ins = (x, *initial, weight_ih, weight_hh, bias_ih, bias_hh)
+    results = _outputs(ins, *[(buf, (T, B, k * H), x.dtype, name) for buf, (name, k) in zip(outs, spec.saved)])
+    if B == 0:
+        return results[0] if cell == "rnn" else tuple(results)
+    kernel = getattr(_backend(), cell + "_forward")
+    return kernel(x, *initial, weight_ih, weight_hh, bias_ih, bias_hh, *options, *results)
+
+
+def _backward(
+    cell: str,
+    inputs: _BackwardInputs,
+    options: tuple[Any, ...],
+    bias: bool,
+    input_grad: bool,
+    buffers: tuple[FloatArray | None, ...],
+) -> Any:
+    """The backward op of every cell: check, allocate the gradients, run the backend's ``<cell>_backward``.
+
+    ``buffers`` are (work, grad_x, a gradient per initial state, the four parameter gradients). Returns
+    (grad_x or None, the initial states' gradients, the parameter gradients, the biases' None without).
+    """
+    grad_out, x, states, weight_ih, weight_hh, saved, finals = inputs
+    x, weight_ih, weight_hh, _, _, (T, B, I, H) = _seq_args(cell, x, weight_ih, weight_hh, None, None)
+    if cell == "rnn":
+        _v.choice(options[0], "nonlinearity", RNN_NONLINEARITIES)
+    spec = _CELLS[cell]
+    dt = x.dtype
+    bh = (B, H)
+    initial = [_array(s, name, dt, bh, cell) for s, name in zip(states, spec.states)]
+    kept = [_array(a, name, dt, (T, B, k * H), cell) for a, (name, k) in zip(saved, spec.saved)]
+    g_out = _array(grad_out, "grad_out", dt, (T, B, H), cell)
+    g_final = [None if g is None else _array(g, name, dt, bh, cell) for g, name in zip(finals, spec.finals)]
+    bias_shape = (spec.gates * H,) if bias else None
+    grad_x_shape = (T, B, I) if input_grad else None
+    shapes = (work_shape(cell, T, B, H), grad_x_shape, *[bh] * len(initial), weight_ih.shape, weight_hh.shape)
+    shapes += (bias_shape, bias_shape)
+    names = ("work", "grad_x", *spec.grads, "grad_weight_ih", "grad_weight_hh", "grad_bias_ih", "grad_bias_hh")
+    ins = (g_out, x, *initial, weight_ih, weight_hh, *kept, *g_final)
+    work, grad_x, *grads = _outputs(ins, *zip(buffers, shapes, [dt] * len(names), names))
+    if B == 0:
+        _zero_grads(grads[-4:])
+        return (grad_x, *grads)
+    kernel = getattr(_backend(), cell + "_backward")
+    return kernel(g_out, *g_final, x, *initial, weight_ih, weight_hh, *kept, *options, work, grad_x, *grads)
 
 
 # ---------------------------------------------------------------------------
@@ -163,15 +243,8 @@ def rnn_forward(
     ndarray of shape (T, B, H)
         Every hidden state; ``out[-1]`` is the final state.
     """
-    x, weight_ih, weight_hh, bias_ih, bias_hh, (T, B, I, H) = _seq_args(
-        "rnn", x, weight_ih, weight_hh, bias_ih, bias_hh
-    )
-    _v.choice(nonlinearity, "nonlinearity", RNN_NONLINEARITIES)
-    h0 = _state(h0, "h0", x.dtype, (B, H), "rnn")
-    out = _v.output(out, (T, B, H), x.dtype, inputs=(x, h0, weight_ih, weight_hh, bias_ih, bias_hh))
-    if B == 0:
-        return out
-    return _backend().rnn_forward(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity, out)
+    params = (weight_ih, weight_hh, bias_ih, bias_hh)
+    return _forward("rnn", x, (h0,), params, (nonlinearity,), (out,))
 
 
 def rnn_backward(
@@ -215,45 +288,9 @@ def rnn_backward(
     -------
     (grad_x or None, grad_h0, grad_weight_ih, grad_weight_hh, grad_bias_ih or None, grad_bias_hh or None)
     """
-    x, weight_ih, weight_hh, _, _, (T, B, I, H) = _seq_args("rnn", x, weight_ih, weight_hh, None, None)
-    _v.choice(nonlinearity, "nonlinearity", RNN_NONLINEARITIES)
-    dt = x.dtype
-    h0 = _state(h0, "h0", dt, (B, H), "rnn")
-    out = _seq_grad(out, "out", dt, (T, B, H), "rnn")
-    grad_out = _seq_grad(grad_out, "grad_out", dt, (T, B, H), "rnn")
-    if grad_hn is not None:
-        grad_hn = _state(grad_hn, "grad_hn", dt, (B, H), "rnn")
-    ins = (grad_out, x, h0, weight_ih, weight_hh, out, grad_hn)
-    work, grad_x, grad_h0, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh = _outputs(
-        ins,
-        (work, work_shape("rnn", T, B, H), dt, "work"),
-        (grad_x, (T, B, I) if input_grad else None, dt, "grad_x"),
-        (grad_h0, (B, H), dt, "grad_h0"),
-        (grad_weight_ih, weight_ih.shape, dt, "grad_weight_ih"),
-        (grad_weight_hh, weight_hh.shape, dt, "grad_weight_hh"),
-        (grad_bias_ih, (H,) if bias else None, dt, "grad_bias_ih"),
-        (grad_bias_hh, (H,) if bias else None, dt, "grad_bias_hh"),
-    )
-    if B == 0:
-        _zero_grads((grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh))
-        return grad_x, grad_h0, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh
-    return _backend().rnn_backward(
-        grad_out,
-        grad_hn,
-        x,
-        h0,
-        weight_ih,
-        weight_hh,
-        out,
-        nonlinearity,
-        work,
-        grad_x,
-        grad_h0,
-        grad_weight_ih,
-        grad_weight_hh,
-        grad_bias_ih,
-        grad_bias_hh,
-    )
+    inputs = (grad_out, x, (h0,), weight_ih, weight_hh, (out,), (grad_hn,))
+    buffers = (work, grad_x, grad_h0, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh)
+    return _backward("rnn", inputs, (nonlinearity,), bias, input_grad, buffers)
 
 
 # ---------------------------------------------------------------------------
@@ -289,21 +326,8 @@ def lstm_forward(
     cell : ndarray of shape (T, B, H), every ``c_t``
     gates : ndarray of shape (T, B, 4H), the activated gates (kept for backward)
     """
-    x, weight_ih, weight_hh, bias_ih, bias_hh, (T, B, I, H) = _seq_args(
-        "lstm", x, weight_ih, weight_hh, bias_ih, bias_hh
-    )
-    h0 = _state(h0, "h0", x.dtype, (B, H), "lstm")
-    c0 = _state(c0, "c0", x.dtype, (B, H), "lstm")
-    ins = (x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh)
-    out, cell, gates = _outputs(
-        ins,
-        (out, (T, B, H), x.dtype, "out"),
-        (cell, (T, B, H), x.dtype, "cell"),
-        (gates, (T, B, 4 * H), x.dtype, "gates"),
-    )
-    if B == 0:
-        return out, cell, gates
-    return _backend().lstm_forward(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, out, cell, gates)
+    params = (weight_ih, weight_hh, bias_ih, bias_hh)
+    return _forward("lstm", x, (h0, c0), params, (), (out, cell, gates))
 
 
 def lstm_backward(
@@ -339,54 +363,9 @@ def lstm_backward(
     -------
     (grad_x or None, grad_h0, grad_c0, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh)
     """
-    x, weight_ih, weight_hh, _, _, (T, B, I, H) = _seq_args("lstm", x, weight_ih, weight_hh, None, None)
-    dt = x.dtype
-    h0 = _state(h0, "h0", dt, (B, H), "lstm")
-    c0 = _state(c0, "c0", dt, (B, H), "lstm")
-    out = _seq_grad(out, "out", dt, (T, B, H), "lstm")
-    cell = _seq_grad(cell, "cell", dt, (T, B, H), "lstm")
-    gates = _seq_grad(gates, "gates", dt, (T, B, 4 * H), "lstm")
-    grad_out = _seq_grad(grad_out, "grad_out", dt, (T, B, H), "lstm")
-    if grad_hn is not None:
-        grad_hn = _state(grad_hn, "grad_hn", dt, (B, H), "lstm")
-    if grad_cn is not None:
-        grad_cn = _state(grad_cn, "grad_cn", dt, (B, H), "lstm")
-    ins = (grad_out, x, h0, c0, weight_ih, weight_hh, out, cell, gates, grad_hn, grad_cn)
-    work, grad_x, grad_h0, grad_c0, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh = _outputs(
-        ins,
-        (work, work_shape("lstm", T, B, H), dt, "work"),
-        (grad_x, (T, B, I) if input_grad else None, dt, "grad_x"),
-        (grad_h0, (B, H), dt, "grad_h0"),
-        (grad_c0, (B, H), dt, "grad_c0"),
-        (grad_weight_ih, weight_ih.shape, dt, "grad_weight_ih"),
-        (grad_weight_hh, weight_hh.shape, dt, "grad_weight_hh"),
-        (grad_bias_ih, (4 * H,) if bias else None, dt, "grad_bias_ih"),
-        (grad_bias_hh, (4 * H,) if bias else None, dt, "grad_bias_hh"),
-    )
-    if B == 0:
-        _zero_grads((grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh))
-        return grad_x, grad_h0, grad_c0, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh
-    return _backend().lstm_backward(
-        grad_out,
-        grad_hn,
-        grad_cn,
-        x,
-        h0,
-        c0,
-        weight_ih,
-        weight_hh,
-        out,
-        cell,
-        gates,
-        work,
-        grad_x,
-        grad_h0,
-        grad_c0,
-        grad_weight_ih,
-        grad_weight_hh,
-        grad_bias_ih,
-        grad_bias_hh,
-    )
+    inputs = (grad_out, x, (h0, c0), weight_ih, weight_hh, (out, cell, gates), (grad_hn, grad_cn))
+    buffers = (work, grad_x, grad_h0, grad_c0, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh)
+    return _backward("lstm", inputs, (), bias, input_grad, buffers)
 
 
 # ---------------------------------------------------------------------------
@@ -422,20 +401,8 @@ def gru_forward(
     gates : ndarray of shape (T, B, 3H), the gates r, z, n (kept for backward)
     hidden_n : ndarray of shape (T, B, H), ``W_hn h_{t-1} + b_hn`` (kept for backward)
     """
-    x, weight_ih, weight_hh, bias_ih, bias_hh, (T, B, I, H) = _seq_args(
-        "gru", x, weight_ih, weight_hh, bias_ih, bias_hh
-    )
-    h0 = _state(h0, "h0", x.dtype, (B, H), "gru")
-    ins = (x, h0, weight_ih, weight_hh, bias_ih, bias_hh)
-    out, gates, hidden_n = _outputs(
-        ins,
-        (out, (T, B, H), x.dtype, "out"),
-        (gates, (T, B, 3 * H), x.dtype, "gates"),
-        (hidden_n, (T, B, H), x.dtype, "hidden_n"),
-    )
-    if B == 0:
-        return out, gates, hidden_n
-    return _backend().gru_forward(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, out, gates, hidden_n)
+    params = (weight_ih, weight_hh, bias_ih, bias_hh)
+    return _forward("gru", x, (h0,), params, (), (out, gates, hidden_n))
 
 
 def gru_backward(
@@ -468,47 +435,9 @@ def gru_backward(
     -------
     (grad_x or None, grad_h0, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh)
     """
-    x, weight_ih, weight_hh, _, _, (T, B, I, H) = _seq_args("gru", x, weight_ih, weight_hh, None, None)
-    dt = x.dtype
-    h0 = _state(h0, "h0", dt, (B, H), "gru")
-    out = _seq_grad(out, "out", dt, (T, B, H), "gru")
-    gates = _seq_grad(gates, "gates", dt, (T, B, 3 * H), "gru")
-    hidden_n = _seq_grad(hidden_n, "hidden_n", dt, (T, B, H), "gru")
-    grad_out = _seq_grad(grad_out, "grad_out", dt, (T, B, H), "gru")
-    if grad_hn is not None:
-        grad_hn = _state(grad_hn, "grad_hn", dt, (B, H), "gru")
-    ins = (grad_out, x, h0, weight_ih, weight_hh, out, gates, hidden_n, grad_hn)
-    work, grad_x, grad_h0, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh = _outputs(
-        ins,
-        (work, work_shape("gru", T, B, H), dt, "work"),
-        (grad_x, (T, B, I) if input_grad else None, dt, "grad_x"),
-        (grad_h0, (B, H), dt, "grad_h0"),
-        (grad_weight_ih, weight_ih.shape, dt, "grad_weight_ih"),
-        (grad_weight_hh, weight_hh.shape, dt, "grad_weight_hh"),
-        (grad_bias_ih, (3 * H,) if bias else None, dt, "grad_bias_ih"),
-        (grad_bias_hh, (3 * H,) if bias else None, dt, "grad_bias_hh"),
-    )
-    if B == 0:
-        _zero_grads((grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh))
-        return grad_x, grad_h0, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh
-    return _backend().gru_backward(
-        grad_out,
-        grad_hn,
-        x,
-        h0,
-        weight_ih,
-        weight_hh,
-        out,
-        gates,
-        hidden_n,
-        work,
-        grad_x,
-        grad_h0,
-        grad_weight_ih,
-        grad_weight_hh,
-        grad_bias_ih,
-        grad_bias_hh,
-    )
+    inputs = (grad_out, x, (h0,), weight_ih, weight_hh, (out, gates, hidden_n), (grad_hn,))
+    buffers = (work, grad_x, grad_h0, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh)
+    return _backward("gru", inputs, (), bias, input_grad, buffers)
 
 
 # ---------------------------------------------------------------------------
@@ -538,6 +467,36 @@ _RecurrentBound = tuple[
 
 def _is(a: object, shape: tuple[int, ...], dt: np.dtype[Any]) -> bool:
     return type(a) is _nd and a.dtype is dt and a.shape == shape and a.flags.c_contiguous
+
+
+def _are(arrays: Iterable[object], shapes: Iterable[tuple[int, ...]], dt: np.dtype[Any]) -> bool:
+    """:func:`_is` for each array and its shape; zip stops at the shorter (a plain loop: this runs at every call)."""
+    for a, shape in zip(arrays, shapes):
+        if not (type(a) is _nd and a.dtype is dt and a.shape == shape and a.flags.c_contiguous):
+            return False
+    return True
+
+
+def _is_sequence(x: object, dt: np.dtype[Any], I: int) -> bool:
+    """Whether ``x`` is a non-empty (T, B, I) sequence the kernels can take as it is."""
+    return (
+        type(x) is _nd
+        and x.dtype is dt
+        and x.flags.c_contiguous
+        and x.ndim == 3
+        and x.shape[2] == I
+        and x.shape[0] > 0
+        and x.shape[1] > 0
+    )
+
+
+def _initial_states(cell: str, h0: FloatArray, c0: FloatArray | None) -> tuple[FloatArray, ...]:
+    """The states the kernels of ``cell`` start from: (h0,), or (h0, c0) for the LSTM."""
+    if cell != "lstm":
+        return (h0,)
+    if c0 is None:
+        raise TypeError("the LSTM needs the initial cell state c0")
+    return (h0, c0)
 
 
 class RecurrentPlan:
@@ -579,7 +538,7 @@ class RecurrentPlan:
         bias_hh: ParamLike | None = None,
         nonlinearity: Nonlinearity = "tanh",
     ) -> None:
-        self.cell = _v.choice(cell, "cell", tuple(_GATES))
+        self.cell = _v.choice(cell, "cell", tuple(_CELLS))
         if (bias_ih is None) != (bias_hh is None):
             raise ValueError("give both biases or neither")
         self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh = weight_ih, weight_hh, bias_ih, bias_hh
@@ -658,54 +617,14 @@ class RecurrentPlan:
         k = self._check()
         dt, I, H = k[3], k[4], k[5]
         cell = self.cell
-        fast = (
-            type(x) is _nd
-            and x.dtype is dt
-            and x.flags.c_contiguous
-            and x.ndim == 3
-            and x.shape[2] == I
-            and x.shape[0] > 0
-            and x.shape[1] > 0
-        )
-        if fast:
-            T, B = x.shape[0], x.shape[1]
-            fast = _is(h0, (B, H), dt) and (cell != "lstm" or _is(c0, (B, H), dt))
-        w_ih, w_hh, b_ih, b_hh = k[1]
-        if not fast:
-            if cell == "rnn":
-                return rnn_forward(x, h0, w_ih, w_hh, b_ih, b_hh, self.nonlinearity)
-            if cell == "lstm":
-                if c0 is None:
-                    raise TypeError("the LSTM needs the initial cell state c0")
-                return lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh)
-            return gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh)
-        out = _p.output(self, "out", (T, B, H), dt, x, h0, c0)
-        if cell == "rnn":
-            return k[7](x, h0, w_ih, w_hh, b_ih, b_hh, self.nonlinearity, out)
-        if cell == "lstm":
-            return k[7](
-                x,
-                h0,
-                c0,
-                w_ih,
-                w_hh,
-                b_ih,
-                b_hh,
-                out,
-                _p.output(self, "cell", (T, B, H), dt, x, h0, c0),
-                _p.output(self, "gates", (T, B, 4 * H), dt, x, h0, c0),
-            )
-        return k[7](
-            x,
-            h0,
-            w_ih,
-            w_hh,
-            b_ih,
-            b_hh,
-            out,
-            _p.output(self, "gates", (T, B, 3 * H), dt, x, h0),
-            _p.output(self, "hidden_n", (T, B, H), dt, x, h0),
-        )
+        spec = _CELLS[cell]
+        states = _initial_states(cell, h0, c0)
+        options = (self.nonlinearity,) if cell == "rnn" else ()
+        if not (_is_sequence(x, dt, I) and _are(states, ((x.shape[1], H),) * 2, dt)):
+            return _forward(cell, x, states, k[1], options, (None,) * len(spec.saved))
+        T, B = x.shape[0], x.shape[1]
+        outs = [_p.output(self, name, (T, B, w * H), dt, x, h0, c0) for name, w in spec.saved]
+        return k[7](x, *states, *k[1], *options, *outs)
 
     def backward(
         self,
@@ -735,100 +654,38 @@ class RecurrentPlan:
         k = self._check(with_grads=True)
         dt, I, H = k[3], k[4], k[5]
         cell = self.cell
-        w_ih, w_hh, b_ih, b_hh = k[1]
+        spec = _CELLS[cell]
+        w_ih, w_hh, b_ih, _ = k[1]
         grads: tuple[FloatArray | None, ...] = k[2]
         if accumulate:
             grads = tuple(None if g is None else _p.output(self, f"acc{i}", g.shape, dt) for i, g in enumerate(grads))
+        states = _initial_states(cell, h0, c0)
+        options = (self.nonlinearity,) if cell == "rnn" else ()
+        finals = (grad_hn, grad_cn) if cell == "lstm" else (grad_hn,)
         # what forward returned: the output alone for the RNN, else (out, two saved arrays)
-        extra: tuple[FloatArray, ...]
-        if cell == "rnn":
-            out, extra = cast(FloatArray, saved), cast("tuple[FloatArray, ...]", ())
-        else:
-            triple = cast("tuple[FloatArray, FloatArray, FloatArray]", saved)
-            out, extra = triple[0], triple[1:]
-        fast = (
-            type(x) is _nd
-            and x.dtype is dt
-            and x.flags.c_contiguous
-            and x.ndim == 3
-            and x.shape[2] == I
-            and x.shape[0] > 0
-            and x.shape[1] > 0
-        )
+        kept = (cast(FloatArray, saved),) if cell == "rnn" else cast("tuple[FloatArray, ...]", saved)
+        fast = _is_sequence(x, dt, I)
         if fast:
             T, B = x.shape[0], x.shape[1]
-            tbh, bh = (T, B, H), (B, H)
+            bh = (B, H)
             fast = (
-                _is(grad_out, tbh, dt)
-                and _is(h0, bh, dt)
-                and _is(out, tbh, dt)
-                and (grad_hn is None or _is(grad_hn, bh, dt))
+                _is(grad_out, (T, B, H), dt)
+                and _are(states, (bh, bh), dt)
+                and _are(kept, [(T, B, w * H) for _, w in spec.saved], dt)
+                and _are([g for g in finals if g is not None], (bh, bh), dt)
             )
-            if cell == "lstm":
-                fast = (
-                    fast
-                    and _is(c0, bh, dt)
-                    and _is(extra[0], tbh, dt)
-                    and _is(extra[1], (T, B, 4 * H), dt)
-                    and (grad_cn is None or _is(grad_cn, bh, dt))
-                )
-            elif cell == "gru":
-                fast = fast and _is(extra[0], (T, B, 3 * H), dt) and _is(extra[1], tbh, dt)
+        result: tuple[FloatArray | None, ...]
         if fast:
             ins = (grad_out, grad_hn, grad_cn)
             work = _p.output(self, "work", work_shape(cell, T, B, H), dt, *ins)
             gx = _p.output(self, "grad_x", (T, B, I), dt, *ins) if input_grad else None
-            gh0 = _p.output(self, "grad_h0", (B, H), dt, *ins)
-            if cell == "rnn":
-                k[8](grad_out, grad_hn, x, h0, w_ih, w_hh, out, self.nonlinearity, work, gx, gh0, *grads)
-                result: tuple[FloatArray | None, ...] = (gx, gh0)
-            elif cell == "lstm":
-                gc0 = _p.output(self, "grad_c0", (B, H), dt, *ins)
-                k[8](
-                    grad_out,
-                    grad_hn,
-                    grad_cn,
-                    x,
-                    h0,
-                    c0,
-                    w_ih,
-                    w_hh,
-                    out,
-                    extra[0],
-                    extra[1],
-                    work,
-                    gx,
-                    gh0,
-                    gc0,
-                    *grads,
-                )
-                result = (gx, gh0, gc0)
-            else:
-                k[8](grad_out, grad_hn, x, h0, w_ih, w_hh, out, extra[0], extra[1], work, gx, gh0, *grads)
-                result = (gx, gh0)
+            g_states = [_p.output(self, name, (B, H), dt, *ins) for name in spec.grads]
+            k[8](grad_out, *finals, x, *states, w_ih, w_hh, *kept, *options, work, gx, *g_states, *grads)
+            result = (gx, *g_states)
         else:
-            named: dict[str, Any] = dict(
-                bias=b_ih is not None,
-                input_grad=input_grad,
-                grad_weight_ih=grads[0],
-                grad_weight_hh=grads[1],
-                grad_bias_ih=grads[2],
-                grad_bias_hh=grads[3],
-            )
-            r: tuple[FloatArray | None, ...]
-            if cell == "rnn":
-                r = rnn_backward(grad_out, x, h0, w_ih, w_hh, out, self.nonlinearity, grad_hn=grad_hn, **named)
-                result = r[:2]
-            elif cell == "lstm":
-                if c0 is None:
-                    raise TypeError("the LSTM needs the initial cell state c0")
-                r = lstm_backward(
-                    grad_out, x, h0, c0, w_ih, w_hh, out, extra[0], extra[1], grad_hn=grad_hn, grad_cn=grad_cn, **named
-                )
-                result = r[:3]
-            else:
-                r = gru_backward(grad_out, x, h0, w_ih, w_hh, out, extra[0], extra[1], grad_hn=grad_hn, **named)
-                result = r[:2]
+            inputs = (grad_out, x, states, w_ih, w_hh, kept, finals)
+            buffers = (None, None, *[None] * len(states), *grads)
+            result = _backward(cell, inputs, options, b_ih is not None, input_grad, buffers)[: 1 + len(states)]
         if accumulate:
             for g, tmp in zip(k[2], grads):
                 if g is not None and tmp is not None:  # tmp is g's accumulation buffer: None together

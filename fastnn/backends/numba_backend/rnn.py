@@ -1,6 +1,8 @@
 """Recurrent kernels of the Numba backend: RNN, LSTM and GRU forward and BPTT.
 
-Same names and parameters as :mod:`fastnn.backends.reference.rnn`. The whole
+Same names and parameters as :mod:`fastnn.backends.reference.rnn`; the
+backward kernels are the reference's :class:`~fastnn.backends.reference.rnn.BPTT`
+over this module's two stages (backward loop, all-steps products). The whole
 time loop runs in one compiled function per kernel. The input projection, the
 weight gradients and dL/dx are one product each over all time steps; the
 per-step product with W_hh is small. All run on the register tiles of the
@@ -87,6 +89,15 @@ def _start(out2, b_ih, b_hh, proj):
                 row[j] += p[j]
 
 
+@jit
+def _start_grad(g, g_final):
+    """g = g_final, a final state's gradient from elsewhere, or zeros without one."""
+    if g_final is not None:
+        _copy(g, g_final)
+    else:
+        g[:] = 0
+
+
 def _projection(x, w_ih):
     """x·W_ihᵀ as a (T·B, G·H) array through BLAS when the product is large, else None (done in the kernel)."""
     T, B, I = x.shape
@@ -115,9 +126,13 @@ def _bias_grads(dx, dh, gb_ih, gb_hh):
 def _kernels(acc, acc_tn, mul_nt, suffix):
     """The kernels with products, taking them from ``acc`` (C += A·B), ``acc_tn`` (C += Aᵀ·B), ``mul_nt`` (C = A·Bᵀ)."""
 
-    def project(x2, w_ih, out2):
-        """out2 (T·B, G·H) += x2·W_ihᵀ."""
-        acc(x2, np.ascontiguousarray(w_ih.T), out2)
+    def project(x, w_ih, b_ih, b_hh, proj, dest):
+        """dest[t] = x_t·W_ihᵀ + b_ih (+ b_hh) for every t; the product is ``proj`` where BLAS made it."""
+        T, B, I = x.shape
+        d2 = dest.reshape(T * B, dest.shape[2])
+        _start(d2, b_ih, b_hh, proj)
+        if proj is None:
+            acc(x.reshape(T * B, I), np.ascontiguousarray(w_ih.T), d2)
 
     project = jit(renamed(project, suffix))
 
@@ -142,12 +157,9 @@ def _kernels(acc, acc_tn, mul_nt, suffix):
 
     def _rnn_fwd(x, h0, w_ih, w_hh, b_ih, b_hh, relu, proj, out):
         """h_t = f(x_t W_ihᵀ + b_ih + h_{t-1} W_hhᵀ + b_hh)."""
-        T, B, I = x.shape
+        T = x.shape[0]
         H = h0.shape[1]
-        out2 = out.reshape(T * B, H)
-        _start(out2, b_ih, b_hh, proj)
-        if proj is None:
-            project(x.reshape(T * B, I), w_ih, out2)
+        project(x, w_ih, b_ih, b_hh, proj, out)
         wt = np.ascontiguousarray(w_hh.T)
         for t in range(T):
             hp = h0 if t == 0 else out[t - 1]
@@ -162,10 +174,7 @@ def _kernels(acc, acc_tn, mul_nt, suffix):
         """δ_t = (dL/dh_t)·f'(a_t), g_{t-1} = δ_t W_hh (into work, and gh0 at the end)."""
         T, B, H = out.shape
         one = np.ones(1, out.dtype)[0]  # keeps float32 math in float32
-        if ghn is not None:
-            _copy(gh0, ghn)
-        else:
-            gh0[:] = 0
+        _start_grad(gh0, ghn)
         for t in range(T - 1, -1, -1):
             d = work[t]
             g = go[t]
@@ -184,12 +193,9 @@ def _kernels(acc, acc_tn, mul_nt, suffix):
 
     def _lstm_fwd(x, h0, c0, w_ih, w_hh, b_ih, b_hh, proj, out, cell, gates):
         """Gates i, f, g, o; c_t = f c_{t-1} + i g; h_t = o tanh(c_t)."""
-        T, B, I = x.shape
+        T, B = x.shape[0], x.shape[1]
         H = h0.shape[1]
-        g2 = gates.reshape(T * B, 4 * H)
-        _start(g2, b_ih, b_hh, proj)
-        if proj is None:
-            project(x.reshape(T * B, I), w_ih, g2)
+        project(x, w_ih, b_ih, b_hh, proj, gates)
         wt = np.ascontiguousarray(w_hh.T)
         for t in range(T):
             hp = h0 if t == 0 else out[t - 1]
@@ -215,14 +221,8 @@ def _kernels(acc, acc_tn, mul_nt, suffix):
         """δ = [δi, δf, δg, δo] per step (into work); g_{t-1} = δ W_hh; γ_{t-1} = γ f."""
         T, B, H = cell.shape
         one = np.ones(1, cell.dtype)[0]  # keeps float32 math in float32
-        if ghn is not None:
-            _copy(gh0, ghn)
-        else:
-            gh0[:] = 0
-        if gcn is not None:
-            _copy(gc0, gcn)
-        else:
-            gc0[:] = 0
+        _start_grad(gh0, ghn)
+        _start_grad(gc0, gcn)
         tc = np.empty((B, H), cell.dtype)
         for t in range(T - 1, -1, -1):
             z = gates[t]
@@ -252,13 +252,11 @@ def _kernels(acc, acc_tn, mul_nt, suffix):
 
     def _gru_fwd(x, h0, w_ih, w_hh, b_ih, b_hh, proj, out, gates, hidden_n):
         """r, z = σ(...), n = tanh(x W_inᵀ + b_in + r (h W_hnᵀ + b_hn)), h_t = (1-z) n + z h_{t-1}."""
-        T, B, I = x.shape
+        T, B = x.shape[0], x.shape[1]
         H = h0.shape[1]
         one = np.ones(1, x.dtype)[0]  # keeps float32 math in float32
-        g2 = gates.reshape(T * B, 3 * H)
-        _start(g2, b_ih, None, proj)
-        if proj is None:
-            project(x.reshape(T * B, I), w_ih, g2)
+        # only b_ih joins the projection: b_hn sits inside r ⊙ (...)
+        project(x, w_ih, b_ih, None, proj, gates)
         wt = np.ascontiguousarray(w_hh.T)
         gh = np.empty((B, 3 * H), x.dtype)
         for t in range(T):
@@ -293,10 +291,7 @@ def _kernels(acc, acc_tn, mul_nt, suffix):
         """δ^x = [δr, δz, δn], δ^h = [δr, δz, δn r]; g_{t-1} = g z + δ^h W_hh; returns δ^x, δ^h (contiguous)."""
         T, B, H = out.shape
         one = np.ones(1, out.dtype)[0]  # keeps float32 math in float32
-        if ghn is not None:
-            _copy(gh0, ghn)
-        else:
-            gh0[:] = 0
+        _start_grad(gh0, ghn)
         # δ^x and δ^h kept apart (contiguous) for the products; ``work`` holds them side by side after.
         dxs = np.empty((T, B, 3 * H), out.dtype)
         dhs = np.empty((T, B, 3 * H), out.dtype)
@@ -366,10 +361,21 @@ _gru_fwd = _tiered("_gru_fwd")
 _gru_bwd = _tiered("_gru_bwd")
 
 
-def _all_steps_grads(dx, dh, x2, h0, out2, w_ih, gx2, gw_ih, gw_hh, gb_ih, gb_hh):
-    """The weight, bias and input gradients from δ (dx, dh: (T·B, G·H)), each one product over all steps."""
-    B = h0.shape[0]
-    TB = dx.shape[0]
+def _flat(a, rows, cols):
+    return None if a is None else a.reshape(rows, cols)
+
+
+def _all_steps_grads(dx, dh, x, h0, out, w_ih, grad_x, grads):
+    """The weight, bias and input gradients from δ (dx, dh: (T·B, G·H)), each one product over all steps.
+
+    ``grads`` are (grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh), the biases' None without.
+    """
+    T, B, I = x.shape
+    TB = T * B
+    x2 = x.reshape(TB, I)
+    out2 = out.reshape(TB, out.shape[2])
+    gx2 = _flat(grad_x, TB, I)
+    gw_ih, gw_hh, gb_ih, gb_hh = grads
     if TB * (dx.shape[1] + x2.shape[1] + out2.shape[1]) > _BLAS_MIN:
         np.dot(dx.T, x2, out=gw_ih)
         np.dot(dh[:B].T, h0, out=gw_hh)
@@ -386,10 +392,6 @@ def _all_steps_grads(dx, dh, x2, h0, out2, w_ih, gx2, gw_ih, gw_hh, gb_ih, gb_hh
             _input_grad_small(dx, w_ih, gx2)
 
 
-def _flat(a, rows, cols):
-    return None if a is None else a.reshape(rows, cols)
-
-
 def rnn_forward(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity, out):
     """h_t = f(x_t W_ihᵀ + b_ih + h_{t-1} W_hhᵀ + b_hh) for all t."""
     return _rnn_fwd(
@@ -397,42 +399,11 @@ def rnn_forward(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity, out
     )
 
 
-def rnn_backward(
-    grad_out,
-    grad_hn,
-    x,
-    h0,
-    weight_ih,
-    weight_hh,
-    out,
-    nonlinearity,
-    work,
-    grad_x,
-    grad_h0,
-    grad_weight_ih,
-    grad_weight_hh,
-    grad_bias_ih,
-    grad_bias_hh,
-):
-    """BPTT of :func:`rnn_forward`."""
-    T, B, I = x.shape
-    H = h0.shape[1]
+def _rnn_deltas(grad_out, grad_hn, h0, weight_hh, out, nonlinearity, work, grad_h0):
+    """The backward loop of :func:`rnn_backward`; δ as (T·B, H), twice (input and hidden pre-activations)."""
     _rnn_bwd(grad_out, grad_hn, h0, weight_hh, out, nonlinearity == "relu", work, grad_h0)
-    w2 = work.reshape(T * B, H)
-    _all_steps_grads(
-        w2,
-        w2,
-        x.reshape(T * B, I),
-        h0,
-        out.reshape(T * B, H),
-        weight_ih,
-        _flat(grad_x, T * B, I),
-        grad_weight_ih,
-        grad_weight_hh,
-        grad_bias_ih,
-        grad_bias_hh,
-    )
-    return grad_x, grad_h0, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh
+    delta = _spec._rows(work)
+    return delta, delta
 
 
 def lstm_forward(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, out, cell, gates):
@@ -440,46 +411,11 @@ def lstm_forward(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, out, cell, g
     return _lstm_fwd(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, _projection(x, weight_ih), out, cell, gates)
 
 
-def lstm_backward(
-    grad_out,
-    grad_hn,
-    grad_cn,
-    x,
-    h0,
-    c0,
-    weight_ih,
-    weight_hh,
-    out,
-    cell,
-    gates,
-    work,
-    grad_x,
-    grad_h0,
-    grad_c0,
-    grad_weight_ih,
-    grad_weight_hh,
-    grad_bias_ih,
-    grad_bias_hh,
-):
-    """BPTT of :func:`lstm_forward`."""
-    T, B, I = x.shape
-    H = h0.shape[1]
+def _lstm_deltas(grad_out, grad_hn, grad_cn, h0, c0, weight_hh, cell, gates, work, grad_h0, grad_c0):
+    """The backward loop of :func:`lstm_backward`; δ as (T·B, 4H), twice (input and hidden pre-activations)."""
     _lstm_bwd(grad_out, grad_hn, grad_cn, c0, weight_hh, cell, gates, work, grad_h0, grad_c0)
-    w2 = work.reshape(T * B, 4 * H)
-    _all_steps_grads(
-        w2,
-        w2,
-        x.reshape(T * B, I),
-        h0,
-        out.reshape(T * B, H),
-        weight_ih,
-        _flat(grad_x, T * B, I),
-        grad_weight_ih,
-        grad_weight_hh,
-        grad_bias_ih,
-        grad_bias_hh,
-    )
-    return grad_x, grad_h0, grad_c0, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh
+    delta = _spec._rows(work)
+    return delta, delta
 
 
 def gru_forward(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, out, gates, hidden_n):
@@ -487,39 +423,22 @@ def gru_forward(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, out, gates, hidde
     return _gru_fwd(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, _projection(x, weight_ih), out, gates, hidden_n)
 
 
-def gru_backward(
-    grad_out,
-    grad_hn,
-    x,
-    h0,
-    weight_ih,
-    weight_hh,
-    out,
-    gates,
-    hidden_n,
-    work,
-    grad_x,
-    grad_h0,
-    grad_weight_ih,
-    grad_weight_hh,
-    grad_bias_ih,
-    grad_bias_hh,
-):
-    """BPTT of :func:`gru_forward`."""
-    T, B, I = x.shape
-    H = h0.shape[1]
+def _gru_deltas(grad_out, grad_hn, h0, weight_hh, out, gates, hidden_n, work, grad_h0):
+    """The backward loop of :func:`gru_backward`; δ^x and δ^h as (T·B, 3H), each contiguous."""
     dxs, dhs = _gru_bwd(grad_out, grad_hn, h0, weight_hh, out, gates, hidden_n, work, grad_h0)
-    _all_steps_grads(
-        dxs.reshape(T * B, 3 * H),
-        dhs.reshape(T * B, 3 * H),
-        x.reshape(T * B, I),
-        h0,
-        out.reshape(T * B, H),
-        weight_ih,
-        _flat(grad_x, T * B, I),
-        grad_weight_ih,
-        grad_weight_hh,
-        grad_bias_ih,
-        grad_bias_hh,
-    )
-    return grad_x, grad_h0, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh
+    return _spec._rows(dxs), _spec._rows(dhs)
+
+
+class _NumbaBPTT(_spec.BPTT):
+    """The reference's backward kernels over the compiled backward loops and all-steps products."""
+
+    rnn_deltas = staticmethod(_rnn_deltas)
+    lstm_deltas = staticmethod(_lstm_deltas)
+    gru_deltas = staticmethod(_gru_deltas)
+    all_steps_grads = staticmethod(_all_steps_grads)
+
+
+_BPTT = _NumbaBPTT()
+rnn_backward = _BPTT.rnn_backward
+lstm_backward = _BPTT.lstm_backward
+gru_backward = _BPTT.gru_backward

@@ -19,6 +19,12 @@ not depend on the previous step is done for all steps at once:
 Backward kernels receive a workspace ``work`` of shape (T, B, K·H) (K = 1, 4, 6
 for RNN, LSTM, GRU) where they store the errors δ_t of every step, so that a
 layer can reuse it across training steps.
+
+Backpropagation through time is thus two stages for every cell: the backward
+loop over t, which is the cell's own math (``_rnn_deltas`` and its kin, next to
+each forward), then the all-steps products (:func:`_all_steps_grads`), the same
+for the three cells. :class:`BPTT` joins them into the backward kernels; a
+compiled backend subclasses it with its own two stages.
 """
 
 import numpy as np
@@ -54,18 +60,24 @@ def _input_projection(x, weight_ih, bias_ih, bias_hh, out):
     return out
 
 
-def _weight_grads(delta_x, delta_h, x, h0, out, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh):
-    """Gradients of the weights, each one product over all time steps.
+def _rows(a):
+    """(T, B, W) as (T·B, W), a view: one row per (step, sample)."""
+    return a.reshape(a.shape[0] * a.shape[1], a.shape[2])  # explicit widths: -1 is ambiguous for B = 0
 
-    ``delta_x`` (T, B, G·H) is the error of the input pre-activations and
-    ``delta_h`` the error of the hidden pre-activations (the same array for
-    RNN and LSTM; for GRU they differ in the n-block). The previous hidden
-    states are ``[h0, h_1, ..., h_{T-1}]`` = ``h0`` then ``out[:-1]``.
+
+def _all_steps_grads(dx, dh, x, h0, out, weight_ih, grad_x, grads):
+    """Gradients of the weights, biases and input, each one product over all time steps.
+
+    ``dx`` (T·B, G·H) is the error of the input pre-activations and ``dh``
+    the error of the hidden pre-activations (the same array for RNN and LSTM;
+    for GRU they differ in the n-block). The previous hidden states are
+    ``[h0, h_1, ..., h_{T-1}]`` = ``h0`` then ``out[:-1]``. ``grads`` are
+    (grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh), the biases'
+    None without; ``grad_x`` None when dL/dx is not needed.
     """
     T, B, I = x.shape
     H = out.shape[2]
-    dx = delta_x.reshape(T * B, delta_x.shape[2])  # explicit widths: -1 is ambiguous for B = 0
-    dh = delta_h.reshape(T * B, delta_h.shape[2])
+    grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh = grads
     np.matmul(dx.T, x.reshape(T * B, I), out=grad_weight_ih)
     np.matmul(dh[:B].T, h0, out=grad_weight_hh)  # step 0 sees h0
     if T > 1:
@@ -74,6 +86,8 @@ def _weight_grads(delta_x, delta_h, x, h0, out, grad_weight_ih, grad_weight_hh, 
         np.sum(dx, axis=0, out=grad_bias_ih)
     if grad_bias_hh is not None:
         np.sum(dh, axis=0, out=grad_bias_hh)
+    if grad_x is not None:
+        np.matmul(dx, weight_ih, out=grad_x.reshape(T * B, I))  # dL/dx_t = δ_t·W_ih
 
 
 # ---------------------------------------------------------------------------
@@ -116,55 +130,12 @@ def rnn_forward(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity, out
     return out
 
 
-def rnn_backward(
-    grad_out,
-    grad_hn,
-    x,
-    h0,
-    weight_ih,
-    weight_hh,
-    out,
-    nonlinearity,
-    work,
-    grad_x,
-    grad_h0,
-    grad_weight_ih,
-    grad_weight_hh,
-    grad_bias_ih,
-    grad_bias_hh,
-):
-    """Backpropagation through time for :func:`rnn_forward`.
+def _rnn_deltas(grad_out, grad_hn, h0, weight_hh, out, nonlinearity, work, grad_h0):
+    """The backward loop of :meth:`BPTT.rnn_backward`: δ_t into ``work``, dL/dh0 into ``grad_h0``.
 
-    Going backwards from t = T-1, with ``g_t`` = dL/dh_t from the loss (the
-    output gradient) plus what flows back from step t+1::
-
-        g_t = grad_out[t] + δ_{t+1}·W_hh        (g_{T-1} also gets grad_hn)
-        δ_t = g_t ⊙ f'(a_t)                     f' = 1 - h_t² (tanh), [h_t > 0] (relu)
-
-    and then, over all steps at once::
-
-        dL/dx_t = δ_t·W_ih        dL/dh0 = δ_0·W_hh
-        dW_ih = Σ_t δ_tᵀ x_t      dW_hh = Σ_t δ_tᵀ h_{t-1}
-        db_ih = db_hh = Σ_t Σ_batch δ_t
-
-    Parameters
-    ----------
-    grad_out : ndarray of shape (T, B, H), dL/d(out)
-    grad_hn : ndarray of shape (B, H) or None, dL/dh_T from outside the output sequence
-    x, h0, weight_ih, weight_hh : the forward inputs
-    out : ndarray of shape (T, B, H), the forward output
-    nonlinearity : {"tanh", "relu"}
-    work : ndarray of shape (T, B, H), receives δ_t
-    grad_x : ndarray of shape (T, B, I) or None (not needed)
-    grad_h0 : ndarray of shape (B, H)
-    grad_weight_ih, grad_weight_hh : ndarrays shaped as the weights
-    grad_bias_ih, grad_bias_hh : ndarray of shape (H,) or None (no bias)
-
-    Returns
-    -------
-    (grad_x, grad_h0, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh)
+    Returns δ as (T·B, H) twice: the error of the input and of the hidden pre-activations.
     """
-    T = x.shape[0]
+    T = out.shape[0]
     g_next = np.zeros_like(h0) if grad_hn is None else grad_hn.copy()
     for t in range(T - 1, -1, -1):
         g = grad_out[t] + g_next
@@ -176,11 +147,8 @@ def rnn_backward(
         work[t] = delta
         g_next = delta @ weight_hh  # dL/dh_{t-1} through the recurrence
     grad_h0[...] = g_next
-    _weight_grads(work, work, x, h0, out, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh)
-    if grad_x is not None:
-        T, B, I = x.shape
-        np.matmul(work.reshape(T * B, work.shape[2]), weight_ih, out=grad_x.reshape(T * B, I))
-    return grad_x, grad_h0, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh
+    delta = _rows(work)
+    return delta, delta
 
 
 # ---------------------------------------------------------------------------
@@ -231,57 +199,12 @@ def lstm_forward(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, out, cell, g
     return out, cell, gates
 
 
-def lstm_backward(
-    grad_out,
-    grad_hn,
-    grad_cn,
-    x,
-    h0,
-    c0,
-    weight_ih,
-    weight_hh,
-    out,
-    cell,
-    gates,
-    work,
-    grad_x,
-    grad_h0,
-    grad_c0,
-    grad_weight_ih,
-    grad_weight_hh,
-    grad_bias_ih,
-    grad_bias_hh,
-):
-    """Backpropagation through time for :func:`lstm_forward`.
+def _lstm_deltas(grad_out, grad_hn, grad_cn, h0, c0, weight_hh, cell, gates, work, grad_h0, grad_c0):
+    """The backward loop of :meth:`BPTT.lstm_backward`: δ_t into ``work``, dL/dh0 and dL/dc0.
 
-    With ``g_t`` = dL/dh_t (output gradient plus the recurrent term) and
-    ``γ_t`` = dL/dc_t, going backwards::
-
-        γ_t  = γ_{t+1} ⊙ f_{t+1} + g_t ⊙ o ⊙ (1 - tanh²(c_t))
-        δo = g_t ⊙ tanh(c_t) ⊙ o(1-o)      δi = γ_t ⊙ g ⊙ i(1-i)
-        δf = γ_t ⊙ c_{t-1} ⊙ f(1-f)        δg = γ_t ⊙ i ⊙ (1-g²)
-        δ_t = [δi, δf, δg, δo]              (B, 4H), the pre-activation error
-        g_{t-1} = grad_out[t-1] + δ_t·W_hh
-
-    Weight, bias and input gradients follow from δ as in :func:`rnn_backward`;
-    ``grad_c0`` is ``γ_0 ⊙ f_0``.
-
-    Parameters
-    ----------
-    grad_out : ndarray of shape (T, B, H)
-    grad_hn, grad_cn : ndarray of shape (B, H) or None, gradients of the final states
-    x, h0, c0, weight_ih, weight_hh : the forward inputs
-    out, cell, gates : the forward outputs
-    work : ndarray of shape (T, B, 4H), receives δ_t
-    grad_x : ndarray of shape (T, B, I) or None
-    grad_h0, grad_c0 : ndarray of shape (B, H)
-    grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh : as the parameters (biases may be None)
-
-    Returns
-    -------
-    (grad_x, grad_h0, grad_c0, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh)
+    Returns δ as (T·B, 4H) twice: the error of the input and of the hidden pre-activations.
     """
-    T = x.shape[0]
+    T = cell.shape[0]
     H = h0.shape[1]
     g_next = np.zeros_like(h0) if grad_hn is None else grad_hn.copy()
     gamma_next = np.zeros_like(c0) if grad_cn is None else grad_cn.copy()
@@ -300,11 +223,8 @@ def lstm_backward(
         g_next = d @ weight_hh
     grad_h0[...] = g_next
     grad_c0[...] = gamma_next
-    _weight_grads(work, work, x, h0, out, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh)
-    if grad_x is not None:
-        T, B, I = x.shape
-        np.matmul(work.reshape(T * B, work.shape[2]), weight_ih, out=grad_x.reshape(T * B, I))
-    return grad_x, grad_h0, grad_c0, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh
+    delta = _rows(work)
+    return delta, delta
 
 
 # ---------------------------------------------------------------------------
@@ -359,55 +279,12 @@ def gru_forward(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, out, gates, hidde
     return out, gates, hidden_n
 
 
-def gru_backward(
-    grad_out,
-    grad_hn,
-    x,
-    h0,
-    weight_ih,
-    weight_hh,
-    out,
-    gates,
-    hidden_n,
-    work,
-    grad_x,
-    grad_h0,
-    grad_weight_ih,
-    grad_weight_hh,
-    grad_bias_ih,
-    grad_bias_hh,
-):
-    """Backpropagation through time for :func:`gru_forward`.
+def _gru_deltas(grad_out, grad_hn, h0, weight_hh, out, gates, hidden_n, work, grad_h0):
+    """The backward loop of :meth:`BPTT.gru_backward`: δ^x_t and δ^h_t into ``work``, dL/dh0.
 
-    With ``g_t`` = dL/dh_t (output gradient plus the recurrent term) and
-    ``m_t = W_hn h_{t-1} + b_hn``::
-
-        δn = g_t ⊙ (1 - z) ⊙ (1 - n²)
-        δr = δn ⊙ m_t ⊙ r(1 - r)
-        δz = g_t ⊙ (h_{t-1} - n) ⊙ z(1 - z)
-        δ^x_t = [δr, δz, δn]            error of the input pre-activations
-        δ^h_t = [δr, δz, δn ⊙ r]        error of the hidden pre-activations
-        g_{t-1} = grad_out[t-1] + g_t ⊙ z + δ^h_t·W_hh
-
-    ``dW_ih``, ``db_ih`` and ``dL/dx`` come from δ^x; ``dW_hh`` and ``db_hh``
-    from δ^h.
-
-    Parameters
-    ----------
-    grad_out : ndarray of shape (T, B, H)
-    grad_hn : ndarray of shape (B, H) or None
-    x, h0, weight_ih, weight_hh : the forward inputs
-    out, gates, hidden_n : the forward outputs
-    work : ndarray of shape (T, B, 6H): δ^x in ``[..., :3H]``, δ^h in ``[..., 3H:]``
-    grad_x : ndarray of shape (T, B, I) or None
-    grad_h0 : ndarray of shape (B, H)
-    grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh : as the parameters (biases may be None)
-
-    Returns
-    -------
-    (grad_x, grad_h0, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh)
+    Returns δ^x and δ^h as (T·B, 3H) views of ``work``.
     """
-    T = x.shape[0]
+    T = out.shape[0]
     H = h0.shape[1]
     g_next = np.zeros_like(h0) if grad_hn is None else grad_hn.copy()
     for t in range(T - 1, -1, -1):
@@ -422,10 +299,194 @@ def gru_backward(
         w[:, 3 * H : 4 * H], w[:, 4 * H : 5 * H], w[:, 5 * H :] = dr, dz, dn * r
         g_next = g * z + w[:, 3 * H :] @ weight_hh
     grad_h0[...] = g_next
-    _weight_grads(
-        work[..., : 3 * H], work[..., 3 * H :], x, h0, out, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh
-    )
-    if grad_x is not None:
-        T, B, I = x.shape
-        np.matmul(work.reshape(T * B, work.shape[2])[:, : 3 * H], weight_ih, out=grad_x.reshape(T * B, I))
-    return grad_x, grad_h0, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh
+    deltas = _rows(work)
+    return deltas[:, : 3 * H], deltas[:, 3 * H :]
+
+
+# ---------------------------------------------------------------------------
+# Backpropagation through time: the backward kernels of the three cells
+# ---------------------------------------------------------------------------
+
+
+class BPTT:
+    """The backward kernels: a cell's backward loop, then the all-steps products.
+
+    The two stages are attributes (functions of this module here), so that a
+    compiled backend can subclass this with its own and keep these kernels'
+    parameters; the kernels are the bound methods of an instance.
+    """
+
+    rnn_deltas = staticmethod(_rnn_deltas)
+    lstm_deltas = staticmethod(_lstm_deltas)
+    gru_deltas = staticmethod(_gru_deltas)
+    all_steps_grads = staticmethod(_all_steps_grads)
+
+    def rnn_backward(
+        self,
+        grad_out,
+        grad_hn,
+        x,
+        h0,
+        weight_ih,
+        weight_hh,
+        out,
+        nonlinearity,
+        work,
+        grad_x,
+        grad_h0,
+        grad_weight_ih,
+        grad_weight_hh,
+        grad_bias_ih,
+        grad_bias_hh,
+    ):
+        """Backpropagation through time for :func:`rnn_forward`.
+
+        Going backwards from t = T-1, with ``g_t`` = dL/dh_t from the loss (the
+        output gradient) plus what flows back from step t+1::
+
+            g_t = grad_out[t] + δ_{t+1}·W_hh        (g_{T-1} also gets grad_hn)
+            δ_t = g_t ⊙ f'(a_t)                     f' = 1 - h_t² (tanh), [h_t > 0] (relu)
+
+        and then, over all steps at once::
+
+            dL/dx_t = δ_t·W_ih        dL/dh0 = δ_0·W_hh
+            dW_ih = Σ_t δ_tᵀ x_t      dW_hh = Σ_t δ_tᵀ h_{t-1}
+            db_ih = db_hh = Σ_t Σ_batch δ_t
+
+        Parameters
+        ----------
+        grad_out : ndarray of shape (T, B, H), dL/d(out)
+        grad_hn : ndarray of shape (B, H) or None, dL/dh_T from outside the output sequence
+        x, h0, weight_ih, weight_hh : the forward inputs
+        out : ndarray of shape (T, B, H), the forward output
+        nonlinearity : {"tanh", "relu"}
+        work : ndarray of shape (T, B, H), receives δ_t
+        grad_x : ndarray of shape (T, B, I) or None (not needed)
+        grad_h0 : ndarray of shape (B, H)
+        grad_weight_ih, grad_weight_hh : ndarrays shaped as the weights
+        grad_bias_ih, grad_bias_hh : ndarray of shape (H,) or None (no bias)
+
+        Returns
+        -------
+        (grad_x, grad_h0, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh)
+        """
+        grads = (grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh)
+        dx, dh = self.rnn_deltas(grad_out, grad_hn, h0, weight_hh, out, nonlinearity, work, grad_h0)
+        self.all_steps_grads(dx, dh, x, h0, out, weight_ih, grad_x, grads)
+        return (grad_x, grad_h0, *grads)
+
+    def lstm_backward(
+        self,
+        grad_out,
+        grad_hn,
+        grad_cn,
+        x,
+        h0,
+        c0,
+        weight_ih,
+        weight_hh,
+        out,
+        cell,
+        gates,
+        work,
+        grad_x,
+        grad_h0,
+        grad_c0,
+        grad_weight_ih,
+        grad_weight_hh,
+        grad_bias_ih,
+        grad_bias_hh,
+    ):
+        """Backpropagation through time for :func:`lstm_forward`.
+
+        With ``g_t`` = dL/dh_t (output gradient plus the recurrent term) and
+        ``γ_t`` = dL/dc_t, going backwards::
+
+            γ_t  = γ_{t+1} ⊙ f_{t+1} + g_t ⊙ o ⊙ (1 - tanh²(c_t))
+            δo = g_t ⊙ tanh(c_t) ⊙ o(1-o)      δi = γ_t ⊙ g ⊙ i(1-i)
+            δf = γ_t ⊙ c_{t-1} ⊙ f(1-f)        δg = γ_t ⊙ i ⊙ (1-g²)
+            δ_t = [δi, δf, δg, δo]              (B, 4H), the pre-activation error
+            g_{t-1} = grad_out[t-1] + δ_t·W_hh
+
+        Weight, bias and input gradients follow from δ as in :func:`rnn_backward`;
+        ``grad_c0`` is ``γ_0 ⊙ f_0``.
+
+        Parameters
+        ----------
+        grad_out : ndarray of shape (T, B, H)
+        grad_hn, grad_cn : ndarray of shape (B, H) or None, gradients of the final states
+        x, h0, c0, weight_ih, weight_hh : the forward inputs
+        out, cell, gates : the forward outputs
+        work : ndarray of shape (T, B, 4H), receives δ_t
+        grad_x : ndarray of shape (T, B, I) or None
+        grad_h0, grad_c0 : ndarray of shape (B, H)
+        grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh : as the parameters (biases may be None)
+
+        Returns
+        -------
+        (grad_x, grad_h0, grad_c0, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh)
+        """
+        grads = (grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh)
+        dx, dh = self.lstm_deltas(grad_out, grad_hn, grad_cn, h0, c0, weight_hh, cell, gates, work, grad_h0, grad_c0)
+        self.all_steps_grads(dx, dh, x, h0, out, weight_ih, grad_x, grads)
+        return (grad_x, grad_h0, grad_c0, *grads)
+
+    def gru_backward(
+        self,
+        grad_out,
+        grad_hn,
+        x,
+        h0,
+        weight_ih,
+        weight_hh,
+        out,
+        gates,
+        hidden_n,
+        work,
+        grad_x,
+        grad_h0,
+        grad_weight_ih,
+        grad_weight_hh,
+        grad_bias_ih,
+        grad_bias_hh,
+    ):
+        """Backpropagation through time for :func:`gru_forward`.
+
+        With ``g_t`` = dL/dh_t (output gradient plus the recurrent term) and
+        ``m_t = W_hn h_{t-1} + b_hn``::
+
+            δn = g_t ⊙ (1 - z) ⊙ (1 - n²)
+            δr = δn ⊙ m_t ⊙ r(1 - r)
+            δz = g_t ⊙ (h_{t-1} - n) ⊙ z(1 - z)
+            δ^x_t = [δr, δz, δn]            error of the input pre-activations
+            δ^h_t = [δr, δz, δn ⊙ r]        error of the hidden pre-activations
+            g_{t-1} = grad_out[t-1] + g_t ⊙ z + δ^h_t·W_hh
+
+        ``dW_ih``, ``db_ih`` and ``dL/dx`` come from δ^x; ``dW_hh`` and ``db_hh``
+        from δ^h.
+
+        Parameters
+        ----------
+        grad_out : ndarray of shape (T, B, H)
+        grad_hn : ndarray of shape (B, H) or None
+        x, h0, weight_ih, weight_hh : the forward inputs
+        out, gates, hidden_n : the forward outputs
+        work : ndarray of shape (T, B, 6H): δ^x in ``[..., :3H]``, δ^h in ``[..., 3H:]``
+        grad_x : ndarray of shape (T, B, I) or None
+        grad_h0 : ndarray of shape (B, H)
+        grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh : as the parameters (biases may be None)
+
+        Returns
+        -------
+        (grad_x, grad_h0, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh)
+        """
+        grads = (grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh)
+        dx, dh = self.gru_deltas(grad_out, grad_hn, h0, weight_hh, out, gates, hidden_n, work, grad_h0)
+        self.all_steps_grads(dx, dh, x, h0, out, weight_ih, grad_x, grads)
+        return (grad_x, grad_h0, *grads)
+
+
+_BPTT = BPTT()
+rnn_backward = _BPTT.rnn_backward
+lstm_backward = _BPTT.lstm_backward
+gru_backward = _BPTT.gru_backward

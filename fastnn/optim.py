@@ -30,6 +30,7 @@ import numpy as np
 from . import _validation as _v
 from . import ops
 from ._typing import FloatArray
+from .ops.optim import _adam_hyper
 
 if TYPE_CHECKING:
     from .nn.module import Module, Parameter
@@ -294,12 +295,10 @@ class Adam(Optimizer):
         weight_decay: float = 0.0,
     ) -> None:
         b1, b2 = betas
-        self.betas = (
-            _v.scalar(b1, "beta1", low=0.0, high=1.0, high_open=True),
-            _v.scalar(b2, "beta2", low=0.0, high=1.0, high_open=True),
-        )
-        self.eps = _v.scalar(eps, "eps", low=0.0, low_open=True)
-        self.weight_decay = _v.scalar(weight_decay, "weight_decay", low=0.0)
+        b1, b2, eps, weight_decay = _adam_hyper(b1, b2, eps, weight_decay)
+        self.betas = (b1, b2)
+        self.eps = eps
+        self.weight_decay = weight_decay
         self.step_count = 0
         super().__init__(params, lr)
 

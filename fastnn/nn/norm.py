@@ -60,6 +60,22 @@ class _Normalization(Module):
     def _to_dtype(self, dt: np.dtype[Any]) -> None:
         self.__dict__["_dtype"] = dt
 
+    def _init_affine(self, shape: int | tuple[int, ...], dt: np.dtype[Any], weight: bool, bias: bool) -> None:
+        """PyTorch's initial values: γ (``weight``) ones and, with ``bias``, β zeros; None where not learned.
+
+        The dtype is kept also for a layer without them.
+        """
+        self.weight = Parameter(np.ones(shape, dt)) if weight else None
+        self.bias = Parameter(np.zeros(shape, dt)) if weight and bias else None
+        self.__dict__["_dtype"] = dt
+
+    def reset_parameters(self) -> None:
+        """γ = 1, β = 0."""
+        if self.weight is not None:
+            self.weight.data[...] = 1
+        if self.bias is not None:
+            self.bias.data[...] = 0
+
 
 class _BatchNorm(_Normalization):
     """Shared machinery of the batch norms (they differ in the input rank they accept)."""
@@ -90,9 +106,8 @@ class _BatchNorm(_Normalization):
         self.track_running_stats = _v.strict_bool(track_running_stats, "track_running_stats")
         dt = _v.strict_float_dtype(dtype)
         C = self.num_features
-        # PyTorch's initial values: γ = 1, β = 0, running mean 0 and variance 1
-        self.weight = Parameter(np.ones(C, dt)) if self.affine else None
-        self.bias = Parameter(np.zeros(C, dt)) if self.affine else None
+        self._init_affine(C, dt, self.affine, True)
+        # PyTorch's initial values: running mean 0 and variance 1
         if self.track_running_stats:
             self.register_buffer("running_mean", np.zeros(C, dt))
             self.register_buffer("running_var", np.ones(C, dt))
@@ -100,7 +115,6 @@ class _BatchNorm(_Normalization):
         else:
             for name in ("running_mean", "running_var", "num_batches_tracked"):
                 self.register_buffer(name, None)
-        self.__dict__["_dtype"] = dt
         self._reset_transient()
 
     def _new_plan(self) -> ops.BatchNormPlan:
@@ -124,10 +138,7 @@ class _BatchNorm(_Normalization):
     def reset_parameters(self) -> None:
         """Running statistics reset, γ = 1 and β = 0."""
         self.reset_running_stats()
-        if self.weight is not None:  # affine
-            self.weight.data[...] = 1
-        if self.bias is not None:
-            self.bias.data[...] = 0
+        super().reset_parameters()
 
     def _check_input(self, x: ArrayLike) -> None:
         shape = np.shape(x)
@@ -295,9 +306,7 @@ class LayerNorm(_Normalization):
         has_bias = _v.strict_bool(bias, "bias")
         dt = _v.strict_float_dtype(dtype)
         ns = self.normalized_shape
-        self.weight = Parameter(np.ones(ns, dt)) if self.elementwise_affine else None
-        self.bias = Parameter(np.zeros(ns, dt)) if self.elementwise_affine and has_bias else None
-        self.__dict__["_dtype"] = dt
+        self._init_affine(ns, dt, self.elementwise_affine, has_bias)
         self._reset_transient()
 
     def _new_plan(self) -> ops.LayerNormPlan:
@@ -306,13 +315,6 @@ class LayerNorm(_Normalization):
     @property
     def dtype(self) -> np.dtype[Any]:
         return self.weight.data.dtype if self.weight is not None else self.__dict__["_dtype"]
-
-    def reset_parameters(self) -> None:
-        """γ = 1, β = 0."""
-        if self.weight is not None:
-            self.weight.data[...] = 1
-        if self.bias is not None:
-            self.bias.data[...] = 0
 
     def forward(self, x: ArrayLike) -> FloatArray:
         """Normalise each sample of ``x`` (..., *normalized_shape)."""

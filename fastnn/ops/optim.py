@@ -45,6 +45,26 @@ def _step(step: int | float) -> int:
     return int(step)
 
 
+def _sgd_hyper(lr: float, momentum: float, nesterov: bool, weight_decay: float) -> tuple[float, float, float]:
+    """SGD's ``lr``, ``momentum`` and ``weight_decay`` checked as Python floats; Nesterov needs momentum."""
+    lr = _v.scalar(lr, "lr", low=0.0)
+    momentum = _v.scalar(momentum, "momentum", low=0.0, high=1.0, high_open=True)
+    weight_decay = _v.scalar(weight_decay, "weight_decay", low=0.0)
+    if nesterov and momentum == 0:
+        raise ValueError("nesterov momentum needs momentum > 0")
+    return lr, momentum, weight_decay
+
+
+def _adam_hyper(beta1: float, beta2: float, eps: float, weight_decay: float) -> tuple[float, float, float, float]:
+    """Adam's ``beta1``, ``beta2`` in [0, 1), ``eps`` > 0 and ``weight_decay`` >= 0, checked as Python floats."""
+    return (
+        _v.scalar(beta1, "beta1", low=0.0, high=1.0, high_open=True),
+        _v.scalar(beta2, "beta2", low=0.0, high=1.0, high_open=True),
+        _v.scalar(eps, "eps", low=0.0, low_open=True),
+        _v.scalar(weight_decay, "weight_decay", low=0.0),
+    )
+
+
 def sgd_update(
     param: FloatArray,
     grad: ArrayLike,
@@ -67,11 +87,7 @@ def sgd_update(
     nesterov : bool
     weight_decay : float, >= 0 (L2 penalty added to the gradient)
     """
-    lr = _v.scalar(lr, "lr", low=0.0)
-    momentum = _v.scalar(momentum, "momentum", low=0.0, high=1.0, high_open=True)
-    weight_decay = _v.scalar(weight_decay, "weight_decay", low=0.0)
-    if nesterov and momentum == 0:
-        raise ValueError("nesterov momentum needs momentum > 0")
+    lr, momentum, weight_decay = _sgd_hyper(lr, momentum, nesterov, weight_decay)
     if momentum:
         if velocity is None:
             raise ValueError("sgd_update with momentum > 0 needs a velocity buffer")
@@ -112,10 +128,7 @@ def adam_update(
     """
     step = _step(step)
     lr = _v.scalar(lr, "lr", low=0.0)
-    beta1 = _v.scalar(beta1, "beta1", low=0.0, high=1.0, high_open=True)
-    beta2 = _v.scalar(beta2, "beta2", low=0.0, high=1.0, high_open=True)
-    eps = _v.scalar(eps, "eps", low=0.0, low_open=True)
-    weight_decay = _v.scalar(weight_decay, "weight_decay", low=0.0)
+    beta1, beta2, eps, weight_decay = _adam_hyper(beta1, beta2, eps, weight_decay)
     param, grad = _state(param, grad, ("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq))
     _backend().adam_update(param, grad, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps, weight_decay, bool(decoupled))
     return param
@@ -168,11 +181,7 @@ def sgd_update_many(
     velocities : sequence of ndarray, optional (required when ``momentum > 0``)
     lr, momentum, nesterov, weight_decay : as :func:`sgd_update`
     """
-    lr = _v.scalar(lr, "lr", low=0.0)
-    momentum = _v.scalar(momentum, "momentum", low=0.0, high=1.0, high_open=True)
-    weight_decay = _v.scalar(weight_decay, "weight_decay", low=0.0)
-    if nesterov and momentum == 0:
-        raise ValueError("nesterov momentum needs momentum > 0")
+    lr, momentum, weight_decay = _sgd_hyper(lr, momentum, nesterov, weight_decay)
     if momentum and velocities is None:
         raise ValueError("sgd_update_many with momentum > 0 needs velocity buffers")
     params, grads, (velocities,) = _many(
@@ -205,10 +214,7 @@ def adam_update_many(
     if isinstance(step, bool) or int(step) != step or step < 1:
         raise ValueError(f"step must be an integer >= 1, got {step!r}")
     lr = _v.scalar(lr, "lr", low=0.0)
-    beta1 = _v.scalar(beta1, "beta1", low=0.0, high=1.0, high_open=True)
-    beta2 = _v.scalar(beta2, "beta2", low=0.0, high=1.0, high_open=True)
-    eps = _v.scalar(eps, "eps", low=0.0, low_open=True)
-    weight_decay = _v.scalar(weight_decay, "weight_decay", low=0.0)
+    beta1, beta2, eps, weight_decay = _adam_hyper(beta1, beta2, eps, weight_decay)
     params, grads, (m, v) = _many(
         params, grads, [("exp_avg", exp_avgs), ("exp_avg_sq", exp_avg_sqs)], "adam_update_many"
     )

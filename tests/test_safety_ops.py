@@ -349,25 +349,18 @@ agree(
 
 # ---------------------------------------------------------------- optimizers
 
-raises("sgd lr NaN", "ValueError", "ops.sgd_update(rnd(3, dtype=dt), rnd(3, dtype=dt), lr=float('nan'))", "lr")
-raises("sgd lr inf", "ValueError", "ops.sgd_update(rnd(3, dtype=dt), rnd(3, dtype=dt), lr=float('inf'))", "lr")
-raises("sgd lr negative", "ValueError", "ops.sgd_update(rnd(3, dtype=dt), rnd(3, dtype=dt), lr=-1.0)", "lr")
-raises("sgd lr string", "TypeError", "ops.sgd_update(rnd(3, dtype=dt), rnd(3, dtype=dt), lr='0.1')")
-raises(
-    "sgd momentum 1",
-    "ValueError",
-    "ops.sgd_update(rnd(3, dtype=dt), rnd(3, dtype=dt), rnd(3, dtype=dt), momentum=1.0)",
-    "momentum",
-)
-raises(
-    "sgd nesterov without momentum",
-    "ValueError",
-    "ops.sgd_update(rnd(3, dtype=dt), rnd(3, dtype=dt), nesterov=True)",
-    "nesterov",
-)
-raises("sgd param read-only", "ValueError", "ops.sgd_update(ro(rnd(3, dtype=dt)), rnd(3, dtype=dt))", "read-only")
-raises("sgd param strided", "ValueError", "ops.sgd_update(rnd(6, dtype=dt)[::2], rnd(3, dtype=dt))", "C-contiguous")
-raises("sgd param int", "TypeError", "ops.sgd_update(np.zeros(3, np.int64), rnd(3, dtype=dt))")
+for case, exc, args, match in [
+    ("lr NaN", "ValueError", "rnd(3, dtype=dt), rnd(3, dtype=dt), lr=float('nan')", "lr"),
+    ("lr inf", "ValueError", "rnd(3, dtype=dt), rnd(3, dtype=dt), lr=float('inf')", "lr"),
+    ("lr negative", "ValueError", "rnd(3, dtype=dt), rnd(3, dtype=dt), lr=-1.0", "lr"),
+    ("lr string", "TypeError", "rnd(3, dtype=dt), rnd(3, dtype=dt), lr='0.1'", None),
+    ("momentum 1", "ValueError", "rnd(3, dtype=dt), rnd(3, dtype=dt), rnd(3, dtype=dt), momentum=1.0", "momentum"),
+    ("nesterov without momentum", "ValueError", "rnd(3, dtype=dt), rnd(3, dtype=dt), nesterov=True", "nesterov"),
+    ("param read-only", "ValueError", "ro(rnd(3, dtype=dt)), rnd(3, dtype=dt)", "read-only"),
+    ("param strided", "ValueError", "rnd(6, dtype=dt)[::2], rnd(3, dtype=dt)", "C-contiguous"),
+    ("param int", "TypeError", "np.zeros(3, np.int64), rnd(3, dtype=dt)", None),
+]:
+    raises(f"sgd {case}", exc, f"ops.sgd_update({args})", match)
 raises(
     "sgd velocity is param",
     "ValueError",

@@ -470,39 +470,23 @@ def _act_tile(c, ldc, i0, j0, mr, nr, act):
 
 
 @njit(**_OPTS)
-def _macro(
-    a,
-    rsa,
-    csa,
-    b,
-    rsb,
-    csb,
-    c,
-    ldc,
-    pb,
-    pa,
-    tile,
-    ic,
-    mc,
-    pc,
-    kc,
-    jc,
-    nc,
-    nr_full,
-    first,
-    last,
-    bias,
-    has_bias,
-    act,
-    direct,
-):
+def _macro(a_op, b_op, c, ldc, bufs, epi, ic, mc, pc, kc, jc, nc, nr_full, first, last, direct):
     """All MR x NR tiles of one MC x NC block of C.
 
     Packed: A block packed here, B block already packed in pb. Direct (small
     products, where packing would cost more than it saves): A and B read in
     place, only ragged edge panels packed (for their zero padding). Whole
     tiles go straight from the registers to C with the epilogue applied there;
-    edge tiles go through the scratch tile."""
+    edge tiles go through the scratch tile.
+
+    Grouped arguments (tuples, unpacked at compile time): a_op = (a, rsa, csa)
+    and b_op = (b, rsb, csb), operands and their element strides; bufs =
+    (pb, pa, tile), the packing buffers and the scratch tile; epi = (bias,
+    has_bias, act), the epilogue."""
+    a, rsa, csa = a_op
+    b, rsb, csb = b_op
+    pb, pa, tile = bufs
+    bias, has_bias, act = epi
     mfull = mc // MR * MR if direct else 0
     if not direct:
         _pack_a(a, rsa, csa, ic, pc, mc, kc, pa)
@@ -587,6 +571,7 @@ def _gemm_serial(M, N, K, a, rsa, csa, b, rsb, csb, c, ldc, bias, has_bias, act)
     pb = _empty_aligned(kcm * npan_max * nrf, c)
     pa = _empty_aligned(kcm * (min(M, MC) + MR), c)
     tile = _empty_aligned(MR * nrf, c)
+    a_op, b_op, bufs, epi = (a, rsa, csa), (b, rsb, csb), (pb, pa, tile), (bias, has_bias, act)
     for jc in range(0, N, NC):
         nc = min(NC, N - jc)
         npan = (nc + nrf - 1) // nrf
@@ -597,32 +582,7 @@ def _gemm_serial(M, N, K, a, rsa, csa, b, rsb, csb, c, ldc, bias, has_bias, act)
                     _pack_b_panel(b, rsb, csb, pc, jc, kc, nc, jp, nrf, pb)
             for ic in range(0, M, MC):
                 mc = min(MC, M - ic)
-                _macro(
-                    a,
-                    rsa,
-                    csa,
-                    b,
-                    rsb,
-                    csb,
-                    c,
-                    ldc,
-                    pb,
-                    pa,
-                    tile,
-                    ic,
-                    mc,
-                    pc,
-                    kc,
-                    jc,
-                    nc,
-                    nrf,
-                    pc == 0,
-                    pc + kc >= K,
-                    bias,
-                    has_bias,
-                    act,
-                    direct,
-                )
+                _macro(a_op, b_op, c, ldc, bufs, epi, ic, mc, pc, kc, jc, nc, nrf, pc == 0, pc + kc >= K, direct)
 
 
 @njit(parallel=True, **_OPTS)

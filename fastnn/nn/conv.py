@@ -214,10 +214,6 @@ class Conv2d(_ConvNd):
         self.__dict__["_plan"] = plan
         self.__dict__["_ctx"] = None
 
-    def reset_parameters(self, rng: Seed = None) -> None:
-        """Draw new initial values, as PyTorch does."""
-        super().reset_parameters(rng)
-
     def output_shape(self, input_shape: Sequence[int]) -> tuple[int, int, int, int]:
         """Output shape for an input shape (``ValueError`` if the input is too small)."""
         return ops.conv2d_output_shape(input_shape, self.weight.data.shape, self.stride, self.padding, self.dilation)

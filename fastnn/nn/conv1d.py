@@ -164,10 +164,6 @@ class Conv1d(_ConvNd):
         )
         self.__dict__["_ctx"] = None
 
-    def reset_parameters(self, rng: Seed = None) -> None:
-        """PyTorch's initialisation: weight and bias ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``."""
-        super().reset_parameters(rng)
-
     def forward(self, x: ArrayLike) -> FloatArray:
         """Convolve ``x`` of shape (B, C, L); returns (B, O, Lo)."""
         return _squeeze(self._convolve(x, _sequence(self, x, self.in_channels)))

@@ -360,6 +360,23 @@ def test_case_figures():
     assert w4.gemm_shapes == [(128, 784, 256), (128, 256, 10), (10, 128, 256), (128, 10, 256), (256, 128, 784)]
 
 
+def test_mlp_products_follow_the_layers():
+    """One hidden width gives W3/W4's five products; two give three forward, three dW and two dx."""
+    assert workloads._mlp_gemms(64, 128, 10, 32) == [
+        (32, 64, 128),
+        (32, 128, 10),
+        (10, 32, 128),
+        (32, 10, 128),
+        (128, 32, 64),
+    ]
+    shapes = workloads._mlp_gemms(784, (1024, 512), 10, 256)
+    assert shapes[:3] == [(256, 784, 1024), (256, 1024, 512), (256, 512, 10)]
+    assert shapes[3:] == [(10, 256, 512), (256, 10, 512), (512, 256, 1024), (256, 512, 1024), (1024, 256, 784)]
+    (mid,) = [c for c in workloads.get_workloads(["MID"])[0].cases(False, False) if c.kind == "mlp"]
+    assert mid.params["h"] == (1024, 1024) and mid.flops == workloads.gemm_shapes_flops(mid.gemm_shapes)
+    assert len([m for m in workloads.mlp_layers(fastnn.nn, 784, (1024, 1024), 10) if hasattr(m, "weight")]) == 3
+
+
 def test_gemm_only_step_computes_products():
     case = workloads.get_workloads(["W3"])[0].cases(False, True)[0]
     step = workloads.build_gemm_only(case)
@@ -645,9 +662,9 @@ def test_plans_section_tiny():
     assert "error: boom" in "\n".join(plans_section.markdown_lines({"error": "boom"}))
 
 
-@pytest.mark.parametrize("wid", ["LAYERS", "NORM"])
+@pytest.mark.parametrize("wid", ["LAYERS", "NORM", "MID"])
 def test_optional_layer_workloads_run_in_every_backend_and_torch(wid):
-    """The optional LAYERS and NORM workloads: a step per backend (and PyTorch), finite and repeatable."""
+    """The optional LAYERS, NORM and MID workloads: a step per backend (and PyTorch), finite and repeatable."""
     from fastnn.bench import anchors
 
     (wl,) = workloads.get_workloads([wid])
@@ -661,6 +678,8 @@ def test_optional_layer_workloads_run_in_every_backend_and_torch(wid):
             assert np.isfinite(first).all() and np.isfinite(again).all(), (case.key, b)
             if case.kind == "cnn_bn":
                 assert float(again) < float(first) + 1.0  # a training step on a fixed batch: no blow-up
+            elif case.kind == "mlp":
+                assert float(again) < float(first)  # SGD on a fixed batch lowers the loss
             elif case.kind != "bilstm":
                 np.testing.assert_allclose(again, first, rtol=1e-4, atol=1e-5)  # layers without update: repeatable
         if anchors.available("torch"):

@@ -15,7 +15,7 @@ import importlib
 
 import numpy as np
 
-from .workloads import DTYPE, Case, _randn, _rng
+from .workloads import DTYPE, Case, _randn, _rng, hidden_widths, mlp_layers
 
 __all__ = ["ANCHORS", "anchor_status", "build_anchor", "set_threads"]
 
@@ -123,7 +123,7 @@ def _torch_mlp(p):
 
     torch.manual_seed(0)
     rng = _rng()
-    model = torch.nn.Sequential(torch.nn.Linear(p["i"], p["h"]), torch.nn.ReLU(), torch.nn.Linear(p["h"], p["o"]))
+    model = torch.nn.Sequential(*mlp_layers(torch.nn, p["i"], p["h"], p["o"]))
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     x = _t(_randn(rng, p["b"], p["i"]))
     y = torch.from_numpy(rng.integers(0, p["o"], p["b"]))
@@ -222,6 +222,24 @@ def _torch_conv3x3(p):
     return step
 
 
+def _torch_conv3x3_train(p):
+    import torch
+
+    torch.manual_seed(0)
+    rng = _rng()
+    conv = torch.nn.Conv2d(p["c"], p["o"], 3, padding=1)
+    x = _t(_randn(rng, p["b"], p["c"], p["hw"], p["hw"])).requires_grad_(True)
+    g = _t(_randn(rng, p["b"], p["o"], p["hw"], p["hw"]))
+
+    def step():
+        conv.zero_grad()
+        x.grad = None
+        conv(x).backward(g)
+        return x.grad
+
+    return step
+
+
 def _torch_ce(p):
     import torch
 
@@ -260,6 +278,7 @@ _TORCH = {
     "batchnorm": _torch_norm("batch"),
     "layernorm": _torch_norm("layer"),
     "conv3x3": _torch_conv3x3,
+    "conv3x3_train": _torch_conv3x3_train,
     "ce": _torch_ce,
     "adam": _torch_adam,
 }
@@ -284,7 +303,7 @@ def _sklearn_mlp(p):
     y = rng.integers(0, p["o"], nb * p["b"])
     classes = np.arange(p["o"])
     clf = MLPClassifier(
-        hidden_layer_sizes=(p["h"],),
+        hidden_layer_sizes=hidden_widths(p["h"]),
         activation="relu",
         solver="sgd",
         alpha=0.0,

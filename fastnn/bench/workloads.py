@@ -133,15 +133,26 @@ def gemm_shapes_flops(shapes) -> float:
     return float(sum(2 * m * k * n for m, k, n in shapes))
 
 
+def hidden_widths(h) -> tuple:
+    """An MLP case's hidden widths: ``h`` is one width or a sequence of them."""
+    return tuple(h) if isinstance(h, (tuple, list)) else (h,)
+
+
 def _mlp_gemms(i, h, o, b):
-    """Matrix products of one train step of Linear(i,h)-ReLU-Linear(h,o), batch b."""
-    return [
-        (b, i, h),
-        (b, h, o),  # forward
-        (o, b, h),
-        (b, o, h),  # layer 2: dW, dx
-        (h, b, i),
-    ]  # layer 1: dW (no dx for the input)
+    """Matrix products of one train step of Linear(i,h)-ReLU-...-Linear(h,o), batch b.
+
+    ``h`` is one hidden width or a sequence of them. Forward: one (b, in, out)
+    product per layer; backward, last layer first: dW (out, b, in) and dx
+    (b, out, in), except the first layer's dx (its input needs no gradient).
+    """
+    widths = (i, *hidden_widths(h), o)
+    pairs = list(zip(widths[:-1], widths[1:]))
+    shapes = [(b, n_in, n_out) for n_in, n_out in pairs]
+    for layer, (n_in, n_out) in reversed(list(enumerate(pairs))):
+        shapes.append((n_out, b, n_in))
+        if layer:
+            shapes.append((b, n_out, n_in))
+    return shapes
 
 
 # -- the workloads -----------------------------------------------------------
@@ -172,7 +183,7 @@ def _mlp(wid, i, h, o, b):
         return [
             Case(
                 wid,
-                f"train step {i}-{h}-{o} B={b}",
+                f"train step {'-'.join(str(w) for w in (i, *hidden_widths(h), o))} B={b}",
                 "mlp",
                 dict(i=i, h=h, o=o, b=b),
                 flops=gemm_shapes_flops(shapes),
@@ -227,6 +238,32 @@ def _conv(quick, tiny):
     flops = 2.0 * b * o * c * 9 * hw * hw
     return [
         Case("CONV", f"conv3x3 {c}->{o} {hw}x{hw} B={b} forward", "conv3x3", dict(b=b, c=c, o=o, hw=hw), flops=flops)
+    ]
+
+
+def _mid(quick, tiny):
+    """Mid-sized networks at 2 threads: a wide MLP and a 64-channel convolution trained."""
+    i, h, o, b = (64, (128, 128), 10, 32) if tiny else (784, (1024, 1024), 10, 256)
+    cb, c, co, hw = (1, 8, 8, 16) if tiny else (8, 64, 64, 56)
+    shapes = _mlp_gemms(i, h, o, b)
+    # forward, weight gradient and input gradient: three products of the same size
+    conv_flops = 3 * 2.0 * cb * co * c * 9 * hw * hw
+    return [
+        Case(
+            "MID",
+            f"train step {'-'.join(str(w) for w in (i, *h, o))} B={b}",
+            "mlp",
+            dict(i=i, h=h, o=o, b=b),
+            flops=gemm_shapes_flops(shapes),
+            gemm_shapes=shapes,
+        ),
+        Case(
+            "MID",
+            f"conv3x3 {c}->{co} {hw}x{hw} B={cb} fwd+bwd",
+            "conv3x3_train",
+            dict(b=cb, c=c, o=co, hw=hw),
+            flops=conv_flops,
+        ),
     ]
 
 
@@ -331,8 +368,8 @@ WORKLOADS: list[Workload] = [
 ]
 
 
-#: Workloads run only when asked for by id (``fastnn bench --workloads SKL,LAYERS,NORM``; ``--sklearn``).
-OPTIONAL_WORKLOADS = ("SKL", "LAYERS", "NORM")
+#: Workloads run only when asked for by id (``fastnn bench --workloads SKL,LAYERS,NORM,MID``; ``--sklearn``).
+OPTIONAL_WORKLOADS = ("SKL", "LAYERS", "NORM", "MID")
 
 
 def _optional():
@@ -353,6 +390,13 @@ def _optional():
             "copy",
             ("fastnn.nn.BatchNorm1d", "fastnn.nn.LayerNorm"),
             _norm,
+        ),
+        Workload(
+            "MID",
+            "mid-sized networks: 784-1024-1024-10 MLP train step (batch 256), 3x3 conv 64->64 fwd+bwd",
+            "gemm",
+            _TRAIN + ("fastnn.nn.Conv2d",),
+            _mid,
         ),
     ]
 
@@ -450,11 +494,20 @@ def _step_mlp(p):
     fastnn = _fastnn()
     nn = fastnn.nn
     rng = _rng()
-    model = nn.Sequential(nn.Linear(p["i"], p["h"]), nn.ReLU(), nn.Linear(p["h"], p["o"]))
+    model = nn.Sequential(*mlp_layers(nn, p["i"], p["h"], p["o"]))
     opt = _optim().SGD(model.parameters(), lr=0.01, momentum=0.9)
     x = _randn(rng, p["b"], p["i"])
     y = rng.integers(0, p["o"], p["b"])
     return _train_step(model, nn.CrossEntropyLoss(), opt, x, y)
+
+
+def mlp_layers(nn, i, h, o) -> list:
+    """Linear-ReLU-...-Linear layers of an MLP case; ``nn`` is ``fastnn.nn`` or ``torch.nn``."""
+    widths = (i, *hidden_widths(h), o)
+    layers = []
+    for n_in, n_out in zip(widths[:-1], widths[1:]):
+        layers += [nn.Linear(n_in, n_out), nn.ReLU()]
+    return layers[:-1]
 
 
 def cnn_model(nn, batch_norm=False):
@@ -563,6 +616,21 @@ def _step_conv3x3(p):
     return lambda: conv(x)
 
 
+def _step_conv3x3_train(p):
+    nn = _fastnn().nn
+    rng = _rng()
+    conv = nn.Conv2d(p["c"], p["o"], 3, padding=1)
+    x = _randn(rng, p["b"], p["c"], p["hw"], p["hw"])
+    g = _randn(rng, p["b"], p["o"], p["hw"], p["hw"])
+
+    def step():
+        conv.zero_grad()
+        conv(x)
+        return conv.backward(g)
+
+    return step
+
+
 def _step_ce(p):
     ops = _fastnn().ops
     rng = _rng()
@@ -601,6 +669,7 @@ _BUILDERS = {
     "rnn": _step_rnn,
     "lstm": _step_lstm,
     "conv3x3": _step_conv3x3,
+    "conv3x3_train": _step_conv3x3_train,
     "cnn_bn": lambda p: _step_cnn(p, batch_norm=True),
     "bilstm": _step_bilstm,
     "batchnorm": _step_norm("batch"),

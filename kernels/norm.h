@@ -4,35 +4,31 @@
  *     μ = c + Σ(x − c)/n,    σ² = Σ(x − c)²/n − (Σ(x − c)/n)²,
  * which loses no digits while |μ − c| ≤ σ; c is the mean of a few leading
  * values, and a group whose shift turns out further than σ from its mean
- * (|μ − c| > σ: a few per cent of random groups, or structured data) takes a
+ * (a fraction of a per cent of random groups, or structured data) takes a
  * second pass around c = μ, so the cancellation never costs more than a
- * factor 2. The sums run in the data's dtype over FNN_NCH values per partial
- * (FNN_NP partials side by side: whole vectors of float lanes) and are added
- * in float64 from there: float32 partials are twice as wide as float64 ones
- * and need no conversions in the loop, and a partial of 8 float32 terms has
- * a relative rounding error of at most 7·2^-24 of the sum of its terms'
- * magnitudes. The variance is then within about 2·(FNN_NCH + 1)·2^-24
- * relative of the exact one (tests/test_norm_numerics.py checks 2e-6 on data
- * with |mean|/std = 1e4, float32), and the mean within that of σ.
+ * factor 2. The terms are summed in the data's dtype, four vectors of
+ * partials whose lanes add FNN_NCH terms each, the four added together and
+ * the result added in float64: float32 partials are twice as wide as
+ * float64 ones and need no conversions in the loop. Such a partial of float32
+ * terms has a relative rounding error of at most (FNN_NCH + 2)·2^-24 of the
+ * sum of its terms' magnitudes, so the variance is within about
+ * 2·(FNN_NCH + 3)·2^-24 ≈ 1.3e-6 relative of the exact one
+ * (tests/test_norm_numerics.py checks 2e-6 on data with |mean|/std = 1e4,
+ * a far shift and std 1e-3, float32), and the mean within that of σ.
  *
  * Every kernel reads its group's values in memory order: a layer norm row
- * at a time (the row stays in L1 for its two or three passes), a batch norm
- * as blocks of channels whose values over the batch fit in L2, so that the
- * statistics pass and the normalising pass read the block from L2 once it
- * came from memory. */
+ * at a time (it stays in L1 for its two passes), a batch norm over (N, C)
+ * row by row with each channel's partials in an array (rows 4 KiB apart fall
+ * into one L1 set: a tile of rows with its sums in registers stalled on its
+ * loads), in
+ * blocks of channels of at most FNN_BN_BLOCK_BYTES (blocks of 64-256 KiB, to
+ * keep a block in L2 between the statistics and the normalising pass, were
+ * slower on the 1 MiB batch than one block). */
 
-#ifndef FNN_NP
-#define FNN_NP 32  /* partial sums side by side: 4 float or 8 double vectors of AVX2 */
-#define FNN_NCH 8  /* terms a partial in the data's dtype adds before it goes to float64 */
+#ifndef FNN_NCH
+#define FNN_NCH 8 /* terms a lane of partials in the data's dtype adds before they go to float64 */
 #define FNN_PILOT 8 /* leading values whose mean is the shift */
-#define FNN_BN_BLOCK_BYTES (1024 * 1024) /* one batch norm channel block's values: about L2 */
-
-FNN_INLINE double fnn_np_total(const double *q)
-{
-    double s = 0;
-    for (int j = 0; j < FNN_NP; j++) s += q[j];
-    return s;
-}
+#define FNN_BN_BLOCK_BYTES (1024 * 1024) /* a batch norm channel block's values at most */
 
 /* The mean and the variance from shifted sums s1 = Σ(x − c), s2 = Σ(x − c)² of n values;
  * returns whether the shift was too far from the mean for one pass (|μ − c| > σ). */
@@ -358,8 +354,8 @@ static void FN(bn_apply)(const FNN_T *FNN_RESTRICT g, const FNN_T *FNN_RESTRICT 
 FNN_INLINE fnn_idx FN(bn_block)(fnn_idx N, fnn_idx L, fnn_idx nc)
 {
     fnn_idx per = (fnn_idx)(FNN_BN_BLOCK_BYTES / sizeof(FNN_T)) / (N * L > 0 ? N * L : 1);
-    if (L == 1 && per > FNN_NP)
-        per -= per % FNN_NP; /* whole vectors of columns */
+    if (L == 1 && per > 4 * FNN_L)
+        per -= per % (4 * FNN_L); /* whole vectors of columns */
     return per < 1 ? 1 : (per < nc ? per : nc);
 }
 

@@ -4,8 +4,8 @@ The statistics as in the C library (``kernels/norm.h``): one pass of
 shifted sums around the mean of a few leading values, a second pass around
 the mean only for a group whose shift lay more than σ from it, the terms
 summed in the data's dtype over short chunks and from there in float64. A
-layer norm row is read twice (its sums, its output); the backward pass
-writes dL/dx and adds to the affine gradients' column sums in one pass.
+layer norm row is read twice (its sums, its output); in the backward pass
+the affine gradients' column sums take the row again while it is in L1.
 Batch norm splits the channels over threads, layer norm the rows. ``None``
 arguments (no affine parameters, no input gradient) become flags here, in
 Python, so each kernel compiles once per dtype.

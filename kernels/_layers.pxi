@@ -1,7 +1,8 @@
 # Dropout, batch and layer normalisation, embeddings and adaptive average
 # pooling (the math: fastnn/backends/reference/{dropout,norm,embedding,
-# adaptive_pool}.py). One pass per output, statistics summed in float64 as the
-# reference sums them; channels (batch norm), rows (layer norm, embeddings) or
+# adaptive_pool}.py). One pass per output; the normalisations' statistics
+# (kernels/norm.h) are summed in float64 over short partials in the data's
+# dtype; channels (batch norm), rows (layer norm, embeddings) or
 # planes (pooling) split over the team when the work is large. Every index an
 # embedding kernel reads or writes with is checked here, where it is used.
 
@@ -70,96 +71,20 @@ def dropout_backward(cnp.ndarray grad_out, cnp.ndarray mask, double scale, fnn_i
     return out
 
 
-# ---- sums in float64 without a chain of dependent additions ----
-# The build keeps IEEE order (no -ffast-math), so `s += x[i]` would be one
-# dependent addition per element; the C library's sums (elementwise.h) keep 16
-# independent partial sums, at a different rounding of the same sum.
-
-cdef inline double _sum(const real *x, fnn_idx n) noexcept nogil:
-    return sum64(x, n)
-
-
-cdef inline double _sq_dev(const real *x, real c, fnn_idx n) noexcept nogil:
-    """Σ (x − c)², the difference in the data's dtype (as the reference centres), squared in float64."""
-    return sq_dev(x, c, n)
-
-
-cdef inline void _dot_dev(const real *g, const real *x, real c, fnn_idx n, double *sg, double *sgx) noexcept nogil:
-    """sg += Σ g, sgx += Σ g·(x − c), in float64."""
-    dot_dev(g, <const real*>NULL, x, c, <real>1, n, sg, sgx)
-
-
 # ---- batch normalisation: x (N, C, L), statistics per channel ----
-# Every pass walks x in memory order over a block of channels (one block per
-# thread): for L = 1 (BatchNorm1d on (N, C)) a channel's values are C apart,
-# and a pass per channel would load a cache line per value.
-
-cdef void _bn_block_fwd(const real *x, const real *w, const real *b, double eps, bint batch_stats, real *mean,
-                        real *var, real *out, fnn_idx N, fnn_idx C, fnn_idx L, fnn_idx c0, fnn_idx c1,
-                        double *acc, real *sc) noexcept nogil:
-    """Channels c0..c1: acc (c1 - c0 doubles) and sc (2 (c1 - c0) reals) are scratch."""
-    cdef fnn_idx n, c, i, o, nc = c1 - c0
-    cdef real *sh = sc + nc
-    cdef double scale, shift, M = <double>(N * L)
-    if batch_stats:
-        for c in range(nc):
-            acc[c] = 0
-        if L == 1:
-            bn_col_sum(x + c0, N, nc, C, acc)
-        else:
-            for n in range(N):
-                o = (n * C + c0) * L
-                for c in range(nc):
-                    acc[c] += _sum(x + o + c * L, L)
-        for c in range(nc):
-            mean[c0 + c] = <real>(acc[c] / M)   # the reference centres in the data's dtype
-            acc[c] = 0
-        if L == 1:
-            bn_col_sq_dev(x + c0, mean + c0, N, nc, C, acc)
-        else:
-            for n in range(N):
-                o = (n * C + c0) * L
-                for c in range(nc):
-                    acc[c] += _sq_dev(x + o + c * L, mean[c0 + c], L)
-        for c in range(nc):
-            var[c0 + c] = <real>(acc[c] / M)
-    for c in range(nc):
-        scale = 1.0 / sqrt(<double>var[c0 + c] + eps)
-        if w != NULL:
-            scale = scale * w[c0 + c]
-        shift = -(<double>mean[c0 + c]) * scale
-        if b != NULL:
-            shift = shift + b[c0 + c]
-        sc[c] = <real>scale
-        sh[c] = <real>shift
-    if L == 1:
-        bn_col_affine(<const real*>NULL, <const real*>NULL, x + c0, <const real*>NULL, sc, sh, out + c0, N, nc, C)
-        return
-    for n in range(N):
-        o = (n * C + c0) * L
-        for c in range(nc):
-            for i in range(L):
-                out[o + c * L + i] = x[o + c * L + i] * sc[c] + sh[c]
-
+# The C library (norm.h) takes a range of channels at a time, in blocks whose
+# values stay in L2 between the statistics and the normalising pass; the team
+# splits the channels, so every sum has one order whatever the thread count.
 
 cdef int _bn_fwd(const real *x, const real *w, const real *b, double eps, bint batch_stats, real *mean, real *var,
                  real *out, fnn_idx N, fnn_idx C, fnn_idx L) noexcept nogil:
     cdef int nt = _num_threads if _parallel(N * C * L, False) and C > 1 else 1
-    cdef fnn_idx blk, nblk = nt, per = (C + nblk - 1) // nblk, c0, c1
-    cdef char *scratch = <char*>malloc(C * (sizeof(double) + 2 * sizeof(real)) + 64)
-    cdef double *acc
-    cdef real *sc
-    if scratch == NULL:
-        return -1
-    acc = <double*>scratch
-    sc = <real*>(acc + C)
-    for blk in prange(nblk, num_threads=nt, schedule="static"):
-        c0 = blk * per
-        c1 = min(C, c0 + per)
-        if c0 < c1:
-            _bn_block_fwd(x, w, b, eps, batch_stats, mean, var, out, N, C, L, c0, c1, acc + c0, sc + 2 * c0)
-    free(scratch)
-    return 0
+    cdef fnn_idx blk, per = (C + nt - 1) // nt
+    cdef int rc = 0
+    for blk in prange(nt, num_threads=nt, schedule="static"):
+        if blk * per < C:
+            rc |= bn_fwd(x, w, b, eps, batch_stats, mean, var, out, N, C, L, blk * per, min(C, blk * per + per))
+    return rc
 
 
 def batch_norm_forward(cnp.ndarray x, cnp.ndarray weight, cnp.ndarray bias, double eps, bint batch_stats,
@@ -182,77 +107,16 @@ def batch_norm_forward(cnp.ndarray x, cnp.ndarray weight, cnp.ndarray bias, doub
     return out
 
 
-cdef void _bn_block_bwd(const real *g, const real *x, const real *w, const real *mean, const real *var, double eps,
-                        bint batch_stats, real *gi, real *gw, real *gb, fnn_idx N, fnn_idx C, fnn_idx L,
-                        fnn_idx c0, fnn_idx c1, double *sg, real *k) noexcept nogil:
-    """Channels c0..c1: sg (2 (c1 - c0) doubles) and k (3 (c1 - c0) reals) are scratch."""
-    cdef fnn_idx n, c, i, o, nc = c1 - c0
-    cdef double *sgx = sg + nc
-    cdef real *a = k + nc
-    cdef real *bb = k + 2 * nc
-    cdef double r, kd, M = <double>(N * L)
-    for c in range(nc):
-        sg[c] = 0
-        sgx[c] = 0
-    if L == 1:
-        bn_col_dot_dev(g + c0, x + c0, mean + c0, N, nc, C, sg, sgx)
-    else:
-        for n in range(N):
-            o = (n * C + c0) * L
-            for c in range(nc):
-                _dot_dev(g + o + c * L, x + o + c * L, mean[c0 + c], L, &sg[c], &sgx[c])
-    for c in range(nc):
-        r = 1.0 / sqrt(<double>var[c0 + c] + eps)
-        sgx[c] = sgx[c] * r
-        if gb != NULL:
-            gb[c0 + c] = <real>sg[c]
-        if gw != NULL:
-            gw[c0 + c] = <real>sgx[c]
-        kd = r * (<double>w[c0 + c] if w != NULL else 1.0)
-        k[c] = <real>kd
-        a[c] = <real>(kd * r * sgx[c] / M) if batch_stats else <real>0
-        bb[c] = <real>(kd * sg[c] / M) if batch_stats else <real>0
-    if gi == NULL:
-        return
-    if L == 1:
-        if batch_stats:
-            bn_col_affine(g + c0, k, x + c0, mean + c0, a, bb, gi + c0, N, nc, C)
-        else:
-            bn_col_affine(g + c0, k, x + c0, <const real*>NULL, <const real*>NULL, <const real*>NULL, gi + c0, N,
-                          nc, C)
-        return
-    for n in range(N):
-        o = (n * C + c0) * L
-        if batch_stats:
-            for c in range(nc):
-                for i in range(L):
-                    gi[o + c * L + i] = (g[o + c * L + i] * k[c]
-                                         - ((x[o + c * L + i] - mean[c0 + c]) * a[c] + bb[c]))
-        else:
-            for c in range(nc):
-                for i in range(L):
-                    gi[o + c * L + i] = g[o + c * L + i] * k[c]
-
-
 cdef int _bn_bwd(const real *g, const real *x, const real *w, const real *mean, const real *var, double eps,
                  bint batch_stats, real *gi, real *gw, real *gb, fnn_idx N, fnn_idx C, fnn_idx L) noexcept nogil:
     cdef int nt = _num_threads if _parallel(N * C * L, False) and C > 1 else 1
-    cdef fnn_idx blk, nblk = nt, per = (C + nblk - 1) // nblk, c0, c1
-    cdef char *scratch = <char*>malloc(C * (2 * sizeof(double) + 3 * sizeof(real)) + 64)
-    cdef double *sg
-    cdef real *k
-    if scratch == NULL:
-        return -1
-    sg = <double*>scratch
-    k = <real*>(sg + 2 * C)
-    for blk in prange(nblk, num_threads=nt, schedule="static"):
-        c0 = blk * per
-        c1 = min(C, c0 + per)
-        if c0 < c1:
-            _bn_block_bwd(g, x, w, mean, var, eps, batch_stats, gi, gw, gb, N, C, L, c0, c1, sg + 2 * c0,
-                          k + 3 * c0)
-    free(scratch)
-    return 0
+    cdef fnn_idx blk, per = (C + nt - 1) // nt
+    cdef int rc = 0
+    for blk in prange(nt, num_threads=nt, schedule="static"):
+        if blk * per < C:
+            rc |= bn_bwd(g, x, w, mean, var, eps, batch_stats, gi, gw, gb, N, C, L, blk * per,
+                         min(C, blk * per + per))
+    return rc
 
 
 def batch_norm_backward(cnp.ndarray grad_out, cnp.ndarray x, cnp.ndarray weight, cnp.ndarray mean, cnp.ndarray var,
@@ -278,19 +142,27 @@ def batch_norm_backward(cnp.ndarray grad_out, cnp.ndarray x, cnp.ndarray weight,
 
 # ---- layer normalisation: x (M, K), statistics per row ----
 
-# A layer norm value costs about as much as 8 values of an elementwise loop
-# with an exp (float64 sums, the normalised value): rows go parallel from 64k
-# values (256 x 1024 float32 fwd+bwd: 491 -> 310 us on 2 threads).
+# A layer norm value counts as 8 values of an elementwise loop with an exp:
+# the team takes contiguous ranges of rows from 64k values (measured with the
+# previous float64 kernels, 256 x 1024 float32 fwd+bwd: 491 -> 310 us on 2
+# threads; the one-pass kernels cost less per value, and the break-even was
+# not measured again: the machine stayed busy).
 cdef enum:
     _LN_WORK = 8
 
 
+cdef inline int _ln_threads(fnn_idx M, fnn_idx K) noexcept nogil:
+    return _num_threads if _parallel(M * K * _LN_WORK, False) and M > 1 else 1
+
+
 cdef void _ln_fwd(const real *x, const real *w, const real *b, double eps, real *out, real *mean, real *rstd,
                   fnn_idx M, fnn_idx K) noexcept nogil:
-    cdef fnn_idx m
-    for m in prange(M, num_threads=_num_threads if _parallel(M * K * _LN_WORK, False) and M > 1 else 1,
-                    schedule="static"):
-        ln_fwd_row(x + m * K, w, b, eps, out + m * K, mean + m, rstd + m, K)
+    cdef int nt = _ln_threads(M, K)
+    cdef fnn_idx t, per = (M + nt - 1) // nt, m0
+    for t in prange(nt, num_threads=nt, schedule="static"):
+        m0 = t * per
+        if m0 < M:
+            ln_fwd_rows(x + m0 * K, w, b, eps, out + m0 * K, mean + m0, rstd + m0, min(per, M - m0), K)
 
 
 def layer_norm_forward(cnp.ndarray x, cnp.ndarray weight, cnp.ndarray bias, double eps, cnp.ndarray out,
@@ -311,26 +183,36 @@ def layer_norm_forward(cnp.ndarray x, cnp.ndarray weight, cnp.ndarray bias, doub
 
 cdef int _ln_bwd(const real *g, const real *x, const real *w, const real *mean, const real *rstd, real *gi,
                  real *gw, real *gb, fnn_idx M, fnn_idx K) noexcept nogil:
-    cdef fnn_idx m, k
+    """Each thread a range of rows; its affine sums (float64) in its own slice, added in thread order after."""
+    cdef int nt = _ln_threads(M, K)
+    cdef bint params = gw != NULL or gb != NULL
+    cdef fnn_idx t, k, per = (M + nt - 1) // nt, m0
+    cdef size_t each = 2 * K * (sizeof(double) + sizeof(real))   # sw, sb and the partials pw, pb
+    cdef char *mem = <char*>calloc(nt, each) if params else NULL
     cdef double *sw
-    cdef double *sb
-    if gi != NULL:
-        for m in prange(M, num_threads=_num_threads if _parallel(M * K * _LN_WORK, False) and M > 1 else 1,
-                        schedule="static"):
-            ln_bwd_row(g + m * K, x + m * K, w, mean[m], rstd[m], gi + m * K, K)
-    if gw == NULL and gb == NULL:
-        return 0
-    sw = <double*>calloc(2 * max(K, 1), sizeof(double))
-    if sw == NULL:
+    if params and mem == NULL:
         return -1
-    sb = sw + K
-    ln_param_rows(g, x, mean, rstd, sw, sb, M, K)   # column sums over rows in float64
+    for t in prange(nt, num_threads=nt, schedule="static"):
+        m0 = t * per
+        if m0 < M:
+            ln_bwd_rows(g + m0 * K, x + m0 * K, w, mean + m0, rstd + m0, NULL if gi == NULL else gi + m0 * K,
+                        <double*>(mem + t * each) if params else NULL,
+                        <double*>(mem + t * each) + K if params else NULL,
+                        <real*>(<double*>(mem + t * each) + 2 * K) if params else NULL,
+                        <real*>(<double*>(mem + t * each) + 2 * K) + K if params else NULL,
+                        min(per, M - m0), K)
+    if not params:
+        return 0
+    sw = <double*>mem
+    for t in range(1, nt):
+        for k in range(2 * K):
+            sw[k] += (<double*>(mem + t * each))[k]
     for k in range(K):
         if gw != NULL:
             gw[k] = <real>sw[k]
         if gb != NULL:
-            gb[k] = <real>sb[k]
-    free(sw)
+            gb[k] = <real>sw[K + k]
+    free(mem)
     return 0
 
 

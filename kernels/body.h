@@ -32,6 +32,7 @@ FNN_INLINE double fnn_libm_copysign_f64(double x, double s) { return copysign(x,
 #define FNN_EXP_MASK 0x7f800000u
 #include "vmath.h"
 #include "elementwise.h"
+#include "norm.h"
 #include "gemm.h"
 #include "gemm_packed.h"
 #include "conv.h"
@@ -55,6 +56,7 @@ FNN_INLINE double fnn_libm_copysign_f64(double x, double s) { return copysign(x,
 #define FNN_EXP_MASK 0x7ff0000000000000ull
 #include "vmath.h"
 #include "elementwise.h"
+#include "norm.h"
 #include "gemm.h"
 #include "gemm_packed.h"
 #include "conv.h"
@@ -68,9 +70,8 @@ const fnn_kernel_set FNN_CAT(fnn_kernels_, FNN_ISA_NAME) = {
         .isa = FNN_ISA,
         FNN_BOTH(act_fwd), FNN_BOTH(act_bwd), FNN_BOTH(softmax_rows), FNN_BOTH(softmax_bwd_rows),
         FNN_BOTH(xent_rows), FNN_BOTH(mse), FNN_BOTH(bce), FNN_BOTH(sgd), FNN_BOTH(adam), FNN_BOTH(colsum),
-        FNN_BOTH(transpose), FNN_BOTH(all_finite), FNN_BOTH(sum64), FNN_BOTH(sq_dev), FNN_BOTH(dot_dev),
-        FNN_BOTH(ln_fwd_row), FNN_BOTH(ln_bwd_row), FNN_BOTH(ln_param_rows), FNN_BOTH(bn_col_sum),
-        FNN_BOTH(bn_col_sq_dev), FNN_BOTH(bn_col_dot_dev), FNN_BOTH(bn_col_affine),
+        FNN_BOTH(transpose), FNN_BOTH(all_finite), FNN_BOTH(bn_fwd), FNN_BOTH(bn_bwd),
+        FNN_BOTH(ln_fwd_rows), FNN_BOTH(ln_bwd_rows),
     },
     .gemm = {
         .isa = FNN_ISA, .mr = FNN_MR, .lanes_f32 = FNN_LANES_F32, .lanes_f64 = FNN_LANES_F64,

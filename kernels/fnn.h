@@ -73,45 +73,28 @@ typedef struct fnn_elementwise_ops {
     /* 1 when no element is NaN or +-inf */
     int (*all_finite_f32)(const float *a, fnn_idx n);
     int (*all_finite_f64)(const double *a, fnn_idx n);
-    /* sums in float64 (normalisation layers): Σ x; Σ (x - c)²; Σ g·w and Σ g·w·(x - c)·r added
-     * to *sg and *sgx (w NULL: 1) */
-    double (*sum64_f32)(const float *x, fnn_idx n);
-    double (*sum64_f64)(const double *x, fnn_idx n);
-    double (*sq_dev_f32)(const float *x, float c, fnn_idx n);
-    double (*sq_dev_f64)(const double *x, double c, fnn_idx n);
-    void (*dot_dev_f32)(const float *g, const float *w, const float *x, float c, float r, fnn_idx n, double *sg,
-                        double *sgx);
-    void (*dot_dev_f64)(const double *g, const double *w, const double *x, double c, double r, fnn_idx n,
-                        double *sg, double *sgx);
-    /* layer normalisation of one row of k values: forward (mean, rstd written), input gradient;
-     * and the affine gradients summed in float64 over m rows into sw, sb (k doubles each) */
-    void (*ln_fwd_row_f32)(const float *x, const float *w, const float *b, double eps, float *out, float *mean,
-                           float *rstd, fnn_idx k);
-    void (*ln_fwd_row_f64)(const double *x, const double *w, const double *b, double eps, double *out,
-                           double *mean, double *rstd, fnn_idx k);
-    void (*ln_bwd_row_f32)(const float *g, const float *x, const float *w, float mt, float rt, float *gi, fnn_idx k);
-    void (*ln_bwd_row_f64)(const double *g, const double *x, const double *w, double mt, double rt, double *gi,
-                           fnn_idx k);
-    void (*ln_param_rows_f32)(const float *g, const float *x, const float *mean, const float *rstd, double *sw,
-                              double *sb, fnn_idx m, fnn_idx k);
-    void (*ln_param_rows_f64)(const double *g, const double *x, const double *mean, const double *rstd,
-                              double *sw, double *sb, fnn_idx m, fnn_idx k);
-    /* batch normalisation over rows of nc channels ld apart (BatchNorm1d on (N, C)): column sums in
-     * float64 (Σ x; Σ (x - mean)²; Σ g and Σ g·(x - mean)), and the per-channel affine pass
-     * (see elementwise.h) */
-    void (*bn_col_sum_f32)(const float *x, fnn_idx rows, fnn_idx nc, fnn_idx ld, double *acc);
-    void (*bn_col_sum_f64)(const double *x, fnn_idx rows, fnn_idx nc, fnn_idx ld, double *acc);
-    void (*bn_col_sq_dev_f32)(const float *x, const float *mean, fnn_idx rows, fnn_idx nc, fnn_idx ld, double *acc);
-    void (*bn_col_sq_dev_f64)(const double *x, const double *mean, fnn_idx rows, fnn_idx nc, fnn_idx ld,
-                              double *acc);
-    void (*bn_col_dot_dev_f32)(const float *g, const float *x, const float *mean, fnn_idx rows, fnn_idx nc,
-                               fnn_idx ld, double *sg, double *sgx);
-    void (*bn_col_dot_dev_f64)(const double *g, const double *x, const double *mean, fnn_idx rows, fnn_idx nc,
-                               fnn_idx ld, double *sg, double *sgx);
-    void (*bn_col_affine_f32)(const float *g, const float *k, const float *x, const float *mean, const float *a,
-                              const float *b, float *y, fnn_idx rows, fnn_idx nc, fnn_idx ld);
-    void (*bn_col_affine_f64)(const double *g, const double *k, const double *x, const double *mean,
-                              const double *a, const double *b, double *y, fnn_idx rows, fnn_idx nc, fnn_idx ld);
+    /* batch normalisation of channels [c0, c1) of x (N, C, L) and its backward; layer normalisation
+     * of m rows of k values and its backward (norm.h; -1: out of memory) */
+    int (*bn_fwd_f32)(const float *x, const float *w, const float *b, double eps, int batch_stats, float *mean,
+                      float *var, float *out, fnn_idx N, fnn_idx C, fnn_idx L, fnn_idx c0, fnn_idx c1);
+    int (*bn_fwd_f64)(const double *x, const double *w, const double *b, double eps, int batch_stats, double *mean,
+                      double *var, double *out, fnn_idx N, fnn_idx C, fnn_idx L, fnn_idx c0, fnn_idx c1);
+    int (*bn_bwd_f32)(const float *g, const float *x, const float *w, const float *mean, const float *var, double eps,
+                      int batch_stats, float *gi, float *gw, float *gb, fnn_idx N, fnn_idx C, fnn_idx L, fnn_idx c0,
+                      fnn_idx c1);
+    int (*bn_bwd_f64)(const double *g, const double *x, const double *w, const double *mean, const double *var,
+                      double eps, int batch_stats, double *gi, double *gw, double *gb, fnn_idx N, fnn_idx C,
+                      fnn_idx L, fnn_idx c0, fnn_idx c1);
+    void (*ln_fwd_rows_f32)(const float *x, const float *w, const float *b, double eps, float *out, float *mean,
+                            float *rstd, fnn_idx m, fnn_idx k);
+    void (*ln_fwd_rows_f64)(const double *x, const double *w, const double *b, double eps, double *out,
+                            double *mean, double *rstd, fnn_idx m, fnn_idx k);
+    /* sw, sb: k float64 sums each, added into (NULL: no affine gradients); pw, pb: k values of scratch */
+    void (*ln_bwd_rows_f32)(const float *g, const float *x, const float *w, const float *mean, const float *rstd,
+                            float *gi, double *sw, double *sb, float *pw, float *pb, fnn_idx m, fnn_idx k);
+    void (*ln_bwd_rows_f64)(const double *g, const double *x, const double *w, const double *mean,
+                            const double *rstd, double *gi, double *sw, double *sb, double *pw, double *pb, fnn_idx m,
+                            fnn_idx k);
 } fnn_elementwise_ops;
 
 /* Matrix products, row-major C (m, n) with row stride ldc,

@@ -41,37 +41,22 @@ cdef extern from "fnn.h" nogil:
         void (*transpose_f64)(const double*, fnn_idx, fnn_idx, double*) noexcept nogil
         int (*all_finite_f32)(const float*, fnn_idx) noexcept nogil
         int (*all_finite_f64)(const double*, fnn_idx) noexcept nogil
-        double (*sum64_f32)(const float*, fnn_idx) noexcept nogil
-        double (*sum64_f64)(const double*, fnn_idx) noexcept nogil
-        double (*sq_dev_f32)(const float*, float, fnn_idx) noexcept nogil
-        double (*sq_dev_f64)(const double*, double, fnn_idx) noexcept nogil
-        void (*dot_dev_f32)(const float*, const float*, const float*, float, float, fnn_idx, double*,
-                            double*) noexcept nogil
-        void (*dot_dev_f64)(const double*, const double*, const double*, double, double, fnn_idx, double*,
-                            double*) noexcept nogil
-        void (*ln_fwd_row_f32)(const float*, const float*, const float*, double, float*, float*, float*,
-                               fnn_idx) noexcept nogil
-        void (*ln_fwd_row_f64)(const double*, const double*, const double*, double, double*, double*, double*,
-                               fnn_idx) noexcept nogil
-        void (*ln_bwd_row_f32)(const float*, const float*, const float*, float, float, float*, fnn_idx) noexcept nogil
-        void (*ln_bwd_row_f64)(const double*, const double*, const double*, double, double, double*,
-                               fnn_idx) noexcept nogil
-        void (*ln_param_rows_f32)(const float*, const float*, const float*, const float*, double*, double*, fnn_idx,
-                                  fnn_idx) noexcept nogil
-        void (*ln_param_rows_f64)(const double*, const double*, const double*, const double*, double*, double*,
-                                  fnn_idx, fnn_idx) noexcept nogil
-        void (*bn_col_sum_f32)(const float*, fnn_idx, fnn_idx, fnn_idx, double*) noexcept nogil
-        void (*bn_col_sum_f64)(const double*, fnn_idx, fnn_idx, fnn_idx, double*) noexcept nogil
-        void (*bn_col_sq_dev_f32)(const float*, const float*, fnn_idx, fnn_idx, fnn_idx, double*) noexcept nogil
-        void (*bn_col_sq_dev_f64)(const double*, const double*, fnn_idx, fnn_idx, fnn_idx, double*) noexcept nogil
-        void (*bn_col_dot_dev_f32)(const float*, const float*, const float*, fnn_idx, fnn_idx, fnn_idx, double*,
-                                   double*) noexcept nogil
-        void (*bn_col_dot_dev_f64)(const double*, const double*, const double*, fnn_idx, fnn_idx, fnn_idx, double*,
-                                   double*) noexcept nogil
-        void (*bn_col_affine_f32)(const float*, const float*, const float*, const float*, const float*,
-                                  const float*, float*, fnn_idx, fnn_idx, fnn_idx) noexcept nogil
-        void (*bn_col_affine_f64)(const double*, const double*, const double*, const double*, const double*,
-                                  const double*, double*, fnn_idx, fnn_idx, fnn_idx) noexcept nogil
+        int (*bn_fwd_f32)(const float*, const float*, const float*, double, int, float*, float*, float*, fnn_idx,
+                          fnn_idx, fnn_idx, fnn_idx, fnn_idx) noexcept nogil
+        int (*bn_fwd_f64)(const double*, const double*, const double*, double, int, double*, double*, double*,
+                          fnn_idx, fnn_idx, fnn_idx, fnn_idx, fnn_idx) noexcept nogil
+        int (*bn_bwd_f32)(const float*, const float*, const float*, const float*, const float*, double, int, float*,
+                          float*, float*, fnn_idx, fnn_idx, fnn_idx, fnn_idx, fnn_idx) noexcept nogil
+        int (*bn_bwd_f64)(const double*, const double*, const double*, const double*, const double*, double, int,
+                          double*, double*, double*, fnn_idx, fnn_idx, fnn_idx, fnn_idx, fnn_idx) noexcept nogil
+        void (*ln_fwd_rows_f32)(const float*, const float*, const float*, double, float*, float*, float*, fnn_idx,
+                                fnn_idx) noexcept nogil
+        void (*ln_fwd_rows_f64)(const double*, const double*, const double*, double, double*, double*, double*,
+                                fnn_idx, fnn_idx) noexcept nogil
+        void (*ln_bwd_rows_f32)(const float*, const float*, const float*, const float*, const float*, float*, double*,
+                                double*, float*, float*, fnn_idx, fnn_idx) noexcept nogil
+        void (*ln_bwd_rows_f64)(const double*, const double*, const double*, const double*, const double*, double*,
+                                double*, double*, double*, double*, fnn_idx, fnn_idx) noexcept nogil
 
     ctypedef struct fnn_gemm_ops:
         int isa, mr, lanes_f32, lanes_f64
@@ -180,81 +165,37 @@ cdef inline void colsum(const real *a, fnn_idx rows, fnn_idx cols, fnn_idx ld, r
         fnn_ew.colsum_f64(a, rows, cols, ld, out)
 
 
-cdef inline double sum64(const real *x, fnn_idx n) noexcept nogil:
+cdef inline int bn_fwd(const real *x, const real *w, const real *b, double eps, int batch_stats, real *mean, real *var,
+                       real *out, fnn_idx N, fnn_idx C, fnn_idx L, fnn_idx c0, fnn_idx c1) noexcept nogil:
     if real is float:
-        return fnn_ew.sum64_f32(x, n)
+        return fnn_ew.bn_fwd_f32(x, w, b, eps, batch_stats, mean, var, out, N, C, L, c0, c1)
     else:
-        return fnn_ew.sum64_f64(x, n)
+        return fnn_ew.bn_fwd_f64(x, w, b, eps, batch_stats, mean, var, out, N, C, L, c0, c1)
 
 
-cdef inline double sq_dev(const real *x, real c, fnn_idx n) noexcept nogil:
+cdef inline int bn_bwd(const real *g, const real *x, const real *w, const real *mean, const real *var, double eps,
+                       int batch_stats, real *gi, real *gw, real *gb, fnn_idx N, fnn_idx C, fnn_idx L, fnn_idx c0,
+                       fnn_idx c1) noexcept nogil:
     if real is float:
-        return fnn_ew.sq_dev_f32(x, c, n)
+        return fnn_ew.bn_bwd_f32(g, x, w, mean, var, eps, batch_stats, gi, gw, gb, N, C, L, c0, c1)
     else:
-        return fnn_ew.sq_dev_f64(x, c, n)
+        return fnn_ew.bn_bwd_f64(g, x, w, mean, var, eps, batch_stats, gi, gw, gb, N, C, L, c0, c1)
 
 
-cdef inline void dot_dev(const real *g, const real *w, const real *x, real c, real r, fnn_idx n, double *sg,
-                         double *sgx) noexcept nogil:
+cdef inline void ln_fwd_rows(const real *x, const real *w, const real *b, double eps, real *out, real *mean,
+                             real *rstd, fnn_idx m, fnn_idx k) noexcept nogil:
     if real is float:
-        fnn_ew.dot_dev_f32(g, w, x, c, r, n, sg, sgx)
+        fnn_ew.ln_fwd_rows_f32(x, w, b, eps, out, mean, rstd, m, k)
     else:
-        fnn_ew.dot_dev_f64(g, w, x, c, r, n, sg, sgx)
+        fnn_ew.ln_fwd_rows_f64(x, w, b, eps, out, mean, rstd, m, k)
 
 
-cdef inline void ln_fwd_row(const real *x, const real *w, const real *b, double eps, real *out, real *mean,
-                            real *rstd, fnn_idx k) noexcept nogil:
+cdef inline void ln_bwd_rows(const real *g, const real *x, const real *w, const real *mean, const real *rstd, real *gi,
+                             double *sw, double *sb, real *pw, real *pb, fnn_idx m, fnn_idx k) noexcept nogil:
     if real is float:
-        fnn_ew.ln_fwd_row_f32(x, w, b, eps, out, mean, rstd, k)
+        fnn_ew.ln_bwd_rows_f32(g, x, w, mean, rstd, gi, sw, sb, pw, pb, m, k)
     else:
-        fnn_ew.ln_fwd_row_f64(x, w, b, eps, out, mean, rstd, k)
-
-
-cdef inline void ln_bwd_row(const real *g, const real *x, const real *w, real mt, real rt, real *gi,
-                            fnn_idx k) noexcept nogil:
-    if real is float:
-        fnn_ew.ln_bwd_row_f32(g, x, w, mt, rt, gi, k)
-    else:
-        fnn_ew.ln_bwd_row_f64(g, x, w, mt, rt, gi, k)
-
-
-cdef inline void ln_param_rows(const real *g, const real *x, const real *mean, const real *rstd, double *sw,
-                               double *sb, fnn_idx m, fnn_idx k) noexcept nogil:
-    if real is float:
-        fnn_ew.ln_param_rows_f32(g, x, mean, rstd, sw, sb, m, k)
-    else:
-        fnn_ew.ln_param_rows_f64(g, x, mean, rstd, sw, sb, m, k)
-
-
-cdef inline void bn_col_sum(const real *x, fnn_idx rows, fnn_idx nc, fnn_idx ld, double *acc) noexcept nogil:
-    if real is float:
-        fnn_ew.bn_col_sum_f32(x, rows, nc, ld, acc)
-    else:
-        fnn_ew.bn_col_sum_f64(x, rows, nc, ld, acc)
-
-
-cdef inline void bn_col_sq_dev(const real *x, const real *mean, fnn_idx rows, fnn_idx nc, fnn_idx ld,
-                               double *acc) noexcept nogil:
-    if real is float:
-        fnn_ew.bn_col_sq_dev_f32(x, mean, rows, nc, ld, acc)
-    else:
-        fnn_ew.bn_col_sq_dev_f64(x, mean, rows, nc, ld, acc)
-
-
-cdef inline void bn_col_dot_dev(const real *g, const real *x, const real *mean, fnn_idx rows, fnn_idx nc, fnn_idx ld,
-                                double *sg, double *sgx) noexcept nogil:
-    if real is float:
-        fnn_ew.bn_col_dot_dev_f32(g, x, mean, rows, nc, ld, sg, sgx)
-    else:
-        fnn_ew.bn_col_dot_dev_f64(g, x, mean, rows, nc, ld, sg, sgx)
-
-
-cdef inline void bn_col_affine(const real *g, const real *k, const real *x, const real *mean, const real *a,
-                               const real *b, real *y, fnn_idx rows, fnn_idx nc, fnn_idx ld) noexcept nogil:
-    if real is float:
-        fnn_ew.bn_col_affine_f32(g, k, x, mean, a, b, y, rows, nc, ld)
-    else:
-        fnn_ew.bn_col_affine_f64(g, k, x, mean, a, b, y, rows, nc, ld)
+        fnn_ew.ln_bwd_rows_f64(g, x, w, mean, rstd, gi, sw, sb, pw, pb, m, k)
 
 
 cdef inline void transpose(const real *a, fnn_idx m, fnn_idx n, real *t) noexcept nogil:

@@ -198,7 +198,7 @@ def _check_consistent(results):
                 elif wl["limit"] == "copy" and case["bytes"]:
                     assert r["gbps"] == pytest.approx(case["bytes"] / r["median"] / 1e9, rel=1e-12)
                     assert r["fraction_of_limit"] == pytest.approx(r["gbps"] / bw, rel=1e-12)
-                elif wl["limit"] == "gemm_time" and lim:
+                elif wl["limit"] in ("gemm_time", "copy_time") and lim:
                     assert lim == case["limit"]["median"]
                     assert r["fraction_of_limit"] == pytest.approx(lim / r["median"], rel=1e-12)
                 else:
@@ -684,6 +684,15 @@ def test_optional_layer_workloads_run_in_every_backend_and_torch(wid):
                 np.testing.assert_allclose(again, first, rtol=1e-4, atol=1e-5)  # layers without update: repeatable
         if anchors.available("torch"):
             assert anchors.build_anchor("torch", case)() is not None
+        if wid == "NORM":  # the limit: one copy of the case's own float32 batch, into a preallocated array
+            from fastnn.bench import runner
+
+            kind = {"batchnorm": "batch", "batchnorm2d": "batch2d", "layernorm": "layer"}[case.kind]
+            assert case.copy_bytes == 4 * np.prod(workloads._norm_layer(fastnn.nn, kind, case.params)[1])
+            row = runner._limit_row("copy_time", case, {})
+            row.build()()
+            entry = runner._limit_entry("copy_time", {"median": 1e-5}, {})
+            assert entry["unit"] == "s" and entry["value"] == 1e-5
 
 
 def test_contended_section_tiny(tmp_path, capsys):

@@ -15,7 +15,7 @@ import importlib
 
 import numpy as np
 
-from .workloads import DTYPE, Case, _randn, _rng, hidden_widths, mlp_layers
+from .workloads import DTYPE, Case, _norm_layer, _randn, _rng, hidden_widths, mlp_layers
 
 __all__ = ["ANCHORS", "anchor_status", "build_anchor", "set_threads"]
 
@@ -182,9 +182,9 @@ def _torch_norm(kind):
         import torch
 
         rng = _rng()
-        layer = torch.nn.BatchNorm1d(p["k"]) if kind == "batch" else torch.nn.LayerNorm(p["k"])
-        x = _t(_randn(rng, p["m"], p["k"])).requires_grad_(True)
-        g = _t(_randn(rng, p["m"], p["k"]))
+        layer, shape = _norm_layer(torch.nn, kind, p)
+        x = _t(_randn(rng, *shape)).requires_grad_(True)
+        g = _t(_randn(rng, *shape))
 
         def step():
             y = layer(x)
@@ -276,6 +276,7 @@ _TORCH = {
     "cnn_bn": lambda p: _torch_cnn(p, batch_norm=True),
     "bilstm": _torch_bilstm,
     "batchnorm": _torch_norm("batch"),
+    "batchnorm2d": _torch_norm("batch2d"),
     "layernorm": _torch_norm("layer"),
     "conv3x3": _torch_conv3x3,
     "conv3x3_train": _torch_conv3x3_train,

@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-__all__ = ["measure_gemm", "measure_copy", "gemm_step", "copy_step", "context", "time_block"]
+__all__ = ["measure_gemm", "measure_copy", "gemm_step", "copy_step", "copy_array_step", "context", "time_block"]
 
 
 def time_block(fn, number: int) -> float:
@@ -60,6 +60,15 @@ def copy_step(mbytes: int = 128):
     src = np.ones(n, np.float32)
     dst = np.zeros(n, np.float32)
     return (lambda: np.copyto(dst, src)), 2.0 * src.nbytes
+
+
+def copy_array_step(nbytes: float):
+    """One ``np.copyto`` of an ``nbytes`` float32 array into a preallocated one (no allocation, like a
+    layer inside a workspace): the time to move a batch once, cache-resident or not as the batch is."""
+    n = max(1, int(nbytes) // 4)
+    src = np.ones(n, np.float32)
+    dst = np.zeros(n, np.float32)
+    return lambda: np.copyto(dst, src)
 
 
 def measure_gemm(n: int = 1024, repeat: int = 5, min_block: float = 0.05) -> dict:

@@ -128,6 +128,8 @@ def _limit_row(limit, case, cfg):
         return _Row(LIMIT_ROW, "limit", lambda: _machine.gemm_step(cfg["gemm_n"])[0], contextlib.nullcontext)
     if limit == "copy":
         return _Row(LIMIT_ROW, "limit", lambda: _machine.copy_step(cfg["copy_mbytes"])[0], contextlib.nullcontext)
+    if limit == "copy_time" and case.copy_bytes:
+        return _Row(LIMIT_ROW, "limit", lambda: _machine.copy_array_step(case.copy_bytes), contextlib.nullcontext)
     if limit == "gemm_time" and case.gemm_shapes:
         return _Row(LIMIT_ROW, "limit", lambda: build_gemm_only(case), contextlib.nullcontext)
     return None
@@ -146,6 +148,8 @@ def _limit_entry(limit, res, cfg):
             unit="GB/s",
             value=2.0 * cfg["copy_mbytes"] * (1 << 20) / t / 1e9,
         )
+    elif limit == "copy_time":
+        entry.update(what="np.copyto of the batch into a preallocated array", unit="s", value=t)
     else:
         entry.update(what="BLAS matmuls only", unit="s", value=t)
     return entry
@@ -260,7 +264,9 @@ def derive(results: dict) -> dict:
     ``speedup_vs_torch = t_torch / t`` (above 1: faster than the reference),
     and ``fraction_of_limit``: achieved GFLOP/s over the GEMM peak (limit
     ``"gemm"``), achieved GB/s over the copy bandwidth (``"copy"``), or the
-    BLAS-only time of the step's matrix products over ``t`` (``"gemm_time"``).
+    BLAS-only time of the step's matrix products over ``t`` (``"gemm_time"``), or
+    the time of one copy of the case's batch over ``t`` (``"copy_time"``: 50 % is
+    "within 2x of a copy").
     The limits are those measured with the case (``case["limit"]``), else the
     run's (``results["machine"]``).
     """
@@ -277,7 +283,7 @@ def derive(results: dict) -> dict:
             lim = (case.get("limit") or {}).get("value")
             peak = lim if wl["limit"] == "gemm" and lim else m["gemm"]["gflops"]
             bw = lim if wl["limit"] == "copy" and lim else m["copy"]["gbps"]
-            limit_t = lim if wl["limit"] == "gemm_time" else None
+            limit_t = lim if wl["limit"] in ("gemm_time", "copy_time") else None
             for r in rows.values():
                 t = r.get("median")
                 r["speedup_vs_numpy"] = t_np / t if t and t_np else None
@@ -292,7 +298,7 @@ def derive(results: dict) -> dict:
                         frac = r["gflops"] / peak
                     elif wl["limit"] == "copy" and case.get("bytes") and bw:
                         frac = r["gbps"] / bw
-                    elif wl["limit"] == "gemm_time" and limit_t:
+                    elif wl["limit"] in ("gemm_time", "copy_time") and limit_t:
                         frac = limit_t / t
                 r["fraction_of_limit"] = frac
     return results

@@ -47,6 +47,8 @@ class Case:
         Floating-point operations per call (for a GFLOP/s limit).
     bytes : float or None
         Bytes read plus written per call (for a bandwidth limit).
+    copy_bytes : float or None
+        Size of the batch whose copy is the case's limit (``"copy_time"``).
     gemm_shapes : list of (M, K, N), optional
         The matrix products inside one step (for a GEMM-only time limit).
     """
@@ -57,6 +59,7 @@ class Case:
     params: dict
     flops: float | None = None
     bytes: float | None = None
+    copy_bytes: float | None = None
     gemm_shapes: list = field(default_factory=list)
 
     @property
@@ -72,10 +75,10 @@ class Workload:
     ----------
     id : str
     title : str
-    limit : {"gemm", "copy", "gemm_time", None}
+    limit : {"gemm", "copy", "gemm_time", "copy_time", None}
         The machine limit each figure is compared with: peak BLAS GEMM
-        GFLOP/s, memory-copy GB/s, or the time the step's matrix products
-        alone take with BLAS.
+        GFLOP/s, memory-copy GB/s, the time the step's matrix products
+        alone take with BLAS, or the time of one copy of the case's batch.
     requires : tuple of str
         Dotted names (``"fastnn.nn.Conv2d"``) that must exist.
     cases : callable
@@ -225,11 +228,21 @@ def _layers(quick, tiny):
 
 def _norm(quick, tiny):
     m, k = (32, 128) if tiny else (256, 1024)
-    # forward reads x twice (statistics) and writes y; backward reads g and x twice and writes dL/dx
-    nbytes = 7.0 * 4 * m * k
+    n, c, hw = (4, 8, 4) if tiny else (32, 64, 16)
+    # the limit: one np.copyto of the float32 batch into a preallocated array, as the layers run in a
+    # workspace (outputs reused); fwd+bwd moves at least 2.5 such copies (read x, write y; read g, x,
+    # write dL/dx), so 40 % "of limit" is the bandwidth bound of a step and 50 % the issue's "2x a copy"
+    nbytes = 4.0 * m * k
     return [
-        Case("NORM", f"BatchNorm1d fwd+bwd {m}x{k}", "batchnorm", dict(m=m, k=k), bytes=nbytes),
-        Case("NORM", f"LayerNorm fwd+bwd {m}x{k}", "layernorm", dict(m=m, k=k), bytes=nbytes),
+        Case("NORM", f"BatchNorm1d fwd+bwd {m}x{k}", "batchnorm", dict(m=m, k=k), copy_bytes=nbytes),
+        Case(
+            "NORM",
+            f"BatchNorm2d fwd+bwd {n}x{c}x{hw}x{hw}",
+            "batchnorm2d",
+            dict(m=n, k=c, hw=hw),
+            copy_bytes=4.0 * n * c * hw * hw,
+        ),
+        Case("NORM", f"LayerNorm fwd+bwd {m}x{k}", "layernorm", dict(m=m, k=k), copy_bytes=nbytes),
     ]
 
 
@@ -387,7 +400,7 @@ def _optional():
         Workload(
             "NORM",
             "batch and layer normalisation, forward and backward, float32",
-            "copy",
+            "copy_time",
             ("fastnn.nn.BatchNorm1d", "fastnn.nn.LayerNorm"),
             _norm,
         ),
@@ -588,13 +601,20 @@ def _step_bilstm(p):
     return _recurrent_step(fastnn, dict(p, h=2 * p["h"]), layer)
 
 
+def _norm_layer(nn, kind, p):
+    """A NORM case's layer (fastnn's or torch's ``nn``) and its input shape."""
+    if kind == "batch2d":
+        return nn.BatchNorm2d(p["k"]), (p["m"], p["k"], p["hw"], p["hw"])
+    return (nn.BatchNorm1d(p["k"]) if kind == "batch" else nn.LayerNorm(p["k"])), (p["m"], p["k"])
+
+
 def _step_norm(kind):
     def build(p):
         fastnn = _fastnn()
         rng = _rng()
-        layer = fastnn.nn.BatchNorm1d(p["k"]) if kind == "batch" else fastnn.nn.LayerNorm(p["k"])
-        x = _randn(rng, p["m"], p["k"])
-        g = _randn(rng, p["m"], p["k"])
+        layer, shape = _norm_layer(fastnn.nn, kind, p)
+        x = _randn(rng, *shape)
+        g = _randn(rng, *shape)
         ws = _workspace(fastnn, layer)
 
         def step():
@@ -673,6 +693,7 @@ _BUILDERS = {
     "cnn_bn": lambda p: _step_cnn(p, batch_norm=True),
     "bilstm": _step_bilstm,
     "batchnorm": _step_norm("batch"),
+    "batchnorm2d": _step_norm("batch2d"),
     "layernorm": _step_norm("layer"),
     "ce": _step_ce,
     "adam": _step_adam,

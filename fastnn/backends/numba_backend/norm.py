@@ -1,11 +1,14 @@
 """Batch and layer normalisation for the Numba backend (the math: the reference's ``norm``).
 
-One loop nest per pass instead of the reference's temporaries: the
-statistics are summed in float64 in one pass over each channel (batch norm)
-or row (layer norm), the output written in a second. Batch norm splits the
-channels over threads, layer norm the rows. ``None`` arguments (no affine
-parameters, no input gradient) become flags here, in Python, so each kernel
-compiles once per dtype.
+The statistics as in the C library (``kernels/norm.h``): one pass of
+shifted sums around the mean of a few leading values, a second pass around
+the mean only for a group whose shift lay more than σ from it, the terms
+summed in the data's dtype over short chunks and from there in float64. A
+layer norm row is read twice (its sums, its output); in the backward pass
+the affine gradients' column sums take the row again while it is in L1.
+Batch norm splits the channels over threads, layer norm the rows. ``None``
+arguments (no affine parameters, no input gradient) become flags here, in
+Python, so each kernel compiles once per dtype.
 """
 
 import math
@@ -20,6 +23,12 @@ from ._jit import jit, threads, variants
 __all__ = list(_spec.__all__)  # the reference's kernels, every one overridden here
 
 _PAR = PARALLEL_MIN_ELEMENTS
+#: terms summed in the data's dtype before they go to float64 (fastmath may reorder them within a chunk)
+_CHUNK = 64
+#: rows whose column terms are summed in the data's dtype before they go to float64
+_ROWS = 8
+#: leading values whose mean is the shift
+_PILOT = 8
 
 
 def _vec(a, like, fill):
@@ -31,91 +40,154 @@ def _grad_vec(a, like):
     return a if a is not None else np.empty(1, like.dtype)
 
 
+@jit
+def _block(n, nblocks, blk):
+    """Items [i0, i1) of block ``blk`` of ``nblocks`` (one per thread)."""
+    per = (n + nblocks - 1) // nblocks
+    return blk * per, min(n, blk * per + per)
+
+
+@jit
+def _sums(a, x, c, dot):
+    """``(Σ a, Σ a·(x − c))`` with ``dot``, else ``(Σ(x − c), Σ(x − c)²)``, over 1-D ``x`` (and ``a``)."""
+    n = x.shape[0]
+    s1 = 0.0
+    s2 = 0.0
+    zero = x.dtype.type(0)
+    for i0 in range(0, n, _CHUNK):
+        p1 = zero
+        p2 = zero
+        for i in range(i0, min(n, i0 + _CHUNK)):
+            d = x[i] - c
+            u = a[i] if dot else d
+            p1 += u
+            p2 += u * d
+        s1 += np.float64(p1)
+        s2 += np.float64(p2)
+    return s1, s2
+
+
+@jit
+def _shifted(c, s1, s2, n):
+    """``(μ, σ², far)`` from the shifted sums of n values; far: ``|μ − c| > σ``, one pass was not enough."""
+    m1 = s1 / n
+    v = s2 / n - m1 * m1
+    return np.float64(c) + m1, max(v, 0.0), m1 * m1 > v
+
+
+@jit
+def _pilot(x):
+    """The mean of the first few values of 1-D ``x``, in its dtype."""
+    m = min(x.shape[0], _PILOT)
+    s = 0.0
+    for i in range(m):
+        s += np.float64(x[i])
+    return x.dtype.type(s / m)
+
+
+@jit
+def _row_stats(x):
+    """``(μ, σ²)`` of 1-D ``x``."""
+    c = _pilot(x)
+    s1, s2 = _sums(x, x, c, False)
+    mu, var, far = _shifted(c, s1, s2, x.shape[0])
+    if far:
+        c = x.dtype.type(mu)
+        s1, s2 = _sums(x, x, c, False)
+        mu, var, far = _shifted(c, s1, s2, x.shape[0])
+    return mu, var
+
+
 # ---------------------------------------------------------------- batch norm
 
 
-# Channels are taken in blocks, one per thread, and every pass walks x in
-# memory order over the block: for L = 1 (BatchNorm1d on (N, C)) a channel's
-# values are C apart, and a pass per channel loaded a cache line per value
-# (7 ms for a (256, 1024) float32 batch, against 0.3 ms in memory order).
-
-
 @jit
-def _block(C, nblocks, blk):
-    """Channels [c0, c1) of block ``blk`` of ``nblocks`` (one per thread)."""
-    per = (C + nblocks - 1) // nblocks
-    return blk * per, min(C, blk * per + per)
+def _bn_sums(a, x, c, dot, c0, c1, s1, s2):
+    """Per channel of [c0, c1) (c indexed from 0): s1, s2 = the two sums of :func:`_sums` over the batch.
 
-
-@jit
-def _row(a, n, c0, c1):
-    """Channels c0..c1 of row n of an (N, C, 1) array: a contiguous view indexed from 0 (it vectorises)."""
-    C = a.shape[1]
-    return a.reshape(a.size)[n * C + c0 : n * C + c1]
+    L = 1: the channels are contiguous within a row, summed as columns (vectorised), a block of rows
+    in the data's dtype; L > 1: each (n, c) plane is contiguous.
+    """
+    N, C, L = x.shape
+    nc = c1 - c0
+    s1[:nc] = 0.0
+    s2[:nc] = 0.0
+    if L > 1:
+        for n in range(N):
+            for j in range(nc):
+                t1, t2 = _sums(a[n, c0 + j], x[n, c0 + j], c[j], dot)
+                s1[j] += t1
+                s2[j] += t2
+        return
+    xf = x.reshape(N * C)
+    af = a.reshape(N * C)
+    p1 = np.empty(nc, x.dtype)
+    p2 = np.empty(nc, x.dtype)
+    for r0 in range(0, N, _ROWS):
+        p1[:] = 0
+        p2[:] = 0
+        for r in range(r0, min(N, r0 + _ROWS)):
+            xr = xf[r * C + c0 : r * C + c1]
+            ar = af[r * C + c0 : r * C + c1]
+            for j in range(nc):
+                d = xr[j] - c[j]
+                u = ar[j] if dot else d
+                p1[j] += u
+                p2[j] += u * d
+        for j in range(nc):
+            s1[j] += np.float64(p1[j])
+            s2[j] += np.float64(p2[j])
 
 
 @jit
 def _bn_block_fwd(x, weight, bias, has_w, has_b, eps, batch_stats, mean, var, out, c0, c1):
-    N, _, L = x.shape
+    N, C, L = x.shape
     nc = c1 - c0
     M = N * L
     if batch_stats:
-        acc = np.zeros(nc)
-        if L == 1:  # the channels innermost: independent sums, vectorised
-            for n in range(N):
-                xr = _row(x, n, c0, c1)
-                for c in range(nc):
-                    acc[c] += np.float64(xr[c])
-        else:
-            for n in range(N):
-                for c in range(nc):
-                    s = 0.0
-                    for i in range(L):
-                        s += np.float64(x[n, c0 + c, i])
-                    acc[c] += s
-        for c in range(nc):
-            mean[c0 + c] = acc[c] / M  # the reference centres in the data's dtype
-            acc[c] = 0.0
-        if L == 1:
-            means = mean[c0:c1]
-            for n in range(N):
-                xr = _row(x, n, c0, c1)
-                for c in range(nc):
-                    d = np.float64(xr[c] - means[c])
-                    acc[c] += d * d
-        else:
-            for n in range(N):
-                for c in range(nc):
-                    mc = mean[c0 + c]
-                    q = 0.0
-                    for i in range(L):
-                        d = np.float64(x[n, c0 + c, i] - mc)
-                        q += d * d
-                    acc[c] += q
-        for c in range(nc):
-            var[c0 + c] = acc[c] / M
+        sft = np.empty(nc, x.dtype)
+        for j in range(nc):
+            sft[j] = _pilot(x[:, c0 + j, 0]) if L == 1 else _pilot(x[0, c0 + j])
+        s1 = np.empty(nc)
+        s2 = np.empty(nc)
+        _bn_sums(x, x, sft, False, c0, c1, s1, s2)
+        for j in range(nc):
+            mu, v, far = _shifted(sft[j], s1[j], s2[j], M)
+            if far:  # the shift lay far from this channel's mean: once more around the mean
+                cj = x.dtype.type(mu)
+                t1 = 0.0
+                t2 = 0.0
+                for n in range(N):
+                    u1, u2 = _sums(x[n, c0 + j], x[n, c0 + j], cj, False)
+                    t1 += u1
+                    t2 += u2
+                mu, v, far = _shifted(cj, t1, t2, M)
+            mean[c0 + j] = mu
+            var[c0 + j] = v
     sc = np.empty(nc, x.dtype)
     sh = np.empty(nc, x.dtype)
-    for c in range(nc):
-        scale = 1.0 / math.sqrt(np.float64(var[c0 + c]) + eps)
+    for j in range(nc):
+        scale = 1.0 / math.sqrt(np.float64(var[c0 + j]) + eps)
         if has_w:
-            scale *= np.float64(weight[c0 + c])
-        shift = -np.float64(mean[c0 + c]) * scale
+            scale *= np.float64(weight[c0 + j])
+        shift = -np.float64(mean[c0 + j]) * scale
         if has_b:
-            shift += np.float64(bias[c0 + c])
-        sc[c] = scale
-        sh[c] = shift
+            shift += np.float64(bias[c0 + j])
+        sc[j] = scale
+        sh[j] = shift
     if L == 1:
+        xf, of = x.reshape(N * C), out.reshape(N * C)
         for n in range(N):
-            xr, orow = _row(x, n, c0, c1), _row(out, n, c0, c1)
-            for c in range(nc):
-                orow[c] = xr[c] * sc[c] + sh[c]
+            xr, orow = xf[n * C + c0 : n * C + c1], of[n * C + c0 : n * C + c1]
+            for j in range(nc):
+                orow[j] = xr[j] * sc[j] + sh[j]
         return
     for n in range(N):
-        for c in range(nc):
-            a, b = sc[c], sh[c]
+        for j in range(nc):
+            a, b = sc[j], sh[j]
+            xp, op = x[n, c0 + j], out[n, c0 + j]
             for i in range(L):
-                out[n, c0 + c, i] = x[n, c0 + c, i] * a + b
+                op[i] = xp[i] * a + b
 
 
 @variants(inputs="x weight bias")
@@ -147,61 +219,49 @@ def batch_norm_forward(x, weight, bias, eps, batch_stats, mean, var, out):
 
 @jit
 def _bn_block_bwd(g, x, weight, has_w, mean, var, eps, batch_stats, gi, has_gi, gw, gb, c0, c1):
-    N, _, L = x.shape
+    N, C, L = x.shape
     nc = c1 - c0
     M = N * L
-    sum_g = np.zeros(nc)
-    sum_gx = np.zeros(nc)
-    if L == 1:
-        means = mean[c0:c1]
-        for n in range(N):
-            gr, xr = _row(g, n, c0, c1), _row(x, n, c0, c1)
-            for c in range(nc):
-                gv = np.float64(gr[c])
-                sum_g[c] += gv
-                sum_gx[c] += gv * np.float64(xr[c] - means[c])
-    else:
-        for n in range(N):
-            for c in range(nc):
-                mu = mean[c0 + c]
-                a = 0.0
-                b = 0.0
-                for i in range(L):
-                    gv = np.float64(g[n, c0 + c, i])
-                    a += gv
-                    b += gv * np.float64(x[n, c0 + c, i] - mu)
-                sum_g[c] += a
-                sum_gx[c] += b
+    sum_g = np.empty(nc)
+    sum_gx = np.empty(nc)
+    _bn_sums(g, x, mean[c0:c1], True, c0, c1, sum_g, sum_gx)
     k = np.empty(nc, x.dtype)
     ka = np.empty(nc, x.dtype)
     kb = np.empty(nc, x.dtype)
-    for c in range(nc):
-        r = 1.0 / math.sqrt(np.float64(var[c0 + c]) + eps)
-        sum_gx[c] *= r
-        gb[c0 + c] = sum_g[c]
-        gw[c0 + c] = sum_gx[c]
-        kd = r * (np.float64(weight[c0 + c]) if has_w else 1.0)
-        k[c] = kd
-        ka[c] = kd * r * sum_gx[c] / M if batch_stats else 0.0
-        kb[c] = kd * sum_g[c] / M if batch_stats else 0.0
+    for j in range(nc):
+        r = 1.0 / math.sqrt(np.float64(var[c0 + j]) + eps)
+        sum_gx[j] *= r
+        gb[c0 + j] = sum_g[j]
+        gw[c0 + j] = sum_gx[j]
+        kd = r * (np.float64(weight[c0 + j]) if has_w else 1.0)
+        k[j] = kd
+        ka[j] = kd * r * sum_gx[j] / M if batch_stats else 0.0
+        kb[j] = kd * sum_g[j] / M if batch_stats else 0.0
     if not has_gi:
         return
-    if L == 1 and batch_stats:
+    if L == 1:
         means = mean[c0:c1]
+        gf, xf, gif = g.reshape(N * C), x.reshape(N * C), gi.reshape(N * C)
         for n in range(N):
-            gr, xr, gir = _row(g, n, c0, c1), _row(x, n, c0, c1), _row(gi, n, c0, c1)
-            for c in range(nc):
-                gir[c] = gr[c] * k[c] - ((xr[c] - means[c]) * ka[c] + kb[c])
+            o0, o1 = n * C + c0, n * C + c1
+            gr, xr, gir = gf[o0:o1], xf[o0:o1], gif[o0:o1]
+            if batch_stats:
+                for j in range(nc):
+                    gir[j] = gr[j] * k[j] - ((xr[j] - means[j]) * ka[j] + kb[j])
+            else:
+                for j in range(nc):
+                    gir[j] = gr[j] * k[j]
         return
     for n in range(N):
-        for c in range(nc):
-            mu, kt, a, b = mean[c0 + c], k[c], ka[c], kb[c]
+        for j in range(nc):
+            mu, kt, a, b = mean[c0 + j], k[j], ka[j], kb[j]
+            gp, xp, gip = g[n, c0 + j], x[n, c0 + j], gi[n, c0 + j]
             if batch_stats:
                 for i in range(L):
-                    gi[n, c0 + c, i] = g[n, c0 + c, i] * kt - ((x[n, c0 + c, i] - mu) * a + b)
+                    gip[i] = gp[i] * kt - ((xp[i] - mu) * a + b)
             else:
                 for i in range(L):
-                    gi[n, c0 + c, i] = g[n, c0 + c, i] * kt
+                    gip[i] = gp[i] * kt
 
 
 @variants(inputs="g x weight mean var")
@@ -241,107 +301,143 @@ def batch_norm_backward(grad_out, x, weight, mean, var, eps, batch_stats, grad_i
 # ---------------------------------------------------------------- layer norm
 
 
-@jit
-def _ln_row_fwd(x, weight, bias, has_w, has_b, eps, out, mean, rstd, m):
-    K = x.shape[1]
-    s = 0.0
-    for k in range(K):
-        s += np.float64(x[m, k])
-    mu = s / K
-    mc = x.dtype.type(mu)
-    q = 0.0
-    for k in range(K):
-        d = np.float64(x[m, k] - mc)
-        q += d * d
-    mean[m] = mu
-    rstd[m] = 1.0 / math.sqrt(q / K + eps)
-    mt = mean[m]
-    rt = rstd[m]
-    for k in range(K):
-        v = (x[m, k] - mt) * rt
-        if has_w:
-            v = v * weight[k]
-        if has_b:
-            v = v + bias[k]
-        out[m, k] = v
-
-
 @variants(inputs="x weight bias")
-def _ln_fwd(x, weight, bias, has_w, has_b, eps, out, mean, rstd):
-    for m in prange(x.shape[0]):
-        _ln_row_fwd(x, weight, bias, has_w, has_b, eps, out, mean, rstd, m)
+def _ln_fwd(x, weight, bias, has_w, has_b, eps, out, mean, rstd, nblocks):
+    M, K = x.shape
+    for blk in prange(nblocks):
+        m0, m1 = _block(M, nblocks, blk)
+        for m in range(m0, m1):
+            xr, yr = x[m], out[m]
+            mu, v = _row_stats(xr)
+            mean[m] = mu
+            rstd[m] = 1.0 / math.sqrt(v + eps)
+            mt, rt = mean[m], rstd[m]
+            if has_w and has_b:
+                for k in range(K):
+                    yr[k] = (xr[k] - mt) * rt * weight[k] + bias[k]
+            elif has_w:
+                for k in range(K):
+                    yr[k] = (xr[k] - mt) * rt * weight[k]
+            elif has_b:
+                for k in range(K):
+                    yr[k] = (xr[k] - mt) * rt + bias[k]
+            else:
+                for k in range(K):
+                    yr[k] = (xr[k] - mt) * rt
 
 
 def layer_norm_forward(x, weight, bias, eps, out, mean, rstd):
     """See the reference ``layer_norm_forward``."""
-    _ln_fwd[x.size >= _PAR and x.shape[0] > 1 and threads() > 1](
-        x, _vec(weight, x, 1), _vec(bias, x, 0), weight is not None, bias is not None, float(eps), out, mean, rstd
+    par = x.size >= _PAR and x.shape[0] > 1 and threads() > 1
+    _ln_fwd[par](
+        x,
+        _vec(weight, x, 1),
+        _vec(bias, x, 0),
+        weight is not None,
+        bias is not None,
+        float(eps),
+        out,
+        mean,
+        rstd,
+        threads() if par else 1,
     )
     return out
 
 
 @jit
-def _ln_row_gi(g, x, weight, has_w, mean, rstd, gi, m):
+def _ln_rows_bwd(g, x, weight, has_w, mean, rstd, gi, has_gi, cols, sw, sb, m0, m1):
+    """Rows [m0, m1): dL/dx (has_gi) and, with cols, Σ g·x̂ and Σ g per column added into sw, sb."""
     K = x.shape[1]
-    mt = mean[m]
-    rt = rstd[m]
-    a = 0.0
-    b = 0.0
-    for k in range(K):
-        gg = g[m, k] * weight[k] if has_w else g[m, k]
-        xh = (x[m, k] - mt) * rt
-        a += np.float64(gg)
-        b += np.float64(gg * xh)
-    at = x.dtype.type(a / K)
-    bt = x.dtype.type(b / K)
-    for k in range(K):
-        gg = g[m, k] * weight[k] if has_w else g[m, k]
-        xh = (x[m, k] - mt) * rt
-        gi[m, k] = rt * (gg - at - xh * bt)
+    pw = np.empty(K, x.dtype)
+    pb = np.empty(K, x.dtype)
+    for r0 in range(m0, m1, _ROWS):
+        pw[:] = 0
+        pb[:] = 0
+        for m in range(r0, min(m1, r0 + _ROWS)):
+            gr, xr = g[m], x[m]
+            mt, rt = mean[m], rstd[m]
+            if has_gi:
+                a = 0.0
+                b = 0.0
+                for k0 in range(0, K, _CHUNK):
+                    pa = x.dtype.type(0)
+                    pc = x.dtype.type(0)
+                    if has_w:
+                        for k in range(k0, min(K, k0 + _CHUNK)):
+                            gg = gr[k] * weight[k]
+                            pa += gg
+                            pc += gg * ((xr[k] - mt) * rt)
+                    else:
+                        for k in range(k0, min(K, k0 + _CHUNK)):
+                            pa += gr[k]
+                            pc += gr[k] * ((xr[k] - mt) * rt)
+                    a += np.float64(pa)
+                    b += np.float64(pc)
+                at = x.dtype.type(a / K)
+                bt = x.dtype.type(b / K)
+                gir = gi[m]
+                if has_w:
+                    for k in range(K):
+                        gir[k] = rt * (gr[k] * weight[k] - at - ((xr[k] - mt) * rt) * bt)
+                else:
+                    for k in range(K):
+                        gir[k] = rt * (gr[k] - at - ((xr[k] - mt) * rt) * bt)
+            if cols:  # the row is in L1 now: a loop of its own vectorises where a fused one did not
+                for k in range(K):
+                    pw[k] += gr[k] * ((xr[k] - mt) * rt)
+                    pb[k] += gr[k]
+        if cols:
+            for k in range(K):
+                sw[k] += np.float64(pw[k])
+                sb[k] += np.float64(pb[k])
 
 
-@variants(inputs="g x weight mean rstd")
-def _ln_gi(g, x, weight, has_w, mean, rstd, gi):
-    for m in prange(x.shape[0]):
-        _ln_row_gi(g, x, weight, has_w, mean, rstd, gi, m)
+@variants(inputs="g x weight mean rstd", exact=False)
+def _ln_bwd(g, x, weight, has_w, mean, rstd, gi, has_gi, cols, sums, nblocks):
+    for blk in prange(nblocks):
+        m0, m1 = _block(x.shape[0], nblocks, blk)
+        if m0 < m1:
+            _ln_rows_bwd(g, x, weight, has_w, mean, rstd, gi, has_gi, cols, sums[blk, 0], sums[blk, 1], m0, m1)
 
 
 @jit
-def _ln_param_grads(g, x, mean, rstd, gw, gb, want_w, want_b):
-    # column sums over rows, in float64 (one pass over the rows, the columns innermost)
-    M, K = x.shape
-    sw = np.zeros(K)
-    sb = np.zeros(K)
-    for m in range(M):
-        mt = mean[m]
-        rt = rstd[m]
+def _ln_param_grads(sums, gw, gb, want_w, want_b):
+    """The blocks' column sums added in block order, then written in the data's dtype."""
+    K = sums.shape[2]
+    for blk in range(1, sums.shape[0]):
         for k in range(K):
-            gv = g[m, k]
-            sb[k] += np.float64(gv)
-            sw[k] += np.float64(gv * ((x[m, k] - mt) * rt))
+            sums[0, 0, k] += sums[blk, 0, k]
+            sums[0, 1, k] += sums[blk, 1, k]
     if want_w:
         for k in range(K):
-            gw[k] = sw[k]
+            gw[k] = sums[0, 0, k]
     if want_b:
         for k in range(K):
-            gb[k] = sb[k]
+            gb[k] = sums[0, 1, k]
 
 
 def layer_norm_backward(grad_out, x, weight, mean, rstd, grad_input, grad_weight, grad_bias):
     """See the reference ``layer_norm_backward``."""
-    if grad_weight is not None or grad_bias is not None:
+    M, K = x.shape
+    par = x.size >= _PAR and M > 1 and threads() > 1
+    nblocks = threads() if par else 1
+    cols = grad_weight is not None or grad_bias is not None
+    sums = np.zeros((nblocks, 2, K) if cols else (nblocks, 2, 1))
+    _ln_bwd[par](
+        grad_out,
+        x,
+        _vec(weight, x, 1),
+        weight is not None,
+        mean,
+        rstd,
+        grad_input if grad_input is not None else np.empty((1, K), x.dtype),
+        grad_input is not None,
+        cols,
+        sums,
+        nblocks,
+    )
+    if cols:
         _ln_param_grads(
-            grad_out,
-            x,
-            mean,
-            rstd,
-            _grad_vec(grad_weight, x),
-            _grad_vec(grad_bias, x),
-            grad_weight is not None,
-            grad_bias is not None,
-        )
-    if grad_input is not None:
-        _ln_gi[x.size >= _PAR and x.shape[0] > 1 and threads() > 1](
-            grad_out, x, _vec(weight, x, 1), weight is not None, mean, rstd, grad_input
+            sums, _grad_vec(grad_weight, x), _grad_vec(grad_bias, x), grad_weight is not None, grad_bias is not None
         )
     return grad_input, grad_weight, grad_bias

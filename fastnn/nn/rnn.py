@@ -473,10 +473,9 @@ class _RecurrentBase(Module):
                 gh0[k] = cast(FloatArray, result[1])
                 if self._cell == "lstm":
                     gc0[k] = cast(FloatArray, result[2])
-                if want_x:
-                    gx = cast(FloatArray, result[0])  # want_x: computed
-                    gx = gx if d == 0 else gx[::-1]
-                    grad_in = np.array(gx) if grad_in is None else grad_in + gx
+            if want_x:  # the directions' dL/dx summed (the reverse one's back in forward time) in one pass
+                gxs = [cast(FloatArray, r[0]) for r in results]
+                grad_in = np.array(gxs[0]) if D == 1 else np.add(gxs[0], gxs[1][::-1])
             if grad_in is not None:  # None only when the first layer needs no input gradient: the loop ends
                 g = grad_in
             grad_x = grad_in

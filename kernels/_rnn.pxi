@@ -3,14 +3,17 @@
 # a backward work row, the step functions of rnn.h).
 #
 # The whole time loop runs here without the GIL. Per step: one small product
-# with W_hh, then the cell's elementwise work. The input projection, the
+# with W_hh (packed once per sequence: gemm_prepacked), then the cell's
+# elementwise work. The input projection, the
 # weight gradients and dL/dx cover all steps at once: large ones are one
 # product each (gemm_run, threaded inside); small ones run on the small
 # kernel inside the one parallel region of the forward pass (by batch rows)
 # or of the backward pass (batch rows for the time loop, then gate columns
 # and rows of dL/dx). The samples of a batch never interact in the
 # recurrence, so each thread runs the whole time loop on its rows: no
-# barrier per step. Sizes that reach BLAS are T·B, I, H or G·H, which
+# barrier per step. Two independent sequences (the directions of a
+# bidirectional layer) run at once on a team of two, one thread each, each
+# whole (recurrent_pair). Sizes that reach BLAS are T·B, I, H or G·H, which
 # fastnn.ops.rnn bounds by 2^31 - 1.
 
 cdef extern from *:

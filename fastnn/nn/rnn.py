@@ -40,7 +40,10 @@ Deep and bidirectional layers
     direction first. The output is (T, B, H·num_directions): the forward
     direction's states, then the reverse direction's. Every direction runs
     the single-direction kernels; the reverse one on a time-reversed copy of
-    its input. A single-layer unidirectional layer takes exactly the path it
+    its input. The two directions of a layer are independent: the Cython
+    backend runs them at once on two threads, one thread each
+    (:func:`fastnn.ops.recurrent_forward_pair`), with the bits each has
+    alone. A single-layer unidirectional layer takes exactly the path it
     always took, and accepts states as (1, B, H) or (B, H) as before.
 
 For many-to-one models, :class:`LastTimeStep` picks ``output[-1]`` so that a

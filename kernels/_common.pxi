@@ -145,16 +145,24 @@ cdef void blas_gemm(bint trans_a, bint trans_b, fnn_idx m, fnn_idx n, fnn_idx k,
 
 # ---- every matrix product of the compiled backend goes through here ----
 
-cdef int gemm_run(fnn_idx m, fnn_idx n, fnn_idx k, const real *a, fnn_idx rsa, fnn_idx csa, const real *b,
-                  fnn_idx rsb, fnn_idx csb, real *c, fnn_idx ldc, const real *bias, int act,
-                  bint accumulate) noexcept nogil:
+cdef inline int gemm_run(fnn_idx m, fnn_idx n, fnn_idx k, const real *a, fnn_idx rsa, fnn_idx csa, const real *b,
+                         fnn_idx rsb, fnn_idx csb, real *c, fnn_idx ldc, const real *bias, int act,
+                         bint accumulate) noexcept nogil:
     """C = act(op(A) op(B) + bias), or C += op(A) op(B), on the route fnn_gemm_route picks.
 
     op(A)(i, p) = a[i*rsa + p*csa], op(B)(p, j) = b[p*rsb + j*csb]. The
     small kernel and the packed GEMM take any strides; BLAS needs a unit
     stride per operand (it gets the own GEMM otherwise). Returns -1 when out
-    of memory.
+    of memory. The own kernels use the module's thread count.
     """
+    return gemm_run_on(m, n, k, a, rsa, csa, b, rsb, csb, c, ldc, bias, act, accumulate, _num_threads)
+
+
+cdef int gemm_run_on(fnn_idx m, fnn_idx n, fnn_idx k, const real *a, fnn_idx rsa, fnn_idx csa, const real *b,
+                     fnn_idx rsb, fnn_idx csb, real *c, fnn_idx ldc, const real *bias, int act,
+                     bint accumulate, int nthreads) noexcept nogil:
+    """gemm_run with the own kernels on a team of nthreads (1: serial, for a caller that
+    already runs on one thread of a team; BLAS keeps its own threads)."""
     cdef int route, rc
     cdef fnn_idx i
     if m <= 0 or n <= 0:
@@ -166,9 +174,9 @@ cdef int gemm_run(fnn_idx m, fnn_idx n, fnn_idx k, const real *a, fnn_idx rsa, f
         route = FNN_ROUTE_SMALL   # the packed GEMM overwrites C
     fnn_route_taken(route)
     if route == FNN_ROUTE_SMALL:
-        return gemm_small_team(m, n, k, a, rsa, csa, b, rsb, csb, c, ldc, accumulate, bias, act, _num_threads)
+        return gemm_small_team(m, n, k, a, rsa, csa, b, rsb, csb, c, ldc, accumulate, bias, act, nthreads)
     if route == FNN_ROUTE_PACKED:
-        rc = gemm_packed(m, n, k, a, rsa, csa, b, rsb, csb, c, ldc, bias, act, _num_threads)
+        rc = gemm_packed(m, n, k, a, rsa, csa, b, rsb, csb, c, ldc, bias, act, nthreads)
         if rc == 0:
             return 0
         # out of memory for the packing buffers: BLAS needs none

@@ -3,14 +3,17 @@
 # a backward work row, the step functions of rnn.h).
 #
 # The whole time loop runs here without the GIL. Per step: one small product
-# with W_hh, then the cell's elementwise work. The input projection, the
+# with W_hh (packed once per sequence: gemm_prepacked), then the cell's
+# elementwise work. The input projection, the
 # weight gradients and dL/dx cover all steps at once: large ones are one
 # product each (gemm_run, threaded inside); small ones run on the small
 # kernel inside the one parallel region of the forward pass (by batch rows)
 # or of the backward pass (batch rows for the time loop, then gate columns
 # and rows of dL/dx). The samples of a batch never interact in the
 # recurrence, so each thread runs the whole time loop on its rows: no
-# barrier per step. Sizes that reach BLAS are T·B, I, H or G·H, which
+# barrier per step. Two independent sequences (the directions of a
+# bidirectional layer) run at once on a team of two, one thread each, each
+# whole (recurrent_pair). Sizes that reach BLAS are T·B, I, H or G·H, which
 # fastnn.ops.rnn bounds by 2^31 - 1.
 
 cdef extern from *:
@@ -72,7 +75,7 @@ cdef enum:
     S_X, S_H0, S_C0, S_W_IH, S_W_HH, S_B_IH, S_B_HH, S_OUT, S_CELL, S_GATES, S_HN, S_WORK
     S_GO, S_GHN, S_GCN, S_GX, S_GH0, S_GC0, S_GW_IH, S_GW_HH, S_GB_IH, S_GB_HH
     S_NARRAYS
-    S_WT = S_NARRAYS   # W_hhᵀ (H, G·H), the forward steps' B
+    S_WP = S_NARRAYS   # the steps' B packed (gemm_prepacked): W_hhᵀ (H, G·H) forward, W_hh (G·H, H) backward
     S_WIT            # W_ihᵀ (I, G·H) for the input projection in the region, or NULL
     S_BIAS           # the projection's bias (G·H), or NULL
     S_GHS            # GRU: one step's h W_hhᵀ (B, 3H)
@@ -85,6 +88,7 @@ _SLOT_NAMES = ("x", "h0", "c0", "w_ih", "w_hh", "b_ih", "b_hh", "out", "cell", "
 
 cdef struct Seq:
     int cell, relu
+    int threads  # the team this sequence may use: the module's count, or 1 beside another sequence
     fnn_idx T, B, nin, H   # (nin: "I" is a macro of complex.h)
     fnn_idx G    # gate blocks: 1 (RNN), 4 (LSTM), 3 (GRU)
     fnn_idx W    # width of a backward work row: H (RNN), 4H (LSTM), 6H (GRU: [δ^x | δ^h])
@@ -95,8 +99,17 @@ cdef struct Seq:
 
 cdef inline void step_gemm(const real *a, fnn_idx lda, const real *bt, fnn_idx ldb, real *c, fnn_idx ldc,
                            fnn_idx m, fnn_idx n, fnn_idx k) noexcept nogil:
-    """C += A Bt (one time step's product: small, on the small kernel)."""
+    """C += A Bt on the small kernel (the small all-steps products, by rows or columns)."""
     gemm_small(m, n, k, a, lda, 1, bt, ldb, 1, c, ldc, 1, <const real*>NULL, FNN_ACT_IDENTITY)
+
+
+cdef inline real *packed(const real *b, fnn_idx k, fnn_idx n, fnn_idx rsb, fnn_idx csb) noexcept nogil:
+    """op(B) (k, n), op(B)(p, j) = b[p*rsb + j*csb], packed once for the steps' products
+    (gemm_prepacked) in a malloc'ed buffer, or NULL when out of memory."""
+    cdef real *pb = <real*>malloc(gemm_prepacked_size(k, n, b) * sizeof(real))
+    if pb != NULL:
+        gemm_pack_b(k, n, b, rsb, csb, pb)
+    return pb
 
 
 cdef inline void gemm_tn_acc(const real *a, fnn_idx lda, const real *bm, fnn_idx ldb, real *c, fnn_idx ldc,
@@ -119,7 +132,7 @@ cdef inline bint small(fnn_idx elements) noexcept nogil:
     return elements <= fnn_tune.rnn_small_elements
 
 
-cdef inline int parts(fnn_idx n, fnn_idx step, double work, bint region) noexcept nogil:
+cdef inline int parts(const Seq *s, fnn_idx n, fnn_idx step, double work, bint region) noexcept nogil:
     """Blocks of `step` rows (or columns) to cut n into for the threads.
 
     1 (serial) below rnn_parallel_min_work multiply-adds, unless `region`:
@@ -127,14 +140,14 @@ cdef inline int parts(fnn_idx n, fnn_idx step, double work, bint region) noexcep
     taken dynamically: a worker that wakes late takes fewer.
     """
     cdef fnn_idx blocks = (n + step - 1) // step
-    if _num_threads <= 1 or (work < fnn_tune.rnn_parallel_min_work and not region):
+    if s.threads <= 1 or (work < fnn_tune.rnn_parallel_min_work and not region):
         return 1
-    return <int>min(2 * _num_threads, blocks)
+    return <int>min(2 * s.threads, blocks)
 
 
-cdef inline int team(fnn_idx nblocks) noexcept nogil:
+cdef inline int team(const Seq *s, fnn_idx nblocks) noexcept nogil:
     """Threads for a region of nblocks blocks."""
-    return <int>min(_num_threads, nblocks)
+    return <int>min(s.threads, nblocks)
 
 
 cdef inline fnn_idx part_size(fnn_idx n, int np, fnn_idx step) noexcept nogil:
@@ -143,13 +156,13 @@ cdef inline fnn_idx part_size(fnn_idx n, int np, fnn_idx step) noexcept nogil:
     return (c + step - 1) // step * step
 
 
-cdef inline fnn_idx row_chunk(fnn_idx B, double work) noexcept nogil:
+cdef inline fnn_idx row_chunk(const Seq *s, fnn_idx B, double work) noexcept nogil:
     """Batch rows per block of the time loop, or B (serial): about two blocks per
     thread, multiples of 4 rows, for regions of at least rnn_parallel_min_work."""
     cdef fnn_idx c
-    if _num_threads <= 1 or work < fnn_tune.rnn_parallel_min_work or B < 8:
+    if s.threads <= 1 or work < fnn_tune.rnn_parallel_min_work or B < 8:
         return B
-    c = (B + 2 * _num_threads - 1) // (2 * _num_threads)
+    c = (B + 2 * s.threads - 1) // (2 * s.threads)
     return (c + 3) // 4 * 4
 
 
@@ -173,8 +186,8 @@ cdef int projection_setup(const Seq *s, real **p) noexcept nogil:
         for j in range(GH):
             p[S_BIAS][j] = (p[S_B_IH][j] if p[S_B_IH] != NULL else 0) + (b2[j] if b2 != NULL else 0)
     if not small(TB * (s.nin + GH)):
-        return gemm_run(TB, GH, s.nin, p[S_X], s.nin, 1, p[S_W_IH], 1, s.nin, dest, GH, p[S_BIAS],
-                        FNN_ACT_IDENTITY, False)
+        return gemm_run_on(TB, GH, s.nin, p[S_X], s.nin, 1, p[S_W_IH], 1, s.nin, dest, GH, p[S_BIAS],
+                           FNN_ACT_IDENTITY, False, s.threads)
     p[S_WIT] = transposed(p[S_W_IH], GH, s.nin)
     return 0 if p[S_WIT] != NULL else -1
 
@@ -203,16 +216,15 @@ cdef void step_forward(const Seq *s, real **p, fnn_idx t, fnn_idx r0, fnn_idx r1
     cdef real *h = p[S_OUT] + t * BH + o
     cdef real *z
     if s.cell == CELL_RNN:
-        step_gemm(hp, H, p[S_WT], H, h, H, n, H, H)
+        gemm_prepacked(n, H, H, hp, H, 1, p[S_WP], h, H, 1)
         rnn_act(h, n * H, s.relu)
     elif s.cell == CELL_LSTM:
         z = p[S_GATES] + 4 * t * BH + 4 * o
-        step_gemm(hp, H, p[S_WT], GH, z, GH, n, GH, H)
+        gemm_prepacked(n, GH, H, hp, H, 1, p[S_WP], z, GH, 1)
         lstm_cell(z, (p[S_C0] if t == 0 else p[S_CELL] + (t - 1) * BH) + o, p[S_CELL] + t * BH + o, h, n, H)
-    else:
+    else:   # z = h W_hhᵀ alone (the hidden bias goes inside r·(...))
         z = p[S_GHS] + 3 * o
-        memset(z, 0, n * GH * sizeof(real))
-        step_gemm(hp, H, p[S_WT], GH, z, GH, n, GH, H)
+        gemm_prepacked(n, GH, H, hp, H, 1, p[S_WP], z, GH, 0)
         gru_cell(p[S_GATES] + 3 * t * BH + 3 * o, z, p[S_ZB], hp, p[S_HN] + t * BH + o, h, n, H)
 
 
@@ -226,22 +238,22 @@ cdef void forward_rows(const Seq *s, real **p, fnn_idx r0, fnn_idx r1) noexcept 
 
 cdef int seq_forward(const Seq *s, real **p) noexcept nogil:
     cdef fnn_idx GH = s.G * s.H, k
-    cdef fnn_idx chunk = row_chunk(s.B, <double>s.T * s.B * GH * (s.H + s.nin))
+    cdef fnn_idx chunk = row_chunk(s, s.B, <double>s.T * s.B * GH * (s.H + s.nin))
     cdef fnn_idx c = 0, nc = (s.B + chunk - 1) // chunk  # firstprivate in the team below: set it
     cdef int nxt = 0, arrived = 0, rc = -1
-    p[S_WT] = transposed(p[S_W_HH], GH, s.H)
+    p[S_WP] = packed(p[S_W_HH], s.H, GH, 1, s.H)
     if s.cell == CELL_GRU:
         p[S_GHS] = <real*>malloc(s.B * GH * sizeof(real))
         p[S_ZB] = <real*>calloc(GH, sizeof(real))
         if p[S_ZB] != NULL and p[S_B_HH] != NULL:
             memcpy(p[S_ZB], p[S_B_HH], GH * sizeof(real))
-    if p[S_WT] != NULL and (s.cell != CELL_GRU or (p[S_GHS] != NULL and p[S_ZB] != NULL)) \
+    if p[S_WP] != NULL and (s.cell != CELL_GRU or (p[S_GHS] != NULL and p[S_ZB] != NULL)) \
             and projection_setup(s, p) == 0:
         rc = 0
         if nc == 1:
             forward_rows(s, p, 0, s.B)
         else:
-            with parallel(num_threads=team(nc)):
+            with parallel(num_threads=team(s, nc)):
                 c = fnn_claim(&nxt)
                 while c < nc:
                     forward_rows(s, p, c * chunk, min(s.B, (c + 1) * chunk))
@@ -275,7 +287,7 @@ cdef void step_backward(const Seq *s, real **p, fnn_idx t, fnn_idx r0, fnn_idx r
         memset(grec, 0, n * H * sizeof(real))
     else:   # grec = g z here: the direct path to h_{t-1}
         gru_delta(go, grec, p[S_GATES] + 3 * t * BH + 3 * o, p[S_HN] + t * BH + o, hp, w, n, H)
-    step_gemm(w + s.DH, s.W, p[S_W_HH], H, grec, H, n, H, GH)
+    gemm_prepacked(n, H, GH, w + s.DH, s.W, 1, p[S_WP], grec, H, 1)
 
 
 cdef void backward_rows(const Seq *s, real **p, fnn_idx r0, fnn_idx r1) noexcept nogil:
@@ -321,12 +333,12 @@ cdef int grads_finish(const Seq *s, real **p, bint gx_done) noexcept nogil:
     if p[S_DWT] != NULL:
         transpose(p[S_DWT], s.nin, GH, p[S_GW_IH])
     else:
-        if gemm_run(GH, s.nin, TB, dx, 1, s.W, p[S_X], s.nin, 1, p[S_GW_IH], s.nin, <const real*>NULL, FNN_ACT_IDENTITY,
-                    False) != 0:
+        if gemm_run_on(GH, s.nin, TB, dx, 1, s.W, p[S_X], s.nin, 1, p[S_GW_IH], s.nin, <const real*>NULL,
+                       FNN_ACT_IDENTITY, False, s.threads) != 0:
             return -1
         if s.T > 1:   # dW_hh over out[:-1] (one strided operand), then the h0 term
-            if gemm_run(GH, H, TB - s.B, dh + s.B * s.W, 1, s.W, p[S_OUT], H, 1, p[S_GW_HH], H, <const real*>NULL,
-                        FNN_ACT_IDENTITY, False) != 0:
+            if gemm_run_on(GH, H, TB - s.B, dh + s.B * s.W, 1, s.W, p[S_OUT], H, 1, p[S_GW_HH], H,
+                           <const real*>NULL, FNN_ACT_IDENTITY, False, s.threads) != 0:
                 return -1
         else:
             memset(p[S_GW_HH], 0, GH * H * sizeof(real))
@@ -339,29 +351,34 @@ cdef int grads_finish(const Seq *s, real **p, bint gx_done) noexcept nogil:
     if p[S_GB_IH] != NULL and p[S_GB_HH] != NULL and s.DH == 0:
         memcpy(p[S_GB_HH], p[S_GB_IH], GH * sizeof(real))
     if p[S_GX] != NULL and not gx_done:
-        return gemm_run(TB, s.nin, GH, dx, s.W, 1, p[S_W_IH], s.nin, 1, p[S_GX], s.nin, <const real*>NULL,
-                        FNN_ACT_IDENTITY, False)
+        return gemm_run_on(TB, s.nin, GH, dx, s.W, 1, p[S_W_IH], s.nin, 1, p[S_GX], s.nin, <const real*>NULL,
+                           FNN_ACT_IDENTITY, False, s.threads)
     return 0
 
 
 cdef int seq_backward(const Seq *s, real **p) noexcept nogil:
     cdef fnn_idx TB = s.T * s.B, H = s.H, GH = s.G * s.H, BH = s.B * s.H, k
-    cdef fnn_idx chunk = row_chunk(s.B, <double>s.T * s.B * GH * 2 * (s.H + s.nin))
+    cdef fnn_idx chunk = row_chunk(s, s.B, <double>s.T * s.B * GH * 2 * (s.H + s.nin))
     cdef fnn_idx c = 0, nc = (s.B + chunk - 1) // chunk  # firstprivate in the team below: set it
     cdef int nxt = 0, nxt2 = 0, done = 0, arrived = 0, nw = 0, nx = 0, rc
     cdef fnn_idx wc = 0, xc = 0
     # dL/dx inside the region when small, else one product at the end
     cdef bint gx_small = p[S_GX] != NULL and small(TB * (s.nin + GH))
+    p[S_WP] = packed(p[S_W_HH], GH, H, H, 1)
+    if p[S_WP] == NULL:
+        return -1
     # the weight gradients inside the region, by gate columns, when small
     if small(TB * (s.W + H + s.nin)):
         p[S_DWT] = <real*>calloc(s.nin * GH, sizeof(real))
         if p[S_DWT] == NULL:
+            free(p[S_WP])
+            p[S_WP] = NULL
             return -1
-        nw = parts(GH, 4, <double>TB * GH * (H + s.nin), nc > 1)
+        nw = parts(s, GH, 4, <double>TB * GH * (H + s.nin), nc > 1)
         wc = part_size(GH, nw, 4)
         nw = <int>((GH + wc - 1) // wc)
     if gx_small:
-        nx = parts(TB, 8, <double>TB * s.nin * GH, nc > 1)
+        nx = parts(s, TB, 8, <double>TB * s.nin * GH, nc > 1)
         xc = part_size(TB, nx, 8)
         nx = <int>((TB + xc - 1) // xc)   # rounding xc up may leave fewer blocks than asked
     if p[S_GHN] != NULL:
@@ -382,7 +399,7 @@ cdef int seq_backward(const Seq *s, real **p) noexcept nogil:
     else:
         # one region: the time loop by batch rows, then (all δ done) the weight
         # gradients by gate columns and dL/dx by rows
-        with parallel(num_threads=team(max(nc, nw + nx))):
+        with parallel(num_threads=team(s, max(nc, nw + nx))):
             c = fnn_claim(&nxt)
             while c < nc:
                 backward_rows(s, p, c * chunk, min(s.B, (c + 1) * chunk))
@@ -407,27 +424,69 @@ cdef int seq_backward(const Seq *s, real **p) noexcept nogil:
 
 # ---- the def wrappers: the reference's signatures ----
 
-cdef object _run(int cell, bint relu, bint forward, dict arrays):
-    """Run one sequence call: arrays by slot name (absent: None)."""
+cdef bint _prepare(Seq *s, void **p, tuple call) except *:
+    """Fill one sequence's Seq and pointer table from a call (cell, relu, forward, arrays by
+    slot name, absent: None); the team is the module's. Returns whether it is float32."""
+    cdef dict arrays = call[3]
+    cdef cnp.ndarray x = arrays["x"]
+    s.cell, s.relu, s.threads = call[0], call[1], _num_threads
+    s.T, s.B, s.nin, s.H = x.shape[0], x.shape[1], x.shape[2], arrays["h0"].shape[1]
+    s.G = 4 if s.cell == CELL_LSTM else (3 if s.cell == CELL_GRU else 1)
+    s.W = (6 if s.cell == CELL_GRU else s.G) * s.H
+    s.DH = 3 * s.H if s.cell == CELL_GRU else 0
+    memset(p, 0, S_NSLOTS * sizeof(void*))
+    _fill(p, tuple([arrays.get(name) for name in _SLOT_NAMES]))
+    return _f32(x)
+
+
+cdef inline int seq_run(const Seq *s, void **p, bint f32, bint forward) noexcept nogil:
+    if f32:
+        return seq_forward(s, <float**>p) if forward else seq_backward(s, <float**>p)
+    return seq_forward(s, <double**>p) if forward else seq_backward(s, <double**>p)
+
+
+cdef inline int _check_rc(int rc, bint forward) except -1:
+    if rc != 0:
+        raise MemoryError("out of memory in the recurrent " + ("forward" if forward else "backward") + " pass")
+    return 0
+
+
+cdef object _run(tuple call):
+    """Run one sequence call on the module's team."""
     cdef Seq s
     cdef void *p[S_NSLOTS]
     cdef int rc
-    cdef cnp.ndarray x = arrays["x"]
-    cdef bint f32 = _f32(x)
-    s.cell, s.relu = cell, relu
-    s.T, s.B, s.nin, s.H = x.shape[0], x.shape[1], x.shape[2], arrays["h0"].shape[1]
-    s.G = 4 if cell == CELL_LSTM else (3 if cell == CELL_GRU else 1)
-    s.W = (6 if cell == CELL_GRU else s.G) * s.H
-    s.DH = 3 * s.H if cell == CELL_GRU else 0
-    memset(p, 0, sizeof(p))
-    _fill(p, tuple([arrays.get(name) for name in _SLOT_NAMES]))
+    cdef bint forward = call[2]
+    cdef bint f32 = _prepare(&s, p, call)
     with nogil:
-        if f32:
-            rc = seq_forward(&s, <float**>p) if forward else seq_backward(&s, <float**>p)
-        else:
-            rc = seq_forward(&s, <double**>p) if forward else seq_backward(&s, <double**>p)
-    if rc != 0:
-        raise MemoryError("out of memory in the recurrent " + ("forward" if forward else "backward") + " pass")
+        rc = seq_run(&s, p, f32, forward)
+    _check_rc(rc, forward)
+
+
+cdef object _run_two_seqs(tuple first, tuple second):
+    """Two independent sequence calls of one kind and dtype at once, one thread each.
+
+    Each sequence runs whole on its thread (all batch rows, its all-steps
+    products serial): two rows' blocks per thread would halve the row count
+    of every step's product, and the two directions of a bidirectional
+    layer have the same work. Each result is the bits it has alone.
+    """
+    cdef Seq s[2]
+    cdef void *p[2][S_NSLOTS]
+    cdef int rc[2]
+    cdef int nxt = 0, arrived = 0, i = 0   # i: private in the team below; set it
+    cdef bint forward = first[2]
+    cdef bint f32 = _prepare(&s[0], p[0], first)
+    _prepare(&s[1], p[1], second)
+    s[0].threads = s[1].threads = 1
+    rc[0] = rc[1] = 0
+    with nogil, parallel(num_threads=2):
+        i = fnn_claim(&nxt)
+        while i < 2:
+            rc[i] = seq_run(&s[i], p[i], f32, forward)
+            i = fnn_claim(&nxt)
+        fnn_leave(&arrived, fnn_tune.rnn_spin_seconds)
+    _check_rc(rc[0] | rc[1], forward)
 
 
 def _empty_grads(grad_h0, grad_hn, *sums):
@@ -447,67 +506,128 @@ cdef inline bint _empty(x):
     return x.shape[0] == 0 or x.shape[1] == 0
 
 
+# Each kernel's arguments as a call (cell, relu, forward, arrays by slot name), with what
+# the kernel returns, and what it answers for an empty sequence (no time step or sample).
+
+def _rnn_forward_call(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity, out):
+    arrays = dict(x=x, h0=h0, w_ih=weight_ih, w_hh=weight_hh, b_ih=bias_ih, b_hh=bias_hh, out=out)
+    return (CELL_RNN, nonlinearity == "relu", True, arrays), out, None
+
+
+def _rnn_backward_call(grad_out, grad_hn, x, h0, weight_ih, weight_hh, out, nonlinearity, work,
+                       grad_x, grad_h0, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh):
+    arrays = dict(go=grad_out, ghn=grad_hn, x=x, h0=h0, w_ih=weight_ih, w_hh=weight_hh, out=out, work=work,
+                  gx=grad_x, gh0=grad_h0, gw_ih=grad_weight_ih, gw_hh=grad_weight_hh, gb_ih=grad_bias_ih,
+                  gb_hh=grad_bias_hh)
+    result = (grad_x, grad_h0, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh)
+    empty = ((grad_h0, grad_hn, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh),)
+    return (CELL_RNN, nonlinearity == "relu", False, arrays), result, empty
+
+
+def _lstm_forward_call(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, out, cell, gates):
+    arrays = dict(x=x, h0=h0, c0=c0, w_ih=weight_ih, w_hh=weight_hh, b_ih=bias_ih, b_hh=bias_hh, out=out,
+                  cell=cell, gates=gates)
+    return (CELL_LSTM, False, True, arrays), (out, cell, gates), None
+
+
+def _lstm_backward_call(grad_out, grad_hn, grad_cn, x, h0, c0, weight_ih, weight_hh, out, cell, gates, work,
+                        grad_x, grad_h0, grad_c0, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh):
+    arrays = dict(go=grad_out, ghn=grad_hn, gcn=grad_cn, x=x, h0=h0, c0=c0, w_ih=weight_ih, w_hh=weight_hh,
+                  out=out, cell=cell, gates=gates, work=work, gx=grad_x, gh0=grad_h0, gc0=grad_c0,
+                  gw_ih=grad_weight_ih, gw_hh=grad_weight_hh, gb_ih=grad_bias_ih, gb_hh=grad_bias_hh)
+    result = (grad_x, grad_h0, grad_c0, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh)
+    empty = ((grad_h0, grad_hn, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh), (grad_c0, grad_cn))
+    return (CELL_LSTM, False, False, arrays), result, empty
+
+
+def _gru_forward_call(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, out, gates, hidden_n):
+    arrays = dict(x=x, h0=h0, w_ih=weight_ih, w_hh=weight_hh, b_ih=bias_ih, b_hh=bias_hh, out=out, gates=gates,
+                  hn=hidden_n)
+    return (CELL_GRU, False, True, arrays), (out, gates, hidden_n), None
+
+
+def _gru_backward_call(grad_out, grad_hn, x, h0, weight_ih, weight_hh, out, gates, hidden_n, work,
+                       grad_x, grad_h0, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh):
+    arrays = dict(go=grad_out, ghn=grad_hn, x=x, h0=h0, w_ih=weight_ih, w_hh=weight_hh, out=out, gates=gates,
+                  hn=hidden_n, work=work, gx=grad_x, gh0=grad_h0, gw_ih=grad_weight_ih, gw_hh=grad_weight_hh,
+                  gb_ih=grad_bias_ih, gb_hh=grad_bias_hh)
+    result = (grad_x, grad_h0, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh)
+    empty = ((grad_h0, grad_hn, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh),)
+    return (CELL_GRU, False, False, arrays), result, empty
+
+
+_CALLS = {
+    "rnn_forward": _rnn_forward_call,
+    "rnn_backward": _rnn_backward_call,
+    "lstm_forward": _lstm_forward_call,
+    "lstm_backward": _lstm_backward_call,
+    "gru_forward": _gru_forward_call,
+    "gru_backward": _gru_backward_call,
+}
+
+
+cdef object _kernel(str kernel, tuple args):
+    """Run one kernel call (empty sequences answered without running the loops)."""
+    call, result, empty = _CALLS[kernel](*args)
+    if not _empty(call[3]["x"]):   # (a layer may call the kernels directly with an empty batch)
+        _run(call)
+    elif empty is not None:   # backward: sums over no steps or samples
+        for grads in empty:
+            _empty_grads(*grads)
+    return result
+
+
 def rnn_forward(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity, out):
     """h_t = f(x_t W_ihᵀ + b_ih + h_{t-1} W_hhᵀ + b_hh) for all t."""
-    if not _empty(x):   # (a layer may call this directly with an empty batch)
-        _run(CELL_RNN, nonlinearity == "relu", True,
-             dict(x=x, h0=h0, w_ih=weight_ih, w_hh=weight_hh, b_ih=bias_ih, b_hh=bias_hh, out=out))
-    return out
+    return _kernel("rnn_forward", (x, h0, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity, out))
 
 
 def rnn_backward(grad_out, grad_hn, x, h0, weight_ih, weight_hh, out, nonlinearity, work,
                  grad_x, grad_h0, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh):
     """BPTT: δ_t = (dL/dh_t)·f'(a_t), g_{t-1} = δ_t W_hh; weight grads one GEMM each."""
-    if _empty(x):   # nothing to run: sums over no steps or samples
-        _empty_grads(grad_h0, grad_hn, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh)
-    else:
-        _run(CELL_RNN, nonlinearity == "relu", False,
-             dict(go=grad_out, ghn=grad_hn, x=x, h0=h0, w_ih=weight_ih, w_hh=weight_hh, out=out, work=work,
-                  gx=grad_x, gh0=grad_h0, gw_ih=grad_weight_ih, gw_hh=grad_weight_hh, gb_ih=grad_bias_ih,
-                  gb_hh=grad_bias_hh))
-    return grad_x, grad_h0, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh
+    return _kernel("rnn_backward", (grad_out, grad_hn, x, h0, weight_ih, weight_hh, out, nonlinearity, work,
+                                    grad_x, grad_h0, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh))
 
 
 def lstm_forward(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, out, cell, gates):
     """LSTM (gates i, f, g, o): c_t = f c_{t-1} + i g, h_t = o tanh(c_t) for all t."""
-    if not _empty(x):
-        _run(CELL_LSTM, False, True,
-             dict(x=x, h0=h0, c0=c0, w_ih=weight_ih, w_hh=weight_hh, b_ih=bias_ih, b_hh=bias_hh, out=out,
-                  cell=cell, gates=gates))
-    return out, cell, gates
+    return _kernel("lstm_forward", (x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, out, cell, gates))
 
 
 def lstm_backward(grad_out, grad_hn, grad_cn, x, h0, c0, weight_ih, weight_hh, out, cell, gates, work,
                   grad_x, grad_h0, grad_c0, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh):
     """LSTM BPTT: δ = [δi, δf, δg, δo] per step, g_{t-1} = δ W_hh, γ_{t-1} = γ f."""
-    if _empty(x):
-        _empty_grads(grad_h0, grad_hn, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh)
-        _empty_grads(grad_c0, grad_cn)
-    else:
-        _run(CELL_LSTM, False, False,
-             dict(go=grad_out, ghn=grad_hn, gcn=grad_cn, x=x, h0=h0, c0=c0, w_ih=weight_ih, w_hh=weight_hh,
-                  out=out, cell=cell, gates=gates, work=work, gx=grad_x, gh0=grad_h0, gc0=grad_c0,
-                  gw_ih=grad_weight_ih, gw_hh=grad_weight_hh, gb_ih=grad_bias_ih, gb_hh=grad_bias_hh))
-    return grad_x, grad_h0, grad_c0, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh
+    return _kernel("lstm_backward", (grad_out, grad_hn, grad_cn, x, h0, c0, weight_ih, weight_hh, out, cell, gates,
+                                     work, grad_x, grad_h0, grad_c0, grad_weight_ih, grad_weight_hh, grad_bias_ih,
+                                     grad_bias_hh))
 
 
 def gru_forward(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, out, gates, hidden_n):
     """GRU (gates r, z, n): n = tanh(x W_inᵀ + b_in + r (h W_hnᵀ + b_hn)), h_t = (1-z) n + z h_{t-1}."""
-    if not _empty(x):
-        _run(CELL_GRU, False, True,
-             dict(x=x, h0=h0, w_ih=weight_ih, w_hh=weight_hh, b_ih=bias_ih, b_hh=bias_hh, out=out, gates=gates,
-                  hn=hidden_n))
-    return out, gates, hidden_n
+    return _kernel("gru_forward", (x, h0, weight_ih, weight_hh, bias_ih, bias_hh, out, gates, hidden_n))
 
 
 def gru_backward(grad_out, grad_hn, x, h0, weight_ih, weight_hh, out, gates, hidden_n, work,
                  grad_x, grad_h0, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh):
     """GRU BPTT: δ^x = [δr, δz, δn], δ^h = [δr, δz, δn r], g_{t-1} = g z + δ^h W_hh."""
-    if _empty(x):
-        _empty_grads(grad_h0, grad_hn, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh)
-    else:
-        _run(CELL_GRU, False, False,
-             dict(go=grad_out, ghn=grad_hn, x=x, h0=h0, w_ih=weight_ih, w_hh=weight_hh, out=out, gates=gates,
-                  hn=hidden_n, work=work, gx=grad_x, gh0=grad_h0, gw_ih=grad_weight_ih, gw_hh=grad_weight_hh,
-                  gb_ih=grad_bias_ih, gb_hh=grad_bias_hh))
-    return grad_x, grad_h0, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh
+    return _kernel("gru_backward", (grad_out, grad_hn, x, h0, weight_ih, weight_hh, out, gates, hidden_n, work,
+                                    grad_x, grad_h0, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh))
+
+
+def recurrent_pair(kernel, first, second):
+    """Two independent calls of one recurrent kernel: ``kernel`` names it ("lstm_forward" ...),
+    ``first`` and ``second`` are its argument tuples (the two directions of a bidirectional
+    layer, one dtype). Returns both results.
+
+    On a team of two threads they run at once, one thread each; otherwise one
+    after the other on the whole team. Each result has the same bits either way.
+    """
+    if kernel not in _CALLS:
+        raise ValueError(f"recurrent_pair: unknown kernel {kernel!r}")
+    one, r1, _ = _CALLS[kernel](*first)
+    two, r2, _ = _CALLS[kernel](*second)
+    x1, x2 = one[3]["x"], two[3]["x"]
+    if _num_threads != 2 or _empty(x1) or _empty(x2) or _f32(x1) != _f32(x2):
+        return _kernel(kernel, tuple(first)), _kernel(kernel, tuple(second))
+    _run_two_seqs(one, two)
+    return r1, r2

@@ -78,6 +78,9 @@ const fnn_kernel_set FNN_CAT(fnn_kernels_, FNN_ISA_NAME) = {
         .small_f32 = gemm_small_f32, .small_f64 = gemm_small_f64,
         .team_f32 = gemm_small_team_f32, .team_f64 = gemm_small_team_f64,
         .packed_f32 = gemm_packed_f32, .packed_f64 = gemm_packed_f64,
+        .nr_f32 = FNN_NV * FNN_LANES_F32, .nr_f64 = FNN_NV * FNN_LANES_F64,
+        .pack_b_f32 = gemm_pack_b_f32, .pack_b_f64 = gemm_pack_b_f64,
+        .prepacked_f32 = gemm_prepacked_f32, .prepacked_f64 = gemm_prepacked_f64,
     },
     .conv = {
         .isa = FNN_ISA, .shift_f32 = conv_shift_f32, .wgrad_f32 = conv_wgrad_f32, FNN_BOTH(maxpool2x2),

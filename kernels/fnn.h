@@ -126,6 +126,16 @@ typedef struct fnn_gemm_ops {
     int (*packed_f64)(fnn_idx m, fnn_idx n, fnn_idx k, const double *a, fnn_idx rsa, fnn_idx csa,
                       const double *b, fnn_idx rsb, fnn_idx csb, double *c, fnn_idx ldc, const double *bias,
                       int act, int nthreads);
+    /* A B fixed over many products (a recurrent weight), packed once by pack_b into
+     * panels of nr columns (k * ceil(n / nr) * nr elements); then, one thread,
+     * C += op(A) B (C = op(A) B unless accumulate), the same bits as small. */
+    int nr_f32, nr_f64;
+    void (*pack_b_f32)(fnn_idx k, fnn_idx n, const float *b, fnn_idx rsb, fnn_idx csb, float *pb);
+    void (*pack_b_f64)(fnn_idx k, fnn_idx n, const double *b, fnn_idx rsb, fnn_idx csb, double *pb);
+    void (*prepacked_f32)(fnn_idx m, fnn_idx n, fnn_idx k, const float *a, fnn_idx rsa, fnn_idx csa,
+                          const float *pb, float *c, fnn_idx ldc, int accumulate);
+    void (*prepacked_f64)(fnn_idx m, fnn_idx n, fnn_idx k, const double *a, fnn_idx rsa, fnn_idx csa,
+                          const double *pb, double *c, fnn_idx ldc, int accumulate);
 } fnn_gemm_ops;
 
 /* Stride-1 float32 convolution ("shifted GEMM") and pooling. */

@@ -72,6 +72,13 @@ cdef extern from "fnn.h" nogil:
                           float*, fnn_idx, const float*, int, int) noexcept nogil
         int (*packed_f64)(fnn_idx, fnn_idx, fnn_idx, const double*, fnn_idx, fnn_idx, const double*, fnn_idx,
                           fnn_idx, double*, fnn_idx, const double*, int, int) noexcept nogil
+        int nr_f32, nr_f64
+        void (*pack_b_f32)(fnn_idx, fnn_idx, const float*, fnn_idx, fnn_idx, float*) noexcept nogil
+        void (*pack_b_f64)(fnn_idx, fnn_idx, const double*, fnn_idx, fnn_idx, double*) noexcept nogil
+        void (*prepacked_f32)(fnn_idx, fnn_idx, fnn_idx, const float*, fnn_idx, fnn_idx, const float*, float*,
+                              fnn_idx, int) noexcept nogil
+        void (*prepacked_f64)(fnn_idx, fnn_idx, fnn_idx, const double*, fnn_idx, fnn_idx, const double*, double*,
+                              fnn_idx, int) noexcept nogil
 
     ctypedef struct fnn_conv_ops:
         int isa
@@ -230,6 +237,27 @@ cdef inline int gemm_packed(fnn_idx m, fnn_idx n, fnn_idx k, const real *a, fnn_
         return fnn_mm.packed_f32(m, n, k, a, rsa, csa, b, rsb, csb, c, ldc, bias, act, nthreads)
     else:
         return fnn_mm.packed_f64(m, n, k, a, rsa, csa, b, rsb, csb, c, ldc, bias, act, nthreads)
+
+
+cdef inline fnn_idx gemm_prepacked_size(fnn_idx k, fnn_idx n, const real *dtype_tag) noexcept nogil:
+    """Elements of op(B) (k, n) packed by gemm_pack_b (dtype_tag: any pointer of the dtype, not read)."""
+    cdef fnn_idx nr = fnn_mm.nr_f32 if real is float else fnn_mm.nr_f64
+    return k * ((n + nr - 1) // nr * nr)
+
+
+cdef inline void gemm_pack_b(fnn_idx k, fnn_idx n, const real *b, fnn_idx rsb, fnn_idx csb, real *pb) noexcept nogil:
+    if real is float:
+        fnn_mm.pack_b_f32(k, n, b, rsb, csb, pb)
+    else:
+        fnn_mm.pack_b_f64(k, n, b, rsb, csb, pb)
+
+
+cdef inline void gemm_prepacked(fnn_idx m, fnn_idx n, fnn_idx k, const real *a, fnn_idx rsa, fnn_idx csa,
+                                const real *pb, real *c, fnn_idx ldc, int accumulate) noexcept nogil:
+    if real is float:
+        fnn_mm.prepacked_f32(m, n, k, a, rsa, csa, pb, c, ldc, accumulate)
+    else:
+        fnn_mm.prepacked_f64(m, n, k, a, rsa, csa, pb, c, ldc, accumulate)
 
 
 cdef inline void softmax_rows(const real *x, real *y, fnn_idx rows, fnn_idx c) noexcept nogil:

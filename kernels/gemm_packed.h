@@ -192,4 +192,36 @@ static int FN(gemm_packed)(fnn_idx m, fnn_idx n, fnn_idx k, const FNN_T *a, fnn_
     }
 }
 
+/* A B operand that stays fixed over many products (a recurrent weight over
+ * the time steps), packed once: op(B) (k, n) as the packed GEMM's B block,
+ * all k rows in one, in NR-column panels zero-padded to whole panels
+ * (k * FN(prepacked_size)(n) elements). Contiguous panels keep a step's
+ * product out of the cache-set conflicts of a B read with a power-of-two
+ * row stride. */
+FNN_INLINE fnn_idx FN(prepacked_size)(fnn_idx n) { return (n + FNN_NR - 1) / FNN_NR * FNN_NR; }
+
+static void FN(gemm_pack_b)(fnn_idx k, fnn_idx n, const FNN_T *b, fnn_idx rsb, fnn_idx csb, FNN_T *pb)
+{
+    for (fnn_idx jp = 0; jp * FNN_NR < n; ++jp)
+        FN(pack_b_panel)(n, k, jp, b, rsb, csb, pb);
+}
+
+/* C (m, n) += op(A) B, or C = op(A) B unless accumulate, with B packed by
+ * FN(gemm_pack_b): one thread, panel by panel (a panel stays in L1 over all
+ * rows), every element summed over p = 0..k-1 in order as by FN(gemm_small). */
+static void FN(gemm_prepacked)(fnn_idx m, fnn_idx n, fnn_idx k, const FNN_T *a, fnn_idx rsa, fnn_idx csa,
+                               const FNN_T *pb, FNN_T *c, fnn_idx ldc, int accumulate)
+{
+    for (fnn_idx j0 = 0; j0 < n; j0 += FNN_NR) {
+        fnn_idx w = n - j0 < FNN_NR ? n - j0 : FNN_NR;
+        int nvec = (int)((w + FNN_L - 1) / FNN_L), nlast = (int)(w % FNN_L);
+        if (nvec == 2)
+            FN(panel)(FNN_MR, 2, m, k, k, a, rsa, csa, pb + j0 * k, FNN_NR, NULL, c + j0, ldc, nlast, accumulate,
+                      NULL, 0);
+        else
+            FN(panel)(FNN_MR, 1, m, k, k, a, rsa, csa, pb + j0 * k, FNN_NR, NULL, c + j0, ldc, nlast, accumulate,
+                      NULL, 0);
+    }
+}
+
 #undef FNN_NR

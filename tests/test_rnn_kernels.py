@@ -336,3 +336,72 @@ def test_threaded_time_loop_and_large_products_match_reference(compiled_backend,
     np.testing.assert_allclose(fwd["out"], fwd_ref["out"], **t)
     for k in grads_ref:
         np.testing.assert_allclose(grads[k], grads_ref[k], **t, err_msg=k)
+
+
+def _plan(cell, p):
+    kind = cell.split("_")[0]
+    params = [fastnn.nn.Parameter(p[k].copy()) for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+    return ops.RecurrentPlan(kind, *params, nonlinearity=cell.split("_")[1] if kind == "rnn" else "tanh")
+
+
+def _plan_steps(cell, plans, ps, pair, accumulate):
+    """Forward and backward of two plans, by the pair entry points or one plan after the other;
+    returns every result and gradient, copied."""
+    lstm = cell == "lstm"
+    ins = [(p["x"], p["h0"], p["c0"] if lstm else None) for p in ps]
+    if pair:
+        saved = ops.recurrent_forward_pair(plans, ins)
+    else:
+        saved = [plan.forward(*a) for plan, a in zip(plans, ins)]
+    saved = [tuple(s) if isinstance(s, tuple) else (s,) for s in saved]
+    args = [
+        (
+            p["grad_out"],
+            p["x"],
+            p["h0"],
+            s if len(s) > 1 else s[0],
+            p["c0"] if lstm else None,
+            p["grad_hn"],
+            p["grad_cn"] if lstm else None,
+        )
+        for p, s in zip(ps, saved)
+    ]
+    if pair:
+        res = ops.recurrent_backward_pair(plans, args, accumulate=accumulate)
+    else:
+        res = [plan.backward(*a[:5], grad_hn=a[5], grad_cn=a[6], accumulate=accumulate) for plan, a in zip(plans, args)]
+    out = [[a.copy() for a in s] for s in saved] + [[a.copy() for a in r] for r in res]
+    for plan in plans:
+        out.append([p.grad.copy() for p in (plan.weight_ih, plan.weight_hh, plan.bias_ih, plan.bias_hh)])
+    return out
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_recurrent_pair_gives_each_calls_own_result(backend, split_small_work, dtype, rng, cell, threads):
+    """Two independent sequences (a bidirectional layer's directions; here of different shapes) run
+    by the pair entry points -- at once, one thread each, in the Cython backend at 2 threads -- give
+    bit for bit what each gives alone on the whole team, gradients accumulated or not."""
+    ps = [_make(cell, (20, 18, 5, 64), dtype, rng, scale=0.2), _make(cell, (9, 8, 3, 64), dtype, rng, scale=0.2)]
+    before = fastnn.get_num_threads()
+    try:
+        fastnn.set_num_threads(threads)
+        for accumulate in (False, True):
+            alone = _plan_steps(cell, [_plan(cell, p) for p in ps], ps, False, accumulate)
+            paired = _plan_steps(cell, [_plan(cell, p) for p in ps], ps, True, accumulate)
+            for i, (a, b) in enumerate(zip(alone, paired)):
+                for j, (u, v) in enumerate(zip(a, b)):
+                    np.testing.assert_array_equal(v, u, err_msg=f"result {i}.{j}, accumulate={accumulate}")
+    finally:
+        fastnn.set_num_threads(before)
+    with fastnn.use_backend("numpy"):
+        ref = _plan_steps(cell, [_plan(cell, p) for p in ps], ps, True, False)
+    t = tol(dtype, scale=20 if dtype == np.float32 else 100)
+    for a, b in zip(ref, alone):
+        for u, v in zip(a, b):
+            np.testing.assert_allclose(v, u, **t)
+
+
+def test_recurrent_pair_rejects_other_kernels(backend):
+    with pytest.raises(ValueError, match="unknown kernel"):
+        fastnn.backends.current().recurrent_pair("linear_forward", (), ())

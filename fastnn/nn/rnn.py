@@ -40,7 +40,10 @@ Deep and bidirectional layers
     direction first. The output is (T, B, H·num_directions): the forward
     direction's states, then the reverse direction's. Every direction runs
     the single-direction kernels; the reverse one on a time-reversed copy of
-    its input. A single-layer unidirectional layer takes exactly the path it
+    its input. The two directions of a layer are independent: the Cython
+    backend runs them at once on two threads, one thread each
+    (:func:`fastnn.ops.recurrent_forward_pair`), with the bits each has
+    alone. A single-layer unidirectional layer takes exactly the path it
     always took, and accepts states as (1, B, H) or (B, H) as before.
 
 For many-to-one models, :class:`LastTimeStep` picks ``output[-1]`` so that a
@@ -384,12 +387,20 @@ class _RecurrentBase(Module):
         for layer in range(self.num_layers):
             out = out_buffer(self, f"out{layer}", (T, B, H * D), dt)
             dirs = []
-            for d in range(D):
+            # the reverse direction reads its input backwards in time: a reversed copy runs the same kernels
+            ins = [
+                (
+                    inp if d == 0 else np.ascontiguousarray(inp[::-1]),
+                    h0s[layer * D + d],
+                    None if c0s is None else c0s[layer * D + d],
+                )
+                for d in range(D)
+            ]
+            plans = self._plans[layer * D : (layer + 1) * D]
+            # the two directions are independent: run at once where the backend can
+            results = ops.recurrent_forward_pair(plans, ins) if D == 2 else [plans[0].forward(*ins[0])]
+            for d, ((xin, _, c0), saved) in enumerate(zip(ins, results)):
                 k = layer * D + d
-                # the reverse direction reads its input backwards in time: a reversed copy runs the same kernels
-                xin = inp if d == 0 else np.ascontiguousarray(inp[::-1])
-                c0 = None if c0s is None else c0s[k]
-                saved = self._plans[k].forward(xin, h0s[k], c0)
                 hs = self._hidden(saved)
                 out[:, :, d * H : (d + 1) * H] = hs if d == 0 else hs[::-1]
                 hn.append(hs[-1])
@@ -445,29 +456,29 @@ class _RecurrentBase(Module):
                 g = self._drops[layer].backward(np.ascontiguousarray(g), mask)
             want_x = input_grad or layer > 0
             grad_in = None
+            args = []
             for d in range(D):
                 k = layer * D + d
                 xin, h0, c0, saved = dirs[d]
                 gd = g[:, :, d * H : (d + 1) * H]
                 gd = np.ascontiguousarray(gd if d == 0 else gd[::-1])
-                result = self._plans[k].backward(
-                    gd,
-                    xin,
-                    h0,
-                    saved,
-                    c0,
-                    grad_hn=None if ghn is None else ghn[k],
-                    grad_cn=None if gcn is None else gcn[k],
-                    input_grad=want_x,
-                    accumulate=accumulate,
-                )
+                args.append((gd, xin, h0, saved, c0, None if ghn is None else ghn[k], None if gcn is None else gcn[k]))
+            plans = self._plans[layer * D : (layer + 1) * D]
+            if D == 2:
+                results = ops.recurrent_backward_pair(plans, args, input_grad=want_x, accumulate=accumulate)
+            else:
+                a = args[0]
+                results = [
+                    plans[0].backward(*a[:5], grad_hn=a[5], grad_cn=a[6], input_grad=want_x, accumulate=accumulate)
+                ]
+            for d, result in enumerate(results):
+                k = layer * D + d
                 gh0[k] = cast(FloatArray, result[1])
                 if self._cell == "lstm":
                     gc0[k] = cast(FloatArray, result[2])
-                if want_x:
-                    gx = cast(FloatArray, result[0])  # want_x: computed
-                    gx = gx if d == 0 else gx[::-1]
-                    grad_in = np.array(gx) if grad_in is None else grad_in + gx
+            if want_x:  # the directions' dL/dx summed (the reverse one's back in forward time) in one pass
+                gxs = [cast(FloatArray, r[0]) for r in results]
+                grad_in = np.array(gxs[0]) if D == 1 else np.add(gxs[0], gxs[1][::-1])
             if grad_in is not None:  # None only when the first layer needs no input gradient: the loop ends
                 g = grad_in
             grad_x = grad_in

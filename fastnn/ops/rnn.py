@@ -10,7 +10,7 @@ each other.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal, NamedTuple, cast
 
 import numpy as np
@@ -29,6 +29,8 @@ __all__ = [
     "gru_backward",
     "RNN_NONLINEARITIES",
     "RecurrentPlan",
+    "recurrent_forward_pair",
+    "recurrent_backward_pair",
 ]
 
 Nonlinearity = Literal["tanh", "relu"]
@@ -614,17 +616,25 @@ class RecurrentPlan:
         -------
         rnn: out; lstm: (out, cell, gates); gru: (out, gates, hidden_n)
         """
+        call = self._forward_call(x, h0, c0)
+        if call is None:
+            states = _initial_states(self.cell, h0, c0)
+            options = (self.nonlinearity,) if self.cell == "rnn" else ()
+            return _forward(self.cell, x, states, self._params(), options, (None,) * len(_CELLS[self.cell].saved))
+        return call[0](*call[1])
+
+    def _forward_call(self, x: FloatArray, h0: FloatArray, c0: FloatArray | None) -> tuple[Any, tuple[Any, ...]] | None:
+        """(bound kernel, its arguments) for :meth:`forward`, or None where the op's full checks must run."""
         k = self._check()
         dt, I, H = k[3], k[4], k[5]
         cell = self.cell
-        spec = _CELLS[cell]
         states = _initial_states(cell, h0, c0)
-        options = (self.nonlinearity,) if cell == "rnn" else ()
         if not (_is_sequence(x, dt, I) and _are(states, ((x.shape[1], H),) * 2, dt)):
-            return _forward(cell, x, states, k[1], options, (None,) * len(spec.saved))
+            return None
         T, B = x.shape[0], x.shape[1]
-        outs = [_p.output(self, name, (T, B, w * H), dt, x, h0, c0) for name, w in spec.saved]
-        return k[7](x, *states, *k[1], *options, *outs)
+        options = (self.nonlinearity,) if cell == "rnn" else ()
+        outs = [_p.output(self, name, (T, B, w * H), dt, x, h0, c0) for name, w in _CELLS[cell].saved]
+        return k[7], (x, *states, *k[1], *options, *outs)
 
     def backward(
         self,
@@ -651,43 +661,133 @@ class RecurrentPlan:
         accumulate : bool
             Add the parameter gradients instead of overwriting them.
         """
+        kernel, args, result, grads = self._backward_call(
+            grad_out, x, h0, saved, c0, grad_hn, grad_cn, input_grad, accumulate
+        )
+        if args is not None:
+            kernel(*args)
+        else:  # the op's full checks
+            k = cast(_RecurrentBound, self._bound)  # bound by _backward_call
+            cell = self.cell
+            states = _initial_states(cell, h0, c0)
+            options = (self.nonlinearity,) if cell == "rnn" else ()
+            finals = (grad_hn, grad_cn) if cell == "lstm" else (grad_hn,)
+            inputs = (grad_out, x, states, k[1][0], k[1][1], _kept(cell, saved), finals)
+            buffers = (None, None, *[None] * len(states), *grads)
+            result = _backward(cell, inputs, options, k[1][2] is not None, input_grad, buffers)[: 1 + len(states)]
+        self._accumulate(grads, accumulate)
+        return result
+
+    def _backward_call(
+        self,
+        grad_out: FloatArray,
+        x: FloatArray,
+        h0: FloatArray,
+        saved: FloatArray | tuple[FloatArray, FloatArray, FloatArray],
+        c0: FloatArray | None,
+        grad_hn: FloatArray | None,
+        grad_cn: FloatArray | None,
+        input_grad: bool,
+        accumulate: bool,
+    ) -> tuple[Any, tuple[Any, ...] | None, tuple[FloatArray | None, ...], tuple[FloatArray | None, ...]]:
+        """For :meth:`backward`: (bound kernel, its arguments or None where the op's full checks must
+        run, what backward returns, the parameter gradients the kernel writes)."""
         k = self._check(with_grads=True)
         dt, I, H = k[3], k[4], k[5]
         cell = self.cell
         spec = _CELLS[cell]
-        w_ih, w_hh, b_ih, _ = k[1]
+        w_ih, w_hh, _, _ = k[1]
         grads: tuple[FloatArray | None, ...] = k[2]
         if accumulate:
             grads = tuple(None if g is None else _p.output(self, f"acc{i}", g.shape, dt) for i, g in enumerate(grads))
         states = _initial_states(cell, h0, c0)
-        options = (self.nonlinearity,) if cell == "rnn" else ()
         finals = (grad_hn, grad_cn) if cell == "lstm" else (grad_hn,)
-        # what forward returned: the output alone for the RNN, else (out, two saved arrays)
-        kept = (cast(FloatArray, saved),) if cell == "rnn" else cast("tuple[FloatArray, ...]", saved)
-        fast = _is_sequence(x, dt, I)
-        if fast:
-            T, B = x.shape[0], x.shape[1]
-            bh = (B, H)
-            fast = (
-                _is(grad_out, (T, B, H), dt)
-                and _are(states, (bh, bh), dt)
-                and _are(kept, [(T, B, w * H) for _, w in spec.saved], dt)
-                and _are([g for g in finals if g is not None], (bh, bh), dt)
-            )
-        result: tuple[FloatArray | None, ...]
-        if fast:
-            ins = (grad_out, grad_hn, grad_cn)
-            work = _p.output(self, "work", work_shape(cell, T, B, H), dt, *ins)
-            gx = _p.output(self, "grad_x", (T, B, I), dt, *ins) if input_grad else None
-            g_states = [_p.output(self, name, (B, H), dt, *ins) for name in spec.grads]
-            k[8](grad_out, *finals, x, *states, w_ih, w_hh, *kept, *options, work, gx, *g_states, *grads)
-            result = (gx, *g_states)
-        else:
-            inputs = (grad_out, x, states, w_ih, w_hh, kept, finals)
-            buffers = (None, None, *[None] * len(states), *grads)
-            result = _backward(cell, inputs, options, b_ih is not None, input_grad, buffers)[: 1 + len(states)]
+        kept = _kept(cell, saved)
+        if not _is_sequence(x, dt, I):
+            return k[8], None, (), grads
+        T, B = x.shape[0], x.shape[1]
+        bh = (B, H)
+        if not (
+            _is(grad_out, (T, B, H), dt)
+            and _are(states, (bh, bh), dt)
+            and _are(kept, [(T, B, w * H) for _, w in spec.saved], dt)
+            and _are([g for g in finals if g is not None], (bh, bh), dt)
+        ):
+            return k[8], None, (), grads
+        ins = (grad_out, grad_hn, grad_cn)
+        work = _p.output(self, "work", work_shape(cell, T, B, H), dt, *ins)
+        gx = _p.output(self, "grad_x", (T, B, I), dt, *ins) if input_grad else None
+        g_states = [_p.output(self, name, (B, H), dt, *ins) for name in spec.grads]
+        options = (self.nonlinearity,) if cell == "rnn" else ()
+        args = (grad_out, *finals, x, *states, w_ih, w_hh, *kept, *options, work, gx, *g_states, *grads)
+        return k[8], args, (gx, *g_states), grads
+
+    def _accumulate(self, grads: tuple[FloatArray | None, ...], accumulate: bool) -> None:
+        """Add the accumulation buffers ``grads`` into the parameters' gradients (with ``accumulate``)."""
         if accumulate:
+            k = cast(_RecurrentBound, self._bound)
             for g, tmp in zip(k[2], grads):
                 if g is not None and tmp is not None:  # tmp is g's accumulation buffer: None together
                     _np.add(g, tmp, out=g)
-        return result
+
+
+def _kept(cell: str, saved: FloatArray | tuple[FloatArray, ...]) -> tuple[FloatArray, ...]:
+    """What forward returned, as a tuple: the output alone for the RNN, else (out, two saved arrays)."""
+    return (cast(FloatArray, saved),) if cell == "rnn" else cast("tuple[FloatArray, ...]", saved)
+
+
+def _pair_kernel(plans: Sequence[RecurrentPlan]) -> Callable[..., Any] | None:
+    """The backend's ``recurrent_pair`` when both plans are bound to it (same cell), else None."""
+    a, b = plans
+    ka, kb = a._bound, b._bound
+    if ka is None or kb is None or ka[0] is not kb[0] or a.cell != b.cell or ka[3] is not kb[3]:
+        return None
+    return cast("Callable[..., Any]", ka[0].recurrent_pair)
+
+
+def recurrent_forward_pair(
+    plans: Sequence[RecurrentPlan], inputs: Sequence[tuple[FloatArray, FloatArray, FloatArray | None]]
+) -> list[Any]:
+    """:meth:`RecurrentPlan.forward` of two plans of one cell on their own ``(x, h0, c0)``.
+
+    The calls are independent (the two directions of a bidirectional layer):
+    the backend runs them at once where it can (``recurrent_pair``). Returns
+    both results, each what ``forward`` returns.
+    """
+    calls = [p._forward_call(*a) for p, a in zip(plans, inputs)]
+    c0, c1 = calls
+    pair = _pair_kernel(plans)
+    if c0 is None or c1 is None or pair is None:
+        return [p.forward(*a) for p, a in zip(plans, inputs)]
+    return list(pair(plans[0].cell + "_forward", c0[1], c1[1]))
+
+
+#: one backward call of :func:`recurrent_backward_pair`: (grad_out, x, h0, saved, c0, grad_hn, grad_cn)
+_BackwardCall = tuple[
+    FloatArray, FloatArray, FloatArray, Any, "FloatArray | None", "FloatArray | None", "FloatArray | None"
+]
+
+
+def recurrent_backward_pair(
+    plans: Sequence[RecurrentPlan],
+    inputs: Sequence[_BackwardCall],
+    *,
+    input_grad: bool = True,
+    accumulate: bool = False,
+) -> list[tuple[FloatArray | None, ...]]:
+    """:meth:`RecurrentPlan.backward` of two plans of one cell, each on its
+    ``(grad_out, x, h0, saved, c0, grad_hn, grad_cn)``; run at once where the
+    backend can (see :func:`recurrent_forward_pair`). Returns both results."""
+    calls = [p._backward_call(*a, input_grad, accumulate) for p, a in zip(plans, inputs)]
+    pair = _pair_kernel(plans)
+    if pair is None or any(c[1] is None for c in calls):
+        results = []
+        for p, (g, x, h0, saved, c0, ghn, gcn) in zip(plans, inputs):
+            results.append(
+                p.backward(g, x, h0, saved, c0, grad_hn=ghn, grad_cn=gcn, input_grad=input_grad, accumulate=accumulate)
+            )
+        return results
+    pair(plans[0].cell + "_backward", calls[0][1], calls[1][1])
+    for p, c in zip(plans, calls):
+        p._accumulate(c[3], accumulate)
+    return [c[2] for c in calls]

@@ -442,3 +442,4 @@ _BPTT = _NumbaBPTT()
 rnn_backward = _BPTT.rnn_backward
 lstm_backward = _BPTT.lstm_backward
 gru_backward = _BPTT.gru_backward
+recurrent_pair = _spec.pair_runner(globals())  # the directions one after the other, each on the whole team

@@ -36,6 +36,7 @@ __all__ = [
     "lstm_backward",
     "gru_forward",
     "gru_backward",
+    "recurrent_pair",
 ]
 
 RNN_NONLINEARITIES = ("tanh", "relu")
@@ -490,3 +491,24 @@ _BPTT = BPTT()
 rnn_backward = _BPTT.rnn_backward
 lstm_backward = _BPTT.lstm_backward
 gru_backward = _BPTT.gru_backward
+
+
+def pair_runner(namespace):
+    """``recurrent_pair`` over the recurrent kernels in ``namespace`` (a backend module's globals)."""
+
+    def recurrent_pair(kernel, first, second):
+        """Two independent calls of one recurrent kernel, one after the other.
+
+        ``kernel`` names it (``"lstm_forward"`` ...); ``first`` and ``second`` are
+        its argument tuples, e.g. the two directions of a bidirectional layer.
+        Returns both results. A compiled backend may run the two at once.
+        """
+        if kernel not in __all__ or kernel == "recurrent_pair":
+            raise ValueError(f"recurrent_pair: unknown kernel {kernel!r}")
+        fn = namespace[kernel]
+        return fn(*first), fn(*second)
+
+    return recurrent_pair
+
+
+recurrent_pair = pair_runner(globals())

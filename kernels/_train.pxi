@@ -4,6 +4,13 @@
 # same routine the per-kernel entry points call (_dense_fwd, _dense_bwd,
 # _xent, _pair, _sgd, _adam), in the same order as fastnn's per-step loop, so
 # a step here gives the loop's bits.
+#
+# A recurrent layer in front (RNN, LSTM or GRU, then its last time step)
+# runs through _rnn.pxi's seq_forward and seq_backward, the routines its
+# per-kernel entry points call, on the binding's own pointer table: the rows
+# are gathered time-major, the layer runs from zero states, and its BPTT gets
+# dL/d(out) zero but at the last step, where the first dense layer's dL/dx
+# is written straight in.
 
 from libc.math cimport isfinite, log, pow
 
@@ -59,8 +66,14 @@ cdef class TrainBinding:
     cdef void *tb
     cdef void *gz
     cdef object keep
+    # the recurrent layer in front (rec), its sizes (seq.B set per step) and its pointer table
+    cdef bint rec
+    cdef Seq seq
+    cdef void *fp[S_NSLOTS]
+    cdef fnn_idx go_rows   # the batch size whose layout go's zeros are laid out for (-1: none yet)
 
-    def __cinit__(self, tuple layers, tuple updates, cnp.ndarray xb, cnp.ndarray tb, cnp.ndarray gz):
+    def __cinit__(self, tuple layers, tuple updates, cnp.ndarray xb, cnp.ndarray tb, cnp.ndarray gz,
+                  tuple front=None):
         cdef int i
         cdef tuple t
         self.nl = len(layers)
@@ -71,8 +84,23 @@ cdef class TrainBinding:
         self.updates = <_Update*>calloc(max(self.nu, 1), sizeof(_Update))
         if self.layers == NULL or self.updates == NULL:
             raise MemoryError()
-        self.keep = (layers, updates, xb, tb, gz)
+        self.keep = (layers, updates, xb, tb, gz, front)
         self.f32 = _f32(xb)
+        memset(self.fp, 0, sizeof(self.fp))
+        self.go_rows = -1
+        self.rec = front is not None
+        if self.rec:   # (cell, relu, T, arrays by slot), validated by fastnn.ops.TrainPlan
+            self.seq.cell, self.seq.relu, self.seq.T = front[0], front[1], front[2]
+            t = front[3]
+            if len(t) != S_NARRAYS:
+                raise ValueError("the recurrent table needs one entry per slot")
+            self.seq.H = cnp.PyArray_DIM(<cnp.ndarray>t[S_W_HH], 1)
+            self.seq.nin = cnp.PyArray_DIM(<cnp.ndarray>t[S_W_IH], 1)
+            self.seq.G = 4 if self.seq.cell == CELL_LSTM else (3 if self.seq.cell == CELL_GRU else 1)
+            self.seq.W = (6 if self.seq.cell == CELL_GRU else self.seq.G) * self.seq.H
+            self.seq.DH = 3 * self.seq.H if self.seq.cell == CELL_GRU else 0
+            self.seq.B = 0
+            _fill(self.fp, t)
         self.bmax = cnp.PyArray_DIM(xb, 0)
         self.xb = _data(xb)
         self.tb = _data(tb)
@@ -156,6 +184,39 @@ cdef int _backward(TrainBinding bd, const real *x, fnn_idx nb) noexcept nogil:
             return -1
         g = <real*>L.gin
     return 0
+
+
+cdef inline real *_last_hidden(TrainBinding bd, fnn_idx nb, const real *dtype_of) noexcept nogil:
+    """h_T of a step of nb rows: the last (nb, H) block of the recurrent output."""
+    return <real*>bd.fp[S_OUT] + (bd.seq.T - 1) * nb * bd.seq.H
+
+
+cdef int _rec_forward(TrainBinding bd, fnn_idx nb, const real *dtype_of) noexcept nogil:
+    """The recurrent layer over the gathered sequence (T, nb, I), from zero states."""
+    cdef Seq s = bd.seq
+    cdef void *p[S_NSLOTS]
+    s.B = nb
+    memcpy(p, bd.fp, sizeof(p))   # seq_forward uses the scratch slots (NULL here) and frees them
+    return seq_forward(&s, <real**>p)
+
+
+cdef int _rec_backward(TrainBinding bd, fnn_idx nb, const real *dtype_of) noexcept nogil:
+    """BPTT of the recurrent layer; go's last step holds dL/dh_T (written by the first dense layer)."""
+    cdef Seq s = bd.seq
+    cdef void *p[S_NSLOTS]
+    s.B = nb
+    memcpy(p, bd.fp, sizeof(p))
+    return seq_backward(&s, <real**>p)
+
+
+cdef inline void _rec_grad_out(TrainBinding bd, fnn_idx nb, const real *dtype_of) noexcept nogil:
+    """Point the first dense layer's dL/dx at go's last step; zero the steps before it when the
+    batch size (the layout) changed since they were last zeroed (nothing else writes them)."""
+    cdef fnn_idx before = (bd.seq.T - 1) * nb * bd.seq.H
+    if bd.go_rows != nb:
+        memset(bd.fp[S_GO], 0, before * sizeof(real))
+        bd.go_rows = nb
+    bd.layers[0].gin = <real*>bd.fp[S_GO] + before
 
 
 cdef void _update(TrainBinding bd, _Run *r, long long step, fnn_idx nb, const real *dtype_of) noexcept nogil:
@@ -256,7 +317,8 @@ cdef int _steps(TrainBinding bd, const real *x, const void *target, _Run *r, fnn
     cdef const fnn_idx *labels = <const fnn_idx*>target
     cdef const real *values = <const real*>target
     cdef double value, scale
-    cdef fnn_idx best
+    cdef fnn_idx best, t, T = bd.seq.T, nin = bd.seq.nin
+    cdef const real *inp = xb
     nout = bd.layers[bd.nl - 1].nout
     z = <real*>bd.layers[bd.nl - 1].y
     for s in range(nsteps):
@@ -267,7 +329,11 @@ cdef int _steps(TrainBinding bd, const real *x, const void *target, _Run *r, fnn
             row = r.index[lo + i]
             if <size_t>row >= <size_t>r.nrows:
                 return _BAD_INDEX
-            memcpy(xb + i * r.nfeat, x + row * r.nfeat, r.nfeat * sizeof(real))
+            if bd.rec:   # sample i's steps into rows i of the time-major (T, nb, I) sequence
+                for t in range(T):
+                    memcpy(xb + (t * nb + i) * nin, x + row * r.nfeat + t * nin, nin * sizeof(real))
+            else:
+                memcpy(xb + i * r.nfeat, x + row * r.nfeat, r.nfeat * sizeof(real))
         n = nb * nout
         if r.loss == _LOSS_XENT:
             for i in range(nb):
@@ -277,7 +343,11 @@ cdef int _steps(TrainBinding bd, const real *x, const void *target, _Run *r, fnn
         else:
             for i in range(nb):
                 memcpy(tb + i * r.ncols, values + r.index[lo + i] * r.ncols, r.ncols * sizeof(real))
-        if _forward(bd, xb, nb) != 0:
+        if bd.rec:
+            if _rec_forward(bd, nb, x) != 0:
+                return _NO_MEMORY
+            inp = _last_hidden(bd, nb, x)
+        if _forward(bd, inp, nb) != 0:
             return _NO_MEMORY
         if r.reduction == _RED_SKLEARN:
             value = _sklearn_loss(r.loss, z, lb, tb, <real*>bd.gz, nb, nout) / nb
@@ -306,7 +376,9 @@ cdef int _steps(TrainBinding bd, const real *x, const void *target, _Run *r, fnn
         elif r.pred_b != NULL:
             for i in range(n):
                 r.pred_b[lo * nout + i] = z[i] > 0
-        if _backward(bd, xb, nb) != 0:
+        if bd.rec:
+            _rec_grad_out(bd, nb, x)
+        if _backward(bd, inp, nb) != 0 or (bd.rec and _rec_backward(bd, nb, x) != 0):
             return _NO_MEMORY
         _update(bd, r, r.step0 + s + 1, nb, x)
     done[0] = nsteps
@@ -340,6 +412,8 @@ def train_steps(TrainBinding bd, cnp.ndarray x, cnp.ndarray target, cnp.ndarray 
         raise ValueError("index must be intp and hold a row for every step")
     if _f32(x) != bd.f32:
         raise TypeError("x does not have the network's dtype")
+    if bd.rec and (cnp.PyArray_NDIM(x) != 3 or x.shape[1] != bd.seq.T or x.shape[2] != bd.seq.nin):
+        raise ValueError("x must hold sequences of the binding's length and features")
     if pred is not None and cnp.PyArray_SIZE(pred) < cnp.PyArray_SIZE(index) * (
             1 if cnp.PyArray_TYPE(pred) == cnp.NPY_INTP else bd.layers[bd.nl - 1].nout):
         raise ValueError("pred is too short")
@@ -372,6 +446,20 @@ def train_steps(TrainBinding bd, cnp.ndarray x, cnp.ndarray target, cnp.ndarray 
     return done, status
 
 
+cdef int _predict_batch(TrainBinding bd, const real *x, fnn_idx nb, fnn_idx nfeat) noexcept nogil:
+    """The network's output for the nb contiguous rows at x (through the recurrent layer, if any)."""
+    cdef fnn_idx i, t, T = bd.seq.T, nin = bd.seq.nin
+    cdef real *xs = <real*>bd.xb
+    if not bd.rec:
+        return _forward(bd, x, nb)
+    for i in range(nb):
+        for t in range(T):
+            memcpy(xs + (t * nb + i) * nin, x + i * nfeat + t * nin, nin * sizeof(real))
+    if _rec_forward(bd, nb, x) != 0:
+        return -1
+    return _forward(bd, _last_hidden(bd, nb, x), nb)
+
+
 def predict_rows(TrainBinding bd, cnp.ndarray x, fnn_idx batch_size, cnp.ndarray out):
     """out = the network's output for every row of x, batch_size rows per pass.
 
@@ -390,6 +478,8 @@ def predict_rows(TrainBinding bd, cnp.ndarray x, fnn_idx batch_size, cnp.ndarray
         raise ValueError(f"batch_size must be in [1, {bd.bmax}]")
     if _f32(x) != bd.f32 or _f32(out) != bd.f32:
         raise TypeError("x and out must have the network's dtype")
+    if bd.rec and (cnp.PyArray_NDIM(x) != 3 or x.shape[1] != bd.seq.T or x.shape[2] != bd.seq.nin):
+        raise ValueError("x must hold sequences of the binding's length and features")
     with nogil:
         lo = 0
         while lo < n and rc == 0:
@@ -397,10 +487,10 @@ def predict_rows(TrainBinding bd, cnp.ndarray x, fnn_idx batch_size, cnp.ndarray
             # the last layer writes straight into out's rows (contiguous rows, no copy)
             if bd.f32:
                 last.y = <float*>po + lo * nout
-                rc = _forward(bd, <float*>px + lo * nfeat, nb)
+                rc = _predict_batch(bd, <float*>px + lo * nfeat, nb, nfeat)
             else:
                 last.y = <double*>po + lo * nout
-                rc = _forward(bd, <double*>px + lo * nfeat, nb)
+                rc = _predict_batch(bd, <double*>px + lo * nfeat, nb, nfeat)
             lo += nb
         last.y = keep_y
     if rc != 0:
@@ -408,6 +498,6 @@ def predict_rows(TrainBinding bd, cnp.ndarray x, fnn_idx batch_size, cnp.ndarray
     return out
 
 
-def train_bind(tuple layers, tuple updates, cnp.ndarray xb, cnp.ndarray tb, cnp.ndarray gz):
+def train_bind(tuple layers, tuple updates, cnp.ndarray xb, cnp.ndarray tb, cnp.ndarray gz, tuple front=None):
     """A TrainBinding of validated arrays (see fastnn.backends.reference.train.train_bind)."""
-    return TrainBinding(layers, updates, xb, tb, gz)
+    return TrainBinding(layers, updates, xb, tb, gz, front)

@@ -69,7 +69,7 @@ class CompiledSteps:
         else:
             return None, "the adamw solver"
         try:
-            specs, _ = compiled._dense_chain(network)
+            specs, _, _ = compiled._dense_chain(network)  # (an MLP: no recurrent layer in front)
         except compiled.Unsupported as exc:
             return None, str(exc)
         # one update over both optimizers' arrays: the weights' (which decay) then the intercepts'

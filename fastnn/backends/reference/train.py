@@ -12,6 +12,15 @@ rows ``index[s·B : (s+1)·B]``:
    ``db_l = Σ_batch δ``, ``g = δ·W_l`` (not formed for the first layer);
 5. the optimizer's update of every bound parameter.
 
+**A recurrent layer in front** (``front``, see :func:`train_bind`): the
+input rows are sequences ``(T, I)``. Step 1 gathers them time-major into a
+``(T, B, I)`` sequence; step 2 first runs the layer's forward kernel from
+zero states and feeds its last hidden state ``h_T`` to the first dense
+layer; step 4 forms the first dense layer's ``g·W`` too (``dL/dh_T``) and
+runs the layer's BPTT kernel with ``dL/d(out)`` zero but at the last step
+(no ``dL/dx``, no gradient of the final state): the per-step loop of
+``Sequential(RNN, LastTimeStep, Linear ...)``, batch-first.
+
 It is the per-step loop of :func:`fastnn.fit` over the same kernels, so this
 module is written with the reference kernels of those stages and is what
 the compiled versions must reproduce. A step whose loss is not finite stops
@@ -45,6 +54,7 @@ import numpy as np
 from . import activations as _act
 from . import losses as _losses
 from . import optim as _optim
+from . import rnn as _rnn
 from .dense import dense_backward, dense_forward
 
 __all__ = ["train_bind", "train_steps", "predict_rows"]
@@ -61,13 +71,13 @@ SUM, MEAN, SKLEARN = 0, 1, 2
 class _Binding:
     """The bound network: layers, updates and the workspace buffers (see :func:`train_bind`)."""
 
-    __slots__ = ("layers", "updates", "xb", "tb", "gz")
+    __slots__ = ("layers", "updates", "xb", "tb", "gz", "front")
 
-    def __init__(self, layers, updates, xb, tb, gz):
-        self.layers, self.updates, self.xb, self.tb, self.gz = layers, updates, xb, tb, gz
+    def __init__(self, layers, updates, xb, tb, gz, front):
+        self.layers, self.updates, self.xb, self.tb, self.gz, self.front = layers, updates, xb, tb, gz, front
 
 
-def train_bind(layers, updates, xb, tb, gz):
+def train_bind(layers, updates, xb, tb, gz, front=None):
     """Bind a dense network, its updates and its workspace for :func:`train_steps`.
 
     Parameters
@@ -85,12 +95,78 @@ def train_bind(layers, updates, xb, tb, gz):
     xb : ndarray (Bmax, I) for the gathered inputs
     tb : ndarray for the gathered targets: intp (Bmax,) labels or (Bmax, C) values
     gz : ndarray (Bmax, C) for dL/d(output)
+    front : tuple (cell, relu, T, arrays), optional
+        A recurrent layer in front: ``cell`` 0 RNN, 1 LSTM, 2 GRU; ``relu``
+        the RNN's nonlinearity; ``T`` the steps of a sequence; ``arrays`` by
+        the recurrent kernels' slot names (``fastnn.ops.train_plan._SLOTS``:
+        x, h0, c0, w_ih, w_hh, b_ih, b_hh, out, cell, gates, hn, work, go,
+        ghn, gcn, gx, gh0, gc0, gw_ih, gw_hh, gb_ih, gb_hh; None where the
+        cell has none). The workspace arrays are flat, used as (T, B, ·) for a
+        step of B rows; ``x`` is also ``xb``, ``h0`` and ``c0`` are zeros,
+        ``go`` is zeros but at the last step. The first dense layer then has
+        a ``gin`` (Bmax, H).
 
     Returns
     -------
     An opaque binding. Its arrays are written by every call that uses it.
     """
-    return _Binding(layers, updates, xb, tb, gz)
+    return _Binding(layers, updates, xb, tb, gz, front)
+
+
+_SLOTS = ("x", "h0", "c0", "w_ih", "w_hh", "b_ih", "b_hh", "out", "cell", "gates", "hn", "work",
+          "go", "ghn", "gcn", "gx", "gh0", "gc0", "gw_ih", "gw_hh", "gb_ih", "gb_hh")  # fmt: skip
+
+
+def _seq(front, nb):
+    """The recurrent layer's arrays for a step of nb rows: (cell, relu, T, views by slot name)."""
+    cell, relu, T, arrays = front
+    a = dict(zip(_SLOTS, arrays))
+    H = a["w_hh"].shape[1]
+    for name in ("x", "out", "cell", "gates", "hn", "work", "go"):
+        if a[name] is not None:
+            width = a[name].shape[0] // (T * (a["h0"].shape[0] // H))  # per row and step
+            a[name] = a[name][: T * nb * width].reshape(T, nb, width)
+    for name in ("h0", "c0", "gh0", "gc0"):
+        if a[name] is not None:
+            a[name] = a[name][: nb * H].reshape(nb, H)
+    return cell, relu, T, a
+
+
+def _front_forward(front, x, rows):
+    """Gather the sequences x[rows] time-major and run the recurrent layer; its last hidden state (nb, H)."""
+    cell, relu, T, a = _seq(front, rows.shape[0])
+    a["x"][...] = x[rows].transpose(1, 0, 2)
+    if cell == 0:
+        _rnn.rnn_forward(a["x"], a["h0"], a["w_ih"], a["w_hh"], a["b_ih"], a["b_hh"], _NONLIN[relu], a["out"])
+    elif cell == 1:
+        _rnn.lstm_forward(
+            a["x"], a["h0"], a["c0"], a["w_ih"], a["w_hh"], a["b_ih"], a["b_hh"], a["out"], a["cell"], a["gates"]
+        )
+    else:
+        _rnn.gru_forward(a["x"], a["h0"], a["w_ih"], a["w_hh"], a["b_ih"], a["b_hh"], a["out"], a["gates"], a["hn"])
+    return a["out"][T - 1]
+
+
+def _front_backward(front, gh, nb):
+    """BPTT of the recurrent layer from dL/dh_T = gh (dL/dx not formed)."""
+    cell, relu, T, a = _seq(front, nb)
+    go = a["go"]
+    go[: T - 1] = 0
+    go[T - 1] = gh
+    grads = (a["gw_ih"], a["gw_hh"], a["gb_ih"], a["gb_hh"])
+    x, h0, w_ih, w_hh, out, work = a["x"], a["h0"], a["w_ih"], a["w_hh"], a["out"], a["work"]
+    if cell == 0:
+        _rnn.rnn_backward(go, None, x, h0, w_ih, w_hh, out, _NONLIN[relu], work, None, a["gh0"], *grads)
+    elif cell == 1:
+        _rnn.lstm_backward(
+            go, None, None, x, h0, a["c0"], w_ih, w_hh, out, a["cell"], a["gates"], work, None, a["gh0"], a["gc0"],
+            *grads,
+        )  # fmt: skip
+    else:
+        _rnn.gru_backward(go, None, x, h0, w_ih, w_hh, out, a["gates"], a["hn"], work, None, a["gh0"], *grads)
+
+
+_NONLIN = ("tanh", "relu")
 
 
 def _forward(bd, x, nb):
@@ -208,13 +284,16 @@ def train_steps(bd, x, target, index, batch_size, loss, reduction, opt, hyper, s
         nb = rows.shape[0]
         if nb and (rows.min() < 0 or rows.max() >= n):
             return s, BAD_INDEX
-        xb = bd.xb[:nb]
-        np.take(x2, rows, axis=0, out=xb)
+        if bd.front is None:
+            xb = bd.xb[:nb]
+            np.take(x2, rows, axis=0, out=xb)
         tb = bd.tb[:nb]
         np.take(target, rows, axis=0, out=tb)
         nout = bd.gz.shape[1]
         if loss == 0 and nb and (tb.min() < 0 or tb.max() >= nout):
             return s, BAD_LABEL
+        if bd.front is not None:
+            xb = _front_forward(bd.front, x, rows)
         z = _forward(bd, xb, nb)
         gz = bd.gz[:nb]
         if reduction == SKLEARN:
@@ -237,6 +316,8 @@ def train_steps(bd, x, target, index, batch_size, loss, reduction, opt, hyper, s
             else:
                 np.greater(z, 0, out=pred[lo * nout : (lo + nb) * nout].reshape(nb, nout))
         _backward(bd, xb, nb)
+        if bd.front is not None:
+            _front_backward(bd.front, bd.layers[0][8][:nb], nb)
         _update(bd, opt, hyper, step0 + s + 1, nb, reduction)
     return nsteps, DONE
 
@@ -250,5 +331,9 @@ def predict_rows(bd, x, batch_size, out):
     x2 = x.reshape(n, -1)
     for lo in range(0, n, batch_size):
         nb = min(batch_size, n - lo)
-        out[lo : lo + nb] = _forward(bd, x2[lo : lo + nb], nb)
+        if bd.front is not None:
+            xb = _front_forward(bd.front, x, np.arange(lo, lo + nb))
+        else:
+            xb = x2[lo : lo + nb]
+        out[lo : lo + nb] = _forward(bd, xb, nb)
     return out

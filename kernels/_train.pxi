@@ -11,6 +11,11 @@
 # are gathered time-major, the layer runs from zero states, and its BPTT gets
 # dL/d(out) zero but at the last step, where the first dense layer's dL/dx
 # is written straight in.
+#
+# Image stages in front (convolution, max and average pooling, activation,
+# then the flattened output into the dense layers) run _conv.pxi's and
+# _elementwise.pxi's routines in the per-step loop's order; the first stage
+# forms no dL/dx, as there.
 
 from libc.math cimport isfinite, log, pow
 
@@ -48,6 +53,30 @@ cdef struct _Update:
     fnn_idx n
 
 
+# image stage codes (fastnn.ops.train_plan.FEATURE_CODES)
+cdef enum:
+    _ST_CONV = 0
+    _ST_ACT = 1
+    _ST_MAX = 2
+    _ST_AVG = 3
+
+
+cdef struct _Stage:
+    int code
+    int act            # FNN_ACT_* of an activation stage
+    double slope
+    Geom g             # one image's geometry (g.B set per step); pools: C = O planes per image
+    bint cip           # average pooling's count_include_pad
+    void *w            # (O, C, kH, kW), convolutions
+    void *b            # (O,) or NULL
+    void *gw
+    void *gb
+    void *y            # (bmax, nout): this stage's output
+    long long *idx     # (bmax, nout): max pooling's argmax per output
+    void *gin          # (bmax, nin): dL/dx, NULL for the first stage
+    fnn_idx nin, nout  # values per image in and out
+
+
 cdef class TrainBinding:
     """The C view of one bound network: layer and update tables, and the workspace they use.
 
@@ -71,11 +100,15 @@ cdef class TrainBinding:
     cdef Seq seq
     cdef void *fp[S_NSLOTS]
     cdef fnn_idx go_rows   # the batch size whose layout go's zeros are laid out for (-1: none yet)
+    # the image stages in front (ns of them)
+    cdef _Stage *stages
+    cdef int ns
 
     def __cinit__(self, tuple layers, tuple updates, cnp.ndarray xb, cnp.ndarray tb, cnp.ndarray gz,
-                  tuple front=None):
+                  tuple front=None, tuple stages=None):
         cdef int i
-        cdef tuple t
+        cdef tuple t, geom
+        cdef _Stage *S
         self.nl = len(layers)
         self.nu = len(updates)
         if self.nl < 1:
@@ -84,7 +117,7 @@ cdef class TrainBinding:
         self.updates = <_Update*>calloc(max(self.nu, 1), sizeof(_Update))
         if self.layers == NULL or self.updates == NULL:
             raise MemoryError()
-        self.keep = (layers, updates, xb, tb, gz, front)
+        self.keep = (layers, updates, xb, tb, gz, front, stages)
         self.f32 = _f32(xb)
         memset(self.fp, 0, sizeof(self.fp))
         self.go_rows = -1
@@ -101,6 +134,24 @@ cdef class TrainBinding:
             self.seq.DH = 3 * self.seq.H if self.seq.cell == CELL_GRU else 0
             self.seq.B = 0
             _fill(self.fp, t)
+        self.ns = 0 if stages is None else len(stages)
+        if self.ns:   # ((code, act, slope, w, b, gw, gb, geom, y, idx, gin), ...), validated by TrainPlan
+            self.stages = <_Stage*>calloc(self.ns, sizeof(_Stage))
+            if self.stages == NULL:
+                raise MemoryError()
+            for i in range(self.ns):
+                t = stages[i]
+                S = &self.stages[i]
+                S.code, S.act, S.slope = t[0], t[1], t[2]
+                S.w, S.b, S.gw, S.gb = _data(t[3]), _data(t[4]), _data(t[5]), _data(t[6])
+                geom = t[7]
+                S.g.B = 0
+                S.g.C, S.g.H, S.g.W, S.g.O, S.g.kh, S.g.kw, S.g.ho, S.g.wo = geom[:8]
+                S.g.sh, S.g.sw, S.g.ph, S.g.pw, S.g.dh, S.g.dw = geom[8:14]
+                S.cip = geom[14]
+                S.y, S.idx, S.gin = _data(t[8]), <long long*>_data(t[9]), _data(t[10])
+                S.nin = S.g.C * S.g.H * S.g.W
+                S.nout = S.g.O * S.g.ho * S.g.wo
         self.bmax = cnp.PyArray_DIM(xb, 0)
         self.xb = _data(xb)
         self.tb = _data(tb)
@@ -130,6 +181,7 @@ cdef class TrainBinding:
     def __dealloc__(self):
         free(self.layers)
         free(self.updates)
+        free(self.stages)
 
 
 cdef struct _Run:
@@ -217,6 +269,75 @@ cdef inline void _rec_grad_out(TrainBinding bd, fnn_idx nb, const real *dtype_of
         memset(bd.fp[S_GO], 0, before * sizeof(real))
         bd.go_rows = nb
     bd.layers[0].gin = <real*>bd.fp[S_GO] + before
+
+
+cdef int _stages_forward(TrainBinding bd, const real *x, fnn_idx nb) noexcept nogil:
+    """Every image stage's output for the nb images at x (the conv stages as conv2d_forward runs them)."""
+    cdef int i, rc = 0
+    cdef _Stage *S
+    cdef const real *inp = x
+    cdef bint direct
+    for i in range(bd.ns):
+        S = &bd.stages[i]
+        S.g.B = nb
+        if S.code == _ST_CONV:
+            if real is float:
+                direct = _direct_geom(True, &S.g)
+            else:
+                direct = False
+            if direct:
+                rc = _conv_fwd_direct(<const float*>inp, <float*>S.w, <float*>S.b, <float*>S.y, &S.g)
+            else:
+                rc = _conv_fwd_cols(inp, <real*>S.w, <real*>S.b, <real*>S.y, &S.g)
+            if rc != 0:
+                return -1
+        elif S.code == _ST_ACT:
+            _unary(S.act, inp, <const real*>NULL, <real*>S.y, nb * S.nout, S.slope)
+        elif S.code == _ST_MAX:
+            _max_pool(inp, <real*>S.y, S.idx, nb * S.g.C, S.g.H, S.g.W, S.g.ho, S.g.wo, S.g.kh, S.g.kw, S.g.sh,
+                      S.g.sw, S.g.ph, S.g.pw)
+        else:
+            _avg_pool(inp, <real*>S.y, <const real*>NULL, <real*>NULL, nb * S.g.C, S.g.H, S.g.W, S.g.ho, S.g.wo,
+                      S.g.kh, S.g.kw, S.g.sh, S.g.sw, S.g.ph, S.g.pw, S.cip)
+        inp = <real*>S.y
+    return 0
+
+
+cdef int _stages_backward(TrainBinding bd, const real *x, const real *g, fnn_idx nb) noexcept nogil:
+    """The stages' backward passes from g = dL/d(last stage's output), last to first; the first stage
+    forms no dL/dx (a convolution there writes its weight gradients only)."""
+    cdef int i, rc = 0
+    cdef _Stage *S
+    cdef const real *xin
+    cdef bint direct
+    for i in range(bd.ns - 1, -1, -1):
+        S = &bd.stages[i]
+        xin = x if i == 0 else <real*>bd.stages[i - 1].y
+        if S.code == _ST_CONV:
+            # conv2d_backward's choice: the direct kernel only on finite inputs and weights
+            if real is float:
+                direct = _direct_geom(True, &S.g) and all_finite(xin, nb * S.nin) \
+                    and all_finite(<real*>S.w, S.g.O * S.g.C * S.g.kh * S.g.kw)
+            else:
+                direct = False
+            if direct:
+                rc = _conv_bwd_direct(<const float*>g, <const float*>xin, <float*>S.w, <float*>S.gin, <float*>S.gw,
+                                      <float*>S.gb, &S.g)
+            else:
+                rc = _conv_bwd_cols(g, xin, <real*>S.w, <real*>S.gin, <real*>S.gw, <real*>S.gb, &S.g)
+            if rc != 0:
+                return -1
+        elif i == 0:
+            break   # nothing below needs dL/dx
+        elif S.code == _ST_ACT:
+            _binary(S.act, g, <real*>S.y, <real*>S.gin, nb * S.nout, S.slope)
+        elif S.code == _ST_MAX:
+            _max_unpool(g, S.idx, <real*>S.gin, nb * S.g.C, S.g.H * S.g.W, S.g.ho * S.g.wo)
+        else:
+            _avg_pool(<const real*>NULL, <real*>NULL, g, <real*>S.gin, nb * S.g.C, S.g.H, S.g.W, S.g.ho, S.g.wo,
+                      S.g.kh, S.g.kw, S.g.sh, S.g.sw, S.g.ph, S.g.pw, S.cip)
+        g = <real*>S.gin
+    return 0
 
 
 cdef void _update(TrainBinding bd, _Run *r, long long step, fnn_idx nb, const real *dtype_of) noexcept nogil:
@@ -347,6 +468,10 @@ cdef int _steps(TrainBinding bd, const real *x, const void *target, _Run *r, fnn
             if _rec_forward(bd, nb, x) != 0:
                 return _NO_MEMORY
             inp = _last_hidden(bd, nb, x)
+        elif bd.ns:
+            if _stages_forward(bd, xb, nb) != 0:
+                return _NO_MEMORY
+            inp = <real*>bd.stages[bd.ns - 1].y
         if _forward(bd, inp, nb) != 0:
             return _NO_MEMORY
         if r.reduction == _RED_SKLEARN:
@@ -378,7 +503,8 @@ cdef int _steps(TrainBinding bd, const real *x, const void *target, _Run *r, fnn
                 r.pred_b[lo * nout + i] = z[i] > 0
         if bd.rec:
             _rec_grad_out(bd, nb, x)
-        if _backward(bd, inp, nb) != 0 or (bd.rec and _rec_backward(bd, nb, x) != 0):
+        if _backward(bd, inp, nb) != 0 or (bd.rec and _rec_backward(bd, nb, x) != 0) \
+                or (bd.ns and _stages_backward(bd, xb, <real*>bd.layers[0].gin, nb) != 0):
             return _NO_MEMORY
         _update(bd, r, r.step0 + s + 1, nb, x)
     done[0] = nsteps
@@ -414,6 +540,8 @@ def train_steps(TrainBinding bd, cnp.ndarray x, cnp.ndarray target, cnp.ndarray 
         raise TypeError("x does not have the network's dtype")
     if bd.rec and (cnp.PyArray_NDIM(x) != 3 or x.shape[1] != bd.seq.T or x.shape[2] != bd.seq.nin):
         raise ValueError("x must hold sequences of the binding's length and features")
+    if bd.ns and cnp.PyArray_SIZE(x) != cnp.PyArray_DIM(x, 0) * bd.stages[0].nin:
+        raise ValueError("x must hold images of the binding's shape")
     if pred is not None and cnp.PyArray_SIZE(pred) < cnp.PyArray_SIZE(index) * (
             1 if cnp.PyArray_TYPE(pred) == cnp.NPY_INTP else bd.layers[bd.nl - 1].nout):
         raise ValueError("pred is too short")
@@ -450,6 +578,10 @@ cdef int _predict_batch(TrainBinding bd, const real *x, fnn_idx nb, fnn_idx nfea
     """The network's output for the nb contiguous rows at x (through the recurrent layer, if any)."""
     cdef fnn_idx i, t, T = bd.seq.T, nin = bd.seq.nin
     cdef real *xs = <real*>bd.xb
+    if bd.ns:
+        if _stages_forward(bd, x, nb) != 0:
+            return -1
+        return _forward(bd, <real*>bd.stages[bd.ns - 1].y, nb)
     if not bd.rec:
         return _forward(bd, x, nb)
     for i in range(nb):
@@ -480,6 +612,8 @@ def predict_rows(TrainBinding bd, cnp.ndarray x, fnn_idx batch_size, cnp.ndarray
         raise TypeError("x and out must have the network's dtype")
     if bd.rec and (cnp.PyArray_NDIM(x) != 3 or x.shape[1] != bd.seq.T or x.shape[2] != bd.seq.nin):
         raise ValueError("x must hold sequences of the binding's length and features")
+    if bd.ns and cnp.PyArray_SIZE(x) != cnp.PyArray_DIM(x, 0) * bd.stages[0].nin:
+        raise ValueError("x must hold images of the binding's shape")
     with nogil:
         lo = 0
         while lo < n and rc == 0:
@@ -498,6 +632,7 @@ def predict_rows(TrainBinding bd, cnp.ndarray x, fnn_idx batch_size, cnp.ndarray
     return out
 
 
-def train_bind(tuple layers, tuple updates, cnp.ndarray xb, cnp.ndarray tb, cnp.ndarray gz, tuple front=None):
+def train_bind(tuple layers, tuple updates, cnp.ndarray xb, cnp.ndarray tb, cnp.ndarray gz, tuple front=None,
+               tuple stages=None):
     """A TrainBinding of validated arrays (see fastnn.backends.reference.train.train_bind)."""
-    return TrainBinding(layers, updates, xb, tb, gz, front)
+    return TrainBinding(layers, updates, xb, tb, gz, front, stages)

@@ -30,6 +30,11 @@ state to the dense layers, and backpropagates ``dL/dh_T`` (zeros at the
 other steps) through the layer's BPTT kernel, without ``dL/dx``: the
 per-step loop of ``Sequential(RNN(batch_first=True),
 LastTimeStep(batch_first=True), Linear ...)``.
+
+A plan with :class:`FeatureSpec` stages in front reads images ``(C, H, W)``
+(rows of an ``(N, C, H, W)`` input): convolutions, max and average pooling
+and activations, then (a ``Flatten``) the dense layers; the first stage
+forms no ``dL/dx``, as in the per-step loop.
 """
 
 from __future__ import annotations
@@ -43,7 +48,15 @@ import numpy as np
 from .._typing import FloatArray, NDArray, ParamLike
 from . import _plan as _p
 
-__all__ = ["DenseSpec", "RecurrentSpec", "TrainPlan", "ACTIVATION_CODES", "LOSS_CODES", "REDUCTION_CODES"]
+__all__ = [
+    "DenseSpec",
+    "RecurrentSpec",
+    "FeatureSpec",
+    "TrainPlan",
+    "ACTIVATION_CODES",
+    "LOSS_CODES",
+    "REDUCTION_CODES",
+]
 
 #: Activation codes of the training kernels (the compiled library's numbering).
 ACTIVATION_CODES = {"identity": 0, "relu": 1, "sigmoid": 2, "tanh": 3, "leaky_relu": 4}
@@ -89,6 +102,31 @@ class RecurrentSpec(NamedTuple):
     nonlinearity: str = "tanh"  # the RNN's: "tanh" or "relu"
 
 
+class FeatureSpec(NamedTuple):
+    """One image stage in front of a plan's dense layers (the per-step loop's layer of that kind).
+
+    ``kind``: ``"conv"`` (``weight`` (O, C, kH, kW), optional ``bias``,
+    ``stride``, ``padding``, ``dilation``), ``"max"`` or ``"avg"`` pooling
+    (``kernel_size``, ``stride``, ``padding``, ``count_include_pad``), or an
+    activation name of :data:`ACTIVATION_CODES` (``negative_slope`` for the
+    leaky ReLU). Sizes are (height, width) pairs.
+    """
+
+    kind: str
+    weight: ParamLike | None = None
+    bias: ParamLike | None = None
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int] = (0, 0)
+    dilation: tuple[int, int] = (1, 1)
+    kernel_size: tuple[int, int] = (1, 1)
+    count_include_pad: bool = True
+    negative_slope: float = 0.0
+
+
+#: the feature stages' codes in the kernels
+FEATURE_CODES = {"conv": 0, "act": 1, "max": 2, "avg": 3}
+
+
 class StepsResult(NamedTuple):
     """What :meth:`TrainPlan.run` returns."""
 
@@ -125,6 +163,9 @@ class TrainPlan:
     recurrent : RecurrentSpec, optional
         A recurrent layer in front: the input is then (N, T, I) and the
         first dense layer takes the layer's last hidden state.
+    features : sequence of FeatureSpec, optional
+        Image stages in front: the input is then (N, C, H, W) and the first
+        dense layer takes the last stage's output, flattened.
 
     Notes
     -----
@@ -142,6 +183,7 @@ class TrainPlan:
         optimizer: str | None = None,
         flatten_input: bool = False,
         recurrent: RecurrentSpec | None = None,
+        features: Sequence[FeatureSpec] | None = None,
     ) -> None:
         self.layers = tuple(DenseSpec(*spec) for spec in layers)
         if not self.layers:
@@ -170,6 +212,14 @@ class TrainPlan:
                 )
             if self.recurrent.nonlinearity not in ("tanh", "relu"):
                 raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {self.recurrent.nonlinearity!r}")
+        self.features = tuple(FeatureSpec(*f) for f in features or ())
+        if self.features and (self.recurrent is not None or self.flatten_input):
+            raise ValueError("image stages take the input themselves: no recurrent layer or flatten_input with them")
+        for f in self.features:
+            if f.kind not in ("conv", "max", "avg") and f.kind not in ACTIVATION_CODES:
+                raise ValueError(f"unknown image stage {f.kind!r}")
+            if f.kind == "conv" and f.weight is None:
+                raise ValueError("a conv stage needs a weight")
         self._bound: tuple[Any, ...] | None = None
         self._lock = threading.Lock()
         self._arrays()  # validate now, not at the first step
@@ -190,6 +240,9 @@ class TrainPlan:
                 raise ValueError(f"layer {i} takes {w.shape[1]} inputs but layer {i - 1} gives {width}")
             width = w.shape[0]
             out.append((w, dw, b, db))
+        for i, (w, _, _, _) in enumerate(self._feature_arrays()):
+            if w is not None and w.dtype != dtype:
+                raise TypeError(f"image stage {i} is {w.dtype}, layer 0 is {dtype}: a plan runs one dtype")
         if self.recurrent is not None:
             rec = self._recurrent_arrays()
             if rec[0].dtype != dtype:
@@ -200,6 +253,36 @@ class TrainPlan:
                     f"hidden size is {rec[1].shape[1]}"
                 )
         return tuple(out)
+
+    def _feature_shapes(self, image: tuple[int, int, int]) -> list[tuple[int, int, int]]:
+        """Each image stage's output (C, H, W) for input images of shape ``image``; ValueError if they do not chain."""
+        from . import conv as _conv
+
+        shapes, shape = [], (1, *image)
+        for i, f in enumerate(self.features):
+            if f.kind == "conv":
+                w = _p.check_param(f.weight, f"stage {i} weight", 4)  # type: ignore[arg-type]
+                shape = _conv.conv2d_output_shape(shape, w.shape, f.stride, f.padding, f.dilation)
+            elif f.kind in ("max", "avg"):
+                shape = _conv.pool2d_output_shape(shape, f.kernel_size, f.stride, f.padding)
+            shapes.append(tuple(shape[1:]))
+        width = int(np.prod(shapes[-1]))
+        if width != self.layers[0].weight.data.shape[1]:
+            raise ValueError(
+                f"the image stages give {width} features per sample (shape {shapes[-1]}) but layer 0 takes "
+                f"{self.layers[0].weight.data.shape[1]}"
+            )
+        return shapes  # type: ignore[return-value]
+
+    def _feature_arrays(self) -> list[tuple[Any, Any, Any, Any]]:
+        """The validated (W, dW, b, db) of each conv stage (None for the other stages)."""
+        out: list[tuple[Any, Any, Any, Any]] = []
+        for i, f in enumerate(self.features):
+            if f.kind == "conv":
+                out.append(_p.bind_weight_bias(f.weight, f.bias, 4, f"stage {i}", show_weight_shape=True))  # type: ignore[arg-type]
+            else:
+                out.append((None, None, None, None))
+        return out
 
     def _recurrent_arrays(self) -> tuple[FloatArray, ...]:
         """The validated (w_ih, w_hh, b_ih, b_hh, gw_ih, gw_hh, gb_ih, gb_hh) of the recurrent layer (biases may be None)."""
@@ -243,14 +326,26 @@ class TrainPlan:
             return False
         if self.recurrent is not None:
             return len(shape) == 3 and shape[1] >= 1 and shape[2] == self.in_features
+        if self.features:
+            if len(shape) != 4:
+                return False
+            try:
+                self._feature_shapes((int(shape[1]), int(shape[2]), int(shape[3])))
+            except (TypeError, ValueError):
+                return False
+            return True
         return (len(shape) == 2 or self.flatten_input) and int(np.prod(shape[1:])) == self.in_features
 
     @property
     def out_features(self) -> int:
         return int(self.layers[-1].weight.data.shape[0])
 
-    def _key(self, backend: Any, bmax: int, steps: int) -> tuple[Any, ...]:
-        ids: list[int] = [id(backend), bmax, steps]
+    def _key(self, backend: Any, bmax: int, sample: tuple[int, ...]) -> tuple[Any, ...]:
+        ids: list[Any] = [id(backend), bmax, sample]
+        for f in self.features:
+            for p in (f.weight, f.bias):
+                if p is not None:
+                    ids += (id(p.data), id(p.grad))
         rec = self.recurrent
         if rec is not None:
             for p in (rec.weight_ih, rec.weight_hh, rec.bias_ih, rec.bias_hh):
@@ -301,10 +396,32 @@ class TrainPlan:
             tuple(a.get(k) for k in _SLOTS),
         )
 
-    def _binding(self, backend: Any, bmax: int, training: bool, steps: int = 0) -> Any:
+    def _stages(self, bmax: int, image: tuple[int, ...], training: bool, dt: Any) -> tuple[Any, ...]:
+        """The image stages' table for the backends (see fastnn.backends.reference.train.train_bind)."""
+        shapes = self._feature_shapes(image)  # type: ignore[arg-type]
+        table = []
+        shape = tuple(image)
+        for i, (f, (w, dw, b, db), out) in enumerate(zip(self.features, self._feature_arrays(), shapes)):
+            C, H, W = shape
+            O, ho, wo = out
+            kh, kw = w.shape[2:] if w is not None else f.kernel_size
+            geom = (C, H, W, O, kh, kw, ho, wo, *f.stride, *f.padding, *f.dilation, int(f.count_include_pad))
+            code = FEATURE_CODES.get(f.kind, FEATURE_CODES["act"])
+            act = ACTIVATION_CODES.get(f.kind, 0)
+            y = np.empty((bmax, O * ho * wo), dt)
+            idx = np.empty((bmax, O * ho * wo), np.int64) if f.kind == "max" else None
+            gin = np.empty((bmax, C * H * W), dt) if training and i else None  # the first stage forms no dL/dx
+            if not training:
+                dw = db = None
+            table.append((code, act, float(f.negative_slope), w, b, dw, db, geom, y, idx, gin))
+            shape = out
+        return tuple(table)
+
+    def _binding(self, backend: Any, bmax: int, training: bool, sample: tuple[int, ...] = ()) -> Any:
         arrays = self._arrays()
         dt = arrays[0][0].dtype
-        front = None if self.recurrent is None else self._front(bmax, steps, training)
+        front = None if self.recurrent is None else self._front(bmax, sample[0], training)
+        stages = self._stages(bmax, sample, training, dt) if self.features else None
         layers = []
         for i, ((w, dw, b, db), spec) in enumerate(zip(arrays, self.layers)):
             nout, nin = w.shape
@@ -312,17 +429,21 @@ class TrainPlan:
             y = np.empty((bmax, nout), dt)
             delta = np.empty((bmax, nout), dt) if training and act else None
             # the first layer's dL/dx feeds the recurrent layer's BPTT (its last step of go)
-            gin = np.empty((bmax, nin), dt) if training and (i or front is not None) else None
+            gin = np.empty((bmax, nin), dt) if training and (i or front is not None or stages) else None
             slope = float(spec.negative_slope)
             layers.append((w, b, dw if training else None, db if training else None, act, slope, y, delta, gin))
         nin, nout = arrays[0][0].shape[1], arrays[-1][0].shape[0]
         # a recurrent plan gathers its rows time-major into the sequence buffer (bmax rows of T·I values)
-        xb = np.empty((bmax, nin), dt) if front is None else front[3][0].reshape(bmax, -1)
+        if front is not None:
+            xb = front[3][0].reshape(bmax, -1)
+        else:
+            xb = np.empty((bmax, int(np.prod(sample)) if stages else nin), dt)
         tb = np.empty(bmax, np.intp) if self.loss == "cross_entropy" else np.empty((bmax, nout), dt)
         gz = np.empty((bmax, nout), dt)
         params = [a for layer in arrays for a in layer if a is not None]
         if front is not None:
             params += [a for a in self._recurrent_arrays() if a is not None]
+        params += [a for stage in self._feature_arrays() for a in stage if a is not None]
         updates: tuple[Any, ...] = ()
         if training:
             _, _, groups, _ = self.update._check()  # the optimizer's validated arrays (one dtype group)
@@ -341,17 +462,23 @@ class TrainPlan:
             updates = tuple(zip(ps, gs, s1, s2, decay))
         # the kernels write y, delta, gin, gz and the gradients: none may overlap a parameter
         _p.check_disjoint("training plan", *params, xb, gz)
-        if front is None:
-            return backend.train_bind(tuple(layers), updates, xb, tb, gz)
-        return backend.train_bind(tuple(layers), updates, xb, tb, gz, front)
+        if front is not None:
+            return backend.train_bind(tuple(layers), updates, xb, tb, gz, front)
+        if stages is not None:
+            return backend.train_bind(tuple(layers), updates, xb, tb, gz, None, stages)
+        return backend.train_bind(tuple(layers), updates, xb, tb, gz)
 
-    def _bind(self, bmax: int, steps: int) -> Any:
+    def _bind(self, bmax: int, sample: tuple[int, ...]) -> Any:
         backend = _p.current()
-        key = self._key(backend, bmax, steps)
+        key = self._key(backend, bmax, sample)
         bound = self._bound
         if bound is None or bound[0] != key:
-            bound = self._bound = (key, backend, self._binding(backend, bmax, True, steps))
+            bound = self._bound = (key, backend, self._binding(backend, bmax, True, sample))
         return bound
+
+    def _sample(self, x: FloatArray) -> tuple[int, ...]:
+        """What the workspace depends on besides the batch: a sample's shape (recurrent and image plans)."""
+        return tuple(x.shape[1:]) if self.recurrent is not None or self.features else ()
 
     # -- running -----------------------------------------------------------------
     def _check_x(self, x: Any) -> FloatArray:
@@ -360,6 +487,11 @@ class TrainPlan:
         if self.recurrent is not None:
             if not self.accepts(x.shape):
                 raise ValueError(f"x must have shape (N, T, {self.in_features}) with T >= 1, got {x.shape}")
+            return x
+        if self.features:
+            if x.ndim != 4:
+                raise ValueError(f"x must hold images (N, C, H, W), got shape {x.shape}")
+            self._feature_shapes(x.shape[1:])  # a ValueError naming the shapes when they do not chain
             return x
         if x.ndim < 2 or (x.ndim > 2 and not self.flatten_input) or x[0].size != self.in_features:
             want = f"(N, {self.in_features})" + (" or (N, ...) flattening to it" if self.flatten_input else "")
@@ -450,8 +582,8 @@ class TrainPlan:
             raise RuntimeError("this training plan is running in another thread")
         try:
             # the workspace grows to the largest batch seen, and is kept for smaller ones
-            steps = x.shape[1] if self.recurrent is not None else 0
-            _, backend, binding = self._bind(max(batch_size, self._bmax(steps)), steps)
+            sample = self._sample(x)
+            _, backend, binding = self._bind(max(batch_size, self._bmax(sample)), sample)
             done, status = backend.train_steps(
                 binding,
                 x,
@@ -478,10 +610,10 @@ class TrainPlan:
             )
         return StepsResult(losses[:done], float(losses[done]) if status == _NONFINITE else None)
 
-    def _bmax(self, steps: int) -> int:
-        """The bound workspace's rows (0 when none is bound for sequences of this length)."""
+    def _bmax(self, sample: tuple[int, ...]) -> int:
+        """The bound workspace's rows (0 when none is bound for samples of this shape)."""
         bound = self._bound
-        return 0 if bound is None or bound[0][2] != steps else bound[0][1]
+        return 0 if bound is None or bound[0][2] != sample else bound[0][1]
 
     def predict(self, x: FloatArray, batch_size: int = 256, out: FloatArray | None = None) -> FloatArray:
         """The network's output for every row of ``x``, in one call over all batches.
@@ -512,7 +644,6 @@ class TrainPlan:
             raise ValueError("out must not overlap x")
         bs = min(int(batch_size), n)
         backend = _p.current()
-        steps = x.shape[1] if self.recurrent is not None else 0
-        binding = self._binding(backend, bs, False, steps)  # this call's own buffers: safe in any thread
+        binding = self._binding(backend, bs, False, self._sample(x))  # this call's own buffers: safe in any thread
         out = backend.predict_rows(binding, x, bs, out)
         return out

@@ -15,7 +15,11 @@
 # Image stages in front (convolution, max and average pooling, activation,
 # then the flattened output into the dense layers) run _conv.pxi's and
 # _elementwise.pxi's routines in the per-step loop's order; the first stage
-# forms no dL/dx, as there.
+# forms no dL/dx, as there. A ReLU followed by a 2x2, stride-2 max pooling
+# runs as one pass (relu_maxpool2x2: the values and indices the two give)
+# and, backwards, as one scatter: dL/d(ReLU input) at each window's argmax is
+# (0 + g)·[max > 0], zero elsewhere, the bits unpooling then the ReLU's
+# backward give. The ReLU's output is never stored.
 
 from libc.math cimport isfinite, log, pow
 
@@ -75,6 +79,7 @@ cdef struct _Stage:
     long long *idx     # (bmax, nout): max pooling's argmax per output
     void *gin          # (bmax, nin): dL/dx, NULL for the first stage
     fnn_idx nin, nout  # values per image in and out
+    bint fused         # a ReLU run inside the 2x2 max pooling after it (set on both stages)
 
 
 cdef class TrainBinding:
@@ -152,6 +157,12 @@ cdef class TrainBinding:
                 S.y, S.idx, S.gin = _data(t[8]), <long long*>_data(t[9]), _data(t[10])
                 S.nin = S.g.C * S.g.H * S.g.W
                 S.nout = S.g.O * S.g.ho * S.g.wo
+            for i in range(1, self.ns - 1):   # ReLU then 2x2 / stride 2 max pooling (not the first stage)
+                S = &self.stages[i]
+                if S.code == _ST_ACT and S.act == FNN_ACT_RELU and self.stages[i + 1].code == _ST_MAX \
+                        and _pool2x2(&self.stages[i + 1].g):
+                    S.fused = True
+                    self.stages[i + 1].fused = True
         self.bmax = cnp.PyArray_DIM(xb, 0)
         self.xb = _data(xb)
         self.tb = _data(tb)
@@ -271,6 +282,32 @@ cdef inline void _rec_grad_out(TrainBinding bd, fnn_idx nb, const real *dtype_of
     bd.layers[0].gin = <real*>bd.fp[S_GO] + before
 
 
+cdef inline bint _pool2x2(const Geom *g) noexcept nogil:
+    """Whether _max_pool_plane runs this pooling as maxpool2x2 (2x2 windows, stride 2, no padding)."""
+    return g.kh == 2 and g.kw == 2 and g.sh == 2 and g.sw == 2 and g.ph == 0 and g.pw == 0
+
+
+cdef void _relu_max_pool(const real *xp, real *op, long long *ip, fnn_idx planes, fnn_idx H, fnn_idx W,
+                         fnn_idx ho, fnn_idx wo) noexcept nogil:
+    """_max_pool (2x2, stride 2) of relu(xp), planes over the team as there."""
+    cdef fnn_idx r
+    for r in prange(planes, nogil=True, schedule="static", num_threads=_threads_for(<double>planes * H * W)):
+        relu_maxpool2x2(xp + r * H * W, W, ho, wo, op + r * ho * wo, ip + r * ho * wo)
+
+
+cdef void _relu_max_unpool(const real *gp, const real *yp, const long long *ip, real *dp, fnn_idx planes,
+                           fnn_idx HW, fnn_idx n_out) noexcept nogil:
+    """dL/d(ReLU input): (0 + dy)·[y > 0] at each argmax (indices from this plan's own forward pass), zero
+    elsewhere: unpooling's 0 + dy, then the ReLU's backward g·(y > 0 ? 1 : 0) with y the pooled maximum."""
+    cdef fnn_idx r, p
+    cdef real *plane
+    for r in prange(planes, nogil=True, schedule="static", num_threads=_threads_for(<double>planes * HW)):
+        plane = dp + r * HW
+        memset(plane, 0, HW * sizeof(real))
+        for p in range(n_out):
+            plane[ip[r * n_out + p]] = (<real>0 + gp[r * n_out + p]) * (1 if yp[r * n_out + p] > 0 else 0)
+
+
 cdef int _stages_forward(TrainBinding bd, const real *x, fnn_idx nb) noexcept nogil:
     """Every image stage's output for the nb images at x (the conv stages as conv2d_forward runs them)."""
     cdef int i, rc = 0
@@ -292,7 +329,11 @@ cdef int _stages_forward(TrainBinding bd, const real *x, fnn_idx nb) noexcept no
             if rc != 0:
                 return -1
         elif S.code == _ST_ACT:
+            if S.fused:
+                continue   # run by the pooling after it, from this stage's input
             _unary(S.act, inp, <const real*>NULL, <real*>S.y, nb * S.nout, S.slope)
+        elif S.code == _ST_MAX and S.fused:
+            _relu_max_pool(inp, <real*>S.y, S.idx, nb * S.g.C, S.g.H, S.g.W, S.g.ho, S.g.wo)
         elif S.code == _ST_MAX:
             _max_pool(inp, <real*>S.y, S.idx, nb * S.g.C, S.g.H, S.g.W, S.g.ho, S.g.wo, S.g.kh, S.g.kw, S.g.sh,
                       S.g.sw, S.g.ph, S.g.pw)
@@ -329,6 +370,11 @@ cdef int _stages_backward(TrainBinding bd, const real *x, const real *g, fnn_idx
                 return -1
         elif i == 0:
             break   # nothing below needs dL/dx
+        elif S.code == _ST_MAX and S.fused:   # into the ReLU's dL/dx; the ReLU stage then passes it on
+            _relu_max_unpool(g, <real*>S.y, S.idx, <real*>bd.stages[i - 1].gin, nb * S.g.C, S.g.H * S.g.W,
+                             S.g.ho * S.g.wo)
+        elif S.code == _ST_ACT and S.fused:
+            pass
         elif S.code == _ST_ACT:
             _binary(S.act, g, <real*>S.y, <real*>S.gin, nb * S.nout, S.slope)
         elif S.code == _ST_MAX:

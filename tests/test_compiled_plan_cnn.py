@@ -50,11 +50,12 @@ def _w5(dtype, seed=3):
 
 
 def _other(dtype, seed=3):
-    """Strided, dilated and bias-free convolutions, average pooling with padding, every activation."""
+    """Strided, dilated and bias-free convolutions, average and overlapping max pooling, every activation."""
     fastnn.manual_seed(seed)
     return nn.Sequential(
         nn.Conv2d(2, 3, 3, stride=2, dtype=dtype), nn.Tanh(),
         nn.AvgPool2d(2, padding=1, count_include_pad=False), nn.Sigmoid(),
+        nn.ReLU(), nn.MaxPool2d(3, stride=1, padding=1),  # a ReLU the pooling after it does not take in
         nn.Conv2d(3, 4, 2, dilation=2, bias=False, dtype=dtype), nn.LeakyReLU(0.1),
         nn.AvgPool2d(1), nn.Flatten(), nn.Linear(4, 6, dtype=dtype), nn.ReLU(), nn.Linear(6, NOUT, dtype=dtype),
     )  # fmt: skip
@@ -126,6 +127,37 @@ def test_other_stages_and_losses(loss, dtype):
     assert plan[2].compiled_plan()[0] is not None
     _same(plan, _train("cython", "other", dtype, loss, "adam", force_loop=True))
     _close(plan, _train("numpy", "other", dtype, loss, "adam"), dtype)
+
+
+def _bits(a):
+    return a.view(np.int32 if a.dtype == np.float32 else np.int64)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fused_relu_pooling_keeps_ties_zeros_and_nan(dtype):
+    """ReLU + 2x2 max pooling run as one pass in the plan: windows of ties, negative and signed-zero values
+    and NaN give the per-step loop's bits, signs of zeros included."""
+    pytest.importorskip("fastnn._ext._kernels")
+    X, y = _data("mse", dtype, n=16)
+    X[:, :, ::2] = -0.0  # rows of signed zeros, and windows of equal values
+    X[3, 0, 5, 5] = np.nan
+    runs = []
+    for force in (False, True):
+        with fastnn.use_backend("cython"):
+            model = _w5(dtype)
+            model[0].weight.data[:4] = 0  # outputs of some channels: the bias alone (ties; negative ones)
+            model[0].bias.data[:] = [-0.5, 0.0, 0.3, -0.0]
+            step = fastnn.make_train_step(model, nn.MSELoss(), optim.SGD(model.parameters(), lr=0.01))
+            if force:
+                step.compiled_plan = lambda: (None, "forced")
+            losses = step.run_steps(X[:3], y[:3], np.arange(3), 3)  # the NaN sample stays out of training
+            with fastnn.no_grad():
+                out = fastnn.predict(model, X) if not force else model(X)
+            runs.append((losses, [p.grad.copy() for p in model.parameters()], out))
+    np.testing.assert_array_equal(runs[0][0], runs[1][0])
+    for a, b in zip(runs[0][1], runs[1][1]):
+        np.testing.assert_array_equal(_bits(a), _bits(b))
+    np.testing.assert_array_equal(_bits(runs[0][2]), _bits(runs[1][2]))  # NaN in the same places
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))

@@ -428,7 +428,8 @@ class TrainPlan:
             act = ACTIVATION_CODES[spec.activation]
             y = np.empty((bmax, nout), dt)
             delta = np.empty((bmax, nout), dt) if training and act else None
-            # the first layer's dL/dx feeds the recurrent layer's BPTT (its last step of go)
+            # the first layer's dL/dx feeds the image stages' backward pass, or the recurrent layer's
+            # BPTT (the cython kernel writes it straight into the last step of go instead)
             gin = np.empty((bmax, nin), dt) if training and (i or front is not None or stages) else None
             slope = float(spec.negative_slope)
             layers.append((w, b, dw if training else None, db if training else None, act, slope, y, delta, gin))

@@ -64,7 +64,6 @@ def _replaced(obj: Any) -> str | None:
 
 def _recurrent_front(mods: list[Any]) -> RecurrentSpec | None:
     """The recurrent layer that heads ``mods`` (with the LastTimeStep after it), or None if it has none."""
-    from .backends import current
     from .nn import GRU, LSTM, RNN, LastTimeStep
 
     kind = type(mods[0]) if mods else None
@@ -79,8 +78,6 @@ def _recurrent_front(mods: list[Any]) -> RecurrentSpec | None:
         raise Unsupported(f"layer 0 is a {kind.__name__} with return_state=True")
     if len(mods) < 2 or type(mods[1]) is not LastTimeStep or not mods[1].batch_first:
         raise Unsupported(f"layer 0 is a {kind.__name__} not followed by LastTimeStep(batch_first=True)")
-    if current().name == "numba":
-        raise Unsupported("the numba backend's plans take dense layers only (recurrent models train one step per call)")
     return RecurrentSpec(
         m._cell, m.weight_ih_l0, m.weight_hh_l0, m.bias_ih_l0, m.bias_hh_l0, getattr(m, "nonlinearity", "tanh")
     )
@@ -88,7 +85,6 @@ def _recurrent_front(mods: list[Any]) -> RecurrentSpec | None:
 
 def _image_stages(mods: list[Any], seen: set[int]) -> list[FeatureSpec]:
     """The image stages that head ``mods`` (up to the Flatten after them), or [] if it has none."""
-    from .backends import current
     from .nn import AvgPool2d, Conv2d, Dropout, Flatten, LeakyReLU, MaxPool2d, ReLU, Sigmoid, Tanh
 
     acts = {ReLU: "relu", Sigmoid: "sigmoid", Tanh: "tanh", LeakyReLU: "leaky_relu"}
@@ -115,10 +111,6 @@ def _image_stages(mods: list[Any], seen: set[int]) -> list[FeatureSpec]:
         elif kind is Flatten and stages:
             if (m.start_dim, m.end_dim) != (1, -1):
                 raise Unsupported(f"layer {i} is Flatten(start_dim={m.start_dim}, end_dim={m.end_dim})")
-            if current().name == "numba":
-                raise Unsupported(
-                    "the numba backend's plans take dense layers only (convolutional models train one step per call)"
-                )
             return stages
         elif stages:
             raise Unsupported(
@@ -135,6 +127,7 @@ def _image_stages(mods: list[Any], seen: set[int]) -> list[FeatureSpec]:
 def _dense_chain(model: Module) -> tuple[list[DenseSpec], bool, RecurrentSpec | None, list[FeatureSpec]]:
     """The model's dense layers, whether it starts with a Flatten, the recurrent layer in front (or None),
     and the image stages in front (or [])."""
+    from .backends import current
     from .nn import Dropout, Flatten, LeakyReLU, Linear, ReLU, Sequential, Sigmoid, Tanh
 
     if type(model) is Linear:
@@ -194,6 +187,9 @@ def _dense_chain(model: Module) -> tuple[list[DenseSpec], bool, RecurrentSpec | 
     dtypes |= {f.weight.data.dtype for f in stages if f.weight is not None}
     if len(dtypes) > 1:
         raise Unsupported("the layers mix dtypes")
+    if (front is not None or stages) and current().name == "numba":
+        kind = "recurrent" if front is not None else "convolutional"
+        raise Unsupported(f"the numba backend's plans take dense layers only ({kind} models train one step per call)")
     return specs, flatten_input, front, stages
 
 

@@ -283,7 +283,8 @@ class TrainStep:
         if self.clip_grad_norm is not None:
             return None, "gradient clipping runs in the per-step loop"
         # the model's structure (a layer appended or replaced), the loss and the optimizer may change
-        key = (tuple(map(id, self.model.modules())), id(self.loss), id(self.optimizer))
+        # (and the backend: which models have a plan depends on it)
+        key = (tuple(map(id, self.model.modules())), id(self.loss), id(self.optimizer), current().name)
         cached = self._compiled
         if cached is None or cached[0] != key:
             try:
@@ -1069,7 +1070,7 @@ def _forward_plan(model: Module, X: NDArray[Any], batch_size: int) -> Any:
         plan = compiled.forward_plan(model)
     except compiled.Unsupported:
         return None
-    if (X.ndim > 2 and not plan.flatten_input) or X[0].size != plan.in_features:
+    if not plan.accepts(X.shape):
         return None  # the layers raise their own error
     if _plan_too_large(plan, min(batch_size, X.shape[0])):
         return None

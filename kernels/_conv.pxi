@@ -208,9 +208,14 @@ cdef inline fnn_idx _round_up(fnn_idx n, fnn_idx m) noexcept nogil:
 
 cdef bint _direct(cnp.ndarray x, cnp.ndarray weight, const Geom *g):
     """Whether the shifted-GEMM kernels run this convolution (float32, stride 1, bounded buffers)."""
+    return _direct_geom(_f32(x), g)
+
+
+cdef bint _direct_geom(bint f32, const Geom *g) noexcept nogil:
+    """_direct for a dtype and a geometry (the training plans ask it without arrays)."""
     cdef fnn_idx wp = g.W + 2 * g.pw + (g.kw - 1) * g.dw
     cdef fnn_idx rows = g.H + 2 * g.ph + (g.kh - 1) * g.dh + 1
-    return _f32(x) and g.sh == 1 and g.sw == 1 and max(g.C, g.O) * rows * wp <= fnn_tune.conv_direct_max_buffer
+    return f32 and g.sh == 1 and g.sw == 1 and max(g.C, g.O) * rows * wp <= fnn_tune.conv_direct_max_buffer
 
 
 cdef void _pad_image(const float *x, const Geom *g, fnn_idx plane, fnn_idx Wp, float *xp) noexcept nogil:

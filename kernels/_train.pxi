@@ -4,6 +4,22 @@
 # same routine the per-kernel entry points call (_dense_fwd, _dense_bwd,
 # _xent, _pair, _sgd, _adam), in the same order as fastnn's per-step loop, so
 # a step here gives the loop's bits.
+#
+# A recurrent layer in front (RNN, LSTM or GRU, then its last time step)
+# runs through _rnn.pxi's seq_forward and seq_backward, the routines its
+# per-kernel entry points call, on the binding's own pointer table: the rows
+# are gathered time-major, the layer runs from zero states, and its BPTT gets
+# dL/d(out) zero but at the last step, where the first dense layer's dL/dx
+# is written straight in.
+#
+# Image stages in front (convolution, max and average pooling, activation,
+# then the flattened output into the dense layers) run _conv.pxi's and
+# _elementwise.pxi's routines in the per-step loop's order; the first stage
+# forms no dL/dx, as there. A ReLU followed by a 2x2, stride-2 max pooling
+# runs as one pass (relu_maxpool2x2: the values and indices the two give)
+# and, backwards, as one scatter: dL/d(ReLU input) at each window's argmax is
+# (0 + g)·[max > 0], zero elsewhere, the bits unpooling then the ReLU's
+# backward give. The ReLU's output is never stored.
 
 from libc.math cimport isfinite, log, pow
 
@@ -41,6 +57,31 @@ cdef struct _Update:
     fnn_idx n
 
 
+# image stage codes (fastnn.ops.train_plan.FEATURE_CODES)
+cdef enum:
+    _ST_CONV = 0
+    _ST_ACT = 1
+    _ST_MAX = 2
+    _ST_AVG = 3
+
+
+cdef struct _Stage:
+    int code
+    int act            # FNN_ACT_* of an activation stage
+    double slope
+    Geom g             # one image's geometry (g.B set per step); pools: C = O planes per image
+    bint cip           # average pooling's count_include_pad
+    void *w            # (O, C, kH, kW), convolutions
+    void *b            # (O,) or NULL
+    void *gw
+    void *gb
+    void *y            # (bmax, nout): this stage's output
+    long long *idx     # (bmax, nout): max pooling's argmax per output
+    void *gin          # (bmax, nin): dL/dx, NULL for the first stage
+    fnn_idx nin, nout  # values per image in and out
+    bint fused         # a ReLU run inside the 2x2 max pooling after it (set on both stages)
+
+
 cdef class TrainBinding:
     """The C view of one bound network: layer and update tables, and the workspace they use.
 
@@ -59,10 +100,20 @@ cdef class TrainBinding:
     cdef void *tb
     cdef void *gz
     cdef object keep
+    # the recurrent layer in front (rec), its sizes (seq.B set per step) and its pointer table
+    cdef bint rec
+    cdef Seq seq
+    cdef void *fp[S_NSLOTS]
+    cdef fnn_idx go_rows   # the batch size whose layout go's zeros are laid out for (-1: none yet)
+    # the image stages in front (ns of them)
+    cdef _Stage *stages
+    cdef int ns
 
-    def __cinit__(self, tuple layers, tuple updates, cnp.ndarray xb, cnp.ndarray tb, cnp.ndarray gz):
+    def __cinit__(self, tuple layers, tuple updates, cnp.ndarray xb, cnp.ndarray tb, cnp.ndarray gz,
+                  tuple front=None, tuple stages=None):
         cdef int i
-        cdef tuple t
+        cdef tuple t, geom
+        cdef _Stage *S
         self.nl = len(layers)
         self.nu = len(updates)
         if self.nl < 1:
@@ -71,8 +122,47 @@ cdef class TrainBinding:
         self.updates = <_Update*>calloc(max(self.nu, 1), sizeof(_Update))
         if self.layers == NULL or self.updates == NULL:
             raise MemoryError()
-        self.keep = (layers, updates, xb, tb, gz)
+        self.keep = (layers, updates, xb, tb, gz, front, stages)
         self.f32 = _f32(xb)
+        memset(self.fp, 0, sizeof(self.fp))
+        self.go_rows = -1
+        self.rec = front is not None
+        if self.rec:   # (cell, relu, T, arrays by slot), validated by fastnn.ops.TrainPlan
+            self.seq.cell, self.seq.relu, self.seq.T = front[0], front[1], front[2]
+            t = front[3]
+            if len(t) != S_NARRAYS:
+                raise ValueError("the recurrent table needs one entry per slot")
+            self.seq.H = cnp.PyArray_DIM(<cnp.ndarray>t[S_W_HH], 1)
+            self.seq.nin = cnp.PyArray_DIM(<cnp.ndarray>t[S_W_IH], 1)
+            self.seq.G = 4 if self.seq.cell == CELL_LSTM else (3 if self.seq.cell == CELL_GRU else 1)
+            self.seq.W = (6 if self.seq.cell == CELL_GRU else self.seq.G) * self.seq.H
+            self.seq.DH = 3 * self.seq.H if self.seq.cell == CELL_GRU else 0
+            self.seq.B = 0
+            _fill(self.fp, t)
+        self.ns = 0 if stages is None else len(stages)
+        if self.ns:   # ((code, act, slope, w, b, gw, gb, geom, y, idx, gin), ...), validated by TrainPlan
+            self.stages = <_Stage*>calloc(self.ns, sizeof(_Stage))
+            if self.stages == NULL:
+                raise MemoryError()
+            for i in range(self.ns):
+                t = stages[i]
+                S = &self.stages[i]
+                S.code, S.act, S.slope = t[0], t[1], t[2]
+                S.w, S.b, S.gw, S.gb = _data(t[3]), _data(t[4]), _data(t[5]), _data(t[6])
+                geom = t[7]
+                S.g.B = 0
+                S.g.C, S.g.H, S.g.W, S.g.O, S.g.kh, S.g.kw, S.g.ho, S.g.wo = geom[:8]
+                S.g.sh, S.g.sw, S.g.ph, S.g.pw, S.g.dh, S.g.dw = geom[8:14]
+                S.cip = geom[14]
+                S.y, S.idx, S.gin = _data(t[8]), <long long*>_data(t[9]), _data(t[10])
+                S.nin = S.g.C * S.g.H * S.g.W
+                S.nout = S.g.O * S.g.ho * S.g.wo
+            for i in range(1, self.ns - 1):   # ReLU then 2x2 / stride 2 max pooling (not the first stage)
+                S = &self.stages[i]
+                if S.code == _ST_ACT and S.act == FNN_ACT_RELU and self.stages[i + 1].code == _ST_MAX \
+                        and _pool2x2(&self.stages[i + 1].g):
+                    S.fused = True
+                    self.stages[i + 1].fused = True
         self.bmax = cnp.PyArray_DIM(xb, 0)
         self.xb = _data(xb)
         self.tb = _data(tb)
@@ -102,6 +192,7 @@ cdef class TrainBinding:
     def __dealloc__(self):
         free(self.layers)
         free(self.updates)
+        free(self.stages)
 
 
 cdef struct _Run:
@@ -155,6 +246,145 @@ cdef int _backward(TrainBinding bd, const real *x, fnn_idx nb) noexcept nogil:
                         nb, L.nin, L.nout, L.act) != 0:
             return -1
         g = <real*>L.gin
+    return 0
+
+
+cdef inline real *_last_hidden(TrainBinding bd, fnn_idx nb, const real *dtype_of) noexcept nogil:
+    """h_T of a step of nb rows: the last (nb, H) block of the recurrent output."""
+    return <real*>bd.fp[S_OUT] + (bd.seq.T - 1) * nb * bd.seq.H
+
+
+cdef int _rec_forward(TrainBinding bd, fnn_idx nb, const real *dtype_of) noexcept nogil:
+    """The recurrent layer over the gathered sequence (T, nb, I), from zero states."""
+    cdef Seq s = bd.seq
+    cdef void *p[S_NSLOTS]
+    s.B = nb
+    s.threads = _num_threads   # the team now (the adaptive cap may change it between calls)
+    memcpy(p, bd.fp, sizeof(p))   # seq_forward uses the scratch slots (NULL here) and frees them
+    return seq_forward(&s, <real**>p)
+
+
+cdef int _rec_backward(TrainBinding bd, fnn_idx nb, const real *dtype_of) noexcept nogil:
+    """BPTT of the recurrent layer; go's last step holds dL/dh_T (written by the first dense layer)."""
+    cdef Seq s = bd.seq
+    cdef void *p[S_NSLOTS]
+    s.B = nb
+    s.threads = _num_threads
+    memcpy(p, bd.fp, sizeof(p))
+    return seq_backward(&s, <real**>p)
+
+
+cdef inline void _rec_grad_out(TrainBinding bd, fnn_idx nb, const real *dtype_of) noexcept nogil:
+    """Point the first dense layer's dL/dx at go's last step; zero the steps before it when the
+    batch size (the layout) changed since they were last zeroed (nothing else writes them)."""
+    cdef fnn_idx before = (bd.seq.T - 1) * nb * bd.seq.H
+    if bd.go_rows != nb:
+        memset(bd.fp[S_GO], 0, before * sizeof(real))
+        bd.go_rows = nb
+    bd.layers[0].gin = <real*>bd.fp[S_GO] + before
+
+
+cdef inline bint _pool2x2(const Geom *g) noexcept nogil:
+    """Whether _max_pool_plane runs this pooling as maxpool2x2 (2x2 windows, stride 2, no padding)."""
+    return g.kh == 2 and g.kw == 2 and g.sh == 2 and g.sw == 2 and g.ph == 0 and g.pw == 0
+
+
+cdef void _relu_max_pool(const real *xp, real *op, long long *ip, fnn_idx planes, fnn_idx H, fnn_idx W,
+                         fnn_idx ho, fnn_idx wo) noexcept nogil:
+    """_max_pool (2x2, stride 2) of relu(xp), planes over the team as there."""
+    cdef fnn_idx r
+    for r in prange(planes, nogil=True, schedule="static", num_threads=_threads_for(<double>planes * H * W)):
+        relu_maxpool2x2(xp + r * H * W, W, ho, wo, op + r * ho * wo, ip + r * ho * wo)
+
+
+cdef void _relu_max_unpool(const real *gp, const real *yp, const long long *ip, real *dp, fnn_idx planes,
+                           fnn_idx HW, fnn_idx n_out) noexcept nogil:
+    """dL/d(ReLU input): (0 + dy)·[y > 0] at each argmax (indices from this plan's own forward pass), zero
+    elsewhere: unpooling's 0 + dy, then the ReLU's backward g·(y > 0 ? 1 : 0) with y the pooled maximum."""
+    cdef fnn_idx r, p
+    cdef real *plane
+    for r in prange(planes, nogil=True, schedule="static", num_threads=_threads_for(<double>planes * HW)):
+        plane = dp + r * HW
+        memset(plane, 0, HW * sizeof(real))
+        for p in range(n_out):
+            plane[ip[r * n_out + p]] = (<real>0 + gp[r * n_out + p]) * (1 if yp[r * n_out + p] > 0 else 0)
+
+
+cdef int _stages_forward(TrainBinding bd, const real *x, fnn_idx nb) noexcept nogil:
+    """Every image stage's output for the nb images at x (the conv stages as conv2d_forward runs them)."""
+    cdef int i, rc = 0
+    cdef _Stage *S
+    cdef const real *inp = x
+    cdef bint direct
+    for i in range(bd.ns):
+        S = &bd.stages[i]
+        S.g.B = nb
+        if S.code == _ST_CONV:
+            if real is float:
+                direct = _direct_geom(True, &S.g)
+            else:
+                direct = False
+            if direct:
+                rc = _conv_fwd_direct(<const float*>inp, <float*>S.w, <float*>S.b, <float*>S.y, &S.g)
+            else:
+                rc = _conv_fwd_cols(inp, <real*>S.w, <real*>S.b, <real*>S.y, &S.g)
+            if rc != 0:
+                return -1
+        elif S.code == _ST_ACT:
+            if S.fused:
+                continue   # run by the pooling after it, from this stage's input
+            _unary(S.act, inp, <const real*>NULL, <real*>S.y, nb * S.nout, S.slope)
+        elif S.code == _ST_MAX and S.fused:
+            _relu_max_pool(inp, <real*>S.y, S.idx, nb * S.g.C, S.g.H, S.g.W, S.g.ho, S.g.wo)
+        elif S.code == _ST_MAX:
+            _max_pool(inp, <real*>S.y, S.idx, nb * S.g.C, S.g.H, S.g.W, S.g.ho, S.g.wo, S.g.kh, S.g.kw, S.g.sh,
+                      S.g.sw, S.g.ph, S.g.pw)
+        else:
+            _avg_pool(inp, <real*>S.y, <const real*>NULL, <real*>NULL, nb * S.g.C, S.g.H, S.g.W, S.g.ho, S.g.wo,
+                      S.g.kh, S.g.kw, S.g.sh, S.g.sw, S.g.ph, S.g.pw, S.cip)
+        inp = <real*>S.y
+    return 0
+
+
+cdef int _stages_backward(TrainBinding bd, const real *x, const real *g, fnn_idx nb) noexcept nogil:
+    """The stages' backward passes from g = dL/d(last stage's output), last to first; the first stage
+    forms no dL/dx (a convolution there writes its weight gradients only)."""
+    cdef int i, rc = 0
+    cdef _Stage *S
+    cdef const real *xin
+    cdef bint direct
+    for i in range(bd.ns - 1, -1, -1):
+        S = &bd.stages[i]
+        xin = x if i == 0 else <real*>bd.stages[i - 1].y
+        if S.code == _ST_CONV:
+            # conv2d_backward's choice: the direct kernel only on finite inputs and weights
+            if real is float:
+                direct = _direct_geom(True, &S.g) and all_finite(xin, nb * S.nin) \
+                    and all_finite(<real*>S.w, S.g.O * S.g.C * S.g.kh * S.g.kw)
+            else:
+                direct = False
+            if direct:
+                rc = _conv_bwd_direct(<const float*>g, <const float*>xin, <float*>S.w, <float*>S.gin, <float*>S.gw,
+                                      <float*>S.gb, &S.g)
+            else:
+                rc = _conv_bwd_cols(g, xin, <real*>S.w, <real*>S.gin, <real*>S.gw, <real*>S.gb, &S.g)
+            if rc != 0:
+                return -1
+        elif i == 0:
+            break   # nothing below needs dL/dx
+        elif S.code == _ST_MAX and S.fused:   # into the ReLU's dL/dx; the ReLU stage then passes it on
+            _relu_max_unpool(g, <real*>S.y, S.idx, <real*>bd.stages[i - 1].gin, nb * S.g.C, S.g.H * S.g.W,
+                             S.g.ho * S.g.wo)
+        elif S.code == _ST_ACT and S.fused:
+            pass
+        elif S.code == _ST_ACT:
+            _binary(S.act, g, <real*>S.y, <real*>S.gin, nb * S.nout, S.slope)
+        elif S.code == _ST_MAX:
+            _max_unpool(g, S.idx, <real*>S.gin, nb * S.g.C, S.g.H * S.g.W, S.g.ho * S.g.wo)
+        else:
+            _avg_pool(<const real*>NULL, <real*>NULL, g, <real*>S.gin, nb * S.g.C, S.g.H, S.g.W, S.g.ho, S.g.wo,
+                      S.g.kh, S.g.kw, S.g.sh, S.g.sw, S.g.ph, S.g.pw, S.cip)
+        g = <real*>S.gin
     return 0
 
 
@@ -256,7 +486,8 @@ cdef int _steps(TrainBinding bd, const real *x, const void *target, _Run *r, fnn
     cdef const fnn_idx *labels = <const fnn_idx*>target
     cdef const real *values = <const real*>target
     cdef double value, scale
-    cdef fnn_idx best
+    cdef fnn_idx best, t, T = bd.seq.T, nin = bd.seq.nin
+    cdef const real *inp = xb
     nout = bd.layers[bd.nl - 1].nout
     z = <real*>bd.layers[bd.nl - 1].y
     for s in range(nsteps):
@@ -267,7 +498,11 @@ cdef int _steps(TrainBinding bd, const real *x, const void *target, _Run *r, fnn
             row = r.index[lo + i]
             if <size_t>row >= <size_t>r.nrows:
                 return _BAD_INDEX
-            memcpy(xb + i * r.nfeat, x + row * r.nfeat, r.nfeat * sizeof(real))
+            if bd.rec:   # sample i's steps into rows i of the time-major (T, nb, I) sequence
+                for t in range(T):
+                    memcpy(xb + (t * nb + i) * nin, x + row * r.nfeat + t * nin, nin * sizeof(real))
+            else:
+                memcpy(xb + i * r.nfeat, x + row * r.nfeat, r.nfeat * sizeof(real))
         n = nb * nout
         if r.loss == _LOSS_XENT:
             for i in range(nb):
@@ -277,7 +512,15 @@ cdef int _steps(TrainBinding bd, const real *x, const void *target, _Run *r, fnn
         else:
             for i in range(nb):
                 memcpy(tb + i * r.ncols, values + r.index[lo + i] * r.ncols, r.ncols * sizeof(real))
-        if _forward(bd, xb, nb) != 0:
+        if bd.rec:
+            if _rec_forward(bd, nb, x) != 0:
+                return _NO_MEMORY
+            inp = _last_hidden(bd, nb, x)
+        elif bd.ns:
+            if _stages_forward(bd, xb, nb) != 0:
+                return _NO_MEMORY
+            inp = <real*>bd.stages[bd.ns - 1].y
+        if _forward(bd, inp, nb) != 0:
             return _NO_MEMORY
         if r.reduction == _RED_SKLEARN:
             value = _sklearn_loss(r.loss, z, lb, tb, <real*>bd.gz, nb, nout) / nb
@@ -306,7 +549,10 @@ cdef int _steps(TrainBinding bd, const real *x, const void *target, _Run *r, fnn
         elif r.pred_b != NULL:
             for i in range(n):
                 r.pred_b[lo * nout + i] = z[i] > 0
-        if _backward(bd, xb, nb) != 0:
+        if bd.rec:
+            _rec_grad_out(bd, nb, x)
+        if _backward(bd, inp, nb) != 0 or (bd.rec and _rec_backward(bd, nb, x) != 0) \
+                or (bd.ns and _stages_backward(bd, xb, <real*>bd.layers[0].gin, nb) != 0):
             return _NO_MEMORY
         _update(bd, r, r.step0 + s + 1, nb, x)
     done[0] = nsteps
@@ -340,6 +586,10 @@ def train_steps(TrainBinding bd, cnp.ndarray x, cnp.ndarray target, cnp.ndarray 
         raise ValueError("index must be intp and hold a row for every step")
     if _f32(x) != bd.f32:
         raise TypeError("x does not have the network's dtype")
+    if bd.rec and (cnp.PyArray_NDIM(x) != 3 or x.shape[1] != bd.seq.T or x.shape[2] != bd.seq.nin):
+        raise ValueError("x must hold sequences of the binding's length and features")
+    if bd.ns and cnp.PyArray_SIZE(x) != cnp.PyArray_DIM(x, 0) * bd.stages[0].nin:
+        raise ValueError("x must hold images of the binding's shape")
     if pred is not None and cnp.PyArray_SIZE(pred) < cnp.PyArray_SIZE(index) * (
             1 if cnp.PyArray_TYPE(pred) == cnp.NPY_INTP else bd.layers[bd.nl - 1].nout):
         raise ValueError("pred is too short")
@@ -372,6 +622,24 @@ def train_steps(TrainBinding bd, cnp.ndarray x, cnp.ndarray target, cnp.ndarray 
     return done, status
 
 
+cdef int _predict_batch(TrainBinding bd, const real *x, fnn_idx nb, fnn_idx nfeat) noexcept nogil:
+    """The network's output for the nb contiguous rows at x (through the recurrent layer, if any)."""
+    cdef fnn_idx i, t, T = bd.seq.T, nin = bd.seq.nin
+    cdef real *xs = <real*>bd.xb
+    if bd.ns:
+        if _stages_forward(bd, x, nb) != 0:
+            return -1
+        return _forward(bd, <real*>bd.stages[bd.ns - 1].y, nb)
+    if not bd.rec:
+        return _forward(bd, x, nb)
+    for i in range(nb):
+        for t in range(T):
+            memcpy(xs + (t * nb + i) * nin, x + i * nfeat + t * nin, nin * sizeof(real))
+    if _rec_forward(bd, nb, x) != 0:
+        return -1
+    return _forward(bd, _last_hidden(bd, nb, x), nb)
+
+
 def predict_rows(TrainBinding bd, cnp.ndarray x, fnn_idx batch_size, cnp.ndarray out):
     """out = the network's output for every row of x, batch_size rows per pass.
 
@@ -390,6 +658,10 @@ def predict_rows(TrainBinding bd, cnp.ndarray x, fnn_idx batch_size, cnp.ndarray
         raise ValueError(f"batch_size must be in [1, {bd.bmax}]")
     if _f32(x) != bd.f32 or _f32(out) != bd.f32:
         raise TypeError("x and out must have the network's dtype")
+    if bd.rec and (cnp.PyArray_NDIM(x) != 3 or x.shape[1] != bd.seq.T or x.shape[2] != bd.seq.nin):
+        raise ValueError("x must hold sequences of the binding's length and features")
+    if bd.ns and cnp.PyArray_SIZE(x) != cnp.PyArray_DIM(x, 0) * bd.stages[0].nin:
+        raise ValueError("x must hold images of the binding's shape")
     with nogil:
         lo = 0
         while lo < n and rc == 0:
@@ -397,10 +669,10 @@ def predict_rows(TrainBinding bd, cnp.ndarray x, fnn_idx batch_size, cnp.ndarray
             # the last layer writes straight into out's rows (contiguous rows, no copy)
             if bd.f32:
                 last.y = <float*>po + lo * nout
-                rc = _forward(bd, <float*>px + lo * nfeat, nb)
+                rc = _predict_batch(bd, <float*>px + lo * nfeat, nb, nfeat)
             else:
                 last.y = <double*>po + lo * nout
-                rc = _forward(bd, <double*>px + lo * nfeat, nb)
+                rc = _predict_batch(bd, <double*>px + lo * nfeat, nb, nfeat)
             lo += nb
         last.y = keep_y
     if rc != 0:
@@ -408,6 +680,7 @@ def predict_rows(TrainBinding bd, cnp.ndarray x, fnn_idx batch_size, cnp.ndarray
     return out
 
 
-def train_bind(tuple layers, tuple updates, cnp.ndarray xb, cnp.ndarray tb, cnp.ndarray gz):
+def train_bind(tuple layers, tuple updates, cnp.ndarray xb, cnp.ndarray tb, cnp.ndarray gz, tuple front=None,
+               tuple stages=None):
     """A TrainBinding of validated arrays (see fastnn.backends.reference.train.train_bind)."""
-    return TrainBinding(layers, updates, xb, tb, gz)
+    return TrainBinding(layers, updates, xb, tb, gz, front, stages)

@@ -84,6 +84,7 @@ const fnn_kernel_set FNN_CAT(fnn_kernels_, FNN_ISA_NAME) = {
     },
     .conv = {
         .isa = FNN_ISA, .shift_f32 = conv_shift_f32, .wgrad_f32 = conv_wgrad_f32, FNN_BOTH(maxpool2x2),
+        FNN_BOTH(relu_maxpool2x2),
     },
     .rnn = {
         .isa = FNN_ISA, FNN_BOTH(rnn_act), FNN_BOTH(rnn_delta), FNN_BOTH(lstm_cell), FNN_BOTH(lstm_delta),

@@ -92,13 +92,28 @@ static void FN(conv_wgrad)(fnn_idx o_len, fnn_idx k, fnn_idx q_len, const FNN_T 
         (arg) = ((arg) & ~lm_) | ((pos) & lm_);                                   \
     } while (0)
 
-static void FN(maxpool2x2)(const FNN_T *src, fnn_idx w, fnn_idx ho, fnn_idx wo, FNN_T *dst, long long *idx)
+/* relu(v) = !(v <= 0) ? v : 0, the elementwise ReLU's formula (+0 for -0, NaN kept), by a bit mask:
+ * a ?: here becomes a branch, a coin flip on real data. */
+static inline FNN_T FN(relu_bits)(FNN_T v)
 {
+    FNN_UINT m = (FNN_UINT)0 - (FNN_UINT)!(v <= 0), b;
+    memcpy(&b, &v, sizeof b);
+    b &= m;
+    memcpy(&v, &b, sizeof b);
+    return v;
+}
+
+/* relu: read relu(v) instead of v */
+static inline void FN(maxpool2x2_impl)(const FNN_T *src, fnn_idx w, fnn_idx ho, fnn_idx wo, FNN_T *dst,
+                                       long long *idx, const int relu)
+{
+#define FNN_LOAD_(v) (relu ? FN(relu_bits)(v) : (v))
     for (fnn_idx i = 0; i < ho; i++) {
         const long long p0 = 2LL * i * w, p1 = p0 + w;
         for (fnn_idx j = 0; j < wo; j++) {
             long long ia = p0 + 2 * j, ic = p1 + 2 * j;
-            FNN_T a = src[ia], b = src[ia + 1], c = src[ic], d = src[ic + 1];
+            FNN_T a = FNN_LOAD_(src[ia]), b = FNN_LOAD_(src[ia + 1]), c = FNN_LOAD_(src[ic]);
+            FNN_T d = FNN_LOAD_(src[ic + 1]);
             FNN_PICK(a, ia, b, ia + 1);
             FNN_PICK(c, ic, d, ic + 1);
             FNN_PICK(a, ia, c, ic);
@@ -106,5 +121,18 @@ static void FN(maxpool2x2)(const FNN_T *src, fnn_idx w, fnn_idx ho, fnn_idx wo, 
             idx[(long long)i * wo + j] = ia;
         }
     }
+#undef FNN_LOAD_
+}
+
+static void FN(maxpool2x2)(const FNN_T *src, fnn_idx w, fnn_idx ho, fnn_idx wo, FNN_T *dst, long long *idx)
+{
+    FN(maxpool2x2_impl)(src, w, ho, wo, dst, idx, 0);
+}
+
+/* maxpool2x2 of a ReLU's output, from the ReLU's input: the same values and indices (the ReLU
+ * and the pooling fused in the training plans, which then never store the ReLU's output). */
+static void FN(relu_maxpool2x2)(const FNN_T *src, fnn_idx w, fnn_idx ho, fnn_idx wo, FNN_T *dst, long long *idx)
+{
+    FN(maxpool2x2_impl)(src, w, ho, wo, dst, idx, 1);
 }
 #undef FNN_PICK

@@ -153,6 +153,10 @@ typedef struct fnn_conv_ops {
     void (*maxpool2x2_f32)(const float *src, fnn_idx w, fnn_idx ho, fnn_idx wo, float *dst, long long *idx);
     void (*maxpool2x2_f64)(const double *src, fnn_idx w, fnn_idx ho, fnn_idx wo, double *dst,
                            long long *idx);
+    /* the same of relu(src): a ReLU and the pooling after it in one pass */
+    void (*relu_maxpool2x2_f32)(const float *src, fnn_idx w, fnn_idx ho, fnn_idx wo, float *dst, long long *idx);
+    void (*relu_maxpool2x2_f64)(const double *src, fnn_idx w, fnn_idx ho, fnn_idx wo, double *dst,
+                                long long *idx);
 } fnn_conv_ops;
 
 /* Lane slots per (o, k) of the weight-gradient partial sums: the widest vector. */

@@ -88,6 +88,8 @@ cdef extern from "fnn.h" nogil:
                           float*) noexcept nogil
         void (*maxpool2x2_f32)(const float*, fnn_idx, fnn_idx, fnn_idx, float*, long long*) noexcept nogil
         void (*maxpool2x2_f64)(const double*, fnn_idx, fnn_idx, fnn_idx, double*, long long*) noexcept nogil
+        void (*relu_maxpool2x2_f32)(const float*, fnn_idx, fnn_idx, fnn_idx, float*, long long*) noexcept nogil
+        void (*relu_maxpool2x2_f64)(const double*, fnn_idx, fnn_idx, fnn_idx, double*, long long*) noexcept nogil
 
     ctypedef struct fnn_rnn_ops:
         int isa
@@ -325,6 +327,14 @@ cdef inline void maxpool2x2(const real *src, fnn_idx w, fnn_idx ho, fnn_idx wo, 
         fnn_cv.maxpool2x2_f32(src, w, ho, wo, dst, idx)
     else:
         fnn_cv.maxpool2x2_f64(src, w, ho, wo, dst, idx)
+
+
+cdef inline void relu_maxpool2x2(const real *src, fnn_idx w, fnn_idx ho, fnn_idx wo, real *dst,
+                                 long long *idx) noexcept nogil:
+    if real is float:
+        fnn_cv.relu_maxpool2x2_f32(src, w, ho, wo, dst, idx)
+    else:
+        fnn_cv.relu_maxpool2x2_f64(src, w, ho, wo, dst, idx)
 
 
 cdef inline void rnn_act(real *a, fnn_idx n, int relu) noexcept nogil:

@@ -237,7 +237,8 @@ def test_which_models_get_a_plan():
     lin = nn.Linear(4, 2)
     assert compiled.explain(lin) is None
     assert compiled.explain(nn.Sequential(nn.Linear(4, 3), nn.Dropout(0.0), nn.ReLU(), nn.Linear(3, 2))) is None
-    assert "Conv2d" in compiled.explain(nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten()))
+    assert "no Linear layer" in compiled.explain(nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten()))
+    assert "Conv1d" in compiled.explain(nn.Sequential(nn.Conv1d(1, 2, 3), nn.Flatten(), nn.Linear(2, 2)))
     assert "Dropout" in compiled.explain(nn.Sequential(nn.Linear(4, 3), nn.Dropout(0.5)))
     assert "does not follow" in compiled.explain(nn.Sequential(nn.ReLU(), nn.Linear(4, 2)))
     assert "does not follow" in compiled.explain(nn.Sequential(nn.Linear(4, 2), nn.ReLU(), nn.Tanh()))

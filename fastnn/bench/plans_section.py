@@ -10,7 +10,12 @@ What ``fastnn.fit`` gains when the model has a compiled plan
   the run. The step is 1.29 MFLOP (five products: two forward, three
   backward); its rate is shown against the one-thread float32 GEMM rate of
   BLAS measured here (n = 512), the arithmetic limit of a one-thread step.
-* **Models without a plan** (W5's CNN, W6's RNN): the reason ``fit`` gives.
+* **W5 and W6 steps inside fit** (W5: the 1x28x28 CNN, conv 8 - ReLU -
+  max pool - conv 16 - ReLU - max pool - Linear 784-10, batch 64; W6: a
+  tanh RNN, T = 50, 8 inputs, 64 hidden, batch 32, its last step into
+  Linear 64-10; cross-entropy, SGD with momentum): the per-step loop and the
+  plan, each at 1 and 2 threads, rounds interleaved, on the backends that
+  have a plan for them (cython; numba's reason is listed).
 * **predict** of a 64-128-10 MLP on many rows: one call of the forward plan
   against its two matrix products alone (BLAS, into preallocated outputs).
 * **fit against scikit-learn's MLPClassifier**, same architecture, solver
@@ -83,6 +88,78 @@ def _w3_steps(fastnn, backends, rounds):
             f()  # compile / bind / warm
         fns[f"{b} loop"], fns[f"{b} plan"] = loop, plan
     return _median_times(fns, rounds)
+
+
+def _cnn_model(fastnn, nn, optim, seed=0):
+    fastnn.manual_seed(seed)
+    model = nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(),
+        nn.MaxPool2d(2), nn.Flatten(), nn.Linear(784, 10),
+    )  # fmt: skip
+    return model, optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+
+def _rnn_model(fastnn, nn, optim, seed=0):
+    fastnn.manual_seed(seed)
+    model = nn.Sequential(nn.RNN(8, 64, batch_first=True), nn.LastTimeStep(batch_first=True), nn.Linear(64, 10))
+    return model, optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+
+#: W5 and W6 in the section: (model builder, sample shape, batch size, steps per round (tiny, other))
+LAYER_STEPS = {"W5": (_cnn_model, (1, 28, 28), 64, (2, 8)), "W6": (_rnn_model, (50, 8), 32, (2, 16))}
+
+
+def _layer_steps(fastnn, backends, rounds, tiny):
+    """W5 and W6 per step: the per-step loop against the plan, at 1 and 2 threads (rows "<backend> <n>t loop")."""
+    from fastnn import compiled, nn, optim
+
+    out: dict = {}
+    reasons: dict = {}
+    threads0 = fastnn.get_num_threads()
+    for wid, (build, shape, bs, counts) in LAYER_STEPS.items():
+        rng = np.random.default_rng(0)
+        steps = counts[0] if tiny else counts[1]
+        n = steps * bs
+        X = rng.standard_normal((n, *shape)).astype(np.float32)
+        y = rng.integers(0, 10, n).astype(np.intp)
+        idx = rng.permutation(n)
+        Xs, ys = X[idx], y[idx]
+        fns = {}
+        for b in backends:
+            with fastnn.use_backend(b):
+                model, opt = build(fastnn, nn, optim)
+                loop_step = fastnn.make_train_step(model, nn.CrossEntropyLoss(), opt)
+                model2, opt2 = build(fastnn, nn, optim)
+                plan_step = fastnn.make_train_step(model2, nn.CrossEntropyLoss(), opt2)
+                why = compiled.explain(model2, nn.CrossEntropyLoss(), opt2)
+            if why is not None:
+                reasons[f"{wid} {b}"] = why
+                continue
+            for t in (1, 2):
+
+                def loop(b=b, step=loop_step, t=t, n=n, steps=steps, Xs=Xs, ys=ys):
+                    fastnn.set_num_threads(t)
+                    with fastnn.use_backend(b), step.workspace:
+                        t0 = time.perf_counter()
+                        for i in range(0, n, bs):
+                            step.run(Xs[i : i + bs], ys[i : i + bs])
+                        return (time.perf_counter() - t0) / steps
+
+                def plan(b=b, step=plan_step, t=t, steps=steps, X=X, y=y, idx=idx):
+                    fastnn.set_num_threads(t)
+                    with fastnn.use_backend(b):
+                        t0 = time.perf_counter()
+                        step.run_steps(X, y, idx, bs)
+                        return (time.perf_counter() - t0) / steps
+
+                fns[f"{b} {t}t loop"], fns[f"{b} {t}t plan"] = loop, plan
+        try:
+            for f in fns.values():
+                f()  # bind / warm
+            out[wid] = _median_times(fns, rounds)
+        finally:
+            fastnn.set_num_threads(threads0)
+    return out, reasons
 
 
 def _one_thread_gemm_gflops(fastnn, n=512, reps=5):
@@ -192,12 +269,10 @@ def measure(backends, quick: bool, tiny: bool = False, log=None) -> dict:
         out["gemm1_gflops"] = _one_thread_gemm_gflops(fastnn)
         if log:
             log("plans: W3")
-        from fastnn import compiled, nn
 
-        out["unsupported"] = {
-            "W5 CNN": compiled.explain(nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Flatten())),
-            "W6 RNN": compiled.explain(nn.Sequential(nn.RNN(8, 32, batch_first=True), nn.LastTimeStep())),
-        }
+        out["layers"], out["unsupported"] = _layer_steps(fastnn, backends, rounds, tiny)
+        if log:
+            log("plans: W5, W6")
         rows = 20_000 if tiny else (200_000 if quick else 1_000_000)
         out["predict_rows"] = rows
         out["predict"] = _predict(fastnn, backends, rows, rounds)
@@ -243,7 +318,7 @@ def markdown_lines(plans: dict | None) -> list[str]:
         return []
     from .report import fmt_time
 
-    lines = ["## Compiled training plans — whole epochs in one call (`fit` on dense networks)", ""]
+    lines = ["## Compiled training plans — whole epochs in one call (`fit`)", ""]
     if plans.get("error") and "w3" not in plans:
         return lines + [f"error: {plans['error']}", ""]
     w3 = plans.get("w3", {})
@@ -266,6 +341,21 @@ def markdown_lines(plans: dict | None) -> list[str]:
         share = f"{100 * gf / gemm1:.0f} %" if gemm1 else ""
         lines.append(f"| {name} | {fmt_time(t)} | {ratio} | {gf:.0f} | {share} |")
     lines.append("")
+    layers = plans.get("layers") or {}
+    if layers:
+        lines += [
+            "W5 (CNN, batch 64) and W6 (tanh RNN T=50 H=64 + Linear, batch 32) inside `fit`, time per step, "
+            "medians of interleaved rounds: the per-step loop against the plan at 1 and 2 threads.",
+            "",
+            "| workload | row | per step | loop / plan |",
+            "|:---|:---|---:|---:|",
+        ]
+        for wid, times in layers.items():
+            for name, t in times.items():
+                loop = times.get(name.replace(" plan", " loop"))
+                ratio = f"{loop / t:.2f}x" if name.endswith(" plan") and loop else ""
+                lines.append(f"| {wid} | {name} | {fmt_time(t)} | {ratio} |")
+        lines.append("")
     for model, why in (plans.get("unsupported") or {}).items():
         lines.append(f"- {model}: no plan, `fit` runs one step per call ({why}).")
     lines.append("")

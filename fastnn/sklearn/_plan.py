@@ -69,7 +69,7 @@ class CompiledSteps:
         else:
             return None, "the adamw solver"
         try:
-            specs, _ = compiled._dense_chain(network)
+            specs = compiled._dense_chain(network)[0]  # (an MLP: nothing in front of the dense layers)
         except compiled.Unsupported as exc:
             return None, str(exc)
         # one update over both optimizers' arrays: the weights' (which decay) then the intercepts'

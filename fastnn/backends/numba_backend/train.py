@@ -325,8 +325,15 @@ class _Binding:
         self.none1, self.none2 = none1, none2
 
 
-def train_bind(layers, updates, xb, tb, gz):
-    """See :func:`fastnn.backends.reference.train.train_bind`."""
+def train_bind(layers, updates, xb, tb, gz, front=None, stages=None):
+    """See :func:`fastnn.backends.reference.train.train_bind`; dense layers only.
+
+    A recurrent layer or image stages in front have no Numba driver yet:
+    :func:`fastnn.compiled.train_plan` gives such models the per-step loop on
+    this backend, and a binding asked for one directly is refused.
+    """
+    if front is not None or stages is not None:
+        raise ValueError("the numba training plan takes dense layers only (nothing in front of them)")
     return _Binding(layers, updates, xb, tb, gz)
 
 

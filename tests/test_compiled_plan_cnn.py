@@ -1,0 +1,347 @@
+"""Compiled training plans with image stages in front (Conv2d, MaxPool2d, AvgPool2d, activations, Flatten).
+
+What is checked:
+
+* the Cython plan gives the per-step loop's bits (``model(x)``, loss,
+  backward, step) for a small W5-shaped CNN with every optimizer, and for
+  strided, dilated, padded and bias-free convolutions, average pooling and
+  every activation with every loss, float32 and float64; the NumPy
+  specification gives its own per-step loop's bits, and the Cython plan
+  agrees with it to rounding;
+* the number of steps per call and changing batch sizes change nothing (bit
+  for bit), in ``run_steps`` and in ``fit`` (history included);
+* a plan step's gradients against finite differences;
+* ``predict`` and ``evaluate`` run the forward plan;
+* which image models get a plan (the others, and the numba backend, say why);
+* hostile indices, labels, NaN and infinite inputs stop the run with a
+  Python exception, in a child process.
+"""
+
+import numpy as np
+import pytest
+from conftest import tol
+from isolated import run_isolated
+
+import fastnn
+from fastnn import compiled, nn, optim
+from fastnn.gradcheck import numerical_gradient
+
+LOSSES = ("cross_entropy", "mse", "bce_with_logits")
+OPTIMIZERS = {
+    "sgd": lambda p: optim.SGD(p, lr=0.05),
+    "sgd_momentum": lambda p: optim.SGD(p, lr=0.05, momentum=0.9, weight_decay=1e-3),
+    "nesterov": lambda p: optim.SGD(p, lr=0.05, momentum=0.9, nesterov=True),
+    "adam": lambda p: optim.Adam(p, lr=0.01, weight_decay=1e-3),
+    "adamw": lambda p: optim.AdamW(p, lr=0.01),
+}
+NOUT = 5
+
+pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
+
+
+def _w5(dtype, seed=3):
+    """W5's shape, smaller: conv 3x3 pad 1, ReLU, max pool 2, twice, then Flatten and Linear."""
+    fastnn.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1, dtype=dtype), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(4, 6, 3, padding=1, dtype=dtype), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(6 * 3 * 3, NOUT, dtype=dtype),
+    )  # fmt: skip
+
+
+def _other(dtype, seed=3):
+    """Strided, dilated and bias-free convolutions, average and overlapping max pooling, every activation."""
+    fastnn.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(2, 3, 3, stride=2, dtype=dtype), nn.Tanh(),
+        nn.AvgPool2d(2, padding=1, count_include_pad=False), nn.Sigmoid(),
+        nn.ReLU(), nn.MaxPool2d(3, stride=1, padding=1),  # a ReLU the pooling after it does not take in
+        nn.Conv2d(3, 4, 2, dilation=2, bias=False, dtype=dtype), nn.LeakyReLU(0.1),
+        nn.AvgPool2d(1), nn.Flatten(), nn.Linear(4, 6, dtype=dtype), nn.ReLU(), nn.Linear(6, NOUT, dtype=dtype),
+    )  # fmt: skip
+
+
+MODELS = {"w5": (_w5, 1), "other": (_other, 2)}
+
+
+def _data(loss, dtype, channels=1, n=37, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, channels, 12, 12)).astype(dtype)
+    if loss == "cross_entropy":
+        y = rng.integers(0, NOUT, n)
+    elif loss == "mse":
+        y = rng.standard_normal((n, NOUT)).astype(dtype)
+    else:
+        y = (rng.random((n, NOUT)) > 0.5).astype(dtype)
+    return X, y
+
+
+def _loss(name):
+    return fastnn.train._resolve_loss(name, None if name != "cross_entropy" else np.zeros(1, int))
+
+
+def _train(backend, name, dtype, loss, opt, force_loop=False, calls=None):
+    """Losses and weights after run_steps over one shuffled pass, batches of 8 (the last one 5 rows)."""
+    make, channels = MODELS[name]
+    X, y = _data(loss, dtype, channels)
+    with fastnn.use_backend(backend):
+        model = make(dtype)
+        step = fastnn.make_train_step(model, _loss(loss), OPTIMIZERS[opt](model.parameters()))
+        if force_loop:
+            step.compiled_plan = lambda: (None, "forced")
+        idx = np.random.default_rng(1).permutation(X.shape[0])
+        losses, lo = [], 0
+        for rows, bs in calls or [(X.shape[0], 8)]:
+            losses.append(step.run_steps(X, y, idx[lo : lo + rows], bs))
+            lo += rows
+        # whether the step had a plan, under the backend it ran with
+        return np.concatenate(losses), [p.data.copy() for p in model.parameters()], step.compiled_plan()[0]
+
+
+def _same(a, b):
+    np.testing.assert_array_equal(a[0], b[0])
+    for u, v in zip(a[1], b[1]):
+        np.testing.assert_array_equal(u, v)
+
+
+def _close(a, b, dtype):
+    t = tol(dtype, 100)
+    np.testing.assert_allclose(a[0], b[0], **t)
+    for u, v in zip(a[1], b[1]):
+        np.testing.assert_allclose(u, v, **t)
+
+
+@pytest.mark.parametrize("opt", sorted(OPTIMIZERS))
+def test_cython_plan_is_the_per_step_loop(opt, dtype):
+    """W5's shape: the per-step loop's bits; the NumPy specification to rounding."""
+    pytest.importorskip("fastnn._ext._kernels")
+    plan = _train("cython", "w5", dtype, "cross_entropy", opt)
+    assert plan[2] is not None
+    _same(plan, _train("cython", "w5", dtype, "cross_entropy", opt, force_loop=True))
+    _close(plan, _train("numpy", "w5", dtype, "cross_entropy", opt), dtype)
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_other_stages_and_losses(loss, dtype):
+    pytest.importorskip("fastnn._ext._kernels")
+    plan = _train("cython", "other", dtype, loss, "adam")
+    assert plan[2] is not None
+    _same(plan, _train("cython", "other", dtype, loss, "adam", force_loop=True))
+    _close(plan, _train("numpy", "other", dtype, loss, "adam"), dtype)
+
+
+def _bits(a):
+    return a.view(np.int32 if a.dtype == np.float32 else np.int64)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fused_relu_pooling_keeps_ties_zeros_and_nan(dtype):
+    """ReLU + 2x2 max pooling run as one pass in the plan: windows of ties, negative and signed-zero values
+    and NaN give the per-step loop's bits, signs of zeros included."""
+    pytest.importorskip("fastnn._ext._kernels")
+    X, y = _data("mse", dtype, n=16)
+    X[:, :, ::2] = -0.0  # rows of signed zeros, and windows of equal values
+    X[3, 0, 5, 5] = np.nan
+    runs = []
+    for force in (False, True):
+        with fastnn.use_backend("cython"):
+            model = _w5(dtype)
+            model[0].weight.data[:4] = 0  # outputs of some channels: the bias alone (ties; negative ones)
+            model[0].bias.data[:] = [-0.5, 0.0, 0.3, -0.0]
+            step = fastnn.make_train_step(model, nn.MSELoss(), optim.SGD(model.parameters(), lr=0.01))
+            if force:
+                step.compiled_plan = lambda: (None, "forced")
+            losses = step.run_steps(X[:3], y[:3], np.arange(3), 3)  # the NaN sample stays out of training
+            with fastnn.no_grad():
+                out = fastnn.predict(model, X) if not force else model(X)
+            runs.append((losses, [p.grad.copy() for p in model.parameters()], out))
+    np.testing.assert_array_equal(runs[0][0], runs[1][0])
+    for a, b in zip(runs[0][1], runs[1][1]):
+        np.testing.assert_array_equal(_bits(a), _bits(b))
+    np.testing.assert_array_equal(_bits(runs[0][2]), _bits(runs[1][2]))  # NaN in the same places
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_reference_spec_is_the_per_step_loop(name, dtype):
+    """The NumPy ``train_steps`` with image stages gives the NumPy per-step loop's bits."""
+    make, channels = MODELS[name]
+    X, y = _data("mse", dtype, channels)
+    idx = np.random.default_rng(1).permutation(X.shape[0])
+    out = []
+    for use_plan in (True, False):
+        with fastnn.use_backend("numpy"):
+            model = make(dtype)
+            opt = optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+            if use_plan:
+                plan = compiled.train_plan(model, nn.MSELoss(), opt)
+                losses = plan.run(X, y, idx, 8, compiled.hyper_parameters(opt)[1]).losses
+            else:
+                losses = fastnn.make_train_step(model, nn.MSELoss(), opt).run_steps(X, y, idx, 8)
+            out.append((np.array(losses), [p.data.copy() for p in model.parameters()]))
+    _same(out[0], out[1])
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_steps_per_call_and_changing_batches(name):
+    pytest.importorskip("fastnn._ext._kernels")
+    calls = [(8, 8), (10, 5), (19, 19)]
+    loop = _train("cython", name, np.float32, "mse", "nesterov", force_loop=True, calls=calls)
+    _same(_train("cython", name, np.float32, "mse", "nesterov", calls=calls), loop)
+    _same(
+        _train("cython", name, np.float32, "mse", "adam", calls=[(4, 4)] * 9),
+        _train("cython", name, np.float32, "mse", "adam", calls=[(36, 4)]),
+    )
+
+
+def test_fit_steps_per_call():
+    """fit with 1, 3 and "auto" steps per call: same weights and history; the per-step loop to rounding."""
+    pytest.importorskip("fastnn._ext._kernels")
+    X, y = _data("cross_entropy", np.float32, n=50)
+    results = []
+    with fastnn.use_backend("cython"):
+        for k in (1, 3, "auto", None):
+            model = _w5(np.float32)
+            o = optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+            sched = optim.StepLR(o, step_size=1, gamma=0.5)
+            h = fastnn.fit(
+                model, X, y, optimizer=o, scheduler=sched, epochs=2, batch_size=8, seed=4, progress=False,
+                validation_data=(X[:20], y[:20]), steps_per_call=k or 1,
+                clip_grad_norm=1e30 if k is None else None,  # None: the per-step loop (clipping never bites)
+            )  # fmt: skip
+            results.append((h.history, [p.data.copy() for p in model.parameters()]))
+    for hist, weights in results[1:3]:
+        assert hist == results[0][0]
+        for a, b in zip(weights, results[0][1]):
+            np.testing.assert_array_equal(a, b)
+    hist, weights = results[3]
+    for key in hist:
+        np.testing.assert_allclose(hist[key], results[0][0][key], rtol=1e-5)
+    for a, b in zip(weights, results[0][1]):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("loss", LOSSES)
+def test_plan_gradients_against_finite_differences(name, loss):
+    """With lr = 0 a plan step writes the gradients and leaves the weights: compare with finite differences."""
+    pytest.importorskip("fastnn._ext._kernels")
+    dtype = np.float64
+    make, channels = MODELS[name]
+    X, y = _data(loss, dtype, channels, n=6)
+    with fastnn.use_backend("cython"):
+        model = make(dtype)
+        lossfn = _loss(loss)
+        opt = optim.SGD(model.parameters(), lr=0.0)
+        plan = compiled.train_plan(model, lossfn, opt)
+        plan.run(X, y, np.arange(6, dtype=np.intp), 6, compiled.hyper_parameters(opt)[1])
+
+    def f():
+        with fastnn.use_backend("numpy"):
+            return lossfn(model(X), y)
+
+    for p in model.parameters():
+        num = numerical_gradient(f, p.data, eps=1e-6)
+        np.testing.assert_allclose(p.grad, num, rtol=1e-5, atol=1e-8)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_predict_and_evaluate_use_the_forward_plan(name, dtype):
+    pytest.importorskip("fastnn._ext._kernels")
+    make, channels = MODELS[name]
+    X, y = _data("cross_entropy", dtype, channels, n=150)
+    with fastnn.use_backend("cython"):
+        model = make(dtype)
+        assert compiled.explain(model) is None
+        got = fastnn.predict(model, X, batch_size=64)
+        with fastnn.no_grad():
+            want = model(X[:64])
+        np.testing.assert_array_equal(got[:64], want)  # the same routines: the same bits
+        res = fastnn.evaluate(model, X, y, batch_size=64)
+        assert fastnn.train._forward_plan(model, X[:, :, :5], 64) is None  # too small for the stages
+    with fastnn.use_backend("numpy"):
+        ref = fastnn.evaluate(model, X, y, batch_size=64)
+        np.testing.assert_allclose(fastnn.predict(model, X, batch_size=64), got, **tol(dtype, 10))
+    assert res["accuracy"] == ref["accuracy"]
+    np.testing.assert_allclose(res["loss"], ref["loss"], rtol=1e-5)
+
+
+def test_which_image_models_get_a_plan():
+    dt = np.float32
+    with fastnn.use_backend("numpy"):  # which models qualify does not depend on a compiled backend
+        assert compiled.explain(_w5(dt)) is None
+        no_flatten = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU())
+        assert "not followed by Flatten" in compiled.explain(no_flatten)
+        norm = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Flatten(), nn.Linear(2, 2))
+        assert "layer 1 is a BatchNorm2d between image stages" in compiled.explain(norm)
+        drop = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Dropout(0.0), nn.Flatten(), nn.Linear(2, 2))
+        assert compiled.explain(drop) is None
+        later = nn.Sequential(nn.Flatten(), nn.Linear(4, 4), nn.Conv2d(1, 2, 3))
+        assert "layer 2 is a Conv2d" in compiled.explain(later)
+        mixed = nn.Sequential(nn.Conv2d(1, 2, 3, dtype=np.float64), nn.Flatten(), nn.Linear(2, 2))
+        assert "mix dtypes" in compiled.explain(mixed)
+        conv = nn.Conv2d(1, 2, 3)
+        shared = nn.Sequential(conv, nn.ReLU(), conv, nn.Flatten(), nn.Linear(2, 2))
+        assert "shares its parameters" in compiled.explain(shared)
+        plan = compiled.forward_plan(_w5(dt))
+        assert plan.accepts((3, 1, 12, 12)) and not plan.accepts((3, 1, 16, 12)) and not plan.accepts((3, 144))
+    if fastnn.backend_status()["numba"] == "available":
+        with fastnn.use_backend("numba"):
+            assert "numba backend's plans take dense layers only" in compiled.explain(_w5(dt))
+
+
+def test_run_checks_images():
+    pytest.importorskip("fastnn._ext._kernels")
+    X, y = _data("mse", np.float32, n=12)
+    with fastnn.use_backend("cython"):
+        model = _w5(np.float32)
+        opt = optim.SGD(model.parameters(), lr=0.1)
+        plan = compiled.train_plan(model, nn.MSELoss(), opt)
+        hyper = compiled.hyper_parameters(opt)[1]
+        with pytest.raises(ValueError, match=r"x must hold images \(N, C, H, W\)"):
+            plan.run(X.reshape(12, -1), y, np.arange(12), 4, hyper)
+        with pytest.raises(ValueError, match="layer 0 takes 54"):
+            plan.run(np.ones((12, 1, 16, 16), np.float32), y, np.arange(12), 4, hyper)
+        with pytest.raises(ValueError, match="channels|weight"):
+            plan.run(np.ones((12, 2, 12, 12), np.float32), y, np.arange(12), 4, hyper)
+        with pytest.raises(ValueError, match="step 2: index holds rows outside"):
+            plan.run(X, y, np.array([0, 1, 12, 3]), 2, hyper)
+
+
+@pytest.mark.parametrize("backend_name", ["cython", "numpy"])
+def test_hostile_input_in_child(backend_name):
+    """Bad indices and labels, NaN and infinite images reach the image plan's loop: an exception, never a crash."""
+    result = run_isolated(f"""
+        import numpy as np, fastnn
+        from fastnn import nn, optim, compiled
+        if fastnn.backend_status()["{backend_name}"] != "available":
+            return
+        fastnn.set_backend("{backend_name}")
+        model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.AvgPool2d(2),
+                              nn.Flatten(), nn.Linear(2 * 2 * 2, 2))
+        opt = optim.Adam(model.parameters())
+        plan = compiled.train_plan(model, nn.CrossEntropyLoss(), opt)
+        hyper = compiled.hyper_parameters(opt)[1]
+        X = np.ones((6, 1, 8, 8), np.float32)
+        y = np.zeros(6, np.intp)
+        raised = 0
+        for bad in (6, -1, 2**62, -2**63, 2**63 - 1):
+            try:
+                plan.run(X, y, np.array([0, bad], np.intp), 1, hyper)
+            except ValueError:
+                raised += 1
+        for lab in (2, -1, 2**62, -2**63):
+            try:
+                plan.run(X, np.array([0, lab, 0, 0, 0, 0], np.intp), np.arange(6), 2, hyper)
+            except ValueError:
+                raised += 1
+        assert raised == 9, raised
+        out = np.empty((6, 2), np.float32)
+        plan.predict(X, 4, out)
+        before = [p.data.copy() for p in model.parameters()]
+        for value in (np.nan, np.inf):
+            X[1, 0, 3, 3] = value
+            res = plan.run(X, y, np.arange(6), 2, hyper)
+            assert res.nonfinite is not None and len(res.losses) == 0
+            assert all(np.array_equal(a, p.data) for a, p in zip(before, model.parameters()))
+    """)
+    result.assert_ok()

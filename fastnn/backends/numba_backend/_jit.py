@@ -258,7 +258,7 @@ class _Kernel(CPUDispatcher):
             return entry
 
 
-def _make(fn, inputs, parallel):
+def _make(fn, inputs, parallel, inline=False):
     code = fn.__code__
     names = code.co_varnames[: code.co_argcount]
     inputs = inputs.split() if isinstance(inputs, str) else list(inputs)
@@ -267,6 +267,8 @@ def _make(fn, inputs, parallel):
         raise TypeError(f"{fn.__qualname__} has no parameter(s) {unknown}")
     opts = _options()
     cache = opts.pop("cache", False)
+    if inline:
+        opts["inline"] = "always"
     disp = _Kernel(py_func=fn, locals={}, targetoptions=dict(opts, nopython=True, parallel=parallel))
     if cache:
         disp.enable_caching()
@@ -275,11 +277,16 @@ def _make(fn, inputs, parallel):
     return disp
 
 
-def kernel(fn=None, *, inputs=(), parallel=False):
-    """Decorator: an entry point compiled on first call, ``inputs`` (parameter names) typed read-only."""
+def kernel(fn=None, *, inputs=(), parallel=False, inline=False):
+    """Decorator: an entry point compiled on first call, ``inputs`` (parameter names) typed read-only.
+
+    ``inline``: compiled code that calls it takes its body in (Numba's
+    ``inline="always"``) instead of linking a compilation of its own, while a
+    call from Python still compiles it like any kernel.
+    """
     if fn is None:
-        return lambda f: _make(f, inputs, parallel)
-    return _make(fn, inputs, parallel)
+        return lambda f: _make(f, inputs, parallel, inline)
+    return _make(fn, inputs, parallel, inline)
 
 
 def renamed(fn, suffix, name=None):

@@ -242,8 +242,26 @@ def simple_tiled(M, N, K, a, rsa, csa, b, rsb, csb, c, ldc, bias, has_bias, act,
 
 @intrinsic
 def _opaque(typingctx, x):
-    """x, typed as a run-time value: a constant argument would make Numba compile the callee again for it."""
-    return types.unliteral(x)(x), lambda context, builder, sig, args: args[0]
+    """x as a run-time value, to Numba and to LLVM (an integer or bool).
+
+    To Numba: a constant argument would make it compile the callee again
+    for it. To LLVM: seeing the constants of a call, it inlined the whole
+    of :func:`simple_tiled` at every call site (each copy optimised and
+    compiled again: about a quarter of a second per product in a kernel).
+    An empty inline-assembly statement passes the value through a register.
+    """
+    ty = types.unliteral(x)
+    if not isinstance(ty, (types.Integer, types.Boolean)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        v = args[0]
+        wide = ir.IntType(64)
+        w = builder.zext(v, wide) if v.type.width < 64 else v
+        w = builder.asm(ir.FunctionType(wide, [wide]), "", "=r,0", [w], side_effect=False)
+        return builder.trunc(w, v.type) if v.type.width < 64 else w
+
+    return ty(ty), codegen
 
 
 @njit(inline="always", **_OPTS)
@@ -272,7 +290,7 @@ def _plain(M, N, K, a, rsa, csa, b, rsb, csb, c, ldc, bias, has_bias, act, acc):
     )
 
 
-@njit(**_OPTS)
+@njit(inline="always", **_OPTS)
 def simple_gemm(M, N, K, a, rsa, csa, b, rsb, csb, c, ldc, bias, has_bias, act):
     """small_gemm's result from :func:`simple_tiled` (act 0 or 1)."""
     _plain(M, N, K, a, rsa, csa, b, rsb, csb, c, ldc, bias, has_bias, act, False)
@@ -311,8 +329,10 @@ def _products(product, suffix):
             cf = _raw(C)
             product(M, N, K, _raw(A), K, 1, _raw(Bn), 1, K, cf, N, cf, False, 0, False)
 
-    # kernel(): a disk-cache key that is the same in every process for these closures over a kernel
-    return tuple(kernel(renamed(fn, suffix)) for fn in (acc_nn, acc_tn, mul_nt))
+    # inline: a kernel that calls them takes their few lines in, where a compilation of their own
+    # (one per read-only/writeable typing of the operands) was linked into every caller and optimised
+    # there again; kernel(): from Python, a disk-cache key that is the same in every process
+    return tuple(kernel(renamed(fn, suffix), inline=True) for fn in (acc_nn, acc_tn, mul_nt))
 
 
 acc_nn, acc_tn, mul_nt = _products(_tiled, "")

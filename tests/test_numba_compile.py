@@ -178,8 +178,7 @@ def test_first_w3_step_compiles_only_what_it_runs(jit):
         "_gemm_small_plain": 1,  # every product of the step (4 shapes, 3 layouts)
         "_epilogue.<locals>._bias_act_identity": 1,  # the 10-column output layer (BLAS + bias)
         "_softmax_ce": 1,
-        "_delta_bias": 1,
-        "_col_sums": 1,
+        "_delta_bias": 1,  # the ReLU layers' δ and bias gradients, and the output layer's bias gradient
         "_sgd_mom": 1,  # weights and biases, flattened
     }
 

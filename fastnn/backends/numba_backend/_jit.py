@@ -11,7 +11,10 @@ calls:
   named in ``inputs`` (arrays it only reads) are typed read-only: a
   read-only array (``np.load(..., mmap_mode="r")``) and a writeable one run
   the same machine code instead of two compilations, and the writeable call
-  still dispatches on an exact type match.
+  still dispatches on an exact type match. With ``inline=True`` compiled
+  callers take its body in (Numba's ``inline="always"``): a helper compiled
+  on its own is one more compilation, and is optimised and compiled again
+  inside every kernel it is linked into.
 * :func:`variants`: ``(serial, parallel)`` kernels made from one function
   whose main loop is a ``prange`` (a plain ``range`` in the serial
   compilation). Callers index the pair with their size test,

@@ -242,26 +242,8 @@ def simple_tiled(M, N, K, a, rsa, csa, b, rsb, csb, c, ldc, bias, has_bias, act,
 
 @intrinsic
 def _opaque(typingctx, x):
-    """x as a run-time value, to Numba and to LLVM (an integer or bool).
-
-    To Numba: a constant argument would make it compile the callee again
-    for it. To LLVM: seeing the constants of a call, it inlined the whole
-    of :func:`simple_tiled` at every call site (each copy optimised and
-    compiled again: about a quarter of a second per product in a kernel).
-    An empty inline-assembly statement passes the value through a register.
-    """
-    ty = types.unliteral(x)
-    if not isinstance(ty, (types.Integer, types.Boolean)):
-        return None
-
-    def codegen(context, builder, sig, args):
-        v = args[0]
-        wide = ir.IntType(64)
-        w = builder.zext(v, wide) if v.type.width < 64 else v
-        w = builder.asm(ir.FunctionType(wide, [wide]), "", "=r,0", [w], side_effect=False)
-        return builder.trunc(w, v.type) if v.type.width < 64 else w
-
-    return ty(ty), codegen
+    """x, typed as a run-time value: a constant argument would make Numba compile the callee again for it."""
+    return types.unliteral(x)(x), lambda context, builder, sig, args: args[0]
 
 
 @njit(inline="always", **_OPTS)

@@ -3,8 +3,9 @@ parallel kernel, read-only inputs without a second compilation, fast kernels com
 background behind bit-identical fallbacks, and a first training step that compiles only what it
 runs.
 
-Time budget, warm cache: about 5 s. The two child processes with an empty Numba cache compile
-what they use (one W3 training step; a parallel tanh and sigmoid): about 10 s and 8 s here.
+Time budget, warm cache: about 5 s. The child processes with an empty Numba cache compile what
+they use (one W3 training step; one W6 step; a parallel tanh and sigmoid): about 10, 10 and 8 s
+here.
 """
 
 import json
@@ -181,6 +182,36 @@ def test_first_w3_step_compiles_only_what_it_runs(jit):
         "_delta_bias": 1,  # the ReLU layers' δ and bias gradients, and the output layer's bias gradient
         "_sgd_mom": 1,  # weights and biases, flattened
     }
+
+
+def test_first_w6_step_compiles_each_helper_once(jit):
+    # One child, one tanh-RNN step from an empty cache. The plain product is the only helper the
+    # recurrent kernels link (compiled once); its 2-D wrappers and the relu rows are inlined, so
+    # they compile nothing, whatever the read-only flags of their operands.
+    info = _cold("""
+        import json, os
+        import fastnn
+        fastnn.set_backend("numba")
+        from fastnn.bench.workloads import build_step, get_workloads
+        from fastnn.backends.numba_backend import _jit, _small_gemm, rnn
+        step = build_step(get_workloads(["W6"])[0].cases(True, False)[0])
+        loss = float(step())
+        compiled = {k.py_func.__qualname__: len(k.signatures) for k in _jit.KERNELS if k.signatures}
+        helpers = {f.py_func.__name__: len(f.signatures) for f in (_small_gemm.simple_tiled, rnn._tanh_rows,
+                                                                   rnn._relu_rows)}
+        print(json.dumps(dict(loss=loss, compiled=compiled, helpers=helpers)), flush=True)
+        os._exit(0)
+    """)
+    assert info["loss"] > 0
+    assert info["compiled"] == {
+        "_kernels.<locals>._rnn_fwd_plain": 1,
+        "_kernels.<locals>._rnn_bwd_plain": 1,
+        "_kernels.<locals>._weight_grads_small_plain": 1,
+        "_bias_grads": 1,
+        "_mse": 1,
+        "_sgd_mom": 1,
+    }
+    assert info["helpers"] == {"simple_tiled": 1, "_act_rows_tanh": 1, "_act_rows_relu": 0}
 
 
 def test_deferred_parallel_kernel_compiles_in_the_background_or_at_once(jit):

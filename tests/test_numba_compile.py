@@ -97,6 +97,29 @@ def test_plain_small_products_give_the_tiled_kernels_bits(jit, dtype, rng):
             np.testing.assert_array_equal(c2, c1)
 
 
+@pytest.mark.parametrize("name", ["mul_nt", "mul_nt_simple"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_inlined_products_keep_an_operand_made_for_the_call(jit, dtype, name, rng):
+    # The 2-D products are inlined and read their operands without a reference; an operand made in
+    # the call (a transposed weight copied to row-major) must outlive the product. Released early,
+    # its memory was the packing buffer the product allocates next (same size): wrong results.
+    import numba
+
+    from fastnn.backends.numba_backend import _small_gemm as sg
+
+    mul_nt = getattr(sg, name)
+
+    @numba.njit
+    def product(a, w, c):
+        mul_nt(a, np.ascontiguousarray(w.T), c)  # w.T Fortran-ordered: a fresh row-major copy
+
+    A = rng.standard_normal((5, 16)).astype(dtype)
+    W = rng.standard_normal((16, 8)).astype(dtype)  # (K, N), as the recurrent kernels' W_ih
+    C = np.empty((5, 8), dtype)
+    product(A, W, C)
+    np.testing.assert_allclose(C, A @ W, rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-5)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_unfused_convolution_fallback_gives_the_fused_kernels_bits(jit, dtype, rng):
     from fastnn.backends.numba_backend import conv

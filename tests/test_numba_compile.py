@@ -3,8 +3,9 @@ parallel kernel, read-only inputs without a second compilation, fast kernels com
 background behind bit-identical fallbacks, and a first training step that compiles only what it
 runs.
 
-Time budget, warm cache: about 5 s. The two child processes with an empty Numba cache compile
-what they use (one W3 training step; a parallel tanh and sigmoid): about 10 s and 8 s here.
+Time budget, warm cache: about 5 s. The child processes with an empty Numba cache compile what
+they use (one W3 training step; one W6 step; a parallel tanh and sigmoid): about 10, 10 and 8 s
+here.
 """
 
 import json
@@ -96,6 +97,29 @@ def test_plain_small_products_give_the_tiled_kernels_bits(jit, dtype, rng):
             np.testing.assert_array_equal(c2, c1)
 
 
+@pytest.mark.parametrize("name", ["mul_nt", "mul_nt_simple"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_inlined_products_keep_an_operand_made_for_the_call(jit, dtype, name, rng):
+    # The 2-D products are inlined and read their operands without a reference; an operand made in
+    # the call (a transposed weight copied to row-major) must outlive the product. Released early,
+    # its memory was the packing buffer the product allocates next (same size): wrong results.
+    import numba
+
+    from fastnn.backends.numba_backend import _small_gemm as sg
+
+    mul_nt = getattr(sg, name)
+
+    @numba.njit
+    def product(a, w, c):
+        mul_nt(a, np.ascontiguousarray(w.T), c)  # w.T Fortran-ordered: a fresh row-major copy
+
+    A = rng.standard_normal((5, 16)).astype(dtype)
+    W = rng.standard_normal((16, 8)).astype(dtype)  # (K, N), as the recurrent kernels' W_ih
+    C = np.empty((5, 8), dtype)
+    product(A, W, C)
+    np.testing.assert_allclose(C, A @ W, rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-5)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_unfused_convolution_fallback_gives_the_fused_kernels_bits(jit, dtype, rng):
     from fastnn.backends.numba_backend import conv
@@ -178,10 +202,39 @@ def test_first_w3_step_compiles_only_what_it_runs(jit):
         "_gemm_small_plain": 1,  # every product of the step (4 shapes, 3 layouts)
         "_epilogue.<locals>._bias_act_identity": 1,  # the 10-column output layer (BLAS + bias)
         "_softmax_ce": 1,
-        "_delta_bias": 1,
-        "_col_sums": 1,
+        "_delta_bias": 1,  # the ReLU layers' δ and bias gradients, and the output layer's bias gradient
         "_sgd_mom": 1,  # weights and biases, flattened
     }
+
+
+def test_first_w6_step_compiles_each_helper_once(jit):
+    # One child, one tanh-RNN step from an empty cache. The plain product is the only helper the
+    # recurrent kernels link (compiled once); its 2-D wrappers and the relu rows are inlined, so
+    # they compile nothing, whatever the read-only flags of their operands.
+    info = _cold("""
+        import json, os
+        import fastnn
+        fastnn.set_backend("numba")
+        from fastnn.bench.workloads import build_step, get_workloads
+        from fastnn.backends.numba_backend import _jit, _small_gemm, rnn
+        step = build_step(get_workloads(["W6"])[0].cases(True, False)[0])
+        loss = float(step())
+        compiled = {k.py_func.__qualname__: len(k.signatures) for k in _jit.KERNELS if k.signatures}
+        helpers = {f.py_func.__name__: len(f.signatures) for f in (_small_gemm.simple_tiled, rnn._tanh_rows,
+                                                                   rnn._relu_rows)}
+        print(json.dumps(dict(loss=loss, compiled=compiled, helpers=helpers)), flush=True)
+        os._exit(0)
+    """)
+    assert info["loss"] > 0
+    assert info["compiled"] == {
+        "_kernels.<locals>._rnn_fwd_plain": 1,
+        "_kernels.<locals>._rnn_bwd_plain": 1,
+        "_kernels.<locals>._weight_grads_small_plain": 1,
+        "_bias_grads": 1,
+        "_mse": 1,
+        "_sgd_mom": 1,
+    }
+    assert info["helpers"] == {"simple_tiled": 1, "_act_rows_tanh": 1, "_act_rows_relu": 0}
 
 
 def test_deferred_parallel_kernel_compiles_in_the_background_or_at_once(jit):

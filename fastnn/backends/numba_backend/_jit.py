@@ -11,7 +11,10 @@ calls:
   named in ``inputs`` (arrays it only reads) are typed read-only: a
   read-only array (``np.load(..., mmap_mode="r")``) and a writeable one run
   the same machine code instead of two compilations, and the writeable call
-  still dispatches on an exact type match.
+  still dispatches on an exact type match. With ``inline=True`` compiled
+  callers take its body in (Numba's ``inline="always"``): a helper compiled
+  on its own is one more compilation, and is optimised and compiled again
+  inside every kernel it is linked into.
 * :func:`variants`: ``(serial, parallel)`` kernels made from one function
   whose main loop is a ``prange`` (a plain ``range`` in the serial
   compilation). Callers index the pair with their size test,
@@ -258,7 +261,7 @@ class _Kernel(CPUDispatcher):
             return entry
 
 
-def _make(fn, inputs, parallel):
+def _make(fn, inputs, parallel, inline=False):
     code = fn.__code__
     names = code.co_varnames[: code.co_argcount]
     inputs = inputs.split() if isinstance(inputs, str) else list(inputs)
@@ -267,6 +270,8 @@ def _make(fn, inputs, parallel):
         raise TypeError(f"{fn.__qualname__} has no parameter(s) {unknown}")
     opts = _options()
     cache = opts.pop("cache", False)
+    if inline:
+        opts["inline"] = "always"
     disp = _Kernel(py_func=fn, locals={}, targetoptions=dict(opts, nopython=True, parallel=parallel))
     if cache:
         disp.enable_caching()
@@ -275,11 +280,16 @@ def _make(fn, inputs, parallel):
     return disp
 
 
-def kernel(fn=None, *, inputs=(), parallel=False):
-    """Decorator: an entry point compiled on first call, ``inputs`` (parameter names) typed read-only."""
+def kernel(fn=None, *, inputs=(), parallel=False, inline=False):
+    """Decorator: an entry point compiled on first call, ``inputs`` (parameter names) typed read-only.
+
+    ``inline``: compiled code that calls it takes its body in (Numba's
+    ``inline="always"``) instead of linking a compilation of its own, while a
+    call from Python still compiles it like any kernel.
+    """
     if fn is None:
-        return lambda f: _make(f, inputs, parallel)
-    return _make(fn, inputs, parallel)
+        return lambda f: _make(f, inputs, parallel, inline)
+    return _make(fn, inputs, parallel, inline)
 
 
 def renamed(fn, suffix, name=None):

@@ -148,14 +148,20 @@ def _reduce64(x):
     return _bits_as_float((np.int64(n) + np.int64(1023)) << np.int64(52)), r, q
 
 
-@njit(**NUMBA_JIT_OPTIONS)
+# The exp cores are inlined into exp and sigmoid (straight-line code): compiled on their own they
+# were one more compilation each, linked into every caller and optimised there again. exp, tanh
+# and sigmoid themselves stay compiled once: inlined through the dtype dispatchers, their selects
+# trip Numba's SSA check (NumbaIRAssumptionWarning) in the kernels that inline them.
+
+
+@njit(inline="always", **NUMBA_JIT_OPTIONS)
 def _exp_core32(x):
     """exp(x) for float32 x already within [_LO_F, _HI_F] (no checks)."""
     scale, r, q = _reduce32(x)
     return (q * r + _C_F[6]) * scale
 
 
-@njit(**NUMBA_JIT_OPTIONS)
+@njit(inline="always", **NUMBA_JIT_OPTIONS)
 def _exp_core64(x):
     """exp(x) for float64 x already within [_LO_D, _HI_D] (no checks)."""
     scale, r, q = _reduce64(x)
@@ -308,6 +314,17 @@ ftanh = _by_dtype("ftanh", "tanh(x), vectorisable; float32 or float64 chosen by 
 fsigmoid = _by_dtype(
     "fsigmoid", "1 / (1 + exp(-x)), vectorisable; float32 or float64 by the argument type.", sigmoid32, sigmoid64
 )
+
+
+@njit(inline="always", **NUMBA_JIT_OPTIONS)
+def row_block(k, step, n):
+    """(lo, hi): rows k·step up to k·step + step, within n, of a loop over row blocks.
+
+    Conditional expressions instead of ``min``: its generic implementation
+    is one more compilation in a process with an empty cache."""
+    lo = k * step
+    hi = lo + step
+    return (lo if lo < n else n), (hi if hi < n else n)
 
 
 @njit(inline="always", **NUMBA_JIT_OPTIONS)

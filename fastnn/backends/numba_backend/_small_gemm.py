@@ -272,13 +272,30 @@ def _plain(M, N, K, a, rsa, csa, b, rsb, csb, c, ldc, bias, has_bias, act, acc):
     )
 
 
-@njit(**_OPTS)
+@njit(inline="always", **_OPTS)
 def simple_gemm(M, N, K, a, rsa, csa, b, rsb, csb, c, ldc, bias, has_bias, act):
     """small_gemm's result from :func:`simple_tiled` (act 0 or 1)."""
     _plain(M, N, K, a, rsa, csa, b, rsb, csb, c, ldc, bias, has_bias, act, False)
 
 
 # -- 2-D entry points for kernels built on these products (the recurrent time loops) --
+
+
+@intrinsic
+def _keep(typingctx, a, b, c):
+    """Nothing, but a use of the three arrays: they stay referenced until this point.
+
+    The entry points below are inlined into their callers and read their
+    operands through :func:`_gemm._raw`, which holds no reference. An operand
+    made for the call (``np.ascontiguousarray(w.T)``) would otherwise be
+    released after its last use in Numba's IR, the ``_raw`` view, and the
+    product would read freed memory (wrong results once the allocator reused it).
+    """
+
+    def codegen(context, builder, sig, args):
+        return context.get_dummy_value()
+
+    return types.none(a, b, c), codegen
 
 
 def _products(product, suffix):
@@ -292,6 +309,7 @@ def _products(product, suffix):
             cf = _raw(C)
             # (C's view stands in for the unused bias)
             product(M, N, K, _raw(A), K, 1, _raw(Bm), N, 1, cf, N, cf, False, 0, True)
+            _keep(A, Bm, C)
 
     def acc_tn(A, Bm, C):
         """C (M, N) += Aᵀ·Bm with A (K, M), Bm (K, N), C-contiguous 2-D arrays."""
@@ -300,6 +318,7 @@ def _products(product, suffix):
         if M and N and K:
             cf = _raw(C)
             product(M, N, K, _raw(A), 1, M, _raw(Bm), N, 1, cf, N, cf, False, 0, True)
+            _keep(A, Bm, C)
 
     def mul_nt(A, Bn, C):
         """C (M, N) = A (M, K)·Bn (N, K)ᵀ, C-contiguous 2-D arrays."""
@@ -310,9 +329,12 @@ def _products(product, suffix):
         elif M and N:
             cf = _raw(C)
             product(M, N, K, _raw(A), K, 1, _raw(Bn), 1, K, cf, N, cf, False, 0, False)
+            _keep(A, Bn, C)
 
-    # kernel(): a disk-cache key that is the same in every process for these closures over a kernel
-    return tuple(kernel(renamed(fn, suffix)) for fn in (acc_nn, acc_tn, mul_nt))
+    # inline: a kernel that calls them takes their few lines in, where a compilation of their own
+    # (one per read-only/writeable typing of the operands) was linked into every caller and optimised
+    # there again; kernel(): from Python, a disk-cache key that is the same in every process
+    return tuple(kernel(renamed(fn, suffix), inline=True) for fn in (acc_nn, acc_tn, mul_nt))
 
 
 acc_nn, acc_tn, mul_nt = _products(_tiled, "")

@@ -22,7 +22,7 @@ from numba import prange
 from ..._config import PARALLEL_MIN_ELEMENTS, PARALLEL_MIN_ELEMENTS_CHEAP
 from ..reference import activations as _spec
 from ._jit import jit_inline, renamed, threads, variants
-from ._math import fsigmoid, ftanh, scaled_softmax
+from ._math import fsigmoid, ftanh, row_block, scaled_softmax
 
 __all__ = list(_spec.__all__)  # the reference's kernels, every one overridden here
 
@@ -195,7 +195,8 @@ def _softmax(x, out):
         return
     step = (b + _ROW_CHUNKS - 1) // _ROW_CHUNKS
     for k in prange(_ROW_CHUNKS):
-        for r in range(min(k * step, b), min(k * step + step, b)):
+        lo, hi = row_block(k, step, b)
+        for r in range(lo, hi):
             _softmax_row(x[r], out[r])
 
 
@@ -216,7 +217,8 @@ def _softmax_bwd(g, y, out):
         return
     step = (b + _ROW_CHUNKS - 1) // _ROW_CHUNKS
     for k in prange(_ROW_CHUNKS):
-        for r in range(min(k * step, b), min(k * step + step, b)):
+        lo, hi = row_block(k, step, b)
+        for r in range(lo, hi):
             _softmax_bwd_row(g[r], y[r], out[r])
 
 

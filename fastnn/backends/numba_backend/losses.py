@@ -22,7 +22,7 @@ from ..._config import PARALLEL_MIN_ELEMENTS, PARALLEL_MIN_ELEMENTS_CHEAP
 from ..reference import losses as _spec
 from ..reference.losses import _scale
 from ._jit import jit_inline, threads, variants
-from ._math import fexp, scaled_softmax
+from ._math import fexp, row_block, scaled_softmax
 
 __all__ = list(_spec.__all__)  # the reference's kernels, every one overridden here
 
@@ -87,7 +87,8 @@ def _softmax_ce(logits, labels, scale, grad, chunks):
     block_loss = np.empty(chunks)
     for k in prange(chunks):
         loss = 0.0
-        for r in range(min(k * step, b), min(k * step + step, b)):
+        lo, hi = row_block(k, step, b)
+        for r in range(lo, hi):
             loss += _ce_row(logits[r], labels[r], grad[r], s)
         block_loss[k] = loss
     total = 0.0

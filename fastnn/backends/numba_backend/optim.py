@@ -27,7 +27,7 @@ from numba import prange
 
 from ..._config import PARALLEL_MIN_ELEMENTS, PARALLEL_MIN_ELEMENTS_CHEAP
 from ..reference import optim as _spec
-from ._jit import jit, threads, variants
+from ._jit import jit_inline, threads, variants
 
 __all__ = list(_spec.__all__)  # the reference's kernels, every one overridden here
 
@@ -37,14 +37,17 @@ _PAR_CHEAP = PARALLEL_MIN_ELEMENTS_CHEAP  # memory-bound loops
 
 # ---------------------------------------------------------------- SGD
 
+# The per-element updates are inlined into the loops (as LLVM did anyway): compiled on their own,
+# each was one more compilation, linked into the kernel and optimised there again.
 
-@jit
+
+@jit_inline
 def _decayed(g, wd, p):
     """g + λp, or g itself when λ = 0: 0·p would make an inf or NaN parameter a NaN gradient."""
     return g + wd * p if wd != 0 else g
 
 
-@jit
+@jit_inline
 def _sgd_elem(p, g, v, lr, mu, nesterov, wd):
     g = _decayed(g, wd, p)
     v = mu * v + g
@@ -97,7 +100,7 @@ def sgd_update(param, grad, velocity, lr, momentum, nesterov, weight_decay):
 # ---------------------------------------------------------------- Adam / AdamW
 
 
-@jit
+@jit_inline
 def _adam_elem(p, g, m, v, decay, wd, b1, c1, b2, c2, step, inv_sqrt_bc2, eps):
     p = p * decay  # AdamW's decoupled decay (decay == 1 otherwise)
     g = _decayed(g, wd, p)  # Adam's L2 term (wd == 0 for AdamW)

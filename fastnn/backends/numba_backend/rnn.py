@@ -27,7 +27,7 @@ import numpy as np
 
 from ..reference import rnn as _spec
 from . import _small_gemm as _small
-from ._jit import Deferred, jit, kernel, rebinder, renamed
+from ._jit import Deferred, jit, jit_inline, kernel, rebinder, renamed
 from ._math import fsigmoid, ftanh
 
 __all__ = list(_spec.__all__)  # the reference's kernels, every one overridden here
@@ -51,13 +51,20 @@ def _rows_kernel(kind):
                 else:
                     a[r, j] = v if not (v <= 0) else 0
 
-    return jit(renamed(_act_rows, ("_sigmoid", "_tanh", "_relu")[kind]))
+    fn = renamed(_act_rows, ("_sigmoid", "_tanh", "_relu")[kind])
+    # relu is a few instructions: inlined, the Elman kernel (relu a run-time flag) compiles no second
+    # row kernel for it; the sigmoid and tanh loops are compiled once and shared by every kernel
+    return jit_inline(fn) if kind == 2 else jit(fn)
 
 
 _sigmoid_rows, _tanh_rows, _relu_rows = (_rows_kernel(kind) for kind in range(3))
 
 
-@jit
+# The small helpers below are inlined: linked as compilations of their own, each cost its own
+# compilation and was optimised again inside every kernel that calls it.
+
+
+@jit_inline
 def _copy(dst, src):
     """dst[:, :] = src[:, :] element by element.
 
@@ -70,7 +77,7 @@ def _copy(dst, src):
             d[j] = s[j]
 
 
-@jit
+@jit_inline
 def _start(out2, b_ih, b_hh, proj):
     """out2 = (0 + b_ih) + b_hh (+ proj, the input projection when BLAS made it), row by row."""
     zero = out2.dtype.type(0)
@@ -89,7 +96,7 @@ def _start(out2, b_ih, b_hh, proj):
                 row[j] += p[j]
 
 
-@jit
+@jit_inline
 def _start_grad(g, g_final):
     """g = g_final, a final state's gradient from elsewhere, or zeros without one."""
     if g_final is not None:
@@ -134,7 +141,9 @@ def _kernels(acc, acc_tn, mul_nt, suffix):
         if proj is None:
             acc(x.reshape(T * B, I), np.ascontiguousarray(w_ih.T), d2)
 
-    project = jit(renamed(project, suffix))
+    # inlined into the forward kernels: compiled on its own, project and the products under it were
+    # optimised twice (in project, then again inside the kernel it is linked into)
+    project = jit_inline(renamed(project, suffix))
 
     def _weight_grads_small(dx, dh, x2, h0, out2, gw_ih, gw_hh):
         """dW_ih = δxᵀx, dW_hh = δhᵀ[h0; out[:-1]] on small products; δ as (T·B, G·H) contiguous."""
@@ -173,7 +182,7 @@ def _kernels(acc, acc_tn, mul_nt, suffix):
     def _rnn_bwd(go, ghn, h0, w_hh, out, relu, work, gh0):
         """δ_t = (dL/dh_t)·f'(a_t), g_{t-1} = δ_t W_hh (into work, and gh0 at the end)."""
         T, B, H = out.shape
-        one = np.ones(1, out.dtype)[0]  # keeps float32 math in float32
+        one = out.dtype.type(1)  # keeps float32 math in float32 (np.ones would compile an allocation)
         _start_grad(gh0, ghn)
         for t in range(T - 1, -1, -1):
             d = work[t]
@@ -220,7 +229,7 @@ def _kernels(acc, acc_tn, mul_nt, suffix):
     def _lstm_bwd(go, ghn, gcn, c0, w_hh, cell, gates, work, gh0, gc0):
         """δ = [δi, δf, δg, δo] per step (into work); g_{t-1} = δ W_hh; γ_{t-1} = γ f."""
         T, B, H = cell.shape
-        one = np.ones(1, cell.dtype)[0]  # keeps float32 math in float32
+        one = cell.dtype.type(1)  # keeps float32 math in float32 (np.ones would compile an allocation)
         _start_grad(gh0, ghn)
         _start_grad(gc0, gcn)
         tc = np.empty((B, H), cell.dtype)
@@ -254,7 +263,7 @@ def _kernels(acc, acc_tn, mul_nt, suffix):
         """r, z = σ(...), n = tanh(x W_inᵀ + b_in + r (h W_hnᵀ + b_hn)), h_t = (1-z) n + z h_{t-1}."""
         T, B = x.shape[0], x.shape[1]
         H = h0.shape[1]
-        one = np.ones(1, x.dtype)[0]  # keeps float32 math in float32
+        one = x.dtype.type(1)  # keeps float32 math in float32 (np.ones would compile an allocation)
         # only b_ih joins the projection: b_hn sits inside r ⊙ (...)
         project(x, w_ih, b_ih, None, proj, gates)
         wt = np.ascontiguousarray(w_hh.T)
@@ -290,7 +299,7 @@ def _kernels(acc, acc_tn, mul_nt, suffix):
     def _gru_bwd(go, ghn, h0, w_hh, out, gates, hidden_n, work, gh0):
         """δ^x = [δr, δz, δn], δ^h = [δr, δz, δn r]; g_{t-1} = g z + δ^h W_hh; returns δ^x, δ^h (contiguous)."""
         T, B, H = out.shape
-        one = np.ones(1, out.dtype)[0]  # keeps float32 math in float32
+        one = out.dtype.type(1)  # keeps float32 math in float32 (np.ones would compile an allocation)
         _start_grad(gh0, ghn)
         # δ^x and δ^h kept apart (contiguous) for the products; ``work`` holds them side by side after.
         dxs = np.empty((T, B, 3 * H), out.dtype)

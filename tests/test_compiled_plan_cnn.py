@@ -21,19 +21,12 @@ import numpy as np
 import pytest
 from conftest import tol
 from isolated import run_isolated
+from plan_cases import LOSSES, OPTIMIZERS, assert_close, assert_same, loss_fn, run_steps, targets
 
 import fastnn
 from fastnn import compiled, nn, optim
 from fastnn.gradcheck import numerical_gradient
 
-LOSSES = ("cross_entropy", "mse", "bce_with_logits")
-OPTIMIZERS = {
-    "sgd": lambda p: optim.SGD(p, lr=0.05),
-    "sgd_momentum": lambda p: optim.SGD(p, lr=0.05, momentum=0.9, weight_decay=1e-3),
-    "nesterov": lambda p: optim.SGD(p, lr=0.05, momentum=0.9, nesterov=True),
-    "adam": lambda p: optim.Adam(p, lr=0.01, weight_decay=1e-3),
-    "adamw": lambda p: optim.AdamW(p, lr=0.01),
-}
 NOUT = 5
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
@@ -67,48 +60,18 @@ MODELS = {"w5": (_w5, 1), "other": (_other, 2)}
 def _data(loss, dtype, channels=1, n=37, seed=0):
     rng = np.random.default_rng(seed)
     X = rng.standard_normal((n, channels, 12, 12)).astype(dtype)
-    if loss == "cross_entropy":
-        y = rng.integers(0, NOUT, n)
-    elif loss == "mse":
-        y = rng.standard_normal((n, NOUT)).astype(dtype)
-    else:
-        y = (rng.random((n, NOUT)) > 0.5).astype(dtype)
-    return X, y
-
-
-def _loss(name):
-    return fastnn.train._resolve_loss(name, None if name != "cross_entropy" else np.zeros(1, int))
+    return X, targets(rng, loss, n, NOUT, dtype)
 
 
 def _train(backend, name, dtype, loss, opt, force_loop=False, calls=None):
-    """Losses and weights after run_steps over one shuffled pass, batches of 8 (the last one 5 rows)."""
+    """Losses, weights and plan after run_steps over one shuffled pass, batches of 8 (the last one 5 rows)."""
     make, channels = MODELS[name]
     X, y = _data(loss, dtype, channels)
-    with fastnn.use_backend(backend):
-        model = make(dtype)
-        step = fastnn.make_train_step(model, _loss(loss), OPTIMIZERS[opt](model.parameters()))
-        if force_loop:
-            step.compiled_plan = lambda: (None, "forced")
-        idx = np.random.default_rng(1).permutation(X.shape[0])
-        losses, lo = [], 0
-        for rows, bs in calls or [(X.shape[0], 8)]:
-            losses.append(step.run_steps(X, y, idx[lo : lo + rows], bs))
-            lo += rows
-        # whether the step had a plan, under the backend it ran with
-        return np.concatenate(losses), [p.data.copy() for p in model.parameters()], step.compiled_plan()[0]
-
-
-def _same(a, b):
-    np.testing.assert_array_equal(a[0], b[0])
-    for u, v in zip(a[1], b[1]):
-        np.testing.assert_array_equal(u, v)
+    return run_steps(backend, lambda: make(dtype), X, y, loss, opt, 8, force_loop, calls)
 
 
 def _close(a, b, dtype):
-    t = tol(dtype, 100)
-    np.testing.assert_allclose(a[0], b[0], **t)
-    for u, v in zip(a[1], b[1]):
-        np.testing.assert_allclose(u, v, **t)
+    assert_close(a, b, dtype, 100)
 
 
 @pytest.mark.parametrize("opt", sorted(OPTIMIZERS))
@@ -117,7 +80,7 @@ def test_cython_plan_is_the_per_step_loop(opt, dtype):
     pytest.importorskip("fastnn._ext._kernels")
     plan = _train("cython", "w5", dtype, "cross_entropy", opt)
     assert plan[2] is not None
-    _same(plan, _train("cython", "w5", dtype, "cross_entropy", opt, force_loop=True))
+    assert_same(plan, _train("cython", "w5", dtype, "cross_entropy", opt, force_loop=True))
     _close(plan, _train("numpy", "w5", dtype, "cross_entropy", opt), dtype)
 
 
@@ -126,7 +89,7 @@ def test_other_stages_and_losses(loss, dtype):
     pytest.importorskip("fastnn._ext._kernels")
     plan = _train("cython", "other", dtype, loss, "adam")
     assert plan[2] is not None
-    _same(plan, _train("cython", "other", dtype, loss, "adam", force_loop=True))
+    assert_same(plan, _train("cython", "other", dtype, loss, "adam", force_loop=True))
     _close(plan, _train("numpy", "other", dtype, loss, "adam"), dtype)
 
 
@@ -178,7 +141,7 @@ def test_reference_spec_is_the_per_step_loop(name, dtype):
             else:
                 losses = fastnn.make_train_step(model, nn.MSELoss(), opt).run_steps(X, y, idx, 8)
             out.append((np.array(losses), [p.data.copy() for p in model.parameters()]))
-    _same(out[0], out[1])
+    assert_same(out[0], out[1])
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
@@ -186,8 +149,8 @@ def test_steps_per_call_and_changing_batches(name):
     pytest.importorskip("fastnn._ext._kernels")
     calls = [(8, 8), (10, 5), (19, 19)]
     loop = _train("cython", name, np.float32, "mse", "nesterov", force_loop=True, calls=calls)
-    _same(_train("cython", name, np.float32, "mse", "nesterov", calls=calls), loop)
-    _same(
+    assert_same(_train("cython", name, np.float32, "mse", "nesterov", calls=calls), loop)
+    assert_same(
         _train("cython", name, np.float32, "mse", "adam", calls=[(4, 4)] * 9),
         _train("cython", name, np.float32, "mse", "adam", calls=[(36, 4)]),
     )
@@ -230,7 +193,7 @@ def test_plan_gradients_against_finite_differences(name, loss):
     X, y = _data(loss, dtype, channels, n=6)
     with fastnn.use_backend("cython"):
         model = make(dtype)
-        lossfn = _loss(loss)
+        lossfn = loss_fn(loss)
         opt = optim.SGD(model.parameters(), lr=0.0)
         plan = compiled.train_plan(model, lossfn, opt)
         plan.run(X, y, np.arange(6, dtype=np.intp), 6, compiled.hyper_parameters(opt)[1])

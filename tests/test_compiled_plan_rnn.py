@@ -21,20 +21,13 @@ import numpy as np
 import pytest
 from conftest import tol
 from isolated import run_isolated
+from plan_cases import LOSSES, OPTIMIZERS, assert_close, assert_same, loss_fn, run_steps, targets
 
 import fastnn
 from fastnn import compiled, nn, optim
 from fastnn.gradcheck import numerical_gradient
 
 CELLS = ("rnn_tanh", "rnn_relu", "lstm", "gru")
-LOSSES = ("cross_entropy", "mse", "bce_with_logits")
-OPTIMIZERS = {
-    "sgd": lambda p: optim.SGD(p, lr=0.05),
-    "sgd_momentum": lambda p: optim.SGD(p, lr=0.05, momentum=0.9, weight_decay=1e-3),
-    "nesterov": lambda p: optim.SGD(p, lr=0.05, momentum=0.9, nesterov=True),
-    "adam": lambda p: optim.Adam(p, lr=0.01, weight_decay=1e-3),
-    "adamw": lambda p: optim.AdamW(p, lr=0.01),
-}
 T, I, H, NOUT = 6, 5, 11, 3
 
 
@@ -56,52 +49,20 @@ def _model(cell, dtype, bias=True, seed=3):
 def _data(loss, dtype, n=53, steps=T, seed=0):
     rng = np.random.default_rng(seed)
     X = rng.standard_normal((n, steps, I)).astype(dtype)
-    if loss == "cross_entropy":
-        y = rng.integers(0, NOUT, n)
-    elif loss == "mse":
-        y = rng.standard_normal((n, NOUT)).astype(dtype)
-    else:
-        y = (rng.random((n, NOUT)) > 0.5).astype(dtype)
-    return X, y
-
-
-def _loss(name):
-    return fastnn.train._resolve_loss(name, None if name != "cross_entropy" else np.zeros(1, int))
+    return X, targets(rng, loss, n, NOUT, dtype)
 
 
 def _train(backend, cell, dtype, loss, opt, force_loop=False, bias=True, calls=None):
-    """Losses and weights after run_steps over one shuffled pass, batches of 16 (the last one 5 rows).
+    """Losses, weights and plan after run_steps over one shuffled pass, batches of 16 (the last one 5 rows).
 
     ``calls``: a list of (rows, batch_size) run one call each instead.
     """
     X, y = _data(loss, dtype)
-    with fastnn.use_backend(backend):
-        model = _model(cell, dtype, bias)
-        step = fastnn.make_train_step(model, _loss(loss), OPTIMIZERS[opt](model.parameters()))
-        if force_loop:
-            step.compiled_plan = lambda: (None, "forced")
-        idx = np.random.default_rng(1).permutation(X.shape[0])
-        if calls is None:
-            calls = [(X.shape[0], 16)]
-        losses, lo = [], 0
-        for rows, bs in calls:
-            losses.append(step.run_steps(X, y, idx[lo : lo + rows], bs))
-            lo += rows
-        # whether the step had a plan, under the backend it ran with
-        return np.concatenate(losses), [p.data.copy() for p in model.parameters()], step.compiled_plan()[0]
-
-
-def _same(a, b):
-    np.testing.assert_array_equal(a[0], b[0])
-    for u, v in zip(a[1], b[1]):
-        np.testing.assert_array_equal(u, v)
+    return run_steps(backend, lambda: _model(cell, dtype, bias), X, y, loss, opt, 16, force_loop, calls)
 
 
 def _close(a, b, dtype):
-    t = tol(dtype, 50)
-    np.testing.assert_allclose(a[0], b[0], **t)
-    for u, v in zip(a[1], b[1]):
-        np.testing.assert_allclose(u, v, **t)
+    assert_close(a, b, dtype, 50)
 
 
 @pytest.mark.parametrize("opt", sorted(OPTIMIZERS))
@@ -111,7 +72,7 @@ def test_cython_plan_is_the_per_step_loop(cell, opt, dtype):
     pytest.importorskip("fastnn._ext._kernels")
     plan = _train("cython", cell, dtype, "cross_entropy", opt)
     assert plan[2] is not None
-    _same(plan, _train("cython", cell, dtype, "cross_entropy", opt, force_loop=True))
+    assert_same(plan, _train("cython", cell, dtype, "cross_entropy", opt, force_loop=True))
     _close(plan, _train("numpy", cell, dtype, "cross_entropy", opt), dtype)
 
 
@@ -121,7 +82,7 @@ def test_losses_and_no_bias(cell, loss, dtype):
     pytest.importorskip("fastnn._ext._kernels")
     for bias in (True, False):
         plan = _train("cython", cell, dtype, loss, "adam", bias=bias)
-        _same(plan, _train("cython", cell, dtype, loss, "adam", bias=bias, force_loop=True))
+        assert_same(plan, _train("cython", cell, dtype, loss, "adam", bias=bias, force_loop=True))
         _close(plan, _train("numpy", cell, dtype, loss, "adam", bias=bias), dtype)
 
 
@@ -141,7 +102,7 @@ def test_reference_spec_is_the_per_step_loop(cell, dtype):
             else:
                 losses = fastnn.make_train_step(model, nn.MSELoss(), opt).run_steps(X, y, idx, 16)
             out.append((np.array(losses), [p.data.copy() for p in model.parameters()]))
-    _same(out[0], out[1])
+    assert_same(out[0], out[1])
 
 
 @pytest.mark.parametrize("cell", CELLS)
@@ -150,9 +111,9 @@ def test_steps_per_call_and_changing_batches(cell):
     pytest.importorskip("fastnn._ext._kernels")
     calls = [(16, 16), (10, 5), (27, 9)]  # the batch size (the sequence layout) changes between calls
     loop = _train("cython", cell, np.float32, "mse", "nesterov", force_loop=True, calls=calls)
-    _same(_train("cython", cell, np.float32, "mse", "nesterov", calls=calls), loop)
+    assert_same(_train("cython", cell, np.float32, "mse", "nesterov", calls=calls), loop)
     one_by_one = [(1, 1)] * 20
-    _same(
+    assert_same(
         _train("cython", cell, np.float32, "mse", "sgd", calls=one_by_one),
         _train("cython", cell, np.float32, "mse", "sgd", calls=[(20, 1)]),
     )
@@ -170,7 +131,7 @@ def test_sequence_length_may_change_between_calls():
             losses = [step.run_steps(*_data("mse", np.float64, n=20, steps=s, seed=s), np.arange(20), 8)
                       for s in (6, 2, 9, 6)]  # fmt: skip
             results.append((np.concatenate(losses), [p.data.copy() for p in model.parameters()]))
-    _same(results[0], results[1])
+    assert_same(results[0], results[1])
 
 
 @pytest.mark.parametrize("opt", ["sgd_momentum", "adamw"])
@@ -210,7 +171,7 @@ def test_plan_gradients_against_finite_differences(cell, loss):
     X, y = _data(loss, dtype, n=7)
     with fastnn.use_backend("cython"):
         model = _model(cell, dtype)
-        lossfn = _loss(loss)
+        lossfn = loss_fn(loss)
         opt = optim.SGD(model.parameters(), lr=0.0)
         plan = compiled.train_plan(model, lossfn, opt)
         plan.run(X, y, np.arange(7, dtype=np.intp), 7, compiled.hyper_parameters(opt)[1])

@@ -226,46 +226,181 @@ cdef void _pad_image(const float *x, const Geom *g, fnn_idx plane, fnn_idx Wp, f
             memcpy(xp + c * plane + (h + g.ph) * Wp + g.pw, x + (c * g.H + h) * g.W, g.W * sizeof(float))
 
 
+cdef struct DirectConv:
+    # one direct convolution's sizes and packed operands (shared by its images and threads)
+    Geom g
+    fnn_idx Wp, plane, K, KT, OP, Q, CP, Qg, QI, xlen, margin, gplane
+    float *wpk      # (K, OP): wpk[k, o] = w[o, k], zero past O (the forward product's A)
+    fnn_idx *koff   # (K,): tap (c, u, v)'s shift into the padded image
+    float *wpkT     # (KT, CP): wpkT[(o, u, v), c] = w[o, c, u, v], zero past C (dL/dx's A)
+    fnn_idx *koffT  # (KT,): tap (o, u, v)'s shift into the padded G rows
+
+
+cdef void _direct_sizes(const Geom *g, DirectConv *d) noexcept nogil:
+    """The sizes of the direct kernels for geometry g; no operand allocated yet."""
+    d.g = g[0]
+    d.Wp = g.W + 2 * g.pw
+    d.plane = (g.H + 2 * g.ph) * d.Wp
+    d.K = g.C * g.kh * g.kw
+    d.KT = g.O * g.kh * g.kw
+    d.OP = _round_up(g.O, FNN_CONV_ROWS)
+    d.Q = _round_up(g.ho * d.Wp, FNN_CONV_COLS)
+    d.CP = _round_up(g.C, FNN_CONV_ROWS)
+    d.Qg = _round_up(g.ho * d.Wp, FNN_WGRAD_SLOTS)
+    d.QI = _round_up(d.plane, FNN_CONV_COLS)
+    d.xlen = g.C * d.plane + (g.kw - 1) * g.dw + 2 * FNN_CONV_COLS
+    d.margin = (g.kh - 1) * g.dh * d.Wp + (g.kw - 1) * g.dw
+    d.gplane = d.margin + d.plane + 2 * FNN_CONV_COLS
+    d.wpk = NULL
+    d.koff = NULL
+    d.wpkT = NULL
+    d.koffT = NULL
+
+
+cdef int _direct_alloc(DirectConv *d, bint fwd, bint bwd) noexcept nogil:
+    """Allocate the operands the forward (fwd) and backward (bwd) kernels use and lay out the tap
+    shifts (they depend on the geometry only); -1 when out of memory (_direct_free frees what was got)."""
+    cdef fnn_idx o, c, u, v
+    cdef const Geom *g = &d.g
+    d.koff = <fnn_idx*>malloc(d.K * sizeof(fnn_idx))
+    if fwd:
+        d.wpk = <float*>calloc(d.K * d.OP, sizeof(float))
+    if bwd:
+        d.wpkT = <float*>calloc(d.KT * d.CP, sizeof(float))
+        d.koffT = <fnn_idx*>malloc(d.KT * sizeof(fnn_idx))
+    if d.koff == NULL or (fwd and d.wpk == NULL) or (bwd and (d.wpkT == NULL or d.koffT == NULL)):
+        return -1
+    for c in range(g.C):
+        for u in range(g.kh):
+            for v in range(g.kw):
+                d.koff[(c * g.kh + u) * g.kw + v] = c * d.plane + u * g.dh * d.Wp + v * g.dw
+    if bwd:
+        for o in range(g.O):
+            for u in range(g.kh):
+                for v in range(g.kw):
+                    d.koffT[(o * g.kh + u) * g.kw + v] = o * d.gplane + d.margin - u * g.dh * d.Wp - v * g.dw
+    return 0
+
+
+cdef void _direct_pack(DirectConv *d, const float *w) noexcept nogil:
+    """Pack the weight w (O, C, kH, kW) into the allocated operands (the padding stays zero)."""
+    cdef fnn_idx o, c, u, v
+    cdef const Geom *g = &d.g
+    if d.wpk != NULL:
+        for o in range(g.O):
+            for c in range(d.K):
+                d.wpk[c * d.OP + o] = w[o * d.K + c]
+    if d.wpkT != NULL:
+        for o in range(g.O):
+            for u in range(g.kh):
+                for v in range(g.kw):
+                    for c in range(g.C):
+                        d.wpkT[((o * g.kh + u) * g.kw + v) * d.CP + c] = w[((o * g.C + c) * g.kh + u) * g.kw + v]
+
+
+cdef void _direct_free(DirectConv *d) noexcept nogil:
+    free(d.wpk)
+    free(d.koff)
+    free(d.wpkT)
+    free(d.koffT)
+    d.wpk = NULL
+    d.koff = NULL
+    d.wpkT = NULL
+    d.koffT = NULL
+
+
+cdef inline void _direct_fwd_product(const DirectConv *d, const float *x, float *xp, float *ob) noexcept nogil:
+    """One image's product without the bias: ob[o·d.Q + i·d.Wp + j] (j < Wo; the other columns are junk)."""
+    _pad_image(x, &d.g, d.plane, d.Wp, xp)
+    fnn_cv.shift_f32(d.K, d.OP, d.Q, d.wpk, d.koff, xp, ob, d.Q)
+
+
+cdef void _direct_fwd_image(const DirectConv *d, const float *x, const float *bias, float *out, float *xp,
+                            float *ob) noexcept nogil:
+    """One image's y = bias + the shifted GEMM; xp (d.xlen, zero borders) and ob (d.OP·d.Q) its scratch."""
+    cdef fnn_idx o, i, j, O = d.g.O, Ho = d.g.ho, Wo = d.g.wo, Q = d.Q, Wp = d.Wp
+    cdef float bo
+    _direct_fwd_product(d, x, xp, ob)
+    for o in range(O):
+        bo = bias[o] if bias != NULL else 0
+        for i in range(Ho):
+            for j in range(Wo):
+                out[(o * Ho + i) * Wo + j] = ob[o * Q + i * Wp + j] + bo
+
+
+cdef void _direct_bwd_image(const DirectConv *d, const float *gy, const float *x, float *gx, float *xp, float *gp,
+                            float *ib, float *gwt) noexcept nogil:
+    """One image's weight-gradient partials added into gwt (O·K·FNN_WGRAD_SLOTS lane slots) and, if gx is
+    given, its dL/dx. Scratch: xp (d.xlen, zero borders), gp (O·d.gplane, zero but where G is written),
+    ib (d.CP·d.QI)."""
+    cdef fnn_idx o, i, c, h, O = d.g.O, C = d.g.C, Ho = d.g.ho, Wo = d.g.wo, H = d.g.H, W = d.g.W, Wp = d.Wp
+    _pad_image(x, &d.g, d.plane, Wp, xp)
+    for o in range(O):   # G rows at width Wp; the junk columns stay zero
+        for i in range(Ho):
+            memcpy(gp + o * d.gplane + d.margin + i * Wp, gy + (o * Ho + i) * Wo, Wo * sizeof(float))
+    fnn_cv.wgrad_f32(O, d.K, d.Qg, gp + d.margin, d.gplane, d.koff, xp, gwt)
+    if gx != NULL:
+        fnn_cv.shift_f32(d.KT, d.CP, d.QI, d.wpkT, d.koffT, gp, ib, d.QI)
+        for c in range(C):
+            for h in range(H):
+                memcpy(gx + (c * H + h) * W, ib + c * d.QI + (h + d.g.ph) * Wp + d.g.pw, W * sizeof(float))
+
+
+cdef void _direct_wgrad_sum(const DirectConv *d, const float *gwt, int nt, float *gw) noexcept nogil:
+    """gw = the nt threads' lane-slot partials added in float64, thread by thread, slot by slot (a fixed
+    order: the same bits for the same team size)."""
+    cdef fnn_idx kk, p, OK = d.g.O * d.K
+    cdef int r
+    cdef double acc
+    for kk in range(OK):
+        acc = 0
+        for r in range(nt):
+            for p in range(FNN_WGRAD_SLOTS):
+                acc = acc + gwt[(r * OK + kk) * FNN_WGRAD_SLOTS + p]
+        gw[kk] = <float>acc
+
+
+cdef void _direct_bias_grad(const float *gy, fnn_idx B, fnn_idx O, fnn_idx P, float *gb) noexcept nogil:
+    """gb[o] = Σ_{b,p} gy[b, o, p], in float64, images in order."""
+    cdef fnn_idx o, b, p
+    cdef double acc
+    for o in range(O):
+        acc = 0
+        for b in range(B):
+            for p in range(P):
+                acc = acc + gy[(b * O + o) * P + p]
+        gb[o] = <float>acc
+
+
+cdef inline int _direct_team(const Geom *g) noexcept nogil:
+    """The backward kernel's team for g (g.B images): its weight-gradient partials are per thread, so
+    this fixes the bits of dW."""
+    cdef DirectConv d
+    _direct_sizes(g, &d)
+    return <int>min(<fnn_idx>_threads_for(<double>g.B * g.O * d.Qg * d.K / 4), g.B)
+
+
 cdef int _conv_fwd_direct(const float *x, const float *w, const float *bias, float *out,
                           const Geom *g) noexcept nogil:
     """y[b,o,i,j] = bias[o] + Σ_{c,u,v} w[o,c,u,v]·xp[b,c,i+u·dH,j+v·dW] (stride 1, shifted GEMM)."""
-    cdef fnn_idx C = g.C, O = g.O, Ho = g.ho, Wo = g.wo
-    cdef fnn_idx Wp = g.W + 2 * g.pw, plane = (g.H + 2 * g.ph) * Wp, K = C * g.kh * g.kw
-    cdef fnn_idx OP = _round_up(O, FNN_CONV_ROWS), Q = _round_up(Ho * Wp, FNN_CONV_COLS)
-    cdef fnn_idx xlen = C * plane + (g.kw - 1) * g.dw + 2 * FNN_CONV_COLS
-    cdef int nt = min(_threads_for(<double>g.B * O * Q * K / 8), g.B), t
-    cdef fnn_idx o, c, u, v, b, i, j
-    cdef float *wpk = <float*>calloc(K * OP, sizeof(float))
-    cdef fnn_idx *koff = <fnn_idx*>malloc(K * sizeof(fnn_idx))
-    cdef float *xbuf = <float*>calloc(nt * xlen, sizeof(float))
-    cdef float *obuf = <float*>malloc(nt * OP * Q * sizeof(float))
-    cdef float *xp
-    cdef float *ob
-    cdef float bo
+    cdef DirectConv d
+    cdef int nt, t
+    cdef fnn_idx b, nin = g.C * g.H * g.W, nout = g.O * g.ho * g.wo
+    cdef float *xbuf
+    cdef float *obuf
     cdef int rc = 0
-    if wpk == NULL or koff == NULL or xbuf == NULL or obuf == NULL:
+    _direct_sizes(g, &d)
+    nt = min(_threads_for(<double>g.B * g.O * d.Q * d.K / 8), g.B)
+    xbuf = <float*>calloc(nt * d.xlen, sizeof(float))
+    obuf = <float*>malloc(nt * d.OP * d.Q * sizeof(float))
+    if _direct_alloc(&d, True, False) != 0 or xbuf == NULL or obuf == NULL:
         rc = -1
     else:
-        for o in range(O):   # wpk[k, o] = w[o, k]
-            for c in range(K):
-                wpk[c * OP + o] = w[o * K + c]
-        for c in range(C):
-            for u in range(g.kh):
-                for v in range(g.kw):
-                    koff[(c * g.kh + u) * g.kw + v] = c * plane + u * g.dh * Wp + v * g.dw
+        _direct_pack(&d, w)
         for b in prange(g.B, nogil=True, schedule="static", num_threads=nt):
             t = threadid()
-            xp = xbuf + t * xlen
-            ob = obuf + t * OP * Q
-            _pad_image(x + b * C * g.H * g.W, g, plane, Wp, xp)
-            fnn_cv.shift_f32(K, OP, Q, wpk, koff, xp, ob, Q)
-            for o in range(O):
-                bo = bias[o] if bias != NULL else 0
-                for i in range(Ho):
-                    for j in range(Wo):
-                        out[((b * O + o) * Ho + i) * Wo + j] = ob[o * Q + i * Wp + j] + bo
-    free(wpk)
-    free(koff)
+            _direct_fwd_image(&d, x + b * nin, bias, out + b * nout, xbuf + t * d.xlen, obuf + t * d.OP * d.Q)
+    _direct_free(&d)
     free(xbuf)
     free(obuf)
     return rc
@@ -278,75 +413,38 @@ cdef int _conv_bwd_direct(const float *gy, const float *x, const float *w, float
     Both products run over whole padded rows, so they also multiply the
     zeros at the junk positions with real pixels and weights: exact for
     finite data, NaN for an infinite one (0·inf). The caller runs this only
-    when x and the weight are finite.
+    when x and the weight are finite. Images go to the threads in static
+    blocks; each thread adds its images' partials into its own lane slots,
+    and the slots are added in a fixed order (_direct_wgrad_sum).
     """
-    cdef fnn_idx C = g.C, O = g.O, Ho = g.ho, Wo = g.wo, H = g.H, W = g.W
-    cdef fnn_idx Wp = W + 2 * g.pw, plane = (H + 2 * g.ph) * Wp, K = C * g.kh * g.kw, KT = O * g.kh * g.kw
-    cdef fnn_idx CP = _round_up(C, FNN_CONV_ROWS), Qg = _round_up(Ho * Wp, FNN_WGRAD_SLOTS)
-    cdef fnn_idx QI = _round_up(plane, FNN_CONV_COLS)
-    cdef fnn_idx xlen = C * plane + (g.kw - 1) * g.dw + 2 * FNN_CONV_COLS
-    cdef fnn_idx margin = (g.kh - 1) * g.dh * Wp + (g.kw - 1) * g.dw
-    cdef fnn_idx gplane = margin + plane + 2 * FNN_CONV_COLS
-    cdef int nt = min(_threads_for(<double>g.B * O * Qg * K / 4), g.B), t
-    cdef fnn_idx o, c, u, v, b, i, h, p, r, kk
-    cdef double acc
-    cdef fnn_idx *koff = <fnn_idx*>malloc(K * sizeof(fnn_idx))
-    cdef fnn_idx *koffT = <fnn_idx*>malloc(KT * sizeof(fnn_idx))
-    cdef float *wpkT = <float*>calloc(KT * CP, sizeof(float))
-    cdef float *xbuf = <float*>calloc(nt * xlen, sizeof(float))
-    cdef float *gbuf = <float*>calloc(nt * O * gplane, sizeof(float))
-    cdef float *ibuf = <float*>malloc(nt * CP * QI * sizeof(float)) if gx != NULL else NULL
-    cdef float *gwt = <float*>calloc(nt * O * K * FNN_WGRAD_SLOTS, sizeof(float))   # per thread, lane slots
-    cdef float *xp
-    cdef float *gp
-    cdef float *ib
+    cdef DirectConv d
+    cdef int nt = _direct_team(g), t
+    cdef fnn_idx b, nin = g.C * g.H * g.W, nout = g.O * g.ho * g.wo, wsl
+    cdef float *xbuf
+    cdef float *gbuf
+    cdef float *ibuf
+    cdef float *gwt
     cdef int rc = 0
-    if koff == NULL or koffT == NULL or wpkT == NULL or xbuf == NULL or gbuf == NULL or gwt == NULL \
+    _direct_sizes(g, &d)
+    wsl = g.O * d.K * FNN_WGRAD_SLOTS
+    xbuf = <float*>calloc(nt * d.xlen, sizeof(float))
+    gbuf = <float*>calloc(nt * g.O * d.gplane, sizeof(float))
+    ibuf = <float*>malloc(nt * d.CP * d.QI * sizeof(float)) if gx != NULL else NULL
+    gwt = <float*>calloc(nt * wsl, sizeof(float))   # per thread, lane slots
+    if _direct_alloc(&d, False, gx != NULL) != 0 or xbuf == NULL or gbuf == NULL or gwt == NULL \
             or (gx != NULL and ibuf == NULL):
         rc = -1
     else:
-        for c in range(C):
-            for u in range(g.kh):
-                for v in range(g.kw):
-                    koff[(c * g.kh + u) * g.kw + v] = c * plane + u * g.dh * Wp + v * g.dw
-        for o in range(O):
-            for u in range(g.kh):
-                for v in range(g.kw):
-                    koffT[(o * g.kh + u) * g.kw + v] = o * gplane + margin - u * g.dh * Wp - v * g.dw
-                    for c in range(C):   # wpkT[(o, u, v), c] = w[o, c, u, v]
-                        wpkT[((o * g.kh + u) * g.kw + v) * CP + c] = w[((o * C + c) * g.kh + u) * g.kw + v]
+        _direct_pack(&d, w)
         for b in prange(g.B, nogil=True, schedule="static", num_threads=nt):
             t = threadid()
-            xp = xbuf + t * xlen
-            gp = gbuf + t * O * gplane
-            _pad_image(x + b * C * H * W, g, plane, Wp, xp)
-            for o in range(O):   # G rows at width Wp; the junk columns stay zero
-                for i in range(Ho):
-                    memcpy(gp + o * gplane + margin + i * Wp, gy + ((b * O + o) * Ho + i) * Wo, Wo * sizeof(float))
-            fnn_cv.wgrad_f32(O, K, Qg, gp + margin, gplane, koff, xp, gwt + t * O * K * FNN_WGRAD_SLOTS)
-            if gx != NULL:
-                ib = ibuf + t * CP * QI
-                fnn_cv.shift_f32(KT, CP, QI, wpkT, koffT, gp, ib, QI)
-                for c in range(C):
-                    for h in range(H):
-                        memcpy(gx + ((b * C + c) * H + h) * W, ib + c * QI + (h + g.ph) * Wp + g.pw,
-                               W * sizeof(float))
-        for kk in range(O * K):
-            acc = 0
-            for r in range(nt):
-                for p in range(FNN_WGRAD_SLOTS):
-                    acc = acc + gwt[(r * O * K + kk) * FNN_WGRAD_SLOTS + p]
-            gw[kk] = <float>acc
+            _direct_bwd_image(&d, gy + b * nout, x + b * nin, gx + b * nin if gx != NULL else NULL,
+                              xbuf + t * d.xlen, gbuf + t * g.O * d.gplane,
+                              ibuf + t * d.CP * d.QI if ibuf != NULL else NULL, gwt + t * wsl)
+        _direct_wgrad_sum(&d, gwt, nt, gw)
         if gb != NULL:
-            for o in range(O):
-                acc = 0
-                for b in range(g.B):
-                    for p in range(Ho * Wo):
-                        acc = acc + gy[(b * O + o) * Ho * Wo + p]
-                gb[o] = <float>acc
-    free(koff)
-    free(koffT)
-    free(wpkT)
+            _direct_bias_grad(gy, g.B, g.O, g.ho * g.wo, gb)
+    _direct_free(&d)
     free(xbuf)
     free(gbuf)
     free(ibuf)

@@ -82,6 +82,16 @@ cdef struct _Stage:
     bint fused         # a ReLU run inside the 2x2 max pooling after it (set on both stages)
 
 
+cdef struct _ConvWs:
+    # one convolution stage of the image-by-image path: its packed operands, and scratch per thread
+    DirectConv d
+    float *xbuf        # (threads, d.xlen): the padded image; the borders stay zero
+    float *obuf        # (threads, d.OP·d.Q): the forward product
+    float *gbuf        # (threads, O·d.gplane): G at row width Wp; zero but where G is written
+    float *ibuf        # (threads, d.CP·d.QI): dL/dx's product (stages that form dL/dx)
+    float *gwt         # (threads, O·K·FNN_WGRAD_SLOTS): the weight-gradient partials (training)
+
+
 cdef class TrainBinding:
     """The C view of one bound network: layer and update tables, and the workspace they use.
 
@@ -108,6 +118,11 @@ cdef class TrainBinding:
     # the image stages in front (ns of them)
     cdef _Stage *stages
     cdef int ns
+    # the image-by-image path (float32 convolutions on the direct kernels, and fused ReLU + pooling)
+    cdef bint by_image     # the stages are of that kind
+    cdef _ConvWs *cws      # per stage (convolutions only), NULL until the first such step
+    cdef int cws_nt        # the threads the scratch is laid out for
+    cdef readonly long long by_image_steps   # training steps whose stages ran image by image (tests read it)
 
     def __cinit__(self, tuple layers, tuple updates, cnp.ndarray xb, cnp.ndarray tb, cnp.ndarray gz,
                   tuple front=None, tuple stages=None):
@@ -163,6 +178,10 @@ cdef class TrainBinding:
                         and _pool2x2(&self.stages[i + 1].g):
                     S.fused = True
                     self.stages[i + 1].fused = True
+            self.by_image = _f32(xb)
+            for i in range(self.ns):
+                if not (self.stages[i].code == _ST_CONV or self.stages[i].fused):
+                    self.by_image = False
         self.bmax = cnp.PyArray_DIM(xb, 0)
         self.xb = _data(xb)
         self.tb = _data(tb)
@@ -190,6 +209,7 @@ cdef class TrainBinding:
             self.updates[i].n = cnp.PyArray_SIZE(<cnp.ndarray>t[0])
 
     def __dealloc__(self):
+        _free_conv_ws(self.cws, self.ns)
         free(self.layers)
         free(self.updates)
         free(self.stages)
@@ -297,17 +317,22 @@ cdef void _relu_max_pool(const real *xp, real *op, long long *ip, fnn_idx planes
         relu_maxpool2x2(xp + r * H * W, W, ho, wo, op + r * ho * wo, ip + r * ho * wo)
 
 
+cdef inline void _relu_max_unpool_plane(const real *gp, const real *yp, const long long *ip, real *plane,
+                                        fnn_idx HW, fnn_idx n_out) noexcept nogil:
+    """One plane of _relu_max_unpool."""
+    cdef fnn_idx p
+    memset(plane, 0, HW * sizeof(real))
+    for p in range(n_out):
+        plane[ip[p]] = (<real>0 + gp[p]) * (1 if yp[p] > 0 else 0)
+
+
 cdef void _relu_max_unpool(const real *gp, const real *yp, const long long *ip, real *dp, fnn_idx planes,
                            fnn_idx HW, fnn_idx n_out) noexcept nogil:
     """dL/d(ReLU input): (0 + dy)·[y > 0] at each argmax (indices from this plan's own forward pass), zero
     elsewhere: unpooling's 0 + dy, then the ReLU's backward g·(y > 0 ? 1 : 0) with y the pooled maximum."""
-    cdef fnn_idx r, p
-    cdef real *plane
+    cdef fnn_idx r
     for r in prange(planes, nogil=True, schedule="static", num_threads=_threads_for(<double>planes * HW)):
-        plane = dp + r * HW
-        memset(plane, 0, HW * sizeof(real))
-        for p in range(n_out):
-            plane[ip[r * n_out + p]] = (<real>0 + gp[r * n_out + p]) * (1 if yp[r * n_out + p] > 0 else 0)
+        _relu_max_unpool_plane(gp + r * n_out, yp + r * n_out, ip + r * n_out, dp + r * HW, HW, n_out)
 
 
 cdef int _stages_forward(TrainBinding bd, const real *x, fnn_idx nb) noexcept nogil:
@@ -386,6 +411,262 @@ cdef int _stages_backward(TrainBinding bd, const real *x, const real *g, fnn_idx
                       S.g.kh, S.g.kw, S.g.sh, S.g.sw, S.g.ph, S.g.pw, S.cip)
         g = <real*>S.gin
     return 0
+
+
+# ---- the image-by-image path ----
+# Float32 stages of direct convolutions and fused ReLU + 2x2 max poolings
+# (W5's kind) run as two parallel regions per step instead of one or two per
+# stage: each thread carries its own images through every stage forward,
+# then (after the dense layers) back, on the per-image routines the
+# convolution kernels themselves run (_conv.pxi: _direct_fwd_image,
+# _direct_bwd_image) and the same pooling routines, with scratch kept
+# between steps (padded images and G rows whose zeros are never rewritten).
+# The images go to the threads in the static blocks the backward kernel
+# gives them, each thread adds its images' weight-gradient partials into its
+# own lane slots, and the slots are added in the kernel's fixed order: so
+# this path gives the per-stage path's bits (and the per-step loop's). It
+# runs when every convolution's backward kernel would take the same team
+# (_direct_team); otherwise, and when an input or weight is not finite (the
+# direct backward's condition), the step runs stage by stage.
+
+cdef void _free_conv_ws(_ConvWs *cws, int ns) noexcept nogil:
+    cdef int i
+    if cws == NULL:
+        return
+    for i in range(ns):
+        _direct_free(&cws[i].d)
+        free(cws[i].xbuf)
+        free(cws[i].obuf)
+        free(cws[i].gbuf)
+        free(cws[i].ibuf)
+        free(cws[i].gwt)
+    free(cws)
+
+
+cdef int _conv_ws(TrainBinding bd, int nt) noexcept nogil:
+    """Lay out the convolutions' operands (once) and their scratch for nt threads (again when more
+    threads come); -1 when out of memory."""
+    cdef int i
+    cdef _Stage *S
+    cdef _ConvWs *w
+    cdef bint train
+    if bd.cws != NULL and bd.cws_nt >= nt:
+        return 0
+    if bd.cws == NULL:
+        bd.cws = <_ConvWs*>calloc(bd.ns, sizeof(_ConvWs))
+        if bd.cws == NULL:
+            return -1
+        for i in range(bd.ns):
+            S = &bd.stages[i]
+            if S.code == _ST_CONV:
+                _direct_sizes(&S.g, &bd.cws[i].d)
+                if _direct_alloc(&bd.cws[i].d, True, S.gin != NULL) != 0:
+                    _free_conv_ws(bd.cws, bd.ns)
+                    bd.cws = NULL
+                    return -1
+    for i in range(bd.ns):
+        S = &bd.stages[i]
+        w = &bd.cws[i]
+        if S.code != _ST_CONV:
+            continue
+        free(w.xbuf)
+        free(w.obuf)
+        free(w.gbuf)
+        free(w.ibuf)
+        free(w.gwt)
+        train = S.gw != NULL
+        w.xbuf = <float*>calloc(nt * w.d.xlen, sizeof(float))
+        w.obuf = <float*>malloc(nt * w.d.OP * w.d.Q * sizeof(float))
+        w.gbuf = <float*>calloc(nt * S.g.O * w.d.gplane, sizeof(float)) if train else NULL
+        w.gwt = <float*>malloc(nt * S.g.O * w.d.K * FNN_WGRAD_SLOTS * sizeof(float)) if train else NULL
+        w.ibuf = <float*>malloc(nt * w.d.CP * w.d.QI * sizeof(float)) if train and S.gin != NULL else NULL
+        if w.xbuf == NULL or w.obuf == NULL or (train and (w.gbuf == NULL or w.gwt == NULL)) \
+                or (train and S.gin != NULL and w.ibuf == NULL):
+            bd.cws_nt = 0
+            return -1
+    bd.cws_nt = nt
+    return 0
+
+
+cdef int _by_image_team(TrainBinding bd, fnn_idx nb) noexcept nogil:
+    """The team of a step of nb images on the image-by-image path, 0 when the step runs stage by stage."""
+    cdef int i, nt = 0, t
+    cdef _Stage *S
+    if not bd.by_image:
+        return 0
+    for i in range(bd.ns):
+        S = &bd.stages[i]
+        S.g.B = nb
+        if S.code == _ST_CONV:
+            if not _direct_geom(True, &S.g):
+                return 0
+            t = _direct_team(&S.g)
+            if nt != 0 and t != nt:
+                return 0
+            nt = t
+    return nt
+
+
+cdef void _conv_relu_pool(const DirectConv *d, const float *bias, float *ob, const _Stage *P, float *y,
+                          long long *idx) noexcept nogil:
+    """A convolution's product ob (d.OP·d.Q, rows of width d.Wp) through bias, ReLU and the 2x2 max pooling
+    P into y and idx: the bits of writing out = ob + bias, then relu_maxpool2x2 of out (the same sums, in
+    place; the pooling reads the rows at stride Wp and its indices are moved to rows of width Wo)."""
+    cdef fnn_idx o, q, i, j, k, r, Wp = d.Wp, Wo = d.g.wo, rows = d.g.ho * d.Wp, pout = P.g.ho * P.g.wo
+    cdef float bo
+    cdef float *row
+    cdef long long *ip
+    for o in range(d.g.O):
+        bo = bias[o] if bias != NULL else 0
+        row = ob + o * d.Q
+        for q in range(rows):
+            row[q] = row[q] + bo
+        ip = idx + o * pout
+        relu_maxpool2x2(row, Wp, P.g.ho, P.g.wo, y + o * pout, ip)
+        for i in range(P.g.ho):   # the window's pixel row r: 2i, or 2i + 1 when its index lies a row further
+            for j in range(P.g.wo):
+                k = i * P.g.wo + j
+                r = 2 * i + (1 if ip[k] - (2 * i * Wp + 2 * j) >= Wp else 0)
+                ip[k] = ip[k] - r * (Wp - Wo)
+
+
+cdef void _image_forward(const _Stage *st, _ConvWs *cws, int ns, const float *x, fnn_idx b, int t) noexcept nogil:
+    """Image b through every stage, on thread t's scratch. A convolution followed by a fused ReLU and
+    pooling goes from its product straight into the pooling (its own output is never stored: nothing
+    reads it)."""
+    cdef int i = 0
+    cdef fnn_idx c, pin, pout
+    cdef const _Stage *S
+    cdef _ConvWs *w
+    cdef const float *inp = x + b * st[0].nin
+    cdef float *y
+    cdef float *ob
+    while i < ns:
+        S = &st[i]
+        y = <float*>S.y + b * S.nout
+        if S.code == _ST_CONV:
+            w = &cws[i]
+            ob = w.obuf + t * w.d.OP * w.d.Q
+            if i + 2 < ns and st[i + 1].fused:
+                _direct_fwd_product(&w.d, inp, w.xbuf + t * w.d.xlen, ob)
+                i += 2
+                S = &st[i]
+                y = <float*>S.y + b * S.nout
+                _conv_relu_pool(&w.d, <const float*>st[i - 2].b, ob, S, y, S.idx + b * S.nout)
+            else:
+                _direct_fwd_image(&w.d, inp, <const float*>S.b, y, w.xbuf + t * w.d.xlen, ob)
+        elif S.code == _ST_ACT:
+            i += 1
+            continue   # run by the pooling after it, from this stage's input
+        else:
+            pin = S.g.H * S.g.W
+            pout = S.g.ho * S.g.wo
+            for c in range(S.g.C):
+                relu_maxpool2x2(inp + c * pin, S.g.W, S.g.ho, S.g.wo, y + c * pout, S.idx + b * S.nout + c * pout)
+        inp = y
+        i += 1
+
+
+cdef void _image_backward(const _Stage *st, _ConvWs *cws, int ns, const float *x, const float *gout, fnn_idx b,
+                          int t) noexcept nogil:
+    """Image b's backward pass through every stage from gout = dL/d(last stage's output), on thread t's
+    scratch; the convolutions' weight-gradient partials go to thread t's slots."""
+    cdef int i
+    cdef fnn_idx c, pin, pout
+    cdef const _Stage *S
+    cdef _ConvWs *w
+    cdef const float *g = gout + b * st[ns - 1].nout
+    cdef const float *xin
+    cdef float *gx
+    for i in range(ns - 1, -1, -1):
+        S = &st[i]
+        gx = <float*>S.gin + b * S.nin if S.gin != NULL else NULL
+        if S.code == _ST_CONV:
+            w = &cws[i]
+            xin = (x if i == 0 else <const float*>st[i - 1].y) + b * S.nin
+            _direct_bwd_image(&w.d, g, xin, gx, w.xbuf + t * w.d.xlen, w.gbuf + t * S.g.O * w.d.gplane,
+                              w.ibuf + t * w.d.CP * w.d.QI if w.ibuf != NULL else NULL,
+                              w.gwt + t * S.g.O * w.d.K * FNN_WGRAD_SLOTS)
+        elif i == 0:
+            break
+        elif S.code == _ST_MAX:   # into the fused ReLU's dL/dx
+            gx = <float*>st[i - 1].gin + b * S.nin
+            pin = S.g.H * S.g.W
+            pout = S.g.ho * S.g.wo
+            for c in range(S.g.C):
+                _relu_max_unpool_plane(g + c * pout, <const float*>S.y + b * S.nout + c * pout,
+                                       S.idx + b * S.nout + c * pout, gx + c * pin, pin, pout)
+        g = gx
+
+
+cdef int _by_image_forward(TrainBinding bd, const float *x, fnn_idx nb, int nt) noexcept nogil:
+    """Every stage's output for the nb images at x, on nt threads; -1 when out of memory."""
+    cdef int i, t
+    cdef fnn_idx b
+    cdef _Stage *st = bd.stages
+    cdef _ConvWs *cws
+    cdef int ns = bd.ns
+    if _conv_ws(bd, nt) != 0:
+        return -1
+    cws = bd.cws
+    for i in range(ns):
+        if st[i].code == _ST_CONV:
+            _direct_pack(&cws[i].d, <const float*>st[i].w)
+    for b in prange(nb, nogil=True, schedule="static", num_threads=nt):
+        t = threadid()
+        _image_forward(st, cws, ns, x, b, t)
+    return 0
+
+
+cdef bint _by_image_backward(TrainBinding bd, const float *x, const float *g, fnn_idx nb, int nt) noexcept nogil:
+    """The stages' backward pass for a step _by_image_forward ran on nt threads; False (nothing done)
+    when an input or weight of a convolution is not finite."""
+    cdef int i, t
+    cdef fnn_idx b
+    cdef _Stage *S
+    cdef _Stage *st = bd.stages
+    cdef _ConvWs *cws = bd.cws
+    cdef int ns = bd.ns
+    for i in range(ns):
+        S = &st[i]
+        if S.code == _ST_CONV and not (all_finite(x if i == 0 else <const float*>st[i - 1].y, nb * S.nin)
+                                       and all_finite(<const float*>S.w, S.g.O * S.g.C * S.g.kh * S.g.kw)):
+            return False
+    for i in range(ns):
+        if st[i].code == _ST_CONV:
+            memset(cws[i].gwt, 0, nt * st[i].g.O * cws[i].d.K * FNN_WGRAD_SLOTS * sizeof(float))
+    for b in prange(nb, nogil=True, schedule="static", num_threads=nt):
+        t = threadid()
+        _image_backward(st, cws, ns, x, g, b, t)
+    bd.by_image_steps += 1
+    for i in range(ns):
+        S = &st[i]
+        if S.code == _ST_CONV:
+            _direct_wgrad_sum(&cws[i].d, cws[i].gwt, nt, <float*>S.gw)
+            if S.b != NULL:   # dL/d(this output): the next stage's dL/dx, or the dense layers'
+                _direct_bias_grad(<const float*>st[i + 1].gin if i + 1 < ns else g, nb, S.g.O, S.g.ho * S.g.wo,
+                                  <float*>S.gb)
+    return True
+
+
+cdef int _stages_fwd_step(TrainBinding bd, const real *x, fnn_idx nb) noexcept nogil:
+    """The stages' forward pass of a step: its team on the image-by-image path, 0 when it ran stage by
+    stage, -1 when out of memory."""
+    cdef int nt = 0
+    if real is float:
+        nt = _by_image_team(bd, nb)
+    if nt > 0:
+        return -1 if _by_image_forward(bd, <const float*>x, nb, nt) != 0 else nt
+    return _stages_forward(bd, x, nb)
+
+
+cdef int _stages_bwd_step(TrainBinding bd, const real *x, const real *g, fnn_idx nb, int nt) noexcept nogil:
+    """The stages' backward pass of a step whose forward pass _stages_fwd_step ran on team nt (0: stage by
+    stage)."""
+    if real is float:
+        if nt > 0 and _by_image_backward(bd, <const float*>x, <const float*>g, nb, nt):
+            return 0
+    return _stages_backward(bd, x, g, nb)
 
 
 cdef void _update(TrainBinding bd, _Run *r, long long step, fnn_idx nb, const real *dtype_of) noexcept nogil:
@@ -488,6 +769,7 @@ cdef int _steps(TrainBinding bd, const real *x, const void *target, _Run *r, fnn
     cdef double value, scale
     cdef fnn_idx best, t, T = bd.seq.T, nin = bd.seq.nin
     cdef const real *inp = xb
+    cdef int team = 0
     nout = bd.layers[bd.nl - 1].nout
     z = <real*>bd.layers[bd.nl - 1].y
     for s in range(nsteps):
@@ -517,7 +799,8 @@ cdef int _steps(TrainBinding bd, const real *x, const void *target, _Run *r, fnn
                 return _NO_MEMORY
             inp = _last_hidden(bd, nb, x)
         elif bd.ns:
-            if _stages_forward(bd, xb, nb) != 0:
+            team = _stages_fwd_step(bd, xb, nb)
+            if team < 0:
                 return _NO_MEMORY
             inp = <real*>bd.stages[bd.ns - 1].y
         if _forward(bd, inp, nb) != 0:
@@ -552,7 +835,7 @@ cdef int _steps(TrainBinding bd, const real *x, const void *target, _Run *r, fnn
         if bd.rec:
             _rec_grad_out(bd, nb, x)
         if _backward(bd, inp, nb) != 0 or (bd.rec and _rec_backward(bd, nb, x) != 0) \
-                or (bd.ns and _stages_backward(bd, xb, <real*>bd.layers[0].gin, nb) != 0):
+                or (bd.ns and _stages_bwd_step(bd, xb, <real*>bd.layers[0].gin, nb, team) != 0):
             return _NO_MEMORY
         _update(bd, r, r.step0 + s + 1, nb, x)
     done[0] = nsteps
@@ -627,7 +910,7 @@ cdef int _predict_batch(TrainBinding bd, const real *x, fnn_idx nb, fnn_idx nfea
     cdef fnn_idx i, t, T = bd.seq.T, nin = bd.seq.nin
     cdef real *xs = <real*>bd.xb
     if bd.ns:
-        if _stages_forward(bd, x, nb) != 0:
+        if _stages_fwd_step(bd, x, nb) < 0:
             return -1
         return _forward(bd, <real*>bd.stages[bd.ns - 1].y, nb)
     if not bd.rec:

@@ -10,6 +10,12 @@ What is checked:
   agrees with it to rounding;
 * the number of steps per call and changing batch sizes change nothing (bit
   for bit), in ``run_steps`` and in ``fit`` (history included);
+* the float32 image-by-image path (each thread carries its images through
+  every stage; per-thread weight-gradient partials added in a fixed order)
+  on teams of 1, 2 and 3 threads, batches that are no multiple of the team
+  and a last, smaller batch: the per-step loop's bits, the same bits run to
+  run and split over calls, the NumPy specification to rounding; and the
+  steps whose convolutions would take different teams run stage by stage;
 * a plan step's gradients against finite differences;
 * ``predict`` and ``evaluate`` run the forward plan;
 * which image models get a plan (the others, and the numba backend, say why);
@@ -25,6 +31,7 @@ from plan_cases import LOSSES, OPTIMIZERS, assert_close, assert_same, loss_fn, r
 
 import fastnn
 from fastnn import compiled, nn, optim
+from fastnn.backends import tuning
 from fastnn.gradcheck import numerical_gradient
 
 NOUT = 5
@@ -91,6 +98,65 @@ def test_other_stages_and_losses(loss, dtype):
     assert plan[2] is not None
     assert_same(plan, _train("cython", "other", dtype, loss, "adam", force_loop=True))
     _close(plan, _train("numpy", "other", dtype, loss, "adam"), dtype)
+
+
+def _teams(threads, min_work, fn):
+    """fn() with the team set to `threads` and conv_parallel_min_work at min_work."""
+    threads0 = fastnn.get_num_threads()
+    fastnn.set_num_threads(threads)
+    try:
+        with tuning.override(conv_parallel_min_work=min_work):
+            return fn()
+    finally:
+        fastnn.set_num_threads(threads0)
+
+
+def _by_image_steps(run):
+    """The training steps of a run (of _train) whose stages ran image by image."""
+    return run[2]._bound[2].by_image_steps
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("opt", sorted(OPTIMIZERS))
+def test_image_by_image_on_teams(threads, opt, dtype):
+    """Every convolution on the whole team (no work threshold): batches of 8 and a last one of 5 (no
+    multiple of 2 or 3). float32 runs every step image by image, float64 stage by stage; both give the
+    per-step loop's bits (the same blocks of images per thread, the partials added in the same order),
+    the same bits again and over several calls, and the NumPy specification's values to rounding."""
+    pytest.importorskip("fastnn._ext._kernels")
+
+    def runs():
+        return (
+            _train("cython", "w5", dtype, "cross_entropy", opt),
+            _train("cython", "w5", dtype, "cross_entropy", opt, force_loop=True),
+            _train("cython", "w5", dtype, "cross_entropy", opt),
+            _train("cython", "w5", dtype, "cross_entropy", opt, calls=[(16, 8), (8, 8), (13, 8)]),
+        )
+
+    plan, loop, again, split = _teams(threads, 0, runs)
+    assert _by_image_steps(plan) == (5 if dtype == np.float32 else 0)
+    assert_same(plan, loop)
+    assert_same(plan, again)
+    assert_same(plan, split)
+    _close(plan, _train("numpy", "w5", dtype, "cross_entropy", opt), dtype)
+
+
+def test_convolutions_on_different_teams_run_stage_by_stage():
+    """A work threshold between the two convolutions' backward work (12672 and 20736 element operations
+    for 8 images, 7920 and 12960 for 5): in the batches of 8 only the second would run on two threads, so
+    those steps run stage by stage; the last batch (both on one thread) runs image by image. The loop's
+    bits either way."""
+    pytest.importorskip("fastnn._ext._kernels")
+
+    def runs():
+        return (
+            _train("cython", "w5", np.float32, "mse", "sgd_momentum"),
+            _train("cython", "w5", np.float32, "mse", "sgd_momentum", force_loop=True),
+        )
+
+    plan, loop = _teams(2, 16000, runs)
+    assert _by_image_steps(plan) == 1
+    assert_same(plan, loop)
 
 
 def _bits(a):

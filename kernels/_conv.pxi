@@ -162,12 +162,12 @@ cdef int _conv_bwd_cols(const real *gy, const real *x, const real *w, real *gx, 
                         const Geom *g) noexcept nogil:
     """dW = Σ_b G_b·cols_bᵀ, db = Σ G, dx = col2im(Wᵀ·G_b) (chunked; products outside parallel loops)."""
     cdef fnn_idx K = g.C * g.kh * g.kw, P = g.ho * g.wo, O = g.O
-    cdef fnn_idx nb = _chunk(g.B, K, P), b0 = 0, n, ld = nb * P, o, b, p
+    cdef fnn_idx nb = _chunk(g.B, K, P), b0 = 0, n, ld = nb * P, b
     cdef real *cols = <real*>malloc(K * ld * sizeof(real))
     cdef real *gbuf = <real*>malloc(O * ld * sizeof(real)) if nb > 1 else NULL
     cdef real *dcols = <real*>malloc(K * ld * sizeof(real)) if gx != NULL else NULL
     cdef const real *gp
-    cdef double acc
+    cdef double *bsum
     cdef int rc = 0
     if cols == NULL or (nb > 1 and gbuf == NULL) or (gx != NULL and dcols == NULL):
         rc = -1
@@ -186,14 +186,15 @@ cdef int _conv_bwd_cols(const real *gy, const real *x, const real *w, real *gx, 
             rc = gemm_run(K, n * P, O, w, 1, K, gp, ld, 1, dcols, ld, <const real*>NULL, FNN_ACT_IDENTITY, False)
             _col2im(dcols, ld, n, g, gx + b0 * g.C * g.H * g.W)
         b0 += n
-    if gb != NULL:
-        for o in range(O):
-            acc = 0
+    if rc == 0 and gb != NULL:
+        bsum = <double*>malloc(g.B * O * sizeof(double))
+        if bsum == NULL:
+            rc = -1
+        else:
             for b in range(g.B):
-                gp = gy + (b * O + o) * P
-                for p in range(P):
-                    acc = acc + gp[p]
-            gb[o] = <real>acc
+                _bias_image(gy + b * O * P, O, P, bsum + b * O)
+            _bias_sum(bsum, g.B, O, gb)
+            free(bsum)
     free(cols)
     free(gbuf)
     free(dcols)
@@ -329,16 +330,18 @@ cdef void _direct_fwd_image(const DirectConv *d, const float *x, const float *bi
 
 
 cdef void _direct_bwd_image(const DirectConv *d, const float *gy, const float *x, float *gx, float *xp, float *gp,
-                            float *ib, float *gwt) noexcept nogil:
-    """One image's weight-gradient partials added into gwt (O·K·FNN_WGRAD_SLOTS lane slots) and, if gx is
-    given, its dL/dx. Scratch: xp (d.xlen, zero borders), gp (O·d.gplane, zero but where G is written),
-    ib (d.CP·d.QI)."""
+                            float *ib, float *gwt, double *bs) noexcept nogil:
+    """One image's weight-gradient partials added into gwt (O·K·FNN_WGRAD_SLOTS lane slots), if gx is
+    given its dL/dx, if bs is given its bias-gradient sums (_bias_image). Scratch: xp (d.xlen, zero
+    borders), gp (O·d.gplane, zero but where G is written), ib (d.CP·d.QI)."""
     cdef fnn_idx o, i, c, h, O = d.g.O, C = d.g.C, Ho = d.g.ho, Wo = d.g.wo, H = d.g.H, W = d.g.W, Wp = d.Wp
     _pad_image(x, &d.g, d.plane, Wp, xp)
     for o in range(O):   # G rows at width Wp; the junk columns stay zero
         for i in range(Ho):
             memcpy(gp + o * d.gplane + d.margin + i * Wp, gy + (o * Ho + i) * Wo, Wo * sizeof(float))
     fnn_cv.wgrad_f32(O, d.K, d.Qg, gp + d.margin, d.gplane, d.koff, xp, gwt)
+    if bs != NULL:
+        _bias_image(gy, O, Ho * Wo, bs)
     if gx != NULL:
         fnn_cv.shift_f32(d.KT, d.CP, d.QI, d.wpkT, d.koffT, gp, ib, d.QI)
         for c in range(C):
@@ -360,16 +363,41 @@ cdef void _direct_wgrad_sum(const DirectConv *d, const float *gwt, int nt, float
         gw[kk] = <float>acc
 
 
-cdef void _direct_bias_grad(const float *gy, fnn_idx B, fnn_idx O, fnn_idx P, float *gb) noexcept nogil:
-    """gb[o] = Σ_{b,p} gy[b, o, p], in float64, images in order."""
-    cdef fnn_idx o, b, p
+cdef void _bias_image(const real *gy, fnn_idx O, fnn_idx P, double *s) noexcept nogil:
+    """s[o] = Σ_p gy[o, p] in float64, pixels in order: one image's part of the bias gradient (four
+    channels' chains of additions side by side, to hide the adds' latency)."""
+    cdef fnn_idx o = 0, p
+    cdef double a0, a1, a2, a3
+    while o + 4 <= O:
+        a0 = a1 = a2 = a3 = 0
+        for p in range(P):
+            a0 = a0 + gy[o * P + p]
+            a1 = a1 + gy[(o + 1) * P + p]
+            a2 = a2 + gy[(o + 2) * P + p]
+            a3 = a3 + gy[(o + 3) * P + p]
+        s[o] = a0
+        s[o + 1] = a1
+        s[o + 2] = a2
+        s[o + 3] = a3
+        o += 4
+    while o < O:
+        a0 = 0
+        for p in range(P):
+            a0 = a0 + gy[o * P + p]
+        s[o] = a0
+        o += 1
+
+
+cdef void _bias_sum(const double *s, fnn_idx B, fnn_idx O, real *gb) noexcept nogil:
+    """gb[o] = Σ_b s[b, o] in float64, images in order: the bias gradient from the per-image sums
+    (_bias_image), which can be formed image by image on any thread with the same bits."""
+    cdef fnn_idx o, b
     cdef double acc
     for o in range(O):
         acc = 0
         for b in range(B):
-            for p in range(P):
-                acc = acc + gy[(b * O + o) * P + p]
-        gb[o] = <float>acc
+            acc = acc + s[b * O + o]
+        gb[o] = <real>acc
 
 
 cdef inline int _direct_team(const Geom *g) noexcept nogil:
@@ -424,6 +452,7 @@ cdef int _conv_bwd_direct(const float *gy, const float *x, const float *w, float
     cdef float *gbuf
     cdef float *ibuf
     cdef float *gwt
+    cdef double *bsum = <double*>malloc(g.B * g.O * sizeof(double)) if gb != NULL else NULL
     cdef int rc = 0
     _direct_sizes(g, &d)
     wsl = g.O * d.K * FNN_WGRAD_SLOTS
@@ -432,7 +461,7 @@ cdef int _conv_bwd_direct(const float *gy, const float *x, const float *w, float
     ibuf = <float*>malloc(nt * d.CP * d.QI * sizeof(float)) if gx != NULL else NULL
     gwt = <float*>calloc(nt * wsl, sizeof(float))   # per thread, lane slots
     if _direct_alloc(&d, False, gx != NULL) != 0 or xbuf == NULL or gbuf == NULL or gwt == NULL \
-            or (gx != NULL and ibuf == NULL):
+            or (gx != NULL and ibuf == NULL) or (gb != NULL and bsum == NULL):
         rc = -1
     else:
         _direct_pack(&d, w)
@@ -440,15 +469,17 @@ cdef int _conv_bwd_direct(const float *gy, const float *x, const float *w, float
             t = threadid()
             _direct_bwd_image(&d, gy + b * nout, x + b * nin, gx + b * nin if gx != NULL else NULL,
                               xbuf + t * d.xlen, gbuf + t * g.O * d.gplane,
-                              ibuf + t * d.CP * d.QI if ibuf != NULL else NULL, gwt + t * wsl)
+                              ibuf + t * d.CP * d.QI if ibuf != NULL else NULL, gwt + t * wsl,
+                              bsum + b * g.O if bsum != NULL else NULL)
         _direct_wgrad_sum(&d, gwt, nt, gw)
         if gb != NULL:
-            _direct_bias_grad(gy, g.B, g.O, g.ho * g.wo, gb)
+            _bias_sum(bsum, g.B, g.O, gb)
     _direct_free(&d)
     free(xbuf)
     free(gbuf)
     free(ibuf)
     free(gwt)
+    free(bsum)
     return rc
 
 

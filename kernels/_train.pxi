@@ -90,6 +90,7 @@ cdef struct _ConvWs:
     float *gbuf        # (threads, O·d.gplane): G at row width Wp; zero but where G is written
     float *ibuf        # (threads, d.CP·d.QI): dL/dx's product (stages that form dL/dx)
     float *gwt         # (threads, O·K·FNN_WGRAD_SLOTS): the weight-gradient partials (training)
+    double *bsum       # (bmax, O): the bias gradient's sums per image (training, with a bias)
 
 
 cdef class TrainBinding:
@@ -440,6 +441,7 @@ cdef void _free_conv_ws(_ConvWs *cws, int ns) noexcept nogil:
         free(cws[i].gbuf)
         free(cws[i].ibuf)
         free(cws[i].gwt)
+        free(cws[i].bsum)
     free(cws)
 
 
@@ -460,7 +462,10 @@ cdef int _conv_ws(TrainBinding bd, int nt) noexcept nogil:
             S = &bd.stages[i]
             if S.code == _ST_CONV:
                 _direct_sizes(&S.g, &bd.cws[i].d)
-                if _direct_alloc(&bd.cws[i].d, True, S.gin != NULL) != 0:
+                if S.gw != NULL and S.b != NULL:
+                    bd.cws[i].bsum = <double*>malloc(bd.bmax * S.g.O * sizeof(double))
+                if _direct_alloc(&bd.cws[i].d, True, S.gin != NULL) != 0 \
+                        or (S.gw != NULL and S.b != NULL and bd.cws[i].bsum == NULL):
                     _free_conv_ws(bd.cws, bd.ns)
                     bd.cws = NULL
                     return -1
@@ -586,7 +591,8 @@ cdef void _image_backward(const _Stage *st, _ConvWs *cws, int ns, const float *x
             xin = (x if i == 0 else <const float*>st[i - 1].y) + b * S.nin
             _direct_bwd_image(&w.d, g, xin, gx, w.xbuf + t * w.d.xlen, w.gbuf + t * S.g.O * w.d.gplane,
                               w.ibuf + t * w.d.CP * w.d.QI if w.ibuf != NULL else NULL,
-                              w.gwt + t * S.g.O * w.d.K * FNN_WGRAD_SLOTS)
+                              w.gwt + t * S.g.O * w.d.K * FNN_WGRAD_SLOTS,
+                              w.bsum + b * S.g.O if w.bsum != NULL else NULL)
         elif i == 0:
             break
         elif S.code == _ST_MAX:   # into the fused ReLU's dL/dx
@@ -643,9 +649,8 @@ cdef bint _by_image_backward(TrainBinding bd, const float *x, const float *g, fn
         S = &st[i]
         if S.code == _ST_CONV:
             _direct_wgrad_sum(&cws[i].d, cws[i].gwt, nt, <float*>S.gw)
-            if S.b != NULL:   # dL/d(this output): the next stage's dL/dx, or the dense layers'
-                _direct_bias_grad(<const float*>st[i + 1].gin if i + 1 < ns else g, nb, S.g.O, S.g.ho * S.g.wo,
-                                  <float*>S.gb)
+            if cws[i].bsum != NULL:
+                _bias_sum(cws[i].bsum, nb, S.g.O, <float*>S.gb)
     return True
 
 

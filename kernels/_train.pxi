@@ -20,6 +20,24 @@
 # and, backwards, as one scatter: dL/d(ReLU input) at each window's argmax is
 # (0 + g)·[max > 0], zero elsewhere, the bits unpooling then the ReLU's
 # backward give. The ReLU's output is never stored.
+#
+# Float32 stages of direct convolutions and fused ReLU + max poolings only
+# (W5's kind) run image by image instead (see "the image-by-image path"
+# below): one parallel region forward and one backward per step, each thread
+# carrying its own images through every stage. What equals what:
+#   * plan = per-step loop, bit for bit, at the same thread count: the
+#     images go to the threads in the static blocks the direct backward
+#     kernel gives them, each thread adds its images' weight-gradient
+#     partials into its own lane slots, and both add the slots in one fixed
+#     order (_direct_wgrad_sum); the bias gradient is per-image sums added
+#     in image order in both (_bias_image, _bias_sum); the forward values
+#     do not depend on the thread;
+#   * K steps per call = K calls of one step, bit for bit; the same thread
+#     count gives the same bits run to run;
+#   * different thread counts give dW to rounding (the blocks, hence the
+#     partial sums, differ), as the per-step loop's kernels do;
+#   * the NumPy specification (fastnn.backends.reference.train) to rounding.
+# tests/test_compiled_plan_cnn.py checks each of these on teams of 1-3.
 
 from libc.math cimport isfinite, log, pow
 
@@ -123,6 +141,8 @@ cdef class TrainBinding:
     cdef bint by_image     # the stages are of that kind
     cdef _ConvWs *cws      # per stage (convolutions only), NULL until the first such step
     cdef int cws_nt        # the threads the scratch is laid out for
+    cdef float *gscr       # (threads, 2, gmax): each thread's dL/dx of its image, stage to stage (training)
+    cdef fnn_idx gmax      # the largest dL/dx of one image
     cdef readonly long long by_image_steps   # training steps whose stages ran image by image (tests read it)
 
     def __cinit__(self, tuple layers, tuple updates, cnp.ndarray xb, cnp.ndarray tb, cnp.ndarray gz,
@@ -211,6 +231,7 @@ cdef class TrainBinding:
 
     def __dealloc__(self):
         _free_conv_ws(self.cws, self.ns)
+        free(self.gscr)
         free(self.layers)
         free(self.updates)
         free(self.stages)
@@ -469,6 +490,16 @@ cdef int _conv_ws(TrainBinding bd, int nt) noexcept nogil:
                     _free_conv_ws(bd.cws, bd.ns)
                     bd.cws = NULL
                     return -1
+    free(bd.gscr)
+    bd.gscr = NULL
+    bd.gmax = 0
+    for i in range(1, bd.ns):
+        bd.gmax = max(bd.gmax, bd.stages[i].nin)
+    if bd.stages[0].gw != NULL:   # a training binding (the first stage is a convolution)
+        bd.gscr = <float*>malloc(nt * 2 * max(bd.gmax, 1) * sizeof(float))
+        if bd.gscr == NULL:
+            bd.cws_nt = 0
+            return -1
     for i in range(bd.ns):
         S = &bd.stages[i]
         w = &bd.cws[i]
@@ -573,10 +604,12 @@ cdef void _image_forward(const _Stage *st, _ConvWs *cws, int ns, const float *x,
 
 
 cdef void _image_backward(const _Stage *st, _ConvWs *cws, int ns, const float *x, const float *gout, fnn_idx b,
-                          int t) noexcept nogil:
+                          int t, float *scr, fnn_idx gmax) noexcept nogil:
     """Image b's backward pass through every stage from gout = dL/d(last stage's output), on thread t's
-    scratch; the convolutions' weight-gradient partials go to thread t's slots."""
-    cdef int i
+    scratch; the convolutions' weight-gradient partials go to thread t's slots. The image's dL/dx go
+    from stage to stage through the thread's two buffers at scr (2·gmax; the stages' own dL/dx arrays
+    are for the stage-by-stage path: nothing else reads them here)."""
+    cdef int i, k = 0
     cdef fnn_idx c, pin, pout
     cdef const _Stage *S
     cdef _ConvWs *w
@@ -585,24 +618,27 @@ cdef void _image_backward(const _Stage *st, _ConvWs *cws, int ns, const float *x
     cdef float *gx
     for i in range(ns - 1, -1, -1):
         S = &st[i]
-        gx = <float*>S.gin + b * S.nin if S.gin != NULL else NULL
         if S.code == _ST_CONV:
+            gx = scr + k * gmax if S.gin != NULL else NULL
+            k = 1 - k
             w = &cws[i]
             xin = (x if i == 0 else <const float*>st[i - 1].y) + b * S.nin
             _direct_bwd_image(&w.d, g, xin, gx, w.xbuf + t * w.d.xlen, w.gbuf + t * S.g.O * w.d.gplane,
                               w.ibuf + t * w.d.CP * w.d.QI if w.ibuf != NULL else NULL,
                               w.gwt + t * S.g.O * w.d.K * FNN_WGRAD_SLOTS,
                               w.bsum + b * S.g.O if w.bsum != NULL else NULL)
+            g = gx
         elif i == 0:
             break
-        elif S.code == _ST_MAX:   # into the fused ReLU's dL/dx
-            gx = <float*>st[i - 1].gin + b * S.nin
+        elif S.code == _ST_MAX:   # dL/d(the fused ReLU's input); the ReLU stage then passes it on
+            gx = scr + k * gmax
+            k = 1 - k
             pin = S.g.H * S.g.W
             pout = S.g.ho * S.g.wo
             for c in range(S.g.C):
                 _relu_max_unpool_plane(g + c * pout, <const float*>S.y + b * S.nout + c * pout,
                                        S.idx + b * S.nout + c * pout, gx + c * pin, pin, pout)
-        g = gx
+            g = gx
 
 
 cdef int _by_image_forward(TrainBinding bd, const float *x, fnn_idx nb, int nt) noexcept nogil:
@@ -643,7 +679,7 @@ cdef bint _by_image_backward(TrainBinding bd, const float *x, const float *g, fn
             memset(cws[i].gwt, 0, nt * st[i].g.O * cws[i].d.K * FNN_WGRAD_SLOTS * sizeof(float))
     for b in prange(nb, nogil=True, schedule="static", num_threads=nt):
         t = threadid()
-        _image_backward(st, cws, ns, x, g, b, t)
+        _image_backward(st, cws, ns, x, g, b, t, bd.gscr + t * 2 * bd.gmax, bd.gmax)
     bd.by_image_steps += 1
     for i in range(ns):
         S = &st[i]

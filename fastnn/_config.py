@@ -441,9 +441,9 @@ class serial_blas:
     it meanwhile. Set from the thread that calls the kernels (OpenBLAS heeds
     the count of the thread that set it last, see :func:`_set_thread_cap`);
     blocks may nest and may run in several threads at once (the outermost
-    gives the counts back). The results keep their bits: BLAS splits a product
-    between its threads by rows and columns of the output, never along the
-    summed dimension.
+    gives the counts back). A product inside the block has the bits it has
+    on one BLAS thread: OpenBLAS's float32 products can round differently on
+    one thread than on two.
     """
 
     def __enter__(self) -> serial_blas:

@@ -423,6 +423,61 @@ def _cap_blas(n: int) -> None:
             _blas_capped[lib.filepath] = (before, n)
 
 
+# The BLAS libraries' controllers for serial_blas, found once (listing them costs ~1 ms).
+_serial_libs: list | None = None
+_serial_depth = 0
+_serial_saved: list = []
+
+
+class serial_blas:
+    """A block in which the BLAS libraries run each call on the calling thread alone.
+
+    For code that already runs one task per core on a team of its own (the two
+    directions of a bidirectional recurrent layer, one thread each): a BLAS
+    call from each thread would otherwise start BLAS's own threads too, two
+    teams on the same cores, and its pool's threads keep spinning after each
+    call (figures: ``docs/performance.md``). A library's count is lowered to
+    one at the block's start and given back at its end, unless someone changed
+    it meanwhile. Set from the thread that calls the kernels (OpenBLAS heeds
+    the count of the thread that set it last, see :func:`_set_thread_cap`);
+    blocks may nest and may run in several threads at once (the outermost
+    gives the counts back). A product inside the block has the bits it has
+    on one BLAS thread: OpenBLAS's float32 products can round differently on
+    one thread than on two.
+    """
+
+    def __enter__(self) -> serial_blas:
+        global _serial_depth, _serial_libs
+        with _lock:
+            _serial_depth += 1
+            if _serial_depth > 1:
+                return self
+            if _serial_libs is None:
+                try:
+                    from threadpoolctl import ThreadpoolController
+                except ImportError:  # pragma: no cover - threadpoolctl is a dependency
+                    _serial_libs = []
+                else:
+                    _serial_libs = ThreadpoolController().select(user_api="blas").lib_controllers
+            for lib in _serial_libs:
+                now = lib.get_num_threads()
+                if now is not None and now > 1:
+                    lib.set_num_threads(1)
+                    _serial_saved.append((lib, now))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        global _serial_depth
+        with _lock:
+            _serial_depth -= 1
+            if _serial_depth > 0:
+                return
+            for lib, before in _serial_saved:
+                if lib.get_num_threads() == 1:
+                    lib.set_num_threads(before)
+            _serial_saved.clear()
+
+
 def register_cap_hook(hook) -> None:
     """Register ``hook(n)``, called now and whenever the cap of the team changes (0: none)."""
     with _lock:

@@ -13,8 +13,10 @@
 # recurrence, so each thread runs the whole time loop on its rows: no
 # barrier per step. Two independent sequences (the directions of a
 # bidirectional layer) run at once on a team of two, one thread each, each
-# whole (recurrent_pair). Sizes that reach BLAS are T·B, I, H or G·H, which
-# fastnn.ops.rnn bounds by 2^31 - 1.
+# whole (recurrent_pair; the backend's Python wrapper lowers BLAS to one thread
+# around it, so that a product sent to BLAS runs on its sequence's thread, not
+# on a second team over the same cores). Sizes that reach BLAS are T·B, I, H
+# or G·H, which fastnn.ops.rnn bounds by 2^31 - 1.
 
 cdef extern from *:
     """
@@ -469,7 +471,9 @@ cdef object _run_two_seqs(tuple first, tuple second):
     Each sequence runs whole on its thread (all batch rows, its all-steps
     products serial): two rows' blocks per thread would halve the row count
     of every step's product, and the two directions of a bidirectional
-    layer have the same work. Each result is the bits it has alone.
+    layer have the same work. Each result has the bits it has alone on one
+    thread (the own kernels' bits do not depend on the team; BLAS, which runs
+    here on the calling thread, may round differently on more threads).
     """
     cdef Seq s[2]
     cdef void *p[2][S_NSLOTS]
@@ -620,7 +624,10 @@ def recurrent_pair(kernel, first, second):
     layer, one dtype). Returns both results.
 
     On a team of two threads they run at once, one thread each; otherwise one
-    after the other on the whole team. Each result has the same bits either way.
+    after the other on the whole team. Each result has the bits of its call
+    alone, except for products sent to BLAS, whose float32 rounding can change
+    with BLAS's thread count: paired, those have the bits of the call alone on
+    one thread (the backend's wrapper runs BLAS serially around the pair).
     """
     if kernel not in _CALLS:
         raise ValueError(f"recurrent_pair: unknown kernel {kernel!r}")

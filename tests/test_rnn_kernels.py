@@ -3,7 +3,7 @@ finite differences for BPTT, validation errors."""
 
 import numpy as np
 import pytest
-from conftest import tol
+from conftest import cython_kernels, tol
 
 import fastnn
 from fastnn import ops
@@ -400,6 +400,67 @@ def test_recurrent_pair_gives_each_calls_own_result(backend, split_small_work, d
     for a, b in zip(ref, alone):
         for u, v in zip(a, b):
             np.testing.assert_allclose(v, u, **t)
+
+
+# every all-steps product of a sequence on BLAS, none on the own GEMM or inside the time-loop region
+_ALL_TO_BLAS = dict(
+    rnn_small_elements=0, gemm_small_max_f32=0, gemm_small_max_f64=0, gemm_packed_max_f32=0, gemm_packed_max_f64=0
+)
+
+
+def _blas_threads():
+    from threadpoolctl import threadpool_info
+
+    return {i["filepath"]: i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_recurrent_pair_runs_its_blas_products_on_its_own_thread(dtype, rng, cell):
+    """At 2 threads the Cython pair runs each sequence on one thread, and the products it sends
+    to BLAS run serially on that thread (not on a second team of BLAS threads over the same
+    cores): each result has the bits of its call alone on one thread, and BLAS gets its thread
+    count back afterwards."""
+    kernels = cython_kernels()
+    from fastnn.backends import tuning
+
+    ps = [_make(cell, (12, 16, 24, 32), dtype, rng, scale=0.2), _make(cell, (7, 16, 24, 32), dtype, rng, scale=0.2)]
+    before, adaptive = fastnn.get_num_threads(), fastnn.adaptive_threads()
+    try:
+        fastnn.set_adaptive_threads(False)  # the team stays at 2: the pair runs at once
+        with fastnn.use_backend("cython"), tuning.override(**_ALL_TO_BLAS):
+            fastnn.set_num_threads(1)
+            alone = _plan_steps(cell, [_plan(cell, p) for p in ps], ps, False, False)
+            fastnn.set_num_threads(2)
+            counts = _blas_threads()
+            blas_before = kernels.route_counts()["blas"]
+            paired = _plan_steps(cell, [_plan(cell, p) for p in ps], ps, True, False)
+            assert kernels.route_counts()["blas"] >= blas_before + 8  # projections, weight gradients, dL/dx
+            assert _blas_threads() == counts
+    finally:
+        fastnn.set_num_threads(before)
+        fastnn.set_adaptive_threads(adaptive)
+    for i, (a, b) in enumerate(zip(alone, paired)):
+        for j, (u, v) in enumerate(zip(a, b)):
+            np.testing.assert_array_equal(v, u, err_msg=f"result {i}.{j}")
+
+
+def test_serial_blas_lowers_blas_to_one_thread_and_gives_the_count_back():
+    cython_kernels()  # the BLAS the kernels call is loaded
+    from fastnn import _config
+
+    before = fastnn.get_num_threads()
+    try:
+        fastnn.set_num_threads(2)
+        counts = _blas_threads()
+        assert counts and max(counts.values()) == 2
+        with _config.serial_blas():
+            assert set(_blas_threads().values()) == {1}
+            with _config.serial_blas():  # nested: the outer block gives the counts back
+                pass
+            assert set(_blas_threads().values()) == {1}
+        assert _blas_threads() == counts
+    finally:
+        fastnn.set_num_threads(before)
 
 
 def test_recurrent_pair_rejects_other_kernels(backend):

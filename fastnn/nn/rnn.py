@@ -43,7 +43,9 @@ Deep and bidirectional layers
     its input. The two directions of a layer are independent: the Cython
     backend runs them at once on two threads, one thread each
     (:func:`fastnn.ops.recurrent_forward_pair`), with the bits each has
-    alone. A single-layer unidirectional layer takes exactly the path it
+    alone on one thread (the same at any thread count, except where a
+    product goes to BLAS, whose float32 rounding follows its thread count;
+    paired, BLAS runs serially on each direction's thread). A single-layer unidirectional layer takes exactly the path it
     always took, and accepts states as (1, B, H) or (B, H) as before.
 
 For many-to-one models, :class:`LastTimeStep` picks ``output[-1]`` so that a

@@ -259,21 +259,45 @@ static void FN(adam)(FNN_T *FNN_RESTRICT param, const FNN_T *FNN_RESTRICT grad, 
 
 /* ---- small helpers of the layers ---- */
 
-/* out[j] = sum over rows of a[r*ld + j]. The sums of a block of columns stay
- * in a local array and are stored once: threads summing neighbouring columns
- * never write to one cache line inside the loop. */
-static void FN(colsum)(const FNN_T *FNN_RESTRICT a, fnn_idx rows, fnn_idx cols, fnn_idx ld, FNN_T *FNN_RESTRICT out)
+/* delta = g ⊙ act'(y) and out[j] = sum over rows of delta[r*ld + j], in one
+ * pass over g: a dense layer's backward reads dL/dy once for both (delta is
+ * not stored for the identity, whose delta is g itself; out may be NULL).
+ * Each row's share of a block of columns is used while it is in registers;
+ * the sums of the block stay in a local array and are stored once, so
+ * threads summing neighbouring blocks never write to one cache line inside
+ * the loop. Rows are added in order: the bits of the product's own loop
+ * with delta formed first. delta must not alias g or y. */
+FNN_INLINE void FN(dact_colsum_loop)(int act, const FNN_T *g, const FNN_T *y, FNN_T *delta, fnn_idx rows,
+                                     fnn_idx cols, fnn_idx ld, FNN_T *out, FNN_T prm)
 {
     enum { CB = 64 };
     for (fnn_idx j0 = 0; j0 < cols; j0 += CB) {
         fnn_idx n = cols - j0 < CB ? cols - j0 : CB;
         FNN_T acc[CB] = {0};
         for (fnn_idx r = 0; r < rows; r++) {
-            const FNN_T *ar = a + r * ld + j0;
-            for (fnn_idx j = 0; j < n; j++) acc[j] += ar[j];
+            const FNN_T *FNN_RESTRICT gr = g + r * ld + j0;
+            if (act == FNN_ACT_IDENTITY) {
+                for (fnn_idx j = 0; j < n; j++) acc[j] += gr[j];
+            } else {
+                const FNN_T *FNN_RESTRICT yr = y + r * ld + j0;
+                FNN_T *FNN_RESTRICT dr = delta + r * ld + j0;
+                for (fnn_idx j = 0; j < n; j++) {
+                    FNN_T d = FN(dact1)(act, gr[j], yr[j], prm);
+                    dr[j] = d;
+                    acc[j] += d;
+                }
+            }
         }
-        for (fnn_idx j = 0; j < n; j++) out[j0 + j] = acc[j];
+        if (out != NULL)
+            for (fnn_idx j = 0; j < n; j++) out[j0 + j] = acc[j];
     }
+}
+
+static void FN(dact_colsum)(int act, const FNN_T *g, const FNN_T *y, FNN_T *delta, fnn_idx rows, fnn_idx cols,
+                            fnn_idx ld, FNN_T *out, double param)
+{
+    const FNN_T prm = (FNN_T)param;
+    FNN_ACT_SPECIALISE(act, FN(dact_colsum_loop), g, y, delta, rows, cols, ld, out, prm);
 }
 
 /* t (n, m) = a (m, n)ᵀ, in blocks that stay in L1 on both sides. */

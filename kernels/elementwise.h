@@ -267,30 +267,43 @@ static void FN(adam)(FNN_T *FNN_RESTRICT param, const FNN_T *FNN_RESTRICT grad, 
  * threads summing neighbouring blocks never write to one cache line inside
  * the loop. Rows are added in order: the bits of the product's own loop
  * with delta formed first. delta must not alias g or y. */
+/* One block of n <= 64 columns; called with n = 64 (a constant once inlined) for whole blocks, so that
+ * the block's sums can live in registers across the rows. */
+FNN_INLINE void FN(dact_colsum_block)(int act, const FNN_T *g, const FNN_T *y, FNN_T *delta, fnn_idx rows,
+                                      fnn_idx n, fnn_idx ld, FNN_T *out, FNN_T prm)
+{
+    FNN_T acc[64] = {0};
+    for (fnn_idx r = 0; r < rows; r++) {
+        const FNN_T *FNN_RESTRICT gr = g + r * ld;
+        if (act == FNN_ACT_IDENTITY) {
+            for (fnn_idx j = 0; j < n; j++) acc[j] += gr[j];
+        } else {
+            const FNN_T *FNN_RESTRICT yr = y + r * ld;
+            FNN_T *FNN_RESTRICT dr = delta + r * ld;
+            for (fnn_idx j = 0; j < n; j++) {
+                FNN_T d = FN(dact1)(act, gr[j], yr[j], prm);
+                dr[j] = d;
+                acc[j] += d;
+            }
+        }
+    }
+    if (out != NULL)
+        for (fnn_idx j = 0; j < n; j++) out[j] = acc[j];
+}
+
 FNN_INLINE void FN(dact_colsum_loop)(int act, const FNN_T *g, const FNN_T *y, FNN_T *delta, fnn_idx rows,
                                      fnn_idx cols, fnn_idx ld, FNN_T *out, FNN_T prm)
 {
     enum { CB = 64 };
-    for (fnn_idx j0 = 0; j0 < cols; j0 += CB) {
-        fnn_idx n = cols - j0 < CB ? cols - j0 : CB;
-        FNN_T acc[CB] = {0};
-        for (fnn_idx r = 0; r < rows; r++) {
-            const FNN_T *FNN_RESTRICT gr = g + r * ld + j0;
-            if (act == FNN_ACT_IDENTITY) {
-                for (fnn_idx j = 0; j < n; j++) acc[j] += gr[j];
-            } else {
-                const FNN_T *FNN_RESTRICT yr = y + r * ld + j0;
-                FNN_T *FNN_RESTRICT dr = delta + r * ld + j0;
-                for (fnn_idx j = 0; j < n; j++) {
-                    FNN_T d = FN(dact1)(act, gr[j], yr[j], prm);
-                    dr[j] = d;
-                    acc[j] += d;
-                }
-            }
-        }
-        if (out != NULL)
-            for (fnn_idx j = 0; j < n; j++) out[j0 + j] = acc[j];
-    }
+    fnn_idx j0 = 0;
+    for (; j0 + CB <= cols; j0 += CB)
+        FN(dact_colsum_block)(act, g + j0, act == FNN_ACT_IDENTITY ? y : y + j0,
+                              act == FNN_ACT_IDENTITY ? delta : delta + j0, rows, CB, ld,
+                              out == NULL ? out : out + j0, prm);
+    if (j0 < cols)
+        FN(dact_colsum_block)(act, g + j0, act == FNN_ACT_IDENTITY ? y : y + j0,
+                              act == FNN_ACT_IDENTITY ? delta : delta + j0, rows, cols - j0, ld,
+                              out == NULL ? out : out + j0, prm);
 }
 
 static void FN(dact_colsum)(int act, const FNN_T *g, const FNN_T *y, FNN_T *delta, fnn_idx rows, fnn_idx cols,

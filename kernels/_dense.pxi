@@ -61,7 +61,7 @@ cdef int _dense_bwd(const real *g, const real *x, const real *w, const real *y, 
                     real *gb, fnn_idx bsz, fnn_idx nin, fnn_idx nout, int act) noexcept nogil:
     """δ = g ⊙ act'(y); dW = δᵀ x; db = Σ_batch δ; dx = δ W."""
     cdef const real *d = g if act == FNN_ACT_IDENTITY else delta
-    _binary_colsum(act, g, y, delta, bsz, nout, gb)   # δ and db in one pass over g, before both products
+    _binary_colsum(act, g, y, delta, bsz, nout, gb)   # δ and db with one read of g, before both products
     if gemm_run(nout, nin, bsz, d, 1, nout, x, nin, 1, gw, nin, <const real*>NULL, FNN_ACT_IDENTITY, False) != 0:
         return -1
     if gi != NULL:
@@ -166,7 +166,7 @@ def gemm(cnp.ndarray a, cnp.ndarray b, bint trans_a, bint trans_b, cnp.ndarray o
 
 def act_backward_colsum(cnp.ndarray grad_out, cnp.ndarray y, int act, cnp.ndarray delta,
                         cnp.ndarray grad_bias=None):
-    """delta = grad_out ⊙ act'(y) and grad_bias = Σ_rows delta, in one pass over grad_out (C-contiguous,
+    """delta = grad_out ⊙ act'(y) and grad_bias = Σ_rows delta, with one read of grad_out (C-contiguous,
     delta distinct from both inputs)."""
     cdef fnn_idx rows = cnp.PyArray_DIM(grad_out, 0), cols = cnp.PyArray_DIM(grad_out, 1)
     cdef void *pg = cnp.PyArray_DATA(grad_out)

@@ -166,6 +166,10 @@ typedef struct fnn_conv_ops {
 /* Rows and columns per register block of the convolution: buffers are padded to these. */
 #define FNN_CONV_ROWS 8
 #define FNN_CONV_COLS 48
+/* Columns per share of the column sums (dact_colsum) when a team splits them: whole 64-column blocks. */
+#define FNN_COLSUM_CHUNK 256
+/* Rows per tile of dact_colsum: delta of a tile formed, then summed while in L1/L2. */
+#define FNN_COLSUM_ROWS 16
 
 /* The elementwise part of one recurrent time step over B rows (B, H states;
  * gate blocks side by side in PyTorch's order). */

@@ -1,11 +1,12 @@
 """The dense backward's fused pass: δ = dL/dy ⊙ act'(y) and dL/db formed in one read of dL/dy.
 
-The Cython backend forms δ and the bias gradient in one pass over dL/dy
-(``dact_colsum``, blocks of columns split over the team when large), the
-Numba backend in one loop (``_delta_bias``). Both are checked against the
+The Cython backend forms δ and the bias gradient tile by tile (``dact_colsum``:
+δ of 16 rows, then their column sums while they are in cache; chunks of
+columns split over the team when large), the Numba backend in one loop
+(``_delta_bias``). Both are checked against the
 unfused computation (δ first, then the column sums, rows added in order:
 the same bits), against the NumPy reference, at widths that are not
-multiples of the column block or the vector width, batch 1, on 1 and 2
+multiples of the column chunk or the vector width, batch 1, on 1 and 2
 threads and through finite differences.
 """
 
@@ -19,8 +20,9 @@ from fastnn.backends import tuning
 from fastnn.gradcheck import gradcheck
 
 ACTS = ["identity", "relu", "sigmoid", "tanh"]
-# columns around the C loop's block of 64 sums and the 8- and 16-lane vectors; rows from batch 1
-SHAPES = [(1, 1), (1, 65), (3, 7), (5, 64), (17, 63), (9, 129), (33, 200), (128, 1030)]
+# columns around the team's chunk of 256 (FNN_COLSUM_CHUNK), the 64-column block of sums and the 8- and
+# 16-lane vectors; rows from batch 1 across tiles of 16 (FNN_COLSUM_ROWS)
+SHAPES = [(1, 1), (1, 65), (3, 7), (5, 64), (17, 63), (33, 200), (5, 255), (7, 256), (9, 257), (128, 1030)]
 
 
 def _cython_ext():
@@ -67,7 +69,7 @@ def test_cython_fused_pass_gives_the_unfused_bits(rows, cols, act, threads, dtyp
     prev = fastnn.get_num_threads()
     fastnn.set_num_threads(threads)
     try:
-        # parallel_min_elements_cheap=1: the team takes the column blocks at these small sizes too
+        # parallel_min_elements_cheap=1: the team takes the column chunks at these small sizes too
         with tuning.override(parallel_min_elements_cheap=1):
             ext.act_backward_colsum(g, y, ext.ACTIVATIONS[act], delta, gb)
             delta2 = np.full_like(g, np.nan)

@@ -302,7 +302,9 @@ class TrainStep:
         With a compiled plan (:meth:`compiled_plan`) every step runs in
         compiled code (rows gathered by ``indices``, forward, loss, backward,
         update) and Python is reached once per call; otherwise the same
-        steps run one by one. Either way these are the steps a loop of
+        steps run one by one, as they also do where :func:`fit` would give
+        the plan up (the numba plan above ``NUMBA_PLAN_MAX_MACS``
+        multiply-adds a step, whose one-thread products lose to BLAS). Either way these are the steps a loop of
         ``step(X[idx], y[idx])`` over the batches takes: the same bits with
         the cython backend, the same to rounding with numba (whose plan
         multiplies on its own small-product kernel), and in every backend
@@ -351,6 +353,8 @@ class TrainStep:
         if Xa.shape[0] != ya.shape[0]:
             raise ValueError(f"X has {Xa.shape[0]} samples but y has {ya.shape[0]}")
         plan, _ = self.compiled_plan()
+        if plan is not None and _plan_too_large(plan, batch_size):
+            plan = None  # as in fit: the numba plan loses to the per-step loop's BLAS products there
         if plan is not None:
             ya = _plan_target(plan, ya)
             with _claim(self.workspace):

@@ -60,14 +60,10 @@ def dense_forward(cnp.ndarray x, cnp.ndarray weight, cnp.ndarray bias, activatio
 cdef int _dense_bwd(const real *g, const real *x, const real *w, const real *y, real *delta, real *gi, real *gw,
                     real *gb, fnn_idx bsz, fnn_idx nin, fnn_idx nout, int act) noexcept nogil:
     """δ = g ⊙ act'(y); dW = δᵀ x; db = Σ_batch δ; dx = δ W."""
-    cdef const real *d = g
-    if act != FNN_ACT_IDENTITY:
-        _binary(act, g, y, delta, bsz * nout, 0.0)
-        d = delta
+    cdef const real *d = g if act == FNN_ACT_IDENTITY else delta
+    _binary_colsum(act, g, y, delta, bsz, nout, gb)   # δ and db with one read of g, before both products
     if gemm_run(nout, nin, bsz, d, 1, nout, x, nin, 1, gw, nin, <const real*>NULL, FNN_ACT_IDENTITY, False) != 0:
         return -1
-    if gb != NULL:
-        colsum(d, bsz, nout, nout, gb)
     if gi != NULL:
         return gemm_run(bsz, nin, nout, d, nout, 1, w, nin, 1, gi, nin, <const real*>NULL, FNN_ACT_IDENTITY, False)
     return 0
@@ -170,22 +166,21 @@ def gemm(cnp.ndarray a, cnp.ndarray b, bint trans_a, bint trans_b, cnp.ndarray o
 
 def act_backward_colsum(cnp.ndarray grad_out, cnp.ndarray y, int act, cnp.ndarray delta,
                         cnp.ndarray grad_bias=None):
-    """delta = grad_out ⊙ act'(y) and grad_bias = Σ_rows delta."""
+    """delta = grad_out ⊙ act'(y) and grad_bias = Σ_rows delta, with one read of grad_out (C-contiguous,
+    delta distinct from both inputs)."""
     cdef fnn_idx rows = cnp.PyArray_DIM(grad_out, 0), cols = cnp.PyArray_DIM(grad_out, 1)
     cdef void *pg = cnp.PyArray_DATA(grad_out)
     cdef void *py = cnp.PyArray_DATA(y)
     cdef void *pd = cnp.PyArray_DATA(delta)
     cdef void *pb = _data(grad_bias)
     cdef bint f32 = _f32(grad_out)
+    if act == FNN_ACT_IDENTITY:   # δ is grad_out itself: the column sums read it, delta gets a copy
+        delta[...] = grad_out
     with nogil:
         if f32:
-            _binary(act, <float*>pg, <float*>py, <float*>pd, rows * cols, 0.0)
-            if pb != NULL:
-                colsum(<float*>pd, rows, cols, cols, <float*>pb)
+            _binary_colsum(act, <float*>pg, <float*>py, <float*>pd, rows, cols, <float*>pb)
         else:
-            _binary(act, <double*>pg, <double*>py, <double*>pd, rows * cols, 0.0)
-            if pb != NULL:
-                colsum(<double*>pd, rows, cols, cols, <double*>pb)
+            _binary_colsum(act, <double*>pg, <double*>py, <double*>pd, rows, cols, <double*>pb)
     return delta
 
 

@@ -43,6 +43,32 @@ cdef void _binary(int act, const real *g, const real *y, real *out, fnn_idx n, d
         act_bwd(act, g, y, out, n, prm)
 
 
+cdef inline void _colsum_chunk(int act, const real *g, const real *y, real *delta, fnn_idx rows, fnn_idx cols,
+                               fnn_idx j0, real *gb) noexcept nogil:
+    """_binary_colsum's columns [j0, j0 + FNN_COLSUM_CHUNK); y and delta are NULL for the identity."""
+    cdef const real *yj = NULL
+    cdef real *dj = NULL
+    if act != FNN_ACT_IDENTITY:
+        yj = y + j0
+        dj = delta + j0
+    dact_colsum(act, g + j0, yj, dj, rows, min(<fnn_idx>FNN_COLSUM_CHUNK, cols - j0), cols, gb + j0, 0.0)
+
+
+cdef void _binary_colsum(int act, const real *g, const real *y, real *delta, fnn_idx rows, fnn_idx cols,
+                         real *gb) noexcept nogil:
+    """delta = g act'(y) (rows x cols, contiguous; not formed for the identity) and gb = Σ_rows delta with
+    one read of g (dact_colsum), chunks of columns split over the team when large; without gb, _binary."""
+    cdef fnn_idx c, nb = (cols + FNN_COLSUM_CHUNK - 1) // FNN_COLSUM_CHUNK
+    if gb == NULL:
+        if act != FNN_ACT_IDENTITY:
+            _binary(act, g, y, delta, rows * cols, 0.0)
+    elif nb > 1 and _parallel(rows * cols, True):
+        for c in prange(nb, num_threads=_num_threads, schedule="static"):
+            _colsum_chunk(act, g, y, delta, rows, cols, c * FNN_COLSUM_CHUNK, gb)
+    else:
+        dact_colsum(act, g, y, delta, rows, cols, cols, gb, 0.0)
+
+
 cdef void _bias_act(int act, real *y, const real *bias, fnn_idx rows, fnn_idx cols) noexcept nogil:
     """y[i, :] = act(y[i, :] + bias) in one pass, rows split over the team when large."""
     cdef fnn_idx r

@@ -69,7 +69,7 @@ const fnn_kernel_set FNN_CAT(fnn_kernels_, FNN_ISA_NAME) = {
     .elementwise = {
         .isa = FNN_ISA,
         FNN_BOTH(act_fwd), FNN_BOTH(act_bwd), FNN_BOTH(softmax_rows), FNN_BOTH(softmax_bwd_rows),
-        FNN_BOTH(xent_rows), FNN_BOTH(mse), FNN_BOTH(bce), FNN_BOTH(sgd), FNN_BOTH(adam), FNN_BOTH(colsum),
+        FNN_BOTH(xent_rows), FNN_BOTH(mse), FNN_BOTH(bce), FNN_BOTH(sgd), FNN_BOTH(adam), FNN_BOTH(dact_colsum),
         FNN_BOTH(transpose), FNN_BOTH(all_finite), FNN_BOTH(bn_fwd), FNN_BOTH(bn_bwd),
         FNN_BOTH(ln_fwd_rows), FNN_BOTH(ln_bwd_rows),
     },

@@ -64,9 +64,11 @@ typedef struct fnn_elementwise_ops {
                      double b1, double b2, double step_size, double inv_sqrt_bc2, double eps);
     void (*adam_f64)(double *p, const double *g, double *m, double *v, fnn_idx n, double decay, double l2,
                      double b1, double b2, double step_size, double inv_sqrt_bc2, double eps);
-    /* out[j] = sum_r a[r*ld + j] for j < cols */
-    void (*colsum_f32)(const float *a, fnn_idx rows, fnn_idx cols, fnn_idx ld, float *out);
-    void (*colsum_f64)(const double *a, fnn_idx rows, fnn_idx cols, fnn_idx ld, double *out);
+    /* delta = g act'(y) (not stored for the identity) and out[j] = sum_r delta[r*ld + j], one pass */
+    void (*dact_colsum_f32)(int act, const float *g, const float *y, float *delta, fnn_idx rows, fnn_idx cols,
+                            fnn_idx ld, float *out, double param);
+    void (*dact_colsum_f64)(int act, const double *g, const double *y, double *delta, fnn_idx rows, fnn_idx cols,
+                            fnn_idx ld, double *out, double param);
     /* t (n, m) = a (m, n)ᵀ */
     void (*transpose_f32)(const float *a, fnn_idx m, fnn_idx n, float *t);
     void (*transpose_f64)(const double *a, fnn_idx m, fnn_idx n, double *t);
@@ -164,6 +166,10 @@ typedef struct fnn_conv_ops {
 /* Rows and columns per register block of the convolution: buffers are padded to these. */
 #define FNN_CONV_ROWS 8
 #define FNN_CONV_COLS 48
+/* Columns per share of the column sums (dact_colsum) when a team splits them: whole 64-column blocks. */
+#define FNN_COLSUM_CHUNK 256
+/* Rows per tile of dact_colsum: delta of a tile formed, then summed while in L1/L2. */
+#define FNN_COLSUM_ROWS 16
 
 /* The elementwise part of one recurrent time step over B rows (B, H states;
  * gate blocks side by side in PyTorch's order). */

@@ -11,7 +11,7 @@ cdef extern from "fnn.h" nogil:
         FNN_ACT_IDENTITY, FNN_ACT_RELU, FNN_ACT_SIGMOID, FNN_ACT_TANH, FNN_ACT_LEAKY_RELU
         FNN_ROUTE_SMALL, FNN_ROUTE_PACKED, FNN_ROUTE_BLAS, FNN_ROUTE_COUNT
         FNN_GEMM_AUTO, FNN_GEMM_OWN, FNN_GEMM_BLAS
-        FNN_WGRAD_SLOTS, FNN_CONV_ROWS, FNN_CONV_COLS
+        FNN_WGRAD_SLOTS, FNN_CONV_ROWS, FNN_CONV_COLS, FNN_COLSUM_CHUNK
 
     ctypedef struct fnn_elementwise_ops:
         int isa
@@ -35,8 +35,10 @@ cdef extern from "fnn.h" nogil:
                          double, double) noexcept nogil
         void (*adam_f64)(double*, const double*, double*, double*, fnn_idx, double, double, double, double, double,
                          double, double) noexcept nogil
-        void (*colsum_f32)(const float*, fnn_idx, fnn_idx, fnn_idx, float*) noexcept nogil
-        void (*colsum_f64)(const double*, fnn_idx, fnn_idx, fnn_idx, double*) noexcept nogil
+        void (*dact_colsum_f32)(int, const float*, const float*, float*, fnn_idx, fnn_idx, fnn_idx, float*,
+                                double) noexcept nogil
+        void (*dact_colsum_f64)(int, const double*, const double*, double*, fnn_idx, fnn_idx, fnn_idx, double*,
+                                double) noexcept nogil
         void (*transpose_f32)(const float*, fnn_idx, fnn_idx, float*) noexcept nogil
         void (*transpose_f64)(const double*, fnn_idx, fnn_idx, double*) noexcept nogil
         int (*all_finite_f32)(const float*, fnn_idx) noexcept nogil
@@ -167,11 +169,17 @@ cdef inline void act_bwd(int act, const real *g, const real *y, real *out, fnn_i
         fnn_ew.act_bwd_f64(act, g, y, out, n, prm)
 
 
-cdef inline void colsum(const real *a, fnn_idx rows, fnn_idx cols, fnn_idx ld, real *out) noexcept nogil:
+cdef inline void dact_colsum(int act, const real *g, const real *y, real *delta, fnn_idx rows, fnn_idx cols,
+                             fnn_idx ld, real *out, double prm) noexcept nogil:
     if real is float:
-        fnn_ew.colsum_f32(a, rows, cols, ld, out)
+        fnn_ew.dact_colsum_f32(act, g, y, delta, rows, cols, ld, out, prm)
     else:
-        fnn_ew.colsum_f64(a, rows, cols, ld, out)
+        fnn_ew.dact_colsum_f64(act, g, y, delta, rows, cols, ld, out, prm)
+
+
+cdef inline void colsum(const real *a, fnn_idx rows, fnn_idx cols, fnn_idx ld, real *out) noexcept nogil:
+    """out[j] = Σ_r a[r*ld + j]: the identity's case of dact_colsum."""
+    dact_colsum(FNN_ACT_IDENTITY, a, <const real*>NULL, <real*>NULL, rows, cols, ld, out, 0.0)
 
 
 cdef inline int bn_fwd(const real *x, const real *w, const real *b, double eps, int batch_stats, real *mean, real *var,

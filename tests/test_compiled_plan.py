@@ -537,3 +537,31 @@ def test_sklearn_reduction_reference_is_scikit_learns_convention():
     np.testing.assert_allclose(res.losses[0], loss, rtol=1e-12)
     np.testing.assert_allclose(lin.weight.data, w0 - lr * (((p - y).T @ X) / 5 + alpha / 5 * w0), rtol=1e-12)
     np.testing.assert_allclose(lin.bias.data, b0 - lr * (p - y).sum(0) / 5, rtol=1e-12)  # no decay on the bias
+
+
+@pytest.mark.parametrize("hidden,plan_runs", [(16, True), (400, False)])
+def test_run_steps_gives_up_a_large_numba_plan_as_fit_does(monkeypatch, hidden, plan_runs):
+    """run_steps keeps the per-step loop where fit does: the numba plan above NUMBA_PLAN_MAX_MACS
+    (64 rows of 100-400-10: 2.8M multiply-adds a step); the cython plan runs whatever the size."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((128, 100)).astype(np.float32)
+    y = rng.integers(0, 10, 128)
+    calls = []
+    real = fastnn.train._run_plan
+    monkeypatch.setattr(fastnn.train, "_run_plan", lambda *a, **k: calls.append(1) or real(*a, **k))
+    for backend, want in (("numba", plan_runs), ("cython", True)):
+        try:
+            ctx = fastnn.use_backend(backend)
+            ctx.__enter__()
+        except fastnn.BackendUnavailable:
+            continue
+        try:
+            model = nn.Sequential(nn.Linear(100, hidden, rng=0), nn.ReLU(), nn.Linear(hidden, 10, rng=1))
+            step = fastnn.make_train_step(model, nn.CrossEntropyLoss(), optim.SGD(model.parameters(), lr=0.01))
+            assert step.compiled_plan()[0] is not None
+            calls.clear()
+            losses = step.run_steps(X, y, np.arange(128), 64)
+        finally:
+            ctx.__exit__(None, None, None)
+        assert bool(calls) is want, backend
+        assert losses.shape == (2,) and np.all(np.isfinite(losses))

@@ -15,7 +15,7 @@ What ``fastnn.fit`` gains when the model has a compiled plan
   tanh RNN, T = 50, 8 inputs, 64 hidden, batch 32, its last step into
   Linear 64-10; cross-entropy, SGD with momentum): the per-step loop and the
   plan, each at 1 and 2 threads, rounds interleaved, on the backends that
-  have a plan for them (cython; numba's reason is listed).
+  have a plan for them (cython and numba).
 * **predict** of a 64-128-10 MLP on many rows: one call of the forward plan
   against its two matrix products alone (BLAS, into preallocated outputs).
 * **fit against scikit-learn's MLPClassifier**, same architecture, solver

@@ -12,6 +12,14 @@ products may be threaded, for large ones). The activations, losses and
 updates are the backend's own kernels and element functions (``activations``,
 ``losses``, ``optim``), so a step differs from the per-step loop only in the summation
 order of the products.
+
+Image stages or a recurrent layer in front run in drivers of their own
+(:mod:`._train_front`), over this module's helpers, so a dense network
+never compiles them. Every driver is made twice from one source
+(:func:`_dense_kernels`): on the register tiles and on the plain loops of
+``_small_gemm.simple_tiled`` (the same bits, a fraction of the
+compilation), which run while the tiled driver compiles in the background
+on a fresh install (``_jit.Deferred``).
 """
 
 import math

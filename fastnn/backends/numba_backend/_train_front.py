@@ -11,17 +11,18 @@ gather, dense layers, loss, backward pass and update as the dense driver
 * **image stages**: the backend's own serial kernels of the layers (``conv``:
   the fused lowering-and-product forward, im2col, col2im, the pooling loops;
   the activation kernels). The convolution's weight gradient and dL/dx are
-  one small product each per chunk of images (``_small_gemm``, on one
-  thread), where the layer calls BLAS: the plan agrees with the per-step loop
-  to rounding. The first stage forms no dL/dx.
+  one BLAS product each per chunk of images, as in the layer, but from
+  compiled code (Numba's ``np.dot``, SciPy's BLAS); the dense layers run on
+  the small-product kernel: the plan agrees with the per-step loop to
+  rounding. The first stage forms no dL/dx.
 * **a recurrent layer** (RNN, LSTM or GRU, from zero states, its last hidden
   state into the dense layers): the sequence kernels of ``rnn`` the layers
   call, the input projection and the all-steps products on the small-product
   kernel (the layer's choice at the sizes plans are for; it takes BLAS for
   large ones), BPTT from dL/dh_T alone.
 
-Everything runs on one thread, as the dense driver: the per-step loop,
-whose kernels may be threaded, stays the better choice for large layers.
+Everything but the convolutions' BLAS products runs on one thread, as the
+dense driver.
 """
 
 import math
@@ -29,7 +30,6 @@ import math
 import numpy as np
 from numba import typed
 
-from . import _small_gemm as _small
 from . import conv as _conv
 from . import rnn as _rnn
 from . import train as _train
@@ -60,9 +60,9 @@ _AVGF, _AVGB = _conv._avg_pool_fwd[0], _conv._avg_pool_bwd[0]
 _ROWS, _CHUNK = 15, 16
 
 
-def _image_kernels(dense, mul_nt, acc_tn, conv_forward, suffix):
-    """(train, predict) image drivers over the dense passes ``dense`` (:func:`.train._dense_kernels`), the
-    products ``mul_nt`` (C = A·Bᵀ) and ``acc_tn`` (C += Aᵀ·B), and the convolution's ``conv_forward``."""
+def _image_kernels(dense, conv_forward, suffix):
+    """(train, predict) image drivers over the dense passes ``dense`` (:func:`.train._dense_kernels`) and the
+    convolution's ``conv_forward``."""
     forward, backward = dense["forward"], dense["backward"]
 
     def _stages_forward(st, x, nb):
@@ -111,19 +111,18 @@ def _image_kernels(dense, mul_nt, acc_tn, conv_forward, suffix):
             _IM2COL(x4, b0, n, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, c)
             g = gbuf[: O * n * P].reshape(O, n * P)
             _GATHER(go, b0, n, g)
+            # BLAS, as the layer: these products are long (K and n·P up to thousands), where the
+            # small-product kernel took twice BLAS's time (W5's second convolution, 1.6 ms a step)
             if b0 == 0:
-                mul_nt(g, c, gw2)
+                np.dot(g, c.T, gw2)
             else:
                 t = tmp.reshape(O, K)
-                mul_nt(g, c, t)
+                np.dot(g, c.T, t)
                 for i in range(gw.size):
                     gw[i] += tmp[i]
             if need_gin:
-                d = dcols[: K * n * P]
-                for i in range(d.size):
-                    d[i] = 0
-                d2 = d.reshape(K, n * P)
-                acc_tn(w2, g, d2)
+                d2 = dcols[: K * n * P].reshape(K, n * P)
+                np.dot(w2.T, g, d2)
                 _COL2IM(d2, b0, n, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, gin)
         if has_bias:
             for o in range(O):
@@ -243,8 +242,8 @@ def _conv_forward_plain(xi, w2, bias, has_bias, gm, work, cols, yi):
                     row[p] += bo
 
 
-_IMAGE_TILED = _image_kernels(_train.TILED, _small.mul_nt, _small.acc_tn, _conv_forward_tiled, "_tiled")
-_IMAGE_PLAIN = _image_kernels(_train.PLAIN, _small.mul_nt_simple, _small.acc_tn_simple, _conv_forward_plain, "_plain")
+_IMAGE_TILED = _image_kernels(_train.TILED, _conv_forward_tiled, "_tiled")
+_IMAGE_PLAIN = _image_kernels(_train.PLAIN, _conv_forward_plain, "_plain")
 #: The image drivers (train, predict): the tiled ones, or the plain ones (same bits) while those compile.
 IMAGE = tuple(Deferred(_IMAGE_TILED[k], _IMAGE_PLAIN[k]) for k in (0, 1))
 

@@ -28,7 +28,6 @@ dense driver.
 import math
 
 import numpy as np
-from numba import typed
 
 from . import conv as _conv
 from . import rnn as _rnn
@@ -43,6 +42,7 @@ from .train import (
     _act_bwd,
     _act_fwd,
     _gather_targets,
+    _list,
     _loss,
     _record,
     _update,
@@ -246,13 +246,6 @@ _IMAGE_TILED = _image_kernels(_train.TILED, _conv_forward_tiled, "_tiled")
 _IMAGE_PLAIN = _image_kernels(_train.PLAIN, _conv_forward_plain, "_plain")
 #: The image drivers (train, predict): the tiled ones, or the plain ones (same bits) while those compile.
 IMAGE = tuple(Deferred(_IMAGE_TILED[k], _IMAGE_PLAIN[k]) for k in (0, 1))
-
-
-def _list(arrays):
-    lst = typed.List()
-    for a in arrays:
-        lst.append(a)
-    return lst
 
 
 def image_tables(stages, dt, bmax, training):

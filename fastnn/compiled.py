@@ -16,13 +16,12 @@ chain of dense layers, optionally behind one recurrent layer:
 * or, first, image stages: :class:`~fastnn.nn.Conv2d`,
   :class:`~fastnn.nn.MaxPool2d`, :class:`~fastnn.nn.AvgPool2d` and the
   activations above, in any order, then a :class:`~fastnn.nn.Flatten`,
-  then the dense layers (``(N, C, H, W)`` input; cython backend);
+  then the dense layers (``(N, C, H, W)`` input);
 * or, first, a single-layer unidirectional :class:`~fastnn.nn.RNN`
   (tanh or ReLU), :class:`~fastnn.nn.LSTM` or :class:`~fastnn.nn.GRU` with
   ``batch_first=True`` (``fit``'s samples are the rows of ``X``), then
   :class:`~fastnn.nn.LastTimeStep` (``batch_first=True``), then the dense
-  layers (cython backend; the numba backend has no driver for these yet
-  and keeps the per-step loop for recurrent and image models);
+  layers;
 * every parameter of one dtype, no parameter used twice;
 * with :class:`~fastnn.nn.CrossEntropyLoss`, :class:`~fastnn.nn.MSELoss` or
   :class:`~fastnn.nn.BCEWithLogitsLoss`, and :class:`~fastnn.optim.SGD`
@@ -127,7 +126,6 @@ def _image_stages(mods: list[Any], seen: set[int]) -> list[FeatureSpec]:
 def _dense_chain(model: Module) -> tuple[list[DenseSpec], bool, RecurrentSpec | None, list[FeatureSpec]]:
     """The model's dense layers, whether it starts with a Flatten, the recurrent layer in front (or None),
     and the image stages in front (or [])."""
-    from .backends import current
     from .nn import Dropout, Flatten, LeakyReLU, Linear, ReLU, Sequential, Sigmoid, Tanh
 
     if type(model) is Linear:
@@ -187,9 +185,6 @@ def _dense_chain(model: Module) -> tuple[list[DenseSpec], bool, RecurrentSpec | 
     dtypes |= {f.weight.data.dtype for f in stages if f.weight is not None}
     if len(dtypes) > 1:
         raise Unsupported("the layers mix dtypes")
-    if (front is not None or stages) and current().name == "numba":
-        kind = "recurrent" if front is not None else "convolutional"
-        raise Unsupported(f"the numba backend's plans take dense layers only ({kind} models train one step per call)")
     return specs, flatten_input, front, stages
 
 

@@ -567,8 +567,8 @@ def fit(
         size and number of ranks). ``epochs`` is the total, as in the first run.
     steps_per_call : int or "auto", default "auto"
         When the model, loss and optimizer have a compiled training plan
-        (:mod:`fastnn.compiled`: dense networks, on the cython and numba
-        backends), this many steps run in one call of compiled code before
+        (:mod:`fastnn.compiled`: dense networks, optionally behind image stages
+        or one recurrent layer, on the cython and numba backends), this many steps run in one call of compiled code before
         Python runs again; ``"auto"`` aims at about 10 ms of work per call.
         The weights and the history do not depend on it. Other models, the
         numpy backend, gradient clipping and distributed training run one

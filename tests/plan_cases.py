@@ -3,11 +3,12 @@
 The optimizers and losses every plan is tested with, the targets for each
 loss, one run of ``TrainStep.run_steps`` over a shuffled pass (optionally
 forced through the per-step loop), and the two ways of comparing runs: bit
-for bit, and to rounding.
+for bit, and to rounding; which backends have compiled plans, and what they
+promise against their per-step loop.
 """
 
 import numpy as np
-from conftest import tol
+from conftest import _require_or_skip, tol
 
 import fastnn
 from fastnn import optim
@@ -68,3 +69,21 @@ def assert_close(a, b, dtype, scale):
     np.testing.assert_allclose(a[0], b[0], **t)
     for u, v in zip(a[1], b[1]):
         np.testing.assert_allclose(u, v, **t)
+
+
+#: The backends with compiled plans (the NumPy reference runs its specification of them).
+PLAN_BACKENDS = ("cython", "numba")
+
+
+def require(backend):
+    """Skip (or fail, when required) a test of ``backend``'s plan if the backend is unavailable."""
+    _require_or_skip(backend)
+
+
+def assert_is_the_loop(plan, loop, backend, dtype, scale):
+    """The plan against the same backend's per-step loop: the cython plan calls the loop's routines in its
+    order (the same bits); the numba plan multiplies on its own small-product kernel (to rounding)."""
+    if backend == "cython":
+        assert_same(plan, loop)
+    else:
+        assert_close(plan, loop, dtype, scale)

@@ -652,17 +652,15 @@ def test_plans_section_tiny():
     assert "error" not in res, res.get("error")
     assert set(res["w3"]) == {f"{b} {k}" for b in compiled for k in ("loop", "plan")}
     assert all(t > 0 for t in res["w3"].values()) and res["gemm1_gflops"] > 0
-    with_plans = [b for b in compiled if b != "numba"]  # numba keeps the per-step loop for W5 and W6
-    for wid in ("W5", "W6"):
-        rows = {f"{b} {t}t {k}" for b in with_plans for t in (1, 2) for k in ("loop", "plan")}
+    for wid in ("W5", "W6"):  # both compiled backends have plans for W5 and W6
+        rows = {f"{b} {t}t {k}" for b in compiled for t in (1, 2) for k in ("loop", "plan")}
         assert set(res["layers"].get(wid, {})) == rows and all(v > 0 for v in res["layers"][wid].values())
-        if "numba" in compiled:
-            assert "numba backend's plans take dense layers only" in res["unsupported"][f"{wid} numba"]
+    assert res["unsupported"] == {}
     assert set(res["predict"]) == {"two products (BLAS)"} | {f"{b} predict" for b in compiled}
     md = "\n".join(plans_section.markdown_lines(res))
     assert "## Compiled training plans" in md and "| cython plan |" in md.replace("numba", "cython")
-    if with_plans:
-        assert "| W5 | cython 2t plan |" in md and "| W6 | cython 1t loop |" in md
+    for b in compiled:
+        assert f"| W5 | {b} 2t plan |" in md and f"| W6 | {b} 1t loop |" in md
     if res.get("sklearn"):
         assert "MLPClassifier" in md and set(res["sklearn"]) == {"digits", "20k"}
     assert plans_section.markdown_lines(None) == []

@@ -5,20 +5,23 @@ What is checked:
 * the Cython plan gives the per-step loop's bits (``model(x)``, loss,
   backward, step) for a small W5-shaped CNN with every optimizer, and for
   strided, dilated, padded and bias-free convolutions, average pooling and
-  every activation with every loss, float32 and float64; the NumPy
-  specification gives its own per-step loop's bits, and the Cython plan
-  agrees with it to rounding;
+  every activation with every loss, float32 and float64; the Numba plan
+  gives its per-step loop's results to rounding; the NumPy specification
+  gives its own per-step loop's bits, and both compiled plans agree with it
+  to rounding;
 * the number of steps per call and changing batch sizes change nothing (bit
-  for bit), in ``run_steps`` and in ``fit`` (history included);
+  for bit), in ``run_steps`` and in ``fit`` (history included), on both;
 * the float32 image-by-image path (each thread carries its images through
   every stage; per-thread weight-gradient partials added in a fixed order)
   on teams of 1, 2 and 3 threads, batches that are no multiple of the team
   and a last, smaller batch: the per-step loop's bits, the same bits run to
   run and split over calls, the NumPy specification to rounding; and the
   steps whose convolutions would take different teams run stage by stage;
+* the Numba drivers on the register tiles and on the plain products (what
+  runs while the tiled ones compile) give the same bits;
 * a plan step's gradients against finite differences;
 * ``predict`` and ``evaluate`` run the forward plan;
-* which image models get a plan (the others, and the numba backend, say why);
+* which image models get a plan (the others say why);
 * hostile indices, labels, NaN and infinite inputs stop the run with a
   Python exception, in a child process.
 """
@@ -27,7 +30,18 @@ import numpy as np
 import pytest
 from conftest import tol
 from isolated import run_isolated
-from plan_cases import LOSSES, OPTIMIZERS, assert_close, assert_same, loss_fn, run_steps, targets
+from plan_cases import (
+    LOSSES,
+    OPTIMIZERS,
+    PLAN_BACKENDS,
+    assert_close,
+    assert_is_the_loop,
+    assert_same,
+    loss_fn,
+    require,
+    run_steps,
+    targets,
+)
 
 import fastnn
 from fastnn import compiled, nn, optim
@@ -82,21 +96,25 @@ def _close(a, b, dtype):
 
 
 @pytest.mark.parametrize("opt", sorted(OPTIMIZERS))
-def test_cython_plan_is_the_per_step_loop(opt, dtype):
-    """W5's shape: the per-step loop's bits; the NumPy specification to rounding."""
-    pytest.importorskip("fastnn._ext._kernels")
-    plan = _train("cython", "w5", dtype, "cross_entropy", opt)
+@pytest.mark.parametrize("backend_name", PLAN_BACKENDS)
+def test_plan_is_the_per_step_loop(backend_name, opt, dtype):
+    """W5's shape: the per-step loop (cython: its bits); the NumPy specification to rounding."""
+    require(backend_name)
+    plan = _train(backend_name, "w5", dtype, "cross_entropy", opt)
     assert plan[2] is not None
-    assert_same(plan, _train("cython", "w5", dtype, "cross_entropy", opt, force_loop=True))
+    loop = _train(backend_name, "w5", dtype, "cross_entropy", opt, force_loop=True)
+    assert_is_the_loop(plan, loop, backend_name, dtype, 100)
     _close(plan, _train("numpy", "w5", dtype, "cross_entropy", opt), dtype)
 
 
 @pytest.mark.parametrize("loss", LOSSES)
-def test_other_stages_and_losses(loss, dtype):
-    pytest.importorskip("fastnn._ext._kernels")
-    plan = _train("cython", "other", dtype, loss, "adam")
+@pytest.mark.parametrize("backend_name", PLAN_BACKENDS)
+def test_other_stages_and_losses(backend_name, loss, dtype):
+    require(backend_name)
+    plan = _train(backend_name, "other", dtype, loss, "adam")
     assert plan[2] is not None
-    assert_same(plan, _train("cython", "other", dtype, loss, "adam", force_loop=True))
+    loop = _train(backend_name, "other", dtype, loss, "adam", force_loop=True)
+    assert_is_the_loop(plan, loop, backend_name, dtype, 100)
     _close(plan, _train("numpy", "other", dtype, loss, "adam"), dtype)
 
 
@@ -159,6 +177,21 @@ def test_convolutions_on_different_teams_run_stage_by_stage():
     assert_same(plan, loop)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_numba_tiled_and_plain_drivers_give_the_same_bits(name, monkeypatch):
+    """The image driver on the register tiles, and on the plain products that run while it compiles."""
+    require("numba")
+    from fastnn.backends.numba_backend import _train_front
+
+    runs = []
+    for which in ("fallback", "fast"):
+        monkeypatch.setattr(_train_front, "IMAGE", tuple(getattr(d, which) for d in _train_front.IMAGE))
+        runs.append(_train("numba", name, np.float32, "mse", "adam"))
+        monkeypatch.undo()
+    assert_same(runs[0], runs[1])
+
+
 def _bits(a):
     return a.view(np.int32 if a.dtype == np.float32 else np.int64)
 
@@ -211,23 +244,26 @@ def test_reference_spec_is_the_per_step_loop(name, dtype):
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
-def test_steps_per_call_and_changing_batches(name):
-    pytest.importorskip("fastnn._ext._kernels")
+@pytest.mark.parametrize("backend_name", PLAN_BACKENDS)
+def test_steps_per_call_and_changing_batches(backend_name, name):
+    require(backend_name)
     calls = [(8, 8), (10, 5), (19, 19)]
-    loop = _train("cython", name, np.float32, "mse", "nesterov", force_loop=True, calls=calls)
-    assert_same(_train("cython", name, np.float32, "mse", "nesterov", calls=calls), loop)
+    loop = _train(backend_name, name, np.float32, "mse", "nesterov", force_loop=True, calls=calls)
+    plan = _train(backend_name, name, np.float32, "mse", "nesterov", calls=calls)
+    assert_is_the_loop(plan, loop, backend_name, np.float32, 100)
     assert_same(
-        _train("cython", name, np.float32, "mse", "adam", calls=[(4, 4)] * 9),
-        _train("cython", name, np.float32, "mse", "adam", calls=[(36, 4)]),
+        _train(backend_name, name, np.float32, "mse", "adam", calls=[(4, 4)] * 9),
+        _train(backend_name, name, np.float32, "mse", "adam", calls=[(36, 4)]),
     )
 
 
-def test_fit_steps_per_call():
+@pytest.mark.parametrize("backend_name", PLAN_BACKENDS)
+def test_fit_steps_per_call(backend_name):
     """fit with 1, 3 and "auto" steps per call: same weights and history; the per-step loop to rounding."""
-    pytest.importorskip("fastnn._ext._kernels")
+    require(backend_name)
     X, y = _data("cross_entropy", np.float32, n=50)
     results = []
-    with fastnn.use_backend("cython"):
+    with fastnn.use_backend(backend_name):
         for k in (1, 3, "auto", None):
             model = _w5(np.float32)
             o = optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
@@ -251,13 +287,14 @@ def test_fit_steps_per_call():
 
 @pytest.mark.parametrize("name", sorted(MODELS))
 @pytest.mark.parametrize("loss", LOSSES)
-def test_plan_gradients_against_finite_differences(name, loss):
+@pytest.mark.parametrize("backend_name", PLAN_BACKENDS)
+def test_plan_gradients_against_finite_differences(backend_name, name, loss):
     """With lr = 0 a plan step writes the gradients and leaves the weights: compare with finite differences."""
-    pytest.importorskip("fastnn._ext._kernels")
+    require(backend_name)
     dtype = np.float64
     make, channels = MODELS[name]
     X, y = _data(loss, dtype, channels, n=6)
-    with fastnn.use_backend("cython"):
+    with fastnn.use_backend(backend_name):
         model = make(dtype)
         lossfn = loss_fn(loss)
         opt = optim.SGD(model.parameters(), lr=0.0)
@@ -274,17 +311,21 @@ def test_plan_gradients_against_finite_differences(name, loss):
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
-def test_predict_and_evaluate_use_the_forward_plan(name, dtype):
-    pytest.importorskip("fastnn._ext._kernels")
+@pytest.mark.parametrize("backend_name", PLAN_BACKENDS)
+def test_predict_and_evaluate_use_the_forward_plan(backend_name, name, dtype):
+    require(backend_name)
     make, channels = MODELS[name]
     X, y = _data("cross_entropy", dtype, channels, n=150)
-    with fastnn.use_backend("cython"):
+    with fastnn.use_backend(backend_name):
         model = make(dtype)
         assert compiled.explain(model) is None
         got = fastnn.predict(model, X, batch_size=64)
         with fastnn.no_grad():
             want = model(X[:64])
-        np.testing.assert_array_equal(got[:64], want)  # the same routines: the same bits
+        if backend_name == "cython":
+            np.testing.assert_array_equal(got[:64], want)  # the same routines: the same bits
+        else:
+            np.testing.assert_allclose(got[:64], want, **tol(dtype, 10))
         res = fastnn.evaluate(model, X, y, batch_size=64)
         assert fastnn.train._forward_plan(model, X[:, :, :5], 64) is None  # too small for the stages
     with fastnn.use_backend("numpy"):
@@ -313,15 +354,17 @@ def test_which_image_models_get_a_plan():
         assert "shares its parameters" in compiled.explain(shared)
         plan = compiled.forward_plan(_w5(dt))
         assert plan.accepts((3, 1, 12, 12)) and not plan.accepts((3, 1, 16, 12)) and not plan.accepts((3, 144))
-    if fastnn.backend_status()["numba"] == "available":
-        with fastnn.use_backend("numba"):
-            assert "numba backend's plans take dense layers only" in compiled.explain(_w5(dt))
+    for name in PLAN_BACKENDS:
+        if fastnn.backend_status()[name] == "available":
+            with fastnn.use_backend(name):
+                assert compiled.explain(_w5(dt)) is None
 
 
-def test_run_checks_images():
-    pytest.importorskip("fastnn._ext._kernels")
+@pytest.mark.parametrize("backend_name", PLAN_BACKENDS)
+def test_run_checks_images(backend_name):
+    require(backend_name)
     X, y = _data("mse", np.float32, n=12)
-    with fastnn.use_backend("cython"):
+    with fastnn.use_backend(backend_name):
         model = _w5(np.float32)
         opt = optim.SGD(model.parameters(), lr=0.1)
         plan = compiled.train_plan(model, nn.MSELoss(), opt)
@@ -336,7 +379,7 @@ def test_run_checks_images():
             plan.run(X, y, np.array([0, 1, 12, 3]), 2, hyper)
 
 
-@pytest.mark.parametrize("backend_name", ["cython", "numpy"])
+@pytest.mark.parametrize("backend_name", [*PLAN_BACKENDS, "numpy"])
 def test_hostile_input_in_child(backend_name):
     """Bad indices and labels, NaN and infinite images reach the image plan's loop: an exception, never a crash."""
     result = run_isolated(f"""

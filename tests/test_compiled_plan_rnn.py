@@ -5,14 +5,17 @@ What is checked:
 * the Cython plan gives the per-step loop's bits (``model(x)``, loss,
   backward, step) for the RNN (tanh and ReLU), the LSTM and the GRU, with
   every optimizer, every loss, float32 and float64, with and without biases;
-  the NumPy specification gives the per-step loop's bits too, and the Cython
-  plan agrees with it to rounding;
+  the Numba plan gives its per-step loop's results to rounding; the NumPy
+  specification gives the per-step loop's bits too, and both compiled plans
+  agree with it to rounding;
 * the number of steps per call, and batch sizes or sequence lengths that
   change between calls, change nothing (bit for bit), in ``run_steps`` and
-  in ``fit`` (history included);
+  in ``fit`` (history included), on both;
+* the Numba drivers on the register tiles and on the plain products (what
+  runs while the tiled ones compile) give the same bits;
 * a plan step's gradients against finite differences;
 * ``predict`` and ``evaluate`` run the forward plan, with the layers' results;
-* which recurrent models get a plan (the others, and the numba backend, say why);
+* which recurrent models get a plan (the others say why);
 * hostile indices, labels and NaN losses stop the run with a Python
   exception, in a child process.
 """
@@ -21,7 +24,18 @@ import numpy as np
 import pytest
 from conftest import tol
 from isolated import run_isolated
-from plan_cases import LOSSES, OPTIMIZERS, assert_close, assert_same, loss_fn, run_steps, targets
+from plan_cases import (
+    LOSSES,
+    OPTIMIZERS,
+    PLAN_BACKENDS,
+    assert_close,
+    assert_is_the_loop,
+    assert_same,
+    loss_fn,
+    require,
+    run_steps,
+    targets,
+)
 
 import fastnn
 from fastnn import compiled, nn, optim
@@ -67,23 +81,43 @@ def _close(a, b, dtype):
 
 @pytest.mark.parametrize("opt", sorted(OPTIMIZERS))
 @pytest.mark.parametrize("cell", CELLS)
-def test_cython_plan_is_the_per_step_loop(cell, opt, dtype):
-    """Same bits as the per-step loop (the same routines in the same order); the NumPy spec to rounding."""
-    pytest.importorskip("fastnn._ext._kernels")
-    plan = _train("cython", cell, dtype, "cross_entropy", opt)
+@pytest.mark.parametrize("backend_name", PLAN_BACKENDS)
+def test_plan_is_the_per_step_loop(backend_name, cell, opt, dtype):
+    """The per-step loop (cython: its bits, the same routines in the same order); the NumPy spec to rounding."""
+    require(backend_name)
+    plan = _train(backend_name, cell, dtype, "cross_entropy", opt)
     assert plan[2] is not None
-    assert_same(plan, _train("cython", cell, dtype, "cross_entropy", opt, force_loop=True))
+    loop = _train(backend_name, cell, dtype, "cross_entropy", opt, force_loop=True)
+    assert_is_the_loop(plan, loop, backend_name, dtype, 50)
     _close(plan, _train("numpy", cell, dtype, "cross_entropy", opt), dtype)
 
 
 @pytest.mark.parametrize("loss", LOSSES)
 @pytest.mark.parametrize("cell", CELLS)
-def test_losses_and_no_bias(cell, loss, dtype):
-    pytest.importorskip("fastnn._ext._kernels")
+@pytest.mark.parametrize("backend_name", PLAN_BACKENDS)
+def test_losses_and_no_bias(backend_name, cell, loss, dtype):
+    require(backend_name)
     for bias in (True, False):
-        plan = _train("cython", cell, dtype, loss, "adam", bias=bias)
-        assert_same(plan, _train("cython", cell, dtype, loss, "adam", bias=bias, force_loop=True))
+        plan = _train(backend_name, cell, dtype, loss, "adam", bias=bias)
+        loop = _train(backend_name, cell, dtype, loss, "adam", bias=bias, force_loop=True)
+        assert_is_the_loop(plan, loop, backend_name, dtype, 50)
         _close(plan, _train("numpy", cell, dtype, loss, "adam", bias=bias), dtype)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cell", CELLS)
+def test_numba_tiled_and_plain_drivers_give_the_same_bits(cell, monkeypatch):
+    """The recurrent driver on the register tiles, and on the plain products that run while it compiles."""
+    require("numba")
+    from fastnn.backends.numba_backend import _train_front
+
+    runs = []
+    for which in ("fallback", "fast"):
+        pairs = tuple(tuple(getattr(d, which) for d in pair) for pair in _train_front.RECURRENT)
+        monkeypatch.setattr(_train_front, "RECURRENT", pairs)
+        runs.append(_train("numba", cell, np.float32, "mse", "adam"))
+        monkeypatch.undo()
+    assert_same(runs[0], runs[1])
 
 
 @pytest.mark.parametrize("cell", CELLS)
@@ -106,24 +140,27 @@ def test_reference_spec_is_the_per_step_loop(cell, dtype):
 
 
 @pytest.mark.parametrize("cell", CELLS)
-def test_steps_per_call_and_changing_batches(cell):
-    """One step per call, all in one call, and calls of changing batch sizes: the loop's bits."""
-    pytest.importorskip("fastnn._ext._kernels")
+@pytest.mark.parametrize("backend_name", PLAN_BACKENDS)
+def test_steps_per_call_and_changing_batches(backend_name, cell):
+    """One step per call, all in one call, and calls of changing batch sizes: the same bits (cython: the loop's)."""
+    require(backend_name)
     calls = [(16, 16), (10, 5), (27, 9)]  # the batch size (the sequence layout) changes between calls
-    loop = _train("cython", cell, np.float32, "mse", "nesterov", force_loop=True, calls=calls)
-    assert_same(_train("cython", cell, np.float32, "mse", "nesterov", calls=calls), loop)
+    loop = _train(backend_name, cell, np.float32, "mse", "nesterov", force_loop=True, calls=calls)
+    plan = _train(backend_name, cell, np.float32, "mse", "nesterov", calls=calls)
+    assert_is_the_loop(plan, loop, backend_name, np.float32, 50)
     one_by_one = [(1, 1)] * 20
     assert_same(
-        _train("cython", cell, np.float32, "mse", "sgd", calls=one_by_one),
-        _train("cython", cell, np.float32, "mse", "sgd", calls=[(20, 1)]),
+        _train(backend_name, cell, np.float32, "mse", "sgd", calls=one_by_one),
+        _train(backend_name, cell, np.float32, "mse", "sgd", calls=[(20, 1)]),
     )
 
 
-def test_sequence_length_may_change_between_calls():
-    pytest.importorskip("fastnn._ext._kernels")
+@pytest.mark.parametrize("backend_name", PLAN_BACKENDS)
+def test_sequence_length_may_change_between_calls(backend_name):
+    require(backend_name)
     results = []
     for force in (False, True):
-        with fastnn.use_backend("cython"):
+        with fastnn.use_backend(backend_name):
             model = _model("lstm", np.float64)
             step = fastnn.make_train_step(model, nn.MSELoss(), optim.Adam(model.parameters()))
             if force:
@@ -131,16 +168,17 @@ def test_sequence_length_may_change_between_calls():
             losses = [step.run_steps(*_data("mse", np.float64, n=20, steps=s, seed=s), np.arange(20), 8)
                       for s in (6, 2, 9, 6)]  # fmt: skip
             results.append((np.concatenate(losses), [p.data.copy() for p in model.parameters()]))
-    assert_same(results[0], results[1])
+    assert_is_the_loop(results[0], results[1], backend_name, np.float64, 50)
 
 
 @pytest.mark.parametrize("opt", ["sgd_momentum", "adamw"])
-def test_fit_steps_per_call(opt):
+@pytest.mark.parametrize("backend_name", PLAN_BACKENDS)
+def test_fit_steps_per_call(backend_name, opt):
     """fit with 1, 4 and "auto" steps per call: same weights and history, with a schedule and validation."""
-    pytest.importorskip("fastnn._ext._kernels")
+    require(backend_name)
     X, y = _data("cross_entropy", np.float32, n=90)
     results = []
-    with fastnn.use_backend("cython"):
+    with fastnn.use_backend(backend_name):
         for k in (1, 4, "auto", None):
             model = _model("gru", np.float32)
             o = OPTIMIZERS[opt](model.parameters())
@@ -164,12 +202,13 @@ def test_fit_steps_per_call(opt):
 
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("loss", LOSSES)
-def test_plan_gradients_against_finite_differences(cell, loss):
+@pytest.mark.parametrize("backend_name", PLAN_BACKENDS)
+def test_plan_gradients_against_finite_differences(backend_name, cell, loss):
     """With lr = 0 a plan step writes the gradients and leaves the weights: compare with finite differences."""
-    pytest.importorskip("fastnn._ext._kernels")
+    require(backend_name)
     dtype = np.float64
     X, y = _data(loss, dtype, n=7)
-    with fastnn.use_backend("cython"):
+    with fastnn.use_backend(backend_name):
         model = _model(cell, dtype)
         lossfn = loss_fn(loss)
         opt = optim.SGD(model.parameters(), lr=0.0)
@@ -186,16 +225,20 @@ def test_plan_gradients_against_finite_differences(cell, loss):
 
 
 @pytest.mark.parametrize("cell", CELLS)
-def test_predict_and_evaluate_use_the_forward_plan(cell, dtype):
-    pytest.importorskip("fastnn._ext._kernels")
+@pytest.mark.parametrize("backend_name", PLAN_BACKENDS)
+def test_predict_and_evaluate_use_the_forward_plan(backend_name, cell, dtype):
+    require(backend_name)
     X, y = _data("cross_entropy", dtype, n=203)
-    with fastnn.use_backend("cython"):
+    with fastnn.use_backend(backend_name):
         model = _model(cell, dtype)
         assert compiled.explain(model) is None
         got = fastnn.predict(model, X, batch_size=64)
         with fastnn.no_grad():
             want = model(X[:64])
-        np.testing.assert_array_equal(got[:64], want)  # the same routines: the same bits
+        if backend_name == "cython":
+            np.testing.assert_array_equal(got[:64], want)  # the same routines: the same bits
+        else:
+            np.testing.assert_allclose(got[:64], want, **tol(dtype, 10))
         with fastnn.no_grad():
             want = model(X)
         np.testing.assert_allclose(got, want, **tol(dtype, 10))
@@ -230,17 +273,15 @@ def test_which_recurrent_models_get_a_plan():
         assert "mix dtypes" in compiled.explain(mixed)
         conv_after = nn.Sequential(_recurrent("gru", dt), *head[:1], nn.Conv2d(1, 2, 3))
         assert "layer 2 is a Conv2d" in compiled.explain(conv_after)
-    if fastnn.backend_status()["numba"] == "available":
-        with fastnn.use_backend("numba"):
-            model = nn.Sequential(_recurrent("gru", dt), *head)
-            assert "numba backend's plans take dense layers only" in compiled.explain(model)
-            step = fastnn.make_train_step(model, nn.MSELoss(), optim.SGD(model.parameters()))
-            assert step.compiled_plan()[0] is None
-            X, y = _data("mse", dt, n=20)
-            step.run_steps(X, y[:, :2], np.arange(20), 8)  # the per-step loop
-            with fastnn.use_backend("cython"):  # the cached answer follows the backend
-                if fastnn.backend_status()["cython"] == "available":
-                    assert step.compiled_plan()[0] is not None
+    for name in PLAN_BACKENDS:
+        if fastnn.backend_status()[name] == "available":
+            with fastnn.use_backend(name):
+                model = nn.Sequential(_recurrent("gru", dt), *head)
+                assert compiled.explain(model) is None
+                step = fastnn.make_train_step(model, nn.MSELoss(), optim.SGD(model.parameters()))
+                assert step.compiled_plan()[0] is not None
+            with fastnn.use_backend("numpy"):  # the cached answer follows the backend: the reference has none
+                assert step.compiled_plan()[0] is None
 
 
 def test_fit_verbose_names_the_plan(capsys):
@@ -251,10 +292,11 @@ def test_fit_verbose_names_the_plan(capsys):
     assert "compiled training plan" in capsys.readouterr().out
 
 
-def test_run_checks_sequences():
-    pytest.importorskip("fastnn._ext._kernels")
+@pytest.mark.parametrize("backend_name", PLAN_BACKENDS)
+def test_run_checks_sequences(backend_name):
+    require(backend_name)
     X, y = _data("mse", np.float32, n=12)
-    with fastnn.use_backend("cython"):
+    with fastnn.use_backend(backend_name):
         model = _model("rnn_tanh", np.float32)
         opt = optim.SGD(model.parameters(), lr=0.1)
         plan = compiled.train_plan(model, nn.MSELoss(), opt)
@@ -268,7 +310,7 @@ def test_run_checks_sequences():
         assert not fastnn.compiled.forward_plan(model).accepts((12, 3, I + 1))
 
 
-@pytest.mark.parametrize("backend_name", ["cython", "numpy"])
+@pytest.mark.parametrize("backend_name", [*PLAN_BACKENDS, "numpy"])
 def test_hostile_input_in_child(backend_name):
     """Bad indices and labels and a NaN loss reach the recurrent plan's loop: an exception, never a crash."""
     result = run_isolated(f"""

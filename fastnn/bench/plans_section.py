@@ -15,7 +15,7 @@ What ``fastnn.fit`` gains when the model has a compiled plan
   tanh RNN, T = 50, 8 inputs, 64 hidden, batch 32, its last step into
   Linear 64-10; cross-entropy, SGD with momentum): the per-step loop and the
   plan, each at 1 and 2 threads, rounds interleaved, on the backends that
-  have a plan for them (cython; numba's reason is listed).
+  have a plan for them (cython and numba).
 * **predict** of a 64-128-10 MLP on many rows: one call of the forward plan
   against its two matrix products alone (BLAS, into preallocated outputs).
 * **fit against scikit-learn's MLPClassifier**, same architecture, solver
@@ -45,13 +45,22 @@ def _median_times(fns: dict, rounds: int) -> dict:
     return {k: float(np.median(v)) for k, v in times.items()}
 
 
+def _settle(backends) -> None:
+    """Wait for the numba kernels and plan drivers compiling in the background, so that the rounds time the
+    fast ones (``tiny``, the test's run, does not wait: minutes of compilation on a fresh cache)."""
+    if "numba" in backends:
+        from fastnn.backends.numba_backend import _jit
+
+        _jit.settle(timeout=600)
+
+
 def _w3_model(fastnn, nn, optim, seed=0):
     fastnn.manual_seed(seed)
     model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))
     return model, optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
 
 
-def _w3_steps(fastnn, backends, rounds):
+def _w3_steps(fastnn, backends, rounds, settle=True):
     from fastnn import nn, optim
 
     rng = np.random.default_rng(0)
@@ -87,6 +96,8 @@ def _w3_steps(fastnn, backends, rounds):
         for f in (loop, plan):
             f()  # compile / bind / warm
         fns[f"{b} loop"], fns[f"{b} plan"] = loop, plan
+    if settle:
+        _settle(backends)
     return _median_times(fns, rounds)
 
 
@@ -156,6 +167,8 @@ def _layer_steps(fastnn, backends, rounds, tiny):
         try:
             for f in fns.values():
                 f()  # bind / warm
+            if not tiny:
+                _settle(backends)
             out[wid] = _median_times(fns, rounds)
         finally:
             fastnn.set_num_threads(threads0)
@@ -264,7 +277,7 @@ def measure(backends, quick: bool, tiny: bool = False, log=None) -> dict:
         return {"error": "no compiled backend available"}
     rounds = 3 if (quick or tiny) else 7
     try:
-        out["w3"] = _w3_steps(fastnn, backends, rounds)
+        out["w3"] = _w3_steps(fastnn, backends, rounds, settle=not tiny)
         out["w3_flops"] = W3_FLOPS
         out["gemm1_gflops"] = _one_thread_gemm_gflops(fastnn)
         if log:

@@ -12,6 +12,14 @@ products may be threaded, for large ones). The activations, losses and
 updates are the backend's own kernels and element functions (``activations``,
 ``losses``, ``optim``), so a step differs from the per-step loop only in the summation
 order of the products.
+
+Image stages or a recurrent layer in front run in drivers of their own
+(:mod:`._train_front`), over this module's helpers, so a dense network
+never compiles them. Every driver is made twice from one source
+(:func:`_dense_kernels`): on the register tiles and on the plain loops of
+``_small_gemm.simple_tiled`` (the same bits, a fraction of the
+compilation), which run while the tiled driver compiles in the background
+on a fresh install (``_jit.Deferred``).
 """
 
 import math
@@ -21,7 +29,7 @@ from numba import typed
 
 from ..reference import train as _spec
 from . import _small_gemm as _small
-from ._jit import jit, kernel
+from ._jit import Deferred, jit, kernel, rebinder, renamed
 from .activations import (
     _leaky,
     _leaky_bwd,
@@ -48,17 +56,17 @@ _RELU_BWD, _SIGMOID_BWD, _TANH_BWD, _LEAKY_BWD = _relu_bwd[0], _sigmoid_bwd[0], 
 
 
 @jit
-def _act_fwd(y, act, slope):
-    """y = act(y) in place (act != 0), by the backend's activation kernels."""
-    f = y.ravel()
+def _act_fwd(x, act, slope, y):
+    """y = act(x) (act != 0; y may be x), by the backend's activation kernels."""
+    xf, f = x.ravel(), y.ravel()
     if act == 1:
-        _RELU(f, f)
+        _RELU(xf, f)
     elif act == 2:
-        _SIGMOID(f, f)
+        _SIGMOID(xf, f)
     elif act == 3:
-        _TANH(f, f)
+        _TANH(xf, f)
     else:
-        _LEAKY(f, slope, f)
+        _LEAKY(xf, slope, f)
 
 
 @jit
@@ -73,53 +81,6 @@ def _act_bwd(g, y, act, slope, d):
         _TANH_BWD(gf, yf, df)
     else:
         _LEAKY_BWD(gf, yf, slope, df)
-
-
-@jit
-def _forward(ws, bs_, hb, ys, acts, slopes, x, nb):
-    """Every layer's output for the nb rows of x; returns the last."""
-    inp = x
-    for l in range(len(ws)):
-        y = ys[l][:nb]
-        _small.mul_nt(inp, ws[l], y)
-        if hb[l]:
-            b = bs_[l]
-            for r in range(nb):
-                row = y[r]
-                for j in range(row.size):
-                    row[j] += b[j]
-        if acts[l] != 0:
-            _act_fwd(y, acts[l], slopes[l])
-        inp = y
-    return inp
-
-
-@jit
-def _backward(ws, hb, ys, ds, gins, gws, gbs, acts, slopes, x, gz, nb):
-    """Every parameter gradient from gz = dL/d(output) (dL/dx of the first layer not formed)."""
-    g = gz
-    for l in range(len(ws) - 1, -1, -1):
-        y = ys[l][:nb]
-        d = g
-        if acts[l] != 0:
-            d = ds[l][:nb]
-            _act_bwd(g, y, acts[l], slopes[l], d)
-        xin = x if l == 0 else ys[l - 1][:nb]
-        gw = gws[l]
-        gw[:] = 0
-        _small.acc_tn(d, xin, gw)
-        if hb[l]:
-            gb = gbs[l]
-            gb[:] = 0
-            for r in range(nb):
-                row = d[r]
-                for j in range(row.size):
-                    gb[j] += row[j]
-        if l > 0:
-            gin = gins[l][:nb]
-            gin[:] = 0
-            _small.acc_nn(d, ws[l], gin)
-            g = gin
 
 
 @jit
@@ -207,89 +168,176 @@ def _penalty(ps, decays):
     return total
 
 
-@kernel(inputs="x labels values index")
-def _steps(ws, bs_, hb, ys, ds, gins, gws, gbs, acts, slopes, ps, gs, s1s, s2s, decays, xb, lb, tb, gz, x, labels,
-           values, index, batch_size, loss, reduction, opt, lr, h1, h2, wd, eps, decoupled, c1, c2, step0, losses,
-           pred_i, pred_b):  # fmt: skip
-    """The driver: (steps run, status), as the reference's train_steps."""
-    n = x.shape[0]
-    nsteps = losses.shape[0]
-    nindex = min(index.shape[0], nsteps * batch_size)
-    nout = gz.shape[1]
-    for s in range(nsteps):
-        lo = s * batch_size
-        nb = min(batch_size, nindex - lo)
+@jit
+def _gather_targets(labels, values, index, lo, nb, loss, lb, tb, nout):
+    """The step's labels (cross-entropy) or target rows; False at a label outside [0, nout).
+
+    The step's indices were checked by the gather of its inputs, which comes first."""
+    if loss == 0:
         for i in range(nb):
-            row = index[lo + i]
-            if np.uint64(row) >= np.uint64(n):
-                return s, _BAD_INDEX
-            xb[i] = x[row]
-        if loss == 0:
-            for i in range(nb):
-                lab = labels[index[lo + i]]
-                if np.uint64(lab) >= np.uint64(nout):
-                    return s, _BAD_LABEL
-                lb[i] = lab
-        else:
-            for i in range(nb):
-                tb[i] = values[index[lo + i]]
-        z = _forward(ws, bs_, hb, ys, acts, slopes, xb[:nb], nb)
-        g = gz[:nb]
-        total = 0.0
-        mean = reduction == _MEAN
-        if reduction == _SKLEARN:
-            scale = 1.0
-            total = _sklearn_loss(loss, z, lb[:nb], tb[:nb], g) / nb
-            if wd != 0:
-                total += 0.5 * wd * _penalty(ps, decays) / nb
-        elif loss == 0:
-            scale = 1.0 / nb if mean else 1.0
-            sc = z.dtype.type(scale)
-            for r in range(nb):
-                total += _ce_row(z[r], lb[r], g[r], sc)
-        else:
-            zf, tf, gf = z.ravel(), tb[:nb].ravel(), g.ravel()
-            scale = 1.0 / zf.size if mean else 1.0
-            if loss == 1:
-                two_s = z.dtype.type(2.0 * scale)
-                for i in range(zf.size):
-                    dv = zf[i] - tf[i]
-                    total += np.float64(dv) * np.float64(dv)
-                    gf[i] = dv * two_s
-            else:
-                sc = z.dtype.type(scale)
-                one, zero = z.dtype.type(1), z.dtype.type(0)
-                for i in range(zf.size):
-                    lv, gi = _bce_elem(zf[i], tf[i], sc, one, zero)
-                    total += lv
-                    gf[i] = gi
-        value = total * scale
-        losses[s] = value
-        if not math.isfinite(value):
-            return s, _NONFINITE
-        if pred_i.size:
-            for r in range(nb):
-                best = 0
-                zr = z[r]
-                for j in range(1, nout):
-                    if zr[j] > zr[best] or (zr[j] != zr[j] and zr[best] == zr[best]):
-                        best = j
-                pred_i[lo + r] = best
-        elif pred_b.size:
-            zf = z.ravel()
+            lab = labels[index[lo + i]]
+            if np.uint64(lab) >= np.uint64(nout):
+                return False
+            lb[i] = lab
+    else:
+        for i in range(nb):
+            tb[i] = values[index[lo + i]]
+    return True
+
+
+@jit
+def _loss(z, g, lb, tb, nb, loss, reduction, ps, decays, wd):
+    """The step's loss of the outputs z (float64) and g = dL/dz."""
+    total = 0.0
+    mean = reduction == _MEAN
+    if reduction == _SKLEARN:
+        total = _sklearn_loss(loss, z, lb, tb, g) / nb
+        if wd != 0:
+            total += 0.5 * wd * _penalty(ps, decays) / nb
+        return total
+    if loss == 0:
+        scale = 1.0 / nb if mean else 1.0
+        sc = z.dtype.type(scale)
+        for r in range(nb):
+            total += _ce_row(z[r], lb[r], g[r], sc)
+    else:
+        zf, tf, gf = z.ravel(), tb.ravel(), g.ravel()
+        scale = 1.0 / zf.size if mean else 1.0
+        if loss == 1:
+            two_s = z.dtype.type(2.0 * scale)
             for i in range(zf.size):
-                pred_b[lo * nout + i] = zf[i] > 0
-        _backward(ws, hb, ys, ds, gins, gws, gbs, acts, slopes, xb[:nb], g, nb)
-        _update(ps, gs, s1s, s2s, decays, opt, lr, h1, h2, wd, eps, decoupled, c1, c2, step0 + s + 1, nb, reduction)
-    return nsteps, _DONE
+                dv = zf[i] - tf[i]
+                total += np.float64(dv) * np.float64(dv)
+                gf[i] = dv * two_s
+        else:
+            sc = z.dtype.type(scale)
+            one, zero = z.dtype.type(1), z.dtype.type(0)
+            for i in range(zf.size):
+                lv, gi = _bce_elem(zf[i], tf[i], sc, one, zero)
+                total += lv
+                gf[i] = gi
+    return total * scale
 
 
-@kernel(inputs="x")
-def _predict(ws, bs_, hb, ys, acts, slopes, x, batch_size, out):
-    n = x.shape[0]
-    for lo in range(0, n, batch_size):
-        nb = min(batch_size, n - lo)
-        out[lo : lo + nb] = _forward(ws, bs_, hb, ys, acts, slopes, x[lo : lo + nb], nb)
+@jit
+def _record(z, lo, pred_i, pred_b):
+    """The step's predictions, at its rows lo: (index order): argmax (pred_i) or signs (pred_b), if asked."""
+    nb, nout = z.shape
+    if pred_i.size:
+        for r in range(nb):
+            best = 0
+            zr = z[r]
+            for j in range(1, nout):
+                if zr[j] > zr[best] or (zr[j] != zr[j] and zr[best] == zr[best]):
+                    best = j
+            pred_i[lo + r] = best
+    elif pred_b.size:
+        zf = z.ravel()
+        for i in range(zf.size):
+            pred_b[lo * nout + i] = zf[i] > 0
+
+
+def _dense_kernels(acc_nn, acc_tn, mul_nt, suffix):
+    """The dense layers' passes and the dense drivers, on the products ``acc_nn`` (C += A·B), ``acc_tn``
+    (C += Aᵀ·B) and ``mul_nt`` (C = A·Bᵀ): a dict of ``forward``, ``backward``, ``steps``, ``predict``."""
+
+    def _forward(ws, bs_, hb, ys, acts, slopes, x, nb):
+        """Every layer's output for the nb rows of x; returns the last."""
+        inp = x
+        for l in range(len(ws)):
+            y = ys[l][:nb]
+            mul_nt(inp, ws[l], y)
+            if hb[l]:
+                b = bs_[l]
+                for r in range(nb):
+                    row = y[r]
+                    for j in range(row.size):
+                        row[j] += b[j]
+            if acts[l] != 0:
+                _act_fwd(y, acts[l], slopes[l], y)
+            inp = y
+        return inp
+
+    _forward = jit(renamed(_forward, suffix))
+
+    def _backward(ws, hb, ys, ds, gins, gws, gbs, acts, slopes, x, gz, nb, first_gin):
+        """Every parameter gradient from gz = dL/d(output); dL/dx of the first layer only with ``first_gin``
+        (into gins[0]: a recurrent layer or image stages in front take it)."""
+        g = gz
+        for l in range(len(ws) - 1, -1, -1):
+            y = ys[l][:nb]
+            d = g
+            if acts[l] != 0:
+                d = ds[l][:nb]
+                _act_bwd(g, y, acts[l], slopes[l], d)
+            xin = x if l == 0 else ys[l - 1][:nb]
+            gw = gws[l]
+            gw[:] = 0
+            acc_tn(d, xin, gw)
+            if hb[l]:
+                gb = gbs[l]
+                gb[:] = 0
+                for r in range(nb):
+                    row = d[r]
+                    for j in range(row.size):
+                        gb[j] += row[j]
+            if l > 0 or first_gin:
+                gin = gins[l][:nb]
+                gin[:] = 0
+                acc_nn(d, ws[l], gin)
+                g = gin
+
+    _backward = jit(renamed(_backward, suffix))
+
+    def _steps(ws, bs_, hb, ys, ds, gins, gws, gbs, acts, slopes, ps, gs, s1s, s2s, decays, xb, lb, tb, gz, x, labels,
+               values, index, batch_size, loss, reduction, opt, lr, h1, h2, wd, eps, decoupled, c1, c2, step0, losses,
+               pred_i, pred_b):  # fmt: skip
+        """The driver: (steps run, status), as the reference's train_steps."""
+        n = x.shape[0]
+        nsteps = losses.shape[0]
+        nindex = min(index.shape[0], nsteps * batch_size)
+        nout = gz.shape[1]
+        for s in range(nsteps):
+            lo = s * batch_size
+            nb = min(batch_size, nindex - lo)
+            for i in range(nb):
+                row = index[lo + i]
+                if np.uint64(row) >= np.uint64(n):
+                    return s, _BAD_INDEX
+                xb[i] = x[row]
+            if not _gather_targets(labels, values, index, lo, nb, loss, lb, tb, nout):
+                return s, _BAD_LABEL
+            z = _forward(ws, bs_, hb, ys, acts, slopes, xb[:nb], nb)
+            g = gz[:nb]
+            value = _loss(z, g, lb[:nb], tb[:nb], nb, loss, reduction, ps, decays, wd)
+            losses[s] = value
+            if not math.isfinite(value):
+                return s, _NONFINITE
+            _record(z, lo, pred_i, pred_b)
+            _backward(ws, hb, ys, ds, gins, gws, gbs, acts, slopes, xb[:nb], g, nb, False)
+            _update(ps, gs, s1s, s2s, decays, opt, lr, h1, h2, wd, eps, decoupled, c1, c2, step0 + s + 1, nb, reduction)
+        return nsteps, _DONE
+
+    def _predict(ws, bs_, hb, ys, acts, slopes, x, batch_size, out):
+        n = x.shape[0]
+        for lo in range(0, n, batch_size):
+            nb = min(batch_size, n - lo)
+            out[lo : lo + nb] = _forward(ws, bs_, hb, ys, acts, slopes, x[lo : lo + nb], nb)
+
+    return dict(
+        forward=_forward,
+        backward=_backward,
+        steps=kernel(renamed(_steps, suffix), inputs="x labels values index"),
+        predict=kernel(renamed(_predict, suffix), inputs="x"),
+    )
+
+
+#: On the register tiles of the small-product kernel, and on its plain loops (the same bits, a fraction
+#: of the compilation: what a fresh install runs while the tiled drivers compile in the background).
+TILED = _dense_kernels(_small.acc_nn, _small.acc_tn, _small.mul_nt, "_tiled")
+PLAIN = _dense_kernels(_small.acc_nn_simple, _small.acc_tn_simple, _small.mul_nt_simple, "_plain")
+_steps = Deferred(TILED["steps"], PLAIN["steps"], rebinder(__name__, "_steps", lambda fast: fast))
+_predict = Deferred(TILED["predict"], PLAIN["predict"], rebinder(__name__, "_predict", lambda fast: fast))
 
 
 def _list(arrays):
@@ -300,9 +348,12 @@ def _list(arrays):
 
 
 class _Binding:
-    """Typed lists of the tables (placeholders of the right type where an array is absent)."""
+    """Typed lists of the tables (placeholders of the right type where an array is absent).
 
-    def __init__(self, layers, updates, xb, tb, gz):
+    With a front, ``stages`` holds the image driver's table (``_train_front.image_tables``), or
+    ``front`` the recurrent one (cell, relu, arrays: ``_train_front.recurrent_tables``)."""
+
+    def __init__(self, layers, updates, xb, tb, gz, front=None, stages=None):
         dt = xb.dtype
         none1 = np.empty(0, dt)
         none2 = np.empty((0, 0), dt)
@@ -323,18 +374,20 @@ class _Binding:
         self.lb = tb if tb.dtype == np.intp else np.empty(0, np.intp)
         self.tb = tb if tb.dtype != np.intp else none2
         self.none1, self.none2 = none1, none2
+        training = layers[0][2] is not None
+        self.front = None if front is None else _front.recurrent_tables(front, dt, training)
+        self.stages = None if stages is None else _front.image_tables(stages, dt, xb.shape[0], training)
 
 
 def train_bind(layers, updates, xb, tb, gz, front=None, stages=None):
-    """See :func:`fastnn.backends.reference.train.train_bind`; dense layers only.
+    """See :func:`fastnn.backends.reference.train.train_bind`.
 
-    A recurrent layer or image stages in front have no Numba driver yet:
-    :func:`fastnn.compiled.train_plan` gives such models the per-step loop on
-    this backend, and a binding asked for one directly is refused.
+    A recurrent layer or image stages in front run in their own drivers
+    (:mod:`._train_front`), compiled on their first call.
     """
-    if front is not None or stages is not None:
-        raise ValueError("the numba training plan takes dense layers only (nothing in front of them)")
-    return _Binding(layers, updates, xb, tb, gz)
+    if front is not None and stages is not None:
+        raise ValueError("a training plan takes a recurrent layer or image stages in front, not both")
+    return _Binding(layers, updates, xb, tb, gz, front, stages)
 
 
 _NO_PRED_I = np.empty(0, np.intp)
@@ -350,16 +403,36 @@ def train_steps(bd, x, target, index, batch_size, loss, reduction, opt, hyper, s
     values = target.reshape(target.shape[0], -1) if loss != 0 else bd.none2
     pred_i = pred if pred is not None and pred.dtype == np.intp else _NO_PRED_I
     pred_b = pred.reshape(-1) if pred is not None and pred.dtype == np.bool_ else _NO_PRED_B
-    done, status = _steps(
-        bd.ws, bd.bs, bd.hb, bd.ys, bd.ds, bd.gins, bd.gws, bd.gbs, bd.acts, bd.slopes, bd.ps, bd.gs, bd.s1s,
-        bd.s2s, bd.decays, bd.xb, bd.lb, bd.tb, bd.gz, x.reshape(x.shape[0], -1), labels, values, index,
-        int(batch_size), int(loss), int(reduction), int(opt), float(lr), float(h1), float(h2), float(wd), float(eps), bool(decoupled), c1, c2,
-        int(step0), losses, pred_i, pred_b,
+    dense = (bd.ws, bd.bs, bd.hb, bd.ys, bd.ds, bd.gins, bd.gws, bd.gbs, bd.acts, bd.slopes, bd.ps, bd.gs, bd.s1s,
+             bd.s2s, bd.decays)  # fmt: skip
+    rest = (
+        labels, values, index, int(batch_size), int(loss), int(reduction), int(opt), float(lr), float(h1),
+        float(h2), float(wd), float(eps), bool(decoupled), c1, c2, int(step0), losses, pred_i, pred_b,
     )  # fmt: skip
+    if bd.front is not None:
+        cell, relu, ra = bd.front
+        done, status = _front.RECURRENT[cell][0](*dense, ra, relu, bd.lb, bd.tb, bd.gz, x, *rest)
+    elif bd.stages is not None:
+        x2 = x.reshape(x.shape[0], -1)
+        done, status = _front.IMAGE[0](*dense, bd.stages, bd.xb, bd.lb, bd.tb, bd.gz, x2, *rest)
+    else:
+        x2 = x.reshape(x.shape[0], -1)
+        done, status = _steps(*dense, bd.xb, bd.lb, bd.tb, bd.gz, x2, *rest)
     return int(done), int(status)
 
 
 def predict_rows(bd, x, batch_size, out):
     """See :func:`fastnn.backends.reference.train.predict_rows`."""
-    _predict(bd.ws, bd.bs, bd.hb, bd.ys, bd.acts, bd.slopes, x.reshape(x.shape[0], -1), int(batch_size), out)
+    bs = int(batch_size)
+    dense = (bd.ws, bd.bs, bd.hb, bd.ys)
+    if bd.front is not None:
+        cell, relu, ra = bd.front
+        _front.RECURRENT[cell][1](*dense, bd.acts, bd.slopes, ra, relu, x, bs, out)
+    elif bd.stages is not None:
+        _front.IMAGE[1](*dense, bd.acts, bd.slopes, bd.stages, bd.xb, x.reshape(x.shape[0], -1), bs, out)
+    else:
+        _predict(*dense, bd.acts, bd.slopes, x.reshape(x.shape[0], -1), bs, out)
     return out
+
+
+from . import _train_front as _front  # noqa: E402  (it imports this module's helpers)

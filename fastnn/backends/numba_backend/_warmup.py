@@ -153,7 +153,8 @@ def _recurrent(ops, rng, dt):
 
 
 def _training_plans(ops, rng, dt):
-    """The whole-step driver of fit's compiled plans (fastnn.compiled), every loss, SGD and Adam, and predict."""
+    """The whole-step drivers of fit's compiled plans (fastnn.compiled): dense (every loss, SGD and Adam),
+    behind image stages and behind each recurrent cell; and predict."""
     from fastnn import compiled, nn, optim
 
     X = _rand(rng, dt, 12, 5)
@@ -175,6 +176,32 @@ def _training_plans(ops, rng, dt):
             )
             plan.run(X, y, np.arange(12, dtype=np.intp), 4, compiled.hyper_parameters(opt)[1], pred=pred)
             plan.predict(X, 5)
+    # the image and recurrent fronts have drivers of their own (one per cell type), compiled once
+    # whatever the loss and optimizer: one small model each
+    fronts = (
+        (
+            lambda: nn.Sequential(
+                nn.Conv2d(1, 2, 3, padding=1, dtype=dt), nn.ReLU(), nn.MaxPool2d(2), nn.AvgPool2d(2),
+                nn.Conv2d(2, 2, 1, dtype=dt), nn.Tanh(), nn.Flatten(), nn.Linear(2, 3, dtype=dt),
+            ),
+            _rand(rng, dt, 12, 1, 4, 4),
+        ),
+    ) + tuple(
+        (
+            lambda cell=cell: nn.Sequential(
+                cell(5, 4, batch_first=True, dtype=dt), nn.LastTimeStep(batch_first=True), nn.Linear(4, 3, dtype=dt)
+            ),
+            _rand(rng, dt, 12, 3, 5),
+        )
+        for cell in (nn.RNN, nn.LSTM, nn.GRU)
+    )  # fmt: skip
+    y = targets[nn.CrossEntropyLoss]
+    for make_model, Xf in fronts:
+        model = make_model()
+        opt = optim.SGD(model.parameters())
+        plan = compiled.train_plan(model, nn.CrossEntropyLoss(), opt)
+        plan.run(Xf, y, np.arange(12, dtype=np.intp), 4, compiled.hyper_parameters(opt)[1], pred=np.empty(12, np.intp))
+        plan.predict(Xf, 5)
 
 
 FAMILIES = (

@@ -88,25 +88,43 @@ static void FN(conv_wgrad)(fnn_idx o_len, fnn_idx k, fnn_idx q_len, const FNN_T 
  * write again, except at the end of the plane, where it loads and stores
  * only its own elements. Nothing outside the 2·ho rows of src and the ho·wo
  * outputs is touched; dst and idx must not overlap src. */
-#if FNN_L == 2
+#if FNN_VBYTES == 32 && FNN_L == 8
+/* AVX2 shuffles stay within 128-bit halves (vshufps): the even and odd pixels of outputs
+ * 0 1 4 5 | 2 3 6 7; one 64-bit permute of the result and of the offsets restores the order */
+#define FNN_POOL_EVEN {0, 2, 8, 10, 4, 6, 12, 14}
+#define FNN_POOL_ODD {1, 3, 9, 11, 5, 7, 13, 15}
+#define FNN_POOL_FIX {0, 1, 4, 5, 2, 3, 6, 7}
+#elif FNN_VBYTES == 32 && FNN_L == 4
+/* (vunpcklpd / vunpckhpd: outputs 0 2 | 1 3) */
+#define FNN_POOL_EVEN {0, 4, 2, 6}
+#define FNN_POOL_ODD {1, 5, 3, 7}
+#define FNN_POOL_FIX {0, 2, 1, 3}
+#elif FNN_L == 2
 #define FNN_POOL_EVEN {0, 2}
 #define FNN_POOL_ODD {1, 3}
-#define FNN_POOL_RAMP FNN_POOL_EVEN
 #elif FNN_L == 4
 #define FNN_POOL_EVEN {0, 2, 4, 6}
 #define FNN_POOL_ODD {1, 3, 5, 7}
-#define FNN_POOL_RAMP FNN_POOL_EVEN
 #elif FNN_L == 8
 #define FNN_POOL_EVEN {0, 2, 4, 6, 8, 10, 12, 14}
 #define FNN_POOL_ODD {1, 3, 5, 7, 9, 11, 13, 15}
-#define FNN_POOL_RAMP FNN_POOL_EVEN
 #elif FNN_L == 16
 #define FNN_POOL_EVEN {0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30}
 #define FNN_POOL_ODD {1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31}
-#define FNN_POOL_RAMP FNN_POOL_EVEN
 #else
 #error "max pooling: no shuffle for this lane count"
 #endif
+/* 2l, output l's first pixel column */
+#if FNN_L == 2
+#define FNN_POOL_RAMP {0, 2}
+#elif FNN_L == 4
+#define FNN_POOL_RAMP {0, 2, 4, 6}
+#elif FNN_L == 8
+#define FNN_POOL_RAMP {0, 2, 4, 6, 8, 10, 12, 14}
+#else
+#define FNN_POOL_RAMP {0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30}
+#endif
+
 /* m ? x : y lane by lane, on the bits (m all ones or zeros). */
 FNN_INLINE FNN_V FN(pool_blend)(FNN_VI m, FNN_V x, FNN_V y)
 {
@@ -120,10 +138,11 @@ FNN_INLINE FNN_V FN(pool_relu)(FNN_V v)
 }
 
 /* The window maxima of the FNN_L windows whose pixel pairs are (x0, x1) in the upper row and (y0, y1)
- * in the lower one; *col and *row say, lane by lane, whether the winner is the right pixel and the
- * lower one (all-ones masks). */
-FNN_INLINE FNN_V FN(pool_pick)(FNN_V x0, FNN_V x1, FNN_V y0, FNN_V y1, const int relu, FNN_VI *col, FNN_VI *row)
+ * in the lower one; *off the winners' offsets in their windows (0, 1, w or w + 1). w + 1 fits a lane:
+ * the ops layer bounds an image (two rows of w at least) by 2^31 - 1 elements. */
+FNN_INLINE FNN_V FN(pool_pick)(FNN_V x0, FNN_V x1, FNN_V y0, FNN_V y1, const int relu, fnn_idx w, FNN_VI *off)
 {
+    typedef __typeof__(((FNN_VI){0})[0]) lane_t;
     const FNN_VI even = FNN_POOL_EVEN, odd = FNN_POOL_ODD;
     FNN_V a = __builtin_shuffle(x0, x1, even), b = __builtin_shuffle(x0, x1, odd);
     FNN_V c = __builtin_shuffle(y0, y1, even), d = __builtin_shuffle(y0, y1, odd);
@@ -137,20 +156,23 @@ FNN_INLINE FNN_V FN(pool_pick)(FNN_V x0, FNN_V x1, FNN_V y0, FNN_V y1, const int
     FNN_VI tcd = ~(FNN_VI)(d <= c) & (FNN_VI)(c == c);
     FNN_V ab = FN(pool_blend)(tab, b, a), cd = FN(pool_blend)(tcd, d, c);
     FNN_VI t = ~(FNN_VI)(cd <= ab) & (FNN_VI)(ab == ab);
-    *row = t;
-    *col = (t & tcd) | (~t & tab);
-    return FN(pool_blend)(t, cd, ab);
+    FNN_VI col = (t & tcd) | (~t & tab);   /* all ones: the right pixel won */
+    FNN_V m = FN(pool_blend)(t, cd, ab);
+    *off = (t & (lane_t)w) - col;
+#ifdef FNN_POOL_FIX
+    const FNN_VI fix = FNN_POOL_FIX;
+    *off = __builtin_shuffle(*off, fix);
+    m = __builtin_shuffle(m, fix);
+#endif
+    return m;
 }
 
-/* idx[l] = base + 2l + [col] + [row]·w for the first n (<= FNN_L) lanes: the winner's flat index. The
- * offset in the window is formed in FNN_VI's lanes, then widened: w + 1 fits an int32, as the ops layer
- * bounds an image (two rows of w at least) by 2^31 - 1 elements. */
-FNN_INLINE void FN(pool_index)(long long *idx, long long base, FNN_VI col, FNN_VI row, long long w, int n)
+/* idx[l] = base + 2l + off[l] for the first n (<= FNN_L) lanes: the winners' flat indices. */
+FNN_INLINE void FN(pool_index)(long long *idx, long long base, FNN_VI off, int n)
 {
     typedef int64_t wide_t __attribute__((vector_size(FNN_L * 8)));
-    typedef __typeof__(col[0]) lane_t;
     const wide_t ramp = FNN_POOL_RAMP;
-    wide_t out = base + ramp + __builtin_convertvector((row & (lane_t)w) - col, wide_t);
+    wide_t out = base + ramp + __builtin_convertvector(off, wide_t);
     if (n == FNN_L) {
         memcpy(idx, &out, sizeof out);
     } else {
@@ -163,7 +185,7 @@ FNN_INLINE void FN(pool_index)(long long *idx, long long base, FNN_VI col, FNN_V
 FNN_INLINE void FN(maxpool2x2_impl)(const FNN_T *src, fnn_idx w, fnn_idx ho, fnn_idx wo, FNN_T *dst,
                                     long long *idx, const int relu)
 {
-    FNN_VI col, row;
+    FNN_VI off;
     for (fnn_idx i = 0; i < ho; i++) {
         const long long p0 = 2LL * i * w;
         const FNN_T *r0 = src + p0, *r1 = r0 + w;
@@ -173,31 +195,30 @@ FNN_INLINE void FN(maxpool2x2_impl)(const FNN_T *src, fnn_idx w, fnn_idx ho, fnn
             for (fnn_idx j0 = 0; j0 < wo; j0 += FNN_L) {
                 fnn_idx j = j0 < wo - FNN_L ? j0 : wo - FNN_L;
                 FNN_V m = FN(pool_pick)(FN(fnn_load)(r0 + 2 * j), FN(fnn_load)(r0 + 2 * j + FNN_L),
-                                        FN(fnn_load)(r1 + 2 * j), FN(fnn_load)(r1 + 2 * j + FNN_L), relu, &col,
-                                        &row);
+                                        FN(fnn_load)(r1 + 2 * j), FN(fnn_load)(r1 + 2 * j + FNN_L), relu, w, &off);
                 FN(fnn_store)(d + j, m);
-                FN(pool_index)(x + j, p0 + 2 * j, col, row, w, FNN_L);
+                FN(pool_index)(x + j, p0 + 2 * j, off, FNN_L);
             }
         } else if ((long long)i * wo + FNN_L <= (long long)ho * wo && p0 + w + 2 * FNN_L <= 2LL * ho * w) {
             /* a row narrower than a vector, not near the end: whole vectors, reading into the rows
              * below (inside the 2·ho rows pooled) and writing past the row into outputs the next
              * rows write again */
             FNN_V m = FN(pool_pick)(FN(fnn_load)(r0), FN(fnn_load)(r0 + FNN_L), FN(fnn_load)(r1),
-                                    FN(fnn_load)(r1 + FNN_L), relu, &col, &row);
+                                    FN(fnn_load)(r1 + FNN_L), relu, w, &off);
             FN(fnn_store)(d, m);
-            FN(pool_index)(x, p0, col, row, w, FNN_L);
+            FN(pool_index)(x, p0, off, FNN_L);
         } else if (wo > 0) {
             /* 2·wo < 2·FNN_L pixels a row: the first vector's lanes, then what is left for the second */
             int n = (int)wo, n0 = 2 * n < FNN_L ? 2 * n : FNN_L, n1 = 2 * n - n0;
             FNN_V zero = {0};
             FNN_V m = FN(pool_pick)(FN(fnn_loadn)(r0, n0), n1 > 0 ? FN(fnn_loadn)(r0 + FNN_L, n1) : zero,
-                                    FN(fnn_loadn)(r1, n0), n1 > 0 ? FN(fnn_loadn)(r1 + FNN_L, n1) : zero, relu,
-                                    &col, &row);
+                                    FN(fnn_loadn)(r1, n0), n1 > 0 ? FN(fnn_loadn)(r1 + FNN_L, n1) : zero, relu, w,
+                                    &off);
             FNN_T o[FNN_L];
             memcpy(o, &m, sizeof o);
             for (int l = 0; l < n; l++)
                 d[l] = o[l];
-            FN(pool_index)(x, p0, col, row, w, n);
+            FN(pool_index)(x, p0, off, n);
         }
     }
 }
@@ -216,3 +237,4 @@ static void FN(relu_maxpool2x2)(const FNN_T *src, fnn_idx w, fnn_idx ho, fnn_idx
 #undef FNN_POOL_EVEN
 #undef FNN_POOL_ODD
 #undef FNN_POOL_RAMP
+#undef FNN_POOL_FIX

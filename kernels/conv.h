@@ -73,55 +73,154 @@ static void FN(conv_wgrad)(fnn_idx o_len, fnn_idx k, fnn_idx q_len, const FNN_T 
 }
 #endif
 
-/* 2x2, stride 2, unpadded max pooling of one plane (the common case). Ties
- * keep the first maximum in row-major order; a NaN beats a number. A
- * tournament (a|b, c|d, then the two winners; the left one is always the
- * earlier pixel, so a strict > keeps the first maximum) halves the chain of
- * dependent comparisons, and integer bit masks pick, because compilers turn
- * a ?: on floats into branches (a coin flip on real data). */
-#define FNN_PICK(best, arg, v, pos)                                               \
-    do {                                                                          \
-        /* take v if v > best, or v is NaN while best is not */                   \
-        FNN_UINT take_ = (FNN_UINT)(!((v) <= (best)) & ((best) == (best)));       \
-        FNN_UINT m_ = (FNN_UINT)0 - take_, bb_, vb_;                              \
-        long long lm_ = -(long long)take_;                                        \
-        memcpy(&bb_, &(best), sizeof bb_);                                        \
-        memcpy(&vb_, &(v), sizeof vb_);                                           \
-        bb_ = (bb_ & ~m_) | (vb_ & m_);                                           \
-        memcpy(&(best), &bb_, sizeof bb_);                                        \
-        (arg) = ((arg) & ~lm_) | ((pos) & lm_);                                   \
-    } while (0)
+/* 2x2, stride 2, unpadded max pooling of one plane (the common case), FNN_L
+ * outputs per vector. Ties keep the first maximum in row-major order; a NaN
+ * beats a number, and the first NaN wins. Per lane a tournament (a|b, c|d,
+ * then the two winners; the left one is always the earlier pixel, so "take
+ * the right one if !(right <= left) and left is not NaN" keeps the first
+ * maximum, and a signed zero never replaces an equal one) picks by bit masks
+ * with the same comparisons in every lane, so every instruction set gives
+ * the same values and indices. The pixels of a row pair are split into the
+ * even (a, c) and odd (b, d) columns by shuffles. A row's last vector
+ * overlaps the one before it (the same outputs, written twice) rather than
+ * going scalar; a row narrower than a vector runs as one whole vector, whose
+ * lanes past the row read pixels below it and write outputs the next rows
+ * write again, except at the end of the plane, where it loads and stores
+ * only its own elements. Nothing outside the 2·ho rows of src and the ho·wo
+ * outputs is touched; dst and idx must not overlap src. */
+#if FNN_VBYTES == 32 && FNN_L == 8
+/* AVX2 shuffles stay within 128-bit halves (vshufps): the even and odd pixels of outputs
+ * 0 1 4 5 | 2 3 6 7; one 64-bit permute of the result and of the offsets restores the order */
+#define FNN_POOL_EVEN {0, 2, 8, 10, 4, 6, 12, 14}
+#define FNN_POOL_ODD {1, 3, 9, 11, 5, 7, 13, 15}
+#define FNN_POOL_FIX {0, 1, 4, 5, 2, 3, 6, 7}
+#elif FNN_VBYTES == 32 && FNN_L == 4
+/* (vunpcklpd / vunpckhpd: outputs 0 2 | 1 3) */
+#define FNN_POOL_EVEN {0, 4, 2, 6}
+#define FNN_POOL_ODD {1, 5, 3, 7}
+#define FNN_POOL_FIX {0, 2, 1, 3}
+#elif FNN_L == 2
+#define FNN_POOL_EVEN {0, 2}
+#define FNN_POOL_ODD {1, 3}
+#elif FNN_L == 4
+#define FNN_POOL_EVEN {0, 2, 4, 6}
+#define FNN_POOL_ODD {1, 3, 5, 7}
+#elif FNN_L == 8
+#define FNN_POOL_EVEN {0, 2, 4, 6, 8, 10, 12, 14}
+#define FNN_POOL_ODD {1, 3, 5, 7, 9, 11, 13, 15}
+#elif FNN_L == 16
+#define FNN_POOL_EVEN {0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30}
+#define FNN_POOL_ODD {1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31}
+#else
+#error "max pooling: no shuffle for this lane count"
+#endif
+/* 2l, output l's first pixel column */
+#if FNN_L == 2
+#define FNN_POOL_RAMP {0, 2}
+#elif FNN_L == 4
+#define FNN_POOL_RAMP {0, 2, 4, 6}
+#elif FNN_L == 8
+#define FNN_POOL_RAMP {0, 2, 4, 6, 8, 10, 12, 14}
+#else
+#define FNN_POOL_RAMP {0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30}
+#endif
 
-/* relu(v) = !(v <= 0) ? v : 0, the elementwise ReLU's formula (+0 for -0, NaN kept), by a bit mask:
- * a ?: here becomes a branch, a coin flip on real data. */
-static inline FNN_T FN(relu_bits)(FNN_T v)
+/* m ? x : y lane by lane, on the bits (m all ones or zeros). */
+FNN_INLINE FNN_V FN(pool_blend)(FNN_VI m, FNN_V x, FNN_V y)
 {
-    FNN_UINT m = (FNN_UINT)0 - (FNN_UINT)!(v <= 0), b;
-    memcpy(&b, &v, sizeof b);
-    b &= m;
-    memcpy(&v, &b, sizeof b);
-    return v;
+    return (FNN_V)(((FNN_VI)x & m) | ((FNN_VI)y & ~m));
 }
 
-/* relu: read relu(v) instead of v */
-static inline void FN(maxpool2x2_impl)(const FNN_T *src, fnn_idx w, fnn_idx ho, fnn_idx wo, FNN_T *dst,
-                                       long long *idx, const int relu)
+/* relu(v) = !(v <= 0) ? v : 0, the elementwise ReLU's formula (+0 for -0, NaN kept), on the bits. */
+FNN_INLINE FNN_V FN(pool_relu)(FNN_V v)
 {
-#define FNN_LOAD_(v) (relu ? FN(relu_bits)(v) : (v))
+    return (FNN_V)((FNN_VI)v & ~(FNN_VI)(v <= 0));
+}
+
+/* The window maxima of the FNN_L windows whose pixel pairs are (x0, x1) in the upper row and (y0, y1)
+ * in the lower one; *off the winners' offsets in their windows (0, 1, w or w + 1). w + 1 fits a lane:
+ * the ops layer bounds an image (two rows of w at least) by 2^31 - 1 elements. */
+FNN_INLINE FNN_V FN(pool_pick)(FNN_V x0, FNN_V x1, FNN_V y0, FNN_V y1, const int relu, fnn_idx w, FNN_VI *off)
+{
+    typedef __typeof__(((FNN_VI){0})[0]) lane_t;
+    const FNN_VI even = FNN_POOL_EVEN, odd = FNN_POOL_ODD;
+    FNN_V a = __builtin_shuffle(x0, x1, even), b = __builtin_shuffle(x0, x1, odd);
+    FNN_V c = __builtin_shuffle(y0, y1, even), d = __builtin_shuffle(y0, y1, odd);
+    if (relu) {
+        a = FN(pool_relu)(a);
+        b = FN(pool_relu)(b);
+        c = FN(pool_relu)(c);
+        d = FN(pool_relu)(d);
+    }
+    FNN_VI tab = ~(FNN_VI)(b <= a) & (FNN_VI)(a == a);
+    FNN_VI tcd = ~(FNN_VI)(d <= c) & (FNN_VI)(c == c);
+    FNN_V ab = FN(pool_blend)(tab, b, a), cd = FN(pool_blend)(tcd, d, c);
+    FNN_VI t = ~(FNN_VI)(cd <= ab) & (FNN_VI)(ab == ab);
+    FNN_VI col = (t & tcd) | (~t & tab);   /* all ones: the right pixel won */
+    FNN_V m = FN(pool_blend)(t, cd, ab);
+    *off = (t & (lane_t)w) - col;
+#ifdef FNN_POOL_FIX
+    const FNN_VI fix = FNN_POOL_FIX;
+    *off = __builtin_shuffle(*off, fix);
+    m = __builtin_shuffle(m, fix);
+#endif
+    return m;
+}
+
+/* idx[l] = base + 2l + off[l] for the first n (<= FNN_L) lanes: the winners' flat indices. */
+FNN_INLINE void FN(pool_index)(long long *idx, long long base, FNN_VI off, int n)
+{
+    typedef int64_t wide_t __attribute__((vector_size(FNN_L * 8)));
+    const wide_t ramp = FNN_POOL_RAMP;
+    wide_t out = base + ramp + __builtin_convertvector(off, wide_t);
+    if (n == FNN_L) {
+        memcpy(idx, &out, sizeof out);
+    } else {
+        for (int l = 0; l < n; l++)
+            idx[l] = out[l];
+    }
+}
+
+/* relu: pool relu(src) instead of src */
+FNN_INLINE void FN(maxpool2x2_impl)(const FNN_T *src, fnn_idx w, fnn_idx ho, fnn_idx wo, FNN_T *dst,
+                                    long long *idx, const int relu)
+{
+    FNN_VI off;
     for (fnn_idx i = 0; i < ho; i++) {
-        const long long p0 = 2LL * i * w, p1 = p0 + w;
-        for (fnn_idx j = 0; j < wo; j++) {
-            long long ia = p0 + 2 * j, ic = p1 + 2 * j;
-            FNN_T a = FNN_LOAD_(src[ia]), b = FNN_LOAD_(src[ia + 1]), c = FNN_LOAD_(src[ic]);
-            FNN_T d = FNN_LOAD_(src[ic + 1]);
-            FNN_PICK(a, ia, b, ia + 1);
-            FNN_PICK(c, ic, d, ic + 1);
-            FNN_PICK(a, ia, c, ic);
-            dst[(long long)i * wo + j] = a;
-            idx[(long long)i * wo + j] = ia;
+        const long long p0 = 2LL * i * w;
+        const FNN_T *r0 = src + p0, *r1 = r0 + w;
+        FNN_T *d = dst + (long long)i * wo;
+        long long *x = idx + (long long)i * wo;
+        if (wo >= FNN_L) {
+            for (fnn_idx j0 = 0; j0 < wo; j0 += FNN_L) {
+                fnn_idx j = j0 < wo - FNN_L ? j0 : wo - FNN_L;
+                FNN_V m = FN(pool_pick)(FN(fnn_load)(r0 + 2 * j), FN(fnn_load)(r0 + 2 * j + FNN_L),
+                                        FN(fnn_load)(r1 + 2 * j), FN(fnn_load)(r1 + 2 * j + FNN_L), relu, w, &off);
+                FN(fnn_store)(d + j, m);
+                FN(pool_index)(x + j, p0 + 2 * j, off, FNN_L);
+            }
+        } else if ((long long)i * wo + FNN_L <= (long long)ho * wo && p0 + w + 2 * FNN_L <= 2LL * ho * w) {
+            /* a row narrower than a vector, not near the end: whole vectors, reading into the rows
+             * below (inside the 2·ho rows pooled) and writing past the row into outputs the next
+             * rows write again */
+            FNN_V m = FN(pool_pick)(FN(fnn_load)(r0), FN(fnn_load)(r0 + FNN_L), FN(fnn_load)(r1),
+                                    FN(fnn_load)(r1 + FNN_L), relu, w, &off);
+            FN(fnn_store)(d, m);
+            FN(pool_index)(x, p0, off, FNN_L);
+        } else if (wo > 0) {
+            /* 2·wo < 2·FNN_L pixels a row: the first vector's lanes, then what is left for the second */
+            int n = (int)wo, n0 = 2 * n < FNN_L ? 2 * n : FNN_L, n1 = 2 * n - n0;
+            FNN_V zero = {0};
+            FNN_V m = FN(pool_pick)(FN(fnn_loadn)(r0, n0), n1 > 0 ? FN(fnn_loadn)(r0 + FNN_L, n1) : zero,
+                                    FN(fnn_loadn)(r1, n0), n1 > 0 ? FN(fnn_loadn)(r1 + FNN_L, n1) : zero, relu, w,
+                                    &off);
+            FNN_T o[FNN_L];
+            memcpy(o, &m, sizeof o);
+            for (int l = 0; l < n; l++)
+                d[l] = o[l];
+            FN(pool_index)(x, p0, off, n);
         }
     }
-#undef FNN_LOAD_
 }
 
 static void FN(maxpool2x2)(const FNN_T *src, fnn_idx w, fnn_idx ho, fnn_idx wo, FNN_T *dst, long long *idx)
@@ -135,4 +234,7 @@ static void FN(relu_maxpool2x2)(const FNN_T *src, fnn_idx w, fnn_idx ho, fnn_idx
 {
     FN(maxpool2x2_impl)(src, w, ho, wo, dst, idx, 1);
 }
-#undef FNN_PICK
+#undef FNN_POOL_EVEN
+#undef FNN_POOL_ODD
+#undef FNN_POOL_RAMP
+#undef FNN_POOL_FIX

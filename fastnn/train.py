@@ -567,12 +567,15 @@ def fit(
         size and number of ranks). ``epochs`` is the total, as in the first run.
     steps_per_call : int or "auto", default "auto"
         When the model, loss and optimizer have a compiled training plan
-        (:mod:`fastnn.compiled`: dense networks, optionally behind image stages
-        or one recurrent layer, on the cython and numba backends), this many steps run in one call of compiled code before
-        Python runs again; ``"auto"`` aims at about 10 ms of work per call.
-        The weights and the history do not depend on it. Other models, the
-        numpy backend, gradient clipping and distributed training run one
-        step per call (``verbose`` says which way a run goes and why).
+        (:mod:`fastnn.compiled`: dense networks, optionally behind image
+        stages or one recurrent layer, on the cython and numba backends),
+        this many steps run in one call of compiled code before Python runs
+        again; ``"auto"`` aims at about 10 ms of work per call. The weights
+        and the history do not depend on it. Other models, the numpy
+        backend, gradient clipping and distributed training run one step per
+        call, as do the numba backend's plans where they lose to its
+        per-step loop (large dense layers; image stages) (``verbose`` says
+        which way a run goes and why).
 
     Returns
     -------
@@ -638,7 +641,7 @@ def fit(
     step = make_train_step(model, loss, optimizer, clip_grad_norm)
     plan, why = (None, "distributed training runs one step per call") if sync is not None else step.compiled_plan()
     if plan is not None:
-        why = _plan_too_large(plan, batch_size)
+        why = _plan_too_large(plan, batch_size) or _numba_image_plan(plan)
         plan = None if why else plan
     if verbose:
         from .backends import current
@@ -852,6 +855,24 @@ def _plan_too_large(plan: Any, batch_size: int) -> str | None:
             f"({macs / 1e6:.1f}M multiply-adds a step) are faster through BLAS in the per-step loop"
         )
     return None
+
+
+def _numba_image_plan(plan: Any) -> str | None:
+    """Why fit keeps the per-step loop for a numba plan behind image stages (None: it does not).
+
+    The numba image driver runs the convolutions on one thread, as the layers' serial kernels: W5
+    measured 1.01x the per-step loop at one thread and 0.94x at two (the loop's pooling and lowering
+    run in parallel), and its first call compiles for about 40 s on an empty cache against the loop's
+    6 s. ``TrainStep.run_steps`` and :mod:`fastnn.compiled` still run it when asked.
+    """
+    from .backends import current
+
+    if current().name != "numba" or not plan.features:
+        return None
+    return (
+        "the numba backend's image plan runs its convolutions on one thread and is no faster than the "
+        "per-step loop's parallel kernels; run_steps runs it when asked"
+    )
 
 
 class _PlanEpochs:

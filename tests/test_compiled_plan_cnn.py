@@ -417,3 +417,20 @@ def test_hostile_input_in_child(backend_name):
             assert all(np.array_equal(a, p.data) for a, p in zip(before, model.parameters()))
     """)
     result.assert_ok()
+
+
+def test_fit_keeps_the_loop_for_a_numba_image_plan(capsys):
+    """fit gives the numba image plan up (no faster than the loop's parallel kernels) and says why;
+    run_steps still runs it; the cython plan runs in fit."""
+    require("numba")
+    X, y = _data("cross_entropy", np.float32)
+    with fastnn.use_backend("numba"):
+        model = _w5(np.float32)
+        fastnn.fit(model, X, y, epochs=1, batch_size=8, progress=False, verbose=True)
+        assert "one step per call (the numba backend's image plan" in capsys.readouterr().out
+        step = fastnn.make_train_step(model, nn.CrossEntropyLoss(), optim.SGD(model.parameters(), lr=0.01))
+        assert step.compiled_plan()[0] is not None
+    if fastnn.backend_status()["cython"] == "available":
+        with fastnn.use_backend("cython"):
+            fastnn.fit(_w5(np.float32), X, y, epochs=1, batch_size=8, progress=False, verbose=True)
+            assert "compiled training plan" in capsys.readouterr().out

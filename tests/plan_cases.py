@@ -87,3 +87,38 @@ def assert_is_the_loop(plan, loop, backend, dtype, scale):
         assert_same(plan, loop)
     else:
         assert_close(plan, loop, dtype, scale)
+
+
+def check_hostile_input(model, X, poisons):
+    """The hostile-input checks of every plan (run in a child process by the tests that call this).
+
+    ``model`` ends in two classes, ``X`` holds six samples. Row indices and labels out of range (huge,
+    negative, at the boundary) raise ValueError before any step (nine cases); ``predict`` runs; then each
+    ``(where, value)`` of ``poisons`` written into ``X`` stops the run at its first step with a
+    non-finite loss, the model unchanged.
+    """
+    from fastnn import compiled, nn
+
+    opt = optim.Adam(model.parameters())
+    plan = compiled.train_plan(model, nn.CrossEntropyLoss(), opt)
+    hyper = compiled.hyper_parameters(opt)[1]
+    y = np.zeros(6, np.intp)
+    raised = 0
+    for bad in (6, -1, 2**62, -(2**63), 2**63 - 1):
+        try:
+            plan.run(X, y, np.array([0, bad], np.intp), 1, hyper)
+        except ValueError:
+            raised += 1
+    for lab in (2, -1, 2**62, -(2**63)):
+        try:
+            plan.run(X, np.array([0, lab, 0, 0, 0, 0], np.intp), np.arange(6), 2, hyper)
+        except ValueError:
+            raised += 1
+    assert raised == 9, raised
+    plan.predict(X, 4, np.empty((6, 2), X.dtype))
+    before = [p.data.copy() for p in model.parameters()]
+    for where, value in poisons:
+        X[where] = value
+        res = plan.run(X, y, np.arange(6), 2, hyper)
+        assert res.nonfinite is not None and len(res.losses) == 0
+        assert all(np.array_equal(a, p.data) for a, p in zip(before, model.parameters()))

@@ -41,6 +41,7 @@ from .train import (
     _NONFINITE,
     _act_bwd,
     _act_fwd,
+    _copy_row,
     _gather_targets,
     _list,
     _loss,
@@ -182,7 +183,7 @@ def _image_kernels(dense, conv_forward, suffix):
                 row = index[lo + i]
                 if np.uint64(row) >= np.uint64(n):
                     return s, _BAD_INDEX
-                xb[i] = x[row]
+                _copy_row(xb[i], x[row])
             if not _gather_targets(labels, values, index, lo, nb, loss, lb, tb, nout):
                 return s, _BAD_LABEL
             feats = stages_forward(st, xb[:nb], nb)
@@ -203,12 +204,10 @@ def _image_kernels(dense, conv_forward, suffix):
         for lo in range(0, n, batch_size):
             nb = min(batch_size, n - lo)
             for i in range(nb):
-                xb[i] = x[lo + i]
+                _copy_row(xb[i], x[lo + i])
             z = forward(ws, bs_, hb, ys, acts, slopes, stages_forward(st, xb[:nb], nb), nb)
             for r in range(nb):
-                dst, src = out[lo + r], z[r]
-                for j in range(dst.size):
-                    dst[j] = src[j]
+                _copy_row(out[lo + r], z[r])
 
     return (
         kernel(renamed(_image_steps, suffix), inputs="x labels values index"),
@@ -308,9 +307,7 @@ def _recurrent_kernels(cell, dense, kernels, suffix):
             if np.uint64(row) >= np.uint64(n):
                 return False
             for t in range(T):
-                dst, src = xs[t, i], x[row, t]
-                for j in range(dst.size):
-                    dst[j] = src[j]
+                _copy_row(xs[t, i], x[row, t])
         return True
 
     def forward(ra, xs, nb, relu):
@@ -416,9 +413,7 @@ def _recurrent_kernels(cell, dense, kernels, suffix):
             gather(x, np.arange(lo, lo + nb), 0, nb, xs)
             z = _forward(ws, bs_, hb, ys, acts, slopes, forward(ra, xs, nb, relu), nb)
             for r in range(nb):
-                dst, src = out[lo + r], z[r]
-                for j in range(dst.size):
-                    dst[j] = src[j]
+                _copy_row(out[lo + r], z[r])
 
     suffix = f"_{('rnn', 'lstm', 'gru')[cell]}{suffix}"
     return (

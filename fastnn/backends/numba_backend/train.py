@@ -29,7 +29,7 @@ from numba import typed
 
 from ..reference import train as _spec
 from . import _small_gemm as _small
-from ._jit import Deferred, jit, kernel, rebinder, renamed
+from ._jit import Deferred, jit, jit_inline, kernel, rebinder, renamed
 from .activations import (
     _leaky,
     _leaky_bwd,
@@ -168,6 +168,17 @@ def _penalty(ps, decays):
     return total
 
 
+@jit_inline
+def _copy_row(dst, src):
+    """dst[:] = src[:] (1-D, the same size) element by element.
+
+    An array-to-array assignment (``xb[i] = x[row]``) compiles Numba's
+    shape-error message (string formatting of the shapes): about 3 s of the
+    first training step's compilation in a process with an empty cache."""
+    for j in range(dst.size):
+        dst[j] = src[j]
+
+
 @jit
 def _gather_targets(labels, values, index, lo, nb, loss, lb, tb, nout):
     """The step's labels (cross-entropy) or target rows; False at a label outside [0, nout).
@@ -181,7 +192,7 @@ def _gather_targets(labels, values, index, lo, nb, loss, lb, tb, nout):
             lb[i] = lab
     else:
         for i in range(nb):
-            tb[i] = values[index[lo + i]]
+            _copy_row(tb[i], values[index[lo + i]])
     return True
 
 
@@ -304,7 +315,7 @@ def _dense_kernels(acc_nn, acc_tn, mul_nt, suffix):
                 row = index[lo + i]
                 if np.uint64(row) >= np.uint64(n):
                     return s, _BAD_INDEX
-                xb[i] = x[row]
+                _copy_row(xb[i], x[row])
             if not _gather_targets(labels, values, index, lo, nb, loss, lb, tb, nout):
                 return s, _BAD_LABEL
             z = _forward(ws, bs_, hb, ys, acts, slopes, xb[:nb], nb)
@@ -322,7 +333,9 @@ def _dense_kernels(acc_nn, acc_tn, mul_nt, suffix):
         n = x.shape[0]
         for lo in range(0, n, batch_size):
             nb = min(batch_size, n - lo)
-            out[lo : lo + nb] = _forward(ws, bs_, hb, ys, acts, slopes, x[lo : lo + nb], nb)
+            z = _forward(ws, bs_, hb, ys, acts, slopes, x[lo : lo + nb], nb)
+            for r in range(nb):
+                _copy_row(out[lo + r], z[r])
 
     return dict(
         forward=_forward,

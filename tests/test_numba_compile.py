@@ -1,11 +1,11 @@
 """How the Numba backend compiles (``numba_backend/_jit.py``): one source for the serial and the
 parallel kernel, read-only inputs without a second compilation, fast kernels compiled in the
-background behind bit-identical fallbacks, and a first training step that compiles only what it
-runs.
+background behind bit-identical fallbacks, and a first training step (per-step loop or compiled
+plan) that compiles only what it runs.
 
 Time budget, warm cache: about 5 s. The child processes with an empty Numba cache compile what
 they use (one W3 training step; one W6 step; a parallel tanh and sigmoid): about 10, 10 and 8 s
-here.
+here; one dense plan step took 60 s at load average 4.
 """
 
 import json
@@ -235,6 +235,43 @@ def test_first_w6_step_compiles_each_helper_once(jit):
         "_sgd_mom": 1,
     }
     assert info["helpers"] == {"simple_tiled": 1, "_act_rows_tanh": 1, "_act_rows_relu": 0}
+
+
+def test_first_plan_step_compiles_only_its_own_convention(jit):
+    # One child, one dense plan step (cross-entropy, mean, SGD) from an empty cache: the driver
+    # made for PyTorch's reductions, on the plain products; not scikit-learn's loss, which only the
+    # driver made for it compiles, and not Numba's shape-error message (the drivers copy rows
+    # element by element).
+    info = _cold("""
+        import json, os
+        import numpy as np
+        from numba.core import event
+        import fastnn
+        from fastnn import compiled, nn, optim
+        fastnn.set_backend("numba")
+        from fastnn.backends.numba_backend import _jit, train
+        names = []
+        class Names(event.Listener):
+            def on_start(self, ev):
+                pass
+            def on_end(self, ev):
+                names.append(ev.data["dispatcher"].py_func.__qualname__)
+        event.register("numba:compile", Names())
+        model = nn.Sequential(nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 3))
+        opt = optim.SGD(model.parameters(), lr=0.1)
+        plan = compiled.train_plan(model, nn.CrossEntropyLoss(), opt)
+        rng = np.random.default_rng(0)
+        X = rng.standard_normal((8, 5)).astype(np.float32)
+        y = rng.integers(0, 3, 8).astype(np.intp)
+        res = plan.run(X, y, np.arange(8, dtype=np.intp), 4, compiled.hyper_parameters(opt)[1])
+        drivers = sorted(k.py_func.__qualname__ for k in _jit.KERNELS if k.signatures and "_steps" in k.py_func.__name__)
+        print(json.dumps(dict(loss=float(res.losses[0]), drivers=drivers, names=names)), flush=True)
+        os._exit(0)
+    """)
+    assert 0 < info["loss"] < 10
+    assert info["drivers"] == ["_dense_kernels.<locals>._steps_plain"]
+    assert "_loss" in info["names"]
+    assert not [n for n in info["names"] if "sklearn" in n or "raise_with_shape" in n], info["names"]
 
 
 def test_deferred_parallel_kernel_compiles_in_the_background_or_at_once(jit):

@@ -292,7 +292,7 @@ def kernel(fn=None, *, inputs=(), parallel=False, inline=False):
     return _make(fn, inputs, parallel, inline)
 
 
-def renamed(fn, suffix, name=None):
+def renamed(fn, suffix, name=None, replace=None):
     """A copy of ``fn`` named ``<name><suffix>`` (``name``: fn's own), for a second compilation of one source.
 
     Numba's disk cache keys a file on the function's qualified name and
@@ -302,9 +302,16 @@ def renamed(fn, suffix, name=None):
     A kernel made by a factory takes the ``name`` of the module attribute
     that holds it, which :func:`variants` rebinds once the parallel twin is
     compiled.
+
+    ``replace``: {global name: value} the copy sees instead of its module's
+    (a snapshot of the module's globals, so names bound later are not seen).
+    A driver made so with one helper swapped for another compiles only the
+    one it calls: Numba types (and compiles) every function a body names,
+    on the branches a run never takes too.
     """
     base = fn.__name__ if name is None else name
-    new = _pytypes.FunctionType(fn.__code__, fn.__globals__, base + suffix, fn.__defaults__, fn.__closure__)
+    env = fn.__globals__ if replace is None else dict(fn.__globals__, **replace)
+    new = _pytypes.FunctionType(fn.__code__, env, base + suffix, fn.__defaults__, fn.__closure__)
     new.__qualname__ = (fn.__qualname__ if name is None else name) + suffix
     new.__doc__ = fn.__doc__
     return new

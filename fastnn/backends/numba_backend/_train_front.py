@@ -62,8 +62,8 @@ _ROWS, _CHUNK = 15, 16
 
 
 def _image_kernels(dense, conv_forward, suffix):
-    """(train, predict) image drivers over the dense passes ``dense`` (:func:`.train._dense_kernels`) and the
-    convolution's ``conv_forward``."""
+    """(train, predict, train in scikit-learn's convention) image drivers over the dense passes ``dense``
+    (:func:`.train._dense_kernels`) and the convolution's ``conv_forward``."""
     forward, backward = dense["forward"], dense["backward"]
 
     def _stages_forward(st, x, nb):
@@ -212,6 +212,7 @@ def _image_kernels(dense, conv_forward, suffix):
     return (
         kernel(renamed(_image_steps, suffix), inputs="x labels values index"),
         kernel(renamed(_image_predict, suffix), inputs="x"),
+        kernel(renamed(_image_steps, "_sklearn" + suffix, replace=_train.SKLEARN_LOSS), inputs="x labels values index"),
     )
 
 
@@ -245,6 +246,8 @@ _IMAGE_TILED = _image_kernels(_train.TILED, _conv_forward_tiled, "_tiled")
 _IMAGE_PLAIN = _image_kernels(_train.PLAIN, _conv_forward_plain, "_plain")
 #: The image drivers (train, predict): the tiled ones, or the plain ones (same bits) while those compile.
 IMAGE = tuple(Deferred(_IMAGE_TILED[k], _IMAGE_PLAIN[k]) for k in (0, 1))
+#: The image training driver in scikit-learn's convention.
+IMAGE_SKLEARN = Deferred(_IMAGE_TILED[2], _IMAGE_PLAIN[2])
 
 
 def image_tables(stages, dt, bmax, training):
@@ -292,8 +295,9 @@ _BWD = ("_rnn_bwd", "_lstm_bwd", "_gru_bwd")
 
 
 def _recurrent_kernels(cell, dense, kernels, suffix):
-    """(train, predict) drivers for one cell (0 RNN, 1 LSTM, 2 GRU) over the dense passes ``dense`` and the
-    recurrent ``kernels`` (``rnn._TILED`` or ``rnn._PLAIN``), compiled on their first calls."""
+    """(train, predict, train in scikit-learn's convention) drivers for one cell (0 RNN, 1 LSTM, 2 GRU) over
+    the dense passes ``dense`` and the recurrent ``kernels`` (``rnn._TILED`` or ``rnn._PLAIN``), compiled on
+    their first calls."""
     fwd, bwd = kernels[_FWD[cell]], kernels[_BWD[cell]]
     wgrads, bgrads = kernels["_weight_grads_small"], _rnn._bias_grads
     _forward, _backward = dense["forward"], dense["backward"]
@@ -419,17 +423,23 @@ def _recurrent_kernels(cell, dense, kernels, suffix):
     return (
         kernel(renamed(_recurrent_steps, suffix), inputs="x labels values index"),
         kernel(renamed(_recurrent_predict, suffix), inputs="x"),
+        kernel(
+            renamed(_recurrent_steps, "_sklearn" + suffix, replace=_train.SKLEARN_LOSS), inputs="x labels values index"
+        ),
     )
 
 
 def _recurrent_pair(cell):
     tiled = _recurrent_kernels(cell, _train.TILED, _rnn._TILED, "_tiled")
     plain = _recurrent_kernels(cell, _train.PLAIN, _rnn._PLAIN, "_plain")
-    return tuple(Deferred(tiled[k], plain[k]) for k in (0, 1))
+    return tuple(Deferred(tiled[k], plain[k]) for k in (0, 1, 2))
 
 
+_RECURRENT = tuple(_recurrent_pair(cell) for cell in range(3))
 #: (train, predict) drivers per cell: the tiled ones, or the plain ones (same bits) while those compile.
-RECURRENT = tuple(_recurrent_pair(cell) for cell in range(3))
+RECURRENT = tuple(d[:2] for d in _RECURRENT)
+#: The training driver per cell in scikit-learn's convention.
+RECURRENT_SKLEARN = tuple(d[2] for d in _RECURRENT)
 
 
 def recurrent_tables(front, dt, training):

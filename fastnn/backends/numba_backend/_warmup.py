@@ -153,8 +153,8 @@ def _recurrent(ops, rng, dt):
 
 
 def _training_plans(ops, rng, dt):
-    """The whole-step drivers of fit's compiled plans (fastnn.compiled): dense (every loss, SGD and Adam),
-    behind image stages and behind each recurrent cell; and predict."""
+    """The whole-step drivers of fit's compiled plans (fastnn.compiled): dense (every loss, SGD and Adam;
+    scikit-learn's convention), behind image stages and behind each recurrent cell; and predict."""
     from fastnn import compiled, nn, optim
 
     X = _rand(rng, dt, 12, 5)
@@ -176,6 +176,12 @@ def _training_plans(ops, rng, dt):
             )
             plan.run(X, y, np.arange(12, dtype=np.intp), 4, compiled.hyper_parameters(opt)[1], pred=pred)
             plan.predict(X, 5)
+    # scikit-learn's convention (fastnn.sklearn's MLPs) has a dense driver of its own
+    lins = [nn.Linear(5, 4, dtype=dt), nn.Linear(4, 3, dtype=dt)]
+    specs = [ops.DenseSpec(lins[0].weight, lins[0].bias, "relu"), ops.DenseSpec(lins[1].weight, lins[1].bias)]
+    params = [p for lin in lins for p in (lin.weight, lin.bias)]
+    plan = ops.TrainPlan(specs, "cross_entropy", "sklearn", ops.UpdatePlan(params, ("exp_avg", "exp_avg_sq")), "adam")
+    plan.run(X, targets[nn.CrossEntropyLoss], np.arange(12, dtype=np.intp), 4, (1e-3, 0.9, 0.999, 1e-4, 1e-8, 0.0))
     # the image and recurrent fronts have drivers of their own (one per cell type), compiled once
     # whatever the loss and optimizer: one small model each
     fronts = (

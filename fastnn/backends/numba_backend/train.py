@@ -19,7 +19,11 @@ never compiles them. Every driver is made twice from one source
 (:func:`_dense_kernels`): on the register tiles and on the plain loops of
 ``_small_gemm.simple_tiled`` (the same bits, a fraction of the
 compilation), which run while the tiled driver compiles in the background
-on a fresh install (``_jit.Deferred``).
+on a fresh install (``_jit.Deferred``). Each training driver exists once
+more for scikit-learn's convention (``reduction="sklearn"``), with
+:func:`_loss_sklearn` in place of :func:`_loss` (``_jit.renamed``'s
+``replace``), so that a driver compiles only the loss of its own
+convention.
 """
 
 import math
@@ -197,15 +201,24 @@ def _gather_targets(labels, values, index, lo, nb, loss, lb, tb, nout):
 
 
 @jit
+def _loss_sklearn(z, g, lb, tb, nb, loss, reduction, ps, decays, wd):
+    """The step's loss of the outputs z (float64) and g = dL/dz, in scikit-learn's convention."""
+    total = _sklearn_loss(loss, z, lb, tb, g) / nb
+    if wd != 0:
+        total += 0.5 * wd * _penalty(ps, decays) / nb
+    return total
+
+
+@jit
 def _loss(z, g, lb, tb, nb, loss, reduction, ps, decays, wd):
-    """The step's loss of the outputs z (float64) and g = dL/dz."""
+    """The step's loss of the outputs z (float64) and g = dL/dz, reduced as PyTorch's losses do (mean or sum).
+
+    Each driver is made twice (:data:`SKLEARN_LOSS`): with this loss, and with
+    :func:`_loss_sklearn` in its place for scikit-learn's convention, so that a
+    driver compiles only the one its plans use (scikit-learn's, its sigmoid and
+    softmax included, was about 2 s of a first step's compilation)."""
     total = 0.0
     mean = reduction == _MEAN
-    if reduction == _SKLEARN:
-        total = _sklearn_loss(loss, z, lb, tb, g) / nb
-        if wd != 0:
-            total += 0.5 * wd * _penalty(ps, decays) / nb
-        return total
     if loss == 0:
         scale = 1.0 / nb if mean else 1.0
         sc = z.dtype.type(scale)
@@ -248,9 +261,14 @@ def _record(z, lo, pred_i, pred_b):
             pred_b[lo * nout + i] = zf[i] > 0
 
 
+#: What a driver made for scikit-learn's convention sees in place of :func:`_loss` (``renamed``'s ``replace``).
+SKLEARN_LOSS = {"_loss": _loss_sklearn}
+
+
 def _dense_kernels(acc_nn, acc_tn, mul_nt, suffix):
     """The dense layers' passes and the dense drivers, on the products ``acc_nn`` (C += A·B), ``acc_tn``
-    (C += Aᵀ·B) and ``mul_nt`` (C = A·Bᵀ): a dict of ``forward``, ``backward``, ``steps``, ``predict``."""
+    (C += Aᵀ·B) and ``mul_nt`` (C = A·Bᵀ): a dict of ``forward``, ``backward``, ``steps``,
+    ``steps_sklearn`` (scikit-learn's convention) and ``predict``."""
 
     def _forward(ws, bs_, hb, ys, acts, slopes, x, nb):
         """Every layer's output for the nb rows of x; returns the last."""
@@ -341,6 +359,9 @@ def _dense_kernels(acc_nn, acc_tn, mul_nt, suffix):
         forward=_forward,
         backward=_backward,
         steps=kernel(renamed(_steps, suffix), inputs="x labels values index"),
+        steps_sklearn=kernel(
+            renamed(_steps, "_sklearn" + suffix, replace=SKLEARN_LOSS), inputs="x labels values index"
+        ),
         predict=kernel(renamed(_predict, suffix), inputs="x"),
     )
 
@@ -350,6 +371,9 @@ def _dense_kernels(acc_nn, acc_tn, mul_nt, suffix):
 TILED = _dense_kernels(_small.acc_nn, _small.acc_tn, _small.mul_nt, "_tiled")
 PLAIN = _dense_kernels(_small.acc_nn_simple, _small.acc_tn_simple, _small.mul_nt_simple, "_plain")
 _steps = Deferred(TILED["steps"], PLAIN["steps"], rebinder(__name__, "_steps", lambda fast: fast))
+_steps_sklearn = Deferred(
+    TILED["steps_sklearn"], PLAIN["steps_sklearn"], rebinder(__name__, "_steps_sklearn", lambda fast: fast)
+)
 _predict = Deferred(TILED["predict"], PLAIN["predict"], rebinder(__name__, "_predict", lambda fast: fast))
 
 
@@ -422,15 +446,18 @@ def train_steps(bd, x, target, index, batch_size, loss, reduction, opt, hyper, s
         labels, values, index, int(batch_size), int(loss), int(reduction), int(opt), float(lr), float(h1),
         float(h2), float(wd), float(eps), bool(decoupled), c1, c2, int(step0), losses, pred_i, pred_b,
     )  # fmt: skip
+    sk = reduction == _SKLEARN
     if bd.front is not None:
         cell, relu, ra = bd.front
-        done, status = _front.RECURRENT[cell][0](*dense, ra, relu, bd.lb, bd.tb, bd.gz, x, *rest)
+        drive = _front.RECURRENT_SKLEARN[cell] if sk else _front.RECURRENT[cell][0]
+        done, status = drive(*dense, ra, relu, bd.lb, bd.tb, bd.gz, x, *rest)
     elif bd.stages is not None:
         x2 = x.reshape(x.shape[0], -1)
-        done, status = _front.IMAGE[0](*dense, bd.stages, bd.xb, bd.lb, bd.tb, bd.gz, x2, *rest)
+        drive = _front.IMAGE_SKLEARN if sk else _front.IMAGE[0]
+        done, status = drive(*dense, bd.stages, bd.xb, bd.lb, bd.tb, bd.gz, x2, *rest)
     else:
         x2 = x.reshape(x.shape[0], -1)
-        done, status = _steps(*dense, bd.xb, bd.lb, bd.tb, bd.gz, x2, *rest)
+        done, status = (_steps_sklearn if sk else _steps)(*dense, bd.xb, bd.lb, bd.tb, bd.gz, x2, *rest)
     return int(done), int(status)
 
 

@@ -14,8 +14,11 @@ What ``fastnn.fit`` gains when the model has a compiled plan
   max pool - conv 16 - ReLU - max pool - Linear 784-10, batch 64; W6: a
   tanh RNN, T = 50, 8 inputs, 64 hidden, batch 32, its last step into
   Linear 64-10; cross-entropy, SGD with momentum): the per-step loop and the
-  plan, each at 1 and 2 threads, rounds interleaved, on the backends that
-  have a plan for them (cython and numba).
+  plan (``run_steps``), each at 1 and 2 threads, rounds interleaved, on
+  the backends that have a plan for them (cython and numba). ``fit`` keeps
+  the per-step loop for numba models with image stages, so the numba W5
+  plan row is what ``run_steps`` and :mod:`fastnn.compiled` give, not
+  ``fit``.
 * **predict** of a 64-128-10 MLP on many rows: one call of the forward plan
   against its two matrix products alone (BLAS, into preallocated outputs).
 * **fit against scikit-learn's MLPClassifier**, same architecture, solver
@@ -358,7 +361,9 @@ def markdown_lines(plans: dict | None) -> list[str]:
     if layers:
         lines += [
             "W5 (CNN, batch 64) and W6 (tanh RNN T=50 H=64 + Linear, batch 32) inside `fit`, time per step, "
-            "medians of interleaved rounds: the per-step loop against the plan at 1 and 2 threads.",
+            "medians of interleaved rounds: the per-step loop against the plan (`run_steps`) at 1 and 2 threads. "
+            "`fit` keeps the per-step loop for numba models with image stages, so the numba W5 plan row "
+            "is what `run_steps` gives, not `fit`.",
             "",
             "| workload | row | per step | loop / plan |",
             "|:---|:---|---:|---:|",

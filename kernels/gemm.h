@@ -238,9 +238,20 @@ static void FN(act_rows)(int act, FNN_T *c, fnn_idx ldc, fnn_idx m, fnn_idx n)
         FN(act_fwd)(act, c + i * ldc, NULL, c + i * ldc, n, 0.0);
 }
 
-static int FN(gemm_small)(fnn_idx m, fnn_idx n, fnn_idx k, const FNN_T *a, fnn_idx rsa, fnn_idx csa,
-                          const FNN_T *b, fnn_idx rsb, fnn_idx csb, FNN_T *c, fnn_idx ldc, int accumulate,
-                          const FNN_T *bias, int act)
+/* Whether the small kernel forms C by dot products (gemm_dots) rather than
+ * by register tiles: rows of A and columns of B contiguous in p, and one
+ * output column or fewer than 4 rows. The two paths sum in different orders
+ * (the dots' SIMD reduction), so a team's slabs must take the path of the
+ * whole product (FN(gemm_small_team)): a slab of one column would otherwise
+ * choose the dots where the whole product, and one thread, take the tiles. */
+FNN_INLINE int FN(small_dots)(fnn_idx m, fnn_idx n, fnn_idx csa, fnn_idx rsb, fnn_idx csb)
+{
+    return csa == 1 && rsb == 1 && (n == 1 || (csb != 1 && m < 4));
+}
+
+static int FN(gemm_small_path)(fnn_idx m, fnn_idx n, fnn_idx k, const FNN_T *a, fnn_idx rsa, fnn_idx csa,
+                               const FNN_T *b, fnn_idx rsb, fnn_idx csb, FNN_T *c, fnn_idx ldc, int accumulate,
+                               const FNN_T *bias, int act, int dots)
 {
     const int relu = !accumulate && act == FNN_ACT_RELU;
     if (accumulate)
@@ -258,7 +269,7 @@ static int FN(gemm_small)(fnn_idx m, fnn_idx n, fnn_idx k, const FNN_T *a, fnn_i
     }
     if (n == 1)
         csb = 1; /* one column: its stride is never used */
-    if (csa == 1 && rsb == 1 && (n == 1 || (csb != 1 && m < 4))) {
+    if (dots) {
         FN(gemm_dots)(m, n, k, a, rsa, b, csb, c, ldc, accumulate, bias, relu);
     } else if (csb != 1) {
         int owned;
@@ -276,6 +287,30 @@ static int FN(gemm_small)(fnn_idx m, fnn_idx n, fnn_idx k, const FNN_T *a, fnn_i
     if (!accumulate)
         FN(act_rows)(act, c, ldc, m, n);
     return 0;
+}
+
+/* C (m, n) = act(op(A) op(B) + bias), or C += op(A) op(B) with accumulate, on one thread. */
+static int FN(gemm_small)(fnn_idx m, fnn_idx n, fnn_idx k, const FNN_T *a, fnn_idx rsa, fnn_idx csa,
+                          const FNN_T *b, fnn_idx rsb, fnn_idx csb, FNN_T *c, fnn_idx ldc, int accumulate,
+                          const FNN_T *bias, int act)
+{
+    return FN(gemm_small_path)(m, n, k, a, rsa, csa, b, rsb, csb, c, ldc, accumulate, bias, act,
+                               FN(small_dots)(m, n, csa, rsb, csb));
+}
+
+/* The two paths with gemm_small's parameters, for a team's slabs (FN(gemm_slabs)). */
+static int FN(gemm_small_dots)(fnn_idx m, fnn_idx n, fnn_idx k, const FNN_T *a, fnn_idx rsa, fnn_idx csa,
+                               const FNN_T *b, fnn_idx rsb, fnn_idx csb, FNN_T *c, fnn_idx ldc, int accumulate,
+                               const FNN_T *bias, int act)
+{
+    return FN(gemm_small_path)(m, n, k, a, rsa, csa, b, rsb, csb, c, ldc, accumulate, bias, act, 1);
+}
+
+static int FN(gemm_small_tiles)(fnn_idx m, fnn_idx n, fnn_idx k, const FNN_T *a, fnn_idx rsa, fnn_idx csa,
+                                const FNN_T *b, fnn_idx rsb, fnn_idx csb, FNN_T *c, fnn_idx ldc, int accumulate,
+                                const FNN_T *bias, int act)
+{
+    return FN(gemm_small_path)(m, n, k, a, rsa, csa, b, rsb, csb, c, ldc, accumulate, bias, act, 0);
 }
 
 /* A serial product with gemm_small's parameters (the packed GEMM's serial
@@ -335,7 +370,8 @@ static int FN(gemm_small_team)(fnn_idx m, fnn_idx n, fnn_idx k, const FNN_T *a, 
                                const FNN_T *bias, int act, int nthreads)
 {
     if (nthreads > 1 && k > 0 && (double)m * (double)n * (double)k >= fnn_tune.gemm_small_parallel_min_flops)
-        return FN(gemm_slabs)(FN(gemm_small), FNN_L, FNN_MR, m, n, k, a, rsa, csa, b, rsb, csb, c, ldc, accumulate,
-                              bias, act, nthreads);
+        return FN(gemm_slabs)(FN(small_dots)(m, n, csa, rsb, csb) ? FN(gemm_small_dots) : FN(gemm_small_tiles),
+                              FNN_L, FNN_MR, m, n, k, a, rsa, csa, b, rsb, csb, c, ldc, accumulate, bias, act,
+                              nthreads);
     return FN(gemm_small)(m, n, k, a, rsa, csa, b, rsb, csb, c, ldc, accumulate, bias, act);
 }

@@ -295,6 +295,10 @@ def test_cython_small_kernel_team_same_bits(dtype, rng):
     team path: slabs of columns (n >= m, whole vectors; a transposed B packed
     per slab) or of rows (whole tiles), with fewer units than threads, with
     the bias, ReLU and sigmoid epilogues, and the accumulating dense backward.
+    The shapes include, for vectors of 4, 8 or 16 lanes and tiles of 4, 6 or
+    8 rows, slabs of a single column or of fewer than 4 rows, where the
+    kernel's dot-product path would sum in another order than the tiles of
+    the whole product.
     """
     if "cython" not in fastnn.available_backends():
         pytest.skip("the Cython backend is not built")
@@ -302,6 +306,7 @@ def test_cython_small_kernel_team_same_bits(dtype, rng):
 
     ops = fastnn.ops
     shapes = [(200, 100, 256), (256, 200, 100), (200, 256, 100), (3, 5, 17), (37, 11, 9), (9, 40, 33), (1, 7, 70)]
+    shapes += [(5, 40, 9), (9, 40, 17), (17, 40, 65), (9, 30, 2), (13, 30, 3), (17, 30, 3), (25, 30, 5)]
     before = fastnn.get_num_threads()
     try:
         with fastnn.use_backend("cython"), fgemm.use_gemm("own"), tuning.override(gemm_small_parallel_min_flops=1):

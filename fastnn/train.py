@@ -836,9 +836,10 @@ def fit(
     return history
 
 
-#: Multiply-adds per step (or predicted batch) above which the numba plan gives way to the per-step
-#: loop: its products run on the small-product register tiles on one thread, which lose to BLAS from
-#: about there (W4, 26M multiply-adds a step: 3.3 ms against the loop's 1.6 ms on one thread).
+#: Multiply-adds per step above which the numba plan gives way to the per-step loop: its products run on
+#: the small-product register tiles on one thread, which lose to BLAS from about there (W4, 26M
+#: multiply-adds a step: 3.3 ms against the loop's 1.6 ms on one thread). Forward plans have their own
+#: limit, :data:`NUMBA_PREDICT_MAX_WEIGHTS`.
 NUMBA_PLAN_MAX_MACS = 2_000_000
 
 

@@ -836,10 +836,19 @@ def fit(
     return history
 
 
-#: Multiply-adds per step (or predicted batch) above which the numba plan gives way to the per-step
-#: loop: its products run on the small-product register tiles on one thread, which lose to BLAS from
-#: about there (W4, 26M multiply-adds a step: 3.3 ms against the loop's 1.6 ms on one thread).
+#: Multiply-adds per step above which the numba plan gives way to the per-step loop: its products run on
+#: the small-product register tiles on one thread, which lose to BLAS from about there (W4, 26M
+#: multiply-adds a step: 3.3 ms against the loop's 1.6 ms on one thread). Forward plans have their own
+#: limit, :data:`NUMBA_PREDICT_MAX_WEIGHTS`.
 NUMBA_PLAN_MAX_MACS = 2_000_000
+
+
+#: Weights (the dense layers' together) above which ``predict`` and ``evaluate`` give the numba forward
+#: plan up for the layers' own products, whatever the batch size: the plan's register tiles read each
+#: layer's whole weight matrix once per 8 rows, fast while it stays in the core's cache. 2026-12-07, one
+#: thread, predict time of the layers over the plan's: 64-128-10 (9.5K weights) 1.3-1.5x, 784-256-10
+#: (203K) 1.15x, 784-1024-1024-10 (1.86M) 1.07x at 256 rows a batch but 0.86x at 1,024.
+NUMBA_PREDICT_MAX_WEIGHTS = 1 << 19
 
 
 def _plan_too_large(plan: Any, batch_size: int) -> str | None:
@@ -1084,12 +1093,13 @@ def _weights_note(model: Module) -> str:
     return "; every parameter is still finite"
 
 
-def _forward_plan(model: Module, X: NDArray[Any], batch_size: int) -> Any:
+def _forward_plan(model: Module, X: NDArray[Any]) -> Any:
     """A compiled forward plan for ``model`` on ``X`` (C-contiguous, the model's dtype), or None."""
     from . import compiled
     from .backends import current
 
-    if current().name == "numpy" or X.ndim < 2 or X.shape[0] == 0:
+    backend = current().name
+    if backend == "numpy" or X.ndim < 2 or X.shape[0] == 0:
         return None
     try:
         plan = compiled.forward_plan(model)
@@ -1097,7 +1107,7 @@ def _forward_plan(model: Module, X: NDArray[Any], batch_size: int) -> Any:
         return None
     if not plan.accepts(X.shape):
         return None  # the layers raise their own error
-    if _plan_too_large(plan, min(batch_size, X.shape[0])):
+    if backend == "numba" and sum(int(s.weight.data.size) for s in plan.layers) > NUMBA_PREDICT_MAX_WEIGHTS:
         return None
     return plan
 
@@ -1120,7 +1130,7 @@ def predict(model: Module, X: ArrayLike, batch_size: int = 256) -> NDArray[Any]:
     if X.dtype.kind not in "fiub":
         raise TypeError(f"X must be numeric, got dtype {X.dtype}")
     X = np.ascontiguousarray(X, dtype=dtype)
-    plan = _forward_plan(model, X, batch_size)
+    plan = _forward_plan(model, X)
     if plan is not None:  # every batch in one compiled call
         out: NDArray[Any] = plan.predict(X, batch_size)
         return out
@@ -1171,7 +1181,7 @@ def evaluate(
     total = 0.0
     correct = counted = 0
     n = X.shape[0]
-    plan = _forward_plan(model, X, batch_size)
+    plan = _forward_plan(model, X)
     outputs = None if plan is None else plan.predict(X, batch_size)  # every batch's output in one call
     with inference_mode(), Workspace():
         for i in range(0, n, batch_size):

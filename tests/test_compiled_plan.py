@@ -18,7 +18,7 @@ import threading
 
 import numpy as np
 import pytest
-from conftest import tol
+from conftest import _require_or_skip, tol
 from isolated import run_isolated
 
 import fastnn
@@ -231,6 +231,53 @@ def test_predict_and_evaluate_use_the_forward_plan(compiled_backend, dtype):
     X4 = X.reshape(-1, 3, 2, 2)
     with fastnn.no_grad():
         np.testing.assert_allclose(fastnn.predict(cnn_like, X4), cnn_like(X4), **tol(dtype))
+
+
+def test_numba_predict_splits_the_rows_between_threads(monkeypatch):
+    """A large prediction of a dense network runs as runs of whole batches, one per active thread, each with
+    buffers of its own: one thread's bits whatever the split."""
+    _require_or_skip("numba")
+    from fastnn.backends.numba_backend import train as numba_train
+
+    X, _ = _data("cross_entropy", np.float32, n=1003)
+    model = _model(np.float32)
+    split = numba_train._predict_split
+    parts = []
+    monkeypatch.setattr(numba_train, "_predict_split", lambda *a: parts.append(a[-1]) or split(*a))
+    threads = fastnn.get_num_threads()
+    try:
+        with fastnn.use_backend("numba"):
+            fastnn.set_num_threads(1)
+            one = fastnn.predict(model, X, batch_size=64)
+            monkeypatch.setattr(numba_train, "PREDICT_SPLIT_MIN_MACS", 1)
+            for t in (2, 3):
+                fastnn.set_num_threads(t)
+                np.testing.assert_array_equal(fastnn.predict(model, X, batch_size=64), one)
+            np.testing.assert_array_equal(fastnn.predict(model, X[:100], batch_size=64), one[:100])  # 2 batches
+    finally:
+        fastnn.set_num_threads(threads)
+    assert parts == [2, 3, 2]
+    with fastnn.no_grad():
+        np.testing.assert_allclose(one, model(X), **tol(np.float32, 10))
+
+
+def test_numba_predict_keeps_the_plan_at_any_batch_size_below_its_weight_limit(monkeypatch):
+    """predict and evaluate give the numba forward plan up for the layers above NUMBA_PREDICT_MAX_WEIGHTS
+    weights, whatever the batch size (a training step's limit, NUMBA_PLAN_MAX_MACS, counts the batch)."""
+    _require_or_skip("numba")
+    X, y = _data("cross_entropy", np.float32, n=300)
+    model = _model(np.float32)
+    with fastnn.use_backend("numba"):
+        assert fastnn.train._forward_plan(model, X) is not None
+        want = fastnn.predict(model, X, batch_size=4096)  # far above NUMBA_PLAN_MAX_MACS multiply-adds a batch
+        monkeypatch.setattr(fastnn.train, "NUMBA_PREDICT_MAX_WEIGHTS", 12 * 9 + 9 * 7 + 7 * 4 - 1)
+        assert fastnn.train._forward_plan(model, X) is None
+        got = fastnn.predict(model, X, batch_size=4096)  # the layers
+        res = fastnn.evaluate(model, X, y)
+    with fastnn.no_grad():
+        np.testing.assert_allclose(want, model(X), **tol(np.float32, 10))
+    np.testing.assert_allclose(got, want, **tol(np.float32, 10))
+    assert 0 <= res["accuracy"] <= 1
 
 
 def test_which_models_get_a_plan():

@@ -327,7 +327,7 @@ def test_predict_and_evaluate_use_the_forward_plan(backend_name, name, dtype):
         else:
             np.testing.assert_allclose(got[:64], want, **tol(dtype, 10))
         res = fastnn.evaluate(model, X, y, batch_size=64)
-        assert fastnn.train._forward_plan(model, X[:, :, :5], 64) is None  # too small for the stages
+        assert fastnn.train._forward_plan(model, X[:, :, :5]) is None  # too small for the stages
     with fastnn.use_backend("numpy"):
         ref = fastnn.evaluate(model, X, y, batch_size=64)
         np.testing.assert_allclose(fastnn.predict(model, X, batch_size=64), got, **tol(dtype, 10))

@@ -95,6 +95,22 @@ def test_plain_small_products_give_the_tiled_kernels_bits(jit, dtype, rng):
             fast(x, y, c1)
             plain(x, y, c2)
             np.testing.assert_array_equal(c2, c1)
+        # the bias and ReLU fused into the tiles: the bits of the product, then a pass adding the bias, then
+        # one applying ReLU (NaN kept), as the plans' dense layers and the recurrent projection had them
+        bias = rng.standard_normal(n).astype(dtype)
+        A[0, 0] = np.nan
+        for has_bias in (False, True):
+            for relu in (False, True):
+                want = np.empty((m, n), dtype)
+                sg.mul_nt(A, B.T.copy(), want)
+                if has_bias:
+                    want += bias
+                if relu:
+                    want = np.where(want <= 0, dtype(0), want)
+                for fused in (sg.mul_nt_bias, sg.mul_nt_bias_simple):
+                    got = np.full((m, n), np.inf, dtype)
+                    fused(A, B.T.copy(), got, bias, has_bias, relu)
+                    np.testing.assert_array_equal(got, want, err_msg=str((m, k, n, has_bias, relu)))
 
 
 @pytest.mark.parametrize("name", ["mul_nt", "mul_nt_simple"])

@@ -282,8 +282,8 @@ def simple_gemm(M, N, K, a, rsa, csa, b, rsb, csb, c, ldc, bias, has_bias, act):
 
 
 @intrinsic
-def _keep(typingctx, a, b, c):
-    """Nothing, but a use of the three arrays: they stay referenced until this point.
+def _keep(typingctx, *arrays):
+    """Nothing, but a use of the arrays: they stay referenced until this point.
 
     The entry points below are inlined into their callers and read their
     operands through :func:`_gemm._raw`, which holds no reference. An operand
@@ -295,11 +295,11 @@ def _keep(typingctx, a, b, c):
     def codegen(context, builder, sig, args):
         return context.get_dummy_value()
 
-    return types.none(a, b, c), codegen
+    return types.none(types.StarArgTuple(arrays)), codegen
 
 
 def _products(product, suffix):
-    """(acc_nn, acc_tn, mul_nt) computed by ``product`` (``_tiled`` or ``_plain``)."""
+    """(acc_nn, acc_tn, mul_nt, mul_nt_bias) computed by ``product`` (``_tiled`` or ``_plain``)."""
 
     def acc_nn(A, Bm, C):
         """C (M, N) += A (M, K)·Bm (K, N), C-contiguous 2-D arrays."""
@@ -331,12 +331,30 @@ def _products(product, suffix):
             product(M, N, K, _raw(A), K, 1, _raw(Bn), 1, K, cf, N, cf, False, 0, False)
             _keep(A, Bn, C)
 
+    def mul_nt_bias(A, Bn, C, bias, has_bias, relu):
+        """C = A·Bnᵀ + bias (when has_bias), then max(·, 0) (when relu), applied to each tile in registers.
+
+        The bits of mul_nt followed by a pass adding the bias to every row and
+        one applying ReLU (NaN kept), without the two passes over C."""
+        M, K = A.shape
+        N = Bn.shape[0]
+        if K == 0:
+            zero = C.dtype.type(0)
+            for i in range(M):
+                for j in range(N):
+                    v = zero + bias[j] if has_bias else zero
+                    C[i, j] = v if not (relu and v <= 0) else zero
+        elif M and N:
+            cf = _raw(C)
+            product(M, N, K, _raw(A), K, 1, _raw(Bn), 1, K, cf, N, _raw(bias), has_bias, 1 if relu else 0, False)
+            _keep(A, Bn, C, bias)
+
     # inline: a kernel that calls them takes their few lines in, where a compilation of their own
     # (one per read-only/writeable typing of the operands) was linked into every caller and optimised
     # there again; kernel(): from Python, a disk-cache key that is the same in every process
-    return tuple(kernel(renamed(fn, suffix), inline=True) for fn in (acc_nn, acc_tn, mul_nt))
+    return tuple(kernel(renamed(fn, suffix), inline=True) for fn in (acc_nn, acc_tn, mul_nt, mul_nt_bias))
 
 
-acc_nn, acc_tn, mul_nt = _products(_tiled, "")
+acc_nn, acc_tn, mul_nt, mul_nt_bias = _products(_tiled, "")
 #: The same products from plain loops (same bits, a fraction of the compilation).
-acc_nn_simple, acc_tn_simple, mul_nt_simple = _products(_plain, "_simple")
+acc_nn_simple, acc_tn_simple, mul_nt_simple, mul_nt_bias_simple = _products(_plain, "_simple")

@@ -19,7 +19,10 @@ gather, dense layers, loss, backward pass and update as the dense driver
   state into the dense layers): the sequence kernels of ``rnn`` the layers
   call, the input projection and the all-steps products on the small-product
   kernel (the layer's choice at the sizes plans are for; it takes BLAS for
-  large ones), BPTT from dL/dh_T alone.
+  large ones), BPTT from dL/dh_T alone: the backward loop takes it as the
+  final state's gradient and reads no output gradients (the layer's
+  (T, B, H) of zeros but the last step), and sums the bias gradients step
+  by step while δ_t is in cache (the layer sums all of δ after the loop).
 
 Everything but the convolutions' BLAS products runs on one thread, as the
 dense driver.
@@ -187,7 +190,7 @@ def _image_kernels(dense, conv_forward, suffix):
             if not _gather_targets(labels, values, index, lo, nb, loss, lb, tb, nout):
                 return s, _BAD_LABEL
             feats = stages_forward(st, xb[:nb], nb)
-            z = forward(ws, bs_, hb, ys, acts, slopes, feats, nb)
+            z = forward(ws, bs_, hb, ys, acts, slopes, feats, nb, None)
             g = gz[:nb]
             value = _loss(z, g, lb[:nb], tb[:nb], nb, loss, reduction, ps, decays, wd)
             losses[s] = value
@@ -205,9 +208,7 @@ def _image_kernels(dense, conv_forward, suffix):
             nb = min(batch_size, n - lo)
             for i in range(nb):
                 _copy_row(xb[i], x[lo + i])
-            z = forward(ws, bs_, hb, ys, acts, slopes, stages_forward(st, xb[:nb], nb), nb)
-            for r in range(nb):
-                _copy_row(out[lo + r], z[r])
+            forward(ws, bs_, hb, ys, acts, slopes, stages_forward(st, xb[:nb], nb), nb, out[lo : lo + nb])
 
     return (
         kernel(renamed(_image_steps, suffix), inputs="x labels values index"),
@@ -299,7 +300,7 @@ def _recurrent_kernels(cell, dense, kernels, suffix):
     the dense passes ``dense`` and the recurrent ``kernels`` (``rnn._TILED`` or ``rnn._PLAIN``), compiled on
     their first calls."""
     fwd, bwd = kernels[_FWD[cell]], kernels[_BWD[cell]]
-    wgrads, bgrads = kernels["_weight_grads_small"], _rnn._bias_grads
+    wgrads = kernels["_weight_grads_small"]
     _forward, _backward = dense["forward"], dense["backward"]
 
     def gather(x, index, lo, nb, xs):
@@ -335,45 +336,38 @@ def _recurrent_kernels(cell, dense, kernels, suffix):
         return out[T - 1]
 
     def backward(ra, xs, nb, relu, gh):
-        """BPTT from dL/dh_T = gh, dL/d(out) zero at the other steps; the layer's gradients (no dL/dx)."""
-        _, h0b, c0b, w_ih, w_hh, _, _, outb, cellb, gatesb, hnb, workb, gob, gh0b, gc0b = ra[:15]
+        """BPTT from dL/dh_T = gh, dL/d(out) zero at the other steps; the layer's gradients (no dL/dx).
+
+        gh goes in as the final state's gradient and the steps' output gradients are not read (no
+        zeroed (T, B, H) buffer); the bias gradients are summed by the backward loop, step by step."""
+        _, h0b, c0b, w_ih, w_hh, _, _, outb, cellb, gatesb, hnb, workb, _, gh0b, gc0b = ra[:15]
         gw_ih, gw_hh, gb_ih, gb_hh = ra[15:]
         T, _, I = xs.shape
         H = w_hh.shape[1]
         G = w_ih.shape[0]
         h0 = h0b[: nb * H].reshape(nb, H)
         out = outb[: T * nb * H].reshape(T, nb, H)
-        gz = gob[: T * nb * H]
-        for i in range((T - 1) * nb * H):
-            gz[i] = 0
-        last = gz[(T - 1) * nb * H :]
-        ghf = gh.ravel()
-        for i in range(nb * H):
-            last[i] = ghf[i]
-        go = gz.reshape(T, nb, H)
         gh0 = gh0b[: nb * H].reshape(nb, H)
         x2 = xs.reshape(T * nb, I)
         out2 = outb[: T * nb * H].reshape(T * nb, H)
         if cell == 0:
-            work = workb[: T * nb * H].reshape(T, nb, H)
-            bwd(go, None, h0, w_hh, out, relu, work, gh0)
+            bwd(None, gh, h0, w_hh, out, relu, workb[: T * nb * H].reshape(T, nb, H), gh0, gb_ih, gb_hh)
             dx = workb[: T * nb * H].reshape(T * nb, H)
             dh = dx
         elif cell == 1:
-            work = workb[: T * nb * G].reshape(T, nb, G)
-            bwd(go, None, None, c0b[: nb * H].reshape(nb, H), w_hh, cellb[: T * nb * H].reshape(T, nb, H),
-                gatesb[: T * nb * G].reshape(T, nb, G), work, gh0, gc0b[: nb * H].reshape(nb, H))  # fmt: skip
+            bwd(None, gh, None, c0b[: nb * H].reshape(nb, H), w_hh, cellb[: T * nb * H].reshape(T, nb, H),
+                gatesb[: T * nb * G].reshape(T, nb, G), workb[: T * nb * G].reshape(T, nb, G), gh0,
+                gc0b[: nb * H].reshape(nb, H), gb_ih, gb_hh)  # fmt: skip
             dx = workb[: T * nb * G].reshape(T * nb, G)
             dh = dx
         else:
-            work = workb[: T * nb * 2 * G].reshape(T, nb, 2 * G)
-            dxs, dhs = bwd(go, None, h0, w_hh, out, gatesb[: T * nb * G].reshape(T, nb, G),
-                           hnb[: T * nb * H].reshape(T, nb, H), work, gh0)  # fmt: skip
+            dxs, dhs = bwd(None, gh, h0, w_hh, out, gatesb[: T * nb * G].reshape(T, nb, G),
+                           hnb[: T * nb * H].reshape(T, nb, H), workb[: T * nb * 2 * G].reshape(T, nb, 2 * G), gh0,
+                           gb_ih, gb_hh)  # fmt: skip
             dx = dxs.reshape(T * nb, G)
             dh = dhs.reshape(T * nb, G)
-        # the all-steps products and bias sums, in the layer's order (rnn._all_steps_grads)
+        # the all-steps products, in the layer's order (rnn._all_steps_grads)
         wgrads(dx, dh, x2, h0, out2, gw_ih, gw_hh)
-        bgrads(dx, dh, gb_ih, gb_hh)
 
     gather, forward, backward = (jit(renamed(f, f"_{cell}{suffix}")) for f in (gather, forward, backward))
 
@@ -395,7 +389,7 @@ def _recurrent_kernels(cell, dense, kernels, suffix):
             if not _gather_targets(labels, values, index, lo, nb, loss, lb, tb, nout):
                 return s, _BAD_LABEL
             hT = forward(ra, xs, nb, relu)
-            z = _forward(ws, bs_, hb, ys, acts, slopes, hT, nb)
+            z = _forward(ws, bs_, hb, ys, acts, slopes, hT, nb, None)
             g = gz[:nb]
             value = _loss(z, g, lb[:nb], tb[:nb], nb, loss, reduction, ps, decays, wd)
             losses[s] = value
@@ -415,9 +409,7 @@ def _recurrent_kernels(cell, dense, kernels, suffix):
             nb = min(batch_size, n - lo)
             xs = xbuf[: T * nb * I].reshape(T, nb, I)
             gather(x, np.arange(lo, lo + nb), 0, nb, xs)
-            z = _forward(ws, bs_, hb, ys, acts, slopes, forward(ra, xs, nb, relu), nb)
-            for r in range(nb):
-                _copy_row(out[lo + r], z[r])
+            _forward(ws, bs_, hb, ys, acts, slopes, forward(ra, xs, nb, relu), nb, out[lo : lo + nb])
 
     suffix = f"_{('rnn', 'lstm', 'gru')[cell]}{suffix}"
     return (

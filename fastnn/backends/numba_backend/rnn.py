@@ -105,6 +105,23 @@ def _start_grad(g, g_final):
         g[:] = 0
 
 
+@jit_inline
+def _add_column_sums(total, d):
+    """total += the column sums of d (B, W), row by row; nothing when total is None."""
+    if total is not None:
+        for r in range(d.shape[0]):
+            row = d[r]
+            for j in range(row.size):
+                total[j] += row[j]
+
+
+@jit_inline
+def _zero(a):
+    """a[:] = 0, nothing when a is None."""
+    if a is not None:
+        a[:] = 0
+
+
 def _projection(x, w_ih):
     """x·W_ihᵀ as a (T·B, G·H) array through BLAS when the product is large, else None (done in the kernel)."""
     T, B, I = x.shape
@@ -130,16 +147,22 @@ def _bias_grads(dx, dh, gb_ih, gb_hh):
                 gb_hh[j] += row[j]
 
 
-def _kernels(acc, acc_tn, mul_nt, suffix):
-    """The kernels with products, taking them from ``acc`` (C += A·B), ``acc_tn`` (C += Aᵀ·B), ``mul_nt`` (C = A·Bᵀ)."""
+def _kernels(acc, acc_tn, mul_nt, mul_nt_bias, suffix):
+    """The kernels with products, taking them from ``acc`` (C += A·B), ``acc_tn`` (C += Aᵀ·B), ``mul_nt``
+    (C = A·Bᵀ) and ``mul_nt_bias`` (C = A·Bᵀ + b)."""
 
     def project(x, w_ih, b_ih, b_hh, proj, dest):
         """dest[t] = x_t·W_ihᵀ + b_ih (+ b_hh) for every t; the product is ``proj`` where BLAS made it."""
         T, B, I = x.shape
         d2 = dest.reshape(T * B, dest.shape[2])
-        _start(d2, b_ih, b_hh, proj)
         if proj is None:
-            acc(x.reshape(T * B, I), np.ascontiguousarray(w_ih.T), d2)
+            # (0 + b_ih) + b_hh added to each tile as it leaves the registers: the bits of adding the
+            # product to rows holding that sum, without writing and reading all of them once more
+            bias = np.empty((1, d2.shape[1]), dest.dtype)
+            _start(bias, b_ih, b_hh, None)
+            mul_nt_bias(x.reshape(T * B, I), w_ih, d2, bias[0], True, False)
+        else:
+            _start(d2, b_ih, b_hh, proj)
 
     # inlined into the forward kernels: compiled on its own, project and the products under it were
     # optimised twice (in project, then again inside the kernel it is linked into)
@@ -179,22 +202,32 @@ def _kernels(acc, acc_tn, mul_nt, suffix):
                 _tanh_rows(out[t], 0, H)
         return out
 
-    def _rnn_bwd(go, ghn, h0, w_hh, out, relu, work, gh0):
-        """δ_t = (dL/dh_t)·f'(a_t), g_{t-1} = δ_t W_hh (into work, and gh0 at the end)."""
+    def _rnn_bwd(go, ghn, h0, w_hh, out, relu, work, gh0, gb_ih, gb_hh):
+        """δ_t = (dL/dh_t)·f'(a_t), g_{t-1} = δ_t W_hh (into work, and gh0 at the end).
+
+        ``go`` None: dL/d(out) zero at every step, dL/dh_T in ``ghn`` alone
+        (a plan's last hidden state). ``gb_ih``, ``gb_hh`` (None in the
+        layer, whose bias gradients come after, ``_all_steps_grads``): the
+        biases' gradients Σ δ, summed step by step while δ_t is in cache."""
         T, B, H = out.shape
         one = out.dtype.type(1)  # keeps float32 math in float32 (np.ones would compile an allocation)
         _start_grad(gh0, ghn)
+        _zero(gb_ih)
+        _zero(gb_hh)
         for t in range(T - 1, -1, -1):
             d = work[t]
-            g = go[t]
             h = out[t]
             for b in range(B):
                 for j in range(H):
-                    v = g[b, j] + gh0[b, j]
+                    v = gh0[b, j]
+                    if go is not None:
+                        v += go[t, b, j]
                     if relu:
                         d[b, j] = v if h[b, j] > 0 else v * 0
                     else:
                         d[b, j] = v * (one - h[b, j] * h[b, j])
+            _add_column_sums(gb_ih, d)
+            _add_column_sums(gb_hh, d)
             gh0[:] = 0
             acc(d, w_hh, gh0)
 
@@ -226,12 +259,14 @@ def _kernels(acc, acc_tn, mul_nt, suffix):
                     h[b, j] *= z[b, 3 * H + j]
         return out, cell, gates
 
-    def _lstm_bwd(go, ghn, gcn, c0, w_hh, cell, gates, work, gh0, gc0):
-        """δ = [δi, δf, δg, δo] per step (into work); g_{t-1} = δ W_hh; γ_{t-1} = γ f."""
+    def _lstm_bwd(go, ghn, gcn, c0, w_hh, cell, gates, work, gh0, gc0, gb_ih, gb_hh):
+        """δ = [δi, δf, δg, δo] per step (into work); g_{t-1} = δ W_hh; γ_{t-1} = γ f (go, gb_*: as _rnn_bwd)."""
         T, B, H = cell.shape
         one = cell.dtype.type(1)  # keeps float32 math in float32 (np.ones would compile an allocation)
         _start_grad(gh0, ghn)
         _start_grad(gc0, gcn)
+        _zero(gb_ih)
+        _zero(gb_hh)
         tc = np.empty((B, H), cell.dtype)
         for t in range(T - 1, -1, -1):
             z = gates[t]
@@ -239,7 +274,6 @@ def _kernels(acc, acc_tn, mul_nt, suffix):
             _copy(tc, cell[t])
             _tanh_rows(tc, 0, H)
             d = work[t]
-            g_out = go[t]
             for b in range(B):
                 for j in range(H):
                     i = z[b, j]
@@ -247,13 +281,17 @@ def _kernels(acc, acc_tn, mul_nt, suffix):
                     g = z[b, 2 * H + j]
                     o = z[b, 3 * H + j]
                     tcv = tc[b, j]
-                    dh = g_out[b, j] + gh0[b, j]
+                    dh = gh0[b, j]
+                    if go is not None:
+                        dh += go[t, b, j]
                     gam = gc0[b, j] + dh * o * (one - tcv * tcv)
                     d[b, j] = gam * g * i * (one - i)
                     d[b, H + j] = gam * cp[b, j] * f * (one - f)
                     d[b, 2 * H + j] = gam * i * (one - g * g)
                     d[b, 3 * H + j] = dh * tcv * o * (one - o)
                     gc0[b, j] = gam * f
+            _add_column_sums(gb_ih, d)
+            _add_column_sums(gb_hh, d)
             gh0[:] = 0
             acc(d, w_hh, gh0)
 
@@ -296,11 +334,15 @@ def _kernels(acc, acc_tn, mul_nt, suffix):
                     h[b, j] = (one - zz) * z[b, 2 * H + j] + zz * hp[b, j]
         return out, gates, hidden_n
 
-    def _gru_bwd(go, ghn, h0, w_hh, out, gates, hidden_n, work, gh0):
-        """δ^x = [δr, δz, δn], δ^h = [δr, δz, δn r]; g_{t-1} = g z + δ^h W_hh; returns δ^x, δ^h (contiguous)."""
+    def _gru_bwd(go, ghn, h0, w_hh, out, gates, hidden_n, work, gh0, gb_ih, gb_hh):
+        """δ^x = [δr, δz, δn], δ^h = [δr, δz, δn r]; g_{t-1} = g z + δ^h W_hh; returns δ^x, δ^h (contiguous).
+
+        go, gb_*: as _rnn_bwd (gb_ih sums δ^x, gb_hh δ^h)."""
         T, B, H = out.shape
         one = out.dtype.type(1)  # keeps float32 math in float32 (np.ones would compile an allocation)
         _start_grad(gh0, ghn)
+        _zero(gb_ih)
+        _zero(gb_hh)
         # δ^x and δ^h kept apart (contiguous) for the products; ``work`` holds them side by side after.
         dxs = np.empty((T, B, 3 * H), out.dtype)
         dhs = np.empty((T, B, 3 * H), out.dtype)
@@ -308,7 +350,6 @@ def _kernels(acc, acc_tn, mul_nt, suffix):
             hp = h0 if t == 0 else out[t - 1]
             z_ = gates[t]
             m = hidden_n[t]
-            g_out = go[t]
             dx = dxs[t]
             dh = dhs[t]
             for b in range(B):
@@ -316,7 +357,9 @@ def _kernels(acc, acc_tn, mul_nt, suffix):
                     r = z_[b, j]
                     z = z_[b, H + j]
                     n = z_[b, 2 * H + j]
-                    g = g_out[b, j] + gh0[b, j]
+                    g = gh0[b, j]
+                    if go is not None:
+                        g += go[t, b, j]
                     dn = g * (one - z) * (one - n * n)
                     dr = dn * m[b, j] * r * (one - r)
                     dz = g * (hp[b, j] - n) * z * (one - z)
@@ -327,6 +370,8 @@ def _kernels(acc, acc_tn, mul_nt, suffix):
                     dh[b, H + j] = dz
                     dh[b, 2 * H + j] = dn * r
                     gh0[b, j] = g * z
+            _add_column_sums(gb_ih, dx)
+            _add_column_sums(gb_hh, dh)
             acc(dh, w_hh, gh0)
         for t in range(T):
             w = work[t]
@@ -351,8 +396,8 @@ def _kernels(acc, acc_tn, mul_nt, suffix):
     return {fn.__name__: kernel(renamed(fn, suffix), inputs=names) for fn, names in inputs.items()}
 
 
-_TILED = _kernels(_small.acc_nn, _small.acc_tn, _small.mul_nt, "_tiled")
-_PLAIN = _kernels(_small.acc_nn_simple, _small.acc_tn_simple, _small.mul_nt_simple, "_plain")
+_TILED = _kernels(_small.acc_nn, _small.acc_tn, _small.mul_nt, _small.mul_nt_bias, "_tiled")
+_PLAIN = _kernels(_small.acc_nn_simple, _small.acc_tn_simple, _small.mul_nt_simple, _small.mul_nt_bias_simple, "_plain")
 
 
 def _tiered(name):
@@ -410,7 +455,7 @@ def rnn_forward(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity, out
 
 def _rnn_deltas(grad_out, grad_hn, h0, weight_hh, out, nonlinearity, work, grad_h0):
     """The backward loop of :func:`rnn_backward`; δ as (T·B, H), twice (input and hidden pre-activations)."""
-    _rnn_bwd(grad_out, grad_hn, h0, weight_hh, out, nonlinearity == "relu", work, grad_h0)
+    _rnn_bwd(grad_out, grad_hn, h0, weight_hh, out, nonlinearity == "relu", work, grad_h0, None, None)
     delta = _spec._rows(work)
     return delta, delta
 
@@ -422,7 +467,7 @@ def lstm_forward(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, out, cell, g
 
 def _lstm_deltas(grad_out, grad_hn, grad_cn, h0, c0, weight_hh, cell, gates, work, grad_h0, grad_c0):
     """The backward loop of :func:`lstm_backward`; δ as (T·B, 4H), twice (input and hidden pre-activations)."""
-    _lstm_bwd(grad_out, grad_hn, grad_cn, c0, weight_hh, cell, gates, work, grad_h0, grad_c0)
+    _lstm_bwd(grad_out, grad_hn, grad_cn, c0, weight_hh, cell, gates, work, grad_h0, grad_c0, None, None)
     delta = _spec._rows(work)
     return delta, delta
 
@@ -434,7 +479,7 @@ def gru_forward(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, out, gates, hidde
 
 def _gru_deltas(grad_out, grad_hn, h0, weight_hh, out, gates, hidden_n, work, grad_h0):
     """The backward loop of :func:`gru_backward`; δ^x and δ^h as (T·B, 3H), each contiguous."""
-    dxs, dhs = _gru_bwd(grad_out, grad_hn, h0, weight_hh, out, gates, hidden_n, work, grad_h0)
+    dxs, dhs = _gru_bwd(grad_out, grad_hn, h0, weight_hh, out, gates, hidden_n, work, grad_h0, None, None)
     return _spec._rows(dxs), _spec._rows(dhs)
 
 

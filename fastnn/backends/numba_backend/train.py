@@ -8,10 +8,16 @@ update) without returning to Python. The products run on the register
 tiles of the own GEMM's small-product kernel (``_small_gemm``), on one
 thread: for the networks plans are for, a BLAS call or a thread wake-up
 costs more than the product (``fastnn.fit`` keeps the per-step loop, whose
-products may be threaded, for large ones). The activations, losses and
-updates are the backend's own kernels and element functions (``activations``,
-``losses``, ``optim``), so a step differs from the per-step loop only in the summation
-order of the products.
+products may be threaded, for large ones). A layer's bias and ReLU are
+applied to each tile of its product as it leaves the registers; the other
+activations, the losses and the updates are the backend's own kernels and
+element functions (``activations``, ``losses``, ``optim``), so a step differs
+from the per-step loop only in the summation order of the products.
+
+:func:`predict_rows` runs the forward pass over all batches in one call; a
+large prediction of a dense network splits its batches between the active
+threads (the driver runs without the GIL), each thread with buffers of its
+own: a row's output does not depend on the thread that computes it.
 
 Image stages or a recurrent layer in front run in drivers of their own
 (:mod:`._train_front`), over this module's helpers, so a dense network
@@ -27,10 +33,12 @@ convention.
 """
 
 import math
+import threading
 
 import numpy as np
 from numba import typed
 
+from ... import _config
 from ..reference import train as _spec
 from . import _small_gemm as _small
 from ._jit import Deferred, jit, jit_inline, kernel, rebinder, renamed
@@ -265,25 +273,25 @@ def _record(z, lo, pred_i, pred_b):
 SKLEARN_LOSS = {"_loss": _loss_sklearn}
 
 
-def _dense_kernels(acc_nn, acc_tn, mul_nt, suffix):
+def _dense_kernels(acc_nn, acc_tn, mul_nt_bias, suffix):
     """The dense layers' passes and the dense drivers, on the products ``acc_nn`` (C += A·B), ``acc_tn``
-    (C += Aᵀ·B) and ``mul_nt`` (C = A·Bᵀ): a dict of ``forward``, ``backward``, ``steps``,
-    ``steps_sklearn`` (scikit-learn's convention) and ``predict``."""
+    (C += Aᵀ·B) and ``mul_nt_bias`` (C = A·Bᵀ + b, ReLU fused): a dict of ``forward``, ``backward``,
+    ``steps``, ``steps_sklearn`` (scikit-learn's convention) and ``predict``."""
 
-    def _forward(ws, bs_, hb, ys, acts, slopes, x, nb):
-        """Every layer's output for the nb rows of x; returns the last."""
+    def _forward(ws, bs_, hb, ys, acts, slopes, x, nb, last):
+        """Every layer's output for the nb rows of x; returns the last, written into ``last`` when given
+        (a prediction's rows of the output) instead of the layer's buffer."""
         inp = x
         for l in range(len(ws)):
             y = ys[l][:nb]
-            mul_nt(inp, ws[l], y)
-            if hb[l]:
-                b = bs_[l]
-                for r in range(nb):
-                    row = y[r]
-                    for j in range(row.size):
-                        row[j] += b[j]
-            if acts[l] != 0:
-                _act_fwd(y, acts[l], slopes[l], y)
+            if last is not None:
+                if l == len(ws) - 1:
+                    y = last
+            act = acts[l]
+            # the bias and ReLU on each tile as it leaves the registers (the bits of two passes after)
+            mul_nt_bias(inp, ws[l], y, bs_[l], hb[l], act == 1)
+            if act > 1:
+                _act_fwd(y, act, slopes[l], y)
             inp = y
         return inp
 
@@ -336,7 +344,7 @@ def _dense_kernels(acc_nn, acc_tn, mul_nt, suffix):
                 _copy_row(xb[i], x[row])
             if not _gather_targets(labels, values, index, lo, nb, loss, lb, tb, nout):
                 return s, _BAD_LABEL
-            z = _forward(ws, bs_, hb, ys, acts, slopes, xb[:nb], nb)
+            z = _forward(ws, bs_, hb, ys, acts, slopes, xb[:nb], nb, None)
             g = gz[:nb]
             value = _loss(z, g, lb[:nb], tb[:nb], nb, loss, reduction, ps, decays, wd)
             losses[s] = value
@@ -351,9 +359,7 @@ def _dense_kernels(acc_nn, acc_tn, mul_nt, suffix):
         n = x.shape[0]
         for lo in range(0, n, batch_size):
             nb = min(batch_size, n - lo)
-            z = _forward(ws, bs_, hb, ys, acts, slopes, x[lo : lo + nb], nb)
-            for r in range(nb):
-                _copy_row(out[lo + r], z[r])
+            _forward(ws, bs_, hb, ys, acts, slopes, x[lo : lo + nb], nb, out[lo : lo + nb])
 
     return dict(
         forward=_forward,
@@ -368,8 +374,8 @@ def _dense_kernels(acc_nn, acc_tn, mul_nt, suffix):
 
 #: On the register tiles of the small-product kernel, and on its plain loops (the same bits, a fraction
 #: of the compilation: what a fresh install runs while the tiled drivers compile in the background).
-TILED = _dense_kernels(_small.acc_nn, _small.acc_tn, _small.mul_nt, "_tiled")
-PLAIN = _dense_kernels(_small.acc_nn_simple, _small.acc_tn_simple, _small.mul_nt_simple, "_plain")
+TILED = _dense_kernels(_small.acc_nn, _small.acc_tn, _small.mul_nt_bias, "_tiled")
+PLAIN = _dense_kernels(_small.acc_nn_simple, _small.acc_tn_simple, _small.mul_nt_bias_simple, "_plain")
 _steps = Deferred(TILED["steps"], PLAIN["steps"], rebinder(__name__, "_steps", lambda fast: fast))
 _steps_sklearn = Deferred(
     TILED["steps_sklearn"], PLAIN["steps_sklearn"], rebinder(__name__, "_steps_sklearn", lambda fast: fast)
@@ -461,8 +467,50 @@ def train_steps(bd, x, target, index, batch_size, loss, reduction, opt, hyper, s
     return int(done), int(status)
 
 
+#: Multiply-adds per thread below which a dense network's prediction runs on the calling thread alone: a
+#: thread's start and join cost tens of microseconds, a thousandth of this many multiply-adds.
+PREDICT_SPLIT_MIN_MACS = 1 << 25
+
+
+def _predict_parts(bd, n, batch_size):
+    """Threads for a dense network's prediction of n rows: one per PREDICT_SPLIT_MIN_MACS, at most the
+    active thread count (``fastnn._config.active_threads``) and one batch each."""
+    macs = n * sum(w.size for w in bd.ws)
+    return max(1, min(_config.active_threads(), macs // PREDICT_SPLIT_MIN_MACS, -(-n // batch_size)))
+
+
+def _predict_split(bd, x, batch_size, out, parts):
+    """The dense prediction as ``parts`` runs of whole batches, one per thread (the driver holds no GIL),
+    each with buffers of its own. A row's output does not depend on the batch or the thread that
+    computes it: the same bits as one run."""
+    nbatch = -(-x.shape[0] // batch_size)
+    bounds = [min(x.shape[0], nbatch * k // parts * batch_size) for k in range(parts + 1)]
+    errors = []
+
+    def run(ys, lo, hi):
+        try:
+            _predict(bd.ws, bd.bs, bd.hb, ys, bd.acts, bd.slopes, x[lo:hi], batch_size, out[lo:hi])
+        except BaseException as exc:  # re-raised in the calling thread
+            errors.append(exc)
+
+    workers = [
+        threading.Thread(target=run, args=(_list(np.empty_like(y) for y in bd.ys), bounds[k], bounds[k + 1]))
+        for k in range(1, parts)
+    ]
+    for w in workers:
+        w.start()
+    run(bd.ys, bounds[0], bounds[1])
+    for w in workers:
+        w.join()
+    if errors:
+        raise errors[0]
+
+
 def predict_rows(bd, x, batch_size, out):
-    """See :func:`fastnn.backends.reference.train.predict_rows`."""
+    """See :func:`fastnn.backends.reference.train.predict_rows`.
+
+    A dense network's rows are split between the active threads when there are enough multiply-adds
+    (:data:`PREDICT_SPLIT_MIN_MACS` per thread), with the same results as on one thread."""
     bs = int(batch_size)
     dense = (bd.ws, bd.bs, bd.hb, bd.ys)
     if bd.front is not None:
@@ -471,7 +519,12 @@ def predict_rows(bd, x, batch_size, out):
     elif bd.stages is not None:
         _front.IMAGE[1](*dense, bd.acts, bd.slopes, bd.stages, bd.xb, x.reshape(x.shape[0], -1), bs, out)
     else:
-        _predict(*dense, bd.acts, bd.slopes, x.reshape(x.shape[0], -1), bs, out)
+        x2 = x.reshape(x.shape[0], -1)
+        parts = _predict_parts(bd, x2.shape[0], bs)
+        if parts > 1:
+            _predict_split(bd, x2, bs, out, parts)
+        else:
+            _predict(*dense, bd.acts, bd.slopes, x2, bs, out)
     return out
 
 

@@ -21,7 +21,21 @@ import time
 
 import numpy as np
 
-__all__ = ["measure_gemm", "measure_copy", "gemm_step", "copy_step", "copy_array_step", "context", "time_block"]
+__all__ = [
+    "measure_gemm",
+    "measure_copy",
+    "gemm_step",
+    "copy_step",
+    "copy_array_step",
+    "context",
+    "time_block",
+    "warm",
+    "SETTLE_S",
+]
+
+#: Untimed run of a row before each of its timed blocks when several threads run: OpenBLAS's idle
+#: workers spin for about 0.1 s after a threaded call, on the cores the next row's team needs.
+SETTLE_S = 0.12
 
 
 def time_block(fn, number: int) -> float:
@@ -36,6 +50,15 @@ def time_block(fn, number: int) -> float:
     finally:
         if enabled:
             gc.enable()
+
+
+def warm(fn, seconds: float) -> None:
+    """Run ``fn`` untimed for ``seconds`` (at least once): the previous row's spinning
+    threads wind down meanwhile, while the cores stay busy (an idle pause lets them clock down)."""
+    end = time.perf_counter() + seconds
+    fn()
+    while time.perf_counter() < end:
+        fn()
 
 
 def _repeat(fn, repeat: int, min_block: float) -> list[float]:

@@ -26,6 +26,10 @@ What ``fastnn.fit`` gains when the model has a compiled plan
   (``tol=0`` and a patience longer than the run), on the digits and on a
   20,000 x 64, 10-class problem; fastnn in float32, scikit-learn in the
   float64 it computes in.
+
+Every timed call follows a short untimed run of the same row (as in the
+main tables), so that no row is timed beside the previous row's spinning
+BLAS workers.
 """
 
 from __future__ import annotations
@@ -34,16 +38,27 @@ import time
 
 import numpy as np
 
+from . import machine as _machine
+
 __all__ = ["measure", "markdown_lines"]
 
 W3_FLOPS = 2 * (32 * 64 * 128 + 32 * 128 * 10) * 2 + 2 * (32 * 128 * 10)  # 2 forward + 3 backward products
 
 
-def _median_times(fns: dict, rounds: int) -> dict:
-    """Interleaved rounds of each ``fn() -> seconds``; the median per name."""
+def _median_times(fns: dict, rounds: int, settle: float = 0.0) -> dict:
+    """Interleaved rounds of each ``fn() -> seconds``; the median per name.
+
+    With ``settle`` > 0 each timed call follows ``settle`` seconds of the same
+    row, untimed (:func:`.machine.warm`): a row timed right after one that ran
+    BLAS on several threads otherwise shares its cores with OpenBLAS's spinning
+    workers (the cython ``predict`` right after the products measured 1.87x
+    them so, 0.7-0.9x with the pause).
+    """
     times: dict = {k: [] for k in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
+            if settle > 0:
+                _machine.warm(fn, settle)
             times[name].append(fn())
     return {k: float(np.median(v)) for k, v in times.items()}
 
@@ -63,7 +78,7 @@ def _w3_model(fastnn, nn, optim, seed=0):
     return model, optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
 
 
-def _w3_steps(fastnn, backends, rounds, settle=True):
+def _w3_steps(fastnn, backends, rounds, settle=True, pause=0.0):
     from fastnn import nn, optim
 
     rng = np.random.default_rng(0)
@@ -101,7 +116,7 @@ def _w3_steps(fastnn, backends, rounds, settle=True):
         fns[f"{b} loop"], fns[f"{b} plan"] = loop, plan
     if settle:
         _settle(backends)
-    return _median_times(fns, rounds)
+    return _median_times(fns, rounds, pause)
 
 
 def _cnn_model(fastnn, nn, optim, seed=0):
@@ -123,7 +138,7 @@ def _rnn_model(fastnn, nn, optim, seed=0):
 LAYER_STEPS = {"W5": (_cnn_model, (1, 28, 28), 64, (2, 8)), "W6": (_rnn_model, (50, 8), 32, (2, 16))}
 
 
-def _layer_steps(fastnn, backends, rounds, tiny):
+def _layer_steps(fastnn, backends, rounds, tiny, pause=0.0):
     """W5 and W6 per step: the per-step loop against the plan, at 1 and 2 threads (rows "<backend> <n>t loop")."""
     from fastnn import compiled, nn, optim
 
@@ -172,7 +187,7 @@ def _layer_steps(fastnn, backends, rounds, tiny):
                 f()  # bind / warm
             if not tiny:
                 _settle(backends)
-            out[wid] = _median_times(fns, rounds)
+            out[wid] = _median_times(fns, rounds, pause)
         finally:
             fastnn.set_num_threads(threads0)
     return out, reasons
@@ -196,7 +211,7 @@ def _one_thread_gemm_gflops(fastnn, n=512, reps=5):
     return 2.0 * n**3 / float(np.median(times)) / 1e9
 
 
-def _predict(fastnn, backends, rows, rounds):
+def _predict(fastnn, backends, rows, rounds, pause=0.0):
     from fastnn import nn
 
     rng = np.random.default_rng(1)
@@ -225,10 +240,10 @@ def _predict(fastnn, backends, rows, rounds):
         fns[f"{b} predict"] = pred
     for f in fns.values():
         f()
-    return _median_times(fns, rounds)
+    return _median_times(fns, rounds, pause)
 
 
-def _sklearn_fit(fastnn, backends, data, epochs, rounds):
+def _sklearn_fit(fastnn, backends, data, epochs, rounds, pause=0.0):
     import warnings
 
     from sklearn.exceptions import ConvergenceWarning
@@ -267,7 +282,7 @@ def _sklearn_fit(fastnn, backends, data, epochs, rounds):
         fns[f"{b} fit"] = fit
     for f in fns.values():
         f()
-    return _median_times(fns, rounds)
+    return _median_times(fns, rounds, pause)
 
 
 def measure(backends, quick: bool, tiny: bool = False, log=None) -> dict:
@@ -279,19 +294,20 @@ def measure(backends, quick: bool, tiny: bool = False, log=None) -> dict:
     if not backends:
         return {"error": "no compiled backend available"}
     rounds = 3 if (quick or tiny) else 7
+    pause = 0.0 if tiny else _machine.SETTLE_S  # untimed run of a row before each timed one
     try:
-        out["w3"] = _w3_steps(fastnn, backends, rounds, settle=not tiny)
+        out["w3"] = _w3_steps(fastnn, backends, rounds, settle=not tiny, pause=pause)
         out["w3_flops"] = W3_FLOPS
         out["gemm1_gflops"] = _one_thread_gemm_gflops(fastnn)
         if log:
             log("plans: W3")
 
-        out["layers"], out["unsupported"] = _layer_steps(fastnn, backends, rounds, tiny)
+        out["layers"], out["unsupported"] = _layer_steps(fastnn, backends, rounds, tiny, pause)
         if log:
             log("plans: W5, W6")
         rows = 20_000 if tiny else (200_000 if quick else 1_000_000)
         out["predict_rows"] = rows
-        out["predict"] = _predict(fastnn, backends, rows, rounds)
+        out["predict"] = _predict(fastnn, backends, rows, rounds, pause)
         if log:
             log("plans: predict")
         try:
@@ -313,12 +329,12 @@ def measure(backends, quick: bool, tiny: bool = False, log=None) -> dict:
                 "digits": {
                     "epochs": digits_epochs,
                     "n": X.shape[0],
-                    "times": _sklearn_fit(fastnn, backends, (X / 16.0, y), digits_epochs, sk_rounds),
+                    "times": _sklearn_fit(fastnn, backends, (X / 16.0, y), digits_epochs, sk_rounds, pause),
                 },
                 "20k": {
                     "epochs": big_epochs,
                     "n": n_big,
-                    "times": _sklearn_fit(fastnn, backends, (Xb, yb), big_epochs, sk_rounds),
+                    "times": _sklearn_fit(fastnn, backends, (Xb, yb), big_epochs, sk_rounds, pause),
                 },
             }
             if log:

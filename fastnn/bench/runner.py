@@ -59,7 +59,7 @@ LIMIT_ROW = "_limit"
 MIN_ROUNDS = 3
 FASTNN_ORDER = ("numpy", "numba", "cython")
 #: Untimed run of a row before each of its timed blocks when several threads run (step 4 above).
-SETTLE_S = 0.12
+SETTLE_S = _machine.SETTLE_S
 
 
 def settings_for(quick: bool, tiny: bool = False, repeat: int | None = None, min_block: float | None = None) -> dict:
@@ -210,15 +210,6 @@ def _rounds(rows: list[_Row], cfg: dict) -> int:
     return max(cfg["min_rounds"], min(cfg["repeat"], fit))
 
 
-def _warm(step, seconds: float) -> None:
-    """Run ``step`` untimed for ``seconds`` (at least once): the previous row's spinning
-    threads wind down meanwhile, while the cores stay busy (an idle pause lets them clock down)."""
-    end = time.perf_counter() + seconds
-    step()
-    while time.perf_counter() < end:
-        step()
-
-
 def _time_case(rows: list[_Row], repeat: int, tick, settle: float = 0.0) -> None:
     active = [r for r in rows if r.step is not None]
     for rnd in range(repeat):
@@ -229,7 +220,7 @@ def _time_case(rows: list[_Row], repeat: int, tick, settle: float = 0.0) -> None
             try:
                 with row.context():
                     if settle > 0:
-                        _warm(row.step, settle)
+                        _machine.warm(row.step, settle)
                     row.times.append(_machine.time_block(row.step, row.number) / row.per_call)
             except Exception as exc:
                 row.fail(exc)

@@ -737,3 +737,25 @@ def test_contended_section_tiny(tmp_path, capsys):
     assert main(["bench", "--contended", "--workloads", "W1", "--out", str(tmp_path)]) == 2
     assert main(["bench", "--contended", "--threads", "1", "--out", str(tmp_path)]) == 2
     assert "give --threads 2 or more" in capsys.readouterr().err
+
+
+def test_plans_section_rows_run_untimed_before_each_timed_call():
+    """With a pause each timed call follows an untimed run of the same row (the previous row's spinning BLAS
+    workers wind down meanwhile); only the timed calls' results enter the medians."""
+    from fastnn.bench import plans_section
+
+    calls = []
+
+    def row(name, value):
+        def fn():
+            calls.append(name)
+            return value if calls.count(name) % 2 == 0 else 100.0  # untimed runs return a wild value
+
+        return fn
+
+    res = plans_section._median_times({"a": row("a", 1.0), "b": row("b", 2.0)}, rounds=3, settle=1e-9)
+    assert calls == ["a", "a", "b", "b"] * 3
+    assert res == {"a": 1.0, "b": 2.0}
+    calls.clear()
+    assert plans_section._median_times({"a": lambda: calls.append("a") or 1.0}, rounds=2) == {"a": 1.0}
+    assert calls == ["a", "a"]

@@ -30,6 +30,9 @@ from ._jit import jit, threads, variants
 __all__ = list(_spec.__all__)  # the reference's kernels, every one overridden here
 
 _PAR = PARALLEL_MIN_ELEMENTS
+#: a normalised value counts as this many values of an elementwise loop when the team is chosen (as in the C
+#: library's drivers, kernels/_layers.pxi)
+_WORK = 8
 #: terms summed in the data's dtype before they go to float64 (fastmath may reorder them within a chunk)
 _CHUNK = 64
 #: rows whose column terms are summed in the data's dtype before they go to float64
@@ -228,7 +231,7 @@ def _bn_fwd(x, weight, bias, has_w, has_b, eps, batch_stats, mean, var, out, nbl
 
 def batch_norm_forward(x, weight, bias, eps, batch_stats, mean, var, out):
     """See the reference ``batch_norm_forward``."""
-    par = x.size >= _PAR and x.shape[1] > 1 and threads() > 1
+    par = x.size * _WORK >= _PAR and x.shape[1] > 1 and threads() > 1
     _bn_fwd[par](
         x,
         _vec(weight, x, 1),
@@ -315,7 +318,7 @@ def batch_norm_backward(grad_out, x, weight, mean, var, eps, batch_stats, grad_i
     gw = grad_weight if grad_weight is not None else np.empty(C, x.dtype)
     gb = grad_bias if grad_bias is not None else np.empty(C, x.dtype)
     gi = grad_input if grad_input is not None else np.empty((1, C, 1), x.dtype)
-    par = x.size >= _PAR and C > 1 and threads() > 1
+    par = x.size * _WORK >= _PAR and C > 1 and threads() > 1
     _bn_bwd[par](
         grad_out,
         x,
@@ -364,7 +367,7 @@ def _ln_fwd(x, weight, bias, has_w, has_b, eps, out, mean, rstd, nblocks):
 
 def layer_norm_forward(x, weight, bias, eps, out, mean, rstd):
     """See the reference ``layer_norm_forward``."""
-    par = x.size >= _PAR and x.shape[0] > 1 and threads() > 1
+    par = x.size * _WORK >= _PAR and x.shape[0] > 1 and threads() > 1
     _ln_fwd[par](
         x,
         _vec(weight, x, 1),
@@ -458,7 +461,7 @@ def _ln_param_grads(sums, gw, gb, want_w, want_b):
 def layer_norm_backward(grad_out, x, weight, mean, rstd, grad_input, grad_weight, grad_bias):
     """See the reference ``layer_norm_backward``."""
     M, K = x.shape
-    par = x.size >= _PAR and M > 1 and threads() > 1
+    par = x.size * _WORK >= _PAR and M > 1 and threads() > 1
     nblocks = threads() if par else 1
     cols = grad_weight is not None or grad_bias is not None
     sums = np.zeros((nblocks, 2, K) if cols else (nblocks, 2, 1))

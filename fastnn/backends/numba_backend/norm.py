@@ -160,47 +160,52 @@ def _bn_sums(a, x, c, dot, c0, c1, s1, s2):
             s2[j] += np.float64(p2[j])
 
 
+# The per-channel helpers take scalars: an array argument costs a call its reference counting, which
+# over the 1024 channels of a BatchNorm1d made the forward 40 µs slower.
+
+
 @jit
-def _stats(x, sft, s1, s2, ch, mean, var):
-    """Channel ch's batch statistics from shifted sums around sft, into mean and var."""
+def _stats(x, sft, s1, s2, ch):
+    """``(μ, σ²)`` of channel ch from shifted sums around sft (once more around the mean if it lay far)."""
     mu, v, far = _shifted(sft, s1, s2, x.shape[0] * x.shape[2])
-    if far:  # the shift lay far from this channel's mean: once more around the mean
+    if far:
         c = x.dtype.type(mu)
         t1, t2 = _channel_sums(x, x, c, False, ch)
         mu, v, far = _shifted(c, t1, t2, x.shape[0] * x.shape[2])
-    mean[ch] = mu
-    var[ch] = v
+    return mu, v
 
 
 @jit
-def _affine(weight, bias, has_w, has_b, eps, mean, var, ch):
-    """The forward's ``y = x·s + t`` of channel ch: ``(s, t)`` in float64."""
-    scale = 1.0 / math.sqrt(np.float64(var[ch]) + eps)
-    if has_w:
-        scale *= np.float64(weight[ch])
-    shift = -np.float64(mean[ch]) * scale
-    if has_b:
-        shift += np.float64(bias[ch])
-    return scale, shift
+def _affine(w, b, eps, m, v):
+    """The forward's ``y = x·s + t`` of a channel of γ w, β b, mean m and variance v: ``(s, t)`` in float64."""
+    scale = 1.0 / math.sqrt(np.float64(v) + eps) * w
+    return scale, b - np.float64(m) * scale
+
+
+@jit
+def _bn_channels_fwd(x, weight, bias, has_w, has_b, eps, batch_stats, mean, var, out, c0, c1):
+    """L > 1: a channel at a time, its runs normalised while they are in cache."""
+    N = x.shape[0]
+    for ch in range(c0, c1):
+        if batch_stats:
+            sft = _pilot(x[0, ch])
+            s1, s2 = _channel_sums(x, x, sft, False, ch)
+            mean[ch], var[ch] = _stats(x, sft, s1, s2, ch)
+        w = np.float64(weight[ch]) if has_w else 1.0
+        b = np.float64(bias[ch]) if has_b else 0.0
+        scale, shift = _affine(w, b, eps, mean[ch], var[ch])
+        a, t = x.dtype.type(scale), x.dtype.type(shift)
+        for n in range(N):
+            xp, op = x[n, ch], out[n, ch]
+            for i in range(xp.shape[0]):
+                op[i] = xp[i] * a + t
 
 
 @jit
 def _bn_block_fwd(x, weight, bias, has_w, has_b, eps, batch_stats, mean, var, out, c0, c1):
+    """L = 1: the channels are columns of the rows."""
     N, C, L = x.shape
     nc = c1 - c0
-    if L > 1:  # a channel at a time: its runs are normalised while they are in cache
-        for ch in range(c0, c1):
-            if batch_stats:
-                sft = _pilot(x[0, ch])
-                s1, s2 = _channel_sums(x, x, sft, False, ch)
-                _stats(x, sft, s1, s2, ch, mean, var)
-            scale, shift = _affine(weight, bias, has_w, has_b, eps, mean, var, ch)
-            a, b = x.dtype.type(scale), x.dtype.type(shift)
-            for n in range(N):
-                xp, op = x[n, ch], out[n, ch]
-                for i in range(L):
-                    op[i] = xp[i] * a + b
-        return
     if batch_stats:
         sft = np.empty(nc, x.dtype)
         for j in range(nc):
@@ -208,12 +213,19 @@ def _bn_block_fwd(x, weight, bias, has_w, has_b, eps, batch_stats, mean, var, ou
         s1 = np.empty(nc)
         s2 = np.empty(nc)
         _bn_sums(x, x, sft, False, c0, c1, s1, s2)
+        M = N * L
         for j in range(nc):
-            _stats(x, sft[j], s1[j], s2[j], c0 + j, mean, var)
+            mu, v, far = _shifted(sft[j], s1[j], s2[j], M)
+            if far:  # the shift lay far from this channel's mean: once more around the mean
+                mu, v = _stats(x, sft[j], s1[j], s2[j], c0 + j)
+            mean[c0 + j] = mu
+            var[c0 + j] = v
     sc = np.empty(nc, x.dtype)
     sh = np.empty(nc, x.dtype)
     for j in range(nc):
-        sc[j], sh[j] = _affine(weight, bias, has_w, has_b, eps, mean, var, c0 + j)
+        w = np.float64(weight[c0 + j]) if has_w else 1.0
+        b = np.float64(bias[c0 + j]) if has_b else 0.0
+        sc[j], sh[j] = _affine(w, b, eps, mean[c0 + j], var[c0 + j])
     xf, of = x.reshape(N * C), out.reshape(N * C)
     for n in range(N):
         xr, orow = xf[n * C + c0 : n * C + c1], of[n * C + c0 : n * C + c1]
@@ -225,7 +237,9 @@ def _bn_block_fwd(x, weight, bias, has_w, has_b, eps, batch_stats, mean, var, ou
 def _bn_fwd(x, weight, bias, has_w, has_b, eps, batch_stats, mean, var, out, nblocks):
     for blk in prange(nblocks):
         c0, c1 = _block(x.shape[1], nblocks, blk)
-        if c0 < c1:
+        if c0 < c1 and x.shape[2] > 1:
+            _bn_channels_fwd(x, weight, bias, has_w, has_b, eps, batch_stats, mean, var, out, c0, c1)
+        elif c0 < c1:
             _bn_block_fwd(x, weight, bias, has_w, has_b, eps, batch_stats, mean, var, out, c0, c1)
 
 
@@ -249,37 +263,43 @@ def batch_norm_forward(x, weight, bias, eps, batch_stats, mean, var, out):
 
 
 @jit
-def _grad_consts(weight, has_w, var, eps, batch_stats, sg, sgx, M, ch, gw, gb):
-    """dβ, dγ of channel ch into gb, gw and the ``(k, a, t)`` of dL/dx = g·k − ((x − μ)·a + t), in float64."""
-    r = 1.0 / math.sqrt(np.float64(var[ch]) + eps)
+def _grad_consts(w, v, eps, batch_stats, sg, sgx, M):
+    """A channel's dγ (from Σ g·(x − μ) = sgx; dβ = Σ g = sg) and the ``(k, a, t)`` of
+    dL/dx = g·k − ((x − μ)·a + t), in float64, for γ w and variance v."""
+    r = 1.0 / math.sqrt(np.float64(v) + eps)
     sx = sgx * r
-    gb[ch] = sg
-    gw[ch] = sx
-    kd = r * (np.float64(weight[ch]) if has_w else 1.0)
-    return kd, (kd * r * sx / M if batch_stats else 0.0), (kd * sg / M if batch_stats else 0.0)
+    kd = r * w
+    return sx, kd, (kd * r * sx / M if batch_stats else 0.0), (kd * sg / M if batch_stats else 0.0)
+
+
+@jit
+def _bn_channels_bwd(g, x, weight, has_w, mean, var, eps, batch_stats, gi, has_gi, gw, gb, c0, c1):
+    """L > 1: a channel at a time, as the forward."""
+    N, C, L = x.shape
+    for ch in range(c0, c1):
+        sg, sgx = _channel_sums(g, x, mean[ch], True, ch)
+        w = np.float64(weight[ch]) if has_w else 1.0
+        gw[ch], kd, ad, td = _grad_consts(w, var[ch], eps, batch_stats, sg, sgx, N * L)
+        gb[ch] = sg
+        if not has_gi:
+            continue
+        mu, kt, a, b = mean[ch], x.dtype.type(kd), x.dtype.type(ad), x.dtype.type(td)
+        for n in range(N):
+            gp, xp, gip = g[n, ch], x[n, ch], gi[n, ch]
+            if batch_stats:
+                for i in range(L):
+                    gip[i] = gp[i] * kt - ((xp[i] - mu) * a + b)
+            else:
+                for i in range(L):
+                    gip[i] = gp[i] * kt
 
 
 @jit
 def _bn_block_bwd(g, x, weight, has_w, mean, var, eps, batch_stats, gi, has_gi, gw, gb, c0, c1):
+    """L = 1: the channels are columns of the rows."""
     N, C, L = x.shape
     nc = c1 - c0
     M = N * L
-    if L > 1:  # a channel at a time, as the forward
-        for ch in range(c0, c1):
-            sg, sgx = _channel_sums(g, x, mean[ch], True, ch)
-            kd, ad, td = _grad_consts(weight, has_w, var, eps, batch_stats, sg, sgx, M, ch, gw, gb)
-            if not has_gi:
-                continue
-            mu, kt, a, b = mean[ch], x.dtype.type(kd), x.dtype.type(ad), x.dtype.type(td)
-            for n in range(N):
-                gp, xp, gip = g[n, ch], x[n, ch], gi[n, ch]
-                if batch_stats:
-                    for i in range(L):
-                        gip[i] = gp[i] * kt - ((xp[i] - mu) * a + b)
-                else:
-                    for i in range(L):
-                        gip[i] = gp[i] * kt
-        return
     sum_g = np.empty(nc)
     sum_gx = np.empty(nc)
     _bn_sums(g, x, mean[c0:c1], True, c0, c1, sum_g, sum_gx)
@@ -287,7 +307,9 @@ def _bn_block_bwd(g, x, weight, has_w, mean, var, eps, batch_stats, gi, has_gi, 
     ka = np.empty(nc, x.dtype)
     kb = np.empty(nc, x.dtype)
     for j in range(nc):
-        k[j], ka[j], kb[j] = _grad_consts(weight, has_w, var, eps, batch_stats, sum_g[j], sum_gx[j], M, c0 + j, gw, gb)
+        w = np.float64(weight[c0 + j]) if has_w else 1.0
+        gw[c0 + j], k[j], ka[j], kb[j] = _grad_consts(w, var[c0 + j], eps, batch_stats, sum_g[j], sum_gx[j], M)
+        gb[c0 + j] = sum_g[j]
     if not has_gi:
         return
     means = mean[c0:c1]
@@ -307,7 +329,9 @@ def _bn_block_bwd(g, x, weight, has_w, mean, var, eps, batch_stats, gi, has_gi, 
 def _bn_bwd(g, x, weight, has_w, mean, var, eps, batch_stats, gi, has_gi, gw, gb, nblocks):
     for blk in prange(nblocks):
         c0, c1 = _block(x.shape[1], nblocks, blk)
-        if c0 < c1:
+        if c0 < c1 and x.shape[2] > 1:
+            _bn_channels_bwd(g, x, weight, has_w, mean, var, eps, batch_stats, gi, has_gi, gw, gb, c0, c1)
+        elif c0 < c1:
             _bn_block_bwd(g, x, weight, has_w, mean, var, eps, batch_stats, gi, has_gi, gw, gb, c0, c1)
 
 

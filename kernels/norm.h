@@ -34,17 +34,18 @@
  * normalising pass over (N, C), with its four arrays of constants).
  *
  * Order: a layer norm takes a row at a time (it stays in L1 between its two
- * passes); a batch norm with L > 1 a channel at a time, its N runs of L
- * values read again from L1/L2 to be normalised; with L = 1 (BatchNorm1d on
- * (N, C)) rows of a block of channels, at most FNN_BN_BLOCK_BYTES of them,
- * each channel's partials in an array (blocks of 64-256 KiB, to keep a block
- * in L2 between the statistics and the normalising pass, were slower on the
- * 1 MiB batch than one block). */
+ * passes); a batch norm blocks of channels, at most FNN_BN_BLOCK_BYTES of
+ * values each, read in memory order for their sums and again to be
+ * normalised: with L = 1 (BatchNorm1d on (N, C)) rows of the block's
+ * columns, each channel's partials in an array; with L > 1 run after run,
+ * each channel's partials in float64 vectors (blocks of 64-256 KiB, to keep
+ * a block in L2 between the statistics and the normalising pass, were
+ * slower on the 1 MiB batch than one block). */
 
 #ifndef FNN_NCH
 #define FNN_NCH 8 /* terms a lane of partials in the data's dtype adds before they go to float64 */
 #define FNN_PILOT 8 /* leading values whose mean is the shift */
-#define FNN_BN_BLOCK_BYTES (1024 * 1024) /* a batch norm channel block's values at most (L = 1) */
+#define FNN_BN_BLOCK_BYTES (1024 * 1024) /* a batch norm channel block's values at most */
 #define FNN_LN_ROWS 2 /* rows a layer norm's backward normalises together (FNN_NCH a multiple of it) */
 
 /* The mean and the variance from shifted sums s1 = Σ(x − c), s2 = Σ(x − c)² of n values;
@@ -500,8 +501,8 @@ static __attribute__((noinline)) void FN(bn_sums_bwd)(const FNN_T *g, const FNN_
     FN(bn_sums)(NRM_DOT, g, x, c, N, C, L, c0, nc, sc);
 }
 
-/* n values, k, t, m, a their constants (increments dk, dm apart: 1 where they are a channel's own, in a row
- * of channels; 0 where one channel's constants serve a run): the forward's y = x·k + t (kind 0), or
+/* n values, k, t, m, a their constants (dk apart: 1 where each value is a channel's own, in a row of
+ * channels; 0 where one channel's constants serve a run): the forward's y = x·k + t (kind 0), or
  * dL/dx = g·k − ((x − m)·a + t) through the batch statistics (NRM_GI | NRM_DOT), or g·k without them
  * (NRM_GI). Loops the compiler vectorises. */
 FNN_INLINE void FN(bn_apply_run)(const int kind, const FNN_T *FNN_RESTRICT g, const FNN_T *FNN_RESTRICT x,

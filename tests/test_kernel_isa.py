@@ -157,6 +157,40 @@ def test_every_family_on_every_isa(kern, isa, dtype, rng):
             np.testing.assert_allclose(got, want, **tol(dtype, 100))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+def test_normalisation_on_every_isa(kern, isa, dtype, rng):
+    """Batch norm (rows of channels, runs of values) and layer norm on one instruction set, every vector width's
+    whole vectors and tails, against the NumPy reference."""
+    for shape in [(13, 37), (9, 3), (4, 6, 21), (2, 3, 5, 7)]:
+        x = (rng.standard_normal(shape) * 2 + 0.5).astype(dtype)
+        C = shape[1]
+        w, b = rng.uniform(0.5, 1.5, C).astype(dtype), rng.uniform(-0.5, 0.5, C).astype(dtype)
+        g = rng.standard_normal(shape).astype(dtype)
+        for training in (True, False):
+            results = []
+            for backend in ("cython", "numpy"):
+                with fastnn.use_backend(backend):
+                    rm, rv = np.zeros(C, dtype), np.ones(C, dtype)
+                    y, mean, var = ops.batch_norm_forward(x, w, b, rm, rv, training=training)
+                    results.append(
+                        (y, mean, var) + tuple(ops.batch_norm_backward(g, x, w, mean, var, training=training))
+                    )
+            for got, want in zip(*results):
+                np.testing.assert_allclose(got, want, **tol(dtype, 20))
+    for shape in [(7, 37), (4, 3), (9, 70)]:
+        x = (rng.standard_normal(shape) * 3 - 1).astype(dtype)
+        K = shape[1]
+        w, b = rng.uniform(-1, 1.5, K).astype(dtype), rng.uniform(-1, 1, K).astype(dtype)
+        g = rng.standard_normal(shape).astype(dtype)
+        results = []
+        for backend in ("cython", "numpy"):
+            with fastnn.use_backend(backend):
+                y, mean, rstd = ops.layer_norm_forward(x, K, w, b)
+                results.append((y, mean, rstd) + tuple(ops.layer_norm_backward(g, x, K, w, mean, rstd)))
+        for got, want in zip(*results):
+            np.testing.assert_allclose(got, want, **tol(dtype, 20))
+
+
 def test_one_set_of_vector_maths(kern, rng):
     """The recurrent gates and the activation kernels share one tanh and one sigmoid: same input, same bits."""
     x = np.concatenate([np.linspace(-30, 30, 4001), rng.standard_normal(999) * 5]).astype(np.float32)

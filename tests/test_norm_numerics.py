@@ -176,6 +176,75 @@ def test_edge_sizes(backend, dtype):
     assert np.all(y == 0)
 
 
+def _bn_cases(x, training, affine, input_grad):
+    """Forward and backward of ops.batch_norm_* with or without γ/β and dL/dx (fixed upstream gradient)."""
+    C = x.shape[1]
+    rng = np.random.default_rng(11)
+    w = rng.uniform(0.5, 1.5, C).astype(x.dtype) if affine else None
+    b = rng.uniform(-0.5, 0.5, C).astype(x.dtype) if affine else None
+    rm, rv = rng.standard_normal(C).astype(x.dtype), rng.uniform(0.5, 2.0, C).astype(x.dtype)
+    y, mean, var = ops.batch_norm_forward(x, w, b, rm, rv, training=training)
+    g = rng.standard_normal(x.shape).astype(x.dtype)
+    grads = ops.batch_norm_backward(g, x, w, mean, var, training=training, input_grad=input_grad)
+    return (y, mean, var, rm, rv) + tuple(grads)
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        (13, 37),  # L = 1: a block of 8 rows and 5 single rows (4 and 1 for the backward's sums), a channel tail
+        (3, 5),  # fewer rows than a block, fewer channels than a vector
+        (2, 1),  # one channel
+        (520, 600),  # two blocks of channels
+        (3, 5, 7),  # runs shorter than a vector
+        (2, 4, 33),  # a run of whole vectors and a tail
+        (64, 6, 40, 40),  # channel blocks of runs (a block holds 2 channels' 64 x 1600 values)
+    ],
+)
+@pytest.mark.parametrize("training", [True, False])
+def test_batch_norm_blocks_and_tails(backend, dtype, shape, training):
+    """Every block and tail of the kernels' passes over rows, channels and runs, with and without γ/β and dL/dx."""
+    x = (np.random.default_rng(12).standard_normal(shape) * 1.5 - 0.25).astype(dtype)
+    for affine, input_grad in ((True, True), (False, True), (True, False)):
+        got = _bn_cases(x, training, affine, input_grad)
+        with fastnn.use_backend("numpy"):
+            want = _bn_cases(x, training, affine, input_grad)
+        _close(got, want, dtype, f"affine={affine} input_grad={input_grad}")
+
+
+def test_batch_norm_one_row_in_evaluation(backend, dtype):
+    """N = 1 (L = 1) normalises by the running statistics; training on it is refused (one value per channel)."""
+    x = np.random.default_rng(13).standard_normal((1, 37)).astype(dtype)
+    got = _bn_cases(x, False, True, True)
+    with fastnn.use_backend("numpy"):
+        want = _bn_cases(x, False, True, True)
+    _close(got, want, dtype, "N = 1")
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        _bn_cases(x, True, True, True)
+
+
+@pytest.mark.parametrize("shape", [(1, 5), (2, 17), (5, 33), (9, 1000), (17, 1024), (40, 3)])
+def test_layer_norm_blocks_and_tails(backend, dtype, shape):
+    """The backward's blocks of rows (pairs, a single last row, groups of 8 rows' column partials), column tails,
+    with and without γ, β and dL/dx."""
+    x = (np.random.default_rng(14).standard_normal(shape) * 2 + 1).astype(dtype)
+    K = shape[-1]
+    rng = np.random.default_rng(15)
+    w, b = rng.uniform(-1, 1.5, K).astype(dtype), rng.uniform(-1, 1, K).astype(dtype)
+    g = rng.standard_normal(shape).astype(dtype)
+
+    def run(weight, bias, input_grad):
+        y, mean, rstd = ops.layer_norm_forward(x, K, weight, bias)
+        grads = ops.layer_norm_backward(g, x, K, weight, mean, rstd, bias=bias is not None, input_grad=input_grad)
+        return (y, mean, rstd) + tuple(grads)
+
+    for weight, bias, input_grad in ((w, b, True), (w, None, True), (None, None, True), (w, b, False)):
+        got = run(weight, bias, input_grad)
+        with fastnn.use_backend("numpy"):
+            want = run(weight, bias, input_grad)
+        _close(got, want, dtype, f"weight={weight is not None} bias={bias is not None} input_grad={input_grad}")
+
+
 def test_strided_input_is_copied(backend, dtype):
     """A view that is not C-contiguous gives what its contiguous copy gives (the ops copy it)."""
     rng = np.random.default_rng(6)

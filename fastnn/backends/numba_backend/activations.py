@@ -187,7 +187,7 @@ def _softmax_row(x, out):
     scaled_softmax(x, out, x.dtype.type(1))
 
 
-@variants(inputs="x")
+@variants(inputs="x", ordered_sums=True)
 def _softmax(x, out):
     """y_ij = exp(x_ij - max_i) / sum_k exp(x_ik - max_i)."""
     b, c = x.shape
@@ -209,7 +209,7 @@ def _softmax_bwd_row(g, y, out):
         out[j] = (g[j] - dot) * y[j]
 
 
-@variants(inputs="g y")
+@variants(inputs="g y", ordered_sums=True)
 def _softmax_bwd(g, y, out):
     """dx_ij = y_ij (dy_ij - sum_k dy_ik y_ik)."""
     b, c = g.shape

@@ -149,7 +149,13 @@ static void FN(softmax_bwd_rows)(const FNN_T *g, const FNN_T *y, FNN_T *out, fnn
     }
 }
 
-/* grad = scale (softmax(z) - onehot); returns the rows' logsumexp(z) - z[label], unscaled, in double. */
+/* grad = scale (softmax(z) - onehot); returns the rows' logsumexp(z) - z[label], unscaled, in double.
+ *
+ * The exponentials dominate. A row shorter than a vector (ten classes, the
+ * usual classifier) would run them in the row loop's scalar remainder, so
+ * such blocks take them in one flat loop over every row instead: a first
+ * pass shifts each row by its maximum, the flat loop exponentiates the
+ * block, a last pass sums and scales each row in order. */
 static double FN(xent_rows)(const FNN_T *z, const fnn_idx *labels, FNN_T *grad, fnn_idx rows, fnn_idx c,
                             double scale)
 {
@@ -161,16 +167,36 @@ static double FN(xent_rows)(const FNN_T *z, const fnn_idx *labels, FNN_T *grad, 
     fnn_idx group = (fnn_idx)(290.0 / log10((double)(c > 1 ? c : 2)));
     if (group < 1) group = 1;
     fnn_idx in_group = 0;
+    const int flat = c < FNN_L;
+    if (flat) {
+        for (fnn_idx r = 0; r < rows; r++) {
+            const FNN_T *zr = z + r * c;
+            FNN_T *gr = grad + r * c;
+            FNN_T m = FN(rowmax)(zr, c);
+            for (fnn_idx i = 0; i < c; i++) gr[i] = zr[i] - m;
+            loss -= (double)gr[labels[r]];   /* -(z[label] - m) */
+        }
+        const fnn_idx n = rows * c;
+#if defined(_OPENMP) || defined(FNN_OPENMP_SIMD)
+        FNN_PRAGMA(omp simd)
+#endif
+        for (fnn_idx i = 0; i < n; i++) grad[i] = FN(fnn_exp_softmax)(grad[i]);
+    }
     for (fnn_idx r = 0; r < rows; r++) {
         const FNN_T *zr = z + r * c;
         FNN_T *gr = grad + r * c;
         fnn_idx lab = labels[r];
-        FNN_T m = FN(rowmax)(zr, c);
-        FNN_T s = FN(expsum)(zr, gr, c, m);
+        FNN_T s = 0;
+        if (flat) {
+            for (fnn_idx i = 0; i < c; i++) s += gr[i];
+        } else {
+            FNN_T m = FN(rowmax)(zr, c);
+            s = FN(expsum)(zr, gr, c, m);
+            loss -= (double)(zr[lab] - m);
+        }
         FNN_T f = sc / s;
         for (fnn_idx i = 0; i < c; i++) gr[i] *= f;
         gr[lab] -= sc;
-        loss -= (double)(zr[lab] - m);
         prod *= (double)s;
         if (++in_group == group) { loss += log(prod); prod = 1; in_group = 0; }
     }

@@ -195,7 +195,8 @@ def _cmd_warmup(args) -> int:
 def _warm_policy(name: str) -> int:
     from .backends import gemm_calibration
 
-    _print_calibration(gemm_calibration.calibrate(name, "float32"))
+    # A measurement too unclear to keep is reported, not an error: the kernels are ready regardless.
+    _print_calibration(gemm_calibration.calibrate(name, "float32"), "fastnn warmup")
     return 0
 
 
@@ -210,6 +211,7 @@ def _cmd_calibrate(args) -> int:
         import fastnn
 
         fastnn.set_num_threads(args.threads)
+    refused = 0
     for name in names:
         try:
             get(name)
@@ -218,33 +220,54 @@ def _cmd_calibrate(args) -> int:
             continue
         for dtype in dtypes:
             try:
-                _print_calibration(gemm_calibration.calibrate(name, dtype))
+                entry = gemm_calibration.calibrate(name, dtype, force=args.force)
             except OSError as exc:  # the cache directory cannot be written
                 print(f"fastnn calibrate: cannot store the result: {exc} (set FASTNN_CACHE_DIR)", file=sys.stderr)
                 return 1
-    return 0
+            refused += not _print_calibration(entry, "fastnn calibrate")
+    return 1 if refused else 0
 
 
-def _print_calibration(entry) -> None:
+def _print_calibration(entry, command: str) -> bool:
+    """Print a calibration and what became of it; False when its problems kept it from being stored."""
+    from .backends import gemm_calibration
+
     k = entry["key"]
     print(f"{k['backend']} {k['dtype']}, {k['threads']} threads ({k['isa']}; BLAS {', '.join(k['blas']) or '?'}):")
-    print("  multiply-adds   m x k x n          own GEMM      BLAS   own/BLAS")
+    print("  multiply-adds   m x k x n          own GEMM        BLAS   own/BLAS   90% interval  pairs  verdict")
     for p in entry["points"]:
         shape = f"{p['m']}x{p['k']}x{p['n']}"
         print(
-            f"  {p['v'] / 1e6:10.2f}M   {shape:16s} {p['own'] * 1e6:9.1f} µs {p['blas'] * 1e6:9.1f} µs   {p['own'] / p['blas']:.2f}"
+            f"  {p['v'] / 1e6:10.2f}M   {shape:16s} {p['own'] * 1e6:9.1f} µs {p['blas'] * 1e6:9.1f} µs"
+            f"   {p['ratio']:7.2f}   {p['low']:5.2f} - {p['high']:4.2f}  {p['pairs']:5d}  {p['verdict']}"
         )
-    bound = entry["bound"]
-    reach = "every size measured" if bound is None else f"{bound / 1e6:.3g}M multiply-adds"
+    reach = gemm_calibration._reach(entry["bound"])
     sets = ", ".join(f"{n}={v}" for n, v in entry["thresholds"].items())
-    print(f"  own GEMM up to {reach}, then BLAS: {sets}")
-    print(f"  measured in {entry['seconds']:.2f} s; stored in {entry.get('path', '(not stored)')}")
+    margin = gemm_calibration.LOSS_MARGIN
+    print(f"  own GEMM up to {reach} (medians; a loss is own/BLAS above {margin}), then BLAS: {sets}")
     busy = entry.get("others_busy")
-    if busy is not None and busy > 0.5:
-        print(
-            f"  warning: other processes kept {busy:.1f} cores busy meanwhile, so these timings compete with "
-            "them; run `fastnn calibrate` again on a quieter machine"
-        )
+    busy = "?" if busy is None else f"{busy:.1f}"
+    pairs = sum(p["pairs"] for p in entry["points"])
+    print(
+        f"  measured in {entry['seconds']:.2f} s; other processes kept {busy} cores busy meanwhile; "
+        f"fewer than {k['threads']} threads ran in {entry['capped_pairs']} of {pairs} pairs"
+    )
+    for problem in entry["problems"]:
+        print(f"  {problem}")
+    if "path" in entry:
+        forced = " anyway (--force)" if entry["forced"] else ""
+        print(f"  stored{forced} in {entry['path']}")
+        return True
+    if not entry["problems"]:
+        print("  not stored")
+        return True
+    print(
+        f"{command}: {k['backend']} {k['dtype']}: not stored, the evidence is not clear "
+        f"({gemm_calibration.problem_kinds(entry)}); the GEMM policy in force stays "
+        "(`fastnn info`). Run `fastnn calibrate` again on a quieter machine, or with --force to keep this one.",
+        file=sys.stderr,
+    )
+    return False
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -279,14 +302,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p_cal = sub.add_parser(
         "calibrate",
-        help="measure where the own GEMM beats BLAS on this machine (under a second per backend and dtype)",
+        help="measure where the own GEMM beats BLAS on this machine (about a second per backend and dtype)",
         description="Time training-shaped products on the own GEMM and on BLAS, and keep the size up to which "
         "the own GEMM wins as this machine's GEMM policy (for its CPU, BLAS kernels and thread count); "
-        "`fastnn info` shows the policy in force.",
+        "`fastnn info` shows the policy in force. A result that is unstable, or taken while other processes "
+        "kept the cores busy, is not stored: the command says why and exits with status 1.",
     )
     p_cal.add_argument("--backends", default="cython,numba", help="comma-separated (default: cython,numba)")
     p_cal.add_argument("--dtypes", default="float32", help="comma-separated float32/float64 (default: float32)")
     p_cal.add_argument("--threads", type=int, default=None, help="thread count to measure at (default: current)")
+    p_cal.add_argument(
+        "--force",
+        action="store_true",
+        help="store the result even when it is unstable or was taken on busy cores (else: exit status 1, "
+        "the stored policy stays)",
+    )
     p_cal.set_defaults(func=_cmd_calibrate)
 
     p_demo = sub.add_parser("demo", help="train a small network end to end on built-in data")

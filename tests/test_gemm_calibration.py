@@ -1,13 +1,15 @@
 """The measured GEMM policy (``fastnn/backends/gemm_calibration.py``): the decision from timings,
 the file it keeps, and when it applies.
 
-The decision is tested with synthetic timings; one real, reduced calibration per compiled
+The decision is tested with synthetic timings: pairs of blocks from a fake timer, and a fake
+meter of the cores other processes keep busy. One real, reduced calibration per compiled
 backend checks the machinery (its figures are not judged: the machine is shared). Every test
 that reads or writes the file points ``FASTNN_CACHE_DIR`` at a temporary directory.
 
 Time budget: about 10 s (the child processes load a compiled backend).
 """
 
+import contextlib
 import json
 import os
 
@@ -47,6 +49,203 @@ def test_crossover(ratios, want_index):
         assert got == 0
     else:
         assert got == pts[want_index]["v"]  # the last win before the end
+
+
+def test_the_median_interval_takes_binomial_ranks_and_narrows_with_more_pairs():
+    x = [float(i) for i in range(12)]
+    assert gc._median_interval(x) == (2.0, 9.0)  # P(Bin(12, 1/2) <= 2) = 0.019 <= 0.05 < P(<= 3)
+    assert gc._median_interval(x[:8]) == (1.0, 6.0)
+    assert gc._median_interval([3.0, 1.0, 2.0]) == (1.0, 3.0)  # too few pairs: their whole range
+    widths = []
+    for n in (12, 48, 192):  # the same spread of ratios, more and more pairs
+        lo, hi = gc._median_interval(list(np.linspace(0.8, 1.2, n)))
+        assert lo < 1.0 < hi
+        widths.append(hi - lo)
+    assert widths[0] > widths[1] > widths[2]
+
+
+def test_verdict_and_bounds_read_the_interval_against_the_margin():
+    def pt(v, low, high):
+        return {"v": v, "ratio": (low + high) / 2, "low": low, "high": high}
+
+    assert gc.verdict(pt(1, 0.9, 1.05)) == "win"  # a tie within the margin keeps the own GEMM
+    assert gc.verdict(pt(1, 1.06, 1.3)) == "loss"
+    assert gc.verdict(pt(1, 1.0, 1.1)) == "unclear"
+    assert gc.verdict({"v": 1, "own": 2.0, "blas": 1.0}) == "loss"  # one sample: its ratio decides
+    win, loss, unclear = (0.8, 0.9), (1.2, 1.3), (1.0, 1.1)
+    # win, unclear, loss, loss: the bound is the first or the second point
+    pts = [pt(1 << (2 * i), *r) for i, r in enumerate((win, unclear, loss, loss))]
+    assert gc.bounds(pts) == (1, 4)
+    assert gc._deciding(pts) == [1]
+    # win, loss, loss, unclear: the bound is the first point either way; the unclear point does not matter
+    pts = [pt(1 << (2 * i), *r) for i, r in enumerate((win, loss, loss, unclear))]
+    assert gc.bounds(pts) == (1, 1) and gc._deciding(pts) == []
+    # an unclear last point decides between its predecessor and "never loses"
+    pts = [pt(1 << (2 * i), *r) for i, r in enumerate((win, win, unclear))]
+    assert gc.bounds(pts) == (4, None)
+
+
+def test_contended_leaves_the_threads_fewer_cores_than_they_need():
+    assert not gc.contended(0.4, 2, 2) and gc.contended(0.6, 2, 2)
+    assert not gc.contended(1.4, 1, 2) and gc.contended(1.6, 1, 2)
+    assert not gc.contended(1.2, 2, 4)
+
+
+LADDER4 = ((32, 64, 128), (64, 128, 128), (128, 128, 128), (128, 256, 128))
+
+
+class FakeTimer:
+    """Synthetic pairs: ``ratio(i, j)`` is product i's own/BLAS ratio in its j-th pair (BLAS 1 ms a call).
+
+    ``load(i, j)`` gives the slow-down of the (own, BLAS) blocks of that pair (default: none).
+    Records each pair as (i, own_first, own seconds, BLAS seconds).
+    """
+
+    def __init__(self, ratio, load=None):
+        self.ratio, self.load = ratio, load or (lambda i, j: (1.0, 1.0))
+        self.calls = []
+
+    def pair(self, i, own_first):
+        j = self.count(i)
+        own_load, blas_load = self.load(i, j)
+        own, blas = self.ratio(i, j) * 1e-3 * own_load, 1e-3 * blas_load
+        self.calls.append((i, own_first, own, blas))
+        return own, blas
+
+    def count(self, i):
+        return sum(1 for c in self.calls if c[0] == i)
+
+    @contextlib.contextmanager
+    def blocks(self, backend, dtype, ladder, min_block=gc.MIN_BLOCK):
+        yield self.pair
+
+
+def test_paired_medians_hold_where_independent_minima_flip():
+    # Products 1 and 2: the own GEMM is 10% faster. Every pair ran on a busy machine (both blocks
+    # twice as slow) but one, whose BLAS block alone caught a quiet moment: the best BLAS block is
+    # then 1.8x faster than the best own block, and two "losses" in a row would end the own GEMM
+    # after product 0. The pairs' median ratio does not move.
+    def load(i, j):
+        if i in (1, 2):
+            return (2.0, 1.0) if j == 3 else (2.0, 2.0)
+        return 1.0, 1.0
+
+    fake = FakeTimer(lambda i, j: (0.8, 0.9, 0.9, 1.3)[i], load)
+    pts = gc.sample(fake.pair, LADDER4, rounds=12, retries=2)
+    minima = [
+        {
+            "v": p["v"],
+            "own": min(own for i, _, own, _ in fake.calls if i == k),
+            "blas": min(blas for i, *_, blas in fake.calls if i == k),
+        }
+        for k, p in enumerate(pts)
+    ]
+    assert gc.crossover(minima) == pts[0]["v"]  # what the best blocks decided
+    assert [p["verdict"] for p in pts] == ["win", "win", "win", "loss"]
+    assert [round(p["ratio"], 6) for p in pts] == [0.8, 0.9, 0.9, 1.3]
+    assert gc.bounds(pts) == (pts[2]["v"], pts[2]["v"]) and gc.crossover(pts) == pts[2]["v"]
+    assert all(p["pairs"] == 12 for p in pts)  # clear from the start: nothing timed again
+    # within a product, the pairs alternate which route goes first
+    for k in range(4):
+        firsts = [own_first for i, own_first, *_ in fake.calls if i == k]
+        assert firsts.count(True) == firsts.count(False) == 6
+
+
+def test_an_unclear_point_the_bound_depends_on_is_timed_again_then_declared_unstable():
+    # Product 2 swings around the margin (0.95 / 1.15); read as a win or a loss it moves the bound.
+    swings = FakeTimer(lambda i, j: (0.8, 0.9, 0.95 if j % 2 else 1.15, 1.3)[i])
+    pts = gc.sample(swings.pair, LADDER4, rounds=12, retries=2)
+    assert [swings.count(i) for i in range(4)] == [12, 12, 36, 12]
+    assert pts[2]["verdict"] == "unclear" and pts[2]["pairs"] == 36
+    assert gc.bounds(pts) == (pts[1]["v"], pts[2]["v"])
+    # ... but one noisy first pass that settles when timed again is decided
+    settles = FakeTimer(lambda i, j: (0.8, 0.9, (0.7 if j % 2 else 1.4) if j < 12 else 0.9, 1.3)[i])
+    pts = gc.sample(settles.pair, LADDER4, rounds=12, retries=2)
+    assert [settles.count(i) for i in range(4)] == [12, 12, 24, 12]
+    assert pts[2]["verdict"] == "win" and gc.bounds(pts) == (pts[2]["v"], pts[2]["v"])
+    # ... and an unclear point that cannot move the bound is not timed again
+    idle = FakeTimer(lambda i, j: (0.8, 1.3, 1.3, 0.95 if j % 2 else 1.15)[i])
+    pts = gc.sample(idle.pair, LADDER4, rounds=12, retries=2)
+    assert [idle.count(i) for i in range(4)] == [12] * 4 and gc.bounds(pts) == (pts[0]["v"], pts[0]["v"])
+
+
+def test_sampling_stops_at_its_budget_after_one_round():
+    fake = FakeTimer(lambda i, j: 0.9)
+    pts = gc.sample(fake.pair, LADDER4, rounds=12, retries=2, budget=0.0)
+    assert [p["pairs"] for p in pts] == [1] * 4
+
+
+class FakeMeter:
+    def __init__(self, others):
+        self.others = others
+
+    def sample(self):
+        return self.others
+
+
+@pytest.fixture
+def fake_calibration(tmp_path, monkeypatch):
+    """calibrate() on synthetic pairs and a fake meter, storing into a temporary cache."""
+    monkeypatch.setenv("FASTNN_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(gc._config, "get_num_threads", lambda: 2)
+
+    def run(ratio, others=0.0, **kw):
+        fake = FakeTimer(ratio)
+        monkeypatch.setattr(gc, "_paired_blocks", fake.blocks)
+        monkeypatch.setattr(gc, "_others_meter", lambda: FakeMeter(others))
+        return gc.calibrate("cython", np.float32, ladder=LADDER4, **kw)
+
+    return run
+
+
+CLEAR = (0.8, 0.9, 1.3, 1.4)
+SWINGS = (0.8, 0.9, None, 1.3)
+
+
+def _swing(table):
+    return lambda i, j: table[i] if table[i] is not None else (0.95 if j % 2 else 1.15)
+
+
+def test_a_clear_calibration_is_stored_with_what_it_rested_on(fake_calibration):
+    e = fake_calibration(_swing(CLEAR), others=0.2)
+    assert e["problems"] == [] and not e["forced"] and "path" in e
+    stored = gc.lookup(e["key"])
+    assert stored["bound"] == 64 * 128 * 128 and stored["key"]["method"] == gc.METHOD
+    assert stored["others_busy"] == 0.2 and stored["rounds"] == gc.ROUNDS
+    for p in stored["points"]:
+        assert {"ratio", "q1", "q3", "low", "high", "pairs", "verdict"} <= set(p)
+        assert p["q1"] <= p["ratio"] <= p["q3"] and p["low"] <= p["ratio"] <= p["high"]
+
+
+def test_an_unstable_or_contended_calibration_is_not_stored_and_the_previous_entry_stays(fake_calibration):
+    first = fake_calibration(_swing(CLEAR))
+    assert "path" in first
+    unstable = fake_calibration(_swing(SWINGS))
+    assert "path" not in unstable and len(unstable["problems"]) == 1
+    assert unstable["problems"][0].startswith("unstable: the bound lies anywhere from 1.05M multiply-adds to 2.1M")
+    busy = fake_calibration(_swing(CLEAR), others=float(gc._config._cpus()[1]))
+    assert "path" not in busy and busy["problems"][0].startswith("contended: other processes kept")
+    assert gc.lookup(first["key"])["measured"] == first["measured"]
+    assert gc.lookup(first["key"])["points"] == first["points"]
+    # forced: stored, marked, with the bound the medians give
+    forced = fake_calibration(_swing(SWINGS), force=True)
+    stored = gc.lookup(first["key"])
+    assert stored["forced"] and stored["problems"] == forced["problems"] and stored["bound"] == forced["bound"]
+
+
+def test_a_team_lowered_while_measuring_counts_as_contended(fake_calibration, monkeypatch):
+    monkeypatch.setattr(gc._config, "active_threads", lambda: 1)
+    e = fake_calibration(_swing(CLEAR), others=0.1)
+    assert "path" not in e and e["capped_pairs"] == 4 * gc.ROUNDS
+    assert e["problems"] == [
+        "contended: other processes took cores for a while; fastnn's adaptive team ran fewer than 2 threads "
+        "during 48 pairs"
+    ]
+
+
+def test_out_of_time_is_a_problem(fake_calibration):
+    e = fake_calibration(_swing(CLEAR), budget=0.0)
+    assert "path" not in e and e["problems"][0].startswith("out of time: 1 of 12 pairs per product")
 
 
 def test_thresholds_per_backend():
@@ -175,14 +374,14 @@ def test_a_stored_measurement_applies_at_load_per_thread_count(backend, tmp_path
 
 @pytest.mark.parametrize("backend", COMPILED_BACKENDS)
 def test_a_real_calibration_measures_both_routes_and_stores_its_policy(backend, tmp_path):
-    # Reduced ladder and one round: the machinery, not the figures.
+    # Reduced ladder and two rounds, stored whatever the load: the machinery, not the figures.
     if fastnn.backend_status()[backend] != "available":
         pytest.skip(f"{backend} backend not available")
     out = _child(
         f"""
         fastnn.backends.get("{backend}")
         ladder = ((32, 64, 128), (128, 256, 256))
-        e = gc.calibrate("{backend}", np.float32, ladder=ladder, reps=1)
+        e = gc.calibrate("{backend}", np.float32, ladder=ladder, rounds=2, retries=1, force=True)
         k = gc.key("{backend}", "float32")
         print(json.dumps([e["points"], e["bound"], e["thresholds"], gc.lookup(k)["thresholds"], e["key"] == k,
                           gc.describe("{backend}").startswith("measured")]))
@@ -191,7 +390,7 @@ def test_a_real_calibration_measures_both_routes_and_stores_its_policy(backend, 
     )
     points, bound, thresholds, stored, same_key, described = out
     assert [(p["m"], p["k"], p["n"], p["v"]) for p in points] == [(32, 64, 128, 262144), (128, 256, 256, 8388608)]
-    assert all(p["own"] > 0 and p["blas"] > 0 for p in points)
+    assert all(p["own"] > 0 and p["blas"] > 0 and p["pairs"] >= 2 for p in points)
     assert bound == gc.crossover(points) and stored == thresholds and same_key and described
 
 
@@ -202,14 +401,14 @@ def test_calibrate_command(tmp_path):
     res = run_isolated(
         """
         from fastnn.cli import main
-        print("RC", main(["calibrate", "--backends", "cython"]))
+        print("RC", main(["calibrate", "--backends", "cython", "--force"]))
         """,
         timeout=300,
         env=env,
     )
     res.assert_ok()
     assert "own GEMM up to" in res.stdout and "cython float32" in res.stdout and "RC 0" in res.stdout
-    assert (tmp_path / "gemm-calibration.json").exists()
+    assert "stored" in res.stdout and (tmp_path / "gemm-calibration.json").exists()
     bad = run_isolated("from fastnn.cli import main\nprint('RC', main(['calibrate', '--backends', 'numpy']))", env=env)
     bad.assert_ok()
     assert "RC 2" in bad.stdout and "cython and/or numba" in bad.stderr
@@ -217,9 +416,61 @@ def test_calibrate_command(tmp_path):
     blocked = tmp_path / "file"
     blocked.write_text("")
     res = run_isolated(
-        "from fastnn.cli import main\nprint('RC', main(['calibrate', '--backends', 'cython']))",
+        "from fastnn.cli import main\nprint('RC', main(['calibrate', '--backends', 'cython', '--force']))",
         timeout=300,
         env={**env, "FASTNN_CACHE_DIR": str(blocked / "sub")},
     )
     res.assert_ok()
     assert "RC 1" in res.stdout and "cannot store the result" in res.stderr
+
+
+def test_the_commands_refuse_an_unstable_calibration_and_keep_the_policy_in_force(tmp_path):
+    if fastnn.backend_status()["cython"] != "available":
+        pytest.skip("cython backend not available")
+    res = run_isolated(
+        """
+        import contextlib, json
+        import fastnn
+        from fastnn.backends import gemm_calibration as gc, tuning
+        from fastnn.cli import main
+
+        fastnn.backends.get("cython")
+        name = "gemm_packed_max_f32"
+        gc.store({"key": gc.key("cython", "float32"), "thresholds": {name: 12345}, "bound": 12345,
+                  "measured": "then"})
+        gc.apply_cached("cython")
+
+        class Quiet:
+            def sample(self):
+                return 0.0
+
+        @contextlib.contextmanager
+        def swinging(backend, dtype, ladder, min_block=gc.MIN_BLOCK):
+            seen = {}
+            def pair(i, own_first):  # every product swings around the margin: nothing is clear
+                seen[i] = seen.get(i, -1) + 1
+                return (0.95 if seen[i] % 2 else 1.15) * 1e-3, 1e-3
+            yield pair
+
+        gc._others_meter = Quiet
+        gc._paired_blocks = swinging
+        out = [main(["calibrate", "--backends", "cython"]), tuning.value(name, "avx2"), gc.describe("cython")]
+        out += [main(["warmup", "--backend", "cython"]), tuning.value(name, "avx2")]
+        out += [main(["calibrate", "--backends", "cython", "--force"]), tuning.value(name, "avx2"),
+                gc.describe("cython")]
+        print(json.dumps(out))
+        """,
+        timeout=300,
+        env={"FASTNN_CACHE_DIR": str(tmp_path), "FASTNN_GEMM_CALIBRATION": "on", "FASTNN_NUM_THREADS": "2"},
+    )
+    res.assert_ok()
+    rc, kept, described, warm_rc, kept_after_warmup, forced_rc, forced_value, forced_described = json.loads(
+        res.stdout.strip().splitlines()[-1]
+    )
+    assert rc == 1 and kept == 12345 and described.startswith("measured then: own GEMM up to 0.0123M")
+    assert "fastnn calibrate: cython float32: not stored, the evidence is not clear (unstable)" in res.stderr
+    assert warm_rc == 0 and kept_after_warmup == 12345
+    assert "fastnn warmup: cython float32: not stored" in res.stderr
+    assert "unstable: the bound lies anywhere from 0M multiply-adds to every size measured" in res.stdout
+    assert forced_rc == 0 and forced_value != 12345 and "stored anyway (--force)" in res.stdout
+    assert forced_described.endswith("(stored with --force despite: unstable)")

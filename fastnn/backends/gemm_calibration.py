@@ -12,11 +12,50 @@ How it measures
 ---------------
 :func:`calibrate` times training-shaped products (B×K times K×N, B from 32
 to 256, 0.26M to 268M multiply-adds) on the own GEMM, as the ``"auto"`` mode
-would run it with no upper bound, and on BLAS. It takes the best of a few
-interleaved blocks of at least 2 ms each, about half a second in all. The
-bound is the size just before the own GEMM loses (more than 5% slower) at
-two ladder steps in a row (one noisy step does not decide). If it never loses, the bound is the
-larger of the default and the top of the ladder.
+would run it with no upper bound, and on BLAS.
+
+A sample is a *pair*: a block of calls (at least 1 ms) on one route and,
+right after it, one on the other, in alternating order. Both blocks of a
+pair see nearly the same load, so their ratio (own/BLAS) survives a busy
+neighbour that would skew two independent minima: taking the best block of
+each route, two runs in a row on a shared 2-core machine put the bound at
+0.26M and at 134M multiply-adds. :data:`ROUNDS` rounds go over the whole
+ladder, one pair per product each, so that a burst of load touches one pair
+of many products rather than many pairs of one.
+
+Each product gets the median of its pairs' ratios, their quartiles (the
+spread, shown) and a distribution-free 90% interval of that median (order
+statistics). The product is a *win* when the interval lies at or below
+:data:`LOSS_MARGIN` (1.05: a tie keeps the own GEMM), a *loss* when it lies
+above, and *unclear* when it straddles it. Unlike the quartiles, the
+interval narrows as pairs are added, so an unclear product on which the
+bound depends is timed again, up to :data:`RETRIES` more batches of
+:data:`ROUNDS` pairs. No round starts after :data:`BUDGET_S` seconds of
+timing; on a quiet machine the whole takes about a second per backend and
+dtype once the kernels are compiled.
+
+The bound is the size just before the own GEMM loses at two ladder steps in
+a row (or at the last one); if it never loses, the larger of the default
+and the top of the ladder.
+
+When it refuses
+---------------
+A calibration is stored (and applied) only when the evidence is clear:
+
+* *unstable*: a product stays unclear after its retries and the bound
+  depends on it (read as a win or as a loss, it moves the bound);
+* *contended*: other processes kept more than ``cpus - threads + 0.5``
+  cores busy on average while it measured (``/proc/stat``; the rule by
+  which the adaptive team drops a thread), or the adaptive team did run
+  fewer threads during some pairs: the timings then measure the neighbours
+  as much as the kernels, or another thread count than the entry's;
+* *out of time*: the first pass did not finish within the budget.
+
+Then the previously stored entry stays in force, and :func:`calibrate`
+returns the measurement with its ``problems`` (``fastnn calibrate`` prints
+them and exits with status 1; ``fastnn warmup`` reports them and goes on).
+``force=True`` (``fastnn calibrate --force``) stores it anyway, marked so:
+``fastnn info`` then says what it was stored despite.
 
 What it changes
 ---------------
@@ -30,15 +69,19 @@ Where it is kept
 Results go to ``gemm-calibration.json`` in ``FASTNN_CACHE_DIR``, else
 ``$XDG_CACHE_HOME/fastnn``, else ``~/.cache/fastnn``. Each entry is keyed by
 the CPU (model and flags), the BLAS libraries (version and kernel set), the
-own kernels' instruction set, the thread count, the backend, the dtype and
-fastnn's version. Any change of these misses the entry, and the defaults
-apply until ``fastnn calibrate`` (or ``fastnn warmup``) measures again.
+own kernels' instruction set, the thread count, the backend, the dtype,
+fastnn's version and the measuring method (:data:`METHOD`: entries of the
+earlier best-of-three method no longer apply). Any change of these misses
+the entry, and the defaults apply until ``fastnn calibrate`` (or ``fastnn
+warmup``) measures again. An entry records what its decision rested on:
+per product, the median ratio, its quartiles and interval, the pairs and
+the verdict; the cores others kept busy; the problems it was forced past.
 
 When it applies
 ---------------
 :func:`apply_cached` applies the matching entry when a compiled backend
 loads and whenever the thread count changes. It never measures by itself:
-a first call must not pay half a second. A value set in ``FASTNN_TUNING``
+a first call must not pay a second. A value set in ``FASTNN_TUNING``
 wins over it. ``FASTNN_GEMM_CALIBRATION=off`` ignores the file, as the
 test suite does so that its routes do not depend on the machine.
 """
@@ -58,13 +101,19 @@ import warnings
 
 import numpy as np
 
-from .. import _config
+from .. import _config, _contention
 from . import tuning
 
 __all__ = [
     "LADDER",
     "calibrate",
     "crossover",
+    "bounds",
+    "verdict",
+    "contended",
+    "sample",
+    "summarize",
+    "problem_kinds",
     "thresholds",
     "apply_cached",
     "watch",
@@ -89,6 +138,18 @@ LADDER = (
 )
 #: The own GEMM loses a product only when it is this much slower than BLAS.
 LOSS_MARGIN = 1.05
+#: Pairs per product in the first pass: rounds over the whole ladder, one pair per product each.
+ROUNDS = 12
+#: At most this many further batches of ROUNDS pairs for the unclear products the bound depends on.
+RETRIES = 2
+#: Confidence of the interval around each product's median ratio.
+CONFIDENCE = 0.9
+#: Shortest block of calls timed as one half of a pair (seconds).
+MIN_BLOCK = 1e-3
+#: Seconds of timing after which no further round starts.
+BUDGET_S = 2.0
+#: The measuring method, part of the key: entries of another method do not apply.
+METHOD = 2
 #: Unbounded, for the tunables' "no upper limit".
 UNBOUNDED = 1 << 40
 _FILE = "gemm-calibration.json"
@@ -117,26 +178,76 @@ def cache_path() -> str:
 # ---------------------------------------------------------------------------- the decision
 
 
-def crossover(points: list[dict]) -> int | None:
-    """The largest size (multiply-adds) up to which the own GEMM wins, from timed ``points``.
+def _ratio(p: dict) -> float:
+    return p["ratio"] if "ratio" in p else p["own"] / p["blas"]
 
-    Each point has ``v`` (multiply-adds), ``own`` and ``blas`` (seconds). The
-    own GEMM loses a point when it is more than :data:`LOSS_MARGIN` slower (a
-    tie keeps the own GEMM: its results do not depend on the BLAS build, and
-    timings on a shared machine tie within a few percent). Scanning by size, the bound
-    is the last win before two losses in a row (or a loss at the last
-    point); 0 when it loses from the start; None when it never loses.
+
+def verdict(p: dict) -> str:
+    """``"win"``, ``"loss"`` or ``"unclear"``: where the point's interval (``low``, ``high``) lies against the margin.
+
+    A point with no interval (``own`` and ``blas`` only) is one sample: its ratio decides.
     """
-    pts = sorted(points, key=lambda p: p["v"])
+    r = _ratio(p)
+    if p.get("high", r) <= LOSS_MARGIN:
+        return "win"
+    if p.get("low", r) > LOSS_MARGIN:
+        return "loss"
+    return "unclear"
+
+
+def _scan(pts: list[dict], wins: list[bool]) -> int | None:
+    """The last win before two losses in a row (or a loss at the last point) of ``pts``, sorted by size."""
     last_win = 0
     for i, p in enumerate(pts):
-        if p["own"] <= p["blas"] * LOSS_MARGIN:
+        if wins[i]:
             last_win = p["v"]
-            continue
-        following = pts[i + 1] if i + 1 < len(pts) else None
-        if following is None or following["own"] > following["blas"] * LOSS_MARGIN:
+        elif i + 1 == len(pts) or not wins[i + 1]:
             return last_win
     return None
+
+
+def crossover(points: list[dict]) -> int | None:
+    """The largest size (multiply-adds) up to which the own GEMM wins, by each point's median ratio.
+
+    Each point has ``v`` (multiply-adds) and ``ratio`` (median own/BLAS time),
+    or ``own`` and ``blas`` (seconds). The own GEMM loses a point when it is
+    more than :data:`LOSS_MARGIN` slower (a tie keeps the own GEMM: its
+    results do not depend on the BLAS build, and timings on a shared machine
+    tie within a few percent). Scanning by size, the bound is the last win
+    before two losses in a row (or a loss at the last point); 0 when it loses
+    from the start; None when it never loses.
+    """
+    pts = sorted(points, key=lambda p: p["v"])
+    return _scan(pts, [_ratio(p) <= LOSS_MARGIN for p in pts])
+
+
+def bounds(points: list[dict]) -> tuple[int | None, int | None]:
+    """The bound with every unclear point read as a loss, and as a win (see :func:`verdict`).
+
+    The bound only grows when a loss turns into a win, so every other reading
+    of the unclear points lies between the two: where they are equal, the
+    unclear points do not matter.
+    """
+    pts = sorted(points, key=lambda p: p["v"])
+    verdicts = [verdict(p) for p in pts]
+    return _scan(pts, [v == "win" for v in verdicts]), _scan(pts, [v != "loss" for v in verdicts])
+
+
+def _deciding(points: list[dict]) -> list[int]:
+    """Indices of the unclear points when the bound depends on them ([] when it does not)."""
+    low, high = bounds(points)
+    if low == high:
+        return []
+    return [i for i, p in enumerate(points) if verdict(p) == "unclear"]
+
+
+def contended(others: float, threads: int, cpus: int) -> bool:
+    """Whether ``others`` busy cores (on average) leave ``threads`` fewer cores than they need.
+
+    The rule by which :mod:`fastnn._contention` drops a thread from the team:
+    the cores left free fall more than half a core below the threads.
+    """
+    return cpus - others < threads - _contention.LOWER_MARGIN
 
 
 def thresholds(backend: str, dtype, threads: int, bound: int | None, top: int) -> dict:
@@ -180,20 +291,117 @@ def _unbounded(backend: str, dtype) -> dict:
     return {"numba_gemm_own_max_threaded": UNBOUNDED, "numba_gemm_own_max": UNBOUNDED, "numba_gemm_own_min_flops": 0}
 
 
-def _block(fn, min_seconds: float) -> float:
-    """Seconds per call of ``fn`` over a block of calls lasting at least ``min_seconds``."""
-    t0 = time.perf_counter()
-    fn()
-    once = time.perf_counter() - t0
-    number = max(1, math.ceil(min_seconds / max(once, 1e-7)))
+def _median_interval(ratios, confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """A distribution-free interval that holds the median of the ratios' distribution with ``confidence``.
+
+    The order statistics x(j) and x(n+1-j), with j the largest rank such that
+    P(Binomial(n, 1/2) < j) <= (1 - confidence) / 2: the median lies below
+    x(j) only if fewer than j of n samples fall below it. It needs no
+    assumption on the noise's shape, and narrows as samples are added; with
+    fewer than 5 samples it is their whole range.
+    """
+    x = sorted(ratios)
+    n = len(x)
+    tail = (1.0 - confidence) / 2
+    j, cdf = 1, 0.0
+    for below in range(n // 2):
+        cdf += math.comb(n, below) / 2.0**n
+        if cdf > tail:
+            break
+        j = below + 1
+    return x[j - 1], x[n - j]
+
+
+def summarize(m: int, k: int, n: int, own, blas) -> dict:
+    """One ladder point from its pairs: ``own[i]`` and ``blas[i]`` are the seconds per call of pair i.
+
+    Returns the point: ``m``, ``k``, ``n``, ``v`` (multiply-adds); ``own`` and
+    ``blas`` (median seconds per call); ``ratio`` (median of the pairs'
+    own/BLAS ratios), ``q1`` and ``q3`` (their quartiles), ``low`` and
+    ``high`` (the median's interval, :data:`CONFIDENCE`); ``pairs``; and the
+    ``verdict`` (:func:`verdict`).
+    """
+    own, blas = np.asarray(own, np.float64), np.asarray(blas, np.float64)
+    ratios = own / blas
+    q1, median, q3 = (float(q) for q in np.percentile(ratios, [25, 50, 75]))
+    low, high = _median_interval(ratios.tolist())
+    p = {
+        "m": m,
+        "k": k,
+        "n": n,
+        "v": m * k * n,
+        "own": float(np.median(own)),
+        "blas": float(np.median(blas)),
+        "ratio": median,
+        "q1": q1,
+        "q3": q3,
+        "low": float(low),
+        "high": float(high),
+        "pairs": len(ratios),
+    }
+    p["verdict"] = verdict(p)
+    return p
+
+
+def sample(pair, ladder=LADDER, rounds: int = ROUNDS, retries: int = RETRIES, budget: float = BUDGET_S) -> list[dict]:
+    """Time the ``ladder`` in rounds of pairs, and again the unclear points the bound depends on.
+
+    Parameters
+    ----------
+    pair : callable
+        ``pair(i, own_first)`` times product ``i`` on both routes back to back
+        and returns the seconds per call ``(own, blas)``.
+    ladder : sequence of (m, k, n)
+    rounds : int
+        Pairs per product in the first pass; each of up to ``retries`` further
+        batches adds as many to the points :func:`bounds` cannot settle.
+    budget : float
+        Seconds after which no round starts (the first always runs): blocks
+        are sized on an idle moment, and a busy machine can slow them tenfold.
+
+    Returns
+    -------
+    list of dict
+        A point per product (:func:`summarize`), in the ladder's order; a point
+        with fewer than ``rounds`` pairs ran out of time.
+    """
+    times = [([], []) for _ in ladder]
+    deadline = time.perf_counter() + budget
+
+    def run(indices):
+        for r in range(rounds):
+            if r and time.perf_counter() > deadline:
+                return
+            for j, i in enumerate(indices):
+                own, blas = pair(i, (r + j) % 2 == 0)  # alternate which route goes first
+                times[i][0].append(own)
+                times[i][1].append(blas)
+
+    def points():
+        return [summarize(m, k, n, *t) for (m, k, n), t in zip(ladder, times, strict=True)]
+
+    run(range(len(ladder)))
+    pts = points()
+    for _ in range(retries):
+        again = _deciding(pts)
+        if not again or time.perf_counter() > deadline:
+            break
+        run(again)
+        pts = points()
+    return pts
+
+
+def _block(fn, number: int) -> float:
+    """Seconds per call of ``fn`` over ``number`` calls."""
     t0 = time.perf_counter()
     for _ in range(number):
         fn()
     return (time.perf_counter() - t0) / number
 
 
-def measure(backend: str, dtype=np.float32, ladder=LADDER, reps: int = 3, min_block: float = 2e-3) -> list[dict]:
-    """Time every ``ladder`` product on the own GEMM and on BLAS, interleaved; best block of ``reps`` each."""
+@contextlib.contextmanager
+def _paired_blocks(backend: str, dtype, ladder, min_block: float = MIN_BLOCK):
+    """Compile and size what ``ladder`` runs on ``backend``; yields ``pair`` for :func:`sample`."""
     import fastnn
 
     from . import gemm_policy
@@ -203,29 +411,39 @@ def measure(backend: str, dtype=np.float32, ladder=LADDER, reps: int = 3, min_bl
     for m, k, n in ladder:
         a = rng.standard_normal((m, k)).astype(dtype)
         b = rng.standard_normal((k, n)).astype(dtype)
-        cases.append((m, k, n, a, b, np.empty((m, n), dtype)))
-    best = [{"own": math.inf, "blas": math.inf} for _ in cases]
+        out = np.empty((m, n), dtype)
+        cases.append(((m, k, n), lambda a=a, b=b, out=out: fastnn.ops.matmul(a, b, out=out)))
+    routes = {
+        "own": lambda: tuning.override(**_unbounded(backend, dtype)),
+        "blas": lambda: gemm_policy.use_gemm("blas"),
+    }
     with fastnn.use_backend(backend), gemm_policy.use_gemm("auto"):
-        with tuning.override(**_unbounded(backend, dtype)):
-            for *_, a, b, out in cases:  # compile what the own products run ...
-                fastnn.ops.matmul(a, b, out=out)
+        with routes["own"]():
+            for (m, k, n), fn in cases:  # compile what the own products run ...
+                if gemm_policy.route(backend, dtype, m, n, k) == "blas":
+                    raise RuntimeError(f"the {backend} policy would not run {m}x{k}x{n} on its own GEMM")
+                fn()
         jit = sys.modules.get("fastnn.backends.numba_backend._jit")
         if jit is not None:
             jit.settle()  # ... and wait for the fast versions Numba compiles in the background
-        for rep in range(reps):
-            for i, (m, k, n, a, b, out) in enumerate(cases):
-                for route in ("own", "blas") if rep % 2 == 0 else ("blas", "own"):
-                    ctx = (
-                        tuning.override(**_unbounded(backend, dtype))
-                        if route == "own"
-                        else gemm_policy.use_gemm("blas")
-                    )
-                    with ctx:
-                        if route == "own" and gemm_policy.route(backend, dtype, m, n, k) == "blas":
-                            raise RuntimeError(f"the {backend} policy would not run {m}x{k}x{n} on its own GEMM")
-                        t = _block(lambda a=a, b=b, out=out: fastnn.ops.matmul(a, b, out=out), min_block)
-                    best[i][route] = min(best[i][route], t)
-    return [{"m": m, "k": k, "n": n, "v": m * k * n, **times} for (m, k, n, *_), times in zip(cases, best, strict=True)]
+        calls = []  # per product and route: calls per block, for blocks of at least min_block
+        for _, fn in cases:
+            per = {}
+            for route, ctx in routes.items():
+                with ctx():
+                    once = min(_block(fn, 1) for _ in range(3))
+                per[route] = max(1, math.ceil(min_block / max(once, 1e-7)))
+            calls.append(per)
+
+        def pair(i: int, own_first: bool) -> tuple[float, float]:
+            fn = cases[i][1]
+            t = {}
+            for route in ("own", "blas") if own_first else ("blas", "own"):
+                with routes[route]():
+                    t[route] = _block(fn, calls[i][route])
+            return t["own"], t["blas"]
+
+        yield pair
 
 
 # ---------------------------------------------------------------------------- the file
@@ -260,7 +478,7 @@ def _version(dist: str) -> str | None:
 
 
 def key(backend: str, dtype, threads: int | None = None) -> dict:
-    """What a measurement depends on: the CPU, BLAS, the own kernels' ISA, threads, dtype, versions."""
+    """What a measurement depends on: the CPU, BLAS, the own kernels' ISA, threads, dtype, versions, method."""
     from .. import __version__
 
     if backend == "cython":
@@ -278,6 +496,7 @@ def key(backend: str, dtype, threads: int | None = None) -> dict:
         "backend": backend,
         "dtype": np.dtype(dtype).name,
         "versions": {"fastnn": __version__, "numpy": np.__version__, "scipy": _version("scipy")},
+        "method": METHOD,
     }
 
 
@@ -373,42 +592,126 @@ def watch(backend: str) -> None:
     _config.register_thread_hook(lambda _n: apply_cached(backend))
 
 
-def calibrate(backend: str, dtype=np.float32, save: bool = True, ladder=LADDER, reps: int = 3) -> dict:
-    """Measure ``backend``'s own GEMM against BLAS now, store the result and apply it.
+def calibrate(
+    backend: str,
+    dtype=np.float32,
+    save: bool = True,
+    ladder=LADDER,
+    rounds: int = ROUNDS,
+    retries: int = RETRIES,
+    force: bool = False,
+    budget: float = BUDGET_S,
+) -> dict:
+    """Measure ``backend``'s own GEMM against BLAS now; store the result and apply it if it is clear.
+
+    Parameters
+    ----------
+    backend : {"cython", "numba"}
+    dtype : float32 or float64
+    save : bool
+        False measures and decides without storing (nor applying).
+    ladder : sequence of (m, k, n)
+        The products to time (:data:`LADDER`).
+    rounds, retries : int
+        Pairs per product, and further batches for unclear ones (:func:`sample`).
+    budget : float
+        Seconds of timing after which no round starts (:func:`sample`).
+    force : bool
+        Store (and apply) the result even when it has ``problems``.
 
     Returns
     -------
     dict
-        The entry: ``key``, ``points`` (the timings), ``bound``, ``thresholds``,
-        ``measured`` (UTC, ISO 8601), ``seconds``; and ``path`` where it was stored.
+        The entry: ``key``; ``points`` (:func:`summarize`); ``bound`` (by the
+        medians, :func:`crossover`) and ``bound_range`` (:func:`bounds`);
+        ``thresholds``; ``others_busy`` (cores other processes kept busy
+        meanwhile; None where it cannot be read); ``capped_pairs`` (pairs
+        timed while the adaptive team ran fewer threads); ``problems`` (why it is not
+        to be trusted: unstable, contended; empty when clear); ``forced``;
+        ``rounds``, ``retries``; ``measured`` (UTC, ISO 8601), ``seconds``.
+        ``path`` where it was stored; absent when it was not (``save`` False,
+        or problems without ``force``), and the stored entry, if any, stays.
     """
     t0 = time.perf_counter()
     threads = _config.get_num_threads()
-    meter = _others_meter()
     with _lock:
         mine = [n for n in _applied if n.startswith("numba_") == (backend == "numba")]
         _restore(mine)  # measure against the defaults' other values, not a previous calibration
-        points = measure(backend, dtype, ladder=ladder, reps=reps)
-    bound = crossover(points)
+        try:
+            with _paired_blocks(backend, dtype, ladder) as pair:
+                capped = 0  # pairs during which the adaptive team ran fewer threads than the entry is for
+
+                def checked(i, own_first):
+                    nonlocal capped
+                    before = _config.active_threads()
+                    t = pair(i, own_first)
+                    capped += min(before, _config.active_threads()) < threads
+                    return t
+
+                meter = _others_meter()  # from here: compiling is over, the timing starts
+                points = sample(checked, ladder, rounds=rounds, retries=retries, budget=budget)
+                others = None if meter is None else meter.sample()
+            bound = crossover(points)
+            limits = thresholds(backend, dtype, threads, bound, max(p["v"] for p in points))  # against the defaults
+        finally:
+            apply_cached(backend)  # whatever happens, the stored entry (if any) is in force again
+    problems = []
+    short = min(p["pairs"] for p in points)
+    if short < rounds:
+        problems.append(
+            f"out of time: {short} of {rounds} pairs per product in {budget:g} s (the blocks ran far slower "
+            "than when they were sized)"
+        )
+    low, high = bounds(points)
+    if low != high:
+        unclear = [p for p in points if p["verdict"] == "unclear"]
+        problems.append(
+            f"unstable: the bound lies anywhere from {_reach(low)} to {_reach(high)}: the own/BLAS interval of "
+            + ", ".join(f"{p['v'] / 1e6:.3g}M ({p['low']:.2f}-{p['high']:.2f})" for p in unclear)
+            + f" straddles the margin {LOSS_MARGIN} after {max(p['pairs'] for p in unclear)} pairs"
+        )
+    cpus = _config._cpus()[1]
+    if others is not None and contended(others, threads, cpus):
+        problems.append(
+            f"contended: other processes kept {others:.1f} of {cpus} CPUs busy on average while it measured, "
+            f"more than the {cpus - threads + _contention.LOWER_MARGIN:.1f} that leave {threads} threads their cores"
+        )
+    elif capped:
+        problems.append(
+            f"contended: other processes took cores for a while; fastnn's adaptive team ran fewer than {threads} "
+            f"threads during {capped} pairs"
+        )
     entry = {
         "key": key(backend, dtype, threads),
         "points": points,
         "bound": bound,
-        "thresholds": thresholds(backend, dtype, threads, bound, max(p["v"] for p in points)),
+        "bound_range": [low, high],
+        "thresholds": limits,
+        "others_busy": None if others is None else round(others, 2),
+        "capped_pairs": capped,
+        "problems": problems,
+        "forced": bool(problems) and force,
+        "rounds": rounds,
+        "retries": retries,
         "measured": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "seconds": round(time.perf_counter() - t0, 3),
-        # cores other processes kept busy meanwhile: above ~0.5 the timings compete with them
-        "others_busy": None if meter is None else round(meter.sample(), 2),
     }
-    if save:
+    if save and (force or not problems):
         entry = {**entry, "path": store(entry)}
-    apply_cached(backend)
+        apply_cached(backend)
     return entry
 
 
-def _others_meter():
-    from .. import _contention
+def problem_kinds(entry: dict) -> str:
+    """The kinds of the entry's problems (``"unstable; contended"``): each problem starts with its kind."""
+    return "; ".join(p.split(":")[0] for p in entry.get("problems", []))
 
+
+def _reach(bound: int | None) -> str:
+    return "every size measured" if bound is None else f"{bound / 1e6:.3g}M multiply-adds"
+
+
+def _others_meter():
     try:
         return _contention.OthersMeter()
     except (OSError, ValueError, IndexError):  # not Linux
@@ -422,6 +725,7 @@ def describe(backend: str, dtype="float32") -> str:
     entry = _state.get((backend, np.dtype(dtype).name))
     if entry is None:
         return f"defaults (not measured on this machine at {_config.get_num_threads()} threads: `fastnn calibrate`)"
-    bound = entry.get("bound")
-    reach = "every size measured" if bound is None else f"{bound / 1e6:.3g}M multiply-adds"
-    return f"measured {entry.get('measured', '?')}: own GEMM up to {reach}, then BLAS"
+    line = f"measured {entry.get('measured', '?')}: own GEMM up to {_reach(entry.get('bound'))}, then BLAS"
+    if entry.get("forced"):
+        line += f" (stored with --force despite: {problem_kinds(entry)})"
+    return line

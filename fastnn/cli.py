@@ -247,10 +247,10 @@ def _print_calibration(entry, command: str) -> bool:
     print(f"  own GEMM up to {reach} (medians; a loss is own/BLAS above {margin}), then BLAS: {sets}")
     busy = entry.get("others_busy")
     busy = "?" if busy is None else f"{busy:.1f}"
-    pairs = sum(p["pairs"] for p in entry["points"])
+    blocks = 2 * sum(p["pairs"] for p in entry["points"])
     print(
         f"  measured in {entry['seconds']:.2f} s; other processes kept {busy} cores busy meanwhile; "
-        f"fewer than {k['threads']} threads ran in {entry['capped_pairs']} of {pairs} pairs"
+        f"fewer than {k['threads']} threads ran in {entry['capped_blocks']} of {blocks} timed blocks"
     )
     for problem in entry["problems"]:
         print(f"  {problem}")

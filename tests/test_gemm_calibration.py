@@ -95,29 +95,35 @@ LADDER4 = ((32, 64, 128), (64, 128, 128), (128, 128, 128), (128, 256, 128))
 
 
 class FakeTimer:
-    """Synthetic pairs: ``ratio(i, j)`` is product i's own/BLAS ratio in its j-th pair (BLAS 1 ms a call).
+    """Synthetic blocks: ``ratio(i, j)`` is product i's own/BLAS ratio in its j-th pair (BLAS 1 ms a call).
 
     ``load(i, j)`` gives the slow-down of the (own, BLAS) blocks of that pair (default: none).
-    Records each pair as (i, own_first, own seconds, BLAS seconds).
+    Records each block as (i, route, seconds), and each settle as None.
     """
 
     def __init__(self, ratio, load=None):
         self.ratio, self.load = ratio, load or (lambda i, j: (1.0, 1.0))
         self.calls = []
 
-    def pair(self, i, own_first):
-        j = self.count(i)
+    def block(self, route, i):
+        j = sum(1 for c in self.calls if c is not None and c[:2] == (i, route))
         own_load, blas_load = self.load(i, j)
-        own, blas = self.ratio(i, j) * 1e-3 * own_load, 1e-3 * blas_load
-        self.calls.append((i, own_first, own, blas))
-        return own, blas
+        t = self.ratio(i, j) * 1e-3 * own_load if route == "own" else 1e-3 * blas_load
+        self.calls.append((i, route, t))
+        return t
+
+    def settle(self):
+        self.calls.append(None)
 
     def count(self, i):
-        return sum(1 for c in self.calls if c[0] == i)
+        return sum(1 for c in self.calls if c is not None and c[:2] == (i, "own"))
+
+    def times(self, i, route):
+        return [c[2] for c in self.calls if c is not None and c[:2] == (i, route)]
 
     @contextlib.contextmanager
     def blocks(self, backend, dtype, ladder, min_block=gc.MIN_BLOCK):
-        yield self.pair
+        yield self
 
 
 def test_paired_medians_hold_where_independent_minima_flip():
@@ -131,48 +137,55 @@ def test_paired_medians_hold_where_independent_minima_flip():
         return 1.0, 1.0
 
     fake = FakeTimer(lambda i, j: (0.8, 0.9, 0.9, 1.3)[i], load)
-    pts = gc.sample(fake.pair, LADDER4, rounds=12, retries=2)
+    pts = gc.sample(fake, LADDER4, rounds=12, retries=2)
     minima = [
-        {
-            "v": p["v"],
-            "own": min(own for i, _, own, _ in fake.calls if i == k),
-            "blas": min(blas for i, *_, blas in fake.calls if i == k),
-        }
-        for k, p in enumerate(pts)
+        {"v": p["v"], "own": min(fake.times(k, "own")), "blas": min(fake.times(k, "blas"))} for k, p in enumerate(pts)
     ]
     assert gc.crossover(minima) == pts[0]["v"]  # what the best blocks decided
     assert [p["verdict"] for p in pts] == ["win", "win", "win", "loss"]
     assert [round(p["ratio"], 6) for p in pts] == [0.8, 0.9, 0.9, 1.3]
     assert gc.bounds(pts) == (pts[2]["v"], pts[2]["v"]) and gc.crossover(pts) == pts[2]["v"]
     assert all(p["pairs"] == 12 for p in pts)  # clear from the start: nothing timed again
-    # within a product, the pairs alternate which route goes first
-    for k in range(4):
-        firsts = [own_first for i, own_first, *_ in fake.calls if i == k]
-        assert firsts.count(True) == firsts.count(False) == 6
+
+
+def test_no_own_block_follows_a_blas_block_without_a_settle():
+    # A threaded BLAS call leaves its idle threads spinning on the cores for ~0.1 s: an own-GEMM block
+    # timed among them ran several times slower. Groups of rounds: settle, every own block, every BLAS block.
+    fake = FakeTimer(lambda i, j: (0.8, 0.9, 0.95 if j % 2 else 1.15, 1.3)[i])
+    gc.sample(fake, LADDER4, rounds=12, retries=2, group=4)
+    previous = None
+    for c in fake.calls:
+        if c is not None and c[1] == "own":
+            assert previous is None or previous[1] == "own"
+        previous = c
+    groups = fake.calls.count(None)
+    assert groups == 3 + 3 + 3  # the first pass, then two batches for product 2, four rounds a group
+    blocks = [c for c in fake.calls if c is not None]
+    assert len(blocks) == 2 * (12 * 4 + 24)
 
 
 def test_an_unclear_point_the_bound_depends_on_is_timed_again_then_declared_unstable():
     # Product 2 swings around the margin (0.95 / 1.15); read as a win or a loss it moves the bound.
     swings = FakeTimer(lambda i, j: (0.8, 0.9, 0.95 if j % 2 else 1.15, 1.3)[i])
-    pts = gc.sample(swings.pair, LADDER4, rounds=12, retries=2)
+    pts = gc.sample(swings, LADDER4, rounds=12, retries=2)
     assert [swings.count(i) for i in range(4)] == [12, 12, 36, 12]
     assert pts[2]["verdict"] == "unclear" and pts[2]["pairs"] == 36
     assert gc.bounds(pts) == (pts[1]["v"], pts[2]["v"])
     # ... but one noisy first pass that settles when timed again is decided
     settles = FakeTimer(lambda i, j: (0.8, 0.9, (0.7 if j % 2 else 1.4) if j < 12 else 0.9, 1.3)[i])
-    pts = gc.sample(settles.pair, LADDER4, rounds=12, retries=2)
+    pts = gc.sample(settles, LADDER4, rounds=12, retries=2)
     assert [settles.count(i) for i in range(4)] == [12, 12, 24, 12]
     assert pts[2]["verdict"] == "win" and gc.bounds(pts) == (pts[2]["v"], pts[2]["v"])
     # ... and an unclear point that cannot move the bound is not timed again
     idle = FakeTimer(lambda i, j: (0.8, 1.3, 1.3, 0.95 if j % 2 else 1.15)[i])
-    pts = gc.sample(idle.pair, LADDER4, rounds=12, retries=2)
+    pts = gc.sample(idle, LADDER4, rounds=12, retries=2)
     assert [idle.count(i) for i in range(4)] == [12] * 4 and gc.bounds(pts) == (pts[0]["v"], pts[0]["v"])
 
 
 def test_sampling_stops_at_its_budget_after_one_round():
     fake = FakeTimer(lambda i, j: 0.9)
-    pts = gc.sample(fake.pair, LADDER4, rounds=12, retries=2, budget=0.0)
-    assert [p["pairs"] for p in pts] == [1] * 4
+    pts = gc.sample(fake, LADDER4, rounds=12, retries=2, budget=0.0)
+    assert [p["pairs"] for p in pts] == [gc.GROUP] * 4  # the first group of rounds always runs
 
 
 class FakeMeter:
@@ -191,7 +204,7 @@ def fake_calibration(tmp_path, monkeypatch):
 
     def run(ratio, others=0.0, **kw):
         fake = FakeTimer(ratio)
-        monkeypatch.setattr(gc, "_paired_blocks", fake.blocks)
+        monkeypatch.setattr(gc, "_timed_blocks", fake.blocks)
         monkeypatch.setattr(gc, "_others_meter", lambda: FakeMeter(others))
         return gc.calibrate("cython", np.float32, ladder=LADDER4, **kw)
 
@@ -236,16 +249,16 @@ def test_an_unstable_or_contended_calibration_is_not_stored_and_the_previous_ent
 def test_a_team_lowered_while_measuring_counts_as_contended(fake_calibration, monkeypatch):
     monkeypatch.setattr(gc._config, "active_threads", lambda: 1)
     e = fake_calibration(_swing(CLEAR), others=0.1)
-    assert "path" not in e and e["capped_pairs"] == 4 * gc.ROUNDS
+    assert "path" not in e and e["capped_blocks"] == 2 * 4 * gc.ROUNDS
     assert e["problems"] == [
         "contended: other processes took cores for a while; fastnn's adaptive team ran fewer than 2 threads "
-        "during 48 pairs"
+        "during 96 of the timed blocks"
     ]
 
 
 def test_out_of_time_is_a_problem(fake_calibration):
     e = fake_calibration(_swing(CLEAR), budget=0.0)
-    assert "path" not in e and e["problems"][0].startswith("out of time: 1 of 12 pairs per product")
+    assert "path" not in e and e["problems"][0].startswith(f"out of time: {gc.GROUP} of 12 pairs per product")
 
 
 def test_thresholds_per_backend():
@@ -444,16 +457,24 @@ def test_the_commands_refuse_an_unstable_calibration_and_keep_the_policy_in_forc
             def sample(self):
                 return 0.0
 
+        class Swinging:  # every product swings around the margin: nothing is clear
+            seen = {}
+
+            def block(self, route, i):
+                if route == "blas":
+                    return 1e-3
+                self.seen[i] = self.seen.get(i, -1) + 1
+                return (0.95 if self.seen[i] % 2 else 1.15) * 1e-3
+
+            def settle(self):
+                pass
+
         @contextlib.contextmanager
         def swinging(backend, dtype, ladder, min_block=gc.MIN_BLOCK):
-            seen = {}
-            def pair(i, own_first):  # every product swings around the margin: nothing is clear
-                seen[i] = seen.get(i, -1) + 1
-                return (0.95 if seen[i] % 2 else 1.15) * 1e-3, 1e-3
-            yield pair
+            yield Swinging()
 
         gc._others_meter = Quiet
-        gc._paired_blocks = swinging
+        gc._timed_blocks = swinging
         out = [main(["calibrate", "--backends", "cython"]), tuning.value(name, "avx2"), gc.describe("cython")]
         out += [main(["warmup", "--backend", "cython"]), tuning.value(name, "avx2")]
         out += [main(["calibrate", "--backends", "cython", "--force"]), tuning.value(name, "avx2"),

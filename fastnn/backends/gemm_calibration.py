@@ -14,14 +14,23 @@ How it measures
 to 256, 0.26M to 268M multiply-adds) on the own GEMM, as the ``"auto"`` mode
 would run it with no upper bound, and on BLAS.
 
-A sample is a *pair*: a block of calls (at least 1 ms) on one route and,
-right after it, one on the other, in alternating order. Both blocks of a
+A sample is a *pair*: a block of calls (at least 1 ms) on the own GEMM
+and one on BLAS, timed a few tens of milliseconds apart. Both blocks of a
 pair see nearly the same load, so their ratio (own/BLAS) survives a busy
 neighbour that would skew two independent minima: taking the best block of
 each route, two runs in a row on a shared 2-core machine put the bound at
 0.26M and at 134M multiply-adds. :data:`ROUNDS` rounds go over the whole
 ladder, one pair per product each, so that a burst of load touches one pair
 of many products rather than many pairs of one.
+
+The own GEMM's blocks never follow BLAS's directly: a threaded BLAS call
+leaves its idle threads spinning on the cores for about 0.1 s (OpenBLAS),
+and an own GEMM team timed among them ran 2-8× slower than alone (a
+128×256×256 product: 0.64-0.82 ms against 0.09-0.1 ms; pairs that
+alternated the order called it a loss at 15×). So the rounds go in groups
+of :data:`GROUP`: the own GEMM's blocks of every round of the group, then
+BLAS's, and before each group the process waits until its other threads
+are idle (:func:`_quiet`, at most :data:`QUIET_MAX_S`).
 
 Each product gets the median of its pairs' ratios, their quartiles (the
 spread, shown) and a distribution-free 90% interval of that median (order
@@ -47,7 +56,7 @@ A calibration is stored (and applied) only when the evidence is clear:
 * *contended*: other processes kept more than ``cpus - threads + 0.5``
   cores busy on average while it measured (``/proc/stat``; the rule by
   which the adaptive team drops a thread), or the adaptive team did run
-  fewer threads during some pairs: the timings then measure the neighbours
+  fewer threads during some blocks: the timings then measure the neighbours
   as much as the kernels, or another thread count than the entry's;
 * *out of time*: the first pass did not finish within the budget.
 
@@ -140,6 +149,10 @@ LADDER = (
 LOSS_MARGIN = 1.05
 #: Pairs per product in the first pass: rounds over the whole ladder, one pair per product each.
 ROUNDS = 12
+#: Rounds timed as one group: every own-GEMM block of the group, then every BLAS block.
+GROUP = 4
+#: Longest wait for this process's other threads (BLAS's idle pool) to stop spinning before a group.
+QUIET_MAX_S = 0.3
 #: At most this many further batches of ROUNDS pairs for the unclear products the bound depends on.
 RETRIES = 2
 #: Confidence of the interval around each product's median ratio.
@@ -149,7 +162,7 @@ MIN_BLOCK = 1e-3
 #: Seconds of timing after which no further round starts.
 BUDGET_S = 2.0
 #: The measuring method, part of the key: entries of another method do not apply.
-METHOD = 2
+METHOD = 3
 #: Unbounded, for the tunables' "no upper limit".
 UNBOUNDED = 1 << 40
 _FILE = "gemm-calibration.json"
@@ -343,21 +356,30 @@ def summarize(m: int, k: int, n: int, own, blas) -> dict:
     return p
 
 
-def sample(pair, ladder=LADDER, rounds: int = ROUNDS, retries: int = RETRIES, budget: float = BUDGET_S) -> list[dict]:
+def sample(
+    timer, ladder=LADDER, rounds: int = ROUNDS, retries: int = RETRIES, budget: float = BUDGET_S, group: int = GROUP
+) -> list[dict]:
     """Time the ``ladder`` in rounds of pairs, and again the unclear points the bound depends on.
 
     Parameters
     ----------
-    pair : callable
-        ``pair(i, own_first)`` times product ``i`` on both routes back to back
-        and returns the seconds per call ``(own, blas)``.
+    timer : object
+        ``timer.block(route, i)`` times product ``i`` on ``"own"`` or
+        ``"blas"`` and returns the seconds per call; ``timer.settle()`` waits
+        until nothing left over from the last blocks (BLAS's spinning idle
+        threads) runs beside the next ones.
     ladder : sequence of (m, k, n)
     rounds : int
         Pairs per product in the first pass; each of up to ``retries`` further
         batches adds as many to the points :func:`bounds` cannot settle.
     budget : float
-        Seconds after which no round starts (the first always runs): blocks
-        are sized on an idle moment, and a busy machine can slow them tenfold.
+        Seconds after which no group of rounds starts (the first always runs):
+        blocks are sized on an idle moment, and a busy machine can slow them
+        tenfold.
+    group : int
+        Rounds per group: after ``timer.settle()``, the own GEMM's blocks of
+        the group's rounds, then BLAS's; a round's two blocks of a product
+        make a pair.
 
     Returns
     -------
@@ -369,13 +391,19 @@ def sample(pair, ladder=LADDER, rounds: int = ROUNDS, retries: int = RETRIES, bu
     deadline = time.perf_counter() + budget
 
     def run(indices):
-        for r in range(rounds):
-            if r and time.perf_counter() > deadline:
+        done = 0
+        while done < rounds:
+            if done and time.perf_counter() > deadline:
                 return
-            for j, i in enumerate(indices):
-                own, blas = pair(i, (r + j) % 2 == 0)  # alternate which route goes first
-                times[i][0].append(own)
-                times[i][1].append(blas)
+            g = min(group, rounds - done)
+            timer.settle()
+            own = [[timer.block("own", i) for i in indices] for _ in range(g)]
+            blas = [[timer.block("blas", i) for i in indices] for _ in range(g)]
+            for r in range(g):
+                for j, i in enumerate(indices):
+                    times[i][0].append(own[r][j])
+                    times[i][1].append(blas[r][j])
+            done += g
 
     def points():
         return [summarize(m, k, n, *t) for (m, k, n), t in zip(ladder, times, strict=True)]
@@ -391,6 +419,23 @@ def sample(pair, ladder=LADDER, rounds: int = ROUNDS, retries: int = RETRIES, bu
     return pts
 
 
+def _quiet(max_wait: float = QUIET_MAX_S, step: float = 0.01) -> bool:
+    """Wait until this process's threads other than the caller are idle, at most ``max_wait`` seconds.
+
+    A threaded BLAS call leaves its pool's threads spinning for about 0.1 s
+    (OpenBLAS), on the cores a timed block needs. The caller sleeps in
+    steps of ``step`` and watches the process's CPU time: quiet when it grew
+    by less than a fifth of a step. Returns whether it became quiet.
+    """
+    end = time.perf_counter() + max_wait
+    while time.perf_counter() < end:
+        cpu = time.process_time()
+        time.sleep(step)
+        if time.process_time() - cpu < 0.2 * step:
+            return True
+    return False
+
+
 def _block(fn, number: int) -> float:
     """Seconds per call of ``fn`` over ``number`` calls."""
     t0 = time.perf_counter()
@@ -399,9 +444,23 @@ def _block(fn, number: int) -> float:
     return (time.perf_counter() - t0) / number
 
 
+class _Timer:
+    """Blocks of calls of the ladder's products on either route (:func:`sample`'s ``timer``)."""
+
+    def __init__(self, cases, routes, calls):
+        self.cases, self.routes, self.calls = cases, routes, calls
+
+    def block(self, route: str, i: int) -> float:
+        with self.routes[route]():
+            return _block(self.cases[i][1], self.calls[i][route])
+
+    def settle(self) -> None:
+        _quiet()
+
+
 @contextlib.contextmanager
-def _paired_blocks(backend: str, dtype, ladder, min_block: float = MIN_BLOCK):
-    """Compile and size what ``ladder`` runs on ``backend``; yields ``pair`` for :func:`sample`."""
+def _timed_blocks(backend: str, dtype, ladder, min_block: float = MIN_BLOCK):
+    """Compile and size what ``ladder`` runs on ``backend``; yields the ``timer`` for :func:`sample`."""
     import fastnn
 
     from . import gemm_policy
@@ -427,23 +486,15 @@ def _paired_blocks(backend: str, dtype, ladder, min_block: float = MIN_BLOCK):
         if jit is not None:
             jit.settle()  # ... and wait for the fast versions Numba compiles in the background
         calls = []  # per product and route: calls per block, for blocks of at least min_block
-        for _, fn in cases:
-            per = {}
-            for route, ctx in routes.items():
+        for route, ctx in routes.items():  # the own GEMM first: BLAS's idle threads spin after it
+            _quiet()
+            for i, (_, fn) in enumerate(cases):
                 with ctx():
                     once = min(_block(fn, 1) for _ in range(3))
-                per[route] = max(1, math.ceil(min_block / max(once, 1e-7)))
-            calls.append(per)
-
-        def pair(i: int, own_first: bool) -> tuple[float, float]:
-            fn = cases[i][1]
-            t = {}
-            for route in ("own", "blas") if own_first else ("blas", "own"):
-                with routes[route]():
-                    t[route] = _block(fn, calls[i][route])
-            return t["own"], t["blas"]
-
-        yield pair
+                if route == "own":
+                    calls.append({})
+                calls[i][route] = max(1, math.ceil(min_block / max(once, 1e-7)))
+        yield _Timer(cases, routes, calls)
 
 
 # ---------------------------------------------------------------------------- the file
@@ -625,7 +676,7 @@ def calibrate(
         The entry: ``key``; ``points`` (:func:`summarize`); ``bound`` (by the
         medians, :func:`crossover`) and ``bound_range`` (:func:`bounds`);
         ``thresholds``; ``others_busy`` (cores other processes kept busy
-        meanwhile; None where it cannot be read); ``capped_pairs`` (pairs
+        meanwhile; None where it cannot be read); ``capped_blocks`` (blocks
         timed while the adaptive team ran fewer threads); ``problems`` (why it is not
         to be trusted: unstable, contended; empty when clear); ``forced``;
         ``rounds``, ``retries``; ``measured`` (UTC, ISO 8601), ``seconds``.
@@ -638,18 +689,22 @@ def calibrate(
         mine = [n for n in _applied if n.startswith("numba_") == (backend == "numba")]
         _restore(mine)  # measure against the defaults' other values, not a previous calibration
         try:
-            with _paired_blocks(backend, dtype, ladder) as pair:
-                capped = 0  # pairs during which the adaptive team ran fewer threads than the entry is for
+            with _timed_blocks(backend, dtype, ladder) as timer:
+                capped = 0  # blocks during which the adaptive team ran fewer threads than the entry is for
 
-                def checked(i, own_first):
-                    nonlocal capped
-                    before = _config.active_threads()
-                    t = pair(i, own_first)
-                    capped += min(before, _config.active_threads()) < threads
-                    return t
+                class Checked:
+                    def block(self, route, i):
+                        nonlocal capped
+                        before = _config.active_threads()
+                        t = timer.block(route, i)
+                        capped += min(before, _config.active_threads()) < threads
+                        return t
+
+                    def settle(self):
+                        timer.settle()
 
                 meter = _others_meter()  # from here: compiling is over, the timing starts
-                points = sample(checked, ladder, rounds=rounds, retries=retries, budget=budget)
+                points = sample(Checked(), ladder, rounds=rounds, retries=retries, budget=budget)
                 others = None if meter is None else meter.sample()
             bound = crossover(points)
             limits = thresholds(backend, dtype, threads, bound, max(p["v"] for p in points))  # against the defaults
@@ -679,7 +734,7 @@ def calibrate(
     elif capped:
         problems.append(
             f"contended: other processes took cores for a while; fastnn's adaptive team ran fewer than {threads} "
-            f"threads during {capped} pairs"
+            f"threads during {capped} of the timed blocks"
         )
     entry = {
         "key": key(backend, dtype, threads),
@@ -688,7 +743,7 @@ def calibrate(
         "bound_range": [low, high],
         "thresholds": limits,
         "others_busy": None if others is None else round(others, 2),
-        "capped_pairs": capped,
+        "capped_blocks": capped,
         "problems": problems,
         "forced": bool(problems) and force,
         "rounds": rounds,

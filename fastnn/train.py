@@ -209,32 +209,42 @@ def _prepare(model: Module, loss: Loss, X: ArrayLike, y: ArrayLike) -> tuple[Flo
     _finite_or_raise(X, "X")
     _finite_or_raise(y, "y")
     n_probe = min(2, X.shape[0])
-    # evaluation behaviour: the probe must not update running statistics nor draw dropout masks
-    with inference_mode():
-        probe = np.asarray(model.forward(X[:n_probe]))
-    if probe.ndim == 0 or probe.shape[0] != n_probe:
+    out = _output_shape(model, X[:n_probe])
+    if len(out) == 0 or out[0] != n_probe:
         raise ValueError(
             f"the model maps {n_probe} samples (shape {X[:n_probe].shape}) to an output of shape "
-            f"{probe.shape}: its output must have one row per sample (a recurrent layer without "
+            f"{out}: its output must have one row per sample (a recurrent layer without "
             f"batch_first=True reads axis 0 as time)"
         )
     if isinstance(loss, CrossEntropyLoss):
-        if probe.ndim != 2:
-            raise ValueError(f"CrossEntropyLoss needs (B, C) logits, the model gives shape {probe.shape}")
-        loss.check_labels(y, probe.shape[1])
-    elif y.ndim == 1 and probe.ndim == 2 and probe.shape[1] == 1:
+        if len(out) != 2:
+            raise ValueError(f"CrossEntropyLoss needs (B, C) logits, the model gives shape {out}")
+        loss.check_labels(y, out[1])
+    elif y.ndim == 1 and len(out) == 2 and out[1] == 1:
         y = y.reshape(-1, 1)
-    if y.shape[1:] != probe.shape[1:] and not isinstance(loss, CrossEntropyLoss):
-        if y.ndim == 1 and probe.ndim == 2 and probe.shape[1] > 1 and y.size and np.all(np.mod(y, 1) == 0):
+    if y.shape[1:] != out[1:] and not isinstance(loss, CrossEntropyLoss):
+        if y.ndim == 1 and len(out) == 2 and out[1] > 1 and y.size and np.all(np.mod(y, 1) == 0):
             # Class labels read as floats (0.0 ... 9.0 from a CSV) picked the regression loss.
             raise ValueError(
                 f"y holds whole numbers ({y.min():g} to {y.max():g}) stored as {y.dtype} and the model "
-                f"outputs {probe.shape[1]} scores per sample: for classification use integer labels, "
+                f"outputs {out[1]} scores per sample: for classification use integer labels, "
                 f"y.astype(np.int64), or loss='cross_entropy'; for regression give y one column per "
                 f"model output"
             )
-        raise ValueError(f"targets have shape {y.shape[1:]} per sample but the model outputs {probe.shape[1:]}")
+        raise ValueError(f"targets have shape {y.shape[1:]} per sample but the model outputs {out[1:]}")
     return X, y
+
+
+def _output_shape(model: Module, X: FloatArray) -> tuple[int, ...]:
+    """The shape of the model's output for the rows ``X``: a compiled forward plan's, which reads the input's
+    shape, or else that of a forward pass. A model with a plan compiles nothing here: on the numba backend the
+    layers' kernels were about a second of a first ``fit``'s compilation that the plan never runs."""
+    plan = _forward_plan(model, X)
+    if plan is not None:
+        return (X.shape[0], plan.out_features)
+    # evaluation behaviour: the probe must not update running statistics nor draw dropout masks
+    with inference_mode():
+        return tuple(np.asarray(model.forward(X)).shape)
 
 
 _NONFINITE = ("raise", "warn")

@@ -111,6 +111,50 @@ def test_plan_activations(compiled_backend, dtype, act):
         np.testing.assert_allclose(a, b, **t)
 
 
+@pytest.mark.parametrize(
+    "loss, opt", [("cross_entropy", "sgd_momentum"), ("mse", "adam"), ("bce_with_logits", "nesterov")]
+)
+def test_numba_relu_network_drivers_give_the_general_drivers_bits(monkeypatch, dtype, loss, opt):
+    """A network of ReLU layers runs drivers made for it (no other activation compiled, the ReLU fused into
+    the products), per loss and optimizer: the bits of the drivers for any activations, trained and predicted;
+    the reference's results to rounding."""
+    _require_or_skip("numba")
+    from fastnn.backends.numba_backend import train as numba_train
+
+    X, y = _data(loss, dtype)
+    idx = np.random.default_rng(1).permutation(X.shape[0])
+    made = numba_train._driver
+    families = []
+
+    def run(backend):
+        with fastnn.use_backend(backend):
+            fastnn.manual_seed(3)
+            model = nn.Sequential(nn.Linear(12, 9, dtype=dtype), nn.ReLU(), nn.Linear(9, 4, dtype=dtype))
+            step = fastnn.make_train_step(model, _loss(loss), _optimizers()[opt](model.parameters()))
+            losses = step.run_steps(X, y, idx, 16)
+            return losses, [p.data.copy() for p in model.parameters()], fastnn.predict(model, X, batch_size=64)
+
+    monkeypatch.setattr(
+        numba_train, "_driver", lambda relu_only, key: families.append(relu_only) or made(relu_only, key)
+    )
+    relu = run("numba")
+    assert families and all(families)
+    monkeypatch.setattr(numba_train, "_driver", lambda relu_only, key: families.append(relu_only) or made(False, key))
+    general = run("numba")
+    for a, b in zip(relu, general):
+        if isinstance(a, list):
+            for u, v in zip(a, b):
+                np.testing.assert_array_equal(u, v)
+        else:
+            np.testing.assert_array_equal(a, b)
+    ref = run("numpy")
+    t = tol(dtype, 50)
+    np.testing.assert_allclose(relu[0], ref[0], **t)
+    for u, v in zip(relu[1], ref[1]):
+        np.testing.assert_allclose(u, v, **t)
+    np.testing.assert_allclose(relu[2], ref[2], **t)
+
+
 @pytest.mark.parametrize("loss", LOSSES)
 def test_reference_kernel_is_the_per_step_loop(dtype, loss):
     """The NumPy ``train_steps`` (the specification) gives the per-step loop's bits."""

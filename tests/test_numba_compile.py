@@ -288,9 +288,49 @@ def test_first_plan_step_compiles_only_its_own_convention(jit):
         os._exit(0)
     """)
     assert 0 < info["loss"] < 10
-    assert info["drivers"] == ["_dense_kernels.<locals>._steps_plain"]
-    assert "_loss" in info["names"]
+    assert info["drivers"] == ["_dense_kernels.<locals>._steps_ce_sgd_relu_plain"]
+    assert "_loss_ce" in info["names"]
     assert not [n for n in info["names"] if "sklearn" in n or "raise_with_shape" in n], info["names"]
+    # a network of ReLU layers: the ReLU is fused into the products, no other activation kernel is
+    # compiled; nor the other losses, nor Adam's update
+    unused = {"_act_fwd", "_act_bwd", "_relu", "_sigmoid", "_tanh", "_leaky", "_sigmoid_bwd", "_tanh_bwd",
+              "_leaky_bwd", "_loss", "_loss_mse", "_loss_bce", "_update", "_update_adam"}  # fmt: skip
+    assert not unused & set(info["names"]), sorted(unused & set(info["names"]))
+
+
+def test_first_plan_prediction_compiles_only_the_forward_driver(jit):
+    # One child, one prediction of a dense network from an empty cache: the forward driver on the
+    # plain products, none of the training driver's parts, and no typed-list operation called from
+    # Python (Numba compiles those in every process: its typed-list helpers are not cached).
+    info = _cold("""
+        import json, os
+        import numpy as np
+        from numba.core import event
+        import fastnn
+        from fastnn import nn
+        fastnn.set_backend("numba")
+        from fastnn.backends.numba_backend import _jit
+        names = []
+        class Names(event.Listener):
+            def on_start(self, ev):
+                pass
+            def on_end(self, ev):
+                names.append(ev.data["dispatcher"].py_func.__qualname__)
+        event.register("numba:compile", Names())
+        model = nn.Sequential(nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 3))
+        X = np.random.default_rng(0).standard_normal((8, 5)).astype(np.float32)
+        out = fastnn.predict(model, X, batch_size=4)
+        compiled = list(names)
+        with fastnn.no_grad():
+            same = bool(np.allclose(out, model(X), rtol=1e-5, atol=1e-6))
+        print(json.dumps(dict(same=same, names=compiled)), flush=True)
+        os._exit(0)
+    """)
+    assert info["same"]
+    assert "_dense_kernels.<locals>._predict_relu_plain" in info["names"]
+    training = [n for n in info["names"] if any(k in n for k in ("_steps", "_backward", "_loss", "_update", "_act"))]
+    assert training == ["_act_fwd_fused"], training
+    assert not {"_getitem", "_length"} & set(info["names"]), info["names"]
 
 
 def test_deferred_parallel_kernel_compiles_in_the_background_or_at_once(jit):

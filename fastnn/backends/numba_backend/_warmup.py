@@ -17,6 +17,7 @@ its serial one got. Everything runs on small arrays, in the calling thread.
 
 from __future__ import annotations
 
+import itertools
 import time
 
 import numpy as np
@@ -153,8 +154,9 @@ def _recurrent(ops, rng, dt):
 
 
 def _training_plans(ops, rng, dt):
-    """The whole-step drivers of fit's compiled plans (fastnn.compiled): dense (every loss, SGD and Adam;
-    scikit-learn's convention), behind image stages and behind each recurrent cell; and predict."""
+    """The whole-step drivers of fit's compiled plans (fastnn.compiled): dense (every loss, SGD and Adam,
+    networks of ReLU layers and of any activations; scikit-learn's convention), behind image stages and
+    behind each recurrent cell; and predict."""
     from fastnn import compiled, nn, optim
 
     X = _rand(rng, dt, 12, 5)
@@ -164,8 +166,8 @@ def _training_plans(ops, rng, dt):
         nn.BCEWithLogitsLoss: (_rand(rng, dt, 12, 3) > 0).astype(dt),
     }
     for loss_type, y in targets.items():
-        for make_opt in (optim.SGD, optim.Adam):
-            model = nn.Sequential(nn.Linear(5, 4, dtype=dt), nn.ReLU(), nn.Linear(4, 3, dtype=dt))
+        for make_opt, act in itertools.product((optim.SGD, optim.Adam), (nn.ReLU, nn.Tanh)):
+            model = nn.Sequential(nn.Linear(5, 4, dtype=dt), act(), nn.Linear(4, 3, dtype=dt))
             opt = make_opt(model.parameters())
             plan = compiled.train_plan(model, loss_type(), opt)
             kind = loss_type.accuracy_kind
@@ -177,11 +179,13 @@ def _training_plans(ops, rng, dt):
             plan.run(X, y, np.arange(12, dtype=np.intp), 4, compiled.hyper_parameters(opt)[1], pred=pred)
             plan.predict(X, 5)
     # scikit-learn's convention (fastnn.sklearn's MLPs) has a dense driver of its own
-    lins = [nn.Linear(5, 4, dtype=dt), nn.Linear(4, 3, dtype=dt)]
-    specs = [ops.DenseSpec(lins[0].weight, lins[0].bias, "relu"), ops.DenseSpec(lins[1].weight, lins[1].bias)]
-    params = [p for lin in lins for p in (lin.weight, lin.bias)]
-    plan = ops.TrainPlan(specs, "cross_entropy", "sklearn", ops.UpdatePlan(params, ("exp_avg", "exp_avg_sq")), "adam")
-    plan.run(X, targets[nn.CrossEntropyLoss], np.arange(12, dtype=np.intp), 4, (1e-3, 0.9, 0.999, 1e-4, 1e-8, 0.0))
+    for act in ("relu", "tanh"):
+        lins = [nn.Linear(5, 4, dtype=dt), nn.Linear(4, 3, dtype=dt)]
+        specs = [ops.DenseSpec(lins[0].weight, lins[0].bias, act), ops.DenseSpec(lins[1].weight, lins[1].bias)]
+        params = [p for lin in lins for p in (lin.weight, lin.bias)]
+        update = ops.UpdatePlan(params, ("exp_avg", "exp_avg_sq"))
+        plan = ops.TrainPlan(specs, "cross_entropy", "sklearn", update, "adam")
+        plan.run(X, targets[nn.CrossEntropyLoss], np.arange(12, dtype=np.intp), 4, (1e-3, 0.9, 0.999, 1e-4, 1e-8, 0.0))
     # the image and recurrent fronts have drivers of their own (one per cell type), compiled once
     # whatever the loss and optimizer: one small model each
     fronts = (

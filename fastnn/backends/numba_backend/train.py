@@ -25,23 +25,28 @@ never compiles them. Every driver is made twice from one source
 (:func:`_dense_kernels`): on the register tiles and on the plain loops of
 ``_small_gemm.simple_tiled`` (the same bits, a fraction of the
 compilation), which run while the tiled driver compiles in the background
-on a fresh install (``_jit.Deferred``). Each training driver exists once
-more for scikit-learn's convention (``reduction="sklearn"``), with
-:func:`_loss_sklearn` in place of :func:`_loss` (``_jit.renamed``'s
-``replace``), so that a driver compiles only the loss of its own
-convention.
+on a fresh install (``_jit.Deferred``). Numba types and compiles every
+function a body names, on the branches a run never takes too, so a dense
+driver is made, on its first use (:func:`_driver`), for one loss and one
+optimizer (:data:`LOSSES`, :data:`UPDATES`; scikit-learn's convention,
+``reduction="sklearn"``, with :func:`_loss_sklearn`), swapped in for
+:func:`_loss` and :func:`_update` by ``_jit.renamed``'s ``replace``; and a
+network of identity and ReLU layers alone, whose ReLU the products apply,
+runs passes that compile no other activation kernel. A first step or
+prediction thus compiles what it runs (the drivers behind a front keep
+the general helpers).
 """
 
 import math
 import threading
 
 import numpy as np
-from numba import typed
+from numba import typed, typeof
 
 from ... import _config
 from ..reference import train as _spec
 from . import _small_gemm as _small
-from ._jit import Deferred, jit, jit_inline, kernel, rebinder, renamed
+from ._jit import Deferred, jit, jit_inline, kernel, renamed
 from .activations import (
     _leaky,
     _leaky_bwd,
@@ -96,26 +101,32 @@ def _act_bwd(g, y, act, slope, d):
 
 
 @jit
-def _update(ps, gs, s1s, s2s, decays, opt, lr, h1, h2, wd, eps, decoupled, c1, c2, step, nb, reduction):
+def _update_sgd(ps, gs, s1s, s2s, decays, opt, lr, h1, h2, wd, eps, decoupled, c1, c2, step, nb, reduction):
+    """SGD's step on every update (momentum h1, Nesterov when h2 != 0): :func:`_update` for opt 0."""
     t = ps[0].dtype.type
     if reduction == _SKLEARN:
         wd = wd / nb  # scikit-learn's alpha per row of the step
-        if opt != 0:
-            eps = eps / math.sqrt(1.0 - h2**step)  # scikit-learn adds eps after the bias correction of v
-    if opt == 0:
-        lr_, mu = t(lr), t(h1)
-        nesterov = h2 != 0
-        for k in range(len(ps)):
-            p, g = ps[k], gs[k]
-            wd_ = t(wd * decays[k])
-            if h1 != 0:
-                v = s1s[k]
-                for i in range(p.size):
-                    p[i], v[i] = _sgd_elem(p[i], g[i], v[i], lr_, mu, nesterov, wd_)
-            else:
-                for i in range(p.size):
-                    p[i] = p[i] - lr_ * _decayed(g[i], wd_, p[i])
-        return
+    lr_, mu = t(lr), t(h1)
+    nesterov = h2 != 0
+    for k in range(len(ps)):
+        p, g = ps[k], gs[k]
+        wd_ = t(wd * decays[k])
+        if h1 != 0:
+            v = s1s[k]
+            for i in range(p.size):
+                p[i], v[i] = _sgd_elem(p[i], g[i], v[i], lr_, mu, nesterov, wd_)
+        else:
+            for i in range(p.size):
+                p[i] = p[i] - lr_ * _decayed(g[i], wd_, p[i])
+
+
+@jit
+def _update_adam(ps, gs, s1s, s2s, decays, opt, lr, h1, h2, wd, eps, decoupled, c1, c2, step, nb, reduction):
+    """Adam's (AdamW's with ``decoupled``) step on every update: :func:`_update` for opt 1."""
+    t = ps[0].dtype.type
+    if reduction == _SKLEARN:
+        wd = wd / nb  # scikit-learn's alpha per row of the step
+        eps = eps / math.sqrt(1.0 - h2**step)  # scikit-learn adds eps after the bias correction of v
     bc1 = 1.0 - h1**step
     bc2 = 1.0 - h2**step
     b1_, c1_, b2_, c2_ = t(h1), t(c1), t(h2), t(c2)
@@ -127,6 +138,17 @@ def _update(ps, gs, s1s, s2s, decays, opt, lr, h1, h2, wd, eps, decoupled, c1, c
         wd_ = t(0.0 if decoupled else w)
         for i in range(p.size):
             p[i], m[i], v[i] = _adam_elem(p[i], g[i], m[i], v[i], decay_, wd_, b1_, c1_, b2_, c2_, step_, inv_, eps_)
+
+
+@jit
+def _update(ps, gs, s1s, s2s, decays, opt, lr, h1, h2, wd, eps, decoupled, c1, c2, step, nb, reduction):
+    """The step of the optimizer ``opt`` (0 SGD, 1 Adam) on every update, for the drivers with a front.
+
+    The dense drivers are made per optimizer (:data:`UPDATES`) and compile only their own."""
+    if opt == 0:
+        _update_sgd(ps, gs, s1s, s2s, decays, opt, lr, h1, h2, wd, eps, decoupled, c1, c2, step, nb, reduction)
+    else:
+        _update_adam(ps, gs, s1s, s2s, decays, opt, lr, h1, h2, wd, eps, decoupled, c1, c2, step, nb, reduction)
 
 
 @jit
@@ -218,37 +240,56 @@ def _loss_sklearn(z, g, lb, tb, nb, loss, reduction, ps, decays, wd):
 
 
 @jit
+def _loss_ce(z, g, lb, tb, nb, loss, reduction, ps, decays, wd):
+    """Cross-entropy of the outputs z against the labels lb (float64) and g = dL/dz: :func:`_loss` for loss 0."""
+    scale = 1.0 / nb if reduction == _MEAN else 1.0
+    sc = z.dtype.type(scale)
+    total = 0.0
+    for r in range(nb):
+        total += _ce_row(z[r], lb[r], g[r], sc)
+    return total * scale
+
+
+@jit
+def _loss_mse(z, g, lb, tb, nb, loss, reduction, ps, decays, wd):
+    """The squared error of the outputs z against the targets tb and g = dL/dz: :func:`_loss` for loss 1."""
+    zf, tf, gf = z.ravel(), tb.ravel(), g.ravel()
+    scale = 1.0 / zf.size if reduction == _MEAN else 1.0
+    two_s = z.dtype.type(2.0 * scale)
+    total = 0.0
+    for i in range(zf.size):
+        dv = zf[i] - tf[i]
+        total += np.float64(dv) * np.float64(dv)
+        gf[i] = dv * two_s
+    return total * scale
+
+
+@jit
+def _loss_bce(z, g, lb, tb, nb, loss, reduction, ps, decays, wd):
+    """Binary cross-entropy of the logits z against the targets tb and g = dL/dz: :func:`_loss` for loss 2."""
+    zf, tf, gf = z.ravel(), tb.ravel(), g.ravel()
+    scale = 1.0 / zf.size if reduction == _MEAN else 1.0
+    sc = z.dtype.type(scale)
+    one, zero = z.dtype.type(1), z.dtype.type(0)
+    total = 0.0
+    for i in range(zf.size):
+        lv, gi = _bce_elem(zf[i], tf[i], sc, one, zero)
+        total += lv
+        gf[i] = gi
+    return total * scale
+
+
+@jit
 def _loss(z, g, lb, tb, nb, loss, reduction, ps, decays, wd):
     """The step's loss of the outputs z (float64) and g = dL/dz, reduced as PyTorch's losses do (mean or sum).
 
-    Each driver is made twice (:data:`SKLEARN_LOSS`): with this loss, and with
-    :func:`_loss_sklearn` in its place for scikit-learn's convention, so that a
-    driver compiles only the one its plans use (scikit-learn's, its sigmoid and
-    softmax included, was about 2 s of a first step's compilation)."""
-    total = 0.0
-    mean = reduction == _MEAN
+    The drivers with a front call this one; the dense drivers are made per loss (:data:`LOSSES`), and
+    for scikit-learn's convention with :func:`_loss_sklearn`, so that each compiles only its own."""
     if loss == 0:
-        scale = 1.0 / nb if mean else 1.0
-        sc = z.dtype.type(scale)
-        for r in range(nb):
-            total += _ce_row(z[r], lb[r], g[r], sc)
-    else:
-        zf, tf, gf = z.ravel(), tb.ravel(), g.ravel()
-        scale = 1.0 / zf.size if mean else 1.0
-        if loss == 1:
-            two_s = z.dtype.type(2.0 * scale)
-            for i in range(zf.size):
-                dv = zf[i] - tf[i]
-                total += np.float64(dv) * np.float64(dv)
-                gf[i] = dv * two_s
-        else:
-            sc = z.dtype.type(scale)
-            one, zero = z.dtype.type(1), z.dtype.type(0)
-            for i in range(zf.size):
-                lv, gi = _bce_elem(zf[i], tf[i], sc, one, zero)
-                total += lv
-                gf[i] = gi
-    return total * scale
+        return _loss_ce(z, g, lb, tb, nb, loss, reduction, ps, decays, wd)
+    if loss == 1:
+        return _loss_mse(z, g, lb, tb, nb, loss, reduction, ps, decays, wd)
+    return _loss_bce(z, g, lb, tb, nb, loss, reduction, ps, decays, wd)
 
 
 @jit
@@ -269,14 +310,32 @@ def _record(z, lo, pred_i, pred_b):
             pred_b[lo * nout + i] = zf[i] > 0
 
 
-#: What a driver made for scikit-learn's convention sees in place of :func:`_loss` (``renamed``'s ``replace``).
+#: The dense drivers' update per optimizer code and loss per loss code, in place of :func:`_update` and
+#: :func:`_loss` (``renamed``'s ``replace``): a driver compiles only the optimizer and the loss it runs.
+UPDATES = (_update_sgd, _update_adam)
+LOSSES = (_loss_ce, _loss_mse, _loss_bce)
+#: What a driver made for scikit-learn's convention sees in place of :func:`_loss`.
 SKLEARN_LOSS = {"_loss": _loss_sklearn}
+_OPT_NAMES, _LOSS_NAMES = ("_sgd", "_adam"), ("_ce", "_mse", "_bce")
 
 
-def _dense_kernels(acc_nn, acc_tn, mul_nt_bias, suffix):
+@jit
+def _act_fwd_fused(x, act, slope, y):
+    """The activation pass of a network whose activations are all fused into its products (identity, ReLU):
+    never called (the forward calls it for act > 1 only), and compiles none of the activation kernels."""
+
+
+@jit
+def _act_bwd_relu(g, y, act, slope, d):
+    """d = g ⊙ [y > 0]: :func:`_act_bwd` of a network whose activations are identity and ReLU (act 1 here)."""
+    _RELU_BWD(g.ravel(), y.ravel(), d.ravel())
+
+
+def _dense_kernels(acc_nn, acc_tn, mul_nt_bias, act_fwd, act_bwd, suffix):
     """The dense layers' passes and the dense drivers, on the products ``acc_nn`` (C += A·B), ``acc_tn``
-    (C += Aᵀ·B) and ``mul_nt_bias`` (C = A·Bᵀ + b, ReLU fused): a dict of ``forward``, ``backward``,
-    ``steps``, ``steps_sklearn`` (scikit-learn's convention) and ``predict``."""
+    (C += Aᵀ·B) and ``mul_nt_bias`` (C = A·Bᵀ + b, ReLU fused) and the activation passes ``act_fwd`` and
+    ``act_bwd``: a dict of ``forward``, ``backward``, ``predict`` and ``steps``, a function of (scikit-learn's
+    convention, optimizer code, loss code) that makes that training driver."""
 
     def _forward(ws, bs_, hb, ys, acts, slopes, x, nb, last):
         """Every layer's output for the nb rows of x; returns the last, written into ``last`` when given
@@ -291,7 +350,7 @@ def _dense_kernels(acc_nn, acc_tn, mul_nt_bias, suffix):
             # the bias and ReLU on each tile as it leaves the registers (the bits of two passes after)
             mul_nt_bias(inp, ws[l], y, bs_[l], hb[l], act == 1)
             if act > 1:
-                _act_fwd(y, act, slopes[l], y)
+                act_fwd(y, act, slopes[l], y)
             inp = y
         return inp
 
@@ -306,7 +365,7 @@ def _dense_kernels(acc_nn, acc_tn, mul_nt_bias, suffix):
             d = g
             if acts[l] != 0:
                 d = ds[l][:nb]
-                _act_bwd(g, y, acts[l], slopes[l], d)
+                act_bwd(g, y, acts[l], slopes[l], d)
             xin = x if l == 0 else ys[l - 1][:nb]
             gw = gws[l]
             gw[:] = 0
@@ -361,32 +420,74 @@ def _dense_kernels(acc_nn, acc_tn, mul_nt_bias, suffix):
             nb = min(batch_size, n - lo)
             _forward(ws, bs_, hb, ys, acts, slopes, x[lo : lo + nb], nb, out[lo : lo + nb])
 
+    def steps(sklearn, opt, loss):
+        # one driver per (convention, optimizer, loss): Numba types and compiles every function a body
+        # names, on the branches a run never takes too (scikit-learn's loss, its sigmoid and softmax
+        # included, was about 2 s of a first step's compilation; Adam's update and the other losses
+        # most of a second)
+        replace = {"_update": UPDATES[opt], "_loss": _loss_sklearn if sklearn else LOSSES[loss]}
+        name = ("_sklearn" if sklearn else _LOSS_NAMES[loss]) + _OPT_NAMES[opt] + suffix
+        return kernel(renamed(_steps, name, replace=replace), inputs="x labels values index")
+
     return dict(
-        forward=_forward,
-        backward=_backward,
-        steps=kernel(renamed(_steps, suffix), inputs="x labels values index"),
-        steps_sklearn=kernel(
-            renamed(_steps, "_sklearn" + suffix, replace=SKLEARN_LOSS), inputs="x labels values index"
-        ),
-        predict=kernel(renamed(_predict, suffix), inputs="x"),
+        forward=_forward, backward=_backward, predict=kernel(renamed(_predict, suffix), inputs="x"), steps=steps
     )
 
 
 #: On the register tiles of the small-product kernel, and on its plain loops (the same bits, a fraction
-#: of the compilation: what a fresh install runs while the tiled drivers compile in the background).
-TILED = _dense_kernels(_small.acc_nn, _small.acc_tn, _small.mul_nt_bias, "_tiled")
-PLAIN = _dense_kernels(_small.acc_nn_simple, _small.acc_tn_simple, _small.mul_nt_bias_simple, "_plain")
-_steps = Deferred(TILED["steps"], PLAIN["steps"], rebinder(__name__, "_steps", lambda fast: fast))
-_steps_sklearn = Deferred(
-    TILED["steps_sklearn"], PLAIN["steps_sklearn"], rebinder(__name__, "_steps_sklearn", lambda fast: fast)
+#: of the compilation: what a fresh install runs while the tiled drivers compile in the background); for
+#: any activations, and for networks of identity and ReLU layers alone (the ReLU fused into the products),
+#: whose drivers compile no other activation kernel.
+TILED = _dense_kernels(_small.acc_nn, _small.acc_tn, _small.mul_nt_bias, _act_fwd, _act_bwd, "_tiled")
+PLAIN = _dense_kernels(
+    _small.acc_nn_simple, _small.acc_tn_simple, _small.mul_nt_bias_simple, _act_fwd, _act_bwd, "_plain"
 )
-_predict = Deferred(TILED["predict"], PLAIN["predict"], rebinder(__name__, "_predict", lambda fast: fast))
+_RELU_TILED = _dense_kernels(
+    _small.acc_nn, _small.acc_tn, _small.mul_nt_bias, _act_fwd_fused, _act_bwd_relu, "_relu_tiled"
+)
+_RELU_PLAIN = _dense_kernels(
+    _small.acc_nn_simple, _small.acc_tn_simple, _small.mul_nt_bias_simple, _act_fwd_fused, _act_bwd_relu,
+    "_relu_plain",
+)  # fmt: skip
+
+_drivers: dict = {}
+_drivers_lock = threading.Lock()
+
+
+def _driver(relu_only, key):
+    """The dense driver ``key`` (``("predict",)`` or ``("steps", sklearn, opt, loss)``) of the ReLU networks'
+    kernels or the general ones: a :class:`Deferred` (tiled over plain) made on its first use, then the
+    tiled kernel itself once it is ready."""
+    if key[0] == "steps" and key[1]:
+        key = (*key[:3], 0)  # scikit-learn's loss serves every loss code
+    full = (bool(relu_only), *key)
+    d = _drivers.get(full)
+    if d is not None:
+        return d
+    with _drivers_lock:
+        if full not in _drivers:
+            tiled, plain = (_RELU_TILED, _RELU_PLAIN) if relu_only else (TILED, PLAIN)
+            if key[0] == "predict":
+                fast, fallback = tiled["predict"], plain["predict"]
+            else:
+                fast, fallback = tiled["steps"](*key[1:]), plain["steps"](*key[1:])
+            _drivers[full] = Deferred(fast, fallback, lambda ready: _drivers.__setitem__(full, ready))
+        return _drivers[full]
+
+
+@jit
+def _push(lst, a):
+    """lst.append(a), compiled once per install for each item type: Numba's own typed-list operations
+    called from Python are not cached, and compiled again in every process (about 0.1 s each)."""
+    lst.append(a)
 
 
 def _list(arrays):
-    lst = typed.List()
+    """A typed list of ``arrays`` (at least one, all of one type)."""
+    arrays = list(arrays)
+    lst = typed.List.empty_list(typeof(arrays[0]))
     for a in arrays:
-        lst.append(a)
+        _push(lst, a)
     return lst
 
 
@@ -406,8 +507,14 @@ class _Binding:
         self.gws = _list(none2 if layer[2] is None else layer[2] for layer in layers)
         self.gbs = _list(none1 if layer[3] is None else layer[3] for layer in layers)
         self.acts = np.array([layer[4] for layer in layers], np.int64)
+        # identity and ReLU only (fused into the products): drivers that compile no other activation
+        self.relu_only = bool(np.all(self.acts <= 1))
         self.slopes = np.array([layer[5] for layer in layers], np.float64)
         self.ys = _list(layer[6] for layer in layers)
+        # read from Python without indexing the typed lists (each of their operations called from
+        # Python is compiled in every process: Numba's typed-list helpers are not cached)
+        self.weights = sum(int(layer[0].size) for layer in layers)
+        self.y_arrays = [layer[6] for layer in layers]
         self.ds = _list(none2 if layer[7] is None else layer[7] for layer in layers)
         self.gins = _list(none2 if layer[8] is None else layer[8] for layer in layers)
         flat = [tuple(none1 if a is None else a.reshape(-1) for a in u[:4]) for u in updates] or [(none1,) * 4]
@@ -463,7 +570,8 @@ def train_steps(bd, x, target, index, batch_size, loss, reduction, opt, hyper, s
         done, status = drive(*dense, bd.stages, bd.xb, bd.lb, bd.tb, bd.gz, x2, *rest)
     else:
         x2 = x.reshape(x.shape[0], -1)
-        done, status = (_steps_sklearn if sk else _steps)(*dense, bd.xb, bd.lb, bd.tb, bd.gz, x2, *rest)
+        drive = _driver(bd.relu_only, ("steps", sk, int(opt), int(loss)))
+        done, status = drive(*dense, bd.xb, bd.lb, bd.tb, bd.gz, x2, *rest)
     return int(done), int(status)
 
 
@@ -475,7 +583,7 @@ PREDICT_SPLIT_MIN_MACS = 1 << 25
 def _predict_parts(bd, n, batch_size):
     """Threads for a dense network's prediction of n rows: one per PREDICT_SPLIT_MIN_MACS, at most the
     active thread count (``fastnn._config.active_threads``) and one batch each."""
-    macs = n * sum(w.size for w in bd.ws)
+    macs = n * bd.weights
     return max(1, min(_config.active_threads(), macs // PREDICT_SPLIT_MIN_MACS, -(-n // batch_size)))
 
 
@@ -486,15 +594,16 @@ def _predict_split(bd, x, batch_size, out, parts):
     nbatch = -(-x.shape[0] // batch_size)
     bounds = [min(x.shape[0], nbatch * k // parts * batch_size) for k in range(parts + 1)]
     errors = []
+    drive = _driver(bd.relu_only, ("predict",))
 
     def run(ys, lo, hi):
         try:
-            _predict(bd.ws, bd.bs, bd.hb, ys, bd.acts, bd.slopes, x[lo:hi], batch_size, out[lo:hi])
+            drive(bd.ws, bd.bs, bd.hb, ys, bd.acts, bd.slopes, x[lo:hi], batch_size, out[lo:hi])
         except BaseException as exc:  # re-raised in the calling thread
             errors.append(exc)
 
     workers = [
-        threading.Thread(target=run, args=(_list(np.empty_like(y) for y in bd.ys), bounds[k], bounds[k + 1]))
+        threading.Thread(target=run, args=(_list(np.empty_like(y) for y in bd.y_arrays), bounds[k], bounds[k + 1]))
         for k in range(1, parts)
     ]
     for w in workers:
@@ -524,7 +633,7 @@ def predict_rows(bd, x, batch_size, out):
         if parts > 1:
             _predict_split(bd, x2, bs, out, parts)
         else:
-            _predict(*dense, bd.acts, bd.slopes, x2, bs, out)
+            _driver(bd.relu_only, ("predict",))(*dense, bd.acts, bd.slopes, x2, bs, out)
     return out
 
 

@@ -3,7 +3,7 @@ parallel kernel, read-only inputs without a second compilation, fast kernels com
 background behind bit-identical fallbacks, and a first training step (per-step loop or compiled
 plan) that compiles only what it runs.
 
-Time budget, warm cache: about 5 s. The child processes with an empty Numba cache compile what
+Time budget, warm cache: about 8 s (the serial/parallel table 3 s of it). The child processes with an empty Numba cache compile what
 they use (one W3 training step; one W6 step; a parallel tanh and sigmoid): about 10, 10 and 8 s
 here; one dense plan step took 60 s at load average 4.
 """
@@ -35,20 +35,227 @@ def test_every_serial_kernel_has_a_parallel_twin_of_the_same_source(jit):
         assert not serial.targetoptions.get("parallel") and parallel.targetoptions["parallel"]
 
 
-@pytest.mark.parametrize("name", ["_tanh", "_relu_bwd", "_softmax", "_softmax_bwd"])
-def test_serial_and_parallel_compilations_give_the_same_bits(jit, name, rng):
-    """The parallel compilation itself (PAIRS holds it, never the fallback a Deferred runs until it is
-    compiled): a row sum that the vectoriser may reorder differently in the two broke this on AVX-512."""
-    from fastnn.backends.numba_backend import activations
+# -- serial and parallel compilations of one source: the same bits --------------------------------
+#
+# An exact pair's serial kernel runs while its parallel twin compiles in the background, then the
+# twin takes over: only invisible if the two compilations round alike. Each builder returns a
+# kernel's arguments at sizes that leave vector remainders (odd rows, odd columns, windows that
+# overlap); nblocks = 2 where a kernel takes one (what two threads give it).
 
-    serial, parallel = next(p for p in jit.PAIRS if p[0] is getattr(activations, name)[0])
+
+def _pool_out(n, k, s, p, d=1):
+    return (n + 2 * p - d * (k - 1) - 1) // s + 1
+
+
+def _bn_args(rng, dt, L, fwd):
+    N, C = (37, 13) if L > 1 else (101, 67)
+    x = (rng.standard_normal((N, C, L)) * 2 + 3).astype(dt)  # off zero: the shifted sums matter
+    w, b = rng.standard_normal(C).astype(dt), rng.standard_normal(C).astype(dt)
+    if fwd:
+        return (x, w, b, True, True, 1e-5, True, np.empty(C, dt), np.empty(C, dt), np.empty_like(x), 2)
+    g = rng.standard_normal(x.shape).astype(dt)
+    mean, var = x.mean(axis=(0, 2)).astype(dt), x.var(axis=(0, 2)).astype(dt)
+    return (g, x, w, True, mean, var, 1e-5, True, np.empty_like(x), True, np.empty(C, dt), np.empty(C, dt), 2)
+
+
+def _ln_args(rng, dt, K):
+    x = (rng.standard_normal((53, K)) * 2 + 1).astype(dt)
+    w, b = rng.standard_normal(K).astype(dt), rng.standard_normal(K).astype(dt)
+    return (x, w, b, True, True, 1e-5, np.empty_like(x), np.empty(53, dt), np.empty(53, dt), 2)
+
+
+def _avg_pool_args(rng, dt, fwd, k, s, p, count_include_pad):
+    shape = (3, 5, 31, 29)
+    out = (3, 5, _pool_out(31, k[0], s[0], p[0]), _pool_out(29, k[1], s[1], p[1]))
+    geom = (*k, *s, *p, count_include_pad)
+    if fwd:
+        return (rng.standard_normal(shape).astype(dt), *geom, np.empty(out, dt))
+    return (rng.standard_normal(out).astype(dt), *geom, np.empty(shape, dt))
+
+
+def _max_pool_args(rng, dt, which):
+    from fastnn.backends.numba_backend import conv
+
+    x = rng.standard_normal((3, 5, 31, 29)).astype(dt)
+    if which == "2x2":
+        return (x, np.empty((3, 5, 15, 14), dt), np.empty((3, 5, 15, 14), np.int64))
+    if which == "fwd":
+        return (x, 3, 3, 2, 2, 1, 1, np.empty((3, 5, 16, 15), dt), np.empty((3, 5, 16, 15), np.int64))
+    out, idx = np.empty((3, 5, 16, 15), dt), np.empty((3, 5, 16, 15), np.int64)
+    conv._max_pool_fwd[0](x, 3, 3, 2, 2, 1, 1, out, idx)  # overlapping windows: inputs that take two gradients
+    return (rng.standard_normal(out.shape).astype(dt), idx, np.empty_like(x))
+
+
+def _conv_args(rng, dt, which, geom):
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = geom
+    B, C, H, W, O = 3, 5, 17, 19, 7
+    ho, wo = _pool_out(H, kh, sh, ph, dh), _pool_out(W, kw, sw, pw, dw)
+    lowering = (0, B, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo)
+    if which == "im2col":
+        return (rng.standard_normal((B, C, H, W)).astype(dt), *lowering, np.empty((C * kh * kw, B * ho * wo), dt))
+    if which == "col2im":
+        return (rng.standard_normal((C * kh * kw, B * ho * wo)).astype(dt), *lowering, np.empty((B, C, H, W), dt))
+    if which == "scatter":
+        y, bias = rng.standard_normal((O, B * ho * wo)).astype(dt), rng.standard_normal(O).astype(dt)
+        return (y, bias, True, 0, B, np.empty((B, O, ho, wo), dt))
+    return (rng.standard_normal((B, O, ho, wo)).astype(dt), 0, B, np.empty((O, B * ho * wo), dt))
+
+
+def _fused_conv_args(rng, dt):
+    import numba
+
+    B, C, H, W, O, k, rows = 3, 5, 17, 19, 7, 3, 4
+    ho, wo = H, W  # 3 x 3, padding 1
+    x, w2 = rng.standard_normal((B, C, H, W)).astype(dt), rng.standard_normal((O, C * k * k)).astype(dt)
+    work = np.empty((numba.get_num_threads(), C * k * k * rows * wo), dt)  # a row per thread
+    out = np.empty((B, O, ho, wo), dt)
+    return (x, w2, rng.standard_normal(O).astype(dt), True, k, k, 1, 1, 1, 1, 1, 1, ho, wo, rows, work, out)
+
+
+def _with_slope(args):
+    """The leaky ReLU kernels' arguments: the slope before the output."""
+    return (*args[:-1], 0.01, args[-1])
+
+
+def _dropout_args(rng, dt, fwd, group):
+    n = 4099 * group
+    bits = rng.integers(0, 2**32, n // group, dtype=np.uint32)
+    x = rng.standard_normal(n).astype(dt)
+    if fwd:
+        return (x, bits, np.int64(2**31), dt(2.0), group, True, np.empty_like(x), np.empty(n // group, np.uint8))
+    mask = (bits >= 2**31).astype(np.uint8)
+    return (rng.standard_normal(n).astype(dt), mask, dt(2.0), group, x, True, np.empty_like(x))
+
+
+def _optim_args(rng, dt, which):
+    n = 4099
+    p, g = rng.standard_normal(n).astype(dt), rng.standard_normal(n).astype(dt)
+    if which == "sgd_plain":
+        return (p, g, 0.1, 1e-4)
+    m = rng.standard_normal(n).astype(dt)
+    if which == "sgd_mom":
+        return (p, g, m, 0.1, 0.9, True, 1e-4)
+    v = rng.random(n).astype(dt)
+    return (p, g, m, v, 0.999, 0.0, 0.9, 0.1, 0.999, 0.001, 0.01, 1.3, 1e-8)
+
+
+def _unary(rng, dt, shape=(37 * 1001,)):
+    # flat, as the elementwise kernels' callers pass them: no compilation the library would not make
+    x = (rng.standard_normal(shape) * 4).astype(dt)
+    return (x, np.empty_like(x))
+
+
+def _grad(rng, dt, shape=(37 * 1001,)):
+    g, y = rng.standard_normal(shape).astype(dt), rng.random(shape).astype(dt)
+    return (g, y, np.empty_like(g))
+
+
+#: (module, kernel) -> argument builders (rng, dtype): every exact pair, the ones with a sum or an
+#: accumulation in an iteration of the parallel loop under several geometries
+_TWIN_CASES = {
+    ("activations", "_relu"): [_unary],
+    ("activations", "_relu_bwd"): [_grad],
+    ("activations", "_leaky"): [lambda r, d: _with_slope(_unary(r, d))],
+    ("activations", "_leaky_bwd"): [lambda r, d: _with_slope(_grad(r, d))],
+    ("activations", "_sigmoid"): [_unary],
+    ("activations", "_sigmoid_bwd"): [_grad],
+    ("activations", "_tanh"): [_unary],
+    ("activations", "_tanh_bwd"): [_grad],
+    ("activations", "_softmax"): [lambda r, d: _unary(r, d, (37, 1001))],
+    ("activations", "_softmax_bwd"): [lambda r, d: _grad(r, d, (37, 1001))],
+    ("norm", "_bn_fwd"): [lambda r, d, L=L: _bn_args(r, d, L, True) for L in (29, 1)],
+    ("norm", "_bn_bwd"): [lambda r, d, L=L: _bn_args(r, d, L, False) for L in (29, 1)],
+    ("norm", "_ln_fwd"): [lambda r, d, K=K: _ln_args(r, d, K) for K in (1001, 37)],
+    ("conv", "_avg_pool_fwd"): [
+        lambda r, d, g=g: _avg_pool_args(r, d, True, *g)
+        for g in (((3, 3), (1, 1), (1, 1), True), ((7, 7), (1, 1), (0, 0), True), ((3, 5), (2, 3), (1, 2), False))
+    ],
+    ("conv", "_avg_pool_bwd"): [
+        lambda r, d, g=g: _avg_pool_args(r, d, False, *g)
+        for g in (((3, 3), (1, 1), (1, 1), True), ((3, 5), (2, 3), (1, 2), False))
+    ],
+    ("conv", "_max_pool_fwd"): [lambda r, d: _max_pool_args(r, d, "fwd")],
+    ("conv", "_max_pool_2x2"): [lambda r, d: _max_pool_args(r, d, "2x2")],
+    ("conv", "_max_pool_bwd"): [lambda r, d: _max_pool_args(r, d, "bwd")],
+    ("conv", "_im2col"): [lambda r, d: _conv_args(r, d, "im2col", ((3, 3), (1, 1), (1, 1), (1, 1)))],
+    ("conv", "_col2im"): [
+        lambda r, d, g=g: _conv_args(r, d, "col2im", g)
+        for g in (((3, 3), (1, 1), (1, 1), (1, 1)), ((5, 3), (2, 1), (2, 1), (1, 2)))
+    ],
+    ("conv", "_scatter"): [lambda r, d: _conv_args(r, d, "scatter", ((3, 3), (1, 1), (1, 1), (1, 1)))],
+    ("conv", "_gather"): [lambda r, d: _conv_args(r, d, "gather", ((3, 3), (1, 1), (1, 1), (1, 1)))],
+    ("conv", "_fused_tiled"): [_fused_conv_args],
+    ("adaptive_pool", "_fwd"): [
+        lambda r, d, o=o: (r.standard_normal((15, 23, 31)).astype(d), np.empty((15, *o), d)) for o in ((1, 1), (7, 5))
+    ],
+    ("adaptive_pool", "_bwd"): [
+        lambda r, d, o=o: (r.standard_normal((15, *o)).astype(d), np.empty((15, 23, 31), d)) for o in ((1, 1), (7, 5))
+    ],
+    ("dropout", "_fwd"): [lambda r, d, k=k: _dropout_args(r, d, True, k) for k in (1, 3)],
+    ("dropout", "_bwd"): [lambda r, d, k=k: _dropout_args(r, d, False, k) for k in (1, 3)],
+    ("embedding", "_gather"): [
+        lambda r, d: (r.integers(0, 50, 77), r.standard_normal((50, 33)).astype(d), np.empty((77, 33), d))
+    ],
+    ("optim", "_sgd_plain"): [lambda r, d: _optim_args(r, d, "sgd_plain")],
+    ("optim", "_sgd_mom"): [lambda r, d: _optim_args(r, d, "sgd_mom")],
+    ("optim", "_adam"): [lambda r, d: _optim_args(r, d, "adam")],
+}
+
+
+def _copy_at(a, offset):
+    """A copy of ``a`` starting ``offset`` bytes past a 64-byte boundary: a vector loop that peels
+    iterations to align its loads would sum in another order at another address."""
+    buf = np.empty(a.nbytes + 128, np.uint8)
+    start = -buf.ctypes.data % 64 + offset
+    out = buf[start : start + a.nbytes].view(a.dtype).reshape(a.shape)
+    out[...] = a
+    return out
+
+
+def test_every_exact_pair_has_a_twin_case(jit):
+    # a new exact pair (run serial until its parallel twin is compiled) gets arguments in the table above
+    import importlib
+    import pkgutil
+
+    from fastnn.backends import numba_backend
+
+    for info in pkgutil.iter_modules(numba_backend.__path__):  # every kernel module, so PAIRS is complete
+        importlib.import_module(f"{numba_backend.__name__}.{info.name}")
+    exact = {id(d.fast) for d in jit.DEFERRED}
+    covered = set()
+    for mod, name in _TWIN_CASES:
+        module = importlib.import_module(f"{numba_backend.__name__}.{mod}")
+        covered.add(id(next(p for p in jit.PAIRS if p[0] is getattr(module, name)[0])[1]))
+    missing = [s.py_func.__module__ + "." + s.py_func.__qualname__ for s, p in jit.PAIRS if id(p) in exact - covered]
+    assert not missing
+
+
+@pytest.mark.parametrize("case", list(_TWIN_CASES), ids="{0[0]}.{0[1]}".format)
+def test_serial_and_parallel_compilations_give_the_same_bits(jit, case, rng):
+    """The parallel compilation itself (PAIRS holds it, never the fallback a Deferred runs until it
+    is compiled), on float32 and float64. A sum in an iteration that the vectoriser may reorder
+    differently in the two broke this on AVX-512 (softmax); Numba 0.68 compiled the parallel Adam
+    update into a loop whose stores were dropped.
+
+    Time budget (the whole table, 2 cores, warm cache): 20 s; measured 3 s at load average 4.
+    From an empty cache each kernel compiles twice per dtype: 70 s."""
+    import importlib
+
+    module = importlib.import_module(f"fastnn.backends.numba_backend.{case[0]}")
+    serial, parallel = next(p for p in jit.PAIRS if p[0] is getattr(module, case[1])[0])
     assert parallel.targetoptions["parallel"]
-    x = (rng.standard_normal((64, 1001)) * 4).astype(np.float32)
-    args = (x, np.tanh(x)) if name.endswith("bwd") else (x,)
-    a, b = np.empty_like(x), np.empty_like(x)
-    serial(*args, a)
-    parallel(*args, b)
-    np.testing.assert_array_equal(a, b)
+    names = serial.py_func.__code__.co_varnames
+    for build in _TWIN_CASES[case]:
+        for dt in (np.float32, np.float64):
+            args = build(rng, dt)
+            a = [_copy_at(v, 0) if isinstance(v, np.ndarray) else v for v in args]
+            b = [_copy_at(v, v.itemsize) if isinstance(v, np.ndarray) else v for v in args]
+            assert serial(*a) == parallel(*b)
+            for name, u, v in zip(names, a, b):
+                # every array but per-thread scratch: the outputs, and the inputs no kernel may change
+                if isinstance(u, np.ndarray) and name != "work":
+                    bits = f"u{u.itemsize}"  # -0.0 is not 0.0, a NaN's payload counts
+                    np.testing.assert_array_equal(u.view(bits), v.view(bits), err_msg=f"{name}, {np.dtype(dt)}")
 
 
 def test_read_only_input_runs_the_writeable_compilation(jit, rng):

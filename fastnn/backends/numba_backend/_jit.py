@@ -341,7 +341,10 @@ def variants(fn=None, *, inputs=(), exact=True, ordered_sums=False):
     one compilation and not alike in the other (seen on AVX-512: the
     parallel softmax differed from the serial one in the last bit of 12 %
     of its values), and an ``exact`` pair would change its results when the
-    parallel twin replaces the fallback.
+    parallel twin replaces the fallback. It reaches the kernel's own body
+    and the helpers Numba inlines into it (:func:`jit_inline`), not a
+    :func:`jit` helper: that one is compiled once, with fastnn's options,
+    and both twins call its machine code (the normalisation statistics).
     """
     if fn is None:
         return lambda f: variants(f, inputs=inputs, exact=exact, ordered_sums=ordered_sums)

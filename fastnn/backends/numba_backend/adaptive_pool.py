@@ -10,7 +10,7 @@ from numba import prange
 
 from ..._config import PARALLEL_MIN_ELEMENTS_CHEAP
 from ..reference import adaptive_pool as _spec
-from ._jit import jit, threads, variants
+from ._jit import jit, jit_inline, threads, variants
 
 __all__ = list(_spec.__all__)  # the reference's kernels, every one overridden here
 
@@ -27,7 +27,7 @@ def _hi(i, n_in, n_out):
     return -((-(i + 1) * n_in) // n_out)
 
 
-@jit
+@jit_inline  # in the kernel's body: compiled on its own it would keep the reassociation ordered_sums drops
 def _fwd_plane(x, out, p):
     H, W = x.shape[1], x.shape[2]
     ho, wo = out.shape[1], out.shape[2]
@@ -57,7 +57,9 @@ def _bwd_plane(g, gi, p):
                     gi[p, h, w] += v
 
 
-@variants(inputs="x")
+# ordered_sums: the window sums in the source's order, so the serial and the parallel compilation cannot
+# vectorise them differently (an exact pair: one replaces the other mid-run)
+@variants(inputs="x", ordered_sums=True)
 def _fwd(x, out):
     for p in prange(x.shape[0]):
         _fwd_plane(x, out, p)

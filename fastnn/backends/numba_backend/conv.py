@@ -492,7 +492,8 @@ def _max_pool_bwd(grad_out, indices, grad_input):
     return bad
 
 
-@variants(inputs="x")
+# ordered_sums: each window summed in the source's order in both compilations (see _jit.variants)
+@variants(inputs="x", ordered_sums=True)
 def _avg_pool_fwd(x, kh, kw, sh, sw, ph, pw, count_include_pad, out):
     """y = Σ window / n, n = kH·kW or the number of real pixels."""
     B, C, H, W = x.shape

@@ -115,7 +115,13 @@ def _adam(param, grad, exp_avg, exp_avg_sq, decay, wd, b1, c1, b2, c2, step_size
     # c1 and c2 come from the caller: computed here, (1 - b1) next to b1 lets fast-math rewrite
     # b1·m + (1 - b1)·g as b1·(m - g) + g, which is NaN instead of inf for an infinite gradient
     t = param.dtype.type
-    p, g, m, v = param.ravel(), grad.ravel(), exp_avg.ravel(), exp_avg_sq.ravel()
+    # one view per statement: unpacked from one four-element tuple, the views were not seen as aliases of
+    # the arguments, and Numba 0.68's parallel compilation dropped the loop below as dead code (the
+    # parameters never changed); the serial one ran it
+    p = param.ravel()
+    g = grad.ravel()
+    m = exp_avg.ravel()
+    v = exp_avg_sq.ravel()
     decay_, wd_, b1_, c1_, b2_, c2_ = t(decay), t(wd), t(b1), t(c1), t(b2), t(c2)
     step_, inv_, eps_ = t(step_size), t(inv_sqrt_bc2), t(eps)
     for i in prange(p.size):

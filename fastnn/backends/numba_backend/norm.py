@@ -458,10 +458,12 @@ def _ln_rows_bwd(g, x, weight, has_w, mean, rstd, gi, has_gi, cols, sw, sb, m0, 
                 sb[k] += np.float64(pb[k])
 
 
-# ordered_sums: with fastmath's reassociation the row sums of dL/dx came out in another order in one process
-# of three (float64, AVX-512, the same cached code), so dL/dx changed with the thread count; in the source's
-# order the backward takes 80-85 us instead of 63 us (256 x 1024 float32, 2 threads), and is the same bits
-# everywhere.
+# ordered_sums covers this body only: the row sums are in _ln_rows_bwd, a @jit helper compiled once with
+# reassociation and called by both twins (its compiled code still sums in vector lanes; inlining it so that
+# the flag reached them ran 2.9x slower). Added after dL/dx differed in the last bit between 1 and 2 threads
+# in one fresh process of three (float64, AVX-512); a process that compiles a kernel can round otherwise
+# than one that loads it from the cache (docs/performance.md, "A numba plan's short last batch"), which
+# may be what that was.
 @variants(inputs="g x weight mean rstd", exact=False, ordered_sums=True)
 def _ln_bwd(g, x, weight, has_w, mean, rstd, gi, has_gi, cols, sums, nblocks):
     for blk in prange(nblocks):

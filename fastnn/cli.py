@@ -302,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p_cal = sub.add_parser(
         "calibrate",
-        help="measure where the own GEMM beats BLAS on this machine (about a second per backend and dtype)",
+        help="measure where the own GEMM beats BLAS on this machine (1-3 s per backend and dtype)",
         description="Time training-shaped products on the own GEMM and on BLAS, and keep the size up to which "
         "the own GEMM wins as this machine's GEMM policy (for its CPU, BLAS kernels and thread count); "
         "`fastnn info` shows the policy in force. A result that is unstable, or taken while other processes "

@@ -371,10 +371,29 @@ def test_unfused_convolution_fallback_gives_the_fused_kernels_bits(jit, dtype, r
             np.testing.assert_array_equal(plain, fused)
 
 
-def _cold(code, **env):
-    """Run ``code`` in a child with an empty Numba cache of its own; it prints one JSON line."""
-    import tempfile
+# Child code that records in ``names`` the qualified name of every function Numba compiles from here on.
+_COMPILE_NAMES = """
+from numba.core import event
+names = []
+class Names(event.Listener):
+    def on_start(self, ev):
+        pass
+    def on_end(self, ev):
+        names.append(ev.data["dispatcher"].py_func.__qualname__)
+event.register("numba:compile", Names())
+"""
 
+
+def _cold(code, names=False, **env):
+    """Run ``code`` in a child with an empty Numba cache of its own; it prints one JSON line.
+
+    ``names``: first define ``names``, the functions Numba compiles from then on (:data:`_COMPILE_NAMES`).
+    """
+    import tempfile
+    import textwrap
+
+    if names:
+        code = _COMPILE_NAMES + textwrap.dedent(code)
     with tempfile.TemporaryDirectory() as cache:
         res = run_isolated(code, env={"NUMBA_CACHE_DIR": cache, "FASTNN_NUM_THREADS": "2", **env}, timeout=300)
     res.assert_ok()
@@ -468,21 +487,14 @@ def test_first_plan_step_compiles_only_its_own_convention(jit):
     # made for PyTorch's reductions, on the plain products; not scikit-learn's loss, which only the
     # driver made for it compiles, and not Numba's shape-error message (the drivers copy rows
     # element by element).
-    info = _cold("""
+    info = _cold(
+        """
         import json, os
         import numpy as np
-        from numba.core import event
         import fastnn
         from fastnn import compiled, nn, optim
         fastnn.set_backend("numba")
         from fastnn.backends.numba_backend import _jit, train
-        names = []
-        class Names(event.Listener):
-            def on_start(self, ev):
-                pass
-            def on_end(self, ev):
-                names.append(ev.data["dispatcher"].py_func.__qualname__)
-        event.register("numba:compile", Names())
         model = nn.Sequential(nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 3))
         opt = optim.SGD(model.parameters(), lr=0.1)
         plan = compiled.train_plan(model, nn.CrossEntropyLoss(), opt)
@@ -493,7 +505,9 @@ def test_first_plan_step_compiles_only_its_own_convention(jit):
         drivers = sorted(k.py_func.__qualname__ for k in _jit.KERNELS if k.signatures and "_steps" in k.py_func.__name__)
         print(json.dumps(dict(loss=float(res.losses[0]), drivers=drivers, names=names)), flush=True)
         os._exit(0)
-    """)
+    """,
+        names=True,
+    )
     assert 0 < info["loss"] < 10
     assert info["drivers"] == ["_dense_kernels.<locals>._steps_ce_sgd_relu_plain"]
     assert "_loss_ce" in info["names"]
@@ -509,21 +523,14 @@ def test_first_plan_prediction_compiles_only_the_forward_driver(jit):
     # One child, one prediction of a dense network from an empty cache: the forward driver on the
     # plain products, none of the training driver's parts, and no typed-list operation called from
     # Python (Numba compiles those in every process: its typed-list helpers are not cached).
-    info = _cold("""
+    info = _cold(
+        """
         import json, os
         import numpy as np
-        from numba.core import event
         import fastnn
         from fastnn import nn
         fastnn.set_backend("numba")
         from fastnn.backends.numba_backend import _jit
-        names = []
-        class Names(event.Listener):
-            def on_start(self, ev):
-                pass
-            def on_end(self, ev):
-                names.append(ev.data["dispatcher"].py_func.__qualname__)
-        event.register("numba:compile", Names())
         model = nn.Sequential(nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 3))
         X = np.random.default_rng(0).standard_normal((8, 5)).astype(np.float32)
         out = fastnn.predict(model, X, batch_size=4)
@@ -532,7 +539,9 @@ def test_first_plan_prediction_compiles_only_the_forward_driver(jit):
             same = bool(np.allclose(out, model(X), rtol=1e-5, atol=1e-6))
         print(json.dumps(dict(same=same, names=compiled)), flush=True)
         os._exit(0)
-    """)
+    """,
+        names=True,
+    )
     assert info["same"]
     assert "_dense_kernels.<locals>._predict_relu_plain" in info["names"]
     training = [n for n in info["names"] if any(k in n for k in ("_steps", "_backward", "_loss", "_update", "_act"))]

@@ -40,8 +40,9 @@ above, and *unclear* when it straddles it. Unlike the quartiles, the
 interval narrows as pairs are added, so an unclear product on which the
 bound depends is timed again, up to :data:`RETRIES` more batches of
 :data:`ROUNDS` pairs. No round starts after :data:`BUDGET_S` seconds of
-timing; on a quiet machine the whole takes about a second per backend and
-dtype once the kernels are compiled.
+timing; on a quiet 2-core machine the whole takes 0.7-1.6 s per backend and
+dtype at one thread and 2-2.5 s at two (the waits for BLAS's threads
+included), once the kernels are compiled.
 
 The bound is the size just before the own GEMM loses at two ladder steps in
 a row (or at the last one); if it never loses, the larger of the default
@@ -485,15 +486,13 @@ def _timed_blocks(backend: str, dtype, ladder, min_block: float = MIN_BLOCK):
         jit = sys.modules.get("fastnn.backends.numba_backend._jit")
         if jit is not None:
             jit.settle()  # ... and wait for the fast versions Numba compiles in the background
-        calls = []  # per product and route: calls per block, for blocks of at least min_block
+        calls: list[dict] = [{} for _ in cases]  # per product and route: calls per block of >= min_block
         for route, ctx in routes.items():  # the own GEMM first: BLAS's idle threads spin after it
             _quiet()
-            for i, (_, fn) in enumerate(cases):
+            for per, (_, fn) in zip(calls, cases, strict=True):
                 with ctx():
                     once = min(_block(fn, 1) for _ in range(3))
-                if route == "own":
-                    calls.append({})
-                calls[i][route] = max(1, math.ceil(min_block / max(once, 1e-7)))
+                per[route] = max(1, math.ceil(min_block / max(once, 1e-7)))
         yield _Timer(cases, routes, calls)
 
 

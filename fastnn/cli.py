@@ -244,12 +244,16 @@ def _print_calibration(entry, command: str) -> bool:
     reach = gemm_calibration._reach(entry["bound"])
     sets = ", ".join(f"{n}={v}" for n, v in entry["thresholds"].items())
     margin = gemm_calibration.LOSS_MARGIN
-    print(f"  own GEMM up to {reach} (medians; a loss is own/BLAS above {margin}), then BLAS: {sets}")
+    print(
+        f"  own GEMM up to {reach} (least total cost by the medians; a tie within {margin} keeps the own GEMM), "
+        f"then BLAS: {sets}"
+    )
     busy = entry.get("others_busy")
     busy = "?" if busy is None else f"{busy:.1f}"
     blocks = 2 * sum(p["pairs"] for p in entry["points"])
     print(
-        f"  measured in {entry['seconds']:.2f} s; other processes kept {busy} cores busy meanwhile; "
+        f"  measured in {entry['seconds']:.2f} s ({entry.get('timing_seconds', 0.0):.2f} s timing pairs); "
+        f"other processes kept {busy} cores busy meanwhile; "
         f"fewer than {k['threads']} threads ran in {entry['capped_blocks']} of {blocks} timed blocks"
     )
     for problem in entry["problems"]:
@@ -302,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p_cal = sub.add_parser(
         "calibrate",
-        help="measure where the own GEMM beats BLAS on this machine (1-3 s per backend and dtype)",
+        help="measure where the own GEMM beats BLAS on this machine (about a second per backend and dtype)",
         description="Time training-shaped products on the own GEMM and on BLAS, and keep the size up to which "
         "the own GEMM wins as this machine's GEMM policy (for its CPU, BLAS kernels and thread count); "
         "`fastnn info` shows the policy in force. A result that is unstable, or taken while other processes "

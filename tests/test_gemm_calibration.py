@@ -33,14 +33,16 @@ def _points(ratios, start=1 << 18):
     [
         ([0.5, 0.8, 1.0, 1.04], None),  # never loses (a tie within 5% keeps the own GEMM)
         ([1.5, 1.6, 0.9], -1),  # loses from the start: 0
-        ([0.7, 0.9, 1.3, 1.4, 0.8], 1),  # two losses in a row end it after the last win
-        ([0.7, 1.3, 0.9, 0.95, 1.2], 3),  # one noisy loss does not; a loss at the last point does
-        ([0.7, 1.3, 0.9, 1.2, 1.3], 2),
+        ([0.7, 0.9, 1.3, 1.4, 0.8], 1),  # two losses outweigh the last win
+        ([0.7, 1.3, 0.9, 0.95, 1.2], 3),  # one noisy loss among wins does not end it; a loss at the last point does
+        ([0.7, 1.3, 0.9, 1.2, 1.3], 0),  # a win between losses does not make up for them
+        # a cluster of losses (the small kernel's team run 2.5x slower) made up by the wins after it
+        ([0.7, 0.9, 2.5, 1.45, 0.9, 0.8, 0.8, 0.7, 0.8], None),
         ([1.2], -1),
     ],
 )
 def test_crossover(ratios, want_index):
-    # want_index: the point of the last win (None: the own GEMM never loses; -1: it loses from the start)
+    # want_index: the last point run on the own GEMM (None: every point; -1: none), by least total cost
     pts = _points(ratios)
     got = gc.crossover(list(reversed(pts)))  # order of the points does not matter
     if want_index is None:
@@ -64,7 +66,7 @@ def test_the_median_interval_takes_binomial_ranks_and_narrows_with_more_pairs():
     assert widths[0] > widths[1] > widths[2]
 
 
-def test_verdict_and_bounds_read_the_interval_against_the_margin():
+def test_verdict_reads_the_interval_against_the_margin():
     def pt(v, low, high):
         return {"v": v, "ratio": (low + high) / 2, "low": low, "high": high}
 
@@ -72,17 +74,34 @@ def test_verdict_and_bounds_read_the_interval_against_the_margin():
     assert gc.verdict(pt(1, 1.06, 1.3)) == "loss"
     assert gc.verdict(pt(1, 1.0, 1.1)) == "unclear"
     assert gc.verdict({"v": 1, "own": 2.0, "blas": 1.0}) == "loss"  # one sample: its ratio decides
-    win, loss, unclear = (0.8, 0.9), (1.2, 1.3), (1.0, 1.1)
-    # win, unclear, loss, loss: the bound is the first or the second point
-    pts = [pt(1 << (2 * i), *r) for i, r in enumerate((win, unclear, loss, loss))]
-    assert gc.bounds(pts) == (1, 4)
-    assert gc._deciding(pts) == [1]
-    # win, loss, loss, unclear: the bound is the first point either way; the unclear point does not matter
-    pts = [pt(1 << (2 * i), *r) for i, r in enumerate((win, loss, loss, unclear))]
-    assert gc.bounds(pts) == (1, 1) and gc._deciding(pts) == []
-    # an unclear last point decides between its predecessor and "never loses"
-    pts = [pt(1 << (2 * i), *r) for i, r in enumerate((win, win, unclear))]
-    assert gc.bounds(pts) == (4, None)
+
+
+def _judged(ratios):
+    """Points with the given pair ratios each (a list per point), as :func:`gc.summarize` makes them."""
+    return [gc.summarize(1, 1, 1 << (2 * i), r, [1.0] * len(r)) for i, r in enumerate(ratios)]
+
+
+def test_judge_holds_a_clear_bound_and_names_the_points_that_decide_an_unclear_one():
+    win, loss = [0.8, 0.85, 0.9, 0.82] * 2, [1.3, 1.25, 1.4, 1.35] * 2
+    swing = [0.95, 1.15] * 4  # median 1.045: a tie, but a resample can make it a 10% loss or a win
+    pts = _judged([win, win, loss, loss])
+    j = gc.judge(pts)
+    assert j["holds"] and j["bound"] == pts[1]["v"] and j["range"] == [pts[1]["v"]] * 2 and j["contested"] == []
+    assert j["regret"] == 0.0
+    pts = _judged([win, swing, loss, loss])
+    j = gc.judge(pts)
+    assert not j["holds"] and j["contested"] == [1] and j["range"] == [pts[0]["v"], pts[1]["v"]]
+    assert j["regret"] > gc.REGRET
+    # an unclear point that no preferred bound reaches does not decide anything
+    j = gc.judge(_judged([win, loss, loss, loss, swing]))
+    assert j["holds"] and j["contested"] == []
+    # the order of the points does not matter; contested indices are into the list given
+    pts = _judged([win, swing, loss, loss])
+    j = gc.judge(list(reversed(pts)))
+    assert j["contested"] == [2] and j["bound"] == gc.judge(pts)["bound"]
+    # every point swinging: nothing holds, from "BLAS everywhere" to "own everywhere"
+    j = gc.judge(_judged([swing] * 4))
+    assert not j["holds"] and j["range"] == [0, None] and j["contested"] == [0, 1, 2, 3]
 
 
 def test_contended_leaves_the_threads_fewer_cores_than_they_need():
@@ -137,54 +156,57 @@ def test_paired_medians_hold_where_independent_minima_flip():
         return 1.0, 1.0
 
     fake = FakeTimer(lambda i, j: (0.8, 0.9, 0.9, 1.3)[i], load)
-    pts = gc.sample(fake, LADDER4, rounds=12, retries=2)
+    pts = gc.sample(fake, LADDER4)
     minima = [
         {"v": p["v"], "own": min(fake.times(k, "own")), "blas": min(fake.times(k, "blas"))} for k, p in enumerate(pts)
     ]
     assert gc.crossover(minima) == pts[0]["v"]  # what the best blocks decided
     assert [p["verdict"] for p in pts] == ["win", "win", "win", "loss"]
     assert [round(p["ratio"], 6) for p in pts] == [0.8, 0.9, 0.9, 1.3]
-    assert gc.bounds(pts) == (pts[2]["v"], pts[2]["v"]) and gc.crossover(pts) == pts[2]["v"]
-    assert all(p["pairs"] == 12 for p in pts)  # clear from the start: nothing timed again
+    judged = gc.judge(pts)
+    assert judged["holds"] and judged["bound"] == pts[2]["v"] == gc.crossover(pts)
+    assert all(p["pairs"] == gc.MIN_PAIRS for p in pts)  # it holds from the start: nothing timed again
 
 
 def test_no_own_block_follows_a_blas_block_without_a_settle():
     # A threaded BLAS call leaves its idle threads spinning on the cores for ~0.1 s: an own-GEMM block
     # timed among them ran several times slower. Groups of rounds: settle, every own block, every BLAS block.
     fake = FakeTimer(lambda i, j: (0.8, 0.9, 0.95 if j % 2 else 1.15, 1.3)[i])
-    gc.sample(fake, LADDER4, rounds=12, retries=2, group=4)
+    gc.sample(fake, LADDER4, min_pairs=8, max_pairs=32, group=4)
     previous = None
     for c in fake.calls:
         if c is not None and c[1] == "own":
             assert previous is None or previous[1] == "own"
         previous = c
     groups = fake.calls.count(None)
-    assert groups == 3 + 3 + 3  # the first pass, then two batches for product 2, four rounds a group
+    assert groups == 2 + 6  # the first 8 pairs, then product 2 alone up to 32, four rounds a group
     blocks = [c for c in fake.calls if c is not None]
-    assert len(blocks) == 2 * (12 * 4 + 24)
+    assert len(blocks) == 2 * (8 * 4 + 24)
 
 
 def test_an_unclear_point_the_bound_depends_on_is_timed_again_then_declared_unstable():
-    # Product 2 swings around the margin (0.95 / 1.15); read as a win or a loss it moves the bound.
+    # Product 2 swings around the margin (0.95 / 1.15): whether the own GEMM runs it decides the bound.
     swings = FakeTimer(lambda i, j: (0.8, 0.9, 0.95 if j % 2 else 1.15, 1.3)[i])
-    pts = gc.sample(swings, LADDER4, rounds=12, retries=2)
-    assert [swings.count(i) for i in range(4)] == [12, 12, 36, 12]
-    assert pts[2]["verdict"] == "unclear" and pts[2]["pairs"] == 36
-    assert gc.bounds(pts) == (pts[1]["v"], pts[2]["v"])
-    # ... but one noisy first pass that settles when timed again is decided
-    settles = FakeTimer(lambda i, j: (0.8, 0.9, (0.7 if j % 2 else 1.4) if j < 12 else 0.9, 1.3)[i])
-    pts = gc.sample(settles, LADDER4, rounds=12, retries=2)
-    assert [settles.count(i) for i in range(4)] == [12, 12, 24, 12]
-    assert pts[2]["verdict"] == "win" and gc.bounds(pts) == (pts[2]["v"], pts[2]["v"])
+    pts = gc.sample(swings, LADDER4, min_pairs=8, max_pairs=32)
+    assert [swings.count(i) for i in range(4)] == [8, 8, 32, 8]
+    judged = gc.judge(pts)
+    assert not judged["holds"] and judged["range"] == [pts[1]["v"], pts[2]["v"]] and pts[2]["pairs"] == 32
+    # ... but a noisy first pass that settles when timed again is decided, and timing stops there
+    settles = FakeTimer(lambda i, j: (0.8, 0.9, (0.7 if j % 2 else 1.4) if j < 8 else 0.9, 1.3)[i])
+    pts = gc.sample(settles, LADDER4, min_pairs=8, max_pairs=32)
+    assert 8 < settles.count(2) < 32 and [settles.count(i) for i in (0, 1, 3)] == [8, 8, 8]
+    judged = gc.judge(pts)
+    assert judged["holds"] and judged["bound"] == pts[2]["v"]
     # ... and an unclear point that cannot move the bound is not timed again
     idle = FakeTimer(lambda i, j: (0.8, 1.3, 1.3, 0.95 if j % 2 else 1.15)[i])
-    pts = gc.sample(idle, LADDER4, rounds=12, retries=2)
-    assert [idle.count(i) for i in range(4)] == [12] * 4 and gc.bounds(pts) == (pts[0]["v"], pts[0]["v"])
+    pts = gc.sample(idle, LADDER4, min_pairs=8, max_pairs=32)
+    assert [idle.count(i) for i in range(4)] == [8] * 4
+    assert gc.judge(pts)["holds"] and gc.crossover(pts) == pts[0]["v"]
 
 
 def test_sampling_stops_at_its_budget_after_one_round():
     fake = FakeTimer(lambda i, j: 0.9)
-    pts = gc.sample(fake, LADDER4, rounds=12, retries=2, budget=0.0)
+    pts = gc.sample(fake, LADDER4, budget=0.0)
     assert [p["pairs"] for p in pts] == [gc.GROUP] * 4  # the first group of rounds always runs
 
 
@@ -224,7 +246,7 @@ def test_a_clear_calibration_is_stored_with_what_it_rested_on(fake_calibration):
     assert e["problems"] == [] and not e["forced"] and "path" in e
     stored = gc.lookup(e["key"])
     assert stored["bound"] == 64 * 128 * 128 and stored["key"]["method"] == gc.METHOD
-    assert stored["others_busy"] == 0.2 and stored["rounds"] == gc.ROUNDS
+    assert stored["others_busy"] == 0.2 and stored["min_pairs"] == gc.MIN_PAIRS
     for p in stored["points"]:
         assert {"ratio", "q1", "q3", "low", "high", "pairs", "verdict"} <= set(p)
         assert p["q1"] <= p["ratio"] <= p["q3"] and p["low"] <= p["ratio"] <= p["high"]
@@ -249,16 +271,18 @@ def test_an_unstable_or_contended_calibration_is_not_stored_and_the_previous_ent
 def test_a_team_lowered_while_measuring_counts_as_contended(fake_calibration, monkeypatch):
     monkeypatch.setattr(gc._config, "active_threads", lambda: 1)
     e = fake_calibration(_swing(CLEAR), others=0.1)
-    assert "path" not in e and e["capped_blocks"] == 2 * 4 * gc.ROUNDS
+    assert "path" not in e and e["capped_blocks"] == 2 * 4 * gc.MIN_PAIRS
     assert e["problems"] == [
         "contended: other processes took cores for a while; fastnn's adaptive team ran fewer than 2 threads "
-        "during 96 of the timed blocks"
+        "during 64 of the timed blocks"
     ]
 
 
 def test_out_of_time_is_a_problem(fake_calibration):
     e = fake_calibration(_swing(CLEAR), budget=0.0)
-    assert "path" not in e and e["problems"][0].startswith(f"out of time: {gc.GROUP} of 12 pairs per product")
+    assert "path" not in e and e["problems"][0].startswith(
+        f"out of time: {gc.GROUP} of {gc.MIN_PAIRS} pairs per product"
+    )
 
 
 def test_thresholds_per_backend():
@@ -394,7 +418,7 @@ def test_a_real_calibration_measures_both_routes_and_stores_its_policy(backend, 
         f"""
         fastnn.backends.get("{backend}")
         ladder = ((32, 64, 128), (128, 256, 256))
-        e = gc.calibrate("{backend}", np.float32, ladder=ladder, rounds=2, retries=1, force=True)
+        e = gc.calibrate("{backend}", np.float32, ladder=ladder, min_pairs=2, max_pairs=2, force=True)
         k = gc.key("{backend}", "float32")
         print(json.dumps([e["points"], e["bound"], e["thresholds"], gc.lookup(k)["thresholds"], e["key"] == k,
                           gc.describe("{backend}").startswith("measured")]))

@@ -19,7 +19,7 @@ and one on BLAS, timed a few tens of milliseconds apart. Both blocks of a
 pair see nearly the same load, so their ratio (own/BLAS) survives a busy
 neighbour that would skew two independent minima: taking the best block of
 each route, two runs in a row on a shared 2-core machine put the bound at
-0.26M and at 134M multiply-adds. :data:`ROUNDS` rounds go over the whole
+0.26M and at 134M multiply-adds. :data:`MIN_PAIRS` rounds go over the whole
 ladder, one pair per product each, so that a burst of load touches one pair
 of many products rather than many pairs of one.
 
@@ -34,26 +34,37 @@ are idle (:func:`_quiet`, at most :data:`QUIET_MAX_S`).
 
 Each product gets the median of its pairs' ratios, their quartiles (the
 spread, shown) and a distribution-free 90% interval of that median (order
-statistics). The product is a *win* when the interval lies at or below
-:data:`LOSS_MARGIN` (1.05: a tie keeps the own GEMM), a *loss* when it lies
-above, and *unclear* when it straddles it. Unlike the quartiles, the
-interval narrows as pairs are added, so an unclear product on which the
-bound depends is timed again, up to :data:`RETRIES` more batches of
-:data:`ROUNDS` pairs. No round starts after :data:`BUDGET_S` seconds of
-timing; on a quiet 2-core machine the whole takes 0.7-1.6 s per backend and
-dtype at one thread and 2-2.5 s at two (the waits for BLAS's threads
-included), once the kernels are compiled.
+statistics), read against :data:`LOSS_MARGIN` (1.05: a tie keeps the own
+GEMM) as a *win*, a *loss* or *unclear* (shown).
 
-The bound is the size just before the own GEMM loses at two ladder steps in
-a row (or at the last one); if it never loses, the larger of the default
-and the top of the ladder.
+The policy has one bound: products up to it run on the own GEMM, larger
+ones on BLAS. Of the bounds at the ladder's points, the one of least total
+cost wins (:func:`crossover`), a product's cost being its median
+log(own/BLAS) beyond the margin: the ladder's products weigh alike, one
+noisy loss among wins does not end the own GEMM's range, and a cluster of
+losses ends it only when the wins after it do not make up for it. (The
+first versions ended the range at two losses in a row; on a 2-core AVX2
+machine at 2 threads the own GEMM won 8 of the 11 products by 10-30%, and
+two mid-sized products that the small kernel's team sometimes ran 2.5×
+slower ended it at 1M multiply-adds.)
+
+Whether the pairs decide the bound is judged by a bootstrap
+(:func:`judge`): the pairs of every product are drawn again
+:data:`RESAMPLES` times, and the bound *holds* when, in 90% of the
+resamples, it costs at most :data:`REGRET` (one product 5% slower) more
+than that resample's best. Timing stops as soon as it holds, after
+:data:`MIN_PAIRS` pairs per product; until then the products whose timing
+decides (run by the own GEMM under one preferred bound and by BLAS under
+another) get a further group of pairs each, up to :data:`MAX_PAIRS`. No
+group starts after :data:`BUDGET_S` seconds of timing.
 
 When it refuses
 ---------------
 A calibration is stored (and applied) only when the evidence is clear:
 
-* *unstable*: a product stays unclear after its retries and the bound
-  depends on it (read as a win or as a loss, it moves the bound);
+* *unstable*: the bound still does not hold (:func:`judge`) when the
+  products that decide it have their :data:`MAX_PAIRS` pairs or the time
+  is out;
 * *contended*: other processes kept more than ``cpus - threads + 0.5``
   cores busy on average while it measured (``/proc/stat``; the rule by
   which the adaptive team drops a thread), or the adaptive team did run
@@ -118,7 +129,7 @@ __all__ = [
     "LADDER",
     "calibrate",
     "crossover",
-    "bounds",
+    "judge",
     "verdict",
     "contended",
     "sample",
@@ -148,22 +159,27 @@ LADDER = (
 )
 #: The own GEMM loses a product only when it is this much slower than BLAS.
 LOSS_MARGIN = 1.05
-#: Pairs per product in the first pass: rounds over the whole ladder, one pair per product each.
-ROUNDS = 12
+#: Pairs per product before the first decision: rounds over the whole ladder, one pair per product each.
+MIN_PAIRS = 8
+#: Pairs per product at most: the points whose timing decides are timed again, a group at a time, up to this.
+MAX_PAIRS = 32
 #: Rounds timed as one group: every own-GEMM block of the group, then every BLAS block.
 GROUP = 4
 #: Longest wait for this process's other threads (BLAS's idle pool) to stop spinning before a group.
 QUIET_MAX_S = 0.3
-#: At most this many further batches of ROUNDS pairs for the unclear products the bound depends on.
-RETRIES = 2
-#: Confidence of the interval around each product's median ratio.
+#: Confidence of the interval around each product's median ratio, and of the bootstrap's regret.
 CONFIDENCE = 0.9
+#: Bootstrap resamples of the pairs that judge whether the bound holds (:func:`judge`).
+RESAMPLES = 200
+#: A bound holds when it costs at most this much (log time, summed over the ladder) more than a resample's best:
+#: one product 5% slower, or ten of them 0.5%.
+REGRET = math.log(1.05)
 #: Shortest block of calls timed as one half of a pair (seconds).
 MIN_BLOCK = 1e-3
 #: Seconds of timing after which no further round starts.
 BUDGET_S = 2.0
 #: The measuring method, part of the key: entries of another method do not apply.
-METHOD = 3
+METHOD = 4
 #: Unbounded, for the tunables' "no upper limit".
 UNBOUNDED = 1 << 40
 _FILE = "gemm-calibration.json"
@@ -209,50 +225,92 @@ def verdict(p: dict) -> str:
     return "unclear"
 
 
-def _scan(pts: list[dict], wins: list[bool]) -> int | None:
-    """The last win before two losses in a row (or a loss at the last point) of ``pts``, sorted by size."""
-    last_win = 0
-    for i, p in enumerate(pts):
-        if wins[i]:
-            last_win = p["v"]
-        elif i + 1 == len(pts) or not wins[i + 1]:
-            return last_win
-    return None
+def _excess(ratios) -> float:
+    """What running a product on the own GEMM costs against BLAS: median log(own/BLAS) less log(margin).
+
+    Negative where the own GEMM wins, zero at a tie within :data:`LOSS_MARGIN`.
+    Logarithms weigh every product of the ladder alike, whatever its size.
+    """
+    return float(np.median(np.log(np.asarray(ratios, np.float64)))) - math.log(LOSS_MARGIN)
+
+
+def _best(excess) -> int:
+    """How many of the smallest products (in order) to run on the own GEMM: the count of least total cost.
+
+    The cost of running the first ``c`` products on the own GEMM and the rest on
+    BLAS is the sum of the first ``c`` excesses (:func:`_excess`). Of equal
+    costs, the larger count wins (a tie keeps the own GEMM).
+    """
+    cost = np.concatenate(([0.0], np.cumsum(np.asarray(excess, np.float64))))
+    return int(np.flatnonzero(cost <= cost.min() + 1e-12)[-1])
+
+
+def _bound_at(pts: list[dict], count: int) -> int | None:
+    """The bound that runs the first ``count`` of ``pts`` on the own GEMM: 0, a size, or None (all of them)."""
+    if count >= len(pts):
+        return None
+    return pts[count - 1]["v"] if count else 0
 
 
 def crossover(points: list[dict]) -> int | None:
-    """The largest size (multiply-adds) up to which the own GEMM wins, by each point's median ratio.
+    """The largest size (multiply-adds) up to which the own GEMM runs, by each point's median ratio.
 
     Each point has ``v`` (multiply-adds) and ``ratio`` (median own/BLAS time),
-    or ``own`` and ``blas`` (seconds). The own GEMM loses a point when it is
-    more than :data:`LOSS_MARGIN` slower (a tie keeps the own GEMM: its
-    results do not depend on the BLAS build, and timings on a shared machine
-    tie within a few percent). Scanning by size, the bound is the last win
-    before two losses in a row (or a loss at the last point); 0 when it loses
-    from the start; None when it never loses.
+    or ``own`` and ``blas`` (seconds). The policy has one bound: products up
+    to it run on the own GEMM, larger ones on BLAS. Of the bounds at the
+    ladder's points, the one of least total cost wins, the cost of a product
+    being log(own/BLAS) beyond :data:`LOSS_MARGIN` (a tie keeps the own GEMM:
+    its results do not depend on the BLAS build, and timings on a shared
+    machine tie within a few percent). One noisy loss among wins does not end
+    the own GEMM's range, and a cluster of losses ends it only when the wins
+    after it do not make up for it. Returns 0 when BLAS wins from the start,
+    None when the own GEMM runs every size measured.
     """
     pts = sorted(points, key=lambda p: p["v"])
-    return _scan(pts, [_ratio(p) <= LOSS_MARGIN for p in pts])
+    return _bound_at(pts, _best([_excess([_ratio(p)]) for p in pts]))
 
 
-def bounds(points: list[dict]) -> tuple[int | None, int | None]:
-    """The bound with every unclear point read as a loss, and as a win (see :func:`verdict`).
+def judge(points: list[dict], resamples: int = RESAMPLES, seed: int = 0) -> dict:
+    """How firmly the pairs decide the bound: a bootstrap over each point's pair ratios.
 
-    The bound only grows when a loss turns into a win, so every other reading
-    of the unclear points lies between the two: where they are equal, the
-    unclear points do not matter.
+    Each resample draws every point's ratios again (with replacement) and finds
+    its bound of least cost (:func:`crossover`). The bound by the medians
+    *holds* when, in :data:`CONFIDENCE` of the resamples, it costs at most
+    :data:`REGRET` more than that resample's best: the bounds a resample could
+    prefer instead are then nearly as good, and the choice among them does not
+    matter. Points need ``ratios`` (the pairs'), in any order.
+
+    Returns
+    -------
+    dict
+        ``bound`` (by the medians), ``holds`` (bool), ``regret`` (the
+        resamples' regret at :data:`CONFIDENCE`, in log time summed over the
+        ladder), ``range`` (the smallest and largest bound some resample
+        preferred: None is every size) and ``contested`` (indices of the
+        points, as indices into ``points``, that the own GEMM runs under some
+        preferred bound and BLAS under another: the ones whose timing decides).
     """
-    pts = sorted(points, key=lambda p: p["v"])
-    verdicts = [verdict(p) for p in pts]
-    return _scan(pts, [v == "win" for v in verdicts]), _scan(pts, [v != "loss" for v in verdicts])
-
-
-def _deciding(points: list[dict]) -> list[int]:
-    """Indices of the unclear points when the bound depends on them ([] when it does not)."""
-    low, high = bounds(points)
-    if low == high:
-        return []
-    return [i for i, p in enumerate(points) if verdict(p) == "unclear"]
+    order = sorted(range(len(points)), key=lambda i: points[i]["v"])
+    pts = [points[i] for i in order]
+    excess = np.array([_excess(p["ratios"]) for p in pts])
+    count = _best(excess)
+    rng = np.random.default_rng(seed)
+    draws = np.empty((resamples, len(pts)))
+    for i, p in enumerate(pts):
+        logs = np.log(np.asarray(p["ratios"], np.float64))
+        draws[:, i] = np.median(logs[rng.integers(0, len(logs), (resamples, len(logs)))], axis=1)
+    draws -= math.log(LOSS_MARGIN)
+    cost = np.concatenate((np.zeros((resamples, 1)), np.cumsum(draws, axis=1)), axis=1)
+    preferred = np.array([int(np.flatnonzero(row <= row.min() + 1e-12)[-1]) for row in cost])
+    regret = float(np.quantile(cost[:, count] - cost.min(axis=1), CONFIDENCE))
+    lo, hi = min(count, int(preferred.min())), max(count, int(preferred.max()))
+    return {
+        "bound": _bound_at(pts, count),
+        "holds": regret <= REGRET,
+        "regret": regret,
+        "range": [_bound_at(pts, lo), _bound_at(pts, hi)],
+        "contested": sorted(order[i] for i in range(lo, hi)),
+    }
 
 
 def contended(others: float, threads: int, cpus: int) -> bool:
@@ -332,8 +390,8 @@ def summarize(m: int, k: int, n: int, own, blas) -> dict:
     Returns the point: ``m``, ``k``, ``n``, ``v`` (multiply-adds); ``own`` and
     ``blas`` (median seconds per call); ``ratio`` (median of the pairs'
     own/BLAS ratios), ``q1`` and ``q3`` (their quartiles), ``low`` and
-    ``high`` (the median's interval, :data:`CONFIDENCE`); ``pairs``; and the
-    ``verdict`` (:func:`verdict`).
+    ``high`` (the median's interval, :data:`CONFIDENCE`); ``pairs`` and
+    ``ratios`` (each pair's); and the ``verdict`` (:func:`verdict`).
     """
     own, blas = np.asarray(own, np.float64), np.asarray(blas, np.float64)
     ratios = own / blas
@@ -352,15 +410,21 @@ def summarize(m: int, k: int, n: int, own, blas) -> dict:
         "low": float(low),
         "high": float(high),
         "pairs": len(ratios),
+        "ratios": [float(r) for r in ratios],
     }
     p["verdict"] = verdict(p)
     return p
 
 
 def sample(
-    timer, ladder=LADDER, rounds: int = ROUNDS, retries: int = RETRIES, budget: float = BUDGET_S, group: int = GROUP
+    timer,
+    ladder=LADDER,
+    min_pairs: int = MIN_PAIRS,
+    max_pairs: int = MAX_PAIRS,
+    budget: float = BUDGET_S,
+    group: int = GROUP,
 ) -> list[dict]:
-    """Time the ``ladder`` in rounds of pairs, and again the unclear points the bound depends on.
+    """Time the ``ladder`` in rounds of pairs until the bound holds (:func:`judge`), or time runs out.
 
     Parameters
     ----------
@@ -370,9 +434,11 @@ def sample(
         until nothing left over from the last blocks (BLAS's spinning idle
         threads) runs beside the next ones.
     ladder : sequence of (m, k, n)
-    rounds : int
-        Pairs per product in the first pass; each of up to ``retries`` further
-        batches adds as many to the points :func:`bounds` cannot settle.
+        Sorted by size.
+    min_pairs, max_pairs : int
+        Every product gets ``min_pairs`` pairs; then, while the bound does not
+        hold, the products whose timing decides it (``contested``) get another
+        group of pairs each, up to ``max_pairs``.
     budget : float
         Seconds after which no group of rounds starts (the first always runs):
         blocks are sized on an idle moment, and a busy machine can slow them
@@ -386,12 +452,12 @@ def sample(
     -------
     list of dict
         A point per product (:func:`summarize`), in the ladder's order; a point
-        with fewer than ``rounds`` pairs ran out of time.
+        with fewer than ``min_pairs`` pairs ran out of time.
     """
     times = [([], []) for _ in ladder]
     deadline = time.perf_counter() + budget
 
-    def run(indices):
+    def run(indices, rounds):
         done = 0
         while done < rounds:
             if done and time.perf_counter() > deadline:
@@ -409,13 +475,14 @@ def sample(
     def points():
         return [summarize(m, k, n, *t) for (m, k, n), t in zip(ladder, times, strict=True)]
 
-    run(range(len(ladder)))
+    run(range(len(ladder)), min_pairs)
     pts = points()
-    for _ in range(retries):
-        again = _deciding(pts)
-        if not again or time.perf_counter() > deadline:
+    while time.perf_counter() <= deadline:
+        judged = judge(pts)
+        again = [i for i in judged["contested"] if pts[i]["pairs"] < max_pairs]
+        if judged["holds"] or not again:
             break
-        run(again)
+        run(again, min(group, max_pairs - min(pts[i]["pairs"] for i in again)))
         pts = points()
     return pts
 
@@ -647,8 +714,8 @@ def calibrate(
     dtype=np.float32,
     save: bool = True,
     ladder=LADDER,
-    rounds: int = ROUNDS,
-    retries: int = RETRIES,
+    min_pairs: int = MIN_PAIRS,
+    max_pairs: int = MAX_PAIRS,
     force: bool = False,
     budget: float = BUDGET_S,
 ) -> dict:
@@ -662,8 +729,8 @@ def calibrate(
         False measures and decides without storing (nor applying).
     ladder : sequence of (m, k, n)
         The products to time (:data:`LADDER`).
-    rounds, retries : int
-        Pairs per product, and further batches for unclear ones (:func:`sample`).
+    min_pairs, max_pairs : int
+        Pairs per product first, and at most for the ones that decide (:func:`sample`).
     budget : float
         Seconds of timing after which no round starts (:func:`sample`).
     force : bool
@@ -673,12 +740,13 @@ def calibrate(
     -------
     dict
         The entry: ``key``; ``points`` (:func:`summarize`); ``bound`` (by the
-        medians, :func:`crossover`) and ``bound_range`` (:func:`bounds`);
+        medians, :func:`crossover`), ``bound_range`` and ``regret`` (:func:`judge`);
         ``thresholds``; ``others_busy`` (cores other processes kept busy
         meanwhile; None where it cannot be read); ``capped_blocks`` (blocks
         timed while the adaptive team ran fewer threads); ``problems`` (why it is not
         to be trusted: unstable, contended; empty when clear); ``forced``;
-        ``rounds``, ``retries``; ``measured`` (UTC, ISO 8601), ``seconds``.
+        ``min_pairs``, ``max_pairs``; ``measured`` (UTC, ISO 8601); ``seconds`` (in all)
+        and ``timing_seconds`` (the timed pairs alone, without compiling and sizing the blocks).
         ``path`` where it was stored; absent when it was not (``save`` False,
         or problems without ``force``), and the stored entry, if any, stays.
     """
@@ -703,26 +771,33 @@ def calibrate(
                         timer.settle()
 
                 meter = _others_meter()  # from here: compiling is over, the timing starts
-                points = sample(Checked(), ladder, rounds=rounds, retries=retries, budget=budget)
+                t1 = time.perf_counter()
+                points = sample(Checked(), ladder, min_pairs=min_pairs, max_pairs=max_pairs, budget=budget)
+                timing = time.perf_counter() - t1
                 others = None if meter is None else meter.sample()
-            bound = crossover(points)
+            judged = judge(points)
+            bound = judged["bound"]
             limits = thresholds(backend, dtype, threads, bound, max(p["v"] for p in points))  # against the defaults
         finally:
             apply_cached(backend)  # whatever happens, the stored entry (if any) is in force again
     problems = []
     short = min(p["pairs"] for p in points)
-    if short < rounds:
+    if short < min_pairs:
         problems.append(
-            f"out of time: {short} of {rounds} pairs per product in {budget:g} s (the blocks ran far slower "
+            f"out of time: {short} of {min_pairs} pairs per product in {budget:g} s (the blocks ran far slower "
             "than when they were sized)"
         )
-    low, high = bounds(points)
-    if low != high:
-        unclear = [p for p in points if p["verdict"] == "unclear"]
+    if not judged["holds"]:
+        low, high = judged["range"]
+        deciding = [points[i] for i in judged["contested"]]
         problems.append(
-            f"unstable: the bound lies anywhere from {_reach(low)} to {_reach(high)}: the own/BLAS interval of "
-            + ", ".join(f"{p['v'] / 1e6:.3g}M ({p['low']:.2f}-{p['high']:.2f})" for p in unclear)
-            + f" straddles the margin {LOSS_MARGIN} after {max(p['pairs'] for p in unclear)} pairs"
+            f"unstable: the bound lies anywhere from {_reach(low)} to {_reach(high)}: drawn again from the pairs, "
+            f"the timings make the bound by the medians ({_reach(bound)}) cost up to "
+            f"{100 * math.expm1(judged['regret']):.0f}% of a product's time more than the best bound "
+            f"({CONFIDENCE:.0%} of resamples; {100 * math.expm1(REGRET):.0f}% tolerated); own/BLAS of the products "
+            "that decide: "
+            + ", ".join(f"{p['v'] / 1e6:.3g}M {p['ratio']:.2f} ({p['low']:.2f}-{p['high']:.2f})" for p in deciding)
+            + f" after {max(p['pairs'] for p in deciding)} pairs"
         )
     cpus = _config._cpus()[1]
     if others is not None and contended(others, threads, cpus):
@@ -739,16 +814,18 @@ def calibrate(
         "key": key(backend, dtype, threads),
         "points": points,
         "bound": bound,
-        "bound_range": [low, high],
+        "bound_range": judged["range"],
+        "regret": round(judged["regret"], 4),
         "thresholds": limits,
         "others_busy": None if others is None else round(others, 2),
         "capped_blocks": capped,
         "problems": problems,
         "forced": bool(problems) and force,
-        "rounds": rounds,
-        "retries": retries,
+        "min_pairs": min_pairs,
+        "max_pairs": max_pairs,
         "measured": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "seconds": round(time.perf_counter() - t0, 3),
+        "timing_seconds": round(timing, 3),
     }
     if save and (force or not problems):
         entry = {**entry, "path": store(entry)}

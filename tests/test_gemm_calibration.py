@@ -323,6 +323,19 @@ def test_the_file_round_trips_and_replaces_an_entry_of_the_same_key(tmp_path, mo
     assert len(json.loads((tmp_path / "gemm-calibration.json").read_text())["entries"]) == 2
 
 
+def test_an_entry_replaces_those_of_earlier_methods_and_versions_of_the_same_machine(tmp_path, monkeypatch):
+    monkeypatch.setenv("FASTNN_CACHE_DIR", str(tmp_path))
+    k = {"cpu": "x", "threads": 2, "backend": "cython", "dtype": "float32", "method": 4, "versions": {"fastnn": "1"}}
+    gc.store({"key": {**k, "method": 3}, "thresholds": {"gemm_packed_max_f32": 1}})
+    gc.store({"key": {**k, "versions": {"fastnn": "0"}}, "thresholds": {"gemm_packed_max_f32": 2}})
+    gc.store({"key": {**k, "cpu": "y", "method": 3}, "thresholds": {"gemm_packed_max_f32": 3}})  # another machine
+    gc.store({"key": {**k, "threads": 1}, "thresholds": {"gemm_packed_max_f32": 4}})
+    gc.store({"key": k, "thresholds": {"gemm_packed_max_f32": 5}})
+    entries = json.loads((tmp_path / "gemm-calibration.json").read_text())["entries"]
+    assert sorted(e["thresholds"]["gemm_packed_max_f32"] for e in entries) == [3, 4, 5]
+    assert gc.lookup({**k, "method": 3}) is None and gc.lookup({**k, "cpu": "y", "method": 3}) is not None
+
+
 @pytest.mark.parametrize("content", ["{not json", '{"format": 99, "entries": []}', "[1, 2]", ""])
 def test_a_file_that_is_not_ours_is_ignored_with_a_warning(tmp_path, monkeypatch, content):
     monkeypatch.setenv("FASTNN_CACHE_DIR", str(tmp_path))

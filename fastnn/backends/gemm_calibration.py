@@ -650,12 +650,25 @@ def lookup(k: dict) -> dict | None:
     return _find(_entries(cache_path()), k)
 
 
+def _supersedes(new: dict, old) -> bool:
+    """Whether an entry keyed ``new`` replaces one keyed ``old``: the same key but for the method and versions.
+
+    An entry of an earlier method or version never applies again (the key
+    misses it), so it goes when its successor is stored; entries of other
+    CPUs, BLAS builds, thread counts, backends or dtypes stay.
+    """
+    if not isinstance(old, dict):
+        return False
+    drop = ("method", "versions")
+    return {n: v for n, v in old.items() if n not in drop} == {n: v for n, v in new.items() if n not in drop}
+
+
 def store(entry: dict) -> str:
-    """Add ``entry`` to the file (replacing one of the same key), atomically; returns the path."""
+    """Add ``entry`` to the file, replacing any it supersedes (:func:`_supersedes`), atomically; returns the path."""
     path = cache_path()
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with _lock:
-        entries = [e for e in _entries(path) if e.get("key") != entry["key"]] + [entry]
+        entries = [e for e in _entries(path) if not _supersedes(entry["key"], e.get("key"))] + [entry]
         fd, tmp = tempfile.mkstemp(prefix=".gemm-calibration-", dir=os.path.dirname(path))
         try:
             with os.fdopen(fd, "w") as f:

@@ -803,7 +803,8 @@ def test_cold_start_section_renders_first_fit_and_predict():
     probes = {"plan": _call_probe("loop", 3.0, 0.5, why="the network is too large")}
     md = "\n".join(coldstart.markdown_lines(_cold_result(probes)))
     assert "| `fit` | per-step loop: fit gives the plan up (the network is too large) |" in md
-    assert "compiled plan" not in md and "`fastnn.predict`" not in md  # no predict probe, no word of it
+    assert "### First `fit`\n" in md  # no predict probe, no word of it
+    assert "compiled plan" not in md and "`fastnn.predict`" not in md
     assert coldstart.call_lines(None) == [] and coldstart.call_lines({"probes": {}}) == []
 
 

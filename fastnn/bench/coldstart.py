@@ -260,7 +260,7 @@ def call_lines(calls: dict | None) -> list[str]:
             ' "plan turned off": the same `fit` with the plan turned off in that process, so that it runs '
             "the per-step loop (as for a model without a plan)."
         )
-    lines = ["### First `fit` and `predict`", "", text, ""]
+    lines = ["### First `fit`" + (" and `predict`" if "predict" in kinds else ""), "", text, ""]
     cols = ["first call", "ran as", "import + load", "call", "call CPU", "warm: import + load", "warm: call"]
     cols += ["warm: call CPU"]
     table = ["| " + " | ".join(cols) + " |", "|:---|:---|" + "|".join("---:" for _ in cols[2:]) + "|"]

@@ -649,10 +649,10 @@ def fit(
         raise ValueError(f"steps_per_call must be a positive integer or 'auto', got {steps_per_call!r}")
     rng = np.random.default_rng(seed)
     step = make_train_step(model, loss, optimizer, clip_grad_norm)
-    plan, why = (None, "distributed training runs one step per call") if sync is not None else step.compiled_plan()
-    if plan is not None:
-        why = _plan_too_large(plan, batch_size) or _numba_image_plan(plan)
-        plan = None if why else plan
+    if sync is not None:
+        plan, why = None, "distributed training runs one step per call"
+    else:
+        plan, why = _fit_plan(step, batch_size)
     if verbose:
         from .backends import current
 
@@ -859,6 +859,16 @@ NUMBA_PLAN_MAX_MACS = 2_000_000
 #: thread, predict time of the layers over the plan's: 64-128-10 (9.5K weights) 1.3-1.5x, 784-256-10
 #: (203K) 1.15x, 784-1024-1024-10 (1.86M) 1.07x at 256 rows a batch but 0.86x at 1,024.
 NUMBA_PREDICT_MAX_WEIGHTS = 1 << 19
+
+
+def _fit_plan(step: TrainStep, batch_size: int) -> tuple[Any, str | None]:
+    """The compiled plan :func:`fit` runs ``step`` with at ``batch_size`` rows a step: ``(plan, None)``, or
+    ``(None, why)`` when it runs the per-step loop (no plan, or one that would lose to the loop)."""
+    plan, why = step.compiled_plan()
+    if plan is not None:
+        why = _plan_too_large(plan, batch_size) or _numba_image_plan(plan)
+        plan = None if why else plan
+    return plan, why
 
 
 def _plan_too_large(plan: Any, batch_size: int) -> str | None:

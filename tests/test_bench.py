@@ -759,3 +759,107 @@ def test_plans_section_rows_run_untimed_before_each_timed_call():
     calls.clear()
     assert plans_section._median_times({"a": lambda: calls.append("a") or 1.0}, rounds=2) == {"a": 1.0}
     assert calls == ["a", "a"]
+
+
+def _call_probe(path, cold_s, warm_s, why=None):
+    """A first-call probe result as :func:`coldstart.measure_calls` stores it (one run)."""
+    run = [
+        {"path": path, "why": why, "ok": True, "load_s": 1.0, "load_cpu_s": 1.1, "call_s": t, "call_cpu_s": t + 0.5}
+        for t in (cold_s, warm_s)
+    ]
+    median = {c: {k: v for k, v in r.items() if k.endswith("_s")} for c, r in zip(("cold", "warm"), run)}
+    return {"runs": [run], "median": median, "path": path, "why": why, "ok": True}
+
+
+def _cold_result(probes, step_error=None):
+    from fastnn.bench.coldstart import CALL_PROBLEM
+
+    cold = {
+        "repeat": 1,
+        "settle": False,
+        "workloads": {"W3": {"case": "W3 mlp", "runs": [], "median": {"load_s": 0.7, "first_step_s": 3.0}}},
+        "calls": {"problem": dict(CALL_PROBLEM), "repeat": 1, "probes": probes},
+    }
+    if step_error:
+        cold["error"] = step_error
+    return cold
+
+
+def test_cold_start_section_renders_first_fit_and_predict():
+    from fastnn.bench import coldstart
+
+    probes = {
+        "plan": _call_probe("plan", 6.5, 0.25),
+        "loop": _call_probe("loop", 2.75, 0.5, why="plan turned off in the probe"),
+        "predict": _call_probe("forward plan", 2.5, 0.0125),
+    }
+    md = "\n".join(coldstart.markdown_lines(_cold_result(probes)))
+    assert "| W3 mlp | 700 ms | 3 s |" in md  # the step table is still there
+    assert "### First `fit` and `predict`" in md and "2,048 synthetic rows" in md and "100,000 rows" in md
+    assert "| `fit` | compiled plan | 1 s | 6.5 s | 7 s | 1 s | 250 ms | 750 ms |" in md
+    assert "| `fit`, plan turned off | per-step loop | 1 s | 2.75 s | 3.25 s | 1 s | 500 ms | 1 s |" in md
+    assert "| `predict`, 100,000 rows | forward plan | 1 s | 2.5 s | 3 s | 1 s | 12.5 ms | 512 ms |" in md
+    # a fit that gives the plan up is labelled by the way it went, with fit's reason
+    probes = {"plan": _call_probe("loop", 3.0, 0.5, why="the network is too large")}
+    md = "\n".join(coldstart.markdown_lines(_cold_result(probes)))
+    assert "| `fit` | per-step loop: fit gives the plan up (the network is too large) |" in md
+    assert "### First `fit`\n" in md  # no predict probe, no word of it
+    assert "compiled plan" not in md and "`fastnn.predict`" not in md
+    assert coldstart.call_lines(None) == [] and coldstart.call_lines({"probes": {}}) == []
+
+
+def test_cold_start_section_renders_errors_as_lines():
+    from fastnn.bench import coldstart
+
+    probes = {"plan": {"error": "RuntimeError: boom"}, "predict": _call_probe("forward plan", 2.5, 0.0125)}
+    md = "\n".join(coldstart.markdown_lines(_cold_result(probes, step_error="TimeoutExpired: W3")))
+    assert "error: TimeoutExpired: W3" in md and "| W3 mlp |" not in md  # the step probes failed
+    assert "- `fit`: error: RuntimeError: boom" in md
+    assert "| `predict`, 100,000 rows | forward plan |" in md  # the other probe still renders
+    md = "\n".join(coldstart.call_lines({"problem": coldstart.CALL_PROBLEM, "repeat": 1, "probes": probes}))
+    assert md.count("| `fit`") == 0
+
+
+def test_first_call_probe_errors_are_recorded_not_raised(monkeypatch):
+    from fastnn.bench import coldstart
+
+    calls = []
+
+    def fake(kind, cache, warm, threads, timeout):
+        calls.append((kind, warm))
+        if kind == "plan":
+            raise RuntimeError("first-call probe (plan, empty cache) failed (exit 1): boom")
+        return {"path": "forward plan", "why": None, "ok": True, "load_s": 1.0, "call_s": 2.0 if not warm else 0.5}
+
+    monkeypatch.setattr(coldstart, "_call", fake)
+    res = coldstart.measure_calls(1, quick=False, repeat=2, kinds=["plan", "predict"])
+    assert res["probes"]["plan"] == {
+        "error": "RuntimeError: first-call probe (plan, empty cache) failed (exit 1): boom"
+    }
+    pred = res["probes"]["predict"]
+    assert pred["median"] == {"cold": {"load_s": 1.0, "call_s": 2.0}, "warm": {"load_s": 1.0, "call_s": 0.5}}
+    assert pred["path"] == "forward plan" and len(pred["runs"]) == 2
+    # each run: an empty cache, then a warm one; the failing probe stops at its first process
+    assert calls == [("plan", False)] + [("predict", False), ("predict", True)] * 2
+    assert coldstart.measure_calls(1, quick=True)["repeat"] == 1 and coldstart.CALL_PROBES[1] == ("plan",)
+
+
+@pytest.mark.slow
+def test_first_fit_probe_runs_the_plan_in_new_processes():
+    """One real probe of the first fit: a new process with an empty Numba cache, then one with its cache."""
+    from conftest import _require_or_skip
+
+    from fastnn.bench import coldstart
+
+    _require_or_skip("numba")
+    res = coldstart.measure_calls(1, quick=True, kinds=["plan"], timeout=300)
+    probe = res["probes"]["plan"]
+    assert "error" not in probe, probe.get("error")
+    assert probe["path"] == "plan" and probe["why"] is None and probe["ok"]
+    ((cold, warm),) = probe["runs"]
+    assert (cold["cache"], warm["cache"]) == ("empty", "warm") and cold["path"] == warm["path"] == "plan"
+    for r in (cold, warm):
+        assert all(math.isfinite(r[k]) and r[k] > 0 for k in ("load_s", "load_cpu_s", "call_s", "call_cpu_s"))
+        assert math.isfinite(r["loss"])
+    assert cold["loss"] == pytest.approx(warm["loss"], rel=1e-4)  # the same training, whichever process
+    assert "| `fit` | compiled plan |" in "\n".join(coldstart.call_lines(res))

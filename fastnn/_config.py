@@ -38,12 +38,19 @@ import warnings
 #: second process from recompiling; ``error_model="numpy"`` lets LLVM
 #: vectorise divisions (no ZeroDivisionError checks); ``fastmath`` is limited
 #: to flags that keep NaN/Inf semantics intact (no "nnan"/"ninf"), so NaN
-#: still propagates through every kernel.
+#: still propagates through every kernel. No "arcp" either: with it LLVM may
+#: turn a division into a multiplication by a reciprocal, and it did not do so
+#: alike in every compilation of the same code. A process that compiled a
+#: numba training plan and one that loaded it from Numba's cache then trained
+#: to other last bits whenever a batch was not a power of two rows (11 rows:
+#: other weights after one step; 16: never, scaling by a power of two being
+#: exact either way); without it they agree. Where a kernel wants a
+#: reciprocal it computes it once, explicitly.
 NUMBA_JIT_OPTIONS = dict(
     cache=True,
     nogil=True,
     error_model="numpy",
-    fastmath={"contract", "arcp", "nsz", "afn", "reassoc"},
+    fastmath={"contract", "nsz", "afn", "reassoc"},
 )
 
 #: Largest thread count :func:`set_num_threads` accepts at all: four times the

@@ -487,6 +487,43 @@ def test_concurrent_use(compiled_backend):
         np.testing.assert_allclose(o, want, rtol=1e-5, atol=1e-6)
 
 
+_COMPILE_OR_LOAD = """
+    import hashlib, numpy as np, fastnn
+    from fastnn import nn, optim
+    fastnn.set_backend("numba")
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((27, 12)).astype(np.float32)
+    y = rng.integers(0, 4, 27)
+    fastnn.manual_seed(3)
+    model = nn.Sequential(nn.Linear(12, 9), nn.ReLU(), nn.Linear(9, 4))
+    step = fastnn.make_train_step(model, nn.CrossEntropyLoss(), optim.SGD(model.parameters(), lr=0.1, momentum=0.9))
+    assert step.compiled_plan()[0] is not None
+    losses = step.run_steps(X, y, np.arange(27)[::-1].copy(), 16)  # 16 rows, then 11
+    data = losses.tobytes() + b"".join(p.data.tobytes() for p in model.parameters())
+    print("BITS", hashlib.sha1(data).hexdigest())
+"""
+
+
+@pytest.mark.slow
+def test_numba_plan_bits_do_not_depend_on_compiling_or_loading(tmp_path):
+    """A process that compiles the numba dense drivers and one that loads them from Numba's cache train to
+    the same bits, a short last batch (11 rows) included.
+
+    They did not while Numba's fastmath flags allowed reciprocals ("arcp"): LLVM turned a division into a
+    multiplication in one compilation of the code and not in another, and a batch whose size is not a power of
+    two ended in other last bits. Time budget: about 40 s on 2 cores (the first child compiles the driver into an
+    empty cache, the second loads it).
+    """
+    _require_or_skip("numba")
+    env = {"NUMBA_CACHE_DIR": str(tmp_path / "numba-cache"), "FASTNN_NUMBA_BACKGROUND": "0"}
+    runs = [run_isolated(_COMPILE_OR_LOAD, timeout=600, env=env) for _ in range(2)]
+    bits = []
+    for r in runs:
+        r.assert_ok()
+        bits.append([line for line in r.stdout.splitlines() if line.startswith("BITS ")])
+    assert bits[0] and bits[0] == bits[1], bits
+
+
 @pytest.mark.parametrize("backend_name", ["cython", "numba", "numpy"])
 def test_hostile_indices_in_child(backend_name):
     """Huge, negative and boundary indices and labels reach the compiled loops: a ValueError, never a crash."""

@@ -461,9 +461,9 @@ def _ln_rows_bwd(g, x, weight, has_w, mean, rstd, gi, has_gi, cols, sw, sb, m0, 
 # ordered_sums covers this body only: the row sums are in _ln_rows_bwd, a @jit helper compiled once with
 # reassociation and called by both twins (its compiled code still sums in vector lanes; inlining it so that
 # the flag reached them ran 2.9x slower). Added after dL/dx differed in the last bit between 1 and 2 threads
-# in one fresh process of three (float64, AVX-512); a process that compiles a kernel can round otherwise
-# than one that loads it from the cache (docs/performance.md, "A numba plan's short last batch"), which
-# may be what that was.
+# in one fresh process of three (float64, AVX-512); while fastmath allowed reciprocals ("arcp"), a process
+# that compiled a kernel could round otherwise than one that loaded it from the cache (docs/performance.md,
+# "A numba plan's short last batch"), which may be what that was.
 @variants(inputs="g x weight mean rstd", exact=False, ordered_sums=True)
 def _ln_bwd(g, x, weight, has_w, mean, rstd, gi, has_gi, cols, sums, nblocks):
     for blk in prange(nblocks):

@@ -99,6 +99,10 @@ def test_judge_holds_a_clear_bound_and_names_the_points_that_decide_an_unclear_o
     pts = _judged([win, swing, loss, loss])
     j = gc.judge(list(reversed(pts)))
     assert j["contested"] == [2] and j["bound"] == gc.judge(pts)["bound"]
+    # the bound by the medians is crossover's, also with two pairs a point (median of logs, not log of median)
+    for ratios in ([[1.0, 1.1005], [1.3, 1.4]], [[0.9, 1.2], [1.0, 1.11]], [[1.049, 1.052], [0.5, 2.2]]):
+        pts = _judged(ratios)
+        assert gc.judge(pts)["bound"] == gc.crossover(pts)
     # every point swinging: nothing holds, from "BLAS everywhere" to "own everywhere"
     j = gc.judge(_judged([swing] * 4))
     assert not j["holds"] and j["range"] == [0, None] and j["contested"] == [0, 1, 2, 3]

@@ -255,8 +255,11 @@ def _bound_at(pts: list[dict], count: int) -> int | None:
 def crossover(points: list[dict]) -> int | None:
     """The largest size (multiply-adds) up to which the own GEMM runs, by each point's median ratio.
 
-    Each point has ``v`` (multiply-adds) and ``ratio`` (median own/BLAS time),
-    or ``own`` and ``blas`` (seconds). The policy has one bound: products up
+    Each point has ``v`` (multiply-adds) and its pairs' ``ratios`` (own/BLAS
+    time), or ``ratio`` (their median), or ``own`` and ``blas`` (seconds). A
+    point's cost is the median of its pairs' log ratios (:func:`judge` uses the
+    same, so the two agree; with an even number of pairs it is not the log of
+    the median ratio). The policy has one bound: products up
     to it run on the own GEMM, larger ones on BLAS. Of the bounds at the
     ladder's points, the one of least total cost wins, the cost of a product
     being log(own/BLAS) beyond :data:`LOSS_MARGIN` (a tie keeps the own GEMM:
@@ -267,7 +270,7 @@ def crossover(points: list[dict]) -> int | None:
     None when the own GEMM runs every size measured.
     """
     pts = sorted(points, key=lambda p: p["v"])
-    return _bound_at(pts, _best([_excess([_ratio(p)]) for p in pts]))
+    return _bound_at(pts, _best([_excess(p["ratios"] if "ratios" in p else [_ratio(p)]) for p in pts]))
 
 
 def judge(points: list[dict], resamples: int = RESAMPLES, seed: int = 0) -> dict:

@@ -44,9 +44,9 @@ log(own/BLAS) beyond the margin: the ladder's products weigh alike, one
 noisy loss among wins does not end the own GEMM's range, and a cluster of
 losses ends it only when the wins after it do not make up for it. (The
 first versions ended the range at two losses in a row; on a 2-core AVX2
-machine at 2 threads the own GEMM won 8 of the 11 products by 10-30%, and
-two mid-sized products that the small kernel's team sometimes ran 2.5×
-slower ended it at 1M multiply-adds.)
+machine at 2 threads the own GEMM won 8 of the 11 products by 6-48%, and
+two mid-sized products that the small kernel's team sometimes ran 1.3-2.6×
+slower than BLAS ended it at 0.26M or 1M multiply-adds.)
 
 Whether the pairs decide the bound is judged by a bootstrap
 (:func:`judge`): the pairs of every product are drawn again
@@ -255,19 +255,21 @@ def _bound_at(pts: list[dict], count: int) -> int | None:
 def crossover(points: list[dict]) -> int | None:
     """The largest size (multiply-adds) up to which the own GEMM runs, by each point's median ratio.
 
+    The policy has one bound: products up to it run on the own GEMM, larger
+    ones on BLAS. Of the bounds at the ladder's points, the one of least
+    total cost wins, the cost of a product being its median log(own/BLAS)
+    beyond :data:`LOSS_MARGIN` (a tie keeps the own GEMM: its results do not
+    depend on the BLAS build, and timings on a shared machine tie within a
+    few percent). One noisy loss among wins does not end the own GEMM's
+    range, and a cluster of losses ends it only when the wins after it do
+    not make up for it.
+
     Each point has ``v`` (multiply-adds) and its pairs' ``ratios`` (own/BLAS
-    time), or ``ratio`` (their median), or ``own`` and ``blas`` (seconds). A
-    point's cost is the median of its pairs' log ratios (:func:`judge` uses the
-    same, so the two agree; with an even number of pairs it is not the log of
-    the median ratio). The policy has one bound: products up
-    to it run on the own GEMM, larger ones on BLAS. Of the bounds at the
-    ladder's points, the one of least total cost wins, the cost of a product
-    being log(own/BLAS) beyond :data:`LOSS_MARGIN` (a tie keeps the own GEMM:
-    its results do not depend on the BLAS build, and timings on a shared
-    machine tie within a few percent). One noisy loss among wins does not end
-    the own GEMM's range, and a cluster of losses ends it only when the wins
-    after it do not make up for it. Returns 0 when BLAS wins from the start,
-    None when the own GEMM runs every size measured.
+    time), or ``ratio`` (one median), or ``own`` and ``blas`` (seconds). The
+    median is taken over the pairs' log ratios, as :func:`judge` takes it
+    (with an even number of pairs it is not the log of the median ratio).
+    Returns 0 when BLAS wins from the start, None when the own GEMM runs every
+    size measured.
     """
     pts = sorted(points, key=lambda p: p["v"])
     return _bound_at(pts, _best([_excess(p["ratios"] if "ratios" in p else [_ratio(p)]) for p in pts]))

@@ -649,6 +649,8 @@ def fit(
         raise ValueError(f"steps_per_call must be a positive integer or 'auto', got {steps_per_call!r}")
     rng = np.random.default_rng(seed)
     step = make_train_step(model, loss, optimizer, clip_grad_norm)
+    plan: Any
+    why: str | None
     if sync is not None:
         plan, why = None, "distributed training runs one step per call"
     else:

@@ -408,6 +408,274 @@ cdef inline int _direct_team(const Geom *g) noexcept nogil:
     return <int>min(<fnn_idx>_threads_for(<double>g.B * g.O * d.Qg * d.K / 4), g.B)
 
 
+# ---- Winograd F(2x2, 3x3) for 3x3 stride-1 float32 convolutions ----
+# conv.h's wino_* kernels take a block of _WINO_TILES output tiles (2x2 each) of one image into the
+# transformed domain, where the 16 elements of each tile's 4x4 block are 16 independent GEMMs over the
+# channels: forward M[xi] = U[xi]·V[xi] (U = G g Gᵀ of the weight, V = Bᵀ d B of the input) on the
+# shifted GEMM's tiles, weight gradient dU[xi] += A dY Aᵀ [xi]·V[xi]ᵀ on the small GEMM, and dL/dx the
+# forward of dL/dy with the filters turned by 180° and in and out channels swapped. Images go to the
+# threads in static blocks, as on the direct kernels; dU is per thread and added in a fixed order.
+# Runs only on finite inputs, weights and output gradients: a transform mixes a tile's pixels, so an
+# inf would spread as NaN to its neighbours; other data takes the direct or im2col kernels.
+
+cdef enum:
+    _WINO_TILES = 96   # tiles per block: a multiple of FNN_CONV_COLS and of the small GEMM's tiles
+
+
+cdef struct WinoSide:
+    # one direction of a Winograd convolution: Cin planes (H x W, padded ph, pw) in, Cout planes out
+    fnn_idx Cin, Cout, COP, H, W, ph, pw, Ho, Wo, tw, T, Wp, plane, NB
+    fnn_idx ldv, ldm  # the 16 blocks of V (Cin·NB) and of M (COP·NB) apart, see _wino_apart
+    float *upk       # 16 blocks of (Cin, COP): upk[(xi·Cin + c)·COP + o] = (G g Gᵀ)[xi] of filter c -> o
+    fnn_idx *koff    # (Cin,): c·NB, the shifted GEMM's row offsets into V
+
+
+cdef bint _wino_geom(const Geom *g) noexcept nogil:
+    """Whether a float32 convolution of geometry g runs Winograd F(2x2, 3x3) (given finite data)."""
+    cdef fnn_idx hp = g.ho + (g.ho & 1) + 2, wp = g.wo + (g.wo & 1) + 2
+    return g.kh == 3 and g.kw == 3 and g.sh == 1 and g.sw == 1 and g.dh == 1 and g.dw == 1 \
+        and g.ph <= 2 and g.pw <= 2 and g.ho >= 1 and g.wo >= 1 \
+        and min(g.C, g.O) >= fnn_tune.conv_winograd_min_channels \
+        and max(g.C, g.O) * hp * wp <= fnn_tune.conv_direct_max_buffer
+
+
+cdef inline fnn_idx _wino_apart(fnn_idx n) noexcept nogil:
+    """The distance between the 16 transformed blocks of n floats each: n plus one cache line. The
+    transforms write (and the output's reads) all 16 at once; at a multiple of 4 KiB apart (64 channels
+    of 96 tiles) they fall into one L1 set, and 64 channels ran 1.5x slower than 56 or 96."""
+    return n + 16
+
+
+cdef void _wino_side(WinoSide *s, fnn_idx Cin, fnn_idx Cout, fnn_idx H, fnn_idx W, fnn_idx ph,
+                     fnn_idx pw) noexcept nogil:
+    """The sizes of one direction (3x3 filters, stride 1); no operand allocated yet."""
+    cdef fnn_idx th
+    s.Cin = Cin
+    s.Cout = Cout
+    s.COP = _round_up(Cout, FNN_CONV_ROWS)
+    s.H = H
+    s.W = W
+    s.ph = ph
+    s.pw = pw
+    s.Ho = H + 2 * ph - 2
+    s.Wo = W + 2 * pw - 2
+    th = (s.Ho + 1) // 2
+    s.tw = (s.Wo + 1) // 2
+    s.T = th * s.tw
+    s.Wp = 2 * s.tw + 2          # every tile's 4x4 patch inside the padded plane
+    s.plane = (2 * th + 2) * s.Wp
+    s.NB = min(<fnn_idx>_WINO_TILES, _round_up(s.T, FNN_CONV_COLS))
+    s.ldv = _wino_apart(Cin * s.NB)
+    s.ldm = _wino_apart(s.COP * s.NB)
+    s.upk = NULL
+    s.koff = NULL
+
+
+cdef void _wino_filter(const float *g, bint turn, double *u) noexcept nogil:
+    """u = G g Gᵀ (4x4, row-major) of one 3x3 filter g, turned by 180° when turn."""
+    cdef double a[3][3]
+    cdef double t[4][3]
+    cdef int i, j
+    for i in range(3):
+        for j in range(3):
+            a[i][j] = g[(2 - i) * 3 + 2 - j] if turn else g[i * 3 + j]
+    for j in range(3):
+        t[0][j] = a[0][j]
+        t[1][j] = 0.5 * (a[0][j] + a[1][j] + a[2][j])
+        t[2][j] = 0.5 * (a[0][j] - a[1][j] + a[2][j])
+        t[3][j] = a[2][j]
+    for i in range(4):
+        u[i * 4] = t[i][0]
+        u[i * 4 + 1] = 0.5 * (t[i][0] + t[i][1] + t[i][2])
+        u[i * 4 + 2] = 0.5 * (t[i][0] - t[i][1] + t[i][2])
+        u[i * 4 + 3] = t[i][2]
+
+
+cdef int _wino_pack(WinoSide *s, const float *w, fnn_idx O, fnn_idx C, bint turn) noexcept nogil:
+    """Allocate and fill s.upk and s.koff from the weight w (O, C, 3, 3): the forward direction
+    (turn False: filter c -> o is w[o, c]) or dL/dx's (turn True: filter o -> c is w[o, c] turned);
+    -1 when out of memory."""
+    cdef fnn_idx o, c, i, a, b
+    cdef double u[16]
+    s.upk = <float*>calloc(16 * s.Cin * s.COP, sizeof(float))
+    s.koff = <fnn_idx*>malloc(s.Cin * sizeof(fnn_idx))
+    if s.upk == NULL or s.koff == NULL:
+        return -1
+    for i in range(s.Cin):
+        s.koff[i] = i * s.NB
+    for o in range(O):
+        for c in range(C):
+            _wino_filter(w + (o * C + c) * 9, turn, u)
+            if turn:   # (input, output) channel of the direction
+                a, b = o, c
+            else:
+                a, b = c, o
+            for i in range(16):
+                s.upk[(i * s.Cin + a) * s.COP + b] = <float>u[i]
+    return 0
+
+
+cdef void _wino_free(WinoSide *s) noexcept nogil:
+    free(s.upk)
+    free(s.koff)
+    s.upk = NULL
+    s.koff = NULL
+
+
+cdef void _wino_image(const WinoSide *s, const float *x, const float *bias, float *out, float *xp, float *V,
+                      float *M) noexcept nogil:
+    """One image's out (Cout, Ho, Wo) = bias + the convolution of x (Cin, H, W). Scratch: xp (Cin·plane,
+    zero borders), V (16·ldv + FNN_CONV_COLS), M (16·ldm)."""
+    cdef fnn_idx c, h, t0, nt, xi, NB = s.NB
+    for c in range(s.Cin):
+        for h in range(s.H):
+            memcpy(xp + c * s.plane + (h + s.ph) * s.Wp + s.pw, x + (c * s.H + h) * s.W, s.W * sizeof(float))
+    t0 = 0
+    while t0 < s.T:
+        nt = min(NB, s.T - t0)
+        fnn_cv.wino_in_f32(xp, s.Cin, s.plane, s.Wp, s.tw, t0, nt, V, NB, s.ldv)
+        for xi in range(16):   # whole register blocks of tiles; the columns past nt are not read back
+            fnn_cv.shift_f32(s.Cin, s.COP, _round_up(nt, FNN_CONV_COLS), s.upk + xi * s.Cin * s.COP, s.koff,
+                             V + xi * s.ldv, M + xi * s.ldm, NB)
+        fnn_cv.wino_out_f32(M, s.Cout, NB, s.ldm, s.tw, t0, nt, bias, out, s.Ho, s.Wo)
+        t0 += nt
+
+
+cdef int _conv_fwd_wino(const float *x, const float *w, const float *bias, float *out, const Geom *g,
+                        int nt) noexcept nogil:
+    """y = bias + conv(x, w) by Winograd F(2x2, 3x3), images over nt threads."""
+    cdef WinoSide s
+    cdef int t
+    cdef fnn_idx b, nin = g.C * g.H * g.W, nout = g.O * g.ho * g.wo, lx, lv, lm
+    cdef float *xbuf
+    cdef float *vbuf
+    cdef float *mbuf
+    cdef int rc = 0
+    _wino_side(&s, g.C, g.O, g.H, g.W, g.ph, g.pw)
+    lx, lv, lm = g.C * s.plane, 16 * s.ldv + FNN_CONV_COLS, 16 * s.ldm
+    xbuf = <float*>calloc(nt * lx, sizeof(float))
+    vbuf = <float*>calloc(nt * lv, sizeof(float))
+    mbuf = <float*>malloc(nt * lm * sizeof(float))
+    if _wino_pack(&s, w, g.O, g.C, False) != 0 or xbuf == NULL or vbuf == NULL or mbuf == NULL:
+        rc = -1
+    else:
+        for b in prange(g.B, nogil=True, schedule="static", num_threads=nt):
+            t = threadid()
+            _wino_image(&s, x + b * nin, bias, out + b * nout, xbuf + t * lx, vbuf + t * lv, mbuf + t * lm)
+    _wino_free(&s)
+    free(xbuf)
+    free(vbuf)
+    free(mbuf)
+    return rc
+
+
+cdef int _wino_dw_image(const WinoSide *s, const float *gy, const float *x, float *xp, float *V, float *Gm,
+                        float *du) noexcept nogil:
+    """One image's part of dU: du[xi] (O, C) += (A dY Aᵀ)[xi]·V[xi]ᵀ over its tiles, s the forward
+    direction. Scratch: xp (C·plane, zero borders), V (16·ldv), Gm (16·ldg). -1 when out of memory."""
+    cdef fnn_idx c, h, t0, nt, xi, NB = s.NB, C = s.Cin, O = s.Cout, ldg = _wino_apart(O * NB)
+    for c in range(C):
+        for h in range(s.H):
+            memcpy(xp + c * s.plane + (h + s.ph) * s.Wp + s.pw, x + (c * s.H + h) * s.W, s.W * sizeof(float))
+    t0 = 0
+    while t0 < s.T:
+        nt = min(NB, s.T - t0)
+        fnn_cv.wino_in_f32(xp, C, s.plane, s.Wp, s.tw, t0, nt, V, NB, s.ldv)
+        fnn_cv.wino_gout_f32(gy, O, s.Ho, s.Wo, s.tw, t0, nt, Gm, NB, ldg)
+        for xi in range(16):
+            if fnn_mm.small_f32(O, C, nt, Gm + xi * ldg, NB, 1, V + xi * s.ldv, 1, NB, du + xi * O * C, C, 1,
+                                NULL, 0) != 0:
+                return -1
+        t0 += nt
+    return 0
+
+
+cdef void _wino_dw_sum(const float *dut, int nt, fnn_idx O, fnn_idx C, float *gw) noexcept nogil:
+    """gw = Gᵀ dU G, dU the nt threads' partials added in float64, thread by thread (a fixed order)."""
+    cdef fnn_idx o, c, i, p
+    cdef int r
+    cdef double d[16]
+    cdef double s[4][3]
+    cdef double acc
+    for o in range(O):
+        for c in range(C):
+            for i in range(16):
+                acc = 0
+                for r in range(nt):
+                    acc = acc + dut[((r * 16 + i) * O + o) * C + c]
+                d[i] = acc
+            for i in range(4):   # dU G: the filter's columns
+                s[i][0] = d[i * 4] + 0.5 * (d[i * 4 + 1] + d[i * 4 + 2])
+                s[i][1] = 0.5 * (d[i * 4 + 1] - d[i * 4 + 2])
+                s[i][2] = 0.5 * (d[i * 4 + 1] + d[i * 4 + 2]) + d[i * 4 + 3]
+            for p in range(3):   # Gᵀ (dU G): its rows
+                gw[(o * C + c) * 9 + p] = <float>(s[0][p] + 0.5 * (s[1][p] + s[2][p]))
+                gw[(o * C + c) * 9 + 3 + p] = <float>(0.5 * (s[1][p] - s[2][p]))
+                gw[(o * C + c) * 9 + 6 + p] = <float>(0.5 * (s[1][p] + s[2][p]) + s[3][p])
+
+
+cdef int _conv_bwd_wino(const float *gy, const float *x, const float *w, float *gx, float *gw, float *gb,
+                        const Geom *g, int nt) noexcept nogil:
+    """dW, db and (when gx is given) dL/dx by Winograd F(2x2, 3x3), images over nt threads; finite
+    inputs, weights and dL/dy only (the callers' checks)."""
+    cdef WinoSide f, d
+    cdef int t
+    cdef int err[1]
+    cdef fnn_idx b, nin = g.C * g.H * g.W, nout = g.O * g.ho * g.wo, lx, lv, lg, lu, dx, dv, dm
+    cdef float *xbuf
+    cdef float *vbuf
+    cdef float *gbuf
+    cdef float *dut
+    cdef float *pbuf = NULL
+    cdef float *qbuf = NULL
+    cdef float *mbuf = NULL
+    cdef double *bsum = <double*>malloc(g.B * g.O * sizeof(double)) if gb != NULL else NULL
+    cdef int rc = 0
+    err[0] = 0
+    _wino_side(&f, g.C, g.O, g.H, g.W, g.ph, g.pw)
+    _wino_side(&d, g.O, g.C, g.ho, g.wo, 2 - g.ph, 2 - g.pw)   # dL/dx: dL/dy padded 2 - p, filters turned
+    lx, lv, lg, lu = g.C * f.plane, 16 * f.ldv, 16 * _wino_apart(g.O * f.NB), 16 * g.O * g.C
+    dx, dv, dm = g.O * d.plane, 16 * d.ldv + FNN_CONV_COLS, 16 * d.ldm
+    xbuf = <float*>calloc(nt * lx, sizeof(float))
+    vbuf = <float*>calloc(nt * lv, sizeof(float))
+    gbuf = <float*>malloc(nt * lg * sizeof(float))
+    dut = <float*>calloc(nt * lu, sizeof(float))
+    if gx != NULL:
+        pbuf = <float*>calloc(nt * dx, sizeof(float))
+        qbuf = <float*>calloc(nt * dv, sizeof(float))
+        mbuf = <float*>malloc(nt * dm * sizeof(float))
+    if xbuf == NULL or vbuf == NULL or gbuf == NULL or dut == NULL or (gb != NULL and bsum == NULL) \
+            or (gx != NULL and (pbuf == NULL or qbuf == NULL or mbuf == NULL
+                                or _wino_pack(&d, w, g.O, g.C, True) != 0)):
+        rc = -1
+    else:
+        for b in prange(g.B, nogil=True, schedule="static", num_threads=nt):
+            t = threadid()
+            if _wino_dw_image(&f, gy + b * nout, x + b * nin, xbuf + t * lx, vbuf + t * lv, gbuf + t * lg,
+                              dut + t * lu) != 0:
+                err[0] = 1
+            if bsum != NULL:
+                _bias_image(gy + b * nout, g.O, g.ho * g.wo, bsum + b * g.O)
+            if gx != NULL:
+                _wino_image(&d, gy + b * nout, NULL, gx + b * nin, pbuf + t * dx, qbuf + t * dv, mbuf + t * dm)
+        if err[0] != 0:
+            rc = -1
+        else:
+            _wino_dw_sum(dut, nt, g.O, g.C, gw)
+            if gb != NULL:
+                _bias_sum(bsum, g.B, g.O, gb)
+    _wino_free(&d)
+    free(xbuf)
+    free(vbuf)
+    free(gbuf)
+    free(dut)
+    free(pbuf)
+    free(qbuf)
+    free(mbuf)
+    free(bsum)
+    return rc
+
+
 cdef int _conv_fwd_direct(const float *x, const float *w, const float *bias, float *out,
                           const Geom *g) noexcept nogil:
     """y[b,o,i,j] = bias[o] + Σ_{c,u,v} w[o,c,u,v]·xp[b,c,i+u·dH,j+v·dW] (stride 1, shifted GEMM)."""
@@ -419,6 +687,8 @@ cdef int _conv_fwd_direct(const float *x, const float *w, const float *bias, flo
     cdef int rc = 0
     _direct_sizes(g, &d)
     nt = min(_threads_for(<double>g.B * g.O * d.Q * d.K / 8), g.B)
+    if _wino_geom(g) and all_finite(x, g.B * nin) and all_finite(w, g.O * d.K):
+        return _conv_fwd_wino(x, w, bias, out, g, nt)
     xbuf = <float*>calloc(nt * d.xlen, sizeof(float))
     obuf = <float*>malloc(nt * d.OP * d.Q * sizeof(float))
     if _direct_alloc(&d, True, False) != 0 or xbuf == NULL or obuf == NULL:
@@ -454,6 +724,9 @@ cdef int _conv_bwd_direct(const float *gy, const float *x, const float *w, float
     cdef float *gwt
     cdef double *bsum = <double*>malloc(g.B * g.O * sizeof(double)) if gb != NULL else NULL
     cdef int rc = 0
+    if _wino_geom(g) and all_finite(gy, g.B * nout):   # x and w: the caller's check
+        free(bsum)
+        return _conv_bwd_wino(gy, x, w, gx, gw, gb, g, nt)
     _direct_sizes(g, &d)
     wsl = g.O * d.K * FNN_WGRAD_SLOTS
     xbuf = <float*>calloc(nt * d.xlen, sizeof(float))

@@ -534,7 +534,7 @@ cdef int _by_image_team(TrainBinding bd, fnn_idx nb) noexcept nogil:
         S = &bd.stages[i]
         S.g.B = nb
         if S.code == _ST_CONV:
-            if not _direct_geom(True, &S.g):
+            if not _direct_geom(True, &S.g) or _wino_geom(&S.g):   # Winograd runs stage by stage
                 return 0
             t = _direct_team(&S.g)
             if nt != 0 and t != nt:

@@ -83,7 +83,9 @@ const fnn_kernel_set FNN_CAT(fnn_kernels_, FNN_ISA_NAME) = {
         .prepacked_f32 = gemm_prepacked_f32, .prepacked_f64 = gemm_prepacked_f64,
     },
     .conv = {
-        .isa = FNN_ISA, .shift_f32 = conv_shift_f32, .wgrad_f32 = conv_wgrad_f32, FNN_BOTH(maxpool2x2),
+        .isa = FNN_ISA, .shift_f32 = conv_shift_f32, .wgrad_f32 = conv_wgrad_f32,
+        .wino_in_f32 = wino_in_f32, .wino_out_f32 = wino_out_f32, .wino_gout_f32 = wino_gout_f32,
+        FNN_BOTH(maxpool2x2),
         FNN_BOTH(relu_maxpool2x2),
     },
     .rnn = {

@@ -151,6 +151,14 @@ typedef struct fnn_conv_ops {
      * over q < q_len (a multiple of FNN_WGRAD_SLOTS); the caller adds the slots */
     void (*wgrad_f32)(fnn_idx o, fnn_idx k, fnn_idx q_len, const float *g, fnn_idx ldg, const fnn_idx *koff,
                       const float *src, float *gw);
+    /* Winograd F(2x2, 3x3) transforms over the tiles t0 <= t < t0 + nt of one image (conv.h): the padded
+     * input's V = Bᵀ d B, the output Y = Aᵀ M A (+ bias), the output gradient's A dY Aᵀ */
+    void (*wino_in_f32)(const float *xp, fnn_idx c, fnn_idx plane, fnn_idx wp, fnn_idx tw, fnn_idx t0, fnn_idx nt,
+                        float *v, fnn_idx ldv, fnn_idx ldx);
+    void (*wino_out_f32)(const float *m, fnn_idx o, fnn_idx ldm, fnn_idx ldx, fnn_idx tw, fnn_idx t0, fnn_idx nt,
+                         const float *bias, float *out, fnn_idx ho, fnn_idx wo);
+    void (*wino_gout_f32)(const float *gy, fnn_idx o, fnn_idx ho, fnn_idx wo, fnn_idx tw, fnn_idx t0, fnn_idx nt,
+                          float *gm, fnn_idx ldg, fnn_idx ldx);
     /* 2x2, stride 2, unpadded max pooling of one plane; idx: flat argmax (first max, NaN wins) */
     void (*maxpool2x2_f32)(const float *src, fnn_idx w, fnn_idx ho, fnn_idx wo, float *dst, long long *idx);
     void (*maxpool2x2_f64)(const double *src, fnn_idx w, fnn_idx ho, fnn_idx wo, double *dst,
@@ -231,6 +239,8 @@ typedef struct fnn_tunables {
     fnn_idx conv_cols_budget;             /* largest im2col chunk, elements */
     fnn_idx conv_direct_max_buffer;       /* largest per-thread buffer of the direct convolution */
     fnn_idx conv_parallel_min_work;       /* convolution and pooling loops go parallel */
+    fnn_idx conv_winograd_min_channels;   /* 3x3 stride-1 float32 convolutions with this many input and
+                                             output channels run Winograd F(2x2, 3x3) */
     double rnn_parallel_min_work;         /* multiply-adds from which recurrent work is threaded */
     fnn_idx rnn_small_elements;           /* all-steps products up to this many operand elements: tiles */
     double rnn_spin_seconds;              /* how long the master waits spinning for a late worker */

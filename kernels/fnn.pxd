@@ -88,6 +88,12 @@ cdef extern from "fnn.h" nogil:
                           fnn_idx) noexcept nogil
         void (*wgrad_f32)(fnn_idx, fnn_idx, fnn_idx, const float*, fnn_idx, const fnn_idx*, const float*,
                           float*) noexcept nogil
+        void (*wino_in_f32)(const float*, fnn_idx, fnn_idx, fnn_idx, fnn_idx, fnn_idx, fnn_idx, float*, fnn_idx,
+                            fnn_idx) noexcept nogil
+        void (*wino_out_f32)(const float*, fnn_idx, fnn_idx, fnn_idx, fnn_idx, fnn_idx, fnn_idx, const float*, float*,
+                             fnn_idx, fnn_idx) noexcept nogil
+        void (*wino_gout_f32)(const float*, fnn_idx, fnn_idx, fnn_idx, fnn_idx, fnn_idx, fnn_idx, float*, fnn_idx,
+                              fnn_idx) noexcept nogil
         void (*maxpool2x2_f32)(const float*, fnn_idx, fnn_idx, fnn_idx, float*, long long*) noexcept nogil
         void (*maxpool2x2_f64)(const double*, fnn_idx, fnn_idx, fnn_idx, double*, long long*) noexcept nogil
         void (*relu_maxpool2x2_f32)(const float*, fnn_idx, fnn_idx, fnn_idx, float*, long long*) noexcept nogil
@@ -123,7 +129,7 @@ cdef extern from "fnn.h" nogil:
         fnn_idx parallel_min_elements, parallel_min_elements_cheap, chunk_elements, nogil_min_elements
         double gemm_parallel_min_flops, gemm_shared_min_flops, gemm_small_parallel_min_flops
         double gemm_scratch_keep_bytes
-        fnn_idx conv_cols_budget, conv_direct_max_buffer, conv_parallel_min_work
+        fnn_idx conv_cols_budget, conv_direct_max_buffer, conv_parallel_min_work, conv_winograd_min_channels
         double rnn_parallel_min_work
         fnn_idx rnn_small_elements
         double rnn_spin_seconds

@@ -177,6 +177,26 @@ def test_convolutions_on_different_teams_run_stage_by_stage():
     assert_same(plan, loop)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_winograd_convolutions_run_stage_by_stage(threads):
+    """Both of W5's convolutions on Winograd F(2x2, 3x3) (the channel threshold lowered to 1): the plan
+    runs every step stage by stage on the kernels of the per-step loop, so it gives the loop's bits,
+    and the NumPy specification's values to rounding."""
+    pytest.importorskip("fastnn._ext._kernels")
+
+    def runs():
+        with tuning.override(conv_winograd_min_channels=1):
+            return (
+                _train("cython", "w5", np.float32, "cross_entropy", "adam"),
+                _train("cython", "w5", np.float32, "cross_entropy", "adam", force_loop=True),
+            )
+
+    plan, loop = _teams(threads, 0, runs)
+    assert _by_image_steps(plan) == 0
+    assert_same(plan, loop)
+    _close(plan, _train("numpy", "w5", np.float32, "cross_entropy", "adam"), np.float32)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_numba_tiled_and_plain_drivers_give_the_same_bits(name, monkeypatch):

@@ -135,6 +135,15 @@ def test_every_family_on_every_isa(kern, isa, dtype, rng):
                 ops.conv2d_backward(gc, xi, wc, stride, pad), reference("conv2d_backward", gc, xi, wc, stride, pad)
             ):
                 np.testing.assert_allclose(got, want, **tol(dtype, 300))
+        # float32 3x3 stride 1 on Winograd F(2x2, 3x3) (threshold lowered): a tile row of 19 tiles,
+        # whole vectors and a tail on every lane count, and an odd last tile row
+        xw = rng.standard_normal((2, 5, 7, 37)).astype(dtype)
+        with tuning.override(conv_winograd_min_channels=1):
+            yc = ops.conv2d_forward(xw, wc, bc, 1, 1)
+            np.testing.assert_allclose(yc, reference("conv2d_forward", xw, wc, bc, 1, 1), **tol(dtype, 100))
+            gc = rng.standard_normal(yc.shape).astype(dtype)
+            for got, want in zip(ops.conv2d_backward(gc, xw, wc, 1, 1), reference("conv2d_backward", gc, xw, wc, 1, 1)):
+                np.testing.assert_allclose(got, want, **tol(dtype, 300))
         yp, idx = ops.max_pool2d_forward(xi, 2)
         yp_ref, idx_ref = reference("max_pool2d_forward", xi, 2)
         np.testing.assert_array_equal(yp, yp_ref)

@@ -129,7 +129,9 @@ def _header_lines(results: dict) -> list[str]:
         '"vs numpy" and "vs torch" are that row\'s time divided by this row\'s time '
         '(above 1× = faster). "of limit": achieved GFLOP/s or GB/s over the machine limit measured '
         "in the same rounds, or for training steps the BLAS-only time of the step's matrix products "
-        "over the step's time. "
+        "over the step's time. A convolution's GFLOP/s count the direct algorithm's multiply-adds "
+        "(2·B·O·C·9·H·W a pass); the Cython backend runs 3x3 convolutions of 32 channels and more "
+        "as Winograd F(2x2, 3x3), 2.25x fewer multiplications, so its rate there can pass the GEMM limit. "
         '"first call" includes JIT compilation and is not part of the median; "(+ t)" after it is the '
         "time then spent waiting for kernels the numba backend compiles in the background, before the "
         "rounds. A fresh install's cost is in the cold-start section.",

@@ -61,13 +61,18 @@ os._exit(0)   # do not wait for background compilations at exit: this process is
 """
 
 
+def _env(cache, threads):
+    """A probe's environment: Numba's cache at ``cache``, ``threads`` threads, the JIT on."""
+    env = dict(os.environ, NUMBA_CACHE_DIR=cache, FASTNN_NUM_THREADS=str(threads))
+    env.pop("NUMBA_DISABLE_JIT", None)
+    return env
+
+
 def _one(wid, quick, settle, threads, timeout):
     with tempfile.TemporaryDirectory(prefix="fastnn-cold-") as cache:
-        env = dict(os.environ, NUMBA_CACHE_DIR=cache, FASTNN_NUM_THREADS=str(threads))
-        env.pop("NUMBA_DISABLE_JIT", None)
         return tagged_json(
             [sys.executable, "-c", _PROBE, wid, "quick" if quick else "full", "settle" if settle else "no"],
-            env,
+            _env(cache, threads),
             "COLD",
             f"cold-start probe of {wid}",
             timeout,
@@ -132,11 +137,9 @@ if warm:
 
 
 def _call(kind, cache, warm, threads, timeout):
-    env = dict(os.environ, NUMBA_CACHE_DIR=cache, FASTNN_NUM_THREADS=str(threads))
-    env.pop("NUMBA_DISABLE_JIT", None)
     return tagged_json(
         [sys.executable, "-c", _CALL_PROBE, kind, "warm" if warm else "cold", json.dumps(CALL_PROBLEM)],
-        env,
+        _env(cache, threads),
         "CALL",
         f"first-call probe ({kind}, {'warm' if warm else 'empty'} cache)",
         timeout,

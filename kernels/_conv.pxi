@@ -1,5 +1,7 @@
 # Convolution and pooling (NCHW).
 #
+# float32 3x3 stride-1 convolutions with conv_winograd_min_channels input and
+# output channels run Winograd F(2x2, 3x3) on finite data (below). Other
 # float32 stride-1 convolutions whose per-thread buffers stay below
 # conv_direct_max_buffer run the "shifted GEMM" of conv.h: each image
 # zero-padded once into a flat buffer, every kernel tap a shift of it, no

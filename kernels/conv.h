@@ -71,7 +71,6 @@ static void FN(conv_wgrad)(fnn_idx o_len, fnn_idx k, fnn_idx q_len, const FNN_T 
         }
     }
 }
-
 #endif
 
 /* 2x2, stride 2, unpadded max pooling of one plane (the common case), FNN_L

@@ -448,8 +448,9 @@ cdef int _stages_backward(TrainBinding bd, const real *x, const real *g, fnn_idx
 # own lane slots, and the slots are added in the kernel's fixed order: so
 # this path gives the per-stage path's bits (and the per-step loop's). It
 # runs when every convolution's backward kernel would take the same team
-# (_direct_team); otherwise, and when an input or weight is not finite (the
-# direct backward's condition), the step runs stage by stage.
+# (_direct_team) and no convolution takes Winograd (_wino_geom: it has no
+# per-image routines here); otherwise, and when an input or weight is not
+# finite (the direct backward's condition), the step runs stage by stage.
 
 cdef void _free_conv_ws(_ConvWs *cws, int ns) noexcept nogil:
     cdef int i

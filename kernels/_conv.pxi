@@ -411,17 +411,18 @@ cdef inline int _direct_team(const Geom *g) noexcept nogil:
 
 
 # ---- Winograd F(2x2, 3x3) for 3x3 stride-1 float32 convolutions ----
-# conv.h's wino_* kernels take a block of _WINO_TILES output tiles (2x2 each) of one image into the
-# transformed domain, where the 16 elements of each tile's 4x4 block are 16 independent GEMMs over the
-# channels: forward M[xi] = U[xi]·V[xi] (U = G g Gᵀ of the weight, V = Bᵀ d B of the input) on the
-# shifted GEMM's tiles, weight gradient dU[xi] += A dY Aᵀ [xi]·V[xi]ᵀ on the small GEMM, and dL/dx the
-# forward of dL/dy with the filters turned by 180° and in and out channels swapped. Images go to the
-# threads in static blocks, as on the direct kernels; dU is per thread and added in a fixed order.
+# conv.h's wino_* kernels take a block of _WINO_TILES output tiles (2x2 each) into the transformed
+# domain, where the 16 elements of each tile's 4x4 block are 16 independent GEMMs over the channels:
+# forward M[xi] = U[xi]·V[xi] (U = G g Gᵀ of the weight, V = Bᵀ d B of the input) on the shifted
+# GEMM's tiles, weight gradient dU[xi] += A dY Aᵀ [xi]·V[xi]ᵀ on the small GEMM, and dL/dx the forward
+# of dL/dy with the filters turned by 180° and in and out channels swapped. A block runs over the
+# batch's tiles in order, across images (a 7x7 image has 16 tiles: blocks of one image were mostly
+# empty); blocks go to the threads in static shares, dU is per thread and added in a fixed order.
 # Runs only on finite inputs, weights and output gradients: a transform mixes a tile's pixels, so an
 # inf would spread as NaN to its neighbours; other data takes the direct or im2col kernels.
 
 cdef enum:
-    _WINO_TILES = 96   # tiles per block: a multiple of FNN_CONV_COLS and of the small GEMM's tiles
+    _WINO_TILES = 96   # tiles per block: a multiple of FNN_CONV_COLS
 
 
 cdef struct WinoSide:
@@ -466,7 +467,7 @@ cdef void _wino_side(WinoSide *s, fnn_idx Cin, fnn_idx Cout, fnn_idx H, fnn_idx 
     s.T = th * s.tw
     s.Wp = 2 * s.tw + 2          # every tile's 4x4 patch inside the padded plane
     s.plane = (2 * th + 2) * s.Wp
-    s.NB = min(<fnn_idx>_WINO_TILES, _round_up(s.T, FNN_CONV_COLS))
+    s.NB = _WINO_TILES
     s.ldv = _wino_apart(Cin * s.NB)
     s.ldm = _wino_apart(s.COP * s.NB)
     s.upk = NULL
@@ -524,71 +525,111 @@ cdef void _wino_free(WinoSide *s) noexcept nogil:
     s.koff = NULL
 
 
-cdef void _wino_image(const WinoSide *s, const float *x, const float *bias, float *out, float *xp, float *V,
-                      float *M) noexcept nogil:
-    """One image's out (Cout, Ho, Wo) = bias + the convolution of x (Cin, H, W). Scratch: xp (Cin·plane,
-    zero borders), V (16·ldv + FNN_CONV_COLS), M (16·ldm)."""
-    cdef fnn_idx c, h, t0, nt, xi, NB = s.NB
+cdef void _wino_pad(const WinoSide *s, const float *x, fnn_idx b, float *xp, fnn_idx *padded) noexcept nogil:
+    """Copy image b of x (Cin, H, W each) into the padded planes xp (zero borders) unless *padded says
+    xp holds it already."""
+    cdef fnn_idx c, h
+    if padded[0] == b:
+        return
+    x = x + b * s.Cin * s.H * s.W
     for c in range(s.Cin):
         for h in range(s.H):
             memcpy(xp + c * s.plane + (h + s.ph) * s.Wp + s.pw, x + (c * s.H + h) * s.W, s.W * sizeof(float))
-    t0 = 0
-    while t0 < s.T:
-        nt = min(NB, s.T - t0)
-        fnn_cv.wino_in_f32(xp, s.Cin, s.plane, s.Wp, s.tw, t0, nt, V, NB, s.ldv)
-        for xi in range(16):   # whole register blocks of tiles; the columns past nt are not read back
-            fnn_cv.shift_f32(s.Cin, s.COP, _round_up(nt, FNN_CONV_COLS), s.upk + xi * s.Cin * s.COP, s.koff,
-                             V + xi * s.ldv, M + xi * s.ldm, NB)
-        fnn_cv.wino_out_f32(M, s.Cout, NB, s.ldm, s.tw, t0, nt, bias, out, s.Ho, s.Wo)
-        t0 += nt
+    padded[0] = b
+
+
+cdef void _wino_fwd_block(const WinoSide *s, const float *x, const float *bias, float *out, fnn_idx g0,
+                          fnn_idx ng, float *xp, fnn_idx *padded, float *V, float *M) noexcept nogil:
+    """out = bias + the convolution of x at the batch's tiles g0 <= g < g0 + ng (tile g % T of image
+    g // T: a block runs across images, so small images fill it too). Scratch: xp (Cin·plane, zero
+    borders; *padded: which image it holds), V (16·ldv + FNN_CONV_COLS), M (16·ldm)."""
+    cdef fnn_idx g, b, t0, nt, xi, T = s.T, NB = s.NB, nout = s.Cout * s.Ho * s.Wo
+    g = g0
+    while g < g0 + ng:   # the input transform, image by image
+        b, t0 = g // T, g % T
+        nt = min(T - t0, g0 + ng - g)
+        _wino_pad(s, x, b, xp, padded)
+        fnn_cv.wino_in_f32(xp, s.Cin, s.plane, s.Wp, s.tw, t0, nt, V + (g - g0), NB, s.ldv)
+        g += nt
+    for xi in range(16):   # whole register blocks of tiles; the columns past ng are not read back
+        fnn_cv.shift_f32(s.Cin, s.COP, _round_up(ng, FNN_CONV_COLS), s.upk + xi * s.Cin * s.COP, s.koff,
+                         V + xi * s.ldv, M + xi * s.ldm, NB)
+    g = g0
+    while g < g0 + ng:
+        b, t0 = g // T, g % T
+        nt = min(T - t0, g0 + ng - g)
+        fnn_cv.wino_out_f32(M + (g - g0), s.Cout, NB, s.ldm, s.tw, t0, nt, bias, out + b * nout, s.Ho, s.Wo)
+        g += nt
+
+
+cdef inline fnn_idx _wino_blocks(const WinoSide *s, fnn_idx B) noexcept nogil:
+    return (B * s.T + s.NB - 1) // s.NB
+
+
+cdef int _wino_forward(const WinoSide *s, fnn_idx B, const float *x, const float *bias, float *out,
+                       int nt) noexcept nogil:
+    """out = bias + the convolution of the B images of x in direction s, blocks of tiles over nt threads
+    (static blocks; every output is written by one block, so any team gives the same bits)."""
+    cdef int t
+    cdef fnn_idx k, nblk = _wino_blocks(s, B), lx = s.Cin * s.plane, lv = 16 * s.ldv + FNN_CONV_COLS
+    cdef fnn_idx lm = 16 * s.ldm
+    cdef float *xbuf
+    cdef float *vbuf
+    cdef float *mbuf
+    cdef fnn_idx *padded
+    cdef int rc = 0
+    nt = <int>min(<fnn_idx>nt, nblk)
+    xbuf = <float*>calloc(nt * lx, sizeof(float))
+    vbuf = <float*>calloc(nt * lv, sizeof(float))
+    mbuf = <float*>malloc(nt * lm * sizeof(float))
+    padded = <fnn_idx*>malloc(nt * sizeof(fnn_idx))
+    if xbuf == NULL or vbuf == NULL or mbuf == NULL or padded == NULL:
+        rc = -1
+    else:
+        for t in range(nt):
+            padded[t] = -1
+        for k in prange(nblk, nogil=True, schedule="static", num_threads=nt):
+            t = threadid()
+            _wino_fwd_block(s, x, bias, out, k * s.NB, min(s.NB, B * s.T - k * s.NB), xbuf + t * lx,
+                            padded + t, vbuf + t * lv, mbuf + t * lm)
+    free(xbuf)
+    free(vbuf)
+    free(mbuf)
+    free(padded)
+    return rc
 
 
 cdef int _conv_fwd_wino(const float *x, const float *w, const float *bias, float *out, const Geom *g,
                         int nt) noexcept nogil:
-    """y = bias + conv(x, w) by Winograd F(2x2, 3x3), images over nt threads."""
+    """y = bias + conv(x, w) by Winograd F(2x2, 3x3) on nt threads."""
     cdef WinoSide s
-    cdef int t
-    cdef fnn_idx b, nin = g.C * g.H * g.W, nout = g.O * g.ho * g.wo, lx, lv, lm
-    cdef float *xbuf
-    cdef float *vbuf
-    cdef float *mbuf
-    cdef int rc = 0
+    cdef int rc = -1
     _wino_side(&s, g.C, g.O, g.H, g.W, g.ph, g.pw)
-    lx, lv, lm = g.C * s.plane, 16 * s.ldv + FNN_CONV_COLS, 16 * s.ldm
-    xbuf = <float*>calloc(nt * lx, sizeof(float))
-    vbuf = <float*>calloc(nt * lv, sizeof(float))
-    mbuf = <float*>malloc(nt * lm * sizeof(float))
-    if _wino_pack(&s, w, g.O, g.C, False) != 0 or xbuf == NULL or vbuf == NULL or mbuf == NULL:
-        rc = -1
-    else:
-        for b in prange(g.B, nogil=True, schedule="static", num_threads=nt):
-            t = threadid()
-            _wino_image(&s, x + b * nin, bias, out + b * nout, xbuf + t * lx, vbuf + t * lv, mbuf + t * lm)
+    if _wino_pack(&s, w, g.O, g.C, False) == 0:
+        rc = _wino_forward(&s, g.B, x, bias, out, nt)
     _wino_free(&s)
-    free(xbuf)
-    free(vbuf)
-    free(mbuf)
     return rc
 
 
-cdef int _wino_dw_image(const WinoSide *s, const float *gy, const float *x, float *xp, float *V, float *Gm,
-                        float *du) noexcept nogil:
-    """One image's part of dU: du[xi] (O, C) += (A dY Aᵀ)[xi]·V[xi]ᵀ over its tiles, s the forward
-    direction. Scratch: xp (C·plane, zero borders), V (16·ldv), Gm (16·ldg). -1 when out of memory."""
-    cdef fnn_idx c, h, t0, nt, xi, NB = s.NB, C = s.Cin, O = s.Cout, ldg = _wino_apart(O * NB)
-    for c in range(C):
-        for h in range(s.H):
-            memcpy(xp + c * s.plane + (h + s.ph) * s.Wp + s.pw, x + (c * s.H + h) * s.W, s.W * sizeof(float))
-    t0 = 0
-    while t0 < s.T:
-        nt = min(NB, s.T - t0)
-        fnn_cv.wino_in_f32(xp, C, s.plane, s.Wp, s.tw, t0, nt, V, NB, s.ldv)
-        fnn_cv.wino_gout_f32(gy, O, s.Ho, s.Wo, s.tw, t0, nt, Gm, NB, ldg)
-        for xi in range(16):
-            if fnn_mm.small_f32(O, C, nt, Gm + xi * ldg, NB, 1, V + xi * s.ldv, 1, NB, du + xi * O * C, C, 1,
-                                NULL, 0) != 0:
-                return -1
-        t0 += nt
+cdef int _wino_dw_block(const WinoSide *s, const float *gy, const float *x, fnn_idx g0, fnn_idx ng, float *xp,
+                        fnn_idx *padded, float *V, float *Gm, float *du) noexcept nogil:
+    """The tiles g0 <= g < g0 + ng's part of dU: du[xi] (O, C) += (A dY Aᵀ)[xi]·V[xi]ᵀ, s the forward
+    direction. Scratch: xp and *padded as _wino_fwd_block's, V (16·ldv), Gm (16·ldg). -1 when out of
+    memory."""
+    cdef fnn_idx g, b, t0, nt, xi, T = s.T, NB = s.NB, C = s.Cin, O = s.Cout, ldg = _wino_apart(O * NB)
+    cdef fnn_idx nout = O * s.Ho * s.Wo
+    g = g0
+    while g < g0 + ng:
+        b, t0 = g // T, g % T
+        nt = min(T - t0, g0 + ng - g)
+        _wino_pad(s, x, b, xp, padded)
+        fnn_cv.wino_in_f32(xp, C, s.plane, s.Wp, s.tw, t0, nt, V + (g - g0), NB, s.ldv)
+        fnn_cv.wino_gout_f32(gy + b * nout, O, s.Ho, s.Wo, s.tw, t0, nt, Gm + (g - g0), NB, ldg)
+        g += nt
+    for xi in range(16):
+        if fnn_mm.small_f32(O, C, ng, Gm + xi * ldg, NB, 1, V + xi * s.ldv, 1, NB, du + xi * O * C, C, 1,
+                            NULL, 0) != 0:
+            return -1
     return 0
 
 
@@ -618,52 +659,49 @@ cdef void _wino_dw_sum(const float *dut, int nt, fnn_idx O, fnn_idx C, float *gw
 
 cdef int _conv_bwd_wino(const float *gy, const float *x, const float *w, float *gx, float *gw, float *gb,
                         const Geom *g, int nt) noexcept nogil:
-    """dW, db and (when gx is given) dL/dx by Winograd F(2x2, 3x3), images over nt threads; finite
-    inputs, weights and dL/dy only (the callers' checks)."""
+    """dW, db and (when gx is given) dL/dx by Winograd F(2x2, 3x3) on nt threads; finite inputs,
+    weights and dL/dy only (the callers' checks). dU: static blocks of tiles, per-thread partials
+    added in a fixed order (the same bits for the same team)."""
     cdef WinoSide f, d
-    cdef int t
+    cdef int t, ntd
     cdef int err[1]
-    cdef fnn_idx b, nin = g.C * g.H * g.W, nout = g.O * g.ho * g.wo, lx, lv, lg, lu, dx, dv, dm
+    cdef fnn_idx k, b, nblk, lx, lv, lg, lu, nout = g.O * g.ho * g.wo
     cdef float *xbuf
     cdef float *vbuf
     cdef float *gbuf
     cdef float *dut
-    cdef float *pbuf = NULL
-    cdef float *qbuf = NULL
-    cdef float *mbuf = NULL
+    cdef fnn_idx *padded
     cdef double *bsum = <double*>malloc(g.B * g.O * sizeof(double)) if gb != NULL else NULL
     cdef int rc = 0
     err[0] = 0
     _wino_side(&f, g.C, g.O, g.H, g.W, g.ph, g.pw)
     _wino_side(&d, g.O, g.C, g.ho, g.wo, 2 - g.ph, 2 - g.pw)   # dL/dx: dL/dy padded 2 - p, filters turned
+    nblk = _wino_blocks(&f, g.B)
+    ntd = <int>min(<fnn_idx>nt, nblk)
     lx, lv, lg, lu = g.C * f.plane, 16 * f.ldv, 16 * _wino_apart(g.O * f.NB), 16 * g.O * g.C
-    dx, dv, dm = g.O * d.plane, 16 * d.ldv + FNN_CONV_COLS, 16 * d.ldm
-    xbuf = <float*>calloc(nt * lx, sizeof(float))
-    vbuf = <float*>calloc(nt * lv, sizeof(float))
-    gbuf = <float*>malloc(nt * lg * sizeof(float))
-    dut = <float*>calloc(nt * lu, sizeof(float))
-    if gx != NULL:
-        pbuf = <float*>calloc(nt * dx, sizeof(float))
-        qbuf = <float*>calloc(nt * dv, sizeof(float))
-        mbuf = <float*>malloc(nt * dm * sizeof(float))
-    if xbuf == NULL or vbuf == NULL or gbuf == NULL or dut == NULL or (gb != NULL and bsum == NULL) \
-            or (gx != NULL and (pbuf == NULL or qbuf == NULL or mbuf == NULL
-                                or _wino_pack(&d, w, g.O, g.C, True) != 0)):
+    xbuf = <float*>calloc(ntd * lx, sizeof(float))
+    vbuf = <float*>calloc(ntd * lv, sizeof(float))
+    gbuf = <float*>malloc(ntd * lg * sizeof(float))
+    dut = <float*>calloc(ntd * lu, sizeof(float))
+    padded = <fnn_idx*>malloc(ntd * sizeof(fnn_idx))
+    if xbuf == NULL or vbuf == NULL or gbuf == NULL or dut == NULL or padded == NULL \
+            or (gb != NULL and bsum == NULL) or (gx != NULL and _wino_pack(&d, w, g.O, g.C, True) != 0):
         rc = -1
     else:
-        for b in prange(g.B, nogil=True, schedule="static", num_threads=nt):
+        for t in range(ntd):
+            padded[t] = -1
+        for k in prange(nblk, nogil=True, schedule="static", num_threads=ntd):
             t = threadid()
-            if _wino_dw_image(&f, gy + b * nout, x + b * nin, xbuf + t * lx, vbuf + t * lv, gbuf + t * lg,
-                              dut + t * lu) != 0:
+            if _wino_dw_block(&f, gy, x, k * f.NB, min(f.NB, g.B * f.T - k * f.NB), xbuf + t * lx, padded + t,
+                              vbuf + t * lv, gbuf + t * lg, dut + t * lu) != 0:
                 err[0] = 1
-            if bsum != NULL:
+        if bsum != NULL:
+            for b in prange(g.B, nogil=True, schedule="static", num_threads=nt):
                 _bias_image(gy + b * nout, g.O, g.ho * g.wo, bsum + b * g.O)
-            if gx != NULL:
-                _wino_image(&d, gy + b * nout, NULL, gx + b * nin, pbuf + t * dx, qbuf + t * dv, mbuf + t * dm)
-        if err[0] != 0:
+        if err[0] != 0 or (gx != NULL and _wino_forward(&d, g.B, gy, NULL, gx, nt) != 0):
             rc = -1
         else:
-            _wino_dw_sum(dut, nt, g.O, g.C, gw)
+            _wino_dw_sum(dut, ntd, g.O, g.C, gw)
             if gb != NULL:
                 _bias_sum(bsum, g.B, g.O, gb)
     _wino_free(&d)
@@ -671,9 +709,7 @@ cdef int _conv_bwd_wino(const float *gy, const float *x, const float *w, float *
     free(vbuf)
     free(gbuf)
     free(dut)
-    free(pbuf)
-    free(qbuf)
-    free(mbuf)
+    free(padded)
     free(bsum)
     return rc
 

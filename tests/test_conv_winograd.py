@@ -4,10 +4,11 @@ to 16 to stay small).
 
 The transforms tile the output in 2x2 blocks, a block of 96 tiles at a time across the batch's
 images, FNN_L tiles to a vector with a scalar tail per tile row, so the cases below cover odd and
-even output sizes, tile rows narrower and wider than a vector, blocks that end inside an image and
-blocks of many small images, 1x1 images and every padding the kernel takes (0-2). Each is checked against the NumPy reference
-in float64, forward, weight, bias and input gradients, to float32 rounding of sums over C·9 (the
-transforms add at most a few roundings to each product).
+even output sizes, tile rows narrower and wider than a vector, blocks that end inside an image or
+a tile row, blocks of many small images, 1x1 images and every padding the kernel takes (0-2).
+Each is checked against the NumPy reference in float64, forward, weight, bias and input
+gradients, to float32 rounding of sums over C·9 (the transforms add at most a few roundings to
+each product).
 """
 
 import numpy as np
@@ -26,7 +27,7 @@ CASES = [
     (2, 16, 19, 6, 5, 2),  # padding 2: dL/dx from dL/dy unpadded
     (1, 32, 16, 1, 1, 1),  # a 1x1 image: one tile, three quarters outside
     (2, 16, 16, 3, 3, 0),  # a 1x1 output
-    (1, 16, 16, 13, 200, 1),  # tile rows of 100: vectors and a tail, 13 blocks over row ends
+    (1, 16, 16, 13, 200, 1),  # tile rows of 100: vectors and a tail; 8 blocks, ending inside rows
     (5, 16, 16, 30, 30, 1),  # 225 tiles an image: blocks across image ends, five images on any team
     (13, 16, 16, 5, 5, 1),  # 9 tiles an image: a block holds 10 images and part of an 11th
 ]
